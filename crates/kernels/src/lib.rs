@@ -1,0 +1,13 @@
+//! candle custom operations with a real backward pass, for layers candle lacks or cannot train.
+//!
+//! Today this holds the ResNet stem max-pool: a 2-D max-pool with padding and PyTorch's
+//! ceil mode whose gradient goes to the first maximum of each window, as PyTorch's does.
+//! candle's own `max_pool2d` has no padding and no backward unless `kernel == stride`
+//! (candle issues #1593, #1851).
+#![warn(missing_docs)]
+
+mod max_pool2d;
+mod pool_geometry;
+
+pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
+pub use pool_geometry::{PoolAxis, PoolGeometry};

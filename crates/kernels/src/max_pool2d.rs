@@ -1,0 +1,329 @@
+//! Trainable 2-D max-pool (padding, ceil mode) as a candle `CustomOp1`.
+//!
+//! Forward and backward follow PyTorch's CPU kernel (`aten/src/ATen/native/cpu/MaxPoolKernel.cpp`):
+//! each window keeps the FIRST maximum in row-major order (`val > max || isnan(val)`), padded
+//! cells and cells past the edge in ceil mode never take part, and the backward pass adds each
+//! output gradient to that argmax cell.
+
+use crate::pool_geometry::PoolGeometry;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Max-pools an NCHW tensor with a square `kernel`, `stride` and symmetric zero-cost `padding`
+/// (padded cells never win), optionally in PyTorch's ceil mode. Differentiable.
+///
+/// On CPU this runs [`MaxPool2d`], whose gradient goes to the first maximum of each window
+/// exactly as in PyTorch. On other devices it is composed from candle tensor ops (pad with
+/// `-inf`, strided window views, `maximum`): the forward value is identical, but a gradient
+/// is split evenly between tied maxima instead of going to the first one.
+pub fn max_pool2d(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ceil_mode: bool,
+) -> Result<Tensor> {
+    let op = MaxPool2d {
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+    };
+    // Validate shape and parameters on every device.
+    op.geometry(x.dims())?;
+    match x.dtype() {
+        DType::F32 | DType::F64 => {}
+        dt => bail!("max_pool2d: only f32 and f64 are supported, got {dt:?}"),
+    }
+    if x.device().is_cpu() {
+        x.apply_op1(op)
+    } else {
+        op.forward_with_tensor_ops(x)
+    }
+}
+
+/// The stem max-pool as a candle custom op: CPU forward plus a backward that scatters the
+/// gradient to each window's first argmax (through [`MaxPoolScatter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2d {
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit padding on each side; padded cells never win.
+    pub padding: usize,
+    /// PyTorch's `ceil_mode`.
+    pub ceil_mode: bool,
+}
+
+impl MaxPool2d {
+    fn geometry(&self, dims: &[usize]) -> Result<PoolGeometry> {
+        PoolGeometry::new(dims, self.kernel, self.stride, self.padding, self.ceil_mode)
+    }
+
+    /// Device-agnostic forward from tensor ops (used off-CPU). Same values; ties share gradient.
+    fn forward_with_tensor_ops(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.geometry(x.dims())?;
+        let (n, c) = (x.dim(0)?, x.dim(1)?);
+        // Pad so that every window of every output position lies inside, with room for the
+        // `output * stride` reshape trick below.
+        let pad_axis = |axis: &crate::PoolAxis| {
+            let need = axis.output * axis.stride + axis.kernel - 1;
+            let after = need.saturating_sub(axis.input + axis.padding);
+            (axis.padding, after)
+        };
+        let (top, bottom) = pad_axis(&g.rows);
+        let (left, right) = pad_axis(&g.cols);
+        let neg_inf = |shape: (usize, usize, usize, usize)| {
+            Tensor::full(f64::NEG_INFINITY, shape, x.device())?.to_dtype(x.dtype())
+        };
+        let h = g.rows.input;
+        let mut parts = Vec::with_capacity(3);
+        if top > 0 {
+            parts.push(neg_inf((n, c, top, g.cols.input))?);
+        }
+        parts.push(x.clone());
+        if bottom > 0 {
+            parts.push(neg_inf((n, c, bottom, g.cols.input))?);
+        }
+        let x = Tensor::cat(&parts, 2)?;
+        let hp = top + h + bottom;
+        let mut parts = Vec::with_capacity(3);
+        if left > 0 {
+            parts.push(neg_inf((n, c, hp, left))?);
+        }
+        parts.push(x);
+        if right > 0 {
+            parts.push(neg_inf((n, c, hp, right))?);
+        }
+        let x = Tensor::cat(&parts, 3)?;
+        let (oh, ow, s) = (g.rows.output, g.cols.output, self.stride);
+        let mut out: Option<Tensor> = None;
+        for ky in 0..self.kernel {
+            let rows = x
+                .narrow(2, ky, oh * s)?
+                .reshape((n, c, oh, s, ()))?
+                .narrow(3, 0, 1)?
+                .squeeze(3)?;
+            for kx in 0..self.kernel {
+                let win = rows
+                    .narrow(D::Minus1, kx, ow * s)?
+                    .reshape((n, c, oh, ow, s))?
+                    .narrow(4, 0, 1)?
+                    .squeeze(4)?;
+                out = Some(match out {
+                    None => win,
+                    Some(acc) => acc.maximum(&win)?,
+                });
+            }
+        }
+        match out {
+            Some(t) => Ok(t),
+            None => bail!("max_pool2d: empty kernel"),
+        }
+    }
+}
+
+/// Reads element `(plane, y, x)` of a strided NCHW layout.
+struct Strided4 {
+    offset: usize,
+    channels: usize,
+    strides: [usize; 4],
+}
+
+impl Strided4 {
+    fn new(layout: &Layout) -> Result<Self> {
+        let &[_, c, _, _] = layout.dims() else {
+            bail!("max_pool2d: expected an NCHW layout, got {:?}", layout.dims())
+        };
+        let &[s0, s1, s2, s3] = layout.stride() else {
+            bail!("max_pool2d: expected 4 strides, got {:?}", layout.stride())
+        };
+        Ok(Self {
+            offset: layout.start_offset(),
+            channels: c,
+            strides: [s0, s1, s2, s3],
+        })
+    }
+
+    #[inline]
+    fn plane_base(&self, plane: usize) -> usize {
+        let (b, ch) = (plane / self.channels, plane % self.channels);
+        self.offset + b * self.strides[0] + ch * self.strides[1]
+    }
+
+    #[inline]
+    fn at(&self, base: usize, y: usize, x: usize) -> usize {
+        base + y * self.strides[2] + x * self.strides[3]
+    }
+}
+
+/// Floats the kernels run on.
+trait PoolFloat: Copy + Send + Sync + PartialOrd + std::ops::AddAssign {
+    const NEG_INF: Self;
+    const ZERO: Self;
+    fn is_nan(self) -> bool;
+}
+
+impl PoolFloat for f32 {
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl PoolFloat for f64 {
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    const ZERO: Self = 0.0;
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+/// Index `(y, x)` of the first maximum of output window `(oy, ox)`, PyTorch's rule: start at
+/// the first valid cell with `-inf`, replace on `>` or NaN.
+#[inline]
+fn window_argmax<T: PoolFloat>(
+    src: &[T],
+    at: &Strided4,
+    base: usize,
+    g: &PoolGeometry,
+    oy: usize,
+    ox: usize,
+) -> (usize, usize, T) {
+    let (y0, y1) = g.rows.window(oy);
+    let (x0, x1) = g.cols.window(ox);
+    let mut best = (y0, x0, T::NEG_INF);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let v = src[at.at(base, y, x)];
+            if v > best.2 || v.is_nan() {
+                best = (y, x, v);
+                if v.is_nan() {
+                    return best;
+                }
+            }
+        }
+    }
+    best
+}
+
+fn forward_cpu<T: PoolFloat>(src: &[T], layout: &Layout, g: &PoolGeometry) -> Result<Vec<T>> {
+    let at = Strided4::new(layout)?;
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    let mut out = vec![T::ZERO; g.planes * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let base = at.plane_base(plane);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[oy * ow + ox] = window_argmax(src, &at, base, g, oy, ox).2;
+                }
+            }
+        });
+    Ok(out)
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "mtanet-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(layout.dims())?;
+        let dims = layout.dims();
+        let shape = Shape::from((dims[0], dims[1], g.rows.output, g.cols.output));
+        let out = match storage {
+            CpuStorage::F32(src) => CpuStorage::F32(forward_cpu(src, layout, &g)?),
+            CpuStorage::F64(src) => CpuStorage::F64(forward_cpu(src, layout, &g)?),
+            other => bail!(
+                "max_pool2d: only f32 and f64 are supported, got {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let scatter = MaxPoolScatter { pool: *self };
+        Ok(Some(arg.apply_op2_no_bwd(grad_res, &scatter)?))
+    }
+}
+
+/// Backward kernel of [`MaxPool2d`]: given the pooled input and the output gradient, adds each
+/// output gradient to the first argmax cell of its window. Not differentiable itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPoolScatter {
+    /// The forward op whose windows are replayed.
+    pub pool: MaxPool2d,
+}
+
+fn scatter_cpu<T: PoolFloat>(
+    src: &[T],
+    src_layout: &Layout,
+    grad: &[T],
+    grad_layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<Vec<T>> {
+    let at = Strided4::new(src_layout)?;
+    let gat = Strided4::new(grad_layout)?;
+    let (h, w) = (g.rows.input, g.cols.input);
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    let mut out = vec![T::ZERO; g.planes * h * w];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let base = at.plane_base(plane);
+            let gbase = gat.plane_base(plane);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (y, x, _) = window_argmax(src, &at, base, g, oy, ox);
+                    dst[y * w + x] += grad[gat.at(gbase, oy, ox)];
+                }
+            }
+        });
+    Ok(out)
+}
+
+impl CustomOp2 for MaxPoolScatter {
+    fn name(&self) -> &'static str {
+        "mtanet-max-pool2d-scatter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.pool.geometry(l1.dims())?;
+        let expected = [l1.dims()[0], l1.dims()[1], g.rows.output, g.cols.output];
+        if l2.dims() != expected {
+            bail!(
+                "max_pool2d backward: gradient dims {:?}, expected {:?}",
+                l2.dims(),
+                expected
+            )
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(gr)) => {
+                CpuStorage::F32(scatter_cpu(a, l1, gr, l2, &g)?)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(gr)) => {
+                CpuStorage::F64(scatter_cpu(a, l1, gr, l2, &g)?)
+            }
+            (a, b) => bail!(
+                "max_pool2d backward: unsupported dtypes {:?} / {:?}",
+                a.dtype(),
+                b.dtype()
+            ),
+        };
+        Ok((out, Shape::from(l1.dims())))
+    }
+}
+

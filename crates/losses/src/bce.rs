@@ -1,0 +1,120 @@
+//! Masked binary cross-entropy on logits for the AU head (paper Eq. 2).
+
+use candle_core::{Result, Tensor};
+
+use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+
+const LOSS: &str = "masked_bce_with_logits";
+
+/// Eq. 2 on logits, averaged over valid frames x AUs, with optional per-AU `pos_weight`.
+///
+/// `logits` and `target` (N,K), `target` in [0,1] (f32); `mask` (N); `pos_weight` (K).
+/// Same semantics as `torch.nn.BCEWithLogitsLoss(pos_weight=p)` ('mean' reduction) on the
+/// rows `mask` selects: `l = (1-y) x + (1 + (p-1) y) softplus(-x)`.
+///
+/// `softplus(-x)` is written as `-x/2 + (|x|/2 + log(1 + exp(-|x|)))`: `exp` only ever sees
+/// non-positive arguments (no overflow), and the bracket is an even function whose
+/// derivative at 0 is 0, so the gradient is exact at `x = 0` whatever subgradient `abs`
+/// uses. No valid frame -> exact zero.
+pub fn masked_bce_with_logits(
+    logits: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    pos_weight: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = dims2(logits, LOSS, "logits")?;
+    expect_shape(target, &[n, k], LOSS, "target")?;
+    if let Some(p) = pos_weight {
+        expect_shape(p, &[k], LOSS, "pos_weight")?;
+    }
+    let rows = valid_rows(mask, n, LOSS, "mask")?;
+    if rows.is_empty() {
+        return connected_zero(logits);
+    }
+    let x = select_rows(logits, &rows)?;
+    let y = select_rows(target, &rows)?.detach();
+    let a = x.abs()?;
+    let even_part = ((&a * 0.5)? + a.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let softplus_neg = (even_part - (&x * 0.5)?)?;
+    let neg_term = (y.affine(-1.0, 1.0)? * &x)?;
+    let pos_factor = match pos_weight {
+        Some(p) => {
+            let p = p.to_dtype(candle_core::DType::F32)?.detach();
+            y.broadcast_mul(&p.affine(1.0, -1.0)?)?.affine(1.0, 1.0)?
+        }
+        None => y.ones_like()?,
+    };
+    (neg_term + (pos_factor * softplus_neg)?)?.mean_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    #[test]
+    fn gradient_at_zero_logit_is_sigmoid_minus_target() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::new(&[[0f32, 0.0]], &dev)?;
+        let y = Tensor::new(&[[1f32, 0.0]], &dev)?;
+        let mask = Tensor::new(&[1f32], &dev)?;
+        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None)?;
+        assert!((l.to_scalar::<f32>()? - 2f32.ln()).abs() < 1e-6);
+        let grads = l.backward()?;
+        let g = grads
+            .get(v.as_tensor())
+            .map(|g| g.to_vec2::<f32>())
+            .transpose()?;
+        // d/dx mean = (sigmoid(x) - y) / (rows * K)
+        assert_eq!(g, Some(vec![vec![-0.25, 0.25]]));
+        Ok(())
+    }
+
+    #[test]
+    fn extreme_logits_are_finite_and_correct() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[100f32, -100.0]], &dev)?;
+        let y = Tensor::new(&[[0f32, 0.0]], &dev)?;
+        let mask = Tensor::new(&[1f32], &dev)?;
+        let l = masked_bce_with_logits(&x, &y, &mask, None)?.to_scalar::<f32>()?;
+        // (100 + ~0) / 2
+        assert!((l - 50.0).abs() < 1e-4, "{l}");
+        Ok(())
+    }
+
+    #[test]
+    fn pos_weight_scales_only_positive_terms() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.3f32, -0.7]], &dev)?;
+        let y = Tensor::new(&[[1f32, 0.0]], &dev)?;
+        let mask = Tensor::new(&[1f32], &dev)?;
+        let pw = Tensor::new(&[3f32, 5.0], &dev)?;
+        let l = masked_bce_with_logits(&x, &y, &mask, Some(&pw))?.to_scalar::<f32>()?;
+        let want = (-3.0 * sigmoid(0.3).ln() - (1.0 - sigmoid(-0.7)).ln()) / 2.0;
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+        Ok(())
+    }
+
+    #[test]
+    fn masked_rows_with_marker_labels_get_zero_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::new(&[[0.5f32, -0.5], [1.0, 2.0]], &dev)?;
+        let y = Tensor::new(&[[1f32, 0.0], [-1.0, f32::NAN]], &dev)?;
+        let mask = Tensor::new(&[1f32, 0.0], &dev)?;
+        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None)?;
+        assert!(l.to_scalar::<f32>()?.is_finite());
+        let grads = l.backward()?;
+        let g = grads
+            .get(v.as_tensor())
+            .map(|g| g.to_vec2::<f32>())
+            .transpose()?;
+        let g = g.unwrap_or_default();
+        assert_eq!(g[1], vec![0.0, 0.0]);
+        assert!(g[0].iter().all(|x| x.is_finite() && *x != 0.0));
+        Ok(())
+    }
+}

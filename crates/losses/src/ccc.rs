@@ -1,0 +1,94 @@
+//! Concordance correlation coefficient and the CCC loss for valence/arousal (Eq. 3-4).
+
+use candle_core::{Result, Tensor};
+
+use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+
+const LOSS: &str = "masked_ccc_loss";
+
+/// Added to the CCC denominator so that constant predictions equal to a constant target
+/// (denominator 0) give CCC 0 with finite, zero gradients instead of 0/0. Relative effect
+/// on a typical batch (denominator ~0.1) is ~1e-7, below f32 resolution.
+pub const CCC_EPS: f64 = 1e-8;
+
+/// Per-dimension CCC (Eq. 3) over the valid rows, shape (2): `[valence, arousal]`.
+///
+/// Population statistics (divide by the number of valid frames m, as `np.std` and the ABAW
+/// evaluation): `ccc = 2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2 + CCC_EPS)`.
+/// Returns `None` when fewer than 2 frames are valid (no spread to correlate).
+pub fn masked_ccc(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
+    let (n, d) = dims2(pred, LOSS, "pred")?;
+    expect_shape(target, &[n, d], LOSS, "target")?;
+    let rows = valid_rows(mask, n, LOSS, "mask")?;
+    if rows.len() < 2 {
+        return Ok(None);
+    }
+    let x = select_rows(pred, &rows)?;
+    let y = select_rows(target, &rows)?.detach();
+    let mean_x = x.mean_keepdim(0)?;
+    let mean_y = y.mean_keepdim(0)?;
+    let xc = x.broadcast_sub(&mean_x)?;
+    let yc = y.broadcast_sub(&mean_y)?;
+    let var_x = xc.sqr()?.mean(0)?;
+    let var_y = yc.sqr()?.mean(0)?;
+    let cov = (xc * yc)?.mean(0)?;
+    let mean_gap = (mean_x - mean_y)?.squeeze(0)?.sqr()?;
+    let denom = ((var_x + var_y)? + mean_gap)?.affine(1.0, CCC_EPS)?;
+    (cov * 2.0)?.div(&denom).map(Some)
+}
+
+/// Eq. 4: `1 - (ccc_valence + ccc_arousal) / 2` over the valid VA frames of the batch.
+///
+/// `pred`, `target` (N,2) in `[valence, arousal]` column order, `mask` (N). Fewer than 2
+/// valid frames -> exact zero (graph-connected, zero gradient). See [`masked_ccc`].
+pub fn masked_ccc_loss(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    match masked_ccc(pred, target, mask)? {
+        Some(ccc) => ccc.mean_all()?.affine(-1.0, 1.0),
+        None => connected_zero(pred),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn perfect_prediction_gives_zero_loss_and_scaled_gives_known_ccc() -> Result<()> {
+        let dev = Device::Cpu;
+        let t = Tensor::new(&[[0.1f32, -0.2], [0.4, 0.3], [-0.5, 0.9], [0.0, 0.0]], &dev)?;
+        let mask = Tensor::new(&[1f32, 1.0, 1.0, 0.0], &dev)?;
+        let l = masked_ccc_loss(&t, &t, &mask)?.to_scalar::<f32>()?;
+        assert!(l.abs() < 1e-6, "{l}");
+        // pred = 2 * target (same mean 0 when centred): ccc = 2*2v / (4v + v) = 0.8.
+        let centred = Tensor::new(&[[1f32, -1.0], [-1.0, 1.0]], &dev)?;
+        let m2 = Tensor::new(&[1f32, 1.0], &dev)?;
+        let ccc = masked_ccc(&(&centred * 2.0)?, &centred, &m2)?.map(|c| c.to_vec1::<f32>());
+        let ccc = ccc.transpose()?.unwrap_or_default();
+        assert!(ccc.iter().all(|c| (c - 0.8).abs() < 1e-6), "{ccc:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn one_valid_frame_is_zero_and_constant_equal_inputs_are_finite() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::new(&[[0.3f32, 0.3], [0.3, 0.3], [0.3, 0.3]], &dev)?;
+        let one = Tensor::new(&[0f32, 1.0, 0.0], &dev)?;
+        let l = masked_ccc_loss(v.as_tensor(), v.as_tensor(), &one)?;
+        assert_eq!(l.to_scalar::<f32>()?, 0.0);
+        // Constant prediction equal to a constant target: denominator 0 -> CCC 0, loss 1.
+        let all = Tensor::new(&[1f32, 1.0, 1.0], &dev)?;
+        let target = v.as_tensor().detach();
+        let l = masked_ccc_loss(v.as_tensor(), &target, &all)?;
+        assert!((l.to_scalar::<f32>()? - 1.0).abs() < 1e-6);
+        let grads = l.backward()?;
+        if let Some(g) = grads.get(v.as_tensor()) {
+            assert!(g
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .all(|x| x.is_finite()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Masked categorical cross-entropy for the expression head (paper Eq. 1).
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::error::LossError;
+use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+
+const LOSS: &str = "masked_cross_entropy";
+
+/// Eq. 1, `-x[class] + log sum_i exp(x_i)`, averaged over the valid frames.
+///
+/// `logits` (N,C), `target` (N) class indices (u32; u8 and i64 are also accepted), `mask`
+/// (N) 0/1. Reduction = mean over valid frames, as `torch.nn.CrossEntropyLoss()` on
+/// `logits[mask]`. The log-sum-exp subtracts the (detached) row maximum, so it never
+/// overflows. Targets of masked rows are ignored (they may hold -1 markers); a valid row
+/// with a class outside `0..C` is an error. No valid frame -> exact zero (zero gradient).
+pub fn masked_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (n, c) = dims2(logits, LOSS, "logits")?;
+    expect_shape(target, &[n], LOSS, "target")?;
+    let rows = valid_rows(mask, n, LOSS, "mask")?;
+    if rows.is_empty() {
+        return connected_zero(logits);
+    }
+    let classes = read_classes(target)?;
+    let mut picked = Vec::with_capacity(rows.len());
+    for &r in &rows {
+        let value = classes[r as usize];
+        if value < 0 || value as usize >= c {
+            return Err(LossError::ClassOutOfRange {
+                loss: LOSS,
+                field: "target",
+                row: r as usize,
+                value,
+                classes: c,
+            }
+            .into());
+        }
+        picked.push(value as u32);
+    }
+    let x = select_rows(logits, &rows)?; // (m, C)
+    let t = Tensor::from_vec(picked, (rows.len(), 1), logits.device())?;
+    let row_max = x.max_keepdim(1)?.detach();
+    let lse = x
+        .broadcast_sub(&row_max)?
+        .exp()?
+        .sum_keepdim(1)?
+        .log()?
+        .add(&row_max)?;
+    let chosen = x.gather(&t, 1)?;
+    lse.sub(&chosen)?.mean_all()
+}
+
+/// Class indices as i64 on the host (so negative markers can be reported).
+fn read_classes(target: &Tensor) -> Result<Vec<i64>> {
+    match target.dtype() {
+        DType::U32 => Ok(target
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(i64::from)
+            .collect()),
+        DType::U8 => Ok(target.to_vec1::<u8>()?.into_iter().map(i64::from).collect()),
+        DType::I64 => target.to_vec1::<i64>(),
+        dtype => Err(LossError::DType {
+            loss: LOSS,
+            field: "target",
+            dtype,
+            expected: "u32, u8 or i64",
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_hand_computed_value_and_ignores_masked_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        // Row 0: logits (0, ln 3) target 1 -> -ln3 + ln(1+3) = ln(4/3).
+        // Row 1 is masked and its target is out of range: must be ignored.
+        let logits = Tensor::new(&[[0f32, 3f32.ln()], [5.0, -5.0]], &dev)?;
+        let target = Tensor::new(&[1u32, 99], &dev)?;
+        let mask = Tensor::new(&[1f32, 0.0], &dev)?;
+        let l = masked_cross_entropy(&logits, &target, &mask)?.to_scalar::<f32>()?;
+        assert!((l - (4f32 / 3.0).ln()).abs() < 1e-6, "{l}");
+        Ok(())
+    }
+
+    #[test]
+    fn large_logits_do_not_overflow() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[1000f32, 0.0, -1000.0]], &dev)?;
+        let target = Tensor::new(&[1u32], &dev)?;
+        let mask = Tensor::new(&[1f32], &dev)?;
+        let l = masked_cross_entropy(&logits, &target, &mask)?.to_scalar::<f32>()?;
+        assert!((l - 1000.0).abs() < 1e-3, "{l}");
+        Ok(())
+    }
+
+    #[test]
+    fn all_masked_is_zero_with_zero_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)?;
+        let target = Tensor::new(&[0u32, 1], &dev)?;
+        let mask = Tensor::new(&[0f32, 0.0], &dev)?;
+        let l = masked_cross_entropy(v.as_tensor(), &target, &mask)?;
+        assert_eq!(l.to_scalar::<f32>()?, 0.0);
+        let grads = l.backward()?;
+        if let Some(g) = grads.get(v.as_tensor()) {
+            assert!(g.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| *x == 0.0));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn valid_row_with_bad_class_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let target = Tensor::new(&[0i64, -1], &dev)?;
+        let mask = Tensor::new(&[1f32, 1.0], &dev)?;
+        let err = masked_cross_entropy(&logits, &target, &mask).err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("row 1") && text.contains("-1"), "{text}");
+        Ok(())
+    }
+}

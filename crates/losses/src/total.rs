@@ -1,0 +1,274 @@
+//! Per-task losses of a batch and their combination into the training objective.
+
+use candle_core::{DType, Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::bce::masked_bce_with_logits;
+use crate::ccc::masked_ccc_loss;
+use crate::ce::masked_cross_entropy;
+use crate::error::LossError;
+use crate::mask::valid_rows;
+use crate::uncertainty::UncertaintyWeights;
+
+/// The three task losses of one batch; `None` = the task is absent from the batch.
+#[derive(Clone, Debug, Default)]
+pub struct TaskLosses {
+    /// CCC loss (Eq. 4), `None` when fewer than 2 frames carry VA labels.
+    pub va: Option<Tensor>,
+    /// AU binary cross-entropy (Eq. 2), `None` when no frame carries AU labels.
+    pub au: Option<Tensor>,
+    /// Expression cross-entropy (Eq. 1), `None` when no frame carries an expression label.
+    pub expr: Option<Tensor>,
+}
+
+impl TaskLosses {
+    /// Computes all three from model outputs and batch labels (None where the batch has too few valid frames).
+    ///
+    /// Shapes: `va_pred`/`va` (N,2), `au_logits`/`au` (N,K), `expr_logits` (N,C), `expr` (N)
+    /// class indices, masks (N) 0/1, `au_pos_weight` (K). A task needs >= 2 valid frames for
+    /// VA and >= 1 for AU and EXPR.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute(
+        va_pred: &Tensor,
+        au_logits: &Tensor,
+        expr_logits: &Tensor,
+        va: &Tensor,
+        va_mask: &Tensor,
+        au: &Tensor,
+        au_mask: &Tensor,
+        expr: &Tensor,
+        expr_mask: &Tensor,
+        au_pos_weight: Option<&Tensor>,
+    ) -> Result<TaskLosses> {
+        let count = |t: &Tensor, m: &Tensor, field: &'static str| -> Result<usize> {
+            let n = t.dims().first().copied().unwrap_or(0);
+            Ok(valid_rows(m, n, "TaskLosses::compute", field)?.len())
+        };
+        let va_loss = if count(va_pred, va_mask, "va_mask")? >= 2 {
+            Some(masked_ccc_loss(va_pred, va, va_mask)?)
+        } else {
+            None
+        };
+        let au_loss = if count(au_logits, au_mask, "au_mask")? >= 1 {
+            Some(masked_bce_with_logits(
+                au_logits,
+                au,
+                au_mask,
+                au_pos_weight,
+            )?)
+        } else {
+            None
+        };
+        let expr_loss = if count(expr_logits, expr_mask, "expr_mask")? >= 1 {
+            Some(masked_cross_entropy(expr_logits, expr, expr_mask)?)
+        } else {
+            None
+        };
+        Ok(TaskLosses {
+            va: va_loss,
+            au: au_loss,
+            expr: expr_loss,
+        })
+    }
+
+    /// The present losses in the order va, au, expr.
+    fn present(&self) -> impl Iterator<Item = &Tensor> {
+        [&self.va, &self.au, &self.expr].into_iter().flatten()
+    }
+}
+
+/// How the task losses are combined (paper Sec. III-B: plain sum, then Eq. 5 fine-tuning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// `L_va + L_au + L_expr` over the tasks present in the batch.
+    #[default]
+    Sum,
+    /// Kendall uncertainty weighting, Eq. 5 (see [`UncertaintyWeights`]).
+    Uncertainty,
+}
+
+/// The training objective of one batch plus host copies of its parts for logging.
+#[derive(Clone, Debug)]
+pub struct LossReport {
+    /// Scalar f32 objective to call `backward()` on.
+    pub total: Tensor,
+    /// Host value of the VA loss (before weighting), if present.
+    pub va: Option<f32>,
+    /// Host value of the AU loss (before weighting), if present.
+    pub au: Option<f32>,
+    /// Host value of the EXPR loss (before weighting), if present.
+    pub expr: Option<f32>,
+    /// For `Uncertainty`: the factors multiplying each loss, `[0.5 e^-s_va, e^-s_au, e^-s_expr]`
+    /// (also for absent tasks); `None` for `Sum`.
+    pub weights: Option<[f32; 3]>,
+}
+
+/// Combines the task losses into the objective.
+///
+/// `Sum`: the plain sum of the present losses. `Uncertainty`: Eq. 5 over the present tasks
+/// only; an absent task's term, including its `0.5 s`, is left out, so its log-variance
+/// gets no gradient from this batch. With no task present, `total` is an f32 zero scalar
+/// (on the weights' device, else on the CPU) whose backward is a no-op.
+pub fn total_loss(
+    losses: &TaskLosses,
+    kind: LossKind,
+    uw: Option<&UncertaintyWeights>,
+) -> Result<LossReport> {
+    let host = |t: &Option<Tensor>| -> Result<Option<f32>> {
+        t.as_ref()
+            .map(|t| t.to_dtype(DType::F32)?.reshape(())?.to_scalar::<f32>())
+            .transpose()
+    };
+    let mut terms: Vec<Tensor> = Vec::with_capacity(3);
+    let weights = match kind {
+        LossKind::Sum => {
+            for t in losses.present() {
+                terms.push(t.to_dtype(DType::F32)?.reshape(())?);
+            }
+            None
+        }
+        LossKind::Uncertainty => {
+            let uw = uw.ok_or(LossError::MissingUncertaintyWeights)?;
+            if let Some(l) = &losses.va {
+                terms.push(uw.weigh_va(l)?);
+            }
+            if let Some(l) = &losses.au {
+                terms.push(uw.weigh_au(l)?);
+            }
+            if let Some(l) = &losses.expr {
+                terms.push(uw.weigh_expr(l)?);
+            }
+            Some(uw.loss_factors())
+        }
+    };
+    let total = match terms.split_first() {
+        Some((first, rest)) => rest.iter().try_fold(first.clone(), |acc, t| acc.add(t))?,
+        None => {
+            let device = match uw {
+                Some(uw) => uw.tensors()[0].device().clone(),
+                None => Device::Cpu,
+            };
+            Tensor::zeros((), DType::F32, &device)?
+        }
+    };
+    Ok(LossReport {
+        total,
+        va: host(&losses.va)?,
+        au: host(&losses.au)?,
+        expr: host(&losses.expr)?,
+        weights,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::{VarBuilder, VarMap};
+
+    fn scalar(v: f32) -> Result<Option<Tensor>> {
+        Ok(Some(Tensor::new(v, &Device::Cpu)?))
+    }
+
+    #[test]
+    fn sum_adds_present_tasks_only() -> Result<()> {
+        let l = TaskLosses {
+            va: scalar(0.5)?,
+            au: None,
+            expr: scalar(1.25)?,
+        };
+        let r = total_loss(&l, LossKind::Sum, None)?;
+        assert_eq!(r.total.to_scalar::<f32>()?, 1.75);
+        assert_eq!(
+            (r.va, r.au, r.expr, r.weights),
+            (Some(0.5), None, Some(1.25), None)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn uncertainty_leaves_absent_task_out_including_its_log_var_term() -> Result<()> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let uw = UncertaintyWeights::from_root(&vb)?;
+        map.set_one(
+            "uncertainty.log_var_va",
+            Tensor::new(&[2f32.ln()], &Device::Cpu)?,
+        )?;
+        map.set_one(
+            "uncertainty.log_var_au",
+            Tensor::new(&[0.3f32], &Device::Cpu)?,
+        )?;
+        let l = TaskLosses {
+            va: scalar(0.8)?,
+            au: None,
+            expr: scalar(2.0)?,
+        };
+        let r = total_loss(&l, LossKind::Uncertainty, Some(&uw))?;
+        // 0.5 * 0.5 * 0.8 + 0.5 ln2  +  1 * 2.0 + 0
+        let want = 0.2 + 0.5 * 2f32.ln() + 2.0;
+        assert!((r.total.to_scalar::<f32>()? - want).abs() < 1e-6);
+        let grads = r.total.backward()?;
+        assert!(
+            grads.get(uw.tensors()[1]).is_none(),
+            "absent AU must get no gradient"
+        );
+        let g_va = grads
+            .get(uw.tensors()[0])
+            .map(|g| g.to_vec1::<f32>())
+            .transpose()?;
+        assert_eq!(g_va.map(|g| (g[0] - (0.5 - 0.2)).abs() < 1e-6), Some(true));
+        Ok(())
+    }
+
+    #[test]
+    fn no_task_gives_zero_and_missing_weights_is_an_error() -> Result<()> {
+        let none = TaskLosses::default();
+        let r = total_loss(&none, LossKind::Sum, None)?;
+        assert_eq!(r.total.to_scalar::<f32>()?, 0.0);
+        assert!(r.total.backward().is_ok());
+        let err = total_loss(&none, LossKind::Uncertainty, None).err();
+        assert!(err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("Uncertainty"));
+        Ok(())
+    }
+
+    #[test]
+    fn loss_kind_serde_is_lowercase() {
+        let s = serde_json::to_string(&LossKind::Uncertainty).unwrap_or_default();
+        assert_eq!(s, "\"uncertainty\"");
+        let k: Option<LossKind> = serde_json::from_str("\"sum\"").ok();
+        assert_eq!(k, Some(LossKind::Sum));
+    }
+
+    #[test]
+    fn compute_marks_absent_tasks() -> Result<()> {
+        let dev = Device::Cpu;
+        let va_pred = Tensor::new(&[[0.1f32, 0.2], [0.3, -0.1], [0.0, 0.5]], &dev)?;
+        let au_logits = Tensor::new(&[[0.1f32], [0.2], [-0.3]], &dev)?;
+        let expr_logits = Tensor::new(&[[0.1f32, 0.9], [1.0, 0.0], [0.0, 0.0]], &dev)?;
+        let va = Tensor::new(&[[-5f32, -5.0], [0.2, 0.1], [-5.0, -5.0]], &dev)?;
+        let au = Tensor::new(&[[1f32], [-1.0], [0.0]], &dev)?;
+        let expr = Tensor::new(&[1u32, 0, 0], &dev)?;
+        let va_mask = Tensor::new(&[0f32, 1.0, 0.0], &dev)?; // one frame: too few for CCC
+        let au_mask = Tensor::new(&[1f32, 0.0, 1.0], &dev)?;
+        let expr_mask = Tensor::zeros(3, DType::F32, &dev)?;
+        let l = TaskLosses::compute(
+            &va_pred,
+            &au_logits,
+            &expr_logits,
+            &va,
+            &va_mask,
+            &au,
+            &au_mask,
+            &expr,
+            &expr_mask,
+            None,
+        )?;
+        assert!(l.va.is_none() && l.expr.is_none());
+        assert!(l.au.is_some());
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Checkpoints: model weights, optimizer state and the loop position in one safetensors file.
+//!
+//! One file written atomically means a crash leaves the previous checkpoint intact. Tensor
+//! names: `model.<state-dict name>` (the VarMap, uncertainty log-variances included) and
+//! `optim.<m|v>.<name>`; the loop position is JSON in the safetensors metadata under `state`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_io::write_atomic;
+
+/// Where the training loop is; everything else is derived from the seed and these counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Index of the current stage.
+    pub stage: usize,
+    /// Epoch within the stage.
+    pub epoch: usize,
+    /// Next batch index within the epoch.
+    pub batch: usize,
+    /// Optimizer steps within the stage.
+    pub stage_step: usize,
+    /// Optimizer steps since the start of the run.
+    pub global_step: u64,
+    /// The optimizer's own step counter (Adam bias correction).
+    pub optimizer_step: u64,
+    /// Training images seen.
+    pub images: u64,
+    /// Training wall time so far (seconds), excluding evaluation.
+    pub train_seconds: f64,
+    /// Whether every stage is done.
+    pub finished: bool,
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(
+    path: &Path,
+    model: &HashMap<String, Tensor>,
+    optim: &HashMap<String, Tensor>,
+    state: &TrainState,
+) -> anyhow::Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(model.len() + optim.len());
+    for (k, t) in model {
+        tensors.push((format!("model.{k}"), t.to_device(&Device::Cpu)?));
+    }
+    for (k, t) in optim {
+        tensors.push((format!("optim.{k}"), t.to_device(&Device::Cpu)?));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta = HashMap::new();
+    meta.insert("state".to_string(), serde_json::to_string(state)?);
+    meta.insert("format".to_string(), "mtanet-checkpoint-1".to_string());
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+        .with_context(|| format!("serialising checkpoint {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    /// Model tensors by state-dict name.
+    pub model: HashMap<String, Tensor>,
+    /// Optimizer tensors (`m.<name>`, `v.<name>`).
+    pub optim: HashMap<String, Tensor>,
+    /// Loop position.
+    pub state: TrainState,
+}
+
+/// Reads a checkpoint written by [`save`] (or a plain weights file: then `optim` is empty and
+/// `state` default), with errors naming the file.
+pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let state = match meta.metadata().as_ref().and_then(|m| m.get("state")) {
+        Some(s) => serde_json::from_str(s)
+            .with_context(|| format!("{}: bad `state` metadata", path.display()))?,
+        None => TrainState::default(),
+    };
+    let all = candle_core::safetensors::load_buffer(&bytes, device)
+        .with_context(|| format!("{}: cannot read tensors", path.display()))?;
+    let (mut model, mut optim) = (HashMap::new(), HashMap::new());
+    for (k, t) in all {
+        if let Some(n) = k.strip_prefix("model.") {
+            model.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix("optim.") {
+            optim.insert(n.to_string(), t);
+        } else {
+            model.insert(k, t);
+        }
+    }
+    Ok(Checkpoint {
+        model,
+        optim,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("last.safetensors");
+        let mut m = HashMap::new();
+        m.insert("a.weight".to_string(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
+        let mut o = HashMap::new();
+        o.insert("m.a.weight".to_string(), Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap());
+        let s = TrainState {
+            stage: 1,
+            global_step: 9,
+            ..Default::default()
+        };
+        save(&p, &m, &o, &s).unwrap();
+        let c = load(&p, &Device::Cpu).unwrap();
+        assert_eq!(c.state, s);
+        assert_eq!(c.model["a.weight"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(c.optim["m.a.weight"].to_vec1::<f32>().unwrap(), vec![0.5, 0.25]);
+        std::fs::write(&p, b"garbage").unwrap();
+        let e = load(&p, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("last.safetensors"), "{e}");
+    }
+}

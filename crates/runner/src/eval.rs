@@ -1,0 +1,104 @@
+//! Evaluation: the model in eval mode over a loader, into the ABAW metric accumulators.
+
+use candle_core::{DType, Device, Tensor, D};
+use mtanet_affwild2::{Batch, Loader};
+use mtanet_backbones::{MtaNet, MtaNetOutput};
+use mtanet_metrics::Accumulator;
+
+/// Host copies of one batch's outputs: VA, AU probabilities, expression probabilities.
+pub struct HostOutputs {
+    /// (N, 2) valence/arousal.
+    pub va: Vec<[f32; 2]>,
+    /// (N, K) AU probabilities (sigmoid of the logits).
+    pub au_probs: Vec<Vec<f32>>,
+    /// (N, C) expression probabilities (softmax of the logits).
+    pub expr_probs: Vec<Vec<f32>>,
+}
+
+impl HostOutputs {
+    /// Copies a model output to the host.
+    pub fn from_output(out: &MtaNetOutput) -> candle_core::Result<Self> {
+        let va = out.va.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let au = candle_nn::ops::sigmoid(&out.au_logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        let expr =
+            candle_nn::ops::softmax(&out.expr_logits.to_dtype(DType::F32)?, D::Minus1)?
+                .to_vec2::<f32>()?;
+        Ok(Self {
+            va: va.into_iter().map(|r| [r[0], r[1]]).collect(),
+            au_probs: au,
+            expr_probs: expr,
+        })
+    }
+}
+
+/// The index of the largest value (the first one on ties, as `argmax` in numpy/torch).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn mask(t: &Tensor) -> candle_core::Result<Vec<bool>> {
+    Ok(t.to_dtype(DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|m| m > 0.5)
+        .collect())
+}
+
+/// Pushes one batch's outputs and labels (masked per task) into the accumulators.
+pub fn push_batch(acc: &mut Accumulator, out: &HostOutputs, batch: &Batch) -> candle_core::Result<()> {
+    let va_t = batch.va.to_vec2::<f32>()?;
+    let au_t = batch.au.to_vec2::<f32>()?;
+    let expr_t = batch.expr.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let (vm, am, em) = (mask(&batch.va_mask)?, mask(&batch.au_mask)?, mask(&batch.expr_mask)?);
+    for i in 0..out.va.len() {
+        if vm[i] {
+            acc.va.push(out.va[i], [va_t[i][0], va_t[i][1]]);
+        }
+        if am[i] {
+            let t: Vec<u8> = au_t[i].iter().map(|&x| (x > 0.5) as u8).collect();
+            acc.au.push(&out.au_probs[i], &t);
+        }
+        if em[i] {
+            acc.expr.push(argmax(&out.expr_probs[i]), expr_t[i] as usize);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the model in eval mode over one pass of `loader` and returns the filled accumulator.
+pub fn evaluate(
+    model: &MtaNet,
+    loader: &Loader,
+    device: &Device,
+    n_au: usize,
+    n_expr: usize,
+    mut on_batch: impl FnMut(usize),
+) -> anyhow::Result<Accumulator> {
+    let mut acc = Accumulator::new(n_au, n_expr);
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let n = batch.ids.len();
+        let images = batch.images.to_device(device)?;
+        let out = model.forward_t(&images, false)?;
+        push_batch(&mut acc, &HostOutputs::from_output(&out)?, &batch)?;
+        on_batch(n);
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_first_on_ties() {
+        assert_eq!(argmax(&[0.1, 0.5, 0.5, 0.2]), 1);
+        assert_eq!(argmax(&[1.0]), 0);
+    }
+}

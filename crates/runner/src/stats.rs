@@ -1,0 +1,74 @@
+//! Mean, sample standard deviation and a 95% Student-t interval over seeds.
+
+/// Summary of one metric over runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Summary {
+    /// Number of values.
+    pub n: usize,
+    /// Mean (`None` without values).
+    pub mean: Option<f64>,
+    /// Sample standard deviation (n - 1); `None` below 2 values.
+    pub std: Option<f64>,
+    /// Half-width of the 95% t interval of the mean; `None` below 2 values.
+    pub ci95: Option<f64>,
+}
+
+/// Two-sided 97.5% quantiles of Student's t for 1..=30 degrees of freedom
+/// (`scipy.stats.t.ppf(0.975, df)`, see scripts/reference/t_quantiles.py); 1.96 beyond.
+const T975: [f64; 30] = [
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
+    2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
+    2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+];
+
+/// The t quantile for `df` degrees of freedom.
+pub fn t975(df: usize) -> f64 {
+    if df == 0 {
+        f64::NAN
+    } else {
+        T975.get(df - 1).copied().unwrap_or(1.96)
+    }
+}
+
+/// Summarises the finite values of `xs`.
+pub fn mean_std_ci(xs: &[f64]) -> Summary {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    if n == 0 {
+        return Summary::default();
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return Summary {
+            n,
+            mean: Some(mean),
+            std: None,
+            ci95: None,
+        };
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let std = var.sqrt();
+    Summary {
+        n,
+        mean: Some(mean),
+        std: Some(std),
+        ci95: Some(t975(n - 1) * std / (n as f64).sqrt()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary() {
+        let s = mean_std_ci(&[1.0, 2.0, 3.0, f64::NAN]);
+        assert_eq!(s.n, 3);
+        assert_eq!(s.mean, Some(2.0));
+        assert_eq!(s.std, Some(1.0));
+        assert!((s.ci95.unwrap() - t975(2) / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std_ci(&[5.0]).std, None);
+        assert_eq!(mean_std_ci(&[]).mean, None);
+        assert!(T975.windows(2).all(|w| w[0] > w[1] && w[1] > 1.96));
+    }
+}

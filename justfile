@@ -1,0 +1,48 @@
+# Thin wrappers over the `mtanet` binary (`cargo run --release -- <subcommand>`).
+# Install just with `pip install rust-just` (or `cargo install just --locked`).
+
+mtanet := "cargo run --release --quiet --"
+
+# List recipes.
+default:
+    @just --list
+
+# Table I on the demo profile, or the paper profile when AFFWILD2_ROOT is set.
+table1 *args:
+    {{mtanet}} table1 {{args}}
+
+# One Table I row with overrides: `just ablate backbone=senet50 seed=3`.
+ablate *overrides:
+    {{mtanet}} ablate {{overrides}}
+
+# Train one configuration: `just train --config experiments/table1.yaml --profile demo --row resnet50`.
+train *args:
+    {{mtanet}} train {{args}}
+
+# Result CSVs side by side: `just compare results/a.csv results/b.csv`.
+compare a b *more:
+    {{mtanet}} compare {{a}} {{b}} {{more}}
+
+# Synthetic Aff-Wild2 into data/synthetic (or `just synth --out DIR --full`).
+synth *args:
+    {{mtanet}} data synth {{args}}
+
+# Dataset statistics: `just stats data/synthetic`.
+stats root *args:
+    {{mtanet}} data stats --root {{root}} {{args}}
+
+# TensorBoard on results/ (prints the install command when it is missing).
+tb:
+    @if command -v tensorboard >/dev/null 2>&1; then tensorboard --logdir results; else echo "TensorBoard is not installed: pip install tensorboard, then: tensorboard --logdir results"; fi
+
+# Loader throughput (img/s, 1 and 2 threads) against PIL + torchvision.
+bench-data:
+    cargo run --release -p mtanet-affwild2 --example bench_data
+
+# The tests CI runs.
+test:
+    cargo test --workspace
+
+# Everything CI checks.
+ci:
+    .ci/run
