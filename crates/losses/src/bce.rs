@@ -8,7 +8,7 @@ const LOSS: &str = "masked_bce_with_logits";
 
 /// Eq. 2 on logits, averaged over valid frames x AUs, with optional per-AU `pos_weight`.
 ///
-/// `logits` and `target` (N,K), `target` in [0,1] (f32); `mask` (N); `pos_weight` (K).
+/// `logits` and `target` (N,K), `target` in `[0, 1]` (f32); `mask` (N); `pos_weight` (K).
 /// Same semantics as `torch.nn.BCEWithLogitsLoss(pos_weight=p)` ('mean' reduction) on the
 /// rows `mask` selects: `l = (1-y) x + (1 + (p-1) y) softplus(-x)`.
 ///

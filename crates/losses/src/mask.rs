@@ -41,11 +41,19 @@ pub(crate) fn select_rows(t: &Tensor, rows: &[u32]) -> Result<Tensor> {
 
 /// An f32 scalar zero that is still connected to `t` in the graph, so `backward()` yields an
 /// all-zero gradient for `t` (never NaN, even if `t` holds non-finite values).
+///
+/// Built as `where(false, t[0], 0)`: the forward never reads `t[0]` into arithmetic and the
+/// backward of `where_cond` routes zeros to it; no zero-sized kernel is launched (those are
+/// not safe on every backend). An empty `t` gives a plain (unconnected) zero.
 pub(crate) fn connected_zero(t: &Tensor) -> Result<Tensor> {
-    t.to_dtype(DType::F32)?
-        .flatten_all()?
-        .narrow(0, 0, 0)?
-        .sum_all()
+    let device = t.device();
+    if t.elem_count() == 0 {
+        return Tensor::zeros((), DType::F32, device);
+    }
+    let first = t.flatten_all()?.narrow(0, 0, 1)?.to_dtype(DType::F32)?;
+    let never = Tensor::zeros(1, DType::U8, device)?;
+    let zero = Tensor::zeros(1, DType::F32, device)?;
+    never.where_cond(&first, &zero)?.reshape(())
 }
 
 /// Checks that `t` has exactly the shape `expected`.
@@ -100,10 +108,13 @@ mod tests {
         let z = connected_zero(v.as_tensor())?;
         assert_eq!(z.to_scalar::<f32>()?, 0.0);
         let grads = z.backward()?;
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            assert!(g.iter().all(|x| *x == 0.0), "{g:?}");
-        }
+        let g = grads
+            .get(v.as_tensor())
+            .map(|g| g.flatten_all()?.to_vec1::<f32>());
+        let g = g.transpose()?;
+        assert_eq!(g, Some(vec![0.0; 4]), "connected, all-zero gradient");
+        let empty = Tensor::zeros((0, 3), DType::F32, &Device::Cpu)?;
+        assert_eq!(connected_zero(&empty)?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 }

@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn uncertainty_leaves_absent_task_out_including_its_log_var_term() -> Result<()> {
-        let map = VarMap::new();
+        let mut map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
         let uw = UncertaintyWeights::from_root(&vb)?;
         map.set_one(

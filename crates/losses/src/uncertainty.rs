@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn saved_and_reloaded_with_the_varmap() -> Result<()> {
-        let (map, uw) = setup()?;
+        let (mut map, uw) = setup()?;
         map.set_one(
             "uncertainty.log_var_au",
             Tensor::new(&[0.75f32], &Device::Cpu)?,

@@ -790,21 +790,11 @@ pub fn acc_report(acc: &Accumulator, config: &Config, later_layout: bool) -> Rep
     } else {
         Scoring::Abaw2020
     };
-    let mut r = acc.report(scoring, None);
     if config.eval.tune_au_thresholds {
-        if let Some(au) = r.au.as_mut() {
-            let t = mtanet_metrics::tune_au_thresholds(&acc.au);
-            if let Some(tuned) = acc.report(scoring, Some(&t)).au {
-                au.tuned = tuned.tuned.or(Some(mtanet_metrics::TunedAu {
-                    thresholds: t,
-                    f1: tuned.f1,
-                    accuracy: tuned.accuracy,
-                    score: tuned.score,
-                }));
-            }
-        }
+        acc.report_with_tuning(scoring)
+    } else {
+        acc.report(scoring, None)
     }
-    r
 }
 
 /// One line: CCC-V, CCC-A, AU F1, EXPR F1.

@@ -1,0 +1,153 @@
+//! End-to-end: a tiny two-stage training on a tiny synthetic set; interrupt + resume equals an
+//! uninterrupted run; outputs (TensorBoard, metrics.csv, runs.csv) exist and parse.
+
+use std::path::Path;
+
+use mtanet_runner::checkpoint;
+use mtanet_runner::config::{Config, ExperimentFile};
+use mtanet_runner::train::{self, RunContext};
+
+fn tiny_config(tmp: &Path) -> Config {
+    let yaml = format!(
+        "
+defaults:
+  experiment: tiny
+  seed: 5
+  device: cpu
+  results_dir: {results}
+  data:
+    root: null
+    synthetic: {{dir: {synth}, videos: 6, frames: 16, seed: 3}}
+    batch_size: 8
+    image_size: 48
+    max_train_frames: 40
+    max_val_frames: 24
+  model:
+    backbone: resnext50_32x4d_cbam
+    width_div: 16
+    depths: [1, 1, 1, 1]
+    groups: 2
+    head: {{hidden: 16, dropout: 0.2}}
+  training:
+    stages:
+      - {{name: a, optimizer: adam, lr: 0.001, steps: 4, loss: sum, weight_decay: 0.001}}
+      - {{name: b, optimizer: sgd, lr: 0.001, steps: 3, loss: uncertainty, weight_decay: 0.005}}
+    checkpoint_every: 2
+    au_pos_weight: true
+    log_every: 1
+  eval: {{batch_size: 16, every_steps: 3}}
+",
+        results = tmp.join("results").display(),
+        synth = tmp.join("synth").display()
+    );
+    ExperimentFile::parse("tiny.yaml", &yaml)
+        .unwrap()
+        .resolve(None, None, &[])
+        .unwrap()
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let c = checkpoint::load(&dir.join("checkpoints/last.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    assert!(c.state.finished);
+    let mut v: Vec<_> = c
+        .model
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn interrupted_and_resumed_run_equals_uninterrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path());
+    let quiet = RunContext {
+        quiet: true,
+        ..Default::default()
+    };
+    let full = train::run(&config, &quiet).unwrap();
+    assert!(full.finished);
+    let report_full = full.report.clone().unwrap();
+
+    let part = train::run(
+        &config,
+        &RunContext {
+            max_steps: Some(5),
+            ..quiet.clone()
+        },
+    )
+    .unwrap();
+    assert!(!part.finished);
+    let resumed = train::run(
+        &config,
+        &RunContext {
+            resume: Some(part.run_dir.clone()),
+            ..quiet.clone()
+        },
+    )
+    .unwrap();
+    assert!(resumed.finished);
+
+    let (a, b) = (weights(&full.run_dir), weights(&resumed.run_dir));
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().any(|(k, _)| k.starts_with("uncertainty")));
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "weights differ at {ka}");
+    }
+    assert_eq!(
+        serde_json::to_string(&report_full).unwrap(),
+        serde_json::to_string(resumed.report.as_ref().unwrap()).unwrap()
+    );
+
+    // metrics.csv: evaluations at steps 3, 6 (every_steps) and the end, no duplicates.
+    for dir in [&full.run_dir, &resumed.run_dir] {
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let steps: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(steps, vec!["3", "6", "7"], "{}", dir.display());
+        assert!(std::fs::read_dir(dir)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("events.out.tfevents")));
+        assert!(dir.join("config.yaml").is_file() && dir.join("report.json").is_file());
+    }
+    // runs.csv: one row per finished run (the interrupted attempt adds none).
+    let runs = std::fs::read_to_string(tmp.path().join("results/runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 3, "{runs}");
+    assert!(runs.lines().skip(1).all(|l| l.contains(",finished,")));
+}
+
+#[test]
+fn same_seed_same_metrics_other_seed_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(tmp.path());
+    config.training.stages.truncate(1);
+    let ctx = RunContext {
+        quiet: true,
+        ..Default::default()
+    };
+    let a = train::run(&config, &ctx).unwrap().report.unwrap();
+    let b = train::run(&config, &ctx).unwrap().report.unwrap();
+    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    config.seed += 1;
+    let c = train::run(&config, &ctx).unwrap().report.unwrap();
+    assert_ne!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&c).unwrap());
+}
+
+#[test]
+fn missing_data_root_names_path_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(tmp.path());
+    config.data.root = Some(tmp.path().join("no-such-affwild2"));
+    let e = train::run(
+        &config,
+        &RunContext {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no-such-affwild2") && e.contains("AFFWILD2_ROOT"), "{e}");
+}
