@@ -645,33 +645,29 @@ impl std::str::FromStr for Override {
 impl Override {
     /// Writes the value at the dotted path, creating mappings on the way.
     fn apply(&self, root: &mut Value) {
-        let mut cur = root;
-        for (i, part) in self.key.iter().enumerate() {
-            let last = i + 1 == self.key.len();
-            if let (Ok(idx), Value::Sequence(seq)) = (part.parse::<usize>(), &mut *cur) {
-                if idx < seq.len() {
-                    if last {
-                        seq[idx] = self.value.clone();
-                        return;
-                    }
-                    cur = &mut seq[idx];
-                    continue;
-                }
-            }
-            if !cur.is_mapping() {
-                *cur = Value::Mapping(Default::default());
-            }
-            let map = cur.as_mapping_mut().expect("made a mapping above");
-            let key = Value::String(part.clone());
-            if last {
-                map.insert(key, self.value.clone());
-                return;
-            }
-            if !map.contains_key(&key) {
-                map.insert(key.clone(), Value::Mapping(Default::default()));
-            }
-            cur = map.get_mut(&key).expect("inserted above");
+        set_path(root, &self.key, &self.value);
+    }
+}
+
+/// Sets `value` at `path` under `node`; numeric parts index existing lists.
+fn set_path(node: &mut Value, path: &[String], value: &Value) {
+    let Some((part, rest)) = path.split_first() else {
+        *node = value.clone();
+        return;
+    };
+    if let (Ok(idx), Value::Sequence(seq)) = (part.parse::<usize>(), &mut *node) {
+        if idx < seq.len() {
+            set_path(&mut seq[idx], rest, value);
+            return;
         }
+    }
+    if !node.is_mapping() {
+        *node = Value::Mapping(Default::default());
+    }
+    if let Value::Mapping(map) = node {
+        let key = Value::String(part.clone());
+        let child = map.entry(key).or_insert(Value::Null);
+        set_path(child, rest, value);
     }
 }
 
