@@ -1,1 +1,36 @@
-//! placeholder
+//! Aff-Wild2 for MTANet: exact parsing of the ABAW 2020 (and 2021, 2022+) annotation layouts,
+//! a frame index joining the three tasks, dataset statistics, a synthetic Aff-Wild2 whose faces
+//! encode their labels, and a seeded, epoch-deterministic, prefetching batch loader.
+//!
+//! Data flows one way: files -> [`DatasetIndex`] -> [`Sample`]s -> [`Loader`] -> [`Batch`]es.
+//! Not built on `candle-datasets`: it only offers an unshuffled `Batcher`.
+#![warn(missing_docs)]
+
+pub mod annotation;
+pub mod augment;
+pub mod batch;
+pub mod decode;
+pub mod error;
+pub mod index;
+pub mod layout;
+pub mod loader;
+pub mod preprocess;
+pub mod sampling;
+pub mod seed;
+pub mod stats;
+pub mod synth;
+pub mod task;
+pub mod warp;
+
+pub use annotation::{parse_annotation, AnnotationFile, Labels};
+pub use augment::{Augment, AugmentDraw};
+pub use batch::{Batch, SampleId};
+pub use error::DataError;
+pub use index::{CrossTaskOverlap, DatasetIndex, IndexOptions, Sample};
+pub use layout::Layout;
+pub use loader::{BatchIter, Loader, LoaderConfig, OnBadFrame};
+pub use preprocess::Preprocess;
+pub use sampling::Sampling;
+pub use stats::{OverlapStats, SplitStats, Stats, TaskStats};
+pub use synth::{generate, SynthConfig, SynthReport, SynthSplitReport, SynthTaskReport};
+pub use task::{Split, Task, Vocab};

@@ -6,6 +6,7 @@
 //! output gradient to that argmax cell.
 
 use crate::pool_geometry::PoolGeometry;
+use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D,
 };
@@ -136,7 +137,10 @@ struct Strided4 {
 impl Strided4 {
     fn new(layout: &Layout) -> Result<Self> {
         let &[_, c, _, _] = layout.dims() else {
-            bail!("max_pool2d: expected an NCHW layout, got {:?}", layout.dims())
+            bail!(
+                "max_pool2d: expected an NCHW layout, got {:?}",
+                layout.dims()
+            )
         };
         let &[s0, s1, s2, s3] = layout.stride() else {
             bail!("max_pool2d: expected 4 strides, got {:?}", layout.stride())
@@ -327,3 +331,146 @@ impl CustomOp2 for MaxPoolScatter {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    /// Relative error as used across mtanet-rs conformance tests: `max|a-b| / max|b|`.
+    fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims(), "shape mismatch");
+        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        Ok(if scale == 0.0 { diff } else { diff / scale })
+    }
+
+    /// Fixtures written by scripts/reference/make_fixtures.py (PyTorch's max_pool2d).
+    fn fixtures() -> HashMap<String, Tensor> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/backbones/maxpool.safetensors");
+        candle_core::safetensors::load(&path, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    fn cases(f: &HashMap<String, Tensor>) -> Vec<String> {
+        let mut names: Vec<String> = f
+            .keys()
+            .filter_map(|k| k.strip_suffix(".params").map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn params(f: &HashMap<String, Tensor>, case: &str) -> Result<(usize, usize, usize, bool)> {
+        let p = f[&format!("{case}.params")].to_vec1::<i64>()?;
+        Ok((p[0] as usize, p[1] as usize, p[2] as usize, p[3] != 0))
+    }
+
+    #[test]
+    fn forward_and_backward_match_pytorch_with_ties_and_ceil_edges() -> Result<()> {
+        let f = fixtures();
+        let names = cases(&f);
+        assert!(names.len() >= 6, "fixture cases: {names:?}");
+        for case in names {
+            let (k, s, p, ceil) = params(&f, &case)?;
+            let x = Var::from_tensor(&f[&format!("{case}.input")])?;
+            let y = max_pool2d(x.as_tensor(), k, s, p, ceil)?;
+            let want = &f[&format!("{case}.output")];
+            assert_eq!(y.dims(), want.dims(), "{case}: output dims");
+            assert_eq!(rel_err(&y, want)?, 0.0, "{case}: output");
+            let gy = &f[&format!("{case}.grad_output")];
+            let grads = (y * gy)?.sum_all()?.backward()?;
+            let gx = grads.get(x.as_tensor()).expect("input gradient");
+            let err = rel_err(gx, &f[&format!("{case}.grad_input")])?;
+            assert!(err <= 1e-6, "{case}: grad rel err {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tensor_op_fallback_matches_the_kernel_forward() -> Result<()> {
+        let f = fixtures();
+        for case in cases(&f) {
+            let (k, s, p, ceil) = params(&f, &case)?;
+            let op = MaxPool2d {
+                kernel: k,
+                stride: s,
+                padding: p,
+                ceil_mode: ceil,
+            };
+            let x = &f[&format!("{case}.input")];
+            let y = op.forward_with_tensor_ops(x)?;
+            assert_eq!(
+                rel_err(&y, &f[&format!("{case}.output")])?,
+                0.0,
+                "{case}: fallback"
+            );
+        }
+        Ok(())
+    }
+
+    /// Without ties the off-CPU composition also has PyTorch's gradient.
+    #[test]
+    fn tensor_op_fallback_gradient_matches_without_ties() -> Result<()> {
+        let f = fixtures();
+        for case in ["ceil_dropped", "ceil_edge_rect", "padded_even"] {
+            let (k, s, p, ceil) = params(&f, case)?;
+            let op = MaxPool2d {
+                kernel: k,
+                stride: s,
+                padding: p,
+                ceil_mode: ceil,
+            };
+            let x = Var::from_tensor(&f[&format!("{case}.input")])?;
+            let y = op.forward_with_tensor_ops(x.as_tensor())?;
+            let grads = (y * &f[&format!("{case}.grad_output")])?
+                .sum_all()?
+                .backward()?;
+            let gx = grads.get(x.as_tensor()).expect("input gradient");
+            let err = rel_err(gx, &f[&format!("{case}.grad_input")])?;
+            assert!(err <= 1e-6, "{case}: fallback grad rel err {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn first_maximum_in_row_major_order_takes_the_gradient() -> Result<()> {
+        // One 3x3 window over an all-equal plane: the first cell (0, 0) gets the gradient.
+        let x = Var::ones((1, 1, 3, 3), DType::F32, &Device::Cpu)?;
+        let y = max_pool2d(x.as_tensor(), 3, 3, 0, false)?;
+        let g = y.sum_all()?.backward()?;
+        let gx = g
+            .get(x.as_tensor())
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn strided_inputs_and_f64_give_the_same_result() -> Result<()> {
+        let f = fixtures();
+        let x = &f["ceil_edge.input"];
+        let want = &f["ceil_edge.output"];
+        // A transposed-then-transposed-back view is non-contiguous in storage order.
+        let xt = x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
+        assert!(!xt.is_contiguous());
+        let y = max_pool2d(&xt, 3, 2, 0, true)?;
+        assert_eq!(rel_err(&y, want)?, 0.0);
+        let y64 = max_pool2d(&x.to_dtype(DType::F64)?, 3, 2, 0, true)?;
+        assert_eq!(rel_err(&y64.to_dtype(DType::F32)?, want)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_unsupported_inputs() -> Result<()> {
+        let x = Tensor::zeros((1, 1, 4, 4), DType::U8, &Device::Cpu)?;
+        assert!(max_pool2d(&x, 3, 2, 1, false).is_err());
+        let x = Tensor::zeros((1, 4, 4), DType::F32, &Device::Cpu)?;
+        assert!(max_pool2d(&x, 3, 2, 1, false).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Where the annotation files and crops live in each Aff-Wild2 release, and which release a
+//! root holds.
+//!
+//! - ABAW 2020: `annotations/{VA_Set,AU_Set,EXPR_Set}/{Training_Set,Validation_Set}/<video>.txt`
+//! - ABAW 2021: the same with `Train_Set` (and 12 AUs in the AU headers)
+//! - ABAW 2022+: `<N>th ABAW Annotations/{VA_Estimation_Challenge,AU_Detection_Challenge,
+//!   EXPR_Classification_Challenge}/{Train_Set,Validation_Set}/<video>.txt`
+//!
+//! Crops are always `cropped_aligned/<video>/<NNNNN>.jpg`. The annotation folder may also be
+//! the root itself (the three `*_Set` folders copied out of `annotations.zip`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::task::{Split, Task};
+
+/// Which release's folder layout a root holds (detected from folder names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// `*_Set` task folders with `Training_Set`.
+    Abaw2020,
+    /// `*_Set` task folders with `Train_Set`.
+    Abaw2021,
+    /// `*_Challenge` task folders (3rd ABAW, 2022, and later).
+    Abaw2022,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Abaw2020 => "ABAW 2020",
+            Layout::Abaw2021 => "ABAW 2021",
+            Layout::Abaw2022 => "ABAW 2022+",
+        })
+    }
+}
+
+/// The task folder names of the 2020/2021 releases.
+const SET_DIRS: [(Task, &str); 3] = [
+    (Task::Va, "VA_Set"),
+    (Task::Au, "AU_Set"),
+    (Task::Expr, "EXPR_Set"),
+];
+
+/// The task folder names of the 2022+ releases.
+const CHALLENGE_DIRS: [(Task, &[&str]); 3] = [
+    (Task::Va, &["VA_Estimation_Challenge"]),
+    (Task::Au, &["AU_Detection_Challenge"]),
+    (
+        Task::Expr,
+        &["EXPR_Classification_Challenge", "EXPR_Recognition_Challenge"],
+    ),
+];
+
+/// The folder of crops, relative to the root.
+pub const CROPS_DIR: &str = "cropped_aligned";
+
+/// One annotation file found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationEntry {
+    /// Its task.
+    pub task: Task,
+    /// Its split (within the task).
+    pub split: Split,
+    /// The video name (file stem), e.g. `10-60-1280x720_left`.
+    pub video: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// The annotation files and crop folder of a root.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    /// The detected release.
+    pub layout: Layout,
+    /// Every annotation file, sorted by (task, split, video).
+    pub entries: Vec<AnnotationEntry>,
+    /// `root/cropped_aligned`.
+    pub crops: PathBuf,
+}
+
+fn is_dir(p: &Path) -> bool {
+    p.is_dir()
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            out.push((name.to_string(), entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Candidate folders that may hold the task folders, in order of preference.
+fn annotation_bases(root: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut bases = vec![root.join("annotations"), root.to_path_buf()];
+    for (name, path) in list_dir(root)? {
+        if name.to_ascii_lowercase().contains("annotations") && name != "annotations" && is_dir(&path) {
+            bases.push(path);
+        }
+    }
+    Ok(bases)
+}
+
+/// Finds the release layout and every annotation file under `root`.
+pub fn discover(root: &Path) -> Result<Discovered, DataError> {
+    if !is_dir(root) {
+        return Err(DataError::Layout {
+            root: root.to_path_buf(),
+            message: "not a folder".into(),
+        });
+    }
+    let mut found: Option<(bool, Vec<(Task, PathBuf)>)> = None;
+    for base in annotation_bases(root)? {
+        if !is_dir(&base) {
+            continue;
+        }
+        let sets: Vec<(Task, PathBuf)> = SET_DIRS
+            .iter()
+            .map(|(t, d)| (*t, base.join(d)))
+            .filter(|(_, p)| is_dir(p))
+            .collect();
+        let challenges: Vec<(Task, PathBuf)> = CHALLENGE_DIRS
+            .iter()
+            .flat_map(|(t, ds)| {
+                let base = &base;
+                ds.iter().map(move |d| (*t, base.join(d)))
+            })
+            .filter(|(_, p)| is_dir(p))
+            .collect();
+        match (sets.is_empty(), challenges.is_empty()) {
+            (true, true) => continue,
+            (false, false) => {
+                return Err(DataError::Layout {
+                    root: base,
+                    message: "holds both `*_Set` (2020/2021) and `*_Challenge` (2022+) task folders; keep one release per root".into(),
+                })
+            }
+            (false, true) => found = Some((false, sets)),
+            (true, false) => found = Some((true, challenges)),
+        }
+        break;
+    }
+    let Some((challenge, task_dirs)) = found else {
+        return Err(DataError::Layout {
+            root: root.to_path_buf(),
+            message: "no annotation folders found: expected annotations/{VA_Set,AU_Set,EXPR_Set} \
+                      (ABAW 2020/2021) or `<N>th ABAW Annotations/*_Challenge` (2022+)"
+                .into(),
+        });
+    };
+    let mut seen_task = [false; 3];
+    let mut uses_train_set = false;
+    let mut entries = Vec::new();
+    for (task, dir) in task_dirs {
+        if std::mem::replace(&mut seen_task[task.index()], true) {
+            return Err(DataError::Layout {
+                root: dir,
+                message: format!("a second folder for the {task} task"),
+            });
+        }
+        let mut train_dir: Option<PathBuf> = None;
+        let mut val_dir: Option<PathBuf> = None;
+        for (name, path) in list_dir(&dir)? {
+            if !is_dir(&path) {
+                continue;
+            }
+            match name.as_str() {
+                "Training_Set" | "Train_Set" => {
+                    uses_train_set |= name == "Train_Set";
+                    if let Some(other) = train_dir.replace(path.clone()) {
+                        return Err(DataError::Layout {
+                            root: path,
+                            message: format!("a second training folder beside {}", other.display()),
+                        });
+                    }
+                }
+                "Validation_Set" => val_dir = Some(path),
+                _ => {}
+            }
+        }
+        for (split, sdir) in [(Split::Train, train_dir), (Split::Validation, val_dir)] {
+            let Some(sdir) = sdir else { continue };
+            for (name, path) in list_dir(&sdir)? {
+                let Some(video) = name.strip_suffix(".txt") else { continue };
+                if video.is_empty() || name.starts_with('.') || !path.is_file() {
+                    continue;
+                }
+                entries.push(AnnotationEntry {
+                    task,
+                    split,
+                    video: video.to_string(),
+                    path,
+                });
+            }
+        }
+    }
+    entries.sort_by(|a, b| (a.task, a.split, &a.video).cmp(&(b.task, b.split, &b.video)));
+    let layout = if challenge {
+        Layout::Abaw2022
+    } else if uses_train_set {
+        Layout::Abaw2021
+    } else {
+        Layout::Abaw2020
+    };
+    let crops = root.join(CROPS_DIR);
+    if !is_dir(&crops) {
+        return Err(DataError::Layout {
+            root: root.to_path_buf(),
+            message: format!("no `{CROPS_DIR}` folder of face crops"),
+        });
+    }
+    Ok(Discovered {
+        layout,
+        entries,
+        crops,
+    })
+}
+
+/// The 5-digit, 1-based file name of frame `frame` (`00017.jpg`).
+pub fn frame_file_name(frame: u32) -> String {
+    format!("{frame:05}.jpg")
+}
+
+/// The frame number of a crop file name (`00017.jpg` -> 17), `None` for anything else.
+pub fn parse_frame_file_name(name: &str) -> Option<u32> {
+    let stem = name.strip_suffix(".jpg")?;
+    if stem.len() < 5 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse::<u32>().ok().filter(|&f| f > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_names_round_trip() {
+        assert_eq!(frame_file_name(17), "00017.jpg");
+        assert_eq!(parse_frame_file_name("00017.jpg"), Some(17));
+        assert_eq!(parse_frame_file_name("123456.jpg"), Some(123456));
+        assert_eq!(parse_frame_file_name("00000.jpg"), None);
+        assert_eq!(parse_frame_file_name("0017.jpg"), None);
+        assert_eq!(parse_frame_file_name("00017.png"), None);
+        assert_eq!(parse_frame_file_name("a0017.jpg"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! The one bottleneck block all five backbones share (1x1 -> 3x3 -> 1x1, x4 expansion).
+//!
+//! Stride sits in the 3x3 conv ("ResNet v1.5", torchvision/timm) or, with `stride_in_1x1`, in
+//! the first 1x1 conv (Caffe / VGGFace2). Attention runs after `bn3`, before the residual add.
+
+use crate::cbam::Cbam;
+use crate::config::{Attention, ResNetConfig};
+use crate::conv_bn::{batch_norm, conv_no_bias, ConvSpec};
+use crate::squeeze_excite::SqueezeExcite;
+use candle_core::{Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Module, ModuleT, VarBuilder};
+
+/// The attention layer of a block, if any.
+#[derive(Clone, Debug)]
+enum BlockAttention {
+    SqueezeExcite(SqueezeExcite),
+    Cbam(Cbam),
+}
+
+/// A bottleneck block; VarBuilder names follow the PyTorch state dict (`conv1`, `bn1`, ...,
+/// `downsample.0`, `downsample.1`, `se.fc1`, `conv4`, `cbam.*`).
+#[derive(Clone, Debug)]
+pub struct Bottleneck {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Conv2d,
+    bn3: BatchNorm,
+    attention: Option<BlockAttention>,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Bottleneck {
+    /// Block taking `c_in` channels to `4 * planes`, with `stride` applied once.
+    pub fn new(
+        cfg: &ResNetConfig,
+        c_in: usize,
+        planes: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let width = cfg.bottleneck_width(planes);
+        let c_out = 4 * planes;
+        let (stride1, stride3) = if cfg.stride_in_1x1 {
+            (stride, 1)
+        } else {
+            (1, stride)
+        };
+        let conv1 = conv_no_bias(ConvSpec::pointwise(c_in, width, stride1), vb.pp("conv1"))?;
+        let bn1 = batch_norm(width, vb.pp("bn1"))?;
+        let conv2 = conv_no_bias(
+            ConvSpec {
+                c_in: width,
+                c_out: width,
+                kernel: 3,
+                stride: stride3,
+                padding: 1,
+                groups: cfg.groups,
+            },
+            vb.pp("conv2"),
+        )?;
+        let bn2 = batch_norm(width, vb.pp("bn2"))?;
+        let conv3 = conv_no_bias(ConvSpec::pointwise(width, c_out, 1), vb.pp("conv3"))?;
+        let bn3 = batch_norm(c_out, vb.pp("bn3"))?;
+        let reduced = cfg.attention_width(c_out);
+        let attention = match cfg.attention {
+            Attention::None => None,
+            Attention::SqueezeExcite => {
+                let se = vb.pp("se");
+                Some(BlockAttention::SqueezeExcite(SqueezeExcite::new(
+                    c_out,
+                    reduced,
+                    se.pp("fc1"),
+                    se.pp("fc2"),
+                )?))
+            }
+            Attention::SqueezeExciteVggface2 => Some(BlockAttention::SqueezeExcite(
+                SqueezeExcite::new(c_out, reduced, vb.pp("conv4"), vb.pp("conv5"))?,
+            )),
+            Attention::Cbam => Some(BlockAttention::Cbam(Cbam::new(
+                c_out,
+                reduced,
+                vb.pp("cbam"),
+            )?)),
+        };
+        let downsample = if stride != 1 || c_in != c_out {
+            let ds = vb.pp("downsample");
+            Some((
+                conv_no_bias(ConvSpec::pointwise(c_in, c_out, stride), ds.pp("0"))?,
+                batch_norm(c_out, ds.pp("1"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            conv3,
+            bn3,
+            attention,
+            downsample,
+        })
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let out = self
+            .bn2
+            .forward_t(&self.conv2.forward(&out)?, train)?
+            .relu()?;
+        let out = self.bn3.forward_t(&self.conv3.forward(&out)?, train)?;
+        let out = match &self.attention {
+            None => out,
+            Some(BlockAttention::SqueezeExcite(se)) => se.forward(&out)?,
+            Some(BlockAttention::Cbam(cbam)) => cbam.forward_t(&out, train)?,
+        };
+        let shortcut = match &self.downsample {
+            None => x.clone(),
+            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+        };
+        (out + shortcut)?.relu()
+    }
+}

@@ -1,0 +1,67 @@
+//! CBAM (Woo et al. 2018) as in Jongchan/attention-module `MODELS/cbam.py`: a channel gate (shared
+//! MLP over the spatial mean and max, summed, sigmoid) followed by a spatial gate (7x7 conv + BN
+//! over [max over C, mean over C], sigmoid). State-dict names `ChannelGate.mlp.{1,3}.*` and
+//! `SpatialGate.spatial.{conv,bn}.*`.
+
+use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, ConvSpec};
+use candle_core::{Result, Tensor, D};
+use candle_nn::{BatchNorm, Conv2d, Init, Linear, Module, ModuleT, VarBuilder};
+
+/// Momentum of the spatial gate's BN in the reference (`BatchNorm2d(..., momentum=0.01)`).
+const SPATIAL_BN_MOMENTUM: f64 = 0.01;
+
+/// One CBAM block for `channels` channels with the given MLP width.
+#[derive(Clone, Debug)]
+pub(crate) struct Cbam {
+    mlp_in: Linear,
+    mlp_out: Linear,
+    spatial_conv: Conv2d,
+    spatial_bn: BatchNorm,
+}
+
+impl Cbam {
+    /// `vb` is the block's `cbam` prefix. Init as the reference: MLP weights PyTorch default,
+    /// every bias 0, spatial conv Kaiming fan-out, spatial BN weight 0.
+    pub(crate) fn new(channels: usize, reduced: usize, vb: VarBuilder) -> Result<Self> {
+        let mlp = vb.pp("ChannelGate").pp("mlp");
+        let zero = Some(Init::Const(0.0));
+        let mlp_in = linear(channels, reduced, zero, mlp.pp("1"))?;
+        let mlp_out = linear(reduced, channels, zero, mlp.pp("3"))?;
+        let spatial = vb.pp("SpatialGate").pp("spatial");
+        let spatial_conv = conv_no_bias(
+            ConvSpec {
+                c_in: 2,
+                c_out: 1,
+                kernel: 7,
+                stride: 1,
+                padding: 3,
+                groups: 1,
+            },
+            spatial.pp("conv"),
+        )?;
+        let spatial_bn = batch_norm_with(1, SPATIAL_BN_MOMENTUM, 0.0, spatial.pp("bn"))?;
+        Ok(Self {
+            mlp_in,
+            mlp_out,
+            spatial_conv,
+            spatial_bn,
+        })
+    }
+
+    fn mlp(&self, v: &Tensor) -> Result<Tensor> {
+        self.mlp_out.forward(&self.mlp_in.forward(v)?.relu()?)
+    }
+
+    /// Channel gate then spatial gate on `x` (N, C, H, W).
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let flat = x.flatten_from(2)?;
+        let att = (self.mlp(&flat.mean(D::Minus1)?)? + self.mlp(&flat.max(D::Minus1)?)?)?;
+        let x = x.broadcast_mul(&candle_nn::ops::sigmoid(&att)?.reshape((n, c, 1, 1))?)?;
+        let pooled = Tensor::cat(&[x.max_keepdim(1)?, x.mean_keepdim(1)?], 1)?;
+        let logits = self
+            .spatial_bn
+            .forward_t(&self.spatial_conv.forward(&pooled)?, train)?;
+        x.broadcast_mul(&candle_nn::ops::sigmoid(&logits)?)
+    }
+}

@@ -1,0 +1,101 @@
+//! Conv and BatchNorm constructors with the reference initialisation and PyTorch's defaults.
+
+use crate::init_rules::{pytorch_default, CONV_WEIGHT};
+use candle_core::Result;
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+
+/// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).
+pub(crate) const BN_EPS: f64 = 1e-5;
+/// PyTorch's default BatchNorm momentum.
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
+
+/// Geometry of a square conv.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    /// A 1x1 conv with `stride`.
+    pub(crate) fn pointwise(c_in: usize, c_out: usize, stride: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel: 1,
+            stride,
+            padding: 0,
+            groups: 1,
+        }
+    }
+
+    fn candle(&self) -> Conv2dConfig {
+        Conv2dConfig {
+            padding: self.padding,
+            stride: self.stride,
+            dilation: 1,
+            groups: self.groups,
+            cudnn_fwd_algo: None,
+        }
+    }
+
+    fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.c_out,
+            self.c_in / self.groups,
+            self.kernel,
+            self.kernel,
+        )
+    }
+}
+
+/// `weight` only, Kaiming normal fan-out (ResNet convs have no bias).
+pub(crate) fn conv_no_bias(spec: ConvSpec, vb: VarBuilder) -> Result<Conv2d> {
+    let w = vb.get_with_hints(spec.weight_shape(), "weight", CONV_WEIGHT)?;
+    Ok(Conv2d::new(w, None, spec.candle()))
+}
+
+/// `BatchNorm2d(c)` with PyTorch's eps and momentum, weight 1, bias 0.
+pub(crate) fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    let cfg = BatchNormConfig {
+        eps: BN_EPS,
+        remove_mean: true,
+        affine: true,
+        momentum: BN_MOMENTUM,
+    };
+    candle_nn::batch_norm(c, cfg, vb)
+}
+
+/// `BatchNorm2d(c, momentum=momentum)` whose weight starts at `weight_init` (CBAM's spatial gate).
+pub(crate) fn batch_norm_with(
+    c: usize,
+    momentum: f64,
+    weight_init: f64,
+    vb: VarBuilder,
+) -> Result<BatchNorm> {
+    let running_mean = vb.get_with_hints(c, "running_mean", Init::Const(0.0))?;
+    let running_var = vb.get_with_hints(c, "running_var", Init::Const(1.0))?;
+    let weight = vb.get_with_hints(c, "weight", Init::Const(weight_init))?;
+    let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+    BatchNorm::new_with_momentum(c, running_mean, running_var, weight, bias, BN_EPS, momentum)
+}
+
+/// A `Linear(c_in, c_out)` with PyTorch's default init (or `bias_init` for the bias).
+pub(crate) fn linear(
+    c_in: usize,
+    c_out: usize,
+    bias_init: Option<Init>,
+    vb: VarBuilder,
+) -> Result<candle_nn::Linear> {
+    let w = vb.get_with_hints((c_out, c_in), "weight", pytorch_default(c_in))?;
+    let b = vb.get_with_hints(
+        c_out,
+        "bias",
+        bias_init.unwrap_or_else(|| pytorch_default(c_in)),
+    )?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}

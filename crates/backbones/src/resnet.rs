@@ -1,0 +1,177 @@
+//! The generic bottleneck ResNet: stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) and four stages.
+
+use crate::bottleneck::Bottleneck;
+use crate::config::{ResNetConfig, StemPool};
+use crate::conv_bn::{batch_norm, conv_no_bias, ConvSpec};
+use candle_core::{bail, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Module, ModuleT, VarBuilder};
+
+/// A backbone built from a [`ResNetConfig`]; `forward_t` returns the final feature map
+/// `(N, out_channels, h, w)` (no pooling, no classifier).
+///
+/// VarBuilder paths equal the PyTorch state-dict names (`conv1.weight`, `bn1.running_mean`,
+/// `layer1.0.conv2.weight`, `layer1.0.downsample.0.weight`, ...), so torchvision/timm
+/// checkpoints load without a remapping table.
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    cfg: ResNetConfig,
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    stages: Vec<Vec<Bottleneck>>,
+}
+
+impl ResNet {
+    /// Builds (or loads, depending on `vb`) the backbone at the root of `vb`.
+    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
+        if let Err(e) = cfg.validate() {
+            bail!("{e}")
+        }
+        let conv1 = conv_no_bias(
+            ConvSpec {
+                c_in: cfg.in_channels,
+                c_out: cfg.stem_width,
+                kernel: 7,
+                stride: 2,
+                padding: 3,
+                groups: 1,
+            },
+            vb.pp("conv1"),
+        )?;
+        let bn1 = batch_norm(cfg.stem_width, vb.pp("bn1"))?;
+        let mut c_in = cfg.stem_width;
+        let mut stages = Vec::with_capacity(4);
+        for (i, (&planes, &depth)) in cfg.stage_planes.iter().zip(&cfg.layers).enumerate() {
+            let layer = vb.pp(format!("layer{}", i + 1));
+            let mut blocks = Vec::with_capacity(depth);
+            for b in 0..depth {
+                let stride = if i > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(Bottleneck::new(cfg, c_in, planes, stride, layer.pp(b))?);
+                c_in = 4 * planes;
+            }
+            stages.push(blocks);
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            conv1,
+            bn1,
+            stages,
+        })
+    }
+
+    /// The configuration this network was built from.
+    pub fn config(&self) -> &ResNetConfig {
+        &self.cfg
+    }
+
+    /// The stem: conv1, bn1, ReLU and the 3x3/2 max-pool (padded or ceil mode).
+    pub fn stem_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        match self.cfg.stem_pool {
+            StemPool::Padded => mtanet_kernels::max_pool2d(&x, 3, 2, 1, false),
+            StemPool::CeilMode => mtanet_kernels::max_pool2d(&x, 3, 2, 0, true),
+        }
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.stem_t(x, train)?;
+        for stage in &self.stages {
+            for block in stage {
+                x = block.forward_t(&x, train)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackboneKind, MtaNet, MtaNetConfig};
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// 112x112 inputs (the paper's face crops) give 4x4 maps for both stem-pool styles
+    /// (56 -> 28 -> 28/14/7/4) and every backbone trains end to end.
+    #[test]
+    fn small_variants_run_and_train_on_112_inputs() -> Result<()> {
+        for kind in BackboneKind::ALL {
+            let groups = matches!(
+                kind,
+                BackboneKind::Resnext50_32x4d | BackboneKind::Resnext50_32x4dCbam
+            )
+            .then_some(4);
+            let cfg = ResNetConfig::from_kind(&kind).scaled(16, Some([1, 1, 1, 1]), groups);
+            let mta = MtaNetConfig {
+                hidden: 16,
+                ..MtaNetConfig::new(cfg, 8, 7)
+            };
+            let varmap = VarMap::new();
+            let model = MtaNet::new(
+                &mta,
+                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            )?;
+            let x = Var::randn(0f32, 1f32, (2, 3, 112, 112), &Device::Cpu)?;
+            let (fmap, features) = model.forward_features_t(x.as_tensor(), true)?;
+            assert_eq!(fmap.dims(), &[2, 128, 4, 4], "{kind}");
+            assert_eq!(features.dims(), &[2, 32], "{kind}");
+            let out = model.forward_t(x.as_tensor(), true)?;
+            assert_eq!(out.va.dims(), &[2, 2]);
+            assert_eq!(out.au_logits.dims(), &[2, 8]);
+            assert_eq!(out.expr_logits.dims(), &[2, 7]);
+            let loss =
+                (out.va.sum_all()? + out.au_logits.sum_all()?)?.add(&out.expr_logits.sum_all()?)?;
+            let grads = loss.backward()?;
+            // Every trainable variable (not BN running stats) receives a gradient.
+            let data = varmap
+                .data()
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("lock".into()))?;
+            for (name, v) in data.iter() {
+                if name.ends_with("running_mean") || name.ends_with("running_var") {
+                    continue;
+                }
+                assert!(
+                    grads.get(v.as_tensor()).is_some(),
+                    "{kind}: no gradient for {name}"
+                );
+            }
+            assert!(grads.get(x.as_tensor()).is_some());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_configurations_fail_to_build() {
+        let cfg = ResNetConfig::from_kind(&BackboneKind::Senet50Vggface2).scaled(64, None, None);
+        let varmap = VarMap::new();
+        let err = ResNet::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .expect_err("C/16 = 0");
+        assert!(err.to_string().contains("attention width"), "{err}");
+    }
+
+    /// A converted VGGFace2 checkpoint (scripts/convert_vggface2.py) loads into the full-size
+    /// model; run with MTANET_VGGFACE2_SAFETENSORS=/path/senet50_ft.safetensors.
+    #[test]
+    #[ignore = "needs a converted VGGFace2 checkpoint"]
+    fn converted_vggface2_checkpoint_loads() -> std::result::Result<(), Box<dyn std::error::Error>>
+    {
+        let path = std::env::var("MTANET_VGGFACE2_SAFETENSORS")?;
+        let cfg = ResNetConfig::from_kind(&BackboneKind::Senet50Vggface2);
+        let varmap = VarMap::new();
+        let net = ResNet::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let report = crate::load_pretrained(&varmap, std::path::Path::new(&path), "")?;
+        assert!(report.fresh.is_empty(), "{report}");
+        assert!(report.unmatched.is_empty(), "{report}");
+        let x = candle_core::Tensor::zeros((1, 3, 112, 112), DType::F32, &Device::Cpu)?;
+        assert_eq!(net.forward_t(&x, false)?.dims(), &[1, 2048, 4, 4]);
+        Ok(())
+    }
+}

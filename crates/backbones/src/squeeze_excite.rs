@@ -1,0 +1,55 @@
+//! Squeeze-and-excitation: global mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid -> scale.
+//!
+//! Two spellings of the same block: timm `SEModule` (`se.fc1`, `se.fc2`) and the VGGFace2 SENet's
+//! `conv4` / `conv5` (cydonia999/VGGFace2-pytorch `models/senet.py`, whose squeeze is
+//! `avg_pool2d(kernel=H)`, i.e. the global mean for square maps; we always take the global mean).
+
+use crate::init_rules::{pytorch_default, CONV_WEIGHT};
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// The two 1x1 convs of an SE block, applied as matrix products on the squeezed vector.
+#[derive(Clone, Debug)]
+pub(crate) struct SqueezeExcite {
+    reduce_w: Tensor,
+    reduce_b: Tensor,
+    expand_w: Tensor,
+    expand_b: Tensor,
+}
+
+impl SqueezeExcite {
+    /// `reduce` / `expand` are the VarBuilders of the two convs (`se.fc1` / `se.fc2` or
+    /// `conv4` / `conv5`); weights are stored as PyTorch's `[out, in, 1, 1]`.
+    pub(crate) fn new(
+        channels: usize,
+        reduced: usize,
+        reduce: VarBuilder,
+        expand: VarBuilder,
+    ) -> Result<Self> {
+        let reduce_w = reduce.get_with_hints((reduced, channels, 1, 1), "weight", CONV_WEIGHT)?;
+        let reduce_b = reduce.get_with_hints(reduced, "bias", pytorch_default(channels))?;
+        let expand_w = expand.get_with_hints((channels, reduced, 1, 1), "weight", CONV_WEIGHT)?;
+        let expand_b = expand.get_with_hints(channels, "bias", pytorch_default(reduced))?;
+        Ok(Self {
+            reduce_w: reduce_w.flatten_from(1)?,
+            reduce_b,
+            expand_w: expand_w.flatten_from(1)?,
+            expand_b,
+        })
+    }
+
+    /// `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))` for `x` of shape (N, C, H, W).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let squeezed = x.flatten_from(2)?.mean(D::Minus1)?;
+        let hidden = squeezed
+            .matmul(&self.reduce_w.t()?)?
+            .broadcast_add(&self.reduce_b)?
+            .relu()?;
+        let gate = hidden
+            .matmul(&self.expand_w.t()?)?
+            .broadcast_add(&self.expand_b)?;
+        let gate = candle_nn::ops::sigmoid(&gate)?.reshape((n, c, 1, 1))?;
+        x.broadcast_mul(&gate)
+    }
+}
