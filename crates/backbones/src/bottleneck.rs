@@ -5,10 +5,10 @@
 
 use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
-use crate::conv_bn::{batch_norm, conv_no_bias, ConvSpec};
+use crate::conv_bn::{Conv2d, batch_norm, conv_no_bias, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Module, ModuleT, VarBuilder};
+use candle_nn::{BatchNorm, Module, ModuleT, VarBuilder};
 
 /// The attention layer of a block, if any.
 #[derive(Clone, Debug)]

@@ -3,9 +3,9 @@
 //! over [max over C, mean over C], sigmoid). State-dict names `ChannelGate.mlp.{1,3}.*` and
 //! `SpatialGate.spatial.{conv,bn}.*`.
 
-use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, ConvSpec};
+use crate::conv_bn::{Conv2d, batch_norm_with, conv_no_bias, linear, ConvSpec};
 use candle_core::{Result, Tensor, D};
-use candle_nn::{BatchNorm, Conv2d, Init, Linear, Module, ModuleT, VarBuilder};
+use candle_nn::{BatchNorm, Init, Linear, Module, ModuleT, VarBuilder};
 
 /// Momentum of the spatial gate's BN in the reference (`BatchNorm2d(..., momentum=0.01)`).
 const SPATIAL_BN_MOMENTUM: f64 = 0.01;

@@ -1,8 +1,8 @@
 //! Conv and BatchNorm constructors with the reference initialisation and PyTorch's defaults.
 
 use crate::init_rules::{pytorch_default, CONV_WEIGHT};
-use candle_core::Result;
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, Module, VarBuilder};
 
 /// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).
 pub(crate) const BN_EPS: f64 = 1e-5;
@@ -33,16 +33,6 @@ impl ConvSpec {
         }
     }
 
-    fn candle(&self) -> Conv2dConfig {
-        Conv2dConfig {
-            padding: self.padding,
-            stride: self.stride,
-            dilation: 1,
-            groups: self.groups,
-            cudnn_fwd_algo: None,
-        }
-    }
-
     fn weight_shape(&self) -> (usize, usize, usize, usize) {
         (
             self.c_out,
@@ -53,10 +43,31 @@ impl ConvSpec {
     }
 }
 
+/// A bias-free convolution run by `mtanet_kernels::conv2d`: forward, input gradient and
+/// weight gradient as GEMMs with the groups inside one op (candle's own conv loops over
+/// groups and has no GEMM input gradient; see the kernels crate).
+#[derive(Clone, Debug)]
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    spec: ConvSpec,
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        mtanet_kernels::conv2d(
+            x,
+            &self.weight,
+            self.spec.stride,
+            self.spec.padding,
+            self.spec.groups,
+        )
+    }
+}
+
 /// `weight` only, Kaiming normal fan-out (ResNet convs have no bias).
 pub(crate) fn conv_no_bias(spec: ConvSpec, vb: VarBuilder) -> Result<Conv2d> {
-    let w = vb.get_with_hints(spec.weight_shape(), "weight", CONV_WEIGHT)?;
-    Ok(Conv2d::new(w, None, spec.candle()))
+    let weight = vb.get_with_hints(spec.weight_shape(), "weight", CONV_WEIGHT)?;
+    Ok(Conv2d { weight, spec })
 }
 
 /// `BatchNorm2d(c)` with PyTorch's eps and momentum, weight 1, bias 0.

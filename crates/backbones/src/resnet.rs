@@ -2,9 +2,9 @@
 
 use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
-use crate::conv_bn::{batch_norm, conv_no_bias, ConvSpec};
+use crate::conv_bn::{Conv2d, batch_norm, conv_no_bias, ConvSpec};
 use candle_core::{bail, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Module, ModuleT, VarBuilder};
+use candle_nn::{BatchNorm, Module, ModuleT, VarBuilder};
 
 /// A backbone built from a [`ResNetConfig`]; `forward_t` returns the final feature map
 /// `(N, out_channels, h, w)` (no pooling, no classifier).

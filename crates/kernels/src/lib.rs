@@ -4,10 +4,16 @@
 //! ceil mode whose gradient goes to the first maximum of each window, as PyTorch's does.
 //! candle's own `max_pool2d` has no padding and no backward unless `kernel == stride`
 //! (candle issues #1593, #1851).
+//!
+//! And a trainable 2-D convolution whose forward, input gradient and weight gradient are all
+//! GEMMs with the groups batched inside the op (candle loops over groups and computes the input
+//! gradient with a direct, non-GEMM transposed convolution).
 #![warn(missing_docs)]
 
+pub mod conv2d;
 mod max_pool2d;
 mod pool_geometry;
 
+pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use pool_geometry::{PoolAxis, PoolGeometry};

@@ -202,12 +202,19 @@ fn backbone_config(a: &BackboneArgs) -> anyhow::Result<mtanet_backbones::ResNetC
     Ok(mtanet_backbones::ResNetConfig::from_kind(&kind).scaled(a.width_div, depths, a.groups))
 }
 
-/// Sets sane runtime defaults for CPU training before any candle op runs: rayon and candle
-/// use the physical cores (candle otherwise parses /proc/cpuinfo on every matmul).
+/// Sets sane runtime defaults for CPU training before any candle op runs (each can be
+/// overridden by setting the variable yourself):
+/// - `RAYON_NUM_THREADS` = available cores: candle otherwise parses /proc/cpuinfo on every matmul;
+/// - `CANDLE_NUM_THREADS=1`: candle's elementwise `BarrierPool` spin-waits against the rayon
+///   threads that run our convolutions; measured on 2 cores, a demo training step took
+///   2.0 s with the pool and 0.8 s without it (README, "Runtime defaults").
 fn runtime_defaults() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

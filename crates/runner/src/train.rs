@@ -6,6 +6,7 @@
 //! ends with the same weights and metrics as an uninterrupted run on CPU.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -564,6 +565,11 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
             stage.name
         ));
         pb.set_position(state.stage_step as u64);
+        // Without a terminal (CI, nohup, pipes) the bar is hidden: print a line every 30 s.
+        let plain_progress = !ctx.quiet && !std::io::stderr().is_terminal();
+        let mut last_line = Instant::now();
+        let stage_start = Instant::now();
+        let stage_start_step = state.stage_step;
         while state.stage_step < total_steps {
             let epoch_id = (state.stage as u64) * 100_000 + state.epoch as u64;
             let mut epoch_done = true;
@@ -660,6 +666,18 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 let img_s = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
                 pb.set_position(state.stage_step as u64);
                 pb.set_message(format!("loss {total:.4} {img_s:.1} img/s"));
+                if plain_progress && last_line.elapsed().as_secs() >= 30 {
+                    last_line = Instant::now();
+                    let done = (state.stage_step - stage_start_step).max(1) as f64;
+                    let per_step = stage_start.elapsed().as_secs_f64() / done;
+                    eprintln!(
+                        "{} step {}/{} loss {total:.4} {img_s:.1} img/s eta {:.0} s",
+                        pb.prefix(),
+                        state.stage_step,
+                        total_steps,
+                        per_step * (total_steps - state.stage_step) as f64
+                    );
+                }
                 if state.global_step % config.training.log_every.max(1) as u64 == 0 {
                     if let Some(w) = tb.as_mut() {
                         let mut r = w.scalar("train/loss_total", total as f64, state.global_step);
@@ -720,13 +738,11 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 state.batch = 0;
                 let r = do_eval(&mut tb, state.global_step)?;
                 metrics_csv.push(state.global_step, &stage.name, state.epoch, &r)?;
-                if !ctx.quiet {
-                    pb.println(format!(
-                        "  {} epoch {}: {}",
-                        stage.name,
-                        state.epoch,
-                        short_report(&r)
-                    ));
+                let line = format!("  {} epoch {}: {}", stage.name, state.epoch, short_report(&r));
+                if plain_progress {
+                    eprintln!("{line}");
+                } else if !ctx.quiet {
+                    pb.println(line);
                 }
                 last_report = Some(r);
                 state.train_seconds = train_seconds_before + train_start.elapsed().as_secs_f64();

@@ -1,0 +1,85 @@
+//! Forward pass: per (image, group) unit, im2col then one GEMM `W_g @ col`.
+
+use super::geometry::ConvGeometry;
+use super::im2col::im2col;
+use super::input_grad::Conv2dInputGrad;
+use super::matmul::{matmul, MatRef};
+use super::schedule::for_each_unit;
+use super::scratch::with_columns;
+use super::storage::dense_f32;
+use super::weight_grad::Conv2dWeightGrad;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Output `(N, C_out, OH, OW)` of the convolution of NCHW `x` with `w`, both dense row-major.
+///
+/// A 1x1 stride-1 unpadded convolution multiplies the input unit directly (no im2col).
+pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
+    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
+    for_each_unit(&mut y, g.out_unit_len(), |unit, y_unit, par| {
+        let x_unit = g.input_unit(x, unit);
+        let w_group = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k);
+        if g.is_pointwise() {
+            matmul(y_unit, false, w_group, MatRef::row_major(x_unit, k, p), par);
+        } else {
+            with_columns(k * p, |col| {
+                im2col(g, x_unit, col);
+                matmul(y_unit, false, w_group, MatRef::row_major(col, k, p), par);
+            });
+        }
+    });
+    y
+}
+
+/// Grouped 2-D convolution of an NCHW f32 input with a `(C_out, C_in/groups, KH, KW)` weight
+/// as a candle op: `x.apply_op2(&w, Conv2d { .. })`. Square stride and zero padding,
+/// dilation 1, no bias. Its backward returns the gradients of both the input and the weight,
+/// each computed by its own GEMM-based op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Step between output positions, both axes.
+    pub stride: usize,
+    /// Zero padding on each side, both axes.
+    pub padding: usize,
+    /// Channel groups (1 = dense).
+    pub groups: usize,
+}
+
+impl Conv2d {
+    fn geometry(&self, x_dims: &[usize], w_dims: &[usize]) -> Result<ConvGeometry> {
+        ConvGeometry::new(x_dims, w_dims, self.stride, self.padding, self.groups)
+    }
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "mtanet-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(x_layout.dims(), w_layout.dims())?;
+        let x = dense_f32(x_storage, x_layout, "input")?;
+        let w = dense_f32(w_storage, w_layout, "weight")?;
+        let y = forward(&g, &x, &w);
+        Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let geometry = self.geometry(x.dims(), w.dims())?;
+        let grad_x = grad_y.apply_op2_no_bwd(w, &Conv2dInputGrad { geometry })?;
+        let grad_w = x.apply_op2_no_bwd(grad_y, &Conv2dWeightGrad { geometry })?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}

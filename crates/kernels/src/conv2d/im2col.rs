@@ -1,0 +1,278 @@
+//! im2col and its adjoint col2im for one (image, group) unit.
+//!
+//! The column matrix is `(patch_len, OH*OW)` row-major; row `(c*KH + ky)*KW + kx` holds, for
+//! every output pixel, the input value under kernel tap `(c, ky, kx)` (zero in the padding).
+//! This is the layout whose product with the `(C_out/groups, patch_len)` weight block gives
+//! the NCHW output block directly.
+
+use super::geometry::ConvGeometry;
+
+/// Output columns `ox` whose input column `ox*stride + kx - padding` lies inside `0..in_w`.
+fn valid_span(
+    out_len: usize,
+    in_len: usize,
+    tap: usize,
+    stride: usize,
+    padding: usize,
+) -> (usize, usize) {
+    // First ox with ox*stride >= padding - tap.
+    let lo = if padding > tap {
+        (padding - tap).div_ceil(stride)
+    } else {
+        0
+    };
+    // Last ox with ox*stride + tap - padding <= in_len - 1.
+    let hi = if in_len + padding > tap {
+        ((in_len - 1 + padding - tap) / stride + 1).min(out_len)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// True when each kernel tap reads a shifted copy of the whole image: stride 1 and "same"
+/// width (`OW == W`). Output pixel `q = oy*W + ox` then reads input pixel `q + shift` of the
+/// flattened plane, so a tap row is one block copy plus zeroed edge columns.
+fn same_width_unit_stride(g: &ConvGeometry) -> bool {
+    g.stride == 1 && g.out_w == g.in_w
+}
+
+/// For a same-width stride-1 geometry and tap `(ky, kx)`: the flat input offset `shift` and
+/// the output range `q_start..q_end` whose reads `q + shift` stay inside the plane and in
+/// valid rows. Inside that range only the columns outside `ox_lo..ox_hi` are padding.
+fn tap_block(g: &ConvGeometry, ky: usize, kx: usize) -> (isize, usize, usize) {
+    let (w, p) = (g.in_w as isize, g.padding as isize);
+    let shift = (ky as isize - p) * w + (kx as isize - p);
+    let (oy_lo, oy_hi) = valid_span(g.out_h, g.in_h, ky, 1, g.padding);
+    let plane = (g.in_h * g.in_w) as isize;
+    let start = ((oy_lo * g.out_w) as isize).max(-shift);
+    let end = ((oy_hi * g.out_w) as isize).min(plane - shift);
+    if start >= end {
+        // The tap never lands inside the image: an empty block (all padding).
+        return (0, 0, 0);
+    }
+    (shift, start as usize, end as usize)
+}
+
+/// Fills `col` (`patch_len * OH*OW` values) from one unit of input (`C_in/groups * H * W`).
+pub fn im2col(g: &ConvGeometry, x_unit: &[f32], col: &mut [f32]) {
+    let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let out_pixels = oh * ow;
+    assert_eq!(x_unit.len(), g.in_unit_len(), "im2col: input unit length");
+    assert_eq!(
+        col.len(),
+        g.patch_len() * out_pixels,
+        "im2col: column buffer length"
+    );
+    let mut rows = col.chunks_exact_mut(out_pixels);
+    if same_width_unit_stride(g) {
+        for plane in x_unit.chunks_exact(h * w) {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let Some(row) = rows.next() else { return };
+                    let (shift, start, end) = tap_block(g, ky, kx);
+                    row[..start].fill(0.0);
+                    row[end..].fill(0.0);
+                    let src = start as isize + shift;
+                    row[start..end]
+                        .copy_from_slice(&plane[src as usize..src as usize + end - start]);
+                    zero_padding_columns(g, kx, &mut row[start..end], start);
+                }
+            }
+        }
+        return;
+    }
+    for plane in x_unit.chunks_exact(h * w) {
+        for ky in 0..kh {
+            let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
+            for kx in 0..kw {
+                let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
+                let Some(row) = rows.next() else { return };
+                for (oy, out_row) in row.chunks_exact_mut(ow).enumerate() {
+                    if oy < oy_lo || oy >= oy_hi {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * s + ky - p;
+                    let in_row = &plane[iy * w..(iy + 1) * w];
+                    out_row[..ox_lo].fill(0.0);
+                    out_row[ox_hi..].fill(0.0);
+                    if ox_lo < ox_hi {
+                        let ix_lo = ox_lo * s + kx - p;
+                        let dst = &mut out_row[ox_lo..ox_hi];
+                        if s == 1 {
+                            dst.copy_from_slice(&in_row[ix_lo..ix_lo + dst.len()]);
+                        } else {
+                            for (d, v) in dst.iter_mut().zip(in_row[ix_lo..].iter().step_by(s)) {
+                                *d = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// In a same-width block `block` of one tap row starting at output pixel `start`, zeroes the
+/// columns whose input column lies in the padding (they wrapped onto the neighbouring row).
+fn zero_padding_columns(g: &ConvGeometry, kx: usize, block: &mut [f32], start: usize) {
+    let ow = g.out_w;
+    let (ox_lo, ox_hi) = valid_span(ow, g.in_w, kx, 1, g.padding);
+    if ox_lo == 0 && ox_hi == ow {
+        return;
+    }
+    let end = start + block.len();
+    let mut row_start = start - start % ow;
+    while row_start < end {
+        for ox in (0..ox_lo).chain(ox_hi..ow) {
+            let q = row_start + ox;
+            if q >= start && q < end {
+                block[q - start] = 0.0;
+            }
+        }
+        row_start += ow;
+    }
+}
+
+/// Adds the columns `col` back onto one unit of input gradient (`C_in/groups * H * W`), the
+/// adjoint of [`im2col`]: every tap's value goes to the input pixel it was read from.
+/// `col` is used as scratch (its padding entries are zeroed).
+pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
+    let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let out_pixels = oh * ow;
+    assert_eq!(
+        dx_unit.len(),
+        g.in_unit_len(),
+        "col2im: gradient unit length"
+    );
+    assert_eq!(
+        col.len(),
+        g.patch_len() * out_pixels,
+        "col2im: column buffer length"
+    );
+    if same_width_unit_stride(g) {
+        let mut rows = col.chunks_exact_mut(out_pixels);
+        for plane in dx_unit.chunks_exact_mut(h * w) {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let Some(row) = rows.next() else { return };
+                    let (shift, start, end) = tap_block(g, ky, kx);
+                    let block = &mut row[start..end];
+                    zero_padding_columns(g, kx, block, start);
+                    let dst = (start as isize + shift) as usize;
+                    for (d, v) in plane[dst..dst + block.len()].iter_mut().zip(block.iter()) {
+                        *d += *v;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let mut rows = col.chunks_exact(out_pixels);
+    for plane in dx_unit.chunks_exact_mut(h * w) {
+        for ky in 0..kh {
+            let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
+            for kx in 0..kw {
+                let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
+                let Some(row) = rows.next() else { return };
+                if ox_lo >= ox_hi {
+                    continue;
+                }
+                let ix_lo = ox_lo * s + kx - p;
+                for oy in oy_lo..oy_hi {
+                    let iy = oy * s + ky - p;
+                    let src = &row[oy * ow + ox_lo..oy * ow + ox_hi];
+                    let dst = &mut plane[iy * w + ix_lo..(iy + 1) * w];
+                    if s == 1 {
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in dst.iter_mut().step_by(s).zip(src) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Result;
+
+    /// im2col by the definition, one value at a time.
+    fn im2col_naive(g: &ConvGeometry, x: &[f32]) -> Vec<f32> {
+        let mut col = Vec::new();
+        for c in 0..g.group_in_channels() {
+            for ky in 0..g.kernel_h {
+                for kx in 0..g.kernel_w {
+                    for oy in 0..g.out_h {
+                        for ox in 0..g.out_w {
+                            let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                            let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                            let inside = iy >= 0
+                                && ix >= 0
+                                && (iy as usize) < g.in_h
+                                && (ix as usize) < g.in_w;
+                            col.push(if inside {
+                                x[(c * g.in_h + iy as usize) * g.in_w + ix as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_definition_and_col2im_is_its_adjoint() -> Result<()> {
+        for &(h, w, k, s, p) in &[
+            (5, 7, 3, 1, 1),
+            (6, 5, 3, 2, 1),
+            (9, 8, 7, 2, 3),
+            (4, 4, 1, 2, 0),
+            (3, 3, 3, 1, 3),
+            (7, 7, 3, 3, 0),
+            (6, 9, 3, 1, 1),
+            (9, 4, 7, 1, 3),
+            (3, 2, 7, 1, 3),
+            (5, 6, 5, 1, 2),
+        ] {
+            let g = ConvGeometry::new(&[1, 2, h, w], &[1, 2, k, k], s, p, 1)?;
+            let x: Vec<f32> = (0..g.in_unit_len())
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let mut col = vec![f32::NAN; g.patch_len() * g.out_pixels()];
+            im2col(&g, &x, &mut col);
+            assert_eq!(col, im2col_naive(&g, &x), "im2col h{h} w{w} k{k} s{s} p{p}");
+            // <im2col(x), c> == <x, col2im(c)> for any c.
+            let c: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut back = vec![0.0f32; x.len()];
+            col2im_add(&g, &mut c.clone(), &mut back);
+            let lhs: f64 = col
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let rhs: f64 = x
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "adjoint h{h} w{w} k{k} s{s} p{p}: {lhs} vs {rhs}"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Input gradient: per (image, group) unit, `dcol = W_g^T @ dY_g` then col2im.
+
+use super::geometry::ConvGeometry;
+use super::im2col::col2im_add;
+use super::matmul::{matmul, MatRef};
+use super::schedule::for_each_unit;
+use super::scratch::with_columns;
+use super::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
+
+/// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
+/// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
+pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
+    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
+    for_each_unit(&mut dx, g.in_unit_len(), |unit, dx_unit, par| {
+        let dy_unit = MatRef::row_major(g.output_unit(dy, unit), c_out, p);
+        let w_t = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k).t();
+        if g.is_pointwise() {
+            matmul(dx_unit, false, w_t, dy_unit, par);
+        } else {
+            with_columns(k * p, |col| {
+                matmul(col, false, w_t, dy_unit, par);
+                col2im_add(g, &mut *col, dx_unit);
+            });
+        }
+    });
+    dx
+}
+
+/// The input-gradient pass as a no-backward candle op: `dy.apply_op2_no_bwd(&w, ..)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dInputGrad {
+    /// Shapes of the forward convolution.
+    pub geometry: ConvGeometry,
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dy_storage: &CpuStorage,
+        dy_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (out_dims, w_dims) = (Shape::from(g.output_dims()), Shape::from(g.weight_dims()));
+        if dy_layout.dims() != out_dims.dims() || w_layout.dims() != w_dims.dims() {
+            bail!(
+                "conv2d input grad: expected grad {out_dims:?} and weight {w_dims:?}, got {:?} and {:?}",
+                dy_layout.dims(),
+                w_layout.dims()
+            )
+        }
+        let dy = dense_f32(dy_storage, dy_layout, "output gradient")?;
+        let w = dense_f32(w_storage, w_layout, "weight")?;
+        let dx = input_grad(g, &dy, &w);
+        Ok((CpuStorage::F32(dx), Shape::from(g.input_dims())))
+    }
+}

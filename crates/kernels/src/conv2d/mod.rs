@@ -1,0 +1,57 @@
+//! Trainable grouped 2-D convolution for candle's CPU backend: im2col + GEMM forward, and a
+//! backward whose input and weight gradients are GEMMs too.
+//!
+//! candle 0.11 loops over groups with `chunk`/`cat` (32 small convolutions per ResNeXt layer)
+//! and computes the input gradient with a direct, non-GEMM `conv_transpose2d`. Here groups are
+//! handled inside one op, every pass is a `gemm` call per (image, group) unit, and units run in
+//! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
+//! there are too few units to share out).
+
+mod forward;
+mod geometry;
+mod im2col;
+mod input_grad;
+mod matmul;
+mod schedule;
+mod scratch;
+mod storage;
+mod weight_grad;
+
+pub use forward::Conv2d;
+pub use geometry::ConvGeometry;
+pub use input_grad::Conv2dInputGrad;
+pub use weight_grad::Conv2dWeightGrad;
+
+use candle_core::{DType, Result, Tensor};
+
+/// Convolves NCHW `x` `(N, C_in, H, W)` with `w` `(C_out, C_in/groups, KH, KW)`: square
+/// `stride`, symmetric zero `padding`, dilation 1, no bias; PyTorch's `F.conv2d` semantics.
+/// Differentiable with respect to both `x` and `w`.
+///
+/// f32 tensors on the CPU run [`Conv2d`]; other dtypes and devices fall back to candle's own
+/// `Tensor::conv2d` (same values, candle's slower grouped backward).
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    ConvGeometry::new(x.dims(), w.dims(), stride, padding, groups)?;
+    let cpu_f32 = x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32;
+    if cpu_f32 {
+        x.apply_op2(
+            w,
+            Conv2d {
+                stride,
+                padding,
+                groups,
+            },
+        )
+    } else {
+        x.conv2d(w, padding, stride, 1, groups)
+    }
+}

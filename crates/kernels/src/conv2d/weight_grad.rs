@@ -1,0 +1,129 @@
+//! Weight gradient: `dW_g += dY_g @ col^T`, summed over the batch.
+
+use super::geometry::ConvGeometry;
+use super::im2col::im2col;
+use super::matmul::{matmul_strided, MatRef};
+use super::schedule::{gemm_threads, parallel_units_pay};
+use super::scratch::with_columns;
+use super::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Sums the contributions of `images` into group `group`'s weight gradient `dw_group`
+/// (`C_out/groups x patch_len`, row-major), overwriting it.
+///
+/// The sum is kept column-major (`patch_len x C_out/groups` row-major) while it runs: gemm then
+/// repacks only the small output-gradient block, not the large column matrix.
+fn accumulate_group(
+    g: &ConvGeometry,
+    x: &[f32],
+    dy: &[f32],
+    group: usize,
+    images: Range<usize>,
+    dw_group: &mut [f32],
+    par: Parallelism,
+) {
+    let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
+    let mut sum_t = vec![0.0f32; c_out * k];
+    for (i, image) in images.enumerate() {
+        let unit = image * g.groups + group;
+        let dy_unit = MatRef::row_major(g.output_unit(dy, unit), c_out, p);
+        let x_unit = g.input_unit(x, unit);
+        if g.is_pointwise() {
+            let col_t = MatRef::row_major(x_unit, k, p).t();
+            matmul_strided(&mut sum_t, true, i > 0, dy_unit, col_t, par);
+        } else {
+            with_columns(k * p, |col| {
+                im2col(g, x_unit, col);
+                let col_t = MatRef::row_major(col, k, p).t();
+                matmul_strided(&mut sum_t, true, i > 0, dy_unit, col_t, par);
+            });
+        }
+    }
+    for (o, row) in dw_group.chunks_exact_mut(k).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = sum_t[j * c_out + o];
+        }
+    }
+}
+
+/// Gradient `(C_out, C_in/groups, KH, KW)` of the loss with respect to the weight, from the
+/// input `x` and the output gradient `dy`, both dense row-major.
+///
+/// Parallel over groups when there are enough of them (disjoint slices of the result);
+/// otherwise over chunks of the batch, each into its own partial sum, added at the end.
+pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let group_len = g.weight_group_len();
+    let mut dw = vec![0.0f32; g.groups * group_len];
+    let threads = rayon::current_num_threads();
+    let all = 0..g.batch;
+    if parallel_units_pay(g.groups) {
+        dw.par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(group, dw_g)| {
+                accumulate_group(g, x, dy, group, all.clone(), dw_g, Parallelism::None)
+            });
+    } else if threads > 1 && g.batch > 1 {
+        let chunks = threads.min(g.batch);
+        let per_chunk = g.batch.div_ceil(chunks);
+        let partials: Vec<Vec<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let images = c * per_chunk..((c + 1) * per_chunk).min(g.batch);
+                let mut part = vec![0.0f32; dw.len()];
+                for (group, dw_g) in part.chunks_mut(group_len).enumerate() {
+                    accumulate_group(g, x, dy, group, images.clone(), dw_g, Parallelism::None);
+                }
+                part
+            })
+            .collect();
+        for part in partials {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+    } else {
+        let par = gemm_threads();
+        for (group, dw_g) in dw.chunks_mut(group_len).enumerate() {
+            accumulate_group(g, x, dy, group, all.clone(), dw_g, par);
+        }
+    }
+    dw
+}
+
+/// The weight-gradient pass as a no-backward candle op: `x.apply_op2_no_bwd(&dy, ..)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dWeightGrad {
+    /// Shapes of the forward convolution.
+    pub geometry: ConvGeometry,
+}
+
+impl CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        dy_storage: &CpuStorage,
+        dy_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (in_dims, out_dims) = (Shape::from(g.input_dims()), Shape::from(g.output_dims()));
+        if x_layout.dims() != in_dims.dims() || dy_layout.dims() != out_dims.dims() {
+            bail!(
+                "conv2d weight grad: expected input {in_dims:?} and grad {out_dims:?}, got {:?} and {:?}",
+                x_layout.dims(),
+                dy_layout.dims()
+            )
+        }
+        let x = dense_f32(x_storage, x_layout, "input")?;
+        let dy = dense_f32(dy_storage, dy_layout, "output gradient")?;
+        let dw = weight_grad(g, &x, &dy);
+        Ok((CpuStorage::F32(dw), Shape::from(g.weight_dims())))
+    }
+}
