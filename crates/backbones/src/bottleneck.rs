@@ -5,7 +5,7 @@
 
 use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
-use crate::conv_bn::{Conv2d, batch_norm, conv_no_bias, ConvSpec};
+use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
 use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, Module, ModuleT, VarBuilder};

@@ -3,7 +3,7 @@
 //! over [max over C, mean over C], sigmoid). State-dict names `ChannelGate.mlp.{1,3}.*` and
 //! `SpatialGate.spatial.{conv,bn}.*`.
 
-use crate::conv_bn::{Conv2d, batch_norm_with, conv_no_bias, linear, ConvSpec};
+use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, Conv2d, ConvSpec};
 use candle_core::{Result, Tensor, D};
 use candle_nn::{BatchNorm, Init, Linear, Module, ModuleT, VarBuilder};
 

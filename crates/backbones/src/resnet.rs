@@ -2,7 +2,7 @@
 
 use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
-use crate::conv_bn::{Conv2d, batch_norm, conv_no_bias, ConvSpec};
+use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{BatchNorm, Module, ModuleT, VarBuilder};
 

@@ -14,7 +14,7 @@ pub fn gemm_threads() -> Parallelism {
 /// True when `units` independent pieces keep every rayon thread busy with little imbalance.
 pub fn parallel_units_pay(units: usize) -> bool {
     let threads = rayon::current_num_threads();
-    threads > 1 && (units % threads == 0 || units >= 4 * threads)
+    threads > 1 && (units.is_multiple_of(threads) || units >= 4 * threads)
 }
 
 /// Calls `f(unit, chunk, parallelism)` for each `chunk_len` piece of `buf`: in parallel with
