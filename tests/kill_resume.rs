@@ -44,7 +44,11 @@ defaults:
 
 fn run_dirs(tmp: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(tmp.join("results/kill"))
-        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -98,7 +102,9 @@ fn sigkill_at_random_points_then_resume_equals_uninterrupted() {
         std::thread::sleep(full_time.mul_f64(frac));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let dir = run_dirs(tmp.path()).into_iter().find(|d| !before.contains(d));
+        let dir = run_dirs(tmp.path())
+            .into_iter()
+            .find(|d| !before.contains(d));
         let dir = match dir {
             Some(d) if d.join("checkpoints/last.safetensors").is_file() => d,
             _ => continue, // killed before the first checkpoint: nothing to resume
@@ -114,7 +120,11 @@ fn sigkill_at_random_points_then_resume_equals_uninterrupted() {
         assert_eq!(rep, rep_ref, "seed {seed}: metrics differ");
         // metrics.csv: complete lines, strictly increasing steps (no duplicates).
         let m = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-        let steps: Vec<u64> = m.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+        let steps: Vec<u64> = m
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{m}");
         let ref_m = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
         assert_eq!(m.lines().count(), ref_m.lines().count());
@@ -126,6 +136,12 @@ fn sigkill_at_random_points_then_resume_equals_uninterrupted() {
         assert_eq!(l.split(',').count(), n_fields, "torn row: {l}");
     }
     let finished = runs.lines().filter(|l| l.contains(",finished,")).count();
-    assert_eq!(finished, run_dirs(tmp.path()).iter().filter(|d| d.join("report.json").is_file()).count());
+    assert_eq!(
+        finished,
+        run_dirs(tmp.path())
+            .iter()
+            .filter(|d| d.join("report.json").is_file())
+            .count()
+    );
     let _ = Duration::from_secs(0);
 }

@@ -6,7 +6,9 @@ use mtanet_affwild2::seed;
 use mtanet_affwild2::synth::face::{render, FaceLabels, Identity, View, SIZE};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "synth_sheet.png".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "synth_sheet.png".into());
     let cols = 10;
     let rows = 7;
     let mut sheet = image::RgbImage::new((cols * SIZE) as u32, (rows * SIZE) as u32);

@@ -102,12 +102,19 @@ impl AnnotationFile {
 /// Parses one annotation file's bytes as `task`; `path` is only used in error messages.
 ///
 /// The vocabulary comes from the header, so 8 or 12 AUs and 7 or 8 expressions all parse.
-pub fn parse_annotation(task: Task, path: &Path, bytes: &[u8]) -> Result<AnnotationFile, DataError> {
+pub fn parse_annotation(
+    task: Task,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<AnnotationFile, DataError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
             return Err(DataError::Encoding {
                 path: path.to_path_buf(),
                 line,
@@ -128,7 +135,11 @@ pub fn parse_annotation(task: Task, path: &Path, bytes: &[u8]) -> Result<Annotat
     let expr_column = [String::from("expression")];
     let mut p = RowParser {
         path,
-        names: if task == Task::Expr { &expr_column } else { &names },
+        names: if task == Task::Expr {
+            &expr_column
+        } else {
+            &names
+        },
         line: 1,
     };
     let n_classes = names.len();
@@ -188,11 +199,17 @@ fn parse_header(task: Task, path: &Path, line: &str) -> Result<Vec<String>, Data
         ));
     }
     if let Some(i) = names.iter().position(|n| n.is_empty()) {
-        return Err(header_error(path, format!("field {} is empty in {line:?}", i + 1)));
+        return Err(header_error(
+            path,
+            format!("field {} is empty in {line:?}", i + 1),
+        ));
     }
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
-            return Err(header_error(path, format!("field {} ({n}) is repeated", i + 1)));
+            return Err(header_error(
+                path,
+                format!("field {} ({n}) is repeated", i + 1),
+            ));
         }
     }
     match task {
@@ -210,7 +227,10 @@ fn parse_header(task: Task, path: &Path, line: &str) -> Result<Vec<String>, Data
         }
         Task::Au => {
             for (i, n) in names.iter().enumerate() {
-                let digits = n.get(..2).filter(|p| p.eq_ignore_ascii_case("AU")).map(|_| &n[2..]);
+                let digits = n
+                    .get(..2)
+                    .filter(|p| p.eq_ignore_ascii_case("AU"))
+                    .map(|_| &n[2..]);
                 if !digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) {
                     return Err(header_error(
                         path,
@@ -228,12 +248,19 @@ fn parse_header(task: Task, path: &Path, line: &str) -> Result<Vec<String>, Data
                 ));
             }
             if names.len() > u8::MAX as usize {
-                return Err(header_error(path, format!("{} expression names is too many", names.len())));
+                return Err(header_error(
+                    path,
+                    format!("{} expression names is too many", names.len()),
+                ));
             }
             if let Some(i) = names.iter().position(|n| n.parse::<f64>().is_ok()) {
                 return Err(header_error(
                     path,
-                    format!("field {} ({}): expected an expression name", i + 1, names[i]),
+                    format!(
+                        "field {} ({}): expected an expression name",
+                        i + 1,
+                        names[i]
+                    ),
                 ));
             }
             Ok(names)
@@ -319,7 +346,14 @@ impl RowParser<'_> {
     }
 
     /// An integer-valued field (`1` or `1.0`) within `lo..=hi`.
-    fn integer(&self, col: usize, field: &str, lo: i64, hi: i64, allowed: &str) -> Result<i64, DataError> {
+    fn integer(
+        &self,
+        col: usize,
+        field: &str,
+        lo: i64,
+        hi: i64,
+        allowed: &str,
+    ) -> Result<i64, DataError> {
         let v = match self.number(col, field)? {
             Num::Int(i) => i,
             Num::Float(x) if x.fract() == 0.0 && x.abs() < 1e9 => x as i64,
@@ -331,7 +365,24 @@ impl RowParser<'_> {
         Ok(v)
     }
 
+    /// The common case (`v,a`, no spaces, valid values) without error bookkeeping; `None`
+    /// sends the line to the checking path, which accepts or reports it.
+    fn va_fast(line: &str) -> Option<Option<[f32; 2]>> {
+        let (a, b) = line.split_once(',')?;
+        let x = a.parse::<f64>().ok()?;
+        let y = b.parse::<f64>().ok()?;
+        let ok = |v: f64| v == VA_MISSING as f64 || (-1.0..=1.0).contains(&v);
+        if !(ok(x) && ok(y)) {
+            return None;
+        }
+        let missing = x == VA_MISSING as f64 || y == VA_MISSING as f64;
+        Some((!missing).then_some([x as f32, y as f32]))
+    }
+
     fn va_row(&self, line: &str) -> Result<Option<[f32; 2]>, DataError> {
+        if let Some(r) = Self::va_fast(line) {
+            return Ok(r);
+        }
         self.check_count(line)?;
         let mut out = [0f32; 2];
         let mut missing = false;
@@ -350,7 +401,46 @@ impl RowParser<'_> {
         Ok((!missing).then_some(out))
     }
 
+    /// The common case (`0`, `1`, `-1` separated by bare commas); `None` sends the line to
+    /// the checking path (and leaves `values` as it was).
+    fn au_fast(line: &[u8], columns: usize, values: &mut Vec<u8>) -> Option<bool> {
+        let start = values.len();
+        let mut i = 0;
+        let mut missing = false;
+        let mut count = 0;
+        let ok = loop {
+            match (line.get(i), line.get(i + 1)) {
+                (Some(b'0'), _) => values.push(0),
+                (Some(b'1'), _) => values.push(1),
+                (Some(b'-'), Some(b'1')) => {
+                    values.push(0);
+                    missing = true;
+                    i += 1;
+                }
+                _ => break false,
+            }
+            i += 1;
+            count += 1;
+            match line.get(i) {
+                None => break count == columns,
+                Some(b',') => i += 1,
+                Some(_) => break false,
+            }
+        };
+        if !ok {
+            values.truncate(start);
+            return None;
+        }
+        if missing {
+            values[start..].fill(0);
+        }
+        Some(!missing)
+    }
+
     fn au_row(&self, line: &str, values: &mut Vec<u8>) -> Result<bool, DataError> {
+        if let Some(r) = Self::au_fast(line.as_bytes(), self.names.len(), values) {
+            return Ok(r);
+        }
         self.check_count(line)?;
         let start = values.len();
         let mut missing = false;
@@ -371,11 +461,20 @@ impl RowParser<'_> {
     }
 
     fn expr_row(&self, line: &str, n_classes: usize) -> Result<Option<u8>, DataError> {
+        match line.as_bytes() {
+            [d] if d.is_ascii_digit() && ((d - b'0') as usize) < n_classes => {
+                return Ok(Some(d - b'0'))
+            }
+            [b'-', b'1'] => return Ok(None),
+            _ => {}
+        }
         self.check_count(line)?;
         let field = line.trim_matches([' ', '\t']);
         let hi = n_classes as i64 - 1;
-        let allowed = format!("0..={hi}, or -1 for missing");
-        let v = self.integer(0, field, -1, hi, &allowed)?;
+        let v = match field.parse::<i64>() {
+            Ok(v) if (-1..=hi).contains(&v) => v,
+            _ => self.integer(0, field, -1, hi, &format!("0..={hi}, or -1 for missing"))?,
+        };
         Ok((v >= 0).then_some(v as u8))
     }
 }
@@ -385,7 +484,11 @@ mod tests {
     use super::*;
 
     fn p(task: Task, s: &str) -> Result<AnnotationFile, DataError> {
-        parse_annotation(task, Path::new("annotations/VA_Set/Training_Set/12-24.txt"), s.as_bytes())
+        parse_annotation(
+            task,
+            Path::new("annotations/VA_Set/Training_Set/12-24.txt"),
+            s.as_bytes(),
+        )
     }
 
     fn err(task: Task, s: &str) -> (DataError, String) {
@@ -396,7 +499,11 @@ mod tests {
 
     #[test]
     fn va_values_and_missing_marker() {
-        let f = p(Task::Va, "valence,arousal\n0.5,-0.25\n-5,-5\n0.1,-5\n-1,1\n").unwrap();
+        let f = p(
+            Task::Va,
+            "valence,arousal\n0.5,-0.25\n-5,-5\n0.1,-5\n-1,1\n",
+        )
+        .unwrap();
         assert_eq!(f.len(), 4);
         assert_eq!(f.va(0), Some([0.5, -0.25]));
         assert_eq!(f.va(1), None);
@@ -412,7 +519,8 @@ mod tests {
         assert_eq!(f.au(0), Some(&[1u8, 0, 1][..]));
         assert_eq!(f.au(1), None);
         assert_eq!(f.au(2), None);
-        let twelve = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n1,1,1,1,1,1,1,1,1,1,1,0\n";
+        let twelve =
+            "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n1,1,1,1,1,1,1,1,1,1,1,0\n";
         let f = p(Task::Au, twelve).unwrap();
         assert_eq!(f.names.len(), 12);
         assert_eq!(f.au(0).unwrap()[11], 0);
@@ -420,11 +528,28 @@ mod tests {
 
     #[test]
     fn expr_seven_and_eight_classes() {
-        let f = p(Task::Expr, "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\n0\n6\n-1\n").unwrap();
+        let f = p(
+            Task::Expr,
+            "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\n0\n6\n-1\n",
+        )
+        .unwrap();
         assert_eq!(f.expr(1), Some(6));
         assert_eq!(f.expr(2), None);
-        let (e, m) = err(Task::Expr, "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\n7\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 2, field: 1, .. }), "{m}");
+        let (e, m) = err(
+            Task::Expr,
+            "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\n7\n",
+        );
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 2,
+                    field: 1,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         let f = p(
             Task::Expr,
             "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n7\n",
@@ -435,7 +560,11 @@ mod tests {
 
     #[test]
     fn crlf_bom_and_trailing_blank_lines_accepted() {
-        let f = p(Task::Va, "\u{FEFF}valence,arousal\r\n0.5,0.5\r\n-0.5,0.25\r\n\r\n").unwrap();
+        let f = p(
+            Task::Va,
+            "\u{FEFF}valence,arousal\r\n0.5,0.5\r\n-0.5,0.25\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!(f.va(1), Some([-0.5, 0.25]));
         let f = p(Task::Expr, "\u{FEFF}Neutral,Happy\r\n1\r\n0").unwrap();
@@ -446,7 +575,14 @@ mod tests {
     #[test]
     fn not_a_number_names_file_line_field() {
         let (e, m) = err(Task::Va, "valence,arousal\n0.1,0.2\n0.3,abc\n");
-        assert!(matches!(e, DataError::NotANumber { line: 3, field: 2, .. }));
+        assert!(matches!(
+            e,
+            DataError::NotANumber {
+                line: 3,
+                field: 2,
+                ..
+            }
+        ));
         assert_eq!(
             m,
             "annotations/VA_Set/Training_Set/12-24.txt:3: field 2 (arousal): \"abc\" is not a number"
@@ -457,31 +593,120 @@ mod tests {
     fn non_finite_rejected() {
         for bad in ["nan", "NaN", "inf", "-inf", "infinity"] {
             let (e, m) = err(Task::Va, &format!("valence,arousal\n{bad},0.2\n"));
-            assert!(matches!(e, DataError::NonFinite { line: 2, field: 1, .. }), "{m}");
+            assert!(
+                matches!(
+                    e,
+                    DataError::NonFinite {
+                        line: 2,
+                        field: 1,
+                        ..
+                    }
+                ),
+                "{m}"
+            );
             assert!(m.contains("12-24.txt:2: field 1 (valence)"), "{m}");
         }
         let (e, m) = err(Task::Au, "AU1,AU2\n0,NaN\n");
-        assert!(matches!(e, DataError::NonFinite { line: 2, field: 2, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::NonFinite {
+                    line: 2,
+                    field: 2,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         assert!(m.contains(":2: field 2 (AU2)"), "{m}");
     }
 
     #[test]
     fn out_of_range_values() {
         let (e, m) = err(Task::Va, "valence,arousal\n1.01,0\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 2, field: 1, .. }), "{m}");
-        assert!(m.contains("12-24.txt:2: field 1 (valence): \"1.01\""), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 2,
+                    field: 1,
+                    ..
+                }
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("12-24.txt:2: field 1 (valence): \"1.01\""),
+            "{m}"
+        );
         let (e, m) = err(Task::Va, "valence,arousal\n0,-4\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 2, field: 2, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 2,
+                    field: 2,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         let (e, m) = err(Task::Au, "AU1,AU2\n0,1\n1,2\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 3, field: 2, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 3,
+                    field: 2,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         assert!(m.contains(":3: field 2 (AU2): \"2\""), "{m}");
         let (e, m) = err(Task::Au, "AU1,AU2\n0.5,1\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 2, field: 1, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 2,
+                    field: 1,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         let (e, m) = err(Task::Expr, "Neutral,Anger\n-2\n");
-        assert!(matches!(e, DataError::OutOfRange { line: 2, field: 1, .. }), "{m}");
-        assert!(m.contains(":2: field 1 (expression): \"-2\" is out of range (0..=1, or -1 for missing)"), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::OutOfRange {
+                    line: 2,
+                    field: 1,
+                    ..
+                }
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                ":2: field 1 (expression): \"-2\" is out of range (0..=1, or -1 for missing)"
+            ),
+            "{m}"
+        );
         let (e, m) = err(Task::Expr, "Neutral,Anger\n0,1\n");
-        assert!(matches!(e, DataError::ColumnCount { line: 2, expected: 1, found: 2, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::ColumnCount {
+                    line: 2,
+                    expected: 1,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         // 1.0 is an integer value and accepted.
         assert_eq!(p(Task::Au, "AU1\n1.0\n").unwrap().au(0), Some(&[1u8][..]));
     }
@@ -489,12 +714,43 @@ mod tests {
     #[test]
     fn wrong_column_count() {
         let (e, m) = err(Task::Va, "valence,arousal\n0.1,0.2\n0.1\n");
-        assert!(matches!(e, DataError::ColumnCount { line: 3, expected: 2, found: 1, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::ColumnCount {
+                    line: 3,
+                    expected: 2,
+                    found: 1,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         assert!(m.contains("12-24.txt:3: expected 2 fields, found 1"), "{m}");
         let (e, m) = err(Task::Au, "AU1,AU2\n0,1,1\n");
-        assert!(matches!(e, DataError::ColumnCount { line: 2, found: 3, .. }), "{m}");
+        assert!(
+            matches!(
+                e,
+                DataError::ColumnCount {
+                    line: 2,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{m}"
+        );
         let (e, _) = err(Task::Expr, "Neutral,Anger\n0\n\n1\n");
-        assert!(matches!(e, DataError::ColumnCount { line: 3, found: 0, .. }), "interior blank line");
+        assert!(
+            matches!(
+                e,
+                DataError::ColumnCount {
+                    line: 3,
+                    found: 0,
+                    ..
+                }
+            ),
+            "interior blank line"
+        );
     }
 
     #[test]
@@ -522,8 +778,45 @@ mod tests {
         assert!(m.contains("12-24.txt:1: empty file"), "{m}");
         let (e, _) = err(Task::Va, " \r\n\n");
         assert!(matches!(e, DataError::EmptyFile { .. }));
-        let e = parse_annotation(Task::Va, Path::new("x.txt"), b"valence,arousal\n0,0\n\xff,0\n").unwrap_err();
+        let e = parse_annotation(
+            Task::Va,
+            Path::new("x.txt"),
+            b"valence,arousal\n0,0\n\xff,0\n",
+        )
+        .unwrap_err();
         assert!(matches!(e, DataError::Encoding { line: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn fast_and_checking_paths_agree() {
+        // Same rows with and without spaces (spaces force the checking path).
+        let rows = ["0.5,-0.25", "-5,0.3", "1,-1", "0,1.0", "-0.999,0.001"];
+        for r in rows {
+            let spaced = r.replace(',', " , ");
+            let a = p(Task::Va, &format!("valence,arousal\n{r}\n")).unwrap();
+            let b = p(Task::Va, &format!("valence,arousal\n{spaced}\n")).unwrap();
+            assert_eq!(a, b, "{r}");
+        }
+        for r in ["0,1,-1", "1,1,1", "-1,-1,-1", "0,0,0"] {
+            let spaced = r.replace(',', ", ");
+            let a = p(Task::Au, &format!("AU1,AU2,AU4\n{r}\n")).unwrap();
+            let b = p(Task::Au, &format!("AU1,AU2,AU4\n{spaced}\n")).unwrap();
+            assert_eq!(a, b, "{r}");
+        }
+        for bad in ["1.0000001,0", "0,-1.5", "-5.0001,0"] {
+            assert!(
+                p(Task::Va, &format!("valence,arousal\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in ["0,1", "0,1,1,", "0,1,2", "0,,1", "-1-,0,0"] {
+            assert!(
+                p(Task::Au, &format!("AU1,AU2,AU4\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
+        let (e, _) = err(Task::Expr, "Neutral,Anger\n2\n");
+        assert!(matches!(e, DataError::OutOfRange { .. }));
     }
 
     #[test]

@@ -60,7 +60,10 @@ impl Augment {
     pub fn validate(&self) -> Result<(), String> {
         let (lo, hi) = self.crop_scale;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return Err(format!("augment.crop_scale {:?}: need 0 < lo <= hi <= 1", self.crop_scale));
+            return Err(format!(
+                "augment.crop_scale {:?}: need 0 < lo <= hi <= 1",
+                self.crop_scale
+            ));
         }
         for (name, x) in [("brightness", self.brightness), ("contrast", self.contrast)] {
             if !(0.0..1.0).contains(&x) {
@@ -121,6 +124,11 @@ mod tests {
         assert_eq!(a.crop_scale, Augment::default().crop_scale);
         assert!(!a.hflip);
         assert!(serde_json::from_str::<Augment>(r#"{"hflp": false}"#).is_err());
-        assert!(Augment { crop_scale: (0.0, 1.0), ..a }.validate().is_err());
+        assert!(Augment {
+            crop_scale: (0.0, 1.0),
+            ..a
+        }
+        .validate()
+        .is_err());
     }
 }

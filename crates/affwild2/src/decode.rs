@@ -14,12 +14,13 @@ pub fn decode_jpeg(path: &Path) -> Result<RgbImage, DataError> {
 
 /// Decodes JPEG bytes; `path` is only used in the error.
 pub fn decode_jpeg_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DataError> {
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| {
-        DataError::BadImage {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
+    let img =
+        image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| {
+            DataError::BadImage {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
     let rgb = img.into_rgb8();
     if rgb.width() == 0 || rgb.height() == 0 {
         return Err(DataError::BadImage {

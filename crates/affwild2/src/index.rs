@@ -145,7 +145,9 @@ impl DatasetIndex {
         // (split, video) -> files per task.
         let mut by_split: [BTreeMap<&str, VideoFiles>; 2] = [BTreeMap::new(), BTreeMap::new()];
         for (i, e) in found.entries.iter().enumerate() {
-            by_split[e.split.index()].entry(e.video.as_str()).or_default()[e.task.index()] = Some(i);
+            by_split[e.split.index()]
+                .entry(e.video.as_str())
+                .or_default()[e.task.index()] = Some(i);
         }
 
         // Cross-task overlap: in some task's train split and another task's validation split.
@@ -303,7 +305,11 @@ fn vocab_of(entries: &[AnnotationEntry], files: &[AnnotationFile]) -> Result<Voc
             Some(_) => {}
         }
     }
-    let names = |t: Task| first[t.index()].map(|i| files[i].names.clone()).unwrap_or_default();
+    let names = |t: Task| {
+        first[t.index()]
+            .map(|i| files[i].names.clone())
+            .unwrap_or_default()
+    };
     Ok(Vocab {
         au_names: names(Task::Au),
         expr_names: names(Task::Expr),
@@ -311,11 +317,22 @@ fn vocab_of(entries: &[AnnotationEntry], files: &[AnnotationFile]) -> Result<Voc
 }
 
 /// Joins one video's task files frame by frame.
-fn join_video(crops_root: &Path, video: &str, vf: &VideoFiles, files: &[AnnotationFile], crops: &Crops) -> VideoPart {
+fn join_video(
+    crops_root: &Path,
+    video: &str,
+    vf: &VideoFiles,
+    files: &[AnnotationFile],
+    crops: &Crops,
+) -> VideoPart {
     let task_files: [Option<&AnnotationFile>; 3] = vf.map(|i| i.map(|i| &files[i]));
-    let len = task_files.iter().flatten().map(|f| f.len()).max().unwrap_or(0);
+    let len = task_files
+        .iter()
+        .flatten()
+        .map(|f| f.len())
+        .max()
+        .unwrap_or(0);
     let mut acc: [TaskAccumulator; 3] = Default::default();
-    let mut samples = Vec::new();
+    let mut samples = Vec::with_capacity(len);
     let video_dir = crops_root.join(video);
     let dir_str = video_dir.to_string_lossy();
     for (t, f) in task_files.iter().enumerate() {

@@ -50,7 +50,10 @@ const CHALLENGE_DIRS: [(Task, &[&str]); 3] = [
     (Task::Au, &["AU_Detection_Challenge"]),
     (
         Task::Expr,
-        &["EXPR_Classification_Challenge", "EXPR_Recognition_Challenge"],
+        &[
+            "EXPR_Classification_Challenge",
+            "EXPR_Recognition_Challenge",
+        ],
     ),
 ];
 
@@ -102,7 +105,10 @@ fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
 fn annotation_bases(root: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut bases = vec![root.join("annotations"), root.to_path_buf()];
     for (name, path) in list_dir(root)? {
-        if name.to_ascii_lowercase().contains("annotations") && name != "annotations" && is_dir(&path) {
+        if name.to_ascii_lowercase().contains("annotations")
+            && name != "annotations"
+            && is_dir(&path)
+        {
             bases.push(path);
         }
     }
@@ -189,7 +195,9 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
         for (split, sdir) in [(Split::Train, train_dir), (Split::Validation, val_dir)] {
             let Some(sdir) = sdir else { continue };
             for (name, path) in list_dir(&sdir)? {
-                let Some(video) = name.strip_suffix(".txt") else { continue };
+                let Some(video) = name.strip_suffix(".txt") else {
+                    continue;
+                };
                 if video.is_empty() || name.starts_with('.') || !path.is_file() {
                     continue;
                 }

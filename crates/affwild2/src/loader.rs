@@ -123,7 +123,11 @@ impl std::fmt::Debug for Loader {
 impl Loader {
     /// Checks the configuration and samples (AU rows must match `vocab`, expressions must be
     /// in range) and drops samples without any label.
-    pub fn new(samples: Vec<Sample>, vocab: &Vocab, cfg: LoaderConfig) -> Result<Loader, DataError> {
+    pub fn new(
+        samples: Vec<Sample>,
+        vocab: &Vocab,
+        cfg: LoaderConfig,
+    ) -> Result<Loader, DataError> {
         if cfg.batch_size == 0 || cfg.image_size == 0 {
             return Err(DataError::Config(format!(
                 "batch_size ({}) and image_size ({}) must be positive",
@@ -168,7 +172,14 @@ impl Loader {
             .thread_name(|i| format!("affwild2-decode-{i}"))
             .build()
             .map_err(|e| DataError::Config(format!("decode thread pool: {e}")))?;
-        let planner = Planner::new(&samples, cfg.sampling, cfg.shuffle, cfg.drop_last, cfg.batch_size, cfg.seed);
+        let planner = Planner::new(
+            &samples,
+            cfg.sampling,
+            cfg.shuffle,
+            cfg.drop_last,
+            cfg.batch_size,
+            cfg.seed,
+        );
         Ok(Loader {
             inner: Arc::new(Inner {
                 samples,
@@ -245,7 +256,9 @@ impl Loader {
             Err(e) => BatchIter {
                 rx: None,
                 handle: None,
-                failed: Some(DataError::Config(format!("cannot start the loader thread: {e}"))),
+                failed: Some(DataError::Config(format!(
+                    "cannot start the loader thread: {e}"
+                ))),
             },
         }
     }
@@ -254,7 +267,10 @@ impl Loader {
     pub fn batch(&self, epoch: u64, b: usize) -> Result<Batch, DataError> {
         let plan = self.inner.planner.plan(epoch);
         if b >= plan.batches {
-            return Err(DataError::Config(format!("batch {b} >= {} batches per epoch", plan.batches)));
+            return Err(DataError::Config(format!(
+                "batch {b} >= {} batches per epoch",
+                plan.batches
+            )));
         }
         self.inner.build(&plan, epoch, b)
     }
@@ -271,7 +287,13 @@ impl Inner {
 
     /// Decodes and transforms the sample at plan position `pos` into `out`; returns the index
     /// of the sample used (a substitute in `Skip` mode).
-    fn load_position(&self, plan: &EpochPlan, epoch: u64, pos: usize, out: &mut [f32]) -> Result<usize, DataError> {
+    fn load_position(
+        &self,
+        plan: &EpochPlan,
+        epoch: u64,
+        pos: usize,
+        out: &mut [f32],
+    ) -> Result<usize, DataError> {
         let cfg = &self.cfg;
         let mut rng = seed::rng(&[cfg.seed, epoch, TAG_AUGMENT, pos as u64]);
         let mut first_err = None;
@@ -309,7 +331,8 @@ impl Inner {
     }
 
     fn build(&self, plan: &EpochPlan, epoch: u64, b: usize) -> Result<Batch, DataError> {
-        let positions: Vec<usize> = (b * plan.batch_size..b * plan.batch_size + plan.batch(b).len()).collect();
+        let positions: Vec<usize> =
+            (b * plan.batch_size..b * plan.batch_size + plan.batch(b).len()).collect();
         let n = positions.len();
         let s = self.cfg.image_size;
         let per = 3 * s * s;
@@ -395,7 +418,9 @@ impl Iterator for BatchIter {
                             .map(|s| s.to_string())
                             .or_else(|| p.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "unknown panic".into());
-                        Some(Err(DataError::Config(format!("loader thread panicked: {msg}"))))
+                        Some(Err(DataError::Config(format!(
+                            "loader thread panicked: {msg}"
+                        ))))
                     }
                 }
             }

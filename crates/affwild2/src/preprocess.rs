@@ -58,9 +58,12 @@ impl Preprocess {
 
     /// Checks that every value is finite and every std non-zero.
     pub fn validate(&self) -> Result<(), String> {
-        let finite = self.mean.iter().chain(&self.std).all(|x| x.is_finite()) && self.scale.is_finite();
+        let finite =
+            self.mean.iter().chain(&self.std).all(|x| x.is_finite()) && self.scale.is_finite();
         if !finite || self.std.contains(&0.0) || self.scale == 0.0 {
-            return Err(format!("preprocess {self:?}: values must be finite, std and scale non-zero"));
+            return Err(format!(
+                "preprocess {self:?}: values must be finite, std and scale non-zero"
+            ));
         }
         Ok(())
     }
@@ -86,6 +89,11 @@ mod tests {
         assert_eq!(v.source_channel(0), 2, "first output channel is blue");
         let [(a, b), _, _] = v.affine();
         assert!((100.0 * a + b - (100.0 - 91.4953)).abs() < 1e-4);
-        assert!(Preprocess { std: [0.0, 1.0, 1.0], ..p }.validate().is_err());
+        assert!(Preprocess {
+            std: [0.0, 1.0, 1.0],
+            ..p
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -56,8 +56,16 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    pub fn new(samples: &[Sample], sampling: Sampling, shuffle: bool, drop_last: bool, batch_size: usize, seed: u64) -> Self {
-        let pools: [Vec<usize>; 3] = Task::ALL.map(|t| (0..samples.len()).filter(|&i| samples[i].has(t)).collect());
+    pub fn new(
+        samples: &[Sample],
+        sampling: Sampling,
+        shuffle: bool,
+        drop_last: bool,
+        batch_size: usize,
+        seed: u64,
+    ) -> Self {
+        let pools: [Vec<usize>; 3] =
+            Task::ALL.map(|t| (0..samples.len()).filter(|&i| samples[i].has(t)).collect());
         let active: Vec<usize> = (0..3).filter(|&t| !pools[t].is_empty()).collect();
         let mut quotas = [0usize; 3];
         if !active.is_empty() {
@@ -134,7 +142,13 @@ impl Planner {
         while out.len() < len && !pool.is_empty() {
             let mut p = pool.clone();
             if self.shuffle {
-                p.shuffle(&mut seed::rng(&[self.seed, epoch, TAG_POOL, task.index() as u64, cycle]));
+                p.shuffle(&mut seed::rng(&[
+                    self.seed,
+                    epoch,
+                    TAG_POOL,
+                    task.index() as u64,
+                    cycle,
+                ]));
             }
             let take = (len - out.len()).min(p.len());
             out.extend_from_slice(&p[..take]);

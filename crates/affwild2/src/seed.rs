@@ -14,7 +14,9 @@ fn splitmix(mut z: u64) -> u64 {
 
 /// Hashes a list of coordinates into one seed.
 pub fn mix(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x6A09_E667_F3BC_C909, |h, &p| splitmix(h ^ splitmix(p)))
+    parts
+        .iter()
+        .fold(0x6A09_E667_F3BC_C909, |h, &p| splitmix(h ^ splitmix(p)))
 }
 
 /// A ChaCha8 generator for the given coordinates.

@@ -150,8 +150,8 @@ impl TaskAccumulator {
     }
 
     pub fn add_va(&mut self, va: [f32; 2]) {
-        for i in 0..2 {
-            let x = va[i] as f64;
+        for (i, &v) in va.iter().enumerate() {
+            let x = v as f64;
             self.va_sum[i] += x;
             self.va_sq[i] += x * x;
         }
@@ -247,7 +247,10 @@ impl fmt::Display for Stats {
                 )?;
             }
             if let Some(rates) = &s.au.au_positive_rate {
-                let parts: Vec<String> = rates.iter().map(|(n, r)| format!("{n} {:.1}%", 100.0 * r)).collect();
+                let parts: Vec<String> = rates
+                    .iter()
+                    .map(|(n, r)| format!("{n} {:.1}%", 100.0 * r))
+                    .collect();
                 writeln!(f, "  au positive: {}", parts.join(", "))?;
             }
             if let Some(h) = &s.expr.expr_histogram {

@@ -8,7 +8,13 @@ use crate::preprocess::Preprocess;
 
 /// Source sample positions along one axis: `(i0, i1, w1)` per output pixel, value =
 /// `(1 - w1) * src[i0] + w1 * src[i1]`.
-fn axis_taps(start: f32, len: f32, src_len: u32, out_len: usize, flip: bool) -> Vec<(usize, usize, f32)> {
+fn axis_taps(
+    start: f32,
+    len: f32,
+    src_len: u32,
+    out_len: usize,
+    flip: bool,
+) -> Vec<(usize, usize, f32)> {
     let step = len / out_len as f32;
     let last = src_len.saturating_sub(1) as f32;
     (0..out_len)
@@ -25,7 +31,13 @@ fn axis_taps(start: f32, len: f32, src_len: u32, out_len: usize, flip: bool) -> 
 }
 
 /// Writes `3 x size x size` normalised values of `src` under `draw` into `out`.
-pub fn render_chw(src: &RgbImage, draw: &AugmentDraw, pre: &Preprocess, size: usize, out: &mut [f32]) {
+pub fn render_chw(
+    src: &RgbImage,
+    draw: &AugmentDraw,
+    pre: &Preprocess,
+    size: usize,
+    out: &mut [f32],
+) {
     debug_assert_eq!(out.len(), 3 * size * size);
     let (w, h) = src.dimensions();
     let raw = src.as_raw();
@@ -94,7 +106,9 @@ mod tests {
     use super::*;
 
     fn ramp(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 10) as u8, (y * 10) as u8, 200]))
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 10) as u8, (y * 10) as u8, 200])
+        })
     }
 
     fn raw() -> Preprocess {
@@ -110,12 +124,27 @@ mod tests {
     fn identity_copies_and_normalises() {
         let img = ramp(4, 4);
         let mut out = vec![0.0; 48];
-        render_chw(&img, &AugmentDraw::identity(4, 4), &Preprocess::imagenet(), 4, &mut out);
+        render_chw(
+            &img,
+            &AugmentDraw::identity(4, 4),
+            &Preprocess::imagenet(),
+            4,
+            &mut out,
+        );
         let expect = (30.0 / 255.0 - 0.485) / 0.229;
         assert!((out[3] - expect).abs() < 1e-5, "R of (3, 0)");
         let mut bgr = vec![0.0; 48];
-        render_chw(&img, &AugmentDraw::identity(4, 4), &Preprocess::vggface2(), 4, &mut bgr);
-        assert!((bgr[0] - (200.0 - 91.4953)).abs() < 1e-3, "first channel is blue");
+        render_chw(
+            &img,
+            &AugmentDraw::identity(4, 4),
+            &Preprocess::vggface2(),
+            4,
+            &mut bgr,
+        );
+        assert!(
+            (bgr[0] - (200.0 - 91.4953)).abs() < 1e-3,
+            "first channel is blue"
+        );
     }
 
     #[test]
@@ -135,7 +164,10 @@ mod tests {
         render_chw(&img, &AugmentDraw::identity(8, 8), &raw(), 4, &mut out);
         // Output column 1 averages source columns 2 and 3: (20 + 30) / 2.
         assert!((out[1] - 25.0).abs() < 1e-4, "{}", out[1]);
-        assert!((out[16 + 4] - 25.0).abs() < 1e-4, "G of row 1 averages rows 2 and 3");
+        assert!(
+            (out[16 + 4] - 25.0).abs() < 1e-4,
+            "G of row 1 averages rows 2 and 3"
+        );
     }
 
     #[test]

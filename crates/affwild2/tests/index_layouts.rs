@@ -25,17 +25,51 @@ fn jpgs(root: &Path, video: &str, frames: &[u32]) {
 /// A 2020 tree: video `a` in all tasks (train), `b_left`/`b_right` (validation, VA+EXPR),
 /// `c` train for AU but validation for EXPR (cross-task overlap).
 fn tree2020(root: &Path) {
-    write(root, "annotations/VA_Set/Training_Set/a.txt", &format!("{VA_H}0.1,0.2\n-5,-5\n0.3,0.4\n0.5,0.6\n"));
-    write(root, "annotations/AU_Set/Training_Set/a.txt", &format!("{AU_H}1,0,0,0,1,0,0,0\n0,0,0,0,0,0,0,1\n-1,-1,-1,-1,-1,-1,-1,-1\n0,1,0,0,0,0,0,0\n"));
-    write(root, "annotations/EXPR_Set/Training_Set/a.txt", &format!("{EXPR_H}4\n4\n-1\n0\n"));
+    write(
+        root,
+        "annotations/VA_Set/Training_Set/a.txt",
+        &format!("{VA_H}0.1,0.2\n-5,-5\n0.3,0.4\n0.5,0.6\n"),
+    );
+    write(
+        root,
+        "annotations/AU_Set/Training_Set/a.txt",
+        &format!(
+            "{AU_H}1,0,0,0,1,0,0,0\n0,0,0,0,0,0,0,1\n-1,-1,-1,-1,-1,-1,-1,-1\n0,1,0,0,0,0,0,0\n"
+        ),
+    );
+    write(
+        root,
+        "annotations/EXPR_Set/Training_Set/a.txt",
+        &format!("{EXPR_H}4\n4\n-1\n0\n"),
+    );
     jpgs(root, "a", &[1, 2, 3, 5, 6]); // frame 4 missing; 5, 6 past the annotations
-    write(root, "annotations/VA_Set/Validation_Set/b_left.txt", &format!("{VA_H}0.0,0.0\n0.5,-0.5\n"));
-    write(root, "annotations/VA_Set/Validation_Set/b_right.txt", &format!("{VA_H}-0.5,0.5\n"));
-    write(root, "annotations/EXPR_Set/Validation_Set/b_left.txt", &format!("{EXPR_H}6\n5\n"));
+    write(
+        root,
+        "annotations/VA_Set/Validation_Set/b_left.txt",
+        &format!("{VA_H}0.0,0.0\n0.5,-0.5\n"),
+    );
+    write(
+        root,
+        "annotations/VA_Set/Validation_Set/b_right.txt",
+        &format!("{VA_H}-0.5,0.5\n"),
+    );
+    write(
+        root,
+        "annotations/EXPR_Set/Validation_Set/b_left.txt",
+        &format!("{EXPR_H}6\n5\n"),
+    );
     jpgs(root, "b_left", &[1, 2]);
     jpgs(root, "b_right", &[1]);
-    write(root, "annotations/AU_Set/Training_Set/c.txt", &format!("{AU_H}0,0,1,0,0,0,0,0\n0,0,1,0,0,0,0,0\n"));
-    write(root, "annotations/EXPR_Set/Validation_Set/c.txt", &format!("{EXPR_H}1\n1\n"));
+    write(
+        root,
+        "annotations/AU_Set/Training_Set/c.txt",
+        &format!("{AU_H}0,0,1,0,0,0,0,0\n0,0,1,0,0,0,0,0\n"),
+    );
+    write(
+        root,
+        "annotations/EXPR_Set/Validation_Set/c.txt",
+        &format!("{EXPR_H}1\n1\n"),
+    );
     jpgs(root, "c", &[1, 2]);
     jpgs(root, "test-only", &[1, 2, 3]);
 }
@@ -51,30 +85,76 @@ fn joins_tasks_by_video_and_frame() {
     let train = idx.samples(Split::Train);
     let ids: Vec<(String, u32)> = train.iter().map(|s| (s.video.clone(), s.frame)).collect();
     // a/2: VA missing but AU+EXPR labelled; a/3: only VA; a/4: no jpg.
-    assert_eq!(ids, [("a".into(), 1), ("a".into(), 2), ("a".into(), 3), ("c".into(), 1), ("c".into(), 2)]);
+    assert_eq!(
+        ids,
+        [
+            ("a".into(), 1),
+            ("a".into(), 2),
+            ("a".into(), 3),
+            ("c".into(), 1),
+            ("c".into(), 2)
+        ]
+    );
     assert_eq!(train[0].va, Some([0.1, 0.2]));
     assert_eq!(train[0].au.as_deref(), Some(&[1, 0, 0, 0, 1, 0, 0, 0][..]));
     assert_eq!(train[0].expr, Some(4));
     assert_eq!((train[1].va, train[1].expr), (None, Some(4)));
-    assert_eq!((train[2].va, train[2].au.is_none(), train[2].expr), (Some([0.3, 0.4]), true, None));
+    assert_eq!(
+        (train[2].va, train[2].au.is_none(), train[2].expr),
+        (Some([0.3, 0.4]), true, None)
+    );
     assert!(train[0].jpg.ends_with("cropped_aligned/a/00001.jpg"));
-    assert_eq!((train[3].au.is_some(), train[3].expr), (true, None), "c's EXPR is validation");
+    assert_eq!(
+        (train[3].au.is_some(), train[3].expr),
+        (true, None),
+        "c's EXPR is validation"
+    );
     let val = idx.samples(Split::Validation);
     let vids: Vec<&str> = val.iter().map(|s| s.video.as_str()).collect();
-    assert_eq!(vids, ["b_left", "b_left", "b_right", "c", "c"], "left/right are separate videos");
+    assert_eq!(
+        vids,
+        ["b_left", "b_left", "b_right", "c", "c"],
+        "left/right are separate videos"
+    );
     assert_eq!((val[1].va, val[1].expr), (Some([0.5, -0.5]), Some(5)));
 
     let st = idx.stats();
-    assert_eq!((st.train.va.videos, st.train.va.frames, st.train.va.labelled, st.train.va.missing_jpg), (1, 4, 2, 1));
-    assert_eq!((st.train.au.videos, st.train.au.frames, st.train.au.labelled, st.train.au.missing_jpg), (2, 6, 4, 1));
+    assert_eq!(
+        (
+            st.train.va.videos,
+            st.train.va.frames,
+            st.train.va.labelled,
+            st.train.va.missing_jpg
+        ),
+        (1, 4, 2, 1)
+    );
+    assert_eq!(
+        (
+            st.train.au.videos,
+            st.train.au.frames,
+            st.train.au.labelled,
+            st.train.au.missing_jpg
+        ),
+        (2, 6, 4, 1)
+    );
     assert_eq!((st.train.expr.videos, st.train.expr.labelled), (1, 2));
-    assert_eq!((st.validation.expr.videos, st.validation.expr.labelled), (2, 4));
+    assert_eq!(
+        (st.validation.expr.videos, st.validation.expr.labelled),
+        (2, 4)
+    );
     assert_eq!(st.train.samples, 5);
     assert_eq!(st.validation.videos, 3);
     let hist = st.validation.expr.expr_histogram.as_ref().unwrap();
-    assert_eq!(hist.iter().map(|(_, c)| *c).collect::<Vec<_>>(), [0, 2, 0, 0, 0, 1, 1]);
+    assert_eq!(
+        hist.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        [0, 2, 0, 0, 0, 1, 1]
+    );
     let rates = st.train.au.au_positive_rate.as_ref().unwrap();
-    assert_eq!(rates[2], ("AU4".to_string(), 0.5), "AU4 on in c's 2 of 4 labelled frames");
+    assert_eq!(
+        rates[2],
+        ("AU4".to_string(), 0.5),
+        "AU4 on in c's 2 of 4 labelled frames"
+    );
     let m = st.train.va.va_mean.unwrap();
     assert!((m[0] - 0.2).abs() < 1e-6 && (m[1] - 0.3).abs() < 1e-6);
     let sd = st.train.va.va_std.unwrap();
@@ -94,7 +174,10 @@ fn joins_tasks_by_video_and_frame() {
         }
     }
     let text = st.to_string();
-    assert!(text.contains("cross-task overlap (allow): 1 videos"), "{text}");
+    assert!(
+        text.contains("cross-task overlap (allow): 1 videos"),
+        "{text}"
+    );
     assert!(text.contains("train: 2 videos, 5 samples"), "{text}");
 }
 
@@ -108,7 +191,12 @@ fn cross_task_overlap_exclude_drops_training_frames() {
     };
     let idx = DatasetIndex::load(dir.path(), &opts).unwrap();
     assert!(idx.samples(Split::Train).iter().all(|s| s.video != "c"));
-    assert!(idx.samples(Split::Validation).iter().any(|s| s.video == "c"), "validation kept");
+    assert!(
+        idx.samples(Split::Validation)
+            .iter()
+            .any(|s| s.video == "c"),
+        "validation kept"
+    );
     let st = idx.stats();
     assert_eq!(st.cross_task_overlap.excluded_train_samples, 2);
     assert_eq!(st.train.au.videos, 1);
@@ -119,9 +207,21 @@ fn layout_2021_with_twelve_aus() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     let au12 = "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26\n";
-    write(r, "annotations/AU_Set/Train_Set/v1.txt", &format!("{au12}1,0,0,0,0,0,0,0,0,0,0,1\n"));
-    write(r, "annotations/AU_Set/Validation_Set/v2.txt", &format!("{au12}0,0,0,0,0,0,0,0,0,0,0,0\n"));
-    write(r, "annotations/VA_Set/Train_Set/v1.txt", &format!("{VA_H}0,0\n"));
+    write(
+        r,
+        "annotations/AU_Set/Train_Set/v1.txt",
+        &format!("{au12}1,0,0,0,0,0,0,0,0,0,0,1\n"),
+    );
+    write(
+        r,
+        "annotations/AU_Set/Validation_Set/v2.txt",
+        &format!("{au12}0,0,0,0,0,0,0,0,0,0,0,0\n"),
+    );
+    write(
+        r,
+        "annotations/VA_Set/Train_Set/v1.txt",
+        &format!("{VA_H}0,0\n"),
+    );
     jpgs(r, "v1", &[1]);
     jpgs(r, "v2", &[1]);
     let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
@@ -138,9 +238,21 @@ fn layout_2022_challenge_folders_with_other() {
     let r = dir.path();
     let base = "6th ABAW Annotations";
     let ex8 = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n";
-    write(r, &format!("{base}/EXPR_Classification_Challenge/Train_Set/x.txt"), &format!("{ex8}7\n0\n"));
-    write(r, &format!("{base}/VA_Estimation_Challenge/Validation_Set/y.txt"), &format!("{VA_H}0.2,0.1\n"));
-    write(r, &format!("{base}/AU_Detection_Challenge/Train_Set/x.txt"), &format!("{AU_H}0,0,0,0,0,0,0,1\n-1,-1,-1,-1,-1,-1,-1,-1\n"));
+    write(
+        r,
+        &format!("{base}/EXPR_Classification_Challenge/Train_Set/x.txt"),
+        &format!("{ex8}7\n0\n"),
+    );
+    write(
+        r,
+        &format!("{base}/VA_Estimation_Challenge/Validation_Set/y.txt"),
+        &format!("{VA_H}0.2,0.1\n"),
+    );
+    write(
+        r,
+        &format!("{base}/AU_Detection_Challenge/Train_Set/x.txt"),
+        &format!("{AU_H}0,0,0,0,0,0,0,1\n-1,-1,-1,-1,-1,-1,-1,-1\n"),
+    );
     jpgs(r, "x", &[1, 2]);
     jpgs(r, "y", &[1]);
     let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
@@ -155,7 +267,11 @@ fn layout_2022_challenge_folders_with_other() {
 fn crlf_and_bom_files_load() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    write(r, "annotations/VA_Set/Training_Set/v.txt", "\u{FEFF}valence,arousal\r\n0.25,-0.25\r\n");
+    write(
+        r,
+        "annotations/VA_Set/Training_Set/v.txt",
+        "\u{FEFF}valence,arousal\r\n0.25,-0.25\r\n",
+    );
     jpgs(r, "v", &[1]);
     let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
     assert_eq!(idx.samples(Split::Train)[0].va, Some([0.25, -0.25]));
@@ -171,25 +287,47 @@ fn load_err(r: &Path) -> (DataError, String) {
 fn headers_that_disagree_within_a_task() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    write(r, "annotations/AU_Set/Training_Set/a.txt", &format!("{AU_H}0,0,0,0,0,0,0,0\n"));
-    write(r, "annotations/AU_Set/Validation_Set/b.txt", "AU1,AU2\n0,0\n");
+    write(
+        r,
+        "annotations/AU_Set/Training_Set/a.txt",
+        &format!("{AU_H}0,0,0,0,0,0,0,0\n"),
+    );
+    write(
+        r,
+        "annotations/AU_Set/Validation_Set/b.txt",
+        "AU1,AU2\n0,0\n",
+    );
     jpgs(r, "a", &[1]);
     let (e, m) = load_err(r);
     assert!(matches!(e, DataError::VocabMismatch { line: 1, .. }), "{m}");
     assert!(m.contains("Validation_Set/b.txt:1: header"), "{m}");
-    assert!(m.contains("Training_Set/a.txt"), "names the first file: {m}");
+    assert!(
+        m.contains("Training_Set/a.txt"),
+        "names the first file: {m}"
+    );
 }
 
 #[test]
 fn video_in_two_splits_of_one_task() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    write(r, "annotations/VA_Set/Training_Set/a.txt", &format!("{VA_H}0,0\n"));
-    write(r, "annotations/VA_Set/Validation_Set/a.txt", &format!("{VA_H}0,0\n"));
+    write(
+        r,
+        "annotations/VA_Set/Training_Set/a.txt",
+        &format!("{VA_H}0,0\n"),
+    );
+    write(
+        r,
+        "annotations/VA_Set/Validation_Set/a.txt",
+        &format!("{VA_H}0,0\n"),
+    );
     jpgs(r, "a", &[1]);
     let (e, m) = load_err(r);
     assert!(matches!(e, DataError::DuplicateVideo { .. }), "{m}");
-    assert!(m.contains("Training_Set/a.txt") && m.contains("Validation_Set/a.txt"), "{m}");
+    assert!(
+        m.contains("Training_Set/a.txt") && m.contains("Validation_Set/a.txt"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -204,7 +342,17 @@ fn bad_value_inside_a_tree_names_file_line_field() {
     write(r, "annotations/VA_Set/Training_Set/12-24.txt", &text);
     jpgs(r, "12-24", &[1]);
     let (e, m) = load_err(r);
-    assert!(matches!(e, DataError::NotANumber { line: 17, field: 2, .. }), "{m}");
+    assert!(
+        matches!(
+            e,
+            DataError::NotANumber {
+                line: 17,
+                field: 2,
+                ..
+            }
+        ),
+        "{m}"
+    );
     assert!(
         m.ends_with("annotations/VA_Set/Training_Set/12-24.txt:17: field 2 (arousal): \"abc\" is not a number"),
         "{m}"
@@ -218,14 +366,23 @@ fn empty_file_and_missing_layout() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     let (e, _) = load_err(r);
-    assert!(matches!(e, DataError::Layout { .. }), "no annotations at all");
+    assert!(
+        matches!(e, DataError::Layout { .. }),
+        "no annotations at all"
+    );
     write(r, "annotations/EXPR_Set/Training_Set/e.txt", "");
     let (e, m) = load_err(r);
-    assert!(matches!(e, DataError::EmptyFile { .. } | DataError::Layout { .. }), "{m}");
+    assert!(
+        matches!(e, DataError::EmptyFile { .. } | DataError::Layout { .. }),
+        "{m}"
+    );
     std::fs::create_dir_all(r.join("cropped_aligned")).unwrap();
     let (e, m) = load_err(r);
     assert!(matches!(e, DataError::EmptyFile { .. }), "{m}");
-    assert!(m.contains("EXPR_Set/Training_Set/e.txt:1: empty file"), "{m}");
+    assert!(
+        m.contains("EXPR_Set/Training_Set/e.txt:1: empty file"),
+        "{m}"
+    );
 }
 
 #[test]

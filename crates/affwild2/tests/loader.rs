@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use mtanet_affwild2::{
-    generate, Augment, Batch, DataError, DatasetIndex, IndexOptions, Loader, LoaderConfig, OnBadFrame, Preprocess,
-    Sample, Sampling, Split, SynthConfig, Task, Vocab,
+    generate, Augment, Batch, DataError, DatasetIndex, IndexOptions, Loader, LoaderConfig,
+    OnBadFrame, Preprocess, Sample, Sampling, Split, SynthConfig, Task, Vocab,
 };
 
 /// One small synthetic set shared by the tests of this file.
@@ -43,7 +43,15 @@ fn all(loader: &Loader, epoch: u64, start: usize) -> Vec<Batch> {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 fn same(a: &[Batch], b: &[Batch]) {
@@ -83,7 +91,15 @@ fn same_seed_same_batches_across_thread_counts() {
 #[test]
 fn shapes_masks_and_an_epoch_covers_every_sample_once() {
     let (_, samples, vocab) = data();
-    let loader = Loader::new(samples.clone(), vocab, LoaderConfig { augment: None, ..cfg(2) }).unwrap();
+    let loader = Loader::new(
+        samples.clone(),
+        vocab,
+        LoaderConfig {
+            augment: None,
+            ..cfg(2)
+        },
+    )
+    .unwrap();
     let batches = all(&loader, 0, 0);
     let mut seen = Vec::new();
     for b in &batches {
@@ -97,7 +113,10 @@ fn shapes_masks_and_an_epoch_covers_every_sample_once() {
         let vm = b.va_mask.to_vec1::<f32>().unwrap();
         let va = b.va.to_vec2::<f32>().unwrap();
         for (i, id) in b.ids.iter().enumerate() {
-            let s = samples.iter().find(|s| s.video == id.video && s.frame == id.frame).unwrap();
+            let s = samples
+                .iter()
+                .find(|s| s.video == id.video && s.frame == id.frame)
+                .unwrap();
             assert_eq!(em[i] == 1.0, s.expr.is_some());
             assert_eq!(vm[i] == 1.0, s.va.is_some());
             if let Some(v) = s.va {
@@ -107,7 +126,10 @@ fn shapes_masks_and_an_epoch_covers_every_sample_once() {
         seen.extend(b.ids.iter().map(|i| i.to_string()));
     }
     seen.sort();
-    let mut want: Vec<String> = samples.iter().map(|s| format!("{}/{:05}", s.video, s.frame)).collect();
+    let mut want: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{}/{:05}", s.video, s.frame))
+        .collect();
     want.sort();
     assert_eq!(seen, want);
     // Without augmentation a frame's pixels do not depend on the epoch or its position.
@@ -151,7 +173,11 @@ fn balanced_quota_holds_in_every_batch() {
     assert_eq!(batches.len(), loader.batches_per_epoch());
     for b in &batches {
         assert_eq!(b.len(), 12);
-        for (mask, t) in [(&b.va_mask, Task::Va), (&b.au_mask, Task::Au), (&b.expr_mask, Task::Expr)] {
+        for (mask, t) in [
+            (&b.va_mask, Task::Va),
+            (&b.au_mask, Task::Au),
+            (&b.expr_mask, Task::Expr),
+        ] {
             let n: f32 = mask.to_vec1::<f32>().unwrap().iter().sum();
             assert!(n >= 4.0, "{t}: {n} labelled rows < quota 4");
         }
@@ -191,15 +217,34 @@ fn bad_jpeg_skip_substitutes_and_error_stops_with_path() {
     let skip = Loader::new(samples.clone(), &idx.vocab, base.clone()).unwrap();
     let batches = all(&skip, 0, 0);
     assert_eq!(batches[0].len(), 8, "batch size kept");
-    assert_eq!(batches[0].ids[3], batches[0].ids[4], "position 3 replaced by the next sample");
+    assert_eq!(
+        batches[0].ids[3], batches[0].ids[4],
+        "position 3 replaced by the next sample"
+    );
     assert_eq!(skip.bad_frames(), vec![bad.clone()]);
     let total: usize = batches.iter().map(|b| b.len()).sum();
     assert_eq!(total, samples.len());
     // Deterministic substitution.
-    let again = Loader::new(samples.clone(), &idx.vocab, LoaderConfig { threads: 1, ..base.clone() }).unwrap();
+    let again = Loader::new(
+        samples.clone(),
+        &idx.vocab,
+        LoaderConfig {
+            threads: 1,
+            ..base.clone()
+        },
+    )
+    .unwrap();
     same(&batches, &all(&again, 0, 0));
 
-    let stop = Loader::new(samples.clone(), &idx.vocab, LoaderConfig { on_bad_frame: OnBadFrame::Error, ..base }).unwrap();
+    let stop = Loader::new(
+        samples.clone(),
+        &idx.vocab,
+        LoaderConfig {
+            on_bad_frame: OnBadFrame::Error,
+            ..base
+        },
+    )
+    .unwrap();
     let items: Vec<Result<Batch, DataError>> = stop.epoch(0, 0).collect();
     assert_eq!(items.len(), 1, "the epoch ends at the error");
     let e = items.into_iter().next().unwrap().unwrap_err();
@@ -212,7 +257,9 @@ fn bad_jpeg_skip_substitutes_and_error_stops_with_path() {
 fn other_sizes_resized_or_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("00001.jpg");
-    image::RgbImage::from_pixel(224, 200, image::Rgb([200, 100, 50])).save(&p).unwrap();
+    image::RgbImage::from_pixel(224, 200, image::Rgb([200, 100, 50]))
+        .save(&p)
+        .unwrap();
     let s = Sample {
         video: "v".into(),
         frame: 1,
@@ -237,7 +284,17 @@ fn other_sizes_resized_or_rejected() {
     assert!((px[2 * 112 * 112] - (200.0 - 131.0912)).abs() < 4.0);
     let strict = Loader::new(vec![s], &vocab, LoaderConfig { resize: false, ..c }).unwrap();
     let e = strict.batch(0, 0).unwrap_err();
-    assert!(matches!(e, DataError::ImageSize { width: 224, height: 200, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DataError::ImageSize {
+                width: 224,
+                height: 200,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("00001.jpg"));
 }
 
@@ -254,7 +311,15 @@ fn invalid_samples_and_config_rejected() {
     };
     let e = Loader::new(vec![s.clone()], &vocab, LoaderConfig::default()).unwrap_err();
     assert!(e.to_string().contains("v/00001"), "{e}");
-    let e = Loader::new(vec![], &vocab, LoaderConfig { batch_size: 0, ..LoaderConfig::default() }).unwrap_err();
+    let e = Loader::new(
+        vec![],
+        &vocab,
+        LoaderConfig {
+            batch_size: 0,
+            ..LoaderConfig::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, DataError::Config(_)));
     let unlabelled = Sample { au: None, ..s };
     let l = Loader::new(vec![unlabelled], &vocab, LoaderConfig::default()).unwrap();
@@ -265,7 +330,16 @@ fn invalid_samples_and_config_rejected() {
 #[test]
 fn dropping_the_iterator_early_stops_the_thread() {
     let (_, samples, vocab) = data();
-    let loader = Loader::new(samples.clone(), vocab, LoaderConfig { prefetch: 1, batch_size: 4, ..cfg(1) }).unwrap();
+    let loader = Loader::new(
+        samples.clone(),
+        vocab,
+        LoaderConfig {
+            prefetch: 1,
+            batch_size: 4,
+            ..cfg(1)
+        },
+    )
+    .unwrap();
     let mut it = loader.epoch(0, 0);
     assert!(it.next().unwrap().is_ok());
     drop(it); // must not hang

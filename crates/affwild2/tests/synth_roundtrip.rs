@@ -1,6 +1,8 @@
 //! The synthetic set: deterministic, indexable, and the index reproduces the generator's counts.
 
-use mtanet_affwild2::{generate, DatasetIndex, IndexOptions, Layout, Split, SynthConfig, Task, Vocab};
+use mtanet_affwild2::{
+    generate, DatasetIndex, IndexOptions, Layout, Split, SynthConfig, Task, Vocab,
+};
 
 fn small() -> SynthConfig {
     SynthConfig {
@@ -34,7 +36,14 @@ fn index_reproduces_synth_report() {
             assert_eq!(st.missing_jpg, rt.missing_jpg, "{split} {t} missing jpg");
             assert!(rt.labelled > 0, "{split} {t} has labels");
         }
-        let hist: Vec<u64> = s.expr.expr_histogram.as_ref().unwrap().iter().map(|(_, c)| *c).collect();
+        let hist: Vec<u64> = s
+            .expr
+            .expr_histogram
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| *c)
+            .collect();
         assert_eq!(hist, r.expr.counts, "{split} expression histogram");
         let rates = s.au.au_positive_rate.as_ref().unwrap();
         for (k, (_, rate)) in rates.iter().enumerate() {
@@ -50,12 +59,24 @@ fn index_reproduces_synth_report() {
     assert_eq!(stats.jpgs, report.jpgs_written);
     assert_eq!(stats.unannotated_jpgs, report.unannotated_jpgs);
     assert_eq!(stats.unannotated_videos, report.unannotated_videos);
-    assert_eq!(stats.cross_task_overlap.videos, 0, "validation videos never train");
+    assert_eq!(
+        stats.cross_task_overlap.videos, 0,
+        "validation videos never train"
+    );
     // Quirks present.
-    let missing_jpg: u64 = Split::ALL.iter().map(|&s| report.split(s).va.missing_jpg).sum();
+    let missing_jpg: u64 = Split::ALL
+        .iter()
+        .map(|&s| report.split(s).va.missing_jpg)
+        .sum();
     assert!(missing_jpg > 0, "some frames have no jpg");
-    let lines: u64 = Split::ALL.iter().map(|&s| report.split(s).va.annotation_lines).sum();
-    let labelled: u64 = Split::ALL.iter().map(|&s| report.split(s).va.labelled).sum();
+    let lines: u64 = Split::ALL
+        .iter()
+        .map(|&s| report.split(s).va.annotation_lines)
+        .sum();
+    let labelled: u64 = Split::ALL
+        .iter()
+        .map(|&s| report.split(s).va.labelled)
+        .sum();
     assert!(labelled + missing_jpg < lines, "some VA rows are -5");
     // Strict mode rejects the unannotated (test) video folders.
     let strict = IndexOptions {
@@ -63,7 +84,10 @@ fn index_reproduces_synth_report() {
         ..IndexOptions::default()
     };
     let e = DatasetIndex::load(dir.path(), &strict).unwrap_err();
-    assert!(matches!(e, mtanet_affwild2::DataError::UnannotatedVideo { .. }), "{e}");
+    assert!(
+        matches!(e, mtanet_affwild2::DataError::UnannotatedVideo { .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -82,9 +106,14 @@ fn generation_is_deterministic_and_reruns_in_place() {
     let ia = DatasetIndex::load(a.path(), &IndexOptions::default()).unwrap();
     let s = &ia.samples(Split::Train)[0];
     let rel = s.jpg.strip_prefix(a.path()).unwrap();
-    assert_eq!(std::fs::read(&s.jpg).unwrap(), std::fs::read(b.path().join(rel)).unwrap());
+    assert_eq!(
+        std::fs::read(&s.jpg).unwrap(),
+        std::fs::read(b.path().join(rel)).unwrap()
+    );
     let va = |d: &std::path::Path| {
-        let p = d.join("annotations/VA_Set/Training_Set").join(format!("{}.txt", s.video));
+        let p = d
+            .join("annotations/VA_Set/Training_Set")
+            .join(format!("{}.txt", s.video));
         std::fs::read(p).unwrap()
     };
     assert_eq!(va(a.path()), va(b.path()));

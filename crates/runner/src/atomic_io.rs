@@ -94,8 +94,16 @@ pub fn append_csv_row(
     let mut dropped = Vec::new();
     let mut text = existing.clone();
     let line = if existing.trim().is_empty() {
-        text = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
-        row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",")
+        text = header
+            .iter()
+            .map(|h| csv_field(h))
+            .collect::<Vec<_>>()
+            .join(",")
+            + "\n";
+        row.iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",")
     } else {
         let file_header = csv_split(existing.lines().next().unwrap_or_default());
         for h in header {
@@ -127,7 +135,8 @@ pub fn append_csv_row(
 
 /// Reads a CSV file into its header and rows (fields as strings).
 pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header = csv_split(
         lines

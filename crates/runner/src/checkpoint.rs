@@ -108,9 +108,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("last.safetensors");
         let mut m = HashMap::new();
-        m.insert("a.weight".to_string(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
+        m.insert(
+            "a.weight".to_string(),
+            Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+        );
         let mut o = HashMap::new();
-        o.insert("m.a.weight".to_string(), Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap());
+        o.insert(
+            "m.a.weight".to_string(),
+            Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap(),
+        );
         let s = TrainState {
             stage: 1,
             global_step: 9,
@@ -119,8 +125,14 @@ mod tests {
         save(&p, &m, &o, &s).unwrap();
         let c = load(&p, &Device::Cpu).unwrap();
         assert_eq!(c.state, s);
-        assert_eq!(c.model["a.weight"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
-        assert_eq!(c.optim["m.a.weight"].to_vec1::<f32>().unwrap(), vec![0.5, 0.25]);
+        assert_eq!(
+            c.model["a.weight"].to_vec1::<f32>().unwrap(),
+            vec![1.0, 2.0]
+        );
+        assert_eq!(
+            c.optim["m.a.weight"].to_vec1::<f32>().unwrap(),
+            vec![0.5, 0.25]
+        );
         std::fs::write(&p, b"garbage").unwrap();
         let e = load(&p, &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("last.safetensors"), "{e}");

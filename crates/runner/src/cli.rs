@@ -39,6 +39,64 @@ pub enum Command {
     /// Model tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Predict a split (or the test set, or a folder of crops) with a trained checkpoint,
+    /// writing ABAW 2020 submission files (`VA_Set/`, `AU_Set/`, `EXPR_Set/`).
+    Predict {
+        /// A run directory (config.yaml + checkpoints/last.safetensors) or a checkpoint file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The run config, when the checkpoint file has no ../config.yaml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Aff-Wild2 root (holding annotations/ and cropped_aligned/).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Validation_Set, Training_Set / Train_Set, or Test (the unannotated videos).
+        #[arg(long, default_value = "Validation_Set")]
+        split: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only these videos: lines `video[,frames]`.
+        #[arg(long)]
+        videos: Option<PathBuf>,
+        /// A plain folder of aligned face crops instead of a split: writes predictions.csv.
+        #[arg(long)]
+        frames: Option<PathBuf>,
+        /// Temporal smoothing window in frames (mean for VA / AU, majority for EXPR).
+        #[arg(long, default_value_t = 0)]
+        smooth: usize,
+        /// Use the per-AU thresholds tuned on validation (the run's report.json).
+        #[arg(long)]
+        tuned_thresholds: bool,
+        /// Batch size (default: the run's eval.batch_size).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Device: cpu, cuda:N or auto (default: the run's).
+        #[arg(long)]
+        device: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Score a folder of prediction files (ours or a peer's) with the ABAW metrics.
+    Evaluate {
+        /// Folder holding VA_Set/, AU_Set/, EXPR_Set/ prediction files.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Aff-Wild2 root (holding annotations/ and cropped_aligned/).
+        #[arg(long)]
+        root: PathBuf,
+        /// The annotated split to score against.
+        #[arg(long, default_value = "Validation_Set")]
+        split: String,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Score every labelled frame, not only those with a face crop (test-set protocol).
+        #[arg(long)]
+        all_frames: bool,
+    },
 }
 
 /// `mtanet train`.
@@ -210,7 +268,9 @@ fn backbone_config(a: &BackboneArgs) -> anyhow::Result<mtanet_backbones::ResNetC
 ///   2.0 s with the pool and 0.8 s without it (README, "Runtime defaults").
 fn runtime_defaults() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
@@ -355,7 +415,11 @@ pub fn main() -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&report)?.as_bytes(),
             )?;
             println!("{report}");
-            println!("wrote {} in {:.1} s", out.display(), t.elapsed().as_secs_f64());
+            println!(
+                "wrote {} in {:.1} s",
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
         }
         Command::Data(DataCommand::Stats { root, json }) => {
             let index = mtanet_affwild2::DatasetIndex::load(&root, &Default::default())
@@ -365,6 +429,72 @@ pub fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!("{stats}");
+            }
+        }
+        Command::Predict {
+            checkpoint,
+            config,
+            root,
+            split,
+            out,
+            videos,
+            frames,
+            smooth,
+            tuned_thresholds,
+            batch_size,
+            device,
+            quiet,
+        } => {
+            use crate::predict::{PredictOptions, PredictTarget};
+            let target = match (&frames, split.as_str()) {
+                (Some(dir), _) => PredictTarget::Frames(dir.clone()),
+                (None, "Test" | "Test_Set" | "test") => PredictTarget::Test,
+                (None, s) => {
+                    PredictTarget::Split(crate::evaluate::parse_split(s).with_context(|| {
+                        format!("--split {s}: use Validation_Set, Training_Set or Test")
+                    })?)
+                }
+            };
+            let summary = crate::predict::run(&PredictOptions {
+                checkpoint,
+                config,
+                root,
+                target,
+                out: out.clone(),
+                videos,
+                smooth,
+                tuned_thresholds,
+                batch_size,
+                device,
+                quiet,
+            })?;
+            println!(
+                "wrote {} files for {} videos ({} lines; {} frames predicted, {} filled from \
+                 the nearest frame, {} unreadable crops) in {}",
+                summary.files.len(),
+                summary.videos,
+                summary.frames,
+                summary.predicted,
+                summary.filled,
+                summary.bad_frames.len(),
+                out.display()
+            );
+        }
+        Command::Evaluate {
+            pred,
+            root,
+            split,
+            json,
+            all_frames,
+        } => {
+            let split = crate::evaluate::parse_split(&split)
+                .with_context(|| format!("--split {split}: use Validation_Set or Training_Set"))?;
+            let opts = crate::evaluate::EvaluateOptions { split, all_frames };
+            let ev = crate::evaluate::evaluate(&pred, &root, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&ev.report)?);
+            } else {
+                print!("{ev}");
             }
         }
         Command::Model(ModelCommand::Summary(a)) => {

@@ -1,20 +1,29 @@
 //! `mtanet compare A.csv B.csv ...`: result rows side by side with deltas per metric.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::atomic_io::read_csv;
 
 /// Metrics compared, in order.
 const METRICS: &[&str] = &[
-    "va.ccc_valence", "va.ccc_arousal", "va.score", "au.f1", "au.accuracy", "au.score",
-    "au.f1_tuned", "expr.f1", "expr.accuracy", "expr.score", "train_img_s",
+    "va.ccc_valence",
+    "va.ccc_arousal",
+    "va.score",
+    "au.f1",
+    "au.accuracy",
+    "au.score",
+    "au.f1_tuned",
+    "expr.f1",
+    "expr.accuracy",
+    "expr.score",
+    "train_img_s",
 ];
 
 /// One file's rows: key (row name, else run id) -> column -> value.
 type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
-fn load(path: &PathBuf) -> anyhow::Result<Rows> {
+fn load(path: &Path) -> anyhow::Result<Rows> {
     let (header, rows) = read_csv(path)?;
     let key_col = ["row", "run_id"]
         .iter()
@@ -38,7 +47,7 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if paths.len() < 2 {
         anyhow::bail!("compare needs at least two CSV files");
     }
-    let files: Vec<Rows> = paths.iter().map(load).collect::<Result<_, _>>()?;
+    let files: Vec<Rows> = paths.iter().map(|p| load(p)).collect::<Result<_, _>>()?;
     let mut keys: Vec<String> = Vec::new();
     for f in &files {
         for k in f.keys() {
@@ -50,12 +59,19 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     let mut s = String::new();
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     for key in keys {
-        s.push_str(&format!("\n### {key}\n\n| metric | {} | Δ (last - first) | noise |\n", names.join(" | ")));
+        s.push_str(&format!(
+            "\n### {key}\n\n| metric | {} | Δ (last - first) | noise |\n",
+            names.join(" | ")
+        ));
         s.push_str(&format!("|---|{}---|---|\n", "---|".repeat(names.len())));
         for m in METRICS {
             let vals: Vec<Option<f64>> = files
                 .iter()
-                .map(|f| f.get(&key).and_then(|r| r.get(*m)).and_then(|v| v.parse().ok()))
+                .map(|f| {
+                    f.get(&key)
+                        .and_then(|r| r.get(*m))
+                        .and_then(|v| v.parse().ok())
+                })
                 .collect();
             if vals.iter().all(Option::is_none) {
                 continue;
@@ -93,7 +109,10 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
                 }
                 _ => "no seed spread".into(),
             };
-            s.push_str(&format!("| {m} | {} | {delta} | {noise} |\n", cells.join(" | ")));
+            s.push_str(&format!(
+                "| {m} | {} | {delta} | {noise} |\n",
+                cells.join(" | ")
+            ));
         }
     }
     Ok(s)
@@ -111,8 +130,14 @@ mod tests {
         std::fs::write(&a, "row,au.f1,au.f1_std,expr.f1\nr1,0.50,0.01,0.3\n").unwrap();
         std::fs::write(&b, "row,au.f1,au.f1_std,expr.f1\nr1,0.51,0.01,0.4\n").unwrap();
         let s = compare(&[a.clone(), b]).unwrap();
-        assert!(s.contains("| au.f1 | 0.5000 ± 0.0100 | 0.5100 ± 0.0100 | +0.0100 | within noise"), "{s}");
-        assert!(s.contains("| expr.f1 | 0.3000 | 0.4000 | +0.1000 | no seed spread |"), "{s}");
+        assert!(
+            s.contains("| au.f1 | 0.5000 ± 0.0100 | 0.5100 ± 0.0100 | +0.0100 | within noise"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| expr.f1 | 0.3000 | 0.4000 | +0.1000 | no seed spread |"),
+            "{s}"
+        );
         let e = compare(&[a]).unwrap_err().to_string();
         assert!(e.contains("two"));
         let bad = d.path().join("bad.csv");

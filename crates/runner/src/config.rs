@@ -490,21 +490,21 @@ impl ExperimentFile {
         let mut value = Value::Mapping(Default::default());
         merge_section(&mut value, &self.defaults);
         if let Some(r) = row {
-            let i = self
-                .rows
-                .iter()
-                .position(|x| x.name == r)
-                .ok_or_else(|| ConfigError::Unknown {
-                    path: self.path.clone(),
-                    what: "row",
-                    name: r.to_string(),
-                    defined: self
-                        .rows
-                        .iter()
-                        .map(|x| x.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+            let i =
+                self.rows
+                    .iter()
+                    .position(|x| x.name == r)
+                    .ok_or_else(|| ConfigError::Unknown {
+                        path: self.path.clone(),
+                        what: "row",
+                        name: r.to_string(),
+                        defined: self
+                            .rows
+                            .iter()
+                            .map(|x| x.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
             if let Some(set) = self.row_values[i].get("set") {
                 merge_section(&mut value, set);
             }
@@ -521,23 +521,22 @@ impl ExperimentFile {
         for o in overrides {
             o.apply(&mut value);
         }
-        let config: Config =
-            serde_yaml::from_value(value).map_err(|e| ConfigError::Schema {
-                path: if overrides.is_empty() {
-                    self.path.clone()
-                } else {
-                    format!(
-                        "{} with overrides [{}]",
-                        self.path,
-                        overrides
-                            .iter()
-                            .map(|o| o.to_string())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    )
-                },
-                message: e.to_string(),
-            })?;
+        let config: Config = serde_yaml::from_value(value).map_err(|e| ConfigError::Schema {
+            path: if overrides.is_empty() {
+                self.path.clone()
+            } else {
+                format!(
+                    "{} with overrides [{}]",
+                    self.path,
+                    overrides
+                        .iter()
+                        .map(|o| o.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            },
+            message: e.to_string(),
+        })?;
         config.validate(&self.path)?;
         Ok(config)
     }
@@ -694,16 +693,25 @@ impl Config {
                 return bad(k("lr"), format!("must be a positive number, got {}", s.lr));
             }
             if !(s.weight_decay.is_finite() && s.weight_decay >= 0.0) {
-                return bad(k("weight_decay"), format!("must be >= 0, got {}", s.weight_decay));
+                return bad(
+                    k("weight_decay"),
+                    format!("must be >= 0, got {}", s.weight_decay),
+                );
             }
             if !(0.0..1.0).contains(&s.momentum) {
-                return bad(k("momentum"), format!("must be in [0, 1), got {}", s.momentum));
+                return bad(
+                    k("momentum"),
+                    format!("must be in [0, 1), got {}", s.momentum),
+                );
             }
             if s.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
                 return bad(k("betas"), format!("must be in [0, 1), got {:?}", s.betas));
             }
             if s.steps == Some(0) || (s.steps.is_none() && s.epochs == 0) {
-                return bad(k("epochs"), "a stage needs epochs >= 1 or steps >= 1".into());
+                return bad(
+                    k("epochs"),
+                    "a stage needs epochs >= 1 or steps >= 1".into(),
+                );
             }
             if let Schedule::Step { every: 0, .. } = s.schedule {
                 return bad(k("schedule.every"), "must be >= 1".into());
@@ -790,7 +798,10 @@ rows:
             .resolve(
                 Some("small"),
                 Some("r50"),
-                &["training.stages.0.lr=0.5".parse().unwrap(), "seed=7".parse().unwrap()],
+                &[
+                    "training.stages.0.lr=0.5".parse().unwrap(),
+                    "seed=7".parse().unwrap(),
+                ],
             )
             .unwrap();
         assert_eq!(c.data.batch_size, 4);
@@ -804,12 +815,16 @@ rows:
     #[test]
     fn typo_names_line_and_column() {
         let text = FILE.replace("lr: 0.001", "lrr: 0.001");
-        let e = ExperimentFile::parse("t.yaml", &text).unwrap_err().to_string();
+        let e = ExperimentFile::parse("t.yaml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t.yaml"), "{e}");
         assert!(e.contains("lrr"), "{e}");
         assert!(e.contains("line 6"), "{e}");
         let text = FILE.replace("batch_size: 4", "batchsize: 4");
-        let e = ExperimentFile::parse("t.yaml", &text).unwrap_err().to_string();
+        let e = ExperimentFile::parse("t.yaml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batchsize") && e.contains("line 9"), "{e}");
     }
 
@@ -825,7 +840,10 @@ rows:
             .resolve(None, None, &["training.stages=[]".parse().unwrap()])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("training.stages") && e.contains("at least one"), "{e}");
+        assert!(
+            e.contains("training.stages") && e.contains("at least one"),
+            "{e}"
+        );
         let e = f
             .resolve(None, None, &["model.bakbone=resnet50".parse().unwrap()])
             .unwrap_err()

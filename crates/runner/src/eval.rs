@@ -20,9 +20,8 @@ impl HostOutputs {
     pub fn from_output(out: &MtaNetOutput) -> candle_core::Result<Self> {
         let va = out.va.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let au = candle_nn::ops::sigmoid(&out.au_logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
-        let expr =
-            candle_nn::ops::softmax(&out.expr_logits.to_dtype(DType::F32)?, D::Minus1)?
-                .to_vec2::<f32>()?;
+        let expr = candle_nn::ops::softmax(&out.expr_logits.to_dtype(DType::F32)?, D::Minus1)?
+            .to_vec2::<f32>()?;
         Ok(Self {
             va: va.into_iter().map(|r| [r[0], r[1]]).collect(),
             au_probs: au,
@@ -51,11 +50,19 @@ fn mask(t: &Tensor) -> candle_core::Result<Vec<bool>> {
 }
 
 /// Pushes one batch's outputs and labels (masked per task) into the accumulators.
-pub fn push_batch(acc: &mut Accumulator, out: &HostOutputs, batch: &Batch) -> candle_core::Result<()> {
+pub fn push_batch(
+    acc: &mut Accumulator,
+    out: &HostOutputs,
+    batch: &Batch,
+) -> candle_core::Result<()> {
     let va_t = batch.va.to_vec2::<f32>()?;
     let au_t = batch.au.to_vec2::<f32>()?;
     let expr_t = batch.expr.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-    let (vm, am, em) = (mask(&batch.va_mask)?, mask(&batch.au_mask)?, mask(&batch.expr_mask)?);
+    let (vm, am, em) = (
+        mask(&batch.va_mask)?,
+        mask(&batch.au_mask)?,
+        mask(&batch.expr_mask)?,
+    );
     for i in 0..out.va.len() {
         if vm[i] {
             acc.va.push(out.va[i], [va_t[i][0], va_t[i][1]]);
@@ -65,7 +72,8 @@ pub fn push_batch(acc: &mut Accumulator, out: &HostOutputs, batch: &Batch) -> ca
             acc.au.push(&out.au_probs[i], &t);
         }
         if em[i] {
-            acc.expr.push(argmax(&out.expr_probs[i]), expr_t[i] as usize);
+            acc.expr
+                .push(argmax(&out.expr_probs[i]), expr_t[i] as usize);
         }
     }
     Ok(())

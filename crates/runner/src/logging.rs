@@ -51,5 +51,8 @@ pub fn init() {
         .with_target(false)
         .with_writer(|| RunLogWriter)
         .with_filter(EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry().with(stderr).with(file).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
 }

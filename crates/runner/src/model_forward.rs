@@ -11,7 +11,13 @@ use mtanet_backbones::{load_pretrained, ResNet, ResNetConfig};
 
 /// Loads `weights` into the backbone, runs `input` (tensor `input`), writes `feature_map` and
 /// `features` (the global average over H, W) to `out`.
-pub fn run(cfg: &ResNetConfig, weights: &Path, input: &Path, out: &Path, train: bool) -> anyhow::Result<()> {
+pub fn run(
+    cfg: &ResNetConfig,
+    weights: &Path,
+    input: &Path,
+    out: &Path,
+    train: bool,
+) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -25,7 +31,11 @@ pub fn run(cfg: &ResNetConfig, weights: &Path, input: &Path, out: &Path, train: 
         .with_context(|| format!("{}: no tensor named `input`", input.display()))?
         .to_dtype(DType::F32)?;
     if x.rank() != 4 || x.dim(1)? != 3 {
-        anyhow::bail!("{}: `input` must be (N, 3, H, W), got {:?}", input.display(), x.dims());
+        anyhow::bail!(
+            "{}: `input` must be (N, 3, H, W), got {:?}",
+            input.display(),
+            x.dims()
+        );
     }
     let fmap = net.forward_t(&x, train)?;
     let features = fmap.mean((2, 3))?;

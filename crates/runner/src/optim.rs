@@ -100,7 +100,11 @@ impl Optimizer {
         let mut total = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(&p.var) {
-                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(total.sqrt())
@@ -112,7 +116,11 @@ impl Optimizer {
         let t = self.step as i32;
         for p in &self.params {
             let Some(g) = grads.get(&p.var) else { continue };
-            let mut g = if scale != 1.0 { (g * scale)? } else { g.clone() };
+            let mut g = if scale != 1.0 {
+                (g * scale)?
+            } else {
+                g.clone()
+            };
             let w = p.var.as_tensor();
             if p.decay && self.weight_decay != 0.0 {
                 g = (g + (w * self.weight_decay)?)?;
@@ -206,7 +214,12 @@ mod tests {
                 decay: true,
             }];
             let mut opt = Optimizer::new(&stage(kind), p);
-            let loss = (w.as_tensor() - 3.0).unwrap().sqr().unwrap().sum_all().unwrap();
+            let loss = (w.as_tensor() - 3.0)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let grads = loss.backward().unwrap();
             opt.step(&grads, 1.0).unwrap();
             let got = w.as_tensor().to_vec1::<f32>().unwrap()[0];
@@ -216,7 +229,10 @@ mod tests {
                 // Adam's first step moves by lr * sign(g) (m_hat/sqrt(v_hat) = +-1).
                 OptimizerKind::Adam => 1.0 + 0.1,
             };
-            assert!((got - expected).abs() < 1e-5, "{kind:?}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "{kind:?}: {got} vs {expected}"
+            );
         }
     }
 
@@ -242,7 +258,12 @@ mod tests {
                         opt = mk(&w);
                         opt.load_state(&st, n);
                     }
-                    let loss = (w.as_tensor() - 3.0).unwrap().sqr().unwrap().sum_all().unwrap();
+                    let loss = (w.as_tensor() - 3.0)
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap();
                     opt.step(&loss.backward().unwrap(), 1.0).unwrap();
                 }
                 w.as_tensor().to_vec1::<f32>().unwrap()
@@ -266,8 +287,18 @@ mod tests {
         let names: Vec<_> = ps.iter().map(|p| (p.name.as_str(), p.decay)).collect();
         assert_eq!(
             names,
-            vec![("a.bias", false), ("a.weight", true), ("uncertainty.log_var_va", false)]
+            vec![
+                ("a.bias", false),
+                ("a.weight", true),
+                ("uncertainty.log_var_va", false)
+            ]
         );
-        assert!(params(&data, true).iter().find(|p| p.name == "a.bias").unwrap().decay);
+        assert!(
+            params(&data, true)
+                .iter()
+                .find(|p| p.name == "a.bias")
+                .unwrap()
+                .decay
+        );
     }
 }

@@ -29,7 +29,10 @@ mod tests {
         assert_eq!(lr_at(&c, 1.0, 0, 11), 1.0);
         assert!((lr_at(&c, 1.0, 10, 11) - 0.1).abs() < 1e-12);
         assert!((lr_at(&c, 1.0, 5, 11) - 0.55).abs() < 1e-12);
-        let s = Schedule::Step { every: 3, gamma: 0.5 };
+        let s = Schedule::Step {
+            every: 3,
+            gamma: 0.5,
+        };
         assert_eq!(lr_at(&s, 1.0, 2, 10), 1.0);
         assert_eq!(lr_at(&s, 1.0, 3, 10), 0.5);
         assert_eq!(lr_at(&Schedule::Constant, 0.3, 99, 10), 0.3);

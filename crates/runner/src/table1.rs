@@ -48,7 +48,9 @@ pub const TABLE_METRICS: &[(&str, &str)] = &[
 /// Picks the profile: explicit, else `paper` with `AFFWILD2_ROOT`, else `demo`; the reason is
 /// the first line `table1` prints.
 pub fn choose_profile(explicit: Option<&str>) -> (String, String) {
-    let env = std::env::var("AFFWILD2_ROOT").ok().filter(|s| !s.trim().is_empty());
+    let env = std::env::var("AFFWILD2_ROOT")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
     match (explicit, env) {
         (Some(p), _) => (p.to_string(), format!("profile `{p}` (from --profile)")),
         (None, Some(root)) => (
@@ -73,7 +75,10 @@ pub fn load_experiment(path: Option<&Path>) -> anyhow::Result<ExperimentFile> {
             if p.is_file() {
                 Ok(ExperimentFile::load(p)?)
             } else {
-                Ok(ExperimentFile::parse("experiments/table1.yaml (embedded)", TABLE1_YAML)?)
+                Ok(ExperimentFile::parse(
+                    "experiments/table1.yaml (embedded)",
+                    TABLE1_YAML,
+                )?)
             }
         }
     }
@@ -177,7 +182,11 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
             "{}: no rows match {:?} (rows: {})",
             file.path,
             opts.rows,
-            file.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            file.rows
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     // Check every row's config before training anything.
@@ -189,7 +198,10 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
     let seeds = opts.seeds.max(1);
     let mut results = Vec::new();
     for (r, base) in rows.iter().zip(&configs) {
-        let paper = r.paper.as_ref().map(|p| [p.valence, p.arousal, p.au, p.expr]);
+        let paper = r
+            .paper
+            .as_ref()
+            .map(|p| [p.valence, p.arousal, p.au, p.expr]);
         let mut runs = Vec::new();
         for i in 0..seeds {
             let mut cfg = base.clone();
@@ -274,7 +286,11 @@ fn markdown(rows: &[RowResult], constant: Option<&Report>, profile: &str, seeds:
             Some(p) => (
                 format!("{} / {} / {} / {}", p[0], p[1], p[2], p[3]),
                 (0..4)
-                    .map(|i| ours[i].map(|o| format!("{:+.3}", o - p[i])).unwrap_or("-".into()))
+                    .map(|i| {
+                        ours[i]
+                            .map(|o| format!("{:+.3}", o - p[i]))
+                            .unwrap_or("-".into())
+                    })
                     .collect::<Vec<_>>()
                     .join(" / "),
             ),
@@ -292,7 +308,10 @@ fn markdown(rows: &[RowResult], constant: Option<&Report>, profile: &str, seeds:
             .iter()
             .map(|(k, _)| sc.get(*k).map(|v| format!("{v:.3}")).unwrap_or("-".into()))
             .collect();
-        s.push_str(&format!("| constant predictor | {} | - | - |\n", cells.join(" | ")));
+        s.push_str(&format!(
+            "| constant predictor | {} | - | - |\n",
+            cells.join(" | ")
+        ));
     }
     s.push_str("\nPaper rows: ");
     s.push_str(
@@ -307,7 +326,12 @@ fn markdown(rows: &[RowResult], constant: Option<&Report>, profile: &str, seeds:
 }
 
 fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
-    let mut header = vec!["row".to_string(), "profile".into(), "seeds".into(), "paper_label".into()];
+    let mut header = vec![
+        "row".to_string(),
+        "profile".into(),
+        "seeds".into(),
+        "paper_label".into(),
+    ];
     for (k, _) in TABLE_METRICS {
         header.push(k.to_string());
         header.push(format!("{k}_std"));
@@ -321,10 +345,20 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
     }
     header.push("train_img_s".into());
     header.push("run_dirs".into());
-    let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",") + "\n";
+    let mut out = header
+        .iter()
+        .map(|h| csv_field(h))
+        .collect::<Vec<_>>()
+        .join(",")
+        + "\n";
     let num = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     for r in rows {
-        let mut f = vec![r.name.clone(), profile.to_string(), seeds.to_string(), r.label.clone()];
+        let mut f = vec![
+            r.name.clone(),
+            profile.to_string(),
+            seeds.to_string(),
+            r.label.clone(),
+        ];
         for (k, _) in TABLE_METRICS {
             let s = r.metric(k);
             f.push(num(s.mean));
@@ -369,16 +403,19 @@ fn print_demo_check(rows: &[RowResult], constant: Option<&Report>) {
         ("au.f1", 0.5),
         ("expr.f1", 0.5),
     ];
-    let c: BTreeMap<String, f64> = constant.map(|c| c.scalars().into_iter().collect()).unwrap_or_default();
+    let c: BTreeMap<String, f64> = constant
+        .map(|c| c.scalars().into_iter().collect())
+        .unwrap_or_default();
     for r in rows {
         let mut fails = Vec::new();
         for (k, t) in targets {
             let m = r.metric(k).mean.unwrap_or(f64::NAN);
-            if !(m >= t) {
+            // NaN (no value) fails both checks.
+            if m.is_nan() || m < t {
                 fails.push(format!("{k} {m:.3} < {t}"));
             }
             if let Some(cv) = c.get(k) {
-                if !(m > *cv) {
+                if m.is_nan() || m <= *cv {
                     fails.push(format!("{k} {m:.3} <= constant {cv:.3}"));
                 }
             }

@@ -154,7 +154,11 @@ pub fn confusion_image(confusion: &[Vec<u64>], cell: usize) -> (Vec<u8>, u32, u3
     for (i, row) in confusion.iter().enumerate() {
         let total: u64 = row.iter().sum();
         for (j, &c) in row.iter().enumerate() {
-            let f = if total == 0 { 0.0 } else { c as f64 / total as f64 };
+            let f = if total == 0 {
+                0.0
+            } else {
+                c as f64 / total as f64
+            };
             // white (0) -> dark blue (1)
             let px = [
                 (255.0 * (1.0 - f)) as u8,

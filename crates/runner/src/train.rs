@@ -243,7 +243,13 @@ impl MetricsCsv {
         Self { path, header, rows }
     }
 
-    fn push(&mut self, step: u64, stage: &str, epoch: usize, report: &Report) -> anyhow::Result<()> {
+    fn push(
+        &mut self,
+        step: u64,
+        stage: &str,
+        epoch: usize,
+        report: &Report,
+    ) -> anyhow::Result<()> {
         let scalars = report.scalars();
         let mut header = vec!["step".to_string(), "stage".into(), "epoch".into()];
         header.extend(scalars.iter().map(|(k, _)| k.clone()));
@@ -254,7 +260,12 @@ impl MetricsCsv {
         }
         self.rows.retain(|(s, _)| *s != step);
         self.rows.push((step, row));
-        let mut text = self.header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",");
+        let mut text = self
+            .header
+            .iter()
+            .map(|h| csv_field(h))
+            .collect::<Vec<_>>()
+            .join(",");
         text.push('\n');
         for (_, r) in &self.rows {
             text.push_str(&r.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
@@ -282,7 +293,9 @@ fn log_report(tb: &mut Option<EventWriter>, report: &Report, vocab: &Vocab, step
     }
     res = res.and(w.flush());
     if let Err(e) = res {
-        tracing::warn!("TensorBoard write failed ({e}); logging to TensorBoard stops, training goes on");
+        tracing::warn!(
+            "TensorBoard write failed ({e}); logging to TensorBoard stops, training goes on"
+        );
         *tb = None;
     }
 }
@@ -331,7 +344,9 @@ fn setup(config: &Config, quiet: bool) -> anyhow::Result<Setup> {
     if val_samples.is_empty() {
         bail!("{}: no labelled validation frames found", root.display());
     }
-    let device = crate::device::open(crate::device::parse_device(&config.device).map_err(anyhow::Error::msg)?)?;
+    let device = crate::device::open(
+        crate::device::parse_device(&config.device).map_err(anyhow::Error::msg)?,
+    )?;
     let pos_weight = if config.training.au_pos_weight {
         let w = au_pos_weight(&train_samples, vocab.au_names.len());
         Some(Tensor::new(w.as_slice(), &device)?)
@@ -374,7 +389,11 @@ fn var_tensors(vars: &SeededVarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
-fn restore_vars(vars: &SeededVarMap, saved: &HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+fn restore_vars(
+    vars: &SeededVarMap,
+    saved: &HashMap<String, Tensor>,
+    path: &Path,
+) -> anyhow::Result<()> {
     let data = vars.varmap().data().lock().expect("var map lock poisoned");
     for (k, v) in data.iter() {
         let t = saved
@@ -395,11 +414,36 @@ fn restore_vars(vars: &SeededVarMap, saved: &HashMap<String, Tensor>, path: &Pat
 
 /// The `runs.csv` columns.
 pub const RUNS_HEADER: &[&str] = &[
-    "run_id", "experiment", "profile", "row", "backbone", "seed", "git_commit", "status",
-    "va.ccc_valence", "va.ccc_arousal", "va.score", "au.f1", "au.accuracy", "au.score",
-    "au.f1_tuned", "expr.f1", "expr.accuracy", "expr.score", "paper.valence", "paper.arousal",
-    "paper.au", "paper.expr", "delta.valence", "delta.arousal", "delta.au", "delta.expr",
-    "steps", "wall_s", "train_img_s", "run_dir",
+    "run_id",
+    "experiment",
+    "profile",
+    "row",
+    "backbone",
+    "seed",
+    "git_commit",
+    "status",
+    "va.ccc_valence",
+    "va.ccc_arousal",
+    "va.score",
+    "au.f1",
+    "au.accuracy",
+    "au.score",
+    "au.f1_tuned",
+    "expr.f1",
+    "expr.accuracy",
+    "expr.score",
+    "paper.valence",
+    "paper.arousal",
+    "paper.au",
+    "paper.expr",
+    "delta.valence",
+    "delta.arousal",
+    "delta.au",
+    "delta.expr",
+    "steps",
+    "wall_s",
+    "train_img_s",
+    "run_dir",
 ];
 
 /// Appends the run's row to `results/runs.csv` (locked, atomic).
@@ -415,8 +459,15 @@ fn append_run_row(
     wall_s: f64,
     img_s: f64,
 ) -> anyhow::Result<()> {
-    let scalars: HashMap<String, f64> = report.map(|r| r.scalars().into_iter().collect()).unwrap_or_default();
-    let get = |k: &str| scalars.get(k).map(|v| format!("{v:.6}")).unwrap_or_default();
+    let scalars: HashMap<String, f64> = report
+        .map(|r| r.scalars().into_iter().collect())
+        .unwrap_or_default();
+    let get = |k: &str| {
+        scalars
+            .get(k)
+            .map(|v| format!("{v:.6}"))
+            .unwrap_or_default()
+    };
     let ours = [
         scalars.get("va.ccc_valence"),
         scalars.get("va.ccc_arousal"),
@@ -434,8 +485,16 @@ fn append_run_row(
         status.into(),
     ];
     for k in [
-        "va.ccc_valence", "va.ccc_arousal", "va.score", "au.f1", "au.accuracy", "au.score",
-        "au.f1_tuned", "expr.f1", "expr.accuracy", "expr.score",
+        "va.ccc_valence",
+        "va.ccc_arousal",
+        "va.score",
+        "au.f1",
+        "au.accuracy",
+        "au.score",
+        "au.f1_tuned",
+        "expr.f1",
+        "expr.accuracy",
+        "expr.score",
     ] {
         row.push(get(k));
     }
@@ -501,14 +560,21 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         resumed_optim = Some(c.optim);
         tracing::info!("resumed at step {}", state.global_step);
         if !ctx.quiet {
-            eprintln!("resuming {} at step {}", run_dir.display(), state.global_step);
+            eprintln!(
+                "resuming {} at step {}",
+                run_dir.display(),
+                state.global_step
+            );
         }
     }
 
     let mut tb = match EventWriter::create(&run_dir) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!("cannot write TensorBoard events in {}: {e}", run_dir.display());
+            tracing::warn!(
+                "cannot write TensorBoard events in {}: {e}",
+                run_dir.display()
+            );
             None
         }
     };
@@ -538,7 +604,11 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         let mut opt = Optimizer::new(
             stage,
             params(
-                &s.vars.varmap().data().lock().expect("var map lock poisoned"),
+                &s.vars
+                    .varmap()
+                    .data()
+                    .lock()
+                    .expect("var map lock poisoned"),
                 stage.decay_norm_and_bias,
             ),
         );
@@ -633,8 +703,15 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                     pb.abandon();
                     let elapsed = wall.elapsed().as_secs_f64();
                     append_run_row(
-                        config, ctx, &run_id, &run_dir, "failed", last_report.as_ref(),
-                        state.global_step, elapsed, 0.0,
+                        config,
+                        ctx,
+                        &run_id,
+                        &run_dir,
+                        "failed",
+                        last_report.as_ref(),
+                        state.global_step,
+                        elapsed,
+                        0.0,
                     )?;
                     bail!(
                         "{f} at step {} (stage {}, epoch {}, batch {}); batch samples: {}{}. \
@@ -681,14 +758,23 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 if state.global_step % config.training.log_every.max(1) as u64 == 0 {
                     if let Some(w) = tb.as_mut() {
                         let mut r = w.scalar("train/loss_total", total as f64, state.global_step);
-                        for (k, v) in [("va", report.va), ("au", report.au), ("expr", report.expr)] {
+                        for (k, v) in [("va", report.va), ("au", report.au), ("expr", report.expr)]
+                        {
                             if let Some(v) = v {
-                                r = r.and(w.scalar(&format!("train/loss_{k}"), v as f64, state.global_step));
+                                r = r.and(w.scalar(
+                                    &format!("train/loss_{k}"),
+                                    v as f64,
+                                    state.global_step,
+                                ));
                             }
                         }
                         let sig = s.uncertainty.sigmas();
                         for (k, v) in ["va", "au", "expr"].iter().zip(sig) {
-                            r = r.and(w.scalar(&format!("train/sigma_{k}"), v as f64, state.global_step));
+                            r = r.and(w.scalar(
+                                &format!("train/sigma_{k}"),
+                                v as f64,
+                                state.global_step,
+                            ));
                         }
                         r = r
                             .and(w.scalar("train/lr", lr, state.global_step))
@@ -738,7 +824,12 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 state.batch = 0;
                 let r = do_eval(&mut tb, state.global_step)?;
                 metrics_csv.push(state.global_step, &stage.name, state.epoch, &r)?;
-                let line = format!("  {} epoch {}: {}", stage.name, state.epoch, short_report(&r));
+                let line = format!(
+                    "  {} epoch {}: {}",
+                    stage.name,
+                    state.epoch,
+                    short_report(&r)
+                );
                 if plain_progress {
                     eprintln!("{line}");
                 } else if !ctx.quiet {
@@ -778,8 +869,15 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         state.finished = true;
         save_ckpt(&state, &Optimizer::new(&stages[0], Vec::new()))?;
         append_run_row(
-            config, ctx, &run_id, &run_dir, "finished", Some(&r), state.global_step,
-            wall.elapsed().as_secs_f64(), train_img_s,
+            config,
+            ctx,
+            &run_id,
+            &run_dir,
+            "finished",
+            Some(&r),
+            state.global_step,
+            wall.elapsed().as_secs_f64(),
+            train_img_s,
         )?;
         Some(r)
     } else {

@@ -47,8 +47,11 @@ defaults:
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let c = checkpoint::load(&dir.join("checkpoints/last.safetensors"), &candle_core::Device::Cpu)
-        .unwrap();
+    let c = checkpoint::load(
+        &dir.join("checkpoints/last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert!(c.state.finished);
     let mut v: Vec<_> = c
         .model
@@ -105,11 +108,17 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
     // metrics.csv: evaluations at steps 3, 6 (every_steps) and the end, no duplicates.
     for dir in [&full.run_dir, &resumed.run_dir] {
         let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-        let steps: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        let steps: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
         assert_eq!(steps, vec!["3", "6", "7"], "{}", dir.display());
-        assert!(std::fs::read_dir(dir)
+        assert!(std::fs::read_dir(dir).unwrap().any(|e| e
             .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("events.out.tfevents")));
+            .file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents")));
         assert!(dir.join("config.yaml").is_file() && dir.join("report.json").is_file());
     }
     // runs.csv: one row per finished run (the interrupted attempt adds none).
@@ -129,10 +138,16 @@ fn same_seed_same_metrics_other_seed_differs() {
     };
     let a = train::run(&config, &ctx).unwrap().report.unwrap();
     let b = train::run(&config, &ctx).unwrap().report.unwrap();
-    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
     config.seed += 1;
     let c = train::run(&config, &ctx).unwrap().report.unwrap();
-    assert_ne!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&c).unwrap());
+    assert_ne!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&c).unwrap()
+    );
 }
 
 #[test]
@@ -149,5 +164,8 @@ fn missing_data_root_names_path_and_fix() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("no-such-affwild2") && e.contains("AFFWILD2_ROOT"), "{e}");
+    assert!(
+        e.contains("no-such-affwild2") && e.contains("AFFWILD2_ROOT"),
+        "{e}"
+    );
 }

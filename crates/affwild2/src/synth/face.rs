@@ -13,7 +13,7 @@
 //! | AU25 lips part | dark open mouth between two lips |
 //! | valence | mouth curvature (smile up to frown) |
 //! | arousal | eye opening |
-//! | Anger / Disgust / Fear / Happiness / Sadness / Surprise | forehead V / nose wrinkles / forehead verticals / crow's feet / chin arc / forehead horizontals |
+//! | Anger / Disgust / Fear / Happiness / Sadness / Surprise | forehead V / nose wrinkles / blue sweat drops on the temples / crow's feet / chin arc / forehead horizontals |
 //!
 //! Nuisances: skin tone, hair, face shape, background, pose (shift, scale, small rotation),
 //! lighting gradient and pixel noise.
@@ -61,17 +61,32 @@ const SKINS: [[f32; 3]; 6] = [
 impl Identity {
     /// A random person.
     pub fn random(rng: &mut ChaCha8Rng) -> Self {
-        let skin = SKINS[rng.random_range(0..SKINS.len())].map(|c| c * rng.random_range(0.95..1.05));
+        let skin =
+            SKINS[rng.random_range(0..SKINS.len())].map(|c| c * rng.random_range(0.95..1.05));
         let h = rng.random_range(15.0..90.0);
-        let hair = [h, h * rng.random_range(0.6..0.9), h * rng.random_range(0.4..0.7)];
-        let bg = |r: &mut ChaCha8Rng| [r.random_range(40.0..220.0), r.random_range(40.0..220.0), r.random_range(40.0..220.0)];
+        let hair = [
+            h,
+            h * rng.random_range(0.6..0.9),
+            h * rng.random_range(0.4..0.7),
+        ];
+        let bg = |r: &mut ChaCha8Rng| {
+            [
+                r.random_range(40.0..220.0),
+                r.random_range(40.0..220.0),
+                r.random_range(40.0..220.0),
+            ]
+        };
         Identity {
             skin,
             hair,
             background: [bg(rng), bg(rng)],
             face_r: [rng.random_range(36.0..40.0), rng.random_range(45.0..50.0)],
             eye_dx: rng.random_range(13.0..16.0),
-            lip: [rng.random_range(120.0..170.0), rng.random_range(40.0..70.0), rng.random_range(50.0..80.0)],
+            lip: [
+                rng.random_range(120.0..170.0),
+                rng.random_range(40.0..70.0),
+                rng.random_range(50.0..80.0),
+            ],
         }
     }
 }
@@ -120,7 +135,12 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
 
     // Hair behind the head, neck, face.
     cv.draw(&pose, &ell([56.0, 30.0], [rx + 6.0, 26.0]), id.hair, 1.0);
-    cv.draw(&pose, &ell([56.0, 104.0], [18.0, 14.0]), scale3(id.skin, 0.85), 1.0);
+    cv.draw(
+        &pose,
+        &ell([56.0, 104.0], [18.0, 14.0]),
+        scale3(id.skin, 0.85),
+        1.0,
+    );
     cv.draw(&pose, &ell([56.0, 58.0], [rx, ry]), id.skin, 1.0);
 
     let au = |i: usize| l.au[i];
@@ -140,7 +160,10 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
             inner[1] += 5.0;
             inner[0] -= side * 3.0;
         }
-        let mid = [(outer[0] + inner[0]) / 2.0, (outer[1] + inner[1]) / 2.0 - 1.5];
+        let mid = [
+            (outer[0] + inner[0]) / 2.0,
+            (outer[1] + inner[1]) / 2.0 - 1.5,
+        ];
         cv.draw(&pose, &line(&[outer, mid, inner], 4.5), brow, 1.0);
     }
     if au(2) {
@@ -154,15 +177,42 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
     for side in [-1.0f32, 1.0] {
         let c = [56.0 + side * id.eye_dx, 48.0];
         cv.draw(&pose, &ell(c, [8.0, open]), [245.0, 245.0, 240.0], 1.0);
-        cv.draw(&pose, &ell(c, [3.5, open.min(3.5)]), [30.0, 25.0, 35.0], 1.0);
-        cv.draw(&pose, &line(&[[c[0] - 8.5, c[1]], [c[0], c[1] - open - 0.8], [c[0] + 8.5, c[1]]], 1.6), DARK, 1.0);
+        cv.draw(
+            &pose,
+            &ell(c, [3.5, open.min(3.5)]),
+            [30.0, 25.0, 35.0],
+            1.0,
+        );
+        cv.draw(
+            &pose,
+            &line(
+                &[
+                    [c[0] - 8.5, c[1]],
+                    [c[0], c[1] - open - 0.8],
+                    [c[0] + 8.5, c[1]],
+                ],
+                1.6,
+            ),
+            DARK,
+            1.0,
+        );
     }
     // Nose.
-    cv.draw(&pose, &line(&[[56.0, 52.0], [54.0, 66.0], [58.0, 67.0]], 2.0), scale3(id.skin, 0.7), 1.0);
+    cv.draw(
+        &pose,
+        &line(&[[56.0, 52.0], [54.0, 66.0], [58.0, 67.0]], 2.0),
+        scale3(id.skin, 0.7),
+        1.0,
+    );
 
     if au(3) {
         for side in [-1.0f32, 1.0] {
-            cv.draw(&pose, &ell([56.0 + side * 21.0, 65.0], [7.5, 5.5]), [200.0, 60.0, 70.0], 0.9);
+            cv.draw(
+                &pose,
+                &ell([56.0 + side * 21.0, 65.0], [7.5, 5.5]),
+                [200.0, 60.0, 70.0],
+                0.9,
+            );
         }
     }
 
@@ -179,7 +229,12 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
             .collect()
     };
     if au(7) {
-        cv.draw(&pose, &ell([56.0, mouth_y(0.0, 0.0)], [hw * 0.75, 5.5]), [35.0, 10.0, 15.0], 1.0);
+        cv.draw(
+            &pose,
+            &ell([56.0, mouth_y(0.0, 0.0)], [hw * 0.75, 5.5]),
+            [35.0, 10.0, 15.0],
+            1.0,
+        );
         cv.draw(&pose, &line(&pts(-4.5), 3.0), id.lip, 1.0);
         cv.draw(&pose, &line(&pts(4.5), 3.0), id.lip, 1.0);
     } else {
@@ -188,10 +243,20 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
     for side in [-1.0f32, 1.0] {
         let corner = [56.0 + side * hw, mouth_y(hw, 0.0)];
         if au(4) {
-            cv.draw(&pose, &line(&[corner, [corner[0] + side * 5.0, corner[1] - 7.0]], 3.0), DARK, 1.0);
+            cv.draw(
+                &pose,
+                &line(&[corner, [corner[0] + side * 5.0, corner[1] - 7.0]], 3.0),
+                DARK,
+                1.0,
+            );
         }
         if au(5) {
-            cv.draw(&pose, &line(&[corner, [corner[0] + side * 5.0, corner[1] + 7.0]], 3.0), DARK, 1.0);
+            cv.draw(
+                &pose,
+                &line(&[corner, [corner[0] + side * 5.0, corner[1] + 7.0]], 3.0),
+                DARK,
+                1.0,
+            );
         }
     }
 
@@ -207,20 +272,47 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
             }
         }
         3 => {
-            for x in [45.0, 67.0] {
-                cv.draw(&pose, &line(&[[x, 13.0], [x, 29.0]], 3.2), DARK, 1.0);
+            // Cold-sweat drops on the temples: a colour cue no other label uses.
+            for side in [-1.0f32, 1.0] {
+                let c = [56.0 + side * 17.0, 24.0];
+                cv.draw(&pose, &ell(c, [3.5, 5.0]), [60.0, 120.0, 235.0], 1.0);
+                cv.draw(
+                    &pose,
+                    &line(&[[c[0], c[1] - 8.0], [c[0], c[1] - 3.0]], 3.0),
+                    [60.0, 120.0, 235.0],
+                    1.0,
+                );
             }
         }
         4 => {
             for side in [-1.0f32, 1.0] {
                 let o = [56.0 + side * (id.eye_dx + 10.0), 48.0];
                 for dy in [-6.0, 0.0, 6.0] {
-                    cv.draw(&pose, &line(&[o, [o[0] + side * 7.0, o[1] + dy]], 2.2), DARK, 1.0);
+                    cv.draw(
+                        &pose,
+                        &line(&[o, [o[0] + side * 7.0, o[1] + dy]], 2.2),
+                        DARK,
+                        1.0,
+                    );
                 }
             }
         }
         5 => {
-            cv.draw(&pose, &line(&[[44.0, 95.0], [50.0, 99.0], [56.0, 100.0], [62.0, 99.0], [68.0, 95.0]], 3.2), DARK, 1.0);
+            cv.draw(
+                &pose,
+                &line(
+                    &[
+                        [44.0, 95.0],
+                        [50.0, 99.0],
+                        [56.0, 100.0],
+                        [62.0, 99.0],
+                        [68.0, 95.0],
+                    ],
+                    3.2,
+                ),
+                DARK,
+                1.0,
+            );
         }
         6 => {
             for y in [15.0, 21.0, 27.0] {

@@ -4,7 +4,8 @@
 //! Neutral-heavy expressions, rare AUs, smoothly drifting VA), whose faces encode the labels
 //! (see [`face`]) so that small networks can learn every task.
 //!
-//! The `full` size (560 videos x ~5000 lines, 2.8 M lines per task) is for the index benchmark:
+//! The `full` size (560 videos x ~5000 lines, every video in every task: 2.8 M lines per task)
+//! is for the index benchmark:
 //! it renders 4 key frames per video and hard-links every other jpg of the video to the
 //! preceding key frame (a copy if hard links fail), so the file tree is as large as the real
 //! one but most pixels only approximate their labels. Train on the default size.
@@ -153,7 +154,11 @@ impl fmt::Display for SynthReport {
         writeln!(
             f,
             "synthetic Aff-Wild2 (ABAW 2020 layout{}) in {}, seed {}",
-            if self.full { ", full size, hard-linked jpgs" } else { "" },
+            if self.full {
+                ", full size, hard-linked jpgs"
+            } else {
+                ""
+            },
             self.root.display(),
             self.seed
         )?;
@@ -222,7 +227,12 @@ fn runs(rng: &mut impl Rng, n: usize, runs: usize, len_lo: usize, len_hi: usize)
 fn encode_jpeg(path: &Path, img: &image::RgbImage) -> Result<(), DataError> {
     let mut buf = Vec::with_capacity(6000);
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
-        .encode(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .encode(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| DataError::BadImage {
             path: path.to_path_buf(),
             message: format!("encoding: {e}"),
@@ -261,7 +271,13 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
         }
     }
     io(out, std::fs::create_dir_all(out))?;
-    io(out, std::fs::write(out.join(MARKER), b"written by mtanet-affwild2 synth::generate\n"))?;
+    io(
+        out,
+        std::fs::write(
+            out.join(MARKER),
+            b"written by mtanet-affwild2 synth::generate\n",
+        ),
+    )?;
     for t in Task::ALL {
         for s in Split::ALL {
             let d = ann.join(task_dir(t)).join(split_dir(s));
@@ -270,7 +286,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
     }
     io(&crops, std::fs::create_dir_all(&crops))?;
 
-    let specs = roster(cfg.seed, videos, frames);
+    let specs = roster(cfg.seed, videos, frames, cfg.full);
     let outcomes: Vec<Result<VideoOutcome, DataError>> = specs
         .par_iter()
         .map(|v| write_video(&ann, &crops, v, cfg.full))
@@ -318,7 +334,8 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
         io(&dir, std::fs::create_dir_all(&dir))?;
         let mut rng = seed::rng(&[cfg.seed, 0x7e57, k as u64]);
         let id = Identity::random(&mut rng);
-        let (labels, views) = timeline::timeline(&mut rng, ORPHAN_JPGS);
+        let expr = timeline::ExprDeck::default().frames(&mut rng, ORPHAN_JPGS);
+        let (labels, views) = timeline::timeline(&mut rng, &expr);
         for (i, (l, v)) in labels.iter().zip(&views).enumerate() {
             let img = face::render(&id, v, l, &mut rng);
             encode_jpeg(&dir.join(frame_file_name(i as u32 + 1)), &img)?;
@@ -328,14 +345,24 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
 }
 
 /// Writes one video's annotation files and jpgs.
-fn write_video(ann: &Path, crops: &Path, v: &VideoSpec, full: bool) -> Result<VideoOutcome, DataError> {
+fn write_video(
+    ann: &Path,
+    crops: &Path,
+    v: &VideoSpec,
+    full: bool,
+) -> Result<VideoOutcome, DataError> {
     let mut rng = seed::rng(&[v.seed]);
     let id = Identity::random(&mut rng);
     let n = v.frames;
     let total = n + v.extra_jpgs;
-    let (labels, views) = timeline::timeline(&mut rng, total);
+    let (labels, views) = timeline::timeline(&mut rng, &v.expr);
+    debug_assert_eq!(labels.len(), total);
     // Face not found: 0-2 runs of 2-10 frames without a jpg (labels still present).
-    let no_face_runs = if rng.random::<f32>() < 0.6 { rng.random_range(1..=2) } else { 0 };
+    let no_face_runs = if rng.random::<f32>() < 0.6 {
+        rng.random_range(1..=2)
+    } else {
+        0
+    };
     let mut no_jpg = runs(&mut rng, n, no_face_runs, 2, 10);
     no_jpg.resize(total, false);
     // Missing labels: per task, 0-2 runs of 3-15 marker rows.
@@ -353,7 +380,9 @@ fn write_video(ann: &Path, crops: &Path, v: &VideoSpec, full: bool) -> Result<Vi
         let path = dir.join(frame_file_name(t as u32 + 1));
         if full && t % key_every != 0 {
             if !no_jpg[t] {
-                let key = key_path.as_ref().ok_or_else(|| DataError::Config("no key frame".into()))?;
+                let key = key_path
+                    .as_ref()
+                    .ok_or_else(|| DataError::Config("no key frame".into()))?;
                 if std::fs::hard_link(key, &path).is_err() {
                     io(&path, std::fs::copy(key, &path))?;
                 }
@@ -391,7 +420,10 @@ fn write_video(ann: &Path, crops: &Path, v: &VideoSpec, full: bool) -> Result<Vi
             continue;
         }
         let (text, rep) = annotation_text(task, &labels[..n], &missing[task.index()], &no_jpg);
-        let path = ann.join(task_dir(task)).join(split_dir(v.split)).join(format!("{}.txt", v.name));
+        let path = ann
+            .join(task_dir(task))
+            .join(split_dir(v.split))
+            .join(format!("{}.txt", v.name));
         io(&path, std::fs::write(&path, text))?;
         tasks[task.index()] = Some(rep);
     }
@@ -404,7 +436,12 @@ fn write_video(ann: &Path, crops: &Path, v: &VideoSpec, full: bool) -> Result<Vi
 }
 
 /// The file text of one task and what it holds.
-fn annotation_text(task: Task, labels: &[FaceLabels], missing: &[bool], no_jpg: &[bool]) -> (String, SynthTaskReport) {
+fn annotation_text(
+    task: Task,
+    labels: &[FaceLabels],
+    missing: &[bool],
+    no_jpg: &[bool],
+) -> (String, SynthTaskReport) {
     let vocab = Vocab::abaw2020();
     let mut s = String::with_capacity(labels.len() * 18 + 64);
     let mut rep = SynthTaskReport {

@@ -33,7 +33,10 @@ impl Pose {
             (q[0] - self.centre[0] - self.shift[0]) / self.scale,
             (q[1] - self.centre[1] - self.shift[1]) / self.scale,
         ];
-        [self.origin[0] + c * d[0] + s * d[1], self.origin[1] - s * d[0] + c * d[1]]
+        [
+            self.origin[0] + c * d[0] + s * d[1],
+            self.origin[1] - s * d[0] + c * d[1],
+        ]
     }
 }
 
@@ -84,9 +87,19 @@ impl Shape {
             Shape::Ellipse { c, r } => [c[0] - r[0], c[1] - r[1], c[0] + r[0], c[1] + r[1]],
             Shape::Stroke { pts, width } => {
                 let h = width / 2.0;
-                let mut b = [f32::INFINITY, f32::INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY];
+                let mut b = [
+                    f32::INFINITY,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    f32::NEG_INFINITY,
+                ];
                 for p in pts {
-                    b = [b[0].min(p[0] - h), b[1].min(p[1] - h), b[2].max(p[0] + h), b[3].max(p[1] + h)];
+                    b = [
+                        b[0].min(p[0] - h),
+                        b[1].min(p[1] - h),
+                        b[2].max(p[0] + h),
+                        b[3].max(p[1] + h),
+                    ];
                 }
                 b
             }
@@ -131,9 +144,15 @@ impl Canvas {
     /// Blends `shape` in `color` (alpha `opacity`) through `pose`.
     pub fn draw(&mut self, pose: &Pose, shape: &Shape, color: [f32; 3], opacity: f32) {
         let b = shape.bounds();
-        let corners = [[b[0], b[1]], [b[2], b[1]], [b[0], b[3]], [b[2], b[3]]].map(|p| pose.forward(p));
+        let corners =
+            [[b[0], b[1]], [b[2], b[1]], [b[0], b[3]], [b[2], b[3]]].map(|p| pose.forward(p));
         let lo = |i: usize| corners.iter().map(|c| c[i]).fold(f32::INFINITY, f32::min);
-        let hi = |i: usize| corners.iter().map(|c| c[i]).fold(f32::NEG_INFINITY, f32::max);
+        let hi = |i: usize| {
+            corners
+                .iter()
+                .map(|c| c[i])
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
         let max = self.size as f32 - 1.0;
         let x0 = (lo(0) - 2.0).clamp(0.0, max) as usize;
         let x1 = (hi(0) + 2.0).clamp(0.0, max) as usize;
@@ -146,8 +165,8 @@ impl Canvas {
                 let cover = (0.5 - d).clamp(0.0, 1.0) * opacity;
                 if cover > 0.0 {
                     let i = (y * self.size + x) * 3;
-                    for c in 0..3 {
-                        self.px[i + c] += (color[c] - self.px[i + c]) * cover;
+                    for (dst, &col) in self.px[i..i + 3].iter_mut().zip(&color) {
+                        *dst += (col - *dst) * cover;
                     }
                 }
             }
@@ -183,10 +202,26 @@ mod tests {
             angle: 0.0,
             shift: [0.0; 2],
         };
-        c.draw(&pose, &Shape::Ellipse { c: [10.0, 10.0], r: [4.0, 4.0] }, [255.0; 3], 1.0);
+        c.draw(
+            &pose,
+            &Shape::Ellipse {
+                c: [10.0, 10.0],
+                r: [4.0, 4.0],
+            },
+            [255.0; 3],
+            1.0,
+        );
         assert_eq!(c.px[(10 * 20 + 10) * 3], 255.0);
         assert_eq!(c.px[(2 * 20 + 2) * 3], 0.0);
-        c.draw(&pose, &Shape::Stroke { pts: vec![[0.0, 18.0], [20.0, 18.0]], width: 2.0 }, [9.0; 3], 1.0);
+        c.draw(
+            &pose,
+            &Shape::Stroke {
+                pts: vec![[0.0, 18.0], [20.0, 18.0]],
+                width: 2.0,
+            },
+            [9.0; 3],
+            1.0,
+        );
         assert_eq!(c.px[(18 * 20 + 5) * 3], 9.0);
     }
 }
