@@ -127,7 +127,11 @@ fn sigkill_at_random_points_then_resume_equals_uninterrupted() {
             .collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{m}");
         let ref_m = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
-        assert_eq!(m.lines().count(), ref_m.lines().count());
+        assert_eq!(
+            m.lines().count(),
+            ref_m.lines().count(),
+            "resumed:\n{m}\nreference:\n{ref_m}"
+        );
     }
     // runs.csv: every line complete, one row per finished run.
     let runs = std::fs::read_to_string(tmp.path().join("results/runs.csv")).unwrap();

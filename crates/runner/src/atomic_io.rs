@@ -64,7 +64,8 @@ pub fn csv_split(line: &str) -> Vec<String> {
     out
 }
 
-/// Appends one row to a CSV file under an exclusive lock (`<file>.lock`), writing the header
+/// Appends one row (replacing any earlier row with the same first field) to a CSV file under
+/// an exclusive lock (`<file>.lock`), writing the header
 /// first when the file is new. The whole file is rewritten atomically, so a crash never leaves
 /// a half row and two concurrent runs never interleave. If the existing header differs, the
 /// file's own header wins and the row is mapped onto it by column name (new columns dropped
@@ -92,6 +93,15 @@ pub fn append_csv_row(
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let mut dropped = Vec::new();
+    // Idempotent per key (the first column, e.g. a run id): a row written before a crash and
+    // written again on resume replaces its earlier copy instead of doubling it.
+    let key = row.first().map(|k| csv_field(k)).unwrap_or_default();
+    let existing: String = existing
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || key.is_empty() || l.split(',').next() != Some(key.as_str()))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
     let mut text = existing.clone();
     let line = if existing.trim().is_empty() {
         text = header
@@ -178,6 +188,11 @@ mod tests {
         assert_eq!(hh, h);
         assert_eq!(rows[0], vec!["1", "x,\"y\""]);
         assert_eq!(rows[2], vec!["3", "w"]);
+        // Same key again: replaced, not doubled.
+        append_csv_row(&p, &h, &["2".into(), "z2".into()]).unwrap();
+        let (_, rows) = read_csv(&p).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2], vec!["2", "z2"]);
     }
 
     #[test]

@@ -558,6 +558,26 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         restore_vars(&s.vars, &c.model, &last_ckpt)?;
         state = c.state;
         resumed_optim = Some(c.optim);
+        if state.finished {
+            // Nothing left to do: report what the run already wrote, add no row.
+            let path = run_dir.join("report.json");
+            let report: Report = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{}: invalid report", path.display()))?;
+            if !ctx.quiet {
+                eprintln!("{} is already finished", run_dir.display());
+            }
+            crate::logging::set_run_log(None);
+            return Ok(RunOutcome {
+                run_dir,
+                run_id,
+                report: Some(report),
+                finished: true,
+                train_img_s: state.images as f64 / state.train_seconds.max(1e-9),
+                wall_s: wall.elapsed().as_secs_f64(),
+            });
+        }
         tracing::info!("resumed at step {}", state.global_step);
         if !ctx.quiet {
             eprintln!(
@@ -640,7 +660,9 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         let mut last_line = Instant::now();
         let stage_start = Instant::now();
         let stage_start_step = state.stage_step;
-        while state.stage_step < total_steps {
+        // `state.batch == bpe`: a run stopped after the epoch's last step but before the epoch
+        // was closed (evaluated and checkpointed); the empty pass below closes it.
+        while state.stage_step < total_steps || state.batch >= bpe {
             let epoch_id = (state.stage as u64) * 100_000 + state.epoch as u64;
             let mut epoch_done = true;
             for batch in s.train.epoch(epoch_id, state.batch) {
@@ -866,8 +888,6 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
             &run_dir.join("report.json"),
             serde_json::to_string_pretty(&r)?.as_bytes(),
         )?;
-        state.finished = true;
-        save_ckpt(&state, &Optimizer::new(&stages[0], Vec::new()))?;
         append_run_row(
             config,
             ctx,
@@ -879,6 +899,8 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
             wall.elapsed().as_secs_f64(),
             train_img_s,
         )?;
+        state.finished = true;
+        save_ckpt(&state, &Optimizer::new(&stages[0], Vec::new()))?;
         Some(r)
     } else {
         last_report

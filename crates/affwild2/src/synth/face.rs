@@ -9,7 +9,7 @@
 //! | AU6 cheek raiser | red cheek blobs |
 //! | AU12 lip corner puller | upward ticks at the mouth corners |
 //! | AU15 lip corner depressor | downward ticks at the mouth corners |
-//! | AU20 lip stretcher | wider mouth |
+//! | AU20 lip stretcher | wider mouth with horizontal creases out of the corners |
 //! | AU25 lips part | dark open mouth between two lips |
 //! | valence | mouth curvature (smile up to frown) |
 //! | arousal | eye opening |
@@ -217,7 +217,7 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
     }
 
     // Mouth: curvature follows valence; AU20 widens; AU25 opens; AU12/15 corner ticks.
-    let hw = if au(6) { 19.0 } else { 13.0 };
+    let hw = if au(6) { 20.0 } else { 13.0 };
     let curve = 7.0 * l.va[0];
     let mouth_y = |dx: f32, off: f32| 82.0 + curve * (0.5 - (dx / hw).powi(2)) + off;
     let pts = |off: f32| -> Vec<[f32; 2]> {
@@ -254,6 +254,16 @@ pub fn render(id: &Identity, view: &View, l: &FaceLabels, noise_rng: &mut ChaCha
             cv.draw(
                 &pose,
                 &line(&[corner, [corner[0] + side * 5.0, corner[1] + 7.0]], 3.0),
+                DARK,
+                1.0,
+            );
+        }
+        if au(6) {
+            // Stretched lips pull horizontal creases out of the corners.
+            let from = [corner[0] + side * 2.0, corner[1]];
+            cv.draw(
+                &pose,
+                &line(&[from, [corner[0] + side * 8.0, corner[1]]], 2.4),
                 DARK,
                 1.0,
             );
