@@ -5,21 +5,6 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic_io::read_csv;
 
-/// Metrics compared, in order.
-const METRICS: &[&str] = &[
-    "va.ccc_valence",
-    "va.ccc_arousal",
-    "va.score",
-    "au.f1",
-    "au.accuracy",
-    "au.score",
-    "au.f1_tuned",
-    "expr.f1",
-    "expr.accuracy",
-    "expr.score",
-    "train_img_s",
-];
-
 /// One file's rows: key (row name, else run id) -> column -> value.
 type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -64,7 +49,7 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             names.join(" | ")
         ));
         s.push_str(&format!("|---|{}---|---|\n", "---|".repeat(names.len())));
-        for m in METRICS {
+        for m in crate::train::RUN_METRICS.iter().chain(&["train_img_s"]) {
             let vals: Vec<Option<f64>> = files
                 .iter()
                 .map(|f| {

@@ -412,16 +412,8 @@ fn restore_vars(
     Ok(())
 }
 
-/// The `runs.csv` columns.
-pub const RUNS_HEADER: &[&str] = &[
-    "run_id",
-    "experiment",
-    "profile",
-    "row",
-    "backbone",
-    "seed",
-    "git_commit",
-    "status",
+/// The metrics every `runs.csv` row carries (keys of [`Report::scalars`]), in column order.
+pub const RUN_METRICS: &[&str] = &[
     "va.ccc_valence",
     "va.ccc_arousal",
     "va.score",
@@ -432,19 +424,41 @@ pub const RUNS_HEADER: &[&str] = &[
     "expr.f1",
     "expr.accuracy",
     "expr.score",
-    "paper.valence",
-    "paper.arousal",
-    "paper.au",
-    "paper.expr",
-    "delta.valence",
-    "delta.arousal",
-    "delta.au",
-    "delta.expr",
-    "steps",
-    "wall_s",
-    "train_img_s",
-    "run_dir",
 ];
+
+/// The `runs.csv` columns: identity, [`RUN_METRICS`], paper values and deltas, cost.
+pub fn runs_header() -> Vec<String> {
+    const IDENTITY: &[&str] = &[
+        "run_id",
+        "experiment",
+        "profile",
+        "row",
+        "backbone",
+        "seed",
+        "git_commit",
+        "status",
+    ];
+    const TAIL: &[&str] = &[
+        "paper.valence",
+        "paper.arousal",
+        "paper.au",
+        "paper.expr",
+        "delta.valence",
+        "delta.arousal",
+        "delta.au",
+        "delta.expr",
+        "steps",
+        "wall_s",
+        "train_img_s",
+        "run_dir",
+    ];
+    IDENTITY
+        .iter()
+        .chain(RUN_METRICS)
+        .chain(TAIL)
+        .map(|s| s.to_string())
+        .collect()
+}
 
 /// Appends the run's row to `results/runs.csv` (locked, atomic).
 #[allow(clippy::too_many_arguments)]
@@ -484,18 +498,7 @@ fn append_run_row(
         git_commit(),
         status.into(),
     ];
-    for k in [
-        "va.ccc_valence",
-        "va.ccc_arousal",
-        "va.score",
-        "au.f1",
-        "au.accuracy",
-        "au.score",
-        "au.f1_tuned",
-        "expr.f1",
-        "expr.accuracy",
-        "expr.score",
-    ] {
+    for k in RUN_METRICS {
         row.push(get(k));
     }
     let paper = ctx.paper;
@@ -512,8 +515,7 @@ fn append_run_row(
     row.push(format!("{wall_s:.1}"));
     row.push(format!("{img_s:.2}"));
     row.push(run_dir.display().to_string());
-    let header: Vec<String> = RUNS_HEADER.iter().map(|s| s.to_string()).collect();
-    append_csv_row(&config.results_dir.join("runs.csv"), &header, &row)?;
+    append_csv_row(&config.results_dir.join("runs.csv"), &runs_header(), &row)?;
     Ok(())
 }
 
