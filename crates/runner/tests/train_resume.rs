@@ -169,3 +169,48 @@ fn missing_data_root_names_path_and_fix() {
         "{e}"
     );
 }
+
+#[test]
+fn non_finite_loss_stops_with_step_task_and_samples_and_marks_run_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(tmp.path());
+    // An absurd learning rate blows the weights up within a few steps.
+    config.training.stages.truncate(1);
+    config.training.stages[0].lr = 1e30;
+    config.training.stages[0].steps = Some(30);
+    config.training.checkpoint_every = 1;
+    let e = train::run(
+        &config,
+        &RunContext {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("non-finite"), "{e}");
+    assert!(e.contains("at step"), "{e}");
+    assert!(e.contains("batch samples:") && e.contains('/'), "{e}");
+    assert!(e.contains("last.safetensors"), "{e}");
+    let runs = std::fs::read_to_string(tmp.path().join("results/runs.csv")).unwrap();
+    assert!(runs.lines().nth(1).unwrap().contains(",failed,"), "{runs}");
+    // The last good checkpoint is readable and holds finite weights.
+    let dir = std::fs::read_dir(tmp.path().join("results/tiny"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let c = checkpoint::load(
+        &dir.join("checkpoints/last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (k, t) in c.model {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()),
+            "{k} not finite in the kept checkpoint"
+        );
+    }
+}
