@@ -172,9 +172,8 @@ fn annotation_file_is_a_folder_or_a_dangling_link() {
 
 /// FINDING (crates/affwild2, not fixed here): a 0-byte crop named `4294967295.jpg` makes the
 /// index allocate one `bool` per frame number up to it (4 GiB). Ignored until the index caps
-/// frame numbers; run with `--ignored` to check a fix.
+/// frame numbers (fixed: crop numbers above `MAX_FRAME` are ignored).
 #[test]
-#[ignore = "allocates 4 GiB in crates/affwild2 index::list_crops (reported)"]
 fn huge_frame_number_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     good_tree(dir.path());

@@ -154,7 +154,8 @@ pub fn parse_annotation(
         }
         Task::Au => {
             let columns = names.len();
-            let mut values = Vec::with_capacity(n_lines * columns);
+            // Each value takes at least one input byte: never reserve more than the input.
+            let mut values = Vec::with_capacity(n_lines.saturating_mul(columns).min(bytes.len()));
             let mut present = Vec::with_capacity(n_lines);
             for l in lines {
                 p.line += 1;
@@ -204,8 +205,9 @@ fn parse_header(task: Task, path: &Path, line: &str) -> Result<Vec<String>, Data
             format!("field {} is empty in {line:?}", i + 1),
         ));
     }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
+        if !seen.insert(n) {
             return Err(header_error(
                 path,
                 format!("field {} ({n}) is repeated", i + 1),

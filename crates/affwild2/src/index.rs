@@ -105,6 +105,11 @@ fn list_crops(dir: &Path) -> Result<Crops, DataError> {
             continue;
         };
         let f = frame as usize;
+        if f > MAX_FRAME {
+            // No video has this many frames; a table sized to such a name would be a
+            // multi-GiB allocation from one empty file (found by the hostile suite).
+            continue;
+        }
         if present.len() <= f {
             present.resize((f + 1).max(present.len() * 2), false);
         }
@@ -115,6 +120,9 @@ fn list_crops(dir: &Path) -> Result<Crops, DataError> {
     }
     Ok(Crops { present, count })
 }
+
+/// Crop numbers above this are ignored (10 million frames: 4.6 days at 25 fps).
+pub const MAX_FRAME: usize = 10_000_000;
 
 /// A video's annotation files within one split: index into the parsed files, per task.
 type VideoFiles = [Option<usize>; 3];
