@@ -258,7 +258,7 @@ fn annotation_for_a_video_without_frames() {
     assert_eq!(idx.samples(mtanet_affwild2::Split::Train).len(), 3);
 }
 
-/// FINDING (crates/affwild2, not fixed here): an AU file reserves `lines x columns` bytes
+/// Found here: an AU file reserved `lines x columns` bytes
 /// before reading a row (1.3 MB of input below reserves 24 GB: an abort wherever the kernel
 /// refuses it, a crash under libFuzzer's malloc limit), and the header's repeated-name check
 /// was quadratic (7 s for these 60,000 names). Both are bounded now (reservation capped by the

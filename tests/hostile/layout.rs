@@ -170,9 +170,8 @@ fn annotation_file_is_a_folder_or_a_dangling_link() {
     assert_eq!(idx.samples(Split::Train).len(), 3);
 }
 
-/// FINDING (crates/affwild2, not fixed here): a 0-byte crop named `4294967295.jpg` makes the
-/// index allocate one `bool` per frame number up to it (4 GiB). Ignored until the index caps
-/// frame numbers (fixed: crop numbers above `MAX_FRAME` are ignored).
+/// Found here: a 0-byte crop named `4294967295.jpg` made the index allocate one `bool` per frame
+/// number up to it (4 GiB). Fixed: crop numbers above `MAX_FRAME` are ignored.
 #[test]
 fn huge_frame_number_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
