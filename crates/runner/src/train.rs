@@ -207,6 +207,30 @@ fn new_run_id(config: &Config, ctx: &RunContext) -> String {
     format!("{name}-s{}-{secs}-{}", config.seed, std::process::id())
 }
 
+/// Creates a run directory that did not exist before (`base/id`, else `base/id-2`, ...), so
+/// two runs started in the same second never share one.
+fn claim_run_dir(base: &Path, id: &str) -> anyhow::Result<(PathBuf, String)> {
+    std::fs::create_dir_all(base)
+        .with_context(|| format!("cannot create results directory {}", base.display()))?;
+    for n in 1.. {
+        let name = if n == 1 {
+            id.to_string()
+        } else {
+            format!("{id}-{n}")
+        };
+        let dir = base.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((dir, name)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create run directory {}", dir.display()))
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// The commit the binary runs from (`git rev-parse`), or `unknown`.
 pub fn git_commit() -> String {
     std::process::Command::new("git")
@@ -530,10 +554,10 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 .unwrap_or_default();
             (dir.clone(), id)
         }
-        None => {
-            let id = new_run_id(config, ctx);
-            (config.results_dir.join(&config.experiment).join(&id), id)
-        }
+        None => claim_run_dir(
+            &config.results_dir.join(&config.experiment),
+            &new_run_id(config, ctx),
+        )?,
     };
     std::fs::create_dir_all(run_dir.join("checkpoints"))
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
