@@ -5,8 +5,6 @@
 //! each new variable from a ChaCha generator seeded by (seed, variable name): the same seed
 //! gives the same weights whatever the creation order or thread count.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -106,9 +104,6 @@ impl SimpleBackend for SeededVarMap {
             .contains_key(name)
     }
 }
-
-/// Keeps `Arc` in scope for callers that share the map across threads.
-pub type SharedSeededVarMap = Arc<SeededVarMap>;
 
 #[cfg(test)]
 mod tests {

@@ -627,7 +627,6 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
     let mut metrics_csv = MetricsCsv::open(run_dir.join("metrics.csv"), state.global_step);
     let mut last_report: Option<Report> = None;
     let mut steps_this_call = 0u64;
-    let mut images_this_call = 0u64;
     let train_start = Instant::now();
     let train_seconds_before = state.train_seconds;
     let stages = config.training.stages.clone();
@@ -787,7 +786,6 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
                 state.optimizer_step += 1;
                 state.images += n;
                 steps_this_call += 1;
-                images_this_call += n;
                 let img_s = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
                 pb.set_position(state.stage_step as u64);
                 pb.set_message(format!("loss {total:.4} {img_s:.1} img/s"));
@@ -900,7 +898,6 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
 
     let finished = state.stage >= stages.len();
     let train_img_s = state.images as f64 / state.train_seconds.max(1e-9);
-    let _ = images_this_call;
     let report = if finished {
         let r = match last_report.take() {
             Some(r) if metrics_csv.rows.last().map(|x| x.0) == Some(state.global_step) => r,
