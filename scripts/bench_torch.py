@@ -1,5 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch timings that crates/kernels/examples/bench_layers.rs compares against.
+"""PyTorch timings that `mtanet bench` and crates/kernels/examples/bench_layers.rs compare against.
+
+--model NAME --batch B: the same network as `mtanet bench-one` (full-size backbone built by
+scripts/reference/make_fixtures.py's builders: torchvision resnet50 / resnext50_32x4d, timm
+seresnet50, reference CBAM and VGGFace2 SE-ResNet-50; then the MTANet head), the same train step
+(forward in train mode, CCC + BCE + CE, backward, SGD momentum 0.9 weight decay 5e-3) and eval
+forward, best of --steps after --warmup. Prints one JSON line:
+    {"train_img_s", "eval_img_s", "peak_rss_mb", "fwd_gflop_per_img"}
+(FLOPs from torch.utils.flop_counter, peak RSS from getrusage).
+
+--sgemm: GFLOP/s of torch.mm on 2048x2048 float32, best of 4.
 
 --layers: the three conv layers of shared/reference/perf-baseline.md (batch 16, 3x3, pad 1),
 forward and forward + backward (loss sum(y * r), gradients of input and weight), best
@@ -52,17 +62,118 @@ def bench_layers(reps):
               flush=True)
 
 
+N_AU, N_EXPR, SIZE, HIDDEN = 8, 7, 112, 512
+
+
+def build_mtanet(name):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+    from make_fixtures import build, RefMtaNetHead
+    backbone = build(name, 64, [64, 128, 256, 512], [3, 4, 6, 3], 32)
+    head = RefMtaNetHead(2048, HIDDEN, N_AU, N_EXPR, 0.5)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+            self.head = head
+
+        def forward(self, x):
+            va, au, expr, _ = self.head(self.backbone(x))
+            return va, au, expr
+
+    return Net()
+
+
+def ccc_loss(pred, target):
+    total = 0.0
+    for i in range(2):
+        p, t = pred[:, i], target[:, i]
+        pm, tm = p.mean(), t.mean()
+        cov = ((p - pm) * (t - tm)).mean()
+        ccc = 2 * cov / (p.var(unbiased=False) + t.var(unbiased=False) + (pm - tm) ** 2)
+        total = total + (1 - ccc)
+    return total / 2
+
+
+def best_s(steps, warmup, fn):
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(max(steps, 1)):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_model(name, batch, steps, warmup):
+    import json
+    import resource
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(7)
+    net = build_mtanet(name)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-3)
+    x = torch.randn(batch, 3, SIZE, SIZE)
+    va = torch.rand(batch, 2) * 2 - 1
+    au = (torch.rand(batch, N_AU) >= 0.5).float()
+    expr = torch.arange(batch) % N_EXPR
+
+    def train_step():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        v, a, e = net(x)
+        loss = ccc_loss(v, va) + F.binary_cross_entropy_with_logits(a, au) + F.cross_entropy(e, expr)
+        loss.backward()
+        opt.step()
+
+    def eval_step():
+        net.eval()
+        with torch.no_grad():
+            net(x)[2].sum().item()
+
+    train_s = best_s(steps, warmup, train_step)
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    eval_s = best_s(steps, max(warmup - 1, 0), eval_step)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "train_img_s": batch / train_s,
+        "eval_img_s": batch / eval_s,
+        "peak_rss_mb": peak_kb / 1024.0,
+        "fwd_gflop_per_img": counter.get_total_flops() / batch / 1e9,
+    }), flush=True)
+
+
+def bench_sgemm():
+    n = 2048
+    a, b = torch.ones(n, n), torch.full((n, n), 0.5)
+    best = best_s(4, 1, lambda: torch.mm(a, b))
+    print(f"{2 * n ** 3 / best / 1e9:.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", action="store_true", help="time the three conv layers")
+    ap.add_argument("--model", help="time one MTANet train step and eval forward")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--sgemm", action="store_true", help="torch.mm 2048^3 GFLOP/s")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.layers:
         bench_layers(args.reps)
+    elif args.model:
+        bench_model(args.model, args.batch, args.steps, args.warmup)
+    elif args.sgemm:
+        bench_sgemm()
     else:
-        ap.error("nothing to do: pass --layers")
+        ap.error("nothing to do: pass --layers, --model NAME or --sgemm")
 
 
 if __name__ == "__main__":

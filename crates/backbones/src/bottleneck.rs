@@ -5,10 +5,11 @@
 
 use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
+use crate::batch_norm::BatchNorm;
 use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Module, ModuleT, VarBuilder};
+use candle_nn::{Module, ModuleT, VarBuilder};
 
 /// The attention layer of a block, if any.
 #[derive(Clone, Debug)]
@@ -108,11 +109,8 @@ impl Bottleneck {
 
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let out = self
-            .bn2
-            .forward_t(&self.conv2.forward(&out)?, train)?
-            .relu()?;
+        let out = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        let out = self.bn2.forward_relu_t(&self.conv2.forward(&out)?, train)?;
         let out = self.bn3.forward_t(&self.conv3.forward(&out)?, train)?;
         let out = match &self.attention {
             None => out,
@@ -123,6 +121,6 @@ impl ModuleT for Bottleneck {
             None => x.clone(),
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
         };
-        (out + shortcut)?.relu()
+        mtanet_kernels::add_relu(&out, &shortcut)
     }
 }

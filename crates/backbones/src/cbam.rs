@@ -5,7 +5,8 @@
 
 use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, Conv2d, ConvSpec};
 use candle_core::{Result, Tensor, D};
-use candle_nn::{BatchNorm, Init, Linear, Module, ModuleT, VarBuilder};
+use crate::batch_norm::BatchNorm;
+use candle_nn::{Init, Linear, Module, ModuleT, VarBuilder};
 
 /// Momentum of the spatial gate's BN in the reference (`BatchNorm2d(..., momentum=0.01)`).
 const SPATIAL_BN_MOMENTUM: f64 = 0.01;

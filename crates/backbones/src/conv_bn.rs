@@ -2,7 +2,8 @@
 
 use crate::init_rules::{pytorch_default, CONV_WEIGHT};
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, Module, VarBuilder};
+use crate::batch_norm::BatchNorm;
+use candle_nn::{Init, Module, VarBuilder};
 
 /// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).
 pub(crate) const BN_EPS: f64 = 1e-5;
@@ -72,13 +73,7 @@ pub(crate) fn conv_no_bias(spec: ConvSpec, vb: VarBuilder) -> Result<Conv2d> {
 
 /// `BatchNorm2d(c)` with PyTorch's eps and momentum, weight 1, bias 0.
 pub(crate) fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps: BN_EPS,
-        remove_mean: true,
-        affine: true,
-        momentum: BN_MOMENTUM,
-    };
-    candle_nn::batch_norm(c, cfg, vb)
+    BatchNorm::new(c, BN_EPS, BN_MOMENTUM, 1.0, vb)
 }
 
 /// `BatchNorm2d(c, momentum=momentum)` whose weight starts at `weight_init` (CBAM's spatial gate).
@@ -88,11 +83,7 @@ pub(crate) fn batch_norm_with(
     weight_init: f64,
     vb: VarBuilder,
 ) -> Result<BatchNorm> {
-    let running_mean = vb.get_with_hints(c, "running_mean", Init::Const(0.0))?;
-    let running_var = vb.get_with_hints(c, "running_var", Init::Const(1.0))?;
-    let weight = vb.get_with_hints(c, "weight", Init::Const(weight_init))?;
-    let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
-    BatchNorm::new_with_momentum(c, running_mean, running_var, weight, bias, BN_EPS, momentum)
+    BatchNorm::new(c, BN_EPS, momentum, weight_init, vb)
 }
 
 /// A `Linear(c_in, c_out)` with PyTorch's default init (or `bias_init` for the bias).

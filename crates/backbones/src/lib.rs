@@ -4,6 +4,7 @@
 //! and loading their safetensors checkpoints under the PyTorch state-dict names.
 #![warn(missing_docs)]
 
+mod batch_norm;
 mod bottleneck;
 mod cbam;
 mod config;

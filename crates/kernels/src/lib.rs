@@ -8,12 +8,21 @@
 //! And a trainable 2-D convolution whose forward, input gradient and weight gradient are all
 //! GEMMs with the groups batched inside the op (candle loops over groups and computes the input
 //! gradient with a direct, non-GEMM transposed convolution).
+//!
+//! And the BatchNorm (training and eval, ReLU optionally fused) and the residual `relu(a + b)`
+//! as fused ops, replacing candle-nn's seven-pass composed BatchNorm and its backward.
 #![warn(missing_docs)]
 
+mod batch_norm;
 pub mod conv2d;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod max_pool2d;
 mod pool_geometry;
+mod residual;
 
+pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
+pub use residual::add_relu;

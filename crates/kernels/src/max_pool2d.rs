@@ -237,6 +237,15 @@ impl CustomOp1 for MaxPool2d {
         "mtanet-max-pool2d"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::max_pool::forward(self, storage, layout)
+    }
+
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(layout.dims())?;
         let dims = layout.dims();
@@ -296,6 +305,17 @@ fn scatter_cpu<T: PoolFloat>(
 impl CustomOp2 for MaxPoolScatter {
     fn name(&self) -> &'static str {
         "mtanet-max-pool2d-scatter"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        a_layout: &Layout,
+        b: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::max_pool::scatter(self, a, a_layout, b, b_layout)
     }
 
     fn cpu_fwd(

@@ -5,8 +5,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
+
+/// Numbers this process's temporary files, so two threads writing the same target at once do
+/// not share (and truncate) one temporary file.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Atomically replaces `path` with `bytes` (temp file in the same directory + fsync + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -17,7 +22,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -95,11 +101,14 @@ pub fn append_csv_row(
     let mut dropped = Vec::new();
     // Idempotent per key (the first column, e.g. a run id): a row written before a crash and
     // written again on resume replaces its earlier copy instead of doubling it.
-    let key = row.first().map(|k| csv_field(k)).unwrap_or_default();
+    // The key is compared after unquoting, so a key holding a comma or a quote matches too.
+    let key = row.first().map(String::as_str).unwrap_or_default();
     let existing: String = existing
         .lines()
         .enumerate()
-        .filter(|(i, l)| *i == 0 || key.is_empty() || l.split(',').next() != Some(key.as_str()))
+        .filter(|(i, l)| {
+            *i == 0 || key.is_empty() || csv_split(l).first().map(String::as_str) != Some(key)
+        })
         .map(|(_, l)| format!("{l}\n"))
         .collect();
     let mut text = existing.clone();

@@ -39,6 +39,28 @@ pub enum Command {
     /// Model tools.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// CPU-vs-GPU conformance of every op and backbone and GPU train/eval img/s: the Rust half
+    /// of scripts/gpu-check.sh (`--probe`: only check that the device works).
+    GpuCheck(crate::gpu_check::GpuCheckArgs),
+    /// Train-step and eval img/s of every full-size backbone beside PyTorch on this machine,
+    /// with ratios, GFLOP/s and peak memory; writes `results/bench/train.csv`.
+    Bench(BenchArgs),
+    /// One (backbone, batch) point of `bench`, measured in this process; prints JSON.
+    #[command(hide = true)]
+    BenchOne {
+        /// Backbone name.
+        #[arg(long)]
+        backbone: String,
+        /// Batch size.
+        #[arg(long)]
+        batch: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
     /// Predict a split (or the test set, or a folder of crops) with a trained checkpoint,
     /// writing ABAW 2020 submission files (`VA_Set/`, `AU_Set/`, `EXPR_Set/`).
     Predict {
@@ -278,6 +300,35 @@ fn runtime_defaults() {
     }
 }
 
+/// Options of `mtanet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Backbones, comma-separated (default: all five).
+    #[arg(long, value_delimiter = ',')]
+    pub backbones: Vec<String>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,32")]
+    pub batches: Vec<usize>,
+    /// Threads for both frameworks.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed steps per point (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Untimed warm-up steps per point.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Python with torch, torchvision and timm for the comparison.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Skip PyTorch.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Output CSV.
+    #[arg(long, default_value = "results/bench/train.csv")]
+    pub out: PathBuf,
+}
+
 /// Runs the `mtanet` command line.
 pub fn main() -> anyhow::Result<()> {
     runtime_defaults();
@@ -497,6 +548,35 @@ pub fn main() -> anyhow::Result<()> {
                 print!("{ev}");
             }
         }
+        Command::Bench(a) => {
+            let backbones = if a.backbones.is_empty() {
+                mtanet_backbones::BackboneKind::ALL.to_vec()
+            } else {
+                a.backbones
+                    .iter()
+                    .map(|b| b.parse())
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            crate::bench::run(&crate::bench::BenchOptions {
+                backbones,
+                batches: a.batches,
+                threads: a.threads,
+                steps: a.steps,
+                warmup: a.warmup,
+                python: (!a.no_torch).then_some(a.python),
+                out: a.out,
+            })?;
+        }
+        Command::BenchOne {
+            backbone,
+            batch,
+            steps,
+            warmup,
+        } => {
+            let m = crate::bench::measure(backbone.parse()?, batch, steps, warmup)?;
+            println!("{}", serde_json::to_string(&m)?);
+        }
+        Command::GpuCheck(a) => crate::gpu_check::main(&a)?,
         Command::Model(ModelCommand::Summary(a)) => {
             let cfg = backbone_config(&a)?;
             println!("{}", mtanet_backbones::summary(&cfg));

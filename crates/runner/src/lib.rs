@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic_io;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod device;
 pub mod eval;
 pub mod evaluate;
+pub mod gpu_check;
 pub mod logging;
 pub mod model_forward;
 pub mod optim;

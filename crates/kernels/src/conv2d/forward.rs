@@ -9,6 +9,17 @@ use super::scratch::with_columns;
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Multiply-adds done by every CPU convolution forward pass since the process started.
+static FORWARD_MACS: AtomicU64 = AtomicU64::new(0);
+
+/// Multiply-adds (one multiply plus one add each) done by every CPU [`Conv2d`] forward pass
+/// since the process started: benchmarks read it before and after one forward to report
+/// achieved GFLOP/s.
+pub fn forward_macs() -> u64 {
+    FORWARD_MACS.load(Ordering::Relaxed)
+}
 
 /// Output `(N, C_out, OH, OW)` of the convolution of NCHW `x` with `w`, both dense row-major.
 ///
@@ -16,6 +27,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
     let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
+    FORWARD_MACS.fetch_add((g.units() * c_out * k * p) as u64, Ordering::Relaxed);
     for_each_unit(&mut y, g.out_unit_len(), |unit, y_unit, par| {
         let x_unit = g.input_unit(x, unit);
         let w_group = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k);
@@ -54,6 +66,17 @@ impl Conv2d {
 impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
         "mtanet-conv2d"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        a_layout: &Layout,
+        b: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::forward(self, a, a_layout, b, b_layout)
     }
 
     fn cpu_fwd(

@@ -40,6 +40,17 @@ impl CustomOp2 for Conv2dInputGrad {
         "mtanet-conv2d-input-grad"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        a_layout: &Layout,
+        b: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::input_grad(self, a, a_layout, b, b_layout)
+    }
+
     fn cpu_fwd(
         &self,
         dy_storage: &CpuStorage,

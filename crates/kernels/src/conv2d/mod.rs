@@ -14,10 +14,10 @@ mod input_grad;
 mod matmul;
 mod schedule;
 mod scratch;
-mod storage;
+pub(crate) mod storage;
 mod weight_grad;
 
-pub use forward::Conv2d;
+pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
 pub use weight_grad::Conv2dWeightGrad;
@@ -54,4 +54,18 @@ pub fn conv2d(
     } else {
         x.conv2d(w, padding, stride, 1, groups)
     }
+}
+
+/// `dst (m x n) = a (m x k) @ b (k x n)`, all dense row-major f32, on every rayon thread:
+/// the GEMM the convolutions run, exposed so benchmarks can report the machine's ceiling.
+///
+/// Panics if a slice is shorter than its matrix.
+pub fn sgemm(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul::matmul(
+        dst,
+        false,
+        matmul::MatRef::row_major(a, m, k),
+        matmul::MatRef::row_major(b, k, n),
+        schedule::gemm_threads(),
+    )
 }

@@ -105,6 +105,17 @@ impl CustomOp2 for Conv2dWeightGrad {
         "mtanet-conv2d-weight-grad"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        a_layout: &Layout,
+        b: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::conv::weight_grad(self, a, a_layout, b, b_layout)
+    }
+
     fn cpu_fwd(
         &self,
         x_storage: &CpuStorage,

@@ -1,0 +1,105 @@
+//! `BatchNorm2d` with PyTorch's state-dict names and semantics, run by the fused ops of
+//! `mtanet_kernels` on CPU f32 (one pass for the statistics, one for the output, ReLU folded in
+//! where the network applies one) and by candle-nn's composed BatchNorm elsewhere.
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
+
+/// A BatchNorm layer: `weight`, `bias`, `running_mean`, `running_var`.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+    /// candle-nn's BatchNorm over the same variables, for devices and dtypes without a fused op.
+    composed: candle_nn::BatchNorm,
+}
+
+impl BatchNorm {
+    /// `BatchNorm2d(c, eps, momentum)` whose weight starts at `weight_init` and bias at 0.
+    pub(crate) fn new(
+        c: usize,
+        eps: f64,
+        momentum: f64,
+        weight_init: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let running_mean = Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
+        let running_var = Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
+        let weight = vb.get_with_hints(c, "weight", Init::Const(weight_init))?;
+        let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
+        let composed = candle_nn::BatchNorm::new_with_momentum(
+            c,
+            running_mean.as_tensor().clone(),
+            running_var.as_tensor().clone(),
+            weight.clone(),
+            bias.clone(),
+            eps,
+            momentum,
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps,
+            momentum,
+            composed,
+        })
+    }
+
+    /// True when the fused CPU ops apply to `x`.
+    fn fused(&self, x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+    }
+
+    /// `relu(bn(x))` (train mode: batch statistics, running averages updated).
+    pub(crate) fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !self.fused(x) {
+            let y = self.composed.forward_t(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        if train {
+            let (y, stats) =
+                mtanet_kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+            self.update_running(&stats)?;
+            Ok(y)
+        } else {
+            let scale = self
+                .weight
+                .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+            let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+            mtanet_kernels::channel_affine(x, &scale, &shift, relu)
+        }
+    }
+
+    /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance.
+    fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
+        let m = self.momentum;
+        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let blend = |running: &Var, batch: &[f32], factor: f64| -> Result<()> {
+            let old = running.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * factor * s as f64) as f32)
+                .collect();
+            running.set(&Tensor::from_vec(new, old.len(), running.device())?)
+        };
+        blend(&self.running_mean, &stats.mean, 1.0)?;
+        blend(&self.running_var, &stats.var, unbias)
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+}

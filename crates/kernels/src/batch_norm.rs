@@ -1,0 +1,445 @@
+//! BatchNorm over NCHW (or NC) f32 tensors as fused candle ops, with an optional ReLU folded in.
+//!
+//! candle-nn's training BatchNorm transposes the input, makes it contiguous, subtracts a
+//! broadcast mean, divides by a broadcast standard deviation, multiplies and adds broadcast
+//! affine terms and transposes back: seven full-size passes forward, and a backward through
+//! each of them (the division's backward alone squares the full-size broadcast divisor). Here
+//! the forward is one pass for the statistics and one for the output, and the backward one pass
+//! for the two per-channel sums and one for the input gradient, with the ReLU mask applied in
+//! the same loops.
+//!
+//! [`batch_norm_train`] uses the batch statistics (and returns them, for the running averages);
+//! [`channel_affine`] computes `x * scale[c] + shift[c]`, which is BatchNorm in eval mode once
+//! `scale` and `shift` are folded from the running statistics (differentiable in all three).
+
+use crate::conv2d::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Per-channel statistics of one training-mode BatchNorm pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    /// Mean of each channel over batch and space.
+    pub mean: Vec<f32>,
+    /// Biased variance of each channel (divided by the element count, as PyTorch normalises).
+    pub var: Vec<f32>,
+    /// Elements per channel (N * H * W): PyTorch's running variance uses `var * m / (m - 1)`.
+    pub count: usize,
+}
+
+/// `(N, C, inner)` view of an NC or NCHW tensor's dims.
+fn nc_inner(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        bail!("{what}: input must have at least 2 dimensions (N, C, ...), got {dims:?}")
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+fn per_channel<'a>(s: &'a CpuStorage, l: &Layout, c: usize, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("batch_norm: {what} must be f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) if b - a == c => Ok(&data[a..b]),
+        _ => bail!(
+            "batch_norm: {what} must be a contiguous vector of {c} values, got {:?}",
+            l.dims()
+        ),
+    }
+}
+
+fn check_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Training-mode BatchNorm of `x` (N, C, ...) with per-channel `weight` and `bias` (C), the
+/// statistics taken over batch and space as `torch.nn.functional.batch_norm(training=True)`,
+/// then `max(0, .)` when `relu`. Differentiable in `x`, `weight` and `bias`. Returns the
+/// output and the batch statistics (for the running averages, which the caller owns).
+///
+/// CPU f32 only: the caller keeps candle's composed BatchNorm for other devices and dtypes.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    if !check_cpu_f32(&[x, weight, bias]) {
+        bail!("batch_norm_train: CPU f32 tensors only")
+    }
+    let saved = Arc::new(Mutex::new(None));
+    let op = BatchNormTrain {
+        eps,
+        relu,
+        saved: saved.clone(),
+    };
+    let y = x.apply_op3_arc(
+        weight,
+        bias,
+        Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
+    )?;
+    let saved = saved.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+    let Some(s) = saved.as_ref() else {
+        bail!("batch_norm_train: forward did not run")
+    };
+    let stats = BatchStats {
+        mean: s.mean.clone(),
+        var: s.var.clone(),
+        count: s.count,
+    };
+    Ok((y, stats))
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug)]
+struct Saved {
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+    weight: Vec<f32>,
+    count: usize,
+}
+
+/// The training forward op (`x`, `weight`, `bias`) -> `y`; its statistics are kept in `saved`.
+#[derive(Debug)]
+struct BatchNormTrain {
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// Per-channel mean and biased variance of `x` viewed as (N, C, inner), in f64 accumulators
+/// (two passes: mean, then centred squares, so large means do not cancel the variance).
+fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * inner) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let rows = (0..n).map(|i| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
+            let sum: f64 = rows
+                .clone()
+                .map(|r| r.iter().map(|&v| v as f64).sum::<f64>())
+                .sum();
+            let mean = sum / m;
+            let sq: f64 = rows
+                .map(|r| {
+                    r.iter()
+                        .map(|&v| {
+                            let d = v as f64 - mean;
+                            d * d
+                        })
+                        .sum::<f64>()
+                })
+                .sum();
+            (mean as f32, (sq / m) as f32)
+        })
+        .unzip()
+}
+
+/// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows.
+fn scale_shift(x: &[f32], a: &[f32], b: &[f32], c: usize, inner: usize, relu: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(inner.max(1))
+        .zip(x.par_chunks(inner.max(1)))
+        .enumerate()
+        .for_each(|(row, (yr, xr))| {
+            let (a, b) = (a[row % c], b[row % c]);
+            if relu {
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = (v * a + b).max(0.0);
+                }
+            } else {
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = v * a + b;
+                }
+            }
+        });
+    y
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "mtanet-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, inner) = nc_inner(xl.dims(), "batch_norm_train")?;
+        if n * inner < 2 {
+            bail!("batch_norm_train: need more than one value per channel, got {:?}", xl.dims())
+        }
+        let x = dense_f32(xs, xl, "input")?;
+        let w = per_channel(ws, wl, c, "weight")?;
+        let b = per_channel(bs, bl, c, "bias")?;
+        let (mean, var) = channel_stats(&x, n, c, inner);
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let a: Vec<f32> = (0..c).map(|i| w[i] * inv_std[i]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * a[i]).collect();
+        let y = scale_shift(&x, &a, &shift, c, inner, self.relu);
+        let mut saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        *saved = Some(Saved {
+            mean,
+            var,
+            inv_std,
+            weight: w.to_vec(),
+            count: n * inner,
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _w: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let Some(s) = saved.as_ref() else {
+            bail!("batch_norm_train: backward before forward")
+        };
+        let (_, c, _) = nc_inner(x.dims(), "batch_norm_train")?;
+        let grad = BatchNormTrainGrad {
+            mean: s.mean.clone(),
+            inv_std: s.inv_std.clone(),
+            weight: s.weight.clone(),
+            relu: self.relu,
+        };
+        let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, numel, c)?;
+        let db = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward of [`BatchNormTrain`]: (`x`, `y`, `grad_y`) -> one flat tensor holding `dx`
+/// (x's size), then `dweight` (C), then `dbias` (C).
+struct BatchNormTrainGrad {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    weight: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp3 for BatchNormTrainGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-batch-norm-train-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, inner) = nc_inner(xl.dims(), "batch_norm_train backward")?;
+        let x = dense_f32(xs, xl, "input")?;
+        let y = dense_f32(ys, yl, "output")?;
+        let g = dense_f32(gs, gl, "output gradient")?;
+        let numel = x.len();
+        let relu = self.relu;
+        // g' = g where the ReLU passed, else 0.
+        let gate = |i: usize| -> f32 {
+            if relu && y[i] <= 0.0 {
+                0.0
+            } else {
+                g[i]
+            }
+        };
+        // Per channel: sum g' and sum g' * xhat.
+        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                let (mu, is) = (self.mean[ch], self.inv_std[ch]);
+                for i in 0..n {
+                    let base = (i * c + ch) * inner;
+                    let (mut rg, mut rgx) = (0f32, 0f32);
+                    for j in base..base + inner {
+                        let gv = gate(j);
+                        rg += gv;
+                        rgx += gv * (x[j] - mu) * is;
+                    }
+                    sg += rg as f64;
+                    sgx += rgx as f64;
+                }
+                (sg, sgx)
+            })
+            .unzip();
+        let m = (n * inner) as f64;
+        let mut out = vec![0f32; numel + 2 * c];
+        let (dx, rest) = out.split_at_mut(numel);
+        dx.par_chunks_mut(inner.max(1))
+            .enumerate()
+            .for_each(|(row, dr)| {
+                let ch = row % c;
+                let (mu, is) = (self.mean[ch], self.inv_std[ch]);
+                let k = self.weight[ch] * is;
+                let mg = (sum_g[ch] / m) as f32;
+                let mgx = (sum_gx[ch] / m) as f32;
+                let base = row * inner;
+                for (j, d) in dr.iter_mut().enumerate() {
+                    let i = base + j;
+                    let xhat = (x[i] - mu) * is;
+                    *d = k * (gate(i) - mg - xhat * mgx);
+                }
+            });
+        for ch in 0..c {
+            rest[ch] = sum_gx[ch] as f32;
+            rest[c + ch] = sum_g[ch] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
+    }
+}
+
+/// `x * scale[c] + shift[c]` over the channel axis of `x` (N, C, ...), then `max(0, .)` when
+/// `relu`: BatchNorm in eval mode with `scale = weight / sqrt(running_var + eps)` and
+/// `shift = bias - running_mean * scale`. Differentiable in all three. CPU f32 only.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    if !check_cpu_f32(&[x, scale, shift]) {
+        bail!("channel_affine: CPU f32 tensors only")
+    }
+    x.apply_op3(scale, shift, ChannelAffine { relu })
+}
+
+/// The op behind [`channel_affine`].
+#[derive(Clone, Copy, Debug)]
+struct ChannelAffine {
+    relu: bool,
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "mtanet-channel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, inner) = nc_inner(xl.dims(), "channel_affine")?;
+        let x = dense_f32(xs, xl, "input")?;
+        let a = per_channel(ss, sl, c, "scale")?;
+        let b = per_channel(bs, bl, c, "shift")?;
+        let y = scale_shift(&x, a, b, c, inner, self.relu);
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, c, _) = nc_inner(x.dims(), "channel_affine")?;
+        let packed = x.apply_op3_no_bwd(
+            y,
+            grad_y,
+            &ChannelAffineGrad {
+                scale: scale.to_vec1::<f32>()?,
+                relu: self.relu,
+            },
+        )?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let ds = packed.narrow(0, numel, c)?;
+        let db = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(ds), Some(db)))
+    }
+}
+
+/// Backward of [`ChannelAffine`]: (`x`, `y`, `grad_y`) -> flat `dx`, `dscale` (C), `dshift` (C).
+struct ChannelAffineGrad {
+    scale: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp3 for ChannelAffineGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-channel-affine-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, inner) = nc_inner(xl.dims(), "channel_affine backward")?;
+        let x = dense_f32(xs, xl, "input")?;
+        let y = dense_f32(ys, yl, "output")?;
+        let g = dense_f32(gs, gl, "output gradient")?;
+        let relu = self.relu;
+        let gate = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { g[i] };
+        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..n {
+                    let base = (i * c + ch) * inner;
+                    let (mut rg, mut rgx) = (0f32, 0f32);
+                    for j in base..base + inner {
+                        let gv = gate(j);
+                        rg += gv;
+                        rgx += gv * x[j];
+                    }
+                    sg += rg as f64;
+                    sgx += rgx as f64;
+                }
+                (sg, sgx)
+            })
+            .unzip();
+        let numel = x.len();
+        let mut out = vec![0f32; numel + 2 * c];
+        let (dx, rest) = out.split_at_mut(numel);
+        dx.par_chunks_mut(inner.max(1))
+            .enumerate()
+            .for_each(|(row, dr)| {
+                let a = self.scale[row % c];
+                let base = row * inner;
+                for (j, d) in dr.iter_mut().enumerate() {
+                    *d = a * gate(base + j);
+                }
+            });
+        for ch in 0..c {
+            rest[ch] = sum_gx[ch] as f32;
+            rest[c + ch] = sum_g[ch] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
+    }
+}

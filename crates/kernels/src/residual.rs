@@ -1,0 +1,98 @@
+//! The residual join of a bottleneck block, `relu(out + shortcut)`, as one op.
+//!
+//! candle computes it as an add then a ReLU (two full-size outputs), and the ReLU's backward
+//! as `grad * (x >= 0)` through a comparison, a dtype cast, a multiply and an add. Here the
+//! forward is one pass and the backward one masked copy shared by both inputs.
+
+use crate::conv2d::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Values per rayon task.
+const CHUNK: usize = 1 << 14;
+
+/// `max(0, a + b)` for two f32 tensors of one shape; differentiable in both. On CPU this is
+/// one fused op; elsewhere it is candle's `(a + b).relu()`.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims())
+    }
+    let cpu_f32 = [a, b]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if cpu_f32 {
+        a.apply_op2(b, AddRelu)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+/// The op behind [`add_relu`].
+#[derive(Clone, Copy, Debug)]
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "mtanet-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = dense_f32(s1, l1, "lhs")?;
+        let b = dense_f32(s2, l2, "rhs")?;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
+                    *o = (p + q).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = y.apply_op2_no_bwd(grad_y, &ReluMask)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// (`y`, `grad_y`) -> `grad_y` where `y > 0`, else 0.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "mtanet-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = dense_f32(s1, l1, "output")?;
+        let g = dense_f32(s2, l2, "output gradient")?;
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(o, (y, g))| {
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,403 @@
+//! `mtanet bench`: whole-model train-step and eval throughput against PyTorch, measured on the
+//! same machine in the same invocation.
+//!
+//! Each (backbone, batch) is measured in a fresh child process (`mtanet bench-one`), so that
+//! its peak resident memory (`VmHWM`) is its own; PyTorch runs the same network, head, losses
+//! and optimizer through `scripts/bench_torch.py --model`, also one process per point, right
+//! after ours so both see the same machine load. A train step is forward (train mode) +
+//! CCC + BCE + CE loss + backward + SGD step (momentum 0.9, weight decay 5e-3); eval is a
+//! forward in eval mode. Throughputs are the best (max) over `steps` timed steps after
+//! `warmup` untimed ones: on a shared machine the fastest step is the least disturbed one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, ResNetConfig};
+use mtanet_losses::{total_loss, LossKind, TaskLosses};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OptimizerKind, StageConfig};
+use crate::optim::{params, Optimizer};
+use crate::seeded_init::SeededVarMap;
+
+/// Action units and expression classes of the benchmarked heads (ABAW 2020).
+const N_AU: usize = 8;
+const N_EXPR: usize = 7;
+/// Face crop side.
+const SIZE: usize = 112;
+
+/// What one process measured for one (backbone, batch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Train steps per second times batch.
+    pub train_img_s: f64,
+    /// Eval forwards per second times batch.
+    pub eval_img_s: f64,
+    /// Peak resident set size of the process, MiB.
+    pub peak_rss_mb: f64,
+    /// Forward GFLOP per image (2 x multiply-adds of the convolutions and linear layers).
+    pub fwd_gflop_per_img: f64,
+}
+
+/// Options of `mtanet bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Backbones to measure.
+    pub backbones: Vec<BackboneKind>,
+    /// Batch sizes.
+    pub batches: Vec<usize>,
+    /// Worker threads for both frameworks.
+    pub threads: usize,
+    /// Timed steps per point.
+    pub steps: usize,
+    /// Untimed warm-up steps per point.
+    pub warmup: usize,
+    /// Python interpreter for PyTorch; `None` skips PyTorch.
+    pub python: Option<String>,
+    /// CSV written (atomically) at the end and after each point.
+    pub out: PathBuf,
+}
+
+/// One row of `results/bench/train.csv`.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// Backbone name.
+    pub backbone: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Ours.
+    pub mtanet: Measurement,
+    /// PyTorch's, when it ran.
+    pub torch: Option<Measurement>,
+}
+
+const CSV_HEADER: &str = "backbone,batch,threads,mtanet_train_img_s,torch_train_img_s,train_ratio,\
+mtanet_eval_img_s,torch_eval_img_s,eval_ratio,mtanet_peak_rss_mb,torch_peak_rss_mb,\
+fwd_gflop_per_img,mtanet_train_gflops,torch_train_gflops,sgemm_gflops_gemm,sgemm_gflops_torch";
+
+impl BenchRow {
+    fn train_ratio(&self) -> Option<f64> {
+        self.torch
+            .as_ref()
+            .map(|t| self.mtanet.train_img_s / t.train_img_s)
+    }
+
+    fn eval_ratio(&self) -> Option<f64> {
+        self.torch
+            .as_ref()
+            .map(|t| self.mtanet.eval_img_s / t.eval_img_s)
+    }
+
+    /// Achieved training GFLOP/s: forward FLOPs x 3 (backward costs about twice the forward).
+    fn train_gflops(m: &Measurement) -> f64 {
+        3.0 * m.fwd_gflop_per_img * m.train_img_s
+    }
+
+    fn csv_line(&self, sgemm: &Sgemm) -> String {
+        let opt = |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or_default();
+        let t = self.torch.as_ref();
+        [
+            self.backbone.clone(),
+            self.batch.to_string(),
+            self.threads.to_string(),
+            format!("{:.2}", self.mtanet.train_img_s),
+            opt(t.map(|t| t.train_img_s), 2),
+            opt(self.train_ratio(), 3),
+            format!("{:.2}", self.mtanet.eval_img_s),
+            opt(t.map(|t| t.eval_img_s), 2),
+            opt(self.eval_ratio(), 3),
+            format!("{:.0}", self.mtanet.peak_rss_mb),
+            opt(t.map(|t| t.peak_rss_mb), 0),
+            format!("{:.3}", self.mtanet.fwd_gflop_per_img),
+            format!("{:.1}", Self::train_gflops(&self.mtanet)),
+            opt(t.map(Self::train_gflops), 1),
+            format!("{:.1}", sgemm.gemm),
+            opt(sgemm.torch, 1),
+        ]
+        .join(",")
+    }
+}
+
+/// The machine's sgemm ceiling: the `gemm` crate (what our kernels call) and `torch.mm`.
+#[derive(Debug, Clone, Default)]
+struct Sgemm {
+    gemm: f64,
+    torch: Option<f64>,
+}
+
+/// Measures one (backbone, batch) in this process: the body of `mtanet bench-one`.
+pub fn measure(
+    kind: BackboneKind,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> anyhow::Result<Measurement> {
+    let dev = Device::Cpu;
+    let cfg = MtaNetConfig::new(ResNetConfig::from_kind(&kind), N_AU, N_EXPR);
+    let vars = SeededVarMap::new(7);
+    let model = MtaNet::new(&cfg, vars.var_builder(DType::F32, &dev))?;
+    let stage = StageConfig {
+        name: "bench".into(),
+        optimizer: OptimizerKind::Sgd,
+        lr: 1e-3,
+        weight_decay: 5e-3,
+        ..StageConfig::default()
+    };
+    let all_vars: std::collections::HashMap<_, _> =
+        vars.varmap().data().lock().expect("var map").clone();
+    let mut opt = Optimizer::new(&stage, params(&all_vars, true));
+
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, SIZE, SIZE), &dev)?;
+    let va = Tensor::rand(-1f32, 1.0, (batch, 2), &dev)?;
+    let au = Tensor::rand(0f32, 1.0, (batch, N_AU), &dev)?.ge(0.5)?.to_dtype(DType::F32)?;
+    let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
+    let expr = Tensor::new(classes.as_slice(), &dev)?;
+    let ones = Tensor::ones(batch, DType::F32, &dev)?;
+
+    let mut train_step = || -> anyhow::Result<()> {
+        let out = model.forward_t(&x, true)?;
+        let losses = TaskLosses::compute(
+            &out.va,
+            &out.au_logits,
+            &out.expr_logits,
+            &va,
+            &ones,
+            &au,
+            &ones,
+            &expr,
+            &ones,
+            None,
+        )?;
+        let report = total_loss(&losses, LossKind::Sum, None)?;
+        let grads = report.total.backward()?;
+        opt.step(&grads, 1.0)?;
+        Ok(())
+    };
+    let train_s = best_seconds(steps, warmup, &mut train_step)?;
+
+    let mut eval_step = || -> anyhow::Result<()> {
+        let out = model.forward_t(&x, false)?;
+        out.expr_logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    let macs_before = mtanet_kernels::conv2d::forward_macs();
+    eval_step()?;
+    let conv_macs = mtanet_kernels::conv2d::forward_macs() - macs_before;
+    let eval_s = best_seconds(steps, warmup.saturating_sub(1), &mut eval_step)?;
+
+    let c = cfg.backbone.out_channels();
+    let f = cfg.feature_width();
+    let head_macs = 2 * c * cfg.hidden + f * (2 + N_AU + N_EXPR);
+    let fwd_gflop_per_img = 2.0 * (conv_macs as f64 / batch as f64 + head_macs as f64) / 1e9;
+    Ok(Measurement {
+        train_img_s: batch as f64 / train_s,
+        eval_img_s: batch as f64 / eval_s,
+        peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        fwd_gflop_per_img,
+    })
+}
+
+/// Best (minimum) seconds of `steps` calls after `warmup` untimed ones.
+fn best_seconds(
+    steps: usize,
+    warmup: usize,
+    f: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// `VmHWM` of this process in MiB (Linux), `None` elsewhere.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// GFLOP/s of a 2048^3 f32 product through `gemm` on all rayon threads (best of 3).
+fn sgemm_gflops() -> f64 {
+    let n = 2048;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        mtanet_kernels::conv2d::sgemm(&mut c, &a, &b, n, n, n);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// Runs the whole benchmark: prints a table and writes `opts.out` after every point.
+pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
+    let exe = std::env::current_exe().context("locating the mtanet binary")?;
+    let script = Path::new("scripts/bench_torch.py");
+    let python = match &opts.python {
+        Some(p) if script.exists() && torch_available(p) => Some(p.clone()),
+        Some(p) => {
+            eprintln!(
+                "note: PyTorch comparison skipped ({} cannot import torch, or {} is missing; \
+                 run from the repository root with `pip install torch torchvision timm`)",
+                p,
+                script.display()
+            );
+            None
+        }
+        None => None,
+    };
+    let mut sgemm = Sgemm {
+        gemm: sgemm_gflops(),
+        torch: None,
+    };
+    if let Some(py) = &python {
+        let out = run_child(
+            Command::new(py)
+                .arg(script)
+                .args(["--sgemm", "--threads", &opts.threads.to_string()]),
+        )?;
+        sgemm.torch = out.trim().parse().ok();
+    }
+    println!(
+        "sgemm 2048^3, {} threads: gemm crate {:.0} GFLOP/s{}",
+        opts.threads,
+        sgemm.gemm,
+        sgemm
+            .torch
+            .map(|t| format!(", torch.mm {t:.0} GFLOP/s"))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<22} {:>5} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} | {:>7} {:>7}",
+        "backbone", "batch", "train", "torch", "ratio", "eval", "torch", "ratio", "RSS MB", "torch",
+        "GFLOP/s", "torch"
+    );
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for kind in &opts.backbones {
+        for &batch in &opts.batches {
+            let args = [
+                "--backbone".to_string(),
+                kind.name().to_string(),
+                "--batch".into(),
+                batch.to_string(),
+                "--steps".into(),
+                opts.steps.to_string(),
+                "--warmup".into(),
+                opts.warmup.to_string(),
+            ];
+            let ours: Measurement = serde_json::from_str(
+                run_child(
+                    Command::new(&exe)
+                        .arg("bench-one")
+                        .args(&args)
+                        .env("RAYON_NUM_THREADS", opts.threads.to_string()),
+                )?
+                .trim(),
+            )
+            .context("reading mtanet bench-one output")?;
+            let torch = match &python {
+                Some(py) => {
+                    let out = run_child(
+                        Command::new(py)
+                            .arg(script)
+                            .args(["--model", kind.name(), "--threads"])
+                            .arg(opts.threads.to_string())
+                            .args(&args[2..]),
+                    )?;
+                    Some(
+                        serde_json::from_str::<Measurement>(out.trim())
+                            .context("reading bench_torch.py output")?,
+                    )
+                }
+                None => None,
+            };
+            let row = BenchRow {
+                backbone: kind.name().to_string(),
+                batch,
+                threads: opts.threads,
+                mtanet: ours,
+                torch,
+            };
+            print_row(&row);
+            rows.push(row);
+            write_csv(&opts.out, &rows, &sgemm)?;
+        }
+    }
+    println!("wrote {}", opts.out.display());
+    Ok(rows)
+}
+
+fn print_row(r: &BenchRow) {
+    let f = |v: Option<f64>, prec: usize| {
+        v.map(|v| format!("{v:.prec$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let t = r.torch.as_ref();
+    println!(
+        "{:<22} {:>5} | {:>9.2} {:>9} {:>6} | {:>9.2} {:>9} {:>6} | {:>8.0} {:>8} | {:>7.1} {:>7}",
+        r.backbone,
+        r.batch,
+        r.mtanet.train_img_s,
+        f(t.map(|t| t.train_img_s), 2),
+        f(r.train_ratio(), 2),
+        r.mtanet.eval_img_s,
+        f(t.map(|t| t.eval_img_s), 2),
+        f(r.eval_ratio(), 2),
+        r.mtanet.peak_rss_mb,
+        f(t.map(|t| t.peak_rss_mb), 0),
+        BenchRow::train_gflops(&r.mtanet),
+        f(t.map(BenchRow::train_gflops), 1),
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn write_csv(path: &Path, rows: &[BenchRow], sgemm: &Sgemm) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut text = String::from(CSV_HEADER);
+    text.push('\n');
+    for r in rows {
+        text.push_str(&r.csv_line(sgemm));
+        text.push('\n');
+    }
+    crate::atomic_io::write_atomic(path, text.as_bytes())
+}
+
+fn torch_available(python: &str) -> bool {
+    Command::new(python)
+        .args(["-c", "import torch, torchvision, timm"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs a child to completion and returns its stdout, or an error with its stderr.
+fn run_child(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

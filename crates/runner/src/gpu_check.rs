@@ -1,0 +1,826 @@
+//! `mtanet gpu-check`: the Rust half of `scripts/gpu-check.sh`, built to answer in one run on a
+//! GPU machine:
+//!
+//! 1. **Conformance**: every op of `mtanet-kernels` (the custom ops called directly, so their
+//!    `cuda_fwd` runs, and the public functions as the backbones call them) and every backbone
+//!    (small configurations, PyTorch fixtures from `scripts/reference/make_fixtures.py`),
+//!    forward and gradients, batch >= 2, on the device under test against the same computation
+//!    on a reference device (the CPU) and against the PyTorch fixtures. Relative error
+//!    `max|a - b| / max|b|`. Written to `conformance.csv`.
+//! 2. **Throughput**: train-step and eval img/s of the full-size MTANet on each backbone (the
+//!    network, losses and optimizer of `mtanet bench`), written to `bench_rust.csv`.
+//!
+//! `--probe` only opens the device and runs one convolution and one max-pool on it: the
+//! missing-GPU check of the script. With `--device cpu` everything runs on the CPU (the
+//! plumbing test on a machine without a GPU).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{ModuleT, VarBuilder, VarMap};
+use mtanet_backbones::{
+    load_pretrained, BackboneKind, MtaNet, MtaNetConfig, ResNet, ResNetConfig,
+};
+use mtanet_kernels::{Conv2d, MaxPool2d};
+use mtanet_losses::{total_loss, LossKind, TaskLosses};
+use serde_json::Value;
+
+use crate::config::{OptimizerKind, StageConfig};
+use crate::device::{open, parse_device};
+use crate::optim::{params, Optimizer};
+use crate::seeded_init::SeededVarMap;
+
+/// Action units and expression classes of the benchmarked heads (as `mtanet bench`).
+const N_AU: usize = 8;
+const N_EXPR: usize = 7;
+
+/// What `mtanet gpu-check` runs.
+#[derive(Debug, Clone)]
+pub struct GpuCheckOptions {
+    /// Device under test (`cuda:0`, or `cpu` for the plumbing test).
+    pub device: String,
+    /// Reference device for the conformance comparison.
+    pub reference: String,
+    /// Folder with the backbone fixtures (`backbones.json`, `*.weights.safetensors`,
+    /// `*.io.safetensors`, `maxpool.safetensors`).
+    pub fixtures: PathBuf,
+    /// Folder for `conformance.csv` and `bench_rust.csv`.
+    pub out: PathBuf,
+    /// Only open the device and run one conv and one max-pool.
+    pub probe: bool,
+    /// Run the conformance part.
+    pub conformance: bool,
+    /// Run the throughput part.
+    pub bench: bool,
+    /// Backbones to time (full size).
+    pub backbones: Vec<BackboneKind>,
+    /// Batch sizes to time.
+    pub batches: Vec<usize>,
+    /// Input side for the timing.
+    pub size: usize,
+    /// Timed steps per point (the median is reported).
+    pub steps: usize,
+    /// Untimed warm-up steps per point.
+    pub warmup: usize,
+    /// Tolerance of the device-vs-reference comparison (relative).
+    pub tolerance: f32,
+    /// Let f32 cuDNN convolutions use TF32 (timing only; conformance always runs exact f32).
+    pub tf32: bool,
+}
+
+/// One conformance comparison.
+#[derive(Debug, Clone)]
+pub struct ConformanceRow {
+    /// Op or backbone.
+    pub item: String,
+    /// What was compared (output, a gradient, ...).
+    pub quantity: String,
+    /// Relative error against the reference device.
+    pub vs_reference: f32,
+    /// Relative error against the PyTorch fixture, when there is one.
+    pub vs_torch: Option<f32>,
+    /// Tolerance of the PyTorch comparison.
+    pub torch_tolerance: f32,
+    /// Whether both comparisons are within tolerance.
+    pub pass: bool,
+}
+
+/// One throughput point.
+#[derive(Debug, Clone)]
+pub struct BenchPoint {
+    /// Backbone.
+    pub backbone: BackboneKind,
+    /// Batch size.
+    pub batch: usize,
+    /// Train-step images per second (median step).
+    pub train_img_s: Option<f64>,
+    /// Eval images per second (median step).
+    pub eval_img_s: Option<f64>,
+    /// The error, when the point failed (e.g. out of memory).
+    pub error: Option<String>,
+}
+
+/// Relative error `max|a - b| / max|b|` (absolute when `b` is all zeros), computed on the CPU.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    if a.dims() != b.dims() {
+        bail!("shape mismatch: {:?} vs {:?}", a.dims(), b.dims())
+    }
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let err = if scale == 0.0 { diff } else { diff / scale };
+    // A NaN anywhere must fail the comparison, never pass it.
+    Ok(if err.is_nan() { f32::INFINITY } else { err })
+}
+
+/// Opens `spec` and runs one grouped convolution (forward and both gradients) and one max-pool
+/// (forward and gradient) on it. Returns a one-line description of the device.
+pub fn probe(spec: &str) -> anyhow::Result<String> {
+    let dev = open(parse_device(spec).map_err(anyhow::Error::msg)?)
+        .with_context(|| format!("cannot open device {spec}"))?;
+    // Data from the CPU: the device's own RNG (cuRAND) is not needed anywhere here.
+    let x = Var::from_tensor(&cpu_randn(1, &[2, 8, 9, 9], 1.0)?.to_device(&dev)?)?;
+    let w = Var::from_tensor(&cpu_randn(2, &[8, 2, 3, 3], 0.1)?.to_device(&dev)?)?;
+    let op = Conv2d {
+        stride: 2,
+        padding: 1,
+        groups: 4,
+    };
+    let y = x.as_tensor().apply_op2(w.as_tensor(), op)?;
+    let p = y.apply_op1(MaxPool2d {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+        ceil_mode: false,
+    })?;
+    let grads = p.sum_all()?.backward()?;
+    for v in [&x, &w] {
+        grads.get(v.as_tensor()).context("probe: missing gradient")?;
+    }
+    dev.synchronize()?;
+    Ok(match &dev {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => format!("{spec} (CUDA, conv + max-pool kernels ran)"),
+        other => format!("{other:?}"),
+    })
+}
+
+/// Deterministic test data on the CPU (a fixed-seed normal), moved to each device as needed.
+fn cpu_randn(seed: u64, shape: &[usize], std: f64) -> anyhow::Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    // Box-Muller from uniform draws: no extra dependency, fixed across platforms.
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(1e-12..1.0);
+            let u2: f64 = rng.random_range(0.0..1.0);
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// Forward output and gradients of `loss = sum(f(inputs) * r)` with respect to every input.
+fn value_and_grads(
+    inputs: &[Tensor],
+    r: &Tensor,
+    dev: &Device,
+    f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> anyhow::Result<(Tensor, Vec<Tensor>)> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(dev)?))
+        .collect::<candle_core::Result<_>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts)?;
+    let grads = (&y * r.to_device(dev)?)?.sum_all()?.backward()?;
+    let g = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .cloned()
+                .context("an input got no gradient")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((y, g))
+}
+
+/// Conformance state: the two devices, the rows so far, the tolerance.
+struct Checker {
+    dev: Device,
+    reference: Device,
+    tolerance: f32,
+    rows: Vec<ConformanceRow>,
+    /// Print passing rows too (failures are always printed).
+    print_ok: bool,
+}
+
+impl Checker {
+    fn push(
+        &mut self,
+        item: &str,
+        quantity: &str,
+        got: &Tensor,
+        reference: &Tensor,
+        torch: Option<(&Tensor, f32)>,
+    ) -> anyhow::Result<()> {
+        let vs_reference = rel_err(got, reference)?;
+        let vs_torch = torch.map(|(t, _)| rel_err(got, t)).transpose()?;
+        let torch_tolerance = torch.map(|(_, tol)| tol).unwrap_or(f32::NAN);
+        let pass =
+            vs_reference <= self.tolerance && vs_torch.is_none_or(|e| e <= torch_tolerance);
+        let row = ConformanceRow {
+            item: item.to_string(),
+            quantity: quantity.to_string(),
+            vs_reference,
+            vs_torch,
+            torch_tolerance,
+            pass,
+        };
+        if row.pass && !self.print_ok {
+            self.rows.push(row);
+            return Ok(());
+        }
+        println!(
+            "  {:<44} {:<28} vs-ref {:>9.2e}  vs-torch {:>9}  {}",
+            row.item,
+            row.quantity,
+            row.vs_reference,
+            row.vs_torch.map_or("-".into(), |e| format!("{e:.2e}")),
+            if row.pass { "ok" } else { "FAIL" }
+        );
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// An op of `inputs` on both devices: output and every input gradient.
+    fn op(
+        &mut self,
+        item: &str,
+        inputs: &[Tensor],
+        r: &Tensor,
+        names: &[&str],
+        f: &dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+    ) -> anyhow::Result<()> {
+        let (y_ref, g_ref) = value_and_grads(inputs, r, &self.reference.clone(), f)?;
+        let (y, g) = value_and_grads(inputs, r, &self.dev.clone(), f)?;
+        self.push(item, "output", &y, &y_ref, None)?;
+        for ((name, a), b) in names.iter().zip(&g).zip(&g_ref) {
+            self.push(item, &format!("grad {name}"), a, b, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Convolution shapes of the backbones, each at batch >= 2:
+/// (name, input dims, weight dims, stride, padding, groups).
+type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize, usize);
+const CONV_CASES: [ConvCase; 6] = [
+    ("stem 7x7/2", [2, 3, 40, 40], [16, 3, 7, 7], 2, 3, 1),
+    ("dense 3x3", [2, 16, 14, 14], [24, 16, 3, 3], 1, 1, 1),
+    ("grouped 3x3/2 g32", [2, 64, 11, 11], [64, 2, 3, 3], 2, 1, 32),
+    ("grouped 3x3 g32", [3, 128, 7, 7], [128, 4, 3, 3], 1, 1, 32),
+    ("pointwise 1x1", [3, 32, 8, 8], [64, 32, 1, 1], 1, 0, 1),
+    ("downsample 1x1/2", [2, 32, 9, 9], [64, 32, 1, 1], 2, 0, 1),
+];
+
+fn check_ops(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
+    for (i, &(name, xd, wd, stride, padding, groups)) in CONV_CASES.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let x = cpu_randn(seed, &xd, 1.0)?;
+        let w = cpu_randn(seed + 1, &wd, 0.2)?;
+        let g = mtanet_kernels::ConvGeometry::new(&xd, &wd, stride, padding, groups)?;
+        let (n, co, oh, ow) = g.output_dims();
+        let r = cpu_randn(seed + 2, &[n, co, oh, ow], 1.0)?;
+        let op = Conv2d {
+            stride,
+            padding,
+            groups,
+        };
+        c.op(
+            &format!("Conv2d op {name}"),
+            &[x.clone(), w.clone()],
+            &r,
+            &["input", "weight"],
+            &|t| t[0].apply_op2(&t[1], op),
+        )?;
+        c.op(
+            &format!("conv2d() {name}"),
+            &[x, w],
+            &r,
+            &["input", "weight"],
+            &|t| mtanet_kernels::conv2d(&t[0], &t[1], stride, padding, groups),
+        )?;
+    }
+
+    // Max-pool: the PyTorch fixtures (ties, ceil-mode edges, padding), op and public function.
+    let path = fixtures.join("maxpool.safetensors");
+    let f = candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cases: Vec<&str> = f
+        .keys()
+        .filter_map(|k| k.strip_suffix(".params"))
+        .collect();
+    cases.sort();
+    for case in cases {
+        let p = f[&format!("{case}.params")].to_vec1::<i64>()?;
+        let pool = MaxPool2d {
+            kernel: p[0] as usize,
+            stride: p[1] as usize,
+            padding: p[2] as usize,
+            ceil_mode: p[3] != 0,
+        };
+        let x = &f[&format!("{case}.input")];
+        let gy = &f[&format!("{case}.grad_output")];
+        for (label, public) in [("MaxPool2d op", false), ("max_pool2d()", true)] {
+            let run = |t: &[Tensor]| {
+                if public {
+                    mtanet_kernels::max_pool2d(
+                        &t[0],
+                        pool.kernel,
+                        pool.stride,
+                        pool.padding,
+                        pool.ceil_mode,
+                    )
+                } else {
+                    t[0].apply_op1(pool)
+                }
+            };
+            let item = format!("{label} {case} (batch {})", x.dim(0)?);
+            let (y_ref, g_ref) = value_and_grads(std::slice::from_ref(x), gy, &c.reference.clone(), &run)?;
+            let (y, g) = value_and_grads(std::slice::from_ref(x), gy, &c.dev.clone(), &run)?;
+            let want_y = &f[&format!("{case}.output")];
+            let want_g = &f[&format!("{case}.grad_input")];
+            c.push(&item, "output", &y, &y_ref, Some((want_y, 0.0)))?;
+            c.push(&item, "grad input", &g[0], &g_ref[0], Some((want_g, 1e-6)))?;
+        }
+    }
+    // A stem-sized random max-pool at batch 4 (no ties), both modes.
+    for (ceil, padding) in [(false, 1), (true, 0)] {
+        let x = cpu_randn(900 + padding as u64, &[4, 16, 28, 28], 1.0)?;
+        let pool = MaxPool2d {
+            kernel: 3,
+            stride: 2,
+            padding,
+            ceil_mode: ceil,
+        };
+        let g = mtanet_kernels::PoolGeometry::new(x.dims(), 3, 2, padding, ceil)?;
+        let r = cpu_randn(950, &[4, 16, g.rows.output, g.cols.output], 1.0)?;
+        c.op(
+            &format!("MaxPool2d op 3x3/2 p{padding} ceil={ceil} (batch 4)"),
+            &[x],
+            &r,
+            &["input"],
+            &|t| t[0].apply_op1(pool),
+        )?;
+    }
+    // Residual add + ReLU.
+    let a = cpu_randn(1000, &[2, 8, 5, 5], 1.0)?;
+    let b = cpu_randn(1001, &[2, 8, 5, 5], 1.0)?;
+    let r = cpu_randn(1002, &[2, 8, 5, 5], 1.0)?;
+    c.op("add_relu()", &[a, b], &r, &["a", "b"], &|t| {
+        mtanet_kernels::add_relu(&t[0], &t[1])
+    })?;
+    Ok(())
+}
+
+/// Builds the small backbone of `kind` on `dev` with the fixture weights.
+fn fixture_backbone(
+    kind: BackboneKind,
+    meta: &Value,
+    fixtures: &Path,
+    dev: &Device,
+) -> anyhow::Result<(ResNet, VarMap)> {
+    let m = &meta["small"][kind.name()];
+    let div = m["width_div"].as_u64().context("backbones.json: width_div")? as usize;
+    let depths: Vec<usize> = serde_json::from_value(m["depths"].clone())?;
+    let depths: [usize; 4] = depths
+        .try_into()
+        .map_err(|d| anyhow::anyhow!("backbones.json: depths {d:?} is not 4 numbers"))?;
+    let groups = m["groups"].as_u64().map(|g| g as usize);
+    let cfg = ResNetConfig::from_kind(&kind).scaled(div, Some(depths), groups);
+    let varmap = VarMap::new();
+    let net = ResNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
+    let report = load_pretrained(
+        &varmap,
+        &fixtures.join(format!("{kind}.weights.safetensors")),
+        "",
+    )?;
+    if !report.fresh.is_empty() || !report.unmatched.is_empty() {
+        bail!(
+            "{kind}: fixture weights do not cover the model (fresh {:?}, unmatched {:?})",
+            report.fresh,
+            report.unmatched
+        )
+    }
+    Ok((net, varmap))
+}
+
+/// Everything one backbone run yields: eval output, train output, named gradients, and the
+/// BN running statistics after the train step.
+type BackboneRun = (Tensor, Tensor, Vec<(String, Tensor)>, Vec<(String, Tensor)>);
+
+fn run_backbone(
+    kind: BackboneKind,
+    meta: &Value,
+    fixtures: &Path,
+    io: &std::collections::HashMap<String, Tensor>,
+    dev: &Device,
+) -> anyhow::Result<BackboneRun> {
+    let (net, varmap) = fixture_backbone(kind, meta, fixtures, dev)?;
+    let x = io["input"].to_device(dev)?;
+    let out_eval = net.forward_t(&x, false)?;
+    let xv = Var::from_tensor(&x)?;
+    let out_train = net.forward_t(xv.as_tensor(), true)?;
+    let grads = (&out_train * io["loss_weight"].to_device(dev)?)?
+        .sum_all()?
+        .backward()?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .clone();
+    let mut named = Vec::new();
+    let mut after = Vec::new();
+    let mut keys: Vec<&String> = io.keys().collect();
+    keys.sort();
+    for key in keys {
+        if let Some(name) = key.strip_prefix("grad.") {
+            let t = if name == "input" {
+                xv.as_tensor().clone()
+            } else {
+                vars.get(name)
+                    .with_context(|| format!("{kind}: no variable {name}"))?
+                    .as_tensor()
+                    .clone()
+            };
+            let g = grads
+                .get(&t)
+                .with_context(|| format!("{kind}: no gradient for {name}"))?;
+            named.push((name.to_string(), g.clone()));
+        } else if let Some(name) = key.strip_prefix("after_train.") {
+            let v = vars
+                .get(name)
+                .with_context(|| format!("{kind}: no variable {name}"))?;
+            after.push((name.to_string(), v.as_tensor().clone()));
+        }
+    }
+    Ok((out_eval, out_train, named, after))
+}
+
+fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
+    let meta_path = fixtures.join("backbones.json");
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}", meta_path.display()))?,
+    )?;
+    for kind in BackboneKind::ALL {
+        let io_path = fixtures.join(format!("{kind}.io.safetensors"));
+        let io = candle_core::safetensors::load(&io_path, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", io_path.display()))?;
+        let item = format!("{kind} (small, batch {})", io["input"].dim(0)?);
+        let (e_ref, t_ref, g_ref, a_ref) =
+            run_backbone(kind, &meta, fixtures, &io, &c.reference.clone())?;
+        let (e, t, g, a) = run_backbone(kind, &meta, fixtures, &io, &c.dev.clone())?;
+        c.push(&item, "eval output", &e, &e_ref, Some((&io["out_eval"], 1e-4)))?;
+        c.push(&item, "train output", &t, &t_ref, Some((&io["out_train"], 1e-4)))?;
+        // Every gradient against both references; parameter rows are printed only on failure.
+        let (mut max_ref, mut max_torch) = (0f32, 0f32);
+        for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
+            let want = &io[&format!("grad.{name}")];
+            c.print_ok = name == "input";
+            c.push(&item, &format!("grad {name}"), got, reference, Some((want, 1e-3)))?;
+            if let Some(last) = c.rows.last() {
+                max_ref = max_ref.max(last.vs_reference);
+                max_torch = max_torch.max(last.vs_torch.unwrap_or(0.0));
+            }
+        }
+        c.print_ok = true;
+        println!(
+            "  {item}: {} gradients, max rel err vs-ref {max_ref:.2e}, vs-torch {max_torch:.2e}",
+            g.len()
+        );
+        for ((name, got), (_, reference)) in a.iter().zip(&a_ref) {
+            let want = &io[&format!("after_train.{name}")];
+            c.push(&item, &format!("after train: {name}"), got, reference, Some((want, 1e-4)))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_conformance(path: &Path, rows: &[ConformanceRow]) -> anyhow::Result<()> {
+    let mut s = String::from("item,quantity,rel_err_vs_reference,rel_err_vs_torch,torch_tolerance,pass\n");
+    for r in rows {
+        writeln!(
+            s,
+            "\"{}\",\"{}\",{:.3e},{},{},{}",
+            r.item,
+            r.quantity,
+            r.vs_reference,
+            r.vs_torch.map_or(String::new(), |e| format!("{e:.3e}")),
+            if r.torch_tolerance.is_nan() {
+                String::new()
+            } else {
+                format!("{:e}", r.torch_tolerance)
+            },
+            r.pass
+        )?;
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Median of per-step seconds over `steps` timed steps after `warmup` untimed ones; the device
+/// is synchronised after every step.
+fn median_seconds(
+    dev: &Device,
+    steps: usize,
+    warmup: usize,
+    f: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+        dev.synchronize()?;
+    }
+    let mut times = Vec::with_capacity(steps.max(1));
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Train-step and eval throughput of the full-size MTANet on `kind` (the network, losses and
+/// optimizer of `mtanet bench`: forward in train mode, CCC + BCE + CE, backward, SGD momentum
+/// 0.9 weight decay 5e-3).
+pub fn bench_point(
+    dev: &Device,
+    kind: BackboneKind,
+    batch: usize,
+    size: usize,
+    steps: usize,
+    warmup: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let cfg = MtaNetConfig::new(ResNetConfig::from_kind(&kind), N_AU, N_EXPR);
+    let vars = SeededVarMap::new(7);
+    let model = MtaNet::new(&cfg, vars.var_builder(DType::F32, dev))?;
+    let stage = StageConfig {
+        name: "gpu-check".into(),
+        optimizer: OptimizerKind::Sgd,
+        lr: 1e-3,
+        weight_decay: 5e-3,
+        ..StageConfig::default()
+    };
+    let all_vars: std::collections::HashMap<_, _> = vars
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .clone();
+    let mut opt = Optimizer::new(&stage, params(&all_vars, true));
+    // Inputs drawn on the CPU and uploaded: no cuRAND on the device.
+    let x = cpu_randn(11, &[batch, 3, size, size], 1.0)?.to_device(dev)?;
+    let va = cpu_randn(12, &[batch, 2], 0.5)?.clamp(-1f32, 1f32)?.to_device(dev)?;
+    let au = cpu_randn(13, &[batch, N_AU], 1.0)?
+        .ge(0.0)?
+        .to_dtype(DType::F32)?
+        .to_device(dev)?;
+    let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
+    let expr = Tensor::new(classes.as_slice(), dev)?;
+    let ones = Tensor::ones(batch, DType::F32, dev)?;
+    let mut train_step = || -> anyhow::Result<()> {
+        let out = model.forward_t(&x, true)?;
+        let losses = TaskLosses::compute(
+            &out.va,
+            &out.au_logits,
+            &out.expr_logits,
+            &va,
+            &ones,
+            &au,
+            &ones,
+            &expr,
+            &ones,
+            None,
+        )?;
+        let report = total_loss(&losses, LossKind::Sum, None)?;
+        let grads = report.total.backward()?;
+        opt.step(&grads, 1.0)?;
+        Ok(())
+    };
+    let train_s = median_seconds(dev, steps, warmup, &mut train_step)?;
+    let mut eval_step = || -> anyhow::Result<()> {
+        let out = model.forward_t(&x, false)?;
+        out.expr_logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    let eval_s = median_seconds(dev, steps, warmup, &mut eval_step)?;
+    Ok((batch as f64 / train_s, batch as f64 / eval_s))
+}
+
+fn write_bench(path: &Path, device: &str, size: usize, points: &[BenchPoint]) -> anyhow::Result<()> {
+    let mut s = String::from("framework,mode,device,backbone,batch,size,train_img_s,eval_img_s,error\n");
+    let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+    for p in points {
+        writeln!(
+            s,
+            "mtanet-rs,candle,{device},{},{},{size},{},{},\"{}\"",
+            p.backbone,
+            p.batch,
+            num(p.train_img_s),
+            num(p.eval_img_s),
+            p.error.as_deref().unwrap_or("").replace('"', "'")
+        )?;
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Options of `mtanet gpu-check` on the command line.
+#[derive(clap::Args, Debug)]
+pub struct GpuCheckArgs {
+    /// Device under test: cuda:N, or cpu for a plumbing test without a GPU.
+    #[arg(long, default_value = "cuda:0")]
+    pub device: String,
+    /// Reference device of the conformance comparison.
+    #[arg(long, default_value = "cpu")]
+    pub reference: String,
+    /// Fixture folder.
+    #[arg(long, default_value = "tests/fixtures/backbones")]
+    pub fixtures: PathBuf,
+    /// Output folder (conformance.csv, bench_rust.csv).
+    #[arg(long, default_value = "results/gpu-check")]
+    pub out: PathBuf,
+    /// Only open the device and run one conv and one max-pool on it.
+    #[arg(long)]
+    pub probe: bool,
+    /// Skip the conformance part.
+    #[arg(long)]
+    pub no_conformance: bool,
+    /// Skip the throughput part.
+    #[arg(long)]
+    pub no_bench: bool,
+    /// Backbones to time, comma-separated (default: all five).
+    #[arg(long, value_delimiter = ',')]
+    pub backbones: Vec<String>,
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    pub batches: Vec<usize>,
+    /// Input side for the timing.
+    #[arg(long, default_value_t = 112)]
+    pub size: usize,
+    /// Timed steps per point (median reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps per point.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Relative tolerance of device against reference.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Allow TF32 in f32 cuDNN convolutions for the timing (conformance is always exact f32).
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+/// `mtanet gpu-check`: fails (non-zero exit) when the device cannot be used or a conformance
+/// row fails.
+pub fn main(a: &GpuCheckArgs) -> anyhow::Result<()> {
+    let backbones = if a.backbones.is_empty() {
+        BackboneKind::ALL.to_vec()
+    } else {
+        a.backbones
+            .iter()
+            .map(|b| b.parse())
+            .collect::<Result<Vec<BackboneKind>, _>>()?
+    };
+    let opts = GpuCheckOptions {
+        device: a.device.clone(),
+        reference: a.reference.clone(),
+        fixtures: a.fixtures.clone(),
+        out: a.out.clone(),
+        probe: a.probe,
+        conformance: !a.no_conformance,
+        bench: !a.no_bench,
+        backbones,
+        batches: a.batches.clone(),
+        size: a.size,
+        steps: a.steps,
+        warmup: a.warmup,
+        tolerance: a.tolerance,
+        tf32: a.tf32,
+    };
+    if !run(&opts)? {
+        bail!("gpu-check: conformance failed (see {})", opts.out.join("conformance.csv").display())
+    }
+    Ok(())
+}
+
+/// Runs `mtanet gpu-check`. Returns whether every conformance row passed (throughput failures
+/// are recorded in `bench_rust.csv`, not returned).
+pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
+    let what = probe(&opts.device)?;
+    println!("gpu-check: device {what}");
+    if opts.probe {
+        return Ok(true);
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let dev = open(parse_device(&opts.device).map_err(anyhow::Error::msg)?)?;
+    let mut all_pass = true;
+    if opts.conformance {
+        #[cfg(feature = "cuda")]
+        mtanet_kernels::cuda::set_allow_tf32(false);
+        let reference = open(parse_device(&opts.reference).map_err(anyhow::Error::msg)?)?;
+        let mut c = Checker {
+            dev: dev.clone(),
+            reference,
+            tolerance: opts.tolerance,
+            rows: Vec::new(),
+            print_ok: true,
+        };
+        println!("gpu-check: ops ({} vs {})", opts.device, opts.reference);
+        check_ops(&mut c, &opts.fixtures)?;
+        println!("gpu-check: backbones ({} vs {} and PyTorch)", opts.device, opts.reference);
+        check_backbones(&mut c, &opts.fixtures)?;
+        let failed = c.rows.iter().filter(|r| !r.pass).count();
+        all_pass = failed == 0;
+        println!(
+            "gpu-check: conformance {} passed, {failed} failed",
+            c.rows.len() - failed
+        );
+        write_conformance(&opts.out.join("conformance.csv"), &c.rows)?;
+    }
+    if opts.bench {
+        #[cfg(feature = "cuda")]
+        mtanet_kernels::cuda::set_allow_tf32(opts.tf32);
+        let mut points = Vec::new();
+        for &kind in &opts.backbones {
+            for &batch in &opts.batches {
+                let t = Instant::now();
+                let r = bench_point(&dev, kind, batch, opts.size, opts.steps, opts.warmup);
+                let point = match r {
+                    Ok((train, eval)) => BenchPoint {
+                        backbone: kind,
+                        batch,
+                        train_img_s: Some(train),
+                        eval_img_s: Some(eval),
+                        error: None,
+                    },
+                    Err(e) => BenchPoint {
+                        backbone: kind,
+                        batch,
+                        train_img_s: None,
+                        eval_img_s: None,
+                        error: Some(format!("{e:#}")),
+                    },
+                };
+                println!(
+                    "gpu-check: bench {kind} batch {batch}: train {} img/s, eval {} img/s{} ({:.0} s)",
+                    point.train_img_s.map_or("-".into(), |v| format!("{v:.1}")),
+                    point.eval_img_s.map_or("-".into(), |v| format!("{v:.1}")),
+                    point.error.as_deref().map_or(String::new(), |e| format!(", error: {e}")),
+                    t.elapsed().as_secs_f64()
+                );
+                points.push(point);
+                // Write after every point: a time-out still leaves the points so far.
+                write_bench(&opts.out.join("bench_rust.csv"), &opts.device, opts.size, &points)?;
+            }
+        }
+    }
+    Ok(all_pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/backbones")
+    }
+
+    #[test]
+    fn rel_err_flags_nan_and_shape_mismatch() -> anyhow::Result<()> {
+        let a = Tensor::new(&[1f32, f32::NAN], &Device::Cpu)?;
+        let b = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
+        assert_eq!(rel_err(&a, &b)?, f32::INFINITY);
+        assert_eq!(rel_err(&b, &b)?, 0.0);
+        let c = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu)?;
+        assert!(rel_err(&b, &c).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn probe_runs_on_the_cpu() -> anyhow::Result<()> {
+        assert_eq!(probe("cpu")?, "cpu");
+        assert!(probe("tpu").is_err());
+        Ok(())
+    }
+
+    /// The whole conformance path, CPU against CPU: every row must pass with zero error
+    /// against the reference and within tolerance of PyTorch.
+    #[test]
+    fn cpu_against_cpu_conformance_passes() -> anyhow::Result<()> {
+        let mut c = Checker {
+            dev: Device::Cpu,
+            reference: Device::Cpu,
+            tolerance: 1e-4,
+            rows: Vec::new(),
+            print_ok: false,
+        };
+        check_ops(&mut c, &fixtures())?;
+        check_backbones(&mut c, &fixtures())?;
+        assert!(c.rows.len() > 60, "only {} rows", c.rows.len());
+        for r in &c.rows {
+            assert!(r.pass, "{r:?}");
+            assert_eq!(r.vs_reference, 0.0, "{r:?}");
+        }
+        Ok(())
+    }
+}
