@@ -111,30 +111,72 @@ struct BatchNormTrain {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// Per-channel mean and biased variance of `x` viewed as (N, C, inner), in f64 accumulators
-/// (two passes: mean, then centred squares, so large means do not cancel the variance).
+/// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
+/// two AVX2 ones) where a single running sum cannot, as float addition is not reassociated.
+const LANES: usize = 16;
+
+/// `sum(f(v))` over `xs` in [`LANES`] f32 partial sums, combined in f64. The order of additions
+/// depends only on the length, so the result is the same on every thread count.
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+    for &v in tail {
+        total += f(v) as f64;
+    }
+    total
+}
+
+/// `(sum(g'), sum(g' * (x - mu)))` with `g' = g` where the fused ReLU passed (`y > 0`, or
+/// everywhere without ReLU), else 0; in [`LANES`] f32 partial sums combined in f64.
+fn gated_sums(g: &[f32], x: &[f32], y: &[f32], relu: bool, mu: f32) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+    let gate = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
+    let (cg, cx, cy) = (g.chunks_exact(LANES), x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (tg, tx, ty) = (cg.remainder(), cx.remainder(), cy.remainder());
+    for ((g, x), y) in cg.zip(cx).zip(cy) {
+        for i in 0..LANES {
+            let gv = gate(g[i], y[i]);
+            s1[i] += gv;
+            s2[i] += gv * (x[i] - mu);
+        }
+    }
+    let mut t1: f64 = s1.iter().map(|&v| v as f64).sum();
+    let mut t2: f64 = s2.iter().map(|&v| v as f64).sum();
+    for ((&g, &x), &y) in tg.iter().zip(tx).zip(ty) {
+        let gv = gate(g, y);
+        t1 += gv as f64;
+        t2 += (gv * (x - mu)) as f64;
+    }
+    (t1, t2)
+}
+
+/// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
+/// then centred squares, so a large mean does not cancel the variance).
 fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     let m = (n * inner) as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let rows = (0..n).map(|i| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
-            let sum: f64 = rows
-                .clone()
-                .map(|r| r.iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
+            let sum: f64 = rows.clone().map(|r| lane_sum(r, |v| v)).sum();
             let mean = sum / m;
+            let mean32 = mean as f32;
             let sq: f64 = rows
                 .map(|r| {
-                    r.iter()
-                        .map(|&v| {
-                            let d = v as f64 - mean;
-                            d * d
-                        })
-                        .sum::<f64>()
+                    lane_sum(r, |v| {
+                        let d = v - mean32;
+                        d * d
+                    })
                 })
                 .sum();
-            (mean as f32, (sq / m) as f32)
+            (mean32, (sq / m) as f32)
         })
         .unzip()
 }
@@ -263,14 +305,6 @@ impl CustomOp3 for BatchNormTrainGrad {
         let g = dense_f32(gs, gl, "output gradient")?;
         let numel = x.len();
         let relu = self.relu;
-        // g' = g where the ReLU passed, else 0.
-        let gate = |i: usize| -> f32 {
-            if relu && y[i] <= 0.0 {
-                0.0
-            } else {
-                g[i]
-            }
-        };
         // Per channel: sum g' and sum g' * xhat.
         let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
             .into_par_iter()
@@ -278,15 +312,10 @@ impl CustomOp3 for BatchNormTrainGrad {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 let (mu, is) = (self.mean[ch], self.inv_std[ch]);
                 for i in 0..n {
-                    let base = (i * c + ch) * inner;
-                    let (mut rg, mut rgx) = (0f32, 0f32);
-                    for j in base..base + inner {
-                        let gv = gate(j);
-                        rg += gv;
-                        rgx += gv * (x[j] - mu) * is;
-                    }
-                    sg += rg as f64;
-                    sgx += rgx as f64;
+                    let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
+                    let (rg, rgx) = gated_sums(&g[r.clone()], &x[r.clone()], &y[r], relu, mu);
+                    sg += rg;
+                    sgx += rgx * is as f64;
                 }
                 (sg, sgx)
             })
@@ -302,11 +331,11 @@ impl CustomOp3 for BatchNormTrainGrad {
                 let k = self.weight[ch] * is;
                 let mg = (sum_g[ch] / m) as f32;
                 let mgx = (sum_gx[ch] / m) as f32;
-                let base = row * inner;
-                for (j, d) in dr.iter_mut().enumerate() {
-                    let i = base + j;
-                    let xhat = (x[i] - mu) * is;
-                    *d = k * (gate(i) - mg - xhat * mgx);
+                let r = row * inner..(row + 1) * inner;
+                let rows = dr.iter_mut().zip(&x[r.clone()]).zip(&g[r.clone()]).zip(&y[r]);
+                for (((d, &xv), &gv), &yv) in rows {
+                    let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
+                    *d = k * (gv - mg - (xv - mu) * is * mgx);
                 }
             });
         for ch in 0..c {

@@ -18,11 +18,13 @@ pub mod conv2d;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod max_pool2d;
+mod optimizer_step;
 mod pool_geometry;
 mod residual;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
+pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;

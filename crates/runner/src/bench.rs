@@ -100,7 +100,8 @@ impl BenchRow {
     }
 
     fn csv_line(&self, sgemm: &Sgemm) -> String {
-        let opt = |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or_default();
+        let opt =
+            |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or_default();
         let t = self.torch.as_ref();
         [
             self.backbone.clone(),
@@ -155,12 +156,15 @@ pub fn measure(
 
     let x = Tensor::randn(0f32, 1.0, (batch, 3, SIZE, SIZE), &dev)?;
     let va = Tensor::rand(-1f32, 1.0, (batch, 2), &dev)?;
-    let au = Tensor::rand(0f32, 1.0, (batch, N_AU), &dev)?.ge(0.5)?.to_dtype(DType::F32)?;
+    let au = Tensor::rand(0f32, 1.0, (batch, N_AU), &dev)?
+        .ge(0.5)?
+        .to_dtype(DType::F32)?;
     let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
     let expr = Tensor::new(classes.as_slice(), &dev)?;
     let ones = Tensor::ones(batch, DType::F32, &dev)?;
 
     let mut train_step = || -> anyhow::Result<()> {
+        let t0 = Instant::now();
         let out = model.forward_t(&x, true)?;
         let losses = TaskLosses::compute(
             &out.va,
@@ -175,8 +179,18 @@ pub fn measure(
             None,
         )?;
         let report = total_loss(&losses, LossKind::Sum, None)?;
+        let t1 = Instant::now();
         let grads = report.total.backward()?;
+        let t2 = Instant::now();
         opt.step(&grads, 1.0)?;
+        if std::env::var_os("MTANET_BENCH_PHASES").is_some() {
+            eprintln!(
+                "forward+loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                t2.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     };
     let train_s = best_seconds(steps, warmup, &mut train_step)?;
@@ -266,11 +280,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
         torch: None,
     };
     if let Some(py) = &python {
-        let out = run_child(
-            Command::new(py)
-                .arg(script)
-                .args(["--sgemm", "--threads", &opts.threads.to_string()]),
-        )?;
+        let out = run_child(Command::new(py).arg(script).args([
+            "--sgemm",
+            "--threads",
+            &opts.threads.to_string(),
+        ]))?;
         sgemm.torch = out.trim().parse().ok();
     }
     println!(
@@ -284,8 +298,18 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
     );
     println!(
         "{:<22} {:>5} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} | {:>7} {:>7}",
-        "backbone", "batch", "train", "torch", "ratio", "eval", "torch", "ratio", "RSS MB", "torch",
-        "GFLOP/s", "torch"
+        "backbone",
+        "batch",
+        "train",
+        "torch",
+        "ratio",
+        "eval",
+        "torch",
+        "ratio",
+        "RSS MB",
+        "torch",
+        "GFLOP/s",
+        "torch"
     );
     let mut rows: Vec<BenchRow> = Vec::new();
     for kind in &opts.backbones {
@@ -389,9 +413,7 @@ fn torch_available(python: &str) -> bool {
 
 /// Runs a child to completion and returns its stdout, or an error with its stderr.
 fn run_child(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\n{}",

@@ -21,9 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
-use mtanet_backbones::{
-    load_pretrained, BackboneKind, MtaNet, MtaNetConfig, ResNet, ResNetConfig,
-};
+use mtanet_backbones::{load_pretrained, BackboneKind, MtaNet, MtaNetConfig, ResNet, ResNetConfig};
 use mtanet_kernels::{Conv2d, MaxPool2d};
 use mtanet_losses::{total_loss, LossKind, TaskLosses};
 use serde_json::Value;
@@ -110,7 +108,11 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
     }
     let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
     let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-    let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let diff = (&a - &b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
     let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     let err = if scale == 0.0 { diff } else { diff / scale };
     // A NaN anywhere must fail the comparison, never pass it.
@@ -139,7 +141,9 @@ pub fn probe(spec: &str) -> anyhow::Result<String> {
     })?;
     let grads = p.sum_all()?.backward()?;
     for v in [&x, &w] {
-        grads.get(v.as_tensor()).context("probe: missing gradient")?;
+        grads
+            .get(v.as_tensor())
+            .context("probe: missing gradient")?;
     }
     dev.synchronize()?;
     Ok(match &dev {
@@ -213,8 +217,7 @@ impl Checker {
         let vs_reference = rel_err(got, reference)?;
         let vs_torch = torch.map(|(t, _)| rel_err(got, t)).transpose()?;
         let torch_tolerance = torch.map(|(_, tol)| tol).unwrap_or(f32::NAN);
-        let pass =
-            vs_reference <= self.tolerance && vs_torch.is_none_or(|e| e <= torch_tolerance);
+        let pass = vs_reference <= self.tolerance && vs_torch.is_none_or(|e| e <= torch_tolerance);
         let row = ConformanceRow {
             item: item.to_string(),
             quantity: quantity.to_string(),
@@ -264,7 +267,14 @@ type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize, usize);
 const CONV_CASES: [ConvCase; 6] = [
     ("stem 7x7/2", [2, 3, 40, 40], [16, 3, 7, 7], 2, 3, 1),
     ("dense 3x3", [2, 16, 14, 14], [24, 16, 3, 3], 1, 1, 1),
-    ("grouped 3x3/2 g32", [2, 64, 11, 11], [64, 2, 3, 3], 2, 1, 32),
+    (
+        "grouped 3x3/2 g32",
+        [2, 64, 11, 11],
+        [64, 2, 3, 3],
+        2,
+        1,
+        32,
+    ),
     ("grouped 3x3 g32", [3, 128, 7, 7], [128, 4, 3, 3], 1, 1, 32),
     ("pointwise 1x1", [3, 32, 8, 8], [64, 32, 1, 1], 1, 0, 1),
     ("downsample 1x1/2", [2, 32, 9, 9], [64, 32, 1, 1], 2, 0, 1),
@@ -303,10 +313,7 @@ fn check_ops(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
     let path = fixtures.join("maxpool.safetensors");
     let f = candle_core::safetensors::load(&path, &Device::Cpu)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut cases: Vec<&str> = f
-        .keys()
-        .filter_map(|k| k.strip_suffix(".params"))
-        .collect();
+    let mut cases: Vec<&str> = f.keys().filter_map(|k| k.strip_suffix(".params")).collect();
     cases.sort();
     for case in cases {
         let p = f[&format!("{case}.params")].to_vec1::<i64>()?;
@@ -333,7 +340,8 @@ fn check_ops(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
                 }
             };
             let item = format!("{label} {case} (batch {})", x.dim(0)?);
-            let (y_ref, g_ref) = value_and_grads(std::slice::from_ref(x), gy, &c.reference.clone(), &run)?;
+            let (y_ref, g_ref) =
+                value_and_grads(std::slice::from_ref(x), gy, &c.reference.clone(), &run)?;
             let (y, g) = value_and_grads(std::slice::from_ref(x), gy, &c.dev.clone(), &run)?;
             let want_y = &f[&format!("{case}.output")];
             let want_g = &f[&format!("{case}.grad_input")];
@@ -378,7 +386,9 @@ fn fixture_backbone(
     dev: &Device,
 ) -> anyhow::Result<(ResNet, VarMap)> {
     let m = &meta["small"][kind.name()];
-    let div = m["width_div"].as_u64().context("backbones.json: width_div")? as usize;
+    let div = m["width_div"]
+        .as_u64()
+        .context("backbones.json: width_div")? as usize;
     let depths: Vec<usize> = serde_json::from_value(m["depths"].clone())?;
     let depths: [usize; 4] = depths
         .try_into()
@@ -468,14 +478,32 @@ fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
         let (e_ref, t_ref, g_ref, a_ref) =
             run_backbone(kind, &meta, fixtures, &io, &c.reference.clone())?;
         let (e, t, g, a) = run_backbone(kind, &meta, fixtures, &io, &c.dev.clone())?;
-        c.push(&item, "eval output", &e, &e_ref, Some((&io["out_eval"], 1e-4)))?;
-        c.push(&item, "train output", &t, &t_ref, Some((&io["out_train"], 1e-4)))?;
+        c.push(
+            &item,
+            "eval output",
+            &e,
+            &e_ref,
+            Some((&io["out_eval"], 1e-4)),
+        )?;
+        c.push(
+            &item,
+            "train output",
+            &t,
+            &t_ref,
+            Some((&io["out_train"], 1e-4)),
+        )?;
         // Every gradient against both references; parameter rows are printed only on failure.
         let (mut max_ref, mut max_torch) = (0f32, 0f32);
         for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
             let want = &io[&format!("grad.{name}")];
             c.print_ok = name == "input";
-            c.push(&item, &format!("grad {name}"), got, reference, Some((want, 1e-3)))?;
+            c.push(
+                &item,
+                &format!("grad {name}"),
+                got,
+                reference,
+                Some((want, 1e-3)),
+            )?;
             if let Some(last) = c.rows.last() {
                 max_ref = max_ref.max(last.vs_reference);
                 max_torch = max_torch.max(last.vs_torch.unwrap_or(0.0));
@@ -488,14 +516,21 @@ fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
         );
         for ((name, got), (_, reference)) in a.iter().zip(&a_ref) {
             let want = &io[&format!("after_train.{name}")];
-            c.push(&item, &format!("after train: {name}"), got, reference, Some((want, 1e-4)))?;
+            c.push(
+                &item,
+                &format!("after train: {name}"),
+                got,
+                reference,
+                Some((want, 1e-4)),
+            )?;
         }
     }
     Ok(())
 }
 
 fn write_conformance(path: &Path, rows: &[ConformanceRow]) -> anyhow::Result<()> {
-    let mut s = String::from("item,quantity,rel_err_vs_reference,rel_err_vs_torch,torch_tolerance,pass\n");
+    let mut s =
+        String::from("item,quantity,rel_err_vs_reference,rel_err_vs_torch,torch_tolerance,pass\n");
     for r in rows {
         writeln!(
             s,
@@ -568,7 +603,9 @@ pub fn bench_point(
     let mut opt = Optimizer::new(&stage, params(&all_vars, true));
     // Inputs drawn on the CPU and uploaded: no cuRAND on the device.
     let x = cpu_randn(11, &[batch, 3, size, size], 1.0)?.to_device(dev)?;
-    let va = cpu_randn(12, &[batch, 2], 0.5)?.clamp(-1f32, 1f32)?.to_device(dev)?;
+    let va = cpu_randn(12, &[batch, 2], 0.5)?
+        .clamp(-1f32, 1f32)?
+        .to_device(dev)?;
     let au = cpu_randn(13, &[batch, N_AU], 1.0)?
         .ge(0.0)?
         .to_dtype(DType::F32)?
@@ -605,8 +642,14 @@ pub fn bench_point(
     Ok((batch as f64 / train_s, batch as f64 / eval_s))
 }
 
-fn write_bench(path: &Path, device: &str, size: usize, points: &[BenchPoint]) -> anyhow::Result<()> {
-    let mut s = String::from("framework,mode,device,backbone,batch,size,train_img_s,eval_img_s,error\n");
+fn write_bench(
+    path: &Path,
+    device: &str,
+    size: usize,
+    points: &[BenchPoint],
+) -> anyhow::Result<()> {
+    let mut s =
+        String::from("framework,mode,device,backbone,batch,size,train_img_s,eval_img_s,error\n");
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
     for p in points {
         writeln!(
@@ -697,7 +740,10 @@ pub fn main(a: &GpuCheckArgs) -> anyhow::Result<()> {
         tf32: a.tf32,
     };
     if !run(&opts)? {
-        bail!("gpu-check: conformance failed (see {})", opts.out.join("conformance.csv").display())
+        bail!(
+            "gpu-check: conformance failed (see {})",
+            opts.out.join("conformance.csv").display()
+        )
     }
     Ok(())
 }
@@ -727,7 +773,10 @@ pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
         };
         println!("gpu-check: ops ({} vs {})", opts.device, opts.reference);
         check_ops(&mut c, &opts.fixtures)?;
-        println!("gpu-check: backbones ({} vs {} and PyTorch)", opts.device, opts.reference);
+        println!(
+            "gpu-check: backbones ({} vs {} and PyTorch)",
+            opts.device, opts.reference
+        );
         check_backbones(&mut c, &opts.fixtures)?;
         let failed = c.rows.iter().filter(|r| !r.pass).count();
         all_pass = failed == 0;
@@ -770,7 +819,12 @@ pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
                 );
                 points.push(point);
                 // Write after every point: a time-out still leaves the points so far.
-                write_bench(&opts.out.join("bench_rust.csv"), &opts.device, opts.size, &points)?;
+                write_bench(
+                    &opts.out.join("bench_rust.csv"),
+                    &opts.device,
+                    opts.size,
+                    &points,
+                )?;
             }
         }
     }

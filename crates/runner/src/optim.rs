@@ -114,14 +114,19 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        for p in &self.params {
+        let params = self.params.clone();
+        for p in &params {
             let Some(g) = grads.get(&p.var) else { continue };
+            let w = p.var.as_tensor();
+            if mtanet_kernels::fused_update_applies(w, &[g]) {
+                fused_step(self, p, g, scale, t)?;
+                continue;
+            }
             let mut g = if scale != 1.0 {
                 (g * scale)?
             } else {
                 g.clone()
             };
-            let w = p.var.as_tensor();
             if p.decay && self.weight_decay != 0.0 {
                 g = (g + (w * self.weight_decay)?)?;
             }
@@ -185,6 +190,32 @@ impl Optimizer {
             } else if let Some(n) = k.strip_prefix("v.") {
                 self.v.insert(n.to_string(), t.clone());
             }
+        }
+    }
+}
+
+/// One parameter's update on CPU f32, in place (`mtanet_kernels::optimizer_step`): the same
+/// rule as the tensor-op path, without its full-size temporaries.
+fn fused_step(opt: &mut Optimizer, p: &Param, g: &Tensor, scale: f64, t: i32) -> Result<()> {
+    let w = p.var.as_tensor();
+    let decay = if p.decay { opt.weight_decay } else { 0.0 };
+    let zeros = || w.zeros_like();
+    match opt.kind {
+        OptimizerKind::Sgd => {
+            if !opt.m.contains_key(&p.name) {
+                opt.m.insert(p.name.clone(), zeros()?);
+            }
+            let buf = &opt.m[&p.name];
+            mtanet_kernels::sgd_momentum_step(w, buf, g, opt.lr, opt.momentum, decay, scale)
+        }
+        OptimizerKind::Adam => {
+            for state in [&mut opt.m, &mut opt.v] {
+                if !state.contains_key(&p.name) {
+                    state.insert(p.name.clone(), zeros()?);
+                }
+            }
+            let (m, v) = (&opt.m[&p.name], &opt.v[&p.name]);
+            mtanet_kernels::adam_step(w, m, v, g, opt.lr, opt.betas, opt.eps, decay, scale, t)
         }
     }
 }

@@ -90,7 +90,12 @@ fn csv_writer_child() {
 fn spawn_writer(csv: &Path, tag: &str, start: &Path, timing: &Path) -> Child {
     let exe = std::env::current_exe().unwrap();
     Command::new(exe)
-        .args(["--exact", "csv_writer_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "csv_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             WRITER_ENV,
             format!(

@@ -133,7 +133,11 @@ fn disk_full_child() {
     let msg = format!("{e:#}");
     assert!(msg.contains(&table.display().to_string()), "{msg}");
     assert_eq!(io_kind(&e), Some(full), "{msg}");
-    assert_eq!(std::fs::read(&table).unwrap(), old, "earlier result damaged");
+    assert_eq!(
+        std::fs::read(&table).unwrap(),
+        old,
+        "earlier result damaged"
+    );
     assert_eq!(temp_files(&results), Vec::<String>::new());
     eprintln!("child: write_atomic failed as expected: {msg}");
 
@@ -155,10 +159,7 @@ fn disk_full_child() {
     append_csv_row(&runs, &header, &["run-5".into(), "ok 5".into()]).unwrap();
     let (_, rows) = read_csv(&runs).unwrap();
     let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(
-        keys,
-        ["run-0", "run-1", "run-2", "run-3", "run-4", "run-5"]
-    );
+    assert_eq!(keys, ["run-0", "run-1", "run-2", "run-3", "run-4", "run-5"]);
 
     // A real training run whose checkpoint does not fit: it fails naming the checkpoint, and
     // what it wrote before (config.yaml) is intact.
@@ -215,6 +216,9 @@ fn attempt(mechanism: &str, mut cmd: Command, small: &Path, synth: &Path) -> Att
     );
     match out.status.code() {
         Some(0) => {
+            for l in text.lines().filter(|l| l.starts_with("child:")) {
+                eprintln!("  {mechanism} {l}");
+            }
             assert!(
                 text.contains("1 passed"),
                 "{mechanism}: the child test did not run:\n{text}"
@@ -224,7 +228,10 @@ fn attempt(mechanism: &str, mut cmd: Command, small: &Path, synth: &Path) -> Att
         // libtest's exit code for a failed test: the checks ran and failed.
         Some(101) => panic!("{mechanism}: full-disk checks failed:\n{text}"),
         Some(c) => Attempt::Unavailable(format!("exit code {c}: {}", text.trim())),
-        None => panic!("{mechanism}: child killed by a signal ({}):\n{text}", out.status),
+        None => panic!(
+            "{mechanism}: child killed by a signal ({}):\n{text}",
+            out.status
+        ),
     }
 }
 
@@ -252,7 +259,9 @@ fn full_disk_fails_naming_the_path_and_keeps_earlier_results() {
                 ran.push(format!("tmpfs ({TMPFS_BYTES} bytes, unshare {flags})"));
                 break;
             }
-            Attempt::Unavailable(why) => unavailable.push(format!("tmpfs via unshare {flags}: {why}")),
+            Attempt::Unavailable(why) => {
+                unavailable.push(format!("tmpfs via unshare {flags}: {why}"))
+            }
         }
     }
 

@@ -101,8 +101,17 @@ impl CustomOp2 for Conv2d {
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let geometry = self.geometry(x.dims(), w.dims())?;
-        let grad_x = grad_y.apply_op2_no_bwd(w, &Conv2dInputGrad { geometry })?;
-        let grad_w = x.apply_op2_no_bwd(grad_y, &Conv2dWeightGrad { geometry })?;
-        Ok((Some(grad_x), Some(grad_w)))
+        // The network input (the stem's `x`) needs no gradient: skip that whole pass.
+        let grad_x = if x.track_op() {
+            Some(grad_y.apply_op2_no_bwd(w, &Conv2dInputGrad { geometry })?)
+        } else {
+            None
+        };
+        let grad_w = if w.track_op() {
+            Some(x.apply_op2_no_bwd(grad_y, &Conv2dWeightGrad { geometry })?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_w))
     }
 }

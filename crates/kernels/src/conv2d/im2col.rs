@@ -104,8 +104,9 @@ pub fn im2col(g: &ConvGeometry, x_unit: &[f32], col: &mut [f32]) {
                         if s == 1 {
                             dst.copy_from_slice(&in_row[ix_lo..ix_lo + dst.len()]);
                         } else {
-                            for (d, v) in dst.iter_mut().zip(in_row[ix_lo..].iter().step_by(s)) {
-                                *d = *v;
+                            let src = &in_row[ix_lo..];
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = src[j * s];
                             }
                         }
                     }
@@ -191,8 +192,8 @@ pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
                             *d += *v;
                         }
                     } else {
-                        for (d, v) in dst.iter_mut().step_by(s).zip(src) {
-                            *d += *v;
+                        for (j, v) in src.iter().enumerate() {
+                            dst[j * s] += *v;
                         }
                     }
                 }

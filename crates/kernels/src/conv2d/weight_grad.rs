@@ -49,48 +49,60 @@ fn accumulate_group(
     }
 }
 
+/// Partial sums the batch is cut into (fewer when the batch is smaller): a constant, so that
+/// the order of floating-point additions, and therefore the result, does not depend on the
+/// number of threads (docs/determinism.md).
+const PARTIALS: usize = 4;
+
 /// Gradient `(C_out, C_in/groups, KH, KW)` of the loss with respect to the weight, from the
 /// input `x` and the output gradient `dy`, both dense row-major.
 ///
-/// Parallel over groups when there are enough of them (disjoint slices of the result);
-/// otherwise over chunks of the batch, each into its own partial sum, added at the end.
+/// The batch is cut into at most [`PARTIALS`] fixed chunks of consecutive images; every
+/// (chunk, group) pair sums its images in order into its own slice (in parallel over the
+/// pairs when they keep the threads busy, else with multi-threaded gemm), and the chunks are
+/// then added in chunk order. gemm splits its work by output tiles, never along the summed
+/// dimension, so the result is bit-identical for any thread count.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let group_len = g.weight_group_len();
-    let mut dw = vec![0.0f32; g.groups * group_len];
-    let threads = rayon::current_num_threads();
-    let all = 0..g.batch;
-    if parallel_units_pay(g.groups) {
-        dw.par_chunks_mut(group_len)
-            .enumerate()
-            .for_each(|(group, dw_g)| {
-                accumulate_group(g, x, dy, group, all.clone(), dw_g, Parallelism::None)
-            });
-    } else if threads > 1 && g.batch > 1 {
-        let chunks = threads.min(g.batch);
-        let per_chunk = g.batch.div_ceil(chunks);
-        let partials: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|c| {
-                let images = c * per_chunk..((c + 1) * per_chunk).min(g.batch);
-                let mut part = vec![0.0f32; dw.len()];
-                for (group, dw_g) in part.chunks_mut(group_len).enumerate() {
-                    accumulate_group(g, x, dy, group, images.clone(), dw_g, Parallelism::None);
-                }
-                part
-            })
-            .collect();
-        for part in partials {
-            for (d, v) in dw.iter_mut().zip(part) {
-                *d += v;
-            }
+    let dw_len = g.groups * group_len;
+    let chunks = PARTIALS.min(g.batch).max(1);
+    let per_chunk = g.batch.div_ceil(chunks);
+    let images = |chunk: usize| chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
+    let mut parts = vec![0.0f32; chunks * dw_len];
+    let units = chunks * g.groups;
+    let task = |idx: usize, dw_g: &mut [f32], par: Parallelism| {
+        let (chunk, group) = (idx / g.groups, idx % g.groups);
+        let range = images(chunk);
+        if range.is_empty() {
+            dw_g.fill(0.0);
+        } else {
+            accumulate_group(g, x, dy, group, range, dw_g, par);
         }
+    };
+    if parallel_units_pay(units) {
+        parts
+            .par_chunks_mut(group_len)
+            .enumerate()
+            .for_each(|(idx, dw_g)| task(idx, dw_g, Parallelism::None));
     } else {
         let par = gemm_threads();
-        for (group, dw_g) in dw.chunks_mut(group_len).enumerate() {
-            accumulate_group(g, x, dy, group, all.clone(), dw_g, par);
+        for (idx, dw_g) in parts.chunks_mut(group_len).enumerate() {
+            task(idx, dw_g, par);
         }
     }
-    dw
+    let (first, rest) = parts.split_at_mut(dw_len);
+    for part in rest.chunks(dw_len) {
+        first
+            .par_chunks_mut(1 << 14)
+            .zip(part.par_chunks(1 << 14))
+            .for_each(|(d, p)| {
+                for (d, v) in d.iter_mut().zip(p) {
+                    *d += *v;
+                }
+            });
+    }
+    parts.truncate(dw_len);
+    parts
 }
 
 /// The weight-gradient pass as a no-backward candle op: `x.apply_op2_no_bwd(&dy, ..)`.

@@ -117,8 +117,8 @@ mod cudnn {
     use crate::ConvGeometry;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cudnn::sys::{
-        cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdFilterAlgo_t,
-        cudnnConvolutionFwdAlgo_t, cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t,
+        cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdFilterAlgo_t, cudnnConvolutionFwdAlgo_t,
+        cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t,
     };
     use candle_core::cuda_backend::cudarc::cudnn::{
         ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, CudnnDataType,
@@ -233,7 +233,9 @@ mod cudnn {
         let tensor_math = cudnnMathType_t::CUDNN_TENSOR_OP_MATH;
         let storage = match like.dtype() {
             DType::F32 => typed::<f32, f32>(pass, g, like, &a, &b, f32_math)?,
-            DType::F64 => typed::<f64, f64>(pass, g, like, &a, &b, cudnnMathType_t::CUDNN_FMA_MATH)?,
+            DType::F64 => {
+                typed::<f64, f64>(pass, g, like, &a, &b, cudnnMathType_t::CUDNN_FMA_MATH)?
+            }
             DType::BF16 => typed::<half::bf16, f32>(pass, g, like, &a, &b, tensor_math)?,
             DType::F16 => typed::<half::f16, f32>(pass, g, like, &a, &b, tensor_math)?,
             dt => bail!("conv2d {pass:?} (cudnn): unsupported dtype {dt:?}"),
@@ -294,8 +296,10 @@ mod cudnn {
             int(g.in_channels, "input channels")?,
             int(g.out_channels, "output channels")?,
         );
-        let x_desc =
-            cudnn.create_4d_tensor::<T>(nchw, [n, c_in, int(g.in_h, "height")?, int(g.in_w, "width")?])?;
+        let x_desc = cudnn.create_4d_tensor::<T>(
+            nchw,
+            [n, c_in, int(g.in_h, "height")?, int(g.in_w, "width")?],
+        )?;
         let w_desc = cudnn.create_4d_filter::<T>(
             nchw,
             [
@@ -307,7 +311,12 @@ mod cudnn {
         )?;
         let y_desc = cudnn.create_4d_tensor::<T>(
             nchw,
-            [n, c_out, int(g.out_h, "output height")?, int(g.out_w, "output width")?],
+            [
+                n,
+                c_out,
+                int(g.out_h, "output height")?,
+                int(g.out_w, "output width")?,
+            ],
         )?;
         let key: Key = (dev.id(), pass, sizes(g), T::DTYPE, math as u32);
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));

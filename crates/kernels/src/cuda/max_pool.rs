@@ -52,7 +52,10 @@ fn to_i64(v: usize) -> Result<i64> {
 /// Start offset and the four strides of an NCHW layout, as the kernels take them.
 fn strided(layout: &Layout) -> Result<[i64; 5]> {
     let &[s0, s1, s2, s3] = layout.stride() else {
-        bail!("max_pool2d (cuda): expected 4 strides, got {:?}", layout.stride())
+        bail!(
+            "max_pool2d (cuda): expected 4 strides, got {:?}",
+            layout.stride()
+        )
     };
     Ok([
         to_i64(layout.start_offset())?,
@@ -103,7 +106,11 @@ fn fwd_typed<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         let (rows, cols) = (Axis::new(&g.rows)?, Axis::new(&g.cols)?);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&func);
-        b.arg(src).arg(&mut dst).arg(&planes).arg(&channels).arg(&offset);
+        b.arg(src)
+            .arg(&mut dst)
+            .arg(&planes)
+            .arg(&channels)
+            .arg(&offset);
         b.arg(&s0).arg(&s1).arg(&s2).arg(&s3).arg(&rows).arg(&cols);
         // SAFETY: the arguments match `mtanet_max_pool_fwd_*` in max_pool.cu; every index the
         // kernel reads lies inside `src`'s layout (windows are clipped to the input) and it
@@ -155,7 +162,11 @@ fn bwd_typed<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         let (rows, cols) = (Axis::new(&g.rows)?, Axis::new(&g.cols)?);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&func);
-        b.arg(src).arg(grad).arg(&mut dst).arg(&planes).arg(&channels);
+        b.arg(src)
+            .arg(grad)
+            .arg(&mut dst)
+            .arg(&planes)
+            .arg(&channels);
         b.arg(&offset).arg(&s0).arg(&s1).arg(&s2).arg(&s3);
         b.arg(&g_offset).arg(&g0).arg(&g1).arg(&g2).arg(&g3);
         b.arg(&rows).arg(&cols);

@@ -36,12 +36,19 @@ pub use conv::{allow_tf32, set_allow_tf32};
 pub use nvrtc::compile_cubin;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDType;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::CudaStorage;
+#[cfg(feature = "cudnn")]
+use candle_core::{
+    cuda_backend::cudarc::driver::{CudaView, DeviceRepr},
+    Layout, Result,
+};
 
 /// A CUDA operand viewed as dense row-major data: borrowed at its offset when its layout is
 /// contiguous, otherwise copied into a fresh contiguous buffer by candle's strided-copy kernel.
+/// (Used by the cuDNN convolutions, whose descriptors here are packed NCHW.)
+#[cfg(feature = "cudnn")]
 pub(crate) enum Dense<'a> {
     /// Contiguous already: the storage and the element range the layout covers.
     Borrowed(&'a CudaStorage, usize, usize),
@@ -49,6 +56,7 @@ pub(crate) enum Dense<'a> {
     Owned(CudaStorage, usize),
 }
 
+#[cfg(feature = "cudnn")]
 impl<'a> Dense<'a> {
     /// Views `storage` through `layout` as dense data, copying only if needed.
     pub(crate) fn new(storage: &'a CudaStorage, layout: &Layout) -> Result<Self> {
@@ -57,11 +65,8 @@ impl<'a> Dense<'a> {
         }
         let n = layout.shape().elem_count();
         let dev = storage.device();
-        let mut copy = candle_core::backend::BackendDevice::zeros_impl(
-            dev,
-            layout.shape(),
-            storage.dtype(),
-        )?;
+        let mut copy =
+            candle_core::backend::BackendDevice::zeros_impl(dev, layout.shape(), storage.dtype())?;
         storage.copy_strided_src(&mut copy, 0, layout)?;
         Ok(Dense::Owned(copy, n))
     }

@@ -105,15 +105,21 @@ mod tests {
     fn max_pool_source_compiles_to_a_cubin() -> Result<()> {
         for arch in [(8, 0), (9, 0)] {
             let cubin = compile_cubin(super::super::max_pool::SOURCE, "max_pool.cu", arch)?;
-            assert_eq!(&cubin[..4], b"\x7fELF", "sm_{}{}: not an ELF CUBIN", arch.0, arch.1);
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "sm_{}{}: not an ELF CUBIN",
+                arch.0,
+                arch.1
+            );
         }
         Ok(())
     }
 
     #[test]
     fn compile_errors_carry_the_log() {
-        let err = compile_cubin("this is not CUDA", "broken.cu", (9, 0))
-            .expect_err("must not compile");
+        let err =
+            compile_cubin("this is not CUDA", "broken.cu", (9, 0)).expect_err("must not compile");
         assert!(err.to_string().contains("broken.cu"), "{err}");
     }
 }
