@@ -27,8 +27,10 @@ impl BatchNorm {
         weight_init: f64,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let running_mean = Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
-        let running_var = Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
+        let running_mean =
+            Var::from_tensor(&vb.get_with_hints(c, "running_mean", Init::Const(0.0))?)?;
+        let running_var =
+            Var::from_tensor(&vb.get_with_hints(c, "running_var", Init::Const(1.0))?)?;
         let weight = vb.get_with_hints(c, "weight", Init::Const(weight_init))?;
         let bias = vb.get_with_hints(c, "bias", Init::Const(0.0))?;
         let composed = candle_nn::BatchNorm::new_with_momentum(

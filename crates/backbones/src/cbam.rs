@@ -3,9 +3,9 @@
 //! over [max over C, mean over C], sigmoid). State-dict names `ChannelGate.mlp.{1,3}.*` and
 //! `SpatialGate.spatial.{conv,bn}.*`.
 
+use crate::batch_norm::BatchNorm;
 use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, Conv2d, ConvSpec};
 use candle_core::{Result, Tensor, D};
-use crate::batch_norm::BatchNorm;
 use candle_nn::{Init, Linear, Module, ModuleT, VarBuilder};
 
 /// Momentum of the spatial gate's BN in the reference (`BatchNorm2d(..., momentum=0.01)`).

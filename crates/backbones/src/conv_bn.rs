@@ -1,8 +1,8 @@
 //! Conv and BatchNorm constructors with the reference initialisation and PyTorch's defaults.
 
+use crate::batch_norm::BatchNorm;
 use crate::init_rules::{pytorch_default, CONV_WEIGHT};
 use candle_core::{Result, Tensor};
-use crate::batch_norm::BatchNorm;
 use candle_nn::{Init, Module, VarBuilder};
 
 /// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).

@@ -35,8 +35,14 @@ fn main() -> Result<()> {
     };
     let y = x.apply_op2_no_bwd(&w, &op)?;
     let fwd = best_ms(|| x.apply_op2_no_bwd(&w, &op).map(drop))?;
-    let dx = best_ms(|| y.apply_op2_no_bwd(&w, &Conv2dInputGrad { geometry }).map(drop))?;
-    let dw = best_ms(|| x.apply_op2_no_bwd(&y, &Conv2dWeightGrad { geometry }).map(drop))?;
+    let dx = best_ms(|| {
+        y.apply_op2_no_bwd(&w, &Conv2dInputGrad { geometry })
+            .map(drop)
+    })?;
+    let dw = best_ms(|| {
+        x.apply_op2_no_bwd(&y, &Conv2dWeightGrad { geometry })
+            .map(drop)
+    })?;
     let (_, _, oh, ow) = geometry.output_dims();
     let gflop = 2.0 * (n * c_out * (c_in / groups) * k * k * oh * ow) as f64 / 1e9;
     println!(

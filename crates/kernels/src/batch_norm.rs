@@ -81,7 +81,9 @@ pub fn batch_norm_train(
         bias,
         Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
     )?;
-    let saved = saved.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+    let saved = saved
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
     let Some(s) = saved.as_ref() else {
         bail!("batch_norm_train: forward did not run")
     };
@@ -138,7 +140,11 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 fn gated_sums(g: &[f32], x: &[f32], y: &[f32], relu: bool, mu: f32) -> (f64, f64) {
     let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
     let gate = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
-    let (cg, cx, cy) = (g.chunks_exact(LANES), x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (cg, cx, cy) = (
+        g.chunks_exact(LANES),
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+    );
     let (tg, tx, ty) = (cg.remainder(), cx.remainder(), cy.remainder());
     for ((g, x), y) in cg.zip(cx).zip(cy) {
         for i in 0..LANES {
@@ -218,7 +224,10 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, inner) = nc_inner(xl.dims(), "batch_norm_train")?;
         if n * inner < 2 {
-            bail!("batch_norm_train: need more than one value per channel, got {:?}", xl.dims())
+            bail!(
+                "batch_norm_train: need more than one value per channel, got {:?}",
+                xl.dims()
+            )
         }
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
@@ -332,7 +341,11 @@ impl CustomOp3 for BatchNormTrainGrad {
                 let mg = (sum_g[ch] / m) as f32;
                 let mgx = (sum_gx[ch] / m) as f32;
                 let r = row * inner..(row + 1) * inner;
-                let rows = dr.iter_mut().zip(&x[r.clone()]).zip(&g[r.clone()]).zip(&y[r]);
+                let rows = dr
+                    .iter_mut()
+                    .zip(&x[r.clone()])
+                    .zip(&g[r.clone()])
+                    .zip(&y[r]);
                 for (((d, &xv), &gv), &yv) in rows {
                     let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
                     *d = k * (gv - mg - (xv - mu) * is * mgx);

@@ -16,7 +16,8 @@ use rayon::prelude::*;
 /// (padded cells never win), optionally in PyTorch's ceil mode. Differentiable.
 ///
 /// On CPU this runs [`MaxPool2d`], whose gradient goes to the first maximum of each window
-/// exactly as in PyTorch. On other devices it is composed from candle tensor ops (pad with
+/// exactly as in PyTorch; on CUDA (a `cuda` build) our NVRTC kernels do the same. On other
+/// devices it is composed from candle tensor ops (pad with
 /// `-inf`, strided window views, `maximum`): the forward value is identical, but a gradient
 /// is split evenly between tied maxima instead of going to the first one.
 pub fn max_pool2d(
@@ -38,7 +39,8 @@ pub fn max_pool2d(
         DType::F32 | DType::F64 => {}
         dt => bail!("max_pool2d: only f32 and f64 are supported, got {dt:?}"),
     }
-    if x.device().is_cpu() {
+    // CUDA tensors in a `cuda` build run our NVRTC kernels (cuda/max_pool.rs).
+    if x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()) {
         x.apply_op1(op)
     } else {
         op.forward_with_tensor_ops(x)

@@ -129,7 +129,12 @@ impl InplaceOp3 for Accumulate {
         let p = dense_f32(ps, pl, "parameter")?;
         let buf = target(bs, bl, "optimizer buffer")?;
         if g.len() != buf.len() || p.len() != buf.len() {
-            bail!("optimizer buffer: {} values, gradient {}, parameter {}", buf.len(), g.len(), p.len())
+            bail!(
+                "optimizer buffer: {} values, gradient {}, parameter {}",
+                buf.len(),
+                g.len(),
+                p.len()
+            )
         }
         let Self {
             decay,
@@ -161,7 +166,13 @@ impl InplaceOp2 for SubScaled {
         "mtanet-optimizer-sgd-apply"
     }
 
-    fn cpu_fwd(&self, ps: &mut CpuStorage, pl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        ps: &mut CpuStorage,
+        pl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<()> {
         let b = dense_f32(bs, bl, "momentum buffer")?;
         let p = target(ps, pl, "parameter")?;
         if b.len() != p.len() {
@@ -204,7 +215,12 @@ impl InplaceOp3 for AdamApply {
         let v = dense_f32(vs, vl, "second moment")?;
         let p = target(ps, pl, "parameter")?;
         if m.len() != p.len() || v.len() != p.len() {
-            bail!("adam: parameter has {} values, moments {} and {}", p.len(), m.len(), v.len())
+            bail!(
+                "adam: parameter has {} values, moments {} and {}",
+                p.len(),
+                m.len(),
+                v.len()
+            )
         }
         let Self {
             step_size,

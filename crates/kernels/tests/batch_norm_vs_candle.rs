@@ -25,7 +25,11 @@ fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<
 
 fn max_rel(actual: &Tensor, expected: &Tensor) -> Result<f32> {
     assert_eq!(actual.dims(), expected.dims());
-    let diff = (actual - expected)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let diff = (actual - expected)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
     let scale = expected.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     Ok(diff / scale.max(1e-12))
 }
@@ -69,7 +73,8 @@ fn train_mode_matches_candle_nn() -> Result<()> {
             }
             let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
 
-            let (y, stats) = batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, relu)?;
+            let (y, stats) =
+                batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5, relu)?;
             let g = (&y * &r)?.sum_all()?.backward()?;
 
             let what = format!("shape {shape:?} relu {relu}");
@@ -85,8 +90,14 @@ fn train_mode_matches_candle_nn() -> Result<()> {
             let var = Tensor::new(stats.var.as_slice(), &Device::Cpu)?;
             let new_rm = ((&rm0 * 0.9)? + (mean * 0.1)?)?;
             let new_rv = ((&rv0 * 0.9)? + (var * (0.1 * m / (m - 1.0)))?)?;
-            assert!(max_rel(&new_rm, rm.as_tensor())? < 1e-5, "{what}: running mean");
-            assert!(max_rel(&new_rv, rv.as_tensor())? < 1e-5, "{what}: running var");
+            assert!(
+                max_rel(&new_rm, rm.as_tensor())? < 1e-5,
+                "{what}: running mean"
+            );
+            assert!(
+                max_rel(&new_rv, rv.as_tensor())? < 1e-5,
+                "{what}: running var"
+            );
         }
     }
     Ok(())
@@ -102,7 +113,10 @@ fn non_contiguous_input_is_read_through_its_strides() -> Result<()> {
     let b = pseudo_random(&[6], 11, 1.0, 0.0)?;
     let (a, _) = batch_norm_train(&view, &w, &b, 1e-5, true)?;
     let (e, _) = batch_norm_train(&view.contiguous()?, &w, &b, 1e-5, true)?;
-    assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, e.flatten_all()?.to_vec1::<f32>()?);
+    assert_eq!(
+        a.flatten_all()?.to_vec1::<f32>()?,
+        e.flatten_all()?.to_vec1::<f32>()?
+    );
     Ok(())
 }
 
@@ -139,8 +153,14 @@ fn channel_affine_matches_composed_ops() -> Result<()> {
     }
     // Folded from running statistics, it is candle-nn's eval-mode BatchNorm.
     let x = pseudo_random(&[3, 5, 4, 4], 1, 2.0, 0.0)?;
-    let (w, b) = (pseudo_random(&[5], 2, 1.0, 0.5)?, pseudo_random(&[5], 3, 1.0, 0.0)?);
-    let (rm, rv) = (pseudo_random(&[5], 4, 0.5, 0.0)?, pseudo_random(&[5], 5, 0.4, 1.0)?);
+    let (w, b) = (
+        pseudo_random(&[5], 2, 1.0, 0.5)?,
+        pseudo_random(&[5], 3, 1.0, 0.0)?,
+    );
+    let (rm, rv) = (
+        pseudo_random(&[5], 4, 0.5, 0.0)?,
+        pseudo_random(&[5], 5, 0.4, 1.0)?,
+    );
     let bn = candle_nn::BatchNorm::new(5, rm.clone(), rv.clone(), w.clone(), b.clone(), 1e-5)?;
     let scale = w.div(&(&rv + 1e-5)?.sqrt()?)?;
     let shift = (&b - rm.mul(&scale)?)?;
@@ -161,12 +181,18 @@ fn add_relu_matches_add_then_relu() -> Result<()> {
         let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
         let y = add_relu(a.as_tensor(), b.as_tensor())?;
         let g = (&y * &r)?.sum_all()?.backward()?;
-        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, y_ref.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            y_ref.flatten_all()?.to_vec1::<f32>()?
+        );
         for v in [&a, &b] {
             assert!(max_rel(g.get(v).expect("grad"), g_ref.get(v).expect("ref"))? < 1e-6);
         }
     }
-    let mismatch = add_relu(&pseudo_random(&[2, 3], 1, 1.0, 0.0)?, &pseudo_random(&[3, 2], 2, 1.0, 0.0)?);
+    let mismatch = add_relu(
+        &pseudo_random(&[2, 3], 1, 1.0, 0.0)?,
+        &pseudo_random(&[3, 2], 2, 1.0, 0.0)?,
+    );
     assert!(mismatch.unwrap_err().to_string().contains("shapes"));
     Ok(())
 }

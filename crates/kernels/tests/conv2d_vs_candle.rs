@@ -91,6 +91,11 @@ const CASES: &[Case] = &[
     case(3, 2, 9, 9, 1, 7, 1, 3, 1),
     case(1, 4, 5, 5, 4, 3, 1, 0, 1),
     case(2, 5, 4, 4, 3, 3, 1, 3, 1),
+    // Dense convs on small maps take the batched path (conv2d/batched.rs): several blocks
+    // of images (P = 49 -> 6 images per block), a pointwise one, a strided one.
+    case(13, 4, 7, 7, 6, 3, 1, 1, 1),
+    case(11, 9, 4, 4, 10, 1, 1, 0, 1),
+    case(7, 5, 8, 8, 6, 3, 2, 1, 1),
 ];
 
 fn tensors(c: &Case, seed: u64) -> Result<(Tensor, Tensor)> {

@@ -26,8 +26,11 @@ pub fn forward_macs() -> u64 {
 /// A 1x1 stride-1 unpadded convolution multiplies the input unit directly (no im2col).
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
-    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
     FORWARD_MACS.fetch_add((g.units() * c_out * k * p) as u64, Ordering::Relaxed);
+    if super::batched::applies(g) {
+        return super::batched::forward(g, x, w);
+    }
+    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
     for_each_unit(&mut y, g.out_unit_len(), |unit, y_unit, par| {
         let x_unit = g.input_unit(x, unit);
         let w_group = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k);

@@ -11,6 +11,9 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 /// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
 /// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if super::batched::applies(g) {
+        return super::batched::input_grad(g, dy, w);
+    }
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
     let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
     for_each_unit(&mut dx, g.in_unit_len(), |unit, dx_unit, par| {

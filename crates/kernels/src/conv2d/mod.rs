@@ -7,6 +7,7 @@
 //! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
 //! there are too few units to share out).
 
+mod batched;
 mod forward;
 mod geometry;
 mod im2col;
@@ -28,8 +29,9 @@ use candle_core::{DType, Result, Tensor};
 /// `stride`, symmetric zero `padding`, dilation 1, no bias; PyTorch's `F.conv2d` semantics.
 /// Differentiable with respect to both `x` and `w`.
 ///
-/// f32 tensors on the CPU run [`Conv2d`]; other dtypes and devices fall back to candle's own
-/// `Tensor::conv2d` (same values, candle's slower grouped backward).
+/// f32 tensors on the CPU run [`Conv2d`]; so do CUDA tensors in a build with the `cuda`
+/// feature (cuDNN with native groups under `cudnn`, see `cuda/conv.rs`). Other dtypes and
+/// devices fall back to candle's own `Tensor::conv2d` (same values, slower grouped backward).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -42,7 +44,8 @@ pub fn conv2d(
         && w.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32;
-    if cpu_f32 {
+    let ours_on_gpu = cfg!(feature = "cuda") && x.device().is_cuda() && w.device().is_cuda();
+    if cpu_f32 || ours_on_gpu {
         x.apply_op2(
             w,
             Conv2d {

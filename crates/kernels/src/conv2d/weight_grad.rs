@@ -63,6 +63,9 @@ const PARTIALS: usize = 4;
 /// then added in chunk order. gemm splits its work by output tiles, never along the summed
 /// dimension, so the result is bit-identical for any thread count.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if super::batched::applies(g) {
+        return super::batched::weight_grad(g, x, dy);
+    }
     let group_len = g.weight_group_len();
     let dw_len = g.groups * group_len;
     let chunks = PARTIALS.min(g.batch).max(1);
