@@ -35,6 +35,11 @@ stats root *args:
 tb:
     @if command -v tensorboard >/dev/null 2>&1; then tensorboard --logdir results; else echo "TensorBoard is not installed: pip install tensorboard, then: tensorboard --logdir results"; fi
 
+# Whole-model train/eval img/s beside PyTorch (results/bench/train.csv), then the per-layer table.
+bench *args:
+    {{mtanet}} bench {{args}}
+    cargo run --release --quiet -p mtanet-kernels --example bench_layers
+
 # Loader throughput (img/s, 1 and 2 threads) against PIL + torchvision.
 bench-data:
     cargo run --release -p mtanet-affwild2 --example bench_data

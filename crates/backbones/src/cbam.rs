@@ -55,14 +55,13 @@ impl Cbam {
 
     /// Channel gate then spatial gate on `x` (N, C, H, W).
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (n, c, _, _) = x.dims4()?;
         let flat = x.flatten_from(2)?;
         let att = (self.mlp(&flat.mean(D::Minus1)?)? + self.mlp(&flat.max(D::Minus1)?)?)?;
-        let x = x.broadcast_mul(&candle_nn::ops::sigmoid(&att)?.reshape((n, c, 1, 1))?)?;
+        let x = mtanet_kernels::channel_gate(x, &candle_nn::ops::sigmoid(&att)?)?;
         let pooled = Tensor::cat(&[x.max_keepdim(1)?, x.mean_keepdim(1)?], 1)?;
         let logits = self
             .spatial_bn
             .forward_t(&self.spatial_conv.forward(&pooled)?, train)?;
-        x.broadcast_mul(&candle_nn::ops::sigmoid(&logits)?)
+        mtanet_kernels::spatial_gate(&x, &candle_nn::ops::sigmoid(&logits)?)
     }
 }

@@ -40,7 +40,6 @@ impl SqueezeExcite {
 
     /// `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))` for `x` of shape (N, C, H, W).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, _, _) = x.dims4()?;
         let squeezed = x.flatten_from(2)?.mean(D::Minus1)?;
         let hidden = squeezed
             .matmul(&self.reduce_w.t()?)?
@@ -49,7 +48,6 @@ impl SqueezeExcite {
         let gate = hidden
             .matmul(&self.expand_w.t()?)?
             .broadcast_add(&self.expand_b)?;
-        let gate = candle_nn::ops::sigmoid(&gate)?.reshape((n, c, 1, 1))?;
-        x.broadcast_mul(&gate)
+        mtanet_kernels::channel_gate(x, &candle_nn::ops::sigmoid(&gate)?)
     }
 }

@@ -1,12 +1,13 @@
-//! The fused BatchNorm, channel-affine and residual `relu(a + b)` ops against candle's composed
-//! reference (candle-nn's `BatchNorm`, `Tensor::relu`): outputs, running statistics and the
+//! The fused BatchNorm, channel-affine, residual `relu(a + b)` and attention-gate ops against
+//! candle's composed reference (candle-nn's `BatchNorm`, `Tensor::relu`, `broadcast_mul`):
+//! outputs, running statistics and the
 //! autograd gradients of input, weight and bias, over NCHW and NC inputs, batch 1, odd sizes,
 //! a non-contiguous input, and with and without the fused ReLU. (The PyTorch fixtures in
 //! crates/backbones check the same ops inside every backbone, train and eval mode.)
 
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
-use mtanet_kernels::{add_relu, batch_norm_train, channel_affine};
+use mtanet_kernels::{add_relu, batch_norm_train, channel_affine, channel_gate, spatial_gate};
 
 /// Deterministic values in [-1, 1) * scale + offset from a 64-bit LCG.
 fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<Tensor> {
@@ -194,5 +195,53 @@ fn add_relu_matches_add_then_relu() -> Result<()> {
         &pseudo_random(&[3, 2], 2, 1.0, 0.0)?,
     );
     assert!(mismatch.unwrap_err().to_string().contains("shapes"));
+    Ok(())
+}
+
+/// `channel_gate` / `spatial_gate` equal candle's `broadcast_mul` with the gate reshaped,
+/// values and both gradients, over odd sizes and batch 1.
+#[test]
+fn gates_match_broadcast_mul() -> Result<()> {
+    for (i, &(n, c, h, w)) in [(2, 3, 5, 7), (1, 8, 4, 4), (3, 1, 9, 2), (4, 33, 1, 1)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 1000 + 10 * i as u64;
+        let x = Var::from_tensor(&pseudo_random(&[n, c, h, w], seed, 1.0, 0.0)?)?;
+        let r = pseudo_random(&[n, c, h, w], seed + 1, 1.0, 0.0)?;
+        for spatial in [false, true] {
+            let gshape: Vec<usize> = if spatial {
+                vec![n, 1, h, w]
+            } else {
+                vec![n, c]
+            };
+            let g = Var::from_tensor(&pseudo_random(&gshape, seed + 2, 0.5, 0.5)?)?;
+            let (y, y_ref) = if spatial {
+                (
+                    spatial_gate(x.as_tensor(), g.as_tensor())?,
+                    x.as_tensor().broadcast_mul(g.as_tensor())?,
+                )
+            } else {
+                (
+                    channel_gate(x.as_tensor(), g.as_tensor())?,
+                    x.as_tensor()
+                        .broadcast_mul(&g.as_tensor().reshape((n, c, 1, 1))?)?,
+                )
+            };
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            let grads_ref = (&y_ref * &r)?.sum_all()?.backward()?;
+            let what = format!("({n},{c},{h},{w}) spatial {spatial}");
+            assert!(max_rel(&y, &y_ref)? < 1e-6, "{what}: output");
+            for (v, name) in [(&x, "x"), (&g, "gate")] {
+                let err = max_rel(grads.get(v).expect("grad"), grads_ref.get(v).expect("ref"))?;
+                assert!(err < 1e-5, "{what}: grad {name} rel err {err}");
+            }
+        }
+    }
+    let bad = channel_gate(
+        &pseudo_random(&[2, 3, 4, 4], 1, 1.0, 0.0)?,
+        &pseudo_random(&[2, 4], 2, 1.0, 0.0)?,
+    );
+    assert!(bad.unwrap_err().to_string().contains("gate"));
     Ok(())
 }

@@ -1,0 +1,205 @@
+//! Attention gates as fused ops: `x * gate` with a per-(image, channel) gate (squeeze-excite,
+//! CBAM's channel gate) or a per-(image, pixel) gate (CBAM's spatial gate).
+//!
+//! candle's `broadcast_mul` materialises the broadcast gate for its backward and sums the
+//! full-size product back down through strided reductions; here the forward is one pass and
+//! the backward one pass for both gradients.
+
+use crate::conv2d::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Which axis the gate varies along, besides the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Axis {
+    /// `gate` is (N, C): one value per channel map.
+    Channel,
+    /// `gate` is (N, 1, H, W): one value per pixel, shared by the channels.
+    Spatial,
+}
+
+/// `x * gate[n, c]` for `x` (N, C, H, W) and `gate` (N, C); differentiable in both.
+pub fn channel_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    if gate.dims() != [n, c] {
+        bail!(
+            "channel_gate: gate {:?} for input {:?}",
+            gate.dims(),
+            x.dims()
+        )
+    }
+    if fused(x, gate) {
+        x.apply_op2(
+            gate,
+            Gate {
+                axis: Axis::Channel,
+            },
+        )
+    } else {
+        x.broadcast_mul(&gate.reshape((n, c, 1, 1))?)
+    }
+}
+
+/// `x * gate[n, 0, h, w]` for `x` (N, C, H, W) and `gate` (N, 1, H, W); differentiable in both.
+pub fn spatial_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    if gate.dims() != [n, 1, h, w] {
+        bail!(
+            "spatial_gate: gate {:?} for input {:?}",
+            gate.dims(),
+            x.dims()
+        )
+    }
+    if fused(x, gate) {
+        x.apply_op2(
+            gate,
+            Gate {
+                axis: Axis::Spatial,
+            },
+        )
+    } else {
+        x.broadcast_mul(gate)
+    }
+}
+
+fn fused(x: &Tensor, gate: &Tensor) -> bool {
+    [x, gate]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The forward op: (`x`, `gate`) -> `x * gate`.
+#[derive(Clone, Copy, Debug)]
+struct Gate {
+    axis: Axis,
+}
+
+/// `(N, C, pixels)` of an NCHW layout.
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        d => bail!("gate: input must be (N, C, H, W), got {d:?}"),
+    }
+}
+
+impl CustomOp2 for Gate {
+    fn name(&self) -> &'static str {
+        "mtanet-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, p) = dims(xl)?;
+        let x = dense_f32(xs, xl, "input")?;
+        let gate = dense_f32(gs, gl, "gate")?;
+        let mut y = vec![0f32; x.len()];
+        let axis = self.axis;
+        y.par_chunks_mut(p.max(1))
+            .zip(x.par_chunks(p.max(1)))
+            .enumerate()
+            .for_each(|(row, (yr, xr))| match axis {
+                Axis::Channel => {
+                    let s = gate[row];
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = v * s;
+                    }
+                }
+                Axis::Spatial => {
+                    let s = &gate[(row / c) * p..(row / c + 1) * p];
+                    for ((o, &v), &s) in yr.iter_mut().zip(xr).zip(s) {
+                        *o = v * s;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gate: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(gate, grad_y, &GateGrad { axis: self.axis })?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dgate = packed
+            .narrow(0, numel, gate.elem_count())?
+            .reshape(gate.shape())?;
+        Ok((Some(dx), Some(dgate)))
+    }
+}
+
+/// Backward: (`x`, `gate`, `grad_y`) -> flat `dx` (x's size) then `dgate` (gate's size).
+struct GateGrad {
+    axis: Axis,
+}
+
+impl candle_core::CustomOp3 for GateGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-gate-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, p) = dims(xl)?;
+        let x = dense_f32(xs, xl, "input")?;
+        let gate = dense_f32(gs, gl, "gate")?;
+        let dy = dense_f32(ds, dl, "output gradient")?;
+        let numel = x.len();
+        let mut out = vec![0f32; numel + gate.len()];
+        let (dx, dgate) = out.split_at_mut(numel);
+        match self.axis {
+            Axis::Channel => {
+                // One (n, c) map per task: dx = dy * s, dgate = sum(dy * x).
+                dx.par_chunks_mut(p.max(1))
+                    .zip(dgate.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(row, (dr, dg))| {
+                        let r = row * p..(row + 1) * p;
+                        let s = gate[row];
+                        let mut acc = 0f64;
+                        for ((d, &g), &v) in dr.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                            *d = g * s;
+                            acc += (g * v) as f64;
+                        }
+                        *dg = acc as f32;
+                    });
+            }
+            Axis::Spatial => {
+                // One image per task: dx = dy * s, dgate[p] = sum over channels of dy * x.
+                dx.par_chunks_mut((c * p).max(1))
+                    .zip(dgate.par_chunks_mut(p.max(1)))
+                    .enumerate()
+                    .for_each(|(image, (dimg, dg))| {
+                        let s = &gate[image * p..(image + 1) * p];
+                        dg.fill(0.0);
+                        for ch in 0..c {
+                            let r = (image * c + ch) * p..(image * c + ch + 1) * p;
+                            let dr = &mut dimg[ch * p..(ch + 1) * p];
+                            for ((d, &g), &sv) in dr.iter_mut().zip(&dy[r.clone()]).zip(s) {
+                                *d = g * sv;
+                            }
+                            for ((acc, &g), &v) in dg.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                                *acc += g * v;
+                            }
+                        }
+                    });
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(numel + gate.len())))
+    }
+}
