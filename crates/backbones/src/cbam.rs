@@ -58,7 +58,7 @@ impl Cbam {
         let flat = x.flatten_from(2)?;
         let att = (self.mlp(&flat.mean(D::Minus1)?)? + self.mlp(&flat.max(D::Minus1)?)?)?;
         let x = mtanet_kernels::channel_gate(x, &candle_nn::ops::sigmoid(&att)?)?;
-        let pooled = Tensor::cat(&[x.max_keepdim(1)?, x.mean_keepdim(1)?], 1)?;
+        let pooled = mtanet_kernels::channel_max_mean(&x)?;
         let logits = self
             .spatial_bn
             .forward_t(&self.spatial_conv.forward(&pooled)?, train)?;

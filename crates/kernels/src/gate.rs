@@ -203,3 +203,111 @@ impl candle_core::CustomOp3 for GateGrad {
         Ok((CpuStorage::F32(out), Shape::from(numel + gate.len())))
     }
 }
+
+/// CBAM's channel pooling: `cat([max over C, mean over C], dim 1)`, (N, C, H, W) ->
+/// (N, 2, H, W), differentiable. The max's gradient goes to the first maximal channel (as
+/// PyTorch's `torch.max(x, 1)` on CPU); candle's reductions over a non-last axis and the
+/// concatenation are replaced by one pass over the channel rows.
+pub fn channel_max_mean(x: &Tensor) -> Result<Tensor> {
+    if fused(x, x) {
+        x.apply_op1(ChannelMaxMean)
+    } else {
+        Tensor::cat(&[x.max_keepdim(1)?, x.mean_keepdim(1)?], 1)
+    }
+}
+
+/// The op behind [`channel_max_mean`].
+#[derive(Clone, Copy, Debug)]
+struct ChannelMaxMean;
+
+/// Per image: the first argmax channel of each pixel, the max and the mean.
+fn max_mean_image(x: &[f32], c: usize, p: usize, argmax: &mut [u32], out: &mut [f32]) {
+    let (max, mean) = out.split_at_mut(p);
+    max.copy_from_slice(&x[..p]);
+    argmax.fill(0);
+    mean.copy_from_slice(&x[..p]);
+    for ch in 1..c {
+        let row = &x[ch * p..(ch + 1) * p];
+        for (((m, a), s), &v) in max
+            .iter_mut()
+            .zip(argmax.iter_mut())
+            .zip(mean.iter_mut())
+            .zip(row)
+        {
+            if v > *m || v.is_nan() {
+                *m = v;
+                *a = ch as u32;
+            }
+            *s += v;
+        }
+    }
+    let inv = 1.0 / c as f32;
+    for s in mean.iter_mut() {
+        *s *= inv;
+    }
+}
+
+impl candle_core::CustomOp1 for ChannelMaxMean {
+    fn name(&self) -> &'static str {
+        "mtanet-channel-max-mean"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, p) = dims(xl)?;
+        if c == 0 {
+            bail!("channel_max_mean: no channels")
+        }
+        let x = dense_f32(xs, xl, "input")?;
+        let mut out = vec![0f32; n * 2 * p];
+        out.par_chunks_mut((2 * p).max(1))
+            .zip(x.par_chunks((c * p).max(1)))
+            .for_each(|(o, xi)| {
+                let mut argmax = vec![0u32; p];
+                max_mean_image(xi, c, p, &mut argmax, o);
+            });
+        let d = xl.dims();
+        Ok((CpuStorage::F32(out), Shape::from((n, 2, d[2], d[3]))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(grad_y, &ChannelMaxMeanGrad)?))
+    }
+}
+
+/// Backward of [`ChannelMaxMean`]: (`x`, `grad_y`) -> `dx`.
+struct ChannelMaxMeanGrad;
+
+impl CustomOp2 for ChannelMaxMeanGrad {
+    fn name(&self) -> &'static str {
+        "mtanet-channel-max-mean-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, p) = dims(xl)?;
+        let x = dense_f32(xs, xl, "input")?;
+        let g = dense_f32(gs, gl, "output gradient")?;
+        let mut dx = vec![0f32; x.len()];
+        let inv = 1.0 / c as f32;
+        dx.par_chunks_mut((c * p).max(1))
+            .zip(x.par_chunks((c * p).max(1)))
+            .zip(g.par_chunks((2 * p).max(1)))
+            .for_each(|((dxi, xi), gi)| {
+                let mut argmax = vec![0u32; p];
+                let mut scratch = vec![0f32; 2 * p];
+                max_mean_image(xi, c, p, &mut argmax, &mut scratch);
+                let (gmax, gmean) = gi.split_at(p);
+                for (ch, row) in dxi.chunks_exact_mut(p).enumerate() {
+                    for (((d, &a), &gm), &ga) in row.iter_mut().zip(&argmax).zip(gmax).zip(gmean) {
+                        *d = ga * inv + if a as usize == ch { gm } else { 0.0 };
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}

@@ -25,7 +25,7 @@ mod residual;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
-pub use gate::{channel_gate, spatial_gate};
+pub use gate::{channel_gate, channel_max_mean, spatial_gate};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};

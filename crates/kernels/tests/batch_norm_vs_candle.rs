@@ -7,7 +7,9 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
-use mtanet_kernels::{add_relu, batch_norm_train, channel_affine, channel_gate, spatial_gate};
+use mtanet_kernels::{
+    add_relu, batch_norm_train, channel_affine, channel_gate, channel_max_mean, spatial_gate,
+};
 
 /// Deterministic values in [-1, 1) * scale + offset from a 64-bit LCG.
 fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<Tensor> {
@@ -243,5 +245,27 @@ fn gates_match_broadcast_mul() -> Result<()> {
         &pseudo_random(&[2, 4], 2, 1.0, 0.0)?,
     );
     assert!(bad.unwrap_err().to_string().contains("gate"));
+    Ok(())
+}
+
+/// `channel_max_mean` equals `cat([max_keepdim(1), mean_keepdim(1)], 1)`, values and input
+/// gradient (random inputs, so no tied maxima), over odd sizes and one channel.
+#[test]
+fn channel_max_mean_matches_candle() -> Result<()> {
+    for (i, &(n, c, h, w)) in [(2, 5, 3, 4), (1, 1, 6, 6), (3, 17, 2, 5)]
+        .iter()
+        .enumerate()
+    {
+        let x = Var::from_tensor(&pseudo_random(&[n, c, h, w], 2000 + i as u64, 1.0, 0.0)?)?;
+        let r = pseudo_random(&[n, 2, h, w], 2100 + i as u64, 1.0, 0.0)?;
+        let y = channel_max_mean(x.as_tensor())?;
+        let t = x.as_tensor();
+        let y_ref = Tensor::cat(&[t.max_keepdim(1)?, t.mean_keepdim(1)?], 1)?;
+        assert!(max_rel(&y, &y_ref)? < 1e-6, "({n},{c},{h},{w}): output");
+        let g = (&y * &r)?.sum_all()?.backward()?;
+        let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
+        let err = max_rel(g.get(&x).expect("grad"), g_ref.get(&x).expect("ref"))?;
+        assert!(err < 1e-5, "({n},{c},{h},{w}): grad rel err {err}");
+    }
     Ok(())
 }
