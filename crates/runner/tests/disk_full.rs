@@ -18,8 +18,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mtanet_runner::atomic_io::{append_csv_row, read_csv, write_atomic};
-use mtanet_runner::config::{Config, ExperimentFile};
+use mtanet_runner::config::Config;
 use mtanet_runner::train::{self, RunContext};
+
+mod support;
+
+/// The shared tiny run at width/8, one 3-step Adam stage, a checkpoint every step.
+fn tiny_config(results: &Path, synth: &Path) -> Config {
+    support::tiny_config(
+        results,
+        synth,
+        &[
+            "model.width_div=8",
+            "training.stages=[{name: a, optimizer: adam, lr: 0.001, steps: 3, loss: sum}]",
+            "training.checkpoint_every=1",
+            "training.au_pos_weight=false",
+            "eval={batch_size: 8, every_steps: 100}",
+        ],
+    )
+}
 
 /// Set in a child: `<mechanism>\t<small directory>\t<synthetic data directory>`.
 const CHILD_ENV: &str = "MTANET_TEST_DISK_FULL";
@@ -60,43 +77,6 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".tmp."))
         .collect()
-}
-
-fn tiny_config(results: &Path, synth: &Path) -> Config {
-    let yaml = format!(
-        "
-defaults:
-  experiment: tiny
-  seed: 5
-  device: cpu
-  results_dir: {results}
-  data:
-    root: null
-    synthetic: {{dir: {synth}, videos: 6, frames: 16, seed: 3}}
-    batch_size: 8
-    image_size: 48
-    max_train_frames: 40
-    max_val_frames: 24
-  model:
-    backbone: resnext50_32x4d_cbam
-    width_div: 8
-    depths: [1, 1, 1, 1]
-    groups: 2
-    head: {{hidden: 16, dropout: 0.2}}
-  training:
-    stages:
-      - {{name: a, optimizer: adam, lr: 0.001, steps: 3, loss: sum}}
-    checkpoint_every: 1
-    log_every: 1
-  eval: {{batch_size: 8, every_steps: 100}}
-",
-        results = results.display(),
-        synth = synth.display()
-    );
-    ExperimentFile::parse("tiny.yaml", &yaml)
-        .unwrap()
-        .resolve(None, None, &[])
-        .unwrap()
 }
 
 /// The checks, run inside a child whose directory `small` is on a full-able filesystem.

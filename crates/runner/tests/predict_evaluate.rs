@@ -8,11 +8,30 @@ use std::path::{Path, PathBuf};
 
 use mtanet_affwild2::Split;
 use mtanet_metrics::Report;
-use mtanet_runner::config::{Config, ExperimentFile};
+use mtanet_runner::config::Config;
 use mtanet_runner::evaluate::{evaluate, evaluate_dir, EvaluateError, EvaluateOptions};
 use mtanet_runner::predict::{self, PredictOptions, PredictTarget};
 use mtanet_runner::train::{self, RunContext};
 use serde_json::Value;
+
+mod support;
+
+/// The shared tiny run on 12 videos, seed 11, one 3-step Adam stage, eval only at the end.
+fn tiny_config(tmp: &Path) -> Config {
+    support::tiny_config(
+        &tmp.join("results"),
+        &tmp.join("synth"),
+        &[
+            "seed=11",
+            "data.synthetic.videos=12",
+            "data.max_val_frames=null",
+            "training.stages=[{name: a, optimizer: adam, lr: 0.003, steps: 3, loss: sum, weight_decay: 0.001}]",
+            "training.checkpoint_every=10",
+            "training.log_every=10",
+            "eval.every_steps=0",
+        ],
+    )
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/evaluate")
@@ -270,43 +289,6 @@ fn malformed_prediction_files_are_rejected_with_file_and_line() {
         &[&format!("EXPR_Set/{video}.txt"), "missing prediction file"],
     );
     assert!(matches!(e, EvaluateError::MissingPrediction { .. }));
-}
-
-fn tiny_config(tmp: &Path) -> Config {
-    let yaml = format!(
-        "
-defaults:
-  experiment: tiny
-  seed: 11
-  device: cpu
-  results_dir: {results}
-  data:
-    root: null
-    synthetic: {{dir: {synth}, videos: 12, frames: 16, seed: 3}}
-    batch_size: 8
-    image_size: 48
-    max_train_frames: 40
-  model:
-    backbone: resnext50_32x4d_cbam
-    width_div: 16
-    depths: [1, 1, 1, 1]
-    groups: 2
-    head: {{hidden: 16, dropout: 0.2}}
-  training:
-    stages:
-      - {{name: a, optimizer: adam, lr: 0.003, steps: 3, loss: sum, weight_decay: 0.001}}
-    checkpoint_every: 10
-    au_pos_weight: true
-    log_every: 10
-  eval: {{batch_size: 16, every_steps: 0}}
-",
-        results = tmp.join("results").display(),
-        synth = tmp.join("synth").display()
-    );
-    ExperimentFile::parse("tiny.yaml", &yaml)
-        .unwrap()
-        .resolve(None, None, &[])
-        .unwrap()
 }
 
 fn predict_opts(run_dir: &Path, root: &Path, target: PredictTarget, out: &Path) -> PredictOptions {

@@ -7,52 +7,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mtanet_runner::checkpoint;
-use mtanet_runner::config::{Config, ExperimentFile};
+use mtanet_runner::config::Config;
 use mtanet_runner::predict;
 use mtanet_runner::train::{self, RunContext};
 use serde_json::{json, Value};
 
+mod support;
+
+/// The shared tiny run with a shorter second stage, no mid-run checkpoints, eval every 2 steps.
+fn tiny_config(work: &Path) -> Config {
+    support::tiny_config(
+        &work.join("results"),
+        &work.join("synth"),
+        &[
+            "training.stages.1.steps=2",
+            "training.checkpoint_every=100",
+            "eval.every_steps=2",
+        ],
+    )
+}
+
 /// Set in a child: `<train|predict>\t<work directory>\t<output file>`.
 const CHILD_ENV: &str = "MTANET_TEST_THREADS_CHILD";
-
-fn tiny_config(work: &Path) -> Config {
-    let yaml = format!(
-        "
-defaults:
-  experiment: tiny
-  seed: 5
-  device: cpu
-  results_dir: {results}
-  data:
-    root: null
-    synthetic: {{dir: {synth}, videos: 6, frames: 16, seed: 3}}
-    batch_size: 8
-    image_size: 48
-    max_train_frames: 40
-    max_val_frames: 24
-  model:
-    backbone: resnext50_32x4d_cbam
-    width_div: 16
-    depths: [1, 1, 1, 1]
-    groups: 2
-    head: {{hidden: 16, dropout: 0.2}}
-  training:
-    stages:
-      - {{name: a, optimizer: adam, lr: 0.001, steps: 4, loss: sum, weight_decay: 0.001}}
-      - {{name: b, optimizer: sgd, lr: 0.001, steps: 2, loss: uncertainty, weight_decay: 0.005}}
-    checkpoint_every: 100
-    au_pos_weight: true
-    log_every: 1
-  eval: {{batch_size: 16, every_steps: 2}}
-",
-        results = work.join("results").display(),
-        synth = work.join("synth").display()
-    );
-    ExperimentFile::parse("tiny.yaml", &yaml)
-        .unwrap()
-        .resolve(None, None, &[])
-        .unwrap()
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
