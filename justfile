@@ -38,7 +38,7 @@ tb:
 # Whole-model train/eval img/s beside PyTorch (results/bench/train.csv), then the per-layer table.
 bench *args:
     {{mtanet}} bench {{args}}
-    cargo run --release --quiet -p mtanet-kernels --example bench_layers
+    CANDLE_NUM_THREADS=1 cargo run --release --quiet -p mtanet-kernels --example bench_layers
 
 # Loader throughput (img/s, 1 and 2 threads) against PIL + torchvision.
 bench-data:
