@@ -106,17 +106,25 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
     if a.dims() != b.dims() {
         bail!("shape mismatch: {:?} vs {:?}", a.dims(), b.dims())
     }
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-    let diff = (&a - &b)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?;
-    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    let err = if scale == 0.0 { diff } else { diff / scale };
-    // A NaN anywhere must fail the comparison, never pass it.
-    Ok(if err.is_nan() { f32::INFINITY } else { err })
+    let host = |t: &Tensor| -> anyhow::Result<Vec<f32>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let (a, b) = (host(a)?, host(b)?);
+    // On the host, element by element: a NaN anywhere (or inf - inf) must fail the comparison,
+    // and tensor `max` reductions may skip NaNs.
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for (x, y) in a.iter().zip(&b) {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            return Ok(f32::INFINITY);
+        }
+        diff = diff.max(d);
+        scale = scale.max(y.abs());
+    }
+    Ok(if scale == 0.0 { diff } else { diff / scale })
 }
 
 /// Opens `spec` and runs one grouped convolution (forward and both gradients) and one max-pool
