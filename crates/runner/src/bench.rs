@@ -8,6 +8,8 @@
 //! CCC + BCE + CE loss + backward + SGD step (momentum 0.9, weight decay 5e-3); eval is a
 //! forward in eval mode. Throughputs are the best (max) over `steps` timed steps after
 //! `warmup` untimed ones: on a shared machine the fastest step is the least disturbed one.
+//! With `MTANET_BENCH_PHASES=1`, `bench-one` also prints each train step's forward, backward
+//! and optimizer seconds on stderr (how the profile in the README was split).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
