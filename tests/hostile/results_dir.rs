@@ -4,47 +4,15 @@
 
 use std::path::Path;
 
-use mtanet_runner::config::{Config, ExperimentFile};
+use mtanet_runner::config::Config;
 use mtanet_runner::train::{self, RunContext};
 
-/// The tiny configuration of `crates/runner/tests/train_resume.rs`, with `results_dir` given.
+/// The runner tests' tiny configuration (one shared file), with `results_dir` given.
+#[path = "../../crates/runner/tests/support/mod.rs"]
+mod support;
+
 fn tiny_config(tmp: &Path, results: &Path) -> Config {
-    let yaml = format!(
-        "
-defaults:
-  experiment: tiny
-  seed: 5
-  device: cpu
-  results_dir: {results}
-  data:
-    root: null
-    synthetic: {{dir: {synth}, videos: 6, frames: 16, seed: 3}}
-    batch_size: 8
-    image_size: 48
-    max_train_frames: 40
-    max_val_frames: 24
-  model:
-    backbone: resnext50_32x4d_cbam
-    width_div: 16
-    depths: [1, 1, 1, 1]
-    groups: 2
-    head: {{hidden: 16, dropout: 0.2}}
-  training:
-    stages:
-      - {{name: a, optimizer: adam, lr: 0.001, steps: 4, loss: sum, weight_decay: 0.001}}
-      - {{name: b, optimizer: sgd, lr: 0.001, steps: 3, loss: uncertainty, weight_decay: 0.005}}
-    checkpoint_every: 2
-    au_pos_weight: true
-    log_every: 1
-  eval: {{batch_size: 16, every_steps: 3}}
-",
-        results = results.display(),
-        synth = tmp.join("synth").display()
-    );
-    ExperimentFile::parse("tiny.yaml", &yaml)
-        .unwrap()
-        .resolve(None, None, &[])
-        .unwrap()
+    support::tiny_config(results, &tmp.join("synth"), &[])
 }
 
 fn quiet() -> RunContext {

@@ -13,6 +13,7 @@
 //! `scale` and `shift` are folded from the running statistics (differentiable in all three).
 
 use crate::conv2d::storage::dense_f32;
+use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -163,6 +164,33 @@ fn gated_sums(g: &[f32], x: &[f32], y: &[f32], relu: bool, mu: f32) -> (f64, f64
     (t1, t2)
 }
 
+/// Per channel of `x` viewed as (N, C, inner): `(sum g', sum g' * (x - mu) * scale)` with
+/// `(mu, scale) = centre(channel)`, each (image, channel) row through [`gated_sums`] and the
+/// rows added in image order (parallel over channels only, so thread-count independent).
+fn channel_gated_sums(
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    relu: bool,
+    centre: impl Fn(usize) -> (f32, f32) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mu, scale) = centre(ch);
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
+                let (rg, rgx) = gated_sums(&g[r.clone()], &x[r.clone()], &y[r], relu, mu);
+                sg += rg;
+                sgx += rgx * scale as f64;
+            }
+            (sg, sgx)
+        })
+        .unzip()
+}
+
 /// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
 /// then centred squares, so a large mean does not cancel the variance).
 fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
@@ -277,10 +305,8 @@ impl CustomOp3 for BatchNormTrain {
             relu: self.relu,
         };
         let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
-        let numel = x.elem_count();
-        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, numel, c)?;
-        let db = packed.narrow(0, numel + c, c)?;
+        let per_channel = Shape::from(c);
+        let [dx, dw, db] = unpack(&packed, [x.shape(), &per_channel, &per_channel])?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -315,20 +341,9 @@ impl CustomOp3 for BatchNormTrainGrad {
         let numel = x.len();
         let relu = self.relu;
         // Per channel: sum g' and sum g' * xhat.
-        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                let (mu, is) = (self.mean[ch], self.inv_std[ch]);
-                for i in 0..n {
-                    let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
-                    let (rg, rgx) = gated_sums(&g[r.clone()], &x[r.clone()], &y[r], relu, mu);
-                    sg += rg;
-                    sgx += rgx * is as f64;
-                }
-                (sg, sgx)
-            })
-            .unzip();
+        let (sum_g, sum_gx) = channel_gated_sums(&g, &x, &y, (n, c, inner), relu, |ch| {
+            (self.mean[ch], self.inv_std[ch])
+        });
         let m = (n * inner) as f64;
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
@@ -414,10 +429,8 @@ impl CustomOp3 for ChannelAffine {
                 relu: self.relu,
             },
         )?;
-        let numel = x.elem_count();
-        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let ds = packed.narrow(0, numel, c)?;
-        let db = packed.narrow(0, numel + c, c)?;
+        let per_channel = Shape::from(c);
+        let [dx, ds, db] = unpack(&packed, [x.shape(), &per_channel, &per_channel])?;
         Ok((Some(dx), Some(ds), Some(db)))
     }
 }
@@ -447,25 +460,8 @@ impl CustomOp3 for ChannelAffineGrad {
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
         let relu = self.relu;
-        let gate = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { g[i] };
-        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for i in 0..n {
-                    let base = (i * c + ch) * inner;
-                    let (mut rg, mut rgx) = (0f32, 0f32);
-                    for j in base..base + inner {
-                        let gv = gate(j);
-                        rg += gv;
-                        rgx += gv * x[j];
-                    }
-                    sg += rg as f64;
-                    sgx += rgx as f64;
-                }
-                (sg, sgx)
-            })
-            .unzip();
+        // Per channel: sum g' and sum g' * x.
+        let (sum_g, sum_gx) = channel_gated_sums(&g, &x, &y, (n, c, inner), relu, |_| (0.0, 1.0));
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
@@ -473,9 +469,9 @@ impl CustomOp3 for ChannelAffineGrad {
             .enumerate()
             .for_each(|(row, dr)| {
                 let a = self.scale[row % c];
-                let base = row * inner;
-                for (j, d) in dr.iter_mut().enumerate() {
-                    *d = a * gate(base + j);
+                let r = row * inner..(row + 1) * inner;
+                for ((d, &gv), &yv) in dr.iter_mut().zip(&g[r.clone()]).zip(&y[r]) {
+                    *d = if relu && yv <= 0.0 { 0.0 } else { a * gv };
                 }
             });
         for ch in 0..c {

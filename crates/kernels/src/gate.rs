@@ -6,6 +6,7 @@
 //! the backward one pass for both gradients.
 
 use crate::conv2d::storage::dense_f32;
+use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -127,11 +128,7 @@ impl CustomOp2 for Gate {
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let packed = x.apply_op3_no_bwd(gate, grad_y, &GateGrad { axis: self.axis })?;
-        let numel = x.elem_count();
-        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let dgate = packed
-            .narrow(0, numel, gate.elem_count())?
-            .reshape(gate.shape())?;
+        let [dx, dgate] = unpack(&packed, [x.shape(), gate.shape()])?;
         Ok((Some(dx), Some(dgate)))
     }
 }

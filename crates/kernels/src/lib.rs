@@ -20,6 +20,7 @@ pub mod cuda;
 mod gate;
 mod max_pool2d;
 mod optimizer_step;
+mod packed_grads;
 mod pool_geometry;
 mod residual;
 

@@ -45,14 +45,7 @@ impl CustomOp2 for AddRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let a = dense_f32(s1, l1, "lhs")?;
         let b = dense_f32(s2, l2, "rhs")?;
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
-                    *o = (p + q).max(0.0);
-                }
-            });
+        let y = map2(&a, &b, |p, q| (p + q).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -85,14 +78,20 @@ impl CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let y = dense_f32(s1, l1, "output")?;
         let g = dense_f32(s2, l2, "output gradient")?;
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (y, g))| {
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        let out = map2(&y, &g, |y, g| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+}
+
+/// `f(a[i], b[i])` for equal-length slices, in parallel chunks.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &p), &q) in o.iter_mut().zip(a).zip(b) {
+                *o = f(p, q);
+            }
+        });
+    out
 }

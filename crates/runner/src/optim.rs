@@ -114,57 +114,92 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let params = self.params.clone();
-        for p in &params {
-            let Some(g) = grads.get(&p.var) else { continue };
-            let w = p.var.as_tensor();
-            if mtanet_kernels::fused_update_applies(w, &[g]) {
-                fused_step(self, p, g, scale, t)?;
-                continue;
+        // The list is moved out while the updates borrow `self` mutably, and always put back.
+        let params = std::mem::take(&mut self.params);
+        let result = params.iter().try_for_each(|p| match grads.get(&p.var) {
+            Some(g) => self.update(p, g, scale, t),
+            None => Ok(()),
+        });
+        self.params = params;
+        result
+    }
+
+    /// One parameter's update: in place on CPU f32, else with tensor ops (same rule).
+    fn update(&mut self, p: &Param, g: &Tensor, scale: f64, t: i32) -> Result<()> {
+        let w = p.var.as_tensor();
+        if mtanet_kernels::fused_update_applies(w, &[g]) {
+            return self.fused_step(p, g, scale, t);
+        }
+        let mut g = if scale != 1.0 {
+            (g * scale)?
+        } else {
+            g.clone()
+        };
+        if p.decay && self.weight_decay != 0.0 {
+            g = (g + (w * self.weight_decay)?)?;
+        }
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let d = if self.momentum != 0.0 {
+                    let buf = match self.m.get(&p.name) {
+                        Some(b) => ((b * self.momentum)? + &g)?,
+                        None => g.clone(),
+                    };
+                    self.m.insert(p.name.clone(), buf.clone());
+                    buf
+                } else {
+                    g
+                };
+                p.var.set(&(w - (d * self.lr)?)?)?;
             }
-            let mut g = if scale != 1.0 {
-                (g * scale)?
-            } else {
-                g.clone()
-            };
-            if p.decay && self.weight_decay != 0.0 {
-                g = (g + (w * self.weight_decay)?)?;
-            }
-            match self.kind {
-                OptimizerKind::Sgd => {
-                    let d = if self.momentum != 0.0 {
-                        let buf = match self.m.get(&p.name) {
-                            Some(b) => ((b * self.momentum)? + &g)?,
-                            None => g.clone(),
-                        };
-                        self.m.insert(p.name.clone(), buf.clone());
-                        buf
-                    } else {
-                        g
-                    };
-                    p.var.set(&(w - (d * self.lr)?)?)?;
-                }
-                OptimizerKind::Adam => {
-                    let [b1, b2] = self.betas;
-                    let m = match self.m.get(&p.name) {
-                        Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
-                        None => (&g * (1.0 - b1))?,
-                    };
-                    let v = match self.v.get(&p.name) {
-                        Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
-                        None => (g.sqr()? * (1.0 - b2))?,
-                    };
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
-                    let update = ((&m / denom)? * (self.lr / bc1))?;
-                    p.var.set(&(w - update)?)?;
-                    self.m.insert(p.name.clone(), m);
-                    self.v.insert(p.name.clone(), v);
-                }
+            OptimizerKind::Adam => {
+                let [b1, b2] = self.betas;
+                let m = match self.m.get(&p.name) {
+                    Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+                    None => (&g * (1.0 - b1))?,
+                };
+                let v = match self.v.get(&p.name) {
+                    Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                    None => (g.sqr()? * (1.0 - b2))?,
+                };
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
+                let update = ((&m / denom)? * (self.lr / bc1))?;
+                p.var.set(&(w - update)?)?;
+                self.m.insert(p.name.clone(), m);
+                self.v.insert(p.name.clone(), v);
             }
         }
         Ok(())
+    }
+
+    /// One parameter's update on CPU f32, in place (`mtanet_kernels::optimizer_step`): the same
+    /// rule as the tensor-op path, without its full-size temporaries.
+    fn fused_step(&mut self, p: &Param, g: &Tensor, scale: f64, t: i32) -> Result<()> {
+        let w = p.var.as_tensor();
+        let decay = if p.decay { self.weight_decay } else { 0.0 };
+        let zeros = || w.zeros_like();
+        match self.kind {
+            OptimizerKind::Sgd => {
+                if !self.m.contains_key(&p.name) {
+                    self.m.insert(p.name.clone(), zeros()?);
+                }
+                let buf = &self.m[&p.name];
+                mtanet_kernels::sgd_momentum_step(w, buf, g, self.lr, self.momentum, decay, scale)
+            }
+            OptimizerKind::Adam => {
+                for state in [&mut self.m, &mut self.v] {
+                    if !state.contains_key(&p.name) {
+                        state.insert(p.name.clone(), zeros()?);
+                    }
+                }
+                let (m, v) = (&self.m[&p.name], &self.v[&p.name]);
+                mtanet_kernels::adam_step(
+                    w, m, v, g, self.lr, self.betas, self.eps, decay, scale, t,
+                )
+            }
+        }
     }
 
     /// The state as named tensors (`m.<param>`, `v.<param>`) and the step count.
@@ -190,32 +225,6 @@ impl Optimizer {
             } else if let Some(n) = k.strip_prefix("v.") {
                 self.v.insert(n.to_string(), t.clone());
             }
-        }
-    }
-}
-
-/// One parameter's update on CPU f32, in place (`mtanet_kernels::optimizer_step`): the same
-/// rule as the tensor-op path, without its full-size temporaries.
-fn fused_step(opt: &mut Optimizer, p: &Param, g: &Tensor, scale: f64, t: i32) -> Result<()> {
-    let w = p.var.as_tensor();
-    let decay = if p.decay { opt.weight_decay } else { 0.0 };
-    let zeros = || w.zeros_like();
-    match opt.kind {
-        OptimizerKind::Sgd => {
-            if !opt.m.contains_key(&p.name) {
-                opt.m.insert(p.name.clone(), zeros()?);
-            }
-            let buf = &opt.m[&p.name];
-            mtanet_kernels::sgd_momentum_step(w, buf, g, opt.lr, opt.momentum, decay, scale)
-        }
-        OptimizerKind::Adam => {
-            for state in [&mut opt.m, &mut opt.v] {
-                if !state.contains_key(&p.name) {
-                    state.insert(p.name.clone(), zeros()?);
-                }
-            }
-            let (m, v) = (&opt.m[&p.name], &opt.v[&p.name]);
-            mtanet_kernels::adam_step(w, m, v, g, opt.lr, opt.betas, opt.eps, decay, scale, t)
         }
     }
 }
