@@ -3,9 +3,11 @@
 # python3, and neither Rust nor network. Runs the stripped binary built here by
 # scripts/build-cuda.sh (dist/mtanet-cuda) and, in one go:
 #   1. CPU-vs-CUDA conformance of every op and every backbone, forward and gradients, batch >= 2,
-#      also against the PyTorch fixtures (tests/fixtures/backbones);
-#   2. train-step and eval img/s of every full-size backbone at 112x112, batch 64 and 256,
-#      beside PyTorch eager and torch.compile in the same call, with ratios;
+#      also against the PyTorch fixtures (tests/fixtures/backbones); plus every backbone in
+#      bf16 on CUDA against f32 (bf16 tolerances);
+#   2. train-step and eval img/s of every full-size backbone at 112x112, batch 64 and 256, f32
+#      and bf16, beside PyTorch eager and torch.compile (autocast for bf16) in the same call,
+#      with ratios and the fraction of the measured matmul peak;
 #   3. writes conformance.csv, bench_rust.csv, bench_torch.csv, gpu.json, table.csv, table.md
 #      and the log to $OUT (default results/gpu-check).
 # Exits 2 with one line "gpu-check: ..." when there is no usable GPU; 1 when a conformance
@@ -13,7 +15,8 @@
 #
 #   OUT=/some/dir scripts/gpu-check.sh
 #
-# Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES (64,256), SIZE (112),
+# Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES (64,256),
+# PRECISIONS (f32,bf16), SIZE (112),
 # STEPS (10), WARMUP (3), BACKBONES (all five), NO_COMPILE=1 (skip torch.compile), TF32=1 (both
 # frameworks), SKIP_BENCH=1, SKIP_CONFORMANCE=1.
 # GPU_CHECK_CPU=1 runs the whole pipeline on the CPU with tiny sizes (the test on a machine
@@ -76,7 +79,7 @@ else
         || fail "the binary cannot use CUDA: $(echo "$probe" | grep -v -E '^\s+[0-9]+: |^\s+at |^\s*$' | tr -s ' \n' ' ')"
     echo "$probe"
 fi
-: "${BATCHES:=64,256}" "${SIZE:=112}" "${STEPS:=10}" "${WARMUP:=3}"
+: "${BATCHES:=64,256}" "${PRECISIONS:=f32,bf16}" "${SIZE:=112}" "${STEPS:=10}" "${WARMUP:=3}"
 : "${BACKBONES:=resnet50,resnext50_32x4d,resnext50_32x4d_cbam,seresnet50,senet50_vggface2}"
 
 log="$OUT/gpu-check.log"
@@ -86,8 +89,8 @@ log="$OUT/gpu-check.log"
 } | tee "$log"
 
 rust_args=(gpu-check --device "$device" --reference cpu --fixtures tests/fixtures/backbones
-    --out "$OUT" --backbones "$BACKBONES" --batches "$BATCHES" --size "$SIZE" --steps "$STEPS"
-    --warmup "$WARMUP")
+    --out "$OUT" --backbones "$BACKBONES" --batches "$BATCHES" --precisions "$PRECISIONS"
+    --size "$SIZE" --steps "$STEPS" --warmup "$WARMUP")
 [ "${SKIP_BENCH:-0}" = 1 ] && rust_args+=(--no-bench)
 [ "${SKIP_CONFORMANCE:-0}" = 1 ] && rust_args+=(--no-conformance)
 [ "${TF32:-0}" = 1 ] && rust_args+=(--tf32)
@@ -96,7 +99,8 @@ rust_rc=${PIPESTATUS[0]}
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
     torch_args=(bench --device "$torch_device" --out "$OUT" --backbones "$BACKBONES"
-        --batches "$BATCHES" --size "$SIZE" --steps "$STEPS" --warmup "$WARMUP")
+        --batches "$BATCHES" --precisions "$PRECISIONS" --size "$SIZE" --steps "$STEPS"
+        --warmup "$WARMUP")
     [ "${NO_COMPILE:-0}" = 1 ] || [ "$cpu_mode" = 1 ] || torch_args+=(--compile)
     [ "${TF32:-0}" = 1 ] && torch_args+=(--tf32)
     "$PYTHON" scripts/gpu_check_torch.py "${torch_args[@]}" 2>&1 | tee -a "$log"

@@ -10,8 +10,12 @@ the table that joins them with the Rust numbers.
         -> DIR/table.csv, DIR/table.md from bench_rust.csv, bench_torch.csv, conformance.csv
 
 Timing: median per-step seconds over --steps after --warmup, with torch.cuda.synchronize()
-after every step (both sides do the same). f32 by default with TF32 off for convolutions and
-matmuls (exact f32, as mtanet-rs runs); --tf32 turns it on for both frameworks.
+after every step (both sides do the same). f32 with TF32 off for convolutions and matmuls
+(exact f32, as mtanet-rs runs); --tf32 turns it on for both frameworks. bf16 runs the forward
+and the losses under torch.autocast(dtype=torch.bfloat16) with f32 parameters, the counterpart
+of mtanet's `precision: bf16`. Achieved TFLOP/s of a train step are counted as 3x the forward
+FLOPs (torch.utils.flop_counter; backward ~ 2x forward) and reported as a fraction of the
+measured matmul peak of the same precision.
 `--device cpu --size 32 --batches 2 --steps 1` is the plumbing test on a machine without a GPU.
 """
 import argparse
@@ -45,7 +49,7 @@ def median_s(device, steps, warmup, fn):
     return statistics.median(times)
 
 
-def bench_point(name, batch, size, steps, warmup, device, compiled):
+def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f32"):
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, HERE)
@@ -59,24 +63,43 @@ def bench_point(name, batch, size, steps, warmup, device, compiled):
     au = (torch.rand(batch, n_au, device=device) >= 0.5).float()
     expr = torch.arange(batch, device=device) % n_expr
     model = torch.compile(net) if compiled else net
+    dtype = {"f32": None, "bf16": torch.bfloat16}[precision]
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def autocast():
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
     def train_step():
         net.train()
         opt.zero_grad(set_to_none=True)
-        v, a, e = model(x)
-        loss = (bench_torch.ccc_loss(v, va) + F.binary_cross_entropy_with_logits(a, au)
-                + F.cross_entropy(e, expr))
+        with autocast():
+            v, a, e = model(x)
+            loss = (bench_torch.ccc_loss(v.float(), va)
+                    + F.binary_cross_entropy_with_logits(a.float(), au)
+                    + F.cross_entropy(e.float(), expr))
         loss.backward()
         opt.step()
 
     def eval_step():
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(x)[2].sum().item()
 
     train_s = median_s(device, steps, warmup, train_step)
     eval_s = median_s(device, steps, warmup, eval_step)
     return batch / train_s, batch / eval_s
+
+
+def forward_gflop_per_img(name, size):
+    """Forward GFLOP of one size x size image through the MTANet on `name`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    sys.path.insert(0, HERE)
+    import bench_torch
+    net = bench_torch.build_mtanet(name).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
 
 
 def matmul_peak(device):
@@ -118,34 +141,35 @@ def cmd_bench(args):
     path = os.path.join(args.out, "bench_torch.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["framework", "mode", "device", "backbone", "batch", "size", "train_img_s",
-                    "eval_img_s", "error"])
+        w.writerow(["framework", "mode", "device", "backbone", "batch", "precision", "size",
+                    "fwd_gflop_per_img", "train_img_s", "eval_img_s", "error"])
         compile_broken = None
         for name in args.backbones.split(","):
-            for batch in [int(b) for b in args.batches.split(",")]:
-                for mode in modes:
-                    if mode == "compile" and compile_broken:
-                        w.writerow(["pytorch", mode, args.device, name, batch, args.size, "", "",
-                                    f"skipped: {compile_broken}"])
-                        continue
-                    t = time.time()
-                    try:
-                        tr, ev = bench_point(name, batch, args.size, args.steps, args.warmup,
-                                             args.device, mode == "compile")
-                        row = [f"{tr:.2f}", f"{ev:.2f}", ""]
-                    except Exception as e:  # noqa: BLE001 -- recorded in the table, run goes on
-                        msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                        row = ["", "", msg]
-                        if mode == "compile":
-                            compile_broken = msg
-                    finally:
-                        if args.device.startswith("cuda"):
-                            torch.cuda.empty_cache()
-                    w.writerow(["pytorch", mode, args.device, name, batch, args.size] + row)
-                    f.flush()
-                    print(f"gpu_check_torch: {mode} {name} batch {batch}: train {row[0] or '-'} "
-                          f"img/s, eval {row[1] or '-'} img/s {row[2]} ({time.time() - t:.0f} s)",
-                          flush=True)
+            gflop = f"{forward_gflop_per_img(name, args.size):.4f}"
+            for batch, precision, mode in [(int(b), p, m) for b in args.batches.split(",")
+                                           for p in args.precisions.split(",") for m in modes]:
+                head = ["pytorch", mode, args.device, name, batch, precision, args.size, gflop]
+                if mode == "compile" and compile_broken:
+                    w.writerow(head + ["", "", f"skipped: {compile_broken}"])
+                    continue
+                t = time.time()
+                try:
+                    tr, ev = bench_point(name, batch, args.size, args.steps, args.warmup,
+                                         args.device, mode == "compile", precision)
+                    row = [f"{tr:.2f}", f"{ev:.2f}", ""]
+                except Exception as e:  # noqa: BLE001 -- recorded in the table, run goes on
+                    msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                    row = ["", "", msg]
+                    if mode == "compile":
+                        compile_broken = msg
+                finally:
+                    if args.device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                w.writerow(head + row)
+                f.flush()
+                print(f"gpu_check_torch: {mode} {name} batch {batch} {precision}: train {row[0] or '-'} "
+                      f"img/s, eval {row[1] or '-'} img/s {row[2]} ({time.time() - t:.0f} s)",
+                      flush=True)
     return 0
 
 
@@ -171,20 +195,38 @@ def cmd_table(args):
     if os.path.exists(os.path.join(args.out, "gpu.json")):
         with open(os.path.join(args.out, "gpu.json")) as f:
             info = json.load(f)
-    key = lambda r: (r["backbone"], r["batch"])  # noqa: E731
+    key = lambda r: (r["backbone"], r["batch"], r.get("precision", "f32"))  # noqa: E731
     eager = {key(r): r for r in torch_rows if r["mode"] == "eager"}
     comp = {key(r): r for r in torch_rows if r["mode"] == "compile"}
-    header = ["backbone", "batch", "size", "rs_train_img_s", "torch_train_img_s",
+    header = ["backbone", "batch", "precision", "size", "rs_train_img_s", "torch_train_img_s",
               "compile_train_img_s", "train_ratio_vs_eager", "train_ratio_vs_compile",
+              "rs_train_tflops", "rs_fraction_of_matmul_peak", "torch_fraction_of_matmul_peak",
               "rs_eval_img_s", "torch_eval_img_s", "compile_eval_img_s", "eval_ratio_vs_eager",
               "errors"]
+
+    def tflops(img_s, gflop):
+        try:
+            return 3 * float(gflop) * float(img_s) / 1e3
+        except (TypeError, ValueError):
+            return None
+
+    def fraction(value, precision):
+        peak = info.get(f"matmul_tflops_{precision}")
+        return f"{value / peak:.3f}" if value is not None and peak else ""
+
     table = []
     for r in rust:
         e, c = eager.get(key(r), {}), comp.get(key(r), {})
+        precision = r.get("precision", "f32")
         errs = "; ".join(x for x in [r.get("error", ""), e.get("error", ""), c.get("error", "")] if x)
-        table.append([r["backbone"], r["batch"], r["size"], r["train_img_s"], e.get("train_img_s", ""),
-                      c.get("train_img_s", ""), ratio(r["train_img_s"], e.get("train_img_s")),
-                      ratio(r["train_img_s"], c.get("train_img_s")), r["eval_img_s"],
+        rs_tf = tflops(r["train_img_s"], e.get("fwd_gflop_per_img"))
+        torch_tf = tflops(e.get("train_img_s"), e.get("fwd_gflop_per_img"))
+        table.append([r["backbone"], r["batch"], precision, r["size"], r["train_img_s"],
+                      e.get("train_img_s", ""), c.get("train_img_s", ""),
+                      ratio(r["train_img_s"], e.get("train_img_s")),
+                      ratio(r["train_img_s"], c.get("train_img_s")),
+                      "" if rs_tf is None else f"{rs_tf:.2f}", fraction(rs_tf, precision),
+                      fraction(torch_tf, precision), r["eval_img_s"],
                       e.get("eval_img_s", ""), c.get("eval_img_s", ""),
                       ratio(r["eval_img_s"], e.get("eval_img_s")), errs])
     with open(os.path.join(args.out, "table.csv"), "w", newline="") as f:
@@ -222,6 +264,7 @@ def main():
     b.add_argument("--out", required=True)
     b.add_argument("--backbones", default=",".join(BACKBONES))
     b.add_argument("--batches", default="64,256")
+    b.add_argument("--precisions", default="f32,bf16")
     b.add_argument("--size", type=int, default=112)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)

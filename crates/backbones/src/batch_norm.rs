@@ -64,6 +64,11 @@ impl BatchNorm {
     }
 
     fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            // Mixed precision: normalise in the parameters' dtype, hand back x's.
+            let y = self.forward_act(&x.to_dtype(self.weight.dtype())?, train, relu)?;
+            return y.to_dtype(x.dtype());
+        }
         if !self.fused(x) {
             let y = self.composed.forward_t(x, train)?;
             return if relu { y.relu() } else { Ok(y) };

@@ -55,13 +55,18 @@ impl Cbam {
 
     /// Channel gate then spatial gate on `x` (N, C, H, W).
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let flat = x.flatten_from(2)?;
+        // Pooling, the MLP, the 7x7 gate conv and its BN run in the parameters' dtype (f32
+        // under bf16 compute); the gates are applied in x's dtype.
+        let param = self.mlp_in.weight().dtype();
+        let flat = x.flatten_from(2)?.to_dtype(param)?;
         let att = (self.mlp(&flat.mean(D::Minus1)?)? + self.mlp(&flat.max(D::Minus1)?)?)?;
-        let x = mtanet_kernels::channel_gate(x, &candle_nn::ops::sigmoid(&att)?)?;
-        let pooled = mtanet_kernels::channel_max_mean(&x)?;
+        let gate = candle_nn::ops::sigmoid(&att)?.to_dtype(x.dtype())?;
+        let x = mtanet_kernels::channel_gate(x, &gate)?;
+        let pooled = mtanet_kernels::channel_max_mean(&x.to_dtype(param)?)?;
         let logits = self
             .spatial_bn
             .forward_t(&self.spatial_conv.forward(&pooled)?, train)?;
-        mtanet_kernels::spatial_gate(&x, &candle_nn::ops::sigmoid(&logits)?)
+        let gate = candle_nn::ops::sigmoid(&logits)?.to_dtype(x.dtype())?;
+        mtanet_kernels::spatial_gate(&x, &gate)
     }
 }

@@ -54,10 +54,12 @@ pub(crate) struct Conv2d {
 }
 
 impl Module for Conv2d {
+    /// Runs in `x`'s dtype: the weight is cast at use (f32 master weight under bf16, see
+    /// `precision.rs`; a no-op when the dtypes agree).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         mtanet_kernels::conv2d(
             x,
-            &self.weight,
+            &self.weight.to_dtype(x.dtype())?,
             self.spec.stride,
             self.spec.padding,
             self.spec.groups,

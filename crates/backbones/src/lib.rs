@@ -13,6 +13,7 @@ mod hub;
 mod init_rules;
 mod kind;
 mod mtanet;
+mod precision;
 mod resnet;
 mod seeded_dropout;
 mod squeeze_excite;
@@ -27,6 +28,7 @@ pub use config::{Attention, ConfigError, InputNormalization, ResNetConfig, StemP
 pub use hub::{hub_cache_dir, resolve_pretrained, HUB_FILENAME};
 pub use kind::{BackboneKind, UnknownBackbone};
 pub use mtanet::{MtaNet, MtaNetConfig, MtaNetOutput, VaActivation};
+pub use precision::Precision;
 pub use resnet::ResNet;
 pub use summary::{parameter_count, parameters, summary, ParameterInfo};
 pub use weights::{load_pretrained, LoadReport, WeightsError};

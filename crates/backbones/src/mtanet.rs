@@ -10,9 +10,10 @@
 
 use crate::config::ResNetConfig;
 use crate::conv_bn::linear;
+use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::seeded_dropout::SeededDropout;
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, Module, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +132,9 @@ pub struct MtaNet {
     cfg: MtaNetConfig,
     backbone: ResNet,
     head: MtaNetHead,
+    /// The dtype the parameters were created in (f32 in every run).
+    param_dtype: DType,
+    precision: Precision,
 }
 
 impl MtaNet {
@@ -151,7 +155,21 @@ impl MtaNet {
             cfg: cfg.clone(),
             backbone: ResNet::new(&cfg.backbone, vb.pp("backbone"))?,
             head: MtaNetHead::new(cfg, vb.pp("head"))?,
+            param_dtype: vb.dtype(),
+            precision: Precision::F32,
         })
+    }
+
+    /// The same model computing its backbone in `precision` (see [`Precision`]); the
+    /// parameters are untouched and outputs stay in the parameters' dtype.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision the backbone computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The configuration this model was built from.
@@ -170,9 +188,17 @@ impl MtaNet {
         &self.backbone
     }
 
-    /// Backbone feature map `(N, C, h, w)` and the shared features `(N, 2 * hidden)`.
+    /// Backbone feature map `(N, C, h, w)` and the shared features `(N, 2 * hidden)`, both
+    /// in the parameters' dtype whatever the [`Precision`].
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let fmap = self.backbone.forward_t(x, train)?;
+        let x = match self.precision.compute_dtype() {
+            Some(dtype) => x.to_dtype(dtype)?,
+            None => x.clone(),
+        };
+        let fmap = self
+            .backbone
+            .forward_t(&x, train)?
+            .to_dtype(self.param_dtype)?;
         let features = self.head.encode(&fmap, train)?;
         Ok((fmap, features))
     }
@@ -197,6 +223,11 @@ mod tests {
     use candle_nn::VarMap;
 
     fn tiny() -> Result<(MtaNet, Tensor)> {
+        let (model, x, _) = tiny_with_vars()?;
+        Ok((model, x))
+    }
+
+    fn tiny_with_vars() -> Result<(MtaNet, Tensor, VarMap)> {
         let backbone =
             ResNetConfig::from_kind(&BackboneKind::Resnet50).scaled(16, Some([1, 1, 1, 1]), None);
         let cfg = MtaNetConfig {
@@ -209,7 +240,7 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )?;
         let x = Tensor::randn(0f32, 1f32, (2, 3, 48, 48), &Device::Cpu)?;
-        Ok((model, x))
+        Ok((model, x, varmap))
     }
 
     fn diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -231,6 +262,39 @@ mod tests {
         let e1 = model.forward_t(&x, false)?;
         let e2 = model.forward_t(&x, false)?;
         assert_eq!(diff(&e1.expr_logits, &e2.expr_logits)?, 0.0);
+        Ok(())
+    }
+
+    /// bf16 compute: outputs and gradients stay f32, close to the f32 model's, not equal.
+    #[test]
+    fn bf16_precision_keeps_f32_parameters_outputs_and_gradients() -> Result<()> {
+        let (model, x, varmap) = tiny_with_vars()?;
+        let f32_out = model.forward_t(&x, false)?;
+        let bf16 = model.clone().with_precision(Precision::Bf16);
+        assert_eq!(bf16.precision(), Precision::Bf16);
+        let out = bf16.forward_t(&x, false)?;
+        for (a, b) in [
+            (&out.va, &f32_out.va),
+            (&out.au_logits, &f32_out.au_logits),
+            (&out.expr_logits, &f32_out.expr_logits),
+        ] {
+            assert_eq!(a.dtype(), DType::F32);
+            let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let err = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale;
+            // bf16 keeps 8 significant bits; a few rounded layers stay within a few percent.
+            assert!(err > 0.0 && err < 5e-2, "relative error {err}");
+        }
+        let train = bf16.forward_t(&x, true)?;
+        let loss = (train.au_logits.sqr()?.sum_all()? + train.va.sum_all()?)?;
+        let grads = loss.backward()?;
+        for (name, var) in varmap.data().lock().expect("varmap").iter() {
+            assert_eq!(var.dtype(), DType::F32, "{name}");
+            if name.ends_with("conv1.weight") || name.starts_with("head.au.") {
+                let g = grads.get(var.as_tensor()).expect("gradient");
+                assert_eq!(g.dtype(), DType::F32, "{name}");
+                assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0, "{name}");
+            }
+        }
         Ok(())
     }
 

@@ -40,7 +40,11 @@ impl SqueezeExcite {
 
     /// `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))` for `x` of shape (N, C, H, W).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let squeezed = x.flatten_from(2)?.mean(D::Minus1)?;
+        // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
+        let squeezed = x
+            .flatten_from(2)?
+            .to_dtype(self.reduce_w.dtype())?
+            .mean(D::Minus1)?;
         let hidden = squeezed
             .matmul(&self.reduce_w.t()?)?
             .broadcast_add(&self.reduce_b)?
@@ -48,6 +52,7 @@ impl SqueezeExcite {
         let gate = hidden
             .matmul(&self.expand_w.t()?)?
             .broadcast_add(&self.expand_b)?;
-        mtanet_kernels::channel_gate(x, &candle_nn::ops::sigmoid(&gate)?)
+        let gate = candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())?;
+        mtanet_kernels::channel_gate(x, &gate)
     }
 }

@@ -16,7 +16,8 @@ use rayon::prelude::*;
 /// (padded cells never win), optionally in PyTorch's ceil mode. Differentiable.
 ///
 /// On CPU this runs [`MaxPool2d`], whose gradient goes to the first maximum of each window
-/// exactly as in PyTorch; on CUDA (a `cuda` build) our NVRTC kernels do the same. On other
+/// exactly as in PyTorch; on CUDA (a `cuda` build) our NVRTC kernels do the same. bf16 and
+/// f16 inputs are pooled in f32 and cast back (exact). On other
 /// devices it is composed from candle tensor ops (pad with
 /// `-inf`, strided window views, `maximum`): the forward value is identical, but a gradient
 /// is split evenly between tied maxima instead of going to the first one.
@@ -37,7 +38,13 @@ pub fn max_pool2d(
     op.geometry(x.dims())?;
     match x.dtype() {
         DType::F32 | DType::F64 => {}
-        dt => bail!("max_pool2d: only f32 and f64 are supported, got {dt:?}"),
+        // Half precision pools in f32: exact (a max is one of its inputs, and bf16/f16 -> f32
+        // -> bf16/f16 round-trips), with the same first-argmax gradient.
+        DType::BF16 | DType::F16 => {
+            return max_pool2d(&x.to_dtype(DType::F32)?, kernel, stride, padding, ceil_mode)?
+                .to_dtype(x.dtype())
+        }
+        dt => bail!("max_pool2d: only f32, f64, bf16 and f16 are supported, got {dt:?}"),
     }
     // CUDA tensors in a `cuda` build run our NVRTC kernels (cuda/max_pool.rs).
     if x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()) {
@@ -484,6 +491,31 @@ mod tests {
         assert_eq!(rel_err(&y, want)?, 0.0);
         let y64 = max_pool2d(&x.to_dtype(DType::F64)?, 3, 2, 0, true)?;
         assert_eq!(rel_err(&y64.to_dtype(DType::F32)?, want)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_pools_exactly_with_f32_gradient_routing() -> Result<()> {
+        let f = fixtures();
+        let x = &f["ceil_edge.input"];
+        for dtype in [DType::BF16, DType::F16] {
+            // The f32 pool of the rounded input is the reference (fixture-checked above).
+            let rounded = x.to_dtype(dtype)?.to_dtype(DType::F32)?;
+            let xv = Var::from_tensor(&x.to_dtype(dtype)?)?;
+            let y = max_pool2d(xv.as_tensor(), 3, 2, 0, true)?;
+            assert_eq!(y.dtype(), dtype);
+            let want = max_pool2d(&rounded, 3, 2, 0, true)?;
+            assert_eq!(rel_err(&y.to_dtype(DType::F32)?, &want)?, 0.0, "{dtype:?}");
+            let rv = Var::from_tensor(&rounded)?;
+            let g_want = max_pool2d(rv.as_tensor(), 3, 2, 0, true)?
+                .sum_all()?
+                .backward()?;
+            let g = y.to_dtype(DType::F32)?.sum_all()?.backward()?;
+            let gx = g.get(xv.as_tensor()).expect("input gradient");
+            assert_eq!(gx.dtype(), dtype);
+            let gw = g_want.get(rv.as_tensor()).expect("reference gradient");
+            assert_eq!(rel_err(&gx.to_dtype(DType::F32)?, gw)?, 0.0, "{dtype:?}");
+        }
         Ok(())
     }
 

@@ -283,3 +283,47 @@ fn f64_falls_back_to_candle() -> Result<()> {
     assert_eq!(d, 0.0);
     Ok(())
 }
+
+/// bf16/f16 on the CPU: the output and both gradients come back in the half dtype and equal
+/// candle's f64 convolution of the same (rounded) values to within one half-precision
+/// rounding (2^-8 relative for bf16, 2^-11 for f16), for dense and grouped convolutions.
+#[test]
+fn half_precision_on_the_cpu_matches_f64_within_one_rounding() -> Result<()> {
+    use candle_core::DType;
+    for (dtype, tol) in [(DType::BF16, 8e-3), (DType::F16, 1e-3)] {
+        for (groups, seed) in [(1usize, 3u64), (4, 5)] {
+            let x = pseudo_random(&[2, 8, 9, 9], seed)?.to_dtype(dtype)?;
+            let w = pseudo_random(&[8, 8 / groups, 3, 3], seed + 1)?.to_dtype(dtype)?;
+            let r = pseudo_random(&[2, 8, 5, 5], seed + 2)?;
+            let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
+            let y = conv2d(xv.as_tensor(), wv.as_tensor(), 2, 1, groups)?;
+            assert_eq!(y.dtype(), dtype);
+            let g = (y.to_dtype(DType::F32)? * &r)?.sum_all()?.backward()?;
+            let (x64, w64) = (
+                Var::from_tensor(&x.to_dtype(DType::F64)?)?,
+                Var::from_tensor(&w.to_dtype(DType::F64)?)?,
+            );
+            let y64 = x64.as_tensor().conv2d(w64.as_tensor(), 1, 2, 1, groups)?;
+            let g64 = (&y64 * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+            let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
+            let err = relative_error(&f32_of(&y)?, &f32_of(&y64)?)?;
+            assert!(
+                err <= tol,
+                "{dtype:?} groups {groups}: output rel err {err}"
+            );
+            for (ours, want, name) in [
+                (g.get(xv.as_tensor()), g64.get(x64.as_tensor()), "input"),
+                (g.get(wv.as_tensor()), g64.get(w64.as_tensor()), "weight"),
+            ] {
+                let (ours, want) = (ours.expect("grad"), want.expect("grad"));
+                assert_eq!(ours.dtype(), dtype, "{name}");
+                let err = relative_error(&f32_of(ours)?, &f32_of(want)?)?;
+                assert!(
+                    err <= tol,
+                    "{dtype:?} groups {groups}: {name} grad rel err {err}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

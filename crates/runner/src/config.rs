@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use mtanet_affwild2::{Augment, CrossTaskOverlap, OnBadFrame, Sampling};
-use mtanet_backbones::BackboneKind;
+use mtanet_backbones::{BackboneKind, Precision};
 use mtanet_losses::LossKind;
 
 /// An error in an experiment file or an override, naming the file or the key.
@@ -69,6 +69,10 @@ pub struct Config {
     pub seed: u64,
     /// `cpu`, `cuda:N` or `auto` (CUDA 0 when built with `cuda` and present, else CPU).
     pub device: String,
+    /// `f32` (default) or `bf16`: the backbone computes in bf16 with f32 master weights,
+    /// BatchNorm, heads and losses (PyTorch-autocast style; meant for CUDA: on the CPU bf16
+    /// adds casts around the f32 kernels and is slower than f32).
+    pub precision: Precision,
     /// Where results go (relative to the working directory).
     pub results_dir: PathBuf,
     /// Data source and loader.
@@ -87,6 +91,7 @@ impl Default for Config {
             experiment: "default".into(),
             seed: 0,
             device: "auto".into(),
+            precision: Precision::F32,
             results_dir: PathBuf::from("results"),
             data: DataConfig::default(),
             model: ModelConfig::default(),
@@ -590,6 +595,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("depths", "model.depths"),
     ("seed", "seed"),
     ("device", "device"),
+    ("precision", "precision"),
     ("root", "data.root"),
     ("batch_size", "data.batch_size"),
 ];
@@ -851,6 +857,20 @@ rows:
         assert!(e.contains("bakbone"), "{e}");
         let e = f.resolve(Some("nope"), None, &[]).unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("small"), "{e}");
+        let e = f
+            .resolve(None, None, &["precision=fp16".parse().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
+        let c = f
+            .resolve(None, None, &["precision=bf16".parse().unwrap()])
+            .unwrap();
+        assert_eq!(c.precision, Precision::Bf16);
+        let text = FILE.replace("  experiment: t\n", "  experiment: t\n  precision: half\n");
+        let e = ExperimentFile::parse("t.yaml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.yaml") && e.contains("half"), "{e}");
     }
 
     #[test]

@@ -294,13 +294,15 @@ pub fn load_model(
         expr_names: vec![String::new(); n_expr],
     };
     let vb = VarBuilder::from_tensors(ckpt.model, DType::F32, &device);
-    let model = MtaNet::new(&model_config(&cfg, &sizes), vb).with_context(|| {
-        format!(
-            "{}: does not match the model of {}",
-            file.display(),
-            cfg_path.display()
-        )
-    })?;
+    let model = MtaNet::new(&model_config(&cfg, &sizes), vb)
+        .map(|m| m.with_precision(cfg.precision))
+        .with_context(|| {
+            format!(
+                "{}: does not match the model of {}",
+                file.display(),
+                cfg_path.display()
+            )
+        })?;
     let run_dir = cfg_path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(LoadedModel {
         model,

@@ -371,6 +371,15 @@ fn setup(config: &Config, quiet: bool) -> anyhow::Result<Setup> {
     let device = crate::device::open(
         crate::device::parse_device(&config.device).map_err(anyhow::Error::msg)?,
     )?;
+    if config.precision == mtanet_backbones::Precision::Bf16 && device.is_cpu() {
+        tracing::warn!("precision bf16 on the CPU: f32 kernels plus casts, slower than f32");
+        if !quiet {
+            eprintln!(
+                "note: precision bf16 on the CPU emulates bf16 with the f32 kernels plus casts \
+                 (slower than f32); it is meant for CUDA"
+            );
+        }
+    }
     let pos_weight = if config.training.au_pos_weight {
         let w = au_pos_weight(&train_samples, vocab.au_names.len());
         Some(Tensor::new(w.as_slice(), &device)?)
@@ -381,7 +390,8 @@ fn setup(config: &Config, quiet: bool) -> anyhow::Result<Setup> {
     let val = Loader::new(val_samples, &vocab, loader_config(config, false))?;
     let vars = SeededVarMap::new(crate::rng::stream_seed(config.seed, &["weights"]));
     let vb = vars.var_builder(DType::F32, &device);
-    let model = MtaNet::new(&model_config(config, &vocab), vb.clone())?;
+    let model =
+        MtaNet::new(&model_config(config, &vocab), vb.clone())?.with_precision(config.precision);
     let uncertainty = UncertaintyWeights::new(vb.pp("uncertainty"))?;
     if let Some(spec) = &config.model.pretrained {
         let file = resolve_pretrained(spec)?;

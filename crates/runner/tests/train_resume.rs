@@ -180,3 +180,55 @@ fn non_finite_loss_stops_with_step_task_and_samples_and_marks_run_failed() {
         );
     }
 }
+
+/// `precision: bf16` through the whole runner: the run finishes, its checkpoint holds f32
+/// master weights that moved away from an f32 run's (the bf16 path really ran), its metrics
+/// are finite, and the resolved config says bf16.
+#[test]
+fn bf16_run_trains_f32_master_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = RunContext {
+        quiet: true,
+        ..Default::default()
+    };
+    let f32_run = train::run(&tiny_config(tmp.path()), &ctx).unwrap();
+    let bf16_config = support::tiny_config(
+        &tmp.path().join("results"),
+        &tmp.path().join("synth"),
+        &["precision=bf16"],
+    );
+    assert_eq!(bf16_config.precision, mtanet_backbones::Precision::Bf16);
+    let bf16_run = train::run(&bf16_config, &ctx).unwrap();
+    assert!(bf16_run.finished);
+    let yaml = std::fs::read_to_string(bf16_run.run_dir.join("config.yaml")).unwrap();
+    assert!(yaml.contains("precision: bf16"), "{yaml}");
+    let c = checkpoint::load(
+        &bf16_run.run_dir.join("checkpoints/last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(c
+        .model
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::F32));
+    let (a, b) = (weights(&f32_run.run_dir), weights(&bf16_run.run_dir));
+    assert_eq!(a.len(), b.len());
+    let (mut diff2, mut norm2) = (0f64, 0f64);
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(vb.iter().all(|v| v.is_finite()), "{kb}");
+        for (x, y) in va.iter().zip(vb) {
+            diff2 += ((x - y) as f64).powi(2);
+            norm2 += (*x as f64).powi(2);
+        }
+    }
+    // Seven steps from the same initial weights: bf16 rounding moves them, but not far.
+    let rel = (diff2 / norm2).sqrt();
+    eprintln!("bf16 vs f32 run: relative L2 distance of all weights {rel:.3e}");
+    assert!(rel > 0.0 && rel < 0.05, "relative L2 distance {rel}");
+    let report = serde_json::to_string(&bf16_run.report.unwrap()).unwrap();
+    assert!(
+        !report.contains("NaN") && !report.contains("null"),
+        "{report}"
+    );
+}

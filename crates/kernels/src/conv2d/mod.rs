@@ -30,8 +30,12 @@ use candle_core::{DType, Result, Tensor};
 /// Differentiable with respect to both `x` and `w`.
 ///
 /// f32 tensors on the CPU run [`Conv2d`]; so do CUDA tensors in a build with the `cuda`
-/// feature (cuDNN with native groups under `cudnn`, see `cuda/conv.rs`). Other dtypes and
-/// devices fall back to candle's own `Tensor::conv2d` (same values, slower grouped backward).
+/// feature (cuDNN with native groups under `cudnn`, see `cuda/conv.rs`). bf16/f16 on the CPU
+/// (where candle's conv has no half-precision GEMM) run the f32 op on the widened inputs and
+/// round the output: exact products and f32 accumulation, as tensor cores compute, so the
+/// CPU emulates the GPU's half-precision numerics; gradients come back in the half dtype.
+/// Other dtypes and devices fall back to candle's own `Tensor::conv2d` (same values, slower
+/// grouped backward).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -40,6 +44,11 @@ pub fn conv2d(
     groups: usize,
 ) -> Result<Tensor> {
     ConvGeometry::new(x.dims(), w.dims(), stride, padding, groups)?;
+    let half = matches!(x.dtype(), DType::BF16 | DType::F16) && w.dtype() == x.dtype();
+    if half && x.device().is_cpu() && w.device().is_cpu() {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        return conv2d(&wide(x)?, &wide(w)?, stride, padding, groups)?.to_dtype(x.dtype());
+    }
     let cpu_f32 = x.device().is_cpu()
         && w.device().is_cpu()
         && x.dtype() == DType::F32
