@@ -555,6 +555,9 @@ fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Eval output, train output and named eval-mode gradients (see [`run_backbone_precision`]).
+type PrecisionRun = (Tensor, Tensor, Vec<(String, Tensor)>);
+
 /// Eval output, train output and eval-mode gradients (of `sum(eval output * loss_weight)`
 /// with respect to the input and every fixture parameter), all in f32, of a fixture backbone
 /// computing in `precision`. Eval-mode gradients, because the fixtures' train-mode gradients
@@ -567,7 +570,7 @@ fn run_backbone_precision(
     io: &std::collections::HashMap<String, Tensor>,
     dev: &Device,
     precision: Precision,
-) -> anyhow::Result<(Tensor, Tensor, Vec<(String, Tensor)>)> {
+) -> anyhow::Result<PrecisionRun> {
     let (net, varmap) = fixture_backbone(kind, meta, fixtures, dev)?;
     // The backbone computes in its input's dtype with f32 weights (mtanet_backbones::Precision).
     let compute = precision.compute_dtype().unwrap_or(DType::F32);
