@@ -458,49 +458,80 @@ fn run_backbone(
     let grads = (&out_train * io["loss_weight"].to_device(dev)?)?
         .sum_all()?
         .backward()?;
+    let named = fixture_gradients(kind, io, &varmap, xv.as_tensor(), &grads)?;
     let vars = varmap
         .data()
         .lock()
         .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
         .clone();
-    let mut named = Vec::new();
     let mut after = Vec::new();
     let mut keys: Vec<&String> = io.keys().collect();
     keys.sort();
-    for key in keys {
-        if let Some(name) = key.strip_prefix("grad.") {
-            let t = if name == "input" {
-                xv.as_tensor().clone()
-            } else {
-                vars.get(name)
-                    .with_context(|| format!("{kind}: no variable {name}"))?
-                    .as_tensor()
-                    .clone()
-            };
-            let g = grads
-                .get(&t)
-                .with_context(|| format!("{kind}: no gradient for {name}"))?;
-            named.push((name.to_string(), g.clone()));
-        } else if let Some(name) = key.strip_prefix("after_train.") {
-            let v = vars
-                .get(name)
-                .with_context(|| format!("{kind}: no variable {name}"))?;
-            after.push((name.to_string(), v.as_tensor().clone()));
-        }
+    for name in keys.iter().filter_map(|k| k.strip_prefix("after_train.")) {
+        let v = vars
+            .get(name)
+            .with_context(|| format!("{kind}: no variable {name}"))?;
+        after.push((name.to_string(), v.as_tensor().clone()));
     }
     Ok((out_eval, out_train, named, after))
 }
 
+/// The gradients the fixture stores (`grad.input`, `grad.<parameter>`), in name order and in
+/// f32, from `grads` of a run whose input was `input`.
+fn fixture_gradients(
+    kind: BackboneKind,
+    io: &std::collections::HashMap<String, Tensor>,
+    varmap: &VarMap,
+    input: &Tensor,
+    grads: &candle_core::backprop::GradStore,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .clone();
+    let mut names: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
+    names.sort();
+    let mut named = Vec::new();
+    for name in names {
+        let t = match name {
+            "input" => input.clone(),
+            _ => vars
+                .get(name)
+                .with_context(|| format!("{kind}: no variable {name}"))?
+                .as_tensor()
+                .clone(),
+        };
+        let g = grads
+            .get(&t)
+            .with_context(|| format!("{kind}: no gradient for {name}"))?;
+        named.push((name.to_string(), g.to_dtype(DType::F32)?));
+    }
+    Ok(named)
+}
+
+/// `backbones.json` of the fixture folder.
+fn fixture_meta(fixtures: &Path) -> anyhow::Result<Value> {
+    let path = fixtures.join("backbones.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// `<kind>.io.safetensors` of the fixture folder: input, outputs, gradients.
+fn fixture_io(
+    fixtures: &Path,
+    kind: BackboneKind,
+) -> anyhow::Result<std::collections::HashMap<String, Tensor>> {
+    let path = fixtures.join(format!("{kind}.io.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
 fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
-    let meta_path = fixtures.join("backbones.json");
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("cannot read {}", meta_path.display()))?,
-    )?;
+    let meta = fixture_meta(fixtures)?;
     for kind in BackboneKind::ALL {
-        let io_path = fixtures.join(format!("{kind}.io.safetensors"));
-        let io = candle_core::safetensors::load(&io_path, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", io_path.display()))?;
+        let io = fixture_io(fixtures, kind)?;
         let item = format!("{kind} (small, batch {})", io["input"].dim(0)?);
         let (e_ref, t_ref, g_ref, a_ref) =
             run_backbone(kind, &meta, fixtures, &io, &c.reference.clone())?;
@@ -580,28 +611,7 @@ fn run_backbone_precision(
     let grads = (&out_eval * io["loss_weight"].to_device(dev)?)?
         .sum_all()?
         .backward()?;
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .clone();
-    let mut names: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
-    names.sort();
-    let mut named = Vec::new();
-    for name in names {
-        let t = match name {
-            "input" => xv.as_tensor().clone(),
-            _ => vars
-                .get(name)
-                .with_context(|| format!("{kind}: no variable {name}"))?
-                .as_tensor()
-                .clone(),
-        };
-        let g = grads
-            .get(&t)
-            .with_context(|| format!("{kind}: no gradient for {name}"))?;
-        named.push((name.to_string(), g.to_dtype(DType::F32)?));
-    }
+    let named = fixture_gradients(kind, io, &varmap, xv.as_tensor(), &grads)?;
     Ok((out_eval, out_train, named))
 }
 
@@ -622,15 +632,9 @@ const BF16_GRAD_TOLERANCE: f32 = 3e-1;
 /// reference device (outputs and eval-mode gradients) and the PyTorch f32 fixtures (outputs),
 /// with the bf16 tolerances above.
 fn check_backbones_bf16(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
-    let meta_path = fixtures.join("backbones.json");
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("cannot read {}", meta_path.display()))?,
-    )?;
+    let meta = fixture_meta(fixtures)?;
     for kind in BackboneKind::ALL {
-        let io_path = fixtures.join(format!("{kind}.io.safetensors"));
-        let io = candle_core::safetensors::load(&io_path, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", io_path.display()))?;
+        let io = fixture_io(fixtures, kind)?;
         let item = format!("{kind} bf16 (small, batch {})", io["input"].dim(0)?);
         let reference = c.reference.clone();
         let (e_ref, t_ref, g_ref) =
@@ -1020,17 +1024,22 @@ mod tests {
         Ok(())
     }
 
-    /// The whole conformance path, CPU against CPU: every row must pass with zero error
-    /// against the reference and within tolerance of PyTorch.
-    #[test]
-    fn cpu_against_cpu_conformance_passes() -> anyhow::Result<()> {
-        let mut c = Checker {
+    /// A quiet checker comparing the CPU with itself at the default tolerance.
+    fn cpu_checker() -> Checker {
+        Checker {
             dev: Device::Cpu,
             reference: Device::Cpu,
             tolerance: 1e-4,
             rows: Vec::new(),
             print_ok: false,
-        };
+        }
+    }
+
+    /// The whole conformance path, CPU against CPU: every row must pass with zero error
+    /// against the reference and within tolerance of PyTorch.
+    #[test]
+    fn cpu_against_cpu_conformance_passes() -> anyhow::Result<()> {
+        let mut c = cpu_checker();
         check_ops(&mut c, &fixtures())?;
         check_backbones(&mut c, &fixtures())?;
         assert!(c.rows.len() > 60, "only {} rows", c.rows.len());
@@ -1046,13 +1055,7 @@ mod tests {
     /// bf16 path really ran).
     #[test]
     fn bf16_conformance_on_the_cpu() -> anyhow::Result<()> {
-        let mut c = Checker {
-            dev: Device::Cpu,
-            reference: Device::Cpu,
-            tolerance: 1e-4,
-            rows: Vec::new(),
-            print_ok: false,
-        };
+        let mut c = cpu_checker();
         check_backbones_bf16(&mut c, &fixtures())?;
         assert!(c.rows.len() >= 30, "only {} rows", c.rows.len());
         let outputs: Vec<_> = c
