@@ -299,16 +299,26 @@ impl MetricsCsv {
     }
 }
 
-/// Logs validation metrics to TensorBoard.
+/// Logs validation metrics to TensorBoard: the summary scalars under `val/`, per-AU and
+/// per-class F1 once each, under their names (`val/au_f1/AU12`, `val/expr_f1/Happiness`)
+/// instead of the indexed keys of `Report::scalars`.
 fn log_report(tb: &mut Option<EventWriter>, report: &Report, vocab: &Vocab, step: u64) {
     let Some(w) = tb.as_mut() else { return };
     let mut res = Ok(());
     for (k, v) in report.scalars() {
+        if k.starts_with("au.f1_au.") || k.starts_with("expr.f1_class.") {
+            continue;
+        }
         res = res.and(w.scalar(&format!("val/{k}"), v, step));
     }
     if let Some(au) = &report.au {
         for (name, f1) in vocab.au_names.iter().zip(&au.per_au_f1) {
             res = res.and(w.scalar(&format!("val/au_f1/{name}"), *f1, step));
+        }
+    }
+    if let Some(e) = &report.expr {
+        for (name, f1) in vocab.expr_names.iter().zip(&e.per_class_f1) {
+            res = res.and(w.scalar(&format!("val/expr_f1/{name}"), *f1, step));
         }
     }
     if let Some(e) = &report.expr {

@@ -80,11 +80,21 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
             .map(|l| l.split(',').next().unwrap())
             .collect();
         assert_eq!(steps, vec!["3", "6", "7"], "{}", dir.display());
-        assert!(std::fs::read_dir(dir).unwrap().any(|e| e
+        let events: Vec<u8> = std::fs::read_dir(dir)
             .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with("events.out.tfevents")));
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("events.out.tfevents")
+            })
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect();
+        // Per-AU and per-class F1 once each, by name; summary scalars under val/.
+        let has = |tag: &str| events.windows(tag.len()).any(|w| w == tag.as_bytes());
+        assert!(has("val/au_f1/") && has("val/expr_f1/") && has("val/va.ccc_valence"));
+        assert!(!has("f1_au.") && !has("f1_class."));
         assert!(dir.join("config.yaml").is_file() && dir.join("report.json").is_file());
     }
     // runs.csv: one row per finished run (the interrupted attempt adds none).
