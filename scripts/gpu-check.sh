@@ -17,8 +17,10 @@
 #
 # Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES (64,256),
 # PRECISIONS (f32,bf16), SIZE (112),
-# STEPS (10), WARMUP (3), BACKBONES (all five), NO_COMPILE=1 (skip torch.compile), TF32=1 (both
-# frameworks), SKIP_BENCH=1, SKIP_CONFORMANCE=1.
+# STEPS (10), WARMUP (3), BACKBONES (all five), NO_COMPILE=1 (skip torch.compile),
+# COMPILE_POINTS (backbone:batch pairs timed under torch.compile, default resnet50:256; `all`
+# compiles every point, ~0.5-1 min each), TF32=1 (both frameworks), SKIP_BENCH=1,
+# SKIP_CONFORMANCE=1.
 # GPU_CHECK_CPU=1 runs the whole pipeline on the CPU with tiny sizes (the test on a machine
 # without a GPU; it skips the GPU detection and does not need nvidia-smi).
 set -uo pipefail
@@ -101,7 +103,8 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     torch_args=(bench --device "$torch_device" --out "$OUT" --backbones "$BACKBONES"
         --batches "$BATCHES" --precisions "$PRECISIONS" --size "$SIZE" --steps "$STEPS"
         --warmup "$WARMUP")
-    [ "${NO_COMPILE:-0}" = 1 ] || [ "$cpu_mode" = 1 ] || torch_args+=(--compile)
+    [ "${NO_COMPILE:-0}" = 1 ] || [ "$cpu_mode" = 1 ] \
+        || torch_args+=(--compile --compile-points "${COMPILE_POINTS:-resnet50:256}")
     [ "${TF32:-0}" = 1 ] && torch_args+=(--tf32)
     "$PYTHON" scripts/gpu_check_torch.py "${torch_args[@]}" 2>&1 | tee -a "$log"
 fi

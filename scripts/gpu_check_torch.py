@@ -138,6 +138,10 @@ def cmd_bench(args):
         json.dump(info, f, indent=1)
     print("gpu_check_torch:", json.dumps(info), flush=True)
     modes = ["eager"] + (["compile"] if args.compile else [])
+    # torch.compile costs ~0.5-1 min per (backbone, batch, precision) point: by default only
+    # the points named in --compile-points get it, so the whole check fits one device call.
+    compile_points = None if args.compile_points == "all" else {
+        tuple(p.split(":")) for p in args.compile_points.split(",") if p}
     path = os.path.join(args.out, "bench_torch.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -149,6 +153,9 @@ def cmd_bench(args):
             for batch, precision, mode in [(int(b), p, m) for b in args.batches.split(",")
                                            for p in args.precisions.split(",") for m in modes]:
                 head = ["pytorch", mode, args.device, name, batch, precision, args.size, gflop]
+                if mode == "compile" and compile_points is not None \
+                        and (name, str(batch)) not in compile_points:
+                    continue
                 if mode == "compile" and compile_broken:
                     w.writerow(head + ["", "", f"skipped: {compile_broken}"])
                     continue
@@ -269,6 +276,9 @@ def main():
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--compile", action="store_true", help="also time torch.compile")
+    b.add_argument("--compile-points", default="resnet50:256",
+                   help="backbone:batch pairs timed under torch.compile (both precisions), "
+                        "comma-separated, or `all`")
     b.add_argument("--tf32", action="store_true")
     t = sub.add_parser("table", help="join the CSVs into table.csv and table.md")
     t.add_argument("--out", required=True)
