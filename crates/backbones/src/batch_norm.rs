@@ -1,6 +1,7 @@
 //! `BatchNorm2d` with PyTorch's state-dict names and semantics, run by the fused ops of
-//! `mtanet_kernels` on CPU f32 (one pass for the statistics, one for the output, ReLU folded in
-//! where the network applies one) and by candle-nn's composed BatchNorm elsewhere.
+//! `mtanet_kernels` on f32 tensors on the CPU and (in a `cuda` build, see
+//! `mtanet_kernels::cuda_fused_ops`) on CUDA: one pass for the statistics, one for the output,
+//! ReLU folded in where the network applies one; by candle-nn's composed BatchNorm elsewhere.
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -53,9 +54,14 @@ impl BatchNorm {
         })
     }
 
-    /// True when the fused CPU ops apply to `x`.
+    /// True when the fused ops of `mtanet_kernels` apply to `x`: f32 on the CPU, or f32 on CUDA
+    /// in a `cuda` build (their NVRTC kernels), with the parameters on `x`'s device.
     fn fused(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+        let on_cuda = mtanet_kernels::cuda_fused_ops() && x.device().is_cuda();
+        (x.device().is_cpu() || on_cuda)
+            && x.device().same_device(self.weight.device())
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
     }
 
     /// `relu(bn(x))` (train mode: batch statistics, running averages updated).

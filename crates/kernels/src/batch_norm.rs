@@ -11,6 +11,11 @@
 //! [`batch_norm_train`] uses the batch statistics (and returns them, for the running averages);
 //! [`channel_affine`] computes `x * scale[c] + shift[c]`, which is BatchNorm in eval mode once
 //! `scale` and `shift` are folded from the running statistics (differentiable in all three).
+//!
+//! In a `cuda` build the same ops run on CUDA f32 tensors (our NVRTC kernels, `cuda/norm.cu`,
+//! with the CPU's formulas and summation order); the training statistics are then copied to the
+//! host (C values per layer), where the op keeps them for the backward pass and the caller's
+//! running averages.
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
@@ -50,9 +55,18 @@ fn per_channel<'a>(s: &'a CpuStorage, l: &Layout, c: usize, what: &str) -> Resul
     }
 }
 
-fn check_cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+/// True when the fused ops run these tensors: all f32, all on the CPU or (in a `cuda` build)
+/// all on one CUDA device.
+fn fused_applies(ts: &[&Tensor]) -> bool {
+    let Some(first) = ts.first() else {
+        return false;
+    };
+    let on_cpu = ts.iter().all(|t| t.device().is_cpu());
+    let on_cuda = crate::cuda_fused_ops()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.device().same_device(first.device()));
+    (on_cpu || on_cuda) && ts.iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// Training-mode BatchNorm of `x` (N, C, ...) with per-channel `weight` and `bias` (C), the
@@ -60,7 +74,8 @@ fn check_cpu_f32(ts: &[&Tensor]) -> bool {
 /// then `max(0, .)` when `relu`. Differentiable in `x`, `weight` and `bias`. Returns the
 /// output and the batch statistics (for the running averages, which the caller owns).
 ///
-/// CPU f32 only: the caller keeps candle's composed BatchNorm for other devices and dtypes.
+/// f32 only, on the CPU or (in a `cuda` build) on CUDA: the caller keeps candle's composed
+/// BatchNorm for other devices and dtypes.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
@@ -68,8 +83,8 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    if !check_cpu_f32(&[x, weight, bias]) {
-        bail!("batch_norm_train: CPU f32 tensors only")
+    if !fused_applies(&[x, weight, bias]) {
+        bail!("batch_norm_train: f32 tensors on the CPU (or one CUDA device) only")
     }
     let saved = Arc::new(Mutex::new(None));
     let op = BatchNormTrain {
@@ -282,6 +297,45 @@ impl CustomOp3 for BatchNormTrain {
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, inner) = nc_inner(xl.dims(), "batch_norm_train")?;
+        if n * inner < 2 {
+            bail!(
+                "batch_norm_train: need more than one value per channel, got {:?}",
+                xl.dims()
+            )
+        }
+        let out = crate::cuda::norm::train_forward(
+            (xs, xl),
+            (ws, wl),
+            (bs, bl),
+            (n, c, inner),
+            self.eps,
+            self.relu,
+        )?;
+        let mut saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        *saved = Some(Saved {
+            mean: out.mean,
+            var: out.var,
+            inv_std: out.inv_std,
+            weight: out.weight,
+            count: n * inner,
+        });
+        Ok((out.y, xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -323,6 +377,28 @@ struct BatchNormTrainGrad {
 impl CustomOp3 for BatchNormTrainGrad {
     fn name(&self) -> &'static str {
         "mtanet-batch-norm-train-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = nc_inner(xl.dims(), "batch_norm_train backward")?;
+        let params = crate::cuda::norm::ChannelParams {
+            mean: Some(&self.mean),
+            inv_std: Some(&self.inv_std),
+            weight: &self.weight,
+        };
+        let out =
+            crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
+        let numel = xl.shape().elem_count();
+        Ok((out, Shape::from(numel + 2 * dims.1)))
     }
 
     fn cpu_fwd(
@@ -376,10 +452,11 @@ impl CustomOp3 for BatchNormTrainGrad {
 
 /// `x * scale[c] + shift[c]` over the channel axis of `x` (N, C, ...), then `max(0, .)` when
 /// `relu`: BatchNorm in eval mode with `scale = weight / sqrt(running_var + eps)` and
-/// `shift = bias - running_mean * scale`. Differentiable in all three. CPU f32 only.
+/// `shift = bias - running_mean * scale`. Differentiable in all three. f32 only, on the CPU or
+/// (in a `cuda` build) on CUDA.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
-    if !check_cpu_f32(&[x, scale, shift]) {
-        bail!("channel_affine: CPU f32 tensors only")
+    if !fused_applies(&[x, scale, shift]) {
+        bail!("channel_affine: f32 tensors on the CPU (or one CUDA device) only")
     }
     x.apply_op3(scale, shift, ChannelAffine { relu })
 }
@@ -393,6 +470,21 @@ struct ChannelAffine {
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
         "mtanet-channel-affine"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ss: &candle_core::CudaStorage,
+        sl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = nc_inner(xl.dims(), "channel_affine")?;
+        let y = crate::cuda::norm::affine_forward((xs, xl), (ss, sl), (bs, bl), dims, self.relu)?;
+        Ok((y, xl.shape().clone()))
     }
 
     fn cpu_fwd(
@@ -444,6 +536,28 @@ struct ChannelAffineGrad {
 impl CustomOp3 for ChannelAffineGrad {
     fn name(&self) -> &'static str {
         "mtanet-channel-affine-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ys: &candle_core::CudaStorage,
+        yl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = nc_inner(xl.dims(), "channel_affine backward")?;
+        let params = crate::cuda::norm::ChannelParams {
+            mean: None,
+            inv_std: None,
+            weight: &self.scale,
+        };
+        let out =
+            crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
+        let numel = xl.shape().elem_count();
+        Ok((out, Shape::from(numel + 2 * dims.1)))
     }
 
     fn cpu_fwd(

@@ -4,6 +4,9 @@
 //! candle's `broadcast_mul` materialises the broadcast gate for its backward and sums the
 //! full-size product back down through strided reductions; here the forward is one pass and
 //! the backward one pass for both gradients.
+//!
+//! The fused ops run f32 tensors on the CPU and, in a `cuda` build, on CUDA (our NVRTC kernels,
+//! `cuda/gate.cu`); other dtypes and devices keep candle's composed ops.
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
@@ -63,10 +66,13 @@ pub fn spatial_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// True when the fused ops run these tensors: both f32, both on the CPU or (in a `cuda` build)
+/// both on one CUDA device.
 fn fused(x: &Tensor, gate: &Tensor) -> bool {
-    [x, gate]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    let on_cpu = x.device().is_cpu() && gate.device().is_cpu();
+    let on_cuda =
+        crate::cuda_fused_ops() && x.device().is_cuda() && x.device().same_device(gate.device());
+    (on_cpu || on_cuda) && x.dtype() == DType::F32 && gate.dtype() == DType::F32
 }
 
 /// The forward op: (`x`, `gate`) -> `x * gate`.
@@ -86,6 +92,19 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 impl CustomOp2 for Gate {
     fn name(&self) -> &'static str {
         "mtanet-gate"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let spatial = self.axis == Axis::Spatial;
+        let y = crate::cuda::gate::forward((xs, xl), (gs, gl), dims(xl)?, spatial)?;
+        Ok((y, xl.shape().clone()))
     }
 
     fn cpu_fwd(
@@ -141,6 +160,22 @@ struct GateGrad {
 impl candle_core::CustomOp3 for GateGrad {
     fn name(&self) -> &'static str {
         "mtanet-gate-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ds: &candle_core::CudaStorage,
+        dl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let spatial = self.axis == Axis::Spatial;
+        let out = crate::cuda::gate::backward((xs, xl), (gs, gl), (ds, dl), dims(xl)?, spatial)?;
+        let len = xl.shape().elem_count() + gl.shape().elem_count();
+        Ok((out, Shape::from(len)))
     }
 
     fn cpu_fwd(
@@ -249,6 +284,21 @@ impl candle_core::CustomOp1 for ChannelMaxMean {
         "mtanet-channel-max-mean"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, p) = dims(xl)?;
+        if c == 0 {
+            bail!("channel_max_mean: no channels")
+        }
+        let out = crate::cuda::gate::max_mean((xs, xl), (n, c, p))?;
+        let d = xl.dims();
+        Ok((out, Shape::from((n, 2, d[2], d[3]))))
+    }
+
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, p) = dims(xl)?;
         if c == 0 {
@@ -277,6 +327,18 @@ struct ChannelMaxMeanGrad;
 impl CustomOp2 for ChannelMaxMeanGrad {
     fn name(&self) -> &'static str {
         "mtanet-channel-max-mean-grad"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = crate::cuda::gate::max_mean_grad((xs, xl), (gs, gl), dims(xl)?)?;
+        Ok((dx, xl.shape().clone()))
     }
 
     fn cpu_fwd(

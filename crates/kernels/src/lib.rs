@@ -31,3 +31,14 @@ pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
+
+/// Whether CUDA f32 tensors run our fused BatchNorm, gate, channel-pool, residual and optimizer
+/// kernels (NVRTC, `cuda/`): true in a `cuda` build unless the environment sets
+/// `MTANET_CUDA_FUSED=0`, which sends them to candle's composed CUDA ops instead (the escape
+/// hatch should a GPU run show one of these kernels wrong; convolutions and the max-pool are
+/// not affected). Always false without the `cuda` feature.
+pub fn cuda_fused_ops() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(feature = "cuda")
+        && *ENABLED.get_or_init(|| std::env::var("MTANET_CUDA_FUSED").map_or(true, |v| v != "0"))
+}

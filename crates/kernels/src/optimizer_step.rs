@@ -1,4 +1,5 @@
-//! Optimizer updates done in place, one pass per buffer, for CPU f32 parameters.
+//! Optimizer updates done in place, one pass per buffer, for f32 parameters on the CPU and, in a
+//! `cuda` build, on CUDA (our NVRTC kernels, `cuda/elementwise.cu`, same f32 operations).
 //!
 //! Written with candle tensor ops, an SGD-with-momentum step over ResNet-50's 25 M parameters
 //! allocates five fresh full-size tensors (and Adam eight), and `Var::set` copies the result
@@ -14,10 +15,12 @@ use rayon::prelude::*;
 /// Values per rayon task.
 const CHUNK: usize = 1 << 15;
 
-/// True when every tensor is a contiguous CPU f32 tensor of `first`'s shape.
+/// True when every tensor is a contiguous f32 tensor of `first`'s shape, all on the CPU or (in a
+/// `cuda` build) all on `first`'s CUDA device.
 pub fn fused_update_applies(first: &Tensor, rest: &[&Tensor]) -> bool {
+    let on_cuda = crate::cuda_fused_ops() && first.device().is_cuda();
     std::iter::once(first).chain(rest.iter().copied()).all(|t| {
-        t.device().is_cpu()
+        (t.device().is_cpu() || (on_cuda && t.device().same_device(first.device())))
             && t.dtype() == DType::F32
             && t.is_contiguous()
             && t.shape() == first.shape()
@@ -116,6 +119,26 @@ impl InplaceOp3 for Accumulate {
         "mtanet-optimizer-accumulate"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        bs: &mut candle_core::CudaStorage,
+        bl: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        ps: &candle_core::CudaStorage,
+        pl: &Layout,
+    ) -> Result<()> {
+        let op = crate::cuda::elementwise::Accumulate {
+            decay: self.decay,
+            scale: self.scale,
+            keep: self.keep,
+            add: self.add,
+            squared: self.squared,
+        };
+        crate::cuda::elementwise::accumulate((bs, bl), (gs, gl), (ps, pl), op)
+    }
+
     fn cpu_fwd(
         &self,
         bs: &mut CpuStorage,
@@ -166,6 +189,17 @@ impl InplaceOp2 for SubScaled {
         "mtanet-optimizer-sgd-apply"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ps: &mut candle_core::CudaStorage,
+        pl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        crate::cuda::elementwise::sgd_apply((ps, pl), (bs, bl), self.lr)
+    }
+
     fn cpu_fwd(
         &self,
         ps: &mut CpuStorage,
@@ -200,6 +234,20 @@ struct AdamApply {
 impl InplaceOp3 for AdamApply {
     fn name(&self) -> &'static str {
         "mtanet-optimizer-adam-apply"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ps: &mut candle_core::CudaStorage,
+        pl: &Layout,
+        ms: &candle_core::CudaStorage,
+        ml: &Layout,
+        vs: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let coef = [self.step_size, self.sqrt_bc2, self.eps];
+        crate::cuda::elementwise::adam_apply((ps, pl), (ms, ml), (vs, vl), coef)
     }
 
     fn cpu_fwd(

@@ -11,16 +11,18 @@ use rayon::prelude::*;
 /// Values per rayon task.
 const CHUNK: usize = 1 << 14;
 
-/// `max(0, a + b)` for two f32 tensors of one shape; differentiable in both. On CPU this is
-/// one fused op; elsewhere it is candle's `(a + b).relu()`.
+/// `max(0, a + b)` for two f32 tensors of one shape; differentiable in both. On the CPU, and
+/// on CUDA in a `cuda` build (our NVRTC kernel, `cuda/elementwise.cu`), this is one fused op;
+/// elsewhere (other dtypes and devices) it is candle's `(a + b).relu()`.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims())
     }
-    let cpu_f32 = [a, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if cpu_f32 {
+    let on_cpu = a.device().is_cpu() && b.device().is_cpu();
+    let on_cuda =
+        crate::cuda_fused_ops() && a.device().is_cuda() && a.device().same_device(b.device());
+    let f32s = a.dtype() == DType::F32 && b.dtype() == DType::F32;
+    if (on_cpu || on_cuda) && f32s {
         a.apply_op2(b, AddRelu)
     } else {
         (a + b)?.relu()
@@ -34,6 +36,18 @@ struct AddRelu;
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "mtanet-add-relu"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda::elementwise::add_relu((s1, l1), (s2, l2))?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn cpu_fwd(
@@ -67,6 +81,18 @@ struct ReluMask;
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {
         "mtanet-relu-mask"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda::elementwise::relu_mask((s1, l1), (s2, l2))?;
+        Ok((out, l1.shape().clone()))
     }
 
     fn cpu_fwd(

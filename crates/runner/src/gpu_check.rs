@@ -402,6 +402,217 @@ fn check_ops(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
     c.op("add_relu()", &[a, b], &r, &["a", "b"], &|t| {
         mtanet_kernels::add_relu(&t[0], &t[1])
     })?;
+    check_fused_ops(c)?;
+    check_optimizer_steps(c)
+}
+
+/// The BatchNorm, gate and residual ops. Their op structs are private to `mtanet-kernels`; the
+/// public functions apply them directly to f32 tensors on the CPU and on CUDA (no composed
+/// fallback there), so each row runs the op's `cuda_fwd` and its backward ops' on the device.
+/// Odd sizes (inner sizes off the 16-lane and 32-lane blocks), batch >= 2, and a strided
+/// (transposed) input for each op family.
+fn check_fused_ops(c: &mut Checker) -> anyhow::Result<()> {
+    let bn = |relu: bool, strided: bool| {
+        move |t: &[Tensor]| -> candle_core::Result<Tensor> {
+            let x = if strided {
+                t[0].transpose(2, 3)?
+            } else {
+                t[0].clone()
+            };
+            Ok(mtanet_kernels::batch_norm_train(&x, &t[1], &t[2], 1e-5, relu)?.0)
+        }
+    };
+    // (label, x dims as stored, strided: the op sees x transposed in its last two axes)
+    let bn_cases: [(&str, &[usize], bool); 4] = [
+        ("(2, 5, 7, 9)", &[2, 5, 7, 9], false),
+        ("(3, 4, 17, 19)", &[3, 4, 17, 19], false),
+        ("(2, 3, 11, 5) transposed", &[2, 3, 11, 5], true),
+        ("(6, 7) NC", &[6, 7], false),
+    ];
+    for (i, &(label, dims, strided)) in bn_cases.iter().enumerate() {
+        let seed = 1100 + 10 * i as u64;
+        let ch = dims[1];
+        // A channel offset larger than the spread, as after a ReLU: the two-pass variance.
+        let x = (cpu_randn(seed, dims, 1.0)? + 3.0)?;
+        let w = (cpu_randn(seed + 1, &[ch], 0.3)? + 1.0)?;
+        let b = cpu_randn(seed + 2, &[ch], 0.3)?;
+        let mut out_dims = dims.to_vec();
+        if strided {
+            out_dims.swap(2, 3);
+        }
+        let r = cpu_randn(seed + 3, &out_dims, 1.0)?;
+        for relu in [false, true] {
+            let item = format!("BatchNormTrain op {label} relu={relu}");
+            let inputs = [x.clone(), w.clone(), b.clone()];
+            c.op(
+                &item,
+                &inputs,
+                &r,
+                &["input", "weight", "bias"],
+                &bn(relu, strided),
+            )?;
+            // The statistics the op hands back for the running averages.
+            let stats = |dev: &Device| -> anyhow::Result<[Tensor; 2]> {
+                let on = |t: &Tensor| t.to_device(dev);
+                let xd = if strided {
+                    on(&x)?.transpose(2, 3)?
+                } else {
+                    on(&x)?
+                };
+                let (_, s) = mtanet_kernels::batch_norm_train(&xd, &on(&w)?, &on(&b)?, 1e-5, relu)?;
+                Ok([
+                    Tensor::new(s.mean.as_slice(), &Device::Cpu)?,
+                    Tensor::new(s.var.as_slice(), &Device::Cpu)?,
+                ])
+            };
+            let [m_ref, v_ref] = stats(&c.reference.clone())?;
+            let [m, v] = stats(&c.dev.clone())?;
+            c.push(&item, "batch mean", &m, &m_ref, None)?;
+            c.push(&item, "batch var", &v, &v_ref, None)?;
+        }
+        if dims.len() == 4 && !strided {
+            let scale = cpu_randn(seed + 4, &[ch], 0.5)?;
+            let shift = cpu_randn(seed + 5, &[ch], 0.5)?;
+            for relu in [false, true] {
+                c.op(
+                    &format!("ChannelAffine op {label} relu={relu}"),
+                    &[x.clone(), scale.clone(), shift.clone()],
+                    &r,
+                    &["input", "scale", "shift"],
+                    &|t| mtanet_kernels::channel_affine(&t[0], &t[1], &t[2], relu),
+                )?;
+            }
+        }
+    }
+    // ChannelAffine on a strided input.
+    let x = cpu_randn(1150, &[2, 3, 11, 5], 1.0)?;
+    let scale = cpu_randn(1151, &[3], 0.5)?;
+    let shift = cpu_randn(1152, &[3], 0.5)?;
+    let r = cpu_randn(1153, &[2, 3, 5, 11], 1.0)?;
+    c.op(
+        "ChannelAffine op (2, 3, 11, 5) transposed relu=true",
+        &[x, scale, shift],
+        &r,
+        &["input", "scale", "shift"],
+        &|t| mtanet_kernels::channel_affine(&t[0].transpose(2, 3)?, &t[1], &t[2], true),
+    )?;
+
+    // Gates: channel (N, C) and spatial (N, 1, H, W), plain and on a transposed input.
+    for (i, &(n, ch, h, w)) in [(2, 5, 7, 9), (3, 33, 6, 11)].iter().enumerate() {
+        let seed = 1200 + 10 * i as u64;
+        let label = format!("({n}, {ch}, {h}, {w})");
+        let x = cpu_randn(seed, &[n, ch, h, w], 1.0)?;
+        let gc = cpu_randn(seed + 1, &[n, ch], 1.0)?;
+        let gs = cpu_randn(seed + 2, &[n, 1, h, w], 1.0)?;
+        let r = cpu_randn(seed + 3, &[n, ch, h, w], 1.0)?;
+        c.op(
+            &format!("Gate op channel {label}"),
+            &[x.clone(), gc.clone()],
+            &r,
+            &["input", "gate"],
+            &|t| mtanet_kernels::channel_gate(&t[0], &t[1]),
+        )?;
+        c.op(
+            &format!("Gate op spatial {label}"),
+            &[x.clone(), gs.clone()],
+            &r,
+            &["input", "gate"],
+            &|t| mtanet_kernels::spatial_gate(&t[0], &t[1]),
+        )?;
+        let rt = r.transpose(2, 3)?.contiguous()?;
+        c.op(
+            &format!("Gate op channel {label} transposed"),
+            &[x.clone(), gc],
+            &rt,
+            &["input", "gate"],
+            &|t| mtanet_kernels::channel_gate(&t[0].transpose(2, 3)?, &t[1]),
+        )?;
+        c.op(
+            &format!("Gate op spatial {label} transposed"),
+            &[x.clone(), gs.transpose(2, 3)?.contiguous()?],
+            &rt,
+            &["input", "gate"],
+            &|t| mtanet_kernels::spatial_gate(&t[0].transpose(2, 3)?, &t[1]),
+        )?;
+        let r2 = cpu_randn(seed + 4, &[n, 2, h, w], 1.0)?;
+        c.op(
+            &format!("ChannelMaxMean op {label}"),
+            std::slice::from_ref(&x),
+            &r2,
+            &["input"],
+            &|t| mtanet_kernels::channel_max_mean(&t[0]),
+        )?;
+        c.op(
+            &format!("ChannelMaxMean op {label} transposed"),
+            &[x],
+            &r2.transpose(2, 3)?.contiguous()?,
+            &["input"],
+            &|t| mtanet_kernels::channel_max_mean(&t[0].transpose(2, 3)?),
+        )?;
+    }
+    // Ties in the channel max: the gradient goes to the first maximal channel on every device.
+    let x = cpu_randn(1300, &[2, 4, 3, 5], 1.0)?.round()?;
+    let r = cpu_randn(1301, &[2, 2, 3, 5], 1.0)?;
+    c.op(
+        "ChannelMaxMean op (2, 4, 3, 5) ties",
+        &[x],
+        &r,
+        &["input"],
+        &|t| mtanet_kernels::channel_max_mean(&t[0]),
+    )?;
+
+    // Residual join (AddRelu forward, ReluMask backward): odd size and a strided operand.
+    let a = cpu_randn(1400, &[3, 7, 5, 3], 1.0)?;
+    let b = cpu_randn(1401, &[3, 7, 3, 5], 1.0)?;
+    let r = cpu_randn(1402, &[3, 7, 5, 3], 1.0)?;
+    c.op(
+        "AddRelu op (3, 7, 5, 3), b transposed",
+        &[a, b],
+        &r,
+        &["a", "b"],
+        &|t| mtanet_kernels::add_relu(&t[0], &t[1].transpose(2, 3)?),
+    )?;
+    Ok(())
+}
+
+/// The in-place optimizer updates (SGD with momentum, Adam): two steps on both devices from
+/// the same start; the parameter and every state buffer compared.
+fn check_optimizer_steps(c: &mut Checker) -> anyhow::Result<()> {
+    let p0 = cpu_randn(1500, &[3, 37], 1.0)?;
+    let grads = [
+        cpu_randn(1501, &[3, 37], 1.0)?,
+        cpu_randn(1502, &[3, 37], 1.0)?,
+    ];
+    let run = |dev: &Device, adam: bool| -> anyhow::Result<Vec<Tensor>> {
+        // `copy` gives each run its own storage (the updates are in place).
+        let p = p0.to_device(dev)?.copy()?;
+        let m = p.zeros_like()?;
+        let v = p.zeros_like()?;
+        for (step, g) in grads.iter().enumerate() {
+            let g = g.to_device(dev)?;
+            if adam {
+                let t = step as i32 + 1;
+                mtanet_kernels::adam_step(&p, &m, &v, &g, 1e-2, [0.9, 0.999], 1e-8, 1e-4, 0.5, t)?;
+            } else {
+                mtanet_kernels::sgd_momentum_step(&p, &m, &g, 0.1, 0.9, 1e-4, 0.5)?;
+            }
+        }
+        Ok(vec![p, m, v])
+    };
+    for (label, adam, names) in [
+        (
+            "sgd_momentum_step() (3, 37)",
+            false,
+            &["param", "momentum"][..],
+        ),
+        ("adam_step() (3, 37)", true, &["param", "m", "v"][..]),
+    ] {
+        let want = run(&c.reference.clone(), adam)?;
+        let got = run(&c.dev.clone(), adam)?;
+        for ((name, a), b) in names.iter().zip(&got).zip(&want) {
+            c.push(label, &format!("{name} after 2 steps"), a, b, None)?;
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,20 @@
 //!   [`host_fallback`]): correct but slow, and said once on stderr.
 //! - **Max-pool** ([`max_pool`]): our own CUDA C (`max_pool.cu`), forward and a deterministic
 //!   gather backward that adds in the same order as the CPU scatter (bit-identical results).
+//! - **BatchNorm and channel affine** ([`norm`], `norm.cu`): training BatchNorm (statistics,
+//!   normalisation, fused ReLU) and its backward, the eval-mode channel affine and its backward.
+//!   The per-channel sums reproduce the CPU's summation order (16 f32 lanes per row, rows added
+//!   in f64 in image order), so statistics and parameter gradients are bit-identical to the
+//!   CPU's and deterministic (no atomics). The statistics are copied to the host (C values) for
+//!   the running averages and the backward op, as the CPU op keeps them.
+//! - **Gates** ([`gate`], `gate.cu`): channel / spatial gate forward and backward, CBAM's channel
+//!   max + mean pooling and its backward (first-argmax rule of the CPU).
+//! - **Element-wise** ([`elementwise`], `elementwise.cu`): the residual `relu(a + b)` and its
+//!   backward mask, and the in-place SGD / Adam updates.
+//!
+//! All of our CUDA C uses the `_rn` intrinsics for products and sums, so NVRTC's default FMA
+//! contraction cannot change the CPU's rounding; f32 only, except the max-pool (f32 and f64).
+//! Strided operands are packed first ([`Dense`]); every output is dense.
 //!
 //! # Why NVRTC at run time rather than PTX at build time
 //!
@@ -28,27 +42,25 @@
 //!   at run time, which candle already links.
 
 pub mod conv;
+pub mod elementwise;
+pub mod gate;
 pub mod host_fallback;
 pub mod max_pool;
+pub mod norm;
 mod nvrtc;
 
 pub use conv::{allow_tf32, set_allow_tf32};
 pub use nvrtc::compile_cubin;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::CudaDType;
-use candle_core::CudaStorage;
-#[cfg(feature = "cudnn")]
-use candle_core::{
-    cuda_backend::cudarc::driver::{CudaView, DeviceRepr},
-    Layout, Result,
-};
+use candle_core::{bail, CudaStorage, Layout, Result};
 
 /// A CUDA operand viewed as dense row-major data: borrowed at its offset when its layout is
 /// contiguous, otherwise copied into a fresh contiguous buffer by candle's strided-copy kernel.
-/// (Used by the cuDNN convolutions, whose descriptors here are packed NCHW.)
-#[cfg(feature = "cudnn")]
+/// (Used by the cuDNN convolutions, whose descriptors here are packed NCHW, and by the NVRTC
+/// kernels of [`norm`], [`gate`] and [`elementwise`], which index dense data.)
 pub(crate) enum Dense<'a> {
     /// Contiguous already: the storage and the element range the layout covers.
     Borrowed(&'a CudaStorage, usize, usize),
@@ -56,7 +68,6 @@ pub(crate) enum Dense<'a> {
     Owned(CudaStorage, usize),
 }
 
-#[cfg(feature = "cudnn")]
 impl<'a> Dense<'a> {
     /// Views `storage` through `layout` as dense data, copying only if needed.
     pub(crate) fn new(storage: &'a CudaStorage, layout: &Layout) -> Result<Self> {
@@ -83,4 +94,43 @@ impl<'a> Dense<'a> {
 /// Wraps a freshly computed device buffer as candle storage on `storage`'s device.
 pub(crate) fn wrap<T: CudaDType>(slice: CudaSlice<T>, like: &CudaStorage) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(slice, like.device().clone())
+}
+
+/// Threads per block of the NVRTC kernels' launches.
+pub(crate) const THREADS: u32 = 256;
+
+/// A launch of `units / per_block` blocks (rounded up, at least 1, at most 2^20; the kernels
+/// loop grid-stride over the rest) of [`THREADS`] threads.
+pub(crate) fn launch(units: usize, per_block: usize) -> LaunchConfig {
+    let blocks = units.div_ceil(per_block.max(1)).clamp(1, 1 << 20) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A size as the kernels' `long long`.
+pub(crate) fn to_i64(v: usize, what: &str) -> Result<i64> {
+    match i64::try_from(v) {
+        Ok(v) => Ok(v),
+        Err(_) => bail!("{what} (cuda): size {v} does not fit in i64"),
+    }
+}
+
+/// An f32 operand packed dense, with its element count checked against `len`.
+pub(crate) fn dense_f32<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    len: usize,
+    what: &str,
+) -> Result<Dense<'a>> {
+    if storage.dtype() != candle_core::DType::F32 {
+        bail!("{what} (cuda): f32 only, got {:?}", storage.dtype())
+    }
+    let n = layout.shape().elem_count();
+    if n != len {
+        bail!("{what} (cuda): {n} values, expected {len}")
+    }
+    Dense::new(storage, layout)
 }

@@ -116,6 +116,64 @@ mod tests {
         Ok(())
     }
 
+    /// Every other CUDA C source of the crate compiles for sm_80 and sm_90 too, and its CUBIN
+    /// names each kernel the Rust side launches.
+    #[test]
+    fn all_sources_compile_to_cubins() -> Result<()> {
+        use super::super::{elementwise, gate, norm};
+        let sources: [(&str, &str, &[&str]); 3] = [
+            (
+                norm::SOURCE,
+                "norm.cu",
+                &[
+                    "mtanet_bn_row_sums",
+                    "mtanet_bn_mean",
+                    "mtanet_bn_finalize",
+                    "mtanet_scale_shift",
+                    "mtanet_bn_gated_row_sums",
+                    "mtanet_bn_gated_finalize",
+                    "mtanet_bn_train_dx",
+                    "mtanet_affine_dx",
+                ],
+            ),
+            (
+                gate::SOURCE,
+                "gate.cu",
+                &[
+                    "mtanet_gate_mul",
+                    "mtanet_gate_channel_dgate",
+                    "mtanet_gate_spatial_dgate",
+                    "mtanet_channel_max_mean",
+                    "mtanet_channel_max_mean_grad",
+                ],
+            ),
+            (
+                elementwise::SOURCE,
+                "elementwise.cu",
+                &[
+                    "mtanet_add_relu",
+                    "mtanet_relu_mask",
+                    "mtanet_opt_accumulate",
+                    "mtanet_opt_sgd_apply",
+                    "mtanet_opt_adam_apply",
+                ],
+            ),
+        ];
+        for (src, name, kernels) in sources {
+            for arch in [(8, 0), (9, 0)] {
+                let cubin = compile_cubin(src, name, arch)?;
+                assert_eq!(&cubin[..4], b"\x7fELF", "{name} sm_{}{}", arch.0, arch.1);
+                for k in kernels {
+                    let found = cubin
+                        .windows(k.len() + 1)
+                        .any(|w| w[..k.len()] == *k.as_bytes() && w[k.len()] == 0);
+                    assert!(found, "{name} sm_{}{}: no symbol {k}", arch.0, arch.1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn compile_errors_carry_the_log() {
         let err =

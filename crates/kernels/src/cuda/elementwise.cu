@@ -1,0 +1,47 @@
+// Element-wise kernels for mtanet-kernels (the residual join and the in-place optimizer
+// updates), compiled at run time by NVRTC (crates/kernels/src/cuda/nvrtc.rs). Same formulas, in
+// the same f32 operation order, as crates/kernels/src/residual.rs and optimizer_step.rs; the
+// `_rn` intrinsics keep NVRTC from contracting a multiply and an add into an FMA, so the results
+// are bit-identical to the CPU's. All operands are dense (the Rust side packs strided ones).
+
+typedef long long i64;
+
+#define GRID_STRIDE(i, n)                                                 \
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n);    \
+         i += (i64)blockDim.x * gridDim.x)
+
+// y = max(0, a + b).
+extern "C" __global__ void mtanet_add_relu(const float* a, const float* b, float* y, i64 n) {
+    GRID_STRIDE(i, n) { y[i] = fmaxf(__fadd_rn(a[i], b[i]), 0.0f); }
+}
+
+// out = g where y > 0, else 0.
+extern "C" __global__ void mtanet_relu_mask(const float* y, const float* g, float* out, i64 n) {
+    GRID_STRIDE(i, n) { out[i] = y[i] > 0.0f ? g[i] : 0.0f; }
+}
+
+// buf = keep * buf + add * d (or d^2 when squared), d = scale * grad + decay * param.
+extern "C" __global__ void mtanet_opt_accumulate(float* buf, const float* grad, const float* param,
+                                                 i64 n, float decay, float scale, float keep,
+                                                 float add, int squared) {
+    GRID_STRIDE(i, n) {
+        float d = __fadd_rn(__fmul_rn(grad[i], scale), __fmul_rn(param[i], decay));
+        if (squared) d = __fmul_rn(d, d);
+        buf[i] = __fadd_rn(__fmul_rn(buf[i], keep), __fmul_rn(d, add));
+    }
+}
+
+// param -= lr * buf.
+extern "C" __global__ void mtanet_opt_sgd_apply(float* param, const float* buf, i64 n, float lr) {
+    GRID_STRIDE(i, n) { param[i] = __fsub_rn(param[i], __fmul_rn(buf[i], lr)); }
+}
+
+// param -= step_size * m / (sqrt(v) / sqrt_bc2 + eps).
+extern "C" __global__ void mtanet_opt_adam_apply(float* param, const float* m, const float* v,
+                                                 i64 n, float step_size, float sqrt_bc2,
+                                                 float eps) {
+    GRID_STRIDE(i, n) {
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v[i]), sqrt_bc2), eps);
+        param[i] = __fsub_rn(param[i], __fmul_rn(step_size, __fdiv_rn(m[i], denom)));
+    }
+}
