@@ -3,7 +3,7 @@
 //! `mtanet_kernels::cuda_fused_ops`) on CUDA: one pass for the statistics, one for the output,
 //! ReLU folded in where the network applies one; by candle-nn's composed BatchNorm elsewhere.
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 /// A BatchNorm layer: `weight`, `bias`, `running_mean`, `running_var`.
@@ -57,11 +57,7 @@ impl BatchNorm {
     /// True when the fused ops of `mtanet_kernels` apply to `x`: f32 on the CPU, or f32 on CUDA
     /// in a `cuda` build (their NVRTC kernels), with the parameters on `x`'s device.
     fn fused(&self, x: &Tensor) -> bool {
-        let on_cuda = mtanet_kernels::cuda_fused_ops() && x.device().is_cuda();
-        (x.device().is_cpu() || on_cuda)
-            && x.device().same_device(self.weight.device())
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
+        mtanet_kernels::fused_ops_apply(&[x, &self.weight])
     }
 
     /// `relu(bn(x))` (train mode: batch statistics, running averages updated).

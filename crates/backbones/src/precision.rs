@@ -26,9 +26,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Both settings, in the order benchmarks report them.
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
-
     /// The compute dtype, or `None` for "the parameters' dtype".
     pub fn compute_dtype(self) -> Option<DType> {
         match self {

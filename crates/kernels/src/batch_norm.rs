@@ -19,7 +19,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -55,20 +55,6 @@ fn per_channel<'a>(s: &'a CpuStorage, l: &Layout, c: usize, what: &str) -> Resul
     }
 }
 
-/// True when the fused ops run these tensors: all f32, all on the CPU or (in a `cuda` build)
-/// all on one CUDA device.
-fn fused_applies(ts: &[&Tensor]) -> bool {
-    let Some(first) = ts.first() else {
-        return false;
-    };
-    let on_cpu = ts.iter().all(|t| t.device().is_cpu());
-    let on_cuda = crate::cuda_fused_ops()
-        && ts
-            .iter()
-            .all(|t| t.device().is_cuda() && t.device().same_device(first.device()));
-    (on_cpu || on_cuda) && ts.iter().all(|t| t.dtype() == DType::F32)
-}
-
 /// Training-mode BatchNorm of `x` (N, C, ...) with per-channel `weight` and `bias` (C), the
 /// statistics taken over batch and space as `torch.nn.functional.batch_norm(training=True)`,
 /// then `max(0, .)` when `relu`. Differentiable in `x`, `weight` and `bias`. Returns the
@@ -83,7 +69,7 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    if !fused_applies(&[x, weight, bias]) {
+    if !crate::fused_ops_apply(&[x, weight, bias]) {
         bail!("batch_norm_train: f32 tensors on the CPU (or one CUDA device) only")
     }
     let saved = Arc::new(Mutex::new(None));
@@ -455,7 +441,7 @@ impl CustomOp3 for BatchNormTrainGrad {
 /// `shift = bias - running_mean * scale`. Differentiable in all three. f32 only, on the CPU or
 /// (in a `cuda` build) on CUDA.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
-    if !fused_applies(&[x, scale, shift]) {
+    if !crate::fused_ops_apply(&[x, scale, shift]) {
         bail!("channel_affine: f32 tensors on the CPU (or one CUDA device) only")
     }
     x.apply_op3(scale, shift, ChannelAffine { relu })

@@ -10,7 +10,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Which axis the gate varies along, besides the image.
@@ -32,7 +32,7 @@ pub fn channel_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
             x.dims()
         )
     }
-    if fused(x, gate) {
+    if crate::fused_ops_apply(&[x, gate]) {
         x.apply_op2(
             gate,
             Gate {
@@ -54,7 +54,7 @@ pub fn spatial_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
             x.dims()
         )
     }
-    if fused(x, gate) {
+    if crate::fused_ops_apply(&[x, gate]) {
         x.apply_op2(
             gate,
             Gate {
@@ -64,15 +64,6 @@ pub fn spatial_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
     } else {
         x.broadcast_mul(gate)
     }
-}
-
-/// True when the fused ops run these tensors: both f32, both on the CPU or (in a `cuda` build)
-/// both on one CUDA device.
-fn fused(x: &Tensor, gate: &Tensor) -> bool {
-    let on_cpu = x.device().is_cpu() && gate.device().is_cpu();
-    let on_cuda =
-        crate::cuda_fused_ops() && x.device().is_cuda() && x.device().same_device(gate.device());
-    (on_cpu || on_cuda) && x.dtype() == DType::F32 && gate.dtype() == DType::F32
 }
 
 /// The forward op: (`x`, `gate`) -> `x * gate`.
@@ -241,7 +232,7 @@ impl candle_core::CustomOp3 for GateGrad {
 /// PyTorch's `torch.max(x, 1)` on CPU); candle's reductions over a non-last axis and the
 /// concatenation are replaced by one pass over the channel rows.
 pub fn channel_max_mean(x: &Tensor) -> Result<Tensor> {
-    if fused(x, x) {
+    if crate::fused_ops_apply(&[x]) {
         x.apply_op1(ChannelMaxMean)
     } else {
         Tensor::cat(&[x.max_keepdim(1)?, x.mean_keepdim(1)?], 1)

@@ -13,6 +13,8 @@
 //! as fused ops, replacing candle-nn's seven-pass composed BatchNorm and its backward.
 #![warn(missing_docs)]
 
+use candle_core::{DType, Tensor};
+
 mod batch_norm;
 pub mod conv2d;
 #[cfg(feature = "cuda")]
@@ -41,4 +43,20 @@ pub fn cuda_fused_ops() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     cfg!(feature = "cuda")
         && *ENABLED.get_or_init(|| std::env::var("MTANET_CUDA_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// True when the fused ops (BatchNorm, channel affine, gates, channel pooling, residual,
+/// optimizer steps) run these tensors: all f32, and all on the CPU or, where
+/// [`cuda_fused_ops`] allows, all on one CUDA device. Otherwise callers use candle's composed
+/// ops.
+pub fn fused_ops_apply(ts: &[&Tensor]) -> bool {
+    let Some(first) = ts.first() else {
+        return false;
+    };
+    let on_cpu = ts.iter().all(|t| t.device().is_cpu());
+    let on_cuda = cuda_fused_ops()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.device().same_device(first.device()));
+    (on_cpu || on_cuda) && ts.iter().all(|t| t.dtype() == DType::F32)
 }

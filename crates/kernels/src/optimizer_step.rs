@@ -9,7 +9,7 @@
 //! element by element, in f32.
 
 use crate::conv2d::storage::dense_f32;
-use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 /// Values per rayon task.
@@ -18,13 +18,11 @@ const CHUNK: usize = 1 << 15;
 /// True when every tensor is a contiguous f32 tensor of `first`'s shape, all on the CPU or (in a
 /// `cuda` build) all on `first`'s CUDA device.
 pub fn fused_update_applies(first: &Tensor, rest: &[&Tensor]) -> bool {
-    let on_cuda = crate::cuda_fused_ops() && first.device().is_cuda();
-    std::iter::once(first).chain(rest.iter().copied()).all(|t| {
-        (t.device().is_cpu() || (on_cuda && t.device().same_device(first.device())))
-            && t.dtype() == DType::F32
-            && t.is_contiguous()
-            && t.shape() == first.shape()
-    })
+    let all: Vec<&Tensor> = std::iter::once(first).chain(rest.iter().copied()).collect();
+    crate::fused_ops_apply(&all)
+        && all
+            .iter()
+            .all(|t| t.is_contiguous() && t.shape() == first.shape())
 }
 
 fn target<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
@@ -105,13 +103,20 @@ pub fn adam_step(
     )
 }
 
-/// `buf = keep * buf + add * d` (or `d^2` when `squared`), `d = scale * grad + decay * param`.
-struct Accumulate {
-    decay: f32,
-    scale: f32,
-    keep: f32,
-    add: f32,
-    squared: bool,
+/// `buf = keep * buf + add * d` (or `d^2` when `squared`), `d = scale * grad + decay * param`
+/// (also the parameters of the CUDA kernel, `cuda/elementwise.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Accumulate {
+    /// Weight decay (L2 added to the gradient).
+    pub(crate) decay: f32,
+    /// Gradient scale.
+    pub(crate) scale: f32,
+    /// Factor of the old buffer value.
+    pub(crate) keep: f32,
+    /// Factor of the new term.
+    pub(crate) add: f32,
+    /// Square the new term (Adam's second moment).
+    pub(crate) squared: bool,
 }
 
 impl InplaceOp3 for Accumulate {
@@ -129,14 +134,7 @@ impl InplaceOp3 for Accumulate {
         ps: &candle_core::CudaStorage,
         pl: &Layout,
     ) -> Result<()> {
-        let op = crate::cuda::elementwise::Accumulate {
-            decay: self.decay,
-            scale: self.scale,
-            keep: self.keep,
-            add: self.add,
-            squared: self.squared,
-        };
-        crate::cuda::elementwise::accumulate((bs, bl), (gs, gl), (ps, pl), op)
+        crate::cuda::elementwise::accumulate((bs, bl), (gs, gl), (ps, pl), *self)
     }
 
     fn cpu_fwd(

@@ -5,7 +5,7 @@
 //! forward is one pass and the backward one masked copy shared by both inputs.
 
 use crate::conv2d::storage::dense_f32;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Values per rayon task.
@@ -18,11 +18,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims())
     }
-    let on_cpu = a.device().is_cpu() && b.device().is_cpu();
-    let on_cuda =
-        crate::cuda_fused_ops() && a.device().is_cuda() && a.device().same_device(b.device());
-    let f32s = a.dtype() == DType::F32 && b.dtype() == DType::F32;
-    if (on_cpu || on_cuda) && f32s {
+    if crate::fused_ops_apply(&[a, b]) {
         a.apply_op2(b, AddRelu)
     } else {
         (a + b)?.relu()

@@ -68,27 +68,12 @@ fn target<'a>(
     ))
 }
 
-/// Parameters of the optimizer accumulation (see `optimizer_step.rs`).
-#[derive(Clone, Copy, Debug)]
-pub struct Accumulate {
-    /// Weight decay (L2 added to the gradient).
-    pub decay: f32,
-    /// Gradient scale.
-    pub scale: f32,
-    /// Factor of the old buffer value.
-    pub keep: f32,
-    /// Factor of the new term.
-    pub add: f32,
-    /// Square the new term (Adam's second moment).
-    pub squared: bool,
-}
-
 /// `buf = keep * buf + add * d` (or `d^2`), `d = scale * grad + decay * param`, in place.
-pub fn accumulate(
+pub(crate) fn accumulate(
     buf: (&mut CudaStorage, &Layout),
     grad: (&CudaStorage, &Layout),
     param: (&CudaStorage, &Layout),
-    op: Accumulate,
+    op: crate::optimizer_step::Accumulate,
 ) -> Result<()> {
     const WHAT: &str = "optimizer buffer";
     let dev = grad.0.device().clone();
