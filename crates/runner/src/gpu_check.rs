@@ -1169,31 +1169,28 @@ pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
                         opts.steps,
                         opts.warmup,
                     );
-                    let point = match r {
-                        Ok((train, eval)) => BenchPoint {
-                            backbone: kind,
-                            batch,
-                            precision,
-                            train_img_s: Some(train),
-                            eval_img_s: Some(eval),
-                            error: None,
-                        },
-                        Err(e) => BenchPoint {
-                            backbone: kind,
-                            batch,
-                            precision,
-                            train_img_s: None,
-                            eval_img_s: None,
-                            error: Some(format!("{e:#}")),
-                        },
+                    let (train_img_s, eval_img_s, error) = match r {
+                        Ok((train, eval)) => (Some(train), Some(eval), None),
+                        Err(e) => (None, None, Some(format!("{e:#}"))),
                     };
+                    let point = BenchPoint {
+                        backbone: kind,
+                        batch,
+                        precision,
+                        train_img_s,
+                        eval_img_s,
+                        error,
+                    };
+                    let rate = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                    let error = point.error.as_deref();
                     println!(
-                    "gpu-check: bench {kind} batch {batch} {precision}: train {} img/s, eval {} img/s{} ({:.0} s)",
-                    point.train_img_s.map_or("-".into(), |v| format!("{v:.1}")),
-                    point.eval_img_s.map_or("-".into(), |v| format!("{v:.1}")),
-                    point.error.as_deref().map_or(String::new(), |e| format!(", error: {e}")),
-                    t.elapsed().as_secs_f64()
-                );
+                        "gpu-check: bench {kind} batch {batch} {precision}: train {} img/s, \
+                         eval {} img/s{} ({:.0} s)",
+                        rate(point.train_img_s),
+                        rate(point.eval_img_s),
+                        error.map_or(String::new(), |e| format!(", error: {e}")),
+                        t.elapsed().as_secs_f64()
+                    );
                     points.push(point);
                     // Write after every point: a time-out still leaves the points so far.
                     write_bench(
