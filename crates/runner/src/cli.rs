@@ -329,13 +329,17 @@ pub struct BenchArgs {
     /// Threads for both frameworks.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Timed steps per point (the best is reported; 5 because this shared machine's speed
-    /// drifts: best of 3 once put two points 0.1 lower).
-    #[arg(long, default_value_t = 5)]
+    /// Timed steps per point and round (the best of all rounds is reported).
+    #[arg(long, default_value_t = 4)]
     pub steps: usize,
-    /// Untimed warm-up steps per point.
-    #[arg(long, default_value_t = 2)]
+    /// Untimed warm-up steps per point and round.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Rounds per point, alternating ours and PyTorch, each a fresh process: this shared
+    /// machine's speed drifts by 10-30% over minutes, and one back-to-back pair once put a
+    /// point 0.1 lower than the next run of the same code.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Python with torch, torchvision and timm for the comparison.
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -581,6 +585,7 @@ pub fn main() -> anyhow::Result<()> {
                 threads: a.threads,
                 steps: a.steps,
                 warmup: a.warmup,
+                rounds: a.rounds,
                 python: (!a.no_torch).then_some(a.python),
                 out: a.out,
             })?;

@@ -1,142 +1,125 @@
-//! Small feature maps: one GEMM over a block of images instead of one per image.
+//! Small feature maps: one GEMM over the whole batch instead of one per image.
 //!
 //! At 112x112 input, ResNet's last stages run on 7x7 and 4x4 maps: a per-image GEMM then has
 //! only 49 or 16 columns (or, for the weight gradient, a summed dimension of 16), which gemm
 //! runs at a fraction of its speed (measured: 21-60 GFLOP/s for the 4x4 weight and input
 //! gradients against 100-200 elsewhere). For dense convolutions (`groups == 1`) on such maps
-//! the column matrices of several images are laid side by side, `(patch_len, B * OH*OW)`, and
-//! the output gradients likewise, `(C_out, B * OH*OW)`: then forward, input gradient and weight
-//! gradient are each one wide GEMM per block, at the price of copying the (small) maps in
-//! and out.
+//! the column matrices of all images are laid side by side, `(patch_len, N * OH*OW)`, and the
+//! output gradients likewise, `(C_out, N * OH*OW)`: forward, input gradient and weight
+//! gradient are then each one wide GEMM on all threads (`(256, 2304, 784)` for ResNet-50's
+//! 7x7 3x3 conv at batch 16: 210 GFLOP/s here, against 170 for blocks of 6 images), at the
+//! price of copying the small maps in and out, in parallel.
 //!
-//! The weight gradient takes the whole batch as one block and one GEMM, whose summed dimension
-//! is split by gemm into cache-sized blocks, never by thread: the sum runs in the same order
-//! for any thread count (docs/determinism.md).
+//! The weight gradient's summed dimension (`N * OH*OW`) is split by gemm into cache-sized
+//! blocks, never by thread: the sum runs in the same order for any thread count
+//! (docs/determinism.md). Every pass is likewise independent of the thread count.
 
 use super::geometry::ConvGeometry;
-use super::im2col::{col2im_add, im2col};
+use super::im2col::{col2im_add, im2col_strided};
 use super::matmul::{matmul, MatRef};
-use super::schedule::{gemm_threads, parallel_units_pay};
-use super::scratch::with_columns;
-use gemm::Parallelism;
+use super::schedule::gemm_threads;
+use super::scratch::{with_columns, Scratch};
 use rayon::prelude::*;
 
 /// Output maps of at most this many pixels take the batched path.
 const MAX_PIXELS: usize = 64;
-/// Target width (columns) of a block's GEMM.
-const TARGET_COLUMNS: usize = 256;
 
 /// True when `g` runs through this module: dense, small output maps, more than one image.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1 && g.out_pixels() <= MAX_PIXELS && g.batch > 1
 }
 
-/// Images per block for the forward and input-gradient passes.
-fn block_images(g: &ConvGeometry) -> usize {
-    TARGET_COLUMNS.div_ceil(g.out_pixels()).clamp(1, g.batch)
-}
-
-/// Fills `cols` (`patch_len x B*P`, row-major) with the im2col matrices of `images`.
-fn gather_columns(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>, cols: &mut [f32]) {
+/// The column matrix of the whole batch, `(patch_len, N * OH*OW)` row-major: image `b`'s
+/// im2col rows at columns `b * OH*OW..`. Filled in parallel over bands of input channels
+/// (each band is a contiguous block of rows).
+fn gather_columns(g: &ConvGeometry, x: &[f32]) -> Scratch {
     let (k, p) = (g.patch_len(), g.out_pixels());
-    let width = images.len() * p;
-    for (b, image) in images.enumerate() {
-        let x_unit = g.input_unit(x, image);
-        let mut place = |col: &[f32]| {
-            for (row, src) in col.chunks_exact(p).enumerate() {
-                cols[row * width + b * p..row * width + (b + 1) * p].copy_from_slice(src);
+    let width = g.batch * p;
+    let mut cols = Scratch::take(k * width);
+    if g.is_pointwise() {
+        gather_maps(x, g.in_channels, p, g.batch, &mut cols);
+        return cols;
+    }
+    let taps = g.kernel_h * g.kernel_w;
+    let plane = g.in_h * g.in_w;
+    let band = band_channels(g.in_channels);
+    cols.par_chunks_mut(band * taps * width)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            let c0 = i * band;
+            let c1 = (c0 + band).min(g.in_channels);
+            for b in 0..g.batch {
+                let x_unit = g.input_unit(x, b);
+                let planes = &x_unit[c0 * plane..c1 * plane];
+                im2col_strided(g, planes, &mut rows[b * p..], width);
             }
-        };
-        if g.is_pointwise() {
-            place(x_unit);
-        } else {
-            with_columns(k * p, |col| {
-                im2col(g, x_unit, col);
-                place(col);
-            });
-        }
-    }
+        });
+    cols
 }
 
-/// Copies the NCHW maps of `images` from `t` (`rows` channels of `P` pixels per image) into
-/// `out` (`rows x B*P`, row-major).
-fn gather_maps(t: &[f32], rows: usize, p: usize, images: std::ops::Range<usize>, out: &mut [f32]) {
-    let width = images.len() * p;
-    for (b, image) in images.enumerate() {
-        let unit = &t[image * rows * p..(image + 1) * rows * p];
-        for (row, src) in unit.chunks_exact(p).enumerate() {
-            out[row * width + b * p..row * width + (b + 1) * p].copy_from_slice(src);
-        }
-    }
+/// Input channels per parallel task: enough tasks for every thread, a few channels each.
+fn band_channels(channels: usize) -> usize {
+    channels.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
-/// Runs `f(first_image, images, out_block)` over blocks of images of `out` (NCHW, `unit_len`
-/// values per image): in parallel with single-threaded gemm when the blocks keep every thread
-/// busy, else in order with gemm's own threads.
-fn for_each_block<F>(g: &ConvGeometry, out: &mut [f32], unit_len: usize, f: F)
-where
-    F: Fn(std::ops::Range<usize>, &mut [f32], Parallelism) + Sync,
-{
-    let per = block_images(g);
-    let blocks = g.batch.div_ceil(per);
-    let run = |i: usize, chunk: &mut [f32], par| {
-        let images = i * per..((i + 1) * per).min(g.batch);
-        f(images, chunk, par)
-    };
-    if parallel_units_pay(blocks) {
-        out.par_chunks_mut(per * unit_len)
-            .enumerate()
-            .for_each(|(i, chunk)| run(i, chunk, Parallelism::None));
-    } else {
-        let par = gemm_threads();
-        for (i, chunk) in out.chunks_mut(per * unit_len).enumerate() {
-            run(i, chunk, par);
-        }
-    }
+/// Copies the NCHW maps `t` (`rows` channels of `p` pixels per image, `batch` images) into
+/// `out` (`rows x batch*p`, row-major), in parallel over rows.
+fn gather_maps(t: &[f32], rows: usize, p: usize, batch: usize, out: &mut [f32]) {
+    out.par_chunks_mut(batch * p)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            for (b, d) in dst.chunks_exact_mut(p).enumerate() {
+                let src = (b * rows + row) * p;
+                d.copy_from_slice(&t[src..src + p]);
+            }
+        });
 }
 
-/// Forward pass: per block, `Y (C_out x B*P) = W @ cols`, scattered back to NCHW.
+/// Forward pass: `Y (C_out x N*P) = W @ cols`, scattered back to NCHW.
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
+    let width = g.batch * p;
+    let cols = gather_columns(g, x);
+    let mut wide = Scratch::take(c_out * width);
+    matmul(
+        &mut wide,
+        false,
+        MatRef::row_major(w, c_out, k),
+        MatRef::row_major(&cols, k, width),
+        gemm_threads(),
+    );
+    drop(cols);
     let mut y = vec![0.0f32; g.batch * g.out_unit_len()];
-    for_each_block(g, &mut y, g.out_unit_len(), |images, y_block, par| {
-        let width = images.len() * p;
-        let mut cols = vec![0.0f32; k * width];
-        gather_columns(g, x, images.clone(), &mut cols);
-        let mut wide = vec![0.0f32; c_out * width];
-        matmul(
-            &mut wide,
-            false,
-            MatRef::row_major(w, c_out, k),
-            MatRef::row_major(&cols, k, width),
-            par,
-        );
-        for (b, y_unit) in y_block.chunks_exact_mut(c_out * p).enumerate() {
+    y.par_chunks_mut(c_out * p)
+        .enumerate()
+        .for_each(|(b, y_unit)| {
             for (row, dst) in y_unit.chunks_exact_mut(p).enumerate() {
                 dst.copy_from_slice(&wide[row * width + b * p..row * width + (b + 1) * p]);
             }
-        }
-    });
+        });
     y
 }
 
-/// Input gradient: per block, `dcols (patch_len x B*P) = W^T @ dY`, then col2im per image.
+/// Input gradient: `dcols (patch_len x N*P) = W^T @ dY`, then col2im per image in parallel.
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
+    let width = g.batch * p;
+    let mut dy_wide = Scratch::take(c_out * width);
+    gather_maps(dy, c_out, p, g.batch, &mut dy_wide);
+    let mut dcols = Scratch::take(k * width);
+    matmul(
+        &mut dcols,
+        false,
+        MatRef::row_major(w, c_out, k).t(),
+        MatRef::row_major(&dy_wide, c_out, width),
+        gemm_threads(),
+    );
+    drop(dy_wide);
     let mut dx = vec![0.0f32; g.batch * g.in_unit_len()];
-    for_each_block(g, &mut dx, g.in_unit_len(), |images, dx_block, par| {
-        let width = images.len() * p;
-        let mut dy_wide = vec![0.0f32; c_out * width];
-        gather_maps(dy, c_out, p, images.clone(), &mut dy_wide);
-        let mut dcols = vec![0.0f32; k * width];
-        matmul(
-            &mut dcols,
-            false,
-            MatRef::row_major(w, c_out, k).t(),
-            MatRef::row_major(&dy_wide, c_out, width),
-            par,
-        );
-        for (b, dx_unit) in dx_block.chunks_exact_mut(g.in_unit_len()).enumerate() {
+    let dcols = &dcols[..];
+    dx.par_chunks_mut(g.in_unit_len())
+        .enumerate()
+        .for_each(|(b, dx_unit)| {
             let unpack = |col: &mut [f32]| {
                 for (row, dst) in col.chunks_exact_mut(p).enumerate() {
                     dst.copy_from_slice(&dcols[row * width + b * p..row * width + (b + 1) * p]);
@@ -150,8 +133,7 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
                     col2im_add(g, col, dx_unit);
                 });
             }
-        }
-    });
+        });
     dx
 }
 
@@ -160,12 +142,9 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;
-    let mut cols = vec![0.0f32; k * width];
-    let mut dy_wide = vec![0.0f32; c_out * width];
-    rayon::join(
-        || gather_columns(g, x, 0..g.batch, &mut cols),
-        || gather_maps(dy, c_out, p, 0..g.batch, &mut dy_wide),
-    );
+    let cols = gather_columns(g, x);
+    let mut dy_wide = Scratch::take(c_out * width);
+    gather_maps(dy, c_out, p, g.batch, &mut dy_wide);
     let mut dw = vec![0.0f32; c_out * k];
     matmul(
         &mut dw,

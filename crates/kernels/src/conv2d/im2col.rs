@@ -56,18 +56,38 @@ fn tap_block(g: &ConvGeometry, ky: usize, kx: usize) -> (isize, usize, usize) {
 
 /// Fills `col` (`patch_len * OH*OW` values) from one unit of input (`C_in/groups * H * W`).
 pub fn im2col(g: &ConvGeometry, x_unit: &[f32], col: &mut [f32]) {
-    let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
-    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
-    let out_pixels = oh * ow;
     assert_eq!(x_unit.len(), g.in_unit_len(), "im2col: input unit length");
     assert_eq!(
         col.len(),
-        g.patch_len() * out_pixels,
+        g.patch_len() * g.out_pixels(),
         "im2col: column buffer length"
     );
-    let mut rows = col.chunks_exact_mut(out_pixels);
+    im2col_strided(g, x_unit, col, g.out_pixels());
+}
+
+/// im2col of the input planes `planes` (any whole number of `H * W` channel planes) into rows
+/// `row_stride` apart: tap row `r` (`OH*OW` values) goes to `col[r * row_stride..]`. With
+/// `row_stride > OH*OW` the rows of several images can sit side by side in one wide matrix.
+///
+/// Panics if `col` cannot hold every row.
+pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_stride: usize) {
+    let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let out_pixels = oh * ow;
+    let rows_needed = planes.len() / (h * w) * kh * kw;
+    assert!(
+        planes.len().is_multiple_of(h * w)
+            && row_stride >= out_pixels
+            && (rows_needed == 0 || col.len() >= (rows_needed - 1) * row_stride + out_pixels),
+        "im2col: {} input values and {} column values do not fit rows of {out_pixels} every {row_stride}",
+        planes.len(),
+        col.len()
+    );
+    let mut rows = col
+        .chunks_mut(row_stride)
+        .map(|chunk| &mut chunk[..out_pixels]);
     if same_width_unit_stride(g) {
-        for plane in x_unit.chunks_exact(h * w) {
+        for plane in planes.chunks_exact(h * w) {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let Some(row) = rows.next() else { return };
@@ -83,7 +103,7 @@ pub fn im2col(g: &ConvGeometry, x_unit: &[f32], col: &mut [f32]) {
         }
         return;
     }
-    for plane in x_unit.chunks_exact(h * w) {
+    for plane in planes.chunks_exact(h * w) {
         for ky in 0..kh {
             let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
             for kx in 0..kw {
@@ -273,6 +293,44 @@ mod tests {
                 (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
                 "adjoint h{h} w{w} k{k} s{s} p{p}: {lhs} vs {rhs}"
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn strided_rows_place_images_side_by_side() -> Result<()> {
+        // Three images' columns in one wide matrix, and a band of channels 1..3 of 3.
+        for &(h, w, k, s, p) in &[
+            (5, 7, 3, 1, 1),
+            (6, 5, 3, 2, 1),
+            (4, 4, 1, 1, 0),
+            (3, 2, 7, 1, 3),
+        ] {
+            let g = ConvGeometry::new(&[3, 3, h, w], &[1, 3, k, k], s, p, 1)?;
+            let (rows, px) = (g.patch_len(), g.out_pixels());
+            let x: Vec<f32> = (0..3 * g.in_unit_len())
+                .map(|i| (i as f32 * 0.29).sin())
+                .collect();
+            let width = 3 * px;
+            let mut wide = vec![f32::NAN; rows * width];
+            for b in 0..3 {
+                im2col_strided(&g, g.input_unit(&x, b), &mut wide[b * px..], width);
+            }
+            let band_rows = rows / 3;
+            for b in 0..3 {
+                let unit = im2col_naive(&g, g.input_unit(&x, b));
+                let mut band = vec![f32::NAN; 2 * band_rows * px];
+                let planes = &g.input_unit(&x, b)[h * w..];
+                im2col_strided(&g, planes, &mut band, px);
+                for r in 0..rows {
+                    let want = &unit[r * px..(r + 1) * px];
+                    assert_eq!(&wide[r * width + b * px..r * width + (b + 1) * px], want);
+                    if r >= band_rows {
+                        let got = &band[(r - band_rows) * px..(r - band_rows + 1) * px];
+                        assert_eq!(got, want, "channel band h{h} w{w} k{k} s{s} p{p}");
+                    }
+                }
+            }
         }
         Ok(())
     }

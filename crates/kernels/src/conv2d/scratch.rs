@@ -1,11 +1,16 @@
-//! Per-thread column buffers reused across calls, so that im2col does not page-fault a fresh
-//! allocation for every (image, group) unit.
+//! Per-thread buffers reused across calls, so that im2col and the batched GEMMs do not
+//! page-fault (or zero) a fresh allocation for every call.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 
 thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Buffers a thread keeps for reuse; a returned buffer beyond this replaces the smallest.
+const POOL_BUFFERS: usize = 4;
 
 /// Runs `f` on a scratch slice of `len` values (contents unspecified: `f` must overwrite it).
 ///
@@ -23,6 +28,57 @@ pub fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// A buffer from this thread's pool, returned to the pool of the thread that drops it.
+pub struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// `len` values whose contents are unspecified (stale values of an earlier use, or zeros):
+    /// the caller overwrites every value it reads.
+    pub fn take(len: usize) -> Self {
+        let reused = POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let fit = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= len)
+                .min_by_key(|&i| pool[i].capacity());
+            fit.or_else(|| (!pool.is_empty()).then_some(0))
+                .map(|i| pool.swap_remove(i))
+        });
+        let mut buf = reused.unwrap_or_default();
+        buf.resize(len, 0.0);
+        Self(buf)
+    }
+}
+
+impl Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // A thread being torn down has no pool left: the buffer is simply freed.
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOL_BUFFERS {
+                pool.push(buf);
+            } else if let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) {
+                if pool[smallest].capacity() < buf.capacity() {
+                    pool[smallest] = buf;
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +91,20 @@ mod tests {
             assert!(outer.iter().all(|v| *v == 1.0));
         });
         with_columns(3, |b| assert_eq!(b.len(), 3));
+    }
+
+    #[test]
+    fn pooled_buffers_are_reused_and_distinct_while_held() {
+        let mut a = Scratch::take(1000);
+        a.fill(1.0);
+        let ptr = a.as_ptr();
+        drop(a);
+        // The same allocation comes back, at the requested length.
+        let b = Scratch::take(600);
+        assert_eq!((b.as_ptr(), b.len()), (ptr, 600));
+        // Held at once: two different buffers.
+        let c = Scratch::take(600);
+        assert_ne!(b.as_ptr(), c.as_ptr());
+        assert_eq!(c.len(), 600);
     }
 }
