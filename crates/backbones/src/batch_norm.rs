@@ -3,7 +3,8 @@
 //! `mtanet_kernels::cuda_fused_ops`) on CUDA: one pass for the statistics, one for the output,
 //! ReLU folded in where the network applies one; by candle-nn's composed BatchNorm elsewhere.
 
-use candle_core::{Result, Tensor, Var};
+use crate::conv_bn::Conv2d;
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 /// A BatchNorm layer: `weight`, `bias`, `running_mean`, `running_var`.
@@ -60,9 +61,31 @@ impl BatchNorm {
         mtanet_kernels::fused_ops_apply(&[x, &self.weight])
     }
 
-    /// `relu(bn(x))` (train mode: batch statistics, running averages updated).
-    pub(crate) fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_act(x, train, true)
+    /// `relu?(bn(conv(x)))`. Training on the CPU in f32 runs the two as one op
+    /// (`mtanet_kernels::conv_bn_train`: the same values and gradients, without the
+    /// convolution output's gradient passing through candle's graph); otherwise the layers run
+    /// one after the other.
+    pub(crate) fn conv_forward_t(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if train && mtanet_kernels::conv_bn_applies(&[x, conv.weight(), &self.weight, &self.bias]) {
+            let (y, stats) = mtanet_kernels::conv_bn_train(
+                x,
+                conv.weight(),
+                &self.weight,
+                &self.bias,
+                conv.params(),
+                self.eps,
+                relu,
+            )?;
+            self.update_running(&stats)?;
+            return Ok(y);
+        }
+        self.forward_act(&conv.forward(x)?, train, relu)
     }
 
     fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {

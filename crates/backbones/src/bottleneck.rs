@@ -9,7 +9,7 @@ use crate::config::{Attention, ResNetConfig};
 use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
 use candle_core::{Result, Tensor};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::{ModuleT, VarBuilder};
 
 /// The attention layer of a block, if any.
 #[derive(Clone, Debug)]
@@ -109,9 +109,9 @@ impl Bottleneck {
 
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
-        let out = self.bn2.forward_relu_t(&self.conv2.forward(&out)?, train)?;
-        let out = self.bn3.forward_t(&self.conv3.forward(&out)?, train)?;
+        let out = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
+        let out = self.bn2.conv_forward_t(&self.conv2, &out, train, true)?;
+        let out = self.bn3.conv_forward_t(&self.conv3, &out, train, false)?;
         let out = match &self.attention {
             None => out,
             Some(BlockAttention::SqueezeExcite(se)) => se.forward(&out)?,
@@ -119,7 +119,7 @@ impl ModuleT for Bottleneck {
         };
         let shortcut = match &self.downsample {
             None => x.clone(),
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.conv_forward_t(conv, x, train, false)?,
         };
         mtanet_kernels::add_relu(&out, &shortcut)
     }

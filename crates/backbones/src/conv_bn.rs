@@ -53,6 +53,22 @@ pub(crate) struct Conv2d {
     spec: ConvSpec,
 }
 
+impl Conv2d {
+    /// The weight `(C_out, C_in/groups, K, K)`.
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Stride, padding and groups, as the fused kernels take them.
+    pub(crate) fn params(&self) -> mtanet_kernels::ConvParams {
+        mtanet_kernels::ConvParams {
+            stride: self.spec.stride,
+            padding: self.spec.padding,
+            groups: self.spec.groups,
+        }
+    }
+}
+
 impl Module for Conv2d {
     /// Runs in `x`'s dtype: the weight is cast at use (f32 master weight under bf16, see
     /// `precision.rs`; a no-op when the dtypes agree).

@@ -5,7 +5,7 @@ use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
 use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
 use candle_core::{bail, Result, Tensor};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::{ModuleT, VarBuilder};
 
 /// A backbone built from a [`ResNetConfig`]; `forward_t` returns the final feature map
 /// `(N, out_channels, h, w)` (no pooling, no classifier).
@@ -66,7 +66,7 @@ impl ResNet {
 
     /// The stem: conv1, bn1, ReLU and the 3x3/2 max-pool (padded or ceil mode).
     pub fn stem_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        let x = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
         match self.cfg.stem_pool {
             StemPool::Padded => mtanet_kernels::max_pool2d(&x, 3, 2, 1, false),
             StemPool::CeilMode => mtanet_kernels::max_pool2d(&x, 3, 2, 0, true),

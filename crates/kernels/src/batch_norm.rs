@@ -35,7 +35,7 @@ pub struct BatchStats {
 }
 
 /// `(N, C, inner)` view of an NC or NCHW tensor's dims.
-fn nc_inner(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
+pub(crate) fn nc_inner(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
     if dims.len() < 2 {
         bail!("{what}: input must have at least 2 dimensions (N, C, ...), got {dims:?}")
     }
@@ -194,7 +194,7 @@ fn channel_gated_sums(
 
 /// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
 /// then centred squares, so a large mean does not cancel the variance).
-fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     let m = (n * inner) as f64;
     (0..c)
         .into_par_iter()
@@ -217,7 +217,14 @@ fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<
 }
 
 /// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows.
-fn scale_shift(x: &[f32], a: &[f32], b: &[f32], c: usize, inner: usize, relu: bool) -> Vec<f32> {
+pub(crate) fn scale_shift(
+    x: &[f32],
+    a: &[f32],
+    b: &[f32],
+    c: usize,
+    inner: usize,
+    relu: bool,
+) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(inner.max(1))
         .zip(x.par_chunks(inner.max(1)))
@@ -401,39 +408,69 @@ impl CustomOp3 for BatchNormTrainGrad {
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
         let numel = x.len();
-        let relu = self.relu;
-        // Per channel: sum g' and sum g' * xhat.
-        let (sum_g, sum_gx) = channel_gated_sums(&g, &x, &y, (n, c, inner), relu, |ch| {
-            (self.mean[ch], self.inv_std[ch])
-        });
-        let m = (n * inner) as f64;
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
-        dx.par_chunks_mut(inner.max(1))
-            .enumerate()
-            .for_each(|(row, dr)| {
-                let ch = row % c;
-                let (mu, is) = (self.mean[ch], self.inv_std[ch]);
-                let k = self.weight[ch] * is;
-                let mg = (sum_g[ch] / m) as f32;
-                let mgx = (sum_gx[ch] / m) as f32;
-                let r = row * inner..(row + 1) * inner;
-                let rows = dr
-                    .iter_mut()
-                    .zip(&x[r.clone()])
-                    .zip(&g[r.clone()])
-                    .zip(&y[r]);
-                for (((d, &xv), &gv), &yv) in rows {
-                    let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
-                    *d = k * (gv - mg - (xv - mu) * is * mgx);
-                }
-            });
-        for ch in 0..c {
-            rest[ch] = sum_gx[ch] as f32;
-            rest[c + ch] = sum_g[ch] as f32;
-        }
+        let saved = TrainSaved {
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+            weight: &self.weight,
+        };
+        let (dweight, dbias) = train_backward(&x, &y, &g, (n, c, inner), saved, self.relu, dx);
+        rest[..c].copy_from_slice(&dweight);
+        rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
     }
+}
+
+/// The per-channel values a training BatchNorm's backward pass needs from its forward pass.
+#[derive(Clone, Copy)]
+pub(crate) struct TrainSaved<'a> {
+    /// Batch mean of each channel.
+    pub mean: &'a [f32],
+    /// `1 / sqrt(var + eps)` of each channel.
+    pub inv_std: &'a [f32],
+    /// The affine weight (gamma).
+    pub weight: &'a [f32],
+}
+
+/// Backward of training-mode BatchNorm (+ ReLU when `relu`) on the CPU: writes the input
+/// gradient into `dx` (x's size) and returns the weight and bias gradients (C each). `x` is
+/// the BatchNorm input, `y` its output (for the ReLU mask), `g` the output gradient.
+pub(crate) fn train_backward(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    s: TrainSaved<'_>,
+    relu: bool,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    // Per channel: sum g' and sum g' * xhat.
+    let (sum_g, sum_gx) = channel_gated_sums(g, x, y, (n, c, inner), relu, |ch| {
+        (s.mean[ch], s.inv_std[ch])
+    });
+    let m = (n * inner) as f64;
+    dx.par_chunks_mut(inner.max(1))
+        .enumerate()
+        .for_each(|(row, dr)| {
+            let ch = row % c;
+            let (mu, is) = (s.mean[ch], s.inv_std[ch]);
+            let k = s.weight[ch] * is;
+            let mg = (sum_g[ch] / m) as f32;
+            let mgx = (sum_gx[ch] / m) as f32;
+            let r = row * inner..(row + 1) * inner;
+            let rows = dr
+                .iter_mut()
+                .zip(&x[r.clone()])
+                .zip(&g[r.clone()])
+                .zip(&y[r]);
+            for (((d, &xv), &gv), &yv) in rows {
+                let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
+                *d = k * (gv - mg - (xv - mu) * is * mgx);
+            }
+        });
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (to_f32(sum_gx), to_f32(sum_g))
 }
 
 /// `x * scale[c] + shift[c]` over the channel axis of `x` (N, C, ...), then `max(0, .)` when

@@ -10,13 +10,16 @@
 //! gradient with a direct, non-GEMM transposed convolution).
 //!
 //! And the BatchNorm (training and eval, ReLU optionally fused) and the residual `relu(a + b)`
-//! as fused ops, replacing candle-nn's seven-pass composed BatchNorm and its backward.
+//! as fused ops, replacing candle-nn's seven-pass composed BatchNorm and its backward; and, for
+//! training on the CPU, a convolution and its BatchNorm (+ ReLU) as one op (`conv_bn_train`),
+//! so that the convolution output's gradient never passes through candle's graph.
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
 pub mod conv2d;
+mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod gate;
@@ -28,6 +31,7 @@ mod residual;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+pub use conv_bn::{conv_bn_applies, conv_bn_train, ConvParams};
 pub use gate::{channel_gate, channel_max_mean, spatial_gate};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};

@@ -23,6 +23,11 @@ pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
 pub use weight_grad::Conv2dWeightGrad;
 
+/// The three passes on dense row-major slices, for ops that fuse a convolution with more.
+pub(crate) use {
+    forward::forward, input_grad::input_grad, scratch::Scratch, weight_grad::weight_grad,
+};
+
 use candle_core::{DType, Result, Tensor};
 
 /// Convolves NCHW `x` `(N, C_in, H, W)` with `w` `(C_out, C_in/groups, KH, KW)`: square

@@ -1,0 +1,220 @@
+//! A convolution followed by training-mode BatchNorm (and optionally ReLU) as one candle op.
+//!
+//! Every ResNet convolution feeds a BatchNorm. As two ops, the convolution's output is a node
+//! of candle's graph, and candle's backward gives every node's gradient a zero-filled buffer
+//! and then adds the op's gradient into it: one allocation, one memset and one full-size add
+//! per convolution, on top of the BatchNorm backward's own output. Fused, the BatchNorm
+//! gradient of the convolution output lives in a reused scratch buffer for as long as the two
+//! convolution gradients need it, and never reaches candle's graph.
+//!
+//! The arithmetic is the separate ops' own, in the same order (`conv2d`'s passes and
+//! `batch_norm`'s statistics and backward), so the results are bit-identical to
+//! `batch_norm_train(conv2d(x, w))`; the tests check that.
+
+use crate::batch_norm::{channel_stats, nc_inner, scale_shift, train_backward, TrainSaved};
+use crate::conv2d::storage::dense_f32;
+use crate::conv2d::{self, ConvGeometry, Scratch};
+use crate::BatchStats;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// Stride, padding and groups of the convolution in [`conv_bn_train`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Step between output positions, both axes.
+    pub stride: usize,
+    /// Zero padding on each side, both axes.
+    pub padding: usize,
+    /// Channel groups (1 = dense).
+    pub groups: usize,
+}
+
+/// True when [`conv_bn_train`] runs these tensors: all f32 on the CPU.
+pub fn conv_bn_applies(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `relu?(batch_norm_train(conv2d(x, w), weight, bias))` as one op, with the batch statistics
+/// for the running averages (which the caller owns). Differentiable in `x`, `w`, `weight` and
+/// `bias`; the values and gradients equal those of the two separate ops bit for bit.
+///
+/// f32 on the CPU only ([`conv_bn_applies`]): other devices and dtypes use the separate ops.
+pub fn conv_bn_train(
+    x: &Tensor,
+    w: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    conv: ConvParams,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    if !conv_bn_applies(&[x, w, weight, bias]) {
+        bail!("conv_bn_train: f32 tensors on the CPU only")
+    }
+    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
+    let c = geometry.out_channels;
+    if weight.dims() != [c] || bias.dims() != [c] {
+        bail!(
+            "conv_bn_train: weight and bias must hold {c} values, got {:?} and {:?}",
+            weight.dims(),
+            bias.dims()
+        )
+    }
+    // One (2C) parameter tensor: a candle op takes at most three inputs.
+    let affine = Tensor::cat(&[weight, bias], 0)?;
+    let saved = Arc::new(Mutex::new(None));
+    let op = ConvBnTrain {
+        geometry,
+        eps,
+        relu,
+        saved: saved.clone(),
+    };
+    let y = x.apply_op3_arc(
+        w,
+        &affine,
+        Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
+    )?;
+    let saved = lock(&saved)?;
+    let Some(s) = saved.as_ref() else {
+        bail!("conv_bn_train: forward did not run")
+    };
+    let stats = BatchStats {
+        mean: s.mean.clone(),
+        var: s.var.clone(),
+        count: s.count,
+    };
+    Ok((y, stats))
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("conv_bn_train: poisoned state".into()))
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug)]
+struct Saved {
+    /// The convolution output (the BatchNorm input).
+    z: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+    weight: Vec<f32>,
+    count: usize,
+}
+
+/// The fused op (`x`, `w`, `[weight; bias]`) -> `y`.
+#[derive(Debug)]
+struct ConvBnTrain {
+    geometry: ConvGeometry,
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// The dense f32 values of a CPU tensor.
+fn cpu_values<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<std::borrow::Cow<'a, [f32]>> {
+    match storage {
+        Storage::Cpu(s) => dense_f32(s, layout, what),
+        _ => bail!("conv_bn_train: {what} is not on the CPU"),
+    }
+}
+
+impl CustomOp3 for ConvBnTrain {
+    fn name(&self) -> &'static str {
+        "mtanet-conv-bn-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        afs: &CpuStorage,
+        afl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        if xl.dims() != Shape::from(g.input_dims()).dims()
+            || wl.dims() != Shape::from(g.weight_dims()).dims()
+        {
+            bail!("conv_bn_train: inputs changed shape since the op was built")
+        }
+        let x = dense_f32(xs, xl, "input")?;
+        let w = dense_f32(ws, wl, "conv weight")?;
+        let affine = dense_f32(afs, afl, "BatchNorm weight and bias")?;
+        let (n, c, inner) = nc_inner(&[g.batch, g.out_channels, g.out_h, g.out_w], "conv_bn")?;
+        if n * inner < 2 {
+            bail!("conv_bn_train: need more than one value per channel, got {n} x {inner}")
+        }
+        let (gamma, beta) = affine.split_at(c);
+        let z = conv2d::forward(g, &x, &w);
+        let (mean, var) = channel_stats(&z, n, c, inner);
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let a: Vec<f32> = (0..c).map(|i| gamma[i] * inv_std[i]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
+        let y = scale_shift(&z, &a, &shift, c, inner, self.relu);
+        *lock(&self.saved)? = Some(Saved {
+            z,
+            mean,
+            var,
+            inv_std,
+            weight: gamma.to_vec(),
+            count: n * inner,
+        });
+        Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _affine: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.geometry;
+        let saved = lock(&self.saved)?;
+        let Some(s) = saved.as_ref() else {
+            bail!("conv_bn_train: backward before forward")
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (gs, gl) = grad_y.storage_and_layout();
+        let xv = cpu_values(&xs, xl, "input")?;
+        let wv = cpu_values(&ws, wl, "conv weight")?;
+        let yv = cpu_values(&ys, yl, "output")?;
+        let gv = cpu_values(&gs, gl, "output gradient")?;
+        let c = g.out_channels;
+        let dims = (g.batch, c, g.out_h * g.out_w);
+        let mut dz = Scratch::take(s.z.len());
+        let params = TrainSaved {
+            mean: &s.mean,
+            inv_std: &s.inv_std,
+            weight: &s.weight,
+        };
+        let (dgamma, dbeta) = train_backward(&s.z, &yv, &gv, dims, params, self.relu, &mut dz);
+        let dw = conv2d::weight_grad(g, &xv, &dz);
+        let dx = if x.track_op() {
+            Some(conv2d::input_grad(g, &dz, &wv))
+        } else {
+            None
+        };
+        let device = x.device();
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), device))
+            .transpose()?;
+        let dw = Tensor::from_vec(dw, w.shape(), device)?;
+        let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * c, device)?;
+        Ok((dx, Some(dw), Some(daffine)))
+    }
+}

@@ -1,0 +1,127 @@
+//! The fused `conv_bn_train` against the two ops it replaces, `batch_norm_train(conv2d(x, w))`
+//! (each tested on its own against candle and PyTorch in the other suites): the same output,
+//! batch statistics and autograd gradients of input, conv weight, BatchNorm weight and bias,
+//! bit for bit, over dense, strided, grouped, pointwise and 7x7 stem-like convolutions, small
+//! maps (the batched GEMM path), batch 1, and with and without ReLU; and an input that needs
+//! no gradient (the network's image) gets none.
+
+use candle_core::{Device, Result, Tensor, Var};
+use mtanet_kernels::{batch_norm_train, conv2d, conv_bn_train, ConvParams};
+
+/// Deterministic values in [-1, 1) * scale + offset from a 64-bit LCG.
+fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let values: Vec<f32> = (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale + offset
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (
+        a.flatten_all()?.to_vec1::<f32>()?,
+        b.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let differ = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
+    Ok(())
+}
+
+/// (batch, c_in, c_out, size, kernel, stride, padding, groups)
+const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+    (2, 8, 16, 9, 3, 1, 1, 1),
+    (3, 8, 8, 10, 3, 2, 1, 1),
+    (2, 16, 16, 7, 3, 1, 1, 4),
+    (2, 12, 20, 6, 1, 1, 0, 1),
+    (2, 8, 12, 9, 1, 2, 0, 1),
+    (2, 3, 8, 15, 7, 2, 3, 1),
+    (4, 16, 24, 4, 3, 1, 1, 1),
+    (1, 6, 10, 5, 3, 1, 1, 1),
+];
+
+#[test]
+fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+        for relu in [false, true] {
+            let seed = 100 * i as u64 + relu as u64;
+            let x = Var::from_tensor(&pseudo_random(&[n, c_in, size, size], seed, 1.0, 0.2)?)?;
+            let w = Var::from_tensor(&pseudo_random(
+                &[c_out, c_in / groups, k, k],
+                seed + 1,
+                0.3,
+                0.0,
+            )?)?;
+            let gamma = Var::from_tensor(&pseudo_random(&[c_out], seed + 2, 0.5, 1.0)?)?;
+            let beta = Var::from_tensor(&pseudo_random(&[c_out], seed + 3, 0.5, 0.0)?)?;
+            let conv = ConvParams {
+                stride,
+                padding,
+                groups,
+            };
+            let (fused, fused_stats) = conv_bn_train(&x, &w, &gamma, &beta, conv, 1e-5, relu)?;
+            let z = conv2d(&x, &w, stride, padding, groups)?;
+            let (separate, separate_stats) = batch_norm_train(&z, &gamma, &beta, 1e-5, relu)?;
+            let case = format!("case {i} relu {relu}");
+            assert_same(&format!("{case} output"), &fused, &separate)?;
+            assert_eq!(fused_stats, separate_stats, "{case} batch statistics");
+            let r = pseudo_random(fused.dims(), seed + 4, 1.0, 0.0)?;
+            let gf = (&fused * &r)?.sum_all()?.backward()?;
+            let gs = (&separate * &r)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)] {
+                let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
+                    panic!("{case}: no gradient for {name}")
+                };
+                assert_same(&format!("{case} d{name}"), a, b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_input_without_gradient_gets_none() -> Result<()> {
+    let x = pseudo_random(&[2, 3, 9, 9], 7, 1.0, 0.0)?;
+    let w = Var::from_tensor(&pseudo_random(&[4, 3, 3, 3], 8, 0.3, 0.0)?)?;
+    let gamma = Var::ones(4, candle_core::DType::F32, &Device::Cpu)?;
+    let beta = Var::zeros(4, candle_core::DType::F32, &Device::Cpu)?;
+    let conv = ConvParams {
+        stride: 2,
+        padding: 1,
+        groups: 1,
+    };
+    let (y, _) = conv_bn_train(&x, &w, &gamma, &beta, conv, 1e-5, true)?;
+    let grads = y.sum_all()?.backward()?;
+    assert!(grads.get(&x).is_none(), "the input is a constant");
+    assert!(grads.get(&w).is_some() && grads.get(&gamma).is_some());
+    Ok(())
+}
+
+#[test]
+fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
+    let x = pseudo_random(&[2, 3, 9, 9], 7, 1.0, 0.0)?;
+    let w = pseudo_random(&[4, 3, 3, 3], 8, 0.3, 0.0)?;
+    let conv = ConvParams {
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    let five = Tensor::ones(5, candle_core::DType::F32, &Device::Cpu)?;
+    let four = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu)?;
+    let err = conv_bn_train(&x, &w, &five, &four, conv, 1e-5, false).unwrap_err();
+    assert!(err.to_string().contains("4 values"), "{err}");
+    let half = x.to_dtype(candle_core::DType::BF16)?;
+    let err = conv_bn_train(&half, &w, &four, &four, conv, 1e-5, false).unwrap_err();
+    assert!(err.to_string().contains("f32 tensors on the CPU"), "{err}");
+    Ok(())
+}
