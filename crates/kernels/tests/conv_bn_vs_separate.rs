@@ -39,7 +39,9 @@ fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// (batch, c_in, c_out, size, kernel, stride, padding, groups)
-const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 8] = [
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: [Case; 8] = [
     (2, 8, 16, 9, 3, 1, 1, 1),
     (3, 8, 8, 10, 3, 2, 1, 1),
     (2, 16, 16, 7, 3, 1, 1, 4),
