@@ -5,7 +5,7 @@
 
 use crate::batch_norm::BatchNorm;
 use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, Conv2d, ConvSpec};
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, Module, ModuleT, VarBuilder};
 
 /// Momentum of the spatial gate's BN in the reference (`BatchNorm2d(..., momentum=0.01)`).
@@ -58,8 +58,13 @@ impl Cbam {
         // Pooling, the MLP, the 7x7 gate conv and its BN run in the parameters' dtype (f32
         // under bf16 compute); the gates are applied in x's dtype.
         let param = self.mlp_in.weight().dtype();
-        let flat = x.flatten_from(2)?.to_dtype(param)?;
-        let att = (self.mlp(&flat.mean(D::Minus1)?)? + self.mlp(&flat.max(D::Minus1)?)?)?;
+        // The shared MLP runs once on the stacked [mean; max] rows, then the halves are summed.
+        let pooled = mtanet_kernels::spatial_mean_max(&x.to_dtype(param)?)?;
+        let (_, n, c) = pooled.dims3()?;
+        let att = self
+            .mlp(&pooled.reshape((2 * n, c))?)?
+            .reshape((2, n, c))?
+            .sum(0)?;
         let gate = candle_nn::ops::sigmoid(&att)?.to_dtype(x.dtype())?;
         let x = mtanet_kernels::channel_gate(x, &gate)?;
         let pooled = mtanet_kernels::channel_max_mean(&x.to_dtype(param)?)?;

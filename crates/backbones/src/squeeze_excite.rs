@@ -5,7 +5,7 @@
 //! `avg_pool2d(kernel=H)`, i.e. the global mean for square maps; we always take the global mean).
 
 use crate::init_rules::{pytorch_default, CONV_WEIGHT};
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// The two 1x1 convs of an SE block, applied as matrix products on the squeezed vector.
@@ -41,10 +41,7 @@ impl SqueezeExcite {
     /// `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))` for `x` of shape (N, C, H, W).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
-        let squeezed = x
-            .flatten_from(2)?
-            .to_dtype(self.reduce_w.dtype())?
-            .mean(D::Minus1)?;
+        let squeezed = mtanet_kernels::spatial_mean(&x.to_dtype(self.reduce_w.dtype())?)?;
         let hidden = squeezed
             .matmul(&self.reduce_w.t()?)?
             .broadcast_add(&self.reduce_b)?

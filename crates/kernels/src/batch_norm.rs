@@ -121,7 +121,7 @@ const LANES: usize = 16;
 
 /// `sum(f(v))` over `xs` in [`LANES`] f32 partial sums, combined in f64. The order of additions
 /// depends only on the length, so the result is the same on every thread count.
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();

@@ -28,6 +28,7 @@ mod optimizer_step;
 mod packed_grads;
 mod pool_geometry;
 mod residual;
+mod spatial_pool;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
@@ -37,6 +38,7 @@ pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
+pub use spatial_pool::{spatial_mean, spatial_mean_max};
 
 /// Whether CUDA f32 tensors run our fused BatchNorm, gate, channel-pool, residual and optimizer
 /// kernels (NVRTC, `cuda/`): true in a `cuda` build unless the environment sets

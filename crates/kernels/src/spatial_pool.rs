@@ -1,0 +1,119 @@
+//! Global pooling over the spatial axes for the attention layers: the mean (squeeze-excite)
+//! or the mean and the max (CBAM's channel gate) of every (image, channel) map, in one pass.
+//!
+//! Composed from candle ops (`flatten_from(2)`, `mean`, `max`, `stack`), each reduction's
+//! backward broadcasts its gradient to the full input size, the max's also compares the input
+//! with its broadcast maximum and multiplies by the mask, and every intermediate gradient is
+//! zero-filled and added into by candle's graph: several full-size passes per block. Here the
+//! backward is one pass writing the input gradient.
+
+use crate::batch_norm::lane_sum;
+use crate::conv2d::storage::dense_f32;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+use rayon::prelude::*;
+
+/// `x.mean over (H, W)` for `x` (N, C, H, W): (N, C), differentiable.
+pub fn spatial_mean(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.apply_op1(SpatialPool { with_max: false })
+    } else {
+        x.flatten_from(2)?.mean(D::Minus1)
+    }
+}
+
+/// `stack([mean over (H, W), max over (H, W)])` for `x` (N, C, H, W): (2, N, C),
+/// differentiable; the max's gradient goes to the first maximal pixel of each map, as
+/// PyTorch's `max_pool2d` over the whole map gives it.
+pub fn spatial_mean_max(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.apply_op1(SpatialPool { with_max: true })
+    } else {
+        let flat = x.flatten_from(2)?;
+        Tensor::stack(&[flat.mean(D::Minus1)?, flat.max(D::Minus1)?], 0)
+    }
+}
+
+/// f32 on the CPU.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The op behind [`spatial_mean`] and [`spatial_mean_max`].
+#[derive(Clone, Copy, Debug)]
+struct SpatialPool {
+    with_max: bool,
+}
+
+/// `(N, C, pixels)` of an NCHW layout.
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] if h * w > 0 => Ok((n, c, h * w)),
+        d => bail!("spatial pooling: input must be (N, C, H, W) with H, W > 0, got {d:?}"),
+    }
+}
+
+/// The first index of the largest value of `row` (a NaN counts as largest, as in PyTorch).
+fn first_argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate().skip(1) {
+        if v > row[best] || (v.is_nan() && !row[best].is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+impl CustomOp1 for SpatialPool {
+    fn name(&self) -> &'static str {
+        "mtanet-spatial-pool"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, p) = dims(xl)?;
+        let x = dense_f32(xs, xl, "input")?;
+        let rows = n * c;
+        let mut out = vec![0f32; if self.with_max { 2 * rows } else { rows }];
+        let (means, maxes) = out.split_at_mut(rows);
+        means
+            .par_iter_mut()
+            .zip(x.par_chunks(p))
+            .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / p as f64) as f32);
+        if self.with_max {
+            maxes
+                .par_iter_mut()
+                .zip(x.par_chunks(p))
+                .for_each(|(m, row)| *m = row[first_argmax(row)]);
+        }
+        let shape = if self.with_max {
+            Shape::from((2, n, c))
+        } else {
+            Shape::from((n, c))
+        };
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = grad_y.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
+            bail!("spatial pooling: backward of a CPU op on another device")
+        };
+        let (n, c, p) = dims(xl)?;
+        let values = dense_f32(xs, xl, "input")?;
+        let g = dense_f32(gs, gl, "output gradient")?;
+        let rows = n * c;
+        let (g_mean, g_max) = g.split_at(rows);
+        let inv = 1.0 / p as f32;
+        let mut dx = vec![0f32; values.len()];
+        dx.par_chunks_mut(p)
+            .zip(values.par_chunks(p))
+            .enumerate()
+            .for_each(|(r, (d, row))| {
+                d.fill(g_mean[r] * inv);
+                if self.with_max {
+                    d[first_argmax(row)] += g_max[r];
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
