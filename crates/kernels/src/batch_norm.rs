@@ -225,22 +225,27 @@ pub(crate) fn scale_shift(
     inner: usize,
     relu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(inner.max(1))
+    // Written once, without zero-filling first: every value is set below.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(inner.max(1))
         .zip(x.par_chunks(inner.max(1)))
         .enumerate()
         .for_each(|(row, (yr, xr))| {
             let (a, b) = (a[row % c], b[row % c]);
             if relu {
                 for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = (v * a + b).max(0.0);
+                    o.write((v * a + b).max(0.0));
                 }
             } else {
                 for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = v * a + b;
+                    o.write(v * a + b);
                 }
             }
         });
+    // SAFETY: the chunks cover all `x.len()` slots (`yr` and `xr` have equal lengths, row for
+    // row) and every slot was written above.
+    unsafe { y.set_len(x.len()) };
     y
 }
 

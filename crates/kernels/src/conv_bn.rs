@@ -96,7 +96,7 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 #[derive(Debug)]
 struct Saved {
     /// The convolution output (the BatchNorm input).
-    z: Vec<f32>,
+    z: Scratch,
     mean: Vec<f32>,
     var: Vec<f32>,
     inv_std: Vec<f32>,
@@ -153,7 +153,10 @@ impl CustomOp3 for ConvBnTrain {
             bail!("conv_bn_train: need more than one value per channel, got {n} x {inner}")
         }
         let (gamma, beta) = affine.split_at(c);
-        let z = conv2d::forward(g, &x, &w);
+        // The convolution output lives until the backward pass (or the graph) drops it, then
+        // returns to this thread's pool for the next step's layers.
+        let mut z = Scratch::take(g.units() * g.out_unit_len());
+        conv2d::forward_into(g, &x, &w, &mut z);
         let (mean, var) = channel_stats(&z, n, c, inner);
         let inv_std: Vec<f32> = var
             .iter()

@@ -75,8 +75,9 @@ fn gather_maps(t: &[f32], rows: usize, p: usize, batch: usize, out: &mut [f32]) 
         });
 }
 
-/// Forward pass: `Y (C_out x N*P) = W @ cols`, scattered back to NCHW.
-pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// Forward pass: `Y (C_out x N*P) = W @ cols`, scattered back to NCHW `y` (every value
+/// overwritten).
+pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;
     let cols = gather_columns(g, x);
@@ -89,7 +90,6 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
         gemm_threads(),
     );
     drop(cols);
-    let mut y = vec![0.0f32; g.batch * g.out_unit_len()];
     y.par_chunks_mut(c_out * p)
         .enumerate()
         .for_each(|(b, y_unit)| {
@@ -97,7 +97,6 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 dst.copy_from_slice(&wide[row * width + b * p..row * width + (b + 1) * p]);
             }
         });
-    y
 }
 
 /// Input gradient: `dcols (patch_len x N*P) = W^T @ dY`, then col2im per image in parallel.

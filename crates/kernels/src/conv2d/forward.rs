@@ -25,13 +25,24 @@ pub fn forward_macs() -> u64 {
 ///
 /// A 1x1 stride-1 unpadded convolution multiplies the input unit directly (no im2col).
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
+    forward_into(g, x, w, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (`N * C_out * OH*OW` values, every one overwritten).
+pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
+    assert_eq!(
+        y.len(),
+        g.units() * g.out_unit_len(),
+        "conv2d: output length"
+    );
     FORWARD_MACS.fetch_add((g.units() * c_out * k * p) as u64, Ordering::Relaxed);
     if super::batched::applies(g) {
-        return super::batched::forward(g, x, w);
+        return super::batched::forward_into(g, x, w, y);
     }
-    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
-    for_each_unit(&mut y, g.out_unit_len(), |unit, y_unit, par| {
+    for_each_unit(y, g.out_unit_len(), |unit, y_unit, par| {
         let x_unit = g.input_unit(x, unit);
         let w_group = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k);
         if g.is_pointwise() {
@@ -43,7 +54,6 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
             });
         }
     });
-    y
 }
 
 /// Grouped 2-D convolution of an NCHW f32 input with a `(C_out, C_in/groups, KH, KW)` weight

@@ -25,7 +25,7 @@ pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.
 pub(crate) use {
-    forward::forward, input_grad::input_grad, scratch::Scratch, weight_grad::weight_grad,
+    forward::forward_into, input_grad::input_grad, scratch::Scratch, weight_grad::weight_grad,
 };
 
 use candle_core::{DType, Result, Tensor};

@@ -9,8 +9,11 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Buffers a thread keeps for reuse; a returned buffer beyond this replaces the smallest.
-const POOL_BUFFERS: usize = 4;
+/// Buffers a thread keeps for reuse (a training step's convolution outputs come back at once);
+/// a returned buffer beyond this replaces the smallest.
+const POOL_BUFFERS: usize = 64;
+/// Values a thread's pool holds at most (1 GiB of f32); a buffer that would exceed it is freed.
+const POOL_VALUES: usize = 1 << 28;
 
 /// Runs `f` on a scratch slice of `len` values (contents unspecified: `f` must overwrite it).
 ///
@@ -29,7 +32,11 @@ pub fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// A buffer from this thread's pool, returned to the pool of the thread that drops it.
-pub struct Scratch(Vec<f32>);
+pub struct Scratch {
+    /// Every value initialised; `len` of them are lent out.
+    buf: Vec<f32>,
+    len: usize,
+}
 
 impl Scratch {
     /// `len` values whose contents are unspecified (stale values of an earlier use, or zeros):
@@ -38,40 +45,53 @@ impl Scratch {
         let reused = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let fit = (0..pool.len())
-                .filter(|&i| pool[i].capacity() >= len)
-                .min_by_key(|&i| pool[i].capacity());
+                .filter(|&i| pool[i].len() >= len)
+                .min_by_key(|&i| pool[i].len());
             fit.or_else(|| (!pool.is_empty()).then_some(0))
                 .map(|i| pool.swap_remove(i))
         });
         let mut buf = reused.unwrap_or_default();
-        buf.resize(len, 0.0);
-        Self(buf)
+        if buf.len() < len {
+            // Only a buffer that grows is written (zeros) here; a reused one keeps its values.
+            buf.resize(len, 0.0);
+        }
+        Self { buf, len }
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scratch({} values)", self.len)
     }
 }
 
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.buf[..self.len]
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
+        let buf = std::mem::take(&mut self.buf);
         // A thread being torn down has no pool left: the buffer is simply freed.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
+            let held: usize = pool.iter().map(Vec::len).sum();
+            if held + buf.len() > POOL_VALUES {
+                return;
+            }
             if pool.len() < POOL_BUFFERS {
                 pool.push(buf);
-            } else if let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].capacity()) {
-                if pool[smallest].capacity() < buf.capacity() {
+            } else if let Some(smallest) = (0..pool.len()).min_by_key(|&i| pool[i].len()) {
+                if pool[smallest].len() < buf.len() {
                     pool[smallest] = buf;
                 }
             }
