@@ -47,14 +47,10 @@ impl Scratch {
             let fit = (0..pool.len())
                 .filter(|&i| pool[i].len() >= len)
                 .min_by_key(|&i| pool[i].len());
-            fit.or_else(|| (!pool.is_empty()).then_some(0))
-                .map(|i| pool.swap_remove(i))
+            fit.map(|i| pool.swap_remove(i))
         });
-        let mut buf = reused.unwrap_or_default();
-        if buf.len() < len {
-            // Only a buffer that grows is written (zeros) here; a reused one keeps its values.
-            buf.resize(len, 0.0);
-        }
+        // A reused buffer keeps its values; growing a pooled one instead would copy it.
+        let buf = reused.unwrap_or_else(|| vec![0.0; len]);
         Self { buf, len }
     }
 }
