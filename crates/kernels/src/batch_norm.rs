@@ -194,7 +194,7 @@ fn channel_gated_sums(
 
 /// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
 /// then centred squares, so a large mean does not cancel the variance).
-pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     let m = (n * inner) as f64;
     (0..c)
         .into_par_iter()
@@ -273,14 +273,12 @@ impl CustomOp3 for BatchNormTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
-        let (mean, var) = channel_stats(&x, n, c, inner);
-        let inv_std: Vec<f32> = var
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let a: Vec<f32> = (0..c).map(|i| w[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * a[i]).collect();
-        let y = scale_shift(&x, &a, &shift, c, inner, self.relu);
+        let TrainForward {
+            y,
+            mean,
+            var,
+            inv_std,
+        } = train_forward(&x, (n, c, inner), (w, b), self.eps, self.relu);
         let mut saved = self
             .saved
             .lock()
@@ -424,6 +422,43 @@ impl CustomOp3 for BatchNormTrainGrad {
         rest[..c].copy_from_slice(&dweight);
         rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
+    }
+}
+
+/// What a training BatchNorm forward pass computes: the output and the batch statistics.
+pub(crate) struct TrainForward {
+    /// `relu?((x - mean) * inv_std * weight + bias)`.
+    pub y: Vec<f32>,
+    /// Batch mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance per channel.
+    pub var: Vec<f32>,
+    /// `1 / sqrt(var + eps)` per channel.
+    pub inv_std: Vec<f32>,
+}
+
+/// Training-mode BatchNorm (+ ReLU when `relu`) of `x` viewed as (N, C, inner) on the CPU, with
+/// the affine `(weight, bias)`: statistics in two passes, output in one.
+pub(crate) fn train_forward(
+    x: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    (weight, bias): (&[f32], &[f32]),
+    eps: f64,
+    relu: bool,
+) -> TrainForward {
+    let (mean, var) = channel_stats(x, n, c, inner);
+    let inv_std: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    let a: Vec<f32> = (0..c).map(|i| weight[i] * inv_std[i]).collect();
+    let shift: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * a[i]).collect();
+    let y = scale_shift(x, &a, &shift, c, inner, relu);
+    TrainForward {
+        y,
+        mean,
+        var,
+        inv_std,
     }
 }
 

@@ -11,7 +11,7 @@
 //! `batch_norm`'s statistics and backward), so the results are bit-identical to
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
-use crate::batch_norm::{channel_stats, nc_inner, scale_shift, train_backward, TrainSaved};
+use crate::batch_norm::{nc_inner, train_backward, train_forward, TrainForward, TrainSaved};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::BatchStats;
@@ -157,14 +157,12 @@ impl CustomOp3 for ConvBnTrain {
         // returns to this thread's pool for the next step's layers.
         let mut z = Scratch::take(g.units() * g.out_unit_len());
         conv2d::forward_into(g, &x, &w, &mut z);
-        let (mean, var) = channel_stats(&z, n, c, inner);
-        let inv_std: Vec<f32> = var
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let a: Vec<f32> = (0..c).map(|i| gamma[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
-        let y = scale_shift(&z, &a, &shift, c, inner, self.relu);
+        let TrainForward {
+            y,
+            mean,
+            var,
+            inv_std,
+        } = train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu);
         *lock(&self.saved)? = Some(Saved {
             z,
             mean,

@@ -7,20 +7,8 @@
 use candle_core::{Device, Result, Tensor, Var, D};
 use mtanet_kernels::{spatial_mean, spatial_mean_max};
 
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
-    let count: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu)
-}
+mod support;
+use support::pseudo_random;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     assert_eq!(a.dims(), b.dims());
@@ -33,13 +21,13 @@ fn pooling_matches_candles_reductions_with_gradients() -> Result<()> {
         .iter()
         .enumerate()
     {
-        let x = Var::from_tensor(&pseudo_random(shape, i as u64)?)?;
+        let x = Var::from_tensor(&pseudo_random(shape, i as u64, 1.0, 0.0)?)?;
         let flat = x.as_tensor().flatten_from(2)?;
         let (mean, max) = (flat.mean(D::Minus1)?, flat.max(D::Minus1)?);
 
         let ours = spatial_mean(x.as_tensor())?;
         assert!(max_abs_diff(&ours, &mean)? < 1e-6, "{shape:?} mean");
-        let r = pseudo_random(ours.dims(), 10 + i as u64)?;
+        let r = pseudo_random(ours.dims(), 10 + i as u64, 1.0, 0.0)?;
         let got = (&ours * &r)?.sum_all()?.backward()?;
         let want = (&mean * &r)?.sum_all()?.backward()?;
         let (g, w) = (got.get(&x).unwrap(), want.get(&x).unwrap());
@@ -52,7 +40,7 @@ fn pooling_matches_candles_reductions_with_gradients() -> Result<()> {
             max_abs_diff(&ours, &reference)? < 1e-6,
             "{shape:?} mean+max"
         );
-        let r = pseudo_random(ours.dims(), 20 + i as u64)?;
+        let r = pseudo_random(ours.dims(), 20 + i as u64, 1.0, 0.0)?;
         let got = (&ours * &r)?.sum_all()?.backward()?;
         let want = (&reference * &r)?.sum_all()?.backward()?;
         let (g, w) = (got.get(&x).unwrap(), want.get(&x).unwrap());
