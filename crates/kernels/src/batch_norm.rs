@@ -21,7 +21,7 @@ use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Per-channel statistics of one training-mode BatchNorm pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,28 +83,53 @@ pub fn batch_norm_train(
         bias,
         Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
     )?;
-    let saved = saved
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-    let Some(s) = saved.as_ref() else {
-        bail!("batch_norm_train: forward did not run")
-    };
-    let stats = BatchStats {
-        mean: s.mean.clone(),
-        var: s.var.clone(),
-        count: s.count,
-    };
+    let stats = recorded_stats(&saved, "batch_norm_train", |s| s)?;
     Ok((y, stats))
 }
 
-/// What the forward pass keeps for the backward pass.
-#[derive(Debug)]
-struct Saved {
-    mean: Vec<f32>,
-    var: Vec<f32>,
-    inv_std: Vec<f32>,
-    weight: Vec<f32>,
-    count: usize,
+/// What a training BatchNorm forward pass keeps for its backward pass and the running averages.
+#[derive(Clone, Debug)]
+pub(crate) struct Saved {
+    /// Batch mean of each channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance of each channel.
+    pub var: Vec<f32>,
+    /// `1 / sqrt(var + eps)` of each channel.
+    pub inv_std: Vec<f32>,
+    /// The affine weight (gamma).
+    pub weight: Vec<f32>,
+    /// Elements per channel.
+    pub count: usize,
+}
+
+impl Saved {
+    /// The statistics the caller's running averages take.
+    fn stats(&self) -> BatchStats {
+        BatchStats {
+            mean: self.mean.clone(),
+            var: self.var.clone(),
+            count: self.count,
+        }
+    }
+}
+
+/// Locks an op's recorded state.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("batch norm: poisoned op state".into()))
+}
+
+/// The batch statistics a training op recorded in `saved` while `what` ran forward (`bn`
+/// picks its BatchNorm state out of the op's).
+pub(crate) fn recorded_stats<S>(
+    saved: &Mutex<Option<S>>,
+    what: &str,
+    bn: impl Fn(&S) -> &Saved,
+) -> Result<BatchStats> {
+    match lock(saved)?.as_ref() {
+        Some(s) => Ok(bn(s).stats()),
+        None => bail!("{what}: forward did not run"),
+    }
 }
 
 /// The training forward op (`x`, `weight`, `bias`) -> `y`; its statistics are kept in `saved`.
@@ -273,23 +298,8 @@ impl CustomOp3 for BatchNormTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
-        let TrainForward {
-            y,
-            mean,
-            var,
-            inv_std,
-        } = train_forward(&x, (n, c, inner), (w, b), self.eps, self.relu);
-        let mut saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        *saved = Some(Saved {
-            mean,
-            var,
-            inv_std,
-            weight: w.to_vec(),
-            count: n * inner,
-        });
+        let (y, saved) = train_forward(&x, (n, c, inner), (w, b), self.eps, self.relu);
+        *lock(&self.saved)? = Some(saved);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -318,11 +328,7 @@ impl CustomOp3 for BatchNormTrain {
             self.eps,
             self.relu,
         )?;
-        let mut saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        *saved = Some(Saved {
+        *lock(&self.saved)? = Some(Saved {
             mean: out.mean,
             var: out.var,
             inv_std: out.inv_std,
@@ -340,18 +346,13 @@ impl CustomOp3 for BatchNormTrain {
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let saved = lock(&self.saved)?;
         let Some(s) = saved.as_ref() else {
             bail!("batch_norm_train: backward before forward")
         };
         let (_, c, _) = nc_inner(x.dims(), "batch_norm_train")?;
         let grad = BatchNormTrainGrad {
-            mean: s.mean.clone(),
-            inv_std: s.inv_std.clone(),
-            weight: s.weight.clone(),
+            saved: s.clone(),
             relu: self.relu,
         };
         let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
@@ -364,9 +365,7 @@ impl CustomOp3 for BatchNormTrain {
 /// Backward of [`BatchNormTrain`]: (`x`, `y`, `grad_y`) -> one flat tensor holding `dx`
 /// (x's size), then `dweight` (C), then `dbias` (C).
 struct BatchNormTrainGrad {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
-    weight: Vec<f32>,
+    saved: Saved,
     relu: bool,
 }
 
@@ -387,9 +386,9 @@ impl CustomOp3 for BatchNormTrainGrad {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dims = nc_inner(xl.dims(), "batch_norm_train backward")?;
         let params = crate::cuda::norm::ChannelParams {
-            mean: Some(&self.mean),
-            inv_std: Some(&self.inv_std),
-            weight: &self.weight,
+            mean: Some(&self.saved.mean),
+            inv_std: Some(&self.saved.inv_std),
+            weight: &self.saved.weight,
         };
         let out =
             crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
@@ -413,39 +412,24 @@ impl CustomOp3 for BatchNormTrainGrad {
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
-        let saved = TrainSaved {
-            mean: &self.mean,
-            inv_std: &self.inv_std,
-            weight: &self.weight,
-        };
-        let (dweight, dbias) = train_backward(&x, &y, &g, (n, c, inner), saved, self.relu, dx);
+        let (dweight, dbias) =
+            train_backward(&x, &y, &g, (n, c, inner), &self.saved, self.relu, dx);
         rest[..c].copy_from_slice(&dweight);
         rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
     }
 }
 
-/// What a training BatchNorm forward pass computes: the output and the batch statistics.
-pub(crate) struct TrainForward {
-    /// `relu?((x - mean) * inv_std * weight + bias)`.
-    pub y: Vec<f32>,
-    /// Batch mean per channel.
-    pub mean: Vec<f32>,
-    /// Biased batch variance per channel.
-    pub var: Vec<f32>,
-    /// `1 / sqrt(var + eps)` per channel.
-    pub inv_std: Vec<f32>,
-}
-
 /// Training-mode BatchNorm (+ ReLU when `relu`) of `x` viewed as (N, C, inner) on the CPU, with
-/// the affine `(weight, bias)`: statistics in two passes, output in one.
+/// the affine `(weight, bias)`: statistics in two passes, output in one. Returns the output and
+/// what the backward pass needs.
 pub(crate) fn train_forward(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
     (weight, bias): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
-) -> TrainForward {
+) -> (Vec<f32>, Saved) {
     let (mean, var) = channel_stats(x, n, c, inner);
     let inv_std: Vec<f32> = var
         .iter()
@@ -454,23 +438,14 @@ pub(crate) fn train_forward(
     let a: Vec<f32> = (0..c).map(|i| weight[i] * inv_std[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * a[i]).collect();
     let y = scale_shift(x, &a, &shift, c, inner, relu);
-    TrainForward {
-        y,
+    let saved = Saved {
         mean,
         var,
         inv_std,
-    }
-}
-
-/// The per-channel values a training BatchNorm's backward pass needs from its forward pass.
-#[derive(Clone, Copy)]
-pub(crate) struct TrainSaved<'a> {
-    /// Batch mean of each channel.
-    pub mean: &'a [f32],
-    /// `1 / sqrt(var + eps)` of each channel.
-    pub inv_std: &'a [f32],
-    /// The affine weight (gamma).
-    pub weight: &'a [f32],
+        weight: weight.to_vec(),
+        count: n * inner,
+    };
+    (y, saved)
 }
 
 /// Backward of training-mode BatchNorm (+ ReLU when `relu`) on the CPU: writes the input
@@ -481,7 +456,7 @@ pub(crate) fn train_backward(
     y: &[f32],
     g: &[f32],
     (n, c, inner): (usize, usize, usize),
-    s: TrainSaved<'_>,
+    s: &Saved,
     relu: bool,
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {

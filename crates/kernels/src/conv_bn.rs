@@ -11,7 +11,9 @@
 //! `batch_norm`'s statistics and backward), so the results are bit-identical to
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
-use crate::batch_norm::{nc_inner, train_backward, train_forward, TrainForward, TrainSaved};
+use crate::batch_norm::{
+    lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
+};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::BatchStats;
@@ -75,21 +77,8 @@ pub fn conv_bn_train(
         &affine,
         Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
     )?;
-    let saved = lock(&saved)?;
-    let Some(s) = saved.as_ref() else {
-        bail!("conv_bn_train: forward did not run")
-    };
-    let stats = BatchStats {
-        mean: s.mean.clone(),
-        var: s.var.clone(),
-        count: s.count,
-    };
+    let stats = recorded_stats(&saved, "conv_bn_train", |s: &Saved| &s.bn)?;
     Ok((y, stats))
-}
-
-fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock()
-        .map_err(|_| candle_core::Error::Msg("conv_bn_train: poisoned state".into()))
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -97,11 +86,8 @@ fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
 struct Saved {
     /// The convolution output (the BatchNorm input).
     z: Scratch,
-    mean: Vec<f32>,
-    var: Vec<f32>,
-    inv_std: Vec<f32>,
-    weight: Vec<f32>,
-    count: usize,
+    /// The BatchNorm's statistics and weight.
+    bn: BnSaved,
 }
 
 /// The fused op (`x`, `w`, `[weight; bias]`) -> `y`.
@@ -157,20 +143,8 @@ impl CustomOp3 for ConvBnTrain {
         // returns to this thread's pool for the next step's layers.
         let mut z = Scratch::take(g.units() * g.out_unit_len());
         conv2d::forward_into(g, &x, &w, &mut z);
-        let TrainForward {
-            y,
-            mean,
-            var,
-            inv_std,
-        } = train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu);
-        *lock(&self.saved)? = Some(Saved {
-            z,
-            mean,
-            var,
-            inv_std,
-            weight: gamma.to_vec(),
-            count: n * inner,
-        });
+        let (y, bn) = train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu);
+        *lock(&self.saved)? = Some(Saved { z, bn });
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
 
@@ -198,12 +172,7 @@ impl CustomOp3 for ConvBnTrain {
         let c = g.out_channels;
         let dims = (g.batch, c, g.out_h * g.out_w);
         let mut dz = Scratch::take(s.z.len());
-        let params = TrainSaved {
-            mean: &s.mean,
-            inv_std: &s.inv_std,
-            weight: &s.weight,
-        };
-        let (dgamma, dbeta) = train_backward(&s.z, &yv, &gv, dims, params, self.relu, &mut dz);
+        let (dgamma, dbeta) = train_backward(&s.z, &yv, &gv, dims, &s.bn, self.relu, &mut dz);
         let dw = conv2d::weight_grad(g, &xv, &dz);
         let dx = if x.track_op() {
             Some(conv2d::input_grad(g, &dz, &wv))
