@@ -31,7 +31,8 @@ pub struct ConvParams {
     pub groups: usize,
 }
 
-/// True when [`conv_bn_train`] runs these tensors: all f32 on the CPU.
+/// True when [`conv_bn_train`] (and the other CPU-only fused ops, the spatial pooling) run
+/// these tensors: all f32 on the CPU.
 pub fn conv_bn_applies(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)

@@ -9,12 +9,12 @@
 
 use crate::batch_norm::lane_sum;
 use crate::conv2d::storage::dense_f32;
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 /// `x.mean over (H, W)` for `x` (N, C, H, W): (N, C), differentiable.
 pub fn spatial_mean(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if crate::conv_bn_applies(&[x]) {
         x.apply_op1(SpatialPool { with_max: false })
     } else {
         x.flatten_from(2)?.mean(D::Minus1)
@@ -25,17 +25,12 @@ pub fn spatial_mean(x: &Tensor) -> Result<Tensor> {
 /// differentiable; the max's gradient goes to the first maximal pixel of each map, as
 /// PyTorch's `max_pool2d` over the whole map gives it.
 pub fn spatial_mean_max(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
+    if crate::conv_bn_applies(&[x]) {
         x.apply_op1(SpatialPool { with_max: true })
     } else {
         let flat = x.flatten_from(2)?;
         Tensor::stack(&[flat.mean(D::Minus1)?, flat.max(D::Minus1)?], 0)
     }
-}
-
-/// f32 on the CPU.
-fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// The op behind [`spatial_mean`] and [`spatial_mean_max`].
