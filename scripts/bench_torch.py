@@ -11,7 +11,7 @@ forward, best of --steps after --warmup. Prints one JSON line:
 
 --sgemm: GFLOP/s of torch.mm on 2048x2048 float32, best of 4.
 
---layers: the three conv layers of shared/reference/perf-baseline.md (batch 16, 3x3, pad 1),
+--layers: the three conv layers of docs/performance.md (batch 16, 3x3, pad 1),
 forward and forward + backward (loss sum(y * r), gradients of input and weight), best
 (minimum) of --reps runs after a warm-up, as bench_layers reports its own times. Prints one line per layer:
     layer <name> fwd_ms <float> fwd_bwd_ms <float>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA + cuDNN `mtanet` binary on a machine without a GPU and copies it, stripped, to
-# dist/mtanet-cuda (ignored by git; small enough for the device tool's 64 MiB carry).
+# dist/mtanet-cuda (ignored by git), packed as dist/mtanet-cuda.xz for the GPU machine.
+# See docs/cuda.md.
 #
 #   scripts/build-cuda.sh            # CARGO_TARGET_DIR defaults to target-cuda/ beside target/
 #
@@ -23,8 +24,8 @@ cp "$CARGO_TARGET_DIR/release/mtanet" dist/mtanet-cuda
 strip dist/mtanet-cuda
 needed="$(readelf -d dist/mtanet-cuda | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 echo "build-cuda: dist/mtanet-cuda $(du -h dist/mtanet-cuda | cut -f1); NEEDED: $needed"
-# The stripped binary is ~61 MiB (candle's PTX); the device tool carries 64 MiB in all, so carry
-# dist/mtanet-cuda.xz (~8 MiB) and dist/curand-shim: gpu-check.sh unpacks it with Python's lzma.
+# The stripped binary is ~61 MiB (candle's PTX); copy dist/mtanet-cuda.xz (~8 MiB) and
+# dist/curand-shim to the GPU machine: gpu-check.sh unpacks the binary with Python's lzma.
 xz -T2 -6 -c dist/mtanet-cuda >dist/mtanet-cuda.xz
 echo "build-cuda: dist/mtanet-cuda.xz $(du -h dist/mtanet-cuda.xz | cut -f1)"
 # cuRAND shim: PyTorch's CUDA 13 wheels ship no libcurand, which candle links (its device RNG).

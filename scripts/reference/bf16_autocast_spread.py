@@ -9,7 +9,7 @@ torch.autocast("cpu", bfloat16) against f32, relative error max|a - b| / max|b|.
 
     python3 scripts/reference/bf16_autocast_spread.py
 
-Printed on this machine kind (torch 2.15, timm 1.0.31; oneDNN's bf16 CPU kernels vary a
+Printed on a 2-core AMD EPYC (torch 2.15, timm 1.0.31; oneDNN's bf16 CPU kernels vary a
 little between runs): outputs 4e-3 to 9e-3; gradients up to ~0.26 (SE-ResNet and ResNeXt
 input and early-conv gradients), and ~1.1 for CBAM's spatial-gate BN weight (autocast runs that
 7x7 conv in bf16; mtanet runs CBAM's gate in f32).

@@ -1,5 +1,5 @@
 //! Times `DatasetIndex::load` on a full-size synthetic Aff-Wild2 (560 videos, ~2.8 M
-//! annotation lines per task), the target being under 3 s on 2 cores.
+//! annotation lines per task); the aim is under 3 s on 2 cores.
 //!
 //! `cargo run --release -p mtanet-affwild2 --example bench_index [-- ROOT]`: without ROOT the
 //! full set is generated into a temporary folder first (under a minute; deleted afterwards);
