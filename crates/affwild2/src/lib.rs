@@ -16,11 +16,14 @@ pub mod layout;
 pub mod loader;
 pub mod preprocess;
 pub mod sampling;
-pub mod seed;
 pub mod stats;
 pub mod synth;
 pub mod task;
 pub mod warp;
+
+/// Seed derivation (the workspace's one copy, re-exported: the loader, sampler and synthetic
+/// set draw from `seed::rng`).
+pub use mtanet_seed as seed;
 
 pub use annotation::{parse_annotation, AnnotationFile, Labels};
 pub use augment::{Augment, AugmentDraw};
