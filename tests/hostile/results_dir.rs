@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use mtanet_runner::config::Config;
-use mtanet_runner::train::{self, RunContext};
+use mtanet_runner::experiment::config::Config;
+use mtanet_runner::training::{self as train, RunContext};
 
 /// The runner tests' tiny configuration (one shared file), with `results_dir` given.
 #[path = "../../crates/runner/tests/support/mod.rs"]

@@ -18,6 +18,7 @@ mod ccc;
 mod ce;
 mod error;
 mod mask;
+mod targets;
 mod total;
 mod uncertainty;
 
@@ -26,5 +27,6 @@ pub use ccc::{masked_ccc, masked_ccc_loss, CCC_EPS};
 pub use ce::masked_cross_entropy;
 pub use error::LossError;
 pub use mask::valid_rows;
+pub use targets::Targets;
 pub use total::{total_loss, LossKind, LossReport, TaskLosses};
 pub use uncertainty::{UncertaintyWeights, UNCERTAINTY_PREFIX};

@@ -8,6 +8,7 @@ use crate::ccc::masked_ccc_loss;
 use crate::ce::masked_cross_entropy;
 use crate::error::LossError;
 use crate::mask::valid_rows;
+use crate::targets::Targets;
 use crate::uncertainty::UncertaintyWeights;
 
 /// The three task losses of one batch; `None` = the task is absent from the batch.
@@ -22,24 +23,26 @@ pub struct TaskLosses {
 }
 
 impl TaskLosses {
-    /// Computes all three from model outputs and batch labels (None where the batch has too few valid frames).
+    /// Computes all three from model outputs and the batch's [`Targets`] (`None` where the
+    /// batch has too few valid frames).
     ///
-    /// Shapes: `va_pred`/`va` (N,2), `au_logits`/`au` (N,K), `expr_logits` (N,C), `expr` (N)
-    /// class indices, masks (N) 0/1, `au_pos_weight` (K). A task needs >= 2 valid frames for
-    /// VA and >= 1 for AU and EXPR.
-    #[allow(clippy::too_many_arguments)]
+    /// Shapes: `va_pred` (N,2), `au_logits` (N,K), `expr_logits` (N,C), `au_pos_weight` (K).
+    /// A task needs >= 2 valid frames for VA and >= 1 for AU and EXPR.
     pub fn compute(
         va_pred: &Tensor,
         au_logits: &Tensor,
         expr_logits: &Tensor,
-        va: &Tensor,
-        va_mask: &Tensor,
-        au: &Tensor,
-        au_mask: &Tensor,
-        expr: &Tensor,
-        expr_mask: &Tensor,
+        targets: &Targets,
         au_pos_weight: Option<&Tensor>,
     ) -> Result<TaskLosses> {
+        let Targets {
+            va,
+            va_mask,
+            au,
+            au_mask,
+            expr,
+            expr_mask,
+        } = targets;
         let count = |t: &Tensor, m: &Tensor, field: &'static str| -> Result<usize> {
             let n = t.dims().first().copied().unwrap_or(0);
             Ok(valid_rows(m, n, "TaskLosses::compute", field)?.len())
@@ -259,12 +262,14 @@ mod tests {
             &va_pred,
             &au_logits,
             &expr_logits,
-            &va,
-            &va_mask,
-            &au,
-            &au_mask,
-            &expr,
-            &expr_mask,
+            &Targets {
+                va,
+                va_mask,
+                au,
+                au_mask,
+                expr,
+                expr_mask,
+            },
             None,
         )?;
         assert!(l.va.is_none() && l.expr.is_none());

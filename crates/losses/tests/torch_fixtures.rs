@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mtanet_losses::{
-    masked_bce_with_logits, masked_ccc_loss, masked_cross_entropy, total_loss, LossKind,
+    masked_bce_with_logits, masked_ccc_loss, masked_cross_entropy, total_loss, LossKind, Targets,
     TaskLosses, UncertaintyWeights,
 };
 
@@ -175,12 +175,14 @@ fn uncertainty_total_matches_torch() -> Result<()> {
             va_pred.as_tensor(),
             au_logits.as_tensor(),
             expr_logits.as_tensor(),
-            get(&all, &case, "va")?,
-            get(&all, &case, "va_mask")?,
-            get(&all, &case, "au")?,
-            get(&all, &case, "au_mask")?,
-            get(&all, &case, "expr")?,
-            get(&all, &case, "expr_mask")?,
+            &Targets {
+                va: get(&all, &case, "va")?.clone(),
+                va_mask: get(&all, &case, "va_mask")?.clone(),
+                au: get(&all, &case, "au")?.clone(),
+                au_mask: get(&all, &case, "au_mask")?.clone(),
+                expr: get(&all, &case, "expr")?.clone(),
+                expr_mask: get(&all, &case, "expr_mask")?.clone(),
+            },
             all.get(&format!("{case}.pos_weight")),
         )?;
         let report = total_loss(&losses, LossKind::Uncertainty, Some(&uw))?;

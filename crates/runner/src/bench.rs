@@ -21,12 +21,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, ResNetConfig};
-use mtanet_losses::{total_loss, LossKind, TaskLosses};
+use mtanet_losses::{LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{OptimizerKind, StageConfig};
-use crate::optim::{params, Optimizer};
+use crate::experiment::config::{OptimizerKind, StageConfig};
 use crate::seeded_init::SeededVarMap;
+use crate::step::optim::{params, Optimizer};
+use crate::step::{eval_step, train_step, Objective, StepGuard};
 
 /// Action units and expression classes of the benchmarked heads (ABAW 2020).
 const N_AU: usize = 8;
@@ -187,42 +188,39 @@ pub fn measure(
     let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
     let expr = Tensor::new(classes.as_slice(), &dev)?;
     let ones = Tensor::ones(batch, DType::F32, &dev)?;
+    let targets = Targets {
+        va,
+        va_mask: ones.clone(),
+        au,
+        au_mask: ones.clone(),
+        expr,
+        expr_mask: ones,
+    };
+    let objective = Objective {
+        kind: LossKind::Sum,
+        uncertainty: None,
+        au_pos_weight: None,
+    };
 
     let mut train_step = || -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        let out = model.forward_t(&x, true)?;
-        let losses = TaskLosses::compute(
-            &out.va,
-            &out.au_logits,
-            &out.expr_logits,
-            &va,
-            &ones,
-            &au,
-            &ones,
-            &expr,
-            &ones,
-            None,
+        let o = train_step(
+            &model,
+            &x,
+            &targets,
+            &objective,
+            &mut opt,
+            StepGuard::default(),
         )?;
-        let report = total_loss(&losses, LossKind::Sum, None)?;
-        let t1 = Instant::now();
-        let grads = report.total.backward()?;
-        let t2 = Instant::now();
-        opt.step(&grads, 1.0)?;
         if std::env::var_os("MTANET_BENCH_PHASES").is_some() {
-            eprintln!(
-                "forward+loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
-                (t1 - t0).as_secs_f64(),
-                (t2 - t1).as_secs_f64(),
-                t2.elapsed().as_secs_f64()
-            );
+            let [f, b, u] = o.phases.map(|d| d.as_secs_f64());
+            eprintln!("forward+loss {f:.3} s, backward {b:.3} s, optimizer {u:.3} s");
         }
         Ok(())
     };
     let train_s = best_seconds(steps, warmup, &mut train_step)?;
 
     let mut eval_step = || -> anyhow::Result<()> {
-        let out = model.forward_t(&x, false)?;
-        out.expr_logits.sum_all()?.to_scalar::<f32>()?;
+        eval_step(&model, &x)?;
         Ok(())
     };
     let macs_before = mtanet_kernels::conv2d::forward_macs();
@@ -433,7 +431,7 @@ fn write_csv(path: &Path, rows: &[BenchRow], sgemm: &Sgemm) -> anyhow::Result<()
         text.push_str(&r.csv_line(sgemm));
         text.push('\n');
     }
-    crate::atomic_io::write_atomic(path, text.as_bytes())
+    crate::record::atomic_io::write_atomic(path, text.as_bytes())
 }
 
 fn torch_available(python: &str) -> bool {

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ExperimentFile, Override};
-use crate::table1::{self, Table1Options};
-use crate::train::{self, RunContext};
+use crate::experiment::config::{ExperimentFile, Override};
+use crate::record::report::short_report;
+use crate::tables::table1::{self, Table1Options};
+use crate::training::{self, RunContext};
 
 /// MTANet (ABAW 2020) multi-task facial affect recognition: train, reproduce Table I, compare.
 #[derive(Parser, Debug)]
@@ -354,17 +355,17 @@ pub struct BenchArgs {
 /// Runs the `mtanet` command line.
 pub fn main() -> anyhow::Result<()> {
     runtime_defaults();
-    crate::logging::init();
+    crate::record::log_file::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Train(a) => {
-            train::install_ctrlc();
+            training::install_ctrlc();
             let (config, ctx) = if let Some(dir) = &a.resume {
                 let path = dir.join("config.yaml");
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!("cannot resume: {} is not a run directory", dir.display())
                 })?;
-                let config: crate::config::Config = serde_yaml::from_str(&text)
+                let config: crate::experiment::config::Config = serde_yaml::from_str(&text)
                     .with_context(|| format!("{}: invalid run config", path.display()))?;
                 (
                     config,
@@ -406,9 +407,9 @@ pub fn main() -> anyhow::Result<()> {
                 quiet: a.quiet,
                 ..ctx
             };
-            let out = train::run(&config, &ctx)?;
+            let out = training::run(&config, &ctx)?;
             if let Some(r) = &out.report {
-                println!("{}", train::short_report(r));
+                println!("{}", short_report(r));
             }
             println!("run directory: {}", out.run_dir.display());
             if !out.finished {
@@ -416,7 +417,7 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Command::Table1(a) => {
-            train::install_ctrlc();
+            training::install_ctrlc();
             table1::run(&Table1Options {
                 config: a.config,
                 profile: a.profile,
@@ -428,7 +429,7 @@ pub fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Ablate(a) => {
-            train::install_ctrlc();
+            training::install_ctrlc();
             let overrides = parse_overrides(&a.overrides)?;
             let rows: Vec<String> = overrides
                 .iter()
@@ -464,7 +465,7 @@ pub fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Compare { files } => {
-            print!("{}", crate::compare::compare(&files)?);
+            print!("{}", crate::tables::compare::compare(&files)?);
         }
         Command::Data(DataCommand::Synth {
             out,
@@ -483,7 +484,7 @@ pub fn main() -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             let report = mtanet_affwild2::generate(&out, &cfg)
                 .with_context(|| format!("generating {}", out.display()))?;
-            crate::atomic_io::write_atomic(
+            crate::record::atomic_io::write_atomic(
                 &out.join("synth_report.json"),
                 serde_json::to_string_pretty(&report)?.as_bytes(),
             )?;

@@ -25,13 +25,14 @@ use mtanet_backbones::{
     load_pretrained, BackboneKind, MtaNet, MtaNetConfig, Precision, ResNet, ResNetConfig,
 };
 use mtanet_kernels::{Conv2d, MaxPool2d};
-use mtanet_losses::{total_loss, LossKind, TaskLosses};
+use mtanet_losses::{LossKind, Targets};
 use serde_json::Value;
 
-use crate::config::{OptimizerKind, StageConfig};
-use crate::device::{open, parse_device};
-use crate::optim::{params, Optimizer};
+use crate::build::device::{open, parse_device};
+use crate::experiment::config::{OptimizerKind, StageConfig};
 use crate::seeded_init::SeededVarMap;
+use crate::step::optim::{params, Optimizer};
+use crate::step::{eval_step, train_step, Objective, StepGuard};
 
 /// Action units and expression classes of the benchmarked heads (as `mtanet bench`).
 const N_AU: usize = 8;
@@ -966,29 +967,33 @@ pub fn bench_point(
     let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
     let expr = Tensor::new(classes.as_slice(), dev)?;
     let ones = Tensor::ones(batch, DType::F32, dev)?;
+    let targets = Targets {
+        va,
+        va_mask: ones.clone(),
+        au,
+        au_mask: ones.clone(),
+        expr,
+        expr_mask: ones,
+    };
+    let objective = Objective {
+        kind: LossKind::Sum,
+        uncertainty: None,
+        au_pos_weight: None,
+    };
     let mut train_step = || -> anyhow::Result<()> {
-        let out = model.forward_t(&x, true)?;
-        let losses = TaskLosses::compute(
-            &out.va,
-            &out.au_logits,
-            &out.expr_logits,
-            &va,
-            &ones,
-            &au,
-            &ones,
-            &expr,
-            &ones,
-            None,
+        train_step(
+            &model,
+            &x,
+            &targets,
+            &objective,
+            &mut opt,
+            StepGuard::default(),
         )?;
-        let report = total_loss(&losses, LossKind::Sum, None)?;
-        let grads = report.total.backward()?;
-        opt.step(&grads, 1.0)?;
         Ok(())
     };
     let train_s = median_seconds(dev, steps, warmup, &mut train_step)?;
     let mut eval_step = || -> anyhow::Result<()> {
-        let out = model.forward_t(&x, false)?;
-        out.expr_logits.sum_all()?.to_scalar::<f32>()?;
+        eval_step(&model, &x)?;
         Ok(())
     };
     let eval_s = median_seconds(dev, steps, warmup, &mut eval_step)?;

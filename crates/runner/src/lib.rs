@@ -2,27 +2,31 @@
 //! evaluation, TensorBoard logs, checkpoints and result CSVs.
 //!
 //! This is the only crate that wires the others together (data -> model -> losses ->
-//! metrics -> logs); see `../shared/design.md` in the project notes and the README.
+//! metrics -> logs). Each question has one module that answers it:
+//! - [`experiment`]: what a run is (YAML schema, profiles, rows, overrides, validation);
+//! - [`build`]: a configuration or a run directory turned into data, loaders and a model,
+//!   including the one path from a checkpoint to a model;
+//! - [`step`]: one training step and one eval step;
+//! - [`training`]: the run loop (epochs, evaluation, checkpoints, resume, Ctrl-C);
+//! - [`record`]: what a run leaves behind (run directories, CSVs, TensorBoard, checkpoints);
+//! - [`submission`]: the ABAW prediction files, written and read;
+//! - [`predict`] and [`evaluate`]: the commands over a checkpoint and over prediction files;
+//! - [`tables`]: Table I, `compare`, seed summaries;
+//! - [`bench`] and [`gpu_check`]: speed against PyTorch and CPU-vs-GPU conformance;
+//! - [`cli`]: the command line, parsing only.
 #![warn(missing_docs)]
 
-pub mod atomic_io;
 pub mod bench;
-pub mod checkpoint;
+pub mod build;
 pub mod cli;
-pub mod compare;
-pub mod config;
-pub mod device;
-pub mod eval;
 pub mod evaluate;
+pub mod experiment;
 pub mod gpu_check;
-pub mod logging;
 pub mod model_forward;
-pub mod optim;
 pub mod predict;
+pub mod record;
 pub mod rng;
-pub mod schedule;
 pub mod seeded_init;
-pub mod stats;
-pub mod table1;
-pub mod tensorboard;
-pub mod train;
+pub mod step;
+pub mod tables;
+pub mod training;

@@ -43,5 +43,5 @@ pub fn run(
     map.insert("feature_map".into(), fmap);
     map.insert("features".into(), features);
     let bytes = safetensors::serialize(map.iter().map(|(k, v)| (k.as_str(), v)), None)?;
-    crate::atomic_io::write_atomic(out, &bytes)
+    crate::record::atomic_io::write_atomic(out, &bytes)
 }

@@ -17,12 +17,11 @@
 //! the backbone's normalisation) and the model runs in eval mode, so predictions on labelled
 //! frames are the outputs that training's evaluation scored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -31,13 +30,12 @@ use mtanet_affwild2::decode::decode_jpeg;
 use mtanet_affwild2::layout::{discover, parse_frame_file_name, Discovered, CROPS_DIR};
 use mtanet_affwild2::warp::render_chw;
 use mtanet_affwild2::{parse_annotation, DataError, Split, Task, Vocab};
-use mtanet_backbones::MtaNet;
 use mtanet_metrics::Report;
 
-use crate::atomic_io::{csv_field, write_atomic};
-use crate::config::Config;
-use crate::eval::{argmax, HostOutputs};
-use crate::train::{model_config, preprocess_for};
+use crate::build::model::preprocess_for;
+use crate::build::restore::{load_model, LoadedModel};
+use crate::record::atomic_io::{csv_field, write_atomic};
+use crate::step::eval_step::{argmax, eval_step};
 
 /// The submission folder of each task (ABAW 2020 names).
 pub const TASK_DIRS: [(Task, &str); 3] = [
@@ -203,116 +201,6 @@ pub struct FrameDecision {
     pub expr_probs: Vec<f32>,
     /// Expression class.
     pub expr: usize,
-}
-
-/// A checkpoint loaded for inference.
-pub struct LoadedModel {
-    /// The network (eval mode is selected per call).
-    pub model: MtaNet,
-    /// The run configuration.
-    pub config: Config,
-    /// The device it runs on.
-    pub device: Device,
-    /// The checkpoint file.
-    pub checkpoint: PathBuf,
-    /// The folder holding the config (the run directory), where `report.json` is looked for.
-    pub run_dir: PathBuf,
-    /// AUs of the AU head.
-    pub n_au: usize,
-    /// Classes of the expression head.
-    pub n_expr: usize,
-}
-
-/// Finds the checkpoint file and the config of `checkpoint` (a run directory or a file).
-pub fn resolve_checkpoint(
-    checkpoint: &Path,
-    config: Option<&Path>,
-) -> Result<(PathBuf, PathBuf), PredictError> {
-    let file = if checkpoint.is_dir() {
-        checkpoint.join("checkpoints").join("last.safetensors")
-    } else {
-        checkpoint.to_path_buf()
-    };
-    if !file.is_file() {
-        return Err(PredictError::NoCheckpoint {
-            path: checkpoint.to_path_buf(),
-        });
-    }
-    let cfg = match config {
-        Some(c) => c.to_path_buf(),
-        None if checkpoint.is_dir() => checkpoint.join("config.yaml"),
-        None => file
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("config.yaml"))
-            .unwrap_or_else(|| PathBuf::from("config.yaml")),
-    };
-    if !cfg.is_file() {
-        return Err(PredictError::NoConfig {
-            expected: cfg,
-            checkpoint: file,
-        });
-    }
-    Ok((file, cfg))
-}
-
-fn head_size(
-    model: &HashMap<String, Tensor>,
-    path: &Path,
-    name: &str,
-) -> Result<usize, PredictError> {
-    model
-        .get(name)
-        .and_then(|t| t.dims().first().copied())
-        .ok_or_else(|| PredictError::NotMtaNet {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-        })
-}
-
-/// Loads a checkpoint (see [`resolve_checkpoint`]) into an MTANet built from its run config.
-pub fn load_model(
-    checkpoint: &Path,
-    config: Option<&Path>,
-    device: Option<&str>,
-) -> anyhow::Result<LoadedModel> {
-    let (file, cfg_path) = resolve_checkpoint(checkpoint, config)?;
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("reading {}", cfg_path.display()))?;
-    let mut cfg: Config = serde_yaml::from_str(&text)
-        .with_context(|| format!("{}: invalid run config", cfg_path.display()))?;
-    if let Some(d) = device {
-        cfg.device = d.to_string();
-    }
-    let device =
-        crate::device::open(crate::device::parse_device(&cfg.device).map_err(anyhow::Error::msg)?)?;
-    let ckpt = crate::checkpoint::load(&file, &device)?;
-    let n_au = head_size(&ckpt.model, &file, "head.au.weight")?;
-    let n_expr = head_size(&ckpt.model, &file, "head.expr.weight")?;
-    let sizes = Vocab {
-        au_names: vec![String::new(); n_au],
-        expr_names: vec![String::new(); n_expr],
-    };
-    let vb = VarBuilder::from_tensors(ckpt.model, DType::F32, &device);
-    let model = MtaNet::new(&model_config(&cfg, &sizes), vb)
-        .map(|m| m.with_precision(cfg.precision))
-        .with_context(|| {
-            format!(
-                "{}: does not match the model of {}",
-                file.display(),
-                cfg_path.display()
-            )
-        })?;
-    let run_dir = cfg_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(LoadedModel {
-        model,
-        config: cfg,
-        device,
-        checkpoint: file,
-        run_dir,
-        n_au,
-        n_expr,
-    })
 }
 
 /// The per-AU thresholds tuned on validation, from `report.json` in `run_dir`.
@@ -506,7 +394,7 @@ fn forward_batch(
     let mut host = Vec::with_capacity(n).into_iter();
     if n > 0 {
         let x = Tensor::from_vec(images, (n, 3, size, size), &Device::Cpu)?.to_device(&m.device)?;
-        let h = HostOutputs::from_output(&m.model.forward_t(&x, false)?)?;
+        let h = eval_step(&m.model, &x)?;
         host =
             h.va.into_iter()
                 .zip(h.au_probs)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mtanet_runner::atomic_io::{append_csv_row, read_csv};
+use mtanet_runner::record::atomic_io::{append_csv_row, read_csv};
 
 /// Set in a writer child: `<csv path>\t<writer tag>\t<start file>\t<timing file>`.
 const WRITER_ENV: &str = "MTANET_TEST_CSV_WRITER";

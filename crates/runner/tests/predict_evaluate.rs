@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use mtanet_affwild2::Split;
 use mtanet_metrics::Report;
-use mtanet_runner::config::Config;
 use mtanet_runner::evaluate::{evaluate, evaluate_dir, EvaluateError, EvaluateOptions};
+use mtanet_runner::experiment::config::Config;
 use mtanet_runner::predict::{self, PredictOptions, PredictTarget};
-use mtanet_runner::train::{self, RunContext};
+use mtanet_runner::training::{self as train, RunContext};
 use serde_json::Value;
 
 mod support;
@@ -322,7 +322,7 @@ fn predict_then_evaluate_equals_training_evaluation() {
     let config = tiny_config(tmp.path());
     // Generate the set, then drop frame 2's crop of every validation video, so labelled
     // frames without a crop (scored by neither evaluation, filled by predict) surely exist.
-    let root = train::data_root(&config, true).unwrap();
+    let root = mtanet_runner::build::data::data_root(&config, true).unwrap();
     let ann = root.join("annotations");
     for e in std::fs::read_dir(ann.join("VA_Set/Validation_Set")).unwrap() {
         let name = e.unwrap().file_name();

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use mtanet_runner::checkpoint;
-use mtanet_runner::train::{self, RunContext};
+use mtanet_runner::record::checkpoint;
+use mtanet_runner::training::{self as train, RunContext};
 
 mod support;
 
-fn tiny_config(tmp: &Path) -> mtanet_runner::config::Config {
+fn tiny_config(tmp: &Path) -> mtanet_runner::experiment::config::Config {
     support::tiny_config(&tmp.join("results"), &tmp.join("synth"), &[])
 }
 

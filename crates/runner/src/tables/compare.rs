@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::atomic_io::read_csv;
+use crate::record::atomic_io::read_csv;
 
 /// One file's rows: key (row name, else run id) -> column -> value.
 type Rows = BTreeMap<String, BTreeMap<String, String>>;
@@ -49,7 +49,10 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             names.join(" | ")
         ));
         s.push_str(&format!("|---|{}---|---|\n", "---|".repeat(names.len())));
-        for m in crate::train::RUN_METRICS.iter().chain(&["train_img_s"]) {
+        for m in crate::record::runs_csv::RUN_METRICS
+            .iter()
+            .chain(&["train_img_s"])
+        {
             let vals: Vec<Option<f64>> = files
                 .iter()
                 .map(|f| {

@@ -8,10 +8,12 @@ use anyhow::Context;
 use mtanet_affwild2::{DatasetIndex, IndexOptions, Split};
 use mtanet_metrics::{Accumulator, Report};
 
-use crate::atomic_io::{csv_field, write_atomic};
-use crate::config::{Config, ExperimentFile, Override, TABLE1_YAML};
-use crate::stats::{mean_std_ci, Summary};
-use crate::train::{self, RunContext};
+use crate::build::data::{data_root, subsample};
+use crate::experiment::config::{Config, ExperimentFile, Override, TABLE1_YAML};
+use crate::record::atomic_io::{csv_field, write_atomic};
+use crate::record::report::short_report;
+use crate::tables::seed_summary::{mean_std_ci, Summary};
+use crate::training::{self, RunContext};
 
 /// Options of `mtanet table1` / `mtanet ablate`.
 #[derive(Debug, Clone, Default)]
@@ -104,12 +106,12 @@ pub fn env_overrides(profile: &str, user: &[Override]) -> Vec<Override> {
 /// The best constant predictor's validation report: the training mean for VA (CCC 0), "every
 /// AU present" (the constant with the highest F1), and the training set's majority expression.
 pub fn constant_predictor(config: &Config) -> anyhow::Result<Report> {
-    let root = train::data_root(config, true)?;
+    let root = data_root(config, true)?;
     let index = DatasetIndex::load(&root, &IndexOptions::default())
         .with_context(|| format!("indexing {}", root.display()))?;
     let (n_au, n_expr) = (index.vocab.au_names.len(), index.vocab.expr_names.len());
-    let train_s = train::subsample(index.samples(Split::Train), config.data.max_train_frames);
-    let val_s = train::subsample(index.samples(Split::Validation), config.data.max_val_frames);
+    let train_s = subsample(index.samples(Split::Train), config.data.max_train_frames);
+    let val_s = subsample(index.samples(Split::Validation), config.data.max_val_frames);
     let (mut va_sum, mut va_n) = ([0f64; 2], 0f64);
     let mut hist = vec![0usize; n_expr];
     for s in &train_s {
@@ -128,7 +130,8 @@ pub fn constant_predictor(config: &Config) -> anyhow::Result<Report> {
         (va_sum[0] / va_n.max(1.0)) as f32,
         (va_sum[1] / va_n.max(1.0)) as f32,
     ];
-    let majority = crate::eval::argmax(&hist.iter().map(|&h| h as f32).collect::<Vec<_>>());
+    let majority =
+        crate::step::eval_step::argmax(&hist.iter().map(|&h| h as f32).collect::<Vec<_>>());
     let mut acc = Accumulator::new(n_au, n_expr);
     let ones = vec![1.0f32; n_au];
     for s in &val_s {
@@ -142,9 +145,8 @@ pub fn constant_predictor(config: &Config) -> anyhow::Result<Report> {
             acc.expr.push(majority, e as usize);
         }
     }
-    let mut c = config.clone();
-    c.eval.tune_au_thresholds = false;
-    Ok(train::acc_report(&acc, &c, n_expr > 7))
+    let scoring = crate::step::scoring_for(index.layout, &index.vocab);
+    Ok(crate::step::report_of(&acc, scoring, false))
 }
 
 /// One finished row: its spec, and the reports of its seeds.
@@ -213,7 +215,7 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
                 quiet: opts.quiet,
                 ..Default::default()
             };
-            let out = train::run(&cfg, &ctx)?;
+            let out = training::run(&cfg, &ctx)?;
             if !out.finished {
                 anyhow::bail!(
                     "row {} interrupted; resume it with `mtanet train --resume {}`",
@@ -226,7 +228,7 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
                 "{} seed {}: {}  ({:.0} s, {:.1} img/s train) -> {}",
                 r.name,
                 cfg.seed,
-                train::short_report(&report),
+                short_report(&report),
                 out.wall_s,
                 out.train_img_s,
                 out.run_dir.display()

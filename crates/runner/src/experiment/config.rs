@@ -424,7 +424,7 @@ pub struct ExperimentFile {
 }
 
 /// The experiment file of Table I, embedded so `mtanet table1` works from any directory.
-pub const TABLE1_YAML: &str = include_str!("../../../experiments/table1.yaml");
+pub const TABLE1_YAML: &str = include_str!("../../../../experiments/table1.yaml");
 
 impl ExperimentFile {
     /// Reads and checks a file.
@@ -763,10 +763,12 @@ impl Config {
                 return bad("training.grad_clip".into(), format!("must be > 0, got {c}"));
             }
         }
-        crate::device::parse_device(&self.device).map_err(|message| ConfigError::Invalid {
-            path: path.to_string(),
-            key: "device".into(),
-            message,
+        crate::build::device::parse_device(&self.device).map_err(|message| {
+            ConfigError::Invalid {
+                path: path.to_string(),
+                key: "device".into(),
+                message,
+            }
         })?;
         Ok(())
     }

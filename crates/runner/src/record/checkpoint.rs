@@ -11,7 +11,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_io::write_atomic;
+use crate::record::atomic_io::write_atomic;
 
 /// Where the training loop is; everything else is derived from the seed and these counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

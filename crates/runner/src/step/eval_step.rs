@@ -1,9 +1,12 @@
-//! Evaluation: the model in eval mode over a loader, into the ABAW metric accumulators.
+//! One eval step (the model in eval mode on a batch, its outputs copied to the host) and an
+//! evaluation pass over a loader into the ABAW metric accumulators.
+//!
+//! Evaluation in training, `predict`, `bench` and `gpu-check` call [`eval_step`].
 
 use candle_core::{DType, Device, Tensor, D};
-use mtanet_affwild2::{Batch, Loader};
+use mtanet_affwild2::{Batch, Layout, Loader, Vocab};
 use mtanet_backbones::{MtaNet, MtaNetOutput};
-use mtanet_metrics::Accumulator;
+use mtanet_metrics::{Accumulator, Report, Scoring};
 
 /// Host copies of one batch's outputs: VA, AU probabilities, expression probabilities.
 pub struct HostOutputs {
@@ -28,6 +31,11 @@ impl HostOutputs {
             expr_probs: expr,
         })
     }
+}
+
+/// The model in eval mode on `images`, its outputs on the host.
+pub fn eval_step(model: &MtaNet, images: &Tensor) -> candle_core::Result<HostOutputs> {
+    HostOutputs::from_output(&model.forward_t(images, false)?)
 }
 
 /// The index of the largest value (the first one on ties, as `argmax` in numpy/torch).
@@ -93,11 +101,30 @@ pub fn evaluate(
         let batch = batch?;
         let n = batch.ids.len();
         let images = batch.images.to_device(device)?;
-        let out = model.forward_t(&images, false)?;
-        push_batch(&mut acc, &HostOutputs::from_output(&out)?, &batch)?;
+        push_batch(&mut acc, &eval_step(model, &images)?, &batch)?;
         on_batch(n);
     }
     Ok(acc)
+}
+
+/// The composite scores of a dataset (the one rule): ABAW 2022 forms for the 2022+ layout or
+/// an 8-class expression vocabulary, else ABAW 2020.
+pub fn scoring_for(layout: Layout, vocab: &Vocab) -> Scoring {
+    if layout == Layout::Abaw2022 || vocab.expr_names.len() > 7 {
+        Scoring::Abaw2022
+    } else {
+        Scoring::Abaw2020
+    }
+}
+
+/// The report of filled accumulators, with per-AU thresholds tuned on them when
+/// `tune_au_thresholds` (reported beside the fixed-0.5 figures, never instead of them).
+pub fn report_of(acc: &Accumulator, scoring: Scoring, tune_au_thresholds: bool) -> Report {
+    if tune_au_thresholds {
+        acc.report_with_tuning(scoring)
+    } else {
+        acc.report(scoring, None)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,105 @@
+//! The data side of a run: the data root (the synthetic set generated on first use), the
+//! training and validation samples, loader settings and AU positive weights.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use mtanet_affwild2::{LoaderConfig, Sample, SynthConfig};
+
+use crate::build::model::preprocess_for;
+use crate::experiment::config::Config;
+use crate::record::atomic_io::write_atomic;
+
+/// The data root a config points to, generating the synthetic set on first use.
+pub fn data_root(config: &Config, quiet: bool) -> anyhow::Result<PathBuf> {
+    if let Some(root) = &config.data.root {
+        if !root.is_dir() {
+            bail!(
+                "data root {} does not exist: point `data.root` (or AFFWILD2_ROOT) at the folder \
+                 holding annotations/ and cropped_aligned/ (see data/README.md), or set it to null \
+                 to use the synthetic Aff-Wild2",
+                root.display()
+            );
+        }
+        return Ok(root.clone());
+    }
+    let s = &config.data.synthetic;
+    let marker = s.dir.join("synth_report.json");
+    if !marker.is_file() {
+        if !quiet {
+            eprintln!(
+                "generating the synthetic Aff-Wild2 in {} ({} videos x {} frames, seed {}) ...",
+                s.dir.display(),
+                s.videos,
+                s.frames,
+                s.seed
+            );
+        }
+        let report = mtanet_affwild2::generate(
+            &s.dir,
+            &SynthConfig {
+                videos: s.videos,
+                frames: s.frames,
+                seed: s.seed,
+                ..SynthConfig::default()
+            },
+        )
+        .with_context(|| format!("generating the synthetic set in {}", s.dir.display()))?;
+        write_atomic(&marker, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(s.dir.clone())
+}
+
+/// Keeps at most `max` samples, evenly spaced (deterministic).
+pub fn subsample(samples: &[Sample], max: Option<usize>) -> Vec<Sample> {
+    match max {
+        Some(m) if m < samples.len() && m > 0 => (0..m)
+            .map(|i| samples[i * samples.len() / m].clone())
+            .collect(),
+        _ => samples.to_vec(),
+    }
+}
+
+/// Loader settings for training (`train = true`) or evaluation.
+pub fn loader_config(config: &Config, train: bool) -> LoaderConfig {
+    let d = &config.data;
+    LoaderConfig {
+        batch_size: if train {
+            d.batch_size
+        } else {
+            config.eval.batch_size
+        },
+        image_size: d.image_size,
+        sampling: if train {
+            d.sampling
+        } else {
+            mtanet_affwild2::Sampling::Mixed
+        },
+        shuffle: train,
+        drop_last: false,
+        seed: crate::rng::stream_seed(config.seed, &["data"]),
+        prefetch: d.prefetch.max(1),
+        threads: d.workers,
+        augment: if train { d.augment.clone() } else { None },
+        preprocess: preprocess_for(&config.model.backbone),
+        on_bad_frame: d.on_bad_frame,
+        resize: d.resize,
+    }
+}
+
+/// AU positive weights (negatives / positives per AU, clamped to [1, 10]) from training labels.
+pub fn au_pos_weight(samples: &[Sample], n_au: usize) -> Vec<f32> {
+    let mut pos = vec![0f64; n_au];
+    let mut n = 0f64;
+    for s in samples {
+        if let Some(au) = &s.au {
+            n += 1.0;
+            for (p, &a) in pos.iter_mut().zip(au.iter()) {
+                *p += a as f64;
+            }
+        }
+    }
+    pos.iter()
+        .map(|&p| ((n - p) / p.max(1.0)).clamp(1.0, 10.0) as f32)
+        .collect()
+}

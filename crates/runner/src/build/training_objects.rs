@@ -1,0 +1,102 @@
+//! Everything a training run needs, built once from its configuration: device, vocabulary,
+//! loaders, the seeded variables, the model and the uncertainty weights.
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use mtanet_affwild2::{DatasetIndex, IndexOptions, Layout, Loader, Split, Vocab};
+use mtanet_backbones::{load_pretrained, resolve_pretrained, MtaNet};
+use mtanet_losses::UncertaintyWeights;
+
+use crate::build::data::{au_pos_weight, data_root, loader_config, subsample};
+use crate::build::model::model_config;
+use crate::experiment::config::Config;
+use crate::seeded_init::SeededVarMap;
+
+/// Everything needed to train: built once per run.
+pub struct TrainingObjects {
+    /// Where the model runs.
+    pub device: Device,
+    /// AU names and expression classes of the data.
+    pub vocab: Vocab,
+    /// The release layout of the data (decides the composite scores with the vocabulary).
+    pub layout: Layout,
+    /// Training batches (shuffled, augmented).
+    pub train: Loader,
+    /// Validation batches.
+    pub val: Loader,
+    /// Every variable (model and uncertainty weights), for the optimizer and checkpoints.
+    pub vars: SeededVarMap,
+    /// The network.
+    pub model: MtaNet,
+    /// Kendall log-variances (paper Eq. 5).
+    pub uncertainty: UncertaintyWeights,
+    /// Per-AU BCE positive weights, when `training.au_pos_weight` is on.
+    pub pos_weight: Option<Tensor>,
+}
+
+/// Builds the [`TrainingObjects`] of a configuration: indexes the data, builds the loaders,
+/// the seeded model and, if configured, imports the pretrained backbone weights.
+pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
+    let root = data_root(config, quiet)?;
+    let index = DatasetIndex::load(
+        &root,
+        &IndexOptions {
+            cross_task_overlap: config.data.cross_task_overlap,
+            ..IndexOptions::default()
+        },
+    )
+    .with_context(|| format!("indexing {}", root.display()))?;
+    let vocab = index.vocab.clone();
+    let train_samples = subsample(index.samples(Split::Train), config.data.max_train_frames);
+    let val_samples = subsample(index.samples(Split::Validation), config.data.max_val_frames);
+    if train_samples.is_empty() {
+        bail!("{}: no labelled training frames found", root.display());
+    }
+    if val_samples.is_empty() {
+        bail!("{}: no labelled validation frames found", root.display());
+    }
+    let device = crate::build::device::open(
+        crate::build::device::parse_device(&config.device).map_err(anyhow::Error::msg)?,
+    )?;
+    if config.precision == mtanet_backbones::Precision::Bf16 && device.is_cpu() {
+        tracing::warn!("precision bf16 on the CPU: f32 kernels plus casts, slower than f32");
+        if !quiet {
+            eprintln!(
+                "note: precision bf16 on the CPU emulates bf16 with the f32 kernels plus casts \
+                 (slower than f32); it is meant for CUDA"
+            );
+        }
+    }
+    let pos_weight = if config.training.au_pos_weight {
+        let w = au_pos_weight(&train_samples, vocab.au_names.len());
+        Some(Tensor::new(w.as_slice(), &device)?)
+    } else {
+        None
+    };
+    let train = Loader::new(train_samples, &vocab, loader_config(config, true))?;
+    let val = Loader::new(val_samples, &vocab, loader_config(config, false))?;
+    let vars = SeededVarMap::new(crate::rng::stream_seed(config.seed, &["weights"]));
+    let vb = vars.var_builder(DType::F32, &device);
+    let model =
+        MtaNet::new(&model_config(config, &vocab), vb.clone())?.with_precision(config.precision);
+    let uncertainty = UncertaintyWeights::new(vb.pp("uncertainty"))?;
+    if let Some(spec) = &config.model.pretrained {
+        let file = resolve_pretrained(spec)?;
+        let report = load_pretrained(vars.varmap(), &file, "backbone.")?;
+        tracing::info!("pretrained {}: {report}", file.display());
+        if !quiet {
+            eprintln!("pretrained weights {}: {report}", file.display());
+        }
+    }
+    Ok(TrainingObjects {
+        device,
+        vocab,
+        layout: index.layout,
+        train,
+        val,
+        vars,
+        model,
+        uncertainty,
+        pos_weight,
+    })
+}

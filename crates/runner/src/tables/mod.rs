@@ -1,0 +1,6 @@
+//! Result tables: Table I (and any experiment file's rows), `compare`, and the mean, standard
+//! deviation and 95% interval over seeds.
+
+pub mod compare;
+pub mod seed_summary;
+pub mod table1;
