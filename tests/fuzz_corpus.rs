@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use mtanet_affwild2::{parse_annotation, Task};
-use mtanet_runner::atomic_io::{csv_split, read_csv};
-use mtanet_runner::checkpoint;
-use mtanet_runner::config::{ExperimentFile, Override};
+use mtanet_runner::experiment::config::{ExperimentFile, Override};
+use mtanet_runner::record::atomic_io::{csv_split, read_csv};
+use mtanet_runner::record::checkpoint;
 
 /// Longest a single input may take (the fuzzers run with `-timeout=10`; the dev profile is slower).
 const LIMIT: Duration = Duration::from_secs(5);

@@ -55,7 +55,7 @@ fn run_dirs(tmp: &Path) -> Vec<PathBuf> {
 }
 
 fn final_state(dir: &Path) -> (Vec<(String, Vec<f32>)>, String) {
-    let c = mtanet_runner::checkpoint::load(
+    let c = mtanet_runner::record::checkpoint::load(
         &dir.join("checkpoints/last.safetensors"),
         &candle_core::Device::Cpu,
     )
