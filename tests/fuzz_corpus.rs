@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use mtanet_affwild2::{parse_annotation, Task};
-use mtanet_runner::experiment::config::{ExperimentFile, Override};
+use mtanet_runner::experiment::{ExperimentFile, Override};
 use mtanet_runner::record::atomic_io::{csv_split, read_csv};
 use mtanet_runner::record::checkpoint;
 

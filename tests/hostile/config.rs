@@ -1,12 +1,12 @@
 //! Broken experiment files: each fails as the exact `ConfigError` variant, naming the file and
 //! the key (and line for schema errors).
 
-use mtanet_runner::experiment::config::{ConfigError, ExperimentFile};
+use mtanet_runner::experiment::{ConfigError, ExperimentFile};
 
 const STAGE: &str = "training: {stages: [{name: a, optimizer: adam, lr: 0.001, epochs: 1}]}";
 
 /// Parses and resolves (base, no profile or row).
-fn resolve(text: &str) -> Result<mtanet_runner::experiment::config::Config, ConfigError> {
+fn resolve(text: &str) -> Result<mtanet_runner::experiment::Config, ConfigError> {
     ExperimentFile::parse("hostile.yaml", text)?.resolve(None, None, &[])
 }
 
@@ -156,7 +156,7 @@ fn unknown_profile_and_row() {
 #[test]
 fn bad_override_names_the_key() {
     let f = ExperimentFile::parse("hostile.yaml", "defaults: {seed: 1}\n").unwrap();
-    let o: mtanet_runner::experiment::config::Override = "data.batch_size=many".parse().unwrap();
+    let o: mtanet_runner::experiment::Override = "data.batch_size=many".parse().unwrap();
     match f.resolve(None, None, &[o]) {
         Err(e @ ConfigError::Schema { .. }) => {
             let msg = e.to_string();
@@ -166,7 +166,7 @@ fn bad_override_names_the_key() {
         other => panic!("{other:?}"),
     }
     let e = "noequals"
-        .parse::<mtanet_runner::experiment::config::Override>()
+        .parse::<mtanet_runner::experiment::Override>()
         .unwrap_err();
     assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
     assert_names_key(&e, "noequals");

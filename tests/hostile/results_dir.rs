@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mtanet_runner::experiment::config::Config;
+use mtanet_runner::experiment::Config;
 use mtanet_runner::training::{self as train, RunContext};
 
 /// The runner tests' tiny configuration (one shared file), with `results_dir` given.

@@ -24,7 +24,7 @@ use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, ResNetConfig};
 use mtanet_losses::{LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::config::{OptimizerKind, StageConfig};
+use crate::experiment::{OptimizerKind, StageConfig};
 use crate::seeded_init::SeededVarMap;
 use crate::step::optim::{params, Optimizer};
 use crate::step::{eval_step, train_step, Objective, StepGuard};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::experiment::config::{ExperimentFile, Override};
+use crate::experiment::{ExperimentFile, Override};
 use crate::record::report::short_report;
 use crate::tables::table1::{self, Table1Options};
 use crate::training::{self, RunContext};
@@ -365,7 +365,7 @@ pub fn main() -> anyhow::Result<()> {
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!("cannot resume: {} is not a run directory", dir.display())
                 })?;
-                let config: crate::experiment::config::Config = serde_yaml::from_str(&text)
+                let config: crate::experiment::Config = serde_yaml::from_str(&text)
                     .with_context(|| format!("{}: invalid run config", path.display()))?;
                 (
                     config,

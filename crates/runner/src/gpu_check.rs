@@ -29,7 +29,7 @@ use mtanet_losses::{LossKind, Targets};
 use serde_json::Value;
 
 use crate::build::device::{open, parse_device};
-use crate::experiment::config::{OptimizerKind, StageConfig};
+use crate::experiment::{OptimizerKind, StageConfig};
 use crate::seeded_init::SeededVarMap;
 use crate::step::optim::{params, Optimizer};
 use crate::step::{eval_step, train_step, Objective, StepGuard};

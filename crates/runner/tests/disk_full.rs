@@ -17,7 +17,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mtanet_runner::experiment::config::Config;
+use mtanet_runner::experiment::Config;
 use mtanet_runner::record::atomic_io::{append_csv_row, read_csv, write_atomic};
 use mtanet_runner::training::{self as train, RunContext};
 

@@ -3,7 +3,7 @@
 //! fused in-place CPU f32 path and through the tensor-op path (f64 parameters).
 
 use candle_core::{DType, Device, Tensor, Var};
-use mtanet_runner::experiment::config::{OptimizerKind, StageConfig};
+use mtanet_runner::experiment::{OptimizerKind, StageConfig};
 use mtanet_runner::step::optim::{Optimizer, Param};
 use serde_json::Value;
 

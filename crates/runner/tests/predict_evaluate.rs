@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mtanet_affwild2::Split;
 use mtanet_metrics::Report;
 use mtanet_runner::evaluate::{evaluate, evaluate_dir, EvaluateError, EvaluateOptions};
-use mtanet_runner::experiment::config::Config;
+use mtanet_runner::experiment::Config;
 use mtanet_runner::predict::{self, PredictOptions, PredictTarget};
 use mtanet_runner::training::{self as train, RunContext};
 use serde_json::Value;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mtanet_runner::experiment::config::Config;
+use mtanet_runner::experiment::Config;
 use mtanet_runner::predict;
 use mtanet_runner::record::checkpoint;
 use mtanet_runner::training::{self as train, RunContext};
@@ -79,7 +79,8 @@ fn jpgs(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Eval-mode forward pass of the checkpoint in `<work>/run` over every synthetic crop.
 fn predict_child(work: &Path) -> Value {
     let run_dir = std::fs::read_to_string(work.join("run_dir")).unwrap();
-    let m = mtanet_runner::build::restore::load_model(Path::new(run_dir.trim()), None, None).unwrap();
+    let m =
+        mtanet_runner::build::restore::load_model(Path::new(run_dir.trim()), None, None).unwrap();
     let mut files = Vec::new();
     jpgs(&m.config.data.synthetic.dir, &mut files);
     files.sort();

@@ -8,7 +8,7 @@ use mtanet_runner::training::{self as train, RunContext};
 
 mod support;
 
-fn tiny_config(tmp: &Path) -> mtanet_runner::experiment::config::Config {
+fn tiny_config(tmp: &Path) -> mtanet_runner::experiment::Config {
     support::tiny_config(&tmp.join("results"), &tmp.join("synth"), &[])
 }
 

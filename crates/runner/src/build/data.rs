@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use mtanet_affwild2::{LoaderConfig, Sample, SynthConfig};
 
 use crate::build::model::preprocess_for;
-use crate::experiment::config::Config;
+use crate::experiment::Config;
 use crate::record::atomic_io::write_atomic;
 
 /// The data root a config points to, generating the synthetic set on first use.

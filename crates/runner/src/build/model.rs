@@ -4,7 +4,7 @@
 use mtanet_affwild2::{Preprocess, Vocab};
 use mtanet_backbones::{BackboneKind, MtaNetConfig, ResNetConfig, VaActivation};
 
-use crate::experiment::config::Config;
+use crate::experiment::Config;
 
 /// The backbone configuration a model config asks for.
 pub fn backbone_config(config: &Config) -> ResNetConfig {

@@ -10,7 +10,7 @@ use mtanet_affwild2::Vocab;
 use mtanet_backbones::MtaNet;
 
 use crate::build::model::model_config;
-use crate::experiment::config::Config;
+use crate::experiment::Config;
 use crate::predict::PredictError;
 use crate::seeded_init::SeededVarMap;
 

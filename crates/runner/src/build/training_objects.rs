@@ -9,7 +9,7 @@ use mtanet_losses::UncertaintyWeights;
 
 use crate::build::data::{au_pos_weight, data_root, loader_config, subsample};
 use crate::build::model::model_config;
-use crate::experiment::config::Config;
+use crate::experiment::Config;
 use crate::seeded_init::SeededVarMap;
 
 /// Everything needed to train: built once per run.

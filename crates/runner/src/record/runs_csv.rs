@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mtanet_metrics::Report;
 
-use crate::experiment::config::Config;
+use crate::experiment::Config;
 use crate::record::atomic_io::append_csv_row;
 use crate::record::run_dir::git_commit;
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
-use crate::experiment::config::{OptimizerKind, StageConfig};
+use crate::experiment::{OptimizerKind, StageConfig};
 
 /// One trainable variable with its state-dict name.
 #[derive(Clone)]

@@ -1,6 +1,6 @@
 //! Learning-rate schedules within a stage.
 
-use crate::experiment::config::Schedule;
+use crate::experiment::Schedule;
 
 /// The learning rate at `step` (0-based) of a stage of `total` steps starting at `base`.
 pub fn lr_at(schedule: &Schedule, base: f64, step: usize, total: usize) -> f64 {

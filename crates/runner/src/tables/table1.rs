@@ -9,7 +9,7 @@ use mtanet_affwild2::{DatasetIndex, IndexOptions, Split};
 use mtanet_metrics::{Accumulator, Report};
 
 use crate::build::data::{data_root, subsample};
-use crate::experiment::config::{Config, ExperimentFile, Override, TABLE1_YAML};
+use crate::experiment::{Config, ExperimentFile, Override, TABLE1_YAML};
 use crate::record::atomic_io::{csv_field, write_atomic};
 use crate::record::report::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};

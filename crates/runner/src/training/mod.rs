@@ -20,7 +20,7 @@ use mtanet_metrics::{Report, Scoring};
 
 use crate::build::restore::{restore_vars, var_tensors};
 use crate::build::training_objects::{self, TrainingObjects};
-use crate::experiment::config::{Config, StageConfig};
+use crate::experiment::{Config, StageConfig};
 use crate::record::atomic_io::write_atomic;
 use crate::record::checkpoint::{self, TrainState};
 use crate::record::log_file::set_run_log;

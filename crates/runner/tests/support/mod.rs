@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use mtanet_runner::experiment::config::{Config, ExperimentFile, Override};
+use mtanet_runner::experiment::{Config, ExperimentFile, Override};
 
 /// A seconds-long run on a 6-video synthetic set: ResNeXt-50-CBAM at width/16, one block per
 /// stage, 48x48 crops, Adam then SGD with uncertainty weighting. `sets` are `--set` style
