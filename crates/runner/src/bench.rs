@@ -25,9 +25,9 @@ use mtanet_losses::{LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::{OptimizerKind, StageConfig};
-use crate::seeded_init::SeededVarMap;
 use crate::step::optim::{params, Optimizer};
 use crate::step::{eval_step, train_step, Objective, StepGuard};
+use mtanet_backbones::SeededVarMap;
 
 /// Action units and expression classes of the benchmarked heads (ABAW 2020).
 const N_AU: usize = 8;

@@ -30,9 +30,9 @@ use serde_json::Value;
 
 use crate::build::device::{open, parse_device};
 use crate::experiment::{OptimizerKind, StageConfig};
-use crate::seeded_init::SeededVarMap;
 use crate::step::optim::{params, Optimizer};
 use crate::step::{eval_step, train_step, Objective, StepGuard};
+use mtanet_backbones::SeededVarMap;
 
 /// Action units and expression classes of the benchmarked heads (as `mtanet bench`).
 const N_AU: usize = 8;

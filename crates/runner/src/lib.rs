@@ -25,8 +25,6 @@ pub mod gpu_check;
 pub mod model_forward;
 pub mod predict;
 pub mod record;
-pub mod rng;
-pub mod seeded_init;
 pub mod step;
 pub mod tables;
 pub mod training;

@@ -77,7 +77,7 @@ pub fn loader_config(config: &Config, train: bool) -> LoaderConfig {
         },
         shuffle: train,
         drop_last: false,
-        seed: crate::rng::stream_seed(config.seed, &["data"]),
+        seed: mtanet_seed::stream_seed(config.seed, &["data"]),
         prefetch: d.prefetch.max(1),
         threads: d.workers,
         augment: if train { d.augment.clone() } else { None },

@@ -12,7 +12,7 @@ use mtanet_backbones::MtaNet;
 use crate::build::model::model_config;
 use crate::experiment::Config;
 use crate::predict::PredictError;
-use crate::seeded_init::SeededVarMap;
+use mtanet_backbones::SeededVarMap;
 
 /// Every variable of a map by name (the tensors a checkpoint stores under `model.`).
 pub fn var_tensors(vars: &SeededVarMap) -> HashMap<String, Tensor> {

@@ -10,7 +10,7 @@ use mtanet_losses::UncertaintyWeights;
 use crate::build::data::{au_pos_weight, data_root, loader_config, subsample};
 use crate::build::model::model_config;
 use crate::experiment::Config;
-use crate::seeded_init::SeededVarMap;
+use mtanet_backbones::SeededVarMap;
 
 /// Everything needed to train: built once per run.
 pub struct TrainingObjects {
@@ -75,7 +75,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
     };
     let train = Loader::new(train_samples, &vocab, loader_config(config, true))?;
     let val = Loader::new(val_samples, &vocab, loader_config(config, false))?;
-    let vars = SeededVarMap::new(crate::rng::stream_seed(config.seed, &["weights"]));
+    let vars = SeededVarMap::new(mtanet_seed::stream_seed(config.seed, &["weights"]));
     let vb = vars.var_builder(DType::F32, &device);
     let model =
         MtaNet::new(&model_config(config, &vocab), vb.clone())?.with_precision(config.precision);

@@ -320,7 +320,7 @@ impl<'a> Trainer<'a> {
         );
         opt.set_lr(lr);
         let images = batch.images.to_device(&self.s.device)?;
-        self.s.model.set_dropout_seed(crate::rng::stream_seed(
+        self.s.model.set_dropout_seed(mtanet_seed::stream_seed(
             config.seed,
             &["dropout", &self.state.global_step.to_string()],
         ));
