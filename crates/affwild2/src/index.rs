@@ -8,8 +8,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::annotation::{parse_annotation, AnnotationFile};
+use crate::crops::{list_crops, Crops};
 use crate::error::DataError;
-use crate::layout::{discover, parse_frame_file_name, AnnotationEntry, Layout};
+use crate::layout::{discover, AnnotationEntry, Layout};
 use crate::stats::{OverlapStats, SplitStats, Stats, TaskAccumulator};
 use crate::task::{Split, Task, Vocab};
 
@@ -75,54 +76,6 @@ pub struct DatasetIndex {
     samples: [Vec<Sample>; 2],
     stats: Stats,
 }
-
-/// The jpgs of one video folder: `present[f]` for frame `f` (index 0 unused).
-struct Crops {
-    present: Vec<bool>,
-    count: u64,
-}
-
-impl Crops {
-    fn has(&self, frame: usize) -> bool {
-        self.present.get(frame).copied().unwrap_or(false)
-    }
-}
-
-fn list_crops(dir: &Path) -> Result<Crops, DataError> {
-    let mut present = Vec::new();
-    let mut count = 0;
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Crops { present, count });
-        }
-        Err(e) => return Err(DataError::io(dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(frame) = name.to_str().and_then(parse_frame_file_name) else {
-            continue;
-        };
-        let f = frame as usize;
-        if f > MAX_FRAME {
-            // No video has this many frames; a table sized to such a name would be a
-            // multi-GiB allocation from one empty file (found by the hostile suite).
-            continue;
-        }
-        if present.len() <= f {
-            present.resize((f + 1).max(present.len() * 2), false);
-        }
-        if !present[f] {
-            present[f] = true;
-            count += 1;
-        }
-    }
-    Ok(Crops { present, count })
-}
-
-/// Crop numbers above this are ignored (10 million frames: 4.6 days at 25 fps).
-pub const MAX_FRAME: usize = 10_000_000;
 
 /// A video's annotation files within one split: index into the parsed files, per task.
 type VideoFiles = [Option<usize>; 3];
@@ -195,12 +148,13 @@ impl DatasetIndex {
             let l = longest.entry(e.video.as_str()).or_default();
             *l = (*l).max(f.len());
         }
-        let jpgs: u64 = crops.values().map(|c| c.count).sum();
+        let jpgs: u64 = crops.values().map(|c| c.len() as u64).sum();
         let unannotated_jpgs: u64 = crops
             .iter()
             .map(|(v, c)| {
                 let n = longest.get(v).copied().unwrap_or(0);
-                c.present.iter().skip(n + 1).filter(|&&p| p).count() as u64
+                let annotated = c.frames().partition_point(|&f| f as usize <= n);
+                (c.len() - annotated) as u64
             })
             .sum();
 
@@ -351,7 +305,7 @@ fn join_video(
     }
     for i in 0..len {
         let frame = i + 1;
-        let has_jpg = crops.has(frame);
+        let has_jpg = u32::try_from(frame).is_ok_and(|f| crops.contains(f));
         let va = task_files[0].and_then(|f| f.va(i));
         let au = task_files[1].and_then(|f| f.au(i));
         let expr = task_files[2].and_then(|f| f.expr(i));

@@ -9,6 +9,7 @@
 pub mod annotation;
 pub mod augment;
 pub mod batch;
+pub mod crops;
 pub mod decode;
 pub mod error;
 pub mod index;
@@ -28,6 +29,7 @@ pub use mtanet_seed as seed;
 pub use annotation::{parse_annotation, AnnotationFile, Labels};
 pub use augment::{Augment, AugmentDraw};
 pub use batch::{Batch, SampleId};
+pub use crops::{list_crops, Crops, MAX_FRAME};
 pub use error::DataError;
 pub use index::{CrossTaskOverlap, DatasetIndex, IndexOptions, Sample};
 pub use layout::Layout;

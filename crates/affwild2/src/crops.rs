@@ -1,0 +1,149 @@
+//! Listing one video's crop folder: the frame numbers of its `NNNNN.jpg` files, in memory
+//! proportional to the number of files (never to the largest frame number a stray file names).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::DataError;
+use crate::layout::parse_frame_file_name;
+
+/// Crop numbers above this are ignored (10 million frames: 4.6 days at 25 fps).
+pub const MAX_FRAME: u32 = 10_000_000;
+
+/// The crops of one video folder: which frames have a jpg, and the frame-named files ignored
+/// because their number is above [`MAX_FRAME`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crops {
+    frames: Vec<u32>,
+    ignored: Vec<PathBuf>,
+}
+
+impl Crops {
+    /// The 1-based frame numbers with a jpg, ascending, each once.
+    pub fn frames(&self) -> &[u32] {
+        &self.frames
+    }
+
+    /// Whether frame `frame` (1-based) has a jpg.
+    pub fn contains(&self, frame: u32) -> bool {
+        self.frames.binary_search(&frame).is_ok()
+    }
+
+    /// The number of frames with a jpg.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame has a jpg.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Files named like a crop whose frame number is above [`MAX_FRAME`] (including numbers
+    /// too large for a `u32`), sorted; they are not in [`Crops::frames`].
+    pub fn ignored(&self) -> &[PathBuf] {
+        &self.ignored
+    }
+}
+
+/// Lists the crop folder `dir` of one video: a missing folder has no crops; files that are not
+/// crop names ([`parse_frame_file_name`]) are skipped; crop names above [`MAX_FRAME`] are
+/// reported in [`Crops::ignored`] instead of being listed.
+pub fn list_crops(dir: &Path) -> Result<Crops, DataError> {
+    let mut crops = Crops::default();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(crops),
+        Err(e) => return Err(DataError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match parse_frame_file_name(name) {
+            Some(f) if f <= MAX_FRAME => crops.frames.push(f),
+            Some(_) => crops.ignored.push(entry.path()),
+            None if beyond_u32(name) => crops.ignored.push(entry.path()),
+            None => {}
+        }
+    }
+    crops.frames.sort_unstable();
+    crops.frames.dedup();
+    crops.ignored.sort();
+    Ok(crops)
+}
+
+/// Whether `name` is shaped like a crop name (5 or more digits, `.jpg`) with a nonzero number
+/// that [`parse_frame_file_name`] rejected, i.e. one too large for a `u32`.
+fn beyond_u32(name: &str) -> bool {
+    name.strip_suffix(".jpg").is_some_and(|stem| {
+        stem.len() >= 5
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && stem.bytes().any(|b| b != b'0')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"").unwrap();
+    }
+
+    #[test]
+    fn missing_folder_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let crops = list_crops(&dir.path().join("absent")).unwrap();
+        assert!(crops.is_empty());
+        assert!(crops.ignored().is_empty());
+        assert!(!crops.contains(1));
+    }
+
+    #[test]
+    fn frames_sorted_unique_and_only_crop_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "00017.jpg",
+            "00003.jpg",
+            "000017.jpg",
+            "10000000.jpg",
+            "00000.jpg",
+            "0004.jpg",
+            "00005.png",
+            "notes.txt",
+            "a0006.jpg",
+        ] {
+            touch(dir.path(), name);
+        }
+        let crops = list_crops(dir.path()).unwrap();
+        assert_eq!(crops.frames(), &[3, 17, 10_000_000]);
+        assert_eq!(crops.len(), 3);
+        assert!(crops.contains(17) && crops.contains(3) && crops.contains(MAX_FRAME));
+        assert!(!crops.contains(4) && !crops.contains(0) && !crops.contains(5));
+        assert!(crops.ignored().is_empty());
+    }
+
+    #[test]
+    fn stray_huge_frame_numbers_are_ignored_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "00001.jpg",
+            "00002.jpg",
+            "4000000000.jpg",
+            "99999999999.jpg",
+            "10000001.jpg",
+        ] {
+            touch(dir.path(), name);
+        }
+        let start = std::time::Instant::now();
+        let crops = list_crops(dir.path()).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(crops.frames(), &[1, 2]);
+        assert!(!crops.contains(4_000_000_000));
+        let ignored: Vec<PathBuf> = ["10000001.jpg", "4000000000.jpg", "99999999999.jpg"]
+            .iter()
+            .map(|n| dir.path().join(n))
+            .collect();
+        assert_eq!(crops.ignored(), ignored.as_slice());
+    }
+}
