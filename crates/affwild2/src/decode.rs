@@ -1,4 +1,4 @@
-//! Reading and decoding one crop, with the loader's size policy.
+//! Reading and decoding one crop into RGB.
 
 use std::path::Path;
 

@@ -24,14 +24,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{Augment, AugmentDraw};
 use crate::batch::{Batch, SampleId};
-use crate::decode::decode_jpeg;
 use crate::error::DataError;
+use crate::frame::load_frame;
 use crate::index::Sample;
 use crate::preprocess::Preprocess;
 use crate::sampling::{EpochPlan, Planner, Sampling};
 use crate::seed;
 use crate::task::{Task, Vocab};
-use crate::warp::render_chw;
 
 /// What the loader does with a crop it cannot read or decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -300,32 +299,21 @@ impl Inner {
         for k in 0..=MAX_SUBSTITUTES.min(plan.order.len().saturating_sub(1)) {
             let idx = plan.order[(pos + k) % plan.order.len()];
             let path = &self.samples[idx].jpg;
-            let img = match decode_jpeg(path) {
-                Ok(img) => img,
+            let draw = |w, h| match &cfg.augment {
+                Some(a) => a.draw(&mut rng, w, h),
+                None => AugmentDraw::identity(w, h),
+            };
+            match load_frame(path, cfg.image_size, cfg.resize, &cfg.preprocess, draw, out) {
+                Ok(()) => return Ok(idx),
+                Err(e @ DataError::ImageSize { .. }) => return Err(e),
                 Err(e) => {
                     self.record_bad(path);
                     if cfg.on_bad_frame == OnBadFrame::Error {
                         return Err(e);
                     }
                     first_err.get_or_insert(e);
-                    continue;
                 }
-            };
-            let (w, h) = img.dimensions();
-            if !cfg.resize && (w as usize != cfg.image_size || h as usize != cfg.image_size) {
-                return Err(DataError::ImageSize {
-                    path: path.clone(),
-                    width: w,
-                    height: h,
-                    expected: cfg.image_size,
-                });
             }
-            let draw = match &cfg.augment {
-                Some(a) => a.draw(&mut rng, w, h),
-                None => AugmentDraw::identity(w, h),
-            };
-            render_chw(&img, &draw, &cfg.preprocess, cfg.image_size, out);
-            return Ok(idx);
         }
         Err(first_err.unwrap_or_else(|| DataError::Config("empty epoch plan".into())))
     }
