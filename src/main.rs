@@ -1,5 +1,5 @@
 //! The `mtanet` command: a thin entry point over `mtanet_runner::cli`.
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     mtanet_runner::cli::main()
 }

@@ -1,10 +1,10 @@
 //! The data side of a run: the data root (the synthetic set generated on first use), the
 //! training and validation samples, loader settings and AU positive weights.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use mtanet_affwild2::{LoaderConfig, Sample, SynthConfig};
+use mtanet_affwild2::{LoaderConfig, Sample, SynthConfig, SynthReport};
 
 use crate::build::model::preprocess_for;
 use crate::experiment::Config;
@@ -35,7 +35,7 @@ pub fn data_root(config: &Config, quiet: bool) -> anyhow::Result<PathBuf> {
                 s.seed
             );
         }
-        let report = mtanet_affwild2::generate(
+        generate_synthetic(
             &s.dir,
             &SynthConfig {
                 videos: s.videos,
@@ -43,11 +43,21 @@ pub fn data_root(config: &Config, quiet: bool) -> anyhow::Result<PathBuf> {
                 seed: s.seed,
                 ..SynthConfig::default()
             },
-        )
-        .with_context(|| format!("generating the synthetic set in {}", s.dir.display()))?;
-        write_atomic(&marker, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        )?;
     }
     Ok(s.dir.clone())
+}
+
+/// Writes the synthetic Aff-Wild2 into `dir`, then its `synth_report.json` (the marker that
+/// the set is complete: a set interrupted before it is generated again on next use).
+pub fn generate_synthetic(dir: &Path, cfg: &SynthConfig) -> anyhow::Result<SynthReport> {
+    let report = mtanet_affwild2::generate(dir, cfg)
+        .with_context(|| format!("generating the synthetic set in {}", dir.display()))?;
+    write_atomic(
+        &dir.join("synth_report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
 }
 
 /// Keeps at most `max` samples, evenly spaced (deterministic).

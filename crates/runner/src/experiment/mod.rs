@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod file;
 pub mod overrides;
+pub mod profile;
 pub mod validate;
 
 pub use config::*;

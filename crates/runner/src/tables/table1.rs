@@ -2,14 +2,15 @@
 //! predictor for scale, and mean +- std and a 95% interval over seeds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use mtanet_affwild2::{DatasetIndex, IndexOptions, Split};
 use mtanet_metrics::{Accumulator, Report};
 
 use crate::build::data::{data_root, subsample};
-use crate::experiment::{Config, ExperimentFile, Override, TABLE1_YAML};
+use crate::experiment::profile::{choose_profile, env_overrides, load_experiment};
+use crate::experiment::{Config, Override};
 use crate::record::atomic_io::{csv_field, write_atomic};
 use crate::record::report::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};
@@ -46,62 +47,6 @@ pub const TABLE_METRICS: &[(&str, &str)] = &[
     ("expr.accuracy", "EXPR acc"),
     ("expr.score", "EXPR 0.67F1+0.33acc"),
 ];
-
-/// Picks the profile: explicit, else `paper` with `AFFWILD2_ROOT`, else `demo`; the reason is
-/// the first line `table1` prints.
-pub fn choose_profile(explicit: Option<&str>) -> (String, String) {
-    let env = std::env::var("AFFWILD2_ROOT")
-        .ok()
-        .filter(|s| !s.trim().is_empty());
-    match (explicit, env) {
-        (Some(p), _) => (p.to_string(), format!("profile `{p}` (from --profile)")),
-        (None, Some(root)) => (
-            "paper".into(),
-            format!("profile `paper` (AFFWILD2_ROOT={root}): the paper's recipe on Aff-Wild2"),
-        ),
-        (None, None) => (
-            "demo".into(),
-            "profile `demo` (AFFWILD2_ROOT is not set): small networks on the synthetic \
-             Aff-Wild2; set AFFWILD2_ROOT for the paper's runs"
-                .into(),
-        ),
-    }
-}
-
-/// Loads the experiment file the options name.
-pub fn load_experiment(path: Option<&Path>) -> anyhow::Result<ExperimentFile> {
-    match path {
-        Some(p) => Ok(ExperimentFile::load(p)?),
-        None => {
-            let p = Path::new("experiments/table1.yaml");
-            if p.is_file() {
-                Ok(ExperimentFile::load(p)?)
-            } else {
-                Ok(ExperimentFile::parse(
-                    "experiments/table1.yaml (embedded)",
-                    TABLE1_YAML,
-                )?)
-            }
-        }
-    }
-}
-
-/// Overrides that come from the environment for a profile (`data.root` from AFFWILD2_ROOT).
-pub fn env_overrides(profile: &str, user: &[Override]) -> Vec<Override> {
-    let mut out = Vec::new();
-    if profile == "paper" && !user.iter().any(|o| o.key == ["data", "root"]) {
-        if let Ok(root) = std::env::var("AFFWILD2_ROOT") {
-            if !root.trim().is_empty() {
-                out.push(Override {
-                    key: vec!["data".into(), "root".into()],
-                    value: serde_yaml::Value::String(root),
-                });
-            }
-        }
-    }
-    out.extend(user.iter().cloned());
-    out
-}
 
 /// The best constant predictor's validation report: the training mean for VA (CCC 0), "every
 /// AU present" (the constant with the highest F1), and the training set's majority expression.
@@ -147,6 +92,49 @@ pub fn constant_predictor(config: &Config) -> anyhow::Result<Report> {
     }
     let scoring = crate::step::scoring_for(index.layout, &index.vocab);
     Ok(crate::step::report_of(&acc, scoring, false))
+}
+
+/// The options of `mtanet ablate KEY=VALUE...`: `backbone=X` (or `model.backbone=X`) selects
+/// the Table I row of that backbone when there is one; every other override applies to it.
+/// Without a matching row, the first row runs with all the overrides.
+pub fn ablate_options(
+    overrides: Vec<Override>,
+    profile: Option<String>,
+    seeds: usize,
+    quiet: bool,
+) -> anyhow::Result<Table1Options> {
+    let rows: Vec<String> = overrides
+        .iter()
+        .filter(|o| o.key == ["model", "backbone"])
+        .filter_map(|o| o.value.as_str().map(str::to_string))
+        .collect();
+    let file = load_experiment(None)?;
+    let rows = if rows.iter().all(|r| file.rows.iter().any(|x| &x.name == r)) {
+        rows
+    } else {
+        Vec::new()
+    };
+    let overrides = if rows.is_empty() {
+        overrides
+    } else {
+        overrides
+            .into_iter()
+            .filter(|o| o.key != ["model", "backbone"])
+            .collect()
+    };
+    Ok(Table1Options {
+        config: None,
+        profile,
+        seeds,
+        rows: if rows.is_empty() {
+            vec![file.rows[0].name.clone()]
+        } else {
+            rows
+        },
+        overrides,
+        quiet,
+        write_table: false,
+    })
 }
 
 /// One finished row: its spec, and the reports of its seeds.

@@ -1,0 +1,262 @@
+//! One function per command: each turns parsed arguments into a call to the module that does
+//! the work, and prints its result.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mtanet_affwild2::{DatasetIndex, Split, SynthConfig};
+use mtanet_backbones::{BackboneKind, ResNetConfig};
+
+use super::{
+    AblateArgs, BackboneArgs, BenchArgs, Command, DataCommand, EvaluateArgs, ModelCommand,
+    PredictArgs, TableArgs, TrainArgs,
+};
+use crate::build::data::generate_synthetic;
+use crate::build::restore::read_run_config;
+use crate::experiment::profile::resolve_run;
+use crate::experiment::{ExperimentFile, Override};
+use crate::predict::{PredictOptions, PredictTarget};
+use crate::record::report::short_report;
+use crate::tables::table1::{self, Table1Options};
+use crate::training::{self, RunContext};
+
+/// Runs one command; the exit code is 0, or 3 for a training run stopped before its end.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Train(a) => return train(a),
+        Command::Table1(a) => table(a)?,
+        Command::Ablate(a) => ablate(a)?,
+        Command::Compare { files } => print!("{}", crate::tables::compare::compare(&files)?),
+        Command::Data(DataCommand::Synth {
+            out,
+            videos,
+            frames,
+            seed,
+            full,
+        }) => {
+            let t = std::time::Instant::now();
+            let cfg = SynthConfig {
+                videos,
+                frames,
+                seed,
+                full,
+            };
+            println!("{}", generate_synthetic(&out, &cfg)?);
+            println!(
+                "wrote {} in {:.1} s",
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::Data(DataCommand::Stats { root, json }) => {
+            let index = DatasetIndex::load(&root, &Default::default())
+                .with_context(|| format!("indexing {}", root.display()))?;
+            let stats = index.stats();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("{stats}");
+            }
+        }
+        Command::Predict(a) => predict(a)?,
+        Command::Evaluate(a) => evaluate(a)?,
+        Command::Bench(a) => bench(a)?,
+        Command::BenchOne {
+            backbone,
+            batch,
+            steps,
+            warmup,
+        } => {
+            let m = crate::bench::measure(backbone.parse()?, batch, steps, warmup)?;
+            println!("{}", serde_json::to_string(&m)?);
+        }
+        Command::GpuCheck(a) => crate::gpu_check::main(&a)?,
+        Command::Model(ModelCommand::Summary(a)) => {
+            println!("{}", mtanet_backbones::summary(&backbone_config(&a)?));
+        }
+        Command::Model(ModelCommand::Forward {
+            backbone,
+            weights,
+            input,
+            out,
+            train,
+        }) => {
+            crate::model_forward::run(&backbone_config(&backbone)?, &weights, &input, &out, train)?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_overrides(v: &[String]) -> anyhow::Result<Vec<Override>> {
+    v.iter()
+        .map(|s| s.parse::<Override>().map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// `mtanet train`: a row of an experiment file, or `--resume RUN_DIR` with its own config.
+fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    training::install_ctrlc();
+    let (config, ctx) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join("config.yaml");
+            if !path.is_file() {
+                anyhow::bail!(
+                    "cannot resume: {} is not a run directory (no config.yaml)",
+                    dir.display()
+                );
+            }
+            let ctx = RunContext {
+                resume: Some(dir.clone()),
+                ..Default::default()
+            };
+            (read_run_config(&path)?, ctx)
+        }
+        None => {
+            let file = ExperimentFile::load(&a.config)?;
+            let mut sets = parse_overrides(&a.set)?;
+            if let Some(d) = &a.device {
+                sets.push(format!("device={d}").parse()?);
+            }
+            let run = resolve_run(&file, a.profile.as_deref(), a.row.as_deref(), &sets)?;
+            let ctx = RunContext {
+                profile: run.profile,
+                row: run.row,
+                paper: run.paper,
+                ..Default::default()
+            };
+            (run.config, ctx)
+        }
+    };
+    let ctx = RunContext {
+        max_steps: a.max_steps,
+        quiet: a.quiet,
+        ..ctx
+    };
+    let out = training::run(&config, &ctx)?;
+    if let Some(r) = &out.report {
+        println!("{}", short_report(r));
+    }
+    println!("run directory: {}", out.run_dir.display());
+    Ok(if out.finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `mtanet table1`.
+fn table(a: TableArgs) -> anyhow::Result<()> {
+    training::install_ctrlc();
+    table1::run(&Table1Options {
+        config: a.config,
+        profile: a.profile,
+        seeds: a.seeds,
+        rows: a.rows,
+        overrides: parse_overrides(&a.set)?,
+        quiet: a.quiet,
+        write_table: true,
+    })?;
+    Ok(())
+}
+
+/// `mtanet ablate`.
+fn ablate(a: AblateArgs) -> anyhow::Result<()> {
+    training::install_ctrlc();
+    let opts = table1::ablate_options(parse_overrides(&a.overrides)?, a.profile, a.seeds, a.quiet)?;
+    table1::run(&opts)?;
+    Ok(())
+}
+
+/// `mtanet predict`.
+fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let target = match (&a.frames, a.split.as_str()) {
+        (Some(dir), _) => PredictTarget::Frames(dir.clone()),
+        (None, "Test" | "Test_Set" | "test") => PredictTarget::Test,
+        (None, s) => {
+            PredictTarget::Split(crate::evaluate::parse_split(s).with_context(|| {
+                format!("--split {s}: use Validation_Set, Training_Set or Test")
+            })?)
+        }
+    };
+    let out = a.out.clone();
+    let summary = crate::predict::run(&PredictOptions {
+        checkpoint: a.checkpoint,
+        config: a.config,
+        root: a.root,
+        target,
+        out: a.out,
+        videos: a.videos,
+        smooth: a.smooth,
+        tuned_thresholds: a.tuned_thresholds,
+        batch_size: a.batch_size,
+        device: a.device,
+        quiet: a.quiet,
+    })?;
+    println!(
+        "wrote {} files for {} videos ({} lines; {} frames predicted, {} filled from the \
+         nearest frame, {} unreadable crops) in {}",
+        summary.files.len(),
+        summary.videos,
+        summary.frames,
+        summary.predicted,
+        summary.filled,
+        summary.bad_frames.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `mtanet evaluate`.
+fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    let split: Split = crate::evaluate::parse_split(&a.split)
+        .with_context(|| format!("--split {}: use Validation_Set or Training_Set", a.split))?;
+    let opts = crate::evaluate::EvaluateOptions {
+        split,
+        all_frames: a.all_frames,
+    };
+    let ev = crate::evaluate::evaluate(&a.pred, &a.root, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&ev.report)?);
+    } else {
+        print!("{ev}");
+    }
+    Ok(())
+}
+
+/// `mtanet bench`.
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let backbones = if a.backbones.is_empty() {
+        BackboneKind::ALL.to_vec()
+    } else {
+        a.backbones
+            .iter()
+            .map(|b| b.parse())
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    crate::bench::run(&crate::bench::BenchOptions {
+        backbones,
+        batches: a.batches,
+        threads: a.threads,
+        steps: a.steps,
+        warmup: a.warmup,
+        rounds: a.rounds,
+        python: (!a.no_torch).then_some(a.python),
+        out: a.out,
+    })?;
+    Ok(())
+}
+
+/// The backbone the model subcommands ask for.
+fn backbone_config(a: &BackboneArgs) -> anyhow::Result<ResNetConfig> {
+    let kind: BackboneKind = a
+        .backbone
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--backbone {}: {e}", a.backbone))?;
+    let depths = match &a.depths {
+        None => None,
+        Some(d) if d.len() == 4 => Some([d[0], d[1], d[2], d[3]]),
+        Some(d) => anyhow::bail!("--depths needs 4 numbers, got {d:?}"),
+    };
+    Ok(ResNetConfig::from_kind(&kind).scaled(a.width_div, depths, a.groups))
+}
