@@ -40,4 +40,4 @@ pub use preprocess::Preprocess;
 pub use sampling::Sampling;
 pub use stats::{OverlapStats, SplitStats, Stats, TaskStats};
 pub use synth::{generate, SynthConfig, SynthReport, SynthSplitReport, SynthTaskReport};
-pub use task::{Split, Task, Vocab};
+pub use task::{Split, Task, UnknownSplit, Vocab};
