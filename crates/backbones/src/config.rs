@@ -29,62 +29,6 @@ pub enum StemPool {
     CeilMode,
 }
 
-/// How the backbone expects its input image to be normalised (applied by the data pipeline or
-/// [`InputNormalization::apply`], never inside the network).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct InputNormalization {
-    /// Swap RGB to BGR channel order first (VGGFace2's Caffe weights).
-    pub bgr: bool,
-    /// Multiply the [0, 1] RGB input by this first (255 for the Caffe weights, 1 otherwise).
-    pub scale: f32,
-    /// Per-channel mean subtracted after scaling, in the network's channel order.
-    pub mean: [f32; 3],
-    /// Per-channel std divided after subtracting the mean, in the network's channel order.
-    pub std: [f32; 3],
-}
-
-impl InputNormalization {
-    /// timm's ImageNet defaults: RGB in [0, 1], mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
-    pub const IMAGENET: Self = Self {
-        bgr: false,
-        scale: 1.0,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-
-    /// VGGFace2 (`resnet50_ft.prototxt` via cydonia999/VGGFace2-pytorch): BGR in [0, 255] minus
-    /// mean (91.4953, 103.8827, 131.0912), no std.
-    pub const VGGFACE2: Self = Self {
-        bgr: true,
-        scale: 255.0,
-        mean: [91.4953, 103.8827, 131.0912],
-        std: [1.0, 1.0, 1.0],
-    };
-
-    /// Normalises an `(N, 3, H, W)` RGB batch with values in [0, 1].
-    pub fn apply(&self, rgb01: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        let x = if self.bgr {
-            let chans = [2usize, 1, 0]
-                .iter()
-                .map(|&c| rgb01.narrow(1, c, 1))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            candle_core::Tensor::cat(&chans, 1)?
-        } else {
-            rgb01.clone()
-        };
-        let dev = x.device();
-        let mean = candle_core::Tensor::new(&self.mean, dev)?
-            .to_dtype(x.dtype())?
-            .reshape((1, 3, 1, 1))?;
-        let std = candle_core::Tensor::new(&self.std, dev)?
-            .to_dtype(x.dtype())?
-            .reshape((1, 3, 1, 1))?;
-        (x * f64::from(self.scale))?
-            .broadcast_sub(&mean)?
-            .broadcast_div(&std)
-    }
-}
-
 /// A bottleneck ResNet ([3, 4, 6, 3] at full size) and every variant the project uses.
 ///
 /// Bottleneck width follows torchvision: `floor(planes * width_per_group / 64) * groups`.
@@ -110,8 +54,6 @@ pub struct ResNetConfig {
     pub stem_pool: StemPool,
     /// Input channels (3).
     pub in_channels: usize,
-    /// Input normalisation the pretrained weights expect.
-    pub input: InputNormalization,
 }
 
 impl ResNetConfig {
@@ -128,7 +70,6 @@ impl ResNetConfig {
             stride_in_1x1: false,
             stem_pool: StemPool::Padded,
             in_channels: 3,
-            input: InputNormalization::IMAGENET,
         };
         match kind {
             BackboneKind::Resnet50 => base,
@@ -151,7 +92,6 @@ impl ResNetConfig {
                 attention: Attention::SqueezeExciteVggface2,
                 stride_in_1x1: true,
                 stem_pool: StemPool::CeilMode,
-                input: InputNormalization::VGGFACE2,
                 ..base
             },
         }

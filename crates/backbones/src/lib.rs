@@ -25,7 +25,7 @@ mod weights;
 mod pytorch_conformance;
 
 pub use bottleneck::Bottleneck;
-pub use config::{Attention, ConfigError, InputNormalization, ResNetConfig, StemPool};
+pub use config::{Attention, ConfigError, ResNetConfig, StemPool};
 pub use hub::{hub_cache_dir, resolve_pretrained, HUB_FILENAME};
 pub use kind::{BackboneKind, UnknownBackbone};
 pub use mtanet::{MtaNet, MtaNetConfig, MtaNetOutput, VaActivation};
