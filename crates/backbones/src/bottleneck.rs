@@ -3,10 +3,10 @@
 //! Stride sits in the 3x3 conv ("ResNet v1.5", torchvision/timm) or, with `stride_in_1x1`, in
 //! the first 1x1 conv (Caffe / VGGFace2). Attention runs after `bn3`, before the residual add.
 
-use crate::batch_norm::BatchNorm;
+use crate::batch_norm_layer::{batch_norm, BatchNorm};
 use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
-use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
+use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};

@@ -3,8 +3,9 @@
 //! over [max over C, mean over C], sigmoid). State-dict names `ChannelGate.mlp.{1,3}.*` and
 //! `SpatialGate.spatial.{conv,bn}.*`.
 
-use crate::batch_norm::BatchNorm;
-use crate::conv_bn::{batch_norm_with, conv_no_bias, linear, Conv2d, ConvSpec};
+use crate::batch_norm_layer::{batch_norm_with, BatchNorm};
+use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
+use crate::linear_layer::linear;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, Module, ModuleT, VarBuilder};
 

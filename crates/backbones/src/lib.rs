@@ -4,14 +4,15 @@
 //! and loading their safetensors checkpoints under the PyTorch state-dict names.
 #![warn(missing_docs)]
 
-mod batch_norm;
+mod batch_norm_layer;
 mod bottleneck;
 mod cbam;
 mod config;
-mod conv_bn;
+mod conv2d_layer;
 mod hub;
 mod init_rules;
 mod kind;
+mod linear_layer;
 mod mtanet;
 mod precision;
 mod resnet;

@@ -9,7 +9,7 @@
 //! Hidden size, dropout and the VA activation are configuration because this is a reading.
 
 use crate::config::ResNetConfig;
-use crate::conv_bn::linear;
+use crate::linear_layer::linear;
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::seeded_dropout::SeededDropout;

@@ -1,9 +1,9 @@
 //! The generic bottleneck ResNet: stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool) and four stages.
 
-use crate::batch_norm::BatchNorm;
+use crate::batch_norm_layer::{batch_norm, BatchNorm};
 use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
-use crate::conv_bn::{batch_norm, conv_no_bias, Conv2d, ConvSpec};
+use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 

@@ -3,9 +3,14 @@
 //! `mtanet_kernels::cuda_fused_ops`) on CUDA: one pass for the statistics, one for the output,
 //! ReLU folded in where the network applies one; by candle-nn's composed BatchNorm elsewhere.
 
-use crate::conv_bn::Conv2d;
+use crate::conv2d_layer::Conv2d;
 use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
+
+/// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).
+pub(crate) const BN_EPS: f64 = 1e-5;
+/// PyTorch's default BatchNorm momentum.
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
 
 /// A BatchNorm layer: `weight`, `bias`, `running_mean`, `running_var`.
 #[derive(Clone, Debug)]
@@ -134,4 +139,19 @@ impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_act(x, train, false)
     }
+}
+
+/// `BatchNorm2d(c)` with PyTorch's eps and momentum, weight 1, bias 0.
+pub(crate) fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    BatchNorm::new(c, BN_EPS, BN_MOMENTUM, 1.0, vb)
+}
+
+/// `BatchNorm2d(c, momentum=momentum)` whose weight starts at `weight_init` (CBAM's spatial gate).
+pub(crate) fn batch_norm_with(
+    c: usize,
+    momentum: f64,
+    weight_init: f64,
+    vb: VarBuilder,
+) -> Result<BatchNorm> {
+    BatchNorm::new(c, BN_EPS, momentum, weight_init, vb)
 }

@@ -1,14 +1,9 @@
-//! Conv and BatchNorm constructors with the reference initialisation and PyTorch's defaults.
+//! The bias-free `Conv2d` layer of the ResNets (run by `mtanet_kernels::conv2d`) and its
+//! constructor with the reference initialisation.
 
-use crate::batch_norm::BatchNorm;
-use crate::init_rules::{pytorch_default, CONV_WEIGHT};
+use crate::init_rules::CONV_WEIGHT;
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, Module, VarBuilder};
-
-/// PyTorch's `BatchNorm2d` defaults (eps 1e-5, momentum 0.1).
-pub(crate) const BN_EPS: f64 = 1e-5;
-/// PyTorch's default BatchNorm momentum.
-pub(crate) const BN_MOMENTUM: f64 = 0.1;
+use candle_nn::{Module, VarBuilder};
 
 /// Geometry of a square conv.
 #[derive(Clone, Copy, Debug)]
@@ -87,35 +82,4 @@ impl Module for Conv2d {
 pub(crate) fn conv_no_bias(spec: ConvSpec, vb: VarBuilder) -> Result<Conv2d> {
     let weight = vb.get_with_hints(spec.weight_shape(), "weight", CONV_WEIGHT)?;
     Ok(Conv2d { weight, spec })
-}
-
-/// `BatchNorm2d(c)` with PyTorch's eps and momentum, weight 1, bias 0.
-pub(crate) fn batch_norm(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    BatchNorm::new(c, BN_EPS, BN_MOMENTUM, 1.0, vb)
-}
-
-/// `BatchNorm2d(c, momentum=momentum)` whose weight starts at `weight_init` (CBAM's spatial gate).
-pub(crate) fn batch_norm_with(
-    c: usize,
-    momentum: f64,
-    weight_init: f64,
-    vb: VarBuilder,
-) -> Result<BatchNorm> {
-    BatchNorm::new(c, BN_EPS, momentum, weight_init, vb)
-}
-
-/// A `Linear(c_in, c_out)` with PyTorch's default init (or `bias_init` for the bias).
-pub(crate) fn linear(
-    c_in: usize,
-    c_out: usize,
-    bias_init: Option<Init>,
-    vb: VarBuilder,
-) -> Result<candle_nn::Linear> {
-    let w = vb.get_with_hints((c_out, c_in), "weight", pytorch_default(c_in))?;
-    let b = vb.get_with_hints(
-        c_out,
-        "bias",
-        bias_init.unwrap_or_else(|| pytorch_default(c_in)),
-    )?;
-    Ok(candle_nn::Linear::new(w, Some(b)))
 }
