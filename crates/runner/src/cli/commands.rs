@@ -170,15 +170,14 @@ fn ablate(a: AblateArgs) -> anyhow::Result<()> {
 
 /// `mtanet predict`.
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let target = match (&a.frames, a.split.as_str()) {
-        (Some(dir), _) => PredictTarget::Frames(dir.clone()),
-        (None, "Test" | "Test_Set" | "test") => PredictTarget::Test,
-        (None, s) => {
-            PredictTarget::Split(crate::evaluate::parse_split(s).with_context(|| {
+    let target =
+        match (&a.frames, a.split.as_str()) {
+            (Some(dir), _) => PredictTarget::Frames(dir.clone()),
+            (None, "Test" | "Test_Set" | "test") => PredictTarget::Test,
+            (None, s) => PredictTarget::Split(s.parse::<Split>().with_context(|| {
                 format!("--split {s}: use Validation_Set, Training_Set or Test")
-            })?)
-        }
-    };
+            })?),
+        };
     let out = a.out.clone();
     let summary = crate::predict::run(&PredictOptions {
         checkpoint: a.checkpoint,
@@ -209,7 +208,9 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
 
 /// `mtanet evaluate`.
 fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
-    let split: Split = crate::evaluate::parse_split(&a.split)
+    let split: Split = a
+        .split
+        .parse()
         .with_context(|| format!("--split {}: use Validation_Set or Training_Set", a.split))?;
     let opts = crate::evaluate::EvaluateOptions {
         split,
@@ -226,14 +227,7 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
 
 /// `mtanet bench`.
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let backbones = if a.backbones.is_empty() {
-        BackboneKind::ALL.to_vec()
-    } else {
-        a.backbones
-            .iter()
-            .map(|b| b.parse())
-            .collect::<Result<Vec<_>, _>>()?
-    };
+    let backbones = crate::bench::parse_backbones(&a.backbones)?;
     crate::bench::run(&crate::bench::BenchOptions {
         backbones,
         batches: a.batches,

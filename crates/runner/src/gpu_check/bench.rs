@@ -2,23 +2,16 @@
 //! batch and precision (the training step of `mtanet bench`), written to `bench_rust.csv`.
 
 use super::*;
+use crate::bench::Workload;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
-use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, Precision, ResNetConfig};
-use mtanet_losses::{LossKind, Targets};
-
-use crate::experiment::{OptimizerKind, StageConfig};
-use crate::step::optim::{params, Optimizer};
-use crate::step::{eval_step, train_step, Objective, StepGuard};
-use mtanet_backbones::SeededVarMap;
+use candle_core::Device;
+use mtanet_backbones::{BackboneKind, Precision};
 
 /// Action units and expression classes of the benchmarked heads (as `mtanet bench`).
-pub(super) const N_AU: usize = 8;
-pub(super) const N_EXPR: usize = 7;
 /// One throughput point.
 #[derive(Debug, Clone)]
 pub struct BenchPoint {
@@ -69,62 +62,14 @@ pub fn bench_point(
     steps: usize,
     warmup: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let cfg = MtaNetConfig::new(ResNetConfig::from_kind(&kind), N_AU, N_EXPR);
-    let vars = SeededVarMap::new(7);
-    let model = MtaNet::new(&cfg, vars.var_builder(DType::F32, dev))?.with_precision(precision);
-    let stage = StageConfig {
-        name: "gpu-check".into(),
-        optimizer: OptimizerKind::Sgd,
-        lr: 1e-3,
-        weight_decay: 5e-3,
-        ..StageConfig::default()
-    };
-    let all_vars: std::collections::HashMap<_, _> = vars
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-        .clone();
-    let mut opt = Optimizer::new(&stage, params(&all_vars, true));
-    // Inputs drawn on the CPU and uploaded: no cuRAND on the device.
-    let x = cpu_randn(11, &[batch, 3, size, size], 1.0)?.to_device(dev)?;
-    let va = cpu_randn(12, &[batch, 2], 0.5)?
-        .clamp(-1f32, 1f32)?
-        .to_device(dev)?;
-    let au = cpu_randn(13, &[batch, N_AU], 1.0)?
-        .ge(0.0)?
-        .to_dtype(DType::F32)?
-        .to_device(dev)?;
-    let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
-    let expr = Tensor::new(classes.as_slice(), dev)?;
-    let ones = Tensor::ones(batch, DType::F32, dev)?;
-    let targets = Targets {
-        va,
-        va_mask: ones.clone(),
-        au,
-        au_mask: ones.clone(),
-        expr,
-        expr_mask: ones,
-    };
-    let objective = Objective {
-        kind: LossKind::Sum,
-        uncertainty: None,
-        au_pos_weight: None,
-    };
+    let mut w = Workload::new(kind, batch, size, precision, dev)?;
     let mut train_step = || -> anyhow::Result<()> {
-        train_step(
-            &model,
-            &x,
-            &targets,
-            &objective,
-            &mut opt,
-            StepGuard::default(),
-        )?;
+        w.train_step()?;
         Ok(())
     };
     let train_s = median_seconds(dev, steps, warmup, &mut train_step)?;
     let mut eval_step = || -> anyhow::Result<()> {
-        eval_step(&model, &x)?;
+        w.eval_step()?;
         Ok(())
     };
     let eval_s = median_seconds(dev, steps, warmup, &mut eval_step)?;

@@ -14,6 +14,8 @@
 //! missing-GPU check of the script. With `--device cpu` everything runs on the CPU (the
 //! plumbing test on a machine without a GPU).
 
+pub(crate) use crate::bench::cpu_randn;
+
 mod backbones;
 mod bench;
 mod conformance;
@@ -29,7 +31,7 @@ use ops::check_ops;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Var};
 use mtanet_backbones::{BackboneKind, Precision};
 use mtanet_kernels::{Conv2d, MaxPool2d};
 
@@ -103,21 +105,6 @@ pub fn probe(spec: &str) -> anyhow::Result<String> {
         other => format!("{other:?}"),
     })
 }
-/// Deterministic test data on the CPU (a fixed-seed normal), moved to each device as needed.
-fn cpu_randn(seed: u64, shape: &[usize], std: f64) -> anyhow::Result<Tensor> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    // Box-Muller from uniform draws: no extra dependency, fixed across platforms.
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            let u1: f64 = rng.random_range(1e-12..1.0);
-            let u2: f64 = rng.random_range(0.0..1.0);
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
-}
 /// Options of `mtanet gpu-check` on the command line.
 #[derive(clap::Args, Debug)]
 pub struct GpuCheckArgs {
@@ -170,14 +157,7 @@ pub struct GpuCheckArgs {
 /// `mtanet gpu-check`: fails (non-zero exit) when the device cannot be used or a conformance
 /// row fails.
 pub fn main(a: &GpuCheckArgs) -> anyhow::Result<()> {
-    let backbones = if a.backbones.is_empty() {
-        BackboneKind::ALL.to_vec()
-    } else {
-        a.backbones
-            .iter()
-            .map(|b| b.parse())
-            .collect::<Result<Vec<BackboneKind>, _>>()?
-    };
+    let backbones = crate::bench::parse_backbones(&a.backbones)?;
     let opts = GpuCheckOptions {
         device: a.device.clone(),
         reference: a.reference.clone(),
@@ -256,6 +236,7 @@ pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
 
     fn fixtures() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/backbones")
