@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MetricsError;
 use crate::f1::BinaryCounts;
-use crate::thresholds::DEFAULT_THRESHOLD;
+
+/// The threshold used when none is tuned: "AU active" means `sigmoid >= 0.5`.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
 
 /// Sigmoid outputs and 0/1 labels of every frame pushed, row-major (frame x AU).
 ///

@@ -24,7 +24,7 @@ mod thresholds;
 mod va;
 
 pub use accumulator::Accumulator;
-pub use au::{AuAccumulator, AuScores};
+pub use au::{AuAccumulator, AuScores, DEFAULT_THRESHOLD};
 pub use batch::{argmax, FrameBatch};
 pub use ccc::{ccc, CccMoments};
 pub use error::MetricsError;
@@ -32,5 +32,5 @@ pub use expr::ExprAccumulator;
 pub use f1::{f1_binary, f1_from_counts, BinaryCounts};
 pub use report::{AuReport, ExprReport, Report, TunedAu, VaReport};
 pub use scoring::Scoring;
-pub use thresholds::{threshold_grid, tune_au_thresholds, DEFAULT_THRESHOLD};
+pub use thresholds::{threshold_grid, tune_au_thresholds};
 pub use va::VaAccumulator;

@@ -1,10 +1,7 @@
 //! Per-AU decision thresholds chosen on a validation set.
 
-use crate::au::AuAccumulator;
+use crate::au::{AuAccumulator, DEFAULT_THRESHOLD};
 use crate::f1::BinaryCounts;
-
-/// The threshold used when none is tuned: "AU active" means `sigmoid >= 0.5`.
-pub const DEFAULT_THRESHOLD: f32 = 0.5;
 
 /// Candidate thresholds: 0.05, 0.10, ..., 0.95 (19 values, each the f32 nearest `j/20`).
 ///
