@@ -1,0 +1,64 @@
+//! User errors print as a message and its causes, not a stack trace, even with
+//! `RUST_BACKTRACE=1` set (as many shells have it); `-v` gives the full form.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mtanet");
+
+fn mtanet(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the mtanet binary runs")
+}
+
+#[test]
+fn missing_data_root_is_a_short_message_with_backtraces_on() {
+    let out = mtanet(&["data", "stats", "--root", "/nonexistent/affwild2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "{} lines: {stderr}",
+        lines.len()
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("/nonexistent/affwild2"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn typo_in_an_experiment_file_names_line_and_key_in_a_few_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "defaults:\n  training:\n    stagez: []\n").unwrap();
+    let out = mtanet(&["train", "--config", path.to_str().unwrap(), "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.lines().count() <= 3, "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("stagez"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn verbose_flag_prints_the_full_error() {
+    let short = mtanet(&["data", "stats", "--root", "/nonexistent/affwild2"]);
+    let long = mtanet(&["-v", "data", "stats", "--root", "/nonexistent/affwild2"]);
+    assert!(!long.status.success());
+    let (s, l) = (
+        String::from_utf8_lossy(&short.stderr),
+        String::from_utf8_lossy(&long.stderr),
+    );
+    assert!(l.contains("/nonexistent/affwild2"), "{l}");
+    assert!(
+        l.lines().count() > s.lines().count(),
+        "short:\n{s}\nlong:\n{l}"
+    );
+}
