@@ -134,7 +134,8 @@ impl InplaceOp3 for Accumulate {
         ps: &candle_core::CudaStorage,
         pl: &Layout,
     ) -> Result<()> {
-        crate::cuda::elementwise::accumulate((bs, bl), (gs, gl), (ps, pl), *self)
+        let coef = [self.decay, self.scale, self.keep, self.add];
+        crate::cuda::elementwise::accumulate((bs, bl), (gs, gl), (ps, pl), coef, self.squared)
     }
 
     fn cpu_fwd(

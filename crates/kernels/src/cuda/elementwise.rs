@@ -68,12 +68,13 @@ fn target<'a>(
     ))
 }
 
-/// `buf = keep * buf + add * d` (or `d^2`), `d = scale * grad + decay * param`, in place.
+/// `buf = keep * buf + add * d` (or `d^2` when `squared`), `d = scale * grad + decay * param`, in place.
 pub(crate) fn accumulate(
     buf: (&mut CudaStorage, &Layout),
     grad: (&CudaStorage, &Layout),
     param: (&CudaStorage, &Layout),
-    op: crate::optimizer_step::Accumulate,
+    [decay, scale, keep, add]: [f32; 4],
+    squared: bool,
 ) -> Result<()> {
     const WHAT: &str = "optimizer buffer";
     let dev = grad.0.device().clone();
@@ -86,15 +87,11 @@ pub(crate) fn accumulate(
     let f = nvrtc::function(&dev, MODULE, SOURCE, "mtanet_opt_accumulate")?;
     let (gv, pv) = (gd.view::<f32>()?, pd.view::<f32>()?);
     let ni = to_i64(n, WHAT)?;
-    let squared = i32::from(op.squared);
+    let squared = i32::from(squared);
     let stream = dev.cuda_stream();
     let mut l = stream.launch_builder(&f);
     l.arg(&mut bv).arg(&gv).arg(&pv).arg(&ni);
-    l.arg(&op.decay)
-        .arg(&op.scale)
-        .arg(&op.keep)
-        .arg(&op.add)
-        .arg(&squared);
+    l.arg(&decay).arg(&scale).arg(&keep).arg(&add).arg(&squared);
     // SAFETY: matches `mtanet_opt_accumulate`; the buffer view, grad and param hold n values.
     unsafe { l.launch(launch(n, THREADS as usize)) }.w()?;
     Ok(())
