@@ -68,7 +68,8 @@ fn target<'a>(
     ))
 }
 
-/// `buf = keep * buf + add * d` (or `d^2` when `squared`), `d = scale * grad + decay * param`, in place.
+/// `buf = keep * buf + add * d` (or `d^2` when `squared`), `d = scale * grad + decay * param`,
+/// in place.
 pub(crate) fn accumulate(
     buf: (&mut CudaStorage, &Layout),
     grad: (&CudaStorage, &Layout),
