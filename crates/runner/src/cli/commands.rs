@@ -16,7 +16,7 @@ use crate::build::restore::read_run_config;
 use crate::experiment::profile::resolve_run;
 use crate::experiment::{ExperimentFile, Override};
 use crate::predict::{PredictOptions, PredictTarget};
-use crate::record::report::short_report;
+use crate::record::summary_line::short_report;
 use crate::tables::table1::{self, Table1Options};
 use crate::training::{self, RunContext};
 

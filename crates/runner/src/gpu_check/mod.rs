@@ -17,13 +17,13 @@
 pub(crate) use crate::bench::cpu_randn;
 
 mod backbones;
-mod bench;
+mod throughput;
 mod conformance;
 mod ops;
 
 use backbones::{check_backbones, check_backbones_bf16};
-use bench::run_bench;
-pub use bench::BenchPoint;
+use throughput::run_bench;
+pub use throughput::BenchPoint;
 pub use conformance::{rel_err, ConformanceRow};
 use conformance::{write_conformance, Checker};
 use ops::check_ops;

@@ -5,7 +5,7 @@ pub mod atomic_io;
 pub mod checkpoint;
 pub mod log_file;
 pub mod metrics_csv;
-pub mod report;
+pub mod summary_line;
 pub mod run_dir;
 pub mod run_scalars;
 pub mod runs_csv;

@@ -3,7 +3,7 @@
 
 pub mod eval_step;
 pub mod optim;
-pub mod schedule;
+pub mod lr_schedule;
 pub mod train_step;
 
 pub use eval_step::{eval_step, evaluate, report_of, scoring_for, HostOutputs};

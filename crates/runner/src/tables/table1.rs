@@ -12,7 +12,7 @@ use crate::build::data::{data_root, subsample};
 use crate::experiment::profile::{choose_profile, env_overrides, load_experiment};
 use crate::experiment::{Config, Override};
 use crate::record::atomic_io::{csv_field, write_atomic};
-use crate::record::report::short_report;
+use crate::record::summary_line::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};
 use crate::training::{self, RunContext};
 

@@ -30,7 +30,7 @@ use crate::record::run_scalars::{log_report, log_train, TrainScalars};
 use crate::record::runs_csv::{append_run_row, RunRow};
 use crate::record::tensorboard::EventWriter;
 use crate::step::optim::{params, Optimizer};
-use crate::step::schedule::lr_at;
+use crate::step::lr_schedule::lr_at;
 use crate::step::{
     batch_targets, evaluate, report_of, scoring_for, train_step, Objective, StepGuard,
 };
@@ -413,7 +413,7 @@ impl<'a> Trainer<'a> {
             "  {} epoch {}: {}",
             stage.name,
             self.state.epoch,
-            crate::record::report::short_report(&r)
+            crate::record::summary_line::short_report(&r)
         ));
         self.last_report = Some(r);
         self.sync_train_seconds();
