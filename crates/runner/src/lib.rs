@@ -26,5 +26,6 @@ pub mod model_forward;
 pub mod predict;
 pub mod record;
 pub mod step;
+pub mod submission;
 pub mod tables;
 pub mod training;

@@ -1,0 +1,262 @@
+//! From the model's per-frame outputs to the values written: filling frames without a
+//! prediction from the nearest predicted frame, temporal smoothing, and the AU thresholds.
+
+use std::path::Path;
+
+use anyhow::Context;
+use mtanet_metrics::Report;
+
+use super::PredictError;
+use crate::step::eval_step::argmax;
+use crate::submission::FrameLine;
+
+/// The outputs of the model for one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameOutput {
+    /// Valence, arousal.
+    pub va: [f32; 2],
+    /// AU probabilities (sigmoid).
+    pub au_probs: Vec<f32>,
+    /// Expression probabilities (softmax).
+    pub expr_probs: Vec<f32>,
+}
+
+impl FrameOutput {
+    /// The outputs written for a video without any usable crop: VA 0, AU probabilities 0,
+    /// expression class 0 with probability 1.
+    pub fn neutral(n_au: usize, n_expr: usize) -> Self {
+        FrameOutput {
+            va: [0.0, 0.0],
+            au_probs: vec![0.0; n_au],
+            expr_probs: (0..n_expr)
+                .map(|k| if k == 0 { 1.0 } else { 0.0 })
+                .collect(),
+        }
+    }
+}
+
+/// The per-frame values written to the files (after filling and smoothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameDecision {
+    /// Valence, arousal.
+    pub va: [f32; 2],
+    /// AU probabilities (smoothed when asked).
+    pub au_probs: Vec<f32>,
+    /// AU decisions: `prob >= threshold`.
+    pub au: Vec<u8>,
+    /// Expression probabilities (smoothed when asked).
+    pub expr_probs: Vec<f32>,
+    /// Expression class.
+    pub expr: usize,
+}
+
+impl FrameDecision {
+    /// This frame's line in the submission files.
+    pub fn line(&self) -> FrameLine<'_> {
+        FrameLine {
+            va: self.va,
+            au: &self.au,
+            expr: self.expr,
+        }
+    }
+}
+
+/// The per-AU thresholds tuned on validation, from `report.json` in `run_dir`.
+pub fn tuned_thresholds(run_dir: &Path, n_au: usize) -> anyhow::Result<Vec<f32>> {
+    let path = run_dir.join("report.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Report =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a report", path.display()))?;
+    match report.au.and_then(|a| a.tuned).map(|t| t.thresholds) {
+        Some(th) if th.len() == n_au => Ok(th),
+        _ => Err(PredictError::NoTunedThresholds { path, n_au }.into()),
+    }
+}
+
+/// For each frame, the value of the nearest frame that has one (the earlier on ties);
+/// `None` if no frame has a value.
+pub fn fill_nearest<T: Clone>(frames: &[Option<T>]) -> Option<Vec<T>> {
+    let known: Vec<usize> = (0..frames.len()).filter(|&i| frames[i].is_some()).collect();
+    if known.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(frames.len());
+    let mut k = 0; // known[k] is the first known frame >= i, or the last one
+    for i in 0..frames.len() {
+        while k + 1 < known.len() && known[k] < i {
+            k += 1;
+        }
+        let next = known[k];
+        let src = if next >= i {
+            match k.checked_sub(1).map(|p| known[p]) {
+                Some(prev) if i - prev <= next - i => prev,
+                _ => next,
+            }
+        } else {
+            next
+        };
+        out.push(frames[src].clone()?);
+    }
+    Some(out)
+}
+
+/// The frames `[i - (n-1)/2, i + n/2]` of a window of `n` centred on `i`, clipped to `0..len`.
+fn window(i: usize, n: usize, len: usize) -> std::ops::Range<usize> {
+    let lo = i.saturating_sub((n.max(1) - 1) / 2);
+    let hi = (i + n.max(1) / 2 + 1).min(len);
+    lo..hi
+}
+
+/// The majority of `labels[w]` (ties go to `centre` if it is among the most voted, else to
+/// the lowest class index), over `n_classes` classes.
+fn vote(labels: &[usize], w: std::ops::Range<usize>, centre: usize, n_classes: usize) -> usize {
+    let mut votes = vec![0usize; n_classes.max(1)];
+    for &l in &labels[w] {
+        if let Some(v) = votes.get_mut(l) {
+            *v += 1;
+        }
+    }
+    let top = votes.iter().copied().max().unwrap_or(0);
+    if votes.get(centre) == Some(&top) {
+        centre
+    } else {
+        votes.iter().position(|&v| v == top).unwrap_or(0)
+    }
+}
+
+/// The smoothed (VA, AU probabilities, expression probabilities, expression class) of frame
+/// `i`: means over the window of `smooth` frames centred on it, and the [`vote`] of the
+/// frames' classes `labels`.
+fn smoothed(
+    outputs: &[FrameOutput],
+    labels: &[usize],
+    i: usize,
+    smooth: usize,
+) -> ([f32; 2], Vec<f32>, Vec<f32>, usize) {
+    let w = window(i, smooth, outputs.len());
+    let n = w.len() as f64;
+    let mean = |f: &dyn Fn(&FrameOutput) -> f32| -> f32 {
+        (outputs[w.clone()]
+            .iter()
+            .map(|o| f64::from(f(o)))
+            .sum::<f64>()
+            / n) as f32
+    };
+    let va = [mean(&|o| o.va[0]), mean(&|o| o.va[1])];
+    let au: Vec<f32> = (0..outputs[i].au_probs.len())
+        .map(|k| mean(&|o| o.au_probs[k]))
+        .collect();
+    let ex: Vec<f32> = (0..outputs[i].expr_probs.len())
+        .map(|k| mean(&|o| o.expr_probs[k]))
+        .collect();
+    let label = vote(labels, w, labels[i], outputs[i].expr_probs.len());
+    (va, au, ex, label)
+}
+
+/// Decisions for a video's frame outputs: moving average of VA and AU probabilities and
+/// majority vote of the expression argmax over a centred window of `smooth` frames (ties
+/// go to the centre frame's class if it is among them, else to the lowest class index);
+/// `smooth <= 1` keeps the frame outputs as they are.
+pub fn decide(outputs: &[FrameOutput], smooth: usize, thresholds: &[f32]) -> Vec<FrameDecision> {
+    let labels: Vec<usize> = outputs.iter().map(|o| argmax(&o.expr_probs)).collect();
+    (0..outputs.len())
+        .map(|i| {
+            let (va, au_probs, expr_probs, expr) = if smooth <= 1 {
+                let o = &outputs[i];
+                (o.va, o.au_probs.clone(), o.expr_probs.clone(), labels[i])
+            } else {
+                smoothed(outputs, &labels, i, smooth)
+            };
+            let au = au_probs
+                .iter()
+                .zip(thresholds)
+                .map(|(p, t)| u8::from(*p >= *t))
+                .collect();
+            FrameDecision {
+                va,
+                au_probs,
+                au,
+                expr_probs,
+                expr,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_nearest_prefers_earlier_on_ties() {
+        let f = [
+            None,
+            Some(1),
+            None,
+            None,
+            Some(4),
+            None,
+            None,
+            None,
+            Some(8),
+            None,
+        ];
+        let out = fill_nearest(&f).unwrap();
+        assert_eq!(out, vec![1, 1, 1, 4, 4, 4, 4, 8, 8, 8]);
+        assert_eq!(fill_nearest::<u8>(&[None, None]), None);
+        assert_eq!(fill_nearest(&[Some(3)]), Some(vec![3]));
+    }
+
+    #[test]
+    fn windows_are_centred_and_clipped() {
+        assert_eq!(window(0, 3, 10), 0..2);
+        assert_eq!(window(5, 3, 10), 4..7);
+        assert_eq!(window(9, 4, 10), 8..10);
+        assert_eq!(window(5, 1, 10), 5..6);
+    }
+
+    fn out(va: f32, au: f32, expr: usize) -> FrameOutput {
+        let mut e = vec![0.1; 3];
+        e[expr] = 0.8;
+        FrameOutput {
+            va: [va, -va],
+            au_probs: vec![au],
+            expr_probs: e,
+        }
+    }
+
+    #[test]
+    fn smoothing_averages_and_votes() {
+        let o = [
+            out(0.0, 0.0, 0),
+            out(0.3, 0.9, 2),
+            out(0.6, 0.9, 0),
+            out(0.9, 0.0, 1),
+        ];
+        let d = decide(&o, 1, &[0.5]);
+        assert_eq!(d.iter().map(|x| x.expr).collect::<Vec<_>>(), [0, 2, 0, 1]);
+        assert_eq!(d[1].va, [0.3, -0.3]);
+        let s = decide(&o, 3, &[0.5]);
+        // Frame 1: mean of 0.0, 0.3, 0.6; AU mean 0.6 -> 1; votes 0,2,0 -> 0.
+        assert!((s[1].va[0] - 0.3).abs() < 1e-6);
+        assert_eq!((s[1].au[0], s[1].expr), (1, 0));
+        // Frame 0 (clipped window 0..2): AU mean 0.45 -> 0; votes 0,2 tie -> centre's 0.
+        assert_eq!((s[0].au[0], s[0].expr), (0, 0));
+        // Frame 3 (window 2..4): votes 0,1 tie -> centre's 1.
+        assert_eq!(s[3].expr, 1);
+    }
+
+    #[test]
+    fn decisions_are_written_as_their_line() {
+        let d = FrameDecision {
+            va: [0.123_456_79, -0.999_999_94],
+            au_probs: vec![0.7, 0.2],
+            au: vec![1, 0],
+            expr_probs: vec![0.5, 0.5],
+            expr: 1,
+        };
+        let l = d.line();
+        assert_eq!((l.va, l.au, l.expr), (d.va, &[1u8, 0][..], 1));
+    }
+}

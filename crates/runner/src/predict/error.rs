@@ -1,0 +1,79 @@
+//! The input-derived errors of `mtanet predict`.
+
+use std::path::PathBuf;
+
+use mtanet_affwild2::DataError;
+
+/// An input-derived problem of `mtanet predict`, naming the file (and line) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// Neither the checkpoint nor a run directory was found.
+    #[error("{}: no checkpoint (expected a run directory with checkpoints/last.safetensors, or a .safetensors file)", path.display())]
+    NoCheckpoint {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// No config.yaml next to the checkpoint and no `--config`.
+    #[error("{}: no run config.yaml for checkpoint {} (pass --config)", expected.display(), checkpoint.display())]
+    NoConfig {
+        /// Where it was looked for.
+        expected: PathBuf,
+        /// The checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// The checkpoint lacks a head tensor, so the task sizes are unknown.
+    #[error("{}: no tensor `{name}`: not an MTANet checkpoint", path.display())]
+    NotMtaNet {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The missing tensor.
+        name: String,
+    },
+    /// The root's vocabulary does not fit the model's heads.
+    #[error("{}: the annotations have {data} {what}, the checkpoint's head has {model}", root.display())]
+    VocabSize {
+        /// The data root.
+        root: PathBuf,
+        /// `AUs` or `expression classes`.
+        what: &'static str,
+        /// Count in the annotation headers.
+        data: usize,
+        /// Count in the checkpoint.
+        model: usize,
+    },
+    /// `--tuned-thresholds` without tuned thresholds in the run's report.json.
+    #[error("{}: no `au.tuned.thresholds` with {n_au} values (train with eval.tune_au_thresholds, or drop --tuned-thresholds)", path.display())]
+    NoTunedThresholds {
+        /// The report file.
+        path: PathBuf,
+        /// AUs of the model.
+        n_au: usize,
+    },
+    /// A malformed line of a `--videos` list.
+    #[error("{}:{line}: {message}", path.display())]
+    VideoList {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing to predict.
+    #[error("{}: no videos to predict for {what}", root.display())]
+    NoVideos {
+        /// The root (or frames folder).
+        root: PathBuf,
+        /// The split or folder described.
+        what: String,
+    },
+    /// The model produced NaN or infinity.
+    #[error("non-finite model output for {}", jpg.display())]
+    NonFinite {
+        /// The crop.
+        jpg: PathBuf,
+    },
+    /// Reading the data failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}

@@ -1,0 +1,299 @@
+//! What `mtanet predict` writes for a split or the test set: the videos with their frame
+//! counts (from the annotation files, the crops, or a `--videos` list) and the AU and
+//! expression names of the headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use mtanet_affwild2::layout::{discover, AnnotationEntry, Discovered, CROPS_DIR};
+use mtanet_affwild2::{DataError, Split, Task, Vocab};
+
+use super::{PredictError, PredictTarget};
+use crate::submission::{read_task_file, video_crops};
+
+/// Reads a `--videos` list: one `video` or `video,frames` per line; blank lines and lines
+/// starting with `#` are skipped.
+pub fn read_video_list(path: &Path) -> Result<Vec<(String, Option<usize>)>, PredictError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |message: String| PredictError::VideoList {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        let (video, frames) = match line.split_once(',') {
+            Some((v, f)) => {
+                let n = f
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        err(format!("frames {:?} is not a positive integer", f.trim()))
+                    })?;
+                (v.trim(), Some(n))
+            }
+            None => (line, None),
+        };
+        if video.is_empty() || video.contains(['/', '\\']) {
+            return Err(err(format!("{video:?} is not a video name")));
+        }
+        if !seen.insert(video.to_string()) {
+            return Err(err(format!("video `{video}` is listed twice")));
+        }
+        out.push((video.to_string(), frames));
+    }
+    Ok(out)
+}
+
+/// Frame numbers (1-based) with a jpg in a crop folder; empty if the folder is missing.
+
+/// The videos to predict with their frame counts, and the vocabulary of the root's headers.
+pub type VideoPlan = (Vec<(String, usize)>, Option<Vocab>);
+
+/// Plans the videos of `target` under `root` (see [`VideoPlan`]); `list` is a parsed
+/// `--videos` list.
+pub fn plan_videos(
+    root: &Path,
+    target: &PredictTarget,
+    list: Option<&[(String, Option<usize>)]>,
+) -> Result<VideoPlan, PredictError> {
+    let found = match (target, discover(root)) {
+        (_, Ok(f)) => Some(f),
+        (PredictTarget::Test, Err(DataError::Layout { .. })) => None,
+        (_, Err(e)) => return Err(e.into()),
+    };
+    let vocab = found.as_ref().map(root_vocab).transpose()?;
+    let entries = found
+        .as_ref()
+        .map(|f| f.entries.as_slice())
+        .unwrap_or_default();
+    let videos = match target {
+        PredictTarget::Split(split) => split_videos(root, *split, entries, list)?,
+        PredictTarget::Test => test_videos(root, entries, list)?,
+        PredictTarget::Frames(_) => Vec::new(),
+    };
+    if videos.is_empty() {
+        let what = match target {
+            PredictTarget::Split(s) => format!("the {s} split"),
+            _ => "the test set (no unannotated crop folders)".to_string(),
+        };
+        return Err(PredictError::NoVideos {
+            root: root.to_path_buf(),
+            what,
+        });
+    }
+    Ok((videos, vocab))
+}
+
+/// The videos of a labelled split (or those of `list`), each with the length of its longest
+/// annotation file in the split (or the count `list` gives).
+fn split_videos(
+    root: &Path,
+    split: Split,
+    entries: &[AnnotationEntry],
+    list: Option<&[(String, Option<usize>)]>,
+) -> Result<Vec<(String, usize)>, PredictError> {
+    let in_split: Vec<_> = entries.iter().filter(|e| e.split == split).collect();
+    let lens: Vec<(String, usize)> = in_split
+        .par_iter()
+        .map(|e| Ok((e.video.clone(), read_task_file(e.task, &e.path)?.len())))
+        .collect::<Result<_, DataError>>()?;
+    let mut longest: BTreeMap<String, usize> = BTreeMap::new();
+    for (v, n) in lens {
+        let l = longest.entry(v).or_default();
+        *l = (*l).max(n);
+    }
+    let Some(list) = list else {
+        return Ok(longest.into_iter().collect());
+    };
+    let mut videos = Vec::with_capacity(list.len());
+    for (v, n) in list {
+        let n = n.or_else(|| longest.get(v).copied()).ok_or_else(|| PredictError::NoVideos {
+            root: root.to_path_buf(),
+            what: format!("listed video `{v}` (not annotated in the {split} split; give its frame count as `{v},N`)"),
+        })?;
+        videos.push((v.clone(), n));
+    }
+    Ok(videos)
+}
+
+/// The test videos: those of `list`, else every crop folder of a video without annotation
+/// files; each with the count `list` gives, else its highest crop number.
+fn test_videos(
+    root: &Path,
+    entries: &[AnnotationEntry],
+    list: Option<&[(String, Option<usize>)]>,
+) -> Result<Vec<(String, usize)>, PredictError> {
+    let crops = root.join(CROPS_DIR);
+    let names = match list {
+        Some(list) => list.to_vec(),
+        None => {
+            let annotated: BTreeSet<&str> = entries.iter().map(|e| e.video.as_str()).collect();
+            unannotated_folders(&crops, &annotated)?
+                .into_iter()
+                .map(|v| (v, None))
+                .collect()
+        }
+    };
+    let mut videos = Vec::with_capacity(names.len());
+    for (v, n) in names {
+        let n = match n {
+            Some(n) => n,
+            None => video_crops(&crops.join(&v))?
+                .frames()
+                .last()
+                .map_or(0, |&f| f as usize),
+        };
+        if n == 0 {
+            return Err(PredictError::NoVideos {
+                root: root.to_path_buf(),
+                what: format!(
+                    "test video `{v}` (no crops in {} and no frame count)",
+                    crops.join(&v).display()
+                ),
+            });
+        }
+        videos.push((v, n));
+    }
+    Ok(videos)
+}
+
+/// The folders under `crops` (sorted, hidden ones skipped) of videos not in `annotated`.
+fn unannotated_folders(crops: &Path, annotated: &BTreeSet<&str>) -> Result<Vec<String>, DataError> {
+    let io = |e| DataError::Io {
+        path: crops.to_path_buf(),
+        source: e,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(crops).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with('.') && entry.path().is_dir() && !annotated.contains(name.as_str()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The vocabulary to write: the root's headers (checked against the heads), else defaults.
+pub fn vocab_for(
+    root_vocab: Option<Vocab>,
+    root: &Path,
+    n_au: usize,
+    n_expr: usize,
+) -> Result<Vocab, PredictError> {
+    let d = default_vocab(n_au, n_expr);
+    let Some(v) = root_vocab else { return Ok(d) };
+    for (what, data, model) in [
+        ("AUs", v.au_names.len(), n_au),
+        ("expression classes", v.expr_names.len(), n_expr),
+    ] {
+        if data != 0 && data != model {
+            return Err(PredictError::VocabSize {
+                root: root.to_path_buf(),
+                what,
+                data,
+                model,
+            });
+        }
+    }
+    Ok(Vocab {
+        au_names: if v.au_names.is_empty() {
+            d.au_names
+        } else {
+            v.au_names
+        },
+        expr_names: if v.expr_names.is_empty() {
+            d.expr_names
+        } else {
+            v.expr_names
+        },
+    })
+}
+
+/// Names for heads of `n_au` AUs and `n_expr` classes when no annotation header is at hand:
+/// the ABAW 2020 (8 AUs, 7 classes), 2021 (12 AUs) and 2022 (8 classes) vocabularies, else
+/// `AU_<i>` / `class_<i>`.
+pub fn default_vocab(n_au: usize, n_expr: usize) -> Vocab {
+    let v2020 = Vocab::abaw2020();
+    let au_names = match n_au {
+        8 => v2020.au_names,
+        12 => [
+            "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
+            "AU26",
+        ]
+        .map(String::from)
+        .to_vec(),
+        n => (0..n).map(|i| format!("AU_{i}")).collect(),
+    };
+    let expr_names = match n_expr {
+        7 => v2020.expr_names,
+        8 => v2020
+            .expr_names
+            .into_iter()
+            .chain([String::from("Other")])
+            .collect(),
+        n => (0..n).map(|i| format!("class_{i}")).collect(),
+    };
+    Vocab {
+        au_names,
+        expr_names,
+    }
+}
+
+/// The AU and expression names of a root's annotation headers (the first file of each task,
+/// any split); empty names for a task without files.
+pub fn root_vocab(found: &Discovered) -> Result<Vocab, DataError> {
+    let mut v = Vocab::default();
+    for t in [Task::Au, Task::Expr] {
+        if let Some(e) = found.entries.iter().find(|e| e.task == t) {
+            let names = read_task_file(t, &e.path)?.names;
+            if t == Task::Au {
+                v.au_names = names;
+            } else {
+                v.expr_names = names;
+            }
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_list_parses_and_names_bad_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("list.txt");
+        std::fs::write(&p, "# test videos\nv1\n\nv2_left, 120\n").unwrap();
+        let l = read_video_list(&p).unwrap();
+        assert_eq!(
+            l,
+            vec![("v1".to_string(), None), ("v2_left".to_string(), Some(120))]
+        );
+        std::fs::write(&p, "v1\nv2,abc\n").unwrap();
+        let e = read_video_list(&p).unwrap_err().to_string();
+        assert!(e.contains("list.txt:2") && e.contains("abc"), "{e}");
+        std::fs::write(&p, "v1\nv1\n").unwrap();
+        assert!(read_video_list(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+    }
+}

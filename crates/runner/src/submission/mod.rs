@@ -1,0 +1,19 @@
+//! The ABAW prediction files, written by `mtanet predict` and read by `mtanet evaluate`, and
+//! the crop folders that decide which of their frames the model saw.
+//!
+//! Format (kuhnkeF `write_labelfile.py`, wtomin `test.py`): folders `VA_Set/`, `AU_Set/` and
+//! `EXPR_Set/` under the prediction folder (the 2022+ names `VA_Estimation_Challenge`, ... are
+//! read too), one `<video>.txt` per video and task, the annotation files' header
+//! (`valence,arousal`; the AU names; the expression names), then one line per video frame:
+//! `valence,arousal`, the 0/1 AU decisions, the expression index. Data line k is frame k,
+//! exactly like the annotation files, so one parser ([`mtanet_affwild2::parse_annotation`])
+//! reads both.
+
+pub mod abaw2020;
+pub mod crops;
+
+pub use abaw2020::{
+    prediction_path, read_prediction, read_task_file, submission_texts, FrameLine, PREDICTION_DIRS,
+    TASK_DIRS,
+};
+pub use crops::video_crops;
