@@ -7,12 +7,26 @@
 #
 # Uses scripts/cuda-env.sh (a venv with the CUDA 13.0 wheels, outside the repo). Extra cargo
 # arguments are passed through, e.g. `scripts/build-cuda.sh --features cuda` (no cuDNN).
-set -euo pipefail
+#
+# On a fresh machine it needs: cargo (the toolchain), python3 with venv and pip, gcc, binutils
+# (strip, readelf, nm), xz, and network access to PyPI and crates.io (the wheels, `cargo fetch`).
+# Any failure prints one line `build-cuda: ...` naming the step, and exits non-zero.
+set -Eeuo pipefail
+start=$SECONDS
+trap 'echo "build-cuda: failed (exit $?) at scripts/build-cuda.sh line $LINENO: $BASH_COMMAND" >&2' ERR
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+for tool in cargo python3 gcc strip readelf nm xz; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        trap - ERR
+        echo "build-cuda: \`$tool\` not found: install it (see the requirements at the top of scripts/build-cuda.sh)" >&2
+        exit 1
+    }
+done
 # shellcheck source=scripts/cuda-env.sh
-source scripts/cuda-env.sh
+source scripts/cuda-env.sh || { trap - ERR; exit 1; } # cuda-env.sh printed its one line
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target-cuda}"
+# cargo fetches every locked crate first (cuda-env.sh already did when the registry was empty).
 features="cuda,cudnn"
 if [ "$#" -gt 0 ]; then
     cargo build --release -p mtanet --bin mtanet "$@"
@@ -56,3 +70,4 @@ for lib in libcuda.so.1 libnvrtc libcublas libcudnn; do
         *) echo "build-cuda: $lib is missing from NEEDED: the binary would not load CUDA" >&2; exit 1 ;;
     esac
 done
+echo "build-cuda: done in $((SECONDS - start)) s; copy dist/mtanet-cuda.xz and dist/curand-shim/ to the GPU machine"
