@@ -11,7 +11,11 @@ Inputs are drawn in float32 (so Rust sees exactly the same numbers); the referen
 computed in float64 from those float32 values. Conventions mirrored here (and documented in
 the Rust crates):
   - CE  (Eq. 1): torch.nn.functional.cross_entropy on the valid rows, mean reduction.
-  - BCE (Eq. 2): binary_cross_entropy_with_logits(pos_weight=...) on the valid rows, mean.
+  - BCE (Eq. 2): binary_cross_entropy_with_logits(pos_weight=...) on the valid rows, reduced
+    either as 'mean' over frames x AUs (cases bce.*, bce_mean.*, total.*) or, as Eq. 2 writes
+    it, summed over the AUs and averaged over the frames: reduction='none' then .sum(1).mean()
+    (cases bce_sum.*, total_sum.*). The bce_mean/bce_sum/total_sum cases draw from their own
+    generator, so the earlier cases and the metrics keep their values.
   - CCC (Eq. 3-4): population statistics over the valid rows, denominator + 1e-8;
     loss = 1 - (ccc_v + ccc_a) / 2.
   - Too few valid frames (0 for CE/BCE, < 2 for CCC): the loss is exactly 0 with zero grads.
@@ -62,12 +66,15 @@ def ce_ref(logits, target, mask):
     return F.cross_entropy(logits[idx], torch.tensor(np.asarray(target)[idx.numpy()], dtype=torch.long))
 
 
-def bce_ref(logits, target, mask, pos_weight=None):
+def bce_ref(logits, target, mask, pos_weight=None, reduction="mean"):
     idx = valid_index(mask)
     if len(idx) == 0:
         return logits[idx[:0]].sum()
     y = torch.tensor(f32(target).astype(np.float64))[idx]
     pw = None if pos_weight is None else torch.tensor(f32(pos_weight).astype(np.float64))
+    if reduction == "sum":
+        per = F.binary_cross_entropy_with_logits(logits[idx], y, pos_weight=pw, reduction="none")
+        return per.sum(1).mean()
     return F.binary_cross_entropy_with_logits(logits[idx], y, pos_weight=pw)
 
 
@@ -118,11 +125,11 @@ def ce_case(name, logits, target, mask):
     case_names.append(p[:-1])
 
 
-def bce_case(name, logits, target, mask, pos_weight=None):
+def bce_case(name, logits, target, mask, pos_weight=None, prefix="bce", reduction="mean"):
     x = leaf(logits)
-    loss = bce_ref(x, target, mask, pos_weight)
+    loss = bce_ref(x, target, mask, pos_weight, reduction)
     loss.backward()
-    p = f"bce.{name}."
+    p = f"{prefix}.{name}."
     put(p + "logits", f32(logits))
     put(p + "target", f32(target))
     put(p + "mask", mask)
@@ -146,7 +153,8 @@ def ccc_case(name, pred, target, mask):
     case_names.append(p[:-1])
 
 
-def total_case(name, n, k, c, masks, log_vars, pos_weight=None):
+def total_case(name, n, k, c, masks, log_vars, pos_weight=None, prefix="total",
+               reduction="mean", rng=rng):
     """Eq. 5 over the tasks present; gradients w.r.t. all outputs and the three log-vars."""
     va_pred, va = f32(rng.uniform(-1, 1, (n, 2))), f32(rng.uniform(-1, 1, (n, 2)))
     au_logits, au = f32(rng.normal(0, 2, (n, k))), f32(rng.random((n, k)) < 0.3)
@@ -162,13 +170,13 @@ def total_case(name, n, k, c, masks, log_vars, pos_weight=None):
     if (va_mask > 0.5).sum() >= 2:
         terms.append(0.5 * torch.exp(-s[0]) * ccc_loss_ref(xv, va, va_mask) + 0.5 * s[0])
     if (au_mask > 0.5).sum() >= 1:
-        terms.append(torch.exp(-s[1]) * bce_ref(xa, au, au_mask, pos_weight) + 0.5 * s[1])
+        terms.append(torch.exp(-s[1]) * bce_ref(xa, au, au_mask, pos_weight, reduction) + 0.5 * s[1])
     if (expr_mask > 0.5).sum() >= 1:
         terms.append(torch.exp(-s[2]) * ce_ref(xe, expr, expr_mask) + 0.5 * s[2])
     total = sum(terms) if terms else torch.zeros((), dtype=torch.float64)
     if terms:
         total.backward()
-    p = f"total.{name}."
+    p = f"{prefix}.{name}."
     for key, val in [("va_pred", va_pred), ("va", va), ("va_mask", va_mask),
                      ("au_logits", au_logits), ("au", au), ("au_mask", au_mask),
                      ("expr_logits", expr_logits), ("expr_mask", expr_mask),
@@ -240,6 +248,41 @@ total_case("va_one_frame", 8, 8, 7, (f32([0, 0, 1, 0, 0, 0, 0, 0]), mask_of(8, 0
            [0.7, 0.1, -0.6])
 total_case("nothing_present", 4, 8, 7, (f32(np.zeros(4)), f32(np.zeros(4)), f32(np.zeros(4))),
            [0.2, 0.2, 0.2])
+
+# AU reductions (Eq. 2 sum over AUs vs mean over frames x AUs), both on the same inputs.
+rng_red = np.random.default_rng(20200320)
+
+
+def bce_both(name, logits, target, mask, pos_weight=None):
+    for reduction in ("sum", "mean"):
+        bce_case(name, logits, target, mask, pos_weight, f"bce_{reduction}", reduction)
+
+
+bce_both("random", rng_red.normal(0, 2, (12, 8)), rng_red.random((12, 8)) < 0.3,
+         f32(rng_red.random(12) < 0.7))
+bce_both("pos_weight", rng_red.normal(0, 2, (12, 8)), rng_red.random((12, 8)) < 0.2,
+         f32(rng_red.random(12) < 0.7), rng_red.uniform(0.5, 10, 8))
+bce_both("all_valid_pos_weight", rng_red.normal(0, 1, (7, 8)), rng_red.random((7, 8)) < 0.4,
+         f32(np.ones(7)), rng_red.uniform(0.5, 4, 8))
+bce_both("one_valid", rng_red.normal(0, 1, (5, 8)), rng_red.random((5, 8)) < 0.5,
+         f32([0, 0, 0, 1, 0]))
+bce_both("all_masked", rng_red.normal(0, 1, (4, 8)), rng_red.random((4, 8)) < 0.5,
+         f32(np.zeros(4)), rng_red.uniform(0.5, 4, 8))
+bce_both("large_logits", rng_red.normal(0, 50, (6, 8)), rng_red.random((6, 8)) < 0.5,
+         f32([1, 1, 0, 1, 1, 1]), rng_red.uniform(0.5, 4, 8))
+_red_t = (rng_red.random((9, 8)) < 0.4).astype(np.float32)
+_red_m = f32([1, 0, 1, 1, 0, 0, 1, 1, 0])
+_red_t[_red_m < 0.5] = -1.0
+bce_both("marker_targets", rng_red.normal(0, 1, (9, 8)), _red_t, _red_m, rng_red.uniform(0.5, 4, 8))
+bce_both("four_aus", rng_red.normal(0, 2, (10, 4)), rng_red.random((10, 4)) < 0.3,
+         f32(rng_red.random(10) < 0.6))
+
+total_case("all_tasks", 12, 8, 7, (f32(rng_red.random(12) < 0.7), f32(rng_red.random(12) < 0.6),
+                                   f32(rng_red.random(12) < 0.6)),
+           [0.3, -0.4, 0.8], rng_red.uniform(0.5, 5, 8), "total_sum", "sum", rng_red)
+total_case("no_pos_weight", 10, 8, 7, (f32(np.ones(10)), f32(rng_red.random(10) < 0.7),
+                                       f32(np.ones(10))),
+           [0.1, 0.6, -0.3], None, "total_sum", "sum", rng_red)
 
 meta = {"made_by": SCRIPT, "torch": torch.__version__, "cases": ",".join(case_names)}
 out_losses = os.path.join(ROOT, "tests/fixtures/losses/losses.safetensors")

@@ -1,16 +1,36 @@
 //! Masked binary cross-entropy on logits for the AU head (paper Eq. 2).
 
 use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
 
 const LOSS: &str = "masked_bce_with_logits";
 
-/// Eq. 2 on logits, averaged over valid frames x AUs, with optional per-AU `pos_weight`.
+/// How the per-element AU losses of the valid frames reduce to one scalar.
+///
+/// Paper Eq. 2 sums the binary cross-entropy over the AUs of a frame,
+/// `L_au = -sum_i [y_i log sigma(x_i) + (1 - y_i) log(1 - sigma(x_i))]`; frames are then
+/// averaged. `Sum` follows Eq. 2; `Mean` is PyTorch's `BCEWithLogitsLoss` default ('mean'
+/// over frames x AUs), which is `Sum` divided by the number of AUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuReduction {
+    /// Eq. 2: sum over the AUs, mean over the valid frames
+    /// (`BCEWithLogitsLoss(reduction='none').sum(1).mean()` on the valid rows).
+    #[default]
+    Sum,
+    /// Mean over valid frames x AUs (`BCEWithLogitsLoss()` on the valid rows).
+    Mean,
+}
+
+/// Eq. 2 on logits over the frames `mask` selects, reduced by `reduction`, with optional
+/// per-AU `pos_weight`.
 ///
 /// `logits` and `target` (N,K), `target` in `[0, 1]` (f32); `mask` (N); `pos_weight` (K).
-/// Same semantics as `torch.nn.BCEWithLogitsLoss(pos_weight=p)` ('mean' reduction) on the
-/// rows `mask` selects: `l = (1-y) x + (1 + (p-1) y) softplus(-x)`.
+/// Same semantics as `torch.nn.BCEWithLogitsLoss(pos_weight=p, reduction='none')` on the
+/// rows `mask` selects, `l = (1-y) x + (1 + (p-1) y) softplus(-x)`, followed by `.mean()`
+/// ([`AuReduction::Mean`]) or `.sum(1).mean()` ([`AuReduction::Sum`]).
 ///
 /// `softplus(-x)` is written as `-x/2 + (|x|/2 + log(1 + exp(-|x|)))`: `exp` only ever sees
 /// non-positive arguments (no overflow), and the bracket is an even function whose
@@ -21,6 +41,7 @@ pub fn masked_bce_with_logits(
     target: &Tensor,
     mask: &Tensor,
     pos_weight: Option<&Tensor>,
+    reduction: AuReduction,
 ) -> Result<Tensor> {
     let (n, k) = dims2(logits, LOSS, "logits")?;
     expect_shape(target, &[n, k], LOSS, "target")?;
@@ -44,7 +65,11 @@ pub fn masked_bce_with_logits(
         }
         None => y.ones_like()?,
     };
-    (neg_term + (pos_factor * softplus_neg)?)?.mean_all()
+    let elements = (neg_term + (pos_factor * softplus_neg)?)?;
+    match reduction {
+        AuReduction::Mean => elements.mean_all(),
+        AuReduction::Sum => elements.sum(1)?.mean_all(),
+    }
 }
 
 #[cfg(test)]
@@ -62,7 +87,7 @@ mod tests {
         let v = Var::new(&[[0f32, 0.0]], &dev)?;
         let y = Tensor::new(&[[1f32, 0.0]], &dev)?;
         let mask = Tensor::new(&[1f32], &dev)?;
-        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None)?;
+        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None, AuReduction::Mean)?;
         assert!((l.to_scalar::<f32>()? - 2f32.ln()).abs() < 1e-6);
         let grads = l.backward()?;
         let g = grads
@@ -80,7 +105,8 @@ mod tests {
         let x = Tensor::new(&[[100f32, -100.0]], &dev)?;
         let y = Tensor::new(&[[0f32, 0.0]], &dev)?;
         let mask = Tensor::new(&[1f32], &dev)?;
-        let l = masked_bce_with_logits(&x, &y, &mask, None)?.to_scalar::<f32>()?;
+        let l =
+            masked_bce_with_logits(&x, &y, &mask, None, AuReduction::Mean)?.to_scalar::<f32>()?;
         // (100 + ~0) / 2
         assert!((l - 50.0).abs() < 1e-4, "{l}");
         Ok(())
@@ -93,10 +119,43 @@ mod tests {
         let y = Tensor::new(&[[1f32, 0.0]], &dev)?;
         let mask = Tensor::new(&[1f32], &dev)?;
         let pw = Tensor::new(&[3f32, 5.0], &dev)?;
-        let l = masked_bce_with_logits(&x, &y, &mask, Some(&pw))?.to_scalar::<f32>()?;
+        let l = masked_bce_with_logits(&x, &y, &mask, Some(&pw), AuReduction::Mean)?
+            .to_scalar::<f32>()?;
         let want = (-3.0 * sigmoid(0.3).ln() - (1.0 - sigmoid(-0.7)).ln()) / 2.0;
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
         Ok(())
+    }
+
+    #[test]
+    fn sum_is_k_times_mean_and_its_gradient_skips_the_au_average() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Var::new(&[[0f32, 0.0, 0.0, 0.0], [0.4, -1.2, 2.0, 0.1]], &dev)?;
+        let y = Tensor::new(&[[1f32, 0.0, 1.0, 0.0], [-1.0, f32::NAN, -1.0, -1.0]], &dev)?;
+        let mask = Tensor::new(&[1f32, 0.0], &dev)?;
+        let pw = Tensor::new(&[2f32, 1.0, 0.5, 3.0], &dev)?;
+        let mean = masked_bce_with_logits(v.as_tensor(), &y, &mask, Some(&pw), AuReduction::Mean)?;
+        let sum = masked_bce_with_logits(v.as_tensor(), &y, &mask, Some(&pw), AuReduction::Sum)?;
+        let (mean, sum) = (mean.to_scalar::<f32>()?, sum);
+        assert!((sum.to_scalar::<f32>()? - 4.0 * mean).abs() < 1e-6);
+        let grads = sum.backward()?;
+        let g = grads
+            .get(v.as_tensor())
+            .map(|g| g.to_vec2::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        // One valid frame: d/dx = (1 + (p-1) y) sigmoid(x) - p y at x = 0, no division by K.
+        assert_eq!(g[0], vec![-1.0, 0.5, -0.25, 0.5]);
+        assert_eq!(g[1], vec![0.0; 4]);
+        Ok(())
+    }
+
+    #[test]
+    fn reduction_serde_is_lowercase_and_defaults_to_eq_2() {
+        assert_eq!(AuReduction::default(), AuReduction::Sum);
+        let s = serde_json::to_string(&AuReduction::Mean).unwrap_or_default();
+        assert_eq!(s, "\"mean\"");
+        let r: Option<AuReduction> = serde_json::from_str("\"sum\"").ok();
+        assert_eq!(r, Some(AuReduction::Sum));
     }
 
     #[test]
@@ -105,7 +164,7 @@ mod tests {
         let v = Var::new(&[[0.5f32, -0.5], [1.0, 2.0]], &dev)?;
         let y = Tensor::new(&[[1f32, 0.0], [-1.0, f32::NAN]], &dev)?;
         let mask = Tensor::new(&[1f32, 0.0], &dev)?;
-        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None)?;
+        let l = masked_bce_with_logits(v.as_tensor(), &y, &mask, None, AuReduction::Mean)?;
         assert!(l.to_scalar::<f32>()?.is_finite());
         let grads = l.backward()?;
         let g = grads

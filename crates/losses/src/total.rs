@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::bce::masked_bce_with_logits;
+use crate::bce::{masked_bce_with_logits, AuReduction};
 use crate::ccc::masked_ccc_loss;
 use crate::ce::masked_cross_entropy;
 use crate::error::LossError;
@@ -22,18 +22,28 @@ pub struct TaskLosses {
     pub expr: Option<Tensor>,
 }
 
+/// The fixed settings of the task losses; the default is Eq. 2 without positive weights.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskLossOptions<'a> {
+    /// Per-AU positive weights of the BCE (K), if any.
+    pub au_pos_weight: Option<&'a Tensor>,
+    /// How the AU BCE reduces (Eq. 2's sum over AUs, or the mean over frames x AUs).
+    pub au_reduction: AuReduction,
+}
+
 impl TaskLosses {
     /// Computes all three from model outputs and the batch's [`Targets`] (`None` where the
     /// batch has too few valid frames).
     ///
-    /// Shapes: `va_pred` (N,2), `au_logits` (N,K), `expr_logits` (N,C), `au_pos_weight` (K).
-    /// A task needs >= 2 valid frames for VA and >= 1 for AU and EXPR.
+    /// Shapes: `va_pred` (N,2), `au_logits` (N,K), `expr_logits` (N,C),
+    /// `options.au_pos_weight` (K). A task needs >= 2 valid frames for VA and >= 1 for AU
+    /// and EXPR.
     pub fn compute(
         va_pred: &Tensor,
         au_logits: &Tensor,
         expr_logits: &Tensor,
         targets: &Targets,
-        au_pos_weight: Option<&Tensor>,
+        options: TaskLossOptions,
     ) -> Result<TaskLosses> {
         let Targets {
             va,
@@ -57,7 +67,8 @@ impl TaskLosses {
                 au_logits,
                 au,
                 au_mask,
-                au_pos_weight,
+                options.au_pos_weight,
+                options.au_reduction,
             )?)
         } else {
             None
@@ -270,7 +281,7 @@ mod tests {
                 expr,
                 expr_mask,
             },
-            None,
+            TaskLossOptions::default(),
         )?;
         assert!(l.va.is_none() && l.expr.is_none());
         assert!(l.au.is_some());

@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, Precision, ResNetConfig};
-use mtanet_losses::{LossKind, Targets};
+use mtanet_losses::{AuReduction, LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::{OptimizerKind, StageConfig};
@@ -492,6 +492,7 @@ impl Workload {
             kind: LossKind::Sum,
             uncertainty: None,
             au_pos_weight: None,
+            au_reduction: AuReduction::Mean,
         };
         train_step(
             &self.model,

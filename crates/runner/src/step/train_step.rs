@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use mtanet_affwild2::Batch;
 use mtanet_backbones::MtaNet;
-use mtanet_losses::{total_loss, LossKind, LossReport, Targets, TaskLosses, UncertaintyWeights};
+use mtanet_losses::{
+    total_loss, AuReduction, LossKind, LossReport, Targets, TaskLossOptions, TaskLosses,
+    UncertaintyWeights,
+};
 
 use super::optim::Optimizer;
 
@@ -22,6 +25,9 @@ pub struct Objective<'a> {
     pub uncertainty: Option<&'a UncertaintyWeights>,
     /// Per-AU positive weights of the BCE (K), if any.
     pub au_pos_weight: Option<&'a Tensor>,
+    /// How the AU BCE reduces: summed over the AUs as paper Eq. 2 writes it, or averaged
+    /// over frames x AUs.
+    pub au_reduction: AuReduction,
 }
 
 /// How a step guards and scales the update.
@@ -75,7 +81,10 @@ pub fn forward_loss(
         &out.au_logits,
         &out.expr_logits,
         targets,
-        objective.au_pos_weight,
+        TaskLossOptions {
+            au_pos_weight: objective.au_pos_weight,
+            au_reduction: objective.au_reduction,
+        },
     )?;
     let uw = matches!(objective.kind, LossKind::Uncertainty)
         .then_some(objective.uncertainty)

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Tensor;
 use mtanet_affwild2::Batch;
-use mtanet_losses::LossKind;
+use mtanet_losses::{AuReduction, LossKind};
 use mtanet_metrics::{Report, Scoring};
 
 use crate::build::restore::{restore_vars, var_tensors};
@@ -328,6 +328,7 @@ impl<'a> Trainer<'a> {
             kind: stage.loss,
             uncertainty: matches!(stage.loss, LossKind::Uncertainty).then_some(&self.s.uncertainty),
             au_pos_weight: self.s.pos_weight.as_ref(),
+            au_reduction: AuReduction::Mean,
         };
         let outcome = train_step(
             &self.s.model,
