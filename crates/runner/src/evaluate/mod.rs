@@ -68,8 +68,6 @@ pub struct Evaluation {
     pub videos: [usize; 3],
 }
 
-/// The prediction file of `video` for `task` under `pred`: the first task folder of
-
 /// One annotated (task, video) of the split.
 struct Annotated {
     task: Task,
@@ -215,9 +213,11 @@ fn scored_frames<'a>(by_task: &ByTask<'a>, crops: Option<&BTreeMap<&str, Crops>>
         .collect()
 }
 
-/// The prediction file of every job that scores a frame (read and checked in parallel).
+/// The prediction file of every job that scores a frame (read and checked in parallel); the
+/// error of the first faulty job in (task, video) order.
 fn read_predictions(pred: &Path, jobs: &[Job]) -> Result<Vec<Prediction>, EvaluateError> {
-    jobs.par_iter()
+    let read: Vec<Result<Prediction, EvaluateError>> = jobs
+        .par_iter()
         .map(|(a, frames)| {
             let Some(&last) = frames.last() else {
                 return Ok(None);
@@ -225,7 +225,8 @@ fn read_predictions(pred: &Path, jobs: &[Job]) -> Result<Vec<Prediction>, Evalua
             let (path, p) = read_prediction(pred, a.task, &a.video, &a.path, &a.file, last + 1)?;
             Ok(Some((path, p)))
         })
-        .collect()
+        .collect();
+    read.into_iter().collect()
 }
 
 /// The metrics' accumulators over every scored frame, in (task, video, frame) order, and the

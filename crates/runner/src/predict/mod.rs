@@ -36,6 +36,8 @@ use crate::build::restore::{load_model, LoadedModel};
 use crate::record::atomic_io::write_atomic;
 use crate::submission::{submission_texts, video_crops, TASK_DIRS};
 
+use plan::PlannedVideo;
+
 pub use decide::{decide, fill_nearest, tuned_thresholds, FrameDecision, FrameOutput};
 pub use error::PredictError;
 pub use frames::predict_images;
@@ -141,7 +143,7 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
     )?;
     pb.finish_and_clear();
     let mut per_video: Vec<Vec<Option<FrameOutput>>> =
-        videos.iter().map(|(_, n)| vec![None; *n]).collect();
+        videos.iter().map(|v| vec![None; v.frames]).collect();
     for (&(vi, f), o) in jobs.iter().zip(outputs) {
         if o.is_some() {
             summary.predicted += 1;
@@ -152,21 +154,29 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
     Ok(summary)
 }
 
+/// The (video index, frame) pairs with a crop, and the crops' paths.
+type CropJobs = (Vec<(usize, usize)>, Vec<PathBuf>);
+
 /// Every (video index, frame) of `videos` with a crop under `crops`, sorted by (video,
-/// frame), with the crops' paths; frames past a video's count are left out.
-fn crop_jobs(
-    crops: &Path,
-    videos: &[(String, usize)],
-) -> anyhow::Result<(Vec<(usize, usize)>, Vec<PathBuf>)> {
+/// frame), with the crops' paths; frames past a video's count are left out. Each crop folder
+/// is listed once: here, unless planning did.
+fn crop_jobs(crops: &Path, videos: &[PlannedVideo]) -> anyhow::Result<CropJobs> {
     let mut jobs: Vec<(usize, usize)> = Vec::new();
     let mut jpgs: Vec<PathBuf> = Vec::new();
-    for (vi, (v, n)) in videos.iter().enumerate() {
-        let dir = crops.join(v);
-        for f in video_crops(&dir)?
-            .frames()
+    for (vi, v) in videos.iter().enumerate() {
+        let dir = crops.join(&v.name);
+        let listed;
+        let frames = match &v.crops {
+            Some(c) => c.frames(),
+            None => {
+                listed = video_crops(&dir)?;
+                listed.frames()
+            }
+        };
+        for f in frames
             .iter()
             .map(|&f| f as usize)
-            .filter(|&f| f <= *n)
+            .filter(|&f| f <= v.frames)
         {
             jobs.push((vi, f));
             jpgs.push(dir.join(format!("{f:05}.jpg")));
@@ -179,7 +189,7 @@ fn crop_jobs(
 fn write_videos(
     m: &LoadedModel,
     opts: &PredictOptions,
-    videos: &[(String, usize)],
+    videos: &[PlannedVideo],
     per_video: Vec<Vec<Option<FrameOutput>>>,
     vocab: &Vocab,
     summary: &mut PredictSummary,
@@ -189,13 +199,14 @@ fn write_videos(
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating {} for {t}", dir.display()))?;
     }
-    for ((v, n), frames) in videos.iter().zip(per_video) {
+    for (video, frames) in videos.iter().zip(per_video) {
+        let (v, n) = (&video.name, video.frames);
         let known = frames.iter().filter(|o| o.is_some()).count();
         let filled = match fill_nearest(&frames) {
             Some(f) => f,
             None => {
                 summary.videos_without_crops.push(v.clone());
-                vec![FrameOutput::neutral(m.n_au, m.n_expr); *n]
+                vec![FrameOutput::neutral(m.n_au, m.n_expr); n]
             }
         };
         summary.filled += n - known;

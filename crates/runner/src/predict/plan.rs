@@ -8,7 +8,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use mtanet_affwild2::layout::{discover, AnnotationEntry, Discovered, CROPS_DIR};
-use mtanet_affwild2::{DataError, Split, Task, Vocab};
+use mtanet_affwild2::{Crops, DataError, Split, Task, Vocab};
 
 use super::{PredictError, PredictTarget};
 use crate::submission::{read_task_file, video_crops};
@@ -57,10 +57,30 @@ pub fn read_video_list(path: &Path) -> Result<Vec<(String, Option<usize>)>, Pred
     Ok(out)
 }
 
-/// Frame numbers (1-based) with a jpg in a crop folder; empty if the folder is missing.
+/// One video to predict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedVideo {
+    /// The video name (its crop folder under `cropped_aligned/`).
+    pub name: String,
+    /// Its frame count: the lines of each of its files.
+    pub frames: usize,
+    /// Its crops, when planning listed them (a test video sized by its highest crop number).
+    pub crops: Option<Crops>,
+}
 
-/// The videos to predict with their frame counts, and the vocabulary of the root's headers.
-pub type VideoPlan = (Vec<(String, usize)>, Option<Vocab>);
+impl PlannedVideo {
+    /// A video of `frames` frames whose crops are not listed yet.
+    fn sized(name: String, frames: usize) -> Self {
+        PlannedVideo {
+            name,
+            frames,
+            crops: None,
+        }
+    }
+}
+
+/// The videos to predict, and the vocabulary of the root's headers.
+pub type VideoPlan = (Vec<PlannedVideo>, Option<Vocab>);
 
 /// Plans the videos of `target` under `root` (see [`VideoPlan`]); `list` is a parsed
 /// `--videos` list.
@@ -104,7 +124,7 @@ fn split_videos(
     split: Split,
     entries: &[AnnotationEntry],
     list: Option<&[(String, Option<usize>)]>,
-) -> Result<Vec<(String, usize)>, PredictError> {
+) -> Result<Vec<PlannedVideo>, PredictError> {
     let in_split: Vec<_> = entries.iter().filter(|e| e.split == split).collect();
     let lens: Vec<(String, usize)> = in_split
         .par_iter()
@@ -116,7 +136,10 @@ fn split_videos(
         *l = (*l).max(n);
     }
     let Some(list) = list else {
-        return Ok(longest.into_iter().collect());
+        return Ok(longest
+            .into_iter()
+            .map(|(v, n)| PlannedVideo::sized(v, n))
+            .collect());
     };
     let mut videos = Vec::with_capacity(list.len());
     for (v, n) in list {
@@ -124,7 +147,7 @@ fn split_videos(
             root: root.to_path_buf(),
             what: format!("listed video `{v}` (not annotated in the {split} split; give its frame count as `{v},N`)"),
         })?;
-        videos.push((v.clone(), n));
+        videos.push(PlannedVideo::sized(v.clone(), n));
     }
     Ok(videos)
 }
@@ -135,7 +158,7 @@ fn test_videos(
     root: &Path,
     entries: &[AnnotationEntry],
     list: Option<&[(String, Option<usize>)]>,
-) -> Result<Vec<(String, usize)>, PredictError> {
+) -> Result<Vec<PlannedVideo>, PredictError> {
     let crops = root.join(CROPS_DIR);
     let names = match list {
         Some(list) => list.to_vec(),
@@ -149,12 +172,15 @@ fn test_videos(
     };
     let mut videos = Vec::with_capacity(names.len());
     for (v, n) in names {
-        let n = match n {
-            Some(n) => n,
-            None => video_crops(&crops.join(&v))?
-                .frames()
-                .last()
-                .map_or(0, |&f| f as usize),
+        let (n, listed) = match n {
+            Some(n) => (n, None),
+            None => {
+                let listed = video_crops(&crops.join(&v))?;
+                (
+                    listed.frames().last().map_or(0, |&f| f as usize),
+                    Some(listed),
+                )
+            }
         };
         if n == 0 {
             return Err(PredictError::NoVideos {
@@ -165,7 +191,11 @@ fn test_videos(
                 ),
             });
         }
-        videos.push((v, n));
+        videos.push(PlannedVideo {
+            name: v,
+            frames: n,
+            crops: listed,
+        });
     }
     Ok(videos)
 }
