@@ -29,7 +29,7 @@ pub use bottleneck::Bottleneck;
 pub use config::{Attention, ConfigError, ResNetConfig, StemPool};
 pub use hub::{hub_cache_dir, resolve_pretrained, HUB_FILENAME};
 pub use kind::{BackboneKind, UnknownBackbone};
-pub use mtanet::{MtaNet, MtaNetConfig, MtaNetOutput, VaActivation};
+pub use mtanet::{EncoderPooling, MtaNet, MtaNetConfig, MtaNetOutput, VaActivation};
 pub use precision::Precision;
 pub use resnet::ResNet;
 pub use seeded_init::SeededVarMap;

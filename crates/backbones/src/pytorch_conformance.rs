@@ -3,8 +3,8 @@
 //! compared with relative error `max|a - b| / max|b|` (<= 1e-4 on outputs, <= 1e-3 on gradients).
 
 use crate::{
-    load_pretrained, parameter_count, summary, BackboneKind, MtaNet, MtaNetConfig, ResNet,
-    ResNetConfig, VaActivation,
+    load_pretrained, parameter_count, summary, BackboneKind, EncoderPooling, MtaNet, MtaNetConfig,
+    ResNet, ResNetConfig, VaActivation,
 };
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
@@ -159,6 +159,8 @@ fn mtanet_matches_the_reference_head() -> TestResult {
         va_activation: VaActivation::Tanh,
         n_au: m["n_au"].as_u64().ok_or("n_au")? as usize,
         n_expr: m["n_expr"].as_u64().ok_or("n_expr")? as usize,
+        pooling: EncoderPooling::AvgMax,
+        decoder_layers: 1,
     };
     let varmap = VarMap::new();
     let model = MtaNet::new(
