@@ -1,7 +1,10 @@
 # Thin wrappers over the `mtanet` binary (`cargo run --release -- <subcommand>`).
 # Install just with `pip install rust-just` (or `cargo install just --locked`).
 
-mtanet := "cargo run --release --quiet --"
+# With AFFWILD2_ROOT set (the paper profile), the binary is built with the `hub` feature so the
+# rows' ImageNet weights download into the Hugging Face cache; MTANET_FEATURES overrides.
+features := env_var_or_default("MTANET_FEATURES", if env_var_or_default("AFFWILD2_ROOT", "") == "" { "" } else { "hub" })
+mtanet := "cargo run --release --quiet " + (if features == "" { "" } else { "--features " + features + " " }) + "--"
 
 # List recipes.
 default:
@@ -10,6 +13,10 @@ default:
 # Table I on the demo profile, or the paper profile when AFFWILD2_ROOT is set.
 table1 *args:
     {{mtanet}} table1 {{args}}
+
+# Every row of an experiment file and its table: `just run heads` (= experiments/heads.yaml).
+run experiment *args:
+    {{mtanet}} run {{experiment}} {{args}}
 
 # One Table I row with overrides: `just ablate backbone=senet50 seed=3`.
 ablate *overrides:

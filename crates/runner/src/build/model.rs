@@ -2,7 +2,7 @@
 //! pretrained with (the one table of normalisations).
 
 use mtanet_affwild2::{Preprocess, Vocab};
-use mtanet_backbones::{BackboneKind, EncoderPooling, MtaNetConfig, ResNetConfig, VaActivation};
+use mtanet_backbones::{BackboneKind, MtaNetConfig, ResNetConfig, VaActivation};
 
 use crate::experiment::Config;
 
@@ -25,8 +25,8 @@ pub fn model_config(config: &Config, vocab: &Vocab) -> MtaNetConfig {
         },
         n_au: vocab.au_names.len(),
         n_expr: vocab.expr_names.len(),
-        pooling: EncoderPooling::AvgMax,
-        decoder_layers: 1,
+        decoder_layers: config.model.head.decoder_layers,
+        pooling: config.model.head.pooling,
     }
 }
 

@@ -50,11 +50,15 @@ pub fn restore_vars(
     Ok(())
 }
 
-/// Reads a run's resolved `config.yaml`.
+/// Reads a run's resolved `config.yaml` and checks its values again (it may have been edited
+/// since the run started).
 pub fn read_run_config(path: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("{}: invalid run config", path.display()))
+    let config: Config = serde_yaml::from_str(&text)
+        .with_context(|| format!("{}: invalid run config", path.display()))?;
+    config.validate(&path.display().to_string())?;
+    Ok(config)
 }
 
 /// A checkpoint loaded for inference.

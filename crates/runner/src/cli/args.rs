@@ -118,6 +118,36 @@ pub struct TableArgs {
     pub quiet: bool,
 }
 
+/// `mtanet run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// An experiment file, or a name under experiments/ (`heads` = experiments/heads.yaml).
+    pub experiment: String,
+    /// The table's options.
+    #[command(flatten)]
+    pub table: RowsArgs,
+}
+
+/// Options shared by the table commands.
+#[derive(Args, Debug)]
+pub struct RowsArgs {
+    /// demo | paper (default: paper when AFFWILD2_ROOT is set, else demo).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Seeds per row; > 1 reports mean ± std and a 95% interval.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Only these rows (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Override a key for every row (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// `mtanet ablate`.
 #[derive(Args, Debug)]
 pub struct AblateArgs {

@@ -9,7 +9,7 @@ use mtanet_backbones::{BackboneKind, ResNetConfig};
 
 use super::{
     AblateArgs, BackboneArgs, BenchArgs, Command, DataCommand, EvaluateArgs, ModelCommand,
-    PredictArgs, TableArgs, TrainArgs,
+    PredictArgs, RunArgs, TableArgs, TrainArgs,
 };
 use crate::build::data::generate_synthetic;
 use crate::build::restore::read_run_config;
@@ -17,7 +17,7 @@ use crate::experiment::profile::resolve_run;
 use crate::experiment::{ExperimentFile, Override};
 use crate::predict::{PredictOptions, PredictTarget};
 use crate::record::summary_line::short_report;
-use crate::tables::table1::{self, Table1Options};
+use crate::tables::experiment_table::{self, TableOptions};
 use crate::training::{self, RunContext};
 
 /// Runs one command; the exit code is 0, or 3 for a training run stopped before its end.
@@ -25,6 +25,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Train(a) => return train(a),
         Command::Table1(a) => table(a)?,
+        Command::Run(a) => run_experiment(a)?,
         Command::Ablate(a) => ablate(a)?,
         Command::Compare { files } => print!("{}", crate::tables::compare::compare(&files)?),
         Command::Data(DataCommand::Synth {
@@ -148,7 +149,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
 /// `mtanet table1`.
 fn table(a: TableArgs) -> anyhow::Result<()> {
     training::install_ctrlc();
-    table1::run(&Table1Options {
+    experiment_table::run(&TableOptions {
         config: a.config,
         profile: a.profile,
         seeds: a.seeds,
@@ -163,8 +164,41 @@ fn table(a: TableArgs) -> anyhow::Result<()> {
 /// `mtanet ablate`.
 fn ablate(a: AblateArgs) -> anyhow::Result<()> {
     training::install_ctrlc();
-    let opts = table1::ablate_options(parse_overrides(&a.overrides)?, a.profile, a.seeds, a.quiet)?;
-    table1::run(&opts)?;
+    let opts = experiment_table::ablate_options(
+        parse_overrides(&a.overrides)?,
+        a.profile,
+        a.seeds,
+        a.quiet,
+    )?;
+    experiment_table::run(&opts)?;
+    Ok(())
+}
+
+/// `mtanet run FILE`: every row of an experiment file and its table.
+fn run_experiment(a: RunArgs) -> anyhow::Result<()> {
+    training::install_ctrlc();
+    let path = std::path::PathBuf::from(&a.experiment);
+    let path = if path.is_file() || a.experiment.contains(['/', '.']) {
+        path
+    } else {
+        std::path::Path::new("experiments").join(format!("{}.yaml", a.experiment))
+    };
+    if !path.is_file() {
+        anyhow::bail!(
+            "no experiment file {} (give a path, or a name under experiments/: heads, pooling, \
+             loss_weighting, table1)",
+            path.display()
+        );
+    }
+    experiment_table::run(&TableOptions {
+        config: Some(path),
+        profile: a.table.profile,
+        seeds: a.table.seeds,
+        rows: a.table.rows,
+        overrides: parse_overrides(&a.table.set)?,
+        quiet: a.table.quiet,
+        write_table: true,
+    })?;
     Ok(())
 }
 

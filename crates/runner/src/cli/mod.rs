@@ -31,6 +31,10 @@ pub enum Command {
     Train(TrainArgs),
     /// Reproduce Table I: every backbone row, the paper's values and our deltas.
     Table1(TableArgs),
+    /// Run every row of an experiment file and print its table, e.g. `mtanet run heads`
+    /// (= experiments/heads.yaml): the paper's ablations are `heads`, `pooling` and
+    /// `loss_weighting`.
+    Run(RunArgs),
     /// Run one Table I row with overrides, e.g. `mtanet ablate backbone=senet50 seed=3`.
     Ablate(AblateArgs),
     /// Print result CSVs (table1.csv, runs.csv) side by side with deltas.

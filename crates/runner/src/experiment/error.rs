@@ -31,6 +31,15 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A configuration that must train on real Aff-Wild2 has no data root.
+    #[error(
+        "{path}: this configuration trains on real Aff-Wild2 (`data.require_real`) and no data \
+         root is set: export AFFWILD2_ROOT=/path/to/affwild2, or pass --set data.root=/path/to/affwild2"
+    )]
+    NeedsRealData {
+        /// The experiment file.
+        path: String,
+    },
     /// A profile or row that the file does not define.
     #[error("{path}: no {what} named `{name}` (defined: {defined})")]
     Unknown {

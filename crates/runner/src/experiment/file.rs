@@ -21,10 +21,53 @@ pub struct PaperValues {
     pub valence: f64,
     /// CCC arousal.
     pub arousal: f64,
-    /// AU column (F1 for MTANet rows, the composite for the baseline; see the README).
+    /// AU column.
     pub au: f64,
     /// Expression column.
     pub expr: f64,
+    /// Which metric the paper's AU figure is: `f1` (MTANet rows) or `composite` (the ABAW
+    /// 2020 baseline's 0.5 F1 + 0.5 accuracy); deltas compare ours of the same kind.
+    #[serde(default)]
+    pub au_metric: PaperMetric,
+    /// Which metric the paper's expression figure is: `f1` or `composite`
+    /// (0.67 F1 + 0.33 accuracy).
+    #[serde(default)]
+    pub expr_metric: PaperMetric,
+}
+
+/// The kind of a paper figure for a classification task.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PaperMetric {
+    /// The task's F1 (macro F1 for expressions, mean per-AU F1 for AUs).
+    #[default]
+    F1,
+    /// The ABAW 2020 composite score of the task.
+    Composite,
+}
+
+impl PaperValues {
+    /// The paper's figures as (valence, arousal, au, expr).
+    pub fn figures(&self) -> [f64; 4] {
+        [self.valence, self.arousal, self.au, self.expr]
+    }
+
+    /// The `Report::scalars` keys of our figures that compare like with like with
+    /// [`PaperValues::figures`].
+    pub fn metric_keys(&self) -> [&'static str; 4] {
+        [
+            "va.ccc_valence",
+            "va.ccc_arousal",
+            match self.au_metric {
+                PaperMetric::F1 => "au.f1",
+                PaperMetric::Composite => "au.score",
+            },
+            match self.expr_metric {
+                PaperMetric::F1 => "expr.f1",
+                PaperMetric::Composite => "expr.score",
+            },
+        ]
+    }
 }
 
 /// One row of a table experiment.
@@ -200,6 +243,57 @@ impl ExperimentFile {
     }
 }
 
+impl ExperimentFile {
+    /// The keys the row `row` sets whose value in `resolved` differs from the row's own
+    /// resolution `as_defined` (same profile, no command-line overrides): a run is that row
+    /// only when this is empty.
+    pub fn row_keys_changed(
+        &self,
+        row: &str,
+        resolved: &Config,
+        as_defined: &Config,
+    ) -> Vec<String> {
+        let Some(i) = self.rows.iter().position(|x| x.name == row) else {
+            return Vec::new();
+        };
+        let Some(set) = self.row_values[i].get("set") else {
+            return Vec::new();
+        };
+        let (Ok(a), Ok(b)) = (
+            serde_yaml::to_value(resolved),
+            serde_yaml::to_value(as_defined),
+        ) else {
+            return vec!["(unserialisable configuration)".into()];
+        };
+        let mut changed = Vec::new();
+        leaf_paths(set, &mut Vec::new(), &mut |path| {
+            let get = |v: &Value| {
+                path.iter()
+                    .try_fold(v, |node, k| node.get(k.as_str()))
+                    .cloned()
+            };
+            if get(&a) != get(&b) {
+                changed.push(path.join("."));
+            }
+        });
+        changed
+    }
+}
+
+/// Calls `f` with the key path of every leaf (non-mapping value) under `v`.
+fn leaf_paths(v: &Value, prefix: &mut Vec<String>, f: &mut dyn FnMut(&[String])) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m {
+                prefix.push(k.as_str().unwrap_or_default().to_string());
+                leaf_paths(child, prefix, f);
+                prefix.pop();
+            }
+        }
+        _ => f(prefix),
+    }
+}
+
 /// Merges a whole section (defaults, a profile, a row's `set`); an absent or empty one is a no-op.
 fn merge_section(base: &mut Value, section: &Value) {
     if !section.is_null() {
@@ -207,7 +301,9 @@ fn merge_section(base: &mut Value, section: &Value) {
     }
 }
 
-/// Deep-merges `over` into `base` (mappings merge by key; anything else replaces).
+/// Deep-merges `over` into `base`: mappings merge by key; two lists of mappings of the same
+/// length merge element by element (a row can set each stage's `loss` while a profile sets
+/// their lengths and rates); anything else replaces.
 fn merge(base: &mut Value, over: &Value) {
     match (base, over) {
         (Value::Mapping(b), Value::Mapping(o)) => {
@@ -220,6 +316,13 @@ fn merge(base: &mut Value, over: &Value) {
                 }
             }
         }
+        (Value::Sequence(b), Value::Sequence(o))
+            if b.len() == o.len() && b.iter().chain(o).all(|x| matches!(x, Value::Mapping(_))) =>
+        {
+            for (x, y) in b.iter_mut().zip(o) {
+                merge(x, y);
+            }
+        }
         (b, o) => *b = o.clone(),
     }
 }
@@ -228,6 +331,7 @@ fn merge(base: &mut Value, over: &Value) {
 mod tests {
     use super::*;
     use mtanet_backbones::{BackboneKind, Precision};
+    use mtanet_losses::LossKind;
 
     const FILE: &str = "\
 description: test
@@ -332,10 +436,60 @@ rows:
     fn embedded_table1_resolves_every_profile_and_row() {
         let f = ExperimentFile::parse("experiments/table1.yaml", TABLE1_YAML).unwrap();
         assert!(f.rows.len() >= 4);
-        for p in ["demo", "paper"] {
-            for r in &f.rows {
-                f.resolve(Some(p), Some(&r.name), &[]).unwrap();
-            }
+        let root: Override = "data.root=/data/affwild2".parse().unwrap();
+        for r in &f.rows {
+            f.resolve(Some("demo"), Some(&r.name), &[]).unwrap();
+            let paper = f
+                .resolve(Some("paper"), Some(&r.name), &[root.clone()])
+                .unwrap();
+            assert_eq!(paper.losses.au_reduction, mtanet_losses::AuReduction::Sum);
         }
+    }
+
+    #[test]
+    fn paper_profile_without_a_data_root_refuses_naming_both_ways() {
+        let f = ExperimentFile::parse("experiments/table1.yaml", TABLE1_YAML).unwrap();
+        let e = f.resolve(Some("paper"), Some("resnet50"), &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ConfigError::NeedsRealData { .. }), "{msg}");
+        assert!(
+            msg.contains("AFFWILD2_ROOT") && msg.contains("data.root"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+    }
+
+    #[test]
+    fn stage_lists_of_the_same_length_merge_element_by_element() {
+        let text = "\
+defaults:
+  training:
+    stages: [{name: a, lr: 0.5, epochs: 3}, {name: b, lr: 0.1, epochs: 1}]
+rows:
+  - name: r
+    set: {training: {stages: [{loss: sum}, {loss: uncertainty}]}}
+";
+        let f = ExperimentFile::parse("t.yaml", text).unwrap();
+        let c = f.resolve(None, Some("r"), &[]).unwrap();
+        let s = &c.training.stages;
+        assert_eq!((s[0].lr, s[0].epochs, s[0].loss), (0.5, 3, LossKind::Sum));
+        assert_eq!((s[1].lr, s[1].loss), (0.1, LossKind::Uncertainty));
+    }
+
+    #[test]
+    fn an_override_of_a_rows_own_key_detaches_the_row() {
+        let f = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        let plain = f.resolve(None, Some("r50"), &[]).unwrap();
+        let seed = f
+            .resolve(None, Some("r50"), &["seed=3".parse().unwrap()])
+            .unwrap();
+        assert!(f.row_keys_changed("r50", &seed, &plain).is_empty());
+        let other = f
+            .resolve(None, Some("r50"), &["backbone=seresnet50".parse().unwrap()])
+            .unwrap();
+        assert_eq!(
+            f.row_keys_changed("r50", &other, &plain),
+            vec!["model.backbone".to_string()]
+        );
     }
 }

@@ -6,14 +6,14 @@
 //! backbone of Table I). Every key is checked against the schema when the file is read, so a
 //! typo fails with its line and column; overrides are merged as YAML values and checked again.
 
-pub mod schema;
 pub mod error;
 pub mod file;
 pub mod overrides;
 pub mod profile;
+pub mod schema;
 pub mod validate;
 
-pub use schema::*;
 pub use error::ConfigError;
-pub use file::{ExperimentFile, PaperValues, RowSpec, TABLE1_YAML};
+pub use file::{ExperimentFile, PaperMetric, PaperValues, RowSpec, TABLE1_YAML};
 pub use overrides::Override;
+pub use schema::*;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::experiment::{Config, ExperimentFile, Override, TABLE1_YAML};
+use crate::experiment::{Config, ExperimentFile, Override, PaperValues, TABLE1_YAML};
 
 /// Picks the profile: explicit, else `paper` with `AFFWILD2_ROOT`, else `demo`; the reason is
 /// the first line `table1` prints.
@@ -71,7 +71,7 @@ pub struct ResolvedRun {
     /// The row applied, if any.
     pub row: Option<String>,
     /// The paper's values of that row.
-    pub paper: Option<[f64; 4]>,
+    pub paper: Option<PaperValues>,
 }
 
 /// Resolves `file` under `profile` and `row` with `sets` (plus the profile's environment
@@ -89,8 +89,7 @@ pub fn resolve_run(
     let config = file.resolve(profile, row, &sets)?;
     let paper = row
         .and_then(|r| file.rows.iter().find(|x| x.name == r))
-        .and_then(|r| r.paper.as_ref())
-        .map(|p| [p.valence, p.arousal, p.au, p.expr]);
+        .and_then(|r| r.paper.clone());
     Ok(ResolvedRun {
         config,
         profile: profile.map(str::to_string),

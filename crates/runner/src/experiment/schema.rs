@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use mtanet_affwild2::{Augment, CrossTaskOverlap, OnBadFrame, Sampling};
-use mtanet_backbones::{BackboneKind, Precision};
-use mtanet_losses::LossKind;
+use mtanet_backbones::{BackboneKind, EncoderPooling, Precision};
+use mtanet_losses::{AuReduction, LossKind};
 
 /// One fully resolved experiment configuration (what a run uses and writes as `config.yaml`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +33,10 @@ pub struct Config {
     pub training: TrainingConfig,
     /// Evaluation cadence and scoring.
     pub eval: EvalConfig,
+    /// Which evaluation's figures (and weights) a run reports.
+    pub selection: SelectionConfig,
+    /// How the task losses reduce.
+    pub losses: LossesConfig,
 }
 
 impl Default for Config {
@@ -47,6 +51,8 @@ impl Default for Config {
             model: ModelConfig::default(),
             training: TrainingConfig::default(),
             eval: EvalConfig::default(),
+            selection: SelectionConfig::default(),
+            losses: LossesConfig::default(),
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct DataConfig {
     /// Aff-Wild2 root (the folder holding `annotations/` and `cropped_aligned/`); `null` means
     /// the synthetic set at `synthetic.dir`, generated on first use.
     pub root: Option<PathBuf>,
+    /// Refuse to start without `root` (the paper profile): a mistyped `AFFWILD2_ROOT` must
+    /// not silently train full-size networks on the synthetic faces.
+    pub require_real: bool,
     /// The synthetic Aff-Wild2 used when `root` is null.
     pub synthetic: SyntheticConfig,
     /// `mixed` (every frame with any label) or `balanced` (per-task quota per batch).
@@ -88,6 +97,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             root: None,
+            require_real: false,
             synthetic: SyntheticConfig::default(),
             sampling: Sampling::Mixed,
             batch_size: 32,
@@ -171,6 +181,10 @@ pub struct HeadConfig {
     pub dropout: f32,
     /// `tanh` or `none` on the valence/arousal outputs.
     pub va_activation: String,
+    /// Linear layers per task decoder (1 = MTANet; more: ReLU between them, Sec. IV).
+    pub decoder_layers: usize,
+    /// The shared encoder's pooling branches: `avg_max` (MTANet), `avg` or `max`.
+    pub pooling: EncoderPooling,
 }
 
 impl Default for HeadConfig {
@@ -179,6 +193,8 @@ impl Default for HeadConfig {
             hidden: 512,
             dropout: 0.5,
             va_activation: "tanh".into(),
+            decoder_layers: 1,
+            pooling: EncoderPooling::AvgMax,
         }
     }
 }
@@ -268,6 +284,20 @@ pub struct StageConfig {
     pub loss: LossKind,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// The weights this stage starts from: the previous stage's `last` or its `best`
+    /// (under `selection.criterion`).
+    pub init: StageInit,
+}
+
+/// The weights a stage starts from.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StageInit {
+    /// Where the previous stage ended.
+    #[default]
+    Last,
+    /// The best weights so far under `selection.criterion` (`best.safetensors`).
+    Best,
 }
 
 impl Default for StageConfig {
@@ -284,6 +314,7 @@ impl Default for StageConfig {
             steps: None,
             loss: LossKind::Sum,
             schedule: Schedule::Constant,
+            init: StageInit::Last,
         }
     }
 }
@@ -292,8 +323,10 @@ impl Default for StageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
-    /// Evaluate every this many steps (0 = only at the end of each epoch).
+    /// Evaluate every this many steps (0 = only at epoch ends).
     pub every_steps: usize,
+    /// Evaluate at the end of every this many epochs (and at the end of the run).
+    pub every_epochs: usize,
     /// Frames per evaluation batch.
     pub batch_size: usize,
     /// Also choose per-AU thresholds on the validation set and report them.
@@ -304,8 +337,52 @@ impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             every_steps: 0,
+            every_epochs: 1,
             batch_size: 64,
             tune_au_thresholds: true,
         }
     }
+}
+
+/// Which evaluation's figures a run reports (model selection; the paper is silent, ABAW
+/// entries report the best validation epoch).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectionConfig {
+    /// `last`, `total` or `per_task`.
+    pub criterion: Criterion,
+}
+
+/// A model-selection criterion over the run's evaluations.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// The last evaluation.
+    #[default]
+    Last,
+    /// The evaluation with the highest ABAW 2020 total: mean CCC + AU score + EXPR score;
+    /// its weights are `checkpoints/best.safetensors`.
+    Total,
+    /// Each task's figures from the evaluation where that task's score was highest (as
+    /// challenge entries report them); `best.safetensors` holds the best-total weights.
+    PerTask,
+}
+
+impl std::fmt::Display for Criterion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Criterion::Last => "last",
+            Criterion::Total => "total",
+            Criterion::PerTask => "per_task",
+        })
+    }
+}
+
+/// How the task losses reduce over frames and labels.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossesConfig {
+    /// `sum` over the AUs and mean over labelled frames (paper Eq. 2), or `mean` over frames
+    /// x AUs (PyTorch's `BCEWithLogitsLoss` default).
+    pub au_reduction: AuReduction,
 }

@@ -1,6 +1,6 @@
 //! The checks of values that the types allow but training does not, with the key at fault.
 
-use super::{Config, ConfigError, Schedule};
+use super::{Config, ConfigError, Criterion, Schedule, StageInit};
 
 impl Config {
     /// Checks values that the types allow but training does not.
@@ -45,9 +45,55 @@ impl Config {
                     "a stage needs epochs >= 1 or steps >= 1".into(),
                 );
             }
-            if let Schedule::Step { every: 0, .. } = s.schedule {
-                return bad(k("schedule.every"), "must be >= 1".into());
+            match s.schedule {
+                Schedule::Step { every: 0, .. } => {
+                    return bad(k("schedule.every"), "must be >= 1".into());
+                }
+                Schedule::Step { gamma, .. } if !(gamma.is_finite() && gamma > 0.0) => {
+                    return bad(
+                        k("schedule.gamma"),
+                        format!("must be a positive number, got {gamma}"),
+                    );
+                }
+                Schedule::Cosine { min_factor } if !(0.0..=1.0).contains(&min_factor) => {
+                    return bad(
+                        k("schedule.min_factor"),
+                        format!("must be in [0, 1], got {min_factor}"),
+                    );
+                }
+                _ => {}
             }
+        }
+        if self.data.require_real && self.data.root.is_none() {
+            return Err(ConfigError::NeedsRealData {
+                path: path.to_string(),
+            });
+        }
+        for (i, s) in self.training.stages.iter().enumerate() {
+            if s.init == StageInit::Best {
+                let key = format!("training.stages[{i}].init");
+                if i == 0 {
+                    return bad(
+                        key,
+                        "the first stage has no previous best; use `last`".into(),
+                    );
+                }
+                if self.selection.criterion == Criterion::Last {
+                    return bad(
+                        key,
+                        "`best` needs `selection.criterion: total` or `per_task`".into(),
+                    );
+                }
+            }
+        }
+        if !(1..=8).contains(&self.model.head.decoder_layers) {
+            return bad(
+                "model.head.decoder_layers".into(),
+                format!("must be 1 to 8, got {}", self.model.head.decoder_layers),
+            );
+        }
+        if self.eval.every_epochs == 0 {
+            return bad("eval.every_epochs".into(), "must be >= 1".into());
         }
         if self.data.batch_size == 0 {
             return bad("data.batch_size".into(), "must be >= 1".into());
@@ -66,6 +112,9 @@ impl Config {
                 "model.width_div".into(),
                 format!("must divide 64, got {}", self.model.width_div),
             );
+        }
+        if self.model.groups == Some(0) {
+            return bad("model.groups".into(), "must be >= 1".into());
         }
         if let Some(d) = self.model.depths {
             if d.contains(&0) {

@@ -74,8 +74,8 @@ pub fn csv_split(line: &str) -> Vec<String> {
 /// an exclusive lock (`<file>.lock`), writing the header
 /// first when the file is new. The whole file is rewritten atomically, so a crash never leaves
 /// a half row and two concurrent runs never interleave. If the existing header differs, the
-/// file's own header wins and the row is mapped onto it by column name (new columns dropped
-/// with a warning in the returned list).
+/// row is mapped onto it by column name; columns the file lacks are appended to its header
+/// (earlier rows get empty cells) and returned.
 pub fn append_csv_row(
     path: &Path,
     header: &[String],
@@ -98,49 +98,60 @@ pub fn append_csv_row(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut dropped = Vec::new();
+    let mut added = Vec::new();
     // Idempotent per key (the first column, e.g. a run id): a row written before a crash and
     // written again on resume replaces its earlier copy instead of doubling it.
     // The key is compared after unquoting, so a key holding a comma or a quote matches too.
     let key = row.first().map(String::as_str).unwrap_or_default();
-    let existing: String = existing
+    let existing: Vec<&str> = existing
         .lines()
         .enumerate()
         .filter(|(i, l)| {
             *i == 0 || key.is_empty() || csv_split(l).first().map(String::as_str) != Some(key)
         })
-        .map(|(_, l)| format!("{l}\n"))
+        .map(|(_, l)| l)
         .collect();
-    let mut text = existing.clone();
-    let line = if existing.trim().is_empty() {
-        text = header
+    let join = |fields: &[String]| {
+        fields
             .iter()
-            .map(|h| csv_field(h))
-            .collect::<Vec<_>>()
-            .join(",")
-            + "\n";
-        row.iter()
             .map(|f| csv_field(f))
             .collect::<Vec<_>>()
             .join(",")
+    };
+    let mut text;
+    let line = if existing.iter().all(|l| l.trim().is_empty()) {
+        text = join(header) + "\n";
+        join(row)
     } else {
-        let file_header = csv_split(existing.lines().next().unwrap_or_default());
+        // The file's columns, then any new ones (earlier rows get empty cells there): rows are
+        // matched by column name, never by position, and no value is dropped.
+        let mut file_header = csv_split(existing[0]);
         for h in header {
             if !file_header.contains(h) {
-                dropped.push(h.clone());
+                file_header.push(h.clone());
+                added.push(h.clone());
             }
         }
-        file_header
+        text = join(&file_header) + "\n";
+        let pad = ",".repeat(added.len());
+        for l in &existing[1..] {
+            text.push_str(l);
+            if !l.trim().is_empty() {
+                text.push_str(&pad);
+            }
+            text.push('\n');
+        }
+        let fields: Vec<String> = file_header
             .iter()
             .map(|h| {
                 header
                     .iter()
                     .position(|x| x == h)
-                    .map(|i| csv_field(&row[i]))
+                    .map(|i| row[i].clone())
                     .unwrap_or_default()
             })
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect();
+        join(&fields)
     };
     if !text.ends_with('\n') {
         text.push('\n');
@@ -149,7 +160,7 @@ pub fn append_csv_row(
     text.push('\n');
     write_atomic(path, text.as_bytes())?;
     drop(lock);
-    Ok(dropped)
+    Ok(added)
 }
 
 /// Reads a CSV file into its header and rows (fields as strings).
@@ -191,17 +202,17 @@ mod tests {
         append_csv_row(&p, &h, &["1".into(), "x,\"y\"".into()]).unwrap();
         append_csv_row(&p, &h, &["2".into(), "z".into()]).unwrap();
         let h2: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
-        let dropped = append_csv_row(&p, &h2, &["w".into(), "3".into(), "q".into()]).unwrap();
-        assert_eq!(dropped, vec!["c".to_string()]);
+        let added = append_csv_row(&p, &h2, &["w".into(), "3".into(), "q".into()]).unwrap();
+        assert_eq!(added, vec!["c".to_string()]);
         let (hh, rows) = read_csv(&p).unwrap();
-        assert_eq!(hh, h);
-        assert_eq!(rows[0], vec!["1", "x,\"y\""]);
-        assert_eq!(rows[2], vec!["3", "w"]);
-        // Same key again: replaced, not doubled.
+        assert_eq!(hh, ["a", "b", "c"]);
+        assert_eq!(rows[0], vec!["1", "x,\"y\"", ""]);
+        assert_eq!(rows[2], vec!["3", "w", "q"]);
+        // Same key again: replaced, not doubled; a column it lacks stays empty.
         append_csv_row(&p, &h, &["2".into(), "z2".into()]).unwrap();
         let (_, rows) = read_csv(&p).unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[2], vec!["2", "z2"]);
+        assert_eq!(rows[2], vec!["2", "z2", ""]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::record::atomic_io::write_atomic;
+use crate::training::selection::Selection;
 
 /// Where the training loop is; everything else is derived from the seed and these counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -34,6 +35,17 @@ pub struct TrainState {
     pub train_seconds: f64,
     /// Whether every stage is done.
     pub finished: bool,
+    /// The best evaluations so far (model selection).
+    #[serde(default)]
+    pub selection: Selection,
+    /// A run stopped at a step that was due for evaluation: the resumed run evaluates first,
+    /// so its evaluations and picks equal an uninterrupted run's.
+    #[serde(default)]
+    pub pending_eval: bool,
+    /// Crops that could not be read or decoded and were skipped (`data.on_bad_frame: skip`),
+    /// training and validation, sorted; kept across resume.
+    #[serde(default)]
+    pub skipped: Vec<std::path::PathBuf>,
 }
 
 /// Writes a checkpoint atomically.

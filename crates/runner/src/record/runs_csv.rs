@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mtanet_metrics::Report;
 
-use crate::experiment::Config;
+use crate::experiment::{Config, PaperValues};
 use crate::record::atomic_io::append_csv_row;
 use crate::record::run_dir::git_commit;
 
@@ -24,7 +24,9 @@ pub const RUN_METRICS: &[&str] = &[
     "expr.score",
 ];
 
-/// The `runs.csv` columns: identity, [`RUN_METRICS`], paper values and deltas, cost.
+/// The `runs.csv` columns: identity, the selected evaluation's [`RUN_METRICS`], how it was
+/// selected, the last evaluation's metrics (`last.*`), paper values and deltas (ours of the
+/// same kind as the paper's figure minus the paper's), cost.
 pub fn runs_header() -> Vec<String> {
     const IDENTITY: &[&str] = &[
         "run_id",
@@ -36,25 +38,31 @@ pub fn runs_header() -> Vec<String> {
         "git_commit",
         "status",
     ];
+    const SELECTION: &[&str] = &["selection", "selected_from", "last_step"];
     const TAIL: &[&str] = &[
         "paper.valence",
         "paper.arousal",
         "paper.au",
         "paper.expr",
+        "paper.au_metric",
+        "paper.expr_metric",
         "delta.valence",
         "delta.arousal",
         "delta.au",
         "delta.expr",
         "steps",
+        "skipped_frames",
         "wall_s",
         "train_img_s",
         "run_dir",
     ];
     IDENTITY
         .iter()
-        .chain(RUN_METRICS)
-        .chain(TAIL)
         .map(|s| s.to_string())
+        .chain(RUN_METRICS.iter().map(|s| s.to_string()))
+        .chain(SELECTION.iter().map(|s| s.to_string()))
+        .chain(RUN_METRICS.iter().map(|m| format!("last.{m}")))
+        .chain(TAIL.iter().map(|s| s.to_string()))
         .collect()
 }
 
@@ -66,16 +74,24 @@ pub struct RunRow<'a> {
     pub profile: Option<&'a str>,
     /// Table row name, if the run is a row of an experiment file.
     pub row: Option<&'a str>,
-    /// The paper's values for that row: (valence, arousal, au, expr).
-    pub paper: Option<[f64; 4]>,
+    /// The paper's values for that row.
+    pub paper: Option<&'a PaperValues>,
     /// Run id.
     pub run_id: &'a str,
     /// Run directory.
     pub run_dir: &'a Path,
     /// `finished` or `failed`.
     pub status: &'a str,
-    /// The validation report, if one was made.
+    /// The selected validation report, if one was made.
     pub report: Option<&'a Report>,
+    /// Which evaluation(s) `report` comes from.
+    pub selected_from: Option<&'a str>,
+    /// The last validation report.
+    pub last: Option<&'a Report>,
+    /// The step of the last evaluation.
+    pub last_step: u64,
+    /// Unreadable crops skipped (`data.on_bad_frame: skip`).
+    pub skipped_frames: usize,
     /// Optimizer steps taken.
     pub steps: u64,
     /// Wall time of the invocation in seconds.
@@ -87,22 +103,13 @@ pub struct RunRow<'a> {
 /// Appends (or replaces, by run id) the run's row in `results/runs.csv` (locked, atomic).
 pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
     let config = r.config;
-    let scalars: HashMap<String, f64> = r
-        .report
-        .map(|r| r.scalars().into_iter().collect())
-        .unwrap_or_default();
-    let get = |k: &str| {
-        scalars
-            .get(k)
-            .map(|v| format!("{v:.6}"))
+    let scalars_of = |rep: Option<&Report>| -> HashMap<String, f64> {
+        rep.map(|x| x.scalars().into_iter().collect())
             .unwrap_or_default()
     };
-    let ours = [
-        scalars.get("va.ccc_valence"),
-        scalars.get("va.ccc_arousal"),
-        scalars.get("au.f1"),
-        scalars.get("expr.f1"),
-    ];
+    let (selected, last) = (scalars_of(r.report), scalars_of(r.last));
+    let get =
+        |m: &HashMap<String, f64>, k: &str| m.get(k).map(|v| format!("{v:.6}")).unwrap_or_default();
     let mut row: Vec<String> = vec![
         r.run_id.into(),
         config.experiment.clone(),
@@ -114,19 +121,34 @@ pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
         r.status.into(),
     ];
     for k in RUN_METRICS {
-        row.push(get(k));
+        row.push(get(&selected, k));
     }
-    let paper = r.paper;
-    for i in 0..4 {
-        row.push(paper.map(|p| format!("{}", p[i])).unwrap_or_default());
+    row.push(config.selection.criterion.to_string());
+    row.push(r.selected_from.unwrap_or_default().to_string());
+    row.push(r.last_step.to_string());
+    for k in RUN_METRICS {
+        row.push(get(&last, k));
     }
-    for i in 0..4 {
-        row.push(match (paper, ours[i]) {
-            (Some(p), Some(o)) => format!("{:.6}", o - p[i]),
-            _ => String::new(),
-        });
+    match r.paper {
+        Some(p) => {
+            for v in p.figures() {
+                row.push(format!("{v}"));
+            }
+            row.push(format!("{:?}", p.au_metric).to_lowercase());
+            row.push(format!("{:?}", p.expr_metric).to_lowercase());
+            for (v, k) in p.figures().iter().zip(p.metric_keys()) {
+                row.push(
+                    selected
+                        .get(k)
+                        .map(|o| format!("{:.6}", o - v))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        None => row.extend(std::iter::repeat_n(String::new(), 10)),
     }
     row.push(r.steps.to_string());
+    row.push(r.skipped_frames.to_string());
     row.push(format!("{:.1}", r.wall_s));
     row.push(format!("{:.2}", r.train_img_s));
     row.push(r.run_dir.display().to_string());

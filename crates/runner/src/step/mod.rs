@@ -2,8 +2,8 @@
 //! they use. Training, `bench` and `gpu-check` call these; none has a copy.
 
 pub mod eval_step;
-pub mod optim;
 pub mod lr_schedule;
+pub mod optim;
 pub mod train_step;
 
 pub use eval_step::{eval_step, evaluate, report_of, scoring_for, HostOutputs};

@@ -2,5 +2,5 @@
 //! deviation and 95% interval over seeds.
 
 pub mod compare;
+pub mod experiment_table;
 pub mod seed_summary;
-pub mod table1;

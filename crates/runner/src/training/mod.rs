@@ -7,6 +7,7 @@
 
 pub mod interrupt;
 pub mod progress;
+pub mod selection;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +16,12 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Tensor;
 use mtanet_affwild2::Batch;
-use mtanet_losses::{AuReduction, LossKind};
+use mtanet_losses::LossKind;
 use mtanet_metrics::{Report, Scoring};
 
 use crate::build::restore::{restore_vars, var_tensors};
 use crate::build::training_objects::{self, TrainingObjects};
-use crate::experiment::{Config, StageConfig};
+use crate::experiment::{Config, Criterion, PaperValues, StageConfig, StageInit};
 use crate::record::atomic_io::write_atomic;
 use crate::record::checkpoint::{self, TrainState};
 use crate::record::log_file::set_run_log;
@@ -29,13 +30,14 @@ use crate::record::run_dir::{claim_run_dir, new_run_id};
 use crate::record::run_scalars::{log_report, log_train, TrainScalars};
 use crate::record::runs_csv::{append_run_row, RunRow};
 use crate::record::tensorboard::EventWriter;
-use crate::step::optim::{params, Optimizer};
 use crate::step::lr_schedule::lr_at;
+use crate::step::optim::{params, Optimizer};
 use crate::step::{
     batch_targets, evaluate, report_of, scoring_for, train_step, Objective, StepGuard,
 };
 pub use interrupt::{install_ctrlc, interrupted, INTERRUPTED};
 use progress::StageProgress;
+use selection::PICK_NAMES;
 
 /// What the caller knows about a run beyond its config (for `runs.csv` and messages).
 #[derive(Debug, Clone, Default)]
@@ -44,14 +46,23 @@ pub struct RunContext {
     pub profile: Option<String>,
     /// Table row name, if any.
     pub row: Option<String>,
-    /// The paper's values for this row: (valence, arousal, au, expr).
-    pub paper: Option<[f64; 4]>,
+    /// The paper's values for this row.
+    pub paper: Option<PaperValues>,
     /// Continue this run directory from its last checkpoint.
     pub resume: Option<PathBuf>,
     /// Stop after this many optimizer steps in this invocation (tests of resume).
     pub max_steps: Option<u64>,
     /// Hide progress bars.
     pub quiet: bool,
+}
+
+/// What a run is, beyond its configuration: written as `run.json` when it starts, read back
+/// on `--resume`, so a resumed row keeps its row name, profile and paper values.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct RunIdentity {
+    profile: Option<String>,
+    row: Option<String>,
+    paper: Option<PaperValues>,
 }
 
 /// The result of a finished (or interrupted) run.
@@ -61,10 +72,15 @@ pub struct RunOutcome {
     pub run_dir: PathBuf,
     /// Run id.
     pub run_id: String,
-    /// Final validation report.
+    /// The validation report the run presents: the selected evaluation's under
+    /// `selection.criterion` (the last one's for `last`).
     pub report: Option<Report>,
+    /// Which evaluation(s) `report` comes from, e.g. `best total at stage 2 epoch 3 (step 480)`.
+    pub selected_from: String,
     /// Whether every stage completed.
     pub finished: bool,
+    /// Unreadable crops skipped so far (`data.on_bad_frame: skip`), sorted.
+    pub skipped: Vec<PathBuf>,
     /// Training throughput, images per second.
     pub train_img_s: f64,
     /// Wall time of this invocation in seconds.
@@ -95,9 +111,35 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
     };
     std::fs::create_dir_all(run_dir.join("checkpoints"))
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    if ctx.resume.is_none() {
+    let identity_path = run_dir.join("run.json");
+    let resumed_ctx;
+    let ctx = if ctx.resume.is_none() {
         write_atomic(&run_dir.join("config.yaml"), config.to_yaml().as_bytes())?;
-    }
+        let identity = RunIdentity {
+            profile: ctx.profile.clone(),
+            row: ctx.row.clone(),
+            paper: ctx.paper.clone(),
+        };
+        write_atomic(
+            &identity_path,
+            serde_json::to_string_pretty(&identity)?.as_bytes(),
+        )?;
+        ctx
+    } else {
+        // A resumed run keeps the row, profile and paper values it started with.
+        let identity: RunIdentity = match std::fs::read(&identity_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a run identity", identity_path.display()))?,
+            Err(_) => RunIdentity::default(),
+        };
+        resumed_ctx = RunContext {
+            profile: ctx.profile.clone().or(identity.profile),
+            row: ctx.row.clone().or(identity.row),
+            paper: ctx.paper.clone().or(identity.paper),
+            ..ctx.clone()
+        };
+        &resumed_ctx
+    };
     set_run_log(Some(&run_dir.join("log.txt")));
     tracing::info!("run {run_id} in {}", run_dir.display());
     let result =
@@ -167,11 +209,14 @@ impl<'a> Trainer<'a> {
                 if !ctx.quiet {
                     eprintln!("{} is already finished", run_dir.display());
                 }
+                let selected_from = read_selected_from(&run_dir);
                 return Ok(Opened::Finished(RunOutcome {
                     run_dir,
                     run_id,
                     report: Some(report),
+                    selected_from,
                     finished: true,
+                    skipped: state.skipped.clone(),
                     train_img_s: state.images as f64 / state.train_seconds.max(1e-9),
                     wall_s: wall.elapsed().as_secs_f64(),
                 }));
@@ -224,10 +269,29 @@ impl<'a> Trainer<'a> {
         mut resumed_optim: Option<HashMap<String, Tensor>>,
     ) -> anyhow::Result<RunOutcome> {
         let stages = self.config.training.stages.clone();
+        if self.state.pending_eval {
+            let name = stages[self.state.stage.min(stages.len() - 1)].name.clone();
+            self.eval_step_due(&name)?;
+            self.state.pending_eval = false;
+        }
         while self.state.stage < stages.len() {
             let stage = &stages[self.state.stage];
+            let at_stage_start =
+                self.state.stage_step == 0 && self.state.batch == 0 && self.state.epoch == 0;
+            if at_stage_start && stage.init == StageInit::Best {
+                self.load_best()?;
+            }
             if self.run_stage(stage, resumed_optim.take())? {
                 break;
+            }
+            if self.config.selection.criterion != Criterion::Last
+                && self.metrics_csv.last_step() != Some(self.state.global_step)
+            {
+                // Every stage's end is a candidate, also when it ends inside an epoch.
+                let r = self.eval()?;
+                self.metrics_csv
+                    .push(self.state.global_step, &stage.name, self.state.epoch, &r)?;
+                self.last_report = Some(r);
             }
             self.state.stage += 1;
             self.state.epoch = 0;
@@ -318,6 +382,16 @@ impl<'a> Trainer<'a> {
             self.state.stage_step,
             total_steps,
         );
+        if !(lr.is_finite() && lr >= 0.0) {
+            anyhow::bail!(
+                "stage {} `{}`: the schedule gives learning rate {lr} at stage step {} \
+                 (training.stages[{}].lr / .schedule); refusing to train with it",
+                self.state.stage + 1,
+                stage.name,
+                self.state.stage_step,
+                self.state.stage
+            );
+        }
         opt.set_lr(lr);
         let images = batch.images.to_device(&self.s.device)?;
         self.s.model.set_dropout_seed(mtanet_seed::stream_seed(
@@ -328,7 +402,7 @@ impl<'a> Trainer<'a> {
             kind: stage.loss,
             uncertainty: matches!(stage.loss, LossKind::Uncertainty).then_some(&self.s.uncertainty),
             au_pos_weight: self.s.pos_weight.as_ref(),
-            au_reduction: AuReduction::Mean,
+            au_reduction: config.losses.au_reduction,
         };
         let outcome = train_step(
             &self.s.model,
@@ -372,11 +446,12 @@ impl<'a> Trainer<'a> {
                 .ctx
                 .max_steps
                 .is_some_and(|m| self.steps_this_call >= m);
-        if config.eval.every_steps > 0 && step % config.eval.every_steps as u64 == 0 && !stop_now {
-            let r = self.eval()?;
-            self.metrics_csv
-                .push(step, &stage.name, self.state.epoch, &r)?;
-            self.last_report = Some(r);
+        if config.eval.every_steps > 0 && step % config.eval.every_steps as u64 == 0 {
+            if stop_now {
+                self.state.pending_eval = true;
+            } else {
+                self.eval_step_due(&stage.name)?;
+            }
         }
         if stop_now || step % config.training.checkpoint_every.max(1) as u64 == 0 {
             self.sync_train_seconds();
@@ -398,6 +473,15 @@ impl<'a> Trainer<'a> {
         Ok(stop_now)
     }
 
+    /// The evaluation due at this step (`eval.every_steps`), recorded in `metrics.csv`.
+    fn eval_step_due(&mut self, stage_name: &str) -> anyhow::Result<()> {
+        let r = self.eval()?;
+        self.metrics_csv
+            .push(self.state.global_step, stage_name, self.state.epoch, &r)?;
+        self.last_report = Some(r);
+        Ok(())
+    }
+
     /// Ends an epoch: evaluation, `metrics.csv`, the epoch line and a checkpoint.
     fn close_epoch(
         &mut self,
@@ -407,6 +491,10 @@ impl<'a> Trainer<'a> {
     ) -> anyhow::Result<()> {
         self.state.epoch += 1;
         self.state.batch = 0;
+        if self.state.epoch % self.config.eval.every_epochs.max(1) != 0 {
+            self.sync_train_seconds();
+            return self.save(opt);
+        }
         let r = self.eval()?;
         self.metrics_csv
             .push(self.state.global_step, &stage.name, self.state.epoch, &r)?;
@@ -426,6 +514,7 @@ impl<'a> Trainer<'a> {
     fn finish(mut self, first_stage: &StageConfig) -> anyhow::Result<RunOutcome> {
         let finished = self.state.stage >= self.config.training.stages.len();
         let train_img_s = self.state.images as f64 / self.state.train_seconds.max(1e-9);
+        let mut selected_from = "last evaluation".to_string();
         let report = if finished {
             let r = match self.last_report.take() {
                 Some(r) if self.metrics_csv.last_step() == Some(self.state.global_step) => r,
@@ -436,14 +525,34 @@ impl<'a> Trainer<'a> {
                     r
                 }
             };
+            let criterion = self.config.selection.criterion;
+            let (selected, from) = self.state.selection.selected(criterion, &r);
+            self.count_skipped();
+            let mut report_json = serde_json::to_value(&selected)?;
+            report_json["skipped_frames"] = serde_json::json!({
+                "count": self.state.skipped.len(),
+                "first": self.state.skipped.iter().take(20).collect::<Vec<_>>(),
+            });
             write_atomic(
                 &self.run_dir.join("report.json"),
-                serde_json::to_string_pretty(&r)?.as_bytes(),
+                serde_json::to_string_pretty(&report_json)?.as_bytes(),
             )?;
-            self.append_row("finished", Some(&r), train_img_s)?;
+            let summary = serde_json::json!({
+                "criterion": criterion.to_string(),
+                "selected_from": from,
+                "last_step": self.state.global_step,
+                "last": r,
+                "picks": self.state.selection,
+            });
+            write_atomic(
+                &self.run_dir.join("selection.json"),
+                serde_json::to_string_pretty(&summary)?.as_bytes(),
+            )?;
+            self.append_row("finished", Some((&selected, &from)), Some(&r), train_img_s)?;
             self.state.finished = true;
             self.save(&Optimizer::new(first_stage, Vec::new()))?;
-            Some(r)
+            selected_from = from;
+            Some(selected)
         } else {
             self.last_report.take()
         };
@@ -454,7 +563,9 @@ impl<'a> Trainer<'a> {
             run_dir: self.run_dir,
             run_id: self.run_id,
             report,
+            selected_from,
             finished,
+            skipped: self.state.skipped.clone(),
             train_img_s,
             wall_s: self.wall.elapsed().as_secs_f64(),
         })
@@ -474,7 +585,92 @@ impl<'a> Trainer<'a> {
         )?;
         let report = report_of(&acc, self.scoring, self.config.eval.tune_au_thresholds);
         log_report(&mut self.tb, &report, &self.s.vocab, self.state.global_step);
+        self.count_skipped();
+        self.select(&report)?;
         Ok(report)
+    }
+
+    /// Offers an evaluation to model selection; writes the weights of every pick it becomes
+    /// (not under `last`, which keeps no best weights).
+    fn select(&mut self, report: &Report) -> anyhow::Result<()> {
+        let criterion = self.config.selection.criterion;
+        if criterion == Criterion::Last {
+            return Ok(());
+        }
+        let st = &mut self.state;
+        let improved = st
+            .selection
+            .offer(st.stage, st.epoch, st.global_step, report);
+        for (i, (&better, name)) in improved.iter().zip(PICK_NAMES).enumerate() {
+            if better && (i == 0 || criterion == Criterion::PerTask) {
+                let path = self.best_path(name);
+                checkpoint::save(
+                    &path,
+                    &var_tensors(&self.s.vars),
+                    &HashMap::new(),
+                    &self.state,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `checkpoints/best.safetensors` for the total, `best-<task>.safetensors` per task.
+    fn best_path(&self, pick: &str) -> PathBuf {
+        let file = if pick == "total" {
+            "best.safetensors".to_string()
+        } else {
+            format!("best-{pick}.safetensors")
+        };
+        self.run_dir.join("checkpoints").join(file)
+    }
+
+    /// Loads the best-total weights into the model (a stage with `init: best`).
+    fn load_best(&mut self) -> anyhow::Result<()> {
+        let path = self.best_path("total");
+        let c = checkpoint::load(&path, &self.s.device).with_context(|| {
+            format!(
+                "a stage starts from the best weights, but {} is missing",
+                path.display()
+            )
+        })?;
+        restore_vars(&self.s.vars, &c.model, &path)?;
+        tracing::info!(
+            "stage {} starts from {}",
+            self.state.stage + 1,
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// Adds the loaders' unreadable crops to the run's count, logs new ones (to stderr and
+    /// `log.txt`) and the total to TensorBoard (`data/skipped_frames`).
+    fn count_skipped(&mut self) {
+        let mut all: std::collections::BTreeSet<PathBuf> =
+            self.state.skipped.iter().cloned().collect();
+        let before = all.len();
+        all.extend(self.s.train.bad_frames());
+        all.extend(self.s.val.bad_frames());
+        if all.len() > before {
+            let first: Vec<String> = all
+                .iter()
+                .take(3)
+                .map(|p| p.display().to_string())
+                .collect();
+            tracing::warn!(
+                "{} unreadable crops skipped so far (data.on_bad_frame: skip), first: {}",
+                all.len(),
+                first.join(", ")
+            );
+            self.state.skipped = all.into_iter().collect();
+        }
+        if let Some(w) = self.tb.as_mut() {
+            let _ = w.scalar(
+                "data/skipped_frames",
+                self.state.skipped.len() as f64,
+                self.state.global_step,
+            );
+        }
     }
 
     fn sync_train_seconds(&mut self) {
@@ -495,18 +691,23 @@ impl<'a> Trainer<'a> {
     fn append_row(
         &self,
         status: &str,
-        report: Option<&Report>,
+        selected: Option<(&Report, &str)>,
+        last: Option<&Report>,
         train_img_s: f64,
     ) -> anyhow::Result<()> {
         append_run_row(&RunRow {
             config: self.config,
             profile: self.ctx.profile.as_deref(),
             row: self.ctx.row.as_deref(),
-            paper: self.ctx.paper,
+            paper: self.ctx.paper.as_ref(),
             run_id: &self.run_id,
             run_dir: &self.run_dir,
             status,
-            report,
+            report: selected.map(|s| s.0),
+            selected_from: selected.map(|s| s.1),
+            last,
+            last_step: self.state.global_step,
+            skipped_frames: self.state.skipped.len(),
             steps: self.state.global_step,
             wall_s: self.wall.elapsed().as_secs_f64(),
             train_img_s,
@@ -516,7 +717,8 @@ impl<'a> Trainer<'a> {
     /// A refused step (non-finite loss or gradient): marks the run failed in `runs.csv` and
     /// returns the error naming the step and the batch's samples.
     fn fail(&self, fault: &str, stage: &StageConfig, batch: &Batch) -> anyhow::Error {
-        if let Err(e) = self.append_row("failed", self.last_report.as_ref(), 0.0) {
+        let last = self.last_report.as_ref();
+        if let Err(e) = self.append_row("failed", last.map(|r| (r, "last evaluation")), last, 0.0) {
             return e;
         }
         let ids = batch
@@ -526,16 +728,29 @@ impl<'a> Trainer<'a> {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let checkpoint = if self.last_ckpt.is_file() {
+            format!("The last good checkpoint is {}", self.last_ckpt.display())
+        } else {
+            "No checkpoint was written before it".to_string()
+        };
         anyhow::anyhow!(
             "{fault} at step {} (stage {}, epoch {}, batch {}); batch samples: {ids}{}. \
-             The last good checkpoint is {}; the run is marked failed in runs.csv. \
+             {checkpoint}; the run is marked failed in runs.csv. \
              Try a lower lr or `training.grad_clip`.",
             self.state.global_step,
             stage.name,
             self.state.epoch,
             self.state.batch,
             if batch.ids.len() > 8 { ", ..." } else { "" },
-            self.last_ckpt.display()
         )
     }
+}
+
+/// `selected_from` of a finished run's `selection.json` (`last evaluation` without one).
+fn read_selected_from(run_dir: &std::path::Path) -> String {
+    std::fs::read(run_dir.join("selection.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["selected_from"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "last evaluation".into())
 }

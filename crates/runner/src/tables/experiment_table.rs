@@ -1,5 +1,8 @@
-//! `mtanet table1`: every row of Table I, with the paper's values, our deltas, a constant
-//! predictor for scale, and mean +- std and a 95% interval over seeds.
+//! The table of an experiment file: every row trained (one run per seed), the figures each
+//! run selected, the paper's values and our deltas where the paper has the row (like with
+//! like: F1 against F1, composite against composite), a constant predictor for scale, and
+//! mean +- std and a 95% interval over seeds. `mtanet table1` is this table for Table I;
+//! `mtanet run FILE` for any experiment file. Written to `<results>/<experiment>.csv`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,15 +13,15 @@ use mtanet_metrics::{Accumulator, Report};
 
 use crate::build::data::{data_root, subsample};
 use crate::experiment::profile::{choose_profile, env_overrides, load_experiment};
-use crate::experiment::{Config, Override};
-use crate::record::atomic_io::{csv_field, write_atomic};
+use crate::experiment::{Config, Criterion, ExperimentFile, Override, PaperMetric, PaperValues};
+use crate::record::atomic_io::append_csv_row;
 use crate::record::summary_line::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};
 use crate::training::{self, RunContext};
 
-/// Options of `mtanet table1` / `mtanet ablate`.
+/// Options of `mtanet table1`, `mtanet run` and `mtanet ablate`.
 #[derive(Debug, Clone, Default)]
-pub struct Table1Options {
+pub struct TableOptions {
     /// Experiment file; `None` = `experiments/table1.yaml` if present, else the embedded copy.
     pub config: Option<PathBuf>,
     /// `demo` or `paper`; `None` = `paper` when `AFFWILD2_ROOT` is set, else `demo`.
@@ -31,7 +34,7 @@ pub struct Table1Options {
     pub overrides: Vec<Override>,
     /// Hide progress bars.
     pub quiet: bool,
-    /// Write `results/table1.csv` (false for a single ablation row).
+    /// Write `<results>/<experiment>.csv` (false for a single ablation row).
     pub write_table: bool,
 }
 
@@ -47,6 +50,15 @@ pub const TABLE_METRICS: &[(&str, &str)] = &[
     ("expr.accuracy", "EXPR acc"),
     ("expr.score", "EXPR 0.67F1+0.33acc"),
 ];
+
+/// `Table I` for the table1 experiment, else the experiment's name.
+fn table_title(file: &ExperimentFile, experiment: &str) -> String {
+    if experiment == "table1" {
+        "Table I".into()
+    } else {
+        format!("{experiment} ({})", file.path)
+    }
+}
 
 /// The best constant predictor's validation report: the training mean for VA (CCC 0), "every
 /// AU present" (the constant with the highest F1), and the training set's majority expression.
@@ -102,7 +114,7 @@ pub fn ablate_options(
     profile: Option<String>,
     seeds: usize,
     quiet: bool,
-) -> anyhow::Result<Table1Options> {
+) -> anyhow::Result<TableOptions> {
     let rows: Vec<String> = overrides
         .iter()
         .filter(|o| o.key == ["model", "backbone"])
@@ -122,7 +134,7 @@ pub fn ablate_options(
             .filter(|o| o.key != ["model", "backbone"])
             .collect()
     };
-    Ok(Table1Options {
+    Ok(TableOptions {
         config: None,
         profile,
         seeds,
@@ -141,8 +153,9 @@ pub fn ablate_options(
 struct RowResult {
     name: String,
     label: String,
-    paper: Option<[f64; 4]>,
+    paper: Option<PaperValues>,
     runs: Vec<(Report, PathBuf, f64)>,
+    selected_from: Vec<String>,
 }
 
 impl RowResult {
@@ -157,10 +170,15 @@ impl RowResult {
 }
 
 /// Runs the table (or one row) and prints it; returns the markdown.
-pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
+pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     let file = load_experiment(opts.config.as_deref())?;
     let (profile, why) = choose_profile(opts.profile.as_deref());
-    println!("table1: {why}");
+    let name = opts
+        .config
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map_or("table1".into(), |s| s.to_string_lossy().into_owned());
+    println!("{name}: {why}");
     let overrides = env_overrides(&profile, &opts.overrides);
     let rows: Vec<_> = file
         .rows
@@ -179,27 +197,45 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
                 .join(", ")
         );
     }
-    // Check every row's config before training anything.
+    // Check every row's config before training anything. A row whose own keys an override
+    // changed is not that row: it runs under another name, without the paper's values.
     let mut configs = Vec::new();
+    let mut identities = Vec::new();
     for r in &rows {
         let base = file.resolve(Some(&profile), Some(&r.name), &overrides)?;
+        let as_defined =
+            file.resolve(Some(&profile), Some(&r.name), &env_overrides(&profile, &[]))?;
+        let changed = file.row_keys_changed(&r.name, &base, &as_defined);
+        identities.push(if changed.is_empty() {
+            (r.name.clone(), Some(r.name.clone()), r.paper.clone())
+        } else {
+            let set: Vec<String> = changed
+                .iter()
+                .map(|k| {
+                    let v = serde_yaml::to_value(&base)
+                        .ok()
+                        .and_then(|v| k.split('.').try_fold(v, |n, p| n.get(p).cloned()))
+                        .and_then(|v| serde_yaml::to_string(&v).ok())
+                        .unwrap_or_default();
+                    format!("{k}={}", v.trim())
+                })
+                .collect();
+            (format!("{} with {}", r.name, set.join(" ")), None, None)
+        });
         configs.push(base);
     }
     let seeds = opts.seeds.max(1);
     let mut results = Vec::new();
-    for (r, base) in rows.iter().zip(&configs) {
-        let paper = r
-            .paper
-            .as_ref()
-            .map(|p| [p.valence, p.arousal, p.au, p.expr]);
+    for ((r, base), (display, row_name, paper)) in rows.iter().zip(&configs).zip(identities) {
         let mut runs = Vec::new();
+        let mut selected_from = Vec::new();
         for i in 0..seeds {
             let mut cfg = base.clone();
             cfg.seed = base.seed + i as u64;
             let ctx = RunContext {
                 profile: Some(profile.clone()),
-                row: Some(r.name.clone()),
-                paper,
+                row: row_name.clone(),
+                paper: paper.clone(),
                 quiet: opts.quiet,
                 ..Default::default()
             };
@@ -207,14 +243,14 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
             if !out.finished {
                 anyhow::bail!(
                     "row {} interrupted; resume it with `mtanet train --resume {}`",
-                    r.name,
+                    display,
                     out.run_dir.display()
                 );
             }
             let report = out.report.context("a finished run has a report")?;
             println!(
                 "{} seed {}: {}  ({:.0} s, {:.1} img/s train) -> {}",
-                r.name,
+                display,
                 cfg.seed,
                 short_report(&report),
                 out.wall_s,
@@ -222,20 +258,36 @@ pub fn run(opts: &Table1Options) -> anyhow::Result<String> {
                 out.run_dir.display()
             );
             runs.push((report, out.run_dir, out.train_img_s));
+            selected_from.push(out.selected_from);
         }
         results.push(RowResult {
-            name: r.name.clone(),
-            label: r.paper_label.clone().unwrap_or_else(|| r.name.clone()),
+            name: display.clone(),
+            label: r.paper_label.clone().unwrap_or_else(|| display.clone()),
             paper,
             runs,
+            selected_from,
         });
     }
     let constant = constant_predictor(&configs[0]).ok();
-    let md = markdown(&results, constant.as_ref(), &profile, seeds);
+    let title = table_title(&file, &configs[0].experiment);
+    let md = markdown(
+        &results,
+        constant.as_ref(),
+        &title,
+        &profile,
+        seeds,
+        configs[0].selection.criterion,
+    );
     println!("\n{md}");
     if opts.write_table {
-        let path = configs[0].results_dir.join("table1.csv");
-        write_atomic(&path, table_csv(&results, &profile, seeds).as_bytes())?;
+        let path = configs[0]
+            .results_dir
+            .join(format!("{}.csv", configs[0].experiment));
+        let (header, rows) = table_csv(&results, &profile, seeds);
+        // Upsert by row name: rows of an earlier run of other rows stay.
+        for row in &rows {
+            append_csv_row(&path, &header, row)?;
+        }
         println!("wrote {}", path.display());
     }
     if profile == "demo" {
@@ -252,38 +304,57 @@ fn fmt_summary(s: &Summary, seeds: usize) -> String {
     }
 }
 
-/// Table I as markdown: ours, the paper's, deltas (ours - paper; AU and EXPR against our F1).
-fn markdown(rows: &[RowResult], constant: Option<&Report>, profile: &str, seeds: usize) -> String {
+/// The table as markdown: ours (the selected figures), the paper's, and deltas (ours of the
+/// same kind as each paper figure minus the paper's).
+fn markdown(
+    rows: &[RowResult],
+    constant: Option<&Report>,
+    title: &str,
+    profile: &str,
+    seeds: usize,
+    criterion: Criterion,
+) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "Table I ({profile} profile, {seeds} seed{}; validation set)\n\n",
-        if seeds > 1 { "s" } else { "" }
+        "{title} ({profile} profile, {seeds} seed{}; validation set; figures of the {})\n\n",
+        if seeds > 1 { "s" } else { "" },
+        match criterion {
+            Criterion::Last => "last evaluation",
+            Criterion::Total => "evaluation with the best ABAW 2020 total",
+            Criterion::PerTask => "best evaluation per task",
+        }
     ));
-    s.push_str("| Backbone | CCC-V | CCC-A | AU F1 | AU acc | AU score | AU F1 tuned | EXPR F1 | EXPR acc | EXPR score | paper V / A / AU / EXPR | Δ V / A / AU / EXPR |\n");
+    s.push_str("| Row | CCC-V | CCC-A | AU F1 | AU acc | AU score | AU F1 tuned | EXPR F1 | EXPR acc | EXPR score | paper V / A / AU / EXPR | Δ V / A / AU / EXPR |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let cells: Vec<String> = TABLE_METRICS
             .iter()
             .map(|(k, _)| fmt_summary(&r.metric(k), seeds))
             .collect();
-        let ours = [
-            r.metric("va.ccc_valence").mean,
-            r.metric("va.ccc_arousal").mean,
-            r.metric("au.f1").mean,
-            r.metric("expr.f1").mean,
-        ];
-        let (paper, delta) = match r.paper {
-            Some(p) => (
-                format!("{} / {} / {} / {}", p[0], p[1], p[2], p[3]),
-                (0..4)
-                    .map(|i| {
-                        ours[i]
-                            .map(|o| format!("{:+.3}", o - p[i]))
-                            .unwrap_or("-".into())
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" / "),
-            ),
+        let (paper, delta) = match &r.paper {
+            Some(p) => {
+                let kind = |m: PaperMetric| match m {
+                    PaperMetric::F1 => "",
+                    PaperMetric::Composite => " (c)",
+                };
+                let f = p.figures();
+                (
+                    format!(
+                        "{} / {} / {}{} / {}{}",
+                        f[0],
+                        f[1],
+                        f[2],
+                        kind(p.au_metric),
+                        f[3],
+                        kind(p.expr_metric)
+                    ),
+                    deltas(r, p)
+                        .iter()
+                        .map(|d| d.map(|d| format!("{d:+.3}")).unwrap_or("-".into()))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                )
+            }
             None => ("-".into(), "-".into()),
         };
         s.push_str(&format!(
@@ -303,19 +374,41 @@ fn markdown(rows: &[RowResult], constant: Option<&Report>, profile: &str, seeds:
             cells.join(" | ")
         ));
     }
-    s.push_str("\nPaper rows: ");
-    s.push_str(
-        &rows
-            .iter()
-            .map(|r| format!("{} = {}", r.name, r.label))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    s.push_str(".\nThe paper's AU/EXPR numbers are F1 for MTANet rows and ABAW composites for the baseline; deltas compare against our F1.\n");
+    if rows.iter().any(|r| r.paper.is_some()) {
+        s.push_str("\nPaper rows: ");
+        s.push_str(
+            &rows
+                .iter()
+                .filter(|r| r.paper.is_some())
+                .map(|r| format!("{} = {}", r.name, r.label))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        s.push_str(
+            ".\nPaper AU / EXPR figures are F1 unless marked (c), an ABAW 2020 composite \
+             (AU 0.5 F1 + 0.5 acc, EXPR 0.67 F1 + 0.33 acc); each delta compares our figure of the \
+             same kind.\n",
+        );
+    }
+    if criterion != Criterion::Last {
+        for r in rows {
+            for (i, from) in r.selected_from.iter().enumerate() {
+                s.push_str(&format!("{} seed {}: {from}\n", r.name, i));
+            }
+        }
+    }
     s
 }
 
-fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
+/// Ours minus the paper's, per paper figure, comparing like with like.
+fn deltas(r: &RowResult, p: &PaperValues) -> [Option<f64>; 4] {
+    let keys = p.metric_keys();
+    let figures = p.figures();
+    std::array::from_fn(|i| r.metric(keys[i]).mean.map(|o| o - figures[i]))
+}
+
+/// The table's CSV header and rows.
+fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, Vec<Vec<String>>) {
     let mut header = vec![
         "row".to_string(),
         "profile".into(),
@@ -330,17 +423,14 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
     for p in ["valence", "arousal", "au", "expr"] {
         header.push(format!("paper.{p}"));
     }
+    header.push("paper.au_metric".into());
+    header.push("paper.expr_metric".into());
     for p in ["valence", "arousal", "au", "expr"] {
         header.push(format!("delta.{p}"));
     }
     header.push("train_img_s".into());
     header.push("run_dirs".into());
-    let mut out = header
-        .iter()
-        .map(|h| csv_field(h))
-        .collect::<Vec<_>>()
-        .join(",")
-        + "\n";
+    let mut out = Vec::new();
     let num = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     for r in rows {
         let mut f = vec![
@@ -355,20 +445,14 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
             f.push(num(s.std));
             f.push(num(s.ci95));
         }
-        let ours = [
-            r.metric("va.ccc_valence").mean,
-            r.metric("va.ccc_arousal").mean,
-            r.metric("au.f1").mean,
-            r.metric("expr.f1").mean,
-        ];
-        for i in 0..4 {
-            f.push(r.paper.map(|p| p[i].to_string()).unwrap_or_default());
-        }
-        for i in 0..4 {
-            f.push(match (r.paper, ours[i]) {
-                (Some(p), Some(o)) => format!("{:.6}", o - p[i]),
-                _ => String::new(),
-            });
+        match &r.paper {
+            Some(p) => {
+                f.extend(p.figures().iter().map(|v| v.to_string()));
+                f.push(format!("{:?}", p.au_metric).to_lowercase());
+                f.push(format!("{:?}", p.expr_metric).to_lowercase());
+                f.extend(deltas(r, p).iter().map(|d| num(*d)));
+            }
+            None => f.extend(std::iter::repeat_n(String::new(), 10)),
         }
         let img_s: f64 = r.runs.iter().map(|x| x.2).sum::<f64>() / r.runs.len().max(1) as f64;
         f.push(format!("{img_s:.2}"));
@@ -379,10 +463,9 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> String {
                 .collect::<Vec<_>>()
                 .join(";"),
         );
-        out.push_str(&f.iter().map(|x| csv_field(x)).collect::<Vec<_>>().join(","));
-        out.push('\n');
+        out.push(f);
     }
-    out
+    (header, out)
 }
 
 /// The demo's promise: every row clearly beats the constant predictor.
