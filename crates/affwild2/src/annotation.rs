@@ -3,7 +3,7 @@
 //! Format (ABAW 2020, read by wtomin's `frames_to_label` and kuhnkeF's `write_labelfile.py`):
 //! line 1 is a comma-separated header (`valence,arousal`; `AU1,AU2,...`; `Neutral,Anger,...`),
 //! then data line k is frame k (`0000k.jpg`). Missing labels: `-5` (VA), `-1` (AU, EXPR); a
-//! frame is missing for the task if any column holds the marker. A UTF-8 BOM and CRLF line ends
+//! frame is missing for the task if any column holds the marker. A UTF-8 BOM and CRLF or CR-only line ends
 //! are accepted; everything else that is not exactly this is an error naming file, line, field.
 
 use std::path::{Path, PathBuf};
@@ -128,10 +128,10 @@ pub fn parse_annotation(
     }
     // Drop trailing blank lines (a final newline, or several); interior blank lines are errors.
     let body = text.trim_end_matches(['\n', '\r', ' ', '\t']);
-    let mut lines = body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut lines = split_lines(body);
     let header = lines.next().unwrap_or("");
     let names = parse_header(task, path, header)?;
-    let n_lines = body.bytes().filter(|&b| b == b'\n').count();
+    let n_lines = split_lines(body).count().saturating_sub(1);
     let expr_column = [String::from("expression")];
     let mut p = RowParser {
         path,
@@ -183,6 +183,26 @@ pub fn parse_annotation(
     })
 }
 
+/// The lines of `text`, ended by `\n`, `\r\n` or a lone `\r` (a file saved with classic Mac
+/// line ends reads as the same lines as with Unix or Windows ones).
+pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\n', '\r']) {
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+            None => {
+                rest = None;
+                Some(s)
+            }
+        }
+    })
+}
+
 fn header_error(path: &Path, message: String) -> DataError {
     DataError::Header {
         path: path.to_path_buf(),
@@ -197,6 +217,12 @@ fn parse_header(task: Task, path: &Path, line: &str) -> Result<Vec<String>, Data
         return Err(header_error(
             path,
             format!("missing header: line 1 is data ({line:?}); expected the {task} column names"),
+        ));
+    }
+    if let Some(i) = names.iter().position(|n| n.chars().any(char::is_control)) {
+        return Err(header_error(
+            path,
+            format!("field {} ({:?}) holds a control character", i + 1, names[i]),
         ));
     }
     if let Some(i) = names.iter().position(|n| n.is_empty()) {
@@ -572,6 +598,31 @@ mod tests {
         let f = p(Task::Expr, "\u{FEFF}Neutral,Happy\r\n1\r\n0").unwrap();
         assert_eq!(f.expr(0), Some(1));
         assert_eq!(f.expr(1), Some(0));
+    }
+
+    #[test]
+    fn cr_only_line_ends_read_as_lines() {
+        let f = p(
+            Task::Expr,
+            "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\r-1\r4\r6\r",
+        )
+        .unwrap();
+        assert_eq!(f.names.last().map(String::as_str), Some("Surprise"));
+        assert_eq!(
+            (f.len(), f.expr(0), f.expr(1), f.expr(2)),
+            (3, None, Some(4), Some(6))
+        );
+        let f = p(Task::Va, "valence,arousal\r0.5,0.5\r\n-0.5,0.25\n0,0").unwrap();
+        assert_eq!((f.len(), f.va(1)), (3, Some([-0.5, 0.25])));
+        let (e, _) = err(Task::Va, "valence,arousal\r0.5,0.5\rx,0\r");
+        assert!(matches!(e, DataError::NotANumber { line: 3, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_control_character_in_the_header_is_an_error() {
+        let (e, m) = err(Task::Expr, "Neutral,Happy\x07,Sad\n1\n");
+        assert!(matches!(e, DataError::Header { line: 1, .. }), "{e:?}");
+        assert!(m.contains("field 2"), "{m}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
-use crate::layout::parse_frame_file_name;
+use crate::layout::{digit_stem_number, frame_file_name, parse_frame_file_name};
 
 /// Crop numbers above this are ignored (10 million frames: 4.6 days at 25 fps).
 pub const MAX_FRAME: u32 = 10_000_000;
@@ -47,7 +47,9 @@ impl Crops {
 
 /// Lists the crop folder `dir` of one video: a missing folder has no crops; files that are not
 /// crop names ([`parse_frame_file_name`]) are skipped; crop names above [`MAX_FRAME`] are
-/// reported in [`Crops::ignored`] instead of being listed.
+/// reported in [`Crops::ignored`] instead of being listed. A name that holds a frame number
+/// but is not that frame's crop name (`000017.jpg`) is an error naming the file, since every
+/// reader finds a crop by its frame's name.
 pub fn list_crops(dir: &Path) -> Result<Crops, DataError> {
     let mut crops = Crops::default();
     let rd = match std::fs::read_dir(dir) {
@@ -63,7 +65,17 @@ pub fn list_crops(dir: &Path) -> Result<Crops, DataError> {
             Some(f) if f <= MAX_FRAME => crops.frames.push(f),
             Some(_) => crops.ignored.push(entry.path()),
             None if beyond_u32(name) => crops.ignored.push(entry.path()),
-            None => {}
+            None => match digit_stem_number(name) {
+                Some(frame) if frame <= MAX_FRAME => {
+                    return Err(DataError::CropName {
+                        path: entry.path(),
+                        frame,
+                        expected: frame_file_name(frame),
+                    })
+                }
+                Some(_) => crops.ignored.push(entry.path()),
+                None => {}
+            },
         }
     }
     crops.frames.sort_unstable();
@@ -79,6 +91,7 @@ fn beyond_u32(name: &str) -> bool {
         stem.len() >= 5
             && stem.bytes().all(|b| b.is_ascii_digit())
             && stem.bytes().any(|b| b != b'0')
+            && stem.parse::<u32>().is_err()
     })
 }
 
@@ -105,7 +118,6 @@ mod tests {
         for name in [
             "00017.jpg",
             "00003.jpg",
-            "000017.jpg",
             "10000000.jpg",
             "00000.jpg",
             "0004.jpg",
@@ -124,6 +136,20 @@ mod tests {
     }
 
     #[test]
+    fn a_padded_crop_name_is_an_error_naming_the_file_and_the_crop_name() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "00001.jpg");
+        touch(dir.path(), "000002.jpg");
+        let e = list_crops(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, DataError::CropName { frame: 2, expected, .. } if expected == "00002.jpg"),
+            "{e:?}"
+        );
+        let m = e.to_string();
+        assert!(m.contains("000002.jpg") && m.contains("00002.jpg"), "{m}");
+    }
+
+    #[test]
     fn stray_huge_frame_numbers_are_ignored_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         for name in [
@@ -135,9 +161,7 @@ mod tests {
         ] {
             touch(dir.path(), name);
         }
-        let start = std::time::Instant::now();
         let crops = list_crops(dir.path()).unwrap();
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
         assert_eq!(crops.frames(), &[1, 2]);
         assert!(!crops.contains(4_000_000_000));
         let ignored: Vec<PathBuf> = ["10000001.jpg", "4000000000.jpg", "99999999999.jpg"]

@@ -140,6 +140,21 @@ pub enum DataError {
         /// The video folder.
         path: PathBuf,
     },
+    /// A file of a crop folder is named like a crop but not as crops are named (`000017.jpg`
+    /// for `00017.jpg`): readers find crops by the name of their frame number, so it would be
+    /// counted by some and missed by others.
+    #[error(
+        "{}: not a crop name: the crop of frame {frame} is named {expected} (5 digits, zero-padded); rename the crops",
+        path.display()
+    )]
+    CropName {
+        /// The file.
+        path: PathBuf,
+        /// The frame number its name holds.
+        frame: u32,
+        /// The name of that frame's crop.
+        expected: String,
+    },
     /// A JPEG could not be decoded.
     #[error("{}: cannot decode JPEG: {message}", path.display())]
     BadImage {
@@ -186,6 +201,7 @@ impl DataError {
             | DataError::Encoding { path, .. }
             | DataError::UnannotatedVideo { path }
             | DataError::BadImage { path, .. }
+            | DataError::CropName { path, .. }
             | DataError::ImageSize { path, .. } => Some(path),
             DataError::DuplicateVideo { second, .. } => Some(second),
             DataError::Layout { root, .. } => Some(root),

@@ -237,8 +237,16 @@ pub fn frame_file_name(frame: u32) -> String {
     format!("{frame:05}.jpg")
 }
 
-/// The frame number of a crop file name (`00017.jpg` -> 17), `None` for anything else.
+/// The frame number of a crop file name, `None` for anything else. Only the name
+/// [`frame_file_name`] gives is a crop name (`00017.jpg` -> 17, `123456.jpg` -> 123456), so
+/// every reader that builds a crop's path from its frame number finds the listed file.
 pub fn parse_frame_file_name(name: &str) -> Option<u32> {
+    let f = digit_stem_number(name)?;
+    (name.len() == frame_file_name(f).len()).then_some(f)
+}
+
+/// The nonzero `u32` number of a name of 5 or more digits and `.jpg`, padded or not.
+pub(crate) fn digit_stem_number(name: &str) -> Option<u32> {
     let stem = name.strip_suffix(".jpg")?;
     if stem.len() < 5 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -255,6 +263,8 @@ mod tests {
         assert_eq!(frame_file_name(17), "00017.jpg");
         assert_eq!(parse_frame_file_name("00017.jpg"), Some(17));
         assert_eq!(parse_frame_file_name("123456.jpg"), Some(123456));
+        assert_eq!(parse_frame_file_name("000017.jpg"), None);
+        assert_eq!(parse_frame_file_name("0123456.jpg"), None);
         assert_eq!(parse_frame_file_name("00000.jpg"), None);
         assert_eq!(parse_frame_file_name("0017.jpg"), None);
         assert_eq!(parse_frame_file_name("00017.png"), None);
