@@ -62,3 +62,21 @@ fn verbose_flag_prints_the_full_error() {
         "short:\n{s}\nlong:\n{l}"
     );
 }
+
+#[test]
+fn paper_profile_without_aff_wild2_refuses_in_one_line_naming_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["table1", "--profile", "paper", "--quiet"])
+        .current_dir(dir.path())
+        .env("AFFWILD2_ROOT", "")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("AFFWILD2_ROOT") && stderr.contains("data.root"), "{stderr}");
+    // Nothing was generated or trained.
+    assert!(!dir.path().join("data").exists() && !dir.path().join("results").exists());
+}

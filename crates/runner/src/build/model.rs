@@ -6,10 +6,14 @@ use mtanet_backbones::{BackboneKind, MtaNetConfig, ResNetConfig, VaActivation};
 
 use crate::experiment::Config;
 
-/// The backbone configuration a model config asks for.
+/// The backbone configuration a model config asks for. `model.groups` is the group count of
+/// the ResNeXt backbones; the others have no grouped convolutions and keep none, so a
+/// profile's `groups` never turns ResNet-50 or SENet-50 into another network.
 pub fn backbone_config(config: &Config) -> ResNetConfig {
     let m = &config.model;
-    ResNetConfig::from_kind(&m.backbone).scaled(m.width_div, m.depths, m.groups)
+    let base = ResNetConfig::from_kind(&m.backbone);
+    let groups = if base.groups > 1 { m.groups } else { None };
+    base.scaled(m.width_div, m.depths, groups)
 }
 
 /// The MTANet configuration for a vocabulary.
