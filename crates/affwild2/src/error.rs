@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::task::Task;
+
 /// Everything that can go wrong reading Aff-Wild2, generating the synthetic set or loading batches.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -134,6 +136,20 @@ pub enum DataError {
         /// What was expected and not found.
         message: String,
     },
+    /// A task has no labelled training frame under the root (a multi-task run needs all three).
+    #[error(
+        "{}: no {task} annotations for training: expected {task} annotation files in {} under it",
+        root.display(),
+        folder.display()
+    )]
+    MissingTask {
+        /// The dataset root.
+        root: PathBuf,
+        /// The task without labels.
+        task: Task,
+        /// Where its training files belong, relative to the root.
+        folder: PathBuf,
+    },
     /// A `cropped_aligned` video folder has no annotation file (an error only with `strict`).
     #[error("{}: video folder has no annotation file in any task (strict mode)", path.display())]
     UnannotatedVideo {
@@ -204,7 +220,7 @@ impl DataError {
             | DataError::CropName { path, .. }
             | DataError::ImageSize { path, .. } => Some(path),
             DataError::DuplicateVideo { second, .. } => Some(second),
-            DataError::Layout { root, .. } => Some(root),
+            DataError::Layout { root, .. } | DataError::MissingTask { root, .. } => Some(root),
             DataError::Config(_) | DataError::Tensor(_) => None,
         }
     }

@@ -228,6 +228,22 @@ impl DatasetIndex {
         &self.samples[split.index()]
     }
 
+    /// Checks that every task has labelled training frames (a multi-task network needs its
+    /// vocabulary and its labels); the error names the root, the task and the folder its
+    /// annotation files belong in.
+    pub fn require_every_task(&self) -> Result<(), DataError> {
+        for task in Task::ALL {
+            if !self.samples(Split::Train).iter().any(|s| s.has(task)) {
+                return Err(DataError::MissingTask {
+                    root: self.root.clone(),
+                    task,
+                    folder: crate::layout::task_folder(self.layout, task, Split::Train),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Counts and label summaries (computed during [`DatasetIndex::load`]).
     pub fn stats(&self) -> Stats {
         self.stats.clone()

@@ -57,6 +57,21 @@ const CHALLENGE_DIRS: [(Task, &[&str]); 3] = [
     ),
 ];
 
+/// The folder, relative to the root, that holds the annotation files of `task` in `split`
+/// in `layout` (`annotations/AU_Set/Training_Set`).
+pub fn task_folder(layout: Layout, task: Task, split: Split) -> PathBuf {
+    let task_dir = match layout {
+        Layout::Abaw2020 | Layout::Abaw2021 => SET_DIRS[task.index()].1,
+        Layout::Abaw2022 => CHALLENGE_DIRS[task.index()].1[0],
+    };
+    let split_dir = match (layout, split) {
+        (_, Split::Validation) => "Validation_Set",
+        (Layout::Abaw2020, Split::Train) => "Training_Set",
+        (_, Split::Train) => "Train_Set",
+    };
+    Path::new("annotations").join(task_dir).join(split_dir)
+}
+
 /// The folder of crops, relative to the root.
 pub const CROPS_DIR: &str = "cropped_aligned";
 

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use mtanet_affwild2::{CrossTaskOverlap, DataError, DatasetIndex, IndexOptions, Layout, Split};
+use mtanet_affwild2::{
+    CrossTaskOverlap, DataError, DatasetIndex, IndexOptions, Layout, Split, Task,
+};
 
 const VA_H: &str = "valence,arousal\n";
 const AU_H: &str = "AU1,AU2,AU4,AU6,AU12,AU15,AU20,AU25\n";
@@ -393,4 +395,44 @@ fn three_set_folders_at_the_root_also_load() {
     jpgs(r, "v", &[1]);
     let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
     assert_eq!(idx.samples(Split::Train).len(), 1);
+}
+
+#[test]
+fn a_root_without_one_tasks_annotations_names_the_root_task_and_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ann = root.join("annotations");
+    for (task, header, line) in [
+        ("VA_Set", "valence,arousal", "0.1,0.2"),
+        (
+            "EXPR_Set",
+            "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise",
+            "3",
+        ),
+    ] {
+        for split in ["Training_Set", "Validation_Set"] {
+            let d = ann.join(task).join(split);
+            std::fs::create_dir_all(&d).unwrap();
+            let v = if split == "Training_Set" { "t1" } else { "v1" };
+            std::fs::write(
+                d.join(format!("{v}.txt")),
+                format!("{header}\n{line}\n{line}\n"),
+            )
+            .unwrap();
+        }
+    }
+    for v in ["t1", "v1"] {
+        let d = root.join("cropped_aligned").join(v);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("00001.jpg"), b"").unwrap();
+    }
+    let idx = DatasetIndex::load(root, &IndexOptions::default()).unwrap();
+    let e = idx.require_every_task().unwrap_err();
+    assert!(
+        matches!(e, DataError::MissingTask { task: Task::Au, .. }),
+        "{e:?}"
+    );
+    let m = e.to_string();
+    assert!(m.contains(&root.display().to_string()), "{m}");
+    assert!(m.contains("annotations/AU_Set/Training_Set"), "{m}");
 }
