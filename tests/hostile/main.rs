@@ -7,6 +7,7 @@ mod config;
 mod images;
 mod layout;
 mod results_dir;
+mod run_record;
 
 use std::path::{Path, PathBuf};
 

@@ -55,6 +55,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
     if val_samples.is_empty() {
         bail!("{}: no labelled validation frames found", root.display());
     }
+    check_batches(config, train_samples.len())?;
     let device = crate::build::device::open(
         crate::build::device::parse_device(&config.device).map_err(anyhow::Error::msg)?,
     )?;
@@ -99,4 +100,30 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
         uncertainty,
         pos_weight,
     })
+}
+
+/// Refuses batch settings that cannot train: a balanced batch larger than the training set
+/// (its quota sampling would build one enormous batch), and a last batch of one frame when
+/// the backbone's last feature map is 1x1 (BatchNorm then sees one value per channel).
+fn check_batches(config: &Config, n_train: usize) -> anyhow::Result<()> {
+    let b = config.data.batch_size;
+    if config.data.sampling == mtanet_affwild2::Sampling::Balanced && b > n_train {
+        bail!(
+            "`data.batch_size` ({b}) is larger than the {n_train} training frames; with \
+             `data.sampling: balanced` lower the batch size"
+        );
+    }
+    let last_side = config.data.image_size.div_ceil(32);
+    if config.data.sampling == mtanet_affwild2::Sampling::Mixed
+        && n_train % b == 1
+        && last_side == 1
+    {
+        bail!(
+            "the last training batch would hold one frame ({n_train} frames, `data.batch_size` \
+             {b}) on a 1x1 final feature map (`data.image_size` {}), where BatchNorm cannot \
+             train; change `data.batch_size`, `data.max_train_frames` or `data.image_size`",
+            config.data.image_size
+        );
+    }
+    Ok(())
 }

@@ -77,12 +77,28 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Model(ModelCommand::Forward {
             backbone,
+            width_div,
+            depths,
+            groups,
             weights,
+            mtanet,
             input,
             out,
             train,
         }) => {
-            crate::model_forward::run(&backbone_config(&backbone)?, &weights, &input, &out, train)?;
+            match (mtanet, backbone, weights) {
+                (Some(run), _, _) => crate::model_forward::run_mtanet(&run, &input, &out)?,
+                (None, Some(backbone), Some(w)) => {
+                    let args = BackboneArgs {
+                        backbone,
+                        width_div,
+                        depths,
+                        groups,
+                    };
+                    crate::model_forward::run(&backbone_config(&args)?, &w, &input, &out, train)?
+                }
+                _ => anyhow::bail!("give --backbone and --weights, or --mtanet RUN_DIR"),
+            }
             println!("wrote {}", out.display());
         }
     }
@@ -137,6 +153,13 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let out = training::run(&config, &ctx)?;
     if let Some(r) = &out.report {
         println!("{}", short_report(r));
+    }
+    if let Some(first) = out.skipped.first() {
+        println!(
+            "skipped {} unreadable crops (data.on_bad_frame: skip), first {}; all in report.json",
+            out.skipped.len(),
+            first.display()
+        );
     }
     println!("run directory: {}", out.run_dir.display());
     Ok(if out.finished {

@@ -248,8 +248,12 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                 );
             }
             let report = out.report.context("a finished run has a report")?;
+            let skipped = match out.skipped.len() {
+                0 => String::new(),
+                n => format!(", {n} unreadable crops skipped"),
+            };
             println!(
-                "{} seed {}: {}  ({:.0} s, {:.1} img/s train) -> {}",
+                "{} seed {}: {}  ({:.0} s, {:.1} img/s train{skipped}) -> {}",
                 display,
                 cfg.seed,
                 short_report(&report),
