@@ -150,19 +150,50 @@ fn values_and_grads_match_candle() -> Result<()> {
     Ok(())
 }
 
+/// The bits of a tensor's values.
+fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
+/// Our output and both gradients are bit-identical with one and with three rayon threads (and
+/// match candle's with each).
 #[test]
 fn same_results_with_one_and_three_threads() -> Result<()> {
+    let mut per_threads: Vec<Vec<[Vec<u32>; 3]>> = Vec::new();
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .map_err(candle_core::Error::wrap)?;
-        pool.install(|| -> Result<()> {
+        let results = pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
+            assert_eq!(rayon::current_num_threads(), threads);
+            let mut out = Vec::with_capacity(CASES.len());
             for (i, c) in CASES.iter().enumerate() {
-                check_case(c, 7 + 10 * i as u64)?;
+                let seed = 7 + 10 * i as u64;
+                check_case(c, seed)?;
+                let (x, w) = tensors(c, seed)?;
+                let (y, gx, gw) = grads(c, &x, &w, true)?;
+                out.push([bits(&y)?, bits(&gx)?, bits(&gw)?]);
             }
-            Ok(())
+            Ok(out)
         })?;
+        per_threads.push(results);
+    }
+    let (one, three) = (&per_threads[0], &per_threads[1]);
+    assert_eq!(one.len(), CASES.len());
+    assert_eq!(three.len(), CASES.len());
+    for ((c, a), b) in CASES.iter().zip(one).zip(three) {
+        for (what, (x, y)) in ["output", "input grad", "weight grad"]
+            .iter()
+            .zip(a.iter().zip(b))
+        {
+            assert!(!x.is_empty(), "{c:?}: empty {what}");
+            assert!(x == y, "{c:?}: {what} differs between 1 and 3 threads");
+        }
     }
     Ok(())
 }
