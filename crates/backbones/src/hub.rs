@@ -239,18 +239,22 @@ mod tests {
 
     #[cfg(feature = "hub")]
     #[test]
-    fn offline_without_cache_fails_at_once_with_the_cache_path() {
+    fn offline_without_cache_fails_from_the_cache_lookup_with_the_cache_path() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A network attempt would answer "no answer within 0 s": the message shows which path
+        // was taken, whatever the machine's speed.
         let opts = HubOptions {
             offline: true,
             cache_dir: dir.path().to_path_buf(),
-            timeout_secs: 5,
+            timeout_secs: 0,
         };
-        let start = std::time::Instant::now();
         let err = fetch("timm", "resnet50.tv_in1k", &opts).expect_err("offline");
-        assert!(start.elapsed() < Duration::from_secs(5));
         let msg = err.to_string();
-        assert!(msg.contains("HF_HUB_OFFLINE"), "{msg}");
+        assert!(
+            msg.contains("HF_HUB_OFFLINE is set and the file is not cached"),
+            "{msg}"
+        );
+        assert!(!msg.contains("no answer within"), "{msg}");
         assert!(msg.contains("models--timm--resnet50.tv_in1k"), "{msg}");
     }
 
