@@ -44,11 +44,7 @@ fn loss_weighting_rows_set_each_stages_loss_under_the_profiles_schedule() {
     let losses = |row: &str| {
         let c = f.resolve(Some("demo"), Some(row), &[]).unwrap();
         assert_eq!(c.training.stages[0].steps, Some(200));
-        c.training
-            .stages
-            .iter()
-            .map(|s| s.loss)
-            .collect::<Vec<_>>()
+        c.training.stages.iter().map(|s| s.loss).collect::<Vec<_>>()
     };
     assert_eq!(losses("sum_only"), [Sum, Sum]);
     assert_eq!(losses("uncertainty_only"), [Uncertainty, Uncertainty]);
@@ -72,7 +68,10 @@ fn heads_row_with_three_decoder_layers_has_the_pytorch_modules_parameters() {
         .resolve(Some("demo"), Some("decoder_3"), &[])
         .unwrap();
     assert_eq!(config.model.head.decoder_layers, 3);
-    assert_eq!(config.model.head.hidden as u64, want["hidden"].as_u64().unwrap());
+    assert_eq!(
+        config.model.head.hidden as u64,
+        want["hidden"].as_u64().unwrap()
+    );
     let vocab = Vocab::abaw2020();
     let vars = SeededVarMap::new(0);
     MtaNet::new(
@@ -97,7 +96,10 @@ fn the_baseline_rows_figures_are_composites_and_compare_with_our_composites() {
     let f = load("table1");
     let baseline = f.rows.iter().find(|r| r.name == "resnet50").unwrap();
     let p = baseline.paper.as_ref().unwrap();
-    assert_eq!((p.au_metric, p.expr_metric), (PaperMetric::Composite, PaperMetric::Composite));
+    assert_eq!(
+        (p.au_metric, p.expr_metric),
+        (PaperMetric::Composite, PaperMetric::Composite)
+    );
     assert_eq!(p.metric_keys()[2..], ["au.score", "expr.score"]);
     for r in f.rows.iter().filter(|r| r.name != "resnet50") {
         let keys = r.paper.as_ref().unwrap().metric_keys();
