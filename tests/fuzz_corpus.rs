@@ -1,12 +1,15 @@
 //! Every committed fuzz corpus file (`fuzz/corpus/<target>/`) fed to the same functions as the
-//! fuzz target of that name: no input may panic or take more than a few seconds.
+//! fuzz target of that name: no input may panic or ask for a single allocation above
+//! [`MAX_ALLOCATION`] (the fuzzers' `-rss_limit_mb` finds; a request that large aborts where
+//! the kernel refuses it).
 //!
 //! The targets themselves are in `fuzz/fuzz_targets/` (see `fuzz/README.md`); this test keeps
 //! what they found fixed without needing nightly or cargo-fuzz.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use mtanet_affwild2::{parse_annotation, Task};
@@ -14,8 +17,55 @@ use mtanet_runner::experiment::{ExperimentFile, Override};
 use mtanet_runner::record::atomic_io::{csv_split, read_csv};
 use mtanet_runner::record::checkpoint;
 
-/// Longest a single input may take (the fuzzers run with `-timeout=10`; the dev profile is slower).
-const LIMIT: Duration = Duration::from_secs(5);
+/// The largest single allocation an input may ask for.
+const MAX_ALLOCATION: usize = 256 << 20;
+
+thread_local! {
+    /// The largest allocation this thread asked for since the last [`take_largest`].
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The system allocator, recording each thread's largest request.
+struct Recording;
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Recording {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        record(layout.size());
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        record(layout.size());
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        record(new_size);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Recording = Recording;
+
+fn record(size: usize) {
+    // `try_with`: a thread being torn down has no slot left, and needs no record.
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+/// The largest allocation this thread asked for since the last call (and resets it).
+fn take_largest() -> usize {
+    LARGEST.with(|l| l.replace(0))
+}
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,18 +81,23 @@ fn corpus(target: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Runs `f` on every corpus file of `target`; reports every panicking or slow file at once.
+/// Runs `f` on every corpus file of `target` (on this thread); reports every file that panics
+/// or asks for too much memory at once.
 fn each_input(target: &str, f: impl Fn(&[u8])) {
     let mut failures = Vec::new();
     for path in corpus(target) {
         let bytes = std::fs::read(&path).unwrap();
-        let start = Instant::now();
+        take_largest();
         let result = catch_unwind(AssertUnwindSafe(|| f(&bytes)));
-        let took = start.elapsed();
+        let largest = take_largest();
         if result.is_err() {
             failures.push(format!("{}: panicked", path.display()));
-        } else if took > LIMIT {
-            failures.push(format!("{}: took {took:?}", path.display()));
+        } else if largest > MAX_ALLOCATION {
+            failures.push(format!(
+                "{}: asked for {} MB at once",
+                path.display(),
+                largest >> 20
+            ));
         }
     }
     assert!(failures.is_empty(), "{target}:\n{}", failures.join("\n"));
@@ -116,4 +171,14 @@ fn checkpoint_corpus() {
             assert!(format!("{e:#}").contains("input.safetensors"), "{e:#}");
         }
     });
+}
+
+/// The recorder sees a large request (so a quiet corpus run means small requests).
+#[test]
+fn the_allocation_recorder_sees_a_large_request() {
+    take_largest();
+    let v: Vec<u8> = Vec::with_capacity(MAX_ALLOCATION + 1);
+    assert!(take_largest() > MAX_ALLOCATION);
+    drop(v);
+    assert!(take_largest() <= MAX_ALLOCATION);
 }
