@@ -11,7 +11,7 @@ use mtanet_backbones::MtaNet;
 
 use crate::build::model::model_config;
 use crate::experiment::Config;
-use crate::predict::PredictError;
+use crate::predict::{default_vocab, PredictError};
 use mtanet_backbones::SeededVarMap;
 
 /// Every variable of a map by name (the tensors a checkpoint stores under `model.`).
@@ -25,27 +25,215 @@ pub fn var_tensors(vars: &SeededVarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// Copies the checkpoint's tensors into every variable of `vars`: each variable must be in
-/// the checkpoint with its shape (errors name the file and the tensor).
+/// Checkpoint tensors that only training uses (the uncertainty weighting's log-variances): a
+/// model built for inference has no variable for them and ignores them by name.
+pub const TRAINING_ONLY_PREFIX: &str = "uncertainty.";
+
+/// The names shown per list in a [`Fit`] error (the counts are always complete).
+const SHOWN: usize = 5;
+
+/// How a checkpoint's model tensors differ from the variables of the model it is loaded into.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// Variables of the model the checkpoint lacks, sorted.
+    pub missing: Vec<String>,
+    /// Checkpoint tensors that are no variable of the model, sorted.
+    pub unexpected: Vec<String>,
+    /// Tensors of another shape: (name, checkpoint shape, model shape), sorted by name.
+    pub reshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl Fit {
+    /// Compares the checkpoint's model tensors `saved` with the variables of `vars`; saved
+    /// names starting with [`TRAINING_ONLY_PREFIX`] are ignored when the model has no such
+    /// variable (a model built for inference).
+    pub fn of(vars: &SeededVarMap, saved: &HashMap<String, Tensor>) -> Fit {
+        let data = vars.varmap().data().lock().expect("var map lock poisoned");
+        let model_has_training_only = data.keys().any(|k| k.starts_with(TRAINING_ONLY_PREFIX));
+        let mut fit = Fit::default();
+        for (k, v) in data.iter() {
+            match saved.get(k) {
+                None => fit.missing.push(k.clone()),
+                Some(t) if t.dims() != v.dims() => {
+                    fit.reshaped
+                        .push((k.clone(), t.dims().to_vec(), v.dims().to_vec()))
+                }
+                Some(_) => {}
+            }
+        }
+        fit.unexpected = saved
+            .keys()
+            .filter(|k| !data.contains_key(*k))
+            .filter(|k| model_has_training_only || !k.starts_with(TRAINING_ONLY_PREFIX))
+            .cloned()
+            .collect();
+        fit.missing.sort();
+        fit.unexpected.sort();
+        fit.reshaped.sort();
+        fit
+    }
+
+    /// Whether every variable has its tensor, of its shape, and nothing else is there.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.reshaped.is_empty()
+    }
+}
+
+/// Up to [`SHOWN`] of `items`, comma-separated, with the count of the rest.
+fn first_few(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(", ... {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+impl std::fmt::Display for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!(
+                "{} model tensor(s) missing from the checkpoint ({})",
+                self.missing.len(),
+                first_few(&self.missing)
+            ));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!(
+                "{} checkpoint tensor(s) the model does not have ({})",
+                self.unexpected.len(),
+                first_few(&self.unexpected)
+            ));
+        }
+        if !self.reshaped.is_empty() {
+            let shapes: Vec<String> = self
+                .reshaped
+                .iter()
+                .map(|(k, c, m)| format!("`{k}` checkpoint {c:?}, model {m:?}"))
+                .collect();
+            parts.push(format!(
+                "{} tensor(s) of another shape ({})",
+                self.reshaped.len(),
+                first_few(&shapes)
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Copies the checkpoint's tensors into every variable of `vars`, after checking that they
+/// fit exactly ([`Fit`]: every variable present with its shape, no other model tensor but
+/// training-only ones for an inference model); the error names the file and what differs.
+/// Finiteness is checked when the checkpoint is read ([`crate::record::checkpoint::load`]).
 pub fn restore_vars(
     vars: &SeededVarMap,
     saved: &HashMap<String, Tensor>,
     path: &Path,
 ) -> anyhow::Result<()> {
+    let fit = Fit::of(vars, saved);
+    if !fit.is_exact() {
+        bail!(
+            "{}: the checkpoint was made for another model: {fit}",
+            path.display()
+        );
+    }
     let data = vars.varmap().data().lock().expect("var map lock poisoned");
     for (k, v) in data.iter() {
-        let t = saved
-            .get(k)
-            .with_context(|| format!("{}: checkpoint lacks `{k}`", path.display()))?;
-        if t.shape() != v.shape() {
-            bail!(
-                "{}: `{k}` has shape {:?} in the checkpoint, the model expects {:?}",
+        let t = &saved[k];
+        v.set(&t.to_dtype(v.dtype())?)
+            .with_context(|| format!("{}: cannot set `{k}`", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The checkpoint metadata key holding the run's vocabulary (JSON of [`Vocab`]: the AU names
+/// in AU-head order, the expression names in class order).
+pub const VOCAB_KEY: &str = "vocab";
+
+/// The largest safetensors header read for its metadata.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// The vocabulary recorded in the checkpoint `path` under [`VOCAB_KEY`], if any (reads only
+/// the safetensors header).
+pub fn checkpoint_vocab(path: &Path) -> anyhow::Result<Option<Vocab>> {
+    use std::io::Read;
+    let not_safetensors = || format!("{}: not a safetensors file", path.display());
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).with_context(not_safetensors)?;
+    let len = u64::from_le_bytes(len);
+    let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > file_len.saturating_sub(8) || len > MAX_HEADER {
+        bail!("{} (header length {len})", not_safetensors());
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).with_context(not_safetensors)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).with_context(not_safetensors)?;
+    let Some(text) = header
+        .get("__metadata__")
+        .and_then(|m| m.get(VOCAB_KEY))
+        .and_then(|v| v.as_str())
+    else {
+        return Ok(None);
+    };
+    let vocab: Vocab = serde_json::from_str(text)
+        .with_context(|| format!("{}: bad `{VOCAB_KEY}` metadata", path.display()))?;
+    Ok(Some(vocab))
+}
+
+/// The model's vocabulary from the checkpoint `path` and its head sizes: the recorded one
+/// (which must fit the heads), else [`default_vocab`] for the head sizes, with a note that the
+/// checkpoint does not record its names.
+pub fn model_vocab(path: &Path, n_au: usize, n_expr: usize) -> anyhow::Result<Vocab> {
+    match checkpoint_vocab(path)? {
+        Some(v) if v.au_names.len() == n_au && v.expr_names.len() == n_expr => Ok(v),
+        Some(v) => bail!(
+            "{}: the `{VOCAB_KEY}` metadata names {} AUs and {} expression classes, the heads have {n_au} and {n_expr}",
+            path.display(),
+            v.au_names.len(),
+            v.expr_names.len()
+        ),
+        None => {
+            let v = default_vocab(n_au, n_expr);
+            tracing::warn!(
+                "{}: the checkpoint does not record its AU and expression names; taking its {n_au} AUs as {} and its {n_expr} classes as {}",
                 path.display(),
-                t.dims(),
-                v.dims()
+                v.au_names.join(","),
+                v.expr_names.join(",")
+            );
+            Ok(v)
+        }
+    }
+}
+
+/// Checks that the data's vocabulary `data` names the same AUs and classes, in the same
+/// order, as the vocabulary `model` a checkpoint was trained with (resuming or fine-tuning on
+/// other data); the error names both places and lists both vocabularies.
+pub fn check_same_vocab(
+    checkpoint: &Path,
+    model: &Vocab,
+    root: &Path,
+    data: &Vocab,
+) -> anyhow::Result<()> {
+    for (what, m, d) in [
+        ("AU", &model.au_names, &data.au_names),
+        ("expression", &model.expr_names, &data.expr_names),
+    ] {
+        if m != d {
+            bail!(
+                "{}: the checkpoint's {what} names [{}] differ from those of the data in {} [{}]",
+                checkpoint.display(),
+                m.join(", "),
+                root.display(),
+                d.join(", ")
             );
         }
-        v.set(&t.to_dtype(v.dtype())?)?;
     }
     Ok(())
 }
@@ -73,6 +261,9 @@ pub struct LoadedModel {
     pub checkpoint: PathBuf,
     /// The folder holding the config (the run directory), where `report.json` is looked for.
     pub run_dir: PathBuf,
+    /// The AU names in AU-head order and the expression names in class order (the
+    /// checkpoint's, or the defaults for its head sizes when it does not record them).
+    pub vocab: Vocab,
     /// AUs of the AU head.
     pub n_au: usize,
     /// Classes of the expression head.
@@ -143,13 +334,10 @@ pub fn load_model(
     let ckpt = crate::record::checkpoint::load(&file, &device)?;
     let n_au = head_size(&ckpt.model, &file, "head.au.weight")?;
     let n_expr = head_size(&ckpt.model, &file, "head.expr.weight")?;
-    let sizes = Vocab {
-        au_names: vec![String::new(); n_au],
-        expr_names: vec![String::new(); n_expr],
-    };
+    let vocab = model_vocab(&file, n_au, n_expr)?;
     let vars = SeededVarMap::new(0);
     let model = MtaNet::new(
-        &model_config(&cfg, &sizes),
+        &model_config(&cfg, &vocab),
         vars.var_builder(DType::F32, &device),
     )
     .map(|m| m.with_precision(cfg.precision))
@@ -157,9 +345,14 @@ pub fn load_model(
     .and_then(|m| restore_vars(&vars, &ckpt.model, &file).map(|()| m))
     .with_context(|| {
         format!(
-            "{}: does not match the model of {}",
+            "{} does not fit the model that {} describes (backbone {}, width_div {}, depths {:?}, groups {:?}, head hidden {}); pass the run's own config.yaml",
             file.display(),
-            cfg_path.display()
+            cfg_path.display(),
+            cfg.model.backbone,
+            cfg.model.width_div,
+            cfg.model.depths,
+            cfg.model.groups,
+            cfg.model.head.hidden
         )
     })?;
     let run_dir = cfg_path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -169,6 +362,7 @@ pub fn load_model(
         device,
         checkpoint: file,
         run_dir,
+        vocab,
         n_au,
         n_expr,
     })

@@ -82,7 +82,8 @@ pub struct Checkpoint {
 }
 
 /// Reads a checkpoint written by [`save`] (or a plain weights file: then `optim` is empty and
-/// `state` default), with errors naming the file.
+/// `state` default), with errors naming the file; a tensor holding NaN or an infinity is an
+/// error naming it and the first such value's index.
 pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -94,6 +95,18 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     };
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("{}: cannot read tensors", path.display()))?;
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    for k in names {
+        check_finite(&all[k])
+            .with_context(|| format!("{}: cannot check `{k}`", path.display()))?
+            .map_or(Ok(()), |(i, v)| {
+                Err(anyhow::anyhow!(
+                    "{}: tensor `{k}` holds {v} at flat index {i}: a checkpoint with non-finite values cannot be used",
+                    path.display()
+                ))
+            })?;
+    }
     let (mut model, mut optim) = (HashMap::new(), HashMap::new());
     for (k, t) in all {
         if let Some(n) = k.strip_prefix("model.") {
@@ -109,6 +122,25 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         optim,
         state,
     })
+}
+
+/// The first non-finite value of a floating-point tensor (flat index and value), if any;
+/// integer tensors are finite.
+fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
+    if !t.dtype().is_float() || t.elem_count() == 0 {
+        return Ok(None);
+    }
+    let t = t.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+    // x - x is 0 for every finite x and NaN for NaN and the infinities.
+    let zero = (&t - &t)?.sum_all()?.to_scalar::<f32>()?;
+    if zero == 0.0 {
+        return Ok(None);
+    }
+    let values = t.to_vec1::<f32>()?;
+    Ok(values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i, values[i])))
 }
 
 #[cfg(test)]
@@ -145,6 +177,21 @@ mod tests {
             c.optim["m.a.weight"].to_vec1::<f32>().unwrap(),
             vec![0.5, 0.25]
         );
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut m = m.clone();
+            m.insert(
+                "b.weight".to_string(),
+                Tensor::new(&[0f32, 1.0, bad], &Device::Cpu).unwrap(),
+            );
+            save(&p, &m, &o, &s).unwrap();
+            let e = load(&p, &Device::Cpu).err().unwrap().to_string();
+            assert!(
+                e.contains("last.safetensors")
+                    && e.contains("model.b.weight")
+                    && e.contains("index 2"),
+                "{e}"
+            );
+        }
         std::fs::write(&p, b"garbage").unwrap();
         let e = load(&p, &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("last.safetensors"), "{e}");
