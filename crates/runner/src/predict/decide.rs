@@ -126,32 +126,69 @@ fn vote(labels: &[usize], w: std::ops::Range<usize>, centre: usize, n_classes: u
 }
 
 /// The smoothed (VA, AU probabilities, expression probabilities, expression class) of frame
-/// `i`: means over the window of `smooth` frames centred on it, and the [`vote`] of the
-/// frames' classes `labels`.
-fn smoothed(
-    outputs: &[FrameOutput],
-    labels: &[usize],
+/// `i` of the `len` frames whose outputs `output` gives: means over the window of `smooth`
+/// frames centred on it, and the [`vote`] of the frames' argmax classes.
+fn smoothed<'a>(
+    output: &impl Fn(usize) -> &'a FrameOutput,
+    len: usize,
     i: usize,
     smooth: usize,
 ) -> ([f32; 2], Vec<f32>, Vec<f32>, usize) {
-    let w = window(i, smooth, outputs.len());
+    let w = window(i, smooth, len);
     let n = w.len() as f64;
     let mean = |f: &dyn Fn(&FrameOutput) -> f32| -> f32 {
-        (outputs[w.clone()]
-            .iter()
-            .map(|o| f64::from(f(o)))
-            .sum::<f64>()
-            / n) as f32
+        (w.clone().map(|j| f64::from(f(output(j)))).sum::<f64>() / n) as f32
     };
+    let centre = output(i);
     let va = [mean(&|o| o.va[0]), mean(&|o| o.va[1])];
-    let au: Vec<f32> = (0..outputs[i].au_probs.len())
+    let au: Vec<f32> = (0..centre.au_probs.len())
         .map(|k| mean(&|o| o.au_probs[k]))
         .collect();
-    let ex: Vec<f32> = (0..outputs[i].expr_probs.len())
+    let ex: Vec<f32> = (0..centre.expr_probs.len())
         .map(|k| mean(&|o| o.expr_probs[k]))
         .collect();
-    let label = vote(labels, w, labels[i], outputs[i].expr_probs.len());
+    let labels: Vec<usize> = w.clone().map(|j| argmax(&output(j).expr_probs)).collect();
+    let label = vote(
+        &labels,
+        0..labels.len(),
+        argmax(&centre.expr_probs),
+        centre.expr_probs.len(),
+    );
     (va, au, ex, label)
+}
+
+/// The decision of frame `i` of the `len` frames whose outputs `output` gives (see
+/// [`decide`]).
+pub fn decide_frame<'a>(
+    output: &impl Fn(usize) -> &'a FrameOutput,
+    len: usize,
+    i: usize,
+    smooth: usize,
+    thresholds: &[f32],
+) -> FrameDecision {
+    let (va, au_probs, expr_probs, expr) = if smooth <= 1 {
+        let o = output(i);
+        (
+            o.va,
+            o.au_probs.clone(),
+            o.expr_probs.clone(),
+            argmax(&o.expr_probs),
+        )
+    } else {
+        smoothed(output, len, i, smooth)
+    };
+    let au = au_probs
+        .iter()
+        .zip(thresholds)
+        .map(|(p, t)| u8::from(*p >= *t))
+        .collect();
+    FrameDecision {
+        va,
+        au_probs,
+        au,
+        expr_probs,
+        expr,
+    }
 }
 
 /// Decisions for a video's frame outputs: moving average of VA and AU probabilities and
@@ -159,29 +196,60 @@ fn smoothed(
 /// go to the centre frame's class if it is among them, else to the lowest class index);
 /// `smooth <= 1` keeps the frame outputs as they are.
 pub fn decide(outputs: &[FrameOutput], smooth: usize, thresholds: &[f32]) -> Vec<FrameDecision> {
-    let labels: Vec<usize> = outputs.iter().map(|o| argmax(&o.expr_probs)).collect();
+    let output = |j: usize| &outputs[j];
     (0..outputs.len())
-        .map(|i| {
-            let (va, au_probs, expr_probs, expr) = if smooth <= 1 {
-                let o = &outputs[i];
-                (o.va, o.au_probs.clone(), o.expr_probs.clone(), labels[i])
-            } else {
-                smoothed(outputs, &labels, i, smooth)
-            };
-            let au = au_probs
-                .iter()
-                .zip(thresholds)
-                .map(|(p, t)| u8::from(*p >= *t))
-                .collect();
-            FrameDecision {
-                va,
-                au_probs,
-                au,
-                expr_probs,
-                expr,
-            }
-        })
+        .map(|i| decide_frame(&output, outputs.len(), i, smooth, thresholds))
         .collect()
+}
+
+/// The outputs of every frame of a video from those of the frames the model saw: each frame
+/// takes the outputs of the nearest seen frame (the earlier one on ties), as
+/// [`fill_nearest`] does, in memory per seen frame rather than per frame.
+#[derive(Debug, Clone)]
+pub struct Filled {
+    frames: usize,
+    seen: Vec<(usize, FrameOutput)>,
+}
+
+impl Filled {
+    /// A video of `frames` frames whose seen frames (0-based, ascending, each below
+    /// `frames`) have outputs `seen`; `None` when no frame was seen.
+    pub fn new(frames: usize, seen: Vec<(usize, FrameOutput)>) -> Option<Filled> {
+        (!seen.is_empty()).then_some(Filled { frames, seen })
+    }
+
+    /// The frames of the video.
+    pub fn len(&self) -> usize {
+        self.frames
+    }
+
+    /// Whether the video has no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The frames the model saw.
+    pub fn seen(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The outputs frame `i` takes.
+    pub fn output(&self, i: usize) -> &FrameOutput {
+        let k = self.seen.partition_point(|(f, _)| *f < i);
+        let next = self.seen.get(k);
+        let prev = k.checked_sub(1).map(|p| &self.seen[p]);
+        match (prev, next) {
+            (Some(p), Some(n)) if i - p.0 > n.0 - i => &n.1,
+            (Some(p), _) => &p.1,
+            (None, Some(n)) => &n.1,
+            (None, None) => unreachable!("a Filled video has a seen frame"),
+        }
+    }
+
+    /// The decision of frame `i` ([`decide_frame`]).
+    pub fn decide(&self, i: usize, smooth: usize, thresholds: &[f32]) -> FrameDecision {
+        decide_frame(&|j| self.output(j), self.frames, i, smooth, thresholds)
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +274,37 @@ mod tests {
         assert_eq!(out, vec![1, 1, 1, 4, 4, 4, 4, 8, 8, 8]);
         assert_eq!(fill_nearest::<u8>(&[None, None]), None);
         assert_eq!(fill_nearest(&[Some(3)]), Some(vec![3]));
+    }
+
+    #[test]
+    fn filled_equals_fill_nearest_then_decide() {
+        let frames: Vec<Option<FrameOutput>> = (0..23)
+            .map(|i| {
+                (i % 5 == 2 || i == 3 || i == 20)
+                    .then(|| out(i as f32 / 23.0, (i % 3) as f32 / 2.0, i % 3))
+            })
+            .collect();
+        let seen: Vec<(usize, FrameOutput)> = frames
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.clone().map(|o| (i, o)))
+            .collect();
+        let filled = Filled::new(frames.len(), seen).unwrap();
+        let all = fill_nearest(&frames).unwrap();
+        for i in 0..frames.len() {
+            assert_eq!(filled.output(i), &all[i], "frame {i}");
+        }
+        for smooth in [0, 1, 2, 3, 4, 7] {
+            let want = decide(&all, smooth, &[0.5]);
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(
+                    &filled.decide(i, smooth, &[0.5]),
+                    w,
+                    "smooth {smooth} frame {i}"
+                );
+            }
+        }
+        assert!(Filled::new(4, Vec::new()).is_none());
     }
 
     #[test]

@@ -29,17 +29,25 @@ pub enum PredictError {
         /// The missing tensor.
         name: String,
     },
-    /// The root's vocabulary does not fit the model's heads.
-    #[error("{}: the annotations have {data} {what}, the checkpoint's head has {model}", root.display())]
-    VocabSize {
+    /// The root's headers name other AUs or classes than the checkpoint's heads.
+    #[error(
+        "{}: the annotation headers name the {what} [{}], the checkpoint {} predicts [{}]: columns are matched by name",
+        root.display(),
+        data.join(", "),
+        checkpoint.display(),
+        model.join(", ")
+    )]
+    VocabNames {
         /// The data root.
         root: PathBuf,
+        /// The checkpoint.
+        checkpoint: PathBuf,
         /// `AUs` or `expression classes`.
         what: &'static str,
-        /// Count in the annotation headers.
-        data: usize,
-        /// Count in the checkpoint.
-        model: usize,
+        /// The names in the annotation headers.
+        data: Vec<String>,
+        /// The names of the checkpoint's head.
+        model: Vec<String>,
     },
     /// `--tuned-thresholds` without tuned thresholds in the run's report.json.
     #[error("{}: no `au.tuned.thresholds` with {n_au} values (train with eval.tune_au_thresholds, or drop --tuned-thresholds)", path.display())]

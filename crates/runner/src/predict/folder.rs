@@ -26,11 +26,11 @@ pub(super) fn run_frames(
         Some(r) => Some(root_vocab(&discover(r)?)?),
         None => None,
     };
-    let vocab = vocab_for(
+    let columns = vocab_for(
         root_vocab,
         opts.root.as_deref().unwrap_or(dir),
-        m.n_au,
-        m.n_expr,
+        &m.vocab,
+        &m.checkpoint,
     )?;
     let names = jpg_names(dir)?;
     let jpgs: Vec<_> = names.iter().map(|n| dir.join(n)).collect();
@@ -44,9 +44,12 @@ pub(super) fn run_frames(
         .filter_map(|(n, o)| o.map(|o| (n, o)))
         .collect();
     let outs: Vec<FrameOutput> = kept.iter().map(|(_, o)| o.clone()).collect();
-    let decisions = decide(&outs, opts.smooth, &summary.thresholds);
+    let decisions: Vec<FrameDecision> = decide(&outs, opts.smooth, &summary.thresholds)
+        .into_iter()
+        .map(|d| columns.apply(d))
+        .collect();
     let kept_names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
-    let text = csv_text(&kept_names, &decisions, &vocab);
+    let text = csv_text(&kept_names, &decisions, &columns.vocab);
     let path = opts.out.join("predictions.csv");
     write_atomic(&path, text.as_bytes())?;
     summary.predicted = kept.len();

@@ -30,15 +30,17 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use mtanet_affwild2::layout::CROPS_DIR;
-use mtanet_affwild2::{Split, Vocab};
+use mtanet_affwild2::Split;
 
 use crate::build::restore::{load_model, LoadedModel};
-use crate::record::atomic_io::write_atomic;
-use crate::submission::{submission_texts, video_crops, TASK_DIRS};
+use crate::record::atomic_io::{remove_stale_temps, write_atomic_with};
+use crate::submission::{header_line, push_frame_line, video_crops, TASK_DIRS};
 
-use plan::PlannedVideo;
+use plan::{Columns, PlannedVideo};
 
-pub use decide::{decide, fill_nearest, tuned_thresholds, FrameDecision, FrameOutput};
+pub use decide::{
+    decide, decide_frame, fill_nearest, tuned_thresholds, Filled, FrameDecision, FrameOutput,
+};
 pub use error::PredictError;
 pub use frames::predict_images;
 pub use plan::{default_vocab, read_video_list};
@@ -118,6 +120,9 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
     let list = opts.videos.as_deref().map(read_video_list).transpose()?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
+    for stale in remove_stale_temps(&opts.out)? {
+        tracing::info!("removed {}, left by an interrupted write", stale.display());
+    }
     let mut summary = PredictSummary {
         thresholds,
         ..Default::default()
@@ -130,7 +135,7 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
         .as_deref()
         .context("--root is required to predict a split or the test set")?;
     let (videos, root_vocab) = plan::plan_videos(root, &opts.target, list.as_deref())?;
-    let vocab = plan::vocab_for(root_vocab, root, m.n_au, m.n_expr)?;
+    let columns = plan::vocab_for(root_vocab, root, &m.vocab, &m.checkpoint)?;
     let (jobs, jpgs) = crop_jobs(&root.join(CROPS_DIR), &videos)?;
     let pb = progress(jpgs.len(), opts.quiet, "predict");
     let outputs = predict_images(
@@ -142,15 +147,16 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
         &mut summary.bad_frames,
     )?;
     pb.finish_and_clear();
-    let mut per_video: Vec<Vec<Option<FrameOutput>>> =
-        videos.iter().map(|v| vec![None; v.frames]).collect();
+    // Per video, only the frames the model saw: memory follows the crops, not the frame
+    // counts.
+    let mut seen: Vec<Vec<(usize, FrameOutput)>> = vec![Vec::new(); videos.len()];
     for (&(vi, f), o) in jobs.iter().zip(outputs) {
-        if o.is_some() {
+        if let Some(o) = o {
             summary.predicted += 1;
+            seen[vi].push((f - 1, o));
         }
-        per_video[vi][f - 1] = o;
     }
-    write_videos(&m, opts, &videos, per_video, &vocab, &mut summary)?;
+    write_videos(&m, opts, &videos, seen, &columns, &mut summary)?;
     Ok(summary)
 }
 
@@ -185,36 +191,50 @@ fn crop_jobs(crops: &Path, videos: &[PlannedVideo]) -> anyhow::Result<CropJobs> 
     Ok((jobs, jpgs))
 }
 
-/// Fills, decides and writes the three files of each video from its per-frame outputs.
+/// Fills, decides and writes the three files of each video from the outputs of the frames
+/// the model saw, a line at a time (a file of any length is never held in memory).
 fn write_videos(
     m: &LoadedModel,
     opts: &PredictOptions,
     videos: &[PlannedVideo],
-    per_video: Vec<Vec<Option<FrameOutput>>>,
-    vocab: &Vocab,
+    seen: Vec<Vec<(usize, FrameOutput)>>,
+    columns: &Columns,
     summary: &mut PredictSummary,
 ) -> anyhow::Result<()> {
     for (t, d) in TASK_DIRS {
         let dir = opts.out.join(d);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating {} for {t}", dir.display()))?;
+        for stale in remove_stale_temps(&dir)? {
+            tracing::info!("removed {}, left by an interrupted write", stale.display());
+        }
     }
-    for (video, frames) in videos.iter().zip(per_video) {
+    for (video, seen) in videos.iter().zip(seen) {
         let (v, n) = (&video.name, video.frames);
-        let known = frames.iter().filter(|o| o.is_some()).count();
-        let filled = match fill_nearest(&frames) {
+        let known = seen.len();
+        let filled = match Filled::new(n, seen) {
             Some(f) => f,
             None => {
                 summary.videos_without_crops.push(v.clone());
-                vec![FrameOutput::neutral(m.n_au, m.n_expr); n]
+                Filled::new(n, vec![(0, FrameOutput::neutral(m.n_au, m.n_expr))])
+                    .expect("one output")
             }
         };
         summary.filled += n - known;
-        let decisions = decide(&filled, opts.smooth, &summary.thresholds);
-        let texts = submission_texts(decisions.iter().map(FrameDecision::line), vocab);
-        for ((_, d), text) in TASK_DIRS.iter().zip(texts) {
+        for (t, d) in TASK_DIRS {
             let path = opts.out.join(d).join(format!("{v}.txt"));
-            write_atomic(&path, text.as_bytes())?;
+            write_atomic_with(&path, |w| {
+                w.write_all(header_line(t, &columns.vocab).as_bytes())?;
+                let mut line = String::new();
+                for i in 0..n {
+                    let decision =
+                        columns.apply(filled.decide(i, opts.smooth, &summary.thresholds));
+                    line.clear();
+                    push_frame_line(&mut line, t, &decision.line());
+                    w.write_all(line.as_bytes())?;
+                }
+                Ok(())
+            })?;
             summary.files.push(path);
         }
         summary.videos += 1;

@@ -8,9 +8,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use mtanet_affwild2::layout::{discover, AnnotationEntry, Discovered, CROPS_DIR};
-use mtanet_affwild2::{Crops, DataError, Split, Task, Vocab};
+use mtanet_affwild2::{Crops, DataError, Split, Task, Vocab, MAX_FRAME};
 
-use super::{PredictError, PredictTarget};
+use super::{FrameDecision, PredictError, PredictTarget};
 use crate::submission::{read_task_file, video_crops};
 
 /// Reads a `--videos` list: one `video` or `video,frames` per line; blank lines and lines
@@ -34,14 +34,7 @@ pub fn read_video_list(path: &Path) -> Result<Vec<(String, Option<usize>)>, Pred
         };
         let (video, frames) = match line.split_once(',') {
             Some((v, f)) => {
-                let n = f
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| {
-                        err(format!("frames {:?} is not a positive integer", f.trim()))
-                    })?;
+                let n = parse_frame_count(f.trim()).map_err(err)?;
                 (v.trim(), Some(n))
             }
             None => (line, None),
@@ -55,6 +48,20 @@ pub fn read_video_list(path: &Path) -> Result<Vec<(String, Option<usize>)>, Pred
         out.push((video.to_string(), frames));
     }
     Ok(out)
+}
+
+/// A frame count of a `--videos` line: a positive integer up to [`MAX_FRAME`] (checked before
+/// it sizes anything).
+fn parse_frame_count(text: &str) -> Result<usize, String> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 && n <= u64::from(MAX_FRAME) => Ok(n as usize),
+        Ok(0) => Err(format!("frames {text:?} is not a positive integer")),
+        _ if digits => Err(format!(
+            "frames {text:?} is more than {MAX_FRAME}, the most frames a video may have"
+        )),
+        _ => Err(format!("frames {text:?} is not a positive integer")),
+    }
 }
 
 /// One video to predict.
@@ -220,40 +227,95 @@ fn unannotated_folders(crops: &Path, annotated: &BTreeSet<&str>) -> Result<Vec<S
     Ok(names)
 }
 
-/// The vocabulary to write: the root's headers (checked against the heads), else defaults.
+/// The columns written: the data's AU and expression names (the root's headers, in their
+/// order), each matched by name to an output of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    /// The names written, in file order.
+    pub vocab: Vocab,
+    /// For each written AU column, the model's AU index.
+    au_from: Vec<usize>,
+    /// For each model class index, the written class index.
+    expr_to: Vec<usize>,
+}
+
+impl Columns {
+    /// The model's own names and order.
+    pub fn identity(model: &Vocab) -> Columns {
+        Columns {
+            vocab: model.clone(),
+            au_from: (0..model.au_names.len()).collect(),
+            expr_to: (0..model.expr_names.len()).collect(),
+        }
+    }
+
+    /// A decision in the model's order, in the written order.
+    pub fn apply(&self, d: FrameDecision) -> FrameDecision {
+        let mut expr_probs = vec![0.0; d.expr_probs.len()];
+        for (k, p) in d.expr_probs.iter().enumerate() {
+            expr_probs[self.expr_to[k]] = *p;
+        }
+        FrameDecision {
+            va: d.va,
+            au_probs: self.au_from.iter().map(|&k| d.au_probs[k]).collect(),
+            au: self.au_from.iter().map(|&k| d.au[k]).collect(),
+            expr_probs,
+            expr: self.expr_to[d.expr],
+        }
+    }
+}
+
+/// The columns to write (see [`Columns`]): the model's vocabulary `model`, in the order of the
+/// root's headers where `root_vocab` has them. A header naming other AUs or classes than the
+/// model's is an error listing both.
 pub fn vocab_for(
     root_vocab: Option<Vocab>,
     root: &Path,
-    n_au: usize,
-    n_expr: usize,
-) -> Result<Vocab, PredictError> {
-    let d = default_vocab(n_au, n_expr);
-    let Some(v) = root_vocab else { return Ok(d) };
-    for (what, data, model) in [
-        ("AUs", v.au_names.len(), n_au),
-        ("expression classes", v.expr_names.len(), n_expr),
-    ] {
-        if data != 0 && data != model {
-            return Err(PredictError::VocabSize {
-                root: root.to_path_buf(),
-                what,
-                data,
-                model,
-            });
-        }
+    model: &Vocab,
+    checkpoint: &Path,
+) -> Result<Columns, PredictError> {
+    let mut cols = Columns::identity(model);
+    let Some(v) = root_vocab else {
+        return Ok(cols);
+    };
+    let mismatch =
+        |what: &'static str, data: &[String], model: &[String]| PredictError::VocabNames {
+            root: root.to_path_buf(),
+            checkpoint: checkpoint.to_path_buf(),
+            what,
+            data: data.to_vec(),
+            model: model.to_vec(),
+        };
+    if !v.au_names.is_empty() {
+        let from = positions(&v.au_names, &model.au_names)
+            .ok_or_else(|| mismatch("AUs", &v.au_names, &model.au_names))?;
+        cols.au_from = from;
+        cols.vocab.au_names = v.au_names.clone();
     }
-    Ok(Vocab {
-        au_names: if v.au_names.is_empty() {
-            d.au_names
-        } else {
-            v.au_names
-        },
-        expr_names: if v.expr_names.is_empty() {
-            d.expr_names
-        } else {
-            v.expr_names
-        },
-    })
+    if !v.expr_names.is_empty() {
+        let to = positions(&model.expr_names, &v.expr_names)
+            .ok_or_else(|| mismatch("expression classes", &v.expr_names, &model.expr_names))?;
+        cols.expr_to = to;
+        cols.vocab.expr_names = v.expr_names.clone();
+    }
+    Ok(cols)
+}
+
+/// For each name of `wanted`, its index in `have`, if both hold the same names (each once).
+fn positions(wanted: &[String], have: &[String]) -> Option<Vec<usize>> {
+    if wanted.len() != have.len() {
+        return None;
+    }
+    let mut used = vec![false; have.len()];
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let k = have.iter().position(|h| h == w)?;
+        if std::mem::replace(&mut used[k], true) {
+            return None;
+        }
+        out.push(k);
+    }
+    Some(out)
 }
 
 /// Names for heads of `n_au` AUs and `n_expr` classes when no annotation header is at hand:
@@ -307,6 +369,52 @@ pub fn root_vocab(found: &Discovered) -> Result<Vocab, DataError> {
 mod tests {
     use super::*;
 
+    fn names(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn columns_are_matched_by_name_or_refused_with_both_lists() {
+        let model = Vocab {
+            au_names: names("AU1,AU2,AU4"),
+            expr_names: names("Neutral,Anger,Happy"),
+        };
+        let root = Vocab {
+            au_names: names("AU4,AU1,AU2"),
+            expr_names: names("Happy,Neutral,Anger"),
+        };
+        let (r, c) = (Path::new("/data"), Path::new("/run/last.safetensors"));
+        let cols = vocab_for(Some(root.clone()), r, &model, c).unwrap();
+        assert_eq!(cols.vocab, root);
+        let d = FrameDecision {
+            va: [0.1, 0.2],
+            au_probs: vec![0.9, 0.2, 0.6],
+            au: vec![1, 0, 1],
+            expr_probs: vec![0.1, 0.2, 0.7],
+            expr: 2,
+        };
+        let w = cols.apply(d.clone());
+        assert_eq!(w.au, vec![1, 1, 0]);
+        assert_eq!(w.au_probs, vec![0.6, 0.9, 0.2]);
+        assert_eq!(w.expr_probs, vec![0.7, 0.1, 0.2]);
+        assert_eq!(w.expr, 0);
+        assert_eq!(Columns::identity(&model).apply(d.clone()), d);
+        let other = Vocab {
+            au_names: names("AU1,AU2,AU5"),
+            expr_names: Vec::new(),
+        };
+        let e = vocab_for(Some(other), r, &model, c)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("AU5")
+                && e.contains("AU4")
+                && e.contains("/data")
+                && e.contains("last.safetensors"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn video_list_parses_and_names_bad_lines() {
         let d = tempfile::tempdir().unwrap();
@@ -320,6 +428,14 @@ mod tests {
         std::fs::write(&p, "v1\nv2,abc\n").unwrap();
         let e = read_video_list(&p).unwrap_err().to_string();
         assert!(e.contains("list.txt:2") && e.contains("abc"), "{e}");
+        for huge in ["99999999999999999999999", "10000001"] {
+            std::fs::write(&p, format!("v1,5\nv2,{huge}\n")).unwrap();
+            let e = read_video_list(&p).unwrap_err().to_string();
+            assert!(e.contains("list.txt:2") && e.contains("10000000"), "{e}");
+        }
+        std::fs::write(&p, "v1,0\n").unwrap();
+        let e = read_video_list(&p).unwrap_err().to_string();
+        assert!(e.contains("list.txt:1") && e.contains("positive"), "{e}");
         std::fs::write(&p, "v1\nv1\n").unwrap();
         assert!(read_video_list(&p)
             .unwrap_err()

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
@@ -190,6 +190,86 @@ pub fn read_csv(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> 
     Ok((header, rows))
 }
 
+/// Atomically replaces `path` with what `fill` writes through a buffer, as [`write_atomic`]
+/// does with bytes (temp file in the same directory + fsync + rename), so a file of any length
+/// is written without holding it in memory.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("writing {}", path.display()))
+}
+
+/// The process id in the name of a temporary file of [`write_atomic`]
+/// (`.<name>.tmp.<pid>.<seq>`), if `name` is one.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, seq) = tail.split_once('.')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether process `pid` exists (a zombie or a process of another user counts).
+fn process_exists(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes the temporary files that an interrupted [`write_atomic`] left in `dir` (those of
+/// processes that no longer run; a live writer's temporaries, this process's included, are
+/// kept); returns the paths removed. A missing folder has none. Call it where a folder of
+/// atomically written files (a run directory, its checkpoints, a prediction folder) is opened
+/// for writing.
+pub fn remove_stale_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut removed = Vec::new();
+    for entry in rd {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+            continue;
+        };
+        if pid == std::process::id() || process_exists(pid) || !entry.path().is_file() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +322,40 @@ mod tests {
         });
         let (_, rows) = read_csv(&p).unwrap();
         assert_eq!(rows.len(), 40);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let own = std::process::id();
+        let stale = d.path().join(format!(".last.safetensors.tmp.{dead}.3"));
+        let live = d.path().join(format!(".last.safetensors.tmp.{own}.4"));
+        let other = d.path().join("last.safetensors");
+        for p in [&stale, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::fs::write(d.path().join(".notes.tmp.x.1"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(d.path()).unwrap(), vec![stale.clone()]);
+        assert!(!stale.exists() && live.exists() && other.exists());
+        assert!(remove_stale_temps(&d.path().join("absent"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn streamed_atomic_write_replaces_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.txt");
+        write_atomic(&p, b"old").unwrap();
+        write_atomic_with(&p, |w| w.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let e = write_atomic_with(&p, |_| Err(std::io::Error::other("fill failed"))).unwrap_err();
+        assert!(format!("{e:#}").contains("a.txt"), "{e:#}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 }

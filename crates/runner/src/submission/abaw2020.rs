@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mtanet_affwild2::annotation::AnnotationFile;
+use mtanet_affwild2::annotation::{AnnotationFile, Labels};
 use mtanet_affwild2::{parse_annotation, DataError, Task, Vocab};
 
 use crate::evaluate::EvaluateError;
@@ -41,31 +41,57 @@ pub struct FrameLine<'a> {
     pub expr: usize,
 }
 
+/// The header line (with its newline) of `task`'s file: `valence,arousal`, the AU names,
+/// the expression names.
+pub fn header_line(task: Task, vocab: &Vocab) -> String {
+    let mut h = match task {
+        Task::Va => String::from("valence,arousal"),
+        Task::Au => vocab.au_names.join(","),
+        Task::Expr => vocab.expr_names.join(","),
+    };
+    h.push('\n');
+    h
+}
+
+/// Appends the data line (with its newline) of frame `d` in `task`'s file to `out`. Valence
+/// and arousal are clamped to the annotation range and written as Rust's shortest round-trip
+/// `f32` text, so parsing returns the identical `f32`.
+pub fn push_frame_line(out: &mut String, task: Task, d: &FrameLine<'_>) {
+    use std::fmt::Write;
+    match task {
+        Task::Va => {
+            // Clamped to the annotation range (tanh outputs already are).
+            let [v, a] = d.va.map(|x| x.clamp(-1.0, 1.0));
+            let _ = writeln!(out, "{v},{a}");
+        }
+        Task::Au => {
+            for (k, &b) in d.au.iter().enumerate() {
+                if k > 0 {
+                    out.push(',');
+                }
+                out.push(if b == 1 { '1' } else { '0' });
+            }
+            out.push('\n');
+        }
+        Task::Expr => {
+            let _ = writeln!(out, "{}", d.expr);
+        }
+    }
+}
+
 /// The three files' text of one video (VA, AU, EXPR, the order of [`TASK_DIRS`]): the
-/// header, then one line per frame. Valence and arousal are Rust's shortest round-trip `f32`
-/// text, so parsing returns the identical `f32`.
+/// header ([`header_line`]), then one line per frame ([`push_frame_line`]).
 pub fn submission_texts<'a>(
     frames: impl IntoIterator<Item = FrameLine<'a>>,
     vocab: &Vocab,
 ) -> [String; 3] {
-    let mut va = String::from("valence,arousal\n");
-    let mut au = vocab.au_names.join(",");
-    au.push('\n');
-    let mut ex = vocab.expr_names.join(",");
-    ex.push('\n');
+    let mut texts = TASK_DIRS.map(|(t, _)| header_line(t, vocab));
     for d in frames {
-        // Clamped to the annotation range (tanh outputs already are).
-        let [v, a] = d.va.map(|x| x.clamp(-1.0, 1.0));
-        va.push_str(&format!("{v},{a}\n"));
-        let row: Vec<&str> =
-            d.au.iter()
-                .map(|&b| if b == 1 { "1" } else { "0" })
-                .collect();
-        au.push_str(&row.join(","));
-        au.push('\n');
-        ex.push_str(&format!("{}\n", d.expr));
+        for ((t, _), text) in TASK_DIRS.iter().zip(texts.iter_mut()) {
+            push_frame_line(text, *t, &d);
+        }
     }
-    [va, au, ex]
+    texts
 }
 
 /// The prediction file of `video` for `task` under `pred`: the first task folder of
@@ -92,7 +118,8 @@ pub fn read_task_file(task: Task, path: &Path) -> Result<AnnotationFile, DataErr
 
 /// Reads the prediction file of `video` for `task` under `pred` ([`prediction_path`]) and
 /// checks it against the video's annotation file `annotation` (parsed as `labels`): the file
-/// exists, parses, has the annotation header (AU and EXPR) and at least `needed` data lines.
+/// exists, parses, names the AUs / classes of the annotation header (in any order: columns and
+/// class indices are matched by name, [`in_order_of`]) and has at least `needed` data lines.
 /// Returns its path and contents.
 pub fn read_prediction(
     pred: &Path,
@@ -112,14 +139,17 @@ pub fn read_prediction(
         });
     }
     let p = read_task_file(task, &path)?;
-    if task != Task::Va && p.names != labels.names {
-        return Err(EvaluateError::HeaderMismatch {
-            path,
-            found: p.names,
-            expected: labels.names.clone(),
-            annotation: annotation.to_path_buf(),
-        });
-    }
+    let p = match in_order_of(p, &labels.names) {
+        Ok(p) => p,
+        Err(p) => {
+            return Err(EvaluateError::HeaderMismatch {
+                path,
+                found: p.names,
+                expected: labels.names.clone(),
+                annotation: annotation.to_path_buf(),
+            })
+        }
+    };
     if p.len() < needed {
         return Err(EvaluateError::TooShort {
             path,
@@ -129,6 +159,54 @@ pub fn read_prediction(
         });
     }
     Ok((path, p))
+}
+
+/// A prediction file's AU columns or expression indices put in the order of the names
+/// `names` (an annotation header), matched by name; the file itself when its header names
+/// other AUs or classes. VA files have a fixed header and are returned as they are.
+pub fn in_order_of(
+    mut file: AnnotationFile,
+    names: &[String],
+) -> Result<AnnotationFile, AnnotationFile> {
+    if file.task == Task::Va || file.names == names {
+        return Ok(file);
+    }
+    // For each name of the file, its index in `names`.
+    let mut to = Vec::with_capacity(file.names.len());
+    let mut used = vec![false; names.len()];
+    for n in &file.names {
+        match names.iter().position(|x| x == n) {
+            Some(k) if file.names.len() == names.len() && !used[k] => {
+                used[k] = true;
+                to.push(k);
+            }
+            _ => return Err(file),
+        }
+    }
+    match &mut file.labels {
+        Labels::Au {
+            columns, values, ..
+        } => {
+            let c = *columns;
+            let mut row = vec![0u8; c];
+            for chunk in values.chunks_mut(c) {
+                for (k, &v) in chunk.iter().enumerate() {
+                    row[to[k]] = v;
+                }
+                chunk.copy_from_slice(&row);
+            }
+        }
+        Labels::Expr(classes) => {
+            for x in classes.iter_mut().flatten() {
+                // Class indices are below the header's length (checked when parsed), and the
+                // header has at most 255 names.
+                *x = to[usize::from(*x)] as u8;
+            }
+        }
+        Labels::Va(_) => {}
+    }
+    file.names = names.to_vec();
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -176,5 +254,26 @@ mod tests {
         assert_eq!(parsed, line.va.to_vec());
         assert_eq!(au, "AU1,AU2\n1,0\n");
         assert_eq!(ex, "A,B\n1\n");
+    }
+
+    #[test]
+    fn columns_in_another_order_are_matched_by_name() {
+        let path = Path::new("p.txt");
+        let au =
+            parse_annotation(Task::Au, path, b"AU2,AU1,AU4\n1,0,0\n-1,-1,-1\n0,1,1\n").unwrap();
+        let names: Vec<String> = ["AU1", "AU2", "AU4"].map(String::from).to_vec();
+        let a = in_order_of(au, &names).unwrap();
+        assert_eq!(a.names, names);
+        assert_eq!(a.au(0), Some(&[0u8, 1, 0][..]));
+        assert_eq!(a.au(1), None);
+        assert_eq!(a.au(2), Some(&[1u8, 0, 1][..]));
+        let ex = parse_annotation(Task::Expr, path, b"Happy,Neutral,Sad\n0\n-1\n2\n").unwrap();
+        let classes: Vec<String> = ["Neutral", "Sad", "Happy"].map(String::from).to_vec();
+        let e = in_order_of(ex, &classes).unwrap();
+        assert_eq!((e.expr(0), e.expr(1), e.expr(2)), (Some(2), None, Some(1)));
+        let other = parse_annotation(Task::Au, path, b"AU1,AU2,AU5\n1,0,0\n").unwrap();
+        assert!(in_order_of(other, &names).is_err());
+        let fewer = parse_annotation(Task::Au, path, b"AU1,AU2\n1,0\n").unwrap();
+        assert!(in_order_of(fewer, &names).is_err());
     }
 }

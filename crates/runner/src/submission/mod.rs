@@ -13,7 +13,7 @@ pub mod abaw2020;
 pub mod crops;
 
 pub use abaw2020::{
-    prediction_path, read_prediction, read_task_file, submission_texts, FrameLine, PREDICTION_DIRS,
-    TASK_DIRS,
+    header_line, in_order_of, prediction_path, push_frame_line, read_prediction, read_task_file,
+    submission_texts, FrameLine, PREDICTION_DIRS, TASK_DIRS,
 };
 pub use crops::video_crops;
