@@ -3,13 +3,46 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::record::atomic_io::read_csv;
+use anyhow::{bail, Context};
+use mtanet_affwild2::annotation::split_lines;
+
+use crate::record::atomic_io::csv_split;
 
 /// One file's rows: key (row name, else run id) -> column -> value.
 type Rows = BTreeMap<String, BTreeMap<String, String>>;
 
+/// Reads a result CSV as a spreadsheet may have saved it: a UTF-8 byte-order mark, CRLF or
+/// CR line ends, and blank or all-empty rows are accepted; a row with another field count
+/// than the header is an error naming the file and line.
+fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let mut lines = split_lines(text)
+        .enumerate()
+        .map(|(i, l)| (i + 1, csv_split(l)))
+        .filter(|(_, fields)| fields.iter().any(|f| !f.trim().is_empty()));
+    let (_, header) = lines
+        .next()
+        .with_context(|| format!("{}: empty CSV (no header line)", path.display()))?;
+    let header: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
+    let mut rows = Vec::new();
+    for (line, r) in lines {
+        if r.len() != header.len() {
+            bail!(
+                "{}:{line}: {} fields, the header has {}",
+                path.display(),
+                r.len(),
+                header.len()
+            );
+        }
+        rows.push(r);
+    }
+    Ok((header, rows))
+}
+
 fn load(path: &Path) -> anyhow::Result<Rows> {
-    let (header, rows) = read_csv(path)?;
+    let (header, rows) = read_table(path)?;
     let key_col = ["row", "run_id"]
         .iter()
         .find_map(|k| header.iter().position(|h| h == k))
@@ -132,5 +165,19 @@ mod tests {
         std::fs::write(&bad, "x,y\n1,2\n").unwrap();
         let e = compare(&[bad.clone(), bad]).unwrap_err().to_string();
         assert!(e.contains("bad.csv"), "{e}");
+    }
+
+    #[test]
+    fn a_spreadsheet_saved_csv_with_bom_and_crlf_compares() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.csv");
+        let b = d.path().join("b.csv");
+        std::fs::write(&a, "row,au.f1\nr1,0.50\n").unwrap();
+        std::fs::write(&b, "\u{feff}row,au.f1\r\nr1,0.60\r\n,\r\n").unwrap();
+        let s = compare(&[a.clone(), b.clone()]).unwrap();
+        assert!(s.contains("+0.1000"), "{s}");
+        std::fs::write(&b, "\u{feff}row,au.f1\rr1,0.60\rr2\r").unwrap();
+        let e = compare(&[a, b]).unwrap_err().to_string();
+        assert!(e.contains("b.csv:3") && e.contains("1 fields"), "{e}");
     }
 }
