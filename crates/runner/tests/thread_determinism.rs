@@ -158,24 +158,36 @@ fn train_differences(a: &Value, b: &Value) -> Vec<String> {
     if a["report"] != b["report"] {
         out.push("final report differs".to_string());
     }
-    for (la, lb) in a["metrics_csv"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .zip(b["metrics_csv"].as_str().unwrap().lines())
-    {
+    let (ma, mb) = (
+        a["metrics_csv"].as_str().unwrap(),
+        b["metrics_csv"].as_str().unwrap(),
+    );
+    assert!(ma.lines().count() > 1, "metrics.csv has no rows:\n{ma}");
+    if ma.lines().count() != mb.lines().count() {
+        out.push(format!(
+            "metrics.csv: {} lines, then {}",
+            ma.lines().count(),
+            mb.lines().count()
+        ));
+    }
+    for (la, lb) in ma.lines().zip(mb.lines()) {
         if la != lb {
             out.push(format!("metrics.csv:\n  first:  {la}\n  second: {lb}"));
         }
+    }
+    if out.is_empty() && ma != mb {
+        out.push("metrics.csv differs (line ends or trailing text)".to_string());
     }
     let (wa, wb) = (
         a["weights"].as_array().unwrap(),
         b["weights"].as_array().unwrap(),
     );
+    assert!(!wa.is_empty(), "no weights");
     assert_eq!(wa.len(), wb.len());
     for (x, y) in wa.iter().zip(wb) {
         assert_eq!(x[0], y[0]);
         let (vx, vy) = (x[1].as_array().unwrap(), y[1].as_array().unwrap());
+        assert_eq!(vx.len(), vy.len(), "weight {}", x[0]);
         let differing = vx.iter().zip(vy).filter(|(p, q)| p != q).count();
         if differing > 0 {
             let max = vx
