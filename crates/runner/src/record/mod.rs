@@ -3,6 +3,7 @@
 
 pub mod atomic_io;
 pub mod checkpoint;
+pub mod hparams;
 pub mod log_file;
 pub mod metrics_csv;
 pub mod run_dir;

@@ -47,7 +47,8 @@ pub fn log_train(tb: &mut Option<EventWriter>, s: &TrainScalars, step: u64) {
 
 /// Logs validation metrics to TensorBoard: the summary scalars under `val/`, per-AU and
 /// per-class F1 once each, under their names (`val/au_f1/AU12`, `val/expr_f1/Happiness`)
-/// instead of the indexed keys of `Report::scalars`.
+/// instead of the indexed keys of `Report::scalars`, and the expression confusion matrix as
+/// an image with the class names on its axes and the counts in its cells.
 pub fn log_report(tb: &mut Option<EventWriter>, report: &Report, vocab: &Vocab, step: u64) {
     let Some(w) = tb.as_mut() else { return };
     let mut res = Ok(());
@@ -68,7 +69,7 @@ pub fn log_report(tb: &mut Option<EventWriter>, report: &Report, vocab: &Vocab, 
         }
     }
     if let Some(e) = &report.expr {
-        let (rgb, wd, ht) = confusion_image(&e.confusion, 24);
+        let (rgb, wd, ht) = confusion_image(&e.confusion, &vocab.expr_names, 24);
         res = res.and(w.image("val/expr_confusion", &rgb, wd, ht, step));
     }
     res = res.and(w.flush());
