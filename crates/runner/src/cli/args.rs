@@ -220,22 +220,41 @@ pub struct BackboneArgs {
 pub enum ModelCommand {
     /// Print the layers and `parameters: N` (backbone without classifier).
     Summary(BackboneArgs),
-    /// Run one batch through a backbone with given weights and write its features.
+    /// Run one batch through a backbone with given weights and write its features, or with
+    /// `--mtanet RUN_DIR` through a trained run's whole MTANet and write its three outputs.
     Forward {
-        /// The backbone.
-        #[command(flatten)]
-        backbone: BackboneArgs,
-        /// Weights (PyTorch state-dict names) as safetensors.
-        #[arg(long)]
-        weights: PathBuf,
-        /// Input safetensors holding `input` (N, 3, H, W) f32.
+        /// resnet50 | resnext50_32x4d | resnext50_32x4d_cbam | seresnet50 | senet50_vggface2
+        /// (not with `--mtanet`, which reads the run's config).
+        #[arg(long, required_unless_present = "mtanet", conflicts_with = "mtanet")]
+        backbone: Option<String>,
+        /// Divide every width by this (1 = full size).
+        #[arg(long = "width", default_value_t = 1, conflicts_with = "mtanet")]
+        width_div: usize,
+        /// Blocks per stage, e.g. 1,1,1,1.
+        #[arg(long, value_delimiter = ',', conflicts_with = "mtanet")]
+        depths: Option<Vec<usize>>,
+        /// Groups of the ResNeXt 3x3 convs.
+        #[arg(long, conflicts_with = "mtanet")]
+        groups: Option<usize>,
+        /// Weights (PyTorch state-dict names) as safetensors (the backbone's; not with
+        /// `--mtanet`).
+        #[arg(long, required_unless_present = "mtanet", conflicts_with = "mtanet")]
+        weights: Option<PathBuf>,
+        /// A run directory (or its `checkpoints/*.safetensors`): run the whole MTANet of that
+        /// run in eval mode, f32, on the CPU, and write `va`, `au_logits`, `expr_logits`,
+        /// `feature_map` and `features` (the shared encoder's output).
+        #[arg(long, value_name = "RUN_DIR")]
+        mtanet: Option<PathBuf>,
+        /// Input safetensors holding `input` (N, 3, H, W) f32, normalised as the run's
+        /// backbone expects.
         #[arg(long)]
         input: PathBuf,
-        /// Output safetensors: `feature_map` and `features` (its global average).
+        /// Output safetensors: `feature_map` and `features` (its global average); with
+        /// `--mtanet` the outputs listed there.
         #[arg(long)]
         out: PathBuf,
-        /// Train mode (batch statistics) instead of eval mode.
-        #[arg(long)]
+        /// Train mode (batch statistics) instead of eval mode (not with `--mtanet`).
+        #[arg(long, conflicts_with = "mtanet")]
         train: bool,
     },
 }
