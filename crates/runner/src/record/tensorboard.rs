@@ -485,10 +485,7 @@ mod tests {
             assert!(rows
                 .iter()
                 .all(|r| r.len() == 5 && r.bytes().all(|b| b == b'.' || b == b'#')));
-            assert!(
-                seen.insert(rows.concat()),
-                "{c:?} repeats a glyph"
-            );
+            assert!(seen.insert(rows.concat()), "{c:?} repeats a glyph");
         }
         assert_eq!(glyph('a'), glyph('A'));
         assert_eq!(glyph('~'), glyph('?'));
