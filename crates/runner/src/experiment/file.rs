@@ -440,7 +440,7 @@ rows:
         for r in &f.rows {
             f.resolve(Some("demo"), Some(&r.name), &[]).unwrap();
             let paper = f
-                .resolve(Some("paper"), Some(&r.name), &[root.clone()])
+                .resolve(Some("paper"), Some(&r.name), std::slice::from_ref(&root))
                 .unwrap();
             assert_eq!(paper.losses.au_reduction, mtanet_losses::AuReduction::Sum);
         }

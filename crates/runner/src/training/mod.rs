@@ -129,13 +129,12 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
     tracing::info!("run {run_id} in {}", run_dir.display());
     let result =
         Trainer::open(config, ctx, run_dir, run_id, wall).and_then(|opened| match opened {
-            Opened::Finished(outcome) => Ok(outcome),
+            Opened::Finished(outcome) => Ok(*outcome),
             Opened::Ready(trainer, optim) => trainer.train(optim),
         });
     set_run_log(None);
     result
 }
-
 
 /// `selected_from` of a finished run's `selection.json` (`last evaluation` without one).
 fn read_selected_from(run_dir: &std::path::Path) -> String {
@@ -145,4 +144,3 @@ fn read_selected_from(run_dir: &std::path::Path) -> String {
         .and_then(|v| v["selected_from"].as_str().map(str::to_string))
         .unwrap_or_else(|| "last evaluation".into())
 }
-

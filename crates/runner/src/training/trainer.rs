@@ -11,6 +11,7 @@ use mtanet_affwild2::Batch;
 use mtanet_losses::LossKind;
 use mtanet_metrics::{Report, Scoring};
 
+use super::interrupt::interrupted;
 use crate::build::restore::{restore_vars, var_tensors};
 use crate::build::training_objects::{self, TrainingObjects};
 use crate::experiment::{Config, Criterion, StageConfig, StageInit};
@@ -24,7 +25,6 @@ use crate::step::optim::{params, Optimizer};
 use crate::step::{
     batch_targets, evaluate, report_of, scoring_for, train_step, Objective, StepGuard,
 };
-use super::interrupt::interrupted;
 
 use super::progress::StageProgress;
 use super::{read_selected_from, RunContext, RunOutcome};
@@ -32,7 +32,7 @@ use super::{read_selected_from, RunContext, RunOutcome};
 /// A run ready to train, or one whose checkpoint says it is already finished.
 pub(super) enum Opened<'a> {
     Ready(Box<Trainer<'a>>, Option<HashMap<String, Tensor>>),
-    Finished(RunOutcome),
+    Finished(Box<RunOutcome>),
 }
 
 /// The state of a run in progress.
@@ -88,7 +88,7 @@ impl<'a> Trainer<'a> {
                     eprintln!("{} is already finished", run_dir.display());
                 }
                 let selected_from = read_selected_from(&run_dir);
-                return Ok(Opened::Finished(RunOutcome {
+                return Ok(Opened::Finished(Box::new(RunOutcome {
                     run_dir,
                     run_id,
                     report: Some(report),
@@ -97,7 +97,7 @@ impl<'a> Trainer<'a> {
                     skipped: state.skipped.clone(),
                     train_img_s: state.images as f64 / state.train_seconds.max(1e-9),
                     wall_s: wall.elapsed().as_secs_f64(),
-                }));
+                })));
             }
             tracing::info!("resumed at step {}", state.global_step);
             if !ctx.quiet {
@@ -310,7 +310,7 @@ impl<'a> Trainer<'a> {
         let img_s = n as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
         progress.step(self.state.stage_step, outcome.total, img_s);
         let step = self.state.global_step;
-        if step % config.training.log_every.max(1) as u64 == 0 {
+        if step.is_multiple_of(config.training.log_every.max(1) as u64) {
             let scalars = TrainScalars {
                 loss: &outcome.loss,
                 total: outcome.total,
@@ -326,14 +326,14 @@ impl<'a> Trainer<'a> {
                 .ctx
                 .max_steps
                 .is_some_and(|m| self.steps_this_call >= m);
-        if config.eval.every_steps > 0 && step % config.eval.every_steps as u64 == 0 {
+        if config.eval.every_steps > 0 && step.is_multiple_of(config.eval.every_steps as u64) {
             if stop_now {
                 self.state.pending_eval = true;
             } else {
                 self.eval_step_due(&stage.name)?;
             }
         }
-        if stop_now || step % config.training.checkpoint_every.max(1) as u64 == 0 {
+        if stop_now || step.is_multiple_of(config.training.checkpoint_every.max(1) as u64) {
             self.sync_train_seconds();
             self.save(opt)?;
         }
@@ -371,7 +371,11 @@ impl<'a> Trainer<'a> {
     ) -> anyhow::Result<()> {
         self.state.epoch += 1;
         self.state.batch = 0;
-        if self.state.epoch % self.config.eval.every_epochs.max(1) != 0 {
+        if !self
+            .state
+            .epoch
+            .is_multiple_of(self.config.eval.every_epochs.max(1))
+        {
             self.sync_train_seconds();
             return self.save(opt);
         }
@@ -485,5 +489,4 @@ impl<'a> Trainer<'a> {
             &self.state,
         )
     }
-
 }
