@@ -23,6 +23,7 @@ pub mod evaluate;
 pub mod experiment;
 pub mod gpu_check;
 pub mod model_forward;
+pub mod model_info;
 pub mod predict;
 pub mod record;
 pub mod step;

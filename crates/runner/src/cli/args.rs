@@ -220,6 +220,13 @@ pub struct BackboneArgs {
 pub enum ModelCommand {
     /// Print the layers and `parameters: N` (backbone without classifier).
     Summary(BackboneArgs),
+    /// What a checkpoint says about itself: its vocabulary (AU names, expression classes in
+    /// head order), model configuration, input preprocessing, dataset layout, commit, and
+    /// loop state. Takes a run directory or a `.safetensors` file.
+    Info {
+        /// A run directory (its `checkpoints/last.safetensors`) or a checkpoint file.
+        checkpoint: PathBuf,
+    },
     /// Run one batch through a backbone with given weights and write its features, or with
     /// `--mtanet RUN_DIR` through a trained run's whole MTANet and write its three outputs.
     Forward {

@@ -72,6 +72,9 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&m)?);
         }
         Command::GpuCheck(a) => crate::gpu_check::main(&a)?,
+        Command::Model(ModelCommand::Info { checkpoint }) => {
+            print!("{}", crate::model_info::describe(&checkpoint)?);
+        }
         Command::Model(ModelCommand::Summary(a)) => {
             println!("{}", mtanet_backbones::summary(&backbone_config(&a)?));
         }

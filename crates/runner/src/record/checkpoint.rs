@@ -55,6 +55,27 @@ pub fn save(
     optim: &HashMap<String, Tensor>,
     state: &TrainState,
 ) -> anyhow::Result<()> {
+    save_described(path, model, optim, state, &Description::default())
+}
+
+/// What a checkpoint says about itself in its safetensors metadata, beside the loop state:
+/// enough to rebuild, feed and read the model without the run directory (`mtanet model info`).
+#[derive(Debug, Clone, Default)]
+pub struct Description {
+    /// `(key, value)` pairs: `vocab` (JSON: AU names and expression classes in head order),
+    /// `config` (the resolved run configuration, YAML), `preprocess` (JSON: channel order,
+    /// scale, mean, std, input size), `layout` (the dataset release), `commit`.
+    pub entries: Vec<(String, String)>,
+}
+
+/// [`save`] with a [`Description`] in the metadata.
+pub fn save_described(
+    path: &Path,
+    model: &HashMap<String, Tensor>,
+    optim: &HashMap<String, Tensor>,
+    state: &TrainState,
+    description: &Description,
+) -> anyhow::Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(model.len() + optim.len());
     for (k, t) in model {
         tensors.push((format!("model.{k}"), t.to_device(&Device::Cpu)?));
@@ -66,6 +87,9 @@ pub fn save(
     let mut meta = HashMap::new();
     meta.insert("state".to_string(), serde_json::to_string(state)?);
     meta.insert("format".to_string(), "mtanet-checkpoint-1".to_string());
+    for (k, v) in &description.entries {
+        meta.insert(k.clone(), v.clone());
+    }
     let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
     write_atomic(path, &bytes)
@@ -196,4 +220,34 @@ mod tests {
         let e = load(&p, &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("last.safetensors"), "{e}");
     }
+}
+
+/// The metadata of a safetensors file (reads only its header).
+pub fn read_metadata(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        anyhow::bail!(
+            "{}: not a safetensors file (header of {n} bytes)",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -31,11 +31,12 @@ impl Trainer<'_> {
         for (i, (&better, name)) in improved.iter().zip(PICK_NAMES).enumerate() {
             if better && (i == 0 || criterion == Criterion::PerTask) {
                 let path = self.best_path(name);
-                checkpoint::save(
+                checkpoint::save_described(
                     &path,
                     &var_tensors(&self.s.vars),
                     &HashMap::new(),
                     &self.state,
+                    &self.description,
                 )?;
             }
         }

@@ -52,6 +52,8 @@ pub(super) struct Trainer<'a> {
     pub(super) wall: Instant,
     pub(super) train_start: Instant,
     pub(super) train_seconds_before: f64,
+    /// What every checkpoint of this run says about itself.
+    pub(super) description: checkpoint::Description,
 }
 
 impl<'a> Trainer<'a> {
@@ -123,6 +125,7 @@ impl<'a> Trainer<'a> {
         let metrics_csv = MetricsCsv::open(run_dir.join("metrics.csv"), state.global_step);
         let scoring = scoring_for(s.layout, &s.vocab);
         let train_seconds_before = state.train_seconds;
+        let description = describe(config, &s.vocab, s.layout)?;
         let trainer = Trainer {
             config,
             ctx,
@@ -139,6 +142,7 @@ impl<'a> Trainer<'a> {
             wall,
             train_start: Instant::now(),
             train_seconds_before,
+            description,
         };
         Ok(Opened::Ready(Box::new(trainer), resumed_optim))
     }
@@ -482,11 +486,40 @@ impl<'a> Trainer<'a> {
 
     pub(super) fn save(&self, opt: &Optimizer) -> anyhow::Result<()> {
         let (ost, _) = opt.state();
-        checkpoint::save(
+        checkpoint::save_described(
             &self.last_ckpt,
             &var_tensors(&self.s.vars),
             &ost,
             &self.state,
+            &self.description,
         )
     }
+}
+
+/// The self-description every checkpoint of a run carries (see [`checkpoint::Description`]).
+fn describe(
+    config: &Config,
+    vocab: &mtanet_affwild2::Vocab,
+    layout: mtanet_affwild2::Layout,
+) -> anyhow::Result<checkpoint::Description> {
+    let pre = crate::build::model::preprocess_for(&config.model.backbone);
+    let preprocess = serde_json::json!({
+        "channels": if pre.bgr { "BGR" } else { "RGB" },
+        "scale": pre.scale,
+        "mean": pre.mean,
+        "std": pre.std,
+        "size": config.data.image_size,
+    });
+    Ok(checkpoint::Description {
+        entries: vec![
+            (
+                crate::build::restore::VOCAB_KEY.to_string(),
+                serde_json::to_string(vocab)?,
+            ),
+            ("config".into(), config.to_yaml()),
+            ("preprocess".into(), preprocess.to_string()),
+            ("layout".into(), format!("{layout:?}")),
+            ("commit".into(), crate::record::run_dir::git_commit()),
+        ],
+    })
 }
