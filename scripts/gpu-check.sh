@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a machine with an NVIDIA GPU (CUDA 13 driver), PyTorch + timm in its
-# python3, and neither Rust nor network. Runs the stripped binary built here by
-# scripts/build-cuda.sh (dist/mtanet-cuda) and, in one go:
-#   1. CPU-vs-CUDA conformance of every op and every backbone, forward and gradients, batch >= 2,
-#      also against the PyTorch fixtures (tests/fixtures/backbones); plus every backbone in
-#      bf16 on CUDA against f32 (bf16 tolerances);
-#   2. train-step and eval img/s of every full-size backbone at 112x112, batch 64 and 256, f32
-#      and bf16, beside PyTorch eager and torch.compile (autocast for bf16) in the same call,
-#      with ratios and the fraction of the measured matmul peak;
-#   3. writes conformance.csv, bench_rust.csv, bench_torch.csv, gpu.json, table.csv, table.md
-#      and the log to $OUT (default results/gpu-check).
-# Exits 2 with one line "gpu-check: ..." when there is no usable GPU; 1 when a conformance
-# comparison failed; 0 otherwise.
+# GPU check for a machine with an NVIDIA GPU (CUDA 13 driver), PyTorch + timm in its python3,
+# and neither Rust nor network. Runs the stripped binary built by scripts/build-cuda.sh
+# (dist/mtanet-cuda, or the carried dist/mtanet-cuda.xz) in stages sized for short GPU lends:
 #
-#   OUT=/some/dir scripts/gpu-check.sh
+#   scripts/gpu-check.sh --stage conformance   # ~1 min on an H200: CPU-vs-CUDA conformance
+#       of every op and every backbone (f32, and bf16 against f32), with CUDA_LAUNCH_BLOCKING=1
+#       so that an illegal address names its op; no timing, no PyTorch.
+#   scripts/gpu-check.sh --stage bench         # ~3 min: train/eval img/s and peak memory of
+#       resnet50 and resnext50_32x4d at batch 64 and 256, f32 and bf16, beside PyTorch eager.
+#   scripts/gpu-check.sh --stage full          # ~8-10 min (the default): conformance, then all
+#       five backbones beside PyTorch eager and torch.compile (COMPILE_POINTS).
 #
-# Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES (64,256),
-# PRECISIONS (f32,bf16), SIZE (112),
-# STEPS (10), WARMUP (3), BACKBONES (all five), NO_COMPILE=1 (skip torch.compile),
-# COMPILE_POINTS (backbone:batch pairs timed under torch.compile, default resnet50:256; `all`
-# compiles every point, ~0.5-1 min each), TF32=1 (both frameworks), SKIP_BENCH=1,
-# SKIP_CONFORMANCE=1.
-# GPU_CHECK_CPU=1 runs the whole pipeline on the CPU with tiny sizes (the test on a machine
-# without a GPU; it skips the GPU detection and does not need nvidia-smi).
+# Writes conformance.csv, bench_rust.csv, bench_torch.csv, gpu.json, table.csv, table.md and
+# gpu-check.log to $OUT (default results/gpu-check); the CSVs of a stage are written even when
+# ops or points error (they become error rows). Exit codes: 2 with one line "gpu-check: ..."
+# when there is no usable GPU or binary; 1 with one line "gpu-check: FAILED ..." when a
+# conformance row failed or errored, a point errored, or a step ran out of time; 0 otherwise.
+#
+# Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES, PRECISIONS (f32,bf16),
+# SIZE (112), STEPS (10), WARMUP (3), BACKBONES (per stage, see above), NO_COMPILE=1,
+# COMPILE_POINTS (backbone:batch pairs under torch.compile in the full stage, default
+# resnet50:256; `all` compiles every point, ~0.5-1 min each), TF32=1 (cuDNN and matmuls in both
+# frameworks). Time: BUDGET, the seconds the whole stage may take (225 conformance, 315 bench,
+# 580 full: 15-20 s under the device call's timeout), and per-step limits within it,
+# CONFORMANCE_LIMIT (200), RUST_BENCH_LIMIT and TORCH_BENCH_LIMIT (150 each in the bench stage;
+# the rest of the budget in full). A step that runs out of time is stopped, its CSV keeps the
+# rows so far, and the stage fails naming it.
+# GPU_CHECK_CPU=1 runs the stages on the CPU with tiny sizes (the test on a machine without a
+# GPU; it skips the GPU detection and does not need nvidia-smi).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo" || exit 2
@@ -30,11 +35,28 @@ OUT="${OUT:-$repo/results/gpu-check}"
 BIN="${BIN:-$repo/dist/mtanet-cuda}"
 PYTHON="${PYTHON:-python3}"
 cpu_mode="${GPU_CHECK_CPU:-0}"
+start=$SECONDS
 
 fail() {
     echo "gpu-check: $*" >&2
     exit 2
 }
+
+stage=full
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --stage) stage="${2:-}"; shift 2 || fail "--stage needs a value: conformance, bench or full" ;;
+        --stage=*) stage="${1#--stage=}"; shift ;;
+        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) fail "unknown argument $1 (use --stage conformance|bench|full)" ;;
+    esac
+done
+case "$stage" in
+    conformance) run_conformance=1; run_bench=0 ;;
+    bench) run_conformance=0; run_bench=1 ;;
+    full) run_conformance=1; run_bench=1 ;;
+    *) fail "unknown stage '$stage' (use conformance, bench or full)" ;;
+esac
 
 SHIM_DIR="${SHIM_DIR:-$repo/dist/curand-shim}"
 if [ ! -x "$BIN" ] && [ -f "$BIN.xz" ]; then
@@ -49,8 +71,9 @@ mkdir -p "$OUT" || fail "cannot create $OUT"
 
 if [ "$cpu_mode" = 1 ]; then
     device=cpu
-    : "${BATCHES:=2}" "${SIZE:=32}" "${STEPS:=1}" "${WARMUP:=0}" "${BACKBONES:=resnet50}"
     torch_device=cpu
+    : "${BATCHES:=2,4}" "${SIZE:=32}" "${STEPS:=1}" "${WARMUP:=0}"
+    [ "$stage" = bench ] || : "${BACKBONES:=resnet50}"
 else
     device=cuda:0
     torch_device=cuda
@@ -63,55 +86,100 @@ else
     #    nvidia wheels, as scripts/cuda-env.sh linked them; libcuda.so.1 from the driver.
     site="$("$PYTHON" -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)" \
         || fail "$PYTHON has no nvidia wheels (needs a CUDA 13 build of PyTorch)"
-    libs="$(ls -d "$site"/nvidia/*/lib 2>/dev/null | tr '\n' ':')"
-    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+    libs="$(ls -d "$site"/nvidia/*/lib 2>/dev/null | paste -sd: -)"
+    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # PyTorch's CUDA 13 wheels have no libcurand: fall back to the shim build-cuda.sh made
     # (generator set-up works, GPU-side random generation errors; mtanet draws on the CPU).
     deps="$(ldd "$BIN" 2>/dev/null)"
     if [[ "$deps" == *"libcurand.so.10 => not found"* ]]; then
         [ -f "$SHIM_DIR/libcurand.so.10" ] \
             || fail "libcurand.so.10 not found and no $SHIM_DIR: rerun scripts/build-cuda.sh"
-        export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$SHIM_DIR"
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$SHIM_DIR"
         echo "gpu-check: no libcurand.so.10 in $PYTHON's wheels: using the cuRAND shim" >&2
     fi
     missing="$(ldd "$BIN" 2>/dev/null | grep 'not found' | awk '{print $1}' | tr '\n' ' ')"
     [ -z "$missing" ] || fail "the binary's libraries are missing: ${missing}(PyTorch's wheels must be CUDA 13: libcublas.so.13, libnvrtc.so.13, libcudnn.so.9)"
     # 3. The binary can initialise CUDA and run our kernels.
-    probe="$(RUST_BACKTRACE=0 "$BIN" gpu-check --probe --device "$device" 2>&1)" \
+    probe="$(RUST_BACKTRACE=0 timeout -k 5 120 "$BIN" gpu-check --probe --device "$device" 2>&1)" \
         || fail "the binary cannot use CUDA: $(echo "$probe" | grep -v -E '^\s+[0-9]+: |^\s+at |^\s*$' | tr -s ' \n' ' ')"
     echo "$probe"
 fi
+case "$stage" in
+    conformance) : "${BUDGET:=225}" ;;
+    bench)
+        : "${BACKBONES:=resnet50,resnext50_32x4d}" "${BUDGET:=315}"
+        : "${RUST_BENCH_LIMIT:=150}" "${TORCH_BENCH_LIMIT:=150}"
+        NO_COMPILE=1
+        ;;
+    full)
+        : "${BACKBONES:=resnet50,resnext50_32x4d,resnext50_32x4d_cbam,seresnet50,senet50_vggface2}"
+        : "${BUDGET:=580}"
+        ;;
+esac
+: "${RUST_BENCH_LIMIT:=$BUDGET}" "${TORCH_BENCH_LIMIT:=$BUDGET}" "${CONFORMANCE_LIMIT:=200}"
 : "${BATCHES:=64,256}" "${PRECISIONS:=f32,bf16}" "${SIZE:=112}" "${STEPS:=10}" "${WARMUP:=3}"
-: "${BACKBONES:=resnet50,resnext50_32x4d,resnext50_32x4d_cbam,seresnet50,senet50_vggface2}"
+deadline=$((start + BUDGET))
 
 log="$OUT/gpu-check.log"
 {
-    echo "gpu-check: $(date -u +%FT%TZ) on $(hostname); device $device; binary $BIN"
+    echo "gpu-check: stage $stage, $(date -u +%FT%TZ) on $(hostname); device $device; binary $BIN"
     [ "$cpu_mode" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 } | tee "$log"
 
-rust_args=(gpu-check --device "$device" --reference cpu --fixtures tests/fixtures/backbones
-    --out "$OUT" --backbones "$BACKBONES" --batches "$BATCHES" --precisions "$PRECISIONS"
-    --size "$SIZE" --steps "$STEPS" --warmup "$WARMUP")
-[ "${SKIP_BENCH:-0}" = 1 ] && rust_args+=(--no-bench)
-[ "${SKIP_CONFORMANCE:-0}" = 1 ] && rust_args+=(--no-conformance)
-[ "${TF32:-0}" = 1 ] && rust_args+=(--tf32)
-"$BIN" "${rust_args[@]}" 2>&1 | tee -a "$log"
-rust_rc=${PIPESTATUS[0]}
+failures=()
+# run LIMIT LABEL CMD...: runs CMD under a time limit, its output into the log; records a
+# failure naming LABEL when it exits non-zero or runs out of time.
+run() {
+    local limit="$1" label="$2"
+    shift 2
+    # Within the stage's budget, keeping 10 s for the table.
+    local left=$((deadline - SECONDS - 10))
+    [ "$label" = "the table" ] && left=$((deadline - SECONDS + 10))
+    if [ "$left" -lt 5 ]; then
+        failures+=("no time left for $label within the ${BUDGET} s budget")
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+    local from
+    from=$(wc -l <"$log")
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    # The step's own summary lines ("gpu-check: conformance 270 passed, ...") name what failed.
+    local said
+    said="$(tail -n +"$((from + 1))" "$log" | grep -E '^gpu-check: (conformance|bench) [0-9]' | sed 's/^gpu-check: //' | paste -sd, -)"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        failures+=("$label ran out of its ${limit} s${said:+ ($said)}")
+    elif [ "$rc" -ne 0 ]; then
+        failures+=("$label exited $rc${said:+ ($said)}")
+    fi
+}
 
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
+common=(--device "$device" --reference cpu --fixtures tests/fixtures/backbones --out "$OUT"
+    --backbones "$BACKBONES" --batches "$BATCHES" --precisions "$PRECISIONS" --size "$SIZE"
+    --steps "$STEPS" --warmup "$WARMUP")
+if [ "$run_conformance" = 1 ]; then
+    # Every launch synchronous: an illegal address is reported by the op that caused it.
+    run "$CONFORMANCE_LIMIT" "conformance" env CUDA_LAUNCH_BLOCKING=1 \
+        "$BIN" gpu-check "${common[@]}" --no-bench
+fi
+if [ "$run_bench" = 1 ]; then
+    rust_args=("${common[@]}" --no-conformance)
+    [ "${TF32:-0}" = 1 ] && rust_args+=(--tf32)
+    run "$RUST_BENCH_LIMIT" "the Rust bench" "$BIN" gpu-check "${rust_args[@]}"
     torch_args=(bench --device "$torch_device" --out "$OUT" --backbones "$BACKBONES"
         --batches "$BATCHES" --precisions "$PRECISIONS" --size "$SIZE" --steps "$STEPS"
         --warmup "$WARMUP")
     [ "${NO_COMPILE:-0}" = 1 ] || [ "$cpu_mode" = 1 ] \
         || torch_args+=(--compile --compile-points "${COMPILE_POINTS:-resnet50:256}")
     [ "${TF32:-0}" = 1 ] && torch_args+=(--tf32)
-    "$PYTHON" scripts/gpu_check_torch.py "${torch_args[@]}" 2>&1 | tee -a "$log"
+    run "$TORCH_BENCH_LIMIT" "the PyTorch bench" "$PYTHON" scripts/gpu_check_torch.py "${torch_args[@]}"
 fi
-"$PYTHON" scripts/gpu_check_torch.py table --out "$OUT" 2>&1 | tee -a "$log"
+run 60 "the table" "$PYTHON" scripts/gpu_check_torch.py table --out "$OUT"
 
-if [ "$rust_rc" -ne 0 ]; then
-    echo "gpu-check: mtanet gpu-check exited $rust_rc (conformance failure or error; see $log)" >&2
+elapsed=$((SECONDS - start))
+if [ "${#failures[@]}" -gt 0 ]; then
+    msg="$(printf '%s; ' "${failures[@]}")"
+    echo "gpu-check: FAILED stage $stage after ${elapsed} s: ${msg%; } (see $log)" >&2
     exit 1
 fi
-echo "gpu-check: done; table in $OUT/table.md"
+echo "gpu-check: stage $stage done in ${elapsed} s; table in $OUT/table.md"

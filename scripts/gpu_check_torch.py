@@ -10,7 +10,8 @@ the table that joins them with the Rust numbers.
         -> DIR/table.csv, DIR/table.md from bench_rust.csv, bench_torch.csv, conformance.csv
 
 Timing: median per-step seconds over --steps after --warmup, with torch.cuda.synchronize()
-after every step (both sides do the same). f32 with TF32 off for convolutions and matmuls
+after every step (both sides do the same). Peak memory: torch.cuda.max_memory_allocated() from
+building the model to the last eval step (mtanet-rs reports the same span from its CUDA pool). f32 with TF32 off for convolutions and matmuls
 (exact f32, as mtanet-rs runs); --tf32 turns it on for both frameworks. bf16 runs the forward
 and the losses under torch.autocast(dtype=torch.bfloat16) with f32 parameters, the counterpart
 of mtanet's `precision: bf16`. Achieved TFLOP/s of a train step are counted as 3x the forward
@@ -55,6 +56,8 @@ def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f
     sys.path.insert(0, HERE)
     import bench_torch
     torch.manual_seed(7)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     net = bench_torch.build_mtanet(name).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-3)
     n_au, n_expr = bench_torch.N_AU, bench_torch.N_EXPR
@@ -87,7 +90,8 @@ def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f
 
     train_s = median_s(device, steps, warmup, train_step)
     eval_s = median_s(device, steps, warmup, eval_step)
-    return batch / train_s, batch / eval_s
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
+    return batch / train_s, batch / eval_s, peak
 
 
 def forward_gflop_per_img(name, size):
@@ -146,7 +150,7 @@ def cmd_bench(args):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["framework", "mode", "device", "backbone", "batch", "precision", "size",
-                    "fwd_gflop_per_img", "train_img_s", "eval_img_s", "error"])
+                    "fwd_gflop_per_img", "train_img_s", "eval_img_s", "peak_mem_mib", "error"])
         compile_broken = None
         for name in args.backbones.split(","):
             gflop = f"{forward_gflop_per_img(name, args.size):.4f}"
@@ -157,16 +161,16 @@ def cmd_bench(args):
                         and (name, str(batch)) not in compile_points:
                     continue
                 if mode == "compile" and compile_broken:
-                    w.writerow(head + ["", "", f"skipped: {compile_broken}"])
+                    w.writerow(head + ["", "", "", f"skipped: {compile_broken}"])
                     continue
                 t = time.time()
                 try:
-                    tr, ev = bench_point(name, batch, args.size, args.steps, args.warmup,
-                                         args.device, mode == "compile", precision)
-                    row = [f"{tr:.2f}", f"{ev:.2f}", ""]
+                    tr, ev, peak = bench_point(name, batch, args.size, args.steps, args.warmup,
+                                               args.device, mode == "compile", precision)
+                    row = [f"{tr:.2f}", f"{ev:.2f}", "" if peak is None else f"{peak:.0f}", ""]
                 except Exception as e:  # noqa: BLE001 -- recorded in the table, run goes on
                     msg = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-                    row = ["", "", msg]
+                    row = ["", "", "", msg]
                     if mode == "compile":
                         compile_broken = msg
                 finally:
@@ -174,8 +178,9 @@ def cmd_bench(args):
                         torch.cuda.empty_cache()
                 w.writerow(head + row)
                 f.flush()
+                peak = f", peak {row[2]} MiB" if row[2] else ""
                 print(f"gpu_check_torch: {mode} {name} batch {batch} {precision}: train {row[0] or '-'} "
-                      f"img/s, eval {row[1] or '-'} img/s {row[2]} ({time.time() - t:.0f} s)",
+                      f"img/s, eval {row[1] or '-'} img/s{peak} {row[3]} ({time.time() - t:.0f} s)",
                       flush=True)
     return 0
 
@@ -209,7 +214,7 @@ def cmd_table(args):
               "compile_train_img_s", "train_ratio_vs_eager", "train_ratio_vs_compile",
               "rs_train_tflops", "rs_fraction_of_matmul_peak", "torch_fraction_of_matmul_peak",
               "rs_eval_img_s", "torch_eval_img_s", "compile_eval_img_s", "eval_ratio_vs_eager",
-              "errors"]
+              "rs_peak_mem_mib", "torch_peak_mem_mib", "errors"]
 
     def tflops(img_s, gflop):
         try:
@@ -235,25 +240,39 @@ def cmd_table(args):
                       "" if rs_tf is None else f"{rs_tf:.2f}", fraction(rs_tf, precision),
                       fraction(torch_tf, precision), r["eval_img_s"],
                       e.get("eval_img_s", ""), c.get("eval_img_s", ""),
-                      ratio(r["eval_img_s"], e.get("eval_img_s")), errs])
+                      ratio(r["eval_img_s"], e.get("eval_img_s")), r.get("peak_mem_mib", ""),
+                      e.get("peak_mem_mib", ""), errs])
     with open(os.path.join(args.out, "table.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(table)
-    passed = sum(1 for r in conf if r["pass"] == "true")
+    counts = {k: sum(1 for r in conf if r.get("status") == k)
+              for k in ["pass", "fail", "error", "skip"]}
     worst = {}
     for r in conf:
         item = r["item"].split(" (")[0]
+        if r.get("status") == "error":
+            worst[item] = "error"
+            continue
+        if not r.get("rel_err_vs_reference"):
+            continue
         v = float(r["rel_err_vs_reference"])
-        worst[item] = max(worst.get(item, 0.0), v)
+        if worst.get(item) != "error":
+            worst[item] = max(worst.get(item, 0.0), v)
+    errors = [r for r in conf if r.get("status") == "error"]
     lines = [f"# gpu-check: {info.get('device', '?')}", ""]
     lines.append(f"torch {info.get('torch', '?')}, CUDA {info.get('cuda', '?')}, cuDNN "
                  f"{info.get('cudnn', '?')}, TF32 {info.get('tf32', '?')}; matmul peak "
                  f"f32 {info.get('matmul_tflops_f32', float('nan')):.1f} TFLOP/s, bf16 "
                  f"{info.get('matmul_tflops_bf16', float('nan')):.1f} TFLOP/s")
-    lines += ["", f"## Conformance: {passed} of {len(conf)} comparisons pass", "",
-              "| item | worst rel. err vs CPU |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.2e} |" for k, v in worst.items()]
+    lines += ["", f"## Conformance: {counts['pass']} of {len(conf)} rows pass, "
+                  f"{counts['fail']} fail, {counts['error']} error, {counts['skip']} skipped", "",
+              "| item | worst rel. err vs reference |", "| --- | --- |"]
+    lines += [f"| {k} | {v if isinstance(v, str) else f'{v:.2e}'} |" for k, v in worst.items()]
+    if errors:
+        lines += ["", "### Errors", "", "| item | shape | message |", "| --- | --- | --- |"]
+        lines += [f"| {r['item']} | {r.get('shape', '')} | {r.get('message', '')} |"
+                  for r in errors]
     lines += ["", "## Throughput (img/s, median step)", "",
               "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table]

@@ -1,6 +1,7 @@
 //! `scripts/gpu-check.sh` as far as a machine without a GPU allows: it must notice the missing
 //! GPU and stop with one clear line and exit code 2, and its CPU mode (`GPU_CHECK_CPU=1`) must
-//! run the conformance part (f32 and bf16 rows) through the real binary and write its CSVs.
+//! run the conformance stage (f32 and bf16 rows) through the real binary and write its CSVs;
+//! an op that errors must become an error row, with the run going on and the exit code 1.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,21 +47,59 @@ fn missing_gpu_exits_2_with_one_line() {
 }
 
 #[test]
-fn cpu_mode_runs_the_conformance_part() {
+fn unknown_stage_exits_2_with_one_line() {
+    let out = script().args(["--stage", "warp"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("gpu-check: unknown stage 'warp'"),
+        "{stderr}"
+    );
+}
+
+/// The rows of `conformance.csv` in `dir`, without the header.
+fn conformance_rows(dir: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(dir.join("conformance.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "item,quantity,shape,reference,rel_err_vs_reference,rel_err_vs_torch,\
+             torch_tolerance,status,message"
+        )
+    );
+    lines.map(str::to_string).collect()
+}
+
+#[test]
+fn cpu_mode_runs_the_conformance_stage() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = script()
+        .args(["--stage", "conformance"])
         .env("GPU_CHECK_CPU", "1")
-        .env("SKIP_BENCH", "1")
         .env("OUT", out_dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let csv = std::fs::read_to_string(out_dir.path().join("conformance.csv")).unwrap();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let rows = conformance_rows(out_dir.path());
     assert!(rows.len() > 100, "{} rows", rows.len());
-    assert!(rows.iter().all(|r| r.ends_with(",true")), "{csv}");
+    assert!(
+        rows.iter().all(|r| r.contains(",pass,")),
+        "{}",
+        rows.join("\n")
+    );
+    // The CPU mode compares the ops with independent code, not with themselves.
+    let independent = rows
+        .iter()
+        .filter(|r| r.contains("\"cpu, candle ops\""))
+        .count();
+    assert!(
+        independent > 100,
+        "{independent} rows against candle's own ops"
+    );
     for kind in [
         "resnet50",
         "resnext50_32x4d",
@@ -75,5 +114,59 @@ fn cpu_mode_runs_the_conformance_part() {
         );
     }
     let log = std::fs::read_to_string(out_dir.path().join("gpu-check.log")).unwrap();
-    assert!(log.contains("gpu-check: conformance"), "{log}");
+    assert!(
+        log.contains("gpu-check: conformance ") && log.contains(" 0 failed, 0 errored"),
+        "{log}"
+    );
+    assert!(
+        stdout.contains("gpu-check: stage conformance done in"),
+        "{stdout}"
+    );
+    assert!(out_dir.path().join("table.md").exists());
+}
+
+#[test]
+fn an_op_that_errors_is_an_error_row_and_the_run_finishes_with_exit_1() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = script()
+        .args(["--stage", "conformance"])
+        .env("GPU_CHECK_CPU", "1")
+        .env(
+            "MTANET_GPU_CHECK_INJECT_ERROR",
+            "Gate op spatial (2, 5, 7, 9)",
+        )
+        .env("OUT", out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let rows = conformance_rows(out_dir.path());
+    let errors: Vec<&String> = rows.iter().filter(|r| r.contains(",error,")).collect();
+    // The plain and the transposed spatial gate of that shape.
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0]
+            .starts_with("\"Gate op spatial (2, 5, 7, 9)\",\"-\",\"[2, 5, 7, 9] x [2, 1, 7, 9]\""),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].contains("MTANET_GPU_CHECK_INJECT_ERROR"),
+        "{errors:?}"
+    );
+    // Everything else ran: the backbones after the ops, all passing.
+    assert!(rows
+        .iter()
+        .any(|r| r.starts_with("\"senet50_vggface2 bf16")));
+    assert!(rows
+        .iter()
+        .filter(|r| !r.contains(",error,"))
+        .all(|r| r.contains(",pass,")));
+    // One line on stderr says the stage failed and why.
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("gpu-check: FAILED stage conformance") && last.contains("2 errored"),
+        "{stderr}"
+    );
+    assert!(out_dir.path().join("table.md").exists());
 }

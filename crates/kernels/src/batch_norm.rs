@@ -332,7 +332,8 @@ impl CustomOp3 for BatchNormTrain {
             mean: out.mean,
             var: out.var,
             inv_std: out.inv_std,
-            weight: out.weight,
+            // The backward op reads the weight tensor on the device (`BatchNormTrainGrad`).
+            weight: Vec::new(),
             count: n * inner,
         });
         Ok((out.y, xl.shape().clone()))
@@ -354,6 +355,8 @@ impl CustomOp3 for BatchNormTrain {
         let grad = BatchNormTrainGrad {
             saved: s.clone(),
             relu: self.relu,
+            #[cfg(feature = "cuda")]
+            weight: _w.device().is_cuda().then(|| _w.clone()),
         };
         let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
         let per_channel = Shape::from(c);
@@ -367,6 +370,9 @@ impl CustomOp3 for BatchNormTrain {
 struct BatchNormTrainGrad {
     saved: Saved,
     relu: bool,
+    /// The weight on CUDA (the CUDA forward keeps no host copy of it).
+    #[cfg(feature = "cuda")]
+    weight: Option<Tensor>,
 }
 
 impl CustomOp3 for BatchNormTrainGrad {
@@ -385,10 +391,18 @@ impl CustomOp3 for BatchNormTrainGrad {
         gl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dims = nc_inner(xl.dims(), "batch_norm_train backward")?;
+        let guard = self.weight.as_ref().map(|w| w.storage_and_layout());
+        let weight = match &guard {
+            Some((storage, layout)) => match &**storage {
+                candle_core::Storage::Cuda(s) => crate::cuda::norm::Weight::Device(s, layout),
+                _ => bail!("batch_norm_train backward (cuda): the weight is not on CUDA"),
+            },
+            None => crate::cuda::norm::Weight::Host(&self.saved.weight),
+        };
         let params = crate::cuda::norm::ChannelParams {
             mean: Some(&self.saved.mean),
             inv_std: Some(&self.saved.inv_std),
-            weight: &self.saved.weight,
+            weight,
         };
         let out =
             crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
@@ -590,7 +604,7 @@ impl CustomOp3 for ChannelAffineGrad {
         let params = crate::cuda::norm::ChannelParams {
             mean: None,
             inv_std: None,
-            weight: &self.scale,
+            weight: crate::cuda::norm::Weight::Host(&self.scale),
         };
         let out =
             crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;

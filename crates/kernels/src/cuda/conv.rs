@@ -14,14 +14,25 @@
 //!
 //! Math mode: f32 uses `CUDNN_FMA_MATH` (no TF32) unless [`set_allow_tf32`] is on, then
 //! `CUDNN_DEFAULT_MATH` (TF32 tensor cores on Ampere and later, as PyTorch's default); bf16/f16
-//! use `CUDNN_TENSOR_OP_MATH`. Output buffers are zero-filled and written with
-//! `alpha = 1, beta = 0`.
+//! use `CUDNN_TENSOR_OP_MATH`. The math type is set on the convolution descriptor before any
+//! algorithm is measured or run, so every algorithm runs in the math type it was measured in.
+//! Output buffers are zero-filled and written with `alpha = 1, beta = 0`.
+//!
+//! Algorithms are chosen by measurement, as PyTorch's `cudnn.benchmark = True` does: the first
+//! time a (device, pass, geometry, dtype, math type) key is seen on a thread, every algorithm
+//! of the pass is launched once (warm-up; an algorithm that is not supported, needs more than
+//! [`WORKSPACE_LIMIT`] bytes of workspace, or fails, is left out) and once more timed, and the
+//! working ones are cached fastest first. Each call runs the first cached algorithm and, should
+//! it fail (a workspace that no longer fits, say), the next; when none runs, the call returns
+//! an error listing each algorithm's failure.
 //!
 //! Without the `cudnn` feature these functions run the CPU kernels through
 //! [`super::host_fallback`].
 
 use crate::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 use candle_core::{CudaStorage, Layout, Result, Shape};
+#[cfg(feature = "cudnn")]
+pub use cudnn::WORKSPACE_LIMIT;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
@@ -124,11 +135,13 @@ mod cudnn {
         ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, CudnnDataType,
     };
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+    use candle_core::cuda_backend::WrapErr;
     use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
     use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, WithDType};
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::sync::Arc;
+    use std::time::Instant;
 
     /// Which of the three convolution passes to run.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,15 +157,65 @@ mod cudnn {
     /// Algorithm-cache key: device, pass, the ten sizes of the geometry, dtype, math mode.
     type Key = (DeviceId, Pass, [usize; 10], DType, u32);
 
+    /// Most workspace memory an algorithm may use (1 GiB); algorithms needing more are not
+    /// measured or run.
+    pub const WORKSPACE_LIMIT: usize = 1 << 30;
+
+    /// Working algorithms of one key, fastest first.
+    type Order<A> = Vec<A>;
+
     thread_local! {
         // cuDNN handles are neither Send nor Sync: one per thread and device, as candle does.
         static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-        static FWD: RefCell<HashMap<Key, cudnnConvolutionFwdAlgo_t>> = RefCell::new(HashMap::new());
-        static BWD_DATA: RefCell<HashMap<Key, cudnnConvolutionBwdDataAlgo_t>> =
+        static FWD: RefCell<HashMap<Key, Order<cudnnConvolutionFwdAlgo_t>>> =
             RefCell::new(HashMap::new());
-        static BWD_FILTER: RefCell<HashMap<Key, cudnnConvolutionBwdFilterAlgo_t>> =
+        static BWD_DATA: RefCell<HashMap<Key, Order<cudnnConvolutionBwdDataAlgo_t>>> =
+            RefCell::new(HashMap::new());
+        static BWD_FILTER: RefCell<HashMap<Key, Order<cudnnConvolutionBwdFilterAlgo_t>>> =
             RefCell::new(HashMap::new());
     }
+
+    /// Every forward algorithm of cuDNN's legacy API.
+    const FWD_ALGOS: [cudnnConvolutionFwdAlgo_t; 8] = {
+        use cudnnConvolutionFwdAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        ]
+    };
+
+    /// Every backward-data algorithm.
+    const BWD_DATA_ALGOS: [cudnnConvolutionBwdDataAlgo_t; 6] = {
+        use cudnnConvolutionBwdDataAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+        ]
+    };
+
+    /// Every backward-filter algorithm.
+    const BWD_FILTER_ALGOS: [cudnnConvolutionBwdFilterAlgo_t; 7] = {
+        use cudnnConvolutionBwdFilterAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+        ]
+    };
 
     fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
         HANDLES.with(|h| {
@@ -243,24 +306,84 @@ mod cudnn {
         Ok((storage, out.clone()))
     }
 
-    /// Picks (once per key and thread) and returns the algorithm for `key`.
-    fn cached<A: Copy + 'static>(
-        cache: &'static std::thread::LocalKey<RefCell<HashMap<Key, A>>>,
-        key: Key,
-        pick: impl FnOnce() -> Result<A>,
-    ) -> Result<A> {
-        if let Some(a) = cache.with(|c| c.borrow().get(&key).copied()) {
-            return Ok(a);
+    /// Measures every algorithm of `all` with `launch` (one warm-up launch, then one timed
+    /// launch between two stream synchronisations) and returns the working ones, fastest
+    /// first, or an error listing why each failed.
+    fn measure<A: Copy + std::fmt::Debug>(
+        all: &[A],
+        dev: &CudaDevice,
+        what: &dyn Fn() -> String,
+        launch: &mut dyn FnMut(A) -> Result<()>,
+    ) -> Result<Order<A>> {
+        let stream = dev.cuda_stream();
+        let mut timed = Vec::with_capacity(all.len());
+        let mut failures = Vec::new();
+        for &algo in all {
+            if let Err(e) = launch(algo) {
+                failures.push(format!("{algo:?}: {e}"));
+                continue;
+            }
+            // A failed synchronisation is a sticky error of the context: no algorithm can run.
+            stream.synchronize().w()?;
+            let t = Instant::now();
+            if let Err(e) = launch(algo) {
+                failures.push(format!("{algo:?}: {e}"));
+                continue;
+            }
+            stream.synchronize().w()?;
+            timed.push((t.elapsed(), algo));
         }
-        let a = pick()?;
-        cache.with(|c| c.borrow_mut().insert(key, a));
-        Ok(a)
+        if timed.is_empty() {
+            bail!(
+                "{}: no cuDNN algorithm runs ({})",
+                what(),
+                failures.join("; ")
+            )
+        }
+        timed.sort_by_key(|&(t, _)| t);
+        Ok(timed.into_iter().map(|(_, a)| a).collect())
     }
 
-    /// Uninitialised scratch memory for cuDNN (`None` when it needs none).
+    /// Runs `launch` with the algorithms of `key` in their measured order (measuring them on
+    /// first use, see [`measure`]) until one succeeds; an error lists every failure.
+    fn run_measured<A: Copy + std::fmt::Debug + 'static>(
+        cache: &'static std::thread::LocalKey<RefCell<HashMap<Key, Order<A>>>>,
+        key: Key,
+        all: &[A],
+        dev: &CudaDevice,
+        what: &dyn Fn() -> String,
+        launch: &mut dyn FnMut(A) -> Result<()>,
+    ) -> Result<()> {
+        let order = match cache.with(|c| c.borrow().get(&key).cloned()) {
+            Some(order) => order,
+            None => {
+                let order = measure(all, dev, what, launch)?;
+                cache.with(|c| c.borrow_mut().insert(key, order.clone()));
+                order
+            }
+        };
+        let mut failures = Vec::new();
+        for algo in order {
+            match launch(algo) {
+                Ok(()) => return Ok(()),
+                Err(e) => failures.push(format!("{algo:?}: {e}")),
+            }
+        }
+        bail!(
+            "{}: every measured cuDNN algorithm failed ({})",
+            what(),
+            failures.join("; ")
+        )
+    }
+
+    /// Uninitialised scratch memory for cuDNN (`None` when it needs none); an error above
+    /// [`WORKSPACE_LIMIT`].
     fn workspace(dev: &CudaDevice, bytes: usize) -> Result<Option<CudaSlice<u8>>> {
         if bytes == 0 {
             return Ok(None);
+        }
+        if bytes > WORKSPACE_LIMIT {
+            bail!("workspace of {bytes} bytes over the limit of {WORKSPACE_LIMIT}")
         }
         // SAFETY: cuDNN workspaces are scratch space that cuDNN writes before it reads.
         Ok(Some(unsafe { dev.alloc::<u8>(bytes) }?))
@@ -319,6 +442,18 @@ mod cudnn {
             ],
         )?;
         let key: Key = (dev.id(), pass, sizes(g), T::DTYPE, math as u32);
+        let what = || {
+            format!(
+                "conv2d {pass:?} (cudnn, {:?}, {math:?}): input {:?}, weight {:?}, stride {}, \
+             padding {}, groups {}",
+                T::DTYPE,
+                g.input_dims(),
+                g.weight_dims(),
+                g.stride,
+                g.padding,
+                g.groups
+            )
+        };
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
         let (av, bv) = (a.view::<T>()?, b.view::<T>()?);
         let out = match pass {
@@ -329,12 +464,14 @@ mod cudnn {
                     w: &w_desc,
                     y: &y_desc,
                 };
-                let algo = cached(&FWD, key, || Ok(op.pick_algorithm()?))?;
-                let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
                 let mut y = dev.alloc_zeros::<T>(g.batch * g.out_channels * g.out_pixels())?;
-                // SAFETY: x, w and y are packed buffers of exactly the descriptors' sizes and
-                // dtype `T` (checked dims in `run`, `Dense` packs strided operands).
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &bv, &mut y) }?;
+                run_measured(&FWD, key, &FWD_ALGOS, dev, &what, &mut |algo| {
+                    let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
+                    // SAFETY: x, w and y are packed buffers of exactly the descriptors' sizes
+                    // and dtype `T` (checked dims in `run`, `Dense` packs strided operands).
+                    unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &bv, &mut y) }?;
+                    Ok(())
+                })?;
                 y
             }
             Pass::BackwardData => {
@@ -344,11 +481,13 @@ mod cudnn {
                     w: &w_desc,
                     dy: &y_desc,
                 };
-                let algo = cached(&BWD_DATA, key, || Ok(op.pick_algorithm()?))?;
-                let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
                 let mut dx = dev.alloc_zeros::<T>(g.batch * g.in_channels * g.in_pixels())?;
-                // SAFETY: as above; operands are (dy, w), the output is dx.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &bv, &av) }?;
+                run_measured(&BWD_DATA, key, &BWD_DATA_ALGOS, dev, &what, &mut |algo| {
+                    let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
+                    // SAFETY: as above; operands are (dy, w), the output is dx.
+                    unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &bv, &av) }?;
+                    Ok(())
+                })?;
                 dx
             }
             Pass::BackwardFilter => {
@@ -358,11 +497,20 @@ mod cudnn {
                     dw: &w_desc,
                     dy: &y_desc,
                 };
-                let algo = cached(&BWD_FILTER, key, || Ok(op.pick_algorithm()?))?;
-                let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
                 let mut dw = dev.alloc_zeros::<T>(g.out_channels * g.patch_len())?;
-                // SAFETY: as above; operands are (x, dy), the output is dw.
-                unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &mut dw, &bv) }?;
+                run_measured(
+                    &BWD_FILTER,
+                    key,
+                    &BWD_FILTER_ALGOS,
+                    dev,
+                    &what,
+                    &mut |algo| {
+                        let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
+                        // SAFETY: as above; operands are (x, dy), the output is dw.
+                        unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &mut dw, &bv) }?;
+                        Ok(())
+                    },
+                )?;
                 dw
             }
         };

@@ -14,7 +14,7 @@ const MODULE: &str = "mtanet_elementwise";
 
 /// `fn_name(a, b, out, n)` over two operands of one element count: a dense output.
 fn binary(
-    fn_name: &str,
+    fn_name: &'static str,
     what: &str,
     a: (&CudaStorage, &Layout),
     b: (&CudaStorage, &Layout),

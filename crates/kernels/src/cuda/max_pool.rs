@@ -93,7 +93,7 @@ fn fwd_typed<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     storage: &CudaStorage,
     src: &CudaSlice<T>,
     layout: &Layout,
-    fn_name: &str,
+    fn_name: &'static str,
     pool: &MaxPool2d,
 ) -> Result<CudaStorage> {
     let (g, planes, channels) = geometry(pool, layout)?;
@@ -148,7 +148,7 @@ fn bwd_typed<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     storage: &CudaStorage,
     (src, src_layout): (&CudaSlice<T>, &Layout),
     (grad, grad_layout): (&CudaSlice<T>, &Layout),
-    fn_name: &str,
+    fn_name: &'static str,
     pool: &MaxPool2d,
 ) -> Result<CudaStorage> {
     let (g, planes, channels) = geometry(pool, src_layout)?;

@@ -6,8 +6,9 @@
 //!
 //! - **Convolutions** ([`conv`]): forward, backward-data and backward-filter through cuDNN's
 //!   legacy convolution API with the native group count (`cudnnSetConvolutionGroupCount`), so a
-//!   ResNeXt layer is one call, not 32. Algorithms come from cuDNN's heuristics
-//!   (`cudnnGet*Algorithm_v7`) and are cached per shape. f32 runs in exact FMA math by default
+//!   ResNeXt layer is one call, not 32. Algorithms are chosen by measurement once per shape
+//!   and thread (every algorithm timed, the working ones cached fastest first, the next one
+//!   tried when one fails, as PyTorch's `cudnn.benchmark`). f32 runs in exact FMA math by default
 //!   (no TF32), so CUDA matches the CPU within 1e-4; [`set_allow_tf32`] trades that for speed
 //!   as PyTorch's `allow_tf32` does. bf16/f16 use tensor cores with f32 accumulation. Without
 //!   the `cudnn` feature the convolutions run on the CPU kernels through a host round trip (see
@@ -24,6 +25,8 @@
 //!   max + mean pooling and its backward (first-argmax rule of the CPU).
 //! - **Element-wise** ([`elementwise`], `elementwise.cu`): the residual `relu(a + b)` and its
 //!   backward mask, and the in-place SGD / Adam updates.
+//! - **Memory** ([`memory`]): the device's stream-ordered pool keeps freed memory (release
+//!   threshold raised once per device) and reports its peak use.
 //!
 //! All of our CUDA C uses the `_rn` intrinsics for products and sums, so NVRTC's default FMA
 //! contraction cannot change the CPU's rounding; f32 only, except the max-pool (f32 and f64).
@@ -39,13 +42,15 @@
 //!   the driver (or by the GPU machine's newer NVRTC) is rejected with "unsupported PTX
 //!   version"; a CUBIN of the same major CUDA version is not.
 //! - The cost is one NVRTC compile (~0.1-0.5 s) per process and device, and `libnvrtc`
-//!   at run time, which candle already links.
+//!   at run time, which candle already links. Loaded functions are cached per thread, so a
+//!   launch takes no lock.
 
 pub mod conv;
 pub mod elementwise;
 pub mod gate;
 pub mod host_fallback;
 pub mod max_pool;
+pub mod memory;
 pub mod norm;
 mod nvrtc;
 

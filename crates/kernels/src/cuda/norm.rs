@@ -28,8 +28,6 @@ pub struct TrainForward {
     pub var: Vec<f32>,
     /// Per-channel `1 / sqrt(var + eps)`.
     pub inv_std: Vec<f32>,
-    /// The weight, copied to the host for the backward op.
-    pub weight: Vec<f32>,
 }
 
 fn zeros<T>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>>
@@ -113,7 +111,6 @@ pub fn train_forward(
         mean: host(&mean)?,
         var: host(&var)?,
         inv_std: host(&inv_std)?,
-        weight: dev.clone_dtoh(&wv)?,
         y: wrap(y, x.0),
     };
     Ok(out)
@@ -173,14 +170,23 @@ pub fn affine_forward(
     Ok(wrap(y, x.0))
 }
 
-/// Per-channel host values the backward ops need on the device.
+/// The per-channel weight of a backward op: on the host, or the weight tensor's own CUDA
+/// storage (then nothing is copied).
+pub enum Weight<'a> {
+    /// C values on the host, uploaded for the call.
+    Host(&'a [f32]),
+    /// C f32 values on the device, as a storage and its layout.
+    Device(&'a CudaStorage, &'a Layout),
+}
+
+/// Per-channel values the backward ops need on the device.
 pub struct ChannelParams<'a> {
     /// Batch mean (training BatchNorm), or `None` for the affine (no centring).
     pub mean: Option<&'a [f32]>,
     /// The factor of the per-row `sum g' x` sums: `inv_std` (training) or `None` (1).
     pub inv_std: Option<&'a [f32]>,
     /// `weight` (training) or `scale` (affine).
-    pub weight: &'a [f32],
+    pub weight: Weight<'a>,
 }
 
 /// Backward of the training BatchNorm (`mean`, `inv_std` given) or of the channel affine
@@ -201,10 +207,14 @@ pub fn backward(
     let yd = dense_f32(y.0, y.1, numel, WHAT)?;
     let gd = dense_f32(grad_y.0, grad_y.1, numel, WHAT)?;
     let (xv, yv, gv) = (xd.view::<f32>()?, yd.view::<f32>()?, gd.view::<f32>()?);
+    let host_weight = match params.weight {
+        Weight::Host(w) => Some(w),
+        Weight::Device(..) => None,
+    };
     for (name, v) in [
         ("mean", params.mean),
         ("inv_std", params.inv_std),
-        ("weight", Some(params.weight)),
+        ("weight", host_weight),
     ] {
         if let Some(v) = v {
             if v.len() != c {
@@ -222,7 +232,19 @@ pub fn backward(
     };
     let mean = upload(params.mean)?;
     let inv_std = upload(params.inv_std)?;
-    let weight = upload(Some(params.weight))?;
+    let weight_dense = match params.weight {
+        Weight::Device(s, l) => Some(dense_f32(s, l, c, WHAT)?),
+        Weight::Host(_) => None,
+    };
+    let weight_host = match host_weight {
+        Some(w) => Some(upload(Some(w))?),
+        None => None,
+    };
+    let weight: CudaView<'_, f32> = match (&weight_dense, &weight_host) {
+        (Some(d), _) => d.view::<f32>()?,
+        (None, Some(h)) => h.slice(..),
+        (None, None) => candle_core::bail!("{WHAT} (cuda): no weight"),
+    };
     let (ci, ii) = (to_i64(c, WHAT)?, to_i64(inner, WHAT)?);
     let (ni, rows_i, numel_i) = (to_i64(n, WHAT)?, to_i64(rows, WHAT)?, to_i64(numel, WHAT)?);
     let relu_i = i32::from(relu);

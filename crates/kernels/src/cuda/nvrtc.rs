@@ -1,11 +1,12 @@
 //! Run-time compilation of this crate's CUDA C with NVRTC, straight to a CUBIN for the device's
-//! own architecture, and a per-device cache of the loaded modules (see the module docs of
-//! [`crate::cuda`] for why).
+//! own architecture, a per-device cache of the loaded modules and a per-thread cache of the
+//! loaded functions (see the module docs of [`crate::cuda`] for why).
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule};
 use candle_core::cuda_backend::cudarc::nvrtc::{result, sys, Ptx};
 use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 use candle_core::{bail, Result};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -68,14 +69,28 @@ type ModuleKey = (DeviceId, &'static str);
 static MODULES: LazyLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// A loaded function: device, module, function name.
+type FunctionKey = (DeviceId, &'static str, &'static str);
+
+thread_local! {
+    /// Functions this thread has launched: the launch path takes no lock and makes no driver
+    /// call once a function is here.
+    static FUNCTIONS: RefCell<HashMap<FunctionKey, CudaFunction>> = RefCell::new(HashMap::new());
+}
+
 /// Function `fn_name` of module `module` (CUDA C `src`) on `dev`: compiled for the device's
-/// architecture and loaded on first use, then taken from the cache.
+/// architecture and loaded on first use in the process (under a lock), then taken from a
+/// per-thread cache.
 pub(crate) fn function(
     dev: &CudaDevice,
     module: &'static str,
     src: &'static str,
-    fn_name: &str,
+    fn_name: &'static str,
 ) -> Result<CudaFunction> {
+    let key = (dev.id(), module, fn_name);
+    if let Some(f) = FUNCTIONS.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(f);
+    }
     let mdl = {
         let mut modules = match MODULES.lock() {
             Ok(m) => m,
@@ -93,7 +108,9 @@ pub(crate) fn function(
             }
         }
     };
-    mdl.load_function(fn_name).w()
+    let f = mdl.load_function(fn_name).w()?;
+    FUNCTIONS.with(|c| c.borrow_mut().insert(key, f.clone()));
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -127,60 +127,84 @@ pub(super) fn fixture_io(
     candle_core::safetensors::load(&path, &Device::Cpu)
         .with_context(|| format!("cannot read {}", path.display()))
 }
-pub(super) fn check_backbones(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
-    let meta = fixture_meta(fixtures)?;
+/// Every backbone on its PyTorch fixture, on the device and on the reference device: eval and
+/// train outputs, every fixture gradient, the BatchNorm running statistics after the train
+/// step. One guarded check per backbone (an error becomes that backbone's error row).
+pub(super) fn check_backbones(c: &mut Checker, fixtures: &Path) {
+    let mut meta = None;
+    c.guard("backbone fixtures", &fixtures.display().to_string(), |_| {
+        meta = Some(fixture_meta(fixtures)?);
+        Ok(())
+    });
+    let Some(meta) = meta else { return };
     for kind in BackboneKind::ALL {
-        let io = fixture_io(fixtures, kind)?;
-        let item = format!("{kind} (small, batch {})", io["input"].dim(0)?);
-        let (e_ref, t_ref, g_ref, a_ref) =
-            run_backbone(kind, &meta, fixtures, &io, &c.reference.clone())?;
-        let (e, t, g, a) = run_backbone(kind, &meta, fixtures, &io, &c.dev.clone())?;
-        c.push(
+        let item = format!("{kind} (small)");
+        c.guard(&item, &format!("{kind}.io.safetensors"), |c| {
+            c.injected(&item)?;
+            check_backbone(c, kind, &meta, fixtures)
+        });
+    }
+}
+
+/// [`check_backbones`] for one backbone.
+fn check_backbone(
+    c: &mut Checker,
+    kind: BackboneKind,
+    meta: &Value,
+    fixtures: &Path,
+) -> anyhow::Result<()> {
+    let io = fixture_io(fixtures, kind)?;
+    let item = format!("{kind} (small, batch {})", io["input"].dim(0)?);
+    let (e_ref, t_ref, g_ref, a_ref) =
+        run_backbone(kind, meta, fixtures, &io, &c.reference.clone())?;
+    let (e, t, g, a) = run_backbone(kind, meta, fixtures, &io, &c.dev.clone())?;
+    c.push(
+        &item,
+        "eval output",
+        &e,
+        &e_ref,
+        Some((&io["out_eval"], 1e-4)),
+    )?;
+    c.push(
+        &item,
+        "train output",
+        &t,
+        &t_ref,
+        Some((&io["out_train"], 1e-4)),
+    )?;
+    // Every gradient against both references; parameter rows are printed only on failure.
+    let (mut max_ref, mut max_torch) = (0f32, 0f32);
+    let print_ok = c.print_ok;
+    for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
+        let want = &io[&format!("grad.{name}")];
+        c.print_ok = print_ok && name == "input";
+        let pushed = c.push(
             &item,
-            "eval output",
-            &e,
-            &e_ref,
-            Some((&io["out_eval"], 1e-4)),
-        )?;
-        c.push(
-            &item,
-            "train output",
-            &t,
-            &t_ref,
-            Some((&io["out_train"], 1e-4)),
-        )?;
-        // Every gradient against both references; parameter rows are printed only on failure.
-        let (mut max_ref, mut max_torch) = (0f32, 0f32);
-        for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
-            let want = &io[&format!("grad.{name}")];
-            c.print_ok = name == "input";
-            c.push(
-                &item,
-                &format!("grad {name}"),
-                got,
-                reference,
-                Some((want, 1e-3)),
-            )?;
-            if let Some(last) = c.rows.last() {
-                max_ref = max_ref.max(last.vs_reference);
-                max_torch = max_torch.max(last.vs_torch.unwrap_or(0.0));
-            }
-        }
-        c.print_ok = true;
-        println!(
-            "  {item}: {} gradients, max rel err vs-ref {max_ref:.2e}, vs-torch {max_torch:.2e}",
-            g.len()
+            &format!("grad {name}"),
+            got,
+            reference,
+            Some((want, 1e-3)),
         );
-        for ((name, got), (_, reference)) in a.iter().zip(&a_ref) {
-            let want = &io[&format!("after_train.{name}")];
-            c.push(
-                &item,
-                &format!("after train: {name}"),
-                got,
-                reference,
-                Some((want, 1e-4)),
-            )?;
+        c.print_ok = print_ok;
+        pushed?;
+        if let Some(last) = c.rows.last() {
+            max_ref = max_ref.max(last.vs_reference.unwrap_or(0.0));
+            max_torch = max_torch.max(last.vs_torch.unwrap_or(0.0));
         }
+    }
+    println!(
+        "  {item}: {} gradients, max rel err vs-ref {max_ref:.2e}, vs-torch {max_torch:.2e}",
+        g.len()
+    );
+    for ((name, got), (_, reference)) in a.iter().zip(&a_ref) {
+        let want = &io[&format!("after_train.{name}")];
+        c.push(
+            &item,
+            &format!("after train: {name}"),
+            got,
+            reference,
+            Some((want, 1e-4)),
+        )?;
     }
     Ok(())
 }
@@ -225,41 +249,66 @@ pub(super) const BF16_TRAIN_TOLERANCE: f32 = 2.5e-1;
 pub(super) const BF16_GRAD_TOLERANCE: f32 = 3e-1;
 /// Every backbone in `precision: bf16` on the device against the f32 computation on the
 /// reference device (outputs and eval-mode gradients) and the PyTorch f32 fixtures (outputs),
-/// with the bf16 tolerances above.
-pub(super) fn check_backbones_bf16(c: &mut Checker, fixtures: &Path) -> anyhow::Result<()> {
-    let meta = fixture_meta(fixtures)?;
+/// with the bf16 tolerances above. One guarded check per backbone.
+pub(super) fn check_backbones_bf16(c: &mut Checker, fixtures: &Path) {
+    let mut meta = None;
+    c.guard(
+        "backbone fixtures (bf16)",
+        &fixtures.display().to_string(),
+        |_| {
+            meta = Some(fixture_meta(fixtures)?);
+            Ok(())
+        },
+    );
+    let Some(meta) = meta else { return };
     for kind in BackboneKind::ALL {
-        let io = fixture_io(fixtures, kind)?;
-        let item = format!("{kind} bf16 (small, batch {})", io["input"].dim(0)?);
-        let reference = c.reference.clone();
-        let (e_ref, t_ref, g_ref) =
-            run_backbone_precision(kind, &meta, fixtures, &io, &reference, Precision::F32)?;
-        let dev = c.dev.clone();
-        let (e, t, g) = run_backbone_precision(kind, &meta, fixtures, &io, &dev, Precision::Bf16)?;
-        let tol = BF16_TOLERANCE;
-        c.push_with(
-            tol,
-            &item,
-            "eval output",
-            &e,
-            &e_ref,
-            Some((&io["out_eval"], tol)),
-        )?;
-        let train_tol = BF16_TRAIN_TOLERANCE;
-        let torch_train = Some((&io["out_train"], train_tol));
-        c.push_with(train_tol, &item, "train output", &t, &t_ref, torch_train)?;
-        let mut max_ref = 0f32;
-        for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
-            c.print_ok = name == "input";
-            let name = format!("eval grad {name}");
-            c.push_with(BF16_GRAD_TOLERANCE, &item, &name, got, reference, None)?;
-            max_ref = max_ref.max(c.rows.last().map_or(0.0, |r| r.vs_reference));
-        }
-        c.print_ok = true;
-        println!(
-            "  {item}: {} eval-mode gradients, max rel err vs f32 {max_ref:.2e}",
-            g.len()
-        );
+        let item = format!("{kind} bf16 (small)");
+        c.guard(&item, &format!("{kind}.io.safetensors"), |c| {
+            c.injected(&item)?;
+            check_backbone_bf16(c, kind, &meta, fixtures)
+        });
     }
+}
+
+/// [`check_backbones_bf16`] for one backbone.
+fn check_backbone_bf16(
+    c: &mut Checker,
+    kind: BackboneKind,
+    meta: &Value,
+    fixtures: &Path,
+) -> anyhow::Result<()> {
+    let io = fixture_io(fixtures, kind)?;
+    let item = format!("{kind} bf16 (small, batch {})", io["input"].dim(0)?);
+    let reference = c.reference.clone();
+    let (e_ref, t_ref, g_ref) =
+        run_backbone_precision(kind, meta, fixtures, &io, &reference, Precision::F32)?;
+    let dev = c.dev.clone();
+    let (e, t, g) = run_backbone_precision(kind, meta, fixtures, &io, &dev, Precision::Bf16)?;
+    let tol = BF16_TOLERANCE;
+    c.push_with(
+        tol,
+        &item,
+        "eval output",
+        &e,
+        &e_ref,
+        Some((&io["out_eval"], tol)),
+    )?;
+    let train_tol = BF16_TRAIN_TOLERANCE;
+    let torch_train = Some((&io["out_train"], train_tol));
+    c.push_with(train_tol, &item, "train output", &t, &t_ref, torch_train)?;
+    let mut max_ref = 0f32;
+    let print_ok = c.print_ok;
+    for ((name, got), (_, reference)) in g.iter().zip(&g_ref) {
+        c.print_ok = print_ok && name == "input";
+        let name = format!("eval grad {name}");
+        let pushed = c.push_with(BF16_GRAD_TOLERANCE, &item, &name, got, reference, None);
+        c.print_ok = print_ok;
+        pushed?;
+        max_ref = max_ref.max(c.rows.last().and_then(|r| r.vs_reference).unwrap_or(0.0));
+    }
+    println!(
+        "  {item}: {} eval-mode gradients, max rel err vs f32 {max_ref:.2e}",
+        g.len()
+    );
     Ok(())
 }

@@ -10,23 +10,30 @@
 //! 2. **Throughput**: train-step and eval img/s of the full-size MTANet on each backbone (the
 //!    network, losses and optimizer of `mtanet bench`), written to `bench_rust.csv`.
 //!
+//! Nothing stops the run but a device that cannot be opened: an op or backbone that errors
+//! (or panics) is an `error` row of `conformance.csv` (op, shapes, message), a throughput point
+//! that errors is a row of `bench_rust.csv` with its error, and both files are always written.
+//! The summary line counts passed, failed and errored rows; the exit code is non-zero when a
+//! row failed or errored or a throughput point errored.
+//!
 //! `--probe` only opens the device and runs one convolution and one max-pool on it: the
-//! missing-GPU check of the script. With `--device cpu` everything runs on the CPU (the
-//! plumbing test on a machine without a GPU).
+//! missing-GPU check of the script. With `--device cpu` everything runs on the CPU; there the
+//! ops are compared with independent formulations (candle's own ops) and the PyTorch
+//! fixtures, not with themselves (see `ops.rs`).
 
 pub(crate) use crate::bench::cpu_randn;
 
 mod backbones;
-mod throughput;
 mod conformance;
 mod ops;
+mod throughput;
 
 use backbones::{check_backbones, check_backbones_bf16};
-use throughput::run_bench;
-pub use throughput::BenchPoint;
-pub use conformance::{rel_err, ConformanceRow};
+pub use conformance::{rel_err, ConformanceRow, Counts, Status, INJECT_ERROR_ENV};
 use conformance::{write_conformance, Checker};
 use ops::check_ops;
+pub use throughput::BenchPoint;
+use throughput::{run_bench, set_tf32, write_bench};
 
 use std::path::PathBuf;
 
@@ -69,8 +76,27 @@ pub struct GpuCheckOptions {
     pub warmup: usize,
     /// Tolerance of the device-vs-reference comparison (relative).
     pub tolerance: f32,
-    /// Let f32 cuDNN convolutions use TF32 (timing only; conformance always runs exact f32).
+    /// Let f32 cuDNN convolutions and cuBLAS matmuls use TF32 (timing only; conformance
+    /// always runs exact f32).
     pub tf32: bool,
+}
+
+/// What a `mtanet gpu-check` run found.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Conformance rows by status (all zero when conformance did not run).
+    pub conformance: Counts,
+    /// Throughput points measured.
+    pub bench_points: usize,
+    /// Throughput points that errored.
+    pub bench_errors: usize,
+}
+
+impl Summary {
+    /// True when no conformance row failed or errored and no throughput point errored.
+    pub fn ok(&self) -> bool {
+        self.conformance.ok() && self.bench_errors == 0
+    }
 }
 /// Opens `spec` and runs one grouped convolution (forward and both gradients) and one max-pool
 /// (forward and gradient) on it. Returns a one-line description of the device.
@@ -150,7 +176,8 @@ pub struct GpuCheckArgs {
     /// Relative tolerance of device against reference.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f32,
-    /// Allow TF32 in f32 cuDNN convolutions for the timing (conformance is always exact f32).
+    /// Allow TF32 in f32 cuDNN convolutions and cuBLAS matmuls for the timing (conformance is
+    /// always exact f32).
     #[arg(long)]
     pub tf32: bool,
 }
@@ -175,63 +202,120 @@ pub fn main(a: &GpuCheckArgs) -> anyhow::Result<()> {
         tolerance: a.tolerance,
         tf32: a.tf32,
     };
-    if !run(&opts)? {
+    let summary = run(&opts)?;
+    if !summary.ok() {
+        let c = summary.conformance;
         bail!(
-            "gpu-check: conformance failed (see {})",
-            opts.out.join("conformance.csv").display()
+            "gpu-check: {} conformance rows failed, {} errored; {} of {} throughput points \
+             errored (see {} and {})",
+            c.failed,
+            c.errored,
+            summary.bench_errors,
+            summary.bench_points,
+            opts.out.join("conformance.csv").display(),
+            opts.out.join("bench_rust.csv").display()
         )
     }
     Ok(())
 }
-/// Runs `mtanet gpu-check`. Returns whether every conformance row passed (throughput failures
-/// are recorded in `bench_rust.csv`, not returned).
-pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<bool> {
-    let what = probe(&opts.device)?;
-    println!("gpu-check: device {what}");
+
+/// Runs `mtanet gpu-check`: conformance and throughput as `opts` asks, each writing its CSV
+/// whatever happens to single ops or points. Errors only when the output folder cannot be
+/// created or written, or the device cannot be opened (then both CSVs are still written, with
+/// that error as their one row).
+pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<Summary> {
     if opts.probe {
-        return Ok(true);
+        let what = probe(&opts.device)?;
+        println!("gpu-check: device {what}");
+        return Ok(Summary::default());
     }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    let dev = open(parse_device(&opts.device).map_err(anyhow::Error::msg)?)?;
-    let mut all_pass = true;
+    let opened = parse_device(&opts.device)
+        .map_err(anyhow::Error::msg)
+        .and_then(open)
+        .and_then(|dev| {
+            let reference = parse_device(&opts.reference)
+                .map_err(anyhow::Error::msg)
+                .and_then(open)?;
+            Ok((dev, reference))
+        });
+    let (dev, reference) = match opened {
+        Ok(d) => d,
+        Err(e) => {
+            let message = format!("cannot open {} / {}: {e:#}", opts.device, opts.reference);
+            if opts.conformance {
+                let mut c = Checker::new(Device::Cpu, Device::Cpu, opts.tolerance);
+                c.push_error("open device", &opts.device, &message);
+                write_conformance(&opts.out.join("conformance.csv"), &c.rows)?;
+            }
+            if opts.bench {
+                write_bench(
+                    &opts.out.join("bench_rust.csv"),
+                    &opts.device,
+                    opts.size,
+                    &[],
+                )?;
+            }
+            bail!("gpu-check: {message}")
+        }
+    };
+    println!(
+        "gpu-check: device {} ({})",
+        opts.device,
+        conformance::device_name(&dev)
+    );
+    let mut summary = Summary::default();
     if opts.conformance {
-        #[cfg(feature = "cuda")]
-        mtanet_kernels::cuda::set_allow_tf32(false);
-        let reference = open(parse_device(&opts.reference).map_err(anyhow::Error::msg)?)?;
-        let mut c = Checker {
-            dev: dev.clone(),
-            reference,
-            tolerance: opts.tolerance,
-            rows: Vec::new(),
-            print_ok: true,
+        set_tf32(false);
+        let mut c = Checker::new(dev.clone(), reference, opts.tolerance);
+        c.csv = Some(opts.out.join("conformance.csv"));
+        c.write_csv();
+        // The probe's convolution and max-pool first: the smallest check of the device.
+        c.guard("probe: grouped conv + max-pool", "[2, 8, 9, 9]", |_| {
+            probe(&opts.device).map(|_| ())
+        });
+        let reference_label = if c.independent {
+            format!("{} with candle's own ops", opts.reference)
+        } else {
+            opts.reference.clone()
         };
-        println!("gpu-check: ops ({} vs {})", opts.device, opts.reference);
-        check_ops(&mut c, &opts.fixtures)?;
+        println!("gpu-check: ops ({} vs {reference_label})", opts.device);
+        check_ops(&mut c, &opts.fixtures);
         println!(
             "gpu-check: backbones ({} vs {} and PyTorch)",
             opts.device, opts.reference
         );
-        check_backbones(&mut c, &opts.fixtures)?;
+        check_backbones(&mut c, &opts.fixtures);
         if opts.precisions.contains(&Precision::Bf16) {
             println!(
                 "gpu-check: backbones in bf16 ({} bf16 vs {} f32 and PyTorch f32)",
                 opts.device, opts.reference
             );
-            check_backbones_bf16(&mut c, &opts.fixtures)?;
+            check_backbones_bf16(&mut c, &opts.fixtures);
         }
-        let failed = c.rows.iter().filter(|r| !r.pass).count();
-        all_pass = failed == 0;
+        summary.conformance = Counts::of(&c.rows);
+        let n = summary.conformance;
         println!(
-            "gpu-check: conformance {} passed, {failed} failed",
-            c.rows.len() - failed
+            "gpu-check: conformance {} passed, {} failed, {} errored, {} skipped ({} rows)",
+            n.passed,
+            n.failed,
+            n.errored,
+            n.skipped,
+            c.rows.len()
         );
         write_conformance(&opts.out.join("conformance.csv"), &c.rows)?;
     }
     if opts.bench {
-        run_bench(opts, &dev)?;
+        let points = run_bench(opts, &dev)?;
+        summary.bench_points = points.len();
+        summary.bench_errors = points.iter().filter(|p| p.error.is_some()).count();
+        println!(
+            "gpu-check: bench {} points, {} errored",
+            summary.bench_points, summary.bench_errors
+        );
     }
-    Ok(all_pass)
+    Ok(summary)
 }
 #[cfg(test)]
 mod tests {
@@ -260,30 +344,113 @@ mod tests {
         Ok(())
     }
 
-    /// A quiet checker comparing the CPU with itself at the default tolerance.
+    /// A quiet checker of the CPU against the CPU at the default tolerance.
     fn cpu_checker() -> Checker {
-        Checker {
-            dev: Device::Cpu,
-            reference: Device::Cpu,
-            tolerance: 1e-4,
-            rows: Vec::new(),
-            print_ok: false,
-        }
+        let mut c = Checker::new(Device::Cpu, Device::Cpu, 1e-4);
+        c.print_ok = false;
+        c.inject_error = None;
+        c
     }
 
-    /// The whole conformance path, CPU against CPU: every row must pass with zero error
-    /// against the reference and within tolerance of PyTorch.
+    /// The whole conformance path on the CPU: every row must pass; ops with an independent
+    /// formulation are compared with it (not zero error, yet within tolerance), the others
+    /// with the same code (zero error) and with PyTorch.
     #[test]
-    fn cpu_against_cpu_conformance_passes() -> anyhow::Result<()> {
+    fn cpu_conformance_passes_against_independent_references() -> anyhow::Result<()> {
         let mut c = cpu_checker();
-        check_ops(&mut c, &fixtures())?;
-        check_backbones(&mut c, &fixtures())?;
+        check_ops(&mut c, &fixtures());
+        check_backbones(&mut c, &fixtures());
         assert!(c.rows.len() > 60, "only {} rows", c.rows.len());
+        let mut independent = 0;
+        let mut torch = 0;
         for r in &c.rows {
-            assert!(r.pass, "{r:?}");
-            assert_eq!(r.vs_reference, 0.0, "{r:?}");
+            assert!(r.passed(), "{r:?}");
+            if r.reference.ends_with("candle ops") {
+                independent += 1;
+            } else {
+                assert_eq!(r.vs_reference, Some(0.0), "{r:?}");
+            }
+            torch += usize::from(r.vs_torch.is_some());
         }
+        // Every op row but the max-pool fixtures' (which have PyTorch) has its own reference.
+        for prefix in [
+            "Conv2d op",
+            "conv2d() stem",
+            "BatchNormTrain",
+            "ChannelAffine",
+            "Gate op",
+            "ChannelMaxMean",
+            "AddRelu",
+            "add_relu()",
+            "sgd_momentum_step()",
+            "adam_step()",
+            "MaxPool2d op 3x3/2",
+        ] {
+            assert!(
+                c.rows
+                    .iter()
+                    .filter(|r| r.item.starts_with(prefix))
+                    .all(|r| r.reference.ends_with("candle ops")),
+                "{prefix}: not compared with an independent reference"
+            );
+        }
+        // The independent references differ from our kernels in rounding somewhere.
+        assert!(c
+            .rows
+            .iter()
+            .any(|r| r.reference.ends_with("candle ops") && r.vs_reference > Some(0.0)));
+        assert!(independent > 100, "{independent} independent rows");
+        assert!(torch > 100, "{torch} rows against PyTorch");
         Ok(())
+    }
+
+    /// An op that errors becomes one error row (op, shapes, message); the checks after it
+    /// still run, and the counts say it.
+    #[test]
+    fn an_erroring_op_is_an_error_row_and_the_run_goes_on() -> anyhow::Result<()> {
+        let mut c = cpu_checker();
+        c.inject_error = Some("add_relu()".into());
+        let dir = tempfile::tempdir()?;
+        c.csv = Some(dir.path().join("conformance.csv"));
+        check_ops(&mut c, &fixtures());
+        let errors: Vec<_> = c
+            .rows
+            .iter()
+            .filter(|r| r.status == Status::Error)
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].item, "add_relu()");
+        assert_eq!(errors[0].shape, "[2, 8, 5, 5] x [2, 8, 5, 5]");
+        assert!(errors[0].message.contains(INJECT_ERROR_ENV), "{errors:?}");
+        // Checks after add_relu() ran.
+        assert!(c.rows.iter().any(|r| r.item.starts_with("adam_step()")));
+        let n = Counts::of(&c.rows);
+        assert_eq!((n.failed, n.errored), (0, 1));
+        assert!(!n.ok());
+        let csv = std::fs::read_to_string(dir.path().join("conformance.csv"))?;
+        assert!(csv
+            .lines()
+            .any(|l| l.starts_with("\"add_relu()\"") && l.contains(",error,")));
+        Ok(())
+    }
+
+    /// A panic inside a check is caught the same way.
+    #[test]
+    fn a_panicking_check_is_an_error_row() {
+        let mut c = cpu_checker();
+        c.guard("boom", "[1]", |_| panic!("kernel exploded"));
+        c.guard("fine", "[1]", |c| {
+            let t = Tensor::new(&[1f32], &Device::Cpu)?;
+            c.push("fine", "output", &t, &t, None)
+        });
+        assert_eq!(c.rows.len(), 2);
+        assert_eq!(c.rows[0].status, Status::Error);
+        assert!(
+            c.rows[0].message.contains("kernel exploded"),
+            "{:?}",
+            c.rows[0]
+        );
+        assert!(c.rows[1].passed());
     }
 
     /// The bf16 rows on the CPU: every backbone in bf16 lands within the bf16 tolerances of
@@ -292,7 +459,7 @@ mod tests {
     #[test]
     fn bf16_conformance_on_the_cpu() -> anyhow::Result<()> {
         let mut c = cpu_checker();
-        check_backbones_bf16(&mut c, &fixtures())?;
+        check_backbones_bf16(&mut c, &fixtures());
         assert!(c.rows.len() >= 30, "only {} rows", c.rows.len());
         let outputs: Vec<_> = c
             .rows
@@ -301,17 +468,18 @@ mod tests {
             .collect();
         assert_eq!(outputs.len(), 2 * BackboneKind::ALL.len());
         for r in &c.rows {
-            assert!(r.pass, "{r:?}");
+            assert!(r.passed(), "{r:?}");
         }
         for r in outputs {
-            eprintln!("{} {}: {:.2e} vs f32", r.item, r.quantity, r.vs_reference);
-            assert!(r.vs_reference > 1e-4, "bf16 equal to f32? {r:?}");
+            let e = r.vs_reference.unwrap_or(0.0);
+            eprintln!("{} {}: {e:.2e} vs f32", r.item, r.quantity);
+            assert!(e > 1e-4, "bf16 equal to f32? {r:?}");
         }
         let worst_grad = c
             .rows
             .iter()
             .filter(|r| r.quantity.contains("grad"))
-            .map(|r| r.vs_reference)
+            .filter_map(|r| r.vs_reference)
             .fold(0f32, f32::max);
         eprintln!("worst bf16 gradient rel err vs f32: {worst_grad:.2e}");
         Ok(())

@@ -1,5 +1,7 @@
 //! Throughput of the full-size MTANet on the device: train-step and eval img/s per backbone,
-//! batch and precision (the training step of `mtanet bench`), written to `bench_rust.csv`.
+//! batch and precision (the training step of `mtanet bench`), and the peak device memory of
+//! each point on CUDA, written to `bench_rust.csv`. A point that errors (or panics) is a row
+//! with its error; the next point runs.
 
 use super::*;
 use crate::bench::Workload;
@@ -7,11 +9,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::Device;
 use mtanet_backbones::{BackboneKind, Precision};
 
-/// Action units and expression classes of the benchmarked heads (as `mtanet bench`).
 /// One throughput point.
 #[derive(Debug, Clone)]
 pub struct BenchPoint {
@@ -25,6 +25,9 @@ pub struct BenchPoint {
     pub train_img_s: Option<f64>,
     /// Eval images per second (median step).
     pub eval_img_s: Option<f64>,
+    /// Peak device memory of the point in MiB (CUDA: the high-water mark of the memory in use
+    /// in the device's stream-ordered pool, from building the model to the last eval step).
+    pub peak_mem_mib: Option<f64>,
     /// The error, when the point failed (e.g. out of memory).
     pub error: Option<String>,
 }
@@ -75,6 +78,7 @@ pub fn bench_point(
     let eval_s = median_seconds(dev, steps, warmup, &mut eval_step)?;
     Ok((batch as f64 / train_s, batch as f64 / eval_s))
 }
+/// Writes `bench_rust.csv` (the header alone when `points` is empty).
 pub(super) fn write_bench(
     path: &Path,
     device: &str,
@@ -82,75 +86,137 @@ pub(super) fn write_bench(
     points: &[BenchPoint],
 ) -> anyhow::Result<()> {
     let mut s = String::from(
-        "framework,mode,device,backbone,batch,precision,size,train_img_s,eval_img_s,error\n",
+        "framework,mode,device,backbone,batch,precision,size,train_img_s,eval_img_s,\
+         peak_mem_mib,error\n",
     );
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+    let mib = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
     for p in points {
         writeln!(
             s,
-            "mtanet-rs,candle,{device},{},{},{},{size},{},{},\"{}\"",
+            "mtanet-rs,candle,{device},{},{},{},{size},{},{},{},\"{}\"",
             p.backbone,
             p.batch,
             p.precision,
             num(p.train_img_s),
             num(p.eval_img_s),
-            p.error.as_deref().unwrap_or("").replace('"', "'")
+            mib(p.peak_mem_mib),
+            p.error
+                .as_deref()
+                .unwrap_or("")
+                .replace('"', "'")
+                .replace('\n', " | ")
         )?;
     }
-    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+    crate::record::atomic_io::write_atomic(path, s.as_bytes())
+}
+
+/// Starts a peak-memory measurement on `dev` (CUDA only; a no-op elsewhere).
+fn reset_peak_memory(dev: &Device) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        mtanet_kernels::cuda::memory::reset_peak(d)?;
+    }
+    let _ = dev;
+    Ok(())
+}
+
+/// Peak device memory in MiB since [`reset_peak_memory`] (`None` off CUDA).
+fn peak_memory_mib(dev: &Device) -> anyhow::Result<Option<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        let bytes = mtanet_kernels::cuda::memory::peak_bytes(d)?;
+        return Ok(Some(bytes as f64 / (1024.0 * 1024.0)));
+    }
+    let _ = dev;
+    Ok(None)
+}
+
+/// Lets f32 matmuls (cuBLAS) and cuDNN convolutions use TF32, or not (CUDA builds only).
+pub(super) fn set_tf32(allow: bool) {
+    #[cfg(feature = "cuda")]
+    {
+        mtanet_kernels::cuda::set_allow_tf32(allow);
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(allow);
+    }
+    let _ = allow;
+}
+
+/// One point, its error (or panic) caught: `(train img/s, eval img/s, peak MiB)`.
+fn measure_point(
+    opts: &GpuCheckOptions,
+    dev: &Device,
+    (kind, batch, precision): (BackboneKind, usize, Precision),
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    let run = || -> anyhow::Result<(f64, f64, Option<f64>)> {
+        reset_peak_memory(dev)?;
+        let (train, eval) = bench_point(
+            dev,
+            kind,
+            batch,
+            opts.size,
+            precision,
+            opts.steps,
+            opts.warmup,
+        )?;
+        Ok((train, eval, peak_memory_mib(dev)?))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            anyhow::bail!("panic: {msg}")
+        }
+    }
 }
 
 /// Times every (backbone, batch, precision) point of `opts` on `dev`, writing
-/// `bench_rust.csv` after each point (a time-out still leaves the points so far).
-pub fn run_bench(opts: &GpuCheckOptions, dev: &Device) -> anyhow::Result<()> {
-    #[cfg(feature = "cuda")]
-    mtanet_kernels::cuda::set_allow_tf32(opts.tf32);
+/// `bench_rust.csv` before the first point and after each one (a time-out still leaves the
+/// points so far). Returns the points.
+pub fn run_bench(opts: &GpuCheckOptions, dev: &Device) -> anyhow::Result<Vec<BenchPoint>> {
+    set_tf32(opts.tf32);
+    let path = opts.out.join("bench_rust.csv");
     let mut points = Vec::new();
+    write_bench(&path, &opts.device, opts.size, &points)?;
     for &kind in &opts.backbones {
         for &batch in &opts.batches {
             for &precision in &opts.precisions {
                 let t = Instant::now();
-                let r = bench_point(
-                    dev,
-                    kind,
-                    batch,
-                    opts.size,
-                    precision,
-                    opts.steps,
-                    opts.warmup,
-                );
-                let (train_img_s, eval_img_s, error) = match r {
-                    Ok((train, eval)) => (Some(train), Some(eval), None),
-                    Err(e) => (None, None, Some(format!("{e:#}"))),
-                };
+                let (train_img_s, eval_img_s, peak_mem_mib, error) =
+                    match measure_point(opts, dev, (kind, batch, precision)) {
+                        Ok((train, eval, peak)) => (Some(train), Some(eval), peak, None),
+                        Err(e) => (None, None, None, Some(format!("{e:#}"))),
+                    };
                 let point = BenchPoint {
                     backbone: kind,
                     batch,
                     precision,
                     train_img_s,
                     eval_img_s,
+                    peak_mem_mib,
                     error,
                 };
                 let rate = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
                 let error = point.error.as_deref();
                 println!(
                     "gpu-check: bench {kind} batch {batch} {precision}: train {} img/s, \
-                         eval {} img/s{} ({:.0} s)",
+                         eval {} img/s{}{} ({:.0} s)",
                     rate(point.train_img_s),
                     rate(point.eval_img_s),
+                    point
+                        .peak_mem_mib
+                        .map_or(String::new(), |m| format!(", peak {m:.0} MiB")),
                     error.map_or(String::new(), |e| format!(", error: {e}")),
                     t.elapsed().as_secs_f64()
                 );
                 points.push(point);
-                // Write after every point: a time-out still leaves the points so far.
-                write_bench(
-                    &opts.out.join("bench_rust.csv"),
-                    &opts.device,
-                    opts.size,
-                    &points,
-                )?;
+                write_bench(&path, &opts.device, opts.size, &points)?;
             }
         }
     }
-    Ok(())
+    Ok(points)
 }
