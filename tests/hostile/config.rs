@@ -52,7 +52,7 @@ fn wrong_types() {
     schema("defaults:\n  model: resnet50\n", &["model", "line 2"]);
     schema(
         "defaults:\n  model: {backbone: resnet51}\n",
-        &["backbone", "resnet51"],
+        &["defaults.model.backbone", "resnet51", "line 2"],
     );
 }
 
@@ -67,7 +67,10 @@ fn unknown_keys() {
         "defaults:\n  training:\n    stages:\n      - {lr: 0.1, epoch: 2}\n",
         &["epoch", "line 4"],
     );
-    schema("rows:\n  - {name: r, colour: red}\n", &["colour"]);
+    schema(
+        "rows:\n  - {name: r, colour: red}\n",
+        &["rows[0]", "colour", "line 2"],
+    );
 }
 
 #[test]
@@ -119,16 +122,28 @@ fn out_of_range_values() {
 
 #[test]
 fn huge_and_negative_numbers() {
-    schema("defaults:\n  seed: 99999999999999999999999\n", &["seed"]);
-    schema("defaults:\n  data: {batch_size: -8}\n", &["batch_size"]);
-    schema("defaults:\n  data: {batch_size: 1e400}\n", &["batch_size"]);
+    schema(
+        "defaults:\n  seed: 99999999999999999999999\n",
+        &["defaults.seed", "line 2"],
+    );
+    schema(
+        "defaults:\n  data: {batch_size: -8}\n",
+        &["defaults.data.batch_size", "line 2"],
+    );
+    schema(
+        "defaults:\n  data: {batch_size: 1e400}\n",
+        &["defaults.data.batch_size", "line 2"],
+    );
 }
 
 #[test]
 fn not_a_mapping_truncated_and_garbage() {
-    schema("- just\n- a list\n", &[]);
-    schema("defaults:\n  data: {batch_size: 8\n", &["line"]);
-    schema("\u{1}\u{2}\u{7f}garbage: [\n", &[]);
+    schema("- just\n- a list\n", &["invalid type: sequence"]);
+    schema("defaults:\n  data: {batch_size: 8\n", &["line 3", "line 2"]);
+    schema(
+        "\u{1}\u{2}\u{7f}garbage: [\n",
+        &["control characters are not allowed"],
+    );
     schema("defaults: &a\n  seed: *b\n", &["unknown anchor", "line 2"]);
 }
 
@@ -147,10 +162,14 @@ fn unknown_profile_and_row() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        f.resolve(None, Some("r1"), &[]),
-        Err(ConfigError::Unknown { what: "row", .. })
-    ));
+    match f.resolve(None, Some("r1"), &[]) {
+        Err(e @ ConfigError::Unknown { what: "row", .. }) => {
+            let msg = e.to_string();
+            super::assert_names(&msg, "hostile.yaml");
+            super::assert_names(&msg, "`r1`");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -170,19 +170,30 @@ fn annotation_file_is_a_folder_or_a_dangling_link() {
     assert_eq!(idx.samples(Split::Train).len(), 3);
 }
 
-/// Found here: a 0-byte crop named `4294967295.jpg` made the index allocate one `bool` per frame
-/// number up to it (4 GiB). Fixed: crop numbers above `MAX_FRAME` are ignored.
+/// A crop named `4294967295.jpg` is not a frame of the index (its memory bound is checked on
+/// the binary in `bounds.rs`).
 #[test]
-fn huge_frame_number_is_bounded() {
+fn huge_frame_number_is_not_a_frame() {
     let dir = tempfile::tempdir().unwrap();
     good_tree(dir.path());
     write(dir.path(), "cropped_aligned/good/4294967295.jpg", b"");
-    let start = std::time::Instant::now();
-    let idx = load(dir.path());
+    let idx = load(dir.path()).unwrap();
+    let frames: Vec<u32> = idx.samples(Split::Train).iter().map(|s| s.frame).collect();
+    assert_eq!(frames, vec![1, 2, 3]);
+    assert_eq!(idx.stats().jpgs, 3);
+}
+
+/// A padded crop name (`000002.jpg` beside `00002.jpg`'s frame) is refused naming the file.
+#[test]
+fn padded_crop_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    good_tree(dir.path());
+    let v = dir.path().join("cropped_aligned/good");
+    std::fs::rename(v.join("00002.jpg"), v.join("000002.jpg")).unwrap();
+    let e = load(dir.path()).unwrap_err();
     assert!(
-        start.elapsed() < std::time::Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
+        matches!(&e, DataError::CropName { frame: 2, expected, .. } if expected == "00002.jpg"),
+        "{e:?}"
     );
-    drop(idx);
+    assert_names(&e.to_string(), "cropped_aligned/good/000002.jpg");
 }

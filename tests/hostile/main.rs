@@ -1,13 +1,27 @@
-//! Hostile input: malformed Aff-Wild2 trees, annotation files, crops and experiment files, and
-//! an unwritable results folder. Every case asserts the exact error variant and that the
-//! message names the offending file, line or key; nothing may panic or mis-shape a batch.
+//! Hostile input: malformed Aff-Wild2 trees, annotation files, crops and experiment files, an
+//! unwritable results folder, and the commands over them as a user runs them (`child`):
+//! checkpoints of another model or with non-finite values, vocabularies in another order,
+//! numbers from names and lists, half-accepted formats, leftovers of interrupted writes. Every
+//! case asserts the error (variant, or exit code of the binary) and that the message names the
+//! offending file, line or key; the command cases also that earlier results are byte-identical
+//! afterwards and that the process stays under 1 GB; nothing may panic or abort.
 
 mod annotations;
+mod bounds;
+mod checkpoints;
+mod child;
 mod config;
+mod formats;
 mod images;
 mod layout;
+mod leftovers;
 mod results_dir;
 mod run_record;
+mod vocabulary;
+
+/// The runner tests' tiny configuration (one shared file).
+#[path = "../../crates/runner/tests/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 

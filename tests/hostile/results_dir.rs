@@ -7,9 +7,7 @@ use std::path::Path;
 use mtanet_runner::experiment::Config;
 use mtanet_runner::training::{self as train, RunContext};
 
-/// The runner tests' tiny configuration (one shared file), with `results_dir` given.
-#[path = "../../crates/runner/tests/support/mod.rs"]
-mod support;
+use super::support;
 
 fn tiny_config(tmp: &Path, results: &Path) -> Config {
     support::tiny_config(results, &tmp.join("synth"), &[])

@@ -79,16 +79,16 @@ impl Fit {
     }
 }
 
-/// Up to [`SHOWN`] of `items`, comma-separated, with the count of the rest.
-fn first_few(items: &[String]) -> String {
+/// Up to [`SHOWN`] of `items`, joined with `sep`, with the count of the rest.
+fn first_few(items: &[String], sep: &str) -> String {
     let mut s = items
         .iter()
         .take(SHOWN)
         .cloned()
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(sep);
     if items.len() > SHOWN {
-        s.push_str(&format!(", ... {} more", items.len() - SHOWN));
+        s.push_str(&format!("{sep}... {} more", items.len() - SHOWN));
     }
     s
 }
@@ -100,14 +100,14 @@ impl std::fmt::Display for Fit {
             parts.push(format!(
                 "{} model tensor(s) missing from the checkpoint ({})",
                 self.missing.len(),
-                first_few(&self.missing)
+                first_few(&self.missing, ", ")
             ));
         }
         if !self.unexpected.is_empty() {
             parts.push(format!(
                 "{} checkpoint tensor(s) the model does not have ({})",
                 self.unexpected.len(),
-                first_few(&self.unexpected)
+                first_few(&self.unexpected, ", ")
             ));
         }
         if !self.reshaped.is_empty() {
@@ -119,7 +119,7 @@ impl std::fmt::Display for Fit {
             parts.push(format!(
                 "{} tensor(s) of another shape ({})",
                 self.reshaped.len(),
-                first_few(&shapes)
+                first_few(&shapes, "; ")
             ));
         }
         f.write_str(&parts.join("; "))
