@@ -155,36 +155,16 @@ pub fn restore_vars(
 /// in AU-head order, the expression names in class order).
 pub const VOCAB_KEY: &str = "vocab";
 
-/// The largest safetensors header read for its metadata.
-const MAX_HEADER: u64 = 100 << 20;
-
 /// The vocabulary recorded in the checkpoint `path` under [`VOCAB_KEY`], if any (reads only
 /// the safetensors header).
 pub fn checkpoint_vocab(path: &Path) -> anyhow::Result<Option<Vocab>> {
-    use std::io::Read;
-    let not_safetensors = || format!("{}: not a safetensors file", path.display());
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(not_safetensors)?;
-    let len = u64::from_le_bytes(len);
-    let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > file_len.saturating_sub(8) || len > MAX_HEADER {
-        bail!("{} (header length {len})", not_safetensors());
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).with_context(not_safetensors)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).with_context(not_safetensors)?;
-    let Some(text) = header
-        .get("__metadata__")
-        .and_then(|m| m.get(VOCAB_KEY))
-        .and_then(|v| v.as_str())
-    else {
-        return Ok(None);
-    };
-    let vocab: Vocab = serde_json::from_str(text)
-        .with_context(|| format!("{}: bad `{VOCAB_KEY}` metadata", path.display()))?;
-    Ok(Some(vocab))
+    let meta = crate::record::checkpoint::read_metadata(path)?;
+    meta.get(VOCAB_KEY)
+        .map(|text| {
+            serde_json::from_str(text)
+                .with_context(|| format!("{}: bad `{VOCAB_KEY}` metadata", path.display()))
+        })
+        .transpose()
 }
 
 /// The model's vocabulary from the checkpoint `path` and its head sizes: the recorded one
@@ -366,4 +346,67 @@ pub fn load_model(
         n_au,
         n_expr,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_with_meta(path: &Path, meta: Option<(&str, String)>) {
+        let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let meta = meta.map(|(k, v)| HashMap::from([(k.to_string(), v)]));
+        let bytes = safetensors::serialize([("model.a", &t)], meta).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_recorded_vocabulary_is_read_and_must_fit_the_heads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.safetensors");
+        let v = Vocab {
+            au_names: vec!["AU2".into(), "AU1".into()],
+            expr_names: vec!["B".into(), "A".into(), "C".into()],
+        };
+        write_with_meta(&p, Some((VOCAB_KEY, serde_json::to_string(&v).unwrap())));
+        assert_eq!(model_vocab(&p, 2, 3).unwrap(), v);
+        let e = model_vocab(&p, 8, 7).unwrap_err().to_string();
+        assert!(e.contains("c.safetensors") && e.contains("2 AUs"), "{e}");
+        write_with_meta(&p, None);
+        assert_eq!(model_vocab(&p, 8, 7).unwrap(), default_vocab(8, 7));
+        write_with_meta(&p, Some((VOCAB_KEY, "[1,".into())));
+        let e = format!("{:#}", model_vocab(&p, 8, 7).unwrap_err());
+        assert!(e.contains("c.safetensors") && e.contains(VOCAB_KEY), "{e}");
+    }
+
+    #[test]
+    fn a_fit_lists_missing_unexpected_and_reshaped_tensors() {
+        let vars = SeededVarMap::new(0);
+        let vb = vars.var_builder(DType::F32, &Device::Cpu);
+        vb.get((2, 3), "head.w").unwrap();
+        vb.get(4, "head.b").unwrap();
+        vb.get(1, "gone").unwrap();
+        let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+        let saved = HashMap::from([
+            ("head.w".to_string(), z(&[3, 2])),
+            ("head.b".to_string(), z(&[4])),
+            ("extra".to_string(), z(&[1])),
+            ("uncertainty.log_var".to_string(), z(&[3])),
+        ]);
+        let fit = Fit::of(&vars, &saved);
+        assert_eq!(fit.missing, vec!["gone".to_string()]);
+        assert_eq!(fit.unexpected, vec!["extra".to_string()]);
+        assert_eq!(
+            fit.reshaped,
+            vec![("head.w".to_string(), vec![3, 2], vec![2, 3])]
+        );
+        let text = fit.to_string();
+        assert!(
+            text.contains("`head.w` checkpoint [3, 2], model [2, 3]"),
+            "{text}"
+        );
+        let e = restore_vars(&vars, &saved, Path::new("x.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.safetensors") && e.contains("extra"), "{e}");
+    }
 }

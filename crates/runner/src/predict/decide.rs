@@ -291,8 +291,8 @@ mod tests {
             .collect();
         let filled = Filled::new(frames.len(), seen).unwrap();
         let all = fill_nearest(&frames).unwrap();
-        for i in 0..frames.len() {
-            assert_eq!(filled.output(i), &all[i], "frame {i}");
+        for (i, want) in all.iter().enumerate() {
+            assert_eq!(filled.output(i), want, "frame {i}");
         }
         for smooth in [0, 1, 2, 3, 4, 7] {
             let want = decide(&all, smooth, &[0.5]);
