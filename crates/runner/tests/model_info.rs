@@ -62,3 +62,24 @@ fn a_trained_checkpoint_describes_itself_and_an_old_one_says_what_is_missing() {
         "{text}"
     );
 }
+
+#[test]
+fn a_run_with_three_decoder_layers_loads_for_inference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = support::tiny_config(
+        &tmp.path().join("results"),
+        &tmp.path().join("synth"),
+        &["training.stages.1.steps=1", "model.head.decoder_layers=3"],
+    );
+    let out = train::run(
+        &cfg,
+        &RunContext {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let m = mtanet_runner::build::restore::load_model(&out.run_dir, None, Some("cpu")).unwrap();
+    assert_eq!(m.config.model.head.decoder_layers, 3);
+    assert_eq!(m.vocab, mtanet_affwild2::Vocab::abaw2020());
+}

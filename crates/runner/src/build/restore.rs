@@ -312,8 +312,14 @@ pub fn load_model(
         crate::build::device::parse_device(&cfg.device).map_err(anyhow::Error::msg)?,
     )?;
     let ckpt = crate::record::checkpoint::load(&file, &device)?;
-    let n_au = head_size(&ckpt.model, &file, "head.au.weight")?;
-    let n_expr = head_size(&ckpt.model, &file, "head.expr.weight")?;
+    // The output layer of each task decoder: `head.<task>` for one layer, else the last of
+    // the `nn.Sequential` stack (`head.<task>.0`, `.2`, ...).
+    let last = |task: &str| match cfg.model.head.decoder_layers {
+        0 | 1 => format!("head.{task}.weight"),
+        l => format!("head.{task}.{}.weight", 2 * (l - 1)),
+    };
+    let n_au = head_size(&ckpt.model, &file, &last("au"))?;
+    let n_expr = head_size(&ckpt.model, &file, &last("expr"))?;
     let vocab = model_vocab(&file, n_au, n_expr)?;
     let vars = SeededVarMap::new(0);
     let model = MtaNet::new(
