@@ -41,3 +41,33 @@ pub fn preprocess_for(kind: &BackboneKind) -> Preprocess {
         _ => Preprocess::imagenet(),
     }
 }
+
+/// Names for heads of `n_au` AUs and `n_expr` classes when no annotation header is at hand:
+/// the ABAW 2020 (8 AUs, 7 classes), 2021 (12 AUs) and 2022 (8 classes) vocabularies, else
+/// `AU_<i>` / `class_<i>`.
+pub fn default_vocab(n_au: usize, n_expr: usize) -> Vocab {
+    let v2020 = Vocab::abaw2020();
+    let au_names = match n_au {
+        8 => v2020.au_names,
+        12 => [
+            "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25",
+            "AU26",
+        ]
+        .map(String::from)
+        .to_vec(),
+        n => (0..n).map(|i| format!("AU_{i}")).collect(),
+    };
+    let expr_names = match n_expr {
+        7 => v2020.expr_names,
+        8 => v2020
+            .expr_names
+            .into_iter()
+            .chain([String::from("Other")])
+            .collect(),
+        n => (0..n).map(|i| format!("class_{i}")).collect(),
+    };
+    Vocab {
+        au_names,
+        expr_names,
+    }
+}

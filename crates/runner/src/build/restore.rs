@@ -9,10 +9,37 @@ use candle_core::{DType, Device, Tensor};
 use mtanet_affwild2::Vocab;
 use mtanet_backbones::MtaNet;
 
+use crate::build::model::default_vocab;
 use crate::build::model::model_config;
 use crate::experiment::Config;
-use crate::predict::{default_vocab, PredictError};
 use mtanet_backbones::SeededVarMap;
+
+/// Why a checkpoint cannot become a model, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Neither the checkpoint nor a run directory was found.
+    #[error("{}: no checkpoint (expected a run directory with checkpoints/last.safetensors, or a .safetensors file)", path.display())]
+    NoCheckpoint {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// No config.yaml next to the checkpoint and no `--config`.
+    #[error("{}: no run config.yaml for checkpoint {} (pass --config)", expected.display(), checkpoint.display())]
+    NoConfig {
+        /// Where it was looked for.
+        expected: PathBuf,
+        /// The checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// The checkpoint lacks a head tensor, so the task sizes are unknown.
+    #[error("{}: no tensor `{name}`: not an MTANet checkpoint", path.display())]
+    NotMtaNet {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The missing tensor.
+        name: String,
+    },
+}
 
 /// Every variable of a map by name (the tensors a checkpoint stores under `model.`).
 pub fn var_tensors(vars: &SeededVarMap) -> HashMap<String, Tensor> {
@@ -254,14 +281,14 @@ pub struct LoadedModel {
 pub fn resolve_checkpoint(
     checkpoint: &Path,
     config: Option<&Path>,
-) -> Result<(PathBuf, PathBuf), PredictError> {
+) -> Result<(PathBuf, PathBuf), RestoreError> {
     let file = if checkpoint.is_dir() {
         checkpoint.join("checkpoints").join("last.safetensors")
     } else {
         checkpoint.to_path_buf()
     };
     if !file.is_file() {
-        return Err(PredictError::NoCheckpoint {
+        return Err(RestoreError::NoCheckpoint {
             path: checkpoint.to_path_buf(),
         });
     }
@@ -275,7 +302,7 @@ pub fn resolve_checkpoint(
             .unwrap_or_else(|| PathBuf::from("config.yaml")),
     };
     if !cfg.is_file() {
-        return Err(PredictError::NoConfig {
+        return Err(RestoreError::NoConfig {
             expected: cfg,
             checkpoint: file,
         });
@@ -287,11 +314,11 @@ fn head_size(
     model: &HashMap<String, Tensor>,
     path: &Path,
     name: &str,
-) -> Result<usize, PredictError> {
+) -> Result<usize, RestoreError> {
     model
         .get(name)
         .and_then(|t| t.dims().first().copied())
-        .ok_or_else(|| PredictError::NotMtaNet {
+        .ok_or_else(|| RestoreError::NotMtaNet {
             path: path.to_path_buf(),
             name: name.to_string(),
         })

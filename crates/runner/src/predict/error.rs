@@ -7,28 +7,6 @@ use mtanet_affwild2::DataError;
 /// An input-derived problem of `mtanet predict`, naming the file (and line) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
-    /// Neither the checkpoint nor a run directory was found.
-    #[error("{}: no checkpoint (expected a run directory with checkpoints/last.safetensors, or a .safetensors file)", path.display())]
-    NoCheckpoint {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// No config.yaml next to the checkpoint and no `--config`.
-    #[error("{}: no run config.yaml for checkpoint {} (pass --config)", expected.display(), checkpoint.display())]
-    NoConfig {
-        /// Where it was looked for.
-        expected: PathBuf,
-        /// The checkpoint.
-        checkpoint: PathBuf,
-    },
-    /// The checkpoint lacks a head tensor, so the task sizes are unknown.
-    #[error("{}: no tensor `{name}`: not an MTANet checkpoint", path.display())]
-    NotMtaNet {
-        /// The checkpoint.
-        path: PathBuf,
-        /// The missing tensor.
-        name: String,
-    },
     /// The root's headers name other AUs or classes than the checkpoint's heads.
     #[error(
         "{}: the annotation headers name the {what} [{}], the checkpoint {} predicts [{}]: columns are matched by name",

@@ -38,12 +38,13 @@ use crate::submission::{header_line, push_frame_line, video_crops, TASK_DIRS};
 
 use plan::{Columns, PlannedVideo};
 
+pub use crate::build::model::default_vocab;
 pub use decide::{
     decide, decide_frame, fill_nearest, tuned_thresholds, Filled, FrameDecision, FrameOutput,
 };
 pub use error::PredictError;
 pub use frames::predict_images;
-pub use plan::{default_vocab, read_video_list};
+pub use plan::read_video_list;
 
 /// What to predict.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -167,6 +167,36 @@ fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
         .map(|i| (i, values[i])))
 }
 
+/// The metadata of a safetensors file (reads only its header).
+pub fn read_metadata(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        anyhow::bail!(
+            "{}: not a safetensors file (header of {n} bytes)",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,34 +250,4 @@ mod tests {
         let e = load(&p, &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("last.safetensors"), "{e}");
     }
-}
-
-/// The metadata of a safetensors file (reads only its header).
-pub fn read_metadata(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let n = u64::from_le_bytes(len);
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if n > size.saturating_sub(8) || n > 100 << 20 {
-        anyhow::bail!(
-            "{}: not a safetensors file (header of {n} bytes)",
-            path.display()
-        );
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
-    Ok(v.get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default())
 }
