@@ -25,6 +25,7 @@ pub(crate) use crate::bench::cpu_randn;
 
 mod backbones;
 mod conformance;
+mod fused_ops;
 mod ops;
 mod throughput;
 
