@@ -1,7 +1,10 @@
 //! `mtanet evaluate`: scores a directory of per-video prediction files (ours or any peer's, in
 //! the ABAW 2020 submission format, see [`crate::submission`]) against the annotations of one
 //! split, with the ABAW metrics. Prediction files are parsed by
-//! [`mtanet_affwild2::parse_annotation`], so a malformed file is rejected with file and line.
+//! [`mtanet_affwild2::parse_annotation`], so a malformed file is rejected with file and line;
+//! their AU columns and expression indices are matched to the annotation header by name
+//! ([`crate::submission::in_order_of`]), and a header naming other AUs or classes is refused
+//! listing both.
 //!
 //! Frames scored: those labelled for the task (no `-5` / `-1` marker) that have a face crop on
 //! disk, as training's own evaluation and wtomin's `eval_val_set.py` do; with
