@@ -41,9 +41,48 @@ pub struct PredictArgs {
     /// Device: cpu, cuda:N or auto (default: the run's).
     #[arg(long)]
     pub device: Option<String>,
+    /// Submission format: abaw2020 (one txt per video and task), abaw2023 (one file per
+    /// single-task track) or mtl (the multi-task track's file); default: abaw2020 for a
+    /// 2020/2021 layout, abaw2023 for a 2022+ layout.
+    #[arg(long)]
+    pub format: Option<crate::submission::SubmissionFormat>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `mtanet submit ...`.
+#[derive(Subcommand, Debug)]
+pub enum SubmitCommand {
+    /// Check a prediction folder: every frame once (in the sample file's order when given),
+    /// headers, column counts and value ranges; prints the problems by file and line and
+    /// exits non-zero on any.
+    Validate(ValidateArgs),
+}
+
+/// `mtanet submit validate`.
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The prediction folder.
+    pub pred: PathBuf,
+    /// abaw2020, abaw2023 or mtl (default: that of the root's layout, as predict picks).
+    #[arg(long)]
+    pub format: Option<crate::submission::SubmissionFormat>,
+    /// Aff-Wild2 root (holding annotations/ and cropped_aligned/).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Validation_Set, Training_Set / Train_Set, or Test (the unannotated videos).
+    #[arg(long, default_value = "Validation_Set")]
+    pub split: String,
+    /// The organisers' sample file: its first column gives the rows expected, in order.
+    #[arg(long)]
+    pub sample: Option<PathBuf>,
+    /// Only these videos: lines `video[,frames]` (as predict takes).
+    #[arg(long)]
+    pub videos: Option<PathBuf>,
+    /// Problems shown per kind (all are counted).
+    #[arg(long, default_value_t = 5)]
+    pub max_shown: usize,
 }
 
 /// `mtanet evaluate`.
@@ -101,21 +140,9 @@ pub struct TableArgs {
     /// Experiment YAML (default: experiments/table1.yaml, else the embedded copy).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// demo | paper (default: paper when AFFWILD2_ROOT is set, else demo).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Seeds per row; > 1 reports mean ± std and a 95% interval.
-    #[arg(long, default_value_t = 1)]
-    pub seeds: usize,
-    /// Only these rows (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub rows: Vec<String>,
-    /// Override a key for every row (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    /// The table's options.
+    #[command(flatten)]
+    pub table: RowsArgs,
 }
 
 /// `mtanet run`.

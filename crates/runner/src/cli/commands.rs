@@ -9,7 +9,7 @@ use mtanet_backbones::{BackboneKind, ResNetConfig};
 
 use super::{
     AblateArgs, BackboneArgs, BenchArgs, Command, DataCommand, EvaluateArgs, ModelCommand,
-    PredictArgs, RunArgs, TableArgs, TrainArgs,
+    PredictArgs, RowsArgs, RunArgs, SubmitCommand, TableArgs, TrainArgs, ValidateArgs,
 };
 use crate::build::data::generate_synthetic;
 use crate::build::restore::read_run_config;
@@ -61,6 +61,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Predict(a) => predict(a)?,
         Command::Evaluate(a) => evaluate(a)?,
+        Command::Submit(SubmitCommand::Validate(a)) => validate(a)?,
         Command::Bench(a) => bench(a)?,
         Command::BenchOne {
             backbone,
@@ -175,15 +176,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
 /// `mtanet table1`.
 fn table(a: TableArgs) -> anyhow::Result<()> {
     training::install_ctrlc();
-    experiment_table::run(&TableOptions {
-        config: a.config,
-        profile: a.profile,
-        seeds: a.seeds,
-        rows: a.rows,
-        overrides: parse_overrides(&a.set)?,
-        quiet: a.quiet,
-        write_table: true,
-    })?;
+    experiment_table::run(&table_options(a.config, a.table)?)?;
     Ok(())
 }
 
@@ -198,6 +191,19 @@ fn ablate(a: AblateArgs) -> anyhow::Result<()> {
     )?;
     experiment_table::run(&opts)?;
     Ok(())
+}
+
+/// The options of a table command over the experiment file `config`.
+fn table_options(config: Option<std::path::PathBuf>, a: RowsArgs) -> anyhow::Result<TableOptions> {
+    Ok(TableOptions {
+        config,
+        profile: a.profile,
+        seeds: a.seeds,
+        rows: a.rows,
+        overrides: parse_overrides(&a.set)?,
+        quiet: a.quiet,
+        write_table: true,
+    })
 }
 
 /// `mtanet run FILE`: every row of an experiment file and its table.
@@ -216,15 +222,7 @@ fn run_experiment(a: RunArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    experiment_table::run(&TableOptions {
-        config: Some(path),
-        profile: a.table.profile,
-        seeds: a.table.seeds,
-        rows: a.table.rows,
-        overrides: parse_overrides(&a.table.set)?,
-        quiet: a.table.quiet,
-        write_table: true,
-    })?;
+    experiment_table::run(&table_options(Some(path), a.table)?)?;
     Ok(())
 }
 
@@ -239,19 +237,23 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
             })?),
         };
     let out = a.out.clone();
-    let summary = crate::predict::run(&PredictOptions {
-        checkpoint: a.checkpoint,
-        config: a.config,
-        root: a.root,
-        target,
-        out: a.out,
-        videos: a.videos,
-        smooth: a.smooth,
-        tuned_thresholds: a.tuned_thresholds,
-        batch_size: a.batch_size,
-        device: a.device,
-        quiet: a.quiet,
-    })?;
+    let format = a.format;
+    let summary = crate::predict::run_as(
+        &PredictOptions {
+            checkpoint: a.checkpoint,
+            config: a.config,
+            root: a.root,
+            target,
+            out: a.out,
+            videos: a.videos,
+            smooth: a.smooth,
+            tuned_thresholds: a.tuned_thresholds,
+            batch_size: a.batch_size,
+            device: a.device,
+            quiet: a.quiet,
+        },
+        format,
+    )?;
     println!(
         "wrote {} files for {} videos ({} lines; {} frames predicted, {} filled from the \
          nearest frame, {} unreadable crops) in {}",
@@ -263,6 +265,38 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         summary.bad_frames.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// `mtanet submit validate`: prints the report; an error when it found a problem.
+fn validate(a: ValidateArgs) -> anyhow::Result<()> {
+    let target =
+        match a.split.as_str() {
+            "Test" | "Test_Set" | "test" => PredictTarget::Test,
+            s => PredictTarget::Split(s.parse::<Split>().with_context(|| {
+                format!("--split {s}: use Validation_Set, Training_Set or Test")
+            })?),
+        };
+    let report = crate::submission::validate::validate(
+        &a.pred,
+        &crate::submission::validate::ValidateOptions {
+            format: a.format,
+            root: a.root,
+            target,
+            sample: a.sample,
+            videos: a.videos,
+            max_shown: a.max_shown,
+        },
+    )?;
+    print!("{report}");
+    if !report.is_ok() {
+        anyhow::bail!(
+            "{} is not a valid {} submission: {} problem(s)",
+            a.pred.display(),
+            report.format,
+            report.problems()
+        );
+    }
     Ok(())
 }
 

@@ -76,6 +76,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// Score a folder of prediction files (ours or a peer's) with the ABAW metrics.
     Evaluate(EvaluateArgs),
+    /// Submission tools: `validate` checks a prediction folder before it is sent.
+    #[command(subcommand)]
+    Submit(SubmitCommand),
 }
 
 /// Runs the `mtanet` command line and returns its exit code.

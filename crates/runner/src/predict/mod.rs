@@ -1,6 +1,7 @@
 //! `mtanet predict`: a trained checkpoint over every frame of a split's videos, written as
-//! ABAW 2020 submission files ([`crate::submission`]), or over a plain folder of face crops,
-//! written as one CSV.
+//! submission files ([`crate::submission`]: ABAW 2020 per-video files, ABAW 2023 track files or
+//! the multi-task file, [`SubmissionFormat`]), or over a plain folder of face crops, written as
+//! one CSV.
 //!
 //! Frames without a face crop (or whose crop cannot be decoded) take the outputs of the nearest
 //! predicted frame of the same video (the earlier one on ties), as peers fill them from
@@ -34,6 +35,7 @@ use mtanet_affwild2::Split;
 
 use crate::build::restore::{load_model, LoadedModel};
 use crate::record::atomic_io::{remove_stale_temps, write_atomic_with};
+use crate::submission::{abaw2023, mtl, SubmissionFormat};
 use crate::submission::{header_line, push_frame_line, video_crops, TASK_DIRS};
 
 use plan::{Columns, PlannedVideo};
@@ -105,8 +107,17 @@ pub struct PredictSummary {
     pub files: Vec<PathBuf>,
 }
 
-/// Predicts and writes the files (see the module doc); returns what was done.
+/// Predicts and writes the files (see the module doc) in the default format of the root's
+/// layout ([`SubmissionFormat::default_for`]); returns what was done.
 pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
+    run_as(opts, None)
+}
+
+/// [`run`], writing the videos in `format` (the default of the root's layout when `None`).
+pub fn run_as(
+    opts: &PredictOptions,
+    format: Option<SubmissionFormat>,
+) -> anyhow::Result<PredictSummary> {
     let m = load_model(
         &opts.checkpoint,
         opts.config.as_deref(),
@@ -157,7 +168,27 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
             seen[vi].push((f - 1, o));
         }
     }
-    write_videos(&m, opts, &videos, seen, &columns, &mut summary)?;
+    let format = format.unwrap_or_else(|| {
+        SubmissionFormat::default_for(
+            mtanet_affwild2::layout::discover(root)
+                .ok()
+                .map(|d| d.layout),
+        )
+    });
+    let filled = fill_videos(&m, &videos, seen, &mut summary);
+    let w = Writing {
+        opts,
+        videos: &videos,
+        filled: &filled,
+        columns: &columns,
+        thresholds: &summary.thresholds,
+    };
+    let files = match format {
+        SubmissionFormat::Abaw2020 => write_videos(&w)?,
+        SubmissionFormat::Abaw2023 => write_tracks(&w)?,
+        SubmissionFormat::Mtl => write_mtl(&w)?,
+    };
+    summary.files.extend(files);
     Ok(summary)
 }
 
@@ -192,52 +223,24 @@ fn crop_jobs(crops: &Path, videos: &[PlannedVideo]) -> anyhow::Result<CropJobs> 
     Ok((jobs, jpgs))
 }
 
-/// Fills, decides and writes the three files of each video from the outputs of the frames
-/// the model saw, a line at a time (a file of any length is never held in memory).
-fn write_videos(
+/// Every frame's outputs of each video from those of the frames the model saw (neutral
+/// outputs for a video without any usable crop); counts videos, frames and filled frames in
+/// `summary`.
+fn fill_videos(
     m: &LoadedModel,
-    opts: &PredictOptions,
     videos: &[PlannedVideo],
     seen: Vec<Vec<(usize, FrameOutput)>>,
-    columns: &Columns,
     summary: &mut PredictSummary,
-) -> anyhow::Result<()> {
-    for (t, d) in TASK_DIRS {
-        let dir = opts.out.join(d);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating {} for {t}", dir.display()))?;
-        for stale in remove_stale_temps(&dir)? {
-            tracing::info!("removed {}, left by an interrupted write", stale.display());
-        }
-    }
+) -> Vec<Filled> {
+    let mut out = Vec::with_capacity(videos.len());
     for (video, seen) in videos.iter().zip(seen) {
-        let (v, n) = (&video.name, video.frames);
-        let known = seen.len();
-        let filled = match Filled::new(n, seen) {
-            Some(f) => f,
-            None => {
-                summary.videos_without_crops.push(v.clone());
-                Filled::new(n, vec![(0, FrameOutput::neutral(m.n_au, m.n_expr))])
-                    .expect("one output")
-            }
-        };
-        summary.filled += n - known;
-        for (t, d) in TASK_DIRS {
-            let path = opts.out.join(d).join(format!("{v}.txt"));
-            write_atomic_with(&path, |w| {
-                w.write_all(header_line(t, &columns.vocab).as_bytes())?;
-                let mut line = String::new();
-                for i in 0..n {
-                    let decision =
-                        columns.apply(filled.decide(i, opts.smooth, &summary.thresholds));
-                    line.clear();
-                    push_frame_line(&mut line, t, &decision.line());
-                    w.write_all(line.as_bytes())?;
-                }
-                Ok(())
-            })?;
-            summary.files.push(path);
-        }
+        let n = video.frames;
+        summary.filled += n - seen.len();
+        let filled = Filled::new(n, seen).unwrap_or_else(|| {
+            summary.videos_without_crops.push(video.name.clone());
+            Filled::new(n, vec![(0, FrameOutput::neutral(m.n_au, m.n_expr))]).expect("one output")
+        });
+        out.push(filled);
         summary.videos += 1;
         summary.frames += n;
     }
@@ -248,7 +251,102 @@ fn write_videos(
             summary.videos_without_crops.join(", ")
         );
     }
-    Ok(())
+    out
+}
+
+/// What every writer needs: the videos, their filled outputs and the written columns.
+struct Writing<'a> {
+    opts: &'a PredictOptions,
+    videos: &'a [PlannedVideo],
+    filled: &'a [Filled],
+    columns: &'a Columns,
+    thresholds: &'a [f32],
+}
+
+impl Writing<'_> {
+    /// The written decision of frame `i` (0-based) of video `v`.
+    fn decision(&self, v: usize, i: usize) -> FrameDecision {
+        self.columns
+            .apply(self.filled[v].decide(i, self.opts.smooth, self.thresholds))
+    }
+
+    /// Writes `path` atomically: `header`, then `push(line, video, frame, decision)` for every
+    /// frame (1-based) of every video, a row at a time.
+    fn write_rows(
+        &self,
+        path: &Path,
+        header: &str,
+        push: impl Fn(&mut String, &str, usize, &FrameDecision),
+    ) -> anyhow::Result<()> {
+        write_atomic_with(path, |w| {
+            w.write_all(header.as_bytes())?;
+            let mut line = String::new();
+            for (v, video) in self.videos.iter().enumerate() {
+                for i in 0..video.frames {
+                    line.clear();
+                    push(&mut line, &video.name, i + 1, &self.decision(v, i));
+                    w.write_all(line.as_bytes())?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// ABAW 2020: the three files of each video, a line at a time (a file of any length is never
+/// held in memory).
+fn write_videos(w: &Writing<'_>) -> anyhow::Result<Vec<PathBuf>> {
+    let out = &w.opts.out;
+    for (t, d) in TASK_DIRS {
+        let dir = out.join(d);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {} for {t}", dir.display()))?;
+        for stale in remove_stale_temps(&dir)? {
+            tracing::info!("removed {}, left by an interrupted write", stale.display());
+        }
+    }
+    let mut files = Vec::new();
+    for (v, video) in w.videos.iter().enumerate() {
+        for (t, d) in TASK_DIRS {
+            let path = out.join(d).join(format!("{}.txt", video.name));
+            write_atomic_with(&path, |f| {
+                f.write_all(header_line(t, &w.columns.vocab).as_bytes())?;
+                let mut line = String::new();
+                for i in 0..video.frames {
+                    line.clear();
+                    push_frame_line(&mut line, t, &w.decision(v, i).line());
+                    f.write_all(line.as_bytes())?;
+                }
+                Ok(())
+            })?;
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// ABAW 2023: one file per single-task track, every video's frames in video order.
+fn write_tracks(w: &Writing<'_>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (t, name) in abaw2023::TRACK_FILES {
+        let path = w.opts.out.join(name);
+        let header = abaw2023::header_line(t, &w.columns.vocab);
+        w.write_rows(&path, &header, |line, video, frame, d| {
+            abaw2023::push_row(line, t, video, frame, &d.line())
+        })?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// The multi-task track: one file, every video's frames in video order.
+fn write_mtl(w: &Writing<'_>) -> anyhow::Result<Vec<PathBuf>> {
+    let path = w.opts.out.join(mtl::FILE_NAME);
+    let header = format!("{}\n", mtl::HEADER);
+    w.write_rows(&path, &header, |line, video, frame, d| {
+        mtl::push_row(line, video, frame, &d.line())
+    })?;
+    Ok(vec![path])
 }
 
 /// A progress bar over `total` frames (hidden when `quiet`), prefixed with `what`.

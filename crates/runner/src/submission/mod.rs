@@ -1,5 +1,7 @@
-//! The ABAW prediction files, written by `mtanet predict` and read by `mtanet evaluate`, and
-//! the crop folders that decide which of their frames the model saw.
+//! The ABAW prediction files, written by `mtanet predict`, read by `mtanet evaluate` and
+//! checked by `mtanet submit validate` ([`validate`]), and the crop folders that decide which of
+//! their frames the model saw. Formats: [`abaw2020`] (below), [`abaw2023`] (one file per
+//! single-task track) and [`mtl`] (the multi-task track), chosen by [`SubmissionFormat`].
 //!
 //! Format (kuhnkeF `write_labelfile.py`, wtomin `test.py`): folders `VA_Set/`, `AU_Set/` and
 //! `EXPR_Set/` under the prediction folder (the 2022+ names `VA_Estimation_Challenge`, ... are
@@ -10,10 +12,15 @@
 //! reads both.
 
 pub mod abaw2020;
+pub mod abaw2023;
 pub mod crops;
+pub mod format;
+pub mod mtl;
+pub mod validate;
 
 pub use abaw2020::{
     header_line, in_order_of, prediction_path, push_frame_line, read_prediction, read_task_file,
     submission_texts, FrameLine, PREDICTION_DIRS, TASK_DIRS,
 };
 pub use crops::video_crops;
+pub use format::SubmissionFormat;
