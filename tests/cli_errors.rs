@@ -76,7 +76,10 @@ fn paper_profile_without_aff_wild2_refuses_in_one_line_naming_both_ways() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("AFFWILD2_ROOT") && stderr.contains("data.root"), "{stderr}");
+    assert!(
+        stderr.contains("AFFWILD2_ROOT") && stderr.contains("data.root"),
+        "{stderr}"
+    );
     // Nothing was generated or trained.
     assert!(!dir.path().join("data").exists() && !dir.path().join("results").exists());
 }

@@ -20,6 +20,8 @@ pub struct TrainingObjects {
     pub vocab: Vocab,
     /// The release layout of the data (decides the composite scores with the vocabulary).
     pub layout: Layout,
+    /// The data root the vocabulary was read from.
+    pub root: std::path::PathBuf,
     /// Training batches (shuffled, augmented).
     pub train: Loader,
     /// Validation batches.
@@ -46,6 +48,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
         },
     )
     .with_context(|| format!("indexing {}", root.display()))?;
+    index.require_every_task()?;
     let vocab = index.vocab.clone();
     let train_samples = subsample(index.samples(Split::Train), config.data.max_train_frames);
     let val_samples = subsample(index.samples(Split::Validation), config.data.max_val_frames);
@@ -93,6 +96,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
         device,
         vocab,
         layout: index.layout,
+        root: root.clone(),
         train,
         val,
         vars,

@@ -96,6 +96,12 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
     };
     std::fs::create_dir_all(run_dir.join("checkpoints"))
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    // Temporaries of writers killed mid-write (a checkpoint can be hundreds of MB).
+    for dir in [run_dir.clone(), run_dir.join("checkpoints")] {
+        for p in crate::record::atomic_io::remove_stale_temps(&dir)? {
+            tracing::info!("removed {} (left by a killed writer)", p.display());
+        }
+    }
     let identity_path = run_dir.join("run.json");
     let resumed_ctx;
     let ctx = if ctx.resume.is_none() {

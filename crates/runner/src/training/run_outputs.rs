@@ -62,6 +62,9 @@ impl Trainer<'_> {
                 path.display()
             )
         })?;
+        if let Some(v) = crate::build::restore::checkpoint_vocab(&path)? {
+            crate::build::restore::check_same_vocab(&path, &v, &self.s.root, &self.s.vocab)?;
+        }
         restore_vars(&self.s.vars, &c.model, &path)?;
         tracing::info!(
             "stage {} starts from {}",

@@ -76,6 +76,9 @@ impl<'a> Trainer<'a> {
                     run_dir.display()
                 )
             })?;
+            if let Some(v) = crate::build::restore::checkpoint_vocab(&last_ckpt)? {
+                crate::build::restore::check_same_vocab(&last_ckpt, &v, &s.root, &s.vocab)?;
+            }
             restore_vars(&s.vars, &c.model, &last_ckpt)?;
             state = c.state;
             resumed_optim = Some(c.optim);
