@@ -171,10 +171,14 @@ impl std::fmt::Display for ValidationReport {
             if n.without_crop > 0 {
                 write!(
                     f,
-                    "; {} of them repeat the row of the nearest frame with a crop (filled from \
-                     the nearest predicted frame)",
+                    "; {} of them repeat the row of the nearest frame with a crop",
                     n.nearest
                 )?;
+                if n.nearest == n.without_crop {
+                    write!(f, " (filled from the nearest predicted frame)")?;
+                } else {
+                    write!(f, " (the others were filled another way, e.g. smoothed)")?;
+                }
             }
             writeln!(f)?;
         }
