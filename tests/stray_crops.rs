@@ -121,6 +121,7 @@ struct Finished {
 
 /// Runs `mtanet args` (warnings on stderr) and waits for it with `wait4`, which reports the
 /// child's own resource use.
+#[allow(clippy::zombie_processes)] // reaped by the `wait4` below, which `Child` cannot see
 fn run(tmp: &Path, name: &str, args: &[&str]) -> Finished {
     let err_path = tmp.join(format!("{name}.stderr"));
     let child = Command::new(BIN)

@@ -282,7 +282,7 @@ fn cr_only_line_ends_are_line_ends() {
         .map(|s| s.expr)
         .collect();
     assert_eq!(labels, vec![Some(4), Some(0), Some(6)]);
-    let (_d, e) = load_with("EXPR", format!("Neutral,Anger\u{7},Disgust\n0\n"));
+    let (_d, e) = load_with("EXPR", "Neutral,Anger\u{7},Disgust\n0\n");
     assert!(matches!(e, DataError::Header { line: 1, .. }), "{e:?}");
     names_bad_file(&e, 1);
     assert_names(&e.to_string(), "field 2");

@@ -92,6 +92,7 @@ impl Outcome {
 }
 
 /// Runs `mtanet args` in `cwd` (log level `warn`) and waits for it with `wait4`.
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which `Child` cannot see
 pub fn mtanet<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Outcome {
     let logs = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));

@@ -12,8 +12,7 @@ use mtanet_runner::record::atomic_io::read_csv;
 use mtanet_runner::tables::experiment_table::{self, TableOptions};
 use mtanet_runner::training::{self as train, RunContext};
 
-#[path = "../../crates/runner/tests/support/mod.rs"]
-mod support;
+use super::support;
 
 fn tiny(tmp: &Path, sets: &[&str]) -> Config {
     support::tiny_config(&tmp.join("results"), &tmp.join("synth"), sets)
