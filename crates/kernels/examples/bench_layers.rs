@@ -1,4 +1,4 @@
-//! Times the three convolution layers of `shared/reference/perf-baseline.md` (batch 16, 3x3,
+//! Times three convolution layers of the backbones (batch 16, 3x3,
 //! pad 1): forward, and forward + backward (gradients of input and weight), for candle's own
 //! `Tensor::conv2d`, for `mtanet_kernels::conv2d`, and for PyTorch (through
 //! `scripts/bench_torch.py --layers`, skipped with a note if it cannot run).
