@@ -30,3 +30,4 @@ pub mod step;
 pub mod submission;
 pub mod tables;
 pub mod training;
+pub mod tune;

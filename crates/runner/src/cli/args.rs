@@ -46,6 +46,39 @@ pub struct PredictArgs {
     /// 2020/2021 layout, abaw2023 for a 2022+ layout.
     #[arg(long)]
     pub format: Option<crate::submission::SubmissionFormat>,
+    /// Ignore the thresholds and smoothing that `mtanet tune` stored in the checkpoint.
+    #[arg(long)]
+    pub raw: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `mtanet tune`.
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// A run directory (config.yaml + checkpoints/last.safetensors) or a checkpoint file; the
+    /// choice is stored in this checkpoint's metadata.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The run config, when the checkpoint file has no ../config.yaml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Aff-Wild2 root (holding annotations/ and cropped_aligned/).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The labelled split to tune on.
+    #[arg(long, default_value = "Validation_Set")]
+    pub split: String,
+    /// Batch size (default: the run's eval.batch_size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Device: cpu, cuda:N or auto (default: the run's).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print the choice without writing the checkpoint.
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,

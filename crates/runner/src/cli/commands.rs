@@ -9,7 +9,7 @@ use mtanet_backbones::{BackboneKind, ResNetConfig};
 
 use super::{
     AblateArgs, BackboneArgs, BenchArgs, Command, DataCommand, EvaluateArgs, ModelCommand,
-    PredictArgs, RowsArgs, RunArgs, SubmitCommand, TableArgs, TrainArgs, ValidateArgs,
+    PredictArgs, RowsArgs, RunArgs, SubmitCommand, TableArgs, TrainArgs, TuneArgs, ValidateArgs,
 };
 use crate::build::data::generate_synthetic;
 use crate::build::restore::read_run_config;
@@ -60,6 +60,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Predict(a) => predict(a)?,
+        Command::Tune(a) => tune(a)?,
         Command::Evaluate(a) => evaluate(a)?,
         Command::Submit(SubmitCommand::Validate(a)) => validate(a)?,
         Command::Bench(a) => bench(a)?,
@@ -238,7 +239,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         };
     let out = a.out.clone();
     let format = a.format;
-    let summary = crate::predict::run_as(
+    let raw = a.raw;
+    let summary = crate::predict::run_with(
         &PredictOptions {
             checkpoint: a.checkpoint,
             config: a.config,
@@ -253,6 +255,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
             quiet: a.quiet,
         },
         format,
+        raw,
     )?;
     println!(
         "wrote {} files for {} videos ({} lines; {} frames predicted, {} filled from the \
@@ -265,6 +268,36 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         summary.bad_frames.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// `mtanet tune`: prints the table and where the choice was stored.
+fn tune(a: TuneArgs) -> anyhow::Result<()> {
+    let split = a
+        .split
+        .parse::<Split>()
+        .with_context(|| format!("--split {}: use Validation_Set or Training_Set", a.split))?;
+    let dry_run = a.dry_run;
+    let outcome = crate::tune::run(&crate::tune::TuneOptions {
+        checkpoint: a.checkpoint,
+        config: a.config,
+        root: a.root,
+        split,
+        batch_size: a.batch_size,
+        device: a.device,
+        quiet: a.quiet,
+        dry_run,
+    })?;
+    print!("{}", outcome.render());
+    if dry_run {
+        println!("dry run: nothing written");
+    } else {
+        println!(
+            "stored as `{}` in {}; `mtanet predict` applies it (--raw to skip)",
+            crate::tune::TUNING_KEY,
+            outcome.checkpoint.display()
+        );
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ pub enum Command {
     /// Predict a split (or the test set, or a folder of crops) with a trained checkpoint,
     /// writing ABAW 2020 submission files (`VA_Set/`, `AU_Set/`, `EXPR_Set/`).
     Predict(PredictArgs),
+    /// Choose per-AU thresholds and per-task smoothing windows on a labelled split and store
+    /// them in the checkpoint, where `predict` applies them (its `--raw` skips them).
+    Tune(TuneArgs),
     /// Score a folder of prediction files (ours or a peer's) with the ABAW metrics.
     Evaluate(EvaluateArgs),
     /// Submission tools: `validate` checks a prediction folder before it is sent.

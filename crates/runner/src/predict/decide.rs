@@ -202,6 +202,140 @@ pub fn decide(outputs: &[FrameOutput], smooth: usize, thresholds: &[f32]) -> Vec
         .collect()
 }
 
+/// The weighting of a smoothing window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// Equal weights over the window.
+    Box,
+    /// Gaussian weights with a standard deviation of a quarter of the window (the window
+    /// spans +-2 standard deviations), clipped to the window.
+    Gaussian,
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kernel::Box => "box",
+            Kernel::Gaussian => "gaussian",
+        })
+    }
+}
+
+/// A centred smoothing window of `frames` frames (0 or 1: none) with its weighting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Smoothing {
+    /// Window length in frames.
+    pub frames: usize,
+    /// Weighting over the window.
+    pub kernel: Kernel,
+}
+
+impl Smoothing {
+    /// No smoothing.
+    pub const NONE: Smoothing = Smoothing {
+        frames: 0,
+        kernel: Kernel::Box,
+    };
+
+    /// The frames of the window centred on frame `i` of `len` and their normalised weights.
+    pub fn weights(&self, i: usize, len: usize) -> Vec<(usize, f64)> {
+        if self.frames <= 1 {
+            return vec![(i, 1.0)];
+        }
+        let w = window(i, self.frames, len);
+        let sigma = self.frames as f64 / 4.0;
+        let raw: Vec<(usize, f64)> = w
+            .map(|j| {
+                let d = j as f64 - i as f64;
+                let wt = match self.kernel {
+                    Kernel::Box => 1.0,
+                    Kernel::Gaussian => (-0.5 * (d / sigma).powi(2)).exp(),
+                };
+                (j, wt)
+            })
+            .collect();
+        let total: f64 = raw.iter().map(|(_, w)| w).sum();
+        raw.into_iter().map(|(j, w)| (j, w / total)).collect()
+    }
+}
+
+/// One [`Smoothing`] per task, as `mtanet tune` chooses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSmoothing {
+    /// Valence and arousal.
+    pub va: Smoothing,
+    /// AU probabilities.
+    pub au: Smoothing,
+    /// Expression probabilities (the class is the argmax of the smoothed probabilities).
+    pub expr: Smoothing,
+}
+
+/// The weighted mean of `value` over the frames and weights `w`.
+fn weighted<'a>(
+    output: &impl Fn(usize) -> &'a FrameOutput,
+    w: &[(usize, f64)],
+    value: impl Fn(&FrameOutput) -> f32,
+) -> f32 {
+    w.iter()
+        .map(|&(j, wt)| wt * f64::from(value(output(j))))
+        .sum::<f64>() as f32
+}
+
+/// The outputs of frame `i` of `len` smoothed per task by `s`.
+pub fn smooth_output<'a>(
+    output: &impl Fn(usize) -> &'a FrameOutput,
+    len: usize,
+    i: usize,
+    s: &TaskSmoothing,
+) -> FrameOutput {
+    let centre = output(i);
+    let (wv, wa, we) = (
+        s.va.weights(i, len),
+        s.au.weights(i, len),
+        s.expr.weights(i, len),
+    );
+    FrameOutput {
+        va: [
+            weighted(output, &wv, |o| o.va[0]),
+            weighted(output, &wv, |o| o.va[1]),
+        ],
+        au_probs: (0..centre.au_probs.len())
+            .map(|k| weighted(output, &wa, |o| o.au_probs[k]))
+            .collect(),
+        expr_probs: (0..centre.expr_probs.len())
+            .map(|k| weighted(output, &we, |o| o.expr_probs[k]))
+            .collect(),
+    }
+}
+
+/// The decision of frame `i` of `len` under per-task smoothing `s` ([`smooth_output`]):
+/// AU probabilities against `thresholds`, the expression the argmax of its smoothed
+/// probabilities.
+pub fn decide_frame_tuned<'a>(
+    output: &impl Fn(usize) -> &'a FrameOutput,
+    len: usize,
+    i: usize,
+    s: &TaskSmoothing,
+    thresholds: &[f32],
+) -> FrameDecision {
+    let o = smooth_output(output, len, i, s);
+    let au = o
+        .au_probs
+        .iter()
+        .zip(thresholds)
+        .map(|(p, t)| u8::from(*p >= *t))
+        .collect();
+    let expr = argmax(&o.expr_probs);
+    FrameDecision {
+        va: o.va,
+        au_probs: o.au_probs,
+        au,
+        expr_probs: o.expr_probs,
+        expr,
+    }
+}
+
 /// The outputs of every frame of a video from those of the frames the model saw: each frame
 /// takes the outputs of the nearest seen frame (the earlier one on ties), as
 /// [`fill_nearest`] does, in memory per seen frame rather than per frame.
@@ -249,6 +383,11 @@ impl Filled {
     /// The decision of frame `i` ([`decide_frame`]).
     pub fn decide(&self, i: usize, smooth: usize, thresholds: &[f32]) -> FrameDecision {
         decide_frame(&|j| self.output(j), self.frames, i, smooth, thresholds)
+    }
+
+    /// The decision of frame `i` under per-task smoothing ([`decide_frame_tuned`]).
+    pub fn decide_tuned(&self, i: usize, s: &TaskSmoothing, thresholds: &[f32]) -> FrameDecision {
+        decide_frame_tuned(&|j| self.output(j), self.frames, i, s, thresholds)
     }
 }
 
@@ -344,6 +483,47 @@ mod tests {
         assert_eq!((s[0].au[0], s[0].expr), (0, 0));
         // Frame 3 (window 2..4): votes 0,1 tie -> centre's 1.
         assert_eq!(s[3].expr, 1);
+    }
+
+    #[test]
+    fn tuned_smoothing_weights_and_argmax() {
+        let o = [
+            out(0.0, 0.0, 0),
+            out(0.3, 0.9, 2),
+            out(0.6, 0.9, 0),
+            out(0.9, 0.0, 1),
+        ];
+        let none = TaskSmoothing {
+            va: Smoothing::NONE,
+            au: Smoothing::NONE,
+            expr: Smoothing::NONE,
+        };
+        let f = |j: usize| &o[j];
+        for i in 0..o.len() {
+            let d = decide_frame_tuned(&f, o.len(), i, &none, &[0.5]);
+            assert_eq!(d, decide(&o, 1, &[0.5])[i]);
+        }
+        let b3 = Smoothing {
+            frames: 3,
+            kernel: Kernel::Box,
+        };
+        let s = TaskSmoothing {
+            va: b3,
+            au: b3,
+            expr: b3,
+        };
+        let d = decide_frame_tuned(&f, o.len(), 1, &s, &[0.5]);
+        assert!((d.va[0] - 0.3).abs() < 1e-6);
+        // Expression probabilities averaged: class 0 (0.8 + 0.1 + 0.8) / 3 wins.
+        assert_eq!((d.au[0], d.expr), (1, 0));
+        let g = Smoothing {
+            frames: 5,
+            kernel: Kernel::Gaussian,
+        };
+        let w = g.weights(5, 10);
+        assert_eq!(w.len(), 5);
+        assert!((w.iter().map(|x| x.1).sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(w[2].1 > w[1].1 && w[1].1 > w[0].1 && (w[1].1 - w[3].1).abs() < 1e-12);
     }
 
     #[test]

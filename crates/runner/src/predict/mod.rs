@@ -42,7 +42,8 @@ use plan::{Columns, PlannedVideo};
 
 pub use crate::build::model::default_vocab;
 pub use decide::{
-    decide, decide_frame, fill_nearest, tuned_thresholds, Filled, FrameDecision, FrameOutput,
+    decide, decide_frame, decide_frame_tuned, fill_nearest, smooth_output, tuned_thresholds,
+    Filled, FrameDecision, FrameOutput, Kernel, Smoothing, TaskSmoothing,
 };
 pub use error::PredictError;
 pub use frames::predict_images;
@@ -113,20 +114,45 @@ pub fn run(opts: &PredictOptions) -> anyhow::Result<PredictSummary> {
     run_as(opts, None)
 }
 
-/// [`run`], writing the videos in `format` (the default of the root's layout when `None`).
+/// [`run`], writing the videos in `format` (the default of the root's layout when `None`);
+/// the tuning stored in the checkpoint by `mtanet tune` is applied when present.
 pub fn run_as(
     opts: &PredictOptions,
     format: Option<SubmissionFormat>,
+) -> anyhow::Result<PredictSummary> {
+    run_with(opts, format, false)
+}
+
+/// [`run_as`]; with `raw`, a tuning stored in the checkpoint ([`crate::tune`]) is ignored and
+/// the output is that of `--smooth` / `--tuned-thresholds` alone. Without `raw`, a stored
+/// tuning gives the AU thresholds and the per-task smoothing (its windows in seconds turned
+/// into frames with each video's frame rate, [`crate::tune::fps_of`]), and combining it with
+/// `--smooth` or `--tuned-thresholds` is an error.
+pub fn run_with(
+    opts: &PredictOptions,
+    format: Option<SubmissionFormat>,
+    raw: bool,
 ) -> anyhow::Result<PredictSummary> {
     let m = load_model(
         &opts.checkpoint,
         opts.config.as_deref(),
         opts.device.as_deref(),
     )?;
-    let thresholds = if opts.tuned_thresholds {
-        tuned_thresholds(&m.run_dir, m.n_au)?
+    let tuning = if raw {
+        None
     } else {
-        vec![mtanet_metrics::DEFAULT_THRESHOLD; m.n_au]
+        crate::tune::stored_tuning(&m.checkpoint)?
+    };
+    if tuning.is_some() && (opts.smooth > 1 || opts.tuned_thresholds) {
+        anyhow::bail!(
+            "{} carries a tuning from `mtanet tune`; pass --raw to use --smooth or --tuned-thresholds instead",
+            m.checkpoint.display()
+        );
+    }
+    let thresholds = match &tuning {
+        Some(t) => t.thresholds_for(&m.vocab.au_names)?,
+        None if opts.tuned_thresholds => tuned_thresholds(&m.run_dir, m.n_au)?,
+        None => vec![mtanet_metrics::DEFAULT_THRESHOLD; m.n_au],
     };
     let batch = opts.batch_size.unwrap_or(m.config.eval.batch_size).max(1);
     let list = opts.videos.as_deref().map(read_video_list).transpose()?;
@@ -146,12 +172,69 @@ pub fn run_as(
         .root
         .as_deref()
         .context("--root is required to predict a split or the test set")?;
-    let (videos, root_vocab) = plan::plan_videos(root, &opts.target, list.as_deref())?;
+    let p = predict_videos(
+        &m,
+        root,
+        &opts.target,
+        list.as_deref(),
+        batch,
+        opts.quiet,
+        &mut summary,
+    )?;
+    let format = format.unwrap_or_else(|| {
+        SubmissionFormat::default_for(
+            mtanet_affwild2::layout::discover(root)
+                .ok()
+                .map(|d| d.layout),
+        )
+    });
+    let smoothing: Option<Vec<TaskSmoothing>> = tuning
+        .as_ref()
+        .map(|t| p.videos.iter().map(|v| t.smoothing_for(&v.name)).collect());
+    let w = Writing {
+        opts,
+        videos: &p.videos,
+        filled: &p.filled,
+        columns: &p.columns,
+        thresholds: &summary.thresholds,
+        smoothing: smoothing.as_deref(),
+    };
+    let files = match format {
+        SubmissionFormat::Abaw2020 => write_videos(&w)?,
+        SubmissionFormat::Abaw2023 => write_tracks(&w)?,
+        SubmissionFormat::Mtl => write_mtl(&w)?,
+    };
+    summary.files.extend(files);
+    Ok(summary)
+}
+
+/// The model's outputs over every frame of a split's (or the test set's) videos.
+pub struct PredictedVideos {
+    /// The videos, in writing order.
+    pub videos: Vec<PlannedVideo>,
+    /// Every frame's outputs of each video, in the model's column order.
+    pub filled: Vec<Filled>,
+    /// The columns written: the model's vocabulary in the root's header order.
+    pub columns: Columns,
+}
+
+/// Runs the model over every crop of the videos of `target` under `root` (restricted by
+/// `list`) and fills the frames without one; counts what was done in `summary`.
+pub fn predict_videos(
+    m: &LoadedModel,
+    root: &Path,
+    target: &PredictTarget,
+    list: Option<&[(String, Option<usize>)]>,
+    batch: usize,
+    quiet: bool,
+    summary: &mut PredictSummary,
+) -> anyhow::Result<PredictedVideos> {
+    let (videos, root_vocab) = plan::plan_videos(root, target, list)?;
     let columns = plan::vocab_for(root_vocab, root, &m.vocab, &m.checkpoint)?;
     let (jobs, jpgs) = crop_jobs(&root.join(CROPS_DIR), &videos)?;
-    let pb = progress(jpgs.len(), opts.quiet, "predict");
+    let pb = progress(jpgs.len(), quiet, "predict");
     let outputs = predict_images(
-        &m,
+        m,
         &jpgs,
         batch,
         m.config.data.resize,
@@ -168,28 +251,12 @@ pub fn run_as(
             seen[vi].push((f - 1, o));
         }
     }
-    let format = format.unwrap_or_else(|| {
-        SubmissionFormat::default_for(
-            mtanet_affwild2::layout::discover(root)
-                .ok()
-                .map(|d| d.layout),
-        )
-    });
-    let filled = fill_videos(&m, &videos, seen, &mut summary);
-    let w = Writing {
-        opts,
-        videos: &videos,
-        filled: &filled,
-        columns: &columns,
-        thresholds: &summary.thresholds,
-    };
-    let files = match format {
-        SubmissionFormat::Abaw2020 => write_videos(&w)?,
-        SubmissionFormat::Abaw2023 => write_tracks(&w)?,
-        SubmissionFormat::Mtl => write_mtl(&w)?,
-    };
-    summary.files.extend(files);
-    Ok(summary)
+    let filled = fill_videos(m, &videos, seen, summary);
+    Ok(PredictedVideos {
+        videos,
+        filled,
+        columns,
+    })
 }
 
 /// The (video index, frame) pairs with a crop, and the crops' paths.
@@ -261,13 +328,17 @@ struct Writing<'a> {
     filled: &'a [Filled],
     columns: &'a Columns,
     thresholds: &'a [f32],
+    smoothing: Option<&'a [TaskSmoothing]>,
 }
 
 impl Writing<'_> {
     /// The written decision of frame `i` (0-based) of video `v`.
     fn decision(&self, v: usize, i: usize) -> FrameDecision {
-        self.columns
-            .apply(self.filled[v].decide(i, self.opts.smooth, self.thresholds))
+        let d = match self.smoothing {
+            Some(s) => self.filled[v].decide_tuned(i, &s[v], self.thresholds),
+            None => self.filled[v].decide(i, self.opts.smooth, self.thresholds),
+        };
+        self.columns.apply(d)
     }
 
     /// Writes `path` atomically: `header`, then `push(line, video, frame, decision)` for every
