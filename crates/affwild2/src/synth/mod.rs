@@ -4,6 +4,11 @@
 //! Neutral-heavy expressions, rare AUs, smoothly drifting VA), whose faces encode the labels
 //! (see [`face`]) so that small networks can learn every task.
 //!
+//! [`generate_as`] writes the same faces in the ABAW 2022+ layout instead ([`Layout::Abaw2022`]:
+//! `annotations/*_Challenge/{Train_Set,Validation_Set}`, the 12 AUs of [`AUS_2022`], whose four
+//! extra units copy a neighbouring unit the face encodes, and the 8 classes of
+//! [`EXPRESSIONS_2022`], `Other` never drawn).
+//!
 //! The `full` size (560 videos x ~5000 lines, every video in every task: 2.8 M lines per task)
 //! is for the index benchmark:
 //! it renders 4 key frames per video and hard-links every other jpg of the video to the
@@ -23,7 +28,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::DataError;
-use crate::layout::{frame_file_name, CROPS_DIR};
+use crate::layout::{frame_file_name, task_folder, Layout, CROPS_DIR};
 use crate::seed;
 use crate::task::{Split, Task, Vocab};
 use face::{FaceLabels, Identity};
@@ -66,6 +71,38 @@ const ORPHAN_VIDEOS: usize = 2;
 const ORPHAN_JPGS: usize = 5;
 /// Written first into the output folder; lets a later run replace an interrupted one.
 const MARKER: &str = ".mtanet-synth";
+
+/// The AU names of the ABAW 2022+ layout, in header order.
+pub const AUS_2022: [&str; 12] = [
+    "AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26",
+];
+
+/// For each of [`AUS_2022`], the AU of the ABAW 2020 vocabulary (index into the face's 8 AUs)
+/// whose value it takes.
+const AU_SOURCE_2022: [usize; 12] = [0, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7, 7];
+
+/// The expression classes of the ABAW 2022+ layout, in class-index order.
+pub const EXPRESSIONS_2022: [&str; 8] = [
+    "Neutral",
+    "Anger",
+    "Disgust",
+    "Fear",
+    "Happiness",
+    "Sadness",
+    "Surprise",
+    "Other",
+];
+
+/// The vocabulary written in `layout`'s headers (the ABAW 2021 layout keeps the 2020 one).
+pub fn synth_vocab(layout: Layout) -> Vocab {
+    match layout {
+        Layout::Abaw2022 => Vocab {
+            au_names: AUS_2022.map(String::from).to_vec(),
+            expr_names: EXPRESSIONS_2022.map(String::from).to_vec(),
+        },
+        Layout::Abaw2020 | Layout::Abaw2021 => Vocab::abaw2020(),
+    }
+}
 
 /// What was written for one task of one split (the index must reproduce these).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -125,6 +162,8 @@ pub struct SynthReport {
     pub seed: u64,
     /// Full benchmark size (jpgs hard-linked to key frames).
     pub full: bool,
+    /// The folder layout written.
+    pub layout: Layout,
     /// The vocabulary written in the headers.
     pub vocab: Vocab,
     /// Training split.
@@ -153,7 +192,8 @@ impl fmt::Display for SynthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "synthetic Aff-Wild2 (ABAW 2020 layout{}) in {}, seed {}",
+            "synthetic Aff-Wild2 ({} layout{}) in {}, seed {}",
+            self.layout,
             if self.full {
                 ", full size, hard-linked jpgs"
             } else {
@@ -198,21 +238,6 @@ fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, DataError> {
     r.map_err(|e| DataError::io(path, e))
 }
 
-fn split_dir(split: Split) -> &'static str {
-    match split {
-        Split::Train => "Training_Set",
-        Split::Validation => "Validation_Set",
-    }
-}
-
-fn task_dir(task: Task) -> &'static str {
-    match task {
-        Task::Va => "VA_Set",
-        Task::Au => "AU_Set",
-        Task::Expr => "EXPR_Set",
-    }
-}
-
 /// Runs of `len_lo..len_hi` frames flagged true, `runs` of them at random places.
 fn runs(rng: &mut impl Rng, n: usize, runs: usize, len_lo: usize, len_hi: usize) -> Vec<bool> {
     let mut out = vec![false; n];
@@ -243,6 +268,21 @@ fn encode_jpeg(path: &Path, img: &image::RgbImage) -> Result<(), DataError> {
 /// Writes the synthetic set under `out` (`annotations/`, `cropped_aligned/`) and returns the
 /// counts written. Refuses a folder that already holds a dataset it did not write.
 pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError> {
+    generate_as(out, cfg, Layout::Abaw2020)
+}
+
+/// [`generate`] in `layout`: the ABAW 2020 layout, or the ABAW 2022+ one (see the module
+/// doc); the ABAW 2021 layout is refused.
+pub fn generate_as(
+    out: &Path,
+    cfg: &SynthConfig,
+    layout: Layout,
+) -> Result<SynthReport, DataError> {
+    if layout == Layout::Abaw2021 {
+        return Err(DataError::Config(
+            "the synthetic set is written in the ABAW 2020 or the ABAW 2022+ layout".into(),
+        ));
+    }
     let (videos, frames) = if cfg.full {
         (FULL_VIDEOS, FULL_FRAMES)
     } else {
@@ -280,7 +320,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
     )?;
     for t in Task::ALL {
         for s in Split::ALL {
-            let d = ann.join(task_dir(t)).join(split_dir(s));
+            let d = out.join(task_folder(layout, t, s));
             io(&d, std::fs::create_dir_all(&d))?;
         }
     }
@@ -289,13 +329,14 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
     let specs = roster(cfg.seed, videos, frames, cfg.full);
     let outcomes: Vec<Result<VideoOutcome, DataError>> = specs
         .par_iter()
-        .map(|v| write_video(&ann, &crops, v, cfg.full))
+        .map(|v| write_video(out, layout, &crops, v, cfg.full))
         .collect();
     let mut report = SynthReport {
         root: out.to_path_buf(),
         seed: cfg.seed,
         full: cfg.full,
-        vocab: Vocab::abaw2020(),
+        layout,
+        vocab: synth_vocab(layout),
         train: SynthSplitReport::default(),
         validation: SynthSplitReport::default(),
         jpgs_written: 0,
@@ -346,7 +387,8 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthReport, DataError>
 
 /// Writes one video's annotation files and jpgs.
 fn write_video(
-    ann: &Path,
+    out: &Path,
+    layout: Layout,
     crops: &Path,
     v: &VideoSpec,
     full: bool,
@@ -419,10 +461,15 @@ fn write_video(
         if !v.tasks[task.index()] {
             continue;
         }
-        let (text, rep) = annotation_text(task, &labels[..n], &missing[task.index()], &no_jpg);
-        let path = ann
-            .join(task_dir(task))
-            .join(split_dir(v.split))
+        let (text, rep) = annotation_text(
+            &synth_vocab(layout),
+            task,
+            &labels[..n],
+            &missing[task.index()],
+            &no_jpg,
+        );
+        let path = out
+            .join(task_folder(layout, task, v.split))
             .join(format!("{}.txt", v.name));
         io(&path, std::fs::write(&path, text))?;
         tasks[task.index()] = Some(rep);
@@ -435,14 +482,23 @@ fn write_video(
     })
 }
 
-/// The file text of one task and what it holds.
+/// The file text of one task in the headers of `vocab` (the 2020 vocabulary or the 2022+
+/// one, see [`synth_vocab`]) and what it holds.
 fn annotation_text(
+    vocab: &Vocab,
     task: Task,
     labels: &[FaceLabels],
     missing: &[bool],
     no_jpg: &[bool],
 ) -> (String, SynthTaskReport) {
-    let vocab = Vocab::abaw2020();
+    let n_au = vocab.au_names.len();
+    let au_of = |l: &FaceLabels, k: usize| -> bool {
+        if n_au == AUS_2022.len() {
+            l.au[AU_SOURCE_2022[k]]
+        } else {
+            l.au[k]
+        }
+    };
     let mut s = String::with_capacity(labels.len() * 18 + 64);
     let mut rep = SynthTaskReport {
         videos: 1,
@@ -451,8 +507,8 @@ fn annotation_text(
     };
     rep.counts = match task {
         Task::Va => Vec::new(),
-        Task::Au => vec![0; 8],
-        Task::Expr => vec![0; 7],
+        Task::Au => vec![0; n_au],
+        Task::Expr => vec![0; vocab.expr_names.len()],
     };
     s.push_str(&match task {
         Task::Va => "valence,arousal".to_string(),
@@ -473,9 +529,10 @@ fn annotation_text(
             Task::Va => {
                 let _ = write!(s, "{:.3},{:.3}", l.va[0], l.va[1]);
             }
-            Task::Au if miss => s.push_str("-1,-1,-1,-1,-1,-1,-1,-1"),
+            Task::Au if miss => s.push_str(&vec!["-1"; n_au].join(",")),
             Task::Au => {
-                for (k, &a) in l.au.iter().enumerate() {
+                for k in 0..n_au {
+                    let a = au_of(l, k);
                     if k > 0 {
                         s.push(',');
                     }

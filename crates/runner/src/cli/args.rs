@@ -246,6 +246,10 @@ pub enum DataCommand {
         /// lines per task); overrides --videos and --frames.
         #[arg(long)]
         full: bool,
+        /// Folder layout: abaw2020 (`*_Set`, 8 AUs, 7 expressions) or abaw2022 (`*_Challenge`,
+        /// 12 AUs, 8 expressions with Other).
+        #[arg(long, default_value = "abaw2020")]
+        layout: String,
     },
     /// Per split and task: videos, frames, labels, missing jpgs, histograms.
     Stats {

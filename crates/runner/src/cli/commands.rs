@@ -34,6 +34,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             frames,
             seed,
             full,
+            layout,
         }) => {
             let t = std::time::Instant::now();
             let cfg = SynthConfig {
@@ -42,7 +43,12 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 seed,
                 full,
             };
-            println!("{}", generate_synthetic(&out, &cfg)?);
+            let report = match layout.to_ascii_lowercase().as_str() {
+                "abaw2020" | "2020" => generate_synthetic(&out, &cfg)?,
+                "abaw2022" | "2022" => synth_2022(&out, &cfg)?,
+                other => anyhow::bail!("--layout {other}: use abaw2020 or abaw2022"),
+            };
+            println!("{report}");
             println!(
                 "wrote {} in {:.1} s",
                 out.display(),
@@ -225,6 +231,20 @@ fn run_experiment(a: RunArgs) -> anyhow::Result<()> {
     }
     experiment_table::run(&table_options(Some(path), a.table)?)?;
     Ok(())
+}
+
+/// The synthetic set in the ABAW 2022+ layout, then its `synth_report.json`.
+fn synth_2022(
+    out: &std::path::Path,
+    cfg: &SynthConfig,
+) -> anyhow::Result<mtanet_affwild2::SynthReport> {
+    let report = mtanet_affwild2::synth::generate_as(out, cfg, mtanet_affwild2::Layout::Abaw2022)
+        .with_context(|| format!("generating the synthetic set in {}", out.display()))?;
+    crate::record::atomic_io::write_atomic(
+        &out.join("synth_report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
 }
 
 /// `mtanet predict`.
