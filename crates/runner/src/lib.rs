@@ -31,3 +31,4 @@ pub mod submission;
 pub mod tables;
 pub mod training;
 pub mod tune;
+pub mod tuning;

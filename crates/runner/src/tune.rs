@@ -13,153 +13,21 @@
 //! (no smoothing) is always a candidate and tuning never scores lower than no smoothing on
 //! the split tuned on. Windows become frames with the frame rate in the video name
 //! ([`fps_of`]).
-
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
-
-use mtanet_affwild2::layout::discover;
-use mtanet_affwild2::{Split, Task};
-use mtanet_metrics::{tune_au_thresholds, AuAccumulator, ExprAccumulator, VaAccumulator};
-
 use crate::build::restore::load_model;
 use crate::predict::{
     predict_videos, smooth_output, FrameDecision, FrameOutput, Kernel, PredictSummary,
-    PredictTarget, Smoothing, TaskSmoothing,
+    PredictTarget, TaskSmoothing,
 };
-use crate::record::checkpoint::{self, read_metadata, Description};
 use crate::submission::{read_task_file, video_crops};
-
-/// The checkpoint metadata key holding the [`Tuning`] as JSON.
-pub const TUNING_KEY: &str = "tuning";
-
-/// The frame rate assumed for a video whose name carries none.
-pub const DEFAULT_FPS: f64 = 30.0;
-
+use crate::tuning::{fps_of, store_tuning, Tuning, Window};
+use mtanet_affwild2::layout::discover;
+use mtanet_affwild2::{Split, Task};
+use mtanet_metrics::{tune_au_thresholds, AuAccumulator, ExprAccumulator, VaAccumulator};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
 /// Candidate smoothing windows, in seconds.
 pub const WINDOWS_S: [f64; 5] = [0.0, 0.1, 0.2, 0.5, 1.0];
-
-/// The frame rate in an Aff-Wild2 video name of the form `NNN-FPS-WxH[-k]` (e.g.
-/// `122-60-1920x1080-3`: 60 fps); [`DEFAULT_FPS`] for any other name (`video12`, `45_left`).
-pub fn fps_of(video: &str) -> f64 {
-    let parts: Vec<&str> = video.split('-').collect();
-    let is_size = |s: &str| {
-        s.split_once('x').is_some_and(|(w, h)| {
-            !w.is_empty()
-                && !h.is_empty()
-                && w.bytes().all(|b| b.is_ascii_digit())
-                && h.bytes().all(|b| b.is_ascii_digit())
-        })
-    };
-    if parts.len() >= 3 && parts[0].bytes().all(|b| b.is_ascii_digit()) && is_size(parts[2]) {
-        if let Ok(f) = parts[1].parse::<f64>() {
-            if f.is_finite() && f > 0.0 {
-                return f;
-            }
-        }
-    }
-    DEFAULT_FPS
-}
-
-/// A smoothing window in seconds and its kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Window length in seconds (0: none).
-    pub seconds: f64,
-    /// Weighting over the window.
-    pub kernel: Kernel,
-}
-
-impl Window {
-    /// No smoothing.
-    pub const NONE: Window = Window {
-        seconds: 0.0,
-        kernel: Kernel::Box,
-    };
-
-    /// The window in frames at `fps` frames per second (rounded; 0 or 1 is no smoothing).
-    pub fn at(&self, fps: f64) -> Smoothing {
-        Smoothing {
-            frames: (self.seconds * fps).round().max(0.0) as usize,
-            kernel: self.kernel,
-        }
-    }
-
-    fn label(&self) -> String {
-        if self.seconds <= 0.0 {
-            "none".to_string()
-        } else {
-            format!("{} {} s", self.kernel, self.seconds)
-        }
-    }
-}
-
-/// What `mtanet tune` stores in a checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tuning {
-    /// The split the choice was made on.
-    pub split: String,
-    /// The decision threshold of each AU, by name.
-    pub thresholds: BTreeMap<String, f32>,
-    /// Valence/arousal smoothing.
-    pub va: Window,
-    /// AU probability smoothing.
-    pub au: Window,
-    /// Expression probability smoothing.
-    pub expr: Window,
-}
-
-impl Tuning {
-    /// The thresholds in the order of `au_names`; an error naming an AU without one.
-    pub fn thresholds_for(&self, au_names: &[String]) -> anyhow::Result<Vec<f32>> {
-        au_names
-            .iter()
-            .map(|n| {
-                self.thresholds.get(n).copied().with_context(|| {
-                    format!("the stored tuning has no threshold for {n}; rerun `mtanet tune`")
-                })
-            })
-            .collect()
-    }
-
-    /// The per-task smoothing of `video`, at its frame rate ([`fps_of`]).
-    pub fn smoothing_for(&self, video: &str) -> TaskSmoothing {
-        let fps = fps_of(video);
-        TaskSmoothing {
-            va: self.va.at(fps),
-            au: self.au.at(fps),
-            expr: self.expr.at(fps),
-        }
-    }
-}
-
-/// The tuning stored in the checkpoint file `path`, if any.
-pub fn stored_tuning(path: &Path) -> anyhow::Result<Option<Tuning>> {
-    let meta = read_metadata(path)?;
-    meta.get(TUNING_KEY)
-        .map(|t| {
-            serde_json::from_str(t)
-                .with_context(|| format!("{}: unreadable `{TUNING_KEY}` entry", path.display()))
-        })
-        .transpose()
-}
-
-/// Writes `tuning` into the metadata of the checkpoint file `path` (atomically), keeping
-/// its tensors and other entries.
-pub fn store_tuning(path: &Path, tuning: &Tuning) -> anyhow::Result<()> {
-    let meta = read_metadata(path)?;
-    let c = checkpoint::load(path, &candle_core::Device::Cpu)?;
-    let mut entries: Vec<(String, String)> = meta
-        .into_iter()
-        .filter(|(k, _)| k != "state" && k != "format" && k != TUNING_KEY)
-        .collect();
-    entries.push((TUNING_KEY.to_string(), serde_json::to_string(tuning)?));
-    checkpoint::save_described(path, &c.model, &c.optim, &c.state, &Description { entries })
-}
-
 /// Options of [`run`].
 #[derive(Debug, Clone)]
 pub struct TuneOptions {
@@ -180,7 +48,6 @@ pub struct TuneOptions {
     /// Do not write the checkpoint.
     pub dry_run: bool,
 }
-
 /// One task's figures: no tuning, tuned thresholds, tuned thresholds and smoothing.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Figures {
@@ -191,7 +58,6 @@ pub struct Figures {
     /// Tuned thresholds and the chosen smoothing.
     pub smoothed: f64,
 }
-
 /// What [`run`] chose and measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TuneOutcome {
@@ -212,7 +78,6 @@ pub struct TuneOutcome {
     /// The AU names in the order of the split's headers.
     pub au_names: Vec<String>,
 }
-
 impl TuneOutcome {
     /// The table of raw, tuned and smoothed figures, with the optimism note.
     pub fn render(&self) -> String {
@@ -256,7 +121,6 @@ impl TuneOutcome {
         s
     }
 }
-
 /// One annotated video of the split: its per-frame outputs (in the annotation's column
 /// order) and, per task, the scored frames with their labels.
 struct Scored {
@@ -266,7 +130,6 @@ struct Scored {
     au: Vec<(usize, Vec<u8>)>,
     expr: Vec<(usize, usize)>,
 }
-
 /// Tunes (see the module doc), stores the choice unless `dry_run`, and returns it with the
 /// figures.
 pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
@@ -286,58 +149,7 @@ pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
         opts.quiet,
         &mut summary,
     )?;
-    let found = discover(&opts.root)?;
-    let mut videos: BTreeMap<String, Scored> = BTreeMap::new();
-    for (v, filled) in p.videos.iter().zip(&p.filled) {
-        let n_au = m.n_au;
-        let outputs = (0..filled.len())
-            .map(|i| {
-                let o = filled.output(i);
-                let d = p.columns.apply(FrameDecision {
-                    va: o.va,
-                    au_probs: o.au_probs.clone(),
-                    au: vec![0; n_au],
-                    expr_probs: o.expr_probs.clone(),
-                    expr: crate::step::eval_step::argmax(&o.expr_probs),
-                });
-                FrameOutput {
-                    va: d.va,
-                    au_probs: d.au_probs,
-                    expr_probs: d.expr_probs,
-                }
-            })
-            .collect();
-        videos.insert(
-            v.name.clone(),
-            Scored {
-                outputs,
-                fps: fps_of(&v.name),
-                va: Vec::new(),
-                au: Vec::new(),
-                expr: Vec::new(),
-            },
-        );
-    }
-    let mut crops = BTreeMap::new();
-    for e in found.entries.iter().filter(|e| e.split == opts.split) {
-        let Some(s) = videos.get_mut(&e.video) else {
-            continue;
-        };
-        if !crops.contains_key(&e.video) {
-            crops.insert(e.video.clone(), video_crops(&found.crops.join(&e.video))?);
-        }
-        let c = &crops[&e.video];
-        let file = read_task_file(e.task, &e.path)?;
-        let has_crop =
-            |i: usize| u32::try_from(i + 1).is_ok_and(|f| c.contains(f)) && i < s.outputs.len();
-        for i in (0..file.len()).filter(|&i| file.is_labelled(i) && has_crop(i)) {
-            match e.task {
-                Task::Va => s.va.extend(file.va(i).map(|y| (i, y))),
-                Task::Au => s.au.extend(file.au(i).map(|y| (i, y.to_vec()))),
-                Task::Expr => s.expr.extend(file.expr(i).map(|y| (i, usize::from(y)))),
-            }
-        }
-    }
+    let videos = scored_videos(&m, &p, opts)?;
     let n_au = p.columns.vocab.au_names.len();
     let n_expr = p.columns.vocab.expr_names.len();
     let smooth_at = |s: &Scored, i: usize, w: &Window| {
@@ -460,6 +272,68 @@ pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
     })
 }
 
+/// Per video of the split: the model's outputs on every frame (in the checkpoint's column
+/// order mapped to the root's) and the labelled frames with a face crop, per task.
+fn scored_videos(
+    m: &crate::build::restore::LoadedModel,
+    p: &crate::predict::PredictedVideos,
+    opts: &TuneOptions,
+) -> anyhow::Result<BTreeMap<String, Scored>> {
+    let found = discover(&opts.root)?;
+    let mut videos: BTreeMap<String, Scored> = BTreeMap::new();
+    for (v, filled) in p.videos.iter().zip(&p.filled) {
+        let n_au = m.n_au;
+        let outputs = (0..filled.len())
+            .map(|i| {
+                let o = filled.output(i);
+                let d = p.columns.apply(FrameDecision {
+                    va: o.va,
+                    au_probs: o.au_probs.clone(),
+                    au: vec![0; n_au],
+                    expr_probs: o.expr_probs.clone(),
+                    expr: crate::step::eval_step::argmax(&o.expr_probs),
+                });
+                FrameOutput {
+                    va: d.va,
+                    au_probs: d.au_probs,
+                    expr_probs: d.expr_probs,
+                }
+            })
+            .collect();
+        videos.insert(
+            v.name.clone(),
+            Scored {
+                outputs,
+                fps: fps_of(&v.name),
+                va: Vec::new(),
+                au: Vec::new(),
+                expr: Vec::new(),
+            },
+        );
+    }
+    let mut crops = BTreeMap::new();
+    for e in found.entries.iter().filter(|e| e.split == opts.split) {
+        let Some(s) = videos.get_mut(&e.video) else {
+            continue;
+        };
+        if !crops.contains_key(&e.video) {
+            crops.insert(e.video.clone(), video_crops(&found.crops.join(&e.video))?);
+        }
+        let c = &crops[&e.video];
+        let file = read_task_file(e.task, &e.path)?;
+        let has_crop =
+            |i: usize| u32::try_from(i + 1).is_ok_and(|f| c.contains(f)) && i < s.outputs.len();
+        for i in (0..file.len()).filter(|&i| file.is_labelled(i) && has_crop(i)) {
+            match e.task {
+                Task::Va => s.va.extend(file.va(i).map(|y| (i, y))),
+                Task::Au => s.au.extend(file.au(i).map(|y| (i, y.to_vec()))),
+                Task::Expr => s.expr.extend(file.expr(i).map(|y| (i, usize::from(y)))),
+            }
+        }
+    }
+    Ok(videos)
+}
+
 /// No smoothing, then every window of [`WINDOWS_S`] above 0 with each kernel.
 fn candidates() -> Vec<Window> {
     let mut c = vec![Window::NONE];
@@ -470,10 +344,10 @@ fn candidates() -> Vec<Window> {
     }
     c
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tuning::DEFAULT_FPS;
 
     #[test]
     fn frame_rate_from_the_video_name() {

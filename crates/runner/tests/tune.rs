@@ -10,7 +10,8 @@ use mtanet_metrics::Report;
 use mtanet_runner::evaluate::{evaluate_dir, EvaluateOptions};
 use mtanet_runner::predict::{self, PredictOptions, PredictTarget};
 use mtanet_runner::training::{self as train, RunContext};
-use mtanet_runner::tune::{self, store_tuning, stored_tuning, TuneOptions, Tuning, Window};
+use mtanet_runner::tune::{self, TuneOptions};
+use mtanet_runner::tuning::{store_tuning, stored_tuning, Tuning, Window};
 
 mod support;
 

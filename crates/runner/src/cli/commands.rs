@@ -314,7 +314,7 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "stored as `{}` in {}; `mtanet predict` applies it (--raw to skip)",
-            crate::tune::TUNING_KEY,
+            crate::tuning::TUNING_KEY,
             outcome.checkpoint.display()
         );
     }

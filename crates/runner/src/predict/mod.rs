@@ -123,10 +123,10 @@ pub fn run_as(
     run_with(opts, format, false)
 }
 
-/// [`run_as`]; with `raw`, a tuning stored in the checkpoint ([`crate::tune`]) is ignored and
+/// [`run_as`]; with `raw`, a tuning stored in the checkpoint ([`crate::tuning`]) is ignored and
 /// the output is that of `--smooth` / `--tuned-thresholds` alone. Without `raw`, a stored
 /// tuning gives the AU thresholds and the per-task smoothing (its windows in seconds turned
-/// into frames with each video's frame rate, [`crate::tune::fps_of`]), and combining it with
+/// into frames with each video's frame rate, [`crate::tuning::fps_of`]), and combining it with
 /// `--smooth` or `--tuned-thresholds` is an error.
 pub fn run_with(
     opts: &PredictOptions,
@@ -141,7 +141,7 @@ pub fn run_with(
     let tuning = if raw {
         None
     } else {
-        crate::tune::stored_tuning(&m.checkpoint)?
+        crate::tuning::stored_tuning(&m.checkpoint)?
     };
     if tuning.is_some() && (opts.smooth > 1 || opts.tuned_thresholds) {
         anyhow::bail!(
