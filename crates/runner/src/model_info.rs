@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::record::checkpoint::read_metadata;
 
-/// The keys a training run writes, in the order `model info` prints them.
+/// The keys a training run writes, in the order `model info` prints them (`tuning` is added
+/// by `mtanet tune` and printed when present).
 const KEYS: [&str; 5] = ["vocab", "preprocess", "layout", "commit", "config"];
 
 /// The text `mtanet model info` prints for a run directory or checkpoint file.
@@ -39,7 +40,7 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
         writeln!(out, "AUs (head order): {}", names("au_names"))?;
         writeln!(out, "expressions (head order): {}", names("expr_names"))?;
     }
-    for key in ["preprocess", "layout", "commit"] {
+    for key in ["preprocess", "layout", "commit", "tuning"] {
         if let Some(v) = meta.get(key) {
             writeln!(out, "{key}: {v}")?;
         }

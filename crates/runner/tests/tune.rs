@@ -150,6 +150,11 @@ fn tune_chooses_stores_and_predict_applies() {
     // Stored in the checkpoint.
     let ckpt = run.run_dir.join("checkpoints/last.safetensors");
     assert_eq!(stored_tuning(&ckpt).unwrap(), Some(outcome.tuning.clone()));
+    let info = mtanet_runner::model_info::describe(&ckpt).unwrap();
+    assert!(
+        info.contains("tuning: "),
+        "model info does not show the tuning:\n{info}"
+    );
 
     // --raw: byte for byte the previous behaviour.
     let raw = tmp.path().join("raw");
