@@ -131,17 +131,33 @@ pub(super) fn fixture_io(
 /// train outputs, every fixture gradient, the BatchNorm running statistics after the train
 /// step. One guarded check per backbone (an error becomes that backbone's error row).
 pub(super) fn check_backbones(c: &mut Checker, fixtures: &Path) {
-    let mut meta = None;
-    c.guard("backbone fixtures", &fixtures.display().to_string(), |_| {
-        meta = Some(fixture_meta(fixtures)?);
-        Ok(())
-    });
-    let Some(meta) = meta else { return };
+    each_backbone(c, fixtures, "", check_backbone);
+}
+
+/// `check` on every backbone's fixture, one guarded check per backbone (`label` tells the f32
+/// and bf16 rows apart): an error becomes that backbone's error row and the next one runs.
+fn each_backbone(
+    c: &mut Checker,
+    fixtures: &Path,
+    label: &str,
+    check: fn(&mut Checker, BackboneKind, &Value, &Path) -> anyhow::Result<()>,
+) {
+    let what = format!(
+        "backbone fixtures{}",
+        if label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", label.trim())
+        }
+    );
+    let Some(meta) = c.guard_load(&what, fixtures, || fixture_meta(fixtures)) else {
+        return;
+    };
     for kind in BackboneKind::ALL {
-        let item = format!("{kind} (small)");
+        let item = format!("{kind}{label} (small)");
         c.guard(&item, &format!("{kind}.io.safetensors"), |c| {
             c.injected(&item)?;
-            check_backbone(c, kind, &meta, fixtures)
+            check(c, kind, &meta, fixtures)
         });
     }
 }
@@ -251,23 +267,7 @@ pub(super) const BF16_GRAD_TOLERANCE: f32 = 3e-1;
 /// reference device (outputs and eval-mode gradients) and the PyTorch f32 fixtures (outputs),
 /// with the bf16 tolerances above. One guarded check per backbone.
 pub(super) fn check_backbones_bf16(c: &mut Checker, fixtures: &Path) {
-    let mut meta = None;
-    c.guard(
-        "backbone fixtures (bf16)",
-        &fixtures.display().to_string(),
-        |_| {
-            meta = Some(fixture_meta(fixtures)?);
-            Ok(())
-        },
-    );
-    let Some(meta) = meta else { return };
-    for kind in BackboneKind::ALL {
-        let item = format!("{kind} bf16 (small)");
-        c.guard(&item, &format!("{kind}.io.safetensors"), |c| {
-            c.injected(&item)?;
-            check_backbone_bf16(c, kind, &meta, fixtures)
-        });
-    }
+    each_backbone(c, fixtures, " bf16", check_backbone_bf16);
 }
 
 /// [`check_backbones_bf16`] for one backbone.

@@ -229,6 +229,21 @@ impl Checker {
         self.write_csv();
     }
 
+    /// [`Checker::guard`] around a load: its value, or `None` with an error row for `item`.
+    pub(super) fn guard_load<T>(
+        &mut self,
+        item: &str,
+        path: &Path,
+        load: impl FnOnce() -> anyhow::Result<T>,
+    ) -> Option<T> {
+        let mut out = None;
+        self.guard(item, &path.display().to_string(), |_| {
+            out = Some(load()?);
+            Ok(())
+        });
+        out
+    }
+
     /// The error [`INJECT_ERROR_ENV`] asks for when `item` contains its text; called first by
     /// every op, fixture and backbone check.
     pub(super) fn injected(&self, item: &str) -> anyhow::Result<()> {

@@ -126,23 +126,19 @@ pub(super) fn check_ops(c: &mut Checker, fixtures: &Path) {
     check_optimizer_steps(c);
 }
 
+/// The tensors of a fixture file, on the CPU.
+fn load_fixture(path: &Path) -> anyhow::Result<std::collections::HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// `conv2d()` on the PyTorch convolution fixtures (`tests/fixtures/kernels`): output and both
 /// gradients against the reference device and against PyTorch (1e-4 / 1e-3, as
 /// `crates/kernels/tests/conv2d_vs_torch.rs`).
 fn check_conv_fixtures(c: &mut Checker, path: &Path) {
-    let mut tensors = None;
-    c.guard(
-        "conv2d() PyTorch fixtures",
-        &path.display().to_string(),
-        |_| {
-            tensors = Some(
-                candle_core::safetensors::load(path, &Device::Cpu)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            Ok(())
-        },
-    );
-    let Some(f) = tensors else { return };
+    let Some(f) = c.guard_load("conv2d() PyTorch fixtures", path, || load_fixture(path)) else {
+        return;
+    };
     let mut case = 0;
     while f.contains_key(&format!("case{case}.x")) {
         let key = |name: &str| format!("case{case}.{name}");
@@ -192,19 +188,9 @@ fn check_conv_fixtures(c: &mut Checker, path: &Path) {
 
 /// Max-pool on the PyTorch fixtures (ties, ceil-mode edges, padding), op and public function.
 fn check_max_pool_fixtures(c: &mut Checker, path: &Path) {
-    let mut tensors = None;
-    c.guard(
-        "MaxPool2d PyTorch fixtures",
-        &path.display().to_string(),
-        |_| {
-            tensors = Some(
-                candle_core::safetensors::load(path, &Device::Cpu)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            Ok(())
-        },
-    );
-    let Some(f) = tensors else { return };
+    let Some(f) = c.guard_load("MaxPool2d PyTorch fixtures", path, || load_fixture(path)) else {
+        return;
+    };
     let mut cases: Vec<&str> = f.keys().filter_map(|k| k.strip_suffix(".params")).collect();
     cases.sort();
     for case in cases {
