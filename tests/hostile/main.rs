@@ -17,6 +17,7 @@ mod layout;
 mod leftovers;
 mod results_dir;
 mod run_record;
+mod stray_crops;
 mod vocabulary;
 
 /// The runner tests' tiny configuration (one shared file).

@@ -4,14 +4,12 @@
 //! warning where they list crops, and each stays under 200 MB of peak memory (its own
 //! `ru_maxrss` from `wait4`), where allocating by frame number would take gigabytes.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use mtanet_runner::experiment::ExperimentFile;
 use mtanet_runner::training::{self, RunContext};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mtanet");
+use super::child::{mtanet, Outcome};
 
 /// Peak resident memory allowed to each child.
 const MAX_RSS_KB: i64 = 200 * 1024;
@@ -112,42 +110,10 @@ fn annotations_as_predictions(root: &Path, pred: &Path) {
     }
 }
 
-/// What a child left: its exit status, stderr, and peak resident memory in kB.
-struct Finished {
-    success: bool,
-    stderr: String,
-    max_rss_kb: i64,
-}
-
-/// Runs `mtanet args` (warnings on stderr) and waits for it with `wait4`, which reports the
-/// child's own resource use.
-#[allow(clippy::zombie_processes)] // reaped by the `wait4` below, which `Child` cannot see
-fn run(tmp: &Path, name: &str, args: &[&str]) -> Finished {
-    let err_path = tmp.join(format!("{name}.stderr"));
-    let child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our unwaited child; `status` and `usage` are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 on `mtanet {name}` failed");
-    Finished {
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
-        max_rss_kb: usage.ru_maxrss,
-    }
-}
-
-/// A child that succeeded within the memory bound, naming `stray` on stderr when given.
-fn check(f: &Finished, what: &str, stray: Option<&Path>) {
-    assert!(f.success, "`mtanet {what}` failed:\n{}", f.stderr);
+/// A child that succeeded within this test's memory bound, naming `stray` on stderr when
+/// given.
+fn check(f: &Outcome, what: &str, stray: Option<&Path>) {
+    f.succeeded();
     assert!(
         f.max_rss_kb < MAX_RSS_KB,
         "`mtanet {what}` peaked at {} MB",
@@ -185,7 +151,7 @@ fn stray_huge_crop_numbers_are_ignored_in_little_memory() {
     let (val_first, test_first) = (&val_strays[0], &test_strays[0]);
 
     let (root_s, run_s) = (root.to_str().unwrap(), run_dir.to_str().unwrap());
-    let stats = run(tmp, "stats", &["data", "stats", "--root", root_s]);
+    let stats = mtanet(tmp, &["data", "stats", "--root", root_s]);
     check(&stats, "data stats", None);
 
     let pred = tmp.join("pred_annotations");
@@ -200,7 +166,7 @@ fn stray_huge_crop_numbers_are_ignored_in_little_memory() {
         "--split",
         "Validation_Set",
     ];
-    let ev = run(tmp, "evaluate", &args);
+    let ev = mtanet(tmp, &args);
     check(&ev, "evaluate", Some(val_first));
     assert!(ev.stderr.contains("2 such file(s)"), "{}", ev.stderr);
 
@@ -218,7 +184,7 @@ fn stray_huge_crop_numbers_are_ignored_in_little_memory() {
         out_s,
         "--quiet",
     ];
-    check(&run(tmp, "predict_val", &args), "predict", Some(val_first));
+    check(&mtanet(tmp, &args), "predict", Some(val_first));
     let written = std::fs::read_to_string(out.join("VA_Set").join(format!("{val_video}.txt")));
     let annotation = root
         .join("annotations/VA_Set/Validation_Set")
@@ -243,7 +209,7 @@ fn stray_huge_crop_numbers_are_ignored_in_little_memory() {
         out_s,
         "--quiet",
     ];
-    let test = run(tmp, "predict_test", &args);
+    let test = mtanet(tmp, &args);
     check(&test, "predict --split Test", Some(test_first));
     let mut frames: Vec<String> = std::fs::read_dir(crops.join(&test_video))
         .unwrap()
