@@ -114,14 +114,19 @@ class MtaNetHead(nn.Module):
         self.expr = decoder(width, n_expr, decoder_layers)
         self.drop = nn.Dropout(dropout)
         self.va_tanh = va_activation == "tanh"
+        self.width = width
 
-    def forward(self, fmap):
+    def features(self, fmap):
+        """The shared feature vector (width `self.width`) of a backbone feature map."""
         branches = []
         if self.use_avg:
             branches.append(F.relu(self.avg_fc(self.drop(fmap.mean((2, 3))))))
         if self.use_max:
             branches.append(F.relu(self.max_fc(self.drop(fmap.amax((2, 3))))))
-        f = branches[0] if len(branches) == 1 else torch.cat(branches, 1)
+        return branches[0] if len(branches) == 1 else torch.cat(branches, 1)
+
+    def forward(self, fmap):
+        f = self.features(fmap)
         va = self.va(f)
         if self.va_tanh:
             va = torch.tanh(va)

@@ -4,7 +4,7 @@
 Writes tests/fixtures/heads/heads.json with, per configuration, the parameter count
 (`sum(p.numel() for p in module.parameters())`) and the sorted state-dict (name, shape) list:
 
-  heads      the head alone (`RefMtaNetHead`, names under `head.`) for C = 256, hidden = 64,
+  heads      the head alone (`export_pytorch.MtaNetHead`, names under `head.`) for C = 256, hidden = 64,
              n_au = 8, n_expr = 7, pooling avg_max / avg / max, decoder_layers 1 / 2 / 3.
   networks   whole small networks, backbone (names under `backbone.`, BN running statistics
              included, `num_batches_tracked` left out) + head, at the demo profile's size
@@ -35,67 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import make_fixtures as mf  # noqa: E402  (the backbone builders)
 
+sys.path.insert(0, os.path.dirname(HERE))
+from export_pytorch import FULL_GROUPS, POOLINGS, MtaNet, MtaNetHead  # noqa: E402  (the one head module)
+
 SCRIPT = "scripts/reference/make_head_fixtures.py"
-POOLINGS = ("avg_max", "avg", "max")
 
 
-def decoder(width, out, layers):
-    """One task decoder: a Linear for one layer, else Linear/ReLU/.../Linear (indices 0, 2, ...)."""
-    if layers == 1:
-        return nn.Linear(width, out)
-    mods = []
-    for _ in range(layers - 1):
-        mods += [nn.Linear(width, width), nn.ReLU()]
-    mods.append(nn.Linear(width, out))
-    return nn.Sequential(*mods)
-
-
-class RefMtaNetHead(nn.Module):
-    """The shared encoder (kept pooling branches) and the three task decoders."""
-
-    def __init__(self, c, hidden, n_au, n_expr, dropout, pooling, decoder_layers):
-        super().__init__()
-        assert pooling in POOLINGS and decoder_layers >= 1
-        self.pooling = pooling
-        if pooling in ("avg", "avg_max"):
-            self.avg_fc = nn.Linear(c, hidden)
-        if pooling in ("max", "avg_max"):
-            self.max_fc = nn.Linear(c, hidden)
-        width = hidden * (2 if pooling == "avg_max" else 1)
-        self.va = decoder(width, 2, decoder_layers)
-        self.au = decoder(width, n_au, decoder_layers)
-        self.expr = decoder(width, n_expr, decoder_layers)
-        self.drop = nn.Dropout(dropout)
-        self.width = width
-
-    def forward(self, fmap):
-        branches = []
-        if self.pooling in ("avg", "avg_max"):
-            branches.append(F.relu(self.avg_fc(self.drop(fmap.mean((2, 3))))))
-        if self.pooling in ("max", "avg_max"):
-            branches.append(F.relu(self.max_fc(self.drop(fmap.amax((2, 3))))))
-        f = torch.cat(branches, 1)
-        return torch.tanh(self.va(f)), self.au(f), self.expr(f), f
-
-
-class RefMtaNet(nn.Module):
-    def __init__(self, backbone, head):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-# `ResNetConfig::from_kind`: (groups, width_per_group) at full size.
-FULL_GROUPS = {
-    "resnet50": (1, 64),
-    "resnext50_32x4d": (32, 4),
-    "resnext50_32x4d_cbam": (32, 4),
-    "seresnet50": (1, 64),
-    "senet50_vggface2": (1, 64),
-}
 
 
 def small_backbone(kind, width_div, depths, groups):
@@ -121,9 +66,10 @@ def named_shapes(state_dict, prefix=""):
 
 
 def head_entry(c, hidden, n_au, n_expr, pooling, layers):
-    head = RefMtaNetHead(c, hidden, n_au, n_expr, 0.5, pooling, layers)
+    head = MtaNetHead(c, hidden, n_au, n_expr, 0.5, pooling, layers, "tanh")
     fmap = torch.randn(2, c, 3, 3)
-    va, au, ex, f = head(fmap)
+    va, au, ex = head(fmap)
+    f = head.features(fmap)
     assert va.shape == (2, 2) and au.shape == (2, n_au) and ex.shape == (2, n_expr)
     assert f.shape == (2, head.width)
     return {"name": f"{pooling}_L{layers}", "c": c, "hidden": hidden, "n_au": n_au,
@@ -136,10 +82,10 @@ def head_entry(c, hidden, n_au, n_expr, pooling, layers):
 def network_entry(kind, width_div, depths, groups, hidden, n_au, n_expr, pooling, layers):
     backbone = small_backbone(kind, width_div, depths, groups)
     c = 4 * max(512 // width_div, 1)
-    net = RefMtaNet(backbone, RefMtaNetHead(c, hidden, n_au, n_expr, 0.5, pooling, layers))
+    net = MtaNet(backbone, MtaNetHead(c, hidden, n_au, n_expr, 0.5, pooling, layers, "tanh"))
     net.eval()
     with torch.no_grad():
-        va, au, ex, _ = net(torch.randn(1, 3, 64, 64))
+        va, au, ex = net(torch.randn(1, 3, 64, 64))
     assert va.shape == (1, 2) and au.shape == (1, n_au) and ex.shape == (1, n_expr)
     # FeatureMap / Plain wrap the reference network as `net.`; the state dict drops that level.
     backbone_sd = backbone.state_dict_plain()
