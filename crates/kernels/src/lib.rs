@@ -12,13 +12,16 @@
 //! And the BatchNorm (training and eval, ReLU optionally fused) and the residual `relu(a + b)`
 //! as fused ops, replacing candle-nn's seven-pass composed BatchNorm and its backward; and, for
 //! training on the CPU, a convolution and its BatchNorm (+ ReLU) as one op (`conv_bn_train`),
-//! so that the convolution output's gradient never passes through candle's graph.
+//! so that the convolution output's gradient never passes through candle's graph; and, for
+//! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
+//! (`conv_affine_eval`).
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
 pub mod conv2d;
+mod conv_affine;
 mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -32,6 +35,7 @@ mod spatial_pool;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+pub use conv_affine::{conv_affine_applies, conv_affine_eval};
 pub use conv_bn::{conv_bn_applies, conv_bn_train, ConvParams};
 pub use gate::{channel_gate, channel_max_mean, spatial_gate};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};

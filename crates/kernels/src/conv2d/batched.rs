@@ -76,8 +76,14 @@ fn gather_maps(t: &[f32], rows: usize, p: usize, batch: usize, out: &mut [f32]) 
 }
 
 /// Forward pass: `Y (C_out x N*P) = W @ cols`, scattered back to NCHW `y` (every value
-/// overwritten).
-pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// overwritten), then `then(image, y_image)` on each image's output.
+pub fn forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: super::forward::Epilogue<'_>,
+) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;
     let cols = gather_columns(g, x);
@@ -96,6 +102,7 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
             for (row, dst) in y_unit.chunks_exact_mut(p).enumerate() {
                 dst.copy_from_slice(&wide[row * width + b * p..row * width + (b + 1) * p]);
             }
+            then(b, y_unit);
         });
 }
 

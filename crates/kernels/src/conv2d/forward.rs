@@ -32,6 +32,22 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// [`forward`] into `y` (`N * C_out * OH*OW` values, every one overwritten).
 pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
+    forward_into_then(g, x, w, y, &|_, _| {})
+}
+
+/// An in-place pass over one unit's output (`C_out/groups` channels of `OH*OW`), given the
+/// unit index (image `unit / groups`, group `unit % groups`).
+pub type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
+/// [`forward_into`], then `then(unit, y_unit)` on each unit's output as soon as it is written,
+/// while it is still in cache (a folded BatchNorm's shift and ReLU, for example).
+pub fn forward_into_then(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: Epilogue<'_>,
+) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
     assert_eq!(
         y.len(),
@@ -40,7 +56,7 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
     );
     FORWARD_MACS.fetch_add((g.units() * c_out * k * p) as u64, Ordering::Relaxed);
     if super::batched::applies(g) {
-        return super::batched::forward_into(g, x, w, y);
+        return super::batched::forward_into(g, x, w, y, then);
     }
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, par| {
         let x_unit = g.input_unit(x, unit);
@@ -53,6 +69,7 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
                 matmul(y_unit, false, w_group, MatRef::row_major(col, k, p), par);
             });
         }
+        then(unit, y_unit);
     });
 }
 
