@@ -68,8 +68,10 @@ impl BatchNorm {
 
     /// `relu?(bn(conv(x)))`. Training on the CPU in f32 runs the two as one op
     /// (`mtanet_kernels::conv_bn_train`: the same values and gradients, without the
-    /// convolution output's gradient passing through candle's graph); otherwise the layers run
-    /// one after the other.
+    /// convolution output's gradient passing through candle's graph); so does evaluation
+    /// (`mtanet_kernels::conv_affine_eval`: the BatchNorm's affine and ReLU as the
+    /// convolution's epilogue, bit-identical to the two ops); otherwise the layers run one after
+    /// the other.
     pub(crate) fn conv_forward_t(
         &self,
         conv: &Conv2d,
@@ -90,6 +92,18 @@ impl BatchNorm {
             self.update_running(&stats)?;
             return Ok(y);
         }
+        let eval_operands = [x, conv.weight(), &self.weight, self.running_var.as_tensor()];
+        if !train && mtanet_kernels::conv_affine_applies(&eval_operands) {
+            let (scale, shift) = self.eval_affine()?;
+            return mtanet_kernels::conv_affine_eval(
+                x,
+                conv.weight(),
+                &scale,
+                &shift,
+                conv.params(),
+                relu,
+            );
+        }
         self.forward_act(&conv.forward(x)?, train, relu)
     }
 
@@ -109,12 +123,19 @@ impl BatchNorm {
             self.update_running(&stats)?;
             Ok(y)
         } else {
-            let scale = self
-                .weight
-                .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-            let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+            let (scale, shift) = self.eval_affine()?;
             mtanet_kernels::channel_affine(x, &scale, &shift, relu)
         }
+    }
+
+    /// Eval mode as a per-channel affine: `scale = weight / sqrt(running_var + eps)`,
+    /// `shift = bias - running_mean * scale`.
+    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+        Ok((scale, shift))
     }
 
     /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance.
