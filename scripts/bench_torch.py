@@ -11,8 +11,9 @@ forward, best of --steps after --warmup. Prints one JSON line:
 
 --sgemm: GFLOP/s of torch.mm on 2048x2048 float32, best of 4.
 
---layers: the three conv layers of docs/performance.md (batch 16, 3x3, pad 1),
-forward and forward + backward (loss sum(y * r), gradients of input and weight), best
+--layers: the conv layers of crates/kernels/examples/bench_layers.rs (batch 16), forward
+and forward + backward (aten.convolution_backward from a given output gradient: the input
+gradient, except for the stem, and the weight gradient), best
 (minimum) of --reps runs after a warm-up, as bench_layers reports its own times. Prints one line per layer:
     layer <name> fwd_ms <float> fwd_bwd_ms <float>
 """
@@ -23,10 +24,17 @@ import torch
 import torch.nn.functional as F
 
 BATCH = 16
+# (name, c_in, c_out, input size, kernel, stride, padding, groups): the list in
+# crates/kernels/examples/bench_layers.rs.
 LAYERS = [
-    ("grouped32_256ch_28", 256, 28, 32),
-    ("dense_128ch_28", 128, 28, 1),
-    ("dense_64ch_56", 64, 56, 1),
+    ("grouped32_256ch_28", 256, 256, 28, 3, 1, 1, 32),
+    ("dense_128ch_28", 128, 128, 28, 3, 1, 1, 1),
+    ("dense_64ch_56", 64, 64, 56, 3, 1, 1, 1),
+    ("stem_7x7_s2_112", 3, 64, 112, 7, 2, 3, 1),
+    ("dense_64ch_28", 64, 64, 28, 3, 1, 1, 1),
+    ("dense_256ch_s2_14", 256, 256, 14, 3, 2, 1, 1),
+    ("grouped32_512ch_14", 512, 512, 14, 3, 1, 1, 32),
+    ("pointwise_256_64_28", 256, 64, 28, 1, 1, 0, 1),
 ]
 
 
@@ -41,22 +49,24 @@ def best_ms(reps, fn):
 
 
 def bench_layers(reps):
-    for name, c, s, groups in LAYERS:
-        x = torch.randn(BATCH, c, s, s)
-        w = torch.randn(c, c // groups, 3, 3) * 0.05
-        r = torch.randn(BATCH, c, s, s)
+    for name, c_in, c_out, s, k, stride, pad, groups in LAYERS:
+        x = torch.randn(BATCH, c_in, s, s)
+        w = torch.randn(c_out, c_in // groups, k, k) * 0.05
+        with torch.no_grad():
+            r = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad, groups=groups))
+        # The stem's input (the image) needs no gradient, as in a training step.
+        mask = [c_in != 3, True, False]
 
         def fwd():
             with torch.no_grad():
-                F.conv2d(x, w, padding=1, groups=groups)
-
-        xg = x.clone().requires_grad_(True)
-        wg = w.clone().requires_grad_(True)
+                F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
 
         def fwd_bwd():
-            xg.grad = None
-            wg.grad = None
-            (F.conv2d(xg, wg, padding=1, groups=groups) * r).sum().backward()
+            with torch.no_grad():
+                F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
+                torch.ops.aten.convolution_backward(
+                    r, x, w, None, [stride, stride], [pad, pad], [1, 1], False, [0, 0], groups,
+                    mask)
 
         print(f"layer {name} fwd_ms {best_ms(reps, fwd):.3f} fwd_bwd_ms {best_ms(reps, fwd_bwd):.3f}",
               flush=True)

@@ -1,44 +1,67 @@
-//! Times three convolution layers of the backbones (batch 16, 3x3,
-//! pad 1): forward, and forward + backward (gradients of input and weight), for candle's own
-//! `Tensor::conv2d`, for `mtanet_kernels::conv2d`, and for PyTorch (through
-//! `scripts/bench_torch.py --layers`, skipped with a note if it cannot run).
+//! Times convolution layers of the backbones at 112x112 input (batch 16): forward, and forward
+//! + backward (the input gradient and the weight gradient from a given output gradient; the
+//! stem's input needs none), for candle's own `Tensor::conv2d` (its backward through candle's
+//! autograd, `(y * r).sum()`), for `mtanet_kernels::conv2d`'s three passes, and for PyTorch
+//! (`F.conv2d` and `aten.convolution_backward`, through `scripts/bench_torch.py --layers`,
+//! skipped with a note if it cannot run). Both sides time the kernels a training step runs,
+//! without the autograd bookkeeping around a single layer.
 //!
 //! `cargo run --release -p mtanet-kernels --example bench_layers [-- --reps N] [--no-torch]`
 
 use candle_core::{Device, Result, Tensor, Var};
 use mtanet_kernels::conv2d::conv2d;
+use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-/// One benchmarked layer: name, channels, spatial size, groups.
+/// One benchmarked layer: name, input channels, output channels, input size, kernel, stride,
+/// padding, groups. The same list is in `scripts/bench_torch.py`.
 struct Layer {
     name: &'static str,
-    channels: usize,
+    c_in: usize,
+    c_out: usize,
     size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
     groups: usize,
 }
 
+impl Layer {
+    /// The stem reads the image, whose gradient nobody needs.
+    fn needs_input_grad(&self) -> bool {
+        self.c_in != 3
+    }
+}
+
+const fn layer(
+    name: &'static str,
+    (c_in, c_out, size): (usize, usize, usize),
+    (kernel, stride, padding, groups): (usize, usize, usize, usize),
+) -> Layer {
+    Layer {
+        name,
+        c_in,
+        c_out,
+        size,
+        kernel,
+        stride,
+        padding,
+        groups,
+    }
+}
+
 const BATCH: usize = 16;
-const LAYERS: [Layer; 3] = [
-    Layer {
-        name: "grouped32_256ch_28",
-        channels: 256,
-        size: 28,
-        groups: 32,
-    },
-    Layer {
-        name: "dense_128ch_28",
-        channels: 128,
-        size: 28,
-        groups: 1,
-    },
-    Layer {
-        name: "dense_64ch_56",
-        channels: 64,
-        size: 56,
-        groups: 1,
-    },
+const LAYERS: [Layer; 8] = [
+    layer("grouped32_256ch_28", (256, 256, 28), (3, 1, 1, 32)),
+    layer("dense_128ch_28", (128, 128, 28), (3, 1, 1, 1)),
+    layer("dense_64ch_56", (64, 64, 56), (3, 1, 1, 1)),
+    layer("stem_7x7_s2_112", (3, 64, 112), (7, 2, 3, 1)),
+    layer("dense_64ch_28", (64, 64, 28), (3, 1, 1, 1)),
+    layer("dense_256ch_s2_14", (256, 256, 14), (3, 2, 1, 1)),
+    layer("grouped32_512ch_14", (512, 512, 14), (3, 1, 1, 32)),
+    layer("pointwise_256_64_28", (256, 64, 28), (1, 1, 0, 1)),
 ];
 
 /// Best (minimum) wall time of `reps` runs of `f` after one warm-up, in milliseconds: on a
@@ -54,34 +77,57 @@ fn best_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-/// (forward ms, forward + backward ms) for one layer and one implementation.
-fn time_layer(layer: &Layer, ours: bool, reps: usize) -> Result<(f64, f64)> {
+/// The layer's input, weight and an output gradient.
+fn operands(l: &Layer) -> Result<(Tensor, Tensor, Tensor, ConvGeometry)> {
     let dev = Device::Cpu;
-    let (c, s) = (layer.channels, layer.size);
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (BATCH, c, s, s), &dev)?)?;
-    let w = Var::from_tensor(&Tensor::randn(
+    let x = Tensor::randn(0f32, 1.0, (BATCH, l.c_in, l.size, l.size), &dev)?;
+    let w = Tensor::randn(
         0f32,
         0.05,
-        (c, c / layer.groups, 3, 3),
+        (l.c_out, l.c_in / l.groups, l.kernel, l.kernel),
         &dev,
-    )?)?;
-    let r = Tensor::randn(0f32, 1.0, (BATCH, c, s, s), &dev)?;
-    let run = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-        if ours {
-            conv2d(x, w, 1, 1, layer.groups)
-        } else {
-            x.conv2d(w, 1, 1, 1, layer.groups)
-        }
-    };
-    let (xd, wd) = (x.as_tensor().detach(), w.as_tensor().detach());
-    let fwd = best_ms(reps, || run(&xd, &wd).map(drop))?;
+    )?;
+    let g = ConvGeometry::new(x.dims(), w.dims(), l.stride, l.padding, l.groups)?;
+    let r = Tensor::randn(0f32, 1.0, g.output_dims(), &dev)?;
+    Ok((x, w, r, g))
+}
+
+/// candle's own convolution: (forward ms, forward + backward ms through its autograd).
+fn time_candle(l: &Layer, reps: usize) -> Result<(f64, f64)> {
+    let (x, w, r, _) = operands(l)?;
+    let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, l.padding, l.stride, 1, l.groups);
+    let fwd = best_ms(reps, || conv(&x, &w).map(drop))?;
+    let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
     let fwd_bwd = best_ms(reps, || {
-        let y = run(x.as_tensor(), w.as_tensor())?;
-        let grads = (y * &r)?.sum_all()?.backward()?;
-        match (grads.get(x.as_tensor()), grads.get(w.as_tensor())) {
-            (Some(_), Some(_)) => Ok(()),
-            _ => candle_core::bail!("{}: missing gradient", layer.name),
+        let grads = (conv(xv.as_tensor(), wv.as_tensor())? * &r)?
+            .sum_all()?
+            .backward()?;
+        match grads.get(wv.as_tensor()) {
+            Some(_) => Ok(()),
+            None => candle_core::bail!("{}: missing gradient", l.name),
         }
+    })?;
+    Ok((fwd, fwd_bwd))
+}
+
+/// mtanet's convolution: (forward ms, forward + input gradient + weight gradient ms).
+fn time_ours(l: &Layer, reps: usize) -> Result<(f64, f64)> {
+    let (x, w, r, geometry) = operands(l)?;
+    let fwd = best_ms(reps, || {
+        conv2d(&x, &w, l.stride, l.padding, l.groups).map(drop)
+    })?;
+    let op = Conv2d {
+        stride: l.stride,
+        padding: l.padding,
+        groups: l.groups,
+    };
+    let fwd_bwd = best_ms(reps, || {
+        drop(x.apply_op2_no_bwd(&w, &op)?);
+        if l.needs_input_grad() {
+            drop(r.apply_op2_no_bwd(&w, &Conv2dInputGrad { geometry })?);
+        }
+        drop(x.apply_op2_no_bwd(&r, &Conv2dWeightGrad { geometry })?);
+        Ok(())
     })?;
     Ok((fwd, fwd_bwd))
 }
@@ -126,7 +172,7 @@ fn main() -> Result<()> {
         .unwrap_or(5);
     let with_torch = !args.iter().any(|a| a == "--no-torch");
     println!(
-        "batch {BATCH}, 3x3 pad 1, f32, best of {reps} after a warm-up; rayon threads {}, \
+        "batch {BATCH}, f32, best of {reps} after a warm-up; rayon threads {}, \
          RAYON_NUM_THREADS={}",
         rayon::current_num_threads(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
@@ -151,9 +197,10 @@ fn main() -> Result<()> {
         "fwd x",
         "f+b x"
     );
+    let mut ratios: Vec<(f64, f64)> = Vec::new();
     for layer in &LAYERS {
-        let (cf, cb) = time_layer(layer, false, reps)?;
-        let (of, ob) = time_layer(layer, true, reps)?;
+        let (cf, cb) = time_candle(layer, reps)?;
+        let (of, ob) = time_ours(layer, reps)?;
         let t = torch
             .as_ref()
             .ok()
@@ -174,7 +221,30 @@ fn main() -> Result<()> {
             fmt(t.map(|t| of / t.1), ""),
             fmt(t.map(|t| ob / t.2), ""),
         );
+        if let Some(t) = t {
+            ratios.push((of / t.1, ob / t.2));
+        }
     }
     println!("fwd x / f+b x: our time divided by PyTorch's (lower is better; < 1 beats PyTorch)");
+    if !ratios.is_empty() {
+        let summary = |pick: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = ratios.iter().map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            let median = if v.len() % 2 == 1 {
+                v[mid]
+            } else {
+                (v[mid - 1] + v[mid]) / 2.0
+            };
+            (median, v[0], v[v.len() - 1])
+        };
+        let (fm, fmin, fmax) = summary(|r| r.0);
+        let (bm, bmin, bmax) = summary(|r| r.1);
+        println!(
+            "over {} layers: fwd x median {fm:.2} (min {fmin:.2}, max {fmax:.2}); f+b x median \
+             {bm:.2} (min {bmin:.2}, max {bmax:.2})",
+            ratios.len()
+        );
+    }
     Ok(())
 }
