@@ -66,6 +66,114 @@ pub fn spatial_gate(x: &Tensor, gate: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `max(0, x * gate[n, c] + shortcut)`: a squeeze-excite block's gate and the bottleneck's
+/// residual join as one op; differentiable in all three. The same values as
+/// `add_relu(&channel_gate(x, gate)?, shortcut)` bit for bit (and the same gradients, up to the
+/// sign of zeros), without the gated map and its gradient as full-size tensors in between.
+/// f32 on the CPU; elsewhere the two ops.
+pub fn channel_gate_add_relu(x: &Tensor, gate: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+    gate_add_relu(x, gate, shortcut, Axis::Channel)
+}
+
+/// `max(0, x * gate[n, 0, h, w] + shortcut)`: CBAM's spatial gate and the residual join as one
+/// op, as [`channel_gate_add_relu`] is for a channel gate.
+pub fn spatial_gate_add_relu(x: &Tensor, gate: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+    gate_add_relu(x, gate, shortcut, Axis::Spatial)
+}
+
+fn gate_add_relu(x: &Tensor, gate: &Tensor, shortcut: &Tensor, axis: Axis) -> Result<Tensor> {
+    if x.shape() != shortcut.shape() {
+        bail!(
+            "gate_add_relu: input {:?} and shortcut {:?} differ",
+            x.dims(),
+            shortcut.dims()
+        )
+    }
+    let on_cpu = [x, gate, shortcut].iter().all(|t| t.device().is_cpu());
+    if !(on_cpu && crate::fused_ops_apply(&[x, gate, shortcut])) {
+        let gated = match axis {
+            Axis::Channel => channel_gate(x, gate)?,
+            Axis::Spatial => spatial_gate(x, gate)?,
+        };
+        return crate::add_relu(&gated, shortcut);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let want: &[usize] = match axis {
+        Axis::Channel => &[n, c],
+        Axis::Spatial => &[n, 1, h, w],
+    };
+    if gate.dims() != want {
+        bail!(
+            "gate_add_relu: gate {:?} for input {:?}",
+            gate.dims(),
+            x.dims()
+        )
+    }
+    x.apply_op3(gate, shortcut, GateAddRelu { axis })
+}
+
+/// The op behind [`channel_gate_add_relu`] and [`spatial_gate_add_relu`].
+#[derive(Clone, Copy, Debug)]
+struct GateAddRelu {
+    axis: Axis,
+}
+
+impl candle_core::CustomOp3 for GateAddRelu {
+    fn name(&self) -> &'static str {
+        "mtanet-gate-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, p) = dims(xl)?;
+        let x = dense_f32(xs, xl, "input")?;
+        let gate = dense_f32(gs, gl, "gate")?;
+        let shortcut = dense_f32(ss, sl, "shortcut")?;
+        let mut y = vec![0f32; x.len()];
+        let axis = self.axis;
+        let p = p.max(1);
+        y.par_chunks_mut(p)
+            .zip(x.par_chunks(p).zip(shortcut.par_chunks(p)))
+            .enumerate()
+            .for_each(|(row, (yr, (xr, sr)))| match axis {
+                Axis::Channel => {
+                    let s = gate[row];
+                    for ((o, &v), &b) in yr.iter_mut().zip(xr).zip(sr) {
+                        *o = (v * s + b).max(0.0);
+                    }
+                }
+                Axis::Spatial => {
+                    let s = &gate[(row / c) * p..(row / c + 1) * p];
+                    for (((o, &v), &b), &s) in yr.iter_mut().zip(xr).zip(sr).zip(s) {
+                        *o = (v * s + b).max(0.0);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gate: &Tensor,
+        _shortcut: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = y.apply_op2_no_bwd(grad_y, &crate::residual::ReluMask)?;
+        let packed = x.apply_op3_no_bwd(gate, &g, &GateGrad { axis: self.axis })?;
+        let [dx, dgate] = unpack(&packed, [x.shape(), gate.shape()])?;
+        Ok((Some(dx), Some(dgate), Some(g)))
+    }
+}
+
 /// The forward op: (`x`, `gate`) -> `x * gate`.
 #[derive(Clone, Copy, Debug)]
 struct Gate {

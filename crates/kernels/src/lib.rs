@@ -37,7 +37,9 @@ pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_applies, conv_affine_eval};
 pub use conv_bn::{conv_bn_applies, conv_bn_train, ConvParams};
-pub use gate::{channel_gate, channel_max_mean, spatial_gate};
+pub use gate::{
+    channel_gate, channel_gate_add_relu, channel_max_mean, spatial_gate, spatial_gate_add_relu,
+};
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};

@@ -72,7 +72,7 @@ impl CustomOp2 for AddRelu {
 }
 
 /// (`y`, `grad_y`) -> `grad_y` where `y > 0`, else 0.
-struct ReluMask;
+pub(crate) struct ReluMask;
 
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {
