@@ -112,15 +112,20 @@ impl ModuleT for Bottleneck {
         let out = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
         let out = self.bn2.conv_forward_t(&self.conv2, &out, train, true)?;
         let out = self.bn3.conv_forward_t(&self.conv3, &out, train, false)?;
-        let out = match &self.attention {
-            None => out,
-            Some(BlockAttention::SqueezeExcite(se)) => se.forward(&out)?,
-            Some(BlockAttention::Cbam(cbam)) => cbam.forward_t(&out, train)?,
-        };
         let shortcut = match &self.downsample {
             None => x.clone(),
             Some((conv, bn)) => bn.conv_forward_t(conv, x, train, false)?,
         };
-        mtanet_kernels::add_relu(&out, &shortcut)
+        // An SE gate and the residual join run as one op (the same values as gating, then
+        // `add_relu`).
+        match &self.attention {
+            None => mtanet_kernels::add_relu(&out, &shortcut),
+            Some(BlockAttention::SqueezeExcite(se)) => {
+                mtanet_kernels::channel_gate_add_relu(&out, &se.gate(&out)?, &shortcut)
+            }
+            Some(BlockAttention::Cbam(cbam)) => {
+                mtanet_kernels::add_relu(&cbam.forward_t(&out, train)?, &shortcut)
+            }
+        }
     }
 }

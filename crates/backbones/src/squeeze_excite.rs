@@ -38,8 +38,10 @@ impl SqueezeExcite {
         })
     }
 
-    /// `x * sigmoid(fc2(relu(fc1(mean_hw(x)))))` for `x` of shape (N, C, H, W).
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The gate `sigmoid(fc2(relu(fc1(mean_hw(x)))))`, (N, C) in `x`'s dtype, for `x` of shape
+    /// (N, C, H, W). The block's output is `x * gate`; the bottleneck computes that product
+    /// together with its residual join (`mtanet_kernels::channel_gate_add_relu`).
+    pub(crate) fn gate(&self, x: &Tensor) -> Result<Tensor> {
         // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
         let squeezed = mtanet_kernels::spatial_mean(&x.to_dtype(self.reduce_w.dtype())?)?;
         let hidden = squeezed
@@ -49,7 +51,6 @@ impl SqueezeExcite {
         let gate = hidden
             .matmul(&self.expand_w.t()?)?
             .broadcast_add(&self.expand_b)?;
-        let gate = candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())?;
-        mtanet_kernels::channel_gate(x, &gate)
+        candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())
     }
 }
