@@ -116,15 +116,16 @@ impl ModuleT for Bottleneck {
             None => x.clone(),
             Some((conv, bn)) => bn.conv_forward_t(conv, x, train, false)?,
         };
-        // An SE gate and the residual join run as one op (the same values as gating, then
-        // `add_relu`).
+        // The attention's last gate and the residual join run as one op (the same values as
+        // gating, then `add_relu`).
         match &self.attention {
             None => mtanet_kernels::add_relu(&out, &shortcut),
             Some(BlockAttention::SqueezeExcite(se)) => {
                 mtanet_kernels::channel_gate_add_relu(&out, &se.gate(&out)?, &shortcut)
             }
             Some(BlockAttention::Cbam(cbam)) => {
-                mtanet_kernels::add_relu(&cbam.forward_t(&out, train)?, &shortcut)
+                let (gated, gate) = cbam.gated_t(&out, train)?;
+                mtanet_kernels::spatial_gate_add_relu(&gated, &gate, &shortcut)
             }
         }
     }

@@ -54,8 +54,10 @@ impl Cbam {
         self.mlp_out.forward(&self.mlp_in.forward(v)?.relu()?)
     }
 
-    /// Channel gate then spatial gate on `x` (N, C, H, W).
-    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The channel-gated `x` and the spatial gate (N, 1, H, W), both in `x`'s dtype, for `x`
+    /// (N, C, H, W): the block's output is their product, which the bottleneck computes
+    /// together with its residual join (`mtanet_kernels::spatial_gate_add_relu`).
+    pub(crate) fn gated_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         // Pooling, the MLP, the 7x7 gate conv and its BN run in the parameters' dtype (f32
         // under bf16 compute); the gates are applied in x's dtype.
         let param = self.mlp_in.weight().dtype();
@@ -73,6 +75,6 @@ impl Cbam {
             .spatial_bn
             .forward_t(&self.spatial_conv.forward(&pooled)?, train)?;
         let gate = candle_nn::ops::sigmoid(&logits)?.to_dtype(x.dtype())?;
-        mtanet_kernels::spatial_gate(&x, &gate)
+        Ok((x, gate))
     }
 }
