@@ -42,10 +42,11 @@ stats root *args:
 tb:
     @if command -v tensorboard >/dev/null 2>&1; then tensorboard --logdir results; else echo "TensorBoard is not installed: pip install tensorboard, then: tensorboard --logdir results"; fi
 
-# Whole-model train/eval img/s beside PyTorch (results/bench/train.csv), then the per-layer table.
+# Whole-model train/eval img/s beside PyTorch (results/bench/train.csv), then the per-layer table
+# (run with the allocator settings the mtanet binary gives itself, see cli/runtime.rs).
 bench *args:
     {{mtanet}} bench {{args}}
-    CANDLE_NUM_THREADS=1 cargo run --release --quiet -p mtanet-kernels --example bench_layers
+    CANDLE_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 cargo run --release --quiet -p mtanet-kernels --example bench_layers
 
 # Loader throughput (img/s, 1 and 2 threads) against PIL + torchvision.
 bench-data:
