@@ -138,21 +138,10 @@ impl BatchNorm {
         Ok((scale, shift))
     }
 
-    /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance.
+    /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance; on the
+    /// statistics' device (`BatchStats::update_running`: no host copy on CUDA).
     fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
-        let m = self.momentum;
-        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
-        let blend = |running: &Var, batch: &[f32], factor: f64| -> Result<()> {
-            let old = running.as_tensor().to_vec1::<f32>()?;
-            let new: Vec<f32> = old
-                .iter()
-                .zip(batch)
-                .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * factor * s as f64) as f32)
-                .collect();
-            running.set(&Tensor::from_vec(new, old.len(), running.device())?)
-        };
-        blend(&self.running_mean, &stats.mean, 1.0)?;
-        blend(&self.running_var, &stats.var, unbias)
+        stats.update_running(&self.running_mean, &self.running_var, self.momentum)
     }
 }
 

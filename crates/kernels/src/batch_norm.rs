@@ -13,25 +13,147 @@
 //! `scale` and `shift` are folded from the running statistics (differentiable in all three).
 //!
 //! In a `cuda` build the same ops run on CUDA f32 tensors (our NVRTC kernels, `cuda/norm.cu`,
-//! with the CPU's formulas and summation order); the training statistics are then copied to the
-//! host (C values per layer), where the op keeps them for the backward pass and the caller's
-//! running averages.
+//! with the CPU's formulas and summation order), and nothing is copied to the host: the training
+//! statistics stay in a device tensor that the backward pass reads and
+//! [`BatchStats::update_running`] blends into the running averages with a device kernel.
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
+use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Per-channel statistics of one training-mode BatchNorm pass.
-#[derive(Clone, Debug, PartialEq)]
+/// Per-channel statistics of one training-mode BatchNorm pass: on the host from the CPU ops
+/// (`mean`, `var`), on the device from the CUDA op (`device`, with `mean` and `var` empty), so
+/// that a CUDA training step never reads them back.
+#[derive(Clone, Debug)]
 pub struct BatchStats {
-    /// Mean of each channel over batch and space.
+    /// Mean of each channel over batch and space (host values; empty when `device` holds the
+    /// statistics).
     pub mean: Vec<f32>,
-    /// Biased variance of each channel (divided by the element count, as PyTorch normalises).
+    /// Biased variance of each channel (divided by the element count, as PyTorch normalises;
+    /// host values, empty when `device` holds the statistics).
     pub var: Vec<f32>,
     /// Elements per channel (N * H * W): PyTorch's running variance uses `var * m / (m - 1)`.
     pub count: usize,
+    /// The statistics on the op's device, never copied to the host: an f32 (2, C) tensor whose
+    /// rows are the mean and the biased variance. `None` from the CPU ops.
+    pub device: Option<Tensor>,
+}
+
+impl PartialEq for BatchStats {
+    /// Equal host values and count, and the same device tensor (or none on either side).
+    fn eq(&self, other: &Self) -> bool {
+        let same_device = match (&self.device, &other.device) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.id() == b.id(),
+            _ => false,
+        };
+        self.mean == other.mean && self.var == other.var && self.count == other.count && same_device
+    }
+}
+
+impl BatchStats {
+    /// The mean and the biased variance as (C) f32 tensors: views of the device tensor (no
+    /// copy), or the host values on the CPU.
+    pub fn mean_var(&self) -> Result<(Tensor, Tensor)> {
+        match &self.device {
+            Some(t) => Ok((t.get(0)?, t.get(1)?)),
+            None => Ok((
+                Tensor::new(self.mean.as_slice(), &Device::Cpu)?,
+                Tensor::new(self.var.as_slice(), &Device::Cpu)?,
+            )),
+        }
+    }
+
+    /// PyTorch's running averages, in place: `r = (1 - momentum) r + momentum s` for the mean,
+    /// and with the unbiased batch variance `s * m / (m - 1)` (m = [`BatchStats::count`]) for
+    /// the variance; computed in f64 and rounded to f32.
+    ///
+    /// Host statistics update the variables through the host (for CPU variables that is no
+    /// transfer). Device statistics update them on the device with one kernel per variable
+    /// (`cuda::norm::blend_running`, bit-identical to the host formula), without a host copy;
+    /// the variables must then be contiguous f32 vectors on the statistics' device.
+    pub fn update_running(
+        &self,
+        running_mean: &Var,
+        running_var: &Var,
+        momentum: f64,
+    ) -> Result<()> {
+        let m = momentum;
+        let unbias = self.count as f64 / (self.count.max(2) - 1) as f64;
+        if let Some(stats) = &self.device {
+            for (running, row, factor) in [(running_mean, 0, 1.0), (running_var, 1, unbias)] {
+                let op = BlendRunning {
+                    keep: 1.0 - m,
+                    take: m * factor,
+                };
+                running.as_tensor().inplace_op2(&stats.get(row)?, &op)?;
+            }
+            return Ok(());
+        }
+        let blend = |running: &Var, batch: &[f32], factor: f64| -> Result<()> {
+            let old = running.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * factor * s as f64) as f32)
+                .collect();
+            running.set(&Tensor::from_vec(new, old.len(), running.device())?)
+        };
+        blend(running_mean, &self.mean, 1.0)?;
+        blend(running_var, &self.var, unbias)
+    }
+}
+
+/// `running = (keep * running + take * batch) as f32` in f64, in place: the running-average
+/// update of [`BatchStats::update_running`] for device statistics (the CPU form is the same
+/// expression, for completeness).
+struct BlendRunning {
+    keep: f64,
+    take: f64,
+}
+
+impl InplaceOp2 for BlendRunning {
+    fn name(&self) -> &'static str {
+        "mtanet-batch-norm-running"
+    }
+
+    fn cpu_fwd(
+        &self,
+        rs: &mut CpuStorage,
+        rl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        let batch = dense_f32(bs, bl, "batch statistic")?;
+        let (CpuStorage::F32(running), Some((start, end))) = (rs, rl.contiguous_offsets()) else {
+            bail!("batch_norm running statistics: a contiguous f32 vector only")
+        };
+        if end - start != batch.len() {
+            bail!(
+                "batch_norm running statistics: {} values, the batch has {}",
+                end - start,
+                batch.len()
+            )
+        }
+        for (r, &s) in running[start..end].iter_mut().zip(batch.iter()) {
+            *r = (self.keep * *r as f64 + self.take * s as f64) as f32;
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        rs: &mut candle_core::CudaStorage,
+        rl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        crate::cuda::norm::blend_running((rs, rl), (bs, bl), self.keep, self.take)
+    }
 }
 
 /// `(N, C, inner)` view of an NC or NCHW tensor's dims.
@@ -83,8 +205,30 @@ pub fn batch_norm_train(
         bias,
         Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
     )?;
-    let stats = recorded_stats(&saved, "batch_norm_train", |s| s)?;
+    let stats = match lock(&saved)?.as_ref() {
+        Some(Recorded::Host(s)) => s.stats(),
+        #[cfg(feature = "cuda")]
+        Some(Recorded::Device { stats, count }) => BatchStats {
+            mean: Vec::new(),
+            var: Vec::new(),
+            count: *count,
+            device: Some(stats.narrow(0, 0, 2)?),
+        },
+        None => bail!("batch_norm_train: forward did not run"),
+    };
     Ok((y, stats))
+}
+
+/// What [`BatchNormTrain`] recorded in its forward pass, for its backward pass and the running
+/// averages.
+#[derive(Clone, Debug)]
+enum Recorded {
+    /// The CPU op's state, on the host.
+    Host(Saved),
+    /// The CUDA op's statistics, on the device: an f32 (3, C) tensor of mean, biased variance
+    /// and `1 / sqrt(var + eps)`; `count` elements per channel.
+    #[cfg(feature = "cuda")]
+    Device { stats: Tensor, count: usize },
 }
 
 /// What a training BatchNorm forward pass keeps for its backward pass and the running averages.
@@ -109,6 +253,7 @@ impl Saved {
             mean: self.mean.clone(),
             var: self.var.clone(),
             count: self.count,
+            device: None,
         }
     }
 }
@@ -137,7 +282,7 @@ pub(crate) fn recorded_stats<S>(
 struct BatchNormTrain {
     eps: f64,
     relu: bool,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Mutex<Option<Recorded>>>,
 }
 
 /// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
@@ -299,7 +444,7 @@ impl CustomOp3 for BatchNormTrain {
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
         let (y, saved) = train_forward(&x, (n, c, inner), (w, b), self.eps, self.relu);
-        *lock(&self.saved)? = Some(saved);
+        *lock(&self.saved)? = Some(Recorded::Host(saved));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -328,12 +473,17 @@ impl CustomOp3 for BatchNormTrain {
             self.eps,
             self.relu,
         )?;
-        *lock(&self.saved)? = Some(Saved {
-            mean: out.mean,
-            var: out.var,
-            inv_std: out.inv_std,
-            // The backward op reads the weight tensor on the device (`BatchNormTrainGrad`).
-            weight: Vec::new(),
+        // A tensor owning the device buffer: the backward op and the caller's running averages
+        // read it on the device; it lives as long as the op (the graph) or the caller's
+        // `BatchStats` holds it, and every use is ordered on the device's stream.
+        let stats = Tensor::from_storage(
+            candle_core::Storage::Cuda(out.stats),
+            (3, c),
+            candle_core::op::BackpropOp::none(),
+            false,
+        );
+        *lock(&self.saved)? = Some(Recorded::Device {
+            stats,
             count: n * inner,
         });
         Ok((out.y, xl.shape().clone()))
@@ -347,16 +497,21 @@ impl CustomOp3 for BatchNormTrain {
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = lock(&self.saved)?;
-        let Some(s) = saved.as_ref() else {
+        let Some(recorded) = lock(&self.saved)?.clone() else {
             bail!("batch_norm_train: backward before forward")
         };
         let (_, c, _) = nc_inner(x.dims(), "batch_norm_train")?;
-        let grad = BatchNormTrainGrad {
-            saved: s.clone(),
-            relu: self.relu,
+        let state = match recorded {
+            Recorded::Host(s) => GradState::Host(s),
             #[cfg(feature = "cuda")]
-            weight: _w.device().is_cuda().then(|| _w.clone()),
+            Recorded::Device { stats, .. } => GradState::Device {
+                stats,
+                weight: _w.clone(),
+            },
+        };
+        let grad = BatchNormTrainGrad {
+            state,
+            relu: self.relu,
         };
         let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
         let per_channel = Shape::from(c);
@@ -368,11 +523,17 @@ impl CustomOp3 for BatchNormTrain {
 /// Backward of [`BatchNormTrain`]: (`x`, `y`, `grad_y`) -> one flat tensor holding `dx`
 /// (x's size), then `dweight` (C), then `dbias` (C).
 struct BatchNormTrainGrad {
-    saved: Saved,
+    state: GradState,
     relu: bool,
-    /// The weight on CUDA (the CUDA forward keeps no host copy of it).
+}
+
+/// What the backward op reads besides its operands.
+enum GradState {
+    /// The CPU forward's state.
+    Host(Saved),
+    /// On CUDA: the forward's (3, C) statistics tensor and the weight, both read on the device.
     #[cfg(feature = "cuda")]
-    weight: Option<Tensor>,
+    Device { stats: Tensor, weight: Tensor },
 }
 
 impl CustomOp3 for BatchNormTrainGrad {
@@ -390,24 +551,30 @@ impl CustomOp3 for BatchNormTrainGrad {
         gs: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = nc_inner(xl.dims(), "batch_norm_train backward")?;
-        let guard = self.weight.as_ref().map(|w| w.storage_and_layout());
-        let weight = match &guard {
-            Some((storage, layout)) => match &**storage {
-                candle_core::Storage::Cuda(s) => crate::cuda::norm::Weight::Device(s, layout),
-                _ => bail!("batch_norm_train backward (cuda): the weight is not on CUDA"),
-            },
-            None => crate::cuda::norm::Weight::Host(&self.saved.weight),
+        const WHAT: &str = "batch_norm_train backward";
+        let dims = nc_inner(xl.dims(), WHAT)?;
+        let c = dims.1;
+        let GradState::Device { stats, weight } = &self.state else {
+            bail!("{WHAT} (cuda): the forward pass ran on the CPU")
         };
+        // Read locks on two tensors that are not operands of this op (candle holds the
+        // operands'); nothing writes them during the step.
+        let (ss, sl) = stats.storage_and_layout();
+        let (ws, wl) = weight.storage_and_layout();
+        let (candle_core::Storage::Cuda(ss), candle_core::Storage::Cuda(ws)) = (&*ss, &*ws) else {
+            bail!("{WHAT} (cuda): the statistics or the weight are not on CUDA")
+        };
+        let sd = crate::cuda::dense_f32(ss, sl, 3 * c, WHAT)?;
+        let wd = crate::cuda::dense_f32(ws, wl, c, WHAT)?;
+        let sv = sd.view::<f32>()?;
         let params = crate::cuda::norm::ChannelParams {
-            mean: Some(&self.saved.mean),
-            inv_std: Some(&self.saved.inv_std),
-            weight,
+            stats: Some((sv.slice(..c), sv.slice(2 * c..3 * c))),
+            weight: wd.view::<f32>()?,
         };
         let out =
             crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
         let numel = xl.shape().elem_count();
-        Ok((out, Shape::from(numel + 2 * dims.1)))
+        Ok((out, Shape::from(numel + 2 * c)))
     }
 
     fn cpu_fwd(
@@ -423,11 +590,17 @@ impl CustomOp3 for BatchNormTrainGrad {
         let x = dense_f32(xs, xl, "input")?;
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
+        let saved = match &self.state {
+            GradState::Host(s) => s,
+            #[cfg(feature = "cuda")]
+            GradState::Device { .. } => {
+                bail!("batch_norm_train backward: the forward pass did not run on the CPU")
+            }
+        };
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
-        let (dweight, dbias) =
-            train_backward(&x, &y, &g, (n, c, inner), &self.saved, self.relu, dx);
+        let (dweight, dbias) = train_backward(&x, &y, &g, (n, c, inner), saved, self.relu, dx);
         rest[..c].copy_from_slice(&dweight);
         rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
@@ -565,14 +738,17 @@ impl CustomOp3 for ChannelAffine {
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, c, _) = nc_inner(x.dims(), "channel_affine")?;
-        let packed = x.apply_op3_no_bwd(
-            y,
-            grad_y,
-            &ChannelAffineGrad {
-                scale: scale.to_vec1::<f32>()?,
-                relu: self.relu,
-            },
-        )?;
+        // On the CPU the scale is read as a slice; on CUDA the backward reads the tensor there.
+        let scale = match scale.device() {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => AffineScale::Device(scale.clone()),
+            _ => AffineScale::Host(scale.to_vec1::<f32>()?),
+        };
+        let grad = ChannelAffineGrad {
+            scale,
+            relu: self.relu,
+        };
+        let packed = x.apply_op3_no_bwd(y, grad_y, &grad)?;
         let per_channel = Shape::from(c);
         let [dx, ds, db] = unpack(&packed, [x.shape(), &per_channel, &per_channel])?;
         Ok((Some(dx), Some(ds), Some(db)))
@@ -581,8 +757,17 @@ impl CustomOp3 for ChannelAffine {
 
 /// Backward of [`ChannelAffine`]: (`x`, `y`, `grad_y`) -> flat `dx`, `dscale` (C), `dshift` (C).
 struct ChannelAffineGrad {
-    scale: Vec<f32>,
+    scale: AffineScale,
     relu: bool,
+}
+
+/// The scale of a [`ChannelAffineGrad`].
+enum AffineScale {
+    /// On the host (the CPU op).
+    Host(Vec<f32>),
+    /// The scale tensor on CUDA, read there.
+    #[cfg(feature = "cuda")]
+    Device(Tensor),
 }
 
 impl CustomOp3 for ChannelAffineGrad {
@@ -600,11 +785,19 @@ impl CustomOp3 for ChannelAffineGrad {
         gs: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = nc_inner(xl.dims(), "channel_affine backward")?;
+        const WHAT: &str = "channel_affine backward";
+        let dims = nc_inner(xl.dims(), WHAT)?;
+        let AffineScale::Device(scale) = &self.scale else {
+            bail!("{WHAT} (cuda): the scale is on the host")
+        };
+        let (ss, sl) = scale.storage_and_layout();
+        let candle_core::Storage::Cuda(ss) = &*ss else {
+            bail!("{WHAT} (cuda): the scale is not on CUDA")
+        };
+        let sd = crate::cuda::dense_f32(ss, sl, dims.1, WHAT)?;
         let params = crate::cuda::norm::ChannelParams {
-            mean: None,
-            inv_std: None,
-            weight: crate::cuda::norm::Weight::Host(&self.scale),
+            stats: None,
+            weight: sd.view::<f32>()?,
         };
         let out =
             crate::cuda::norm::backward((xs, xl), (ys, yl), (gs, gl), dims, &params, self.relu)?;
@@ -625,6 +818,11 @@ impl CustomOp3 for ChannelAffineGrad {
         let x = dense_f32(xs, xl, "input")?;
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
+        let scale = match &self.scale {
+            AffineScale::Host(s) => s,
+            #[cfg(feature = "cuda")]
+            AffineScale::Device(_) => bail!("channel_affine backward: the scale is not on the CPU"),
+        };
         let relu = self.relu;
         // Per channel: sum g' and sum g' * x.
         let (sum_g, sum_gx) = channel_gated_sums(&g, &x, &y, (n, c, inner), relu, |_| (0.0, 1.0));
@@ -634,7 +832,7 @@ impl CustomOp3 for ChannelAffineGrad {
         dx.par_chunks_mut(inner.max(1))
             .enumerate()
             .for_each(|(row, dr)| {
-                let a = self.scale[row % c];
+                let a = scale[row % c];
                 let r = row * inner..(row + 1) * inner;
                 for ((d, &gv), &yv) in dr.iter_mut().zip(&g[r.clone()]).zip(&y[r]) {
                     *d = if relu && yv <= 0.0 { 0.0 } else { a * gv };

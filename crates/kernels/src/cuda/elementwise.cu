@@ -45,3 +45,38 @@ extern "C" __global__ void mtanet_opt_adam_apply(float* param, const float* m, c
         param[i] = __fsub_rn(param[i], __fmul_rn(step_size, __fdiv_rn(m[i], denom)));
     }
 }
+
+// Sum of squares, deterministic (fixed grid, fixed per-thread order, fixed tree; no atomics):
+// block b of a launch of SQ_BLOCKS blocks x 256 threads adds x[i]^2 in f64 for its grid-stride
+// share of x, reduces its 256 partial sums in shared memory, and writes partial[b].
+#define SQ_THREADS 256
+extern "C" __global__ void mtanet_sum_squares_partial(const float* x, i64 n, double* partial) {
+    __shared__ double s[SQ_THREADS];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        const double v = (double)x[i];
+        acc = __dadd_rn(acc, __dmul_rn(v, v));
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = SQ_THREADS / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] = __dadd_rn(s[threadIdx.x], s[threadIdx.x + k]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+// out[0] = the sum of partial[0..len], by one block of 256 threads: thread t adds the entries
+// t, t + 256, ... in order, then the 256 sums are reduced in a fixed tree.
+extern "C" __global__ void mtanet_sum_f64(const double* partial, i64 len, double* out) {
+    __shared__ double s[SQ_THREADS];
+    double acc = 0.0;
+    for (i64 i = threadIdx.x; i < len; i += SQ_THREADS) acc = __dadd_rn(acc, partial[i]);
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = SQ_THREADS / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] = __dadd_rn(s[threadIdx.x], s[threadIdx.x + k]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = s[0];
+}

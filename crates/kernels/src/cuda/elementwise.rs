@@ -1,12 +1,13 @@
 //! CUDA forward of the element-wise ops (`AddRelu`, `ReluMask` in `residual.rs`; the in-place
 //! optimizer updates of `optimizer_step.rs`), from `elementwise.cu` (compiled by NVRTC on first
 //! use). f32 only, as the CPU ops; bit-identical to them (same f32 operations in the same order).
+//! Also [`sum_squares`], the device reduction behind the optimizer's gradient norm.
 
 use super::{dense_f32, launch, nvrtc, to_i64, wrap, THREADS};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{bail, CudaStorage, Layout, Result};
+use candle_core::{bail, CudaStorage, Device, Layout, Result, Storage, Tensor};
 
 /// The CUDA C source of the element-wise kernels.
 pub const SOURCE: &str = include_str!("elementwise.cu");
@@ -51,7 +52,7 @@ pub fn relu_mask(
 }
 
 /// The contiguous f32 range of an updated (in-place) tensor.
-fn target<'a>(
+pub(crate) fn target<'a>(
     s: &'a mut CudaStorage,
     l: &Layout,
     what: &str,
@@ -147,4 +148,75 @@ pub fn adam_apply(
     // SAFETY: matches `mtanet_opt_adam_apply`; param view and both moments hold n values.
     unsafe { l.launch(launch(n, THREADS as usize)) }.w()?;
     Ok(())
+}
+
+/// Blocks per operand of [`sum_squares`] (the fixed grid of `mtanet_sum_squares_partial`, so
+/// that the order of the additions, and the result, never change).
+const SQ_BLOCKS: usize = 64;
+
+/// The sum of the squares of every value of `tensors` (f32, all on one CUDA device), added in
+/// f64, as an f64 scalar tensor on that device: one kernel launch per tensor (64 partial sums
+/// each) and one adding the partial sums, all on the device's stream, deterministic (fixed grid
+/// and reduction tree, no atomics), and nothing read back to the host. The square root and any
+/// read are the caller's. No tensors (or only empty ones) give 0.
+pub fn sum_squares(tensors: &[&Tensor]) -> Result<Tensor> {
+    const WHAT: &str = "sum_squares";
+    let Some(first) = tensors.first() else {
+        bail!("{WHAT} (cuda): no tensors")
+    };
+    let Device::Cuda(dev) = first.device() else {
+        bail!("{WHAT} (cuda): the tensors are not on CUDA")
+    };
+    let stream = dev.cuda_stream();
+    let mut partial = dev.alloc_zeros::<f64>(SQ_BLOCKS * tensors.len())?;
+    let f = nvrtc::function(dev, MODULE, SOURCE, "mtanet_sum_squares_partial")?;
+    let blocks = LaunchConfig {
+        grid_dim: (SQ_BLOCKS as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    for (i, t) in tensors.iter().enumerate() {
+        if !t.device().same_device(first.device()) {
+            bail!("{WHAT} (cuda): the tensors are on different devices")
+        }
+        let n = t.elem_count();
+        if n == 0 {
+            continue;
+        }
+        // The read lock only guards the Rust-side borrow; the storage outlives the launch
+        // because `t` does, and any later free is ordered after it on the same stream.
+        let (s, l) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*s else {
+            bail!("{WHAT} (cuda): a tensor is not on CUDA")
+        };
+        let d = dense_f32(s, l, n, WHAT)?;
+        let v = d.view::<f32>()?;
+        let ni = to_i64(n, WHAT)?;
+        let mut out = partial.slice_mut(i * SQ_BLOCKS..(i + 1) * SQ_BLOCKS);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&v).arg(&ni).arg(&mut out);
+        // SAFETY: matches `mtanet_sum_squares_partial`; `v` holds n values, `out` SQ_BLOCKS
+        // (= gridDim.x) values; blockDim.x = THREADS = SQ_THREADS.
+        unsafe { b.launch(blocks) }.w()?;
+    }
+    let mut total = dev.alloc_zeros::<f64>(1)?;
+    let f = nvrtc::function(dev, MODULE, SOURCE, "mtanet_sum_f64")?;
+    let len = to_i64(partial.len(), WHAT)?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&partial).arg(&len).arg(&mut total);
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches `mtanet_sum_f64`; `partial` holds len values, `total` one; one block of
+    // THREADS = SQ_THREADS threads.
+    unsafe { b.launch(one) }.w()?;
+    let storage = CudaStorage::wrap_cuda_slice(total, dev.clone());
+    Ok(Tensor::from_storage(
+        Storage::Cuda(storage),
+        (),
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
 }

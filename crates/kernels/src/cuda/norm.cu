@@ -74,11 +74,12 @@ extern "C" __global__ void mtanet_bn_mean(const double* row_sums, float* mean, i
 }
 
 // Per channel, from the centred row sums of squares: the biased variance, 1/sqrt(var + eps)
-// (in f64), and the folded affine `a = w * inv_std`, `shift = b - mean * a`.
-extern "C" __global__ void mtanet_bn_finalize(const double* row_sq, const float* mean,
-                                              const float* weight, const float* bias, float* var,
-                                              float* inv_std, float* a, float* shift, i64 n, i64 c,
-                                              double m, double eps) {
+// (in f64), and the folded affine `a = w * inv_std`, `shift = b - mean * a`. `stats` is the
+// (3, c) block [mean; var; inv_std] (the mean written by `mtanet_bn_mean`), `affine` the (2, c)
+// block [a; shift].
+extern "C" __global__ void mtanet_bn_finalize(const double* row_sq, float* stats,
+                                              const float* weight, const float* bias,
+                                              float* affine, i64 n, i64 c, double m, double eps) {
     for (i64 ch = blockIdx.x * (i64)blockDim.x + threadIdx.x; ch < c;
          ch += (i64)blockDim.x * gridDim.x) {
         double s = 0.0;
@@ -86,10 +87,22 @@ extern "C" __global__ void mtanet_bn_finalize(const double* row_sq, const float*
         float v = (float)__ddiv_rn(s, m);
         float is = (float)__ddiv_rn(1.0, __dsqrt_rn(__dadd_rn((double)v, eps)));
         float k = __fmul_rn(weight[ch], is);
-        var[ch] = v;
-        inv_std[ch] = is;
-        a[ch] = k;
-        shift[ch] = __fsub_rn(bias[ch], __fmul_rn(mean[ch], k));
+        stats[c + ch] = v;
+        stats[2 * c + ch] = is;
+        affine[ch] = k;
+        affine[c + ch] = __fsub_rn(bias[ch], __fmul_rn(stats[ch], k));
+    }
+}
+
+// PyTorch's running average, in place: running[ch] = (float)(keep * running[ch] + take *
+// batch[ch]) in f64, with keep = 1 - momentum and take = momentum * factor (factor = 1 for the
+// mean, m / (m - 1) for the variance) computed on the host in f64, as the CPU update does.
+extern "C" __global__ void mtanet_bn_running(float* running, const float* batch, i64 c,
+                                             double keep, double take) {
+    for (i64 ch = blockIdx.x * (i64)blockDim.x + threadIdx.x; ch < c;
+         ch += (i64)blockDim.x * gridDim.x) {
+        running[ch] = (float)__dadd_rn(__dmul_rn(keep, (double)running[ch]),
+                                       __dmul_rn(take, (double)batch[ch]));
     }
 }
 

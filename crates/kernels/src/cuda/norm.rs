@@ -1,7 +1,9 @@
 //! CUDA forward of the BatchNorm ops (`BatchNormTrain`, `BatchNormTrainGrad`, `ChannelAffine`,
 //! `ChannelAffineGrad` in `batch_norm.rs`), from `norm.cu` (compiled by NVRTC on first use).
 //! f32 only, as the CPU ops. Same formulas and summation order as the CPU code: statistics and
-//! parameter gradients are bit-identical to the CPU's (see the header of `norm.cu`).
+//! parameter gradients are bit-identical to the CPU's (see the header of `norm.cu`). Nothing here
+//! copies to or from the host: the training statistics stay on the device from the forward to
+//! the backward and the running averages ([`blend_running`]).
 
 use super::{dense_f32, launch, nvrtc, to_i64, wrap, THREADS};
 use candle_core::backend::BackendStorage;
@@ -18,16 +20,15 @@ const ROWS_PER_BLOCK: usize = THREADS as usize / 16;
 /// `(N, C, inner)` of the input, as the CPU ops take it.
 pub type NcInner = (usize, usize, usize);
 
-/// Output and statistics of the training forward, the statistics on the host.
+/// Output and statistics of the training forward, both on the device.
 pub struct TrainForward {
     /// The normalised (and optionally rectified) output, dense, x's shape.
     pub y: CudaStorage,
-    /// Per-channel batch mean.
-    pub mean: Vec<f32>,
-    /// Per-channel biased batch variance.
-    pub var: Vec<f32>,
-    /// Per-channel `1 / sqrt(var + eps)`.
-    pub inv_std: Vec<f32>,
+    /// The per-channel statistics, a dense f32 (3, C) block: the batch mean, the biased batch
+    /// variance and `1 / sqrt(var + eps)`, one row each. Never copied to the host: the backward
+    /// reads it on the device and the running averages are blended from it by
+    /// [`blend_running`].
+    pub stats: CudaStorage,
 }
 
 fn zeros<T>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>>
@@ -38,7 +39,8 @@ where
     dev.alloc_zeros::<T>(len.max(1))
 }
 
-/// Training-mode BatchNorm forward on CUDA: `x` (N, C, ...), `weight` and `bias` (C).
+/// Training-mode BatchNorm forward on CUDA: `x` (N, C, ...), `weight` and `bias` (C). Every
+/// launch is on the device's stream and nothing is read back to the host.
 pub fn train_forward(
     x: (&CudaStorage, &Layout),
     weight: (&CudaStorage, &Layout),
@@ -60,60 +62,78 @@ pub fn train_forward(
     let rows_i = to_i64(rows, WHAT)?;
     let m = (n * inner) as f64;
     let mut row_sums = zeros::<f64>(dev, rows)?;
-    let mut mean = zeros::<f32>(dev, c)?;
-    let mut var = zeros::<f32>(dev, c)?;
-    let mut inv_std = zeros::<f32>(dev, c)?;
-    let mut a = zeros::<f32>(dev, c)?;
-    let mut shift = zeros::<f32>(dev, c)?;
+    // [mean; var; inv_std] and [a; shift], C values per row.
+    let mut stats = zeros::<f32>(dev, 3 * c)?;
+    let mut affine = zeros::<f32>(dev, 2 * c)?;
     let mut y = zeros::<f32>(dev, numel)?;
     if numel > 0 {
         let sums = nvrtc::function(dev, MODULE, SOURCE, "mtanet_bn_row_sums")?;
         for centred in [0i32, 1] {
             let mut b = stream.launch_builder(&sums);
-            b.arg(&xv).arg(&mean).arg(&centred).arg(&mut row_sums);
+            b.arg(&xv).arg(&stats).arg(&centred).arg(&mut row_sums);
             b.arg(&rows_i).arg(&ci).arg(&ii);
-            // SAFETY: matches `mtanet_bn_row_sums`; `x` holds rows * inner dense values, `mean`
-            // C values, `row_sums` rows values.
+            // SAFETY: matches `mtanet_bn_row_sums`; `x` holds rows * inner dense values, the
+            // first C values of `stats` are the mean (read only when centred), `row_sums`
+            // holds rows values.
             unsafe { b.launch(launch(rows, ROWS_PER_BLOCK)) }.w()?;
             if centred == 0 {
                 let f = nvrtc::function(dev, MODULE, SOURCE, "mtanet_bn_mean")?;
                 let mut b = stream.launch_builder(&f);
-                b.arg(&row_sums).arg(&mut mean).arg(&ni).arg(&ci).arg(&m);
-                // SAFETY: matches `mtanet_bn_mean`; reads n * c row sums, writes c means.
+                b.arg(&row_sums).arg(&mut stats).arg(&ni).arg(&ci).arg(&m);
+                // SAFETY: matches `mtanet_bn_mean`; reads n * c row sums, writes the c means
+                // (the first row of `stats`).
                 unsafe { b.launch(launch(c, THREADS as usize)) }.w()?;
             }
         }
         let f = nvrtc::function(dev, MODULE, SOURCE, "mtanet_bn_finalize")?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&row_sums).arg(&mean).arg(&wv).arg(&bv);
-        b.arg(&mut var)
-            .arg(&mut inv_std)
-            .arg(&mut a)
-            .arg(&mut shift);
-        b.arg(&ni).arg(&ci).arg(&m).arg(&eps);
-        // SAFETY: matches `mtanet_bn_finalize`; every per-channel buffer holds c values.
+        b.arg(&row_sums).arg(&mut stats).arg(&wv).arg(&bv);
+        b.arg(&mut affine).arg(&ni).arg(&ci).arg(&m).arg(&eps);
+        // SAFETY: matches `mtanet_bn_finalize`; `stats` holds 3c values, `affine` 2c, weight
+        // and bias c each.
         unsafe { b.launch(launch(c, THREADS as usize)) }.w()?;
         scale_shift(
             dev,
             &xv,
-            (&a.slice(..), &shift.slice(..)),
+            (&affine.slice(..c), &affine.slice(c..2 * c)),
             &mut y,
             (n, c, inner),
             relu,
         )?;
     }
-    let host = |s: &CudaSlice<f32>| -> Result<Vec<f32>> {
-        let mut v = dev.clone_dtoh(s)?;
-        v.truncate(c);
-        Ok(v)
-    };
-    let out = TrainForward {
-        mean: host(&mean)?,
-        var: host(&var)?,
-        inv_std: host(&inv_std)?,
+    Ok(TrainForward {
         y: wrap(y, x.0),
-    };
-    Ok(out)
+        stats: wrap(stats, x.0),
+    })
+}
+
+/// PyTorch's running average of one statistic, in place on the device:
+/// `running = (1 - momentum) * running + momentum * factor * batch`, in f64 and rounded to f32
+/// as the CPU update does (`keep = 1 - momentum` and `take = momentum * factor` are the host's
+/// f64 values, so the result is bit-identical to it). `running` must be a contiguous f32
+/// vector of C values, `batch` C f32 values.
+pub fn blend_running(
+    running: (&mut CudaStorage, &Layout),
+    batch: (&CudaStorage, &Layout),
+    keep: f64,
+    take: f64,
+) -> Result<()> {
+    const WHAT: &str = "batch_norm running statistics";
+    let dev = batch.0.device().clone();
+    let (mut rv, c) = super::elementwise::target(running.0, running.1, WHAT)?;
+    let bd = dense_f32(batch.0, batch.1, c, WHAT)?;
+    if c == 0 {
+        return Ok(());
+    }
+    let f = nvrtc::function(&dev, MODULE, SOURCE, "mtanet_bn_running")?;
+    let bv = bd.view::<f32>()?;
+    let ci = to_i64(c, WHAT)?;
+    let stream = dev.cuda_stream();
+    let mut l = stream.launch_builder(&f);
+    l.arg(&mut rv).arg(&bv).arg(&ci).arg(&keep).arg(&take);
+    // SAFETY: matches `mtanet_bn_running`; the running view and `batch` hold c values.
+    unsafe { l.launch(launch(c, THREADS as usize)) }.w()?;
+    Ok(())
 }
 
 /// `y = x * a[c] + b[c]` (then the ReLU) into `y`.
@@ -170,23 +190,13 @@ pub fn affine_forward(
     Ok(wrap(y, x.0))
 }
 
-/// The per-channel weight of a backward op: on the host, or the weight tensor's own CUDA
-/// storage (then nothing is copied).
-pub enum Weight<'a> {
-    /// C values on the host, uploaded for the call.
-    Host(&'a [f32]),
-    /// C f32 values on the device, as a storage and its layout.
-    Device(&'a CudaStorage, &'a Layout),
-}
-
-/// Per-channel values the backward ops need on the device.
+/// Per-channel values the backward ops read, all on the device (nothing is uploaded).
 pub struct ChannelParams<'a> {
-    /// Batch mean (training BatchNorm), or `None` for the affine (no centring).
-    pub mean: Option<&'a [f32]>,
-    /// The factor of the per-row `sum g' x` sums: `inv_std` (training) or `None` (1).
-    pub inv_std: Option<&'a [f32]>,
-    /// `weight` (training) or `scale` (affine).
-    pub weight: Weight<'a>,
+    /// Training BatchNorm: the batch mean and `inv_std` (C values each, the forward's
+    /// statistics); `None` for the channel affine (no centring, no scaling of the sums).
+    pub stats: Option<(CudaView<'a, f32>, CudaView<'a, f32>)>,
+    /// `weight` (training) or `scale` (affine), C values.
+    pub weight: CudaView<'a, f32>,
 }
 
 /// Backward of the training BatchNorm (`mean`, `inv_std` given) or of the channel affine
@@ -207,49 +217,33 @@ pub fn backward(
     let yd = dense_f32(y.0, y.1, numel, WHAT)?;
     let gd = dense_f32(grad_y.0, grad_y.1, numel, WHAT)?;
     let (xv, yv, gv) = (xd.view::<f32>()?, yd.view::<f32>()?, gd.view::<f32>()?);
-    let host_weight = match params.weight {
-        Weight::Host(w) => Some(w),
-        Weight::Device(..) => None,
-    };
-    for (name, v) in [
-        ("mean", params.mean),
-        ("inv_std", params.inv_std),
-        ("weight", host_weight),
-    ] {
-        if let Some(v) = v {
-            if v.len() != c {
-                candle_core::bail!("{WHAT} (cuda): {name} has {} values, expected {c}", v.len())
-            }
+    let mut lens = vec![("weight", params.weight.len())];
+    if let Some((mean, inv_std)) = &params.stats {
+        lens.extend([("mean", mean.len()), ("inv_std", inv_std.len())]);
+    }
+    for (name, len) in lens {
+        if len != c {
+            candle_core::bail!("{WHAT} (cuda): {name} has {len} values, expected {c}")
         }
     }
     let dev = x.0.device();
     let stream = dev.cuda_stream();
-    let upload = |v: Option<&[f32]>| -> Result<CudaSlice<f32>> {
-        match v {
-            Some(v) if !v.is_empty() => dev.clone_htod(v),
-            _ => zeros::<f32>(dev, c),
-        }
+    // The affine passes no statistics: its kernels never read these (centred = scaled = 0).
+    let unused = match params.stats {
+        Some(_) => None,
+        None => Some(zeros::<f32>(dev, c)?),
     };
-    let mean = upload(params.mean)?;
-    let inv_std = upload(params.inv_std)?;
-    let weight_dense = match params.weight {
-        Weight::Device(s, l) => Some(dense_f32(s, l, c, WHAT)?),
-        Weight::Host(_) => None,
+    let (mean, inv_std) = match (&params.stats, &unused) {
+        (Some((m, s)), _) => (m.slice(..), s.slice(..)),
+        (None, Some(z)) => (z.slice(..), z.slice(..)),
+        (None, None) => candle_core::bail!("{WHAT} (cuda): no statistics"),
     };
-    let weight_host = match host_weight {
-        Some(w) => Some(upload(Some(w))?),
-        None => None,
-    };
-    let weight: CudaView<'_, f32> = match (&weight_dense, &weight_host) {
-        (Some(d), _) => d.view::<f32>()?,
-        (None, Some(h)) => h.slice(..),
-        (None, None) => candle_core::bail!("{WHAT} (cuda): no weight"),
-    };
+    let weight = params.weight.slice(..);
     let (ci, ii) = (to_i64(c, WHAT)?, to_i64(inner, WHAT)?);
     let (ni, rows_i, numel_i) = (to_i64(n, WHAT)?, to_i64(rows, WHAT)?, to_i64(numel, WHAT)?);
     let relu_i = i32::from(relu);
-    let centred = i32::from(params.mean.is_some());
-    let scaled = i32::from(params.inv_std.is_some());
+    let centred = i32::from(params.stats.is_some());
+    let scaled = centred;
     let m = (n * inner) as f64;
     let mut out = zeros::<f32>(dev, numel + 2 * c)?;
     if numel == 0 {
@@ -279,7 +273,7 @@ pub fn backward(
         unsafe { b.launch(launch(c, THREADS as usize)) }.w()?;
     }
     let mut dx = out.slice_mut(0..numel);
-    if params.mean.is_some() {
+    if params.stats.is_some() {
         let f = nvrtc::function(dev, MODULE, SOURCE, "mtanet_bn_train_dx")?;
         let mut b = stream.launch_builder(&f);
         b.arg(&xv)

@@ -146,6 +146,7 @@ mod tests {
                     "mtanet_bn_row_sums",
                     "mtanet_bn_mean",
                     "mtanet_bn_finalize",
+                    "mtanet_bn_running",
                     "mtanet_scale_shift",
                     "mtanet_bn_gated_row_sums",
                     "mtanet_bn_gated_finalize",
@@ -173,6 +174,8 @@ mod tests {
                     "mtanet_opt_accumulate",
                     "mtanet_opt_sgd_apply",
                     "mtanet_opt_adam_apply",
+                    "mtanet_sum_squares_partial",
+                    "mtanet_sum_f64",
                 ],
             ),
         ];
