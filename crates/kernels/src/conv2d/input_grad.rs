@@ -5,12 +5,16 @@ use super::im2col::col2im_add;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use super::select::{winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 
 /// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
 /// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(tile) = winograd_tile(g, Pass::InputGrad) {
+        return super::winograd::input_grad(tile, g, dy, w);
+    }
     if super::batched::applies(g) {
         return super::batched::input_grad(g, dy, w);
     }

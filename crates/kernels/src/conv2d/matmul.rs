@@ -24,6 +24,18 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// A row-major `rows x cols` matrix whose rows start `row_stride` values apart, at the
+    /// start of `data` (rows of several matrices can be interleaved in one buffer).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     /// The same values read as the transposed matrix (no copy).
     pub fn t(self) -> Self {
         Self {

@@ -5,7 +5,10 @@
 //! and computes the input gradient with a direct, non-GEMM `conv_transpose2d`. Here groups are
 //! handled inside one op, every pass is a `gemm` call per (image, group) unit, and units run in
 //! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
-//! there are too few units to share out).
+//! there are too few units to share out). Dense convolutions on small maps run one GEMM over
+//! the whole batch (`batched.rs`), and dense 3x3 stride-1 padding-1 ones Winograd's
+//! F(2x2, 3x3) or F(4x4, 3x3) (`winograd.rs`) for the shapes where it was measured faster
+//! (`select.rs`).
 
 mod batched;
 mod forward;
@@ -15,12 +18,15 @@ mod input_grad;
 mod matmul;
 mod schedule;
 mod scratch;
+mod select;
 pub(crate) mod storage;
 mod weight_grad;
+mod winograd;
 
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
+pub use select::{with_algorithm, Algorithm};
 pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.

@@ -1,0 +1,94 @@
+//! Which algorithm each CPU pass runs for a given shape: Winograd where it was measured faster,
+//! the GEMM paths (per unit, or whole-batch on small maps) everywhere else.
+//!
+//! The choice depends on the geometry alone (never on the thread count), so a pass computes
+//! the same values whatever the number of rayon threads. A caller can force one algorithm on
+//! its own thread with [`with_algorithm`] (benchmarks and tests compare them side by side).
+
+use super::geometry::ConvGeometry;
+use super::winograd::Tile;
+use std::cell::Cell;
+
+/// The algorithm the convolution passes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Per shape and pass, the algorithm measured fastest (the default).
+    Auto,
+    /// im2col + GEMM everywhere (the whole-batch GEMM on small maps).
+    Gemm,
+    /// Winograd F(2x2, 3x3) wherever it applies (dense 3x3, stride 1, padding 1), else GEMM.
+    Winograd2,
+    /// Winograd F(4x4, 3x3) wherever it applies, else GEMM.
+    Winograd4,
+}
+
+thread_local! {
+    static FORCED: Cell<Algorithm> = const { Cell::new(Algorithm::Auto) };
+}
+
+/// Runs `f` with every convolution pass started on this thread using `algorithm` (passes
+/// started on other threads are unaffected); the previous setting is restored afterwards,
+/// also if `f` panics.
+pub fn with_algorithm<R>(algorithm: Algorithm, f: impl FnOnce() -> R) -> R {
+    struct Restore(Algorithm);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(algorithm)));
+    f()
+}
+
+/// One of the three passes of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The output.
+    Forward,
+    /// The gradient with respect to the input.
+    InputGrad,
+    /// The gradient with respect to the weight.
+    WeightGrad,
+}
+
+/// True when Winograd can compute `g`: dense 3x3, stride 1, padding 1 ("same" output size).
+fn winograd_fits(g: &ConvGeometry) -> bool {
+    g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.padding == 1
+}
+
+/// The Winograd tile that `pass` of `g` runs with, or `None` for the GEMM path.
+pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
+    if !winograd_fits(g) {
+        return None;
+    }
+    match FORCED.with(Cell::get) {
+        Algorithm::Gemm => None,
+        Algorithm::Winograd2 => Some(Tile::F2),
+        Algorithm::Winograd4 => Some(Tile::F4),
+        Algorithm::Auto => measured_choice(g, pass),
+    }
+}
+
+/// The per-shape choice measured with `examples/conv_passes.rs` (2-core Zen 5, 2 threads,
+/// CPU time of alternating repetitions, best of 6, two runs each) on the dense 3x3 stride-1
+/// layers of ResNet-50 at 112x112 input (64 channels at 28x28, 128 at 14x14, 256 at 7x7, 512
+/// at 4x4), batch 16 and 32:
+///
+/// - 28x28 and 14x14 maps: GEMM (per-image im2col GEMMs with `K = 9*C_in` run near gemm's
+///   best; Winograd's transforms cost about what its smaller GEMMs save, at 14x14 within 10%
+///   either way).
+/// - 7x7 maps (256 channels), where 7 = 2*4 - 1 wastes a quarter of F(4x4)'s tiles: F(4x4)
+///   forward 5-12% faster at batch 16 and 26-30% at batch 32; input and weight gradient
+///   15-30% faster at batch 32, not at batch 16.
+/// - 4x4 maps (512 channels): F(2x2) forward and input gradient ~15% faster at batch 32, no
+///   faster at batch 16; the weight gradient no faster.
+fn measured_choice(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
+    let pixels = g.out_pixels();
+    let wide = g.batch >= 32;
+    match (pixels, pass) {
+        (37..=64, Pass::Forward) if g.batch >= 16 => Some(Tile::F4),
+        (37..=64, Pass::InputGrad | Pass::WeightGrad) if wide => Some(Tile::F4),
+        (10..=36, Pass::Forward | Pass::InputGrad) if wide => Some(Tile::F2),
+        _ => None,
+    }
+}
