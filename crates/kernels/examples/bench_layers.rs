@@ -1,10 +1,10 @@
-//! Times convolution layers of the backbones at 112x112 input (batch 16): forward, and forward
-//! + backward (the input gradient and the weight gradient from a given output gradient; the
-//! stem's input needs none), for candle's own `Tensor::conv2d` (its backward through candle's
-//! autograd, `(y * r).sum()`), for `mtanet_kernels::conv2d`'s three passes, and for PyTorch
-//! (`F.conv2d` and `aten.convolution_backward`, through `scripts/bench_torch.py --layers`,
-//! skipped with a note if it cannot run). Both sides time the kernels a training step runs,
-//! without the autograd bookkeeping around a single layer.
+//! Times convolution layers of the backbones at 112x112 input (batch 16): the forward, and the
+//! forward plus backward (the input gradient and the weight gradient from a given output
+//! gradient; the stem's input needs none), for candle's own `Tensor::conv2d` (its backward
+//! through candle's autograd, `(y * r).sum()`), for `mtanet_kernels::conv2d`'s three passes,
+//! and for PyTorch (`F.conv2d` and `aten.convolution_backward`, through
+//! `scripts/bench_torch.py --layers`, skipped with a note if it cannot run). Both sides time
+//! the kernels a training step runs, without the autograd bookkeeping around a single layer.
 //!
 //! `cargo run --release -p mtanet-kernels --example bench_layers [-- --reps N] [--no-torch]`
 

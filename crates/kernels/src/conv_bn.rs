@@ -16,6 +16,7 @@ use crate::batch_norm::{
 };
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
+use crate::profile::timed;
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,15 @@ pub fn conv_bn_train(
     Ok((y, stats))
 }
 
+/// The profile label of one pass of `g`: kernel, stride, groups, output size and the pass, e.g.
+/// `conv 3x3 s1 g32 @14 dx`.
+fn conv_label(g: &ConvGeometry, pass: &str) -> String {
+    format!(
+        "conv {}x{} s{} g{} @{} {pass}",
+        g.kernel_h, g.kernel_w, g.stride, g.groups, g.out_h
+    )
+}
+
 /// What the forward pass keeps for the backward pass.
 #[derive(Debug)]
 struct Saved {
@@ -143,8 +153,14 @@ impl CustomOp3 for ConvBnTrain {
         // The convolution output lives until the backward pass (or the graph) drops it, then
         // returns to this thread's pool for the next step's layers.
         let mut z = Scratch::take(g.units() * g.out_unit_len());
-        conv2d::forward_into(g, &x, &w, &mut z);
-        let (y, bn) = train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu);
+        timed(
+            || conv_label(g, "fwd"),
+            || conv2d::forward_into(g, &x, &w, &mut z),
+        );
+        let (y, bn) = timed(
+            || "bn fwd".into(),
+            || train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu),
+        );
         *lock(&self.saved)? = Some(Saved { z, bn });
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
@@ -173,10 +189,16 @@ impl CustomOp3 for ConvBnTrain {
         let c = g.out_channels;
         let dims = (g.batch, c, g.out_h * g.out_w);
         let mut dz = Scratch::take(s.z.len());
-        let (dgamma, dbeta) = train_backward(&s.z, &yv, &gv, dims, &s.bn, self.relu, &mut dz);
-        let dw = conv2d::weight_grad(g, &xv, &dz);
+        let (dgamma, dbeta) = timed(
+            || "bn bwd".into(),
+            || train_backward(&s.z, &yv, &gv, dims, &s.bn, self.relu, &mut dz),
+        );
+        let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, &xv, &dz));
         let dx = if x.track_op() {
-            Some(conv2d::input_grad(g, &dz, &wv))
+            Some(timed(
+                || conv_label(g, "dx"),
+                || conv2d::input_grad(g, &dz, &wv),
+            ))
         } else {
             None
         };

@@ -30,6 +30,7 @@ mod max_pool2d;
 mod optimizer_step;
 mod packed_grads;
 mod pool_geometry;
+pub mod profile;
 mod residual;
 mod spatial_pool;
 

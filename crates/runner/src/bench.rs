@@ -14,7 +14,9 @@
 //! those per-round ratios are printed beside the best-of ratio, and the table ends with the
 //! median and minimum over all points.
 //! With `MTANET_BENCH_PHASES=1`, `bench-one` also prints each train step's forward, backward
-//! and optimizer seconds on stderr (how the profile in the README was split).
+//! and optimizer seconds on stderr, then their means over the timed steps; adding
+//! `MTANET_KERNEL_PROFILE=1` splits them further by convolution pass and shape
+//! (`mtanet_kernels::profile`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -209,17 +211,34 @@ pub fn measure(
     steps: usize,
     warmup: usize,
 ) -> anyhow::Result<Measurement> {
+    let phases = std::env::var_os("MTANET_BENCH_PHASES").is_some();
+    if phases && !mtanet_kernels::profile::enabled() {
+        eprintln!("note: set MTANET_KERNEL_PROFILE=1 as well for the per-kernel times");
+    }
     let mut w = Workload::new(kind, batch, SIZE, Precision::F32, &Device::Cpu)?;
     let cfg = w.config.clone();
+    let (mut calls, mut phase_sums) = (0usize, [0f64; 3]);
     let mut train_step = || -> anyhow::Result<()> {
         let o = w.train_step()?;
-        if std::env::var_os("MTANET_BENCH_PHASES").is_some() {
+        calls += 1;
+        if phases {
             let [f, b, u] = o.phases.map(|d| d.as_secs_f64());
             eprintln!("forward+loss {f:.3} s, backward {b:.3} s, optimizer {u:.3} s");
+            if calls == warmup {
+                // The profile covers the timed steps only.
+                mtanet_kernels::profile::take();
+            } else if calls > warmup {
+                for (sum, v) in phase_sums.iter_mut().zip([f, b, u]) {
+                    *sum += v;
+                }
+            }
         }
         Ok(())
     };
     let train_s = best_seconds(steps, warmup, &mut train_step)?;
+    if phases {
+        print_step_profile(steps.max(1), phase_sums);
+    }
 
     let mut eval_step = || -> anyhow::Result<()> {
         w.eval_step()?;
@@ -240,6 +259,65 @@ pub fn measure(
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
         fwd_gflop_per_img,
     })
+}
+
+/// On stderr: the mean train step split into its phases and, with `MTANET_KERNEL_PROFILE=1`,
+/// the fused convolution + BatchNorm kernels by pass and shape, in ms per step and as a share
+/// of the step; what is left of each phase is everything else (attention, pooling, residual
+/// joins, head, losses, candle's graph and gradient accumulation).
+fn print_step_profile(steps: usize, phase_sums: [f64; 3]) {
+    let per_step = |s: f64| s / steps as f64 * 1e3;
+    let [fwd, bwd, opt] = phase_sums.map(per_step);
+    let total = fwd + bwd + opt;
+    eprintln!(
+        "mean of {steps} timed train steps: {total:.1} ms = forward+loss {fwd:.1} + backward \
+         {bwd:.1} + optimizer {opt:.1}"
+    );
+    let kernels = mtanet_kernels::profile::take();
+    if kernels.is_empty() {
+        return;
+    }
+    let (mut in_fwd, mut in_bwd) = (0.0, 0.0);
+    eprintln!(
+        "{:<28} {:>9} {:>10} {:>7}",
+        "kernel", "calls", "ms/step", "share"
+    );
+    for k in &kernels {
+        let ms = per_step(k.seconds);
+        if k.label.ends_with("fwd") {
+            in_fwd += ms;
+        } else {
+            in_bwd += ms;
+        }
+        eprintln!(
+            "{:<28} {:>9.1} {:>10.1} {:>6.1}%",
+            k.label,
+            k.calls as f64 / steps as f64,
+            ms,
+            100.0 * ms / total
+        );
+    }
+    eprintln!(
+        "{:<28} {:>9} {:>10.1} {:>6.1}%",
+        "other forward+loss",
+        "",
+        fwd - in_fwd,
+        100.0 * (fwd - in_fwd) / total
+    );
+    eprintln!(
+        "{:<28} {:>9} {:>10.1} {:>6.1}%",
+        "other backward",
+        "",
+        bwd - in_bwd,
+        100.0 * (bwd - in_bwd) / total
+    );
+    eprintln!(
+        "{:<28} {:>9} {:>10.1} {:>6.1}%",
+        "optimizer",
+        "",
+        opt,
+        100.0 * opt / total
+    );
 }
 
 /// Best (minimum) seconds of `steps` calls after `warmup` untimed ones.
