@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+use crate::mask::{
+    connected_zero, device_mask, dims2, expect_shape, keep_valid, on_host, select_rows, valid_rows,
+};
 
 const LOSS: &str = "masked_bce_with_logits";
 
@@ -36,6 +38,11 @@ pub enum AuReduction {
 /// non-positive arguments (no overflow), and the bracket is an even function whose
 /// derivative at 0 is 0, so the gradient is exact at `x = 0` whatever subgradient `abs`
 /// uses. No valid frame -> exact zero.
+///
+/// With `mask` on the CPU the valid rows are picked on the host. With `mask` on a device the
+/// loss stays there with no host read: every row is computed on labels zeroed in masked rows,
+/// masked elements are replaced by exact zeros (a zero gradient for finite logits), and the sum
+/// is divided by the device-side count of valid frames (x K for `Mean`, at least 1).
 pub fn masked_bce_with_logits(
     logits: &Tensor,
     target: &Tensor,
@@ -48,28 +55,64 @@ pub fn masked_bce_with_logits(
     if let Some(p) = pos_weight {
         expect_shape(p, &[k], LOSS, "pos_weight")?;
     }
+    if !on_host(mask) && n > 0 && k > 0 {
+        return device_bce(logits, target, mask, pos_weight, reduction);
+    }
     let rows = valid_rows(mask, n, LOSS, "mask")?;
     if rows.is_empty() {
         return connected_zero(logits);
     }
     let x = select_rows(logits, &rows)?;
     let y = select_rows(target, &rows)?.detach();
-    let a = x.abs()?;
-    let even_part = ((&a * 0.5)? + a.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
-    let softplus_neg = (even_part - (&x * 0.5)?)?;
-    let neg_term = (y.affine(-1.0, 1.0)? * &x)?;
-    let pos_factor = match pos_weight {
-        Some(p) => {
-            let p = p.to_dtype(candle_core::DType::F32)?.detach();
-            y.broadcast_mul(&p.affine(1.0, -1.0)?)?.affine(1.0, 1.0)?
-        }
-        None => y.ones_like()?,
-    };
-    let elements = (neg_term + (pos_factor * softplus_neg)?)?;
+    let elements = bce_elements(&x, &y, pos_weight)?;
     match reduction {
         AuReduction::Mean => elements.mean_all(),
         AuReduction::Sum => elements.sum(1)?.mean_all(),
     }
+}
+
+/// [`masked_bce_with_logits`] with the mask kept on its device (shapes checked, N, K > 0).
+pub(crate) fn device_bce(
+    logits: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    pos_weight: Option<&Tensor>,
+    reduction: AuReduction,
+) -> Result<Tensor> {
+    let (n, k) = dims2(logits, LOSS, "logits")?;
+    let (valid, count) = device_mask(mask, n, LOSS, "mask")?;
+    let x = logits.to_dtype(candle_core::DType::F32)?;
+    let y = target
+        .to_device(x.device())?
+        .to_dtype(candle_core::DType::F32)?;
+    let y = keep_valid(&valid, &y)?.detach();
+    let elements = keep_valid(&valid, &bce_elements(&x, &y, pos_weight)?)?;
+    let frames = count.maximum(1f32)?;
+    let denom = match reduction {
+        AuReduction::Mean => (frames * k as f64)?,
+        AuReduction::Sum => frames,
+    };
+    elements.sum_all()?.div(&denom)
+}
+
+/// The per-element losses `(1-y) x + (1 + (p-1) y) softplus(-x)` of f32 logits `x` and labels
+/// `y` (same shape), with optional per-column `pos_weight`.
+fn bce_elements(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> Result<Tensor> {
+    let a = x.abs()?;
+    let even_part = ((&a * 0.5)? + a.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let softplus_neg = (even_part - (x * 0.5)?)?;
+    let neg_term = (y.affine(-1.0, 1.0)? * x)?;
+    let pos_factor = match pos_weight {
+        Some(p) => {
+            let p = p
+                .to_device(x.device())?
+                .to_dtype(candle_core::DType::F32)?
+                .detach();
+            y.broadcast_mul(&p.affine(1.0, -1.0)?)?.affine(1.0, 1.0)?
+        }
+        None => y.ones_like()?,
+    };
+    neg_term + (pos_factor * softplus_neg)?
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Concordance correlation coefficient and the CCC loss for valence/arousal (Eq. 3-4).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
-use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+use crate::mask::{
+    connected_zero, device_mask, dims2, expect_shape, keep_valid, on_host, select_rows, valid_rows,
+};
 
 const LOSS: &str = "masked_ccc_loss";
 
@@ -16,9 +18,17 @@ pub const CCC_EPS: f64 = 1e-8;
 /// Population statistics (divide by the number of valid frames m, as `np.std` and the ABAW
 /// evaluation): `ccc = 2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2 + CCC_EPS)`.
 /// Returns `None` when fewer than 2 frames are valid (no spread to correlate).
+///
+/// With `mask` on a device the count is not known on the host: the CCC is computed there with
+/// no host read (masked rows zeroed, population statistics over the device-side count) and is
+/// `Some`, all zeros when fewer than 2 frames are valid.
 pub fn masked_ccc(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
     let (n, d) = dims2(pred, LOSS, "pred")?;
     expect_shape(target, &[n, d], LOSS, "target")?;
+    if !on_host(mask) && n > 0 && d > 0 {
+        let (ccc, enough) = device_ccc(pred, target, mask, (n, d))?;
+        return keep_valid(&enough.broadcast_as(d)?, &ccc).map(Some);
+    }
     let rows = valid_rows(mask, n, LOSS, "mask")?;
     if rows.len() < 2 {
         return Ok(None);
@@ -37,11 +47,50 @@ pub fn masked_ccc(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Optio
     (cov * 2.0)?.div(&denom).map(Some)
 }
 
+/// The CCC of [`masked_ccc`] with the mask kept on its device (`n`, `d` > 0): the per-column
+/// CCC over the valid rows, and whether at least 2 rows are valid (u8 scalar), no host read.
+fn device_ccc(
+    pred: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    (n, d): (usize, usize),
+) -> Result<(Tensor, Tensor)> {
+    let (valid, count) = device_mask(mask, n, LOSS, "mask")?;
+    let x = keep_valid(&valid, &pred.to_dtype(DType::F32)?)?;
+    let y = target.to_device(x.device())?.to_dtype(DType::F32)?;
+    let y = keep_valid(&valid, &y)?.detach();
+    let m = count.maximum(1f32)?;
+    let mean_x = x.sum_keepdim(0)?.broadcast_div(&m)?;
+    let mean_y = y.sum_keepdim(0)?.broadcast_div(&m)?;
+    let xc = keep_valid(&valid, &x.broadcast_sub(&mean_x)?)?;
+    let yc = keep_valid(&valid, &y.broadcast_sub(&mean_y)?)?;
+    let var_x = xc.sqr()?.sum(0)?.broadcast_div(&m)?;
+    let var_y = yc.sqr()?.sum(0)?.broadcast_div(&m)?;
+    let cov = (xc * yc)?.sum(0)?.broadcast_div(&m)?;
+    let mean_gap = (mean_x - mean_y)?.reshape(d)?.sqr()?;
+    let denom = ((var_x + var_y)? + mean_gap)?.affine(1.0, CCC_EPS)?;
+    let ccc = (cov * 2.0)?.div(&denom)?;
+    Ok((ccc, count.ge(2f32)?))
+}
+
+/// [`masked_ccc_loss`] with the mask kept on its device (shapes checked, N, D > 0).
+pub(crate) fn device_ccc_loss(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (n, d) = dims2(pred, LOSS, "pred")?;
+    let (ccc, enough) = device_ccc(pred, target, mask, (n, d))?;
+    keep_valid(&enough, &ccc.mean_all()?.affine(-1.0, 1.0)?)
+}
+
 /// Eq. 4: `1 - (ccc_valence + ccc_arousal) / 2` over the valid VA frames of the batch.
 ///
 /// `pred`, `target` (N,2) in `[valence, arousal]` column order, `mask` (N). Fewer than 2
-/// valid frames -> exact zero (graph-connected, zero gradient). See [`masked_ccc`].
+/// valid frames -> exact zero (graph-connected, zero gradient). See [`masked_ccc`]; with
+/// `mask` on a device the zero is chosen on the device (no host read).
 pub fn masked_ccc_loss(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (n, d) = dims2(pred, LOSS, "pred")?;
+    if !on_host(mask) && n > 0 && d > 0 {
+        expect_shape(target, &[n, d], LOSS, "target")?;
+        return device_ccc_loss(pred, target, mask);
+    }
     match masked_ccc(pred, target, mask)? {
         Some(ccc) => ccc.mean_all()?.affine(-1.0, 1.0),
         None => connected_zero(pred),

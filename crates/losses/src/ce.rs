@@ -3,7 +3,9 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::error::LossError;
-use crate::mask::{connected_zero, dims2, expect_shape, select_rows, valid_rows};
+use crate::mask::{
+    connected_zero, device_mask, dims2, expect_shape, keep_valid, on_host, select_rows, valid_rows,
+};
 
 const LOSS: &str = "masked_cross_entropy";
 
@@ -14,9 +16,18 @@ const LOSS: &str = "masked_cross_entropy";
 /// `logits[mask]`. The log-sum-exp subtracts the (detached) row maximum, so it never
 /// overflows. Targets of masked rows are ignored (they may hold -1 markers); a valid row
 /// with a class outside `0..C` is an error. No valid frame -> exact zero (zero gradient).
+///
+/// With `mask` on the CPU the valid rows are picked on the host (with `target` on the CPU too,
+/// nothing is read back from a device). With `mask` on a device the loss stays there with no
+/// host read: every row's loss is computed, masked rows are replaced by exact zeros (a zero
+/// gradient for finite logits) and the sum is divided by the device-side count (at least 1);
+/// classes of valid rows are clamped to `0..C` instead of being checked.
 pub fn masked_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (n, c) = dims2(logits, LOSS, "logits")?;
     expect_shape(target, &[n], LOSS, "target")?;
+    if !on_host(mask) && n > 0 && c > 0 {
+        return device_cross_entropy(logits, target, mask, (n, c));
+    }
     let rows = valid_rows(mask, n, LOSS, "mask")?;
     if rows.is_empty() {
         return connected_zero(logits);
@@ -48,6 +59,44 @@ pub fn masked_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Tensor) -> 
         .add(&row_max)?;
     let chosen = x.gather(&t, 1)?;
     lse.sub(&chosen)?.mean_all()
+}
+
+/// [`masked_cross_entropy`] with the mask kept on its device (`n`, `c` > 0).
+pub(crate) fn device_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    (n, c): (usize, usize),
+) -> Result<Tensor> {
+    if !matches!(target.dtype(), DType::U32 | DType::U8 | DType::I64) {
+        return Err(LossError::DType {
+            loss: LOSS,
+            field: "target",
+            dtype: target.dtype(),
+            expected: "u32, u8 or i64",
+        }
+        .into());
+    }
+    let (valid, count) = device_mask(mask, n, LOSS, "mask")?;
+    let x = logits.to_dtype(DType::F32)?;
+    // Class indices (exact in f32) with masked rows' markers zeroed and the rest clamped, so
+    // the gather never reads outside a row.
+    let classes = target.to_device(x.device())?.to_dtype(DType::F32)?;
+    let picked = keep_valid(&valid, &classes)?
+        .clamp(0f32, (c - 1) as f32)?
+        .to_dtype(DType::U32)?
+        .reshape((n, 1))?;
+    let row_max = x.max_keepdim(1)?.detach();
+    let lse = x
+        .broadcast_sub(&row_max)?
+        .exp()?
+        .sum_keepdim(1)?
+        .log()?
+        .add(&row_max)?;
+    let per_row = lse.sub(&x.gather(&picked, 1)?)?.reshape(n)?;
+    keep_valid(&valid, &per_row)?
+        .sum_all()?
+        .div(&count.maximum(1f32)?)
 }
 
 /// Class indices as i64 on the host (so negative markers can be reported).

@@ -30,5 +30,7 @@ pub use ce::masked_cross_entropy;
 pub use error::LossError;
 pub use mask::valid_rows;
 pub use targets::Targets;
-pub use total::{total_loss, LossKind, LossReport, TaskLossOptions, TaskLosses};
+pub use total::{
+    combine_losses, total_loss, LossKind, LossReport, LossTerms, TaskLossOptions, TaskLosses,
+};
 pub use uncertainty::{UncertaintyWeights, UNCERTAINTY_PREFIX};

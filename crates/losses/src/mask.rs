@@ -6,9 +6,9 @@ use crate::error::LossError;
 
 /// The row indices whose mask value is > 0.5 (NaN counts as masked out).
 ///
-/// `mask` must have shape `(n)`; any float or integer dtype is accepted. This reads the mask
-/// back to the host (one small transfer per loss): the row count decides whether a task is
-/// present in the batch at all, which must be known before building the graph.
+/// `mask` must have shape `(n)`; any float or integer dtype is accepted. A mask on a device is
+/// read back to the host (a transfer and a synchronisation): the losses call this for CPU masks
+/// only, and keep device masks on the device ([`on_host`]).
 pub fn valid_rows(
     mask: &Tensor,
     n: usize,
@@ -31,6 +31,37 @@ pub fn valid_rows(
         .filter(|(_, v)| **v > 0.5)
         .map(|(i, _)| i as u32)
         .collect())
+}
+
+/// Whether a loss selects its valid rows on the host (`mask` on the CPU: the rows are listed
+/// there, an absent task is known before the graph is built, and nothing is read back from a
+/// device) or weights them on the mask's device ([`device_mask`]: no host read).
+pub(crate) fn on_host(mask: &Tensor) -> bool {
+    mask.device().is_cpu()
+}
+
+/// A mask kept on its device: the condition `mask > 0.5` (u8, shape (n); NaN counts as masked
+/// out) and the number of valid rows (f32 scalar), with no host read.
+pub(crate) fn device_mask(
+    mask: &Tensor,
+    n: usize,
+    loss: &'static str,
+    field: &'static str,
+) -> Result<(Tensor, Tensor)> {
+    expect_shape(mask, &[n], loss, field)?;
+    let valid = mask.to_dtype(DType::F32)?.gt(0.5)?;
+    let count = valid.to_dtype(DType::F32)?.sum_all()?;
+    Ok((valid, count))
+}
+
+/// `t` where `valid` (u8 of `t`'s shape, or (n) broadcast over the columns of an (n, k) `t`),
+/// else 0: masked values never reach the arithmetic, and get an exactly-zero gradient.
+pub(crate) fn keep_valid(valid: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let cond = match t.rank() {
+        0 | 1 => valid.clone(),
+        _ => valid.unsqueeze(1)?.broadcast_as(t.shape())?,
+    };
+    cond.where_cond(t, &t.zeros_like()?)
 }
 
 /// Rows `rows` of `t` along dim 0, as f32 (differentiable: `index_select` has a backward).
@@ -99,6 +130,94 @@ mod tests {
         let m = Tensor::new(&[1f32, 0., f32::NAN, 0.9, 0.2], &Device::Cpu)?;
         assert_eq!(valid_rows(&m, 5, "t", "mask")?, vec![0, 3]);
         assert!(valid_rows(&m, 4, "t", "mask").is_err());
+        Ok(())
+    }
+
+    /// The device formulations (run here on CPU tensors) give the host path's losses and
+    /// gradients, masked marker rows included, and exact zeros for absent tasks.
+    #[test]
+    fn device_formulations_match_the_host_path() -> Result<()> {
+        use crate::bce::{device_bce, masked_bce_with_logits, AuReduction};
+        use crate::ccc::{device_ccc_loss, masked_ccc_loss};
+        use crate::ce::{device_cross_entropy, masked_cross_entropy};
+        type LossFn<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let dev = Device::Cpu;
+        let x = Tensor::new(
+            &[
+                [0.3f32, -1.2, 0.5],
+                [2.0, 0.1, -0.4],
+                [0.7, 0.7, 1.5],
+                [-0.2, 0.9, 0.0],
+            ],
+            &dev,
+        )?;
+        let y = Tensor::new(
+            &[
+                [1f32, 0.0, 1.0],
+                [f32::NAN, -1.0, -5.0],
+                [0.0, 0.0, 1.0],
+                [1.0, 1.0, 0.0],
+            ],
+            &dev,
+        )?;
+        let classes = Tensor::new(&[2u32, 99, 0, 1], &dev)?;
+        let pw = Tensor::new(&[2f32, 0.5, 1.0], &dev)?;
+        let masks = [
+            Tensor::new(&[1f32, 0.0, 1.0, 1.0], &dev)?,
+            Tensor::new(&[0f32, 0.0, 1.0, 0.0], &dev)?,
+            Tensor::zeros(4, DType::F32, &dev)?,
+        ];
+        let va_x = x.narrow(1, 0, 2)?.contiguous()?;
+        let va_y = y.narrow(1, 0, 2)?.contiguous()?;
+        for mask in &masks {
+            let cases: [(&str, LossFn, LossFn); 4] = [
+                ("ccc", &|p, m| masked_ccc_loss(p, &va_y, m), &|p, m| {
+                    device_ccc_loss(p, &va_y, m)
+                }),
+                (
+                    "bce sum",
+                    &|p, m| masked_bce_with_logits(p, &y, m, Some(&pw), AuReduction::Sum),
+                    &|p, m| device_bce(p, &y, m, Some(&pw), AuReduction::Sum),
+                ),
+                (
+                    "bce mean",
+                    &|p, m| masked_bce_with_logits(p, &y, m, None, AuReduction::Mean),
+                    &|p, m| device_bce(p, &y, m, None, AuReduction::Mean),
+                ),
+                (
+                    "ce",
+                    &|p, m| masked_cross_entropy(p, &classes, m),
+                    &|p, m| device_cross_entropy(p, &classes, m, (4, 3)),
+                ),
+            ];
+            for (name, host, device) in cases {
+                let input = if name == "ccc" { &va_x } else { &x };
+                let run = |f: LossFn| -> Result<(f32, Vec<f32>)> {
+                    let v = Var::from_tensor(input)?;
+                    let l = f(v.as_tensor(), mask)?;
+                    let g = match l.backward()?.get(v.as_tensor()) {
+                        Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                        None => vec![0.0; input.elem_count()],
+                    };
+                    Ok((l.to_scalar::<f32>()?, g))
+                };
+                let (lh, gh) = run(host)?;
+                let (ld, gd) = run(device)?;
+                let m = mask.to_vec1::<f32>()?;
+                // VA needs two frames: with fewer, both paths give an exact zero.
+                let absent = m.iter().sum::<f32>() < if name == "ccc" { 2.0 } else { 1.0 };
+                assert!(
+                    (lh - ld).abs() <= 1e-6 * lh.abs().max(1.0),
+                    "{name} {m:?}: {lh} vs {ld}"
+                );
+                if absent {
+                    assert_eq!((lh, ld), (0.0, 0.0), "{name} {m:?}");
+                }
+                for (a, b) in gh.iter().zip(&gd) {
+                    assert!((a - b).abs() <= 1e-6, "{name} {m:?} grads {gh:?} vs {gd:?}");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -23,7 +23,24 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// The same targets on `device` (a no-op for tensors already there).
+    /// The targets for losses computed on `device`: the labels the losses compute with (`va`,
+    /// `au`) moved there, the masks and the class indices left where they are. On the CPU the
+    /// losses list the valid rows and check the classes there, so a step on a GPU reads nothing
+    /// back for them (the row indices and picked classes are uploaded, which does not wait for
+    /// the device).
+    pub fn with_labels_on(&self, device: &Device) -> Result<Targets> {
+        Ok(Targets {
+            va: self.va.to_device(device)?,
+            va_mask: self.va_mask.clone(),
+            au: self.au.to_device(device)?,
+            au_mask: self.au_mask.clone(),
+            expr: self.expr.clone(),
+            expr_mask: self.expr_mask.clone(),
+        })
+    }
+
+    /// The same targets on `device` (a no-op for tensors already there). With the masks on a
+    /// GPU the losses keep them there (no host read, see [`crate::TaskLosses::compute`]).
     pub fn to_device(&self, device: &Device) -> Result<Targets> {
         Ok(Targets {
             va: self.va.to_device(device)?,

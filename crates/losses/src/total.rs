@@ -7,7 +7,7 @@ use crate::bce::{masked_bce_with_logits, AuReduction};
 use crate::ccc::masked_ccc_loss;
 use crate::ce::masked_cross_entropy;
 use crate::error::LossError;
-use crate::mask::valid_rows;
+use crate::mask::{on_host, valid_rows};
 use crate::targets::Targets;
 use crate::uncertainty::UncertaintyWeights;
 
@@ -37,7 +37,10 @@ impl TaskLosses {
     ///
     /// Shapes: `va_pred` (N,2), `au_logits` (N,K), `expr_logits` (N,C),
     /// `options.au_pos_weight` (K). A task needs >= 2 valid frames for VA and >= 1 for AU
-    /// and EXPR.
+    /// and EXPR. Masks on the CPU (as [`Targets::with_labels_on`] leaves them) are read there;
+    /// a mask on a device is never read back, so its task counts as present and contributes the
+    /// device-side exact zero of its loss when it has too few valid frames (with uncertainty
+    /// weighting its `0.5 s` term then stays in the objective).
     pub fn compute(
         va_pred: &Tensor,
         au_logits: &Tensor,
@@ -53,7 +56,11 @@ impl TaskLosses {
             expr,
             expr_mask,
         } = targets;
+        // usize::MAX: a device mask, counted on the device by the loss itself.
         let count = |t: &Tensor, m: &Tensor, field: &'static str| -> Result<usize> {
+            if !on_host(m) {
+                return Ok(usize::MAX);
+            }
             let n = t.dims().first().copied().unwrap_or(0);
             Ok(valid_rows(m, n, "TaskLosses::compute", field)?.len())
         };
@@ -107,15 +114,82 @@ pub enum LossKind {
 pub struct LossReport {
     /// Scalar f32 objective to call `backward()` on.
     pub total: Tensor,
-    /// Host value of the VA loss (before weighting), if present.
+    /// Host value of the VA loss (before weighting), if present (NaN when not read, see
+    /// [`LossTerms::unread`]).
     pub va: Option<f32>,
-    /// Host value of the AU loss (before weighting), if present.
+    /// Host value of the AU loss (before weighting), if present (NaN when not read).
     pub au: Option<f32>,
-    /// Host value of the EXPR loss (before weighting), if present.
+    /// Host value of the EXPR loss (before weighting), if present (NaN when not read).
     pub expr: Option<f32>,
     /// For `Uncertainty`: the factors multiplying each loss, `[0.5 e^-s_va, e^-s_au, e^-s_expr]`
-    /// (also for absent tasks); `None` for `Sum`.
+    /// (also for absent tasks); `None` for `Sum` (NaN when not read).
     pub weights: Option<[f32; 3]>,
+}
+
+/// The objective of one batch and its parts, all still on the device: nothing read back yet.
+/// [`LossTerms::read`] brings every host value over in one copy.
+#[derive(Clone, Debug)]
+pub struct LossTerms {
+    /// Scalar f32 objective to call `backward()` on.
+    pub total: Tensor,
+    /// The VA loss (before weighting), if present.
+    pub va: Option<Tensor>,
+    /// The AU loss (before weighting), if present.
+    pub au: Option<Tensor>,
+    /// The EXPR loss (before weighting), if present.
+    pub expr: Option<Tensor>,
+    /// For `Uncertainty`: the log-variances `s` (va, au, expr) the weights come from.
+    pub log_vars: Option<[Tensor; 3]>,
+}
+
+impl LossTerms {
+    /// The host values of the objective, of each present loss and of the uncertainty weights,
+    /// and of `extra` scalars (e.g. a gradient norm, returned in order, as f64), in one
+    /// device-to-host copy: every value is cast to f64 and concatenated on the objective's
+    /// device first (f32 values round-trip exactly). The only host read of a training step.
+    pub fn read(&self, extra: &[&Tensor]) -> Result<(LossReport, f32, Vec<f64>)> {
+        let dev = self.total.device();
+        let present = [&self.va, &self.au, &self.expr];
+        let mut parts: Vec<&Tensor> = vec![&self.total];
+        parts.extend(present.iter().copied().flatten());
+        if let Some(s) = &self.log_vars {
+            parts.extend(s.iter());
+        }
+        parts.extend(extra.iter().copied());
+        let scalars = parts
+            .iter()
+            .map(|t| t.to_device(dev)?.to_dtype(DType::F64)?.flatten_all())
+            .collect::<Result<Vec<_>>>()?;
+        let mut host = Tensor::cat(&scalars, 0)?.to_vec1::<f64>()?.into_iter();
+        let mut next = || host.next().unwrap_or(f64::NAN);
+        let total = next() as f32;
+        let [va, au, expr] = present.map(|t| t.as_ref().map(|_| next() as f32));
+        let weights = self
+            .log_vars
+            .as_ref()
+            .map(|_| UncertaintyWeights::factors([next() as f32, next() as f32, next() as f32]));
+        let rest = extra.iter().map(|_| next()).collect();
+        let report = LossReport {
+            total: self.total.clone(),
+            va,
+            au,
+            expr,
+            weights,
+        };
+        Ok((report, total, rest))
+    }
+
+    /// The report without reading anything back: present losses (and the weights) are NaN.
+    pub fn unread(&self) -> LossReport {
+        let nan = |t: &Option<Tensor>| t.as_ref().map(|_| f32::NAN);
+        LossReport {
+            total: self.total.clone(),
+            va: nan(&self.va),
+            au: nan(&self.au),
+            expr: nan(&self.expr),
+            weights: self.log_vars.as_ref().map(|_| [f32::NAN; 3]),
+        }
+    }
 }
 
 /// Combines the task losses into the objective.
@@ -123,19 +197,25 @@ pub struct LossReport {
 /// `Sum`: the plain sum of the present losses. `Uncertainty`: Eq. 5 over the present tasks
 /// only; an absent task's term, including its `0.5 s`, is left out, so its log-variance
 /// gets no gradient from this batch. With no task present, `total` is an f32 zero scalar
-/// (on the weights' device, else on the CPU) whose backward is a no-op.
+/// (on the weights' device, else on the CPU) whose backward is a no-op. Reads the host values
+/// in one copy ([`combine_losses`], then [`LossTerms::read`]).
 pub fn total_loss(
     losses: &TaskLosses,
     kind: LossKind,
     uw: Option<&UncertaintyWeights>,
 ) -> Result<LossReport> {
-    let host = |t: &Option<Tensor>| -> Result<Option<f32>> {
-        t.as_ref()
-            .map(|t| t.to_dtype(DType::F32)?.reshape(())?.to_scalar::<f32>())
-            .transpose()
-    };
+    Ok(combine_losses(losses, kind, uw)?.read(&[])?.0)
+}
+
+/// [`total_loss`] without reading anything back to the host: the objective and its parts on
+/// the device.
+pub fn combine_losses(
+    losses: &TaskLosses,
+    kind: LossKind,
+    uw: Option<&UncertaintyWeights>,
+) -> Result<LossTerms> {
     let mut terms: Vec<Tensor> = Vec::with_capacity(3);
-    let weights = match kind {
+    let log_vars = match kind {
         LossKind::Sum => {
             for t in losses.present() {
                 terms.push(t.to_dtype(DType::F32)?.reshape(())?);
@@ -153,7 +233,7 @@ pub fn total_loss(
             if let Some(l) = &losses.expr {
                 terms.push(uw.weigh_expr(l)?);
             }
-            Some(uw.loss_factors())
+            Some(uw.tensors().map(|t| t.clone()))
         }
     };
     let total = match terms.split_first() {
@@ -166,12 +246,12 @@ pub fn total_loss(
             Tensor::zeros((), DType::F32, &device)?
         }
     };
-    Ok(LossReport {
+    Ok(LossTerms {
         total,
-        va: host(&losses.va)?,
-        au: host(&losses.au)?,
-        expr: host(&losses.expr)?,
-        weights,
+        va: losses.va.clone(),
+        au: losses.au.clone(),
+        expr: losses.expr.clone(),
+        log_vars,
     })
 }
 

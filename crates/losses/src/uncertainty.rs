@@ -58,7 +58,12 @@ impl UncertaintyWeights {
 
     /// Host values of the factors multiplying each task loss: `0.5 e^-s` (VA), `e^-s` (AU, EXPR).
     pub fn loss_factors(&self) -> [f32; 3] {
-        let [va, au, expr] = self.log_vars();
+        Self::factors(self.log_vars())
+    }
+
+    /// The factors of [`UncertaintyWeights::loss_factors`] for the log-variances `s` (va, au,
+    /// expr) already on the host.
+    pub fn factors([va, au, expr]: [f32; 3]) -> [f32; 3] {
         [0.5 * (-va).exp(), (-au).exp(), (-expr).exp()]
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 
 use crate::experiment::{OptimizerKind, StageConfig};
 
@@ -95,19 +95,50 @@ impl Optimizer {
         &self.params
     }
 
-    /// Global L2 norm of the gradients present (as PyTorch's `clip_grad_norm_` computes it).
+    /// Global L2 norm of the gradients present (as PyTorch's `clip_grad_norm_` computes it):
+    /// the square root of [`Optimizer::grad_norm_sq`], read to the host.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut total = 0f64;
-        for p in &self.params {
-            if let Some(g) = grads.get(&p.var) {
+        Ok(self.grad_norm_sq(grads)?.to_scalar::<f64>()?.sqrt())
+    }
+
+    /// The squared global L2 norm of the gradients present, as an f64 scalar tensor on their
+    /// device, not read back.
+    ///
+    /// On the CPU each gradient's `sum(g^2)` (f32) is added in f64 in parameter order, on the
+    /// host (no transfer). On CUDA with the fused ops (f32 gradients) it is one device
+    /// reduction over all of them (`mtanet_kernels::cuda::elementwise::sum_squares`: f64
+    /// accumulation, deterministic); otherwise candle's ops on the device, added in f64 there.
+    /// No gradient present: 0 (on the CPU).
+    pub fn grad_norm_sq(&self, grads: &GradStore) -> Result<Tensor> {
+        let present: Vec<&Tensor> = self
+            .params
+            .iter()
+            .filter_map(|p| grads.get(&p.var))
+            .collect();
+        let Some(first) = present.first() else {
+            return Tensor::new(0f64, &candle_core::Device::Cpu);
+        };
+        if first.device().is_cpu() && present.iter().all(|g| g.device().is_cpu()) {
+            let mut total = 0f64;
+            for g in &present {
                 total += g
                     .sqr()?
                     .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
+                    .to_dtype(DType::F64)?
                     .to_scalar::<f64>()?;
             }
+            return Tensor::new(total, &candle_core::Device::Cpu);
         }
-        Ok(total.sqrt())
+        #[cfg(feature = "cuda")]
+        if first.device().is_cuda() && mtanet_kernels::fused_ops_apply(&present) {
+            return mtanet_kernels::cuda::elementwise::sum_squares(&present);
+        }
+        let mut total = Tensor::zeros((), DType::F64, first.device())?;
+        for g in &present {
+            let s = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+            total = (total + s.to_device(first.device())?)?;
+        }
+        Ok(total)
     }
 
     /// One update; `scale` multiplies every gradient first (gradient clipping).
