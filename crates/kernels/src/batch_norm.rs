@@ -536,6 +536,17 @@ enum GradState {
     Device { stats: Tensor, weight: Tensor },
 }
 
+impl GradState {
+    /// The CPU forward's state, when the forward ran on the CPU.
+    fn host(&self) -> Option<&Saved> {
+        match self {
+            GradState::Host(s) => Some(s),
+            #[cfg(feature = "cuda")]
+            GradState::Device { .. } => None,
+        }
+    }
+}
+
 impl CustomOp3 for BatchNormTrainGrad {
     fn name(&self) -> &'static str {
         "mtanet-batch-norm-train-grad"
@@ -590,12 +601,8 @@ impl CustomOp3 for BatchNormTrainGrad {
         let x = dense_f32(xs, xl, "input")?;
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
-        let saved = match &self.state {
-            GradState::Host(s) => s,
-            #[cfg(feature = "cuda")]
-            GradState::Device { .. } => {
-                bail!("batch_norm_train backward: the forward pass did not run on the CPU")
-            }
+        let Some(saved) = self.state.host() else {
+            bail!("batch_norm_train backward: the forward pass did not run on the CPU")
         };
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
@@ -770,6 +777,17 @@ enum AffineScale {
     Device(Tensor),
 }
 
+impl AffineScale {
+    /// The scale on the host, for the CPU op.
+    fn host(&self) -> Option<&[f32]> {
+        match self {
+            AffineScale::Host(s) => Some(s),
+            #[cfg(feature = "cuda")]
+            AffineScale::Device(_) => None,
+        }
+    }
+}
+
 impl CustomOp3 for ChannelAffineGrad {
     fn name(&self) -> &'static str {
         "mtanet-channel-affine-grad"
@@ -818,10 +836,8 @@ impl CustomOp3 for ChannelAffineGrad {
         let x = dense_f32(xs, xl, "input")?;
         let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
-        let scale = match &self.scale {
-            AffineScale::Host(s) => s,
-            #[cfg(feature = "cuda")]
-            AffineScale::Device(_) => bail!("channel_affine backward: the scale is not on the CPU"),
+        let Some(scale) = self.scale.host() else {
+            bail!("channel_affine backward: the scale is not on the CPU")
         };
         let relu = self.relu;
         // Per channel: sum g' and sum g' * x.
