@@ -113,6 +113,17 @@ fn cpu_mode_runs_the_conformance_stage() {
             "no bf16 rows for {kind}"
         );
     }
+    // The rows of the device-resident training step: running averages, gradient norm, and the
+    // whole step in both variants (losses, gradients, updates, running statistics).
+    for item in [
+        "\"BatchStats::update_running",
+        "\"Optimizer::grad_norm_sq",
+        "\"train_step small resnet50 (guarded, host masks)\",\"loss total\"",
+        "\"train_step small resnet50 (guarded, host masks)\",\"gradient norm\"",
+        "\"train_step small resnet50 (unguarded, device masks)\",\"scaled grad",
+    ] {
+        assert!(rows.iter().any(|r| r.starts_with(item)), "no row {item}");
+    }
     let log = std::fs::read_to_string(out_dir.path().join("gpu-check.log")).unwrap();
     assert!(
         log.contains("gpu-check: conformance ") && log.contains(" 0 failed, 0 errored"),

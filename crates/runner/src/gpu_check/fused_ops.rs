@@ -6,7 +6,7 @@
 use super::conformance::*;
 use super::*;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 /// BatchNorm in training mode from candle's ops: batch mean and biased variance per channel
 /// over `(N, C, ...)`, normalised, scaled, shifted (and rectified); also the mean and variance.
@@ -68,6 +68,7 @@ fn fused_norm_available(c: &Checker) -> bool {
 pub(super) fn check_fused_ops(c: &mut Checker) {
     if fused_norm_available(c) {
         check_batch_norm(c);
+        check_running_stats(c);
     } else {
         c.push_skip(
             "BatchNormTrain / ChannelAffine ops",
@@ -153,12 +154,11 @@ fn check_batch_norm(c: &mut Checker) {
                         let (_, m, v) = batch_norm_composed(&xd, &on(&w)?, &on(&b)?, 1e-5, relu)?;
                         return Ok([m, v]);
                     }
+                    // On CUDA the statistics stay on the device (`BatchStats::device`).
                     let (_, s) =
                         mtanet_kernels::batch_norm_train(&xd, &on(&w)?, &on(&b)?, 1e-5, relu)?;
-                    Ok([
-                        Tensor::new(s.mean.as_slice(), &Device::Cpu)?,
-                        Tensor::new(s.var.as_slice(), &Device::Cpu)?,
-                    ])
+                    let (m, v) = s.mean_var()?;
+                    Ok([m, v])
                 };
                 let independent = c.independent;
                 let what = if independent {
@@ -226,6 +226,58 @@ fn check_batch_norm(c: &mut Checker) {
             Some(&|t| channel_affine_composed(&t[0].transpose(2, 3)?, &t[1], &t[2], true)),
         );
     }
+}
+
+/// The running averages after two training passes: [`mtanet_kernels::BatchStats::update_running`]
+/// (on CUDA a device kernel reading the device statistics, no host copy) against, in the CPU
+/// mode, PyTorch's formula written with candle's ops on the composed statistics.
+fn check_running_stats(c: &mut Checker) {
+    const ITEM: &str = "BatchStats::update_running (3, 6, 5, 7) x2";
+    const MOMENTUM: f64 = 0.1;
+    c.guard(ITEM, "[3, 6, 5, 7]", |c| {
+        c.injected(ITEM)?;
+        let dims = [3, 6, 5, 7];
+        let xs = [
+            (cpu_randn(1160, &dims, 1.0)? + 2.0)?,
+            (cpu_randn(1161, &dims, 0.5)? - 1.0)?,
+        ];
+        let w = (cpu_randn(1162, &[6], 0.3)? + 1.0)?;
+        let b = cpu_randn(1163, &[6], 0.3)?;
+        let mean0 = cpu_randn(1164, &[6], 0.5)?;
+        let var0 = (cpu_randn(1165, &[6], 0.2)?.abs()? + 0.5)?;
+        let count = (3 * 5 * 7) as f64;
+        let run = |dev: &Device, ours: bool| -> anyhow::Result<[Tensor; 2]> {
+            // Own storage for each run: the update is in place.
+            let rm = Var::from_tensor(&mean0.to_device(dev)?.copy()?)?;
+            let rv = Var::from_tensor(&var0.to_device(dev)?.copy()?)?;
+            let (wd, bd) = (w.to_device(dev)?, b.to_device(dev)?);
+            for x in &xs {
+                let xd = x.to_device(dev)?;
+                if ours {
+                    let (_, s) = mtanet_kernels::batch_norm_train(&xd, &wd, &bd, 1e-5, false)?;
+                    s.update_running(&rm, &rv, MOMENTUM)?;
+                } else {
+                    let (_, m, v) = batch_norm_composed(&xd, &wd, &bd, 1e-5, false)?;
+                    let keep = 1.0 - MOMENTUM;
+                    rm.set(&((rm.as_tensor() * keep)? + (m * MOMENTUM)?)?)?;
+                    let unbiased = MOMENTUM * count / (count - 1.0);
+                    rv.set(&((rv.as_tensor() * keep)? + (v * unbiased)?)?)?;
+                }
+            }
+            Ok([rm.as_tensor().clone(), rv.as_tensor().clone()])
+        };
+        let independent = c.independent;
+        let what = if independent {
+            format!("{}, candle ops", device_name(&c.reference))
+        } else {
+            device_name(&c.reference)
+        };
+        let [m_ref, v_ref] = run(&c.reference.clone(), !independent)?;
+        let [m, v] = run(&c.dev.clone(), true)?;
+        let tol = c.tolerance;
+        c.push_row(tol, ITEM, "running mean", (&m, &m_ref, &what), None)?;
+        c.push_row(tol, ITEM, "running var", (&v, &v_ref, &what), None)
+    });
 }
 
 /// The fused gate, channel-pooling and residual ops on both devices.
@@ -467,4 +519,50 @@ pub(super) fn check_optimizer_steps(c: &mut Checker) {
             Ok(())
         });
     }
+}
+
+/// The optimizer's gradient norm ([`crate::step::Optimizer::grad_norm_sq`]: on CUDA one device
+/// reduction over every gradient, f64, not read back) on four gradients of backbone-like
+/// shapes, against, in the CPU mode, `sqrt(sum g^2)` in f64 from candle's ops.
+pub(super) fn check_grad_norm(c: &mut Checker) {
+    const ITEM: &str = "Optimizer::grad_norm_sq (4 gradients)";
+    let dims: [&[usize]; 4] = [&[16, 3, 7, 7], &[37], &[64, 16, 1, 1], &[5, 11]];
+    c.guard(ITEM, &format!("{dims:?}"), |c| {
+        c.injected(ITEM)?;
+        // The gradient of sum(w * r) with respect to w is r.
+        let rs = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| cpu_randn(1600 + i as u64, d, 1.0 + i as f64))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ours = |dev: &Device| -> anyhow::Result<Tensor> {
+            let mut ps = Vec::new();
+            let mut loss = Tensor::zeros((), candle_core::DType::F32, dev)?;
+            for (i, r) in rs.iter().enumerate() {
+                let var = Var::from_tensor(&r.zeros_like()?.to_device(dev)?)?;
+                loss = (loss + (var.as_tensor() * r.to_device(dev)?)?.sum_all()?)?;
+                ps.push(crate::step::optim::Param {
+                    name: format!("p{i}"),
+                    var,
+                    decay: false,
+                });
+            }
+            let opt = crate::step::Optimizer::new(&Default::default(), ps);
+            Ok(opt.grad_norm_sq(&loss.backward()?)?.sqrt()?.reshape(1)?)
+        };
+        let independent = c.independent;
+        let (want, what) = if independent {
+            let mut total = Tensor::zeros((), candle_core::DType::F64, &Device::Cpu)?;
+            for r in &rs {
+                total = (total + r.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?)?;
+            }
+            let what = format!("{}, candle ops", device_name(&c.reference));
+            (total.sqrt()?.reshape(1)?, what)
+        } else {
+            (ours(&c.reference.clone())?, device_name(&c.reference))
+        };
+        let got = ours(&c.dev.clone())?;
+        let tol = c.tolerance;
+        c.push_row(tol, ITEM, "global L2 norm", (&got, &want, &what), None)
+    });
 }

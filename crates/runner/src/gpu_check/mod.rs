@@ -25,6 +25,7 @@ pub(crate) use crate::bench::cpu_randn;
 
 mod backbones;
 mod conformance;
+mod device_step;
 mod fused_ops;
 mod ops;
 mod throughput;
@@ -32,6 +33,7 @@ mod throughput;
 use backbones::{check_backbones, check_backbones_bf16};
 pub use conformance::{rel_err, ConformanceRow, Counts, Status, INJECT_ERROR_ENV};
 use conformance::{write_conformance, Checker};
+use device_step::check_train_step;
 use ops::check_ops;
 pub use throughput::BenchPoint;
 use throughput::{run_bench, set_tf32, write_bench};
@@ -284,6 +286,11 @@ pub fn run(opts: &GpuCheckOptions) -> anyhow::Result<Summary> {
         println!("gpu-check: ops ({} vs {reference_label})", opts.device);
         check_ops(&mut c, &opts.fixtures);
         println!(
+            "gpu-check: whole training step ({} vs {})",
+            opts.device, opts.reference
+        );
+        check_train_step(&mut c);
+        println!(
             "gpu-check: backbones ({} vs {} and PyTorch)",
             opts.device, opts.reference
         );
@@ -402,6 +409,24 @@ mod tests {
             .any(|r| r.reference.ends_with("candle ops") && r.vs_reference > Some(0.0)));
         assert!(independent > 100, "{independent} independent rows");
         assert!(torch > 100, "{torch} rows against PyTorch");
+        Ok(())
+    }
+
+    /// The whole-step rows on the CPU: both variants run, every row passes, and with the CPU
+    /// as both devices the step agrees with itself exactly (deterministic kernels).
+    #[test]
+    fn train_step_rows_pass_on_the_cpu() -> anyhow::Result<()> {
+        let mut c = cpu_checker();
+        check_train_step(&mut c);
+        assert!(c.rows.len() >= 25, "only {} rows", c.rows.len());
+        for r in &c.rows {
+            assert!(r.passed(), "{r:?}");
+            assert_eq!(r.vs_reference, Some(0.0), "{r:?}");
+        }
+        for q in ["loss total", "gradient norm", "running_var"] {
+            assert!(c.rows.iter().any(|r| r.quantity.contains(q)), "no {q} row");
+        }
+        assert!(c.rows.iter().any(|r| r.item.contains("device masks")));
         Ok(())
     }
 

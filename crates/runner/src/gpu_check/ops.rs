@@ -13,7 +13,7 @@ use super::conformance::*;
 use super::*;
 use std::path::Path;
 
-use super::fused_ops::{check_fused_ops, check_optimizer_steps};
+use super::fused_ops::{check_fused_ops, check_grad_norm, check_optimizer_steps};
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use mtanet_kernels::{Conv2d, MaxPool2d};
@@ -124,6 +124,7 @@ pub(super) fn check_ops(c: &mut Checker, fixtures: &Path) {
     }
     check_fused_ops(c);
     check_optimizer_steps(c);
+    check_grad_norm(c);
 }
 
 /// The tensors of a fixture file, on the CPU.
