@@ -1,9 +1,10 @@
 //! The eval-mode `conv_affine_eval` against the two ops it replaces,
 //! `channel_affine(conv2d(x, w), scale, shift, relu)`: the same output bit for bit over dense,
 //! strided, grouped, pointwise and 7x7 stem-like convolutions, small maps (the batched GEMM
-//! path), batch 1, with and without ReLU; and its refusals.
+//! path), batch 1, with and without ReLU; the same gradients of input and weight bit for bit
+//! and of scale and shift to f32 rounding (its sums run in another order); and its refusals.
 
-use candle_core::Result;
+use candle_core::{Result, Tensor, Var};
 use mtanet_kernels::{channel_affine, conv2d, conv_affine_eval, ConvParams};
 
 mod support;
@@ -63,6 +64,77 @@ fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
             );
             if relu {
                 assert!(a.contains(&0.0) && a.iter().any(|v| *v > 0.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+#[test]
+fn gradients_equal_those_of_the_two_ops() -> Result<()> {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+        let seed = 200 + i as u64;
+        let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
+            Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
+        };
+        let x = var(&[n, c_in, size, size], seed, 1.0, 0.0)?;
+        let w = var(&[c_out, c_in / groups, k, k], seed + 1, 0.2, 0.0)?;
+        let scale = var(&[c_out], seed + 2, 0.5, 1.0)?;
+        let shift = var(&[c_out], seed + 3, 0.5, 0.0)?;
+        let params = ConvParams {
+            stride,
+            padding,
+            groups,
+        };
+        let (h, wd) = (
+            (size + 2 * padding - k) / stride + 1,
+            (size + 2 * padding - k) / stride + 1,
+        );
+        let r = pseudo_random(&[n, c_out, h, wd], seed + 4, 1.0, 0.0)?;
+        let ts = [
+            x.as_tensor(),
+            w.as_tensor(),
+            scale.as_tensor(),
+            shift.as_tensor(),
+        ];
+        for relu in [false, true] {
+            let fused = conv_affine_eval(ts[0], ts[1], ts[2], ts[3], params, relu)?;
+            let separate = channel_affine(
+                &conv2d(ts[0], ts[1], stride, padding, groups)?,
+                ts[2],
+                ts[3],
+                relu,
+            )?;
+            let gf = (fused * &r)?.sum_all()?.backward()?;
+            let gs = (separate * &r)?.sum_all()?.backward()?;
+            for (name, t, exact) in [
+                ("input", ts[0], true),
+                ("weight", ts[1], true),
+                ("scale", ts[2], false),
+                ("shift", ts[3], false),
+            ] {
+                let (Some(p), Some(q)) = (gf.get(t), gs.get(t)) else {
+                    panic!("case {i} relu {relu}: no {name} gradient")
+                };
+                let (p, q) = (values(p)?, values(q)?);
+                let top = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(top > 0.0, "case {i}: {name} gradient all zero");
+                let worst = p
+                    .iter()
+                    .zip(&q)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                if exact {
+                    assert_eq!(worst, 0.0, "case {i} relu {relu}: {name} gradients differ");
+                } else {
+                    assert!(
+                        worst <= 1e-6 * top,
+                        "case {i} relu {relu}: {name} gradients differ by {worst} (max {top})"
+                    );
+                }
             }
         }
     }
