@@ -1,4 +1,4 @@
-//! Eval-mode convolution followed by its BatchNorm (+ ReLU) as one op.
+//! Eval-mode convolution followed by its BatchNorm (+ ReLU, or + a residual and ReLU) as one op.
 //!
 //! In evaluation a BatchNorm is the per-channel affine `z * scale[c] + shift[c]` with
 //! `scale = weight / sqrt(running_var + eps)` and `shift = bias - running_mean * scale`. As a
@@ -12,6 +12,10 @@
 //! bit-identical to `channel_affine(conv2d(x, w), scale, shift, relu)`; the tests check that.
 //! Multiplying `scale` into the weights instead would change the rounding and cost a pass over
 //! every weight per forward, for no saving over the epilogue.
+//!
+//! A bottleneck's last convolution also takes the residual join into its epilogue
+//! ([`conv_affine_add_relu_eval`]: `relu(bn(conv(x)) + shortcut)`, bit-identical to
+//! `add_relu(channel_affine(..), shortcut)`), so the block output is written once.
 //!
 //! Eval mode stays differentiable (gradients of a model in eval mode, BatchNorm frozen): the
 //! backward recomputes the convolution output rather than keeping it, since evaluation, the
@@ -59,11 +63,54 @@ pub fn conv_affine_eval(
     x.apply_op3(w, &affine, ConvAffineEval { geometry, relu })
 }
 
+/// `relu(conv2d(x, w) * scale[c] + shift[c] + shortcut)` as one op: the last convolution of a
+/// bottleneck, its eval-mode BatchNorm and the residual join. Differentiable in all five inputs.
+///
+/// f32 on the CPU only ([`conv_affine_applies`]); `shortcut` has the output's shape.
+pub fn conv_affine_add_relu_eval(
+    x: &Tensor,
+    w: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    shortcut: &Tensor,
+    conv: ConvParams,
+) -> Result<Tensor> {
+    if !conv_affine_applies(&[x, w, scale, shift, shortcut]) {
+        bail!("conv_affine_add_relu_eval: f32 tensors on the CPU only")
+    }
+    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
+    let c = geometry.out_channels;
+    if scale.dims() != [c] || shift.dims() != [c] {
+        bail!(
+            "conv_affine_add_relu_eval: scale and shift must be ({c}), got {:?} and {:?}",
+            scale.dims(),
+            shift.dims()
+        )
+    }
+    let out = Shape::from(geometry.output_dims());
+    if shortcut.dims() != out.dims() {
+        bail!(
+            "conv_affine_add_relu_eval: shortcut {:?} for output {:?}",
+            shortcut.dims(),
+            out.dims()
+        )
+    }
+    // The weight, scale and shift as one flat tensor: a candle op takes at most three inputs.
+    let packed = Tensor::cat(&[&w.flatten_all()?, scale, shift], 0)?;
+    x.apply_op3(&packed, shortcut, ConvAffineAddReluEval { geometry })
+}
+
 /// The op behind [`conv_affine_eval`]: (`x`, `w`, `[scale; shift]`) -> `y`.
 #[derive(Clone, Copy, Debug)]
 struct ConvAffineEval {
     geometry: ConvGeometry,
     relu: bool,
+}
+
+/// The op behind [`conv_affine_add_relu_eval`]: (`x`, `[w; scale; shift]`, `shortcut`) -> `y`.
+#[derive(Clone, Copy, Debug)]
+struct ConvAffineAddReluEval {
+    geometry: ConvGeometry,
 }
 
 /// The dense f32 values of a CPU tensor.
@@ -76,6 +123,116 @@ fn cpu_values<'a>(
         Storage::Cpu(s) => dense_f32(s, layout, what),
         _ => bail!("conv_affine_eval: {what} is not on the CPU"),
     }
+}
+
+/// Checks the input's shape against the geometry.
+fn check_input(g: &ConvGeometry, x_layout: &Layout) -> Result<()> {
+    let in_dims = Shape::from(g.input_dims());
+    if x_layout.dims() != in_dims.dims() {
+        bail!(
+            "conv_affine_eval: expected input {in_dims:?}, got {:?}",
+            x_layout.dims()
+        )
+    }
+    Ok(())
+}
+
+/// `relu?(conv(x, w) * scale[c] + shift[c] (+ shortcut))`, the affine (and the shortcut) as the
+/// convolution's epilogue; with a shortcut the ReLU always applies.
+fn forward_values(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    (scale, shift): (&[f32], &[f32]),
+    shortcut: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; g.batch * g.out_channels * g.out_pixels()];
+    let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
+    let epilogue = |unit: usize, y_unit: &mut [f32]| {
+        let first = (unit % g.groups) * per_group;
+        let base = unit * per_group * pixels;
+        for (row, values) in y_unit.chunks_exact_mut(pixels).enumerate() {
+            let (a, b) = (scale[first + row], shift[first + row]);
+            match shortcut {
+                Some(s) => {
+                    let start = base + row * pixels;
+                    for (v, &sv) in values.iter_mut().zip(&s[start..start + pixels]) {
+                        *v = (*v * a + b + sv).max(0.0);
+                    }
+                }
+                None if relu => {
+                    for v in values.iter_mut() {
+                        *v = (*v * a + b).max(0.0);
+                    }
+                }
+                None => {
+                    for v in values.iter_mut() {
+                        *v = *v * a + b;
+                    }
+                }
+            }
+        }
+    };
+    conv2d::forward_into_then(g, x, w, &mut y, &epilogue);
+    y
+}
+
+/// Gradients of [`forward_values`]: with `g' = dy` where the output passed the ReLU (all of
+/// `dy` without one) and the recomputed convolution output `z`: `dshift[c] = sum g'`,
+/// `dscale[c] = sum g' z` (f64 sums over the images in order, per channel),
+/// `dz = g' * scale[c]`, then the convolution's input (when `need_dx`) and weight gradients of
+/// `dz`. Returns `(dx, dw, [dscale; dshift], g')`; `g'` is the shortcut's gradient.
+fn backward_values(
+    g: &ConvGeometry,
+    (x, w, scale): (&[f32], &[f32], &[f32]),
+    (y, dy): (&[f32], &[f32]),
+    relu: bool,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (c, p) = (g.out_channels, g.out_pixels().max(1));
+    let z = conv2d::forward(g, x, w);
+    let mut passed = vec![0f32; dy.len()];
+    passed
+        .par_chunks_mut(p)
+        .zip(y.par_chunks(p).zip(dy.par_chunks(p)))
+        .for_each(|(o, (yr, dr))| {
+            for ((o, &yv), &d) in o.iter_mut().zip(yr).zip(dr) {
+                *o = if relu && yv <= 0.0 { 0.0 } else { d };
+            }
+        });
+    let mut dz = vec![0f32; z.len()];
+    dz.par_chunks_mut(p)
+        .zip(passed.par_chunks(p))
+        .enumerate()
+        .for_each(|(row, (out, pr))| {
+            let a = scale[row % c];
+            for (o, &d) in out.iter_mut().zip(pr) {
+                *o = d * a;
+            }
+        });
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sum_gz, mut sum_g) = (0f64, 0f64);
+            for image in 0..g.batch {
+                let r = (image * c + ch) * p..(image * c + ch + 1) * p;
+                for (&d, &zv) in passed[r.clone()].iter().zip(&z[r]) {
+                    sum_gz += (d * zv) as f64;
+                    sum_g += d as f64;
+                }
+            }
+            (sum_gz, sum_g)
+        })
+        .collect();
+    let dw = conv2d::weight_grad(g, x, &dz);
+    let dx = need_dx.then(|| conv2d::input_grad(g, &dz, w));
+    let daffine = sums
+        .iter()
+        .map(|s| s.0 as f32)
+        .chain(sums.iter().map(|s| s.1 as f32))
+        .collect();
+    (dx, dw, daffine, passed)
 }
 
 impl CustomOp3 for ConvAffineEval {
@@ -93,43 +250,21 @@ impl CustomOp3 for ConvAffineEval {
         a_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let (in_dims, w_dims) = (Shape::from(g.input_dims()), Shape::from(g.weight_dims()));
-        if x_layout.dims() != in_dims.dims() || w_layout.dims() != w_dims.dims() {
+        check_input(g, x_layout)?;
+        let w_dims = Shape::from(g.weight_dims());
+        if w_layout.dims() != w_dims.dims() {
             bail!(
-                "conv_affine_eval: expected input {in_dims:?} and weight {w_dims:?}, got {:?} and {:?}",
-                x_layout.dims(),
+                "conv_affine_eval: expected weight {w_dims:?}, got {:?}",
                 w_layout.dims()
             )
         }
         let x = dense_f32(x_storage, x_layout, "input")?;
         let w = dense_f32(w_storage, w_layout, "weight")?;
         let affine = dense_f32(a_storage, a_layout, "scale and shift")?;
-        let (scale, shift) = affine.split_at(g.out_channels);
-        let mut y = vec![0f32; g.batch * g.out_channels * g.out_pixels()];
-        let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
-        let epilogue = |unit: usize, y_unit: &mut [f32]| {
-            let first = (unit % g.groups) * per_group;
-            for (row, values) in y_unit.chunks_exact_mut(pixels).enumerate() {
-                let (a, b) = (scale[first + row], shift[first + row]);
-                if self.relu {
-                    for v in values.iter_mut() {
-                        *v = (*v * a + b).max(0.0);
-                    }
-                } else {
-                    for v in values.iter_mut() {
-                        *v = *v * a + b;
-                    }
-                }
-            }
-        };
-        conv2d::forward_into_then(g, &x, &w, &mut y, &epilogue);
+        let y = forward_values(g, &x, &w, affine.split_at(g.out_channels), None, self.relu);
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
 
-    /// With `g' = dy` where the output passed the ReLU (all of `dy` without one) and the
-    /// recomputed convolution output `z`: `dshift[c] = sum g'`, `dscale[c] = sum g' z` (f64
-    /// sums over the images in order, per channel), `dz = g' * scale[c]`, then the
-    /// convolution's input and weight gradients of `dz`.
     fn bwd(
         &self,
         x: &Tensor,
@@ -149,57 +284,83 @@ impl CustomOp3 for ConvAffineEval {
         let av = cpu_values(&afs, afl, "scale and shift")?;
         let yv = cpu_values(&ys, yl, "output")?;
         let gv = cpu_values(&gs, gl, "output gradient")?;
-        let (c, p) = (g.out_channels, g.out_pixels());
-        let scale = &av[..c];
-        let z = conv2d::forward(g, &xv, &wv);
-        let relu = self.relu;
-        let passed = |row: usize| {
-            let r = row * p..(row + 1) * p;
-            yv[r.clone()]
-                .iter()
-                .zip(&gv[r])
-                .map(move |(&y, &d)| if relu && y <= 0.0 { 0.0 } else { d })
-        };
-        let mut dz = vec![0f32; z.len()];
-        dz.par_chunks_mut(p.max(1))
-            .enumerate()
-            .for_each(|(row, out)| {
-                let a = scale[row % c];
-                for (o, d) in out.iter_mut().zip(passed(row)) {
-                    *o = d * a;
-                }
-            });
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sum_gz, mut sum_g) = (0f64, 0f64);
-                for image in 0..g.batch {
-                    let row = image * c + ch;
-                    for (d, &zv) in passed(row).zip(&z[row * p..(row + 1) * p]) {
-                        sum_gz += (d * zv) as f64;
-                        sum_g += d as f64;
-                    }
-                }
-                (sum_gz, sum_g)
-            })
-            .collect();
-        let dw = conv2d::weight_grad(g, &xv, &dz);
-        let dx = if x.track_op() {
-            Some(conv2d::input_grad(g, &dz, &wv))
-        } else {
-            None
-        };
+        let scale = &av[..g.out_channels];
+        let (dx, dw, daffine, _) =
+            backward_values(g, (&xv, &wv, scale), (&yv, &gv), self.relu, x.track_op());
         let device = x.device();
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), device))
             .transpose()?;
         let dw = Tensor::from_vec(dw, w.shape(), device)?;
-        let daffine: Vec<f32> = sums
-            .iter()
-            .map(|s| s.0 as f32)
-            .chain(sums.iter().map(|s| s.1 as f32))
-            .collect();
-        let daffine = Tensor::from_vec(daffine, 2 * c, device)?;
+        let daffine = Tensor::from_vec(daffine, affine.shape(), device)?;
         Ok((dx, Some(dw), Some(daffine)))
+    }
+}
+
+impl CustomOp3 for ConvAffineAddReluEval {
+    fn name(&self) -> &'static str {
+        "mtanet-conv-affine-add-relu-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        p_storage: &CpuStorage,
+        p_layout: &Layout,
+        s_storage: &CpuStorage,
+        s_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        check_input(g, x_layout)?;
+        let x = dense_f32(x_storage, x_layout, "input")?;
+        let packed = dense_f32(p_storage, p_layout, "weight, scale and shift")?;
+        let shortcut = dense_f32(s_storage, s_layout, "shortcut")?;
+        let w_len = g.groups * g.weight_group_len();
+        if packed.len() != w_len + 2 * g.out_channels
+            || shortcut.len() != g.out_channels * g.out_pixels() * g.batch
+        {
+            bail!("conv_affine_add_relu_eval: operands changed shape since the op was built")
+        }
+        let (w, affine) = packed.split_at(w_len);
+        let y = forward_values(
+            g,
+            &x,
+            w,
+            affine.split_at(g.out_channels),
+            Some(&shortcut),
+            true,
+        );
+        Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        shortcut: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.geometry;
+        let (xs, xl) = x.storage_and_layout();
+        let (ps, pl) = packed.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (gs, gl) = grad_y.storage_and_layout();
+        let xv = cpu_values(&xs, xl, "input")?;
+        let pv = cpu_values(&ps, pl, "weight, scale and shift")?;
+        let yv = cpu_values(&ys, yl, "output")?;
+        let gv = cpu_values(&gs, gl, "output gradient")?;
+        let w_len = pv.len() - 2 * g.out_channels;
+        let (w, scale) = (&pv[..w_len], &pv[w_len..w_len + g.out_channels]);
+        let (dx, dw, daffine, passed) =
+            backward_values(g, (&xv, w, scale), (&yv, &gv), true, x.track_op());
+        let device = x.device();
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), device))
+            .transpose()?;
+        let dpacked = Tensor::from_vec([dw, daffine].concat(), packed.shape(), device)?;
+        let dshortcut = Tensor::from_vec(passed, shortcut.shape(), device)?;
+        Ok((dx, Some(dpacked), Some(dshortcut)))
     }
 }
