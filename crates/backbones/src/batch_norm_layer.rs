@@ -107,6 +107,32 @@ impl BatchNorm {
         self.forward_act(&conv.forward(x)?, train, relu)
     }
 
+    /// `relu(bn(conv(x)) + shortcut)`: a bottleneck's last convolution, this BatchNorm and the
+    /// residual join. Evaluation on the CPU in f32 runs it as one op
+    /// (`mtanet_kernels::conv_affine_add_relu_eval`, bit-identical to the separate ops).
+    pub(crate) fn conv_add_relu_t(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        shortcut: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let operands = [x, conv.weight(), &self.weight, shortcut];
+        if !train && mtanet_kernels::conv_affine_applies(&operands) {
+            let (scale, shift) = self.eval_affine()?;
+            return mtanet_kernels::conv_affine_add_relu_eval(
+                x,
+                conv.weight(),
+                &scale,
+                &shift,
+                shortcut,
+                conv.params(),
+            );
+        }
+        let out = self.conv_forward_t(conv, x, train, false)?;
+        mtanet_kernels::add_relu(&out, shortcut)
+    }
+
     fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if x.dtype() != self.weight.dtype() {
             // Mixed precision: normalise in the parameters' dtype, hand back x's.

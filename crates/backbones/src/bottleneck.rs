@@ -111,19 +111,24 @@ impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let out = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
         let out = self.bn2.conv_forward_t(&self.conv2, &out, train, true)?;
-        let out = self.bn3.conv_forward_t(&self.conv3, &out, train, false)?;
         let shortcut = match &self.downsample {
             None => x.clone(),
             Some((conv, bn)) => bn.conv_forward_t(conv, x, train, false)?,
         };
+        let Some(attention) = &self.attention else {
+            // The last convolution, its BatchNorm and the residual join (one op in evaluation).
+            return self
+                .bn3
+                .conv_add_relu_t(&self.conv3, &out, &shortcut, train);
+        };
+        let out = self.bn3.conv_forward_t(&self.conv3, &out, train, false)?;
         // The attention's last gate and the residual join run as one op (the same values as
         // gating, then `add_relu`).
-        match &self.attention {
-            None => mtanet_kernels::add_relu(&out, &shortcut),
-            Some(BlockAttention::SqueezeExcite(se)) => {
+        match attention {
+            BlockAttention::SqueezeExcite(se) => {
                 mtanet_kernels::channel_gate_add_relu(&out, &se.gate(&out)?, &shortcut)
             }
-            Some(BlockAttention::Cbam(cbam)) => {
+            BlockAttention::Cbam(cbam) => {
                 let (gated, gate) = cbam.gated_t(&out, train)?;
                 mtanet_kernels::spatial_gate_add_relu(&gated, &gate, &shortcut)
             }
