@@ -108,8 +108,10 @@ impl BatchNorm {
     }
 
     /// `relu(bn(conv(x)) + shortcut)`: a bottleneck's last convolution, this BatchNorm and the
-    /// residual join. Evaluation on the CPU in f32 runs it as one op
-    /// (`mtanet_kernels::conv_affine_add_relu_eval`, bit-identical to the separate ops).
+    /// residual join. On the CPU in f32 it runs as one op, in training
+    /// (`mtanet_kernels::conv_bn_add_relu_train`) and in evaluation
+    /// (`mtanet_kernels::conv_affine_add_relu_eval`), with the values and gradients of the
+    /// separate ops.
     pub(crate) fn conv_add_relu_t(
         &self,
         conv: &Conv2d,
@@ -117,7 +119,19 @@ impl BatchNorm {
         shortcut: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let operands = [x, conv.weight(), &self.weight, shortcut];
+        let operands = [x, conv.weight(), &self.weight, &self.bias, shortcut];
+        if train && mtanet_kernels::conv_bn_applies(&operands) {
+            let (y, stats) = mtanet_kernels::conv_bn_add_relu_train(
+                x,
+                conv.weight(),
+                (&self.weight, &self.bias),
+                shortcut,
+                conv.params(),
+                self.eps,
+            )?;
+            self.update_running(&stats)?;
+            return Ok(y);
+        }
         if !train && mtanet_kernels::conv_affine_applies(&operands) {
             let (scale, shift) = self.eval_affine()?;
             return mtanet_kernels::conv_affine_add_relu_eval(

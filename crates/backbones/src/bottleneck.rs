@@ -116,7 +116,7 @@ impl ModuleT for Bottleneck {
             Some((conv, bn)) => bn.conv_forward_t(conv, x, train, false)?,
         };
         let Some(attention) = &self.attention else {
-            // The last convolution, its BatchNorm and the residual join (one op in evaluation).
+            // The last convolution, its BatchNorm and the residual join as one op.
             return self
                 .bn3
                 .conv_add_relu_t(&self.conv3, &out, &shortcut, train);

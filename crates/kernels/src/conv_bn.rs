@@ -19,6 +19,7 @@ use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::profile::timed;
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Stride, padding and groups of the convolution in [`conv_bn_train`].
@@ -72,6 +73,7 @@ pub fn conv_bn_train(
         geometry,
         eps,
         relu,
+        residual: false,
         saved: saved.clone(),
     };
     let y = x.apply_op3_arc(
@@ -80,6 +82,61 @@ pub fn conv_bn_train(
         Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
     )?;
     let stats = recorded_stats(&saved, "conv_bn_train", |s: &Saved| &s.bn)?;
+    Ok((y, stats))
+}
+
+/// `relu(batch_norm_train(conv2d(x, w), weight, bias) + shortcut)` as one op: a bottleneck's
+/// last convolution, its BatchNorm and the residual join, with the batch statistics for the
+/// running averages. Differentiable in all five inputs; the values and gradients equal those of
+/// `add_relu(conv_bn_train(x, w, ..), shortcut)` (up to the sign of zero gradients), without the
+/// BatchNorm output and its gradient as full-size tensors in between.
+///
+/// f32 on the CPU only ([`conv_bn_applies`]).
+pub fn conv_bn_add_relu_train(
+    x: &Tensor,
+    w: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    shortcut: &Tensor,
+    conv: ConvParams,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    if !conv_bn_applies(&[x, w, weight, bias, shortcut]) {
+        bail!("conv_bn_add_relu_train: f32 tensors on the CPU only")
+    }
+    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
+    let c = geometry.out_channels;
+    if weight.dims() != [c] || bias.dims() != [c] {
+        bail!(
+            "conv_bn_add_relu_train: weight and bias must hold {c} values, got {:?} and {:?}",
+            weight.dims(),
+            bias.dims()
+        )
+    }
+    let out = Shape::from(geometry.output_dims());
+    if shortcut.dims() != out.dims() {
+        bail!(
+            "conv_bn_add_relu_train: shortcut {:?} for output {:?}",
+            shortcut.dims(),
+            out.dims()
+        )
+    }
+    // The conv weight, BatchNorm weight and bias as one flat tensor: a candle op takes at most
+    // three inputs.
+    let packed = Tensor::cat(&[&w.flatten_all()?, weight, bias], 0)?;
+    let saved = Arc::new(Mutex::new(None));
+    let op = ConvBnTrain {
+        geometry,
+        eps,
+        relu: true,
+        residual: true,
+        saved: saved.clone(),
+    };
+    let y = x.apply_op3_arc(
+        &packed,
+        shortcut,
+        Arc::new(Box::new(op) as Box<dyn CustomOp3 + Send + Sync>),
+    )?;
+    let stats = recorded_stats(&saved, "conv_bn_add_relu_train", |s: &Saved| &s.bn)?;
     Ok((y, stats))
 }
 
@@ -101,12 +158,14 @@ struct Saved {
     bn: BnSaved,
 }
 
-/// The fused op (`x`, `w`, `[weight; bias]`) -> `y`.
+/// The fused op: (`x`, `w`, `[weight; bias]`) -> `y`, or with `residual`
+/// (`x`, `[w; weight; bias]`, `shortcut`) -> `relu(bn + shortcut)`.
 #[derive(Debug)]
 struct ConvBnTrain {
     geometry: ConvGeometry,
     eps: f64,
     relu: bool,
+    residual: bool,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -131,20 +190,31 @@ impl CustomOp3 for ConvBnTrain {
         &self,
         xs: &CpuStorage,
         xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        afs: &CpuStorage,
-        afl: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        if xl.dims() != Shape::from(g.input_dims()).dims()
-            || wl.dims() != Shape::from(g.weight_dims()).dims()
-        {
+        let (w_len, c) = (g.groups * g.weight_group_len(), g.out_channels);
+        let out_len = g.units() * g.out_unit_len();
+        let shapes_hold = if self.residual {
+            l2.shape().elem_count() == w_len + 2 * c && l3.shape().elem_count() == out_len
+        } else {
+            l2.dims() == Shape::from(g.weight_dims()).dims()
+        };
+        if xl.dims() != Shape::from(g.input_dims()).dims() || !shapes_hold {
             bail!("conv_bn_train: inputs changed shape since the op was built")
         }
         let x = dense_f32(xs, xl, "input")?;
-        let w = dense_f32(ws, wl, "conv weight")?;
-        let affine = dense_f32(afs, afl, "BatchNorm weight and bias")?;
+        let second = dense_f32(s2, l2, "conv weight")?;
+        let third = dense_f32(s3, l3, "BatchNorm weight and bias, or shortcut")?;
+        let (w, affine, shortcut) = if self.residual {
+            let (w, affine) = second.split_at(w_len);
+            (w, affine, Some(&third[..]))
+        } else {
+            (&second[..], &third[..], None)
+        };
         let (n, c, inner) = nc_inner(&[g.batch, g.out_channels, g.out_h, g.out_w], "conv_bn")?;
         if n * inner < 2 {
             bail!("conv_bn_train: need more than one value per channel, got {n} x {inner}")
@@ -155,21 +225,35 @@ impl CustomOp3 for ConvBnTrain {
         let mut z = Scratch::take(g.units() * g.out_unit_len());
         timed(
             || conv_label(g, "fwd"),
-            || conv2d::forward_into(g, &x, &w, &mut z),
+            || conv2d::forward_into(g, &x, w, &mut z),
         );
-        let (y, bn) = timed(
+        let relu = self.relu && shortcut.is_none();
+        let (mut y, bn) = timed(
             || "bn fwd".into(),
-            || train_forward(&z, (n, c, inner), (gamma, beta), self.eps, self.relu),
+            || train_forward(&z, (n, c, inner), (gamma, beta), self.eps, relu),
         );
+        if let Some(shortcut) = shortcut {
+            // `add_relu`'s expression, in place on the BatchNorm output.
+            y.par_chunks_mut(1 << 14)
+                .zip(shortcut.par_chunks(1 << 14))
+                .for_each(|(ys, ss)| {
+                    for (v, &sv) in ys.iter_mut().zip(ss) {
+                        *v = (*v + sv).max(0.0);
+                    }
+                });
+        }
         *lock(&self.saved)? = Some(Saved { z, bn });
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
 
+    /// With a residual, the ReLU mask is the final output's (`y > 0`, exactly where the
+    /// BatchNorm output plus the shortcut passed), so the BatchNorm backward takes the final
+    /// output in place of its own, and the shortcut's gradient is the masked `grad_y`.
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
-        _affine: &Tensor,
+        second: &Tensor,
+        third: &Tensor,
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -179,11 +263,13 @@ impl CustomOp3 for ConvBnTrain {
             bail!("conv_bn_train: backward before forward")
         };
         let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
+        let (ws, wl) = second.storage_and_layout();
         let (ys, yl) = y.storage_and_layout();
         let (gs, gl) = grad_y.storage_and_layout();
         let xv = cpu_values(&xs, xl, "input")?;
-        let wv = cpu_values(&ws, wl, "conv weight")?;
+        let second_values = cpu_values(&ws, wl, "conv weight")?;
+        let w_len = g.groups * g.weight_group_len();
+        let wv = &second_values[..w_len];
         let yv = cpu_values(&ys, yl, "output")?;
         let gv = cpu_values(&gs, gl, "output gradient")?;
         let c = g.out_channels;
@@ -197,7 +283,7 @@ impl CustomOp3 for ConvBnTrain {
         let dx = if x.track_op() {
             Some(timed(
                 || conv_label(g, "dx"),
-                || conv2d::input_grad(g, &dz, &wv),
+                || conv2d::input_grad(g, &dz, wv),
             ))
         } else {
             None
@@ -206,7 +292,21 @@ impl CustomOp3 for ConvBnTrain {
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), device))
             .transpose()?;
-        let dw = Tensor::from_vec(dw, w.shape(), device)?;
+        if self.residual {
+            let dpacked = Tensor::from_vec([dw, dgamma, dbeta].concat(), second.shape(), device)?;
+            let mut dshortcut = vec![0f32; gv.len()];
+            dshortcut
+                .par_chunks_mut(1 << 14)
+                .zip(yv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
+                .for_each(|(d, (ys, gs))| {
+                    for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
+                        *d = if yv > 0.0 { gv } else { 0.0 };
+                    }
+                });
+            let dshortcut = Tensor::from_vec(dshortcut, third.shape(), device)?;
+            return Ok((dx, Some(dpacked), Some(dshortcut)));
+        }
+        let dw = Tensor::from_vec(dw, second.shape(), device)?;
         let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * c, device)?;
         Ok((dx, Some(dw), Some(daffine)))
     }

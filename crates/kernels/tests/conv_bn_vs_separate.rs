@@ -3,10 +3,16 @@
 //! batch statistics and autograd gradients of input, conv weight, BatchNorm weight and bias,
 //! bit for bit, over dense, strided, grouped, pointwise and 7x7 stem-like convolutions, small
 //! maps (the batched GEMM path), batch 1, and with and without ReLU; and an input that needs
-//! no gradient (the network's image) gets none.
+//! no gradient (the network's image) gets none. And the residual variant,
+//! `conv_bn_add_relu_train`, against `add_relu(conv_bn_train(.., relu: false), shortcut)`: the
+//! same output and statistics bit for bit and the same gradients of all five inputs (as numbers:
+//! candle adds the separate ops' gradient into a zero-filled buffer, which can flip a zero's
+//! sign).
 
 use candle_core::{Device, Result, Tensor, Var};
-use mtanet_kernels::{batch_norm_train, conv2d, conv_bn_train, ConvParams};
+use mtanet_kernels::{
+    add_relu, batch_norm_train, conv2d, conv_bn_add_relu_train, conv_bn_train, ConvParams,
+};
 
 mod support;
 use support::pseudo_random;
@@ -74,6 +80,57 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
                 };
                 assert_same(&format!("{case} d{name}"), a, b)?;
             }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_residual_variant_equals_conv_bn_then_add_relu() -> Result<()> {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+        let seed = 1000 + 10 * i as u64;
+        let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
+            Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
+        };
+        let x = var(&[n, c_in, size, size], seed, 1.0, 0.2)?;
+        let w = var(&[c_out, c_in / groups, k, k], seed + 1, 0.3, 0.0)?;
+        let gamma = var(&[c_out], seed + 2, 0.5, 1.0)?;
+        let beta = var(&[c_out], seed + 3, 0.5, 0.0)?;
+        let conv = ConvParams {
+            stride,
+            padding,
+            groups,
+        };
+        let out = (size + 2 * padding - k) / stride + 1;
+        let shortcut = var(&[n, c_out, out, out], seed + 4, 1.0, 0.0)?;
+        let (fused, fused_stats) =
+            conv_bn_add_relu_train(&x, &w, (&gamma, &beta), &shortcut, conv, 1e-5)?;
+        let (bn, separate_stats) = conv_bn_train(&x, &w, &gamma, &beta, conv, 1e-5, false)?;
+        let separate = add_relu(&bn, &shortcut)?;
+        let case = format!("case {i}");
+        assert_same(&format!("{case} output"), &fused, &separate)?;
+        assert_eq!(fused_stats, separate_stats, "{case} batch statistics");
+        let r = pseudo_random(fused.dims(), seed + 5, 1.0, 0.0)?;
+        let gf = (&fused * &r)?.sum_all()?.backward()?;
+        let gs = (&separate * &r)?.sum_all()?.backward()?;
+        let vars = [
+            ("x", &x),
+            ("w", &w),
+            ("gamma", &gamma),
+            ("beta", &beta),
+            ("shortcut", &shortcut),
+        ];
+        for (name, v) in vars {
+            let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
+                panic!("{case}: no gradient for {name}")
+            };
+            let (a, b) = (
+                a.flatten_all()?.to_vec1::<f32>()?,
+                b.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+            assert_eq!(differ, 0, "{case} d{name}: {differ} of {} differ", a.len());
+            assert!(a.iter().any(|v| *v != 0.0), "{case} d{name} all zero");
         }
     }
     Ok(())
