@@ -23,6 +23,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
+use crate::profile::{conv_label, timed};
 use crate::ConvParams;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -174,7 +175,19 @@ fn forward_values(
             }
         }
     };
-    conv2d::forward_into_then(g, x, w, &mut y, &epilogue);
+    let label = || {
+        conv_label(
+            g,
+            if shortcut.is_some() {
+                "eval+add"
+            } else {
+                "eval"
+            },
+        )
+    };
+    timed(label, || {
+        conv2d::forward_into_then(g, x, w, &mut y, &epilogue)
+    });
     y
 }
 

@@ -16,7 +16,7 @@ use crate::batch_norm::{
 };
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
-use crate::profile::timed;
+use crate::profile::{conv_label, timed};
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -138,15 +138,6 @@ pub fn conv_bn_add_relu_train(
     )?;
     let stats = recorded_stats(&saved, "conv_bn_add_relu_train", |s: &Saved| &s.bn)?;
     Ok((y, stats))
-}
-
-/// The profile label of one pass of `g`: kernel, stride, groups, output size and the pass, e.g.
-/// `conv 3x3 s1 g32 @14 dx`.
-fn conv_label(g: &ConvGeometry, pass: &str) -> String {
-    format!(
-        "conv {}x{} s{} g{} @{} {pass}",
-        g.kernel_h, g.kernel_w, g.stride, g.groups, g.out_h
-    )
 }
 
 /// What the forward pass keeps for the backward pass.

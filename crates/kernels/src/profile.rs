@@ -1,10 +1,12 @@
 //! Opt-in timing of the training kernels by pass and shape, to say where a step's time goes.
 //!
 //! Off unless the environment sets `MTANET_KERNEL_PROFILE=1` (read once); then every fused
-//! convolution + BatchNorm op adds its wall time, per label such as `conv 3x3 s1 g32 dx`, to a
+//! convolution + BatchNorm op (training passes, and `eval` for the eval-mode ones) adds its wall
+//! time, per label such as `conv 3x3 s1 g32 dx`, to a
 //! process-wide table that [`take`] returns and empties. Each timed call runs on all rayon
 //! threads while the caller waits, so the times add up to wall time of the step.
 
+use crate::conv2d::ConvGeometry;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -59,4 +61,13 @@ pub fn take() -> Vec<KernelTime> {
         .collect();
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     rows
+}
+
+/// The label of one pass of `g`: kernel, stride, groups, output size and the pass, e.g.
+/// `conv 3x3 s1 g32 @14 dx`.
+pub(crate) fn conv_label(g: &ConvGeometry, pass: &str) -> String {
+    format!(
+        "conv {}x{} s{} g{} @{} {pass}",
+        g.kernel_h, g.kernel_w, g.stride, g.groups, g.out_h
+    )
 }

@@ -247,7 +247,13 @@ pub fn measure(
     let macs_before = mtanet_kernels::conv2d::forward_macs();
     eval_step()?;
     let conv_macs = mtanet_kernels::conv2d::forward_macs() - macs_before;
+    mtanet_kernels::profile::take();
+    let eval_start = Instant::now();
     let eval_s = best_seconds(steps, warmup.saturating_sub(1), &mut eval_step)?;
+    if phases {
+        let calls = steps.max(1) + warmup.saturating_sub(1);
+        print_eval_profile(calls, eval_start.elapsed().as_secs_f64());
+    }
 
     let c = cfg.backbone.out_channels();
     let f = cfg.feature_width();
@@ -317,6 +323,41 @@ fn print_step_profile(steps: usize, phase_sums: [f64; 3]) {
         "",
         opt,
         100.0 * opt / total
+    );
+}
+
+/// On stderr: the mean eval forward and, with `MTANET_KERNEL_PROFILE=1`, its convolutions (each
+/// with its BatchNorm, and the residual join where fused) by shape, in ms per forward.
+fn print_eval_profile(calls: usize, seconds: f64) {
+    let per_call = |s: f64| s / calls as f64 * 1e3;
+    let total = per_call(seconds);
+    eprintln!("mean of {calls} eval forwards: {total:.1} ms");
+    let kernels = mtanet_kernels::profile::take();
+    if kernels.is_empty() {
+        return;
+    }
+    let mut in_kernels = 0.0;
+    eprintln!(
+        "{:<28} {:>9} {:>10} {:>7}",
+        "kernel", "calls", "ms/step", "share"
+    );
+    for k in &kernels {
+        let ms = per_call(k.seconds);
+        in_kernels += ms;
+        eprintln!(
+            "{:<28} {:>9.1} {:>10.1} {:>6.1}%",
+            k.label,
+            k.calls as f64 / calls as f64,
+            ms,
+            100.0 * ms / total
+        );
+    }
+    eprintln!(
+        "{:<28} {:>9} {:>10.1} {:>6.1}%",
+        "other",
+        "",
+        total - in_kernels,
+        100.0 * (total - in_kernels) / total
     );
 }
 
