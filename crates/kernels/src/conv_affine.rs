@@ -23,15 +23,15 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
+use crate::fused_operands::{cpu_f32, fused_conv_geometry};
 use crate::profile::{conv_label, timed};
 use crate::ConvParams;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// True when [`conv_affine_eval`] runs these tensors: all f32 on the CPU.
 pub fn conv_affine_applies(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    cpu_f32(ts)
 }
 
 /// `relu?(conv2d(x, w) * scale[c] + shift[c])` as one op: a BatchNorm in eval mode as the
@@ -47,18 +47,13 @@ pub fn conv_affine_eval(
     conv: ConvParams,
     relu: bool,
 ) -> Result<Tensor> {
-    if !conv_affine_applies(&[x, w, scale, shift]) {
-        bail!("conv_affine_eval: f32 tensors on the CPU only")
-    }
-    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
-    let c = geometry.out_channels;
-    if scale.dims() != [c] || shift.dims() != [c] {
-        bail!(
-            "conv_affine_eval: scale and shift must be ({c}), got {:?} and {:?}",
-            scale.dims(),
-            shift.dims()
-        )
-    }
+    let geometry = fused_conv_geometry(
+        "conv_affine_eval",
+        (x, w),
+        ([scale, shift], "scale and shift"),
+        None,
+        conv,
+    )?;
     // One (2C) tensor: a candle op takes at most three inputs.
     let affine = Tensor::cat(&[scale, shift], 0)?;
     x.apply_op3(w, &affine, ConvAffineEval { geometry, relu })
@@ -76,26 +71,13 @@ pub fn conv_affine_add_relu_eval(
     shortcut: &Tensor,
     conv: ConvParams,
 ) -> Result<Tensor> {
-    if !conv_affine_applies(&[x, w, scale, shift, shortcut]) {
-        bail!("conv_affine_add_relu_eval: f32 tensors on the CPU only")
-    }
-    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
-    let c = geometry.out_channels;
-    if scale.dims() != [c] || shift.dims() != [c] {
-        bail!(
-            "conv_affine_add_relu_eval: scale and shift must be ({c}), got {:?} and {:?}",
-            scale.dims(),
-            shift.dims()
-        )
-    }
-    let out = Shape::from(geometry.output_dims());
-    if shortcut.dims() != out.dims() {
-        bail!(
-            "conv_affine_add_relu_eval: shortcut {:?} for output {:?}",
-            shortcut.dims(),
-            out.dims()
-        )
-    }
+    let geometry = fused_conv_geometry(
+        "conv_affine_add_relu_eval",
+        (x, w),
+        ([scale, shift], "scale and shift"),
+        Some(shortcut),
+        conv,
+    )?;
     // The weight, scale and shift as one flat tensor: a candle op takes at most three inputs.
     let packed = Tensor::cat(&[&w.flatten_all()?, scale, shift], 0)?;
     x.apply_op3(&packed, shortcut, ConvAffineAddReluEval { geometry })
@@ -114,16 +96,13 @@ struct ConvAffineAddReluEval {
     geometry: ConvGeometry,
 }
 
-/// The dense f32 values of a CPU tensor.
+/// [`cpu_values`](crate::fused_operands::cpu_values) of this file's ops.
 fn cpu_values<'a>(
     storage: &'a Storage,
     layout: &Layout,
     what: &str,
 ) -> Result<std::borrow::Cow<'a, [f32]>> {
-    match storage {
-        Storage::Cpu(s) => dense_f32(s, layout, what),
-        _ => bail!("conv_affine_eval: {what} is not on the CPU"),
-    }
+    crate::fused_operands::cpu_values("conv_affine_eval", storage, layout, what)
 }
 
 /// Checks the input's shape against the geometry.

@@ -16,9 +16,10 @@ use crate::batch_norm::{
 };
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
+use crate::fused_operands::fused_conv_geometry;
 use crate::profile::{conv_label, timed};
 use crate::BatchStats;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -36,8 +37,7 @@ pub struct ConvParams {
 /// True when [`conv_bn_train`] (and the other CPU-only fused ops, the spatial pooling) run
 /// these tensors: all f32 on the CPU.
 pub fn conv_bn_applies(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    crate::fused_operands::cpu_f32(ts)
 }
 
 /// `relu?(batch_norm_train(conv2d(x, w), weight, bias))` as one op, with the batch statistics
@@ -54,18 +54,13 @@ pub fn conv_bn_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
-    if !conv_bn_applies(&[x, w, weight, bias]) {
-        bail!("conv_bn_train: f32 tensors on the CPU only")
-    }
-    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
-    let c = geometry.out_channels;
-    if weight.dims() != [c] || bias.dims() != [c] {
-        bail!(
-            "conv_bn_train: weight and bias must hold {c} values, got {:?} and {:?}",
-            weight.dims(),
-            bias.dims()
-        )
-    }
+    let geometry = fused_conv_geometry(
+        "conv_bn_train",
+        (x, w),
+        ([weight, bias], "weight and bias"),
+        None,
+        conv,
+    )?;
     // One (2C) parameter tensor: a candle op takes at most three inputs.
     let affine = Tensor::cat(&[weight, bias], 0)?;
     let saved = Arc::new(Mutex::new(None));
@@ -100,26 +95,13 @@ pub fn conv_bn_add_relu_train(
     conv: ConvParams,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
-    if !conv_bn_applies(&[x, w, weight, bias, shortcut]) {
-        bail!("conv_bn_add_relu_train: f32 tensors on the CPU only")
-    }
-    let geometry = ConvGeometry::new(x.dims(), w.dims(), conv.stride, conv.padding, conv.groups)?;
-    let c = geometry.out_channels;
-    if weight.dims() != [c] || bias.dims() != [c] {
-        bail!(
-            "conv_bn_add_relu_train: weight and bias must hold {c} values, got {:?} and {:?}",
-            weight.dims(),
-            bias.dims()
-        )
-    }
-    let out = Shape::from(geometry.output_dims());
-    if shortcut.dims() != out.dims() {
-        bail!(
-            "conv_bn_add_relu_train: shortcut {:?} for output {:?}",
-            shortcut.dims(),
-            out.dims()
-        )
-    }
+    let geometry = fused_conv_geometry(
+        "conv_bn_add_relu_train",
+        (x, w),
+        ([weight, bias], "weight and bias"),
+        Some(shortcut),
+        conv,
+    )?;
     // The conv weight, BatchNorm weight and bias as one flat tensor: a candle op takes at most
     // three inputs.
     let packed = Tensor::cat(&[&w.flatten_all()?, weight, bias], 0)?;
@@ -160,16 +142,13 @@ struct ConvBnTrain {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// The dense f32 values of a CPU tensor.
+/// [`cpu_values`](crate::fused_operands::cpu_values) of this file's op.
 fn cpu_values<'a>(
     storage: &'a Storage,
     layout: &Layout,
     what: &str,
 ) -> Result<std::borrow::Cow<'a, [f32]>> {
-    match storage {
-        Storage::Cpu(s) => dense_f32(s, layout, what),
-        _ => bail!("conv_bn_train: {what} is not on the CPU"),
-    }
+    crate::fused_operands::cpu_values("conv_bn_train", storage, layout, what)
 }
 
 impl CustomOp3 for ConvBnTrain {

@@ -136,26 +136,7 @@ impl candle_core::CustomOp3 for GateAddRelu {
         let x = dense_f32(xs, xl, "input")?;
         let gate = dense_f32(gs, gl, "gate")?;
         let shortcut = dense_f32(ss, sl, "shortcut")?;
-        let mut y = vec![0f32; x.len()];
-        let axis = self.axis;
-        let p = p.max(1);
-        y.par_chunks_mut(p)
-            .zip(x.par_chunks(p).zip(shortcut.par_chunks(p)))
-            .enumerate()
-            .for_each(|(row, (yr, (xr, sr)))| match axis {
-                Axis::Channel => {
-                    let s = gate[row];
-                    for ((o, &v), &b) in yr.iter_mut().zip(xr).zip(sr) {
-                        *o = (v * s + b).max(0.0);
-                    }
-                }
-                Axis::Spatial => {
-                    let s = &gate[(row / c) * p..(row / c + 1) * p];
-                    for (((o, &v), &b), &s) in yr.iter_mut().zip(xr).zip(sr).zip(s) {
-                        *o = (v * s + b).max(0.0);
-                    }
-                }
-            });
+        let y = apply_gate(self.axis, (c, p), &x, &gate, Some(&shortcut));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -172,6 +153,51 @@ impl candle_core::CustomOp3 for GateAddRelu {
         let [dx, dgate] = unpack(&packed, [x.shape(), gate.shape()])?;
         Ok((Some(dx), Some(dgate), Some(g)))
     }
+}
+
+/// `x * gate` (N, C, pixels) along `axis`, then `max(0, . + shortcut)` when there is one, in
+/// parallel over the (image, channel) maps.
+fn apply_gate(
+    axis: Axis,
+    (c, p): (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+    shortcut: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let p = p.max(1);
+    y.par_chunks_mut(p)
+        .zip(x.par_chunks(p))
+        .enumerate()
+        .for_each(|(row, (yr, xr))| {
+            let sr = shortcut.map(|s| &s[row * p..(row + 1) * p]);
+            match axis {
+                Axis::Channel => {
+                    let g = gate[row];
+                    match sr {
+                        None => yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * g),
+                        Some(sr) => yr
+                            .iter_mut()
+                            .zip(xr.iter().zip(sr))
+                            .for_each(|(o, (&v, &b))| *o = (v * g + b).max(0.0)),
+                    }
+                }
+                Axis::Spatial => {
+                    let g = &gate[(row / c) * p..(row / c + 1) * p];
+                    match sr {
+                        None => yr
+                            .iter_mut()
+                            .zip(xr.iter().zip(g))
+                            .for_each(|(o, (&v, &s))| *o = v * s),
+                        Some(sr) => yr
+                            .iter_mut()
+                            .zip(xr.iter().zip(g).zip(sr))
+                            .for_each(|(o, ((&v, &s), &b))| *o = (v * s + b).max(0.0)),
+                    }
+                }
+            }
+        });
+    y
 }
 
 /// The forward op: (`x`, `gate`) -> `x * gate`.
@@ -216,25 +242,7 @@ impl CustomOp2 for Gate {
         let (_, c, p) = dims(xl)?;
         let x = dense_f32(xs, xl, "input")?;
         let gate = dense_f32(gs, gl, "gate")?;
-        let mut y = vec![0f32; x.len()];
-        let axis = self.axis;
-        y.par_chunks_mut(p.max(1))
-            .zip(x.par_chunks(p.max(1)))
-            .enumerate()
-            .for_each(|(row, (yr, xr))| match axis {
-                Axis::Channel => {
-                    let s = gate[row];
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = v * s;
-                    }
-                }
-                Axis::Spatial => {
-                    let s = &gate[(row / c) * p..(row / c + 1) * p];
-                    for ((o, &v), &s) in yr.iter_mut().zip(xr).zip(s) {
-                        *o = v * s;
-                    }
-                }
-            });
+        let y = apply_gate(self.axis, (c, p), &x, &gate, None);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

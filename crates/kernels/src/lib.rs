@@ -25,6 +25,7 @@ mod conv_affine;
 mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod fused_operands;
 mod gate;
 mod max_pool2d;
 mod optimizer_step;

@@ -158,7 +158,8 @@ fn refuses_wrong_affine_lengths_and_dtypes() -> Result<()> {
     let ok = pseudo_random(&[8], 4, 1.0, 0.0)?;
     let err = conv_affine_eval(&x, &w, &short, &ok, params, true).unwrap_err();
     assert!(
-        err.to_string().contains("scale and shift must be (8)"),
+        err.to_string()
+            .contains("scale and shift must hold 8 values"),
         "{err}"
     );
     let half = x.to_dtype(candle_core::DType::BF16)?;
