@@ -6,32 +6,20 @@
 //! residual variant against `add_relu(channel_affine(conv2d(x, w), scale, shift, false),
 //! shortcut)`, whose shortcut gradient matches bit for bit; and the refusals.
 
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use mtanet_kernels::{
     add_relu, channel_affine, conv2d, conv_affine_add_relu_eval, conv_affine_eval, ConvParams,
 };
 
 mod support;
-use support::pseudo_random;
-
-/// (batch, c_in, c_out, size, kernel, stride, padding, groups)
-type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
-
-const CASES: [Case; 9] = [
-    (2, 8, 16, 9, 3, 1, 1, 1),
-    (3, 8, 8, 10, 3, 2, 1, 1),
-    (2, 16, 16, 7, 3, 1, 1, 4),
-    (2, 32, 32, 12, 3, 1, 1, 8),
-    (2, 12, 20, 6, 1, 1, 0, 1),
-    (2, 8, 12, 9, 1, 2, 0, 1),
-    (2, 3, 8, 15, 7, 2, 3, 1),
-    (4, 16, 24, 4, 3, 1, 1, 1),
-    (1, 6, 10, 5, 3, 1, 1, 1),
-];
+use support::{pseudo_random, FUSED_CONV_CASES};
 
 #[test]
 fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
+        FUSED_CONV_CASES.iter().enumerate()
+    {
         let seed = 100 + i as u64;
         let x = pseudo_random(&[n, c_in, size, size], seed, 1.0, 0.0)?;
         let w = pseudo_random(&[c_out, c_in / groups, k, k], seed + 1, 0.2, 0.0)?;
@@ -78,9 +66,38 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Asserts that each named tensor's gradient is the same in `fused` and `separate`: bit for bit
+/// (as numbers) when `exact`, else within 1e-6 of the largest separate value; and not all zero.
+fn assert_gradients_match(
+    case: &str,
+    (fused, separate): (&GradStore, &GradStore),
+    tensors: &[(&str, &Tensor, bool)],
+) -> Result<()> {
+    for &(name, t, exact) in tensors {
+        let (Some(p), Some(q)) = (fused.get(t), separate.get(t)) else {
+            panic!("{case}: no {name} gradient")
+        };
+        let (p, q) = (values(p)?, values(q)?);
+        let top = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(top > 0.0, "{case}: {name} gradient all zero");
+        let worst = p
+            .iter()
+            .zip(&q)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let bound = if exact { 0.0 } else { 1e-6 * top };
+        assert!(
+            worst <= bound,
+            "{case}: {name} gradients differ by {worst} (max {top})"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn gradients_equal_those_of_the_two_ops() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
+        FUSED_CONV_CASES.iter().enumerate()
+    {
         let seed = 200 + i as u64;
         let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
             Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
@@ -115,31 +132,13 @@ fn gradients_equal_those_of_the_two_ops() -> Result<()> {
             )?;
             let gf = (fused * &r)?.sum_all()?.backward()?;
             let gs = (separate * &r)?.sum_all()?.backward()?;
-            for (name, t, exact) in [
+            let tensors = [
                 ("input", ts[0], true),
                 ("weight", ts[1], true),
                 ("scale", ts[2], false),
                 ("shift", ts[3], false),
-            ] {
-                let (Some(p), Some(q)) = (gf.get(t), gs.get(t)) else {
-                    panic!("case {i} relu {relu}: no {name} gradient")
-                };
-                let (p, q) = (values(p)?, values(q)?);
-                let top = q.iter().fold(0f32, |m, v| m.max(v.abs()));
-                assert!(top > 0.0, "case {i}: {name} gradient all zero");
-                let worst = p
-                    .iter()
-                    .zip(&q)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                if exact {
-                    assert_eq!(worst, 0.0, "case {i} relu {relu}: {name} gradients differ");
-                } else {
-                    assert!(
-                        worst <= 1e-6 * top,
-                        "case {i} relu {relu}: {name} gradients differ by {worst} (max {top})"
-                    );
-                }
-            }
+            ];
+            assert_gradients_match(&format!("case {i} relu {relu}"), (&gf, &gs), &tensors)?;
         }
     }
     Ok(())
@@ -170,7 +169,9 @@ fn refuses_wrong_affine_lengths_and_dtypes() -> Result<()> {
 
 #[test]
 fn the_residual_variant_equals_the_three_ops() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
+        FUSED_CONV_CASES.iter().enumerate()
+    {
         let seed = 300 + i as u64;
         let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
             Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
@@ -212,29 +213,14 @@ fn the_residual_variant_equals_the_three_ops() -> Result<()> {
         assert!(a.contains(&0.0) && a.iter().any(|v| *v > 0.0));
         let gf = (fused * &r)?.sum_all()?.backward()?;
         let gs = (separate * &r)?.sum_all()?.backward()?;
-        for (name, t, exact) in [
+        let tensors = [
             ("input", ts[0], true),
             ("weight", ts[1], true),
             ("scale", ts[2], false),
             ("shift", ts[3], false),
             ("shortcut", ts[4], true),
-        ] {
-            let (Some(p), Some(q)) = (gf.get(t), gs.get(t)) else {
-                panic!("case {i}: no {name} gradient")
-            };
-            let (p, q) = (values(p)?, values(q)?);
-            let top = q.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(top > 0.0, "case {i}: {name} gradient all zero");
-            let worst = p
-                .iter()
-                .zip(&q)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let bound = if exact { 0.0 } else { 1e-6 * top };
-            assert!(
-                worst <= bound,
-                "case {i}: {name} gradients differ by {worst} (max {top})"
-            );
-        }
+        ];
+        assert_gradients_match(&format!("case {i}"), (&gf, &gs), &tensors)?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::pseudo_random;
+use support::{pseudo_random, FUSED_CONV_CASES};
 
 fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
@@ -32,23 +32,11 @@ fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// (batch, c_in, c_out, size, kernel, stride, padding, groups)
-type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
-
-const CASES: [Case; 8] = [
-    (2, 8, 16, 9, 3, 1, 1, 1),
-    (3, 8, 8, 10, 3, 2, 1, 1),
-    (2, 16, 16, 7, 3, 1, 1, 4),
-    (2, 12, 20, 6, 1, 1, 0, 1),
-    (2, 8, 12, 9, 1, 2, 0, 1),
-    (2, 3, 8, 15, 7, 2, 3, 1),
-    (4, 16, 24, 4, 3, 1, 1, 1),
-    (1, 6, 10, 5, 3, 1, 1, 1),
-];
-
 #[test]
 fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
+        FUSED_CONV_CASES.iter().enumerate()
+    {
         for relu in [false, true] {
             let seed = 100 * i as u64 + relu as u64;
             let x = Var::from_tensor(&pseudo_random(&[n, c_in, size, size], seed, 1.0, 0.2)?)?;
@@ -87,7 +75,9 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
 
 #[test]
 fn the_residual_variant_equals_conv_bn_then_add_relu() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in CASES.iter().enumerate() {
+    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
+        FUSED_CONV_CASES.iter().enumerate()
+    {
         let seed = 1000 + 10 * i as u64;
         let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
             Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)

@@ -16,3 +16,23 @@ pub fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Res
         .collect();
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
+
+/// A convolution case: (batch, c_in, c_out, size, kernel, stride, padding, groups).
+#[allow(dead_code)]
+pub type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// The shapes the fused convolution ops are checked on against the separate ops: dense,
+/// strided, grouped (4 and 8 groups), pointwise (stride 1 and 2), a 7x7 stem, a small map (the
+/// whole-batch GEMM path) and batch 1.
+#[allow(dead_code)]
+pub const FUSED_CONV_CASES: [Case; 9] = [
+    (2, 8, 16, 9, 3, 1, 1, 1),
+    (3, 8, 8, 10, 3, 2, 1, 1),
+    (2, 16, 16, 7, 3, 1, 1, 4),
+    (2, 32, 32, 12, 3, 1, 1, 8),
+    (2, 12, 20, 6, 1, 1, 0, 1),
+    (2, 8, 12, 9, 1, 2, 0, 1),
+    (2, 3, 8, 15, 7, 2, 3, 1),
+    (4, 16, 24, 4, 3, 1, 1, 1),
+    (1, 6, 10, 5, 3, 1, 1, 1),
+];
