@@ -34,6 +34,9 @@ use crate::step::optim::{params, Optimizer};
 use crate::step::{eval_step, train_step, HostOutputs, Objective, StepGuard, StepOutcome};
 use mtanet_backbones::SeededVarMap;
 
+mod profile;
+use profile::{print_eval_profile, print_step_profile};
+
 /// Action units of the benchmarked heads (ABAW 2020).
 pub const N_AU: usize = 8;
 /// Expression classes of the benchmarked heads (ABAW 2020).
@@ -265,100 +268,6 @@ pub fn measure(
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
         fwd_gflop_per_img,
     })
-}
-
-/// On stderr: the mean train step split into its phases and, with `MTANET_KERNEL_PROFILE=1`,
-/// the fused convolution + BatchNorm kernels by pass and shape, in ms per step and as a share
-/// of the step; what is left of each phase is everything else (attention, pooling, residual
-/// joins, head, losses, candle's graph and gradient accumulation).
-fn print_step_profile(steps: usize, phase_sums: [f64; 3]) {
-    let per_step = |s: f64| s / steps as f64 * 1e3;
-    let [fwd, bwd, opt] = phase_sums.map(per_step);
-    let total = fwd + bwd + opt;
-    eprintln!(
-        "mean of {steps} timed train steps: {total:.1} ms = forward+loss {fwd:.1} + backward \
-         {bwd:.1} + optimizer {opt:.1}"
-    );
-    let kernels = mtanet_kernels::profile::take();
-    if kernels.is_empty() {
-        return;
-    }
-    let (mut in_fwd, mut in_bwd) = (0.0, 0.0);
-    eprintln!(
-        "{:<28} {:>9} {:>10} {:>7}",
-        "kernel", "calls", "ms/step", "share"
-    );
-    for k in &kernels {
-        let ms = per_step(k.seconds);
-        if k.label.ends_with("fwd") {
-            in_fwd += ms;
-        } else {
-            in_bwd += ms;
-        }
-        eprintln!(
-            "{:<28} {:>9.1} {:>10.1} {:>6.1}%",
-            k.label,
-            k.calls as f64 / steps as f64,
-            ms,
-            100.0 * ms / total
-        );
-    }
-    eprintln!(
-        "{:<28} {:>9} {:>10.1} {:>6.1}%",
-        "other forward+loss",
-        "",
-        fwd - in_fwd,
-        100.0 * (fwd - in_fwd) / total
-    );
-    eprintln!(
-        "{:<28} {:>9} {:>10.1} {:>6.1}%",
-        "other backward",
-        "",
-        bwd - in_bwd,
-        100.0 * (bwd - in_bwd) / total
-    );
-    eprintln!(
-        "{:<28} {:>9} {:>10.1} {:>6.1}%",
-        "optimizer",
-        "",
-        opt,
-        100.0 * opt / total
-    );
-}
-
-/// On stderr: the mean eval forward and, with `MTANET_KERNEL_PROFILE=1`, its convolutions (each
-/// with its BatchNorm, and the residual join where fused) by shape, in ms per forward.
-fn print_eval_profile(calls: usize, seconds: f64) {
-    let per_call = |s: f64| s / calls as f64 * 1e3;
-    let total = per_call(seconds);
-    eprintln!("mean of {calls} eval forwards: {total:.1} ms");
-    let kernels = mtanet_kernels::profile::take();
-    if kernels.is_empty() {
-        return;
-    }
-    let mut in_kernels = 0.0;
-    eprintln!(
-        "{:<28} {:>9} {:>10} {:>7}",
-        "kernel", "calls", "ms/step", "share"
-    );
-    for k in &kernels {
-        let ms = per_call(k.seconds);
-        in_kernels += ms;
-        eprintln!(
-            "{:<28} {:>9.1} {:>10.1} {:>6.1}%",
-            k.label,
-            k.calls as f64 / calls as f64,
-            ms,
-            100.0 * ms / total
-        );
-    }
-    eprintln!(
-        "{:<28} {:>9} {:>10.1} {:>6.1}%",
-        "other",
-        "",
-        total - in_kernels,
-        100.0 * (total - in_kernels) / total
-    );
 }
 
 /// Best (minimum) seconds of `steps` calls after `warmup` untimed ones.
