@@ -38,6 +38,14 @@ fn with_value(t: &Tensor, i: usize, v: f32) -> Tensor {
 }
 
 /// `train --resume DIR --quiet`.
+/// `predict` of `run` into `tmp/out` is refused with every one of `needles` in its message, and
+/// leaves the run's files as they were.
+fn predict_refuses(tmp: &Path, run: &Path, needles: &[&str]) {
+    let before = snapshot(&[run]);
+    predict(tmp, run, &fixture().root, &tmp.join("out"), &[]).refused(needles);
+    unchanged(&before, &[run]);
+}
+
 fn resume(cwd: &Path, dir: &Path) -> super::child::Outcome {
     mtanet(
         cwd,
@@ -118,19 +126,14 @@ fn predict_refuses_a_checkpoint_with_an_extra_tensor() {
         let t = model["head.va.weight"].clone();
         model.insert("head.va2.weight".into(), t);
     });
-    let before = snapshot(&[&run]);
-    predict(
+    predict_refuses(
         tmp.path(),
         &run,
-        &fixture().root,
-        &tmp.path().join("out"),
-        &[],
-    )
-    .refused(&[
-        &ckpt.display().to_string(),
-        "1 checkpoint tensor(s) the model does not have (head.va2.weight)",
-    ]);
-    unchanged(&before, &[&run]);
+        &[
+            &ckpt.display().to_string(),
+            "1 checkpoint tensor(s) the model does not have (head.va2.weight)",
+        ],
+    );
 }
 
 #[test]
@@ -141,19 +144,14 @@ fn predict_refuses_a_checkpoint_missing_a_tensor() {
     edit_checkpoint(&ckpt, |model, _| {
         model.remove("backbone.layer2.0.bn1.running_var").unwrap();
     });
-    let before = snapshot(&[&run]);
-    predict(
+    predict_refuses(
         tmp.path(),
         &run,
-        &fixture().root,
-        &tmp.path().join("out"),
-        &[],
-    )
-    .refused(&[
-        &ckpt.display().to_string(),
-        "1 model tensor(s) missing from the checkpoint (backbone.layer2.0.bn1.running_var)",
-    ]);
-    unchanged(&before, &[&run]);
+        &[
+            &ckpt.display().to_string(),
+            "1 model tensor(s) missing from the checkpoint (backbone.layer2.0.bn1.running_var)",
+        ],
+    );
 }
 
 #[test]
@@ -164,21 +162,16 @@ fn predict_refuses_a_config_of_another_width_naming_the_shapes() {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("width_div: 16"), "{text}");
     std::fs::write(&config, text.replace("width_div: 16", "width_div: 8")).unwrap();
-    let before = snapshot(&[&run]);
-    predict(
+    predict_refuses(
         tmp.path(),
         &run,
-        &fixture().root,
-        &tmp.path().join("out"),
-        &[],
-    )
-    .refused(&[
-        &config.display().to_string(),
-        "width_div 8",
-        "of another shape",
-        "`backbone.bn1.bias` checkpoint [4], model [8]",
-    ]);
-    unchanged(&before, &[&run]);
+        &[
+            &config.display().to_string(),
+            "width_div 8",
+            "of another shape",
+            "`backbone.bn1.bias` checkpoint [4], model [8]",
+        ],
+    );
 }
 
 #[test]
