@@ -79,7 +79,8 @@ impl BatchNorm {
         train: bool,
         relu: bool,
     ) -> Result<Tensor> {
-        if train && mtanet_kernels::conv_bn_applies(&[x, conv.weight(), &self.weight, &self.bias]) {
+        let fused = mtanet_kernels::conv_bn_applies(&[x, conv.weight(), &self.weight, &self.bias]);
+        if fused && train {
             let (y, stats) = mtanet_kernels::conv_bn_train(
                 x,
                 conv.weight(),
@@ -92,8 +93,7 @@ impl BatchNorm {
             self.update_running(&stats)?;
             return Ok(y);
         }
-        let eval_operands = [x, conv.weight(), &self.weight, self.running_var.as_tensor()];
-        if !train && mtanet_kernels::conv_affine_applies(&eval_operands) {
+        if fused {
             let (scale, shift) = self.eval_affine()?;
             return mtanet_kernels::conv_affine_eval(
                 x,
@@ -119,8 +119,14 @@ impl BatchNorm {
         shortcut: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let operands = [x, conv.weight(), &self.weight, &self.bias, shortcut];
-        if train && mtanet_kernels::conv_bn_applies(&operands) {
+        let fused = mtanet_kernels::conv_bn_applies(&[
+            x,
+            conv.weight(),
+            &self.weight,
+            &self.bias,
+            shortcut,
+        ]);
+        if fused && train {
             let (y, stats) = mtanet_kernels::conv_bn_add_relu_train(
                 x,
                 conv.weight(),
@@ -132,7 +138,7 @@ impl BatchNorm {
             self.update_running(&stats)?;
             return Ok(y);
         }
-        if !train && mtanet_kernels::conv_affine_applies(&operands) {
+        if fused {
             let (scale, shift) = self.eval_affine()?;
             return mtanet_kernels::conv_affine_add_relu_eval(
                 x,

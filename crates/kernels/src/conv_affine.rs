@@ -23,21 +23,16 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
-use crate::fused_operands::{cpu_f32, fused_conv_geometry};
+use crate::fused_operands::fused_conv_geometry;
 use crate::profile::{conv_label, timed};
 use crate::ConvParams;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-/// True when [`conv_affine_eval`] runs these tensors: all f32 on the CPU.
-pub fn conv_affine_applies(ts: &[&Tensor]) -> bool {
-    cpu_f32(ts)
-}
-
 /// `relu?(conv2d(x, w) * scale[c] + shift[c])` as one op: a BatchNorm in eval mode as the
 /// epilogue of the convolution that feeds it. Differentiable in all four inputs.
 ///
-/// f32 on the CPU only ([`conv_affine_applies`]); `scale` and `shift` have one value per output
+/// f32 on the CPU only ([`conv_bn_applies`](crate::conv_bn_applies)); `scale` and `shift` have one value per output
 /// channel.
 pub fn conv_affine_eval(
     x: &Tensor,
@@ -62,7 +57,7 @@ pub fn conv_affine_eval(
 /// `relu(conv2d(x, w) * scale[c] + shift[c] + shortcut)` as one op: the last convolution of a
 /// bottleneck, its eval-mode BatchNorm and the residual join. Differentiable in all five inputs.
 ///
-/// f32 on the CPU only ([`conv_affine_applies`]); `shortcut` has the output's shape.
+/// f32 on the CPU only ([`conv_bn_applies`](crate::conv_bn_applies)); `shortcut` has the output's shape.
 pub fn conv_affine_add_relu_eval(
     x: &Tensor,
     w: &Tensor,

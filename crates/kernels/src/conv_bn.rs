@@ -34,8 +34,10 @@ pub struct ConvParams {
     pub groups: usize,
 }
 
-/// True when [`conv_bn_train`] (and the other CPU-only fused ops, the spatial pooling) run
-/// these tensors: all f32 on the CPU.
+/// True when the CPU-only fused ops run these tensors: all f32 on the CPU. They are
+/// [`conv_bn_train`], [`conv_bn_add_relu_train`], the eval-mode
+/// [`conv_affine_eval`](crate::conv_affine_eval) and
+/// [`conv_affine_add_relu_eval`](crate::conv_affine_add_relu_eval), and the spatial pooling.
 pub fn conv_bn_applies(ts: &[&Tensor]) -> bool {
     crate::fused_operands::cpu_f32(ts)
 }

@@ -37,7 +37,7 @@ mod spatial_pool;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
-pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_applies, conv_affine_eval};
+pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};
 pub use conv_bn::{conv_bn_add_relu_train, conv_bn_applies, conv_bn_train, ConvParams};
 pub use gate::{
     channel_gate, channel_gate_add_relu, channel_max_mean, spatial_gate, spatial_gate_add_relu,
