@@ -179,23 +179,17 @@ fn backward_values(
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let (c, p) = (g.out_channels, g.out_pixels().max(1));
     let z = conv2d::forward(g, x, w);
-    let mut passed = vec![0f32; dy.len()];
+    let (mut passed, mut dz) = (vec![0f32; dy.len()], vec![0f32; dy.len()]);
     passed
         .par_chunks_mut(p)
+        .zip(dz.par_chunks_mut(p))
         .zip(y.par_chunks(p).zip(dy.par_chunks(p)))
-        .for_each(|(o, (yr, dr))| {
-            for ((o, &yv), &d) in o.iter_mut().zip(yr).zip(dr) {
-                *o = if relu && yv <= 0.0 { 0.0 } else { d };
-            }
-        });
-    let mut dz = vec![0f32; z.len()];
-    dz.par_chunks_mut(p)
-        .zip(passed.par_chunks(p))
         .enumerate()
-        .for_each(|(row, (out, pr))| {
+        .for_each(|(row, ((pr, zr), (yr, dr)))| {
             let a = scale[row % c];
-            for (o, &d) in out.iter_mut().zip(pr) {
-                *o = d * a;
+            for (((o, dzv), &yv), &d) in pr.iter_mut().zip(zr).zip(yr).zip(dr) {
+                *o = if relu && yv <= 0.0 { 0.0 } else { d };
+                *dzv = *o * a;
             }
         });
     let sums: Vec<(f64, f64)> = (0..c)
