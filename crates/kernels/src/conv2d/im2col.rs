@@ -103,6 +103,31 @@ pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_str
         }
         return;
     }
+    if splits_phases(g) {
+        let mut phases = RowPhases::new(g);
+        for plane in planes.chunks_exact(h * w) {
+            phases.split(plane);
+            for ky in 0..kh {
+                let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
+                for kx in 0..kw {
+                    let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
+                    let Some(row) = rows.next() else { return };
+                    for (oy, out_row) in row.chunks_exact_mut(ow).enumerate() {
+                        if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
+                            out_row.fill(0.0);
+                            continue;
+                        }
+                        out_row[..ox_lo].fill(0.0);
+                        out_row[ox_hi..].fill(0.0);
+                        let ix_lo = ox_lo * s + kx - p;
+                        let src = phases.run(oy * s + ky - p, ix_lo, ox_hi - ox_lo);
+                        out_row[ox_lo..ox_hi].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for plane in planes.chunks_exact(h * w) {
         for ky in 0..kh {
             let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
@@ -192,6 +217,33 @@ pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
         }
         return;
     }
+    if splits_phases(g) {
+        let mut phases = RowPhases::new(g);
+        let mut rows = col.chunks_exact(out_pixels);
+        for plane in dx_unit.chunks_exact_mut(h * w) {
+            phases.clear();
+            for ky in 0..kh {
+                let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
+                for kx in 0..kw {
+                    let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
+                    let Some(row) = rows.next() else { return };
+                    if ox_lo >= ox_hi {
+                        continue;
+                    }
+                    let ix_lo = ox_lo * s + kx - p;
+                    for oy in oy_lo..oy_hi {
+                        let src = &row[oy * ow + ox_lo..oy * ow + ox_hi];
+                        let dst = phases.run_mut(oy * s + ky - p, ix_lo, src.len());
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+            phases.merge_add(plane);
+        }
+        return;
+    }
     let mut rows = col.chunks_exact(out_pixels);
     for plane in dx_unit.chunks_exact_mut(h * w) {
         for ky in 0..kh {
@@ -216,6 +268,94 @@ pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
                             dst[j * s] += *v;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// True when a strided geometry reads through [`RowPhases`]: every phase of an input row is
+/// read by some kernel column (`KW >= stride`), so splitting a plane once (`H*W` moves) replaces
+/// `KH*KW*OH*OW` strided reads by contiguous copies. A 1x1 stride-2 convolution, which reads
+/// one phase of every other row, keeps the direct strided reads.
+fn splits_phases(g: &ConvGeometry) -> bool {
+    g.stride > 1 && g.kernel_w >= g.stride
+}
+
+/// One input plane with each row split into its `stride` phases: phase `r` of row `iy` holds
+/// the columns `r, r + stride, r + 2*stride, ..`, contiguous. The taps of a strided
+/// convolution read every `stride`-th column, so each (tap, output row) run is one contiguous
+/// slice of one phase.
+struct RowPhases {
+    /// `(H * stride)` rows of `phase_len` values: row `iy * stride + r` is phase `r` of `iy`.
+    values: Vec<f32>,
+    in_w: usize,
+    stride: usize,
+    phase_len: usize,
+}
+
+impl RowPhases {
+    fn new(g: &ConvGeometry) -> Self {
+        let phase_len = g.in_w.div_ceil(g.stride);
+        Self {
+            values: vec![0.0; g.in_h * g.stride * phase_len],
+            in_w: g.in_w,
+            stride: g.stride,
+            phase_len,
+        }
+    }
+
+    /// Splits `plane` (`H * W` values) into its row phases.
+    fn split(&mut self, plane: &[f32]) {
+        let (w, s, len) = (self.in_w, self.stride, self.phase_len);
+        for (row, phases) in plane
+            .chunks_exact(w)
+            .zip(self.values.chunks_exact_mut(s * len))
+        {
+            for (r, phase) in phases.chunks_exact_mut(len).enumerate() {
+                for (d, v) in phase.iter_mut().zip(row.iter().skip(r).step_by(s)) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+
+    /// Zeroes every phase (before [`Self::run_mut`] accumulates into them).
+    fn clear(&mut self) {
+        self.values.fill(0.0);
+    }
+
+    /// Index of input column `ix` of row `iy`, and how many values its phase holds from there.
+    fn locate(&self, iy: usize, ix: usize) -> (usize, usize) {
+        let (r, j) = (ix % self.stride, ix / self.stride);
+        let start = (iy * self.stride + r) * self.phase_len + j;
+        (start, (self.in_w - r).div_ceil(self.stride) - j)
+    }
+
+    /// Input columns `ix, ix + stride, ..` (`n` of them) of row `iy`.
+    fn run(&self, iy: usize, ix: usize, n: usize) -> &[f32] {
+        let (start, room) = self.locate(iy, ix);
+        assert!(n <= room, "im2col: a run of {n} past its row phase");
+        &self.values[start..start + n]
+    }
+
+    /// [`Self::run`], writable.
+    fn run_mut(&mut self, iy: usize, ix: usize, n: usize) -> &mut [f32] {
+        let (start, room) = self.locate(iy, ix);
+        assert!(n <= room, "col2im: a run of {n} past its row phase");
+        &mut self.values[start..start + n]
+    }
+
+    /// Adds every phase back onto the columns of `plane` it was split from.
+    fn merge_add(&self, plane: &mut [f32]) {
+        let (w, s, len) = (self.in_w, self.stride, self.phase_len);
+        for (row, phases) in plane
+            .chunks_exact_mut(w)
+            .zip(self.values.chunks_exact(s * len))
+        {
+            for (r, phase) in phases.chunks_exact(len).enumerate() {
+                for (d, v) in row.iter_mut().skip(r).step_by(s).zip(phase) {
+                    *d += *v;
                 }
             }
         }
@@ -267,6 +407,8 @@ mod tests {
             (9, 4, 7, 1, 3),
             (3, 2, 7, 1, 3),
             (5, 6, 5, 1, 2),
+            (3, 2, 3, 3, 1),
+            (8, 11, 5, 2, 2),
         ] {
             let g = ConvGeometry::new(&[1, 2, h, w], &[1, 2, k, k], s, p, 1)?;
             let x: Vec<f32> = (0..g.in_unit_len())
