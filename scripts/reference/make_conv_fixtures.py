@@ -31,6 +31,10 @@ CASES = [
     (1, 4, 10, 7, 6, (3, 5), 2, 1, 2),  # rectangular kernel
     (3, 6, 5, 5, 4, (3, 3), 1, 0, 1),  # no padding
     (1, 5, 4, 4, 3, (3, 3), 1, 3, 1),  # padding larger than the kernel reach
+    # Grouped 3x3/1 with 4-32 channels per group (the direct kernel, conv2d/direct3x3.rs):
+    (2, 16, 9, 7, 32, (3, 3), 1, 1, 4),  # 4 in / 8 out per group, non-square
+    (3, 32, 14, 14, 32, (3, 3), 1, 1, 8),  # 4 per group at 14x14 (direct weight gradient too)
+    (2, 64, 4, 4, 64, (3, 3), 1, 1, 2),  # 32 per group at 4x4
 ]
 
 

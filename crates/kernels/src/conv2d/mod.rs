@@ -11,6 +11,7 @@
 //! (`select.rs`).
 
 mod batched;
+mod direct3x3;
 mod forward;
 mod geometry;
 mod im2col;
@@ -26,7 +27,7 @@ mod winograd;
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
-pub use select::{with_algorithm, Algorithm};
+pub use select::{direct_grouped, with_algorithm, Algorithm, Pass};
 pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.

@@ -1,0 +1,359 @@
+//! Grouped 3x3 stride-1 "same" convolutions with a few channels per group, computed directly.
+//!
+//! ResNeXt-50 32x4d's 3x3 layers have 4 to 32 channels per group. As im2col + GEMM each
+//! (image, group) unit is a product of `(C/g, 9*C/g) @ (9*C/g, OH*OW)`: a GEMM four to
+//! thirty-two rows tall, where gemm's packing and edge handling cost as much as its
+//! multiplies (measured 40-70 GFLOP/s, against ~190 for the dense layers). Here one unit is
+//! computed in registers: the unit's input planes are copied once into zero-bordered planes of
+//! width `W + 2`, and output positions are numbered along those padded rows, so every tap
+//! `(ky, kx)` reads the padded planes at one fixed offset `ky * (W + 2) + kx` from the output
+//! position. Blocks of 4 output channels x 24 positions stay in 12 AVX registers while the
+//! loop runs over input channels and taps (2 of every `W + 2` positions land on the padding
+//! columns and are dropped).
+//!
+//! The input gradient of such a convolution is the same convolution of the output gradient with
+//! each group's weights transposed (input and output channels swapped) and the taps reversed, so
+//! it runs through the same kernel. The weight gradient correlates the padded input planes with
+//! the output gradient laid out on the same padded rows (zero on the padding columns): blocks of
+//! 4 output channels x 3 taps of one kernel row accumulate in 12 registers over all positions.
+//!
+//! Each output value sums input channels in order, then taps in row-major order; the weight
+//! gradient sums each image's positions in a fixed order and the images as `weight_grad.rs`
+//! does (fixed chunks of consecutive images, added in chunk order). No result depends on the
+//! thread count.
+
+use super::geometry::ConvGeometry;
+use super::schedule::for_each_unit;
+use super::scratch::with_columns;
+
+/// Output channels one register block computes.
+const CHANNEL_BLOCK: usize = 4;
+/// Output positions one register block computes (three vectors of 8).
+const POSITION_BLOCK: usize = 24;
+/// Channels per group this path takes at most (beyond it, the GEMM is tall enough).
+const MAX_GROUP_CHANNELS: usize = 32;
+
+/// True when the CPU can run the kernel (AVX2 and FMA, checked once).
+fn cpu_supports() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when `g` and its input-gradient convolution both run here: grouped, 3x3, stride 1,
+/// padding 1, with a multiple of 4 and at most 32 channels per group on either side.
+pub fn applies(g: &ConvGeometry) -> bool {
+    let fits = |c: usize| c.is_multiple_of(CHANNEL_BLOCK) && c <= MAX_GROUP_CHANNELS;
+    g.groups > 1
+        && g.kernel_h == 3
+        && g.kernel_w == 3
+        && g.stride == 1
+        && g.padding == 1
+        && fits(g.group_in_channels())
+        && fits(g.group_out_channels())
+        && cpu_supports()
+}
+
+/// The padded-plane layout of one unit.
+struct Plan {
+    /// Width of a padded row, `W + 2`.
+    row: usize,
+    /// Values per padded input plane: `(H + 2) * (W + 2)` plus room for the last block's reads.
+    plane: usize,
+    /// Output positions computed per channel: `H * (W + 2)` rounded up to a whole block.
+    positions: usize,
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry) -> Self {
+        let row = g.in_w + 2;
+        let positions = (g.in_h * row).div_ceil(POSITION_BLOCK) * POSITION_BLOCK;
+        // The last block reads up to `positions - 1 + 2 * row + 2`.
+        let plane = (positions + 2 * row + 2).max((g.in_h + 2) * row);
+        Self {
+            row,
+            plane,
+            positions,
+        }
+    }
+}
+
+/// Copies one unit's `H x W` planes (`src`) into zero-bordered planes of `plan.plane` values
+/// each (`dst`): pixel `(iy, ix)` at `(iy + 1) * row + ix + 1`.
+fn pad_planes(src: &[f32], h: usize, w: usize, plan: &Plan, dst: &mut [f32]) {
+    for (dst, src) in dst
+        .chunks_exact_mut(plan.plane)
+        .zip(src.chunks_exact(h * w))
+    {
+        dst.fill(0.0);
+        for (iy, src_row) in src.chunks_exact(w).enumerate() {
+            let at = (iy + 1) * plan.row + 1;
+            dst[at..at + w].copy_from_slice(src_row);
+        }
+    }
+}
+
+/// Output `(N, C_out, H, W)` of `g` into `y` (every value overwritten), then `then(unit,
+/// y_unit)` on each unit's output. Requires [`applies`].
+pub fn forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: super::forward::Epilogue<'_>,
+) {
+    assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
+    let plan = Plan::new(g);
+    let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let (h, w_len) = (g.in_h, g.in_w);
+    for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
+        let x_unit = g.input_unit(x, unit);
+        let w_group = g.weight_group(w, g.group_of(unit));
+        with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
+            let (padded, out) = buf.split_at_mut(c_in * plan.plane);
+            pad_planes(x_unit, h, w_len, &plan, padded);
+            // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths `unit_kernel`
+            // documents (c_in padded planes, c_out blocks of `positions`, a full weight group).
+            unsafe { unit_kernel(padded, w_group, out, c_in, c_out, &plan) };
+            for (dst, src) in y_unit
+                .chunks_exact_mut(h * w_len)
+                .zip(out.chunks_exact(plan.positions))
+            {
+                for (oy, dst_row) in dst.chunks_exact_mut(w_len).enumerate() {
+                    dst_row.copy_from_slice(&src[oy * plan.row..oy * plan.row + w_len]);
+                }
+            }
+        });
+        then(unit, y_unit);
+    });
+}
+
+/// Input gradient `(N, C_in, H, W)` of `g` from the output gradient `dy`: the direct
+/// convolution of `dy` with each group's weights transposed and their taps reversed.
+/// Requires [`applies`].
+pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let mut flipped = vec![0.0f32; w.len()];
+    for group in 0..g.groups {
+        let src = g.weight_group(w, group);
+        let dst = &mut flipped[group * src.len()..(group + 1) * src.len()];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..9 {
+                    dst[(ci * c_out + co) * 9 + 8 - t] = src[(co * c_in + ci) * 9 + t];
+                }
+            }
+        }
+    }
+    // 3x3, stride 1, padding 1: the output has the input's size, so the transposed
+    // convolution maps `dy`'s maps back onto maps of the same size.
+    let back = ConvGeometry {
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        ..*g
+    };
+    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
+    forward_into(&back, dy, &flipped, &mut dx, &|_, _| {});
+    dx
+}
+
+/// Partial sums the batch is cut into, as in `weight_grad.rs`: a constant, so that the order of
+/// the additions does not depend on the thread count.
+const PARTIALS: usize = 4;
+
+/// Weight gradient `(C_out, C_in/groups, 3, 3)` of `g` from the input `x` and the output
+/// gradient `dy`. Requires [`applies`].
+pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
+    let plan = Plan::new(g);
+    let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let (h, w_len) = (g.in_h, g.in_w);
+    let group_len = g.weight_group_len();
+    let dw_len = g.groups * group_len;
+    let chunks = PARTIALS.min(g.batch).max(1);
+    let per_chunk = g.batch.div_ceil(chunks);
+    let mut parts = vec![0.0f32; chunks * dw_len];
+    for_each_unit(&mut parts, group_len, |task, dw_g, _| {
+        let (chunk, group) = (task / g.groups, task % g.groups);
+        let images = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
+        dw_g.fill(0.0);
+        with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
+            let (padded, grads) = buf.split_at_mut(c_in * plan.plane);
+            for image in images {
+                let unit = image * g.groups + group;
+                pad_planes(g.input_unit(x, unit), h, w_len, &plan, padded);
+                for (dst, src) in grads
+                    .chunks_exact_mut(plan.positions)
+                    .zip(g.output_unit(dy, unit).chunks_exact(h * w_len))
+                {
+                    dst.fill(0.0);
+                    for (oy, src_row) in src.chunks_exact(w_len).enumerate() {
+                        dst[oy * plan.row..oy * plan.row + w_len].copy_from_slice(src_row);
+                    }
+                }
+                // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths
+                // `unit_weight_grad` documents.
+                unsafe { unit_weight_grad(padded, grads, dw_g, c_in, c_out, &plan) };
+            }
+        });
+    });
+    let (first, rest) = parts.split_at_mut(dw_len);
+    for part in rest.chunks(dw_len) {
+        for (d, v) in first.iter_mut().zip(part) {
+            *d += *v;
+        }
+    }
+    parts.truncate(dw_len);
+    parts
+}
+
+/// Adds `sum_q grads[co][q] * padded[ci][q + offset(tap)]` to `dw[co][ci][tap]` for every
+/// output channel, input channel and tap, each sum over all `plan.positions` positions.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `plan.plane` values, `grads`
+/// `c_out` rows of `plan.positions` values (zero wherever no output pixel is), `dw`
+/// `c_out * c_in * 9` values; `c_out` is a multiple of [`CHANNEL_BLOCK`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unit_weight_grad(
+    padded: &[f32],
+    grads: &[f32],
+    dw: &mut [f32],
+    c_in: usize,
+    c_out: usize,
+    plan: &Plan,
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        padded.len() >= c_in * plan.plane
+            && grads.len() >= c_out * plan.positions
+            && dw.len() >= c_out * c_in * 9
+            && c_out.is_multiple_of(CHANNEL_BLOCK)
+            && plan.positions.is_multiple_of(8)
+            && plan.positions + 2 * plan.row + 2 <= plan.plane
+    );
+    /// The sum of a vector's 8 lanes, in a fixed order.
+    #[inline(always)]
+    unsafe fn lane_sum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+    let (xp, gp) = (padded.as_ptr(), grads.as_ptr());
+    for co in (0..c_out).step_by(CHANNEL_BLOCK) {
+        for ci in 0..c_in {
+            for ky in 0..3 {
+                let mut acc = [[_mm256_setzero_ps(); 3]; CHANNEL_BLOCK];
+                // SAFETY (all pointer reads below): q + 7 + ky * row + 2 < positions + 2 * row
+                // + 2 <= plane inside plane `ci`; gradient rows hold `positions` values.
+                let x_base = xp.add(ci * plan.plane + ky * plan.row);
+                for q in (0..plan.positions).step_by(8) {
+                    let s = x_base.add(q);
+                    let xs = [
+                        _mm256_loadu_ps(s),
+                        _mm256_loadu_ps(s.add(1)),
+                        _mm256_loadu_ps(s.add(2)),
+                    ];
+                    for (j, acc_j) in acc.iter_mut().enumerate() {
+                        let gv = _mm256_loadu_ps(gp.add((co + j) * plan.positions + q));
+                        for (a, xv) in acc_j.iter_mut().zip(xs) {
+                            *a = _mm256_fmadd_ps(gv, xv, *a);
+                        }
+                    }
+                }
+                for (j, acc_j) in acc.iter().enumerate() {
+                    let at = ((co + j) * c_in + ci) * 9 + ky * 3;
+                    for (kx, a) in acc_j.iter().enumerate() {
+                        dw[at + kx] += lane_sum(*a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn unit_weight_grad(_: &[f32], _: &[f32], _: &mut [f32], _: usize, _: usize, _: &Plan) {
+    unreachable!("direct3x3 runs only on x86-64")
+}
+
+/// Computes `out[co][q] = sum_ci sum_tap w[co][ci][tap] * padded[ci][q + offset(tap)]` for every
+/// output channel `co < c_out` and position `q < plan.positions`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `plan.plane` values, `w`
+/// `c_out * c_in * 9` values, `out` `c_out * plan.positions` values; `c_out` is a multiple of
+/// [`CHANNEL_BLOCK`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unit_kernel(
+    padded: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    c_in: usize,
+    c_out: usize,
+    plan: &Plan,
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        padded.len() >= c_in * plan.plane
+            && w.len() >= c_out * c_in * 9
+            && out.len() >= c_out * plan.positions
+            && c_out.is_multiple_of(CHANNEL_BLOCK)
+            && plan.positions.is_multiple_of(POSITION_BLOCK)
+            && plan.positions + 2 * plan.row + 2 <= plan.plane
+    );
+    let r = plan.row;
+    let offsets = [0, 1, 2, r, r + 1, r + 2, 2 * r, 2 * r + 1, 2 * r + 2];
+    let (xp, wp, op) = (padded.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+    let co_stride = c_in * 9;
+    for co in (0..c_out).step_by(CHANNEL_BLOCK) {
+        for q in (0..plan.positions).step_by(POSITION_BLOCK) {
+            let mut acc = [[_mm256_setzero_ps(); 3]; CHANNEL_BLOCK];
+            for ci in 0..c_in {
+                // SAFETY (all pointer reads below): q + 23 + offset <= positions - 1 + 2r + 2
+                // < plane, inside plane `ci`; weight indices stay below c_out * c_in * 9.
+                let x_base = xp.add(ci * plan.plane + q);
+                let w_base = wp.add(co * co_stride + ci * 9);
+                for (t, &offset) in offsets.iter().enumerate() {
+                    let s = x_base.add(offset);
+                    let xs = [
+                        _mm256_loadu_ps(s),
+                        _mm256_loadu_ps(s.add(8)),
+                        _mm256_loadu_ps(s.add(16)),
+                    ];
+                    for (j, acc_j) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_broadcast_ss(&*w_base.add(j * co_stride + t));
+                        for (a, xv) in acc_j.iter_mut().zip(xs) {
+                            *a = _mm256_fmadd_ps(wv, xv, *a);
+                        }
+                    }
+                }
+            }
+            for (j, acc_j) in acc.iter().enumerate() {
+                let dst = op.add((co + j) * plan.positions + q);
+                for (i, a) in acc_j.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(8 * i), *a);
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn unit_kernel(_: &[f32], _: &[f32], _: &mut [f32], _: usize, _: usize, _: &Plan) {
+    unreachable!("direct3x3 runs only on x86-64")
+}

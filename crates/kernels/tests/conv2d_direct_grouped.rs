@@ -1,0 +1,165 @@
+//! The direct grouped 3x3 passes (conv2d/direct3x3.rs) against the im2col + GEMM passes on the
+//! same inputs: forward, input gradient and weight gradient of grouped 3x3, stride-1,
+//! padding-1 convolutions with 4 to 32 channels per group, over map sizes from 1x1 to 28x28
+//! (odd, non-square, smaller and larger than one register block of positions) and odd batches;
+//! and bit-identical results under rayon pools of 1, 2 and 3 threads.
+
+use candle_core::{Device, Result, Tensor};
+use mtanet_kernels::conv2d::{direct_grouped, with_algorithm, Algorithm, Pass};
+use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+
+/// Deterministic values in [-1, 1) from a 64-bit LCG.
+fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// (batch, in channels, out channels, height, width, groups).
+const SHAPES: &[[usize; 6]] = &[
+    [1, 8, 8, 5, 5, 2],
+    [3, 16, 32, 9, 7, 4],
+    [2, 64, 64, 28, 28, 16],
+    [3, 16, 16, 14, 14, 4],
+    [5, 128, 128, 4, 4, 4],
+    [2, 96, 64, 7, 7, 8],
+    [2, 32, 32, 1, 1, 8],
+    [1, 24, 24, 11, 13, 2],
+    [3, 256, 256, 14, 14, 32],
+];
+
+fn geometry(&[n, c_in, c_out, h, w, groups]: &[usize; 6]) -> Result<ConvGeometry> {
+    ConvGeometry::new(
+        &[n, c_in, h, w],
+        &[c_out, c_in / groups, 3, 3],
+        1,
+        1,
+        groups,
+    )
+}
+
+/// Output, input gradient and weight gradient of one shape, with `algorithm` forced.
+fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f32>; 3]> {
+    let g = geometry(shape)?;
+    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed)?;
+    let wt = pseudo_random(&[g.out_channels, g.group_in_channels(), 3, 3], seed + 1)?;
+    let dy = pseudo_random(&[g.batch, g.out_channels, g.out_h, g.out_w], seed + 2)?;
+    let op = Conv2d {
+        stride: 1,
+        padding: 1,
+        groups: g.groups,
+    };
+    with_algorithm(algorithm, || {
+        let y = x.apply_op2_no_bwd(&wt, &op)?;
+        let dx = dy.apply_op2_no_bwd(&wt, &Conv2dInputGrad { geometry: g })?;
+        let dw = x.apply_op2_no_bwd(&dy, &Conv2dWeightGrad { geometry: g })?;
+        Ok([
+            y.flatten_all()?.to_vec1()?,
+            dx.flatten_all()?.to_vec1()?,
+            dw.flatten_all()?.to_vec1()?,
+        ])
+    })
+}
+
+/// max |a - b| / max |b|.
+fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let scale = expected.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    diff / scale.max(1e-12)
+}
+
+/// The shapes do take the direct path on a CPU with AVX2 and FMA (else the comparison below
+/// would compare the GEMM path with itself): forward and input gradient everywhere, the weight
+/// gradient on maps of 100 pixels or more.
+#[test]
+fn the_shapes_take_the_direct_path() -> Result<()> {
+    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+    {
+        eprintln!("no AVX2/FMA: the direct path is off on this CPU");
+        return Ok(());
+    }
+    for shape in SHAPES {
+        let g = geometry(shape)?;
+        assert!(direct_grouped(&g, Pass::Forward), "{shape:?} forward");
+        assert!(direct_grouped(&g, Pass::InputGrad), "{shape:?} input grad");
+        assert_eq!(
+            direct_grouped(&g, Pass::WeightGrad),
+            g.out_pixels() >= 100,
+            "{shape:?} weight grad"
+        );
+        let forced = with_algorithm(Algorithm::Gemm, || direct_grouped(&g, Pass::Forward));
+        assert!(
+            !forced,
+            "{shape:?}: Algorithm::Gemm must turn the direct path off"
+        );
+    }
+    // Channels per group that are not a multiple of 4, or more than 32, stay on GEMM.
+    for shape in [[2, 6, 6, 8, 8, 3], [1, 128, 128, 8, 8, 2]] {
+        assert!(!direct_grouped(&geometry(&shape)?, Pass::Forward));
+    }
+    Ok(())
+}
+
+#[test]
+fn direct_passes_match_gemm() -> Result<()> {
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let reference = passes(Algorithm::Gemm, shape, seed)?;
+        let ours = passes(Algorithm::Auto, shape, seed)?;
+        for (what, (a, b)) in ["output", "input grad", "weight grad"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let e = relative_error(a, b);
+            assert!(e <= 2e-6, "{shape:?}: {what} relative error {e}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn same_bits_with_one_two_and_three_threads() -> Result<()> {
+    let mut runs = Vec::new();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(candle_core::Error::wrap)?;
+        runs.push(pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
+            SHAPES
+                .iter()
+                .enumerate()
+                .map(|(i, shape)| {
+                    let out = passes(Algorithm::Auto, shape, 7 + i as u64)?;
+                    Ok(out.map(|v| v.iter().map(|f| f.to_bits()).collect()))
+                })
+                .collect()
+        })?);
+    }
+    for run in &runs[1..] {
+        for ((shape, a), b) in SHAPES.iter().zip(&runs[0]).zip(run) {
+            for (what, (x, y)) in ["output", "input grad", "weight grad"]
+                .iter()
+                .zip(a.iter().zip(b))
+            {
+                assert!(x == y, "{shape:?}: {what} depends on the thread count");
+            }
+        }
+    }
+    Ok(())
+}
