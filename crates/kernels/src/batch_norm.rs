@@ -242,6 +242,10 @@ pub(crate) struct Saved {
     pub inv_std: Vec<f32>,
     /// The affine weight (gamma).
     pub weight: Vec<f32>,
+    /// The forward's per-channel `scale = weight * inv_std` and `shift = bias - mean * scale`
+    /// (the output is `max?(x * scale + shift)`): the backward recomputes the ReLU mask from
+    /// them and the input, bit for bit the forward's test, instead of reading the output.
+    pub scale_shift: (Vec<f32>, Vec<f32>),
     /// Elements per channel.
     pub count: usize,
 }
@@ -307,28 +311,53 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
-/// `(sum(g'), sum(g' * (x - mu)))` with `g' = g` where the fused ReLU passed (`y > 0`, or
-/// everywhere without ReLU), else 0; in [`LANES`] f32 partial sums combined in f64.
-fn gated_sums(g: &[f32], x: &[f32], y: &[f32], relu: bool, mu: f32) -> (f64, f64) {
+/// A channel's fused ReLU in the backward pass: the forward's output was
+/// `max(x * scale + shift, 0)`, so the gradient passes where `x * scale + shift > 0`,
+/// recomputed from the input in the same f32 operations (bit for bit the forward's test:
+/// `t <= 0 || t.is_nan()` exactly where `t.max(0.0) <= 0.0` was), and the output is not read. Without ReLU everything passes.
+#[derive(Clone, Copy, Debug)]
+struct ReluGate {
+    relu: bool,
+    scale: f32,
+    shift: f32,
+}
+
+impl ReluGate {
+    /// True where the ReLU blocked the gradient of input value `x`.
+    #[inline(always)]
+    fn blocks(self, x: f32) -> bool {
+        let t = x * self.scale + self.shift;
+        self.relu && (t <= 0.0 || t.is_nan())
+    }
+
+    /// `g`, or 0 where the ReLU blocked it.
+    #[inline(always)]
+    fn pass(self, g: f32, x: f32) -> f32 {
+        if self.blocks(x) {
+            0.0
+        } else {
+            g
+        }
+    }
+}
+
+/// `(sum(g'), sum(g' * (x - mu)))` with `g' = gate.pass(g, x)`; in [`LANES`] f32 partial sums
+/// combined in f64.
+fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
-    let gate = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
-    let (cg, cx, cy) = (
-        g.chunks_exact(LANES),
-        x.chunks_exact(LANES),
-        y.chunks_exact(LANES),
-    );
-    let (tg, tx, ty) = (cg.remainder(), cx.remainder(), cy.remainder());
-    for ((g, x), y) in cg.zip(cx).zip(cy) {
+    let (cg, cx) = (g.chunks_exact(LANES), x.chunks_exact(LANES));
+    let (tg, tx) = (cg.remainder(), cx.remainder());
+    for (g, x) in cg.zip(cx) {
         for i in 0..LANES {
-            let gv = gate(g[i], y[i]);
+            let gv = gate.pass(g[i], x[i]);
             s1[i] += gv;
             s2[i] += gv * (x[i] - mu);
         }
     }
     let mut t1: f64 = s1.iter().map(|&v| v as f64).sum();
     let mut t2: f64 = s2.iter().map(|&v| v as f64).sum();
-    for ((&g, &x), &y) in tg.iter().zip(tx).zip(ty) {
-        let gv = gate(g, y);
+    for (&g, &x) in tg.iter().zip(tx) {
+        let gv = gate.pass(g, x);
         t1 += gv as f64;
         t2 += (gv * (x - mu)) as f64;
     }
@@ -341,19 +370,19 @@ fn gated_sums(g: &[f32], x: &[f32], y: &[f32], relu: bool, mu: f32) -> (f64, f64
 fn channel_gated_sums(
     g: &[f32],
     x: &[f32],
-    y: &[f32],
     (n, c, inner): (usize, usize, usize),
-    relu: bool,
+    gate: impl Fn(usize) -> ReluGate + Sync,
     centre: impl Fn(usize) -> (f32, f32) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let (mu, scale) = centre(ch);
+            let gate = gate(ch);
             let (mut sg, mut sgx) = (0f64, 0f64);
             for i in 0..n {
                 let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
-                let (rg, rgx) = gated_sums(&g[r.clone()], &x[r.clone()], &y[r], relu, mu);
+                let (rg, rgx) = gated_sums(&g[r.clone()], &x[r], gate, mu);
                 sg += rg;
                 sgx += rgx * scale as f64;
             }
@@ -598,8 +627,9 @@ impl CustomOp3 for BatchNormTrainGrad {
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, inner) = nc_inner(xl.dims(), "batch_norm_train backward")?;
+        // The output operand is read on CUDA only: here the ReLU mask is recomputed.
+        let _ = (ys, yl);
         let x = dense_f32(xs, xl, "input")?;
-        let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
         let Some(saved) = self.state.host() else {
             bail!("batch_norm_train backward: the forward pass did not run on the CPU")
@@ -607,7 +637,7 @@ impl CustomOp3 for BatchNormTrainGrad {
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
-        let (dweight, dbias) = train_backward(&x, &y, &g, (n, c, inner), saved, self.relu, dx);
+        let (dweight, dbias) = train_backward(&x, &g, (n, c, inner), saved, self.relu, dx);
         rest[..c].copy_from_slice(&dweight);
         rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
@@ -637,6 +667,7 @@ pub(crate) fn train_forward(
         var,
         inv_std,
         weight: weight.to_vec(),
+        scale_shift: (a, shift),
         count: n * inner,
     };
     (y, saved)
@@ -644,20 +675,24 @@ pub(crate) fn train_forward(
 
 /// Backward of training-mode BatchNorm (+ ReLU when `relu`) on the CPU: writes the input
 /// gradient into `dx` (x's size) and returns the weight and bias gradients (C each). `x` is
-/// the BatchNorm input, `y` its output (for the ReLU mask), `g` the output gradient.
+/// the BatchNorm input, `g` the output gradient; the ReLU mask is recomputed from `x` and the
+/// forward's scale and shift ([`ReluGate`]), the output is not read.
 pub(crate) fn train_backward(
     x: &[f32],
-    y: &[f32],
     g: &[f32],
     (n, c, inner): (usize, usize, usize),
     s: &Saved,
     relu: bool,
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
+    let gate = |ch: usize| ReluGate {
+        relu,
+        scale: s.scale_shift.0[ch],
+        shift: s.scale_shift.1[ch],
+    };
     // Per channel: sum g' and sum g' * xhat.
-    let (sum_g, sum_gx) = channel_gated_sums(g, x, y, (n, c, inner), relu, |ch| {
-        (s.mean[ch], s.inv_std[ch])
-    });
+    let (sum_g, sum_gx) =
+        channel_gated_sums(g, x, (n, c, inner), gate, |ch| (s.mean[ch], s.inv_std[ch]));
     let m = (n * inner) as f64;
     dx.par_chunks_mut(inner.max(1))
         .enumerate()
@@ -667,14 +702,10 @@ pub(crate) fn train_backward(
             let k = s.weight[ch] * is;
             let mg = (sum_g[ch] / m) as f32;
             let mgx = (sum_gx[ch] / m) as f32;
+            let gate = gate(ch);
             let r = row * inner..(row + 1) * inner;
-            let rows = dr
-                .iter_mut()
-                .zip(&x[r.clone()])
-                .zip(&g[r.clone()])
-                .zip(&y[r]);
-            for (((d, &xv), &gv), &yv) in rows {
-                let gv = if relu && yv <= 0.0 { 0.0 } else { gv };
+            for ((d, &xv), &gv) in dr.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+                let gv = gate.pass(gv, xv);
                 *d = k * (gv - mg - (xv - mu) * is * mgx);
             }
         });
@@ -740,16 +771,23 @@ impl CustomOp3 for ChannelAffine {
         &self,
         x: &Tensor,
         scale: &Tensor,
-        _shift: &Tensor,
+        shift: &Tensor,
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, c, _) = nc_inner(x.dims(), "channel_affine")?;
-        // On the CPU the scale is read as a slice; on CUDA the backward reads the tensor there.
+        // On the CPU scale and shift are read as slices (the ReLU mask is recomputed from
+        // them); on CUDA the backward reads the scale tensor there.
         let scale = match scale.device() {
             #[cfg(feature = "cuda")]
-            Device::Cuda(_) => AffineScale::Device(scale.clone()),
-            _ => AffineScale::Host(scale.to_vec1::<f32>()?),
+            Device::Cuda(_) => {
+                let _ = shift;
+                AffineScale::Device(scale.clone())
+            }
+            _ => AffineScale::Host {
+                scale: scale.to_vec1::<f32>()?,
+                shift: shift.to_vec1::<f32>()?,
+            },
         };
         let grad = ChannelAffineGrad {
             scale,
@@ -768,20 +806,25 @@ struct ChannelAffineGrad {
     relu: bool,
 }
 
-/// The scale of a [`ChannelAffineGrad`].
+/// The scale (and on the host the shift) of a [`ChannelAffineGrad`].
 enum AffineScale {
     /// On the host (the CPU op).
-    Host(Vec<f32>),
+    Host {
+        /// Per-channel scale.
+        scale: Vec<f32>,
+        /// Per-channel shift.
+        shift: Vec<f32>,
+    },
     /// The scale tensor on CUDA, read there.
     #[cfg(feature = "cuda")]
     Device(Tensor),
 }
 
 impl AffineScale {
-    /// The scale on the host, for the CPU op.
-    fn host(&self) -> Option<&[f32]> {
+    /// Scale and shift on the host, for the CPU op.
+    fn host(&self) -> Option<(&[f32], &[f32])> {
         match self {
-            AffineScale::Host(s) => Some(s),
+            AffineScale::Host { scale, shift } => Some((scale, shift)),
             #[cfg(feature = "cuda")]
             AffineScale::Device(_) => None,
         }
@@ -833,25 +876,30 @@ impl CustomOp3 for ChannelAffineGrad {
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, inner) = nc_inner(xl.dims(), "channel_affine backward")?;
+        // The output operand is read on CUDA only: here the ReLU mask is recomputed.
+        let _ = (ys, yl);
         let x = dense_f32(xs, xl, "input")?;
-        let y = dense_f32(ys, yl, "output")?;
         let g = dense_f32(gs, gl, "output gradient")?;
-        let Some(scale) = self.scale.host() else {
+        let Some((scale, shift)) = self.scale.host() else {
             bail!("channel_affine backward: the scale is not on the CPU")
         };
-        let relu = self.relu;
+        let gate = |ch: usize| ReluGate {
+            relu: self.relu,
+            scale: scale[ch],
+            shift: shift[ch],
+        };
         // Per channel: sum g' and sum g' * x.
-        let (sum_g, sum_gx) = channel_gated_sums(&g, &x, &y, (n, c, inner), relu, |_| (0.0, 1.0));
+        let (sum_g, sum_gx) = channel_gated_sums(&g, &x, (n, c, inner), gate, |_| (0.0, 1.0));
         let numel = x.len();
         let mut out = vec![0f32; numel + 2 * c];
         let (dx, rest) = out.split_at_mut(numel);
         dx.par_chunks_mut(inner.max(1))
             .enumerate()
             .for_each(|(row, dr)| {
-                let a = scale[row % c];
+                let (a, gate) = (scale[row % c], gate(row % c));
                 let r = row * inner..(row + 1) * inner;
-                for ((d, &gv), &yv) in dr.iter_mut().zip(&g[r.clone()]).zip(&y[r]) {
-                    *d = if relu && yv <= 0.0 { 0.0 } else { a * gv };
+                for ((d, &gv), &xv) in dr.iter_mut().zip(&g[r.clone()]).zip(&x[r]) {
+                    *d = if gate.blocks(xv) { 0.0 } else { a * gv };
                 }
             });
         for ch in 0..c {
@@ -859,5 +907,37 @@ impl CustomOp3 for ChannelAffineGrad {
             rest[c + ch] = sum_g[ch] as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backward's recomputed ReLU mask blocks exactly where the forward's output was not
+    /// positive, also where the pre-activation is exactly zero or NaN.
+    #[test]
+    fn recomputed_relu_mask_is_the_forwards() {
+        let (n, c, inner) = (2, 3, 7);
+        let mut x: Vec<f32> = (0..n * c * inner)
+            .map(|i| ((i as f32) * 0.73).sin() * 3.0)
+            .collect();
+        // Non-finite values and signed zeros in channel 1 (its statistics, and so every
+        // pre-activation there, become NaN).
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0];
+        x[inner..inner + specials.len()].copy_from_slice(&specials);
+        let (weight, bias) = (vec![1.5, -0.5, 0.0], vec![0.25, 0.0, 0.0]);
+        let (y, saved) = train_forward(&x, (n, c, inner), (&weight, &bias), 1e-5, true);
+        for (i, (&xv, &yv)) in x.iter().zip(&y).enumerate() {
+            let ch = (i / inner) % c;
+            let gate = ReluGate {
+                relu: true,
+                scale: saved.scale_shift.0[ch],
+                shift: saved.scale_shift.1[ch],
+            };
+            assert_eq!(gate.blocks(xv), yv <= 0.0, "value {i}: x {xv}, y {yv}");
+        }
+        // Channel 2 has weight 0 and bias 0: every pre-activation is exactly 0, all blocked.
+        assert!(y[2 * inner..3 * inner].iter().all(|&v| v == 0.0));
     }
 }

@@ -219,8 +219,9 @@ impl CustomOp3 for ConvBnTrain {
     }
 
     /// With a residual, the ReLU mask is the final output's (`y > 0`, exactly where the
-    /// BatchNorm output plus the shortcut passed), so the BatchNorm backward takes the final
-    /// output in place of its own, and the shortcut's gradient is the masked `grad_y`.
+    /// BatchNorm output plus the shortcut passed): the masked `grad_y` is the shortcut's
+    /// gradient, and the BatchNorm backward (without ReLU) takes it as its output gradient.
+    /// Without a residual the BatchNorm backward recomputes its own ReLU mask from `z`.
     fn bwd(
         &self,
         x: &Tensor,
@@ -236,20 +237,37 @@ impl CustomOp3 for ConvBnTrain {
         };
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = second.storage_and_layout();
-        let (ys, yl) = y.storage_and_layout();
         let (gs, gl) = grad_y.storage_and_layout();
         let xv = cpu_values(&xs, xl, "input")?;
         let second_values = cpu_values(&ws, wl, "conv weight")?;
         let w_len = g.groups * g.weight_group_len();
         let wv = &second_values[..w_len];
-        let yv = cpu_values(&ys, yl, "output")?;
         let gv = cpu_values(&gs, gl, "output gradient")?;
+        let dshortcut = if self.residual {
+            let (ys, yl) = y.storage_and_layout();
+            let yv = cpu_values(&ys, yl, "output")?;
+            let mut masked = vec![0f32; gv.len()];
+            masked
+                .par_chunks_mut(1 << 14)
+                .zip(yv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
+                .for_each(|(d, (ys, gs))| {
+                    for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
+                        *d = if yv > 0.0 { gv } else { 0.0 };
+                    }
+                });
+            Some(masked)
+        } else {
+            None
+        };
         let c = g.out_channels;
         let dims = (g.batch, c, g.out_h * g.out_w);
         let mut dz = Scratch::take(s.z.len());
         let (dgamma, dbeta) = timed(
             || "bn bwd".into(),
-            || train_backward(&s.z, &yv, &gv, dims, &s.bn, self.relu, &mut dz),
+            || match &dshortcut {
+                Some(masked) => train_backward(&s.z, masked, dims, &s.bn, false, &mut dz),
+                None => train_backward(&s.z, &gv, dims, &s.bn, self.relu, &mut dz),
+            },
         );
         let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, &xv, &dz));
         let dx = if x.track_op() {
@@ -264,17 +282,8 @@ impl CustomOp3 for ConvBnTrain {
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), device))
             .transpose()?;
-        if self.residual {
+        if let Some(dshortcut) = dshortcut {
             let dpacked = Tensor::from_vec([dw, dgamma, dbeta].concat(), second.shape(), device)?;
-            let mut dshortcut = vec![0f32; gv.len()];
-            dshortcut
-                .par_chunks_mut(1 << 14)
-                .zip(yv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
-                .for_each(|(d, (ys, gs))| {
-                    for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
-                        *d = if yv > 0.0 { gv } else { 0.0 };
-                    }
-                });
             let dshortcut = Tensor::from_vec(dshortcut, third.shape(), device)?;
             return Ok((dx, Some(dpacked), Some(dshortcut)));
         }
