@@ -1,4 +1,5 @@
-//! Grouped 3x3 stride-1 "same" convolutions with a few channels per group, computed directly.
+//! 3x3 stride-1 "same" convolutions computed directly, without im2col or GEMM: what the grouped
+//! layers of ResNeXt run (`select.rs` says where; any multiple of 4 channels per group works).
 //!
 //! ResNeXt-50 32x4d's 3x3 layers have 4 to 32 channels per group. As im2col + GEMM each
 //! (image, group) unit is a product of `(C/g, 9*C/g) @ (9*C/g, OH*OW)`: a GEMM four to
@@ -30,8 +31,6 @@ use super::scratch::with_columns;
 const CHANNEL_BLOCK: usize = 4;
 /// Output positions one register block computes (three vectors of 8).
 const POSITION_BLOCK: usize = 24;
-/// Channels per group this path takes at most (beyond it, the GEMM is tall enough).
-const MAX_GROUP_CHANNELS: usize = 32;
 
 /// True when the CPU can run the kernel (AVX2 and FMA, checked once).
 fn cpu_supports() -> bool {
@@ -50,12 +49,11 @@ fn cpu_supports() -> bool {
     }
 }
 
-/// True when `g` and its input-gradient convolution both run here: grouped, 3x3, stride 1,
-/// padding 1, with a multiple of 4 and at most 32 channels per group on either side.
+/// True when `g` and its input-gradient convolution can both run here: 3x3, stride 1, padding
+/// 1, with a multiple of 4 channels per group on either side, on a CPU with AVX2 and FMA.
 pub fn applies(g: &ConvGeometry) -> bool {
-    let fits = |c: usize| c.is_multiple_of(CHANNEL_BLOCK) && c <= MAX_GROUP_CHANNELS;
-    g.groups > 1
-        && g.kernel_h == 3
+    let fits = |c: usize| c.is_multiple_of(CHANNEL_BLOCK);
+    g.kernel_h == 3
         && g.kernel_w == 3
         && g.stride == 1
         && g.padding == 1
@@ -88,19 +86,132 @@ impl Plan {
     }
 }
 
-/// Copies one unit's `H x W` planes (`src`) into zero-bordered planes of `plan.plane` values
-/// each (`dst`): pixel `(iy, ix)` at `(iy + 1) * row + ix + 1`.
-fn pad_planes(src: &[f32], h: usize, w: usize, plan: &Plan, dst: &mut [f32]) {
-    for (dst, src) in dst
-        .chunks_exact_mut(plan.plane)
-        .zip(src.chunks_exact(h * w))
-    {
-        dst.fill(0.0);
-        for (iy, src_row) in src.chunks_exact(w).enumerate() {
-            let at = (iy + 1) * plan.row + 1;
-            dst[at..at + w].copy_from_slice(src_row);
+/// Copies the `h` rows of `w` values of each dense plane in `src` into the planes of `dst`
+/// (`dst_plane` values each), row `i` at `start + i * row`, and zeroes every other value of
+/// those planes: the zero-bordered input planes (`start = row + 1`) and the output gradient on
+/// padded rows (`start = 0`). Requires [`applies`] (AVX2).
+fn spread_rows(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (row, start): (usize, usize),
+    dst: &mut [f32],
+    dst_plane: usize,
+) {
+    assert!(w > 0 && row >= w && start + h * row <= dst_plane + row - w);
+    assert!(dst.len().is_multiple_of(dst_plane) && src.len() / (h * w) == dst.len() / dst_plane);
+    // SAFETY: `applies` checked AVX2; the bounds are checked above.
+    unsafe { spread_rows_avx2(src, (h, w), (row, start), dst, dst_plane) }
+}
+
+/// [`spread_rows`] once its bounds are checked.
+///
+/// # Safety
+/// The CPU supports AVX2; `dst` holds as many planes of `dst_plane` values as `src` holds
+/// `h x w` planes, and `start + h * row <= dst_plane + row - w`.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+unsafe fn spread_rows_avx2(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (row, start): (usize, usize),
+    dst: &mut [f32],
+    dst_plane: usize,
+) {
+    let planes = dst.len() / dst_plane;
+    for p in 0..planes {
+        let plane = &mut dst[p * dst_plane..(p + 1) * dst_plane];
+        let src = &src[p * h * w..(p + 1) * h * w];
+        plane[..start].fill(0.0);
+        for i in 0..h {
+            // The run may spill up to 7 values past the row: the gap is zeroed next, the next
+            // row overwrites the rest, and the tail fill below clears what the last row spills.
+            let at = start + i * row;
+            let room = (at + w.next_multiple_of(8)).min(dst_plane);
+            copy_run(&mut plane[at..room], &src[i * w..(i + 1) * w]);
+            for v in &mut plane[at + w..(at + row).min(dst_plane)] {
+                *v = 0.0;
+            }
+        }
+        let tail = (start + h * row).min(dst_plane);
+        plane[tail..].fill(0.0);
+    }
+}
+
+/// Copies every `row`-th run of `w` values of each plane of `src` (`src_plane` values each; the
+/// positions computed on padded rows) into the dense `h x w` planes of `dst`. Requires
+/// [`applies`] (AVX2).
+fn gather_rows(src: &[f32], src_plane: usize, row: usize, (h, w): (usize, usize), dst: &mut [f32]) {
+    assert!(w > 0 && row >= w && (h - 1) * row + w <= src_plane);
+    assert!(src.len().is_multiple_of(src_plane) && dst.len() / (h * w) <= src.len() / src_plane);
+    for (dst, src) in dst.chunks_exact_mut(h * w).zip(src.chunks_exact(src_plane)) {
+        for i in 0..h {
+            // Rows are written in order, so a run may spill into the next row of its plane.
+            let room = ((i + 1) * w).next_multiple_of(8).min(h * w);
+            // SAFETY: `applies` checked AVX2; both ranges lie inside their slices.
+            unsafe { copy_run(&mut dst[i * w..room], &src[i * row..i * row + w]) };
         }
     }
+}
+
+/// Copies `src` to the start of `dst` (at least as long) for the short runs of one image row,
+/// without a call to `memcpy` per row (which took a quarter of these passes' time): whole
+/// blocks of 32 values, then up to three registers of 8, then the tail: a masked load, and a
+/// plain store of all 8 lanes when `dst` has room for them (the values past `src.len()` are
+/// then clobbered, for the caller to overwrite), else a masked store (slow on AMD's cores).
+/// The blocks are written out rather than looped over 8 values at a time, which the compiler
+/// would turn back into a `memcpy` call.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_run(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    assert!(dst.len() >= src.len());
+    let (d, s, n, room) = (dst.as_mut_ptr(), src.as_ptr(), src.len(), dst.len());
+    // SAFETY: every read below is at an index below `n` (the length of `src`), every write
+    // below `room` (the length of `dst`).
+    let copy8 = |i: usize| _mm256_storeu_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+    let mut i = 0;
+    while i + 32 <= n {
+        let v = [
+            _mm256_loadu_ps(s.add(i)),
+            _mm256_loadu_ps(s.add(i + 8)),
+            _mm256_loadu_ps(s.add(i + 16)),
+            _mm256_loadu_ps(s.add(i + 24)),
+        ];
+        for (k, v) in v.into_iter().enumerate() {
+            _mm256_storeu_ps(d.add(i + 8 * k), v);
+        }
+        i += 32;
+    }
+    if i + 8 <= n {
+        copy8(i);
+        i += 8;
+    }
+    if i + 8 <= n {
+        copy8(i);
+        i += 8;
+    }
+    if i + 8 <= n {
+        copy8(i);
+        i += 8;
+    }
+    if i < n {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - i) as i32), lanes);
+        let tail = _mm256_maskload_ps(s.add(i), mask);
+        if i + 8 <= room {
+            _mm256_storeu_ps(d.add(i), tail);
+        } else {
+            _mm256_maskstore_ps(d.add(i), mask, tail);
+        }
+    }
+}
+
+/// Never called: [`applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_run(dst: &mut [f32], src: &[f32]) {
+    dst[..src.len()].copy_from_slice(src)
 }
 
 /// Output `(N, C_out, H, W)` of `g` into `y` (every value overwritten), then `then(unit,
@@ -121,18 +232,17 @@ pub fn forward_into(
         let w_group = g.weight_group(w, g.group_of(unit));
         with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
             let (padded, out) = buf.split_at_mut(c_in * plan.plane);
-            pad_planes(x_unit, h, w_len, &plan, padded);
+            spread_rows(
+                x_unit,
+                (h, w_len),
+                (plan.row, plan.row + 1),
+                padded,
+                plan.plane,
+            );
             // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths `unit_kernel`
             // documents (c_in padded planes, c_out blocks of `positions`, a full weight group).
             unsafe { unit_kernel(padded, w_group, out, c_in, c_out, &plan) };
-            for (dst, src) in y_unit
-                .chunks_exact_mut(h * w_len)
-                .zip(out.chunks_exact(plan.positions))
-            {
-                for (oy, dst_row) in dst.chunks_exact_mut(w_len).enumerate() {
-                    dst_row.copy_from_slice(&src[oy * plan.row..oy * plan.row + w_len]);
-                }
-            }
+            gather_rows(out, plan.positions, plan.row, (h, w_len), y_unit);
         });
         then(unit, y_unit);
     });
@@ -191,16 +301,16 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let (padded, grads) = buf.split_at_mut(c_in * plan.plane);
             for image in images {
                 let unit = image * g.groups + group;
-                pad_planes(g.input_unit(x, unit), h, w_len, &plan, padded);
-                for (dst, src) in grads
-                    .chunks_exact_mut(plan.positions)
-                    .zip(g.output_unit(dy, unit).chunks_exact(h * w_len))
-                {
-                    dst.fill(0.0);
-                    for (oy, src_row) in src.chunks_exact(w_len).enumerate() {
-                        dst[oy * plan.row..oy * plan.row + w_len].copy_from_slice(src_row);
-                    }
-                }
+                let x_unit = g.input_unit(x, unit);
+                spread_rows(
+                    x_unit,
+                    (h, w_len),
+                    (plan.row, plan.row + 1),
+                    padded,
+                    plan.plane,
+                );
+                let dy_unit = g.output_unit(dy, unit);
+                spread_rows(dy_unit, (h, w_len), (plan.row, 0), grads, plan.positions);
                 // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths
                 // `unit_weight_grad` documents.
                 unsafe { unit_weight_grad(padded, grads, dw_g, c_in, c_out, &plan) };

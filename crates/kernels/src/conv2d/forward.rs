@@ -6,7 +6,7 @@ use super::input_grad::Conv2dInputGrad;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
-use super::select::{direct_grouped, winograd_tile, Pass};
+use super::select::{direct_3x3, winograd_tile, Pass};
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -59,7 +59,7 @@ pub fn forward_into_then(
     if let Some(tile) = winograd_tile(g, Pass::Forward) {
         return super::winograd::forward_into(tile, g, x, w, y, then);
     }
-    if direct_grouped(g, Pass::Forward) {
+    if direct_3x3(g, Pass::Forward) {
         return super::direct3x3::forward_into(g, x, w, y, then);
     }
     if super::batched::applies(g) {

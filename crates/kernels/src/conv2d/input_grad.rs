@@ -5,7 +5,7 @@ use super::im2col::col2im_add;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
-use super::select::{direct_grouped, winograd_tile, Pass};
+use super::select::{direct_3x3, winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 
@@ -15,7 +15,7 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     if let Some(tile) = winograd_tile(g, Pass::InputGrad) {
         return super::winograd::input_grad(tile, g, dy, w);
     }
-    if direct_grouped(g, Pass::InputGrad) {
+    if direct_3x3(g, Pass::InputGrad) {
         return super::direct3x3::input_grad(g, dy, w);
     }
     if super::batched::applies(g) {

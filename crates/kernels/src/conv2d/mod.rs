@@ -6,9 +6,11 @@
 //! handled inside one op, every pass is a `gemm` call per (image, group) unit, and units run in
 //! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
 //! there are too few units to share out). Dense convolutions on small maps run one GEMM over
-//! the whole batch (`batched.rs`), and dense 3x3 stride-1 padding-1 ones Winograd's
-//! F(2x2, 3x3) or F(4x4, 3x3) (`winograd.rs`) for the shapes where it was measured faster
-//! (`select.rs`).
+//! the whole batch (`batched.rs`), dense 3x3 stride-1 padding-1 ones Winograd's F(2x2, 3x3) or
+//! F(4x4, 3x3) (`winograd.rs`), and grouped 3x3 stride-1 ones with 4-32 channels per group a
+//! direct register-blocked kernel (`direct3x3.rs`), each for the shapes where it was measured
+//! faster (`select.rs`). Strided im2col reads each input row split into its stride phases
+//! (`im2col.rs`).
 
 mod batched;
 mod direct3x3;
@@ -27,7 +29,7 @@ mod winograd;
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
-pub use select::{direct_grouped, with_algorithm, Algorithm, Pass};
+pub use select::{direct_3x3, with_algorithm, Algorithm, Pass};
 pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.

@@ -21,6 +21,9 @@ pub enum Algorithm {
     Winograd2,
     /// Winograd F(4x4, 3x3) wherever it applies, else GEMM.
     Winograd4,
+    /// The direct 3x3 kernel (`direct3x3.rs`) wherever it applies (3x3, stride 1, padding 1,
+    /// channels per group a multiple of 4, AVX2), else GEMM.
+    Direct,
 }
 
 thread_local! {
@@ -63,23 +66,36 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
         return None;
     }
     match FORCED.with(Cell::get) {
-        Algorithm::Gemm => None,
+        Algorithm::Gemm | Algorithm::Direct => None,
         Algorithm::Winograd2 => Some(Tile::F2),
         Algorithm::Winograd4 => Some(Tile::F4),
         Algorithm::Auto => measured_choice(g, pass),
     }
 }
 
-/// True when `pass` of `g` runs the direct grouped 3x3 kernel (`direct3x3.rs`) rather than
-/// im2col + GEMM, unless [`Algorithm::Gemm`] is forced. Measured with `conv_passes` on
-/// ResNeXt-50 32x4d's stride-1 grouped layers at 112x112 input (batch 16 and 32): forward and
-/// input gradient 1.3-2x faster at every map size (28x28 to 4x4); the weight gradient 1.5-2x
-/// faster on 28x28 and 14x14 maps, level at 7x7 and slower at 4x4, where each (channel, tap)
-/// sum runs over too few positions to pay for its final reduction.
-pub fn direct_grouped(g: &ConvGeometry, pass: Pass) -> bool {
-    (pass != Pass::WeightGrad || g.out_pixels() >= 100)
-        && FORCED.with(Cell::get) != Algorithm::Gemm
-        && super::direct3x3::applies(g)
+/// True when `pass` of `g` runs the direct 3x3 kernel (`direct3x3.rs`) rather than Winograd
+/// or im2col + GEMM. [`Algorithm::Auto`] takes it for grouped layers with at most 32 channels
+/// per group, measured with `conv_passes` on ResNeXt-50 32x4d's stride-1 grouped layers at
+/// 112x112 input (batch 16 and 32): forward and input gradient 1.3-2x faster than GEMM at
+/// every map size (28x28 to 4x4); the weight gradient 1.5-2x faster on 28x28 and 14x14 maps,
+/// level at 7x7 and slower at 4x4, where each (channel, tap) sum runs over too few positions
+/// to pay for its final reduction. Dense layers stay on GEMM / Winograd: forced direct
+/// (`CONV_ALGOS=gemm,auto,direct`), ResNet-50's were within 10% of GEMM at 28x28, 20-25%
+/// slower at 14x14, 2-4x slower in the weight gradient at 7x7 and 4x4, and faster only on
+/// 56x56 maps (64 channels, 224x224 input: ~20%).
+pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
+    if !super::direct3x3::applies(g) {
+        return false;
+    }
+    match FORCED.with(Cell::get) {
+        Algorithm::Direct => true,
+        Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
+        Algorithm::Auto => {
+            g.groups > 1
+                && g.group_in_channels().max(g.group_out_channels()) <= 32
+                && (pass != Pass::WeightGrad || g.out_pixels() >= 100)
+        }
+    }
 }
 
 /// The per-shape choice measured with `examples/conv_passes.rs` (2-core Zen 5, 2 threads,

@@ -1,11 +1,12 @@
-//! The direct grouped 3x3 passes (conv2d/direct3x3.rs) against the im2col + GEMM passes on the
-//! same inputs: forward, input gradient and weight gradient of grouped 3x3, stride-1,
-//! padding-1 convolutions with 4 to 32 channels per group, over map sizes from 1x1 to 28x28
-//! (odd, non-square, smaller and larger than one register block of positions) and odd batches;
-//! and bit-identical results under rayon pools of 1, 2 and 3 threads.
+//! The direct 3x3 passes (conv2d/direct3x3.rs) against the im2col + GEMM passes on the same
+//! inputs: forward, input gradient and weight gradient of grouped 3x3, stride-1, padding-1
+//! convolutions with 4 to 32 channels per group (where `Algorithm::Auto` picks them), over map
+//! sizes from 1x1 to 28x28 (odd, non-square, smaller and larger than one register block of
+//! positions) and odd batches, and of dense ones with the direct kernel forced
+//! (`Algorithm::Direct`); and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
 use candle_core::{Device, Result, Tensor};
-use mtanet_kernels::conv2d::{direct_grouped, with_algorithm, Algorithm, Pass};
+use mtanet_kernels::conv2d::{direct_3x3, with_algorithm, Algorithm, Pass};
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 
 /// Deterministic values in [-1, 1) from a 64-bit LCG.
@@ -36,6 +37,14 @@ const SHAPES: &[[usize; 6]] = &[
     [2, 32, 32, 1, 1, 8],
     [1, 24, 24, 11, 13, 2],
     [3, 256, 256, 14, 14, 32],
+];
+
+/// Shapes `Algorithm::Auto` keeps on GEMM that `Algorithm::Direct` runs directly: dense, and
+/// 64 channels per group.
+const FORCED_ONLY: &[[usize; 6]] = &[
+    [2, 16, 24, 9, 11, 1],
+    [3, 64, 32, 6, 6, 1],
+    [2, 128, 128, 5, 4, 2],
 ];
 
 fn geometry(&[n, c_in, c_out, h, w, groups]: &[usize; 6]) -> Result<ConvGeometry> {
@@ -95,41 +104,63 @@ fn the_shapes_take_the_direct_path() -> Result<()> {
     }
     for shape in SHAPES {
         let g = geometry(shape)?;
-        assert!(direct_grouped(&g, Pass::Forward), "{shape:?} forward");
-        assert!(direct_grouped(&g, Pass::InputGrad), "{shape:?} input grad");
+        assert!(direct_3x3(&g, Pass::Forward), "{shape:?} forward");
+        assert!(direct_3x3(&g, Pass::InputGrad), "{shape:?} input grad");
         assert_eq!(
-            direct_grouped(&g, Pass::WeightGrad),
+            direct_3x3(&g, Pass::WeightGrad),
             g.out_pixels() >= 100,
             "{shape:?} weight grad"
         );
-        let forced = with_algorithm(Algorithm::Gemm, || direct_grouped(&g, Pass::Forward));
+        let forced = with_algorithm(Algorithm::Gemm, || direct_3x3(&g, Pass::Forward));
         assert!(
             !forced,
             "{shape:?}: Algorithm::Gemm must turn the direct path off"
         );
     }
-    // Channels per group that are not a multiple of 4, or more than 32, stay on GEMM.
-    for shape in [[2, 6, 6, 8, 8, 3], [1, 128, 128, 8, 8, 2]] {
-        assert!(!direct_grouped(&geometry(&shape)?, Pass::Forward));
+    // Dense shapes, and more than 32 channels per group, stay on GEMM unless forced.
+    for shape in FORCED_ONLY {
+        let g = geometry(shape)?;
+        assert!(!direct_3x3(&g, Pass::Forward), "{shape:?}");
+        let forced = with_algorithm(Algorithm::Direct, || {
+            [Pass::Forward, Pass::InputGrad, Pass::WeightGrad].map(|p| direct_3x3(&g, p))
+        });
+        assert_eq!(forced, [true; 3], "{shape:?} under Algorithm::Direct");
+    }
+    // Channels per group that are not a multiple of 4 never take it.
+    let odd = geometry(&[2, 6, 6, 8, 8, 3])?;
+    let forced = with_algorithm(Algorithm::Direct, || direct_3x3(&odd, Pass::Forward));
+    assert!(!forced);
+    Ok(())
+}
+
+fn check_against_gemm(algorithm: Algorithm, shapes: &[[usize; 6]]) -> Result<()> {
+    for (i, shape) in shapes.iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let reference = passes(Algorithm::Gemm, shape, seed)?;
+        let ours = passes(algorithm, shape, seed)?;
+        for (what, (a, b)) in ["output", "input grad", "weight grad"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let e = relative_error(a, b);
+            assert!(
+                e <= 2e-6,
+                "{algorithm:?} {shape:?}: {what} relative error {e}"
+            );
+        }
     }
     Ok(())
 }
 
 #[test]
 fn direct_passes_match_gemm() -> Result<()> {
-    for (i, shape) in SHAPES.iter().enumerate() {
-        let seed = 300 + 10 * i as u64;
-        let reference = passes(Algorithm::Gemm, shape, seed)?;
-        let ours = passes(Algorithm::Auto, shape, seed)?;
-        for (what, (a, b)) in ["output", "input grad", "weight grad"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
-            let e = relative_error(a, b);
-            assert!(e <= 2e-6, "{shape:?}: {what} relative error {e}");
-        }
-    }
-    Ok(())
+    check_against_gemm(Algorithm::Auto, SHAPES)
+}
+
+#[test]
+fn forced_direct_passes_match_gemm() -> Result<()> {
+    check_against_gemm(Algorithm::Direct, SHAPES)?;
+    check_against_gemm(Algorithm::Direct, FORCED_ONLY)
 }
 
 #[test]
@@ -143,16 +174,17 @@ fn same_bits_with_one_two_and_three_threads() -> Result<()> {
         runs.push(pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
             SHAPES
                 .iter()
+                .chain(FORCED_ONLY)
                 .enumerate()
                 .map(|(i, shape)| {
-                    let out = passes(Algorithm::Auto, shape, 7 + i as u64)?;
+                    let out = passes(Algorithm::Direct, shape, 7 + i as u64)?;
                     Ok(out.map(|v| v.iter().map(|f| f.to_bits()).collect()))
                 })
                 .collect()
         })?);
     }
     for run in &runs[1..] {
-        for ((shape, a), b) in SHAPES.iter().zip(&runs[0]).zip(run) {
+        for ((shape, a), b) in SHAPES.iter().chain(FORCED_ONLY).zip(&runs[0]).zip(run) {
             for (what, (x, y)) in ["output", "input grad", "weight grad"]
                 .iter()
                 .zip(a.iter().zip(b))
