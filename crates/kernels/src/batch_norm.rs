@@ -392,14 +392,24 @@ fn channel_gated_sums(
 }
 
 /// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
-/// then centred squares, so a large mean does not cancel the variance).
-fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+/// then centred squares, so a large mean does not cancel the variance). `row_sums`, when
+/// given, holds `lane_sum` of each (image, channel) row (`n * c` values, image-major), taken
+/// while the rows were still in cache: the first pass then only adds them up, in the same
+/// order, with the same result.
+fn channel_stats(
+    x: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    row_sums: Option<&[f64]>,
+) -> (Vec<f32>, Vec<f32>) {
     let m = (n * inner) as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let rows = (0..n).map(|i| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
-            let sum: f64 = rows.clone().map(|r| lane_sum(r, |v| v)).sum();
+            let sum: f64 = match row_sums {
+                Some(sums) => (0..n).map(|i| sums[i * c + ch]).sum(),
+                None => rows.clone().map(|r| lane_sum(r, |v| v)).sum(),
+            };
             let mean = sum / m;
             let mean32 = mean as f32;
             let sq: f64 = rows
@@ -472,7 +482,7 @@ impl CustomOp3 for BatchNormTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
-        let (y, saved) = train_forward(&x, (n, c, inner), (w, b), self.eps, self.relu);
+        let (y, saved) = train_forward(&x, (n, c, inner), (w, b), (self.eps, self.relu), None);
         *lock(&self.saved)? = Some(Recorded::Host(saved));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -645,16 +655,17 @@ impl CustomOp3 for BatchNormTrainGrad {
 }
 
 /// Training-mode BatchNorm (+ ReLU when `relu`) of `x` viewed as (N, C, inner) on the CPU, with
-/// the affine `(weight, bias)`: statistics in two passes, output in one. Returns the output and
-/// what the backward pass needs.
+/// the affine `(weight, bias)`: statistics in two passes (the first from `row_sums` when given,
+/// see `channel_stats`), output in one. Returns the output and what the backward pass needs.
 pub(crate) fn train_forward(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
     (weight, bias): (&[f32], &[f32]),
-    eps: f64,
-    relu: bool,
+    (eps, relu): (f64, bool),
+    row_sums: Option<&[f64]>,
 ) -> (Vec<f32>, Saved) {
-    let (mean, var) = channel_stats(x, n, c, inner);
+    assert!(row_sums.is_none_or(|s| s.len() == n * c));
+    let (mean, var) = channel_stats(x, (n, c, inner), row_sums);
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
@@ -927,7 +938,7 @@ mod tests {
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0];
         x[inner..inner + specials.len()].copy_from_slice(&specials);
         let (weight, bias) = (vec![1.5, -0.5, 0.0], vec![0.25, 0.0, 0.0]);
-        let (y, saved) = train_forward(&x, (n, c, inner), (&weight, &bias), 1e-5, true);
+        let (y, saved) = train_forward(&x, (n, c, inner), (&weight, &bias), (1e-5, true), None);
         for (i, (&xv, &yv)) in x.iter().zip(&y).enumerate() {
             let ch = (i / inner) % c;
             let gate = ReluGate {

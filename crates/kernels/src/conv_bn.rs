@@ -12,7 +12,7 @@
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
 use crate::batch_norm::{
-    lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
+    lane_sum, lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
 };
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
@@ -21,6 +21,7 @@ use crate::profile::{conv_label, timed};
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Stride, padding and groups of the convolution in [`conv_bn_train`].
@@ -195,14 +196,37 @@ impl CustomOp3 for ConvBnTrain {
         // The convolution output lives until the backward pass (or the graph) drops it, then
         // returns to this thread's pool for the next step's layers.
         let mut z = Scratch::take(g.units() * g.out_unit_len());
+        // Each (image, channel) row's sum for the BatchNorm mean, taken in the convolution's
+        // epilogue while the row is in cache (f64 bits; every slot written once).
+        let row_sums: Vec<AtomicU64> = (0..n * c).map(|_| AtomicU64::new(0)).collect();
+        let group_channels = g.group_out_channels();
         timed(
             || conv_label(g, "fwd"),
-            || conv2d::forward_into(g, &x, w, &mut z),
+            || {
+                conv2d::forward_into_then(g, &x, w, &mut z, &|unit, z_unit| {
+                    let first = (unit / g.groups) * c + (unit % g.groups) * group_channels;
+                    for (slot, row) in row_sums[first..].iter().zip(z_unit.chunks_exact(inner)) {
+                        slot.store(lane_sum(row, |v| v).to_bits(), Ordering::Relaxed);
+                    }
+                })
+            },
         );
+        let row_sums: Vec<f64> = row_sums
+            .into_iter()
+            .map(|s| f64::from_bits(s.into_inner()))
+            .collect();
         let relu = self.relu && shortcut.is_none();
         let (mut y, bn) = timed(
             || "bn fwd".into(),
-            || train_forward(&z, (n, c, inner), (gamma, beta), self.eps, relu),
+            || {
+                train_forward(
+                    &z,
+                    (n, c, inner),
+                    (gamma, beta),
+                    (self.eps, relu),
+                    Some(&row_sums),
+                )
+            },
         );
         if let Some(shortcut) = shortcut {
             // `add_relu`'s expression, in place on the BatchNorm output.
