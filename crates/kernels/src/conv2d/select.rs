@@ -98,7 +98,7 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     }
 }
 
-/// The per-shape choice measured with `examples/conv_passes.rs` (2-core Zen 5, 2 threads,
+/// The per-shape choice measured with `examples/conv_passes.rs` (2-core Zen 4, 2 threads,
 /// CPU time of alternating repetitions, best of 6, two runs each) on the dense 3x3 stride-1
 /// layers of ResNet-50 at 112x112 input (64 channels at 28x28, 128 at 14x14, 256 at 7x7, 512
 /// at 4x4), batch 16 and 32:
