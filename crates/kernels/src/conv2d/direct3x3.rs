@@ -145,7 +145,7 @@ fn gather_rows(src: &[f32], src_plane: usize, row: usize, (h, w): (usize, usize)
     for (dst, src) in dst.chunks_exact_mut(h * w).zip(src.chunks_exact(src_plane)) {
         for i in 0..h {
             // Rows are written in order, so a run may spill into the next row of its plane.
-            let room = ((i + 1) * w).next_multiple_of(8).min(h * w);
+            let room = (i * w + w.next_multiple_of(8)).min(h * w);
             // SAFETY: `applies` checked AVX2; both ranges lie inside their slices.
             unsafe { copy_run(&mut dst[i * w..room], &src[i * row..i * row + w]) };
         }
