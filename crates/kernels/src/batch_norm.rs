@@ -314,7 +314,8 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 /// A channel's fused ReLU in the backward pass: the forward's output was
 /// `max(x * scale + shift, 0)`, so the gradient passes where `x * scale + shift > 0`,
 /// recomputed from the input in the same f32 operations (bit for bit the forward's test:
-/// `t <= 0 || t.is_nan()` exactly where `t.max(0.0) <= 0.0` was), and the output is not read. Without ReLU everything passes.
+/// `t <= 0 || t.is_nan()` exactly where `t.max(0.0) <= 0.0` was), and the output is not read.
+/// Without ReLU everything passes.
 #[derive(Clone, Copy, Debug)]
 struct ReluGate {
     relu: bool,
@@ -795,9 +796,10 @@ impl CustomOp3 for ChannelAffine {
                 let _ = shift;
                 AffineScale::Device(scale.clone())
             }
+            // Any shape holding C values, as the forward accepts (e.g. (1, C, 1, 1)).
             _ => AffineScale::Host {
-                scale: scale.to_vec1::<f32>()?,
-                shift: shift.to_vec1::<f32>()?,
+                scale: scale.flatten_all()?.to_vec1::<f32>()?,
+                shift: shift.flatten_all()?.to_vec1::<f32>()?,
             },
         };
         let grad = ChannelAffineGrad {

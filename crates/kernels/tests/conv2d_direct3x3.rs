@@ -37,6 +37,10 @@ const SHAPES: &[[usize; 6]] = &[
     [2, 32, 32, 1, 1, 8],
     [1, 24, 24, 11, 13, 2],
     [3, 256, 256, 14, 14, 32],
+    // Maps narrower than a register: a row's tail spills past the row after it.
+    [2, 8, 8, 6, 1, 2],
+    [2, 8, 8, 5, 2, 2],
+    [1, 8, 8, 1, 30, 2],
 ];
 
 /// Shapes `Algorithm::Auto` keeps on GEMM that `Algorithm::Direct` runs directly: dense, and

@@ -22,6 +22,12 @@
 //! gradient sums each image's positions in a fixed order and the images as `weight_grad.rs`
 //! does (fixed chunks of consecutive images, added in chunk order). No result depends on the
 //! thread count.
+//!
+//! One difference from im2col + GEMM with non-finite inputs: the weight gradient's sums also
+//! run over the padding positions, where the output gradient is 0 but the input read there is
+//! a real pixel, so an infinite or NaN input pixel on the border can make a tap's weight
+//! gradient NaN where the GEMM path's is finite. The forward output is then not finite either,
+//! and a training step refuses it.
 
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
@@ -97,6 +103,7 @@ fn spread_rows(
     dst: &mut [f32],
     dst_plane: usize,
 ) {
+    assert!(cpu_supports(), "direct3x3: the CPU lacks AVX2 or FMA");
     assert!(w > 0 && row >= w && start + h * row <= dst_plane + row - w);
     assert!(dst.len().is_multiple_of(dst_plane) && src.len() / (h * w) == dst.len() / dst_plane);
     // SAFETY: `applies` checked AVX2; the bounds are checked above.
@@ -122,10 +129,12 @@ unsafe fn spread_rows_avx2(
         let src = &src[p * h * w..(p + 1) * h * w];
         plane[..start].fill(0.0);
         for i in 0..h {
-            // The run may spill up to 7 values past the row: the gap is zeroed next, the next
-            // row overwrites the rest, and the tail fill below clears what the last row spills.
+            // The run may spill up to 7 values past the row: the gap is zeroed next, and each
+            // later row rewrites its whole `[at, at + row)` span (the tail fill below the rest),
+            // so every spilled value is overwritten before the plane is read.
             let at = start + i * row;
             let room = (at + w.next_multiple_of(8)).min(dst_plane);
+            // SAFETY: `copy_run`'s requirement, AVX2, is this function's.
             copy_run(&mut plane[at..room], &src[i * w..(i + 1) * w]);
             for v in &mut plane[at + w..(at + row).min(dst_plane)] {
                 *v = 0.0;
@@ -140,14 +149,32 @@ unsafe fn spread_rows_avx2(
 /// positions computed on padded rows) into the dense `h x w` planes of `dst`. Requires
 /// [`applies`] (AVX2).
 fn gather_rows(src: &[f32], src_plane: usize, row: usize, (h, w): (usize, usize), dst: &mut [f32]) {
+    assert!(cpu_supports(), "direct3x3: the CPU lacks AVX2 or FMA");
     assert!(w > 0 && row >= w && (h - 1) * row + w <= src_plane);
     assert!(src.len().is_multiple_of(src_plane) && dst.len() / (h * w) <= src.len() / src_plane);
+    // SAFETY: AVX2 checked above; the bounds are checked above.
+    unsafe { gather_rows_avx2(src, src_plane, row, (h, w), dst) }
+}
+
+/// [`gather_rows`] once its bounds are checked (compiled with AVX2 so that [`copy_run`] is
+/// inlined, not called once per row).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+unsafe fn gather_rows_avx2(
+    src: &[f32],
+    src_plane: usize,
+    row: usize,
+    (h, w): (usize, usize),
+    dst: &mut [f32],
+) {
     for (dst, src) in dst.chunks_exact_mut(h * w).zip(src.chunks_exact(src_plane)) {
         for i in 0..h {
-            // Rows are written in order, so a run may spill into the next row of its plane.
+            // Rows are written in order, so a run may spill into the rows after it.
             let room = (i * w + w.next_multiple_of(8)).min(h * w);
-            // SAFETY: `applies` checked AVX2; both ranges lie inside their slices.
-            unsafe { copy_run(&mut dst[i * w..room], &src[i * row..i * row + w]) };
+            // SAFETY: `copy_run`'s requirement, AVX2, is this function's.
+            copy_run(&mut dst[i * w..room], &src[i * row..i * row + w]);
         }
     }
 }

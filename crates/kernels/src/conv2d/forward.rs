@@ -83,7 +83,8 @@ pub fn forward_into_then(
 /// Grouped 2-D convolution of an NCHW f32 input with a `(C_out, C_in/groups, KH, KW)` weight
 /// as a candle op: `x.apply_op2(&w, Conv2d { .. })`. Square stride and zero padding,
 /// dilation 1, no bias. Its backward returns the gradients of both the input and the weight,
-/// each computed by its own GEMM-based op.
+/// each computed by its own op ([`Conv2dInputGrad`], [`Conv2dWeightGrad`]; GEMM-based, or
+/// Winograd / direct where `select.rs` picks them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
     /// Step between output positions, both axes.

@@ -184,7 +184,10 @@ fn zero_padding_columns(g: &ConvGeometry, kx: usize, block: &mut [f32], start: u
 
 /// Adds the columns `col` back onto one unit of input gradient (`C_in/groups * H * W`), the
 /// adjoint of [`im2col`]: every tap's value goes to the input pixel it was read from.
-/// `col` is used as scratch (its padding entries are zeroed).
+/// `col` may be used as scratch (its values are unspecified afterwards). With a stride of 2 or
+/// more (and `KW >= stride`) the taps are first summed per input pixel, then added to `dx_unit`:
+/// the same values as adding them one by one when `dx_unit` starts at zero, as every caller's
+/// does.
 pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
     let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
     let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);

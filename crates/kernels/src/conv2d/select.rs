@@ -1,5 +1,6 @@
-//! Which algorithm each CPU pass runs for a given shape: Winograd where it was measured faster,
-//! the GEMM paths (per unit, or whole-batch on small maps) everywhere else.
+//! Which algorithm each CPU pass runs for a given shape: Winograd or the direct 3x3 kernel where
+//! they were measured faster, the GEMM paths (per unit, or whole-batch on small maps) everywhere
+//! else.
 //!
 //! The choice depends on the geometry alone (never on the thread count), so a pass computes
 //! the same values whatever the number of rayon threads. A caller can force one algorithm on
@@ -79,7 +80,8 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 /// 112x112 input (batch 16 and 32): forward and input gradient 1.3-2x faster than GEMM at
 /// every map size (28x28 to 4x4); the weight gradient 1.5-2x faster on 28x28 and 14x14 maps,
 /// level at 7x7 and slower at 4x4, where each (channel, tap) sum runs over too few positions
-/// to pay for its final reduction. Dense layers stay on GEMM / Winograd: forced direct
+/// to pay for its final reduction, so it takes the weight gradient only on maps of 100 output
+/// pixels or more. Dense layers stay on GEMM / Winograd: forced direct
 /// (`CONV_ALGOS=gemm,auto,direct`), ResNet-50's were within 10% of GEMM at 28x28, 20-25%
 /// slower at 14x14, 2-4x slower in the weight gradient at 7x7 and 4x4, and faster only on
 /// 56x56 maps (64 channels, 224x224 input: ~20%).
