@@ -5,26 +5,12 @@
 //! positions) and odd batches, and of dense ones with the direct kernel forced
 //! (`Algorithm::Direct`); and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::Result;
 use mtanet_kernels::conv2d::{direct_3x3, with_algorithm, Algorithm, Pass};
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
-    let count: usize = shape.iter().product();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu)
-}
+mod support;
+use support::{pseudo_random, relative_error, same_bits_on_1_2_3_threads, PASSES};
 
 /// (batch, in channels, out channels, height, width, groups).
 const SHAPES: &[[usize; 6]] = &[
@@ -64,9 +50,19 @@ fn geometry(&[n, c_in, c_out, h, w, groups]: &[usize; 6]) -> Result<ConvGeometry
 /// Output, input gradient and weight gradient of one shape, with `algorithm` forced.
 fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f32>; 3]> {
     let g = geometry(shape)?;
-    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed)?;
-    let wt = pseudo_random(&[g.out_channels, g.group_in_channels(), 3, 3], seed + 1)?;
-    let dy = pseudo_random(&[g.batch, g.out_channels, g.out_h, g.out_w], seed + 2)?;
+    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed, 1.0, 0.0)?;
+    let wt = pseudo_random(
+        &[g.out_channels, g.group_in_channels(), 3, 3],
+        seed + 1,
+        1.0,
+        0.0,
+    )?;
+    let dy = pseudo_random(
+        &[g.batch, g.out_channels, g.out_h, g.out_w],
+        seed + 2,
+        1.0,
+        0.0,
+    )?;
     let op = Conv2d {
         stride: 1,
         padding: 1,
@@ -82,18 +78,6 @@ fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f3
             dw.flatten_all()?.to_vec1()?,
         ])
     })
-}
-
-/// max |a - b| / max |b|.
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len());
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let scale = expected.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    diff / scale.max(1e-12)
 }
 
 /// The shapes do take the direct path on a CPU with AVX2 and FMA (else the comparison below
@@ -142,10 +126,7 @@ fn check_against_gemm(algorithm: Algorithm, shapes: &[[usize; 6]]) -> Result<()>
         let seed = 300 + 10 * i as u64;
         let reference = passes(Algorithm::Gemm, shape, seed)?;
         let ours = passes(algorithm, shape, seed)?;
-        for (what, (a, b)) in ["output", "input grad", "weight grad"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
+        for (what, (a, b)) in PASSES.iter().zip(ours.iter().zip(&reference)) {
             let e = relative_error(a, b);
             assert!(
                 e <= 2e-6,
@@ -169,33 +150,8 @@ fn forced_direct_passes_match_gemm() -> Result<()> {
 
 #[test]
 fn same_bits_with_one_two_and_three_threads() -> Result<()> {
-    let mut runs = Vec::new();
-    for threads in [1, 2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(candle_core::Error::wrap)?;
-        runs.push(pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
-            SHAPES
-                .iter()
-                .chain(FORCED_ONLY)
-                .enumerate()
-                .map(|(i, shape)| {
-                    let out = passes(Algorithm::Direct, shape, 7 + i as u64)?;
-                    Ok(out.map(|v| v.iter().map(|f| f.to_bits()).collect()))
-                })
-                .collect()
-        })?);
-    }
-    for run in &runs[1..] {
-        for ((shape, a), b) in SHAPES.iter().chain(FORCED_ONLY).zip(&runs[0]).zip(run) {
-            for (what, (x, y)) in ["output", "input grad", "weight grad"]
-                .iter()
-                .zip(a.iter().zip(b))
-            {
-                assert!(x == y, "{shape:?}: {what} depends on the thread count");
-            }
-        }
-    }
-    Ok(())
+    let shapes: Vec<[usize; 6]> = SHAPES.iter().chain(FORCED_ONLY).copied().collect();
+    same_bits_on_1_2_3_threads("direct", &shapes, |shape, seed| {
+        passes(Algorithm::Direct, shape, seed)
+    })
 }

@@ -7,6 +7,9 @@ use candle_core::{Device, Result, Tensor};
 use mtanet_kernels::conv2d::{with_algorithm, Algorithm};
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 
+mod support;
+use support::{relative_error, same_bits_on_1_2_3_threads, PASSES};
+
 /// Deterministic values in [-1, 1) from a 64-bit LCG.
 fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
     let count: usize = shape.iter().product();
@@ -65,27 +68,12 @@ fn passes(
     })
 }
 
-/// max |a - b| / max |b|.
-fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len());
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    let scale = expected.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-    diff / scale.max(1e-12)
-}
-
 fn check_against_gemm(algorithm: Algorithm, tolerance: f32) -> Result<()> {
     for (i, shape) in SHAPES.iter().enumerate() {
         let seed = 100 + 10 * i as u64;
         let reference = passes(Algorithm::Gemm, shape, seed)?;
         let ours = passes(algorithm, shape, seed)?;
-        for (what, (a, b)) in ["output", "input grad", "weight grad"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
+        for (what, (a, b)) in PASSES.iter().zip(ours.iter().zip(&reference)) {
             let e = relative_error(a, b);
             assert!(
                 e <= tolerance,
@@ -109,36 +97,9 @@ fn winograd_4x4_matches_gemm() -> Result<()> {
 #[test]
 fn same_bits_with_one_two_and_three_threads() -> Result<()> {
     for algorithm in [Algorithm::Auto, Algorithm::Winograd2, Algorithm::Winograd4] {
-        let mut runs = Vec::new();
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(candle_core::Error::wrap)?;
-            runs.push(pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
-                SHAPES
-                    .iter()
-                    .enumerate()
-                    .map(|(i, shape)| {
-                        let out = passes(algorithm, shape, 7 + i as u64)?;
-                        Ok(out.map(|v| v.iter().map(|f| f.to_bits()).collect()))
-                    })
-                    .collect()
-            })?);
-        }
-        for run in &runs[1..] {
-            for ((shape, a), b) in SHAPES.iter().zip(&runs[0]).zip(run) {
-                for (what, (x, y)) in ["output", "input grad", "weight grad"]
-                    .iter()
-                    .zip(a.iter().zip(b))
-                {
-                    assert!(
-                        x == y,
-                        "{algorithm:?} {shape:?}: {what} depends on the thread count"
-                    );
-                }
-            }
-        }
+        same_bits_on_1_2_3_threads(&format!("{algorithm:?}"), SHAPES, |shape, seed| {
+            passes(algorithm, shape, seed)
+        })?;
     }
     Ok(())
 }

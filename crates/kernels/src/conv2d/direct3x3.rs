@@ -32,6 +32,7 @@
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use super::weight_grad::{image_chunk, partials, sum_partials};
 
 /// Output channels one register block computes.
 const CHANNEL_BLOCK: usize = 4;
@@ -304,10 +305,6 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// Partial sums the batch is cut into, as in `weight_grad.rs`: a constant, so that the order of
-/// the additions does not depend on the thread count.
-const PARTIALS: usize = 4;
-
 /// Weight gradient `(C_out, C_in/groups, 3, 3)` of `g` from the input `x` and the output
 /// gradient `dy`. Requires [`applies`].
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -317,12 +314,11 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (h, w_len) = (g.in_h, g.in_w);
     let group_len = g.weight_group_len();
     let dw_len = g.groups * group_len;
-    let chunks = PARTIALS.min(g.batch).max(1);
-    let per_chunk = g.batch.div_ceil(chunks);
+    let chunks = partials(g.batch);
     let mut parts = vec![0.0f32; chunks * dw_len];
     for_each_unit(&mut parts, group_len, |task, dw_g, _| {
         let (chunk, group) = (task / g.groups, task % g.groups);
-        let images = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
+        let images = image_chunk(g.batch, chunk);
         dw_g.fill(0.0);
         with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
             let (padded, grads) = buf.split_at_mut(c_in * plan.plane);
@@ -344,14 +340,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
         });
     });
-    let (first, rest) = parts.split_at_mut(dw_len);
-    for part in rest.chunks(dw_len) {
-        for (d, v) in first.iter_mut().zip(part) {
-            *d += *v;
-        }
-    }
-    parts.truncate(dw_len);
-    parts
+    sum_partials(parts, dw_len)
 }
 
 /// Adds `sum_q grads[co][q] * padded[ci][q + offset(tap)]` to `dw[co][ci][tap]` for every

@@ -75,9 +75,8 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     }
     let group_len = g.weight_group_len();
     let dw_len = g.groups * group_len;
-    let chunks = PARTIALS.min(g.batch).max(1);
-    let per_chunk = g.batch.div_ceil(chunks);
-    let images = |chunk: usize| chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
+    let chunks = partials(g.batch);
+    let images = |chunk: usize| image_chunk(g.batch, chunk);
     let mut parts = vec![0.0f32; chunks * dw_len];
     let units = chunks * g.groups;
     let task = |idx: usize, dw_g: &mut [f32], par: Parallelism| {
@@ -100,8 +99,26 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             task(idx, dw_g, par);
         }
     }
-    let (first, rest) = parts.split_at_mut(dw_len);
-    for part in rest.chunks(dw_len) {
+    sum_partials(parts, dw_len)
+}
+
+/// The images of partial sum `chunk` of [`partials`]`(batch)`: consecutive, the same for any
+/// thread count.
+pub(super) fn image_chunk(batch: usize, chunk: usize) -> Range<usize> {
+    let per_chunk = batch.div_ceil(partials(batch));
+    (chunk * per_chunk).min(batch)..((chunk + 1) * per_chunk).min(batch)
+}
+
+/// How many partial sums a weight gradient over `batch` images is cut into.
+pub(super) fn partials(batch: usize) -> usize {
+    PARTIALS.min(batch).max(1)
+}
+
+/// Adds the `parts.len() / len` partial sums in `parts` (each `len` values) in order into the
+/// first, and returns it.
+pub(super) fn sum_partials(mut parts: Vec<f32>, len: usize) -> Vec<f32> {
+    let (first, rest) = parts.split_at_mut(len);
+    for part in rest.chunks(len) {
         first
             .par_chunks_mut(1 << 14)
             .zip(part.par_chunks(1 << 14))
@@ -111,7 +128,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 }
             });
     }
-    parts.truncate(dw_len);
+    parts.truncate(len);
     parts
 }
 

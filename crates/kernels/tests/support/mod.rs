@@ -3,6 +3,7 @@
 use candle_core::{Device, Result, Tensor};
 
 /// Deterministic values in [-1, 1) * scale + offset from a 64-bit LCG.
+#[allow(dead_code)]
 pub fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Result<Tensor> {
     let count: usize = shape.iter().product();
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -36,3 +37,59 @@ pub const FUSED_CONV_CASES: [Case; 9] = [
     (4, 16, 24, 4, 3, 1, 1, 1),
     (1, 6, 10, 5, 3, 1, 1, 1),
 ];
+
+/// max |a - b| / max |b| over two equally long slices.
+#[allow(dead_code)]
+pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let scale = expected.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    diff / scale.max(1e-12)
+}
+
+/// The names of a convolution's three passes, in the order `run` returns them below.
+#[allow(dead_code)]
+pub const PASSES: [&str; 3] = ["output", "input grad", "weight grad"];
+
+/// Runs `run(shape, seed)` (a convolution's output, input gradient and weight gradient) for
+/// every shape inside rayon pools of 1, 2 and 3 threads, and panics naming the shape and pass
+/// unless all three give the same bits.
+#[allow(dead_code)]
+pub fn same_bits_on_1_2_3_threads<S: std::fmt::Debug + Sync>(
+    what: &str,
+    shapes: &[S],
+    run: impl Fn(&S, u64) -> Result<[Vec<f32>; 3]> + Sync,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(candle_core::Error::wrap)?;
+        runs.push(pool.install(|| -> Result<Vec<[Vec<u32>; 3]>> {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, shape)| {
+                    let out = run(shape, 7 + i as u64)?;
+                    Ok(out.map(|v| v.iter().map(|f| f.to_bits()).collect()))
+                })
+                .collect()
+        })?);
+    }
+    for run in &runs[1..] {
+        for ((shape, a), b) in shapes.iter().zip(&runs[0]).zip(run) {
+            for (pass, (x, y)) in PASSES.iter().zip(a.iter().zip(b)) {
+                assert!(
+                    x == y,
+                    "{what} {shape:?}: {pass} depends on the thread count"
+                );
+            }
+        }
+    }
+    Ok(())
+}
