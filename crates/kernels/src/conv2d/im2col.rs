@@ -103,32 +103,12 @@ pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_str
         }
         return;
     }
-    if splits_phases(g) {
-        let mut phases = RowPhases::new(g);
-        for plane in planes.chunks_exact(h * w) {
-            phases.split(plane);
-            for ky in 0..kh {
-                let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
-                for kx in 0..kw {
-                    let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
-                    let Some(row) = rows.next() else { return };
-                    for (oy, out_row) in row.chunks_exact_mut(ow).enumerate() {
-                        if oy < oy_lo || oy >= oy_hi || ox_lo >= ox_hi {
-                            out_row.fill(0.0);
-                            continue;
-                        }
-                        out_row[..ox_lo].fill(0.0);
-                        out_row[ox_hi..].fill(0.0);
-                        let ix_lo = ox_lo * s + kx - p;
-                        let src = phases.run(oy * s + ky - p, ix_lo, ox_hi - ox_lo);
-                        out_row[ox_lo..ox_hi].copy_from_slice(src);
-                    }
-                }
-            }
-        }
-        return;
-    }
+    // Strided reads go through the row phases when every phase is read (`splits_phases`).
+    let mut phases = splits_phases(g).then(|| RowPhases::new(g));
     for plane in planes.chunks_exact(h * w) {
+        if let Some(phases) = phases.as_mut() {
+            phases.split(plane);
+        }
         for ky in 0..kh {
             let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
             for kx in 0..kw {
@@ -139,19 +119,23 @@ pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_str
                         out_row.fill(0.0);
                         continue;
                     }
-                    let iy = oy * s + ky - p;
-                    let in_row = &plane[iy * w..(iy + 1) * w];
                     out_row[..ox_lo].fill(0.0);
                     out_row[ox_hi..].fill(0.0);
-                    if ox_lo < ox_hi {
-                        let ix_lo = ox_lo * s + kx - p;
-                        let dst = &mut out_row[ox_lo..ox_hi];
-                        if s == 1 {
-                            dst.copy_from_slice(&in_row[ix_lo..ix_lo + dst.len()]);
-                        } else {
-                            let src = &in_row[ix_lo..];
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d = src[j * s];
+                    if ox_lo >= ox_hi {
+                        continue;
+                    }
+                    let (iy, ix_lo) = (oy * s + ky - p, ox_lo * s + kx - p);
+                    let dst = &mut out_row[ox_lo..ox_hi];
+                    match &phases {
+                        Some(phases) => dst.copy_from_slice(phases.run(iy, ix_lo, dst.len())),
+                        None => {
+                            let src = &plane[iy * w..(iy + 1) * w][ix_lo..];
+                            if s == 1 {
+                                dst.copy_from_slice(&src[..dst.len()]);
+                            } else {
+                                for (j, d) in dst.iter_mut().enumerate() {
+                                    *d = src[j * s];
+                                }
                             }
                         }
                     }
@@ -220,35 +204,13 @@ pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
         }
         return;
     }
-    if splits_phases(g) {
-        let mut phases = RowPhases::new(g);
-        let mut rows = col.chunks_exact(out_pixels);
-        for plane in dx_unit.chunks_exact_mut(h * w) {
-            phases.clear();
-            for ky in 0..kh {
-                let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
-                for kx in 0..kw {
-                    let (ox_lo, ox_hi) = valid_span(ow, w, kx, s, p);
-                    let Some(row) = rows.next() else { return };
-                    if ox_lo >= ox_hi {
-                        continue;
-                    }
-                    let ix_lo = ox_lo * s + kx - p;
-                    for oy in oy_lo..oy_hi {
-                        let src = &row[oy * ow + ox_lo..oy * ow + ox_hi];
-                        let dst = phases.run_mut(oy * s + ky - p, ix_lo, src.len());
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d += *v;
-                        }
-                    }
-                }
-            }
-            phases.merge_add(plane);
-        }
-        return;
-    }
+    // Strided sums go through the row phases when every phase is written (`splits_phases`).
+    let mut phases = splits_phases(g).then(|| RowPhases::new(g));
     let mut rows = col.chunks_exact(out_pixels);
     for plane in dx_unit.chunks_exact_mut(h * w) {
+        if let Some(phases) = phases.as_mut() {
+            phases.clear();
+        }
         for ky in 0..kh {
             let (oy_lo, oy_hi) = valid_span(oh, h, ky, s, p);
             for kx in 0..kw {
@@ -261,18 +223,31 @@ pub fn col2im_add(g: &ConvGeometry, col: &mut [f32], dx_unit: &mut [f32]) {
                 for oy in oy_lo..oy_hi {
                     let iy = oy * s + ky - p;
                     let src = &row[oy * ow + ox_lo..oy * ow + ox_hi];
-                    let dst = &mut plane[iy * w + ix_lo..(iy + 1) * w];
-                    if s == 1 {
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d += *v;
+                    match phases.as_mut() {
+                        Some(phases) => {
+                            let dst = phases.run_mut(iy, ix_lo, src.len());
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                *d += *v;
+                            }
                         }
-                    } else {
-                        for (j, v) in src.iter().enumerate() {
-                            dst[j * s] += *v;
+                        None => {
+                            let dst = &mut plane[iy * w + ix_lo..(iy + 1) * w];
+                            if s == 1 {
+                                for (d, v) in dst.iter_mut().zip(src) {
+                                    *d += *v;
+                                }
+                            } else {
+                                for (j, v) in src.iter().enumerate() {
+                                    dst[j * s] += *v;
+                                }
+                            }
                         }
                     }
                 }
             }
+        }
+        if let Some(phases) = &phases {
+            phases.merge_add(plane);
         }
     }
 }
