@@ -2,25 +2,11 @@
 //! gradients (candle's grouped path is its chunk/cat loop, so groups > 1 are checked against it
 //! too), over odd sizes, strides, paddings, groups, batch sizes, thread counts and strided inputs.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use mtanet_kernels::conv2d::{conv2d, Conv2d};
 
-/// Deterministic values in [-1, 1) from a 64-bit LCG, so every run sees the same tensors.
-fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
-    let count: usize = shape.iter().product();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu)
-}
+mod support;
+use support::pseudo_random_unit as pseudo_random;
 
 /// max |a - b| / max |b|, the error relative to the reference's scale.
 fn relative_error(actual: &Tensor, expected: &Tensor) -> Result<f32> {

@@ -3,29 +3,14 @@
 //! convolutions, over map sizes that tiles divide and do not (7x7, 4x4, odd and non-square),
 //! batch 1 and odd batches; and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::Result;
 use mtanet_kernels::conv2d::{with_algorithm, Algorithm};
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 
 mod support;
-use support::{relative_error, same_bits_on_1_2_3_threads, PASSES};
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn pseudo_random(shape: &[usize], seed: u64) -> Result<Tensor> {
-    let count: usize = shape.iter().product();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu)
-}
+use support::{
+    pseudo_random_unit as pseudo_random, relative_error, same_bits_on_1_2_3_threads, PASSES,
+};
 
 /// (batch, in channels, out channels, height, width).
 const SHAPES: &[(usize, usize, usize, usize, usize)] = &[

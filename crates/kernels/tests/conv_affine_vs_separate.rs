@@ -13,7 +13,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{pseudo_random, FUSED_CONV_CASES};
+use support::{differing_bits, pseudo_random, values, FUSED_CONV_CASES};
 
 #[test]
 fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
@@ -39,15 +39,8 @@ fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
                 relu,
             )?;
             assert_eq!(fused.dims(), separate.dims(), "case {i}: shapes");
-            let (a, b) = (
-                fused.flatten_all()?.to_vec1::<f32>()?,
-                separate.flatten_all()?.to_vec1::<f32>()?,
-            );
-            let differ = a
-                .iter()
-                .zip(&b)
-                .filter(|(p, q)| p.to_bits() != q.to_bits())
-                .count();
+            let (a, b) = (values(&fused)?, values(&separate)?);
+            let differ = differing_bits(&a, &b);
             assert_eq!(
                 differ,
                 0,
@@ -60,10 +53,6 @@ fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 /// Asserts that each named tensor's gradient is the same in `fused` and `separate`: bit for bit
@@ -204,11 +193,7 @@ fn the_residual_variant_equals_the_three_ops() -> Result<()> {
         )?;
         let separate = add_relu(&bn, ts[4])?;
         let (a, b) = (values(&fused)?, values(&separate)?);
-        let differ = a
-            .iter()
-            .zip(&b)
-            .filter(|(p, q)| p.to_bits() != q.to_bits())
-            .count();
+        let differ = differing_bits(&a, &b);
         assert_eq!(differ, 0, "case {i}: {differ} outputs differ");
         assert!(a.contains(&0.0) && a.iter().any(|v| *v > 0.0));
         let gf = (fused * &r)?.sum_all()?.backward()?;

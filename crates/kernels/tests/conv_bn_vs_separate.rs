@@ -15,19 +15,12 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{pseudo_random, FUSED_CONV_CASES};
+use support::{differing_bits, pseudo_random, values, FUSED_CONV_CASES};
 
 fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (
-        a.flatten_all()?.to_vec1::<f32>()?,
-        b.flatten_all()?.to_vec1::<f32>()?,
-    );
-    let differ = a
-        .iter()
-        .zip(&b)
-        .filter(|(x, y)| x.to_bits() != y.to_bits())
-        .count();
+    let (a, b) = (values(a)?, values(b)?);
+    let differ = differing_bits(&a, &b);
     assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
     Ok(())
 }

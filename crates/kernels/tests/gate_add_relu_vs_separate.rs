@@ -4,17 +4,13 @@
 //! (compared as numbers: a zero's sign may differ, since candle adds the separate ops' gradient
 //! into a zero-filled buffer).
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Var};
 use mtanet_kernels::{
     add_relu, channel_gate, channel_gate_add_relu, spatial_gate, spatial_gate_add_relu,
 };
 
 mod support;
-use support::pseudo_random;
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
+use support::{differing_bits, pseudo_random, values};
 
 fn check(spatial: bool, dims: [usize; 4], seed: u64) -> Result<()> {
     let [n, c, h, w] = dims;
@@ -40,11 +36,7 @@ fn check(spatial: bool, dims: [usize; 4], seed: u64) -> Result<()> {
     };
     let separate = add_relu(&gated, st)?;
     let (a, b) = (values(&fused)?, values(&separate)?);
-    let differ = a
-        .iter()
-        .zip(&b)
-        .filter(|(p, q)| p.to_bits() != q.to_bits())
-        .count();
+    let differ = differing_bits(&a, &b);
     assert_eq!(
         differ, 0,
         "{dims:?} spatial {spatial}: {differ} outputs differ"

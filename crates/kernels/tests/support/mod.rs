@@ -18,6 +18,42 @@ pub fn pseudo_random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Res
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
+/// Deterministic values in [-1, 1) from the same 64-bit LCG seeded the way the convolution
+/// suites (`conv2d_vs_candle.rs`, `conv2d_winograd.rs`) always have, so their inputs stay as
+/// they were.
+#[allow(dead_code)]
+pub fn pseudo_random_unit(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// A tensor's f32 values in row-major order.
+#[allow(dead_code)]
+pub fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// How many positions of two equally long slices hold different bits.
+#[allow(dead_code)]
+pub fn differing_bits(a: &[f32], b: &[f32]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count()
+}
+
 /// A convolution case: (batch, c_in, c_out, size, kernel, stride, padding, groups).
 #[allow(dead_code)]
 pub type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
