@@ -13,7 +13,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{differing_bits, pseudo_random, values, FUSED_CONV_CASES};
+use support::{differing_bits, pseudo_random, values, Case, FUSED_CONV_CASES};
 
 #[test]
 fn equals_conv_then_channel_affine_bit_for_bit() -> Result<()> {
@@ -82,29 +82,41 @@ fn assert_gradients_match(
     Ok(())
 }
 
+/// A case's input, conv weight, scale and shift as variables (seeds `seed..seed + 4`), its conv
+/// parameters and the side of its square output.
+fn case_vars(
+    &(n, c_in, c_out, size, k, stride, padding, groups): &Case,
+    seed: u64,
+) -> Result<([Var; 4], ConvParams, usize)> {
+    let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
+        Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
+    };
+    let vars = [
+        var(&[n, c_in, size, size], seed, 1.0, 0.0)?,
+        var(&[c_out, c_in / groups, k, k], seed + 1, 0.2, 0.0)?,
+        var(&[c_out], seed + 2, 0.5, 1.0)?,
+        var(&[c_out], seed + 3, 0.5, 0.0)?,
+    ];
+    let params = ConvParams {
+        stride,
+        padding,
+        groups,
+    };
+    Ok((vars, params, (size + 2 * padding - k) / stride + 1))
+}
+
 #[test]
 fn gradients_equal_those_of_the_two_ops() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
-        FUSED_CONV_CASES.iter().enumerate()
-    {
+    for (i, case) in FUSED_CONV_CASES.iter().enumerate() {
+        let (n, c_out) = (case.0, case.2);
         let seed = 200 + i as u64;
-        let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
-            Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
-        };
-        let x = var(&[n, c_in, size, size], seed, 1.0, 0.0)?;
-        let w = var(&[c_out, c_in / groups, k, k], seed + 1, 0.2, 0.0)?;
-        let scale = var(&[c_out], seed + 2, 0.5, 1.0)?;
-        let shift = var(&[c_out], seed + 3, 0.5, 0.0)?;
-        let params = ConvParams {
+        let ([x, w, scale, shift], params, out) = case_vars(case, seed)?;
+        let ConvParams {
             stride,
             padding,
             groups,
-        };
-        let (h, wd) = (
-            (size + 2 * padding - k) / stride + 1,
-            (size + 2 * padding - k) / stride + 1,
-        );
-        let r = pseudo_random(&[n, c_out, h, wd], seed + 4, 1.0, 0.0)?;
+        } = params;
+        let r = pseudo_random(&[n, c_out, out, out], seed + 4, 1.0, 0.0)?;
         let ts = [
             x.as_tensor(),
             w.as_tensor(),
@@ -158,25 +170,18 @@ fn refuses_wrong_affine_lengths_and_dtypes() -> Result<()> {
 
 #[test]
 fn the_residual_variant_equals_the_three_ops() -> Result<()> {
-    for (i, &(n, c_in, c_out, size, k, stride, padding, groups)) in
-        FUSED_CONV_CASES.iter().enumerate()
-    {
+    for (i, case) in FUSED_CONV_CASES.iter().enumerate() {
+        let (n, c_out) = (case.0, case.2);
         let seed = 300 + i as u64;
-        let var = |shape: &[usize], seed: u64, scale: f32, offset: f32| {
-            Var::from_tensor(&pseudo_random(shape, seed, scale, offset)?)
-        };
-        let out = (size + 2 * padding - k) / stride + 1;
-        let x = var(&[n, c_in, size, size], seed, 1.0, 0.0)?;
-        let w = var(&[c_out, c_in / groups, k, k], seed + 1, 0.2, 0.0)?;
-        let scale = var(&[c_out], seed + 2, 0.5, 1.0)?;
-        let shift = var(&[c_out], seed + 3, 0.5, 0.0)?;
-        let shortcut = var(&[n, c_out, out, out], seed + 4, 1.0, 0.0)?;
-        let r = pseudo_random(&[n, c_out, out, out], seed + 5, 1.0, 0.0)?;
-        let params = ConvParams {
+        let ([x, w, scale, shift], params, out) = case_vars(case, seed)?;
+        let ConvParams {
             stride,
             padding,
             groups,
-        };
+        } = params;
+        let shortcut =
+            Var::from_tensor(&pseudo_random(&[n, c_out, out, out], seed + 4, 1.0, 0.0)?)?;
+        let r = pseudo_random(&[n, c_out, out, out], seed + 5, 1.0, 0.0)?;
         let ts = [
             x.as_tensor(),
             w.as_tensor(),
