@@ -50,15 +50,20 @@ pub fn masked_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Tensor) -> 
     }
     let x = select_rows(logits, &rows)?; // (m, C)
     let t = Tensor::from_vec(picked, (rows.len(), 1), logits.device())?;
+    let lse = log_sum_exp(&x)?;
+    let chosen = x.gather(&t, 1)?;
+    lse.sub(&chosen)?.mean_all()
+}
+
+/// `log(sum(exp(x)))` of each row of `x` (rows, C) as (rows, 1), shifted by the row's
+/// (detached) maximum so that `exp` never overflows.
+fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
     let row_max = x.max_keepdim(1)?.detach();
-    let lse = x
-        .broadcast_sub(&row_max)?
+    x.broadcast_sub(&row_max)?
         .exp()?
         .sum_keepdim(1)?
         .log()?
-        .add(&row_max)?;
-    let chosen = x.gather(&t, 1)?;
-    lse.sub(&chosen)?.mean_all()
+        .add(&row_max)
 }
 
 /// [`masked_cross_entropy`] with the mask kept on its device (`n`, `c` > 0).
@@ -86,13 +91,7 @@ pub(crate) fn device_cross_entropy(
         .clamp(0f32, (c - 1) as f32)?
         .to_dtype(DType::U32)?
         .reshape((n, 1))?;
-    let row_max = x.max_keepdim(1)?.detach();
-    let lse = x
-        .broadcast_sub(&row_max)?
-        .exp()?
-        .sum_keepdim(1)?
-        .log()?
-        .add(&row_max)?;
+    let lse = log_sum_exp(&x)?;
     let per_row = lse.sub(&x.gather(&picked, 1)?)?.reshape(n)?;
     keep_valid(&valid, &per_row)?
         .sum_all()?
