@@ -16,8 +16,12 @@ and forward + backward (aten.convolution_backward from a given output gradient: 
 gradient, except for the stem, and the weight gradient), best
 (minimum) of --reps runs after a warm-up, as bench_layers reports its own times. Prints one line per layer:
     layer <name> fwd_ms <float> fwd_bwd_ms <float>
+With --serve it times nothing up front: it reads layer names from stdin, one per line, and
+answers each with that line, so that bench_layers can alternate between its layers and
+PyTorch's within one run; it ends at the end of its input.
 """
 import argparse
+import sys
 import time
 
 import torch
@@ -48,28 +52,47 @@ def best_ms(reps, fn):
     return min(times)
 
 
-def bench_layers(reps):
-    for name, c_in, c_out, s, k, stride, pad, groups in LAYERS:
-        x = torch.randn(BATCH, c_in, s, s)
-        w = torch.randn(c_out, c_in // groups, k, k) * 0.05
+def time_layer(layer, reps):
+    """(forward ms, forward + backward ms) of one LAYERS entry."""
+    name, c_in, c_out, s, k, stride, pad, groups = layer
+    x = torch.randn(BATCH, c_in, s, s)
+    w = torch.randn(c_out, c_in // groups, k, k) * 0.05
+    with torch.no_grad():
+        r = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad, groups=groups))
+    # The stem's input (the image) needs no gradient, as in a training step.
+    mask = [c_in != 3, True, False]
+
+    def fwd():
         with torch.no_grad():
-            r = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad, groups=groups))
-        # The stem's input (the image) needs no gradient, as in a training step.
-        mask = [c_in != 3, True, False]
+            F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
 
-        def fwd():
-            with torch.no_grad():
-                F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
+    def fwd_bwd():
+        with torch.no_grad():
+            F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
+            torch.ops.aten.convolution_backward(
+                r, x, w, None, [stride, stride], [pad, pad], [1, 1], False, [0, 0], groups,
+                mask)
 
-        def fwd_bwd():
-            with torch.no_grad():
-                F.conv2d(x, w, stride=stride, padding=pad, groups=groups)
-                torch.ops.aten.convolution_backward(
-                    r, x, w, None, [stride, stride], [pad, pad], [1, 1], False, [0, 0], groups,
-                    mask)
+    return best_ms(reps, fwd), best_ms(reps, fwd_bwd)
 
-        print(f"layer {name} fwd_ms {best_ms(reps, fwd):.3f} fwd_bwd_ms {best_ms(reps, fwd_bwd):.3f}",
-              flush=True)
+
+def print_layer(layer, reps):
+    fwd, fwd_bwd = time_layer(layer, reps)
+    print(f"layer {layer[0]} fwd_ms {fwd:.3f} fwd_bwd_ms {fwd_bwd:.3f}", flush=True)
+
+
+def bench_layers(reps):
+    for layer in LAYERS:
+        print_layer(layer, reps)
+
+
+def serve_layers(reps):
+    by_name = {layer[0]: layer for layer in LAYERS}
+    for line in sys.stdin:
+        name = line.strip()
+        if name not in by_name:
+            sys.exit(f"bench_torch.py --serve: unknown layer {name!r} (known: {', '.join(by_name)})")
+        print_layer(by_name[name], reps)
 
 
 N_AU, N_EXPR, SIZE, HIDDEN = 8, 7, 112, 512
@@ -166,7 +189,9 @@ def bench_sgemm():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", action="store_true", help="time the three conv layers")
+    ap.add_argument("--layers", action="store_true", help="time the conv layers")
+    ap.add_argument("--serve", action="store_true",
+                    help="with --layers: time the layers named on stdin, one per line")
     ap.add_argument("--model", help="time one MTANet train step and eval forward")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
@@ -176,7 +201,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.layers:
+    if args.layers and args.serve:
+        serve_layers(args.reps)
+    elif args.layers:
         bench_layers(args.reps)
     elif args.model:
         bench_model(args.model, args.batch, args.steps, args.warmup)

@@ -6,13 +6,18 @@
 //! `scripts/bench_torch.py --layers`, skipped with a note if it cannot run). Both sides time
 //! the kernels a training step runs, without the autograd bookkeeping around a single layer.
 //!
-//! `cargo run --release -p mtanet-kernels --example bench_layers [-- --reps N] [--no-torch]`
+//! The rounds alternate between the sides layer by layer (ours, then PyTorch's, for each layer,
+//! `--rounds` times), so that both sample the same spells of a busy machine; each side keeps
+//! its best time, and the per-round ratios give a median and a minimum.
+//!
+//! `cargo run --release -p mtanet-kernels --example bench_layers [-- --reps N] [--rounds R] [--no-torch]`
 
 use candle_core::{Device, Result, Tensor, Var};
 use mtanet_kernels::conv2d::conv2d;
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 /// One benchmarked layer: name, input channels, output channels, input size, kernel, stride,
@@ -132,61 +137,161 @@ fn time_ours(l: &Layer, reps: usize) -> Result<(f64, f64)> {
     Ok((fwd, fwd_bwd))
 }
 
-/// PyTorch's (forward ms, forward + backward ms) per layer name, or why there are none.
-fn torch_times(reps: usize) -> std::result::Result<Vec<(String, f64, f64)>, String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--layers", "--threads", "2", "--reps", &reps.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run python3 {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+/// `scripts/bench_torch.py --layers --serve`: a PyTorch process that times the layer named on
+/// each line it is sent, so that its timings alternate with ours within one run.
+struct TorchWorker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    script: PathBuf,
+}
+
+impl TorchWorker {
+    fn start(reps: usize) -> std::result::Result<Self, String> {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--layers", "--serve", "--threads", "2"])
+            .args(["--reps", &reps.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run python3 {}: {e}", script.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("python3: no pipes".into());
+        };
+        Ok(Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            script,
+        })
     }
-    // Lines: "layer <name> fwd_ms <f> fwd_bwd_ms <f>".
-    let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+
+    /// PyTorch's (forward ms, forward + backward ms) for the layer called `name`.
+    fn time(&mut self, name: &str) -> std::result::Result<(f64, f64), String> {
+        let failed = |why: String| format!("{}: {why}", self.script.display());
+        writeln!(self.stdin, "{name}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| failed(format!("cannot send {name:?}: {e}")))?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| failed(format!("cannot read its answer: {e}")))?;
+        // "layer <name> fwd_ms <f> fwd_bwd_ms <f>".
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if let ["layer", name, "fwd_ms", f, "fwd_bwd_ms", b] = fields.as_slice() {
-            let parse = |v: &str| {
-                v.parse::<f64>()
-                    .map_err(|e| format!("bad number {v:?}: {e}"))
-            };
-            rows.push((name.to_string(), parse(f)?, parse(b)?));
+        let ["layer", answered, "fwd_ms", f, "fwd_bwd_ms", b] = fields.as_slice() else {
+            return Err(failed(format!(
+                "answered {:?} for {name} (see its message above)",
+                line.trim()
+            )));
+        };
+        if *answered != name {
+            return Err(failed(format!("answered for {answered}, asked for {name}")));
         }
+        let parse = |v: &str| {
+            v.parse::<f64>()
+                .map_err(|e| failed(format!("bad number {v:?}: {e}")))
+        };
+        Ok((parse(f)?, parse(b)?))
     }
-    Ok(rows)
+}
+
+impl Drop for TorchWorker {
+    fn drop(&mut self) {
+        // Its input ends when `stdin` is dropped after this; a worker stuck in a layer is
+        // not waited for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Median, minimum and maximum of `v` (not empty).
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+/// One layer's times over the rounds: the best of each side, and our f+b time divided by
+/// PyTorch's in each round.
+#[derive(Default)]
+struct LayerTimes {
+    candle: Option<(f64, f64)>,
+    ours: Option<(f64, f64)>,
+    torch: Option<(f64, f64)>,
+    round_ratios: Vec<f64>,
+}
+
+fn keep_best(best: &mut Option<(f64, f64)>, (f, b): (f64, f64)) {
+    *best = Some(match *best {
+        Some((bf, bb)) => (bf.min(f), bb.min(b)),
+        None => (f, b),
+    });
+}
+
+/// The value of `--flag N`, or `default`.
+fn arg_usize(args: &[String], flag: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{flag}: a whole number, not {v:?}"))
+        })
+        .unwrap_or(default)
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let reps = arg_usize(&args, "--reps", 5).max(1);
+    let rounds = arg_usize(&args, "--rounds", 3).max(1);
     let with_torch = !args.iter().any(|a| a == "--no-torch");
     println!(
-        "batch {BATCH}, f32, best of {reps} after a warm-up; rayon threads {}, \
-         RAYON_NUM_THREADS={}",
+        "batch {BATCH}, f32, best of {rounds} rounds of {reps} runs after a warm-up, ours and \
+         PyTorch alternating per layer; rayon threads {}, RAYON_NUM_THREADS={}",
         rayon::current_num_threads(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
-    let torch = if with_torch {
-        torch_times(reps)
+    let mut torch = if with_torch {
+        TorchWorker::start(reps)
     } else {
         Err("skipped (--no-torch)".into())
     };
+    let mut times: Vec<LayerTimes> = LAYERS.iter().map(|_| LayerTimes::default()).collect();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (layer, t) in LAYERS.iter().zip(&mut times) {
+            // candle's own convolution is context, not a contender: one round is enough.
+            if round == 0 {
+                t.candle = Some(time_candle(layer, reps)?);
+            }
+            let ours = time_ours(layer, reps)?;
+            keep_best(&mut t.ours, ours);
+            if let Ok(worker) = &mut torch {
+                match worker.time(layer.name) {
+                    Ok(theirs) => {
+                        keep_best(&mut t.torch, theirs);
+                        t.round_ratios.push(ours.1 / theirs.1);
+                    }
+                    Err(why) => torch = Err(why),
+                }
+            }
+        }
+    }
     if let Err(why) = &torch {
         println!("PyTorch: {why}");
     }
     println!(
-        "{:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "{:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>13}",
         "layer",
         "candle fwd",
         "candle f+b",
@@ -195,51 +300,48 @@ fn main() -> Result<()> {
         "torch fwd",
         "torch f+b",
         "fwd x",
-        "f+b x"
+        "f+b x",
+        "f+b x med,min"
     );
+    let fmt = |v: Option<f64>, unit: &str| match v {
+        Some(v) => format!("{v:.1}{unit}"),
+        None => "-".into(),
+    };
     let mut ratios: Vec<(f64, f64)> = Vec::new();
-    for layer in &LAYERS {
-        let (cf, cb) = time_candle(layer, reps)?;
-        let (of, ob) = time_ours(layer, reps)?;
-        let t = torch
-            .as_ref()
-            .ok()
-            .and_then(|rows| rows.iter().find(|r| r.0 == layer.name));
-        let fmt = |v: Option<f64>, unit: &str| match v {
-            Some(v) => format!("{v:.1}{unit}"),
-            None => "-".into(),
+    for (layer, t) in LAYERS.iter().zip(&times) {
+        let (Some((cf, cb)), Some((of, ob))) = (t.candle, t.ours) else {
+            continue;
         };
+        // A layer PyTorch did not answer for in every round has no ratio.
+        let torch = t.torch.filter(|_| t.round_ratios.len() == rounds);
+        let per_round = torch.map(|_| {
+            let (median, min, _) = spread(&t.round_ratios);
+            format!("{median:.2}, {min:.2}")
+        });
         println!(
-            "{:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
+            "{:<20} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>13}",
             layer.name,
             fmt(Some(cf), " ms"),
             fmt(Some(cb), " ms"),
             fmt(Some(of), " ms"),
             fmt(Some(ob), " ms"),
-            fmt(t.map(|t| t.1), " ms"),
-            fmt(t.map(|t| t.2), " ms"),
-            fmt(t.map(|t| of / t.1), ""),
-            fmt(t.map(|t| ob / t.2), ""),
+            fmt(torch.map(|t| t.0), " ms"),
+            fmt(torch.map(|t| t.1), " ms"),
+            fmt(torch.map(|t| of / t.0), ""),
+            fmt(torch.map(|t| ob / t.1), ""),
+            per_round.unwrap_or_else(|| "-".into()),
         );
-        if let Some(t) = t {
-            ratios.push((of / t.1, ob / t.2));
+        if let Some((tf, tb)) = torch {
+            ratios.push((of / tf, ob / tb));
         }
     }
-    println!("fwd x / f+b x: our time divided by PyTorch's (lower is better; < 1 beats PyTorch)");
+    println!(
+        "fwd x / f+b x: our best time divided by PyTorch's (lower is better; < 1 beats \
+         PyTorch); f+b x med,min: median and minimum of the per-round f+b ratios"
+    );
     if !ratios.is_empty() {
-        let summary = |pick: fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = ratios.iter().map(pick).collect();
-            v.sort_by(f64::total_cmp);
-            let mid = v.len() / 2;
-            let median = if v.len() % 2 == 1 {
-                v[mid]
-            } else {
-                (v[mid - 1] + v[mid]) / 2.0
-            };
-            (median, v[0], v[v.len() - 1])
-        };
-        let (fm, fmin, fmax) = summary(|r| r.0);
-        let (bm, bmin, bmax) = summary(|r| r.1);
+        let (fm, fmin, fmax) = spread(&ratios.iter().map(|r| r.0).collect::<Vec<_>>());
+        let (bm, bmin, bmax) = spread(&ratios.iter().map(|r| r.1).collect::<Vec<_>>());
         println!(
             "over {} layers: fwd x median {fm:.2} (min {fmin:.2}, max {fmax:.2}); f+b x median \
              {bm:.2} (min {bmin:.2}, max {bmax:.2})",

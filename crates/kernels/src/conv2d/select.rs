@@ -70,7 +70,10 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
         Algorithm::Gemm | Algorithm::Direct => None,
         Algorithm::Winograd2 => Some(Tile::F2),
         Algorithm::Winograd4 => Some(Tile::F4),
-        Algorithm::Auto => measured_choice(g, pass),
+        Algorithm::Auto => match measured_choice(g, pass) {
+            Dense::Winograd(tile) => Some(tile),
+            Dense::Gemm | Dense::Direct => None,
+        },
     }
 }
 
@@ -81,10 +84,7 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 /// every map size (28x28 to 4x4); the weight gradient 1.5-2x faster on 28x28 and 14x14 maps,
 /// level at 7x7 and slower at 4x4, where each (channel, tap) sum runs over too few positions
 /// to pay for its final reduction, so it takes the weight gradient only on maps of 100 output
-/// pixels or more. Dense layers stay on GEMM / Winograd: forced direct
-/// (`CONV_ALGOS=gemm,auto,direct`), ResNet-50's were within 10% of GEMM at 28x28, 20-25%
-/// slower at 14x14, 2-4x slower in the weight gradient at 7x7 and 4x4, and faster only on
-/// 56x56 maps (64 channels, 224x224 input: ~20%).
+/// pixels or more. Dense layers take it where `measured_choice` says so.
 pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     if !super::direct3x3::applies(g) {
         return false;
@@ -92,34 +92,58 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     match FORCED.with(Cell::get) {
         Algorithm::Direct => true,
         Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
-        Algorithm::Auto => {
-            g.groups > 1
-                && g.group_in_channels().max(g.group_out_channels()) <= 32
+        Algorithm::Auto if g.groups > 1 => {
+            g.group_in_channels().max(g.group_out_channels()) <= 32
                 && (pass != Pass::WeightGrad || g.out_pixels() >= 100)
         }
+        Algorithm::Auto => measured_choice(g, pass) == Dense::Direct,
     }
 }
 
-/// The per-shape choice measured with `examples/conv_passes.rs` (2-core Zen 4, 2 threads,
-/// CPU time of alternating repetitions, best of 6, two runs each) on the dense 3x3 stride-1
-/// layers of ResNet-50 at 112x112 input (64 channels at 28x28, 128 at 14x14, 256 at 7x7, 512
-/// at 4x4), batch 16 and 32:
+/// The algorithm `measured_choice` picks for a dense 3x3 stride-1 pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dense {
+    Gemm,
+    Winograd(Tile),
+    Direct,
+}
+
+/// The per-shape choice for dense 3x3 stride-1 layers, measured with `examples/conv_passes.rs`
+/// (2-core Zen 4, 2 threads, `CONV_CLOCK=cpu`, best of 4-6 alternating repetitions of
+/// `gemm,w2,w4,direct`) on the dense 3x3 layers of ResNet-50 at 112x112 input (64 channels at
+/// 28x28, 128 at 14x14, 256 at 7x7, 512 at 4x4) and at 224x224 (64 at 56x56, 128 at 28x28,
+/// 256 at 14x14, 512 at 7x7), batch 16 and 32. Times relative to im2col + GEMM:
 ///
-/// - 28x28 and 14x14 maps: GEMM (per-image im2col GEMMs with `K = 9*C_in` run near gemm's
-///   best; Winograd's transforms cost about what its smaller GEMMs save, at 14x14 within 10%
-///   either way).
-/// - 7x7 maps (256 channels), where 7 = 2*4 - 1 wastes a quarter of F(4x4)'s tiles: F(4x4)
-///   forward 5-12% faster at batch 16 and 26-30% at batch 32; input and weight gradient
-///   15-30% faster at batch 32, not at batch 16.
-/// - 4x4 maps (512 channels): F(2x2) forward and input gradient ~15% faster at batch 32, no
-///   faster at batch 16; the weight gradient no faster.
-fn measured_choice(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
+/// - 56x56, 64 channels: direct forward and input gradient 0.82-0.89, F(4x4) weight gradient
+///   0.82.
+/// - 28x28, 64 channels: direct forward 0.92, input gradient 0.97-0.98; the weight gradient
+///   level on every path (GEMM kept).
+/// - 28x28, 128 channels: F(4x4) 0.71-0.77 on all three passes.
+/// - 14x14, 128-256 channels: F(4x4) forward 0.65-0.91 and input gradient 0.64-0.89. The
+///   weight gradient: F(2x2) 0.70-0.71 at 256 channels; at 128 within the noise of GEMM
+///   (0.92-1.05, GEMM kept), F(4x4) slower.
+/// - 7x7 (256-512 channels), where 7 = 2*4 - 1 wastes a quarter of F(4x4)'s tiles: F(4x4)
+///   0.55-0.77 on all three passes.
+/// - 4x4 maps (512 channels): F(2x2) forward and input gradient ~0.85 at batch 32, no faster at
+///   batch 16; the weight gradient no faster.
+///
+/// Batches under 16 were not measured and stay on GEMM.
+fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
+    if g.batch < 16 {
+        return Dense::Gemm;
+    }
     let pixels = g.out_pixels();
+    let channels = g.group_in_channels().min(g.group_out_channels());
     let wide = g.batch >= 32;
-    match (pixels, pass) {
-        (37..=64, Pass::Forward) if g.batch >= 16 => Some(Tile::F4),
-        (37..=64, Pass::InputGrad | Pass::WeightGrad) if wide => Some(Tile::F4),
-        (10..=36, Pass::Forward | Pass::InputGrad) if wide => Some(Tile::F2),
-        _ => None,
+    match (pixels, channels, pass) {
+        (2500.., ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
+        (700.., ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
+        (700.., 128.., _) => Dense::Winograd(Tile::F4),
+        (150..=400, 256.., Pass::WeightGrad) => Dense::Winograd(Tile::F2),
+        (150..=400, _, Pass::WeightGrad) => Dense::Gemm,
+        (150..=400, 128.., _) => Dense::Winograd(Tile::F4),
+        (37..=64, _, _) => Dense::Winograd(Tile::F4),
+        (10..=36, _, Pass::Forward | Pass::InputGrad) if wide => Dense::Winograd(Tile::F2),
+        _ => Dense::Gemm,
     }
 }
