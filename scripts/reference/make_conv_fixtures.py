@@ -35,6 +35,10 @@ CASES = [
     (2, 16, 9, 7, 32, (3, 3), 1, 1, 4),  # 4 in / 8 out per group, non-square
     (3, 32, 14, 14, 32, (3, 3), 1, 1, 8),  # 4 per group at 14x14 (direct weight gradient too)
     (2, 64, 4, 4, 64, (3, 3), 1, 1, 2),  # 32 per group at 4x4
+    # Grouped 3x3/2 with 4-32 channels per group (the direct kernel on stride phases,
+    # conv2d/direct3x3_stride2.rs):
+    (2, 32, 14, 14, 32, (3, 3), 2, 1, 8),  # 4 per group, 14x14 -> 7x7 (direct weight gradient)
+    (3, 64, 7, 9, 64, (3, 3), 2, 1, 4),  # 16 per group, odd non-square -> 4x5
 ]
 
 

@@ -148,8 +148,7 @@ struct TorchWorker {
 
 impl TorchWorker {
     fn start(reps: usize) -> std::result::Result<Self, String> {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
         let mut child = Command::new("python3")
             .arg(&script)
             .args(["--layers", "--serve", "--threads", "2"])

@@ -1,8 +1,9 @@
-//! The direct 3x3 passes (conv2d/direct3x3.rs) against the im2col + GEMM passes on the same
-//! inputs: forward, input gradient and weight gradient of grouped 3x3, stride-1, padding-1
-//! convolutions with 4 to 32 channels per group (where `Algorithm::Auto` picks them), over map
-//! sizes from 1x1 to 28x28 (odd, non-square, smaller and larger than one register block of
-//! positions) and odd batches, and of dense ones with the direct kernel forced
+//! The direct 3x3 passes (conv2d/direct3x3.rs, direct3x3_stride2.rs) against the im2col + GEMM
+//! passes on the same inputs: forward, input gradient and weight gradient of grouped 3x3,
+//! stride-1 and stride-2, padding-1 convolutions with 4 to 32 channels per group (where
+//! `Algorithm::Auto` picks them), over map sizes from 1x1 to 28x28 (odd, non-square, smaller
+//! and larger than one register block of positions) and odd batches, and of dense ones with
+//! the direct kernel forced
 //! (`Algorithm::Direct`); and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
 use candle_core::Result;
@@ -12,43 +13,57 @@ use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 mod support;
 use support::{pseudo_random, relative_error, same_bits_on_1_2_3_threads, PASSES};
 
-/// (batch, in channels, out channels, height, width, groups).
-const SHAPES: &[[usize; 6]] = &[
-    [1, 8, 8, 5, 5, 2],
-    [3, 16, 32, 9, 7, 4],
-    [2, 64, 64, 28, 28, 16],
-    [3, 16, 16, 14, 14, 4],
-    [5, 128, 128, 4, 4, 4],
-    [2, 96, 64, 7, 7, 8],
-    [2, 32, 32, 1, 1, 8],
-    [1, 24, 24, 11, 13, 2],
-    [3, 256, 256, 14, 14, 32],
+/// (batch, in channels, out channels, height, width, groups, stride).
+type Shape = [usize; 7];
+
+const SHAPES: &[Shape] = &[
+    [1, 8, 8, 5, 5, 2, 1],
+    [3, 16, 32, 9, 7, 4, 1],
+    [2, 64, 64, 28, 28, 16, 1],
+    [3, 16, 16, 14, 14, 4, 1],
+    [5, 128, 128, 4, 4, 4, 1],
+    [2, 96, 64, 7, 7, 8, 1],
+    [2, 32, 32, 1, 1, 8, 1],
+    [1, 24, 24, 11, 13, 2, 1],
+    [3, 256, 256, 14, 14, 32, 1],
     // Maps narrower than a register: a row's tail spills past the row after it.
-    [2, 8, 8, 6, 1, 2],
-    [2, 8, 8, 5, 2, 2],
-    [1, 8, 8, 1, 30, 2],
+    [2, 8, 8, 6, 1, 2, 1],
+    [2, 8, 8, 5, 2, 2, 1],
+    [1, 8, 8, 1, 30, 2, 1],
+    // Stride 2 (the grouped layers that halve the map): even and odd sizes, non-square, maps
+    // that halve to one pixel or one row, and ResNeXt's first-block shapes.
+    [2, 16, 16, 14, 14, 4, 2],
+    [3, 8, 16, 7, 7, 2, 2],
+    [1, 32, 32, 9, 6, 8, 2],
+    [2, 8, 8, 2, 2, 2, 2],
+    [2, 8, 8, 1, 5, 2, 2],
+    [1, 8, 8, 28, 3, 2, 2],
+    [2, 256, 256, 28, 28, 32, 2],
+    [3, 512, 512, 14, 14, 32, 2],
+    [2, 1024, 1024, 7, 7, 32, 2],
 ];
 
 /// Shapes `Algorithm::Auto` keeps on GEMM that `Algorithm::Direct` runs directly: dense, and
 /// 64 channels per group.
-const FORCED_ONLY: &[[usize; 6]] = &[
-    [2, 16, 24, 9, 11, 1],
-    [3, 64, 32, 6, 6, 1],
-    [2, 128, 128, 5, 4, 2],
+const FORCED_ONLY: &[Shape] = &[
+    [2, 16, 24, 9, 11, 1, 1],
+    [3, 64, 32, 6, 6, 1, 1],
+    [2, 128, 128, 5, 4, 2, 1],
+    [2, 24, 16, 11, 8, 1, 2],
 ];
 
-fn geometry(&[n, c_in, c_out, h, w, groups]: &[usize; 6]) -> Result<ConvGeometry> {
+fn geometry(&[n, c_in, c_out, h, w, groups, stride]: &Shape) -> Result<ConvGeometry> {
     ConvGeometry::new(
         &[n, c_in, h, w],
         &[c_out, c_in / groups, 3, 3],
-        1,
+        stride,
         1,
         groups,
     )
 }
 
 /// Output, input gradient and weight gradient of one shape, with `algorithm` forced.
-fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f32>; 3]> {
+fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3]> {
     let g = geometry(shape)?;
     let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed, 1.0, 0.0)?;
     let wt = pseudo_random(
@@ -64,7 +79,7 @@ fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f3
         0.0,
     )?;
     let op = Conv2d {
-        stride: 1,
+        stride: g.stride,
         padding: 1,
         groups: g.groups,
     };
@@ -81,8 +96,8 @@ fn passes(algorithm: Algorithm, shape: &[usize; 6], seed: u64) -> Result<[Vec<f3
 }
 
 /// The shapes do take the direct path on a CPU with AVX2 and FMA (else the comparison below
-/// would compare the GEMM path with itself): forward and input gradient everywhere, the weight
-/// gradient on maps of 100 pixels or more.
+/// would compare the GEMM path with itself): the forward and input gradient everywhere, the
+/// weight gradient on outputs of 100 pixels or more at stride 1, 36 or more at stride 2.
 #[test]
 fn the_shapes_take_the_direct_path() -> Result<()> {
     if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
@@ -92,11 +107,12 @@ fn the_shapes_take_the_direct_path() -> Result<()> {
     }
     for shape in SHAPES {
         let g = geometry(shape)?;
+        let weight_grad = g.out_pixels() >= if g.stride == 1 { 100 } else { 36 };
         assert!(direct_3x3(&g, Pass::Forward), "{shape:?} forward");
         assert!(direct_3x3(&g, Pass::InputGrad), "{shape:?} input grad");
         assert_eq!(
             direct_3x3(&g, Pass::WeightGrad),
-            g.out_pixels() >= 100,
+            weight_grad,
             "{shape:?} weight grad"
         );
         let forced = with_algorithm(Algorithm::Gemm, || direct_3x3(&g, Pass::Forward));
@@ -115,13 +131,16 @@ fn the_shapes_take_the_direct_path() -> Result<()> {
         assert_eq!(forced, [true; 3], "{shape:?} under Algorithm::Direct");
     }
     // Channels per group that are not a multiple of 4 never take it.
-    let odd = geometry(&[2, 6, 6, 8, 8, 3])?;
+    let odd = geometry(&[2, 6, 6, 8, 8, 3, 1])?;
+    let stride3 = geometry(&[2, 8, 8, 9, 9, 2, 3])?;
+    let forced = with_algorithm(Algorithm::Direct, || direct_3x3(&stride3, Pass::Forward));
+    assert!(!forced, "stride 3 never takes it");
     let forced = with_algorithm(Algorithm::Direct, || direct_3x3(&odd, Pass::Forward));
     assert!(!forced);
     Ok(())
 }
 
-fn check_against_gemm(algorithm: Algorithm, shapes: &[[usize; 6]]) -> Result<()> {
+fn check_against_gemm(algorithm: Algorithm, shapes: &[Shape]) -> Result<()> {
     for (i, shape) in shapes.iter().enumerate() {
         let seed = 300 + 10 * i as u64;
         let reference = passes(Algorithm::Gemm, shape, seed)?;
@@ -150,7 +169,7 @@ fn forced_direct_passes_match_gemm() -> Result<()> {
 
 #[test]
 fn same_bits_with_one_two_and_three_threads() -> Result<()> {
-    let shapes: Vec<[usize; 6]> = SHAPES.iter().chain(FORCED_ONLY).copied().collect();
+    let shapes: Vec<Shape> = SHAPES.iter().chain(FORCED_ONLY).copied().collect();
     same_bits_on_1_2_3_threads("direct", &shapes, |shape, seed| {
         passes(Algorithm::Direct, shape, seed)
     })

@@ -72,6 +72,6 @@ fn values_and_grads_match_pytorch() -> Result<()> {
         );
         cases += 1;
     }
-    assert_eq!(cases, 13, "fixture should hold 13 cases");
+    assert_eq!(cases, 15, "fixture should hold 15 cases");
     Ok(())
 }

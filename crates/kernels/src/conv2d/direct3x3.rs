@@ -1,5 +1,7 @@
-//! 3x3 stride-1 "same" convolutions computed directly, without im2col or GEMM: what the grouped
+//! 3x3 padding-1 convolutions computed directly, without im2col or GEMM: what the grouped
 //! layers of ResNeXt run (`select.rs` says where; any multiple of 4 channels per group works).
+//! This file holds the kernels and the stride-1 layout; `direct3x3_stride2.rs` the stride-2
+//! layout, on which the same kernels run with another [`Taps`] table.
 //!
 //! ResNeXt-50 32x4d's 3x3 layers have 4 to 32 channels per group. As im2col + GEMM each
 //! (image, group) unit is a product of `(C/g, 9*C/g) @ (9*C/g, OH*OW)`: a GEMM four to
@@ -37,7 +39,7 @@ use super::weight_grad::{image_chunk, partials, sum_partials};
 /// Output channels one register block computes.
 const CHANNEL_BLOCK: usize = 4;
 /// Output positions one register block computes (three vectors of 8).
-const POSITION_BLOCK: usize = 24;
+pub(super) const POSITION_BLOCK: usize = 24;
 
 /// True when the CPU can run the kernel (AVX2 and FMA, checked once).
 fn cpu_supports() -> bool {
@@ -56,39 +58,165 @@ fn cpu_supports() -> bool {
     }
 }
 
-/// True when `g` and its input-gradient convolution can both run here: 3x3, stride 1, padding
-/// 1, with a multiple of 4 channels per group on either side, on a CPU with AVX2 and FMA.
+/// True when `g` and its input-gradient convolution can both run here: 3x3, stride 1 or 2,
+/// padding 1, with a multiple of 4 channels per group on either side, on a CPU with AVX2 and
+/// FMA.
 pub fn applies(g: &ConvGeometry) -> bool {
     let fits = |c: usize| c.is_multiple_of(CHANNEL_BLOCK);
     g.kernel_h == 3
         && g.kernel_w == 3
-        && g.stride == 1
+        && (g.stride == 1 || g.stride == 2)
         && g.padding == 1
         && fits(g.group_in_channels())
         && fits(g.group_out_channels())
         && cpu_supports()
 }
 
-/// The padded-plane layout of one unit.
-struct Plan {
-    /// Width of a padded row, `W + 2`.
+/// Where a kernel's reads go: read `i` (of `COUNT`) takes the value `offset(i)` past the
+/// output position in the input channel's buffer and multiplies it by weight tap
+/// `weight_tap(i)` (row-major `ky * 3 + kx`). The kernels' loops over `i` are unrolled, so
+/// each offset folds into an address of a few registers plus a constant: read from a table of
+/// 9 offsets and taps instead, the stride-1 forward ran ~30% slower.
+pub(super) trait Taps: Copy {
+    /// Reads per output position.
+    const COUNT: usize;
+    /// Where read `i` is, past the output position.
+    fn offset(self, i: usize) -> usize;
+    /// The weight tap read `i` is multiplied by.
+    fn weight_tap(self, i: usize) -> usize;
+}
+
+/// Stride 1: input planes zero-bordered on rows of `row = W + 2`, tap `(ky, kx)` at
+/// `ky * row + kx`.
+#[derive(Clone, Copy)]
+struct Bordered {
     row: usize,
-    /// Values per padded input plane: `(H + 2) * (W + 2)` plus room for the last block's reads.
-    plane: usize,
-    /// Output positions computed per channel: `H * (W + 2)` rounded up to a whole block.
-    positions: usize,
+}
+
+impl Taps for Bordered {
+    const COUNT: usize = 9;
+    #[inline(always)]
+    fn offset(self, i: usize) -> usize {
+        (i / 3) * self.row + i % 3
+    }
+    #[inline(always)]
+    fn weight_tap(self, i: usize) -> usize {
+        i
+    }
+}
+
+/// How a kernel reads a unit's input buffer: input channel `ci`'s values start at
+/// `ci * plane`, and output position `q` (of `positions`, a whole number of blocks) reads
+/// `taps` from there.
+#[derive(Clone, Copy)]
+pub(super) struct Reads<T: Taps> {
+    /// Values per input channel in the buffer.
+    pub plane: usize,
+    /// Output positions computed per channel.
+    pub positions: usize,
+    /// Where each read goes.
+    pub taps: T,
+}
+
+impl<T: Taps> Reads<T> {
+    /// True when every read of every position stays inside its channel's `plane` values and
+    /// every weight tap is one of the 9.
+    fn in_bounds(&self) -> bool {
+        let furthest = (0..T::COUNT).map(|i| self.taps.offset(i)).max();
+        (0..T::COUNT).all(|i| self.taps.weight_tap(i) < 9)
+            && self.positions + furthest.unwrap_or(0) <= self.plane
+    }
+}
+
+/// The layout of one unit's input and output in the kernels' buffers: stride 1 on
+/// zero-bordered planes ([`Bordered`]), stride 2 on phase planes (`direct3x3_stride2.rs`).
+#[derive(Clone, Copy)]
+enum Plan {
+    Stride1(Reads<Bordered>),
+    Stride2(Reads<super::direct3x3_stride2::PhaseTaps>),
 }
 
 impl Plan {
     fn new(g: &ConvGeometry) -> Self {
+        if g.stride == 2 {
+            return Self::Stride2(super::direct3x3_stride2::reads(g));
+        }
         let row = g.in_w + 2;
         let positions = (g.in_h * row).div_ceil(POSITION_BLOCK) * POSITION_BLOCK;
         // The last block reads up to `positions - 1 + 2 * row + 2`.
         let plane = (positions + 2 * row + 2).max((g.in_h + 2) * row);
-        Self {
-            row,
+        Self::Stride1(Reads {
             plane,
             positions,
+            taps: Bordered { row },
+        })
+    }
+
+    /// Width of a row of output positions.
+    fn row(&self) -> usize {
+        match self {
+            Self::Stride1(r) => r.taps.row,
+            Self::Stride2(r) => r.taps.row,
+        }
+    }
+
+    /// Values per input channel in the buffer.
+    fn plane(&self) -> usize {
+        match self {
+            Self::Stride1(r) => r.plane,
+            Self::Stride2(r) => r.plane,
+        }
+    }
+
+    /// Output positions computed per channel.
+    fn positions(&self) -> usize {
+        match self {
+            Self::Stride1(r) => r.positions,
+            Self::Stride2(r) => r.positions,
+        }
+    }
+
+    /// Writes the input planes of one unit (`x_unit`, `(C, H, W)`) into `dst` (`C` planes of
+    /// `self.plane()` values), every value not an input pixel zero.
+    fn spread_input(&self, g: &ConvGeometry, x_unit: &[f32], dst: &mut [f32]) {
+        match self {
+            Self::Stride1(r) => spread_rows(
+                x_unit,
+                (g.in_h, g.in_w),
+                (r.taps.row, r.taps.row + 1),
+                dst,
+                r.plane,
+            ),
+            Self::Stride2(r) => super::direct3x3_stride2::split_phases(g, x_unit, r, dst),
+        }
+    }
+
+    /// [`unit_kernel`] with this layout's reads.
+    ///
+    /// # Safety
+    /// As [`unit_kernel`].
+    unsafe fn kernel(&self, padded: &[f32], w: &[f32], out: &mut [f32], c_in: usize, c_out: usize) {
+        match self {
+            Self::Stride1(r) => unit_kernel(padded, w, out, c_in, c_out, r),
+            Self::Stride2(r) => unit_kernel(padded, w, out, c_in, c_out, r),
+        }
+    }
+
+    /// [`unit_weight_grad`] with this layout's reads.
+    ///
+    /// # Safety
+    /// As [`unit_weight_grad`].
+    unsafe fn weight_grad(
+        &self,
+        padded: &[f32],
+        grads: &[f32],
+        dw: &mut [f32],
+        c_in: usize,
+        c_out: usize,
+    ) {
+        match self {
+            Self::Stride1(r) => unit_weight_grad(padded, grads, dw, c_in, c_out, r),
+            Self::Stride2(r) => unit_weight_grad(padded, grads, dw, c_in, c_out, r),
         }
     }
 }
@@ -97,7 +225,7 @@ impl Plan {
 /// (`dst_plane` values each), row `i` at `start + i * row`, and zeroes every other value of
 /// those planes: the zero-bordered input planes (`start = row + 1`) and the output gradient on
 /// padded rows (`start = 0`). Requires [`applies`] (AVX2).
-fn spread_rows(
+pub(super) fn spread_rows(
     src: &[f32],
     (h, w): (usize, usize),
     (row, start): (usize, usize),
@@ -242,7 +370,7 @@ unsafe fn copy_run(dst: &mut [f32], src: &[f32]) {
     dst[..src.len()].copy_from_slice(src)
 }
 
-/// Output `(N, C_out, H, W)` of `g` into `y` (every value overwritten), then `then(unit,
+/// Output `(N, C_out, OH, OW)` of `g` into `y` (every value overwritten), then `then(unit,
 /// y_unit)` on each unit's output. Requires [`applies`].
 pub fn forward_into(
     g: &ConvGeometry,
@@ -253,24 +381,18 @@ pub fn forward_into(
 ) {
     assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
     let plan = Plan::new(g);
+    let (plane, positions) = (plan.plane(), plan.positions());
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
-    let (h, w_len) = (g.in_h, g.in_w);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
         let w_group = g.weight_group(w, g.group_of(unit));
-        with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
-            let (padded, out) = buf.split_at_mut(c_in * plan.plane);
-            spread_rows(
-                x_unit,
-                (h, w_len),
-                (plan.row, plan.row + 1),
-                padded,
-                plan.plane,
-            );
+        with_columns(c_in * plane + c_out * positions, |buf| {
+            let (padded, out) = buf.split_at_mut(c_in * plane);
+            plan.spread_input(g, x_unit, padded);
             // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths `unit_kernel`
-            // documents (c_in padded planes, c_out blocks of `positions`, a full weight group).
-            unsafe { unit_kernel(padded, w_group, out, c_in, c_out, &plan) };
-            gather_rows(out, plan.positions, plan.row, (h, w_len), y_unit);
+            // documents (c_in planes, c_out blocks of `positions`, a full weight group).
+            unsafe { plan.kernel(padded, w_group, out, c_in, c_out) };
+            gather_rows(out, positions, plan.row(), (g.out_h, g.out_w), y_unit);
         });
         then(unit, y_unit);
     });
@@ -280,6 +402,10 @@ pub fn forward_into(
 /// convolution of `dy` with each group's weights transposed and their taps reversed.
 /// Requires [`applies`].
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
+    if g.stride == 2 {
+        return super::direct3x3_stride2::input_grad(g, dy, w);
+    }
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     let mut flipped = vec![0.0f32; w.len()];
     for group in 0..g.groups {
@@ -310,8 +436,8 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
     let plan = Plan::new(g);
+    let (plane, positions) = (plan.plane(), plan.positions());
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
-    let (h, w_len) = (g.in_h, g.in_w);
     let group_len = g.weight_group_len();
     let dw_len = g.groups * group_len;
     let chunks = partials(g.batch);
@@ -320,54 +446,50 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let (chunk, group) = (task / g.groups, task % g.groups);
         let images = image_chunk(g.batch, chunk);
         dw_g.fill(0.0);
-        with_columns(c_in * plan.plane + c_out * plan.positions, |buf| {
-            let (padded, grads) = buf.split_at_mut(c_in * plan.plane);
+        with_columns(c_in * plane + c_out * positions, |buf| {
+            let (padded, grads) = buf.split_at_mut(c_in * plane);
             for image in images {
                 let unit = image * g.groups + group;
-                let x_unit = g.input_unit(x, unit);
-                spread_rows(
-                    x_unit,
-                    (h, w_len),
-                    (plan.row, plan.row + 1),
-                    padded,
-                    plan.plane,
-                );
+                plan.spread_input(g, g.input_unit(x, unit), padded);
                 let dy_unit = g.output_unit(dy, unit);
-                spread_rows(dy_unit, (h, w_len), (plan.row, 0), grads, plan.positions);
+                let out_size = (g.out_h, g.out_w);
+                spread_rows(dy_unit, out_size, (plan.row(), 0), grads, positions);
                 // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths
                 // `unit_weight_grad` documents.
-                unsafe { unit_weight_grad(padded, grads, dw_g, c_in, c_out, &plan) };
+                unsafe { plan.weight_grad(padded, grads, dw_g, c_in, c_out) };
             }
         });
     });
     sum_partials(parts, dw_len)
 }
 
-/// Adds `sum_q grads[co][q] * padded[ci][q + offset(tap)]` to `dw[co][ci][tap]` for every
-/// output channel, input channel and tap, each sum over all `plan.positions` positions.
+/// Adds `sum_q grads[co][q] * padded[ci][q + offset(i)]` to `dw[co][ci][weight_tap(i)]` for
+/// every output channel, input channel and read `i` of `reads` (9 of them, taken three at a
+/// time: one kernel row), each sum over all `reads.positions` positions.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `plan.plane` values, `grads`
-/// `c_out` rows of `plan.positions` values (zero wherever no output pixel is), `dw`
+/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `reads.plane` values,
+/// `grads` `c_out` rows of `reads.positions` values (zero wherever no output pixel is), `dw`
 /// `c_out * c_in * 9` values; `c_out` is a multiple of [`CHANNEL_BLOCK`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_weight_grad(
+unsafe fn unit_weight_grad<T: Taps>(
     padded: &[f32],
     grads: &[f32],
     dw: &mut [f32],
     c_in: usize,
     c_out: usize,
-    plan: &Plan,
+    reads: &Reads<T>,
 ) {
     use std::arch::x86_64::*;
     assert!(
-        padded.len() >= c_in * plan.plane
-            && grads.len() >= c_out * plan.positions
+        padded.len() >= c_in * reads.plane
+            && grads.len() >= c_out * reads.positions
             && dw.len() >= c_out * c_in * 9
             && c_out.is_multiple_of(CHANNEL_BLOCK)
-            && plan.positions.is_multiple_of(8)
-            && plan.positions + 2 * plan.row + 2 <= plan.plane
+            && reads.positions.is_multiple_of(8)
+            && T::COUNT == 9
+            && reads.in_bounds()
     );
     /// The sum of a vector's 8 lanes, in a fixed order.
     #[inline(always)]
@@ -377,31 +499,36 @@ unsafe fn unit_weight_grad(
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
     }
     let (xp, gp) = (padded.as_ptr(), grads.as_ptr());
+    let (positions, taps) = (reads.positions, reads.taps);
     for co in (0..c_out).step_by(CHANNEL_BLOCK) {
         for ci in 0..c_in {
             for ky in 0..3 {
                 let mut acc = [[_mm256_setzero_ps(); 3]; CHANNEL_BLOCK];
-                // SAFETY (all pointer reads below): q + 7 + ky * row + 2 < positions + 2 * row
-                // + 2 <= plane inside plane `ci`; gradient rows hold `positions` values.
-                let x_base = xp.add(ci * plan.plane + ky * plan.row);
-                for q in (0..plan.positions).step_by(8) {
-                    let s = x_base.add(q);
+                // SAFETY (all pointer reads below): q + 7 + offset < positions + offset <=
+                // plane inside plane `ci` (`in_bounds`); gradient rows hold `positions` values.
+                let x_base = xp.add(ci * reads.plane);
+                // Plain code, not `array::map`: a closure does not inherit this function's
+                // target features, so its intrinsics became calls (5x slower).
+                let r0 = x_base.add(taps.offset(3 * ky));
+                let r1 = x_base.add(taps.offset(3 * ky + 1));
+                let r2 = x_base.add(taps.offset(3 * ky + 2));
+                for q in (0..positions).step_by(8) {
                     let xs = [
-                        _mm256_loadu_ps(s),
-                        _mm256_loadu_ps(s.add(1)),
-                        _mm256_loadu_ps(s.add(2)),
+                        _mm256_loadu_ps(r0.add(q)),
+                        _mm256_loadu_ps(r1.add(q)),
+                        _mm256_loadu_ps(r2.add(q)),
                     ];
                     for (j, acc_j) in acc.iter_mut().enumerate() {
-                        let gv = _mm256_loadu_ps(gp.add((co + j) * plan.positions + q));
+                        let gv = _mm256_loadu_ps(gp.add((co + j) * positions + q));
                         for (a, xv) in acc_j.iter_mut().zip(xs) {
                             *a = _mm256_fmadd_ps(gv, xv, *a);
                         }
                     }
                 }
                 for (j, acc_j) in acc.iter().enumerate() {
-                    let at = ((co + j) * c_in + ci) * 9 + ky * 3;
-                    for (kx, a) in acc_j.iter().enumerate() {
-                        dw[at + kx] += lane_sum(*a);
+                    let at = ((co + j) * c_in + ci) * 9;
+                    for (i, a) in acc_j.iter().enumerate() {
+                        dw[at + taps.weight_tap(3 * ky + i)] += lane_sum(*a);
                     }
                 }
             }
@@ -411,50 +538,58 @@ unsafe fn unit_weight_grad(
 
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn unit_weight_grad(_: &[f32], _: &[f32], _: &mut [f32], _: usize, _: usize, _: &Plan) {
+unsafe fn unit_weight_grad<T: Taps>(
+    _: &[f32],
+    _: &[f32],
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+    _: &Reads<T>,
+) {
     unreachable!("direct3x3 runs only on x86-64")
 }
 
-/// Computes `out[co][q] = sum_ci sum_tap w[co][ci][tap] * padded[ci][q + offset(tap)]` for every
-/// output channel `co < c_out` and position `q < plan.positions`.
+/// Computes `out[co][q] = sum_ci sum_i w[co][ci][weight_tap(i)] * padded[ci][q + offset(i)]`
+/// for every output channel `co < c_out` and position `q < reads.positions`, summing input
+/// channels in order and, within one, the reads in order.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `plan.plane` values, `w`
-/// `c_out * c_in * 9` values, `out` `c_out * plan.positions` values; `c_out` is a multiple of
+/// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `reads.plane` values, `w`
+/// `c_out * c_in * 9` values, `out` `c_out * reads.positions` values; `c_out` is a multiple of
 /// [`CHANNEL_BLOCK`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_kernel(
+pub(super) unsafe fn unit_kernel<T: Taps>(
     padded: &[f32],
     w: &[f32],
     out: &mut [f32],
     c_in: usize,
     c_out: usize,
-    plan: &Plan,
+    reads: &Reads<T>,
 ) {
     use std::arch::x86_64::*;
     assert!(
-        padded.len() >= c_in * plan.plane
+        padded.len() >= c_in * reads.plane
             && w.len() >= c_out * c_in * 9
-            && out.len() >= c_out * plan.positions
+            && out.len() >= c_out * reads.positions
             && c_out.is_multiple_of(CHANNEL_BLOCK)
-            && plan.positions.is_multiple_of(POSITION_BLOCK)
-            && plan.positions + 2 * plan.row + 2 <= plan.plane
+            && reads.positions.is_multiple_of(POSITION_BLOCK)
+            && reads.in_bounds()
     );
-    let r = plan.row;
-    let offsets = [0, 1, 2, r, r + 1, r + 2, 2 * r, 2 * r + 1, 2 * r + 2];
     let (xp, wp, op) = (padded.as_ptr(), w.as_ptr(), out.as_mut_ptr());
     let co_stride = c_in * 9;
+    let (positions, plane, taps) = (reads.positions, reads.plane, reads.taps);
     for co in (0..c_out).step_by(CHANNEL_BLOCK) {
-        for q in (0..plan.positions).step_by(POSITION_BLOCK) {
+        for q in (0..positions).step_by(POSITION_BLOCK) {
             let mut acc = [[_mm256_setzero_ps(); 3]; CHANNEL_BLOCK];
             for ci in 0..c_in {
-                // SAFETY (all pointer reads below): q + 23 + offset <= positions - 1 + 2r + 2
-                // < plane, inside plane `ci`; weight indices stay below c_out * c_in * 9.
-                let x_base = xp.add(ci * plan.plane + q);
+                // SAFETY (all pointer reads below): q + 23 + offset < positions + offset <=
+                // plane, inside plane `ci` (`in_bounds`); weight indices stay below
+                // c_out * c_in * 9.
+                let x_base = xp.add(ci * plane + q);
                 let w_base = wp.add(co * co_stride + ci * 9);
-                for (t, &offset) in offsets.iter().enumerate() {
-                    let s = x_base.add(offset);
+                for i in 0..T::COUNT {
+                    let (s, t) = (x_base.add(taps.offset(i)), taps.weight_tap(i));
                     let xs = [
                         _mm256_loadu_ps(s),
                         _mm256_loadu_ps(s.add(8)),
@@ -469,7 +604,7 @@ unsafe fn unit_kernel(
                 }
             }
             for (j, acc_j) in acc.iter().enumerate() {
-                let dst = op.add((co + j) * plan.positions + q);
+                let dst = op.add((co + j) * positions + q);
                 for (i, a) in acc_j.iter().enumerate() {
                     _mm256_storeu_ps(dst.add(8 * i), *a);
                 }
@@ -480,6 +615,13 @@ unsafe fn unit_kernel(
 
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn unit_kernel(_: &[f32], _: &[f32], _: &mut [f32], _: usize, _: usize, _: &Plan) {
+pub(super) unsafe fn unit_kernel<T: Taps>(
+    _: &[f32],
+    _: &[f32],
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+    _: &Reads<T>,
+) {
     unreachable!("direct3x3 runs only on x86-64")
 }

@@ -6,14 +6,16 @@
 //! handled inside one op, every pass is a `gemm` call per (image, group) unit, and units run in
 //! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
 //! there are too few units to share out). Dense convolutions on small maps run one GEMM over
-//! the whole batch (`batched.rs`), dense 3x3 stride-1 padding-1 ones Winograd's F(2x2, 3x3) or
-//! F(4x4, 3x3) (`winograd.rs`), and grouped 3x3 stride-1 ones with 4-32 channels per group a
-//! direct register-blocked kernel (`direct3x3.rs`), each for the shapes where it was measured
-//! faster (`select.rs`). Strided im2col reads each input row split into its stride phases
+//! the whole batch (`batched.rs`); dense 3x3 stride-1 padding-1 ones Winograd's F(2x2, 3x3) or
+//! F(4x4, 3x3) (`winograd.rs`) or a direct register-blocked kernel (`direct3x3.rs`), and
+//! grouped 3x3 stride-1 and stride-2 ones with 4-32 channels per group that direct kernel
+//! (stride 2 through `direct3x3_stride2.rs`), each for the shapes where it was measured faster
+//! (`select.rs`). Strided im2col reads each input row split into its stride phases
 //! (`im2col.rs`).
 
 mod batched;
 mod direct3x3;
+mod direct3x3_stride2;
 mod forward;
 mod geometry;
 mod im2col;

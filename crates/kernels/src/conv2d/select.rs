@@ -77,14 +77,22 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
     }
 }
 
-/// True when `pass` of `g` runs the direct 3x3 kernel (`direct3x3.rs`) rather than Winograd
-/// or im2col + GEMM. [`Algorithm::Auto`] takes it for grouped layers with at most 32 channels
-/// per group, measured with `conv_passes` on ResNeXt-50 32x4d's stride-1 grouped layers at
-/// 112x112 input (batch 16 and 32): forward and input gradient 1.3-2x faster than GEMM at
-/// every map size (28x28 to 4x4); the weight gradient 1.5-2x faster on 28x28 and 14x14 maps,
-/// level at 7x7 and slower at 4x4, where each (channel, tap) sum runs over too few positions
-/// to pay for its final reduction, so it takes the weight gradient only on maps of 100 output
-/// pixels or more. Dense layers take it where `measured_choice` says so.
+/// True when `pass` of `g` runs the direct 3x3 kernel (`direct3x3.rs`, stride 2 through
+/// `direct3x3_stride2.rs`) rather than Winograd or im2col + GEMM. [`Algorithm::Auto`] takes it
+/// for grouped layers with at most 32 channels per group, measured with `conv_passes` on
+/// ResNeXt-50 32x4d's grouped layers at 112x112 input (batch 16 and 32):
+///
+/// - Stride 1: forward and input gradient 1.3-2x faster than GEMM at every map size (28x28 to
+///   4x4); the weight gradient 1.5-2x faster on 28x28 and 14x14 maps, level at 7x7 and slower
+///   at 4x4, where each (channel, tap) sum runs over too few positions to pay for its final
+///   reduction, so it takes the weight gradient only on maps of 100 output pixels or more.
+/// - Stride 2 (28x28 to 14x14, 14x14 to 7x7, 7x7 to 4x4): forward 2.1-2.3x and input
+///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
+///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
+///   outputs of 36 pixels or more.
+///
+/// Dense layers take it where `measured_choice` says so (stride 1 only: forced on ResNet-50's
+/// stride-2 layers, it was 1.4-1.6x slower in the forward and 2-4x in the input gradient).
 pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     if !super::direct3x3::applies(g) {
         return false;
@@ -93,8 +101,13 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
         Algorithm::Direct => true,
         Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
         Algorithm::Auto if g.groups > 1 => {
-            g.group_in_channels().max(g.group_out_channels()) <= 32
-                && (pass != Pass::WeightGrad || g.out_pixels() >= 100)
+            let narrow = g.group_in_channels().max(g.group_out_channels()) <= 32;
+            narrow
+                && match (g.stride, pass) {
+                    (1, Pass::WeightGrad) => g.out_pixels() >= 100,
+                    (_, Pass::WeightGrad) => g.out_pixels() >= 36,
+                    _ => true,
+                }
         }
         Algorithm::Auto => measured_choice(g, pass) == Dense::Direct,
     }
@@ -129,7 +142,7 @@ enum Dense {
 ///
 /// Batches under 16 were not measured and stay on GEMM.
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
-    if g.batch < 16 {
+    if !winograd_fits(g) || g.batch < 16 {
         return Dense::Gemm;
     }
     let pixels = g.out_pixels();
