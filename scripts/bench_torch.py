@@ -16,9 +16,9 @@ and forward + backward (aten.convolution_backward from a given output gradient: 
 gradient, except for the stem, and the weight gradient), best
 (minimum) of --reps runs after a warm-up, as bench_layers reports its own times. Prints one line per layer:
     layer <name> fwd_ms <float> fwd_bwd_ms <float>
-With --serve it times nothing up front: it reads layer names from stdin, one per line, and
-answers each with that line, so that bench_layers can alternate between its layers and
-PyTorch's within one run; it ends at the end of its input.
+With --serve it times nothing up front: it prints `ready` once torch is imported, then reads
+layer names from stdin, one per line, and answers each with that line, so that bench_layers can
+alternate between its layers and PyTorch's within one run; it ends at the end of its input.
 """
 import argparse
 import sys
@@ -88,6 +88,9 @@ def bench_layers(reps):
 
 def serve_layers(reps):
     by_name = {layer[0]: layer for layer in LAYERS}
+    # torch is imported and its threads set: the caller's timings no longer share the machine
+    # with the import.
+    print("ready", flush=True)
     for line in sys.stdin:
         name = line.strip()
         if name not in by_name:

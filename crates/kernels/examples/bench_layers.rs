@@ -161,12 +161,22 @@ impl TorchWorker {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("python3: no pipes".into());
         };
-        Ok(Self {
+        let mut worker = Self {
             child,
             stdin,
             stdout: BufReader::new(stdout),
             script,
-        })
+        };
+        // Wait for the import of torch to finish before timing anything beside it.
+        let mut line = String::new();
+        let read = worker.stdout.read_line(&mut line);
+        if read.is_err() || line.trim() != "ready" {
+            return Err(format!(
+                "{} did not start (see its message above)",
+                worker.script.display()
+            ));
+        }
+        Ok(worker)
     }
 
     /// PyTorch's (forward ms, forward + backward ms) for the layer called `name`.
@@ -200,8 +210,8 @@ impl TorchWorker {
 
 impl Drop for TorchWorker {
     fn drop(&mut self) {
-        // Its input ends when `stdin` is dropped after this; a worker stuck in a layer is
-        // not waited for.
+        // Every answer has been read by now: stop the worker rather than wait for it to see
+        // the end of its input.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

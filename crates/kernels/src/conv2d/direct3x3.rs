@@ -1,5 +1,6 @@
 //! 3x3 padding-1 convolutions computed directly, without im2col or GEMM: what the grouped
-//! layers of ResNeXt run (`select.rs` says where; any multiple of 4 channels per group works).
+//! layers of ResNeXt and some dense ones run (`select.rs` says where; any multiple of 4 channels
+//! per group works).
 //! This file holds the kernels and the stride-1 layout; `direct3x3_stride2.rs` the stride-2
 //! layout, on which the same kernels run with another [`Taps`] table.
 //!
@@ -14,9 +15,9 @@
 //! loop runs over input channels and taps (2 of every `W + 2` positions land on the padding
 //! columns and are dropped).
 //!
-//! The input gradient of such a convolution is the same convolution of the output gradient with
-//! each group's weights transposed (input and output channels swapped) and the taps reversed, so
-//! it runs through the same kernel. The weight gradient correlates the padded input planes with
+//! The input gradient of a stride-1 convolution is the same convolution of the output gradient
+//! with each group's weights transposed (input and output channels swapped) and the taps
+//! reversed, so it runs through the same kernel. The weight gradient correlates the padded input planes with
 //! the output gradient laid out on the same padded rows (zero on the padding columns): blocks of
 //! 4 output channels x 3 taps of one kernel row accumulate in 12 registers over all positions.
 //!
@@ -25,11 +26,12 @@
 //! does (fixed chunks of consecutive images, added in chunk order). No result depends on the
 //! thread count.
 //!
-//! One difference from im2col + GEMM with non-finite inputs: the weight gradient's sums also
+//! One difference from im2col + GEMM with non-finite values: the weight gradient's sums also
 //! run over the padding positions, where the output gradient is 0 but the input read there is
 //! a real pixel, so an infinite or NaN input pixel on the border can make a tap's weight
-//! gradient NaN where the GEMM path's is finite. The forward output is then not finite either,
-//! and a training step refuses it.
+//! gradient NaN where the GEMM path's is finite; likewise the input gradient multiplies the
+//! zero border of the output gradient by every weight, so an infinite weight makes it NaN. The
+//! forward output is then not finite either, and a training step refuses it.
 
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
@@ -398,9 +400,9 @@ pub fn forward_into(
     });
 }
 
-/// Input gradient `(N, C_in, H, W)` of `g` from the output gradient `dy`: the direct
-/// convolution of `dy` with each group's weights transposed and their taps reversed.
-/// Requires [`applies`].
+/// Input gradient `(N, C_in, H, W)` of `g` from the output gradient `dy`: at stride 1 the
+/// direct convolution of `dy` with each group's weights transposed and their taps reversed,
+/// at stride 2 per phase of the input (`direct3x3_stride2.rs`). Requires [`applies`].
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
     if g.stride == 2 {

@@ -233,7 +233,7 @@ mod tests {
     /// for every output position, on even and odd map sizes.
     #[test]
     fn taps_read_the_strided_pixels() {
-        for (h, w) in [(6, 6), (7, 5), (5, 8), (1, 3), (14, 14)] {
+        for (h, w) in [(6, 6), (7, 5), (5, 8), (1, 3), (1, 1), (6, 1), (14, 14)] {
             let g = ConvGeometry::new(&[1, 2, h, w], &[4, 2, 3, 3], 2, 1, 1).unwrap();
             let layout = reads(&g);
             let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();

@@ -22,8 +22,8 @@ pub enum Algorithm {
     Winograd2,
     /// Winograd F(4x4, 3x3) wherever it applies, else GEMM.
     Winograd4,
-    /// The direct 3x3 kernel (`direct3x3.rs`) wherever it applies (3x3, stride 1, padding 1,
-    /// channels per group a multiple of 4, AVX2), else GEMM.
+    /// The direct 3x3 kernel (`direct3x3.rs`) wherever it applies (3x3, stride 1 or 2, padding
+    /// 1, channels per group a multiple of 4, AVX2), else GEMM.
     Direct,
 }
 
@@ -140,7 +140,7 @@ enum Dense {
 /// - 4x4 maps (512 channels): F(2x2) forward and input gradient ~0.85 at batch 32, no faster at
 ///   batch 16; the weight gradient no faster.
 ///
-/// Batches under 16 were not measured and stay on GEMM.
+/// Batches under 16 and other map sizes were not measured and stay on GEMM.
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     if !winograd_fits(g) || g.batch < 16 {
         return Dense::Gemm;
@@ -149,9 +149,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let channels = g.group_in_channels().min(g.group_out_channels());
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
-        (2500.., ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
-        (700.., ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
-        (700.., 128.., _) => Dense::Winograd(Tile::F4),
+        (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
+        (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
+        (700..=900, 128.., _) => Dense::Winograd(Tile::F4),
         (150..=400, 256.., Pass::WeightGrad) => Dense::Winograd(Tile::F2),
         (150..=400, _, Pass::WeightGrad) => Dense::Gemm,
         (150..=400, 128.., _) => Dense::Winograd(Tile::F4),
