@@ -8,12 +8,13 @@
 //! (image, group) unit is a product of `(C/g, 9*C/g) @ (9*C/g, OH*OW)`: a GEMM four to
 //! thirty-two rows tall, where gemm's packing and edge handling cost as much as its
 //! multiplies (measured 40-70 GFLOP/s, against ~190 for the dense layers). Here one unit is
-//! computed in registers: the unit's input planes are copied once into zero-bordered planes of
-//! width `W + 2`, and output positions are numbered along those padded rows, so every tap
-//! `(ky, kx)` reads the padded planes at one fixed offset `ky * (W + 2) + kx` from the output
-//! position. Blocks of 4 output channels x 24 positions stay in 12 AVX registers while the
-//! loop runs over input channels and taps (2 of every `W + 2` positions land on the padding
-//! columns and are dropped).
+//! computed in registers: the unit's input planes are copied once into zero-bordered planes on
+//! rows of width `W + 1` (one zero column before each row, which is also the right border of
+//! the row above), and output positions are numbered along those rows, so every tap `(ky, kx)`
+//! reads the padded planes at one fixed offset `ky * (W + 1) + kx` from the output position.
+//! Blocks of 4 output channels x 24 positions stay in 12 AVX registers while the loop runs over
+//! input channels and taps (1 of every `W + 1` positions lands on the zero column and is
+//! dropped).
 //!
 //! The input gradient of a stride-1 convolution is the same convolution of the output gradient
 //! with each group's weights transposed (input and output channels swapped) and the taps
@@ -88,8 +89,8 @@ pub(super) trait Taps: Copy {
     fn weight_tap(self, i: usize) -> usize;
 }
 
-/// Stride 1: input planes zero-bordered on rows of `row = W + 2`, tap `(ky, kx)` at
-/// `ky * row + kx`.
+/// Stride 1: input planes zero-bordered on rows of `row = W + 1` (one zero column before each
+/// row, which is also the right border of the row before), tap `(ky, kx)` at `ky * row + kx`.
 #[derive(Clone, Copy)]
 struct Bordered {
     row: usize,
@@ -143,10 +144,14 @@ impl Plan {
         if g.stride == 2 {
             return Self::Stride2(super::direct3x3_stride2::reads(g));
         }
-        let row = g.in_w + 2;
+        // One zero column per row serves as both the right border of a row and the left border
+        // of the next: two columns would compute one more dropped position per row (at 14x14,
+        // 240 positions per channel instead of 216).
+        let row = g.in_w + 1;
         let positions = (g.in_h * row).div_ceil(POSITION_BLOCK) * POSITION_BLOCK;
-        // The last block reads up to `positions - 1 + 2 * row + 2`.
-        let plane = (positions + 2 * row + 2).max((g.in_h + 2) * row);
+        // The last block reads up to `positions - 1 + 2 * row + 2`; the bottom border row
+        // ends at `(H + 2) * row`, where the last pixel's right border is read.
+        let plane = (positions + 2 * row + 2).max((g.in_h + 2) * row + 1);
         Self::Stride1(Reads {
             plane,
             positions,
