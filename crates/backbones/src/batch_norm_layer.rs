@@ -186,7 +186,19 @@ impl BatchNorm {
 
     /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance; on the
     /// statistics' device (`BatchStats::update_running`: no host copy on CUDA).
-    fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
+    /// This BatchNorm after `conv`, as a stage of `mtanet_kernels::bottleneck_train`.
+    pub(crate) fn stage<'a>(&'a self, conv: &'a Conv2d) -> mtanet_kernels::ConvBnStage<'a> {
+        mtanet_kernels::ConvBnStage {
+            conv_weight: conv.weight(),
+            conv: conv.params(),
+            bn_weight: &self.weight,
+            bn_bias: &self.bias,
+            eps: self.eps,
+        }
+    }
+
+    /// Takes a training batch's statistics into the running mean and variance.
+    pub(crate) fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
         stats.update_running(&self.running_mean, &self.running_var, self.momentum)
     }
 }

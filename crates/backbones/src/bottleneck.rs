@@ -107,8 +107,40 @@ impl Bottleneck {
     }
 }
 
+impl Bottleneck {
+    /// A training forward of a block without attention as one op
+    /// (`mtanet_kernels::bottleneck_train`: the values and gradients of the per-layer ops, with
+    /// no inner activation or gradient in candle's graph), updating the running statistics;
+    /// `None` where that op does not run the tensors (other than f32 on the CPU).
+    fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let main = [
+            self.bn1.stage(&self.conv1),
+            self.bn2.stage(&self.conv2),
+            self.bn3.stage(&self.conv3),
+        ];
+        let downsample = self.downsample.as_ref().map(|(conv, bn)| bn.stage(conv));
+        let stages: Vec<_> = main.iter().copied().chain(downsample).collect();
+        if !mtanet_kernels::bottleneck_train_applies(x, &stages) {
+            return Ok(None);
+        }
+        let (y, stats) = mtanet_kernels::bottleneck_train(x, main, downsample)?;
+        let norms = [&self.bn1, &self.bn2, &self.bn3]
+            .into_iter()
+            .chain(self.downsample.as_ref().map(|(_, bn)| bn));
+        for (bn, stats) in norms.zip(&stats) {
+            bn.update_running(stats)?;
+        }
+        Ok(Some(y))
+    }
+}
+
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train && self.attention.is_none() {
+            if let Some(y) = self.train_as_one_op(x)? {
+                return Ok(y);
+            }
+        }
         let out = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
         let out = self.bn2.conv_forward_t(&self.conv2, &out, train, true)?;
         let shortcut = match &self.downsample {

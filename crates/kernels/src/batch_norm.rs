@@ -252,7 +252,7 @@ pub(crate) struct Saved {
 
 impl Saved {
     /// The statistics the caller's running averages take.
-    fn stats(&self) -> BatchStats {
+    pub(crate) fn stats(&self) -> BatchStats {
         BatchStats {
             mean: self.mean.clone(),
             var: self.var.clone(),

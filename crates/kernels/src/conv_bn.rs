@@ -127,11 +127,11 @@ pub fn conv_bn_add_relu_train(
 
 /// What the forward pass keeps for the backward pass.
 #[derive(Debug)]
-struct Saved {
+pub(crate) struct Saved {
     /// The convolution output (the BatchNorm input).
-    z: Scratch,
+    pub z: Scratch,
     /// The BatchNorm's statistics and weight.
-    bn: BnSaved,
+    pub bn: BnSaved,
 }
 
 /// The fused op: (`x`, `w`, `[weight; bias]`) -> `y`, or with `residual`
@@ -188,57 +188,9 @@ impl CustomOp3 for ConvBnTrain {
         } else {
             (&second[..], &third[..], None)
         };
-        let (n, c, inner) = nc_inner(&[g.batch, g.out_channels, g.out_h, g.out_w], "conv_bn")?;
-        if n * inner < 2 {
-            bail!("conv_bn_train: need more than one value per channel, got {n} x {inner}")
-        }
-        let (gamma, beta) = affine.split_at(c);
-        // The convolution output lives until the backward pass (or the graph) drops it, then
-        // returns to this thread's pool for the next step's layers.
-        let mut z = Scratch::take(g.units() * g.out_unit_len());
-        // Each (image, channel) row's sum for the BatchNorm mean, taken in the convolution's
-        // epilogue while the row is in cache (f64 bits; every slot written once).
-        let row_sums: Vec<AtomicU64> = (0..n * c).map(|_| AtomicU64::new(0)).collect();
-        let group_channels = g.group_out_channels();
-        timed(
-            || conv_label(g, "fwd"),
-            || {
-                conv2d::forward_into_then(g, &x, w, &mut z, &|unit, z_unit| {
-                    let first = (unit / g.groups) * c + (unit % g.groups) * group_channels;
-                    for (slot, row) in row_sums[first..].iter().zip(z_unit.chunks_exact(inner)) {
-                        slot.store(lane_sum(row, |v| v).to_bits(), Ordering::Relaxed);
-                    }
-                })
-            },
-        );
-        let row_sums: Vec<f64> = row_sums
-            .into_iter()
-            .map(|s| f64::from_bits(s.into_inner()))
-            .collect();
         let relu = self.relu && shortcut.is_none();
-        let (mut y, bn) = timed(
-            || "bn fwd".into(),
-            || {
-                train_forward(
-                    &z,
-                    (n, c, inner),
-                    (gamma, beta),
-                    (self.eps, relu),
-                    Some(&row_sums),
-                )
-            },
-        );
-        if let Some(shortcut) = shortcut {
-            // `add_relu`'s expression, in place on the BatchNorm output.
-            y.par_chunks_mut(1 << 14)
-                .zip(shortcut.par_chunks(1 << 14))
-                .for_each(|(ys, ss)| {
-                    for (v, &sv) in ys.iter_mut().zip(ss) {
-                        *v = (*v + sv).max(0.0);
-                    }
-                });
-        }
-        *lock(&self.saved)? = Some(Saved { z, bn });
+        let (y, saved) = stage_forward(g, &x, w, affine, (self.eps, relu), shortcut)?;
+        *lock(&self.saved)? = Some(saved);
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
 
@@ -270,38 +222,18 @@ impl CustomOp3 for ConvBnTrain {
         let dshortcut = if self.residual {
             let (ys, yl) = y.storage_and_layout();
             let yv = cpu_values(&ys, yl, "output")?;
-            let mut masked = vec![0f32; gv.len()];
-            masked
-                .par_chunks_mut(1 << 14)
-                .zip(yv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
-                .for_each(|(d, (ys, gs))| {
-                    for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
-                        *d = if yv > 0.0 { gv } else { 0.0 };
-                    }
-                });
-            Some(masked)
+            Some(relu_masked(&yv, &gv))
         } else {
             None
         };
-        let c = g.out_channels;
-        let dims = (g.batch, c, g.out_h * g.out_w);
-        let mut dz = Scratch::take(s.z.len());
-        let (dgamma, dbeta) = timed(
-            || "bn bwd".into(),
-            || match &dshortcut {
-                Some(masked) => train_backward(&s.z, masked, dims, &s.bn, false, &mut dz),
-                None => train_backward(&s.z, &gv, dims, &s.bn, self.relu, &mut dz),
-            },
-        );
-        let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, &xv, &dz));
-        let dx = if x.track_op() {
-            Some(timed(
-                || conv_label(g, "dx"),
-                || conv2d::input_grad(g, &dz, wv),
-            ))
-        } else {
-            None
-        };
+        let grad_bn = dshortcut.as_deref().unwrap_or(&gv);
+        let relu = self.relu && dshortcut.is_none();
+        let StageGrads {
+            dx,
+            dw,
+            dgamma,
+            dbeta,
+        } = stage_backward(g, s, (&xv, wv), grad_bn, relu, x.track_op());
         let device = x.device();
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), device))
@@ -312,7 +244,125 @@ impl CustomOp3 for ConvBnTrain {
             return Ok((dx, Some(dpacked), Some(dshortcut)));
         }
         let dw = Tensor::from_vec(dw, second.shape(), device)?;
-        let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * c, device)?;
+        let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * g.out_channels, device)?;
         Ok((dx, Some(dw), Some(daffine)))
+    }
+}
+
+/// `grad_y` where `y > 0`, else 0: the gradient through `relu(.. + shortcut)` given its output
+/// `y`, which is also the shortcut's gradient.
+pub(crate) fn relu_masked(y: &[f32], grad_y: &[f32]) -> Vec<f32> {
+    let mut masked = vec![0f32; grad_y.len()];
+    masked
+        .par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14).zip(grad_y.par_chunks(1 << 14)))
+        .for_each(|(d, (ys, gs))| {
+            for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
+                *d = if yv > 0.0 { gv } else { 0.0 };
+            }
+        });
+    masked
+}
+
+/// The forward of one convolution + training BatchNorm: `relu?(bn(conv(x, w)))`, or with a
+/// `shortcut`, `relu(bn(conv(x, w)) + shortcut)` (`relu` is then ignored). `affine` holds the
+/// BatchNorm weight, then its bias. Returns the output and what [`stage_backward`] needs.
+pub(crate) fn stage_forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    affine: &[f32],
+    (eps, relu): (f64, bool),
+    shortcut: Option<&[f32]>,
+) -> Result<(Vec<f32>, Saved)> {
+    let (n, c, inner) = nc_inner(&[g.batch, g.out_channels, g.out_h, g.out_w], "conv_bn")?;
+    if n * inner < 2 {
+        bail!("conv_bn_train: need more than one value per channel, got {n} x {inner}")
+    }
+    let (gamma, beta) = affine.split_at(c);
+    let relu = relu && shortcut.is_none();
+    // The convolution output lives until the backward pass (or the graph) drops it, then
+    // returns to this thread's pool for the next step's layers.
+    let mut z = Scratch::take(g.units() * g.out_unit_len());
+    // Each (image, channel) row's sum for the BatchNorm mean, taken in the convolution's
+    // epilogue while the row is in cache (f64 bits; every slot written once).
+    let row_sums: Vec<AtomicU64> = (0..n * c).map(|_| AtomicU64::new(0)).collect();
+    let group_channels = g.group_out_channels();
+    timed(
+        || conv_label(g, "fwd"),
+        || {
+            conv2d::forward_into_then(g, x, w, &mut z, &|unit, z_unit| {
+                let first = (unit / g.groups) * c + (unit % g.groups) * group_channels;
+                for (slot, row) in row_sums[first..].iter().zip(z_unit.chunks_exact(inner)) {
+                    slot.store(lane_sum(row, |v| v).to_bits(), Ordering::Relaxed);
+                }
+            })
+        },
+    );
+    let row_sums: Vec<f64> = row_sums
+        .into_iter()
+        .map(|s| f64::from_bits(s.into_inner()))
+        .collect();
+    let (mut y, bn) = timed(
+        || "bn fwd".into(),
+        || {
+            train_forward(
+                &z,
+                (n, c, inner),
+                (gamma, beta),
+                (eps, relu),
+                Some(&row_sums),
+            )
+        },
+    );
+    if let Some(shortcut) = shortcut {
+        // `add_relu`'s expression, in place on the BatchNorm output.
+        y.par_chunks_mut(1 << 14)
+            .zip(shortcut.par_chunks(1 << 14))
+            .for_each(|(ys, ss)| {
+                for (v, &sv) in ys.iter_mut().zip(ss) {
+                    *v = (*v + sv).max(0.0);
+                }
+            });
+    }
+    Ok((y, Saved { z, bn }))
+}
+
+/// The gradients of one [`stage_forward`].
+pub(crate) struct StageGrads {
+    /// Input gradient (`None` when not asked for).
+    pub dx: Option<Vec<f32>>,
+    /// Convolution weight gradient.
+    pub dw: Vec<f32>,
+    /// BatchNorm weight gradient.
+    pub dgamma: Vec<f32>,
+    /// BatchNorm bias gradient.
+    pub dbeta: Vec<f32>,
+}
+
+/// The backward of one [`stage_forward`] over input `x` and weight `w`, given the gradient of
+/// the BatchNorm output `grad_bn` (for a stage with a shortcut, the output gradient masked by
+/// [`relu_masked`], with `relu` false); `relu` recomputes the stage's own ReLU mask.
+pub(crate) fn stage_backward(
+    g: &ConvGeometry,
+    s: &Saved,
+    (x, w): (&[f32], &[f32]),
+    grad_bn: &[f32],
+    relu: bool,
+    want_dx: bool,
+) -> StageGrads {
+    let dims = (g.batch, g.out_channels, g.out_h * g.out_w);
+    let mut dz = Scratch::take(s.z.len());
+    let (dgamma, dbeta) = timed(
+        || "bn bwd".into(),
+        || train_backward(&s.z, grad_bn, dims, &s.bn, relu, &mut dz),
+    );
+    let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, x, &dz));
+    let dx = want_dx.then(|| timed(|| conv_label(g, "dx"), || conv2d::input_grad(g, &dz, w)));
+    StageGrads {
+        dx,
+        dw,
+        dgamma,
+        dbeta,
     }
 }

@@ -14,12 +14,15 @@
 //! training on the CPU, a convolution and its BatchNorm (+ ReLU) as one op (`conv_bn_train`),
 //! so that the convolution output's gradient never passes through candle's graph; and, for
 //! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
-//! (`conv_affine_eval`).
+//! (`conv_affine_eval`); and a whole bottleneck block without attention as one training op
+//! (`bottleneck_train`), so that none of its inner activations or gradients pass through
+//! candle's graph.
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
+mod bottleneck_train;
 pub mod conv2d;
 mod conv_affine;
 mod conv_bn;
@@ -36,6 +39,7 @@ mod residual;
 mod spatial_pool;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
+pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, ConvBnStage};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};
 pub use conv_bn::{conv_bn_add_relu_train, conv_bn_applies, conv_bn_train, ConvParams};

@@ -1,0 +1,328 @@
+//! A whole ResNet bottleneck in training mode as one candle op: its three convolutions with
+//! their BatchNorms and ReLUs, the downsample shortcut's convolution and BatchNorm, and the
+//! residual join.
+//!
+//! As separate ops (`conv_bn_train` and `conv_bn_add_relu_train`) the block's two inner
+//! activations, the shortcut and the block input are nodes of candle's graph, and candle's
+//! backward gives each node's gradient a zero-filled buffer and then adds every op's gradient
+//! into it: per block, four or five full-size allocations, memsets and adds. Inside one op the
+//! inner gradients are plain buffers handed from one stage's backward to the next, and the
+//! input gradient is the sum of its two paths, written once.
+//!
+//! Each stage is the fused convolution + BatchNorm of `conv_bn.rs` (`stage_forward`,
+//! `stage_backward`): the values and every gradient equal those of the separate ops (up to the
+//! sign of zero gradients); the tests check that.
+
+use crate::batch_norm::lock;
+use crate::conv2d::storage::dense_f32;
+use crate::conv2d::ConvGeometry;
+use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
+use crate::fused_operands::cpu_f32;
+use crate::{BatchStats, ConvParams};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+/// One convolution and the training-mode BatchNorm after it, as [`bottleneck_train`] takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvBnStage<'a> {
+    /// The convolution weight, (C_out, C_in / groups, kh, kw), no bias.
+    pub conv_weight: &'a Tensor,
+    /// The convolution's stride, padding and groups.
+    pub conv: ConvParams,
+    /// The BatchNorm's weight (C_out values).
+    pub bn_weight: &'a Tensor,
+    /// The BatchNorm's bias (C_out values).
+    pub bn_bias: &'a Tensor,
+    /// The BatchNorm's epsilon.
+    pub eps: f64,
+}
+
+/// True when [`bottleneck_train`] runs these tensors: all f32 on the CPU.
+pub fn bottleneck_train_applies(x: &Tensor, stages: &[ConvBnStage<'_>]) -> bool {
+    let mut all = vec![x];
+    for s in stages {
+        all.extend([s.conv_weight, s.bn_weight, s.bn_bias]);
+    }
+    cpu_f32(&all)
+}
+
+/// A training-mode bottleneck `relu(bn3(conv3(h2)) + shortcut)` with `h2 = relu(bn2(conv2(h1)))`,
+/// `h1 = relu(bn1(conv1(x)))` and `shortcut = bn_d(conv_d(x))` (or `x` without `downsample`),
+/// as one op differentiable in `x` and every stage's three parameters. Returns the output and
+/// the batch statistics of the BatchNorms in the order `main`, then `downsample`, for the
+/// running averages the caller owns.
+///
+/// The values and gradients equal those of `conv_bn_train` twice, `conv_bn_train` on the
+/// shortcut and `conv_bn_add_relu_train` (up to the sign of zero gradients). f32 on the CPU
+/// only ([`bottleneck_train_applies`]).
+pub fn bottleneck_train(
+    x: &Tensor,
+    main: [ConvBnStage<'_>; 3],
+    downsample: Option<ConvBnStage<'_>>,
+) -> Result<(Tensor, Vec<BatchStats>)> {
+    let stages: Vec<ConvBnStage<'_>> = main.into_iter().chain(downsample).collect();
+    if !bottleneck_train_applies(x, &stages) {
+        bail!("bottleneck_train: f32 tensors on the CPU only")
+    }
+    let geometry = |input: &[usize], s: &ConvBnStage<'_>, name: &str| -> Result<ConvGeometry> {
+        let g = ConvGeometry::new(
+            input,
+            s.conv_weight.dims(),
+            s.conv.stride,
+            s.conv.padding,
+            s.conv.groups,
+        )?;
+        let c = g.out_channels;
+        if s.bn_weight.dims() != [c] || s.bn_bias.dims() != [c] {
+            bail!(
+                "bottleneck_train: {name}'s BatchNorm weight and bias must hold {c} values, \
+                 got {:?} and {:?}",
+                s.bn_weight.dims(),
+                s.bn_bias.dims()
+            )
+        }
+        Ok(g)
+    };
+    let dims = |d: (usize, usize, usize, usize)| [d.0, d.1, d.2, d.3];
+    let g1 = geometry(x.dims(), &main[0], "conv1")?;
+    let g2 = geometry(&dims(g1.output_dims()), &main[1], "conv2")?;
+    let g3 = geometry(&dims(g2.output_dims()), &main[2], "conv3")?;
+    let shortcut_dims = match &downsample {
+        Some(d) => dims(geometry(x.dims(), d, "downsample")?.output_dims()).to_vec(),
+        None => x.dims().to_vec(),
+    };
+    if dims(g3.output_dims()) != shortcut_dims[..] {
+        bail!(
+            "bottleneck_train: the block's output {:?} and its shortcut {:?} differ",
+            g3.output_dims(),
+            shortcut_dims
+        )
+    }
+    let mut geometries = vec![g1, g2, g3];
+    if let Some(d) = &downsample {
+        geometries.push(geometry(x.dims(), d, "downsample")?);
+    }
+    // Every stage's parameters in one flat tensor (conv weight, BatchNorm weight, bias; stage
+    // after stage): a candle op takes at most three inputs.
+    let mut parts = Vec::with_capacity(3 * stages.len());
+    for s in &stages {
+        parts.extend([
+            s.conv_weight.flatten_all()?,
+            s.bn_weight.clone(),
+            s.bn_bias.clone(),
+        ]);
+    }
+    let packed = Tensor::cat(&parts, 0)?;
+    let saved = Arc::new(Mutex::new(None));
+    let op = BottleneckTrain {
+        geometries,
+        eps: stages.iter().map(|s| s.eps).collect(),
+        saved: saved.clone(),
+    };
+    let y = x.apply_op2_arc(
+        &packed,
+        Arc::new(Box::new(op) as Box<dyn CustomOp2 + Send + Sync>),
+    )?;
+    let stats = match lock(&saved)?.as_ref() {
+        Some(s) => s.stages.iter().map(|s| s.bn.stats()).collect(),
+        None => bail!("bottleneck_train: forward did not run"),
+    };
+    Ok((y, stats))
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug)]
+struct Saved {
+    /// Each stage's convolution output and BatchNorm state, in the op's stage order.
+    stages: Vec<StageSaved>,
+    /// The first and second stages' outputs (the inputs of the second and third convolutions).
+    h1: Vec<f32>,
+    h2: Vec<f32>,
+}
+
+/// The op: (`x`, packed parameters) -> the block's output. `geometries` and `eps` hold conv1,
+/// conv2, conv3 and, when there is one, the downsample convolution.
+#[derive(Debug)]
+struct BottleneckTrain {
+    geometries: Vec<ConvGeometry>,
+    eps: Vec<f64>,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl BottleneckTrain {
+    /// Each stage's `(conv weight, [BatchNorm weight; bias])` within the packed parameters.
+    fn split<'a>(&self, packed: &'a [f32]) -> Result<Vec<(&'a [f32], &'a [f32])>> {
+        let mut rest = packed;
+        let mut stages = Vec::with_capacity(self.geometries.len());
+        for g in &self.geometries {
+            let (w_len, c) = (g.groups * g.weight_group_len(), g.out_channels);
+            if rest.len() < w_len + 2 * c {
+                bail!("bottleneck_train: parameters changed shape since the op was built")
+            }
+            let (w, tail) = rest.split_at(w_len);
+            let (affine, tail) = tail.split_at(2 * c);
+            stages.push((w, affine));
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            bail!("bottleneck_train: parameters changed shape since the op was built")
+        }
+        Ok(stages)
+    }
+}
+
+impl CustomOp2 for BottleneckTrain {
+    fn name(&self) -> &'static str {
+        "mtanet-bottleneck-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometries;
+        if xl.dims() != Shape::from(g[0].input_dims()).dims() {
+            bail!("bottleneck_train: input changed shape since the op was built")
+        }
+        let x = dense_f32(xs, xl, "input")?;
+        let packed = dense_f32(ps, pl, "parameters")?;
+        let params = self.split(&packed)?;
+        let (h1, s1) = stage_forward(
+            &g[0],
+            &x,
+            params[0].0,
+            params[0].1,
+            (self.eps[0], true),
+            None,
+        )?;
+        let (h2, s2) = stage_forward(
+            &g[1],
+            &h1,
+            params[1].0,
+            params[1].1,
+            (self.eps[1], true),
+            None,
+        )?;
+        let (shortcut, sd) = match g.get(3) {
+            Some(gd) => {
+                let (yd, sd) =
+                    stage_forward(gd, &x, params[3].0, params[3].1, (self.eps[3], false), None)?;
+                (Cow::Owned(yd), Some(sd))
+            }
+            None => (Cow::Borrowed(&x[..]), None),
+        };
+        let (y, s3) = stage_forward(
+            &g[2],
+            &h2,
+            params[2].0,
+            params[2].1,
+            (self.eps[2], true),
+            Some(&shortcut),
+        )?;
+        let stages = [s1, s2, s3].into_iter().chain(sd).collect();
+        *lock(&self.saved)? = Some(Saved { stages, h1, h2 });
+        Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
+    }
+
+    /// The ReLU after the join passed exactly where `y > 0`: the masked output gradient is the
+    /// shortcut's gradient and the third BatchNorm's output gradient; the first two stages
+    /// recompute their own ReLU masks.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = &self.geometries;
+        let saved = lock(&self.saved)?;
+        let Some(s) = saved.as_ref() else {
+            bail!("bottleneck_train: backward before forward")
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let (ps, pl) = packed.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (gs, gl) = grad_y.storage_and_layout();
+        let xv = cpu_values(&xs, xl, "input")?;
+        let pv = cpu_values(&ps, pl, "parameters")?;
+        let params = self.split(&pv)?;
+        let masked = relu_masked(
+            &cpu_values(&ys, yl, "output")?,
+            &cpu_values(&gs, gl, "output gradient")?,
+        );
+        let want_dx = x.track_op();
+        let third = stage_backward(
+            &g[2],
+            &s.stages[2],
+            (&s.h2, params[2].0),
+            &masked,
+            false,
+            true,
+        );
+        let Some(dh2) = &third.dx else {
+            unreachable!("asked for")
+        };
+        let second = stage_backward(&g[1], &s.stages[1], (&s.h1, params[1].0), dh2, true, true);
+        let Some(dh1) = &second.dx else {
+            unreachable!("asked for")
+        };
+        let mut first = stage_backward(&g[0], &s.stages[0], (&xv, params[0].0), dh1, true, want_dx);
+        let shortcut = g.get(3).map(|gd| {
+            stage_backward(
+                gd,
+                &s.stages[3],
+                (&xv, params[3].0),
+                &masked,
+                false,
+                want_dx,
+            )
+        });
+        let dx = match (first.dx.take(), &shortcut) {
+            (Some(mut dx), Some(d)) => {
+                let Some(dd) = &d.dx else {
+                    unreachable!("asked for")
+                };
+                add_into(&mut dx, dd);
+                Some(dx)
+            }
+            (Some(mut dx), None) => {
+                add_into(&mut dx, &masked);
+                Some(dx)
+            }
+            (None, _) => None,
+        };
+        let mut dpacked = Vec::with_capacity(pv.len());
+        for grads in [&first, &second, &third].into_iter().chain(&shortcut) {
+            dpacked.extend_from_slice(&grads.dw);
+            dpacked.extend_from_slice(&grads.dgamma);
+            dpacked.extend_from_slice(&grads.dbeta);
+        }
+        let device = x.device();
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), device))
+            .transpose()?;
+        let dpacked = Tensor::from_vec(dpacked, packed.shape(), device)?;
+        Ok((dx, Some(dpacked)))
+    }
+}
+
+/// [`cpu_values`](crate::fused_operands::cpu_values) of this file's op.
+fn cpu_values<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+    crate::fused_operands::cpu_values("bottleneck_train", storage, layout, what)
+}
+
+/// `acc += other`, elementwise, in parallel.
+fn add_into(acc: &mut [f32], other: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(other.par_chunks(1 << 14))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        });
+}
