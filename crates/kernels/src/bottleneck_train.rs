@@ -282,20 +282,17 @@ impl CustomOp2 for BottleneckTrain {
                 want_dx,
             )
         });
-        let dx = match (first.dx.take(), &shortcut) {
-            (Some(mut dx), Some(d)) => {
-                let Some(dd) = &d.dx else {
-                    unreachable!("asked for")
-                };
-                add_into(&mut dx, dd);
-                Some(dx)
-            }
-            (Some(mut dx), None) => {
-                add_into(&mut dx, &masked);
-                Some(dx)
-            }
-            (None, _) => None,
+        // The input's second path: the downsample's input gradient, or the identity's.
+        let other = match &shortcut {
+            Some(d) => d.dx.as_deref(),
+            None => Some(&masked[..]),
         };
+        let dx = first.dx.take().map(|mut dx| {
+            if let Some(other) = other {
+                add_into(&mut dx, other);
+            }
+            dx
+        });
         let mut dpacked = Vec::with_capacity(pv.len());
         for grads in [&first, &second, &third].into_iter().chain(&shortcut) {
             dpacked.extend_from_slice(&grads.dw);

@@ -13,7 +13,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{differing_bits, pseudo_random, values};
+use support::{assert_same_numbers, differing_bits, pseudo_random, values};
 
 /// One block: batch, input channels, width (the 3x3's channels), output channels, map size,
 /// the 3x3's stride and groups, and whether the shortcut is a downsample convolution.
@@ -146,11 +146,7 @@ fn the_block_equals_its_fused_stages() -> Result<()> {
             let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
                 panic!("{case}: no gradient for {name}")
             };
-            assert_eq!(a.dims(), b.dims(), "{case} d{name}: shape");
-            let (a, b) = (values(a)?, values(b)?);
-            let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
-            assert_eq!(differ, 0, "{case} d{name}: {differ} of {} differ", a.len());
-            assert!(a.iter().any(|v| *v != 0.0), "{case} d{name} all zero");
+            assert_same_numbers(&format!("{case} d{name}"), a, b)?;
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{differing_bits, pseudo_random, values, FUSED_CONV_CASES};
+use support::{assert_same_numbers, differing_bits, pseudo_random, values, FUSED_CONV_CASES};
 
 fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
@@ -107,13 +107,7 @@ fn the_residual_variant_equals_conv_bn_then_add_relu() -> Result<()> {
             let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
                 panic!("{case}: no gradient for {name}")
             };
-            let (a, b) = (
-                a.flatten_all()?.to_vec1::<f32>()?,
-                b.flatten_all()?.to_vec1::<f32>()?,
-            );
-            let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
-            assert_eq!(differ, 0, "{case} d{name}: {differ} of {} differ", a.len());
-            assert!(a.iter().any(|v| *v != 0.0), "{case} d{name} all zero");
+            assert_same_numbers(&format!("{case} d{name}"), a, b)?;
         }
     }
     Ok(())

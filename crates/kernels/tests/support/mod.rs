@@ -54,6 +54,19 @@ pub fn differing_bits(a: &[f32], b: &[f32]) -> usize {
         .count()
 }
 
+/// Asserts that two gradients hold the same numbers, not all zero: equal as f32 values, so a
+/// zero's sign may differ (candle adds a graph node's gradients into a zero-filled buffer, which
+/// turns -0 into +0). `what` names the gradient in the failure.
+#[allow(dead_code)]
+pub fn assert_same_numbers(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (values(a)?, values(b)?);
+    let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    assert_eq!(differ, 0, "{what}: {differ} of {} differ", a.len());
+    assert!(a.iter().any(|v| *v != 0.0), "{what}: all zero");
+    Ok(())
+}
+
 /// A convolution case: (batch, c_in, c_out, size, kernel, stride, padding, groups).
 #[allow(dead_code)]
 pub type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
