@@ -89,8 +89,12 @@ pub fn bottleneck_train(
     let g1 = geometry(x.dims(), &main[0], "conv1")?;
     let g2 = geometry(&dims(g1.output_dims()), &main[1], "conv2")?;
     let g3 = geometry(&dims(g2.output_dims()), &main[2], "conv3")?;
-    let shortcut_dims = match &downsample {
-        Some(d) => dims(geometry(x.dims(), d, "downsample")?.output_dims()).to_vec(),
+    let gd = downsample
+        .as_ref()
+        .map(|d| geometry(x.dims(), d, "downsample"))
+        .transpose()?;
+    let shortcut_dims = match &gd {
+        Some(gd) => dims(gd.output_dims()).to_vec(),
         None => x.dims().to_vec(),
     };
     if dims(g3.output_dims()) != shortcut_dims[..] {
@@ -100,10 +104,7 @@ pub fn bottleneck_train(
             shortcut_dims
         )
     }
-    let mut geometries = vec![g1, g2, g3];
-    if let Some(d) = &downsample {
-        geometries.push(geometry(x.dims(), d, "downsample")?);
-    }
+    let geometries: Vec<ConvGeometry> = [g1, g2, g3].into_iter().chain(gd).collect();
     // Every stage's parameters in one flat tensor (conv weight, BatchNorm weight, bias; stage
     // after stage): a candle op takes at most three inputs.
     let mut parts = Vec::with_capacity(3 * stages.len());
@@ -192,38 +193,20 @@ impl CustomOp2 for BottleneckTrain {
         let x = dense_f32(xs, xl, "input")?;
         let packed = dense_f32(ps, pl, "parameters")?;
         let params = self.split(&packed)?;
-        let (h1, s1) = stage_forward(
-            &g[0],
-            &x,
-            params[0].0,
-            params[0].1,
-            (self.eps[0], true),
-            None,
-        )?;
-        let (h2, s2) = stage_forward(
-            &g[1],
-            &h1,
-            params[1].0,
-            params[1].1,
-            (self.eps[1], true),
-            None,
-        )?;
-        let (shortcut, sd) = match g.get(3) {
-            Some(gd) => {
-                let (yd, sd) =
-                    stage_forward(gd, &x, params[3].0, params[3].1, (self.eps[3], false), None)?;
-                (Cow::Owned(yd), Some(sd))
-            }
-            None => (Cow::Borrowed(&x[..]), None),
+        // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
+        let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
+            let (w, affine) = params[i];
+            stage_forward(&g[i], input, w, affine, (self.eps[i], relu), shortcut)
         };
-        let (y, s3) = stage_forward(
-            &g[2],
-            &h2,
-            params[2].0,
-            params[2].1,
-            (self.eps[2], true),
-            Some(&shortcut),
-        )?;
+        let (h1, s1) = stage(0, &x, true, None)?;
+        let (h2, s2) = stage(1, &h1, true, None)?;
+        let (shortcut, sd) = if g.len() > 3 {
+            let (yd, sd) = stage(3, &x, false, None)?;
+            (Cow::Owned(yd), Some(sd))
+        } else {
+            (Cow::Borrowed(&x[..]), None)
+        };
+        let (y, s3) = stage(2, &h2, true, Some(&shortcut))?;
         let stages = [s1, s2, s3].into_iter().chain(sd).collect();
         *lock(&self.saved)? = Some(Saved { stages, h1, h2 });
         Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
@@ -256,32 +239,27 @@ impl CustomOp2 for BottleneckTrain {
             &cpu_values(&gs, gl, "output gradient")?,
         );
         let want_dx = x.track_op();
-        let third = stage_backward(
-            &g[2],
-            &s.stages[2],
-            (&s.h2, params[2].0),
-            &masked,
-            false,
-            true,
-        );
+        // Stage `i`'s backward over its input, from the gradient of its BatchNorm output.
+        let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
+            stage_backward(
+                &g[i],
+                &s.stages[i],
+                (input, params[i].0),
+                grad_bn,
+                relu,
+                want_dx,
+            )
+        };
+        let third = stage(2, &s.h2, &masked, false, true);
         let Some(dh2) = &third.dx else {
             unreachable!("asked for")
         };
-        let second = stage_backward(&g[1], &s.stages[1], (&s.h1, params[1].0), dh2, true, true);
+        let second = stage(1, &s.h1, dh2, true, true);
         let Some(dh1) = &second.dx else {
             unreachable!("asked for")
         };
-        let mut first = stage_backward(&g[0], &s.stages[0], (&xv, params[0].0), dh1, true, want_dx);
-        let shortcut = g.get(3).map(|gd| {
-            stage_backward(
-                gd,
-                &s.stages[3],
-                (&xv, params[3].0),
-                &masked,
-                false,
-                want_dx,
-            )
-        });
+        let mut first = stage(0, &xv, dh1, true, want_dx);
+        let shortcut = (g.len() > 3).then(|| stage(3, &xv, &masked, false, want_dx));
         // The input's second path: the downsample's input gradient, or the identity's.
         let other = match &shortcut {
             Some(d) => d.dx.as_deref(),

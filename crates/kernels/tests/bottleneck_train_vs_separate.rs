@@ -13,7 +13,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{assert_same_numbers, differing_bits, pseudo_random, values};
+use support::{assert_same_gradient_numbers, differing_bits, pseudo_random, values};
 
 /// One block: batch, input channels, width (the 3x3's channels), output channels, map size,
 /// the 3x3's stride and groups, and whether the shortcut is a downsample convolution.
@@ -142,12 +142,7 @@ fn the_block_equals_its_fused_stages() -> Result<()> {
                 vars.push((format!("stage {s} {name}"), v));
             }
         }
-        for (name, v) in vars {
-            let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
-                panic!("{case}: no gradient for {name}")
-            };
-            assert_same_numbers(&format!("{case} d{name}"), a, b)?;
-        }
+        assert_same_gradient_numbers(&case, (&gf, &gs), vars)?;
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{assert_same_numbers, differing_bits, pseudo_random, values, FUSED_CONV_CASES};
+use support::{
+    assert_same_gradient_numbers, differing_bits, pseudo_random, values, FUSED_CONV_CASES,
+};
 
 fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
@@ -103,12 +105,7 @@ fn the_residual_variant_equals_conv_bn_then_add_relu() -> Result<()> {
             ("beta", &beta),
             ("shortcut", &shortcut),
         ];
-        for (name, v) in vars {
-            let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
-                panic!("{case}: no gradient for {name}")
-            };
-            assert_same_numbers(&format!("{case} d{name}"), a, b)?;
-        }
+        assert_same_gradient_numbers(&case, (&gf, &gs), vars)?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Test inputs shared by the kernel suites.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Result, Tensor, Var};
 
 /// Deterministic values in [-1, 1) * scale + offset from a 64-bit LCG.
 #[allow(dead_code)]
@@ -64,6 +65,24 @@ pub fn assert_same_numbers(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
     assert_eq!(differ, 0, "{what}: {differ} of {} differ", a.len());
     assert!(a.iter().any(|v| *v != 0.0), "{what}: all zero");
+    Ok(())
+}
+
+/// [`assert_same_numbers`] for the gradient of each named variable in two gradient stores
+/// (`case` and the name label a failure); a variable without a gradient in either fails.
+#[allow(dead_code)]
+pub fn assert_same_gradient_numbers<'a>(
+    case: &str,
+    (a, b): (&GradStore, &GradStore),
+    vars: impl IntoIterator<Item = (impl AsRef<str>, &'a Var)>,
+) -> Result<()> {
+    for (name, v) in vars {
+        let name = name.as_ref();
+        let (Some(ga), Some(gb)) = (a.get(v), b.get(v)) else {
+            panic!("{case}: no gradient for {name}")
+        };
+        assert_same_numbers(&format!("{case} d{name}"), ga, gb)?;
+    }
     Ok(())
 }
 
