@@ -108,11 +108,17 @@ impl Bottleneck {
 }
 
 impl Bottleneck {
-    /// A training forward of a block without attention as one op
+    /// A training forward of a block without attention or with squeeze-excite as one op
     /// (`mtanet_kernels::bottleneck_train`: the values and gradients of the per-layer ops, with
     /// no inner activation or gradient in candle's graph), updating the running statistics;
-    /// `None` where that op does not run the tensors (other than f32 on the CPU).
+    /// `None` for CBAM blocks and where that op does not run the tensors (other than f32 on the
+    /// CPU).
     fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let gate = match &self.attention {
+            None => None,
+            Some(BlockAttention::SqueezeExcite(se)) => Some(se.as_gate()),
+            Some(BlockAttention::Cbam(_)) => return Ok(None),
+        };
         let main = [
             self.bn1.stage(&self.conv1),
             self.bn2.stage(&self.conv2),
@@ -120,10 +126,10 @@ impl Bottleneck {
         ];
         let downsample = self.downsample.as_ref().map(|(conv, bn)| bn.stage(conv));
         let stages: Vec<_> = main.iter().copied().chain(downsample).collect();
-        if !mtanet_kernels::bottleneck_train_applies(x, &stages) {
+        if !mtanet_kernels::bottleneck_train_applies(x, &stages, gate.as_ref()) {
             return Ok(None);
         }
-        let (y, stats) = mtanet_kernels::bottleneck_train(x, main, downsample)?;
+        let (y, stats) = mtanet_kernels::bottleneck_train(x, main, downsample, gate)?;
         let norms = [&self.bn1, &self.bn2, &self.bn3]
             .into_iter()
             .chain(self.downsample.as_ref().map(|(_, bn)| bn));
@@ -136,7 +142,7 @@ impl Bottleneck {
 
 impl ModuleT for Bottleneck {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && self.attention.is_none() {
+        if train {
             if let Some(y) = self.train_as_one_op(x)? {
                 return Ok(y);
             }

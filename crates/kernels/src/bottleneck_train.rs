@@ -1,6 +1,6 @@
 //! A whole ResNet bottleneck in training mode as one candle op: its three convolutions with
-//! their BatchNorms and ReLUs, the downsample shortcut's convolution and BatchNorm, and the
-//! residual join.
+//! their BatchNorms and ReLUs, the downsample shortcut's convolution and BatchNorm, the
+//! squeeze-and-excitation gate when the block has one, and the residual join.
 //!
 //! As separate ops (`conv_bn_train` and `conv_bn_add_relu_train`) the block's two inner
 //! activations, the shortcut and the block input are nodes of candle's graph, and candle's
@@ -10,15 +10,18 @@
 //! input gradient is the sum of its two paths, written once.
 //!
 //! Each stage is the fused convolution + BatchNorm of `conv_bn.rs` (`stage_forward`,
-//! `stage_backward`): the values and every gradient equal those of the separate ops (up to the
-//! sign of zero gradients); the tests check that.
+//! `stage_backward`), and the gate is `squeeze_excite.rs` with the join of `gate.rs`
+//! (`channel_gate_add_relu`): the values and every gradient equal those of the separate ops
+//! (up to the sign of zero gradients); the tests check that.
 
 use crate::batch_norm::lock;
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
 use crate::fused_operands::cpu_f32;
-use crate::{BatchStats, ConvParams};
+use crate::gate::{channel_gate_add_relu_values, channel_gate_grad};
+use crate::squeeze_excite::{gate_backward, gate_forward, GateParams, GateSaved};
+use crate::{BatchStats, ConvParams, SqueezeExciteGate};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -39,31 +42,40 @@ pub struct ConvBnStage<'a> {
     pub eps: f64,
 }
 
-/// True when [`bottleneck_train`] runs these tensors: all f32 on the CPU.
-pub fn bottleneck_train_applies(x: &Tensor, stages: &[ConvBnStage<'_>]) -> bool {
+/// True when [`bottleneck_train`] runs these tensors (the input, every stage's and the gate's
+/// parameters): all f32 on the CPU.
+pub fn bottleneck_train_applies(
+    x: &Tensor,
+    stages: &[ConvBnStage<'_>],
+    gate: Option<&SqueezeExciteGate<'_>>,
+) -> bool {
     let mut all = vec![x];
     for s in stages {
         all.extend([s.conv_weight, s.bn_weight, s.bn_bias]);
     }
+    all.extend(gate.iter().flat_map(|g| g.tensors()));
     cpu_f32(&all)
 }
 
 /// A training-mode bottleneck `relu(bn3(conv3(h2)) + shortcut)` with `h2 = relu(bn2(conv2(h1)))`,
 /// `h1 = relu(bn1(conv1(x)))` and `shortcut = bn_d(conv_d(x))` (or `x` without `downsample`),
-/// as one op differentiable in `x` and every stage's three parameters. Returns the output and
-/// the batch statistics of the BatchNorms in the order `main`, then `downsample`, for the
-/// running averages the caller owns.
+/// as one op differentiable in `x` and every stage's three parameters. With a squeeze-excite
+/// `gate`, `relu(z * se(z) + shortcut)` with `z = bn3(conv3(h2))`, differentiable in the gate's
+/// four parameters too. Returns the output and the batch statistics of the BatchNorms in the
+/// order `main`, then `downsample`, for the running averages the caller owns.
 ///
 /// The values and gradients equal those of `conv_bn_train` twice, `conv_bn_train` on the
-/// shortcut and `conv_bn_add_relu_train` (up to the sign of zero gradients). f32 on the CPU
-/// only ([`bottleneck_train_applies`]).
+/// shortcut and `conv_bn_add_relu_train` (with a gate: `conv_bn_train` for the third stage, the
+/// gate composed of `spatial_mean`, candle matmuls and `sigmoid`, and `channel_gate_add_relu`),
+/// up to the sign of zero gradients. f32 on the CPU only ([`bottleneck_train_applies`]).
 pub fn bottleneck_train(
     x: &Tensor,
     main: [ConvBnStage<'_>; 3],
     downsample: Option<ConvBnStage<'_>>,
+    gate: Option<SqueezeExciteGate<'_>>,
 ) -> Result<(Tensor, Vec<BatchStats>)> {
     let stages: Vec<ConvBnStage<'_>> = main.into_iter().chain(downsample).collect();
-    if !bottleneck_train_applies(x, &stages) {
+    if !bottleneck_train_applies(x, &stages, gate.as_ref()) {
         bail!("bottleneck_train: f32 tensors on the CPU only")
     }
     let geometry = |input: &[usize], s: &ConvBnStage<'_>, name: &str| -> Result<ConvGeometry> {
@@ -104,10 +116,14 @@ pub fn bottleneck_train(
             shortcut_dims
         )
     }
+    let reduced = gate
+        .as_ref()
+        .map(|gate| gate.reduced(g3.out_channels))
+        .transpose()?;
     let geometries: Vec<ConvGeometry> = [g1, g2, g3].into_iter().chain(gd).collect();
     // Every stage's parameters in one flat tensor (conv weight, BatchNorm weight, bias; stage
-    // after stage): a candle op takes at most three inputs.
-    let mut parts = Vec::with_capacity(3 * stages.len());
+    // after stage), then the gate's: a candle op takes at most three inputs.
+    let mut parts = Vec::with_capacity(3 * stages.len() + 4);
     for s in &stages {
         parts.extend([
             s.conv_weight.flatten_all()?,
@@ -115,11 +131,15 @@ pub fn bottleneck_train(
             s.bn_bias.clone(),
         ]);
     }
+    for t in gate.iter().flat_map(|g| g.tensors()) {
+        parts.push(t.flatten_all()?);
+    }
     let packed = Tensor::cat(&parts, 0)?;
     let saved = Arc::new(Mutex::new(None));
     let op = BottleneckTrain {
         geometries,
         eps: stages.iter().map(|s| s.eps).collect(),
+        reduced,
         saved: saved.clone(),
     };
     let y = x.apply_op2_arc(
@@ -141,36 +161,52 @@ struct Saved {
     /// The first and second stages' outputs (the inputs of the second and third convolutions).
     h1: Vec<f32>,
     h2: Vec<f32>,
+    /// With a gate: the third stage's output (the gated map) and the gate's own state.
+    gated: Option<(Vec<f32>, GateSaved)>,
 }
 
 /// The op: (`x`, packed parameters) -> the block's output. `geometries` and `eps` hold conv1,
-/// conv2, conv3 and, when there is one, the downsample convolution.
+/// conv2, conv3 and, when there is one, the downsample convolution; `reduced` is the gate's
+/// hidden width when there is a gate.
 #[derive(Debug)]
 struct BottleneckTrain {
     geometries: Vec<ConvGeometry>,
     eps: Vec<f64>,
+    reduced: Option<usize>,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
+/// Each stage's `(conv weight, [BatchNorm weight; bias])` and the gate's parameters, as views
+/// of the packed parameters.
+type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateParams<'a>>);
+
 impl BottleneckTrain {
-    /// Each stage's `(conv weight, [BatchNorm weight; bias])` within the packed parameters.
-    fn split<'a>(&self, packed: &'a [f32]) -> Result<Vec<(&'a [f32], &'a [f32])>> {
+    /// The packed parameters cut into stages and the gate.
+    fn split<'a>(&self, packed: &'a [f32]) -> Result<Params<'a>> {
+        let changed = || {
+            candle_core::Error::Msg(
+                "bottleneck_train: parameters changed shape since the op was built".into(),
+            )
+        };
         let mut rest = packed;
         let mut stages = Vec::with_capacity(self.geometries.len());
         for g in &self.geometries {
             let (w_len, c) = (g.groups * g.weight_group_len(), g.out_channels);
             if rest.len() < w_len + 2 * c {
-                bail!("bottleneck_train: parameters changed shape since the op was built")
+                return Err(changed());
             }
             let (w, tail) = rest.split_at(w_len);
             let (affine, tail) = tail.split_at(2 * c);
             stages.push((w, affine));
             rest = tail;
         }
-        if !rest.is_empty() {
-            bail!("bottleneck_train: parameters changed shape since the op was built")
+        let channels = self.geometries[2].out_channels;
+        let gate_len = self.reduced.map_or(0, |r| GateParams::len(channels, r));
+        if rest.len() != gate_len {
+            return Err(changed());
         }
-        Ok(stages)
+        let gate = self.reduced.map(|r| GateParams::split(rest, channels, r));
+        Ok((stages, gate))
     }
 }
 
@@ -192,7 +228,7 @@ impl CustomOp2 for BottleneckTrain {
         }
         let x = dense_f32(xs, xl, "input")?;
         let packed = dense_f32(ps, pl, "parameters")?;
-        let params = self.split(&packed)?;
+        let (params, gate) = self.split(&packed)?;
         // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
         let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
             let (w, affine) = params[i];
@@ -206,15 +242,33 @@ impl CustomOp2 for BottleneckTrain {
         } else {
             (Cow::Borrowed(&x[..]), None)
         };
-        let (y, s3) = stage(2, &h2, true, Some(&shortcut))?;
+        let (y, s3, gated) = match gate {
+            None => {
+                let (y, s3) = stage(2, &h2, true, Some(&shortcut))?;
+                (y, s3, None)
+            }
+            Some(gate) => {
+                let (z, s3) = stage(2, &h2, false, None)?;
+                let (c, p) = (g[2].out_channels, g[2].out_h * g[2].out_w);
+                let se = gate_forward(&z, (g[2].batch, p), gate);
+                let y = channel_gate_add_relu_values((c, p), &z, &se.gate, &shortcut);
+                (y, s3, Some((z, se)))
+            }
+        };
         let stages = [s1, s2, s3].into_iter().chain(sd).collect();
-        *lock(&self.saved)? = Some(Saved { stages, h1, h2 });
+        *lock(&self.saved)? = Some(Saved {
+            stages,
+            h1,
+            h2,
+            gated,
+        });
         Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
     }
 
     /// The ReLU after the join passed exactly where `y > 0`: the masked output gradient is the
-    /// shortcut's gradient and the third BatchNorm's output gradient; the first two stages
-    /// recompute their own ReLU masks.
+    /// shortcut's gradient and, without a gate, the third BatchNorm's output gradient (with
+    /// one, that takes the gate's two paths); the first two stages recompute their own ReLU
+    /// masks.
     fn bwd(
         &self,
         x: &Tensor,
@@ -233,7 +287,7 @@ impl CustomOp2 for BottleneckTrain {
         let (gs, gl) = grad_y.storage_and_layout();
         let xv = cpu_values(&xs, xl, "input")?;
         let pv = cpu_values(&ps, pl, "parameters")?;
-        let params = self.split(&pv)?;
+        let (params, gate) = self.split(&pv)?;
         let masked = relu_masked(
             &cpu_values(&ys, yl, "output")?,
             &cpu_values(&gs, gl, "output gradient")?,
@@ -250,7 +304,15 @@ impl CustomOp2 for BottleneckTrain {
                 want_dx,
             )
         };
-        let third = stage(2, &s.h2, &masked, false, true);
+        let (grad_bn3, dgate_params) = match (&s.gated, gate) {
+            (Some((z, se)), Some(gate)) => {
+                let p = g[2].out_h * g[2].out_w;
+                let (dz, dgate_params) = gated_backward(z, se, gate, &masked, p);
+                (Cow::Owned(dz), dgate_params)
+            }
+            _ => (Cow::Borrowed(&masked[..]), Vec::new()),
+        };
+        let third = stage(2, &s.h2, &grad_bn3, false, true);
         let Some(dh2) = &third.dx else {
             unreachable!("asked for")
         };
@@ -277,6 +339,7 @@ impl CustomOp2 for BottleneckTrain {
             dpacked.extend_from_slice(&grads.dgamma);
             dpacked.extend_from_slice(&grads.dbeta);
         }
+        dpacked.extend_from_slice(&dgate_params);
         let device = x.device();
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), device))
@@ -289,6 +352,32 @@ impl CustomOp2 for BottleneckTrain {
 /// [`cpu_values`](crate::fused_operands::cpu_values) of this file's op.
 fn cpu_values<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
     crate::fused_operands::cpu_values("bottleneck_train", storage, layout, what)
+}
+
+/// The gradient of the third stage's output `z` through `relu(z * gate(z) + shortcut)` from the
+/// masked output gradient: the product's path plus the squeeze's (`spatial_mean`'s backward,
+/// each map's mean gradient over its pixel count), and the gate parameters' gradients.
+fn gated_backward(
+    z: &[f32],
+    se: &GateSaved,
+    gate: GateParams<'_>,
+    masked: &[f32],
+    pixels: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dz = vec![0f32; z.len()];
+    let mut dgate = vec![0f32; se.gate.len()];
+    channel_gate_grad(pixels, (z, &se.gate, masked), &mut dz, &mut dgate);
+    let (dsqueezed, dparams) = gate_backward(se, gate, &dgate);
+    let inv = 1.0 / pixels as f32;
+    dz.par_chunks_mut(pixels)
+        .zip(dsqueezed.par_iter())
+        .for_each(|(row, &d)| {
+            let spread = d * inv;
+            for v in row {
+                *v += spread;
+            }
+        });
+    (dz, dparams)
 }
 
 /// `acc += other`, elementwise, in parallel.

@@ -303,20 +303,7 @@ impl candle_core::CustomOp3 for GateGrad {
         let (dx, dgate) = out.split_at_mut(numel);
         match self.axis {
             Axis::Channel => {
-                // One (n, c) map per task: dx = dy * s, dgate = sum(dy * x).
-                dx.par_chunks_mut(p.max(1))
-                    .zip(dgate.par_iter_mut())
-                    .enumerate()
-                    .for_each(|(row, (dr, dg))| {
-                        let r = row * p..(row + 1) * p;
-                        let s = gate[row];
-                        let mut acc = 0f64;
-                        for ((d, &g), &v) in dr.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                            *d = g * s;
-                            acc += (g * v) as f64;
-                        }
-                        *dg = acc as f32;
-                    });
+                channel_gate_grad(p, (&x, &gate, &dy), dx, dgate);
             }
             Axis::Spatial => {
                 // One image per task: dx = dy * s, dgate[p] = sum over channels of dy * x.
@@ -341,6 +328,42 @@ impl candle_core::CustomOp3 for GateGrad {
         }
         Ok((CpuStorage::F32(out), Shape::from(numel + gate.len())))
     }
+}
+
+/// The gradients of `x * gate[n, c]` (`x` and `dy` of `pixels` values per (image, channel)
+/// row, `gate` one value per row): `dx = dy * gate`, `dgate = sum(dy * x)` over each row
+/// (in f64), in parallel over the rows.
+pub(crate) fn channel_gate_grad(
+    pixels: usize,
+    (x, gate, dy): (&[f32], &[f32], &[f32]),
+    dx: &mut [f32],
+    dgate: &mut [f32],
+) {
+    let p = pixels;
+    dx.par_chunks_mut(p.max(1))
+        .zip(dgate.par_iter_mut())
+        .enumerate()
+        .for_each(|(row, (dr, dg))| {
+            let r = row * p..(row + 1) * p;
+            let s = gate[row];
+            let mut acc = 0f64;
+            for ((d, &g), &v) in dr.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                *d = g * s;
+                acc += (g * v) as f64;
+            }
+            *dg = acc as f32;
+        });
+}
+
+/// `max(0, x * gate[n, c] + shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels);
+/// `gate`: one value per (image, channel)): [`channel_gate_add_relu`]'s values.
+pub(crate) fn channel_gate_add_relu_values(
+    (channels, pixels): (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+    shortcut: &[f32],
+) -> Vec<f32> {
+    apply_gate(Axis::Channel, (channels, pixels), x, gate, Some(shortcut))
 }
 
 /// CBAM's channel pooling: `cat([max over C, mean over C], dim 1)`, (N, C, H, W) ->

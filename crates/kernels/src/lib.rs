@@ -14,9 +14,9 @@
 //! training on the CPU, a convolution and its BatchNorm (+ ReLU) as one op (`conv_bn_train`),
 //! so that the convolution output's gradient never passes through candle's graph; and, for
 //! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
-//! (`conv_affine_eval`); and a whole bottleneck block without attention as one training op
-//! (`bottleneck_train`), so that none of its inner activations or gradients pass through
-//! candle's graph.
+//! (`conv_affine_eval`); and a whole bottleneck block, without attention or with a
+//! squeeze-excite gate, as one training op (`bottleneck_train`), so that none of its inner
+//! activations or gradients pass through candle's graph.
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
@@ -37,6 +37,7 @@ mod pool_geometry;
 pub mod profile;
 mod residual;
 mod spatial_pool;
+mod squeeze_excite;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, ConvBnStage};
@@ -51,6 +52,7 @@ pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
 pub use spatial_pool::{spatial_mean, spatial_mean_max};
+pub use squeeze_excite::SqueezeExciteGate;
 
 /// Whether CUDA f32 tensors run our fused BatchNorm, gate, channel-pool, residual and optimizer
 /// kernels (NVRTC, `cuda/`): true in a `cuda` build unless the environment sets

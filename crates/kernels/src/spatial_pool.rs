@@ -58,6 +58,15 @@ fn first_argmax(row: &[f32]) -> usize {
     best
 }
 
+/// The mean of each `pixels`-long row of `x` into `means` (summed in f64 lanes), in parallel:
+/// [`spatial_mean`]'s values over a buffer of (image, channel) maps.
+pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
+    means
+        .par_iter_mut()
+        .zip(x.par_chunks(pixels))
+        .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / pixels as f64) as f32);
+}
+
 impl CustomOp1 for SpatialPool {
     fn name(&self) -> &'static str {
         "mtanet-spatial-pool"
@@ -69,10 +78,7 @@ impl CustomOp1 for SpatialPool {
         let rows = n * c;
         let mut out = vec![0f32; if self.with_max { 2 * rows } else { rows }];
         let (means, maxes) = out.split_at_mut(rows);
-        means
-            .par_iter_mut()
-            .zip(x.par_chunks(p))
-            .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / p as f64) as f32);
+        row_means(&x, p, means);
         if self.with_max {
             maxes
                 .par_iter_mut()
