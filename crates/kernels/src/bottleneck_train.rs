@@ -19,8 +19,7 @@ use crate::conv2d::storage::dense_f32;
 use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
 use crate::fused_operands::cpu_f32;
-use crate::gate::{channel_gate_add_relu_values, channel_gate_grad};
-use crate::squeeze_excite::{gate_backward, gate_forward, GateParams, GateSaved};
+use crate::squeeze_excite::{gated_join_backward, gated_join_forward, GateParams, GateSaved};
 use crate::{BatchStats, ConvParams, SqueezeExciteGate};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -249,9 +248,8 @@ impl CustomOp2 for BottleneckTrain {
             }
             Some(gate) => {
                 let (z, s3) = stage(2, &h2, false, None)?;
-                let (c, p) = (g[2].out_channels, g[2].out_h * g[2].out_w);
-                let se = gate_forward(&z, (g[2].batch, p), gate);
-                let y = channel_gate_add_relu_values((c, p), &z, &se.gate, &shortcut);
+                let (y, se) =
+                    gated_join_forward(&z, (g[2].batch, g[2].out_h * g[2].out_w), gate, &shortcut);
                 (y, s3, Some((z, se)))
             }
         };
@@ -307,7 +305,7 @@ impl CustomOp2 for BottleneckTrain {
         let (grad_bn3, dgate_params) = match (&s.gated, gate) {
             (Some((z, se)), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
-                let (dz, dgate_params) = gated_backward(z, se, gate, &masked, p);
+                let (dz, dgate_params) = gated_join_backward(z, se, gate, &masked, p);
                 (Cow::Owned(dz), dgate_params)
             }
             _ => (Cow::Borrowed(&masked[..]), Vec::new()),
@@ -352,32 +350,6 @@ impl CustomOp2 for BottleneckTrain {
 /// [`cpu_values`](crate::fused_operands::cpu_values) of this file's op.
 fn cpu_values<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
     crate::fused_operands::cpu_values("bottleneck_train", storage, layout, what)
-}
-
-/// The gradient of the third stage's output `z` through `relu(z * gate(z) + shortcut)` from the
-/// masked output gradient: the product's path plus the squeeze's (`spatial_mean`'s backward,
-/// each map's mean gradient over its pixel count), and the gate parameters' gradients.
-fn gated_backward(
-    z: &[f32],
-    se: &GateSaved,
-    gate: GateParams<'_>,
-    masked: &[f32],
-    pixels: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut dz = vec![0f32; z.len()];
-    let mut dgate = vec![0f32; se.gate.len()];
-    channel_gate_grad(pixels, (z, &se.gate, masked), &mut dz, &mut dgate);
-    let (dsqueezed, dparams) = gate_backward(se, gate, &dgate);
-    let inv = 1.0 / pixels as f32;
-    dz.par_chunks_mut(pixels)
-        .zip(dsqueezed.par_iter())
-        .for_each(|(row, &d)| {
-            let spread = d * inv;
-            for v in row {
-                *v += spread;
-            }
-        });
-    (dz, dparams)
 }
 
 /// `acc += other`, elementwise, in parallel.

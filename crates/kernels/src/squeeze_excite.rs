@@ -1,6 +1,7 @@
-//! A squeeze-and-excitation gate over plain buffers, forward and backward, for the whole-block
-//! training op (`bottleneck_train.rs`): `gate = sigmoid(fc2(relu(fc1(mean_hw(z)))))`, one value
-//! per (image, channel).
+//! A squeeze-and-excitation gate and the residual join after it over plain buffers, forward and
+//! backward, for the whole-block training op (`bottleneck_train.rs`):
+//! `relu(z * gate + shortcut)` with `gate = sigmoid(fc2(relu(fc1(mean_hw(z)))))`, one value per
+//! (image, channel).
 //!
 //! Each step is the arithmetic of the composed ops it replaces: the spatial mean of
 //! `spatial_mean`, the two products as gemm calls shaped as candle's `matmul` makes them, the
@@ -10,8 +11,10 @@
 
 use crate::conv2d::matmul::{matmul, MatRef};
 use crate::conv2d::schedule::gemm_threads;
+use crate::gate::{channel_gate_add_relu_values, channel_gate_grad};
 use crate::spatial_pool::row_means;
 use candle_core::{bail, Result, Tensor};
+use rayon::prelude::*;
 
 /// The two 1x1 convolutions of a squeeze-and-excitation block, as [`bottleneck_train`]
 /// (crate::bottleneck_train) takes them: `C` channels reduced to `R` and expanded back.
@@ -106,8 +109,7 @@ impl<'a> GateParams<'a> {
 pub(crate) struct GateSaved {
     squeezed: Vec<f32>,
     hidden: Vec<f32>,
-    /// The gate, one value per (image, channel).
-    pub gate: Vec<f32>,
+    gate: Vec<f32>,
 }
 
 /// `dst[row, j] += bias[j]` for each row of a row-major `dst`.
@@ -119,12 +121,48 @@ fn add_bias(dst: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// The gate of `z` (`images` x C maps of `pixels` values each).
-pub(crate) fn gate_forward(
+/// `relu(z * gate(z) + shortcut)` for `z` and `shortcut` (`images` x C maps of `pixels` values
+/// each): the values of `channel_gate_add_relu`, and what [`gated_join_backward`] needs.
+pub(crate) fn gated_join_forward(
     z: &[f32],
     (images, pixels): (usize, usize),
     p: GateParams<'_>,
-) -> GateSaved {
+    shortcut: &[f32],
+) -> (Vec<f32>, GateSaved) {
+    let saved = gate_forward(z, (images, pixels), p);
+    let y = channel_gate_add_relu_values((p.channels, pixels), z, &saved.gate, shortcut);
+    (y, saved)
+}
+
+/// The gradient of `z` through [`gated_join_forward`]'s `relu(z * gate(z) + shortcut)`, from
+/// the output gradient already masked by the join's ReLU: the product's path plus the squeeze's
+/// (`spatial_mean`'s backward, each map's mean gradient over its pixel count); and the gate
+/// parameters' gradients, packed as [`GateParams`] packs them.
+pub(crate) fn gated_join_backward(
+    z: &[f32],
+    s: &GateSaved,
+    p: GateParams<'_>,
+    masked: &[f32],
+    pixels: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dz = vec![0f32; z.len()];
+    let mut dgate = vec![0f32; s.gate.len()];
+    channel_gate_grad(pixels, (z, &s.gate, masked), &mut dz, &mut dgate);
+    let (dsqueezed, dparams) = gate_backward(s, p, &dgate);
+    let inv = 1.0 / pixels as f32;
+    dz.par_chunks_mut(pixels)
+        .zip(dsqueezed.par_iter())
+        .for_each(|(row, &d)| {
+            let spread = d * inv;
+            for v in row {
+                *v += spread;
+            }
+        });
+    (dz, dparams)
+}
+
+/// The gate of `z` (`images` x C maps of `pixels` values each).
+fn gate_forward(z: &[f32], (images, pixels): (usize, usize), p: GateParams<'_>) -> GateSaved {
     let (n, c, r) = (images, p.channels, p.reduced);
     let mut squeezed = vec![0f32; n * c];
     row_means(z, pixels, &mut squeezed);
@@ -173,11 +211,7 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
 /// The gate's backward from the gradient of the gate `dgate` `(N, C)`: returns the gradient of
 /// the squeezed input `(N, C)` (the input's gradient is it divided by the pixel count, spread
 /// over each map) and the parameters' gradients packed as [`GateParams`] packs them.
-pub(crate) fn gate_backward(
-    s: &GateSaved,
-    p: GateParams<'_>,
-    dgate: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
+fn gate_backward(s: &GateSaved, p: GateParams<'_>, dgate: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (c, r) = (p.channels, p.reduced);
     let n = dgate.len() / c;
     // Through the sigmoid: candle-nn's `grad * ((1 - s) * s)`.
