@@ -14,6 +14,10 @@ thread_local! {
 const POOL_BUFFERS: usize = 64;
 /// Values a thread's pool holds at most (1 GiB of f32); a buffer that would exceed it is freed.
 const POOL_VALUES: usize = 1 << 28;
+/// A pooled buffer is lent for a request of at least `1 / POOL_FIT` of its size: a small
+/// buffer kept as long as a large one (a CBAM spatial gate's one-channel map, saved for the
+/// backward pass) would otherwise hold a whole-layer allocation idle until the step ends.
+const POOL_FIT: usize = 2;
 
 /// Runs `f` on a scratch slice of `len` values (contents unspecified: `f` must overwrite it).
 ///
@@ -40,12 +44,13 @@ pub struct Scratch {
 
 impl Scratch {
     /// `len` values whose contents are unspecified (stale values of an earlier use, or zeros):
-    /// the caller overwrites every value it reads.
+    /// the caller overwrites every value it reads. The smallest pooled buffer that holds them
+    /// and is at most [`POOL_FIT`] times their size, or a fresh one.
     pub fn take(len: usize) -> Self {
         let reused = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let fit = (0..pool.len())
-                .filter(|&i| pool[i].len() >= len)
+                .filter(|&i| (len..=POOL_FIT * len.max(1)).contains(&pool[i].len()))
                 .min_by_key(|&i| pool[i].len());
             fit.map(|i| pool.swap_remove(i))
         });
@@ -122,5 +127,21 @@ mod tests {
         let c = Scratch::take(600);
         assert_ne!(b.as_ptr(), c.as_ptr());
         assert_eq!(c.len(), 600);
+    }
+
+    #[test]
+    fn a_small_request_does_not_take_a_much_larger_buffer() {
+        let big = Scratch::take(10_000);
+        let ptr = big.as_ptr();
+        drop(big);
+        let small = Scratch::take(10_000 / POOL_FIT - 1);
+        assert_ne!(
+            small.as_ptr(),
+            ptr,
+            "a buffer over POOL_FIT times the request"
+        );
+        // The large buffer is still pooled for a request it fits.
+        let again = Scratch::take(10_000 / POOL_FIT);
+        assert_eq!(again.as_ptr(), ptr);
     }
 }
