@@ -184,8 +184,6 @@ impl BatchNorm {
         Ok((scale, shift))
     }
 
-    /// PyTorch's running averages: `(1 - m) r + m s`, with the unbiased batch variance; on the
-    /// statistics' device (`BatchStats::update_running`: no host copy on CUDA).
     /// This BatchNorm after `conv`, as a stage of `mtanet_kernels::bottleneck_train`.
     pub(crate) fn stage<'a>(&'a self, conv: &'a Conv2d) -> mtanet_kernels::ConvBnStage<'a> {
         mtanet_kernels::ConvBnStage {
@@ -197,7 +195,9 @@ impl BatchNorm {
         }
     }
 
-    /// Takes a training batch's statistics into the running mean and variance.
+    /// Takes a training batch's statistics into the running mean and variance: PyTorch's
+    /// running averages `(1 - m) r + m s`, with the unbiased batch variance, on the statistics'
+    /// device (`BatchStats::update_running`: no host copy on CUDA).
     pub(crate) fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
         stats.update_running(&self.running_mean, &self.running_var, self.momentum)
     }

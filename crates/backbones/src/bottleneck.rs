@@ -8,7 +8,7 @@ use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
 use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
-use candle_core::{Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 
 /// The attention layer of a block, if any.
@@ -108,16 +108,18 @@ impl Bottleneck {
 }
 
 impl Bottleneck {
-    /// A training forward of a block without attention or with squeeze-excite as one op
-    /// (`mtanet_kernels::bottleneck_train`: the values and gradients of the per-layer ops, with
-    /// no inner activation or gradient in candle's graph), updating the running statistics;
-    /// `None` for CBAM blocks and where that op does not run the tensors (other than f32 on the
-    /// CPU).
+    /// A training forward of the block as one op (`mtanet_kernels::bottleneck_train`: the
+    /// values and gradients of the per-layer ops, with no inner activation or gradient in
+    /// candle's graph), updating the running statistics; `None` where that op does not run the
+    /// tensors (other than f32 on the CPU).
     fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let gate = match &self.attention {
             None => None,
             Some(BlockAttention::SqueezeExcite(se)) => Some(se.as_gate()),
-            Some(BlockAttention::Cbam(_)) => return Ok(None),
+            Some(BlockAttention::Cbam(cbam)) => match cbam.as_gate() {
+                Some(gate) => Some(gate),
+                None => return Ok(None),
+            },
         };
         let main = [
             self.bn1.stage(&self.conv1),
@@ -133,8 +135,15 @@ impl Bottleneck {
         let norms = [&self.bn1, &self.bn2, &self.bn3]
             .into_iter()
             .chain(self.downsample.as_ref().map(|(_, bn)| bn));
-        for (bn, stats) in norms.zip(&stats) {
+        let mut stats = stats.iter();
+        for (bn, stats) in norms.zip(&mut stats) {
             bn.update_running(stats)?;
+        }
+        if let Some(BlockAttention::Cbam(cbam)) = &self.attention {
+            match stats.next() {
+                Some(spatial) => cbam.update_running(spatial)?,
+                None => bail!("bottleneck_train returned no statistics for the CBAM gate"),
+            }
         }
         Ok(Some(y))
     }
@@ -171,5 +180,94 @@ impl ModuleT for Bottleneck {
                 mtanet_kernels::spatial_gate_add_relu(&gated, &gate, &shortcut)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BackboneKind;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// The relative max-abs difference of two tensors, in f64.
+    fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+        let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+        let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12);
+        Ok(diff / scale)
+    }
+
+    /// A training step of a block in f32 on the CPU runs as one op
+    /// (`mtanet_kernels::bottleneck_train`); the same block in f64 runs candle's composed
+    /// layers. Both must give the same output and leave every running statistic (the block's
+    /// BatchNorms and CBAM's spatial one) the same, so the one op hands each statistic to its
+    /// own BatchNorm.
+    #[test]
+    fn a_block_trained_as_one_op_updates_every_running_statistic() -> Result<()> {
+        let kinds = [
+            BackboneKind::Resnext50_32x4d,
+            BackboneKind::Seresnet50,
+            BackboneKind::Resnext50_32x4dCbam,
+        ];
+        for kind in kinds {
+            let cfg = ResNetConfig::from_kind(&kind).scaled(8, Some([1, 1, 1, 1]), Some(4));
+            let (single, double) = (VarMap::new(), VarMap::new());
+            let build = |varmap: &VarMap, dtype| {
+                let vb = VarBuilder::from_varmap(varmap, dtype, &Device::Cpu);
+                Bottleneck::new(&cfg, 16, 8, 2, vb)
+            };
+            let one_op = build(&single, DType::F32)?;
+            let composed = build(&double, DType::F64)?;
+            // Random parameters (the spatial gate's BatchNorm weight starts at 0, which would
+            // hide its input), copied into the f64 block.
+            let vars = single.data().lock().expect("varmap").clone();
+            let twins = double.data().lock().expect("varmap").clone();
+            let mut randomized = 0;
+            for (name, var) in &vars {
+                if name.ends_with("running_mean") || name.ends_with("running_var") {
+                    continue;
+                }
+                randomized += 1;
+                let value = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu)?;
+                var.set(
+                    &(value
+                        + if name.ends_with("bn.weight") {
+                            1.0
+                        } else {
+                            0.0
+                        })?,
+                )?;
+                twins[name].set(&var.as_tensor().to_dtype(DType::F64)?)?;
+            }
+            assert!(randomized > 10, "{kind}: {randomized} parameters");
+            let x = Var::randn(0f32, 1f32, (4, 16, 8, 8), &Device::Cpu)?;
+            let y = one_op.forward_t(x.as_tensor(), true)?;
+            let y64 = composed.forward_t(&x.as_tensor().to_dtype(DType::F64)?, true)?;
+            let err = rel_err(&y, &y64)?;
+            assert!(err < 1e-4, "{kind}: output rel err {err}");
+            let mut stats = 0;
+            for (name, var) in &vars {
+                if !(name.ends_with("running_mean") || name.ends_with("running_var")) {
+                    continue;
+                }
+                let err = rel_err(var.as_tensor(), twins[name].as_tensor())?;
+                assert!(err < 1e-4, "{kind}: {name} rel err {err}");
+                let init = if name.ends_with("running_var") {
+                    1.0
+                } else {
+                    0.0
+                };
+                let moved = (var.as_tensor() - init)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(moved > 0.0, "{kind}: {name} did not move");
+                stats += 1;
+            }
+            let want = 2 * (4 + usize::from(kind == BackboneKind::Resnext50_32x4dCbam));
+            assert_eq!(stats, want, "{kind}: running statistics");
+        }
+        Ok(())
     }
 }

@@ -50,6 +50,31 @@ impl Cbam {
         })
     }
 
+    /// The gate as the whole-block training op takes it (`mtanet_kernels::bottleneck_train`),
+    /// whose batch statistics end with the spatial BatchNorm's ([`Cbam::update_running`]);
+    /// `None` for an MLP without biases (not one [`Cbam::new`] builds).
+    pub(crate) fn as_gate(&self) -> Option<mtanet_kernels::BlockGate<'_>> {
+        let (Some(reduce_bias), Some(expand_bias)) = (self.mlp_in.bias(), self.mlp_out.bias())
+        else {
+            return None;
+        };
+        Some(mtanet_kernels::BlockGate::Cbam {
+            channel: mtanet_kernels::GateMlp {
+                reduce_weight: self.mlp_in.weight(),
+                reduce_bias,
+                expand_weight: self.mlp_out.weight(),
+                expand_bias,
+            },
+            spatial: self.spatial_bn.stage(&self.spatial_conv),
+        })
+    }
+
+    /// Takes the spatial BatchNorm's batch statistics from the whole-block training op into its
+    /// running averages.
+    pub(crate) fn update_running(&self, stats: &mtanet_kernels::BatchStats) -> Result<()> {
+        self.spatial_bn.update_running(stats)
+    }
+
     fn mlp(&self, v: &Tensor) -> Result<Tensor> {
         self.mlp_out.forward(&self.mlp_in.forward(v)?.relu()?)
     }

@@ -38,15 +38,14 @@ impl SqueezeExcite {
         })
     }
 
-    /// The four parameters as the whole-block training op takes them
-    /// (`mtanet_kernels::bottleneck_train`).
-    pub(crate) fn as_gate(&self) -> mtanet_kernels::SqueezeExciteGate<'_> {
-        mtanet_kernels::SqueezeExciteGate {
+    /// The gate as the whole-block training op takes it (`mtanet_kernels::bottleneck_train`).
+    pub(crate) fn as_gate(&self) -> mtanet_kernels::BlockGate<'_> {
+        mtanet_kernels::BlockGate::SqueezeExcite(mtanet_kernels::GateMlp {
             reduce_weight: &self.reduce_w,
             reduce_bias: &self.reduce_b,
             expand_weight: &self.expand_w,
             expand_bias: &self.expand_b,
-        }
+        })
     }
 
     /// The gate `sigmoid(fc2(relu(fc1(mean_hw(x)))))`, (N, C) in `x`'s dtype, for `x` of shape

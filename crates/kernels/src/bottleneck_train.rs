@@ -1,6 +1,6 @@
 //! A whole ResNet bottleneck in training mode as one candle op: its three convolutions with
 //! their BatchNorms and ReLUs, the downsample shortcut's convolution and BatchNorm, the
-//! squeeze-and-excitation gate when the block has one, and the residual join.
+//! squeeze-and-excitation or CBAM gate when the block has one, and the residual join.
 //!
 //! As separate ops (`conv_bn_train` and `conv_bn_add_relu_train`) the block's two inner
 //! activations, the shortcut and the block input are nodes of candle's graph, and candle's
@@ -10,17 +10,19 @@
 //! input gradient is the sum of its two paths, written once.
 //!
 //! Each stage is the fused convolution + BatchNorm of `conv_bn.rs` (`stage_forward`,
-//! `stage_backward`), and the gate is `squeeze_excite.rs` with the join of `gate.rs`
-//! (`channel_gate_add_relu`): the values and every gradient equal those of the separate ops
-//! (up to the sign of zero gradients); the tests check that.
+//! `stage_backward`), and the gate is `squeeze_excite.rs` or `cbam.rs` with the joins of
+//! `gate.rs`: the values and every gradient equal those of the separate ops (up to the sign of
+//! zero gradients); the tests check that.
 
 use crate::batch_norm::lock;
+use crate::cbam::{cbam_join_backward, cbam_join_forward, CbamSaved, SpatialStage};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
 use crate::fused_operands::cpu_f32;
-use crate::squeeze_excite::{gated_join_backward, gated_join_forward, GateParams, GateSaved};
-use crate::{BatchStats, ConvParams, SqueezeExciteGate};
+use crate::gate_mlp::MlpParams;
+use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
+use crate::{BatchStats, ConvParams, GateMlp};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -41,12 +43,47 @@ pub struct ConvBnStage<'a> {
     pub eps: f64,
 }
 
+/// A block's attention gate, as [`bottleneck_train`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockGate<'a> {
+    /// Squeeze-and-excitation: `sigmoid(mlp(mean_hw(z)))`, one value per (image, channel).
+    SqueezeExcite(GateMlp<'a>),
+    /// CBAM: the channel gate `sigmoid(mlp(mean_hw(z)) + mlp(max_hw(z)))`, then the spatial
+    /// gate `sigmoid(bn(conv([max_c, mean_c])))`, one value per (image, pixel).
+    Cbam {
+        /// The channel gate's shared MLP.
+        channel: GateMlp<'a>,
+        /// The spatial gate's convolution (2 channels to 1, keeping the map's size) and its
+        /// training BatchNorm.
+        spatial: ConvBnStage<'a>,
+    },
+}
+
+impl BlockGate<'_> {
+    /// The gate's MLP.
+    fn mlp(&self) -> &GateMlp<'_> {
+        match self {
+            Self::SqueezeExcite(mlp) | Self::Cbam { channel: mlp, .. } => mlp,
+        }
+    }
+
+    /// The gate's tensors, in the order they are packed: the MLP's four, then for CBAM the
+    /// spatial convolution's weight and its BatchNorm's weight and bias.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = self.mlp().tensors().to_vec();
+        if let Self::Cbam { spatial, .. } = self {
+            all.extend([spatial.conv_weight, spatial.bn_weight, spatial.bn_bias]);
+        }
+        all
+    }
+}
+
 /// True when [`bottleneck_train`] runs these tensors (the input, every stage's and the gate's
 /// parameters): all f32 on the CPU.
 pub fn bottleneck_train_applies(
     x: &Tensor,
     stages: &[ConvBnStage<'_>],
-    gate: Option<&SqueezeExciteGate<'_>>,
+    gate: Option<&BlockGate<'_>>,
 ) -> bool {
     let mut all = vec![x];
     for s in stages {
@@ -58,20 +95,24 @@ pub fn bottleneck_train_applies(
 
 /// A training-mode bottleneck `relu(bn3(conv3(h2)) + shortcut)` with `h2 = relu(bn2(conv2(h1)))`,
 /// `h1 = relu(bn1(conv1(x)))` and `shortcut = bn_d(conv_d(x))` (or `x` without `downsample`),
-/// as one op differentiable in `x` and every stage's three parameters. With a squeeze-excite
-/// `gate`, `relu(z * se(z) + shortcut)` with `z = bn3(conv3(h2))`, differentiable in the gate's
-/// four parameters too. Returns the output and the batch statistics of the BatchNorms in the
-/// order `main`, then `downsample`, for the running averages the caller owns.
+/// as one op differentiable in `x` and every stage's three parameters. With a `gate`,
+/// `relu(z * se(z) + shortcut)` (squeeze-excite) or `relu(u * spatial(u) + shortcut)` with
+/// `u = z * channel(z)` (CBAM), where `z = bn3(conv3(h2))`, differentiable in the gate's
+/// parameters too. Returns the output and the batch statistics of the BatchNorms in the order
+/// `main`, then `downsample`, then CBAM's spatial gate, for the running averages the caller
+/// owns.
 ///
 /// The values and gradients equal those of `conv_bn_train` twice, `conv_bn_train` on the
 /// shortcut and `conv_bn_add_relu_train` (with a gate: `conv_bn_train` for the third stage, the
-/// gate composed of `spatial_mean`, candle matmuls and `sigmoid`, and `channel_gate_add_relu`),
-/// up to the sign of zero gradients. f32 on the CPU only ([`bottleneck_train_applies`]).
+/// gate composed of `spatial_mean` or `spatial_mean_max`, candle matmuls and `sigmoid`, for
+/// CBAM `channel_gate`, `channel_max_mean` and the spatial convolution and BatchNorm, then
+/// `channel_gate_add_relu` or `spatial_gate_add_relu`), up to the sign of zero gradients. f32 on
+/// the CPU only ([`bottleneck_train_applies`]).
 pub fn bottleneck_train(
     x: &Tensor,
     main: [ConvBnStage<'_>; 3],
     downsample: Option<ConvBnStage<'_>>,
-    gate: Option<SqueezeExciteGate<'_>>,
+    gate: Option<BlockGate<'_>>,
 ) -> Result<(Tensor, Vec<BatchStats>)> {
     let stages: Vec<ConvBnStage<'_>> = main.into_iter().chain(downsample).collect();
     if !bottleneck_train_applies(x, &stages, gate.as_ref()) {
@@ -115,10 +156,29 @@ pub fn bottleneck_train(
             shortcut_dims
         )
     }
-    let reduced = gate
-        .as_ref()
-        .map(|gate| gate.reduced(g3.out_channels))
-        .transpose()?;
+    let gate_shape = match &gate {
+        None => None,
+        Some(BlockGate::SqueezeExcite(mlp)) => Some(GateShape::SqueezeExcite {
+            reduced: mlp.reduced(g3.out_channels)?,
+        }),
+        Some(BlockGate::Cbam { channel, spatial }) => {
+            let (n, _, h, w) = g3.output_dims();
+            let gs = geometry(&[n, 2, h, w], spatial, "the CBAM spatial gate")?;
+            if gs.output_dims() != (n, 1, h, w) {
+                bail!(
+                    "bottleneck_train: the CBAM spatial gate's convolution takes (N, 2, H, W) \
+                     {:?} to {:?}, not one map of the same size",
+                    (n, 2, h, w),
+                    gs.output_dims()
+                )
+            }
+            Some(GateShape::Cbam {
+                reduced: channel.reduced(g3.out_channels)?,
+                spatial: gs,
+                eps: spatial.eps,
+            })
+        }
+    };
     let geometries: Vec<ConvGeometry> = [g1, g2, g3].into_iter().chain(gd).collect();
     // Every stage's parameters in one flat tensor (conv weight, BatchNorm weight, bias; stage
     // after stage), then the gate's: a candle op takes at most three inputs.
@@ -138,7 +198,7 @@ pub fn bottleneck_train(
     let op = BottleneckTrain {
         geometries,
         eps: stages.iter().map(|s| s.eps).collect(),
-        reduced,
+        gate: gate_shape,
         saved: saved.clone(),
     };
     let y = x.apply_op2_arc(
@@ -146,7 +206,17 @@ pub fn bottleneck_train(
         Arc::new(Box::new(op) as Box<dyn CustomOp2 + Send + Sync>),
     )?;
     let stats = match lock(&saved)?.as_ref() {
-        Some(s) => s.stages.iter().map(|s| s.bn.stats()).collect(),
+        Some(s) => {
+            let spatial = match &s.gated {
+                Some((_, JoinSaved::Cbam(cbam))) => Some(cbam.spatial_stats()),
+                _ => None,
+            };
+            s.stages
+                .iter()
+                .map(|s| s.bn.stats())
+                .chain(spatial)
+                .collect()
+        }
         None => bail!("bottleneck_train: forward did not run"),
     };
     Ok((y, stats))
@@ -161,27 +231,55 @@ struct Saved {
     h1: Vec<f32>,
     h2: Vec<f32>,
     /// With a gate: the third stage's output (the gated map) and the gate's own state.
-    gated: Option<(Vec<f32>, GateSaved)>,
+    gated: Option<(Vec<f32>, JoinSaved)>,
+}
+
+/// What a gate's forward keeps.
+#[derive(Debug)]
+enum JoinSaved {
+    SqueezeExcite(SqueezeExciteSaved),
+    Cbam(Box<CbamSaved>),
+}
+
+/// A gate's shapes, checked when the op is built.
+#[derive(Debug)]
+enum GateShape {
+    /// The MLP's hidden width.
+    SqueezeExcite { reduced: usize },
+    /// The channel MLP's hidden width, the spatial convolution's shapes and its BatchNorm's
+    /// epsilon.
+    Cbam {
+        reduced: usize,
+        spatial: ConvGeometry,
+        eps: f64,
+    },
 }
 
 /// The op: (`x`, packed parameters) -> the block's output. `geometries` and `eps` hold conv1,
-/// conv2, conv3 and, when there is one, the downsample convolution; `reduced` is the gate's
-/// hidden width when there is a gate.
+/// conv2, conv3 and, when there is one, the downsample convolution.
 #[derive(Debug)]
 struct BottleneckTrain {
     geometries: Vec<ConvGeometry>,
     eps: Vec<f64>,
-    reduced: Option<usize>,
+    gate: Option<GateShape>,
     saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// A gate's parameters, as views of the packed parameters: the MLP's, and for CBAM the spatial
+/// stage's.
+#[derive(Clone, Copy, Debug)]
+struct GateViews<'a> {
+    mlp: MlpParams<'a>,
+    spatial: Option<SpatialStage<'a>>,
 }
 
 /// Each stage's `(conv weight, [BatchNorm weight; bias])` and the gate's parameters, as views
 /// of the packed parameters.
-type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateParams<'a>>);
+type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateViews<'a>>);
 
 impl BottleneckTrain {
     /// The packed parameters cut into stages and the gate.
-    fn split<'a>(&self, packed: &'a [f32]) -> Result<Params<'a>> {
+    fn split<'a>(&'a self, packed: &'a [f32]) -> Result<Params<'a>> {
         let changed = || {
             candle_core::Error::Msg(
                 "bottleneck_train: parameters changed shape since the op was built".into(),
@@ -200,12 +298,34 @@ impl BottleneckTrain {
             rest = tail;
         }
         let channels = self.geometries[2].out_channels;
-        let gate_len = self.reduced.map_or(0, |r| GateParams::len(channels, r));
-        if rest.len() != gate_len {
+        let (reduced, spatial) = match &self.gate {
+            None if rest.is_empty() => return Ok((stages, None)),
+            None => return Err(changed()),
+            Some(GateShape::SqueezeExcite { reduced }) => (*reduced, None),
+            Some(GateShape::Cbam {
+                reduced,
+                spatial,
+                eps,
+            }) => (*reduced, Some((spatial, *eps))),
+        };
+        let mlp_len = MlpParams::len(channels, reduced);
+        let weight_len = |g: &ConvGeometry| g.groups * g.weight_group_len();
+        let spatial_len = spatial.map_or(0, |(g, _)| weight_len(g) + 2 * g.out_channels);
+        if rest.len() != mlp_len + spatial_len {
             return Err(changed());
         }
-        let gate = self.reduced.map(|r| GateParams::split(rest, channels, r));
-        Ok((stages, gate))
+        let (mlp, rest) = rest.split_at(mlp_len);
+        let spatial = spatial.map(|(geometry, eps)| {
+            let (weight, affine) = rest.split_at(weight_len(geometry));
+            SpatialStage {
+                geometry,
+                eps,
+                weight,
+                affine,
+            }
+        });
+        let mlp = MlpParams::split(mlp, channels, reduced);
+        Ok((stages, Some(GateViews { mlp, spatial })))
     }
 }
 
@@ -248,9 +368,18 @@ impl CustomOp2 for BottleneckTrain {
             }
             Some(gate) => {
                 let (z, s3) = stage(2, &h2, false, None)?;
-                let (y, se) =
-                    gated_join_forward(&z, (g[2].batch, g[2].out_h * g[2].out_w), gate, &shortcut);
-                (y, s3, Some((z, se)))
+                let maps = (g[2].batch, g[2].out_h * g[2].out_w);
+                let (y, join) = match gate.spatial {
+                    None => {
+                        let (y, se) = gated_join_forward(&z, maps, gate.mlp, &shortcut);
+                        (y, JoinSaved::SqueezeExcite(se))
+                    }
+                    Some(spatial) => {
+                        let (y, cbam) = cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut)?;
+                        (y, JoinSaved::Cbam(Box::new(cbam)))
+                    }
+                };
+                (y, s3, Some((z, join)))
             }
         };
         let stages = [s1, s2, s3].into_iter().chain(sd).collect();
@@ -303,12 +432,23 @@ impl CustomOp2 for BottleneckTrain {
             )
         };
         let (grad_bn3, dgate_params) = match (&s.gated, gate) {
-            (Some((z, se)), Some(gate)) => {
+            (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
-                let (dz, dgate_params) = gated_join_backward(z, se, gate, &masked, p);
+                let (dz, dgate_params) = gated_join_backward(z, se, gate.mlp, &masked, p);
                 (Cow::Owned(dz), dgate_params)
             }
-            _ => (Cow::Borrowed(&masked[..]), Vec::new()),
+            (
+                Some((z, JoinSaved::Cbam(cbam))),
+                Some(GateViews {
+                    mlp,
+                    spatial: Some(sp),
+                }),
+            ) => {
+                let (dz, dgate_params) = cbam_join_backward(z, cbam, mlp, sp, &masked);
+                (Cow::Owned(dz), dgate_params)
+            }
+            (None, None) => (Cow::Borrowed(&masked[..]), Vec::new()),
+            _ => bail!("bottleneck_train: the gate's state does not match its parameters"),
         };
         let third = stage(2, &s.h2, &grad_bn3, false, true);
         let Some(dh2) = &third.dx else {

@@ -305,26 +305,7 @@ impl candle_core::CustomOp3 for GateGrad {
             Axis::Channel => {
                 channel_gate_grad(p, (&x, &gate, &dy), dx, dgate);
             }
-            Axis::Spatial => {
-                // One image per task: dx = dy * s, dgate[p] = sum over channels of dy * x.
-                dx.par_chunks_mut((c * p).max(1))
-                    .zip(dgate.par_chunks_mut(p.max(1)))
-                    .enumerate()
-                    .for_each(|(image, (dimg, dg))| {
-                        let s = &gate[image * p..(image + 1) * p];
-                        dg.fill(0.0);
-                        for ch in 0..c {
-                            let r = (image * c + ch) * p..(image * c + ch + 1) * p;
-                            let dr = &mut dimg[ch * p..(ch + 1) * p];
-                            for ((d, &g), &sv) in dr.iter_mut().zip(&dy[r.clone()]).zip(s) {
-                                *d = g * sv;
-                            }
-                            for ((acc, &g), &v) in dg.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                                *acc += g * v;
-                            }
-                        }
-                    });
-            }
+            Axis::Spatial => spatial_gate_grad((c, p), (&x, &gate, &dy), dx, dgate),
         }
         Ok((CpuStorage::F32(out), Shape::from(numel + gate.len())))
     }
@@ -348,6 +329,78 @@ pub(crate) fn channel_gate_grad(
             let s = gate[row];
             let mut acc = 0f64;
             for ((d, &g), &v) in dr.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                *d = g * s;
+                acc += (g * v) as f64;
+            }
+            *dg = acc as f32;
+        });
+}
+
+/// The gradients of `x * gate[n, 0, pixel]` (`x` and `dy`: (N, channels, pixels); `gate`: one
+/// value per (image, pixel)): `dx = dy * gate`, `dgate = sum(dy * x)` over the channels, in
+/// channel order; one image per task.
+pub(crate) fn spatial_gate_grad(
+    (c, p): (usize, usize),
+    (x, gate, dy): (&[f32], &[f32], &[f32]),
+    dx: &mut [f32],
+    dgate: &mut [f32],
+) {
+    dx.par_chunks_mut((c * p).max(1))
+        .zip(dgate.par_chunks_mut(p.max(1)))
+        .enumerate()
+        .for_each(|(image, (dimg, dg))| {
+            let s = &gate[image * p..(image + 1) * p];
+            dg.fill(0.0);
+            for ch in 0..c {
+                let r = (image * c + ch) * p..(image * c + ch + 1) * p;
+                let dr = &mut dimg[ch * p..(ch + 1) * p];
+                for ((d, &g), &sv) in dr.iter_mut().zip(&dy[r.clone()]).zip(s) {
+                    *d = g * sv;
+                }
+                for ((acc, &g), &v) in dg.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                    *acc += g * v;
+                }
+            }
+        });
+}
+
+/// `x * gate[n, c]` over buffers (`x`: (N, channels, pixels); `gate`: one value per (image,
+/// channel)): [`channel_gate`]'s values.
+pub(crate) fn channel_gate_values(
+    (channels, pixels): (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+) -> Vec<f32> {
+    apply_gate(Axis::Channel, (channels, pixels), x, gate, None)
+}
+
+/// `max(0, x * gate[n, 0, pixel] + shortcut)` over buffers (`x`, `shortcut`: (N, channels,
+/// pixels); `gate`: one value per (image, pixel)): [`spatial_gate_add_relu`]'s values.
+pub(crate) fn spatial_gate_add_relu_values(
+    (channels, pixels): (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+    shortcut: &[f32],
+) -> Vec<f32> {
+    apply_gate(Axis::Spatial, (channels, pixels), x, gate, Some(shortcut))
+}
+
+/// [`channel_gate_grad`] in place: `d` holds `dy` and receives `dx`, with the same arithmetic.
+pub(crate) fn channel_gate_grad_in_place(
+    pixels: usize,
+    (x, gate): (&[f32], &[f32]),
+    d: &mut [f32],
+    dgate: &mut [f32],
+) {
+    let p = pixels;
+    d.par_chunks_mut(p.max(1))
+        .zip(dgate.par_iter_mut())
+        .enumerate()
+        .for_each(|(row, (dr, dg))| {
+            let s = gate[row];
+            let mut acc = 0f64;
+            for (d, &v) in dr.iter_mut().zip(&x[row * p..(row + 1) * p]) {
+                let g = *d;
                 *d = g * s;
                 acc += (g * v) as f64;
             }
@@ -435,13 +488,7 @@ impl candle_core::CustomOp1 for ChannelMaxMean {
             bail!("channel_max_mean: no channels")
         }
         let x = dense_f32(xs, xl, "input")?;
-        let mut out = vec![0f32; n * 2 * p];
-        out.par_chunks_mut((2 * p).max(1))
-            .zip(x.par_chunks((c * p).max(1)))
-            .for_each(|(o, xi)| {
-                let mut argmax = vec![0u32; p];
-                max_mean_image(xi, c, p, &mut argmax, o);
-            });
+        let (out, _) = channel_max_mean_values((n, c, p), &x);
         let d = xl.dims();
         Ok((CpuStorage::F32(out), Shape::from((n, 2, d[2], d[3]))))
     }
@@ -449,6 +496,44 @@ impl candle_core::CustomOp1 for ChannelMaxMean {
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(grad_y, &ChannelMaxMeanGrad)?))
     }
+}
+
+/// [`channel_max_mean`]'s values over a buffer `x` (N, C, pixels), C > 0: `(N, 2, pixels)`,
+/// and each pixel's first maximal channel `(N, pixels)` for [`channel_max_mean_grad_add`].
+pub(crate) fn channel_max_mean_values(
+    (n, c, p): (usize, usize, usize),
+    x: &[f32],
+) -> (Vec<f32>, Vec<u32>) {
+    let mut out = vec![0f32; n * 2 * p];
+    let mut argmax = vec![0u32; n * p];
+    out.par_chunks_mut((2 * p).max(1))
+        .zip(argmax.par_chunks_mut(p.max(1)))
+        .zip(x.par_chunks((c * p).max(1)))
+        .for_each(|((o, a), xi)| max_mean_image(xi, c, p, a, o));
+    (out, argmax)
+}
+
+/// `dx += ` [`channel_max_mean`]'s input gradient, from the output gradient `g` (N, 2, pixels)
+/// and the maximal channels of [`channel_max_mean_values`]: each value's `g_mean / C`, plus
+/// `g_max` on the first maximal channel, added to `dx` as one sum.
+pub(crate) fn channel_max_mean_grad_add(
+    (c, p): (usize, usize),
+    argmax: &[u32],
+    g: &[f32],
+    dx: &mut [f32],
+) {
+    let inv = 1.0 / c as f32;
+    dx.par_chunks_mut((c * p).max(1))
+        .zip(argmax.par_chunks(p.max(1)))
+        .zip(g.par_chunks((2 * p).max(1)))
+        .for_each(|((dxi, ai), gi)| {
+            let (gmax, gmean) = gi.split_at(p);
+            for (ch, row) in dxi.chunks_exact_mut(p).enumerate() {
+                for (((d, &a), &gm), &ga) in row.iter_mut().zip(ai).zip(gmax).zip(gmean) {
+                    *d += ga * inv + if a as usize == ch { gm } else { 0.0 };
+                }
+            }
+        });
 }
 
 /// Backward of [`ChannelMaxMean`]: (`x`, `grad_y`) -> `dx`.

@@ -15,14 +15,15 @@
 //! so that the convolution output's gradient never passes through candle's graph; and, for
 //! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
 //! (`conv_affine_eval`); and a whole bottleneck block, without attention or with a
-//! squeeze-excite gate, as one training op (`bottleneck_train`), so that none of its inner
-//! activations or gradients pass through candle's graph.
+//! squeeze-excite or CBAM gate, as one training op (`bottleneck_train`), so that none of its
+//! inner activations or gradients pass through candle's graph.
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
 mod bottleneck_train;
+mod cbam;
 pub mod conv2d;
 mod conv_affine;
 mod conv_bn;
@@ -30,6 +31,7 @@ mod conv_bn;
 pub mod cuda;
 mod fused_operands;
 mod gate;
+mod gate_mlp;
 mod max_pool2d;
 mod optimizer_step;
 mod packed_grads;
@@ -40,19 +42,19 @@ mod spatial_pool;
 mod squeeze_excite;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
-pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, ConvBnStage};
+pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, BlockGate, ConvBnStage};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};
 pub use conv_bn::{conv_bn_add_relu_train, conv_bn_applies, conv_bn_train, ConvParams};
 pub use gate::{
     channel_gate, channel_gate_add_relu, channel_max_mean, spatial_gate, spatial_gate_add_relu,
 };
+pub use gate_mlp::GateMlp;
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
 pub use spatial_pool::{spatial_mean, spatial_mean_max};
-pub use squeeze_excite::SqueezeExciteGate;
 
 /// Whether CUDA f32 tensors run our fused BatchNorm, gate, channel-pool, residual and optimizer
 /// kernels (NVRTC, `cuda/`): true in a `cuda` build unless the environment sets

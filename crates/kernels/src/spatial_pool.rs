@@ -67,6 +67,20 @@ pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
         .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / pixels as f64) as f32);
 }
 
+/// The maximum of each `pixels`-long row of `x` into `maxes` and the index of its first
+/// maximal pixel into `argmax`, in parallel: [`spatial_mean_max`]'s maxima over a buffer.
+pub(crate) fn row_maxes(x: &[f32], pixels: usize, maxes: &mut [f32], argmax: &mut [u32]) {
+    maxes
+        .par_iter_mut()
+        .zip(argmax.par_iter_mut())
+        .zip(x.par_chunks(pixels))
+        .for_each(|((m, a), row)| {
+            let i = first_argmax(row);
+            *m = row[i];
+            *a = i as u32;
+        });
+}
+
 impl CustomOp1 for SpatialPool {
     fn name(&self) -> &'static str {
         "mtanet-spatial-pool"

@@ -3,8 +3,11 @@
 //! `conv_bn_train` for the first two stages and the downsample shortcut, then
 //! `conv_bn_add_relu_train`; with a squeeze-excite gate, `conv_bn_train` for the third stage,
 //! the gate as the backbone composes it (`spatial_mean`, candle matmuls, bias adds, ReLU,
-//! candle-nn's `sigmoid`) and `channel_gate_add_relu`. The same output and batch statistics
-//! bit for bit, and the same gradients of the input and all nine to sixteen parameters (as
+//! candle-nn's `sigmoid`) and `channel_gate_add_relu`; with a CBAM gate, the channel gate as the
+//! backbone composes it (`spatial_mean_max`, the shared MLP over the stacked rows, the halves
+//! summed, `sigmoid`, `channel_gate`), then `channel_max_mean`, `conv2d`, `batch_norm_train`,
+//! `sigmoid` and `spatial_gate_add_relu`. The same output and batch statistics bit for bit, and
+//! the same gradients of the input and all nine to nineteen parameters (as
 //! numbers: candle adds the separate ops' gradients into zero-filled buffers, which can flip a
 //! zero's sign), over an identity and a strided downsample shortcut, dense and grouped 3x3
 //! convolutions, and maps and batches that take the GEMM, batched-GEMM, direct and Winograd
@@ -12,8 +15,9 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use mtanet_kernels::{
-    bottleneck_train, channel_gate_add_relu, conv_bn_add_relu_train, conv_bn_train, spatial_mean,
-    BatchStats, ConvBnStage, ConvParams, SqueezeExciteGate,
+    batch_norm_train, bottleneck_train, channel_gate, channel_gate_add_relu, channel_max_mean,
+    conv2d, conv_bn_add_relu_train, conv_bn_train, spatial_gate_add_relu, spatial_mean,
+    spatial_mean_max, BatchStats, BlockGate, ConvBnStage, ConvParams, GateMlp,
 };
 
 mod support;
@@ -65,8 +69,8 @@ impl StageVars {
     }
 }
 
-/// A squeeze-excite gate's four parameters as trainable variables, the weights stored as
-/// PyTorch's `(out, in, 1, 1)`.
+/// A gate MLP's four parameters as trainable variables, the weights stored as PyTorch's
+/// `(out, in, 1, 1)` for a squeeze-excite gate and `(out, in)` for CBAM's `Linear` layers.
 struct GateVars {
     reduce_w: Var,
     reduce_b: Var,
@@ -76,24 +80,49 @@ struct GateVars {
 
 impl GateVars {
     fn new(channels: usize, reduced: usize, seed: u64) -> Result<Self> {
+        Self::shaped(channels, reduced, seed, &[1, 1])
+    }
+
+    /// With weights `(out, in)`, as CBAM's `Linear` layers hold them.
+    fn linear(channels: usize, reduced: usize, seed: u64) -> Result<Self> {
+        Self::shaped(channels, reduced, seed, &[])
+    }
+
+    fn shaped(channels: usize, reduced: usize, seed: u64, tail: &[usize]) -> Result<Self> {
         let var = |shape: &[usize], seed, scale| {
             Var::from_tensor(&pseudo_random(shape, seed, scale, 0.0)?)
         };
+        let weight = |rows: usize, cols: usize| [&[rows, cols][..], tail].concat();
         Ok(Self {
-            reduce_w: var(&[reduced, channels, 1, 1], seed, 0.5)?,
+            reduce_w: var(&weight(reduced, channels), seed, 0.5)?,
             reduce_b: var(&[reduced], seed + 1, 0.2)?,
-            expand_w: var(&[channels, reduced, 1, 1], seed + 2, 0.5)?,
+            expand_w: var(&weight(channels, reduced), seed + 2, 0.5)?,
             expand_b: var(&[channels], seed + 3, 0.2)?,
         })
     }
 
-    fn gate(&self) -> SqueezeExciteGate<'_> {
-        SqueezeExciteGate {
+    fn mlp(&self) -> GateMlp<'_> {
+        GateMlp {
             reduce_weight: &self.reduce_w,
             reduce_bias: &self.reduce_b,
             expand_weight: &self.expand_w,
             expand_bias: &self.expand_b,
         }
+    }
+
+    fn gate(&self) -> BlockGate<'_> {
+        BlockGate::SqueezeExcite(self.mlp())
+    }
+
+    /// `fc2(relu(fc1(v)))` for each row of `v`, as candle-nn's `Linear` computes it.
+    fn composed_mlp(&self, v: &Tensor) -> Result<Tensor> {
+        let hidden = v
+            .matmul(&self.reduce_w.flatten_from(1)?.t()?)?
+            .broadcast_add(&self.reduce_b)?
+            .relu()?;
+        hidden
+            .matmul(&self.expand_w.flatten_from(1)?.t()?)?
+            .broadcast_add(&self.expand_b)
     }
 
     /// The gate as the backbone's `SqueezeExcite::gate` composes it.
@@ -110,11 +139,81 @@ impl GateVars {
 
     fn vars(&self) -> [(&'static str, &Var); 4] {
         [
-            ("se reduce w", &self.reduce_w),
-            ("se reduce b", &self.reduce_b),
-            ("se expand w", &self.expand_w),
-            ("se expand b", &self.expand_b),
+            ("mlp reduce w", &self.reduce_w),
+            ("mlp reduce b", &self.reduce_b),
+            ("mlp expand w", &self.expand_w),
+            ("mlp expand b", &self.expand_b),
         ]
+    }
+}
+
+/// A CBAM gate's parameters: the shared channel MLP, and the spatial gate's 7x7 convolution
+/// (2 channels to 1) with its BatchNorm.
+struct CbamVars {
+    mlp: GateVars,
+    spatial: StageVars,
+}
+
+impl CbamVars {
+    fn new(channels: usize, reduced: usize, seed: u64) -> Result<Self> {
+        Ok(Self {
+            mlp: GateVars::linear(channels, reduced, seed)?,
+            spatial: StageVars::new([1, 2, 7, 7], params(1, 3, 1), seed + 10)?,
+        })
+    }
+
+    fn gate(&self) -> BlockGate<'_> {
+        BlockGate::Cbam {
+            channel: self.mlp.mlp(),
+            spatial: self.spatial.stage(),
+        }
+    }
+
+    /// `relu(u * spatial(u) + shortcut)` with `u = z * channel(z)`, as the backbone's
+    /// `Cbam::gated_t` and bottleneck compose it, and the spatial BatchNorm's statistics.
+    fn composed(&self, z: &Tensor, shortcut: &Tensor) -> Result<(Tensor, BatchStats)> {
+        let pooled = spatial_mean_max(z)?;
+        let (_, n, c) = pooled.dims3()?;
+        let att = self
+            .mlp
+            .composed_mlp(&pooled.reshape((2 * n, c))?)?
+            .reshape((2, n, c))?
+            .sum(0)?;
+        let u = channel_gate(z, &candle_nn::ops::sigmoid(&att)?)?;
+        let s = &self.spatial;
+        let conv = conv2d(&channel_max_mean(&u)?, &s.w, 1, 3, 1)?;
+        let (logits, stats) = batch_norm_train(&conv, &s.gamma, &s.beta, 1e-5, false)?;
+        let gate = candle_nn::ops::sigmoid(&logits)?;
+        Ok((spatial_gate_add_relu(&u, &gate, shortcut)?, stats))
+    }
+
+    fn vars(&self) -> Vec<(&'static str, &Var)> {
+        let spatial = self.spatial.vars();
+        let names = ["spatial w", "spatial gamma", "spatial beta"];
+        let spatial = names.into_iter().zip(spatial.map(|(_, v)| v));
+        self.mlp.vars().into_iter().chain(spatial).collect()
+    }
+}
+
+/// A block's attention gate in the tests.
+enum TestGate {
+    SqueezeExcite(GateVars),
+    Cbam(CbamVars),
+}
+
+impl TestGate {
+    fn gate(&self) -> BlockGate<'_> {
+        match self {
+            Self::SqueezeExcite(se) => se.gate(),
+            Self::Cbam(cbam) => cbam.gate(),
+        }
+    }
+
+    fn vars(&self) -> Vec<(&'static str, &Var)> {
+        match self {
+            Self::SqueezeExcite(se) => se.vars().to_vec(),
+            Self::Cbam(cbam) => cbam.vars(),
+        }
     }
 }
 
@@ -127,12 +226,12 @@ fn params(stride: usize, padding: usize, groups: usize) -> ConvParams {
 }
 
 /// The block built from the per-stage fused ops, with the batch statistics in
-/// `bottleneck_train`'s order (conv1, conv2, conv3, downsample).
+/// `bottleneck_train`'s order (conv1, conv2, conv3, downsample, CBAM's spatial gate).
 fn separate(
     x: &Tensor,
     stages: &[StageVars; 3],
     downsample: Option<&StageVars>,
-    gate: Option<&GateVars>,
+    gate: Option<&TestGate>,
 ) -> Result<(Tensor, Vec<BatchStats>)> {
     let eps = 1e-5;
     let run = |s: &StageVars, input: &Tensor, relu: bool| {
@@ -148,37 +247,61 @@ fn separate(
         None => (x.clone(), None),
     };
     let third = &stages[2];
-    let (y, s3) = match gate {
-        None => conv_bn_add_relu_train(
-            &h2,
-            &third.w,
-            (&third.gamma, &third.beta),
-            &shortcut,
-            third.conv,
-            eps,
-        )?,
-        Some(gate) => {
+    let (y, s3, spatial) = match gate {
+        None => {
+            let (y, s3) = conv_bn_add_relu_train(
+                &h2,
+                &third.w,
+                (&third.gamma, &third.beta),
+                &shortcut,
+                third.conv,
+                eps,
+            )?;
+            (y, s3, None)
+        }
+        Some(TestGate::SqueezeExcite(se)) => {
             let (z, s3) = run(third, &h2, false)?;
-            let y = channel_gate_add_relu(&z, &gate.composed(&z)?, &shortcut)?;
-            (y, s3)
+            let y = channel_gate_add_relu(&z, &se.composed(&z)?, &shortcut)?;
+            (y, s3, None)
+        }
+        Some(TestGate::Cbam(cbam)) => {
+            let (z, s3) = run(third, &h2, false)?;
+            let (y, spatial) = cbam.composed(&z, &shortcut)?;
+            (y, s3, Some(spatial))
         }
     };
-    Ok((y, [s1, s2, s3].into_iter().chain(sd).collect()))
+    Ok((
+        y,
+        [s1, s2, s3].into_iter().chain(sd).chain(spatial).collect(),
+    ))
+}
+
+/// Which gate the blocks of a test carry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GateKind {
+    None,
+    SqueezeExcite,
+    Cbam,
 }
 
 #[test]
 fn the_block_equals_its_fused_stages() -> Result<()> {
-    blocks_equal_their_fused_stages(false)
+    blocks_equal_their_fused_stages(GateKind::None)
 }
 
 #[test]
 fn the_block_with_a_squeeze_excite_gate_equals_its_fused_stages() -> Result<()> {
-    blocks_equal_their_fused_stages(true)
+    blocks_equal_their_fused_stages(GateKind::SqueezeExcite)
 }
 
-/// Every block of [`BLOCKS`] as one op against its separate ops, with a squeeze-excite gate
-/// (reducing the output channels 4-fold) when `with_gate`.
-fn blocks_equal_their_fused_stages(with_gate: bool) -> Result<()> {
+#[test]
+fn the_block_with_a_cbam_gate_equals_its_fused_stages() -> Result<()> {
+    blocks_equal_their_fused_stages(GateKind::Cbam)
+}
+
+/// Every block of [`BLOCKS`] as one op against its separate ops, with a gate of `kind` (its MLP
+/// reducing the output channels 4-fold).
+fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
     for (i, &(n, c_in, width, c_out, size, stride, groups, has_downsample)) in
         BLOCKS.iter().enumerate()
     {
@@ -196,22 +319,29 @@ fn blocks_equal_their_fused_stages(with_gate: bool) -> Result<()> {
         let downsample = has_downsample
             .then(|| StageVars::new([c_out, c_in, 1, 1], params(stride, 0, 1), seed + 40))
             .transpose()?;
-        let gate = with_gate
-            .then(|| GateVars::new(c_out, c_out / 4, seed + 50))
-            .transpose()?;
+        let gate = match kind {
+            GateKind::None => None,
+            GateKind::SqueezeExcite => Some(TestGate::SqueezeExcite(GateVars::new(
+                c_out,
+                c_out / 4,
+                seed + 50,
+            )?)),
+            GateKind::Cbam => Some(TestGate::Cbam(CbamVars::new(c_out, c_out / 4, seed + 50)?)),
+        };
         let (fused, fused_stats) = bottleneck_train(
             &x,
             [stages[0].stage(), stages[1].stage(), stages[2].stage()],
             downsample.as_ref().map(StageVars::stage),
-            gate.as_ref().map(GateVars::gate),
+            gate.as_ref().map(TestGate::gate),
         )?;
         let (reference, reference_stats) =
             separate(&x, &stages, downsample.as_ref(), gate.as_ref())?;
-        let case = format!("block {i}{}", if with_gate { " with gate" } else { "" });
+        let case = format!("block {i} with gate {kind:?}");
         assert_eq!(fused.dims(), reference.dims(), "{case}: output shape");
         let differ = differing_bits(&values(&fused)?, &values(&reference)?);
         assert_eq!(differ, 0, "{case}: {differ} output values differ");
-        assert_eq!(fused_stats.len(), 3 + has_downsample as usize, "{case}");
+        let stat_count = 3 + has_downsample as usize + (kind == GateKind::Cbam) as usize;
+        assert_eq!(fused_stats.len(), stat_count, "{case}");
         assert_eq!(fused_stats, reference_stats, "{case}: batch statistics");
 
         let r = pseudo_random(fused.dims(), seed + 5, 1.0, 0.0)?;
@@ -223,7 +353,7 @@ fn blocks_equal_their_fused_stages(with_gate: bool) -> Result<()> {
                 vars.push((format!("stage {s} {name}"), v));
             }
         }
-        for (name, v) in gate.iter().flat_map(GateVars::vars) {
+        for (name, v) in gate.iter().flat_map(TestGate::vars) {
             vars.push((name.to_string(), v));
         }
         assert_same_gradient_numbers(&case, (&gf, &gs), vars)?;
@@ -284,8 +414,9 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
     ];
     let gate = GateVars::new(8, 2, 4)?;
     let transposed = gate.expand_w.reshape((2, 8, 1, 1))?;
-    let mut bad_gate = gate.gate();
-    bad_gate.expand_weight = &transposed;
+    let mut bad_mlp = gate.mlp();
+    bad_mlp.expand_weight = &transposed;
+    let bad_gate = BlockGate::SqueezeExcite(bad_mlp);
     let main = [
         identity[0].stage(),
         identity[1].stage(),
@@ -294,13 +425,38 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
     let err = bottleneck_train(&x, main, None, Some(bad_gate))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("squeeze-excite gate over 8 channels"), "{err}");
+    assert!(err.contains("gate MLP over 8 channels"), "{err}");
     let main = [
         identity[0].stage(),
         identity[1].stage(),
         identity[2].stage(),
     ];
     assert!(bottleneck_train(&x, main, None, Some(gate.gate())).is_ok());
+
+    // A CBAM spatial convolution whose padding shrinks the map.
+    let cbam = CbamVars::new(8, 2, 5)?;
+    let mut bad_spatial = cbam.spatial.stage();
+    bad_spatial.conv.padding = 1;
+    let bad_gate = BlockGate::Cbam {
+        channel: cbam.mlp.mlp(),
+        spatial: bad_spatial,
+    };
+    let main = [
+        identity[0].stage(),
+        identity[1].stage(),
+        identity[2].stage(),
+    ];
+    let err = bottleneck_train(&x, main, None, Some(bad_gate))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CBAM spatial gate"), "{err}");
+    let main = [
+        identity[0].stage(),
+        identity[1].stage(),
+        identity[2].stage(),
+    ];
+    let (_, stats) = bottleneck_train(&x, main, None, Some(cbam.gate()))?;
+    assert_eq!(stats.len(), 4, "three stages and the spatial gate");
 
     let x64 = x.to_dtype(candle_core::DType::F64)?;
     let main = [stages[0].stage(), stages[1].stage(), stages[2].stage()];
