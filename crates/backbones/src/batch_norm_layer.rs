@@ -176,7 +176,7 @@ impl BatchNorm {
 
     /// Eval mode as a per-channel affine: `scale = weight / sqrt(running_var + eps)`,
     /// `shift = bias - running_mean * scale`.
-    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
         let scale = self
             .weight
             .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;

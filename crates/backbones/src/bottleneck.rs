@@ -176,6 +176,11 @@ impl ModuleT for Bottleneck {
                 mtanet_kernels::channel_gate_add_relu(&out, &se.gate(&out)?, &shortcut)
             }
             BlockAttention::Cbam(cbam) => {
+                if !train {
+                    if let Some(y) = cbam.add_relu_eval(&out, &shortcut)? {
+                        return Ok(y);
+                    }
+                }
                 let (gated, gate) = cbam.gated_t(&out, train)?;
                 mtanet_kernels::spatial_gate_add_relu(&gated, &gate, &shortcut)
             }

@@ -75,6 +75,34 @@ impl Cbam {
         self.spatial_bn.update_running(stats)
     }
 
+    /// `relu(u * spatial(u) + shortcut)` with `u = z * channel(z)` in evaluation as one op
+    /// (`mtanet_kernels::cbam_add_relu_eval`: the values of [`Cbam::gated_t`] and
+    /// `spatial_gate_add_relu`, bit for bit, reading the map three times instead of five);
+    /// `None` where that op does not run the tensors (other than f32 on the CPU).
+    pub(crate) fn add_relu_eval(&self, z: &Tensor, shortcut: &Tensor) -> Result<Option<Tensor>> {
+        let (Some(reduce_bias), Some(expand_bias)) = (self.mlp_in.bias(), self.mlp_out.bias())
+        else {
+            return Ok(None);
+        };
+        let (scale, shift) = self.spatial_bn.eval_affine()?;
+        let gate = mtanet_kernels::CbamEval {
+            channel: mtanet_kernels::GateMlp {
+                reduce_weight: self.mlp_in.weight(),
+                reduce_bias,
+                expand_weight: self.mlp_out.weight(),
+                expand_bias,
+            },
+            spatial_weight: self.spatial_conv.weight(),
+            spatial_conv: self.spatial_conv.params(),
+            spatial_scale: &scale,
+            spatial_shift: &shift,
+        };
+        if !mtanet_kernels::cbam_eval_applies(z, &gate, shortcut) {
+            return Ok(None);
+        }
+        mtanet_kernels::cbam_add_relu_eval(z, gate, shortcut).map(Some)
+    }
+
     fn mlp(&self, v: &Tensor) -> Result<Tensor> {
         self.mlp_out.forward(&self.mlp_in.forward(v)?.relu()?)
     }

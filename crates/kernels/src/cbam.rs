@@ -68,6 +68,31 @@ impl CbamSaved {
     }
 }
 
+/// The channel gate `sigmoid(mlp(mean_hw(z)) + mlp(max_hw(z)))` `(N, C)` of `z` (`images` x C
+/// maps of `pixels` values each), the MLP's state and the first maximal pixel of each map: the
+/// shared MLP runs once on the stacked means and maxima, then the halves are summed.
+pub(crate) fn channel_gate_forward(
+    z: &[f32],
+    (images, pixels): (usize, usize),
+    mlp: MlpParams<'_>,
+) -> (Vec<f32>, MlpSaved, Vec<u32>) {
+    let rows = images * mlp.channels;
+    let mut pooled_maps = vec![0f32; 2 * rows];
+    let mut max_pixel = vec![0u32; rows];
+    let (means, maxes) = pooled_maps.split_at_mut(rows);
+    row_means(z, pixels, means);
+    row_maxes(z, pixels, maxes, &mut max_pixel);
+    let (out, mlp_saved) = mlp_forward(pooled_maps, mlp);
+    let (from_means, from_maxes) = out.split_at(rows);
+    let mut gate: Vec<f32> = from_means
+        .iter()
+        .zip(from_maxes)
+        .map(|(a, b)| a + b)
+        .collect();
+    sigmoid_in_place(&mut gate);
+    (gate, mlp_saved, max_pixel)
+}
+
 /// `relu(u * spatial(u) + shortcut)` with `u = z * channel(z)` for `z` and `shortcut`
 /// (`images` x C maps of `pixels` values each): the values of the backbone's composed CBAM and
 /// `spatial_gate_add_relu`, and what [`cbam_join_backward`] needs.
@@ -79,19 +104,7 @@ pub(crate) fn cbam_join_forward(
     shortcut: &[f32],
 ) -> Result<(Vec<f32>, CbamSaved)> {
     let (n, c, p) = (images, mlp.channels, pixels);
-    let mut pooled_maps = vec![0f32; 2 * n * c];
-    let mut max_pixel = vec![0u32; n * c];
-    let (means, maxes) = pooled_maps.split_at_mut(n * c);
-    row_means(z, p, means);
-    row_maxes(z, p, maxes, &mut max_pixel);
-    let (out, mlp_saved) = mlp_forward(pooled_maps, mlp);
-    let (from_means, from_maxes) = out.split_at(n * c);
-    let mut channel_gate: Vec<f32> = from_means
-        .iter()
-        .zip(from_maxes)
-        .map(|(a, b)| a + b)
-        .collect();
-    sigmoid_in_place(&mut channel_gate);
+    let (channel_gate, mlp_saved, max_pixel) = channel_gate_forward(z, (n, p), mlp);
     let gated = channel_gate_values((c, p), z, &channel_gate);
     let (pooled, max_channel) = channel_max_mean_values((n, c, p), &gated);
     let (mut spatial_gate, spatial_saved) = stage_forward(

@@ -320,20 +320,43 @@ pub(crate) fn channel_gate_grad(
     dx: &mut [f32],
     dgate: &mut [f32],
 ) {
-    let p = pixels;
-    dx.par_chunks_mut(p.max(1))
+    let p = pixels.max(1);
+    dx.par_chunks_mut(p)
+        .zip(dy.par_chunks(p))
+        .zip(dgate.par_iter_mut())
+        .enumerate()
+        .for_each(|(row, ((dr, dyr), dg))| {
+            dr.copy_from_slice(dyr);
+            *dg = channel_gate_row_grad(dr, &x[row * p..(row + 1) * p], gate[row]);
+        });
+}
+
+/// [`channel_gate_grad`] in place: `d` holds `dy` and receives `dx`, with the same arithmetic.
+pub(crate) fn channel_gate_grad_in_place(
+    pixels: usize,
+    (x, gate): (&[f32], &[f32]),
+    d: &mut [f32],
+    dgate: &mut [f32],
+) {
+    let p = pixels.max(1);
+    d.par_chunks_mut(p)
         .zip(dgate.par_iter_mut())
         .enumerate()
         .for_each(|(row, (dr, dg))| {
-            let r = row * p..(row + 1) * p;
-            let s = gate[row];
-            let mut acc = 0f64;
-            for ((d, &g), &v) in dr.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                *d = g * s;
-                acc += (g * v) as f64;
-            }
-            *dg = acc as f32;
+            *dg = channel_gate_row_grad(dr, &x[row * p..(row + 1) * p], gate[row]);
         });
+}
+
+/// One row of [`channel_gate_grad`]: `d` holds `dy` and receives `dy * s`; returns
+/// `sum(dy * x)`, summed in f64.
+fn channel_gate_row_grad(d: &mut [f32], x: &[f32], s: f32) -> f32 {
+    let mut acc = 0f64;
+    for (d, &v) in d.iter_mut().zip(x) {
+        let g = *d;
+        *d = g * s;
+        acc += (g * v) as f64;
+    }
+    acc as f32
 }
 
 /// The gradients of `x * gate[n, 0, pixel]` (`x` and `dy`: (N, channels, pixels); `gate`: one
@@ -385,29 +408,6 @@ pub(crate) fn spatial_gate_add_relu_values(
     apply_gate(Axis::Spatial, (channels, pixels), x, gate, Some(shortcut))
 }
 
-/// [`channel_gate_grad`] in place: `d` holds `dy` and receives `dx`, with the same arithmetic.
-pub(crate) fn channel_gate_grad_in_place(
-    pixels: usize,
-    (x, gate): (&[f32], &[f32]),
-    d: &mut [f32],
-    dgate: &mut [f32],
-) {
-    let p = pixels;
-    d.par_chunks_mut(p.max(1))
-        .zip(dgate.par_iter_mut())
-        .enumerate()
-        .for_each(|(row, (dr, dg))| {
-            let s = gate[row];
-            let mut acc = 0f64;
-            for (d, &v) in dr.iter_mut().zip(&x[row * p..(row + 1) * p]) {
-                let g = *d;
-                *d = g * s;
-                acc += (g * v) as f64;
-            }
-            *dg = acc as f32;
-        });
-}
-
 /// `max(0, x * gate[n, c] + shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels);
 /// `gate`: one value per (image, channel)): [`channel_gate_add_relu`]'s values.
 pub(crate) fn channel_gate_add_relu_values(
@@ -436,19 +436,33 @@ pub fn channel_max_mean(x: &Tensor) -> Result<Tensor> {
 struct ChannelMaxMean;
 
 /// Per image: the first argmax channel of each pixel, the max and the mean.
-fn max_mean_image(x: &[f32], c: usize, p: usize, argmax: &mut [u32], out: &mut [f32]) {
+/// With `gate`, of `x * gate[c]` (the products as the channel gate computes them, never
+/// stored); without, of `x` (each value times 1, exactly itself).
+fn max_mean_image(
+    x: &[f32],
+    gate: Option<&[f32]>,
+    (c, p): (usize, usize),
+    argmax: &mut [u32],
+    out: &mut [f32],
+) {
+    let scale = |ch: usize| gate.map_or(1.0, |g| g[ch]);
     let (max, mean) = out.split_at_mut(p);
-    max.copy_from_slice(&x[..p]);
+    let g0 = scale(0);
+    for ((m, s), &v) in max.iter_mut().zip(mean.iter_mut()).zip(&x[..p]) {
+        *m = v * g0;
+        *s = v * g0;
+    }
     argmax.fill(0);
-    mean.copy_from_slice(&x[..p]);
     for ch in 1..c {
         let row = &x[ch * p..(ch + 1) * p];
+        let g = scale(ch);
         for (((m, a), s), &v) in max
             .iter_mut()
             .zip(argmax.iter_mut())
             .zip(mean.iter_mut())
             .zip(row)
         {
+            let v = v * g;
             if v > *m || v.is_nan() {
                 *m = v;
                 *a = ch as u32;
@@ -509,8 +523,27 @@ pub(crate) fn channel_max_mean_values(
     out.par_chunks_mut((2 * p).max(1))
         .zip(argmax.par_chunks_mut(p.max(1)))
         .zip(x.par_chunks((c * p).max(1)))
-        .for_each(|((o, a), xi)| max_mean_image(xi, c, p, a, o));
+        .for_each(|((o, a), xi)| max_mean_image(xi, None, (c, p), a, o));
     (out, argmax)
+}
+
+/// [`channel_max_mean`]'s values of `x * gate[n, c]` over buffers `x` (N, C, pixels), C > 0,
+/// and `gate` (N, C), without the gated map: the same values as [`channel_max_mean_values`] of
+/// [`channel_gate_values`].
+pub(crate) fn gated_channel_max_mean(
+    (n, c, p): (usize, usize, usize),
+    x: &[f32],
+    gate: &[f32],
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * 2 * p];
+    out.par_chunks_mut((2 * p).max(1))
+        .zip(x.par_chunks((c * p).max(1)))
+        .zip(gate.par_chunks(c.max(1)))
+        .for_each(|((o, xi), gi)| {
+            let mut argmax = vec![0u32; p];
+            max_mean_image(xi, Some(gi), (c, p), &mut argmax, o)
+        });
+    out
 }
 
 /// `dx += ` [`channel_max_mean`]'s input gradient, from the output gradient `g` (N, 2, pixels)
@@ -574,7 +607,7 @@ impl CustomOp2 for ChannelMaxMeanGrad {
             .for_each(|((dxi, xi), gi)| {
                 let mut argmax = vec![0u32; p];
                 let mut scratch = vec![0f32; 2 * p];
-                max_mean_image(xi, c, p, &mut argmax, &mut scratch);
+                max_mean_image(xi, None, (c, p), &mut argmax, &mut scratch);
                 let (gmax, gmean) = gi.split_at(p);
                 for (ch, row) in dxi.chunks_exact_mut(p).enumerate() {
                     for (((d, &a), &gm), &ga) in row.iter_mut().zip(&argmax).zip(gmax).zip(gmean) {

@@ -16,7 +16,8 @@
 //! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
 //! (`conv_affine_eval`); and a whole bottleneck block, without attention or with a
 //! squeeze-excite or CBAM gate, as one training op (`bottleneck_train`), so that none of its
-//! inner activations or gradients pass through candle's graph.
+//! inner activations or gradients pass through candle's graph; and CBAM's gates with the
+//! residual join as one eval op (`cbam_add_relu_eval`).
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
@@ -24,6 +25,7 @@ use candle_core::{DType, Tensor};
 mod batch_norm;
 mod bottleneck_train;
 mod cbam;
+mod cbam_eval;
 pub mod conv2d;
 mod conv_affine;
 mod conv_bn;
@@ -43,6 +45,7 @@ mod squeeze_excite;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, BlockGate, ConvBnStage};
+pub use cbam_eval::{cbam_add_relu_eval, cbam_eval_applies, CbamEval};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};
 pub use conv_bn::{conv_bn_add_relu_train, conv_bn_applies, conv_bn_train, ConvParams};
