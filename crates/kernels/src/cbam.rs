@@ -15,8 +15,8 @@
 use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
 use crate::gate::{
-    channel_gate_grad_in_place, channel_gate_values, channel_max_mean_grad_add,
-    channel_max_mean_values, spatial_gate_add_relu_values, spatial_gate_grad,
+    channel_gate_grad_in_place, channel_max_mean_grad_add, channel_max_mean_values,
+    gated_spatial_join, spatial_gate_grad,
 };
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
@@ -49,8 +49,6 @@ pub(crate) struct CbamSaved {
     max_pixel: Vec<u32>,
     /// The channel gate `(N, C)`.
     channel_gate: Vec<f32>,
-    /// `u`, the channel-gated map.
-    gated: Vec<f32>,
     /// The channel pooling of `u`, `(N, 2, pixels)`: the spatial convolution's input.
     pooled: Vec<f32>,
     /// The first maximal channel of each (image, pixel) of `u`.
@@ -105,8 +103,8 @@ pub(crate) fn cbam_join_forward(
 ) -> Result<(Vec<f32>, CbamSaved)> {
     let (n, c, p) = (images, mlp.channels, pixels);
     let (channel_gate, mlp_saved, max_pixel) = channel_gate_forward(z, (n, p), mlp);
-    let gated = channel_gate_values((c, p), z, &channel_gate);
-    let (pooled, max_channel) = channel_max_mean_values((n, c, p), &gated);
+    // `u` is never stored: each pass that reads it forms `z * channel_gate` in a register.
+    let (pooled, max_channel) = channel_max_mean_values((n, c, p), z, Some(&channel_gate));
     let (mut spatial_gate, spatial_saved) = stage_forward(
         spatial.geometry,
         &pooled,
@@ -116,12 +114,11 @@ pub(crate) fn cbam_join_forward(
         None,
     )?;
     sigmoid_in_place(&mut spatial_gate);
-    let y = spatial_gate_add_relu_values((c, p), &gated, &spatial_gate, shortcut);
+    let y = gated_spatial_join((c, p), z, (&channel_gate, &spatial_gate), shortcut);
     let saved = CbamSaved {
         mlp: mlp_saved,
         max_pixel,
         channel_gate,
-        gated,
         pooled,
         max_channel,
         spatial: spatial_saved,
@@ -148,7 +145,7 @@ pub(crate) fn cbam_join_backward(
     let mut dspatial_gate = vec![0f32; n * p];
     spatial_gate_grad(
         (c, p),
-        (&s.gated, &s.spatial_gate, masked),
+        ((z, Some(&s.channel_gate)), &s.spatial_gate, masked),
         &mut dgated,
         &mut dspatial_gate,
     );

@@ -16,11 +16,10 @@ use crate::cbam::channel_gate_forward;
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
 use crate::fused_operands::cpu_f32;
-use crate::gate::gated_channel_max_mean;
+use crate::gate::{channel_max_mean_values, gated_spatial_join};
 use crate::gate_mlp::{sigmoid_in_place, MlpParams};
 use crate::{ConvParams, GateMlp};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
-use rayon::prelude::*;
 
 /// A CBAM gate in evaluation, as [`cbam_add_relu_eval`] takes it.
 #[derive(Clone, Copy, Debug)]
@@ -143,24 +142,12 @@ impl CustomOp3 for CbamAddReluEval {
         let (weight, affine) = rest.split_at(w_len);
         let mlp = MlpParams::split(mlp, c, self.reduced);
         let (channel_gate, _, _) = channel_gate_forward(&z, (n, p), mlp);
-        let pooled = gated_channel_max_mean((n, c, p), &z, &channel_gate);
+        let (pooled, _) = channel_max_mean_values((n, c, p), &z, Some(&channel_gate));
         let logits = conv2d::forward(g, &pooled, weight);
         let mut spatial_gate = scale_shift(&logits, &affine[..1], &affine[1..], 1, p, false);
         sigmoid_in_place(&mut spatial_gate);
-        // `spatial_gate_add_relu` over `u = z * channel_gate`, each product formed in a
-        // register as `channel_gate` forms it.
-        let mut y = vec![0f32; z.len()];
-        let p1 = p.max(1);
-        y.par_chunks_mut(p1)
-            .zip(z.par_chunks(p1).zip(shortcut.par_chunks(p1)))
-            .enumerate()
-            .for_each(|(row, (yr, (zr, sr)))| {
-                let gc = channel_gate[row];
-                let gs = &spatial_gate[(row / c) * p..(row / c + 1) * p];
-                for (((o, &v), &s), &b) in yr.iter_mut().zip(zr).zip(gs).zip(sr) {
-                    *o = ((v * gc) * s + b).max(0.0);
-                }
-            });
+        let gates = (&channel_gate[..], &spatial_gate[..]);
+        let y = gated_spatial_join((c, p), &z, gates, &shortcut);
         Ok((CpuStorage::F32(y), zl.shape().clone()))
     }
 

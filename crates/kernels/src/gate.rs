@@ -305,7 +305,7 @@ impl candle_core::CustomOp3 for GateGrad {
             Axis::Channel => {
                 channel_gate_grad(p, (&x, &gate, &dy), dx, dgate);
             }
-            Axis::Spatial => spatial_gate_grad((c, p), (&x, &gate, &dy), dx, dgate),
+            Axis::Spatial => spatial_gate_grad((c, p), ((&x, None), &gate, &dy), dx, dgate),
         }
         Ok((CpuStorage::F32(out), Shape::from(numel + gate.len())))
     }
@@ -359,12 +359,17 @@ fn channel_gate_row_grad(d: &mut [f32], x: &[f32], s: f32) -> f32 {
     acc as f32
 }
 
+/// A map `x` (N, channels, pixels) and, when it is to be read channel-gated, the channel gate
+/// (one value per (image, channel)).
+pub(crate) type GatedMap<'a> = (&'a [f32], Option<&'a [f32]>);
+
 /// The gradients of `x * gate[n, 0, pixel]` (`x` and `dy`: (N, channels, pixels); `gate`: one
 /// value per (image, pixel)): `dx = dy * gate`, `dgate = sum(dy * x)` over the channels, in
-/// channel order; one image per task.
+/// channel order; one image per task. With `x_gate` (one value per (image, channel)), `x` is
+/// the product `x * x_gate[n, c]`, formed as `channel_gate` forms it and never stored.
 pub(crate) fn spatial_gate_grad(
     (c, p): (usize, usize),
-    (x, gate, dy): (&[f32], &[f32], &[f32]),
+    ((x, x_gate), gate, dy): (GatedMap<'_>, &[f32], &[f32]),
     dx: &mut [f32],
     dgate: &mut [f32],
 ) {
@@ -380,32 +385,37 @@ pub(crate) fn spatial_gate_grad(
                 for ((d, &g), &sv) in dr.iter_mut().zip(&dy[r.clone()]).zip(s) {
                     *d = g * sv;
                 }
+                // Times 1 (exactly the value itself) without a channel gate.
+                let gc = x_gate.map_or(1.0, |xg| xg[image * c + ch]);
                 for ((acc, &g), &v) in dg.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    *acc += g * v;
+                    *acc += g * (v * gc);
                 }
             }
         });
 }
 
-/// `x * gate[n, c]` over buffers (`x`: (N, channels, pixels); `gate`: one value per (image,
-/// channel)): [`channel_gate`]'s values.
-pub(crate) fn channel_gate_values(
-    (channels, pixels): (usize, usize),
+/// `max(0, (x * channel_gate[n, c]) * spatial_gate[n, 0, pixel] + shortcut)` over buffers
+/// (`x`, `shortcut`: (N, channels, pixels)): [`spatial_gate_add_relu`]'s values over
+/// [`channel_gate`]'s, each channel-gated value formed in a register as `channel_gate` forms it.
+pub(crate) fn gated_spatial_join(
+    (c, p): (usize, usize),
     x: &[f32],
-    gate: &[f32],
-) -> Vec<f32> {
-    apply_gate(Axis::Channel, (channels, pixels), x, gate, None)
-}
-
-/// `max(0, x * gate[n, 0, pixel] + shortcut)` over buffers (`x`, `shortcut`: (N, channels,
-/// pixels); `gate`: one value per (image, pixel)): [`spatial_gate_add_relu`]'s values.
-pub(crate) fn spatial_gate_add_relu_values(
-    (channels, pixels): (usize, usize),
-    x: &[f32],
-    gate: &[f32],
+    (channel_gate, spatial_gate): (&[f32], &[f32]),
     shortcut: &[f32],
 ) -> Vec<f32> {
-    apply_gate(Axis::Spatial, (channels, pixels), x, gate, Some(shortcut))
+    let mut y = vec![0f32; x.len()];
+    let p1 = p.max(1);
+    y.par_chunks_mut(p1)
+        .zip(x.par_chunks(p1).zip(shortcut.par_chunks(p1)))
+        .enumerate()
+        .for_each(|(row, (yr, (xr, sr)))| {
+            let gc = channel_gate[row];
+            let gs = &spatial_gate[(row / c) * p..(row / c + 1) * p];
+            for (((o, &v), &s), &b) in yr.iter_mut().zip(xr).zip(gs).zip(sr) {
+                *o = ((v * gc) * s + b).max(0.0);
+            }
+        });
+    y
 }
 
 /// `max(0, x * gate[n, c] + shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels);
@@ -502,7 +512,7 @@ impl candle_core::CustomOp1 for ChannelMaxMean {
             bail!("channel_max_mean: no channels")
         }
         let x = dense_f32(xs, xl, "input")?;
-        let (out, _) = channel_max_mean_values((n, c, p), &x);
+        let (out, _) = channel_max_mean_values((n, c, p), &x, None);
         let d = xl.dims();
         Ok((CpuStorage::F32(out), Shape::from((n, 2, d[2], d[3]))))
     }
@@ -514,36 +524,23 @@ impl candle_core::CustomOp1 for ChannelMaxMean {
 
 /// [`channel_max_mean`]'s values over a buffer `x` (N, C, pixels), C > 0: `(N, 2, pixels)`,
 /// and each pixel's first maximal channel `(N, pixels)` for [`channel_max_mean_grad_add`].
+/// With `gate` (N, C), of `x * gate[n, c]` ([`channel_gate`]'s values) without storing them.
 pub(crate) fn channel_max_mean_values(
     (n, c, p): (usize, usize, usize),
     x: &[f32],
+    gate: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<u32>) {
     let mut out = vec![0f32; n * 2 * p];
     let mut argmax = vec![0u32; n * p];
     out.par_chunks_mut((2 * p).max(1))
         .zip(argmax.par_chunks_mut(p.max(1)))
         .zip(x.par_chunks((c * p).max(1)))
-        .for_each(|((o, a), xi)| max_mean_image(xi, None, (c, p), a, o));
-    (out, argmax)
-}
-
-/// [`channel_max_mean`]'s values of `x * gate[n, c]` over buffers `x` (N, C, pixels), C > 0,
-/// and `gate` (N, C), without the gated map: the same values as [`channel_max_mean_values`] of
-/// [`channel_gate_values`].
-pub(crate) fn gated_channel_max_mean(
-    (n, c, p): (usize, usize, usize),
-    x: &[f32],
-    gate: &[f32],
-) -> Vec<f32> {
-    let mut out = vec![0f32; n * 2 * p];
-    out.par_chunks_mut((2 * p).max(1))
-        .zip(x.par_chunks((c * p).max(1)))
-        .zip(gate.par_chunks(c.max(1)))
-        .for_each(|((o, xi), gi)| {
-            let mut argmax = vec![0u32; p];
-            max_mean_image(xi, Some(gi), (c, p), &mut argmax, o)
+        .enumerate()
+        .for_each(|(image, ((o, a), xi))| {
+            let gi = gate.map(|g| &g[image * c..(image + 1) * c]);
+            max_mean_image(xi, gi, (c, p), a, o)
         });
-    out
+    (out, argmax)
 }
 
 /// `dx += ` [`channel_max_mean`]'s input gradient, from the output gradient `g` (N, 2, pixels)
