@@ -195,6 +195,17 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
+    /// Deterministic values in `[-scale, scale]` of `shape` (candle's CPU RNG takes no seed):
+    /// `scale * sin(0.618 * i + seed)`.
+    fn wave(shape: &[usize], seed: f64, scale: f64) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let i = Tensor::arange(0u32, n as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
+        ((i * 0.618)? + seed)?
+            .sin()?
+            .affine(scale, 0.0)?
+            .reshape(shape)
+    }
+
     /// The relative max-abs difference of two tensors, in f64.
     fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
         let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
@@ -224,29 +235,30 @@ mod tests {
             };
             let one_op = build(&single, DType::F32)?;
             let composed = build(&double, DType::F64)?;
-            // Random parameters (the spatial gate's BatchNorm weight starts at 0, which would
-            // hide its input), copied into the f64 block.
+            // Varied parameters (the spatial gate's BatchNorm weight, 0 at init, which would
+            // hide its input, around 1), copied into the f64 block; in name order, so every run
+            // sees the same values.
             let vars = single.data().lock().expect("varmap").clone();
             let twins = double.data().lock().expect("varmap").clone();
+            let mut names: Vec<&String> = vars.keys().collect();
+            names.sort();
             let mut randomized = 0;
-            for (name, var) in &vars {
+            for name in names {
                 if name.ends_with("running_mean") || name.ends_with("running_var") {
                     continue;
                 }
                 randomized += 1;
-                let value = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu)?;
-                var.set(
-                    &(value
-                        + if name.ends_with("bn.weight") {
-                            1.0
-                        } else {
-                            0.0
-                        })?,
-                )?;
+                let var = &vars[name];
+                let around = if name.ends_with("bn.weight") {
+                    1.0
+                } else {
+                    0.0
+                };
+                var.set(&(wave(var.dims(), randomized as f64, 0.3)? + around)?)?;
                 twins[name].set(&var.as_tensor().to_dtype(DType::F64)?)?;
             }
             assert!(randomized > 10, "{kind}: {randomized} parameters");
-            let x = Var::randn(0f32, 1f32, (4, 16, 8, 8), &Device::Cpu)?;
+            let x = Var::from_tensor(&wave(&[4, 16, 8, 8], 0.5, 1.0)?)?;
             let y = one_op.forward_t(x.as_tensor(), true)?;
             let y64 = composed.forward_t(&x.as_tensor().to_dtype(DType::F64)?, true)?;
             let err = rel_err(&y, &y64)?;
