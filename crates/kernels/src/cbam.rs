@@ -21,7 +21,7 @@ use crate::gate::{
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
-use crate::spatial_pool::{row_maxes, row_means};
+use crate::spatial_pool::row_means_maxes;
 use crate::BatchStats;
 use candle_core::Result;
 use rayon::prelude::*;
@@ -78,8 +78,7 @@ pub(crate) fn channel_gate_forward(
     let mut pooled_maps = vec![0f32; 2 * rows];
     let mut max_pixel = vec![0u32; rows];
     let (means, maxes) = pooled_maps.split_at_mut(rows);
-    row_means(z, pixels, means);
-    row_maxes(z, pixels, maxes, &mut max_pixel);
+    row_means_maxes(z, pixels, means, (maxes, &mut max_pixel));
     let (out, mlp_saved) = mlp_forward(pooled_maps, mlp);
     let (from_means, from_maxes) = out.split_at(rows);
     let mut gate: Vec<f32> = from_means

@@ -67,14 +67,22 @@ pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
         .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / pixels as f64) as f32);
 }
 
-/// The maximum of each `pixels`-long row of `x` into `maxes` and the index of its first
-/// maximal pixel into `argmax`, in parallel: [`spatial_mean_max`]'s maxima over a buffer.
-pub(crate) fn row_maxes(x: &[f32], pixels: usize, maxes: &mut [f32], argmax: &mut [u32]) {
-    maxes
+/// [`row_means`] and, of the same rows, the maximum into `maxes` and the index of its first
+/// maximal pixel into `argmax`, in parallel: [`spatial_mean_max`]'s values over a buffer. Each
+/// row is read once from memory: its max is taken while it is still in cache from its sum.
+pub(crate) fn row_means_maxes(
+    x: &[f32],
+    pixels: usize,
+    means: &mut [f32],
+    (maxes, argmax): (&mut [f32], &mut [u32]),
+) {
+    means
         .par_iter_mut()
+        .zip(maxes.par_iter_mut())
         .zip(argmax.par_iter_mut())
         .zip(x.par_chunks(pixels))
-        .for_each(|((m, a), row)| {
+        .for_each(|(((mean, m), a), row)| {
+            *mean = (lane_sum(row, |v| v) / pixels as f64) as f32;
             let i = first_argmax(row);
             *m = row[i];
             *a = i as u32;
@@ -92,12 +100,11 @@ impl CustomOp1 for SpatialPool {
         let rows = n * c;
         let mut out = vec![0f32; if self.with_max { 2 * rows } else { rows }];
         let (means, maxes) = out.split_at_mut(rows);
-        row_means(&x, p, means);
         if self.with_max {
-            maxes
-                .par_iter_mut()
-                .zip(x.par_chunks(p))
-                .for_each(|(m, row)| *m = row[first_argmax(row)]);
+            let mut argmax = vec![0u32; rows];
+            row_means_maxes(&x, p, means, (maxes, &mut argmax));
+        } else {
+            row_means(&x, p, means);
         }
         let shape = if self.with_max {
             Shape::from((2, n, c))
