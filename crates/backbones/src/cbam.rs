@@ -54,18 +54,19 @@ impl Cbam {
     /// whose batch statistics end with the spatial BatchNorm's ([`Cbam::update_running`]);
     /// `None` for an MLP without biases (not one [`Cbam::new`] builds).
     pub(crate) fn as_gate(&self) -> Option<mtanet_kernels::BlockGate<'_>> {
-        let (Some(reduce_bias), Some(expand_bias)) = (self.mlp_in.bias(), self.mlp_out.bias())
-        else {
-            return None;
-        };
         Some(mtanet_kernels::BlockGate::Cbam {
-            channel: mtanet_kernels::GateMlp {
-                reduce_weight: self.mlp_in.weight(),
-                reduce_bias,
-                expand_weight: self.mlp_out.weight(),
-                expand_bias,
-            },
+            channel: self.channel_mlp()?,
             spatial: self.spatial_bn.stage(&self.spatial_conv),
+        })
+    }
+
+    /// The shared channel MLP as the fused ops take it; `None` without biases.
+    fn channel_mlp(&self) -> Option<mtanet_kernels::GateMlp<'_>> {
+        Some(mtanet_kernels::GateMlp {
+            reduce_weight: self.mlp_in.weight(),
+            reduce_bias: self.mlp_in.bias()?,
+            expand_weight: self.mlp_out.weight(),
+            expand_bias: self.mlp_out.bias()?,
         })
     }
 
@@ -80,18 +81,12 @@ impl Cbam {
     /// `spatial_gate_add_relu`, bit for bit, reading the map three times instead of five);
     /// `None` where that op does not run the tensors (other than f32 on the CPU).
     pub(crate) fn add_relu_eval(&self, z: &Tensor, shortcut: &Tensor) -> Result<Option<Tensor>> {
-        let (Some(reduce_bias), Some(expand_bias)) = (self.mlp_in.bias(), self.mlp_out.bias())
-        else {
+        let Some(channel) = self.channel_mlp() else {
             return Ok(None);
         };
         let (scale, shift) = self.spatial_bn.eval_affine()?;
         let gate = mtanet_kernels::CbamEval {
-            channel: mtanet_kernels::GateMlp {
-                reduce_weight: self.mlp_in.weight(),
-                reduce_bias,
-                expand_weight: self.mlp_out.weight(),
-                expand_bias,
-            },
+            channel,
             spatial_weight: self.spatial_conv.weight(),
             spatial_conv: self.spatial_conv.params(),
             spatial_scale: &scale,
