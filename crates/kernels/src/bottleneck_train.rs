@@ -15,7 +15,9 @@
 //! zero gradients); the tests check that.
 
 use crate::batch_norm::lock;
-use crate::cbam::{cbam_join_backward, cbam_join_forward, CbamSaved, SpatialStage};
+use crate::cbam::{
+    cbam_join_backward, cbam_join_forward, check_spatial_gate, CbamSaved, SpatialStage,
+};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
@@ -164,14 +166,7 @@ pub fn bottleneck_train(
         Some(BlockGate::Cbam { channel, spatial }) => {
             let (n, _, h, w) = g3.output_dims();
             let gs = geometry(&[n, 2, h, w], spatial, "the CBAM spatial gate")?;
-            if gs.output_dims() != (n, 1, h, w) {
-                bail!(
-                    "bottleneck_train: the CBAM spatial gate's convolution takes (N, 2, H, W) \
-                     {:?} to {:?}, not one map of the same size",
-                    (n, 2, h, w),
-                    gs.output_dims()
-                )
-            }
+            check_spatial_gate("bottleneck_train", &gs)?;
             Some(GateShape::Cbam {
                 reduced: channel.reduced(g3.out_channels)?,
                 spatial: gs,

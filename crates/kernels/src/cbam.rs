@@ -23,7 +23,7 @@ use crate::gate_mlp::{
 };
 use crate::spatial_pool::row_means_maxes;
 use crate::BatchStats;
-use candle_core::Result;
+use candle_core::{bail, Result};
 use rayon::prelude::*;
 
 /// The spatial gate's convolution (2 channels to 1) and its BatchNorm, as views of the packed
@@ -38,6 +38,21 @@ pub(crate) struct SpatialStage<'a> {
     pub weight: &'a [f32],
     /// The BatchNorm's weight, then its bias.
     pub affine: &'a [f32],
+}
+
+/// Refuses a spatial gate's convolution `g` that does not take the (N, 2, H, W) channel pooling
+/// to one map of the same size; `op` names the op in the message.
+pub(crate) fn check_spatial_gate(op: &str, g: &ConvGeometry) -> Result<()> {
+    let (n, h, w) = (g.batch, g.in_h, g.in_w);
+    if g.output_dims() != (n, 1, h, w) {
+        bail!(
+            "{op}: the CBAM spatial gate's convolution takes (N, 2, H, W) {:?} to {:?}, not one \
+             map of the same size",
+            g.input_dims(),
+            g.output_dims()
+        )
+    }
+    Ok(())
 }
 
 /// What the forward keeps for the backward.

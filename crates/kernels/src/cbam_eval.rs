@@ -12,7 +12,7 @@
 //! the gate with the composed ops and differentiates them.
 
 use crate::batch_norm::scale_shift;
-use crate::cbam::channel_gate_forward;
+use crate::cbam::{channel_gate_forward, check_spatial_gate};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
 use crate::fused_operands::cpu_f32;
@@ -77,14 +77,7 @@ pub fn cbam_add_relu_eval(z: &Tensor, gate: CbamEval<'_>, shortcut: &Tensor) -> 
         conv.padding,
         conv.groups,
     )?;
-    if spatial.output_dims() != (n, 1, h, w) {
-        bail!(
-            "cbam_add_relu_eval: the spatial gate's convolution takes (N, 2, H, W) {:?} to {:?}, \
-             not one map of the same size",
-            (n, 2, h, w),
-            spatial.output_dims()
-        )
-    }
+    check_spatial_gate("cbam_add_relu_eval", &spatial)?;
     for (t, name) in [(gate.spatial_scale, "scale"), (gate.spatial_shift, "shift")] {
         if t.elem_count() != 1 {
             bail!(

@@ -64,7 +64,12 @@ pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
     means
         .par_iter_mut()
         .zip(x.par_chunks(pixels))
-        .for_each(|(m, row)| *m = (lane_sum(row, |v| v) / pixels as f64) as f32);
+        .for_each(|(m, row)| *m = row_mean(row));
+}
+
+/// The mean of one row, summed in f64 lanes.
+fn row_mean(row: &[f32]) -> f32 {
+    (lane_sum(row, |v| v) / row.len() as f64) as f32
 }
 
 /// [`row_means`] and, of the same rows, the maximum into `maxes` and the index of its first
@@ -82,7 +87,7 @@ pub(crate) fn row_means_maxes(
         .zip(argmax.par_iter_mut())
         .zip(x.par_chunks(pixels))
         .for_each(|(((mean, m), a), row)| {
-            *mean = (lane_sum(row, |v| v) / pixels as f64) as f32;
+            *mean = row_mean(row);
             let i = first_argmax(row);
             *m = row[i];
             *a = i as u32;
