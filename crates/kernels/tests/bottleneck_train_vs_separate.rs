@@ -217,6 +217,11 @@ impl TestGate {
     }
 }
 
+/// The three main stages of a block, as `bottleneck_train` takes them.
+fn main_stages(stages: &[StageVars; 3]) -> [ConvBnStage<'_>; 3] {
+    [stages[0].stage(), stages[1].stage(), stages[2].stage()]
+}
+
 fn params(stride: usize, padding: usize, groups: usize) -> ConvParams {
     ConvParams {
         stride,
@@ -330,7 +335,7 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
         };
         let (fused, fused_stats) = bottleneck_train(
             &x,
-            [stages[0].stage(), stages[1].stage(), stages[2].stage()],
+            main_stages(&stages),
             downsample.as_ref().map(StageVars::stage),
             gate.as_ref().map(TestGate::gate),
         )?;
@@ -369,12 +374,7 @@ fn an_input_without_gradient_gets_none() -> Result<()> {
         StageVars::new([4, 4, 3, 3], params(1, 1, 1), 2)?,
         StageVars::new([8, 4, 1, 1], params(1, 0, 1), 3)?,
     ];
-    let (y, _) = bottleneck_train(
-        &x,
-        [stages[0].stage(), stages[1].stage(), stages[2].stage()],
-        None,
-        None,
-    )?;
+    let (y, _) = bottleneck_train(&x, main_stages(&stages), None, None)?;
     let grads = y.sum_all()?.backward()?;
     assert!(grads.get(&x).is_none(), "the input is a constant");
     assert!(stages
@@ -392,14 +392,14 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         // 16 output channels against an 8-channel identity shortcut.
         StageVars::new([16, 4, 1, 1], params(1, 0, 1), 3)?,
     ];
-    let main = [stages[0].stage(), stages[1].stage(), stages[2].stage()];
+    let main = main_stages(&stages);
     let err = bottleneck_train(&x, main, None, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("shortcut"), "{err}");
 
     let short_bias = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu)?;
-    let mut main = [stages[0].stage(), stages[1].stage(), stages[2].stage()];
+    let mut main = main_stages(&stages);
     main[0].bn_bias = &short_bias;
     let err = bottleneck_train(&x, main, None, None)
         .unwrap_err()
@@ -417,20 +417,12 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
     let mut bad_mlp = gate.mlp();
     bad_mlp.expand_weight = &transposed;
     let bad_gate = BlockGate::SqueezeExcite(bad_mlp);
-    let main = [
-        identity[0].stage(),
-        identity[1].stage(),
-        identity[2].stage(),
-    ];
+    let main = main_stages(&identity);
     let err = bottleneck_train(&x, main, None, Some(bad_gate))
         .unwrap_err()
         .to_string();
     assert!(err.contains("gate MLP over 8 channels"), "{err}");
-    let main = [
-        identity[0].stage(),
-        identity[1].stage(),
-        identity[2].stage(),
-    ];
+    let main = main_stages(&identity);
     assert!(bottleneck_train(&x, main, None, Some(gate.gate())).is_ok());
 
     // A CBAM spatial convolution whose padding shrinks the map.
@@ -441,25 +433,17 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         channel: cbam.mlp.mlp(),
         spatial: bad_spatial,
     };
-    let main = [
-        identity[0].stage(),
-        identity[1].stage(),
-        identity[2].stage(),
-    ];
+    let main = main_stages(&identity);
     let err = bottleneck_train(&x, main, None, Some(bad_gate))
         .unwrap_err()
         .to_string();
     assert!(err.contains("CBAM spatial gate"), "{err}");
-    let main = [
-        identity[0].stage(),
-        identity[1].stage(),
-        identity[2].stage(),
-    ];
+    let main = main_stages(&identity);
     let (_, stats) = bottleneck_train(&x, main, None, Some(cbam.gate()))?;
     assert_eq!(stats.len(), 4, "three stages and the spatial gate");
 
     let x64 = x.to_dtype(candle_core::DType::F64)?;
-    let main = [stages[0].stage(), stages[1].stage(), stages[2].stage()];
+    let main = main_stages(&stages);
     let err = bottleneck_train(&x64, main, None, None)
         .unwrap_err()
         .to_string();
