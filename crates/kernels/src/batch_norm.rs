@@ -994,12 +994,11 @@ impl CustomOp3 for ChannelAffineGrad {
 mod tests {
     use super::*;
 
-    /// The backward's recomputed ReLU mask blocks exactly where the forward's output was not
-    /// positive, also where the pre-activation is exactly zero or NaN.
+    /// The gated sums' kernel (AVX2 where the build has it) has the portable loop's bits in
+    /// every lane: values of both signs, zeros of both signs, a NaN and an infinity, with and
+    /// without the ReLU gate.
     #[test]
     fn the_gated_sums_kernel_equals_the_portable_loop_bit_for_bit() {
-        // Values of both signs, zeros of both signs, a NaN and an infinity, with and without
-        // the ReLU gate: every lane's two sums must have the portable loop's bits.
         let n = 7 * LANES;
         let g: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
@@ -1031,6 +1030,8 @@ mod tests {
         }
     }
 
+    /// The backward's recomputed ReLU mask blocks exactly where the forward's output was not
+    /// positive, also where the pre-activation is exactly zero or NaN.
     #[test]
     fn recomputed_relu_mask_is_the_forwards() {
         let (n, c, inner) = (2, 3, 7);
