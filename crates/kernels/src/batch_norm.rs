@@ -358,20 +358,13 @@ fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     (t1, t2)
 }
 
-/// The [`LANES`] partial sums of [`gated_sums`] over whole chunks: lane `i` adds `g'` and
-/// `g' * (x - mu)` of every chunk's value `i`, in chunk order.
+// Without AVX2 the portable loop is the kernel.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn lane_gated_sums(
-    g: &[[f32; LANES]],
-    x: &[[f32; LANES]],
-    gate: ReluGate,
-    mu: f32,
-) -> ([f32; LANES], [f32; LANES]) {
-    portable_lane_gated_sums(g, x, gate, mu)
-}
+use portable_lane_gated_sums as lane_gated_sums;
 
-/// [`lane_gated_sums`] in plain Rust: the build's kernel without AVX2, and the reference the
-/// AVX2 kernel is tested against.
+/// The [`LANES`] partial sums of [`gated_sums`] over whole chunks: lane `i` adds `g'` and
+/// `g' * (x - mu)` of every chunk's value `i`, in chunk order. In plain Rust: the build's
+/// kernel without AVX2, and the reference the AVX2 kernel is tested against.
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
 fn portable_lane_gated_sums(
     g: &[[f32; LANES]],
@@ -390,8 +383,8 @@ fn portable_lane_gated_sums(
     (s1, s2)
 }
 
-/// [`lane_gated_sums`] in AVX2 registers (the compiler kept the portable loop's accumulators on
-/// the stack, at half the speed of the BatchNorm backward's other pass). The same operations
+/// [`portable_lane_gated_sums`] in AVX2 registers (the compiler kept the portable loop's
+/// accumulators on the stack, at half the speed of the BatchNorm backward's other pass). The same operations
 /// in the same order per lane, so the same bits: the gate is `x * scale + shift > 0` (false
 /// for NaN, as [`ReluGate::blocks`]), a blocked value is +0 as there.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
