@@ -18,6 +18,7 @@
 //! [`BatchStats::update_running`] blends into the running averages with a device kernel.
 
 use crate::conv2d::storage::dense_f32;
+use crate::lane_sums::{lane_gated_sums, lane_sum, LANES};
 use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
 use candle_core::{Tensor, Var};
@@ -289,29 +290,6 @@ struct BatchNormTrain {
     saved: Arc<Mutex<Option<Recorded>>>,
 }
 
-/// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
-/// two AVX2 ones) where a single running sum cannot, as float addition is not reassociated.
-const LANES: usize = 16;
-
-/// `sum(f(v))` over `xs` in [`LANES`] f32 partial sums, combined in f64. The order of additions
-/// depends only on the length, so the result is the same on every thread count.
-pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    // Fixed-size chunks keep the accumulators in registers (with `chunks_exact` the compiler
-    // kept them on the stack, four lanes at a time).
-    let (chunks, tail) = xs.as_chunks::<LANES>();
-    let mut acc = [0f32; LANES];
-    for c in chunks {
-        for i in 0..LANES {
-            acc[i] += f(c[i]);
-        }
-    }
-    let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
-    for &v in tail {
-        total += f(v) as f64;
-    }
-    total
-}
-
 /// A channel's fused ReLU in the backward pass: the forward's output was
 /// `max(x * scale + shift, 0)`, so the gradient passes where `x * scale + shift > 0`,
 /// recomputed from the input in the same f32 operations (bit for bit the forward's test:
@@ -347,7 +325,8 @@ impl ReluGate {
 /// combined in f64.
 fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     let ((cg, tg), (cx, tx)) = (g.as_chunks::<LANES>(), x.as_chunks::<LANES>());
-    let (s1, s2) = lane_gated_sums(cg, cx, gate, mu);
+    let relu = gate.relu.then_some((gate.scale, gate.shift));
+    let (s1, s2) = lane_gated_sums(cg, cx, relu, mu);
     let mut t1: f64 = s1.iter().map(|&v| v as f64).sum();
     let mut t2: f64 = s2.iter().map(|&v| v as f64).sum();
     for (&g, &x) in tg.iter().zip(tx) {
@@ -356,73 +335,6 @@ fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
         t2 += (gv * (x - mu)) as f64;
     }
     (t1, t2)
-}
-
-// Without AVX2 the portable loop is the kernel.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-use portable_lane_gated_sums as lane_gated_sums;
-
-/// The [`LANES`] partial sums of [`gated_sums`] over whole chunks: lane `i` adds `g'` and
-/// `g' * (x - mu)` of every chunk's value `i`, in chunk order. In plain Rust: the build's
-/// kernel without AVX2, and the reference the AVX2 kernel is tested against.
-#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
-fn portable_lane_gated_sums(
-    g: &[[f32; LANES]],
-    x: &[[f32; LANES]],
-    gate: ReluGate,
-    mu: f32,
-) -> ([f32; LANES], [f32; LANES]) {
-    let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
-    for (g, x) in g.iter().zip(x) {
-        for i in 0..LANES {
-            let gv = gate.pass(g[i], x[i]);
-            s1[i] += gv;
-            s2[i] += gv * (x[i] - mu);
-        }
-    }
-    (s1, s2)
-}
-
-/// [`portable_lane_gated_sums`] in AVX2 registers (the compiler kept the portable loop's
-/// accumulators on the stack, at half the speed of the BatchNorm backward's other pass). The same operations
-/// in the same order per lane, so the same bits: the gate is `x * scale + shift > 0` (false
-/// for NaN, as [`ReluGate::blocks`]), a blocked value is +0 as there.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn lane_gated_sums(
-    g: &[[f32; LANES]],
-    x: &[[f32; LANES]],
-    gate: ReluGate,
-    mu: f32,
-) -> ([f32; LANES], [f32; LANES]) {
-    use std::arch::x86_64::*;
-    const HALF: usize = LANES / 2;
-    // SAFETY: this build enables AVX2 (the cfg above), and every load and store is of 8
-    // consecutive f32 inside a fixed-size chunk or a local array.
-    unsafe {
-        let (scale, shift) = (_mm256_set1_ps(gate.scale), _mm256_set1_ps(gate.shift));
-        let (zero, mu) = (_mm256_setzero_ps(), _mm256_set1_ps(mu));
-        let (mut s1, mut s2) = ([zero; 2], [zero; 2]);
-        for (g, x) in g.iter().zip(x) {
-            for h in 0..2 {
-                let (g, x) = (&g[h * HALF..][..HALF], &x[h * HALF..][..HALF]);
-                let (gv, xv) = (_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(x.as_ptr()));
-                let gv = if gate.relu {
-                    let t = _mm256_add_ps(_mm256_mul_ps(xv, scale), shift);
-                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(t, zero), gv)
-                } else {
-                    gv
-                };
-                s1[h] = _mm256_add_ps(s1[h], gv);
-                s2[h] = _mm256_add_ps(s2[h], _mm256_mul_ps(gv, _mm256_sub_ps(xv, mu)));
-            }
-        }
-        let (mut out1, mut out2) = ([0f32; LANES], [0f32; LANES]);
-        for h in 0..2 {
-            _mm256_storeu_ps(out1[h * HALF..].as_mut_ptr(), s1[h]);
-            _mm256_storeu_ps(out2[h * HALF..].as_mut_ptr(), s2[h]);
-        }
-        (out1, out2)
-    }
 }
 
 /// Per channel of `x` viewed as (N, C, inner): `(sum g', sum g' * (x - mu) * scale)` with
@@ -986,42 +898,6 @@ impl CustomOp3 for ChannelAffineGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The gated sums' kernel (AVX2 where the build has it) has the portable loop's bits in
-    /// every lane: values of both signs, zeros of both signs, a NaN and an infinity, with and
-    /// without the ReLU gate.
-    #[test]
-    fn the_gated_sums_kernel_equals_the_portable_loop_bit_for_bit() {
-        let n = 7 * LANES;
-        let g: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let mut x: Vec<f32> = (0..n)
-            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 3.0)
-            .collect();
-        x[3] = f32::NAN;
-        x[20] = -0.0;
-        x[21] = f32::INFINITY;
-        let (cg, cx) = (g.as_chunks::<LANES>().0, x.as_chunks::<LANES>().0);
-        for relu in [false, true] {
-            for (scale, shift) in [(0.7f32, -0.2f32), (-1.3, 0.4), (0.0, 0.0)] {
-                let gate = ReluGate { relu, scale, shift };
-                let got = lane_gated_sums(cg, cx, gate, 0.3);
-                let want = portable_lane_gated_sums(cg, cx, gate, 0.3);
-                let bits = |a: [f32; LANES]| a.map(f32::to_bits);
-                assert_eq!(
-                    bits(got.0),
-                    bits(want.0),
-                    "sum g', relu {relu}, scale {scale}"
-                );
-                assert_eq!(
-                    bits(got.1),
-                    bits(want.1),
-                    "sum g' x, relu {relu}, scale {scale}"
-                );
-            }
-        }
-    }
 
     /// The backward's recomputed ReLU mask blocks exactly where the forward's output was not
     /// positive, also where the pre-activation is exactly zero or NaN.

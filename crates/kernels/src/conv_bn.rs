@@ -12,11 +12,12 @@
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
 use crate::batch_norm::{
-    lane_sum, lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
+    lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
 };
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::fused_operands::fused_conv_geometry;
+use crate::lane_sums::lane_sum;
 use crate::profile::{conv_label, timed};
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};

@@ -34,6 +34,7 @@ pub mod cuda;
 mod fused_operands;
 mod gate;
 mod gate_mlp;
+mod lane_sums;
 mod max_pool2d;
 mod optimizer_step;
 mod packed_grads;

@@ -7,8 +7,8 @@
 //! zero-filled and added into by candle's graph: several full-size passes per block. Here the
 //! backward is one pass writing the input gradient.
 
-use crate::batch_norm::lane_sum;
 use crate::conv2d::storage::dense_f32;
+use crate::lane_sums::lane_sum;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 

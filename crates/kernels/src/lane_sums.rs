@@ -1,0 +1,160 @@
+//! Sums over a row in [`LANES`] f32 partial sums, combined in f64: the reductions of the
+//! BatchNorm statistics and backward, the convolution epilogue's row sums and the pooling means.
+//!
+//! Lane `i` adds the row's values `i`, `i + LANES`, ... in order, and the lanes and the tail
+//! are then added in f64 in a fixed order, so a result depends only on the row's length: the
+//! same on every thread count and in every kernel below (docs/determinism.md).
+
+/// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
+/// two AVX2 ones) where a single running sum cannot, as float addition is not reassociated.
+pub(crate) const LANES: usize = 16;
+
+/// `sum(f(v))` over `xs` in [`LANES`] f32 partial sums, combined in f64. The order of additions
+/// depends only on the length, so the result is the same on every thread count.
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    // Fixed-size chunks keep the accumulators in registers (with `chunks_exact` the compiler
+    // kept them on the stack, four lanes at a time).
+    let (chunks, tail) = xs.as_chunks::<LANES>();
+    let mut acc = [0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += f(c[i]);
+        }
+    }
+    let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+    for &v in tail {
+        total += f(v) as f64;
+    }
+    total
+}
+
+// Without AVX2 the portable loop is the kernel.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+pub(crate) use portable_lane_gated_sums as lane_gated_sums;
+
+/// `g` where the ReLU `max(x * scale + shift, 0)` passed (`x * scale + shift > 0`, false for
+/// NaN), else +0; all of `g` without a ReLU (`relu` is `None`).
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+#[inline(always)]
+fn passed(g: f32, x: f32, relu: Option<(f32, f32)>) -> f32 {
+    match relu {
+        Some((scale, shift)) if x * scale + shift > 0.0 => g,
+        Some(_) => 0.0,
+        None => g,
+    }
+}
+
+/// The per-lane sums of `g'` and `g' * (x - mu)` over whole chunks, with `g'` the gradient `g`
+/// where a ReLU `max(x * scale + shift, 0)` passed (`relu = Some((scale, shift))`; 0 where it
+/// blocked, NaN included) or all of `g` (`None`): lane `i` adds value `i` of every chunk, in
+/// chunk order. In plain Rust: the build's kernel without AVX2, and the reference the AVX2
+/// kernel is tested against.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+pub(crate) fn portable_lane_gated_sums(
+    g: &[[f32; LANES]],
+    x: &[[f32; LANES]],
+    relu: Option<(f32, f32)>,
+    mu: f32,
+) -> ([f32; LANES], [f32; LANES]) {
+    let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+    for (g, x) in g.iter().zip(x) {
+        for i in 0..LANES {
+            let gv = passed(g[i], x[i], relu);
+            s1[i] += gv;
+            s2[i] += gv * (x[i] - mu);
+        }
+    }
+    (s1, s2)
+}
+
+/// [`portable_lane_gated_sums`] in AVX2 registers (the compiler kept the portable loop's
+/// accumulators on the stack, at half the speed of the BatchNorm backward's other pass). The
+/// same operations in the same order per lane, so the same bits: a mul and an add, no FMA; the
+/// gate is `x * scale + shift > 0` (false for NaN), a blocked value is +0.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn lane_gated_sums(
+    g: &[[f32; LANES]],
+    x: &[[f32; LANES]],
+    relu: Option<(f32, f32)>,
+    mu: f32,
+) -> ([f32; LANES], [f32; LANES]) {
+    use std::arch::x86_64::*;
+    const HALF: usize = LANES / 2;
+    // SAFETY: this build enables AVX2 (the cfg above), and every load and store is of 8
+    // consecutive f32 inside a fixed-size chunk or a local array.
+    unsafe {
+        let (gate_scale, gate_shift) = relu.unwrap_or((0.0, 0.0));
+        let (scale, shift) = (_mm256_set1_ps(gate_scale), _mm256_set1_ps(gate_shift));
+        let (zero, mu) = (_mm256_setzero_ps(), _mm256_set1_ps(mu));
+        let (mut s1, mut s2) = ([zero; 2], [zero; 2]);
+        for (g, x) in g.iter().zip(x) {
+            for h in 0..2 {
+                let (g, x) = (&g[h * HALF..][..HALF], &x[h * HALF..][..HALF]);
+                let (gv, xv) = (_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(x.as_ptr()));
+                let gv = if relu.is_some() {
+                    let t = _mm256_add_ps(_mm256_mul_ps(xv, scale), shift);
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(t, zero), gv)
+                } else {
+                    gv
+                };
+                s1[h] = _mm256_add_ps(s1[h], gv);
+                s2[h] = _mm256_add_ps(s2[h], _mm256_mul_ps(gv, _mm256_sub_ps(xv, mu)));
+            }
+        }
+        let (mut out1, mut out2) = ([0f32; LANES], [0f32; LANES]);
+        for h in 0..2 {
+            _mm256_storeu_ps(out1[h * HALF..].as_mut_ptr(), s1[h]);
+            _mm256_storeu_ps(out2[h * HALF..].as_mut_ptr(), s2[h]);
+        }
+        (out1, out2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gated sums' kernel (AVX2 where the build has it) has the portable loop's bits in
+    /// every lane: values of both signs, zeros of both signs, a NaN and an infinity, with and
+    /// without the ReLU gate.
+    #[test]
+    fn the_gated_sums_kernel_equals_the_portable_loop_bit_for_bit() {
+        let n = 7 * LANES;
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 3.0)
+            .collect();
+        x[3] = f32::NAN;
+        x[20] = -0.0;
+        x[21] = f32::INFINITY;
+        let (cg, cx) = (g.as_chunks::<LANES>().0, x.as_chunks::<LANES>().0);
+        let gates = [
+            None,
+            Some((0.7f32, -0.2f32)),
+            Some((-1.3, 0.4)),
+            Some((0.0, 0.0)),
+        ];
+        for relu in gates {
+            let got = lane_gated_sums(cg, cx, relu, 0.3);
+            let want = portable_lane_gated_sums(cg, cx, relu, 0.3);
+            let bits = |a: [f32; LANES]| a.map(f32::to_bits);
+            assert_eq!(bits(got.0), bits(want.0), "sum g', relu {relu:?}");
+            assert_eq!(bits(got.1), bits(want.1), "sum g' x, relu {relu:?}");
+        }
+    }
+
+    /// The sums add lane by lane, then the lanes and the tail in f64: a row whose partial sums
+    /// each stay exact in f32 gives the exact total, for lengths below, at and above [`LANES`].
+    #[test]
+    fn lane_sum_adds_every_value_once() {
+        for len in [0, 1, LANES - 1, LANES, LANES + 3, 5 * LANES + 7] {
+            let xs: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 2.5).collect();
+            let want: f64 = xs.iter().map(|&v| v as f64).sum();
+            assert_eq!(lane_sum(&xs, |v| v), want, "length {len}");
+            let squares: f64 = xs.iter().map(|&v| (v * v) as f64).sum();
+            assert_eq!(lane_sum(&xs, |v| v * v), squares, "squares, length {len}");
+        }
+    }
+}
