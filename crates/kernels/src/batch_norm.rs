@@ -18,7 +18,7 @@
 //! [`BatchStats::update_running`] blends into the running averages with a device kernel.
 
 use crate::conv2d::storage::dense_f32;
-use crate::lane_sums::{lane_gated_sums, lane_sum, LANES};
+use crate::lane_sums::{lane_gated_sums, lane_sum, passed, relu_blocks, LANES};
 use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
 use candle_core::{Tensor, Var};
@@ -292,9 +292,8 @@ struct BatchNormTrain {
 
 /// A channel's fused ReLU in the backward pass: the forward's output was
 /// `max(x * scale + shift, 0)`, so the gradient passes where `x * scale + shift > 0`,
-/// recomputed from the input in the same f32 operations (bit for bit the forward's test:
-/// `t <= 0 || t.is_nan()` exactly where `t.max(0.0) <= 0.0` was), and the output is not read.
-/// Without ReLU everything passes.
+/// recomputed from the input in the same f32 operations ([`relu_blocks`], bit for bit the
+/// forward's test), and the output is not read. Without ReLU everything passes.
 #[derive(Clone, Copy, Debug)]
 struct ReluGate {
     relu: bool,
@@ -303,21 +302,22 @@ struct ReluGate {
 }
 
 impl ReluGate {
-    /// True where the ReLU blocked the gradient of input value `x`.
+    /// The gate as the lane kernels take it: `Some((scale, shift))` with a ReLU.
     #[inline(always)]
-    fn blocks(self, x: f32) -> bool {
-        let t = x * self.scale + self.shift;
-        self.relu && (t <= 0.0 || t.is_nan())
+    fn relu(self) -> Option<(f32, f32)> {
+        self.relu.then_some((self.scale, self.shift))
     }
 
-    /// `g`, or 0 where the ReLU blocked it.
+    /// True where the ReLU blocked the gradient of input value `x` ([`relu_blocks`]).
+    #[inline(always)]
+    fn blocks(self, x: f32) -> bool {
+        relu_blocks(x, self.relu())
+    }
+
+    /// `g`, or 0 where the ReLU blocked it ([`passed`]).
     #[inline(always)]
     fn pass(self, g: f32, x: f32) -> f32 {
-        if self.blocks(x) {
-            0.0
-        } else {
-            g
-        }
+        passed(g, x, self.relu())
     }
 }
 
@@ -325,8 +325,7 @@ impl ReluGate {
 /// combined in f64.
 fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     let ((cg, tg), (cx, tx)) = (g.as_chunks::<LANES>(), x.as_chunks::<LANES>());
-    let relu = gate.relu.then_some((gate.scale, gate.shift));
-    let (s1, s2) = lane_gated_sums(cg, cx, relu, mu);
+    let (s1, s2) = lane_gated_sums(cg, cx, gate.relu(), mu);
     let mut t1: f64 = s1.iter().map(|&v| v as f64).sum();
     let mut t2: f64 = s2.iter().map(|&v| v as f64).sum();
     for (&g, &x) in tg.iter().zip(tx) {

@@ -32,15 +32,28 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 pub(crate) use portable_lane_gated_sums as lane_gated_sums;
 
-/// `g` where the ReLU `max(x * scale + shift, 0)` passed (`x * scale + shift > 0`, false for
-/// NaN), else +0; all of `g` without a ReLU (`relu` is `None`).
-#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+/// True where the ReLU `max(x * scale + shift, 0)` blocked the gradient of input value `x`:
+/// where `x * scale + shift > 0` is false, NaN included (exactly where the forward's
+/// `t.max(0.0) <= 0.0` was); never without a ReLU (`relu` is `None`). The one test of the gate
+/// that the BatchNorm backward, its lane kernels and their reference all make.
 #[inline(always)]
-fn passed(g: f32, x: f32, relu: Option<(f32, f32)>) -> f32 {
+pub(crate) fn relu_blocks(x: f32, relu: Option<(f32, f32)>) -> bool {
     match relu {
-        Some((scale, shift)) if x * scale + shift > 0.0 => g,
-        Some(_) => 0.0,
-        None => g,
+        Some((scale, shift)) => {
+            let t = x * scale + shift;
+            t <= 0.0 || t.is_nan()
+        }
+        None => false,
+    }
+}
+
+/// `g` where the ReLU passed ([`relu_blocks`] is false), else +0.
+#[inline(always)]
+pub(crate) fn passed(g: f32, x: f32, relu: Option<(f32, f32)>) -> f32 {
+    if relu_blocks(x, relu) {
+        0.0
+    } else {
+        g
     }
 }
 
