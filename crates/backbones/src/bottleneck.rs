@@ -8,8 +8,10 @@ use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
 use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
+use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use mtanet_kernels::ParamGrads;
 
 /// The attention layer of a block, if any.
 #[derive(Clone, Debug)]
@@ -30,6 +32,7 @@ pub struct Bottleneck {
     bn3: BatchNorm,
     attention: Option<BlockAttention>,
     downsample: Option<(Conv2d, BatchNorm)>,
+    param_grads: ParamGrads,
 }
 
 impl Bottleneck {
@@ -103,11 +106,26 @@ impl Bottleneck {
             bn3,
             attention,
             downsample,
+            param_grads: ParamGrads::new(),
         })
     }
 }
 
 impl Bottleneck {
+    /// The same block handing its parameters' gradients to `param_grads` when it trains as one
+    /// op (its own store otherwise): the store its network collects
+    /// ([`ResNet::backward`](crate::ResNet::backward)).
+    pub fn with_param_grads(mut self, param_grads: &ParamGrads) -> Self {
+        self.param_grads = param_grads.clone();
+        self
+    }
+
+    /// Every gradient of `loss` for a block used on its own: candle's backward, then the
+    /// gradients its training op wrote ([`ParamGrads::backward`]).
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.param_grads.backward(loss)
+    }
+
     /// A training forward of the block as one op (`mtanet_kernels::bottleneck_train`: the
     /// values and gradients of the per-layer ops, with no inner activation or gradient in
     /// candle's graph), updating the running statistics; `None` where that op does not run the
@@ -131,7 +149,9 @@ impl Bottleneck {
         if !mtanet_kernels::bottleneck_train_applies(x, &stages, gate.as_ref()) {
             return Ok(None);
         }
-        let (y, stats) = mtanet_kernels::bottleneck_train(x, main, downsample, gate)?;
+        self.param_grads.check_collected("Bottleneck")?;
+        let (y, stats) =
+            mtanet_kernels::bottleneck_train(x, main, downsample, gate, &self.param_grads)?;
         let norms = [&self.bn1, &self.bn2, &self.bn3]
             .into_iter()
             .chain(self.downsample.as_ref().map(|(_, bn)| bn));

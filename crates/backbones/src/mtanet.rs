@@ -18,6 +18,7 @@ use crate::linear_layer::linear;
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::seeded_dropout::SeededDropout;
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, Module, ModuleT, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -324,6 +325,13 @@ impl MtaNet {
         self.head.heads(&features)
     }
 
+    /// Every gradient of a training `loss`: candle's backward, then the backbone blocks'
+    /// parameter gradients, which their training ops write outside candle's graph
+    /// ([`ResNet::backward`]). Differentiate the model with this, not `Tensor::backward`.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.backbone.backward(loss)
+    }
+
     /// The task heads applied to shared features from [`MtaNet::forward_features_t`].
     pub fn heads(&self, features: &Tensor) -> Result<MtaNetOutput> {
         self.head.heads(features)
@@ -403,7 +411,7 @@ mod tests {
         }
         let train = bf16.forward_t(&x, true)?;
         let loss = (train.au_logits.sqr()?.sum_all()? + train.va.sum_all()?)?;
-        let grads = loss.backward()?;
+        let grads = bf16.backward(&loss)?;
         for (name, var) in varmap.data().lock().expect("varmap").iter() {
             assert_eq!(var.dtype(), DType::F32, "{name}");
             if name.ends_with("conv1.weight") || name.starts_with("head.au.") {

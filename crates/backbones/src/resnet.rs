@@ -4,8 +4,10 @@ use crate::batch_norm_layer::{batch_norm, BatchNorm};
 use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
 use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
+use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use mtanet_kernels::ParamGrads;
 
 /// A backbone built from a [`ResNetConfig`]; `forward_t` returns the final feature map
 /// `(N, out_channels, h, w)` (no pooling, no classifier).
@@ -13,12 +15,18 @@ use candle_nn::{ModuleT, VarBuilder};
 /// VarBuilder paths equal the PyTorch state-dict names (`conv1.weight`, `bn1.running_mean`,
 /// `layer1.0.conv2.weight`, `layer1.0.downsample.0.weight`, ...), so torchvision/timm
 /// checkpoints load without a remapping table.
+///
+/// Its blocks train as single ops that write their parameters' gradients outside candle's
+/// graph, so a training loss is differentiated with [`ResNet::backward`], which collects them,
+/// not with `Tensor::backward` (a training forward refuses to start while gradients of an
+/// earlier backward were left uncollected).
 #[derive(Clone, Debug)]
 pub struct ResNet {
     cfg: ResNetConfig,
     conv1: Conv2d,
     bn1: BatchNorm,
     stages: Vec<Vec<Bottleneck>>,
+    param_grads: ParamGrads,
 }
 
 impl ResNet {
@@ -40,13 +48,15 @@ impl ResNet {
         )?;
         let bn1 = batch_norm(cfg.stem_width, vb.pp("bn1"))?;
         let mut c_in = cfg.stem_width;
+        let param_grads = ParamGrads::new();
         let mut stages = Vec::with_capacity(4);
         for (i, (&planes, &depth)) in cfg.stage_planes.iter().zip(&cfg.layers).enumerate() {
             let layer = vb.pp(format!("layer{}", i + 1));
             let mut blocks = Vec::with_capacity(depth);
             for b in 0..depth {
                 let stride = if i > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(Bottleneck::new(cfg, c_in, planes, stride, layer.pp(b))?);
+                let block = Bottleneck::new(cfg, c_in, planes, stride, layer.pp(b))?;
+                blocks.push(block.with_param_grads(&param_grads));
                 c_in = 4 * planes;
             }
             stages.push(blocks);
@@ -56,7 +66,14 @@ impl ResNet {
             conv1,
             bn1,
             stages,
+            param_grads,
         })
+    }
+
+    /// Every gradient of `loss`: candle's backward, then the gradients the blocks' training ops
+    /// wrote ([`ParamGrads::backward`]).
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.param_grads.backward(loss)
     }
 
     /// The configuration this network was built from.
@@ -76,6 +93,9 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            self.param_grads.check_collected("ResNet")?;
+        }
         let mut x = self.stem_t(x, train)?;
         for stage in &self.stages {
             for block in stage {
@@ -123,7 +143,7 @@ mod tests {
             assert_eq!(out.expr_logits.dims(), &[2, 7]);
             let loss =
                 (out.va.sum_all()? + out.au_logits.sum_all()?)?.add(&out.expr_logits.sum_all()?)?;
-            let grads = loss.backward()?;
+            let grads = model.backward(&loss)?;
             // Every trainable variable (not BN running stats) receives a gradient.
             let data = varmap
                 .data()
@@ -140,6 +160,34 @@ mod tests {
             }
             assert!(grads.get(x.as_tensor()).is_some());
         }
+        Ok(())
+    }
+
+    /// A training loss differentiated with `Tensor::backward` leaves the blocks' parameter
+    /// gradients out of its store: the next training forward refuses to run (an eval forward
+    /// still runs), and after `ResNet::backward` it runs again.
+    #[test]
+    fn a_backward_that_leaves_block_gradients_behind_is_refused() -> Result<()> {
+        let cfg = ResNetConfig::from_kind(&BackboneKind::Resnet50).scaled(16, Some([1; 4]), None);
+        let varmap = VarMap::new();
+        let net = ResNet::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let x = Tensor::randn(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu)?;
+        let plain = net.forward_t(&x, true)?.sum_all()?.backward()?;
+        let block_weight = varmap.data().lock().expect("varmap")["layer1.0.conv1.weight"].clone();
+        assert!(
+            plain.get(&block_weight).is_none(),
+            "written outside the graph"
+        );
+        let err = net.forward_t(&x, true).expect_err("pending gradients");
+        assert!(err.to_string().contains("never collected"), "{err}");
+        net.forward_t(&x, false)?;
+        net.backward(&net.forward_t(&x, false)?.sum_all()?)?;
+        let grads = net.backward(&net.forward_t(&x, true)?.sum_all()?)?;
+        assert!(grads.get(&block_weight).is_some());
+        net.forward_t(&x, true)?;
         Ok(())
     }
 

@@ -8,7 +8,9 @@ use crate::init_rules::{pytorch_default, CONV_WEIGHT};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// The two 1x1 convs of an SE block, applied as matrix products on the squeezed vector.
+/// The two 1x1 convs of an SE block, applied as matrix products on the squeezed vector. The
+/// weights are kept as the variables themselves, `[out, in, 1, 1]`: the whole-block training op
+/// writes their gradients to them directly.
 #[derive(Clone, Debug)]
 pub(crate) struct SqueezeExcite {
     reduce_w: Tensor,
@@ -31,9 +33,9 @@ impl SqueezeExcite {
         let expand_w = expand.get_with_hints((channels, reduced, 1, 1), "weight", CONV_WEIGHT)?;
         let expand_b = expand.get_with_hints(channels, "bias", pytorch_default(reduced))?;
         Ok(Self {
-            reduce_w: reduce_w.flatten_from(1)?,
+            reduce_w,
             reduce_b,
-            expand_w: expand_w.flatten_from(1)?,
+            expand_w,
             expand_b,
         })
     }
@@ -55,11 +57,11 @@ impl SqueezeExcite {
         // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
         let squeezed = mtanet_kernels::spatial_mean(&x.to_dtype(self.reduce_w.dtype())?)?;
         let hidden = squeezed
-            .matmul(&self.reduce_w.t()?)?
+            .matmul(&self.reduce_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.reduce_b)?
             .relu()?;
         let gate = hidden
-            .matmul(&self.expand_w.t()?)?
+            .matmul(&self.expand_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.expand_b)?;
         candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())
     }

@@ -23,9 +23,12 @@ use crate::conv2d::ConvGeometry;
 use crate::conv_bn::{relu_masked, stage_backward, stage_forward, Saved as StageSaved};
 use crate::fused_operands::cpu_f32;
 use crate::gate_mlp::MlpParams;
+use crate::param_grads::ParamGrads;
 use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
 use crate::{BatchStats, ConvParams, GateMlp};
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, Var,
+};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -110,11 +113,17 @@ pub fn bottleneck_train_applies(
 /// CBAM `channel_gate`, `channel_max_mean` and the spatial convolution and BatchNorm, then
 /// `channel_gate_add_relu` or `spatial_gate_add_relu`), up to the sign of zero gradients. f32 on
 /// the CPU only ([`bottleneck_train_applies`]).
+///
+/// The parameters' gradients are not in candle's graph: the backward hands them to
+/// `param_grads`, so differentiate with [`ParamGrads::backward`], which puts them into the
+/// store under the parameters' ids. Each parameter must be the variable itself (or a
+/// constant), not a tensor computed from one.
 pub fn bottleneck_train(
     x: &Tensor,
     main: [ConvBnStage<'_>; 3],
     downsample: Option<ConvBnStage<'_>>,
     gate: Option<BlockGate<'_>>,
+    param_grads: &ParamGrads,
 ) -> Result<(Tensor, Vec<BatchStats>)> {
     let stages: Vec<ConvBnStage<'_>> = main.into_iter().chain(downsample).collect();
     if !bottleneck_train_applies(x, &stages, gate.as_ref()) {
@@ -175,29 +184,35 @@ pub fn bottleneck_train(
         }
     };
     let geometries: Vec<ConvGeometry> = [g1, g2, g3].into_iter().chain(gd).collect();
-    // Every stage's parameters in one flat tensor (conv weight, BatchNorm weight, bias; stage
-    // after stage), then the gate's: a candle op takes at most three inputs.
-    let mut parts = Vec::with_capacity(3 * stages.len() + 4);
+    // The op reads every parameter where it is (conv weight, BatchNorm weight, bias; stage
+    // after stage, then the gate's) and hands their gradients to `param_grads`. Its graph
+    // input besides `x` is a one-value variable of its own, so that candle's backward reaches
+    // the op whether or not `x` is differentiated.
+    let mut params = Vec::with_capacity(3 * stages.len() + 7);
     for s in &stages {
-        parts.extend([
-            s.conv_weight.flatten_all()?,
-            s.bn_weight.clone(),
-            s.bn_bias.clone(),
-        ]);
+        params.extend([s.conv_weight, s.bn_weight, s.bn_bias].map(Tensor::clone));
     }
-    for t in gate.iter().flat_map(|g| g.tensors()) {
-        parts.push(t.flatten_all()?);
+    params.extend(gate.iter().flat_map(|g| g.tensors()).cloned());
+    // A gradient written for a tensor computed from variables would never reach them.
+    if let Some(i) = params.iter().position(|p| p.track_op() && !p.is_variable()) {
+        bail!(
+            "bottleneck_train: parameter {i} {:?} is computed from other tensors; pass the \
+             variable itself, whose gradient the op writes directly",
+            params[i].dims()
+        )
     }
-    let packed = Tensor::cat(&parts, 0)?;
+    let anchor = Var::zeros(1, DType::F32, x.device())?;
     let saved = Arc::new(Mutex::new(None));
     let op = BottleneckTrain {
         geometries,
         eps: stages.iter().map(|s| s.eps).collect(),
         gate: gate_shape,
+        params,
+        param_grads: param_grads.clone(),
         saved: saved.clone(),
     };
     let y = x.apply_op2_arc(
-        &packed,
+        anchor.as_tensor(),
         Arc::new(Box::new(op) as Box<dyn CustomOp2 + Send + Sync>),
     )?;
     let stats = match lock(&saved)?.as_ref() {
@@ -250,17 +265,21 @@ enum GateShape {
     },
 }
 
-/// The op: (`x`, packed parameters) -> the block's output. `geometries` and `eps` hold conv1,
-/// conv2, conv3 and, when there is one, the downsample convolution.
+/// The op: (`x`, a one-value anchor) -> the block's output. `geometries` and `eps` hold conv1,
+/// conv2, conv3 and, when there is one, the downsample convolution; `params` every stage's
+/// conv weight, BatchNorm weight and bias in that order, then the gate's tensors
+/// ([`BlockGate::tensors`]), whose gradients go to `param_grads`.
 #[derive(Debug)]
 struct BottleneckTrain {
     geometries: Vec<ConvGeometry>,
     eps: Vec<f64>,
     gate: Option<GateShape>,
+    params: Vec<Tensor>,
+    param_grads: ParamGrads,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// A gate's parameters, as views of the packed parameters: the MLP's, and for CBAM the spatial
+/// A gate's parameters, as views of the parameter tensors: the MLP's, and for CBAM the spatial
 /// stage's.
 #[derive(Clone, Copy, Debug)]
 struct GateViews<'a> {
@@ -269,58 +288,96 @@ struct GateViews<'a> {
 }
 
 /// Each stage's `(conv weight, [BatchNorm weight; bias])` and the gate's parameters, as views
-/// of the packed parameters.
+/// of the parameter tensors.
 type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateViews<'a>>);
 
+/// The input's gradient (when asked for) and each parameter's, in the order of the op's
+/// `params`.
+type BlockGrads = (Option<Vec<f32>>, Vec<Vec<f32>>);
+
 impl BottleneckTrain {
-    /// The packed parameters cut into stages and the gate.
-    fn split<'a>(&'a self, packed: &'a [f32]) -> Result<Params<'a>> {
-        let changed = || {
-            candle_core::Error::Msg(
-                "bottleneck_train: parameters changed shape since the op was built".into(),
-            )
-        };
-        let mut rest = packed;
-        let mut stages = Vec::with_capacity(self.geometries.len());
-        for g in &self.geometries {
-            let (w_len, c) = (g.groups * g.weight_group_len(), g.out_channels);
-            if rest.len() < w_len + 2 * c {
-                return Err(changed());
-            }
-            let (w, tail) = rest.split_at(w_len);
-            let (affine, tail) = tail.split_at(2 * c);
-            stages.push((w, affine));
-            rest = tail;
+    /// Runs `f` on the parameters' values, read in place (each BatchNorm's weight and bias
+    /// copied side by side, as the stages take them), after checking that every tensor still
+    /// holds the values the op was built for.
+    fn with_params<R>(&self, f: impl FnOnce(Params<'_>) -> Result<R>) -> Result<R> {
+        let held: Vec<_> = self.params.iter().map(|t| t.storage_and_layout()).collect();
+        let values = held
+            .iter()
+            .map(|(storage, layout)| cpu_values(storage, layout, "a parameter"))
+            .collect::<Result<Vec<_>>>()?;
+        let expected = self.param_lens();
+        if values.len() != expected.len()
+            || values.iter().zip(&expected).any(|(v, &n)| v.len() != n)
+        {
+            bail!("bottleneck_train: parameters changed shape since the op was built")
         }
+        let stage_count = self.geometries.len();
+        // Tensor `at` is a conv weight; its BatchNorm's weight and bias follow it.
+        let affine = |at: usize| [&values[at + 1][..], &values[at + 2][..]].concat();
+        let affines: Vec<Vec<f32>> = (0..stage_count).map(|s| affine(3 * s)).collect();
+        let stages = (0..stage_count)
+            .map(|s| (&values[3 * s][..], &affines[s][..]))
+            .collect();
+        let at = 3 * stage_count;
+        let spatial_affine = match &self.gate {
+            Some(GateShape::Cbam { .. }) => affine(at + 4),
+            _ => Vec::new(),
+        };
         let channels = self.geometries[2].out_channels;
-        let (reduced, spatial) = match &self.gate {
-            None if rest.is_empty() => return Ok((stages, None)),
-            None => return Err(changed()),
-            Some(GateShape::SqueezeExcite { reduced }) => (*reduced, None),
-            Some(GateShape::Cbam {
-                reduced,
+        let gate = self.gate.as_ref().map(|shape| {
+            let (reduced, spatial) = match shape {
+                GateShape::SqueezeExcite { reduced } => (*reduced, None),
+                GateShape::Cbam {
+                    reduced,
+                    spatial,
+                    eps,
+                } => (
+                    *reduced,
+                    Some(SpatialStage {
+                        geometry: spatial,
+                        eps: *eps,
+                        weight: &values[at + 4][..],
+                        affine: &spatial_affine[..],
+                    }),
+                ),
+            };
+            let parts = [0, 1, 2, 3].map(|k| &values[at + k][..]);
+            GateViews {
+                mlp: MlpParams::from_parts(parts, channels, reduced),
                 spatial,
-                eps,
-            }) => (*reduced, Some((spatial, *eps))),
-        };
-        let mlp_len = MlpParams::len(channels, reduced);
-        let weight_len = |g: &ConvGeometry| g.groups * g.weight_group_len();
-        let spatial_len = spatial.map_or(0, |(g, _)| weight_len(g) + 2 * g.out_channels);
-        if rest.len() != mlp_len + spatial_len {
-            return Err(changed());
-        }
-        let (mlp, rest) = rest.split_at(mlp_len);
-        let spatial = spatial.map(|(geometry, eps)| {
-            let (weight, affine) = rest.split_at(weight_len(geometry));
-            SpatialStage {
-                geometry,
-                eps,
-                weight,
-                affine,
             }
         });
-        let mlp = MlpParams::split(mlp, channels, reduced);
-        Ok((stages, Some(GateViews { mlp, spatial })))
+        f((stages, gate))
+    }
+
+    /// The number of values each tensor of `params` holds, from the shapes the op was built
+    /// for.
+    fn param_lens(&self) -> Vec<usize> {
+        let weight_len = |g: &ConvGeometry| g.groups * g.weight_group_len();
+        let mut lens: Vec<usize> = self
+            .geometries
+            .iter()
+            .flat_map(|g| [weight_len(g), g.out_channels, g.out_channels])
+            .collect();
+        let c = self.geometries[2].out_channels;
+        match &self.gate {
+            None => {}
+            Some(GateShape::SqueezeExcite { reduced: r }) => lens.extend([r * c, *r, c * r, c]),
+            Some(GateShape::Cbam {
+                reduced: r,
+                spatial,
+                ..
+            }) => lens.extend([
+                r * c,
+                *r,
+                c * r,
+                c,
+                weight_len(spatial),
+                spatial.out_channels,
+                spatial.out_channels,
+            ]),
+        }
+        lens
     }
 }
 
@@ -333,28 +390,74 @@ impl CustomOp2 for BottleneckTrain {
         &self,
         xs: &CpuStorage,
         xl: &Layout,
-        ps: &CpuStorage,
-        pl: &Layout,
+        _anchor: &CpuStorage,
+        _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometries;
         if xl.dims() != Shape::from(g[0].input_dims()).dims() {
             bail!("bottleneck_train: input changed shape since the op was built")
         }
         let x = dense_f32(xs, xl, "input")?;
-        let packed = dense_f32(ps, pl, "parameters")?;
-        let (params, gate) = self.split(&packed)?;
+        let (y, saved) = self.with_params(|(params, gate)| self.forward(&x, &params, gate))?;
+        *lock(&self.saved)? = Some(saved);
+        Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
+    }
+
+    /// The ReLU after the join passed exactly where `y > 0`: the masked output gradient is the
+    /// shortcut's gradient and, without a gate, the third BatchNorm's output gradient (with
+    /// one, that takes the gate's two paths); the first two stages recompute their own ReLU
+    /// masks. The parameters' gradients go to the op's [`ParamGrads`], the anchor gets none.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _anchor: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (ys, yl) = y.storage_and_layout();
+        let (gs, gl) = grad_y.storage_and_layout();
+        let masked = relu_masked(
+            &cpu_values(&ys, yl, "output")?,
+            &cpu_values(&gs, gl, "output gradient")?,
+        );
+        let (dx, dparams) =
+            self.with_params(|(params, gate)| self.backward(x, &params, gate, &masked))?;
+        let device = x.device();
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), device))
+            .transpose()?;
+        let pairs = self
+            .params
+            .iter()
+            .zip(dparams)
+            .map(|(p, d)| Ok((p.clone(), Tensor::from_vec(d, p.shape(), device)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.param_grads.push(pairs)?;
+        Ok((dx, None))
+    }
+}
+
+impl BottleneckTrain {
+    /// The block's output and what its backward keeps, from input `x`.
+    fn forward(
+        &self,
+        x: &[f32],
+        params: &[(&[f32], &[f32])],
+        gate: Option<GateViews<'_>>,
+    ) -> Result<(Vec<f32>, Saved)> {
+        let g = &self.geometries;
         // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
         let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
             let (w, affine) = params[i];
             stage_forward(&g[i], input, w, affine, (self.eps[i], relu), shortcut)
         };
-        let (h1, s1) = stage(0, &x, true, None)?;
+        let (h1, s1) = stage(0, x, true, None)?;
         let (h2, s2) = stage(1, &h1, true, None)?;
         let (shortcut, sd) = if g.len() > 3 {
-            let (yd, sd) = stage(3, &x, false, None)?;
+            let (yd, sd) = stage(3, x, false, None)?;
             (Cow::Owned(yd), Some(sd))
         } else {
-            (Cow::Borrowed(&x[..]), None)
+            (Cow::Borrowed(x), None)
         };
         let (y, s3, gated) = match gate {
             None => {
@@ -378,42 +481,33 @@ impl CustomOp2 for BottleneckTrain {
             }
         };
         let stages = [s1, s2, s3].into_iter().chain(sd).collect();
-        *lock(&self.saved)? = Some(Saved {
-            stages,
-            h1,
-            h2,
-            gated,
-        });
-        Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
+        Ok((
+            y,
+            Saved {
+                stages,
+                h1,
+                h2,
+                gated,
+            },
+        ))
     }
 
-    /// The ReLU after the join passed exactly where `y > 0`: the masked output gradient is the
-    /// shortcut's gradient and, without a gate, the third BatchNorm's output gradient (with
-    /// one, that takes the gate's two paths); the first two stages recompute their own ReLU
-    /// masks.
-    fn bwd(
+    /// The input's gradient, if `x` is differentiated, and every parameter's, in the order of
+    /// `params`, from `masked`, the output gradient where the block's ReLU passed.
+    fn backward(
         &self,
         x: &Tensor,
-        packed: &Tensor,
-        y: &Tensor,
-        grad_y: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        params: &[(&[f32], &[f32])],
+        gate: Option<GateViews<'_>>,
+        masked: &[f32],
+    ) -> Result<BlockGrads> {
         let g = &self.geometries;
         let saved = lock(&self.saved)?;
         let Some(s) = saved.as_ref() else {
             bail!("bottleneck_train: backward before forward")
         };
         let (xs, xl) = x.storage_and_layout();
-        let (ps, pl) = packed.storage_and_layout();
-        let (ys, yl) = y.storage_and_layout();
-        let (gs, gl) = grad_y.storage_and_layout();
         let xv = cpu_values(&xs, xl, "input")?;
-        let pv = cpu_values(&ps, pl, "parameters")?;
-        let (params, gate) = self.split(&pv)?;
-        let masked = relu_masked(
-            &cpu_values(&ys, yl, "output")?,
-            &cpu_values(&gs, gl, "output gradient")?,
-        );
         let want_dx = x.track_op();
         // Stage `i`'s backward over its input, from the gradient of its BatchNorm output.
         let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
@@ -429,7 +523,7 @@ impl CustomOp2 for BottleneckTrain {
         let (grad_bn3, dgate_params) = match (&s.gated, gate) {
             (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
-                let (dz, dgate_params) = gated_join_backward(z, se, gate.mlp, &masked, p);
+                let (dz, dgate_params) = gated_join_backward(z, se, gate.mlp, masked, p);
                 (Cow::Owned(dz), dgate_params)
             }
             (
@@ -439,10 +533,10 @@ impl CustomOp2 for BottleneckTrain {
                     spatial: Some(sp),
                 }),
             ) => {
-                let (dz, dgate_params) = cbam_join_backward(z, cbam, mlp, sp, &masked);
+                let (dz, dgate_params) = cbam_join_backward(z, cbam, mlp, sp, masked);
                 (Cow::Owned(dz), dgate_params)
             }
-            (None, None) => (Cow::Borrowed(&masked[..]), Vec::new()),
+            (None, None) => (Cow::Borrowed(masked), Vec::new()),
             _ => bail!("bottleneck_train: the gate's state does not match its parameters"),
         };
         let third = stage(2, &s.h2, &grad_bn3, false, true);
@@ -454,11 +548,11 @@ impl CustomOp2 for BottleneckTrain {
             unreachable!("asked for")
         };
         let mut first = stage(0, &xv, dh1, true, want_dx);
-        let shortcut = (g.len() > 3).then(|| stage(3, &xv, &masked, false, want_dx));
+        let shortcut = (g.len() > 3).then(|| stage(3, &xv, masked, false, want_dx));
         // The input's second path: the downsample's input gradient, or the identity's.
         let other = match &shortcut {
             Some(d) => d.dx.as_deref(),
-            None => Some(&masked[..]),
+            None => Some(masked),
         };
         let dx = first.dx.take().map(|mut dx| {
             if let Some(other) = other {
@@ -466,19 +560,18 @@ impl CustomOp2 for BottleneckTrain {
             }
             dx
         });
-        let mut dpacked = Vec::with_capacity(pv.len());
-        for grads in [&first, &second, &third].into_iter().chain(&shortcut) {
-            dpacked.extend_from_slice(&grads.dw);
-            dpacked.extend_from_slice(&grads.dgamma);
-            dpacked.extend_from_slice(&grads.dbeta);
+        let mut dparams = Vec::with_capacity(self.params.len());
+        for grads in [first, second, third].into_iter().chain(shortcut) {
+            dparams.extend([grads.dw, grads.dgamma, grads.dbeta]);
         }
-        dpacked.extend_from_slice(&dgate_params);
-        let device = x.device();
-        let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), device))
-            .transpose()?;
-        let dpacked = Tensor::from_vec(dpacked, packed.shape(), device)?;
-        Ok((dx, Some(dpacked)))
+        // The gate's gradients come packed in the order of its tensors.
+        let mut rest = &dgate_params[..];
+        for &len in &self.param_lens()[dparams.len()..] {
+            let (one, tail) = rest.split_at(len);
+            dparams.push(one.to_vec());
+            rest = tail;
+        }
+        Ok((dx, dparams))
     }
 }
 

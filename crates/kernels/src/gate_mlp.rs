@@ -86,6 +86,20 @@ impl<'a> MlpParams<'a> {
         2 * channels * reduced + channels + reduced
     }
 
+    /// The MLP's parameters from its four tensors' values: reduce weight `(R, C)`, its bias,
+    /// expand weight `(C, R)`, its bias.
+    pub(crate) fn from_parts(parts: [&'a [f32]; 4], channels: usize, reduced: usize) -> Self {
+        let [reduce_w, reduce_b, expand_w, expand_b] = parts;
+        Self {
+            reduce_w,
+            reduce_b,
+            expand_w,
+            expand_b,
+            channels,
+            reduced,
+        }
+    }
+
     /// The MLP's parameters at the start of `packed` ([`MlpParams::len`] values).
     pub(crate) fn split(packed: &'a [f32], channels: usize, reduced: usize) -> Self {
         let (c, r) = (channels, reduced);

@@ -38,6 +38,7 @@ mod lane_sums;
 mod max_pool2d;
 mod optimizer_step;
 mod packed_grads;
+mod param_grads;
 mod pool_geometry;
 pub mod profile;
 mod residual;
@@ -56,6 +57,7 @@ pub use gate::{
 pub use gate_mlp::GateMlp;
 pub use max_pool2d::{max_pool2d, MaxPool2d, MaxPoolScatter};
 pub use optimizer_step::{adam_step, fused_update_applies, sgd_momentum_step};
+pub use param_grads::ParamGrads;
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
 pub use spatial_pool::{spatial_mean, spatial_mean_max};

@@ -17,7 +17,7 @@ use candle_core::{Device, Result, Tensor, Var};
 use mtanet_kernels::{
     batch_norm_train, bottleneck_train, channel_gate, channel_gate_add_relu, channel_max_mean,
     conv2d, conv_bn_add_relu_train, conv_bn_train, spatial_gate_add_relu, spatial_mean,
-    spatial_mean_max, BatchStats, BlockGate, ConvBnStage, ConvParams, GateMlp,
+    spatial_mean_max, BatchStats, BlockGate, ConvBnStage, ConvParams, GateMlp, ParamGrads,
 };
 
 mod support;
@@ -333,11 +333,13 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
             )?)),
             GateKind::Cbam => Some(TestGate::Cbam(CbamVars::new(c_out, c_out / 4, seed + 50)?)),
         };
+        let param_grads = ParamGrads::new();
         let (fused, fused_stats) = bottleneck_train(
             &x,
             main_stages(&stages),
             downsample.as_ref().map(StageVars::stage),
             gate.as_ref().map(TestGate::gate),
+            &param_grads,
         )?;
         let (reference, reference_stats) =
             separate(&x, &stages, downsample.as_ref(), gate.as_ref())?;
@@ -350,7 +352,7 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
         assert_eq!(fused_stats, reference_stats, "{case}: batch statistics");
 
         let r = pseudo_random(fused.dims(), seed + 5, 1.0, 0.0)?;
-        let gf = (&fused * &r)?.sum_all()?.backward()?;
+        let gf = param_grads.backward(&(&fused * &r)?.sum_all()?)?;
         let gs = (&reference * &r)?.sum_all()?.backward()?;
         let mut vars = vec![("x".to_string(), &x)];
         for (s, stage) in stages.iter().chain(&downsample).enumerate() {
@@ -374,8 +376,9 @@ fn an_input_without_gradient_gets_none() -> Result<()> {
         StageVars::new([4, 4, 3, 3], params(1, 1, 1), 2)?,
         StageVars::new([8, 4, 1, 1], params(1, 0, 1), 3)?,
     ];
-    let (y, _) = bottleneck_train(&x, main_stages(&stages), None, None)?;
-    let grads = y.sum_all()?.backward()?;
+    let param_grads = ParamGrads::new();
+    let (y, _) = bottleneck_train(&x, main_stages(&stages), None, None, &param_grads)?;
+    let grads = param_grads.backward(&y.sum_all()?)?;
     assert!(grads.get(&x).is_none(), "the input is a constant");
     assert!(stages
         .iter()
@@ -393,7 +396,7 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         StageVars::new([16, 4, 1, 1], params(1, 0, 1), 3)?,
     ];
     let main = main_stages(&stages);
-    let err = bottleneck_train(&x, main, None, None)
+    let err = bottleneck_train(&x, main, None, None, &ParamGrads::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("shortcut"), "{err}");
@@ -401,7 +404,7 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
     let short_bias = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu)?;
     let mut main = main_stages(&stages);
     main[0].bn_bias = &short_bias;
-    let err = bottleneck_train(&x, main, None, None)
+    let err = bottleneck_train(&x, main, None, None, &ParamGrads::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("conv1's BatchNorm"), "{err}");
@@ -412,18 +415,26 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         StageVars::new([4, 4, 3, 3], params(1, 1, 1), 2)?,
         StageVars::new([8, 4, 1, 1], params(1, 0, 1), 3)?,
     ];
+    // A weight computed from a variable: its gradient would stop at the product.
+    let scaled = (identity[1].stage().conv_weight * 2.0)?;
+    let mut main = main_stages(&identity);
+    main[1].conv_weight = &scaled;
+    let err = bottleneck_train(&x, main, None, None, &ParamGrads::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("computed from other tensors"), "{err}");
     let gate = GateVars::new(8, 2, 4)?;
     let transposed = gate.expand_w.reshape((2, 8, 1, 1))?;
     let mut bad_mlp = gate.mlp();
     bad_mlp.expand_weight = &transposed;
     let bad_gate = BlockGate::SqueezeExcite(bad_mlp);
     let main = main_stages(&identity);
-    let err = bottleneck_train(&x, main, None, Some(bad_gate))
+    let err = bottleneck_train(&x, main, None, Some(bad_gate), &ParamGrads::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("gate MLP over 8 channels"), "{err}");
     let main = main_stages(&identity);
-    assert!(bottleneck_train(&x, main, None, Some(gate.gate())).is_ok());
+    assert!(bottleneck_train(&x, main, None, Some(gate.gate()), &ParamGrads::new()).is_ok());
 
     // A CBAM spatial convolution whose padding shrinks the map.
     let cbam = CbamVars::new(8, 2, 5)?;
@@ -434,17 +445,17 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         spatial: bad_spatial,
     };
     let main = main_stages(&identity);
-    let err = bottleneck_train(&x, main, None, Some(bad_gate))
+    let err = bottleneck_train(&x, main, None, Some(bad_gate), &ParamGrads::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("CBAM spatial gate"), "{err}");
     let main = main_stages(&identity);
-    let (_, stats) = bottleneck_train(&x, main, None, Some(cbam.gate()))?;
+    let (_, stats) = bottleneck_train(&x, main, None, Some(cbam.gate()), &ParamGrads::new())?;
     assert_eq!(stats.len(), 4, "three stages and the spatial gate");
 
     let x64 = x.to_dtype(candle_core::DType::F64)?;
     let main = main_stages(&stages);
-    let err = bottleneck_train(&x64, main, None, None)
+    let err = bottleneck_train(&x64, main, None, None, &ParamGrads::new())
         .unwrap_err()
         .to_string();
     assert!(err.contains("f32"), "{err}");

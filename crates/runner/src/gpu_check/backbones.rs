@@ -58,9 +58,7 @@ pub(super) fn run_backbone(
     let out_eval = net.forward_t(&x, false)?;
     let xv = Var::from_tensor(&x)?;
     let out_train = net.forward_t(xv.as_tensor(), true)?;
-    let grads = (&out_train * io["loss_weight"].to_device(dev)?)?
-        .sum_all()?
-        .backward()?;
+    let grads = net.backward(&(&out_train * io["loss_weight"].to_device(dev)?)?.sum_all()?)?;
     let named = fixture_gradients(kind, io, &varmap, xv.as_tensor(), &grads)?;
     let vars = varmap
         .data()
@@ -245,9 +243,7 @@ pub(super) fn run_backbone_precision(
     let xv = Var::from_tensor(&io["input"].to_device(dev)?.to_dtype(compute)?)?;
     let out_eval = net.forward_t(xv.as_tensor(), false)?.to_dtype(DType::F32)?;
     let out_train = net.forward_t(xv.as_tensor(), true)?.to_dtype(DType::F32)?;
-    let grads = (&out_eval * io["loss_weight"].to_device(dev)?)?
-        .sum_all()?
-        .backward()?;
+    let grads = net.backward(&(&out_eval * io["loss_weight"].to_device(dev)?)?.sum_all()?)?;
     let named = fixture_gradients(kind, io, &varmap, xv.as_tensor(), &grads)?;
     Ok((out_eval, out_train, named))
 }

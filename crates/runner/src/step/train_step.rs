@@ -141,7 +141,7 @@ pub fn train_step(
     let t0 = Instant::now();
     let terms = forward_terms(model, images, targets, objective)?;
     let t1 = Instant::now();
-    let grads = terms.total.backward()?;
+    let grads = model.backward(&terms.total)?;
     if !guard.check_finite && guard.grad_clip.is_none() {
         let t2 = Instant::now();
         opt.step(&grads, 1.0)?;
