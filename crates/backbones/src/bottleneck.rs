@@ -126,32 +126,36 @@ impl Bottleneck {
         self.param_grads.backward(loss)
     }
 
-    /// A training forward of the block as one op (`mtanet_kernels::bottleneck_train`: the
-    /// values and gradients of the per-layer ops, with no inner activation or gradient in
-    /// candle's graph), updating the running statistics; `None` where that op does not run the
-    /// tensors (other than f32 on the CPU).
-    fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    /// The block as the whole-block training op takes it (`mtanet_kernels::bottleneck_train`),
+    /// or `None` where that op does not run it (a CBAM MLP without biases).
+    pub(crate) fn train_stages(&self) -> Option<mtanet_kernels::BottleneckStages<'_>> {
         let gate = match &self.attention {
             None => None,
             Some(BlockAttention::SqueezeExcite(se)) => Some(se.as_gate()),
-            Some(BlockAttention::Cbam(cbam)) => match cbam.as_gate() {
-                Some(gate) => Some(gate),
-                None => return Ok(None),
-            },
+            Some(BlockAttention::Cbam(cbam)) => Some(cbam.as_gate()?),
         };
-        let main = [
-            self.bn1.stage(&self.conv1),
-            self.bn2.stage(&self.conv2),
-            self.bn3.stage(&self.conv3),
-        ];
-        let downsample = self.downsample.as_ref().map(|(conv, bn)| bn.stage(conv));
-        let stages: Vec<_> = main.iter().copied().chain(downsample).collect();
-        if !mtanet_kernels::bottleneck_train_applies(x, &stages, gate.as_ref()) {
-            return Ok(None);
-        }
-        self.param_grads.check_collected("Bottleneck")?;
-        let (y, stats) =
-            mtanet_kernels::bottleneck_train(x, main, downsample, gate, &self.param_grads)?;
+        Some(mtanet_kernels::BottleneckStages {
+            main: [
+                self.bn1.stage(&self.conv1),
+                self.bn2.stage(&self.conv2),
+                self.bn3.stage(&self.conv3),
+            ],
+            downsample: self.downsample.as_ref().map(|(conv, bn)| bn.stage(conv)),
+            gate,
+        })
+    }
+
+    /// True where the whole-block training op runs the block on `x` (f32 on the CPU).
+    pub(crate) fn trains_as_one_op(&self, x: &Tensor) -> bool {
+        self.train_stages().is_some_and(|spec| {
+            let stages: Vec<_> = spec.main.into_iter().chain(spec.downsample).collect();
+            mtanet_kernels::bottleneck_train_applies(x, &stages, spec.gate.as_ref())
+        })
+    }
+
+    /// Takes the batch statistics of the whole-block training op (stages, then CBAM's spatial
+    /// gate) into the running averages.
+    pub(crate) fn update_running(&self, stats: &[mtanet_kernels::BatchStats]) -> Result<()> {
         let norms = [&self.bn1, &self.bn2, &self.bn3]
             .into_iter()
             .chain(self.downsample.as_ref().map(|(_, bn)| bn));
@@ -165,6 +169,29 @@ impl Bottleneck {
                 None => bail!("bottleneck_train returned no statistics for the CBAM gate"),
             }
         }
+        Ok(())
+    }
+
+    /// A training forward of the block as one op (`mtanet_kernels::bottleneck_train`: the
+    /// values and gradients of the per-layer ops, with no inner activation or gradient in
+    /// candle's graph), updating the running statistics; `None` where that op does not run the
+    /// tensors (other than f32 on the CPU).
+    fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !self.trains_as_one_op(x) {
+            return Ok(None);
+        }
+        let Some(spec) = self.train_stages() else {
+            return Ok(None);
+        };
+        self.param_grads.check_collected("Bottleneck")?;
+        let (y, stats) = mtanet_kernels::bottleneck_train(
+            x,
+            spec.main,
+            spec.downsample,
+            spec.gate,
+            &self.param_grads,
+        )?;
+        self.update_running(&stats)?;
         Ok(Some(y))
     }
 }

@@ -97,10 +97,21 @@ impl ModuleT for ResNet {
             self.param_grads.check_collected("ResNet")?;
         }
         let mut x = self.stem_t(x, train)?;
-        for stage in &self.stages {
-            for block in stage {
-                x = block.forward_t(&x, train)?;
+        let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
+        let chained: Option<Vec<_>> = match train && blocks.iter().all(|b| b.trains_as_one_op(&x)) {
+            true => blocks.iter().map(|b| b.train_stages()).collect(),
+            false => None,
+        };
+        if let Some(specs) = chained {
+            // Every block in one op: their outputs' gradients never enter candle's graph.
+            let (y, stats) = mtanet_kernels::bottlenecks_train(&x, &specs, &self.param_grads)?;
+            for (block, stats) in blocks.iter().zip(&stats) {
+                block.update_running(stats)?;
             }
+            return Ok(y);
+        }
+        for block in blocks {
+            x = block.forward_t(&x, train)?;
         }
         Ok(x)
     }

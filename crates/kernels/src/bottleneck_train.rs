@@ -125,111 +125,185 @@ pub fn bottleneck_train(
     gate: Option<BlockGate<'_>>,
     param_grads: &ParamGrads,
 ) -> Result<(Tensor, Vec<BatchStats>)> {
-    let stages: Vec<ConvBnStage<'_>> = main.into_iter().chain(downsample).collect();
-    if !bottleneck_train_applies(x, &stages, gate.as_ref()) {
-        bail!("bottleneck_train: f32 tensors on the CPU only")
+    let block = BottleneckStages {
+        main,
+        downsample,
+        gate,
+    };
+    let (y, mut stats) = bottlenecks_train(x, &[block], param_grads)?;
+    match stats.pop() {
+        Some(stats) => Ok((y, stats)),
+        None => bail!("bottleneck_train: no statistics for the block"),
     }
-    let geometry = |input: &[usize], s: &ConvBnStage<'_>, name: &str| -> Result<ConvGeometry> {
-        let g = ConvGeometry::new(
-            input,
-            s.conv_weight.dims(),
-            s.conv.stride,
-            s.conv.padding,
-            s.conv.groups,
-        )?;
-        let c = g.out_channels;
-        if s.bn_weight.dims() != [c] || s.bn_bias.dims() != [c] {
-            bail!(
-                "bottleneck_train: {name}'s BatchNorm weight and bias must hold {c} values, \
-                 got {:?} and {:?}",
-                s.bn_weight.dims(),
-                s.bn_bias.dims()
-            )
+}
+
+/// One block's stages and gate, as [`bottlenecks_train`] takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct BottleneckStages<'a> {
+    /// conv1, conv2 and conv3 with their BatchNorms.
+    pub main: [ConvBnStage<'a>; 3],
+    /// The shortcut's convolution and BatchNorm (`None`: the identity).
+    pub downsample: Option<ConvBnStage<'a>>,
+    /// The attention gate after the third BatchNorm.
+    pub gate: Option<BlockGate<'a>>,
+}
+
+impl<'a> BottleneckStages<'a> {
+    /// Every stage: `main`, then `downsample`.
+    fn stages(&self) -> Vec<ConvBnStage<'a>> {
+        self.main.into_iter().chain(self.downsample).collect()
+    }
+}
+
+/// Blocks one after the other, each as [`bottleneck_train`] computes it, as one op: the values
+/// and gradients of the chain of single-block ops, bit for bit, without the blocks' outputs
+/// and their gradients in candle's graph (each of those gradients would be zero-filled and
+/// added into there). Returns the last block's output and each block's batch statistics in
+/// [`bottleneck_train`]'s order. Every block must run ([`bottleneck_train_applies`]).
+pub fn bottlenecks_train(
+    x: &Tensor,
+    blocks: &[BottleneckStages<'_>],
+    param_grads: &ParamGrads,
+) -> Result<(Tensor, Vec<Vec<BatchStats>>)> {
+    if blocks.is_empty() {
+        bail!("bottleneck_train: no blocks")
+    }
+    let mut input = x.dims().to_vec();
+    let mut built = Vec::with_capacity(blocks.len());
+    for spec in blocks {
+        if !bottleneck_train_applies(x, &spec.stages(), spec.gate.as_ref()) {
+            bail!("bottleneck_train: f32 tensors on the CPU only")
         }
-        Ok(g)
-    };
-    let dims = |d: (usize, usize, usize, usize)| [d.0, d.1, d.2, d.3];
-    let g1 = geometry(x.dims(), &main[0], "conv1")?;
-    let g2 = geometry(&dims(g1.output_dims()), &main[1], "conv2")?;
-    let g3 = geometry(&dims(g2.output_dims()), &main[2], "conv3")?;
-    let gd = downsample
-        .as_ref()
-        .map(|d| geometry(x.dims(), d, "downsample"))
-        .transpose()?;
-    let shortcut_dims = match &gd {
-        Some(gd) => dims(gd.output_dims()).to_vec(),
-        None => x.dims().to_vec(),
-    };
-    if dims(g3.output_dims()) != shortcut_dims[..] {
-        bail!(
-            "bottleneck_train: the block's output {:?} and its shortcut {:?} differ",
-            g3.output_dims(),
-            shortcut_dims
-        )
+        let block = Block::new(&input, spec)?;
+        let (n, c, h, w) = block.geometries[2].output_dims();
+        input = vec![n, c, h, w];
+        built.push(block);
     }
-    let gate_shape = match &gate {
-        None => None,
-        Some(BlockGate::SqueezeExcite(mlp)) => Some(GateShape::SqueezeExcite {
-            reduced: mlp.reduced(g3.out_channels)?,
-        }),
-        Some(BlockGate::Cbam { channel, spatial }) => {
-            let (n, _, h, w) = g3.output_dims();
-            let gs = geometry(&[n, 2, h, w], spatial, "the CBAM spatial gate")?;
-            check_spatial_gate("bottleneck_train", &gs)?;
-            Some(GateShape::Cbam {
-                reduced: channel.reduced(g3.out_channels)?,
-                spatial: gs,
-                eps: spatial.eps,
-            })
-        }
-    };
-    let geometries: Vec<ConvGeometry> = [g1, g2, g3].into_iter().chain(gd).collect();
-    // The op reads every parameter where it is (conv weight, BatchNorm weight, bias; stage
-    // after stage, then the gate's) and hands their gradients to `param_grads`. Its graph
-    // input besides `x` is a one-value variable of its own, so that candle's backward reaches
-    // the op whether or not `x` is differentiated.
-    let mut params = Vec::with_capacity(3 * stages.len() + 7);
-    for s in &stages {
-        params.extend([s.conv_weight, s.bn_weight, s.bn_bias].map(Tensor::clone));
-    }
-    params.extend(gate.iter().flat_map(|g| g.tensors()).cloned());
-    // A gradient written for a tensor computed from variables would never reach them.
-    if let Some(i) = params.iter().position(|p| p.track_op() && !p.is_variable()) {
-        bail!(
-            "bottleneck_train: parameter {i} {:?} is computed from other tensors; pass the \
-             variable itself, whose gradient the op writes directly",
-            params[i].dims()
-        )
-    }
+    // Besides `x`, the op's graph input is a one-value variable of its own, so that candle's
+    // backward reaches the op whether or not `x` is differentiated.
     let anchor = Var::zeros(1, DType::F32, x.device())?;
-    let saved = Arc::new(Mutex::new(None));
-    let op = BottleneckTrain {
-        geometries,
-        eps: stages.iter().map(|s| s.eps).collect(),
-        gate: gate_shape,
-        params,
+    let blocks = Arc::new(built);
+    let op = BottlenecksTrain {
+        blocks: blocks.clone(),
+        inner: Mutex::new(Vec::new()),
         param_grads: param_grads.clone(),
-        saved: saved.clone(),
     };
     let y = x.apply_op2_arc(
         anchor.as_tensor(),
         Arc::new(Box::new(op) as Box<dyn CustomOp2 + Send + Sync>),
     )?;
-    let stats = match lock(&saved)?.as_ref() {
-        Some(s) => {
-            let spatial = match &s.gated {
-                Some((_, JoinSaved::Cbam(cbam))) => Some(cbam.spatial_stats()),
-                _ => None,
-            };
-            s.stages
-                .iter()
-                .map(|s| s.bn.stats())
-                .chain(spatial)
-                .collect()
-        }
-        None => bail!("bottleneck_train: forward did not run"),
-    };
+    let stats = blocks
+        .iter()
+        .map(Block::stats)
+        .collect::<Result<Vec<_>>>()?;
     Ok((y, stats))
+}
+
+impl Block {
+    /// The block `spec` over an input of shape `input`, its shapes checked. The op reads every
+    /// parameter where it is (conv weight, BatchNorm weight, bias; stage after stage, then the
+    /// gate's) and hands their gradients to its [`ParamGrads`].
+    fn new(input: &[usize], spec: &BottleneckStages<'_>) -> Result<Self> {
+        let BottleneckStages {
+            main,
+            downsample,
+            gate,
+        } = spec;
+        let geometry = |input: &[usize], s: &ConvBnStage<'_>, name: &str| -> Result<ConvGeometry> {
+            let g = ConvGeometry::new(
+                input,
+                s.conv_weight.dims(),
+                s.conv.stride,
+                s.conv.padding,
+                s.conv.groups,
+            )?;
+            let c = g.out_channels;
+            if s.bn_weight.dims() != [c] || s.bn_bias.dims() != [c] {
+                bail!(
+                    "bottleneck_train: {name}'s BatchNorm weight and bias must hold {c} values, \
+                     got {:?} and {:?}",
+                    s.bn_weight.dims(),
+                    s.bn_bias.dims()
+                )
+            }
+            Ok(g)
+        };
+        let dims = |d: (usize, usize, usize, usize)| [d.0, d.1, d.2, d.3];
+        let g1 = geometry(input, &main[0], "conv1")?;
+        let g2 = geometry(&dims(g1.output_dims()), &main[1], "conv2")?;
+        let g3 = geometry(&dims(g2.output_dims()), &main[2], "conv3")?;
+        let gd = downsample
+            .as_ref()
+            .map(|d| geometry(input, d, "downsample"))
+            .transpose()?;
+        let shortcut_dims = match &gd {
+            Some(gd) => dims(gd.output_dims()).to_vec(),
+            None => input.to_vec(),
+        };
+        if dims(g3.output_dims()) != shortcut_dims[..] {
+            bail!(
+                "bottleneck_train: the block's output {:?} and its shortcut {:?} differ",
+                g3.output_dims(),
+                shortcut_dims
+            )
+        }
+        let gate_shape = match gate {
+            None => None,
+            Some(BlockGate::SqueezeExcite(mlp)) => Some(GateShape::SqueezeExcite {
+                reduced: mlp.reduced(g3.out_channels)?,
+            }),
+            Some(BlockGate::Cbam { channel, spatial }) => {
+                let (n, _, h, w) = g3.output_dims();
+                let gs = geometry(&[n, 2, h, w], spatial, "the CBAM spatial gate")?;
+                check_spatial_gate("bottleneck_train", &gs)?;
+                Some(GateShape::Cbam {
+                    reduced: channel.reduced(g3.out_channels)?,
+                    spatial: gs,
+                    eps: spatial.eps,
+                })
+            }
+        };
+        let stages = spec.stages();
+        let mut params = Vec::with_capacity(3 * stages.len() + 7);
+        for s in &stages {
+            params.extend([s.conv_weight, s.bn_weight, s.bn_bias].map(Tensor::clone));
+        }
+        params.extend(gate.iter().flat_map(|g| g.tensors()).cloned());
+        // A gradient written for a tensor computed from variables would never reach them.
+        if let Some(i) = params.iter().position(|p| p.track_op() && !p.is_variable()) {
+            bail!(
+                "bottleneck_train: parameter {i} {:?} is computed from other tensors; pass the \
+                 variable itself, whose gradient the op writes directly",
+                params[i].dims()
+            )
+        }
+        Ok(Self {
+            geometries: [g1, g2, g3].into_iter().chain(gd).collect(),
+            eps: stages.iter().map(|s| s.eps).collect(),
+            gate: gate_shape,
+            params,
+            saved: Mutex::new(None),
+        })
+    }
+
+    /// The batch statistics of the block's BatchNorms after its forward: its stages', then
+    /// CBAM's spatial gate's.
+    fn stats(&self) -> Result<Vec<BatchStats>> {
+        match lock(&self.saved)?.as_ref() {
+            Some(s) => {
+                let spatial = match &s.gated {
+                    Some((_, JoinSaved::Cbam(cbam))) => Some(cbam.spatial_stats()),
+                    _ => None,
+                };
+                Ok(s.stages
+                    .iter()
+                    .map(|s| s.bn.stats())
+                    .chain(spatial)
+                    .collect())
+            }
+            None => bail!("bottleneck_train: forward did not run"),
+        }
+    }
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -265,18 +339,27 @@ enum GateShape {
     },
 }
 
-/// The op: (`x`, a one-value anchor) -> the block's output. `geometries` and `eps` hold conv1,
+/// One block of the op, checked against its input's shape. `geometries` and `eps` hold conv1,
 /// conv2, conv3 and, when there is one, the downsample convolution; `params` every stage's
 /// conv weight, BatchNorm weight and bias in that order, then the gate's tensors
-/// ([`BlockGate::tensors`]), whose gradients go to `param_grads`.
+/// ([`BlockGate::tensors`]).
 #[derive(Debug)]
-struct BottleneckTrain {
+struct Block {
     geometries: Vec<ConvGeometry>,
     eps: Vec<f64>,
     gate: Option<GateShape>,
     params: Vec<Tensor>,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// The op: (`x`, a one-value anchor) -> the last block's output. `inner` keeps the other
+/// blocks' outputs (the next block's input, and where its ReLU passed); the parameters'
+/// gradients go to `param_grads`.
+#[derive(Debug)]
+struct BottlenecksTrain {
+    blocks: Arc<Vec<Block>>,
+    inner: Mutex<Vec<Vec<f32>>>,
     param_grads: ParamGrads,
-    saved: Arc<Mutex<Option<Saved>>>,
 }
 
 /// A gate's parameters, as views of the parameter tensors: the MLP's, and for CBAM the spatial
@@ -295,7 +378,7 @@ type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateViews<'a>>);
 /// `params`.
 type BlockGrads = (Option<Vec<f32>>, Vec<Vec<f32>>);
 
-impl BottleneckTrain {
+impl Block {
     /// Runs `f` on the parameters' values, read in place (each BatchNorm's weight and bias
     /// copied side by side, as the stages take them), after checking that every tensor still
     /// holds the values the op was built for.
@@ -381,7 +464,7 @@ impl BottleneckTrain {
     }
 }
 
-impl CustomOp2 for BottleneckTrain {
+impl CustomOp2 for BottlenecksTrain {
     fn name(&self) -> &'static str {
         "mtanet-bottleneck-train"
     }
@@ -393,20 +476,41 @@ impl CustomOp2 for BottleneckTrain {
         _anchor: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometries;
-        if xl.dims() != Shape::from(g[0].input_dims()).dims() {
+        let blocks = &self.blocks[..];
+        if xl.dims() != Shape::from(blocks[0].geometries[0].input_dims()).dims() {
             bail!("bottleneck_train: input changed shape since the op was built")
         }
         let x = dense_f32(xs, xl, "input")?;
-        let (y, saved) = self.with_params(|(params, gate)| self.forward(&x, &params, gate))?;
-        *lock(&self.saved)? = Some(saved);
-        Ok((CpuStorage::F32(y), Shape::from(g[2].output_dims())))
+        let mut inner: Vec<Vec<f32>> = Vec::with_capacity(blocks.len() - 1);
+        let mut last = None;
+        for (k, block) in blocks.iter().enumerate() {
+            let input = match k {
+                0 => &x[..],
+                _ => &inner[k - 1][..],
+            };
+            let (y, saved) =
+                block.with_params(|(params, gate)| block.forward(input, &params, gate))?;
+            *lock(&block.saved)? = Some(saved);
+            if k + 1 < blocks.len() {
+                inner.push(y);
+            } else {
+                last = Some(y);
+            }
+        }
+        *lock(&self.inner)? = inner;
+        let Some(y) = last else {
+            bail!("bottleneck_train: no blocks")
+        };
+        let out = blocks[blocks.len() - 1].geometries[2].output_dims();
+        Ok((CpuStorage::F32(y), Shape::from(out)))
     }
 
-    /// The ReLU after the join passed exactly where `y > 0`: the masked output gradient is the
-    /// shortcut's gradient and, without a gate, the third BatchNorm's output gradient (with
-    /// one, that takes the gate's two paths); the first two stages recompute their own ReLU
-    /// masks. The parameters' gradients go to the op's [`ParamGrads`], the anchor gets none.
+    /// Block after block from the last: its ReLU after the join passed exactly where its output
+    /// is positive, so the masked output gradient is the shortcut's gradient and, without a
+    /// gate, the third BatchNorm's output gradient (with one, that takes the gate's two paths);
+    /// the first two stages recompute their own ReLU masks. The block's input gradient is the
+    /// output gradient of the block before it. The parameters' gradients go to the op's
+    /// [`ParamGrads`], the anchor gets none.
     fn bwd(
         &self,
         x: &Tensor,
@@ -414,30 +518,50 @@ impl CustomOp2 for BottleneckTrain {
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (xs, xl) = x.storage_and_layout();
         let (ys, yl) = y.storage_and_layout();
         let (gs, gl) = grad_y.storage_and_layout();
-        let masked = relu_masked(
-            &cpu_values(&ys, yl, "output")?,
-            &cpu_values(&gs, gl, "output gradient")?,
-        );
-        let (dx, dparams) =
-            self.with_params(|(params, gate)| self.backward(x, &params, gate, &masked))?;
+        let xv = cpu_values(&xs, xl, "input")?;
+        let inner = lock(&self.inner)?;
+        let blocks = &self.blocks[..];
+        if inner.len() + 1 != blocks.len() {
+            bail!("bottleneck_train: backward before forward")
+        }
         let device = x.device();
-        let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), device))
-            .transpose()?;
-        let pairs = self
-            .params
-            .iter()
-            .zip(dparams)
-            .map(|(p, d)| Ok((p.clone(), Tensor::from_vec(d, p.shape(), device)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut grad = cpu_values(&gs, gl, "output gradient")?.into_owned();
+        let mut pairs = Vec::new();
+        for (k, block) in blocks.iter().enumerate().rev() {
+            let masked = match inner.get(k) {
+                Some(out) => relu_masked(out, &grad),
+                None => relu_masked(&cpu_values(&ys, yl, "output")?, &grad),
+            };
+            let (input, want_dx) = match k {
+                0 => (&xv[..], x.track_op()),
+                _ => (&inner[k - 1][..], true),
+            };
+            let (dx, dparams) = block.with_params(|(params, gate)| {
+                block.backward((input, want_dx), &params, gate, &masked)
+            })?;
+            for (p, d) in block.params.iter().zip(dparams) {
+                pairs.push((p.clone(), Tensor::from_vec(d, p.shape(), device)?));
+            }
+            match dx {
+                Some(dx) => grad = dx,
+                None => {
+                    grad.clear();
+                    break;
+                }
+            }
+        }
         self.param_grads.push(pairs)?;
+        let dx = (x.track_op() && !grad.is_empty())
+            .then(|| Tensor::from_vec(grad, x.shape(), device))
+            .transpose()?;
         Ok((dx, None))
     }
 }
 
-impl BottleneckTrain {
+impl Block {
     /// The block's output and what its backward keeps, from input `x`.
     fn forward(
         &self,
@@ -492,11 +616,11 @@ impl BottleneckTrain {
         ))
     }
 
-    /// The input's gradient, if `x` is differentiated, and every parameter's, in the order of
-    /// `params`, from `masked`, the output gradient where the block's ReLU passed.
+    /// The gradient of the block's input `xv` (when `want_dx`) and every parameter's, in the
+    /// order of `params`, from `masked`, the output gradient where the block's ReLU passed.
     fn backward(
         &self,
-        x: &Tensor,
+        (xv, want_dx): (&[f32], bool),
         params: &[(&[f32], &[f32])],
         gate: Option<GateViews<'_>>,
         masked: &[f32],
@@ -506,9 +630,6 @@ impl BottleneckTrain {
         let Some(s) = saved.as_ref() else {
             bail!("bottleneck_train: backward before forward")
         };
-        let (xs, xl) = x.storage_and_layout();
-        let xv = cpu_values(&xs, xl, "input")?;
-        let want_dx = x.track_op();
         // Stage `i`'s backward over its input, from the gradient of its BatchNorm output.
         let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
             stage_backward(
@@ -547,8 +668,8 @@ impl BottleneckTrain {
         let Some(dh1) = &second.dx else {
             unreachable!("asked for")
         };
-        let mut first = stage(0, &xv, dh1, true, want_dx);
-        let shortcut = (g.len() > 3).then(|| stage(3, &xv, masked, false, want_dx));
+        let mut first = stage(0, xv, dh1, true, want_dx);
+        let shortcut = (g.len() > 3).then(|| stage(3, xv, masked, false, want_dx));
         // The input's second path: the downsample's input gradient, or the identity's.
         let other = match &shortcut {
             Some(d) => d.dx.as_deref(),

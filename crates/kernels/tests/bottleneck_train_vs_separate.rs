@@ -15,9 +15,10 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use mtanet_kernels::{
-    batch_norm_train, bottleneck_train, channel_gate, channel_gate_add_relu, channel_max_mean,
-    conv2d, conv_bn_add_relu_train, conv_bn_train, spatial_gate_add_relu, spatial_mean,
-    spatial_mean_max, BatchStats, BlockGate, ConvBnStage, ConvParams, GateMlp, ParamGrads,
+    batch_norm_train, bottleneck_train, bottlenecks_train, channel_gate, channel_gate_add_relu,
+    channel_max_mean, conv2d, conv_bn_add_relu_train, conv_bn_train, spatial_gate_add_relu,
+    spatial_mean, spatial_mean_max, BatchStats, BlockGate, BottleneckStages, ConvBnStage,
+    ConvParams, GateMlp, ParamGrads,
 };
 
 mod support;
@@ -366,6 +367,110 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
         assert_same_gradient_numbers(&case, (&gf, &gs), vars)?;
     }
     Ok(())
+}
+
+/// The variables of one block of a chain: its stages (the downsample's last) and its gate.
+struct ChainBlock {
+    stages: [StageVars; 3],
+    downsample: Option<StageVars>,
+    gate: Option<TestGate>,
+}
+
+impl ChainBlock {
+    /// Block `c_in -> c_out` (width `c_out / 2`, grouped 3x3 with `groups`), striding `stride`.
+    fn new(c_in: usize, c_out: usize, stride: usize, gate: GateKind, seed: u64) -> Result<Self> {
+        let width = c_out / 2;
+        let groups = 4;
+        let stages = [
+            StageVars::new([width, c_in, 1, 1], params(1, 0, 1), seed)?,
+            StageVars::new(
+                [width, width / groups, 3, 3],
+                params(stride, 1, groups),
+                seed + 10,
+            )?,
+            StageVars::new([c_out, width, 1, 1], params(1, 0, 1), seed + 20)?,
+        ];
+        let downsample = (stride != 1 || c_in != c_out)
+            .then(|| StageVars::new([c_out, c_in, 1, 1], params(stride, 0, 1), seed + 30))
+            .transpose()?;
+        let gate = match gate {
+            GateKind::None => None,
+            GateKind::SqueezeExcite => Some(TestGate::SqueezeExcite(GateVars::new(
+                c_out,
+                c_out / 4,
+                seed + 40,
+            )?)),
+            GateKind::Cbam => Some(TestGate::Cbam(CbamVars::new(c_out, c_out / 4, seed + 40)?)),
+        };
+        Ok(Self {
+            stages,
+            downsample,
+            gate,
+        })
+    }
+
+    fn spec(&self) -> BottleneckStages<'_> {
+        BottleneckStages {
+            main: main_stages(&self.stages),
+            downsample: self.downsample.as_ref().map(StageVars::stage),
+            gate: self.gate.as_ref().map(TestGate::gate),
+        }
+    }
+
+    fn vars(&self, block: usize) -> Vec<(String, &Var)> {
+        let stages = self.stages.iter().chain(&self.downsample).enumerate();
+        let mut all: Vec<(String, &Var)> = stages
+            .flat_map(|(s, st)| {
+                st.vars()
+                    .map(|(name, v)| (format!("block {block} stage {s} {name}"), v))
+            })
+            .collect();
+        for (name, v) in self.gate.iter().flat_map(TestGate::vars) {
+            all.push((format!("block {block} {name}"), v));
+        }
+        all
+    }
+}
+
+/// Blocks chained in one op equal the same blocks as single-block ops one after the other: the
+/// output and every block's statistics bit for bit, every gradient (input and parameters) the
+/// same numbers.
+#[test]
+fn a_chain_of_blocks_equals_its_blocks_one_by_one() -> Result<()> {
+    let x = Var::from_tensor(&pseudo_random(&[3, 8, 10, 10], 77, 1.0, 0.2)?)?;
+    let blocks = [
+        ChainBlock::new(8, 16, 2, GateKind::None, 100)?,
+        ChainBlock::new(16, 16, 1, GateKind::SqueezeExcite, 200)?,
+        ChainBlock::new(16, 32, 1, GateKind::Cbam, 300)?,
+        ChainBlock::new(32, 32, 1, GateKind::None, 400)?,
+    ];
+    let specs: Vec<BottleneckStages> = blocks.iter().map(ChainBlock::spec).collect();
+    let chained_grads = ParamGrads::new();
+    let (chained, chained_stats) = bottlenecks_train(&x, &specs, &chained_grads)?;
+
+    let one_grads = ParamGrads::new();
+    let mut y = x.as_tensor().clone();
+    let mut one_stats = Vec::new();
+    for spec in &specs {
+        let (next, stats) =
+            bottleneck_train(&y, spec.main, spec.downsample, spec.gate, &one_grads)?;
+        y = next;
+        one_stats.push(stats);
+    }
+    assert_eq!(chained.dims(), y.dims());
+    let differ = differing_bits(&values(&chained)?, &values(&y)?);
+    assert_eq!(differ, 0, "{differ} output values differ");
+    assert_eq!(chained_stats, one_stats, "batch statistics");
+
+    let r = pseudo_random(y.dims(), 78, 1.0, 0.0)?;
+    let gc = chained_grads.backward(&(&chained * &r)?.sum_all()?)?;
+    let go = one_grads.backward(&(&y * &r)?.sum_all()?)?;
+    let mut vars = vec![("x".to_string(), &x)];
+    for (b, block) in blocks.iter().enumerate() {
+        vars.extend(block.vars(b));
+    }
+    assert!(vars.len() > 40, "{} variables", vars.len());
+    assert_same_gradient_numbers("chain", (&gc, &go), vars)
 }
 
 #[test]
