@@ -15,9 +15,10 @@
 //! so that the convolution output's gradient never passes through candle's graph; and, for
 //! evaluation, a convolution with its BatchNorm (+ ReLU) as the convolution's epilogue
 //! (`conv_affine_eval`); and a whole bottleneck block, without attention or with a
-//! squeeze-excite or CBAM gate, as one training op (`bottleneck_train`), so that none of its
-//! inner activations or gradients pass through candle's graph; and CBAM's gates with the
-//! residual join as one eval op (`cbam_add_relu_eval`).
+//! squeeze-excite or CBAM gate, as one training op (`bottleneck_train`), and every block of a
+//! backbone chained in one (`bottlenecks_train`), so that none of their activations or
+//! gradients pass through candle's graph, their parameters' gradients included ([`ParamGrads`]);
+//! and CBAM's gates with the residual join as one eval op (`cbam_add_relu_eval`).
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
