@@ -24,6 +24,7 @@
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
+mod bottleneck_block;
 mod bottleneck_train;
 mod cbam;
 mod cbam_eval;

@@ -1,0 +1,430 @@
+//! One bottleneck block's training forward and backward over plain buffers, as the training
+//! op of `bottleneck_train.rs` runs it: the three convolution + BatchNorm stages of `conv_bn.rs`
+//! (`stage_forward`, `stage_backward`), the downsample shortcut, the squeeze-excite or CBAM
+//! gate with the joins of `gate.rs`, and the residual join. A block reads its parameters where
+//! they are (a candle tensor each) and returns their gradients as buffers.
+
+use crate::batch_norm::lock;
+use crate::bottleneck_train::{BlockGate, BottleneckStages, ConvBnStage};
+use crate::cbam::{
+    cbam_join_backward, cbam_join_forward, check_spatial_gate, CbamSaved, SpatialStage,
+};
+use crate::conv2d::ConvGeometry;
+use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
+use crate::gate_mlp::MlpParams;
+use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
+use crate::BatchStats;
+use candle_core::{bail, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+impl Block {
+    /// The block `spec` over an input of shape `input`, its shapes checked. The op reads every
+    /// parameter where it is (conv weight, BatchNorm weight, bias; stage after stage, then the
+    /// gate's) and hands their gradients to its [`ParamGrads`].
+    pub(crate) fn new(input: &[usize], spec: &BottleneckStages<'_>) -> Result<Self> {
+        let BottleneckStages {
+            main,
+            downsample,
+            gate,
+        } = spec;
+        let geometry = |input: &[usize], s: &ConvBnStage<'_>, name: &str| -> Result<ConvGeometry> {
+            let g = ConvGeometry::new(
+                input,
+                s.conv_weight.dims(),
+                s.conv.stride,
+                s.conv.padding,
+                s.conv.groups,
+            )?;
+            let c = g.out_channels;
+            if s.bn_weight.dims() != [c] || s.bn_bias.dims() != [c] {
+                bail!(
+                    "bottleneck_train: {name}'s BatchNorm weight and bias must hold {c} values, \
+                     got {:?} and {:?}",
+                    s.bn_weight.dims(),
+                    s.bn_bias.dims()
+                )
+            }
+            Ok(g)
+        };
+        let dims = |d: (usize, usize, usize, usize)| [d.0, d.1, d.2, d.3];
+        let g1 = geometry(input, &main[0], "conv1")?;
+        let g2 = geometry(&dims(g1.output_dims()), &main[1], "conv2")?;
+        let g3 = geometry(&dims(g2.output_dims()), &main[2], "conv3")?;
+        let gd = downsample
+            .as_ref()
+            .map(|d| geometry(input, d, "downsample"))
+            .transpose()?;
+        let shortcut_dims = match &gd {
+            Some(gd) => dims(gd.output_dims()).to_vec(),
+            None => input.to_vec(),
+        };
+        if dims(g3.output_dims()) != shortcut_dims[..] {
+            bail!(
+                "bottleneck_train: the block's output {:?} and its shortcut {:?} differ",
+                g3.output_dims(),
+                shortcut_dims
+            )
+        }
+        let gate_shape = match gate {
+            None => None,
+            Some(BlockGate::SqueezeExcite(mlp)) => Some(GateShape::SqueezeExcite {
+                reduced: mlp.reduced(g3.out_channels)?,
+            }),
+            Some(BlockGate::Cbam { channel, spatial }) => {
+                let (n, _, h, w) = g3.output_dims();
+                let gs = geometry(&[n, 2, h, w], spatial, "the CBAM spatial gate")?;
+                check_spatial_gate("bottleneck_train", &gs)?;
+                Some(GateShape::Cbam {
+                    reduced: channel.reduced(g3.out_channels)?,
+                    spatial: gs,
+                    eps: spatial.eps,
+                })
+            }
+        };
+        let stages = spec.stages();
+        let mut params = Vec::with_capacity(3 * stages.len() + 7);
+        for s in &stages {
+            params.extend([s.conv_weight, s.bn_weight, s.bn_bias].map(Tensor::clone));
+        }
+        params.extend(gate.iter().flat_map(|g| g.tensors()).cloned());
+        // A gradient written for a tensor computed from variables would never reach them.
+        if let Some(i) = params.iter().position(|p| p.track_op() && !p.is_variable()) {
+            bail!(
+                "bottleneck_train: parameter {i} {:?} is computed from other tensors; pass the \
+                 variable itself, whose gradient the op writes directly",
+                params[i].dims()
+            )
+        }
+        Ok(Self {
+            geometries: [g1, g2, g3].into_iter().chain(gd).collect(),
+            eps: stages.iter().map(|s| s.eps).collect(),
+            gate: gate_shape,
+            params,
+            saved: Mutex::new(None),
+        })
+    }
+
+    /// The batch statistics of the block's BatchNorms after its forward: its stages', then
+    /// CBAM's spatial gate's.
+    pub(crate) fn stats(&self) -> Result<Vec<BatchStats>> {
+        match lock(&self.saved)?.as_ref() {
+            Some(s) => {
+                let spatial = match &s.gated {
+                    Some((_, JoinSaved::Cbam(cbam))) => Some(cbam.spatial_stats()),
+                    _ => None,
+                };
+                Ok(s.stages
+                    .iter()
+                    .map(|s| s.bn.stats())
+                    .chain(spatial)
+                    .collect())
+            }
+            None => bail!("bottleneck_train: forward did not run"),
+        }
+    }
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug)]
+pub(crate) struct Saved {
+    /// Each stage's convolution output and BatchNorm state, in the op's stage order.
+    stages: Vec<StageSaved>,
+    /// The first and second stages' outputs (the inputs of the second and third convolutions).
+    h1: Vec<f32>,
+    h2: Vec<f32>,
+    /// With a gate: the third stage's output (the gated map) and the gate's own state.
+    gated: Option<(Vec<f32>, JoinSaved)>,
+}
+
+/// What a gate's forward keeps.
+#[derive(Debug)]
+enum JoinSaved {
+    SqueezeExcite(SqueezeExciteSaved),
+    Cbam(Box<CbamSaved>),
+}
+
+/// A gate's shapes, checked when the op is built.
+#[derive(Debug)]
+enum GateShape {
+    /// The MLP's hidden width.
+    SqueezeExcite { reduced: usize },
+    /// The channel MLP's hidden width, the spatial convolution's shapes and its BatchNorm's
+    /// epsilon.
+    Cbam {
+        reduced: usize,
+        spatial: ConvGeometry,
+        eps: f64,
+    },
+}
+
+/// One block of the op, checked against its input's shape. `geometries` and `eps` hold conv1,
+/// conv2, conv3 and, when there is one, the downsample convolution; `params` every stage's
+/// conv weight, BatchNorm weight and bias in that order, then the gate's tensors
+/// ([`BlockGate::tensors`]).
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub(crate) geometries: Vec<ConvGeometry>,
+    eps: Vec<f64>,
+    gate: Option<GateShape>,
+    pub(crate) params: Vec<Tensor>,
+    pub(crate) saved: Mutex<Option<Saved>>,
+}
+
+/// A gate's parameters, as views of the parameter tensors: the MLP's, and for CBAM the spatial
+/// stage's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GateViews<'a> {
+    mlp: MlpParams<'a>,
+    spatial: Option<SpatialStage<'a>>,
+}
+
+/// Each stage's `(conv weight, [BatchNorm weight; bias])` and the gate's parameters, as views
+/// of the parameter tensors.
+pub(crate) type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateViews<'a>>);
+
+/// The input's gradient (when asked for) and each parameter's, in the order of the op's
+/// `params`.
+pub(crate) type BlockGrads = (Option<Vec<f32>>, Vec<Vec<f32>>);
+
+impl Block {
+    /// Runs `f` on the parameters' values, read in place (each BatchNorm's weight and bias
+    /// copied side by side, as the stages take them), after checking that every tensor still
+    /// holds the values the op was built for.
+    pub(crate) fn with_params<R>(&self, f: impl FnOnce(Params<'_>) -> Result<R>) -> Result<R> {
+        let held: Vec<_> = self.params.iter().map(|t| t.storage_and_layout()).collect();
+        let values = held
+            .iter()
+            .map(|(storage, layout)| cpu_values(storage, layout, "a parameter"))
+            .collect::<Result<Vec<_>>>()?;
+        let expected = self.param_lens();
+        if values.len() != expected.len()
+            || values.iter().zip(&expected).any(|(v, &n)| v.len() != n)
+        {
+            bail!("bottleneck_train: parameters changed shape since the op was built")
+        }
+        let stage_count = self.geometries.len();
+        // Tensor `at` is a conv weight; its BatchNorm's weight and bias follow it.
+        let affine = |at: usize| [&values[at + 1][..], &values[at + 2][..]].concat();
+        let affines: Vec<Vec<f32>> = (0..stage_count).map(|s| affine(3 * s)).collect();
+        let stages = (0..stage_count)
+            .map(|s| (&values[3 * s][..], &affines[s][..]))
+            .collect();
+        let at = 3 * stage_count;
+        let spatial_affine = match &self.gate {
+            Some(GateShape::Cbam { .. }) => affine(at + 4),
+            _ => Vec::new(),
+        };
+        let channels = self.geometries[2].out_channels;
+        let gate = self.gate.as_ref().map(|shape| {
+            let (reduced, spatial) = match shape {
+                GateShape::SqueezeExcite { reduced } => (*reduced, None),
+                GateShape::Cbam {
+                    reduced,
+                    spatial,
+                    eps,
+                } => (
+                    *reduced,
+                    Some(SpatialStage {
+                        geometry: spatial,
+                        eps: *eps,
+                        weight: &values[at + 4][..],
+                        affine: &spatial_affine[..],
+                    }),
+                ),
+            };
+            let parts = [0, 1, 2, 3].map(|k| &values[at + k][..]);
+            GateViews {
+                mlp: MlpParams::from_parts(parts, channels, reduced),
+                spatial,
+            }
+        });
+        f((stages, gate))
+    }
+
+    /// The number of values each tensor of `params` holds, from the shapes the op was built
+    /// for.
+    pub(crate) fn param_lens(&self) -> Vec<usize> {
+        let weight_len = |g: &ConvGeometry| g.groups * g.weight_group_len();
+        let mut lens: Vec<usize> = self
+            .geometries
+            .iter()
+            .flat_map(|g| [weight_len(g), g.out_channels, g.out_channels])
+            .collect();
+        let c = self.geometries[2].out_channels;
+        match &self.gate {
+            None => {}
+            Some(GateShape::SqueezeExcite { reduced: r }) => lens.extend([r * c, *r, c * r, c]),
+            Some(GateShape::Cbam {
+                reduced: r,
+                spatial,
+                ..
+            }) => lens.extend([
+                r * c,
+                *r,
+                c * r,
+                c,
+                weight_len(spatial),
+                spatial.out_channels,
+                spatial.out_channels,
+            ]),
+        }
+        lens
+    }
+}
+
+impl Block {
+    /// The block's output and what its backward keeps, from input `x`.
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        params: &[(&[f32], &[f32])],
+        gate: Option<GateViews<'_>>,
+    ) -> Result<(Vec<f32>, Saved)> {
+        let g = &self.geometries;
+        // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
+        let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
+            let (w, affine) = params[i];
+            stage_forward(&g[i], input, w, affine, (self.eps[i], relu), shortcut)
+        };
+        let (h1, s1) = stage(0, x, true, None)?;
+        let (h2, s2) = stage(1, &h1, true, None)?;
+        let (shortcut, sd) = if g.len() > 3 {
+            let (yd, sd) = stage(3, x, false, None)?;
+            (Cow::Owned(yd), Some(sd))
+        } else {
+            (Cow::Borrowed(x), None)
+        };
+        let (y, s3, gated) = match gate {
+            None => {
+                let (y, s3) = stage(2, &h2, true, Some(&shortcut))?;
+                (y, s3, None)
+            }
+            Some(gate) => {
+                let (z, s3) = stage(2, &h2, false, None)?;
+                let maps = (g[2].batch, g[2].out_h * g[2].out_w);
+                let (y, join) = match gate.spatial {
+                    None => {
+                        let (y, se) = gated_join_forward(&z, maps, gate.mlp, &shortcut);
+                        (y, JoinSaved::SqueezeExcite(se))
+                    }
+                    Some(spatial) => {
+                        let (y, cbam) = cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut)?;
+                        (y, JoinSaved::Cbam(Box::new(cbam)))
+                    }
+                };
+                (y, s3, Some((z, join)))
+            }
+        };
+        let stages = [s1, s2, s3].into_iter().chain(sd).collect();
+        Ok((
+            y,
+            Saved {
+                stages,
+                h1,
+                h2,
+                gated,
+            },
+        ))
+    }
+
+    /// The gradient of the block's input `xv` (when `want_dx`) and every parameter's, in the
+    /// order of `params`, from `masked`, the output gradient where the block's ReLU passed.
+    pub(crate) fn backward(
+        &self,
+        (xv, want_dx): (&[f32], bool),
+        params: &[(&[f32], &[f32])],
+        gate: Option<GateViews<'_>>,
+        masked: &[f32],
+    ) -> Result<BlockGrads> {
+        let g = &self.geometries;
+        let saved = lock(&self.saved)?;
+        let Some(s) = saved.as_ref() else {
+            bail!("bottleneck_train: backward before forward")
+        };
+        // Stage `i`'s backward over its input, from the gradient of its BatchNorm output.
+        let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
+            stage_backward(
+                &g[i],
+                &s.stages[i],
+                (input, params[i].0),
+                grad_bn,
+                relu,
+                want_dx,
+            )
+        };
+        let (grad_bn3, dgate_params) = match (&s.gated, gate) {
+            (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
+                let p = g[2].out_h * g[2].out_w;
+                let (dz, dgate_params) = gated_join_backward(z, se, gate.mlp, masked, p);
+                (Cow::Owned(dz), dgate_params)
+            }
+            (
+                Some((z, JoinSaved::Cbam(cbam))),
+                Some(GateViews {
+                    mlp,
+                    spatial: Some(sp),
+                }),
+            ) => {
+                let (dz, dgate_params) = cbam_join_backward(z, cbam, mlp, sp, masked);
+                (Cow::Owned(dz), dgate_params)
+            }
+            (None, None) => (Cow::Borrowed(masked), Vec::new()),
+            _ => bail!("bottleneck_train: the gate's state does not match its parameters"),
+        };
+        let third = stage(2, &s.h2, &grad_bn3, false, true);
+        let Some(dh2) = &third.dx else {
+            unreachable!("asked for")
+        };
+        let second = stage(1, &s.h1, dh2, true, true);
+        let Some(dh1) = &second.dx else {
+            unreachable!("asked for")
+        };
+        let mut first = stage(0, xv, dh1, true, want_dx);
+        let shortcut = (g.len() > 3).then(|| stage(3, xv, masked, false, want_dx));
+        // The input's second path: the downsample's input gradient, or the identity's.
+        let other = match &shortcut {
+            Some(d) => d.dx.as_deref(),
+            None => Some(masked),
+        };
+        let dx = first.dx.take().map(|mut dx| {
+            if let Some(other) = other {
+                add_into(&mut dx, other);
+            }
+            dx
+        });
+        let mut dparams = Vec::with_capacity(self.params.len());
+        for grads in [first, second, third].into_iter().chain(shortcut) {
+            dparams.extend([grads.dw, grads.dgamma, grads.dbeta]);
+        }
+        // The gate's gradients come packed in the order of its tensors.
+        let mut rest = &dgate_params[..];
+        for &len in &self.param_lens()[dparams.len()..] {
+            let (one, tail) = rest.split_at(len);
+            dparams.push(one.to_vec());
+            rest = tail;
+        }
+        Ok((dx, dparams))
+    }
+}
+
+/// [`cpu_values`](crate::fused_operands::cpu_values) of the bottleneck training op.
+pub(crate) fn cpu_values<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<Cow<'a, [f32]>> {
+    crate::fused_operands::cpu_values("bottleneck_train", storage, layout, what)
+}
+
+/// `acc += other`, elementwise, in parallel.
+fn add_into(acc: &mut [f32], other: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(other.par_chunks(1 << 14))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        });
+}
