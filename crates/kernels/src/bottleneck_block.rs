@@ -9,7 +9,7 @@ use crate::bottleneck_train::{BlockGate, BottleneckStages, ConvBnStage};
 use crate::cbam::{
     cbam_join_backward, cbam_join_forward, check_spatial_gate, CbamSaved, SpatialStage,
 };
-use crate::conv2d::ConvGeometry;
+use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
 use crate::gate_mlp::MlpParams;
 use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
@@ -186,7 +186,7 @@ pub(crate) type Params<'a> = (Vec<(&'a [f32], &'a [f32])>, Option<GateViews<'a>>
 
 /// The input's gradient (when asked for) and each parameter's, in the order of the op's
 /// `params`.
-pub(crate) type BlockGrads = (Option<Vec<f32>>, Vec<Vec<f32>>);
+pub(crate) type BlockGrads = (Option<Scratch>, Vec<Vec<f32>>);
 
 impl Block {
     /// Runs `f` on the parameters' values, read in place (each BatchNorm's weight and bias

@@ -20,6 +20,7 @@
 use crate::batch_norm::lock;
 use crate::bottleneck_block::{cpu_values, Block};
 use crate::conv2d::storage::dense_f32;
+use crate::conv2d::Scratch;
 use crate::conv_bn::relu_masked;
 use crate::fused_operands::cpu_f32;
 use crate::param_grads::ParamGrads;
@@ -267,13 +268,17 @@ impl CustomOp2 for BottlenecksTrain {
             bail!("bottleneck_train: backward before forward")
         }
         let device = x.device();
-        let mut grad = cpu_values(&gs, gl, "output gradient")?.into_owned();
+        let (gy, yv) = (
+            cpu_values(&gs, gl, "output gradient")?,
+            cpu_values(&ys, yl, "output")?,
+        );
+        // The gradient of the block's output: the op's for the last block, then each block's
+        // input gradient for the block before it.
+        let mut held: Option<Scratch> = None;
         let mut pairs = Vec::new();
         for (k, block) in blocks.iter().enumerate().rev() {
-            let masked = match inner.get(k) {
-                Some(out) => relu_masked(out, &grad),
-                None => relu_masked(&cpu_values(&ys, yl, "output")?, &grad),
-            };
+            let out = inner.get(k).map_or(&yv[..], |o| &o[..]);
+            let masked = relu_masked(out, held.as_deref().unwrap_or(&gy));
             let (input, want_dx) = match k {
                 0 => (&xv[..], x.track_op()),
                 _ => (&inner[k - 1][..], true),
@@ -284,18 +289,16 @@ impl CustomOp2 for BottlenecksTrain {
             for (p, d) in block.params.iter().zip(dparams) {
                 pairs.push((p.clone(), Tensor::from_vec(d, p.shape(), device)?));
             }
-            match dx {
-                Some(dx) => grad = dx,
-                None => {
-                    grad.clear();
-                    break;
-                }
+            if k > 0 && dx.is_none() {
+                bail!("bottleneck_train: block {k} returned no input gradient")
             }
+            held = dx;
         }
         self.param_grads.push(pairs)?;
-        let dx = (x.track_op() && !grad.is_empty())
-            .then(|| Tensor::from_vec(grad, x.shape(), device))
-            .transpose()?;
+        let dx = match held {
+            Some(dx) if x.track_op() => Some(Tensor::from_vec(dx.into_vec(), x.shape(), device)?),
+            _ => None,
+        };
         Ok((dx, None))
     }
 }

@@ -237,7 +237,7 @@ impl CustomOp3 for ConvBnTrain {
         } = stage_backward(g, s, (&xv, wv), grad_bn, relu, x.track_op());
         let device = x.device();
         let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), device))
+            .map(|v| Tensor::from_vec(v.into_vec(), x.shape(), device))
             .transpose()?;
         if let Some(dshortcut) = dshortcut {
             let dpacked = Tensor::from_vec([dw, dgamma, dbeta].concat(), second.shape(), device)?;
@@ -331,8 +331,8 @@ pub(crate) fn stage_forward(
 
 /// The gradients of one [`stage_forward`].
 pub(crate) struct StageGrads {
-    /// Input gradient (`None` when not asked for).
-    pub dx: Option<Vec<f32>>,
+    /// Input gradient (`None` when not asked for), in a pooled buffer.
+    pub dx: Option<Scratch>,
     /// Convolution weight gradient.
     pub dw: Vec<f32>,
     /// BatchNorm weight gradient.
@@ -359,7 +359,15 @@ pub(crate) fn stage_backward(
         || train_backward(&s.z, grad_bn, dims, &s.bn, relu, &mut dz),
     );
     let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, x, &dz));
-    let dx = want_dx.then(|| timed(|| conv_label(g, "dx"), || conv2d::input_grad(g, &dz, w)));
+    let dx = want_dx.then(|| {
+        // A pooled buffer: every value is written, so no zero-fill of a fresh one.
+        let mut dx = Scratch::take(g.units() * g.in_unit_len());
+        timed(
+            || conv_label(g, "dx"),
+            || conv2d::input_grad_into(g, &dz, w, &mut dx),
+        );
+        dx
+    });
     StageGrads {
         dx,
         dw,

@@ -106,8 +106,9 @@ pub fn forward_into(
         });
 }
 
-/// Input gradient: `dcols (patch_len x N*P) = W^T @ dY`, then col2im per image in parallel.
-pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// Input gradient into `dx` (any contents; every value written): `dcols (patch_len x N*P) =
+/// W^T @ dY`, then col2im per image in parallel.
+pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;
     let mut dy_wide = Scratch::take(c_out * width);
@@ -121,7 +122,10 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         gemm_threads(),
     );
     drop(dy_wide);
-    let mut dx = vec![0.0f32; g.batch * g.in_unit_len()];
+    if !g.is_pointwise() {
+        // col2im adds each column into place.
+        super::input_grad::fill_zero(dx);
+    }
     let dcols = &dcols[..];
     dx.par_chunks_mut(g.in_unit_len())
         .enumerate()
@@ -140,7 +144,6 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 });
             }
         });
-    dx
 }
 
 /// Weight gradient: `dW (C_out x patch_len) = dY (C_out x N*P) @ cols^T`, one GEMM over the

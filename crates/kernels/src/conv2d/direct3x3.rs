@@ -408,10 +408,11 @@ pub fn forward_into(
 /// Input gradient `(N, C_in, H, W)` of `g` from the output gradient `dy`: at stride 1 the
 /// direct convolution of `dy` with each group's weights transposed and their taps reversed,
 /// at stride 2 per phase of the input (`direct3x3_stride2.rs`). Requires [`applies`].
-pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// `dx` may hold anything: every value is written.
+pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
     if g.stride == 2 {
-        return super::direct3x3_stride2::input_grad(g, dy, w);
+        return super::direct3x3_stride2::input_grad_into(g, dy, w, dx);
     }
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     let mut flipped = vec![0.0f32; w.len()];
@@ -433,9 +434,7 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         out_channels: g.in_channels,
         ..*g
     };
-    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
-    forward_into(&back, dy, &flipped, &mut dx, &|_, _| {});
-    dx
+    forward_into(&back, dy, &flipped, dx, &|_, _| {});
 }
 
 /// Weight gradient `(C_out, C_in/groups, 3, 3)` of `g` from the input `x` and the output

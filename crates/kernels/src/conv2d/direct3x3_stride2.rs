@@ -168,7 +168,8 @@ fn phase_grad<const N: usize>(
 
 /// Input gradient `(N, C_in, H, W)` of the stride-2 `g` from the output gradient `dy`, per
 /// phase of the input (see the module documentation).
-pub(super) fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// `dx` may hold anything: the four phases together write every value.
+pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     assert_eq!(g.stride, 2);
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     // Each group's weights with input and output channels swapped: the kernel's output
@@ -190,8 +191,7 @@ pub(super) fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (row, dy_plane, positions) = (layout.taps.row, layout.taps.phase, layout.positions);
     let shape = (row, dy_plane, positions);
     let (h, w_len) = (g.in_h, g.in_w);
-    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
-    for_each_unit(&mut dx, g.in_unit_len(), |unit, dx_unit, _| {
+    for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
         let dy_unit = g.output_unit(dy, unit);
         let w_group = &swapped[g.group_of(unit) * g.weight_group_len()..][..g.weight_group_len()];
         with_columns(c_out * dy_plane + c_in * positions, |buf| {
@@ -221,7 +221,6 @@ pub(super) fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
             }
         });
     });
-    dx
 }
 
 #[cfg(test)]

@@ -12,18 +12,35 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 /// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
 /// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
+    input_grad_into(g, dy, w, &mut dx);
+    dx
+}
+
+/// [`input_grad`] into `dx` (`N * C_in * H*W` values), whatever it held: every value is
+/// written (the paths that add into their output zero it first), so a reused buffer needs no
+/// zero-fill.
+pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    assert_eq!(
+        dx.len(),
+        g.units() * g.in_unit_len(),
+        "conv2d: input gradient length"
+    );
     if let Some(tile) = winograd_tile(g, Pass::InputGrad) {
-        return super::winograd::input_grad(tile, g, dy, w);
+        return super::winograd::input_grad_into(tile, g, dy, w, dx);
     }
     if direct_3x3(g, Pass::InputGrad) {
-        return super::direct3x3::input_grad(g, dy, w);
+        return super::direct3x3::input_grad_into(g, dy, w, dx);
     }
     if super::batched::applies(g) {
-        return super::batched::input_grad(g, dy, w);
+        return super::batched::input_grad_into(g, dy, w, dx);
     }
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
-    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
-    for_each_unit(&mut dx, g.in_unit_len(), |unit, dx_unit, par| {
+    if !g.is_pointwise() {
+        // col2im adds each column into place.
+        fill_zero(dx);
+    }
+    for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, par| {
         let dy_unit = MatRef::row_major(g.output_unit(dy, unit), c_out, p);
         let w_t = MatRef::row_major(g.weight_group(w, g.group_of(unit)), c_out, k).t();
         if g.is_pointwise() {
@@ -35,7 +52,12 @@ pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
             });
         }
     });
-    dx
+}
+
+/// Zeroes `v` on all threads.
+pub(super) fn fill_zero(v: &mut [f32]) {
+    use rayon::prelude::*;
+    v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
 }
 
 /// The input-gradient pass as a no-backward candle op: `dy.apply_op2_no_bwd(&w, ..)`.
@@ -81,5 +103,61 @@ impl CustomOp2 for Conv2dInputGrad {
         let w = dense_f32(w_storage, w_layout, "weight")?;
         let dx = input_grad(g, &dy, &w);
         Ok((CpuStorage::F32(dx), Shape::from(g.input_dims())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::select::{with_algorithm, Algorithm};
+    use super::*;
+
+    /// Values in [-1, 1) from a simple generator (`seed` picks the sequence).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Into a buffer full of NaN, every path writes every value: the same bits as into a
+    /// zeroed one. Shapes reach the per-unit GEMM (pointwise and 3x3 through col2im), the
+    /// whole-batch GEMM on small maps (both), the direct kernel (stride 1 and 2) and Winograd.
+    #[test]
+    fn every_path_writes_every_value_of_a_reused_buffer() {
+        // (N, C_in, C_out, H, K, stride, padding, groups, algorithm)
+        let cases = [
+            (2, 8, 16, 12, 1, 1, 0, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 2, 1, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 1, 1, 0, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 16, 16, 10, 3, 1, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 10, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 9, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 8, 16, 9, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd2),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd4),
+        ];
+        for (i, &(n, c_in, c_out, h, k, stride, pad, groups, algo)) in cases.iter().enumerate() {
+            let w_dims = [c_out, c_in / groups, k, k];
+            let g = ConvGeometry::new(&[n, c_in, h, h], &w_dims, stride, pad, groups).unwrap();
+            let w = values(w_dims.iter().product(), i as u32);
+            let dy = values(g.units() * g.out_unit_len(), 100 + i as u32);
+            let (zeroed, reused) = with_algorithm(algo, || {
+                let zeroed = input_grad(&g, &dy, &w);
+                let mut reused = vec![f32::NAN; zeroed.len()];
+                input_grad_into(&g, &dy, &w, &mut reused);
+                (zeroed, reused)
+            });
+            let differ = zeroed
+                .iter()
+                .zip(&reused)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "case {i} ({algo:?}): {differ} values differ");
+        }
     }
 }

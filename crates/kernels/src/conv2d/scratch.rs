@@ -55,8 +55,21 @@ impl Scratch {
             fit.map(|i| pool.swap_remove(i))
         });
         // A reused buffer keeps its values; growing a pooled one instead would copy it.
-        let buf = reused.unwrap_or_else(|| vec![0.0; len]);
+        #[allow(unused_mut)]
+        let mut buf = reused.unwrap_or_else(|| vec![0.0; len]);
+        // Debug builds (the tests) lend NaN, so that a value read before it is written shows.
+        #[cfg(debug_assertions)]
+        buf[..len].fill(f32::NAN);
         Self { buf, len }
+    }
+}
+
+impl Scratch {
+    /// The lent values as a vector of their own, leaving the pool (no copy).
+    pub fn into_vec(mut self) -> Vec<f32> {
+        let mut values = std::mem::take(&mut self.buf);
+        values.truncate(self.len);
+        values
     }
 }
 
@@ -82,6 +95,9 @@ impl DerefMut for Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            return;
+        }
         // A thread being torn down has no pool left: the buffer is simply freed.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();

@@ -626,8 +626,9 @@ pub fn forward_into(
 }
 
 /// Input gradient of `g` (dense 3x3, stride 1, padding 1): the "same" convolution of `dy`
-/// with `w` flipped in both spatial axes, input and output channels swapped.
-pub fn input_grad(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+/// with `w` flipped in both spatial axes, input and output channels swapped, into `dx` (any
+/// contents: every value is written, as the forward writes its output).
+pub fn input_grad_into(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (c_in, c_out) = (g.in_channels, g.out_channels);
     let mut flipped = Scratch::take(c_out * c_in * 9);
     flipped
@@ -641,14 +642,12 @@ pub fn input_grad(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f3
                 }
             }
         });
-    let mut dx = vec![0.0f32; g.batch * g.in_unit_len()];
     let none: Epilogue<'_> = &|_, _| {};
     let swapped = |m| Plan::new(m, g.batch, c_out, c_in, g.in_h, g.in_w);
     match tile {
-        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, &flipped, &mut dx, none),
-        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, &flipped, &mut dx, none),
+        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, &flipped, dx, none),
+        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, &flipped, dx, none),
     }
-    dx
 }
 
 /// Weight gradient of `g` (dense 3x3, stride 1, padding 1), `(C_out, C_in, 3, 3)`.
