@@ -313,27 +313,12 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
     {
         let seed = 10_000 + 100 * i as u64;
         let x = Var::from_tensor(&pseudo_random(&[n, c_in, size, size], seed, 1.0, 0.2)?)?;
-        let stages = [
-            StageVars::new([width, c_in, 1, 1], params(1, 0, 1), seed + 10)?,
-            StageVars::new(
-                [width, width / groups, 3, 3],
-                params(stride, 1, groups),
-                seed + 20,
-            )?,
-            StageVars::new([c_out, width, 1, 1], params(1, 0, 1), seed + 30)?,
-        ];
-        let downsample = has_downsample
-            .then(|| StageVars::new([c_out, c_in, 1, 1], params(stride, 0, 1), seed + 40))
-            .transpose()?;
-        let gate = match kind {
-            GateKind::None => None,
-            GateKind::SqueezeExcite => Some(TestGate::SqueezeExcite(GateVars::new(
-                c_out,
-                c_out / 4,
-                seed + 50,
-            )?)),
-            GateKind::Cbam => Some(TestGate::Cbam(CbamVars::new(c_out, c_out / 4, seed + 50)?)),
-        };
+        let shape = (c_in, width, c_out, stride, groups);
+        let TestBlock {
+            stages,
+            downsample,
+            gate,
+        } = TestBlock::build(shape, has_downsample, kind, seed + 10)?;
         let param_grads = ParamGrads::new();
         let (fused, fused_stats) = bottleneck_train(
             &x,
@@ -369,18 +354,30 @@ fn blocks_equal_their_fused_stages(kind: GateKind) -> Result<()> {
     Ok(())
 }
 
-/// The variables of one block of a chain: its stages (the downsample's last) and its gate.
-struct ChainBlock {
+/// The variables of one block: its stages (the downsample's last) and its gate.
+struct TestBlock {
     stages: [StageVars; 3],
     downsample: Option<StageVars>,
     gate: Option<TestGate>,
 }
 
-impl ChainBlock {
-    /// Block `c_in -> c_out` (width `c_out / 2`, grouped 3x3 with `groups`), striding `stride`.
+impl TestBlock {
+    /// Block `c_in -> c_out` (width `c_out / 2`, grouped 3x3 with 4 groups), striding `stride`,
+    /// with a downsample shortcut where the shapes change.
     fn new(c_in: usize, c_out: usize, stride: usize, gate: GateKind, seed: u64) -> Result<Self> {
-        let width = c_out / 2;
-        let groups = 4;
+        let downsample = stride != 1 || c_in != c_out;
+        Self::build((c_in, c_out / 2, c_out, stride, 4), downsample, gate, seed)
+    }
+
+    /// Block `(c_in, width, c_out, stride, groups)`: the three stages from `seed`, `seed + 10`
+    /// and `seed + 20`, the downsample from `seed + 30`, the gate (reducing `c_out` 4-fold)
+    /// from `seed + 40`.
+    fn build(
+        (c_in, width, c_out, stride, groups): (usize, usize, usize, usize, usize),
+        has_downsample: bool,
+        gate: GateKind,
+        seed: u64,
+    ) -> Result<Self> {
         let stages = [
             StageVars::new([width, c_in, 1, 1], params(1, 0, 1), seed)?,
             StageVars::new(
@@ -390,7 +387,7 @@ impl ChainBlock {
             )?,
             StageVars::new([c_out, width, 1, 1], params(1, 0, 1), seed + 20)?,
         ];
-        let downsample = (stride != 1 || c_in != c_out)
+        let downsample = has_downsample
             .then(|| StageVars::new([c_out, c_in, 1, 1], params(stride, 0, 1), seed + 30))
             .transpose()?;
         let gate = match gate {
@@ -439,12 +436,12 @@ impl ChainBlock {
 fn a_chain_of_blocks_equals_its_blocks_one_by_one() -> Result<()> {
     let x = Var::from_tensor(&pseudo_random(&[3, 8, 10, 10], 77, 1.0, 0.2)?)?;
     let blocks = [
-        ChainBlock::new(8, 16, 2, GateKind::None, 100)?,
-        ChainBlock::new(16, 16, 1, GateKind::SqueezeExcite, 200)?,
-        ChainBlock::new(16, 32, 1, GateKind::Cbam, 300)?,
-        ChainBlock::new(32, 32, 1, GateKind::None, 400)?,
+        TestBlock::new(8, 16, 2, GateKind::None, 100)?,
+        TestBlock::new(16, 16, 1, GateKind::SqueezeExcite, 200)?,
+        TestBlock::new(16, 32, 1, GateKind::Cbam, 300)?,
+        TestBlock::new(32, 32, 1, GateKind::None, 400)?,
     ];
-    let specs: Vec<BottleneckStages> = blocks.iter().map(ChainBlock::spec).collect();
+    let specs: Vec<BottleneckStages> = blocks.iter().map(TestBlock::spec).collect();
     let chained_grads = ParamGrads::new();
     let (chained, chained_stats) = bottlenecks_train(&x, &specs, &chained_grads)?;
 
