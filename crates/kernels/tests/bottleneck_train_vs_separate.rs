@@ -511,7 +511,6 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         .to_string();
     assert!(err.contains("conv1's BatchNorm"), "{err}");
 
-    // A gate whose expand weight has the reduced width on the wrong axis.
     let identity = [
         StageVars::new([4, 8, 1, 1], params(1, 0, 1), 1)?,
         StageVars::new([4, 4, 3, 3], params(1, 1, 1), 2)?,
@@ -525,6 +524,8 @@ fn mismatched_shapes_and_devices_are_errors() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(err.contains("computed from other tensors"), "{err}");
+
+    // A gate whose expand weight has the reduced width on the wrong axis.
     let gate = GateVars::new(8, 2, 4)?;
     let transposed = gate.expand_w.reshape((2, 8, 1, 1))?;
     let mut bad_mlp = gate.mlp();
