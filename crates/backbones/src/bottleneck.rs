@@ -8,7 +8,6 @@ use crate::cbam::Cbam;
 use crate::config::{Attention, ResNetConfig};
 use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use crate::squeeze_excite::SqueezeExcite;
-use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use mtanet_kernels::ParamGrads;
@@ -113,17 +112,12 @@ impl Bottleneck {
 
 impl Bottleneck {
     /// The same block handing its parameters' gradients to `param_grads` when it trains as one
-    /// op (its own store otherwise): the store its network collects
-    /// ([`ResNet::backward`](crate::ResNet::backward)).
+    /// op: the store its network collects ([`ResNet::backward`](crate::ResNet::backward)), or,
+    /// for a block trained on its own, the caller's ([`ParamGrads::backward`]). Without one the
+    /// block keeps a store nobody collects, and its second training forward is refused.
     pub fn with_param_grads(mut self, param_grads: &ParamGrads) -> Self {
         self.param_grads = param_grads.clone();
         self
-    }
-
-    /// Every gradient of `loss` for a block used on its own: candle's backward, then the
-    /// gradients its training op wrote ([`ParamGrads::backward`]).
-    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
-        self.param_grads.backward(loss)
     }
 
     /// The block as the whole-block training op takes it (`mtanet_kernels::bottleneck_train`),
@@ -266,6 +260,36 @@ mod tests {
     /// layers. Both must give the same output and leave every running statistic (the block's
     /// BatchNorms and CBAM's spatial one) the same, so the one op hands each statistic to its
     /// own BatchNorm.
+    /// A block trained on its own: with the caller's store its parameters' gradients arrive
+    /// through [`ParamGrads::backward`]; without one, a second training forward after a backward
+    /// is refused rather than run with gradients nobody collected.
+    #[test]
+    fn a_block_on_its_own_is_differentiated_through_the_callers_store() -> Result<()> {
+        let cfg = ResNetConfig::from_kind(&BackboneKind::Resnet50).scaled(8, Some([1; 4]), None);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let x = wave(&[2, 16, 6, 6], 0.5, 1.0)?;
+        let own = Bottleneck::new(&cfg, 16, 8, 1, vb.pp("own"))?;
+        own.forward_t(&x, true)?.sum_all()?.backward()?;
+        let err = own.forward_t(&x, true).expect_err("uncollected gradients");
+        assert!(err.to_string().contains("never collected"), "{err}");
+
+        let store = ParamGrads::new();
+        let block = Bottleneck::new(&cfg, 16, 8, 1, vb.pp("given"))?.with_param_grads(&store);
+        let grads = store.backward(&block.forward_t(&x, true)?.sum_all()?)?;
+        let data = varmap.data().lock().expect("varmap").clone();
+        let trained: Vec<_> = data
+            .iter()
+            .filter(|(name, _)| name.starts_with("given.") && !name.contains("running_"))
+            .collect();
+        assert!(trained.len() >= 9, "{} parameters", trained.len());
+        for (name, var) in trained {
+            assert!(grads.get(var).is_some(), "no gradient for {name}");
+        }
+        block.forward_t(&x, true)?;
+        Ok(())
+    }
+
     #[test]
     fn a_block_trained_as_one_op_updates_every_running_statistic() -> Result<()> {
         let kinds = [
