@@ -19,64 +19,15 @@
 
 use crate::batch_norm::lock;
 use crate::bottleneck_block::{cpu_values, Block};
+use crate::bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::Scratch;
 use crate::conv_bn::relu_masked;
 use crate::fused_operands::cpu_f32;
 use crate::param_grads::ParamGrads;
-use crate::{BatchStats, ConvParams, GateMlp};
+use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
 use std::sync::{Arc, Mutex};
-
-/// One convolution and the training-mode BatchNorm after it, as [`bottleneck_train`] takes them.
-#[derive(Clone, Copy, Debug)]
-pub struct ConvBnStage<'a> {
-    /// The convolution weight, (C_out, C_in / groups, kh, kw), no bias.
-    pub conv_weight: &'a Tensor,
-    /// The convolution's stride, padding and groups.
-    pub conv: ConvParams,
-    /// The BatchNorm's weight (C_out values).
-    pub bn_weight: &'a Tensor,
-    /// The BatchNorm's bias (C_out values).
-    pub bn_bias: &'a Tensor,
-    /// The BatchNorm's epsilon.
-    pub eps: f64,
-}
-
-/// A block's attention gate, as [`bottleneck_train`] takes it.
-#[derive(Clone, Copy, Debug)]
-pub enum BlockGate<'a> {
-    /// Squeeze-and-excitation: `sigmoid(mlp(mean_hw(z)))`, one value per (image, channel).
-    SqueezeExcite(GateMlp<'a>),
-    /// CBAM: the channel gate `sigmoid(mlp(mean_hw(z)) + mlp(max_hw(z)))`, then the spatial
-    /// gate `sigmoid(bn(conv([max_c, mean_c])))`, one value per (image, pixel).
-    Cbam {
-        /// The channel gate's shared MLP.
-        channel: GateMlp<'a>,
-        /// The spatial gate's convolution (2 channels to 1, keeping the map's size) and its
-        /// training BatchNorm.
-        spatial: ConvBnStage<'a>,
-    },
-}
-
-impl BlockGate<'_> {
-    /// The gate's MLP.
-    fn mlp(&self) -> &GateMlp<'_> {
-        match self {
-            Self::SqueezeExcite(mlp) | Self::Cbam { channel: mlp, .. } => mlp,
-        }
-    }
-
-    /// The gate's tensors, in the order they are packed: the MLP's four, then for CBAM the
-    /// spatial convolution's weight and its BatchNorm's weight and bias.
-    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
-        let mut all = self.mlp().tensors().to_vec();
-        if let Self::Cbam { spatial, .. } = self {
-            all.extend([spatial.conv_weight, spatial.bn_weight, spatial.bn_bias]);
-        }
-        all
-    }
-}
 
 /// True when [`bottleneck_train`] runs these tensors (the input, every stage's and the gate's
 /// parameters): all f32 on the CPU.
@@ -129,24 +80,6 @@ pub fn bottleneck_train(
     match stats.pop() {
         Some(stats) => Ok((y, stats)),
         None => bail!("bottleneck_train: no statistics for the block"),
-    }
-}
-
-/// One block's stages and gate, as [`bottlenecks_train`] takes them.
-#[derive(Clone, Copy, Debug)]
-pub struct BottleneckStages<'a> {
-    /// conv1, conv2 and conv3 with their BatchNorms.
-    pub main: [ConvBnStage<'a>; 3],
-    /// The shortcut's convolution and BatchNorm (`None`: the identity).
-    pub downsample: Option<ConvBnStage<'a>>,
-    /// The attention gate after the third BatchNorm.
-    pub gate: Option<BlockGate<'a>>,
-}
-
-impl<'a> BottleneckStages<'a> {
-    /// Every stage: `main`, then `downsample`.
-    pub(crate) fn stages(&self) -> Vec<ConvBnStage<'a>> {
-        self.main.into_iter().chain(self.downsample).collect()
     }
 }
 

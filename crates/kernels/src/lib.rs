@@ -48,10 +48,8 @@ mod spatial_pool;
 mod squeeze_excite;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
-pub use bottleneck_train::{
-    bottleneck_train, bottleneck_train_applies, bottlenecks_train, BlockGate, BottleneckStages,
-    ConvBnStage,
-};
+pub use bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
+pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, bottlenecks_train};
 pub use cbam_eval::{cbam_add_relu_eval, cbam_eval_applies, CbamEval};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};

@@ -124,7 +124,7 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     drop(dy_wide);
     if !g.is_pointwise() {
         // col2im adds each column into place.
-        super::input_grad::fill_zero(dx);
+        super::scratch::fill_zero(dx);
     }
     let dcols = &dcols[..];
     dx.par_chunks_mut(g.in_unit_len())

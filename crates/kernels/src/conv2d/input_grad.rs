@@ -4,7 +4,7 @@ use super::geometry::ConvGeometry;
 use super::im2col::col2im_add;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
-use super::scratch::with_columns;
+use super::scratch::{fill_zero, with_columns};
 use super::select::{direct_3x3, winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
@@ -52,12 +52,6 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
             });
         }
     });
-}
-
-/// Zeroes `v` on all threads.
-pub(super) fn fill_zero(v: &mut [f32]) {
-    use rayon::prelude::*;
-    v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
 }
 
 /// The input-gradient pass as a no-backward candle op: `dy.apply_op2_no_bwd(&w, ..)`.

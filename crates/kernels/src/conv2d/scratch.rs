@@ -35,6 +35,12 @@ pub fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Zeroes `v` on all threads: a reused buffer that a pass adds into.
+pub(crate) fn fill_zero(v: &mut [f32]) {
+    use rayon::prelude::*;
+    v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+}
+
 /// A buffer from this thread's pool, returned to the pool of the thread that drops it.
 pub struct Scratch {
     /// Every value initialised; `len` of them are lent out.
