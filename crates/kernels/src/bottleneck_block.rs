@@ -1,8 +1,9 @@
 //! One bottleneck block's training forward and backward over plain buffers, as the training
 //! op of `bottleneck_train.rs` runs it: the three convolution + BatchNorm stages of `conv_bn.rs`
 //! (`stage_forward`, `stage_backward`), the downsample shortcut, the squeeze-excite or CBAM
-//! gate with the joins of `gate.rs`, and the residual join. A block reads its parameters where
-//! they are (a candle tensor each) and returns their gradients as buffers.
+//! gate with the joins of `gate.rs`, and the residual join; and the types that describe a block
+//! to the op (`ConvBnStage`, `BlockGate`, `BottleneckStages`). A block reads its parameters
+//! where they are (a candle tensor each) and returns their gradients as buffers.
 
 use crate::batch_norm::lock;
 use crate::cbam::{
