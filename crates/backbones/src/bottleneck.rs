@@ -139,12 +139,14 @@ impl Bottleneck {
         })
     }
 
-    /// True where the whole-block training op runs the block on `x` (f32 on the CPU).
-    pub(crate) fn trains_as_one_op(&self, x: &Tensor) -> bool {
-        self.train_stages().is_some_and(|spec| {
-            let stages: Vec<_> = spec.main.into_iter().chain(spec.downsample).collect();
-            mtanet_kernels::bottleneck_train_applies(x, &stages, spec.gate.as_ref())
-        })
+    /// [`Bottleneck::train_stages`] where the whole-block training op runs them on `x` (f32 on
+    /// the CPU), else `None`.
+    pub(crate) fn train_stages_on(
+        &self,
+        x: &Tensor,
+    ) -> Option<mtanet_kernels::BottleneckStages<'_>> {
+        self.train_stages()
+            .filter(|spec| mtanet_kernels::bottleneck_train_applies(x, spec))
     }
 
     /// Takes the batch statistics of the whole-block training op (stages, then CBAM's spatial
@@ -171,10 +173,7 @@ impl Bottleneck {
     /// candle's graph), updating the running statistics; `None` where that op does not run the
     /// tensors (other than f32 on the CPU).
     fn train_as_one_op(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if !self.trains_as_one_op(x) {
-            return Ok(None);
-        }
-        let Some(spec) = self.train_stages() else {
+        let Some(spec) = self.train_stages_on(x) else {
             return Ok(None);
         };
         self.param_grads.check_collected("Bottleneck")?;
@@ -255,11 +254,6 @@ mod tests {
         Ok(diff / scale)
     }
 
-    /// A training step of a block in f32 on the CPU runs as one op
-    /// (`mtanet_kernels::bottleneck_train`); the same block in f64 runs candle's composed
-    /// layers. Both must give the same output and leave every running statistic (the block's
-    /// BatchNorms and CBAM's spatial one) the same, so the one op hands each statistic to its
-    /// own BatchNorm.
     /// A block trained on its own: with the caller's store its parameters' gradients arrive
     /// through [`ParamGrads::backward`]; without one, a second training forward after a backward
     /// is refused rather than run with gradients nobody collected.
@@ -290,6 +284,11 @@ mod tests {
         Ok(())
     }
 
+    /// A training step of a block in f32 on the CPU runs as one op
+    /// (`mtanet_kernels::bottleneck_train`); the same block in f64 runs candle's composed
+    /// layers. Both must give the same output and leave every running statistic (the block's
+    /// BatchNorms and CBAM's spatial one) the same, so the one op hands each statistic to its
+    /// own BatchNorm.
     #[test]
     fn a_block_trained_as_one_op_updates_every_running_statistic() -> Result<()> {
         let kinds = [

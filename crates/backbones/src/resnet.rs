@@ -98,8 +98,9 @@ impl ModuleT for ResNet {
         }
         let mut x = self.stem_t(x, train)?;
         let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
-        let chained: Option<Vec<_>> = match train && blocks.iter().all(|b| b.trains_as_one_op(&x)) {
-            true => blocks.iter().map(|b| b.train_stages()).collect(),
+        // Every block's stages, if the one-op training runs them all.
+        let chained: Option<Vec<_>> = match train {
+            true => blocks.iter().map(|b| b.train_stages_on(&x)).collect(),
             false => None,
         };
         if let Some(specs) = chained {

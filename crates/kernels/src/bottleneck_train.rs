@@ -18,8 +18,7 @@
 //! zero gradients); the tests check that.
 
 use crate::batch_norm::lock;
-use crate::bottleneck_block::{cpu_values, Block};
-use crate::bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
+use crate::bottleneck_block::{cpu_values, Block, BlockGate, BottleneckStages, ConvBnStage};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::Scratch;
 use crate::conv_bn::relu_masked;
@@ -29,18 +28,14 @@ use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
 use std::sync::{Arc, Mutex};
 
-/// True when [`bottleneck_train`] runs these tensors (the input, every stage's and the gate's
+/// True when [`bottleneck_train`] runs `block` on `x` (the input, every stage's and the gate's
 /// parameters): all f32 on the CPU.
-pub fn bottleneck_train_applies(
-    x: &Tensor,
-    stages: &[ConvBnStage<'_>],
-    gate: Option<&BlockGate<'_>>,
-) -> bool {
+pub fn bottleneck_train_applies(x: &Tensor, block: &BottleneckStages<'_>) -> bool {
     let mut all = vec![x];
-    for s in stages {
+    for s in block.stages() {
         all.extend([s.conv_weight, s.bn_weight, s.bn_bias]);
     }
-    all.extend(gate.iter().flat_map(|g| g.tensors()));
+    all.extend(block.gate.iter().flat_map(|g| g.tensors()));
     cpu_f32(&all)
 }
 
@@ -99,7 +94,7 @@ pub fn bottlenecks_train(
     let mut input = x.dims().to_vec();
     let mut built = Vec::with_capacity(blocks.len());
     for spec in blocks {
-        if !bottleneck_train_applies(x, &spec.stages(), spec.gate.as_ref()) {
+        if !bottleneck_train_applies(x, spec) {
             bail!("bottleneck_train: f32 tensors on the CPU only")
         }
         let block = Block::new(&input, spec)?;
