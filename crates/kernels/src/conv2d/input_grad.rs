@@ -103,18 +103,8 @@ impl CustomOp2 for Conv2dInputGrad {
 #[cfg(test)]
 mod tests {
     use super::super::select::{with_algorithm, Algorithm};
+    use super::super::test_values as values;
     use super::*;
-
-    /// Values in [-1, 1) from a simple generator (`seed` picks the sequence).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Into a buffer full of NaN, every path writes every value: the same bits as into a
     /// zeroed one. Shapes reach the per-unit GEMM (pointwise and 3x3 through col2im), the

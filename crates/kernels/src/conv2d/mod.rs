@@ -98,3 +98,11 @@ pub fn sgemm(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize
         schedule::gemm_threads(),
     )
 }
+
+/// Test inputs: `len` values in [-1, 1), a different sequence for each `seed`.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len as u32)
+        .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}

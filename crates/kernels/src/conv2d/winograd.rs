@@ -662,15 +662,8 @@ pub fn weight_grad(tile: Tile, g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f
 mod tests {
     use super::*;
     use crate::conv2d::select::{with_algorithm, Algorithm};
+    use crate::conv2d::test_values as values;
     use std::sync::Mutex;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The epilogue runs once per image, on that image's final output, and what it writes stays.
     #[test]
