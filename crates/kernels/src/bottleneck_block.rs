@@ -85,6 +85,17 @@ impl<'a> BottleneckStages<'a> {
     pub(crate) fn stages(&self) -> Vec<ConvBnStage<'a>> {
         self.main.into_iter().chain(self.downsample).collect()
     }
+
+    /// Every parameter, in the order the op keeps them: each stage's conv weight, BatchNorm
+    /// weight and bias (stage after stage), then the gate's ([`BlockGate::tensors`]).
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        let mut all: Vec<&Tensor> = Vec::with_capacity(3 * 4 + 7);
+        for s in self.stages() {
+            all.extend([s.conv_weight, s.bn_weight, s.bn_bias]);
+        }
+        all.extend(self.gate.iter().flat_map(|g| g.tensors()));
+        all
+    }
 }
 
 impl Block {
@@ -152,11 +163,7 @@ impl Block {
             }
         };
         let stages = spec.stages();
-        let mut params = Vec::with_capacity(3 * stages.len() + 7);
-        for s in &stages {
-            params.extend([s.conv_weight, s.bn_weight, s.bn_bias].map(Tensor::clone));
-        }
-        params.extend(gate.iter().flat_map(|g| g.tensors()).cloned());
+        let params: Vec<Tensor> = spec.tensors().into_iter().cloned().collect();
         // A gradient written for a tensor computed from variables would never reach them.
         if let Some(i) = params.iter().position(|p| p.track_op() && !p.is_variable()) {
             bail!(

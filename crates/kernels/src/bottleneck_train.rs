@@ -32,10 +32,7 @@ use std::sync::{Arc, Mutex};
 /// parameters): all f32 on the CPU.
 pub fn bottleneck_train_applies(x: &Tensor, block: &BottleneckStages<'_>) -> bool {
     let mut all = vec![x];
-    for s in block.stages() {
-        all.extend([s.conv_weight, s.bn_weight, s.bn_bias]);
-    }
-    all.extend(block.gate.iter().flat_map(|g| g.tensors()));
+    all.extend(block.tensors());
     cpu_f32(&all)
 }
 
