@@ -617,7 +617,7 @@ impl CustomOp3 for BatchNormTrainGrad {
             bail!("batch_norm_train backward: the forward pass did not run on the CPU")
         };
         let numel = x.len();
-        let mut out = vec![0f32; numel + 2 * c];
+        let mut out = crate::conv2d::zeroed(numel + 2 * c);
         let (dx, rest) = out.split_at_mut(numel);
         let (dweight, dbias) = train_backward(&x, &g, (n, c, inner), saved, self.relu, dx);
         rest[..c].copy_from_slice(&dweight);
@@ -875,7 +875,7 @@ impl CustomOp3 for ChannelAffineGrad {
         // Per channel: sum g' and sum g' * x.
         let (sum_g, sum_gx) = channel_gated_sums(&g, &x, (n, c, inner), gate, |_| (0.0, 1.0));
         let numel = x.len();
-        let mut out = vec![0f32; numel + 2 * c];
+        let mut out = crate::conv2d::zeroed(numel + 2 * c);
         let (dx, rest) = out.split_at_mut(numel);
         dx.par_chunks_mut(inner.max(1))
             .enumerate()

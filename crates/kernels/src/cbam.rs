@@ -155,7 +155,7 @@ pub(crate) fn cbam_join_backward(
     let n = s.channel_gate.len() / c;
     let p = s.spatial_gate.len() / n;
     // The spatial gate and the join: `u`'s gradient along the product, then the pooling's.
-    let mut dgated = vec![0f32; z.len()];
+    let mut dgated = crate::conv2d::zeroed(z.len());
     let mut dspatial_gate = vec![0f32; n * p];
     spatial_gate_grad(
         (c, p),

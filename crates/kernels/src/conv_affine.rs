@@ -122,7 +122,7 @@ fn forward_values(
     shortcut: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; g.batch * g.out_channels * g.out_pixels()];
+    let mut y = conv2d::zeroed(g.batch * g.out_channels * g.out_pixels());
     let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
     let epilogue = |unit: usize, y_unit: &mut [f32]| {
         let first = (unit % g.groups) * per_group;
@@ -179,7 +179,7 @@ fn backward_values(
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let (c, p) = (g.out_channels, g.out_pixels().max(1));
     let z = conv2d::forward(g, x, w);
-    let (mut passed, mut dz) = (vec![0f32; dy.len()], vec![0f32; dy.len()]);
+    let (mut passed, mut dz) = (conv2d::zeroed(dy.len()), conv2d::zeroed(dy.len()));
     passed
         .par_chunks_mut(p)
         .zip(dz.par_chunks_mut(p))

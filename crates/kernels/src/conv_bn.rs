@@ -253,7 +253,7 @@ impl CustomOp3 for ConvBnTrain {
 /// `grad_y` where `y > 0`, else 0: the gradient through `relu(.. + shortcut)` given its output
 /// `y`, which is also the shortcut's gradient.
 pub(crate) fn relu_masked(y: &[f32], grad_y: &[f32]) -> Vec<f32> {
-    let mut masked = vec![0f32; grad_y.len()];
+    let mut masked = crate::conv2d::zeroed(grad_y.len());
     masked
         .par_chunks_mut(1 << 14)
         .zip(y.par_chunks(1 << 14).zip(grad_y.par_chunks(1 << 14)))

@@ -164,7 +164,7 @@ fn apply_gate(
     gate: &[f32],
     shortcut: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = crate::conv2d::zeroed(x.len());
     let p = p.max(1);
     y.par_chunks_mut(p)
         .zip(x.par_chunks(p))
@@ -299,7 +299,7 @@ impl candle_core::CustomOp3 for GateGrad {
         let gate = dense_f32(gs, gl, "gate")?;
         let dy = dense_f32(ds, dl, "output gradient")?;
         let numel = x.len();
-        let mut out = vec![0f32; numel + gate.len()];
+        let mut out = crate::conv2d::zeroed(numel + gate.len());
         let (dx, dgate) = out.split_at_mut(numel);
         match self.axis {
             Axis::Channel => {
@@ -403,7 +403,7 @@ pub(crate) fn gated_spatial_join(
     (channel_gate, spatial_gate): (&[f32], &[f32]),
     shortcut: &[f32],
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = crate::conv2d::zeroed(x.len());
     let p1 = p.max(1);
     y.par_chunks_mut(p1)
         .zip(x.par_chunks(p1).zip(shortcut.par_chunks(p1)))
@@ -596,7 +596,7 @@ impl CustomOp2 for ChannelMaxMeanGrad {
         let (_, c, p) = dims(xl)?;
         let x = dense_f32(xs, xl, "input")?;
         let g = dense_f32(gs, gl, "output gradient")?;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = crate::conv2d::zeroed(x.len());
         let inv = 1.0 / c as f32;
         dx.par_chunks_mut((c * p).max(1))
             .zip(x.par_chunks((c * p).max(1)))

@@ -107,7 +107,7 @@ impl CustomOp2 for ReluMask {
 
 /// `f(a[i], b[i])` for equal-length slices, in parallel chunks.
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
+    let mut out = crate::conv2d::zeroed(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {

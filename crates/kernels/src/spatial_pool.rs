@@ -131,7 +131,7 @@ impl CustomOp1 for SpatialPool {
         let rows = n * c;
         let (g_mean, g_max) = g.split_at(rows);
         let inv = 1.0 / p as f32;
-        let mut dx = vec![0f32; values.len()];
+        let mut dx = crate::conv2d::zeroed(values.len());
         dx.par_chunks_mut(p)
             .zip(values.par_chunks(p))
             .enumerate()

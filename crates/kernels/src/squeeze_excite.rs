@@ -49,7 +49,7 @@ pub(crate) fn gated_join_backward(
     masked: &[f32],
     pixels: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dz = vec![0f32; z.len()];
+    let mut dz = crate::conv2d::zeroed(z.len());
     let mut dgate = vec![0f32; s.gate.len()];
     channel_gate_grad(pixels, (z, &s.gate, masked), &mut dz, &mut dgate);
     let (dsqueezed, dparams) = mlp_backward(&s.mlp, p, &sigmoid_grad(&dgate, &s.gate));

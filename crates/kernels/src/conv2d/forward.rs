@@ -26,7 +26,7 @@ pub fn forward_macs() -> u64 {
 ///
 /// A 1x1 stride-1 unpadded convolution multiplies the input unit directly (no im2col).
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; g.units() * g.out_unit_len()];
+    let mut y = super::scratch::zeroed(g.units() * g.out_unit_len());
     forward_into(g, x, w, &mut y);
     y
 }

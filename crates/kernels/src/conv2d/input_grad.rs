@@ -12,7 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 /// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
 /// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
 pub fn input_grad(g: &ConvGeometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0f32; g.units() * g.in_unit_len()];
+    let mut dx = super::scratch::zeroed(g.units() * g.in_unit_len());
     input_grad_into(g, dy, w, &mut dx);
     dx
 }

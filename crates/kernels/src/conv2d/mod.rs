@@ -37,7 +37,7 @@ pub use weight_grad::Conv2dWeightGrad;
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.
 pub(crate) use {
     forward::forward, forward::forward_into_then, input_grad::input_grad,
-    input_grad::input_grad_into, scratch::Scratch, weight_grad::weight_grad,
+    input_grad::input_grad_into, scratch::zeroed, scratch::Scratch, weight_grad::weight_grad,
 };
 
 use candle_core::{DType, Result, Tensor};

@@ -41,6 +41,22 @@ pub(crate) fn fill_zero(v: &mut [f32]) {
     v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
 }
 
+/// A fresh vector of `len` zeros, written on all threads.
+///
+/// `vec![0.0; len]` asks `calloc`, which clears reused heap memory on the calling thread alone:
+/// for a layer's output that is a whole pass over megabytes on one core of many.
+pub fn zeroed(len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(1 << 16)
+        .for_each(|c| c.fill(MaybeUninit::new(0.0)));
+    // SAFETY: the first `len` values of the capacity were written just above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// A buffer from this thread's pool, returned to the pool of the thread that drops it.
 pub struct Scratch {
     /// Every value initialised; `len` of them are lent out.
@@ -125,6 +141,17 @@ impl Drop for Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeroed_is_all_zero_bits_even_over_reused_memory() {
+        for len in [0, 1, 1 << 16, (1 << 16) + 1, 300_001] {
+            // Leave freed memory full of non-zero values for the allocator to hand back.
+            drop(vec![f32::NAN; len]);
+            let v = zeroed(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|x| x.to_bits() == 0), "len {len}");
+        }
+    }
 
     #[test]
     fn nested_use_gets_a_distinct_buffer() {
