@@ -153,3 +153,53 @@ impl CustomOp2 for Conv2d {
         Ok((grad_x, grad_w))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::select::{with_algorithm, Algorithm};
+    use super::super::test_values as values;
+    use super::*;
+
+    /// Into a buffer full of NaN, every path writes every value: the same bits as into a
+    /// zeroed one (the contract the training blocks rely on when they reuse pooled buffers). Shapes reach the per-unit
+    /// GEMM (pointwise and 3x3 through im2col), the whole-batch GEMM on small maps (both), the
+    /// direct kernel (stride 1 and 2) and Winograd F(2x2, 3x3) and F(4x4, 3x3).
+    #[test]
+    fn every_forward_path_writes_every_value() {
+        // (N, C_in, C_out, H, K, stride, padding, groups, algorithm)
+        let cases = [
+            (2, 8, 16, 12, 1, 1, 0, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 2, 1, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 1, 2, 0, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 1, 1, 0, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 16, 16, 10, 3, 1, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 10, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 9, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd2),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd4),
+            (2, 3, 8, 20, 7, 2, 3, 1, Algorithm::Gemm),
+        ];
+        for (i, &(n, c_in, c_out, h, k, stride, pad, groups, algo)) in cases.iter().enumerate() {
+            let w_dims = [c_out, c_in / groups, k, k];
+            let g = ConvGeometry::new(&[n, c_in, h, h], &w_dims, stride, pad, groups).unwrap();
+            let x = values(n * c_in * h * h, i as u32);
+            let w = values(w_dims.iter().product(), 100 + i as u32);
+            let len = g.units() * g.out_unit_len();
+            let (zeroed, unwritten) = with_algorithm(algo, || {
+                let mut zeroed = vec![0.0; len];
+                forward_into(&g, &x, &w, &mut zeroed);
+                let mut unwritten = vec![f32::NAN; len];
+                forward_into(&g, &x, &w, &mut unwritten);
+                (zeroed, unwritten)
+            });
+            let differ = zeroed
+                .iter()
+                .zip(&unwritten)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "case {i} ({algo:?}): {differ} values differ");
+        }
+    }
+}
