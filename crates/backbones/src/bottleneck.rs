@@ -149,6 +149,51 @@ impl Bottleneck {
             .filter(|spec| mtanet_kernels::bottleneck_train_applies(x, spec))
     }
 
+    /// True for a block with a squeeze-excite or CBAM gate.
+    pub(crate) fn has_attention(&self) -> bool {
+        self.attention.is_some()
+    }
+
+    /// Each BatchNorm's eval-mode affine `(scale, shift)`: bn1, bn2, bn3, then the downsample's.
+    pub(crate) fn eval_affines(&self) -> Result<Vec<(Tensor, Tensor)>> {
+        [&self.bn1, &self.bn2, &self.bn3]
+            .into_iter()
+            .chain(self.downsample.as_ref().map(|(_, bn)| bn))
+            .map(|bn| bn.eval_affine())
+            .collect()
+    }
+
+    /// The block as the inference op takes it (`mtanet_kernels::bottlenecks_infer`), with its
+    /// BatchNorms folded into `affines` (from [`Bottleneck::eval_affines`]), or `None` for a
+    /// block with attention, which that op does not run.
+    pub(crate) fn infer_stages<'a>(
+        &'a self,
+        affines: &'a [(Tensor, Tensor)],
+    ) -> Option<mtanet_kernels::BottleneckEvalStages<'a>> {
+        if self.attention.is_some() || affines.len() != 3 + usize::from(self.downsample.is_some()) {
+            return None;
+        }
+        let stage = |conv: &'a Conv2d, (scale, shift): &'a (Tensor, Tensor)| {
+            mtanet_kernels::ConvAffineStage {
+                conv_weight: conv.weight(),
+                conv: conv.params(),
+                scale,
+                shift,
+            }
+        };
+        Some(mtanet_kernels::BottleneckEvalStages {
+            main: [
+                stage(&self.conv1, &affines[0]),
+                stage(&self.conv2, &affines[1]),
+                stage(&self.conv3, &affines[2]),
+            ],
+            downsample: self
+                .downsample
+                .as_ref()
+                .map(|(conv, _)| stage(conv, &affines[3])),
+        })
+    }
+
     /// Takes the batch statistics of the whole-block training op (stages, then CBAM's spatial
     /// gate) into the running averages.
     pub(crate) fn update_running(&self, stats: &[mtanet_kernels::BatchStats]) -> Result<()> {

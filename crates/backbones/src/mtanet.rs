@@ -307,14 +307,21 @@ impl MtaNet {
     /// `(N, MtaNetConfig::feature_width())`, both in the parameters' dtype whatever the
     /// [`Precision`].
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        self.features_via(x, train, |backbone, x| backbone.forward_t(x, train))
+    }
+
+    /// [`MtaNet::forward_features_t`] with the backbone's feature map from `backbone`.
+    fn features_via(
+        &self,
+        x: &Tensor,
+        train: bool,
+        backbone: impl FnOnce(&ResNet, &Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let x = match self.precision.compute_dtype() {
             Some(dtype) => x.to_dtype(dtype)?,
             None => x.clone(),
         };
-        let fmap = self
-            .backbone
-            .forward_t(&x, train)?
-            .to_dtype(self.param_dtype)?;
+        let fmap = backbone(&self.backbone, &x)?.to_dtype(self.param_dtype)?;
         let features = self.head.encode(&fmap, train)?;
         Ok((fmap, features))
     }
@@ -322,6 +329,14 @@ impl MtaNet {
     /// The three task outputs; `train` selects batch statistics in BN and active dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<MtaNetOutput> {
         let (_, features) = self.forward_features_t(x, train)?;
+        self.head.heads(&features)
+    }
+
+    /// The three task outputs where nothing is differentiated (evaluation, prediction): the
+    /// values of `forward_t(x, false)`, bit for bit, with the backbone run by
+    /// [`ResNet::infer`], so no gradient reaches the backbone.
+    pub fn infer(&self, x: &Tensor) -> Result<MtaNetOutput> {
+        let (_, features) = self.features_via(x, false, ResNet::infer)?;
         self.head.heads(&features)
     }
 

@@ -91,6 +91,39 @@ impl ResNet {
     }
 }
 
+impl ResNet {
+    /// The backbone's eval-mode output where nothing is differentiated (evaluation,
+    /// prediction): the values of `forward_t(x, false)`, bit for bit, as a tensor with no
+    /// gradient. Without attention, on the CPU in f32, the blocks run as one pass over buffers
+    /// reused from block to block (`mtanet_kernels::bottlenecks_infer`), so no layer's output
+    /// is cleared before it is written or kept until the forward ends; otherwise they run as in
+    /// `forward_t` and the result is detached.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem_t(x, false)?;
+        let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
+        if !blocks.iter().any(|b| b.has_attention()) {
+            let affines = blocks
+                .iter()
+                .map(|b| b.eval_affines())
+                .collect::<Result<Vec<_>>>()?;
+            let stages: Option<Vec<_>> = blocks
+                .iter()
+                .zip(&affines)
+                .map(|(b, a)| b.infer_stages(a))
+                .collect();
+            if let Some(stages) =
+                stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(&x, s))
+            {
+                return mtanet_kernels::bottlenecks_infer(&x, &stages);
+            }
+        }
+        for block in blocks {
+            x = block.forward_t(&x, false)?;
+        }
+        Ok(x.detach())
+    }
+}
+
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
@@ -200,6 +233,40 @@ mod tests {
         let grads = net.backward(&net.forward_t(&x, true)?.sum_all()?)?;
         assert!(grads.get(&block_weight).is_some());
         net.forward_t(&x, true)?;
+        Ok(())
+    }
+
+    /// `infer` gives `forward_t(x, false)`'s values bit for bit, without a gradient: through the
+    /// inference op for backbones without attention (plain and grouped, with downsampling and
+    /// stride), block by block for those with a gate; eval mode itself stays differentiable.
+    /// The running statistics come from a training forward, so the folded BatchNorms are not
+    /// the identity.
+    #[test]
+    fn infer_equals_the_eval_forward_bit_for_bit() -> Result<()> {
+        for (kind, groups) in [
+            (BackboneKind::Resnet50, None),
+            (BackboneKind::Resnext50_32x4d, Some(4)),
+            (BackboneKind::Seresnet50, None),
+            (BackboneKind::Resnext50_32x4dCbam, Some(4)),
+        ] {
+            let cfg = ResNetConfig::from_kind(&kind).scaled(16, Some([2, 1, 2, 1]), groups);
+            let vars = crate::SeededVarMap::new(5);
+            let net = ResNet::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+            let x = Tensor::randn(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu)?;
+            net.forward_t(&(&x * 2.0)?, true)?;
+            let eval = net.forward_t(&x, false)?;
+            let inferred = net.infer(&x)?;
+            assert!(eval.track_op(), "{kind}: eval mode is differentiable");
+            assert!(!inferred.track_op(), "{kind}: infer has no gradient");
+            let (a, b) = (
+                eval.flatten_all()?.to_vec1::<f32>()?,
+                inferred.flatten_all()?.to_vec1::<f32>()?,
+            );
+            assert_eq!(eval.dims(), inferred.dims(), "{kind}");
+            let differ = a.iter().zip(&b).filter(|(p, q)| p.to_bits() != q.to_bits());
+            assert_eq!(differ.count(), 0, "{kind}");
+            assert!(a.iter().any(|v| *v != 0.0), "{kind}: all zero");
+        }
         Ok(())
     }
 

@@ -18,7 +18,8 @@ use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 /// One benchmarked layer: name, input channels, output channels, input size, kernel, stride,
 /// padding, groups. The same list is in `scripts/bench_torch.py`.
@@ -142,8 +143,28 @@ fn time_ours(l: &Layer, reps: usize) -> Result<(f64, f64)> {
 struct TorchWorker {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// The worker's output lines, read by a thread of their own so that a wait can time out.
+    lines: Receiver<std::io::Result<String>>,
     script: PathBuf,
+}
+
+/// How long the worker may take to import torch and answer `ready`.
+const START_LIMIT: Duration = Duration::from_secs(300);
+/// How long one layer's timing (all its repetitions) may take before the worker is given up.
+const ANSWER_LIMIT: Duration = Duration::from_secs(300);
+
+/// Reads `stdout` line by line on a thread of its own, sending each line (or the read error)
+/// until the pipe closes.
+fn line_reader(stdout: ChildStdout) -> Receiver<std::io::Result<String>> {
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl TorchWorker {
@@ -161,22 +182,33 @@ impl TorchWorker {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("python3: no pipes".into());
         };
-        let mut worker = Self {
+        let worker = Self {
             child,
             stdin,
-            stdout: BufReader::new(stdout),
+            lines: line_reader(stdout),
             script,
         };
         // Wait for the import of torch to finish before timing anything beside it.
-        let mut line = String::new();
-        let read = worker.stdout.read_line(&mut line);
-        if read.is_err() || line.trim() != "ready" {
-            return Err(format!(
+        match worker.next_line(START_LIMIT) {
+            Ok(line) if line.trim() == "ready" => Ok(worker),
+            Ok(_) | Err(_) => Err(format!(
                 "{} did not start (see its message above)",
                 worker.script.display()
-            ));
+            )),
         }
-        Ok(worker)
+    }
+
+    /// The worker's next output line, or why there is none: it closed its output, or `limit`
+    /// passed without one.
+    fn next_line(&self, limit: Duration) -> std::result::Result<String, String> {
+        match self.lines.recv_timeout(limit) {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(e)) => Err(format!("cannot read its output: {e}")),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(format!("no answer within {} s", limit.as_secs()))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err("it exited".into()),
+        }
     }
 
     /// PyTorch's (forward ms, forward + backward ms) for the layer called `name`.
@@ -185,10 +217,9 @@ impl TorchWorker {
         writeln!(self.stdin, "{name}")
             .and_then(|()| self.stdin.flush())
             .map_err(|e| failed(format!("cannot send {name:?}: {e}")))?;
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .map_err(|e| failed(format!("cannot read its answer: {e}")))?;
+        let line = self
+            .next_line(ANSWER_LIMIT)
+            .map_err(|why| failed(format!("{why} for {name}")))?;
         // "layer <name> fwd_ms <f> fwd_bwd_ms <f>".
         let fields: Vec<&str> = line.split_whitespace().collect();
         let ["layer", answered, "fwd_ms", f, "fwd_bwd_ms", b] = fields.as_slice() else {

@@ -118,11 +118,26 @@ fn forward_values(
     g: &ConvGeometry,
     x: &[f32],
     w: &[f32],
-    (scale, shift): (&[f32], &[f32]),
+    affine: (&[f32], &[f32]),
     shortcut: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
     let mut y = conv2d::zeroed(g.batch * g.out_channels * g.out_pixels());
+    forward_values_into(g, x, w, affine, shortcut, relu, &mut y);
+    y
+}
+
+/// [`forward_values`] into `y` (`N * C_out * OH*OW` values, every one overwritten, so a reused
+/// buffer needs no clearing).
+pub(crate) fn forward_values_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    (scale, shift): (&[f32], &[f32]),
+    shortcut: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
     let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
     let epilogue = |unit: usize, y_unit: &mut [f32]| {
         let first = (unit % g.groups) * per_group;
@@ -159,10 +174,7 @@ fn forward_values(
             },
         )
     };
-    timed(label, || {
-        conv2d::forward_into_then(g, x, w, &mut y, &epilogue)
-    });
-    y
+    timed(label, || conv2d::forward_into_then(g, x, w, y, &epilogue));
 }
 
 /// Gradients of [`forward_values`]: with `g' = dy` where the output passed the ReLU (all of

@@ -25,6 +25,7 @@ use candle_core::{DType, Tensor};
 
 mod batch_norm;
 mod bottleneck_block;
+mod bottleneck_eval;
 mod bottleneck_train;
 mod cbam;
 mod cbam_eval;
@@ -49,6 +50,9 @@ mod squeeze_excite;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
+pub use bottleneck_eval::{
+    bottlenecks_infer, bottlenecks_infer_applies, BottleneckEvalStages, ConvAffineStage,
+};
 pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, bottlenecks_train};
 pub use cbam_eval::{cbam_add_relu_eval, cbam_eval_applies, CbamEval};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};

@@ -33,9 +33,10 @@ impl HostOutputs {
     }
 }
 
-/// The model in eval mode on `images`, its outputs on the host.
+/// The model in eval mode on `images` ([`MtaNet::infer`]: nothing is differentiated), its
+/// outputs on the host.
 pub fn eval_step(model: &MtaNet, images: &Tensor) -> candle_core::Result<HostOutputs> {
-    HostOutputs::from_output(&model.forward_t(images, false)?)
+    HostOutputs::from_output(&model.infer(images)?)
 }
 
 /// The index of the largest value (the first one on ties, as `argmax` in numpy/torch).

@@ -1,0 +1,333 @@
+//! Inference through a chain of ResNet bottlenecks without attention (ResNet-50, ResNeXt-50):
+//! every block's convolutions with their eval-mode BatchNorms and ReLUs, the downsample
+//! shortcut and the residual join, block after block, over buffers reused from one block to the
+//! next.
+//!
+//! As separate candle ops (`conv_affine_eval`, `conv_affine_add_relu_eval`) each layer's output
+//! is a fresh tensor that must be cleared before the convolution overwrites it, and, because
+//! the parameters are variables, every one of them stays alive in candle's graph until the
+//! forward ends. Here each stage writes into a buffer from the scratch pool (stale values of an
+//! earlier use: every convolution path overwrites its whole output) that goes back to the pool
+//! once the next stage has read it; only the last block's output leaves, as a tensor of its own
+//! with no graph. The arithmetic is `conv_affine.rs`'s, so the values are bit-identical to the
+//! chain of separate eval ops; the tests check that.
+//!
+//! There is no gradient: the output is a constant. Use it where nothing is differentiated
+//! (evaluation, prediction); a model in eval mode that is differentiated runs the separate ops.
+
+use crate::conv2d::{ConvGeometry, Scratch};
+use crate::conv_affine::forward_values_into;
+use crate::fused_operands::{cpu_f32, cpu_values};
+use crate::ConvParams;
+use candle_core::{bail, Result, Shape, Tensor};
+
+/// One convolution and its eval-mode BatchNorm as the per-channel affine
+/// `z * scale[c] + shift[c]` (`scale = weight / sqrt(running_var + eps)`,
+/// `shift = bias - running_mean * scale`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvAffineStage<'a> {
+    /// The convolution weight, (C_out, C_in / groups, kh, kw), no bias.
+    pub conv_weight: &'a Tensor,
+    /// The convolution's stride, padding and groups.
+    pub conv: ConvParams,
+    /// The folded BatchNorm's scale (C_out values).
+    pub scale: &'a Tensor,
+    /// The folded BatchNorm's shift (C_out values).
+    pub shift: &'a Tensor,
+}
+
+/// One bottleneck without attention in eval mode, as [`bottlenecks_infer`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct BottleneckEvalStages<'a> {
+    /// conv1, conv2 and conv3 with their folded BatchNorms.
+    pub main: [ConvAffineStage<'a>; 3],
+    /// The shortcut's convolution and folded BatchNorm (`None`: the identity).
+    pub downsample: Option<ConvAffineStage<'a>>,
+}
+
+impl BottleneckEvalStages<'_> {
+    /// Every stage: `main`, then `downsample`.
+    fn stages(&self) -> impl Iterator<Item = &ConvAffineStage<'_>> {
+        self.main.iter().chain(&self.downsample)
+    }
+}
+
+/// True when [`bottlenecks_infer`] runs `blocks` on `x`: every tensor f32 on the CPU.
+pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> bool {
+    let mut all = vec![x];
+    for block in blocks {
+        for s in block.stages() {
+            all.extend([s.conv_weight, s.scale, s.shift]);
+        }
+    }
+    cpu_f32(&all)
+}
+
+/// The blocks one after the other on `x`, each `relu(bn3(conv3(h2)) + shortcut)` with
+/// `h2 = relu(bn2(conv2(h1)))`, `h1 = relu(bn1(conv1(x)))` and `shortcut = bn_d(conv_d(x))` (or
+/// `x`), every BatchNorm in eval mode as its folded affine: the values of
+/// `conv_affine_eval` twice, `conv_affine_eval` on the shortcut and `conv_affine_add_relu_eval`
+/// per block, bit for bit. The result is a new tensor with no gradient (see the module doc).
+/// f32 on the CPU only ([`bottlenecks_infer_applies`]).
+pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Result<Tensor> {
+    if blocks.is_empty() {
+        bail!("bottlenecks_infer: no blocks")
+    }
+    if !bottlenecks_infer_applies(x, blocks) {
+        bail!("bottlenecks_infer: f32 tensors on the CPU only")
+    }
+    // Every block's geometries, checked before anything runs.
+    let mut input = x.dims().to_vec();
+    let mut planned = Vec::with_capacity(blocks.len());
+    for (k, block) in blocks.iter().enumerate() {
+        let g1 = geometry(&input, &block.main[0], k, "conv1")?;
+        let g2 = geometry(&output_dims(&g1), &block.main[1], k, "conv2")?;
+        let g3 = geometry(&output_dims(&g2), &block.main[2], k, "conv3")?;
+        let main = [g1, g2, g3];
+        let downsample = block
+            .downsample
+            .as_ref()
+            .map(|d| geometry(&input, d, k, "downsample"))
+            .transpose()?;
+        let out = output_dims(&main[2]);
+        let shortcut = downsample.as_ref().map_or(input.clone(), output_dims);
+        if shortcut != out {
+            bail!("bottlenecks_infer: block {k}'s shortcut {shortcut:?} for output {out:?}")
+        }
+        planned.push((main, downsample));
+        input = out;
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let xv = cpu_values("bottlenecks_infer", &xs, xl, "input")?;
+    let mut held: Option<Scratch> = None;
+    for (block, (main, downsample)) in blocks.iter().zip(&planned) {
+        let block_in: &[f32] = held.as_deref().unwrap_or(&xv);
+        let h1 = stage(&main[0], &block.main[0], block_in, None, true)?;
+        let h2 = stage(&main[1], &block.main[1], &h1, None, true)?;
+        drop(h1);
+        let projected = match (downsample, &block.downsample) {
+            (Some(g), Some(s)) => Some(stage(g, s, block_in, None, false)?),
+            _ => None,
+        };
+        let shortcut = projected.as_deref().unwrap_or(block_in);
+        let y = stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?;
+        held = Some(y);
+    }
+    let Some(y) = held else {
+        bail!("bottlenecks_infer: no blocks")
+    };
+    Tensor::from_vec(y.into_vec(), Shape::from(input), x.device())
+}
+
+/// The output dims of a convolution, as a vector.
+fn output_dims(g: &ConvGeometry) -> Vec<usize> {
+    let (n, c, h, w) = g.output_dims();
+    vec![n, c, h, w]
+}
+
+/// The geometry of `stage` over `input`, its scale and shift checked to hold one value per
+/// output channel; `k` and `name` name the block and stage in errors.
+fn geometry(
+    input: &[usize],
+    stage: &ConvAffineStage<'_>,
+    k: usize,
+    name: &str,
+) -> Result<ConvGeometry> {
+    let g = ConvGeometry::new(
+        input,
+        stage.conv_weight.dims(),
+        stage.conv.stride,
+        stage.conv.padding,
+        stage.conv.groups,
+    )?;
+    let c = g.out_channels;
+    if stage.scale.dims() != [c] || stage.shift.dims() != [c] {
+        bail!(
+            "bottlenecks_infer: block {k}'s {name} scale and shift must hold {c} values, got \
+             {:?} and {:?}",
+            stage.scale.dims(),
+            stage.shift.dims()
+        )
+    }
+    Ok(g)
+}
+
+/// One stage's output in a pooled buffer: `relu?(conv(input) * scale + shift (+ shortcut))`.
+fn stage(
+    g: &ConvGeometry,
+    s: &ConvAffineStage<'_>,
+    input: &[f32],
+    shortcut: Option<&[f32]>,
+    relu: bool,
+) -> Result<Scratch> {
+    let read = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
+        let (storage, layout) = t.storage_and_layout();
+        Ok(cpu_values("bottlenecks_infer", &storage, layout, what)?.into_owned())
+    };
+    let (scale, shift) = (read(s.scale, "scale")?, read(s.shift, "shift")?);
+    let (ws, wl) = s.conv_weight.storage_and_layout();
+    let w = cpu_values("bottlenecks_infer", &ws, wl, "conv weight")?;
+    let mut y = Scratch::take(g.batch * g.out_channels * g.out_pixels());
+    forward_values_into(g, input, &w, (&scale, &shift), shortcut, relu, &mut y);
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv2d::test_values;
+    use crate::{conv_affine_add_relu_eval, conv_affine_eval};
+    use candle_core::Device;
+
+    /// A tensor of `dims` with `test_values(.., seed)` scaled by `scale`.
+    fn t(dims: &[usize], seed: u32, scale: f32) -> Tensor {
+        let n = dims.iter().product();
+        let v: Vec<f32> = test_values(n, seed).iter().map(|x| x * scale).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// A stage's tensors: conv weight, scale (around 1) and shift.
+    fn stage_tensors(w: &[usize], seed: u32) -> [Tensor; 3] {
+        let c = w[0];
+        let scale = (t(&[c], seed + 1, 0.5) + 1.0).unwrap();
+        [t(w, seed, 0.3), scale, t(&[c], seed + 2, 0.2)]
+    }
+
+    fn stage<'a>(
+        p: &'a [Tensor; 3],
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> ConvAffineStage<'a> {
+        ConvAffineStage {
+            conv_weight: &p[0],
+            conv: ConvParams {
+                stride,
+                padding,
+                groups,
+            },
+            scale: &p[1],
+            shift: &p[2],
+        }
+    }
+
+    /// Two blocks (the first strided, grouped and downsampled, the second the identity
+    /// shortcut) give the separate eval ops' values bit for bit, as a tensor without gradient.
+    #[test]
+    fn a_chain_equals_the_separate_eval_ops() -> Result<()> {
+        let x = t(&[2, 8, 10, 10], 1, 1.0);
+        let b0 = [
+            stage_tensors(&[8, 8, 1, 1], 10),
+            stage_tensors(&[8, 4, 3, 3], 20),
+            stage_tensors(&[16, 8, 1, 1], 30),
+            stage_tensors(&[16, 8, 1, 1], 40),
+        ];
+        let b1 = [
+            stage_tensors(&[8, 16, 1, 1], 50),
+            stage_tensors(&[8, 8, 3, 3], 60),
+            stage_tensors(&[16, 8, 1, 1], 70),
+        ];
+        let blocks = [
+            BottleneckEvalStages {
+                main: [
+                    stage(&b0[0], 1, 0, 1),
+                    stage(&b0[1], 2, 1, 2),
+                    stage(&b0[2], 1, 0, 1),
+                ],
+                downsample: Some(stage(&b0[3], 2, 0, 1)),
+            },
+            BottleneckEvalStages {
+                main: [
+                    stage(&b1[0], 1, 0, 1),
+                    stage(&b1[1], 1, 1, 1),
+                    stage(&b1[2], 1, 0, 1),
+                ],
+                downsample: None,
+            },
+        ];
+        let mut want = x.clone();
+        for block in &blocks {
+            let run = |s: &ConvAffineStage<'_>, input: &Tensor, relu: bool| {
+                conv_affine_eval(input, s.conv_weight, s.scale, s.shift, s.conv, relu)
+            };
+            let h1 = run(&block.main[0], &want, true)?;
+            let h2 = run(&block.main[1], &h1, true)?;
+            let shortcut = match &block.downsample {
+                Some(d) => run(d, &want, false)?,
+                None => want.clone(),
+            };
+            let s = &block.main[2];
+            want =
+                conv_affine_add_relu_eval(&h2, s.conv_weight, s.scale, s.shift, &shortcut, s.conv)?;
+        }
+        let got = bottlenecks_infer(&x, &blocks)?;
+        assert_eq!(got.dims(), want.dims());
+        assert!(!got.track_op());
+        let (a, b) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert!(
+            a.iter().filter(|v| **v > 0.0).count() > a.len() / 4,
+            "mostly zero"
+        );
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
+        Ok(())
+    }
+
+    /// Mismatched parameters are refused by block and stage before anything runs.
+    #[test]
+    fn mismatched_stages_are_errors_naming_the_block() {
+        let x = t(&[1, 8, 6, 6], 1, 1.0);
+        let ok = [
+            stage_tensors(&[8, 8, 1, 1], 10),
+            stage_tensors(&[8, 8, 3, 3], 20),
+            stage_tensors(&[8, 8, 1, 1], 30),
+        ];
+        let short_scale = [ok[1][0].clone(), t(&[7], 3, 1.0), ok[1][2].clone()];
+        let block = |second: &'static str| -> Result<Tensor> {
+            let mid = if second == "short" {
+                &short_scale
+            } else {
+                &ok[1]
+            };
+            let b = BottleneckEvalStages {
+                main: [
+                    stage(&ok[0], 1, 0, 1),
+                    stage(mid, 1, 1, 1),
+                    stage(&ok[2], 1, 0, 1),
+                ],
+                downsample: None,
+            };
+            bottlenecks_infer(&x, &[b, b])
+        };
+        assert!(block("ok").is_ok());
+        let err = block("short").unwrap_err().to_string();
+        assert!(
+            err.contains("block 0's conv2 scale and shift must hold 8 values"),
+            "{err}"
+        );
+        let err = bottlenecks_infer(&x, &[]).unwrap_err().to_string();
+        assert!(err.contains("no blocks"), "{err}");
+        // 16 output channels over an 8-channel input with no downsample to match them.
+        let wide = stage_tensors(&[16, 8, 1, 1], 40);
+        let b = BottleneckEvalStages {
+            main: [
+                stage(&ok[0], 1, 0, 1),
+                stage(&ok[1], 1, 1, 1),
+                stage(&wide, 1, 0, 1),
+            ],
+            downsample: None,
+        };
+        let err = bottlenecks_infer(&x, &[b]).unwrap_err().to_string();
+        assert!(
+            err.contains("block 0's shortcut [1, 8, 6, 6] for output [1, 16, 6, 6]"),
+            "{err}"
+        );
+    }
+}
