@@ -149,9 +149,22 @@ impl Bottleneck {
             .filter(|spec| mtanet_kernels::bottleneck_train_applies(x, spec))
     }
 
-    /// True for a block with a squeeze-excite or CBAM gate.
-    pub(crate) fn has_attention(&self) -> bool {
-        self.attention.is_some()
+    /// True for a block with a CBAM gate, which the inference op does not run.
+    pub(crate) fn has_cbam(&self) -> bool {
+        matches!(self.attention, Some(BlockAttention::Cbam(_)))
+    }
+
+    /// The block's squeeze-excite gate from the channel means, as the inference op takes it
+    /// (`mtanet_kernels::SqueezeExciteGate`), if it has one.
+    pub(crate) fn squeeze_excite_from_means(
+        &self,
+    ) -> Option<impl Fn(&Tensor) -> Result<Tensor> + '_> {
+        match &self.attention {
+            Some(BlockAttention::SqueezeExcite(se)) => {
+                Some(move |means: &Tensor| se.gate_from_means(means))
+            }
+            _ => None,
+        }
     }
 
     /// Each BatchNorm's eval-mode affine `(scale, shift)`: bn1, bn2, bn3, then the downsample's.
@@ -164,13 +177,19 @@ impl Bottleneck {
     }
 
     /// The block as the inference op takes it (`mtanet_kernels::bottlenecks_infer`), with its
-    /// BatchNorms folded into `affines` (from [`Bottleneck::eval_affines`]), or `None` for a
-    /// block with attention, which that op does not run.
+    /// BatchNorms folded into `affines` (from [`Bottleneck::eval_affines`]) and its
+    /// squeeze-excite gate `squeeze_excite` (from [`Bottleneck::squeeze_excite_from_means`]),
+    /// or `None` for a CBAM block, which that op does not run.
     pub(crate) fn infer_stages<'a>(
         &'a self,
         affines: &'a [(Tensor, Tensor)],
+        squeeze_excite: Option<mtanet_kernels::SqueezeExciteGate<'a>>,
     ) -> Option<mtanet_kernels::BottleneckEvalStages<'a>> {
-        if self.attention.is_some() || affines.len() != 3 + usize::from(self.downsample.is_some()) {
+        let gated = matches!(self.attention, Some(BlockAttention::SqueezeExcite(_)));
+        if self.has_cbam()
+            || gated != squeeze_excite.is_some()
+            || affines.len() != 3 + usize::from(self.downsample.is_some())
+        {
             return None;
         }
         let stage = |conv: &'a Conv2d, (scale, shift): &'a (Tensor, Tensor)| {
@@ -191,6 +210,7 @@ impl Bottleneck {
                 .downsample
                 .as_ref()
                 .map(|(conv, _)| stage(conv, &affines[3])),
+            squeeze_excite,
         })
     }
 

@@ -94,22 +94,32 @@ impl ResNet {
 impl ResNet {
     /// The backbone's eval-mode output where nothing is differentiated (evaluation,
     /// prediction): the values of `forward_t(x, false)`, bit for bit, as a tensor with no
-    /// gradient. Without attention, on the CPU in f32, the blocks run as one pass over buffers
+    /// gradient. Without CBAM, on the CPU in f32, the blocks run as one pass over buffers
     /// reused from block to block (`mtanet_kernels::bottlenecks_infer`), so no layer's output
     /// is cleared before it is written or kept until the forward ends; otherwise they run as in
     /// `forward_t` and the result is detached.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem_t(x, false)?;
         let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
-        if !blocks.iter().any(|b| b.has_attention()) {
+        if !blocks.iter().any(|b| b.has_cbam()) {
             let affines = blocks
                 .iter()
                 .map(|b| b.eval_affines())
                 .collect::<Result<Vec<_>>>()?;
+            let gates: Vec<_> = blocks
+                .iter()
+                .map(|b| b.squeeze_excite_from_means())
+                .collect();
             let stages: Option<Vec<_>> = blocks
                 .iter()
                 .zip(&affines)
-                .map(|(b, a)| b.infer_stages(a))
+                .zip(&gates)
+                .map(|((b, a), g)| {
+                    let g = g
+                        .as_ref()
+                        .map(|g| g as mtanet_kernels::SqueezeExciteGate<'_>);
+                    b.infer_stages(a, g)
+                })
                 .collect();
             if let Some(stages) =
                 stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(&x, s))
@@ -237,8 +247,8 @@ mod tests {
     }
 
     /// `infer` gives `forward_t(x, false)`'s values bit for bit, without a gradient: through the
-    /// inference op for backbones without attention (plain and grouped, with downsampling and
-    /// stride), block by block for those with a gate; eval mode itself stays differentiable.
+    /// inference op for backbones without CBAM (plain, grouped and squeeze-excite blocks, with
+    /// downsampling and stride), block by block for CBAM; eval mode itself stays differentiable.
     /// The running statistics come from a training forward, so the folded BatchNorms are not
     /// the identity.
     #[test]

@@ -56,6 +56,13 @@ impl SqueezeExcite {
     pub(crate) fn gate(&self, x: &Tensor) -> Result<Tensor> {
         // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
         let squeezed = mtanet_kernels::spatial_mean(&x.to_dtype(self.reduce_w.dtype())?)?;
+        self.gate_from_means(&squeezed)?.to_dtype(x.dtype())
+    }
+
+    /// The gate `sigmoid(fc2(relu(fc1(m))))` from the channel means `m`, (N, C), in the
+    /// parameters' dtype: [`SqueezeExcite::gate`] after its pooling, which the inference op
+    /// (`mtanet_kernels::bottlenecks_infer`) does itself.
+    pub(crate) fn gate_from_means(&self, squeezed: &Tensor) -> Result<Tensor> {
         let hidden = squeezed
             .matmul(&self.reduce_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.reduce_b)?
@@ -63,6 +70,6 @@ impl SqueezeExcite {
         let gate = hidden
             .matmul(&self.expand_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.expand_b)?;
-        candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())
+        candle_nn::ops::sigmoid(&gate)
     }
 }

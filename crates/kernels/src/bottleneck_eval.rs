@@ -1,7 +1,7 @@
-//! Inference through a chain of ResNet bottlenecks without attention (ResNet-50, ResNeXt-50):
-//! every block's convolutions with their eval-mode BatchNorms and ReLUs, the downsample
-//! shortcut and the residual join, block after block, over buffers reused from one block to the
-//! next.
+//! Inference through a chain of ResNet bottlenecks without attention or with a
+//! squeeze-and-excitation gate (ResNet-50, ResNeXt-50, the SE-ResNets): every block's
+//! convolutions with their eval-mode BatchNorms and ReLUs, the downsample shortcut, the gate and
+//! the residual join, block after block, over buffers reused from one block to the next.
 //!
 //! As separate candle ops (`conv_affine_eval`, `conv_affine_add_relu_eval`) each layer's output
 //! is a fresh tensor that must be cleared before the convolution overwrites it, and, because
@@ -9,8 +9,9 @@
 //! forward ends. Here each stage writes into a buffer from the scratch pool (stale values of an
 //! earlier use: every convolution path overwrites its whole output) that goes back to the pool
 //! once the next stage has read it; only the last block's output leaves, as a tensor of its own
-//! with no graph. The arithmetic is `conv_affine.rs`'s, so the values are bit-identical to the
-//! chain of separate eval ops; the tests check that.
+//! with no graph. The arithmetic is `conv_affine.rs`'s and the gate's ops' (its pooling and
+//! join over buffers, its MLP as the caller's candle ops), so the values are bit-identical to
+//! the chain of separate eval ops; the tests check that. CBAM blocks are not run here.
 //!
 //! There is no gradient: the output is a constant. Use it where nothing is differentiated
 //! (evaluation, prediction); a model in eval mode that is differentiated runs the separate ops.
@@ -18,8 +19,10 @@
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::forward_values_into;
 use crate::fused_operands::{cpu_f32, cpu_values};
+use crate::gate::channel_gate_add_relu_into;
+use crate::spatial_pool::row_means;
 use crate::ConvParams;
-use candle_core::{bail, Result, Shape, Tensor};
+use candle_core::{bail, Device, Result, Shape, Tensor};
 
 /// One convolution and its eval-mode BatchNorm as the per-channel affine
 /// `z * scale[c] + shift[c]` (`scale = weight / sqrt(running_var + eps)`,
@@ -36,13 +39,21 @@ pub struct ConvAffineStage<'a> {
     pub shift: &'a Tensor,
 }
 
-/// One bottleneck without attention in eval mode, as [`bottlenecks_infer`] takes it.
-#[derive(Clone, Copy, Debug)]
+/// A squeeze-and-excitation gate as [`bottlenecks_infer`] takes it: from the channel means of
+/// the third stage's output `z`, an (N, C) tensor, to the gate, (N, C) (the block's MLP and
+/// sigmoid, as its own candle ops compute them, so the values are theirs).
+pub type SqueezeExciteGate<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
+/// One bottleneck in eval mode, as [`bottlenecks_infer`] takes it.
+#[derive(Clone, Copy)]
 pub struct BottleneckEvalStages<'a> {
     /// conv1, conv2 and conv3 with their folded BatchNorms.
     pub main: [ConvAffineStage<'a>; 3],
     /// The shortcut's convolution and folded BatchNorm (`None`: the identity).
     pub downsample: Option<ConvAffineStage<'a>>,
+    /// The squeeze-and-excitation gate after the third stage, if the block has one: the block
+    /// is then `relu(z * gate(mean_hw(z)) + shortcut)`.
+    pub squeeze_excite: Option<SqueezeExciteGate<'a>>,
 }
 
 impl BottleneckEvalStages<'_> {
@@ -67,7 +78,10 @@ pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]
 /// `h2 = relu(bn2(conv2(h1)))`, `h1 = relu(bn1(conv1(x)))` and `shortcut = bn_d(conv_d(x))` (or
 /// `x`), every BatchNorm in eval mode as its folded affine: the values of
 /// `conv_affine_eval` twice, `conv_affine_eval` on the shortcut and `conv_affine_add_relu_eval`
-/// per block, bit for bit. The result is a new tensor with no gradient (see the module doc).
+/// per block, bit for bit. With a squeeze-excite gate the block is
+/// `relu(z * gate(mean_hw(z)) + shortcut)`, `z = bn3(conv3(h2))`: the values of
+/// `conv_affine_eval`, `spatial_mean`, the gate function and `channel_gate_add_relu`. The
+/// result is a new tensor with no gradient (see the module doc).
 /// f32 on the CPU only ([`bottlenecks_infer_applies`]).
 pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Result<Tensor> {
     if blocks.is_empty() {
@@ -110,13 +124,46 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             _ => None,
         };
         let shortcut = projected.as_deref().unwrap_or(block_in);
-        let y = stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?;
+        let y = match block.squeeze_excite {
+            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
+            Some(gate) => {
+                let z = stage(&main[2], &block.main[2], &h2, None, false)?;
+                gated_join(&main[2], gate, &z, shortcut, x.device())?
+            }
+        };
         held = Some(y);
     }
     let Some(y) = held else {
         bail!("bottlenecks_infer: no blocks")
     };
     Tensor::from_vec(y.into_vec(), Shape::from(input), x.device())
+}
+
+/// `relu(z * gate(mean_hw(z)) + shortcut)` in a pooled buffer: `spatial_mean`'s means, the
+/// gate's own ops, then `channel_gate_add_relu`'s join, so the values are those ops'.
+fn gated_join(
+    g: &ConvGeometry,
+    gate: SqueezeExciteGate<'_>,
+    z: &[f32],
+    shortcut: &[f32],
+    device: &Device,
+) -> Result<Scratch> {
+    let (rows, pixels) = (g.batch * g.out_channels, g.out_pixels());
+    let mut means = vec![0f32; rows];
+    row_means(z, pixels, &mut means);
+    let squeezed = Tensor::from_vec(means, (g.batch, g.out_channels), device)?;
+    let values = gate(&squeezed)?;
+    if values.dims() != squeezed.dims() {
+        bail!(
+            "bottlenecks_infer: a squeeze-excite gate of shape {:?} for {:?} means",
+            values.dims(),
+            squeezed.dims()
+        )
+    }
+    let values = values.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = Scratch::take(z.len());
+    channel_gate_add_relu_into((g.out_channels, pixels), z, &values, shortcut, &mut y);
+    Ok(y)
 }
 
 /// The output dims of a convolution, as a vector.
@@ -235,6 +282,7 @@ mod tests {
                     stage(&b0[2], 1, 0, 1),
                 ],
                 downsample: Some(stage(&b0[3], 2, 0, 1)),
+                squeeze_excite: None,
             },
             BottleneckEvalStages {
                 main: [
@@ -243,6 +291,7 @@ mod tests {
                     stage(&b1[2], 1, 0, 1),
                 ],
                 downsample: None,
+                squeeze_excite: None,
             },
         ];
         let mut want = x.clone();
@@ -280,6 +329,60 @@ mod tests {
         Ok(())
     }
 
+    /// A block with a squeeze-excite gate equals the eval ops with the gate composed of
+    /// `spatial_mean`, the caller's gate function and `channel_gate_add_relu`, bit for bit; a
+    /// gate of the wrong shape is refused.
+    #[test]
+    fn a_squeeze_excite_block_equals_the_composed_eval_ops() -> Result<()> {
+        let x = t(&[2, 16, 6, 6], 3, 1.0);
+        let p = [
+            stage_tensors(&[8, 16, 1, 1], 10),
+            stage_tensors(&[8, 8, 3, 3], 20),
+            stage_tensors(&[16, 8, 1, 1], 30),
+        ];
+        let (reduce, expand) = (t(&[4, 16], 7, 0.5), t(&[16, 4], 8, 0.5));
+        let gate = |m: &Tensor| -> Result<Tensor> {
+            candle_nn::ops::sigmoid(&m.matmul(&reduce.t()?)?.relu()?.matmul(&expand.t()?)?)
+        };
+        let block = BottleneckEvalStages {
+            main: [
+                stage(&p[0], 1, 0, 1),
+                stage(&p[1], 1, 1, 1),
+                stage(&p[2], 1, 0, 1),
+            ],
+            downsample: None,
+            squeeze_excite: Some(&gate),
+        };
+        let run = |s: &ConvAffineStage<'_>, input: &Tensor, relu: bool| {
+            conv_affine_eval(input, s.conv_weight, s.scale, s.shift, s.conv, relu)
+        };
+        let h1 = run(&block.main[0], &x, true)?;
+        let z = run(&block.main[2], &run(&block.main[1], &h1, true)?, false)?;
+        let want = crate::channel_gate_add_relu(&z, &gate(&crate::spatial_mean(&z)?)?, &x)?;
+        let got = bottlenecks_infer(&x, &[block])?;
+        let (a, b) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
+        let wrong = |m: &Tensor| m.narrow(1, 0, 8);
+        let block = BottleneckEvalStages {
+            squeeze_excite: Some(&wrong),
+            ..block
+        };
+        let err = bottlenecks_infer(&x, &[block]).unwrap_err().to_string();
+        assert!(
+            err.contains("gate of shape [2, 8] for [2, 16] means"),
+            "{err}"
+        );
+        Ok(())
+    }
+
     /// Mismatched parameters are refused by block and stage before anything runs.
     #[test]
     fn mismatched_stages_are_errors_naming_the_block() {
@@ -303,6 +406,7 @@ mod tests {
                     stage(&ok[2], 1, 0, 1),
                 ],
                 downsample: None,
+                squeeze_excite: None,
             };
             bottlenecks_infer(&x, &[b, b])
         };
@@ -323,6 +427,7 @@ mod tests {
                 stage(&wide, 1, 0, 1),
             ],
             downsample: None,
+            squeeze_excite: None,
         };
         let err = bottlenecks_infer(&x, &[b]).unwrap_err().to_string();
         assert!(

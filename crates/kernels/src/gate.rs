@@ -159,12 +159,25 @@ impl candle_core::CustomOp3 for GateAddRelu {
 /// parallel over the (image, channel) maps.
 fn apply_gate(
     axis: Axis,
-    (c, p): (usize, usize),
+    shape: (usize, usize),
     x: &[f32],
     gate: &[f32],
     shortcut: Option<&[f32]>,
 ) -> Vec<f32> {
     let mut y = crate::conv2d::zeroed(x.len());
+    apply_gate_into(axis, shape, x, gate, shortcut, &mut y);
+    y
+}
+
+/// [`apply_gate`] into `y` (`x`'s length, every value overwritten).
+fn apply_gate_into(
+    axis: Axis,
+    (c, p): (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+    shortcut: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let p = p.max(1);
     y.par_chunks_mut(p)
         .zip(x.par_chunks(p))
@@ -197,7 +210,6 @@ fn apply_gate(
                 }
             }
         });
-    y
 }
 
 /// The forward op: (`x`, `gate`) -> `x * gate`.
@@ -427,6 +439,17 @@ pub(crate) fn channel_gate_add_relu_values(
     shortcut: &[f32],
 ) -> Vec<f32> {
     apply_gate(Axis::Channel, (channels, pixels), x, gate, Some(shortcut))
+}
+
+/// [`channel_gate_add_relu_values`] into `y` (`x`'s length, every value overwritten).
+pub(crate) fn channel_gate_add_relu_into(
+    shape: (usize, usize),
+    x: &[f32],
+    gate: &[f32],
+    shortcut: &[f32],
+    y: &mut [f32],
+) {
+    apply_gate_into(Axis::Channel, shape, x, gate, Some(shortcut), y)
 }
 
 /// CBAM's channel pooling: `cat([max over C, mean over C], dim 1)`, (N, C, H, W) ->
