@@ -110,6 +110,16 @@ impl Bottleneck {
     }
 }
 
+/// The per-forward values a block gives the inference op ([`Bottleneck::infer_parts`]).
+pub(crate) struct InferParts<'a> {
+    affines: Vec<(Tensor, Tensor)>,
+    spatial_affine: Option<(Tensor, Tensor)>,
+    squeeze_excite: Option<SqueezeExciteFromMeans<'a>>,
+}
+
+/// A squeeze-excite gate from the channel means (`SqueezeExcite::gate_from_means`), boxed.
+type SqueezeExciteFromMeans<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+
 impl Bottleneck {
     /// The same block handing its parameters' gradients to `param_grads` when it trains as one
     /// op: the store its network collects ([`ResNet::backward`](crate::ResNet::backward)), or,
@@ -149,47 +159,49 @@ impl Bottleneck {
             .filter(|spec| mtanet_kernels::bottleneck_train_applies(x, spec))
     }
 
-    /// True for a block with a CBAM gate, which the inference op does not run.
-    pub(crate) fn has_cbam(&self) -> bool {
-        matches!(self.attention, Some(BlockAttention::Cbam(_)))
-    }
-
-    /// The block's squeeze-excite gate from the channel means, as the inference op takes it
-    /// (`mtanet_kernels::SqueezeExciteGate`), if it has one.
-    pub(crate) fn squeeze_excite_from_means(
-        &self,
-    ) -> Option<impl Fn(&Tensor) -> Result<Tensor> + '_> {
-        match &self.attention {
-            Some(BlockAttention::SqueezeExcite(se)) => {
-                Some(move |means: &Tensor| se.gate_from_means(means))
-            }
-            _ => None,
-        }
-    }
-
-    /// Each BatchNorm's eval-mode affine `(scale, shift)`: bn1, bn2, bn3, then the downsample's.
-    pub(crate) fn eval_affines(&self) -> Result<Vec<(Tensor, Tensor)>> {
-        [&self.bn1, &self.bn2, &self.bn3]
+    /// What the inference op takes from the block beyond its parameters, computed once per
+    /// forward: each BatchNorm's eval-mode affine `(scale, shift)` (bn1, bn2, bn3, then the
+    /// downsample's), CBAM's spatial one, and the squeeze-excite gate from the channel means.
+    pub(crate) fn infer_parts(&self) -> Result<InferParts<'_>> {
+        let affines = [&self.bn1, &self.bn2, &self.bn3]
             .into_iter()
             .chain(self.downsample.as_ref().map(|(_, bn)| bn))
             .map(|bn| bn.eval_affine())
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let (spatial_affine, squeeze_excite) = match &self.attention {
+            None => (None, None),
+            Some(BlockAttention::Cbam(cbam)) => (Some(cbam.spatial_eval_affine()?), None),
+            Some(BlockAttention::SqueezeExcite(se)) => {
+                let gate: SqueezeExciteFromMeans<'_> =
+                    Box::new(move |means: &Tensor| se.gate_from_means(means));
+                (None, Some(gate))
+            }
+        };
+        Ok(InferParts {
+            affines,
+            spatial_affine,
+            squeeze_excite,
+        })
     }
 
-    /// The block as the inference op takes it (`mtanet_kernels::bottlenecks_infer`), with its
-    /// BatchNorms folded into `affines` (from [`Bottleneck::eval_affines`]) and its
-    /// squeeze-excite gate `squeeze_excite` (from [`Bottleneck::squeeze_excite_from_means`]),
-    /// or `None` for a CBAM block, which that op does not run.
+    /// The block as the inference op takes it (`mtanet_kernels::bottlenecks_infer`), from its
+    /// [`Bottleneck::infer_parts`], or `None` where that op does not run it (a CBAM MLP
+    /// without biases).
     pub(crate) fn infer_stages<'a>(
         &'a self,
-        affines: &'a [(Tensor, Tensor)],
-        squeeze_excite: Option<mtanet_kernels::SqueezeExciteGate<'a>>,
+        parts: &'a InferParts<'a>,
     ) -> Option<mtanet_kernels::BottleneckEvalStages<'a>> {
-        let gated = matches!(self.attention, Some(BlockAttention::SqueezeExcite(_)));
-        if self.has_cbam()
-            || gated != squeeze_excite.is_some()
-            || affines.len() != 3 + usize::from(self.downsample.is_some())
-        {
+        let affines = &parts.affines;
+        let gate = match &self.attention {
+            None => None,
+            Some(BlockAttention::SqueezeExcite(_)) => Some(
+                mtanet_kernels::EvalGate::SqueezeExcite(parts.squeeze_excite.as_deref()?),
+            ),
+            Some(BlockAttention::Cbam(cbam)) => Some(mtanet_kernels::EvalGate::Cbam(
+                cbam.eval_gate(parts.spatial_affine.as_ref()?)?,
+            )),
+        };
+        if affines.len() != 3 + usize::from(self.downsample.is_some()) {
             return None;
         }
         let stage = |conv: &'a Conv2d, (scale, shift): &'a (Tensor, Tensor)| {
@@ -210,7 +222,7 @@ impl Bottleneck {
                 .downsample
                 .as_ref()
                 .map(|(conv, _)| stage(conv, &affines[3])),
-            squeeze_excite,
+            gate,
         })
     }
 

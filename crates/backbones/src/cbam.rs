@@ -81,21 +81,35 @@ impl Cbam {
     /// `spatial_gate_add_relu`, bit for bit, reading the map three times instead of five);
     /// `None` where that op does not run the tensors (other than f32 on the CPU).
     pub(crate) fn add_relu_eval(&self, z: &Tensor, shortcut: &Tensor) -> Result<Option<Tensor>> {
-        let Some(channel) = self.channel_mlp() else {
+        let spatial_affine = self.spatial_bn.eval_affine()?;
+        let Some(gate) = self.eval_gate(&spatial_affine) else {
             return Ok(None);
-        };
-        let (scale, shift) = self.spatial_bn.eval_affine()?;
-        let gate = mtanet_kernels::CbamEval {
-            channel,
-            spatial_weight: self.spatial_conv.weight(),
-            spatial_conv: self.spatial_conv.params(),
-            spatial_scale: &scale,
-            spatial_shift: &shift,
         };
         if !mtanet_kernels::cbam_eval_applies(z, &gate, shortcut) {
             return Ok(None);
         }
         mtanet_kernels::cbam_add_relu_eval(z, gate, shortcut).map(Some)
+    }
+
+    /// The spatial BatchNorm's eval-mode affine `(scale, shift)`.
+    pub(crate) fn spatial_eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        self.spatial_bn.eval_affine()
+    }
+
+    /// The gate as the eval ops take it (`mtanet_kernels::CbamEval`), with the spatial
+    /// BatchNorm folded into `spatial_affine` (from [`Cbam::spatial_eval_affine`]), or `None`
+    /// for an MLP without biases, which those ops do not run.
+    pub(crate) fn eval_gate<'a>(
+        &'a self,
+        (scale, shift): &'a (Tensor, Tensor),
+    ) -> Option<mtanet_kernels::CbamEval<'a>> {
+        Some(mtanet_kernels::CbamEval {
+            channel: self.channel_mlp()?,
+            spatial_weight: self.spatial_conv.weight(),
+            spatial_conv: self.spatial_conv.params(),
+            spatial_scale: scale,
+            spatial_shift: shift,
+        })
     }
 
     fn mlp(&self, v: &Tensor) -> Result<Tensor> {

@@ -94,38 +94,24 @@ impl ResNet {
 impl ResNet {
     /// The backbone's eval-mode output where nothing is differentiated (evaluation,
     /// prediction): the values of `forward_t(x, false)`, bit for bit, as a tensor with no
-    /// gradient. Without CBAM, on the CPU in f32, the blocks run as one pass over buffers
+    /// gradient. On the CPU in f32, the blocks run as one pass over buffers
     /// reused from block to block (`mtanet_kernels::bottlenecks_infer`), so no layer's output
     /// is cleared before it is written or kept until the forward ends; otherwise they run as in
     /// `forward_t` and the result is detached.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem_t(x, false)?;
         let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
-        if !blocks.iter().any(|b| b.has_cbam()) {
-            let affines = blocks
-                .iter()
-                .map(|b| b.eval_affines())
-                .collect::<Result<Vec<_>>>()?;
-            let gates: Vec<_> = blocks
-                .iter()
-                .map(|b| b.squeeze_excite_from_means())
-                .collect();
-            let stages: Option<Vec<_>> = blocks
-                .iter()
-                .zip(&affines)
-                .zip(&gates)
-                .map(|((b, a), g)| {
-                    let g = g
-                        .as_ref()
-                        .map(|g| g as mtanet_kernels::SqueezeExciteGate<'_>);
-                    b.infer_stages(a, g)
-                })
-                .collect();
-            if let Some(stages) =
-                stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(&x, s))
-            {
-                return mtanet_kernels::bottlenecks_infer(&x, &stages);
-            }
+        let parts = blocks
+            .iter()
+            .map(|b| b.infer_parts())
+            .collect::<Result<Vec<_>>>()?;
+        let stages: Option<Vec<_>> = blocks
+            .iter()
+            .zip(&parts)
+            .map(|(b, p)| b.infer_stages(p))
+            .collect();
+        if let Some(stages) = stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(&x, s)) {
+            return mtanet_kernels::bottlenecks_infer(&x, &stages);
         }
         for block in blocks {
             x = block.forward_t(&x, false)?;
@@ -246,9 +232,9 @@ mod tests {
         Ok(())
     }
 
-    /// `infer` gives `forward_t(x, false)`'s values bit for bit, without a gradient: through the
-    /// inference op for backbones without CBAM (plain, grouped and squeeze-excite blocks, with
-    /// downsampling and stride), block by block for CBAM; eval mode itself stays differentiable.
+    /// `infer` gives `forward_t(x, false)`'s values bit for bit, without a gradient, through the
+    /// inference op (plain, grouped, squeeze-excite and CBAM blocks, with downsampling and
+    /// stride); eval mode itself stays differentiable.
     /// The running statistics come from a training forward, so the folded BatchNorms are not
     /// the identity.
     #[test]

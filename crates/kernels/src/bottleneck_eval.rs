@@ -1,7 +1,7 @@
-//! Inference through a chain of ResNet bottlenecks without attention or with a
-//! squeeze-and-excitation gate (ResNet-50, ResNeXt-50, the SE-ResNets): every block's
-//! convolutions with their eval-mode BatchNorms and ReLUs, the downsample shortcut, the gate and
-//! the residual join, block after block, over buffers reused from one block to the next.
+//! Inference through a chain of ResNet bottlenecks (every backbone here: without attention, with
+//! squeeze-and-excitation, with CBAM): every block's convolutions with their eval-mode
+//! BatchNorms and ReLUs, the downsample shortcut, the gate and the residual join, block after
+//! block, over buffers reused from one block to the next.
 //!
 //! As separate candle ops (`conv_affine_eval`, `conv_affine_add_relu_eval`) each layer's output
 //! is a fresh tensor that must be cleared before the convolution overwrites it, and, because
@@ -9,18 +9,21 @@
 //! forward ends. Here each stage writes into a buffer from the scratch pool (stale values of an
 //! earlier use: every convolution path overwrites its whole output) that goes back to the pool
 //! once the next stage has read it; only the last block's output leaves, as a tensor of its own
-//! with no graph. The arithmetic is `conv_affine.rs`'s and the gate's ops' (its pooling and
-//! join over buffers, its MLP as the caller's candle ops), so the values are bit-identical to
-//! the chain of separate eval ops; the tests check that. CBAM blocks are not run here.
+//! with no graph. The arithmetic is `conv_affine.rs`'s and the gates' ops' (squeeze-excite's
+//! pooling and join over buffers, its MLP as the caller's candle ops; CBAM's `cbam_eval.rs`
+//! values), so the values are bit-identical to the chain of separate eval ops; the tests check
+//! that.
 //!
 //! There is no gradient: the output is a constant. Use it where nothing is differentiated
 //! (evaluation, prediction); a model in eval mode that is differentiated runs the separate ops.
 
+use crate::cbam_eval::{cbam_join_values, plan_cbam};
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::forward_values_into;
 use crate::fused_operands::{cpu_f32, cpu_values};
 use crate::gate::channel_gate_add_relu_into;
 use crate::spatial_pool::row_means;
+use crate::CbamEval;
 use crate::ConvParams;
 use candle_core::{bail, Device, Result, Shape, Tensor};
 
@@ -44,6 +47,16 @@ pub struct ConvAffineStage<'a> {
 /// sigmoid, as its own candle ops compute them, so the values are theirs).
 pub type SqueezeExciteGate<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 
+/// A block's attention gate in eval mode, as [`bottlenecks_infer`] takes it.
+#[derive(Clone, Copy)]
+pub enum EvalGate<'a> {
+    /// Squeeze-and-excitation: the block is `relu(z * gate(mean_hw(z)) + shortcut)`.
+    SqueezeExcite(SqueezeExciteGate<'a>),
+    /// CBAM: the block is `relu(u * spatial(u) + shortcut)`, `u = z * channel(z)`, as
+    /// [`cbam_add_relu_eval`](crate::cbam_add_relu_eval) computes it.
+    Cbam(CbamEval<'a>),
+}
+
 /// One bottleneck in eval mode, as [`bottlenecks_infer`] takes it.
 #[derive(Clone, Copy)]
 pub struct BottleneckEvalStages<'a> {
@@ -51,9 +64,8 @@ pub struct BottleneckEvalStages<'a> {
     pub main: [ConvAffineStage<'a>; 3],
     /// The shortcut's convolution and folded BatchNorm (`None`: the identity).
     pub downsample: Option<ConvAffineStage<'a>>,
-    /// The squeeze-and-excitation gate after the third stage, if the block has one: the block
-    /// is then `relu(z * gate(mean_hw(z)) + shortcut)`.
-    pub squeeze_excite: Option<SqueezeExciteGate<'a>>,
+    /// The attention gate after the third stage, `z = bn3(conv3(h2))`, if the block has one.
+    pub gate: Option<EvalGate<'a>>,
 }
 
 impl BottleneckEvalStages<'_> {
@@ -66,11 +78,19 @@ impl BottleneckEvalStages<'_> {
 /// True when [`bottlenecks_infer`] runs `blocks` on `x`: every tensor f32 on the CPU.
 pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> bool {
     let mut all = vec![x];
+    let cbam_tensors: Vec<Vec<&Tensor>> = blocks
+        .iter()
+        .filter_map(|b| match &b.gate {
+            Some(EvalGate::Cbam(gate)) => Some(gate.tensors()),
+            _ => None,
+        })
+        .collect();
     for block in blocks {
         for s in block.stages() {
             all.extend([s.conv_weight, s.scale, s.shift]);
         }
     }
+    all.extend(cbam_tensors.iter().flatten());
     cpu_f32(&all)
 }
 
@@ -80,8 +100,9 @@ pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]
 /// `conv_affine_eval` twice, `conv_affine_eval` on the shortcut and `conv_affine_add_relu_eval`
 /// per block, bit for bit. With a squeeze-excite gate the block is
 /// `relu(z * gate(mean_hw(z)) + shortcut)`, `z = bn3(conv3(h2))`: the values of
-/// `conv_affine_eval`, `spatial_mean`, the gate function and `channel_gate_add_relu`. The
-/// result is a new tensor with no gradient (see the module doc).
+/// `conv_affine_eval`, `spatial_mean`, the gate function and `channel_gate_add_relu`; with a
+/// CBAM gate, those of `conv_affine_eval` and `cbam_add_relu_eval`. The result is a new tensor
+/// with no gradient (see the module doc).
 /// f32 on the CPU only ([`bottlenecks_infer_applies`]).
 pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Result<Tensor> {
     if blocks.is_empty() {
@@ -108,13 +129,20 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         if shortcut != out {
             bail!("bottlenecks_infer: block {k}'s shortcut {shortcut:?} for output {out:?}")
         }
-        planned.push((main, downsample));
+        let cbam = match &block.gate {
+            Some(EvalGate::Cbam(gate)) => {
+                let op = format!("bottlenecks_infer: block {k}'s CBAM gate");
+                Some(plan_cbam(&op, main[2].output_dims(), gate)?)
+            }
+            _ => None,
+        };
+        planned.push((main, downsample, cbam));
         input = out;
     }
     let (xs, xl) = x.storage_and_layout();
     let xv = cpu_values("bottlenecks_infer", &xs, xl, "input")?;
     let mut held: Option<Scratch> = None;
-    for (block, (main, downsample)) in blocks.iter().zip(&planned) {
+    for (block, (main, downsample, cbam)) in blocks.iter().zip(&planned) {
         let block_in: &[f32] = held.as_deref().unwrap_or(&xv);
         let h1 = stage(&main[0], &block.main[0], block_in, None, true)?;
         let h2 = stage(&main[1], &block.main[1], &h1, None, true)?;
@@ -124,12 +152,27 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             _ => None,
         };
         let shortcut = projected.as_deref().unwrap_or(block_in);
-        let y = match block.squeeze_excite {
-            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
-            Some(gate) => {
+        let y = match (block.gate, cbam) {
+            (None, _) => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
+            (Some(EvalGate::SqueezeExcite(gate)), _) => {
                 let z = stage(&main[2], &block.main[2], &h2, None, false)?;
                 gated_join(&main[2], gate, &z, shortcut, x.device())?
             }
+            (Some(EvalGate::Cbam(_)), Some(plan)) => {
+                let z = stage(&main[2], &block.main[2], &h2, None, false)?;
+                let g = &main[2];
+                let packed = plan.packed.to_vec1::<f32>()?;
+                let dims = (g.batch, g.out_channels, g.out_pixels());
+                let (reduced, spatial) = (plan.reduced, &plan.spatial);
+                Scratch::from_vec(cbam_join_values(
+                    (reduced, spatial),
+                    dims,
+                    &z,
+                    shortcut,
+                    &packed,
+                ))
+            }
+            (Some(EvalGate::Cbam(_)), None) => bail!("bottlenecks_infer: CBAM gate not planned"),
         };
         held = Some(y);
     }
@@ -282,7 +325,7 @@ mod tests {
                     stage(&b0[2], 1, 0, 1),
                 ],
                 downsample: Some(stage(&b0[3], 2, 0, 1)),
-                squeeze_excite: None,
+                gate: None,
             },
             BottleneckEvalStages {
                 main: [
@@ -291,7 +334,7 @@ mod tests {
                     stage(&b1[2], 1, 0, 1),
                 ],
                 downsample: None,
-                squeeze_excite: None,
+                gate: None,
             },
         ];
         let mut want = x.clone();
@@ -351,7 +394,7 @@ mod tests {
                 stage(&p[2], 1, 0, 1),
             ],
             downsample: None,
-            squeeze_excite: Some(&gate),
+            gate: Some(EvalGate::SqueezeExcite(&gate)),
         };
         let run = |s: &ConvAffineStage<'_>, input: &Tensor, relu: bool| {
             conv_affine_eval(input, s.conv_weight, s.scale, s.shift, s.conv, relu)
@@ -372,7 +415,7 @@ mod tests {
         assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
         let wrong = |m: &Tensor| m.narrow(1, 0, 8);
         let block = BottleneckEvalStages {
-            squeeze_excite: Some(&wrong),
+            gate: Some(EvalGate::SqueezeExcite(&wrong)),
             ..block
         };
         let err = bottlenecks_infer(&x, &[block]).unwrap_err().to_string();
@@ -406,7 +449,7 @@ mod tests {
                     stage(&ok[2], 1, 0, 1),
                 ],
                 downsample: None,
-                squeeze_excite: None,
+                gate: None,
             };
             bottlenecks_infer(&x, &[b, b])
         };
@@ -427,7 +470,7 @@ mod tests {
                 stage(&wide, 1, 0, 1),
             ],
             downsample: None,
-            squeeze_excite: None,
+            gate: None,
         };
         let err = bottlenecks_infer(&x, &[b]).unwrap_err().to_string();
         assert!(

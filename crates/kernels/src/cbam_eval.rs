@@ -38,7 +38,7 @@ pub struct CbamEval<'a> {
 
 impl CbamEval<'_> {
     /// The gate's tensors, in the order they are packed.
-    fn tensors(&self) -> Vec<&Tensor> {
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
         let mut all = self.channel.tensors().to_vec();
         all.extend([self.spatial_weight, self.spatial_scale, self.spatial_shift]);
         all
@@ -60,7 +60,6 @@ pub fn cbam_add_relu_eval(z: &Tensor, gate: CbamEval<'_>, shortcut: &Tensor) -> 
     if !cbam_eval_applies(z, &gate, shortcut) {
         bail!("cbam_add_relu_eval: f32 tensors on the CPU only")
     }
-    let (n, c, h, w) = z.dims4()?;
     if shortcut.dims() != z.dims() {
         bail!(
             "cbam_add_relu_eval: input {:?} and shortcut {:?} differ",
@@ -68,6 +67,29 @@ pub fn cbam_add_relu_eval(z: &Tensor, gate: CbamEval<'_>, shortcut: &Tensor) -> 
             shortcut.dims()
         )
     }
+    let CbamPlan {
+        reduced,
+        spatial,
+        packed,
+    } = plan_cbam("cbam_add_relu_eval", z.dims4()?, &gate)?;
+    z.apply_op3(shortcut, &packed, CbamAddReluEval { reduced, spatial })
+}
+
+/// A CBAM gate checked against the dims of its input `z`: the MLP's reduced width, the spatial
+/// convolution's geometry, and every parameter packed into one flat tensor in
+/// [`CbamEval`]'s order (the MLP's, the spatial weight, scale, shift).
+pub(crate) struct CbamPlan {
+    pub(crate) reduced: usize,
+    pub(crate) spatial: ConvGeometry,
+    pub(crate) packed: Tensor,
+}
+
+/// [`CbamPlan`] of `gate` over an input of `(n, c, h, w)`; `op` names the caller in errors.
+pub(crate) fn plan_cbam(
+    op: &str,
+    (n, c, h, w): (usize, usize, usize, usize),
+    gate: &CbamEval<'_>,
+) -> Result<CbamPlan> {
     let reduced = gate.channel.reduced(c)?;
     let conv = gate.spatial_conv;
     let spatial = ConvGeometry::new(
@@ -77,11 +99,11 @@ pub fn cbam_add_relu_eval(z: &Tensor, gate: CbamEval<'_>, shortcut: &Tensor) -> 
         conv.padding,
         conv.groups,
     )?;
-    check_spatial_gate("cbam_add_relu_eval", &spatial)?;
+    check_spatial_gate(op, &spatial)?;
     for (t, name) in [(gate.spatial_scale, "scale"), (gate.spatial_shift, "shift")] {
         if t.elem_count() != 1 {
             bail!(
-                "cbam_add_relu_eval: the spatial BatchNorm's {name} must hold one value, got {:?}",
+                "{op}: the spatial BatchNorm's {name} must hold one value, got {:?}",
                 t.dims()
             )
         }
@@ -93,7 +115,34 @@ pub fn cbam_add_relu_eval(z: &Tensor, gate: CbamEval<'_>, shortcut: &Tensor) -> 
         .collect::<Result<Vec<_>>>()?;
     // One flat tensor: a candle op takes at most three inputs.
     let packed = Tensor::cat(&parts, 0)?;
-    z.apply_op3(shortcut, &packed, CbamAddReluEval { reduced, spatial })
+    Ok(CbamPlan {
+        reduced,
+        spatial,
+        packed,
+    })
+}
+
+/// `relu(u * spatial(u) + shortcut)`, `u = z * channel(z)`, over buffers (`z`, `shortcut`:
+/// (N, C, pixels)) with the parameters `packed` as [`CbamPlan`] packs them: the op's values.
+pub(crate) fn cbam_join_values(
+    (reduced, g): (usize, &ConvGeometry),
+    (n, c, p): (usize, usize, usize),
+    z: &[f32],
+    shortcut: &[f32],
+    packed: &[f32],
+) -> Vec<f32> {
+    let mlp_len = MlpParams::len(c, reduced);
+    let w_len = g.groups * g.weight_group_len();
+    let (mlp, rest) = packed.split_at(mlp_len);
+    let (weight, affine) = rest.split_at(w_len);
+    let mlp = MlpParams::split(mlp, c, reduced);
+    let (channel_gate, _, _) = channel_gate_forward(z, (n, p), mlp);
+    let (pooled, _) = channel_max_mean_values((n, c, p), z, Some(&channel_gate));
+    let logits = conv2d::forward(g, &pooled, weight);
+    let mut spatial_gate = scale_shift(&logits, &affine[..1], &affine[1..], 1, p, false);
+    sigmoid_in_place(&mut spatial_gate);
+    let gates = (&channel_gate[..], &spatial_gate[..]);
+    gated_spatial_join((c, p), z, gates, shortcut)
 }
 
 /// The op behind [`cbam_add_relu_eval`]: (`z`, `shortcut`, packed parameters) -> output.
@@ -131,16 +180,7 @@ impl CustomOp3 for CbamAddReluEval {
         let z = dense_f32(zs, zl, "input")?;
         let shortcut = dense_f32(ss, sl, "shortcut")?;
         let packed = dense_f32(ps, pl, "parameters")?;
-        let (mlp, rest) = packed.split_at(mlp_len);
-        let (weight, affine) = rest.split_at(w_len);
-        let mlp = MlpParams::split(mlp, c, self.reduced);
-        let (channel_gate, _, _) = channel_gate_forward(&z, (n, p), mlp);
-        let (pooled, _) = channel_max_mean_values((n, c, p), &z, Some(&channel_gate));
-        let logits = conv2d::forward(g, &pooled, weight);
-        let mut spatial_gate = scale_shift(&logits, &affine[..1], &affine[1..], 1, p, false);
-        sigmoid_in_place(&mut spatial_gate);
-        let gates = (&channel_gate[..], &spatial_gate[..]);
-        let y = gated_spatial_join((c, p), &z, gates, &shortcut);
+        let y = cbam_join_values((self.reduced, g), (n, c, p), &z, &shortcut, &packed);
         Ok((CpuStorage::F32(y), zl.shape().clone()))
     }
 

@@ -87,6 +87,14 @@ impl Scratch {
 }
 
 impl Scratch {
+    /// `values` as a lent buffer, which joins this thread's pool when dropped.
+    pub fn from_vec(values: Vec<f32>) -> Self {
+        Self {
+            len: values.len(),
+            buf: values,
+        }
+    }
+
     /// The lent values as a vector of their own, leaving the pool (no copy).
     pub fn into_vec(mut self) -> Vec<f32> {
         let mut values = std::mem::take(&mut self.buf);
