@@ -301,6 +301,27 @@ mod tests {
         }
     }
 
+    /// Panics unless `got` and `want` have the same shape and bits, and `got` is not mostly
+    /// zero (a test that compared two zero maps would prove nothing).
+    fn assert_same_bits(got: &Tensor, want: &Tensor) -> Result<()> {
+        assert_eq!(got.dims(), want.dims());
+        let (a, b) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert!(
+            a.iter().filter(|v| **v > 0.0).count() > a.len() / 4,
+            "mostly zero"
+        );
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
+        Ok(())
+    }
+
     /// Two blocks (the first strided, grouped and downsampled, the second the identity
     /// shortcut) give the separate eval ops' values bit for bit, as a tensor without gradient.
     #[test]
@@ -353,23 +374,8 @@ mod tests {
                 conv_affine_add_relu_eval(&h2, s.conv_weight, s.scale, s.shift, &shortcut, s.conv)?;
         }
         let got = bottlenecks_infer(&x, &blocks)?;
-        assert_eq!(got.dims(), want.dims());
         assert!(!got.track_op());
-        let (a, b) = (
-            got.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?,
-        );
-        assert!(
-            a.iter().filter(|v| **v > 0.0).count() > a.len() / 4,
-            "mostly zero"
-        );
-        let differ = a
-            .iter()
-            .zip(&b)
-            .filter(|(p, q)| p.to_bits() != q.to_bits())
-            .count();
-        assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
-        Ok(())
+        assert_same_bits(&got, &want)
     }
 
     /// A block with a squeeze-excite gate equals the eval ops with the gate composed of
@@ -402,17 +408,7 @@ mod tests {
         let h1 = run(&block.main[0], &x, true)?;
         let z = run(&block.main[2], &run(&block.main[1], &h1, true)?, false)?;
         let want = crate::channel_gate_add_relu(&z, &gate(&crate::spatial_mean(&z)?)?, &x)?;
-        let got = bottlenecks_infer(&x, &[block])?;
-        let (a, b) = (
-            got.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let differ = a
-            .iter()
-            .zip(&b)
-            .filter(|(p, q)| p.to_bits() != q.to_bits())
-            .count();
-        assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
+        assert_same_bits(&bottlenecks_infer(&x, &[block])?, &want)?;
         let wrong = |m: &Tensor| m.narrow(1, 0, 8);
         let block = BottleneckEvalStages {
             gate: Some(EvalGate::SqueezeExcite(&wrong)),

@@ -106,3 +106,69 @@ pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
         .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::select::{with_algorithm, Algorithm};
+    use super::test_values as values;
+    use super::*;
+
+    /// Into a buffer full of NaN, every path of the forward and of the input gradient writes
+    /// every value: the same bits as into a zeroed one, the contract the training blocks and
+    /// the inference pass rely on when they reuse pooled buffers. Shapes reach the per-unit GEMM
+    /// (pointwise and 3x3 through im2col / col2im, stride 1 and 2), the whole-batch GEMM on
+    /// small maps (both), the direct kernel (stride 1 and 2), Winograd F(2x2, 3x3) and
+    /// F(4x4, 3x3), and the 7x7 stem.
+    #[test]
+    fn every_path_writes_every_value_of_a_reused_buffer() {
+        // (N, C_in, C_out, H, K, stride, padding, groups, algorithm)
+        let cases = [
+            (2, 8, 16, 12, 1, 1, 0, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 3, 2, 1, 1, Algorithm::Gemm),
+            (2, 8, 16, 12, 1, 2, 0, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 1, 1, 0, 1, Algorithm::Gemm),
+            (4, 8, 16, 6, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 16, 16, 10, 3, 1, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 10, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 16, 16, 9, 3, 2, 1, 2, Algorithm::Direct),
+            (2, 8, 16, 9, 3, 1, 1, 1, Algorithm::Gemm),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd2),
+            (2, 8, 8, 10, 3, 1, 1, 1, Algorithm::Winograd4),
+            (2, 3, 8, 20, 7, 2, 3, 1, Algorithm::Gemm),
+        ];
+        for (i, &(n, c_in, c_out, h, k, stride, pad, groups, algo)) in cases.iter().enumerate() {
+            let w_dims = [c_out, c_in / groups, k, k];
+            let g = ConvGeometry::new(&[n, c_in, h, h], &w_dims, stride, pad, groups).unwrap();
+            let w = values(w_dims.iter().product(), i as u32);
+            let x = values(n * c_in * h * h, 50 + i as u32);
+            let dy = values(g.units() * g.out_unit_len(), 100 + i as u32);
+            type Pass<'a> = &'a dyn Fn(&mut [f32]);
+            let passes: [(&str, usize, Pass<'_>); 2] = [
+                ("forward", dy.len(), &|y| {
+                    forward::forward_into(&g, &x, &w, y)
+                }),
+                ("input gradient", x.len(), &|dx| {
+                    input_grad_into(&g, &dy, &w, dx)
+                }),
+            ];
+            for (pass, len, run) in passes {
+                let (zeroed, reused) = with_algorithm(algo, || {
+                    let (mut zeroed, mut reused) = (vec![0.0; len], vec![f32::NAN; len]);
+                    run(&mut zeroed);
+                    run(&mut reused);
+                    (zeroed, reused)
+                });
+                let differ = zeroed
+                    .iter()
+                    .zip(&reused)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "case {i} ({algo:?}), {pass}: {differ} values differ"
+                );
+            }
+        }
+    }
+}
