@@ -112,7 +112,10 @@ impl Bottleneck {
 
 /// The per-forward values a block gives the inference op ([`Bottleneck::infer_parts`]).
 pub(crate) struct InferParts<'a> {
-    affines: Vec<(Tensor, Tensor)>,
+    /// bn1, bn2 and bn3 folded to `(scale, shift)`.
+    main: [(Tensor, Tensor); 3],
+    /// The downsample's BatchNorm folded, if the block has one.
+    downsample: Option<(Tensor, Tensor)>,
     spatial_affine: Option<(Tensor, Tensor)>,
     squeeze_excite: Option<SqueezeExciteFromMeans<'a>>,
 }
@@ -160,14 +163,19 @@ impl Bottleneck {
     }
 
     /// What the inference op takes from the block beyond its parameters, computed once per
-    /// forward: each BatchNorm's eval-mode affine `(scale, shift)` (bn1, bn2, bn3, then the
-    /// downsample's), CBAM's spatial one, and the squeeze-excite gate from the channel means.
+    /// forward: each BatchNorm's eval-mode affine `(scale, shift)`, CBAM's spatial one, and the
+    /// squeeze-excite gate from the channel means.
     pub(crate) fn infer_parts(&self) -> Result<InferParts<'_>> {
-        let affines = [&self.bn1, &self.bn2, &self.bn3]
-            .into_iter()
-            .chain(self.downsample.as_ref().map(|(_, bn)| bn))
-            .map(|bn| bn.eval_affine())
-            .collect::<Result<Vec<_>>>()?;
+        let main = [
+            self.bn1.eval_affine()?,
+            self.bn2.eval_affine()?,
+            self.bn3.eval_affine()?,
+        ];
+        let downsample = self
+            .downsample
+            .as_ref()
+            .map(|(_, bn)| bn.eval_affine())
+            .transpose()?;
         let (spatial_affine, squeeze_excite) = match &self.attention {
             None => (None, None),
             Some(BlockAttention::Cbam(cbam)) => (Some(cbam.spatial_eval_affine()?), None),
@@ -178,7 +186,8 @@ impl Bottleneck {
             }
         };
         Ok(InferParts {
-            affines,
+            main,
+            downsample,
             spatial_affine,
             squeeze_excite,
         })
@@ -191,7 +200,6 @@ impl Bottleneck {
         &'a self,
         parts: &'a InferParts<'a>,
     ) -> Option<mtanet_kernels::BottleneckEvalStages<'a>> {
-        let affines = &parts.affines;
         let gate = match &self.attention {
             None => None,
             Some(BlockAttention::SqueezeExcite(_)) => Some(
@@ -201,9 +209,6 @@ impl Bottleneck {
                 cbam.eval_gate(parts.spatial_affine.as_ref()?)?,
             )),
         };
-        if affines.len() != 3 + usize::from(self.downsample.is_some()) {
-            return None;
-        }
         let stage = |conv: &'a Conv2d, (scale, shift): &'a (Tensor, Tensor)| {
             mtanet_kernels::ConvAffineStage {
                 conv_weight: conv.weight(),
@@ -214,14 +219,14 @@ impl Bottleneck {
         };
         Some(mtanet_kernels::BottleneckEvalStages {
             main: [
-                stage(&self.conv1, &affines[0]),
-                stage(&self.conv2, &affines[1]),
-                stage(&self.conv3, &affines[2]),
+                stage(&self.conv1, &parts.main[0]),
+                stage(&self.conv2, &parts.main[1]),
+                stage(&self.conv3, &parts.main[2]),
             ],
-            downsample: self
-                .downsample
-                .as_ref()
-                .map(|(conv, _)| stage(conv, &affines[3])),
+            downsample: match (&self.downsample, &parts.downsample) {
+                (Some((conv, _)), Some(affine)) => Some(stage(conv, affine)),
+                _ => None,
+            },
             gate,
         })
     }

@@ -5,7 +5,7 @@ use crate::bottleneck::Bottleneck;
 use crate::config::{ResNetConfig, StemPool};
 use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use candle_core::backprop::GradStore;
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use mtanet_kernels::ParamGrads;
 
@@ -101,22 +101,35 @@ impl ResNet {
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem_t(x, false)?;
         let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
-        let parts = blocks
-            .iter()
-            .map(|b| b.infer_parts())
-            .collect::<Result<Vec<_>>>()?;
-        let stages: Option<Vec<_>> = blocks
-            .iter()
-            .zip(&parts)
-            .map(|(b, p)| b.infer_stages(p))
-            .collect();
-        if let Some(stages) = stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(&x, s)) {
-            return mtanet_kernels::bottlenecks_infer(&x, &stages);
+        if let Some(y) = infer_in_one_pass(&x, &blocks)? {
+            return Ok(y);
         }
         for block in blocks {
             x = block.forward_t(&x, false)?;
         }
         Ok(x.detach())
+    }
+}
+
+/// `blocks` on `x` through `mtanet_kernels::bottlenecks_infer`, or `None` where that pass does
+/// not run them.
+fn infer_in_one_pass(x: &Tensor, blocks: &[&Bottleneck]) -> Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        // Never the pass: skip folding every BatchNorm for it.
+        return Ok(None);
+    }
+    let parts = blocks
+        .iter()
+        .map(|b| b.infer_parts())
+        .collect::<Result<Vec<_>>>()?;
+    let stages: Option<Vec<_>> = blocks
+        .iter()
+        .zip(&parts)
+        .map(|(b, p)| b.infer_stages(p))
+        .collect();
+    match stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(x, s)) {
+        Some(stages) => mtanet_kernels::bottlenecks_infer(x, &stages).map(Some),
+        None => Ok(None),
     }
 }
 

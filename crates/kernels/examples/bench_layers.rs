@@ -191,7 +191,7 @@ impl TorchWorker {
         // Wait for the import of torch to finish before timing anything beside it.
         match worker.next_line(START_LIMIT) {
             Ok(line) if line.trim() == "ready" => Ok(worker),
-            Ok(_) | Err(_) => Err(format!(
+            _ => Err(format!(
                 "{} did not start (see its message above)",
                 worker.script.display()
             )),

@@ -17,7 +17,7 @@
 //! There is no gradient: the output is a constant. Use it where nothing is differentiated
 //! (evaluation, prediction); a model in eval mode that is differentiated runs the separate ops.
 
-use crate::cbam_eval::{cbam_join_values, plan_cbam};
+use crate::cbam_eval::{cbam_join_values, plan_cbam, CbamPlan};
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::forward_values_into;
 use crate::fused_operands::{cpu_f32, cpu_values};
@@ -78,19 +78,14 @@ impl BottleneckEvalStages<'_> {
 /// True when [`bottlenecks_infer`] runs `blocks` on `x`: every tensor f32 on the CPU.
 pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> bool {
     let mut all = vec![x];
-    let cbam_tensors: Vec<Vec<&Tensor>> = blocks
-        .iter()
-        .filter_map(|b| match &b.gate {
-            Some(EvalGate::Cbam(gate)) => Some(gate.tensors()),
-            _ => None,
-        })
-        .collect();
     for block in blocks {
         for s in block.stages() {
             all.extend([s.conv_weight, s.scale, s.shift]);
         }
+        if let Some(EvalGate::Cbam(gate)) = &block.gate {
+            all.extend(gate.tensors());
+        }
     }
-    all.extend(cbam_tensors.iter().flatten());
     cpu_f32(&all)
 }
 
@@ -129,20 +124,25 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         if shortcut != out {
             bail!("bottlenecks_infer: block {k}'s shortcut {shortcut:?} for output {out:?}")
         }
-        let cbam = match &block.gate {
+        let gate = match block.gate {
+            None => None,
+            Some(EvalGate::SqueezeExcite(gate)) => Some(PlannedGate::SqueezeExcite(gate)),
             Some(EvalGate::Cbam(gate)) => {
                 let op = format!("bottlenecks_infer: block {k}'s CBAM gate");
-                Some(plan_cbam(&op, main[2].output_dims(), gate)?)
+                Some(PlannedGate::Cbam(plan_cbam(
+                    &op,
+                    main[2].output_dims(),
+                    &gate,
+                )?))
             }
-            _ => None,
         };
-        planned.push((main, downsample, cbam));
+        planned.push((main, downsample, gate));
         input = out;
     }
     let (xs, xl) = x.storage_and_layout();
     let xv = cpu_values("bottlenecks_infer", &xs, xl, "input")?;
     let mut held: Option<Scratch> = None;
-    for (block, (main, downsample, cbam)) in blocks.iter().zip(&planned) {
+    for (block, (main, downsample, gate)) in blocks.iter().zip(&planned) {
         let block_in: &[f32] = held.as_deref().unwrap_or(&xv);
         let h1 = stage(&main[0], &block.main[0], block_in, None, true)?;
         let h2 = stage(&main[1], &block.main[1], &h1, None, true)?;
@@ -152,27 +152,20 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             _ => None,
         };
         let shortcut = projected.as_deref().unwrap_or(block_in);
-        let y = match (block.gate, cbam) {
-            (None, _) => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
-            (Some(EvalGate::SqueezeExcite(gate)), _) => {
+        let y = match gate {
+            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
+            Some(PlannedGate::SqueezeExcite(gate)) => {
                 let z = stage(&main[2], &block.main[2], &h2, None, false)?;
-                gated_join(&main[2], gate, &z, shortcut, x.device())?
+                gated_join(&main[2], *gate, &z, shortcut, x.device())?
             }
-            (Some(EvalGate::Cbam(_)), Some(plan)) => {
+            Some(PlannedGate::Cbam(plan)) => {
                 let z = stage(&main[2], &block.main[2], &h2, None, false)?;
                 let g = &main[2];
-                let packed = plan.packed.to_vec1::<f32>()?;
                 let dims = (g.batch, g.out_channels, g.out_pixels());
-                let (reduced, spatial) = (plan.reduced, &plan.spatial);
-                Scratch::from_vec(cbam_join_values(
-                    (reduced, spatial),
-                    dims,
-                    &z,
-                    shortcut,
-                    &packed,
-                ))
+                let packed = plan.packed.to_vec1::<f32>()?;
+                let shapes = (plan.reduced, &plan.spatial);
+                Scratch::from_vec(cbam_join_values(shapes, dims, &z, shortcut, &packed))
             }
-            (Some(EvalGate::Cbam(_)), None) => bail!("bottlenecks_infer: CBAM gate not planned"),
         };
         held = Some(y);
     }
@@ -180,6 +173,13 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         bail!("bottlenecks_infer: no blocks")
     };
     Tensor::from_vec(y.into_vec(), Shape::from(input), x.device())
+}
+
+/// A block's gate once its shapes are checked: squeeze-excite's function, or CBAM's checked
+/// geometry and packed parameters.
+enum PlannedGate<'a> {
+    SqueezeExcite(SqueezeExciteGate<'a>),
+    Cbam(CbamPlan),
 }
 
 /// `relu(z * gate(mean_hw(z)) + shortcut)` in a pooled buffer: `spatial_mean`'s means, the
