@@ -4,9 +4,12 @@
 //! broadcast mean, divides by a broadcast standard deviation, multiplies and adds broadcast
 //! affine terms and transposes back: seven full-size passes forward, and a backward through
 //! each of them (the division's backward alone squares the full-size broadcast divisor). Here
-//! the forward is one pass for the statistics and one for the output, and the backward one pass
-//! for the two per-channel sums and one for the input gradient, with the ReLU mask applied in
-//! the same loops.
+//! the forward is two passes for the statistics (mean, then centred squares; a convolution
+//! epilogue can hand over the first) and one for the output, and the backward one pass for the
+//! two per-channel sums and one for the input gradient, with the ReLU mask applied in the same
+//! loops. The per-channel passes run over blocks of channels sized to stay in a core's L2 cache
+//! (`channels_per_block`): a block's slice of each image is contiguous, and the backward writes
+//! a block's input gradient right after summing it, from inputs still in cache.
 //!
 //! [`batch_norm_train`] uses the batch statistics (and returns them, for the running averages);
 //! [`channel_affine`] computes `x * scale[c] + shift[c]`, which is BatchNorm in eval mode once
@@ -23,6 +26,7 @@ use crate::packed_grads::unpack;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Per-channel statistics of one training-mode BatchNorm pass: on the host from the CPU ops
@@ -336,96 +340,178 @@ fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     (t1, t2)
 }
 
-/// Per channel of `x` viewed as (N, C, inner): `(sum g', sum g' * (x - mu) * scale)` with
+/// Row `i` of channel `ch` of a (N, C, inner) buffer.
+fn row_of(i: usize, ch: usize, c: usize, inner: usize) -> Range<usize> {
+    (i * c + ch) * inner..(i * c + ch + 1) * inner
+}
+
+/// Bytes of input a block of channels spans (over the whole batch): small enough that a
+/// second pass over the block finds it in a core's L2 cache.
+const BLOCK_BYTES: usize = 256 << 10;
+
+/// Channels per block of the per-channel passes over `arrays` (N, C, inner) f32 inputs: as
+/// many as [`BLOCK_BYTES`] hold. A block's slice of one image is contiguous, so a pass over
+/// it streams, where channel by channel it would jump a whole image's stride every row.
+/// Geometry alone decides it, and the values do not depend on it (each channel's sums run
+/// over its rows in image order whatever the block).
+fn channels_per_block((n, c, inner): (usize, usize, usize), arrays: usize) -> usize {
+    #[cfg(test)]
+    if let Some(cb) = tests::FORCED_BLOCK.with(std::cell::Cell::get) {
+        return cb.clamp(1, c.max(1));
+    }
+    (BLOCK_BYTES / (n * inner * arrays * 4).max(1)).clamp(1, c.max(1))
+}
+
+/// The channel ranges of the blocks of `cb` channels.
+fn block_ranges(c: usize, cb: usize) -> impl IndexedParallelIterator<Item = Range<usize>> {
+    (0..c.div_ceil(cb))
+        .into_par_iter()
+        .map(move |b| b * cb..(c.min((b + 1) * cb)))
+}
+
+/// `buf` viewed as (N, C, inner) in blocks of `cb` channels: entry `b` holds block `b`'s
+/// (contiguous) slice of every image, in image order. The views are disjoint, so that the
+/// blocks can be written in parallel, each right after its reductions have read its inputs.
+fn channel_blocks<T>(buf: &mut [T], (c, inner): (usize, usize), cb: usize) -> Vec<Vec<&mut [T]>> {
+    let mut blocks: Vec<Vec<&mut [T]>> = (0..c.div_ceil(cb)).map(|_| Vec::new()).collect();
+    if c * inner > 0 {
+        for image in buf.chunks_mut(c * inner) {
+            for (b, slice) in image.chunks_mut(cb * inner).enumerate() {
+                blocks[b].push(slice);
+            }
+        }
+    }
+    blocks
+}
+
+/// For each channel of `chs`: `(sum g', sum g' * (x - mu) * scale)` with
 /// `(mu, scale) = centre(channel)`, each (image, channel) row through [`gated_sums`] and the
-/// rows added in image order (parallel over channels only, so thread-count independent).
+/// rows added in image order.
+fn block_gated_sums(
+    (g, x): (&[f32], &[f32]),
+    (n, c, inner): (usize, usize, usize),
+    chs: Range<usize>,
+    gate: &(impl Fn(usize) -> ReluGate + Sync),
+    centre: &(impl Fn(usize) -> (f32, f32) + Sync),
+) -> Vec<(f64, f64)> {
+    let mut sums = vec![(0f64, 0f64); chs.len()];
+    for i in 0..n {
+        for (s, ch) in sums.iter_mut().zip(chs.clone()) {
+            let (mu, scale) = centre(ch);
+            let r = row_of(i, ch, c, inner);
+            let (rg, rgx) = gated_sums(&g[r.clone()], &x[r], gate(ch), mu);
+            s.0 += rg;
+            s.1 += rgx * scale as f64;
+        }
+    }
+    sums
+}
+
+/// Per channel of `x` viewed as (N, C, inner): [`block_gated_sums`] in blocks of channels in
+/// parallel (thread-count independent).
 fn channel_gated_sums(
     g: &[f32],
     x: &[f32],
-    (n, c, inner): (usize, usize, usize),
+    dims: (usize, usize, usize),
     gate: impl Fn(usize) -> ReluGate + Sync,
     centre: impl Fn(usize) -> (f32, f32) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mu, scale) = centre(ch);
-            let gate = gate(ch);
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for i in 0..n {
-                let r = (i * c + ch) * inner..(i * c + ch + 1) * inner;
-                let (rg, rgx) = gated_sums(&g[r.clone()], &x[r], gate, mu);
-                sg += rg;
-                sgx += rgx * scale as f64;
-            }
-            (sg, sgx)
-        })
-        .unzip()
+    let cb = channels_per_block(dims, 2);
+    let blocks: Vec<Vec<(f64, f64)>> = block_ranges(dims.1, cb)
+        .map(|chs| block_gated_sums((g, x), dims, chs, &gate, &centre))
+        .collect();
+    blocks.into_iter().flatten().unzip()
 }
 
-/// Per-channel mean and biased variance of `x` viewed as (N, C, inner): two passes (mean,
-/// then centred squares, so a large mean does not cancel the variance). `row_sums`, when
-/// given, holds `lane_sum` of each (image, channel) row (`n * c` values, image-major), taken
-/// while the rows were still in cache: the first pass then only adds them up, in the same
-/// order, with the same result.
-fn channel_stats(
+/// Mean and biased variance of each channel of `chs` in `x` viewed as (N, C, inner): two
+/// passes (mean, then centred squares, so a large mean does not cancel the variance), each
+/// channel's rows added in image order. `row_sums`, when given, holds `lane_sum` of each
+/// (image, channel) row (`n * c` values, image-major), taken while the rows were still in
+/// cache: the first pass then only adds them up, in the same order, with the same result.
+fn block_moments(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
+    chs: Range<usize>,
     row_sums: Option<&[f64]>,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Vec<(f32, f32)> {
     let m = (n * inner) as f64;
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let rows = (0..n).map(|i| &x[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
-            let sum: f64 = match row_sums {
-                Some(sums) => (0..n).map(|i| sums[i * c + ch]).sum(),
-                None => rows.clone().map(|r| lane_sum(r, |v| v)).sum(),
+    // -0.0 is where `Iterator::sum` of f64 starts, so an all-zero channel keeps its sign.
+    let mut sum = vec![-0.0f64; chs.len()];
+    for i in 0..n {
+        for (s, ch) in sum.iter_mut().zip(chs.clone()) {
+            *s += match row_sums {
+                Some(sums) => sums[i * c + ch],
+                None => lane_sum(&x[row_of(i, ch, c, inner)], |v| v),
             };
-            let mean = sum / m;
-            let mean32 = mean as f32;
-            let sq: f64 = rows
-                .map(|r| {
-                    lane_sum(r, |v| {
-                        let d = v - mean32;
-                        d * d
-                    })
-                })
-                .sum();
-            (mean32, (sq / m) as f32)
-        })
-        .unzip()
+        }
+    }
+    let mean: Vec<f32> = sum.iter().map(|&s| (s / m) as f32).collect();
+    let mut sq = vec![-0.0f64; chs.len()];
+    for i in 0..n {
+        for ((s, ch), &mu) in sq.iter_mut().zip(chs.clone()).zip(&mean) {
+            *s += lane_sum(&x[row_of(i, ch, c, inner)], |v| {
+                let d = v - mu;
+                d * d
+            });
+        }
+    }
+    mean.into_iter()
+        .zip(sq)
+        .map(|(mu, sq)| (mu, (sq / m) as f32))
+        .collect()
 }
 
-/// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows.
+/// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows; with a
+/// `shortcut` (x's size), `y = max(x * a + b + shortcut, 0)` (the residual join; `relu` is then
+/// implied).
 pub(crate) fn scale_shift(
     x: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: usize,
-    inner: usize,
+    (a, b): (&[f32], &[f32]),
+    (c, inner): (usize, usize),
     relu: bool,
+    shortcut: Option<&[f32]>,
 ) -> Vec<f32> {
+    assert!(
+        shortcut.is_none_or(|s| s.len() == x.len()),
+        "scale_shift: shortcut size"
+    );
+    let inner = inner.max(1);
+    // Whole rows per task, about 16 Ki values: small maps (4x4, 7x7) have many short rows.
+    let task = (16384 / inner).max(1) * inner;
     // Written once, without zero-filling first: every value is set below.
     let mut y: Vec<f32> = Vec::with_capacity(x.len());
     y.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(inner.max(1))
-        .zip(x.par_chunks(inner.max(1)))
+        .par_chunks_mut(task)
         .enumerate()
-        .for_each(|(row, (yr, xr))| {
-            let (a, b) = (a[row % c], b[row % c]);
-            if relu {
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    o.write((v * a + b).max(0.0));
-                }
-            } else {
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    o.write(v * a + b);
+        .for_each(|(t, ys)| {
+            let start = t * task;
+            for (k, yr) in ys.chunks_mut(inner).enumerate() {
+                let row = start / inner + k;
+                let (a, b) = (a[row % c], b[row % c]);
+                let r = row * inner..row * inner + yr.len();
+                let xr = &x[r.clone()];
+                match shortcut {
+                    Some(s) => {
+                        let sr = &s[r];
+                        for i in 0..yr.len() {
+                            yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
+                        }
+                    }
+                    None if relu => {
+                        for i in 0..yr.len() {
+                            yr[i].write((xr[i] * a + b).max(0.0));
+                        }
+                    }
+                    None => {
+                        for i in 0..yr.len() {
+                            yr[i].write(xr[i] * a + b);
+                        }
+                    }
                 }
             }
         });
-    // SAFETY: the chunks cover all `x.len()` slots (`yr` and `xr` have equal lengths, row for
-    // row) and every slot was written above.
+    // SAFETY: the tasks' rows cover all `x.len()` slots (each `yr` has its `xr`'s length) and
+    // every slot was written above.
     unsafe { y.set_len(x.len()) };
     y
 }
@@ -454,7 +540,8 @@ impl CustomOp3 for BatchNormTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
-        let (y, saved) = train_forward(&x, (n, c, inner), (w, b), (self.eps, self.relu), None);
+        let (y, saved) =
+            train_forward(&x, (n, c, inner), (w, b), (self.eps, self.relu), None, None);
         *lock(&self.saved)? = Some(Recorded::Host(saved));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -627,24 +714,32 @@ impl CustomOp3 for BatchNormTrainGrad {
 }
 
 /// Training-mode BatchNorm (+ ReLU when `relu`) of `x` viewed as (N, C, inner) on the CPU, with
-/// the affine `(weight, bias)`: statistics in two passes (the first from `row_sums` when given,
-/// see `channel_stats`), output in one. Returns the output and what the backward pass needs.
+/// the affine `(weight, bias)`: statistics in two passes ([`block_moments`], the first from
+/// `row_sums` when given), output in one ([`scale_shift`]). With a `shortcut` (x's size) the
+/// output is `max(batch_norm(x) + shortcut, 0)` (the residual join, in the same pass; `relu` is
+/// then ignored). Returns the output and what the backward pass needs.
 pub(crate) fn train_forward(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
     (weight, bias): (&[f32], &[f32]),
     (eps, relu): (f64, bool),
     row_sums: Option<&[f64]>,
+    shortcut: Option<&[f32]>,
 ) -> (Vec<f32>, Saved) {
     assert!(row_sums.is_none_or(|s| s.len() == n * c));
-    let (mean, var) = channel_stats(x, (n, c, inner), row_sums);
+    let dims = (n, c, inner);
+    let cb = channels_per_block(dims, 1);
+    let moments: Vec<Vec<(f32, f32)>> = block_ranges(c, cb)
+        .map(|chs| block_moments(x, dims, chs, row_sums))
+        .collect();
+    let (mean, var): (Vec<f32>, Vec<f32>) = moments.into_iter().flatten().unzip();
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
         .collect();
     let a: Vec<f32> = (0..c).map(|i| weight[i] * inv_std[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * a[i]).collect();
-    let y = scale_shift(x, &a, &shift, c, inner, relu);
+    let y = scale_shift(x, (&a, &shift), (c, inner), relu, shortcut);
     let saved = Saved {
         mean,
         var,
@@ -673,27 +768,38 @@ pub(crate) fn train_backward(
         scale: s.scale_shift.0[ch],
         shift: s.scale_shift.1[ch],
     };
-    // Per channel: sum g' and sum g' * xhat.
-    let (sum_g, sum_gx) =
-        channel_gated_sums(g, x, (n, c, inner), gate, |ch| (s.mean[ch], s.inv_std[ch]));
+    // In blocks of channels: per channel sum g' and sum g' * xhat, then the block's input
+    // gradient, from rows of `g` and `x` still in cache.
+    let dims = (n, c, inner);
     let m = (n * inner) as f64;
-    dx.par_chunks_mut(inner.max(1))
-        .enumerate()
-        .for_each(|(row, dr)| {
-            let ch = row % c;
-            let (mu, is) = (s.mean[ch], s.inv_std[ch]);
-            let k = s.weight[ch] * is;
-            let mg = (sum_g[ch] / m) as f32;
-            let mgx = (sum_gx[ch] / m) as f32;
-            let gate = gate(ch);
-            let r = row * inner..(row + 1) * inner;
-            for ((d, &xv), &gv) in dr.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-                let gv = gate.pass(gv, xv);
-                *d = k * (gv - mg - (xv - mu) * is * mgx);
+    let cb = channels_per_block(dims, 2);
+    let centre = |ch: usize| (s.mean[ch], s.inv_std[ch]);
+    let sums: Vec<Vec<(f32, f32)>> = block_ranges(c, cb)
+        .zip(channel_blocks(dx, (c, inner), cb))
+        .map(|(chs, mut out)| {
+            let sums = block_gated_sums((g, x), dims, chs.clone(), &gate, &centre);
+            for (i, slice) in out.iter_mut().enumerate() {
+                for ((dr, ch), &(sum_g, sum_gx)) in
+                    slice.chunks_mut(inner.max(1)).zip(chs.clone()).zip(&sums)
+                {
+                    let (mu, is) = (s.mean[ch], s.inv_std[ch]);
+                    let k = s.weight[ch] * is;
+                    let mg = (sum_g / m) as f32;
+                    let mgx = (sum_gx / m) as f32;
+                    let gate = gate(ch);
+                    let r = row_of(i, ch, c, inner);
+                    for ((d, &xv), &gv) in dr.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+                        let gv = gate.pass(gv, xv);
+                        *d = k * (gv - mg - (xv - mu) * is * mgx);
+                    }
+                }
             }
-        });
-    let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
-    (to_f32(sum_gx), to_f32(sum_g))
+            sums.into_iter()
+                .map(|(sum_g, sum_gx)| (sum_gx as f32, sum_g as f32))
+                .collect()
+        })
+        .collect();
+    sums.into_iter().flatten().unzip()
 }
 
 /// `x * scale[c] + shift[c]` over the channel axis of `x` (N, C, ...), then `max(0, .)` when
@@ -746,7 +852,7 @@ impl CustomOp3 for ChannelAffine {
         let x = dense_f32(xs, xl, "input")?;
         let a = per_channel(ss, sl, c, "scale")?;
         let b = per_channel(bs, bl, c, "shift")?;
-        let y = scale_shift(&x, a, b, c, inner, self.relu);
+        let y = scale_shift(&x, (a, b), (c, inner), self.relu, None);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -897,6 +1003,75 @@ impl CustomOp3 for ChannelAffineGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Channels per block for the passes started on this thread (`None`: the geometry's).
+        pub(super) static FORCED_BLOCK: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// Every output of the training forward and backward (and the channel-affine sums), as
+    /// bits, with `cb` channels per block.
+    fn passes_with_block(
+        cb: Option<usize>,
+        (x, g, shortcut): (&[f32], &[f32], &[f32]),
+        dims: (usize, usize, usize),
+        (relu, with_shortcut, with_row_sums): (bool, bool, bool),
+    ) -> Vec<u64> {
+        FORCED_BLOCK.with(|f| f.set(cb));
+        let (n, c, inner) = dims;
+        let weight: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.25).collect();
+        let bias: Vec<f32> = (0..c).map(|i| 0.1 * i as f32 - 0.3).collect();
+        let row_sums: Vec<f64> = x.chunks(inner).map(|r| lane_sum(r, |v| v)).collect();
+        let (y, saved) = train_forward(
+            x,
+            dims,
+            (&weight, &bias),
+            (1e-5, relu && !with_shortcut),
+            with_row_sums.then_some(&row_sums[..]),
+            with_shortcut.then_some(shortcut),
+        );
+        let mut dx = vec![f32::NAN; x.len()];
+        let (dw, db) = train_backward(x, g, dims, &saved, relu, &mut dx);
+        let gate = |ch: usize| ReluGate {
+            relu,
+            scale: weight[ch],
+            shift: bias[ch],
+        };
+        let (s1, s2) = channel_gated_sums(g, x, dims, gate, |ch| (0.1 * ch as f32, 1.5));
+        FORCED_BLOCK.with(|f| f.set(None));
+        assert_eq!(n * c * inner, y.len());
+        let f32s = [&y, &dx, &dw, &db, &saved.mean, &saved.var, &saved.inv_std];
+        let f64s = [&s1, &s2];
+        f32s.iter()
+            .flat_map(|v| v.iter().map(|x| x.to_bits() as u64))
+            .chain(f64s.iter().flat_map(|v| v.iter().map(|x| x.to_bits())))
+            .collect()
+    }
+
+    /// The blocks of channels change where the passes read and write, never a value: with one
+    /// channel per block, a few, or all of them in one, every output is the same bits (also
+    /// with the ReLU, the shortcut join, the epilogue's row sums, and rows whose length is not
+    /// a multiple of the lanes).
+    #[test]
+    fn blocks_of_channels_leave_every_value_unchanged() {
+        for dims in [(3, 10, 37), (2, 7, 16), (4, 5, 1)] {
+            let len = dims.0 * dims.1 * dims.2;
+            let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.73).sin() * 2.0 + 0.3).collect();
+            let g: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.41).cos()).collect();
+            let shortcut: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.29).sin()).collect();
+            for flags in [(true, false, false), (false, false, true), (false, true, true)] {
+                let inputs = (&x[..], &g[..], &shortcut[..]);
+                let whole = passes_with_block(Some(dims.1), inputs, dims, flags);
+                assert!(!whole.contains(&(f32::NAN.to_bits() as u64)), "{dims:?}: a value not written");
+                for cb in [1, 3, 4] {
+                    let blocked = passes_with_block(Some(cb), inputs, dims, flags);
+                    let differ = whole.iter().zip(&blocked).filter(|(a, b)| a != b).count();
+                    assert_eq!(differ, 0, "{dims:?} {flags:?}: {cb} channels per block");
+                }
+            }
+        }
+    }
 
     /// The backward's recomputed ReLU mask blocks exactly where the forward's output was not
     /// positive, also where the pre-activation is exactly zero or NaN.
@@ -911,7 +1086,14 @@ mod tests {
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0];
         x[inner..inner + specials.len()].copy_from_slice(&specials);
         let (weight, bias) = (vec![1.5, -0.5, 0.0], vec![0.25, 0.0, 0.0]);
-        let (y, saved) = train_forward(&x, (n, c, inner), (&weight, &bias), (1e-5, true), None);
+        let (y, saved) = train_forward(
+            &x,
+            (n, c, inner),
+            (&weight, &bias),
+            (1e-5, true),
+            None,
+            None,
+        );
         for (i, (&xv, &yv)) in x.iter().zip(&y).enumerate() {
             let ch = (i / inner) % c;
             let gate = ReluGate {

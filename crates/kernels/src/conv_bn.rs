@@ -304,28 +304,20 @@ pub(crate) fn stage_forward(
         .into_iter()
         .map(|s| f64::from_bits(s.into_inner()))
         .collect();
-    let (mut y, bn) = timed(
+    let (y, bn) = timed(
         || "bn fwd".into(),
         || {
+            // With a shortcut, `add_relu`'s expression on the BatchNorm output, in the same pass.
             train_forward(
                 &z,
                 (n, c, inner),
                 (gamma, beta),
                 (eps, relu),
                 Some(&row_sums),
+                shortcut,
             )
         },
     );
-    if let Some(shortcut) = shortcut {
-        // `add_relu`'s expression, in place on the BatchNorm output.
-        y.par_chunks_mut(1 << 14)
-            .zip(shortcut.par_chunks(1 << 14))
-            .for_each(|(ys, ss)| {
-                for (v, &sv) in ys.iter_mut().zip(ss) {
-                    *v = (*v + sv).max(0.0);
-                }
-            });
-    }
     Ok((y, Saved { z, bn }))
 }
 
