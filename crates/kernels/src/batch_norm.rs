@@ -23,6 +23,7 @@
 use crate::conv2d::storage::dense_f32;
 use crate::lane_sums::{lane_gated_sums, lane_sum, passed, relu_blocks, LANES};
 use crate::packed_grads::unpack;
+use crate::row_tasks::par_rows;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
@@ -476,42 +477,33 @@ pub(crate) fn scale_shift(
         "scale_shift: shortcut size"
     );
     let inner = inner.max(1);
-    // Whole rows per task, about 16 Ki values: small maps (4x4, 7x7) have many short rows.
-    let task = (16384 / inner).max(1) * inner;
     // Written once, without zero-filling first: every value is set below.
     let mut y: Vec<f32> = Vec::with_capacity(x.len());
-    y.spare_capacity_mut()[..x.len()]
-        .par_chunks_mut(task)
-        .enumerate()
-        .for_each(|(t, ys)| {
-            let start = t * task;
-            for (k, yr) in ys.chunks_mut(inner).enumerate() {
-                let row = start / inner + k;
-                let (a, b) = (a[row % c], b[row % c]);
-                let r = row * inner..row * inner + yr.len();
-                let xr = &x[r.clone()];
-                match shortcut {
-                    Some(s) => {
-                        let sr = &s[r];
-                        for i in 0..yr.len() {
-                            yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
-                        }
-                    }
-                    None if relu => {
-                        for i in 0..yr.len() {
-                            yr[i].write((xr[i] * a + b).max(0.0));
-                        }
-                    }
-                    None => {
-                        for i in 0..yr.len() {
-                            yr[i].write(xr[i] * a + b);
-                        }
-                    }
+    par_rows(&mut y.spare_capacity_mut()[..x.len()], inner, |row, yr| {
+        let (a, b) = (a[row % c], b[row % c]);
+        let r = row * inner..row * inner + yr.len();
+        let xr = &x[r.clone()];
+        match shortcut {
+            Some(s) => {
+                let sr = &s[r];
+                for i in 0..yr.len() {
+                    yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
                 }
             }
-        });
-    // SAFETY: the tasks' rows cover all `x.len()` slots (each `yr` has its `xr`'s length) and
-    // every slot was written above.
+            None if relu => {
+                for i in 0..yr.len() {
+                    yr[i].write((xr[i] * a + b).max(0.0));
+                }
+            }
+            None => {
+                for i in 0..yr.len() {
+                    yr[i].write(xr[i] * a + b);
+                }
+            }
+        }
+    });
+    // SAFETY: the rows cover all `x.len()` slots (each `yr` has its `xr`'s length) and every
+    // slot was written above.
     unsafe { y.set_len(x.len()) };
     y
 }
@@ -983,15 +975,13 @@ impl CustomOp3 for ChannelAffineGrad {
         let numel = x.len();
         let mut out = crate::conv2d::zeroed(numel + 2 * c);
         let (dx, rest) = out.split_at_mut(numel);
-        dx.par_chunks_mut(inner.max(1))
-            .enumerate()
-            .for_each(|(row, dr)| {
-                let (a, gate) = (scale[row % c], gate(row % c));
-                let r = row * inner..(row + 1) * inner;
-                for ((d, &gv), &xv) in dr.iter_mut().zip(&g[r.clone()]).zip(&x[r]) {
-                    *d = if gate.blocks(xv) { 0.0 } else { a * gv };
-                }
-            });
+        par_rows(dx, inner, |row, dr| {
+            let (a, gate) = (scale[row % c], gate(row % c));
+            let r = row * inner..row * inner + dr.len();
+            for ((d, &gv), &xv) in dr.iter_mut().zip(&g[r.clone()]).zip(&x[r]) {
+                *d = if gate.blocks(xv) { 0.0 } else { a * gv };
+            }
+        });
         for ch in 0..c {
             rest[ch] = sum_gx[ch] as f32;
             rest[c + ch] = sum_g[ch] as f32;
@@ -1057,13 +1047,22 @@ mod tests {
     fn blocks_of_channels_leave_every_value_unchanged() {
         for dims in [(3, 10, 37), (2, 7, 16), (4, 5, 1)] {
             let len = dims.0 * dims.1 * dims.2;
-            let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.73).sin() * 2.0 + 0.3).collect();
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i as f32) * 0.73).sin() * 2.0 + 0.3)
+                .collect();
             let g: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.41).cos()).collect();
             let shortcut: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.29).sin()).collect();
-            for flags in [(true, false, false), (false, false, true), (false, true, true)] {
+            for flags in [
+                (true, false, false),
+                (false, false, true),
+                (false, true, true),
+            ] {
                 let inputs = (&x[..], &g[..], &shortcut[..]);
                 let whole = passes_with_block(Some(dims.1), inputs, dims, flags);
-                assert!(!whole.contains(&(f32::NAN.to_bits() as u64)), "{dims:?}: a value not written");
+                assert!(
+                    !whole.contains(&(f32::NAN.to_bits() as u64)),
+                    "{dims:?}: a value not written"
+                );
                 for cb in [1, 3, 4] {
                     let blocked = passes_with_block(Some(cb), inputs, dims, flags);
                     let differ = whole.iter().zip(&blocked).filter(|(a, b)| a != b).count();

@@ -21,10 +21,10 @@ use crate::gate::{
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
+use crate::row_tasks::par_rows;
 use crate::spatial_pool::row_means_maxes;
 use crate::BatchStats;
 use candle_core::{bail, Result};
-use rayon::prelude::*;
 
 /// The spatial gate's convolution (2 channels to 1) and its BatchNorm, as views of the packed
 /// parameters.
@@ -187,20 +187,19 @@ pub(crate) fn cbam_join_backward(
     let (dpooled_maps, dmlp) = mlp_backward(&s.mlp, mlp, &dout);
     let (dmeans, dmaxes) = dpooled_maps.split_at(n * c);
     let inv = 1.0 / p as f32;
-    dz.par_chunks_mut(p)
-        .zip(dmeans.par_iter().zip(dmaxes).zip(&s.max_pixel))
-        .for_each(|(row, ((&dmean, &dmax), &at))| {
-            // `spatial_mean_max`'s gradient of the map, then added: the mean's share
-            // everywhere, plus the max's at its pixel.
-            let spread = dmean * inv;
-            for (i, v) in row.iter_mut().enumerate() {
-                *v += if i == at as usize {
-                    spread + dmax
-                } else {
-                    spread
-                };
-            }
-        });
+    par_rows(&mut dz, p, |r, row| {
+        let (dmean, dmax, at) = (dmeans[r], dmaxes[r], s.max_pixel[r]);
+        // `spatial_mean_max`'s gradient of the map, then added: the mean's share everywhere,
+        // plus the max's at its pixel.
+        let spread = dmean * inv;
+        for (i, v) in row.iter_mut().enumerate() {
+            *v += if i == at as usize {
+                spread + dmax
+            } else {
+                spread
+            };
+        }
+    });
     let dparams = [dmlp, conv.dw, conv.dgamma, conv.dbeta].concat();
     (dz, dparams)
 }

@@ -10,6 +10,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
+use crate::row_tasks::{par_rows, par_rows2};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -179,37 +180,35 @@ fn apply_gate_into(
     y: &mut [f32],
 ) {
     let p = p.max(1);
-    y.par_chunks_mut(p)
-        .zip(x.par_chunks(p))
-        .enumerate()
-        .for_each(|(row, (yr, xr))| {
-            let sr = shortcut.map(|s| &s[row * p..(row + 1) * p]);
-            match axis {
-                Axis::Channel => {
-                    let g = gate[row];
-                    match sr {
-                        None => yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * g),
-                        Some(sr) => yr
-                            .iter_mut()
-                            .zip(xr.iter().zip(sr))
-                            .for_each(|(o, (&v, &b))| *o = (v * g + b).max(0.0)),
-                    }
-                }
-                Axis::Spatial => {
-                    let g = &gate[(row / c) * p..(row / c + 1) * p];
-                    match sr {
-                        None => yr
-                            .iter_mut()
-                            .zip(xr.iter().zip(g))
-                            .for_each(|(o, (&v, &s))| *o = v * s),
-                        Some(sr) => yr
-                            .iter_mut()
-                            .zip(xr.iter().zip(g).zip(sr))
-                            .for_each(|(o, ((&v, &s), &b))| *o = (v * s + b).max(0.0)),
-                    }
+    par_rows(y, p, |row, yr| {
+        let r = row * p..row * p + yr.len();
+        let (xr, sr) = (&x[r.clone()], shortcut.map(|s| &s[r]));
+        match axis {
+            Axis::Channel => {
+                let g = gate[row];
+                match sr {
+                    None => yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * g),
+                    Some(sr) => yr
+                        .iter_mut()
+                        .zip(xr.iter().zip(sr))
+                        .for_each(|(o, (&v, &b))| *o = (v * g + b).max(0.0)),
                 }
             }
-        });
+            Axis::Spatial => {
+                let g = &gate[(row / c) * p..(row / c + 1) * p];
+                match sr {
+                    None => yr
+                        .iter_mut()
+                        .zip(xr.iter().zip(g))
+                        .for_each(|(o, (&v, &s))| *o = v * s),
+                    Some(sr) => yr
+                        .iter_mut()
+                        .zip(xr.iter().zip(g).zip(sr))
+                        .for_each(|(o, ((&v, &s), &b))| *o = (v * s + b).max(0.0)),
+                }
+            }
+        }
+    });
 }
 
 /// The forward op: (`x`, `gate`) -> `x * gate`.
@@ -333,14 +332,11 @@ pub(crate) fn channel_gate_grad(
     dgate: &mut [f32],
 ) {
     let p = pixels.max(1);
-    dx.par_chunks_mut(p)
-        .zip(dy.par_chunks(p))
-        .zip(dgate.par_iter_mut())
-        .enumerate()
-        .for_each(|(row, ((dr, dyr), dg))| {
-            dr.copy_from_slice(dyr);
-            *dg = channel_gate_row_grad(dr, &x[row * p..(row + 1) * p], gate[row]);
-        });
+    par_rows2((dx, p), (dgate, 1), |row, dr, dg| {
+        let r = row * p..row * p + dr.len();
+        dr.copy_from_slice(&dy[r.clone()]);
+        dg[0] = channel_gate_row_grad(dr, &x[r], gate[row]);
+    });
 }
 
 /// [`channel_gate_grad`] in place: `d` holds `dy` and receives `dx`, with the same arithmetic.
@@ -351,12 +347,9 @@ pub(crate) fn channel_gate_grad_in_place(
     dgate: &mut [f32],
 ) {
     let p = pixels.max(1);
-    d.par_chunks_mut(p)
-        .zip(dgate.par_iter_mut())
-        .enumerate()
-        .for_each(|(row, (dr, dg))| {
-            *dg = channel_gate_row_grad(dr, &x[row * p..(row + 1) * p], gate[row]);
-        });
+    par_rows2((d, p), (dgate, 1), |row, dr, dg| {
+        dg[0] = channel_gate_row_grad(dr, &x[row * p..row * p + dr.len()], gate[row]);
+    });
 }
 
 /// One row of [`channel_gate_grad`]: `d` holds `dy` and receives `dy * s`; returns
@@ -417,16 +410,15 @@ pub(crate) fn gated_spatial_join(
 ) -> Vec<f32> {
     let mut y = crate::conv2d::zeroed(x.len());
     let p1 = p.max(1);
-    y.par_chunks_mut(p1)
-        .zip(x.par_chunks(p1).zip(shortcut.par_chunks(p1)))
-        .enumerate()
-        .for_each(|(row, (yr, (xr, sr)))| {
-            let gc = channel_gate[row];
-            let gs = &spatial_gate[(row / c) * p..(row / c + 1) * p];
-            for (((o, &v), &s), &b) in yr.iter_mut().zip(xr).zip(gs).zip(sr) {
-                *o = ((v * gc) * s + b).max(0.0);
-            }
-        });
+    par_rows(&mut y, p1, |row, yr| {
+        let r = row * p1..row * p1 + yr.len();
+        let (xr, sr) = (&x[r.clone()], &shortcut[r]);
+        let gc = channel_gate[row];
+        let gs = &spatial_gate[(row / c) * p..(row / c + 1) * p];
+        for (((o, &v), &s), &b) in yr.iter_mut().zip(xr).zip(gs).zip(sr) {
+            *o = ((v * gc) * s + b).max(0.0);
+        }
+    });
     y
 }
 

@@ -45,6 +45,7 @@ mod param_grads;
 mod pool_geometry;
 pub mod profile;
 mod residual;
+mod row_tasks;
 mod spatial_pool;
 mod squeeze_excite;
 

