@@ -22,10 +22,10 @@ use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::forward_values_into;
 use crate::fused_operands::{cpu_f32, cpu_values};
 use crate::gate::channel_gate_add_relu_into;
-use crate::spatial_pool::row_means;
 use crate::CbamEval;
 use crate::ConvParams;
 use candle_core::{bail, Device, Result, Shape, Tensor};
+use std::sync::atomic::AtomicU32;
 
 /// One convolution and its eval-mode BatchNorm as the per-channel affine
 /// `z * scale[c] + shift[c]` (`scale = weight / sqrt(running_var + eps)`,
@@ -144,22 +144,27 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
     let mut held: Option<Scratch> = None;
     for (block, (main, downsample, gate)) in blocks.iter().zip(&planned) {
         let block_in: &[f32] = held.as_deref().unwrap_or(&xv);
-        let h1 = stage(&main[0], &block.main[0], block_in, None, true)?;
-        let h2 = stage(&main[1], &block.main[1], &h1, None, true)?;
+        let h1 = stage(&main[0], &block.main[0], block_in, None, true, None)?;
+        let h2 = stage(&main[1], &block.main[1], &h1, None, true, None)?;
         drop(h1);
         let projected = match (downsample, &block.downsample) {
-            (Some(g), Some(s)) => Some(stage(g, s, block_in, None, false)?),
+            (Some(g), Some(s)) => Some(stage(g, s, block_in, None, false, None)?),
             _ => None,
         };
         let shortcut = projected.as_deref().unwrap_or(block_in);
         let y = match gate {
-            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true)?,
+            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
             Some(PlannedGate::SqueezeExcite(gate)) => {
-                let z = stage(&main[2], &block.main[2], &h2, None, false)?;
-                gated_join(&main[2], *gate, &z, shortcut, x.device())?
+                let g = &main[2];
+                let means: Vec<AtomicU32> = (0..g.batch * g.out_channels)
+                    .map(|_| AtomicU32::new(0))
+                    .collect();
+                let z = stage(g, &block.main[2], &h2, None, false, Some(&means))?;
+                let means = means.into_iter().map(|m| f32::from_bits(m.into_inner()));
+                gated_join(g, *gate, &z, means.collect(), shortcut, x.device())?
             }
             Some(PlannedGate::Cbam(plan)) => {
-                let z = stage(&main[2], &block.main[2], &h2, None, false)?;
+                let z = stage(&main[2], &block.main[2], &h2, None, false, None)?;
                 let g = &main[2];
                 let dims = (g.batch, g.out_channels, g.out_pixels());
                 let packed = plan.packed.to_vec1::<f32>()?;
@@ -182,18 +187,18 @@ enum PlannedGate<'a> {
     Cbam(CbamPlan),
 }
 
-/// `relu(z * gate(mean_hw(z)) + shortcut)` in a pooled buffer: `spatial_mean`'s means, the
-/// gate's own ops, then `channel_gate_add_relu`'s join, so the values are those ops'.
+/// `relu(z * gate(means) + shortcut)` in a pooled buffer, with `means` = `mean_hw(z)` (taken in
+/// the convolution's epilogue with `spatial_mean`'s arithmetic): the gate's own ops, then
+/// `channel_gate_add_relu`'s join, so the values are those ops'.
 fn gated_join(
     g: &ConvGeometry,
     gate: SqueezeExciteGate<'_>,
     z: &[f32],
+    means: Vec<f32>,
     shortcut: &[f32],
     device: &Device,
 ) -> Result<Scratch> {
-    let (rows, pixels) = (g.batch * g.out_channels, g.out_pixels());
-    let mut means = vec![0f32; rows];
-    row_means(z, pixels, &mut means);
+    let pixels = g.out_pixels();
     let squeezed = Tensor::from_vec(means, (g.batch, g.out_channels), device)?;
     let values = gate(&squeezed)?;
     if values.dims() != squeezed.dims() {
@@ -242,13 +247,15 @@ fn geometry(
     Ok(g)
 }
 
-/// One stage's output in a pooled buffer: `relu?(conv(input) * scale + shift (+ shortcut))`.
+/// One stage's output in a pooled buffer: `relu?(conv(input) * scale + shift (+ shortcut))`,
+/// and with `row_means` the mean of each (image, channel) row of it.
 fn stage(
     g: &ConvGeometry,
     s: &ConvAffineStage<'_>,
     input: &[f32],
     shortcut: Option<&[f32]>,
     relu: bool,
+    row_means: Option<&[AtomicU32]>,
 ) -> Result<Scratch> {
     let read = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
         let (storage, layout) = t.storage_and_layout();
@@ -258,7 +265,15 @@ fn stage(
     let (ws, wl) = s.conv_weight.storage_and_layout();
     let w = cpu_values("bottlenecks_infer", &ws, wl, "conv weight")?;
     let mut y = Scratch::take(g.batch * g.out_channels * g.out_pixels());
-    forward_values_into(g, input, &w, (&scale, &shift), shortcut, relu, &mut y);
+    forward_values_into(
+        g,
+        input,
+        &w,
+        (&scale, &shift),
+        shortcut,
+        relu,
+        (&mut y, row_means),
+    );
     Ok(y)
 }
 

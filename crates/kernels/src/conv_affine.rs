@@ -25,9 +25,11 @@ use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
 use crate::fused_operands::fused_conv_geometry;
 use crate::profile::{conv_label, timed};
+use crate::spatial_pool::row_mean;
 use crate::ConvParams;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// `relu?(conv2d(x, w) * scale[c] + shift[c])` as one op: a BatchNorm in eval mode as the
 /// epilogue of the convolution that feeds it. Differentiable in all four inputs.
@@ -123,12 +125,14 @@ fn forward_values(
     relu: bool,
 ) -> Vec<f32> {
     let mut y = conv2d::zeroed(g.batch * g.out_channels * g.out_pixels());
-    forward_values_into(g, x, w, affine, shortcut, relu, &mut y);
+    forward_values_into(g, x, w, affine, shortcut, relu, (&mut y, None));
     y
 }
 
 /// [`forward_values`] into `y` (`N * C_out * OH*OW` values, every one overwritten, so a reused
-/// buffer needs no clearing).
+/// buffer needs no clearing). With `row_means`, also the mean of each (image, channel) row of
+/// the output (`row_means`'s value, as f32 bits), taken in the epilogue while the row is in
+/// cache.
 pub(crate) fn forward_values_into(
     g: &ConvGeometry,
     x: &[f32],
@@ -136,12 +140,14 @@ pub(crate) fn forward_values_into(
     (scale, shift): (&[f32], &[f32]),
     shortcut: Option<&[f32]>,
     relu: bool,
-    y: &mut [f32],
+    (y, row_means): (&mut [f32], Option<&[AtomicU32]>),
 ) {
     let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
+    assert!(row_means.is_none_or(|m| m.len() == g.batch * g.out_channels));
     let epilogue = |unit: usize, y_unit: &mut [f32]| {
         let first = (unit % g.groups) * per_group;
         let base = unit * per_group * pixels;
+        let image_rows = (unit / g.groups) * g.out_channels;
         for (row, values) in y_unit.chunks_exact_mut(pixels).enumerate() {
             let (a, b) = (scale[first + row], shift[first + row]);
             match shortcut {
@@ -161,6 +167,10 @@ pub(crate) fn forward_values_into(
                         *v = *v * a + b;
                     }
                 }
+            }
+            if let Some(means) = row_means {
+                means[image_rows + first + row]
+                    .store(row_mean(values).to_bits(), Ordering::Relaxed);
             }
         }
     };

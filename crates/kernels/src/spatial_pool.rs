@@ -72,7 +72,7 @@ pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
 }
 
 /// The mean of one row, summed in f64 lanes.
-fn row_mean(row: &[f32]) -> f32 {
+pub(crate) fn row_mean(row: &[f32]) -> f32 {
     (lane_sum(row, |v| v) / row.len() as f64) as f32
 }
 
