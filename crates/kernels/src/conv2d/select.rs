@@ -2,7 +2,8 @@
 //! they were measured faster, the GEMM paths (per unit, or whole-batch on small maps) everywhere
 //! else.
 //!
-//! The choice depends on the geometry alone (never on the thread count), so a pass computes
+//! The choice depends on the geometry and, for two dense shapes, on whether the CPU is an Intel
+//! with AVX-512 (`gemm_runs_wide`), never on the thread count: on one machine a pass computes
 //! the same values whatever the number of rayon threads. A caller can force one algorithm on
 //! its own thread with [`with_algorithm`] (benchmarks and tests compare them side by side).
 
@@ -141,6 +142,14 @@ enum Dense {
 ///   batch 16; the weight gradient no faster.
 ///
 /// Batches under 16 and other map sizes were not measured and stay on GEMM.
+///
+/// On an Intel CPU with AVX-512 ([`gemm_runs_wide`]) `gemm` runs its AVX-512 kernel on full-width
+/// units while the direct and Winograd kernels are AVX2, and two of these choices turn over.
+/// Measured the same way on a 2-core Intel Xeon (AVX-512 and AMX), 112x112 input, batch 16 and
+/// 32, times relative to the choice above: 28x28 with 64 channels, GEMM forward 0.86-0.87 and
+/// input gradient 0.77-0.80 of the direct kernel's; 14x14 with 128 channels, GEMM forward
+/// 0.73-0.76 and input gradient 0.87-0.89 of F(4x4)'s. There both take GEMM; the rest stands
+/// (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes).
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     if !winograd_fits(g) || g.batch < 16 {
         return Dense::Gemm;
@@ -148,7 +157,10 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let pixels = g.out_pixels();
     let channels = g.group_in_channels().min(g.group_out_channels());
     let wide = g.batch >= 32;
+    let gemm_wide = gemm_runs_wide();
     match (pixels, channels, pass) {
+        (700..=900, ..=64, Pass::Forward | Pass::InputGrad) if gemm_wide => Dense::Gemm,
+        (150..=400, 128, Pass::Forward | Pass::InputGrad) if gemm_wide => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
         (700..=900, 128.., _) => Dense::Winograd(Tile::F4),
@@ -159,4 +171,27 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         (10..=36, _, Pass::Forward | Pass::InputGrad) if wide => Dense::Winograd(Tile::F2),
         _ => Dense::Gemm,
     }
+}
+
+/// True on an Intel CPU with AVX-512 (`GenuineIntel`, `avx512f`), where `gemm`'s AVX-512
+/// kernel outruns our AVX2 direct and Winograd kernels on some shapes (`measured_choice`). AMD's
+/// Zen 4 also has AVX-512 but splits each 512-bit operation over its 256-bit units, and there
+/// the measured choices stand. Read once per process: the choice stays a function of the
+/// geometry on a given machine, the same for every thread count.
+fn gemm_runs_wide() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf = std::arch::x86_64::__cpuid(0);
+            let vendor = [leaf.ebx, leaf.edx, leaf.ecx]
+                .map(u32::to_le_bytes)
+                .concat();
+            vendor == b"GenuineIntel" && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
