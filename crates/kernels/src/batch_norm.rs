@@ -23,10 +23,11 @@
 use crate::conv2d::storage::dense_f32;
 use crate::lane_sums::{lane_gated_sums, lane_sum, passed, relu_blocks, LANES};
 use crate::packed_grads::unpack;
-use crate::row_tasks::par_rows;
+use crate::row_tasks::{par_rows, written_by};
 use candle_core::{bail, CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape};
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -477,35 +478,33 @@ pub(crate) fn scale_shift(
         "scale_shift: shortcut size"
     );
     let inner = inner.max(1);
-    // Written once, without zero-filling first: every value is set below.
-    let mut y: Vec<f32> = Vec::with_capacity(x.len());
-    par_rows(&mut y.spare_capacity_mut()[..x.len()], inner, |row, yr| {
-        let (a, b) = (a[row % c], b[row % c]);
-        let r = row * inner..row * inner + yr.len();
-        let xr = &x[r.clone()];
-        match shortcut {
-            Some(s) => {
-                let sr = &s[r];
-                for i in 0..yr.len() {
-                    yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        par_rows(y, inner, |row, yr| {
+            let (a, b) = (a[row % c], b[row % c]);
+            let r = row * inner..row * inner + yr.len();
+            let xr = &x[r.clone()];
+            match shortcut {
+                Some(s) => {
+                    let sr = &s[r];
+                    for i in 0..yr.len() {
+                        yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
+                    }
+                }
+                None if relu => {
+                    for i in 0..yr.len() {
+                        yr[i].write((xr[i] * a + b).max(0.0));
+                    }
+                }
+                None => {
+                    for i in 0..yr.len() {
+                        yr[i].write(xr[i] * a + b);
+                    }
                 }
             }
-            None if relu => {
-                for i in 0..yr.len() {
-                    yr[i].write((xr[i] * a + b).max(0.0));
-                }
-            }
-            None => {
-                for i in 0..yr.len() {
-                    yr[i].write(xr[i] * a + b);
-                }
-            }
-        }
-    });
-    // SAFETY: the rows cover all `x.len()` slots (each `yr` has its `xr`'s length) and every
-    // slot was written above.
-    unsafe { y.set_len(x.len()) };
-    y
+        })
+    };
+    // SAFETY: the rows cover all `x.len()` slots, and every value of each row is written.
+    unsafe { written_by(x.len(), fill) }
 }
 
 impl CustomOp3 for BatchNormTrain {

@@ -19,9 +19,9 @@ use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::fused_operands::fused_conv_geometry;
 use crate::lane_sums::lane_sum;
 use crate::profile::{conv_label, timed};
+use crate::residual::relu_masked;
 use crate::BatchStats;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -248,21 +248,6 @@ impl CustomOp3 for ConvBnTrain {
         let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * g.out_channels, device)?;
         Ok((dx, Some(dw), Some(daffine)))
     }
-}
-
-/// `grad_y` where `y > 0`, else 0: the gradient through `relu(.. + shortcut)` given its output
-/// `y`, which is also the shortcut's gradient.
-pub(crate) fn relu_masked(y: &[f32], grad_y: &[f32]) -> Vec<f32> {
-    let mut masked = crate::conv2d::zeroed(grad_y.len());
-    masked
-        .par_chunks_mut(1 << 14)
-        .zip(y.par_chunks(1 << 14).zip(grad_y.par_chunks(1 << 14)))
-        .for_each(|(d, (ys, gs))| {
-            for ((d, &yv), &gv) in d.iter_mut().zip(ys).zip(gs) {
-                *d = if yv > 0.0 { gv } else { 0.0 };
-            }
-        });
-    masked
 }
 
 /// The forward of one convolution + training BatchNorm: `relu?(bn(conv(x, w)))`, or with a

@@ -10,9 +10,10 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
-use crate::row_tasks::{par_rows, par_rows2};
+use crate::row_tasks::{par_rows, par_rows2, written_by, Slot};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Which axis the gate varies along, besides the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,19 +166,22 @@ fn apply_gate(
     gate: &[f32],
     shortcut: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut y = crate::conv2d::zeroed(x.len());
-    apply_gate_into(axis, shape, x, gate, shortcut, &mut y);
-    y
+    // SAFETY: `apply_gate_into` writes every value of its output (one per value of `x`).
+    unsafe {
+        written_by(x.len(), |y| {
+            apply_gate_into(axis, shape, x, gate, shortcut, y)
+        })
+    }
 }
 
 /// [`apply_gate`] into `y` (`x`'s length, every value overwritten).
-fn apply_gate_into(
+fn apply_gate_into<T: Slot>(
     axis: Axis,
     (c, p): (usize, usize),
     x: &[f32],
     gate: &[f32],
     shortcut: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [T],
 ) {
     let p = p.max(1);
     par_rows(y, p, |row, yr| {
@@ -187,11 +191,11 @@ fn apply_gate_into(
             Axis::Channel => {
                 let g = gate[row];
                 match sr {
-                    None => yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v * g),
+                    None => yr.iter_mut().zip(xr).for_each(|(o, &v)| o.set(v * g)),
                     Some(sr) => yr
                         .iter_mut()
                         .zip(xr.iter().zip(sr))
-                        .for_each(|(o, (&v, &b))| *o = (v * g + b).max(0.0)),
+                        .for_each(|(o, (&v, &b))| o.set((v * g + b).max(0.0))),
                 }
             }
             Axis::Spatial => {
@@ -200,11 +204,11 @@ fn apply_gate_into(
                     None => yr
                         .iter_mut()
                         .zip(xr.iter().zip(g))
-                        .for_each(|(o, (&v, &s))| *o = v * s),
+                        .for_each(|(o, (&v, &s))| o.set(v * s)),
                     Some(sr) => yr
                         .iter_mut()
                         .zip(xr.iter().zip(g).zip(sr))
-                        .for_each(|(o, ((&v, &s), &b))| *o = (v * s + b).max(0.0)),
+                        .for_each(|(o, ((&v, &s), &b))| o.set((v * s + b).max(0.0))),
                 }
             }
         }
@@ -408,18 +412,21 @@ pub(crate) fn gated_spatial_join(
     (channel_gate, spatial_gate): (&[f32], &[f32]),
     shortcut: &[f32],
 ) -> Vec<f32> {
-    let mut y = crate::conv2d::zeroed(x.len());
+    assert_eq!(shortcut.len(), x.len(), "gated_spatial_join: shortcut size");
     let p1 = p.max(1);
-    par_rows(&mut y, p1, |row, yr| {
-        let r = row * p1..row * p1 + yr.len();
-        let (xr, sr) = (&x[r.clone()], &shortcut[r]);
-        let gc = channel_gate[row];
-        let gs = &spatial_gate[(row / c) * p..(row / c + 1) * p];
-        for (((o, &v), &s), &b) in yr.iter_mut().zip(xr).zip(gs).zip(sr) {
-            *o = ((v * gc) * s + b).max(0.0);
-        }
-    });
-    y
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        par_rows(y, p1, |row, yr| {
+            let r = row * p1..row * p1 + yr.len();
+            let (xr, sr) = (&x[r.clone()], &shortcut[r]);
+            let gc = channel_gate[row];
+            let gs = &spatial_gate[(row / c) * p..][..yr.len()];
+            for i in 0..yr.len() {
+                yr[i].write(((xr[i] * gc) * gs[i] + sr[i]).max(0.0));
+            }
+        })
+    };
+    // SAFETY: the rows cover every slot, and each row's every value is written.
+    unsafe { written_by(x.len(), fill) }
 }
 
 /// `max(0, x * gate[n, c] + shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels);

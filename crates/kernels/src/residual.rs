@@ -5,8 +5,10 @@
 //! forward is one pass and the backward one masked copy shared by both inputs.
 
 use crate::conv2d::storage::dense_f32;
+use crate::row_tasks::written_by;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Values per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -100,20 +102,30 @@ impl CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let y = dense_f32(s1, l1, "output")?;
         let g = dense_f32(s2, l2, "output gradient")?;
-        let out = map2(&y, &g, |y, g| if y > 0.0 { g } else { 0.0 });
+        let out = relu_masked(&y, &g);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
+/// `grad_y` where `y > 0`, else 0: the gradient through `relu(.. + shortcut)` given its output
+/// `y`, which is also the shortcut's gradient.
+pub(crate) fn relu_masked(y: &[f32], grad_y: &[f32]) -> Vec<f32> {
+    map2(y, grad_y, |yv, gv| if yv > 0.0 { gv } else { 0.0 })
+}
+
 /// `f(a[i], b[i])` for equal-length slices, in parallel chunks.
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = crate::conv2d::zeroed(a.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &p), &q) in o.iter_mut().zip(a).zip(b) {
-                *o = f(p, q);
-            }
-        });
-    out
+    assert_eq!(a.len(), b.len(), "map2: lengths differ");
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &p), &q) in o.iter_mut().zip(a).zip(b) {
+                    o.write(f(p, q));
+                }
+            })
+    };
+    // SAFETY: the chunks of the output pair with equal-length chunks of `a` (and of `b`, of
+    // the same length), so every slot is written.
+    unsafe { written_by(a.len(), fill) }
 }

@@ -61,6 +61,43 @@ pub(crate) fn par_rows2<A: Send, B: Send>(
         });
 }
 
+/// An output value a row loop writes exactly once: an `f32` of a reused buffer, or one of a
+/// fresh buffer's not yet initialised slots (which then need no clearing first).
+pub(crate) trait Slot: Send {
+    /// Writes `v`.
+    fn set(&mut self, v: f32);
+}
+
+impl Slot for f32 {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        *self = v;
+    }
+}
+
+impl Slot for std::mem::MaybeUninit<f32> {
+    #[inline(always)]
+    fn set(&mut self, v: f32) {
+        self.write(v);
+    }
+}
+
+/// A vector of `len` values, every one written by `fill` through [`Slot`]s, without clearing
+/// the memory first.
+///
+/// # Safety
+/// `fill` must write every one of the `len` slots it is given.
+pub(crate) unsafe fn written_by(
+    len: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` wrote all `len` slots.
+    unsafe { v.set_len(len) };
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! backward is one pass writing the input gradient.
 
 use crate::conv2d::storage::dense_f32;
-use crate::lane_sums::lane_sum;
+use crate::lane_sums::{lane_sum, LANES};
 use crate::row_tasks::rows_per_task;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
@@ -48,15 +48,33 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// The first index of the largest value of `row` (a NaN counts as largest, as in PyTorch).
+/// The first index of the largest value of `row` (a NaN counts as largest, as in PyTorch; of
+/// equal values, +0 and -0 included, the first).
+///
+/// In two vectorised passes over the row (which stays in L1): the largest value in [`LANES`]
+/// partial maxima, and whether there is a NaN; then the first index holding a value equal to
+/// it, or the first NaN. A running "best so far" loop, which compares each value with the one
+/// at the best index, does not vectorise, and took a third of CBAM's eval gate.
 fn first_argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate().skip(1) {
-        if v > row[best] || (v.is_nan() && !row[best].is_nan()) {
-            best = i;
+    let (chunks, tail) = row.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            nan[i] |= c[i].is_nan();
         }
     }
-    best
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(tail) {
+        max = if v > max { v } else { max };
+    }
+    let found = if nan.contains(&true) || tail.iter().any(|v| v.is_nan()) {
+        row.iter().position(|v| v.is_nan())
+    } else {
+        row.iter().position(|&v| v == max)
+    };
+    found.unwrap_or(0)
 }
 
 /// The mean of each `pixels`-long row of `x` into `means` (summed in f64 lanes), in parallel:
@@ -150,5 +168,49 @@ impl CustomOp1 for SpatialPool {
                 }
             });
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+#[cfg(test)]
+mod argmax_tests {
+    use super::first_argmax;
+
+    /// The plain definition: the first index whose value no later value exceeds, NaN largest.
+    fn reference(row: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate().skip(1) {
+            if v > row[best] || (v.is_nan() && !row[best].is_nan()) {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// The vectorised argmax agrees with the plain loop on ties, signed zeros, NaNs,
+    /// infinities and lengths around the lane count.
+    #[test]
+    fn first_argmax_is_the_plain_loops() {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.5,
+            -2.0,
+        ];
+        for len in [1, 2, 15, 16, 17, 33, 49, 64] {
+            for seed in 0..200u32 {
+                let row: Vec<f32> = (0..len as u32)
+                    .map(|i| {
+                        let h = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) >> 7;
+                        specials[h as usize % specials.len()]
+                    })
+                    .collect();
+                assert_eq!(first_argmax(&row), reference(&row), "{row:?}");
+            }
+            let ramp: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            assert_eq!(first_argmax(&ramp), reference(&ramp), "{ramp:?}");
+        }
     }
 }
