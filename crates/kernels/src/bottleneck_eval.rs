@@ -19,13 +19,12 @@
 
 use crate::cbam_eval::{cbam_join_values, plan_cbam, CbamPlan};
 use crate::conv2d::{ConvGeometry, Scratch};
-use crate::conv_affine::forward_values_into;
+use crate::conv_affine::{forward_values_into, RowPool};
 use crate::fused_operands::{cpu_f32, cpu_values};
 use crate::gate::channel_gate_add_relu_into;
 use crate::CbamEval;
 use crate::ConvParams;
 use candle_core::{bail, Device, Result, Shape, Tensor};
-use std::sync::atomic::AtomicU32;
 
 /// One convolution and its eval-mode BatchNorm as the per-channel affine
 /// `z * scale[c] + shift[c]` (`scale = weight / sqrt(running_var + eps)`,
@@ -156,20 +155,28 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
             Some(PlannedGate::SqueezeExcite(gate)) => {
                 let g = &main[2];
-                let means: Vec<AtomicU32> = (0..g.batch * g.out_channels)
-                    .map(|_| AtomicU32::new(0))
-                    .collect();
-                let z = stage(g, &block.main[2], &h2, None, false, Some(&means))?;
-                let means = means.into_iter().map(|m| f32::from_bits(m.into_inner()));
-                gated_join(g, *gate, &z, means.collect(), shortcut, x.device())?
+                let (means, _) = RowPool::slots(g.batch * g.out_channels, false);
+                let pool = RowPool {
+                    means: &means,
+                    maxes: None,
+                };
+                let z = stage(g, &block.main[2], &h2, None, false, Some(pool))?;
+                gated_join(g, *gate, &z, RowPool::values(means), shortcut, x.device())?
             }
             Some(PlannedGate::Cbam(plan)) => {
-                let z = stage(&main[2], &block.main[2], &h2, None, false, None)?;
                 let g = &main[2];
+                let (means, maxes) = RowPool::slots(g.batch * g.out_channels, true);
+                let pool = RowPool {
+                    means: &means,
+                    maxes: Some(&maxes),
+                };
+                let z = stage(g, &block.main[2], &h2, None, false, Some(pool))?;
+                let pooled = [RowPool::values(means), RowPool::values(maxes)].concat();
                 let dims = (g.batch, g.out_channels, g.out_pixels());
                 let packed = plan.packed.to_vec1::<f32>()?;
                 let shapes = (plan.reduced, &plan.spatial);
-                Scratch::from_vec(cbam_join_values(shapes, dims, &z, shortcut, &packed))
+                let y = cbam_join_values(shapes, dims, (&z, Some(pooled)), shortcut, &packed);
+                Scratch::from_vec(y)
             }
         };
         held = Some(y);
@@ -248,14 +255,14 @@ fn geometry(
 }
 
 /// One stage's output in a pooled buffer: `relu?(conv(input) * scale + shift (+ shortcut))`,
-/// and with `row_means` the mean of each (image, channel) row of it.
+/// and with a [`RowPool`] the mean (and maximum) of each (image, channel) row of it.
 fn stage(
     g: &ConvGeometry,
     s: &ConvAffineStage<'_>,
     input: &[f32],
     shortcut: Option<&[f32]>,
     relu: bool,
-    row_means: Option<&[AtomicU32]>,
+    pool: Option<RowPool<'_>>,
 ) -> Result<Scratch> {
     let read = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
         let (storage, layout) = t.storage_and_layout();
@@ -272,7 +279,7 @@ fn stage(
         (&scale, &shift),
         shortcut,
         relu,
-        (&mut y, row_means),
+        (&mut y, pool),
     );
     Ok(y)
 }

@@ -94,6 +94,17 @@ pub(crate) fn channel_gate_forward(
     let mut max_pixel = vec![0u32; rows];
     let (means, maxes) = pooled_maps.split_at_mut(rows);
     row_means_maxes(z, pixels, means, (maxes, &mut max_pixel));
+    let (gate, mlp_saved) = channel_gate_of_pooled(pooled_maps, mlp);
+    (gate, mlp_saved, max_pixel)
+}
+
+/// [`channel_gate_forward`]'s gate and MLP state from the maps' means and maxima already taken
+/// (`pooled_maps`: every map's mean, then every map's maximum).
+pub(crate) fn channel_gate_of_pooled(
+    pooled_maps: Vec<f32>,
+    mlp: MlpParams<'_>,
+) -> (Vec<f32>, MlpSaved) {
+    let rows = pooled_maps.len() / 2;
     let (out, mlp_saved) = mlp_forward(pooled_maps, mlp);
     let (from_means, from_maxes) = out.split_at(rows);
     let mut gate: Vec<f32> = from_means
@@ -102,7 +113,7 @@ pub(crate) fn channel_gate_forward(
         .map(|(a, b)| a + b)
         .collect();
     sigmoid_in_place(&mut gate);
-    (gate, mlp_saved, max_pixel)
+    (gate, mlp_saved)
 }
 
 /// `relu(u * spatial(u) + shortcut)` with `u = z * channel(z)` for `z` and `shortcut`

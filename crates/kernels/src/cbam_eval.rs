@@ -12,7 +12,7 @@
 //! the gate with the composed ops and differentiates them.
 
 use crate::batch_norm::scale_shift;
-use crate::cbam::{channel_gate_forward, check_spatial_gate};
+use crate::cbam::{channel_gate_forward, channel_gate_of_pooled, check_spatial_gate};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
 use crate::fused_operands::cpu_f32;
@@ -124,10 +124,12 @@ pub(crate) fn plan_cbam(
 
 /// `relu(u * spatial(u) + shortcut)`, `u = z * channel(z)`, over buffers (`z`, `shortcut`:
 /// (N, C, pixels)) with the parameters `packed` as [`CbamPlan`] packs them: the op's values.
+/// `pooled_maps`, when given, holds the means and then the maxima of `z`'s maps (taken where
+/// `z` was written, with `row_means_maxes`' values); without, they are taken here.
 pub(crate) fn cbam_join_values(
     (reduced, g): (usize, &ConvGeometry),
     (n, c, p): (usize, usize, usize),
-    z: &[f32],
+    (z, pooled_maps): (&[f32], Option<Vec<f32>>),
     shortcut: &[f32],
     packed: &[f32],
 ) -> Vec<f32> {
@@ -136,7 +138,10 @@ pub(crate) fn cbam_join_values(
     let (mlp, rest) = packed.split_at(mlp_len);
     let (weight, affine) = rest.split_at(w_len);
     let mlp = MlpParams::split(mlp, c, reduced);
-    let (channel_gate, _, _) = channel_gate_forward(z, (n, p), mlp);
+    let channel_gate = match pooled_maps {
+        Some(pooled) => channel_gate_of_pooled(pooled, mlp).0,
+        None => channel_gate_forward(z, (n, p), mlp).0,
+    };
     let (pooled, _) = channel_max_mean_values((n, c, p), z, Some(&channel_gate));
     let logits = conv2d::forward(g, &pooled, weight);
     let mut spatial_gate = scale_shift(&logits, (&affine[..1], &affine[1..]), (1, p), false, None);
@@ -180,7 +185,7 @@ impl CustomOp3 for CbamAddReluEval {
         let z = dense_f32(zs, zl, "input")?;
         let shortcut = dense_f32(ss, sl, "shortcut")?;
         let packed = dense_f32(ps, pl, "parameters")?;
-        let y = cbam_join_values((self.reduced, g), (n, c, p), &z, &shortcut, &packed);
+        let y = cbam_join_values((self.reduced, g), (n, c, p), (&z, None), &shortcut, &packed);
         Ok((CpuStorage::F32(y), zl.shape().clone()))
     }
 

@@ -25,7 +25,7 @@ use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};
 use crate::fused_operands::fused_conv_geometry;
 use crate::profile::{conv_label, timed};
-use crate::spatial_pool::row_mean;
+use crate::spatial_pool::{row_max, row_mean};
 use crate::ConvParams;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -129,10 +129,35 @@ fn forward_values(
     y
 }
 
+/// Per (image, channel) row of a convolution's output, as f32 bits: `row_means`' mean and,
+/// when asked for, `row_means_maxes`' maximum, written by [`forward_values_into`]'s epilogue.
+#[derive(Clone, Copy)]
+pub(crate) struct RowPool<'a> {
+    /// One mean per row, image-major.
+    pub means: &'a [AtomicU32],
+    /// One maximum per row, image-major.
+    pub maxes: Option<&'a [AtomicU32]>,
+}
+
+impl RowPool<'_> {
+    /// Zeroed slots for `rows` means, and for as many maxima when `maxes` (else none).
+    pub(crate) fn slots(rows: usize, maxes: bool) -> (Vec<AtomicU32>, Vec<AtomicU32>) {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect();
+        (zeros(rows), zeros(if maxes { rows } else { 0 }))
+    }
+
+    /// The values of `slots`, as f32.
+    pub(crate) fn values(slots: Vec<AtomicU32>) -> Vec<f32> {
+        slots
+            .into_iter()
+            .map(|s| f32::from_bits(s.into_inner()))
+            .collect()
+    }
+}
+
 /// [`forward_values`] into `y` (`N * C_out * OH*OW` values, every one overwritten, so a reused
-/// buffer needs no clearing). With `row_means`, also the mean of each (image, channel) row of
-/// the output (`row_means`'s value, as f32 bits), taken in the epilogue while the row is in
-/// cache.
+/// buffer needs no clearing). With a [`RowPool`], also the mean (and the maximum) of each
+/// (image, channel) row of the output, taken in the epilogue while the row is in cache.
 pub(crate) fn forward_values_into(
     g: &ConvGeometry,
     x: &[f32],
@@ -140,10 +165,11 @@ pub(crate) fn forward_values_into(
     (scale, shift): (&[f32], &[f32]),
     shortcut: Option<&[f32]>,
     relu: bool,
-    (y, row_means): (&mut [f32], Option<&[AtomicU32]>),
+    (y, pool): (&mut [f32], Option<RowPool<'_>>),
 ) {
     let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
-    assert!(row_means.is_none_or(|m| m.len() == g.batch * g.out_channels));
+    let rows = g.batch * g.out_channels;
+    assert!(pool.is_none_or(|p| p.means.len() == rows && p.maxes.is_none_or(|m| m.len() == rows)));
     let epilogue = |unit: usize, y_unit: &mut [f32]| {
         let first = (unit % g.groups) * per_group;
         let base = unit * per_group * pixels;
@@ -168,9 +194,12 @@ pub(crate) fn forward_values_into(
                     }
                 }
             }
-            if let Some(means) = row_means {
-                means[image_rows + first + row]
-                    .store(row_mean(values).to_bits(), Ordering::Relaxed);
+            if let Some(pool) = pool {
+                let at = image_rows + first + row;
+                pool.means[at].store(row_mean(values).to_bits(), Ordering::Relaxed);
+                if let Some(maxes) = pool.maxes {
+                    maxes[at].store(row_max(values).to_bits(), Ordering::Relaxed);
+                }
             }
         }
     };

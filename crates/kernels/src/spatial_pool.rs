@@ -77,6 +77,33 @@ fn first_argmax(row: &[f32]) -> usize {
     found.unwrap_or(0)
 }
 
+/// `row[first_argmax(row)]`, the row's maximum, in one vectorised pass where it can: a
+/// maximum of zero (which of +0 and -0 comes first decides its sign) or a NaN (whose bits are
+/// the first NaN's) is taken from the first maximal index itself.
+pub(crate) fn row_max(row: &[f32]) -> f32 {
+    let (chunks, tail) = row.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            nan[i] |= c[i].is_nan();
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(tail) {
+        max = if v > max { v } else { max };
+    }
+    let nan = nan.contains(&true) || tail.iter().any(|v| v.is_nan());
+    if nan || max == 0.0 || row.is_empty() {
+        return row
+            .get(first_argmax(row))
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+    }
+    max
+}
+
 /// The mean of each `pixels`-long row of `x` into `means` (summed in f64 lanes), in parallel:
 /// [`spatial_mean`]'s values over a buffer of (image, channel) maps.
 pub(crate) fn row_means(x: &[f32], pixels: usize, means: &mut [f32]) {
@@ -173,7 +200,7 @@ impl CustomOp1 for SpatialPool {
 
 #[cfg(test)]
 mod argmax_tests {
-    use super::first_argmax;
+    use super::{first_argmax, row_max};
 
     /// The plain definition: the first index whose value no later value exceeds, NaN largest.
     fn reference(row: &[f32]) -> usize {
@@ -186,10 +213,10 @@ mod argmax_tests {
         best
     }
 
-    /// The vectorised argmax agrees with the plain loop on ties, signed zeros, NaNs,
-    /// infinities and lengths around the lane count.
+    /// The vectorised argmax, and the maximum, agree with the plain loop on ties, signed zeros,
+    /// NaNs, infinities and lengths around the lane count.
     #[test]
-    fn first_argmax_is_the_plain_loops() {
+    fn first_argmax_and_row_max_are_the_plain_loops() {
         let specials = [
             0.0,
             -0.0,
@@ -208,6 +235,8 @@ mod argmax_tests {
                     })
                     .collect();
                 assert_eq!(first_argmax(&row), reference(&row), "{row:?}");
+                let max = row[reference(&row)];
+                assert_eq!(row_max(&row).to_bits(), max.to_bits(), "{row:?}");
             }
             let ramp: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
             assert_eq!(first_argmax(&ramp), reference(&ramp), "{ramp:?}");
