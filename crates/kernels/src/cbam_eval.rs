@@ -11,7 +11,7 @@
 //! backward (asked for only by checks, such as the GPU check's eval-mode gradients) recomputes
 //! the gate with the composed ops and differentiates them.
 
-use crate::batch_norm::scale_shift;
+use crate::batch_norm_passes::scale_shift;
 use crate::cbam::{channel_gate_forward, channel_gate_of_pooled, check_spatial_gate};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry};

@@ -11,9 +11,8 @@
 //! `batch_norm`'s statistics and backward), so the results are bit-identical to
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
-use crate::batch_norm::{
-    lock, nc_inner, recorded_stats, train_backward, train_forward, Saved as BnSaved,
-};
+use crate::batch_norm::{lock, nc_inner, recorded_stats};
+use crate::batch_norm_passes::{train_backward, train_forward, Saved as BnSaved};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
 use crate::fused_operands::fused_conv_geometry;

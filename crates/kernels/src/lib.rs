@@ -24,6 +24,7 @@
 use candle_core::{DType, Tensor};
 
 mod batch_norm;
+mod batch_norm_passes;
 mod bottleneck_block;
 mod bottleneck_eval;
 mod bottleneck_train;

@@ -1,12 +1,12 @@
 // BatchNorm (training) and channel-affine (eval BatchNorm) kernels for mtanet-kernels, compiled at
 // run time by NVRTC (crates/kernels/src/cuda/nvrtc.rs). Semantics and summation order are those
-// of the CPU code in crates/kernels/src/batch_norm.rs:
+// of the CPU code in crates/kernels/src/batch_norm_passes.rs:
 // - a row is one (image, channel) map of `inner` values of a dense NCHW tensor;
 // - per row, LANES = 16 f32 partial sums (lane l adds elements l, l + 16, ... of the whole
 //   16-chunks, in order), combined in lane order in f64, then the tail added in f64 (`lane_sum`,
 //   `gated_sums`);
-// - per channel, the row totals added in image order in f64 (`channel_stats`,
-//   `channel_gated_sums`).
+// - per channel, the row totals added in image order in f64 (`block_moments`,
+//   `block_gated_sums`).
 // So the statistics and both parameter gradients are bit-identical to the CPU's and the same on
 // every run (no atomics). All mul/add pairs use the `_rn` intrinsics so that NVRTC's default
 // `--fmad=true` cannot contract them into FMAs the CPU does not do.
