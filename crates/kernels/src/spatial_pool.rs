@@ -48,14 +48,9 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// The first index of the largest value of `row` (a NaN counts as largest, as in PyTorch; of
-/// equal values, +0 and -0 included, the first).
-///
-/// In two vectorised passes over the row (which stays in L1): the largest value in [`LANES`]
-/// partial maxima, and whether there is a NaN; then the first index holding a value equal to
-/// it, or the first NaN. A running "best so far" loop, which compares each value with the one
-/// at the best index, does not vectorise, and took a third of CBAM's eval gate.
-fn first_argmax(row: &[f32]) -> usize {
+/// The largest value of `row` by `>` (NaNs skipped; -inf for an empty row) and whether the row
+/// holds a NaN, in one vectorised pass: [`LANES`] partial maxima and NaN flags.
+fn lane_max(row: &[f32]) -> (f32, bool) {
     let (chunks, tail) = row.as_chunks::<LANES>();
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut nan = [false; LANES];
@@ -69,39 +64,35 @@ fn first_argmax(row: &[f32]) -> usize {
     for &v in lanes.iter().chain(tail) {
         max = if v > max { v } else { max };
     }
-    let found = if nan.contains(&true) || tail.iter().any(|v| v.is_nan()) {
-        row.iter().position(|v| v.is_nan())
-    } else {
-        row.iter().position(|&v| v == max)
+    (max, nan.contains(&true) || tail.iter().any(|v| v.is_nan()))
+}
+
+/// The first index of the largest value of `row` (a NaN counts as largest, as in PyTorch; of
+/// equal values, +0 and -0 included, the first).
+///
+/// In two vectorised passes over the row (which stays in L1): [`lane_max`], then the first
+/// index holding a value equal to it, or the first NaN. A running "best so far" loop, which
+/// compares each value with the one at the best index, does not vectorise, and took a third of
+/// CBAM's eval gate.
+fn first_argmax(row: &[f32]) -> usize {
+    let found = match lane_max(row) {
+        (_, true) => row.iter().position(|v| v.is_nan()),
+        (max, false) => row.iter().position(|&v| v == max),
     };
     found.unwrap_or(0)
 }
 
-/// `row[first_argmax(row)]`, the row's maximum, in one vectorised pass where it can: a
-/// maximum of zero (which of +0 and -0 comes first decides its sign) or a NaN (whose bits are
-/// the first NaN's) is taken from the first maximal index itself.
+/// `row[first_argmax(row)]`, the row's maximum, in one vectorised pass ([`lane_max`]) where it
+/// can: a maximum of zero (which of +0 and -0 comes first decides its sign) or a NaN (whose
+/// bits are the first NaN's) is taken from the first maximal index itself.
 pub(crate) fn row_max(row: &[f32]) -> f32 {
-    let (chunks, tail) = row.as_chunks::<LANES>();
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut nan = [false; LANES];
-    for c in chunks {
-        for i in 0..LANES {
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-            nan[i] |= c[i].is_nan();
-        }
-    }
-    let mut max = f32::NEG_INFINITY;
-    for &v in lanes.iter().chain(tail) {
-        max = if v > max { v } else { max };
-    }
-    let nan = nan.contains(&true) || tail.iter().any(|v| v.is_nan());
-    if nan || max == 0.0 || row.is_empty() {
-        return row
+    match lane_max(row) {
+        (max, false) if max != 0.0 && !row.is_empty() => max,
+        _ => row
             .get(first_argmax(row))
             .copied()
-            .unwrap_or(f32::NEG_INFINITY);
+            .unwrap_or(f32::NEG_INFINITY),
     }
-    max
 }
 
 /// The mean of each `pixels`-long row of `x` into `means` (summed in f64 lanes), in parallel:
