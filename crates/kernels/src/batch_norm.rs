@@ -234,6 +234,18 @@ enum Recorded {
     Device { stats: Tensor, count: usize },
 }
 
+impl Saved {
+    /// The statistics the caller's running averages take.
+    pub(crate) fn stats(&self) -> BatchStats {
+        BatchStats {
+            mean: self.mean.clone(),
+            var: self.var.clone(),
+            count: self.count,
+            device: None,
+        }
+    }
+}
+
 /// Locks an op's recorded state.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     m.lock()

@@ -11,7 +11,6 @@
 //! sums run over its rows in image order whatever the block, so the values depend on the shape
 //! alone (docs/determinism.md).
 
-use crate::batch_norm::BatchStats;
 use crate::lane_sums::{lane_gated_sums, lane_sum, passed, relu_blocks, LANES};
 use crate::row_tasks::{par_rows, written_by};
 use rayon::prelude::*;
@@ -35,18 +34,6 @@ pub(crate) struct Saved {
     pub scale_shift: (Vec<f32>, Vec<f32>),
     /// Elements per channel.
     pub count: usize,
-}
-
-impl Saved {
-    /// The statistics the caller's running averages take.
-    pub(crate) fn stats(&self) -> BatchStats {
-        BatchStats {
-            mean: self.mean.clone(),
-            var: self.var.clone(),
-            count: self.count,
-            device: None,
-        }
-    }
 }
 
 /// A channel's fused ReLU in the backward pass: the forward's output was
