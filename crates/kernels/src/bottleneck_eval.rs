@@ -155,23 +155,15 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
             Some(PlannedGate::SqueezeExcite(gate)) => {
                 let g = &main[2];
-                let (means, _) = RowPool::slots(g.batch * g.out_channels, false);
-                let pool = RowPool {
-                    means: &means,
-                    maxes: None,
-                };
-                let z = stage(g, &block.main[2], &h2, None, false, Some(pool))?;
-                gated_join(g, *gate, &z, RowPool::values(means), shortcut, x.device())?
+                let pool = RowPool::new(g.batch * g.out_channels, false);
+                let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
+                gated_join(g, *gate, &z, pool.into_values(), shortcut, x.device())?
             }
             Some(PlannedGate::Cbam(plan)) => {
                 let g = &main[2];
-                let (means, maxes) = RowPool::slots(g.batch * g.out_channels, true);
-                let pool = RowPool {
-                    means: &means,
-                    maxes: Some(&maxes),
-                };
-                let z = stage(g, &block.main[2], &h2, None, false, Some(pool))?;
-                let pooled = [RowPool::values(means), RowPool::values(maxes)].concat();
+                let pool = RowPool::new(g.batch * g.out_channels, true);
+                let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
+                let pooled = pool.into_values();
                 let dims = (g.batch, g.out_channels, g.out_pixels());
                 let packed = plan.packed.to_vec1::<f32>()?;
                 let shapes = (plan.reduced, &plan.spatial);
@@ -262,7 +254,7 @@ fn stage(
     input: &[f32],
     shortcut: Option<&[f32]>,
     relu: bool,
-    pool: Option<RowPool<'_>>,
+    pool: Option<&RowPool>,
 ) -> Result<Scratch> {
     let read = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
         let (storage, layout) = t.storage_and_layout();

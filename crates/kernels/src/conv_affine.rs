@@ -129,27 +129,43 @@ fn forward_values(
     y
 }
 
-/// Per (image, channel) row of a convolution's output, as f32 bits: `row_means`' mean and,
-/// when asked for, `row_means_maxes`' maximum, written by [`forward_values_into`]'s epilogue.
-#[derive(Clone, Copy)]
-pub(crate) struct RowPool<'a> {
-    /// One mean per row, image-major.
-    pub means: &'a [AtomicU32],
-    /// One maximum per row, image-major.
-    pub maxes: Option<&'a [AtomicU32]>,
+/// Per (image, channel) row of a convolution's output, the mean (`row_means`' value) and,
+/// when asked for, the maximum (`row_means_maxes`'), written by [`forward_values_into`]'s
+/// epilogue as f32 bits.
+pub(crate) struct RowPool {
+    means: Vec<AtomicU32>,
+    maxes: Option<Vec<AtomicU32>>,
 }
 
-impl RowPool<'_> {
-    /// Zeroed slots for `rows` means, and for as many maxima when `maxes` (else none).
-    pub(crate) fn slots(rows: usize, maxes: bool) -> (Vec<AtomicU32>, Vec<AtomicU32>) {
-        let zeros = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect();
-        (zeros(rows), zeros(if maxes { rows } else { 0 }))
+impl RowPool {
+    /// Slots for `rows` means, and for as many maxima when `with_maxes`.
+    pub(crate) fn new(rows: usize, with_maxes: bool) -> Self {
+        let slots = || (0..rows).map(|_| AtomicU32::new(0)).collect();
+        Self {
+            means: slots(),
+            maxes: with_maxes.then(slots),
+        }
     }
 
-    /// The values of `slots`, as f32.
-    pub(crate) fn values(slots: Vec<AtomicU32>) -> Vec<f32> {
-        slots
+    /// Rows it holds.
+    fn rows(&self) -> usize {
+        self.means.len()
+    }
+
+    /// Takes row `at`'s pooling of `values`.
+    fn store(&self, at: usize, values: &[f32]) {
+        self.means[at].store(row_mean(values).to_bits(), Ordering::Relaxed);
+        if let Some(maxes) = &self.maxes {
+            maxes[at].store(row_max(values).to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Every row's mean, then (if taken) every row's maximum.
+    pub(crate) fn into_values(self) -> Vec<f32> {
+        let maxes = self.maxes.unwrap_or_default();
+        self.means
             .into_iter()
+            .chain(maxes)
             .map(|s| f32::from_bits(s.into_inner()))
             .collect()
     }
@@ -165,11 +181,10 @@ pub(crate) fn forward_values_into(
     (scale, shift): (&[f32], &[f32]),
     shortcut: Option<&[f32]>,
     relu: bool,
-    (y, pool): (&mut [f32], Option<RowPool<'_>>),
+    (y, pool): (&mut [f32], Option<&RowPool>),
 ) {
     let (per_group, pixels) = (g.group_out_channels(), g.out_pixels());
-    let rows = g.batch * g.out_channels;
-    assert!(pool.is_none_or(|p| p.means.len() == rows && p.maxes.is_none_or(|m| m.len() == rows)));
+    assert!(pool.is_none_or(|p| p.rows() == g.batch * g.out_channels));
     let epilogue = |unit: usize, y_unit: &mut [f32]| {
         let first = (unit % g.groups) * per_group;
         let base = unit * per_group * pixels;
@@ -195,11 +210,7 @@ pub(crate) fn forward_values_into(
                 }
             }
             if let Some(pool) = pool {
-                let at = image_rows + first + row;
-                pool.means[at].store(row_mean(values).to_bits(), Ordering::Relaxed);
-                if let Some(maxes) = pool.maxes {
-                    maxes[at].store(row_max(values).to_bits(), Ordering::Relaxed);
-                }
+                pool.store(image_rows + first + row, values);
             }
         }
     };

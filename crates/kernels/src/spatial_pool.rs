@@ -84,14 +84,12 @@ fn first_argmax(row: &[f32]) -> usize {
 
 /// `row[first_argmax(row)]`, the row's maximum, in one vectorised pass ([`lane_max`]) where it
 /// can: a maximum of zero (which of +0 and -0 comes first decides its sign) or a NaN (whose
-/// bits are the first NaN's) is taken from the first maximal index itself.
+/// bits are the first NaN's) is taken from the first maximal index itself. An empty row gives
+/// -inf.
 pub(crate) fn row_max(row: &[f32]) -> f32 {
     match lane_max(row) {
-        (max, false) if max != 0.0 && !row.is_empty() => max,
-        _ => row
-            .get(first_argmax(row))
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY),
+        (max, false) if max != 0.0 => max,
+        _ => row[first_argmax(row)],
     }
 }
 
