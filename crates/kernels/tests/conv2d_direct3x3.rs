@@ -7,7 +7,7 @@
 //! (`Algorithm::Direct`); and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
 use candle_core::Result;
-use mtanet_kernels::conv2d::{direct_3x3, with_algorithm, Algorithm, Pass};
+use mtanet_kernels::conv2d::{direct_3x3, direct_runs_wide, with_algorithm, Algorithm, Pass};
 use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 
 mod support;
@@ -26,6 +26,10 @@ const SHAPES: &[Shape] = &[
     [2, 32, 32, 1, 1, 8, 1],
     [1, 24, 24, 11, 13, 2, 1],
     [3, 256, 256, 14, 14, 32, 1],
+    // 16 and 32 channels per group at stride 1: the AVX-512 kernel's vectors across output
+    // channels (`direct3x3_wide.rs`) where the CPU has it, with 1 and 2 vectors.
+    [2, 512, 512, 7, 7, 32, 1],
+    [2, 1024, 1024, 4, 4, 32, 1],
     // Maps narrower than a register: a row's tail spills past the row after it.
     [2, 8, 8, 6, 1, 2, 1],
     [2, 8, 8, 5, 2, 2, 1],
@@ -52,6 +56,8 @@ const FORCED_ONLY: &[Shape] = &[
     [2, 16, 24, 9, 11, 1, 1],
     [3, 64, 32, 6, 6, 1, 1],
     [2, 128, 128, 5, 4, 2, 1],
+    // 48 channels per group: 3 vectors of the AVX-512 kernel.
+    [2, 96, 96, 5, 6, 2, 1],
     [2, 24, 16, 11, 8, 1, 2],
 ];
 
@@ -100,7 +106,9 @@ fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3
 
 /// The shapes do take the direct path on a CPU with AVX2 and FMA (else the comparison below
 /// would compare the GEMM path with itself): the forward and input gradient everywhere, the
-/// weight gradient on outputs of 100 pixels or more at stride 1, 36 or more at stride 2.
+/// weight gradient on outputs of 100 pixels or more at stride 1, 36 or more at stride 2, and
+/// on every map where the AVX-512 kernel takes it (16 or 32 output channels per group on an
+/// Intel CPU with AVX-512).
 #[test]
 fn the_shapes_take_the_direct_path() -> Result<()> {
     if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
@@ -110,7 +118,8 @@ fn the_shapes_take_the_direct_path() -> Result<()> {
     }
     for shape in SHAPES {
         let g = geometry(shape)?;
-        let weight_grad = g.out_pixels() >= if g.stride == 1 { 100 } else { 36 };
+        let weight_grad = g.out_pixels() >= if g.stride == 1 { 100 } else { 36 }
+            || direct_runs_wide(&g, Pass::WeightGrad);
         assert!(direct_3x3(&g, Pass::Forward), "{shape:?} forward");
         assert!(direct_3x3(&g, Pass::InputGrad), "{shape:?} input grad");
         assert_eq!(

@@ -34,6 +34,9 @@
 //! zero border of the output gradient by every weight, so an infinite weight makes it NaN. The
 //! forward output is then not finite either, and a training step refuses it.
 
+use super::direct3x3_wide::{
+    transpose_grads, unit_weight_grad_wide, weight_grad_runs_wide, GroupWeights,
+};
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
@@ -45,7 +48,7 @@ const CHANNEL_BLOCK: usize = 4;
 pub(super) const POSITION_BLOCK: usize = 24;
 
 /// True when the CPU can run the kernel (AVX2 and FMA, checked once).
-fn cpu_supports() -> bool {
+pub(super) fn cpu_supports() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -124,7 +127,7 @@ pub(super) struct Reads<T: Taps> {
 impl<T: Taps> Reads<T> {
     /// True when every read of every position stays inside its channel's `plane` values and
     /// every weight tap is one of the 9.
-    fn in_bounds(&self) -> bool {
+    pub(super) fn in_bounds(&self) -> bool {
         let furthest = (0..T::COUNT).map(|i| self.taps.offset(i)).max();
         (0..T::COUNT).all(|i| self.taps.weight_tap(i) < 9)
             && self.positions + furthest.unwrap_or(0) <= self.plane
@@ -198,14 +201,29 @@ impl Plan {
         }
     }
 
-    /// [`unit_kernel`] with this layout's reads.
+    /// Positions of each output row that the output's pixels are gathered from: whole rows
+    /// of `row`, one per output row.
+    fn filled(&self, g: &ConvGeometry) -> usize {
+        g.out_h * self.row()
+    }
+
+    /// The unit kernel that runs here ([`GroupWeights::run`]) with this layout's reads.
     ///
     /// # Safety
     /// As [`unit_kernel`].
-    unsafe fn kernel(&self, padded: &[f32], w: &[f32], out: &mut [f32], c_in: usize, c_out: usize) {
+    unsafe fn kernel(
+        &self,
+        (g, weights, group): (&ConvGeometry, &GroupWeights, usize),
+        padded: &[f32],
+        out: &mut [f32],
+    ) {
+        let (channels, filled) = (
+            (g.group_in_channels(), g.group_out_channels()),
+            self.filled(g),
+        );
         match self {
-            Self::Stride1(r) => unit_kernel(padded, w, out, c_in, c_out, r),
-            Self::Stride2(r) => unit_kernel(padded, w, out, c_in, c_out, r),
+            Self::Stride1(r) => weights.run(group, (padded, out), channels, r, filled),
+            Self::Stride2(r) => weights.run(group, (padded, out), channels, r, filled),
         }
     }
 
@@ -390,15 +408,16 @@ pub fn forward_into(
     let plan = Plan::new(g);
     let (plane, positions) = (plan.plane(), plan.positions());
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let weights = GroupWeights::new(w, c_in, c_out);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
-        let w_group = g.weight_group(w, g.group_of(unit));
         with_columns(c_in * plane + c_out * positions, |buf| {
             let (padded, out) = buf.split_at_mut(c_in * plane);
             plan.spread_input(g, x_unit, padded);
             // SAFETY: `applies` checked AVX2 and FMA; the slices have the lengths `unit_kernel`
-            // documents (c_in planes, c_out blocks of `positions`, a full weight group).
-            unsafe { plan.kernel(padded, w_group, out, c_in, c_out) };
+            // documents (c_in planes, c_out blocks of `positions`, a full weight group), and
+            // the gather reads only the filled positions.
+            unsafe { plan.kernel((g, &weights, g.group_of(unit)), padded, out) };
             gather_rows(out, positions, plan.row(), (g.out_h, g.out_w), y_unit);
         });
         then(unit, y_unit);
@@ -448,9 +467,19 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dw_len = g.groups * group_len;
     let chunks = partials(g.batch);
     let mut parts = vec![0.0f32; chunks * dw_len];
+    let wide = weight_grad_runs_wide(c_out);
     for_each_unit(&mut parts, group_len, |task, dw_g, _| {
         let (chunk, group) = (task / g.groups, task % g.groups);
         let images = image_chunk(g.batch, chunk);
+        if wide {
+            return weight_grad_wide(
+                g,
+                &plan,
+                (x, dy),
+                images.map(|i| i * g.groups + group),
+                dw_g,
+            );
+        }
         dw_g.fill(0.0);
         with_columns(c_in * plane + c_out * positions, |buf| {
             let (padded, grads) = buf.split_at_mut(c_in * plane);
@@ -467,6 +496,45 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         });
     });
     sum_partials(parts, dw_len)
+}
+
+/// One group's weight gradient over `units` (its units of consecutive images) into `dw_g`,
+/// with the AVX-512 kernel ([`weight_grad_runs_wide`]): each image's sums, one per weight,
+/// added in image order.
+fn weight_grad_wide(
+    g: &ConvGeometry,
+    plan: &Plan,
+    (x, dy): (&[f32], &[f32]),
+    units: impl Iterator<Item = usize>,
+    dw_g: &mut [f32],
+) {
+    let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let filled = plan.filled(g);
+    // The sums as the kernel keeps them, `(c_in, 9, c_out)`.
+    let mut dw_t = vec![0.0f32; dw_g.len()];
+    with_columns(c_in * plan.plane() + filled * c_out, |buf| {
+        let (padded, grads_t) = buf.split_at_mut(c_in * plan.plane());
+        for unit in units {
+            plan.spread_input(g, g.input_unit(x, unit), padded);
+            let shape = (g.out_h, g.out_w, plan.row());
+            transpose_grads(g.output_unit(dy, unit), shape, c_out, grads_t);
+            let operands = (&*padded, &*grads_t, &mut dw_t[..]);
+            // SAFETY: `weight_grad_runs_wide` checked AVX-512 and c_out; `applies` makes c_in a
+            // multiple of 4; the buffers hold c_in planes, `filled` rows of c_out gradients
+            // and a whole group's sums; `filled` is at most the positions (`Plan::new`).
+            unsafe {
+                match plan {
+                    Plan::Stride1(r) => unit_weight_grad_wide(operands, (c_in, c_out), r, filled),
+                    Plan::Stride2(r) => unit_weight_grad_wide(operands, (c_in, c_out), r, filled),
+                }
+            }
+        }
+    });
+    for (co, dw_co) in dw_g.chunks_exact_mut(c_in * 9).enumerate() {
+        for (k, v) in dw_co.iter_mut().enumerate() {
+            *v = dw_t[k * c_out + co];
+        }
+    }
 }
 
 /// Adds `sum_q grads[co][q] * padded[ci][q + offset(i)]` to `dw[co][ci][weight_tap(i)]` for

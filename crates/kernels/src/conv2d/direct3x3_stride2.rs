@@ -19,7 +19,8 @@
 //! phases are then interleaved back into `dx`. Each value sums output channels in order, then
 //! its taps in row-major order.
 
-use super::direct3x3::{spread_rows, unit_kernel, Reads, Taps, POSITION_BLOCK};
+use super::direct3x3::{spread_rows, Reads, Taps, POSITION_BLOCK};
+use super::direct3x3_wide::GroupWeights;
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
@@ -146,12 +147,13 @@ impl<const N: usize> Taps for PhaseGradTaps<N> {
 }
 
 /// Computes phase `(pr, pc)` of one unit's input gradient into `out` (`c_in` rows of
-/// `positions`) from the output gradient planes `grads` (`c_out` planes of `plane` values) and
-/// the unit's swapped weights: [`unit_kernel`] with that phase's `N` reads.
+/// `positions`, the first `filled` of each written) from the output gradient planes `grads`
+/// (`c_out` planes of `plane` values) and group `group` of the swapped weights: the unit
+/// kernel with that phase's `N` reads.
 fn phase_grad<const N: usize>(
     (pr, pc): (usize, usize),
-    (row, plane, positions): (usize, usize, usize),
-    (grads, w_swapped): (&[f32], &[f32]),
+    (row, plane, positions, filled): (usize, usize, usize, usize),
+    (grads, swapped, group): (&[f32], &GroupWeights, usize),
     out: &mut [f32],
     (c_in, c_out): (usize, usize),
 ) {
@@ -161,9 +163,10 @@ fn phase_grad<const N: usize>(
         taps: PhaseGradTaps::<N>::new(pr, pc, row),
     };
     // SAFETY: `applies` (checked by `direct3x3::input_grad`) checked AVX2 and FMA; `grads`
-    // holds c_out planes of `plane`, `out` c_in rows of `positions`, the weight group
-    // c_in * c_out * 9 values; c_in is a multiple of 4 (`applies`).
-    unsafe { unit_kernel(grads, w_swapped, out, c_out, c_in, &reads) };
+    // holds c_out planes of `plane`, `out` c_in rows of `positions`, the weight groups
+    // c_in * c_out * 9 values each; c_in is a multiple of 4 (`applies`); `filled` is at most
+    // `positions` (the caller's).
+    unsafe { swapped.run(group, (grads, out), (c_out, c_in), &reads, filled) };
 }
 
 /// Input gradient `(N, C_in, H, W)` of the stride-2 `g` from the output gradient `dy`, per
@@ -187,18 +190,21 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     }
     // The output gradient on rows of `row` values, with a zero column and row after it: one
     // phase of the forward's layout (the last block's furthest read is `row + 1` past it).
+    let swapped = GroupWeights::new(&swapped, c_out, c_in);
     let layout = reads(g);
     let (row, dy_plane, positions) = (layout.taps.row, layout.taps.phase, layout.positions);
-    let shape = (row, dy_plane, positions);
     let (h, w_len) = (g.in_h, g.in_w);
+    // Each phase has at most `ceil(H / 2)` rows, read back from the start of rows of `row`.
+    let shape = (row, dy_plane, positions, h.div_ceil(2) * row);
+    assert!(h.div_ceil(2) * row <= positions);
     for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
         let dy_unit = g.output_unit(dy, unit);
-        let w_group = &swapped[g.group_of(unit) * g.weight_group_len()..][..g.weight_group_len()];
+        let group = g.group_of(unit);
         with_columns(c_out * dy_plane + c_in * positions, |buf| {
             let (grads, out) = buf.split_at_mut(c_out * dy_plane);
             spread_rows(dy_unit, (g.out_h, g.out_w), (row, 0), grads, dy_plane);
             for (pr, pc) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let (operands, channels) = ((&*grads, w_group), (c_in, c_out));
+                let (operands, channels) = ((&*grads, &swapped, group), (c_in, c_out));
                 match pr + pc {
                     0 => phase_grad::<1>((pr, pc), shape, operands, out, channels),
                     1 => phase_grad::<2>((pr, pc), shape, operands, out, channels),

@@ -2,8 +2,8 @@
 //! they were measured faster, the GEMM paths (per unit, or whole-batch on small maps) everywhere
 //! else.
 //!
-//! The choice depends on the geometry and, for two dense shapes, on whether the CPU is an Intel
-//! with AVX-512 (`gemm_runs_wide`), never on the thread count: on one machine a pass computes
+//! The choice depends on the geometry and, for some dense shapes, on whether the CPU is an Intel
+//! with AVX-512 (`avx512_full_width`), never on the thread count: on one machine a pass computes
 //! the same values whatever the number of rayon threads. A caller can force one algorithm on
 //! its own thread with [`with_algorithm`] (benchmarks and tests compare them side by side).
 
@@ -91,9 +91,15 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 ///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
 ///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
 ///   outputs of 36 pixels or more.
+/// - On an Intel CPU with AVX-512 ([`avx512_full_width`]), groups of 16 or 32 output channels
+///   take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
+///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at
+///   7x7, 0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces
+///   on larger maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14.
 ///
-/// Dense layers take it where `measured_choice` says so (stride 1 only: forced on ResNet-50's
-/// stride-2 layers, it was 1.4-1.6x slower in the forward and 2-4x in the input gradient).
+/// Dense layers take it where `measured_choice` says so: stride 1, and stride 2 only where the
+/// AVX-512 kernel runs on full-width units (forced on ResNet-50's stride-2 layers, the AVX2
+/// kernel was 1.4-1.6x slower in the forward and 2-4x in the input gradient).
 pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     if !super::direct3x3::applies(g) {
         return false;
@@ -103,10 +109,11 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
         Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
         Algorithm::Auto if g.groups > 1 => {
             let narrow = g.group_in_channels().max(g.group_out_channels()) <= 32;
+            let wide = direct_runs_wide(g, Pass::WeightGrad);
             narrow
                 && match (g.stride, pass) {
-                    (1, Pass::WeightGrad) => g.out_pixels() >= 100,
-                    (_, Pass::WeightGrad) => g.out_pixels() >= 36,
+                    (1, Pass::WeightGrad) => wide || g.out_pixels() >= 100,
+                    (_, Pass::WeightGrad) => wide || g.out_pixels() >= 36,
                     _ => true,
                 }
         }
@@ -114,7 +121,18 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     }
 }
 
-/// The algorithm `measured_choice` picks for a dense 3x3 stride-1 pass.
+/// True when `pass` of `g`, if it runs the direct kernel, runs it with vectors across output
+/// channels (`direct3x3_wide.rs`): on an Intel CPU with AVX-512, when the kernel's output
+/// channels per group (the layer's input channels for the input gradient) are a multiple of 16.
+pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
+    let kernel_out = match pass {
+        Pass::Forward | Pass::WeightGrad => g.group_out_channels(),
+        Pass::InputGrad => g.group_in_channels(),
+    };
+    super::direct3x3_wide::weight_grad_runs_wide(kernel_out)
+}
+
+/// The algorithm `measured_choice` picks for a dense 3x3 pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dense {
     Gemm,
@@ -122,7 +140,7 @@ enum Dense {
     Direct,
 }
 
-/// The per-shape choice for dense 3x3 stride-1 layers, measured with `examples/conv_passes.rs`
+/// The per-shape choice for dense 3x3 layers, measured with `examples/conv_passes.rs`
 /// (2-core Zen 4, 2 threads, `CONV_CLOCK=cpu`, best of 4-6 alternating repetitions of
 /// `gemm,w2,w4,direct`) on the dense 3x3 layers of ResNet-50 at 112x112 input (64 channels at
 /// 28x28, 128 at 14x14, 256 at 7x7, 512 at 4x4) and at 224x224 (64 at 56x56, 128 at 28x28,
@@ -143,24 +161,46 @@ enum Dense {
 ///
 /// Batches under 16 and other map sizes were not measured and stay on GEMM.
 ///
-/// On an Intel CPU with AVX-512 ([`gemm_runs_wide`]) `gemm` runs its AVX-512 kernel on full-width
-/// units while the direct and Winograd kernels are AVX2, and two of these choices turn over.
-/// Measured the same way on a 2-core Intel Xeon (AVX-512 and AMX), 112x112 input, batch 16 and
-/// 32, times relative to the choice above: 28x28 with 64 channels, GEMM forward 0.86-0.87 and
-/// input gradient 0.77-0.80 of the direct kernel's; 14x14 with 128 channels, GEMM forward
-/// 0.73-0.76 and input gradient 0.87-0.89 of F(4x4)'s. There both take GEMM; the rest stands
-/// (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes).
+/// On an Intel CPU with AVX-512 ([`avx512_full_width`]) `gemm` runs its AVX-512 kernel on
+/// full-width units, and so does the direct kernel (`direct3x3_wide.rs`, its vectors across
+/// output channels, for groups of a multiple of 16 output channels; the values are the AVX2
+/// kernel's bit for bit). Measured on a 2-core Intel Xeon (AVX-512 and AMX), 2 threads, best of
+/// 6-8 alternating repetitions of `gemm,direct,w4`, wall clock and `CONV_CLOCK=cpu`, 112x112
+/// input, batch 16 and 32 (CPU time at batch 32 quoted):
+///
+/// - 28x28 with 64 channels: direct forward 0.82 and input gradient 0.96 of GEMM's (wall clock
+///   0.75-0.95), so the choice above stands.
+/// - 14x14 with 128 channels: GEMM for the forward and the input gradient (0.74-0.93 of
+///   F(4x4)'s wall time). The direct kernel's wall time was 0.87-0.96 of GEMM's, but its CPU
+///   time level (0.96-1.0) and its share of a ResNet-50 step no shorter.
+/// - 56x56 with 64 channels: the direct forward (0.78 of GEMM's) and input gradient (0.90)
+///   stand; the weight gradient takes GEMM, 0.86 of F(4x4)'s.
+/// - Stride 2, 28x28 to 14x14 with 128 channels (ResNet-50's first block of stage 2): the
+///   direct input gradient, 0.70 of GEMM's (wall clock 0.72-0.80); the forward (0.97) and the
+///   weight gradient (direct 1.5x slower) stay on GEMM, as do the other stride-2 layers (direct
+///   1.1-4x slower: with 256-512 channels, the weights the kernel reads for each block of
+///   positions outgrow the cache).
+///
+/// The rest stands (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes, and the
+/// direct kernel took 1.5-2x GEMM's there, for the same reason).
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
+    let pixels = g.out_pixels();
+    let channels = g.group_in_channels().min(g.group_out_channels());
+    let full_width = avx512_full_width();
+    if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
+        let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
+        return match full_width && shape && pass == Pass::InputGrad {
+            true => Dense::Direct,
+            false => Dense::Gemm,
+        };
+    }
     if !winograd_fits(g) || g.batch < 16 {
         return Dense::Gemm;
     }
-    let pixels = g.out_pixels();
-    let channels = g.group_in_channels().min(g.group_out_channels());
     let wide = g.batch >= 32;
-    let gemm_wide = gemm_runs_wide();
     match (pixels, channels, pass) {
-        (700..=900, ..=64, Pass::Forward | Pass::InputGrad) if gemm_wide => Dense::Gemm,
-        (150..=400, 128, Pass::Forward | Pass::InputGrad) if gemm_wide => Dense::Gemm,
+        (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::Gemm,
+        (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
         (700..=900, 128.., _) => Dense::Winograd(Tile::F4),
@@ -174,11 +214,11 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
 }
 
 /// True on an Intel CPU with AVX-512 (`GenuineIntel`, `avx512f`), where `gemm`'s AVX-512
-/// kernel outruns our AVX2 direct and Winograd kernels on some shapes (`measured_choice`). AMD's
-/// Zen 4 also has AVX-512 but splits each 512-bit operation over its 256-bit units, and there
-/// the measured choices stand. Read once per process: the choice stays a function of the
-/// geometry on a given machine, the same for every thread count.
-fn gemm_runs_wide() -> bool {
+/// kernel and the wide direct kernel outrun the AVX2 Winograd kernels on some shapes
+/// (`measured_choice`). AMD's Zen 4 also has AVX-512 but splits each 512-bit operation over its
+/// 256-bit units, and there the measured choices stand. Read once per process: the choice stays
+/// a function of the geometry on a given machine, the same for every thread count.
+pub(super) fn avx512_full_width() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WIDE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
