@@ -34,9 +34,7 @@
 //! zero border of the output gradient by every weight, so an infinite weight makes it NaN. The
 //! forward output is then not finite either, and a training step refuses it.
 
-use super::direct3x3_wide::{
-    transpose_grads, unit_weight_grad_wide, weight_grad_runs_wide, GroupWeights,
-};
+use super::direct3x3_wide::{runs_wide, transpose_grads, unit_weight_grad_wide, GroupWeights};
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
@@ -467,7 +465,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dw_len = g.groups * group_len;
     let chunks = partials(g.batch);
     let mut parts = vec![0.0f32; chunks * dw_len];
-    let wide = weight_grad_runs_wide(c_out);
+    let wide = runs_wide(c_out);
     for_each_unit(&mut parts, group_len, |task, dw_g, _| {
         let (chunk, group) = (task / g.groups, task % g.groups);
         let images = image_chunk(g.batch, chunk);
@@ -499,7 +497,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// One group's weight gradient over `units` (its units of consecutive images) into `dw_g`,
-/// with the AVX-512 kernel ([`weight_grad_runs_wide`]): each image's sums, one per weight,
+/// with the AVX-512 kernel ([`runs_wide`]): each image's sums, one per weight,
 /// added in image order.
 fn weight_grad_wide(
     g: &ConvGeometry,
@@ -519,7 +517,7 @@ fn weight_grad_wide(
             let shape = (g.out_h, g.out_w, plan.row());
             transpose_grads(g.output_unit(dy, unit), shape, c_out, grads_t);
             let operands = (&*padded, &*grads_t, &mut dw_t[..]);
-            // SAFETY: `weight_grad_runs_wide` checked AVX-512 and c_out; `applies` makes c_in a
+            // SAFETY: `runs_wide` checked AVX-512 and c_out; `applies` makes c_in a
             // multiple of 4; the buffers hold c_in planes, `filled` rows of c_out gradients
             // and a whole group's sums; `filled` is at most the positions (`Plan::new`).
             unsafe {

@@ -1,14 +1,15 @@
 //! The direct 3x3 kernels with their vectors across output channels, for Intel CPUs with
-//! AVX-512 and groups of a multiple of 16 output channels: ResNeXt's grouped layers with 16 and 32 channels
-//! per group, which run on 7x7 and 4x4 maps at 112x112 input.
+//! AVX-512 and groups of a multiple of 16 output channels: ResNeXt's grouped layers with 16 and
+//! 32 channels per group, which run on 7x7 and 4x4 maps at 112x112 input, and the dense layers
+//! `select.rs` gives the direct kernel.
 //!
 //! `direct3x3.rs`'s AVX2 kernel puts 8 output positions in each vector. On a 7x7 map its rows
 //! of `W + 1 = 8` positions, rounded up to blocks of 24, make 72 positions for 49 pixels, and on
 //! a 4x4 map 24 for 16: a third of its multiplies are thrown away. Here a vector holds 16
 //! output channels of one position, and each input value is broadcast from memory into the
 //! multiply that uses it, so a block is any number of positions: the kernel computes the
-//! positions the caller reads back (`filled`, whole rows of `W + 1`) in blocks of 24, 12 or 6
-//! positions (1, 2 or 4 vectors of channels), then blocks of 8, 4 or 2, and no more.
+//! positions the caller reads back (`filled`, whole rows of `W + 1`) in blocks of 24, 12, 8 or
+//! 6 positions (1, 2, 3 or 4 vectors of channels), then blocks of 8, 4, 4 or 2, and no more.
 //!
 //! It reads the same zero-bordered planes through the same [`Taps`] and writes the same
 //! `c_out` rows of positions as [`unit_kernel`]; only the weights come repacked, each input
@@ -43,24 +44,25 @@ fn cpu_supports() -> bool {
     super::select::avx512_full_width()
 }
 
-/// True when units with `c_out` output channels run the wide kernel: a multiple of 16, on an
-/// Intel CPU with AVX-512.
-fn runs_wide(c_out: usize) -> bool {
+/// True when units with `c_out` output channels run the wide kernels (the forward's, which the
+/// input gradient runs through, and [`unit_weight_grad_wide`]): a multiple of 16, on an Intel
+/// CPU with AVX-512.
+pub(super) fn runs_wide(c_out: usize) -> bool {
     c_out.is_multiple_of(LANES) && cpu_supports()
 }
 
 /// Each group's weights for the unit kernel that runs here: as given (`(c_out, c_in, 9)` per
 /// group) for [`unit_kernel`], or repacked to `(c_in, 9, c_out)` for the wide kernel.
-pub(super) struct GroupWeights {
-    values: Vec<f32>,
+pub(super) struct GroupWeights<'a> {
+    values: std::borrow::Cow<'a, [f32]>,
     group_len: usize,
     wide: bool,
 }
 
-impl GroupWeights {
+impl<'a> GroupWeights<'a> {
     /// The weights `w` of `w.len() / (c_out * c_in * 9)` groups of `c_out` output and `c_in`
     /// input channels each, row-major `(c_out, c_in, 3, 3)` within a group.
-    pub(super) fn new(w: &[f32], c_in: usize, c_out: usize) -> Self {
+    pub(super) fn new(w: &'a [f32], c_in: usize, c_out: usize) -> Self {
         let group_len = c_out * c_in * 9;
         assert!(group_len > 0 && w.len().is_multiple_of(group_len));
         let wide = runs_wide(c_out);
@@ -78,9 +80,9 @@ impl GroupWeights {
                     }
                 }
             }
-            packed
+            packed.into()
         } else {
-            w.to_vec()
+            w.into()
         };
         Self {
             values,
@@ -238,12 +240,6 @@ unsafe fn wide_block<T: Taps, const V: usize, const P: usize>(
     }
 }
 
-/// True when units with `c_out` output channels run the wide kernels here (the forward's and,
-/// [`unit_weight_grad_wide`], the weight gradient's).
-pub(super) fn weight_grad_runs_wide(c_out: usize) -> bool {
-    runs_wide(c_out)
-}
-
 /// Writes the output gradient of one unit (`c_out` planes of `h x w`) as `grads_t`, one row of
 /// `c_out` values per position of rows of `row` (the kernel's numbering), zero on the
 /// positions past each row's `w` pixels, for `filled = h * row` positions.
@@ -272,7 +268,7 @@ pub(super) fn transpose_grads(
 /// `dw_t` once.
 ///
 /// # Safety
-/// The CPU supports AVX-512F ([`weight_grad_runs_wide`]); `padded` holds `c_in` planes of
+/// The CPU supports AVX-512F ([`runs_wide`]); `padded` holds `c_in` planes of
 /// `reads.plane` values, `grads_t` `filled` rows of `c_out` values, `dw_t` `c_in * 9 * c_out`
 /// values; `c_in` is even, `c_out` a multiple of 16, `filled <= reads.positions`.
 #[cfg(target_arch = "x86_64")]
@@ -324,7 +320,7 @@ pub(super) unsafe fn unit_weight_grad_wide<T: Taps>(
     }
 }
 
-/// Never called: [`weight_grad_runs_wide`] is false off x86-64.
+/// Never called: [`runs_wide`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn unit_weight_grad_wide<T: Taps>(
     _: (&[f32], &[f32], &mut [f32]),
@@ -398,7 +394,7 @@ mod tests {
             let mut want = vec![f32::NAN; c_out * positions];
             let mut got = vec![f32::NAN; c_out * positions];
             let avx2 = GroupWeights {
-                values: w.clone(),
+                values: w.as_slice().into(),
                 group_len: w.len(),
                 wide: false,
             };

@@ -129,7 +129,7 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
         Pass::Forward | Pass::WeightGrad => g.group_out_channels(),
         Pass::InputGrad => g.group_in_channels(),
     };
-    super::direct3x3_wide::weight_grad_runs_wide(kernel_out)
+    super::direct3x3_wide::runs_wide(kernel_out)
 }
 
 /// The algorithm `measured_choice` picks for a dense 3x3 pass.
