@@ -188,9 +188,9 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
             }
         }
     }
+    let swapped = GroupWeights::new(&swapped, c_out, c_in);
     // The output gradient on rows of `row` values, with a zero column and row after it: one
     // phase of the forward's layout (the last block's furthest read is `row + 1` past it).
-    let swapped = GroupWeights::new(&swapped, c_out, c_in);
     let layout = reads(g);
     let (row, dy_plane, positions) = (layout.taps.row, layout.taps.phase, layout.positions);
     let (h, w_len) = (g.in_h, g.in_w);

@@ -112,10 +112,8 @@ impl<'a> GroupWeights<'a> {
             // SAFETY: `runs_wide` checked AVX-512 and the channel count; the slices' lengths
             // are the caller's guarantee, checked again inside.
             let operands = (padded, w, out);
+            // The most vectors per block that divide the channels: 4, else 3, 2 or 1.
             match c_out / LANES {
-                1 => wide_kernel::<T, 1, 24, 8>(operands, (c_in, c_out), reads, filled),
-                2 => wide_kernel::<T, 2, 12, 4>(operands, (c_in, c_out), reads, filled),
-                3 => wide_kernel::<T, 3, 8, 4>(operands, (c_in, c_out), reads, filled),
                 n if n.is_multiple_of(4) => {
                     wide_kernel::<T, 4, 6, 2>(operands, (c_in, c_out), reads, filled)
                 }

@@ -109,11 +109,11 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
         Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
         Algorithm::Auto if g.groups > 1 => {
             let narrow = g.group_in_channels().max(g.group_out_channels()) <= 32;
-            let wide = direct_runs_wide(g, Pass::WeightGrad);
             narrow
                 && match (g.stride, pass) {
-                    (1, Pass::WeightGrad) => wide || g.out_pixels() >= 100,
-                    (_, Pass::WeightGrad) => wide || g.out_pixels() >= 36,
+                    (_, Pass::WeightGrad) if direct_runs_wide(g, pass) => true,
+                    (1, Pass::WeightGrad) => g.out_pixels() >= 100,
+                    (_, Pass::WeightGrad) => g.out_pixels() >= 36,
                     _ => true,
                 }
         }
@@ -189,9 +189,10 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let full_width = avx512_full_width();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
-        return match full_width && shape && pass == Pass::InputGrad {
-            true => Dense::Direct,
-            false => Dense::Gemm,
+        return if full_width && shape && pass == Pass::InputGrad {
+            Dense::Direct
+        } else {
+            Dense::Gemm
         };
     }
     if !winograd_fits(g) || g.batch < 16 {
