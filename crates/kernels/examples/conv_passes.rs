@@ -5,7 +5,7 @@
 //! `cargo run --release -p mtanet-kernels --example conv_passes -- N C_IN C_OUT H K STRIDE PAD GROUPS`
 //! times one shape; without arguments it times the 3x3 convolutions of ResNet-50 and
 //! ResNeXt-50 32x4d at 112x112 input, batch 16 and 32. `CONV_ALGOS` picks the algorithms
-//! (comma-separated from `gemm`, `auto`, `w2`, `w4`, `direct`; default `gemm,auto`), `CONV_REPS` the
+//! (comma-separated from `gemm`, `auto`, `w2`, `w4`, `direct`, `dense`; default `gemm,auto`), `CONV_REPS` the
 //! repetitions (default 5). Times in ms: wall-clock, or with `CONV_CLOCK=cpu` the CPU time of
 //! all the process's threads (Linux `schedstat`), which time spent waiting for a busy machine's
 //! cores does not inflate.
@@ -27,7 +27,10 @@ fn algorithms() -> Vec<(&'static str, Algorithm)> {
             "w2" => ("w2", Algorithm::Winograd2),
             "w4" => ("w4", Algorithm::Winograd4),
             "direct" => ("direct", Algorithm::Direct),
-            other => panic!("CONV_ALGOS: unknown algorithm {other:?} (gemm, auto, w2, w4, direct)"),
+            "dense" => ("dense", Algorithm::DirectDense),
+            other => panic!(
+                "CONV_ALGOS: unknown algorithm {other:?} (gemm, auto, w2, w4, direct, dense)"
+            ),
         })
         .collect()
 }

@@ -5,7 +5,7 @@ use super::im2col::col2im_add;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::{fill_zero, with_columns};
-use super::select::{direct_3x3, winograd_tile, Pass};
+use super::select::{direct_3x3, direct_dense, winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 
@@ -26,6 +26,9 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         g.units() * g.in_unit_len(),
         "conv2d: input gradient length"
     );
+    if direct_dense(g, Pass::InputGrad) {
+        return super::direct3x3_dense::input_grad_into(g, dy, w, dx);
+    }
     if let Some(tile) = winograd_tile(g, Pass::InputGrad) {
         return super::winograd::input_grad_into(tile, g, dy, w, dx);
     }

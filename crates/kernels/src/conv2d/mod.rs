@@ -11,11 +11,13 @@
 //! grouped 3x3 stride-1 and stride-2 ones with 4-32 channels per group that direct kernel
 //! (stride 2 through `direct3x3_stride2.rs`; on Intel CPUs with AVX-512, for a multiple of 16
 //! output channels per group, with its vectors across output channels, `direct3x3_wide.rs`),
-//! each for the shapes where it was measured faster (`select.rs`). Strided im2col reads each input row split into its stride phases
+//! and on such CPUs dense 3x3 layers on small maps a direct kernel over the whole batch
+//! (`direct3x3_dense.rs`), each for the shapes where it was measured faster (`select.rs`). Strided im2col reads each input row split into its stride phases
 //! (`im2col.rs`).
 
 mod batched;
 mod direct3x3;
+mod direct3x3_dense;
 mod direct3x3_stride2;
 mod direct3x3_wide;
 mod forward;
@@ -33,7 +35,7 @@ mod winograd;
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
-pub use select::{direct_3x3, direct_runs_wide, with_algorithm, Algorithm, Pass};
+pub use select::{direct_3x3, direct_dense, direct_runs_wide, with_algorithm, Algorithm, Pass};
 pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.

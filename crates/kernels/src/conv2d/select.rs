@@ -26,6 +26,10 @@ pub enum Algorithm {
     /// The direct 3x3 kernel (`direct3x3.rs`) wherever it applies (3x3, stride 1 or 2, padding
     /// 1, channels per group a multiple of 4, AVX2), else GEMM.
     Direct,
+    /// The dense direct 3x3 kernel over the whole batch (`direct3x3_dense.rs`) wherever it
+    /// applies (dense 3x3, padding 1, stride 1 or 2 (the input gradient stride 1), a multiple
+    /// of 64 output and 8 input channels, an Intel CPU with AVX-512), else GEMM.
+    DirectDense,
 }
 
 thread_local! {
@@ -68,12 +72,12 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
         return None;
     }
     match FORCED.with(Cell::get) {
-        Algorithm::Gemm | Algorithm::Direct => None,
+        Algorithm::Gemm | Algorithm::Direct | Algorithm::DirectDense => None,
         Algorithm::Winograd2 => Some(Tile::F2),
         Algorithm::Winograd4 => Some(Tile::F4),
         Algorithm::Auto => match measured_choice(g, pass) {
             Dense::Winograd(tile) => Some(tile),
-            Dense::Gemm | Dense::Direct => None,
+            Dense::Gemm | Dense::Direct | Dense::OverBatch => None,
         },
     }
 }
@@ -106,7 +110,9 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     }
     match FORCED.with(Cell::get) {
         Algorithm::Direct => true,
-        Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 => false,
+        Algorithm::Gemm | Algorithm::Winograd2 | Algorithm::Winograd4 | Algorithm::DirectDense => {
+            false
+        }
         Algorithm::Auto if g.groups > 1 => {
             let narrow = g.group_in_channels().max(g.group_out_channels()) <= 32;
             narrow
@@ -132,12 +138,31 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
     super::direct3x3_wide::runs_wide(kernel_out)
 }
 
+/// True when `pass` of `g` runs the dense direct 3x3 kernel over the whole batch
+/// (`direct3x3_dense.rs`): where `measured_choice` picks it, on an Intel CPU with AVX-512.
+/// Its weight gradient is never this kernel's.
+pub fn direct_dense(g: &ConvGeometry, pass: Pass) -> bool {
+    let fits = match pass {
+        Pass::Forward => super::direct3x3_dense::forward_fits(g),
+        Pass::InputGrad => super::direct3x3_dense::input_grad_fits(g),
+        Pass::WeightGrad => false,
+    };
+    fits && match FORCED.with(Cell::get) {
+        Algorithm::DirectDense => true,
+        Algorithm::Auto => measured_choice(g, pass) == Dense::OverBatch,
+        _ => false,
+    }
+}
+
 /// The algorithm `measured_choice` picks for a dense 3x3 pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dense {
     Gemm,
     Winograd(Tile),
+    /// The per-image direct kernel (`direct3x3.rs`, `direct3x3_wide.rs`).
     Direct,
+    /// The dense direct kernel over the whole batch (`direct3x3_dense.rs`).
+    OverBatch,
 }
 
 /// The per-shape choice for dense 3x3 layers, measured with `examples/conv_passes.rs`
@@ -176,10 +201,22 @@ enum Dense {
 /// - 56x56 with 64 channels: the direct forward (0.78 of GEMM's) and input gradient (0.90)
 ///   stand; the weight gradient takes GEMM, 0.86 of F(4x4)'s.
 /// - Stride 2, 28x28 to 14x14 with 128 channels (ResNet-50's first block of stage 2): the
-///   direct input gradient, 0.70 of GEMM's (wall clock 0.72-0.80); the forward (0.97) and the
-///   weight gradient (direct 1.5x slower) stay on GEMM, as do the other stride-2 layers (direct
-///   1.1-4x slower: with 256-512 channels, the weights the kernel reads for each block of
-///   positions outgrow the cache).
+///   direct input gradient, 0.70 of GEMM's (wall clock 0.72-0.80); the weight gradient (direct
+///   1.5x slower) stays on GEMM, as do the other stride-2 layers' input and weight gradients
+///   (the per-image direct kernel 1.1-4x slower: with 256-512 channels, the weights it reads
+///   for each block of positions outgrow the cache).
+/// - The forward of the dense stride-2 layers takes the dense kernel over the whole batch
+///   (`direct3x3_dense.rs`, weights in L1-sized blocks of input channels). CPU time of 2
+///   threads, best of 6, against the whole-batch or per-image GEMM: 0.80 / 0.79 (batch 16 /
+///   32) from 14x14 to 7x7 with 256 channels, 0.86 / 0.92 from 28x28 with 128, 0.90 from 7x7
+///   to 4x4 with 512 at batch 32 and 1.11 at batch 16 (GEMM kept there: the weights, read once
+///   per call, outweigh the input). In a ResNet-50 batch-32 step (2 alternating rounds) these
+///   forwards went 15.1-18.3 -> 9.0-9.1 ms (to 7x7), 17.2-17.4 -> 12.5-12.6 (to 4x4) and 11.4
+///   -> 10.1 (to 14x14).
+/// - 7x7 with 256 channels: the dense kernel's forward and input gradient, 0.84-0.86 of
+///   F(4x4)'s CPU time at batch 16 and 32 (input gradient 0.97 at batch 32); in the ResNet-50
+///   step the five layers' eval forwards went 40.8-43.3 -> 37.1-38.5 ms. The 4x4 maps with
+///   512 channels and 14x14 with 128 stay where they were (the dense kernel level or slower).
 ///
 /// The rest stands (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes, and the
 /// direct kernel took 1.5-2x GEMM's there, for the same reason).
@@ -189,10 +226,13 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let full_width = avx512_full_width();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
-        return if full_width && shape && pass == Pass::InputGrad {
-            Dense::Direct
-        } else {
-            Dense::Gemm
+        // 4x4 outputs (512 channels) read more weights than input: batch 32 and up.
+        let dense = g.batch >= 16
+            && ((150..=400).contains(&pixels) || (37..=64).contains(&pixels) || g.batch >= 32);
+        return match pass {
+            Pass::Forward if full_width && dense => Dense::OverBatch,
+            Pass::InputGrad if full_width && shape => Dense::Direct,
+            _ => Dense::Gemm,
         };
     }
     if !winograd_fits(g) || g.batch < 16 {
@@ -200,6 +240,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     }
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
+        (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),

@@ -1,0 +1,572 @@
+//! The direct 3x3 kernel for dense layers on Intel CPUs with AVX-512: output positions of the
+//! whole batch in one list, 64 output channels in four vectors, and the weights of 8 input
+//! channels at a time held in the L1 cache.
+//!
+//! The per-image kernels (`direct3x3.rs`, `direct3x3_wide.rs`) read every input channel's
+//! weights for each block of positions. On a dense layer with 256-512 channels that is
+//! 0.6-2.4 MB per block, more than the cache holds, and on a 7x7 or 4x4 map an image has too few
+//! positions to pay for reading them again; im2col + GEMM copies each input value 9 times
+//! (2.25 at stride 2) before `gemm` packs it once more. Here:
+//!
+//! - The input is copied once, each map framed by a zero border (`(H + 2) x (W + 2)`), and
+//!   every output position of a group of images is an offset into that copy: positions run
+//!   across rows and images, none computed to be thrown away (the per-image kernels round each
+//!   map up to whole blocks on rows of `W + 1`).
+//! - The weights are packed per block of 64 output channels, `(C_in, 9, 64)`, so that the 8
+//!   input channels one pass reads (18 KiB) lie together in the L1 cache; each pass runs over
+//!   every position of the group before the next 8 channels.
+//! - A register block is 6 positions x 64 channels (24 accumulators): per (input channel,
+//!   tap), 4 weight vectors and 6 broadcast input values feed 24 fused multiply-adds. Between
+//!   passes the sums wait in a buffer of the group's positions (`(positions, 64)`); after the
+//!   last they are written to the NCHW output.
+//!
+//! Each output value is one chain of fused multiply-adds from zero: input channels in order,
+//! the 9 taps in row-major order within each. A sum stored between passes is the f32 the
+//! register held, so the values do not depend on the blocking, the grouping of images or the
+//! number of threads.
+//!
+//! The forward runs it at stride 1 and 2. The stride-1 input gradient is the same computation
+//! on the output gradient with the weights flipped in both spatial axes and their channels
+//! swapped (`input_grad_into`). Which layers take it is `select.rs`'s measured choice.
+
+use super::forward::Epilogue;
+use super::geometry::ConvGeometry;
+use super::scratch::Scratch;
+use rayon::prelude::*;
+
+/// Output channels per vector.
+const LANES: usize = 16;
+/// Output channels per block: four vectors.
+const CO_BLOCK: usize = 4 * LANES;
+/// Input channels per pass over the positions: their weights, 8 x 9 x 64 values (18 KiB).
+const CI_BLOCK: usize = 8;
+/// Output positions per register block.
+const P: usize = 6;
+
+/// True when the kernel can compute `g` on this CPU: dense, 3x3, padding 1, stride 1 or 2,
+/// a multiple of 64 output channels and of 8 input channels, on an Intel CPU with AVX-512
+/// (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
+/// channel counts swapped ([`input_grad_fits`]).
+pub(super) fn forward_fits(g: &ConvGeometry) -> bool {
+    dense_3x3(g) && fits(g.in_channels, g.out_channels)
+}
+
+/// True when the kernel can compute the input gradient of `g`: stride 1, and the
+/// transposed convolution's channels (`C_out` in, `C_in` out) as [`forward_fits`] needs them.
+pub(super) fn input_grad_fits(g: &ConvGeometry) -> bool {
+    dense_3x3(g) && g.stride == 1 && fits(g.out_channels, g.in_channels)
+}
+
+fn dense_3x3(g: &ConvGeometry) -> bool {
+    g.groups == 1
+        && g.kernel_h == 3
+        && g.kernel_w == 3
+        && g.padding == 1
+        && matches!(g.stride, 1 | 2)
+}
+
+fn fits(kernel_in: usize, kernel_out: usize) -> bool {
+    kernel_out.is_multiple_of(CO_BLOCK)
+        && kernel_in.is_multiple_of(CI_BLOCK)
+        && super::select::avx512_full_width()
+}
+
+/// One convolution as the kernel computes it: `c_in` input maps of `h x w` per image,
+/// `c_out` output maps of `oh x ow`.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Dims {
+    /// Width of a bordered input map.
+    fn row(&self) -> usize {
+        self.w + 2
+    }
+
+    /// Values of a bordered input map.
+    fn plane(&self) -> usize {
+        (self.h + 2) * self.row()
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// Forward pass into `y` (every value written), then `then(image, y_image)` on each image's
+/// output once it is complete.
+pub(super) fn forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: Epilogue<'_>,
+) {
+    assert!(forward_fits(g), "direct3x3_dense: {g:?} does not fit");
+    let (c_in, c_out) = (g.in_channels, g.out_channels);
+    let packed = pack(c_in, c_out, |o, i, t| w[(o * c_in + i) * 9 + t]);
+    let dims = Dims {
+        batch: g.batch,
+        c_in,
+        c_out,
+        h: g.in_h,
+        w: g.in_w,
+        stride: g.stride,
+        oh: g.out_h,
+        ow: g.out_w,
+    };
+    convolve(&dims, x, &packed, y, then);
+}
+
+/// Stride-1 input gradient into `dx` (every value written): the "same" convolution of `dy`
+/// with `w` flipped in both spatial axes, input and output channels swapped.
+pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    assert!(input_grad_fits(g), "direct3x3_dense: {g:?} does not fit");
+    let (c_in, c_out) = (g.in_channels, g.out_channels);
+    // Kernel output channel `i` (an input channel of the layer), kernel input `o`, tap `t`.
+    let packed = pack(c_out, c_in, |i, o, t| w[(o * c_in + i) * 9 + 8 - t]);
+    let dims = Dims {
+        batch: g.batch,
+        c_in: c_out,
+        c_out: c_in,
+        h: g.out_h,
+        w: g.out_w,
+        stride: 1,
+        oh: g.in_h,
+        ow: g.in_w,
+    };
+    convolve(&dims, dy, &packed, dx, &|_, _| {});
+}
+
+/// The weights `weight(out, in, tap)` of `kernel_out` output and `kernel_in` input channels
+/// as the kernel reads them: per block of 64 output channels, `(kernel_in, 9, 64)`.
+fn pack(
+    kernel_in: usize,
+    kernel_out: usize,
+    weight: impl Fn(usize, usize, usize) -> f32 + Sync,
+) -> Scratch {
+    let mut packed = Scratch::take(kernel_out * kernel_in * 9);
+    // 16 output channels at a time: 16 runs of the layer's weights read in order, whole
+    // cache lines written.
+    packed
+        .par_chunks_mut(kernel_in * 9 * CO_BLOCK)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            for lanes in (0..CO_BLOCK).step_by(LANES) {
+                let out = block * CO_BLOCK + lanes;
+                for (j, dst) in dst.chunks_exact_mut(CO_BLOCK).enumerate() {
+                    let (i, t) = (j / 9, j % 9);
+                    for (l, v) in dst[lanes..lanes + LANES].iter_mut().enumerate() {
+                        *v = weight(out + l, i, t);
+                    }
+                }
+            }
+        });
+    packed
+}
+
+/// Copies NCHW `x` (`batch x c_in` maps of `h x w`) into `(batch, c_in, h + 2, w + 2)` with
+/// a zero border, in parallel over maps.
+fn bordered(d: &Dims, x: &[f32]) -> Scratch {
+    let (row, plane, map) = (d.row(), d.plane(), d.h * d.w);
+    assert_eq!(
+        x.len(),
+        d.batch * d.c_in * map,
+        "direct3x3_dense: input length"
+    );
+    let mut out = Scratch::take(d.batch * d.c_in * plane);
+    out.par_chunks_mut(plane)
+        .zip(x.par_chunks(map))
+        .for_each(|(dst, src)| {
+            dst[..row].fill(0.0);
+            dst[(d.h + 1) * row..].fill(0.0);
+            for (y, src_row) in src.chunks_exact(d.w).enumerate() {
+                let dst_row = &mut dst[(y + 1) * row..(y + 2) * row];
+                dst_row[0] = 0.0;
+                dst_row[1..=d.w].copy_from_slice(src_row);
+                dst_row[d.w + 1] = 0.0;
+            }
+        });
+    out
+}
+
+/// Images per parallel task when the tasks split the batch: about two tasks per thread (each
+/// reads all the weights once, so not more), at least one image.
+fn images_per_task(batch: usize) -> usize {
+    batch.div_ceil(2 * rayon::current_num_threads()).max(1)
+}
+
+/// `y[n][co][p] = sum_ci sum_t packed(co, ci, t) * x_bordered[n][ci][p + tap t]` for every
+/// image, output channel and position, then `then(image, y_image)` on each image.
+///
+/// Each task reads all the weights of its output channels and all the input of its images.
+/// Where the weights are the larger (small maps, many channels), the tasks split the output
+/// channels, every task over the whole batch, and the epilogue runs once all are done;
+/// elsewhere they split the batch into groups of images.
+fn convolve(d: &Dims, x: &[f32], packed: &[f32], y: &mut [f32], then: Epilogue<'_>) {
+    let opix = d.out_pixels();
+    assert_eq!(
+        y.len(),
+        d.batch * d.c_out * opix,
+        "direct3x3_dense: output length"
+    );
+    assert_eq!(
+        packed.len(),
+        d.c_out * d.c_in * 9,
+        "direct3x3_dense: weights"
+    );
+    let x = bordered(d, x);
+    let image_out = d.c_out * opix;
+    if packed.len() > x.len() {
+        let out = SharedOutput(y.as_mut_ptr(), y.len());
+        (0..d.c_out / CO_BLOCK).into_par_iter().for_each(|block| {
+            let out = &out;
+            let co = block * CO_BLOCK..(block + 1) * CO_BLOCK;
+            // SAFETY: `forward_fits` / `input_grad_fits` checked AVX-512; each task writes
+            // only its own output channels, of `out`'s `out.1` values (checked inside).
+            unsafe { convolve_images(d, d.batch, &x, packed, (out.0, out.1), co) };
+        });
+        y.par_chunks_mut(image_out)
+            .enumerate()
+            .for_each(|(n, y_image)| then(n, y_image));
+        return;
+    }
+    let per_task = images_per_task(d.batch);
+    y.par_chunks_mut(per_task * image_out)
+        .zip(x.par_chunks(per_task * d.c_in * d.plane()))
+        .enumerate()
+        .for_each(|(task, (y_task, x_task))| {
+            let images = y_task.len() / image_out;
+            let out = (y_task.as_mut_ptr(), y_task.len());
+            // SAFETY: as above; the task's output is its own slice.
+            unsafe { convolve_images(d, images, x_task, packed, out, 0..d.c_out) };
+            for (i, y_image) in y_task.chunks_exact_mut(image_out).enumerate() {
+                then(task * per_task + i, y_image);
+            }
+        });
+}
+
+/// The output of [`convolve`] shared by tasks that write disjoint channels of it: its start
+/// and length.
+struct SharedOutput(*mut f32, usize);
+
+// SAFETY: the tasks given it write disjoint values, and `convolve` holds the `&mut` borrow of
+// the output until they have all ended.
+unsafe impl Sync for SharedOutput {}
+
+/// [`convolve`] for output channels `co` of the `images` images of one task: `x` their
+/// bordered maps, `y` (start and length) their output maps.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `y` is valid for writes of its length, and no other thread
+/// touches channels `co` of it meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn convolve_images(
+    d: &Dims,
+    images: usize,
+    x: &[f32],
+    packed: &[f32],
+    (y, y_len): (*mut f32, usize),
+    co: std::ops::Range<usize>,
+) {
+    let (row, plane, opix) = (d.row(), d.plane(), d.out_pixels());
+    let positions = images * opix;
+    let blocks = positions.div_ceil(P);
+    // Each position's top-left read in `x` and its value's index in `y` (channel 0); the last
+    // block's spare slots repeat the last position and are not written back.
+    let (mut reads, mut writes) = (
+        Vec::with_capacity(blocks * P),
+        Vec::with_capacity(blocks * P),
+    );
+    for q in 0..blocks * P {
+        let (image, pixel) = (q.min(positions - 1) / opix, q.min(positions - 1) % opix);
+        let (oy, ox) = (pixel / d.ow, pixel % d.ow);
+        reads.push(image * d.c_in * plane + d.stride * (oy * row + ox));
+        writes.push(image * d.c_out * opix + pixel);
+    }
+    let taps: [usize; 9] = std::array::from_fn(|t| (t / 3) * row + t % 3);
+    let last_read = reads[blocks * P - 1] + (d.c_in - 1) * plane + taps[8];
+    let last_write = writes[blocks * P - 1] + (d.c_out - 1) * opix;
+    assert!(
+        x.len() == images * d.c_in * plane
+            && last_read < x.len()
+            && y_len == images * d.c_out * opix
+            && last_write < y_len
+            && packed.len() == d.c_out * d.c_in * 9
+            && co.start.is_multiple_of(CO_BLOCK)
+            && co.end <= d.c_out
+            && d.c_out.is_multiple_of(CO_BLOCK)
+            && d.c_in.is_multiple_of(CI_BLOCK),
+        "direct3x3_dense: operands do not fit {d:?}"
+    );
+    let mut sums = Scratch::take(blocks * P * CO_BLOCK);
+    for co in co.step_by(CO_BLOCK) {
+        let block_weights = &packed[co * d.c_in * 9..][..d.c_in * 9 * CO_BLOCK];
+        for ci in (0..d.c_in).step_by(CI_BLOCK) {
+            let pass = ChannelPass {
+                x: x.as_ptr().add(ci * plane),
+                plane,
+                taps: &taps,
+                w: block_weights.as_ptr().add(ci * 9 * CO_BLOCK),
+                channels: CI_BLOCK,
+                first: ci == 0,
+            };
+            let last = ci + CI_BLOCK == d.c_in;
+            for b in 0..blocks {
+                let sums = sums.as_mut_ptr().add(b * P * CO_BLOCK);
+                let acc = pass.block(&reads[b * P..][..P], sums);
+                if last {
+                    let valid = (positions - b * P).min(P);
+                    write_back(&acc, (y, &writes[b * P..][..valid], co, opix));
+                } else {
+                    store(&acc, sums);
+                }
+            }
+        }
+    }
+}
+
+/// Never called: the kernel fits only x86-64 CPUs with AVX-512.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn convolve_images(
+    _: &Dims,
+    _: usize,
+    _: &[f32],
+    _: &[f32],
+    _: (*mut f32, usize),
+    _: std::ops::Range<usize>,
+) {
+    unreachable!("direct3x3_dense runs only on x86-64")
+}
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{
+    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+};
+
+/// One pass of `channels` input channels over register blocks of positions.
+#[cfg(target_arch = "x86_64")]
+struct ChannelPass<'a> {
+    /// The first input channel's bordered map of the task's first image.
+    x: *const f32,
+    /// Values between consecutive input channels' maps.
+    plane: usize,
+    /// Offset of each tap's read from a position's top-left read.
+    taps: &'a [usize; 9],
+    /// The first input channel's packed weights of this block of output channels.
+    w: *const f32,
+    channels: usize,
+    /// The first pass starts from zero, the others from the sums stored by the one before.
+    first: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChannelPass<'_> {
+    /// The 6 x 4 vectors of sums of positions `reads` after this pass.
+    ///
+    /// # Safety
+    /// AVX-512F; every read `reads[k] + c * plane + taps[t]` (`c < channels`) lies in the input,
+    /// and `sums` holds 6 x 64 values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block(&self, reads: &[usize], sums: *const f32) -> [[__m512; 4]; P] {
+        let mut acc = [[_mm512_setzero_ps(); 4]; P];
+        if !self.first {
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                for (v, a) in acc_k.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(sums.add(k * CO_BLOCK + v * LANES));
+                }
+            }
+        }
+        // (No closures here: they would not inherit the target feature, nor be inlined.)
+        let mut inputs = [self.x; P];
+        for (input, &read) in inputs.iter_mut().zip(reads) {
+            *input = self.x.add(read);
+        }
+        for c in 0..self.channels {
+            let w_c = self.w.add(c * 9 * CO_BLOCK);
+            let channel = c * self.plane;
+            for (t, &tap) in self.taps.iter().enumerate() {
+                let read = channel + tap;
+                let mut wv = [_mm512_setzero_ps(); 4];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm512_loadu_ps(w_c.add(t * CO_BLOCK + v * LANES));
+                }
+                for (acc_k, input) in acc.iter_mut().zip(inputs) {
+                    let xv = _mm512_set1_ps(*input.add(read));
+                    for (a, wv) in acc_k.iter_mut().zip(wv) {
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Stores a register block's sums for the next pass.
+///
+/// # Safety
+/// AVX-512F; `sums` holds 6 x 64 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store(acc: &[[__m512; 4]; P], sums: *mut f32) {
+    for (k, acc_k) in acc.iter().enumerate() {
+        for (v, a) in acc_k.iter().enumerate() {
+            _mm512_storeu_ps(sums.add(k * CO_BLOCK + v * LANES), *a);
+        }
+    }
+}
+
+/// Writes a register block's final sums to the NCHW output: position `k < writes.len()` of
+/// channel `co + j` at `y[writes[k] + (co + j) * opix]`.
+///
+/// # Safety
+/// AVX-512F; every such index lies in the output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn write_back(
+    acc: &[[__m512; 4]; P],
+    (y, writes, co, opix): (*mut f32, &[usize], usize, usize),
+) {
+    let mut block = [[0.0f32; CO_BLOCK]; P];
+    store(acc, block.as_mut_ptr().cast());
+    for (values, &at) in block.iter().zip(writes) {
+        let position = y.add(co * opix + at);
+        for (j, &v) in values.iter().enumerate() {
+            *position.add(j * opix) = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain loop the kernel must equal bit for bit: per output, input channels in order,
+    /// taps in row-major order, one fused multiply-add chain from zero; zero padding 1.
+    fn plain(d: &Dims, x: &[f32], weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+        let mut y = vec![0.0f32; d.batch * d.c_out * d.out_pixels()];
+        for n in 0..d.batch {
+            for o in 0..d.c_out {
+                for oy in 0..d.oh {
+                    for ox in 0..d.ow {
+                        let mut s = 0.0f32;
+                        for i in 0..d.c_in {
+                            for t in 0..9 {
+                                let iy = (d.stride * oy + t / 3) as isize - 1;
+                                let ix = (d.stride * ox + t % 3) as isize - 1;
+                                let inside = (0..d.h as isize).contains(&iy)
+                                    && (0..d.w as isize).contains(&ix);
+                                let v = if inside {
+                                    x[((n * d.c_in + i) * d.h + iy as usize) * d.w + ix as usize]
+                                } else {
+                                    0.0
+                                };
+                                s = weight(o, i, t).mul_add(v, s);
+                            }
+                        }
+                        y[((n * d.c_out + o) * d.oh + oy) * d.ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(2654435761).rotate_left(13) ^ seed;
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forward_and_input_grad_are_the_plain_loop_bit_for_bit() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the kernel runs only on Intel CPUs with AVX-512");
+            return;
+        }
+        // (batch, c_in, c_out, h, w, stride): positions that end mid-block, blocks that span
+        // images, 1 and 2 blocks of output channels, 1-3 passes of input channels, odd and
+        // even maps at stride 2.
+        for (batch, c_in, c_out, h, w, stride) in [
+            (3, 8, 64, 5, 7, 1),
+            (2, 24, 128, 4, 4, 1),
+            (5, 16, 64, 7, 7, 2),
+            (2, 8, 64, 6, 9, 2),
+            (1, 16, 64, 1, 1, 1),
+        ] {
+            let g = ConvGeometry::new(&[batch, c_in, h, w], &[c_out, c_in, 3, 3], stride, 1, 1)
+                .unwrap();
+            let x = values(batch * c_in * h * w, 7);
+            let wt = values(c_out * c_in * 9, 11);
+            let mut y = vec![f32::NAN; g.units() * g.out_unit_len()];
+            let seen = std::sync::Mutex::new(Vec::new());
+            forward_into(&g, &x, &wt, &mut y, &|n, y_n| {
+                assert!(y_n.iter().all(|v| v.is_finite()));
+                seen.lock().unwrap().push(n);
+            });
+            let d = Dims {
+                batch,
+                c_in,
+                c_out,
+                h,
+                w,
+                stride,
+                oh: g.out_h,
+                ow: g.out_w,
+            };
+            let want = plain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
+            assert!(
+                y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "forward {d:?}"
+            );
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..batch).collect::<Vec<_>>(),
+                "epilogue once per image"
+            );
+        }
+        // Input gradient: 64 input channels (the transposed kernel's outputs), 8 and 16 out.
+        for (batch, c_in, c_out, h, w) in [(2, 64, 8, 5, 6), (3, 128, 16, 4, 4)] {
+            let g = ConvGeometry::new(&[batch, c_in, h, w], &[c_out, c_in, 3, 3], 1, 1, 1).unwrap();
+            let dy = values(batch * c_out * h * w, 3);
+            let wt = values(c_out * c_in * 9, 5);
+            let mut dx = vec![f32::NAN; batch * c_in * h * w];
+            input_grad_into(&g, &dy, &wt, &mut dx);
+            let d = Dims {
+                batch,
+                c_in: c_out,
+                c_out: c_in,
+                h,
+                w,
+                stride: 1,
+                oh: h,
+                ow: w,
+            };
+            let want = plain(&d, &dy, |i, o, t| wt[(o * c_in + i) * 9 + 8 - t]);
+            assert!(
+                dx.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "input gradient {d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The dense direct 3x3 kernel over the whole batch (conv2d/direct3x3_dense.rs) against the
+//! im2col + GEMM passes on the same inputs: the forward at stride 1 and 2 and the stride-1
+//! input gradient of dense 3x3 padding-1 convolutions, over maps from 1x1 to 14x14 (odd,
+//! non-square, fewer positions than one register block, blocks that span images), with the
+//! kernel forced (`Algorithm::DirectDense`); which ResNet-50 layers `Algorithm::Auto` gives it;
+//! and bit-identical results under rayon pools of 1, 2 and 3 threads. It runs only on Intel
+//! CPUs with AVX-512; elsewhere the tests say so and check that nothing takes it.
+
+use candle_core::Result;
+use mtanet_kernels::conv2d::{direct_dense, with_algorithm, Algorithm, Pass};
+use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+
+mod support;
+use support::{pseudo_random, relative_error, same_bits_on_1_2_3_threads, PASSES};
+
+/// (batch, in channels, out channels, height, width, stride).
+type Shape = [usize; 6];
+
+const SHAPES: &[Shape] = &[
+    [3, 64, 64, 7, 7, 2],
+    [2, 128, 64, 14, 14, 2],
+    [2, 64, 128, 5, 6, 2],
+    [1, 64, 64, 9, 11, 2],
+    [2, 16, 64, 3, 5, 2],
+    [2, 256, 256, 7, 7, 1],
+    [3, 64, 128, 4, 4, 1],
+    [2, 64, 64, 1, 1, 1],
+    [2, 8, 64, 6, 3, 1],
+    [1, 128, 192, 2, 9, 1],
+];
+
+fn geometry(&[n, c_in, c_out, h, w, stride]: &Shape) -> Result<ConvGeometry> {
+    ConvGeometry::new(&[n, c_in, h, w], &[c_out, c_in, 3, 3], stride, 1, 1)
+}
+
+/// Output, input gradient and weight gradient of one shape, with `algorithm` forced.
+fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3]> {
+    let g = geometry(shape)?;
+    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed, 1.0, 0.0)?;
+    let wt = pseudo_random(&[g.out_channels, g.in_channels, 3, 3], seed + 1, 1.0, 0.0)?;
+    let dy = pseudo_random(
+        &[g.batch, g.out_channels, g.out_h, g.out_w],
+        seed + 2,
+        1.0,
+        0.0,
+    )?;
+    let op = Conv2d {
+        stride: g.stride,
+        padding: 1,
+        groups: 1,
+    };
+    with_algorithm(algorithm, || {
+        let y = x.apply_op2_no_bwd(&wt, &op)?;
+        let dx = dy.apply_op2_no_bwd(&wt, &Conv2dInputGrad { geometry: g })?;
+        let dw = x.apply_op2_no_bwd(&dy, &Conv2dWeightGrad { geometry: g })?;
+        Ok([
+            y.flatten_all()?.to_vec1()?,
+            dx.flatten_all()?.to_vec1()?,
+            dw.flatten_all()?.to_vec1()?,
+        ])
+    })
+}
+
+/// Whether this CPU runs the kernel at all (an Intel CPU with AVX-512).
+fn runs_here() -> Result<bool> {
+    let g = geometry(&SHAPES[0])?;
+    Ok(with_algorithm(Algorithm::DirectDense, || {
+        direct_dense(&g, Pass::Forward)
+    }))
+}
+
+/// Under `Algorithm::DirectDense` every shape's forward takes the kernel, the input gradient
+/// at stride 1 where the channels fit, the weight gradient never; `Algorithm::Auto` gives it
+/// the ResNet-50 layers it was measured faster on at 112x112 input and keeps the others.
+#[test]
+fn the_shapes_take_the_dense_kernel() -> Result<()> {
+    if !runs_here()? {
+        eprintln!("not an Intel CPU with AVX-512: the dense kernel is off");
+        for shape in SHAPES {
+            let g = geometry(shape)?;
+            let any = with_algorithm(Algorithm::DirectDense, || {
+                [Pass::Forward, Pass::InputGrad].map(|p| direct_dense(&g, p))
+            });
+            assert_eq!(any, [false; 2], "{shape:?}");
+        }
+        return Ok(());
+    }
+    for shape in SHAPES {
+        let g = geometry(shape)?;
+        let passes = with_algorithm(Algorithm::DirectDense, || {
+            [Pass::Forward, Pass::InputGrad, Pass::WeightGrad].map(|p| direct_dense(&g, p))
+        });
+        let input_grad = g.stride == 1 && g.in_channels % 64 == 0;
+        assert_eq!(passes, [true, input_grad, false], "{shape:?}");
+        let off = with_algorithm(Algorithm::Gemm, || direct_dense(&g, Pass::Forward));
+        assert!(!off, "{shape:?}: Algorithm::Gemm must turn it off");
+    }
+    // (shape, forward, input gradient) under Algorithm::Auto.
+    for (shape, forward, input_grad) in [
+        ([32, 128, 128, 28, 28, 2], true, false),
+        ([16, 256, 256, 14, 14, 2], true, false),
+        ([32, 512, 512, 7, 7, 2], true, false),
+        ([16, 512, 512, 7, 7, 2], false, false),
+        ([16, 256, 256, 7, 7, 1], true, true),
+        ([32, 256, 256, 7, 7, 1], true, true),
+        ([32, 512, 512, 4, 4, 1], false, false),
+        ([32, 128, 128, 14, 14, 1], false, false),
+        ([32, 64, 64, 28, 28, 1], false, false),
+    ] {
+        let g = geometry(&shape)?;
+        let auto = [Pass::Forward, Pass::InputGrad].map(|p| direct_dense(&g, p));
+        assert_eq!(
+            auto,
+            [forward, input_grad],
+            "{shape:?} under Algorithm::Auto"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn dense_kernel_matches_gemm() -> Result<()> {
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let reference = passes(Algorithm::Gemm, shape, seed)?;
+        let ours = passes(Algorithm::DirectDense, shape, seed)?;
+        for (what, (a, b)) in PASSES.iter().zip(ours.iter().zip(&reference)) {
+            let e = relative_error(a, b);
+            assert!(e <= 2e-6, "{shape:?}: {what} relative error {e}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn same_bits_with_one_two_and_three_threads() -> Result<()> {
+    same_bits_on_1_2_3_threads("dense direct", SHAPES, |shape, seed| {
+        passes(Algorithm::DirectDense, shape, seed)
+    })
+}
