@@ -8,10 +8,10 @@
 
 use candle_core::Result;
 use mtanet_kernels::conv2d::{direct_dense, with_algorithm, Algorithm, Pass};
-use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
+use mtanet_kernels::ConvGeometry;
 
 mod support;
-use support::{pseudo_random, relative_error, same_bits_on_1_2_3_threads, PASSES};
+use support::{conv_passes, relative_error, same_bits_on_1_2_3_threads, PASSES};
 
 /// (batch, in channels, out channels, height, width, stride).
 type Shape = [usize; 6];
@@ -35,30 +35,7 @@ fn geometry(&[n, c_in, c_out, h, w, stride]: &Shape) -> Result<ConvGeometry> {
 
 /// Output, input gradient and weight gradient of one shape, with `algorithm` forced.
 fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3]> {
-    let g = geometry(shape)?;
-    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed, 1.0, 0.0)?;
-    let wt = pseudo_random(&[g.out_channels, g.in_channels, 3, 3], seed + 1, 1.0, 0.0)?;
-    let dy = pseudo_random(
-        &[g.batch, g.out_channels, g.out_h, g.out_w],
-        seed + 2,
-        1.0,
-        0.0,
-    )?;
-    let op = Conv2d {
-        stride: g.stride,
-        padding: 1,
-        groups: 1,
-    };
-    with_algorithm(algorithm, || {
-        let y = x.apply_op2_no_bwd(&wt, &op)?;
-        let dx = dy.apply_op2_no_bwd(&wt, &Conv2dInputGrad { geometry: g })?;
-        let dw = x.apply_op2_no_bwd(&dy, &Conv2dWeightGrad { geometry: g })?;
-        Ok([
-            y.flatten_all()?.to_vec1()?,
-            dx.flatten_all()?.to_vec1()?,
-            dw.flatten_all()?.to_vec1()?,
-        ])
-    })
+    conv_passes(algorithm, &geometry(shape)?, seed)
 }
 
 /// Whether this CPU runs the kernel at all (an Intel CPU with AVX-512).

@@ -119,6 +119,46 @@ pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
     diff / scale.max(1e-12)
 }
 
+/// Output, input gradient and weight gradient of the padding-1 convolution `g` (3x3, any
+/// stride and groups) on pseudo-random input, weight and output gradient from `seed`, each pass
+/// run with `algorithm` forced.
+#[allow(dead_code)]
+pub fn conv_passes(
+    algorithm: mtanet_kernels::conv2d::Algorithm,
+    g: &mtanet_kernels::ConvGeometry,
+    seed: u64,
+) -> Result<[Vec<f32>; 3]> {
+    use mtanet_kernels::{Conv2d, Conv2dInputGrad, Conv2dWeightGrad};
+    let x = pseudo_random(&[g.batch, g.in_channels, g.in_h, g.in_w], seed, 1.0, 0.0)?;
+    let wt = pseudo_random(
+        &[g.out_channels, g.group_in_channels(), 3, 3],
+        seed + 1,
+        1.0,
+        0.0,
+    )?;
+    let dy = pseudo_random(
+        &[g.batch, g.out_channels, g.out_h, g.out_w],
+        seed + 2,
+        1.0,
+        0.0,
+    )?;
+    let op = Conv2d {
+        stride: g.stride,
+        padding: 1,
+        groups: g.groups,
+    };
+    mtanet_kernels::conv2d::with_algorithm(algorithm, || {
+        let y = x.apply_op2_no_bwd(&wt, &op)?;
+        let dx = dy.apply_op2_no_bwd(&wt, &Conv2dInputGrad { geometry: *g })?;
+        let dw = x.apply_op2_no_bwd(&dy, &Conv2dWeightGrad { geometry: *g })?;
+        Ok([
+            y.flatten_all()?.to_vec1()?,
+            dx.flatten_all()?.to_vec1()?,
+            dw.flatten_all()?.to_vec1()?,
+        ])
+    })
+}
+
 /// The names of a convolution's three passes, in the order `run` returns them below.
 #[allow(dead_code)]
 pub const PASSES: [&str; 3] = ["output", "input grad", "weight grad"];
