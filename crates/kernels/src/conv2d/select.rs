@@ -226,9 +226,13 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let full_width = avx512_full_width();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
-        // 4x4 outputs (512 channels) read more weights than input: batch 32 and up.
-        let dense = g.batch >= 16
-            && ((150..=400).contains(&pixels) || (37..=64).contains(&pixels) || g.batch >= 32);
+        // The outputs measured at 112x112 input: 14x14, 7x7, and 4x4 (512 channels, whose
+        // weights outweigh the input below batch 32).
+        let dense = match pixels {
+            150..=400 | 37..=64 => g.batch >= 16,
+            10..=36 => g.batch >= 32,
+            _ => false,
+        };
         return match pass {
             Pass::Forward if full_width && dense => Dense::OverBatch,
             Pass::InputGrad if full_width && shape => Dense::Direct,
