@@ -205,8 +205,9 @@ enum Dense {
 ///   1.5x slower) stays on GEMM, as do the other stride-2 layers' input and weight gradients
 ///   (the per-image direct kernel 1.1-4x slower: with 256-512 channels, the weights it reads
 ///   for each block of positions outgrow the cache).
-/// - The forward of the dense stride-2 layers takes the dense kernel over the whole batch
-///   (`direct3x3_dense.rs`, weights in L1-sized blocks of input channels). CPU time of 2
+/// - The forward of the dense stride-2 layers with the output sizes measured (14x14, 7x7, 4x4)
+///   takes the dense kernel over the whole batch (`direct3x3_dense.rs`, weights in L1-sized
+///   blocks of input channels); other sizes stay on GEMM. CPU time of 2
 ///   threads, best of 6, against the whole-batch or per-image GEMM: 0.80 / 0.79 (batch 16 /
 ///   32) from 14x14 to 7x7 with 256 channels, 0.86 / 0.92 from 28x28 with 128, 0.90 from 7x7
 ///   to 4x4 with 512 at batch 32 and 1.11 at batch 16 (GEMM kept there: the weights, read once
