@@ -29,6 +29,7 @@
 //! on the output gradient with the weights flipped in both spatial axes and their channels
 //! swapped (`input_grad_into`). Which layers take it is `select.rs`'s measured choice.
 
+use super::direct3x3::spread_rows;
 use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
 use super::scratch::Scratch;
@@ -174,7 +175,8 @@ fn pack(
 }
 
 /// Copies NCHW `x` (`batch x c_in` maps of `h x w`) into `(batch, c_in, h + 2, w + 2)` with
-/// a zero border, in parallel over maps.
+/// a zero border (`direct3x3.rs`'s `spread_rows`, the per-image kernels' zero-bordered planes
+/// on rows of `w + 2`), in parallel over images.
 fn bordered(d: &Dims, x: &[f32]) -> Scratch {
     let (row, plane, map) = (d.row(), d.plane(), d.h * d.w);
     assert_eq!(
@@ -183,18 +185,9 @@ fn bordered(d: &Dims, x: &[f32]) -> Scratch {
         "direct3x3_dense: input length"
     );
     let mut out = Scratch::take(d.batch * d.c_in * plane);
-    out.par_chunks_mut(plane)
-        .zip(x.par_chunks(map))
-        .for_each(|(dst, src)| {
-            dst[..row].fill(0.0);
-            dst[(d.h + 1) * row..].fill(0.0);
-            for (y, src_row) in src.chunks_exact(d.w).enumerate() {
-                let dst_row = &mut dst[(y + 1) * row..(y + 2) * row];
-                dst_row[0] = 0.0;
-                dst_row[1..=d.w].copy_from_slice(src_row);
-                dst_row[d.w + 1] = 0.0;
-            }
-        });
+    out.par_chunks_mut(d.c_in * plane)
+        .zip(x.par_chunks(d.c_in * map))
+        .for_each(|(dst, src)| spread_rows(src, (d.h, d.w), (row, row + 1), dst, plane));
     out
 }
 
