@@ -48,6 +48,11 @@ bench *args:
     {{mtanet}} bench {{args}}
     CANDLE_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 cargo run --release --quiet -p mtanet-kernels --example bench_layers
 
+# A train step and eval forward by convolution shape beside PyTorch's: `just conv-breakdown resnext50_32x4d 32`.
+conv-breakdown backbone batch="32" *args:
+    cargo build --release --quiet
+    python3 scripts/conv_breakdown.py --backbone {{backbone}} --batch {{batch}} {{args}}
+
 # Loader throughput (img/s, 1 and 2 threads) against PIL + torchvision.
 bench-data:
     cargo run --release -p mtanet-affwild2 --example bench_data

@@ -144,10 +144,9 @@ def best_s(steps, warmup, fn):
     return best
 
 
-def bench_model(name, batch, steps, warmup):
-    import json
-    import resource
-    from torch.utils.flop_counter import FlopCounterMode
+def model_steps(name, batch):
+    """(train_step, eval_step, net, x): one MTANet train step (SGD momentum 0.9, weight decay
+    5e-3, CCC + BCE + CE) and one eval forward of `name` on a fixed random batch."""
     torch.manual_seed(7)
     net = build_mtanet(name)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-3)
@@ -169,6 +168,14 @@ def bench_model(name, batch, steps, warmup):
         with torch.no_grad():
             net(x)[2].sum().item()
 
+    return train_step, eval_step, net, x
+
+
+def bench_model(name, batch, steps, warmup):
+    import json
+    import resource
+    from torch.utils.flop_counter import FlopCounterMode
+    train_step, eval_step, net, x = model_steps(name, batch)
     train_s = best_s(steps, warmup, train_step)
     net.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
