@@ -16,8 +16,7 @@
 
 use super::geometry::ConvGeometry;
 use super::im2col::{col2im_add, im2col_strided};
-use super::matmul::{matmul, MatRef};
-use super::schedule::gemm_threads;
+use super::matmul::{matmul_by_columns, MatRef};
 use super::scratch::{with_columns, Scratch};
 use rayon::prelude::*;
 
@@ -88,12 +87,10 @@ pub fn forward_into(
     let width = g.batch * p;
     let cols = gather_columns(g, x);
     let mut wide = Scratch::take(c_out * width);
-    matmul(
+    matmul_by_columns(
         &mut wide,
-        false,
         MatRef::row_major(w, c_out, k),
         MatRef::row_major(&cols, k, width),
-        gemm_threads(),
     );
     drop(cols);
     y.par_chunks_mut(c_out * p)
@@ -114,12 +111,10 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     let mut dy_wide = Scratch::take(c_out * width);
     gather_maps(dy, c_out, p, g.batch, &mut dy_wide);
     let mut dcols = Scratch::take(k * width);
-    matmul(
+    matmul_by_columns(
         &mut dcols,
-        false,
         MatRef::row_major(w, c_out, k).t(),
         MatRef::row_major(&dy_wide, c_out, width),
-        gemm_threads(),
     );
     drop(dy_wide);
     if !g.is_pointwise() {
@@ -155,12 +150,10 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dy_wide = Scratch::take(c_out * width);
     gather_maps(dy, c_out, p, g.batch, &mut dy_wide);
     let mut dw = vec![0.0f32; c_out * k];
-    matmul(
+    matmul_by_columns(
         &mut dw,
-        false,
         MatRef::row_major(&dy_wide, c_out, width),
         MatRef::row_major(&cols, k, width).t(),
-        gemm_threads(),
     );
     dw
 }
