@@ -19,7 +19,7 @@
 //! phases are then interleaved back into `dx`. Each value sums output channels in order, then
 //! its taps in row-major order.
 
-use super::direct3x3::{spread_rows, Reads, Taps, POSITION_BLOCK};
+use super::direct3x3::{prefetch_l2, spread_rows, Reads, Taps, POSITION_BLOCK};
 use super::direct3x3_wide::GroupWeights;
 use super::geometry::ConvGeometry;
 use super::schedule::for_each_unit;
@@ -197,8 +197,12 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     // Each phase has at most `ceil(H / 2)` rows, read back from the start of rows of `row`.
     let shape = (row, dy_plane, positions, h.div_ceil(2) * row);
     assert!(h.div_ceil(2) * row <= positions);
+    let units = g.units();
     for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
         let dy_unit = g.output_unit(dy, unit);
+        if unit + 1 < units {
+            prefetch_l2(g.output_unit(dy, unit + 1));
+        }
         let group = g.group_of(unit);
         with_columns(c_out * dy_plane + c_in * positions, |buf| {
             let (grads, out) = buf.split_at_mut(c_out * dy_plane);
