@@ -36,6 +36,7 @@
 
 use super::direct3x3_wide::{runs_wide, transpose_grads, unit_weight_grad_wide, GroupWeights};
 use super::geometry::ConvGeometry;
+use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
 use super::weight_grad::{image_chunk, partials, sum_partials};
@@ -295,23 +296,6 @@ unsafe fn spread_rows_avx2(
         let tail = (start + h * row).min(dst_plane);
         plane[tail..].fill(0.0);
     }
-}
-
-/// Asks the CPU to bring `data` into its L2 cache ahead of use: the next unit's input, whose
-/// short planes (a few cache lines each) the hardware prefetcher does not fetch in time.
-/// A hint only; no value depends on it.
-pub(super) fn prefetch_l2(data: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for i in (0..data.len()).step_by(16) {
-        // SAFETY: `i` is inside `data`; a prefetch reads nothing architecturally.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                data.as_ptr().add(i).cast(),
-            )
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// Copies every `row`-th run of `w` values of each plane of `src` (`src_plane` values each; the

@@ -19,9 +19,10 @@
 //! phases are then interleaved back into `dx`. Each value sums output channels in order, then
 //! its taps in row-major order.
 
-use super::direct3x3::{prefetch_l2, spread_rows, Reads, Taps, POSITION_BLOCK};
+use super::direct3x3::{spread_rows, Reads, Taps, POSITION_BLOCK};
 use super::direct3x3_wide::GroupWeights;
 use super::geometry::ConvGeometry;
+use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
 

@@ -25,6 +25,7 @@ mod geometry;
 mod im2col;
 mod input_grad;
 pub(crate) mod matmul;
+mod prefetch;
 pub(crate) mod schedule;
 mod scratch;
 mod select;
