@@ -40,6 +40,7 @@ mod gate;
 mod gate_mlp;
 mod lane_sums;
 mod max_pool2d;
+mod max_pool2d_rows;
 mod optimizer_step;
 mod packed_grads;
 mod param_grads;

@@ -5,7 +5,9 @@
 //! cells and cells past the edge in ceil mode never take part, and the backward pass adds each
 //! output gradient to that argmax cell.
 
+use crate::max_pool2d_rows as rows;
 use crate::pool_geometry::PoolGeometry;
+use crate::profile::timed;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D,
@@ -241,6 +243,60 @@ fn forward_cpu<T: PoolFloat>(src: &[T], layout: &Layout, g: &PoolGeometry) -> Re
     Ok(out)
 }
 
+/// [`forward_cpu`] for f32 through the AVX-512 rows kernel (`max_pool2d_rows.rs`) where it
+/// applies; the same values.
+fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Result<Vec<f32>> {
+    if !rows::applies(layout, g) {
+        return forward_cpu(src, layout, g);
+    }
+    let at = Strided4::new(layout)?;
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    let mut out = vec![0f32; g.planes * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let src = &src[at.plane_base(plane)..];
+            let mut cells = vec![0u32; ow];
+            for (oy, values) in dst.chunks_exact_mut(ow).enumerate() {
+                rows::row_argmax(src, g, oy, values, &mut cells);
+            }
+        });
+    Ok(out)
+}
+
+/// [`scatter_cpu`] for f32 through the AVX-512 rows kernel where it applies: the same argmax
+/// cells, and each cell's gradients added in the same (row-major output) order.
+fn scatter_f32(
+    src: &[f32],
+    src_layout: &Layout,
+    grad: &[f32],
+    grad_layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<Vec<f32>> {
+    if !rows::applies(src_layout, g) {
+        return scatter_cpu(src, src_layout, grad, grad_layout, g);
+    }
+    let at = Strided4::new(src_layout)?;
+    let gat = Strided4::new(grad_layout)?;
+    let (h, w) = (g.rows.input, g.cols.input);
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    let mut out = vec![0f32; g.planes * h * w];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let src = &src[at.plane_base(plane)..];
+            let gbase = gat.plane_base(plane);
+            let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
+            for oy in 0..oh {
+                rows::row_argmax(src, g, oy, &mut values, &mut cells);
+                for (ox, &cell) in cells.iter().enumerate() {
+                    dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+                }
+            }
+        });
+    Ok(out)
+}
+
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "mtanet-max-pool2d"
@@ -260,7 +316,10 @@ impl CustomOp1 for MaxPool2d {
         let dims = layout.dims();
         let shape = Shape::from((dims[0], dims[1], g.rows.output, g.cols.output));
         let out = match storage {
-            CpuStorage::F32(src) => CpuStorage::F32(forward_cpu(src, layout, &g)?),
+            CpuStorage::F32(src) => CpuStorage::F32(timed(
+                || "max-pool fwd".into(),
+                || forward_f32(src, layout, &g),
+            )?),
             CpuStorage::F64(src) => CpuStorage::F64(forward_cpu(src, layout, &g)?),
             other => bail!(
                 "max_pool2d: only f32 and f64 are supported, got {:?}",
@@ -344,9 +403,10 @@ impl CustomOp2 for MaxPoolScatter {
             )
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(gr)) => {
-                CpuStorage::F32(scatter_cpu(a, l1, gr, l2, &g)?)
-            }
+            (CpuStorage::F32(a), CpuStorage::F32(gr)) => CpuStorage::F32(timed(
+                || "max-pool bwd".into(),
+                || scatter_f32(a, l1, gr, l2, &g),
+            )?),
             (CpuStorage::F64(a), CpuStorage::F64(gr)) => {
                 CpuStorage::F64(scatter_cpu(a, l1, gr, l2, &g)?)
             }
@@ -366,6 +426,66 @@ mod tests {
     use candle_core::{Device, Var};
     use std::collections::HashMap;
     use std::path::PathBuf;
+
+    /// The AVX-512 rows kernel (where this CPU has it) gives the scalar search's values and
+    /// gradients bit for bit: ties, signed zeros, `-inf` and NaN (the first one wins) in the
+    /// windows, padded and ceil-mode edges, rows shorter and longer than sixteen outputs.
+    #[test]
+    fn the_rows_kernel_equals_the_scalar_search_bit_for_bit() -> Result<()> {
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            2.5,
+        ];
+        for (kernel, stride, padding, ceil_mode) in [
+            (3, 2, 1, false),
+            (3, 2, 0, true),
+            (2, 2, 0, false),
+            (3, 1, 1, false),
+        ] {
+            for (h, w) in [(9, 7), (56, 56), (13, 40)] {
+                let op = MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ceil_mode,
+                };
+                let dims = [2, 3, h, w];
+                let g = op.geometry(&dims)?;
+                let layout = Layout::contiguous((2, 3, h, w));
+                let len = 2 * 3 * h * w;
+                // Mostly a few repeated values (ties), some specials, some distinct.
+                let src: Vec<f32> = (0..len)
+                    .map(|i| match (i * 7919) % 23 {
+                        k @ 0..=7 => specials[k],
+                        k @ 8..=15 => (k % 3) as f32,
+                        k => (i % 101) as f32 * 0.37 - k as f32,
+                    })
+                    .collect();
+                let out_len = 2 * 3 * g.rows.output * g.cols.output;
+                let grad: Vec<f32> = (0..out_len).map(|i| (i % 13) as f32 * 0.25 + 0.1).collect();
+                let grad_layout = Layout::contiguous((2, 3, g.rows.output, g.cols.output));
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                let case = format!("k{kernel} s{stride} p{padding} ceil {ceil_mode}, {h}x{w}");
+                assert_eq!(
+                    bits(forward_f32(&src, &layout, &g)?),
+                    bits(forward_cpu(&src, &layout, &g)?),
+                    "forward, {case}"
+                );
+                assert_eq!(
+                    bits(scatter_f32(&src, &layout, &grad, &grad_layout, &g)?),
+                    bits(scatter_cpu(&src, &layout, &grad, &grad_layout, &g)?),
+                    "backward, {case}"
+                );
+            }
+        }
+        Ok(())
+    }
 
     /// Relative error as used across mtanet-rs conformance tests: `max|a-b| / max|b|`.
     fn rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
