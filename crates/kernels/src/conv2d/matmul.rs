@@ -115,19 +115,23 @@ pub fn matmul_strided(
     }
 }
 
-/// Columns per piece below which [`matmul_by_columns`] does not cut a product.
-const MIN_PIECE_COLUMNS: usize = 64;
+/// The fewest columns a piece of [`matmul_by_columns`] has: more than 64, so that no piece
+/// takes gemm's small-matrix path (both sides at most 64, depth blocks of `k.min(512)`), whose
+/// depth blocks differ from the whole product's once `k` exceeds 512.
+const MIN_PIECE_COLUMNS: usize = 65;
 
 /// `dst (m x n, row-major) = lhs (m x k) @ rhs (k x n)` on every rayon thread: the columns of
-/// `dst` cut into one contiguous piece per thread (widths a multiple of 16, at least
-/// [`MIN_PIECE_COLUMNS`]), each piece a single-threaded gemm. With gemm's own threads the
-/// calling thread packs each block of `lhs` while the pool waits; here every thread packs what
-/// its piece reads (the same values as [`matmul`], measured 5-8% faster on the whole-batch
+/// `dst` cut into one contiguous piece per thread, of near-equal widths and each of at least
+/// [`MIN_PIECE_COLUMNS`] (not cut when there are too few), each piece a single-threaded gemm.
+/// With gemm's own threads the calling thread packs each block of `lhs` while the pool waits;
+/// here every thread packs what its piece reads (measured 5-8% faster on the whole-batch
 /// products with a summed dimension of 1024 or more, level on the others).
 ///
-/// The values equal [`matmul`]'s bit for bit, whatever the thread count: gemm sums each
-/// output over `k` in blocks whose size depends on `k` alone (`gemm_common::cache::kernel_params`),
-/// so cutting the columns changes no order of additions (the tests check it).
+/// The values equal [`matmul`]'s bit for bit, whatever the thread count: outside its
+/// small-matrix path, which no piece takes and which a product cut here would not have taken
+/// whole either, gemm sums each output over `k` in blocks whose size depends on `k` alone
+/// (`gemm_common::cache::kernel_params`), so cutting the columns changes no order of
+/// additions. The tests check it, the small-matrix boundary included.
 pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
     let (m, n) = checked_dims(lhs, rhs);
     assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
@@ -135,7 +139,6 @@ pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
     if pieces < 2 {
         return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
     }
-    let width = n.div_ceil(pieces).next_multiple_of(16);
     /// The destination's start, shared by the pieces, which write disjoint columns.
     struct Dst(*mut f32);
     // SAFETY: the pieces write disjoint sets of elements (below), so sharing the pointer
@@ -148,20 +151,20 @@ pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
         }
     }
     let base = Dst(dst.as_mut_ptr());
-    (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
-        let first = p * width;
-        let cols = width.min(n - first);
-        // SAFETY: piece `p` writes rows `0..m`, columns `first..first + cols` of the dense
-        // row-major m x n `dst` (element `(r, c)` at `first + r * n + c`), inside `dst` and
-        // disjoint from every other piece's columns; `dst` stays mutably borrowed until all
-        // pieces end; the views were checked by `checked_dims`.
+    (0..pieces).into_par_iter().for_each(|p| {
+        // Piece `p`: columns `n * p / pieces ..`, at least `n / pieces` of them.
+        let (first, end) = (n * p / pieces, n * (p + 1) / pieces);
+        // SAFETY: piece `p` writes rows `0..m`, columns `first..end` of the dense row-major
+        // m x n `dst` (element `(r, c)` at `first + r * n + c`), inside `dst` and disjoint
+        // from every other piece's columns; `dst` stays mutably borrowed until all pieces
+        // end; the views were checked by `checked_dims`.
         unsafe {
             gemm_into(
                 base.get().add(first),
                 (n, 1),
                 false,
                 lhs,
-                rhs.columns(first, cols),
+                rhs.columns(first, end - first),
                 Parallelism::None,
             )
         }
@@ -262,6 +265,10 @@ mod tests {
             (32, 1100, 390, false),
             (20, 700, 333, true),
             (16, 48, 100, false),
+            // At most 64 rows and 128-195 columns: pieces of 64 or fewer columns would take
+            // gemm's small-matrix depth blocks (`k.min(512)`) instead of the whole product's.
+            (32, 1100, 128, false),
+            (64, 900, 195, true),
         ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
