@@ -327,11 +327,7 @@ mod tests {
             a.iter().filter(|v| **v > 0.0).count() > a.len() / 4,
             "mostly zero"
         );
-        let differ = a
-            .iter()
-            .zip(&b)
-            .filter(|(p, q)| p.to_bits() != q.to_bits())
-            .count();
+        let differ = crate::conv2d::differing_bits(&a, &b);
         assert_eq!(differ, 0, "{differ} of {} values differ", a.len());
         Ok(())
     }

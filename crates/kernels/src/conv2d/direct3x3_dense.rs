@@ -32,6 +32,7 @@
 use super::direct3x3::spread_rows;
 use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
+use super::schedule::SharedOutput;
 use super::scratch::Scratch;
 use rayon::prelude::*;
 
@@ -219,13 +220,12 @@ fn convolve(d: &Dims, x: &[f32], packed: &[f32], y: &mut [f32], then: Epilogue<'
     let x = bordered(d, x);
     let image_out = d.c_out * opix;
     if packed.len() > x.len() {
-        let out = SharedOutput(y.as_mut_ptr(), y.len());
+        let out = SharedOutput::new(y);
         (0..d.c_out / CO_BLOCK).into_par_iter().for_each(|block| {
-            let out = &out;
             let co = block * CO_BLOCK..(block + 1) * CO_BLOCK;
             // SAFETY: `forward_fits` / `input_grad_fits` checked AVX-512; each task writes
-            // only its own output channels, of `out`'s `out.1` values (checked inside).
-            unsafe { convolve_images(d, d.batch, &x, packed, (out.0, out.1), co) };
+            // only its own output channels, of `out`'s `out.len()` values (checked inside).
+            unsafe { convolve_images(d, d.batch, &x, packed, (out.start(), out.len()), co) };
         });
         y.par_chunks_mut(image_out)
             .enumerate()
@@ -246,14 +246,6 @@ fn convolve(d: &Dims, x: &[f32], packed: &[f32], y: &mut [f32], then: Epilogue<'
             }
         });
 }
-
-/// The output of [`convolve`] shared by tasks that write disjoint channels of it: its start
-/// and length.
-struct SharedOutput(*mut f32, usize);
-
-// SAFETY: the tasks given it write disjoint values, and `convolve` holds the `&mut` borrow of
-// the output until they have all ended.
-unsafe impl Sync for SharedOutput {}
 
 /// [`convolve`] for output channels `co` of the `images` images of one task: `x` their
 /// bordered maps, `y` (start and length) their output maps.
@@ -445,6 +437,7 @@ unsafe fn write_back(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{differing_bits, test_values as values};
     use super::*;
 
     /// The plain loop the kernel must equal bit for bit: per output, input channels in order,
@@ -476,15 +469,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(2654435761).rotate_left(13) ^ seed;
-                (h % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]
@@ -524,10 +508,7 @@ mod tests {
                 ow: g.out_w,
             };
             let want = plain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
-            assert!(
-                y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "forward {d:?}"
-            );
+            assert_eq!(differing_bits(&y, &want), 0, "forward {d:?}");
             let mut seen = seen.into_inner().unwrap();
             seen.sort_unstable();
             assert_eq!(
@@ -554,12 +535,7 @@ mod tests {
                 ow: w,
             };
             let want = plain(&d, &dy, |i, o, t| wt[(o * c_in + i) * 9 + 8 - t]);
-            assert!(
-                dx.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "input gradient {d:?}"
-            );
+            assert_eq!(differing_bits(&dx, &want), 0, "input gradient {d:?}");
         }
     }
 }

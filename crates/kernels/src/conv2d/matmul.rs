@@ -1,5 +1,6 @@
 //! A bounds-checked front to `gemm::gemm` for f32 matrices given as strided slices.
 
+use super::schedule::SharedOutput;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -139,28 +140,18 @@ pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
     if pieces < 2 {
         return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
     }
-    /// The destination's start, shared by the pieces, which write disjoint columns.
-    struct Dst(*mut f32);
-    // SAFETY: the pieces write disjoint sets of elements (below), so sharing the pointer
-    // between threads creates no data race.
-    unsafe impl Sync for Dst {}
-    impl Dst {
-        /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-        fn get(&self) -> *mut f32 {
-            self.0
-        }
-    }
-    let base = Dst(dst.as_mut_ptr());
+    // The pieces write disjoint columns of `dst`.
+    let out = SharedOutput::new(dst);
     (0..pieces).into_par_iter().for_each(|p| {
         // Piece `p`: columns `n * p / pieces ..`, at least `n / pieces` of them.
         let (first, end) = (n * p / pieces, n * (p + 1) / pieces);
         // SAFETY: piece `p` writes rows `0..m`, columns `first..end` of the dense row-major
         // m x n `dst` (element `(r, c)` at `first + r * n + c`), inside `dst` and disjoint
-        // from every other piece's columns; `dst` stays mutably borrowed until all pieces
-        // end; the views were checked by `checked_dims`.
+        // from every other piece's columns; `out` holds `dst`'s borrow until all pieces end;
+        // the views were checked by `checked_dims`.
         unsafe {
             gemm_into(
-                base.get().add(first),
+                out.start().add(first),
                 (n, 1),
                 false,
                 lhs,
@@ -259,7 +250,6 @@ mod tests {
     /// narrow to cut.
     #[test]
     fn products_cut_by_columns_equal_one_gemm_bit_for_bit() {
-        let values = |len: usize, seed: u32| super::super::test_values(len, seed);
         for (m, k, n, transposed) in [
             (24, 40, 200, false),
             (32, 1100, 390, false),
@@ -270,8 +260,8 @@ mod tests {
             (32, 1100, 128, false),
             (64, 900, 195, true),
         ] {
-            let a = values(m * k, 1);
-            let b = values(k * n, 2);
+            let a = super::super::test_values(m * k, 1);
+            let b = super::super::test_values(k * n, 2);
             let lhs = MatRef::row_major(&a, m, k);
             let rhs = if transposed {
                 MatRef::row_major(&b, n, k).t()
@@ -287,11 +277,7 @@ mod tests {
                     .unwrap();
                 let mut got = vec![f32::NAN; m * n];
                 pool.install(|| matmul_by_columns(&mut got, lhs, rhs));
-                let differ = got
-                    .iter()
-                    .zip(&want)
-                    .filter(|(g, w)| g.to_bits() != w.to_bits())
-                    .count();
+                let differ = super::super::differing_bits(&got, &want);
                 assert_eq!(
                     differ, 0,
                     "{m}x{k}x{n} transposed {transposed}, {threads} threads"

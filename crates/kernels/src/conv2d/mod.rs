@@ -112,6 +112,17 @@ pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// How many positions of two equally long slices hold different bits (the unit tests' twin
+/// of the integration tests' `support::differing_bits`).
+#[cfg(test)]
+pub(crate) fn differing_bits(a: &[f32], b: &[f32]) -> usize {
+    assert_eq!(a.len(), b.len(), "differing_bits: lengths differ");
+    a.iter()
+        .zip(b)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::select::{with_algorithm, Algorithm};
@@ -164,11 +175,7 @@ mod tests {
                     run(&mut reused);
                     (zeroed, reused)
                 });
-                let differ = zeroed
-                    .iter()
-                    .zip(&reused)
-                    .filter(|(a, b)| a.to_bits() != b.to_bits())
-                    .count();
+                let differ = super::differing_bits(&zeroed, &reused);
                 assert_eq!(
                     differ, 0,
                     "case {i} ({algo:?}), {pass}: {differ} values differ"

@@ -2,6 +2,43 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// An output buffer shared by parallel tasks that each write their own disjoint part of it
+/// (output channels of every image, columns of every row), where no split of the slice into
+/// `&mut` pieces expresses the parts. It holds the buffer's `&mut` borrow while it is in use,
+/// so nothing else reads or writes the buffer while the tasks run.
+pub(super) struct SharedOutput<'a> {
+    start: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the tasks a `SharedOutput` is given write disjoint values (each user's SAFETY
+// comment says why), and the `&mut` borrow it holds keeps every other access out until its
+// last use, after they have all ended.
+unsafe impl Sync for SharedOutput<'_> {}
+
+impl<'a> SharedOutput<'a> {
+    /// Shares `out` for the lifetime of the borrow.
+    pub(super) fn new(out: &'a mut [f32]) -> Self {
+        Self {
+            start: out.as_mut_ptr(),
+            len: out.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The buffer's first value.
+    pub(super) fn start(&self) -> *mut f32 {
+        self.start
+    }
+
+    /// The buffer's length in values.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
 
 /// gemm parallelism for a product run outside any parallel loop.
 pub fn gemm_threads() -> Parallelism {
