@@ -405,13 +405,16 @@ impl Block {
     }
 
     /// The gradient of the block's input `xv` (when `want_dx`) and every parameter's, in the
-    /// order of `params`, from `masked`, the output gradient where the block's ReLU passed.
+    /// order of `params`, from `masked`, the output gradient where the block's ReLU passed. With
+    /// `input_relu` (the input is a ReLU's output, the block before's), the input gradient is
+    /// returned through that ReLU too: zero where `xv` is not positive.
     pub(crate) fn backward(
         &self,
         (xv, want_dx): (&[f32], bool),
         params: &[(&[f32], &[f32])],
         gate: Option<GateViews<'_>>,
         masked: &[f32],
+        input_relu: bool,
     ) -> Result<BlockGrads> {
         let g = &self.geometries;
         let saved = lock(&self.saved)?;
@@ -464,8 +467,11 @@ impl Block {
             None => Some(masked),
         };
         let dx = first.dx.take().map(|mut dx| {
-            if let Some(other) = other {
-                add_into(&mut dx, other);
+            match (other, input_relu) {
+                (Some(other), true) => add_where_passed(&mut dx, other, xv),
+                (Some(other), false) => add_into(&mut dx, other),
+                (None, true) => add_where_passed(&mut dx, &[], xv),
+                (None, false) => {}
             }
             dx
         });
@@ -493,13 +499,41 @@ pub(crate) fn cpu_values<'a>(
     crate::fused_operands::cpu_values("bottleneck_train", storage, layout, what)
 }
 
+/// Values per rayon task of the elementwise joins below.
+const JOIN_CHUNK: usize = 1 << 14;
+
 /// `acc += other`, elementwise, in parallel.
 fn add_into(acc: &mut [f32], other: &[f32]) {
-    acc.par_chunks_mut(1 << 14)
-        .zip(other.par_chunks(1 << 14))
+    acc.par_chunks_mut(JOIN_CHUNK)
+        .zip(other.par_chunks(JOIN_CHUNK))
         .for_each(|(a, b)| {
             for (a, &b) in a.iter_mut().zip(b) {
                 *a += b;
+            }
+        });
+}
+
+/// `acc = acc + other` where `input > 0`, else 0 (`other` empty: `acc` alone), in parallel:
+/// the block's input gradient through the ReLU that produced its input, in the same pass as
+/// the join of its two paths. The sum where the ReLU passed is the plain sum, and elsewhere
+/// 0.0, as the separate add and ReLU mask give.
+fn add_where_passed(acc: &mut [f32], other: &[f32], input: &[f32]) {
+    assert_eq!(acc.len(), input.len(), "add_where_passed: lengths differ");
+    assert!(other.is_empty() || other.len() == acc.len());
+    acc.par_chunks_mut(JOIN_CHUNK)
+        .enumerate()
+        .for_each(|(i, a)| {
+            let start = i * JOIN_CHUNK;
+            let x = &input[start..start + a.len()];
+            if other.is_empty() {
+                for (a, &x) in a.iter_mut().zip(x) {
+                    *a = if x > 0.0 { *a } else { 0.0 };
+                }
+            } else {
+                let b = &other[start..start + a.len()];
+                for ((a, &b), &x) in a.iter_mut().zip(b).zip(x) {
+                    *a = if x > 0.0 { *a + b } else { 0.0 };
+                }
             }
         });
 }

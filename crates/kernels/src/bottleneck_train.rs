@@ -173,8 +173,9 @@ impl CustomOp2 for BottlenecksTrain {
     /// Block after block from the last: its ReLU after the join passed exactly where its output
     /// is positive, so the masked output gradient is the shortcut's gradient and, without a
     /// gate, the third BatchNorm's output gradient (with one, that takes the gate's two paths);
-    /// the first two stages recompute their own ReLU masks. The block's input gradient is the
-    /// output gradient of the block before it. The parameters' gradients go to the op's
+    /// the first two stages recompute their own ReLU masks. The block's input gradient, masked
+    /// where its input (the block before's output) is not positive, is the masked output
+    /// gradient of the block before it. The parameters' gradients go to the op's
     /// [`ParamGrads`], the anchor gets none.
     fn bwd(
         &self,
@@ -202,14 +203,23 @@ impl CustomOp2 for BottlenecksTrain {
         let mut held: Option<Scratch> = None;
         let mut pairs = Vec::new();
         for (k, block) in blocks.iter().enumerate().rev() {
-            let out = inner.get(k).map_or(&yv[..], |o| &o[..]);
-            let masked = relu_masked(out, held.as_deref().unwrap_or(&gy));
+            // The last block masks the op's output gradient here; every other block's
+            // gradient comes masked from the backward of the block after it, which joins its
+            // input gradient's two paths where its input (this block's output) is positive.
+            let last_masked;
+            let masked: &[f32] = match &held {
+                Some(masked) => masked,
+                None => {
+                    last_masked = relu_masked(&yv, &gy);
+                    &last_masked
+                }
+            };
             let (input, want_dx) = match k {
                 0 => (&xv[..], x.track_op()),
                 _ => (&inner[k - 1][..], true),
             };
             let (dx, dparams) = block.with_params(|(params, gate)| {
-                block.backward((input, want_dx), &params, gate, &masked)
+                block.backward((input, want_dx), &params, gate, masked, k > 0)
             })?;
             for (p, d) in block.params.iter().zip(dparams) {
                 pairs.push((p.clone(), Tensor::from_vec(d, p.shape(), device)?));
