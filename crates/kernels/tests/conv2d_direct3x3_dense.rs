@@ -23,6 +23,7 @@ const SHAPES: &[Shape] = &[
     [1, 64, 64, 9, 11, 2],
     [2, 16, 64, 3, 5, 2],
     [2, 256, 256, 7, 7, 1],
+    [2, 128, 128, 14, 14, 1],
     [3, 64, 128, 4, 4, 1],
     [2, 64, 64, 1, 1, 1],
     [2, 8, 64, 6, 3, 1],
@@ -81,7 +82,9 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
         ([16, 256, 256, 7, 7, 1], true, true),
         ([32, 256, 256, 7, 7, 1], true, true),
         ([32, 512, 512, 4, 4, 1], false, false),
-        ([32, 128, 128, 14, 14, 1], false, false),
+        ([16, 512, 512, 4, 4, 1], false, true),
+        ([32, 128, 128, 14, 14, 1], true, true),
+        ([16, 128, 128, 14, 14, 1], true, true),
         ([32, 64, 64, 28, 28, 1], false, false),
         // A stride-2 shape of 224x224 input (28x28 outputs), not measured: GEMM.
         ([32, 128, 128, 56, 56, 2], false, false),

@@ -216,8 +216,15 @@ enum Dense {
 ///   -> 10.1 (to 14x14).
 /// - 7x7 with 256 channels: the dense kernel's forward and input gradient, 0.84-0.86 of
 ///   F(4x4)'s CPU time at batch 16 and 32 (input gradient 0.97 at batch 32); in the ResNet-50
-///   step the five layers' eval forwards went 40.8-43.3 -> 37.1-38.5 ms. The 4x4 maps with
-///   512 channels and 14x14 with 128 stay where they were (the dense kernel level or slower).
+///   step the five layers' eval forwards went 40.8-43.3 -> 37.1-38.5 ms.
+/// - 14x14 with 128 channels, forward and input gradient, and 4x4 with 512 channels, input
+///   gradient below batch 32: the dense kernel. CPU time of 2 threads, best of 8, 3 rounds:
+///   at 14x14 forward 0.85-0.87 of GEMM's (batch 16) and 0.90-0.93 (batch 32), input
+///   gradient 0.84-0.86 and 0.88-0.91; at 4x4, batch 16, input gradient 0.75-0.79 of GEMM's
+///   and 0.91 of F(2x2)'s (the forward stays on GEMM, 0.75 of the dense kernel's; at batch 32
+///   F(2x2) stays). In ResNet-50 steps (alternating rounds, the profile rows of those
+///   passes): batch 16 55.9-60.8 -> 48.0-50.4 ms (5 rounds), batch 32 91.4-93.7 -> 89.7-91.3
+///   (3 rounds).
 ///
 /// The rest stands (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes, and the
 /// direct kernel took 1.5-2x GEMM's there, for the same reason).
@@ -246,7 +253,8 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
-        (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::Gemm,
+        (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
+        (10..=36, 512, Pass::InputGrad) if full_width && !wide => Dense::OverBatch,
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
