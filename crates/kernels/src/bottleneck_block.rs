@@ -12,6 +12,7 @@ use crate::cbam::{
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
 use crate::gate_mlp::MlpParams;
+use crate::profile::timed;
 use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
 use crate::{BatchStats, ConvParams, GateMlp};
 use candle_core::{bail, Layout, Result, Storage, Tensor};
@@ -381,11 +382,17 @@ impl Block {
                 let maps = (g[2].batch, g[2].out_h * g[2].out_w);
                 let (y, join) = match gate.spatial {
                     None => {
-                        let (y, se) = gated_join_forward(&z, maps, gate.mlp, &shortcut);
+                        let (y, se) = timed(
+                            || "se gate fwd".into(),
+                            || gated_join_forward(&z, maps, gate.mlp, &shortcut),
+                        );
                         (y, JoinSaved::SqueezeExcite(se))
                     }
                     Some(spatial) => {
-                        let (y, cbam) = cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut)?;
+                        let (y, cbam) = timed(
+                            || "cbam gate fwd".into(),
+                            || cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut),
+                        )?;
                         (y, JoinSaved::Cbam(Box::new(cbam)))
                     }
                 };
@@ -435,7 +442,10 @@ impl Block {
         let (grad_bn3, dgate_params) = match (&s.gated, gate) {
             (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
-                let (dz, dgate_params) = gated_join_backward(z, se, gate.mlp, masked, p);
+                let (dz, dgate_params) = timed(
+                    || "se gate bwd".into(),
+                    || gated_join_backward(z, se, gate.mlp, masked, p),
+                );
                 (Cow::Owned(dz), dgate_params)
             }
             (
@@ -445,7 +455,10 @@ impl Block {
                     spatial: Some(sp),
                 }),
             ) => {
-                let (dz, dgate_params) = cbam_join_backward(z, cbam, mlp, sp, masked);
+                let (dz, dgate_params) = timed(
+                    || "cbam gate bwd".into(),
+                    || cbam_join_backward(z, cbam, mlp, sp, masked),
+                );
                 (Cow::Owned(dz), dgate_params)
             }
             (None, None) => (Cow::Borrowed(masked), Vec::new()),

@@ -10,7 +10,7 @@
 
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
-use crate::row_tasks::{par_rows, par_rows2, written_by, Slot};
+use crate::row_tasks::{par_row_groups, par_rows, written_by, Slot};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -336,10 +336,10 @@ pub(crate) fn channel_gate_grad(
     dgate: &mut [f32],
 ) {
     let p = pixels.max(1);
-    par_rows2((dx, p), (dgate, 1), |row, dr, dg| {
-        let r = row * p..row * p + dr.len();
-        dr.copy_from_slice(&dy[r.clone()]);
-        dg[0] = channel_gate_row_grad(dr, &x[r], gate[row]);
+    par_row_groups((dx, p), dgate, |first, d, dg| {
+        let r = first * p..first * p + d.len();
+        d.copy_from_slice(&dy[r.clone()]);
+        channel_gate_rows_grad(p, d, &x[r], &gate[first..first + dg.len()], dg);
     });
 }
 
@@ -351,21 +351,62 @@ pub(crate) fn channel_gate_grad_in_place(
     dgate: &mut [f32],
 ) {
     let p = pixels.max(1);
-    par_rows2((d, p), (dgate, 1), |row, dr, dg| {
-        dg[0] = channel_gate_row_grad(dr, &x[row * p..row * p + dr.len()], gate[row]);
+    par_row_groups((d, p), dgate, |first, d, dg| {
+        let x = &x[first * p..first * p + d.len()];
+        channel_gate_rows_grad(p, d, x, &gate[first..first + dg.len()], dg);
     });
 }
 
-/// One row of [`channel_gate_grad`]: `d` holds `dy` and receives `dy * s`; returns
-/// `sum(dy * x)`, summed in f64.
-fn channel_gate_row_grad(d: &mut [f32], x: &[f32], s: f32) -> f32 {
-    let mut acc = 0f64;
-    for (d, &v) in d.iter_mut().zip(x) {
-        let g = *d;
-        *d = g * s;
-        acc += (g * v) as f64;
+/// Rows whose f64 sums [`row_dot_sums`] runs side by side.
+const ROWS_AT_ONCE: usize = 8;
+
+/// [`channel_gate_grad`] on consecutive rows of `p` values: `d` holds their `dy` and receives
+/// `dy * s` (`s` one gate value per row); `dgate` receives each row's `sum(dy * x)`
+/// ([`row_dot_sums`], taken before `d` is scaled).
+fn channel_gate_rows_grad(p: usize, d: &mut [f32], x: &[f32], s: &[f32], dgate: &mut [f32]) {
+    row_dot_sums(p, (d, x), dgate);
+    for (row, &sv) in d.chunks_exact_mut(p).zip(s) {
+        for v in row {
+            *v *= sv;
+        }
     }
-    acc as f32
+}
+
+/// Each `p`-long row's `sum(dy * x)` into `sums`: every product rounded to f32, added in f64
+/// in the row's order, one chain per row, as [`channel_gate_grad`] defines it. The chains of
+/// [`ROWS_AT_ONCE`] rows advance together, so that no chain waits on the latency of its own
+/// additions; each sum is that of its row alone, bit for bit.
+pub(crate) fn row_dot_sums(p: usize, (dy, x): (&[f32], &[f32]), sums: &mut [f32]) {
+    assert!(
+        dy.len() == x.len() && dy.len() == sums.len() * p,
+        "row_dot_sums: lengths"
+    );
+    let group = ROWS_AT_ONCE * p;
+    let mut dy_groups = dy.chunks_exact(group);
+    let mut x_groups = x.chunks_exact(group);
+    let mut out = sums.chunks_exact_mut(ROWS_AT_ONCE);
+    for ((dg, xg), out) in (&mut dy_groups).zip(&mut x_groups).zip(&mut out) {
+        let d_rows: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| &dg[k * p..(k + 1) * p]);
+        let x_rows: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| &xg[k * p..(k + 1) * p]);
+        let mut acc = [0f64; ROWS_AT_ONCE];
+        for i in 0..p {
+            for k in 0..ROWS_AT_ONCE {
+                acc[k] += (d_rows[k][i] * x_rows[k][i]) as f64;
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = a as f32;
+        }
+    }
+    let rest = dy_groups.remainder().chunks_exact(p);
+    let x_rest = x_groups.remainder().chunks_exact(p);
+    for ((dr, xr), o) in rest.zip(x_rest).zip(out.into_remainder()) {
+        let mut acc = 0f64;
+        for (&g, &v) in dr.iter().zip(xr) {
+            acc += (g * v) as f64;
+        }
+        *o = acc as f32;
+    }
 }
 
 /// A map `x` (N, channels, pixels) and, when it is to be read channel-gated, the channel gate
@@ -635,5 +676,59 @@ impl CustomOp2 for ChannelMaxMeanGrad {
                 }
             });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv2d::{differing_bits, test_values};
+
+    /// One row of [`channel_gate_grad`] as it is defined: `d` holds `dy` and receives
+    /// `dy * s`; returns `sum(dy * x)`, each product rounded to f32 and added in f64 in order.
+    fn channel_gate_row_grad(d: &mut [f32], x: &[f32], s: f32) -> f32 {
+        let mut acc = 0f64;
+        for (d, &v) in d.iter_mut().zip(x) {
+            let g = *d;
+            *d = g * s;
+            acc += (g * v) as f64;
+        }
+        acc as f32
+    }
+
+    /// The rows whose sums run side by side give each row's values and sum bit for bit as one
+    /// row at a time, for runs of rows shorter and longer than a group, with a partial group
+    /// last; the in-place form and the copying form agree.
+    #[test]
+    fn rows_side_by_side_equal_one_row_at_a_time() {
+        for (rows, p) in [(3, 16), (8, 49), (21, 1), (37, 784), (17, 7)] {
+            let x = test_values(rows * p, 11);
+            // Output gradients on another scale, so that products round.
+            let dy: Vec<f32> = test_values(rows * p, 23).iter().map(|v| v * 1.37).collect();
+            let gate: Vec<f32> = test_values(rows, 5).iter().map(|v| 0.5 + v / 3.0).collect();
+            let mut want_d = dy.clone();
+            let want_g: Vec<f32> = (0..rows)
+                .map(|r| {
+                    let row = r * p..(r + 1) * p;
+                    channel_gate_row_grad(&mut want_d[row.clone()], &x[row], gate[r])
+                })
+                .collect();
+            let (mut d, mut g) = (vec![f32::NAN; rows * p], vec![f32::NAN; rows]);
+            channel_gate_grad(p, (&x, &gate, &dy), &mut d, &mut g);
+            assert_eq!(differing_bits(&d, &want_d), 0, "{rows} rows of {p}: dx");
+            assert_eq!(differing_bits(&g, &want_g), 0, "{rows} rows of {p}: dgate");
+            let (mut d2, mut g2) = (dy.clone(), vec![f32::NAN; rows]);
+            channel_gate_grad_in_place(p, (&x, &gate), &mut d2, &mut g2);
+            assert_eq!(
+                differing_bits(&d2, &want_d),
+                0,
+                "{rows} rows of {p}: in place"
+            );
+            assert_eq!(
+                differing_bits(&g2, &want_g),
+                0,
+                "{rows} rows of {p}: in place"
+            );
+        }
     }
 }

@@ -37,28 +37,25 @@ pub(crate) fn par_rows<T: Send>(
         });
 }
 
-/// [`par_rows`] over two outputs with the same number of rows: `f(row, a_row, b_row)`, with
-/// `a`'s rows of `a_len` values (which size the tasks) and `b`'s of `b_len`.
-pub(crate) fn par_rows2<A: Send, B: Send>(
+/// Calls `f(first_row, a_rows, b_rows)` on runs of whole rows of two outputs with the same
+/// number of rows (`a`'s of `a_len` values, which size the tasks, `b`'s of one value each), in
+/// parallel tasks: for loops that work on several rows at once.
+pub(crate) fn par_row_groups<A: Send, B: Send>(
     (a, a_len): (&mut [A], usize),
-    (b, b_len): (&mut [B], usize),
+    b: &mut [B],
     f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
 ) {
-    let (a_len, b_len) = (a_len.max(1), b_len.max(1));
+    let a_len = a_len.max(1);
     assert_eq!(
         a.len() / a_len,
-        b.len() / b_len,
-        "par_rows2: row counts differ"
+        b.len(),
+        "par_row_groups: row counts differ"
     );
     let rows = rows_per_task(a_len);
     a.par_chunks_mut(rows * a_len)
-        .zip(b.par_chunks_mut(rows * b_len))
+        .zip(b.par_chunks_mut(rows))
         .enumerate()
-        .for_each(|(t, (ac, bc))| {
-            for (k, (ar, br)) in ac.chunks_mut(a_len).zip(bc.chunks_mut(b_len)).enumerate() {
-                f(t * rows + k, ar, br);
-            }
-        });
+        .for_each(|(t, (ac, bc))| f(t * rows, ac, bc));
 }
 
 /// An output value a row loop writes exactly once: an `f32` of a reused buffer, or one of a
@@ -112,12 +109,14 @@ mod tests {
             let expected: Vec<usize> = (0..len).map(|i| i / row_len).collect();
             assert_eq!(out, expected, "rows of {row_len}");
             let (mut a, mut b) = (vec![usize::MAX; len], vec![usize::MAX; len / row_len]);
-            par_rows2(
+            par_row_groups(
                 (&mut a[..len / row_len * row_len], row_len),
-                (&mut b, 1),
-                |row, ar, br| {
-                    ar.fill(row);
-                    br[0] = row;
+                &mut b,
+                |first, ar, br| {
+                    for (k, (r, v)) in ar.chunks_mut(row_len).zip(br.iter_mut()).enumerate() {
+                        r.fill(first + k);
+                        *v = first + k;
+                    }
                 },
             );
             assert_eq!(

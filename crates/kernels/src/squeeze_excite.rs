@@ -7,10 +7,11 @@
 //! `spatial_mean`, the MLP and sigmoid of `gate_mlp.rs`, and the join of
 //! `channel_gate_add_relu`.
 
-use crate::gate::{channel_gate_add_relu_values, channel_gate_grad};
+use crate::gate::{channel_gate_add_relu_values, row_dot_sums};
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
+use crate::row_tasks::{par_rows, rows_per_task, written_by, Slot};
 use crate::spatial_pool::row_means;
 use rayon::prelude::*;
 
@@ -42,6 +43,11 @@ pub(crate) fn gated_join_forward(
 /// the output gradient already masked by the join's ReLU: the product's path plus the squeeze's
 /// (`spatial_mean`'s backward, each map's mean gradient over its pixel count); and the MLP
 /// parameters' gradients, packed as [`MlpParams`] packs them.
+///
+/// The arithmetic of `channel_gate_grad` and the spread added after it, in two passes: the
+/// gate's sums read the output gradient and `z` (`row_dot_sums`), and once the MLP's backward
+/// has the squeeze's gradient, each value `dy * gate + d_mean / pixels` is written once, the
+/// same two roundings as the product stored and the spread added to it.
 pub(crate) fn gated_join_backward(
     z: &[f32],
     s: &SqueezeExciteSaved,
@@ -49,18 +55,30 @@ pub(crate) fn gated_join_backward(
     masked: &[f32],
     pixels: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dz = crate::conv2d::zeroed(z.len());
+    let px = pixels.max(1);
     let mut dgate = vec![0f32; s.gate.len()];
-    channel_gate_grad(pixels, (z, &s.gate, masked), &mut dz, &mut dgate);
+    let rows = rows_per_task(px);
+    dgate
+        .par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(task, sums)| {
+            let r = task * rows * px..(task * rows + sums.len()) * px;
+            row_dot_sums(px, (&masked[r.clone()], &z[r]), sums);
+        });
     let (dsqueezed, dparams) = mlp_backward(&s.mlp, p, &sigmoid_grad(&dgate, &s.gate));
     let inv = 1.0 / pixels as f32;
-    dz.par_chunks_mut(pixels)
-        .zip(dsqueezed.par_iter())
-        .for_each(|(row, &d)| {
-            let spread = d * inv;
-            for v in row {
-                *v += spread;
-            }
-        });
+    let gate = &s.gate;
+    // SAFETY: `par_rows` hands every row of the `z.len()` slots to the closure, which writes
+    // each of its values.
+    let dz = unsafe {
+        written_by(z.len(), |out| {
+            par_rows(out, px, |row, dr| {
+                let (sv, spread) = (gate[row], dsqueezed[row] * inv);
+                for (d, &g) in dr.iter_mut().zip(&masked[row * px..]) {
+                    d.set(g * sv + spread);
+                }
+            })
+        })
+    };
     (dz, dparams)
 }
