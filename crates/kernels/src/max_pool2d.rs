@@ -280,21 +280,30 @@ fn scatter_f32(
     let gat = Strided4::new(grad_layout)?;
     let (h, w) = (g.rows.input, g.cols.input);
     let (oh, ow) = (g.rows.output, g.cols.output);
-    let mut out = vec![0f32; g.planes * h * w];
-    out.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(plane, dst)| {
-            let src = &src[at.plane_base(plane)..];
-            let gbase = gat.plane_base(plane);
-            let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
-            for oy in 0..oh {
-                rows::row_argmax(src, g, oy, &mut values, &mut cells);
-                for (ox, &cell) in cells.iter().enumerate() {
-                    dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+    // Each plane is cleared by the task that scatters into it, while it is in cache (a zeroed
+    // allocation would clear the whole gradient first, on one thread).
+    let scatter = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                for v in dst.iter_mut() {
+                    v.write(0.0);
                 }
-            }
-        });
-    Ok(out)
+                // SAFETY: every value of the plane was written just above.
+                let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+                let src = &src[at.plane_base(plane)..];
+                let gbase = gat.plane_base(plane);
+                let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
+                for oy in 0..oh {
+                    rows::row_argmax(src, g, oy, &mut values, &mut cells);
+                    for (ox, &cell) in cells.iter().enumerate() {
+                        dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+                    }
+                }
+            })
+    };
+    // SAFETY: the planes cover all `g.planes * h * w` slots, and each plane is written whole.
+    Ok(unsafe { crate::row_tasks::written_by(g.planes * h * w, scatter) })
 }
 
 impl CustomOp1 for MaxPool2d {
