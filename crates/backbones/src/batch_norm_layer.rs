@@ -107,6 +107,31 @@ impl BatchNorm {
         self.forward_act(&conv.forward(x)?, train, relu)
     }
 
+    /// `max_pool(relu(bn(conv(x))))` in training, as one op on the CPU in f32
+    /// (`mtanet_kernels::conv_bn_relu_max_pool_train`: the values and gradients of
+    /// [`conv_forward_t`](Self::conv_forward_t) then the pool, without the pool's input and its
+    /// gradient in candle's graph); `None` elsewhere, where the caller runs the layers.
+    pub(crate) fn conv_relu_max_pool_train(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        pool: mtanet_kernels::MaxPoolParams,
+    ) -> Result<Option<Tensor>> {
+        if !mtanet_kernels::conv_bn_applies(&[x, conv.weight(), &self.weight, &self.bias]) {
+            return Ok(None);
+        }
+        let (y, stats) = mtanet_kernels::conv_bn_relu_max_pool_train(
+            x,
+            conv.weight(),
+            (&self.weight, &self.bias),
+            conv.params(),
+            self.eps,
+            pool,
+        )?;
+        self.update_running(&stats)?;
+        Ok(Some(y))
+    }
+
     /// `relu(bn(conv(x)) + shortcut)`: a bottleneck's last convolution, this BatchNorm and the
     /// residual join. On the CPU in f32 it runs as one op, in training
     /// (`mtanet_kernels::conv_bn_add_relu_train`) and in evaluation

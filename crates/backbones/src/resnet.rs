@@ -81,13 +81,26 @@ impl ResNet {
         &self.cfg
     }
 
-    /// The stem: conv1, bn1, ReLU and the 3x3/2 max-pool (padded or ceil mode).
+    /// The stem: conv1, bn1, ReLU and the 3x3/2 max-pool (padded or ceil mode). In training on
+    /// the CPU in f32 the four run as one op (`BatchNorm::conv_relu_max_pool_train`).
     pub fn stem_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
-        match self.cfg.stem_pool {
-            StemPool::Padded => mtanet_kernels::max_pool2d(&x, 3, 2, 1, false),
-            StemPool::CeilMode => mtanet_kernels::max_pool2d(&x, 3, 2, 0, true),
+        let (padding, ceil_mode) = match self.cfg.stem_pool {
+            StemPool::Padded => (1, false),
+            StemPool::CeilMode => (0, true),
+        };
+        let pool = mtanet_kernels::MaxPoolParams {
+            kernel: 3,
+            stride: 2,
+            padding,
+            ceil_mode,
+        };
+        if train {
+            if let Some(y) = self.bn1.conv_relu_max_pool_train(&self.conv1, x, pool)? {
+                return Ok(y);
+            }
         }
+        let x = self.bn1.conv_forward_t(&self.conv1, x, train, true)?;
+        mtanet_kernels::max_pool2d(&x, 3, 2, padding, ceil_mode)
     }
 }
 

@@ -18,7 +18,9 @@
 //! squeeze-excite or CBAM gate, as one training op (`bottleneck_train`), and every block of a
 //! backbone chained in one (`bottlenecks_train`), so that none of their activations or
 //! gradients pass through candle's graph, their parameters' gradients included ([`ParamGrads`]);
-//! and CBAM's gates with the residual join as one eval op (`cbam_add_relu_eval`).
+//! the stem's convolution, BatchNorm, ReLU and max-pool as one training op
+//! (`conv_bn_relu_max_pool_train`); and CBAM's gates with the residual join as one eval op
+//! (`cbam_add_relu_eval`).
 #![warn(missing_docs)]
 
 use candle_core::{DType, Tensor};
@@ -50,6 +52,7 @@ mod residual;
 mod row_tasks;
 mod spatial_pool;
 mod squeeze_excite;
+mod stem_train;
 
 pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
@@ -72,6 +75,7 @@ pub use param_grads::ParamGrads;
 pub use pool_geometry::{PoolAxis, PoolGeometry};
 pub use residual::add_relu;
 pub use spatial_pool::{spatial_mean, spatial_mean_max};
+pub use stem_train::{conv_bn_relu_max_pool_train, MaxPoolParams};
 
 /// Whether CUDA f32 tensors run our fused BatchNorm, gate, channel-pool, residual and optimizer
 /// kernels (NVRTC, `cuda/`): true in a `cuda` build unless the environment sets

@@ -245,7 +245,7 @@ fn forward_cpu<T: PoolFloat>(src: &[T], layout: &Layout, g: &PoolGeometry) -> Re
 
 /// [`forward_cpu`] for f32 through the AVX-512 rows kernel (`max_pool2d_rows.rs`) where it
 /// applies; the same values.
-fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Result<Vec<f32>> {
+pub(crate) fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Result<Vec<f32>> {
     if !rows::applies(layout, g) {
         return forward_cpu(src, layout, g);
     }
@@ -266,7 +266,7 @@ fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Result<Vec<f32
 
 /// [`scatter_cpu`] for f32 through the AVX-512 rows kernel where it applies: the same argmax
 /// cells, and each cell's gradients added in the same (row-major output) order.
-fn scatter_f32(
+pub(crate) fn scatter_f32(
     src: &[f32],
     src_layout: &Layout,
     grad: &[f32],
