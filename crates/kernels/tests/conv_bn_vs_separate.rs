@@ -15,17 +15,7 @@ use mtanet_kernels::{
 };
 
 mod support;
-use support::{
-    assert_same_gradient_numbers, differing_bits, pseudo_random, values, FUSED_CONV_CASES,
-};
-
-fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (values(a)?, values(b)?);
-    let differ = differing_bits(&a, &b);
-    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
-    Ok(())
-}
+use support::{assert_same_bits, assert_same_gradient_numbers, pseudo_random, FUSED_CONV_CASES};
 
 #[test]
 fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
@@ -52,7 +42,7 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
             let z = conv2d(&x, &w, stride, padding, groups)?;
             let (separate, separate_stats) = batch_norm_train(&z, &gamma, &beta, 1e-5, relu)?;
             let case = format!("case {i} relu {relu}");
-            assert_same(&format!("{case} output"), &fused, &separate)?;
+            assert_same_bits(&format!("{case} output"), &fused, &separate)?;
             assert_eq!(fused_stats, separate_stats, "{case} batch statistics");
             let r = pseudo_random(fused.dims(), seed + 4, 1.0, 0.0)?;
             let gf = (&fused * &r)?.sum_all()?.backward()?;
@@ -61,7 +51,7 @@ fn fused_equals_separate_ops_bit_for_bit() -> Result<()> {
                 let (Some(a), Some(b)) = (gf.get(v), gs.get(v)) else {
                     panic!("{case}: no gradient for {name}")
                 };
-                assert_same(&format!("{case} d{name}"), a, b)?;
+                assert_same_bits(&format!("{case} d{name}"), a, b)?;
             }
         }
     }
@@ -93,7 +83,7 @@ fn the_residual_variant_equals_conv_bn_then_add_relu() -> Result<()> {
         let (bn, separate_stats) = conv_bn_train(&x, &w, &gamma, &beta, conv, 1e-5, false)?;
         let separate = add_relu(&bn, &shortcut)?;
         let case = format!("case {i}");
-        assert_same(&format!("{case} output"), &fused, &separate)?;
+        assert_same_bits(&format!("{case} output"), &fused, &separate)?;
         assert_eq!(fused_stats, separate_stats, "{case} batch statistics");
         let r = pseudo_random(fused.dims(), seed + 5, 1.0, 0.0)?;
         let gf = (&fused * &r)?.sum_all()?.backward()?;

@@ -6,13 +6,13 @@
 //! styles (padded, and ceil mode without padding), on stem-like and other convolutions; and an
 //! input that needs no gradient (the network's image) gets none.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Var};
 use mtanet_kernels::{
     conv_bn_relu_max_pool_train, conv_bn_train, max_pool2d, ConvParams, MaxPoolParams,
 };
 
 mod support;
-use support::{assert_same_gradient_numbers, differing_bits, pseudo_random, values};
+use support::{assert_same_bits, assert_same_gradient_numbers, pseudo_random};
 
 /// (batch, c_in, c_out, size, kernel, stride, padding): a 7x7/2 stem, an odd map, a 3x3 layer.
 const CASES: [(usize, usize, usize, usize, usize, usize, usize); 3] = [
@@ -36,14 +36,6 @@ const POOLS: [MaxPoolParams; 2] = [
     },
 ];
 
-fn assert_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (values(a)?, values(b)?);
-    let differ = differing_bits(&a, &b);
-    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
-    Ok(())
-}
-
 #[test]
 fn the_stem_op_equals_conv_bn_then_max_pool() -> Result<()> {
     for (i, &(n, c_in, c_out, size, k, stride, padding)) in CASES.iter().enumerate() {
@@ -66,7 +58,7 @@ fn the_stem_op_equals_conv_bn_then_max_pool() -> Result<()> {
             let (h, separate_stats) = conv_bn_train(&x, &w, &gamma, &beta, conv, 1e-5, true)?;
             let separate = max_pool2d(&h, pool.kernel, pool.stride, pool.padding, pool.ceil_mode)?;
             let case = format!("case {i} pool {j}");
-            assert_same(&format!("{case} output"), &fused, &separate)?;
+            assert_same_bits(&format!("{case} output"), &fused, &separate)?;
             assert_eq!(fused_stats, separate_stats, "{case} batch statistics");
             let r = pseudo_random(fused.dims(), seed + 4, 1.0, 0.0)?;
             let gf = (&fused * &r)?.sum_all()?.backward()?;

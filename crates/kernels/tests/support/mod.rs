@@ -55,6 +55,17 @@ pub fn differing_bits(a: &[f32], b: &[f32]) -> usize {
         .count()
 }
 
+/// Asserts that two tensors have the same shape and the same values bit for bit; `what` names
+/// them in the failure.
+#[allow(dead_code)]
+pub fn assert_same_bits(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (values(a)?, values(b)?);
+    let differ = differing_bits(&a, &b);
+    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
+    Ok(())
+}
+
 /// Asserts that two gradients hold the same numbers, not all zero: equal as f32 values, so a
 /// zero's sign may differ (candle adds a graph node's gradients into a zero-filled buffer, which
 /// turns -0 into +0). `what` names the gradient in the failure.
