@@ -479,15 +479,18 @@ impl Block {
             Some(d) => d.dx.as_deref(),
             None => Some(masked),
         };
-        let dx = first.dx.take().map(|mut dx| {
-            match (other, input_relu) {
-                (Some(other), true) => add_where_passed(&mut dx, other, xv),
-                (Some(other), false) => add_into(&mut dx, other),
-                (None, true) => add_where_passed(&mut dx, &[], xv),
-                (None, false) => {}
+        let dx = match (first.dx.take(), other) {
+            (Some(mut dx), Some(other)) => {
+                match input_relu {
+                    true => add_where_passed(&mut dx, other, xv),
+                    false => add_into(&mut dx, other),
+                }
+                Some(dx)
             }
-            dx
-        });
+            (None, _) => None,
+            // Both stages over the input are asked for its gradient together (`want_dx`).
+            (Some(_), None) => unreachable!("asked for"),
+        };
         let mut dparams = Vec::with_capacity(self.params.len());
         for grads in [first, second, third].into_iter().chain(shortcut) {
             dparams.extend([grads.dw, grads.dgamma, grads.dbeta]);
@@ -526,27 +529,21 @@ fn add_into(acc: &mut [f32], other: &[f32]) {
         });
 }
 
-/// `acc = acc + other` where `input > 0`, else 0 (`other` empty: `acc` alone), in parallel:
-/// the block's input gradient through the ReLU that produced its input, in the same pass as
-/// the join of its two paths. The sum where the ReLU passed is the plain sum, and elsewhere
-/// 0.0, as the separate add and ReLU mask give.
+/// `acc = acc + other` where `input > 0`, else 0, in parallel: the block's input gradient
+/// through the ReLU that produced its input, in the same pass as the join of its two paths.
+/// The sum where the ReLU passed is the plain sum, and elsewhere 0.0, as the separate add and
+/// ReLU mask give.
 fn add_where_passed(acc: &mut [f32], other: &[f32], input: &[f32]) {
-    assert_eq!(acc.len(), input.len(), "add_where_passed: lengths differ");
-    assert!(other.is_empty() || other.len() == acc.len());
+    assert!(
+        acc.len() == other.len() && acc.len() == input.len(),
+        "add_where_passed: lengths differ"
+    );
     acc.par_chunks_mut(JOIN_CHUNK)
-        .enumerate()
-        .for_each(|(i, a)| {
-            let start = i * JOIN_CHUNK;
-            let x = &input[start..start + a.len()];
-            if other.is_empty() {
-                for (a, &x) in a.iter_mut().zip(x) {
-                    *a = if x > 0.0 { *a } else { 0.0 };
-                }
-            } else {
-                let b = &other[start..start + a.len()];
-                for ((a, &b), &x) in a.iter_mut().zip(b).zip(x) {
-                    *a = if x > 0.0 { *a + b } else { 0.0 };
-                }
+        .zip(other.par_chunks(JOIN_CHUNK))
+        .zip(input.par_chunks(JOIN_CHUNK))
+        .for_each(|((a, b), x)| {
+            for ((a, &b), &x) in a.iter_mut().zip(b).zip(x) {
+                *a = if x > 0.0 { *a + b } else { 0.0 };
             }
         });
 }
