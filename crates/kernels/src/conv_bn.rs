@@ -228,24 +228,23 @@ impl CustomOp3 for ConvBnTrain {
         };
         let grad_bn = dshortcut.as_deref().unwrap_or(&gv);
         let relu = self.relu && dshortcut.is_none();
+        let grads = stage_backward(g, s, (&xv, wv), grad_bn, relu, x.track_op());
+        let Some(dshortcut) = dshortcut else {
+            return grads.into_tensors(x, second);
+        };
         let StageGrads {
             dx,
             dw,
             dgamma,
             dbeta,
-        } = stage_backward(g, s, (&xv, wv), grad_bn, relu, x.track_op());
+        } = grads;
         let device = x.device();
         let dx = dx
             .map(|v| Tensor::from_vec(v.into_vec(), x.shape(), device))
             .transpose()?;
-        if let Some(dshortcut) = dshortcut {
-            let dpacked = Tensor::from_vec([dw, dgamma, dbeta].concat(), second.shape(), device)?;
-            let dshortcut = Tensor::from_vec(dshortcut, third.shape(), device)?;
-            return Ok((dx, Some(dpacked), Some(dshortcut)));
-        }
-        let dw = Tensor::from_vec(dw, second.shape(), device)?;
-        let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * g.out_channels, device)?;
-        Ok((dx, Some(dw), Some(daffine)))
+        let dpacked = Tensor::from_vec([dw, dgamma, dbeta].concat(), second.shape(), device)?;
+        let dshortcut = Tensor::from_vec(dshortcut, third.shape(), device)?;
+        Ok((dx, Some(dpacked), Some(dshortcut)))
     }
 }
 
@@ -315,6 +314,27 @@ pub(crate) struct StageGrads {
     pub dgamma: Vec<f32>,
     /// BatchNorm bias gradient.
     pub dbeta: Vec<f32>,
+}
+
+impl StageGrads {
+    /// The gradients as an op over (`x`, `w`, `[weight; bias]`) returns them: the input's (when
+    /// asked for) shaped as `x`, the conv weight's as `w`, the BatchNorm's weight and bias as one
+    /// `2C` tensor.
+    pub(crate) fn into_tensors(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let device = x.device();
+        let dx = self
+            .dx
+            .map(|v| Tensor::from_vec(v.into_vec(), x.shape(), device))
+            .transpose()?;
+        let channels = self.dgamma.len() + self.dbeta.len();
+        let dw = Tensor::from_vec(self.dw, w.shape(), device)?;
+        let daffine = Tensor::from_vec([self.dgamma, self.dbeta].concat(), channels, device)?;
+        Ok((dx, Some(dw), Some(daffine)))
+    }
 }
 
 /// The backward of one [`stage_forward`] over input `x` and weight `w`, given the gradient of

@@ -9,7 +9,7 @@
 
 use crate::batch_norm::{lock, recorded_stats};
 use crate::conv2d::storage::dense_f32;
-use crate::conv_bn::{stage_backward, stage_forward, Saved, StageGrads};
+use crate::conv_bn::{stage_backward, stage_forward, Saved};
 use crate::fused_operands::{cpu_values, fused_conv_geometry};
 use crate::max_pool2d::{forward_f32, scatter_f32};
 use crate::profile::timed;
@@ -178,18 +178,6 @@ impl CustomOp3 for StemTrain {
                 scatter_f32(&s.pooled_from, &hl, &gv, &grad_layout, &self.pool)
             },
         )?;
-        let StageGrads {
-            dx,
-            dw,
-            dgamma,
-            dbeta,
-        } = stage_backward(g, &s.stage, (&xv, &wv), &grad_h, true, x.track_op());
-        let device = x.device();
-        let dx = dx
-            .map(|v| Tensor::from_vec(v.into_vec(), x.shape(), device))
-            .transpose()?;
-        let dw = Tensor::from_vec(dw, w.shape(), device)?;
-        let daffine = Tensor::from_vec([dgamma, dbeta].concat(), 2 * g.out_channels, device)?;
-        Ok((dx, Some(dw), Some(daffine)))
+        stage_backward(g, &s.stage, (&xv, &wv), &grad_h, true, x.track_op()).into_tensors(x, w)
     }
 }
