@@ -1,7 +1,9 @@
 //! `scripts/gpu-check.sh` as far as a machine without a GPU allows: it must notice the missing
 //! GPU and stop with one clear line and exit code 2, and its CPU mode (`GPU_CHECK_CPU=1`) must
 //! run the conformance stage (f32 and bf16 rows) through the real binary and write its CSVs;
-//! an op that errors must become an error row, with the run going on and the exit code 1.
+//! an op that errors must become an error row, with the run going on and the exit code 1; and
+//! on the GPU path (a stand-in `nvidia-smi`, Python and binary) every stage must call the
+//! binary and PyTorch with the arguments it documents.
 
 use std::path::Path;
 use std::process::Command;
@@ -180,4 +182,114 @@ fn an_op_that_errors_is_an_error_row_and_the_run_finishes_with_exit_1() {
         "{stderr}"
     );
     assert!(out_dir.path().join("table.md").exists());
+}
+
+/// Stand-ins for `nvidia-smi`, the CUDA binary and Python in `dir`: each records its arguments,
+/// one call per line, in `dir/calls` (Python only for `scripts/gpu_check_torch.py`); the binary
+/// answers the probe as a working device would.
+fn fake_gpu_machine(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = dir.join("calls");
+    let write = |name: &str, body: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/usr/bin/env bash\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write(
+        "nvidia-smi",
+        "case \"$*\" in -L) echo 'GPU 0: Stand-in (UUID: GPU-0)';; \
+         *) echo 'Stand-in, 0.0, 1 MiB';; esac\n"
+            .into(),
+    );
+    write(
+        "mtanet",
+        format!(
+            "echo \"mtanet $*\" >> '{c}'\n\
+             case \"$*\" in *--probe*) echo 'gpu-check: device cuda:0 (stand-in)';; esac\n",
+            c = calls.display()
+        ),
+    );
+    write(
+        "python",
+        format!(
+            "case \"$*\" in *'import nvidia'*) echo '{d}'; exit 0;; esac\n\
+             echo \"python $*\" >> '{c}'\n",
+            d = dir.display(),
+            c = calls.display()
+        ),
+    );
+}
+
+/// Runs `stage` on the stand-in GPU machine; returns the calls the stage made.
+fn gpu_path_calls(stage: &str) -> Vec<String> {
+    let fakes = tempfile::tempdir().unwrap();
+    fake_gpu_machine(fakes.path());
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = script()
+        .args(["--stage", stage])
+        .env("PATH", format!("{}:/usr/bin:/bin", fakes.path().display()))
+        .env("BIN", fakes.path().join("mtanet"))
+        .env("PYTHON", fakes.path().join("python"))
+        .env("OUT", out_dir.path())
+        .env_remove("BACKBONES")
+        .env_remove("GPU_CHECK_CPU")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("gpu-check: stage {stage} done in")),
+        "{stdout}\n{stderr}"
+    );
+    std::fs::read_to_string(fakes.path().join("calls"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+const ALL_FIVE: &str = "--backbones resnet50,resnext50_32x4d,resnext50_32x4d_cbam,seresnet50,\
+                        senet50_vggface2 ";
+
+#[test]
+fn the_gpu_path_of_each_stage_calls_the_binary_and_pytorch_as_documented() {
+    let probe = "mtanet gpu-check --probe --device cuda:0";
+    let table = |c: &String| c.starts_with("python scripts/gpu_check_torch.py table --out ");
+
+    let calls = gpu_path_calls("conformance");
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert_eq!(calls[0], probe);
+    assert!(calls[1].starts_with("mtanet gpu-check --device cuda:0 --reference cpu"));
+    assert!(calls[1].ends_with(" --no-bench"), "{}", calls[1]);
+    assert!(table(&calls[2]), "{}", calls[2]);
+
+    let calls = gpu_path_calls("bench");
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    assert_eq!(calls[0], probe);
+    assert!(calls[1].ends_with(" --no-conformance"), "{}", calls[1]);
+    assert!(
+        calls[1].contains("--backbones resnet50,resnext50_32x4d --batches 64,256 "),
+        "{}",
+        calls[1]
+    );
+    assert!(calls[2].starts_with("python scripts/gpu_check_torch.py bench --device cuda "));
+    assert!(!calls[2].contains("--compile"), "{}", calls[2]);
+    assert!(table(&calls[3]), "{}", calls[3]);
+
+    let calls = gpu_path_calls("full");
+    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(calls[0], probe);
+    assert!(calls[1].ends_with(" --no-bench"), "{}", calls[1]);
+    assert!(calls[2].ends_with(" --no-conformance"), "{}", calls[2]);
+    for c in &calls[1..=2] {
+        assert!(c.contains(ALL_FIVE), "{c}");
+    }
+    assert!(
+        calls[3].ends_with(" --compile --compile-points resnet50:256"),
+        "{}",
+        calls[3]
+    );
+    assert!(calls[3].contains(ALL_FIVE), "{}", calls[3]);
+    assert!(table(&calls[4]), "{}", calls[4]);
 }
