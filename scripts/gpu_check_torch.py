@@ -50,7 +50,9 @@ def median_s(device, steps, warmup, fn):
     return statistics.median(times)
 
 
-def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f32"):
+def workload(name, batch, size, device, compiled, precision="f32"):
+    """The train step and eval step of the full-size MTANet on `name` (the network, losses and
+    optimizer of scripts/bench_torch.py), as two functions; peak memory counts from here."""
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, HERE)
@@ -88,6 +90,12 @@ def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f
         with torch.no_grad(), autocast():
             model(x)[2].sum().item()
 
+    return train_step, eval_step
+
+
+def bench_point(name, batch, size, steps, warmup, device, compiled, precision="f32"):
+    import torch
+    train_step, eval_step = workload(name, batch, size, device, compiled, precision)
     train_s = median_s(device, steps, warmup, train_step)
     eval_s = median_s(device, steps, warmup, eval_step)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
