@@ -10,9 +10,13 @@
 #       resnet50 and resnext50_32x4d at batch 64 and 256, f32 and bf16, beside PyTorch eager.
 #   scripts/gpu-check.sh --stage full          # ~8-10 min (the default): conformance, then all
 #       five backbones beside PyTorch eager and torch.compile (COMPILE_POINTS).
+#   scripts/gpu-check.sh --stage profile       # ~2-3 min: GPU time of one train step kernel by
+#       kernel for each of PROFILE_POINTS, ours (Nsight Compute, `ncu` or NCU=...) beside
+#       PyTorch's (torch.profiler), by category: profile.md. Needs a GPU and ncu.
 #
 # Writes conformance.csv, bench_rust.csv, bench_torch.csv, gpu.json, table.csv, table.md and
-# gpu-check.log to $OUT (default results/gpu-check); the CSVs of a stage are written even when
+# gpu-check.log to $OUT (default results/gpu-check); the profile stage ncu_<point>.csv,
+# torch_kernels.csv, profile.csv, profile.md and gpu-check.log; the CSVs of a stage are written even when
 # ops or points error (they become error rows). Exit codes: 2 with one line "gpu-check: ..."
 # when there is no usable GPU or binary; 1 with one line "gpu-check: FAILED ..." when a
 # conformance row failed or errored, a point errored, or a step ran out of time; 0 otherwise.
@@ -21,7 +25,8 @@
 # SIZE (112), STEPS (10), WARMUP (3), BACKBONES (per stage, see above), NO_COMPILE=1,
 # COMPILE_POINTS (backbone:batch pairs under torch.compile in the full stage, default
 # resnet50:256; `all` compiles every point, ~0.5-1 min each), TF32=1 (cuDNN and matmuls in both
-# frameworks). Time: BUDGET, the seconds the whole stage may take (225 conformance, 315 bench,
+# frameworks), PROFILE_POINTS (backbone:batch:precision, comma-separated; default
+# resnet50:64:f32,resnet50:256:f32,resnet50:64:bf16), NCU (default ncu). Time: BUDGET, the seconds the whole stage may take (225 conformance, 315 bench,
 # 580 full: 15-20 s under the device call's timeout), and per-step limits within it,
 # CONFORMANCE_LIMIT (200), RUST_BENCH_LIMIT and TORCH_BENCH_LIMIT (150 each in the bench stage;
 # the rest of the budget in full). A step that runs out of time is stopped, its CSV keeps the
@@ -45,17 +50,18 @@ fail() {
 stage=full
 while [ "$#" -gt 0 ]; do
     case "$1" in
-        --stage) stage="${2:-}"; shift 2 || fail "--stage needs a value: conformance, bench or full" ;;
+        --stage) stage="${2:-}"; shift 2 || fail "--stage needs a value: conformance, bench, full or profile" ;;
         --stage=*) stage="${1#--stage=}"; shift ;;
         -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) fail "unknown argument $1 (use --stage conformance|bench|full)" ;;
+        *) fail "unknown argument $1 (use --stage conformance|bench|full|profile)" ;;
     esac
 done
 case "$stage" in
     conformance) run_conformance=1; run_bench=0 ;;
     bench) run_conformance=0; run_bench=1 ;;
     full) run_conformance=1; run_bench=1 ;;
-    *) fail "unknown stage '$stage' (use conformance, bench or full)" ;;
+    profile) run_conformance=0; run_bench=0 ;;
+    *) fail "unknown stage '$stage' (use conformance, bench, full or profile)" ;;
 esac
 
 SHIM_DIR="${SHIM_DIR:-$repo/dist/curand-shim}"
@@ -70,6 +76,7 @@ fi
 mkdir -p "$OUT" || fail "cannot create $OUT"
 
 if [ "$cpu_mode" = 1 ]; then
+    [ "$stage" != profile ] || fail "the profile stage needs a GPU and Nsight Compute (not GPU_CHECK_CPU=1)"
     device=cpu
     torch_device=cpu
     : "${BATCHES:=2,4}" "${SIZE:=32}" "${STEPS:=1}" "${WARMUP:=0}"
@@ -112,6 +119,12 @@ case "$stage" in
         NO_COMPILE=1
         ;;
     full) : "${BUDGET:=580}" ;;
+    profile)
+        : "${BUDGET:=300}" "${NCU:=ncu}"
+        : "${PROFILE_POINTS:=resnet50:64:f32,resnet50:256:f32,resnet50:64:bf16}"
+        command -v "$NCU" >/dev/null 2>&1 \
+            || fail "the profile stage needs Nsight Compute: '$NCU' not found (set NCU=/path/to/ncu)"
+        ;;
 esac
 # Every stage passes --backbones (the conformance stage checks every backbone fixture whatever
 # it names; the bench measures these): all five unless the stage or the CPU mode chose fewer.
@@ -174,7 +187,29 @@ if [ "$run_bench" = 1 ]; then
     [ "${TF32:-0}" = 1 ] && torch_args+=(--tf32)
     run "$TORCH_BENCH_LIMIT" "the PyTorch bench" "$PYTHON" scripts/gpu_check_torch.py "${torch_args[@]}"
 fi
-run 60 "the table" "$PYTHON" scripts/gpu_check_torch.py table --out "$OUT"
+if [ "$stage" = profile ]; then
+    # One timed train step per point under Nsight Compute, inside the capture range the binary
+    # opens after its warm-up steps (cuDNN's algorithm measurement stays out of the profile).
+    scratch="$(mktemp -d)"
+    IFS=, read -r -a points <<<"$PROFILE_POINTS"
+    for pt in "${points[@]}"; do
+        IFS=: read -r p_backbone p_batch p_precision <<<"$pt"
+        [ -n "$p_precision" ] || fail "PROFILE_POINTS entry '$pt' is not backbone:batch:precision"
+        prof_args=(gpu-check --device "$device" --reference cpu --fixtures tests/fixtures/backbones
+            --out "$scratch" --no-conformance --profile-timed-steps --backbones "$p_backbone"
+            --batches "$p_batch" --precisions "$p_precision" --size "$SIZE" --steps 1 --warmup 2)
+        [ "${TF32:-0}" = 1 ] && prof_args+=(--tf32)
+        run "$BUDGET" "the profile of $pt" "$NCU" --profile-from-start off \
+            --metrics gpu__time_duration.sum --csv --clock-control none \
+            --log-file "$OUT/ncu_${p_backbone}_${p_batch}_${p_precision}.csv" "$BIN" "${prof_args[@]}"
+    done
+    torch_args=(torch --device "$torch_device" --out "$OUT" --points "$PROFILE_POINTS" --size "$SIZE")
+    [ "${TF32:-0}" = 1 ] && torch_args+=(--tf32)
+    run "$BUDGET" "the PyTorch profile" "$PYTHON" scripts/gpu_profile.py "${torch_args[@]}"
+    run 60 "the table" "$PYTHON" scripts/gpu_profile.py table --out "$OUT"
+else
+    run 60 "the table" "$PYTHON" scripts/gpu_check_torch.py table --out "$OUT"
+fi
 
 elapsed=$((SECONDS - start))
 if [ "${#failures[@]}" -gt 0 ]; then
@@ -182,4 +217,6 @@ if [ "${#failures[@]}" -gt 0 ]; then
     echo "gpu-check: FAILED stage $stage after ${elapsed} s: ${msg%; } (see $log)" >&2
     exit 1
 fi
-echo "gpu-check: stage $stage done in ${elapsed} s; table in $OUT/table.md"
+table=table.md
+[ "$stage" = profile ] && table=profile.md
+echo "gpu-check: stage $stage done in ${elapsed} s; table in $OUT/$table"

@@ -2,8 +2,9 @@
 //! GPU and stop with one clear line and exit code 2, and its CPU mode (`GPU_CHECK_CPU=1`) must
 //! run the conformance stage (f32 and bf16 rows) through the real binary and write its CSVs;
 //! an op that errors must become an error row, with the run going on and the exit code 1; and
-//! on the GPU path (a stand-in `nvidia-smi`, Python and binary) every stage must call the
-//! binary and PyTorch with the arguments it documents.
+//! on the GPU path (a stand-in `nvidia-smi`, Python, binary and Nsight Compute) every stage must
+//! call the binary, the profiler and PyTorch with the arguments it documents; the profile's
+//! table (`scripts/gpu_profile.py table`) must sum each framework's kernels by category.
 
 use std::path::Path;
 use std::process::Command;
@@ -184,9 +185,9 @@ fn an_op_that_errors_is_an_error_row_and_the_run_finishes_with_exit_1() {
     assert!(out_dir.path().join("table.md").exists());
 }
 
-/// Stand-ins for `nvidia-smi`, the CUDA binary and Python in `dir`: each records its arguments,
-/// one call per line, in `dir/calls` (Python only for `scripts/gpu_check_torch.py`); the binary
-/// answers the probe as a working device would.
+/// Stand-ins for `nvidia-smi`, the CUDA binary, Python and `ncu` in `dir`: each records its
+/// arguments, one call per line, in `dir/calls` (Python only for the scripts it runs); the
+/// binary answers the probe as a working device would, `ncu` writes an empty log.
 fn fake_gpu_machine(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let calls = dir.join("calls");
@@ -210,6 +211,14 @@ fn fake_gpu_machine(dir: &Path) {
         ),
     );
     write(
+        "ncu",
+        format!(
+            "echo \"ncu $*\" >> '{c}'\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --log-file ] && : > \"$2\"; shift; done\n",
+            c = calls.display()
+        ),
+    );
+    write(
         "python",
         format!(
             "case \"$*\" in *'import nvidia'*) echo '{d}'; exit 0;; esac\n\
@@ -227,6 +236,8 @@ fn gpu_path_calls(stage: &str) -> Vec<String> {
     let out_dir = tempfile::tempdir().unwrap();
     let out = script()
         .args(["--stage", stage])
+        .env_remove("PROFILE_POINTS")
+        .env_remove("NCU")
         .env("PATH", format!("{}:/usr/bin:/bin", fakes.path().display()))
         .env("BIN", fakes.path().join("mtanet"))
         .env("PYTHON", fakes.path().join("python"))
@@ -292,4 +303,204 @@ fn the_gpu_path_of_each_stage_calls_the_binary_and_pytorch_as_documented() {
     );
     assert!(calls[3].contains(ALL_FIVE), "{}", calls[3]);
     assert!(table(&calls[4]), "{}", calls[4]);
+
+    // Probe, one ncu per point, PyTorch's profile, the table; no conformance, no bench.
+    let calls = gpu_path_calls("profile");
+    assert_eq!(calls.len(), 6, "{calls:#?}");
+    assert_eq!(calls[0], probe);
+    for (i, (backbone, batch, precision)) in [
+        ("resnet50", "64", "f32"),
+        ("resnet50", "256", "f32"),
+        ("resnet50", "64", "bf16"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // ncu's call names the binary's (the stand-in ncu does not run it).
+        let c = &calls[1 + i];
+        assert!(
+            c.starts_with(
+                "ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+                 --clock-control none --log-file "
+            ),
+            "{c}"
+        );
+        assert!(
+            c.contains(&format!("/ncu_{backbone}_{batch}_{precision}.csv ")),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                " gpu-check --device cuda:0 --reference cpu --fixtures tests/fixtures/backbones"
+            ) && c.contains(&format!(
+                " --no-conformance --profile-timed-steps --backbones {backbone} --batches \
+                 {batch} --precisions {precision} --size 112 --steps 1 --warmup 2"
+            )),
+            "{c}"
+        );
+    }
+    assert!(
+        calls[4].starts_with("python scripts/gpu_profile.py torch --device cuda --out ")
+            && calls[4].ends_with(
+                " --points resnet50:64:f32,resnet50:256:f32,resnet50:64:bf16 --size 112"
+            ),
+        "{}",
+        calls[4]
+    );
+    assert!(
+        calls[5].starts_with("python scripts/gpu_profile.py table --out "),
+        "{}",
+        calls[5]
+    );
+}
+
+#[test]
+fn the_profile_stage_needs_a_gpu_and_nsight_compute() {
+    let out = script()
+        .args(["--stage", "profile"])
+        .env("GPU_CHECK_CPU", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("gpu-check: the profile stage needs a GPU"),
+        "{stderr}"
+    );
+
+    let fakes = tempfile::tempdir().unwrap();
+    fake_gpu_machine(fakes.path());
+    std::fs::remove_file(fakes.path().join("ncu")).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = script()
+        .args(["--stage", "profile"])
+        .env("PATH", format!("{}:/usr/bin:/bin", fakes.path().display()))
+        .env("BIN", fakes.path().join("mtanet"))
+        .env("PYTHON", fakes.path().join("python"))
+        .env("OUT", out_dir.path())
+        .env_remove("NCU")
+        .env_remove("GPU_CHECK_CPU")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("gpu-check: the profile stage needs Nsight Compute: 'ncu' not found"),
+        "{stderr}"
+    );
+}
+
+/// Runs `scripts/gpu_profile.py table` on `dir`.
+fn profile_table(dir: &Path) -> std::process::Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new("python3")
+        .arg(root.join("scripts/gpu_profile.py"))
+        .args(["table", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_profile_table_sums_each_frameworks_kernels_by_category() {
+    let dir = tempfile::tempdir().unwrap();
+    // An Nsight Compute `--csv` log: ncu's own lines, one row per launch, ns and us values
+    // with thousands separators, and a row of another metric that must not count.
+    let head = "\"ID\",\"Process ID\",\"Process Name\",\"Host Name\",\"Kernel Name\",\
+                \"Context\",\"Stream\",\"Block Size\",\"Grid Size\",\"Device\",\"CC\",\
+                \"Section Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\"\n";
+    let row = |id: usize, name: &str, metric: &str, unit: &str, value: &str| {
+        format!(
+            "\"{id}\",\"1\",\"mtanet\",\"h\",\"{name}\",\"1\",\"7\",\"(1, 1, 1)\",\"(1, 1, 1)\",\
+             \"0\",\"9.0\",\"Command line profiler metrics\",\"{metric}\",\"{unit}\",\"{value}\"\n"
+        )
+    };
+    let t = "gpu__time_duration.sum";
+    let ncu = [
+        "==PROF== Connected to process 1\n".to_string(),
+        head.to_string(),
+        row(
+            0,
+            "void implicit_convolve_sgemm<float, float>(int, int)",
+            t,
+            "ns",
+            "1,500,000",
+        ),
+        row(1, "sm80_xmma_dgrad_implicit_gemm_f32f32", t, "us", "2,500"),
+        row(2, "mtanet_bn_row_sums", t, "ns", "700,000"),
+        row(3, "badd_f32", t, "ns", "300,000"),
+        row(4, "badd_f32", t, "ns", "300,000"),
+        row(5, "mtanet_opt_sgd_apply", t, "ns", "100,000"),
+        row(6, "cast_f32_bf16", t, "ns", "50,000"),
+        row(7, "mystery_kernel", t, "ns", "10,000"),
+        row(
+            8,
+            "badd_f32",
+            "sm__cycles_elapsed.avg",
+            "cycle",
+            "99,999,999",
+        ),
+        "==PROF== Disconnected from process 1\n".to_string(),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("ncu_resnet50_64_f32.csv"), ncu).unwrap();
+    std::fs::write(
+        dir.path().join("torch_kernels.csv"),
+        "point,kernel,calls,gpu_us\n\
+         resnet50_64_f32,\"void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float>(int)\",3,900.0\n\
+         resnet50_64_f32,sm80_xmma_fprop_implicit_gemm_f32f32,2,2000.0\n\
+         resnet50_64_f32,\"void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>\",5,250.0\n\
+         resnet50_64_f32,\"void at::native::multi_tensor_apply_kernel<float>\",1,80.0\n\
+         resnet50_256_f32,sm80_xmma_fprop_implicit_gemm_f32f32,2,9999.0\n",
+    )
+    .unwrap();
+    let out = profile_table(dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.path().join("profile.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("point,category,ours_ms,ours_kernels,torch_ms,torch_kernels")
+    );
+    let rows: Vec<&str> = lines.collect();
+    // Each category: ours' launches summed (ms, launches), PyTorch's kernels (ms, calls).
+    let want = [
+        "resnet50_64_f32,optimizer,0.100,1,0.080,1",
+        "resnet50_64_f32,batchnorm,0.700,1,0.900,3",
+        "resnet50_64_f32,convolution + matmul,4.000,2,2.000,2",
+        "resnet50_64_f32,casts,0.050,1,0.000,0",
+        "resnet50_64_f32,elementwise + reductions,0.600,2,0.250,5",
+        "resnet50_64_f32,other,0.010,1,0.000,0",
+        "resnet50_64_f32,total,5.460,8,3.230,11",
+    ];
+    assert_eq!(rows, want, "{csv}");
+    let md = std::fs::read_to_string(dir.path().join("profile.md")).unwrap();
+    assert!(
+        md.contains("| **total** | **5.46** (8) | 3.23 (11) | 1.69 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 1.50 | 1 | `implicit_convolve_sgemm<float, float>` |"),
+        "{md}"
+    );
+
+    // An unknown time unit is refused, naming the file and the kernel.
+    std::fs::write(
+        dir.path().join("ncu_resnet50_64_f32.csv"),
+        [head.to_string(), row(0, "badd_f32", t, "fortnight", "1")].concat(),
+    )
+    .unwrap();
+    let out = profile_table(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ncu_resnet50_64_f32.csv: unknown time unit 'fortnight' of 'badd_f32'"),
+        "{stderr}"
+    );
 }

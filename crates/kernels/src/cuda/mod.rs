@@ -19,14 +19,16 @@
 //!   normalisation, fused ReLU) and its backward, the eval-mode channel affine and its backward.
 //!   The per-channel sums reproduce the CPU's summation order (16 f32 lanes per row, rows added
 //!   in f64 in image order), so statistics and parameter gradients are bit-identical to the
-//!   CPU's and deterministic (no atomics). The statistics are copied to the host (C values) for
-//!   the running averages and the backward op, as the CPU op keeps them.
+//!   CPU's and deterministic (no atomics). The statistics stay on the device, read there by the
+//!   backward op and blended into the running averages by a kernel (no host copy).
 //! - **Gates** ([`gate`], `gate.cu`): channel / spatial gate forward and backward, CBAM's channel
 //!   max + mean pooling and its backward (first-argmax rule of the CPU).
 //! - **Element-wise** ([`elementwise`], `elementwise.cu`): the residual `relu(a + b)` and its
 //!   backward mask, and the in-place SGD / Adam updates.
 //! - **Memory** ([`memory`]): the device's stream-ordered pool keeps freed memory (release
 //!   threshold raised once per device) and reports its peak use.
+//! - **Profiling** ([`profiler`]): the capture range of an attached profiler, so a profile can
+//!   cover chosen steps only.
 //!
 //! All of our CUDA C uses the `_rn` intrinsics for products and sums, so NVRTC's default FMA
 //! contraction cannot change the CPU's rounding; f32 only, except the max-pool (f32 and f64).
@@ -53,6 +55,7 @@ pub mod max_pool;
 pub mod memory;
 pub mod norm;
 mod nvrtc;
+pub mod profiler;
 
 pub use conv::{allow_tf32, set_allow_tf32};
 pub use nvrtc::compile_cubin;

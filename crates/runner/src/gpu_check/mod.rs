@@ -82,6 +82,9 @@ pub struct GpuCheckOptions {
     /// Let f32 cuDNN convolutions and cuBLAS matmuls use TF32 (timing only; conformance
     /// always runs exact f32).
     pub tf32: bool,
+    /// Bracket each point's timed train steps with the capture range of an attached profiler
+    /// (`ncu --profile-from-start off`), after the warm-up steps' algorithm measurement.
+    pub profile_timed_steps: bool,
 }
 
 /// What a `mtanet gpu-check` run found.
@@ -183,6 +186,12 @@ pub struct GpuCheckArgs {
     /// always exact f32).
     #[arg(long)]
     pub tf32: bool,
+    /// Open an attached profiler's capture range around each point's timed train steps only
+    /// (`cuProfilerStart` / `cuProfilerStop`, for `ncu --profile-from-start off`): the
+    /// warm-up steps, where cuDNN's algorithms are measured, stay out of the profile. Does
+    /// nothing without a profiler, or off CUDA.
+    #[arg(long)]
+    pub profile_timed_steps: bool,
 }
 /// `mtanet gpu-check`: fails (non-zero exit) when the device cannot be used or a conformance
 /// row fails.
@@ -204,6 +213,7 @@ pub fn main(a: &GpuCheckArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         tolerance: a.tolerance,
         tf32: a.tf32,
+        profile_timed_steps: a.profile_timed_steps,
     };
     let summary = run(&opts)?;
     if !summary.ok() {

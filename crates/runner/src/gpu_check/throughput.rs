@@ -32,16 +32,21 @@ pub struct BenchPoint {
     pub error: Option<String>,
 }
 /// Median of per-step seconds over `steps` timed steps after `warmup` untimed ones; the device
-/// is synchronised after every step.
+/// is synchronised after every step. With `profile`, the timed steps run inside an attached
+/// profiler's capture range ([`profiler_range`]).
 pub(super) fn median_seconds(
     dev: &Device,
     steps: usize,
     warmup: usize,
+    profile: bool,
     f: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
     for _ in 0..warmup {
         f()?;
         dev.synchronize()?;
+    }
+    if profile {
+        profiler_range(dev, true)?;
     }
     let mut times = Vec::with_capacity(steps.max(1));
     for _ in 0..steps.max(1) {
@@ -50,32 +55,54 @@ pub(super) fn median_seconds(
         dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
+    if profile {
+        profiler_range(dev, false)?;
+    }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
+
+/// Opens (`start`) or closes an attached profiler's capture range on CUDA; nothing elsewhere.
+fn profiler_range(dev: &Device, start: bool) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        if start {
+            mtanet_kernels::cuda::profiler::start(d)?;
+        } else {
+            mtanet_kernels::cuda::profiler::stop(d)?;
+        }
+    }
+    let _ = (dev, start);
+    Ok(())
+}
 /// Train-step and eval throughput of the full-size MTANet on `kind` (the network, losses and
 /// optimizer of `mtanet bench`: forward in train mode, CCC + BCE + CE, backward, SGD momentum
-/// 0.9 weight decay 5e-3).
+/// 0.9 weight decay 5e-3), at `opts`' input size, steps and warm-up. With
+/// `opts.profile_timed_steps`, the timed train steps run inside an attached profiler's capture
+/// range.
 pub fn bench_point(
     dev: &Device,
-    kind: BackboneKind,
-    batch: usize,
-    size: usize,
-    precision: Precision,
-    steps: usize,
-    warmup: usize,
+    opts: &GpuCheckOptions,
+    (kind, batch, precision): (BackboneKind, usize, Precision),
 ) -> anyhow::Result<(f64, f64)> {
-    let mut w = Workload::new(kind, batch, size, precision, dev)?;
+    let (steps, warmup) = (opts.steps, opts.warmup);
+    let mut w = Workload::new(kind, batch, opts.size, precision, dev)?;
     let mut train_step = || -> anyhow::Result<()> {
         w.train_step()?;
         Ok(())
     };
-    let train_s = median_seconds(dev, steps, warmup, &mut train_step)?;
+    let train_s = median_seconds(
+        dev,
+        steps,
+        warmup,
+        opts.profile_timed_steps,
+        &mut train_step,
+    )?;
     let mut eval_step = || -> anyhow::Result<()> {
         w.eval_step()?;
         Ok(())
     };
-    let eval_s = median_seconds(dev, steps, warmup, &mut eval_step)?;
+    let eval_s = median_seconds(dev, steps, warmup, false, &mut eval_step)?;
     Ok((batch as f64 / train_s, batch as f64 / eval_s))
 }
 /// Writes `bench_rust.csv` (the header alone when `points` is empty).
@@ -150,15 +177,7 @@ fn measure_point(
 ) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let run = || -> anyhow::Result<(f64, f64, Option<f64>)> {
         reset_peak_memory(dev)?;
-        let (train, eval) = bench_point(
-            dev,
-            kind,
-            batch,
-            opts.size,
-            precision,
-            opts.steps,
-            opts.warmup,
-        )?;
+        let (train, eval) = bench_point(dev, opts, (kind, batch, precision))?;
         Ok((train, eval, peak_memory_mib(dev)?))
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
