@@ -3,11 +3,12 @@
 //! input gradient of dense 3x3 padding-1 convolutions, over maps from 1x1 to 14x14 (odd,
 //! non-square, fewer positions than one register block, blocks that span images), with the
 //! kernel forced (`Algorithm::DirectDense`); which ResNet-50 layers `Algorithm::Auto` gives it;
-//! and bit-identical results under rayon pools of 1, 2 and 3 threads. It runs only on Intel
-//! CPUs with AVX-512; elsewhere the tests say so and check that nothing takes it.
+//! and bit-identical results under rayon pools of 1, 2 and 3 threads. It runs only where
+//! AVX-512 runs on full-width units (Intel, AMD Zen 5); elsewhere the tests say so and check
+//! that nothing takes it.
 
 use candle_core::Result;
-use mtanet_kernels::conv2d::{direct_dense, with_algorithm, Algorithm, Pass};
+use mtanet_kernels::conv2d::{cpu_kind, direct_dense, with_algorithm, Algorithm, CpuKind, Pass};
 use mtanet_kernels::ConvGeometry;
 
 mod support;
@@ -39,7 +40,7 @@ fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3
     conv_passes(algorithm, &geometry(shape)?, seed)
 }
 
-/// Whether this CPU runs the kernel at all (an Intel CPU with AVX-512).
+/// Whether this CPU runs the kernel at all (AVX-512 on full-width units).
 fn runs_here() -> Result<bool> {
     let g = geometry(&SHAPES[0])?;
     Ok(with_algorithm(Algorithm::DirectDense, || {
@@ -53,7 +54,7 @@ fn runs_here() -> Result<bool> {
 #[test]
 fn the_shapes_take_the_dense_kernel() -> Result<()> {
     if !runs_here()? {
-        eprintln!("not an Intel CPU with AVX-512: the dense kernel is off");
+        eprintln!("no AVX-512 on full-width units: the dense kernel is off");
         for shape in SHAPES {
             let g = geometry(shape)?;
             let any = with_algorithm(Algorithm::DirectDense, || {
@@ -73,7 +74,10 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
         let off = with_algorithm(Algorithm::Gemm, || direct_dense(&g, Pass::Forward));
         assert!(!off, "{shape:?}: Algorithm::Gemm must turn it off");
     }
-    // (shape, forward, input gradient) under Algorithm::Auto.
+    // (shape, forward, input gradient) under Algorithm::Auto, as measured on Intel; on AMD
+    // Zen 5 two of these stay off the kernel (F(4x4) at 7x7 with 256 channels, GEMM for the 4x4
+    // input gradient at batch 16), measured faster there.
+    let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
     for (shape, forward, input_grad) in [
         ([32, 128, 128, 28, 28, 2], true, false),
         ([16, 256, 256, 14, 14, 2], true, false),
@@ -91,10 +95,16 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
     ] {
         let g = geometry(&shape)?;
         let auto = [Pass::Forward, Pass::InputGrad].map(|p| direct_dense(&g, p));
+        let want = match shape {
+            [_, 256, 256, 7, 7, 1] if zen5 => [false, false],
+            [16, 512, 512, 4, 4, 1] if zen5 => [false, false],
+            _ => [forward, input_grad],
+        };
         assert_eq!(
             auto,
-            [forward, input_grad],
-            "{shape:?} under Algorithm::Auto"
+            want,
+            "{shape:?} under Algorithm::Auto on {:?}",
+            cpu_kind()
         );
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! The direct 3x3 kernel for dense layers on Intel CPUs with AVX-512: output positions of the
+//! The direct 3x3 kernel for dense layers on CPUs with AVX-512 on full-width units (Intel, AMD
+//! Zen 5): output positions of the
 //! whole batch in one list, 64 output channels in four vectors, and the weights of 8 input
 //! channels at a time held in the L1 cache.
 //!
@@ -46,8 +47,8 @@ const CI_BLOCK: usize = 8;
 const P: usize = 6;
 
 /// True when the kernel can compute `g` on this CPU: dense, 3x3, padding 1, stride 1 or 2,
-/// a multiple of 64 output channels and of 8 input channels, on an Intel CPU with AVX-512
-/// (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
+/// a multiple of 64 output channels and of 8 input channels, on a CPU with AVX-512 on
+/// full-width units (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
 /// channel counts swapped ([`input_grad_fits`]).
 pub(super) fn forward_fits(g: &ConvGeometry) -> bool {
     dense_3x3(g) && fits(g.in_channels, g.out_channels)
@@ -474,7 +475,7 @@ mod tests {
     #[test]
     fn forward_and_input_grad_are_the_plain_loop_bit_for_bit() {
         if !super::super::select::avx512_full_width() {
-            eprintln!("skipped: the kernel runs only on Intel CPUs with AVX-512");
+            eprintln!("skipped: the kernel runs only where AVX-512 runs on full-width units");
             return;
         }
         // (batch, c_in, c_out, h, w, stride): positions that end mid-block, blocks that span

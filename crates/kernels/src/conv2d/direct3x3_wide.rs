@@ -1,5 +1,5 @@
-//! The direct 3x3 kernels with their vectors across output channels, for Intel CPUs with
-//! AVX-512 and groups of a multiple of 16 output channels: ResNeXt's grouped layers with 16 and
+//! The direct 3x3 kernels with their vectors across output channels, for CPUs with AVX-512 on
+//! full-width units (Intel, AMD Zen 5) and groups of a multiple of 16 output channels: ResNeXt's grouped layers with 16 and
 //! 32 channels per group, which run on 7x7 and 4x4 maps at 112x112 input, and the dense layers
 //! `select.rs` gives the direct kernel.
 //!
@@ -37,16 +37,17 @@ use super::direct3x3::{unit_kernel, Reads, Taps};
 /// Output channels one vector holds.
 const LANES: usize = 16;
 
-/// True on the CPUs the wide kernels were measured on and run on: Intel with AVX-512, whose
-/// 512-bit operations run on full-width units (`select.rs`); elsewhere the AVX2 kernels run as
-/// before (on AMD's Zen 4, which splits them over 256-bit units, unmeasured).
+/// True on the CPUs the wide kernels were measured on and run on: Intel with AVX-512 and AMD
+/// Zen 5 server cores, whose 512-bit operations run on full-width units (`select.rs`,
+/// `CpuKind`); elsewhere the AVX2 kernels run as before (on AMD's Zen 4, which splits them
+/// over 256-bit units, unmeasured).
 fn cpu_supports() -> bool {
     super::select::avx512_full_width()
 }
 
 /// True when units with `c_out` output channels run the wide kernels (the forward's, which the
-/// input gradient runs through, and [`unit_weight_grad_wide`]): a multiple of 16, on an Intel
-/// CPU with AVX-512.
+/// input gradient runs through, and [`unit_weight_grad_wide`]): a multiple of 16, on a CPU
+/// with AVX-512 on full-width units.
 pub(super) fn runs_wide(c_out: usize) -> bool {
     c_out.is_multiple_of(LANES) && cpu_supports()
 }

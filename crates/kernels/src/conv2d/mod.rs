@@ -9,7 +9,8 @@
 //! the whole batch (`batched.rs`); dense 3x3 stride-1 padding-1 ones Winograd's F(2x2, 3x3) or
 //! F(4x4, 3x3) (`winograd.rs`) or a direct register-blocked kernel (`direct3x3.rs`), and
 //! grouped 3x3 stride-1 and stride-2 ones with 4-32 channels per group that direct kernel
-//! (stride 2 through `direct3x3_stride2.rs`; on Intel CPUs with AVX-512, for a multiple of 16
+//! (stride 2 through `direct3x3_stride2.rs`; on CPUs with AVX-512 on full-width units, Intel
+//! and AMD Zen 5, for a multiple of 16
 //! output channels per group, with its vectors across output channels, `direct3x3_wide.rs`),
 //! and on such CPUs dense 3x3 layers on small maps a direct kernel over the whole batch
 //! (`direct3x3_dense.rs`), each for the shapes where it was measured faster (`select.rs`). Strided im2col reads each input row split into its stride phases
@@ -36,7 +37,9 @@ mod winograd;
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
-pub use select::{direct_3x3, direct_dense, direct_runs_wide, with_algorithm, Algorithm, Pass};
+pub use select::{
+    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, with_algorithm, Algorithm, CpuKind, Pass,
+};
 pub use weight_grad::Conv2dWeightGrad;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.

@@ -2,9 +2,9 @@
 //! they were measured faster, the GEMM paths (per unit, or whole-batch on small maps) everywhere
 //! else.
 //!
-//! The choice depends on the geometry and, for some dense shapes, on whether the CPU is an Intel
-//! with AVX-512 (`avx512_full_width`), never on the thread count: on one machine a pass computes
-//! the same values whatever the number of rayon threads. A caller can force one algorithm on
+//! The choice depends on the geometry and, for some shapes, on the kind of CPU ([`cpu_kind`]:
+//! AVX-512 on full-width units, Intel or AMD Zen 5, or not), never on the thread count: on one
+//! machine a pass computes the same values whatever the number of rayon threads. A caller can force one algorithm on
 //! its own thread with [`with_algorithm`] (benchmarks and tests compare them side by side).
 
 use super::geometry::ConvGeometry;
@@ -28,8 +28,25 @@ pub enum Algorithm {
     Direct,
     /// The dense direct 3x3 kernel over the whole batch (`direct3x3_dense.rs`) wherever it
     /// applies (dense 3x3, padding 1, stride 1 or 2 (the input gradient stride 1), a multiple
-    /// of 64 output and 8 input channels, an Intel CPU with AVX-512), else GEMM.
+    /// of 64 output and 8 input channels, a CPU with AVX-512 on full-width units), else GEMM.
     DirectDense,
+}
+
+/// The kinds of CPU whose kernel choices were measured apart ([`cpu_kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuKind {
+    /// Intel with AVX-512 (`GenuineIntel`, `avx512f`): `gemm`'s AVX-512 kernel, the wide direct
+    /// kernel (`direct3x3_wide.rs`) and the dense kernel over the batch (`direct3x3_dense.rs`)
+    /// run on full-width units. Measured on a 2-core Xeon (family 6, model 167).
+    IntelAvx512,
+    /// AMD Zen 5 server cores (`AuthenticAMD`, family 0x1A, models 0x00-0x1F: EPYC 9005) with
+    /// `avx512f`: full-width 512-bit units, like Intel's. Measured on a 2-core EPYC (model
+    /// 0x02); two dense choices differ from Intel's ([`measured_choice`]). Other Zen 5 parts
+    /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
+    Zen5Avx512,
+    /// Any other CPU, AMD's Zen 4 (which splits 512-bit operations over 256-bit units) among
+    /// them: the AVX2 kernels and the choices measured on Zen 4.
+    Other,
 }
 
 thread_local! {
@@ -95,11 +112,14 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 ///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
 ///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
 ///   outputs of 36 pixels or more.
-/// - On an Intel CPU with AVX-512 ([`avx512_full_width`]), groups of 16 or 32 output channels
+/// - Where AVX-512 runs on full-width units ([`avx512_full_width`]), groups of 16 or 32 output channels
 ///   take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
 ///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at
 ///   7x7, 0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces
-///   on larger maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14.
+///   on larger maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14. On AMD Zen 5
+///   (CPU time of 2 threads, best of 5, batch 16, two alternating rounds against the AVX2
+///   kernel's choices): forward 0.67-0.81, input gradient 0.67-0.87, weight gradient 0.50-0.86
+///   on ResNeXt-50's grouped layers at 7x7 and 4x4 and at stride 2 from 14x14 and 7x7.
 ///
 /// Dense layers take it where `measured_choice` says so: stride 1, and stride 2 only where the
 /// AVX-512 kernel runs on full-width units (forced on ResNet-50's stride-2 layers, the AVX2
@@ -186,7 +206,7 @@ enum Dense {
 ///
 /// Batches under 16 and other map sizes were not measured and stay on GEMM.
 ///
-/// On an Intel CPU with AVX-512 ([`avx512_full_width`]) `gemm` runs its AVX-512 kernel on
+/// On an Intel CPU with AVX-512 ([`CpuKind::IntelAvx512`]) `gemm` runs its AVX-512 kernel on
 /// full-width units, and so does the direct kernel (`direct3x3_wide.rs`, its vectors across
 /// output channels, for groups of a multiple of 16 output channels; the values are the AVX2
 /// kernel's bit for bit). Measured on a 2-core Intel Xeon (AVX-512 and AMX), 2 threads, best of
@@ -228,10 +248,24 @@ enum Dense {
 ///
 /// The rest stands (F(4x4) at 7x7 stayed 0.77-0.93 of GEMM's time on all three passes, and the
 /// direct kernel took 1.5-2x GEMM's there, for the same reason).
+///
+/// On AMD Zen 5 ([`CpuKind::Zen5Avx512`], a 2-core EPYC, CPU time of 2 threads, best of 3-6,
+/// two alternating rounds) the Intel choices hold but two. Against the choices made before
+/// for it (Zen 4's): the direct kernel on 28x28 with 64 channels, now wide, forward 0.65-0.69
+/// and input gradient 0.69-0.72 (0.65 / 0.69 at 56x56); 14x14 with 128 channels over the batch,
+/// forward 0.65-0.84 and input gradient 0.80-0.88 of F(4x4)'s; the stride-2 input gradient at
+/// 128 channels 0.62-0.70 of GEMM's; the stride-2 forwards over the batch 0.78-0.88 (from
+/// 28x28), 0.85-0.87 at batch 16 and 0.87 at 32 (from 14x14, 10.7-10.8 against 12.4 ms), 0.86-0.94
+/// at batch 32 (from 7x7); the 56x56 weight gradient on GEMM, 0.86-0.88 of F(4x4)'s. The two
+/// exceptions, measured side by side in one process: at 7x7 with 256 channels F(4x4) beat the
+/// dense kernel (batch 32: forward 8.8-9.4 against 9.8-11.1 ms, input gradient 8.9-9.2 against
+/// 9.9-10.9), and at 4x4 with 512 channels, batch 16, GEMM beat it for the input gradient (6.5
+/// against 9.8 ms); both keep the choices above.
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let pixels = g.out_pixels();
     let channels = g.group_in_channels().min(g.group_out_channels());
     let full_width = avx512_full_width();
+    let intel = cpu_kind() == CpuKind::IntelAvx512;
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
         // The outputs measured at 112x112 input: 14x14, 7x7, and 4x4 (512 channels, whose
@@ -252,9 +286,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     }
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
-        (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
+        (37..=64, 256, Pass::Forward | Pass::InputGrad) if intel => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
-        (10..=36, 512, Pass::InputGrad) if full_width && !wide => Dense::OverBatch,
+        (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
@@ -268,25 +302,48 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     }
 }
 
-/// True on an Intel CPU with AVX-512 (`GenuineIntel`, `avx512f`), where `gemm`'s AVX-512
-/// kernel and the wide direct kernel outrun the AVX2 Winograd kernels on some shapes
-/// (`measured_choice`). AMD's Zen 4 also has AVX-512 but splits each 512-bit operation over its
-/// 256-bit units, and there the measured choices stand. Read once per process: the choice stays
-/// a function of the geometry on a given machine, the same for every thread count.
-pub(super) fn avx512_full_width() -> bool {
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| {
+/// The kind of this CPU (see [`CpuKind`]), from `cpuid`: vendor, family and model. Read once
+/// per process: the choice stays a function of the geometry on a given machine, the same for
+/// every thread count.
+pub fn cpu_kind() -> CpuKind {
+    static KIND: std::sync::OnceLock<CpuKind> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let leaf = std::arch::x86_64::__cpuid(0);
+            use std::arch::x86_64::__cpuid;
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return CpuKind::Other;
+            }
+            let leaf = __cpuid(0);
             let vendor = [leaf.ebx, leaf.edx, leaf.ecx]
                 .map(u32::to_le_bytes)
                 .concat();
-            vendor == b"GenuineIntel" && std::arch::is_x86_feature_detected!("avx512f")
+            let eax = __cpuid(1).eax;
+            let base_family = (eax >> 8) & 0xf;
+            let (family, model) = if base_family == 0xf {
+                (
+                    base_family + ((eax >> 20) & 0xff),
+                    ((eax >> 4) & 0xf) | (((eax >> 16) & 0xf) << 4),
+                )
+            } else {
+                (base_family, (eax >> 4) & 0xf)
+            };
+            match vendor.as_slice() {
+                b"GenuineIntel" => CpuKind::IntelAvx512,
+                b"AuthenticAMD" if family == 0x1a && model <= 0x1f => CpuKind::Zen5Avx512,
+                _ => CpuKind::Other,
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            false
+            CpuKind::Other
         }
     })
+}
+
+/// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5
+/// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
+/// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
+pub(super) fn avx512_full_width() -> bool {
+    cpu_kind() != CpuKind::Other
 }
