@@ -49,16 +49,18 @@ fn missing_gpu_exits_2_with_one_line() {
     assert!(!out_dir.path().join("conformance.csv").exists());
 }
 
+/// Asserts that `out` exited with code 2, saying one line on stderr that starts with `start`.
+fn assert_refused(out: &std::process::Output, start: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(start), "{stderr}");
+}
+
 #[test]
 fn unknown_stage_exits_2_with_one_line() {
     let out = script().args(["--stage", "warp"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("gpu-check: unknown stage 'warp'"),
-        "{stderr}"
-    );
+    assert_refused(&out, "gpu-check: unknown stage 'warp'");
 }
 
 /// The rows of `conformance.csv` in `dir`, without the header.
@@ -229,21 +231,28 @@ fn fake_gpu_machine(dir: &Path) {
     );
 }
 
+/// `gpu-check.sh --stage STAGE` on the stand-in GPU machine of `fakes` ([`fake_gpu_machine`]),
+/// writing to `out`, with none of the settings a caller's environment could pass.
+fn on_stand_in_gpu(fakes: &Path, out: &Path, stage: &str) -> Command {
+    let mut c = script();
+    c.args(["--stage", stage])
+        .env("PATH", format!("{}:/usr/bin:/bin", fakes.display()))
+        .env("BIN", fakes.join("mtanet"))
+        .env("PYTHON", fakes.join("python"))
+        .env("OUT", out)
+        .env_remove("PROFILE_POINTS")
+        .env_remove("NCU")
+        .env_remove("BACKBONES")
+        .env_remove("GPU_CHECK_CPU");
+    c
+}
+
 /// Runs `stage` on the stand-in GPU machine; returns the calls the stage made.
 fn gpu_path_calls(stage: &str) -> Vec<String> {
     let fakes = tempfile::tempdir().unwrap();
     fake_gpu_machine(fakes.path());
     let out_dir = tempfile::tempdir().unwrap();
-    let out = script()
-        .args(["--stage", stage])
-        .env_remove("PROFILE_POINTS")
-        .env_remove("NCU")
-        .env("PATH", format!("{}:/usr/bin:/bin", fakes.path().display()))
-        .env("BIN", fakes.path().join("mtanet"))
-        .env("PYTHON", fakes.path().join("python"))
-        .env("OUT", out_dir.path())
-        .env_remove("BACKBONES")
-        .env_remove("GPU_CHECK_CPU")
+    let out = on_stand_in_gpu(fakes.path(), out_dir.path(), stage)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -361,34 +370,18 @@ fn the_profile_stage_needs_a_gpu_and_nsight_compute() {
         .env("GPU_CHECK_CPU", "1")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("gpu-check: the profile stage needs a GPU"),
-        "{stderr}"
-    );
+    assert_refused(&out, "gpu-check: the profile stage needs a GPU");
 
     let fakes = tempfile::tempdir().unwrap();
     fake_gpu_machine(fakes.path());
     std::fs::remove_file(fakes.path().join("ncu")).unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let out = script()
-        .args(["--stage", "profile"])
-        .env("PATH", format!("{}:/usr/bin:/bin", fakes.path().display()))
-        .env("BIN", fakes.path().join("mtanet"))
-        .env("PYTHON", fakes.path().join("python"))
-        .env("OUT", out_dir.path())
-        .env_remove("NCU")
-        .env_remove("GPU_CHECK_CPU")
+    let out = on_stand_in_gpu(fakes.path(), out_dir.path(), "profile")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("gpu-check: the profile stage needs Nsight Compute: 'ncu' not found"),
-        "{stderr}"
+    assert_refused(
+        &out,
+        "gpu-check: the profile stage needs Nsight Compute: 'ncu' not found",
     );
 }
 
