@@ -444,7 +444,8 @@ fn the_profile_table_sums_each_frameworks_kernels_by_category() {
         "point,kernel,calls,gpu_us\n\
          resnet50_64_f32,\"void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float>(int)\",3,900.0\n\
          resnet50_64_f32,sm80_xmma_fprop_implicit_gemm_f32f32,2,2000.0\n\
-         resnet50_64_f32,\"void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>\",5,250.0\n\
+         resnet50_64_f32,\"void at::native::vectorized_elementwise_kernel<4, at::native::\
+         CUDAFunctor_add<float>>\",5,250.0\n\
          resnet50_64_f32,\"void at::native::multi_tensor_apply_kernel<float>\",1,80.0\n\
          resnet50_256_f32,sm80_xmma_fprop_implicit_gemm_f32f32,2,9999.0\n",
     )

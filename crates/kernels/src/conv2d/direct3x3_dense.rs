@@ -46,9 +46,9 @@ const CI_BLOCK: usize = 8;
 /// Output positions per register block.
 const P: usize = 6;
 
-/// True when the kernel can compute `g` on this CPU: dense, 3x3, padding 1, stride 1 or 2,
-/// a multiple of 64 output channels and of 8 input channels, on a CPU with AVX-512 on
-/// full-width units (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
+/// True when the kernel can compute `g` on this CPU: dense, 3x3, padding 1, stride 1 or 2, a
+/// multiple of 64 output channels and of 8 input channels, on a CPU with AVX-512 on full-width
+/// units (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
 /// channel counts swapped ([`input_grad_fits`]).
 pub(super) fn forward_fits(g: &ConvGeometry) -> bool {
     dense_3x3(g) && fits(g.in_channels, g.out_channels)

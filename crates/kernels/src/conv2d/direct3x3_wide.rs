@@ -1,7 +1,7 @@
 //! The direct 3x3 kernels with their vectors across output channels, for CPUs with AVX-512 on
-//! full-width units (Intel, AMD Zen 5) and groups of a multiple of 16 output channels: ResNeXt's grouped layers with 16 and
-//! 32 channels per group, which run on 7x7 and 4x4 maps at 112x112 input, and the dense layers
-//! `select.rs` gives the direct kernel.
+//! full-width units (Intel, AMD Zen 5) and groups of a multiple of 16 output channels: ResNeXt's
+//! grouped layers with 16 and 32 channels per group, which run on 7x7 and 4x4 maps at 112x112
+//! input, and the dense layers `select.rs` gives the direct kernel.
 //!
 //! `direct3x3.rs`'s AVX2 kernel puts 8 output positions in each vector. On a 7x7 map its rows
 //! of `W + 1 = 8` positions, rounded up to blocks of 24, make 72 positions for 49 pixels, and on

@@ -4,8 +4,9 @@
 //!
 //! The choice depends on the geometry and, for some shapes, on the kind of CPU ([`cpu_kind`]:
 //! AVX-512 on full-width units, Intel or AMD Zen 5, or not), never on the thread count: on one
-//! machine a pass computes the same values whatever the number of rayon threads. A caller can force one algorithm on
-//! its own thread with [`with_algorithm`] (benchmarks and tests compare them side by side).
+//! machine a pass computes the same values whatever the number of rayon threads. A caller can force
+//! one algorithm on its own thread with [`with_algorithm`] (benchmarks and tests compare them side
+//! by side).
 
 use super::geometry::ConvGeometry;
 use super::winograd::Tile;
@@ -112,14 +113,14 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 ///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
 ///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
 ///   outputs of 36 pixels or more.
-/// - Where AVX-512 runs on full-width units ([`avx512_full_width`]), groups of 16 or 32 output channels
-///   take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
-///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at
-///   7x7, 0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces
-///   on larger maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14. On AMD Zen 5
-///   (CPU time of 2 threads, best of 5, batch 16, two alternating rounds against the AVX2
-///   kernel's choices): forward 0.67-0.81, input gradient 0.67-0.87, weight gradient 0.50-0.86
-///   on ResNeXt-50's grouped layers at 7x7 and 4x4 and at stride 2 from 14x14 and 7x7.
+/// - Where AVX-512 runs on full-width units ([`avx512_full_width`]), groups of 16 or 32 output
+///   channels take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
+///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at 7x7,
+///   0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces on larger
+///   maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14. On AMD Zen 5 (CPU time of 2
+///   threads, best of 5, batch 16, two alternating rounds against the AVX2 kernel's choices):
+///   forward 0.67-0.81, input gradient 0.67-0.87, weight gradient 0.50-0.86 on ResNeXt-50's grouped
+///   layers at 7x7 and 4x4 and at stride 2 from 14x14 and 7x7.
 ///
 /// Dense layers take it where `measured_choice` says so: stride 1, and stride 2 only where the
 /// AVX-512 kernel runs on full-width units (forced on ResNet-50's stride-2 layers, the AVX2
@@ -148,8 +149,9 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
 }
 
 /// True when `pass` of `g`, if it runs the direct kernel, runs it with vectors across output
-/// channels (`direct3x3_wide.rs`): on an Intel CPU with AVX-512, when the kernel's output
-/// channels per group (the layer's input channels for the input gradient) are a multiple of 16.
+/// channels (`direct3x3_wide.rs`): on a CPU with AVX-512 on full-width units, when the kernel's
+/// output channels per group (the layer's input channels for the input gradient) are a multiple of
+/// 16.
 pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
     let kernel_out = match pass {
         Pass::Forward | Pass::WeightGrad => g.group_out_channels(),
@@ -159,7 +161,8 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
 }
 
 /// True when `pass` of `g` runs the dense direct 3x3 kernel over the whole batch
-/// (`direct3x3_dense.rs`): where `measured_choice` picks it, on an Intel CPU with AVX-512.
+/// (`direct3x3_dense.rs`): where `measured_choice` picks it, on a CPU with AVX-512 on
+/// full-width units.
 /// Its weight gradient is never this kernel's.
 pub fn direct_dense(g: &ConvGeometry, pass: Pass) -> bool {
     let fits = match pass {
