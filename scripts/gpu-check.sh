@@ -16,18 +16,20 @@
 #
 # Writes conformance.csv, bench_rust.csv, bench_torch.csv, gpu.json, table.csv, table.md and
 # gpu-check.log to $OUT (default results/gpu-check); the profile stage ncu_<point>.csv,
-# torch_kernels.csv, profile.csv, profile.md and gpu-check.log; the CSVs of a stage are written even when
-# ops or points error (they become error rows). Exit codes: 2 with one line "gpu-check: ..."
-# when there is no usable GPU or binary; 1 with one line "gpu-check: FAILED ..." when a
-# conformance row failed or errored, a point errored, or a step ran out of time; 0 otherwise.
+# torch_kernels.csv, profile.csv, profile.md and gpu-check.log. The CSVs of a stage are written
+# even when ops or points error (they become error rows). Exit codes: 2 with one line
+# "gpu-check: ..." when there is no usable GPU or binary (or, for the profile stage, no ncu); 1
+# with one line "gpu-check: FAILED ..." when a conformance row failed or errored, a point
+# errored, or a step ran out of time; 0 otherwise.
 #
 # Environment: BIN (default dist/mtanet-cuda), PYTHON (python3), BATCHES, PRECISIONS (f32,bf16),
 # SIZE (112), STEPS (10), WARMUP (3), BACKBONES (per stage, see above), NO_COMPILE=1,
 # COMPILE_POINTS (backbone:batch pairs under torch.compile in the full stage, default
 # resnet50:256; `all` compiles every point, ~0.5-1 min each), TF32=1 (cuDNN and matmuls in both
 # frameworks), PROFILE_POINTS (backbone:batch:precision, comma-separated; default
-# resnet50:64:f32,resnet50:256:f32,resnet50:64:bf16), NCU (default ncu). Time: BUDGET, the seconds the whole stage may take (225 conformance, 315 bench,
-# 580 full: 15-20 s under the device call's timeout), and per-step limits within it,
+# resnet50:64:f32,resnet50:256:f32,resnet50:64:bf16), NCU (default ncu). Time: BUDGET, the
+# seconds the whole stage may take (225 conformance, 315 bench, 580 full, 300 profile: 15-30 s
+# under the device call's timeout), and per-step limits within it,
 # CONFORMANCE_LIMIT (200), RUST_BENCH_LIMIT and TORCH_BENCH_LIMIT (150 each in the bench stage;
 # the rest of the budget in full). A step that runs out of time is stopped, its CSV keeps the
 # rows so far, and the stage fails naming it.
@@ -52,7 +54,7 @@ while [ "$#" -gt 0 ]; do
     case "$1" in
         --stage) stage="${2:-}"; shift 2 || fail "--stage needs a value: conformance, bench, full or profile" ;;
         --stage=*) stage="${1#--stage=}"; shift ;;
-        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) fail "unknown argument $1 (use --stage conformance|bench|full|profile)" ;;
     esac
 done

@@ -58,6 +58,24 @@ fn assert_refused(out: &std::process::Output, start: &str) {
 }
 
 #[test]
+fn help_prints_the_whole_header() {
+    let out = script().arg("--help").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // Every header line, down to the last one before the code.
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-check.sh"))
+            .unwrap();
+    let header: Vec<&str> = script
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    assert!(header.len() > 30, "{header:?}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), header);
+}
+
+#[test]
 fn unknown_stage_exits_2_with_one_line() {
     let out = script().args(["--stage", "warp"]).output().unwrap();
     assert_refused(&out, "gpu-check: unknown stage 'warp'");
