@@ -86,24 +86,26 @@ def read_torch(path):
     return points
 
 
-def by_category(kernels):
-    """{category: [ms, launches]} from [(kernel, calls, microseconds)]."""
-    out = {c: [0.0, 0] for c in ORDER}
+def sums(kernels, key):
+    """{key(kernel): [microseconds, launches]} summed over [(kernel, calls, microseconds)]."""
+    out = {}
     for name, calls, us in kernels:
-        cell = out[category(name)]
-        cell[0] += us / 1e3
+        cell = out.setdefault(key(name), [0.0, 0])
+        cell[0] += us
         cell[1] += calls
     return out
 
 
+def by_category(kernels):
+    """{category: [ms, launches]} for every category of ORDER."""
+    total = sums(kernels, category)
+    return {c: [total.get(c, [0.0, 0])[0] / 1e3, total.get(c, [0.0, 0])[1]] for c in ORDER}
+
+
 def slowest(kernels, n=10):
     """The `n` kernels with the most time: [(ms, calls, name)], summed over launches."""
-    total = {}
-    for name, calls, us in kernels:
-        t = total.setdefault(name, [0.0, 0])
-        t[0] += us / 1e3
-        t[1] += calls
-    return sorted(((ms, c, name) for name, (ms, c) in total.items()), reverse=True)[:n]
+    total = sums(kernels, lambda name: name)
+    return sorted(((us / 1e3, c, name) for name, (us, c) in total.items()), reverse=True)[:n]
 
 
 def short(name, width=90):
@@ -184,21 +186,18 @@ def cmd_torch(args):
         with profile(activities=activities) as prof:
             train_step()
             gpu_check_torch.sync(args.device)
-        kernels = {}
+        launches = []
         for e in prof.events():
             if cuda and "CUDA" not in str(getattr(e, "device_type", "")):
                 continue
             us = getattr(e, "device_time", None) if cuda else getattr(e, "self_cpu_time_total", 0)
             if us is None:
                 us = getattr(e, "cuda_time", 0)
-            k = kernels.setdefault(e.name, [0, 0.0])
-            k[0] += 1
-            k[1] += us or 0.0
-        total = sum(v[1] for v in kernels.values()) / 1e3
-        print(f"gpu_profile: torch {point}: {sum(v[0] for v in kernels.values())} kernels, "
-              f"{total:.2f} ms", flush=True)
+            launches.append((e.name, 1, us or 0.0))
+        print(f"gpu_profile: torch {point}: {len(launches)} kernels, "
+              f"{sum(us for _, _, us in launches) / 1e3:.2f} ms", flush=True)
         out_rows += [{"point": point_label(point), "kernel": k, "calls": c, "gpu_us": f"{us:.3f}"}
-                     for k, (c, us) in kernels.items()]
+                     for k, (us, c) in sums(launches, lambda name: name).items()]
     with open(os.path.join(args.out, "torch_kernels.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["point", "kernel", "calls", "gpu_us"])
         w.writeheader()
