@@ -152,6 +152,11 @@ def cmd_table(args):
                 continue
             md += ["", f"Slowest kernels, {side}:", "", "| ms | launches | kernel |", "| --- | --- | --- |"]
             md += [f"| {ms:.2f} | {c} | `{short(name)}` |" for ms, c, name in slowest(kernels)]
+    labels = {f[len("ncu_"):-len(".csv")] for f in ncu_files}
+    unmatched = sorted(set(torch_points) - labels)
+    if unmatched:
+        md += ["", "PyTorch profiles without an ncu_*.csv of ours, left out of the tables: "
+               + ", ".join(unmatched) + "."]
     with open(os.path.join(args.out, "profile.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["point", "category", "ours_ms", "ours_kernels",
                                           "torch_ms", "torch_kernels"])

@@ -501,6 +501,11 @@ fn the_profile_table_sums_each_frameworks_kernels_by_category() {
         md.contains("| 1.50 | 1 | `implicit_convolve_sgemm<float, float>` |"),
         "{md}"
     );
+    // The PyTorch point with no profile of ours is named, not dropped silently.
+    assert!(
+        md.contains("left out of the tables: resnet50_256_f32."),
+        "{md}"
+    );
 
     // An unknown time unit is refused, naming the file and the kernel.
     std::fs::write(
