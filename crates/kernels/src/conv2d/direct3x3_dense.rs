@@ -1,7 +1,6 @@
 //! The direct 3x3 kernel for dense layers on CPUs with AVX-512 on full-width units (Intel, AMD
-//! Zen 5): output positions of the
-//! whole batch in one list, 64 output channels in four vectors, and the weights of 8 input
-//! channels at a time held in the L1 cache.
+//! Zen 5): output positions of the whole batch in one list, 64 output channels in four vectors,
+//! and the weights of 8 input channels at a time held in the L1 cache.
 //!
 //! The per-image kernels (`direct3x3.rs`, `direct3x3_wide.rs`) read every input channel's
 //! weights for each block of positions. On a dense layer with 256-512 channels that is
