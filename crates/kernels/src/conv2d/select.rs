@@ -42,7 +42,7 @@ pub enum CpuKind {
     IntelAvx512,
     /// AMD Zen 5 server cores (`AuthenticAMD`, family 0x1A, models 0x00-0x1F: EPYC 9005) with
     /// `avx512f`: full-width 512-bit units, like Intel's. Measured on a 2-core EPYC (model
-    /// 0x02); two dense choices differ from Intel's ([`measured_choice`]). Other Zen 5 parts
+    /// 0x02); two dense choices differ from Intel's (`measured_choice`). Other Zen 5 parts
     /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
     Zen5Avx512,
     /// Any other CPU, AMD's Zen 4 (which splits 512-bit operations over 256-bit units) among
@@ -113,7 +113,7 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 ///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
 ///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
 ///   outputs of 36 pixels or more.
-/// - Where AVX-512 runs on full-width units ([`avx512_full_width`]), groups of 16 or 32 output
+/// - Where AVX-512 runs on full-width units (`avx512_full_width`), groups of 16 or 32 output
 ///   channels take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
 ///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at 7x7,
 ///   0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces on larger
