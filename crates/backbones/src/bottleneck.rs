@@ -111,17 +111,13 @@ impl Bottleneck {
 }
 
 /// The per-forward values a block gives the inference op ([`Bottleneck::infer_parts`]).
-pub(crate) struct InferParts<'a> {
+pub(crate) struct InferParts {
     /// bn1, bn2 and bn3 folded to `(scale, shift)`.
     main: [(Tensor, Tensor); 3],
     /// The downsample's BatchNorm folded, if the block has one.
     downsample: Option<(Tensor, Tensor)>,
     spatial_affine: Option<(Tensor, Tensor)>,
-    squeeze_excite: Option<SqueezeExciteFromMeans<'a>>,
 }
-
-/// A squeeze-excite gate from the channel means (`SqueezeExcite::gate_from_means`), boxed.
-type SqueezeExciteFromMeans<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
 
 impl Bottleneck {
     /// The same block handing its parameters' gradients to `param_grads` when it trains as one
@@ -163,9 +159,8 @@ impl Bottleneck {
     }
 
     /// What the inference op takes from the block beyond its parameters, computed once per
-    /// forward: each BatchNorm's eval-mode affine `(scale, shift)`, CBAM's spatial one, and the
-    /// squeeze-excite gate from the channel means.
-    pub(crate) fn infer_parts(&self) -> Result<InferParts<'_>> {
+    /// forward: each BatchNorm's eval-mode affine `(scale, shift)` and CBAM's spatial one.
+    pub(crate) fn infer_parts(&self) -> Result<InferParts> {
         let main = [
             self.bn1.eval_affine()?,
             self.bn2.eval_affine()?,
@@ -176,20 +171,14 @@ impl Bottleneck {
             .as_ref()
             .map(|(_, bn)| bn.eval_affine())
             .transpose()?;
-        let (spatial_affine, squeeze_excite) = match &self.attention {
-            None => (None, None),
-            Some(BlockAttention::Cbam(cbam)) => (Some(cbam.spatial_eval_affine()?), None),
-            Some(BlockAttention::SqueezeExcite(se)) => {
-                let gate: SqueezeExciteFromMeans<'_> =
-                    Box::new(move |means: &Tensor| se.gate_from_means(means));
-                (None, Some(gate))
-            }
+        let spatial_affine = match &self.attention {
+            Some(BlockAttention::Cbam(cbam)) => Some(cbam.spatial_eval_affine()?),
+            None | Some(BlockAttention::SqueezeExcite(_)) => None,
         };
         Ok(InferParts {
             main,
             downsample,
             spatial_affine,
-            squeeze_excite,
         })
     }
 
@@ -198,13 +187,13 @@ impl Bottleneck {
     /// without biases).
     pub(crate) fn infer_stages<'a>(
         &'a self,
-        parts: &'a InferParts<'a>,
+        parts: &'a InferParts,
     ) -> Option<mtanet_kernels::BottleneckEvalStages<'a>> {
         let gate = match &self.attention {
             None => None,
-            Some(BlockAttention::SqueezeExcite(_)) => Some(
-                mtanet_kernels::EvalGate::SqueezeExcite(parts.squeeze_excite.as_deref()?),
-            ),
+            Some(BlockAttention::SqueezeExcite(se)) => {
+                Some(mtanet_kernels::EvalGate::SqueezeExcite(se.as_mlp()))
+            }
             Some(BlockAttention::Cbam(cbam)) => Some(mtanet_kernels::EvalGate::Cbam(
                 cbam.eval_gate(parts.spatial_affine.as_ref()?)?,
             )),

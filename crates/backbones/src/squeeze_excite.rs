@@ -42,12 +42,19 @@ impl SqueezeExcite {
 
     /// The gate as the whole-block training op takes it (`mtanet_kernels::bottleneck_train`).
     pub(crate) fn as_gate(&self) -> mtanet_kernels::BlockGate<'_> {
-        mtanet_kernels::BlockGate::SqueezeExcite(mtanet_kernels::GateMlp {
+        mtanet_kernels::BlockGate::SqueezeExcite(self.as_mlp())
+    }
+
+    /// The gate's MLP as the fused ops take it: the inference op
+    /// (`mtanet_kernels::bottlenecks_infer`) and, through [`SqueezeExcite::as_gate`], the
+    /// training op.
+    pub(crate) fn as_mlp(&self) -> mtanet_kernels::GateMlp<'_> {
+        mtanet_kernels::GateMlp {
             reduce_weight: &self.reduce_w,
             reduce_bias: &self.reduce_b,
             expand_weight: &self.expand_w,
             expand_bias: &self.expand_b,
-        })
+        }
     }
 
     /// The gate `sigmoid(fc2(relu(fc1(mean_hw(x)))))`, (N, C) in `x`'s dtype, for `x` of shape
@@ -56,13 +63,6 @@ impl SqueezeExcite {
     pub(crate) fn gate(&self, x: &Tensor) -> Result<Tensor> {
         // Pool and gate in the parameters' dtype (f32 under bf16 compute), apply in x's.
         let squeezed = mtanet_kernels::spatial_mean(&x.to_dtype(self.reduce_w.dtype())?)?;
-        self.gate_from_means(&squeezed)?.to_dtype(x.dtype())
-    }
-
-    /// The gate `sigmoid(fc2(relu(fc1(m))))` from the channel means `m`, (N, C), in the
-    /// parameters' dtype: [`SqueezeExcite::gate`] after its pooling, which the inference op
-    /// (`mtanet_kernels::bottlenecks_infer`) does itself.
-    pub(crate) fn gate_from_means(&self, squeezed: &Tensor) -> Result<Tensor> {
         let hidden = squeezed
             .matmul(&self.reduce_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.reduce_b)?
@@ -70,6 +70,6 @@ impl SqueezeExcite {
         let gate = hidden
             .matmul(&self.expand_w.flatten_from(1)?.t()?)?
             .broadcast_add(&self.expand_b)?;
-        candle_nn::ops::sigmoid(&gate)
+        candle_nn::ops::sigmoid(&gate)?.to_dtype(x.dtype())
     }
 }

@@ -10,8 +10,8 @@
 //! earlier use: every convolution path overwrites its whole output) that goes back to the pool
 //! once the next stage has read it; only the last block's output leaves, as a tensor of its own
 //! with no graph. The arithmetic is `conv_affine.rs`'s and the gates' ops' (squeeze-excite's
-//! pooling and join over buffers, its MLP as the caller's candle ops; CBAM's `cbam_eval.rs`
-//! values), so the values are bit-identical to the chain of separate eval ops; the tests check
+//! pooling, MLP and join over buffers with the arithmetic of its candle ops; CBAM's
+//! `cbam_eval.rs` values), so the values are bit-identical to the chain of separate eval ops; the tests check
 //! that.
 //!
 //! There is no gradient: the output is a constant. Use it where nothing is differentiated
@@ -22,9 +22,10 @@ use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::{forward_values_into, RowPool};
 use crate::fused_operands::{cpu_f32, cpu_values};
 use crate::gate::channel_gate_add_relu_into;
-use crate::CbamEval;
-use crate::ConvParams;
-use candle_core::{bail, Device, Result, Shape, Tensor};
+use crate::gate_mlp::{mlp_forward, sigmoid_in_place, MlpParams};
+use crate::profile::timed;
+use crate::{CbamEval, ConvParams, GateMlp};
+use candle_core::{bail, Result, Shape, Tensor};
 
 /// One convolution and its eval-mode BatchNorm as the per-channel affine
 /// `z * scale[c] + shift[c]` (`scale = weight / sqrt(running_var + eps)`,
@@ -41,16 +42,13 @@ pub struct ConvAffineStage<'a> {
     pub shift: &'a Tensor,
 }
 
-/// A squeeze-and-excitation gate as [`bottlenecks_infer`] takes it: from the channel means of
-/// the third stage's output `z`, an (N, C) tensor, to the gate, (N, C) (the block's MLP and
-/// sigmoid, as its own candle ops compute them, so the values are theirs).
-pub type SqueezeExciteGate<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
-
 /// A block's attention gate in eval mode, as [`bottlenecks_infer`] takes it.
 #[derive(Clone, Copy)]
 pub enum EvalGate<'a> {
-    /// Squeeze-and-excitation: the block is `relu(z * gate(mean_hw(z)) + shortcut)`.
-    SqueezeExcite(SqueezeExciteGate<'a>),
+    /// Squeeze-and-excitation: the block is `relu(z * gate(mean_hw(z)) + shortcut)` with
+    /// `gate = sigmoid(fc2(relu(fc1(m))))`, this MLP's values as candle's `matmul`, bias
+    /// addition, `relu` and candle-nn's `sigmoid` compute them.
+    SqueezeExcite(GateMlp<'a>),
     /// CBAM: the block is `relu(u * spatial(u) + shortcut)`, `u = z * channel(z)`, as
     /// [`cbam_add_relu_eval`](crate::cbam_add_relu_eval) computes it.
     Cbam(CbamEval<'a>),
@@ -81,8 +79,10 @@ pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]
         for s in block.stages() {
             all.extend([s.conv_weight, s.scale, s.shift]);
         }
-        if let Some(EvalGate::Cbam(gate)) = &block.gate {
-            all.extend(gate.tensors());
+        match &block.gate {
+            None => {}
+            Some(EvalGate::SqueezeExcite(mlp)) => all.extend(mlp.tensors()),
+            Some(EvalGate::Cbam(gate)) => all.extend(gate.tensors()),
         }
     }
     cpu_f32(&all)
@@ -94,7 +94,7 @@ pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]
 /// `conv_affine_eval` twice, `conv_affine_eval` on the shortcut and `conv_affine_add_relu_eval`
 /// per block, bit for bit. With a squeeze-excite gate the block is
 /// `relu(z * gate(mean_hw(z)) + shortcut)`, `z = bn3(conv3(h2))`: the values of
-/// `conv_affine_eval`, `spatial_mean`, the gate function and `channel_gate_add_relu`; with a
+/// `conv_affine_eval`, `spatial_mean`, the MLP's candle ops and `channel_gate_add_relu`; with a
 /// CBAM gate, those of `conv_affine_eval` and `cbam_add_relu_eval`. The result is a new tensor
 /// with no gradient (see the module doc).
 /// f32 on the CPU only ([`bottlenecks_infer_applies`]).
@@ -125,7 +125,19 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         }
         let gate = match block.gate {
             None => None,
-            Some(EvalGate::SqueezeExcite(gate)) => Some(PlannedGate::SqueezeExcite(gate)),
+            Some(EvalGate::SqueezeExcite(mlp)) => {
+                let c = main[2].out_channels;
+                let reduced = mlp.reduced(c).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "bottlenecks_infer: block {k}'s squeeze-excite gate: {e}"
+                    ))
+                })?;
+                let mut packed = Vec::with_capacity(MlpParams::len(c, reduced));
+                for t in mlp.tensors() {
+                    packed.extend(t.flatten_all()?.to_vec1::<f32>()?);
+                }
+                Some(PlannedGate::SqueezeExcite { reduced, packed })
+            }
             Some(EvalGate::Cbam(gate)) => {
                 let op = format!("bottlenecks_infer: block {k}'s CBAM gate");
                 Some(PlannedGate::Cbam(plan_cbam(
@@ -153,11 +165,15 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         let shortcut = projected.as_deref().unwrap_or(block_in);
         let y = match gate {
             None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
-            Some(PlannedGate::SqueezeExcite(gate)) => {
+            Some(PlannedGate::SqueezeExcite { reduced, packed }) => {
                 let g = &main[2];
                 let pool = RowPool::new(g.batch * g.out_channels, false);
                 let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
-                gated_join(g, *gate, &z, pool.into_values(), shortcut, x.device())?
+                let mlp = MlpParams::split(packed, g.out_channels, *reduced);
+                timed(
+                    || "se gate eval".into(),
+                    || gated_join(g, mlp, &z, pool.into_values(), shortcut),
+                )
             }
             Some(PlannedGate::Cbam(plan)) => {
                 let g = &main[2];
@@ -179,38 +195,30 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
     Tensor::from_vec(y.into_vec(), Shape::from(input), x.device())
 }
 
-/// A block's gate once its shapes are checked: squeeze-excite's function, or CBAM's checked
-/// geometry and packed parameters.
-enum PlannedGate<'a> {
-    SqueezeExcite(SqueezeExciteGate<'a>),
+/// A block's gate once its shapes are checked: squeeze-excite's hidden width and its MLP's
+/// parameters packed as [`MlpParams`] packs them, or CBAM's checked geometry and packed
+/// parameters.
+enum PlannedGate {
+    SqueezeExcite { reduced: usize, packed: Vec<f32> },
     Cbam(CbamPlan),
 }
 
 /// `relu(z * gate(means) + shortcut)` in a pooled buffer, with `means` = `mean_hw(z)` (taken in
-/// the convolution's epilogue with `spatial_mean`'s arithmetic): the gate's own ops, then
-/// `channel_gate_add_relu`'s join, so the values are those ops'.
+/// the convolution's epilogue with `spatial_mean`'s arithmetic) and
+/// `gate = sigmoid(fc2(relu(fc1(means))))`: the values of the gate's candle ops, then
+/// `channel_gate_add_relu`'s join.
 fn gated_join(
     g: &ConvGeometry,
-    gate: SqueezeExciteGate<'_>,
+    mlp: MlpParams<'_>,
     z: &[f32],
     means: Vec<f32>,
     shortcut: &[f32],
-    device: &Device,
-) -> Result<Scratch> {
-    let pixels = g.out_pixels();
-    let squeezed = Tensor::from_vec(means, (g.batch, g.out_channels), device)?;
-    let values = gate(&squeezed)?;
-    if values.dims() != squeezed.dims() {
-        bail!(
-            "bottlenecks_infer: a squeeze-excite gate of shape {:?} for {:?} means",
-            values.dims(),
-            squeezed.dims()
-        )
-    }
-    let values = values.flatten_all()?.to_vec1::<f32>()?;
+) -> Scratch {
+    let (mut gate, _) = mlp_forward(means, mlp);
+    sigmoid_in_place(&mut gate);
     let mut y = Scratch::take(z.len());
-    channel_gate_add_relu_into((g.out_channels, pixels), z, &values, shortcut, &mut y);
-    Ok(y)
+    channel_gate_add_relu_into((g.out_channels, g.out_pixels()), z, &gate, shortcut, &mut y);
+    y
 }
 
 /// The output dims of a convolution, as a vector.
@@ -389,8 +397,9 @@ mod tests {
     }
 
     /// A block with a squeeze-excite gate equals the eval ops with the gate composed of
-    /// `spatial_mean`, the caller's gate function and `channel_gate_add_relu`, bit for bit; a
-    /// gate of the wrong shape is refused.
+    /// `spatial_mean`, candle's matmuls, bias additions, `relu` and candle-nn's `sigmoid`, and
+    /// `channel_gate_add_relu`, bit for bit; an MLP of the wrong shape is refused, naming the
+    /// block.
     #[test]
     fn a_squeeze_excite_block_equals_the_composed_eval_ops() -> Result<()> {
         let x = t(&[2, 16, 6, 6], 3, 1.0);
@@ -399,9 +408,23 @@ mod tests {
             stage_tensors(&[8, 8, 3, 3], 20),
             stage_tensors(&[16, 8, 1, 1], 30),
         ];
-        let (reduce, expand) = (t(&[4, 16], 7, 0.5), t(&[16, 4], 8, 0.5));
+        let (reduce, reduce_b) = (t(&[4, 16, 1, 1], 7, 0.5), t(&[4], 11, 0.5));
+        let (expand, expand_b) = (t(&[16, 4, 1, 1], 8, 0.5), t(&[16], 12, 0.5));
         let gate = |m: &Tensor| -> Result<Tensor> {
-            candle_nn::ops::sigmoid(&m.matmul(&reduce.t()?)?.relu()?.matmul(&expand.t()?)?)
+            let hidden = m
+                .matmul(&reduce.flatten_from(1)?.t()?)?
+                .broadcast_add(&reduce_b)?
+                .relu()?;
+            let out = hidden
+                .matmul(&expand.flatten_from(1)?.t()?)?
+                .broadcast_add(&expand_b)?;
+            candle_nn::ops::sigmoid(&out)
+        };
+        let mlp = GateMlp {
+            reduce_weight: &reduce,
+            reduce_bias: &reduce_b,
+            expand_weight: &expand,
+            expand_bias: &expand_b,
         };
         let block = BottleneckEvalStages {
             main: [
@@ -410,7 +433,7 @@ mod tests {
                 stage(&p[2], 1, 0, 1),
             ],
             downsample: None,
-            gate: Some(EvalGate::SqueezeExcite(&gate)),
+            gate: Some(EvalGate::SqueezeExcite(mlp)),
         };
         let run = |s: &ConvAffineStage<'_>, input: &Tensor, relu: bool| {
             conv_affine_eval(input, s.conv_weight, s.scale, s.shift, s.conv, relu)
@@ -419,14 +442,18 @@ mod tests {
         let z = run(&block.main[2], &run(&block.main[1], &h1, true)?, false)?;
         let want = crate::channel_gate_add_relu(&z, &gate(&crate::spatial_mean(&z)?)?, &x)?;
         assert_same_bits(&bottlenecks_infer(&x, &[block])?, &want)?;
-        let wrong = |m: &Tensor| m.narrow(1, 0, 8);
+        let narrow = expand_b.narrow(0, 0, 8)?;
+        let wrong = GateMlp {
+            expand_bias: &narrow,
+            ..mlp
+        };
         let block = BottleneckEvalStages {
-            gate: Some(EvalGate::SqueezeExcite(&wrong)),
+            gate: Some(EvalGate::SqueezeExcite(wrong)),
             ..block
         };
         let err = bottlenecks_infer(&x, &[block]).unwrap_err().to_string();
         assert!(
-            err.contains("gate of shape [2, 8] for [2, 16] means"),
+            err.contains("block 0's squeeze-excite gate: gate MLP over 16 channels"),
             "{err}"
         );
         Ok(())

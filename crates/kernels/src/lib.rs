@@ -58,7 +58,6 @@ pub use batch_norm::{batch_norm_train, channel_affine, BatchStats};
 pub use bottleneck_block::{BlockGate, BottleneckStages, ConvBnStage};
 pub use bottleneck_eval::{
     bottlenecks_infer, bottlenecks_infer_applies, BottleneckEvalStages, ConvAffineStage, EvalGate,
-    SqueezeExciteGate,
 };
 pub use bottleneck_train::{bottleneck_train, bottleneck_train_applies, bottlenecks_train};
 pub use cbam_eval::{cbam_add_relu_eval, cbam_eval_applies, CbamEval};
