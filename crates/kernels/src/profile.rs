@@ -2,11 +2,11 @@
 //!
 //! Off unless the environment sets `MTANET_KERNEL_PROFILE=1` (read once); then every fused
 //! convolution + BatchNorm op (training passes, and `eval` for the eval-mode ones), the f32
-//! max-pool (`max-pool fwd`, `max-pool bwd`) and the training blocks' gates and joins
-//! (`se gate fwd`, `cbam gate bwd`, ..) add their wall time, per label such as
-//! `conv 3x3 s1 g32 dx`, to a
-//! process-wide table that [`take`] returns and empties. Each timed call runs on all rayon
-//! threads while the caller waits, so the times add up to wall time of the step.
+//! max-pool (`max-pool fwd`, `max-pool bwd`) and the blocks' gates and joins (`se gate fwd`,
+//! `cbam gate bwd`, .., and `se gate eval` in the inference op) add their wall time, per label
+//! such as `conv 3x3 s1 g32 dx`, to a process-wide table that [`take`] returns and empties.
+//! Each timed call runs on all rayon threads while the caller waits, so the times add up to
+//! wall time of the step.
 
 use crate::conv2d::ConvGeometry;
 use std::collections::HashMap;
