@@ -11,8 +11,8 @@
 //! once the next stage has read it; only the last block's output leaves, as a tensor of its own
 //! with no graph. The arithmetic is `conv_affine.rs`'s and the gates' ops' (squeeze-excite's
 //! pooling, MLP and join over buffers with the arithmetic of its candle ops; CBAM's
-//! `cbam_eval.rs` values), so the values are bit-identical to the chain of separate eval ops; the tests check
-//! that.
+//! `cbam_eval.rs` values), so the values are bit-identical to the chain of separate eval ops;
+//! the tests check that.
 //!
 //! There is no gradient: the output is a constant. Use it where nothing is differentiated
 //! (evaluation, prediction); a model in eval mode that is differentiated runs the separate ops.
