@@ -14,7 +14,7 @@
 //! no influence on result"). The defaults are the model above.
 
 use crate::config::ResNetConfig;
-use crate::linear_layer::linear;
+use crate::linear_layer::{linear, linear_rows};
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 use crate::seeded_dropout::SeededDropout;
@@ -211,11 +211,11 @@ impl MtaNetHead {
         let mut branches = Vec::with_capacity(2);
         if let Some(fc) = &self.avg_fc {
             let avg = dropout.apply(&flat.mean(D::Minus1)?)?;
-            branches.push(fc.forward(&avg)?.relu()?);
+            branches.push(linear_rows(fc, &avg)?.relu()?);
         }
         if let Some(fc) = &self.max_fc {
             let max = dropout.apply(&flat.max(D::Minus1)?)?;
-            branches.push(fc.forward(&max)?.relu()?);
+            branches.push(linear_rows(fc, &max)?.relu()?);
         }
         match branches.as_slice() {
             [one] => Ok(one.clone()),
