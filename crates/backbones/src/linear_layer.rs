@@ -25,9 +25,10 @@ pub(crate) fn linear(
 /// the same dot products. The gemm crate packs a transposed right-hand operand from a stride
 /// of a whole row, so `candle_nn::Linear`'s `x @ W^T` is slow for a few rows and a wide layer:
 /// the head's 2048 -> 512 branch at 16 and 32 rows, forward 1.74 and 2.14 ms that way against
-/// 0.16 and 0.39 ms this way, forward and backward 8.0 and 7.0 against 2.2 and 2.6 ms, the same
-/// output bits (AMD EPYC Zen 5, 2 threads; with gemm's AVX2 kernels the forwards are level and
-/// the backward still faster). Elsewhere, and for other ranks, `Linear::forward`.
+/// 0.16 and 0.39 ms this way, forward and backward 8.0 and 7.0 against 2.2 and 2.6 ms (AMD EPYC
+/// Zen 5, 2 threads; with gemm's AVX2 kernels the forwards are level and the backward still
+/// faster). The output and gradients have `Linear::forward`'s bits at every row count the test
+/// tries (1 to 33). Elsewhere, and for other ranks, `Linear::forward`.
 pub(crate) fn linear_rows(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     if !(x.device().is_cpu() && x.rank() == 2) {
         return layer.forward(x);
