@@ -132,11 +132,7 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
                         "bottlenecks_infer: block {k}'s squeeze-excite gate: {e}"
                     ))
                 })?;
-                let mut packed = Vec::with_capacity(MlpParams::len(c, reduced));
-                for t in mlp.tensors() {
-                    packed.extend(t.flatten_all()?.to_vec1::<f32>()?);
-                }
-                Some(PlannedGate::SqueezeExcite { reduced, packed })
+                Some(PlannedGate::SqueezeExcite { mlp, reduced })
             }
             Some(EvalGate::Cbam(gate)) => {
                 let op = format!("bottlenecks_infer: block {k}'s CBAM gate");
@@ -165,11 +161,24 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
         let shortcut = projected.as_deref().unwrap_or(block_in);
         let y = match gate {
             None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
-            Some(PlannedGate::SqueezeExcite { reduced, packed }) => {
+            Some(PlannedGate::SqueezeExcite { mlp, reduced }) => {
                 let g = &main[2];
                 let pool = RowPool::new(g.batch * g.out_channels, false);
                 let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
-                let mlp = MlpParams::split(packed, g.out_channels, *reduced);
+                // The parameters read in place, as `stage` reads its weight.
+                let guards = mlp.tensors().map(|t| t.storage_and_layout());
+                let names = [
+                    "reduce weight",
+                    "reduce bias",
+                    "expand weight",
+                    "expand bias",
+                ];
+                let mut views = Vec::with_capacity(names.len());
+                for ((storage, layout), name) in guards.iter().zip(names) {
+                    views.push(cpu_values("bottlenecks_infer", storage, layout, name)?);
+                }
+                let parts = [0, 1, 2, 3].map(|k| &views[k][..]);
+                let mlp = MlpParams::from_parts(parts, g.out_channels, *reduced);
                 timed(
                     || "se gate eval".into(),
                     || gated_join(g, mlp, &z, pool.into_values(), shortcut),
@@ -195,11 +204,10 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
     Tensor::from_vec(y.into_vec(), Shape::from(input), x.device())
 }
 
-/// A block's gate once its shapes are checked: squeeze-excite's hidden width and its MLP's
-/// parameters packed as [`MlpParams`] packs them, or CBAM's checked geometry and packed
-/// parameters.
-enum PlannedGate {
-    SqueezeExcite { reduced: usize, packed: Vec<f32> },
+/// A block's gate once its shapes are checked: squeeze-excite's MLP and its hidden width, or
+/// CBAM's checked geometry and packed parameters.
+enum PlannedGate<'a> {
+    SqueezeExcite { mlp: GateMlp<'a>, reduced: usize },
     Cbam(CbamPlan),
 }
 
