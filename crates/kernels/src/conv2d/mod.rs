@@ -10,11 +10,11 @@
 //! F(4x4, 3x3) (`winograd.rs`) or a direct register-blocked kernel (`direct3x3.rs`), and
 //! grouped 3x3 stride-1 and stride-2 ones with 4-32 channels per group that direct kernel
 //! (stride 2 through `direct3x3_stride2.rs`; on CPUs with AVX-512 on full-width units, Intel
-//! and AMD Zen 5, for a multiple of 16 output channels per group, with its vectors across output
-//! channels, `direct3x3_wide.rs`),
-//! and on such CPUs dense 3x3 layers on small maps a direct kernel over the whole batch
-//! (`direct3x3_dense.rs`), each for the shapes where it was measured faster (`select.rs`). Strided im2col reads each input row split into its stride phases
-//! (`im2col.rs`).
+//! and AMD Zen 5, for a multiple of 16 output channels per group, with its vectors across
+//! output channels, `direct3x3_wide.rs`), and on such CPUs dense 3x3 layers on small maps a
+//! direct kernel over the whole batch (`direct3x3_dense.rs`), each for the shapes where it was
+//! measured faster (`select.rs`). Strided im2col reads each input row split into its stride
+//! phases (`im2col.rs`).
 
 mod batched;
 mod direct3x3;
