@@ -190,7 +190,8 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
                 let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
                 let pooled = pool.into_values();
                 let dims = (g.batch, g.out_channels, g.out_pixels());
-                let packed = plan.packed.to_vec1::<f32>()?;
+                let (ps, pl) = plan.packed.storage_and_layout();
+                let packed = cpu_values("bottlenecks_infer", &ps, pl, "CBAM parameters")?;
                 let shapes = (plan.reduced, &plan.spatial);
                 let y = cbam_join_values(shapes, dims, (&z, Some(pooled)), shortcut, &packed);
                 Scratch::from_vec(y)
