@@ -114,7 +114,7 @@ pub(super) fn forward_into(
 ) {
     assert!(forward_fits(g), "direct3x3_dense: {g:?} does not fit");
     let (c_in, c_out) = (g.in_channels, g.out_channels);
-    let packed = pack(c_in, c_out, |o, i, t| w[(o * c_in + i) * 9 + t]);
+    let packed = pack_forward(w, c_in, c_out);
     let dims = Dims {
         batch: g.batch,
         c_in,
@@ -134,7 +134,7 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     assert!(input_grad_fits(g), "direct3x3_dense: {g:?} does not fit");
     let (c_in, c_out) = (g.in_channels, g.out_channels);
     // Kernel output channel `i` (an input channel of the layer), kernel input `o`, tap `t`.
-    let packed = pack(c_out, c_in, |i, o, t| w[(o * c_in + i) * 9 + 8 - t]);
+    let packed = pack_input_grad(w, c_in, c_out);
     let dims = Dims {
         batch: g.batch,
         c_in: c_out,
@@ -148,26 +148,46 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     convolve(&dims, dy, &packed, dx, &|_, _| {});
 }
 
-/// The weights `weight(out, in, tap)` of `kernel_out` output and `kernel_in` input channels
-/// as the kernel reads them: per block of 64 output channels, `(kernel_in, 9, 64)`.
-fn pack(
-    kernel_in: usize,
-    kernel_out: usize,
-    weight: impl Fn(usize, usize, usize) -> f32 + Sync,
-) -> Scratch {
-    let mut packed = Scratch::take(kernel_out * kernel_in * 9);
-    // 16 output channels at a time: 16 runs of the layer's weights read in order, whole
-    // cache lines written.
+/// The layer's weights `(c_out, c_in, 3, 3)` as the forward reads them: per block of 64
+/// output channels, `(c_in, 9, 64)`, the block's 64 rows of `c_in x 9` values turned into
+/// columns.
+fn pack_forward(w: &[f32], c_in: usize, c_out: usize) -> Scratch {
+    let row = c_in * 9;
+    assert_eq!(w.len(), c_out * row, "direct3x3_dense: weights");
+    let mut packed = Scratch::take(w.len());
     packed
-        .par_chunks_mut(kernel_in * 9 * CO_BLOCK)
+        .par_chunks_mut(row * CO_BLOCK)
+        .zip(w.par_chunks(row * CO_BLOCK))
+        .for_each(|(dst, src)| {
+            // One input channel at a time: 64 runs of 9 values read (one per row), 9 x 64
+            // written in order.
+            for (i, dst) in dst.chunks_exact_mut(9 * CO_BLOCK).enumerate() {
+                for (lane, src_row) in src.chunks_exact(row).enumerate() {
+                    for (t, &v) in src_row[i * 9..][..9].iter().enumerate() {
+                        dst[t * CO_BLOCK + lane] = v;
+                    }
+                }
+            }
+        });
+    packed
+}
+
+/// The layer's weights `(c_out, c_in, 3, 3)` as the stride-1 input gradient reads them: the
+/// transposed kernel's output channel `i` (a layer input channel), input `o`, tap `t` holds
+/// `w[o][i][8 - t]` (flipped in both spatial axes); per block of 64 of those outputs,
+/// `(c_out, 9, 64)`. Each (block, `o`) is one run of 64 x 9 layer values, turned.
+fn pack_input_grad(w: &[f32], c_in: usize, c_out: usize) -> Scratch {
+    assert_eq!(w.len(), c_out * c_in * 9, "direct3x3_dense: weights");
+    let mut packed = Scratch::take(w.len());
+    packed
+        .par_chunks_mut(c_out * 9 * CO_BLOCK)
         .enumerate()
         .for_each(|(block, dst)| {
-            for lanes in (0..CO_BLOCK).step_by(LANES) {
-                let out = block * CO_BLOCK + lanes;
-                for (j, dst) in dst.chunks_exact_mut(CO_BLOCK).enumerate() {
-                    let (i, t) = (j / 9, j % 9);
-                    for (l, v) in dst[lanes..lanes + LANES].iter_mut().enumerate() {
-                        *v = weight(out + l, i, t);
+            for (o, dst) in dst.chunks_exact_mut(9 * CO_BLOCK).enumerate() {
+                let src = &w[(o * c_in + block * CO_BLOCK) * 9..][..9 * CO_BLOCK];
+                for (lane, taps) in src.chunks_exact(9).enumerate() {
+                    for (t, &v) in taps.iter().enumerate() {
+                        dst[(8 - t) * CO_BLOCK + lane] = v;
                     }
                 }
             }
