@@ -74,31 +74,32 @@ fn fits(kernel_in: usize, kernel_out: usize) -> bool {
 }
 
 /// One convolution as the kernel computes it: `c_in` input maps of `h x w` per image,
-/// `c_out` output maps of `oh x ow`.
+/// `c_out` output maps of `oh x ow` (also the weight gradient's, `direct3x3_dense_weight_grad.rs`).
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    batch: usize,
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
-    stride: usize,
-    oh: usize,
-    ow: usize,
+pub(super) struct Dims {
+    pub(super) batch: usize,
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) stride: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
 }
 
 impl Dims {
     /// Width of a bordered input map.
-    fn row(&self) -> usize {
+    pub(super) fn row(&self) -> usize {
         self.w + 2
     }
 
     /// Values of a bordered input map.
-    fn plane(&self) -> usize {
+    pub(super) fn plane(&self) -> usize {
         (self.h + 2) * self.row()
     }
 
-    fn out_pixels(&self) -> usize {
+    /// Output positions per image.
+    pub(super) fn out_pixels(&self) -> usize {
         self.oh * self.ow
     }
 }
@@ -198,7 +199,7 @@ fn pack_input_grad(w: &[f32], c_in: usize, c_out: usize) -> Scratch {
 /// Copies NCHW `x` (`batch x c_in` maps of `h x w`) into `(batch, c_in, h + 2, w + 2)` with
 /// a zero border (`direct3x3.rs`'s `spread_rows`, the per-image kernels' zero-bordered planes
 /// on rows of `w + 2`), in parallel over images.
-fn bordered(d: &Dims, x: &[f32]) -> Scratch {
+pub(super) fn bordered(d: &Dims, x: &[f32]) -> Scratch {
     let (row, plane, map) = (d.row(), d.plane(), d.h * d.w);
     assert_eq!(
         x.len(),

@@ -162,13 +162,12 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
 
 /// True when `pass` of `g` runs the dense direct 3x3 kernel over the whole batch
 /// (`direct3x3_dense.rs`): where `measured_choice` picks it, on a CPU with AVX-512 on
-/// full-width units.
-/// Its weight gradient is never this kernel's.
+/// full-width units; the weight gradient runs `direct3x3_dense_weight_grad.rs`.
 pub fn direct_dense(g: &ConvGeometry, pass: Pass) -> bool {
     let fits = match pass {
         Pass::Forward => super::direct3x3_dense::forward_fits(g),
         Pass::InputGrad => super::direct3x3_dense::input_grad_fits(g),
-        Pass::WeightGrad => false,
+        Pass::WeightGrad => super::direct3x3_dense_weight_grad::fits(g),
     };
     fits && match FORCED.with(Cell::get) {
         Algorithm::DirectDense => true,
@@ -264,11 +263,20 @@ enum Dense {
 /// dense kernel (batch 32: forward 8.8-9.4 against 9.8-11.1 ms, input gradient 8.9-9.2 against
 /// 9.9-10.9), and at 4x4 with 512 channels, batch 16, GEMM beat it for the input gradient (6.5
 /// against 9.8 ms); both keep the choices above.
+///
+/// The weight gradient takes the dense kernel over the batch (`direct3x3_dense_weight_grad.rs`)
+/// on Zen 5 only (unmeasured on Intel), against the choices above (CPU time of 2 threads, best
+/// of 5, two alternating rounds, batch 16 / 32): 7x7 with 256 channels 0.71-0.90 / 0.85-0.99 of
+/// F(4x4)'s; 14x14 with 128 channels 0.88-0.91 / 0.95-0.97 of GEMM's; stride 2 from 28x28 with
+/// 128 channels 0.79-0.84 / 0.85-0.92, from 14x14 with 256 0.81-0.82 / 0.78-0.80, and from 7x7
+/// with 512 at batch 32 0.86-0.88 (level at batch 16, GEMM kept). GEMM stays at 28x28 with 64
+/// channels (0.97-1.08) and at 4x4 with 512 (1.0 at batch 32, 1.10-1.17 at batch 16).
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let pixels = g.out_pixels();
     let channels = g.group_in_channels().min(g.group_out_channels());
     let full_width = avx512_full_width();
     let intel = cpu_kind() == CpuKind::IntelAvx512;
+    let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
         // The outputs measured at 112x112 input: 14x14, 7x7, and 4x4 (512 channels, whose
@@ -278,9 +286,17 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
             10..=36 => g.batch >= 32,
             _ => false,
         };
+        // The weight gradient, measured on Zen 5 only: outputs of 14x14 (128 channels) and 7x7
+        // (256) from batch 16, 4x4 (512) from batch 32.
+        let weight_grad = match (pixels, channels) {
+            (150..=400, 128) | (37..=64, 256) => g.batch >= 16,
+            (10..=36, 512) => g.batch >= 32,
+            _ => false,
+        };
         return match pass {
             Pass::Forward if full_width && dense => Dense::OverBatch,
             Pass::InputGrad if full_width && shape => Dense::Direct,
+            Pass::WeightGrad if zen5 && weight_grad => Dense::OverBatch,
             _ => Dense::Gemm,
         };
     }
@@ -292,6 +308,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if intel => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
+        (37..=64, 256, Pass::WeightGrad) | (150..=400, 128, Pass::WeightGrad) if zen5 => {
+            Dense::OverBatch
+        }
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,

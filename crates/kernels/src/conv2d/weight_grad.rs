@@ -5,7 +5,7 @@ use super::im2col::im2col;
 use super::matmul::{matmul_strided, MatRef};
 use super::schedule::{gemm_threads, parallel_units_pay};
 use super::scratch::with_columns;
-use super::select::{direct_3x3, winograd_tile, Pass};
+use super::select::{direct_3x3, direct_dense, winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 use gemm::Parallelism;
@@ -66,6 +66,9 @@ const PARTIALS: usize = 4;
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if let Some(tile) = winograd_tile(g, Pass::WeightGrad) {
         return super::winograd::weight_grad(tile, g, x, dy);
+    }
+    if direct_dense(g, Pass::WeightGrad) {
+        return super::direct3x3_dense_weight_grad::weight_grad(g, x, dy);
     }
     if direct_3x3(g, Pass::WeightGrad) {
         return super::direct3x3::weight_grad(g, x, dy);
