@@ -252,17 +252,20 @@ enum Dense {
 /// direct kernel took 1.5-2x GEMM's there, for the same reason).
 ///
 /// On AMD Zen 5 ([`CpuKind::Zen5Avx512`], a 2-core EPYC, CPU time of 2 threads, best of 3-6,
-/// two alternating rounds) the Intel choices hold but two. Against the choices made before
-/// for it (Zen 4's): the direct kernel on 28x28 with 64 channels, now wide, forward 0.65-0.69
-/// and input gradient 0.69-0.72 (0.65 / 0.69 at 56x56); 14x14 with 128 channels over the batch,
-/// forward 0.65-0.84 and input gradient 0.80-0.88 of F(4x4)'s; the stride-2 input gradient at
-/// 128 channels 0.62-0.70 of GEMM's; the stride-2 forwards over the batch 0.78-0.88 (from
-/// 28x28), 0.85-0.87 at batch 16 and 0.87 at 32 (from 14x14, 10.7-10.8 against 12.4 ms), 0.86-0.94
-/// at batch 32 (from 7x7); the 56x56 weight gradient on GEMM, 0.86-0.88 of F(4x4)'s. The two
-/// exceptions, measured side by side in one process: at 7x7 with 256 channels F(4x4) beat the
-/// dense kernel (batch 32: forward 8.8-9.4 against 9.8-11.1 ms, input gradient 8.9-9.2 against
-/// 9.9-10.9), and at 4x4 with 512 channels, batch 16, GEMM beat it for the input gradient (6.5
-/// against 9.8 ms); both keep the choices above.
+/// two alternating rounds) the Intel choices hold, and the dense kernel over the batch takes
+/// more. Against the choices made before for it (Zen 4's): the per-image direct kernel, wide,
+/// on 28x28 with 64 channels, forward 0.65-0.69 and input gradient 0.69-0.72 (0.65 / 0.69 at
+/// 56x56); 14x14 with 128 channels over the batch, forward 0.65-0.84 and input gradient
+/// 0.80-0.88 of F(4x4)'s; the stride-2 input gradient at 128 channels 0.62-0.70 of GEMM's;
+/// the stride-2 forwards over the batch 0.78-0.88 (from 28x28), 0.85-0.87 at batch 16 and
+/// 0.87 at 32 (from 14x14), 0.86-0.94 at batch 32 (from 7x7); the 56x56 weight gradient on
+/// GEMM, 0.86-0.88 of F(4x4)'s. With the kernel's passes of 64 input channels (best of 4-5,
+/// two alternating rounds, against those choices): 28x28 with 64 channels forward 0.89-0.95
+/// and input gradient 0.79-0.85 of the per-image kernel's (batch 16 and 32), 0.95-0.96 and
+/// 0.88 at 56x56 (batch 16); 7x7 with 256 channels forward 0.87-0.89 and input gradient 0.86
+/// of F(4x4)'s at batch 16, 0.97-0.99 at 32; the 4x4 input gradient with 512 channels
+/// 0.89-0.92 of F(2x2)'s at batch 32. At 4x4 with 512 channels, batch 16, GEMM beat it for the
+/// input gradient (6.5 against 9.8 ms) and keeps it.
 ///
 /// The weight gradient takes the dense kernel over the batch (`direct3x3_dense_weight_grad.rs`)
 /// on Zen 5 only (unmeasured on Intel), against the choices above (CPU time of 2 threads, best
@@ -305,9 +308,13 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     }
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
-        (37..=64, 256, Pass::Forward | Pass::InputGrad) if intel => Dense::OverBatch,
+        (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
+        (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) if zen5 => {
+            Dense::OverBatch
+        }
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
+        (10..=36, 512, Pass::InputGrad) if zen5 && wide => Dense::OverBatch,
         (37..=64, 256, Pass::WeightGrad) | (150..=400, 128, Pass::WeightGrad) if zen5 => {
             Dense::OverBatch
         }
