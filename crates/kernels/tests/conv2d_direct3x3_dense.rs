@@ -9,7 +9,9 @@
 //! that nothing takes it.
 
 use candle_core::Result;
-use mtanet_kernels::conv2d::{cpu_kind, direct_dense, with_algorithm, Algorithm, CpuKind, Pass};
+use mtanet_kernels::conv2d::{
+    cpu_kind, direct_3x3, direct_dense, with_algorithm, Algorithm, CpuKind, Pass,
+};
 use mtanet_kernels::ConvGeometry;
 
 mod support;
@@ -54,6 +56,19 @@ fn runs_here() -> Result<bool> {
 /// ResNet-50 layers they were measured faster on at 112x112 input and keeps the others.
 #[test]
 fn the_shapes_take_the_dense_kernel() -> Result<()> {
+    // A 28x28 layer with 8 channels (the demo profile's): the kernel cannot take it (fewer than
+    // 64 output channels), so it keeps the per-image direct kernel wherever that runs, also on
+    // the CPUs whose measured choice for that map size is the dense kernel.
+    let narrow = geometry(&[32, 8, 8, 28, 28, 1])?;
+    let passes = [Pass::Forward, Pass::InputGrad];
+    assert_eq!(passes.map(|p| direct_dense(&narrow, p)), [false; 2]);
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert_eq!(
+            passes.map(|p| direct_3x3(&narrow, p)),
+            [true; 2],
+            "{narrow:?}"
+        );
+    }
     if !runs_here()? {
         eprintln!("no AVX-512 on full-width units: the dense kernel is off");
         for shape in SHAPES {

@@ -164,15 +164,22 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
 /// (`direct3x3_dense.rs`): where `measured_choice` picks it, on a CPU with AVX-512 on
 /// full-width units; the weight gradient runs `direct3x3_dense_weight_grad.rs`.
 pub fn direct_dense(g: &ConvGeometry, pass: Pass) -> bool {
-    let fits = match pass {
+    dense_fits(g, pass)
+        && match FORCED.with(Cell::get) {
+            Algorithm::DirectDense => true,
+            Algorithm::Auto => measured_choice(g, pass) == Dense::OverBatch,
+            _ => false,
+        }
+}
+
+/// True when the dense kernel over the batch can compute `pass` of `g` (its channel counts):
+/// a measured choice of it for a range of channel counts holds only where it can, and the
+/// others keep what they ran before.
+fn dense_fits(g: &ConvGeometry, pass: Pass) -> bool {
+    match pass {
         Pass::Forward => super::direct3x3_dense::forward_fits(g),
         Pass::InputGrad => super::direct3x3_dense::input_grad_fits(g),
         Pass::WeightGrad => super::direct3x3_dense_weight_grad::fits(g),
-    };
-    fits && match FORCED.with(Cell::get) {
-        Algorithm::DirectDense => true,
-        Algorithm::Auto => measured_choice(g, pass) == Dense::OverBatch,
-        _ => false,
     }
 }
 
@@ -310,7 +317,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     match (pixels, channels, pass) {
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
-        (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) if zen5 => {
+        (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad)
+            if zen5 && dense_fits(g, pass) =>
+        {
             Dense::OverBatch
         }
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
