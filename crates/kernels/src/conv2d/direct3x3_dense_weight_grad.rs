@@ -15,7 +15,8 @@
 //!   broadcast input values feed 24 fused multiply-adds.
 //! - The positions run in chunks whose gradient rows stay in the L2 cache while every block of
 //!   a task passes over them; between chunks a block's sums wait in a buffer laid out
-//!   `(C_in x 9, C_out)`, turned into `(C_out, C_in, 3, 3)` at the end.
+//!   `(C_in x 9, C_out)`, and after the last chunk each block writes its values into the
+//!   `(C_out, C_in, 3, 3)` gradient.
 //!
 //! Each weight's gradient is one chain of fused multiply-adds from zero over the positions of
 //! the batch in order (image by image, rows in order): a sum stored between chunks is the f32
