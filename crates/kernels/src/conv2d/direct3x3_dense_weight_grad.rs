@@ -9,7 +9,8 @@
 //!
 //! - The input is copied once with a zero border (`direct3x3_dense.rs`'s bordered maps), and
 //!   each output position is an offset into that copy; the output gradient is turned once into
-//!   rows of `C_out` values per position.
+//!   rows of `C_out` values per position (`direct3x3_wide.rs`'s `transpose_grads`, which the
+//!   grouped layers' weight gradient uses the same way).
 //! - A register block is 64 output channels (4 vectors) x 6 consecutive `(ci, tap)` pairs of
 //!   the flattened `C_in x 9` (24 accumulators): per position, 4 gradient vectors and 6
 //!   broadcast input values feed 24 fused multiply-adds.
@@ -25,6 +26,7 @@
 //! images) or of Winograd, which it replaces where `select.rs` measured it faster.
 
 use super::direct3x3_dense::{bordered, Dims};
+use super::direct3x3_wide::transpose_grads;
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
 use super::scratch::Scratch;
@@ -74,7 +76,7 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         "direct3x3_dense_weight_grad: output gradient length"
     );
     let x = bordered(&d, x);
-    let dy_t = positions_by_channels(dy, d.c_out, opix);
+    let dy_t = positions_by_channels(dy, d.c_out, (d.oh, d.ow));
     let pairs = d.c_in * 9;
     // Sums carried from one chunk of positions to the next (none when one chunk holds them
     // all); each block's last chunk writes its values into `dw`.
@@ -114,48 +116,15 @@ fn chunk_positions(c_out: usize) -> usize {
     (CHUNK_VALUES / c_out).max(1)
 }
 
-/// The NCHW output gradient as one row of `c_out` values per position of the batch.
-fn positions_by_channels(dy: &[f32], c_out: usize, opix: usize) -> Scratch {
-    assert!(
-        c_out.is_multiple_of(LANES) && dy.len().is_multiple_of(c_out * opix),
-        "direct3x3_dense_weight_grad: output gradient shape"
-    );
+/// The NCHW output gradient as one row of `c_out` values per position of the batch
+/// (`direct3x3_wide.rs`'s `transpose_grads`, image by image in parallel).
+fn positions_by_channels(dy: &[f32], c_out: usize, (oh, ow): (usize, usize)) -> Scratch {
+    let image = c_out * oh * ow;
     let mut dy_t = Scratch::take(dy.len());
-    dy_t.par_chunks_mut(opix * c_out)
-        .zip(dy.par_chunks(c_out * opix))
-        // SAFETY: `fits` checked AVX-512; the shapes are checked above.
-        .for_each(|(dst, src)| unsafe { gather_rows(src, c_out, opix, dst) });
+    dy_t.par_chunks_mut(image)
+        .zip(dy.par_chunks(image))
+        .for_each(|(dst, src)| transpose_grads(src, (oh, ow, ow), c_out, dst));
     dy_t
-}
-
-/// One image's `c_out` planes of `opix` values (`src`) as `opix` rows of `c_out` (`dst`): each
-/// 16 channels of a row gathered from their planes in one instruction.
-///
-/// # Safety
-/// AVX-512F; `c_out` a multiple of 16, `src` and `dst` `c_out * opix` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_rows(src: &[f32], c_out: usize, opix: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert!(src.len() == c_out * opix && dst.len() == c_out * opix && opix < 1 << 26);
-    let step = opix as i32;
-    let index = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(step),
-    );
-    for (p, row) in dst.chunks_exact_mut(c_out).enumerate() {
-        for c0 in (0..c_out).step_by(LANES) {
-            // SAFETY: channel c0 + 15 < c_out, position p < opix: inside `src`.
-            let v = _mm512_i32gather_ps::<4>(index, src.as_ptr().add(c0 * opix + p).cast());
-            _mm512_storeu_ps(row.as_mut_ptr().add(c0), v);
-        }
-    }
-}
-
-/// Never called: the kernel fits only x86-64 CPUs with AVX-512.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn gather_rows(_: &[f32], _: usize, _: usize, _: &mut [f32]) {
-    unreachable!("direct3x3_dense_weight_grad runs only on x86-64")
 }
 
 /// Sums pair blocks `blocks` (each `PAIRS` consecutive `(ci, tap)` pairs) for every block of
