@@ -93,6 +93,20 @@ pub(super) struct Dims {
 }
 
 impl Dims {
+    /// The forward convolution `g` (also its weight gradient's operands).
+    pub(super) fn of(g: &ConvGeometry) -> Self {
+        Self {
+            batch: g.batch,
+            c_in: g.in_channels,
+            c_out: g.out_channels,
+            h: g.in_h,
+            w: g.in_w,
+            stride: g.stride,
+            oh: g.out_h,
+            ow: g.out_w,
+        }
+    }
+
     /// Width of a bordered input map.
     pub(super) fn row(&self) -> usize {
         self.w + 2
@@ -107,6 +121,17 @@ impl Dims {
     pub(super) fn out_pixels(&self) -> usize {
         self.oh * self.ow
     }
+
+    /// Where output `pixel` of `image` reads its top-left tap in the bordered input.
+    pub(super) fn read(&self, image: usize, pixel: usize) -> usize {
+        let (oy, ox) = (pixel / self.ow, pixel % self.ow);
+        image * self.c_in * self.plane() + self.stride * (oy * self.row() + ox)
+    }
+
+    /// Offset of tap `t` (row-major in the 3x3 window) from a position's top-left read.
+    pub(super) fn tap(&self, t: usize) -> usize {
+        (t / 3) * self.row() + t % 3
+    }
 }
 
 /// Forward pass into `y` (every value written), then `then(image, y_image)` on each image's
@@ -119,19 +144,8 @@ pub(super) fn forward_into(
     then: Epilogue<'_>,
 ) {
     assert!(forward_fits(g), "direct3x3_dense: {g:?} does not fit");
-    let (c_in, c_out) = (g.in_channels, g.out_channels);
-    let packed = pack_forward(w, c_in, c_out);
-    let dims = Dims {
-        batch: g.batch,
-        c_in,
-        c_out,
-        h: g.in_h,
-        w: g.in_w,
-        stride: g.stride,
-        oh: g.out_h,
-        ow: g.out_w,
-    };
-    convolve(&dims, x, &packed, y, then);
+    let packed = pack_forward(w, g.in_channels, g.out_channels);
+    convolve(&Dims::of(g), x, &packed, y, then);
 }
 
 /// Stride-1 input gradient into `dx` (every value written): the "same" convolution of `dy`
@@ -289,7 +303,7 @@ unsafe fn convolve_images(
     (y, y_len): (*mut f32, usize),
     co: std::ops::Range<usize>,
 ) {
-    let (row, plane, opix) = (d.row(), d.plane(), d.out_pixels());
+    let (plane, opix) = (d.plane(), d.out_pixels());
     let positions = images * opix;
     let blocks = positions.div_ceil(P);
     // Each position's top-left read in `x` and its value's index in `y` (channel 0); the last
@@ -300,11 +314,10 @@ unsafe fn convolve_images(
     );
     for q in 0..blocks * P {
         let (image, pixel) = (q.min(positions - 1) / opix, q.min(positions - 1) % opix);
-        let (oy, ox) = (pixel / d.ow, pixel % d.ow);
-        reads.push(image * d.c_in * plane + d.stride * (oy * row + ox));
+        reads.push(d.read(image, pixel));
         writes.push(image * d.c_out * opix + pixel);
     }
-    let taps: [usize; 9] = std::array::from_fn(|t| (t / 3) * row + t % 3);
+    let taps: [usize; 9] = std::array::from_fn(|t| d.tap(t));
     let last_read = reads[blocks * P - 1] + (d.c_in - 1) * plane + taps[8];
     let last_write = writes[blocks * P - 1] + (d.c_out - 1) * opix;
     assert!(
@@ -529,16 +542,7 @@ mod tests {
                 assert!(y_n.iter().all(|v| v.is_finite()));
                 seen.lock().unwrap().push(n);
             });
-            let d = Dims {
-                batch,
-                c_in,
-                c_out,
-                h,
-                w,
-                stride,
-                oh: g.out_h,
-                ow: g.out_w,
-            };
+            let d = Dims::of(&g);
             let want = plain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
             assert_eq!(differing_bits(&y, &want), 0, "forward {d:?}");
             let mut seen = seen.into_inner().unwrap();

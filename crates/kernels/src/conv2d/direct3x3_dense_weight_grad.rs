@@ -59,16 +59,7 @@ pub(super) fn fits(g: &ConvGeometry) -> bool {
 /// and the output gradient `dy` (both NCHW).
 pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(fits(g), "direct3x3_dense_weight_grad: {g:?} does not fit");
-    let d = Dims {
-        batch: g.batch,
-        c_in: g.in_channels,
-        c_out: g.out_channels,
-        h: g.in_h,
-        w: g.in_w,
-        stride: g.stride,
-        oh: g.out_h,
-        ow: g.out_w,
-    };
+    let d = Dims::of(g);
     let opix = d.out_pixels();
     assert_eq!(
         dy.len(),
@@ -78,9 +69,17 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let x = bordered(&d, x);
     let dy_t = positions_by_channels(dy, d.c_out, (d.oh, d.ow));
     let pairs = d.c_in * 9;
+    // Each position's top-left read in `x`, and each (ci, tap) pair's offset from it: both
+    // increasing, so the last of each bound every read.
+    let reads: Vec<usize> = (0..d.batch * opix)
+        .map(|q| d.read(q / opix, q % opix))
+        .collect();
+    let offsets: Vec<usize> = (0..pairs)
+        .map(|j| (j / 9) * d.plane() + d.tap(j % 9))
+        .collect();
     // Sums carried from one chunk of positions to the next (none when one chunk holds them
     // all); each block's last chunk writes its values into `dw`.
-    let carried = if d.batch * opix > chunk_positions(d.c_out) {
+    let carried = if reads.len() > chunk_positions(d.c_out) {
         pairs * d.c_out
     } else {
         0
@@ -91,6 +90,13 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // About four tasks per thread.
     let tasks = (4 * rayon::current_num_threads()).clamp(1, blocks);
     let per_task = blocks.div_ceil(tasks);
+    let operands = Operands {
+        x: &x,
+        dy_t: &dy_t,
+        reads: &reads,
+        offsets: &offsets,
+        c_out: d.c_out,
+    };
     let (sums_out, dw_out) = (SharedOutput::new(&mut sums), SharedOutput::new(&mut dw));
     (0..blocks.div_ceil(per_task))
         .into_par_iter()
@@ -100,8 +106,7 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             // of `sums` and `dw`.
             unsafe {
                 sum_blocks(
-                    &d,
-                    (&x, &dy_t),
+                    &operands,
                     (sums_out.start(), sums_out.len()),
                     (dw_out.start(), dw_out.len()),
                     range,
@@ -109,6 +114,19 @@ pub(super) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             };
         });
     dw
+}
+
+/// What every task reads.
+struct Operands<'a> {
+    /// The bordered input.
+    x: &'a [f32],
+    /// The output gradient, one row of `c_out` values per position of the batch.
+    dy_t: &'a [f32],
+    /// Each position's top-left read in `x`, increasing.
+    reads: &'a [usize],
+    /// Each `(ci, tap)` pair's offset from a position's read, increasing.
+    offsets: &'a [usize],
+    c_out: usize,
 }
 
 /// Positions per chunk for `c_out` output channels: [`CHUNK_VALUES`] gradient values.
@@ -137,41 +155,28 @@ fn positions_by_channels(dy: &[f32], c_out: usize, (oh, ow): (usize, usize)) -> 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_blocks(
-    d: &Dims,
-    (x, dy_t): (&[f32], &[f32]),
+    o: &Operands<'_>,
     (sums, sums_len): (*mut f32, usize),
     (dw, dw_len): (*mut f32, usize),
     blocks: std::ops::Range<usize>,
 ) {
-    let (row, plane, opix) = (d.row(), d.plane(), d.out_pixels());
-    let positions = d.batch * opix;
-    let pairs = d.c_in * 9;
-    // Each position's top-left read in `x`, and each pair's offset from it.
-    let reads: Vec<usize> = (0..positions)
-        .map(|q| {
-            let (image, pixel) = (q / opix, q % opix);
-            image * d.c_in * plane + d.stride * ((pixel / d.ow) * row + pixel % d.ow)
-        })
-        .collect();
-    let offsets: Vec<usize> = (0..pairs)
-        .map(|j| (j / 9) * plane + (j % 9 / 3) * row + j % 3)
-        .collect();
+    let (x, dy_t, reads, offsets) = (o.x, o.dy_t, o.reads, o.offsets);
+    let (positions, pairs, c_out) = (reads.len(), offsets.len(), o.c_out);
     let last_read = reads[positions - 1] + offsets[pairs - 1];
-    let chunk = chunk_positions(d.c_out);
+    let chunk = chunk_positions(c_out);
     assert!(
-        x.len() == d.batch * d.c_in * plane
-            && last_read < x.len()
-            && dy_t.len() == positions * d.c_out
-            && (sums_len == pairs * d.c_out || positions <= chunk)
-            && dw_len == pairs * d.c_out
+        last_read < x.len()
+            && dy_t.len() == positions * c_out
+            && (sums_len == pairs * c_out || positions <= chunk)
+            && dw_len == pairs * c_out
             && blocks.end * PAIRS <= pairs
-            && d.c_out.is_multiple_of(CO_BLOCK),
-        "direct3x3_dense_weight_grad: operands do not fit {d:?}"
+            && c_out.is_multiple_of(CO_BLOCK),
+        "direct3x3_dense_weight_grad: operands do not fit"
     );
     let (xp, gp) = (x.as_ptr(), dy_t.as_ptr());
     for q0 in (0..positions).step_by(chunk) {
         let q1 = (q0 + chunk).min(positions);
-        for co in (0..d.c_out).step_by(CO_BLOCK) {
+        for co in (0..c_out).step_by(CO_BLOCK) {
             for block in blocks.clone() {
                 let j0 = block * PAIRS;
                 let mut offs = [0usize; PAIRS];
@@ -181,14 +186,14 @@ unsafe fn sum_blocks(
                 // above; `sums` is read and written only when there is more than one chunk).
                 let acc = sum_block(
                     (xp, &offs),
-                    (gp.add(co), d.c_out),
+                    (gp.add(co), c_out),
                     &reads[q0..q1],
                     q0,
-                    (q0 > 0).then(|| sums.add(j0 * d.c_out + co).cast_const()),
-                    d.c_out,
+                    (q0 > 0).then(|| sums.add(j0 * c_out + co).cast_const()),
+                    c_out,
                 );
                 if q1 < positions {
-                    store(&acc, sums.add(j0 * d.c_out + co), d.c_out);
+                    store(&acc, sums.add(j0 * c_out + co), c_out);
                 } else {
                     // Output channel co + l, pair j0 + k at dw[(co + l) * pairs + j0 + k].
                     let mut values = [[0.0f32; CO_BLOCK]; PAIRS];
@@ -275,8 +280,7 @@ unsafe fn sum_block(
 /// Never called: the kernel fits only x86-64 CPUs with AVX-512.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn sum_blocks(
-    _: &Dims,
-    _: (&[f32], &[f32]),
+    _: &Operands<'_>,
     _: (*mut f32, usize),
     _: (*mut f32, usize),
     _: std::ops::Range<usize>,
