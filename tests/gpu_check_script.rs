@@ -37,14 +37,7 @@ fn missing_gpu_exits_2_with_one_line() {
         .env("OUT", out_dir.path())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].starts_with("gpu-check: no GPU: nvidia-smi not found"),
-        "{stderr}"
-    );
+    assert_refused(&out, "gpu-check: no GPU: nvidia-smi not found");
     // Nothing was measured, so nothing was written.
     assert!(!out_dir.path().join("conformance.csv").exists());
 }
