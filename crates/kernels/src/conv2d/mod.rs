@@ -27,6 +27,7 @@ mod geometry;
 mod im2col;
 mod input_grad;
 pub(crate) mod matmul;
+mod pointwise_nchw;
 mod prefetch;
 pub(crate) mod schedule;
 mod scratch;
