@@ -8,8 +8,9 @@
 //! output gradients likewise, `(C_out, N * OH*OW)`: forward, input gradient and weight
 //! gradient are then each one wide GEMM on all threads (`(256, 2304, 784)` for ResNet-50's
 //! 7x7 3x3 conv at batch 16: 210 GFLOP/s here, against 170 for blocks of 6 images), at the
-//! price of copying the small maps in and out, in parallel. The input gradient of 1x1 layers
-//! skips both copies where `pointwise_nchw.rs` runs (AVX-512 on full-width units).
+//! price of copying the small maps in and out, in parallel. The input gradient of most 1x1
+//! layers runs `pointwise_nchw.rs` instead, without the copies, where AVX-512 runs on
+//! full-width units.
 //!
 //! The weight gradient's summed dimension (`N * OH*OW`) is split by gemm into cache-sized
 //! blocks, never by thread: the sum runs in the same order for any thread count
@@ -104,13 +105,9 @@ pub fn forward_into(
         });
 }
 
-/// Input gradient into `dx` (any contents; every value written): for 1x1 layers where
-/// `pointwise_nchw.rs` runs, that kernel; else `dcols (patch_len x N*P) =
+/// Input gradient into `dx` (any contents; every value written): `dcols (patch_len x N*P) =
 /// W^T @ dY`, then col2im per image in parallel.
 pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    if super::pointwise_nchw::applies(g) {
-        return super::pointwise_nchw::input_grad_into(g, dy, w, dx);
-    }
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;
     let mut dy_wide = Scratch::take(c_out * width);

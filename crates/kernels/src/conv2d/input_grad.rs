@@ -35,6 +35,9 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     if direct_3x3(g, Pass::InputGrad) {
         return super::direct3x3::input_grad_into(g, dy, w, dx);
     }
+    if super::pointwise_nchw::applies(g) {
+        return super::pointwise_nchw::input_grad_into(g, dy, w, dx);
+    }
     if super::batched::applies(g) {
         return super::batched::input_grad_into(g, dy, w, dx);
     }

@@ -1,22 +1,24 @@
-//! The input gradient of 1x1 convolutions of small maps over the whole batch, read and written
-//! in NCHW (AVX-512 on full-width units): `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`,
-//! which `batched.rs` otherwise runs as one wide GEMM between a copy of `dy` into a
-//! `(C_out, N * OH*OW)` matrix and a copy of the product back into NCHW.
+//! The input gradient of 1x1 convolutions over the whole batch, read and written in NCHW (AVX-512
+//! on full-width units): `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, which otherwise runs
+//! as one wide GEMM between copies in and out of a `(C_out, N * OH*OW)` matrix (`batched.rs`,
+//! 7x7 and 4x4 maps) or as one GEMM per image (14x14).
 //!
-//! A register block holds 8 input channels x 3 vectors of 16 consecutive columns `(b, p)` of
-//! the batch (24 accumulators), fed per output channel by 3 vectors of `dy` and 8 broadcast
-//! weights (a row of `w`, read where it lies). Columns run image after image, so a vector whose
-//! columns cross from image `b` into `b + 1` is read and written as two masked pieces, one per
-//! image (maps of at least 16 pixels make two enough). The output channels are summed in
-//! passes of 128, so that a block's `dy` columns stay in L1; each pass resumes the
-//! accumulators from the values the last one wrote, so every value is one FMA chain over the
-//! output channels in order, whatever the passes, blocks and threads (docs/determinism.md).
+//! The batch's columns `(b, p)` run image after image, in blocks of 3 vectors of 16. Per block
+//! and pass of 128 output channels, the block's `dy` columns are first packed into rows of 48
+//! values (a vector whose columns cross from image `b` into `b + 1` is read as two masked
+//! pieces, one per image; maps of at least 16 pixels make two enough), which then stay in L1
+//! while every 8 input channels in turn run in 24 accumulators: per output channel, 3 vector
+//! loads, 8 weights broadcast from their row of `w` (read where it lies), 24 FMAs. Between
+//! passes a block's sums wait in a buffer of the same rows; the last pass writes them into
+//! `dx`, again as masked pieces. Every value is one FMA chain over the output channels in
+//! order, whatever the passes, blocks and threads (docs/determinism.md).
 //!
 //! The forward through the same blocks (with `w` turned to `(ci, co)` first) was slower than
-//! the GEMM with its copies on every shape measured (docs/performance.md, "Measured slower").
+//! the GEMM with its copies (docs/performance.md, "Measured slower").
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
+use super::scratch::with_columns;
 use rayon::prelude::*;
 
 /// f32 lanes of a vector.
@@ -28,14 +30,18 @@ const VECTORS: usize = 3;
 /// Summed channels per pass over a block (its input columns stay in L1).
 const KC: usize = 128;
 
-/// True when `g`'s input gradient runs here: a dense 1x1 stride-1 unpadded layer
-/// with channel counts that are multiples of 8, maps of 16 to 64 pixels and more than one
-/// image, on a CPU whose AVX-512 runs on full-width units.
+/// True when `g`'s input gradient runs here: a dense 1x1 stride-1 unpadded layer with channel
+/// counts that are multiples of 8 and more than one image, on a CPU whose AVX-512 runs on
+/// full-width units, where `conv_passes` measured it faster than the GEMMs (the whole-batch one
+/// with its copies, or one per image): maps of 16 to 64 pixels, and 14x14 maps with at least
+/// 256 input channels (level at 128; 1.2-1.45x slower at 28x28).
 pub fn applies(g: &ConvGeometry) -> bool {
+    let p = g.out_pixels();
     g.is_pointwise()
         && g.groups == 1
         && g.batch > 1
-        && (LANES..=64).contains(&g.out_pixels())
+        && (LANES..=196).contains(&p)
+        && (p <= 64 || g.in_channels >= 256)
         && g.in_channels.is_multiple_of(ROWS)
         && g.out_channels.is_multiple_of(ROWS)
         && super::select::avx512_full_width()
@@ -124,80 +130,144 @@ fn product(
             let v0 = tile * VECTORS;
             let n = (vectors - v0).min(VECTORS);
             let (ins, outs) = (&in_spans[v0..v0 + n], &out_spans[v0..v0 + n]);
-            for k0 in (0..depth).step_by(KC) {
-                for m0 in (0..rows).step_by(ROWS) {
-                    // SAFETY: `applies` checked AVX-512F. Every span's lanes lie inside its
-                    // operand for any channel below its count (`Span::of`, p >= 16), the weights'
-                    // last element is checked above, and the tasks write disjoint columns.
-                    unsafe {
+            // The pass's input columns, packed (`KC` rows of `WIDTH`), then each row block's
+            // running sums between passes (`rows` rows of `WIDTH`), 64-byte aligned.
+            with_columns(LANES + (KC + rows) * WIDTH, |buf| {
+                let skip = buf.as_ptr().align_offset(64).min(LANES);
+                let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
+                for k0 in (0..depth).step_by(KC) {
+                    let kc = KC.min(depth - k0);
+                    // SAFETY: `applies` checked AVX-512F; the spans' lanes lie inside `inp`
+                    // for every channel below `depth` (`Span::of`, p >= 16).
+                    unsafe { pack(inp.as_ptr().add(k0 * p), (ins, p), kc, panel) };
+                    let stage = match (k0 == 0, k0 + kc == depth) {
+                        (true, true) => Stage::Only,
+                        (true, false) => Stage::First,
+                        (false, false) => Stage::Middle,
+                        (false, true) => Stage::Last,
+                    };
+                    for m0 in (0..rows).step_by(ROWS) {
                         let args = Block {
-                            inp: inp.as_ptr(),
-                            a: a.as_ptr().add(m0),
+                            panel: panel.as_ptr(),
+                            kc,
+                            // SAFETY: within `a`, as checked above.
+                            a: unsafe { a.as_ptr().add(k0 * k_stride + m0) },
                             k_stride,
-                            ks: k0..(k0 + KC).min(depth),
+                            sums: sums[m0 * WIDTH..].as_mut_ptr(),
+                            stage,
                             p,
-                            out: shared.start().add(m0 * p),
+                            // SAFETY: channel m0 < rows of `out`.
+                            out: unsafe { shared.start().add(m0 * p) },
                         };
-                        match n {
-                            3 => block::<3>(&args, ins, outs),
-                            2 => block::<2>(&args, ins, outs),
-                            _ => block::<1>(&args, ins, outs),
+                        // SAFETY: AVX-512F (above); the panel holds `kc` rows, `sums` the
+                        // block's 8 rows, the weights and spans are checked above, and the
+                        // tasks write disjoint columns of `out`.
+                        unsafe {
+                            match n {
+                                3 => block::<3>(&args, outs),
+                                2 => block::<2>(&args, outs),
+                                _ => block::<1>(&args, outs),
+                            }
                         }
                     }
                 }
-            }
+            });
         });
 }
 
-/// The operands of one register block: 8 output channels from `out`, their weights from `a`.
+/// Values of a packed row: the 3 vectors of a block.
+const WIDTH: usize = VECTORS * LANES;
+
+/// Copies rows `0..kc` (channels, `p` values apart) of the columns of `ins` from `inp` into
+/// `panel`, `WIDTH` values per row.
+///
+/// # Safety
+/// AVX-512F; the spans' lanes lie inside `inp` for channels `0..kc`; `panel` holds `kc` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack(inp: *const f32, (ins, p): (&[Span], usize), kc: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() >= kc * WIDTH);
+    let dst = panel.as_mut_ptr();
+    for k in 0..kc {
+        let row = inp.add(k * p);
+        for (v, s) in ins.iter().enumerate() {
+            let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
+            let x = _mm512_mask_loadu_ps(lo, s.second_mask, row.add(s.second));
+            _mm512_storeu_ps(dst.add(k * WIDTH + v * LANES), x);
+        }
+    }
+}
+
+/// Never called: [`applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack(_: *const f32, _: (&[Span], usize), _: usize, _: &mut [f32]) {
+    unreachable!("pointwise_nchw runs only on x86-64")
+}
+
+/// Where a block's pass starts and ends: from zero or from its stored sums, into the output or
+/// into its stored sums.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Only,
+    First,
+    Middle,
+    Last,
+}
+
+/// The operands of one register block's pass: 8 output channels from `out`, their weights from
+/// `a`, the pass's packed input columns.
 struct Block {
-    inp: *const f32,
+    panel: *const f32,
+    kc: usize,
     a: *const f32,
     k_stride: usize,
-    ks: std::ops::Range<usize>,
+    sums: *mut f32,
+    stage: Stage,
     p: usize,
     out: *mut f32,
 }
 
-/// Output channels `out..out + 8 * p` at the columns of `V` vectors.
+/// One pass of output channels `out..out + 8 * p` at the columns of `V` vectors.
 ///
 /// # Safety
-/// AVX-512F; `ins` and `outs` hold `V` spans inside their operands, `a` holds the block's
-/// weights.
+/// AVX-512F; `outs` holds `V` spans inside the output, `a` the block's weights for the pass's
+/// `kc` channels, `panel` its `kc` packed rows, `sums` 8 rows of `WIDTH`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block<const V: usize>(args: &Block, ins: &[Span], outs: &[Span]) {
+#[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
+unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
     use std::arch::x86_64::*;
-    let ins: &[Span; V] = ins.try_into().expect("a span per vector");
     let outs: &[Span; V] = outs.try_into().expect("a span per vector");
     let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
-    if args.ks.start > 0 {
-        #[allow(clippy::needless_range_loop)]
+    if matches!(args.stage, Stage::Middle | Stage::Last) {
         for r in 0..ROWS {
-            let row = args.out.add(r * args.p);
             for v in 0..V {
-                let s = outs[v];
-                let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
-                acc[r][v] = _mm512_mask_loadu_ps(lo, s.second_mask, row.add(s.second));
+                acc[r][v] = _mm512_loadu_ps(args.sums.add(r * WIDTH + v * LANES));
             }
         }
     }
     let mut x = [_mm512_setzero_ps(); V];
-    for k in args.ks.clone() {
-        let row = args.inp.add(k * args.p);
+    for k in 0..args.kc {
+        let row = args.panel.add(k * WIDTH);
         for v in 0..V {
-            let s = ins[v];
-            let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
-            x[v] = _mm512_mask_loadu_ps(lo, s.second_mask, row.add(s.second));
+            x[v] = _mm512_loadu_ps(row.add(v * LANES));
         }
         let wk = args.a.add(k * args.k_stride);
-        #[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
         for r in 0..ROWS {
             let w = _mm512_set1_ps(*wk.add(r));
             for v in 0..V {
                 acc[r][v] = _mm512_fmadd_ps(w, x[v], acc[r][v]);
             }
         }
+    }
+    if matches!(args.stage, Stage::First | Stage::Middle) {
+        for (r, acc_r) in acc.iter().enumerate() {
+            for v in 0..V {
+                _mm512_storeu_ps(args.sums.add(r * WIDTH + v * LANES), acc_r[v]);
+            }
+        }
+        return;
     }
     for (r, acc_r) in acc.iter().enumerate() {
         let row = args.out.add(r * args.p);
@@ -211,7 +281,7 @@ unsafe fn block<const V: usize>(args: &Block, ins: &[Span], outs: &[Span]) {
 
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block<const V: usize>(_: &Block, _: &[Span], _: &[Span]) {
+unsafe fn block<const V: usize>(_: &Block, _: &[Span]) {
     unreachable!("pointwise_nchw runs only on x86-64")
 }
 
@@ -243,7 +313,7 @@ mod tests {
     }
 
     /// The input gradient is each value's FMA chain over the output channels, bit for bit, for
-    /// maps of 16, 25, 49 and 64 pixels (vectors inside an image and across two), batches whose
+    /// maps of 16, 25, 49, 64 and 196 pixels (vectors inside an image and across two), batches whose
     /// columns end on a vector and between vectors, blocks of 1 to 3 vectors, and 8 to 272
     /// output channels (one pass of 128 and several, the last one short).
     #[test]
@@ -258,6 +328,7 @@ mod tests {
             (5, 16, 272, 8),
             (2, 8, 256, 7),
             (7, 8, 136, 5),
+            (2, 256, 136, 14),
         ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
                 .expect("geometry");
