@@ -313,9 +313,10 @@ mod tests {
     }
 
     /// The input gradient is each value's FMA chain over the output channels, bit for bit, for
-    /// maps of 16, 25, 49, 64 and 196 pixels (vectors inside an image and across two), batches whose
-    /// columns end on a vector and between vectors, blocks of 1 to 3 vectors, and 8 to 272
-    /// output channels (one pass of 128 and several, the last one short).
+    /// maps of 16, 25, 49, 64 and 196 pixels (vectors inside an image and across two), batches
+    /// whose columns end on a vector and between vectors, blocks of 1 to 3 vectors, and 8 to
+    /// 272 output channels (one pass of 128 and several, the last one short); the same bits
+    /// under pools of 1 and 3 threads.
     #[test]
     fn input_gradient_is_the_plain_chain_bit_for_bit() {
         if !super::super::select::avx512_full_width() {
@@ -338,6 +339,19 @@ mod tests {
             let dy = values(batch * c_out * p, 3);
             let mut dx = vec![f32::NAN; batch * c_in * p];
             input_grad_into(&g, &dy, &w, &mut dx);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let mut again = vec![f32::NAN; dx.len()];
+                pool.install(|| input_grad_into(&g, &dy, &w, &mut again));
+                let differ = dx
+                    .iter()
+                    .zip(&again)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(differ.count(), 0, "{g:?}: {threads} threads");
+            }
             for b in 0..batch {
                 for q in 0..p {
                     for ci in 0..c_in {
