@@ -33,8 +33,9 @@ const KC: usize = 128;
 /// True when `g`'s input gradient runs here: a dense 1x1 stride-1 unpadded layer with channel
 /// counts that are multiples of 8 and more than one image, on a CPU whose AVX-512 runs on
 /// full-width units, where `conv_passes` measured it faster than the GEMMs (the whole-batch one
-/// with its copies, or one per image): maps of 16 to 64 pixels, and 14x14 maps with at least
-/// 256 input channels (level at 128; 1.2-1.45x slower at 28x28).
+/// with its copies, or one per image): maps of 16 to 64 pixels, and maps of up to 196 pixels
+/// (14x14) with at least 256 input channels (at 14x14 level with 128; 1.2-1.45x slower at
+/// 28x28).
 pub fn applies(g: &ConvGeometry) -> bool {
     let p = g.out_pixels();
     g.is_pointwise()
