@@ -378,6 +378,7 @@ pub(super) unsafe fn unit_weight_grad_wide<T: Taps>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values_fine as values;
     use super::*;
 
     /// A table of reads for the test: stride 1 on rows of `row`.
@@ -395,18 +396,6 @@ mod tests {
             // Not row-major: the kernels must take each read's own tap.
             (i * 4) % 9
         }
-    }
-
-    /// Values with many significant bits, so that any change in the order of the sums or in
-    /// the operands would show in the last bits.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// The wide kernel writes what the AVX2 kernel writes, bit for bit, on every position it

@@ -122,6 +122,20 @@ pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Test inputs with many significant bits (24), so that any change in the order of a sum or
+/// in its operands shows in the last bits, where [`test_values`]' thousand levels could add
+/// up exactly in any order: `len` values in [-1, 1), a different sequence for each `seed`.
+#[cfg(test)]
+pub(crate) fn test_values_fine(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// How many positions of two equally long slices hold different bits (the unit tests' twin
 /// of the integration tests' `support::differing_bits`).
 #[cfg(test)]

@@ -288,19 +288,8 @@ unsafe fn block<const V: usize>(_: &Block, _: &[Span]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values_fine as values;
     use super::*;
-
-    /// Values with many significant bits, so that any change in the order of the sums or in
-    /// the operands would show in the last bits.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// `sum_k a(m, k) * inp[b, k, p]` as one `mul_add` chain over `k` in order.
     fn chain(
@@ -347,11 +336,8 @@ mod tests {
                     .expect("pool");
                 let mut again = vec![f32::NAN; dx.len()];
                 pool.install(|| input_grad_into(&g, &dy, &w, &mut again));
-                let differ = dx
-                    .iter()
-                    .zip(&again)
-                    .filter(|(a, b)| a.to_bits() != b.to_bits());
-                assert_eq!(differ.count(), 0, "{g:?}: {threads} threads");
+                let differ = super::super::differing_bits(&dx, &again);
+                assert_eq!(differ, 0, "{g:?}: {threads} threads");
             }
             for b in 0..batch {
                 for q in 0..p {
