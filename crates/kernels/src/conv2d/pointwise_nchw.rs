@@ -1,5 +1,5 @@
-//! The input gradient of 1x1 convolutions over the whole batch, read and written in NCHW (AVX-512
-//! on full-width units): `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, which otherwise runs
+//! The input gradient of 1x1 convolutions over the whole batch, read and written in NCHW (AMD Zen
+//! 5, where it was measured; the kernel runs wherever AVX-512 runs on full-width units): `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, which otherwise runs
 //! as one wide GEMM between copies in and out of a `(C_out, N * OH*OW)` matrix (`batched.rs`,
 //! 7x7 and 4x4 maps) or as one GEMM per image (14x14).
 //!
@@ -30,19 +30,25 @@ const VECTORS: usize = 3;
 /// Summed channels per pass over a block (its input columns stay in L1).
 const KC: usize = 128;
 
-/// True when `g`'s input gradient runs here: a dense 1x1 stride-1 unpadded layer with channel
-/// counts that are multiples of 8 and more than one image, on a CPU whose AVX-512 runs on
-/// full-width units, where `conv_passes` measured it faster than the GEMMs (the whole-batch one
-/// with its copies, or one per image): maps of 16 to 64 pixels, and maps of up to 196 pixels
-/// (14x14) with at least 256 input channels (at 14x14 level with 128; 1.2-1.45x slower at
-/// 28x28).
+/// True when `g`'s input gradient runs here: where [`fits`], on AMD Zen 5 server cores
+/// (`select.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the GEMMs, unmeasured), where
+/// `conv_passes` measured it faster than the GEMMs (the whole-batch one with its copies, or one
+/// per image): maps of 16 to 64 pixels, and maps of up to 196 pixels (14x14) with at least 256
+/// input channels (at 14x14 level with 128; 1.2-1.45x slower at 28x28).
 pub fn applies(g: &ConvGeometry) -> bool {
-    let p = g.out_pixels();
+    fits(g)
+        && (g.out_pixels() <= 64 || g.in_channels >= 256)
+        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+}
+
+/// True when the kernel can compute `g`'s input gradient on this CPU: a dense 1x1 stride-1
+/// unpadded layer on maps of 16 to 196 pixels, channel counts multiples of 8, more than one
+/// image, AVX-512 on full-width units.
+fn fits(g: &ConvGeometry) -> bool {
     g.is_pointwise()
         && g.groups == 1
         && g.batch > 1
-        && (LANES..=196).contains(&p)
-        && (p <= 64 || g.in_channels >= 256)
+        && (LANES..=196).contains(&g.out_pixels())
         && g.in_channels.is_multiple_of(ROWS)
         && g.out_channels.is_multiple_of(ROWS)
         && super::select::avx512_full_width()
@@ -110,7 +116,7 @@ fn product(
     (out, rows): (&mut [f32], usize),
 ) {
     let (batch, p) = (g.batch, g.out_pixels());
-    assert!(applies(g), "pointwise_nchw: {g:?}");
+    assert!(fits(g), "pointwise_nchw: {g:?}");
     assert_eq!(inp.len(), batch * depth * p, "pointwise_nchw: input size");
     assert_eq!(out.len(), batch * rows * p, "pointwise_nchw: output size");
     assert!(
@@ -138,7 +144,7 @@ fn product(
                 let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
                 for k0 in (0..depth).step_by(KC) {
                     let kc = KC.min(depth - k0);
-                    // SAFETY: `applies` checked AVX-512F; the spans' lanes lie inside `inp`
+                    // SAFETY: `fits` checked AVX-512F; the spans' lanes lie inside `inp`
                     // for every channel below `depth` (`Span::of`, p >= 16).
                     unsafe { pack(inp.as_ptr().add(k0 * p), (ins, p), kc, panel) };
                     let stage = match (k0 == 0, k0 + kc == depth) {
@@ -200,7 +206,7 @@ unsafe fn pack(inp: *const f32, (ins, p): (&[Span], usize), kc: usize, panel: &m
     }
 }
 
-/// Never called: [`applies`] is false off x86-64.
+/// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pack(_: *const f32, _: (&[Span], usize), _: usize, _: &mut [f32]) {
     unreachable!("pointwise_nchw runs only on x86-64")
@@ -280,7 +286,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
     }
 }
 
-/// Never called: [`applies`] is false off x86-64.
+/// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block<const V: usize>(_: &Block, _: &[Span]) {
     unreachable!("pointwise_nchw runs only on x86-64")
@@ -323,7 +329,7 @@ mod tests {
         ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
                 .expect("geometry");
-            assert!(applies(&g), "{g:?}");
+            assert!(fits(&g), "{g:?}");
             let p = side * side;
             let w = values(c_out * c_in, 2);
             let dy = values(batch * c_out * p, 3);
