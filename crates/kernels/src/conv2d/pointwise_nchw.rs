@@ -54,14 +54,6 @@ fn fits(g: &ConvGeometry) -> bool {
         && super::select::avx512_full_width()
 }
 
-/// Input gradient: `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, every value of `dx`
-/// written (a block's 8 weights of one output channel are consecutive in `w`'s row).
-pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (ci, co) = (g.in_channels, g.out_channels);
-    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
-    product(g, (dy, co), (w, ci), (dx, ci));
-}
-
 /// Where the 16 columns of one vector lie in an NCHW operand, as offsets from its channel's
 /// first value in image 0: lanes `first_mask` at `first + lane`, lanes `second_mask` (the
 /// columns of the next image, if any) at `second + lane`. Empty masks read and write nothing.
@@ -107,68 +99,61 @@ fn lane_mask(from: usize, n: usize) -> u16 {
     (((1u32 << n) - 1) << from) as u16
 }
 
-/// `out[b, m, p] = sum_k a[k * k_stride + m] * inp[b, k, p]` for `(inp, depth)` with `depth`
-/// channels and `(out, rows)` with `rows`, in parallel over blocks of 3 column vectors.
-fn product(
-    g: &ConvGeometry,
-    (inp, depth): (&[f32], usize),
-    (a, k_stride): (&[f32], usize),
-    (out, rows): (&mut [f32], usize),
-) {
-    let (batch, p) = (g.batch, g.out_pixels());
+/// Input gradient: `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, every value of `dx`
+/// written, in parallel over blocks of 3 column vectors (a block's 8 weights of one output
+/// channel are consecutive in `w`'s row).
+pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
     assert!(fits(g), "pointwise_nchw: {g:?}");
-    assert_eq!(inp.len(), batch * depth * p, "pointwise_nchw: input size");
-    assert_eq!(out.len(), batch * rows * p, "pointwise_nchw: output size");
-    assert!(
-        rows <= k_stride && (depth - 1) * k_stride + rows <= a.len(),
-        "pointwise_nchw: weights"
+    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
+    assert_eq!(
+        dy.len(),
+        batch * co * p,
+        "pointwise_nchw: output gradient size"
+    );
+    assert_eq!(
+        dx.len(),
+        batch * ci * p,
+        "pointwise_nchw: input gradient size"
     );
     let vectors = (batch * p).div_ceil(LANES);
-    let in_spans: Vec<Span> = (0..vectors)
-        .map(|v| Span::of(v, (batch, p), depth))
-        .collect();
-    let out_spans: Vec<Span> = (0..vectors)
-        .map(|v| Span::of(v, (batch, p), rows))
-        .collect();
-    let shared = SharedOutput::new(out);
+    let dy_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), co)).collect();
+    let dx_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), ci)).collect();
+    let shared = SharedOutput::new(dx);
     (0..vectors.div_ceil(VECTORS))
         .into_par_iter()
         .for_each(|tile| {
             let v0 = tile * VECTORS;
             let n = (vectors - v0).min(VECTORS);
-            let (ins, outs) = (&in_spans[v0..v0 + n], &out_spans[v0..v0 + n]);
-            // The pass's input columns, packed (`KC` rows of `WIDTH`), then each row block's
-            // running sums between passes (`rows` rows of `WIDTH`), 64-byte aligned.
-            with_columns(LANES + (KC + rows) * WIDTH, |buf| {
+            let (ins, outs) = (&dy_spans[v0..v0 + n], &dx_spans[v0..v0 + n]);
+            // The pass's `dy` columns, packed (`KC` rows of `WIDTH`), then each block of input
+            // channels' running sums between passes (`ci` rows of `WIDTH`), 64-byte aligned.
+            with_columns(LANES + (KC + ci) * WIDTH, |buf| {
                 let skip = buf.as_ptr().align_offset(64).min(LANES);
                 let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
-                for k0 in (0..depth).step_by(KC) {
-                    let kc = KC.min(depth - k0);
-                    // SAFETY: `fits` checked AVX-512F; the spans' lanes lie inside `inp`
-                    // for every channel below `depth` (`Span::of`, p >= 16).
-                    unsafe { pack(inp.as_ptr().add(k0 * p), (ins, p), kc, panel) };
-                    let stage = match (k0 == 0, k0 + kc == depth) {
-                        (true, true) => Stage::Only,
-                        (true, false) => Stage::First,
-                        (false, false) => Stage::Middle,
-                        (false, true) => Stage::Last,
-                    };
-                    for m0 in (0..rows).step_by(ROWS) {
+                for k0 in (0..co).step_by(KC) {
+                    let kc = KC.min(co - k0);
+                    // SAFETY: `fits` checked AVX-512F; the spans' lanes lie inside `dy` for
+                    // every channel below `co` (`Span::of`, p >= 16).
+                    unsafe { pack(dy.as_ptr().add(k0 * p), (ins, p), kc, panel) };
+                    for m0 in (0..ci).step_by(ROWS) {
                         let args = Block {
                             panel: panel.as_ptr(),
                             kc,
-                            // SAFETY: within `a`, as checked above.
-                            a: unsafe { a.as_ptr().add(k0 * k_stride + m0) },
-                            k_stride,
+                            // SAFETY: row k0 < co, column m0 < ci of `w`.
+                            w: unsafe { w.as_ptr().add(k0 * ci + m0) },
+                            w_row: ci,
                             sums: sums[m0 * WIDTH..].as_mut_ptr(),
-                            stage,
+                            resume: k0 > 0,
+                            last: k0 + kc == co,
                             p,
-                            // SAFETY: channel m0 < rows of `out`.
+                            // SAFETY: channel m0 < ci of `dx`.
                             out: unsafe { shared.start().add(m0 * p) },
                         };
                         // SAFETY: AVX-512F (above); the panel holds `kc` rows, `sums` the
-                        // block's 8 rows, the weights and spans are checked above, and the
-                        // tasks write disjoint columns of `out`.
+                        // block's 8 rows, `w` the block's weights of the pass (rows k0..k0 + kc,
+                        // columns m0..m0 + 8), the spans lie inside `dx`, and the tasks write
+                        // disjoint columns of `dx`.
                         unsafe {
                             match n {
                                 3 => block::<3>(&args, outs),
@@ -212,25 +197,18 @@ unsafe fn pack(_: *const f32, _: (&[Span], usize), _: usize, _: &mut [f32]) {
     unreachable!("pointwise_nchw runs only on x86-64")
 }
 
-/// Where a block's pass starts and ends: from zero or from its stored sums, into the output or
-/// into its stored sums.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Only,
-    First,
-    Middle,
-    Last,
-}
-
-/// The operands of one register block's pass: 8 output channels from `out`, their weights from
-/// `a`, the pass's packed input columns.
+/// The operands of one register block's pass: 8 input channels of `dx` at `out`, their
+/// weights at `w` (8 consecutive values per output channel, rows `w_row` apart), the pass's
+/// packed `dy` columns; the pass starts from the block's stored sums when `resume`, and writes
+/// `dx` when `last` (else its sums again).
 struct Block {
     panel: *const f32,
     kc: usize,
-    a: *const f32,
-    k_stride: usize,
+    w: *const f32,
+    w_row: usize,
     sums: *mut f32,
-    stage: Stage,
+    resume: bool,
+    last: bool,
     p: usize,
     out: *mut f32,
 }
@@ -238,8 +216,8 @@ struct Block {
 /// One pass of output channels `out..out + 8 * p` at the columns of `V` vectors.
 ///
 /// # Safety
-/// AVX-512F; `outs` holds `V` spans inside the output, `a` the block's weights for the pass's
-/// `kc` channels, `panel` its `kc` packed rows, `sums` 8 rows of `WIDTH`.
+/// AVX-512F; `outs` holds `V` spans inside `dx`, `w` the block's weights for the pass's `kc`
+/// channels, `panel` its `kc` packed rows, `sums` 8 rows of `WIDTH`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
@@ -247,7 +225,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
     use std::arch::x86_64::*;
     let outs: &[Span; V] = outs.try_into().expect("a span per vector");
     let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
-    if matches!(args.stage, Stage::Middle | Stage::Last) {
+    if args.resume {
         for r in 0..ROWS {
             for v in 0..V {
                 acc[r][v] = _mm512_loadu_ps(args.sums.add(r * WIDTH + v * LANES));
@@ -260,7 +238,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
         for v in 0..V {
             x[v] = _mm512_loadu_ps(row.add(v * LANES));
         }
-        let wk = args.a.add(k * args.k_stride);
+        let wk = args.w.add(k * args.w_row);
         for r in 0..ROWS {
             let w = _mm512_set1_ps(*wk.add(r));
             for v in 0..V {
@@ -268,7 +246,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
             }
         }
     }
-    if matches!(args.stage, Stage::First | Stage::Middle) {
+    if !args.last {
         for (r, acc_r) in acc.iter().enumerate() {
             for v in 0..V {
                 _mm512_storeu_ps(args.sums.add(r * WIDTH + v * LANES), acc_r[v]);
