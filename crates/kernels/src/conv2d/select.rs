@@ -281,6 +281,19 @@ enum Dense {
 /// 128 channels 0.79-0.84 / 0.85-0.92, from 14x14 with 256 0.81-0.82 / 0.78-0.80, and from 7x7
 /// with 512 at batch 32 0.86-0.88 (level at batch 16, GEMM kept). GEMM stays at 28x28 with 64
 /// channels (0.97-1.08) and at 4x4 with 512 (1.0 at batch 32, 1.10-1.17 at batch 16).
+///
+/// On Zen 5 Winograd with its transforms on channel lanes (`winograd_lanes.rs`) then took the
+/// stride-1 layers from those choices. CPU time of 2 threads, best of 5, two rounds, batch 16 /
+/// 32, against them: 28x28 with 64 channels F(4x4) forward 0.58-0.66 / 0.61, input gradient
+/// 0.55-0.58 / 0.55-0.57, weight gradient 0.53-0.58 / 0.59-0.60 (of GEMM's); 56x56 with 64
+/// F(4x4) forward 0.60-0.62 / 0.59-0.60, input gradient 0.58-0.61 / 0.61-0.62, weight gradient
+/// 0.68-0.70 / 0.69; 14x14 with 128 F(2x2) (F(4x4) level at batch 16, 5-15% slower at 32)
+/// forward 0.72-0.74 / 0.64-0.67, input gradient 0.66-0.71 / 0.60-0.62, weight gradient
+/// 0.63-0.66 / 0.60-0.62; 7x7 with 256 F(4x4) forward 0.92 / 0.70-0.71, input gradient
+/// 0.84-0.89 / 0.70-0.72, weight gradient 0.62 / 0.56; 4x4 with 512 F(2x2) for the weight
+/// gradient, 0.70-0.71 / 0.52-0.54 of GEMM's, and the input gradient at batch 32, 0.85-0.86 of
+/// the dense kernel's (at batch 16 GEMM keeps it: F(2x2) took 1.12-1.14 of its time, and the
+/// 4x4 forward stays as above).
 fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let pixels = g.out_pixels();
     let channels = g.group_in_channels().min(g.group_out_channels());
@@ -315,18 +328,14 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     }
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
+        // Zen 5, Winograd with its transforms on channel lanes (`winograd_lanes.rs`).
+        (2500..=3300 | 700..=900, 64, _) | (37..=64, 256, _) if zen5 => Dense::Winograd(Tile::F4),
+        (150..=400, 128, _) if zen5 => Dense::Winograd(Tile::F2),
+        (10..=36, 512, Pass::WeightGrad) if zen5 => Dense::Winograd(Tile::F2),
+        (10..=36, 512, Pass::InputGrad) if zen5 && wide => Dense::Winograd(Tile::F2),
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
-        (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad)
-            if zen5 && dense_fits(g, pass) =>
-        {
-            Dense::OverBatch
-        }
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
-        (10..=36, 512, Pass::InputGrad) if zen5 && wide => Dense::OverBatch,
-        (37..=64, 256, Pass::WeightGrad) | (150..=400, 128, Pass::WeightGrad) if zen5 => {
-            Dense::OverBatch
-        }
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
@@ -384,4 +393,47 @@ pub fn cpu_kind() -> CpuKind {
 /// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
 pub(super) fn avx512_full_width() -> bool {
     cpu_kind() != CpuKind::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dense3x3(batch: usize, channels: usize, hw: usize) -> ConvGeometry {
+        ConvGeometry::new(
+            &[batch, channels, hw, hw],
+            &[channels, channels, 3, 3],
+            1,
+            1,
+            1,
+        )
+        .expect("geometry")
+    }
+
+    /// On Zen 5 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured fastest
+    /// (at 4x4 with batch 16 the forward and input gradient stay off it); elsewhere it never
+    /// takes the 28x28 layer with 64 channels. A layer narrower than those measured (the demo
+    /// profile's 8 channels at 28x28) stays off it everywhere.
+    #[test]
+    fn winograd_takes_the_measured_layers() {
+        let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
+        let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+        let (f2, f4) = (Some(Tile::F2), Some(Tile::F4));
+        for batch in [16, 32] {
+            let tiles =
+                |channels, hw| passes.map(|p| winograd_tile(&dense3x3(batch, channels, hw), p));
+            assert_eq!(tiles(8, 28), [None; 3], "batch {batch}");
+            if !zen5 {
+                assert_eq!(tiles(64, 28), [None; 3], "batch {batch}");
+                continue;
+            }
+            assert_eq!(tiles(64, 56), [f4; 3], "batch {batch}");
+            assert_eq!(tiles(64, 28), [f4; 3], "batch {batch}");
+            assert_eq!(tiles(128, 14), [f2; 3], "batch {batch}");
+            assert_eq!(tiles(256, 7), [f4; 3], "batch {batch}");
+            let wide = batch >= 32;
+            let at_4x4 = [wide.then_some(Tile::F2), wide.then_some(Tile::F2), f2];
+            assert_eq!(tiles(512, 4), at_4x4, "batch {batch}");
+        }
+    }
 }

@@ -48,6 +48,9 @@
 //! tile, for a row of tiles, is a short vector), its sums in a fixed order. The blocks of
 //! images are sized from the shape alone, and each GEMM runs on one thread with the whole of its
 //! summed dimension: results do not depend on the number of threads (docs/determinism.md).
+//!
+//! On AMD Zen 5 the same plan runs with its transforms on vectors of 16 channels instead
+//! (`winograd_lanes.rs`, chosen in `forward_plan` and `weight_grad_plan`).
 
 use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
@@ -118,12 +121,12 @@ const F4: Matrices<4, 6> = Matrices {
 
 /// A constant `OUT x IN` matrix as a type: the transforms are compiled for its coefficients
 /// (zero terms vanish, 1 and -1 become adds and subtracts).
-trait Coefs<const IN: usize, const OUT: usize> {
+pub(super) trait Coefs<const IN: usize, const OUT: usize> {
     const MAT: [[f32; IN]; OUT];
 }
 
 /// The matrices of F(M x M, 3 x 3) as types.
-trait Winograd<const M: usize, const A: usize> {
+pub(super) trait Winograd<const M: usize, const A: usize> {
     /// `B^T`.
     type Bt: Coefs<A, A>;
     /// `A^T`.
@@ -192,17 +195,36 @@ winograd_types!(Winograd4, 4, 6, F4, [Bt4, At4, Adj4, G4, Gt4]);
 /// per tile and channel) stay near the caches between the transforms and the GEMMs.
 const BLOCK_TILES: usize = 1024;
 
+/// Tiles per block of images where the transforms run with the channels in the lanes
+/// (`winograd_lanes.rs`), whose transformed tiles (`a^2` values per tile and channel) the GEMMs
+/// read back from L2 and L3: `conv_passes` on the dense 3x3 layers of ResNet-50 at 112x112 and
+/// 224x224 input (batch 16 and 32, AMD Zen 5) ran 0.7-0.9 of the time of 1024-tile blocks at
+/// 28x28 and 56x56 with 384, level on smaller maps (whose batch holds fewer tiles).
+const LANES_BLOCK_TILES: usize = 384;
+
+/// True where the transforms run with the channels in the lanes (`winograd_lanes.rs`).
+fn lanes_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::winograd_lanes::runs_here()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Sizes of one Winograd convolution ("same" 3x3 on `H x W` maps).
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+pub(super) struct Plan {
     batch: usize,
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
     /// Tile rows and columns per image.
-    th: usize,
-    tw: usize,
+    pub(super) th: usize,
+    pub(super) tw: usize,
     /// Images per block (the last block may hold fewer).
     block: usize,
 }
@@ -210,7 +232,12 @@ struct Plan {
 impl Plan {
     fn new(m: usize, batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> Self {
         let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-        let block = (BLOCK_TILES / (th * tw)).clamp(1, batch);
+        let block = if lanes_here() {
+            // As few blocks as LANES_BLOCK_TILES allows, the images shared out evenly.
+            batch.div_ceil((batch * th * tw).div_ceil(LANES_BLOCK_TILES))
+        } else {
+            (BLOCK_TILES / (th * tw)).clamp(1, batch)
+        };
         Self {
             batch,
             c_in,
@@ -224,17 +251,17 @@ impl Plan {
     }
 
     /// Tiles per image.
-    fn tiles(&self) -> usize {
+    pub(super) fn tiles(&self) -> usize {
         self.th * self.tw
     }
 
     /// Pixels per map.
-    fn pixels(&self) -> usize {
+    pub(super) fn pixels(&self) -> usize {
         self.h * self.w
     }
 
     /// The blocks of images: `(first image, images)`.
-    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(super) fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.batch)
             .step_by(self.block)
             .map(|b0| (b0, self.block.min(self.batch - b0)))
@@ -514,6 +541,10 @@ fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if lanes_here() {
+        return super::winograd_lanes::forward_plan::<M, A, W>(p, x, w, y, then);
+    }
     let (c_in, c_out, tiles, pixels) = (p.c_in, p.c_out, p.tiles(), p.pixels());
     let u = transform_weights::<M, A, W>(w, c_out, c_in);
     let image_len = c_out * pixels;
@@ -558,6 +589,10 @@ fn weight_grad_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
     x: &[f32],
     dy: &[f32],
 ) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if lanes_here() {
+        return super::winograd_lanes::weight_grad_plan::<M, A, W>(p, x, dy);
+    }
     let (c_in, c_out) = (p.c_in, p.c_out);
     // The adjoint of the output transform: dM = A dY A^T, A = (A^T)^T.
     let mut du = Scratch::take(A * A * c_out * c_in);
