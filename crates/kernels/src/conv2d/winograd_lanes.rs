@@ -71,6 +71,8 @@ unsafe fn lane_block(
     let rows = block.len() / (cols * LANES);
     assert!((1..=LANES).contains(&lanes) && channels.len() >= lanes * h * w);
     assert!(rows >= h + offset && cols >= w + offset);
+    // The gather's offsets, up to 15 planes, are i32.
+    assert!(LANES * h * w <= i32::MAX as usize);
     // The border: rows above and below the map, and the columns either side of it.
     let (top, bottom) = (offset * cols * LANES, (offset + h) * cols * LANES);
     block[..top].fill(0.0);
