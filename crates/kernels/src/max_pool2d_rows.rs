@@ -9,10 +9,14 @@
 //! scalar search stopped). Sixteen outputs of one row run side by side, each lane reading its
 //! own cells (cells outside the input never take part), so every output value and every argmax
 //! equals the scalar search's bit for bit; the tests check it. At stride 2 (the stem's pool) a
-//! window column's 16 cells are every other one of 32 consecutive cells: two loads, masked to
-//! the row, and a permute picking the even ones (ResNet-50 batch 16 on the Zen 5, 3 alternating
-//! rounds: forward 2.7-3.2 -> 1.7-2.0 ms per train step and 2.3-3.6 -> 1.3-1.5 per eval
-//! forward, backward 4.6-4.9 -> 3.3-3.6); other strides gather each lane's cell.
+//! window column's 16 cells are every other one of 32 consecutive cells: two loads and a permute
+//! picking the even ones (ResNet-50 batch 16 on the Zen 5, 3 alternating rounds: forward
+//! 2.7-3.2 -> 1.7-2.0 ms per train step and 2.3-3.6 -> 1.3-1.5 per eval forward, backward
+//! 4.6-4.9 -> 3.3-3.6); other strides gather each lane's cell. The two loads are plain ones
+//! wherever they lie inside the input, masked to the row only at its ends: with masked loads
+//! everywhere the backward of ResNeXt-50's stem at batch 32 took 25-32 ms per step on the Zen
+//! 5 in one hour's profiles, 5.5-7.6 with plain ones (2 alternating rounds; 6 ms with masked
+//! loads the day before, so the cost comes and goes with the machine's state).
 
 use crate::pool_geometry::PoolGeometry;
 use candle_core::Layout;
@@ -119,8 +123,8 @@ unsafe fn row_argmax_avx512(
                 let at = _mm512_add_epi32(row, x);
                 let v = if stride == 2 {
                     // Columns `x` are every other one from the first lane's: two loads of 16
-                    // (masked to the row's columns, so nothing outside `plane` is read) and the
-                    // even ones picked out. Lanes outside the row are not taken below.
+                    // (nothing outside `plane` is read) and the even ones picked out. Lanes
+                    // outside the row are not taken below.
                     let start = (ox0 as i32) * 2 - pad + kx;
                     let cols = _mm512_add_epi32(_mm512_set1_epi32(start), lane);
                     let cols_hi = _mm512_add_epi32(cols, _mm512_set1_epi32(LANES as i32));
@@ -128,11 +132,22 @@ unsafe fn row_argmax_avx512(
                         _mm512_cmpge_epi32_mask(cols, zero) & _mm512_cmplt_epi32_mask(cols, width);
                     let valid_hi = _mm512_cmpge_epi32_mask(cols_hi, zero)
                         & _mm512_cmplt_epi32_mask(cols_hi, width);
-                    let base = plane
-                        .as_ptr()
-                        .wrapping_offset(((y as i32) * w + start) as isize);
-                    let lo = _mm512_maskz_loadu_ps(valid_lo, base);
-                    let hi = _mm512_maskz_loadu_ps(valid_hi, base.wrapping_add(LANES));
+                    let first = (y as i32) * w + start;
+                    let base = plane.as_ptr().wrapping_offset(first as isize);
+                    // Where both vectors lie inside `plane`, plain loads: their lanes outside
+                    // the row read the neighbouring rows' cells, which `inside` keeps out of
+                    // the search (masked loads ran 3-6x slower on AMD Zen 5: module doc).
+                    let (lo, hi) = if first >= 0 && first as usize + 2 * LANES <= plane.len() {
+                        (
+                            _mm512_loadu_ps(base),
+                            _mm512_loadu_ps(base.wrapping_add(LANES)),
+                        )
+                    } else {
+                        (
+                            _mm512_maskz_loadu_ps(valid_lo, base),
+                            _mm512_maskz_loadu_ps(valid_hi, base.wrapping_add(LANES)),
+                        )
+                    };
                     _mm512_permutex2var_ps(lo, evens, hi)
                 } else {
                     _mm512_mask_i32gather_ps::<4>(best, inside, at, plane.as_ptr())
