@@ -13,10 +13,9 @@
 //! picking the even ones (ResNet-50 batch 16 on the Zen 5, 3 alternating rounds: forward
 //! 2.7-3.2 -> 1.7-2.0 ms per train step and 2.3-3.6 -> 1.3-1.5 per eval forward, backward
 //! 4.6-4.9 -> 3.3-3.6); other strides gather each lane's cell. The two loads are plain ones
-//! wherever they lie inside the input, masked to the row only at its ends: with masked loads
-//! everywhere the backward of ResNeXt-50's stem at batch 32 took 25-32 ms per step on the Zen
-//! 5 in one hour's profiles, 5.5-7.6 with plain ones (2 alternating rounds; 6 ms with masked
-//! loads the day before, so the cost comes and goes with the machine's state).
+//! wherever they lie inside the input, masked to the row only at its ends: on the Zen 5 the
+//! masked loads everywhere took 2.3x as long in the forward of ResNeXt-50's stem at batch 32,
+//! and up to 5x in its backward in a slow spell (docs/performance.md).
 
 use crate::pool_geometry::PoolGeometry;
 use candle_core::Layout;
@@ -136,7 +135,7 @@ unsafe fn row_argmax_avx512(
                     let base = plane.as_ptr().wrapping_offset(first as isize);
                     // Where both vectors lie inside `plane`, plain loads: their lanes outside
                     // the row read the neighbouring rows' cells, which `inside` keeps out of
-                    // the search (masked loads ran 3-6x slower on AMD Zen 5: module doc).
+                    // the search (masked loads were slower on AMD Zen 5: module doc).
                     let (lo, hi) = if first >= 0 && first as usize + 2 * LANES <= plane.len() {
                         (
                             _mm512_loadu_ps(base),

@@ -184,8 +184,13 @@ unsafe fn pack(inp: *const f32, (ins, p): (&[Span], usize), kc: usize, panel: &m
     for k in 0..kc {
         let row = inp.add(k * p);
         for (v, s) in ins.iter().enumerate() {
-            let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
-            let x = _mm512_mask_loadu_ps(lo, s.second_mask, row.add(s.second));
+            // A vector inside one image is a plain load; one across two, two masked pieces.
+            let x = if s.first_mask == u16::MAX {
+                _mm512_loadu_ps(row.add(s.first))
+            } else {
+                let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
+                _mm512_mask_loadu_ps(lo, s.second_mask, row.add(s.second))
+            };
             _mm512_storeu_ps(dst.add(k * WIDTH + v * LANES), x);
         }
     }
@@ -258,8 +263,13 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
         let row = args.out.add(r * args.p);
         for v in 0..V {
             let s = outs[v];
-            _mm512_mask_storeu_ps(row.add(s.first), s.first_mask, acc_r[v]);
-            _mm512_mask_storeu_ps(row.add(s.second), s.second_mask, acc_r[v]);
+            // As in `pack`: plain where the vector lies inside one image.
+            if s.first_mask == u16::MAX {
+                _mm512_storeu_ps(row.add(s.first), acc_r[v]);
+            } else {
+                _mm512_mask_storeu_ps(row.add(s.first), s.first_mask, acc_r[v]);
+                _mm512_mask_storeu_ps(row.add(s.second), s.second_mask, acc_r[v]);
+            }
         }
     }
 }
