@@ -125,23 +125,24 @@ unsafe fn row_argmax_avx512(
                     // (nothing outside `plane` is read) and the even ones picked out. Lanes
                     // outside the row are not taken below.
                     let start = (ox0 as i32) * 2 - pad + kx;
-                    let cols = _mm512_add_epi32(_mm512_set1_epi32(start), lane);
-                    let cols_hi = _mm512_add_epi32(cols, _mm512_set1_epi32(LANES as i32));
-                    let valid_lo =
-                        _mm512_cmpge_epi32_mask(cols, zero) & _mm512_cmplt_epi32_mask(cols, width);
-                    let valid_hi = _mm512_cmpge_epi32_mask(cols_hi, zero)
-                        & _mm512_cmplt_epi32_mask(cols_hi, width);
                     let first = (y as i32) * w + start;
                     let base = plane.as_ptr().wrapping_offset(first as isize);
                     // Where both vectors lie inside `plane`, plain loads: their lanes outside
                     // the row read the neighbouring rows' cells, which `inside` keeps out of
-                    // the search (masked loads were slower on AMD Zen 5: module doc).
+                    // the search (masked loads were slower on AMD Zen 5: module doc). At the
+                    // input's first and last cells, loads masked to the row's columns.
                     let (lo, hi) = if first >= 0 && first as usize + 2 * LANES <= plane.len() {
                         (
                             _mm512_loadu_ps(base),
                             _mm512_loadu_ps(base.wrapping_add(LANES)),
                         )
                     } else {
+                        let cols = _mm512_add_epi32(_mm512_set1_epi32(start), lane);
+                        let cols_hi = _mm512_add_epi32(cols, _mm512_set1_epi32(LANES as i32));
+                        let valid_lo = _mm512_cmpge_epi32_mask(cols, zero)
+                            & _mm512_cmplt_epi32_mask(cols, width);
+                        let valid_hi = _mm512_cmpge_epi32_mask(cols_hi, zero)
+                            & _mm512_cmplt_epi32_mask(cols_hi, width);
                         (
                             _mm512_maskz_loadu_ps(valid_lo, base),
                             _mm512_maskz_loadu_ps(valid_hi, base.wrapping_add(LANES)),
