@@ -92,6 +92,12 @@ impl Span {
             }
         }
     }
+
+    /// True when all 16 columns lie in one image's row (no second piece): the vector is read
+    /// and written whole, with plain loads and stores.
+    fn whole(&self) -> bool {
+        self.first_mask == u16::MAX
+    }
 }
 
 /// Lanes `from..from + n` set.
@@ -185,7 +191,7 @@ unsafe fn pack(inp: *const f32, (ins, p): (&[Span], usize), kc: usize, panel: &m
         let row = inp.add(k * p);
         for (v, s) in ins.iter().enumerate() {
             // A vector inside one image is a plain load; one across two, two masked pieces.
-            let x = if s.first_mask == u16::MAX {
+            let x = if s.whole() {
                 _mm512_loadu_ps(row.add(s.first))
             } else {
                 let lo = _mm512_maskz_loadu_ps(s.first_mask, row.add(s.first));
@@ -264,7 +270,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
         for v in 0..V {
             let s = outs[v];
             // As in `pack`: plain where the vector lies inside one image.
-            if s.first_mask == u16::MAX {
+            if s.whole() {
                 _mm512_storeu_ps(row.add(s.first), acc_r[v]);
             } else {
                 _mm512_mask_storeu_ps(row.add(s.first), s.first_mask, acc_r[v]);
