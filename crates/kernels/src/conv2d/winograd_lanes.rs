@@ -20,9 +20,10 @@
 //! `tests/conv2d_winograd.rs` holds both to the GEMM path within the same tolerances.
 //!
 //! Measured with `conv_passes` on ResNet-50's dense 3x3 layers (AMD Zen 5, CPU time of 2
-//! threads, best of 5, 2 rounds, batch 16 and 32): the old transforms took 50-75% of a pass (the
-//! GEMMs 15-25%), here 15-40% of one 1.5-2x shorter; against the kernels the layers ran before,
-//! see `select.rs`.
+//! threads, best of 5, 2 rounds, batch 16 and 32): `perf` put the old transforms at 40-65% of
+//! a pass (the GEMMs 15-25%), these at 30-45% of one 1.4-4x shorter (F(4x4), batch 16: 7x7
+//! with 256 channels 1.4-1.9x, 14x14 with 128 2.8x, 28x28 with 64 4x); against the kernels the
+//! layers ran before, see `select.rs`.
 
 use super::forward::Epilogue;
 use super::matmul::{matmul, matmul_strided, MatRef};
