@@ -2,8 +2,8 @@
 //! passes on the same inputs: forward, input gradient and weight gradient of grouped 3x3,
 //! stride-1 and stride-2, padding-1 convolutions with 4 to 32 channels per group (where
 //! `Algorithm::Auto` picks them), over map sizes from 1x1 to 28x28 (odd, non-square, smaller
-//! and larger than one register block of positions) and odd batches, and of dense ones with
-//! the direct kernel forced
+//! and larger than one register block of positions, and the square maps the wide kernel reads
+//! in place) and odd batches, and of dense ones with the direct kernel forced
 //! (`Algorithm::Direct`); and bit-identical results under rayon pools of 1, 2 and 3 threads.
 
 use candle_core::Result;
@@ -30,6 +30,11 @@ const SHAPES: &[Shape] = &[
     // channels (`direct3x3_wide.rs`) where the CPU has it, with 1 and 2 vectors.
     [2, 512, 512, 7, 7, 32, 1],
     [2, 1024, 1024, 4, 4, 32, 1],
+    // The same kernel on the unit's own planes (`direct3x3_wide_rows.rs`, on AMD Zen 5): square
+    // maps of 4, 7 and 14 with 1 vector, 4 and 7 with 2.
+    [3, 256, 256, 4, 4, 16, 1],
+    [1, 1024, 1024, 7, 7, 32, 1],
+    [2, 512, 512, 14, 14, 32, 1],
     // Maps narrower than a register: a row's tail spills past the row after it.
     [2, 8, 8, 6, 1, 2, 1],
     [2, 8, 8, 5, 2, 2, 1],
@@ -58,6 +63,10 @@ const FORCED_ONLY: &[Shape] = &[
     [2, 128, 128, 5, 4, 2, 1],
     // 48 channels per group: 3 vectors of the AVX-512 kernel.
     [2, 96, 96, 5, 6, 2, 1],
+    // Dense, 16 and 32 output channels on the unit's own planes (and 12 and 16 input channels
+    // for the input gradient's).
+    [2, 12, 16, 7, 7, 1, 1],
+    [3, 16, 32, 4, 4, 1, 1],
     [2, 24, 16, 11, 8, 1, 2],
 ];
 

@@ -409,10 +409,25 @@ pub fn forward_into(
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     let weights = GroupWeights::new(w, c_in, c_out);
     let units = g.units();
+    let in_place = weights.wide() && super::direct3x3_wide_rows::fits(g, c_out);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
         if unit + 1 < units {
             prefetch_l2(g.input_unit(x, unit + 1));
+        }
+        if in_place {
+            let w_group = weights.group(g.group_of(unit));
+            // SAFETY: the weights are wide (AVX-512 checked by `runs_wide`) and `fits` checked
+            // the map and channel counts; the unit's slices are checked inside.
+            unsafe {
+                super::direct3x3_wide_rows::unit_forward(
+                    (x_unit, w_group, y_unit),
+                    (c_in, c_out),
+                    (g.in_h, g.in_w),
+                )
+            };
+            then(unit, y_unit);
+            return;
         }
         with_columns(c_in * plane + c_out * positions, |buf| {
             let (padded, out) = buf.split_at_mut(c_in * plane);

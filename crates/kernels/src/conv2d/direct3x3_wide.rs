@@ -31,6 +31,10 @@
 //! there before: forward 0.80 and input gradient 0.76-0.80 at 7x7, about 0.95 at 4x4, input
 //! gradient 0.86 at stride 2 from 14x14; weight gradient 0.53-0.65 of GEMM's on 7x7 and 4x4
 //! outputs and 0.62-0.75 of the AVX2 kernel's on larger ones (`select.rs`).
+//!
+//! On AMD Zen 5 the forward and stride-1 input gradient of square 4x4, 7x7 and 14x14 maps run
+//! the same multiply-adds on the unit's own planes instead (`direct3x3_wide_rows.rs`), without
+//! the padded rows.
 
 use super::direct3x3::{unit_kernel, Reads, Taps};
 
@@ -90,6 +94,16 @@ impl<'a> GroupWeights<'a> {
             group_len,
             wide,
         }
+    }
+
+    /// True when the weights are packed for the wide kernel.
+    pub(super) fn wide(&self) -> bool {
+        self.wide
+    }
+
+    /// `group`'s weights as packed: `(c_in, 9, c_out)` when [`Self::wide`], else as given.
+    pub(super) fn group(&self, group: usize) -> &[f32] {
+        &self.values[group * self.group_len..][..self.group_len]
     }
 
     /// [`unit_kernel`] over `group`'s weights, or the wide kernel when it runs here; the

@@ -23,6 +23,7 @@ mod direct3x3_dense;
 mod direct3x3_dense_weight_grad;
 mod direct3x3_stride2;
 mod direct3x3_wide;
+mod direct3x3_wide_rows;
 mod forward;
 mod geometry;
 mod im2col;
