@@ -534,17 +534,35 @@ fn weight_grad_wide(
     let filled = plan.filled(g);
     // The sums as the kernel keeps them, `(c_in, 9, c_out)`.
     let mut dw_t = vec![0.0f32; dw_g.len()];
-    with_columns(c_in * plan.plane() + filled * c_out, |buf| {
-        let (padded, grads_t) = buf.split_at_mut(c_in * plan.plane());
+    // On square small maps (`direct3x3_wide_rows.rs`) the input planes are read as they are
+    // and the gradient transposed on rows of `w`; elsewhere both on the padded rows.
+    let in_place = super::direct3x3_wide_rows::fits(g, c_out);
+    let (padded_len, row) = match in_place {
+        true => (0, g.out_w),
+        false => (c_in * plan.plane(), plan.row()),
+    };
+    let grads_len = g.out_h * row * c_out;
+    with_columns(padded_len + grads_len, |buf| {
+        let (padded, grads_t) = buf.split_at_mut(padded_len);
         let mut units = units.peekable();
         while let Some(unit) = units.next() {
             if let Some(&next) = units.peek() {
                 prefetch_l2(g.input_unit(x, next));
                 prefetch_l2(g.output_unit(dy, next));
             }
-            plan.spread_input(g, g.input_unit(x, unit), padded);
-            let shape = (g.out_h, g.out_w, plan.row());
+            let shape = (g.out_h, g.out_w, row);
             transpose_grads(g.output_unit(dy, unit), shape, c_out, grads_t);
+            if in_place {
+                let operands = (g.input_unit(x, unit), &grads_t[..grads_len], &mut dw_t[..]);
+                // SAFETY: `runs_wide` checked AVX-512 and c_out, `fits` the map; `applies`
+                // makes c_in a multiple of 4; the slices are checked inside.
+                let size = (g.in_h, g.in_w);
+                unsafe {
+                    super::direct3x3_wide_rows::unit_weight_grad(operands, (c_in, c_out), size)
+                };
+                continue;
+            }
+            plan.spread_input(g, g.input_unit(x, unit), padded);
             let operands = (&*padded, &*grads_t, &mut dw_t[..]);
             // SAFETY: `runs_wide` checked AVX-512 and c_out; `applies` makes c_in a
             // multiple of 4; the buffers hold c_in planes, `filled` rows of c_out gradients

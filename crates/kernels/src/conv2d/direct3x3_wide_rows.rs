@@ -13,11 +13,16 @@
 //! unrolled, and so is a kernel row above the map's first row or below its last (`TOP`,
 //! `BOTTOM`). The input is read where it lies and the output written straight to its planes.
 //!
-//! `conv_passes`, CPU time of 2 threads, best of 5, batch 16, AMD Zen 5, 3 rounds against the
+//! The weight gradient likewise reads the input planes in place, over the output positions
+//! row by row (the first and last rows apart), with the output gradient transposed on rows of
+//! `w` (`transpose_grads`).
+//!
+//! `conv_passes`, CPU time of 2 threads, best of 5, batch 16, AMD Zen 5, 2-3 rounds against the
 //! padded rows: 7x7 maps with 16 channels per group forward 1.29-1.62 -> 0.70-0.83 ms, input
-//! gradient 1.29-1.57 -> 0.75-0.88; 4x4 with 32 forward 1.69-1.92 -> 0.77-0.84, input
-//! gradient 1.75-1.97 -> 0.87-0.97; 14x14 with 16 forward 3.61-4.34 -> 2.35-2.53, input
-//! gradient 3.51-4.23 -> 2.31-2.51.
+//! gradient 1.29-1.57 -> 0.75-0.88, weight gradient 1.18-1.37 -> 0.76-0.87; 4x4 with 32
+//! forward 1.69-1.92 -> 0.77-0.84, input gradient 1.75-1.97 -> 0.87-0.97, weight gradient
+//! 1.99-2.20 -> 1.40-1.54; 14x14 with 16 forward 3.61-4.34 -> 2.35-2.53, input gradient
+//! 3.51-4.23 -> 2.31-2.51, weight gradient 3.41-4.62 -> 2.33-2.47.
 //!
 //! Each output value is the same chain of fused multiply-adds as the padded kernels compute,
 //! input channels in order and taps in row-major order within one, less the products with the
@@ -201,6 +206,124 @@ impl Unit {
     }
 }
 
+/// Adds one unit's weight gradient to `dw_t` (`(c_in, 9, c_out)`, as the wide kernels keep
+/// it): `sum_q grads_t[q][co] * x[ci][q + tap]` over the output positions `q` of the `(h, w)`
+/// map in order, taps inside the map only, each sum from zero and then added to `dw_t` once;
+/// `grads_t` is the output gradient one row of `c_out` channels per position
+/// (`transpose_grads` with rows of `w`).
+///
+/// The padded kernel (`unit_weight_grad_wide`) runs the same sums over its rows of `w + 1`,
+/// whose extra positions have a zero gradient, with the border read as zeros: for finite
+/// inputs the values are the same bit for bit.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `(h, w)` and `c_out` are as [`fits`] requires, `c_in` is even.
+pub(super) unsafe fn unit_weight_grad(
+    (x, grads_t, dw_t): (&[f32], &[f32], &mut [f32]),
+    (c_in, c_out): (usize, usize),
+    (h, w): (usize, usize),
+) {
+    assert!(h == w && c_in.is_multiple_of(2) && c_out.is_multiple_of(LANES));
+    assert!(x.len() == c_in * h * w && grads_t.len() == h * w * c_out);
+    assert!(dw_t.len() == c_in * 9 * c_out);
+    let unit = GradUnit {
+        x: x.as_ptr(),
+        grads_t: grads_t.as_ptr(),
+        dw_t: dw_t.as_mut_ptr(),
+        c_out,
+    };
+    for co in (0..c_out).step_by(LANES) {
+        for ci in (0..c_in).step_by(2) {
+            match w {
+                4 => unit.sums::<4>(ci, co),
+                7 => unit.sums::<7>(ci, co),
+                14 => unit.sums::<14>(ci, co),
+                _ => panic!("direct3x3_wide_rows: rows of {w}"),
+            }
+        }
+    }
+}
+
+/// One unit's weight-gradient operands: input planes, the transposed output gradient, the
+/// sums `(c_in, 9, c_out)`.
+struct GradUnit {
+    x: *const f32,
+    grads_t: *const f32,
+    dw_t: *mut f32,
+    c_out: usize,
+}
+
+impl GradUnit {
+    /// The sums of input channels `ci` and `ci + 1`, 9 taps each, for the 16 output channels
+    /// from `co` on a `W x W` map, added to `dw_t`: the map's first and last rows apart, where
+    /// a kernel row reads the border.
+    ///
+    /// # Safety
+    /// As [`unit_weight_grad`], with `ci + 1 < c_in` and `co + 16 <= c_out`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sums<const W: usize>(&self, ci: usize, co: usize) {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); 9]; 2];
+        self.row::<W, true, false>(&mut acc, (ci, co), 0);
+        for y in 1..W - 1 {
+            self.row::<W, false, false>(&mut acc, (ci, co), y);
+        }
+        self.row::<W, false, true>(&mut acc, (ci, co), W - 1);
+        for (b, acc_b) in acc.iter().enumerate() {
+            for (t, a) in acc_b.iter().enumerate() {
+                // SAFETY: (ci + b, t, co..co + 16) lies inside `dw_t`.
+                let at = self.dw_t.add(((ci + b) * 9 + t) * self.c_out + co);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *a));
+            }
+        }
+    }
+
+    /// Row `y` of the output positions added to `acc` (`TOP` for the map's first row, whose
+    /// kernel row 0 reads the border, `BOTTOM` for its last).
+    ///
+    /// # Safety
+    /// As [`Self::sums`], with `y < W`, `y == 0` exactly when `TOP`, `y == W - 1` when `BOTTOM`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    // Indexed loops over the accumulators: with iterators the compiler kept them on the stack.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn row<const W: usize, const TOP: bool, const BOTTOM: bool>(
+        &self,
+        acc: &mut [[std::arch::x86_64::__m512; 9]; 2],
+        (ci, co): (usize, usize),
+        y: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let plane = W * W;
+        for xo in 0..W {
+            // SAFETY (all reads): position y * W + xo < W * W rows of `grads_t`; input row
+            // y + ky - 1 and column xo + kx - 1 lie in the map for every tap that is not left
+            // out, in planes ci and ci + 1.
+            let gv = _mm512_loadu_ps(self.grads_t.add((y * W + xo) * self.c_out + co));
+            for b in 0..2 {
+                let xc = self.x.add((ci + b) * plane);
+                for t in 0..9 {
+                    let (ky, kx) = (t / 3, t % 3);
+                    let outside =
+                        (TOP && ky == 0) || (BOTTOM && ky == 2) || xo + kx == 0 || xo + kx > W;
+                    if !outside {
+                        let xv = _mm512_set1_ps(*xc.add((y + ky - 1) * W + xo + kx - 1));
+                        acc[b][t] = _mm512_fmadd_ps(gv, xv, acc[b][t]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Never called: the wide kernels run only on x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn sums<const W: usize>(&self, _: usize, _: usize) {
+        unreachable!("the wide kernels run only on x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_values_fine as values;
@@ -247,6 +370,57 @@ mod tests {
                                 "{side}x{side}, {c_in}->{c_out}: channel {co} at ({y}, {xo})"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each weight-gradient sum is the chain of fused multiply-adds over the output positions
+    /// in order (taps inside the map only), from zero, added once to what `dw_t` held, bit for
+    /// bit, through the transposition on rows of `w`.
+    #[test]
+    fn each_weight_sum_is_the_in_order_chain_bit_for_bit() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
+            return;
+        }
+        for (side, c_out, c_in) in [(4, 16, 2), (4, 32, 6), (7, 16, 4), (7, 32, 2), (14, 16, 2)] {
+            let plane = side * side;
+            let x = values(c_in * plane, 9);
+            let dy = values(c_out * plane, 10);
+            let mut grads_t = vec![f32::NAN; plane * c_out];
+            super::super::direct3x3_wide::transpose_grads(
+                &dy,
+                (side, side, side),
+                c_out,
+                &mut grads_t,
+            );
+            let start = values(c_in * 9 * c_out, 11);
+            let mut got = start.clone();
+            // SAFETY: AVX-512 checked above; the map and channels are ones `fits` takes.
+            unsafe { unit_weight_grad((&x, &grads_t, &mut got), (c_in, c_out), (side, side)) };
+            for ci in 0..c_in {
+                for t in 0..9 {
+                    for co in 0..c_out {
+                        let mut sum = 0.0f32;
+                        for q in 0..plane {
+                            let (iy, ix) = (
+                                (q / side + t / 3) as isize - 1,
+                                (q % side + t % 3) as isize - 1,
+                            );
+                            if (0..side as isize).contains(&iy) && (0..side as isize).contains(&ix)
+                            {
+                                let xv = x[ci * plane + iy as usize * side + ix as usize];
+                                sum = dy[co * plane + q].mul_add(xv, sum);
+                            }
+                        }
+                        let at = (ci * 9 + t) * c_out + co;
+                        assert_eq!(
+                            got[at].to_bits(),
+                            (start[at] + sum).to_bits(),
+                            "{side}x{side}, {c_in}->{c_out}: ({ci}, {t}, {co})"
+                        );
                     }
                 }
             }
