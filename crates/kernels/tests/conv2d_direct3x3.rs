@@ -53,6 +53,11 @@ const SHAPES: &[Shape] = &[
     [2, 256, 256, 28, 28, 32, 2],
     [3, 512, 512, 14, 14, 32, 2],
     [2, 1024, 1024, 7, 7, 32, 2],
+    // Stride 2 on the unit's own planes (Zen 5): from 7x7 with 16 channels per group, 14x14
+    // with 32, 28x28 with 16.
+    [2, 256, 256, 7, 7, 16, 2],
+    [1, 1024, 1024, 14, 14, 32, 2],
+    [1, 512, 512, 28, 28, 32, 2],
 ];
 
 /// Shapes `Algorithm::Auto` keeps on GEMM that `Algorithm::Direct` runs directly: dense, and

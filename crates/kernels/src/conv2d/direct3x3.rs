@@ -424,6 +424,7 @@ pub fn forward_into(
                     (x_unit, w_group, y_unit),
                     (c_in, c_out),
                     (g.in_h, g.in_w),
+                    g.stride,
                 )
             };
             then(unit, y_unit);
@@ -534,8 +535,9 @@ fn weight_grad_wide(
     let filled = plan.filled(g);
     // The sums as the kernel keeps them, `(c_in, 9, c_out)`.
     let mut dw_t = vec![0.0f32; dw_g.len()];
-    // On square small maps (`direct3x3_wide_rows.rs`) the input planes are read as they are
-    // and the gradient transposed on rows of `w`; elsewhere both on the padded rows.
+    // On the square maps `direct3x3_wide_rows.rs` takes, the input planes are read as they are
+    // and the gradient transposed on rows of the output width; elsewhere both on the padded
+    // rows.
     let in_place = super::direct3x3_wide_rows::fits(g, c_out);
     let (padded_len, row) = match in_place {
         true => (0, g.out_w),
@@ -558,7 +560,12 @@ fn weight_grad_wide(
                 // makes c_in a multiple of 4; the slices are checked inside.
                 let size = (g.in_h, g.in_w);
                 unsafe {
-                    super::direct3x3_wide_rows::unit_weight_grad(operands, (c_in, c_out), size)
+                    super::direct3x3_wide_rows::unit_weight_grad(
+                        operands,
+                        (c_in, c_out),
+                        size,
+                        g.stride,
+                    )
                 };
                 continue;
             }

@@ -190,6 +190,30 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
         }
     }
     let swapped = GroupWeights::new(&swapped, c_out, c_in);
+    let units = g.units();
+    if swapped.wide() && super::direct3x3_wide_rows::fits_input_grad_stride2(g, c_in) {
+        // On the square maps that kernel takes: `dy` and `dx` read and written in place.
+        for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
+            if unit + 1 < units {
+                prefetch_l2(g.output_unit(dy, unit + 1));
+            }
+            let operands = (
+                g.output_unit(dy, unit),
+                swapped.group(g.group_of(unit)),
+                dx_unit,
+            );
+            // SAFETY: the weights are wide (AVX-512 checked by `runs_wide`), `fits_input_grad_
+            // stride2` checked the map and channels; the slices are checked inside.
+            unsafe {
+                super::direct3x3_wide_rows::unit_input_grad_stride2(
+                    operands,
+                    (c_in, c_out),
+                    (g.in_h, g.in_w),
+                )
+            };
+        });
+        return;
+    }
     // The output gradient on rows of `row` values, with a zero column and row after it: one
     // phase of the forward's layout (the last block's furthest read is `row + 1` past it).
     let layout = reads(g);
@@ -198,7 +222,6 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     // Each phase has at most `ceil(H / 2)` rows, read back from the start of rows of `row`.
     let shape = (row, dy_plane, positions, h.div_ceil(2) * row);
     assert!(h.div_ceil(2) * row <= positions);
-    let units = g.units();
     for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
         let dy_unit = g.output_unit(dy, unit);
         if unit + 1 < units {

@@ -32,9 +32,9 @@
 //! gradient 0.86 at stride 2 from 14x14; weight gradient 0.53-0.65 of GEMM's on 7x7 and 4x4
 //! outputs and 0.62-0.75 of the AVX2 kernel's on larger ones (`select.rs`).
 //!
-//! On AMD Zen 5 the forward and stride-1 input gradient of square 4x4, 7x7 and 14x14 maps run
-//! the same multiply-adds on the unit's own planes instead (`direct3x3_wide_rows.rs`), without
-//! the padded rows.
+//! On AMD Zen 5 the three passes of ResNeXt's grouped layers on square maps run the same
+//! multiply-adds on the unit's own planes instead (`direct3x3_wide_rows.rs`), without the
+//! padded rows.
 
 use super::direct3x3::{unit_kernel, Reads, Taps};
 
