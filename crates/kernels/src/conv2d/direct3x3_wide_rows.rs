@@ -16,7 +16,8 @@
 //! The weight gradient likewise reads the input planes in place, over the output positions
 //! row by row (the first and last rows apart), with the output gradient transposed on rows of
 //! the output width (`transpose_grads`). The stride-1 input gradient is the forward of the
-//! transposed layer (`direct3x3.rs`); at stride 2 it runs here over rows of the input map,
+//! transposed layer (`direct3x3.rs`); at stride 2 from 7x7 maps it runs here over rows of the
+//! input map,
 //! each row and column taking the kernel rows and columns that reach it (1 for an even row, 0
 //! and 2 for an odd one), in place of the four phases of `direct3x3_stride2.rs`.
 //!
@@ -28,8 +29,9 @@
 //! - 4x4, 32 per group: 1.69-1.92 / 1.75-1.97 / 1.99-2.20 -> 0.77-0.84 / 0.87-0.97 / 1.40-1.54.
 //! - 14x14, 16 per group: 3.61-4.34 / 3.51-4.23 / 3.41-4.62 -> 2.35-2.53 / 2.31-2.51 /
 //!   2.33-2.47.
-//! - Stride 2 from 14x14, 16 per group: 1.93-1.96 / 2.02-2.07 / 1.97-2.07 -> 0.69-0.82 /
-//!   1.06-1.12 / 0.83-0.96.
+//! - Stride 2 from 14x14, 16 per group: forward and weight gradient 1.93-1.96 / 1.97-2.07 ->
+//!   0.69-0.82 / 0.83-0.96 (the input gradient stays on the phases:
+//!   [`fits_input_grad_stride2`]).
 //! - Stride 2 from 7x7, 32 per group: 2.01-2.08 / 2.19-2.56 / 2.67 -> 0.76-0.84 / 1.06-1.10 /
 //!   1.27-1.38; 16 per group (input gradient) 1.02-1.05 -> 0.45.
 //!
@@ -148,14 +150,17 @@ pub(super) unsafe fn unit_forward(
 
 /// True when the input gradient of stride-2 `g`, with `group_in` input channels per group,
 /// runs here ([`unit_input_grad_stride2`]) instead of through the four phases: on AMD Zen 5
-/// (as [`fits`]), from square 7x7 maps with 16 or 32 channels per group and 14x14 with 16.
+/// (as [`fits`]), from square 7x7 maps with 16 or 32 channels per group. From 14x14 with 16
+/// the kernel takes half the phases' time in `conv_passes` (1.06-1.12 against 2.02-2.07 ms
+/// CPU, batch 16) but 1.4 ms against 1.1-1.2 in ResNeXt-50's training step (3 alternating
+/// profile rounds, batch 16), so the phases keep it.
 pub(super) fn fits_input_grad_stride2(g: &ConvGeometry, group_in: usize) -> bool {
     g.stride == 2
         && g.padding == 1
         && g.kernel_h == 3
         && g.kernel_w == 3
         && g.in_h == g.in_w
-        && matches!((g.in_w, group_in), (7, 16 | 32) | (14, 16))
+        && matches!((g.in_w, group_in), (7, 16 | 32))
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
 }
 
@@ -185,7 +190,8 @@ pub(super) unsafe fn unit_input_grad_stride2(
         c_in: c_out,
     };
     // Rows of `dx` in blocks of one or two (even, then odd): 14 accumulators, 7 in the last
-    // row of a 7x7 map. From 14x14 the last (odd) row's kernel row 0 reads below `dy`.
+    // row of a 7x7 map. (From an even size the last, odd, row's kernel row 0 would read below
+    // `dy`: `BOTTOM`.)
     match (w, c_in) {
         (7, 16) => {
             for y0 in [0, 2, 4] {
@@ -197,12 +203,6 @@ pub(super) unsafe fn unit_input_grad_stride2(
             for y0 in 0..7 {
                 unit.transposed_block::<4, 7, 1, 2, false>(y0);
             }
-        }
-        (14, 16) => {
-            for y0 in 0..13 {
-                unit.transposed_block::<7, 14, 1, 1, false>(y0);
-            }
-            unit.transposed_block::<7, 14, 1, 1, true>(13);
         }
         _ => panic!("direct3x3_wide_rows: input gradient of {c_in} channels from rows of {w}"),
     }
@@ -691,13 +691,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }
-        for (side, c_in, c_out) in [
-            (7, 16, 4),
-            (7, 16, 16),
-            (7, 32, 8),
-            (14, 16, 4),
-            (14, 16, 20),
-        ] {
+        for (side, c_in, c_out) in [(7, 16, 4), (7, 16, 16), (7, 32, 8), (7, 32, 20)] {
             let (plane, out_side) = (side * side, (side - 1) / 2 + 1);
             let out_plane = out_side * out_side;
             let dy = values(c_out * out_plane, 12);
