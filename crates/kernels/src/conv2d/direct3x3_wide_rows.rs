@@ -91,7 +91,7 @@ pub(super) unsafe fn unit_forward(
         x: x.as_ptr(),
         w: weights.as_ptr(),
         out: out.as_mut_ptr(),
-        c_in,
+        summed: c_in,
     };
     // Blocks of whole output rows, top to bottom, of 14 to 21 accumulators. The generic
     // arguments: input width, output width, rows, vectors, stride, and whether the block's
@@ -187,33 +187,34 @@ pub(super) unsafe fn unit_input_grad_stride2(
         x: dy.as_ptr(),
         w: weights.as_ptr(),
         out: dx.as_mut_ptr(),
-        c_in: c_out,
+        summed: c_out,
     };
     // Rows of `dx` in blocks of one or two (even, then odd): 14 accumulators, 7 in the last
-    // row of a 7x7 map. (From an even size the last, odd, row's kernel row 0 would read below
-    // `dy`: `BOTTOM`.)
+    // row of a 7x7 map. (From a 7x7 map no row reads below the 4x4 output gradient.)
     match (w, c_in) {
         (7, 16) => {
             for y0 in [0, 2, 4] {
-                unit.transposed_block::<4, 7, 2, 1, false>(y0);
+                unit.transposed_block::<4, 7, 2, 1>(y0);
             }
-            unit.transposed_block::<4, 7, 1, 1, false>(6);
+            unit.transposed_block::<4, 7, 1, 1>(6);
         }
         (7, 32) => {
             for y0 in 0..7 {
-                unit.transposed_block::<4, 7, 1, 2, false>(y0);
+                unit.transposed_block::<4, 7, 1, 2>(y0);
             }
         }
         _ => panic!("direct3x3_wide_rows: input gradient of {c_in} channels from rows of {w}"),
     }
 }
 
-/// One unit's operands: `c_in` input planes, the packed weights, the output planes.
+/// One unit's operands: the planes read (`summed` of them), the packed weights, the output
+/// planes. For [`Unit::block`] the planes read are the input's; for
+/// [`Unit::transposed_block`] the output gradient's.
 struct Unit {
     x: *const f32,
     w: *const f32,
     out: *mut f32,
-    c_in: usize,
+    summed: usize,
 }
 
 impl Unit {
@@ -247,7 +248,7 @@ impl Unit {
         debug_assert!(BOTTOM == (S * (y0 + R - 1) + 1 >= WI) && (WI - 1) / S + 1 == W);
         let (plane, out_plane, c_out) = (WI * WI, W * W, V * LANES);
         let mut acc = [[[_mm512_setzero_ps(); V]; W]; R];
-        for ci in 0..self.c_in {
+        for ci in 0..self.summed {
             // SAFETY (all reads): input row S * (y0 + r) + ky - 1 lies in the map unless it is
             // the border above the first row (TOP, r = 0, ky = 0) or below the last (BOTTOM, r
             // = R - 1, ky = 2), which are left out; column S * xo + kx - 1 likewise; weight
@@ -301,36 +302,30 @@ impl Unit {
     }
 
     /// Rows `y0..y0 + R` of the `WI x WI` input gradient of a stride-2 layer whose output
-    /// gradient (`self.x`, `self.c_in` planes) is `WO x WO`, all `16 * V` channels: row `iy`
+    /// gradient (`self.x`, `self.summed` planes) is `WO x WO`, all `16 * V` channels: row `iy`
     /// takes kernel row 1 from output row `iy / 2` when even, rows 0 and 2 from output rows
-    /// `(iy + 1) / 2` and `(iy - 1) / 2` when odd (columns likewise, known when unrolled);
-    /// `BOTTOM` when the block's last row is odd and its kernel row 0 reads below the output.
+    /// `(iy + 1) / 2` and `(iy - 1) / 2` when odd (columns likewise, known when unrolled).
     ///
     /// # Safety
     /// The CPU supports AVX-512F; the planes are as [`unit_input_grad_stride2`] requires,
-    /// `y0 + R <= WI`, `R == 1` or `y0` even, and `BOTTOM` exactly when `(y0 + R) / 2 == WO`
-    /// with `y0 + R - 1` odd.
+    /// `y0 + R <= WI`, `R == 1` or `y0` even, and `WI` odd (no row reads below the output).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::needless_range_loop)]
-    unsafe fn transposed_block<
-        const WO: usize,
-        const WI: usize,
-        const R: usize,
-        const V: usize,
-        const BOTTOM: bool,
-    >(
+    unsafe fn transposed_block<const WO: usize, const WI: usize, const R: usize, const V: usize>(
         &self,
         y0: usize,
     ) {
         use std::arch::x86_64::*;
-        debug_assert!(y0 + R <= WI && (R == 1 || y0.is_multiple_of(2)) && (WI - 1) / 2 + 1 == WO);
+        debug_assert!(y0 + R <= WI && (R == 1 || y0.is_multiple_of(2)) && WI % 2 == 1);
+        debug_assert!((WI - 1) / 2 + 1 == WO);
         let (plane, out_plane, c_out) = (WO * WO, WI * WI, V * LANES);
         let mut acc = [[[_mm512_setzero_ps(); V]; WI]; R];
-        for co in 0..self.c_in {
-            // SAFETY (all reads): output row (iy + 1 - ky) / 2 is read only when whole and
-            // below WO (the last odd row's ky = 0 is left out by BOTTOM), column (ix + 1 - kx)
-            // / 2 likewise; weight (co * 9 + tap) * c_out + 16 * v + 15 < c_in * 9 * c_out.
+        for co in 0..self.summed {
+            // SAFETY (all reads): output row (iy + 1 - ky) / 2 is read only when whole, and is
+            // below WO (WI odd: the last row, WI - 1, is even and reads row (WI - 1) / 2 = WO -
+            // 1), column (ix + 1 - kx) / 2 when whole and below WO; weight (co * 9 + tap) *
+            // c_out + 16 * v + 15 < summed * 9 * c_out.
             let dyc = self.x.add(co * plane);
             let wc = self.w.add(co * 9 * c_out);
             for ky in 0..3 {
@@ -343,9 +338,7 @@ impl Unit {
                         // With R == 2 the block starts on an even row; with R == 1 the
                         // parity is the row's own, tested once per block row and tap.
                         let iy = y0 + r;
-                        let reaches = iy.is_multiple_of(2) == (ky == 1);
-                        let below = BOTTOM && r == R - 1 && ky == 0;
-                        if reaches && !below {
+                        if iy.is_multiple_of(2) == (ky == 1) {
                             let row = dyc.add((iy + 1 - ky) / 2 * WO);
                             for ix in 0..WI {
                                 let whole = ix.is_multiple_of(2) == (kx == 1);
@@ -383,13 +376,7 @@ impl Unit {
 
     /// Never called: the wide kernels run only on x86-64.
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn transposed_block<
-        const WO: usize,
-        const WI: usize,
-        const R: usize,
-        const V: usize,
-        const BOTTOM: bool,
-    >(
+    unsafe fn transposed_block<const WO: usize, const WI: usize, const R: usize, const V: usize>(
         &self,
         _: usize,
     ) {
