@@ -279,8 +279,28 @@ impl Unit {
                 }
             }
         }
-        // Channels-across vectors to the output planes, through the stack: each channel's
-        // `R * W` positions are one run of its plane.
+        self.write_rows(&acc, out_plane, y0);
+    }
+
+    /// Writes `acc` (rows `y0..y0 + R` of `W` positions, `16 * V` channels across the vectors)
+    /// to the output planes of `out_plane` values, through the stack: each channel's `R * W`
+    /// positions are one run of its plane.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; the output holds `16 * V` planes of `out_plane` values and
+    /// `(y0 + R) * W <= out_plane`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    // Indexed loops over the accumulators: with iterators the compiler kept them on the stack.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn write_rows<const W: usize, const R: usize, const V: usize>(
+        &self,
+        acc: &[[[std::arch::x86_64::__m512; V]; W]; R],
+        out_plane: usize,
+        y0: usize,
+    ) {
+        use std::arch::x86_64::*;
         let mut block = [[[0.0f32; LANES]; W]; R];
         for v in 0..V {
             for r in 0..R {
@@ -289,7 +309,7 @@ impl Unit {
                 }
             }
             for j in 0..LANES {
-                // SAFETY: channel 16 * v + j < c_out, positions y0 * W..(y0 + R) * W <=
+                // SAFETY: channel 16 * v + j < 16 * V, positions y0 * W..(y0 + R) * W <=
                 // out_plane.
                 let dst = self.out.add((v * LANES + j) * out_plane + y0 * W);
                 for (r, block_r) in block.iter().enumerate() {
@@ -354,24 +374,7 @@ impl Unit {
                 }
             }
         }
-        let mut block = [[[0.0f32; LANES]; WI]; R];
-        for v in 0..V {
-            for r in 0..R {
-                for ix in 0..WI {
-                    _mm512_storeu_ps(block[r][ix].as_mut_ptr(), acc[r][ix][v]);
-                }
-            }
-            for j in 0..LANES {
-                // SAFETY: channel 16 * v + j < c_out, positions y0 * WI..(y0 + R) * WI <=
-                // out_plane.
-                let dst = self.out.add((v * LANES + j) * out_plane + y0 * WI);
-                for (r, block_r) in block.iter().enumerate() {
-                    for (ix, values) in block_r.iter().enumerate() {
-                        *dst.add(r * WI + ix) = values[j];
-                    }
-                }
-            }
-        }
+        self.write_rows(&acc, out_plane, y0);
     }
 
     /// Never called: the wide kernels run only on x86-64.
