@@ -38,6 +38,22 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// A `rows x cols` matrix with element `(r, c)` at `data[r * row_stride + c * col_stride]`
+    /// (a weight tensor's taps read as one matrix, for example).
+    pub fn with_strides(
+        data: &'a [f32],
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
     /// The same values read as the transposed matrix (no copy).
     pub fn t(self) -> Self {
         Self {
@@ -134,11 +150,17 @@ const MIN_PIECE_COLUMNS: usize = 65;
 /// (`gemm_common::cache::kernel_params`), so cutting the columns changes no order of
 /// additions. The tests check it, the small-matrix boundary included.
 pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    matmul_by_columns_into(dst, false, lhs, rhs)
+}
+
+/// [`matmul_by_columns`], or `dst += lhs @ rhs` when `accumulate` (each piece adds into its
+/// own columns; the same values whatever the thread count, as there).
+pub fn matmul_by_columns_into(dst: &mut [f32], accumulate: bool, lhs: MatRef<'_>, rhs: MatRef<'_>) {
     let (m, n) = checked_dims(lhs, rhs);
     assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
     let pieces = rayon::current_num_threads().min(n / MIN_PIECE_COLUMNS);
     if pieces < 2 {
-        return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
+        return matmul(dst, accumulate, lhs, rhs, super::schedule::gemm_threads());
     }
     // The pieces write disjoint columns of `dst`.
     let out = SharedOutput::new(dst);
@@ -153,7 +175,7 @@ pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
             gemm_into(
                 out.start().add(first),
                 (n, 1),
-                false,
+                accumulate,
                 lhs,
                 rhs.columns(first, end - first),
                 Parallelism::None,

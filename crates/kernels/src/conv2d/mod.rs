@@ -28,6 +28,7 @@ mod forward;
 mod geometry;
 mod im2col;
 mod input_grad;
+mod input_grad_phases;
 pub(crate) mod matmul;
 mod pointwise_nchw;
 mod prefetch;
