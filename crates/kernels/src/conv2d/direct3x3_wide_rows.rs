@@ -57,17 +57,16 @@ pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
         && g.kernel_w == 3
         && g.in_h == g.in_w
         && g.out_h == g.out_w
-        && schedule(g.stride, g.in_w, group_out).is_some()
+        && takes(g.stride, g.in_w, group_out)
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
 }
 
-/// The shapes the kernels take: (stride, input width, output channels per unit).
-fn schedule(stride: usize, in_w: usize, c_out: usize) -> Option<()> {
-    match (stride, in_w, c_out) {
-        (1, 4 | 7, 16 | 32) | (1, 14, 16) => Some(()),
-        (2, 7 | 14, 16 | 32) | (2, 28, 16) => Some(()),
-        _ => None,
-    }
+/// True for the shapes the kernels take: (stride, input width, output channels per unit).
+fn takes(stride: usize, in_w: usize, c_out: usize) -> bool {
+    matches!(
+        (stride, in_w, c_out),
+        (1, 4 | 7, 16 | 32) | (1, 14, 16) | (2, 7 | 14, 16 | 32) | (2, 28, 16)
+    )
 }
 
 /// One unit's output: `out[co][y][x] = sum_ci sum_(ky,kx) w[ci][ky*3+kx][co] *
@@ -425,7 +424,7 @@ pub(super) unsafe fn unit_weight_grad(
     let out_w = (w - 1) / stride + 1;
     assert!(h == w && c_in.is_multiple_of(2) && c_out.is_multiple_of(LANES));
     assert!(x.len() == c_in * h * w && grads_t.len() == out_w * out_w * c_out);
-    assert!(dw_t.len() == c_in * 9 * c_out && schedule(stride, w, c_out).is_some());
+    assert!(dw_t.len() == c_in * 9 * c_out && takes(stride, w, c_out));
     let unit = GradUnit {
         x: x.as_ptr(),
         grads_t: grads_t.as_ptr(),

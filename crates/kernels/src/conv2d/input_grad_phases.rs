@@ -189,4 +189,25 @@ mod tests {
             }
         }
     }
+
+    /// The same bits under rayon pools of 1, 2 and 3 threads (the products are cut by columns
+    /// per thread, the sums added by gemm into each piece).
+    #[test]
+    fn same_bits_on_one_two_and_three_threads() {
+        let g = ConvGeometry::new(&[5, 32, 14, 14], &[48, 32, 3, 3], 2, 1, 1).unwrap();
+        let dy = values(5 * 48 * 49, 31);
+        let wt = values(48 * 32 * 9, 32);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut dx = vec![f32::NAN; 5 * 32 * 196];
+            pool.install(|| phases_into(&g, &dy, &wt, &mut dx));
+            dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "1 against 2 threads");
+        assert_eq!(one, run(3), "1 against 3 threads");
+    }
 }
