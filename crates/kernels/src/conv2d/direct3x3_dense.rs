@@ -481,39 +481,9 @@ unsafe fn write_back(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reference::forward_chain;
     use super::super::{differing_bits, test_values as values};
     use super::*;
-
-    /// The plain loop the kernel must equal bit for bit: per output, input channels in order,
-    /// taps in row-major order, one fused multiply-add chain from zero; zero padding 1.
-    fn plain(d: &Dims, x: &[f32], weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-        let mut y = vec![0.0f32; d.batch * d.c_out * d.out_pixels()];
-        for n in 0..d.batch {
-            for o in 0..d.c_out {
-                for oy in 0..d.oh {
-                    for ox in 0..d.ow {
-                        let mut s = 0.0f32;
-                        for i in 0..d.c_in {
-                            for t in 0..9 {
-                                let iy = (d.stride * oy + t / 3) as isize - 1;
-                                let ix = (d.stride * ox + t % 3) as isize - 1;
-                                let inside = (0..d.h as isize).contains(&iy)
-                                    && (0..d.w as isize).contains(&ix);
-                                let v = if inside {
-                                    x[((n * d.c_in + i) * d.h + iy as usize) * d.w + ix as usize]
-                                } else {
-                                    0.0
-                                };
-                                s = weight(o, i, t).mul_add(v, s);
-                            }
-                        }
-                        y[((n * d.c_out + o) * d.oh + oy) * d.ow + ox] = s;
-                    }
-                }
-            }
-        }
-        y
-    }
 
     #[test]
     fn forward_and_input_grad_are_the_plain_loop_bit_for_bit() {
@@ -543,7 +513,7 @@ mod tests {
                 seen.lock().unwrap().push(n);
             });
             let d = Dims::of(&g);
-            let want = plain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
+            let want = forward_chain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
             assert_eq!(differing_bits(&y, &want), 0, "forward {d:?}");
             let mut seen = seen.into_inner().unwrap();
             seen.sort_unstable();
@@ -572,7 +542,7 @@ mod tests {
                 oh: h,
                 ow: w,
             };
-            let want = plain(&d, &dy, |i, o, t| wt[(o * c_in + i) * 9 + 8 - t]);
+            let want = forward_chain(&d, &dy, |i, o, t| wt[(o * c_in + i) * 9 + 8 - t]);
             assert_eq!(differing_bits(&dx, &want), 0, "input gradient {d:?}");
         }
     }

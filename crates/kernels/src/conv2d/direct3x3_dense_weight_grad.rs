@@ -290,42 +290,9 @@ unsafe fn sum_blocks(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reference::weight_grad_chain;
     use super::super::{differing_bits, test_values as values};
     use super::*;
-
-    /// The plain loop the kernel must equal bit for bit: per weight, one fused multiply-add
-    /// chain from zero over the positions of the batch in order (zero outside the map).
-    fn plain(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let (c_in, c_out) = (g.in_channels, g.out_channels);
-        let mut dw = vec![0.0f32; c_out * c_in * 9];
-        for o in 0..c_out {
-            for i in 0..c_in {
-                for t in 0..9 {
-                    let mut s = 0.0f32;
-                    for n in 0..g.batch {
-                        for oy in 0..g.out_h {
-                            for ox in 0..g.out_w {
-                                let iy = (g.stride * oy + t / 3) as isize - 1;
-                                let ix = (g.stride * ox + t % 3) as isize - 1;
-                                let inside = (0..g.in_h as isize).contains(&iy)
-                                    && (0..g.in_w as isize).contains(&ix);
-                                let v = if inside {
-                                    x[((n * c_in + i) * g.in_h + iy as usize) * g.in_w
-                                        + ix as usize]
-                                } else {
-                                    0.0
-                                };
-                                let grad = dy[((n * c_out + o) * g.out_h + oy) * g.out_w + ox];
-                                s = grad.mul_add(v, s);
-                            }
-                        }
-                    }
-                    dw[(o * c_in + i) * 9 + t] = s;
-                }
-            }
-        }
-        dw
-    }
 
     #[test]
     fn weight_grad_is_the_plain_loop_bit_for_bit_for_any_thread_count() {
@@ -347,7 +314,7 @@ mod tests {
                 .unwrap();
             let x = values(batch * c_in * h * w, 13);
             let dy = values(g.units() * g.out_unit_len(), 17);
-            let want = plain(&g, &x, &dy);
+            let want = weight_grad_chain(&g, &x, &dy);
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

@@ -544,96 +544,93 @@ impl GradUnit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct3x3_dense::Dims;
+    use super::super::reference::{forward_chain, weight_grad_chain};
     use super::super::test_values_fine as values;
     use super::*;
 
+    /// The shapes the kernels take ([`takes`]): (stride, input side, output channels).
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (1, 4, 16),
+        (1, 4, 32),
+        (1, 7, 16),
+        (1, 7, 32),
+        (1, 14, 16),
+        (2, 7, 16),
+        (2, 7, 32),
+        (2, 14, 16),
+        (2, 14, 32),
+        (2, 28, 16),
+    ];
+
+    /// The dimensions of one unit of `c_in` input channels on a square map.
+    fn unit_dims((stride, side, c_out): (usize, usize, usize), c_in: usize) -> Dims {
+        let out_side = (side - 1) / stride + 1;
+        Dims {
+            batch: 1,
+            c_in,
+            c_out,
+            h: side,
+            w: side,
+            stride,
+            oh: out_side,
+            ow: out_side,
+        }
+    }
+
     /// Every output value is the chain of fused multiply-adds over the input channels in
-    /// order and the taps inside the map in row-major order, from `+0`, bit for bit (what the
-    /// padded kernels compute, whose border products add `w * 0`), for each map width and
-    /// channel count the kernel takes and input channel counts from 4 to 20.
+    /// order and the taps in row-major order, from `+0`, with the zero border's products (as
+    /// the padded kernels compute it; the kernel leaves those `w * 0` out), bit for bit, for
+    /// each shape the kernel takes and input channel counts from 4 to 20.
     #[test]
     fn each_value_is_the_in_order_chain_bit_for_bit() {
         if !super::super::select::avx512_full_width() {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }
-        let shapes = [
-            (1, 4, 16),
-            (1, 4, 32),
-            (1, 7, 16),
-            (1, 7, 32),
-            (1, 14, 16),
-            (2, 7, 16),
-            (2, 7, 32),
-            (2, 14, 16),
-            (2, 14, 32),
-            (2, 28, 16),
-        ];
-        for (stride, side, c_out) in shapes {
+        for shape in SHAPES {
+            let (stride, side, c_out) = shape;
+            assert!(takes(stride, side, c_out));
             for c_in in [4, 16, 20] {
-                let (plane, out_side) = (side * side, (side - 1) / stride + 1);
-                let out_plane = out_side * out_side;
-                let x = values(c_in * plane, 7);
+                let d = unit_dims(shape, c_in);
+                let x = values(c_in * side * side, 7);
                 let w = values(c_in * 9 * c_out, 8);
-                let mut out = vec![f32::NAN; c_out * out_plane];
+                let mut out = vec![f32::NAN; c_out * d.out_pixels()];
                 // SAFETY: AVX-512 checked above; the shapes are the ones the kernel takes.
                 unsafe { unit_forward((&x, &w, &mut out), (c_in, c_out), (side, side), stride) };
-                for co in 0..c_out {
-                    for y in 0..out_side {
-                        for xo in 0..out_side {
-                            let mut sum = 0.0f32;
-                            for ci in 0..c_in {
-                                for t in 0..9 {
-                                    let iy = (stride * y + t / 3) as isize - 1;
-                                    let ix = (stride * xo + t % 3) as isize - 1;
-                                    let inside = 0..side as isize;
-                                    if inside.contains(&iy) && inside.contains(&ix) {
-                                        let xv = x[ci * plane + iy as usize * side + ix as usize];
-                                        sum = w[(ci * 9 + t) * c_out + co].mul_add(xv, sum);
-                                    }
-                                }
-                            }
-                            let got = out[co * out_plane + y * out_side + xo];
-                            assert_eq!(
-                                got.to_bits(),
-                                sum.to_bits(),
-                                "stride {stride} from {side}x{side}, {c_in}->{c_out}: channel {co} at ({y}, {xo})"
-                            );
-                        }
-                    }
+                let want = forward_chain(&d, &x, |o, i, t| w[(i * 9 + t) * c_out + o]);
+                for (at, (got, want)) in out.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "stride {stride} from {side}x{side}, {c_in}->{c_out}: channel {} at {}",
+                        at / d.out_pixels(),
+                        at % d.out_pixels()
+                    );
                 }
             }
         }
     }
 
     /// Each weight-gradient sum is the chain of fused multiply-adds over the output positions
-    /// in order (taps inside the map only), from zero, added once to what `dw_t` held, bit for
-    /// bit, through the transposition on rows of `w`.
+    /// in order, from zero, with the zero border's products, added once to what `dw_t` held,
+    /// bit for bit, through the transposition on rows of the output width.
     #[test]
     fn each_weight_sum_is_the_in_order_chain_bit_for_bit() {
         if !super::super::select::avx512_full_width() {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }
-        let shapes = [
-            (1, 4, 16, 2),
-            (1, 4, 32, 6),
-            (1, 7, 16, 4),
-            (1, 7, 32, 2),
-            (1, 14, 16, 2),
-            (2, 7, 16, 2),
-            (2, 7, 32, 4),
-            (2, 14, 16, 2),
-            (2, 14, 32, 2),
-            (2, 28, 16, 2),
-        ];
-        for (stride, side, c_out, c_in) in shapes {
-            let (plane, out_side) = (side * side, (side - 1) / stride + 1);
-            let out_plane = out_side * out_side;
-            let x = values(c_in * plane, 9);
-            let dy = values(c_out * out_plane, 10);
-            let mut grads_t = vec![f32::NAN; out_plane * c_out];
-            let rows = (out_side, out_side, out_side);
+        for (k, shape) in SHAPES.into_iter().enumerate() {
+            let (stride, side, c_out) = shape;
+            let c_in = [2, 6, 4][k % 3];
+            let d = unit_dims(shape, c_in);
+            let g = ConvGeometry::new(&[1, c_in, side, side], &[c_out, c_in, 3, 3], stride, 1, 1)
+                .unwrap();
+            let x = values(c_in * side * side, 9);
+            let dy = values(c_out * d.out_pixels(), 10);
+            let mut grads_t = vec![f32::NAN; d.out_pixels() * c_out];
+            let rows = (d.oh, d.ow, d.ow);
             super::super::direct3x3_wide::transpose_grads(&dy, rows, c_out, &mut grads_t);
             let start = values(c_in * 9 * c_out, 11);
             let mut got = start.clone();
@@ -646,23 +643,16 @@ mod tests {
                     stride,
                 )
             };
+            // `(C_out, C_in, 9)`, where the kernel keeps `(C_in, 9, C_out)`.
+            let sums = weight_grad_chain(&g, &x, &dy);
             for ci in 0..c_in {
                 for t in 0..9 {
                     for co in 0..c_out {
-                        let mut sum = 0.0f32;
-                        for q in 0..out_plane {
-                            let iy = (stride * (q / out_side) + t / 3) as isize - 1;
-                            let ix = (stride * (q % out_side) + t % 3) as isize - 1;
-                            let inside = 0..side as isize;
-                            if inside.contains(&iy) && inside.contains(&ix) {
-                                let xv = x[ci * plane + iy as usize * side + ix as usize];
-                                sum = dy[co * out_plane + q].mul_add(xv, sum);
-                            }
-                        }
                         let at = (ci * 9 + t) * c_out + co;
+                        let want = start[at] + sums[(co * c_in + ci) * 9 + t];
                         assert_eq!(
                             got[at].to_bits(),
-                            (start[at] + sum).to_bits(),
+                            want.to_bits(),
                             "stride {stride} from {side}x{side}, {c_in}->{c_out}: ({ci}, {t}, {co})"
                         );
                     }

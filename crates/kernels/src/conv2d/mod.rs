@@ -32,6 +32,8 @@ mod input_grad_phases;
 pub(crate) mod matmul;
 mod pointwise_nchw;
 mod prefetch;
+#[cfg(test)]
+mod reference;
 pub(crate) mod schedule;
 mod scratch;
 mod select;
