@@ -6,7 +6,7 @@ use super::input_grad::Conv2dInputGrad;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
-use super::select::{direct_3x3, direct_dense, winograd_tile, Pass};
+use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -56,6 +56,9 @@ pub fn forward_into_then(
         "conv2d: output length"
     );
     FORWARD_MACS.fetch_add((g.units() * c_out * k * p) as u64, Ordering::Relaxed);
+    if stem_direct(g, Pass::Forward) {
+        return super::stem_direct::forward_into(g, x, w, y, then);
+    }
     if direct_dense(g, Pass::Forward) {
         return super::direct3x3_dense::forward_into(g, x, w, y, then);
     }

@@ -14,8 +14,9 @@
 //! and AMD Zen 5, for a multiple of 16 output channels per group, with its vectors across
 //! output channels, `direct3x3_wide.rs`), and on such CPUs dense 3x3 layers on small maps a
 //! direct kernel over the whole batch (`direct3x3_dense.rs`), each for the shapes where it was
-//! measured faster (`select.rs`). Strided im2col reads each input row split into its stride
-//! phases (`im2col.rs`).
+//! measured faster (`select.rs`). The stem (7x7 stride 2 on the image) runs a direct kernel
+//! on the image's stride phases there (`stem_direct.rs`). Strided im2col reads each input row
+//! split into its stride phases (`im2col.rs`).
 
 mod batched;
 mod direct3x3;
@@ -37,6 +38,7 @@ mod reference;
 pub(crate) mod schedule;
 mod scratch;
 mod select;
+mod stem_direct;
 pub(crate) mod storage;
 mod weight_grad;
 mod winograd;
@@ -47,7 +49,8 @@ pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
 pub use select::{
-    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, with_algorithm, Algorithm, CpuKind, Pass,
+    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, stem_direct, with_algorithm, Algorithm,
+    CpuKind, Pass,
 };
 pub use weight_grad::Conv2dWeightGrad;
 

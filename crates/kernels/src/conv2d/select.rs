@@ -25,7 +25,8 @@ pub enum Algorithm {
     /// Winograd F(4x4, 3x3) wherever it applies, else GEMM.
     Winograd4,
     /// The direct 3x3 kernel (`direct3x3.rs`) wherever it applies (3x3, stride 1 or 2, padding
-    /// 1, channels per group a multiple of 4, AVX2), else GEMM.
+    /// 1, channels per group a multiple of 4, AVX2), and the stem's direct kernel
+    /// (`stem_direct.rs`) wherever it fits, else GEMM.
     Direct,
     /// The dense direct 3x3 kernel over the whole batch (`direct3x3_dense.rs`) wherever it
     /// applies (dense 3x3, padding 1, stride 1 or 2 (the input gradient stride 1), a multiple
@@ -97,6 +98,22 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
             Dense::Winograd(tile) => Some(tile),
             Dense::Gemm | Dense::Direct | Dense::OverBatch => None,
         },
+    }
+}
+
+/// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`): the forward and the
+/// weight gradient of stride-2 layers on at most 4 input channels (the 7x7 stem on the image),
+/// which need no input gradient. [`Algorithm::Auto`] takes it on AMD Zen 5, where it was
+/// measured against im2col + GEMM (docs/performance.md); [`Algorithm::Direct`] wherever it
+/// fits.
+pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
+    if pass == Pass::InputGrad || !super::stem_direct::fits(g) {
+        return false;
+    }
+    match FORCED.with(Cell::get) {
+        Algorithm::Auto => cpu_kind() == CpuKind::Zen5Avx512,
+        Algorithm::Direct => true,
+        _ => false,
     }
 }
 

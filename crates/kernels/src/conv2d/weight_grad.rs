@@ -5,7 +5,7 @@ use super::im2col::im2col;
 use super::matmul::{matmul_strided, MatRef};
 use super::schedule::{gemm_threads, parallel_units_pay};
 use super::scratch::with_columns;
-use super::select::{direct_3x3, direct_dense, winograd_tile, Pass};
+use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
 use super::storage::dense_f32;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
 use gemm::Parallelism;
@@ -64,6 +64,9 @@ const PARTIALS: usize = 4;
 /// then added in chunk order. gemm splits its work by output tiles, never along the summed
 /// dimension, so the result is bit-identical for any thread count.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if stem_direct(g, Pass::WeightGrad) {
+        return super::stem_direct::weight_grad(g, x, dy);
+    }
     if let Some(tile) = winograd_tile(g, Pass::WeightGrad) {
         return super::winograd::weight_grad(tile, g, x, dy);
     }

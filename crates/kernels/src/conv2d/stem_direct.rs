@@ -1,0 +1,676 @@
+//! The stem's convolution (7x7, stride 2, padding 3, on the 3 channels of the image: every
+//! backbone's first layer) as a direct kernel on the input's stride phases (AMD Zen 5, where it
+//! was measured; the kernel runs wherever AVX-512 runs on full-width units). Forward and weight
+//! gradient; the image needs no input gradient.
+//!
+//! im2col + GEMM writes a column matrix of `C_in * K * K = 147` rows by the map's 3136
+//! positions for every image (1.8 MB) and reads it back in the product. Here each input channel
+//! is first split into its four phases, even and odd rows by even and odd columns, with the
+//! zero padding written in: planes of `PH x PW` values, `PH = OH + (K-1)/2`,
+//! `PW = OW + (K-1)/2` (59 x 59 for the stem), 170 KB per image for 3 channels. Input row
+//! `2 * oh + kh - padding` is row `oh + kh / 2` of the phases `kh % 2`, and likewise for
+//! columns. Numbering the output positions along rows of the planes' width,
+//! `o = oh * PW + ow` (the last `(K-1)/2` columns of a row are computed and dropped, 5% more
+//! work for the stem), tap `(ci, kh, kw)` reads its plane at `o + (kh / 2) * PW + kw / 2` for
+//! every `o`: the layer becomes a product over flat positions whose vectors of 16 are loaded in
+//! place.
+//!
+//! Forward: a register block is 8 output channels by 3 vectors of positions (24 accumulators);
+//! per tap, 3 loads of the plane and 8 weight broadcasts (the weight turned to
+//! `(tap, C_out)` once per call, 37 KB). The vectors are written to the NCHW output through
+//! masked stores, a vector across a row boundary as two pieces, the dropped columns not at all.
+//! Each value is one chain of fused multiply-adds over `(ci, kh, kw)` in order from zero, the
+//! padding's zeros included: the plain loop's chain, bit for bit (the tests check that).
+//!
+//! Weight gradient: per image, 4 output channels by 6 taps (24 accumulators) over every vector
+//! of positions, the output gradient read as masked pieces (zeros in the dropped columns), each
+//! accumulator reduced to its sum at the end of the image; the images' sums are then added in
+//! order, so that the result is the same for any number of threads.
+
+use super::forward::Epilogue;
+use super::geometry::ConvGeometry;
+use super::scratch::with_columns;
+use rayon::prelude::*;
+
+/// f32 lanes of a vector.
+const LANES: usize = 16;
+/// Input channels at most: the planes of one image stay in L2 (3 channels: 170 KB).
+const MAX_IN_CHANNELS: usize = 4;
+/// Output channels of a forward register block.
+const FORWARD_ROWS: usize = 8;
+/// Position vectors of a forward register block.
+const FORWARD_VECTORS: usize = 3;
+/// Output channels of a weight-gradient register block.
+const GRAD_ROWS: usize = 4;
+/// Taps of a weight-gradient register block.
+const GRAD_TAPS: usize = 6;
+/// Ranges of positions an image's weight gradient is cut into, so that a block of output
+/// channels' gradient over one range stays in L1 while every block of taps reads it.
+const RANGES: usize = 1;
+
+/// True when the kernel can compute `g`'s forward and weight gradient on this CPU: a dense
+/// stride-2 square-kernel layer on at most 4 input channels, a multiple of 8 output channels,
+/// planes at least a vector wide, AVX-512 on full-width units.
+pub fn fits(g: &ConvGeometry) -> bool {
+    g.groups == 1
+        && g.stride == 2
+        && g.kernel_h == g.kernel_w
+        && g.in_channels <= MAX_IN_CHANNELS
+        && g.out_channels.is_multiple_of(FORWARD_ROWS)
+        && Phases::of(g).width >= LANES
+        && super::select::avx512_full_width()
+}
+
+/// The phase planes of one image and the flat positions computed on them.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    /// Values per plane row (`PW = OW + (K-1)/2`), the row length of the flat positions.
+    width: usize,
+    /// Rows per plane (`PH = OH + (K-1)/2`).
+    rows: usize,
+    /// Values per plane: its rows, then zeros for the last vector's reads past them.
+    plane_len: usize,
+    /// Position vectors: `(OH - 1) * PW + OW` positions, rounded up to a vector.
+    vectors: usize,
+}
+
+impl Phases {
+    fn of(g: &ConvGeometry) -> Self {
+        let half = (g.kernel_h - 1) / 2;
+        let (width, rows) = (g.out_w + half, g.out_h + half);
+        let vectors = ((g.out_h - 1) * width + g.out_w).div_ceil(LANES);
+        let reach = vectors * LANES + half * width + half;
+        let plane_len = (rows * width).max(reach).next_multiple_of(LANES);
+        Self {
+            width,
+            rows,
+            plane_len,
+            vectors,
+        }
+    }
+
+    /// Planes of one image: four per input channel, then one of zeros (the weight gradient's
+    /// padding taps read it).
+    fn planes(&self, g: &ConvGeometry) -> usize {
+        4 * g.in_channels + 1
+    }
+
+    /// Where tap `t` (`(ci, kh, kw)` in row-major order) of a position reads, from the
+    /// position's flat index in the image's planes.
+    fn tap_offsets(&self, g: &ConvGeometry) -> Vec<usize> {
+        let k = g.kernel_h;
+        (0..g.in_channels * k * k)
+            .map(|t| {
+                let (ci, kh, kw) = (t / (k * k), t / k % k, t % k);
+                let plane = (ci * 2 + kh % 2) * 2 + kw % 2;
+                plane * self.plane_len + kh / 2 * self.width + kw / 2
+            })
+            .collect()
+    }
+
+    /// Writes the phase planes of one image `x` (`C_in x H x W`) into `planes`, every value.
+    fn split(&self, g: &ConvGeometry, x: &[f32], planes: &mut [f32]) {
+        let (h, w, pad) = (g.in_h, g.in_w, g.padding);
+        planes.fill(0.0);
+        for ci in 0..g.in_channels {
+            let channel = &x[ci * h * w..(ci + 1) * h * w];
+            for phase in 0..4 {
+                let (a, b) = (phase / 2, phase % 2);
+                let plane = &mut planes[(ci * 4 + phase) * self.plane_len..][..self.plane_len];
+                for i in 0..self.rows {
+                    let Some(r) = (2 * i + a).checked_sub(pad).filter(|&r| r < h) else {
+                        continue;
+                    };
+                    let src = &channel[r * w..(r + 1) * w];
+                    let dst = &mut plane[i * self.width..(i + 1) * self.width];
+                    // Columns `j` whose input column `2 * j + b - pad` lies in `0..w`.
+                    let lo = (pad.saturating_sub(b)).div_ceil(2);
+                    let hi = ((w + pad).saturating_sub(b)).div_ceil(2).min(self.width);
+                    for j in lo..hi {
+                        dst[j] = src[2 * j + b - pad];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where each position vector's valid lanes lie in an output channel of `OH x OW` values.
+    fn spans(&self, g: &ConvGeometry) -> Vec<Span> {
+        (0..self.vectors)
+            .map(|v| Span::of(v * LANES, self.width, (g.out_h, g.out_w)))
+            .collect()
+    }
+}
+
+/// The valid lanes of a vector of 16 flat positions in an `OH x OW` output channel: lanes
+/// `first_mask` at `first + lane`, lanes `second_mask` (the next output row's) at
+/// `second + lane`, offsets from the channel's first value (`second` may point before it for
+/// lanes that are never touched). The dropped columns and positions past the map are in
+/// neither mask.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    first: isize,
+    first_mask: u16,
+    second: isize,
+    second_mask: u16,
+}
+
+impl Span {
+    /// The vector starting at flat position `o0` of rows `width` long.
+    fn of(o0: usize, width: usize, (out_h, out_w): (usize, usize)) -> Self {
+        let (oh, ow0) = (o0 / width, o0 % width);
+        let first_lanes = out_w.saturating_sub(ow0).min(LANES);
+        // Lanes from `width - ow0` on are the next row's columns `0..`.
+        let next = width - ow0;
+        let second_lanes = if oh + 1 < out_h && next < LANES {
+            (LANES - next).min(out_w)
+        } else {
+            0
+        };
+        Self {
+            first: (oh * out_w + ow0) as isize,
+            first_mask: lane_mask(0, first_lanes),
+            second: ((oh + 1) * out_w) as isize - next as isize,
+            second_mask: lane_mask(next.min(LANES), second_lanes),
+        }
+    }
+
+    /// True when all 16 lanes lie in one output row (no second piece).
+    fn whole(&self) -> bool {
+        self.first_mask == u16::MAX
+    }
+}
+
+/// Lanes `from..from + n` set.
+fn lane_mask(from: usize, n: usize) -> u16 {
+    (((1u32 << n) - 1) << from) as u16
+}
+
+/// Output `(N, C_out, OH, OW)` of `g` into `y` (every value written), then `then(image, y_b)`
+/// on each image's output as soon as it is written.
+pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epilogue<'_>) {
+    assert!(fits(g), "stem_direct: {g:?}");
+    let ph = Phases::of(g);
+    let taps = ph.tap_offsets(g);
+    let c_out = g.out_channels;
+    assert_eq!(w.len(), c_out * taps.len(), "stem_direct: weight size");
+    assert_eq!(y.len(), g.units() * g.out_unit_len(), "stem_direct: output");
+    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive.
+    let mut wt = vec![0.0f32; w.len()];
+    for (co, row) in w.chunks_exact(taps.len()).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            wt[t * c_out + co] = v;
+        }
+    }
+    let spans = ph.spans(g);
+    let planes_len = ph.planes(g) * ph.plane_len;
+    y.par_chunks_mut(g.out_unit_len())
+        .enumerate()
+        .for_each(|(b, y_b)| {
+            with_columns(planes_len, |planes| {
+                ph.split(g, g.input_unit(x, b), planes);
+                // SAFETY: `fits` checked AVX-512F; the taps' offsets plus every vector's 16
+                // positions lie inside the planes (`plane_len` covers the last vector's
+                // reach), the spans' lanes inside an output channel of `y_b`, and `wt` holds
+                // `taps.len()` rows of `c_out`.
+                unsafe { forward_image(planes, &taps, &wt, &spans, g, y_b) };
+            });
+            then(b, y_b);
+        });
+}
+
+/// Every output channel of one image, block after block.
+///
+/// # Safety
+/// As in [`forward_into`].
+unsafe fn forward_image(
+    planes: &[f32],
+    taps: &[usize],
+    wt: &[f32],
+    spans: &[Span],
+    g: &ConvGeometry,
+    y_b: &mut [f32],
+) {
+    let out_plane = g.out_pixels();
+    let y = y_b.as_mut_ptr();
+    for co in (0..g.out_channels).step_by(FORWARD_ROWS) {
+        let block = Forward {
+            planes: planes.as_ptr(),
+            taps,
+            weights: wt.as_ptr().add(co),
+            c_out: g.out_channels,
+            out: y.add(co * out_plane),
+            out_plane,
+        };
+        let mut q = 0;
+        while q + FORWARD_VECTORS <= spans.len() {
+            forward_block::<FORWARD_VECTORS>(&block, q, &spans[q..q + FORWARD_VECTORS]);
+            q += FORWARD_VECTORS;
+        }
+        match spans.len() - q {
+            2 => forward_block::<2>(&block, q, &spans[q..]),
+            1 => forward_block::<1>(&block, q, &spans[q..]),
+            _ => {}
+        }
+    }
+}
+
+/// The operands of one forward block: 8 output channels from `out` (`out_plane` apart), their
+/// weights from `weights` (8 consecutive per tap, taps `c_out` apart).
+struct Forward<'a> {
+    planes: *const f32,
+    taps: &'a [usize],
+    weights: *const f32,
+    c_out: usize,
+    out: *mut f32,
+    out_plane: usize,
+}
+
+/// 8 output channels at the `V` position vectors from vector `q`.
+///
+/// # Safety
+/// AVX-512F; as in [`forward_into`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
+unsafe fn forward_block<const V: usize>(args: &Forward<'_>, q: usize, spans: &[Span]) {
+    use std::arch::x86_64::*;
+    let spans: &[Span; V] = spans.try_into().expect("a span per vector");
+    let mut acc = [[_mm512_setzero_ps(); V]; FORWARD_ROWS];
+    let mut x = [_mm512_setzero_ps(); V];
+    let base = args.planes.add(q * LANES);
+    for (t, &offset) in args.taps.iter().enumerate() {
+        let p = base.add(offset);
+        for v in 0..V {
+            x[v] = _mm512_loadu_ps(p.add(v * LANES));
+        }
+        let wk = args.weights.add(t * args.c_out);
+        for r in 0..FORWARD_ROWS {
+            let w = _mm512_set1_ps(*wk.add(r));
+            for v in 0..V {
+                acc[r][v] = _mm512_fmadd_ps(w, x[v], acc[r][v]);
+            }
+        }
+    }
+    for r in 0..FORWARD_ROWS {
+        let row = args.out.add(r * args.out_plane);
+        for v in 0..V {
+            let s = spans[v];
+            // Plain where the vector lies inside one output row.
+            if s.whole() {
+                _mm512_storeu_ps(row.offset(s.first), acc[r][v]);
+            } else {
+                _mm512_mask_storeu_ps(row.wrapping_offset(s.first), s.first_mask, acc[r][v]);
+                _mm512_mask_storeu_ps(row.wrapping_offset(s.second), s.second_mask, acc[r][v]);
+            }
+        }
+    }
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn forward_block<const V: usize>(_: &Forward<'_>, _: usize, _: &[Span]) {
+    unreachable!("stem_direct runs only on x86-64")
+}
+
+/// Gradient `(C_out, C_in, K, K)` of the loss with respect to the weight, from the input `x`
+/// and the output gradient `dy`: per image in parallel, then the images' sums in order.
+pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(fits(g), "stem_direct: {g:?}");
+    let ph = Phases::of(g);
+    let mut taps = ph.tap_offsets(g);
+    let len = g.out_channels * taps.len();
+    assert_eq!(
+        dy.len(),
+        g.units() * g.out_unit_len(),
+        "stem_direct: output gradient"
+    );
+    // Padding taps up to a whole block read the plane of zeros; their sums are dropped.
+    let zeros = (ph.planes(g) - 1) * ph.plane_len;
+    let real = taps.len();
+    taps.resize(real.next_multiple_of(GRAD_TAPS), zeros);
+    let spans = ph.spans(g);
+    let planes_len = ph.planes(g) * ph.plane_len;
+    let mut parts = vec![0.0f32; g.batch * len];
+    parts.par_chunks_mut(len).enumerate().for_each(|(b, dw_b)| {
+        with_columns(planes_len, |planes| {
+            ph.split(g, g.input_unit(x, b), planes);
+            let grads = GradImage {
+                planes,
+                taps: &taps,
+                real,
+                dy: g.output_unit(dy, b),
+                spans: &spans,
+                out_plane: g.out_pixels(),
+            };
+            // SAFETY: `fits` checked AVX-512F; as in `forward_into` for the planes and
+            // the spans, which lie inside each channel of `dy`'s image.
+            unsafe { grads.sums(dw_b) };
+        });
+    });
+    let (first, rest) = parts.split_at_mut(len);
+    for part in rest.chunks_exact(len) {
+        for (d, v) in first.iter_mut().zip(part) {
+            *d += *v;
+        }
+    }
+    parts.truncate(len);
+    parts
+}
+
+/// One image's share of the weight gradient.
+struct GradImage<'a> {
+    planes: &'a [f32],
+    /// Every tap's plane offset, padded to a whole block with taps of the zero plane.
+    taps: &'a [usize],
+    /// The real taps, the first `real` of `taps`.
+    real: usize,
+    dy: &'a [f32],
+    spans: &'a [Span],
+    out_plane: usize,
+}
+
+impl GradImage<'_> {
+    /// Writes the image's sums into `dw_b` (`C_out x real`).
+    ///
+    /// # Safety
+    /// As in [`weight_grad`].
+    unsafe fn sums(&self, dw_b: &mut [f32]) {
+        let c_out = dw_b.len() / self.real;
+        let per_range = self.spans.len().div_ceil(RANGES);
+        let mut packed = vec![0.0f32; GRAD_ROWS * per_range * LANES];
+        for (range, spans) in self.spans.chunks(per_range).enumerate() {
+            let first = range * per_range;
+            for co in (0..c_out).step_by(GRAD_ROWS) {
+                let dy = &self.dy[co * self.out_plane..][..GRAD_ROWS * self.out_plane];
+                pack(dy, self.out_plane, spans, &mut packed);
+                for t in (0..self.taps.len()).step_by(GRAD_TAPS) {
+                    let sums = grad_block(self, &packed, t, (first, spans.len()));
+                    for (r, row) in sums.iter().enumerate() {
+                        for (k, &s) in row.iter().enumerate() {
+                            if t + k < self.real {
+                                let d = &mut dw_b[(co + r) * self.real + t + k];
+                                *d = if range == 0 { s } else { *d + s };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies the `spans`' vectors of 4 output channels of `dy` (`out_plane` apart) into `packed`,
+/// channel after channel, the lanes outside the map zero.
+///
+/// # Safety
+/// AVX-512F; the spans' lanes lie inside each channel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack(dy: &[f32], out_plane: usize, spans: &[Span], packed: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(dy.len() >= GRAD_ROWS * out_plane && packed.len() >= GRAD_ROWS * spans.len() * LANES);
+    let dst = packed.as_mut_ptr();
+    for r in 0..GRAD_ROWS {
+        let row = dy.as_ptr().add(r * out_plane);
+        for (q, s) in spans.iter().enumerate() {
+            let v = if s.whole() {
+                _mm512_loadu_ps(row.offset(s.first))
+            } else {
+                let lo = _mm512_maskz_loadu_ps(s.first_mask, row.wrapping_offset(s.first));
+                _mm512_mask_loadu_ps(lo, s.second_mask, row.wrapping_offset(s.second))
+            };
+            _mm512_storeu_ps(dst.add((r * spans.len() + q) * LANES), v);
+        }
+    }
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack(_: &[f32], _: usize, _: &[Span], _: &mut [f32]) {
+    unreachable!("stem_direct runs only on x86-64")
+}
+
+/// The sums of the 4 output channels `packed` holds (`n` vectors each) by 6 taps from `t`, over
+/// the `n` position vectors from vector `first`.
+///
+/// # Safety
+/// AVX-512F; as in [`weight_grad`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
+unsafe fn grad_block(
+    args: &GradImage<'_>,
+    packed: &[f32],
+    t: usize,
+    (first, n): (usize, usize),
+) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); GRAD_TAPS]; GRAD_ROWS];
+    let mut d = [_mm512_setzero_ps(); GRAD_ROWS];
+    let dy = packed.as_ptr();
+    let mut inp = [args.planes.as_ptr(); GRAD_TAPS];
+    for k in 0..GRAD_TAPS {
+        inp[k] = inp[k].add(args.taps[t + k] + first * LANES);
+    }
+    for q in 0..n {
+        for r in 0..GRAD_ROWS {
+            d[r] = _mm512_loadu_ps(dy.add((r * n + q) * LANES));
+        }
+        for k in 0..GRAD_TAPS {
+            let xv = _mm512_loadu_ps(inp[k].add(q * LANES));
+            for r in 0..GRAD_ROWS {
+                acc[r][k] = _mm512_fmadd_ps(d[r], xv, acc[r][k]);
+            }
+        }
+    }
+    reduce(&acc)
+}
+
+/// Each accumulator's sum. Kept out of [`grad_block`]: the reduction's 256- and 128-bit
+/// operations reach only the first 16 vector registers without AVX-512VL, and inlined they
+/// confined the accumulators to those, spilling a third of them in the loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn reduce(
+    acc: &[[std::arch::x86_64::__m512; GRAD_TAPS]; GRAD_ROWS],
+) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+    use std::arch::x86_64::*;
+    let mut sums = [[0.0f32; GRAD_TAPS]; GRAD_ROWS];
+    for r in 0..GRAD_ROWS {
+        for k in 0..GRAD_TAPS {
+            sums[r][k] = _mm512_reduce_add_ps(acc[r][k]);
+        }
+    }
+    sums
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn grad_block(
+    _: &GradImage<'_>,
+    _: &[f32],
+    _: usize,
+    _: (usize, usize),
+) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+    unreachable!("stem_direct runs only on x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_values_fine as values;
+    use super::*;
+
+    /// The input value read by tap `(kh, kw)` of output `(oy, ox)`, or 0 in the padding.
+    fn tap_input(
+        g: &ConvGeometry,
+        x: &[f32],
+        (n, i): (usize, usize),
+        oy: usize,
+        ox: usize,
+        (kh, kw): (usize, usize),
+    ) -> f32 {
+        let iy = (g.stride * oy + kh) as isize - g.padding as isize;
+        let ix = (g.stride * ox + kw) as isize - g.padding as isize;
+        if (0..g.in_h as isize).contains(&iy) && (0..g.in_w as isize).contains(&ix) {
+            x[((n * g.in_channels + i) * g.in_h + iy as usize) * g.in_w + ix as usize]
+        } else {
+            0.0
+        }
+    }
+
+    /// The forward as plain loops: per output, one FMA chain over `(ci, kh, kw)` in order.
+    fn forward_chain(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let k = g.kernel_h;
+        let mut y = vec![0.0f32; g.batch * g.out_channels * g.out_pixels()];
+        for n in 0..g.batch {
+            for o in 0..g.out_channels {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let mut s = 0.0f32;
+                        for i in 0..g.in_channels {
+                            for t in 0..k * k {
+                                let v = tap_input(g, x, (n, i), oy, ox, (t / k, t % k));
+                                s = w[(o * g.in_channels + i) * k * k + t].mul_add(v, s);
+                            }
+                        }
+                        y[((n * g.out_channels + o) * g.out_h + oy) * g.out_w + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// The weight gradient in f64, summed over the batch's positions.
+    fn weight_grad_f64(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f64> {
+        let k = g.kernel_h;
+        let mut dw = vec![0.0f64; g.out_channels * g.in_channels * k * k];
+        for o in 0..g.out_channels {
+            for i in 0..g.in_channels {
+                for t in 0..k * k {
+                    let mut s = 0.0f64;
+                    for n in 0..g.batch {
+                        for oy in 0..g.out_h {
+                            for ox in 0..g.out_w {
+                                let v = tap_input(g, x, (n, i), oy, ox, (t / k, t % k));
+                                let d =
+                                    dy[((n * g.out_channels + o) * g.out_h + oy) * g.out_w + ox];
+                                s += f64::from(v) * f64::from(d);
+                            }
+                        }
+                    }
+                    dw[(o * g.in_channels + i) * k * k + t] = s;
+                }
+            }
+        }
+        dw
+    }
+
+    /// A test shape: batch, input and output channels, input height and width, kernel size
+    /// and padding (stride 2).
+    type Shape = (usize, usize, usize, (usize, usize), (usize, usize));
+
+    /// The shapes: the stem itself (one image), odd and even input sizes, kernels of 7, 5, 4
+    /// and 3 with paddings of 3, 2, 1 and 0, 1 to 4 input channels, 8 to 64 output channels,
+    /// maps whose last vector is short and whose vectors cross rows.
+    const SHAPES: [Shape; 6] = [
+        (1, 3, 64, (112, 112), (7, 3)),
+        (2, 3, 16, (37, 35), (7, 3)),
+        (3, 1, 8, (40, 33), (5, 2)),
+        (2, 4, 24, (31, 36), (3, 1)),
+        (2, 2, 8, (38, 39), (7, 0)),
+        (1, 3, 8, (60, 61), (4, 1)),
+    ];
+
+    fn geometry((n, c_in, c_out, (h, w), (k, pad)): Shape) -> ConvGeometry {
+        ConvGeometry::new(&[n, c_in, h, w], &[c_out, c_in, k, k], 2, pad, 1).expect("geometry")
+    }
+
+    /// Every output is the plain loop's FMA chain, bit for bit, and the epilogue sees each
+    /// image once, after its output is written.
+    #[test]
+    fn forward_is_the_plain_chain_bit_for_bit() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the kernel does not run on this CPU");
+            return;
+        }
+        for shape in SHAPES {
+            let g = geometry(shape);
+            assert!(fits(&g), "{g:?}");
+            let x = values(g.batch * g.in_unit_len(), 3);
+            let w = values(g.out_channels * g.patch_len(), 5);
+            let mut y = vec![f32::NAN; g.batch * g.out_unit_len()];
+            let seen = std::sync::Mutex::new(vec![0usize; g.batch]);
+            let expected = forward_chain(&g, &x, &w);
+            forward_into(&g, &x, &w, &mut y, &|b, y_b| {
+                assert!(y_b.iter().all(|v| !v.is_nan()), "image {b} not written");
+                seen.lock().unwrap()[b] += 1;
+            });
+            assert_eq!(*seen.lock().unwrap(), vec![1; g.batch], "{g:?}");
+            for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
+                assert_eq!(a.to_bits(), e.to_bits(), "{g:?}: output {i}: {a} vs {e}");
+            }
+        }
+    }
+
+    /// The weight gradient is within a few f32 roundings of the f64 sum of its products, for
+    /// every weight of every shape; pools of 1, 2 and 3 threads give the same bits.
+    #[test]
+    fn weight_gradient_matches_f64_sums_for_any_thread_count() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the kernel does not run on this CPU");
+            return;
+        }
+        for shape in SHAPES {
+            let g = geometry(shape);
+            let x = values(g.batch * g.in_unit_len(), 7);
+            let dy = values(g.batch * g.out_unit_len(), 11);
+            let expected = weight_grad_f64(&g, &x, &dy);
+            let terms = (g.batch * g.out_pixels()) as f64;
+            let runs: Vec<Vec<u32>> = [1, 2, 3]
+                .into_iter()
+                .map(|threads| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let dw = pool.install(|| weight_grad(&g, &x, &dy));
+                    dw.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            assert!(
+                runs.iter().all(|r| *r == runs[0]),
+                "{g:?}: thread counts differ"
+            );
+            for (i, (&bits, &e)) in runs[0].iter().zip(&expected).enumerate() {
+                let a = f64::from(f32::from_bits(bits));
+                // |x|, |dy| <= 1: each partial sum is at most `terms` in size.
+                let tolerance = terms * f64::from(f32::EPSILON) * 2.0;
+                assert!((a - e).abs() <= tolerance, "{g:?}: weight {i}: {a} vs {e}");
+            }
+        }
+    }
+
+    /// A vector's spans cover exactly the valid positions of the flat numbering, each once.
+    #[test]
+    fn spans_cover_every_output_once() {
+        for shape in SHAPES {
+            let g = geometry(shape);
+            let ph = Phases::of(&g);
+            let mut hits = vec![0u32; g.out_pixels()];
+            for s in ph.spans(&g) {
+                for (start, mask) in [(s.first, s.first_mask), (s.second, s.second_mask)] {
+                    for lane in 0..LANES {
+                        if mask >> lane & 1 == 1 {
+                            hits[(start + lane as isize) as usize] += 1;
+                        }
+                    }
+                }
+            }
+            assert!(hits.iter().all(|&h| h == 1), "{g:?}: {hits:?}");
+        }
+    }
+}
