@@ -23,9 +23,10 @@
 //! padding's zeros included: the plain loop's chain, bit for bit (the tests check that).
 //!
 //! Weight gradient: per image, 4 output channels by 6 taps (24 accumulators) over every vector
-//! of positions, the output gradient read as masked pieces (zeros in the dropped columns), each
-//! accumulator reduced to its sum at the end of the image; the images' sums are then added in
-//! order, so that the result is the same for any number of threads.
+//! of positions, the 4 channels' output gradient first packed into whole vectors (masked pieces
+//! where a vector crosses a row, zeros in the dropped columns), each accumulator reduced to its
+//! sum at the end of the image; the images' sums are then added in order, so that the result is
+//! the same for any number of threads.
 
 use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
@@ -44,9 +45,6 @@ const FORWARD_VECTORS: usize = 3;
 const GRAD_ROWS: usize = 4;
 /// Taps of a weight-gradient register block.
 const GRAD_TAPS: usize = 6;
-/// Ranges of positions an image's weight gradient is cut into, so that a block of output
-/// channels' gradient over one range stays in L1 while every block of taps reads it.
-const RANGES: usize = 1;
 
 /// True when the kernel can compute `g`'s forward and weight gradient on this CPU: a dense
 /// stride-2 square-kernel layer on at most 4 input channels, a multiple of 8 output channels,
@@ -377,21 +375,17 @@ impl GradImage<'_> {
     /// As in [`weight_grad`].
     unsafe fn sums(&self, dw_b: &mut [f32]) {
         let c_out = dw_b.len() / self.real;
-        let per_range = self.spans.len().div_ceil(RANGES);
-        let mut packed = vec![0.0f32; GRAD_ROWS * per_range * LANES];
-        for (range, spans) in self.spans.chunks(per_range).enumerate() {
-            let first = range * per_range;
-            for co in (0..c_out).step_by(GRAD_ROWS) {
-                let dy = &self.dy[co * self.out_plane..][..GRAD_ROWS * self.out_plane];
-                pack(dy, self.out_plane, spans, &mut packed);
-                for t in (0..self.taps.len()).step_by(GRAD_TAPS) {
-                    let sums = grad_block(self, &packed, t, (first, spans.len()));
-                    for (r, row) in sums.iter().enumerate() {
-                        for (k, &s) in row.iter().enumerate() {
-                            if t + k < self.real {
-                                let d = &mut dw_b[(co + r) * self.real + t + k];
-                                *d = if range == 0 { s } else { *d + s };
-                            }
+        let n = self.spans.len();
+        let mut packed = vec![0.0f32; GRAD_ROWS * n * LANES];
+        for co in (0..c_out).step_by(GRAD_ROWS) {
+            let dy = &self.dy[co * self.out_plane..][..GRAD_ROWS * self.out_plane];
+            pack(dy, self.out_plane, self.spans, &mut packed);
+            for t in (0..self.taps.len()).step_by(GRAD_TAPS) {
+                let sums = grad_block(self, &packed, t);
+                for (r, row) in sums.iter().enumerate() {
+                    for (k, &s) in row.iter().enumerate() {
+                        if t + k < self.real {
+                            dw_b[(co + r) * self.real + t + k] = s;
                         }
                     }
                 }
@@ -431,8 +425,8 @@ unsafe fn pack(_: &[f32], _: usize, _: &[Span], _: &mut [f32]) {
     unreachable!("stem_direct runs only on x86-64")
 }
 
-/// The sums of the 4 output channels `packed` holds (`n` vectors each) by 6 taps from `t`, over
-/// the `n` position vectors from vector `first`.
+/// The sums of the 4 output channels `packed` holds (a vector per position vector each) by 6
+/// taps from `t`, over every position vector.
 ///
 /// # Safety
 /// AVX-512F; as in [`weight_grad`].
@@ -443,15 +437,15 @@ unsafe fn grad_block(
     args: &GradImage<'_>,
     packed: &[f32],
     t: usize,
-    (first, n): (usize, usize),
 ) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
     use std::arch::x86_64::*;
+    let n = args.spans.len();
     let mut acc = [[_mm512_setzero_ps(); GRAD_TAPS]; GRAD_ROWS];
     let mut d = [_mm512_setzero_ps(); GRAD_ROWS];
     let dy = packed.as_ptr();
     let mut inp = [args.planes.as_ptr(); GRAD_TAPS];
     for k in 0..GRAD_TAPS {
-        inp[k] = inp[k].add(args.taps[t + k] + first * LANES);
+        inp[k] = inp[k].add(args.taps[t + k]);
     }
     for q in 0..n {
         for r in 0..GRAD_ROWS {
@@ -489,12 +483,7 @@ unsafe fn reduce(
 
 /// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn grad_block(
-    _: &GradImage<'_>,
-    _: &[f32],
-    _: usize,
-    _: (usize, usize),
-) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+unsafe fn grad_block(_: &GradImage<'_>, _: &[f32], _: usize) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
     unreachable!("stem_direct runs only on x86-64")
 }
 
