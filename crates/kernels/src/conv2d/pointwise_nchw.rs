@@ -100,8 +100,8 @@ impl Span {
     }
 }
 
-/// Lanes `from..from + n` set.
-fn lane_mask(from: usize, n: usize) -> u16 {
+/// Lanes `from..from + n` set (also the stem kernel's row pieces, `stem_direct.rs`).
+pub(super) fn lane_mask(from: usize, n: usize) -> u16 {
     (((1u32 << n) - 1) << from) as u16
 }
 

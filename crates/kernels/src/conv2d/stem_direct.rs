@@ -30,6 +30,7 @@
 
 use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
+use super::pointwise_nchw::lane_mask;
 use super::scratch::with_columns;
 use rayon::prelude::*;
 
@@ -177,11 +178,6 @@ impl Span {
     fn whole(&self) -> bool {
         self.first_mask == u16::MAX
     }
-}
-
-/// Lanes `from..from + n` set.
-fn lane_mask(from: usize, n: usize) -> u16 {
-    (((1u32 << n) - 1) << from) as u16
 }
 
 /// Output `(N, C_out, OH, OW)` of `g` into `y` (every value written), then `then(image, y_b)`
