@@ -8,31 +8,67 @@
 //! back. Here the input's pixels are taken phase by phase (even or odd row, even or odd
 //! column): an even row receives kernel row 1 from output row `m`, an odd one kernel row 0
 //! from output row `m + 1` and kernel row 2 from row `m` (columns likewise). So phase
-//! `(pr, pc)` is the sum over its 1, 2 or 4 taps of `W_t^T @ S`, where `W_t^T` is tap `t` of the
-//! weight read in place as a `C_in x C_out` matrix and `S` the output gradient over the batch
-//! (`C_out x N*OH*OW`) shifted by a row and / or a column where the tap reads output row `m +
-//! 1` or column `n + 1` (zero past the map). Each product adds into the phase's sums (gemm's
-//! accumulate), which are then written to their pixels of the input gradient; a phase of an
-//! odd-sized map has one row or column fewer than the output, computed and not written.
+//! `(pr, pc)` is the sum over its 1, 2 or 4 taps `t` of `W_t^T @ S_t`, where `W_t^T` is tap `t`
+//! of the weight as a `C_in x C_out` matrix and `S_t` the output gradient over the batch
+//! (`C_out x N*OH*OW`) shifted by a row and / or a column where the tap reads output row
+//! `m + 1` or column `n + 1` (zero past the map).
 //!
-//! Each value is the sum over its phase's taps in row-major order, each tap's sum over the
-//! output channels in gemm's blocks (col2im summed the same products per tap first, then the
-//! taps): a rounding change. The products are cut by columns (`matmul_by_columns_into`), so
-//! the values do not depend on the thread count.
+//! The four shifts of the output gradient are laid one after the other in an order (`SHIFTS`)
+//! in which every phase's are consecutive, and the weight's taps are copied into slots of
+//! `C_out x C_in` in the same order (`PHASES`), so that each phase is one product `A^T B` with
+//! a summed dimension of `taps * C_out`: `pointwise_nchw.rs`'s register blocks where AVX-512
+//! runs on full-width units, else gemm. A last pass writes every row of the input gradient
+//! from its two phases' rows, interleaved; a phase of an odd-sized map has one row or column
+//! more than the map uses, computed and not written.
+//!
+//! With the blocks each value is one FMA chain over its phase's taps in the order of their
+//! shifts, each over the output channels in order (docs/determinism.md); with gemm, gemm's
+//! blocks of the same sum. Either way the values do not depend on the thread count.
 
-use super::batched::gather_maps;
 use super::geometry::ConvGeometry;
 use super::matmul::{matmul_by_columns_into, MatRef};
+use super::schedule::SharedOutput;
 use super::scratch::Scratch;
 use rayon::prelude::*;
+
+/// The output gradient's shifts `(rows, columns)`, in the order of their blocks.
+const SHIFTS: [(usize, usize); 4] = [(1, 0), (0, 0), (0, 1), (1, 1)];
+
+/// One stride phase of the input: its (row, column) parity and the taps that reach it, each
+/// with the block of `SHIFTS` it reads (consecutive blocks, in order).
+struct Phase {
+    parity: (usize, usize),
+    taps: &'static [(usize, usize)],
+}
+
+/// An even row (column) receives kernel row (column) 1 from output row `m`, an odd one kernel
+/// row 0 from output row `m + 1` and kernel row 2 from row `m`.
+const PHASES: [Phase; 4] = [
+    Phase {
+        parity: (0, 0),
+        taps: &[(4, 1)],
+    },
+    Phase {
+        parity: (0, 1),
+        taps: &[(5, 1), (3, 2)],
+    },
+    Phase {
+        parity: (1, 0),
+        taps: &[(1, 0), (7, 1)],
+    },
+    Phase {
+        parity: (1, 1),
+        taps: &[(2, 0), (8, 1), (6, 2), (0, 3)],
+    },
+];
 
 /// True when `g`'s input gradient runs here: dense 3x3, stride 2, padding 1, output maps of
 /// 17 to 64 pixels (the whole-batch path's, `batched.rs`, less the 4x4 maps), more than one
 /// image, on AMD Zen 5. `conv_passes`, CPU time of 2 threads, best of 5, 2 rounds, against the
-/// whole-batch path: from 14x14 to 7x7 with 256 channels 9.56-9.71 -> 5.81-6.19 ms at batch
-/// 16, 15.98-16.16 -> 10.93-11.10 at batch 32; from 7x7 to 4x4 with 512 channels 7.86-7.90 ->
-/// 8.45-8.55 at batch 16 (nine products of 256 columns, each packing its 512 x 512 tap of the
-/// weight, against one of 4608 rows), so 4x4 maps stay there.
+/// whole-batch path, with a gemm per tap: from 14x14 to 7x7 with 256 channels 9.56-9.71 ->
+/// 5.81-6.19 ms at batch 16, 15.98-16.16 -> 10.93-11.10 at batch 32; from 7x7 to 4x4 with 512
+/// channels 7.86-7.90 -> 8.45-8.55 at batch 16, and level (7.97-8.14 against 7.82-7.90) with
+/// the phases' products in blocks, so 4x4 maps stay there.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.kernel_h == 3
@@ -52,80 +88,183 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         applies(g),
         "input_grad_phases: geometry {g:?} does not apply"
     );
-    phases_into(g, dy, w, dx)
+    phases_into(g, dy, w, dx, Products::fastest(g))
 }
 
-/// [`input_grad_into`] for any dense 3x3 stride-2 padding-1 `g` (the tests run it on every
-/// CPU; the products are gemm's).
-fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+/// How the phases' products run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Products {
+    /// `pointwise_nchw.rs`'s register blocks (AVX-512 on full-width units, `C_in` a multiple
+    /// of 8).
+    Blocks,
+    /// gemm, cut by columns (every CPU).
+    Gemm,
+}
+
+impl Products {
+    /// The blocks where they run: `conv_passes`, CPU time of 2 threads on the Zen 5, best of 5,
+    /// 3 alternating rounds, from 14x14 to 7x7 with 256 channels: the input gradient at batch
+    /// 16 5.87-6.31 ms with gemm, 5.19-5.41 with the blocks; at batch 32 level (11.7-11.8
+    /// against 11.9-12.5, one round each way).
+    fn fastest(g: &ConvGeometry) -> Self {
+        if super::select::avx512_full_width() && g.in_channels.is_multiple_of(8) {
+            Self::Blocks
+        } else {
+            Self::Gemm
+        }
+    }
+}
+
+/// [`input_grad_into`] for any dense 3x3 stride-2 padding-1 `g`, its products run as
+/// `products` says (the tests run both).
+fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32], products: Products) {
     assert!(g.groups == 1 && (g.kernel_h, g.kernel_w, g.stride, g.padding) == (3, 3, 2, 1));
     let (c_in, c_out, p) = (g.in_channels, g.out_channels, g.out_pixels());
-    let (oh, ow) = (g.out_h, g.out_w);
+    let ow = g.out_w;
     let width = g.batch * p;
     let len = c_out * width;
     assert!(dy.len() == len && w.len() == c_out * c_in * 9);
     assert_eq!(dx.len(), g.batch * c_in * g.in_h * g.in_w);
-    // The output gradient over the batch, then shifted by (row, column) = (0, 1), (1, 0) and
-    // (1, 1): shift `(a, b)` at `(2 * a + b) * len`.
+    // The output gradient over the batch, `(C_out, N * OH*OW)`, shifted by (row, column) =
+    // (1, 0), (0, 0), (0, 1) and (1, 1), block after block (`SHIFTS`): every phase's shifts
+    // are consecutive blocks. A shift by `(a, b)` moves each image's flat map by `a * OW + b`
+    // values, zeros past its end and, for `b = 1`, in its last column.
     let mut shifted = Scratch::take(4 * len);
-    let (plain, rest) = shifted.split_at_mut(len);
-    gather_maps(dy, c_out, p, g.batch, plain);
-    let plain = &*plain;
-    rest.par_chunks_mut(width).enumerate().for_each(|(i, dst)| {
-        let (shift, co) = (i / c_out + 1, i % c_out);
-        let (a, b) = (shift / 2, shift % 2);
-        let src = &plain[co * width..(co + 1) * width];
-        for (img_dst, img_src) in dst.chunks_exact_mut(p).zip(src.chunks_exact(p)) {
-            for (m, row) in img_dst.chunks_exact_mut(ow).enumerate() {
-                if m + a >= oh {
-                    row.fill(0.0);
-                    continue;
+    shifted
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let ((a, b), co) = (SHIFTS[i / c_out], i % c_out);
+            let off = a * ow + b;
+            for (img, d) in dst.chunks_exact_mut(p).enumerate() {
+                let src = &dy[(img * c_out + co) * p..][..p];
+                d[..p - off].copy_from_slice(&src[off..]);
+                d[p - off..].fill(0.0);
+                if b == 1 {
+                    d.iter_mut().skip(ow - 1).step_by(ow).for_each(|v| *v = 0.0);
                 }
-                let from = &img_src[(m + a) * ow + b..(m + a + 1) * ow];
-                row[..ow - b].copy_from_slice(from);
-                row[ow - b..].fill(0.0);
+            }
+        });
+    let shifted = &*shifted;
+    // The weight's taps as `C_in`-long columns, `wq[slot][co][ci] = w[co][ci][tap]`, the
+    // slots in `PHASES` order: each phase's taps are consecutive slots.
+    let mut wq = Scratch::take(9 * c_out * c_in);
+    let mut slot_of_tap = [0; 9];
+    for (slot, &(tap, _)) in PHASES.iter().flat_map(|phase| phase.taps).enumerate() {
+        slot_of_tap[tap] = slot;
+    }
+    let slot_len = c_out * c_in;
+    let wq_out = SharedOutput::new(&mut wq);
+    w.par_chunks(c_in * 9).enumerate().for_each(|(co, src)| {
+        for (tap, &slot) in slot_of_tap.iter().enumerate() {
+            // SAFETY: each `co` writes its own row `co` of every slot, inside `wq`.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    wq_out.start().add(slot * slot_len + co * c_in),
+                    c_in,
+                )
+            };
+            for (d, s) in dst.iter_mut().zip(src[tap..].iter().step_by(9)) {
+                *d = *s;
             }
         }
     });
-    let shifted = &*shifted;
-    let mut sums = Scratch::take(c_in * width);
+    let wq = &*wq;
+    // Each phase's sums, `(C_in, N * OH*OW)`, phase `(pr, pc)` at `(2 * pr + pc) * C_in * width`.
+    let mut all_sums = Scratch::take(4 * c_in * width);
     let (h, w_in) = (g.in_h, g.in_w);
-    for (pr, pc) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-        // Kernel rows (columns) reaching this row (column) phase, and the shift each reads.
-        let reach = |parity: usize| -> &'static [(usize, usize)] {
-            if parity == 0 {
-                &[(1, 0)]
-            } else {
-                &[(0, 1), (2, 0)]
-            }
-        };
-        let mut first = true;
-        for &(ky, a) in reach(pr) {
-            for &(kx, b) in reach(pc) {
-                let t = ky * 3 + kx;
-                // Tap t of w (C_out, C_in, 3, 3) as the C_in x C_out matrix W_t^T.
-                let w_t = MatRef::with_strides(&w[t..], (c_in, c_out), (9, c_in * 9));
-                let s = MatRef::row_major(&shifted[(2 * a + b) * len..][..len], c_out, width);
-                matmul_by_columns_into(&mut sums, !first, w_t, s);
-                first = false;
-            }
+    let mut slot = 0;
+    for phase in PHASES {
+        let (pr, pc) = phase.parity;
+        let (taps, block) = (phase.taps.len(), phase.taps[0].1);
+        // `A^T B` with `A = wq`'s slots of the phase (`taps * C_out` rows of `C_in`) and `B`
+        // the shifted output gradients it reads (`taps * C_out` rows of `width`).
+        let a = &wq[slot * c_out * c_in..][..taps * c_out * c_in];
+        let b = &shifted[block * len..][..taps * len];
+        let sums = &mut all_sums[(2 * pr + pc) * c_in * width..][..c_in * width];
+        match products {
+            // SAFETY: `Blocks` only where AVX-512F runs and C_in is a multiple of 8
+            // (`Products::fastest`, the tests); the sizes are those above.
+            Products::Blocks => unsafe {
+                super::pointwise_nchw::transposed_product_into(
+                    a,
+                    (taps * c_out, c_in),
+                    b,
+                    (1, width),
+                    sums,
+                )
+            },
+            Products::Gemm => matmul_by_columns_into(
+                sums,
+                false,
+                MatRef::with_strides(a, (c_in, taps * c_out), (1, c_in)),
+                MatRef::row_major(b, taps * c_out, width),
+            ),
         }
-        // This phase's pixels: dx[img][ci][2m + pr][2n + pc] for the rows and columns inside.
-        let (rows, cols) = ((h - pr).div_ceil(2), (w_in - pc).div_ceil(2));
-        let sums = &*sums;
-        dx.par_chunks_mut(h * w_in)
-            .enumerate()
-            .for_each(|(plane, dst)| {
-                let (img, ci) = (plane / c_in, plane % c_in);
-                let src = &sums[ci * width + img * p..][..p];
-                for m in 0..rows {
-                    let dst_row = &mut dst[(2 * m + pr) * w_in..][..w_in];
-                    for (n, &v) in src[m * ow..m * ow + cols].iter().enumerate() {
-                        dst_row[2 * n + pc] = v;
-                    }
-                }
-            });
+        slot += taps;
     }
+    // dx[img][ci][2m + pr][2n + pc] is phase (pr, pc)'s sum at (m, n): each row of `dx` from
+    // its two phases' rows, interleaved (a phase of an odd-sized map has a row or column more
+    // than the map uses; it is not read).
+    let all_sums = &*all_sums;
+    let simd = w_in <= 32 && super::select::avx512_full_width();
+    dx.par_chunks_mut(h * w_in)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (img, ci) = (plane / c_in, plane % c_in);
+            let at =
+                |q: usize, m: usize| &all_sums[(q * c_in + ci) * width + img * p + m * ow..][..ow];
+            for y in 0..h {
+                let (even, odd) = (at(2 * (y % 2), y / 2), at(2 * (y % 2) + 1, y / 2));
+                if simd && (h - y) * w_in >= if w_in > 16 { 32 } else { 16 } {
+                    // SAFETY: AVX-512F (`simd`); `even` and `odd` hold `OW >= (W + 1) / 2`
+                    // values; the plane holds the vectors' values from the row's start (the
+                    // rows after it are written after it).
+                    unsafe { interleave(even, odd, dst[y * w_in..].as_mut_ptr(), w_in) };
+                    continue;
+                }
+                let row = &mut dst[y * w_in..][..w_in];
+                let mut pairs = row.chunks_exact_mut(2);
+                for (pair, (&e, &o)) in (&mut pairs).zip(even.iter().zip(odd)) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = even[w_in / 2];
+                }
+            }
+        });
+}
+
+/// `row[2n] = even[n]`, `row[2n + 1] = odd[n]` for a row of `n <= 32` values at `row`, with
+/// two masked loads, two permutes and whole-vector stores, which also write up to `32 - n`
+/// values past the row (with masked stores instead, the pass over a batch-16 input gradient
+/// took 4x as long on the Zen 5, longer than the scalar loop).
+///
+/// # Safety
+/// AVX-512F; `even` and `odd` hold at least `(n + 1) / 2` and `n / 2` values; `row` has
+/// `max(n, 16)`, and `32` values when `n > 16`, writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave(even: &[f32], odd: &[f32], row: *mut f32, n: usize) {
+    use super::pointwise_nchw::lane_mask;
+    use std::arch::x86_64::*;
+    assert!(n <= 32 && even.len() >= n.div_ceil(2) && odd.len() >= n / 2);
+    let e = _mm512_maskz_loadu_ps(lane_mask(0, n.div_ceil(2)), even.as_ptr());
+    let o = _mm512_maskz_loadu_ps(lane_mask(0, n / 2), odd.as_ptr());
+    // Lane 2j takes `e`'s lane j (index j), lane 2j + 1 `o`'s (index 16 + j).
+    let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    _mm512_storeu_ps(row, _mm512_permutex2var_ps(e, lo, o));
+    if n > 16 {
+        _mm512_storeu_ps(row.add(16), _mm512_permutex2var_ps(e, hi, o));
+    }
+}
+
+/// Never called: `avx512_full_width` is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave(_: &[f32], _: &[f32], _: *mut f32, _: usize) {
+    unreachable!("AVX-512 runs only on x86-64")
 }
 
 #[cfg(test)]
@@ -135,23 +274,28 @@ mod tests {
 
     /// Every input-gradient value equals the sum, in f64, of weight times output gradient
     /// over the output channels and the taps that reach the pixel, within f32 rounding of sums
-    /// of a few hundred products; on even, odd and non-square maps, odd batches, and channel
-    /// counts from 8 to 32. Every value is written (the buffer starts as NaN).
+    /// of a few hundred products; on even, odd and non-square maps (rows of 7 to 20 values),
+    /// odd batches, and channel counts from 8 to 32; with gemm's products and, where they run,
+    /// the blocks'. Every value is written (the buffer starts as NaN).
     #[test]
     fn phases_give_the_transposed_convolution() {
-        for (n, c_in, c_out, h, w) in [
+        for ((n, c_in, c_out, h, w), products) in [
             (2, 16, 24, 14, 14),
             (3, 8, 8, 13, 13),
             (2, 8, 16, 12, 10),
             (3, 32, 16, 9, 9),
             (2, 16, 8, 7, 7),
-        ] {
+            (2, 8, 16, 6, 20),
+        ]
+        .into_iter()
+        .flat_map(|shape| products_here().into_iter().map(move |p| (shape, p)))
+        {
             let g = ConvGeometry::new(&[n, c_in, h, w], &[c_out, c_in, 3, 3], 2, 1, 1).unwrap();
             let (oh, ow) = (g.out_h, g.out_w);
             let dy = values(n * c_out * oh * ow, 21);
             let wt = values(c_out * c_in * 9, 22);
             let mut dx = vec![f32::NAN; n * c_in * h * w];
-            phases_into(&g, &dy, &wt, &mut dx);
+            phases_into(&g, &dy, &wt, &mut dx, products);
             for img in 0..n {
                 for ci in 0..c_in {
                     for iy in 0..h {
@@ -181,7 +325,7 @@ mod tests {
                             let got = f64::from(dx[((img * c_in + ci) * h + iy) * w + ix]);
                             assert!(
                                 (got - want).abs() <= 1e-5 * scale.max(1e-3),
-                                "{n}x{c_in}x{h}x{w} <- {c_out}: ({img}, {ci}, {iy}, {ix}) {got} against {want}"
+                                "{products:?} {n}x{c_in}x{h}x{w} <- {c_out}: ({img}, {ci}, {iy}, {ix}) {got} against {want}"
                             );
                         }
                     }
@@ -190,24 +334,99 @@ mod tests {
         }
     }
 
-    /// The same bits under rayon pools of 1, 2 and 3 threads (the products are cut by columns
-    /// per thread, the sums added by gemm into each piece).
+    /// The products that run on this CPU: gemm's, and the blocks where AVX-512 runs on
+    /// full-width units.
+    fn products_here() -> Vec<Products> {
+        let mut here = vec![Products::Gemm];
+        if super::super::select::avx512_full_width() {
+            here.push(Products::Blocks);
+        }
+        here
+    }
+
+    /// With the blocks, each value is one FMA chain in f32: over the taps reaching the pixel in
+    /// the order of the output gradient's shifts they read ((1, 0), (0, 0), (0, 1), (1, 1)),
+    /// each over the output channels in order. Bit for bit, on an even and an odd map.
+    #[test]
+    fn blocks_sum_each_value_in_one_chain() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the blocks do not run on this CPU");
+            return;
+        }
+        for (n, c_in, c_out, h) in [(3, 16, 24, 14), (2, 8, 16, 9)] {
+            let g = ConvGeometry::new(&[n, c_in, h, h], &[c_out, c_in, 3, 3], 2, 1, 1).unwrap();
+            let o = g.out_h;
+            let dy = values(n * c_out * o * o, 23);
+            let wt = values(c_out * c_in * 9, 24);
+            let mut dx = vec![f32::NAN; n * c_in * h * h];
+            phases_into(&g, &dy, &wt, &mut dx, Products::Blocks);
+            for (img, ci, iy, ix) in (0..n).flat_map(|img| {
+                (0..c_in).flat_map(move |ci| {
+                    (0..h).flat_map(move |iy| (0..h).map(move |ix| (img, ci, iy, ix)))
+                })
+            }) {
+                // The taps (ky, kx) reaching (iy, ix), with the output pixel each reads.
+                let mut taps: Vec<(usize, usize, usize, usize)> = Vec::new();
+                for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                    let (ny, nx) = (iy + 1, ix + 1);
+                    if ny >= ky && nx >= kx && (ny - ky) % 2 == 0 && (nx - kx) % 2 == 0 {
+                        taps.push((ky, kx, (ny - ky) / 2, (nx - kx) / 2));
+                    }
+                }
+                // Shift order: the output row minus the pixel's phase row first (1 before 0),
+                // then the column offset (0 before 1), as (1, 0), (0, 0), (0, 1), (1, 1).
+                let rank = |&(_, _, oy, ox): &(usize, usize, usize, usize)| match (
+                    oy - iy / 2,
+                    ox - ix / 2,
+                ) {
+                    (1, 0) => 0,
+                    (0, 0) => 1,
+                    (0, 1) => 2,
+                    _ => 3,
+                };
+                taps.sort_by_key(rank);
+                let mut want = 0.0f32;
+                for (ky, kx, oy, ox) in taps {
+                    for co in 0..c_out {
+                        let gv = if oy < o && ox < o {
+                            dy[((img * c_out + co) * o + oy) * o + ox]
+                        } else {
+                            0.0
+                        };
+                        want = wt[(co * c_in + ci) * 9 + ky * 3 + kx].mul_add(gv, want);
+                    }
+                }
+                let got = dx[((img * c_in + ci) * h + iy) * h + ix];
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{g:?}: ({img}, {ci}, {iy}, {ix})"
+                );
+            }
+        }
+    }
+
+    /// The same bits under rayon pools of 1, 2 and 3 threads (gemm's products are cut by
+    /// columns per thread, the sums added by gemm into each piece; the blocks sum each value in
+    /// one task), with each kind of products that runs here.
     #[test]
     fn same_bits_on_one_two_and_three_threads() {
         let g = ConvGeometry::new(&[5, 32, 14, 14], &[48, 32, 3, 3], 2, 1, 1).unwrap();
         let dy = values(5 * 48 * 49, 31);
         let wt = values(48 * 32 * 9, 32);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut dx = vec![f32::NAN; 5 * 32 * 196];
-            pool.install(|| phases_into(&g, &dy, &wt, &mut dx));
-            dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        };
-        let one = run(1);
-        assert_eq!(one, run(2), "1 against 2 threads");
-        assert_eq!(one, run(3), "1 against 3 threads");
+        for products in products_here() {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut dx = vec![f32::NAN; 5 * 32 * 196];
+                pool.install(|| phases_into(&g, &dy, &wt, &mut dx, products));
+                dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let one = run(1);
+            assert_eq!(one, run(2), "{products:?}: 1 against 2 threads");
+            assert_eq!(one, run(3), "{products:?}: 1 against 3 threads");
+        }
     }
 }

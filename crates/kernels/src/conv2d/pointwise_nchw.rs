@@ -13,8 +13,10 @@
 //! `dx`, again as masked pieces. Every value is one FMA chain over the output channels in
 //! order, whatever the passes, blocks and threads (docs/determinism.md).
 //!
-//! The forward through the same blocks (with `w` turned to `(ci, co)` first) was slower than
-//! the GEMM with its copies (docs/performance.md, "Measured slower").
+//! The same blocks run the products of the dense stride-2 input gradient's phases
+//! (`input_grad_phases.rs`), as one image of `N * OH*OW` columns. The forward through them
+//! (with `w` turned to `(ci, co)` first) was slower than the GEMM with its copies
+//! (docs/performance.md, "Measured slower").
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
@@ -122,6 +124,28 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         batch * ci * p,
         "pointwise_nchw: input gradient size"
     );
+    // SAFETY: `fits` checked AVX-512F, `C_in` a multiple of 8 and `p >= 16`.
+    unsafe { transposed_product_into(w, (co, ci), dy, (batch, p), dx) }
+}
+
+/// `dx[b, ci, q] = sum_co w[co, ci] * dy[b, co, q]` for `w` of `(C_out, C_in)` values
+/// (row-major), `dy` of `(batch, C_out, p)` and `dx` of `(batch, C_in, p)` (every value
+/// written), each value one FMA chain over `co` in order, in parallel over blocks of 3 column
+/// vectors: the 1x1 input gradient, and with `batch` 1 any product `A^T B` of row-major
+/// matrices (`input_grad_phases.rs`: `A` the stacked weight taps of a stride phase, `B` the
+/// shifted output gradients they read).
+///
+/// # Safety
+/// AVX-512F; `C_in` a multiple of 8; `p` at least 16 (or `batch` 1).
+pub(super) unsafe fn transposed_product_into(
+    w: &[f32],
+    (co, ci): (usize, usize),
+    dy: &[f32],
+    (batch, p): (usize, usize),
+    dx: &mut [f32],
+) {
+    assert!(ci.is_multiple_of(ROWS) && (p >= LANES || batch == 1));
+    assert!(w.len() == co * ci && dy.len() == batch * co * p && dx.len() == batch * ci * p);
     let vectors = (batch * p).div_ceil(LANES);
     let dy_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), co)).collect();
     let dx_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), ci)).collect();
@@ -139,8 +163,8 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
                 let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
                 for k0 in (0..co).step_by(KC) {
                     let kc = KC.min(co - k0);
-                    // SAFETY: `fits` checked AVX-512F; the spans' lanes lie inside `dy` for
-                    // every channel below `co` (`Span::of`, p >= 16).
+                    // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `dy` for every
+                    // channel below `co` (`Span::of`, p >= 16 or one image).
                     unsafe { pack(dy.as_ptr().add(k0 * p), (ins, p), kc, panel) };
                     for m0 in (0..ci).step_by(ROWS) {
                         let args = Block {
