@@ -21,7 +21,7 @@ use crate::cbam_eval::{cbam_join_values, plan_cbam, CbamPlan};
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::{forward_values_into, RowPool};
 use crate::fused_operands::{cpu_f32, cpu_values};
-use crate::gate::channel_gate_add_relu_into;
+use crate::gate::channel_gate_add_relu_in_place;
 use crate::gate_mlp::{mlp_forward, sigmoid_in_place, MlpParams};
 use crate::profile::timed;
 use crate::{CbamEval, ConvParams, GateMlp};
@@ -181,7 +181,7 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
                 let mlp = MlpParams::from_parts(parts, g.out_channels, *reduced);
                 timed(
                     || "se gate eval".into(),
-                    || gated_join(g, mlp, &z, pool.into_values(), shortcut),
+                    || gated_join(g, mlp, z, pool.into_values(), shortcut),
                 )
             }
             Some(PlannedGate::Cbam(plan)) => {
@@ -212,22 +212,21 @@ enum PlannedGate<'a> {
     Cbam(CbamPlan),
 }
 
-/// `relu(z * gate(means) + shortcut)` in a pooled buffer, with `means` = `mean_hw(z)` (taken in
+/// `relu(z * gate(means) + shortcut)` written over `z`, with `means` = `mean_hw(z)` (taken in
 /// the convolution's epilogue with `spatial_mean`'s arithmetic) and
 /// `gate = sigmoid(fc2(relu(fc1(means))))`: the values of the gate's candle ops, then
 /// `channel_gate_add_relu`'s join.
 fn gated_join(
     g: &ConvGeometry,
     mlp: MlpParams<'_>,
-    z: &[f32],
+    mut z: Scratch,
     means: Vec<f32>,
     shortcut: &[f32],
 ) -> Scratch {
     let (mut gate, _) = mlp_forward(means, mlp);
     sigmoid_in_place(&mut gate);
-    let mut y = Scratch::take(z.len());
-    channel_gate_add_relu_into((g.out_channels, g.out_pixels()), z, &gate, shortcut, &mut y);
-    y
+    channel_gate_add_relu_in_place((g.out_channels, g.out_pixels()), &mut z, &gate, shortcut);
+    z
 }
 
 /// The output dims of a convolution, as a vector.

@@ -481,15 +481,23 @@ pub(crate) fn channel_gate_add_relu_values(
     apply_gate(Axis::Channel, (channels, pixels), x, gate, Some(shortcut))
 }
 
-/// [`channel_gate_add_relu_values`] into `y` (`x`'s length, every value overwritten).
-pub(crate) fn channel_gate_add_relu_into(
-    shape: (usize, usize),
-    x: &[f32],
+/// [`channel_gate_add_relu_values`] with `x` as its own output: `x = relu(x * gate[row] +
+/// shortcut)`, the same arithmetic and values, without a second buffer to write (the eval
+/// squeeze-excite join, whose `x` is not needed after it).
+pub(crate) fn channel_gate_add_relu_in_place(
+    (_, p): (usize, usize),
+    x: &mut [f32],
     gate: &[f32],
     shortcut: &[f32],
-    y: &mut [f32],
 ) {
-    apply_gate_into(Axis::Channel, shape, x, gate, Some(shortcut), y)
+    assert_eq!(x.len(), shortcut.len(), "gate: shortcut size");
+    let p = p.max(1);
+    par_rows(x, p, |row, xr| {
+        let (g, sr) = (gate[row], &shortcut[row * p..row * p + xr.len()]);
+        xr.iter_mut()
+            .zip(sr)
+            .for_each(|(v, &b)| *v = (*v * g + b).max(0.0));
+    });
 }
 
 /// CBAM's channel pooling: `cat([max over C, mean over C], dim 1)`, (N, C, H, W) ->
