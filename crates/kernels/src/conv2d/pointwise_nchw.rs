@@ -1,22 +1,24 @@
-//! The input gradient of 1x1 convolutions over the whole batch, read and written in NCHW (AMD Zen
-//! 5, where it was measured; the kernel runs wherever AVX-512 runs on full-width units): `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, which otherwise runs
-//! as one wide GEMM between copies in and out of a `(C_out, N * OH*OW)` matrix (`batched.rs`,
-//! 7x7 and 4x4 maps) or as one GEMM per image (14x14).
+//! The forward and the input gradient of 1x1 convolutions over the whole batch, read and
+//! written in NCHW (AMD Zen 5, where it was measured; the kernel runs wherever AVX-512 runs on
+//! full-width units): `y[b, co, p] = sum_ci w[co, ci] * x[b, ci, p]` and `dx[b, ci, p] =
+//! sum_co w[co, ci] * dy[b, co, p]`, which otherwise run as one wide GEMM between copies in and
+//! out of a `(C, N * OH*OW)` matrix (`batched.rs`, 7x7 and 4x4 maps) or as one GEMM per image
+//! (14x14).
 //!
 //! The batch's columns `(b, p)` run image after image, in blocks of 3 vectors of 16. Per block
-//! and pass of 128 output channels, the block's `dy` columns are first packed into rows of 48
+//! and pass of 128 summed channels, the block's input columns are first packed into rows of 48
 //! values (a vector whose columns cross from image `b` into `b + 1` is read as two masked
 //! pieces, one per image; maps of at least 16 pixels make two enough), which then stay in L1
-//! while every 8 input channels in turn run in 24 accumulators: per output channel, 3 vector
-//! loads, 8 weights broadcast from their row of `w` (read where it lies), 24 FMAs. Between
-//! passes a block's sums wait in a buffer of the same rows; the last pass writes them into
-//! `dx`, again as masked pieces. Every value is one FMA chain over the output channels in
-//! order, whatever the passes, blocks and threads (docs/determinism.md).
+//! while every 8 output rows in turn run in 24 accumulators: per summed channel, 3 vector
+//! loads, 8 weights broadcast from `w` where they lie (consecutive in a row of `w` for the
+//! input gradient; for the forward one per row, `C_in` apart), 24 FMAs. Between passes a
+//! block's sums wait in a buffer of the same rows; the last pass writes them into the output,
+//! again as masked pieces. Every value is one FMA chain over the summed channels in order,
+//! whatever the passes, blocks and threads (docs/determinism.md). The forward's epilogue (a
+//! folded BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
 //! The same blocks run the products of the dense stride-2 input gradient's phases
-//! (`input_grad_phases.rs`), as one image of `N * OH*OW` columns. The forward through them
-//! (with `w` turned to `(ci, co)` first) was slower than the GEMM with its copies
-//! (docs/performance.md, "Measured slower").
+//! (`input_grad_phases.rs`), as one image of `N * OH*OW` columns.
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
@@ -128,6 +130,40 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     unsafe { transposed_product_into(w, (co, ci), dy, (batch, p), dx) }
 }
 
+/// True when `g`'s forward runs here: where its input gradient does ([`applies`]), less the
+/// 4x4 maps. `conv_passes`, wall clock of 2 threads, best of 7, 2 rounds, the GEMMs with their
+/// copies (`batched.rs` at 7x7, one per image at 14x14) -> the blocks: batch 16, (1024 -> 256)
+/// at 7x7 1.29-1.36 -> 0.90-0.91 ms, (256 -> 1024) 1.12-1.15 -> 0.91-0.92, (512 -> 256) at 14x14
+/// 1.86-1.89 -> 1.71-1.77, (256 -> 512) 1.92-1.95 -> 1.74-1.77, (512 -> 128) 0.98-0.99 ->
+/// 0.88-0.90; batch 32, (1024 -> 256) at 7x7 2.09-2.11 -> 1.88-1.99, (256 -> 1024) 1.91-2.11 ->
+/// 1.81-1.82. At 4x4 the blocks were slower at batch 16 ((2048 -> 512) 1.19-1.21 -> 1.24-1.26)
+/// and within 3% at batch 32: those keep the GEMM.
+pub fn forward_applies(g: &ConvGeometry) -> bool {
+    applies(g) && g.out_pixels() > 16
+}
+
+/// Forward of `g` (as [`forward_applies`] takes it): `y[b, co, q] = sum_ci w[co, ci] *
+/// x[b, ci, q]`, every value of `y` written, each one FMA chain over the input channels in
+/// order; then `then(b, y_b)` on each image's output, in parallel over the images.
+pub fn forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: super::forward::Epilogue<'_>,
+) {
+    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
+    assert!(fits(g), "pointwise_nchw: {g:?}");
+    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
+    assert_eq!(x.len(), batch * ci * p, "pointwise_nchw: input size");
+    assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
+    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`.
+    unsafe { forward_product_into(w, (ci, co), x, (batch, p), y) };
+    y.par_chunks_mut(co * p)
+        .enumerate()
+        .for_each(|(b, y_b)| then(b, y_b));
+}
+
 /// `dx[b, ci, q] = sum_co w[co, ci] * dy[b, co, q]` for `w` of `(C_out, C_in)` values
 /// (row-major), `dy` of `(batch, C_out, p)` and `dx` of `(batch, C_in, p)` (every value
 /// written), each value one FMA chain over `co` in order, in parallel over blocks of 3 column
@@ -138,6 +174,34 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// # Safety
 /// AVX-512F; `C_in` a multiple of 8; `p` at least 16 (or `batch` 1).
 pub(super) unsafe fn transposed_product_into(
+    w: &[f32],
+    (co, ci): (usize, usize),
+    dy: &[f32],
+    (batch, p): (usize, usize),
+    dx: &mut [f32],
+) {
+    products_into::<false>(w, (co, ci), dy, (batch, p), dx)
+}
+
+/// Forward of a 1x1 convolution through the same blocks: `y[b, co, q] = sum_ci w[co, ci] *
+/// x[b, ci, q]`, the weights read where they lie (a block's 8 weights of one input channel
+/// `C_in` apart).
+///
+/// # Safety
+/// As [`transposed_product_into`], with `C_out` a multiple of 8.
+pub(super) unsafe fn forward_product_into(
+    w: &[f32],
+    (ci, co): (usize, usize),
+    x: &[f32],
+    (batch, p): (usize, usize),
+    y: &mut [f32],
+) {
+    products_into::<true>(w, (ci, co), x, (batch, p), y)
+}
+
+/// [`transposed_product_into`] (`ROWS_APART` false: `w` is `(k, m)`) or
+/// [`forward_product_into`] (true: `w` is `(m, k)`).
+unsafe fn products_into<const ROWS_APART: bool>(
     w: &[f32],
     (co, ci): (usize, usize),
     dy: &[f32],
@@ -163,16 +227,23 @@ pub(super) unsafe fn transposed_product_into(
                 let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
                 for k0 in (0..co).step_by(KC) {
                     let kc = KC.min(co - k0);
-                    // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `dy` for every
-                    // channel below `co` (`Span::of`, p >= 16 or one image).
+                    // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `dy` for
+                    // every channel below `co` (`Span::of`, p >= 16 or one image).
                     unsafe { pack(dy.as_ptr().add(k0 * p), (ins, p), kc, panel) };
                     for m0 in (0..ci).step_by(ROWS) {
                         let args = Block {
                             panel: panel.as_ptr(),
                             kc,
-                            // SAFETY: row k0 < co, column m0 < ci of `w`.
-                            w: unsafe { w.as_ptr().add(k0 * ci + m0) },
-                            w_row: ci,
+                            // SAFETY: row k0 < co, column m0 < ci of `w` (or of its
+                            // transpose).
+                            w: unsafe {
+                                if ROWS_APART {
+                                    w.as_ptr().add(m0 * co + k0)
+                                } else {
+                                    w.as_ptr().add(k0 * ci + m0)
+                                }
+                            },
+                            w_row: if ROWS_APART { co } else { ci },
                             sums: sums[m0 * WIDTH..].as_mut_ptr(),
                             resume: k0 > 0,
                             last: k0 + kc == co,
@@ -186,9 +257,9 @@ pub(super) unsafe fn transposed_product_into(
                         // disjoint columns of `dx`.
                         unsafe {
                             match n {
-                                3 => block::<3>(&args, outs),
-                                2 => block::<2>(&args, outs),
-                                _ => block::<1>(&args, outs),
+                                3 => block::<3, ROWS_APART>(&args, outs),
+                                2 => block::<2, ROWS_APART>(&args, outs),
+                                _ => block::<1, ROWS_APART>(&args, outs),
                             }
                         }
                     }
@@ -256,7 +327,7 @@ struct Block {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
-unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
+unsafe fn block<const V: usize, const ROWS_APART: bool>(args: &Block, outs: &[Span]) {
     use std::arch::x86_64::*;
     let outs: &[Span; V] = outs.try_into().expect("a span per vector");
     let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
@@ -273,9 +344,13 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
         for v in 0..V {
             x[v] = _mm512_loadu_ps(row.add(v * LANES));
         }
-        let wk = args.w.add(k * args.w_row);
+        let (wk, wr) = if ROWS_APART {
+            (args.w.add(k), args.w_row)
+        } else {
+            (args.w.add(k * args.w_row), 1)
+        };
         for r in 0..ROWS {
-            let w = _mm512_set1_ps(*wk.add(r));
+            let w = _mm512_set1_ps(*wk.add(r * wr));
             for v in 0..V {
                 acc[r][v] = _mm512_fmadd_ps(w, x[v], acc[r][v]);
             }
@@ -306,7 +381,7 @@ unsafe fn block<const V: usize>(args: &Block, outs: &[Span]) {
 
 /// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block<const V: usize>(_: &Block, _: &[Span]) {
+unsafe fn block<const V: usize, const ROWS_APART: bool>(_: &Block, _: &[Span]) {
     unreachable!("pointwise_nchw runs only on x86-64")
 }
 
@@ -324,6 +399,66 @@ mod tests {
         (0..depth).fold(0.0f32, |acc, k| {
             a(k).mul_add(inp[(b * depth + k) * pixels + p], acc)
         })
+    }
+
+    /// The forward is each value's FMA chain over the input channels, bit for bit (the weights
+    /// read where they lie, `C_in` apart per output channel), on the input gradient's shapes
+    /// turned around (8 to 272 input channels, passes of 128 and a short last one; maps of 16
+    /// to 196 pixels, vectors inside an image and across two); the epilogue runs once on every
+    /// image; the same bits under pools of 1 and 3 threads.
+    #[test]
+    fn forward_is_the_plain_chain_bit_for_bit() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the kernel does not run on this CPU");
+            return;
+        }
+        for (batch, c_in, c_out, side) in [
+            (4, 8, 16, 4),
+            (3, 8, 24, 7),
+            (5, 272, 16, 8),
+            (2, 256, 8, 7),
+            (7, 136, 8, 5),
+            (2, 136, 256, 14),
+        ] {
+            let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
+                .expect("geometry");
+            assert!(fits(&g), "{g:?}");
+            let p = side * side;
+            let w = values(c_out * c_in, 4);
+            let x = values(batch * c_in * p, 5);
+            let run = || {
+                let mut y = vec![f32::NAN; batch * c_out * p];
+                let calls: Vec<std::sync::atomic::AtomicUsize> =
+                    (0..batch).map(|_| Default::default()).collect();
+                forward_into(&g, &x, &w, &mut y, &|b, y_b| {
+                    assert_eq!(y_b.len(), c_out * p);
+                    calls[b].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                });
+                for (b, c) in calls.iter().enumerate() {
+                    assert_eq!(c.load(std::sync::atomic::Ordering::Relaxed), 1, "image {b}");
+                }
+                y
+            };
+            let y = run();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let again = pool.install(run);
+                let differ = super::super::differing_bits(&y, &again);
+                assert_eq!(differ, 0, "{g:?}: {threads} threads");
+            }
+            for b in 0..batch {
+                for q in 0..p {
+                    for co in 0..c_out {
+                        let want = chain(|k| w[co * c_in + k], &x, (b, q, p, c_in));
+                        let got = y[(b * c_out + co) * p + q];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{g:?}: ({b}, {co}, {q})");
+                    }
+                }
+            }
+        }
     }
 
     /// The input gradient is each value's FMA chain over the output channels, bit for bit, for
