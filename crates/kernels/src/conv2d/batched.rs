@@ -9,8 +9,9 @@
 //! gradient are then each one wide GEMM on all threads (`(256, 2304, 784)` for ResNet-50's
 //! 7x7 3x3 conv at batch 16: 210 GFLOP/s here, against 170 for blocks of 6 images), at the
 //! price of copying the small maps in and out, in parallel. The input gradient of most 1x1
-//! layers runs `pointwise_nchw.rs` instead, without the copies, on AMD Zen 5, and that of the
-//! dense stride-2 layer with 7x7 outputs `input_grad_phases.rs`, without the columns.
+//! layers runs `pointwise_nchw.rs` instead, without the copies, on AMD Zen 5 (and so does their
+//! forward on 7x7 maps), and that of the dense stride-2 layers with 7x7 outputs (4x4 from
+//! batch 32) `input_grad_phases.rs`, without the columns.
 //!
 //! The weight gradient's summed dimension (`N * OH*OW`) is split by gemm into cache-sized
 //! blocks, never by thread: the sum runs in the same order for any thread count

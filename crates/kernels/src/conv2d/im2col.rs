@@ -103,6 +103,9 @@ pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_str
         }
         return;
     }
+    if out_pixels <= SMALL_MAP && kh * kw > 1 {
+        return small_map_rows(g, planes, &mut rows);
+    }
     // Strided reads go through the row phases when every phase is read (`splits_phases`).
     let mut phases = splits_phases(g).then(|| RowPhases::new(g));
     for plane in planes.chunks_exact(h * w) {
@@ -140,6 +143,50 @@ pub fn im2col_strided(g: &ConvGeometry, planes: &[f32], col: &mut [f32], row_str
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Output maps of at most this many pixels take [`small_map_rows`] (kernels larger than 1x1;
+/// a 1x1 stride-2 layer reads a quarter of its plane, and copying the plane first was slower).
+const SMALL_MAP: usize = 64;
+
+/// The strided im2col of small output maps: every tap row is gathered through a table of
+/// source offsets made once per call (the plane's values, then one zero for the padding),
+/// where the general path copies each output row's run of a few values on its own.
+fn small_map_rows<'a>(
+    g: &ConvGeometry,
+    planes: &[f32],
+    rows: &mut impl Iterator<Item = &'a mut [f32]>,
+) {
+    let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
+    let (h, w, oh, ow) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let plane_len = h * w;
+    // offsets[tap * OH*OW + j]: where tap row `tap`'s pixel `j` reads its plane, or
+    // `plane_len` (the zero after it) in the padding.
+    let mut offsets = Vec::with_capacity(kh * kw * oh * ow);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                    offsets.push(if iy < h && ix < w {
+                        iy * w + ix
+                    } else {
+                        plane_len
+                    });
+                }
+            }
+        }
+    }
+    let mut padded = vec![0.0f32; plane_len + 1];
+    for plane in planes.chunks_exact(plane_len) {
+        padded[..plane_len].copy_from_slice(plane);
+        for taps in offsets.chunks_exact(oh * ow) {
+            let Some(row) = rows.next() else { return };
+            for (d, &at) in row.iter_mut().zip(taps) {
+                *d = padded[at];
             }
         }
     }
@@ -387,6 +434,12 @@ mod tests {
             (5, 6, 5, 1, 2),
             (3, 2, 3, 3, 1),
             (8, 11, 5, 2, 2),
+            // Outputs of more than 64 pixels: the general strided path (`small_map_rows`
+            // takes the smaller ones).
+            (20, 22, 3, 2, 1),
+            (24, 19, 7, 2, 3),
+            (30, 25, 5, 3, 2),
+            (17, 19, 1, 2, 0),
         ] {
             let g = ConvGeometry::new(&[1, 2, h, w], &[1, 2, k, k], s, p, 1)?;
             let x: Vec<f32> = (0..g.in_unit_len())

@@ -1,6 +1,7 @@
 //! The input gradient of dense 3x3 stride-2 layers on small maps as four products over the
 //! whole batch, one per stride phase of the input, on AMD Zen 5 (where it was measured):
-//! ResNet-50's stride-2 layer from 14x14 to 7x7 at 112x112 input ([`applies`]).
+//! ResNet-50's stride-2 layer from 14x14 to 7x7 at 112x112 input, and from 7x7 to 4x4 from
+//! batch 32 ([`applies`]).
 //!
 //! The whole-batch path (`batched.rs`) computes every tap's columns, `W^T @ dY` with
 //! `9 * C_in` rows, then adds each column into its input pixel (col2im, which at stride 2 first
@@ -63,12 +64,13 @@ const PHASES: [Phase; 4] = [
 ];
 
 /// True when `g`'s input gradient runs here: dense 3x3, stride 2, padding 1, output maps of
-/// 17 to 64 pixels (the whole-batch path's, `batched.rs`, less the 4x4 maps), more than one
-/// image, on AMD Zen 5. `conv_passes`, CPU time of 2 threads, best of 5, 2 rounds, against the
-/// whole-batch path, with a gemm per tap: from 14x14 to 7x7 with 256 channels 9.56-9.71 ->
-/// 5.81-6.19 ms at batch 16, 15.98-16.16 -> 10.93-11.10 at batch 32; from 7x7 to 4x4 with 512
-/// channels 7.86-7.90 -> 8.45-8.55 at batch 16, and level (7.97-8.14 against 7.82-7.90) with
-/// the phases' products in blocks, so 4x4 maps stay there.
+/// 17 to 64 pixels (the whole-batch path's, `batched.rs`), and of 16 or fewer from batch 32,
+/// more than one image, on AMD Zen 5. `conv_passes`, CPU time of 2 threads, best of 5, 2
+/// rounds, against the whole-batch path, with a gemm per tap: from 14x14 to 7x7 with 256
+/// channels 9.56-9.71 -> 5.81-6.19 ms at batch 16, 15.98-16.16 -> 10.93-11.10 at batch 32;
+/// from 7x7 to 4x4 with 512 channels 7.86-7.90 -> 8.45-8.55 at batch 16. With the phases'
+/// products in blocks, wall clock, best of 7, 2-3 rounds, from 7x7 to 4x4: batch 16 3.97-4.04
+/// -> 4.23-4.26 ms (the whole-batch path kept), batch 32 12.88-13.39 -> 7.32-7.56.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.kernel_h == 3
@@ -76,7 +78,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.stride == 2
         && g.padding == 1
         && g.batch > 1
-        && g.out_pixels() > 16
+        && (g.out_pixels() > 16 || g.batch >= 32)
         && super::batched::applies(g)
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
 }
