@@ -17,8 +17,9 @@
 //! whatever the passes, blocks and threads (docs/determinism.md). The forward's epilogue (a
 //! folded BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
-//! The same blocks run the products of the dense stride-2 input gradient's phases
-//! (`input_grad_phases.rs`), as one image of `N * OH*OW` columns.
+//! The same blocks run the input gradient of 1x1 stride-2 layers (their products written to
+//! the pixels the layer reads, zeros elsewhere) and the products of the dense 3x3 stride-2
+//! input gradient's phases (`input_grad_phases.rs`, as one image of `N * OH*OW` columns).
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
@@ -43,6 +44,65 @@ pub fn applies(g: &ConvGeometry) -> bool {
     fits(g)
         && (g.out_pixels() <= 64 || g.in_channels >= 256)
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+}
+
+/// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
+/// unpadded layer (ResNet's downsampling projections) with output maps of 16 to 196 pixels,
+/// on AMD Zen 5. `conv_passes`, wall clock of 2 threads, best of 7, 2 rounds, against the GEMMs
+/// and col2im (`batched.rs` to 7x7 and 4x4, per image to 14x14): (1024 -> 2048) from 7x7 to 4x4
+/// 2.95-2.96 -> 2.85-2.86 ms at batch 16, 7.22-7.29 -> 5.35-5.40 at batch 32; (512 -> 1024)
+/// from 14x14 to 7x7 2.51-2.64 -> 2.13-2.16 and 5.45-5.56 -> 4.35-4.44; (256 -> 512) from 28x28
+/// to 14x14 at batch 16 2.74-2.86 -> 2.41-2.54.
+pub fn strided_applies(g: &ConvGeometry) -> bool {
+    g.kernel_h == 1
+        && g.kernel_w == 1
+        && g.stride == 2
+        && g.padding == 0
+        && g.groups == 1
+        && g.batch > 1
+        && (LANES..=196).contains(&g.out_pixels())
+        && g.in_channels.is_multiple_of(ROWS)
+        && g.out_channels.is_multiple_of(ROWS)
+        && super::select::avx512_full_width()
+        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+}
+
+/// Input gradient of a 1x1 stride-2 layer (as [`strided_applies`] takes it): the blocks'
+/// product `sum_co w[co, ci] * dy[b, co, q]` at every output pixel `q`, then written to the
+/// input pixel it read (`(2 oy, 2 ox)`), zeros at every other pixel.
+pub fn strided_input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
+    let (ow, h, w_in) = (g.out_w, g.in_h, g.in_w);
+    assert!(strided_applies(g), "pointwise_nchw: {g:?}");
+    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
+    assert_eq!(
+        dy.len(),
+        batch * co * p,
+        "pointwise_nchw: output gradient size"
+    );
+    assert_eq!(
+        dx.len(),
+        batch * ci * h * w_in,
+        "pointwise_nchw: input gradient size"
+    );
+    let mut sums = super::scratch::Scratch::take(batch * ci * p);
+    // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
+    // `p >= 16`.
+    unsafe { transposed_product_into(w, (co, ci), dy, (batch, p), &mut sums) };
+    let sums = &*sums;
+    dx.par_chunks_mut(h * w_in)
+        .zip(sums.par_chunks(p))
+        .for_each(|(plane, src)| {
+            for (y, row) in plane.chunks_exact_mut(w_in).enumerate() {
+                row.fill(0.0);
+                if y % 2 == 0 {
+                    let src_row = &src[(y / 2) * ow..][..ow];
+                    for (d, &v) in row.iter_mut().step_by(2).zip(src_row) {
+                        *d = v;
+                    }
+                }
+            }
+        });
 }
 
 /// True when the kernel can compute `g`'s input gradient on this CPU: a dense 1x1 stride-1
@@ -455,6 +515,67 @@ mod tests {
                         let want = chain(|k| w[co * c_in + k], &x, (b, q, p, c_in));
                         let got = y[(b * c_out + co) * p + q];
                         assert_eq!(got.to_bits(), want.to_bits(), "{g:?}: ({b}, {co}, {q})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stride-2 input gradient is, at every pixel a 1x1 stride-2 layer reads, that pixel's
+    /// FMA chain over the output channels, bit for bit, and zero at every other pixel; on even
+    /// and odd maps (7x7 to 4x4, 8x8 to 4x4, 14x14 to 7x7, 9x9 to 5x5), 8 to 136 channels; the
+    /// same bits under pools of 1 and 3 threads.
+    #[test]
+    fn strided_input_gradient_is_the_chain_at_the_read_pixels() {
+        if !super::super::select::avx512_full_width() {
+            eprintln!("skipped: the kernel does not run on this CPU");
+            return;
+        }
+        for (batch, c_in, c_out, side) in
+            [(3, 16, 8, 7), (2, 8, 136, 8), (2, 24, 16, 14), (5, 8, 8, 9)]
+        {
+            let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
+                .expect("geometry");
+            if super::super::select::cpu_kind() != super::super::select::CpuKind::Zen5Avx512 {
+                eprintln!("skipped: {g:?} runs elsewhere on this CPU");
+                return;
+            }
+            assert!(strided_applies(&g), "{g:?}");
+            let (o, p) = (g.out_w, g.out_pixels());
+            let w = values(c_out * c_in, 6);
+            let dy = values(batch * c_out * p, 7);
+            let run = || {
+                let mut dx = vec![f32::NAN; batch * c_in * side * side];
+                strided_input_grad_into(&g, &dy, &w, &mut dx);
+                dx
+            };
+            let dx = run();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let again = pool.install(run);
+                let differ = super::super::differing_bits(&dx, &again);
+                assert_eq!(differ, 0, "{g:?}: {threads} threads");
+            }
+            for b in 0..batch {
+                for ci in 0..c_in {
+                    for y in 0..side {
+                        for x in 0..side {
+                            let got = dx[((b * c_in + ci) * side + y) * side + x];
+                            let want = if y % 2 == 0 && x % 2 == 0 {
+                                let q = (y / 2) * o + x / 2;
+                                chain(|k| w[k * c_in + ci], &dy, (b, q, p, c_out))
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{g:?}: ({b}, {ci}, {y}, {x})"
+                            );
+                        }
                     }
                 }
             }
