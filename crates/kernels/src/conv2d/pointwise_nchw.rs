@@ -17,8 +17,9 @@
 //! whatever the passes, blocks and threads (docs/determinism.md). The forward's epilogue (a
 //! folded BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
-//! The same blocks run the input gradient of 1x1 stride-2 layers (their products written to
-//! the pixels the layer reads, zeros elsewhere) and the products of the dense 3x3 stride-2
+//! The same blocks run the forward and the input gradient of 1x1 stride-2 layers (the pixels
+//! the layer reads gathered first; the input gradient's products written to those pixels,
+//! zeros elsewhere) and the products of the dense 3x3 stride-2
 //! input gradient's phases (`input_grad_phases.rs`, as one image of `N * OH*OW` columns).
 
 use super::geometry::ConvGeometry;
@@ -65,6 +66,50 @@ pub fn strided_applies(g: &ConvGeometry) -> bool {
         && g.out_channels.is_multiple_of(ROWS)
         && super::select::avx512_full_width()
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+}
+
+/// True when `g`'s forward runs [`strided_forward_into`]: where its input gradient runs
+/// [`strided_input_grad_into`], less the 4x4 outputs (as for stride 1). `conv_passes`, wall
+/// clock of 2 threads, best of 7, 2 rounds, against the strided im2col, GEMM and copies: (512
+/// -> 1024) from 14x14 to 7x7 2.55-2.78 -> 2.11-2.12 ms at batch 16, 4.54-4.61 -> 4.17-4.19 at
+/// batch 32; (256 -> 512) from 28x28 to 14x14 2.28 -> 2.18-2.22 and 4.67-4.69 -> 4.54-4.56.
+pub fn strided_forward_applies(g: &ConvGeometry) -> bool {
+    strided_applies(g) && g.out_pixels() > 16
+}
+
+/// Forward of a 1x1 stride-2 layer (as [`strided_forward_applies`] takes it): the pixels the
+/// layer reads gathered into `(N, C_in, OH*OW)`, the blocks' products written to `y` (each
+/// value one FMA chain over the input channels in order), then `then(b, y_b)` per image.
+pub fn strided_forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    then: super::forward::Epilogue<'_>,
+) {
+    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
+    let (ow, w_in, plane) = (g.out_w, g.in_w, g.in_h * g.in_w);
+    assert!(strided_forward_applies(g), "pointwise_nchw: {g:?}");
+    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
+    assert_eq!(x.len(), batch * ci * plane, "pointwise_nchw: input size");
+    assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
+    let mut read = super::scratch::Scratch::take(batch * ci * p);
+    read.par_chunks_mut(p)
+        .zip(x.par_chunks(plane))
+        .for_each(|(dst, src)| {
+            for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                let src_row = &src[2 * oy * w_in..];
+                for (d, s) in row.iter_mut().zip(src_row.iter().step_by(2)) {
+                    *d = *s;
+                }
+            }
+        });
+    // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
+    // `p >= 16`.
+    unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
+    y.par_chunks_mut(co * p)
+        .enumerate()
+        .for_each(|(b, y_b)| then(b, y_b));
 }
 
 /// Input gradient of a 1x1 stride-2 layer (as [`strided_applies`] takes it): the blocks'
@@ -576,6 +621,60 @@ mod tests {
                                 "{g:?}: ({b}, {ci}, {y}, {x})"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stride-2 forward is, at every output pixel, the FMA chain over the input channels
+    /// of the pixel it reads, bit for bit (7x7 to 4x4 excluded: 9x9 to 5x5, 14x14 to 7x7, 10x10
+    /// to 5x5; 8 to 136 channels); the epilogue runs once per image; the same bits under pools
+    /// of 1 and 3 threads.
+    #[test]
+    fn strided_forward_is_the_chain_of_the_read_pixels() {
+        if super::super::select::cpu_kind() != super::super::select::CpuKind::Zen5Avx512 {
+            eprintln!("skipped: the kernel does not run on this CPU");
+            return;
+        }
+        for (batch, c_in, c_out, side) in [(3, 16, 8, 9), (2, 136, 8, 14), (2, 8, 24, 10)] {
+            let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
+                .expect("geometry");
+            assert!(strided_forward_applies(&g), "{g:?}");
+            let (o, p) = (g.out_w, g.out_pixels());
+            let w = values(c_out * c_in, 8);
+            let x = values(batch * c_in * side * side, 9);
+            let run = || {
+                let mut y = vec![f32::NAN; batch * c_out * p];
+                let calls: Vec<std::sync::atomic::AtomicUsize> =
+                    (0..batch).map(|_| Default::default()).collect();
+                strided_forward_into(&g, &x, &w, &mut y, &|b, _| {
+                    calls[b].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                });
+                assert!(calls
+                    .iter()
+                    .all(|c| c.load(std::sync::atomic::Ordering::Relaxed) == 1));
+                y
+            };
+            let y = run();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let again = pool.install(run);
+                let differ = super::super::differing_bits(&y, &again);
+                assert_eq!(differ, 0, "{g:?}: {threads} threads");
+            }
+            for b in 0..batch {
+                for co in 0..c_out {
+                    for q in 0..p {
+                        let at = (q / o) * 2 * side + (q % o) * 2;
+                        let want = (0..c_in).fold(0.0f32, |acc, k| {
+                            w[co * c_in + k].mul_add(x[(b * c_in + k) * side * side + at], acc)
+                        });
+                        let got = y[(b * c_out + co) * p + q];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{g:?}: ({b}, {co}, {q})");
                     }
                 }
             }
