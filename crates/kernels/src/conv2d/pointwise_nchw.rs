@@ -107,7 +107,12 @@ pub fn strided_forward_into(
     // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
     // `p >= 16`.
     unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
-    y.par_chunks_mut(co * p)
+    per_image(y, co * p, then);
+}
+
+/// `then(b, y_b)` on each image's output (`image_len` values), in parallel over the images.
+fn per_image(y: &mut [f32], image_len: usize, then: super::forward::Epilogue<'_>) {
+    y.par_chunks_mut(image_len)
         .enumerate()
         .for_each(|(b, y_b)| then(b, y_b));
 }
@@ -264,9 +269,7 @@ pub fn forward_into(
     assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
     // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`.
     unsafe { forward_product_into(w, (ci, co), x, (batch, p), y) };
-    y.par_chunks_mut(co * p)
-        .enumerate()
-        .for_each(|(b, y_b)| then(b, y_b));
+    per_image(y, co * p, then);
 }
 
 /// `dx[b, ci, q] = sum_co w[co, ci] * dy[b, co, q]` for `w` of `(C_out, C_in)` values
@@ -506,6 +509,21 @@ mod tests {
         })
     }
 
+    /// `run()`'s values, checked to be the same bits under rayon pools of 1 and 3 threads.
+    fn same_bits_under_pools(g: &ConvGeometry, run: impl Fn() -> Vec<f32> + Sync) -> Vec<f32> {
+        let values = run();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let again = pool.install(&run);
+            let differ = super::super::differing_bits(&values, &again);
+            assert_eq!(differ, 0, "{g:?}: {threads} threads");
+        }
+        values
+    }
+
     /// The forward is each value's FMA chain over the input channels, bit for bit (the weights
     /// read where they lie, `C_in` apart per output channel), on the input gradient's shapes
     /// turned around (8 to 272 input channels, passes of 128 and a short last one; maps of 16
@@ -544,16 +562,7 @@ mod tests {
                 }
                 y
             };
-            let y = run();
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
-                let again = pool.install(run);
-                let differ = super::super::differing_bits(&y, &again);
-                assert_eq!(differ, 0, "{g:?}: {threads} threads");
-            }
+            let y = same_bits_under_pools(&g, run);
             for b in 0..batch {
                 for q in 0..p {
                     for co in 0..c_out {
@@ -594,16 +603,7 @@ mod tests {
                 strided_input_grad_into(&g, &dy, &w, &mut dx);
                 dx
             };
-            let dx = run();
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
-                let again = pool.install(run);
-                let differ = super::super::differing_bits(&dx, &again);
-                assert_eq!(differ, 0, "{g:?}: {threads} threads");
-            }
+            let dx = same_bits_under_pools(&g, run);
             for b in 0..batch {
                 for ci in 0..c_in {
                     for y in 0..side {
@@ -656,16 +656,7 @@ mod tests {
                     .all(|c| c.load(std::sync::atomic::Ordering::Relaxed) == 1));
                 y
             };
-            let y = run();
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
-                let again = pool.install(run);
-                let differ = super::super::differing_bits(&y, &again);
-                assert_eq!(differ, 0, "{g:?}: {threads} threads");
-            }
+            let y = same_bits_under_pools(&g, run);
             for b in 0..batch {
                 for co in 0..c_out {
                     for q in 0..p {
@@ -706,18 +697,11 @@ mod tests {
             let p = side * side;
             let w = values(c_out * c_in, 2);
             let dy = values(batch * c_out * p, 3);
-            let mut dx = vec![f32::NAN; batch * c_in * p];
-            input_grad_into(&g, &dy, &w, &mut dx);
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
-                let mut again = vec![f32::NAN; dx.len()];
-                pool.install(|| input_grad_into(&g, &dy, &w, &mut again));
-                let differ = super::super::differing_bits(&dx, &again);
-                assert_eq!(differ, 0, "{g:?}: {threads} threads");
-            }
+            let dx = same_bits_under_pools(&g, || {
+                let mut dx = vec![f32::NAN; batch * c_in * p];
+                input_grad_into(&g, &dy, &w, &mut dx);
+                dx
+            });
             for b in 0..batch {
                 for q in 0..p {
                     for ci in 0..c_in {
