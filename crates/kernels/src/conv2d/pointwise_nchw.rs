@@ -55,16 +55,8 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// from 14x14 to 7x7 2.51-2.64 -> 2.13-2.16 and 5.45-5.56 -> 4.35-4.44; (256 -> 512) from 28x28
 /// to 14x14 at batch 16 2.74-2.86 -> 2.41-2.54.
 pub fn strided_applies(g: &ConvGeometry) -> bool {
-    g.kernel_h == 1
-        && g.kernel_w == 1
-        && g.stride == 2
-        && g.padding == 0
-        && g.groups == 1
-        && g.batch > 1
-        && (LANES..=196).contains(&g.out_pixels())
-        && g.in_channels.is_multiple_of(ROWS)
-        && g.out_channels.is_multiple_of(ROWS)
-        && super::select::avx512_full_width()
+    (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0)
+        && blocks_take(g)
         && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
 }
 
@@ -88,22 +80,19 @@ pub fn strided_forward_into(
     then: super::forward::Epilogue<'_>,
 ) {
     let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
-    let (ow, w_in, plane) = (g.out_w, g.in_w, g.in_h * g.in_w);
     assert!(strided_forward_applies(g), "pointwise_nchw: {g:?}");
     assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
-    assert_eq!(x.len(), batch * ci * plane, "pointwise_nchw: input size");
+    assert_eq!(
+        x.len(),
+        batch * g.in_unit_len(),
+        "pointwise_nchw: input size"
+    );
     assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
+    // Each image's im2col: for a 1x1 layer, its channels' read pixels, `(C_in, OH*OW)`.
     let mut read = super::scratch::Scratch::take(batch * ci * p);
-    read.par_chunks_mut(p)
-        .zip(x.par_chunks(plane))
-        .for_each(|(dst, src)| {
-            for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
-                let src_row = &src[2 * oy * w_in..];
-                for (d, s) in row.iter_mut().zip(src_row.iter().step_by(2)) {
-                    *d = *s;
-                }
-            }
-        });
+    read.par_chunks_mut(ci * p)
+        .enumerate()
+        .for_each(|(b, unit)| super::im2col::im2col(g, g.input_unit(x, b), unit));
     // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
     // `p >= 16`.
     unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
@@ -159,8 +148,13 @@ pub fn strided_input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut
 /// unpadded layer on maps of 16 to 196 pixels, channel counts multiples of 8, more than one
 /// image, AVX-512 on full-width units.
 fn fits(g: &ConvGeometry) -> bool {
-    g.is_pointwise()
-        && g.groups == 1
+    g.is_pointwise() && blocks_take(g)
+}
+
+/// What the blocks need of any layer they run: dense, more than one image, output maps of 16
+/// to 196 pixels, channel counts multiples of 8, AVX-512 on full-width units.
+fn blocks_take(g: &ConvGeometry) -> bool {
+    g.groups == 1
         && g.batch > 1
         && (LANES..=196).contains(&g.out_pixels())
         && g.in_channels.is_multiple_of(ROWS)
