@@ -14,7 +14,8 @@
 //! reads the padded planes at one fixed offset `ky * (W + 1) + kx` from the output position.
 //! Blocks of 4 output channels x 24 positions stay in 12 AVX registers while the loop runs over
 //! input channels and taps (1 of every `W + 1` positions lands on the zero column and is
-//! dropped).
+//! dropped). On AMD Zen 5 the groups too narrow for the wide kernel (4 and 8 output channels)
+//! run the same blocks with 16 positions per vector (`direct3x3_positions512.rs`), bit for bit.
 //!
 //! The input gradient of a stride-1 convolution is the same convolution of the output gradient
 //! with each group's weights transposed (input and output channels swapped) and the taps

@@ -140,6 +140,9 @@ impl<'a> GroupWeights<'a> {
                 }
                 _ => wide_kernel::<T, 1, 24, 8>(operands, (c_in, c_out), reads, filled),
             }
+        } else if super::direct3x3_positions512::applies(c_out, reads) {
+            // SAFETY: `applies` checked AVX-512 (Zen 5); the slices as for the AVX2 kernel.
+            super::direct3x3_positions512::unit_kernel(padded, w, out, (c_in, c_out), reads)
         } else {
             unit_kernel(padded, w, out, c_in, c_out, reads)
         }
