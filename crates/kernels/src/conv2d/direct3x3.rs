@@ -239,6 +239,16 @@ impl Plan {
         c_in: usize,
         c_out: usize,
     ) {
+        if super::direct3x3_positions512::weight_grad_applies(c_in) {
+            use super::direct3x3_positions512::unit_weight_grad as two_channels;
+            // SAFETY: `weight_grad_applies` checked Zen 5 (AVX-512F and DQ); the slices as
+            // for the AVX2 kernel, checked inside.
+            let operands = (padded, grads, dw);
+            return match self {
+                Self::Stride1(r) => two_channels(operands, (c_in, c_out), r),
+                Self::Stride2(r) => two_channels(operands, (c_in, c_out), r),
+            };
+        }
         match self {
             Self::Stride1(r) => unit_weight_grad(padded, grads, dw, c_in, c_out, r),
             Self::Stride2(r) => unit_weight_grad(padded, grads, dw, c_in, c_out, r),
@@ -661,6 +671,19 @@ unsafe fn unit_weight_grad<T: Taps>(
             }
         }
     }
+}
+
+/// The AVX2 weight-gradient kernel, for tests of its AVX-512 form.
+///
+/// # Safety
+/// As `unit_weight_grad`.
+#[cfg(test)]
+pub(super) unsafe fn unit_weight_grad_for_test<T: Taps>(
+    (padded, grads, dw): (&[f32], &[f32], &mut [f32]),
+    (c_in, c_out): (usize, usize),
+    reads: &Reads<T>,
+) {
+    unit_weight_grad(padded, grads, dw, c_in, c_out, reads)
 }
 
 /// Never called: [`applies`] is false off x86-64.

@@ -1,4 +1,4 @@
-//! `direct3x3.rs`'s unit kernel with 16 output positions per vector, for groups whose output
+//! `direct3x3.rs`'s unit kernels with 16 output positions per vector, for groups whose output
 //! channels are too few for the wide kernel's vectors across channels (`direct3x3_wide.rs`
 //! takes multiples of 16): ResNeXt's grouped layers with 4 and 8 channels per group, on its
 //! 28x28 and 14x14 maps at 112x112 input. Runs on AMD Zen 5 (`select.rs`, `CpuKind`), where it
@@ -12,6 +12,11 @@
 //! which it overwrites with the same values. Each value is the AVX2 kernel's chain of fused
 //! multiply-adds, input channels in order and the reads in order within one, from the same
 //! operands: the values equal its values bit for bit.
+//!
+//! The weight gradient ([`unit_weight_grad`]) keeps the AVX2 kernel's blocks of 4 output
+//! channels x 3 taps over vectors of 8 positions, with two input channels per register, one in
+//! each 256-bit half: each half sums as the AVX2 kernel's register does, so the gradients are
+//! its gradients bit for bit, at twice the multiply-adds per instruction.
 
 use super::direct3x3::{Reads, Taps};
 
@@ -127,6 +132,119 @@ unsafe fn channels<T: Taps, const C: usize>(
     unreachable!("the kernel runs only on x86-64")
 }
 
+/// True when the weight gradient of units with `c_in` input channels runs [`unit_weight_grad`]:
+/// an even number of them, on AMD Zen 5 (with AVX-512DQ, which every Zen 5 has).
+pub(super) fn weight_grad_applies(c_in: usize) -> bool {
+    c_in.is_multiple_of(2)
+        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && has_dq()
+}
+
+/// True when the CPU has AVX-512DQ (checked once).
+fn has_dq() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `direct3x3.rs`'s `unit_weight_grad` with two input channels per vector: each 256-bit half
+/// of a register holds one input channel's 8 lanes of positions, summed as the AVX2 kernel
+/// sums them (positions in order per lane, then the lanes in its fixed order), so every
+/// weight's gradient is its value bit for bit.
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512DQ; `padded` holds `c_in` planes of `reads.plane`
+/// values, `grads` `c_out` rows of `reads.positions` values (zero wherever no output pixel
+/// is), `dw` `c_out * c_in * 9` values; `c_out` a multiple of 4, `c_in` even, the positions a
+/// multiple of 8 (checked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+pub(super) unsafe fn unit_weight_grad<T: Taps>(
+    (padded, grads, dw): (&[f32], &[f32], &mut [f32]),
+    (c_in, c_out): (usize, usize),
+    reads: &Reads<T>,
+) {
+    use std::arch::x86_64::*;
+    const CHANNELS: usize = 4;
+    assert!(
+        padded.len() >= c_in * reads.plane
+            && grads.len() >= c_out * reads.positions
+            && dw.len() >= c_out * c_in * 9
+            && c_out.is_multiple_of(CHANNELS)
+            && c_in.is_multiple_of(2)
+            && reads.positions.is_multiple_of(8)
+            && T::COUNT == 9
+            && reads.in_bounds()
+    );
+    /// The AVX2 kernel's sum of 8 lanes, in its order.
+    #[inline(always)]
+    unsafe fn lane_sum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+    let (xp, gp) = (padded.as_ptr(), grads.as_ptr());
+    let (positions, plane, taps) = (reads.positions, reads.plane, reads.taps);
+    for co in (0..c_out).step_by(CHANNELS) {
+        for ci in (0..c_in).step_by(2) {
+            for ky in 0..3 {
+                let mut acc = [[_mm512_setzero_ps(); 3]; CHANNELS];
+                // SAFETY (all pointer reads below): q + 7 + offset < positions + offset <=
+                // plane inside planes `ci` and `ci + 1` (`in_bounds`); gradient rows hold
+                // `positions` values.
+                let (lo, hi) = (xp.add(ci * plane), xp.add((ci + 1) * plane));
+                let at = |i: usize| taps.offset(3 * ky + i);
+                let (l0, l1, l2) = (lo.add(at(0)), lo.add(at(1)), lo.add(at(2)));
+                let (h0, h1, h2) = (hi.add(at(0)), hi.add(at(1)), hi.add(at(2)));
+                for q in (0..positions).step_by(8) {
+                    let pair = |l: *const f32, h: *const f32| {
+                        _mm512_insertf32x8::<1>(
+                            _mm512_castps256_ps512(_mm256_loadu_ps(l.add(q))),
+                            _mm256_loadu_ps(h.add(q)),
+                        )
+                    };
+                    let xs = [pair(l0, h0), pair(l1, h1), pair(l2, h2)];
+                    for (j, acc_j) in acc.iter_mut().enumerate() {
+                        let gv = _mm512_broadcast_f32x8(_mm256_loadu_ps(
+                            gp.add((co + j) * positions + q),
+                        ));
+                        for (a, xv) in acc_j.iter_mut().zip(xs) {
+                            *a = _mm512_fmadd_ps(gv, xv, *a);
+                        }
+                    }
+                }
+                for (j, acc_j) in acc.iter().enumerate() {
+                    for (half, c) in [ci, ci + 1].into_iter().enumerate() {
+                        let at = ((co + j) * c_in + c) * 9;
+                        for (i, a) in acc_j.iter().enumerate() {
+                            let v = match half {
+                                0 => _mm512_castps512_ps256(*a),
+                                _ => _mm512_extractf32x8_ps::<1>(*a),
+                            };
+                            dw[at + taps.weight_tap(3 * ky + i)] += lane_sum(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`weight_grad_applies`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn unit_weight_grad<T: Taps>(
+    _: (&[f32], &[f32], &mut [f32]),
+    _: (usize, usize),
+    _: &Reads<T>,
+) {
+    unreachable!("the kernel runs only on x86-64")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_values_fine as values;
@@ -146,6 +264,47 @@ mod tests {
         }
         fn weight_tap(self, i: usize) -> usize {
             (i * 4) % 9
+        }
+    }
+
+    /// Every weight's gradient equals the AVX2 kernel's bit for bit (added to the same
+    /// starting values), for 2 to 8 input and 4 to 12 output channels.
+    #[test]
+    fn weight_grad_equals_the_avx2_kernel_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx512f")
+            || !has_dq()
+            || !super::super::direct3x3::cpu_supports()
+        {
+            eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
+            return;
+        }
+        for (c_in, c_out, row, positions) in [
+            (4, 4, 29, 816),
+            (8, 8, 15, 216),
+            (2, 12, 8, 72),
+            (6, 4, 6, 40),
+        ] {
+            let reads = Reads {
+                plane: positions + 2 * row + 2,
+                positions,
+                taps: RowTaps { row },
+            };
+            let padded = values(c_in * reads.plane, 3);
+            let grads = values(c_out * positions, 4);
+            let start = values(c_out * c_in * 9, 5);
+            let (mut want, mut got) = (start.clone(), start);
+            // SAFETY: the CPU checks above; the slices hold what the kernels read and write.
+            unsafe {
+                super::super::direct3x3::unit_weight_grad_for_test(
+                    (&padded, &grads, &mut want),
+                    (c_in, c_out),
+                    &reads,
+                );
+                unit_weight_grad((&padded, &grads, &mut got), (c_in, c_out), &reads);
+            }
+            for (k, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{c_in}->{c_out}: weight {k}");
+            }
         }
     }
 
