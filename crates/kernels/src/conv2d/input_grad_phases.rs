@@ -175,36 +175,48 @@ fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32], products
     // Each phase's sums, `(C_in, N * OH*OW)`, phase `(pr, pc)` at `(2 * pr + pc) * C_in * width`.
     let mut all_sums = Scratch::take(4 * c_in * width);
     let (h, w_in) = (g.in_h, g.in_w);
-    let mut slot = 0;
-    for phase in PHASES {
-        let (pr, pc) = phase.parity;
-        let (taps, block) = (phase.taps.len(), phase.taps[0].1);
-        // `A^T B` with `A = wq`'s slots of the phase (`taps * C_out` rows of `C_in`) and `B`
-        // the shifted output gradients it reads (`taps * C_out` rows of `width`).
-        let a = &wq[slot * c_out * c_in..][..taps * c_out * c_in];
-        let b = &shifted[block * len..][..taps * len];
-        let sums = &mut all_sums[(2 * pr + pc) * c_in * width..][..c_in * width];
-        match products {
-            // SAFETY: `Blocks` only where AVX-512F runs and C_in is a multiple of 8
-            // (`Products::fastest`, the tests); the sizes are those above.
-            Products::Blocks => unsafe {
-                super::pointwise_nchw::transposed_product_into(
-                    a,
-                    (taps * c_out, c_in),
-                    b,
-                    (1, width),
+    // Phase `(pr, pc)`'s sums are chunk `2 * pr + pc` of `all_sums`: `PHASES` is in that order.
+    assert!((0..4).all(|i| PHASES[i].parity == (i / 2, i % 2)));
+    // Each phase's first slot: the taps of the phases before it.
+    let first_slots: Vec<usize> = PHASES
+        .iter()
+        .scan(0, |slot, phase| {
+            let first = *slot;
+            *slot += phase.taps.len();
+            Some(first)
+        })
+        .collect();
+    // The four products at once (each parallel over its columns inside): one wait for all
+    // instead of one per phase, and the threads share the phases' unequal work.
+    all_sums
+        .par_chunks_mut(c_in * width)
+        .zip(PHASES.par_iter().zip(first_slots))
+        .for_each(|(sums, (phase, slot))| {
+            let (taps, block) = (phase.taps.len(), phase.taps[0].1);
+            // `A^T B` with `A = wq`'s slots of the phase (`taps * C_out` rows of `C_in`) and
+            // `B` the shifted output gradients it reads (`taps * C_out` rows of `width`).
+            let a = &wq[slot * c_out * c_in..][..taps * c_out * c_in];
+            let b = &shifted[block * len..][..taps * len];
+            match products {
+                // SAFETY: `Blocks` only where AVX-512F runs and C_in is a multiple of 8
+                // (`Products::fastest`, the tests); the sizes are those above.
+                Products::Blocks => unsafe {
+                    super::pointwise_nchw::transposed_product_into(
+                        a,
+                        (taps * c_out, c_in),
+                        b,
+                        (1, width),
+                        sums,
+                    )
+                },
+                Products::Gemm => matmul_by_columns_into(
                     sums,
-                )
-            },
-            Products::Gemm => matmul_by_columns_into(
-                sums,
-                false,
-                MatRef::with_strides(a, (c_in, taps * c_out), (1, c_in)),
-                MatRef::row_major(b, taps * c_out, width),
-            ),
-        }
-        slot += taps;
-    }
+                    false,
+                    MatRef::with_strides(a, (c_in, taps * c_out), (1, c_in)),
+                    MatRef::row_major(b, taps * c_out, width),
+                ),
+            }
+        });
     // dx[img][ci][2m + pr][2n + pc] is phase (pr, pc)'s sum at (m, n): each row of `dx` from
     // its two phases' rows, interleaved (a phase of an odd-sized map has a row or column more
     // than the map uses; it is not read).
