@@ -600,6 +600,21 @@ fn weight_grad_wide(
     }
 }
 
+/// The sum of a vector's 8 lanes, in the fixed order of the weight gradient's sums (the AVX-512
+/// form in `direct3x3_positions512.rs` sums each half of its registers with it, for the same
+/// bits): the two halves, then pairs, then the last two.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn lane_sum8(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+}
+
 /// Adds `sum_q grads[co][q] * padded[ci][q + offset(i)]` to `dw[co][ci][weight_tap(i)]` for
 /// every output channel, input channel and read `i` of `reads` (9 of them, taken three at a
 /// time: one kernel row), each sum over all `reads.positions` positions.
@@ -628,13 +643,6 @@ unsafe fn unit_weight_grad<T: Taps>(
             && T::COUNT == 9
             && reads.in_bounds()
     );
-    /// The sum of a vector's 8 lanes, in a fixed order.
-    #[inline(always)]
-    unsafe fn lane_sum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
-    }
     let (xp, gp) = (padded.as_ptr(), grads.as_ptr());
     let (positions, taps) = (reads.positions, reads.taps);
     for co in (0..c_out).step_by(CHANNEL_BLOCK) {
@@ -665,11 +673,31 @@ unsafe fn unit_weight_grad<T: Taps>(
                 for (j, acc_j) in acc.iter().enumerate() {
                     let at = ((co + j) * c_in + ci) * 9;
                     for (i, a) in acc_j.iter().enumerate() {
-                        dw[at + taps.weight_tap(3 * ky + i)] += lane_sum(*a);
+                        dw[at + taps.weight_tap(3 * ky + i)] += lane_sum8(*a);
                     }
                 }
             }
         }
+    }
+}
+
+/// A table of reads for the kernels' tests: stride 1 on rows of `row`, each read's weight tap
+/// not its index (the kernels must take each read's own tap).
+#[cfg(test)]
+#[derive(Clone, Copy)]
+pub(super) struct TestRowTaps {
+    /// Width of a row of positions.
+    pub row: usize,
+}
+
+#[cfg(test)]
+impl Taps for TestRowTaps {
+    const COUNT: usize = 9;
+    fn offset(self, i: usize) -> usize {
+        (i / 3) * self.row + i % 3
+    }
+    fn weight_tap(self, i: usize) -> usize {
+        (i * 4) % 9
     }
 }
 

@@ -18,6 +18,8 @@
 //! each 256-bit half: each half sums as the AVX2 kernel's register does, so the gradients are
 //! its gradients bit for bit, at twice the multiply-adds per instruction.
 
+#[cfg(target_arch = "x86_64")]
+use super::direct3x3::lane_sum8;
 use super::direct3x3::{Reads, Taps};
 
 /// f32 lanes of a vector.
@@ -181,13 +183,6 @@ pub(super) unsafe fn unit_weight_grad<T: Taps>(
             && T::COUNT == 9
             && reads.in_bounds()
     );
-    /// The AVX2 kernel's sum of 8 lanes, in its order.
-    #[inline(always)]
-    unsafe fn lane_sum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
-    }
     let (xp, gp) = (padded.as_ptr(), grads.as_ptr());
     let (positions, plane, taps) = (reads.positions, reads.plane, reads.taps);
     for co in (0..c_out).step_by(CHANNELS) {
@@ -226,7 +221,7 @@ pub(super) unsafe fn unit_weight_grad<T: Taps>(
                                 0 => _mm512_castps512_ps256(*a),
                                 _ => _mm512_extractf32x8_ps::<1>(*a),
                             };
-                            dw[at + taps.weight_tap(3 * ky + i)] += lane_sum(v);
+                            dw[at + taps.weight_tap(3 * ky + i)] += lane_sum8(v);
                         }
                     }
                 }
@@ -247,25 +242,9 @@ pub(super) unsafe fn unit_weight_grad<T: Taps>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct3x3::TestRowTaps as RowTaps;
     use super::super::test_values_fine as values;
     use super::*;
-
-    /// Reads on rows of `row`, each read's weight tap not its index (the kernel must take
-    /// each read's own tap).
-    #[derive(Clone, Copy)]
-    struct RowTaps {
-        row: usize,
-    }
-
-    impl Taps for RowTaps {
-        const COUNT: usize = 9;
-        fn offset(self, i: usize) -> usize {
-            (i / 3) * self.row + i % 3
-        }
-        fn weight_tap(self, i: usize) -> usize {
-            (i * 4) % 9
-        }
-    }
 
     /// Every weight's gradient equals the AVX2 kernel's bit for bit (added to the same
     /// starting values), for 2 to 8 input and 4 to 12 output channels.

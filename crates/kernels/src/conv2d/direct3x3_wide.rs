@@ -488,25 +488,9 @@ pub(super) unsafe fn unit_weight_grad_wide<T: Taps>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct3x3::TestRowTaps as RowTaps;
     use super::super::test_values_fine as values;
     use super::*;
-
-    /// A table of reads for the test: stride 1 on rows of `row`.
-    #[derive(Clone, Copy)]
-    struct RowTaps {
-        row: usize,
-    }
-
-    impl Taps for RowTaps {
-        const COUNT: usize = 9;
-        fn offset(self, i: usize) -> usize {
-            (i / 3) * self.row + i % 3
-        }
-        fn weight_tap(self, i: usize) -> usize {
-            // Not row-major: the kernels must take each read's own tap.
-            (i * 4) % 9
-        }
-    }
 
     /// The wide kernel writes what the AVX2 kernel writes, bit for bit, on every position it
     /// fills, for 16 to 64 output channels and fills that end on a block and between blocks.
