@@ -625,7 +625,7 @@ pub(super) unsafe fn lane_sum8(v: std::arch::x86_64::__m256) -> f32 {
 /// `c_out * c_in * 9` values; `c_out` is a multiple of [`CHANNEL_BLOCK`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unit_weight_grad<T: Taps>(
+pub(super) unsafe fn unit_weight_grad<T: Taps>(
     padded: &[f32],
     grads: &[f32],
     dw: &mut [f32],
@@ -691,6 +691,19 @@ pub(super) struct TestRowTaps {
 }
 
 #[cfg(test)]
+impl TestRowTaps {
+    /// `positions` output positions on rows of `row`, each channel's plane holding the
+    /// furthest read of the last position.
+    pub(super) fn reads(row: usize, positions: usize) -> Reads<Self> {
+        Reads {
+            plane: positions + 2 * row + 2,
+            positions,
+            taps: Self { row },
+        }
+    }
+}
+
+#[cfg(test)]
 impl Taps for TestRowTaps {
     const COUNT: usize = 9;
     fn offset(self, i: usize) -> usize {
@@ -701,22 +714,9 @@ impl Taps for TestRowTaps {
     }
 }
 
-/// The AVX2 weight-gradient kernel, for tests of its AVX-512 form.
-///
-/// # Safety
-/// As `unit_weight_grad`.
-#[cfg(test)]
-pub(super) unsafe fn unit_weight_grad_for_test<T: Taps>(
-    (padded, grads, dw): (&[f32], &[f32], &mut [f32]),
-    (c_in, c_out): (usize, usize),
-    reads: &Reads<T>,
-) {
-    unit_weight_grad(padded, grads, dw, c_in, c_out, reads)
-}
-
 /// Never called: [`applies`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn unit_weight_grad<T: Taps>(
+pub(super) unsafe fn unit_weight_grad<T: Taps>(
     _: &[f32],
     _: &[f32],
     _: &mut [f32],

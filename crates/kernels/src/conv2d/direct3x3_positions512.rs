@@ -263,21 +263,15 @@ mod tests {
             (2, 12, 8, 72),
             (6, 4, 6, 40),
         ] {
-            let reads = Reads {
-                plane: positions + 2 * row + 2,
-                positions,
-                taps: RowTaps { row },
-            };
+            let reads = RowTaps::reads(row, positions);
             let padded = values(c_in * reads.plane, 3);
             let grads = values(c_out * positions, 4);
             let start = values(c_out * c_in * 9, 5);
             let (mut want, mut got) = (start.clone(), start);
             // SAFETY: the CPU checks above; the slices hold what the kernels read and write.
             unsafe {
-                super::super::direct3x3::unit_weight_grad_for_test(
-                    (&padded, &grads, &mut want),
-                    (c_in, c_out),
-                    &reads,
+                super::super::direct3x3::unit_weight_grad(
+                    &padded, &grads, &mut want, c_in, c_out, &reads,
                 );
                 unit_weight_grad((&padded, &grads, &mut got), (c_in, c_out), &reads);
             }
@@ -305,11 +299,7 @@ mod tests {
             (8, 12, 6, 48),
             (3, 4, 15, 240),
         ] {
-            let reads = Reads {
-                plane: positions + 2 * row + 2,
-                positions,
-                taps: RowTaps { row },
-            };
+            let reads = RowTaps::reads(row, positions);
             let padded = values(c_in * reads.plane, 1);
             let w = values(c_out * c_in * 9, 2);
             let mut want = vec![f32::NAN; c_out * positions];

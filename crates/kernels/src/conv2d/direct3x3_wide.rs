@@ -512,11 +512,7 @@ mod tests {
             (4, 80, 8, 24),
         ] {
             let positions = 72;
-            let reads = Reads {
-                plane: positions + 2 * row + 2,
-                positions,
-                taps: RowTaps { row },
-            };
+            let reads = RowTaps::reads(row, positions);
             let padded = values(c_in * reads.plane, 1);
             let w = values(c_out * c_in * 9, 2);
             let mut want = vec![f32::NAN; c_out * positions];
@@ -565,11 +561,7 @@ mod tests {
             (2, 48, (5, 9, 9)),
         ] {
             let filled = h * row;
-            let reads = Reads {
-                plane: 72 + 2 * row + 2,
-                positions: 72,
-                taps: RowTaps { row },
-            };
+            let reads = RowTaps::reads(row, 72);
             let padded = values(c_in * reads.plane, 3);
             let dy = values(c_out * h * w, 4);
             let mut grads_t = vec![f32::NAN; filled * c_out];
