@@ -21,6 +21,7 @@ use crate::seeded_dropout::SeededDropout;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, Module, ModuleT, VarBuilder};
+use mtanet_kernels::EvalPacks;
 use serde::{Deserialize, Serialize};
 
 /// Output activation of the valence-arousal head.
@@ -334,9 +335,10 @@ impl MtaNet {
 
     /// The three task outputs where nothing is differentiated (evaluation, prediction): the
     /// values of `forward_t(x, false)`, bit for bit, with the backbone run by
-    /// [`ResNet::infer`], so no gradient reaches the backbone.
-    pub fn infer(&self, x: &Tensor) -> Result<MtaNetOutput> {
-        let (_, features) = self.features_via(x, false, ResNet::infer)?;
+    /// [`ResNet::infer`], so no gradient reaches the backbone. `packs`: an evaluation pass's
+    /// store of the packed weight layouts, as [`ResNet::infer`] takes it.
+    pub fn infer(&self, x: &Tensor, packs: Option<&EvalPacks>) -> Result<MtaNetOutput> {
+        let (_, features) = self.features_via(x, false, |net, x| net.infer(x, packs))?;
         self.head.heads(&features)
     }
 

@@ -7,7 +7,7 @@ use crate::conv2d_layer::{conv_no_bias, Conv2d, ConvSpec};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, DType, Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use mtanet_kernels::ParamGrads;
+use mtanet_kernels::{EvalPacks, ParamGrads};
 
 /// A backbone built from a [`ResNetConfig`]; `forward_t` returns the final feature map
 /// `(N, out_channels, h, w)` (no pooling, no classifier).
@@ -111,10 +111,15 @@ impl ResNet {
     /// reused from block to block (`mtanet_kernels::bottlenecks_infer`), so no layer's output
     /// is cleared before it is written or kept until the forward ends; otherwise they run as in
     /// `forward_t` and the result is detached.
-    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+    ///
+    /// `packs`: an evaluation pass's store of the layouts the convolution kernels derive from
+    /// the weights (`mtanet_kernels::EvalPacks`), to pack them on the pass's first batch only;
+    /// the weights must not change while it is kept (an error where they did). `None` packs
+    /// them at every call. The same values either way.
+    pub fn infer(&self, x: &Tensor, packs: Option<&EvalPacks>) -> Result<Tensor> {
         let mut x = self.stem_t(x, false)?;
         let blocks: Vec<&Bottleneck> = self.stages.iter().flatten().collect();
-        if let Some(y) = infer_in_one_pass(&x, &blocks)? {
+        if let Some(y) = infer_in_one_pass(&x, &blocks, packs)? {
             return Ok(y);
         }
         for block in blocks {
@@ -126,7 +131,11 @@ impl ResNet {
 
 /// `blocks` on `x` through `mtanet_kernels::bottlenecks_infer`, or `None` where that pass does
 /// not run them.
-fn infer_in_one_pass(x: &Tensor, blocks: &[&Bottleneck]) -> Result<Option<Tensor>> {
+fn infer_in_one_pass(
+    x: &Tensor,
+    blocks: &[&Bottleneck],
+    packs: Option<&EvalPacks>,
+) -> Result<Option<Tensor>> {
     if !(x.device().is_cpu() && x.dtype() == DType::F32) {
         // Never the pass: skip folding every BatchNorm for it.
         return Ok(None);
@@ -141,7 +150,7 @@ fn infer_in_one_pass(x: &Tensor, blocks: &[&Bottleneck]) -> Result<Option<Tensor
         .map(|(b, p)| b.infer_stages(p))
         .collect();
     match stages.filter(|s| mtanet_kernels::bottlenecks_infer_applies(x, s)) {
-        Some(stages) => mtanet_kernels::bottlenecks_infer(x, &stages).map(Some),
+        Some(stages) => mtanet_kernels::bottlenecks_infer(x, &stages, packs).map(Some),
         None => Ok(None),
     }
 }
@@ -277,7 +286,22 @@ mod tests {
             let x = Tensor::randn(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu)?;
             net.forward_t(&(&x * 2.0)?, true)?;
             let eval = net.forward_t(&x, false)?;
-            let inferred = net.infer(&x)?;
+            let inferred = net.infer(&x, None)?;
+            // Twice with one evaluation pass's store: the same bits as without.
+            let packs = mtanet_kernels::EvalPacks::new();
+            for _ in 0..2 {
+                let kept = net
+                    .infer(&x, Some(&packs))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let plain = inferred.flatten_all()?.to_vec1::<f32>()?;
+                let differ = kept
+                    .iter()
+                    .zip(&plain)
+                    .filter(|(p, q)| p.to_bits() != q.to_bits());
+                assert_eq!(differ.count(), 0, "{kind}: with the pass's store");
+            }
+            assert!(packs.layers() > 0, "{kind}: the store was used");
             assert!(eval.track_op(), "{kind}: eval mode is differentiable");
             assert!(!inferred.track_op(), "{kind}: infer has no gradient");
             let (a, b) = (

@@ -20,6 +20,7 @@
 use crate::cbam_eval::{cbam_join_values, plan_cbam, CbamPlan};
 use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_affine::{forward_values_into, RowPool};
+use crate::eval_packs::EvalPacks;
 use crate::fused_operands::{cpu_f32, cpu_values};
 use crate::gate::channel_gate_add_relu_in_place;
 use crate::gate_mlp::{mlp_forward, sigmoid_in_place, MlpParams};
@@ -98,7 +99,15 @@ pub fn bottlenecks_infer_applies(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]
 /// CBAM gate, those of `conv_affine_eval` and `cbam_add_relu_eval`. The result is a new tensor
 /// with no gradient (see the module doc).
 /// f32 on the CPU only ([`bottlenecks_infer_applies`]).
-pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Result<Tensor> {
+///
+/// With an [`EvalPacks`] (one per evaluation pass, while the weights stay the same), the
+/// layouts the convolution kernels derive from each weight are kept there for the pass's next
+/// batches: the same values, packed once. An error where a weight changed while kept.
+pub fn bottlenecks_infer(
+    x: &Tensor,
+    blocks: &[BottleneckEvalStages<'_>],
+    packs: Option<&EvalPacks>,
+) -> Result<Tensor> {
     if blocks.is_empty() {
         bail!("bottlenecks_infer: no blocks")
     }
@@ -151,20 +160,34 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
     let mut held: Option<Scratch> = None;
     for (block, (main, downsample, gate)) in blocks.iter().zip(&planned) {
         let block_in: &[f32] = held.as_deref().unwrap_or(&xv);
-        let h1 = stage(&main[0], &block.main[0], block_in, None, true, None)?;
-        let h2 = stage(&main[1], &block.main[1], &h1, None, true, None)?;
+        let h1 = stage(
+            &main[0],
+            &block.main[0],
+            block_in,
+            None,
+            true,
+            (None, packs),
+        )?;
+        let h2 = stage(&main[1], &block.main[1], &h1, None, true, (None, packs))?;
         drop(h1);
         let projected = match (downsample, &block.downsample) {
-            (Some(g), Some(s)) => Some(stage(g, s, block_in, None, false, None)?),
+            (Some(g), Some(s)) => Some(stage(g, s, block_in, None, false, (None, packs))?),
             _ => None,
         };
         let shortcut = projected.as_deref().unwrap_or(block_in);
         let y = match gate {
-            None => stage(&main[2], &block.main[2], &h2, Some(shortcut), true, None)?,
+            None => stage(
+                &main[2],
+                &block.main[2],
+                &h2,
+                Some(shortcut),
+                true,
+                (None, packs),
+            )?,
             Some(PlannedGate::SqueezeExcite { mlp, reduced }) => {
                 let g = &main[2];
                 let pool = RowPool::new(g.batch * g.out_channels, false);
-                let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
+                let z = stage(g, &block.main[2], &h2, None, false, (Some(&pool), packs))?;
                 // The parameters read in place, as `stage` reads its weight.
                 let guards = mlp.tensors().map(|t| t.storage_and_layout());
                 let names = [
@@ -187,7 +210,7 @@ pub fn bottlenecks_infer(x: &Tensor, blocks: &[BottleneckEvalStages<'_>]) -> Res
             Some(PlannedGate::Cbam(plan)) => {
                 let g = &main[2];
                 let pool = RowPool::new(g.batch * g.out_channels, true);
-                let z = stage(g, &block.main[2], &h2, None, false, Some(&pool))?;
+                let z = stage(g, &block.main[2], &h2, None, false, (Some(&pool), packs))?;
                 let pooled = pool.into_values();
                 let dims = (g.batch, g.out_channels, g.out_pixels());
                 let (ps, pl) = plan.packed.storage_and_layout();
@@ -263,14 +286,15 @@ fn geometry(
 }
 
 /// One stage's output in a pooled buffer: `relu?(conv(input) * scale + shift (+ shortcut))`,
-/// and with a [`RowPool`] the mean (and maximum) of each (image, channel) row of it.
+/// and with a [`RowPool`] the mean (and maximum) of each (image, channel) row of it; the
+/// weight's layouts kept in `packs` where given.
 fn stage(
     g: &ConvGeometry,
     s: &ConvAffineStage<'_>,
     input: &[f32],
     shortcut: Option<&[f32]>,
     relu: bool,
-    pool: Option<&RowPool>,
+    (pool, packs): (Option<&RowPool>, Option<&EvalPacks>),
 ) -> Result<Scratch> {
     let read = |t: &Tensor, what: &str| -> Result<Vec<f32>> {
         let (storage, layout) = t.storage_and_layout();
@@ -279,11 +303,12 @@ fn stage(
     let (scale, shift) = (read(s.scale, "scale")?, read(s.shift, "shift")?);
     let (ws, wl) = s.conv_weight.storage_and_layout();
     let w = cpu_values("bottlenecks_infer", &ws, wl, "conv weight")?;
+    let layer = packs.map(|p| p.layer(s.conv_weight, &w)).transpose()?;
     let mut y = Scratch::take(g.batch * g.out_channels * g.out_pixels());
     forward_values_into(
         g,
         input,
-        &w,
+        (&w, layer.as_deref()),
         (&scale, &shift),
         shortcut,
         relu,
@@ -349,7 +374,8 @@ mod tests {
     }
 
     /// Two blocks (the first strided, grouped and downsampled, the second the identity
-    /// shortcut) give the separate eval ops' values bit for bit, as a tensor without gradient.
+    /// shortcut) give the separate eval ops' values bit for bit, as a tensor without gradient,
+    /// also with an [`EvalPacks`] kept over two calls.
     #[test]
     fn a_chain_equals_the_separate_eval_ops() -> Result<()> {
         let x = t(&[2, 8, 10, 10], 1, 1.0);
@@ -399,9 +425,16 @@ mod tests {
             want =
                 conv_affine_add_relu_eval(&h2, s.conv_weight, s.scale, s.shift, &shortcut, s.conv)?;
         }
-        let got = bottlenecks_infer(&x, &blocks)?;
+        let got = bottlenecks_infer(&x, &blocks, None)?;
         assert!(!got.track_op());
-        assert_same_bits(&got, &want)
+        assert_same_bits(&got, &want)?;
+        // Twice with one store for the pass: a store per convolution, the same bits.
+        let packs = EvalPacks::new();
+        for _ in 0..2 {
+            assert_same_bits(&bottlenecks_infer(&x, &blocks, Some(&packs))?, &want)?;
+        }
+        assert_eq!(packs.layers(), 7);
+        Ok(())
     }
 
     /// A block with a squeeze-excite gate equals the eval ops with the gate composed of
@@ -449,7 +482,7 @@ mod tests {
         let h1 = run(&block.main[0], &x, true)?;
         let z = run(&block.main[2], &run(&block.main[1], &h1, true)?, false)?;
         let want = crate::channel_gate_add_relu(&z, &gate(&crate::spatial_mean(&z)?)?, &x)?;
-        assert_same_bits(&bottlenecks_infer(&x, &[block])?, &want)?;
+        assert_same_bits(&bottlenecks_infer(&x, &[block], None)?, &want)?;
         let narrow = expand_b.narrow(0, 0, 8)?;
         let wrong = GateMlp {
             expand_bias: &narrow,
@@ -459,7 +492,9 @@ mod tests {
             gate: Some(EvalGate::SqueezeExcite(wrong)),
             ..block
         };
-        let err = bottlenecks_infer(&x, &[block]).unwrap_err().to_string();
+        let err = bottlenecks_infer(&x, &[block], None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("block 0's squeeze-excite gate: gate MLP over 16 channels"),
             "{err}"
@@ -492,7 +527,7 @@ mod tests {
                 downsample: None,
                 gate: None,
             };
-            bottlenecks_infer(&x, &[b, b])
+            bottlenecks_infer(&x, &[b, b], None)
         };
         assert!(block("ok").is_ok());
         let err = block("short").unwrap_err().to_string();
@@ -500,7 +535,7 @@ mod tests {
             err.contains("block 0's conv2 scale and shift must hold 8 values"),
             "{err}"
         );
-        let err = bottlenecks_infer(&x, &[]).unwrap_err().to_string();
+        let err = bottlenecks_infer(&x, &[], None).unwrap_err().to_string();
         assert!(err.contains("no blocks"), "{err}");
         // 16 output channels over an 8-channel input with no downsample to match them.
         let wide = stage_tensors(&[16, 8, 1, 1], 40);
@@ -513,7 +548,7 @@ mod tests {
             downsample: None,
             gate: None,
         };
-        let err = bottlenecks_infer(&x, &[b]).unwrap_err().to_string();
+        let err = bottlenecks_infer(&x, &[b], None).unwrap_err().to_string();
         assert!(
             err.contains("block 0's shortcut [1, 8, 6, 6] for output [1, 16, 6, 6]"),
             "{err}"

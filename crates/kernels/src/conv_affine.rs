@@ -22,7 +22,7 @@
 //! common case, never asks for it.
 
 use crate::conv2d::storage::dense_f32;
-use crate::conv2d::{self, ConvGeometry};
+use crate::conv2d::{self, ConvGeometry, WeightPacks};
 use crate::fused_operands::fused_conv_geometry;
 use crate::profile::{conv_label, timed};
 use crate::spatial_pool::{row_max, row_mean};
@@ -125,7 +125,7 @@ fn forward_values(
     relu: bool,
 ) -> Vec<f32> {
     let mut y = conv2d::zeroed(g.batch * g.out_channels * g.out_pixels());
-    forward_values_into(g, x, w, affine, shortcut, relu, (&mut y, None));
+    forward_values_into(g, x, (w, None), affine, shortcut, relu, (&mut y, None));
     y
 }
 
@@ -173,11 +173,12 @@ impl RowPool {
 
 /// [`forward_values`] into `y` (`N * C_out * OH*OW` values, every one overwritten, so a reused
 /// buffer needs no clearing). With a [`RowPool`], also the mean (and the maximum) of each
-/// (image, channel) row of the output, taken in the epilogue while the row is in cache.
+/// (image, channel) row of the output, taken in the epilogue while the row is in cache. With
+/// the layer's [`WeightPacks`] beside `w`, the weight layouts the kernels derive are kept there.
 pub(crate) fn forward_values_into(
     g: &ConvGeometry,
     x: &[f32],
-    w: &[f32],
+    w: (&[f32], Option<&WeightPacks>),
     (scale, shift): (&[f32], &[f32]),
     shortcut: Option<&[f32]>,
     relu: bool,
@@ -224,7 +225,9 @@ pub(crate) fn forward_values_into(
             },
         )
     };
-    timed(label, || conv2d::forward_into_then(g, x, w, y, &epilogue));
+    timed(label, || {
+        conv2d::forward_packed_into_then(g, x, w, y, &epilogue)
+    });
 }
 
 /// Gradients of [`forward_values`]: with `g' = dy` where the output passed the ReLU (all of

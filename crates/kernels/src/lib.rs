@@ -37,6 +37,7 @@ mod conv_affine;
 mod conv_bn;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod eval_packs;
 mod fused_operands;
 mod gate;
 mod gate_mlp;
@@ -64,6 +65,7 @@ pub use cbam_eval::{cbam_add_relu_eval, cbam_eval_applies, CbamEval};
 pub use conv2d::{conv2d, Conv2d, Conv2dInputGrad, Conv2dWeightGrad, ConvGeometry};
 pub use conv_affine::{conv_affine_add_relu_eval, conv_affine_eval};
 pub use conv_bn::{conv_bn_add_relu_train, conv_bn_applies, conv_bn_train, ConvParams};
+pub use eval_packs::EvalPacks;
 pub use gate::{
     channel_gate, channel_gate_add_relu, channel_max_mean, spatial_gate, spatial_gate_add_relu,
 };

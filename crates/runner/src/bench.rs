@@ -26,6 +26,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, Precision, ResNetConfig};
+use mtanet_kernels::EvalPacks;
 use mtanet_losses::{AuReduction, LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
@@ -243,8 +244,11 @@ pub fn measure(
         print_step_profile(steps.max(1), phase_sums);
     }
 
+    // The eval forwards are one evaluation pass: the weights are packed in its first (untimed)
+    // call, as `evaluate` packs them on a loader's first batch.
+    let packs = EvalPacks::new();
     let mut eval_step = || -> anyhow::Result<()> {
-        w.eval_step()?;
+        w.eval_step(&packs)?;
         Ok(())
     };
     let macs_before = mtanet_kernels::conv2d::forward_macs();
@@ -624,9 +628,10 @@ impl Workload {
         )
     }
 
-    /// One eval step on the batch.
-    pub fn eval_step(&self) -> anyhow::Result<HostOutputs> {
-        Ok(eval_step(&self.model, &self.images)?)
+    /// One eval step on the batch, in the evaluation pass whose store of packed weight layouts
+    /// is `packs`.
+    pub fn eval_step(&self, packs: &EvalPacks) -> anyhow::Result<HostOutputs> {
+        Ok(eval_step(&self.model, &self.images, packs)?)
     }
 }
 

@@ -37,6 +37,7 @@ use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
 use super::scratch::Scratch;
+use super::weight_packs::{packed, PackKind, WeightPacks};
 use rayon::prelude::*;
 
 /// Output channels per vector.
@@ -135,16 +136,18 @@ impl Dims {
 }
 
 /// Forward pass into `y` (every value written), then `then(image, y_image)` on each image's
-/// output once it is complete.
+/// output once it is complete; the packed weights from `packs` where given (`weight_packs.rs`).
 pub(super) fn forward_into(
     g: &ConvGeometry,
     x: &[f32],
-    w: &[f32],
+    (w, packs): (&[f32], Option<&WeightPacks>),
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
     assert!(forward_fits(g), "direct3x3_dense: {g:?} does not fit");
-    let packed = pack_forward(w, g.in_channels, g.out_channels);
+    let packed = packed(packs, PackKind::Dense, || {
+        pack_forward(w, g.in_channels, g.out_channels)
+    });
     convolve(&Dims::of(g), x, &packed, y, then);
 }
 
@@ -508,7 +511,7 @@ mod tests {
             let wt = values(c_out * c_in * 9, 11);
             let mut y = vec![f32::NAN; g.units() * g.out_unit_len()];
             let seen = std::sync::Mutex::new(Vec::new());
-            forward_into(&g, &x, &wt, &mut y, &|n, y_n| {
+            forward_into(&g, &x, (&wt, None), &mut y, &|n, y_n| {
                 assert!(y_n.iter().all(|v| v.is_finite()));
                 seen.lock().unwrap().push(n);
             });

@@ -9,6 +9,7 @@ use super::scratch::with_columns;
 use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
+use super::weight_packs::WeightPacks;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,6 +50,19 @@ pub fn forward_into_then(
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
+    forward_packed_into_then(g, x, (w, None), y, then)
+}
+
+/// [`forward_into_then`] with, where the weights stay the same from call to call, the layer's
+/// [`WeightPacks`]: the layouts the kernels derive from `w` are then taken from there (derived
+/// and kept there on the first call). The same values either way.
+pub fn forward_packed_into_then(
+    g: &ConvGeometry,
+    x: &[f32],
+    (w, packs): (&[f32], Option<&WeightPacks>),
+    y: &mut [f32],
+    then: Epilogue<'_>,
+) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.group_out_channels());
     assert_eq!(
         y.len(),
@@ -60,10 +74,10 @@ pub fn forward_into_then(
         return super::stem_direct::forward_into(g, x, w, y, then);
     }
     if direct_dense(g, Pass::Forward) {
-        return super::direct3x3_dense::forward_into(g, x, w, y, then);
+        return super::direct3x3_dense::forward_into(g, x, (w, packs), y, then);
     }
     if let Some(tile) = winograd_tile(g, Pass::Forward) {
-        return super::winograd::forward_into(tile, g, x, w, y, then);
+        return super::winograd::forward_into(tile, g, x, (w, packs), y, then);
     }
     if direct_3x3(g, Pass::Forward) {
         return super::direct3x3::forward_into(g, x, w, y, then);

@@ -42,6 +42,7 @@ mod select;
 mod stem_direct;
 pub(crate) mod storage;
 mod weight_grad;
+mod weight_packs;
 mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod winograd_lanes;
@@ -54,11 +55,13 @@ pub use select::{
     CpuKind, Pass,
 };
 pub use weight_grad::Conv2dWeightGrad;
+pub use weight_packs::WeightPacks;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.
 pub(crate) use {
-    forward::forward, forward::forward_into_then, input_grad::input_grad,
-    input_grad::input_grad_into, scratch::zeroed, scratch::Scratch, weight_grad::weight_grad,
+    forward::forward, forward::forward_into_then, forward::forward_packed_into_then,
+    input_grad::input_grad, input_grad::input_grad_into, scratch::zeroed, scratch::Scratch,
+    weight_grad::weight_grad,
 };
 
 use candle_core::{DType, Result, Tensor};

@@ -56,6 +56,7 @@ use super::forward::Epilogue;
 use super::geometry::ConvGeometry;
 use super::matmul::{matmul, MatRef};
 use super::scratch::{with_columns, Scratch};
+use super::weight_packs::{packed, PackKind, WeightPacks};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -537,16 +538,18 @@ fn output_map<const M: usize, const A: usize, C: Coefs<A, M>>(
 fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
     p: &Plan,
     x: &[f32],
-    w: &[f32],
+    (w, packs): (&[f32], Option<&WeightPacks>),
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if lanes_here() {
-        return super::winograd_lanes::forward_plan::<M, A, W>(p, x, w, y, then);
+        return super::winograd_lanes::forward_plan::<M, A, W>(p, x, (w, packs), y, then);
     }
     let (c_in, c_out, tiles, pixels) = (p.c_in, p.c_out, p.tiles(), p.pixels());
-    let u = transform_weights::<M, A, W>(w, c_out, c_in);
+    let u = packed(packs, PackKind::Winograd { a: A }, || {
+        transform_weights::<M, A, W>(w, c_out, c_in)
+    });
     let image_len = c_out * pixels;
     let band = c_out.div_ceil(8).max(1);
     for (b0, images) in p.blocks() {
@@ -645,12 +648,13 @@ fn plan(g: &ConvGeometry, m: usize) -> Plan {
 }
 
 /// Forward pass of `g` (dense 3x3, stride 1, padding 1) into `y` (every value overwritten),
-/// then `then(image, y_image)` once per image after that image's output is final.
+/// then `then(image, y_image)` once per image after that image's output is final; the
+/// transformed filters from the layer's [`WeightPacks`] where given (`weight_packs.rs`).
 pub fn forward_into(
     tile: Tile,
     g: &ConvGeometry,
     x: &[f32],
-    w: &[f32],
+    w: (&[f32], Option<&WeightPacks>),
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
@@ -680,8 +684,8 @@ pub fn input_grad_into(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: 
     let none: Epilogue<'_> = &|_, _| {};
     let swapped = |m| Plan::new(m, g.batch, c_out, c_in, g.in_h, g.in_w);
     match tile {
-        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, &flipped, dx, none),
-        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, &flipped, dx, none),
+        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, (&flipped, None), dx, none),
+        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, (&flipped, None), dx, none),
     }
 }
 

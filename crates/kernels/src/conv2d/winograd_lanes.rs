@@ -29,6 +29,7 @@ use super::forward::Epilogue;
 use super::matmul::{matmul, matmul_strided, MatRef};
 use super::schedule::SharedOutput;
 use super::scratch::{with_columns, Scratch};
+use super::weight_packs::{packed, PackKind, WeightPacks};
 use super::winograd::{Coefs, Plan, Winograd};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -456,12 +457,14 @@ unsafe fn filters_adjoint<const A: usize, Gt: Coefs<A, 3>>(
 pub(super) fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
     p: &Plan,
     x: &[f32],
-    w: &[f32],
+    (w, packs): (&[f32], Option<&WeightPacks>),
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
     let (c_in, c_out, tiles, pixels) = (p.c_in, p.c_out, p.tiles(), p.pixels());
-    let u = transform_weights::<M, A, W>(w, c_out, c_in);
+    let u = packed(packs, PackKind::WinogradLanes { a: A }, || {
+        transform_weights::<M, A, W>(w, c_out, c_in)
+    });
     let image_len = c_out * pixels;
     for (b0, images) in p.blocks() {
         let t_blk = images * tiles;

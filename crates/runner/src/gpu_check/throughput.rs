@@ -98,8 +98,9 @@ pub fn bench_point(
         opts.profile_timed_steps,
         &mut train_step,
     )?;
+    let packs = mtanet_kernels::EvalPacks::new();
     let mut eval_step = || -> anyhow::Result<()> {
-        w.eval_step()?;
+        w.eval_step(&packs)?;
         Ok(())
     };
     let eval_s = median_seconds(dev, steps, warmup, false, &mut eval_step)?;

@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use mtanet_affwild2::{load_frame, AugmentDraw, DataError, Preprocess};
+use mtanet_kernels::EvalPacks;
 
 use super::{FrameOutput, PredictError};
 use crate::build::model::preprocess_for;
@@ -34,7 +35,7 @@ fn decode_batch(
 /// The model's outputs for one decoded batch (`None` where decoding failed; such paths are
 /// added to `bad`).
 fn forward_batch(
-    m: &LoadedModel,
+    (m, packs): (&LoadedModel, &EvalPacks),
     chunk: &[PathBuf],
     decoded: Vec<Result<Vec<f32>, DataError>>,
     bad: &mut Vec<PathBuf>,
@@ -60,7 +61,7 @@ fn forward_batch(
     let mut host = Vec::with_capacity(n).into_iter();
     if n > 0 {
         let x = Tensor::from_vec(images, (n, 3, size, size), &Device::Cpu)?.to_device(&m.device)?;
-        let h = eval_step(&m.model, &x)?;
+        let h = eval_step(&m.model, &x, packs)?;
         host =
             h.va.into_iter()
                 .zip(h.au_probs)
@@ -103,6 +104,8 @@ pub fn predict_images(
     let pre = preprocess_for(&m.config.model.backbone);
     let chunks: Vec<&[PathBuf]> = jpgs.chunks(batch_size.max(1)).collect();
     let mut out = Vec::with_capacity(jpgs.len());
+    // The weights stay the same for the whole list: each layer's are packed once.
+    let packs = EvalPacks::new();
     let mut decoded = chunks
         .first()
         .map(|c| decode_batch(c, size, &pre, resize))
@@ -116,7 +119,7 @@ pub fn predict_images(
                     .map(|c| decode_batch(c, size, &pre, resize))
                     .unwrap_or_default()
             },
-            || forward_batch(m, chunk, current, bad),
+            || forward_batch((m, &packs), chunk, current, bad),
         );
         out.extend(outputs?);
         decoded = next;

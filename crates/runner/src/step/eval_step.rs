@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use mtanet_affwild2::{Batch, Layout, Loader, Vocab};
 use mtanet_backbones::{MtaNet, MtaNetOutput};
+use mtanet_kernels::EvalPacks;
 use mtanet_metrics::{Accumulator, Report, Scoring};
 
 /// Host copies of one batch's outputs: VA, AU probabilities, expression probabilities.
@@ -34,9 +35,15 @@ impl HostOutputs {
 }
 
 /// The model in eval mode on `images` ([`MtaNet::infer`]: nothing is differentiated), its
-/// outputs on the host.
-pub fn eval_step(model: &MtaNet, images: &Tensor) -> candle_core::Result<HostOutputs> {
-    HostOutputs::from_output(&model.infer(images)?)
+/// outputs on the host. `packs`: the evaluation pass's store of packed weight layouts (one per
+/// pass over a loader or a list of crops, made where the pass starts), so that each layer's
+/// weights are packed on the pass's first batch only.
+pub fn eval_step(
+    model: &MtaNet,
+    images: &Tensor,
+    packs: &EvalPacks,
+) -> candle_core::Result<HostOutputs> {
+    HostOutputs::from_output(&model.infer(images, Some(packs))?)
 }
 
 /// The index of the largest value (the first one on ties, as `argmax` in numpy/torch).
@@ -98,11 +105,13 @@ pub fn evaluate(
     mut on_batch: impl FnMut(usize),
 ) -> anyhow::Result<Accumulator> {
     let mut acc = Accumulator::new(n_au, n_expr);
+    // The weights stay the same for the whole pass: each layer's are packed once.
+    let packs = EvalPacks::new();
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let n = batch.ids.len();
         let images = batch.images.to_device(device)?;
-        push_batch(&mut acc, &eval_step(model, &images)?, &batch)?;
+        push_batch(&mut acc, &eval_step(model, &images, &packs)?, &batch)?;
         on_batch(n);
     }
     Ok(acc)
