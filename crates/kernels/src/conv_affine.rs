@@ -226,7 +226,7 @@ pub(crate) fn forward_values_into(
         )
     };
     timed(label, || {
-        conv2d::forward_packed_into_then(g, x, w, y, &epilogue)
+        conv2d::eval_forward_into_then(g, x, w, y, &epilogue)
     });
 }
 
@@ -243,7 +243,9 @@ fn backward_values(
     need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let (c, p) = (g.out_channels, g.out_pixels().max(1));
-    let z = conv2d::forward(g, x, w);
+    // The evaluation forward's output, as the op's forward computed it.
+    let mut z = conv2d::zeroed(g.units() * g.out_unit_len());
+    conv2d::eval_forward_into_then(g, x, (w, None), &mut z, &|_, _| {});
     let (mut passed, mut dz) = (conv2d::zeroed(dy.len()), conv2d::zeroed(dy.len()));
     passed
         .par_chunks_mut(p)

@@ -6,10 +6,13 @@ use super::input_grad::Conv2dInputGrad;
 use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
-use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
+use super::select::{
+    direct_3x3, direct_dense, eval_winograd_tile, stem_direct, winograd_tile, Pass,
+};
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
 use super::weight_packs::WeightPacks;
+use super::winograd::Tile;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,16 +53,33 @@ pub fn forward_into_then(
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
-    forward_packed_into_then(g, x, (w, None), y, then)
+    let tile = winograd_tile(g, Pass::Forward);
+    forward_with(g, x, (w, None), tile, y, then)
 }
 
-/// [`forward_into_then`] with, where the weights stay the same from call to call, the layer's
-/// [`WeightPacks`]: the layouts the kernels derive from `w` are then taken from there (derived
-/// and kept there on the first call). The same values either way.
-pub fn forward_packed_into_then(
+/// The forward of an evaluation ([`forward_into_then`]'s output and epilogue), where the
+/// weights stay the same over many calls: with the layer's [`WeightPacks`], the layouts the
+/// kernels derive from `w` are taken from there (derived and kept there on the first call),
+/// with the same values as without. The algorithm differs from the training forward's where
+/// a kept layout pays for it (`select.rs`'s [`eval_winograd_tile`]), so an evaluation's values
+/// are those of this forward, with or without the store, not the training forward's.
+pub fn eval_forward_into_then(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: (&[f32], Option<&WeightPacks>),
+    y: &mut [f32],
+    then: Epilogue<'_>,
+) {
+    forward_with(g, x, w, eval_winograd_tile(g), y, then)
+}
+
+/// The forward with `tile` as the Winograd choice ([`winograd_tile`]'s or
+/// [`eval_winograd_tile`]'s).
+fn forward_with(
     g: &ConvGeometry,
     x: &[f32],
     (w, packs): (&[f32], Option<&WeightPacks>),
+    tile: Option<Tile>,
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
@@ -76,7 +96,7 @@ pub fn forward_packed_into_then(
     if direct_dense(g, Pass::Forward) {
         return super::direct3x3_dense::forward_into(g, x, (w, packs), y, then);
     }
-    if let Some(tile) = winograd_tile(g, Pass::Forward) {
+    if let Some(tile) = tile {
         return super::winograd::forward_into(tile, g, x, (w, packs), y, then);
     }
     if direct_3x3(g, Pass::Forward) {

@@ -51,15 +51,15 @@ pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
 pub use select::{
-    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, stem_direct, with_algorithm, Algorithm,
-    CpuKind, Pass,
+    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, eval_winograd_tile, stem_direct,
+    with_algorithm, Algorithm, CpuKind, Pass,
 };
 pub use weight_grad::Conv2dWeightGrad;
 pub use weight_packs::WeightPacks;
 
 /// The three passes on dense row-major slices, for ops that fuse a convolution with more.
 pub(crate) use {
-    forward::forward, forward::forward_into_then, forward::forward_packed_into_then,
+    forward::eval_forward_into_then, forward::forward, forward::forward_into_then,
     input_grad::input_grad, input_grad::input_grad_into, scratch::zeroed, scratch::Scratch,
     weight_grad::weight_grad,
 };

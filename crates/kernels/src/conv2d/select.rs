@@ -101,6 +101,28 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
     }
 }
 
+/// The Winograd tile that the forward of `g` runs with in evaluation
+/// (`forward.rs`'s `eval_forward_into_then`, where the weights stay the same over a pass and
+/// their layouts are kept, `weight_packs.rs`), or `None` for the other paths. As
+/// [`winograd_tile`]'s forward, except on AMD Zen 5 under [`Algorithm::Auto`]: F(4x4) for 4x4
+/// maps with 512 channels from batch 16 (one tile per map). Its filters take 36 values per 9,
+/// which cost more to transform than the rest of the pass, so the training forward, which
+/// transforms them at every call, keeps GEMM (batch 16) and F(2x2) (batch 32) there. Wall clock
+/// of 2 threads, best of 12, two rounds, the forward with its layouts kept against the training
+/// forward's choice: batch 16 1.75 against GEMM's 4.5 ms (F(4x4) transforming its filters at
+/// every call: 6.6-7.6), batch 32 3.3 against F(2x2)'s 4.2-4.4 with its filters kept too.
+pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
+    let one_tile_per_map = winograd_fits(g)
+        && g.batch >= 16
+        && (10..=36).contains(&g.out_pixels())
+        && g.in_channels == 512
+        && g.out_channels == 512;
+    match FORCED.with(Cell::get) {
+        Algorithm::Auto if one_tile_per_map && cpu_kind() == CpuKind::Zen5Avx512 => Some(Tile::F4),
+        _ => winograd_tile(g, Pass::Forward),
+    }
+}
+
 /// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`): the forward and the
 /// weight gradient of stride-2 layers on at most 4 input channels (the 7x7 stem on the image),
 /// which need no input gradient. [`Algorithm::Auto`] takes it on AMD Zen 5, where it was
@@ -425,6 +447,33 @@ mod tests {
             1,
         )
         .expect("geometry")
+    }
+
+    /// The evaluation forward takes F(4x4) on 4x4 maps with 512 channels from batch 16 on Zen 5
+    /// (where the training forward takes GEMM or F(2x2)); everywhere else, and under a forced
+    /// algorithm, the training forward's choice.
+    #[test]
+    fn the_eval_forward_takes_f4_on_one_tile_maps_on_zen5() {
+        let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+        for batch in [8, 16, 32] {
+            for (channels, hw) in [(512, 4), (256, 7), (128, 14), (64, 28)] {
+                let g = dense3x3(batch, channels, hw);
+                let training = winograd_tile(&g, Pass::Forward);
+                let want = match zen5 && batch >= 16 && channels == 512 {
+                    true => Some(Tile::F4),
+                    false => training,
+                };
+                assert_eq!(eval_winograd_tile(&g), want, "{batch} x {channels} @ {hw}");
+                let forced = with_algorithm(Algorithm::Winograd2, || eval_winograd_tile(&g));
+                assert_eq!(forced, Some(Tile::F2), "{batch} x {channels} @ {hw}");
+            }
+        }
+        if zen5 {
+            assert_ne!(
+                winograd_tile(&dense3x3(16, 512, 4), Pass::Forward),
+                Some(Tile::F4)
+            );
+        }
     }
 
     /// On Zen 5 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured fastest
