@@ -12,7 +12,8 @@
 //! same bits with or without the store.
 //!
 //! The store does not look at the weights: its owner guarantees they do not change while it is
-//! kept (`EvalPacks`, which owns one per layer for a pass, checks that at every call).
+//! kept (`EvalPacks`, which owns one per layer for a pass, compares 64 of their values at every
+//! call and refuses a layer whose weights changed).
 
 use super::scratch::Scratch;
 use std::sync::{Arc, Mutex};
