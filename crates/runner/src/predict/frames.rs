@@ -33,9 +33,10 @@ fn decode_batch(
 }
 
 /// The model's outputs for one decoded batch (`None` where decoding failed; such paths are
-/// added to `bad`).
+/// added to `bad`), in the pass whose packed weights `packs` keeps.
 fn forward_batch(
-    (m, packs): (&LoadedModel, &EvalPacks),
+    m: &LoadedModel,
+    packs: &EvalPacks,
     chunk: &[PathBuf],
     decoded: Vec<Result<Vec<f32>, DataError>>,
     bad: &mut Vec<PathBuf>,
@@ -119,7 +120,7 @@ pub fn predict_images(
                     .map(|c| decode_batch(c, size, &pre, resize))
                     .unwrap_or_default()
             },
-            || forward_batch((m, &packs), chunk, current, bad),
+            || forward_batch(m, &packs, chunk, current, bad),
         );
         out.extend(outputs?);
         decoded = next;
