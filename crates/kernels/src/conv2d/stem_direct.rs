@@ -639,6 +639,48 @@ mod tests {
         }
     }
 
+    /// Plane `(ci, a, b)` at `(i, j)` holds input `(2i + a - pad, 2j + b - pad)`, or 0 outside
+    /// the image: the stem, odd sizes, paddings of either parity.
+    #[test]
+    fn phase_planes_hold_every_input_value_and_zeros_elsewhere() {
+        for shape in [
+            (1, 3, 8, (112, 112), (7, 3)),
+            (1, 2, 8, (37, 41), (7, 3)),
+            (1, 3, 8, (40, 35), (5, 2)),
+            (1, 1, 8, (33, 34), (3, 1)),
+            (1, 4, 8, (36, 36), (3, 0)),
+        ] {
+            let g = geometry(shape);
+            let x = values(g.in_channels * g.in_h * g.in_w, 7);
+            let ph = Phases::of(&g);
+            let mut planes = vec![f32::NAN; ph.planes(&g) * ph.plane_len];
+            ph.split(&g, &x, &mut planes);
+            for ci in 0..g.in_channels {
+                for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let plane = &planes[(ci * 4 + a * 2 + b) * ph.plane_len..][..ph.plane_len];
+                    for (k, &got) in plane.iter().enumerate() {
+                        let (i, j) = (k / ph.width, k % ph.width);
+                        let r = (2 * i + a) as isize - g.padding as isize;
+                        let c = (2 * j + b) as isize - g.padding as isize;
+                        let inside = k < ph.rows * ph.width
+                            && (0..g.in_h as isize).contains(&r)
+                            && (0..g.in_w as isize).contains(&c);
+                        let want = if inside {
+                            x[(ci * g.in_h + r as usize) * g.in_w + c as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{shape:?} ci {ci} phase ({a}, {b}) at {k}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A vector's spans cover exactly the valid positions of the flat numbering, each once.
     #[test]
     fn spans_cover_every_output_once() {
