@@ -83,13 +83,14 @@ fn unannotated_video_in_strict_mode() {
 
 #[test]
 fn odd_crop_names_are_not_frames() {
-    // Negative, zero, short, too large for u32, other extension, non-UTF-8: none is a frame.
+    // Negative, short, too large for u32, other extension, non-UTF-8: none is a frame (a
+    // crop of frame 0 is refused, see `a_crop_of_frame_zero_is_refused`).
     let dir = tempfile::tempdir().unwrap();
     good_tree(dir.path());
     let v = dir.path().join("cropped_aligned/good");
     for name in [
         "-0004.jpg",
-        "00000.jpg",
+        "0000.jpg",
         "0004.jpg",
         "99999999999.jpg",
         "00004.jpeg",
@@ -181,6 +182,18 @@ fn huge_frame_number_is_not_a_frame() {
     let frames: Vec<u32> = idx.samples(Split::Train).iter().map(|s| s.frame).collect();
     assert_eq!(frames, vec![1, 2, 3]);
     assert_eq!(idx.stats().jpgs, 3);
+}
+
+/// A crop folder numbered from 0 (`00000.jpg`) is refused naming the file: crops are
+/// numbered from 1, and a 0-based folder would pair each crop with the next frame's labels.
+#[test]
+fn a_crop_of_frame_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    good_tree(dir.path());
+    write(dir.path(), "cropped_aligned/good/00000.jpg", b"");
+    let e = load(dir.path()).unwrap_err();
+    assert!(matches!(&e, DataError::CropFrameZero { .. }), "{e:?}");
+    assert_names(&e.to_string(), "cropped_aligned/good/00000.jpg");
 }
 
 /// A padded crop name (`000002.jpg` beside `00002.jpg`'s frame) is refused naming the file.

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
-use crate::layout::{digit_stem_number, frame_file_name, parse_frame_file_name};
+use crate::layout::{
+    digit_stem_number, frame_file_name, is_frame_zero_name, parse_frame_file_name,
+};
 
 /// Crop numbers above this are ignored (10 million frames: 4.6 days at 25 fps).
 pub const MAX_FRAME: u32 = 10_000_000;
@@ -49,7 +51,8 @@ impl Crops {
 /// crop names ([`parse_frame_file_name`]) are skipped; crop names above [`MAX_FRAME`] are
 /// reported in [`Crops::ignored`] instead of being listed. A name that holds a frame number
 /// but is not that frame's crop name (`000017.jpg`) is an error naming the file, since every
-/// reader finds a crop by its frame's name.
+/// reader finds a crop by its frame's name; so is a crop of frame 0 (`00000.jpg`), since
+/// crops are numbered from 1 and a folder numbered from 0 would shift every label by a frame.
 pub fn list_crops(dir: &Path) -> Result<Crops, DataError> {
     let mut crops = Crops::default();
     let rd = match std::fs::read_dir(dir) {
@@ -65,6 +68,9 @@ pub fn list_crops(dir: &Path) -> Result<Crops, DataError> {
             Some(f) if f <= MAX_FRAME => crops.frames.push(f),
             Some(_) => crops.ignored.push(entry.path()),
             None if beyond_u32(name) => crops.ignored.push(entry.path()),
+            None if is_frame_zero_name(name) => {
+                return Err(DataError::CropFrameZero { path: entry.path() })
+            }
             None => match digit_stem_number(name) {
                 Some(frame) if frame <= MAX_FRAME => {
                     return Err(DataError::CropName {
@@ -119,7 +125,7 @@ mod tests {
             "00017.jpg",
             "00003.jpg",
             "10000000.jpg",
-            "00000.jpg",
+            "0000.jpg",
             "0004.jpg",
             "00005.png",
             "notes.txt",
@@ -147,6 +153,27 @@ mod tests {
         );
         let m = e.to_string();
         assert!(m.contains("000002.jpg") && m.contains("00002.jpg"), "{m}");
+    }
+
+    #[test]
+    fn a_crop_of_frame_zero_is_an_error_naming_the_file() {
+        for zero in ["00000.jpg", "000000.jpg"] {
+            let dir = tempfile::tempdir().unwrap();
+            touch(dir.path(), zero);
+            touch(dir.path(), "00001.jpg");
+            let e = list_crops(dir.path()).unwrap_err();
+            let path = dir.path().join(zero);
+            assert!(
+                matches!(&e, DataError::CropFrameZero { path: p } if *p == path),
+                "{e:?}"
+            );
+            assert_eq!(e.path(), Some(path.as_path()));
+            let m = e.to_string();
+            assert!(
+                m.contains(&path.display().to_string()) && m.contains("00001.jpg"),
+                "{m}"
+            );
+        }
     }
 
     #[test]

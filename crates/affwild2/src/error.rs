@@ -171,6 +171,17 @@ pub enum DataError {
         /// The name of that frame's crop.
         expected: String,
     },
+    /// A file of a crop folder is named as frame 0 (`00000.jpg`). Aff-Wild2 crops are
+    /// numbered from 1 (`00001.jpg` is the frame of an annotation file's line 2), so a folder
+    /// numbered from 0 would pair every crop with the labels of the next frame.
+    #[error(
+        "{}: a crop of frame 0: crops are numbered from 1 (00001.jpg is the frame of the annotation's line 2), so a folder numbered from 0 would pair every crop with the next frame's labels; renumber the crops from 00001.jpg",
+        path.display()
+    )]
+    CropFrameZero {
+        /// The file.
+        path: PathBuf,
+    },
     /// A JPEG could not be decoded.
     #[error("{}: cannot decode JPEG: {message}", path.display())]
     BadImage {
@@ -218,6 +229,7 @@ impl DataError {
             | DataError::UnannotatedVideo { path }
             | DataError::BadImage { path, .. }
             | DataError::CropName { path, .. }
+            | DataError::CropFrameZero { path }
             | DataError::ImageSize { path, .. } => Some(path),
             DataError::DuplicateVideo { second, .. } => Some(second),
             DataError::Layout { root, .. } | DataError::MissingTask { root, .. } => Some(root),

@@ -260,13 +260,21 @@ pub fn parse_frame_file_name(name: &str) -> Option<u32> {
     (name.len() == frame_file_name(f).len()).then_some(f)
 }
 
+/// The digits of a name of 5 or more digits and `.jpg` (a crop name, padded or not).
+fn digit_stem(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".jpg")?;
+    (stem.len() >= 5 && stem.bytes().all(|b| b.is_ascii_digit())).then_some(stem)
+}
+
 /// The nonzero `u32` number of a name of 5 or more digits and `.jpg`, padded or not.
 pub(crate) fn digit_stem_number(name: &str) -> Option<u32> {
-    let stem = name.strip_suffix(".jpg")?;
-    if stem.len() < 5 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse::<u32>().ok().filter(|&f| f > 0)
+    digit_stem(name)?.parse::<u32>().ok().filter(|&f| f > 0)
+}
+
+/// Whether `name` is a crop name of frame 0 (`00000.jpg`, `000000.jpg`): 5 or more zeros and
+/// `.jpg`. No Aff-Wild2 crop has that name (frames are numbered from 1).
+pub(crate) fn is_frame_zero_name(name: &str) -> bool {
+    digit_stem(name).is_some_and(|stem| stem.bytes().all(|b| b == b'0'))
 }
 
 #[cfg(test)]
@@ -284,5 +292,15 @@ mod tests {
         assert_eq!(parse_frame_file_name("0017.jpg"), None);
         assert_eq!(parse_frame_file_name("00017.png"), None);
         assert_eq!(parse_frame_file_name("a0017.jpg"), None);
+    }
+
+    #[test]
+    fn frame_zero_names() {
+        assert!(is_frame_zero_name("00000.jpg"));
+        assert!(is_frame_zero_name("000000.jpg"));
+        assert!(!is_frame_zero_name("0000.jpg"));
+        assert!(!is_frame_zero_name("00001.jpg"));
+        assert!(!is_frame_zero_name("00000.png"));
+        assert!(!is_frame_zero_name("a0000.jpg"));
     }
 }

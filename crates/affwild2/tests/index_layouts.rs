@@ -285,6 +285,20 @@ fn load_err(r: &Path) -> (DataError, String) {
     (e, m)
 }
 
+/// A crop folder numbered from 0 (`00000.jpg`) is refused naming the file, instead of
+/// pairing every crop with the labels of the next frame.
+#[test]
+fn a_crop_of_frame_zero_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    tree2020(dir.path());
+    let zero = dir.path().join("cropped_aligned/b_left/00000.jpg");
+    std::fs::write(&zero, b"not decoded by the index").unwrap();
+    let (e, m) = load_err(dir.path());
+    assert!(matches!(&e, DataError::CropFrameZero { .. }), "{e:?}");
+    assert_eq!(e.path(), Some(zero.as_path()));
+    assert!(m.contains(&zero.display().to_string()), "{m}");
+}
+
 #[test]
 fn headers_that_disagree_within_a_task() {
     let dir = tempfile::tempdir().unwrap();

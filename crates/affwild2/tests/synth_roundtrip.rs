@@ -78,6 +78,13 @@ fn index_reproduces_synth_report() {
         .map(|&s| report.split(s).va.labelled)
         .sum();
     assert!(labelled + missing_jpg < lines, "some VA rows are -5");
+    // Crops are numbered from 1 in every folder, annotated or not: no `00000.jpg`.
+    for v in std::fs::read_dir(dir.path().join("cropped_aligned")).unwrap() {
+        let v = v.unwrap().path();
+        assert!(!v.join("00000.jpg").exists(), "{}", v.display());
+        let crops = mtanet_affwild2::list_crops(&v).unwrap();
+        assert_eq!(crops.frames().first(), Some(&1), "{}", v.display());
+    }
     // Strict mode rejects the unannotated (test) video folders.
     let strict = IndexOptions {
         strict: true,
