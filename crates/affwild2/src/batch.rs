@@ -1,6 +1,7 @@
 //! One batch: images and per-task labels with masks, as candle tensors.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 
@@ -39,6 +40,9 @@ pub struct Batch {
     pub expr_mask: Tensor,
     /// The frame of each row.
     pub ids: Vec<SampleId>,
+    /// The crops of this batch's frames that could not be read or decoded and have no row
+    /// ([`crate::OnBadFrame::Drop`]), in plan order; always empty in the other modes.
+    pub dropped: Vec<PathBuf>,
 }
 
 impl Batch {
@@ -47,7 +51,8 @@ impl Batch {
         self.ids.len()
     }
 
-    /// True for a batch without rows (never produced by the loader).
+    /// True for a batch without rows (produced by the loader only under
+    /// [`crate::OnBadFrame::Drop`], when no crop of the batch could be read).
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

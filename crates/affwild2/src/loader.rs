@@ -5,12 +5,14 @@
 //! at position p of the plan comes from an RNG seeded by (seed, epoch, p). Nothing depends on
 //! thread count or scheduling, and `epoch(e, b)` yields exactly the tail of `epoch(e, 0)`.
 //!
-//! Bad frames (`OnBadFrame::Skip`): a frame that cannot be read or decoded is recorded (see
-//! [`Loader::bad_frames`]) and replaced by the next decodable sample of the epoch plan (up to
-//! 16 tries, deterministic), which keeps its position's augmentation RNG; the batch keeps its
-//! size and `ids` name the frames actually used. With `OnBadFrame::Error` the batch is an `Err`
-//! naming the path and the epoch ends there. A wrong image size with `resize: false` is always
-//! an `Err`.
+//! Bad frames: a frame that cannot be read or decoded is recorded (see [`Loader::bad_frames`]
+//! and [`Batch::dropped`]). With `OnBadFrame::Skip` (training) it is replaced by the next
+//! decodable sample of the epoch plan (up to 16 tries, deterministic), which keeps its
+//! position's augmentation RNG; the batch keeps its size and `ids` name the frames actually
+//! used. With `OnBadFrame::Drop` (evaluation) its row is left out: the batch has one row fewer
+//! and every frame of the plan is in at most one row, with its own crop. With
+//! `OnBadFrame::Error` the batch is an `Err` naming the path and the epoch ends there. A wrong
+//! image size with `resize: false` is always an `Err`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -32,13 +34,21 @@ use crate::sampling::{EpochPlan, Planner, Sampling};
 use crate::seed;
 use crate::task::{Task, Vocab};
 
-/// What the loader does with a crop it cannot read or decode.
+/// What the loader does with a crop it cannot read or decode. The serialised forms (the
+/// `data.on_bad_frame` setting) are `skip` and `error`; `Drop` is what `skip` means for an
+/// evaluation loader, set by the code that builds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBadFrame {
-    /// Record it and substitute the next decodable sample of the epoch (batch size kept).
+    /// Record it and substitute the next decodable sample of the epoch (batch size kept): for
+    /// training, where the substitute is one more training example.
     #[default]
     Skip,
+    /// Record it and leave its row out of the batch (one row fewer; a batch whose every crop
+    /// is bad has no rows): for evaluation and prediction, where a substitute would score or
+    /// name another frame's output twice.
+    #[serde(skip)]
+    Drop,
     /// Yield an `Err` naming the file and end the epoch.
     Error,
 }
@@ -66,7 +76,7 @@ pub struct LoaderConfig {
     pub augment: Option<Augment>,
     /// Normalisation of the backbone.
     pub preprocess: Preprocess,
-    /// Skip or stop on an unreadable crop.
+    /// Substitute, drop or stop on an unreadable crop.
     pub on_bad_frame: OnBadFrame,
     /// Resize crops of another size (true) or reject them (false).
     pub resize: bool,
@@ -221,7 +231,8 @@ impl Loader {
         &self.inner.cfg
     }
 
-    /// Crops that failed to read or decode so far (skipped in `Skip` mode).
+    /// Crops that failed to read or decode so far (substituted in `Skip` mode, left out in
+    /// `Drop` mode), sorted.
     pub fn bad_frames(&self) -> Vec<PathBuf> {
         match self.inner.bad.lock() {
             Ok(g) => g.iter().cloned().collect(),
@@ -285,18 +296,22 @@ impl Inner {
     }
 
     /// Decodes and transforms the sample at plan position `pos` into `out`; returns the index
-    /// of the sample used (a substitute in `Skip` mode).
+    /// of the sample used (a substitute in `Skip` mode), or its bad crop in `Drop` mode.
     fn load_position(
         &self,
         plan: &EpochPlan,
         epoch: u64,
         pos: usize,
         out: &mut [f32],
-    ) -> Result<usize, DataError> {
+    ) -> Result<Loaded, DataError> {
         let cfg = &self.cfg;
         let mut rng = seed::rng(&[cfg.seed, epoch, TAG_AUGMENT, pos as u64]);
         let mut first_err = None;
-        for k in 0..=MAX_SUBSTITUTES.min(plan.order.len().saturating_sub(1)) {
+        let substitutes = match cfg.on_bad_frame {
+            OnBadFrame::Skip => MAX_SUBSTITUTES.min(plan.order.len().saturating_sub(1)),
+            OnBadFrame::Drop | OnBadFrame::Error => 0,
+        };
+        for k in 0..=substitutes {
             let idx = plan.order[(pos + k) % plan.order.len()];
             let path = &self.samples[idx].jpg;
             let draw = |w, h| match &cfg.augment {
@@ -304,14 +319,17 @@ impl Inner {
                 None => AugmentDraw::identity(w, h),
             };
             match load_frame(path, cfg.image_size, cfg.resize, &cfg.preprocess, draw, out) {
-                Ok(()) => return Ok(idx),
+                Ok(()) => return Ok(Loaded::Sample(idx)),
                 Err(e @ DataError::ImageSize { .. }) => return Err(e),
                 Err(e) => {
                     self.record_bad(path);
-                    if cfg.on_bad_frame == OnBadFrame::Error {
-                        return Err(e);
+                    match cfg.on_bad_frame {
+                        OnBadFrame::Error => return Err(e),
+                        OnBadFrame::Drop => return Ok(Loaded::Dropped(path.clone())),
+                        OnBadFrame::Skip => {
+                            first_err.get_or_insert(e);
+                        }
                     }
-                    first_err.get_or_insert(e);
                 }
             }
         }
@@ -325,14 +343,31 @@ impl Inner {
         let s = self.cfg.image_size;
         let per = 3 * s * s;
         let mut images = vec![0f32; n * per];
-        let used: Vec<Result<usize, DataError>> = self.pool.install(|| {
+        let loaded: Vec<Result<Loaded, DataError>> = self.pool.install(|| {
             images
                 .par_chunks_mut(per)
                 .zip(positions.par_iter())
                 .map(|(out, &pos)| self.load_position(plan, epoch, pos, out))
                 .collect()
         });
-        let used = used.into_iter().collect::<Result<Vec<usize>, _>>()?;
+        let loaded = loaded.into_iter().collect::<Result<Vec<Loaded>, _>>()?;
+        let mut used = Vec::with_capacity(n);
+        let mut dropped = Vec::new();
+        for (row, l) in loaded.into_iter().enumerate() {
+            match l {
+                Loaded::Sample(idx) => {
+                    // Rows move up over the dropped ones, keeping plan order.
+                    let to = used.len();
+                    if to != row {
+                        images.copy_within(row * per..(row + 1) * per, to * per);
+                    }
+                    used.push(idx);
+                }
+                Loaded::Dropped(path) => dropped.push(path),
+            }
+        }
+        let n = used.len();
+        images.truncate(n * per);
         let k = self.n_au;
         let mut va = vec![0f32; n * 2];
         let mut va_mask = vec![0f32; n];
@@ -372,8 +407,17 @@ impl Inner {
             expr: Tensor::from_vec(expr, n, &dev)?,
             expr_mask: Tensor::from_vec(expr_mask, n, &dev)?,
             ids,
+            dropped,
         })
     }
+}
+
+/// What one plan position of a batch became.
+enum Loaded {
+    /// The row holds this sample (the position's own, or its substitute in `Skip` mode).
+    Sample(usize),
+    /// `Drop` mode: the position's crop could not be read or decoded; it has no row.
+    Dropped(PathBuf),
 }
 
 /// The batches of one epoch, produced by a background thread. Dropping it stops the thread

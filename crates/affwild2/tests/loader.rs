@@ -222,6 +222,7 @@ fn bad_jpeg_skip_substitutes_and_error_stops_with_path() {
         "position 3 replaced by the next sample"
     );
     assert_eq!(skip.bad_frames(), vec![bad.clone()]);
+    assert!(batches.iter().all(|b| b.dropped.is_empty()));
     let total: usize = batches.iter().map(|b| b.len()).sum();
     assert_eq!(total, samples.len());
     // Deterministic substitution.
@@ -251,6 +252,92 @@ fn bad_jpeg_skip_substitutes_and_error_stops_with_path() {
     assert!(matches!(e, DataError::BadImage { .. }), "{e}");
     assert_eq!(e.path(), Some(bad.as_path()));
     assert!(e.to_string().contains(&bad.display().to_string()));
+}
+
+/// Evaluation (`Drop`): a 0-byte crop has no row, no other frame takes its place or appears
+/// twice, every other row holds its own frame's image and labels, and the skip is recorded in
+/// the batch and the loader.
+#[test]
+fn bad_jpeg_in_an_evaluation_set_is_dropped_not_substituted() {
+    let (dir, _, _) = data();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), tmp.path());
+    let idx = DatasetIndex::load(tmp.path(), &IndexOptions::default()).unwrap();
+    let samples = idx.samples(Split::Validation).to_vec();
+    assert!(samples.len() > 12, "{} validation samples", samples.len());
+    let bad_at = 3;
+    let bad = samples[bad_at].jpg.clone();
+    std::fs::write(&bad, b"").unwrap();
+    let eval = LoaderConfig {
+        shuffle: false,
+        batch_size: 8,
+        augment: None,
+        on_bad_frame: OnBadFrame::Drop,
+        ..cfg(2)
+    };
+    let l = Loader::new(samples.clone(), &idx.vocab, eval.clone()).unwrap();
+    let batches = all(&l, 0, 0);
+    assert_eq!(batches[0].len(), 7, "one row fewer");
+    assert_eq!(batches[0].images.dims(), [7, 3, 112, 112]);
+    assert_eq!(batches[0].va.dims(), [7, 2]);
+    assert_eq!(batches[0].dropped, vec![bad.clone()]);
+    assert!(batches[1..].iter().all(|b| b.dropped.is_empty()));
+    assert_eq!(l.bad_frames(), vec![bad.clone()]);
+    // Every other frame once, in index order.
+    let ids: Vec<(String, u32)> = batches
+        .iter()
+        .flat_map(|b| b.ids.iter().map(|i| (i.video.clone(), i.frame)))
+        .collect();
+    let expected: Vec<(String, u32)> = samples
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != bad_at)
+        .map(|(_, s)| (s.video.clone(), s.frame))
+        .collect();
+    assert_eq!(ids, expected);
+    // Rows after the dropped one hold their own labels and image: compare with the same
+    // frames loaded from the undamaged set.
+    let good_idx = DatasetIndex::load(dir.path(), &IndexOptions::default()).unwrap();
+    let good = Loader::new(
+        good_idx.samples(Split::Validation).to_vec(),
+        &good_idx.vocab,
+        eval.clone(),
+    )
+    .unwrap();
+    let reference = good.batch(0, 0).unwrap();
+    assert!(reference.dropped.is_empty() && reference.len() == 8);
+    let b = &batches[0];
+    let row = |t: &Tensor, i: usize| bits(&t.get(i).unwrap());
+    for (i, id) in b.ids.iter().enumerate() {
+        let j = reference.ids.iter().position(|r| r == id).unwrap();
+        assert_eq!(row(&b.images, i), row(&reference.images, j), "{id} image");
+        assert_eq!(row(&b.va, i), row(&reference.va, j), "{id} va");
+        assert_eq!(row(&b.au, i), row(&reference.au, j), "{id} au");
+        assert_eq!(row(&b.expr, i), row(&reference.expr, j), "{id} expr");
+        for (m, r) in [
+            (&b.va_mask, &reference.va_mask),
+            (&b.au_mask, &reference.au_mask),
+            (&b.expr_mask, &reference.expr_mask),
+        ] {
+            assert_eq!(row(m, i), row(r, j), "{id} mask");
+        }
+    }
+    // A batch whose only crop is bad has no rows (and the next batch is unaffected).
+    let single = Loader::new(
+        samples.clone(),
+        &idx.vocab,
+        LoaderConfig {
+            batch_size: 1,
+            ..eval
+        },
+    )
+    .unwrap();
+    let empty = single.batch(0, bad_at).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.images.dims(), [0, 3, 112, 112]);
+    assert_eq!(empty.dropped, vec![bad.clone()]);
+    let next = single.batch(0, bad_at + 1).unwrap();
+    assert_eq!(next.ids[0].frame, samples[bad_at + 1].frame);
 }
 
 #[test]
