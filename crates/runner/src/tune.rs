@@ -3,7 +3,8 @@
 //! `mtanet predict` finds and applies them.
 //!
 //! The scored frames are those of evaluation: labelled for the task and with a face crop on
-//! disk. The thresholds are [`tune_au_thresholds`] over the raw AU probabilities of those
+//! disk that can be read and decoded (a frame whose crop cannot is left out, as the run's
+//! evaluation leaves it out, not scored with a neighbour's outputs). The thresholds are [`tune_au_thresholds`] over the raw AU probabilities of those
 //! frames, as the run's own evaluation tunes them, so they reproduce its `au.f1_tuned`.
 //! Smoothing runs over every frame of a video (frames without a crop take the nearest
 //! predicted frame, as `predict` writes them) and is scored at the same frames; per task the
@@ -20,10 +21,10 @@ use crate::predict::{
 };
 use crate::submission::{read_task_file, video_crops};
 use crate::tuning::{fps_of, store_tuning, Tuning, Window};
-use mtanet_affwild2::layout::discover;
+use mtanet_affwild2::layout::{discover, frame_file_name};
 use mtanet_affwild2::{Split, Task};
 use mtanet_metrics::{tune_au_thresholds, AuAccumulator, ExprAccumulator, VaAccumulator};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 /// Candidate smoothing windows, in seconds.
@@ -149,7 +150,7 @@ pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
         opts.quiet,
         &mut summary,
     )?;
-    let videos = scored_videos(&m, &p, opts)?;
+    let videos = scored_videos(&m, &p, opts, &summary.bad_frames)?;
     let n_au = p.columns.vocab.au_names.len();
     let n_expr = p.columns.vocab.expr_names.len();
     let smooth_at = |s: &Scored, i: usize, w: &Window| {
@@ -273,12 +274,15 @@ pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
 }
 
 /// Per video of the split: the model's outputs on every frame (in the checkpoint's column
-/// order mapped to the root's) and the labelled frames with a face crop, per task.
+/// order mapped to the root's) and the labelled frames with a face crop, per task, less
+/// those whose crop is in `bad` (could not be read or decoded).
 fn scored_videos(
     m: &crate::build::restore::LoadedModel,
     p: &crate::predict::PredictedVideos,
     opts: &TuneOptions,
+    bad: &[PathBuf],
 ) -> anyhow::Result<BTreeMap<String, Scored>> {
+    let bad: BTreeSet<&PathBuf> = bad.iter().collect();
     let found = discover(&opts.root)?;
     let mut videos: BTreeMap<String, Scored> = BTreeMap::new();
     for (v, filled) in p.videos.iter().zip(&p.filled) {
@@ -321,8 +325,12 @@ fn scored_videos(
         }
         let c = &crops[&e.video];
         let file = read_task_file(e.task, &e.path)?;
-        let has_crop =
-            |i: usize| u32::try_from(i + 1).is_ok_and(|f| c.contains(f)) && i < s.outputs.len();
+        let dir = found.crops.join(&e.video);
+        let has_crop = |i: usize| {
+            u32::try_from(i + 1).is_ok_and(|f| {
+                c.contains(f) && (bad.is_empty() || !bad.contains(&dir.join(frame_file_name(f))))
+            }) && i < s.outputs.len()
+        };
         for i in (0..file.len()).filter(|&i| file.is_labelled(i) && has_crop(i)) {
             match e.task {
                 Task::Va => s.va.extend(file.va(i).map(|y| (i, y))),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use mtanet_affwild2::{LoaderConfig, Sample, SynthConfig, SynthReport};
+use mtanet_affwild2::{LoaderConfig, OnBadFrame, Sample, SynthConfig, SynthReport};
 
 use crate::build::model::preprocess_for;
 use crate::experiment::Config;
@@ -70,7 +70,10 @@ pub fn subsample(samples: &[Sample], max: Option<usize>) -> Vec<Sample> {
     }
 }
 
-/// Loader settings for training (`train = true`) or evaluation.
+/// Loader settings for training (`train = true`) or evaluation. Under `data.on_bad_frame:
+/// skip`, training substitutes an unreadable crop by the next frame of the epoch
+/// ([`OnBadFrame::Skip`]) and evaluation leaves its row out ([`OnBadFrame::Drop`]), so that no
+/// frame is scored twice and none with another frame's crop.
 pub fn loader_config(config: &Config, train: bool) -> LoaderConfig {
     let d = &config.data;
     LoaderConfig {
@@ -92,7 +95,10 @@ pub fn loader_config(config: &Config, train: bool) -> LoaderConfig {
         threads: d.workers,
         augment: if train { d.augment.clone() } else { None },
         preprocess: preprocess_for(&config.model.backbone),
-        on_bad_frame: d.on_bad_frame,
+        on_bad_frame: match d.on_bad_frame {
+            OnBadFrame::Skip if !train => OnBadFrame::Drop,
+            m => m,
+        },
         resize: d.resize,
     }
 }
@@ -112,4 +118,35 @@ pub fn au_pos_weight(samples: &[Sample], n_au: usize) -> Vec<f32> {
     pos.iter()
         .map(|&p| ((n - p) / p.max(1.0)).clamp(1.0, 10.0) as f32)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_substitutes_in_training_and_drops_in_evaluation() {
+        let mut config = Config::default();
+        assert_eq!(config.data.on_bad_frame, OnBadFrame::Skip);
+        assert_eq!(loader_config(&config, true).on_bad_frame, OnBadFrame::Skip);
+        let eval = loader_config(&config, false);
+        assert_eq!(eval.on_bad_frame, OnBadFrame::Drop);
+        assert!(!eval.shuffle && eval.augment.is_none());
+        config.data.on_bad_frame = OnBadFrame::Error;
+        assert_eq!(loader_config(&config, true).on_bad_frame, OnBadFrame::Error);
+        assert_eq!(
+            loader_config(&config, false).on_bad_frame,
+            OnBadFrame::Error
+        );
+    }
+
+    #[test]
+    fn drop_is_not_a_setting() {
+        let e = serde_yaml::from_str::<OnBadFrame>("drop").unwrap_err();
+        assert!(e.to_string().contains("drop"), "{e}");
+        assert_eq!(
+            serde_yaml::from_str::<OnBadFrame>("skip").unwrap(),
+            OnBadFrame::Skip
+        );
+    }
 }

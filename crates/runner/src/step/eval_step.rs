@@ -3,6 +3,8 @@
 //!
 //! Evaluation in training, `predict`, `bench` and `gpu-check` call [`eval_step`].
 
+use std::path::PathBuf;
+
 use candle_core::{DType, Device, Tensor, D};
 use mtanet_affwild2::{Batch, Layout, Loader, Vocab};
 use mtanet_backbones::{MtaNet, MtaNetOutput};
@@ -95,7 +97,20 @@ pub fn push_batch(
     Ok(())
 }
 
-/// Runs the model in eval mode over one pass of `loader` and returns the filled accumulator.
+/// One evaluation pass over a loader: the filled accumulator and what it was filled from.
+#[derive(Debug)]
+pub struct EvalPass {
+    /// The metric accumulators.
+    pub acc: Accumulator,
+    /// Frames the model ran on (each pushed once, into the tasks it is labelled for).
+    pub frames: usize,
+    /// Crops of the pass that could not be read or decoded and were left out (an evaluation
+    /// loader drops them, [`mtanet_affwild2::OnBadFrame::Drop`]), in loader order.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Runs the model in eval mode over one pass of `loader` and returns the filled accumulator
+/// with the frames scored and the crops left out. `on_batch` gets each batch's row count.
 pub fn evaluate(
     model: &MtaNet,
     loader: &Loader,
@@ -103,18 +118,26 @@ pub fn evaluate(
     n_au: usize,
     n_expr: usize,
     mut on_batch: impl FnMut(usize),
-) -> anyhow::Result<Accumulator> {
-    let mut acc = Accumulator::new(n_au, n_expr);
+) -> anyhow::Result<EvalPass> {
+    let mut pass = EvalPass {
+        acc: Accumulator::new(n_au, n_expr),
+        frames: 0,
+        skipped: Vec::new(),
+    };
     // The weights stay the same for the whole pass: each layer's are packed once.
     let packs = EvalPacks::new();
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let n = batch.ids.len();
-        let images = batch.images.to_device(device)?;
-        push_batch(&mut acc, &eval_step(model, &images, &packs)?, &batch)?;
+        pass.skipped.extend(batch.dropped.iter().cloned());
+        if n > 0 {
+            let images = batch.images.to_device(device)?;
+            push_batch(&mut pass.acc, &eval_step(model, &images, &packs)?, &batch)?;
+            pass.frames += n;
+        }
         on_batch(n);
     }
-    Ok(acc)
+    Ok(pass)
 }
 
 /// The composite scores of a dataset (the one rule): ABAW 2022 forms for the 2022+ layout or

@@ -6,6 +6,6 @@ pub mod lr_schedule;
 pub mod optim;
 pub mod train_step;
 
-pub use eval_step::{eval_step, evaluate, report_of, scoring_for, HostOutputs};
+pub use eval_step::{eval_step, evaluate, report_of, scoring_for, EvalPass, HostOutputs};
 pub use optim::Optimizer;
 pub use train_step::{batch_targets, forward_loss, train_step, Objective, StepGuard, StepOutcome};

@@ -48,6 +48,8 @@ pub(super) struct Trainer<'a> {
     pub(super) tb: Option<EventWriter>,
     pub(super) metrics_csv: MetricsCsv,
     pub(super) last_report: Option<Report>,
+    /// The validation crops the last evaluation left out (unreadable), in loader order.
+    pub(super) eval_skipped: Vec<PathBuf>,
     pub(super) steps_this_call: u64,
     pub(super) wall: Instant,
     pub(super) train_start: Instant,
@@ -141,6 +143,7 @@ impl<'a> Trainer<'a> {
             tb,
             metrics_csv,
             last_report: None,
+            eval_skipped: Vec::new(),
             steps_this_call: 0,
             wall,
             train_start: Instant::now(),
@@ -424,6 +427,10 @@ impl<'a> Trainer<'a> {
                 "count": self.state.skipped.len(),
                 "first": self.state.skipped.iter().take(20).collect::<Vec<_>>(),
             });
+            report_json["eval_skipped_frames"] = serde_json::json!({
+                "count": self.eval_skipped.len(),
+                "first": self.eval_skipped.iter().take(20).collect::<Vec<_>>(),
+            });
             write_atomic(
                 &self.run_dir.join("report.json"),
                 serde_json::to_string_pretty(&report_json)?.as_bytes(),
@@ -463,11 +470,12 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The model on the validation loader, reported and logged to TensorBoard.
+    /// The model on the validation loader, reported and logged to TensorBoard. Unreadable
+    /// crops are left out of the evaluation (a warning when they change).
     fn eval(&mut self) -> anyhow::Result<Report> {
         let n_au = self.s.vocab.au_names.len();
         let n_expr = self.s.vocab.expr_names.len();
-        let acc = evaluate(
+        let pass = evaluate(
             &self.s.model,
             &self.s.val,
             &self.s.device,
@@ -475,7 +483,23 @@ impl<'a> Trainer<'a> {
             n_expr,
             |_| {},
         )?;
-        let report = report_of(&acc, self.scoring, self.config.eval.tune_au_thresholds);
+        if !pass.skipped.is_empty() && pass.skipped != self.eval_skipped {
+            let first: Vec<String> = pass
+                .skipped
+                .iter()
+                .take(3)
+                .map(|p| p.display().to_string())
+                .collect();
+            tracing::warn!(
+                "evaluation left out {} unreadable validation crops and scored the other {} \
+                 frames (data.on_bad_frame: skip), first: {}",
+                pass.skipped.len(),
+                pass.frames,
+                first.join(", ")
+            );
+        }
+        self.eval_skipped = pass.skipped;
+        let report = report_of(&pass.acc, self.scoring, self.config.eval.tune_au_thresholds);
         log_report(&mut self.tb, &report, &self.s.vocab, self.state.global_step);
         self.count_skipped();
         self.select(&report)?;
