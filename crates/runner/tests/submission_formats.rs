@@ -3,14 +3,15 @@
 //! filled frames exist, and the report says they repeat the nearest frame with a crop), and
 //! corrupted copies (a missing frame, a swapped row, a wrong header, an out-of-range value,
 //! an extra column, a duplicated row, a bad class index, a non-numeric value, an empty file,
-//! a missing task file) each fail, naming the file and line. The synthetic set has the 2020
+//! a missing task file, and in the multi-task file the AU decisions joined into one digit
+//! string) each fail, naming the file and line. The synthetic set has the 2020
 //! layout; the format is given explicitly.
 
 use std::path::{Path, PathBuf};
 
 use mtanet_affwild2::Split;
 use mtanet_runner::predict::{self, PredictOptions, PredictTarget};
-use mtanet_runner::submission::validate::{validate, ProblemKind, ValidateOptions};
+use mtanet_runner::submission::validate::{validate, Problem, ProblemKind, ValidateOptions};
 use mtanet_runner::submission::SubmissionFormat;
 use mtanet_runner::training::{self as train, RunContext};
 
@@ -107,7 +108,7 @@ fn set_field(path: &Path, line: usize, k: usize, value: &str) {
 }
 
 /// One corrupted copy of `good`: `corrupt` edits it; the report must fail with a problem of
-/// `kind` naming `file` at `line`.
+/// `kind` naming `file` at `line`; returns that problem.
 #[allow(clippy::too_many_arguments)]
 fn expect_failure(
     good: &Path,
@@ -118,7 +119,7 @@ fn expect_failure(
     kind: ProblemKind,
     file: &str,
     line: Option<usize>,
-) {
+) -> Problem {
     let dir = tmp.join(format!(
         "bad_{}_{}",
         opts.format.unwrap(),
@@ -145,6 +146,7 @@ fn expect_failure(
         "{what}: {located:?} not in\n{text}"
     );
     assert!(text.contains(kind.name()), "{what}\n{text}");
+    p.clone()
 }
 
 /// A corruption: its name, the edit, and the problem kind, file and line it must cause.
@@ -287,12 +289,29 @@ fn every_format_round_trips_and_corruptions_fail_with_file_and_line() {
     let good = tmp.join("pred_mtl");
     let m = "MTL_Challenge.txt";
     let o = vopts(&root, SubmissionFormat::Mtl, None);
-    let short_aus = |d: &Path| {
+    // Each AU decision is its own field: 4 + 8 fields on this 2020-layout root.
+    let text = std::fs::read_to_string(good.join(m)).unwrap();
+    let row = text.lines().nth(1).unwrap();
+    assert_eq!(row.split(',').count(), 12, "{row}");
+    let au_two = |d: &Path| {
         edit(&d.join(m), |l| {
             l[4].pop();
+            l[4].push('2');
         })
     };
-    expect_failure(&good, tmp, &o, "aus", short_aus, K::OutOfRange, m, Some(5));
+    expect_failure(&good, tmp, &o, "aus", au_two, K::OutOfRange, m, Some(5));
+    // The AU decisions joined into one digit string are refused, naming the field.
+    let joined = |d: &Path| {
+        edit(&d.join(m), |l| {
+            let fields: Vec<&str> = l[6].split(',').collect();
+            l[6] = format!("{},{}", fields[..4].join(","), fields[4..].concat());
+        })
+    };
+    let p = expect_failure(&good, tmp, &o, "joined", joined, K::ColumnCount, m, Some(7));
+    assert!(
+        p.message.contains("field 5 (aus)") && p.message.contains("one string"),
+        "{p}"
+    );
     let extra = |d: &Path| edit(&d.join(m), |l| l[2].push_str(",1"));
     expect_failure(&good, tmp, &o, "extra", extra, K::ColumnCount, m, Some(3));
     let class = |d: &Path| set_field(&d.join(m), 6, 3, "8");

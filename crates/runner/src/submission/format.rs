@@ -11,8 +11,8 @@ pub enum SubmissionFormat {
     /// ABAW 2023+: one file per single-task track, one `image_location` row per frame
     /// ([`crate::submission::abaw2023`]).
     Abaw2023,
-    /// The multi-task track: one file, `image,valence,arousal,expression,aus`
-    /// ([`crate::submission::mtl`]).
+    /// The multi-task track: one file, header `image,valence,arousal,expression,aus`, one
+    /// 0/1 field per AU in each row ([`crate::submission::mtl`]).
     Mtl,
 }
 

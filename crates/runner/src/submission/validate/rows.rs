@@ -114,42 +114,48 @@ pub(super) fn check_values(
             .zip(fields)
             .find_map(|(n, f)| au(n, f)),
         Track::Task(Task::Expr) => class(fields[0]),
-        Track::Mtl => {
-            let aus = fields[3].trim();
-            let aus_problem = if aus.is_empty() || !aus.bytes().all(|b| b.is_ascii_digit()) {
-                Some((
-                    ProblemKind::NotANumber,
-                    format!("aus {aus:?} is not a string of 0/1 digits"),
-                ))
-            } else if aus.len() != vocab.au_names.len()
-                || !aus.bytes().all(|b| b == b'0' || b == b'1')
-            {
-                Some((
-                    ProblemKind::OutOfRange,
-                    format!(
-                        "aus {aus:?} is not {} digits 0/1 ({})",
-                        vocab.au_names.len(),
-                        vocab.au_names.join(",")
-                    ),
-                ))
-            } else {
-                None
-            };
-            va("valence", fields[0])
-                .or_else(|| va("arousal", fields[1]))
-                .or_else(|| class(fields[2]))
-                .or(aus_problem)
-        }
+        Track::Mtl => va("valence", fields[0])
+            .or_else(|| va("arousal", fields[1]))
+            .or_else(|| class(fields[2]))
+            .or_else(|| {
+                vocab
+                    .au_names
+                    .iter()
+                    .zip(&fields[3..])
+                    .find_map(|(n, f)| au(n, f))
+            }),
     }
 }
-/// The value columns of a row of `track`.
+/// The value columns of a row of `track` (the multi-task row: valence, arousal, expression,
+/// then one field per AU).
 pub(super) fn value_columns(track: Track, vocab: &Vocab) -> usize {
     match track {
         Track::Task(Task::Va) => 2,
         Track::Task(Task::Au) => vocab.au_names.len(),
         Track::Task(Task::Expr) => 1,
-        Track::Mtl => 4,
+        Track::Mtl => 3 + vocab.au_names.len(),
     }
+}
+/// What is wrong with a row of `fields` (the `image_location` first) when `columns` are
+/// expected. A multi-task row of five fields whose last is a string of 0/1 digits holds the AU
+/// decisions as one string (`...,3,010000000001`); that is named, with the field, as such.
+pub(super) fn column_count_message(
+    track: Track,
+    fields: &[&str],
+    columns: usize,
+    vocab: &Vocab,
+) -> String {
+    if track == Track::Mtl && fields.len() == 5 && columns != 5 {
+        let aus = fields[4].trim();
+        if aus.len() > 1 && aus.bytes().all(|b| b == b'0' || b == b'1') {
+            return format!(
+                "field 5 (aus) {aus:?} holds the AU decisions as one string; a row has one 0/1 \
+                 field per AU ({}), {columns} fields in all",
+                vocab.au_names.join(",")
+            );
+        }
+    }
+    format!("{} columns, expected {columns}", fields.len())
 }
 /// ABAW 2020: the `task` file of every video, line k + 1 = frame k.
 pub(super) fn check_video_files(
@@ -313,7 +319,7 @@ pub(super) fn check_row_file(
                 ProblemKind::ColumnCount,
                 path,
                 Some(line),
-                format!("{} columns, expected {columns}", fields.len()),
+                column_count_message(track, &fields, columns, vocab),
             );
         } else if let Some((kind, msg)) = check_values(track, &fields[1..], vocab) {
             report.add(kind, path, Some(line), msg);
@@ -386,4 +392,74 @@ pub(super) fn fill_note(file: PathBuf, videos: &[Video], seen: &[Vec<Seen>]) -> 
         }
     }
     note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab() -> Vocab {
+        Vocab {
+            au_names: [1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26]
+                .iter()
+                .map(|k| format!("AU{k}"))
+                .collect(),
+            expr_names: (0..8).map(|k| format!("E{k}")).collect(),
+        }
+    }
+
+    /// `image_location,valence,arousal,expression` then the given AU fields.
+    fn mtl_row(aus: &[&str]) -> String {
+        format!("v/00001.jpg,0.1,-0.2,3,{}", aus.join(","))
+    }
+
+    #[test]
+    fn mtl_rows_have_one_field_per_au() {
+        let v = vocab();
+        assert_eq!(1 + value_columns(Track::Mtl, &v), 16);
+        let ok = ["0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "1"];
+        let row = mtl_row(&ok);
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 16);
+        assert_eq!(check_values(Track::Mtl, &fields[1..], &v), None);
+
+        let mut two = ok;
+        two[11] = "2";
+        let row = mtl_row(&two);
+        let fields: Vec<&str> = row.split(',').collect();
+        let (kind, msg) = check_values(Track::Mtl, &fields[1..], &v).unwrap();
+        assert_eq!(kind, ProblemKind::OutOfRange);
+        assert!(msg.contains("AU26"), "{msg}");
+
+        let mut word = ok;
+        word[0] = "yes";
+        let row = mtl_row(&word);
+        let fields: Vec<&str> = row.split(',').collect();
+        let (kind, msg) = check_values(Track::Mtl, &fields[1..], &v).unwrap();
+        assert_eq!(kind, ProblemKind::NotANumber);
+        assert!(msg.contains("AU1 "), "{msg}");
+    }
+
+    #[test]
+    fn mtl_aus_as_one_digit_string_are_named_as_such() {
+        let v = vocab();
+        let columns = 1 + value_columns(Track::Mtl, &v);
+        let row = "v/00001.jpg,0.1,-0.2,3,010000000001";
+        let fields: Vec<&str> = row.split(',').collect();
+        let msg = column_count_message(Track::Mtl, &fields, columns, &v);
+        assert!(msg.starts_with("field 5 (aus) \"010000000001\""), "{msg}");
+        assert!(msg.contains("one string"), "{msg}");
+        assert!(msg.contains("16 fields"), "{msg}");
+        assert!(msg.contains("AU1,AU2,AU4"), "{msg}");
+
+        // Any other count is reported as a plain count.
+        let row = "v/00001.jpg,0.1,-0.2,3,0,1";
+        let fields: Vec<&str> = row.split(',').collect();
+        let msg = column_count_message(Track::Mtl, &fields, columns, &v);
+        assert_eq!(msg, "6 columns, expected 16");
+        let row = "v/00001.jpg,0.1,-0.2,3,x1";
+        let fields: Vec<&str> = row.split(',').collect();
+        let msg = column_count_message(Track::Mtl, &fields, columns, &v);
+        assert_eq!(msg, "5 columns, expected 16");
+    }
 }
