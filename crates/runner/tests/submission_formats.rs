@@ -284,6 +284,36 @@ fn every_format_round_trips_and_corruptions_fail_with_file_and_line() {
     let o = vopts(&root, SubmissionFormat::Abaw2023, None);
     let swap = |d: &Path| edit(&d.join(va), |l| l.swap(2, 3));
     expect_failure(&good, tmp, &o, "swap", swap, K::Order, va, Some(4));
+    // A frame named in another padding (`video/3.jpg`) is not the organisers' form.
+    let unpadded = |d: &Path| {
+        edit(&d.join(va), |l| {
+            let (loc, rest) = l[3].split_once(',').unwrap();
+            let (video, file) = loc.rsplit_once('/').unwrap();
+            let frame: u32 = file.strip_suffix(".jpg").unwrap().parse().unwrap();
+            l[3] = format!("{video}/{frame}.jpg,{rest}");
+        })
+    };
+    let p = expect_failure(
+        &good,
+        tmp,
+        &o,
+        "unpadded",
+        unpadded,
+        K::Location,
+        va,
+        Some(4),
+    );
+    assert!(p.message.contains("not in the form video/00001.jpg"), "{p}");
+    // So is a sample file naming one that way: refused with its file and line.
+    let loose_sample = tmp.join("sample_loose.txt");
+    let mut rows = locations.clone();
+    let (video, file) = rows[2].trim_end_matches(',').rsplit_once('/').unwrap();
+    let frame: u32 = file.strip_suffix(".jpg").unwrap().parse().unwrap();
+    rows[2] = format!("{video}/{frame}.jpg,");
+    std::fs::write(&loose_sample, rows.join("\n") + "\n").unwrap();
+    let o = vopts(&root, SubmissionFormat::Abaw2023, Some(loose_sample));
+    let e = validate(&good, &o).unwrap_err().to_string();
+    assert!(e.contains("sample_loose.txt:3:"), "{e}");
 
     // The multi-task file.
     let good = tmp.join("pred_mtl");

@@ -28,8 +28,17 @@ pub fn image_location(video: &str, frame: usize) -> String {
     format!("{video}/{frame:05}.jpg")
 }
 
-/// The video and frame of an `image_location` (`video/00001.jpg`), if it is one.
+/// The video and frame of an `image_location` in exactly the form [`image_location`] writes
+/// (`video/00001.jpg`: the frame zero-padded to five digits), if it is one. The same frame in
+/// another form (`video/7.jpg`, `video/000007.jpg`) is not: the organisers' sample file and
+/// their scoring name each frame in the five-digit form.
 pub fn parse_image_location(s: &str) -> Option<(&str, u32)> {
+    loose_image_location(s).filter(|&(video, f)| image_location(video, f as usize) == s)
+}
+
+/// The video and frame of `video/<digits>.jpg` with any zero padding (`v/7.jpg`,
+/// `v/000007.jpg`), for saying which frame a location in another form meant.
+pub(crate) fn loose_image_location(s: &str) -> Option<(&str, u32)> {
     let (video, file) = s.rsplit_once('/')?;
     let digits = file.strip_suffix(".jpg")?;
     if video.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -78,7 +87,15 @@ mod tests {
             parse_image_location("v_left/00007.jpg"),
             Some(("v_left", 7))
         );
+        assert_eq!(
+            parse_image_location("122-60-1920x1080-3_right/123456.jpg"),
+            Some(("122-60-1920x1080-3_right", 123456))
+        );
         for bad in [
+            "v_left/7.jpg",
+            "v_left/0007.jpg",
+            "v_left/000007.jpg",
+            "v_left/0123456.jpg",
             "v_left/7.png",
             "00007.jpg",
             "/00007.jpg",
@@ -87,5 +104,10 @@ mod tests {
         ] {
             assert_eq!(parse_image_location(bad), None, "{bad}");
         }
+        assert_eq!(loose_image_location("v_left/7.jpg"), Some(("v_left", 7)));
+        assert_eq!(
+            loose_image_location("v_left/000007.jpg"),
+            Some(("v_left", 7))
+        );
     }
 }

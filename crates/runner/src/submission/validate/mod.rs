@@ -6,10 +6,11 @@
 //! names of the root's annotation headers (else the format's ABAW vocabulary); every row has
 //! the format's column count; values are in range (valence and arousal numbers in `[-1, 1]`,
 //! AUs 0 or 1, one expression index below the class count); every expected frame has exactly
-//! one row; rows follow the sample file's order when one is given (else each video's frames
-//! ascend). The report also counts, per task file, the frames without a face crop and how many
-//! of their rows repeat the row of the nearest frame with a crop (the earlier one on ties),
-//! which is how `mtanet predict` fills them.
+//! one row (in the row formats, named exactly `video/00001.jpg`, the frame as five digits);
+//! rows follow the sample file's order when one is given (else each video's frames ascend).
+//! The report also counts, per task file, the frames without a face crop and how many of their
+//! rows repeat the row of the nearest frame with a crop (the earlier one on ties), which is how
+//! `mtanet predict` fills them.
 
 mod report;
 mod rows;
@@ -139,7 +140,7 @@ fn expected_videos(opts: &ValidateOptions) -> anyhow::Result<Vec<Video>> {
                 Some((v, f)) if f > 0 => order.push((v.to_string(), f)),
                 _ if i == 0 || first.is_empty() => {}
                 _ => anyhow::bail!(
-                    "{}:{}: {first:?} is not an image location (video/00001.jpg)",
+                    "{}:{}: {first:?} is not an image location in the form video/00001.jpg",
                     sample.display(),
                     i + 1
                 ),

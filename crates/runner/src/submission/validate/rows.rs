@@ -267,12 +267,14 @@ pub(super) fn check_row_file(
             .and_then(|(name, f)| index.get(name).map(|&v| (v, f as usize)))
             .filter(|&(v, f)| f >= 1 && f <= videos[v].frames && videos[v].expected(f - 1))
         else {
-            report.add(
-                ProblemKind::Location,
-                path,
-                Some(line),
-                format!("{loc:?} is not an expected frame (video/00001.jpg)"),
-            );
+            let msg = match abaw2023::loose_image_location(loc) {
+                Some((name, f)) if parse_image_location(loc).is_none() => format!(
+                    "{loc:?} is not in the form video/00001.jpg (frame {f} of {name} is {})",
+                    abaw2023::image_location(name, f as usize)
+                ),
+                _ => format!("{loc:?} is not an expected frame (video/00001.jpg)"),
+            };
+            report.add(ProblemKind::Location, path, Some(line), msg);
             continue;
         };
         if let Some((first, _)) = seen[v][f - 1] {
