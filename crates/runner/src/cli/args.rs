@@ -147,7 +147,8 @@ pub struct TrainArgs {
     /// Profile of the file to apply (e.g. demo, paper).
     #[arg(long)]
     pub profile: Option<String>,
-    /// Row of the file to apply (e.g. resnet50).
+    /// Row of the file to apply (e.g. resnet50); a `--set` of a key the row sets makes the
+    /// run another one, recorded without the row's name and paper values.
     #[arg(long)]
     pub row: Option<String>,
     /// Override a key: `--set training.stages.0.lr=0.01` (repeatable).

@@ -147,6 +147,13 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 sets.push(format!("device={d}").parse()?);
             }
             let run = resolve_run(&file, a.profile.as_deref(), a.row.as_deref(), &sets)?;
+            if let (Some(row), false) = (&a.row, run.changed_row_keys.is_empty()) {
+                println!(
+                    "--set changes {} of row `{row}`: this run is not that row and is \
+                     recorded without its name and the paper's values",
+                    run.changed_row_keys.join(", ")
+                );
+            }
             let ctx = RunContext {
                 profile: run.profile,
                 row: run.row,

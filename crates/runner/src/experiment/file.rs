@@ -188,6 +188,20 @@ impl ExperimentFile {
         row: Option<&str>,
         overrides: &[Override],
     ) -> Result<Config, ConfigError> {
+        let config = self.resolve_unchecked(profile, row, overrides)?;
+        config.validate(&self.path)?;
+        Ok(config)
+    }
+
+    /// [`ExperimentFile::resolve`] without the value checks (schema only): the row as its file
+    /// defines it, to compare a run's keys with, even where it needs a value that only the
+    /// command line gives (the paper profile's data root).
+    pub fn resolve_unchecked(
+        &self,
+        profile: Option<&str>,
+        row: Option<&str>,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
         let mut value = Value::Mapping(Default::default());
         merge_section(&mut value, &self.defaults);
         if let Some(r) = row {
@@ -238,7 +252,6 @@ impl ExperimentFile {
             },
             message: e.to_string(),
         })?;
-        config.validate(&self.path)?;
         Ok(config)
     }
 }

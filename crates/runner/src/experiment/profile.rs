@@ -68,25 +68,39 @@ pub struct ResolvedRun {
     pub config: Config,
     /// The profile applied, if any.
     pub profile: Option<String>,
-    /// The row applied, if any.
+    /// The row the run is: the requested row, or `None` when the overrides changed one of the
+    /// keys that row sets (see `changed_row_keys`).
     pub row: Option<String>,
-    /// The paper's values of that row.
+    /// The paper's values of that row (`None` when the run is not the row).
     pub paper: Option<PaperValues>,
+    /// The keys the requested row sets whose value the overrides changed
+    /// ([`ExperimentFile::row_keys_changed`]): when any, the run is recorded without the row's
+    /// name and paper values, as the table commands do.
+    pub changed_row_keys: Vec<String>,
 }
 
 /// Resolves `file` under `profile` and `row` with `sets` (plus the profile's environment
-/// overrides, such as `data.root` from `AFFWILD2_ROOT` for `paper`).
+/// overrides, such as `data.root` from `AFFWILD2_ROOT` for `paper`). A run whose overrides
+/// change a key the row sets is not that row: it keeps no row name or paper values.
 pub fn resolve_run(
     file: &ExperimentFile,
     profile: Option<&str>,
     row: Option<&str>,
     sets: &[Override],
 ) -> anyhow::Result<ResolvedRun> {
-    let sets = match profile {
-        Some(p) => env_overrides(p, sets),
-        None => sets.to_vec(),
+    let with_env = |user: &[Override]| match profile {
+        Some(p) => env_overrides(p, user),
+        None => user.to_vec(),
     };
-    let config = file.resolve(profile, row, &sets)?;
+    let config = file.resolve(profile, row, &with_env(sets))?;
+    let changed_row_keys = match row {
+        Some(r) => {
+            let as_defined = file.resolve_unchecked(profile, Some(r), &with_env(&[]))?;
+            file.row_keys_changed(r, &config, &as_defined)
+        }
+        None => Vec::new(),
+    };
+    let row = row.filter(|_| changed_row_keys.is_empty());
     let paper = row
         .and_then(|r| file.rows.iter().find(|x| x.name == r))
         .and_then(|r| r.paper.clone());
@@ -95,5 +109,85 @@ pub fn resolve_run(
         profile: profile.map(str::to_string),
         row: row.map(str::to_string),
         paper,
+        changed_row_keys,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "\
+defaults:
+  experiment: t
+  model: {backbone: resnet50, width_div: 16}
+rows:
+  - name: r50
+    set: {model: {backbone: resnet50, pretrained: timm/resnet50.tv_in1k}}
+    paper: {valence: 0.14, arousal: 0.24, au: 0.31, expr: 0.36}
+  - name: se
+    set: {model: {backbone: senet50_vggface2}}
+    paper: {valence: 0.28, arousal: 0.34, au: 0.427, expr: 0.32}
+profiles:
+  small: {model: {pretrained: null}, seed: 7}
+";
+
+    fn sets(s: &[&str]) -> Vec<Override> {
+        s.iter().map(|x| x.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_set_of_a_key_the_row_defines_drops_its_name_and_paper_values() {
+        let f = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        let run = resolve_run(&f, None, Some("r50"), &sets(&["backbone=senet50"])).unwrap();
+        assert_eq!(run.row, None);
+        assert!(run.paper.is_none());
+        assert_eq!(run.changed_row_keys, vec!["model.backbone".to_string()]);
+        assert_eq!(
+            run.config.model.backbone,
+            mtanet_backbones::BackboneKind::Senet50Vggface2
+        );
+        // The same value as the row's own is no change.
+        let same = resolve_run(&f, None, Some("r50"), &sets(&["backbone=resnet50"])).unwrap();
+        assert_eq!(same.row.as_deref(), Some("r50"));
+        assert!(same.changed_row_keys.is_empty());
+    }
+
+    #[test]
+    fn keys_the_row_leaves_alone_and_the_profile_keep_the_row() {
+        let f = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        let run = resolve_run(
+            &f,
+            Some("small"),
+            Some("se"),
+            &sets(&["seed=3", "width_div=8"]),
+        )
+        .unwrap();
+        assert_eq!(run.row.as_deref(), Some("se"));
+        assert_eq!(run.paper.as_ref().map(|p| p.au), Some(0.427));
+        assert_eq!((run.config.seed, run.config.model.width_div), (3, 8));
+        // The profile resets `pretrained`, which the row sets: the row as the profile
+        // defines it, not a change.
+        let plain = resolve_run(&f, Some("small"), Some("r50"), &[]).unwrap();
+        assert_eq!(plain.row.as_deref(), Some("r50"));
+        assert_eq!(plain.config.model.pretrained, None);
+        // Under that profile, setting the row's key back to the row's value is a change.
+        let hub = resolve_run(
+            &f,
+            Some("small"),
+            Some("r50"),
+            &sets(&["pretrained=timm/resnet50.tv_in1k"]),
+        )
+        .unwrap();
+        assert_eq!(hub.row, None);
+        assert_eq!(hub.changed_row_keys, vec!["model.pretrained".to_string()]);
+    }
+
+    #[test]
+    fn without_a_row_nothing_is_changed() {
+        let f = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        let run = resolve_run(&f, None, None, &sets(&["backbone=senet50"])).unwrap();
+        assert_eq!((run.row, run.paper), (None, None));
+        assert!(run.changed_row_keys.is_empty());
+    }
 }
