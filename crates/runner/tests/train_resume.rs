@@ -103,6 +103,92 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
     assert!(runs.lines().skip(1).all(|l| l.contains(",finished,")));
 }
 
+/// Every file under `dir` but `log.txt` (which records each attempt), with its bytes.
+fn files_but_log(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().unwrap() != "log.txt" {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_resume_refuses_a_config_the_checkpoint_was_not_trained_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path());
+    let quiet = RunContext {
+        quiet: true,
+        ..Default::default()
+    };
+    let part = train::run(
+        &config,
+        &RunContext {
+            max_steps: Some(2),
+            ..quiet.clone()
+        },
+    )
+    .unwrap();
+    let resume = RunContext {
+        resume: Some(part.run_dir.clone()),
+        ..quiet.clone()
+    };
+    // config.yaml edited as a user would, read back as `train --resume` does: every value
+    // passes its checks, but the checkpoint was trained with others.
+    let path = part.run_dir.join("config.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut edited = text.clone();
+    for (from, to) in [
+        ("seed: 5\n", "seed: 6\n"),
+        ("optimizer: adam", "optimizer: sgd"),
+        ("batch_size: 8", "batch_size: 4"),
+    ] {
+        assert!(edited.contains(from), "{from:?} not in:\n{text}");
+        edited = edited.replacen(from, to, 1);
+    }
+    std::fs::write(&path, &edited).unwrap();
+    let before = files_but_log(&part.run_dir);
+    let cfg = mtanet_runner::build::restore::read_run_config(&path).unwrap();
+    let msg = format!("{:#}", train::run(&cfg, &resume).unwrap_err());
+    for needle in [
+        "in 3 key(s)",
+        "seed (trained with 5, now 6)",
+        "data.batch_size (trained with 8, now 4)",
+        "training.stages.0.optimizer (trained with \"adam\", now \"sgd\")",
+        "checkpoints/last.safetensors",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing in: {msg}");
+    }
+    assert_eq!(files_but_log(&part.run_dir), before);
+
+    // The keys that cannot change the results may change: the run ends where an
+    // uninterrupted one ends.
+    let mut harmless = text.clone();
+    for (from, to) in [
+        ("workers: 0", "workers: 2"),
+        ("prefetch: 4", "prefetch: 1"),
+        ("checkpoint_every: 2", "checkpoint_every: 5"),
+        ("log_every: 1", "log_every: 4"),
+    ] {
+        assert!(harmless.contains(from), "{from:?} not in:\n{text}");
+        harmless = harmless.replacen(from, to, 1);
+    }
+    std::fs::write(&path, &harmless).unwrap();
+    let cfg = mtanet_runner::build::restore::read_run_config(&path).unwrap();
+    let resumed = train::run(&cfg, &resume).unwrap();
+    assert!(resumed.finished);
+    let full = train::run(&config, &quiet).unwrap();
+    assert_eq!(weights(&full.run_dir), weights(&resumed.run_dir));
+}
+
 #[test]
 fn same_seed_same_metrics_other_seed_differs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -141,9 +141,9 @@ pub struct EvaluateArgs {
 /// `mtanet train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Experiment YAML (defaults: experiments/table1.yaml).
-    #[arg(long, default_value = "experiments/table1.yaml")]
-    pub config: PathBuf,
+    /// Experiment YAML (default: experiments/table1.yaml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Profile of the file to apply (e.g. demo, paper).
     #[arg(long)]
     pub profile: Option<String>,
@@ -154,10 +154,12 @@ pub struct TrainArgs {
     /// Override a key: `--set training.stages.0.lr=0.01` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue this run directory from its last checkpoint (its config.yaml is used).
+    /// Continue this run directory from its last checkpoint, with the configuration it was
+    /// trained with (its config.yaml, which must match the checkpoint's); refused together
+    /// with --config, --profile, --row or --set.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Device: cpu, cuda:N or auto (overrides the YAML).
+    /// Device: cpu, cuda:N or auto (overrides the YAML; also applies to a resume).
     #[arg(long)]
     pub device: Option<String>,
     /// Stop (with a checkpoint) after this many steps in this invocation.

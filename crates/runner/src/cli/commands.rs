@@ -124,6 +124,7 @@ fn parse_overrides(v: &[String]) -> anyhow::Result<Vec<Override>> {
 
 /// `mtanet train`: a row of an experiment file, or `--resume RUN_DIR` with its own config.
 fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    check_resume_flags(&a)?;
     training::install_ctrlc();
     let (config, ctx) = match &a.resume {
         Some(dir) => {
@@ -138,10 +139,18 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 resume: Some(dir.clone()),
                 ..Default::default()
             };
-            (read_run_config(&path)?, ctx)
+            let mut config = read_run_config(&path)?;
+            if let Some(d) = &a.device {
+                config.device = d.clone();
+            }
+            (config, ctx)
         }
         None => {
-            let file = ExperimentFile::load(&a.config)?;
+            let file = ExperimentFile::load(
+                a.config
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("experiments/table1.yaml")),
+            )?;
             let mut sets = parse_overrides(&a.set)?;
             if let Some(d) = &a.device {
                 sets.push(format!("device={d}").parse()?);
@@ -185,6 +194,34 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Refuses `--resume` together with a flag that defines a new run (`--config`, `--profile`,
+/// `--row`, `--set`): a resumed run continues with the configuration it was trained with.
+fn check_resume_flags(a: &TrainArgs) -> anyhow::Result<()> {
+    let Some(dir) = &a.resume else {
+        return Ok(());
+    };
+    let given: Vec<&str> = [
+        ("--config", a.config.is_some()),
+        ("--profile", a.profile.is_some()),
+        ("--row", a.row.is_some()),
+        ("--set", !a.set.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, on)| on.then_some(flag))
+    .collect();
+    if !given.is_empty() {
+        anyhow::bail!(
+            "--resume {} continues that run with the configuration it was trained with ({}); \
+             {} would define another run: drop {}, or start a new run without --resume",
+            dir.display(),
+            dir.join("config.yaml").display(),
+            given.join(", "),
+            if given.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
 }
 
 /// `mtanet table1`.
@@ -407,4 +444,56 @@ fn backbone_config(a: &BackboneArgs) -> anyhow::Result<ResNetConfig> {
         Some(d) => anyhow::bail!("--depths needs 4 numbers, got {d:?}"),
     };
     Ok(ResNetConfig::from_kind(&kind).scaled(a.width_div, depths, a.groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn train_args(args: &[&str]) -> TrainArgs {
+        let cli = Cli::try_parse_from([&["mtanet", "train"], args].concat()).unwrap();
+        match cli.command {
+            Command::Train(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_with_a_run_defining_flag_is_refused_naming_each() {
+        for (extra, named) in [
+            (vec!["--set", "seed=3"], vec!["--set"]),
+            (vec!["--row", "resnet50"], vec!["--row"]),
+            (vec!["--profile", "demo"], vec!["--profile"]),
+            (
+                vec!["--config", "experiments/table1.yaml"],
+                vec!["--config"],
+            ),
+            (
+                vec!["--profile", "paper", "--row", "resnet50", "--set", "lr=1"],
+                vec!["--profile", "--row", "--set"],
+            ),
+        ] {
+            let a = train_args(&[&["--resume", "results/t/run1"], &extra[..]].concat());
+            let e = check_resume_flags(&a).unwrap_err().to_string();
+            assert!(e.contains("--resume results/t/run1"), "{e}");
+            assert!(e.contains("results/t/run1/config.yaml"), "{e}");
+            for flag in named {
+                assert!(e.contains(flag), "{flag} missing in: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn resume_alone_or_with_device_and_a_new_run_with_flags_pass() {
+        for args in [
+            vec!["--resume", "results/t/run1"],
+            vec!["--resume", "results/t/run1", "--device", "cpu", "--quiet"],
+            vec!["--profile", "demo", "--row", "resnet50", "--set", "seed=3"],
+        ] {
+            check_resume_flags(&train_args(&args)).unwrap();
+        }
+    }
 }

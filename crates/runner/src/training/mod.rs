@@ -7,6 +7,7 @@
 
 pub mod interrupt;
 pub mod progress;
+pub mod resume_config;
 mod run_outputs;
 pub mod selection;
 mod trainer;

@@ -82,6 +82,7 @@ impl<'a> Trainer<'a> {
                 crate::build::restore::check_same_vocab(&last_ckpt, &v, &s.root, &s.vocab)?;
             }
             restore_vars(&s.vars, &c.model, &last_ckpt)?;
+            super::resume_config::check_resume_config(config, &run_dir, &last_ckpt)?;
             state = c.state;
             resumed_optim = Some(c.optim);
             if state.finished {
