@@ -26,6 +26,10 @@ without onnxscript) and checked the same way in onnxruntime.
 Usage (from the repository root):
   python3 scripts/export_pytorch.py RUN_DIR/checkpoints/last.safetensors OUT.pt [--onnx OUT.onnx]
   python3 scripts/export_pytorch.py RUN_DIR OUT.pt            (a run directory works too)
+A run directory gives the checkpoint its figures come from, as `mtanet predict` picks it:
+checkpoints/best.safetensors when the run's selection.criterion is not `last` and that file
+exists, else checkpoints/last.safetensors; a file path is used as given. The first line
+printed names the checkpoint used and why.
 Options: --mtanet-bin PATH (default: $MTANET_BIN, else target/release/mtanet, else
 `cargo run --release --`), --batch N (2), --seed N (0), --no-check.
 Requires torch, torchvision, timm, safetensors, pyyaml, numpy; --onnx also onnx and
@@ -188,19 +192,41 @@ def num_batches_tracked(module):
 
 
 def resolve_run(path):
-    """(checkpoint file, config.yaml) of a run directory or a checkpoint file in one."""
+    """(checkpoint file, config.yaml, why that file) of a run directory or a checkpoint file in
+    one. For a run directory the file is the one its figures come from, as `mtanet predict`
+    picks it: checkpoints/best.safetensors when the run's selection.criterion is not `last`
+    and that file exists, else checkpoints/last.safetensors. A file is used as given."""
     if os.path.isdir(path):
-        ckpt = os.path.join(path, "checkpoints", "last.safetensors")
         cfg = os.path.join(path, "config.yaml")
+        last = os.path.join(path, "checkpoints", "last.safetensors")
+        best = os.path.join(path, "checkpoints", "best.safetensors")
+        if not os.path.isfile(cfg):
+            sys.exit(f"error: {cfg} not found (expected RUN_DIR/checkpoints/*.safetensors with "
+                     f"RUN_DIR/config.yaml)")
+        with open(cfg) as fh:
+            criterion = ((yaml.safe_load(fh) or {}).get("selection") or {}).get("criterion",
+                                                                                 "last")
+        if criterion != "last" and os.path.isfile(best):
+            ckpt = best
+            why = (f"selection.criterion `{criterion}`: the weights of the evaluation the run "
+                   f"reports; {last} holds the last weights")
+        elif criterion == "last":
+            ckpt = last
+            why = "selection.criterion `last`: the run reports its last evaluation"
+        else:
+            ckpt = last
+            why = (f"selection.criterion `{criterion}`, but the run has no best.safetensors (no "
+                   f"evaluation was offered to model selection yet): the last weights")
     else:
         ckpt = path
         cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
                            "config.yaml")
+        why = "the file given"
     for p in (ckpt, cfg):
         if not os.path.isfile(p):
             sys.exit(f"error: {p} not found (expected RUN_DIR/checkpoints/*.safetensors with "
                      f"RUN_DIR/config.yaml)")
-    return ckpt, cfg
+    return ckpt, cfg, why
 
 
 def load_checkpoint(ckpt):
@@ -263,7 +289,8 @@ def compare(label, ours, theirs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint", help="RUN_DIR/checkpoints/last.safetensors (or RUN_DIR)")
+    ap.add_argument("checkpoint", help="RUN_DIR (its best.safetensors under a selection "
+                    "criterion other than `last`, else last.safetensors) or a checkpoint file")
     ap.add_argument("out", help="TorchScript archive to write (.pt)")
     ap.add_argument("--onnx", help="also export ONNX here and check it with onnxruntime")
     ap.add_argument("--mtanet-bin", help="the mtanet binary")
@@ -273,7 +300,8 @@ def main():
                     help="skip the comparison with `mtanet model forward`")
     args = ap.parse_args()
 
-    ckpt, cfg_path = resolve_run(args.checkpoint)
+    ckpt, cfg_path, why = resolve_run(args.checkpoint)
+    print(f"checkpoint: {ckpt} ({why})")
     with open(cfg_path) as fh:
         config = yaml.safe_load(fh)
     model_cfg = config["model"]

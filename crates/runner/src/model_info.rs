@@ -10,16 +10,18 @@ use crate::record::checkpoint::read_metadata;
 /// by `mtanet tune` and printed when present).
 const KEYS: [&str; 5] = ["vocab", "preprocess", "layout", "commit", "config"];
 
-/// The text `mtanet model info` prints for a run directory or checkpoint file.
+/// The text `mtanet model info` prints for a run directory (the checkpoint that `predict`
+/// and `tune` use, [`crate::build::restore::resolve_checkpoint`]) or a checkpoint file.
 pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
-    let file = if checkpoint.is_dir() {
-        checkpoint.join("checkpoints").join("last.safetensors")
+    let (file, why) = if checkpoint.is_dir() {
+        let r = crate::build::restore::resolve_checkpoint(checkpoint, None)?;
+        (r.file, format!(" ({})", r.why))
     } else {
-        checkpoint.to_path_buf()
+        (checkpoint.to_path_buf(), String::new())
     };
     let meta = read_metadata(&file)?;
     let mut out = String::new();
-    writeln!(out, "checkpoint: {}", file.display())?;
+    writeln!(out, "checkpoint: {}{why}", file.display())?;
     writeln!(
         out,
         "format: {}",

@@ -106,6 +106,13 @@ fn best_total_is_selected_saved_used_by_the_next_stage_and_resumed_exactly() {
     }
     assert!(compared > 10);
 
+    // Inference on the run directory takes the weights its figures come from.
+    let m = mtanet_runner::build::restore::load_model(dir, None, Some("cpu")).unwrap();
+    assert_eq!(m.checkpoint, dir.join("checkpoints/best.safetensors"));
+    let given = dir.join("checkpoints/last.safetensors");
+    let m = mtanet_runner::build::restore::load_model(&given, None, Some("cpu")).unwrap();
+    assert_eq!(m.checkpoint, given);
+
     // runs.csv: the selected figures, how they were selected, and the last ones.
     let (header, runs) = read_csv(&tmp.path().join("results/runs.csv")).unwrap();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();

@@ -11,14 +11,14 @@ use mtanet_backbones::MtaNet;
 
 use crate::build::model::default_vocab;
 use crate::build::model::model_config;
-use crate::experiment::Config;
+use crate::experiment::{Config, Criterion};
 use mtanet_backbones::SeededVarMap;
 
 /// Why a checkpoint cannot become a model, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     /// Neither the checkpoint nor a run directory was found.
-    #[error("{}: no checkpoint (expected a run directory with checkpoints/last.safetensors, or a .safetensors file)", path.display())]
+    #[error("{}: no checkpoint (expected a run directory with checkpoints/last.safetensors or best.safetensors, or a .safetensors file)", path.display())]
     NoCheckpoint {
         /// The path given.
         path: PathBuf,
@@ -277,37 +277,95 @@ pub struct LoadedModel {
     pub n_expr: usize,
 }
 
+/// The checkpoint file an inference command uses, the run config beside it, and why that file.
+#[derive(Debug, Clone)]
+pub struct ResolvedCheckpoint {
+    /// The checkpoint file.
+    pub file: PathBuf,
+    /// The run's `config.yaml` (or `--config`).
+    pub config_path: PathBuf,
+    /// That config, read and checked.
+    pub config: Config,
+    /// Why this file, for the one line the commands print.
+    pub why: String,
+}
+
 /// Finds the checkpoint file and the config of `checkpoint` (a run directory or a file).
+///
+/// For a run directory the file is the one its figures come from: `checkpoints/best.safetensors`
+/// (the weights of the selected evaluation) when the run's `selection.criterion` is not `last`
+/// and that file exists, else `checkpoints/last.safetensors`. A file path is used as given, so
+/// `RUN/checkpoints/last.safetensors` picks the last weights of such a run.
 pub fn resolve_checkpoint(
     checkpoint: &Path,
     config: Option<&Path>,
-) -> Result<(PathBuf, PathBuf), RestoreError> {
-    let file = if checkpoint.is_dir() {
-        checkpoint.join("checkpoints").join("last.safetensors")
-    } else {
-        checkpoint.to_path_buf()
+) -> anyhow::Result<ResolvedCheckpoint> {
+    let run_dir = checkpoint.is_dir().then_some(checkpoint);
+    let (last, best) = match run_dir {
+        Some(d) => (
+            d.join("checkpoints").join("last.safetensors"),
+            d.join("checkpoints").join("best.safetensors"),
+        ),
+        None => (checkpoint.to_path_buf(), checkpoint.to_path_buf()),
     };
-    if !file.is_file() {
+    if !last.is_file() && !best.is_file() {
         return Err(RestoreError::NoCheckpoint {
             path: checkpoint.to_path_buf(),
-        });
+        }
+        .into());
     }
-    let cfg = match config {
-        Some(c) => c.to_path_buf(),
-        None if checkpoint.is_dir() => checkpoint.join("config.yaml"),
-        None => file
+    let config_path = match (config, run_dir) {
+        (Some(c), _) => c.to_path_buf(),
+        (None, Some(d)) => d.join("config.yaml"),
+        (None, None) => last
             .parent()
             .and_then(Path::parent)
             .map(|d| d.join("config.yaml"))
             .unwrap_or_else(|| PathBuf::from("config.yaml")),
     };
-    if !cfg.is_file() {
+    if !config_path.is_file() {
         return Err(RestoreError::NoConfig {
-            expected: cfg,
-            checkpoint: file,
-        });
+            expected: config_path,
+            checkpoint: if last.is_file() { last } else { best },
+        }
+        .into());
     }
-    Ok((file, cfg))
+    let cfg = read_run_config(&config_path)?;
+    let criterion = cfg.selection.criterion;
+    let (file, why) = match run_dir {
+        None => (last, "the file given".to_string()),
+        Some(_) if criterion != Criterion::Last && best.is_file() => {
+            let why = format!(
+                "selection.criterion `{criterion}`: the weights of the evaluation the run \
+                 reports; {} holds the last weights",
+                last.display()
+            );
+            (best, why)
+        }
+        Some(_) if !last.is_file() => {
+            return Err(RestoreError::NoCheckpoint {
+                path: checkpoint.to_path_buf(),
+            }
+            .into())
+        }
+        Some(_) if criterion == Criterion::Last => (
+            last,
+            "selection.criterion `last`: the run reports its last evaluation".to_string(),
+        ),
+        Some(_) => {
+            let why = format!(
+                "selection.criterion `{criterion}`, but the run has no best.safetensors (no \
+                 evaluation was offered to model selection yet): the last weights"
+            );
+            (last, why)
+        }
+    };
+    Ok(ResolvedCheckpoint {
+        file,
+        config_path,
+        config: cfg,
+        why,
+    })
 }
 
 fn head_size(
@@ -324,14 +382,20 @@ fn head_size(
         })
 }
 
-/// Loads a checkpoint (see [`resolve_checkpoint`]) into an MTANet built from its run config.
+/// Loads a checkpoint (see [`resolve_checkpoint`]) into an MTANet built from its run config;
+/// prints to stderr which file it loaded and why.
 pub fn load_model(
     checkpoint: &Path,
     config: Option<&Path>,
     device: Option<&str>,
 ) -> anyhow::Result<LoadedModel> {
-    let (file, cfg_path) = resolve_checkpoint(checkpoint, config)?;
-    let mut cfg = read_run_config(&cfg_path)?;
+    let ResolvedCheckpoint {
+        file,
+        config_path: cfg_path,
+        config: mut cfg,
+        why,
+    } = resolve_checkpoint(checkpoint, config)?;
+    eprintln!("checkpoint: {} ({why})", file.display());
     if let Some(d) = device {
         cfg.device = d.to_string();
     }
@@ -409,6 +473,57 @@ mod tests {
         write_with_meta(&p, Some((VOCAB_KEY, "[1,".into())));
         let e = format!("{:#}", model_vocab(&p, 8, 7).unwrap_err());
         assert!(e.contains("c.safetensors") && e.contains(VOCAB_KEY), "{e}");
+    }
+
+    #[test]
+    fn a_run_directory_gives_the_weights_its_figures_come_from() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path();
+        std::fs::create_dir(run.join("checkpoints")).unwrap();
+        let (last, best) = (
+            run.join("checkpoints/last.safetensors"),
+            run.join("checkpoints/best.safetensors"),
+        );
+        write_with_meta(&last, None);
+        write_with_meta(&best, None);
+        let criterion = |c: Criterion| {
+            let mut cfg = Config::default();
+            cfg.selection.criterion = c;
+            std::fs::write(run.join("config.yaml"), cfg.to_yaml()).unwrap();
+        };
+        for (c, name) in [
+            (Criterion::Total, "total"),
+            (Criterion::PerTask, "per_task"),
+        ] {
+            criterion(c);
+            let r = resolve_checkpoint(run, None).unwrap();
+            assert_eq!(r.file, best);
+            assert_eq!(r.config_path, run.join("config.yaml"));
+            assert!(
+                r.why.contains(&format!("`{name}`")) && r.why.contains(&last.display().to_string()),
+                "{}",
+                r.why
+            );
+        }
+        criterion(Criterion::Last);
+        let r = resolve_checkpoint(run, None).unwrap();
+        assert_eq!(r.file, last);
+        assert!(r.why.contains("`last`"), "{}", r.why);
+
+        // A file is used as given, with the config of its run.
+        criterion(Criterion::Total);
+        let r = resolve_checkpoint(&last, None).unwrap();
+        assert_eq!((&r.file, &r.config_path), (&last, &run.join("config.yaml")));
+        assert_eq!(r.config.selection.criterion, Criterion::Total);
+
+        // No best weights (yet): the last ones, saying so; no weights at all: refused.
+        std::fs::remove_file(&best).unwrap();
+        let r = resolve_checkpoint(run, None).unwrap();
+        assert_eq!(r.file, last);
+        assert!(r.why.contains("no best.safetensors"), "{}", r.why);
+        std::fs::remove_file(&last).unwrap();
+        let e = resolve_checkpoint(run, None).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use mtanet_affwild2::SynthConfig;
 /// `mtanet predict`.
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A run directory (config.yaml + checkpoints/last.safetensors) or a checkpoint file.
+    /// A run directory (config.yaml + the checkpoint its figures come from:
+    /// checkpoints/best.safetensors when selection.criterion is not `last` and that file
+    /// exists, else checkpoints/last.safetensors) or a checkpoint file, used as given.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The run config, when the checkpoint file has no ../config.yaml.
@@ -57,8 +59,8 @@ pub struct PredictArgs {
 /// `mtanet tune`.
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// A run directory (config.yaml + checkpoints/last.safetensors) or a checkpoint file; the
-    /// choice is stored in this checkpoint's metadata.
+    /// A run directory (config.yaml + the checkpoint its figures come from, as for `predict`)
+    /// or a checkpoint file, used as given; the choice is stored in this checkpoint's metadata.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The run config, when the checkpoint file has no ../config.yaml.
@@ -291,7 +293,7 @@ pub enum ModelCommand {
     /// head order), model configuration, input preprocessing, dataset layout, commit, and
     /// loop state. Takes a run directory or a `.safetensors` file.
     Info {
-        /// A run directory (its `checkpoints/last.safetensors`) or a checkpoint file.
+        /// A run directory (the checkpoint `predict` uses) or a checkpoint file.
         checkpoint: PathBuf,
     },
     /// Run one batch through a backbone with given weights and write its features, or with
@@ -314,9 +316,10 @@ pub enum ModelCommand {
         /// `--mtanet`).
         #[arg(long, required_unless_present = "mtanet", conflicts_with = "mtanet")]
         weights: Option<PathBuf>,
-        /// A run directory (or its `checkpoints/*.safetensors`): run the whole MTANet of that
-        /// run in eval mode, f32, on the CPU, and write `va`, `au_logits`, `expr_logits`,
-        /// `feature_map` and `features` (the shared encoder's output).
+        /// A run directory (the checkpoint `predict` uses) or one of its
+        /// `checkpoints/*.safetensors`: run the whole MTANet of that run in eval mode, f32, on
+        /// the CPU, and write `va`, `au_logits`, `expr_logits`, `feature_map` and `features`
+        /// (the shared encoder's output).
         #[arg(long, value_name = "RUN_DIR")]
         mtanet: Option<PathBuf>,
         /// Input safetensors holding `input` (N, 3, H, W) f32, normalised as the run's

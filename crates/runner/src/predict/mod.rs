@@ -63,7 +63,8 @@ pub enum PredictTarget {
 /// Options of [`run`].
 #[derive(Debug, Clone)]
 pub struct PredictOptions {
-    /// A run directory (`config.yaml` + `checkpoints/last.safetensors`) or a checkpoint file.
+    /// A run directory (`config.yaml` + the checkpoint
+    /// [`crate::build::restore::resolve_checkpoint`] picks) or a checkpoint file.
     pub checkpoint: PathBuf,
     /// The run config, when the checkpoint file has no `../config.yaml`.
     pub config: Option<PathBuf>,
