@@ -128,7 +128,7 @@ impl<'a> Trainer<'a> {
         };
         let mut tb = tb;
         crate::record::hparams::start(&mut tb, config, ctx.profile.as_deref(), ctx.row.as_deref());
-        let metrics_csv = MetricsCsv::open(run_dir.join("metrics.csv"), state.global_step);
+        let metrics_csv = MetricsCsv::open(run_dir.join("metrics.csv"), state.global_step)?;
         let scoring = scoring_for(s.layout, &s.vocab);
         let train_seconds_before = state.train_seconds;
         let description = describe(config, &s.vocab, s.layout)?;
