@@ -1,6 +1,6 @@
 //! `mtanet compare A.csv B.csv ...`: result rows side by side with deltas per metric.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -8,13 +8,11 @@ use mtanet_affwild2::annotation::split_lines;
 
 use crate::record::atomic_io::csv_split;
 
-/// One file's rows: key (row name, else run id) -> column -> value.
-type Rows = BTreeMap<String, BTreeMap<String, String>>;
-
 /// Reads a result CSV as a spreadsheet may have saved it: a UTF-8 byte-order mark, CRLF or
 /// CR line ends, and blank or all-empty rows are accepted; a row with another field count
-/// than the header is an error naming the file and line.
-fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+/// than the header is an error naming the file and line. Rows come with their 1-based line.
+#[allow(clippy::type_complexity)]
+fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -36,49 +34,235 @@ fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
                 header.len()
             );
         }
-        rows.push(r);
+        rows.push((line, r));
     }
     Ok((header, rows))
 }
 
-fn load(path: &Path) -> anyhow::Result<Rows> {
-    let (header, rows) = read_table(path)?;
-    let key_col = ["row", "run_id"]
-        .iter()
-        .find_map(|k| header.iter().position(|h| h == k))
-        .ok_or_else(|| anyhow::anyhow!("{}: no `row` or `run_id` column", path.display()))?;
-    let mut out = Rows::new();
-    for r in rows {
-        let mut key = r[key_col].clone();
-        if key.is_empty() {
-            key = r.first().cloned().unwrap_or_default();
-        }
-        let m: BTreeMap<String, String> = header.iter().cloned().zip(r).collect();
-        // runs.csv may hold several runs of a row: keep the last (most recent) one.
-        out.insert(key, m);
-    }
-    Ok(out)
+/// The columns that identify a result, in the order a key lists them: a file is keyed by those
+/// of them it has (`runs.csv`: all four; a table CSV: `profile` and `row`).
+const IDENTITY: &[&str] = &["experiment", "profile", "row", "seed"];
+
+/// A row's identity: (column, value) for each identifying column of its file.
+type Key = Vec<(String, String)>;
+
+/// One file's finished rows by identity, in file order, and what was skipped or repeated.
+struct Loaded {
+    /// The columns that identify its rows.
+    key_cols: Vec<String>,
+    /// (key, 1-based line, column -> value), one per key (the last line of a repeated key).
+    rows: Vec<(Key, usize, BTreeMap<String, String>)>,
+    /// Lines about skipped and repeated rows, for the top of the output.
+    notes: Vec<String>,
 }
 
-/// Renders the comparison as text (markdown table per row key).
+/// `resnet50`, or `resnet50 (experiment table1, profile demo, seed 0)`.
+fn key_label(key: &Key) -> String {
+    let name = key
+        .iter()
+        .find(|(c, _)| c == "row")
+        .or_else(|| key.iter().find(|(c, _)| c == "run_id"))
+        .map(|(c, v)| {
+            if c == "run_id" {
+                format!("run {v}")
+            } else {
+                v.clone()
+            }
+        })
+        .unwrap_or_default();
+    let rest: Vec<String> = key
+        .iter()
+        .filter(|(c, _)| c != "row" && c != "run_id")
+        .map(|(c, v)| format!("{c} {v}"))
+        .collect();
+    if rest.is_empty() {
+        name
+    } else {
+        format!("{name} ({})", rest.join(", "))
+    }
+}
+
+/// Lines as `line 3` or `lines 3, 5`.
+fn lines_text(lines: &[usize]) -> String {
+    let l: Vec<String> = lines.iter().map(usize::to_string).collect();
+    format!(
+        "line{} {}",
+        if l.len() > 1 { "s" } else { "" },
+        l.join(", ")
+    )
+}
+
+/// Reads a result CSV keyed by its identifying columns ([`IDENTITY`] where present; a row
+/// with an empty `row`, an ablation run under another name, by its `run_id`). Rows whose
+/// `status` is not `finished` are skipped and counted; a key on several lines is compared at
+/// its last line (the most recent run), and said so.
+fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let (header, rows) = read_table(path)?;
+    let p = path.display();
+    let has = |c: &str| header.iter().any(|h| h == c);
+    if !has("row") && !has("run_id") {
+        bail!("{p}: no `row` or `run_id` column");
+    }
+    let mut key_cols: Vec<String> = IDENTITY
+        .iter()
+        .filter(|c| has(c))
+        .map(|c| c.to_string())
+        .collect();
+    if !has("row") {
+        key_cols.push("run_id".into());
+    }
+    let mut skipped: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut by_key: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
+    let mut out: Vec<(Key, usize, BTreeMap<String, String>)> = Vec::new();
+    for (line, r) in rows {
+        let m: BTreeMap<String, String> = header
+            .iter()
+            .cloned()
+            .zip(r.into_iter().map(|v| v.trim().to_string()))
+            .collect();
+        if let Some(status) = m.get("status").filter(|s| *s != "finished") {
+            skipped.entry(status.clone()).or_default().push(line);
+            continue;
+        }
+        let mut key: Key = Vec::new();
+        for c in &key_cols {
+            let v = m[c].clone();
+            if c == "row" && v.is_empty() {
+                match m.get("run_id").filter(|id| !id.is_empty()) {
+                    Some(id) => key.push(("run_id".into(), id.clone())),
+                    None => bail!("{p}:{line}: empty `row`"),
+                }
+            } else {
+                key.push((c.clone(), v));
+            }
+        }
+        let lines = by_key.entry(key.clone()).or_default();
+        lines.push(line);
+        if lines.len() > 1 {
+            out.retain(|(k, _, _)| *k != key);
+        }
+        out.push((key, line, m));
+    }
+    let mut notes = Vec::new();
+    if !skipped.is_empty() {
+        let n: usize = skipped.values().map(Vec::len).sum();
+        let how: Vec<String> = skipped
+            .iter()
+            .map(|(status, lines)| {
+                let status = if status.is_empty() { "empty" } else { status };
+                format!("{status}: {}", lines_text(lines))
+            })
+            .collect();
+        notes.push(format!(
+            "{p}: {n} row{} skipped, status not `finished` ({})",
+            if n > 1 { "s" } else { "" },
+            how.join("; ")
+        ));
+    }
+    for (key, lines) in by_key.iter().filter(|(_, l)| l.len() > 1) {
+        notes.push(format!(
+            "{p}: {} is on {}: compared line {}, the last",
+            key_label(key),
+            lines_text(lines),
+            lines[lines.len() - 1]
+        ));
+    }
+    Ok(Loaded {
+        key_cols,
+        rows: out,
+        notes,
+    })
+}
+
+/// Renders the comparison as text: first the notes (rows skipped because their status is not
+/// `finished`, keys on several lines) and warnings (files of other profiles, rows over other
+/// numbers of seeds), then a markdown table per result. Rows are paired by the identifying
+/// columns their files have ([`IDENTITY`]), so runs of other experiments, profiles or seeds
+/// are never set side by side; files identified by other columns are refused.
 pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if paths.len() < 2 {
         anyhow::bail!("compare needs at least two CSV files");
     }
-    let files: Vec<Rows> = paths.iter().map(|p| load(p)).collect::<Result<_, _>>()?;
-    let mut keys: Vec<String> = Vec::new();
-    for f in &files {
-        for k in f.keys() {
-            if !keys.contains(k) {
-                keys.push(k.clone());
-            }
+    let files: Vec<Loaded> = paths.iter().map(|p| load(p)).collect::<Result<_, _>>()?;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    for (name, f) in names.iter().zip(&files).skip(1) {
+        if f.key_cols != files[0].key_cols {
+            bail!(
+                "{} identifies its rows by ({}), {name} by ({}): compare files of one kind \
+                 (runs.csv with runs.csv, table CSVs with table CSVs)",
+                names[0],
+                files[0].key_cols.join(", "),
+                f.key_cols.join(", ")
+            );
         }
     }
     let mut s = String::new();
-    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    for f in &files {
+        for n in &f.notes {
+            s.push_str(&format!("note: {n}\n"));
+        }
+    }
+    if files[0].key_cols.iter().any(|c| c == "profile") {
+        let profiles: Vec<BTreeSet<&str>> = files
+            .iter()
+            .map(|f| {
+                f.rows
+                    .iter()
+                    .map(|(_, _, m)| m["profile"].as_str())
+                    .collect()
+            })
+            .collect();
+        if profiles.windows(2).any(|w| w[0] != w[1]) {
+            let each: Vec<String> = names
+                .iter()
+                .zip(&profiles)
+                .map(|(n, p)| {
+                    let p: Vec<&str> = p
+                        .iter()
+                        .map(|p| if p.is_empty() { "none" } else { p })
+                        .collect();
+                    format!("{n}: {}", p.join(", "))
+                })
+                .collect();
+            s.push_str(&format!(
+                "warning: the files hold results of other profiles ({}); rows are paired only \
+                 within one profile\n",
+                each.join("; ")
+            ));
+        }
+    }
+    let lookup: Vec<BTreeMap<&Key, &BTreeMap<String, String>>> = files
+        .iter()
+        .map(|f| f.rows.iter().map(|(k, _, m)| (k, m)).collect())
+        .collect();
+    let mut keys: Vec<&Key> = Vec::new();
+    for f in &files {
+        for (k, _, _) in &f.rows {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    for key in &keys {
+        let seeds: Vec<(&String, &str)> = names
+            .iter()
+            .zip(&lookup)
+            .filter_map(|(n, l)| Some((n, l.get(key)?.get("seeds")?.as_str())))
+            .collect();
+        if seeds.windows(2).any(|w| w[0].1 != w[1].1) {
+            let each: Vec<String> = seeds.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+            s.push_str(&format!(
+                "warning: {}: other numbers of seeds ({}); each figure is the mean over its \
+                 file's seeds\n",
+                key_label(key),
+                each.join("; ")
+            ));
+        }
+    }
     for key in keys {
         s.push_str(&format!(
-            "\n### {key}\n\n| metric | {} | Δ (last - first) | noise |\n",
+            "\n### {}\n\n| metric | {} | Δ (last - first) | noise |\n",
+            key_label(key),
             names.join(" | ")
         ));
         s.push_str(&format!("|---|{}---|---|\n", "---|".repeat(names.len())));
@@ -86,10 +270,10 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             .iter()
             .chain(&["train_img_s"])
         {
-            let vals: Vec<Option<f64>> = files
+            let vals: Vec<Option<f64>> = lookup
                 .iter()
                 .map(|f| {
-                    f.get(&key)
+                    f.get(key)
                         .and_then(|r| r.get(*m))
                         .and_then(|v| v.parse().ok())
                 })
@@ -97,10 +281,10 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             if vals.iter().all(Option::is_none) {
                 continue;
             }
-            let stds: Vec<Option<f64>> = files
+            let stds: Vec<Option<f64>> = lookup
                 .iter()
                 .map(|f| {
-                    f.get(&key)
+                    f.get(key)
                         .and_then(|r| r.get(&format!("{m}_std")))
                         .and_then(|v| v.parse().ok())
                 })
@@ -165,6 +349,141 @@ mod tests {
         std::fs::write(&bad, "x,y\n1,2\n").unwrap();
         let e = compare(&[bad.clone(), bad]).unwrap_err().to_string();
         assert!(e.contains("bad.csv"), "{e}");
+    }
+
+    /// The text of the section headed `### {heading}` (up to the next heading).
+    fn section<'a>(s: &'a str, heading: &str) -> &'a str {
+        let start = s
+            .find(&format!("### {heading}\n"))
+            .unwrap_or_else(|| panic!("no section {heading}:\n{s}"));
+        let rest = &s[start + 4..];
+        &rest[..rest.find("### ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn runs_pair_by_experiment_profile_row_and_seed_and_unfinished_runs_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.csv");
+        let b = d.path().join("b.csv");
+        let header = "run_id,experiment,profile,row,seed,status,au.f1\n";
+        std::fs::write(
+            &a,
+            format!(
+                "{header}r1,table1,demo,resnet50,0,finished,0.50\n\
+                 r2,table1,demo,resnet50,1,finished,0.60\n\
+                 r3,heads,demo,resnet50,0,finished,0.70\n\
+                 r4,table1,paper,resnet50,0,finished,0.30\n\
+                 r5,table1,demo,resnet50,0,failed,0.00\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            format!(
+                "{header}q1,table1,demo,resnet50,0,finished,0.55\n\
+                 q2,table1,demo,resnet50,1,finished,0.65\n\
+                 q3,table1,demo,resnet50,1,finished,0.68\n\
+                 q4,table1,demo,,0,finished,0.90\n"
+            ),
+        )
+        .unwrap();
+        let s = compare(&[a.clone(), b.clone()]).unwrap();
+        let (an, bn) = (a.display(), b.display());
+        let seed0 = section(&s, "resnet50 (experiment table1, profile demo, seed 0)");
+        assert!(
+            seed0.contains("| au.f1 | 0.5000 | 0.5500 | +0.0500 |"),
+            "{s}"
+        );
+        let seed1 = section(&s, "resnet50 (experiment table1, profile demo, seed 1)");
+        assert!(
+            seed1.contains("| au.f1 | 0.6000 | 0.6800 | +0.0800 |"),
+            "{s}"
+        );
+        let heads = section(&s, "resnet50 (experiment heads, profile demo, seed 0)");
+        assert!(heads.contains("| au.f1 | 0.7000 | - | - |"), "{s}");
+        let paper = section(&s, "resnet50 (experiment table1, profile paper, seed 0)");
+        assert!(paper.contains("| au.f1 | 0.3000 | - | - |"), "{s}");
+        let ablation = section(&s, "run q4 (experiment table1, profile demo, seed 0)");
+        assert!(ablation.contains("| au.f1 | - | 0.9000 | - |"), "{s}");
+        assert_eq!(s.matches("### ").count(), 5, "{s}");
+        assert!(!s.contains("0.0000"), "the failed run was compared: {s}");
+        assert!(
+            s.contains(&format!(
+                "note: {an}: 1 row skipped, status not `finished` (failed: line 6)\n"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "note: {bn}: resnet50 (experiment table1, profile demo, seed 1) is on lines 3, \
+                 4: compared line 4, the last\n"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "warning: the files hold results of other profiles ({an}: demo, paper; {bn}: \
+                 demo)"
+            )),
+            "{s}"
+        );
+        // The notes come first, before any table.
+        assert!(s.find("note: ").unwrap() < s.find("### ").unwrap(), "{s}");
+    }
+
+    #[test]
+    fn table_csvs_pair_within_a_profile_and_say_when_seeds_differ() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.csv");
+        let b = d.path().join("b.csv");
+        std::fs::write(
+            &a,
+            "row,profile,seeds,au.f1,au.f1_std\nresnet50,demo,1,0.5,\nresnet50,paper,3,0.3,0.01\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            "row,profile,seeds,au.f1,au.f1_std\nresnet50,demo,3,0.6,0.02\n",
+        )
+        .unwrap();
+        let s = compare(&[a.clone(), b.clone()]).unwrap();
+        let (an, bn) = (a.display(), b.display());
+        let demo = section(&s, "resnet50 (profile demo)");
+        assert!(
+            demo.contains("| au.f1 | 0.5000 | 0.6000 ± 0.0200 | +0.1000 | no seed spread |"),
+            "{s}"
+        );
+        let paper = section(&s, "resnet50 (profile paper)");
+        assert!(paper.contains("| au.f1 | 0.3000 ± 0.0100 | - | - |"), "{s}");
+        assert!(
+            s.contains(&format!(
+                "warning: resnet50 (profile demo): other numbers of seeds ({an}: 1; {bn}: 3)"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains("warning: the files hold results of other profiles"),
+            "{s}"
+        );
+        // Same profiles and seeds: no warning.
+        std::fs::write(&a, "row,profile,seeds,au.f1\nresnet50,demo,3,0.5\n").unwrap();
+        let s = compare(&[a.clone(), b.clone()]).unwrap();
+        assert!(!s.contains("warning"), "{s}");
+        // A runs.csv beside a table CSV: refused, naming both and their key columns.
+        let runs = d.path().join("runs.csv");
+        std::fs::write(
+            &runs,
+            "run_id,experiment,profile,row,seed,status,au.f1\nr1,table1,demo,resnet50,0,finished,0.5\n",
+        )
+        .unwrap();
+        let e = compare(&[runs.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "{} identifies its rows by (experiment, profile, row, seed), {bn} by (profile, row)",
+                runs.display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]
