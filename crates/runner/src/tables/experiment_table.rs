@@ -5,7 +5,8 @@
 //! `mtanet run FILE` for any experiment file. Written to `<results>/<experiment>.csv`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use mtanet_affwild2::{DatasetIndex, IndexOptions, Split};
@@ -14,7 +15,7 @@ use mtanet_metrics::{Accumulator, Report};
 use crate::build::data::{data_root, subsample};
 use crate::experiment::profile::{choose_profile, env_overrides, load_experiment};
 use crate::experiment::{Config, Criterion, ExperimentFile, Override, PaperMetric, PaperValues};
-use crate::record::atomic_io::append_csv_row;
+use crate::record::atomic_io::{csv_field, read_csv, write_atomic};
 use crate::record::summary_line::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};
 use crate::training::{self, RunContext};
@@ -154,8 +155,10 @@ struct RowResult {
     name: String,
     label: String,
     paper: Option<PaperValues>,
+    /// (report, run directory, training img/s) of each seed.
     runs: Vec<(Report, PathBuf, f64)>,
-    selected_from: Vec<String>,
+    /// (seed, which evaluation the report comes from) of each run.
+    selected_from: Vec<(u64, String)>,
 }
 
 impl RowResult {
@@ -248,6 +251,19 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                 );
             }
             let report = out.report.context("a finished run has a report")?;
+            let bad = non_finite_table_metrics(&report);
+            if !bad.is_empty() {
+                anyhow::bail!(
+                    "row {} seed {} ({}): {}; the table averages every seed or none",
+                    display,
+                    cfg.seed,
+                    out.run_dir.display(),
+                    bad.iter()
+                        .map(|(k, v)| format!("{k} is {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             let skipped = match out.skipped.len() {
                 0 => String::new(),
                 n => format!(", {n} unreadable crops skipped"),
@@ -262,7 +278,7 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                 out.run_dir.display()
             );
             runs.push((report, out.run_dir, out.train_img_s));
-            selected_from.push(out.selected_from);
+            selected_from.push((cfg.seed, out.selected_from));
         }
         results.push(RowResult {
             name: display.clone(),
@@ -288,10 +304,8 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
             .results_dir
             .join(format!("{}.csv", configs[0].experiment));
         let (header, rows) = table_csv(&results, &profile, seeds);
-        // Upsert by row name: rows of an earlier run of other rows stay.
-        for row in &rows {
-            append_csv_row(&path, &header, row)?;
-        }
+        // Upsert by (row, profile): rows of other rows and other profiles stay.
+        upsert_table_rows(&path, &header, &rows)?;
         println!("wrote {}", path.display());
     }
     if profile == "demo" {
@@ -306,6 +320,17 @@ fn fmt_summary(s: &Summary, seeds: usize) -> String {
         Some(m) if seeds > 1 => format!("{m:.3} ± {:.3}", s.std.unwrap_or(0.0)),
         Some(m) => format!("{m:.3}"),
     }
+}
+
+/// The [`TABLE_METRICS`] of `report` that are NaN or infinite, with their values: the table
+/// refuses such a run rather than average the other seeds under a `seeds` count that includes
+/// it.
+fn non_finite_table_metrics(report: &Report) -> Vec<(String, f64)> {
+    report
+        .scalars()
+        .into_iter()
+        .filter(|(k, v)| !v.is_finite() && TABLE_METRICS.iter().any(|(m, _)| m == k))
+        .collect()
 }
 
 /// The table as markdown: ours (the selected figures), the paper's, and deltas (ours of the
@@ -396,8 +421,8 @@ fn markdown(
     }
     if criterion != Criterion::Last {
         for r in rows {
-            for (i, from) in r.selected_from.iter().enumerate() {
-                s.push_str(&format!("{} seed {}: {from}\n", r.name, i));
+            for (seed, from) in &r.selected_from {
+                s.push_str(&format!("{} seed {seed}: {from}\n", r.name));
             }
         }
     }
@@ -472,6 +497,100 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, V
     (header, out)
 }
 
+/// Writes `rows` (under `header`) into the table CSV at `path`, keyed by (`row`, `profile`): a
+/// row of the same name and profile is replaced where it stands, any other is appended, and
+/// the rows of other names and profiles stay. Values are placed by column name; a column the
+/// file lacks is appended to its header (earlier rows get empty cells). The file is rewritten
+/// atomically under the lock `<file>.csv.lock`, so concurrent tables never lose a row. A file
+/// without a `row` or `profile` column is refused, naming it.
+fn upsert_table_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let lock_path = path.with_extension("csv.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening lock {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let exists = path
+        .try_exists()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let (mut file_header, mut file_rows) = if exists {
+        read_csv(path)?
+    } else {
+        (header.to_vec(), Vec::new())
+    };
+    let column = |h: &[String], c: &str| {
+        h.iter().position(|x| x == c).with_context(|| {
+            format!(
+                "{}: no `{c}` column (table rows are keyed by row and profile)",
+                path.display()
+            )
+        })
+    };
+    let (row_at, profile_at) = (
+        column(&file_header, "row")?,
+        column(&file_header, "profile")?,
+    );
+    for h in header {
+        if !file_header.contains(h) {
+            file_header.push(h.clone());
+            for r in &mut file_rows {
+                r.push(String::new());
+            }
+        }
+    }
+    for row in rows {
+        let by_name: BTreeMap<&str, &str> = header
+            .iter()
+            .map(String::as_str)
+            .zip(row.iter().map(String::as_str))
+            .collect();
+        let fields: Vec<String> = file_header
+            .iter()
+            .map(|h| {
+                by_name
+                    .get(h.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        let same =
+            |r: &Vec<String>| r[row_at] == fields[row_at] && r[profile_at] == fields[profile_at];
+        match file_rows.iter().position(same) {
+            Some(i) => {
+                let mut j = 0;
+                file_rows.retain(|r| {
+                    j += 1;
+                    j - 1 <= i || !same(r)
+                });
+                file_rows[i] = fields;
+            }
+            None => file_rows.push(fields),
+        }
+    }
+    let join = |fields: &[String]| {
+        fields
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut text = join(&file_header) + "\n";
+    for r in &file_rows {
+        text.push_str(&join(r));
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())?;
+    drop(lock);
+    Ok(())
+}
+
 /// The demo's promise: every row clearly beats the constant predictor.
 fn print_demo_check(rows: &[RowResult], constant: Option<&Report>) {
     let targets = [
@@ -502,5 +621,133 @@ fn print_demo_check(rows: &[RowResult], constant: Option<&Report>) {
         } else {
             println!("demo check {}: BELOW TARGET: {}", r.name, fails.join("; "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtanet_metrics::VaReport;
+
+    /// A row of two runs, seeds 3 and 4, selected by the best total.
+    fn row_of_seeds_3_and_4() -> RowResult {
+        RowResult {
+            name: "r".into(),
+            label: "r".into(),
+            paper: None,
+            runs: vec![
+                (Report::default(), PathBuf::from("a"), 1.0),
+                (Report::default(), PathBuf::from("b"), 1.0),
+            ],
+            selected_from: vec![(3, "epoch 2".into()), (4, "epoch 5".into())],
+        }
+    }
+
+    #[test]
+    fn the_selection_note_names_each_runs_own_seed() {
+        let md = markdown(
+            &[row_of_seeds_3_and_4()],
+            None,
+            "T",
+            "demo",
+            2,
+            Criterion::Total,
+        );
+        assert!(
+            md.contains("r seed 3: epoch 2\nr seed 4: epoch 5\n"),
+            "{md}"
+        );
+        assert!(!md.contains("seed 0") && !md.contains("seed 1:"), "{md}");
+    }
+
+    /// The file's rows as (row, profile, au.f1).
+    fn rows(path: &Path) -> Vec<(String, String, String)> {
+        let (h, r) = read_csv(path).unwrap();
+        let at = |c: &str| h.iter().position(|x| x == c).unwrap();
+        r.iter()
+            .map(|r| {
+                (
+                    r[at("row")].clone(),
+                    r[at("profile")].clone(),
+                    r[at("au.f1")].clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn table_rows_merge_by_row_and_profile() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("results/table1.csv");
+        let h = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let r = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let header = h(&["row", "profile", "au.f1"]);
+        upsert_table_rows(
+            &path,
+            &header,
+            &[
+                r(&["resnet50", "paper", "0.4"]),
+                r(&["senet", "paper", "0.5"]),
+            ],
+        )
+        .unwrap();
+        // A demo run of the same row: beside the paper row, not over it.
+        upsert_table_rows(&path, &header, &[r(&["resnet50", "demo", "0.9"])]).unwrap();
+        let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            rows(&path),
+            [
+                t("resnet50", "paper", "0.4"),
+                t("senet", "paper", "0.5"),
+                t("resnet50", "demo", "0.9"),
+            ]
+        );
+        // A rerun of a (row, profile) replaces its line where it stands; a header in another
+        // order with a new column is matched by name, earlier rows empty in the new column.
+        let header2 = h(&["profile", "au.f1", "row", "expr.f1"]);
+        upsert_table_rows(&path, &header2, &[r(&["paper", "0.45", "resnet50", "0.3"])]).unwrap();
+        assert_eq!(
+            rows(&path),
+            [
+                t("resnet50", "paper", "0.45"),
+                t("senet", "paper", "0.5"),
+                t("resnet50", "demo", "0.9"),
+            ]
+        );
+        let (h2, r2) = read_csv(&path).unwrap();
+        assert_eq!(h2, ["row", "profile", "au.f1", "expr.f1"]);
+        assert_eq!(r2[0][3], "0.3");
+        assert_eq!((r2[1][3].as_str(), r2[2][3].as_str()), ("", ""));
+        // A file that cannot be keyed is refused, naming it, and left as it was.
+        let other = d.path().join("other.csv");
+        std::fs::write(&other, "row,au.f1\nresnet50,0.4\n").unwrap();
+        let e = upsert_table_rows(&other, &header, &[r(&["resnet50", "demo", "0.9"])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other.csv") && e.contains("`profile`"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&other).unwrap(),
+            "row,au.f1\nresnet50,0.4\n"
+        );
+    }
+
+    #[test]
+    fn non_finite_table_metrics_are_named() {
+        let mut report = Report {
+            va: Some(VaReport {
+                ccc_valence: f64::NAN,
+                ccc_arousal: 0.5,
+                score: f64::NAN,
+                frames: 3,
+            }),
+            ..Report::default()
+        };
+        // va.score is not a table metric; CCC-V is.
+        let bad = non_finite_table_metrics(&report);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, "va.ccc_valence");
+        assert!(bad[0].1.is_nan());
+        report.va.as_mut().unwrap().ccc_valence = 0.25;
+        assert!(non_finite_table_metrics(&report).is_empty());
     }
 }

@@ -3,8 +3,11 @@
 /// Summary of one metric over runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Summary {
-    /// Number of values.
+    /// Number of values averaged (the finite ones).
     pub n: usize,
+    /// Number of values left out because they are NaN or infinite; a caller that reports `n`
+    /// runs checks this is 0.
+    pub non_finite: usize,
     /// Mean (`None` without values).
     pub mean: Option<f64>,
     /// Sample standard deviation (n - 1); `None` below 2 values.
@@ -30,17 +33,22 @@ pub fn t975(df: usize) -> f64 {
     }
 }
 
-/// Summarises the finite values of `xs`.
+/// Summarises the finite values of `xs`; [`Summary::non_finite`] counts the others.
 pub fn mean_std_ci(xs: &[f64]) -> Summary {
     let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
+    let non_finite = xs.len() - n;
     if n == 0 {
-        return Summary::default();
+        return Summary {
+            non_finite,
+            ..Summary::default()
+        };
     }
     let mean = v.iter().sum::<f64>() / n as f64;
     if n < 2 {
         return Summary {
             n,
+            non_finite,
             mean: Some(mean),
             std: None,
             ci95: None,
@@ -50,6 +58,7 @@ pub fn mean_std_ci(xs: &[f64]) -> Summary {
     let std = var.sqrt();
     Summary {
         n,
+        non_finite,
         mean: Some(mean),
         std: Some(std),
         ci95: Some(t975(n - 1) * std / (n as f64).sqrt()),
@@ -64,11 +73,17 @@ mod tests {
     fn summary() {
         let s = mean_std_ci(&[1.0, 2.0, 3.0, f64::NAN]);
         assert_eq!(s.n, 3);
+        assert_eq!(s.non_finite, 1);
         assert_eq!(s.mean, Some(2.0));
         assert_eq!(s.std, Some(1.0));
         assert!((s.ci95.unwrap() - t975(2) / 3f64.sqrt()).abs() < 1e-12);
         assert_eq!(mean_std_ci(&[5.0]).std, None);
+        assert_eq!(mean_std_ci(&[5.0]).non_finite, 0);
         assert_eq!(mean_std_ci(&[]).mean, None);
+        let s = mean_std_ci(&[f64::INFINITY, f64::NAN]);
+        assert_eq!((s.n, s.non_finite, s.mean), (0, 2, None));
+        let s = mean_std_ci(&[4.0, f64::NEG_INFINITY, 6.0]);
+        assert_eq!((s.n, s.non_finite, s.mean), (2, 1, Some(5.0)));
         assert!(T975.windows(2).all(|w| w[0] > w[1] && w[1] > 1.96));
     }
 }
