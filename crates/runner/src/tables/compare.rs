@@ -8,11 +8,13 @@ use mtanet_affwild2::annotation::split_lines;
 
 use crate::record::atomic_io::csv_split;
 
+/// A CSV row with its 1-based line number.
+type NumberedRow = (usize, Vec<String>);
+
 /// Reads a result CSV as a spreadsheet may have saved it: a UTF-8 byte-order mark, CRLF or
 /// CR line ends, and blank or all-empty rows are accepted; a row with another field count
 /// than the header is an error naming the file and line. Rows come with their 1-based line.
-#[allow(clippy::type_complexity)]
-fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
+fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -50,8 +52,8 @@ type Key = Vec<(String, String)>;
 struct Loaded {
     /// The columns that identify its rows.
     key_cols: Vec<String>,
-    /// (key, 1-based line, column -> value), one per key (the last line of a repeated key).
-    rows: Vec<(Key, usize, BTreeMap<String, String>)>,
+    /// (key, column -> value), one per key (the last line of a repeated key).
+    rows: Vec<(Key, BTreeMap<String, String>)>,
     /// Lines about skipped and repeated rows, for the top of the output.
     notes: Vec<String>,
 }
@@ -103,6 +105,10 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
     if !has("row") && !has("run_id") {
         bail!("{p}: no `row` or `run_id` column");
     }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = header.iter().find(|h| !seen.insert(h.as_str())) {
+        bail!("{p}:1: column `{dup}` appears twice in the header");
+    }
     let mut key_cols: Vec<String> = IDENTITY
         .iter()
         .filter(|c| has(c))
@@ -113,7 +119,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     let mut skipped: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut by_key: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
-    let mut out: Vec<(Key, usize, BTreeMap<String, String>)> = Vec::new();
+    let mut out: Vec<(Key, BTreeMap<String, String>)> = Vec::new();
     for (line, r) in rows {
         let m: BTreeMap<String, String> = header
             .iter()
@@ -139,9 +145,9 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         let lines = by_key.entry(key.clone()).or_default();
         lines.push(line);
         if lines.len() > 1 {
-            out.retain(|(k, _, _)| *k != key);
+            out.retain(|(k, _)| *k != key);
         }
-        out.push((key, line, m));
+        out.push((key, m));
     }
     let mut notes = Vec::new();
     if !skipped.is_empty() {
@@ -205,12 +211,7 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if files[0].key_cols.iter().any(|c| c == "profile") {
         let profiles: Vec<BTreeSet<&str>> = files
             .iter()
-            .map(|f| {
-                f.rows
-                    .iter()
-                    .map(|(_, _, m)| m["profile"].as_str())
-                    .collect()
-            })
+            .map(|f| f.rows.iter().map(|(_, m)| m["profile"].as_str()).collect())
             .collect();
         if profiles.windows(2).any(|w| w[0] != w[1]) {
             let each: Vec<String> = names
@@ -233,11 +234,11 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     }
     let lookup: Vec<BTreeMap<&Key, &BTreeMap<String, String>>> = files
         .iter()
-        .map(|f| f.rows.iter().map(|(k, _, m)| (k, m)).collect())
+        .map(|f| f.rows.iter().map(|(k, m)| (k, m)).collect())
         .collect();
     let mut keys: Vec<&Key> = Vec::new();
     for f in &files {
-        for (k, _, _) in &f.rows {
+        for (k, _) in &f.rows {
             if !keys.contains(&k) {
                 keys.push(k);
             }
@@ -347,8 +348,13 @@ mod tests {
         assert!(e.contains("two"));
         let bad = d.path().join("bad.csv");
         std::fs::write(&bad, "x,y\n1,2\n").unwrap();
-        let e = compare(&[bad.clone(), bad]).unwrap_err().to_string();
+        let e = compare(&[bad.clone(), bad.clone()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.csv"), "{e}");
+        std::fs::write(&bad, "row,au.f1,au.f1\nr1,0.5,0.6\n").unwrap();
+        let e = compare(&[bad.clone(), bad]).unwrap_err().to_string();
+        assert!(e.contains("bad.csv:1: column `au.f1` appears twice"), "{e}");
     }
 
     /// The text of the section headed `### {heading}` (up to the next heading).
