@@ -190,4 +190,27 @@ profiles:
         assert_eq!((run.row, run.paper), (None, None));
         assert!(run.changed_row_keys.is_empty());
     }
+
+    /// A profile that must train on real data keeps its rows when the data root comes only
+    /// from `--set` (the row as defined has none, and is compared unchecked), and is refused
+    /// without one.
+    #[test]
+    fn a_data_root_given_only_by_set_keeps_the_row_of_a_real_data_profile() {
+        let file = FILE.replace(
+            "  small: {model: {pretrained: null}, seed: 7}",
+            "  small: {model: {pretrained: null}, seed: 7}\n  real: {data: {require_real: true}}",
+        );
+        let f = ExperimentFile::parse("t.yaml", &file).unwrap();
+        let run = resolve_run(&f, Some("real"), Some("r50"), &sets(&["data.root=/x"])).unwrap();
+        assert_eq!(run.row.as_deref(), Some("r50"));
+        assert!(run.paper.is_some());
+        assert!(run.changed_row_keys.is_empty());
+        let refused = resolve_run(&f, Some("real"), Some("r50"), &[])
+            .err()
+            .unwrap();
+        assert!(
+            format!("{refused:#}").contains("no data root is set"),
+            "{refused:#}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use mtanet_affwild2::{DatasetIndex, IndexOptions, Split};
 use mtanet_metrics::{Accumulator, Report};
 
 use crate::build::data::{data_root, subsample};
-use crate::experiment::profile::{choose_profile, env_overrides, load_experiment};
+use crate::experiment::profile::{choose_profile, load_experiment, resolve_run};
 use crate::experiment::{Config, Criterion, ExperimentFile, Override, PaperMetric, PaperValues};
 use crate::record::atomic_io::{csv_field, read_csv, write_atomic};
 use crate::record::summary_line::short_report;
@@ -182,7 +182,6 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
         .and_then(|p| p.file_stem())
         .map_or("table1".into(), |s| s.to_string_lossy().into_owned());
     println!("{name}: {why}");
-    let overrides = env_overrides(&profile, &opts.overrides);
     let rows: Vec<_> = file
         .rows
         .iter()
@@ -205,12 +204,12 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     let mut configs = Vec::new();
     let mut identities = Vec::new();
     for r in &rows {
-        let base = file.resolve(Some(&profile), Some(&r.name), &overrides)?;
-        let as_defined =
-            file.resolve(Some(&profile), Some(&r.name), &env_overrides(&profile, &[]))?;
-        let changed = file.row_keys_changed(&r.name, &base, &as_defined);
+        // The one rule `train --row` follows too (`resolve_run`).
+        let run = resolve_run(&file, Some(&profile), Some(&r.name), &opts.overrides)?;
+        let base = run.config;
+        let changed = run.changed_row_keys;
         identities.push(if changed.is_empty() {
-            (r.name.clone(), Some(r.name.clone()), r.paper.clone())
+            (r.name.clone(), run.row, run.paper)
         } else {
             let set: Vec<String> = changed
                 .iter()
@@ -229,7 +228,10 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     }
     let seeds = opts.seeds.max(1);
     let mut results = Vec::new();
-    for ((r, base), (display, row_name, paper)) in rows.iter().zip(&configs).zip(identities) {
+    // Rows left out of the table (a seed's table figure NaN or infinite), with why.
+    let mut refused = Vec::new();
+    'rows: for ((r, base), (display, row_name, paper)) in rows.iter().zip(&configs).zip(identities)
+    {
         let mut runs = Vec::new();
         let mut selected_from = Vec::new();
         for i in 0..seeds {
@@ -253,8 +255,10 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
             let report = out.report.context("a finished run has a report")?;
             let bad = non_finite_table_metrics(&report);
             if !bad.is_empty() {
-                anyhow::bail!(
-                    "row {} seed {} ({}): {}; the table averages every seed or none",
+                // The table averages every seed or none: this row is left out, the other rows
+                // still train and are written, and the command fails at the end naming it.
+                let why = format!(
+                    "row {} seed {} ({}): {}",
                     display,
                     cfg.seed,
                     out.run_dir.display(),
@@ -263,6 +267,9 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                eprintln!("{why}; the row is left out of the table");
+                refused.push(why);
+                continue 'rows;
             }
             let skipped = match out.skipped.len() {
                 0 => String::new(),
@@ -310,6 +317,14 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     }
     if profile == "demo" {
         print_demo_check(&results, constant.as_ref());
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "{} row(s) left out of the table (a table figure NaN or infinite; the table averages \
+             every seed or none): {}",
+            refused.len(),
+            refused.join("; ")
+        );
     }
     Ok(md)
 }
