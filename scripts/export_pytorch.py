@@ -12,10 +12,10 @@ BatchNorm `num_batches_tracked` counters, which we do not keep, are set to 0; th
 for BatchNorm with `momentum=None`).
 
 Then the same random input (normalised-image scale, N x 3 x S x S with S = data.image_size)
-goes through the PyTorch module and through `mtanet model forward --mtanet RUN_DIR`; the
-three outputs (va, au_logits, expr_logits) must agree to a relative error (max |diff| / max
-|ours|) of at most 1e-4. OUT.pt is a TorchScript archive (`torch.jit.load(OUT.pt)`), OUT.pt2
-a torch.export program (`torch.export.load(OUT.pt2).module()`); neither needs mtanet code.
+goes through the PyTorch module and through `mtanet model forward --mtanet CHECKPOINT` (the
+checkpoint file chosen above); the three outputs (va, au_logits, expr_logits) must agree to a
+relative error (max |diff| / max |ours|) of at most 1e-4. OUT.pt is a TorchScript archive
+(`torch.jit.load(OUT.pt)`), OUT.pt2 a torch.export program (`torch.export.load(OUT.pt2).module()`); neither needs mtanet code.
 Both take a batch of any size (inputs normalised as the backbone expects: ImageNet mean/std,
 or the VGGFace2 mean on 0..255 pixels for senet50_vggface2), return (va, au_logits,
 expr_logits) in eval mode, carry the run's config.yaml and a JSON description as extra files,

@@ -335,9 +335,15 @@ pub fn resolve_checkpoint(
     let (file, why) = match run_dir {
         None => (last, "the file given".to_string()),
         Some(_) if criterion != Criterion::Last && best.is_file() => {
+            let weights = if criterion == Criterion::PerTask {
+                "the weights of the evaluation with the best total (each task's figure comes \
+                 from that task's best evaluation, whose weights are best-va, best-au and \
+                 best-expr.safetensors)"
+            } else {
+                "the weights of the evaluation the run reports"
+            };
             let why = format!(
-                "selection.criterion `{criterion}`: the weights of the evaluation the run \
-                 reports; {} holds the last weights",
+                "selection.criterion `{criterion}`: {weights}; {} holds the last weights",
                 last.display()
             );
             (best, why)

@@ -17,7 +17,7 @@ const LEAD: [&str; 3] = ["step", "stage", "epoch"];
 /// from an interrupted attempt are dropped on resume).
 ///
 /// Values are written under their column by name. A report with a metric the file has no
-/// column for (a resumed run that now tunes AU thresholds, a newer binary) adds the column at
+/// column for (a newer binary resuming the run) adds the column at
 /// the end of the header, with empty cells in earlier rows; a column the report lacks gets an
 /// empty cell in its row. Both are logged once per column.
 pub struct MetricsCsv {
@@ -255,7 +255,7 @@ mod tests {
         let path = d.path().join("metrics.csv");
         let mut m = MetricsCsv::open(path.clone(), 0).unwrap();
         m.push(3, "adam", 1, &report(0.5, 0.25, None)).unwrap();
-        // Resumed with AU thresholds tuned: three more metrics, between AU and EXPR ones.
+        // A later report with three more metrics, between the AU and EXPR ones.
         let mut m = MetricsCsv::open(path.clone(), 3).unwrap();
         m.push(6, "adam", 2, &report(0.625, 0.375, Some(0.875)))
             .unwrap();

@@ -268,7 +268,7 @@ pub(super) fn check_row_file(
             .filter(|&(v, f)| f >= 1 && f <= videos[v].frames && videos[v].expected(f - 1))
         else {
             let msg = match abaw2023::loose_image_location(loc) {
-                Some((name, f)) if parse_image_location(loc).is_none() => format!(
+                Some((name, f)) if f >= 1 && parse_image_location(loc).is_none() => format!(
                     "{loc:?} is not in the form video/00001.jpg (frame {f} of {name} is {})",
                     abaw2023::image_location(name, f as usize)
                 ),
