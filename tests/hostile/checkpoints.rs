@@ -117,6 +117,31 @@ fn resume_refuses_a_checkpoint_of_another_backbone() {
     );
 }
 
+/// A run's `config.yaml` edited in a key no tensor shape shows (the valence/arousal
+/// activation) no longer describes its weights: `predict` names the key and the file.
+#[test]
+fn predict_refuses_a_config_whose_model_differs_in_a_key_no_shape_shows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = copy_of_run_a(tmp.path());
+    let config = run.join("config.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("va_activation: tanh"), "{yaml}");
+    std::fs::write(
+        &config,
+        yaml.replace("va_activation: tanh", "va_activation: none"),
+    )
+    .unwrap();
+    predict_refuses(
+        tmp.path(),
+        &run,
+        &[
+            "checkpoints/last.safetensors",
+            "model.head.va_activation",
+            "trained with \"tanh\"",
+        ],
+    );
+}
+
 #[test]
 fn predict_refuses_a_checkpoint_with_an_extra_tensor() {
     let tmp = tempfile::tempdir().unwrap();

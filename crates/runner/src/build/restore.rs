@@ -11,7 +11,9 @@ use mtanet_backbones::MtaNet;
 
 use crate::build::model::default_vocab;
 use crate::build::model::model_config;
+use crate::experiment::differences::config_differences;
 use crate::experiment::{Config, Criterion};
+use crate::record::checkpoint::read_metadata;
 use mtanet_backbones::SeededVarMap;
 
 /// Why a checkpoint cannot become a model, naming the file.
@@ -374,6 +376,56 @@ pub fn resolve_checkpoint(
     })
 }
 
+/// The configuration keys that decide what a loaded model computes from a face crop: every
+/// key of `model` (backbone, widths, activations, head) but [`INIT_ONLY_KEYS`], the input size
+/// and the resize.
+pub const MODEL_KEYS: [&str; 3] = ["model", "data.image_size", "data.resize"];
+
+/// Keys of `model` that act only in training (the initial weights, dropout): a model loaded
+/// for inference computes the same whatever they are.
+pub const INIT_ONLY_KEYS: [&str; 2] = ["model.pretrained", "model.head.dropout"];
+
+/// Refuses `cfg` (read from `cfg_path`) for the weights in `file` where a key of
+/// [`MODEL_KEYS`] differs from the configuration `file` was trained with (its `config`
+/// metadata): another `model.va_activation`, for one, changes every valence and arousal
+/// without changing any tensor's shape. A checkpoint that records no readable configuration
+/// (written before checkpoints carried it) is checked by its tensors' shapes alone.
+pub fn check_model_config(cfg: &Config, cfg_path: &Path, file: &Path) -> anyhow::Result<()> {
+    let meta = read_metadata(file)?;
+    let Some(trained) = meta
+        .get("config")
+        .and_then(|yaml| serde_yaml::from_str::<Config>(yaml).ok())
+    else {
+        return Ok(());
+    };
+    let differ: Vec<String> = config_differences(&trained, cfg)?
+        .into_iter()
+        .filter(|d| {
+            let under = |k: &&str| d.key == *k || d.key.starts_with(&format!("{k}."));
+            MODEL_KEYS.iter().any(under) && !INIT_ONLY_KEYS.iter().any(under)
+        })
+        .map(|d| {
+            format!(
+                "{} (trained with {}, {} has {})",
+                d.key,
+                d.first,
+                cfg_path.display(),
+                d.second
+            )
+        })
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} was trained with another model than {} describes: {}; pass the run's own \
+         config.yaml (--config)",
+        file.display(),
+        cfg_path.display(),
+        differ.join("; ")
+    )
+}
+
 fn head_size(
     model: &HashMap<String, Tensor>,
     path: &Path,
@@ -438,6 +490,9 @@ pub fn load_model(
             cfg.model.head.hidden
         )
     })?;
+    // After the shapes' check, which names the tensors that do not fit: this one catches the
+    // differences no shape shows.
+    check_model_config(&cfg, &cfg_path, &file)?;
     let run_dir = cfg_path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(LoadedModel {
         model,
@@ -460,6 +515,43 @@ mod tests {
         let meta = meta.map(|(k, v)| HashMap::from([(k.to_string(), v)]));
         let bytes = safetensors::serialize([("model.a", &t)], meta).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Weights are refused with a configuration whose model differs from the one they were
+    /// trained with (an activation changes no shape), named by key; keys that act only in
+    /// training, and checkpoints without a recorded configuration, pass.
+    #[test]
+    fn another_model_configuration_is_refused_by_key() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("w.safetensors");
+        let cfg_path = d.path().join("config.yaml");
+        let trained = Config::default();
+        write_with_meta(&file, Some(("config", trained.to_yaml())));
+        check_model_config(&trained, &cfg_path, &file).unwrap();
+
+        let mut other = trained.clone();
+        other.model.head.va_activation = if trained.model.head.va_activation == "tanh" {
+            "none".into()
+        } else {
+            "tanh".into()
+        };
+        other.data.image_size += 16;
+        let err = format!(
+            "{:#}",
+            check_model_config(&other, &cfg_path, &file).unwrap_err()
+        );
+        assert!(err.contains("model.head.va_activation"), "{err}");
+        assert!(err.contains("data.image_size"), "{err}");
+        assert!(err.contains("w.safetensors"), "{err}");
+
+        let mut init_only = trained.clone();
+        init_only.model.pretrained = Some("timm/resnet50.tv_in1k".into());
+        init_only.model.head.dropout += 0.25;
+        init_only.seed += 1;
+        check_model_config(&init_only, &cfg_path, &file).unwrap();
+
+        write_with_meta(&file, None);
+        check_model_config(&other, &cfg_path, &file).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! backbone of Table I). Every key is checked against the schema when the file is read, so a
 //! typo fails with its line and column; overrides are merged as YAML values and checked again.
 
+pub mod differences;
 pub mod error;
 pub mod file;
 pub mod overrides;
