@@ -37,6 +37,7 @@ onnxruntime (and onnxscript for torch's exporter).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -299,6 +300,11 @@ def main():
     ap.add_argument("--no-check", action="store_true",
                     help="skip the comparison with `mtanet model forward`")
     args = ap.parse_args()
+    if args.onnx:
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            sys.exit(f"error: --onnx needs {' and '.join(missing)}: "
+                     f"pip install {' '.join(missing)}")
 
     ckpt, cfg_path, why = resolve_run(args.checkpoint)
     print(f"checkpoint: {ckpt} ({why})")
@@ -353,25 +359,54 @@ def main():
         extra = {"config.yaml": fh.read().decode(), "mtanet.json": json.dumps(description)}
     batch = torch.export.Dim("batch", min=1, max=4096)
     x_odd = torch.randn(args.batch + 1, 3, size, size, generator=gen)
+    # Each file is written beside its final name and renamed there only once every check has
+    # passed: a failed export leaves no file that looks like a good one.
+    out_tmp = partial_path(args.out)
+    onnx_tmp = partial_path(args.onnx) if args.onnx else None
+    try:
+        ok = export_and_check(args, net, x, x_odd, batch, extra, ours, ok,
+                              out_tmp, onnx_tmp)
+        if not ok:
+            sys.exit("error: outputs differ beyond the tolerance; nothing written")
+        os.replace(out_tmp, args.out)
+        print(f"wrote {args.out}")
+        if onnx_tmp:
+            os.replace(onnx_tmp, args.onnx)
+            print(f"wrote {args.onnx}")
+    finally:
+        for p in (out_tmp, onnx_tmp):
+            if p and os.path.exists(p):
+                os.remove(p)
+    print("ok")
+
+
+def partial_path(path):
+    """Where `path` is written until its checks pass: beside it, with the same suffix."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.partial-{os.getpid()}{ext}"
+
+
+def export_and_check(args, net, x, x_odd, batch, extra, ours, ok, out_tmp, onnx_tmp):
+    """Writes the export to `out_tmp` (and ONNX to `onnx_tmp`), reloads and compares each with
+    `ours`; returns whether every comparison held (with `ok` before them)."""
     if args.out.endswith(".pt2"):
         program = torch.export.export(net, (x,), dynamic_shapes={"x": {0: batch}})
-        torch.export.save(program, args.out, extra_files=extra)
-        reloaded = torch.export.load(args.out).module()
+        torch.export.save(program, out_tmp, extra_files=extra)
+        reloaded = torch.export.load(out_tmp).module()
         kind = "torch.export program"
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated
             with torch.no_grad():
                 scripted = torch.jit.trace(net, x, strict=False)
-            torch.jit.save(scripted, args.out,
+            torch.jit.save(scripted, out_tmp,
                            _extra_files={k: v.encode() for k, v in extra.items()})
-            reloaded = torch.jit.load(args.out)
+            reloaded = torch.jit.load(out_tmp)
         kind = "TorchScript"
     with torch.no_grad():
         same, again = reloaded(x), reloaded(x_odd)
     assert again[0].shape[0] == args.batch + 1, "the batch size is fixed in the export"
     ok &= compare(f"{kind} {args.out} (reloaded)", ours, same)
-    print(f"wrote {args.out}")
 
     if args.onnx:
         import numpy as np
@@ -379,30 +414,26 @@ def main():
         import onnxruntime as ort
         names = dict(input_names=["input"], output_names=list(OUTPUTS))
         try:
-            torch.onnx.export(net, (x,), args.onnx, dynamo=True, verbose=False,
+            torch.onnx.export(net, (x,), onnx_tmp, dynamo=True, verbose=False,
                               dynamic_shapes={"x": {0: batch}}, **names)
             exporter = "torch.export-based exporter"
         except ImportError:  # no onnxscript: the TorchScript-based exporter
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(net, (x,), args.onnx, dynamo=False, opset_version=17,
+                torch.onnx.export(net, (x,), onnx_tmp, dynamo=False, opset_version=17,
                                   dynamic_axes={k: {0: "batch"} for k in ["input", *OUTPUTS]},
                                   **names)
             exporter = "TorchScript-based exporter"
-        model = onnx.load(args.onnx)
+        model = onnx.load(onnx_tmp)
         onnx.checker.check_model(model)
-        sess = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(onnx_tmp, providers=["CPUExecutionProvider"])
         got = sess.run(list(OUTPUTS), {"input": x.numpy()})
         opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         ok &= compare(f"ONNX {args.onnx} ({exporter}, opset {opset}; onnxruntime "
                       f"{ort.__version__})", ours, [torch.from_numpy(np.asarray(g)) for g in got])
         odd = sess.run(list(OUTPUTS), {"input": x_odd.numpy()})
         assert odd[0].shape[0] == args.batch + 1, "the ONNX batch axis is not dynamic"
-        print(f"wrote {args.onnx}")
-
-    if not ok:
-        sys.exit("error: outputs differ beyond the tolerance")
-    print("ok")
+    return ok
 
 
 if __name__ == "__main__":
