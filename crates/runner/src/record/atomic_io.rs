@@ -48,17 +48,35 @@ pub fn csv_split(line: &str) -> Vec<String> {
     out
 }
 
-/// Appends one row (replacing any earlier row with the same first field) to a CSV file under
-/// an exclusive lock (`<file>.lock`), writing the header
-/// first when the file is new. The whole file is rewritten atomically, so a crash never leaves
-/// a half row and two concurrent runs never interleave. If the existing header differs, the
-/// row is mapped onto it by column name; columns the file lacks are appended to its header
-/// (earlier rows get empty cells) and returned.
-pub fn append_csv_row(
-    path: &Path,
-    header: &[String],
-    row: &[String],
-) -> anyhow::Result<Vec<String>> {
+/// One CSV line (without its newline): the fields quoted where needed and joined by commas.
+pub fn csv_line(fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The values of `row` (under `header`) in the order of `columns`, matched by name: a column
+/// `header` lacks gets an empty field. Rows of a CSV file are placed by name, never by
+/// position.
+pub fn fields_by_name(header: &[String], row: &[String], columns: &[String]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|c| {
+            header
+                .iter()
+                .position(|h| h == c)
+                .and_then(|i| row.get(i))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Creates `path`'s folder and takes the lock `<file>.csv.lock` beside it, held until the
+/// returned file is dropped: writers of one CSV file take turns.
+pub fn lock_csv(path: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -71,6 +89,21 @@ pub fn append_csv_row(
         .with_context(|| format!("opening lock {}", lock_path.display()))?;
     lock.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(lock)
+}
+
+/// Appends one row (replacing any earlier row with the same first field) to a CSV file under
+/// an exclusive lock (`<file>.lock`), writing the header
+/// first when the file is new. The whole file is rewritten atomically, so a crash never leaves
+/// a half row and two concurrent runs never interleave. If the existing header differs, the
+/// row is mapped onto it by column name; columns the file lacks are appended to its header
+/// (earlier rows get empty cells) and returned.
+pub fn append_csv_row(
+    path: &Path,
+    header: &[String],
+    row: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let lock = lock_csv(path)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -89,13 +122,7 @@ pub fn append_csv_row(
         })
         .map(|(_, l)| l)
         .collect();
-    let join = |fields: &[String]| {
-        fields
-            .iter()
-            .map(|f| csv_field(f))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let join = csv_line;
     let mut text;
     let line = if existing.iter().all(|l| l.trim().is_empty()) {
         text = join(header) + "\n";
@@ -119,17 +146,7 @@ pub fn append_csv_row(
             }
             text.push('\n');
         }
-        let fields: Vec<String> = file_header
-            .iter()
-            .map(|h| {
-                header
-                    .iter()
-                    .position(|x| x == h)
-                    .map(|i| row[i].clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        join(&fields)
+        join(&fields_by_name(header, row, &file_header))
     };
     if !text.ends_with('\n') {
         text.push('\n');

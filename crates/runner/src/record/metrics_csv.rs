@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use mtanet_affwild2::annotation::split_lines;
 use mtanet_metrics::Report;
 
-use crate::record::atomic_io::{csv_field, csv_split, write_atomic};
+use crate::record::atomic_io::{csv_line, csv_split, write_atomic};
 
 /// The columns every row starts with, before the report's metrics.
 const LEAD: [&str; 3] = ["step", "stage", "epoch"];
@@ -179,17 +179,10 @@ impl MetricsCsv {
             .collect();
         self.rows.retain(|(s, _)| *s != step);
         self.rows.push((step, row));
-        let join = |fields: &[String]| {
-            fields
-                .iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut text = join(&self.header);
+        let mut text = csv_line(&self.header);
         text.push('\n');
         for (_, r) in &self.rows {
-            text.push_str(&join(r));
+            text.push_str(&csv_line(r));
             text.push('\n');
         }
         write_atomic(&self.path, text.as_bytes())

@@ -5,7 +5,6 @@
 //! `mtanet run FILE` for any experiment file. Written to `<results>/<experiment>.csv`.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -15,7 +14,7 @@ use mtanet_metrics::{Accumulator, Report};
 use crate::build::data::{data_root, subsample};
 use crate::experiment::profile::{choose_profile, load_experiment, resolve_run};
 use crate::experiment::{Config, Criterion, ExperimentFile, Override, PaperMetric, PaperValues};
-use crate::record::atomic_io::{csv_field, read_csv, write_atomic};
+use crate::record::atomic_io::{csv_line, fields_by_name, lock_csv, read_csv, write_atomic};
 use crate::record::summary_line::short_report;
 use crate::tables::seed_summary::{mean_std_ci, Summary};
 use crate::training::{self, RunContext};
@@ -519,18 +518,7 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, V
 /// atomically under the lock `<file>.csv.lock`, so concurrent tables never lose a row. A file
 /// without a `row` or `profile` column is refused, naming it.
 fn upsert_table_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let lock_path = path.with_extension("csv.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening lock {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let lock = lock_csv(path)?;
     let exists = path
         .try_exists()
         .with_context(|| format!("reading {}", path.display()))?;
@@ -560,21 +548,7 @@ fn upsert_table_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> an
         }
     }
     for row in rows {
-        let by_name: BTreeMap<&str, &str> = header
-            .iter()
-            .map(String::as_str)
-            .zip(row.iter().map(String::as_str))
-            .collect();
-        let fields: Vec<String> = file_header
-            .iter()
-            .map(|h| {
-                by_name
-                    .get(h.as_str())
-                    .copied()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let fields = fields_by_name(header, row, &file_header);
         let same =
             |r: &Vec<String>| r[row_at] == fields[row_at] && r[profile_at] == fields[profile_at];
         match file_rows.iter().position(same) {
@@ -589,16 +563,9 @@ fn upsert_table_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> an
             None => file_rows.push(fields),
         }
     }
-    let join = |fields: &[String]| {
-        fields
-            .iter()
-            .map(|f| csv_field(f))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let mut text = join(&file_header) + "\n";
+    let mut text = csv_line(&file_header) + "\n";
     for r in &file_rows {
-        text.push_str(&join(r));
+        text.push_str(&csv_line(r));
         text.push('\n');
     }
     write_atomic(path, text.as_bytes())?;
