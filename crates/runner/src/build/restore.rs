@@ -400,10 +400,7 @@ pub fn check_model_config(cfg: &Config, cfg_path: &Path, file: &Path) -> anyhow:
     };
     let differ: Vec<String> = config_differences(&trained, cfg)?
         .into_iter()
-        .filter(|d| {
-            let under = |k: &&str| d.key == *k || d.key.starts_with(&format!("{k}."));
-            MODEL_KEYS.iter().any(under) && !INIT_ONLY_KEYS.iter().any(under)
-        })
+        .filter(|d| d.is_under(&MODEL_KEYS) && !d.is_under(&INIT_ONLY_KEYS))
         .map(|d| {
             format!(
                 "{} (trained with {}, {} has {})",

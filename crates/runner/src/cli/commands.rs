@@ -13,7 +13,7 @@ use super::{
 };
 use crate::build::data::generate_synthetic;
 use crate::build::restore::read_run_config;
-use crate::experiment::profile::resolve_run;
+use crate::experiment::profile::{resolve_run, DEFAULT_EXPERIMENT};
 use crate::experiment::{ExperimentFile, Override};
 use crate::predict::{PredictOptions, PredictTarget};
 use crate::record::summary_line::short_report;
@@ -149,7 +149,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             let file = ExperimentFile::load(
                 a.config
                     .as_deref()
-                    .unwrap_or(std::path::Path::new("experiments/table1.yaml")),
+                    .unwrap_or(std::path::Path::new(DEFAULT_EXPERIMENT)),
             )?;
             let mut sets = parse_overrides(&a.set)?;
             if let Some(d) = &a.device {

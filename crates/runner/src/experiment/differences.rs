@@ -16,6 +16,17 @@ pub struct KeyDifference {
     pub second: String,
 }
 
+impl KeyDifference {
+    /// True when the key is one of `keys` or lies under one (`model` holds `model.head.hidden`).
+    pub fn is_under(&self, keys: &[&str]) -> bool {
+        keys.iter().any(|k| {
+            self.key
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+    }
+}
+
 /// The keys whose values differ between `a` and `b` (leaves of mappings, list elements by
 /// index; a list of another length is one difference), in the order of the schema.
 pub fn config_differences(a: &Config, b: &Config) -> anyhow::Result<Vec<KeyDifference>> {
@@ -56,5 +67,29 @@ fn differences(a: &Value, b: &Value, path: &mut Vec<String>, out: &mut Vec<KeyDi
                 second: show(b),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn difference(key: &str) -> KeyDifference {
+        KeyDifference {
+            key: key.into(),
+            first: "1".into(),
+            second: "2".into(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_under_itself_and_its_sections_only() {
+        assert!(difference("model").is_under(&["model"]));
+        assert!(difference("model.head.hidden").is_under(&["data.resize", "model"]));
+        assert!(difference("data.workers").is_under(&["data.workers"]));
+        assert!(!difference("modelx").is_under(&["model"]));
+        assert!(!difference("model_x.a").is_under(&["model"]));
+        assert!(!difference("data").is_under(&["data.workers"]));
+        assert!(!difference("model.head").is_under(&[]));
     }
 }

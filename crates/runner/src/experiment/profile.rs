@@ -26,12 +26,15 @@ pub fn choose_profile(explicit: Option<&str>) -> (String, String) {
     }
 }
 
+/// The experiment file a command reads when none is named.
+pub const DEFAULT_EXPERIMENT: &str = "experiments/table1.yaml";
+
 /// Loads the experiment file the options name.
 pub fn load_experiment(path: Option<&Path>) -> anyhow::Result<ExperimentFile> {
     match path {
         Some(p) => Ok(ExperimentFile::load(p)?),
         None => {
-            let p = Path::new("experiments/table1.yaml");
+            let p = Path::new(DEFAULT_EXPERIMENT);
             if p.is_file() {
                 Ok(ExperimentFile::load(p)?)
             } else {

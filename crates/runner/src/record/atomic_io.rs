@@ -48,6 +48,13 @@ pub fn csv_split(line: &str) -> Vec<String> {
     out
 }
 
+/// The first column name `header` repeats, if any: a file whose values are placed by column
+/// name cannot have two columns of one name.
+pub fn repeated_column(header: &[String]) -> Option<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    header.iter().map(String::as_str).find(|h| !seen.insert(*h))
+}
+
 /// One CSV line (without its newline): the fields quoted where needed and joined by commas.
 pub fn csv_line(fields: &[String]) -> String {
     fields

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use mtanet_affwild2::annotation::split_lines;
 use mtanet_metrics::Report;
 
-use crate::record::atomic_io::{csv_line, csv_split, write_atomic};
+use crate::record::atomic_io::{csv_line, csv_split, repeated_column, write_atomic};
 
 /// The columns every row starts with, before the report's metrics.
 const LEAD: [&str; 3] = ["step", "stage", "epoch"];
@@ -67,8 +67,7 @@ impl MetricsCsv {
                 LEAD.join(",")
             );
         }
-        let mut seen = BTreeSet::new();
-        if let Some(dup) = header.iter().find(|h| !seen.insert(h.as_str())) {
+        if let Some(dup) = repeated_column(&header) {
             bail!("{p}:{line}: column `{dup}` appears twice in the header");
         }
         let mut steps: BTreeMap<u64, usize> = BTreeMap::new();

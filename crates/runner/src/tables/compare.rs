@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use mtanet_affwild2::annotation::split_lines;
 
-use crate::record::atomic_io::csv_split;
+use crate::record::atomic_io::{csv_split, repeated_column};
 
 /// A CSV row with its 1-based line number.
 type NumberedRow = (usize, Vec<String>);
@@ -105,8 +105,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
     if !has("row") && !has("run_id") {
         bail!("{p}: no `row` or `run_id` column");
     }
-    let mut seen = BTreeSet::new();
-    if let Some(dup) = header.iter().find(|h| !seen.insert(h.as_str())) {
+    if let Some(dup) = repeated_column(&header) {
         bail!("{p}:1: column `{dup}` appears twice in the header");
     }
     let mut key_cols: Vec<String> = IDENTITY

@@ -54,11 +54,7 @@ pub fn check_resume_config(
     })?;
     let differ: Vec<KeyDifference> = config_differences(&trained, config)?
         .into_iter()
-        .filter(|d| {
-            !RESUME_MAY_CHANGE
-                .iter()
-                .any(|k| d.key == *k || d.key.starts_with(&format!("{k}.")))
-        })
+        .filter(|d| !d.is_under(&RESUME_MAY_CHANGE))
         .collect();
     if differ.is_empty() {
         return Ok(());
