@@ -83,3 +83,31 @@ fn paper_profile_without_aff_wild2_refuses_in_one_line_naming_both_ways() {
     // Nothing was generated or trained.
     assert!(!dir.path().join("data").exists() && !dir.path().join("results").exists());
 }
+
+#[test]
+fn train_under_affwild2_root_on_a_file_without_paper_refuses_the_synthetic_set_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.yaml");
+    std::fs::write(&path, "defaults:\n  experiment: plain\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["train", "--quiet", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("AFFWILD2_ROOT", "/data/aw2")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for part in [
+        "AFFWILD2_ROOT=/data/aw2",
+        "plain.yaml",
+        "data.root",
+        "--profile",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    // Nothing was trained or written.
+    assert!(!dir.path().join("results").exists());
+}

@@ -143,10 +143,11 @@ pub struct EvaluateArgs {
 /// `mtanet train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Experiment YAML (default: experiments/table1.yaml).
+    /// Experiment YAML (default: experiments/table1.yaml, else the embedded copy).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Profile of the file to apply (e.g. demo, paper).
+    /// Profile of the file to apply (default, where the file defines it: paper when
+    /// AFFWILD2_ROOT is set, else demo; a file without that profile applies none).
     #[arg(long)]
     pub profile: Option<String>,
     /// Row of the file to apply (e.g. resnet50); a `--set` of a key the row sets makes the

@@ -13,8 +13,11 @@ use super::{
 };
 use crate::build::data::generate_synthetic;
 use crate::build::restore::read_run_config;
-use crate::experiment::profile::{resolve_run, DEFAULT_EXPERIMENT};
-use crate::experiment::{ExperimentFile, Override};
+use crate::experiment::profile::{
+    affwild2_root, load_experiment, refuse_synthetic_under_affwild2_root, resolve_run,
+    train_profile,
+};
+use crate::experiment::Override;
 use crate::predict::{PredictOptions, PredictTarget};
 use crate::record::summary_line::short_report;
 use crate::tables::experiment_table::{self, TableOptions};
@@ -146,16 +149,20 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
             (config, ctx)
         }
         None => {
-            let file = ExperimentFile::load(
-                a.config
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(DEFAULT_EXPERIMENT)),
-            )?;
+            let file = load_experiment(a.config.as_deref())?;
             let mut sets = parse_overrides(&a.set)?;
             if let Some(d) = &a.device {
                 sets.push(format!("device={d}").parse()?);
             }
-            let run = resolve_run(&file, a.profile.as_deref(), a.row.as_deref(), &sets)?;
+            let env_root = affwild2_root();
+            let (profile, why) = train_profile(&file, a.profile.as_deref(), env_root.as_deref());
+            if let Some(why) = why {
+                println!("{why}");
+            }
+            let run = resolve_run(&file, profile.as_deref(), a.row.as_deref(), &sets)?;
+            if profile.is_none() {
+                refuse_synthetic_under_affwild2_root(&file, &run.config, env_root.as_deref())?;
+            }
             if let (Some(row), false) = (&a.row, run.changed_row_keys.is_empty()) {
                 println!(
                     "--set changes {} of row `{row}`: this run is not that row and is \

@@ -8,9 +8,18 @@ use crate::experiment::{Config, ExperimentFile, Override, PaperValues, TABLE1_YA
 /// Picks the profile: explicit, else `paper` with `AFFWILD2_ROOT`, else `demo`; the reason is
 /// the first line `table1` prints.
 pub fn choose_profile(explicit: Option<&str>) -> (String, String) {
-    let env = std::env::var("AFFWILD2_ROOT")
+    choose_profile_given(explicit, affwild2_root().as_deref())
+}
+
+/// `AFFWILD2_ROOT`, where set to something other than blanks.
+pub fn affwild2_root() -> Option<String> {
+    std::env::var("AFFWILD2_ROOT")
         .ok()
-        .filter(|s| !s.trim().is_empty());
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// [`choose_profile`] with `env` as `AFFWILD2_ROOT`.
+fn choose_profile_given(explicit: Option<&str>, env: Option<&str>) -> (String, String) {
     match (explicit, env) {
         (Some(p), _) => (p.to_string(), format!("profile `{p}` (from --profile)")),
         (None, Some(root)) => (
@@ -24,6 +33,43 @@ pub fn choose_profile(explicit: Option<&str>) -> (String, String) {
                 .into(),
         ),
     }
+}
+
+/// The profile `mtanet train` applies to `file`: the one named, else [`choose_profile`]'s
+/// (`paper` with `AFFWILD2_ROOT`, else `demo`) where the file defines it, so that a row trains
+/// as the table commands train it; else none. With the line saying why, for an implicit one.
+pub fn train_profile(
+    file: &ExperimentFile,
+    explicit: Option<&str>,
+    affwild2_root: Option<&str>,
+) -> (Option<String>, Option<String>) {
+    if let Some(p) = explicit {
+        return (Some(p.to_string()), None);
+    }
+    let (chosen, why) = choose_profile_given(None, affwild2_root);
+    if file.profile_names().contains(&chosen) {
+        (Some(chosen), Some(why))
+    } else {
+        (None, None)
+    }
+}
+
+/// Refuses a run whose profile was not named that would train on the synthetic set
+/// (`data.root` null) while `AFFWILD2_ROOT` (`affwild2_root`) is set: the variable says the
+/// user means Aff-Wild2, and a row trained on the synthetic set under the row's name would be
+/// a wrong result.
+pub fn refuse_synthetic_under_affwild2_root(
+    file: &ExperimentFile,
+    config: &Config,
+    affwild2_root: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(env) = affwild2_root.filter(|_| config.data.root.is_none()) else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "AFFWILD2_ROOT={env} is set, but {} defines no `paper` profile and leaves data.root          null (the synthetic Aff-Wild2): pass --set data.root={env} to train on Aff-Wild2, or          --profile NAME (or unset AFFWILD2_ROOT) to train on the synthetic set",
+        file.path
+    )
 }
 
 /// The experiment file a command reads when none is named.
@@ -192,6 +238,60 @@ profiles:
         let run = resolve_run(&f, None, None, &sets(&["backbone=senet50"])).unwrap();
         assert_eq!((run.row, run.paper), (None, None));
         assert!(run.changed_row_keys.is_empty());
+    }
+
+    /// `mtanet train` without `--profile` takes the tables' choice where the file defines it
+    /// (`paper` with `AFFWILD2_ROOT`, else `demo`, saying why), none where it does not, and the
+    /// one named as named.
+    #[test]
+    fn train_takes_the_tables_profile_where_the_file_defines_it() {
+        let file = FILE.replace(
+            "  small: {model: {pretrained: null}, seed: 7}",
+            "  small: {model: {pretrained: null}, seed: 7}\n  demo: {seed: 5}\n  paper: {seed: 6}",
+        );
+        let both = ExperimentFile::parse("t.yaml", &file).unwrap();
+        let (p, why) = train_profile(&both, None, Some("/data/aw2"));
+        assert_eq!(p.as_deref(), Some("paper"));
+        assert!(why.unwrap().contains("AFFWILD2_ROOT=/data/aw2"));
+        let (p, why) = train_profile(&both, None, None);
+        assert_eq!(p.as_deref(), Some("demo"));
+        assert!(why.unwrap().contains("AFFWILD2_ROOT is not set"));
+        assert_eq!(
+            train_profile(&both, Some("small"), Some("/data/aw2")),
+            (Some("small".to_string()), None)
+        );
+        let neither = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        assert_eq!(
+            train_profile(&neither, None, Some("/data/aw2")),
+            (None, None)
+        );
+        assert_eq!(train_profile(&neither, None, None), (None, None));
+    }
+
+    /// With `AFFWILD2_ROOT` set, a run that would train on the synthetic set is refused
+    /// naming the variable, the file and both ways out; with a data root, or without the
+    /// variable, it is not.
+    #[test]
+    fn a_synthetic_run_under_affwild2_root_is_refused_naming_the_ways_out() {
+        let f = ExperimentFile::parse("t.yaml", FILE).unwrap();
+        let synthetic = resolve_run(&f, None, Some("r50"), &[]).unwrap().config;
+        assert!(synthetic.data.root.is_none());
+        let e = refuse_synthetic_under_affwild2_root(&f, &synthetic, Some("/data/aw2"))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "AFFWILD2_ROOT=/data/aw2",
+            "t.yaml",
+            "--set data.root=/data/aw2",
+            "--profile",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(refuse_synthetic_under_affwild2_root(&f, &synthetic, None).is_ok());
+        let real = resolve_run(&f, None, Some("r50"), &sets(&["data.root=/x"]))
+            .unwrap()
+            .config;
+        assert!(refuse_synthetic_under_affwild2_root(&f, &real, Some("/data/aw2")).is_ok());
     }
 
     /// A profile that must train on real data keeps its rows when the data root comes only
