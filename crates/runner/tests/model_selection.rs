@@ -180,6 +180,73 @@ fn best_total_is_selected_saved_used_by_the_next_stage_and_resumed_exactly() {
     );
 }
 
+/// A run killed after its stage-end evaluation wrote its `metrics.csv` row (and its best
+/// weights) but before the checkpoint that includes it (simulated by putting back the
+/// checkpoint from before that evaluation) evaluates again when resumed: the same picks,
+/// metrics and report as an uninterrupted run.
+#[test]
+fn a_stage_end_evaluation_lost_with_its_checkpoint_is_evaluated_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Stage a ends inside its first epoch with no evaluation before its end: the stage-end
+    // evaluation is the run's first, so it is every pick when it is made.
+    let sets = [
+        "eval.every_steps=0",
+        "eval.every_epochs=100",
+        "training.stages.1.steps=1",
+        "training.stages.1.lr=1e-9",
+    ];
+    let whole = train::run(&config(&tmp.path().join("whole"), &sets), &quiet()).unwrap();
+    assert!(whole.finished);
+    let cfg = config(&tmp.path().join("cut"), &sets);
+    // Stopped at stage a's last step, before its stage-end evaluation.
+    let part = train::run(
+        &cfg,
+        &RunContext {
+            max_steps: Some(4),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let dir = part.run_dir.clone();
+    let ckpt = dir.join("checkpoints/last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // Resumed for one step of stage b: the stage-end evaluation writes its row, then the
+    // checkpoints move on; putting the earlier one back is a kill between the two.
+    train::run(
+        &cfg,
+        &RunContext {
+            resume: Some(dir.clone()),
+            max_steps: Some(1),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert_eq!(totals(&dir).first().map(|r| r.0.as_str()), Some("4"));
+    std::fs::write(&ckpt, &before).unwrap();
+    let resumed = train::run(
+        &cfg,
+        &RunContext {
+            resume: Some(dir.clone()),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(resumed.finished);
+    let text = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(
+        whole.selected_from,
+        "best total at stage 1 epoch 0 (step 4)"
+    );
+    assert_eq!(resumed.selected_from, whole.selected_from);
+    for f in ["selection.json", "metrics.csv", "report.json"] {
+        let same = text(&whole.run_dir, f) == text(&dir, f);
+        assert!(
+            same,
+            "{f} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
 #[test]
 fn per_task_reports_each_tasks_best_evaluation() {
     let tmp = tempfile::tempdir().unwrap();

@@ -46,6 +46,44 @@ pub struct TrainState {
     /// training and validation, sorted; kept across resume.
     #[serde(default)]
     pub skipped: Vec<std::path::PathBuf>,
+    /// The last evaluation this state includes (its offer to model selection, its
+    /// `metrics.csv` row): a resumed run keeps the rows up to it and evaluates again where a
+    /// row was written after the checkpoint it resumes from.
+    #[serde(default = "EvaluatedThrough::unrecorded")]
+    pub evaluated_through: EvaluatedThrough,
+}
+
+/// How far a [`TrainState`]'s evaluations go.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EvaluatedThrough {
+    /// Checkpoints written before this was recorded: every `metrics.csv` row up to the
+    /// state's `global_step` is taken as included.
+    Unrecorded,
+    /// The global step of the last evaluation included; `None` before the first.
+    Step(Option<u64>),
+}
+
+impl Default for EvaluatedThrough {
+    fn default() -> Self {
+        Self::Step(None)
+    }
+}
+
+impl EvaluatedThrough {
+    /// What a checkpoint without the field holds.
+    fn unrecorded() -> Self {
+        Self::Unrecorded
+    }
+}
+
+impl TrainState {
+    /// The last step whose `metrics.csv` row this state includes; `None` for none.
+    pub fn metrics_rows_through(&self) -> Option<u64> {
+        match self.evaluated_through {
+            EvaluatedThrough::Unrecorded => Some(self.global_step),
+            EvaluatedThrough::Step(s) => s.map(|s| s.min(self.global_step)),
+        }
+    }
 }
 
 /// Writes a checkpoint atomically.
@@ -200,6 +238,33 @@ pub fn read_metadata(path: &Path) -> anyhow::Result<std::collections::BTreeMap<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint written before evaluations were recorded keeps its `metrics.csv` rows up to
+    /// its step; a new run's state keeps none until it evaluates; a recorded evaluation keeps
+    /// the rows up to it, not those written after it.
+    #[test]
+    fn the_metrics_rows_a_state_includes() {
+        let old: TrainState = serde_json::from_str(
+            r#"{"stage":1,"epoch":0,"batch":0,"stage_step":0,"global_step":9,
+                "optimizer_step":0,"images":72,"train_seconds":1.5,"finished":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.evaluated_through, EvaluatedThrough::Unrecorded);
+        assert_eq!(old.metrics_rows_through(), Some(9));
+        let fresh = TrainState {
+            global_step: 9,
+            ..Default::default()
+        };
+        assert_eq!(fresh.metrics_rows_through(), None);
+        let evaluated = TrainState {
+            evaluated_through: EvaluatedThrough::Step(Some(6)),
+            ..fresh.clone()
+        };
+        assert_eq!(evaluated.metrics_rows_through(), Some(6));
+        let again: TrainState =
+            serde_json::from_str(&serde_json::to_string(&evaluated).unwrap()).unwrap();
+        assert_eq!(again, evaluated);
+    }
 
     #[test]
     fn round_trip() {

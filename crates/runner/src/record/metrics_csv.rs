@@ -30,11 +30,11 @@ pub struct MetricsCsv {
 }
 
 impl MetricsCsv {
-    /// Opens `path`, keeping the rows of steps up to `keep_until_step`. A missing or empty
+    /// Opens `path`, keeping the rows of steps up to `keep_until_step` (none for `None`). A missing or empty
     /// file starts empty; a file that cannot be read, whose header does not start with
     /// `step,stage,epoch` or repeats a column, or with a row of another field count, a step
     /// that is not a number or a step written twice is an error naming the file and line.
-    pub fn open(path: PathBuf, keep_until_step: u64) -> anyhow::Result<Self> {
+    pub fn open(path: PathBuf, keep_until_step: Option<u64>) -> anyhow::Result<Self> {
         let mut out = Self {
             path,
             header: Vec::new(),
@@ -89,7 +89,7 @@ impl MetricsCsv {
             if let Some(first) = steps.insert(step, line) {
                 bail!("{p}:{line}: step {step} appears again (first on line {first})");
             }
-            if step <= keep_until_step {
+            if keep_until_step.is_some_and(|k| step <= k) {
                 out.rows.push((step, row));
             }
         }
@@ -245,10 +245,10 @@ mod tests {
     fn a_later_report_with_other_metrics_puts_each_value_under_its_own_column() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("metrics.csv");
-        let mut m = MetricsCsv::open(path.clone(), 0).unwrap();
+        let mut m = MetricsCsv::open(path.clone(), None).unwrap();
         m.push(3, "adam", 1, &report(0.5, 0.25, None)).unwrap();
         // A later report with three more metrics, between the AU and EXPR ones.
-        let mut m = MetricsCsv::open(path.clone(), 3).unwrap();
+        let mut m = MetricsCsv::open(path.clone(), Some(3)).unwrap();
         m.push(6, "adam", 2, &report(0.625, 0.375, Some(0.875)))
             .unwrap();
         let rows = rows_by_name(&path);
@@ -278,11 +278,11 @@ mod tests {
     fn resume_keeps_rows_up_to_the_step_and_replaces_a_step_written_again() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("metrics.csv");
-        let mut m = MetricsCsv::open(path.clone(), 0).unwrap();
+        let mut m = MetricsCsv::open(path.clone(), None).unwrap();
         for (step, v) in [(3, 0.125), (6, 0.25), (9, 0.375)] {
             m.push(step, "adam", 1, &report(v, 0.5, None)).unwrap();
         }
-        let mut m = MetricsCsv::open(path.clone(), 6).unwrap();
+        let mut m = MetricsCsv::open(path.clone(), Some(6)).unwrap();
         assert_eq!(m.last_step(), Some(6));
         m.push(6, "adam", 1, &report(0.875, 0.5, None)).unwrap();
         let rows = rows_by_name(&path);
@@ -323,7 +323,7 @@ mod tests {
         ];
         for (text, line, what) in cases {
             std::fs::write(&path, &text).unwrap();
-            let e = match MetricsCsv::open(path.clone(), 100) {
+            let e = match MetricsCsv::open(path.clone(), Some(100)) {
                 Ok(_) => panic!("opened {text:?}"),
                 Err(e) => format!("{e:#}"),
             };
@@ -333,13 +333,19 @@ mod tests {
         }
         // Missing and empty files start empty.
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(MetricsCsv::open(path.clone(), 0).unwrap().last_step(), None);
+        assert_eq!(
+            MetricsCsv::open(path.clone(), None).unwrap().last_step(),
+            None
+        );
         std::fs::write(&path, "").unwrap();
-        assert_eq!(MetricsCsv::open(path.clone(), 0).unwrap().last_step(), None);
+        assert_eq!(
+            MetricsCsv::open(path.clone(), None).unwrap().last_step(),
+            None
+        );
         // A directory where the file should be cannot be read: named.
         let dir = d.path().join("dir.csv");
         std::fs::create_dir(&dir).unwrap();
-        let e = format!("{:#}", MetricsCsv::open(dir.clone(), 0).err().unwrap());
+        let e = format!("{:#}", MetricsCsv::open(dir.clone(), None).err().unwrap());
         assert!(e.contains(&dir.display().to_string()), "{e}");
     }
 }

@@ -16,7 +16,7 @@ use crate::build::restore::{restore_vars, var_tensors};
 use crate::build::training_objects::{self, TrainingObjects};
 use crate::experiment::{Config, Criterion, StageConfig, StageInit};
 use crate::record::atomic_io::write_atomic;
-use crate::record::checkpoint::{self, TrainState};
+use crate::record::checkpoint::{self, EvaluatedThrough, TrainState};
 use crate::record::metrics_csv::MetricsCsv;
 use crate::record::run_scalars::{log_report, log_train, TrainScalars};
 use crate::record::tensorboard::EventWriter;
@@ -128,7 +128,8 @@ impl<'a> Trainer<'a> {
         };
         let mut tb = tb;
         crate::record::hparams::start(&mut tb, config, ctx.profile.as_deref(), ctx.row.as_deref());
-        let metrics_csv = MetricsCsv::open(run_dir.join("metrics.csv"), state.global_step)?;
+        let metrics_csv =
+            MetricsCsv::open(run_dir.join("metrics.csv"), state.metrics_rows_through())?;
         let scoring = scoring_for(s.layout, &s.vocab);
         let train_seconds_before = state.train_seconds;
         let description = describe(config, &s.vocab, s.layout)?;
@@ -504,6 +505,7 @@ impl<'a> Trainer<'a> {
         log_report(&mut self.tb, &report, &self.s.vocab, self.state.global_step);
         self.count_skipped();
         self.select(&report)?;
+        self.state.evaluated_through = EvaluatedThrough::Step(Some(self.state.global_step));
         Ok(report)
     }
 
