@@ -1,5 +1,5 @@
 //! Two OS processes append to one `runs.csv` at the same time through
-//! `atomic_io::append_csv_row` (file lock + atomic rewrite + upsert by the first column).
+//! `atomic_io::append_csv_row` (file lock + atomic rewrite + upsert by the key columns).
 //!
 //! The test re-runs its own binary twice as writers (`--exact csv_writer_child`, told what to do
 //! by an environment variable); both wait on a start file, so their appends overlap. Afterwards
@@ -82,12 +82,18 @@ fn csv_writer_child() {
     for i in 0..ROWS {
         // Interleave the shared-key upserts with the own rows, and rewrite one earlier own row
         // (an idempotent re-append, as a resumed run does) now and then.
-        append_csv_row(csv, &h, &row(&format!("{tag}-{i}"), tag, 0)).unwrap();
+        append_csv_row(csv, &h, &row(&format!("{tag}-{i}"), tag, 0), &["run_id"]).unwrap();
         if i % (ROWS / SHARED_WRITES) == 0 {
-            append_csv_row(csv, &h, &row(SHARED_KEY, tag, i)).unwrap();
+            append_csv_row(csv, &h, &row(SHARED_KEY, tag, i), &["run_id"]).unwrap();
         }
         if i % 5 == 4 {
-            append_csv_row(csv, &h, &row(&format!("{tag}-{}", i - 2), tag, 1)).unwrap();
+            append_csv_row(
+                csv,
+                &h,
+                &row(&format!("{tag}-{}", i - 2), tag, 1),
+                &["run_id"],
+            )
+            .unwrap();
         }
     }
     std::fs::write(timing, format!("{began} {}", now_ns())).unwrap();

@@ -125,18 +125,30 @@ fn disk_full_child() {
     let runs = results.join("runs.csv");
     let header: Vec<String> = vec!["run_id".into(), "note".into()];
     for i in 0..5 {
-        append_csv_row(&runs, &header, &[format!("run-{i}"), format!("ok {i}")]).unwrap();
+        append_csv_row(
+            &runs,
+            &header,
+            &[format!("run-{i}"), format!("ok {i}")],
+            &["run_id"],
+        )
+        .unwrap();
     }
     let before = std::fs::read(&runs).unwrap();
     let huge = String::from_utf8(too_big.clone()).unwrap();
-    let e = append_csv_row(&runs, &header, &["run-big".into(), huge]).unwrap_err();
+    let e = append_csv_row(&runs, &header, &["run-big".into(), huge], &["run_id"]).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains(&runs.display().to_string()), "{msg}");
     assert_eq!(io_kind(&e), Some(full), "{msg}");
     assert_eq!(std::fs::read(&runs).unwrap(), before, "runs.csv damaged");
     assert_eq!(temp_files(&results), Vec::<String>::new());
     // The space the failed write took is given back: the next small row fits.
-    append_csv_row(&runs, &header, &["run-5".into(), "ok 5".into()]).unwrap();
+    append_csv_row(
+        &runs,
+        &header,
+        &["run-5".into(), "ok 5".into()],
+        &["run_id"],
+    )
+    .unwrap();
     let (_, rows) = read_csv(&runs).unwrap();
     let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(keys, ["run-0", "run-1", "run-2", "run-3", "run-4", "run-5"]);

@@ -99,8 +99,9 @@ pub fn lock_csv(path: &Path) -> anyhow::Result<std::fs::File> {
     Ok(lock)
 }
 
-/// Appends one row (replacing any earlier row with the same first field) to a CSV file under
-/// an exclusive lock (`<file>.lock`), writing the header
+/// Appends one row (replacing any earlier row with the same values in the `key` columns, found
+/// by name; none with an empty `key`) to a CSV file under an exclusive lock (`<file>.lock`),
+/// writing the header
 /// first when the file is new. The whole file is rewritten atomically, so a crash never leaves
 /// a half row and two concurrent runs never interleave. If the existing header differs, the
 /// row is mapped onto it by column name; columns the file lacks are appended to its header
@@ -109,7 +110,25 @@ pub fn append_csv_row(
     path: &Path,
     header: &[String],
     row: &[String],
+    key: &[&str],
 ) -> anyhow::Result<Vec<String>> {
+    let value_in = |names: &[String], fields: &[String], col: &str| -> String {
+        names
+            .iter()
+            .position(|h| h == col)
+            .and_then(|i| fields.get(i).cloned())
+            .unwrap_or_default()
+    };
+    let key_values: Vec<(&str, String)> = key
+        .iter()
+        .map(|&col| {
+            assert!(
+                header.iter().any(|h| h == col),
+                "key column `{col}` not in the header"
+            );
+            (col, value_in(header, row, col))
+        })
+        .collect();
     let lock = lock_csv(path)?;
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => s,
@@ -117,16 +136,21 @@ pub fn append_csv_row(
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let mut added = Vec::new();
-    // Idempotent per key (the first column, e.g. a run id): a row written before a crash and
-    // written again on resume replaces its earlier copy instead of doubling it.
-    // The key is compared after unquoting, so a key holding a comma or a quote matches too.
-    let key = row.first().map(String::as_str).unwrap_or_default();
+    // Idempotent per key (e.g. a run's id and experiment): a row written before a crash and
+    // written again on resume replaces its earlier copy instead of doubling it. Keys are
+    // compared by column name after unquoting, so a key holding a comma or a quote matches too.
+    let file_header = existing.lines().next().map(csv_split).unwrap_or_default();
+    let same_key = |l: &str| {
+        let fields = csv_split(l);
+        !key_values.is_empty()
+            && key_values
+                .iter()
+                .all(|(col, v)| value_in(&file_header, &fields, col) == *v)
+    };
     let existing: Vec<&str> = existing
         .lines()
         .enumerate()
-        .filter(|(i, l)| {
-            *i == 0 || key.is_empty() || csv_split(l).first().map(String::as_str) != Some(key)
-        })
+        .filter(|(i, l)| *i == 0 || !same_key(l))
         .map(|(_, l)| l)
         .collect();
     let join = csv_line;
@@ -281,20 +305,27 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("runs.csv");
         let h: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
-        append_csv_row(&p, &h, &["1".into(), "x,\"y\"".into()]).unwrap();
-        append_csv_row(&p, &h, &["2".into(), "z".into()]).unwrap();
+        append_csv_row(&p, &h, &["1".into(), "x,\"y\"".into()], &["a"]).unwrap();
+        append_csv_row(&p, &h, &["2".into(), "z".into()], &["a"]).unwrap();
         let h2: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
-        let added = append_csv_row(&p, &h2, &["w".into(), "3".into(), "q".into()]).unwrap();
+        let added = append_csv_row(&p, &h2, &["w".into(), "3".into(), "q".into()], &["a"]).unwrap();
         assert_eq!(added, vec!["c".to_string()]);
         let (hh, rows) = read_csv(&p).unwrap();
         assert_eq!(hh, ["a", "b", "c"]);
         assert_eq!(rows[0], vec!["1", "x,\"y\"", ""]);
         assert_eq!(rows[2], vec!["3", "w", "q"]);
         // Same key again: replaced, not doubled; a column it lacks stays empty.
-        append_csv_row(&p, &h, &["2".into(), "z2".into()]).unwrap();
+        append_csv_row(&p, &h, &["2".into(), "z2".into()], &["a"]).unwrap();
         let (_, rows) = read_csv(&p).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[2], vec!["2", "z2", ""]);
+        // A key of two columns: the same first value with another second one is another row;
+        // both the same replaces.
+        append_csv_row(&p, &h, &["2".into(), "z3".into()], &["a", "b"]).unwrap();
+        append_csv_row(&p, &h, &["2".into(), "z3".into()], &["a", "b"]).unwrap();
+        let (_, rows) = read_csv(&p).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!((rows[2][1].as_str(), rows[3][1].as_str()), ("z2", "z3"));
     }
 
     #[test]
@@ -317,7 +348,7 @@ mod tests {
                 let (p, h) = (p.clone(), h.clone());
                 s.spawn(move || {
                     for i in 0..10 {
-                        append_csv_row(&p, &h, &[format!("{t}-{i}")]).unwrap();
+                        append_csv_row(&p, &h, &[format!("{t}-{i}")], &["i"]).unwrap();
                     }
                 });
             }

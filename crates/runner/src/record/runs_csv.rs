@@ -100,7 +100,9 @@ pub struct RunRow<'a> {
     pub train_img_s: f64,
 }
 
-/// Appends (or replaces, by run id) the run's row in `results/runs.csv` (locked, atomic).
+/// Appends (or replaces, by run id and experiment: two experiments' runs started in the same
+/// second with the same row name and seed share an id, in their own directories) the run's row
+/// in `results/runs.csv` (locked, atomic).
 pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
     let config = r.config;
     let scalars_of = |rep: Option<&Report>| -> HashMap<String, f64> {
@@ -152,6 +154,61 @@ pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
     row.push(format!("{:.1}", r.wall_s));
     row.push(format!("{:.2}", r.train_img_s));
     row.push(r.run_dir.display().to_string());
-    append_csv_row(&config.results_dir.join("runs.csv"), &runs_header(), &row)?;
+    append_csv_row(
+        &config.results_dir.join("runs.csv"),
+        &runs_header(),
+        &row,
+        &["run_id", "experiment"],
+    )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::atomic_io::read_csv;
+
+    /// Two experiments' runs with the same id (started in the same second, same row name and
+    /// seed) keep a row each; the same run written again (a resume) replaces its row.
+    #[test]
+    fn rows_are_one_per_run_id_and_experiment() {
+        let d = tempfile::tempdir().unwrap();
+        let config_of = |experiment: &str| Config {
+            experiment: experiment.into(),
+            results_dir: d.path().to_path_buf(),
+            ..Default::default()
+        };
+        let write = |config: &Config, status: &str| {
+            let dir = d.path().join(&config.experiment).join("run-1");
+            append_run_row(&RunRow {
+                config,
+                profile: None,
+                row: Some("resnet50"),
+                paper: None,
+                run_id: "run-1",
+                run_dir: &dir,
+                status,
+                report: None,
+                selected_from: None,
+                last: None,
+                last_step: 0,
+                skipped_frames: 0,
+                steps: 1,
+                wall_s: 1.0,
+                train_img_s: 1.0,
+            })
+            .unwrap();
+        };
+        let (table1, heads) = (config_of("table1"), config_of("heads"));
+        write(&table1, "failed");
+        write(&heads, "finished");
+        write(&table1, "finished");
+        let (header, rows) = read_csv(&d.path().join("runs.csv")).unwrap();
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let got: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r[col("experiment")].as_str(), r[col("status")].as_str()))
+            .collect();
+        assert_eq!(got, [("heads", "finished"), ("table1", "finished")]);
+    }
 }
