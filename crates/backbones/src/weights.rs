@@ -106,6 +106,20 @@ pub struct LoadReport {
     pub unmatched: Vec<String>,
 }
 
+impl LoadReport {
+    /// The fresh variables outside an attention gate (`.se.`, `.cbam.`): parts of the network
+    /// itself that the file did not provide. Gates are fresh by design when a plain backbone's
+    /// weights start an attention variant (the paper's ResNeXt + CBAM); anything else means
+    /// the file is for another network.
+    pub fn fresh_outside_gates(&self) -> Vec<&str> {
+        self.fresh
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !(k.contains(".se.") || k.contains(".cbam.")))
+            .collect()
+    }
+}
+
 fn list(f: &mut fmt::Formatter<'_>, what: &str, names: &[String]) -> fmt::Result {
     const SHOWN: usize = 6;
     write!(f, "{what}: {}", names.len())?;
@@ -336,6 +350,27 @@ mod tests {
         );
         let text = report.to_string();
         assert!(text.contains("initialised fresh: 45"), "{text}");
+        assert!(report.fresh_outside_gates().is_empty());
+        Ok(())
+    }
+
+    /// A file without one of the network's own tensors leaves that variable fresh outside any
+    /// gate, and the report names it.
+    #[test]
+    fn a_file_missing_a_layer_leaves_it_fresh_outside_the_gates(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let src = fixtures().join("resnext50_32x4d.weights.safetensors");
+        let mut tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load(&src, &Device::Cpu)?;
+        tensors
+            .remove("layer4.0.conv2.weight")
+            .expect("in the fixture");
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("partial.safetensors");
+        candle_core::safetensors::save(&tensors, &path)?;
+        let varmap = model(BackboneKind::Resnext50_32x4dCbam, "");
+        let report = load_pretrained(&varmap, &path, "")?;
+        assert_eq!(report.fresh_outside_gates(), ["layer4.0.conv2.weight"]);
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use mtanet_affwild2::{DatasetIndex, IndexOptions, Layout, Loader, Split, Vocab};
-use mtanet_backbones::{load_pretrained, resolve_pretrained, MtaNet};
+use mtanet_backbones::{load_pretrained, resolve_pretrained, LoadReport, MtaNet};
 use mtanet_losses::UncertaintyWeights;
 
 use crate::build::data::{au_pos_weight, data_root, loader_config, subsample};
@@ -87,6 +87,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
     if let Some(spec) = &config.model.pretrained {
         let file = resolve_pretrained(spec)?;
         let report = load_pretrained(vars.varmap(), &file, "backbone.")?;
+        refuse_partial_import(&report, &file, config)?;
         tracing::info!("pretrained {}: {report}", file.display());
         if !quiet {
             eprintln!("pretrained weights {}: {report}", file.display());
@@ -104,6 +105,51 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
         uncertainty,
         pos_weight,
     })
+}
+
+/// Refuses pretrained weights that do not cover the backbone: file tensors that match no
+/// variable (the file is for another network, or named otherwise), or variables of the
+/// network itself left fresh (a gate's, `.se.` / `.cbam.`, may be: the paper's ResNeXt + CBAM
+/// starts from plain ResNeXt weights). A run half-initialised from a file would be recorded as
+/// pretrained.
+fn refuse_partial_import(
+    report: &LoadReport,
+    file: &std::path::Path,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let first = |names: &[&str]| {
+        let shown: Vec<&str> = names.iter().take(4).copied().collect();
+        let more = names.len().saturating_sub(shown.len());
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(", ... {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let unmatched: Vec<&str> = report.unmatched.iter().map(String::as_str).collect();
+    let fresh = report.fresh_outside_gates();
+    let backbone = &config.model.backbone;
+    if !unmatched.is_empty() {
+        bail!(
+            "model.pretrained {}: {} tensors match no variable of `{backbone}` ({}); the file              is for another network or named otherwise (scripts/convert_*.py write the              PyTorch names)",
+            file.display(),
+            unmatched.len(),
+            first(&unmatched)
+        );
+    }
+    if !fresh.is_empty() {
+        bail!(
+            "model.pretrained {}: the file lacks {} tensors of `{backbone}` ({}), which would              train from a random start under a pretrained run's name",
+            file.display(),
+            fresh.len(),
+            first(&fresh)
+        );
+    }
+    Ok(())
 }
 
 /// Refuses batch settings that cannot train: a balanced batch larger than the training set
@@ -130,4 +176,58 @@ fn check_batches(config: &Config, n_train: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Gates left fresh are accepted; an unmatched file tensor, or a fresh variable of the
+    /// network itself, is refused naming the file, the backbone and the tensors.
+    #[test]
+    fn a_partial_pretrained_import_is_refused_unless_only_gates_are_fresh() {
+        let config = Config::default();
+        let file = std::path::Path::new("w/resnext.safetensors");
+        let gates_fresh = LoadReport {
+            loaded: names(&["backbone.conv1.weight"]),
+            fresh: names(&[
+                "backbone.layer1.0.cbam.mlp.1.weight",
+                "backbone.layer2.0.se.fc1.bias",
+            ]),
+            ..Default::default()
+        };
+        assert!(refuse_partial_import(&gates_fresh, file, &config).is_ok());
+        let unmatched = LoadReport {
+            unmatched: names(&["layer5.0.conv1.weight"]),
+            ..gates_fresh.clone()
+        };
+        let e = refuse_partial_import(&unmatched, file, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("w/resnext.safetensors") && e.contains("layer5.0.conv1.weight"),
+            "{e}"
+        );
+        let backbone = config.model.backbone.to_string();
+        assert!(e.contains(&backbone), "{e}");
+        let missing = LoadReport {
+            fresh: names(&[
+                "backbone.layer4.0.conv2.weight",
+                "backbone.layer1.0.cbam.mlp.1.weight",
+            ]),
+            ..gates_fresh
+        };
+        let e = refuse_partial_import(&missing, file, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 tensors") && e.contains("backbone.layer4.0.conv2.weight"),
+            "{e}"
+        );
+        assert!(!e.contains("cbam"), "{e}");
+    }
 }
