@@ -83,6 +83,8 @@ fn event(step: i64, file_version: Option<&str>, summary: Option<&[u8]>) -> Vec<u
 /// `tensorflow.DataType` values used here.
 const DT_FLOAT: u64 = 1;
 const DT_STRING: u64 = 7;
+/// `SessionLog.SessionStatus.START`.
+const SESSION_START: u64 = 1;
 /// `SummaryMetadata.DataClass.DATA_CLASS_TENSOR`.
 const DATA_CLASS_TENSOR: u64 = 2;
 
@@ -119,6 +121,21 @@ impl EventWriter {
         self.out.write_all(&masked_crc(&len).to_le_bytes())?;
         self.out.write_all(data)?;
         self.out.write_all(&masked_crc(data).to_le_bytes())
+    }
+
+    /// Writes a `SessionLog` with status START at `step`. Reading the run's event files in
+    /// order, TensorBoard then discards the earlier files' events at `step` and later: those a
+    /// killed run wrote after its last checkpoint, which the resumed run writes again.
+    pub fn session_start(&mut self, step: u64) -> std::io::Result<()> {
+        let mut log = Vec::new();
+        varint_field(&mut log, 1, SESSION_START);
+        let mut e = Vec::new();
+        key(&mut e, 1, 1);
+        e.extend_from_slice(&wall_time().to_le_bytes());
+        key(&mut e, 2, 0);
+        varint(&mut e, step);
+        bytes_field(&mut e, 7, &log);
+        self.record(&e)
     }
 
     /// Writes a scalar.
@@ -474,6 +491,22 @@ mod tests {
         assert!(recs[1].windows(10).any(|x| x == b"train/loss"));
         assert!(recs[1].windows(4).any(|x| x == 0.5f32.to_le_bytes()));
         assert!(recs[2].windows(4).any(|x| x == b"\x89PNG"));
+    }
+
+    /// A session start is an `Event` (tensorflow/core/util/event.proto) with the step in field
+    /// 2 and in field 7 a `SessionLog` whose field 1, the status, is 1 (START), and nothing else.
+    #[test]
+    fn a_session_start_is_an_event_with_a_start_session_log_at_the_step() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(d.path()).unwrap();
+        w.session_start(300).unwrap();
+        w.flush().unwrap();
+        let recs = read_records(w.path());
+        let e = &recs[1];
+        // Field 1 (wall time, fixed 64-bit), then the bytes tensorboard 2.21's event_pb2 gives
+        // for `Event(step=300, session_log=SessionLog(status=START))`: `10ac023a020801`.
+        assert_eq!(e[0], 1 << 3 | 1);
+        assert_eq!(e[9..], [2 << 3, 0xac, 0x02, 7 << 3 | 2, 2, 1 << 3, 1]);
     }
 
     #[test]

@@ -127,6 +127,17 @@ impl<'a> Trainer<'a> {
             }
         };
         let mut tb = tb;
+        if ctx.resume.is_some() {
+            if let Some(w) = tb.as_mut() {
+                // Events a killed run wrote after this checkpoint are written again below.
+                if let Err(e) = w.session_start(state.global_step + 1) {
+                    tracing::warn!(
+                        "cannot write TensorBoard events in {}: {e}",
+                        run_dir.display()
+                    );
+                }
+            }
+        }
         crate::record::hparams::start(&mut tb, config, ctx.profile.as_deref(), ctx.row.as_deref());
         let metrics_csv =
             MetricsCsv::open(run_dir.join("metrics.csv"), state.metrics_rows_through())?;
