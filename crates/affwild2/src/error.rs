@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::task::Task;
+use crate::task::{Split, Task};
 
 /// Everything that can go wrong reading Aff-Wild2, generating the synthetic set or loading batches.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +136,11 @@ pub enum DataError {
         /// What was expected and not found.
         message: String,
     },
-    /// A task has no labelled training frame under the root (a multi-task run needs all three).
+    /// A task has no labelled frame of a split under the root (a multi-task run trains and
+    /// evaluates all three).
     #[error(
-        "{}: no {task} annotations for training: expected {task} annotation files in {} under it",
+        "{}: no labelled {task} frames in the {split} split: expected {task} annotation files (with \
+         face crops) in {} under it",
         root.display(),
         folder.display()
     )]
@@ -147,7 +149,9 @@ pub enum DataError {
         root: PathBuf,
         /// The task without labels.
         task: Task,
-        /// Where its training files belong, relative to the root.
+        /// The split without them.
+        split: Split,
+        /// Where its files belong, relative to the root.
         folder: PathBuf,
     },
     /// A `cropped_aligned` video folder has no annotation file (an error only with `strict`).

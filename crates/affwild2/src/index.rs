@@ -71,6 +71,8 @@ pub struct DatasetIndex {
     pub root: PathBuf,
     /// The detected release layout.
     pub layout: Layout,
+    /// The folder holding the task folders, relative to the root.
+    pub annotations: PathBuf,
     /// AU and expression names from the headers.
     pub vocab: Vocab,
     samples: [Vec<Sample>; 2],
@@ -217,6 +219,7 @@ impl DatasetIndex {
         Ok(DatasetIndex {
             root: root.to_path_buf(),
             layout: found.layout,
+            annotations: found.annotations.clone(),
             vocab,
             samples,
             stats,
@@ -229,16 +232,25 @@ impl DatasetIndex {
     }
 
     /// Checks that every task has labelled training frames (a multi-task network needs its
-    /// vocabulary and its labels); the error names the root, the task and the folder its
-    /// annotation files belong in.
+    /// vocabulary and its labels) and labelled validation frames (a task never evaluated would
+    /// count as 0 in model selection and leave its table column empty); the error names the
+    /// root, the task, the split and the folder its annotation files belong in.
     pub fn require_every_task(&self) -> Result<(), DataError> {
-        for task in Task::ALL {
-            if !self.samples(Split::Train).iter().any(|s| s.has(task)) {
-                return Err(DataError::MissingTask {
-                    root: self.root.clone(),
-                    task,
-                    folder: crate::layout::task_folder(self.layout, task, Split::Train),
-                });
+        for split in [Split::Train, Split::Validation] {
+            for task in Task::ALL {
+                if !self.samples(split).iter().any(|s| s.has(task)) {
+                    return Err(DataError::MissingTask {
+                        root: self.root.clone(),
+                        task,
+                        split,
+                        folder: crate::layout::task_folder_under(
+                            &self.annotations,
+                            self.layout,
+                            task,
+                            split,
+                        ),
+                    });
+                }
             }
         }
         Ok(())

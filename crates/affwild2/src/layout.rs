@@ -60,6 +60,12 @@ const CHALLENGE_DIRS: [(Task, &[&str]); 3] = [
 /// The folder, relative to the root, that holds the annotation files of `task` in `split`
 /// in `layout` (`annotations/AU_Set/Training_Set`).
 pub fn task_folder(layout: Layout, task: Task, split: Split) -> PathBuf {
+    task_folder_under(Path::new("annotations"), layout, task, split)
+}
+
+/// [`task_folder`] under `annotations`, the folder (relative to the root) that holds the task
+/// folders.
+pub fn task_folder_under(annotations: &Path, layout: Layout, task: Task, split: Split) -> PathBuf {
     let task_dir = match layout {
         Layout::Abaw2020 | Layout::Abaw2021 => SET_DIRS[task.index()].1,
         Layout::Abaw2022 => CHALLENGE_DIRS[task.index()].1[0],
@@ -69,7 +75,7 @@ pub fn task_folder(layout: Layout, task: Task, split: Split) -> PathBuf {
         (Layout::Abaw2020, Split::Train) => "Training_Set",
         (_, Split::Train) => "Train_Set",
     };
-    Path::new("annotations").join(task_dir).join(split_dir)
+    annotations.join(task_dir).join(split_dir)
 }
 
 /// The folder of crops, relative to the root.
@@ -93,6 +99,9 @@ pub struct AnnotationEntry {
 pub struct Discovered {
     /// The detected release.
     pub layout: Layout,
+    /// The folder holding the task folders, relative to the root (`annotations`,
+    /// `6th ABAW Annotations`, or empty for the root itself).
+    pub annotations: PathBuf,
     /// Every annotation file, sorted by (task, split, video).
     pub entries: Vec<AnnotationEntry>,
     /// `root/cropped_aligned`.
@@ -138,7 +147,9 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
             message: "not a folder".into(),
         });
     }
-    let mut found: Option<(bool, Vec<(Task, PathBuf)>)> = None;
+    // Every candidate folder that holds task folders: more than one is two releases (or two
+    // copies), and picking one would train on whichever sorts first.
+    let mut found: Vec<(PathBuf, bool, Vec<(Task, PathBuf)>)> = Vec::new();
     for base in annotation_bases(root)? {
         if !is_dir(&base) {
             continue;
@@ -164,12 +175,26 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
                     message: "holds both `*_Set` (2020/2021) and `*_Challenge` (2022+) task folders; keep one release per root".into(),
                 })
             }
-            (false, true) => found = Some((false, sets)),
-            (true, false) => found = Some((true, challenges)),
+            (false, true) => found.push((base, false, sets)),
+            (true, false) => found.push((base, true, challenges)),
         }
-        break;
     }
-    let Some((challenge, task_dirs)) = found else {
+    if found.len() > 1 {
+        let names: Vec<String> = found
+            .iter()
+            .map(|(b, _, _)| format!("`{}`", b.display()))
+            .collect();
+        return Err(DataError::Layout {
+            root: root.to_path_buf(),
+            message: format!(
+                "task folders in more than one annotation folder ({}); keep one release per \
+                 root (a folder of links to one release's annotations and the shared \
+                 `{CROPS_DIR}` is enough)",
+                names.join(", ")
+            ),
+        });
+    }
+    let Some((base, challenge, task_dirs)) = found.pop() else {
         return Err(DataError::Layout {
             root: root.to_path_buf(),
             message: "no annotation folders found: expected annotations/{VA_Set,AU_Set,EXPR_Set} \
@@ -177,8 +202,10 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
                 .into(),
         });
     };
+    let annotations = base.strip_prefix(root).unwrap_or(&base).to_path_buf();
     let mut seen_task = [false; 3];
     let mut uses_train_set = false;
+    let mut uses_training_set = false;
     let mut entries = Vec::new();
     for (task, dir) in task_dirs {
         if std::mem::replace(&mut seen_task[task.index()], true) {
@@ -196,6 +223,7 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
             match name.as_str() {
                 "Training_Set" | "Train_Set" => {
                     uses_train_set |= name == "Train_Set";
+                    uses_training_set |= name == "Training_Set";
                     if let Some(other) = train_dir.replace(path.clone()) {
                         return Err(DataError::Layout {
                             root: path,
@@ -204,8 +232,26 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
                     }
                 }
                 "Validation_Set" => val_dir = Some(path),
+                other if looks_like_a_split(other) => {
+                    return Err(DataError::Layout {
+                        root: path,
+                        message: format!(
+                            "`{other}` is not a split folder: a split's annotation files go in \
+                             `Training_Set` (ABAW 2020), `Train_Set` (2021 and later) or \
+                             `Validation_Set`, spelled so"
+                        ),
+                    });
+                }
                 _ => {}
             }
+        }
+        if uses_train_set && uses_training_set {
+            return Err(DataError::Layout {
+                root: dir,
+                message: "the task folders use both `Training_Set` (ABAW 2020) and `Train_Set` \
+                          (2021 and later): files of two releases; keep one release per root"
+                    .into(),
+            });
         }
         for (split, sdir) in [(Split::Train, train_dir), (Split::Validation, val_dir)] {
             let Some(sdir) = sdir else { continue };
@@ -242,9 +288,17 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
     }
     Ok(Discovered {
         layout,
+        annotations,
         entries,
         crops,
     })
+}
+
+/// Whether a folder name inside a task folder is meant as a split but is not one of the exact
+/// names (`Validation_set`, `train`, `val`): such a folder's files would be left out unread.
+fn looks_like_a_split(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.contains("train") || lower.contains("valid") || lower == "val"
 }
 
 /// The 5-digit, 1-based file name of frame `frame` (`00017.jpg`).

@@ -449,4 +449,116 @@ fn a_root_without_one_tasks_annotations_names_the_root_task_and_folder() {
     let m = e.to_string();
     assert!(m.contains(&root.display().to_string()), "{m}");
     assert!(m.contains("annotations/AU_Set/Training_Set"), "{m}");
+    assert!(m.contains("AU") && m.contains("train split"), "{m}");
+}
+
+/// Two folders holding task folders (two releases in one root) are refused naming both,
+/// instead of training on whichever sorts first.
+#[test]
+fn two_annotation_folders_in_one_root_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    for base in ["5th ABAW Annotations", "6th ABAW Annotations"] {
+        write(
+            r,
+            &format!("{base}/VA_Estimation_Challenge/Train_Set/x.txt"),
+            &format!("{VA_H}0.2,0.1\n"),
+        );
+    }
+    jpgs(r, "x", &[1]);
+    let (e, m) = load_err(r);
+    assert!(matches!(&e, DataError::Layout { .. }), "{e:?}");
+    assert!(
+        m.contains("5th ABAW Annotations") && m.contains("6th ABAW Annotations"),
+        "{m}"
+    );
+}
+
+/// A split folder spelled otherwise (`Validation_set`) is refused naming it, instead of its
+/// files being left unread and the task never evaluated.
+#[test]
+fn a_misspelled_split_folder_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    tree2020(dir.path());
+    write(
+        dir.path(),
+        "annotations/AU_Set/Validation_set/b_left.txt",
+        &format!("{AU_H}0,0,1,0,0,0,0,0\n"),
+    );
+    let (e, m) = load_err(dir.path());
+    assert!(matches!(&e, DataError::Layout { .. }), "{e:?}");
+    assert!(
+        m.contains("Validation_set") && m.contains("Validation_Set"),
+        "{m}"
+    );
+}
+
+/// `Training_Set` (2020) in one task folder and `Train_Set` (2021+) in another are two
+/// releases joined by video name: refused.
+#[test]
+fn split_names_of_two_releases_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write(
+        r,
+        "annotations/VA_Set/Training_Set/a.txt",
+        &format!("{VA_H}0.1,0.2\n"),
+    );
+    write(
+        r,
+        "annotations/AU_Set/Train_Set/a.txt",
+        &format!("{AU_H}1,0,0,0,1,0,0,0\n"),
+    );
+    jpgs(r, "a", &[1]);
+    let (e, m) = load_err(r);
+    assert!(matches!(&e, DataError::Layout { .. }), "{e:?}");
+    assert!(m.contains("Training_Set") && m.contains("Train_Set"), "{m}");
+}
+
+/// A task with training frames and no validation frames is refused (it would never be
+/// evaluated), naming the split and the folder under the release's own annotation folder.
+#[test]
+fn a_task_without_validation_frames_names_the_split_and_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    let base = "6th ABAW Annotations";
+    let ex8 = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n";
+    for split in ["Train_Set", "Validation_Set"] {
+        let v = if split == "Train_Set" { "x" } else { "y" };
+        write(
+            r,
+            &format!("{base}/VA_Estimation_Challenge/{split}/{v}.txt"),
+            &format!("{VA_H}0.2,0.1\n"),
+        );
+        write(
+            r,
+            &format!("{base}/EXPR_Classification_Challenge/{split}/{v}.txt"),
+            &format!("{ex8}7\n"),
+        );
+    }
+    write(
+        r,
+        &format!("{base}/AU_Detection_Challenge/Train_Set/x.txt"),
+        &format!("{AU_H}0,0,0,0,0,0,0,1\n"),
+    );
+    jpgs(r, "x", &[1]);
+    jpgs(r, "y", &[1]);
+    let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
+    let e = idx.require_every_task().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::MissingTask {
+                task: Task::Au,
+                split: Split::Validation,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let m = e.to_string();
+    assert!(
+        m.contains("6th ABAW Annotations/AU_Detection_Challenge/Validation_Set"),
+        "{m}"
+    );
 }

@@ -157,6 +157,14 @@ fn refuse_partial_import(
 /// the backbone's last feature map is 1x1 (BatchNorm then sees one value per channel).
 fn check_batches(config: &Config, n_train: usize) -> anyhow::Result<()> {
     let b = config.data.batch_size;
+    let tasks = mtanet_affwild2::Task::ALL.len();
+    if config.data.sampling == mtanet_affwild2::Sampling::Balanced && b < tasks {
+        bail!(
+            "`data.batch_size` ({b}) is below the {tasks} tasks; with `data.sampling: balanced` \
+             each batch draws an equal share per task, so a task would get none: raise the \
+             batch size"
+        );
+    }
     if config.data.sampling == mtanet_affwild2::Sampling::Balanced && b > n_train {
         bail!(
             "`data.batch_size` ({b}) is larger than the {n_train} training frames; with \
@@ -181,6 +189,25 @@ fn check_batches(config: &Config, n_train: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Balanced sampling with fewer frames per batch than tasks is refused (a task would get a
+    /// share of 0); three, or mixed sampling, is not.
+    #[test]
+    fn a_balanced_batch_smaller_than_the_tasks_is_refused() {
+        let with = |sampling, batch_size| {
+            let mut c = Config::default();
+            c.data.sampling = sampling;
+            c.data.batch_size = batch_size;
+            c.data.image_size = 112;
+            check_batches(&c, 100)
+        };
+        let e = with(mtanet_affwild2::Sampling::Balanced, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_size") && e.contains("balanced"), "{e}");
+        assert!(with(mtanet_affwild2::Sampling::Balanced, 3).is_ok());
+        assert!(with(mtanet_affwild2::Sampling::Mixed, 2).is_ok());
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
