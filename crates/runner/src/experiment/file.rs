@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use super::{Config, ConfigError, Override};
+use mtanet_metrics::Scoring;
 
 /// The paper's reported values for one Table I row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,19 +53,29 @@ impl PaperValues {
         [self.valence, self.arousal, self.au, self.expr]
     }
 
-    /// The `Report::scalars` keys of our figures that compare like with like with
-    /// [`PaperValues::figures`].
-    pub fn metric_keys(&self) -> [&'static str; 4] {
+    /// Our figures that compare like with like with [`PaperValues::figures`], from our
+    /// `Report::scalars` values (`get`): the CCCs, and for AU and EXPR the F1 or, where the
+    /// paper's figure is a composite, the ABAW 2020 composite of our F1 and accuracy, whatever
+    /// scoring the run's own `score` columns follow (a 2022+ release scores F1 alone). `get`
+    /// may be a mean over seeds: the composite is linear.
+    pub fn ours(&self, get: impl Fn(&str) -> Option<f64>) -> [Option<f64>; 4] {
+        let composite = |task: &str, combine: fn(Scoring, f64, f64) -> f64| {
+            Some(combine(
+                Scoring::Abaw2020,
+                get(&format!("{task}.f1"))?,
+                get(&format!("{task}.accuracy"))?,
+            ))
+        };
         [
-            "va.ccc_valence",
-            "va.ccc_arousal",
+            get("va.ccc_valence"),
+            get("va.ccc_arousal"),
             match self.au_metric {
-                PaperMetric::F1 => "au.f1",
-                PaperMetric::Composite => "au.score",
+                PaperMetric::F1 => get("au.f1"),
+                PaperMetric::Composite => composite("au", Scoring::au),
             },
             match self.expr_metric {
-                PaperMetric::F1 => "expr.f1",
-                PaperMetric::Composite => "expr.score",
+                PaperMetric::F1 => get("expr.f1"),
+                PaperMetric::Composite => composite("expr", Scoring::expr),
             },
         ]
     }

@@ -138,13 +138,9 @@ pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
             }
             row.push(format!("{:?}", p.au_metric).to_lowercase());
             row.push(format!("{:?}", p.expr_metric).to_lowercase());
-            for (v, k) in p.figures().iter().zip(p.metric_keys()) {
-                row.push(
-                    selected
-                        .get(k)
-                        .map(|o| format!("{:.6}", o - v))
-                        .unwrap_or_default(),
-                );
+            let ours = p.ours(|k| selected.get(k).copied());
+            for (v, o) in p.figures().iter().zip(ours) {
+                row.push(o.map(|o| format!("{:.6}", o - v)).unwrap_or_default());
             }
         }
         None => row.extend(std::iter::repeat_n(String::new(), 10)),

@@ -445,9 +445,9 @@ fn markdown(
 
 /// Ours minus the paper's, per paper figure, comparing like with like.
 fn deltas(r: &RowResult, p: &PaperValues) -> [Option<f64>; 4] {
-    let keys = p.metric_keys();
+    let ours = p.ours(|k| r.metric(k).mean);
     let figures = p.figures();
-    std::array::from_fn(|i| r.metric(keys[i]).mean.map(|o| o - figures[i]))
+    std::array::from_fn(|i| ours[i].map(|o| o - figures[i]))
 }
 
 /// The table's CSV header and rows.
