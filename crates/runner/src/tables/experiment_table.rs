@@ -216,9 +216,9 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                     let v = serde_yaml::to_value(&base)
                         .ok()
                         .and_then(|v| k.split('.').try_fold(v, |n, p| n.get(p).cloned()))
-                        .and_then(|v| serde_yaml::to_string(&v).ok())
+                        .map(|v| one_line(&v))
                         .unwrap_or_default();
-                    format!("{k}={}", v.trim())
+                    format!("{k}={v}")
                 })
                 .collect();
             (format!("{} with {}", r.name, set.join(" ")), None, None)
@@ -443,6 +443,18 @@ fn markdown(
     s
 }
 
+/// An override's value on one line, for a row's display name (a table cell and a CSV field):
+/// a scalar as YAML writes it, a list or mapping as JSON (YAML would write it over lines).
+fn one_line(v: &serde_yaml::Value) -> String {
+    let text = match v {
+        serde_yaml::Value::Sequence(_) | serde_yaml::Value::Mapping(_) => {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        _ => serde_yaml::to_string(v).unwrap_or_default(),
+    };
+    text.trim().replace(['\n', '\r'], " ")
+}
+
 /// Ours minus the paper's, per paper figure, comparing like with like.
 fn deltas(r: &RowResult, p: &PaperValues) -> [Option<f64>; 4] {
     let ours = p.ours(|k| r.metric(k).mean);
@@ -609,6 +621,24 @@ fn print_demo_check(rows: &[RowResult], constant: Option<&Report>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list or mapping override (a row's `training.stages`) names the row on one line, so the
+    /// table's markdown row and CSV field stay one line; scalars read as before.
+    #[test]
+    fn override_values_name_a_row_on_one_line() {
+        let stages: serde_yaml::Value =
+            serde_yaml::from_str("- {name: adam_sum, lr: 0.01}\n- {name: sgd, lr: 0.0001}\n")
+                .unwrap();
+        let text = one_line(&stages);
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(
+            text,
+            r#"[{"name":"adam_sum","lr":0.01},{"name":"sgd","lr":0.0001}]"#
+        );
+        let scalar: serde_yaml::Value = serde_yaml::from_str("senet50_vggface2").unwrap();
+        assert_eq!(one_line(&scalar), "senet50_vggface2");
+        assert_eq!(one_line(&serde_yaml::Value::from(0.001)), "0.001");
+    }
     use mtanet_metrics::VaReport;
 
     /// A row of two runs, seeds 3 and 4, selected by the best total.
