@@ -303,9 +303,18 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
                 (Some(a), Some(b)) => format!("{:+.4}", b - a),
                 _ => "-".into(),
             };
-            let noise = match (first, last, stds[0], stds[stds.len() - 1]) {
+            let seeds: Vec<Option<usize>> = lookup
+                .iter()
+                .map(|f| {
+                    f.get(key)
+                        .and_then(|r| r.get("seeds"))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .collect();
+            let spread = |i: usize| stds[i].zip(seeds[i]).filter(|&(_, n)| n >= 2);
+            let noise = match (first, last, spread(0), spread(stds.len() - 1)) {
                 (Some(a), Some(b), Some(sa), Some(sb)) => {
-                    let band = 2.0 * (sa * sa + sb * sb).sqrt();
+                    let band = welch_band95(sa, sb);
                     if (b - a).abs() <= band {
                         format!("within noise (±{band:.4})")
                     } else {
@@ -323,17 +332,54 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     Ok(s)
 }
 
+/// Half-width of the 95% interval of a difference of two means, each given as (sample
+/// standard deviation, number of seeds >= 2): Welch's, `t(0.975, df) * sqrt(sa^2/na + sb^2/nb)`
+/// with the Welch-Satterthwaite `df` rounded down.
+fn welch_band95((sa, na): (f64, usize), (sb, nb): (f64, usize)) -> f64 {
+    let (va, vb) = (sa * sa / na as f64, sb * sb / nb as f64);
+    let se2 = va + vb;
+    if se2 == 0.0 {
+        return 0.0;
+    }
+    let df = se2 * se2 / (va * va / (na - 1) as f64 + vb * vb / (nb - 1) as f64);
+    super::seed_summary::t975(df.floor().max(1.0) as usize) * se2.sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Welch's interval: with 5 seeds a side and equal spreads s, df = 8 and the band is
+    /// t(0.975, 8) * s * sqrt(2/5) (scipy: 2.306004); with unequal counts the df falls between.
+    #[test]
+    fn the_noise_band_is_welchs_interval_of_the_difference_of_means() {
+        let band = welch_band95((0.01, 5), (0.01, 5));
+        assert!(
+            (band - 2.306004 * 0.01 * (0.4f64).sqrt()).abs() < 1e-6,
+            "{band}"
+        );
+        // sa = 0.02 over 3 seeds, sb = 0.01 over 10: df = 2.31 -> 2, t = 4.302653 (scipy).
+        let se = (0.02f64 * 0.02 / 3.0 + 0.01 * 0.01 / 10.0).sqrt();
+        let band = welch_band95((0.02, 3), (0.01, 10));
+        assert!((band - 4.302653 * se).abs() < 1e-5, "{band}");
+        assert_eq!(welch_band95((0.0, 2), (0.0, 2)), 0.0);
+    }
 
     #[test]
     fn compares_rows_with_noise_marks() {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("a.csv");
         let b = d.path().join("b.csv");
-        std::fs::write(&a, "row,au.f1,au.f1_std,expr.f1\nr1,0.50,0.01,0.3\n").unwrap();
-        std::fs::write(&b, "row,au.f1,au.f1_std,expr.f1\nr1,0.51,0.01,0.4\n").unwrap();
+        std::fs::write(
+            &a,
+            "row,seeds,au.f1,au.f1_std,expr.f1\nr1,3,0.50,0.01,0.3\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            "row,seeds,au.f1,au.f1_std,expr.f1\nr1,3,0.51,0.01,0.4\n",
+        )
+        .unwrap();
         let s = compare(&[a.clone(), b]).unwrap();
         assert!(
             s.contains("| au.f1 | 0.5000 ± 0.0100 | 0.5100 ± 0.0100 | +0.0100 | within noise"),
