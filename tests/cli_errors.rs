@@ -111,3 +111,35 @@ fn train_under_affwild2_root_on_a_file_without_paper_refuses_the_synthetic_set_i
     // Nothing was trained or written.
     assert!(!dir.path().join("results").exists());
 }
+
+/// `predict --split Test` without `--videos` says where its video list and frame counts come
+/// from and how to give the track's own list; with `--videos` it does not.
+#[test]
+fn predicting_the_test_set_without_its_list_says_how_to_give_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "predict",
+                "--checkpoint",
+                "missing-run",
+                "--split",
+                "Test",
+                "--out",
+                "o",
+            ])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("--videos") && stderr.contains("va_test_set.txt"),
+        "{stderr}"
+    );
+    let stderr = run(&["--videos", "va_test_set.txt"]);
+    assert!(!stderr.contains("note: --split Test"), "{stderr}");
+}

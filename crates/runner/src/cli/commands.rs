@@ -308,6 +308,18 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 format!("--split {s}: use Validation_Set, Training_Set or Test")
             })?),
         };
+    if matches!(target, PredictTarget::Test) && a.videos.is_none() {
+        // Without the track's list the plan is every crop folder no annotation file names.
+        eprintln!(
+            "note: --split Test without --videos predicts the crop folders that no annotation \
+             file names, each sized by its highest crop number. ABAW lists each track's test \
+             videos in its own file (va_test_set.txt, aus_test_set.txt, \
+             expression_test_set.txt; 2022+: *_Challenge_test_set_release.txt), and a track's \
+             test set holds videos another task annotates: pass that list as --videos (lines \
+             `video` or `video,frames`) for a complete submission, with each video's frame \
+             count where its last frames have no face."
+        );
+    }
     let out = a.out.clone();
     let format = a.format;
     let raw = a.raw;
