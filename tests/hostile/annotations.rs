@@ -240,7 +240,8 @@ fn duplicate_video_across_splits() {
 
 #[test]
 fn annotation_for_a_video_without_frames() {
-    // `ghost` has labels but no crop folder: no samples, no error, counted nowhere else.
+    // `ghost` has labels but no crop folder: no samples, no error; listed among the annotated
+    // videos without any crop.
     let dir = tempfile::tempdir().unwrap();
     good_tree(dir.path());
     write(
@@ -252,10 +253,12 @@ fn annotation_for_a_video_without_frames() {
     let train = idx.samples(mtanet_affwild2::Split::Train);
     assert_eq!(train.len(), 3);
     assert!(train.iter().all(|s| s.video == "good"));
+    assert_eq!(idx.stats().videos_without_crops, ["ghost"]);
     // An empty crop folder behaves the same.
     std::fs::create_dir_all(dir.path().join("cropped_aligned/ghost")).unwrap();
     let idx = DatasetIndex::load(dir.path(), &IndexOptions::default()).unwrap();
     assert_eq!(idx.samples(mtanet_affwild2::Split::Train).len(), 3);
+    assert_eq!(idx.stats().videos_without_crops, ["ghost"]);
 }
 
 /// Found by a careful user: an EXPR file with CR-only line ends loaded as zero labels and a

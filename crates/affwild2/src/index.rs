@@ -130,6 +130,11 @@ impl DatasetIndex {
         for (v, c) in listed {
             crops.insert(v, c?);
         }
+        let videos_without_crops: Vec<String> = videos
+            .iter()
+            .filter(|v| crops[*v].is_empty())
+            .map(|v| v.to_string())
+            .collect();
         let mut unannotated_videos = 0u64;
         for entry in std::fs::read_dir(&found.crops).map_err(|e| DataError::io(&found.crops, e))? {
             let entry = entry.map_err(|e| DataError::io(&found.crops, e))?;
@@ -215,6 +220,7 @@ impl DatasetIndex {
             jpgs,
             unannotated_jpgs,
             unannotated_videos,
+            videos_without_crops,
         };
         Ok(DatasetIndex {
             root: root.to_path_buf(),

@@ -286,12 +286,43 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
             message: format!("no `{CROPS_DIR}` folder of face crops"),
         });
     }
+    refuse_crops_elsewhere(root, &crops)?;
     Ok(Discovered {
         layout,
         annotations,
         entries,
         crops,
     })
+}
+
+/// Refuses a second folder of crops beside `cropped_aligned` (the 2022+ releases ship
+/// `cropped_aligned_new_50_vids`) holding videos `cropped_aligned` lacks: crops are read from
+/// `cropped_aligned` alone, so those videos' frames would count as missing and never train.
+fn refuse_crops_elsewhere(root: &Path, crops: &Path) -> Result<(), DataError> {
+    let in_crops: std::collections::BTreeSet<String> =
+        list_dir(crops)?.into_iter().map(|(name, _)| name).collect();
+    for (name, path) in list_dir(root)? {
+        if name == CROPS_DIR || !name.starts_with(CROPS_DIR) || !is_dir(&path) {
+            continue;
+        }
+        let extra: Vec<String> = list_dir(&path)?
+            .into_iter()
+            .filter(|(v, p)| !v.starts_with('.') && is_dir(p) && !in_crops.contains(v))
+            .map(|(v, _)| v)
+            .collect();
+        if let Some(first) = extra.first() {
+            return Err(DataError::Layout {
+                root: path.clone(),
+                message: format!(
+                    "holds the crops of {} videos that `{CROPS_DIR}` lacks (first `{first}`); \
+                     crops are read from `{CROPS_DIR}` alone: link them there, e.g. `for d in \
+                     {name}/*; do ln -s \"$PWD/$d\" {CROPS_DIR}/; done` in the root",
+                    extra.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a folder name inside a task folder is meant as a split but is not one of the exact

@@ -103,6 +103,9 @@ pub struct Stats {
     pub unannotated_jpgs: u64,
     /// `cropped_aligned` video folders with no annotation file (e.g. test videos).
     pub unannotated_videos: u64,
+    /// Annotated videos without a single crop (no folder in `cropped_aligned`, or an empty
+    /// one), sorted: every labelled line of theirs is in `missing_jpg`, and none trains.
+    pub videos_without_crops: Vec<String>,
 }
 
 /// Running sums for one task in one split (merged across videos).
@@ -274,6 +277,22 @@ impl fmt::Display for Stats {
             f,
             "jpgs: {} in annotated videos, {} without an annotation line; {} video folders without annotations",
             self.jpgs, self.unannotated_jpgs, self.unannotated_videos
-        )
+        )?;
+        if !self.videos_without_crops.is_empty() {
+            let n = self.videos_without_crops.len();
+            let shown: Vec<&str> = self
+                .videos_without_crops
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            write!(
+                f,
+                "\nannotated videos without any crop: {n} ({}{})",
+                shown.join(", "),
+                if n > shown.len() { ", ..." } else { "" }
+            )?;
+        }
+        Ok(())
     }
 }

@@ -562,3 +562,46 @@ fn a_task_without_validation_frames_names_the_split_and_its_folder() {
         "{m}"
     );
 }
+
+/// A 2022+ second crops folder (`cropped_aligned_new_50_vids`) with videos `cropped_aligned`
+/// lacks is refused naming it and the fix; linked into `cropped_aligned`, the root loads, and
+/// an annotated video without any crop is listed in the stats.
+#[test]
+fn a_second_crops_folder_is_refused_until_linked_and_videos_without_crops_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    tree2020(dir.path());
+    let extra = dir.path().join("cropped_aligned_new_50_vids/n1");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("00001.jpg"), b"not decoded by the index").unwrap();
+    write(
+        dir.path(),
+        "annotations/VA_Set/Training_Set/n1.txt",
+        &format!("{VA_H}0.1,0.2\n"),
+    );
+    let (e, m) = load_err(dir.path());
+    assert!(matches!(&e, DataError::Layout { .. }), "{e:?}");
+    assert!(
+        m.contains("cropped_aligned_new_50_vids") && m.contains("`n1`"),
+        "{m}"
+    );
+    assert!(m.contains("ln -s"), "{m}");
+    std::os::unix::fs::symlink(&extra, dir.path().join("cropped_aligned/n1")).unwrap();
+    let idx = DatasetIndex::load(dir.path(), &IndexOptions::default()).unwrap();
+    assert!(idx.samples(Split::Train).iter().any(|s| s.video == "n1"));
+    assert!(idx.stats().videos_without_crops.is_empty());
+    // An annotated video with no crop folder at all.
+    write(
+        dir.path(),
+        "annotations/VA_Set/Training_Set/gone.txt",
+        &format!("{VA_H}0.1,0.2\n"),
+    );
+    let st = DatasetIndex::load(dir.path(), &IndexOptions::default())
+        .unwrap()
+        .stats();
+    assert_eq!(st.videos_without_crops, ["gone"]);
+    assert!(
+        st.to_string()
+            .contains("annotated videos without any crop: 1 (gone)"),
+        "{st}"
+    );
+}

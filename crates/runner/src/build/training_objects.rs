@@ -49,6 +49,19 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
     )
     .with_context(|| format!("indexing {}", root.display()))?;
     index.require_every_task()?;
+    let without_crops = index.stats().videos_without_crops;
+    if let Some(first) = without_crops.first() {
+        let line = format!(
+            "{} annotated videos have no crop in {}/cropped_aligned (first `{first}`): their \
+             labelled frames count as missing and none trains or is evaluated",
+            without_crops.len(),
+            root.display()
+        );
+        tracing::warn!("{line}");
+        if !quiet {
+            eprintln!("warning: {line}");
+        }
+    }
     let vocab = index.vocab.clone();
     let train_samples = subsample(index.samples(Split::Train), config.data.max_train_frames);
     let val_samples = subsample(index.samples(Split::Validation), config.data.max_val_frames);
