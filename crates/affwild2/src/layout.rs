@@ -139,6 +139,10 @@ fn annotation_bases(root: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(bases)
 }
 
+/// A folder holding task folders: itself, whether they are the 2022+ `*_Challenge` ones, and
+/// each task's folder.
+type TaskFolders = (PathBuf, bool, Vec<(Task, PathBuf)>);
+
 /// Finds the release layout and every annotation file under `root`.
 pub fn discover(root: &Path) -> Result<Discovered, DataError> {
     if !is_dir(root) {
@@ -149,7 +153,7 @@ pub fn discover(root: &Path) -> Result<Discovered, DataError> {
     }
     // Every candidate folder that holds task folders: more than one is two releases (or two
     // copies), and picking one would train on whichever sorts first.
-    let mut found: Vec<(PathBuf, bool, Vec<(Task, PathBuf)>)> = Vec::new();
+    let mut found: Vec<TaskFolders> = Vec::new();
     for base in annotation_bases(root)? {
         if !is_dir(&base) {
             continue;
