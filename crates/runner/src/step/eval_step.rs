@@ -36,6 +36,24 @@ impl HostOutputs {
     }
 }
 
+impl HostOutputs {
+    /// The first row holding a NaN or infinite output, and which head's: such a row would be
+    /// scored as class 0 and as absent AUs, with finite-looking figures.
+    pub fn first_non_finite(&self) -> Option<(usize, &'static str)> {
+        (0..self.va.len()).find_map(|i| {
+            if !self.va[i].iter().all(|v| v.is_finite()) {
+                Some((i, "valence/arousal"))
+            } else if !self.au_probs[i].iter().all(|v| v.is_finite()) {
+                Some((i, "action unit"))
+            } else if !self.expr_probs[i].iter().all(|v| v.is_finite()) {
+                Some((i, "expression"))
+            } else {
+                None
+            }
+        })
+    }
+}
+
 /// The model in eval mode on `images` ([`MtaNet::infer`]: nothing is differentiated), its
 /// outputs on the host. `packs`: the evaluation pass's store of packed weight layouts (one per
 /// pass over a loader or a list of crops, made where the pass starts), so that each layer's
@@ -132,7 +150,15 @@ pub fn evaluate(
         pass.skipped.extend(batch.dropped.iter().cloned());
         if n > 0 {
             let images = batch.images.to_device(device)?;
-            push_batch(&mut pass.acc, &eval_step(model, &images, &packs)?, &batch)?;
+            let out = eval_step(model, &images, &packs)?;
+            if let Some((i, head)) = out.first_non_finite() {
+                anyhow::bail!(
+                    "evaluation: the model's {head} output for frame {} is NaN or infinite; \
+                     refusing to score it (it would count as class 0 and as absent AUs)",
+                    batch.ids[i]
+                );
+            }
+            push_batch(&mut pass.acc, &out, &batch)?;
             pass.frames += n;
         }
         on_batch(n);
@@ -163,6 +189,30 @@ pub fn report_of(acc: &Accumulator, scoring: Scoring, tune_au_thresholds: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NaN or infinity in any head's row is found, with the row and the head; finite rows
+    /// pass.
+    #[test]
+    fn non_finite_outputs_are_found_by_row_and_head() {
+        let out = |va: f32, au: f32, expr: f32| HostOutputs {
+            va: vec![[0.1, 0.2], [va, 0.0]],
+            au_probs: vec![vec![0.5; 3], vec![au, 0.5, 0.5]],
+            expr_probs: vec![vec![0.5, 0.5], vec![expr, 0.5]],
+        };
+        assert_eq!(out(0.0, 0.5, 0.5).first_non_finite(), None);
+        assert_eq!(
+            out(f32::NAN, 0.5, 0.5).first_non_finite(),
+            Some((1, "valence/arousal"))
+        );
+        assert_eq!(
+            out(0.0, f32::NAN, 0.5).first_non_finite(),
+            Some((1, "action unit"))
+        );
+        assert_eq!(
+            out(0.0, 0.5, f32::INFINITY).first_non_finite(),
+            Some((1, "expression"))
+        );
+    }
 
     #[test]
     fn argmax_first_on_ties() {
