@@ -111,9 +111,12 @@ pub fn parse_annotation(
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()]
+            // Line ends as `split_lines` counts them: LF, CRLF and a lone CR.
+            let valid = &bytes[..e.valid_up_to()];
+            let line = 1 + valid
                 .iter()
-                .filter(|&&b| b == b'\n')
+                .enumerate()
+                .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && valid.get(i + 1) != Some(&b'\n')))
                 .count();
             return Err(DataError::Encoding {
                 path: path.to_path_buf(),
@@ -838,6 +841,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, DataError::Encoding { line: 3, .. }), "{e}");
+        // CR-only and CRLF line ends count as `split_lines` counts them.
+        for text in [
+            &b"valence,arousal\r0,0\r\xff,0\r"[..],
+            b"valence,arousal\r\n0,0\r\n\xff,0\r\n",
+        ] {
+            let e = parse_annotation(Task::Va, Path::new("x.txt"), text).unwrap_err();
+            assert!(matches!(e, DataError::Encoding { line: 3, .. }), "{e}");
+        }
     }
 
     #[test]
