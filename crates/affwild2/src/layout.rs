@@ -125,7 +125,8 @@ fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     Ok(out)
 }
 
-/// Candidate folders that may hold the task folders, in order of preference.
+/// Candidate folders that may hold the task folders, in order of preference; a folder reached
+/// twice (a link to another candidate) is listed once.
 fn annotation_bases(root: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut bases = vec![root.join("annotations"), root.to_path_buf()];
     for (name, path) in list_dir(root)? {
@@ -136,6 +137,8 @@ fn annotation_bases(root: &Path) -> Result<Vec<PathBuf>, DataError> {
             bases.push(path);
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    bases.retain(|b| seen.insert(std::fs::canonicalize(b).unwrap_or_else(|_| b.clone())));
     Ok(bases)
 }
 
@@ -333,7 +336,7 @@ fn refuse_crops_elsewhere(root: &Path, crops: &Path) -> Result<(), DataError> {
 /// names (`Validation_set`, `train`, `val`): such a folder's files would be left out unread.
 fn looks_like_a_split(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.contains("train") || lower.contains("valid") || lower == "val"
+    lower.contains("train") || lower.contains("valid") || lower.starts_with("val")
 }
 
 /// The 5-digit, 1-based file name of frame `frame` (`00017.jpg`).

@@ -472,6 +472,11 @@ fn two_annotation_folders_in_one_root_are_refused_naming_both() {
         m.contains("5th ABAW Annotations") && m.contains("6th ABAW Annotations"),
         "{m}"
     );
+    // One release reached twice (`annotations` a link to it) is one folder.
+    std::fs::remove_dir_all(r.join("5th ABAW Annotations")).unwrap();
+    std::os::unix::fs::symlink(r.join("6th ABAW Annotations"), r.join("annotations")).unwrap();
+    let idx = DatasetIndex::load(r, &IndexOptions::default()).unwrap();
+    assert_eq!(idx.layout, Layout::Abaw2022);
 }
 
 /// A split folder spelled otherwise (`Validation_set`) is refused naming it, instead of its
@@ -491,6 +496,10 @@ fn a_misspelled_split_folder_is_refused_naming_it() {
         m.contains("Validation_set") && m.contains("Validation_Set"),
         "{m}"
     );
+    let au = dir.path().join("annotations/AU_Set");
+    std::fs::rename(au.join("Validation_set"), au.join("Val_Set")).unwrap();
+    let (_, m) = load_err(dir.path());
+    assert!(m.contains("`Val_Set`"), "{m}");
 }
 
 /// `Training_Set` (2020) in one task folder and `Train_Set` (2021+) in another are two

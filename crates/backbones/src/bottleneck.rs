@@ -19,6 +19,14 @@ enum BlockAttention {
     Cbam(Cbam),
 }
 
+/// Whether a variable name (with any prefix) belongs to a block's attention gate: timm's
+/// squeeze-excite (`se.*`), CBAM (`cbam.*`), or the VGGFace2 SENet's squeeze-excite, which its
+/// state dict names `conv4` / `conv5` beside the block's `conv1`-`conv3`.
+pub fn is_gate_variable(name: &str) -> bool {
+    name.split('.')
+        .any(|part| matches!(part, "se" | "cbam" | "conv4" | "conv5"))
+}
+
 /// A bottleneck block; VarBuilder names follow the PyTorch state dict (`conv1`, `bn1`, ...,
 /// `downsample.0`, `downsample.1`, `se.fc1`, `conv4`, `cbam.*`).
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ mod weights;
 #[cfg(test)]
 mod pytorch_conformance;
 
-pub use bottleneck::Bottleneck;
+pub use bottleneck::{is_gate_variable, Bottleneck};
 pub use config::{Attention, ConfigError, ResNetConfig, StemPool};
 pub use hub::{hub_cache_dir, resolve_pretrained, HUB_FILENAME};
 pub use kind::{BackboneKind, UnknownBackbone};

@@ -107,15 +107,15 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// The fresh variables outside an attention gate (`.se.`, `.cbam.`): parts of the network
-    /// itself that the file did not provide. Gates are fresh by design when a plain backbone's
-    /// weights start an attention variant (the paper's ResNeXt + CBAM); anything else means
-    /// the file is for another network.
+    /// The fresh variables outside an attention gate ([`crate::is_gate_variable`]): parts of
+    /// the network itself that the file did not provide. Gates are fresh by design when a
+    /// plain backbone's weights start an attention variant (the paper's ResNeXt + CBAM);
+    /// anything else means the file is for another network.
     pub fn fresh_outside_gates(&self) -> Vec<&str> {
         self.fresh
             .iter()
             .map(String::as_str)
-            .filter(|k| !(k.contains(".se.") || k.contains(".cbam.")))
+            .filter(|k| !crate::is_gate_variable(k))
             .collect()
     }
 }
@@ -351,6 +351,31 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains("initialised fresh: 45"), "{text}");
         assert!(report.fresh_outside_gates().is_empty());
+        Ok(())
+    }
+
+    /// A plain ResNet-50's weights in the VGGFace2 SENet leave only its squeeze-excite
+    /// (`conv4` / `conv5`) fresh, which counts as a gate.
+    #[test]
+    fn resnet_weights_in_the_vggface2_senet_leave_only_its_gates_fresh(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let src = fixtures().join("resnet50.weights.safetensors");
+        let varmap = model(BackboneKind::Senet50Vggface2, "");
+        let report = load_pretrained(&varmap, &src, "")?;
+        assert!(!report.fresh.is_empty());
+        assert!(
+            report
+                .fresh
+                .iter()
+                .all(|k| k.contains(".conv4.") || k.contains(".conv5.")),
+            "{:?}",
+            report.fresh
+        );
+        assert!(
+            report.fresh_outside_gates().is_empty(),
+            "{:?}",
+            report.fresh
+        );
         Ok(())
     }
 

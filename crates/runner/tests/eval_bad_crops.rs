@@ -46,7 +46,8 @@ fn an_unreadable_validation_crop_is_left_out_of_the_evaluation() {
     let expected = labelled(&val, &bad);
 
     // One evaluation pass over the run's validation loader.
-    let objects = training_objects::build(&config, true).unwrap();
+    let objects =
+        training_objects::build(&config, true, training_objects::Pretrained::Import).unwrap();
     assert_eq!(objects.val.len(), val.len());
     let pass = evaluate(
         &objects.model,

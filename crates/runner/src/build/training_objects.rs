@@ -36,9 +36,22 @@ pub struct TrainingObjects {
     pub pos_weight: Option<Tensor>,
 }
 
+/// What [`build`] does with `model.pretrained`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pretrained {
+    /// Import it (and refuse a file that does not cover the backbone): a new run.
+    Import,
+    /// Leave it: a resumed run, whose weights all come from its checkpoint.
+    Skip,
+}
+
 /// Builds the [`TrainingObjects`] of a configuration: indexes the data, builds the loaders,
-/// the seeded model and, if configured, imports the pretrained backbone weights.
-pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
+/// the seeded model and, if configured and asked, imports the pretrained backbone weights.
+pub fn build(
+    config: &Config,
+    quiet: bool,
+    pretrained: Pretrained,
+) -> anyhow::Result<TrainingObjects> {
     let root = data_root(config, quiet)?;
     let index = DatasetIndex::load(
         &root,
@@ -97,7 +110,7 @@ pub fn build(config: &Config, quiet: bool) -> anyhow::Result<TrainingObjects> {
     let model =
         MtaNet::new(&model_config(config, &vocab), vb.clone())?.with_precision(config.precision);
     let uncertainty = UncertaintyWeights::new(vb.pp("uncertainty"))?;
-    if let Some(spec) = &config.model.pretrained {
+    if let (Some(spec), Pretrained::Import) = (&config.model.pretrained, pretrained) {
         let file = resolve_pretrained(spec)?;
         let report = load_pretrained(vars.varmap(), &file, "backbone.")?;
         refuse_partial_import(&report, &file, config)?;
@@ -148,7 +161,8 @@ fn refuse_partial_import(
     let backbone = &config.model.backbone;
     if !unmatched.is_empty() {
         bail!(
-            "model.pretrained {}: {} tensors match no variable of `{backbone}` ({}); the file              is for another network or named otherwise (scripts/convert_*.py write the              PyTorch names)",
+            "model.pretrained {}: {} tensors match no variable of `{backbone}` ({}); the file \
+             is for another network, or its tensors are not named as PyTorch names them",
             file.display(),
             unmatched.len(),
             first(&unmatched)
@@ -156,7 +170,8 @@ fn refuse_partial_import(
     }
     if !fresh.is_empty() {
         bail!(
-            "model.pretrained {}: the file lacks {} tensors of `{backbone}` ({}), which would              train from a random start under a pretrained run's name",
+            "model.pretrained {}: the file lacks {} tensors of `{backbone}` ({}), which would \
+             train from a random start under a pretrained run's name",
             file.display(),
             fresh.len(),
             first(&fresh)
@@ -254,6 +269,7 @@ mod tests {
         );
         let backbone = config.model.backbone.to_string();
         assert!(e.contains(&backbone), "{e}");
+        assert!(!e.contains("  "), "{e}");
         let missing = LoadReport {
             fresh: names(&[
                 "backbone.layer4.0.conv2.weight",
@@ -268,6 +284,6 @@ mod tests {
             e.contains("1 tensors") && e.contains("backbone.layer4.0.conv2.weight"),
             "{e}"
         );
-        assert!(!e.contains("cbam"), "{e}");
+        assert!(!e.contains("cbam") && !e.contains("  "), "{e}");
     }
 }

@@ -184,6 +184,18 @@ impl ExperimentFile {
         })
     }
 
+    /// Whether the file itself sets `key` (a path of mapping keys, e.g. `["data", "synthetic"]`)
+    /// in its defaults, a profile or a row.
+    pub fn sets_key(&self, key: &[&str]) -> bool {
+        let has = |v: &Value| key.iter().try_fold(v, |node, k| node.get(*k)).is_some();
+        has(&self.defaults)
+            || self.profiles.values().any(has)
+            || self
+                .row_values
+                .iter()
+                .any(|r| r.get("set").is_some_and(has))
+    }
+
     /// The profile names this file defines.
     pub fn profile_names(&self) -> Vec<String> {
         self.profiles.keys().cloned().collect()

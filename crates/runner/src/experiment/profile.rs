@@ -55,19 +55,24 @@ pub fn train_profile(
 }
 
 /// Refuses a run whose profile was not named that would train on the synthetic set
-/// (`data.root` null) while `AFFWILD2_ROOT` (`affwild2_root`) is set: the variable says the
-/// user means Aff-Wild2, and a row trained on the synthetic set under the row's name would be
-/// a wrong result.
+/// (`data.root` null) while `AFFWILD2_ROOT` (`affwild2_root`) is set, unless the file itself
+/// sets `data.synthetic`: the variable says the user means Aff-Wild2, and a row trained on the
+/// synthetic set under the row's name would be a wrong result.
 pub fn refuse_synthetic_under_affwild2_root(
     file: &ExperimentFile,
     config: &Config,
     affwild2_root: Option<&str>,
 ) -> anyhow::Result<()> {
-    let Some(env) = affwild2_root.filter(|_| config.data.root.is_none()) else {
+    let synthetic_by_choice = file.sets_key(&["data", "synthetic"]);
+    let Some(env) = affwild2_root.filter(|_| config.data.root.is_none() && !synthetic_by_choice)
+    else {
         return Ok(());
     };
     anyhow::bail!(
-        "AFFWILD2_ROOT={env} is set, but {} defines no `paper` profile and leaves data.root          null (the synthetic Aff-Wild2): pass --set data.root={env} to train on Aff-Wild2, or          --profile NAME (or unset AFFWILD2_ROOT) to train on the synthetic set",
+        "AFFWILD2_ROOT={env} is set, but {} defines no `paper` profile and leaves data.root \
+         null (the synthetic Aff-Wild2): pass --set data.root={env} to train on Aff-Wild2, or \
+         --profile NAME, `data.synthetic` in the file, or unset AFFWILD2_ROOT to train on the \
+         synthetic set",
         file.path
     )
 }
@@ -287,7 +292,16 @@ profiles:
         ] {
             assert!(e.contains(part), "{part}: {e}");
         }
+        assert!(!e.contains("  "), "{e}");
         assert!(refuse_synthetic_under_affwild2_root(&f, &synthetic, None).is_ok());
+        // A file that sets `data.synthetic` itself means the synthetic set.
+        let own = FILE.replace(
+            "  experiment: t\n",
+            "  experiment: t\n  data: {synthetic: {videos: 4}}\n",
+        );
+        let own = ExperimentFile::parse("own.yaml", &own).unwrap();
+        assert!(own.sets_key(&["data", "synthetic"]) && !f.sets_key(&["data", "synthetic"]));
+        assert!(refuse_synthetic_under_affwild2_root(&own, &synthetic, Some("/data/aw2")).is_ok());
         let real = resolve_run(&f, None, Some("r50"), &sets(&["data.root=/x"]))
             .unwrap()
             .config;

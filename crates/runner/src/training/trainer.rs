@@ -67,7 +67,11 @@ impl<'a> Trainer<'a> {
         run_id: String,
         wall: Instant,
     ) -> anyhow::Result<Opened<'a>> {
-        let s = training_objects::build(config, ctx.quiet)?;
+        let pretrained = match ctx.resume {
+            Some(_) => training_objects::Pretrained::Skip,
+            None => training_objects::Pretrained::Import,
+        };
+        let s = training_objects::build(config, ctx.quiet, pretrained)?;
         let last_ckpt = run_dir.join("checkpoints").join("last.safetensors");
         let mut state = TrainState::default();
         let mut resumed_optim = None;
