@@ -116,3 +116,47 @@ fn an_unreadable_validation_crop_is_left_out_of_the_evaluation() {
     assert!((outcome.au_f1.raw - r.au.as_ref().unwrap().f1).abs() <= 1e-12);
     assert!((outcome.expr_f1.raw - r.expr.as_ref().unwrap().f1).abs() <= 1e-12);
 }
+
+/// Under `data.on_bad_frame: error` an unreadable validation crop fails the run's evaluation:
+/// the error names the crop, the step and the run directory, and `runs.csv` marks the run
+/// failed instead of leaving no row.
+#[test]
+fn a_failed_evaluation_marks_the_run_failed_naming_step_and_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = support::tiny_config(
+        &tmp.path().join("results"),
+        &tmp.path().join("synth"),
+        &[
+            "data.on_bad_frame=error",
+            "training.stages=[{name: a, optimizer: adam, lr: 0.003, steps: 2, loss: sum, weight_decay: 0.001}]",
+            "eval.every_steps=0",
+        ],
+    );
+    let root = mtanet_runner::build::data::data_root(&config, true).unwrap();
+    let index = DatasetIndex::load(&root, &IndexOptions::default()).unwrap();
+    let train_jpgs: std::collections::BTreeSet<PathBuf> = index
+        .samples(Split::Train)
+        .iter()
+        .map(|s| s.jpg.clone())
+        .collect();
+    let bad = index
+        .samples(Split::Validation)
+        .iter()
+        .map(|s| s.jpg.clone())
+        .find(|j| !train_jpgs.contains(j))
+        .expect("a validation crop no training frame reads");
+    std::fs::write(&bad, b"").unwrap();
+    let quiet = RunContext {
+        quiet: true,
+        ..Default::default()
+    };
+    let e = format!("{:#}", train::run(&config, &quiet).unwrap_err());
+    assert!(e.contains("the evaluation at step 2"), "{e}");
+    assert!(e.contains("marked failed in runs.csv"), "{e}");
+    assert!(e.contains(&bad.display().to_string()), "{e}");
+    let dir = tmp.path().join("results/tiny");
+    assert!(e.contains(&dir.display().to_string()), "{e}");
+    let runs = std::fs::read_to_string(tmp.path().join("results/runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+    assert!(runs.lines().nth(1).unwrap().contains(",failed,"), "{runs}");
+}

@@ -130,6 +130,27 @@ impl Trainer<'_> {
         })
     }
 
+    /// A failed evaluation (a non-finite model output, an unreadable crop under `error`):
+    /// marks the run failed in `runs.csv` and returns `e` with the step and the run directory.
+    pub(super) fn fail_evaluation(&self, e: anyhow::Error) -> anyhow::Error {
+        let last = self.last_report.as_ref();
+        if let Err(row) = self.append_row("failed", last.map(|r| (r, "last evaluation")), last, 0.0)
+        {
+            return row.context(e);
+        }
+        let checkpoint = if self.last_ckpt.is_file() {
+            format!("the last checkpoint is {}", self.last_ckpt.display())
+        } else {
+            "no checkpoint was written before it".to_string()
+        };
+        e.context(format!(
+            "the evaluation at step {} of {} failed; {checkpoint}; the run is marked failed in \
+             runs.csv",
+            self.state.global_step,
+            self.run_dir.display()
+        ))
+    }
+
     /// A refused step (non-finite loss or gradient): marks the run failed in `runs.csv` and
     /// returns the error naming the step and the batch's samples.
     pub(super) fn fail(&self, fault: &str, stage: &StageConfig, batch: &Batch) -> anyhow::Error {

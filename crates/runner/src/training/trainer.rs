@@ -492,14 +492,17 @@ impl<'a> Trainer<'a> {
     fn eval(&mut self) -> anyhow::Result<Report> {
         let n_au = self.s.vocab.au_names.len();
         let n_expr = self.s.vocab.expr_names.len();
-        let pass = evaluate(
+        let pass = match evaluate(
             &self.s.model,
             &self.s.val,
             &self.s.device,
             n_au,
             n_expr,
             |_| {},
-        )?;
+        ) {
+            Ok(pass) => pass,
+            Err(e) => return Err(self.fail_evaluation(e)),
+        };
         if !pass.skipped.is_empty() && pass.skipped != self.eval_skipped {
             let first: Vec<String> = pass
                 .skipped
