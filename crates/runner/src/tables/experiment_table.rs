@@ -363,7 +363,7 @@ fn markdown(
         if seeds > 1 { "s" } else { "" },
         match criterion {
             Criterion::Last => "last evaluation",
-            Criterion::Total => "evaluation with the best ABAW 2020 total",
+            Criterion::Total => "evaluation with the best total of the VA, AU and EXPR scores",
             Criterion::PerTask => "best evaluation per task",
         }
     ));
