@@ -1,5 +1,5 @@
 //! Model selection end to end on the tiny run: the selected figures are those of the
-//! evaluation with the best ABAW 2020 total in `metrics.csv`, its weights are
+//! evaluation with the best total score in `metrics.csv`, its weights are
 //! `best.safetensors`, a stage with `init: best` starts from them, `runs.csv` keeps both the
 //! selected and the last figures, and an interrupted run resumes to the same picks and files.
 

@@ -1,4 +1,4 @@
-//! Model selection over a run's evaluations: the last one, the best ABAW 2020 total, or each
+//! Model selection over a run's evaluations: the last one, the best total score, or each
 //! task's best (as challenge entries report them). The picks live in the checkpoint's loop
 //! state, so a resumed run keeps its best-so-far exactly.
 
@@ -41,18 +41,20 @@ pub const PICK_NAMES: [&str; 4] = ["total", "va", "au", "expr"];
 /// The best evaluations so far: by total and per task.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Selection {
-    /// Highest ABAW 2020 total.
+    /// Highest total ([`total_score`]).
     pub total: Option<Pick>,
     /// Highest VA score (mean CCC).
     pub va: Option<Pick>,
-    /// Highest AU score (0.5 F1 + 0.5 accuracy).
+    /// Highest AU score (0.5 F1 + 0.5 accuracy under ABAW 2020 scoring, F1 under 2022+).
     pub au: Option<Pick>,
-    /// Highest EXPR score (0.67 F1 + 0.33 accuracy).
+    /// Highest EXPR score (0.67 F1 + 0.33 accuracy under ABAW 2020 scoring, F1 under 2022+).
     pub expr: Option<Pick>,
 }
 
-/// The ABAW 2020 total of a report: mean CCC + AU score + EXPR score (an absent task adds 0).
-pub fn abaw2020_total(r: &Report) -> f64 {
+/// The total of a report: VA score (mean CCC) + AU score + EXPR score, each as the release is
+/// scored (ABAW 2020 composites on the 2020/2021 layouts, F1s on 2022+; an absent task adds 0,
+/// and training refuses a root where a task has no validation frames).
+pub fn total_score(r: &Report) -> f64 {
     r.va.as_ref().map_or(0.0, |v| v.score)
         + r.au.as_ref().map_or(0.0, |a| a.score)
         + r.expr.as_ref().map_or(0.0, |e| e.score)
@@ -89,7 +91,7 @@ impl Selection {
             report: report.clone(),
         };
         [
-            offer_one(&mut self.total, Some(abaw2020_total(report)), make),
+            offer_one(&mut self.total, Some(total_score(report)), make),
             offer_one(&mut self.va, report.va.as_ref().map(|v| v.score), make),
             offer_one(&mut self.au, report.au.as_ref().map(|a| a.score), make),
             offer_one(&mut self.expr, report.expr.as_ref().map(|e| e.score), make),
