@@ -15,7 +15,10 @@ What it does:
   * float arrays -> float32, integer arrays (e.g. `num_batches_tracked`) -> int64;
   * keeps the classifier `fc.*` (8631 identities); mtanet's loader ignores it and reports so;
   * `--legacy-timm` also accepts timm `legacy_seresnet50` names (`layer0.conv1`,
-    `se_module.fc1`, `last_linear`, ...) and renames them to the VGGFace2 names (same graph);
+    `se_module.fc1`, `last_linear`, ...) and renames them to the VGGFace2 names (same graph).
+    Those weights were trained on ImageNet input (RGB, mean/std), not the VGGFace2 input the
+    `senet50_vggface2` backbone is fed, so the file says `input_normalization: imagenet` and
+    mtanet refuses it for that backbone rather than train them on inputs they never saw;
   * refuses names it does not recognise unless `--keep-unknown`.
 
 Usage:
@@ -23,8 +26,10 @@ Usage:
   mtanet ... --pretrained senet50_ft.safetensors      (a local path, never the Hub)
   python3 scripts/convert_vggface2.py --self-test     (round trip on a synthetic pickle)
 
-Input normalisation of these weights (see mtanet-backbones `InputNormalization::VGGFACE2`):
-BGR, 0-255, minus mean (91.4953, 103.8827, 131.0912), no std.
+Input normalisation of these weights (mtanet-affwild2 `Preprocess::vggface2`): BGR, 0-255, minus
+mean (91.4953, 103.8827, 131.0912), no std. The file records it in its metadata
+(`input_normalization: vggface2`; `imagenet` with `--legacy-timm`), and mtanet refuses a file
+whose declared input differs from the one its backbone is fed.
 """
 
 import argparse
@@ -83,6 +88,13 @@ def save_safetensors(tensors, path, metadata=None):
         f.write(raw)
         for b in blobs:
             f.write(b)
+
+
+def read_metadata(path):
+    """The `__metadata__` of a safetensors file (for the self-test)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)).get("__metadata__", {})
 
 
 def load_safetensors(path):
@@ -156,6 +168,13 @@ def self_test():
             assert np.array_equal(back[k], np.asarray(v).astype(back[k].dtype)), k
         assert back["bn1.num_batches_tracked"].dtype == np.int64
         assert back["conv1.weight"].dtype == np.float32
+        assert read_metadata(out)["input_normalization"] == "vggface2"
+        legacy_pkl = os.path.join(d, "legacy.pkl")
+        with open(legacy_pkl, "wb") as f:
+            pickle.dump({"layer0.conv1.weight": fake["conv1.weight"]}, f, protocol=2)
+        legacy_out = os.path.join(d, "legacy.safetensors")
+        main_args(["--legacy-timm", legacy_pkl, legacy_out])
+        assert read_metadata(legacy_out)["input_normalization"] == "imagenet"
         legacy = {"layer0.conv1.weight": fake["conv1.weight"],
                   "layer1.0.se_module.fc1.bias": fake["layer1.0.conv4.bias"]}
         assert sorted(convert(legacy, legacy=True)) == ["conv1.weight", "layer1.0.conv4.bias"]
@@ -192,8 +211,11 @@ def main_args(argv):
     if not isinstance(weights, dict):
         sys.exit(f"{args.pkl}: expected a dict of arrays, got {type(weights).__name__}")
     tensors = convert(weights, args.legacy_timm, args.keep_unknown)
-    save_safetensors(tensors, args.out, metadata={"source": args.pkl,
-                                                  "script": "scripts/convert_vggface2.py"})
+    save_safetensors(tensors, args.out, metadata={
+        "source": args.pkl,
+        "script": "scripts/convert_vggface2.py",
+        "input_normalization": "imagenet" if args.legacy_timm else "vggface2",
+    })
     n = sum(v.size for k, v in tensors.items() if not k.startswith("fc.") and "running" not in k
             and "num_batches" not in k)
     print(f"wrote {args.out}: {len(tensors)} tensors, {n} backbone parameters "

@@ -19,12 +19,13 @@ enum BlockAttention {
     Cbam(Cbam),
 }
 
-/// Whether a variable name (with any prefix) belongs to a block's attention gate: timm's
-/// squeeze-excite (`se.*`), CBAM (`cbam.*`), or the VGGFace2 SENet's squeeze-excite, which its
-/// state dict names `conv4` / `conv5` beside the block's `conv1`-`conv3`.
+/// Whether a variable name (with any prefix) belongs to an attention gate that may start fresh
+/// on a plain backbone's weights: timm's squeeze-excite (`se.*`) and CBAM (`cbam.*`), added to
+/// the same graph with the same input. The VGGFace2 SENet's squeeze-excite (`conv4` /
+/// `conv5`) is not one: that network differs from a plain ResNet in its strides and its input,
+/// so a ResNet file that leaves only those fresh is still another network's.
 pub fn is_gate_variable(name: &str) -> bool {
-    name.split('.')
-        .any(|part| matches!(part, "se" | "cbam" | "conv4" | "conv5"))
+    name.split('.').any(|part| matches!(part, "se" | "cbam"))
 }
 
 /// A bottleneck block; VarBuilder names follow the PyTorch state dict (`conv1`, `bn1`, ...,

@@ -104,6 +104,10 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Other file tensors that match no model variable (listed so naming mistakes show).
     pub unmatched: Vec<String>,
+    /// The input the file says its weights expect (`input_normalization` in its safetensors
+    /// metadata, as `scripts/convert_vggface2.py` writes it: `vggface2` or `imagenet`), if it
+    /// says.
+    pub input_normalization: Option<String>,
 }
 
 impl LoadReport {
@@ -182,7 +186,17 @@ pub fn load_pretrained(
         message: "the VarMap lock is poisoned".into(),
     })?;
 
-    let mut report = LoadReport::default();
+    let mut report = LoadReport {
+        input_normalization: SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, meta)| {
+                meta.metadata()
+                    .as_ref()?
+                    .get("input_normalization")
+                    .cloned()
+            }),
+        ..LoadReport::default()
+    };
     let mut plan = Vec::new();
     let mut keys: Vec<String> = st.names().into_iter().map(String::from).collect();
     keys.sort();
@@ -354,10 +368,11 @@ mod tests {
         Ok(())
     }
 
-    /// A plain ResNet-50's weights in the VGGFace2 SENet leave only its squeeze-excite
-    /// (`conv4` / `conv5`) fresh, which counts as a gate.
+    /// A plain ResNet-50's weights in the VGGFace2 SENet match every tensor but its
+    /// squeeze-excite (`conv4` / `conv5`), which does not count as a gate that may start fresh:
+    /// the SENet is another network (strides, input), so the report lists those tensors.
     #[test]
-    fn resnet_weights_in_the_vggface2_senet_leave_only_its_gates_fresh(
+    fn resnet_weights_in_the_vggface2_senet_leave_its_squeeze_excite_fresh_outside_the_gates(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let src = fixtures().join("resnet50.weights.safetensors");
         let varmap = model(BackboneKind::Senet50Vggface2, "");
@@ -371,11 +386,27 @@ mod tests {
             "{:?}",
             report.fresh
         );
-        assert!(
-            report.fresh_outside_gates().is_empty(),
-            "{:?}",
-            report.fresh
-        );
+        assert_eq!(report.fresh_outside_gates().len(), report.fresh.len());
+        assert_eq!(report.input_normalization, None);
+        Ok(())
+    }
+
+    /// The input a file declares in its metadata (`input_normalization`, as
+    /// `convert_vggface2.py` writes it) is reported.
+    #[test]
+    fn the_declared_input_normalization_is_reported() -> Result<(), Box<dyn std::error::Error>> {
+        let src = fixtures().join("resnet50.weights.safetensors");
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&src, &Device::Cpu)?;
+        let meta: HashMap<String, String> =
+            [("input_normalization".to_string(), "imagenet".to_string())].into();
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("declared.safetensors");
+        std::fs::write(&path, bytes)?;
+        let varmap = model(BackboneKind::Resnet50, "");
+        let report = load_pretrained(&varmap, &path, "")?;
+        assert_eq!(report.input_normalization.as_deref(), Some("imagenet"));
         Ok(())
     }
 

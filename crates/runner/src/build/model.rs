@@ -42,6 +42,16 @@ pub fn preprocess_for(kind: &BackboneKind) -> Preprocess {
     }
 }
 
+/// The name of the input [`preprocess_for`] feeds `kind`, as pretrained files declare theirs
+/// (`input_normalization` in their metadata): `vggface2` (BGR, 0-255 minus the VGGFace2 mean)
+/// or `imagenet` (RGB, torchvision's mean and std).
+pub fn input_normalization_of(kind: &BackboneKind) -> &'static str {
+    match kind {
+        BackboneKind::Senet50Vggface2 => "vggface2",
+        _ => "imagenet",
+    }
+}
+
 /// Names for heads of `n_au` AUs and `n_expr` classes when no annotation header is at hand:
 /// the ABAW 2020 (8 AUs, 7 classes), 2021 (12 AUs) and 2022 (8 classes) vocabularies, else
 /// `AU_<i>` / `class_<i>`.

@@ -156,6 +156,15 @@ fn refuse_partial_import(
             }
         )
     };
+    let fed = crate::build::model::input_normalization_of(&config.model.backbone);
+    if let Some(declared) = report.input_normalization.as_deref().filter(|d| *d != fed) {
+        bail!(
+            "model.pretrained {}: the file says its weights expect `{declared}` input, but \
+             `{}` is fed `{fed}` input; they would see inputs they were not trained on",
+            file.display(),
+            config.model.backbone
+        );
+    }
     let unmatched: Vec<&str> = report.unmatched.iter().map(String::as_str).collect();
     let fresh = report.fresh_outside_gates();
     let backbone = &config.model.backbone;
@@ -285,5 +294,21 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("cbam") && !e.contains("  "), "{e}");
+        // A file that says it expects another input than the backbone is fed.
+        let mut vgg = config.clone();
+        vgg.model.backbone = mtanet_backbones::BackboneKind::Senet50Vggface2;
+        let imagenet_file = LoadReport {
+            input_normalization: Some("imagenet".into()),
+            ..LoadReport::default()
+        };
+        let e = refuse_partial_import(&imagenet_file, file, &vgg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`imagenet`") && e.contains("`vggface2`"), "{e}");
+        let vgg_file = LoadReport {
+            input_normalization: Some("vggface2".into()),
+            ..LoadReport::default()
+        };
+        assert!(refuse_partial_import(&vgg_file, file, &vgg).is_ok());
     }
 }
