@@ -158,13 +158,24 @@ fn tune_chooses_stores_and_predict_applies() {
 
     // --raw: byte for byte the previous behaviour.
     let raw = tmp.path().join("raw");
-    predict::run_with(&predict_opts(&run.run_dir, &root, &raw), None, true).unwrap();
+    let raw_summary =
+        predict::run_with(&predict_opts(&run.run_dir, &root, &raw), None, true).unwrap();
+    assert_eq!(raw_summary.decisions, "0.5 AU thresholds, no smoothing");
+    assert!(!raw_summary.tuned_on_this_split);
     let (before_files, raw_files) = (files(&before), files(&raw));
     assert_eq!(before_files, raw_files);
 
     // Applied: scored by evaluate, the tuned predictions give tune's figures.
     let tuned = tmp.path().join("tuned");
-    predict::run(&predict_opts(&run.run_dir, &root, &tuned)).unwrap();
+    let tuned_summary = predict::run(&predict_opts(&run.run_dir, &root, &tuned)).unwrap();
+    // It says which tuning decided the values, and that it was chosen on the split predicted.
+    assert!(
+        tuned_summary.decisions.contains("mtanet tune")
+            && tuned_summary.decisions.contains(&outcome.tuning.split),
+        "{}",
+        tuned_summary.decisions
+    );
+    assert!(tuned_summary.tuned_on_this_split);
     let got = evaluate_dir(&tuned, &root, &EvaluateOptions::default()).unwrap();
     assert!((got.au.as_ref().unwrap().f1 - outcome.au_f1.smoothed).abs() <= 1e-12);
     assert!((got.expr.as_ref().unwrap().f1 - outcome.expr_f1.smoothed).abs() <= 1e-12);

@@ -351,6 +351,13 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         summary.bad_frames.len(),
         out.display()
     );
+    println!("decided with {}", summary.decisions);
+    if summary.tuned_on_this_split {
+        println!(
+            "note: the tuning was chosen on the split predicted here; figures scored on it are \
+             optimistic"
+        );
+    }
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! From the model's per-frame outputs to the values written: filling frames without a
 //! prediction from the nearest predicted frame, temporal smoothing, and the AU thresholds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use mtanet_metrics::Report;
+
+use crate::experiment::Criterion;
 
 use super::PredictError;
 use crate::step::eval_step::argmax;
@@ -61,8 +63,44 @@ impl FrameDecision {
     }
 }
 
-/// The per-AU thresholds tuned on validation, from `report.json` in `run_dir`.
-pub fn tuned_thresholds(run_dir: &Path, n_au: usize) -> anyhow::Result<Vec<f32>> {
+/// The checkpoint file whose weights the AU figures of a run's `report.json` (and their tuned
+/// thresholds) were evaluated with, under `criterion`: `last.safetensors` for `last`,
+/// `best.safetensors` for `total`, `best-au.safetensors` for `per_task`.
+pub fn au_report_checkpoint(run_dir: &Path, criterion: Criterion) -> PathBuf {
+    let name = match criterion {
+        Criterion::Last => "last.safetensors",
+        Criterion::Total => "best.safetensors",
+        Criterion::PerTask => "best-au.safetensors",
+    };
+    run_dir.join("checkpoints").join(name)
+}
+
+/// The per-AU thresholds tuned on validation, from `report.json` in `run_dir`, for predicting
+/// with `checkpoint`: refused unless `checkpoint` holds the weights those thresholds were
+/// tuned with ([`au_report_checkpoint`] under the run's `criterion`), since thresholds tuned
+/// on other weights would decide this model's AUs.
+pub fn tuned_thresholds(
+    run_dir: &Path,
+    criterion: Criterion,
+    checkpoint: &Path,
+    n_au: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let tuned_on = au_report_checkpoint(run_dir, criterion);
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same(&tuned_on, checkpoint) {
+        anyhow::bail!(
+            "--tuned-thresholds: the thresholds in {} were tuned with the weights of {} \
+             (selection.criterion `{criterion}`), and this prediction uses {}: pass \
+             --checkpoint {} or drop --tuned-thresholds",
+            run_dir.join("report.json").display(),
+            tuned_on.display(),
+            checkpoint.display(),
+            tuned_on.display()
+        );
+    }
     let path = run_dir.join("report.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -394,6 +432,44 @@ impl Filled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--tuned-thresholds` takes report.json's thresholds only with the weights they were tuned
+    /// with: `best.safetensors` under `total`, `last.safetensors` under `last`,
+    /// `best-au.safetensors` under `per_task`; another file is refused naming both.
+    #[test]
+    fn tuned_thresholds_only_with_the_weights_they_were_tuned_with() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("checkpoints");
+        std::fs::create_dir_all(&ck).unwrap();
+        for f in ["last", "best", "best-au"] {
+            std::fs::write(ck.join(format!("{f}.safetensors")), b"").unwrap();
+        }
+        let report = r#"{"au": {"f1": 0.5, "accuracy": 0.5, "score": 0.5, "frames": 3,
+            "per_au_f1": [0.5, 0.5], "tuned": {"f1": 0.6, "accuracy": 0.5, "score": 0.55,
+            "per_au_f1": [0.6, 0.6], "thresholds": [0.3, 0.7]}}}"#;
+        std::fs::write(d.path().join("report.json"), report).unwrap();
+        let (last, best, best_au) = (
+            ck.join("last.safetensors"),
+            ck.join("best.safetensors"),
+            ck.join("best-au.safetensors"),
+        );
+        for (criterion, right, wrong) in [
+            (Criterion::Total, &best, &last),
+            (Criterion::Last, &last, &best),
+            (Criterion::PerTask, &best_au, &best),
+        ] {
+            let got = tuned_thresholds(d.path(), criterion, right, 2).unwrap();
+            assert_eq!(got, [0.3, 0.7]);
+            let e = tuned_thresholds(d.path(), criterion, wrong, 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&right.display().to_string())
+                    && e.contains(&wrong.display().to_string()),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn fill_nearest_prefers_earlier_on_ties() {

@@ -105,6 +105,13 @@ pub struct PredictSummary {
     pub videos_without_crops: Vec<String>,
     /// The AU thresholds used.
     pub thresholds: Vec<f32>,
+    /// How outputs became the values written: the tuning stored by `mtanet tune` (and the split
+    /// it was chosen on), the thresholds tuned in `report.json`, or 0.5 thresholds; and the
+    /// smoothing window, if any.
+    pub decisions: String,
+    /// Set when the values were decided with a tuning chosen on the split being predicted:
+    /// figures scored on it are optimistic.
+    pub tuned_on_this_split: bool,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -152,7 +159,12 @@ pub fn run_with(
     }
     let thresholds = match &tuning {
         Some(t) => t.thresholds_for(&m.vocab.au_names)?,
-        None if opts.tuned_thresholds => tuned_thresholds(&m.run_dir, m.n_au)?,
+        None if opts.tuned_thresholds => tuned_thresholds(
+            &m.run_dir,
+            m.config.selection.criterion,
+            &m.checkpoint,
+            m.n_au,
+        )?,
         None => vec![mtanet_metrics::DEFAULT_THRESHOLD; m.n_au],
     };
     let batch = opts.batch_size.unwrap_or(m.config.eval.batch_size).max(1);
@@ -162,8 +174,34 @@ pub fn run_with(
     for stale in remove_stale_temps(&opts.out)? {
         tracing::info!("removed {}, left by an interrupted write", stale.display());
     }
+    let decisions = match (&tuning, opts.tuned_thresholds, opts.smooth > 1) {
+        (Some(t), _, _) => format!(
+            "the tuning stored in {} by `mtanet tune` (chosen on {})",
+            m.checkpoint.display(),
+            t.split
+        ),
+        (None, true, smooth) => format!(
+            "AU thresholds tuned in {}{}",
+            m.run_dir.join("report.json").display(),
+            if smooth {
+                format!(", smoothing over {} frames", opts.smooth)
+            } else {
+                String::new()
+            }
+        ),
+        (None, false, true) => format!("0.5 AU thresholds, smoothing over {} frames", opts.smooth),
+        (None, false, false) => "0.5 AU thresholds, no smoothing".to_string(),
+    };
+    let tuned_on_this_split = match (&tuning, &opts.target) {
+        (Some(t), PredictTarget::Split(split)) => {
+            t.split.parse::<Split>().is_ok_and(|tuned| tuned == *split)
+        }
+        _ => false,
+    };
     let mut summary = PredictSummary {
         thresholds,
+        decisions,
+        tuned_on_this_split,
         ..Default::default()
     };
     if let PredictTarget::Frames(dir) = &opts.target {
