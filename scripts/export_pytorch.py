@@ -257,6 +257,43 @@ def load_checkpoint(ckpt):
     return model, sorted(loss_only), meta, n_au, n_expr
 
 
+def model_keys(config):
+    """The keys that define the network, as `mtanet`'s model check compares them: the `model`
+    section but `pretrained` and `head.dropout`, then `data.image_size` and `data.resize`."""
+    flat = {}
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            flat[key] = node
+
+    walk((config or {}).get("model") or {}, "model")
+    for k in ("model.pretrained", "model.head.dropout"):
+        flat.pop(k, None)
+    data = (config or {}).get("data") or {}
+    for k in ("image_size", "resize"):
+        flat[f"data.{k}"] = data.get(k)
+    return flat
+
+
+def check_config_is_the_checkpoints(config, meta, cfg_path, ckpt):
+    """Exits unless `config` defines the network the checkpoint says it was trained with (its
+    `config` metadata), key by key: a config.yaml edited after training would export another
+    network, with or without --no-check."""
+    if not meta.get("config"):
+        return
+    trained = model_keys(yaml.safe_load(meta["config"]))
+    given = model_keys(config)
+    differ = sorted(k for k in set(trained) | set(given) if trained.get(k) != given.get(k))
+    if differ:
+        sys.exit(f"error: {cfg_path} differs from the configuration {ckpt} was trained with in "
+                 + ", ".join(f"{k} ({given.get(k)!r} against {trained.get(k)!r})"
+                             for k in differ)
+                 + "; export with the run's own config.yaml")
+
+
 def mtanet_command(explicit):
     if explicit:
         return [explicit]
@@ -313,6 +350,7 @@ def main():
     model_cfg = config["model"]
     size = int((config.get("data") or {}).get("image_size") or 112)
     weights, loss_only, meta, n_au, n_expr = load_checkpoint(ckpt)
+    check_config_is_the_checkpoints(config, meta, cfg_path, ckpt)
     state = json.loads(meta.get("state", "{}") or "{}")
     net = build_network(model_cfg, n_au, n_expr)
     counters = num_batches_tracked(net)
@@ -355,6 +393,11 @@ def main():
                    "backbone": model_cfg["backbone"], "n_au": n_au, "n_expr": n_expr,
                    "input": ["batch", 3, size, size], "outputs": list(OUTPUTS),
                    "torch": torch.__version__}
+    # The checkpoint's own description: AU and expression names in head order, and the input
+    # preprocessing (channel order, scale, mean, std, size).
+    for key in ("vocab", "preprocess"):
+        if meta.get(key):
+            description[key] = json.loads(meta[key])
     with open(cfg_path, "rb") as fh:
         extra = {"config.yaml": fh.read().decode(), "mtanet.json": json.dumps(description)}
     batch = torch.export.Dim("batch", min=1, max=4096)
