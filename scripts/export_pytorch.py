@@ -209,8 +209,11 @@ def resolve_run(path):
                                                                                  "last")
         if criterion != "last" and os.path.isfile(best):
             ckpt = best
-            why = (f"selection.criterion `{criterion}`: the weights of the evaluation the run "
-                   f"reports; {last} holds the last weights")
+            weights = ("the weights of the evaluation with the best total (each task's figure "
+                       "comes from that task's best evaluation, whose weights are best-va, "
+                       "best-au and best-expr.safetensors)" if criterion == "per_task"
+                       else "the weights of the evaluation the run reports")
+            why = f"selection.criterion `{criterion}`: {weights}; {last} holds the last weights"
         elif criterion == "last":
             ckpt = last
             why = "selection.criterion `last`: the run reports its last evaluation"
