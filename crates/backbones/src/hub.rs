@@ -60,19 +60,34 @@ fn parse_hub_id(spec: &str) -> Option<(&str, &str)> {
     (legal(owner) && legal(name) && !is_file_name).then_some((owner, name))
 }
 
-/// The HF cache root, resolved like hf-hub: `HF_HUB_CACHE`, `$HF_HOME/hub`,
-/// `~/.cache/huggingface/hub`.
+/// The HF cache root, resolved as Python's `huggingface_hub` resolves it, so that a file
+/// placed with `huggingface-cli download` is found: `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`,
+/// `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`, each with a
+/// leading `~` expanded.
 pub fn hub_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(dir);
+    hub_cache_dir_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+}
+
+/// [`hub_cache_dir`] with `var` as the environment.
+fn hub_cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let home = var("HOME").map(PathBuf::from).unwrap_or_default();
+    let expand = |v: std::ffi::OsString| {
+        let p = PathBuf::from(v);
+        match p.strip_prefix("~") {
+            Ok(rest) => home.join(rest),
+            Err(_) => p,
+        }
+    };
+    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return expand(dir);
     }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(home).join("hub");
+    if let Some(hf_home) = var("HF_HOME") {
+        return expand(hf_home).join("hub");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache").join("huggingface").join("hub")
+    let cache = var("XDG_CACHE_HOME")
+        .map(expand)
+        .unwrap_or_else(|| home.join(".cache"));
+    cache.join("huggingface").join("hub")
 }
 
 /// Where a hand-placed copy of `owner/name`'s model.safetensors must go in the HF cache layout.
@@ -198,6 +213,50 @@ fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache root follows `huggingface_hub`'s order and expands a leading `~`: each case
+    /// is what `huggingface_hub.constants.HF_HUB_CACHE` gives under the same environment.
+    #[test]
+    fn the_cache_root_is_found_as_huggingface_hub_finds_it() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            hub_cache_dir_from(env(&[("HOME", "/home/u")])),
+            PathBuf::from("/home/u/.cache/huggingface/hub")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/x")])),
+            PathBuf::from("/x/huggingface/hub")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[
+                ("HOME", "/home/u"),
+                ("XDG_CACHE_HOME", "/x"),
+                ("HF_HOME", "~/hf")
+            ])),
+            PathBuf::from("/home/u/hf/hub")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[
+                ("HF_HOME", "/h"),
+                ("HUGGINGFACE_HUB_CACHE", "/legacy")
+            ])),
+            PathBuf::from("/legacy")
+        );
+        assert_eq!(
+            hub_cache_dir_from(env(&[
+                ("HUGGINGFACE_HUB_CACHE", "/legacy"),
+                ("HF_HUB_CACHE", "/c")
+            ])),
+            PathBuf::from("/c")
+        );
+    }
 
     #[test]
     fn hub_ids_and_paths_are_told_apart() {
