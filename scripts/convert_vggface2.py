@@ -18,12 +18,13 @@ What it does:
     `se_module.fc1`, `last_linear`, ...) and renames them to the VGGFace2 names (same graph).
     Those weights were trained on ImageNet input (RGB, mean/std), not the VGGFace2 input the
     `senet50_vggface2` backbone is fed, so the file says `input_normalization: imagenet` and
-    mtanet refuses it for that backbone rather than train them on inputs they never saw;
+    mtanet's training refuses it (no mtanet backbone takes it as it is): the option is for
+    using or comparing the weights outside mtanet;
   * refuses names it does not recognise unless `--keep-unknown`.
 
 Usage:
   python3 scripts/convert_vggface2.py senet50_ft_weight.pkl senet50_ft.safetensors
-  mtanet ... --pretrained senet50_ft.safetensors      (a local path, never the Hub)
+  mtanet train ... --set model.pretrained=senet50_ft.safetensors   (a local path, never the Hub)
   python3 scripts/convert_vggface2.py --self-test     (round trip on a synthetic pickle)
 
 Input normalisation of these weights (mtanet-affwild2 `Preprocess::vggface2`): BGR, 0-255, minus
@@ -197,7 +198,9 @@ def main_args(argv):
     ap.add_argument("pkl", nargs="?", help="senet50_ft_weight.pkl (Python-2 pickle of numpy arrays)")
     ap.add_argument("out", nargs="?", help="output .safetensors")
     ap.add_argument("--legacy-timm", action="store_true",
-                    help="also rename timm legacy_seresnet50 names to VGGFace2 names")
+                    help="also rename timm legacy_seresnet50 names to VGGFace2 names (ImageNet "
+                         "weights: the file declares ImageNet input, which mtanet's "
+                         "senet50_vggface2 refuses)")
     ap.add_argument("--keep-unknown", action="store_true", help="keep unrecognised names as they are")
     ap.add_argument("--self-test", action="store_true", help="round-trip a synthetic pickle and exit")
     args = ap.parse_args(argv)

@@ -284,12 +284,20 @@ def model_keys(config):
 def check_config_is_the_checkpoints(config, meta, cfg_path, ckpt):
     """Exits unless `config` defines the network the checkpoint says it was trained with (its
     `config` metadata), key by key: a config.yaml edited after training would export another
-    network, with or without --no-check."""
+    network, with or without --no-check. A key only one side spells (a default a newer binary
+    writes out, or one trimmed by hand) is not compared: both then mean the schema's default."""
     if not meta.get("config"):
         return
-    trained = model_keys(yaml.safe_load(meta["config"]))
-    given = model_keys(config)
-    differ = sorted(k for k in set(trained) | set(given) if trained.get(k) != given.get(k))
+    try:
+        trained = yaml.safe_load(meta["config"])
+        if not isinstance(trained, dict):
+            raise ValueError("not a mapping")
+    except (yaml.YAMLError, ValueError) as e:
+        sys.exit(f"error: {ckpt}: its `config` metadata is not a configuration ({e})")
+    trained, given = model_keys(trained), model_keys(config)
+    differ = sorted(k for k in set(trained) & set(given)
+                    if trained[k] is not None and given[k] is not None
+                    and trained[k] != given[k])
     if differ:
         sys.exit(f"error: {cfg_path} differs from the configuration {ckpt} was trained with in "
                  + ", ".join(f"{k} ({given.get(k)!r} against {trained.get(k)!r})"

@@ -60,12 +60,18 @@ fn parse_hub_id(spec: &str) -> Option<(&str, &str)> {
     (legal(owner) && legal(name) && !is_file_name).then_some((owner, name))
 }
 
-/// The HF cache root, resolved as Python's `huggingface_hub` resolves it, so that a file
+/// The HF cache root, in the order Python's `huggingface_hub` resolves it, so that a file
 /// placed with `huggingface-cli download` is found: `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`,
 /// `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`, each with a
-/// leading `~` expanded.
+/// leading `~` expanded (the home directory from `HOME`, else the password database). Unlike
+/// Python, `$VAR`s inside the values are not expanded and empty values count as unset.
 pub fn hub_cache_dir() -> PathBuf {
-    hub_cache_dir_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+    hub_cache_dir_from(|k| match k {
+        "HOME" => std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .or_else(|| std::env::home_dir().map(PathBuf::into_os_string)),
+        _ => std::env::var_os(k).filter(|v| !v.is_empty()),
+    })
 }
 
 /// [`hub_cache_dir`] with `var` as the environment.

@@ -422,7 +422,7 @@ fn predict_then_evaluate_equals_training_evaluation() {
 
     // Tuned thresholds from report.json change AU decisions only.
     let tuned_out = tmp.path().join("pred_tuned");
-    predict::run(&PredictOptions {
+    let tuned_summary = predict::run(&PredictOptions {
         tuned_thresholds: true,
         ..predict_opts(
             &run.run_dir,
@@ -432,6 +432,13 @@ fn predict_then_evaluate_equals_training_evaluation() {
         )
     })
     .unwrap();
+    // report.json's thresholds were tuned on validation: predicting it says so.
+    assert!(
+        tuned_summary.decisions.contains("report.json"),
+        "{tuned_summary:?}"
+    );
+    assert!(tuned_summary.tuned_on_this_split);
+    assert!(!s.tuned_on_this_split);
     let tuned = evaluate_dir(&tuned_out, &root, &opts(false)).unwrap();
     let logged_tuned = logged.au.as_ref().and_then(|a| a.tuned.clone()).unwrap();
     assert_eq!(tuned.au.as_ref().map(|a| a.f1), Some(logged_tuned.f1));

@@ -360,8 +360,8 @@ pub enum Criterion {
     /// The last evaluation.
     #[default]
     Last,
-    /// The evaluation with the highest ABAW 2020 total: mean CCC + AU score + EXPR score;
-    /// its weights are `checkpoints/best.safetensors`.
+    /// The evaluation with the highest total: VA score (mean CCC) + AU score + EXPR score, as
+    /// the release is scored; its weights are `checkpoints/best.safetensors`.
     Total,
     /// Each task's figures from the evaluation where that task's score was highest (as
     /// challenge entries report them); `best.safetensors` holds the best-total weights.

@@ -65,14 +65,18 @@ impl FrameDecision {
 
 /// The checkpoint file whose weights the AU figures of a run's `report.json` (and their tuned
 /// thresholds) were evaluated with, under `criterion`: `last.safetensors` for `last`,
-/// `best.safetensors` for `total`, `best-au.safetensors` for `per_task`.
+/// `best.safetensors` for `total`, `best-au.safetensors` for `per_task`; the last weights where
+/// no evaluation was picked (no such file: the report is then the last evaluation's).
 pub fn au_report_checkpoint(run_dir: &Path, criterion: Criterion) -> PathBuf {
-    let name = match criterion {
-        Criterion::Last => "last.safetensors",
-        Criterion::Total => "best.safetensors",
-        Criterion::PerTask => "best-au.safetensors",
+    let dir = run_dir.join("checkpoints");
+    let picked = match criterion {
+        Criterion::Last => None,
+        Criterion::Total => Some(dir.join("best.safetensors")),
+        Criterion::PerTask => Some(dir.join("best-au.safetensors")),
     };
-    run_dir.join("checkpoints").join(name)
+    picked
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("last.safetensors"))
 }
 
 /// The per-AU thresholds tuned on validation, from `report.json` in `run_dir`, for predicting
@@ -469,6 +473,33 @@ mod tests {
                 "{e}"
             );
         }
+        // The run directory given by a relative path, and through a link.
+        let link = d.path().with_extension("link");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        let through_link = link.join("checkpoints/best.safetensors");
+        assert!(tuned_thresholds(&link, Criterion::Total, &through_link, 2).is_ok());
+        assert!(tuned_thresholds(d.path(), Criterion::Total, &through_link, 2).is_ok());
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(d.path(), &cwd);
+        assert!(tuned_thresholds(&relative, Criterion::Total, &best, 2).is_ok());
+        // No evaluation picked (no best file): the report is the last evaluation's.
+        std::fs::remove_file(&best).unwrap();
+        assert!(tuned_thresholds(d.path(), Criterion::Total, &last, 2).is_ok());
+        std::fs::remove_file(&link).unwrap();
+    }
+
+    /// `path` relative to `base` (both absolute), through `..` where needed.
+    fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+        let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+        let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let mut out = PathBuf::new();
+        for _ in common..b.len() {
+            out.push("..");
+        }
+        for c in &p[common..] {
+            out.push(c);
+        }
+        out
     }
 
     #[test]

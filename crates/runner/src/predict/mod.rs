@@ -192,10 +192,12 @@ pub fn run_with(
         (None, false, true) => format!("0.5 AU thresholds, smoothing over {} frames", opts.smooth),
         (None, false, false) => "0.5 AU thresholds, no smoothing".to_string(),
     };
+    // A stored tuning names its split; report.json's thresholds were tuned on validation.
     let tuned_on_this_split = match (&tuning, &opts.target) {
         (Some(t), PredictTarget::Split(split)) => {
             t.split.parse::<Split>().is_ok_and(|tuned| tuned == *split)
         }
+        (None, PredictTarget::Split(Split::Validation)) => opts.tuned_thresholds,
         _ => false,
     };
     let mut summary = PredictSummary {
