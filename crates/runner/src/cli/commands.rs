@@ -354,8 +354,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
     println!("decided with {}", summary.decisions);
     if summary.tuned_on_this_split {
         println!(
-            "note: the tuning was chosen on the split predicted here; figures scored on it are \
-             optimistic"
+            "note: the tuning or thresholds deciding these values were chosen on the split \
+             predicted here; figures scored on it are optimistic"
         );
     }
     Ok(())
