@@ -46,7 +46,7 @@ tb:
 # (run with the allocator settings the mtanet binary gives itself, see cli/runtime.rs).
 bench *args:
     {{mtanet}} bench {{args}}
-    CANDLE_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 cargo run --release --quiet -p mtanet-kernels --example bench_layers
+    RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 cargo run --release --quiet -p mtanet-kernels --example bench_layers
 
 # A train step and eval forward by convolution shape beside PyTorch's: `just conv-breakdown resnext50_32x4d 32`.
 conv-breakdown backbone batch="32" *args:

@@ -386,33 +386,52 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
                 opts.warmup.to_string(),
             ];
             // Alternate the frameworks so that both sample the same spells of this shared
-            // machine's speed, instead of ours in one minute and PyTorch's in the next.
+            // machine's speed, instead of ours in one minute and PyTorch's in the next, and
+            // which goes first from round to round. PyTorch's process gets the malloc
+            // thresholds ours sets for itself (`runtime::malloc_tunables`), so that neither
+            // side's allocator returns freed activations to the kernel and the other's keeps
+            // them.
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            for _ in 0..opts.rounds.max(1) {
-                ours.push(
-                    serde_json::from_str::<Measurement>(
-                        run_child(
-                            Command::new(&exe)
-                                .arg("bench-one")
-                                .args(&args)
-                                .env("RAYON_NUM_THREADS", opts.threads.to_string()),
-                        )?
-                        .trim(),
-                    )
-                    .context("reading mtanet bench-one output")?,
-                );
-                if let Some(py) = &python {
-                    let out = run_child(
-                        Command::new(py)
-                            .arg(script)
-                            .args(["--model", kind.name(), "--threads"])
-                            .arg(opts.threads.to_string())
-                            .args(&args[2..]),
-                    )?;
-                    theirs.push(
-                        serde_json::from_str::<Measurement>(out.trim())
-                            .context("reading bench_torch.py output")?,
+            let tunables = crate::cli::runtime::malloc_tunables();
+            for round in 0..opts.rounds.max(1) {
+                let run_ours = |ours: &mut Vec<Measurement>| -> anyhow::Result<()> {
+                    ours.push(
+                        serde_json::from_str::<Measurement>(
+                            run_child(
+                                Command::new(&exe)
+                                    .arg("bench-one")
+                                    .args(&args)
+                                    .env("RAYON_NUM_THREADS", opts.threads.to_string()),
+                            )?
+                            .trim(),
+                        )
+                        .context("reading mtanet bench-one output")?,
                     );
+                    Ok(())
+                };
+                let run_theirs = |theirs: &mut Vec<Measurement>| -> anyhow::Result<()> {
+                    if let Some(py) = &python {
+                        let out = run_child(
+                            Command::new(py)
+                                .arg(script)
+                                .args(["--model", kind.name(), "--threads"])
+                                .arg(opts.threads.to_string())
+                                .args(&args[2..])
+                                .env("GLIBC_TUNABLES", &tunables),
+                        )?;
+                        theirs.push(
+                            serde_json::from_str::<Measurement>(out.trim())
+                                .context("reading bench_torch.py output")?,
+                        );
+                    }
+                    Ok(())
+                };
+                if round % 2 == 0 {
+                    run_ours(&mut ours)?;
+                    run_theirs(&mut theirs)?;
+                } else {
+                    run_theirs(&mut theirs)?;
+                    run_ours(&mut ours)?;
                 }
             }
             let round_ratios = ours

@@ -29,8 +29,24 @@ fn keep_freed_memory() {
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
         // SAFETY: mallopt only changes allocator thresholds; called before any worker thread.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as i32);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as i32);
         }
     }
+}
+
+/// The mmap threshold [`runtime_defaults`] sets (bytes, glibc's maximum).
+const MMAP_THRESHOLD: usize = 32 << 20;
+/// The trim threshold [`runtime_defaults`] sets (bytes).
+const TRIM_THRESHOLD: usize = 1 << 30;
+
+/// The malloc thresholds this process runs with, as a `GLIBC_TUNABLES` value, for a child
+/// that should run under the same ones (`mtanet bench`'s PyTorch process): the variable as
+/// set, else the thresholds [`runtime_defaults`] sets.
+pub fn malloc_tunables() -> String {
+    std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| {
+        format!(
+            "glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+        )
+    })
 }
