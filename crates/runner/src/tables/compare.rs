@@ -266,29 +266,16 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
             names.join(" | ")
         ));
         s.push_str(&format!("|---|{}---|---|\n", "---|".repeat(names.len())));
+        let seeds: Vec<Option<usize>> = parsed_column(&lookup, key, "seeds");
         for m in crate::record::runs_csv::RUN_METRICS
             .iter()
             .chain(&["train_img_s"])
         {
-            let vals: Vec<Option<f64>> = lookup
-                .iter()
-                .map(|f| {
-                    f.get(key)
-                        .and_then(|r| r.get(*m))
-                        .and_then(|v| v.parse().ok())
-                })
-                .collect();
+            let vals: Vec<Option<f64>> = parsed_column(&lookup, key, m);
             if vals.iter().all(Option::is_none) {
                 continue;
             }
-            let stds: Vec<Option<f64>> = lookup
-                .iter()
-                .map(|f| {
-                    f.get(key)
-                        .and_then(|r| r.get(&format!("{m}_std")))
-                        .and_then(|v| v.parse().ok())
-                })
-                .collect();
+            let stds: Vec<Option<f64>> = parsed_column(&lookup, key, &format!("{m}_std"));
             let cells: Vec<String> = vals
                 .iter()
                 .zip(&stds)
@@ -303,14 +290,6 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
                 (Some(a), Some(b)) => format!("{:+.4}", b - a),
                 _ => "-".into(),
             };
-            let seeds: Vec<Option<usize>> = lookup
-                .iter()
-                .map(|f| {
-                    f.get(key)
-                        .and_then(|r| r.get("seeds"))
-                        .and_then(|v| v.trim().parse().ok())
-                })
-                .collect();
             let spread = |i: usize| stds[i].zip(seeds[i]).filter(|&(_, n)| n >= 2);
             let noise = match (first, last, spread(0), spread(stds.len() - 1)) {
                 (Some(a), Some(b), Some(sa), Some(sb)) => {
@@ -330,6 +309,19 @@ pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
         }
     }
     Ok(s)
+}
+
+/// Each file's value of `column` in its row of `key`, parsed; `None` where the file has no such
+/// row or column, or the value does not parse (values were trimmed when read).
+fn parsed_column<T: std::str::FromStr>(
+    lookup: &[BTreeMap<&Key, &BTreeMap<String, String>>],
+    key: &Key,
+    column: &str,
+) -> Vec<Option<T>> {
+    lookup
+        .iter()
+        .map(|f| f.get(key)?.get(column)?.parse().ok())
+        .collect()
 }
 
 /// Half-width of the 95% interval of a difference of two means, each given as (sample
