@@ -70,15 +70,19 @@ pub fn csv_line(fields: &[String]) -> String {
 pub fn fields_by_name(header: &[String], row: &[String], columns: &[String]) -> Vec<String> {
     columns
         .iter()
-        .map(|c| {
-            header
-                .iter()
-                .position(|h| h == c)
-                .and_then(|i| row.get(i))
-                .cloned()
-                .unwrap_or_default()
-        })
+        .map(|c| field_by_name(header, row, c))
         .collect()
+}
+
+/// The value of `row` (under `header`) in column `column`, matched by name; empty where
+/// `header` lacks it.
+pub fn field_by_name(header: &[String], row: &[String], column: &str) -> String {
+    header
+        .iter()
+        .position(|h| h == column)
+        .and_then(|i| row.get(i))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Creates `path`'s folder and takes the lock `<file>.csv.lock` beside it, held until the
@@ -112,13 +116,6 @@ pub fn append_csv_row(
     row: &[String],
     key: &[&str],
 ) -> anyhow::Result<Vec<String>> {
-    let value_in = |names: &[String], fields: &[String], col: &str| -> String {
-        names
-            .iter()
-            .position(|h| h == col)
-            .and_then(|i| fields.get(i).cloned())
-            .unwrap_or_default()
-    };
     let key_values: Vec<(&str, String)> = key
         .iter()
         .map(|&col| {
@@ -126,7 +123,7 @@ pub fn append_csv_row(
                 header.iter().any(|h| h == col),
                 "key column `{col}` not in the header"
             );
-            (col, value_in(header, row, col))
+            (col, field_by_name(header, row, col))
         })
         .collect();
     let lock = lock_csv(path)?;
@@ -145,7 +142,7 @@ pub fn append_csv_row(
         !key_values.is_empty()
             && key_values
                 .iter()
-                .all(|(col, v)| value_in(&file_header, &fields, col) == *v)
+                .all(|(col, v)| field_by_name(&file_header, &fields, col) == *v)
     };
     let existing: Vec<&str> = existing
         .lines()
