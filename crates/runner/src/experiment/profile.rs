@@ -102,13 +102,11 @@ pub fn load_experiment(path: Option<&Path>) -> anyhow::Result<ExperimentFile> {
 pub fn env_overrides(profile: &str, user: &[Override]) -> Vec<Override> {
     let mut out = Vec::new();
     if profile == "paper" && !user.iter().any(|o| o.key == ["data", "root"]) {
-        if let Ok(root) = std::env::var("AFFWILD2_ROOT") {
-            if !root.trim().is_empty() {
-                out.push(Override {
-                    key: vec!["data".into(), "root".into()],
-                    value: serde_yaml::Value::String(root),
-                });
-            }
+        if let Some(root) = affwild2_root() {
+            out.push(Override {
+                key: vec!["data".into(), "root".into()],
+                value: serde_yaml::Value::String(root),
+            });
         }
     }
     out.extend(user.iter().cloned());
