@@ -130,18 +130,25 @@ impl Trainer<'_> {
         })
     }
 
+    /// Marks the run failed in `runs.csv` (with the last evaluation's figures, if any) and
+    /// says where its last checkpoint is: `the last good checkpoint is <file>`, or that none
+    /// was written.
+    fn mark_failed(&self) -> anyhow::Result<String> {
+        let last = self.last_report.as_ref();
+        self.append_row("failed", last.map(|r| (r, "last evaluation")), last, 0.0)?;
+        Ok(if self.last_ckpt.is_file() {
+            format!("the last good checkpoint is {}", self.last_ckpt.display())
+        } else {
+            "no checkpoint was written before it".to_string()
+        })
+    }
+
     /// A failed evaluation (a non-finite model output, an unreadable crop under `error`):
     /// marks the run failed in `runs.csv` and returns `e` with the step and the run directory.
     pub(super) fn fail_evaluation(&self, e: anyhow::Error) -> anyhow::Error {
-        let last = self.last_report.as_ref();
-        if let Err(row) = self.append_row("failed", last.map(|r| (r, "last evaluation")), last, 0.0)
-        {
-            return row.context(e);
-        }
-        let checkpoint = if self.last_ckpt.is_file() {
-            format!("the last checkpoint is {}", self.last_ckpt.display())
-        } else {
-            "no checkpoint was written before it".to_string()
+        let checkpoint = match self.mark_failed() {
+            Ok(c) => c,
+            Err(row) => return row.context(e),
         };
         e.context(format!(
             "the evaluation at step {} of {} failed; {checkpoint}; the run is marked failed in \
@@ -154,10 +161,10 @@ impl Trainer<'_> {
     /// A refused step (non-finite loss or gradient): marks the run failed in `runs.csv` and
     /// returns the error naming the step and the batch's samples.
     pub(super) fn fail(&self, fault: &str, stage: &StageConfig, batch: &Batch) -> anyhow::Error {
-        let last = self.last_report.as_ref();
-        if let Err(e) = self.append_row("failed", last.map(|r| (r, "last evaluation")), last, 0.0) {
-            return e;
-        }
+        let checkpoint = match self.mark_failed() {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
         let ids = batch
             .ids
             .iter()
@@ -165,13 +172,8 @@ impl Trainer<'_> {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let checkpoint = if self.last_ckpt.is_file() {
-            format!("The last good checkpoint is {}", self.last_ckpt.display())
-        } else {
-            "No checkpoint was written before it".to_string()
-        };
         anyhow::anyhow!(
-            "{fault} at step {} (stage {}, epoch {}, batch {}); batch samples: {ids}{}. \
+            "{fault} at step {} (stage {}, epoch {}, batch {}); batch samples: {ids}{}; \
              {checkpoint}; the run is marked failed in runs.csv. \
              Try a lower lr or `training.grad_clip`.",
             self.state.global_step,
