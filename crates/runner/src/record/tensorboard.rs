@@ -64,19 +64,22 @@ pub(crate) fn wall_time() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// An `Event` with a wall time, a step and either a file version or a summary.
-fn event(step: i64, file_version: Option<&str>, summary: Option<&[u8]>) -> Vec<u8> {
+/// `Event.file_version`, the first event of a file.
+const FILE_VERSION: u32 = 3;
+/// `Event.summary`: scalars, images, text, plugin data.
+const SUMMARY: u32 = 5;
+/// `Event.session_log`: a restart marker.
+const SESSION_LOG: u32 = 7;
+
+/// An `Event` with a wall time, a step and what it holds: `(field, bytes)`, a file version
+/// ([`FILE_VERSION`]), a summary ([`SUMMARY`]) or a session log ([`SESSION_LOG`]).
+fn event(step: i64, (field, what): (u32, &[u8])) -> Vec<u8> {
     let mut e = Vec::new();
     key(&mut e, 1, 1);
     e.extend_from_slice(&wall_time().to_le_bytes());
     key(&mut e, 2, 0);
     varint(&mut e, step as u64);
-    if let Some(v) = file_version {
-        bytes_field(&mut e, 3, v.as_bytes());
-    }
-    if let Some(s) = summary {
-        bytes_field(&mut e, 5, s);
-    }
+    bytes_field(&mut e, field, what);
     e
 }
 
@@ -106,7 +109,7 @@ impl EventWriter {
         let path = dir.join(name);
         let out = BufWriter::new(File::create(&path)?);
         let mut w = Self { path, out };
-        w.record(&event(0, Some("brain.Event:2"), None))?;
+        w.record(&event(0, (FILE_VERSION, b"brain.Event:2")))?;
         Ok(w)
     }
 
@@ -129,13 +132,7 @@ impl EventWriter {
     pub fn session_start(&mut self, step: u64) -> std::io::Result<()> {
         let mut log = Vec::new();
         varint_field(&mut log, 1, SESSION_START);
-        let mut e = Vec::new();
-        key(&mut e, 1, 1);
-        e.extend_from_slice(&wall_time().to_le_bytes());
-        key(&mut e, 2, 0);
-        varint(&mut e, step);
-        bytes_field(&mut e, 7, &log);
-        self.record(&e)
+        self.record(&event(step as i64, (SESSION_LOG, &log)))
     }
 
     /// Writes a scalar.
@@ -146,7 +143,7 @@ impl EventWriter {
         v.extend_from_slice(&(value as f32).to_le_bytes());
         let mut s = Vec::new();
         bytes_field(&mut s, 1, &v);
-        self.record(&event(step as i64, None, Some(&s)))
+        self.record(&event(step as i64, (SUMMARY, &s)))
     }
 
     /// Writes an RGB image (`rgb` is row-major HxWx3).
@@ -175,7 +172,7 @@ impl EventWriter {
         bytes_field(&mut v, 4, &img);
         let mut s = Vec::new();
         bytes_field(&mut s, 1, &v);
-        self.record(&event(step as i64, None, Some(&s)))
+        self.record(&event(step as i64, (SUMMARY, &s)))
     }
 
     /// Writes a markdown text summary (TensorBoard's Text dashboard): a scalar `DT_STRING`
@@ -232,7 +229,7 @@ impl EventWriter {
         bytes_field(&mut v, 9, &meta);
         let mut s = Vec::new();
         bytes_field(&mut s, 1, &v);
-        self.record(&event(step as i64, None, Some(&s)))
+        self.record(&event(step as i64, (SUMMARY, &s)))
     }
 
     /// Flushes buffered records to the file.
