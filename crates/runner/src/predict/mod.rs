@@ -174,23 +174,22 @@ pub fn run_with(
     for stale in remove_stale_temps(&opts.out)? {
         tracing::info!("removed {}, left by an interrupted write", stale.display());
     }
-    let decisions = match (&tuning, opts.tuned_thresholds, opts.smooth > 1) {
-        (Some(t), _, _) => format!(
+    let smoothing = if opts.smooth > 1 {
+        format!("smoothing over {} frames", opts.smooth)
+    } else {
+        "no smoothing".to_string()
+    };
+    let decisions = match &tuning {
+        Some(t) => format!(
             "the tuning stored in {} by `mtanet tune` (chosen on {})",
             m.checkpoint.display(),
             t.split
         ),
-        (None, true, smooth) => format!(
-            "AU thresholds tuned in {}{}",
-            m.run_dir.join("report.json").display(),
-            if smooth {
-                format!(", smoothing over {} frames", opts.smooth)
-            } else {
-                String::new()
-            }
+        None if opts.tuned_thresholds => format!(
+            "AU thresholds tuned in {}, {smoothing}",
+            m.run_dir.join("report.json").display()
         ),
-        (None, false, true) => format!("0.5 AU thresholds, smoothing over {} frames", opts.smooth),
-        (None, false, false) => "0.5 AU thresholds, no smoothing".to_string(),
+        None => format!("0.5 AU thresholds, {smoothing}"),
     };
     // A stored tuning names its split; report.json's thresholds were tuned on validation.
     let tuned_on_this_split = match (&tuning, &opts.target) {
