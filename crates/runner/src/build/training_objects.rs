@@ -156,18 +156,17 @@ fn refuse_partial_import(
             }
         )
     };
-    let fed = crate::build::model::input_normalization_of(&config.model.backbone);
+    let backbone = &config.model.backbone;
+    let fed = crate::build::model::input_normalization_of(backbone);
     if let Some(declared) = report.input_normalization.as_deref().filter(|d| *d != fed) {
         bail!(
             "model.pretrained {}: the file says its weights expect `{declared}` input, but \
-             `{}` is fed `{fed}` input; they would see inputs they were not trained on",
-            file.display(),
-            config.model.backbone
+             `{backbone}` is fed `{fed}` input; they would see inputs they were not trained on",
+            file.display()
         );
     }
     let unmatched: Vec<&str> = report.unmatched.iter().map(String::as_str).collect();
     let fresh = report.fresh_outside_gates();
-    let backbone = &config.model.backbone;
     if !unmatched.is_empty() {
         bail!(
             "model.pretrained {}: {} tensors match no variable of `{backbone}` ({}); the file \
