@@ -18,7 +18,7 @@
 //! [`BatchStats::update_running`] blends into the running averages with a device kernel.
 
 use crate::batch_norm_passes::{
-    channel_gated_sums, scale_shift, train_backward, train_forward, ReluGate, Saved,
+    channel_gated_sums, scale_shift, train_backward, train_forward, OutputGrad, ReluGate, Saved,
 };
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
@@ -297,8 +297,14 @@ impl CustomOp3 for BatchNormTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = per_channel(ws, wl, c, "weight")?;
         let b = per_channel(bs, bl, c, "bias")?;
-        let (y, saved) =
-            train_forward(&x, (n, c, inner), (w, b), (self.eps, self.relu), None, None);
+        let (y, saved) = train_forward(
+            &x,
+            (n, c, inner),
+            (w, b),
+            (self.eps, self.relu),
+            None,
+            (None, None),
+        );
         *lock(&self.saved)? = Some(Recorded::Host(saved));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -463,7 +469,14 @@ impl CustomOp3 for BatchNormTrainGrad {
         let numel = x.len();
         let mut out = crate::conv2d::zeroed(numel + 2 * c);
         let (dx, rest) = out.split_at_mut(numel);
-        let (dweight, dbias) = train_backward(&x, &g, (n, c, inner), saved, self.relu, dx);
+        let (dweight, dbias) = train_backward(
+            &x,
+            OutputGrad::Values(&g),
+            (n, c, inner),
+            saved,
+            self.relu,
+            dx,
+        );
         rest[..c].copy_from_slice(&dweight);
         rest[c..].copy_from_slice(&dbias);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
@@ -520,7 +533,7 @@ impl CustomOp3 for ChannelAffine {
         let x = dense_f32(xs, xl, "input")?;
         let a = per_channel(ss, sl, c, "scale")?;
         let b = per_channel(bs, bl, c, "shift")?;
-        let y = scale_shift(&x, (a, b), (c, inner), self.relu, None);
+        let y = scale_shift(&x, (a, b), (c, inner), (self.relu, None), None);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

@@ -11,8 +11,12 @@
 //! sums run over its rows in image order whatever the block, so the values depend on the shape
 //! alone (docs/determinism.md).
 
-use crate::lane_sums::{lane_gated_sums, lane_sum, passed, relu_blocks, LANES};
-use crate::row_tasks::{par_rows, written_by};
+use crate::affine_rows::RowAffine;
+use crate::lane_sums::{
+    input_grad_row, lane_gated_sums, lane_sum, passed, relu_blocks, InputGradTerms, LANES,
+};
+use crate::row_tasks::{par_row_groups, par_rows, written_by};
+use crate::spatial_pool::row_mean;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -70,11 +74,50 @@ impl ReluGate {
     }
 }
 
+/// The gradient of a BatchNorm's output as its backward reads it, one (image, channel) row at
+/// a time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OutputGrad<'a> {
+    /// Stored whole, the input's size.
+    Values(&'a [f32]),
+    /// `g * a[row] + b[row]` for each row of `g` (a mul, then an add): a squeeze-excite gate's
+    /// product path plus its squeeze's spread, formed as each row is read instead of stored.
+    RowAffine {
+        /// The gradient before the gate, the input's size.
+        g: &'a [f32],
+        /// Each row's multiplier (the gate).
+        a: &'a [f32],
+        /// Each row's addend (the squeeze's spread).
+        b: &'a [f32],
+    },
+}
+
+impl<'a> OutputGrad<'a> {
+    /// The gradient's values over `range`, which is row `row` of `inner` values: a slice of
+    /// the stored values, or the row formed in `buf`.
+    #[inline]
+    fn row<'b>(&self, row: usize, range: Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match *self {
+            OutputGrad::Values(g) => &g[range],
+            OutputGrad::RowAffine { g, a, b } => {
+                let (a, b) = (a[row], b[row]);
+                buf.clear();
+                buf.extend(g[range].iter().map(|&v| v * a + b));
+                buf
+            }
+        }
+    }
+}
+
 /// `(sum(g'), sum(g' * (x - mu)))` with `g' = gate.pass(g, x)`; in [`LANES`] f32 partial sums
 /// combined in f64.
 fn gated_sums(g: &[f32], x: &[f32], gate: ReluGate, mu: f32) -> (f64, f64) {
     let ((cg, tg), (cx, tx)) = (g.as_chunks::<LANES>(), x.as_chunks::<LANES>());
-    let (s1, s2) = lane_gated_sums(cg, cx, gate.relu(), mu);
+    let zero = ([0f32; LANES], [0f32; LANES]);
+    let (s1, s2) = lane_gated_sums(cg, cx, gate.relu(), mu, zero);
     let mut t1: f64 = s1.iter().map(|&v| v as f64).sum();
     let mut t2: f64 = s2.iter().map(|&v| v as f64).sum();
     for (&g, &x) in tg.iter().zip(tx) {
@@ -129,22 +172,63 @@ fn channel_blocks<T>(buf: &mut [T], (c, inner): (usize, usize), cb: usize) -> Ve
     blocks
 }
 
-/// For each channel of `chs`: `(sum g', sum g' * (x - mu) * scale)` with
-/// `(mu, scale) = centre(channel)`, each (image, channel) row through [`gated_sums`] and the
-/// rows added in image order.
-fn block_gated_sums(
+/// Rows shorter than this many values (7x7 maps and below) add into lanes that run on over the
+/// channel's rows in image order, combined in f64 once per channel: combined per row, the 32
+/// f64 additions of the lanes outweighed a 16- or 49-value row's own work several times.
+const SHORT_ROW: usize = 4 * LANES;
+
+/// Adds one short row's `g'` and `g' * (x - mu)` into the lanes `acc`: the whole chunks through
+/// [`lane_gated_sums`], then tail value `j` into lane `j` (the same mul and add).
+fn add_gated_lanes(
     (g, x): (&[f32], &[f32]),
+    gate: ReluGate,
+    mu: f32,
+    acc: &mut ([f32; LANES], [f32; LANES]),
+) {
+    let ((cg, tg), (cx, tx)) = (g.as_chunks::<LANES>(), x.as_chunks::<LANES>());
+    *acc = lane_gated_sums(cg, cx, gate.relu(), mu, *acc);
+    for (j, (&g, &x)) in tg.iter().zip(tx).enumerate() {
+        let g = gate.pass(g, x);
+        acc.0[j] += g;
+        acc.1[j] += g * (x - mu);
+    }
+}
+
+/// For each channel of `chs`: `(sum g', sum g' * (x - mu) * scale)` with
+/// `(mu, scale) = centre(channel)`, the (image, channel) rows in image order: each row through
+/// [`gated_sums`] and the rows added in f64, or, for rows shorter than [`SHORT_ROW`], all of
+/// the channel's rows into one set of lanes ([`add_gated_lanes`]).
+fn block_gated_sums(
+    (g, x): (OutputGrad<'_>, &[f32]),
     (n, c, inner): (usize, usize, usize),
     chs: Range<usize>,
     gate: &(impl Fn(usize) -> ReluGate + Sync),
     centre: &(impl Fn(usize) -> (f32, f32) + Sync),
 ) -> Vec<(f64, f64)> {
+    let mut buf = Vec::new();
+    if inner < SHORT_ROW {
+        let mut lanes = vec![([0f32; LANES], [0f32; LANES]); chs.len()];
+        for i in 0..n {
+            for (acc, ch) in lanes.iter_mut().zip(chs.clone()) {
+                let r = row_of(i, ch, c, inner);
+                let gr = g.row(i * c + ch, r.clone(), &mut buf);
+                add_gated_lanes((gr, &x[r]), gate(ch), centre(ch).0, acc);
+            }
+        }
+        let total = |a: &[f32; LANES]| a.iter().map(|&v| v as f64).sum::<f64>();
+        return lanes
+            .iter()
+            .zip(chs)
+            .map(|((s1, s2), ch)| (total(s1), total(s2) * centre(ch).1 as f64))
+            .collect();
+    }
     let mut sums = vec![(0f64, 0f64); chs.len()];
     for i in 0..n {
         for (s, ch) in sums.iter_mut().zip(chs.clone()) {
             let (mu, scale) = centre(ch);
             let r = row_of(i, ch, c, inner);
-            let (rg, rgx) = gated_sums(&g[r.clone()], &x[r], gate(ch), mu);
+            let gr = g.row(i * c + ch, r.clone(), &mut buf);
+            let (rg, rgx) = gated_sums(gr, &x[r], gate(ch), mu);
             s.0 += rg;
             s.1 += rgx * scale as f64;
         }
@@ -163,7 +247,7 @@ pub(crate) fn channel_gated_sums(
 ) -> (Vec<f64>, Vec<f64>) {
     let cb = channels_per_block(dims, 2);
     let blocks: Vec<Vec<(f64, f64)>> = block_ranges(dims.1, cb)
-        .map(|chs| block_gated_sums((g, x), dims, chs, &gate, &centre))
+        .map(|chs| block_gated_sums((OutputGrad::Values(g), x), dims, chs, &gate, &centre))
         .collect();
     blocks.into_iter().flatten().unzip()
 }
@@ -208,43 +292,41 @@ fn block_moments(
 
 /// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows; with a
 /// `shortcut` (x's size), `y = max(x * a + b + shortcut, 0)` (the residual join; `relu` is then
-/// implied).
+/// implied). With `means` (one slot per row), each output row's mean is taken as
+/// [`row_mean`] takes it, right after the row is written, while it is in cache (a
+/// squeeze-excite gate's squeeze of this output).
 pub(crate) fn scale_shift(
     x: &[f32],
     (a, b): (&[f32], &[f32]),
     (c, inner): (usize, usize),
-    relu: bool,
-    shortcut: Option<&[f32]>,
+    (relu, shortcut): (bool, Option<&[f32]>),
+    means: Option<&mut [f32]>,
 ) -> Vec<f32> {
     assert!(
         shortcut.is_none_or(|s| s.len() == x.len()),
         "scale_shift: shortcut size"
     );
     let inner = inner.max(1);
-    let fill = |y: &mut [MaybeUninit<f32>]| {
-        par_rows(y, inner, |row, yr| {
-            let (a, b) = (a[row % c], b[row % c]);
-            let r = row * inner..row * inner + yr.len();
-            let xr = &x[r.clone()];
-            match shortcut {
-                Some(s) => {
-                    let sr = &s[r];
-                    for i in 0..yr.len() {
-                        yr[i].write((xr[i] * a + b + sr[i]).max(0.0));
-                    }
-                }
-                None if relu => {
-                    for i in 0..yr.len() {
-                        yr[i].write((xr[i] * a + b).max(0.0));
-                    }
-                }
-                None => {
-                    for i in 0..yr.len() {
-                        yr[i].write(xr[i] * a + b);
-                    }
-                }
+    let row = |row: usize, yr: &mut [MaybeUninit<f32>]| {
+        let r = row * inner..row * inner + yr.len();
+        let pass = RowAffine {
+            a: a[row % c],
+            b: Some(b[row % c]),
+            shortcut: shortcut.map(|s| &s[r.clone()]),
+            relu: relu || shortcut.is_some(),
+        };
+        pass.apply_into(&x[r], yr);
+    };
+    let fill = |y: &mut [MaybeUninit<f32>]| match means {
+        None => par_rows(y, inner, row),
+        Some(means) => par_row_groups((y, inner), means, |first, ys, ms| {
+            for (k, (yr, m)) in ys.chunks_mut(inner).zip(ms).enumerate() {
+                row(first + k, yr);
+                // SAFETY: `row` has just written every value of `yr`.
+                let written = unsafe { &*(yr as *const [MaybeUninit<f32>] as *const [f32]) };
+                *m = row_mean(written);
             }
-        })
+        }),
     };
     // SAFETY: the rows cover all `x.len()` slots, and every value of each row is written.
     unsafe { written_by(x.len(), fill) }
@@ -254,14 +336,15 @@ pub(crate) fn scale_shift(
 /// the affine `(weight, bias)`: statistics in two passes ([`block_moments`], the first from
 /// `row_sums` when given), output in one ([`scale_shift`]). With a `shortcut` (x's size) the
 /// output is `max(batch_norm(x) + shortcut, 0)` (the residual join, in the same pass; `relu` is
-/// then ignored). Returns the output and what the backward pass needs.
+/// then ignored). With `means`, also each output row's mean ([`scale_shift`]). Returns the
+/// output and what the backward pass needs.
 pub(crate) fn train_forward(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
     (weight, bias): (&[f32], &[f32]),
     (eps, relu): (f64, bool),
     row_sums: Option<&[f64]>,
-    shortcut: Option<&[f32]>,
+    (shortcut, means): (Option<&[f32]>, Option<&mut [f32]>),
 ) -> (Vec<f32>, Saved) {
     assert!(row_sums.is_none_or(|s| s.len() == n * c));
     let dims = (n, c, inner);
@@ -276,7 +359,7 @@ pub(crate) fn train_forward(
         .collect();
     let a: Vec<f32> = (0..c).map(|i| weight[i] * inv_std[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * a[i]).collect();
-    let y = scale_shift(x, (&a, &shift), (c, inner), relu, shortcut);
+    let y = scale_shift(x, (&a, &shift), (c, inner), (relu, shortcut), means);
     let saved = Saved {
         mean,
         var,
@@ -294,7 +377,7 @@ pub(crate) fn train_forward(
 /// forward's scale and shift ([`ReluGate`]), the output is not read.
 pub(crate) fn train_backward(
     x: &[f32],
-    g: &[f32],
+    g: OutputGrad<'_>,
     (n, c, inner): (usize, usize, usize),
     s: &Saved,
     relu: bool,
@@ -315,20 +398,23 @@ pub(crate) fn train_backward(
         .zip(channel_blocks(dx, (c, inner), cb))
         .map(|(chs, mut out)| {
             let sums = block_gated_sums((g, x), dims, chs.clone(), &gate, &centre);
+            let mut buf = Vec::new();
             for (i, slice) in out.iter_mut().enumerate() {
                 for ((dr, ch), &(sum_g, sum_gx)) in
                     slice.chunks_mut(inner.max(1)).zip(chs.clone()).zip(&sums)
                 {
-                    let (mu, is) = (s.mean[ch], s.inv_std[ch]);
-                    let k = s.weight[ch] * is;
-                    let mg = (sum_g / m) as f32;
-                    let mgx = (sum_gx / m) as f32;
-                    let gate = gate(ch);
+                    let (mu, inv_std) = (s.mean[ch], s.inv_std[ch]);
+                    let terms = InputGradTerms {
+                        k: s.weight[ch] * inv_std,
+                        mean_g: (sum_g / m) as f32,
+                        mu,
+                        inv_std,
+                        mean_gx: (sum_gx / m) as f32,
+                        relu: gate(ch).relu(),
+                    };
                     let r = row_of(i, ch, c, inner);
-                    for ((d, &xv), &gv) in dr.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-                        let gv = gate.pass(gv, xv);
-                        *d = k * (gv - mg - (xv - mu) * is * mgx);
-                    }
+                    let gr = g.row(i * c + ch, r.clone(), &mut buf);
+                    input_grad_row(dr, gr, &x[r], &terms);
                 }
             }
             sums.into_iter()
@@ -368,10 +454,10 @@ mod tests {
             (&weight, &bias),
             (1e-5, relu && !with_shortcut),
             with_row_sums.then_some(&row_sums[..]),
-            with_shortcut.then_some(shortcut),
+            (with_shortcut.then_some(shortcut), None),
         );
         let mut dx = vec![f32::NAN; x.len()];
-        let (dw, db) = train_backward(x, g, dims, &saved, relu, &mut dx);
+        let (dw, db) = train_backward(x, OutputGrad::Values(g), dims, &saved, relu, &mut dx);
         let gate = |ch: usize| ReluGate {
             relu,
             scale: weight[ch],
@@ -440,7 +526,7 @@ mod tests {
             (&weight, &bias),
             (1e-5, true),
             None,
-            None,
+            (None, None),
         );
         for (i, (&xv, &yv)) in x.iter().zip(&y).enumerate() {
             let ch = (i / inner) % c;

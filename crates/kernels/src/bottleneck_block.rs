@@ -10,7 +10,7 @@ use crate::cbam::{
     cbam_join_backward, cbam_join_forward, check_spatial_gate, CbamSaved, SpatialStage,
 };
 use crate::conv2d::{ConvGeometry, Scratch};
-use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
+use crate::conv_bn::{stage_backward, stage_forward, OutputGrad, Saved as StageSaved};
 use crate::gate_mlp::MlpParams;
 use crate::profile::timed;
 use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
@@ -362,7 +362,14 @@ impl Block {
         // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
         let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
             let (w, affine) = params[i];
-            stage_forward(&g[i], input, w, affine, (self.eps[i], relu), shortcut)
+            stage_forward(
+                &g[i],
+                input,
+                w,
+                affine,
+                (self.eps[i], relu),
+                (shortcut, None),
+            )
         };
         let (h1, s1) = stage(0, x, true, None)?;
         let (h2, s2) = stage(1, &h1, true, None)?;
@@ -378,22 +385,33 @@ impl Block {
                 (y, s3, None)
             }
             Some(gate) => {
-                let (z, s3) = stage(2, &h2, false, None)?;
                 let maps = (g[2].batch, g[2].out_h * g[2].out_w);
-                let (y, join) = match gate.spatial {
+                let (y, z, s3, join) = match gate.spatial {
                     None => {
+                        // The squeeze: each map's mean, taken as the third stage writes it.
+                        let mut squeezed = vec![0f32; g[2].batch * g[2].out_channels];
+                        let (w, affine) = params[2];
+                        let (z, s3) = stage_forward(
+                            &g[2],
+                            &h2,
+                            w,
+                            affine,
+                            (self.eps[2], false),
+                            (None, Some(&mut squeezed)),
+                        )?;
                         let (y, se) = timed(
                             || "se gate fwd".into(),
-                            || gated_join_forward(&z, maps, gate.mlp, &shortcut),
+                            || gated_join_forward(&z, squeezed, maps, gate.mlp, &shortcut),
                         );
-                        (y, JoinSaved::SqueezeExcite(se))
+                        (y, z, s3, JoinSaved::SqueezeExcite(se))
                     }
                     Some(spatial) => {
+                        let (z, s3) = stage(2, &h2, false, None)?;
                         let (y, cbam) = timed(
                             || "cbam gate fwd".into(),
                             || cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut),
                         )?;
-                        (y, JoinSaved::Cbam(Box::new(cbam)))
+                        (y, z, s3, JoinSaved::Cbam(Box::new(cbam)))
                     }
                 };
                 (y, s3, Some((z, join)))
@@ -429,7 +447,7 @@ impl Block {
             bail!("bottleneck_train: backward before forward")
         };
         // Stage `i`'s backward over its input, from the gradient of its BatchNorm output.
-        let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
+        let staged = |i: usize, input: &[f32], grad_bn: OutputGrad<'_>, relu, want_dx| {
             stage_backward(
                 &g[i],
                 &s.stages[i],
@@ -439,14 +457,20 @@ impl Block {
                 want_dx,
             )
         };
-        let (grad_bn3, dgate_params) = match (&s.gated, gate) {
+        let stage = |i: usize, input: &[f32], grad_bn: &[f32], relu: bool, want_dx: bool| {
+            staged(i, input, OutputGrad::Values(grad_bn), relu, want_dx)
+        };
+        // The third BatchNorm's output gradient: the masked output gradient, the gated map's
+        // gradient from CBAM's backward, or squeeze-excite's `masked * gate + spread`, formed
+        // row by row as the BatchNorm backward reads it.
+        let (stored, spread, dgate_params) = match (&s.gated, gate) {
             (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
-                let (dz, dgate_params) = timed(
+                let (spread, dgate_params) = timed(
                     || "se gate bwd".into(),
                     || gated_join_backward(z, se, gate.mlp, masked, p),
                 );
-                (Cow::Owned(dz), dgate_params)
+                (None, Some((se.gate(), spread)), dgate_params)
             }
             (
                 Some((z, JoinSaved::Cbam(cbam))),
@@ -459,12 +483,21 @@ impl Block {
                     || "cbam gate bwd".into(),
                     || cbam_join_backward(z, cbam, mlp, sp, masked),
                 );
-                (Cow::Owned(dz), dgate_params)
+                (Some(dz), None, dgate_params)
             }
-            (None, None) => (Cow::Borrowed(masked), Vec::new()),
+            (None, None) => (None, None, Vec::new()),
             _ => bail!("bottleneck_train: the gate's state does not match its parameters"),
         };
-        let third = stage(2, &s.h2, &grad_bn3, false, true);
+        let grad_bn3 = match (&stored, &spread) {
+            (Some(dz), _) => OutputGrad::Values(dz),
+            (None, Some((gate, spread))) => OutputGrad::RowAffine {
+                g: masked,
+                a: gate,
+                b: spread,
+            },
+            (None, None) => OutputGrad::Values(masked),
+        };
+        let third = staged(2, &s.h2, grad_bn3, false, true);
         let Some(dh2) = &third.dx else {
             unreachable!("asked for")
         };

@@ -13,7 +13,7 @@
 //! first maximal pixel or channel, as PyTorch's do.
 
 use crate::conv2d::ConvGeometry;
-use crate::conv_bn::{stage_backward, stage_forward, Saved as StageSaved};
+use crate::conv_bn::{stage_backward, stage_forward, OutputGrad, Saved as StageSaved};
 use crate::gate::{
     channel_gate_grad_in_place, channel_max_mean_grad_add, channel_max_mean_values,
     gated_spatial_join, spatial_gate_grad,
@@ -136,7 +136,7 @@ pub(crate) fn cbam_join_forward(
         spatial.weight,
         spatial.affine,
         (spatial.eps, false),
-        None,
+        (None, None),
     )?;
     sigmoid_in_place(&mut spatial_gate);
     let y = gated_spatial_join((c, p), z, (&channel_gate, &spatial_gate), shortcut);
@@ -179,7 +179,7 @@ pub(crate) fn cbam_join_backward(
         spatial.geometry,
         &s.spatial,
         (&s.pooled, spatial.weight),
-        &dlogits,
+        OutputGrad::Values(&dlogits),
         false,
         true,
     );

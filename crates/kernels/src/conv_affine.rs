@@ -21,6 +21,7 @@
 //! backward recomputes the convolution output rather than keeping it, since evaluation, the
 //! common case, never asks for it.
 
+use crate::affine_rows::RowAffine;
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, WeightPacks};
 use crate::fused_operands::fused_conv_geometry;
@@ -191,25 +192,14 @@ pub(crate) fn forward_values_into(
         let base = unit * per_group * pixels;
         let image_rows = (unit / g.groups) * g.out_channels;
         for (row, values) in y_unit.chunks_exact_mut(pixels).enumerate() {
-            let (a, b) = (scale[first + row], shift[first + row]);
-            match shortcut {
-                Some(s) => {
-                    let start = base + row * pixels;
-                    for (v, &sv) in values.iter_mut().zip(&s[start..start + pixels]) {
-                        *v = (*v * a + b + sv).max(0.0);
-                    }
-                }
-                None if relu => {
-                    for v in values.iter_mut() {
-                        *v = (*v * a + b).max(0.0);
-                    }
-                }
-                None => {
-                    for v in values.iter_mut() {
-                        *v = *v * a + b;
-                    }
-                }
+            let start = base + row * pixels;
+            RowAffine {
+                a: scale[first + row],
+                b: Some(shift[first + row]),
+                shortcut: shortcut.map(|s| &s[start..start + pixels]),
+                relu: relu || shortcut.is_some(),
             }
+            .apply_in_place(values);
             if let Some(pool) = pool {
                 pool.store(image_rows + first + row, values);
             }

@@ -12,6 +12,7 @@
 //! `batch_norm_train(conv2d(x, w))`; the tests check that.
 
 use crate::batch_norm::{lock, nc_inner, recorded_stats};
+pub(crate) use crate::batch_norm_passes::OutputGrad;
 use crate::batch_norm_passes::{train_backward, train_forward, Saved as BnSaved};
 use crate::conv2d::storage::dense_f32;
 use crate::conv2d::{self, ConvGeometry, Scratch};
@@ -189,7 +190,7 @@ impl CustomOp3 for ConvBnTrain {
             (&second[..], &third[..], None)
         };
         let relu = self.relu && shortcut.is_none();
-        let (y, saved) = stage_forward(g, &x, w, affine, (self.eps, relu), shortcut)?;
+        let (y, saved) = stage_forward(g, &x, w, affine, (self.eps, relu), (shortcut, None))?;
         *lock(&self.saved)? = Some(saved);
         Ok((CpuStorage::F32(y), Shape::from(g.output_dims())))
     }
@@ -228,7 +229,14 @@ impl CustomOp3 for ConvBnTrain {
         };
         let grad_bn = dshortcut.as_deref().unwrap_or(&gv);
         let relu = self.relu && dshortcut.is_none();
-        let grads = stage_backward(g, s, (&xv, wv), grad_bn, relu, x.track_op());
+        let grads = stage_backward(
+            g,
+            s,
+            (&xv, wv),
+            OutputGrad::Values(grad_bn),
+            relu,
+            x.track_op(),
+        );
         let Some(dshortcut) = dshortcut else {
             return grads.into_tensors(x, second);
         };
@@ -250,14 +258,16 @@ impl CustomOp3 for ConvBnTrain {
 
 /// The forward of one convolution + training BatchNorm: `relu?(bn(conv(x, w)))`, or with a
 /// `shortcut`, `relu(bn(conv(x, w)) + shortcut)` (`relu` is then ignored). `affine` holds the
-/// BatchNorm weight, then its bias. Returns the output and what [`stage_backward`] needs.
+/// BatchNorm weight, then its bias. With `means` (one slot per (image, channel) map), also each
+/// output map's mean, taken as the output is written. Returns the output and what
+/// [`stage_backward`] needs.
 pub(crate) fn stage_forward(
     g: &ConvGeometry,
     x: &[f32],
     w: &[f32],
     affine: &[f32],
     (eps, relu): (f64, bool),
-    shortcut: Option<&[f32]>,
+    (shortcut, means): (Option<&[f32]>, Option<&mut [f32]>),
 ) -> Result<(Vec<f32>, Saved)> {
     let (n, c, inner) = nc_inner(&[g.batch, g.out_channels, g.out_h, g.out_w], "conv_bn")?;
     if n * inner < 2 {
@@ -288,7 +298,7 @@ pub(crate) fn stage_forward(
         .map(|s| f64::from_bits(s.into_inner()))
         .collect();
     let (y, bn) = timed(
-        || "bn fwd".into(),
+        || format!("bn fwd @{}", g.out_h),
         || {
             // With a shortcut, `add_relu`'s expression on the BatchNorm output, in the same pass.
             train_forward(
@@ -297,7 +307,7 @@ pub(crate) fn stage_forward(
                 (gamma, beta),
                 (eps, relu),
                 Some(&row_sums),
-                shortcut,
+                (shortcut, means),
             )
         },
     );
@@ -344,14 +354,14 @@ pub(crate) fn stage_backward(
     g: &ConvGeometry,
     s: &Saved,
     (x, w): (&[f32], &[f32]),
-    grad_bn: &[f32],
+    grad_bn: OutputGrad<'_>,
     relu: bool,
     want_dx: bool,
 ) -> StageGrads {
     let dims = (g.batch, g.out_channels, g.out_h * g.out_w);
     let mut dz = Scratch::take(s.z.len());
     let (dgamma, dbeta) = timed(
-        || "bn bwd".into(),
+        || format!("bn bwd @{}", g.out_h),
         || train_backward(&s.z, grad_bn, dims, &s.bn, relu, &mut dz),
     );
     let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, x, &dz));

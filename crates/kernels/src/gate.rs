@@ -8,6 +8,7 @@
 //! The fused ops run f32 tensors on the CPU and, in a `cuda` build, on CUDA (our NVRTC kernels,
 //! `cuda/gate.cu`); other dtypes and devices keep candle's composed ops.
 
+use crate::affine_rows::RowAffine;
 use crate::conv2d::storage::dense_f32;
 use crate::packed_grads::unpack;
 use crate::row_tasks::{par_row_groups, par_rows, written_by, Slot};
@@ -188,16 +189,13 @@ fn apply_gate_into<T: Slot>(
         let r = row * p..row * p + yr.len();
         let (xr, sr) = (&x[r.clone()], shortcut.map(|s| &s[r]));
         match axis {
-            Axis::Channel => {
-                let g = gate[row];
-                match sr {
-                    None => yr.iter_mut().zip(xr).for_each(|(o, &v)| o.set(v * g)),
-                    Some(sr) => yr
-                        .iter_mut()
-                        .zip(xr.iter().zip(sr))
-                        .for_each(|(o, (&v, &b))| o.set((v * g + b).max(0.0))),
-                }
+            Axis::Channel => RowAffine {
+                a: gate[row],
+                b: None,
+                shortcut: sr,
+                relu: sr.is_some(),
             }
+            .apply_into(xr, yr),
             Axis::Spatial => {
                 let g = &gate[(row / c) * p..(row / c + 1) * p];
                 match sr {
@@ -493,10 +491,13 @@ pub(crate) fn channel_gate_add_relu_in_place(
     assert_eq!(x.len(), shortcut.len(), "gate: shortcut size");
     let p = p.max(1);
     par_rows(x, p, |row, xr| {
-        let (g, sr) = (gate[row], &shortcut[row * p..row * p + xr.len()]);
-        xr.iter_mut()
-            .zip(sr)
-            .for_each(|(v, &b)| *v = (*v * g + b).max(0.0));
+        RowAffine {
+            a: gate[row],
+            b: None,
+            shortcut: Some(&shortcut[row * p..row * p + xr.len()]),
+            relu: true,
+        }
+        .apply_in_place(xr)
     });
 }
 

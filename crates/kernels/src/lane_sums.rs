@@ -57,19 +57,20 @@ pub(crate) fn passed(g: f32, x: f32, relu: Option<(f32, f32)>) -> f32 {
     }
 }
 
-/// The per-lane sums of `g'` and `g' * (x - mu)` over whole chunks, with `g'` the gradient `g`
-/// where a ReLU `max(x * scale + shift, 0)` passed (`relu = Some((scale, shift))`; 0 where it
-/// blocked, NaN included) or all of `g` (`None`): lane `i` adds value `i` of every chunk, in
-/// chunk order. In plain Rust: the build's kernel without AVX2, and the reference the AVX2
-/// kernel is tested against.
+/// The per-lane sums of `g'` and `g' * (x - mu)` over whole chunks, added to the lanes `from`,
+/// with `g'` the gradient `g` where a ReLU `max(x * scale + shift, 0)` passed
+/// (`relu = Some((scale, shift))`; 0 where it blocked, NaN included) or all of `g` (`None`):
+/// lane `i` adds value `i` of every chunk, in chunk order. In plain Rust: the build's kernel
+/// without AVX2, and the reference the AVX2 kernel is tested against.
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
 pub(crate) fn portable_lane_gated_sums(
     g: &[[f32; LANES]],
     x: &[[f32; LANES]],
     relu: Option<(f32, f32)>,
     mu: f32,
+    from: ([f32; LANES], [f32; LANES]),
 ) -> ([f32; LANES], [f32; LANES]) {
-    let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+    let (mut s1, mut s2) = from;
     for (g, x) in g.iter().zip(x) {
         for i in 0..LANES {
             let gv = passed(g[i], x[i], relu);
@@ -90,6 +91,7 @@ pub(crate) fn lane_gated_sums(
     x: &[[f32; LANES]],
     relu: Option<(f32, f32)>,
     mu: f32,
+    from: ([f32; LANES], [f32; LANES]),
 ) -> ([f32; LANES], [f32; LANES]) {
     use std::arch::x86_64::*;
     const HALF: usize = LANES / 2;
@@ -99,7 +101,11 @@ pub(crate) fn lane_gated_sums(
         let (gate_scale, gate_shift) = relu.unwrap_or((0.0, 0.0));
         let (scale, shift) = (_mm256_set1_ps(gate_scale), _mm256_set1_ps(gate_shift));
         let (zero, mu) = (_mm256_setzero_ps(), _mm256_set1_ps(mu));
-        let (mut s1, mut s2) = ([zero; 2], [zero; 2]);
+        let lanes = |a: &[f32; LANES]| {
+            let p = a.as_ptr();
+            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(HALF))]
+        };
+        let (mut s1, mut s2) = (lanes(&from.0), lanes(&from.1));
         for (g, x) in g.iter().zip(x) {
             for h in 0..2 {
                 let (g, x) = (&g[h * HALF..][..HALF], &x[h * HALF..][..HALF]);
@@ -120,6 +126,90 @@ pub(crate) fn lane_gated_sums(
             _mm256_storeu_ps(out2[h * HALF..].as_mut_ptr(), s2[h]);
         }
         (out1, out2)
+    }
+}
+
+/// The per-channel constants of the BatchNorm backward's input gradient
+/// `k * (g' - mean_g - (x - mu) * inv_std * mean_gx)`, and the ReLU gate of `g'`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InputGradTerms {
+    /// `weight * inv_std`.
+    pub k: f32,
+    /// The mean of `g'` over the channel.
+    pub mean_g: f32,
+    /// The batch mean of the channel's input.
+    pub mu: f32,
+    /// `1 / sqrt(var + eps)`.
+    pub inv_std: f32,
+    /// The mean of `g' * (x - mu) * inv_std` over the channel.
+    pub mean_gx: f32,
+    /// The forward's ReLU as `(scale, shift)`, or `None` ([`relu_blocks`]).
+    pub relu: Option<(f32, f32)>,
+}
+
+impl InputGradTerms {
+    /// One value of the input gradient: the expression every kernel below computes, operation
+    /// by operation (a mul and an add, no FMA).
+    #[inline(always)]
+    pub(crate) fn value(&self, g: f32, x: f32) -> f32 {
+        let g = passed(g, x, self.relu);
+        self.k * (g - self.mean_g - (x - self.mu) * self.inv_std * self.mean_gx)
+    }
+}
+
+/// The BatchNorm backward's input gradient over one row: `d[i] = t.value(g[i], x[i])`. In plain
+/// Rust: the build's kernel without AVX2, and the reference the AVX2 kernel is tested against.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+pub(crate) fn portable_input_grad_row(d: &mut [f32], g: &[f32], x: &[f32], t: &InputGradTerms) {
+    for ((d, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
+        *d = t.value(gv, xv);
+    }
+}
+
+// Without AVX2 the portable loop is the kernel.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+pub(crate) use portable_input_grad_row as input_grad_row;
+
+/// [`portable_input_grad_row`] in AVX2 registers, 8 values at a time and the tail through
+/// [`InputGradTerms::value`]: the same operations in the same order, so the same bits (the
+/// compiler left the portable loop scalar with the gate's test inside it).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn input_grad_row(d: &mut [f32], g: &[f32], x: &[f32], t: &InputGradTerms) {
+    use std::arch::x86_64::*;
+    const WIDTH: usize = 8;
+    let len = d.len().min(g.len()).min(x.len());
+    let whole = len / WIDTH * WIDTH;
+    // SAFETY: this build enables AVX2 (the cfg above), and every load and store is of 8
+    // consecutive f32 below `whole`, inside all three slices.
+    unsafe {
+        let (zero, k, mean_g) = (
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(t.k),
+            _mm256_set1_ps(t.mean_g),
+        );
+        let (mu, inv_std, mean_gx) = (
+            _mm256_set1_ps(t.mu),
+            _mm256_set1_ps(t.inv_std),
+            _mm256_set1_ps(t.mean_gx),
+        );
+        let (scale, shift) = t.relu.unwrap_or((0.0, 0.0));
+        let (scale, shift) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
+        for i in (0..whole).step_by(WIDTH) {
+            let gv = _mm256_loadu_ps(g.as_ptr().add(i));
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            let gv = if t.relu.is_some() {
+                let pre = _mm256_add_ps(_mm256_mul_ps(xv, scale), shift);
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(pre, zero), gv)
+            } else {
+                gv
+            };
+            let centred = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(xv, mu), inv_std), mean_gx);
+            let v = _mm256_mul_ps(k, _mm256_sub_ps(_mm256_sub_ps(gv, mean_g), centred));
+            _mm256_storeu_ps(d.as_mut_ptr().add(i), v);
+        }
+    }
+    for i in whole..len {
+        d[i] = t.value(g[i], x[i]);
     }
 }
 
@@ -150,8 +240,12 @@ mod tests {
             Some((0.0, 0.0)),
         ];
         for relu in gates {
-            let got = lane_gated_sums(cg, cx, relu, 0.3);
-            let want = portable_lane_gated_sums(cg, cx, relu, 0.3);
+            let from = (
+                std::array::from_fn(|i| i as f32 * 0.5 - 3.0),
+                std::array::from_fn(|i| 2.0 - i as f32 * 0.25),
+            );
+            let got = lane_gated_sums(cg, cx, relu, 0.3, from);
+            let want = portable_lane_gated_sums(cg, cx, relu, 0.3, from);
             let bits = |a: [f32; LANES]| a.map(f32::to_bits);
             assert_eq!(bits(got.0), bits(want.0), "sum g', relu {relu:?}");
             assert_eq!(bits(got.1), bits(want.1), "sum g' x, relu {relu:?}");
@@ -168,6 +262,39 @@ mod tests {
             assert_eq!(lane_sum(&xs, |v| v), want, "length {len}");
             let squares: f64 = xs.iter().map(|&v| (v * v) as f64).sum();
             assert_eq!(lane_sum(&xs, |v| v * v), squares, "squares, length {len}");
+        }
+    }
+
+    /// The input gradient's row kernel (AVX2 where the build has it) has the portable loop's
+    /// bits for every value, the tail included: values of both signs, signed zeros, a NaN and
+    /// an infinity, with and without the ReLU gate.
+    #[test]
+    fn the_input_gradient_kernel_equals_the_portable_loop_bit_for_bit() {
+        let n = 5 * LANES + 3;
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 3.0)
+            .collect();
+        x[3] = f32::NAN;
+        x[20] = -0.0;
+        x[21] = f32::INFINITY;
+        x[n - 1] = f32::NAN;
+        for relu in [None, Some((0.7f32, -0.2f32)), Some((-1.3, 0.4))] {
+            let t = InputGradTerms {
+                k: 1.7,
+                mean_g: -0.3,
+                mu: 0.45,
+                inv_std: 2.5,
+                mean_gx: 0.8,
+                relu,
+            };
+            let (mut got, mut want) = (vec![f32::NAN; n], vec![0f32; n]);
+            input_grad_row(&mut got, &g, &x, &t);
+            portable_input_grad_row(&mut want, &g, &x, &t);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "relu {relu:?}");
         }
     }
 }

@@ -25,6 +25,7 @@
 
 use candle_core::{DType, Tensor};
 
+mod affine_rows;
 mod batch_norm;
 mod batch_norm_passes;
 mod bottleneck_block;

@@ -63,6 +63,12 @@ pub(crate) fn par_row_groups<A: Send, B: Send>(
 pub(crate) trait Slot: Send {
     /// Writes `v`.
     fn set(&mut self, v: f32);
+
+    /// The slots as a pointer to `slots.len()` writable f32 (both kinds are laid out as one),
+    /// for kernels that store whole vectors.
+    fn f32_slots(slots: &mut [Self]) -> *mut f32
+    where
+        Self: Sized;
 }
 
 impl Slot for f32 {
@@ -70,12 +76,21 @@ impl Slot for f32 {
     fn set(&mut self, v: f32) {
         *self = v;
     }
+
+    fn f32_slots(slots: &mut [Self]) -> *mut f32 {
+        slots.as_mut_ptr()
+    }
 }
 
 impl Slot for std::mem::MaybeUninit<f32> {
     #[inline(always)]
     fn set(&mut self, v: f32) {
         self.write(v);
+    }
+
+    fn f32_slots(slots: &mut [Self]) -> *mut f32 {
+        // `MaybeUninit<f32>` has the layout of `f32`.
+        slots.as_mut_ptr().cast()
     }
 }
 

@@ -4,15 +4,15 @@
 //! (image, channel).
 //!
 //! Each step is the arithmetic of the composed ops it replaces: the spatial mean of
-//! `spatial_mean`, the MLP and sigmoid of `gate_mlp.rs`, and the join of
-//! `channel_gate_add_relu`.
+//! `spatial_mean` (taken by the BatchNorm pass that writes `z`), the MLP and sigmoid of
+//! `gate_mlp.rs`, and the join of `channel_gate_add_relu`. The gradient of `z` is never
+//! stored: the BatchNorm backward before the gate forms it row by row.
 
 use crate::gate::{channel_gate_add_relu_values, row_dot_sums};
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
-use crate::row_tasks::{par_rows, rows_per_task, written_by, Slot};
-use crate::spatial_pool::row_means;
+use crate::row_tasks::rows_per_task;
 use rayon::prelude::*;
 
 /// What the gate's forward keeps for its backward: the MLP's state (its input is the squeezed
@@ -24,15 +24,17 @@ pub(crate) struct SqueezeExciteSaved {
 }
 
 /// `relu(z * gate(z) + shortcut)` for `z` and `shortcut` (`images` x C maps of `pixels` values
-/// each): the values of `channel_gate_add_relu`, and what [`gated_join_backward`] needs.
+/// each), given `squeezed`, each map's mean as `row_means` takes it (the stage that wrote `z`
+/// took them as it wrote it): the values of `channel_gate_add_relu`, and what
+/// [`gated_join_backward`] needs.
 pub(crate) fn gated_join_forward(
     z: &[f32],
+    squeezed: Vec<f32>,
     (images, pixels): (usize, usize),
     p: MlpParams<'_>,
     shortcut: &[f32],
 ) -> (Vec<f32>, SqueezeExciteSaved) {
-    let mut squeezed = vec![0f32; images * p.channels];
-    row_means(z, pixels, &mut squeezed);
+    debug_assert_eq!(squeezed.len(), images * p.channels);
     let (mut gate, mlp) = mlp_forward(squeezed, p);
     sigmoid_in_place(&mut gate);
     let y = channel_gate_add_relu_values((p.channels, pixels), z, &gate, shortcut);
@@ -41,13 +43,16 @@ pub(crate) fn gated_join_forward(
 
 /// The gradient of `z` through [`gated_join_forward`]'s `relu(z * gate(z) + shortcut)`, from
 /// the output gradient already masked by the join's ReLU: the product's path plus the squeeze's
-/// (`spatial_mean`'s backward, each map's mean gradient over its pixel count); and the MLP
-/// parameters' gradients, packed as [`MlpParams`] packs them.
+/// (`spatial_mean`'s backward, each map's mean gradient over its pixel count), as
+/// `masked * gate[row] + spread[row]`; and the MLP parameters' gradients, packed as
+/// [`MlpParams`] packs them.
 ///
-/// The arithmetic of `channel_gate_grad` and the spread added after it, in two passes: the
-/// gate's sums read the output gradient and `z` (`row_dot_sums`), and once the MLP's backward
-/// has the squeeze's gradient, each value `dy * gate + d_mean / pixels` is written once, the
-/// same two roundings as the product stored and the spread added to it.
+/// Returns `spread` and the parameters' gradients: the gate's sums read the output gradient
+/// and `z` (`row_dot_sums`), and the MLP's backward gives the squeeze's gradient. The
+/// BatchNorm backward before the gate forms `z`'s gradient row by row from `masked`, the gate
+/// and `spread` ([`crate::conv_bn::OutputGrad::RowAffine`]): the arithmetic of
+/// `channel_gate_grad` and the spread added after it, the same two roundings, without a pass
+/// that writes it whole and another that reads it back.
 pub(crate) fn gated_join_backward(
     z: &[f32],
     s: &SqueezeExciteSaved,
@@ -67,18 +72,13 @@ pub(crate) fn gated_join_backward(
         });
     let (dsqueezed, dparams) = mlp_backward(&s.mlp, p, &sigmoid_grad(&dgate, &s.gate));
     let inv = 1.0 / pixels as f32;
-    let gate = &s.gate;
-    // SAFETY: `par_rows` hands every row of the `z.len()` slots to the closure, which writes
-    // each of its values.
-    let dz = unsafe {
-        written_by(z.len(), |out| {
-            par_rows(out, px, |row, dr| {
-                let (sv, spread) = (gate[row], dsqueezed[row] * inv);
-                for (d, &g) in dr.iter_mut().zip(&masked[row * px..]) {
-                    d.set(g * sv + spread);
-                }
-            })
-        })
-    };
-    (dz, dparams)
+    let spread = dsqueezed.iter().map(|&d| d * inv).collect();
+    (spread, dparams)
+}
+
+impl SqueezeExciteSaved {
+    /// The gate, one value per (image, channel) map.
+    pub(crate) fn gate(&self) -> &[f32] {
+        &self.gate
+    }
 }

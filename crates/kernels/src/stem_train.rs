@@ -9,7 +9,7 @@
 
 use crate::batch_norm::{lock, recorded_stats};
 use crate::conv2d::storage::dense_f32;
-use crate::conv_bn::{stage_backward, stage_forward, Saved};
+use crate::conv_bn::{stage_backward, stage_forward, OutputGrad, Saved};
 use crate::fused_operands::{cpu_values, fused_conv_geometry};
 use crate::max_pool2d::{forward_f32, scatter_f32};
 use crate::profile::timed;
@@ -135,7 +135,7 @@ impl CustomOp3 for StemTrain {
         let x = dense_f32(xs, xl, "input")?;
         let w = dense_f32(ws, wl, "conv weight")?;
         let affine = dense_f32(affs, affl, "BatchNorm weight and bias")?;
-        let (h, stage) = stage_forward(g, &x, &w, &affine, (self.eps, true), None)?;
+        let (h, stage) = stage_forward(g, &x, &w, &affine, (self.eps, true), (None, None))?;
         let hl = Layout::contiguous(g.output_dims());
         let y = timed(
             || "max-pool fwd".into(),
@@ -178,6 +178,14 @@ impl CustomOp3 for StemTrain {
                 scatter_f32(&s.pooled_from, &hl, &gv, &grad_layout, &self.pool)
             },
         )?;
-        stage_backward(g, &s.stage, (&xv, &wv), &grad_h, true, x.track_op()).into_tensors(x, w)
+        stage_backward(
+            g,
+            &s.stage,
+            (&xv, &wv),
+            OutputGrad::Values(&grad_h),
+            true,
+            x.track_op(),
+        )
+        .into_tensors(x, w)
     }
 }
