@@ -97,7 +97,6 @@ impl RowAffine<'_> {
 /// # Safety
 /// As [`RowAffine::apply_raw`]; with `SHORTCUT`, `s` readable for `len` values.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
 unsafe fn whole_vectors<const SHIFT: bool, const SHORTCUT: bool, const RELU: bool>(
     x: *const f32,
     y: *mut f32,

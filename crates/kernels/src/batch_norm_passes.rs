@@ -172,9 +172,11 @@ fn channel_blocks<T>(buf: &mut [T], (c, inner): (usize, usize), cb: usize) -> Ve
     blocks
 }
 
-/// Rows shorter than this many values (7x7 maps and below) add into lanes that run on over the
-/// channel's rows in image order, combined in f64 once per channel: combined per row, the 32
-/// f64 additions of the lanes outweighed a 16- or 49-value row's own work several times.
+/// Rows of [`LANES`] values up to below this many (7x7 and 4x4 maps) add into lanes that run on
+/// over the channel's rows in image order, combined in f64 once per channel: combined per row,
+/// the 32 f64 additions of the lanes outweighed a 16- or 49-value row's own work several times.
+/// Rows of fewer than [`LANES`] values keep the per-row f64 sums, where a lane would add
+/// every image's values in f32.
 const SHORT_ROW: usize = 4 * LANES;
 
 /// Adds one short row's `g'` and `g' * (x - mu)` into the lanes `acc`: the whole chunks through
@@ -196,8 +198,8 @@ fn add_gated_lanes(
 
 /// For each channel of `chs`: `(sum g', sum g' * (x - mu) * scale)` with
 /// `(mu, scale) = centre(channel)`, the (image, channel) rows in image order: each row through
-/// [`gated_sums`] and the rows added in f64, or, for rows shorter than [`SHORT_ROW`], all of
-/// the channel's rows into one set of lanes ([`add_gated_lanes`]).
+/// [`gated_sums`] and the rows added in f64, or, for rows of [`LANES`] up to below
+/// [`SHORT_ROW`] values, all of the channel's rows into one set of lanes ([`add_gated_lanes`]).
 fn block_gated_sums(
     (g, x): (OutputGrad<'_>, &[f32]),
     (n, c, inner): (usize, usize, usize),
@@ -206,7 +208,7 @@ fn block_gated_sums(
     centre: &(impl Fn(usize) -> (f32, f32) + Sync),
 ) -> Vec<(f64, f64)> {
     let mut buf = Vec::new();
-    if inner < SHORT_ROW {
+    if (LANES..SHORT_ROW).contains(&inner) {
         let mut lanes = vec![([0f32; LANES], [0f32; LANES]); chs.len()];
         for i in 0..n {
             for (acc, ch) in lanes.iter_mut().zip(chs.clone()) {
@@ -480,7 +482,7 @@ mod tests {
     /// a multiple of the lanes).
     #[test]
     fn blocks_of_channels_leave_every_value_unchanged() {
-        for dims in [(3, 10, 37), (2, 7, 16), (4, 5, 1)] {
+        for dims in [(3, 10, 37), (2, 7, 16), (4, 5, 1), (2, 3, 81)] {
             let len = dims.0 * dims.1 * dims.2;
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i as f32) * 0.73).sin() * 2.0 + 0.3)

@@ -3,7 +3,9 @@
 //!
 //! Lane `i` adds the row's values `i`, `i + LANES`, ... in order, and the lanes and the tail
 //! are then added in f64 in a fixed order, so a result depends only on the row's length: the
-//! same on every thread count and in every kernel below (docs/determinism.md).
+//! same on every thread count and in every kernel below (docs/determinism.md). The BatchNorm
+//! backward's sums over 16- to 63-value rows carry the lanes on over a channel's rows
+//! (`lane_gated_sums`'s starting lanes), so theirs depend on the shape alone.
 
 /// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
 /// two AVX2 ones) where a single running sum cannot, as float addition is not reassociated.

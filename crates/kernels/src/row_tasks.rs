@@ -60,7 +60,10 @@ pub(crate) fn par_row_groups<A: Send, B: Send>(
 
 /// An output value a row loop writes exactly once: an `f32` of a reused buffer, or one of a
 /// fresh buffer's not yet initialised slots (which then need no clearing first).
-pub(crate) trait Slot: Send {
+///
+/// # Safety
+/// [`Slot::f32_slots`] must return a pointer to `slots.len()` writable f32 values.
+pub(crate) unsafe trait Slot: Send {
     /// Writes `v`.
     fn set(&mut self, v: f32);
 
@@ -71,7 +74,8 @@ pub(crate) trait Slot: Send {
         Self: Sized;
 }
 
-impl Slot for f32 {
+// SAFETY: a slice of f32 is its own f32 values.
+unsafe impl Slot for f32 {
     #[inline(always)]
     fn set(&mut self, v: f32) {
         *self = v;
@@ -82,7 +86,8 @@ impl Slot for f32 {
     }
 }
 
-impl Slot for std::mem::MaybeUninit<f32> {
+// SAFETY: `MaybeUninit<f32>` has the layout of `f32`.
+unsafe impl Slot for std::mem::MaybeUninit<f32> {
     #[inline(always)]
     fn set(&mut self, v: f32) {
         self.write(v);

@@ -41,11 +41,11 @@ pub(crate) fn gated_join_forward(
     (y, SqueezeExciteSaved { mlp, gate })
 }
 
-/// The gradient of `z` through [`gated_join_forward`]'s `relu(z * gate(z) + shortcut)`, from
-/// the output gradient already masked by the join's ReLU: the product's path plus the squeeze's
-/// (`spatial_mean`'s backward, each map's mean gradient over its pixel count), as
-/// `masked * gate[row] + spread[row]`; and the MLP parameters' gradients, packed as
-/// [`MlpParams`] packs them.
+/// What the gradient of `z` through [`gated_join_forward`]'s `relu(z * gate(z) + shortcut)`
+/// needs besides the gate, from the output gradient already masked by the join's ReLU: that
+/// gradient is the product's path plus the squeeze's (`spatial_mean`'s backward, each map's
+/// mean gradient over its pixel count), `masked * gate[row] + spread[row]`; and the MLP
+/// parameters' gradients, packed as [`MlpParams`] packs them.
 ///
 /// Returns `spread` and the parameters' gradients: the gate's sums read the output gradient
 /// and `z` (`row_dot_sums`), and the MLP's backward gives the squeeze's gradient. The

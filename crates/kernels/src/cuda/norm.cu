@@ -7,8 +7,10 @@
 //   `gated_sums`);
 // - per channel, the row totals added in image order in f64 (`block_moments`,
 //   `block_gated_sums`).
-// So the statistics and both parameter gradients are bit-identical to the CPU's and the same on
-// every run (no atomics). All mul/add pairs use the `_rn` intrinsics so that NVRTC's default
+// So the statistics are bit-identical to the CPU's, and so are both parameter gradients on maps
+// of fewer than 16 or at least 64 values; between those (7x7, 4x4) the CPU backward runs its
+// lanes on over the channel's images and combines them once per channel, which this file does
+// not, so there they differ in rounding. Every result is the same on every run (no atomics). All mul/add pairs use the `_rn` intrinsics so that NVRTC's default
 // `--fmad=true` cannot contract them into FMAs the CPU does not do.
 
 typedef long long i64;

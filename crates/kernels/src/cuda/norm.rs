@@ -1,7 +1,8 @@
 //! CUDA forward of the BatchNorm ops (`BatchNormTrain`, `BatchNormTrainGrad`, `ChannelAffine`,
 //! `ChannelAffineGrad` in `batch_norm.rs`), from `norm.cu` (compiled by NVRTC on first use).
-//! f32 only, as the CPU ops. Same formulas and summation order as the CPU code: statistics and
-//! parameter gradients are bit-identical to the CPU's (see the header of `norm.cu`). Nothing here
+//! f32 only, as the CPU ops. Same formulas as the CPU code, and its summation order except in
+//! the backward's sums over 7x7 and 4x4 maps: statistics are bit-identical to the CPU's, and
+//! parameter gradients too except there (see the header of `norm.cu`). Nothing here
 //! copies to or from the host: the training statistics stay on the device from the forward to
 //! the backward and the running averages ([`blend_running`]).
 
