@@ -298,7 +298,7 @@ pub(crate) fn stage_forward(
         .map(|s| f64::from_bits(s.into_inner()))
         .collect();
     let (y, bn) = timed(
-        || format!("bn fwd @{}", g.out_h),
+        || format!("bn @{} fwd", g.out_h),
         || {
             // With a shortcut, `add_relu`'s expression on the BatchNorm output, in the same pass.
             train_forward(
@@ -361,7 +361,7 @@ pub(crate) fn stage_backward(
     let dims = (g.batch, g.out_channels, g.out_h * g.out_w);
     let mut dz = Scratch::take(s.z.len());
     let (dgamma, dbeta) = timed(
-        || format!("bn bwd @{}", g.out_h),
+        || format!("bn @{} bwd", g.out_h),
         || train_backward(&s.z, grad_bn, dims, &s.bn, relu, &mut dz),
     );
     let dw = timed(|| conv_label(g, "dw"), || conv2d::weight_grad(g, x, &dz));

@@ -16,7 +16,7 @@ use std::time::Instant;
 /// Total wall time and call count of one label.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelTime {
-    /// What ran, e.g. `conv 1x1 s1 g1 @7 fwd` or `bn bwd @7` (the output map's size).
+    /// What ran, e.g. `conv 1x1 s1 g1 @7 fwd` or `bn @7 bwd` (output map size, then the pass).
     pub label: String,
     /// Calls since the table was last taken.
     pub calls: u64,

@@ -37,8 +37,8 @@ fn a_fused_conv_bn_step_is_timed_by_pass_and_shape() -> Result<()> {
     assert_eq!(
         labels,
         [
-            ("bn bwd @4", 1),
-            ("bn fwd @4", 1),
+            ("bn @4 bwd", 1),
+            ("bn @4 fwd", 1),
             ("conv 3x3 s2 g2 @4 dw", 1),
             ("conv 3x3 s2 g2 @4 dx", 1),
             ("conv 3x3 s2 g2 @4 fwd", 1),
