@@ -219,12 +219,9 @@ pub(crate) fn input_grad_row(d: &mut [f32], g: &[f32], x: &[f32], t: &InputGradT
 mod tests {
     use super::*;
 
-    /// The gated sums' kernel (AVX2 where the build has it) has the portable loop's bits in
-    /// every lane: values of both signs, zeros of both signs, a NaN and an infinity, with and
-    /// without the ReLU gate.
-    #[test]
-    fn the_gated_sums_kernel_equals_the_portable_loop_bit_for_bit() {
-        let n = 7 * LANES;
+    /// `n` gradient and input values of both signs, the input with a NaN, a -0.0 and an
+    /// infinity among them.
+    fn gradient_and_input(n: usize) -> (Vec<f32>, Vec<f32>) {
         let g: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
@@ -234,6 +231,15 @@ mod tests {
         x[3] = f32::NAN;
         x[20] = -0.0;
         x[21] = f32::INFINITY;
+        (g, x)
+    }
+
+    /// The gated sums' kernel (AVX2 where the build has it) has the portable loop's bits in
+    /// every lane: values of both signs, zeros of both signs, a NaN and an infinity, with and
+    /// without the ReLU gate.
+    #[test]
+    fn the_gated_sums_kernel_equals_the_portable_loop_bit_for_bit() {
+        let (g, x) = gradient_and_input(7 * LANES);
         let (cg, cx) = (g.as_chunks::<LANES>().0, x.as_chunks::<LANES>().0);
         let gates = [
             None,
@@ -273,15 +279,7 @@ mod tests {
     #[test]
     fn the_input_gradient_kernel_equals_the_portable_loop_bit_for_bit() {
         let n = 5 * LANES + 3;
-        let g: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let mut x: Vec<f32> = (0..n)
-            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 3.0)
-            .collect();
-        x[3] = f32::NAN;
-        x[20] = -0.0;
-        x[21] = f32::INFINITY;
+        let (g, mut x) = gradient_and_input(n);
         x[n - 1] = f32::NAN;
         for relu in [None, Some((0.7f32, -0.2f32)), Some((-1.3, 0.4))] {
             let t = InputGradTerms {
