@@ -533,7 +533,7 @@ impl CustomOp3 for ChannelAffine {
         let x = dense_f32(xs, xl, "input")?;
         let a = per_channel(ss, sl, c, "scale")?;
         let b = per_channel(bs, bl, c, "shift")?;
-        let y = scale_shift(&x, (a, b), (c, inner), (self.relu, None), None);
+        let y = scale_shift(&x, (a, b), (c, inner), (self.relu, None));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

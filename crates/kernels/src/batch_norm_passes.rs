@@ -15,7 +15,7 @@ use crate::affine_rows::RowAffine;
 use crate::lane_sums::{
     input_grad_row, lane_gated_sums, lane_sum, passed, relu_blocks, InputGradTerms, LANES,
 };
-use crate::row_tasks::{par_row_groups, par_rows, written_by};
+use crate::row_tasks::{par_rows, rows_per_task, written_by};
 use crate::spatial_pool::row_mean;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -294,52 +294,77 @@ fn block_moments(
 
 /// `y[n, c, :] = max?(x[n, c, :] * a[c] + b[c])` in parallel over (n, c) rows; with a
 /// `shortcut` (x's size), `y = max(x * a + b + shortcut, 0)` (the residual join; `relu` is then
-/// implied). With `means` (one slot per row), each output row's mean is taken as
-/// [`row_mean`] takes it, right after the row is written, while it is in cache (a
-/// squeeze-excite gate's squeeze of this output).
+/// implied).
 pub(crate) fn scale_shift(
     x: &[f32],
     (a, b): (&[f32], &[f32]),
     (c, inner): (usize, usize),
     (relu, shortcut): (bool, Option<&[f32]>),
-    means: Option<&mut [f32]>,
 ) -> Vec<f32> {
     assert!(
         shortcut.is_none_or(|s| s.len() == x.len()),
         "scale_shift: shortcut size"
     );
     let inner = inner.max(1);
-    let row = |row: usize, yr: &mut [MaybeUninit<f32>]| {
-        let r = row * inner..row * inner + yr.len();
-        let pass = RowAffine {
-            a: a[row % c],
-            b: Some(b[row % c]),
-            shortcut: shortcut.map(|s| &s[r.clone()]),
-            relu: relu || shortcut.is_some(),
-        };
-        pass.apply_into(&x[r], yr);
-    };
-    let fill = |y: &mut [MaybeUninit<f32>]| match means {
-        None => par_rows(y, inner, row),
-        Some(means) => par_row_groups((y, inner), means, |first, ys, ms| {
-            for (k, (yr, m)) in ys.chunks_mut(inner).zip(ms).enumerate() {
-                row(first + k, yr);
-                // SAFETY: `row` has just written every value of `yr`.
-                let written = unsafe { &*(yr as *const [MaybeUninit<f32>] as *const [f32]) };
-                *m = row_mean(written);
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        par_rows(y, inner, |row, yr| {
+            let r = row * inner..row * inner + yr.len();
+            RowAffine {
+                a: a[row % c],
+                b: Some(b[row % c]),
+                shortcut: shortcut.map(|s| &s[r.clone()]),
+                relu: relu || shortcut.is_some(),
             }
-        }),
+            .apply_into(&x[r], yr);
+        })
     };
     // SAFETY: the rows cover all `x.len()` slots, and every value of each row is written.
     unsafe { written_by(x.len(), fill) }
+}
+
+/// The mean of each row of [`scale_shift`]'s output without a shortcut, as [`row_mean`] takes
+/// it over the written row, into `means` (one per row), the output itself not kept: each row
+/// is formed in a buffer of the task and its mean taken there.
+pub(crate) fn scale_shift_means(
+    x: &[f32],
+    (a, b): (&[f32], &[f32]),
+    (c, inner): (usize, usize),
+    relu: bool,
+    means: &mut [f32],
+) {
+    let inner = inner.max(1);
+    assert_eq!(
+        means.len() * inner,
+        x.len(),
+        "scale_shift_means: one mean per row"
+    );
+    means
+        .par_chunks_mut(rows_per_task(inner))
+        .enumerate()
+        .for_each(|(t, ms)| {
+            let first = t * rows_per_task(inner);
+            let mut row = vec![0f32; inner];
+            for (k, m) in ms.iter_mut().enumerate() {
+                let r = first + k;
+                RowAffine {
+                    a: a[r % c],
+                    b: Some(b[r % c]),
+                    shortcut: None,
+                    relu,
+                }
+                .apply_into(&x[r * inner..(r + 1) * inner], &mut row);
+                *m = row_mean(&row);
+            }
+        });
 }
 
 /// Training-mode BatchNorm (+ ReLU when `relu`) of `x` viewed as (N, C, inner) on the CPU, with
 /// the affine `(weight, bias)`: statistics in two passes ([`block_moments`], the first from
 /// `row_sums` when given), output in one ([`scale_shift`]). With a `shortcut` (x's size) the
 /// output is `max(batch_norm(x) + shortcut, 0)` (the residual join, in the same pass; `relu` is
-/// then ignored). With `means`, also each output row's mean ([`scale_shift`]). Returns the
-/// output and what the backward pass needs.
+/// then ignored). With `means` (and no shortcut) the output is not kept: each of its rows'
+/// mean goes there ([`scale_shift_means`]), and the returned output is empty. Returns the output
+/// and what the backward pass needs.
 pub(crate) fn train_forward(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
@@ -361,7 +386,17 @@ pub(crate) fn train_forward(
         .collect();
     let a: Vec<f32> = (0..c).map(|i| weight[i] * inv_std[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * a[i]).collect();
-    let y = scale_shift(x, (&a, &shift), (c, inner), (relu, shortcut), means);
+    let y = match means {
+        Some(means) => {
+            assert!(
+                shortcut.is_none(),
+                "train_forward: means of a joined output"
+            );
+            scale_shift_means(x, (&a, &shift), (c, inner), relu, means);
+            Vec::new()
+        }
+        None => scale_shift(x, (&a, &shift), (c, inner), (relu, shortcut)),
+    };
     let saved = Saved {
         mean,
         var,

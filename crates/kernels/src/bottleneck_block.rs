@@ -13,7 +13,9 @@ use crate::conv2d::{ConvGeometry, Scratch};
 use crate::conv_bn::{stage_backward, stage_forward, OutputGrad, Saved as StageSaved};
 use crate::gate_mlp::MlpParams;
 use crate::profile::timed;
-use crate::squeeze_excite::{gated_join_backward, gated_join_forward, SqueezeExciteSaved};
+use crate::squeeze_excite::{
+    gated_join_backward, gated_join_forward, Normalized, SqueezeExciteSaved,
+};
 use crate::{BatchStats, ConvParams, GateMlp};
 use candle_core::{bail, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -188,7 +190,7 @@ impl Block {
         match lock(&self.saved)?.as_ref() {
             Some(s) => {
                 let spatial = match &s.gated {
-                    Some((_, JoinSaved::Cbam(cbam))) => Some(cbam.spatial_stats()),
+                    Some(JoinSaved::Cbam { saved, .. }) => Some(saved.spatial_stats()),
                     _ => None,
                 };
                 Ok(s.stages
@@ -210,15 +212,29 @@ pub(crate) struct Saved {
     /// The first and second stages' outputs (the inputs of the second and third convolutions).
     h1: Vec<f32>,
     h2: Vec<f32>,
-    /// With a gate: the third stage's output (the gated map) and the gate's own state.
-    gated: Option<(Vec<f32>, JoinSaved)>,
+    /// With a gate: the gate's state.
+    gated: Option<JoinSaved>,
 }
 
 /// What a gate's forward keeps.
 #[derive(Debug)]
 enum JoinSaved {
+    /// Squeeze-excite's state; its gated map is the third stage's convolution output through
+    /// the stage's BatchNorm, formed where it is read ([`normalized`]).
     SqueezeExcite(SqueezeExciteSaved),
-    Cbam(Box<CbamSaved>),
+    /// CBAM's state, with the third stage's output `z` (the gated map).
+    Cbam { z: Vec<f32>, saved: Box<CbamSaved> },
+}
+
+/// The third stage's BatchNorm output as squeeze-excite reads it: its convolution output with
+/// the BatchNorm's per-channel scale and shift.
+fn normalized(stage: &StageSaved) -> Normalized<'_> {
+    let (scale, shift) = &stage.bn.scale_shift;
+    Normalized {
+        x: &stage.z,
+        scale,
+        shift,
+    }
 }
 
 /// A gate's shapes, checked when the op is built.
@@ -386,12 +402,13 @@ impl Block {
             }
             Some(gate) => {
                 let maps = (g[2].batch, g[2].out_h * g[2].out_w);
-                let (y, z, s3, join) = match gate.spatial {
+                let (y, s3, join) = match gate.spatial {
                     None => {
-                        // The squeeze: each map's mean, taken as the third stage writes it.
+                        // The third stage keeps only its output's squeeze (each map's mean):
+                        // the join forms `z` from the convolution output.
                         let mut squeezed = vec![0f32; g[2].batch * g[2].out_channels];
                         let (w, affine) = params[2];
-                        let (z, s3) = stage_forward(
+                        let (_, s3) = stage_forward(
                             &g[2],
                             &h2,
                             w,
@@ -401,9 +418,12 @@ impl Block {
                         )?;
                         let (y, se) = timed(
                             || "se gate fwd".into(),
-                            || gated_join_forward(&z, squeezed, maps, gate.mlp, &shortcut),
+                            || {
+                                let z = normalized(&s3);
+                                gated_join_forward(z, squeezed, maps, gate.mlp, &shortcut)
+                            },
                         );
-                        (y, z, s3, JoinSaved::SqueezeExcite(se))
+                        (y, s3, JoinSaved::SqueezeExcite(se))
                     }
                     Some(spatial) => {
                         let (z, s3) = stage(2, &h2, false, None)?;
@@ -411,10 +431,11 @@ impl Block {
                             || "cbam gate fwd".into(),
                             || cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut),
                         )?;
-                        (y, z, s3, JoinSaved::Cbam(Box::new(cbam)))
+                        let saved = Box::new(cbam);
+                        (y, s3, JoinSaved::Cbam { z, saved })
                     }
                 };
-                (y, s3, Some((z, join)))
+                (y, s3, Some(join))
             }
         };
         let stages = [s1, s2, s3].into_iter().chain(sd).collect();
@@ -464,8 +485,9 @@ impl Block {
         // gradient from CBAM's backward, or squeeze-excite's `masked * gate + spread`, formed
         // row by row as the BatchNorm backward reads it.
         let (stored, spread, dgate_params) = match (&s.gated, gate) {
-            (Some((z, JoinSaved::SqueezeExcite(se))), Some(gate)) => {
+            (Some(JoinSaved::SqueezeExcite(se)), Some(gate)) => {
                 let p = g[2].out_h * g[2].out_w;
+                let z = normalized(&s.stages[2]);
                 let (spread, dgate_params) = timed(
                     || "se gate bwd".into(),
                     || gated_join_backward(z, se, gate.mlp, masked, p),
@@ -473,7 +495,7 @@ impl Block {
                 (None, Some((se.gate(), spread)), dgate_params)
             }
             (
-                Some((z, JoinSaved::Cbam(cbam))),
+                Some(JoinSaved::Cbam { z, saved: cbam }),
                 Some(GateViews {
                     mlp,
                     spatial: Some(sp),

@@ -144,13 +144,8 @@ pub(crate) fn cbam_join_values(
     };
     let (pooled, _) = channel_max_mean_values((n, c, p), z, Some(&channel_gate));
     let logits = conv2d::forward(g, &pooled, weight);
-    let mut spatial_gate = scale_shift(
-        &logits,
-        (&affine[..1], &affine[1..]),
-        (1, p),
-        (false, None),
-        None,
-    );
+    let mut spatial_gate =
+        scale_shift(&logits, (&affine[..1], &affine[1..]), (1, p), (false, None));
     sigmoid_in_place(&mut spatial_gate);
     let gates = (&channel_gate[..], &spatial_gate[..]);
     gated_spatial_join((c, p), z, gates, shortcut)

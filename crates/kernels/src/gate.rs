@@ -10,6 +10,7 @@
 
 use crate::affine_rows::RowAffine;
 use crate::conv2d::storage::dense_f32;
+use crate::lane_sums::dot_row;
 use crate::packed_grads::unpack;
 use crate::row_tasks::{par_row_groups, par_rows, written_by, Slot};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -355,9 +356,6 @@ pub(crate) fn channel_gate_grad_in_place(
     });
 }
 
-/// Rows whose f64 sums [`row_dot_sums`] runs side by side.
-const ROWS_AT_ONCE: usize = 8;
-
 /// [`channel_gate_grad`] on consecutive rows of `p` values: `d` holds their `dy` and receives
 /// `dy * s` (`s` one gate value per row); `dgate` receives each row's `sum(dy * x)`
 /// ([`row_dot_sums`], taken before `d` is scaled).
@@ -371,39 +369,14 @@ fn channel_gate_rows_grad(p: usize, d: &mut [f32], x: &[f32], s: &[f32], dgate: 
 }
 
 /// Each `p`-long row's `sum(dy * x)` into `sums`: every product rounded to f32, added in f64
-/// in the row's order, one chain per row, as [`channel_gate_grad`] defines it. The chains of
-/// [`ROWS_AT_ONCE`] rows advance together, so that no chain waits on the latency of its own
-/// additions; each sum is that of its row alone, bit for bit.
+/// in 8 lanes ([`dot_row`]), as [`channel_gate_grad`] defines it.
 pub(crate) fn row_dot_sums(p: usize, (dy, x): (&[f32], &[f32]), sums: &mut [f32]) {
     assert!(
         dy.len() == x.len() && dy.len() == sums.len() * p,
         "row_dot_sums: lengths"
     );
-    let group = ROWS_AT_ONCE * p;
-    let mut dy_groups = dy.chunks_exact(group);
-    let mut x_groups = x.chunks_exact(group);
-    let mut out = sums.chunks_exact_mut(ROWS_AT_ONCE);
-    for ((dg, xg), out) in (&mut dy_groups).zip(&mut x_groups).zip(&mut out) {
-        let d_rows: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| &dg[k * p..(k + 1) * p]);
-        let x_rows: [&[f32]; ROWS_AT_ONCE] = std::array::from_fn(|k| &xg[k * p..(k + 1) * p]);
-        let mut acc = [0f64; ROWS_AT_ONCE];
-        for i in 0..p {
-            for k in 0..ROWS_AT_ONCE {
-                acc[k] += (d_rows[k][i] * x_rows[k][i]) as f64;
-            }
-        }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = a as f32;
-        }
-    }
-    let rest = dy_groups.remainder().chunks_exact(p);
-    let x_rest = x_groups.remainder().chunks_exact(p);
-    for ((dr, xr), o) in rest.zip(x_rest).zip(out.into_remainder()) {
-        let mut acc = 0f64;
-        for (&g, &v) in dr.iter().zip(xr) {
-            acc += (g * v) as f64;
-        }
-        *o = acc as f32;
+    for ((dr, xr), o) in dy.chunks_exact(p).zip(x.chunks_exact(p)).zip(sums) {
+        *o = dot_row(dr, xr, None) as f32;
     }
 }
 
@@ -468,20 +441,10 @@ pub(crate) fn gated_spatial_join(
     unsafe { written_by(x.len(), fill) }
 }
 
-/// `max(0, x * gate[n, c] + shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels);
-/// `gate`: one value per (image, channel)): [`channel_gate_add_relu`]'s values.
-pub(crate) fn channel_gate_add_relu_values(
-    (channels, pixels): (usize, usize),
-    x: &[f32],
-    gate: &[f32],
-    shortcut: &[f32],
-) -> Vec<f32> {
-    apply_gate(Axis::Channel, (channels, pixels), x, gate, Some(shortcut))
-}
-
-/// [`channel_gate_add_relu_values`] with `x` as its own output: `x = relu(x * gate[row] +
-/// shortcut)`, the same arithmetic and values, without a second buffer to write (the eval
-/// squeeze-excite join, whose `x` is not needed after it).
+/// [`channel_gate_add_relu`]'s values with `x` as its own output: `x = relu(x * gate[row] +
+/// shortcut)` over buffers (`x`, `shortcut`: (N, channels, pixels); `gate`: one value per
+/// (image, channel)), without a second buffer to write (the eval squeeze-excite join, whose `x`
+/// is not needed after it).
 pub(crate) fn channel_gate_add_relu_in_place(
     (_, p): (usize, usize),
     x: &mut [f32],
@@ -694,22 +657,31 @@ mod tests {
     use crate::conv2d::{differing_bits, test_values};
 
     /// One row of [`channel_gate_grad`] as it is defined: `d` holds `dy` and receives
-    /// `dy * s`; returns `sum(dy * x)`, each product rounded to f32 and added in f64 in order.
+    /// `dy * s`; returns `sum(dy * x)`, each product rounded to f32 and added in f64, product
+    /// `i` of the whole groups of 8 into lane `i % 8`, then the lanes in order, then the rest
+    /// in order.
     fn channel_gate_row_grad(d: &mut [f32], x: &[f32], s: f32) -> f32 {
-        let mut acc = 0f64;
-        for (d, &v) in d.iter_mut().zip(x) {
+        let whole = d.len() / 8 * 8;
+        let (mut lanes, mut tail) = ([0f64; 8], Vec::new());
+        for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
             let g = *d;
             *d = g * s;
-            acc += (g * v) as f64;
+            match i < whole {
+                true => lanes[i % 8] += (g * v) as f64,
+                false => tail.push((g * v) as f64),
+            }
         }
-        acc as f32
+        let mut total: f64 = lanes.iter().sum();
+        for v in tail {
+            total += v;
+        }
+        total as f32
     }
 
-    /// The rows whose sums run side by side give each row's values and sum bit for bit as one
-    /// row at a time, for runs of rows shorter and longer than a group, with a partial group
-    /// last; the in-place form and the copying form agree.
+    /// The rows give each row's values and sum bit for bit as defined one row at a time, for
+    /// rows of 16, 49, 1, 784 and 7 values; the in-place form and the copying form agree.
     #[test]
-    fn rows_side_by_side_equal_one_row_at_a_time() {
+    fn rows_equal_their_definition_one_row_at_a_time() {
         for (rows, p) in [(3, 16), (8, 49), (21, 1), (37, 784), (17, 7)] {
             let x = test_values(rows * p, 11);
             // Output gradients on another scale, so that products round.

@@ -1,19 +1,56 @@
 //! A squeeze-and-excitation gate and the residual join after it over plain buffers, forward and
 //! backward, for the whole-block training op (`bottleneck_train.rs`):
 //! `relu(z * gate + shortcut)` with `gate = sigmoid(fc2(relu(fc1(mean_hw(z)))))`, one value per
-//! (image, channel).
+//! (image, channel), where `z = x * scale + shift` is the block's third BatchNorm output of its
+//! convolution output `x` (per channel).
 //!
 //! Each step is the arithmetic of the composed ops it replaces: the spatial mean of
-//! `spatial_mean` (taken by the BatchNorm pass that writes `z`), the MLP and sigmoid of
-//! `gate_mlp.rs`, and the join of `channel_gate_add_relu`. The gradient of `z` is never
-//! stored: the BatchNorm backward before the gate forms it row by row.
+//! `spatial_mean` (taken over each row of `z` by `scale_shift_means`), the MLP and sigmoid of
+//! `gate_mlp.rs`, and the join of `channel_gate_add_relu`. Neither `z` nor its gradient is
+//! stored: each pass that reads `z` forms its rows from `x` in a buffer of its task (the
+//! BatchNorm's own arithmetic, so the same values), and the BatchNorm backward before the gate
+//! forms the gradient row by row.
 
-use crate::gate::{channel_gate_add_relu_values, row_dot_sums};
+use crate::affine_rows::RowAffine;
 use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
-use crate::row_tasks::rows_per_task;
+use crate::lane_sums::dot_row;
+use crate::row_tasks::{rows_per_task, written_by};
 use rayon::prelude::*;
+
+/// The third BatchNorm's output `z` as the gate reads it: the convolution output and the
+/// BatchNorm's per-channel scale and shift.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Normalized<'a> {
+    /// The convolution output, `images` x C maps.
+    pub x: &'a [f32],
+    /// Each channel's scale.
+    pub scale: &'a [f32],
+    /// Each channel's shift.
+    pub shift: &'a [f32],
+}
+
+impl Normalized<'_> {
+    /// The scale and shift of row `row`'s channel.
+    fn scale_shift(&self, row: usize) -> (f32, f32) {
+        let c = self.scale.len();
+        (self.scale[row % c], self.shift[row % c])
+    }
+
+    /// Row `row` (an (image, channel) map of `row_out.len()` values) of `z` into `row_out`:
+    /// `x * scale + shift`, as the BatchNorm output pass writes it.
+    fn row_into(&self, row: usize, row_out: &mut [f32]) {
+        let ((a, b), len) = (self.scale_shift(row), row_out.len());
+        RowAffine {
+            a,
+            b: Some(b),
+            shortcut: None,
+            relu: false,
+        }
+        .apply_into(&self.x[row * len..(row + 1) * len], row_out);
+    }
+}
 
 /// What the gate's forward keeps for its backward: the MLP's state (its input is the squeezed
 /// map `(N, C)`) and the gate `(N, C)`.
@@ -24,20 +61,44 @@ pub(crate) struct SqueezeExciteSaved {
 }
 
 /// `relu(z * gate(z) + shortcut)` for `z` and `shortcut` (`images` x C maps of `pixels` values
-/// each), given `squeezed`, each map's mean as `row_means` takes it (the stage that wrote `z`
-/// took them as it wrote it): the values of `channel_gate_add_relu`, and what
-/// [`gated_join_backward`] needs.
+/// each), given `squeezed`, each map's mean as `row_means` takes it: the values of
+/// `channel_gate_add_relu` over the stored `z`, and what [`gated_join_backward`] needs.
 pub(crate) fn gated_join_forward(
-    z: &[f32],
+    z: Normalized<'_>,
     squeezed: Vec<f32>,
     (images, pixels): (usize, usize),
     p: MlpParams<'_>,
     shortcut: &[f32],
 ) -> (Vec<f32>, SqueezeExciteSaved) {
-    debug_assert_eq!(squeezed.len(), images * p.channels);
+    assert_eq!(
+        squeezed.len(),
+        images * p.channels,
+        "squeeze-excite: squeezed size"
+    );
+    assert_eq!(z.x.len(), shortcut.len(), "squeeze-excite: shortcut size");
     let (mut gate, mlp) = mlp_forward(squeezed, p);
     sigmoid_in_place(&mut gate);
-    let y = channel_gate_add_relu_values((p.channels, pixels), z, &gate, shortcut);
+    let (px, rows) = (pixels.max(1), rows_per_task(pixels));
+    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+        y.par_chunks_mut(rows * px)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let mut zr = vec![0f32; px];
+                for (k, yr) in chunk.chunks_mut(px).enumerate() {
+                    let row = task * rows + k;
+                    z.row_into(row, &mut zr);
+                    RowAffine {
+                        a: gate[row],
+                        b: None,
+                        shortcut: Some(&shortcut[row * px..(row + 1) * px]),
+                        relu: true,
+                    }
+                    .apply_into(&zr, yr);
+                }
+            })
+    };
+    // SAFETY: the rows cover all the slots, and each row is written whole.
+    let y = unsafe { written_by(z.x.len(), fill) };
     (y, SqueezeExciteSaved { mlp, gate })
 }
 
@@ -48,13 +109,13 @@ pub(crate) fn gated_join_forward(
 /// parameters' gradients, packed as [`MlpParams`] packs them.
 ///
 /// Returns `spread` and the parameters' gradients: the gate's sums read the output gradient
-/// and `z` (`row_dot_sums`), and the MLP's backward gives the squeeze's gradient. The
+/// and `z` (`dot_row`, `z` formed in registers), and the MLP's backward gives the squeeze's gradient. The
 /// BatchNorm backward before the gate forms `z`'s gradient row by row from `masked`, the gate
 /// and `spread` ([`crate::conv_bn::OutputGrad::RowAffine`]): the arithmetic of
 /// `channel_gate_grad` and the spread added after it, the same two roundings, without a pass
 /// that writes it whole and another that reads it back.
 pub(crate) fn gated_join_backward(
-    z: &[f32],
+    z: Normalized<'_>,
     s: &SqueezeExciteSaved,
     p: MlpParams<'_>,
     masked: &[f32],
@@ -67,8 +128,12 @@ pub(crate) fn gated_join_backward(
         .par_chunks_mut(rows)
         .enumerate()
         .for_each(|(task, sums)| {
-            let r = task * rows * px..(task * rows + sums.len()) * px;
-            row_dot_sums(px, (&masked[r.clone()], &z[r]), sums);
+            for (k, sum) in sums.iter_mut().enumerate() {
+                let row = task * rows + k;
+                let (a, b) = z.scale_shift(row);
+                let r = row * px..(row + 1) * px;
+                *sum = dot_row(&masked[r.clone()], &z.x[r], Some((a, b))) as f32;
+            }
         });
     let (dsqueezed, dparams) = mlp_backward(&s.mlp, p, &sigmoid_grad(&dgate, &s.gate));
     let inv = 1.0 / pixels as f32;
