@@ -258,9 +258,9 @@ impl CustomOp3 for ConvBnTrain {
 
 /// The forward of one convolution + training BatchNorm: `relu?(bn(conv(x, w)))`, or with a
 /// `shortcut`, `relu(bn(conv(x, w)) + shortcut)` (`relu` is then ignored). `affine` holds the
-/// BatchNorm weight, then its bias. With `means` (one slot per (image, channel) map), also each
-/// output map's mean, taken as the output is written. Returns the output and what
-/// [`stage_backward`] needs.
+/// BatchNorm weight, then its bias. With `means` (one slot per (image, channel) map, and no
+/// shortcut) the output is not kept: each output map's mean goes there and the returned output
+/// is empty (`train_forward`). Returns the output and what [`stage_backward`] needs.
 pub(crate) fn stage_forward(
     g: &ConvGeometry,
     x: &[f32],

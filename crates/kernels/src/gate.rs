@@ -654,7 +654,7 @@ impl CustomOp2 for ChannelMaxMeanGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv2d::{differing_bits, test_values};
+    use crate::conv2d::{differing_bits, test_values, test_values_fine};
 
     /// One row of [`channel_gate_grad`] as it is defined: `d` holds `dy` and receives
     /// `dy * s`; returns `sum(dy * x)`, each product rounded to f32 and added in f64, product
@@ -683,9 +683,13 @@ mod tests {
     #[test]
     fn rows_equal_their_definition_one_row_at_a_time() {
         for (rows, p) in [(3, 16), (8, 49), (21, 1), (37, 784), (17, 7)] {
-            let x = test_values(rows * p, 11);
+            // Values of 24 significant bits, so that a product rounded otherwise shows.
+            let x = test_values_fine(rows * p, 11);
             // Output gradients on another scale, so that products round.
-            let dy: Vec<f32> = test_values(rows * p, 23).iter().map(|v| v * 1.37).collect();
+            let dy: Vec<f32> = test_values_fine(rows * p, 23)
+                .iter()
+                .map(|v| v * 1.37)
+                .collect();
             let gate: Vec<f32> = test_values(rows, 5).iter().map(|v| 0.5 + v / 3.0).collect();
             let mut want_d = dy.clone();
             let want_g: Vec<f32> = (0..rows)

@@ -6,6 +6,9 @@
 //! same on every thread count and in every kernel below (docs/determinism.md). The BatchNorm
 //! backward's sums over 16- to 63-value rows carry the lanes on over a channel's rows
 //! (`lane_gated_sums`'s starting lanes), so theirs depend on the shape alone.
+//!
+//! Also the row kernels of the BatchNorm backward's input gradient (`input_grad_row`) and of an
+//! attention gate's gradient (`dot_row`: f32 products added in 8 f64 lanes).
 
 /// Lanes of the partial sums: 16 independent f32 accumulators vectorise (one AVX-512 register,
 /// two AVX2 ones) where a single running sum cannot, as float addition is not reassociated.
@@ -227,6 +230,7 @@ const DOT_LANES: usize = 8;
 #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
 pub(crate) fn portable_dot_row(g: &[f32], x: &[f32], affine: Option<(f32, f32)>) -> f64 {
     let z = |v: f32| affine.map_or(v, |(a, b)| v * a + b);
+    debug_assert_eq!(g.len(), x.len(), "dot_row: lengths differ");
     let len = g.len().min(x.len());
     let whole = len / DOT_LANES * DOT_LANES;
     let mut lanes = [0f64; DOT_LANES];
@@ -253,6 +257,7 @@ pub(crate) use portable_dot_row as dot_row;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) fn dot_row(g: &[f32], x: &[f32], affine: Option<(f32, f32)>) -> f64 {
     use std::arch::x86_64::*;
+    debug_assert_eq!(g.len(), x.len(), "dot_row: lengths differ");
     let len = g.len().min(x.len());
     let whole = len / DOT_LANES * DOT_LANES;
     let mut lanes = [0f64; DOT_LANES];
@@ -366,15 +371,42 @@ mod tests {
     }
 
     /// The dot kernel (AVX2 where the build has it) has the portable loop's bits, with and
-    /// without the affine, for rows of 16, 49 and 784 values and a short one.
+    /// without the affine, for rows of 5, 8, 19, 49 and 784 values of 24 significant bits (so
+    /// that a product or a `z` rounded otherwise, a fused multiply-add among them, shows), and
+    /// equals the sums written out: each `z` and product rounded to f32, the products in 8 f64
+    /// lanes, then the tail. (With f32 products of such values the f64 sums are exact in any
+    /// order, so this pins the products and the values summed, not the order.)
     #[test]
     fn the_dot_kernel_equals_the_portable_loop_bit_for_bit() {
-        for n in [16, 49, 784, 5] {
-            let (g, x) = gradient_and_input(n.max(22));
-            let (g, x) = (&g[..n], &x[..n]);
+        let fine = |n: usize, seed: u32| -> Vec<f32> {
+            let mut s = seed;
+            (0..n)
+                .map(|_| {
+                    s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 1.37
+                })
+                .collect()
+        };
+        for n in [5, 8, 19, 49, 784] {
+            let (g, x) = (fine(n, 3), fine(n, 11));
             for affine in [None, Some((0.7f32, -0.2f32)), Some((-1.3, 0.0))] {
-                let (got, want) = (dot_row(g, x, affine), portable_dot_row(g, x, affine));
+                let (got, want) = (dot_row(&g, &x, affine), portable_dot_row(&g, &x, affine));
                 assert_eq!(got.to_bits(), want.to_bits(), "{n} values, {affine:?}");
+                let z = |v: f32| affine.map_or(v, |(a, b)| v * a + b);
+                let whole = n / 8 * 8;
+                let mut lanes = [0f64; 8];
+                for i in 0..whole {
+                    lanes[i % 8] += (g[i] * z(x[i])) as f64;
+                }
+                let mut total: f64 = lanes.iter().sum();
+                for i in whole..n {
+                    total += (g[i] * z(x[i])) as f64;
+                }
+                assert_eq!(
+                    got.to_bits(),
+                    total.to_bits(),
+                    "{n} values, {affine:?}: order"
+                );
             }
         }
     }

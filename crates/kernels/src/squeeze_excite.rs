@@ -7,9 +7,9 @@
 //! Each step is the arithmetic of the composed ops it replaces: the spatial mean of
 //! `spatial_mean` (taken over each row of `z` by `scale_shift_means`), the MLP and sigmoid of
 //! `gate_mlp.rs`, and the join of `channel_gate_add_relu`. Neither `z` nor its gradient is
-//! stored: each pass that reads `z` forms its rows from `x` in a buffer of its task (the
-//! BatchNorm's own arithmetic, so the same values), and the BatchNorm backward before the gate
-//! forms the gradient row by row.
+//! stored: the squeeze and the join form `z`'s rows from `x` in a buffer of their task, the
+//! backward's sums in registers (the BatchNorm's own arithmetic, so the same values), and the
+//! BatchNorm backward before the gate forms the gradient row by row.
 
 use crate::affine_rows::RowAffine;
 use crate::gate_mlp::{
@@ -122,6 +122,7 @@ pub(crate) fn gated_join_backward(
     pixels: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let px = pixels.max(1);
+    assert_eq!(masked.len(), z.x.len(), "squeeze-excite: gradient size");
     let mut dgate = vec![0f32; s.gate.len()];
     let rows = rows_per_task(px);
     dgate
