@@ -21,6 +21,18 @@ pub(crate) struct RowAffine<'a> {
 }
 
 impl RowAffine<'_> {
+    /// Row `row` of a per-channel affine over (image, channel) rows: `x * a[c] + b[c]` for the
+    /// row's channel `c = row % a.len()`, with the ReLU when `relu`; no shortcut.
+    pub(crate) fn of_channel(row: usize, (a, b): (&[f32], &[f32]), relu: bool) -> Self {
+        let c = row % a.len();
+        RowAffine {
+            a: a[c],
+            b: Some(b[c]),
+            shortcut: None,
+            relu,
+        }
+    }
+
     /// Value `i` of the row from its input `x`: the expression every kernel computes.
     #[inline(always)]
     fn value(&self, i: usize, x: f32) -> f32 {

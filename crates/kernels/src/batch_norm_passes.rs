@@ -310,10 +310,8 @@ pub(crate) fn scale_shift(
         par_rows(y, inner, |row, yr| {
             let r = row * inner..row * inner + yr.len();
             RowAffine {
-                a: a[row % c],
-                b: Some(b[row % c]),
                 shortcut: shortcut.map(|s| &s[r.clone()]),
-                relu: relu || shortcut.is_some(),
+                ..RowAffine::of_channel(row, (&a[..c], &b[..c]), relu || shortcut.is_some())
             }
             .apply_into(&x[r], yr);
         })
@@ -346,13 +344,8 @@ pub(crate) fn scale_shift_means(
             let mut row = vec![0f32; inner];
             for (k, m) in ms.iter_mut().enumerate() {
                 let r = first + k;
-                RowAffine {
-                    a: a[r % c],
-                    b: Some(b[r % c]),
-                    shortcut: None,
-                    relu,
-                }
-                .apply_into(&x[r * inner..(r + 1) * inner], &mut row);
+                RowAffine::of_channel(r, (&a[..c], &b[..c]), relu)
+                    .apply_into(&x[r * inner..(r + 1) * inner], &mut row);
                 *m = row_mean(&row);
             }
         });

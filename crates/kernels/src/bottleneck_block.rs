@@ -375,29 +375,24 @@ impl Block {
         gate: Option<GateViews<'_>>,
     ) -> Result<(Vec<f32>, Saved)> {
         let g = &self.geometries;
-        // Stage `i` (conv1, conv2, conv3, downsample) over `input`.
-        let stage = |i: usize, input: &[f32], relu: bool, shortcut: Option<&[f32]>| {
-            let (w, affine) = params[i];
-            stage_forward(
-                &g[i],
-                input,
-                w,
-                affine,
-                (self.eps[i], relu),
-                (shortcut, None),
-            )
-        };
-        let (h1, s1) = stage(0, x, true, None)?;
-        let (h2, s2) = stage(1, &h1, true, None)?;
+        // Stage `i` (conv1, conv2, conv3, downsample) over `input`; with `means`, only its
+        // output's map means are kept (`stage_forward`).
+        let stage =
+            |i: usize, input: &[f32], relu: bool, join: (Option<&[f32]>, Option<&mut [f32]>)| {
+                let (w, affine) = params[i];
+                stage_forward(&g[i], input, w, affine, (self.eps[i], relu), join)
+            };
+        let (h1, s1) = stage(0, x, true, (None, None))?;
+        let (h2, s2) = stage(1, &h1, true, (None, None))?;
         let (shortcut, sd) = if g.len() > 3 {
-            let (yd, sd) = stage(3, x, false, None)?;
+            let (yd, sd) = stage(3, x, false, (None, None))?;
             (Cow::Owned(yd), Some(sd))
         } else {
             (Cow::Borrowed(x), None)
         };
         let (y, s3, gated) = match gate {
             None => {
-                let (y, s3) = stage(2, &h2, true, Some(&shortcut))?;
+                let (y, s3) = stage(2, &h2, true, (Some(&shortcut), None))?;
                 (y, s3, None)
             }
             Some(gate) => {
@@ -407,15 +402,7 @@ impl Block {
                         // The third stage keeps only its output's squeeze (each map's mean):
                         // the join forms `z` from the convolution output.
                         let mut squeezed = vec![0f32; g[2].batch * g[2].out_channels];
-                        let (w, affine) = params[2];
-                        let (_, s3) = stage_forward(
-                            &g[2],
-                            &h2,
-                            w,
-                            affine,
-                            (self.eps[2], false),
-                            (None, Some(&mut squeezed)),
-                        )?;
+                        let (_, s3) = stage(2, &h2, false, (None, Some(&mut squeezed)))?;
                         let (y, se) = timed(
                             || "se gate fwd".into(),
                             || {
@@ -426,7 +413,7 @@ impl Block {
                         (y, s3, JoinSaved::SqueezeExcite(se))
                     }
                     Some(spatial) => {
-                        let (z, s3) = stage(2, &h2, false, None)?;
+                        let (z, s3) = stage(2, &h2, false, (None, None))?;
                         let (y, cbam) = timed(
                             || "cbam gate fwd".into(),
                             || cbam_join_forward(&z, maps, gate.mlp, spatial, &shortcut),

@@ -379,12 +379,9 @@ mod tests {
     #[test]
     fn the_dot_kernel_equals_the_portable_loop_bit_for_bit() {
         let fine = |n: usize, seed: u32| -> Vec<f32> {
-            let mut s = seed;
-            (0..n)
-                .map(|_| {
-                    s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * 1.37
-                })
+            crate::conv2d::test_values_fine(n, seed)
+                .iter()
+                .map(|v| v * 1.37)
                 .collect()
         };
         for n in [5, 8, 19, 49, 784] {

@@ -26,13 +26,25 @@ pub(crate) fn par_rows<T: Send>(
     row_len: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
+    par_rows_with(out, row_len, || (), |_, row, out_row| f(row, out_row));
+}
+
+/// [`par_rows`] with a scratch value per task, made by `scratch` and handed to every `f` call
+/// of the task's rows (a row's buffer, reused by the next row).
+pub(crate) fn par_rows_with<T: Send, S>(
+    out: &mut [T],
+    row_len: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) {
     let row_len = row_len.max(1);
     let rows = rows_per_task(row_len);
     out.par_chunks_mut(rows * row_len)
         .enumerate()
         .for_each(|(t, chunk)| {
+            let mut s = scratch();
             for (k, r) in chunk.chunks_mut(row_len).enumerate() {
-                f(t * rows + k, r);
+                f(&mut s, t * rows + k, r);
             }
         });
 }

@@ -16,7 +16,7 @@ use crate::gate_mlp::{
     mlp_backward, mlp_forward, sigmoid_grad, sigmoid_in_place, MlpParams, MlpSaved,
 };
 use crate::lane_sums::dot_row;
-use crate::row_tasks::{rows_per_task, written_by};
+use crate::row_tasks::{par_rows_with, rows_per_task, written_by};
 use rayon::prelude::*;
 
 /// The third BatchNorm's output `z` as the gate reads it: the convolution output and the
@@ -41,14 +41,9 @@ impl Normalized<'_> {
     /// Row `row` (an (image, channel) map of `row_out.len()` values) of `z` into `row_out`:
     /// `x * scale + shift`, as the BatchNorm output pass writes it.
     fn row_into(&self, row: usize, row_out: &mut [f32]) {
-        let ((a, b), len) = (self.scale_shift(row), row_out.len());
-        RowAffine {
-            a,
-            b: Some(b),
-            shortcut: None,
-            relu: false,
-        }
-        .apply_into(&self.x[row * len..(row + 1) * len], row_out);
+        let len = row_out.len();
+        RowAffine::of_channel(row, (self.scale, self.shift), false)
+            .apply_into(&self.x[row * len..(row + 1) * len], row_out);
     }
 }
 
@@ -78,24 +73,23 @@ pub(crate) fn gated_join_forward(
     assert_eq!(z.x.len(), shortcut.len(), "squeeze-excite: shortcut size");
     let (mut gate, mlp) = mlp_forward(squeezed, p);
     sigmoid_in_place(&mut gate);
-    let (px, rows) = (pixels.max(1), rows_per_task(pixels));
+    let px = pixels.max(1);
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        y.par_chunks_mut(rows * px)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                let mut zr = vec![0f32; px];
-                for (k, yr) in chunk.chunks_mut(px).enumerate() {
-                    let row = task * rows + k;
-                    z.row_into(row, &mut zr);
-                    RowAffine {
-                        a: gate[row],
-                        b: None,
-                        shortcut: Some(&shortcut[row * px..(row + 1) * px]),
-                        relu: true,
-                    }
-                    .apply_into(&zr, yr);
+        par_rows_with(
+            y,
+            px,
+            || vec![0f32; px],
+            |zr, row, yr| {
+                z.row_into(row, zr);
+                RowAffine {
+                    a: gate[row],
+                    b: None,
+                    shortcut: Some(&shortcut[row * px..(row + 1) * px]),
+                    relu: true,
                 }
-            })
+                .apply_into(zr, yr);
+            },
+        )
     };
     // SAFETY: the rows cover all the slots, and each row is written whole.
     let y = unsafe { written_by(z.x.len(), fill) };
@@ -131,9 +125,8 @@ pub(crate) fn gated_join_backward(
         .for_each(|(task, sums)| {
             for (k, sum) in sums.iter_mut().enumerate() {
                 let row = task * rows + k;
-                let (a, b) = z.scale_shift(row);
                 let r = row * px..(row + 1) * px;
-                *sum = dot_row(&masked[r.clone()], &z.x[r], Some((a, b))) as f32;
+                *sum = dot_row(&masked[r.clone()], &z.x[r], Some(z.scale_shift(row))) as f32;
             }
         });
     let (dsqueezed, dparams) = mlp_backward(&s.mlp, p, &sigmoid_grad(&dgate, &s.gate));
