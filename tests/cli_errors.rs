@@ -1,13 +1,21 @@
 //! User errors print as a message and its causes, not a stack trace, even with
 //! `RUST_BACKTRACE=1` set (as many shells have it); `-v` gives the full form.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mtanet");
 
 fn mtanet(args: &[&str]) -> Output {
+    mtanet_in(Path::new("."), args, &[])
+}
+
+/// `mtanet args` run in `dir` with `envs` set, `RUST_BACKTRACE=1` and no `RUST_LOG`.
+fn mtanet_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().copied())
         .env("RUST_BACKTRACE", "1")
         .env_remove("RUST_LOG")
         .output()
@@ -66,13 +74,11 @@ fn verbose_flag_prints_the_full_error() {
 #[test]
 fn paper_profile_without_aff_wild2_refuses_in_one_line_naming_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["table1", "--profile", "paper", "--quiet"])
-        .current_dir(dir.path())
-        .env("AFFWILD2_ROOT", "")
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .unwrap();
+    let out = mtanet_in(
+        dir.path(),
+        &["table1", "--profile", "paper", "--quiet"],
+        &[("AFFWILD2_ROOT", "")],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -89,14 +95,12 @@ fn train_under_affwild2_root_on_a_file_without_paper_refuses_the_synthetic_set_i
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.yaml");
     std::fs::write(&path, "defaults:\n  experiment: plain\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["train", "--quiet", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .env("AFFWILD2_ROOT", "/data/aw2")
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .unwrap();
+    let path = path.to_str().unwrap();
+    let out = mtanet_in(
+        dir.path(),
+        &["train", "--quiet", "--config", path],
+        &[("AFFWILD2_ROOT", "/data/aw2")],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -118,20 +122,17 @@ fn train_under_affwild2_root_on_a_file_without_paper_refuses_the_synthetic_set_i
 fn predicting_the_test_set_without_its_list_says_how_to_give_it() {
     let dir = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args([
-                "predict",
-                "--checkpoint",
-                "missing-run",
-                "--split",
-                "Test",
-                "--out",
-                "o",
-            ])
-            .args(extra)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let mut args = vec![
+            "predict",
+            "--checkpoint",
+            "missing-run",
+            "--split",
+            "Test",
+            "--out",
+            "o",
+        ];
+        args.extend(extra);
+        let out = mtanet_in(dir.path(), &args, &[]);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -263,14 +263,18 @@ mod tests {
             ]),
             ..Default::default()
         };
+        // The refusal's message, for a report that must be refused under `config`.
+        let refused = |report: &LoadReport, config: &Config| {
+            refuse_partial_import(report, file, config)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(refuse_partial_import(&gates_fresh, file, &config).is_ok());
         let unmatched = LoadReport {
             unmatched: names(&["layer5.0.conv1.weight"]),
             ..gates_fresh.clone()
         };
-        let e = refuse_partial_import(&unmatched, file, &config)
-            .unwrap_err()
-            .to_string();
+        let e = refused(&unmatched, &config);
         assert!(
             e.contains("w/resnext.safetensors") && e.contains("layer5.0.conv1.weight"),
             "{e}"
@@ -285,9 +289,7 @@ mod tests {
             ]),
             ..gates_fresh
         };
-        let e = refuse_partial_import(&missing, file, &config)
-            .unwrap_err()
-            .to_string();
+        let e = refused(&missing, &config);
         assert!(
             e.contains("1 tensors") && e.contains("backbone.layer4.0.conv2.weight"),
             "{e}"
@@ -300,9 +302,7 @@ mod tests {
             input_normalization: Some("imagenet".into()),
             ..LoadReport::default()
         };
-        let e = refuse_partial_import(&imagenet_file, file, &vgg)
-            .unwrap_err()
-            .to_string();
+        let e = refused(&imagenet_file, &vgg);
         assert!(e.contains("`imagenet`") && e.contains("`vggface2`"), "{e}");
         let vgg_file = LoadReport {
             input_normalization: Some("vggface2".into()),
