@@ -82,20 +82,81 @@ pub(super) fn split_phases(
     assert!(row > w.div_ceil(2) && phase >= (h.div_ceil(2) + 1) * row && plane == 4 * phase);
     assert_eq!(x_unit.len() / (h * w), dst.len() / plane);
     dst.fill(0.0);
+    let wide = avx512();
     for (src, dst) in x_unit.chunks_exact(h * w).zip(dst.chunks_exact_mut(plane)) {
         for (y, src_row) in src.chunks_exact(w).enumerate() {
             let even = 2 * (y % 2) * phase + (y / 2 + 1) * row + 1;
-            let odd = even + phase;
+            // The row's even columns, then (one phase on) its odd ones.
+            let (evens, odds) = dst[even..].split_at_mut(phase);
+            let (evens, odds) = (&mut evens[..w.div_ceil(2)], &mut odds[..w / 2]);
+            if wide {
+                // SAFETY: AVX-512F (checked); the slices are as long as the row's halves.
+                unsafe { deinterleave_avx512(src_row, evens, odds) };
+                continue;
+            }
             let pairs = src_row.chunks_exact(2);
             if let [last] = pairs.remainder() {
-                dst[even + w / 2] = *last;
+                evens[w / 2] = *last;
             }
             for (j, pair) in pairs.enumerate() {
-                dst[even + j] = pair[0];
-                dst[odd + j] = pair[1];
+                evens[j] = pair[0];
+                odds[j] = pair[1];
             }
         }
     }
+}
+
+/// AVX-512F on this CPU (checked once): the phase split then moves 16 values per instruction
+/// instead of one.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Lanes `0..n` of a 16-lane mask (`n` at most 16).
+#[cfg(target_arch = "x86_64")]
+fn first_lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// `evens[j] = src[2 j]`, `odds[j] = src[2 j + 1]`, 32 values of `src` at a time.
+///
+/// # Safety
+/// AVX-512F; `evens` holds `ceil(src.len() / 2)` values and `odds` `src.len() / 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave_avx512(src: &[f32], evens: &mut [f32], odds: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(evens.len() == src.len().div_ceil(2) && odds.len() == src.len() / 2);
+    let even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (s, e, o) = (src.as_ptr(), evens.as_mut_ptr(), odds.as_mut_ptr());
+    for j in (0..src.len()).step_by(32) {
+        let n = (src.len() - j).min(32);
+        // SAFETY: the masked lanes read `src[j..j + n]` and write `evens[j / 2..][..ceil(n /
+        // 2)]` and `odds[j / 2..][..n / 2]`, inside the slices (asserted above).
+        let lo = _mm512_maskz_loadu_ps(first_lanes(n), s.add(j));
+        let hi = _mm512_maskz_loadu_ps(first_lanes(n.saturating_sub(16)), s.wrapping_add(j + 16));
+        let (ev, od) = (
+            _mm512_permutex2var_ps(lo, even_idx, hi),
+            _mm512_permutex2var_ps(lo, odd_idx, hi),
+        );
+        _mm512_mask_storeu_ps(e.add(j / 2), first_lanes(n.div_ceil(2)), ev);
+        _mm512_mask_storeu_ps(o.add(j / 2), first_lanes(n / 2), od);
+    }
+}
+
+/// Never called: [`avx512`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn deinterleave_avx512(_: &[f32], _: &mut [f32], _: &mut [f32]) {
+    unreachable!("AVX-512 only on x86-64")
 }
 
 /// The reads of one phase of the input gradient: for input rows of parity `pr` and columns
@@ -266,7 +327,17 @@ mod tests {
     /// for every output position, on even and odd map sizes.
     #[test]
     fn taps_read_the_strided_pixels() {
-        for (h, w) in [(6, 6), (7, 5), (5, 8), (1, 3), (1, 1), (6, 1), (14, 14)] {
+        for (h, w) in [
+            (6, 6),
+            (7, 5),
+            (5, 8),
+            (1, 3),
+            (1, 1),
+            (6, 1),
+            (14, 14),
+            (3, 67),
+            (2, 64),
+        ] {
             let g = ConvGeometry::new(&[1, 2, h, w], &[4, 2, 3, 3], 2, 1, 1).unwrap();
             let layout = reads(&g);
             let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
