@@ -36,6 +36,7 @@ mod cbam_eval;
 pub mod conv2d;
 mod conv_affine;
 mod conv_bn;
+mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod eval_packs;

@@ -17,6 +17,7 @@
 //! masked loads everywhere took 2.3x as long in the forward of ResNeXt-50's stem at batch 32,
 //! and up to 5x in its backward in a slow spell (docs/performance.md).
 
+use crate::cpu_features::avx512f;
 use crate::pool_geometry::PoolGeometry;
 use candle_core::Layout;
 
@@ -28,24 +29,11 @@ const LANES: usize = 16;
 pub(crate) fn applies(layout: &Layout, g: &PoolGeometry) -> bool {
     let (h, w) = (g.rows.input, g.cols.input);
     let strides = layout.stride();
-    avx512()
+    avx512f()
         && strides.len() == 4
         && strides[3] == 1
         && strides[2] == w
         && h * w < i32::MAX as usize
-}
-
-/// AVX-512F on this CPU (checked once).
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// For output row `oy` of one plane (`plane`: the `h x w` input, rows contiguous), each
@@ -62,7 +50,7 @@ pub(crate) fn row_argmax(
     cells: &mut [u32],
 ) {
     let (h, w, ow) = (g.rows.input, g.cols.input, g.cols.output);
-    assert!(avx512() && plane.len() >= h * w && h * w < i32::MAX as usize);
+    assert!(avx512f() && plane.len() >= h * w && h * w < i32::MAX as usize);
     assert!(values.len() == ow && cells.len() == ow);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is checked above; every gathered index is a cell `y * w + x` with

@@ -22,9 +22,11 @@
 use super::direct3x3::{spread_rows, Reads, Taps, POSITION_BLOCK};
 use super::direct3x3_wide::GroupWeights;
 use super::geometry::ConvGeometry;
+use super::pointwise_nchw::lane_mask;
 use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use crate::cpu_features::avx512f;
 
 /// The forward's and weight gradient's reads on the four stride phases of an input plane,
 /// each phase `phase` values long, on rows of `row = OW + 1` values.
@@ -82,7 +84,8 @@ pub(super) fn split_phases(
     assert!(row > w.div_ceil(2) && phase >= (h.div_ceil(2) + 1) * row && plane == 4 * phase);
     assert_eq!(x_unit.len() / (h * w), dst.len() / plane);
     dst.fill(0.0);
-    let wide = avx512();
+    // With AVX-512F the split moves 32 values per two loads and two permutes, not one.
+    let wide = avx512f();
     for (src, dst) in x_unit.chunks_exact(h * w).zip(dst.chunks_exact_mut(plane)) {
         for (y, src_row) in src.chunks_exact(w).enumerate() {
             let even = 2 * (y % 2) * phase + (y / 2 + 1) * row + 1;
@@ -106,26 +109,6 @@ pub(super) fn split_phases(
     }
 }
 
-/// AVX-512F on this CPU (checked once): the phase split then moves 16 values per instruction
-/// instead of one.
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Lanes `0..n` of a 16-lane mask (`n` at most 16).
-#[cfg(target_arch = "x86_64")]
-fn first_lanes(n: usize) -> u16 {
-    ((1u32 << n.min(16)) - 1) as u16
-}
-
 /// `evens[j] = src[2 j]`, `odds[j] = src[2 j + 1]`, 32 values of `src` at a time.
 ///
 /// # Safety
@@ -142,18 +125,18 @@ unsafe fn deinterleave_avx512(src: &[f32], evens: &mut [f32], odds: &mut [f32]) 
         let n = (src.len() - j).min(32);
         // SAFETY: the masked lanes read `src[j..j + n]` and write `evens[j / 2..][..ceil(n /
         // 2)]` and `odds[j / 2..][..n / 2]`, inside the slices (asserted above).
-        let lo = _mm512_maskz_loadu_ps(first_lanes(n), s.add(j));
-        let hi = _mm512_maskz_loadu_ps(first_lanes(n.saturating_sub(16)), s.wrapping_add(j + 16));
+        let lo = _mm512_maskz_loadu_ps(lane_mask(0, n.min(16)), s.add(j));
+        let hi = _mm512_maskz_loadu_ps(lane_mask(0, n.saturating_sub(16)), s.wrapping_add(j + 16));
         let (ev, od) = (
             _mm512_permutex2var_ps(lo, even_idx, hi),
             _mm512_permutex2var_ps(lo, odd_idx, hi),
         );
-        _mm512_mask_storeu_ps(e.add(j / 2), first_lanes(n.div_ceil(2)), ev);
-        _mm512_mask_storeu_ps(o.add(j / 2), first_lanes(n / 2), od);
+        _mm512_mask_storeu_ps(e.add(j / 2), lane_mask(0, n.div_ceil(2)), ev);
+        _mm512_mask_storeu_ps(o.add(j / 2), lane_mask(0, n / 2), od);
     }
 }
 
-/// Never called: [`avx512`] is false off x86-64.
+/// Never called: [`avx512f`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn deinterleave_avx512(_: &[f32], _: &mut [f32], _: &mut [f32]) {
     unreachable!("AVX-512 only on x86-64")

@@ -397,7 +397,7 @@ pub fn cpu_kind() -> CpuKind {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::__cpuid;
-            if !std::arch::is_x86_feature_detected!("avx512f") {
+            if !crate::cpu_features::avx512f() {
                 return CpuKind::Other;
             }
             let leaf = __cpuid(0);
