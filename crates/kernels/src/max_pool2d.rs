@@ -243,12 +243,22 @@ fn forward_cpu<T: PoolFloat>(src: &[T], layout: &Layout, g: &PoolGeometry) -> Re
     Ok(out)
 }
 
-/// [`forward_cpu`] for f32 through the AVX-512 rows kernel (`max_pool2d_rows.rs`) where it
-/// applies; the same values.
+/// [`forward_cpu`] for f32 through the rows kernel (`max_pool2d_rows.rs`) where one runs;
+/// the same values.
 pub(crate) fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Result<Vec<f32>> {
-    if !rows::applies(layout, g) {
-        return forward_cpu(src, layout, g);
+    match rows::kernel(layout, g) {
+        Some(kernel) => forward_rows(kernel, src, layout, g),
+        None => forward_cpu(src, layout, g),
     }
+}
+
+/// [`forward_f32`] through `kernel`.
+fn forward_rows(
+    kernel: rows::RowKernel,
+    src: &[f32],
+    layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<Vec<f32>> {
     let at = Strided4::new(layout)?;
     let (oh, ow) = (g.rows.output, g.cols.output);
     let mut out = vec![0f32; g.planes * oh * ow];
@@ -258,14 +268,14 @@ pub(crate) fn forward_f32(src: &[f32], layout: &Layout, g: &PoolGeometry) -> Res
             let src = &src[at.plane_base(plane)..];
             let mut cells = vec![0u32; ow];
             for (oy, values) in dst.chunks_exact_mut(ow).enumerate() {
-                rows::row_argmax(src, g, oy, values, &mut cells);
+                kernel.row_argmax(src, g, oy, values, &mut cells);
             }
         });
     Ok(out)
 }
 
-/// [`scatter_cpu`] for f32 through the AVX-512 rows kernel where it applies: the same argmax
-/// cells, and each cell's gradients added in the same (row-major output) order.
+/// [`scatter_cpu`] for f32 through the rows kernel where one runs: the same argmax cells, and
+/// each cell's gradients added in the same (row-major output) order.
 pub(crate) fn scatter_f32(
     src: &[f32],
     src_layout: &Layout,
@@ -273,9 +283,21 @@ pub(crate) fn scatter_f32(
     grad_layout: &Layout,
     g: &PoolGeometry,
 ) -> Result<Vec<f32>> {
-    if !rows::applies(src_layout, g) {
-        return scatter_cpu(src, src_layout, grad, grad_layout, g);
+    match rows::kernel(src_layout, g) {
+        Some(kernel) => scatter_rows(kernel, src, src_layout, grad, grad_layout, g),
+        None => scatter_cpu(src, src_layout, grad, grad_layout, g),
     }
+}
+
+/// [`scatter_f32`] through `kernel`.
+fn scatter_rows(
+    kernel: rows::RowKernel,
+    src: &[f32],
+    src_layout: &Layout,
+    grad: &[f32],
+    grad_layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<Vec<f32>> {
     let at = Strided4::new(src_layout)?;
     let gat = Strided4::new(grad_layout)?;
     let (h, w) = (g.rows.input, g.cols.input);
@@ -295,7 +317,7 @@ pub(crate) fn scatter_f32(
                 let gbase = gat.plane_base(plane);
                 let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
                 for oy in 0..oh {
-                    rows::row_argmax(src, g, oy, &mut values, &mut cells);
+                    kernel.row_argmax(src, g, oy, &mut values, &mut cells);
                     for (ox, &cell) in cells.iter().enumerate() {
                         dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
                     }
@@ -436,16 +458,14 @@ mod tests {
     use std::collections::HashMap;
     use std::path::PathBuf;
 
-    /// The AVX-512 rows kernel (where this CPU has it) gives the scalar search's values and
+    /// Each rows kernel this CPU runs (AVX-512, AVX2) gives the scalar search's values and
     /// gradients bit for bit: ties, signed zeros, `-inf` and NaN (the first one wins) in the
-    /// windows, padded and ceil-mode edges, rows shorter and longer than sixteen outputs.
+    /// windows, padded and ceil-mode edges, rows shorter and longer than a vector of outputs.
     #[test]
-    fn the_rows_kernel_equals_the_scalar_search_bit_for_bit() -> Result<()> {
-        if !rows::applies(
-            &Layout::contiguous((1, 1, 4, 4)),
-            &PoolGeometry::new(&[1, 1, 4, 4], 3, 2, 1, false)?,
-        ) {
-            eprintln!("skipped: the rows kernel runs only on CPUs with AVX-512");
+    fn the_rows_kernels_equal_the_scalar_search_bit_for_bit() -> Result<()> {
+        let kernels = rows::RowKernel::available();
+        if kernels.is_empty() {
+            eprintln!("skipped: the rows kernels run only on CPUs with AVX2 or AVX-512");
             return Ok(());
         }
         let specials = [
@@ -487,17 +507,30 @@ mod tests {
                 let grad: Vec<f32> = (0..out_len).map(|i| (i % 13) as f32 * 0.25 + 0.1).collect();
                 let grad_layout = Layout::contiguous((2, 3, g.rows.output, g.cols.output));
                 let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-                let case = format!("k{kernel} s{stride} p{padding} ceil {ceil_mode}, {h}x{w}");
-                assert_eq!(
-                    bits(forward_f32(&src, &layout, &g)?),
-                    bits(forward_cpu(&src, &layout, &g)?),
-                    "forward, {case}"
-                );
-                assert_eq!(
-                    bits(scatter_f32(&src, &layout, &grad, &grad_layout, &g)?),
-                    bits(scatter_cpu(&src, &layout, &grad, &grad_layout, &g)?),
-                    "backward, {case}"
-                );
+                let want_forward = bits(forward_cpu(&src, &layout, &g)?);
+                let want_backward = bits(scatter_cpu(&src, &layout, &grad, &grad_layout, &g)?);
+                for &rows_kernel in &kernels {
+                    let case = format!(
+                        "{rows_kernel:?}, k{kernel} s{stride} p{padding} ceil {ceil_mode}, {h}x{w}"
+                    );
+                    assert_eq!(
+                        bits(forward_rows(rows_kernel, &src, &layout, &g)?),
+                        want_forward,
+                        "forward, {case}"
+                    );
+                    assert_eq!(
+                        bits(scatter_rows(
+                            rows_kernel,
+                            &src,
+                            &layout,
+                            &grad,
+                            &grad_layout,
+                            &g
+                        )?),
+                        want_backward,
+                        "backward, {case}"
+                    );
+                }
             }
         }
         Ok(())

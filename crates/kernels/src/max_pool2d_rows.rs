@@ -1,6 +1,6 @@
-//! The f32 max-pool over rows of sixteen outputs at a time, on CPUs with AVX-512: the stem's
-//! 3x3 / 2 pool, whose windows the scalar search in `max_pool2d.rs` walks one output at a
-//! time. In a ResNet-50 batch-32 profile (2 alternating rounds) the pool's forward and
+//! The f32 max-pool over rows of sixteen outputs at a time on CPUs with AVX-512, eight with
+//! AVX2: the stem's 3x3 / 2 pool, whose windows the scalar search in `max_pool2d.rs` walks one
+//! output at a time. In a ResNet-50 batch-32 profile (2 alternating rounds) the pool's forward and
 //! backward went 39 -> 20 ms per train step and its forward 10-12 -> 5 ms per eval forward.
 //!
 //! Each output keeps the scalar search's rule and order: its window's cells in row-major
@@ -16,6 +16,12 @@
 //! wherever they lie inside the input, masked to the row only at its ends: on the Zen 5 the
 //! masked loads everywhere took 2.3x as long in the forward of ResNeXt-50's stem at batch 32,
 //! and up to 5x in its backward in a slow spell (docs/performance.md).
+//!
+//! The AVX2 kernel runs the same search on eight lanes (compares and blends in place of mask
+//! registers; at stride 2 a shuffle and a permute pick the even cells). On a 2-core AMD EPYC
+//! Zen 3 (AVX2 only), ResNeXt-50 batch 16, 3 alternating profile rounds against the scalar
+//! search: forward 5.0-5.7 -> 2.9-3.1 ms and backward 15.4-20.1 -> 4.8-5.0 per train step,
+//! forward 5.0-6.6 -> 2.9-3.2 per eval forward.
 
 use crate::cpu_features::avx512f;
 use crate::pool_geometry::PoolGeometry;
@@ -24,44 +30,98 @@ use candle_core::Layout;
 /// Outputs one pass of the kernel computes.
 const LANES: usize = 16;
 
-/// True when the rows kernel runs `g` over `layout`: AVX-512 on this CPU, every plane's rows
-/// contiguous, and offsets that fit the gather's 32-bit indices.
-pub(crate) fn applies(layout: &Layout, g: &PoolGeometry) -> bool {
-    let (h, w) = (g.rows.input, g.cols.input);
-    let strides = layout.stride();
-    avx512f()
-        && strides.len() == 4
-        && strides[3] == 1
-        && strides[2] == w
-        && h * w < i32::MAX as usize
+/// The vector width a row of outputs runs at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowKernel {
+    /// Sixteen outputs per pass (AVX-512F).
+    Avx512,
+    /// Eight outputs per pass (AVX2, the committed build's baseline).
+    Avx2,
 }
 
-/// For output row `oy` of one plane (`plane`: the `h x w` input, rows contiguous), each
-/// output's first maximum into `values` and its cell (`y * w + x`) into `cells` (both `ow`
-/// long).
-///
-/// Panics unless [`applies`] held for the plane's layout and geometry, or if `plane` is
-/// shorter than `h x w`.
-pub(crate) fn row_argmax(
-    plane: &[f32],
-    g: &PoolGeometry,
-    oy: usize,
-    values: &mut [f32],
-    cells: &mut [u32],
-) {
-    let (h, w, ow) = (g.rows.input, g.cols.input, g.cols.output);
-    assert!(avx512f() && plane.len() >= h * w && h * w < i32::MAX as usize);
-    assert!(values.len() == ow && cells.len() == ow);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is checked above; every gathered index is a cell `y * w + x` with
-    // `y < h` (the row window) and `0 <= x < w` (the lane's mask), inside `plane`; every store
-    // is masked to the lanes below `ow`.
-    unsafe {
-        row_argmax_avx512(plane, g, oy, values, cells)
+impl RowKernel {
+    /// The widest kernel this CPU and build run, if any.
+    fn detected() -> Option<Self> {
+        if avx512f() {
+            Some(Self::Avx512)
+        } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Every kernel this CPU and build run (the tests check each against the scalar search).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
+        if avx512f() {
+            kernels.push(Self::Avx512);
+        }
+        if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+            kernels.push(Self::Avx2);
+        }
+        kernels
+    }
+
+    /// For output row `oy` of one plane (`plane`: the `h x w` input, rows contiguous), each
+    /// output's first maximum into `values` and its cell (`y * w + x`) into `cells` (both `ow`
+    /// long).
+    ///
+    /// Panics if this CPU lacks the kernel's instructions, if [`layout_fits`] fails for the
+    /// plane's geometry, or if `plane` is shorter than `h x w`.
+    pub(crate) fn row_argmax(
+        self,
+        plane: &[f32],
+        g: &PoolGeometry,
+        oy: usize,
+        values: &mut [f32],
+        cells: &mut [u32],
+    ) {
+        let (h, w, ow) = (g.rows.input, g.cols.input, g.cols.output);
+        assert!(plane.len() >= h * w && h * w < i32::MAX as usize);
+        assert!(values.len() == ow && cells.len() == ow);
+        match self {
+            Self::Avx512 => {
+                assert!(avx512f(), "max_pool2d_rows: AVX-512F");
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F is checked above; every gathered index is a cell
+                // `y * w + x` with `y < h` (the row window) and `0 <= x < w` (the lane's mask),
+                // inside `plane`; every store is masked to the lanes below `ow`.
+                unsafe {
+                    row_argmax_avx512(plane, g, oy, values, cells)
+                }
+            }
+            Self::Avx2 => {
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+                // SAFETY: the build enables AVX2; as for AVX-512, every cell read is inside
+                // `plane` (plain loads only where both lie inside it, else masked to the row)
+                // and every store is masked to the lanes below `ow`.
+                unsafe {
+                    row_argmax_avx2(plane, g, oy, values, cells)
+                }
+                #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+                panic!("max_pool2d_rows: this build lacks AVX2");
+            }
+        }
     }
 }
 
-/// [`row_argmax`] once its bounds are checked.
+/// The kernel that runs `g` over `layout` on this CPU, if any: one is available
+/// ([`RowKernel`]) and [`layout_fits`].
+pub(crate) fn kernel(layout: &Layout, g: &PoolGeometry) -> Option<RowKernel> {
+    RowKernel::detected().filter(|_| layout_fits(layout, g))
+}
+
+/// True when the row kernels can read `g`'s planes in `layout`: every plane's rows contiguous,
+/// and offsets that fit the gather's 32-bit indices.
+pub(crate) fn layout_fits(layout: &Layout, g: &PoolGeometry) -> bool {
+    let (h, w) = (g.rows.input, g.cols.input);
+    let strides = layout.stride();
+    strides.len() == 4 && strides[3] == 1 && strides[2] == w && h * w < i32::MAX as usize
+}
+
+/// [`RowKernel::row_argmax`] on sixteen lanes, once its bounds are checked.
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `plane` holds the `h x w` input; `values` and `cells` hold `ow`
@@ -150,5 +210,110 @@ unsafe fn row_argmax_avx512(
         }
         _mm512_mask_storeu_ps(values.as_mut_ptr().add(ox0), live, best);
         _mm512_mask_storeu_epi32(cells.as_mut_ptr().add(ox0).cast(), live, cell);
+    }
+}
+
+/// [`RowKernel::row_argmax`] on eight lanes, once its bounds are checked: the AVX-512
+/// kernel's search, its masks as all-ones lanes.
+///
+/// # Safety
+/// The CPU supports AVX2; `plane` holds the `h x w` input; `values` and `cells` hold `ow`
+/// values.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+unsafe fn row_argmax_avx2(
+    plane: &[f32],
+    g: &PoolGeometry,
+    oy: usize,
+    values: &mut [f32],
+    cells: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    const LANES: usize = 8;
+    let (w, ow) = (g.cols.input as i32, g.cols.output);
+    let (stride, pad, kernel) = (
+        g.cols.stride as i32,
+        g.cols.padding as i32,
+        g.cols.kernel as i32,
+    );
+    let (y0, y1) = g.rows.window(oy);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let (zero, width) = (_mm256_setzero_si256(), _mm256_set1_epi32(w));
+    let minus_one = _mm256_set1_epi32(-1);
+    // Lanes where `0 <= x < w`, as all-ones lanes.
+    let in_row = |x: __m256i| {
+        _mm256_and_si256(
+            _mm256_cmpgt_epi32(x, minus_one),
+            _mm256_cmpgt_epi32(width, x),
+        )
+    };
+    for ox0 in (0..ow).step_by(LANES) {
+        let count = (ow - ox0).min(LANES);
+        let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(count as i32), lane);
+        // Each lane's first window column: `ox * stride - pad`.
+        let ox = _mm256_add_epi32(_mm256_set1_epi32(ox0 as i32), lane);
+        let first_x = _mm256_sub_epi32(
+            _mm256_mullo_epi32(ox, _mm256_set1_epi32(stride)),
+            _mm256_set1_epi32(pad),
+        );
+        // The scalar search starts at the window's first valid cell, `(y0, max(x, 0))`.
+        let mut best = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut cell = _mm256_add_epi32(
+            _mm256_set1_epi32((y0 as i32) * w),
+            _mm256_max_epi32(first_x, zero),
+        );
+        for y in y0..y1 {
+            let row = _mm256_set1_epi32((y as i32) * w);
+            for kx in 0..kernel {
+                let x = _mm256_add_epi32(first_x, _mm256_set1_epi32(kx));
+                let inside = _mm256_castsi256_ps(_mm256_and_si256(live, in_row(x)));
+                let at = _mm256_add_epi32(row, x);
+                let v = if stride == 2 {
+                    // As on sixteen lanes: two loads of 8 and the even cells picked out.
+                    let start = (ox0 as i32) * 2 - pad + kx;
+                    let first = (y as i32) * w + start;
+                    let base = plane.as_ptr().wrapping_offset(first as isize);
+                    let (lo, hi) = if first >= 0 && first as usize + 2 * LANES <= plane.len() {
+                        (
+                            _mm256_loadu_ps(base),
+                            _mm256_loadu_ps(base.wrapping_add(LANES)),
+                        )
+                    } else {
+                        let cols = _mm256_add_epi32(_mm256_set1_epi32(start), lane);
+                        let cols_hi = _mm256_add_epi32(cols, _mm256_set1_epi32(LANES as i32));
+                        (
+                            _mm256_maskload_ps(base, in_row(cols)),
+                            _mm256_maskload_ps(base.wrapping_add(LANES), in_row(cols_hi)),
+                        )
+                    };
+                    // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6], then its 64-bit pairs in the order
+                    // 0, 2, 1, 3.
+                    let evens = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                        evens,
+                    )))
+                } else {
+                    _mm256_mask_i32gather_ps::<4>(best, plane.as_ptr(), at, inside)
+                };
+                let greater = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best);
+                let first_nan = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+                    _mm256_cmp_ps::<_CMP_ORD_Q>(best, best),
+                );
+                let take = _mm256_and_ps(inside, _mm256_or_ps(greater, first_nan));
+                best = _mm256_blendv_ps(best, v, take);
+                cell = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(cell),
+                    _mm256_castsi256_ps(at),
+                    take,
+                ));
+            }
+        }
+        if count == LANES {
+            _mm256_storeu_ps(values.as_mut_ptr().add(ox0), best);
+            _mm256_storeu_si256(cells.as_mut_ptr().add(ox0).cast(), cell);
+        } else {
+            _mm256_maskstore_ps(values.as_mut_ptr().add(ox0), live, best);
+            _mm256_maskstore_epi32(cells.as_mut_ptr().add(ox0).cast(), live, cell);
+        }
     }
 }
