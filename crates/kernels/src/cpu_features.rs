@@ -13,3 +13,14 @@ pub(crate) fn avx512f() -> bool {
         false
     }
 }
+
+/// AVX2 and FMA (the committed build's baseline, `.cargo/config.toml`) without AVX-512F: the
+/// CPUs the eight-lane kernels were measured on (an AMD EPYC Zen 3), where the sixteen-lane
+/// ones cannot run.
+pub(crate) fn avx2_only() -> bool {
+    cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) && !avx512f()
+}

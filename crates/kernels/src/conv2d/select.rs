@@ -126,14 +126,22 @@ pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
 /// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`): the forward and the
 /// weight gradient of stride-2 layers on at most 4 input channels (the 7x7 stem on the image),
 /// which need no input gradient. [`Algorithm::Auto`] takes it on AMD Zen 5, where it was
-/// measured against im2col + GEMM (docs/performance.md); [`Algorithm::Direct`] wherever it
-/// fits.
+/// measured against im2col + GEMM (docs/performance.md), and its forward on 8 lanes where AVX2
+/// runs without AVX-512 (a 2-core AMD EPYC Zen 3, batch 16, 3 alternating rounds against
+/// im2col + GEMM: `conv_passes` 7.00-7.02 -> 6.41-6.44 ms, in ResNet-50 train steps
+/// 6.8-6.9 -> 6.3-6.4 ms);
+/// [`Algorithm::Direct`] wherever it fits. The weight gradient runs only on 16 lanes.
 pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
-    if pass == Pass::InputGrad || !super::stem_direct::fits(g) {
+    let fits = match pass {
+        Pass::InputGrad => false,
+        Pass::Forward => super::stem_direct::fits(g),
+        Pass::WeightGrad => super::stem_direct::weight_grad_fits(g),
+    };
+    if !fits {
         return false;
     }
     match FORCED.with(Cell::get) {
-        Algorithm::Auto => cpu_kind() == CpuKind::Zen5Avx512,
+        Algorithm::Auto => cpu_kind() == CpuKind::Zen5Avx512 || crate::cpu_features::avx2_only(),
         Algorithm::Direct => true,
         _ => false,
     }

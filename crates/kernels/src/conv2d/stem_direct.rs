@@ -1,7 +1,9 @@
 //! The stem's convolution (7x7, stride 2, padding 3, on the 3 channels of the image: every
 //! backbone's first layer) as a direct kernel on the input's stride phases (AMD Zen 5, where it
 //! was measured; the kernel runs wherever AVX-512 runs on full-width units). Forward and weight
-//! gradient; the image needs no input gradient.
+//! gradient; the image needs no input gradient. Where AVX2 runs without AVX-512 (measured on an
+//! AMD EPYC Zen 3) the forward runs on 8 lanes: blocks of 4 output channels by 3 vectors (12
+//! accumulators), each block's weights one run of `(tap, 4)` values, the same chains.
 //!
 //! im2col + GEMM writes a column matrix of `C_in * K * K = 147` rows by the map's 3136
 //! positions for every image (1.8 MB) and reads it back in the product. Here each input channel
@@ -34,8 +36,12 @@ use super::pointwise_nchw::lane_mask;
 use super::scratch::with_columns;
 use rayon::prelude::*;
 
-/// f32 lanes of a vector.
+/// f32 lanes of a vector (AVX-512).
 const LANES: usize = 16;
+/// f32 lanes of a vector on CPUs with AVX2 and without AVX-512 (the forward only).
+const AVX2_LANES: usize = 8;
+/// Output channels of an AVX2 forward register block (with 3 vectors: 12 accumulators).
+const AVX2_FORWARD_ROWS: usize = 4;
 /// Input channels at most: the planes of one image stay in L2 (3 channels: 170 KB).
 const MAX_IN_CHANNELS: usize = 4;
 /// Output channels of a forward register block.
@@ -56,13 +62,31 @@ pub fn fits(g: &ConvGeometry) -> bool {
         && g.kernel_h == g.kernel_w
         && g.in_channels <= MAX_IN_CHANNELS
         && g.out_channels.is_multiple_of(FORWARD_ROWS)
-        && Phases::of(g).width >= LANES
-        && super::select::avx512_full_width()
+        && vector_lanes().is_some_and(|lanes| Phases::of(g, lanes).width >= lanes)
+}
+
+/// The lanes of this CPU's vectors for the kernel: 16 where AVX-512 runs on full-width units,
+/// 8 where AVX2 runs without AVX-512 (the forward only), else none.
+fn vector_lanes() -> Option<usize> {
+    if super::select::avx512_full_width() {
+        Some(LANES)
+    } else if crate::cpu_features::avx2_only() {
+        Some(AVX2_LANES)
+    } else {
+        None
+    }
+}
+
+/// True when the weight gradient runs here too: 16-lane vectors (AVX-512 on full-width units).
+pub(super) fn weight_grad_fits(g: &ConvGeometry) -> bool {
+    fits(g) && vector_lanes() == Some(LANES)
 }
 
 /// The phase planes of one image and the flat positions computed on them.
 #[derive(Clone, Copy, Debug)]
 struct Phases {
+    /// f32 lanes of the vectors the positions are computed in.
+    lanes: usize,
     /// Values per plane row (`PW = OW + (K-1)/2`), the row length of the flat positions.
     width: usize,
     /// Rows per plane (`PH = OH + (K-1)/2`).
@@ -74,13 +98,14 @@ struct Phases {
 }
 
 impl Phases {
-    fn of(g: &ConvGeometry) -> Self {
+    fn of(g: &ConvGeometry, lanes: usize) -> Self {
         let half = (g.kernel_h - 1) / 2;
         let (width, rows) = (g.out_w + half, g.out_h + half);
-        let vectors = ((g.out_h - 1) * width + g.out_w).div_ceil(LANES);
-        let reach = vectors * LANES + half * width + half;
-        let plane_len = (rows * width).max(reach).next_multiple_of(LANES);
+        let vectors = ((g.out_h - 1) * width + g.out_w).div_ceil(lanes);
+        let reach = vectors * lanes + half * width + half;
+        let plane_len = (rows * width).max(reach).next_multiple_of(lanes);
         Self {
+            lanes,
             width,
             rows,
             plane_len,
@@ -136,12 +161,12 @@ impl Phases {
     /// Where each position vector's valid lanes lie in an output channel of `OH x OW` values.
     fn spans(&self, g: &ConvGeometry) -> Vec<Span> {
         (0..self.vectors)
-            .map(|v| Span::of(v * LANES, self.width, (g.out_h, g.out_w)))
+            .map(|v| Span::of(v * self.lanes, self.lanes, self.width, (g.out_h, g.out_w)))
             .collect()
     }
 }
 
-/// The valid lanes of a vector of 16 flat positions in an `OH x OW` output channel: lanes
+/// The valid lanes of a vector of 16 (or 8) flat positions in an `OH x OW` output channel: lanes
 /// `first_mask` at `first + lane`, lanes `second_mask` (the next output row's) at
 /// `second + lane`, offsets from the channel's first value (`second` may point before it for
 /// lanes that are never touched). The dropped columns and positions past the map are in
@@ -155,14 +180,14 @@ struct Span {
 }
 
 impl Span {
-    /// The vector starting at flat position `o0` of rows `width` long.
-    fn of(o0: usize, width: usize, (out_h, out_w): (usize, usize)) -> Self {
+    /// The vector of `lanes` starting at flat position `o0` of rows `width` long.
+    fn of(o0: usize, lanes: usize, width: usize, (out_h, out_w): (usize, usize)) -> Self {
         let (oh, ow0) = (o0 / width, o0 % width);
-        let first_lanes = out_w.saturating_sub(ow0).min(LANES);
+        let first_lanes = out_w.saturating_sub(ow0).min(lanes);
         // Lanes from `width - ow0` on are the next row's columns `0..`.
         let next = width - ow0;
-        let second_lanes = if oh + 1 < out_h && next < LANES {
-            (LANES - next).min(out_w)
+        let second_lanes = if oh + 1 < out_h && next < lanes {
+            (lanes - next).min(out_w)
         } else {
             0
         };
@@ -170,7 +195,7 @@ impl Span {
             first: (oh * out_w + ow0) as isize,
             first_mask: lane_mask(0, first_lanes),
             second: ((oh + 1) * out_w) as isize - next as isize,
-            second_mask: lane_mask(next.min(LANES), second_lanes),
+            second_mask: lane_mask(next.min(lanes), second_lanes),
         }
     }
 
@@ -178,22 +203,35 @@ impl Span {
     fn whole(&self) -> bool {
         self.first_mask == u16::MAX
     }
+
+    /// True when all 8 lanes of an AVX2 vector lie in one output row.
+    fn whole8(&self) -> bool {
+        self.first_mask == 0xff
+    }
 }
 
 /// Output `(N, C_out, OH, OW)` of `g` into `y` (every value written), then `then(image, y_b)`
 /// on each image's output as soon as it is written.
 pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epilogue<'_>) {
     assert!(fits(g), "stem_direct: {g:?}");
-    let ph = Phases::of(g);
+    let lanes = vector_lanes().expect("fits: a vector width");
+    let ph = Phases::of(g, lanes);
     let taps = ph.tap_offsets(g);
     let c_out = g.out_channels;
     assert_eq!(w.len(), c_out * taps.len(), "stem_direct: weight size");
     assert_eq!(y.len(), g.units() * g.out_unit_len(), "stem_direct: output");
-    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive.
+    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive. On 8
+    // lanes as `(C_out / 4, tap, 4)`: a block's weights are one run, read in order.
     let mut wt = vec![0.0f32; w.len()];
     for (co, row) in w.chunks_exact(taps.len()).enumerate() {
         for (t, &v) in row.iter().enumerate() {
-            wt[t * c_out + co] = v;
+            let at = if lanes == LANES {
+                t * c_out + co
+            } else {
+                let (block, r) = (co / AVX2_FORWARD_ROWS, co % AVX2_FORWARD_ROWS);
+                (block * taps.len() + t) * AVX2_FORWARD_ROWS + r
+            };
+            wt[at] = v;
         }
     }
     let spans = ph.spans(g);
@@ -203,14 +241,128 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then:
         .for_each(|(b, y_b)| {
             with_columns(planes_len, |planes| {
                 ph.split(g, g.input_unit(x, b), planes);
-                // SAFETY: `fits` checked AVX-512F; the taps' offsets plus every vector's 16
-                // positions lie inside the planes (`plane_len` covers the last vector's
-                // reach), the spans' lanes inside an output channel of `y_b`, and `wt` holds
-                // `taps.len()` rows of `c_out`.
-                unsafe { forward_image(planes, &taps, &wt, &spans, g, y_b) };
+                // SAFETY: `fits` checked AVX-512F (16 lanes) or AVX2 (8); the taps' offsets
+                // plus every vector's positions lie inside the planes (`plane_len` covers the
+                // last vector's reach), the spans' lanes inside an output channel of `y_b`,
+                // and `wt` holds `taps.len()` rows of `c_out`.
+                unsafe {
+                    if lanes == LANES {
+                        forward_image(planes, &taps, &wt, &spans, g, y_b)
+                    } else {
+                        forward_image_avx2(planes, &taps, &wt, &spans, g, y_b)
+                    }
+                };
             });
             then(b, y_b);
         });
+}
+
+/// Every output channel of one image, block after block, on 8 lanes (4 channels by 3
+/// vectors per block).
+///
+/// # Safety
+/// As in [`forward_into`], with AVX2 and the spans of 8-lane vectors.
+unsafe fn forward_image_avx2(
+    planes: &[f32],
+    taps: &[usize],
+    wt: &[f32],
+    spans: &[Span],
+    g: &ConvGeometry,
+    y_b: &mut [f32],
+) {
+    let out_plane = g.out_pixels();
+    let y = y_b.as_mut_ptr();
+    for co in (0..g.out_channels).step_by(AVX2_FORWARD_ROWS) {
+        let block = Forward {
+            planes: planes.as_ptr(),
+            taps,
+            // The block's weights: `(tap, 4)`, consecutive.
+            weights: wt.as_ptr().add(co * taps.len()),
+            c_out: AVX2_FORWARD_ROWS,
+            out: y.add(co * out_plane),
+            out_plane,
+        };
+        let mut q = 0;
+        while q + FORWARD_VECTORS <= spans.len() {
+            forward_block_avx2::<FORWARD_VECTORS>(&block, q, &spans[q..q + FORWARD_VECTORS]);
+            q += FORWARD_VECTORS;
+        }
+        match spans.len() - q {
+            2 => forward_block_avx2::<2>(&block, q, &spans[q..]),
+            1 => forward_block_avx2::<1>(&block, q, &spans[q..]),
+            _ => {}
+        }
+    }
+}
+
+/// 4 output channels at the `V` 8-lane position vectors from vector `q`: the 16-lane block's
+/// chains, on AVX2.
+///
+/// # Safety
+/// AVX2 and FMA; as in [`forward_into`].
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
+unsafe fn forward_block_avx2<const V: usize>(args: &Forward<'_>, q: usize, spans: &[Span]) {
+    use std::arch::x86_64::*;
+    let spans: &[Span; V] = spans.try_into().expect("a span per vector");
+    let mut acc = [[_mm256_setzero_ps(); V]; AVX2_FORWARD_ROWS];
+    let mut x = [_mm256_setzero_ps(); V];
+    let base = args.planes.add(q * AVX2_LANES);
+    for (t, &offset) in args.taps.iter().enumerate() {
+        let p = base.add(offset);
+        for v in 0..V {
+            x[v] = _mm256_loadu_ps(p.add(v * AVX2_LANES));
+        }
+        let wk = args.weights.add(t * args.c_out);
+        for r in 0..AVX2_FORWARD_ROWS {
+            let w = _mm256_broadcast_ss(&*wk.add(r));
+            for v in 0..V {
+                acc[r][v] = _mm256_fmadd_ps(w, x[v], acc[r][v]);
+            }
+        }
+    }
+    let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let lanes_of = |mask: u16| {
+        let set = _mm256_and_si256(_mm256_set1_epi32(i32::from(mask)), lane_bits);
+        _mm256_cmpeq_epi32(set, lane_bits)
+    };
+    for r in 0..AVX2_FORWARD_ROWS {
+        let row = args.out.add(r * args.out_plane);
+        for v in 0..V {
+            let s = spans[v];
+            // Plain where the vector lies inside one output row.
+            if s.whole8() {
+                _mm256_storeu_ps(row.offset(s.first), acc[r][v]);
+            } else {
+                _mm256_maskstore_ps(
+                    row.wrapping_offset(s.first),
+                    lanes_of(s.first_mask),
+                    acc[r][v],
+                );
+                if s.second_mask != 0 {
+                    _mm256_maskstore_ps(
+                        row.wrapping_offset(s.second),
+                        lanes_of(s.second_mask),
+                        acc[r][v],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`fits`] is false without AVX2 and FMA.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+unsafe fn forward_block_avx2<const V: usize>(_: &Forward<'_>, _: usize, _: &[Span]) {
+    unreachable!("stem_direct: AVX2 forward without AVX2")
 }
 
 /// Every output channel of one image, block after block.
@@ -310,8 +462,8 @@ unsafe fn forward_block<const V: usize>(_: &Forward<'_>, _: usize, _: &[Span]) {
 /// Gradient `(C_out, C_in, K, K)` of the loss with respect to the weight, from the input `x`
 /// and the output gradient `dy`: per image in parallel, then the images' sums in order.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert!(fits(g), "stem_direct: {g:?}");
-    let ph = Phases::of(g);
+    assert!(weight_grad_fits(g), "stem_direct: {g:?}");
+    let ph = Phases::of(g, LANES);
     let mut taps = ph.tap_offsets(g);
     let len = g.out_channels * taps.len();
     assert_eq!(
@@ -578,7 +730,7 @@ mod tests {
     /// image once, after its output is written.
     #[test]
     fn forward_is_the_plain_chain_bit_for_bit() {
-        if !super::super::select::avx512_full_width() {
+        if vector_lanes().is_none() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -605,7 +757,7 @@ mod tests {
     /// every weight of every shape; pools of 1, 2 and 3 threads give the same bits.
     #[test]
     fn weight_gradient_matches_f64_sums_for_any_thread_count() {
-        if !super::super::select::avx512_full_width() {
+        if vector_lanes() != Some(LANES) {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -652,7 +804,7 @@ mod tests {
         ] {
             let g = geometry(shape);
             let x = values(g.in_channels * g.in_h * g.in_w, 7);
-            let ph = Phases::of(&g);
+            let ph = Phases::of(&g, LANES);
             let mut planes = vec![f32::NAN; ph.planes(&g) * ph.plane_len];
             ph.split(&g, &x, &mut planes);
             for ci in 0..g.in_channels {
@@ -681,23 +833,31 @@ mod tests {
         }
     }
 
-    /// A vector's spans cover exactly the valid positions of the flat numbering, each once.
+    /// A vector's spans cover exactly the valid positions of the flat numbering, each once, for
+    /// vectors of 16 and of 8 lanes.
     #[test]
     fn spans_cover_every_output_once() {
-        for shape in SHAPES {
+        for (shape, lanes) in SHAPES
+            .into_iter()
+            .flat_map(|s| [(s, LANES), (s, AVX2_LANES)])
+        {
             let g = geometry(shape);
-            let ph = Phases::of(&g);
+            let ph = Phases::of(&g, lanes);
             let mut hits = vec![0u32; g.out_pixels()];
             for s in ph.spans(&g) {
                 for (start, mask) in [(s.first, s.first_mask), (s.second, s.second_mask)] {
-                    for lane in 0..LANES {
+                    assert_eq!(u32::from(mask) >> lanes, 0, "{g:?}: lanes past the vector");
+                    for lane in 0..lanes {
                         if mask >> lane & 1 == 1 {
                             hits[(start + lane as isize) as usize] += 1;
                         }
                     }
                 }
             }
-            assert!(hits.iter().all(|&h| h == 1), "{g:?}: {hits:?}");
+            assert!(
+                hits.iter().all(|&h| h == 1),
+                "{g:?}, {lanes} lanes: {hits:?}"
+            );
         }
     }
 }
