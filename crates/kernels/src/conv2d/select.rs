@@ -329,6 +329,24 @@ enum Dense {
 /// with 512 at batch 32 0.86-0.88 (level at batch 16, GEMM kept). GEMM stays at 28x28 with 64
 /// channels (0.97-1.08) and at 4x4 with 512 (1.0 at batch 32, 1.10-1.17 at batch 16).
 ///
+/// On a 2-core AMD EPYC Zen 3 (AVX2 only: `cpu_features::avx2_only`), wall clock of 2 threads,
+/// best of 7, 3 alternating rounds, against the choices above (Zen 4's), three differ:
+///
+/// - 14x14 with 128 channels, weight gradient: F(2x2), 5.04-5.16 against GEMM's 6.41-6.51 ms at
+///   batch 16, 9.59-9.80 against 11.87-12.01 at batch 32.
+/// - 28x28 with 64 channels, weight gradient at batch 16: F(4x4), 5.29-5.34 against GEMM's
+///   5.95-6.06 ms (at batch 32 unclear, GEMM kept).
+/// - Stride 2 from 28x28 with 128 channels: the per-image direct kernel, forward 6.76-6.82
+///   against GEMM's 7.45-7.51 ms at batch 16 (13.78-13.91 against 14.84-15.11 at 32), input
+///   gradient 6.56-6.77 against 8.36-8.50 (13.03-13.71 against 16.78-17.18).
+///
+/// In ResNet-50 batch-16 train steps (2 alternating profile rounds) those rows went: 14x14
+/// weight gradients 21.5-22.8 -> 15.4-16.4 ms, 28x28 ones 20.1-22.5 -> 17.7, the stride-2
+/// forward 7.5-10.9 -> 7.1-7.4 and input gradient 8.4-9.3 -> 6.9-7.2, its eval forward 8.7-9.9
+/// -> 7.1-7.2. The direct input gradient from 7x7 with 512 channels, 13.13-13.39 against GEMM's
+/// 15.18-15.94 ms alone at batch 16, took 14.2-14.7 against 11.7-12.5 inside the steps and is
+/// not used.
+///
 /// On Zen 5 Winograd with its transforms on channel lanes (`winograd_lanes.rs`) then took the
 /// stride-1 layers from those choices. CPU time of 2 threads, best of 5, two rounds, batch 16 /
 /// 32, against them: 28x28 with 64 channels F(4x4) forward 0.58-0.66 / 0.61, input gradient
@@ -347,6 +365,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let full_width = avx512_full_width();
     let intel = cpu_kind() == CpuKind::IntelAvx512;
     let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+    let avx2_only = crate::cpu_features::avx2_only();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
         // The outputs measured at 112x112 input: 14x14, 7x7, and 4x4 (512 channels, whose
@@ -363,9 +382,12 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
             (10..=36, 512) => g.batch >= 32,
             _ => false,
         };
+        // AVX2 without AVX-512 (Zen 3): the per-image direct kernel for 128 channels from 28x28.
+        let avx2_direct = avx2_only && shape && pass != Pass::WeightGrad;
         return match pass {
             Pass::Forward if full_width && dense => Dense::OverBatch,
             Pass::InputGrad if full_width && shape => Dense::Direct,
+            Pass::Forward | Pass::InputGrad if avx2_direct => Dense::Direct,
             Pass::WeightGrad if zen5 && weight_grad => Dense::OverBatch,
             _ => Dense::Gemm,
         };
@@ -383,6 +405,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
+        // AVX2 without AVX-512 (Zen 3): Winograd for two weight gradients GEMM kept elsewhere.
+        (700..=900, 64, Pass::WeightGrad) if avx2_only && !wide => Dense::Winograd(Tile::F4),
+        (150..=400, 128.., Pass::WeightGrad) if avx2_only => Dense::Winograd(Tile::F2),
         (2500..=3300, ..=64, Pass::WeightGrad) if full_width => Dense::Gemm,
         (2500..=3300, ..=64, Pass::WeightGrad) => Dense::Winograd(Tile::F4),
         (2500..=3300 | 700..=900, ..=64, Pass::Forward | Pass::InputGrad) => Dense::Direct,
@@ -485,18 +510,27 @@ mod tests {
     }
 
     /// On Zen 5 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured fastest
-    /// (at 4x4 with batch 16 the forward and input gradient stay off it); elsewhere it never
-    /// takes the 28x28 layer with 64 channels. A layer narrower than those measured (the demo
-    /// profile's 8 channels at 28x28) stays off it everywhere.
+    /// (at 4x4 with batch 16 the forward and input gradient stay off it); on AVX2 without
+    /// AVX-512 it takes the weight gradients at 14x14 (F(2x2)) and at 28x28 with 64 channels
+    /// below batch 32 (F(4x4)); elsewhere it never takes the 28x28 layer with 64 channels. A
+    /// layer narrower than those measured (the demo profile's 8 channels at 28x28) stays off it
+    /// everywhere.
     #[test]
     fn winograd_takes_the_measured_layers() {
         let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
         let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+        let avx2_only = crate::cpu_features::avx2_only();
         let (f2, f4) = (Some(Tile::F2), Some(Tile::F4));
         for batch in [16, 32] {
             let tiles =
                 |channels, hw| passes.map(|p| winograd_tile(&dense3x3(batch, channels, hw), p));
             assert_eq!(tiles(8, 28), [None; 3], "batch {batch}");
+            if avx2_only {
+                let at_28 = (batch < 32).then_some(Tile::F4);
+                assert_eq!(tiles(64, 28), [None, None, at_28], "batch {batch}");
+                assert_eq!(tiles(128, 14), [f4, f4, f2], "batch {batch}");
+                continue;
+            }
             if !zen5 {
                 assert_eq!(tiles(64, 28), [None; 3], "batch {batch}");
                 continue;
