@@ -245,54 +245,10 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then:
                 // plus every vector's positions lie inside the planes (`plane_len` covers the
                 // last vector's reach), the spans' lanes inside an output channel of `y_b`,
                 // and `wt` holds `taps.len()` rows of `c_out`.
-                unsafe {
-                    if lanes == LANES {
-                        forward_image(planes, &taps, &wt, &spans, g, y_b)
-                    } else {
-                        forward_image_avx2(planes, &taps, &wt, &spans, g, y_b)
-                    }
-                };
+                unsafe { forward_image(lanes, planes, &taps, &wt, &spans, g, y_b) };
             });
             then(b, y_b);
         });
-}
-
-/// Every output channel of one image, block after block, on 8 lanes (4 channels by 3
-/// vectors per block).
-///
-/// # Safety
-/// As in [`forward_into`], with AVX2 and the spans of 8-lane vectors.
-unsafe fn forward_image_avx2(
-    planes: &[f32],
-    taps: &[usize],
-    wt: &[f32],
-    spans: &[Span],
-    g: &ConvGeometry,
-    y_b: &mut [f32],
-) {
-    let out_plane = g.out_pixels();
-    let y = y_b.as_mut_ptr();
-    for co in (0..g.out_channels).step_by(AVX2_FORWARD_ROWS) {
-        let block = Forward {
-            planes: planes.as_ptr(),
-            taps,
-            // The block's weights: `(tap, 4)`, consecutive.
-            weights: wt.as_ptr().add(co * taps.len()),
-            c_out: AVX2_FORWARD_ROWS,
-            out: y.add(co * out_plane),
-            out_plane,
-        };
-        let mut q = 0;
-        while q + FORWARD_VECTORS <= spans.len() {
-            forward_block_avx2::<FORWARD_VECTORS>(&block, q, &spans[q..q + FORWARD_VECTORS]);
-            q += FORWARD_VECTORS;
-        }
-        match spans.len() - q {
-            2 => forward_block_avx2::<2>(&block, q, &spans[q..]),
-            1 => forward_block_avx2::<1>(&block, q, &spans[q..]),
-            _ => {}
-        }
-    }
 }
 
 /// 4 output channels at the `V` 8-lane position vectors from vector `q`: the 16-lane block's
@@ -317,7 +273,7 @@ unsafe fn forward_block_avx2<const V: usize>(args: &Forward<'_>, q: usize, spans
         for v in 0..V {
             x[v] = _mm256_loadu_ps(p.add(v * AVX2_LANES));
         }
-        let wk = args.weights.add(t * args.c_out);
+        let wk = args.weights.add(t * args.tap_stride);
         for r in 0..AVX2_FORWARD_ROWS {
             let w = _mm256_broadcast_ss(&*wk.add(r));
             for v in 0..V {
@@ -365,11 +321,13 @@ unsafe fn forward_block_avx2<const V: usize>(_: &Forward<'_>, _: usize, _: &[Spa
     unreachable!("stem_direct: AVX2 forward without AVX2")
 }
 
-/// Every output channel of one image, block after block.
+/// Every output channel of one image, block after block: 8 channels by 3 vectors of 16 lanes,
+/// or 4 by 3 of 8 lanes.
 ///
 /// # Safety
-/// As in [`forward_into`].
+/// As in [`forward_into`], `spans` and `wt` laid out for `lanes`.
 unsafe fn forward_image(
+    lanes: usize,
     planes: &[f32],
     taps: &[usize],
     wt: &[f32],
@@ -379,35 +337,46 @@ unsafe fn forward_image(
 ) {
     let out_plane = g.out_pixels();
     let y = y_b.as_mut_ptr();
-    for co in (0..g.out_channels).step_by(FORWARD_ROWS) {
+    let wide = lanes == LANES;
+    let rows = if wide {
+        FORWARD_ROWS
+    } else {
+        AVX2_FORWARD_ROWS
+    };
+    for co in (0..g.out_channels).step_by(rows) {
         let block = Forward {
             planes: planes.as_ptr(),
             taps,
-            weights: wt.as_ptr().add(co),
-            c_out: g.out_channels,
+            // `(tap, C_out)`, or on 8 lanes each block's `(tap, 4)` in one run.
+            weights: wt.as_ptr().add(if wide { co } else { co * taps.len() }),
+            tap_stride: if wide { g.out_channels } else { rows },
             out: y.add(co * out_plane),
             out_plane,
         };
         let mut q = 0;
-        while q + FORWARD_VECTORS <= spans.len() {
-            forward_block::<FORWARD_VECTORS>(&block, q, &spans[q..q + FORWARD_VECTORS]);
-            q += FORWARD_VECTORS;
-        }
-        match spans.len() - q {
-            2 => forward_block::<2>(&block, q, &spans[q..]),
-            1 => forward_block::<1>(&block, q, &spans[q..]),
-            _ => {}
+        while q < spans.len() {
+            let n = (spans.len() - q).min(FORWARD_VECTORS);
+            let s = &spans[q..q + n];
+            match (wide, n) {
+                (true, 3) => forward_block::<3>(&block, q, s),
+                (true, 2) => forward_block::<2>(&block, q, s),
+                (true, _) => forward_block::<1>(&block, q, s),
+                (false, 3) => forward_block_avx2::<3>(&block, q, s),
+                (false, 2) => forward_block_avx2::<2>(&block, q, s),
+                (false, _) => forward_block_avx2::<1>(&block, q, s),
+            }
+            q += n;
         }
     }
 }
 
-/// The operands of one forward block: 8 output channels from `out` (`out_plane` apart), their
-/// weights from `weights` (8 consecutive per tap, taps `c_out` apart).
+/// The operands of one forward block: 8 (or 4) output channels from `out` (`out_plane` apart),
+/// their weights from `weights` (the block's consecutive per tap, taps `tap_stride` apart).
 struct Forward<'a> {
     planes: *const f32,
     taps: &'a [usize],
     weights: *const f32,
-    c_out: usize,
+    tap_stride: usize,
     out: *mut f32,
     out_plane: usize,
 }
@@ -430,7 +399,7 @@ unsafe fn forward_block<const V: usize>(args: &Forward<'_>, q: usize, spans: &[S
         for v in 0..V {
             x[v] = _mm512_loadu_ps(p.add(v * LANES));
         }
-        let wk = args.weights.add(t * args.c_out);
+        let wk = args.weights.add(t * args.tap_stride);
         for r in 0..FORWARD_ROWS {
             let w = _mm512_set1_ps(*wk.add(r));
             for v in 0..V {
