@@ -40,28 +40,29 @@ pub(crate) enum RowKernel {
 }
 
 impl RowKernel {
+    /// Every kernel, the widest first.
+    const WIDEST_FIRST: [Self; 2] = [Self::Avx512, Self::Avx2];
+
+    /// True when this CPU and build run the kernel.
+    fn runs_here(self) -> bool {
+        match self {
+            Self::Avx512 => avx512f(),
+            Self::Avx2 => cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
+        }
+    }
+
     /// The widest kernel this CPU and build run, if any.
     fn detected() -> Option<Self> {
-        if avx512f() {
-            Some(Self::Avx512)
-        } else if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
-            Some(Self::Avx2)
-        } else {
-            None
-        }
+        Self::WIDEST_FIRST.into_iter().find(|k| k.runs_here())
     }
 
     /// Every kernel this CPU and build run (the tests check each against the scalar search).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Self> {
-        let mut kernels = Vec::new();
-        if avx512f() {
-            kernels.push(Self::Avx512);
-        }
-        if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
-            kernels.push(Self::Avx2);
-        }
-        kernels
+        Self::WIDEST_FIRST
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
     }
 
     /// For output row `oy` of one plane (`plane`: the `h x w` input, rows contiguous), each

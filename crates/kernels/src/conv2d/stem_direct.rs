@@ -244,7 +244,7 @@ pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then:
                 // SAFETY: `fits` checked AVX-512F (16 lanes) or AVX2 (8); the taps' offsets
                 // plus every vector's positions lie inside the planes (`plane_len` covers the
                 // last vector's reach), the spans' lanes inside an output channel of `y_b`,
-                // and `wt` holds `taps.len()` rows of `c_out`.
+                // and `wt` holds every tap's `c_out` weights in the layout of `lanes`.
                 unsafe { forward_image(lanes, planes, &taps, &wt, &spans, g, y_b) };
             });
             then(b, y_b);
