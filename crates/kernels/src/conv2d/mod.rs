@@ -15,7 +15,7 @@
 //! output channels, `direct3x3_wide.rs`), and on such CPUs dense 3x3 layers on small maps a
 //! direct kernel over the whole batch (`direct3x3_dense.rs`), each for the shapes where it was
 //! measured faster (`select.rs`). The stem (7x7 stride 2 on the image) runs a direct kernel
-//! on the image's stride phases there (`stem_direct.rs`). Strided im2col reads each input row
+//! on the image's stride phases there (`stem_direct.rs`, `stem_direct_weight_grad.rs`). Strided im2col reads each input row
 //! split into its stride phases (`im2col.rs`).
 
 mod batched;
@@ -40,6 +40,7 @@ pub(crate) mod schedule;
 mod scratch;
 mod select;
 mod stem_direct;
+mod stem_direct_weight_grad;
 pub(crate) mod storage;
 mod weight_grad;
 mod weight_packs;

@@ -123,7 +123,8 @@ pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
     }
 }
 
-/// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`): the forward and the
+/// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`,
+/// `stem_direct_weight_grad.rs`): the forward and the
 /// weight gradient of stride-2 layers on at most 4 input channels (the 7x7 stem on the image),
 /// which need no input gradient. [`Algorithm::Auto`] takes it on AMD Zen 5, where it was
 /// measured against im2col + GEMM (docs/performance.md), and its forward on 8 lanes where AVX2
@@ -135,7 +136,7 @@ pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
     let fits = match pass {
         Pass::InputGrad => false,
         Pass::Forward => super::stem_direct::fits(g),
-        Pass::WeightGrad => super::stem_direct::weight_grad_fits(g),
+        Pass::WeightGrad => super::stem_direct_weight_grad::fits(g),
     };
     if !fits {
         return false;

@@ -65,7 +65,7 @@ const PARTIALS: usize = 4;
 /// dimension, so the result is bit-identical for any thread count.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if stem_direct(g, Pass::WeightGrad) {
-        return super::stem_direct::weight_grad(g, x, dy);
+        return super::stem_direct_weight_grad::weight_grad(g, x, dy);
     }
     if let Some(tile) = winograd_tile(g, Pass::WeightGrad) {
         return super::winograd::weight_grad(tile, g, x, dy);
