@@ -8,7 +8,7 @@ use crate::error::LossError;
 ///
 /// `mask` must have shape `(n)`; any float or integer dtype is accepted. A mask on a device is
 /// read back to the host (a transfer and a synchronisation): the losses call this for CPU masks
-/// only, and keep device masks on the device ([`on_host`]).
+/// only, and keep device masks on the device.
 pub fn valid_rows(
     mask: &Tensor,
     n: usize,

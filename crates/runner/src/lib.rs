@@ -12,7 +12,7 @@
 //! - [`submission`]: the ABAW prediction files, written and read;
 //! - [`predict`] and [`evaluate`]: the commands over a checkpoint and over prediction files;
 //! - [`tables`]: Table I, `compare`, seed summaries;
-//! - [`bench`] and [`gpu_check`]: speed against PyTorch and CPU-vs-GPU conformance;
+//! - [`bench`](mod@bench) and [`gpu_check`]: speed against PyTorch and CPU-vs-GPU conformance;
 //! - [`cli`]: the command line, parsing only.
 #![warn(missing_docs)]
 

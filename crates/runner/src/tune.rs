@@ -1,5 +1,5 @@
 //! `mtanet tune`: per-AU decision thresholds and a temporal smoothing window per task, chosen
-//! on a labelled split and stored in the checkpoint's metadata (key [`TUNING_KEY`]), where
+//! on a labelled split and stored in the checkpoint's metadata (key [`TUNING_KEY`](crate::tuning::TUNING_KEY)), where
 //! `mtanet predict` finds and applies them.
 //!
 //! The scored frames are those of evaluation: labelled for the task and with a face crop on

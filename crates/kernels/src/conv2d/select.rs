@@ -104,7 +104,7 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
 /// The Winograd tile that the forward of `g` runs with in evaluation
 /// (`forward.rs`'s `eval_forward_into_then`, where the weights stay the same over a pass and
 /// their layouts are kept, `weight_packs.rs`), or `None` for the other paths. As
-/// [`winograd_tile`]'s forward, except on AMD Zen 5 under [`Algorithm::Auto`]: F(4x4) for 4x4
+/// `winograd_tile`'s forward, except on AMD Zen 5 under [`Algorithm::Auto`]: F(4x4) for 4x4
 /// maps with 512 channels from batch 16 (one tile per map). Its filters take 36 values per 9,
 /// which cost more to transform than the rest of the pass, so the training forward, which
 /// transforms them at every call, keeps GEMM (batch 16) and F(2x2) (batch 32) there. Wall clock

@@ -16,7 +16,7 @@
 //! - [`error`]: what can go wrong, naming the input at fault;
 //! - [`plan`]: the videos, their frame counts and the header names;
 //! - [`frames`]: the model over a list of crops;
-//! - [`decide`]: filling, smoothing and thresholds;
+//! - [`decide`](mod@decide): filling, smoothing and thresholds;
 //! - `folder`: a plain folder of crops to `predictions.csv`.
 
 pub mod decide;

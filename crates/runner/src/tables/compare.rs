@@ -182,8 +182,9 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
 /// Renders the comparison as text: first the notes (rows skipped because their status is not
 /// `finished`, keys on several lines) and warnings (files of other profiles, rows over other
 /// numbers of seeds), then a markdown table per result. Rows are paired by the identifying
-/// columns their files have ([`IDENTITY`]), so runs of other experiments, profiles or seeds
-/// are never set side by side; files identified by other columns are refused.
+/// columns their files have (of experiment, profile, row and seed), so runs of other
+/// experiments, profiles or seeds are never set side by side; files identified by other
+/// columns are refused.
 pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if paths.len() < 2 {
         anyhow::bail!("compare needs at least two CSV files");

@@ -1,7 +1,7 @@
 //! One training run: the stages of a configuration, evaluation after every epoch,
 //! checkpoints, `metrics.csv`, TensorBoard and a row in `results/runs.csv`.
 //!
-//! The loop position lives in [`TrainState`]; data order, augmentation, dropout and initial
+//! The loop position lives in [`TrainState`](crate::record::checkpoint::TrainState); data order, augmentation, dropout and initial
 //! weights all derive from the seed and that position, so `--resume` after a kill or Ctrl-C
 //! ends with the same weights and metrics as an uninterrupted run on CPU.
 

@@ -86,7 +86,7 @@ pub struct FillNote {
     /// Of those, frames whose row repeats the row of the nearest frame with a crop.
     pub nearest: usize,
 }
-/// The result of [`validate`].
+/// The result of [`validate`](super::validate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationReport {
     /// The format checked.
@@ -97,7 +97,7 @@ pub struct ValidationReport {
     pub rows: usize,
     /// Problems per kind.
     pub counts: BTreeMap<ProblemKind, usize>,
-    /// The first problems of each kind (at most the `max_shown` of [`ValidateOptions`]).
+    /// The first problems of each kind (at most the `max_shown` of [`ValidateOptions`](super::ValidateOptions)).
     pub shown: Vec<Problem>,
     /// Per task file, how frames without a crop were filled.
     pub fill: Vec<FillNote>,
