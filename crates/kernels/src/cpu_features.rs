@@ -1,5 +1,7 @@
 //! What this CPU can run, detected once per process, for the kernels that dispatch at run time
-//! (the committed build targets AVX2; wider instructions are taken only where they exist).
+//! (the committed build targets AVX2; wider instructions are taken only where they exist), and
+//! which of the measured kinds of CPU it is ([`CpuKind`]), on which the convolution's choices
+//! depend (`conv2d/select.rs`).
 
 /// AVX-512F on this CPU (checked once).
 pub(crate) fn avx512f() -> bool {
@@ -23,4 +25,67 @@ pub(crate) fn avx2_only() -> bool {
         target_feature = "avx2",
         target_feature = "fma"
     )) && !avx512f()
+}
+
+/// The kinds of CPU whose kernel choices were measured apart ([`cpu_kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuKind {
+    /// Intel with AVX-512 (`GenuineIntel`, `avx512f`): `gemm`'s AVX-512 kernel, the wide direct
+    /// kernel (`direct3x3_wide.rs`) and the dense kernel over the batch (`direct3x3_dense.rs`)
+    /// run on full-width units. Measured on a 2-core Xeon (family 6, model 167).
+    IntelAvx512,
+    /// AMD Zen 5 server cores (`AuthenticAMD`, family 0x1A, models 0x00-0x1F: EPYC 9005) with
+    /// `avx512f`: full-width 512-bit units, like Intel's. Measured on a 2-core EPYC (model
+    /// 0x02); two dense choices differ from Intel's (`measured_choice`). Other Zen 5 parts
+    /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
+    Zen5Avx512,
+    /// Any other CPU, AMD's Zen 4 (which splits 512-bit operations over 256-bit units) among
+    /// them: the AVX2 kernels and the choices measured on Zen 4.
+    Other,
+}
+
+/// The kind of this CPU (see [`CpuKind`]), from `cpuid`: vendor, family and model. Read once
+/// per process: the choice stays a function of the geometry on a given machine, the same for
+/// every thread count.
+pub fn cpu_kind() -> CpuKind {
+    static KIND: std::sync::OnceLock<CpuKind> = std::sync::OnceLock::new();
+    *KIND.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            if !avx512f() {
+                return CpuKind::Other;
+            }
+            let leaf = __cpuid(0);
+            let vendor = [leaf.ebx, leaf.edx, leaf.ecx]
+                .map(u32::to_le_bytes)
+                .concat();
+            let eax = __cpuid(1).eax;
+            let base_family = (eax >> 8) & 0xf;
+            let (family, model) = if base_family == 0xf {
+                (
+                    base_family + ((eax >> 20) & 0xff),
+                    ((eax >> 4) & 0xf) | (((eax >> 16) & 0xf) << 4),
+                )
+            } else {
+                (base_family, (eax >> 4) & 0xf)
+            };
+            match vendor.as_slice() {
+                b"GenuineIntel" => CpuKind::IntelAvx512,
+                b"AuthenticAMD" if family == 0x1a && model <= 0x1f => CpuKind::Zen5Avx512,
+                _ => CpuKind::Other,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuKind::Other
+        }
+    })
+}
+
+/// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5
+/// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
+/// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
+pub(crate) fn avx512_full_width() -> bool {
+    cpu_kind() != CpuKind::Other
 }

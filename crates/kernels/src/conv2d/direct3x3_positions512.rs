@@ -34,7 +34,7 @@ const BLOCK: usize = LANES * VECTORS;
 pub(super) fn applies<T: Taps>(c_out: usize, reads: &Reads<T>) -> bool {
     c_out.is_multiple_of(4)
         && reads.positions >= BLOCK
-        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
 }
 
 /// `out[co][q] = sum_ci sum_i w[co][ci][weight_tap(i)] * padded[ci][q + offset(i)]` for every
@@ -138,7 +138,7 @@ unsafe fn channels<T: Taps, const C: usize>(
 /// an even number of them, on AMD Zen 5 (with AVX-512DQ, which every Zen 5 has).
 pub(super) fn weight_grad_applies(c_in: usize) -> bool {
     c_in.is_multiple_of(2)
-        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
         && has_dq()
 }
 

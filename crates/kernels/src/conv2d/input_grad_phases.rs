@@ -80,7 +80,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.batch > 1
         && (g.out_pixels() > 16 || g.batch >= 32)
         && super::batched::applies(g)
-        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
 }
 
 /// Input gradient `(N, C_in, H, W)` of `g` (as [`applies`] takes it) from the output
@@ -109,7 +109,7 @@ impl Products {
     /// 16 5.87-6.31 ms with gemm, 5.19-5.41 with the blocks; at batch 32 level (11.7-11.8
     /// against 11.9-12.5, one round each way).
     fn fastest(g: &ConvGeometry) -> Self {
-        if super::select::avx512_full_width() && g.in_channels.is_multiple_of(8) {
+        if crate::cpu_features::avx512_full_width() && g.in_channels.is_multiple_of(8) {
             Self::Blocks
         } else {
             Self::Gemm
@@ -221,7 +221,7 @@ fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32], products
     // its two phases' rows, interleaved (a phase of an odd-sized map has a row or column more
     // than the map uses; it is not read).
     let all_sums = &*all_sums;
-    let simd = w_in <= 32 && super::select::avx512_full_width();
+    let simd = w_in <= 32 && crate::cpu_features::avx512_full_width();
     dx.par_chunks_mut(h * w_in)
         .enumerate()
         .for_each(|(plane, dst)| {
@@ -352,7 +352,7 @@ mod tests {
     /// full-width units.
     fn products_here() -> Vec<Products> {
         let mut here = vec![Products::Gemm];
-        if super::super::select::avx512_full_width() {
+        if crate::cpu_features::avx512_full_width() {
             here.push(Products::Blocks);
         }
         here
@@ -363,7 +363,7 @@ mod tests {
     /// each over the output channels in order. Bit for bit, on an even and an odd map.
     #[test]
     fn blocks_sum_each_value_in_one_chain() {
-        if !super::super::select::avx512_full_width() {
+        if !crate::cpu_features::avx512_full_width() {
             eprintln!("skipped: the blocks do not run on this CPU");
             return;
         }

@@ -48,12 +48,13 @@ mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod winograd_lanes;
 
+pub use crate::cpu_features::{cpu_kind, CpuKind};
 pub use forward::{forward_macs, Conv2d};
 pub use geometry::ConvGeometry;
 pub use input_grad::Conv2dInputGrad;
 pub use select::{
-    cpu_kind, direct_3x3, direct_dense, direct_runs_wide, eval_winograd_tile, stem_direct,
-    with_algorithm, Algorithm, CpuKind, Pass,
+    direct_3x3, direct_dense, direct_runs_wide, eval_winograd_tile, stem_direct, with_algorithm,
+    Algorithm, Pass,
 };
 pub use weight_grad::Conv2dWeightGrad;
 pub use weight_packs::WeightPacks;

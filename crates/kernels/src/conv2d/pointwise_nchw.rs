@@ -44,7 +44,7 @@ const KC: usize = 128;
 pub fn applies(g: &ConvGeometry) -> bool {
     fits(g)
         && (g.out_pixels() <= 64 || g.in_channels >= 256)
-        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
 }
 
 /// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
@@ -57,7 +57,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
 pub fn strided_applies(g: &ConvGeometry) -> bool {
     (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0)
         && blocks_take(g)
-        && super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
 }
 
 /// True when `g`'s forward runs [`strided_forward_into`]: where its input gradient runs
@@ -159,7 +159,7 @@ fn blocks_take(g: &ConvGeometry) -> bool {
         && (LANES..=196).contains(&g.out_pixels())
         && g.in_channels.is_multiple_of(ROWS)
         && g.out_channels.is_multiple_of(ROWS)
-        && super::select::avx512_full_width()
+        && crate::cpu_features::avx512_full_width()
 }
 
 /// Where the 16 columns of one vector lie in an NCHW operand, as offsets from its channel's
@@ -525,7 +525,7 @@ mod tests {
     /// image; the same bits under pools of 1 and 3 threads.
     #[test]
     fn forward_is_the_plain_chain_bit_for_bit() {
-        if !super::super::select::avx512_full_width() {
+        if !crate::cpu_features::avx512_full_width() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -575,7 +575,7 @@ mod tests {
     /// same bits under pools of 1 and 3 threads.
     #[test]
     fn strided_input_gradient_is_the_chain_at_the_read_pixels() {
-        if !super::super::select::avx512_full_width() {
+        if !crate::cpu_features::avx512_full_width() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -584,7 +584,7 @@ mod tests {
         {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
                 .expect("geometry");
-            if super::super::select::cpu_kind() != super::super::select::CpuKind::Zen5Avx512 {
+            if crate::cpu_features::cpu_kind() != crate::cpu_features::CpuKind::Zen5Avx512 {
                 eprintln!("skipped: {g:?} runs elsewhere on this CPU");
                 return;
             }
@@ -627,7 +627,7 @@ mod tests {
     /// of 1 and 3 threads.
     #[test]
     fn strided_forward_is_the_chain_of_the_read_pixels() {
-        if super::super::select::cpu_kind() != super::super::select::CpuKind::Zen5Avx512 {
+        if crate::cpu_features::cpu_kind() != crate::cpu_features::CpuKind::Zen5Avx512 {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -673,7 +673,7 @@ mod tests {
     /// under pools of 1 and 3 threads.
     #[test]
     fn input_gradient_is_the_plain_chain_bit_for_bit() {
-        if !super::super::select::avx512_full_width() {
+        if !crate::cpu_features::avx512_full_width() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }

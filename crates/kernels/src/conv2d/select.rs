@@ -10,6 +10,7 @@
 
 use super::geometry::ConvGeometry;
 use super::winograd::Tile;
+use crate::cpu_features::{avx512_full_width, cpu_kind, CpuKind};
 use std::cell::Cell;
 
 /// The algorithm the convolution passes use.
@@ -32,23 +33,6 @@ pub enum Algorithm {
     /// applies (dense 3x3, padding 1, stride 1 or 2 (the input gradient stride 1), a multiple
     /// of 64 output and 8 input channels, a CPU with AVX-512 on full-width units), else GEMM.
     DirectDense,
-}
-
-/// The kinds of CPU whose kernel choices were measured apart ([`cpu_kind`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuKind {
-    /// Intel with AVX-512 (`GenuineIntel`, `avx512f`): `gemm`'s AVX-512 kernel, the wide direct
-    /// kernel (`direct3x3_wide.rs`) and the dense kernel over the batch (`direct3x3_dense.rs`)
-    /// run on full-width units. Measured on a 2-core Xeon (family 6, model 167).
-    IntelAvx512,
-    /// AMD Zen 5 server cores (`AuthenticAMD`, family 0x1A, models 0x00-0x1F: EPYC 9005) with
-    /// `avx512f`: full-width 512-bit units, like Intel's. Measured on a 2-core EPYC (model
-    /// 0x02); two dense choices differ from Intel's (`measured_choice`). Other Zen 5 parts
-    /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
-    Zen5Avx512,
-    /// Any other CPU, AMD's Zen 4 (which splits 512-bit operations over 256-bit units) among
-    /// them: the AVX2 kernels and the choices measured on Zen 4.
-    Other,
 }
 
 thread_local! {
@@ -420,52 +404,6 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         (10..=36, _, Pass::Forward | Pass::InputGrad) if wide => Dense::Winograd(Tile::F2),
         _ => Dense::Gemm,
     }
-}
-
-/// The kind of this CPU (see [`CpuKind`]), from `cpuid`: vendor, family and model. Read once
-/// per process: the choice stays a function of the geometry on a given machine, the same for
-/// every thread count.
-pub fn cpu_kind() -> CpuKind {
-    static KIND: std::sync::OnceLock<CpuKind> = std::sync::OnceLock::new();
-    *KIND.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::__cpuid;
-            if !crate::cpu_features::avx512f() {
-                return CpuKind::Other;
-            }
-            let leaf = __cpuid(0);
-            let vendor = [leaf.ebx, leaf.edx, leaf.ecx]
-                .map(u32::to_le_bytes)
-                .concat();
-            let eax = __cpuid(1).eax;
-            let base_family = (eax >> 8) & 0xf;
-            let (family, model) = if base_family == 0xf {
-                (
-                    base_family + ((eax >> 20) & 0xff),
-                    ((eax >> 4) & 0xf) | (((eax >> 16) & 0xf) << 4),
-                )
-            } else {
-                (base_family, (eax >> 4) & 0xf)
-            };
-            match vendor.as_slice() {
-                b"GenuineIntel" => CpuKind::IntelAvx512,
-                b"AuthenticAMD" if family == 0x1a && model <= 0x1f => CpuKind::Zen5Avx512,
-                _ => CpuKind::Other,
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            CpuKind::Other
-        }
-    })
-}
-
-/// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5
-/// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
-/// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
-pub(super) fn avx512_full_width() -> bool {
-    cpu_kind() != CpuKind::Other
 }
 
 #[cfg(test)]

@@ -88,9 +88,10 @@ pub(super) fn packed(
 #[cfg(test)]
 mod tests {
     use super::super::forward::{eval_forward_into_then, forward};
-    use super::super::select::{avx512_full_width, with_algorithm, Algorithm};
+    use super::super::select::{with_algorithm, Algorithm};
     use super::super::{differing_bits, test_values, ConvGeometry};
     use super::*;
+    use crate::cpu_features::avx512_full_width;
 
     /// Winograd F(2x2) and F(4x4) and the dense kernel over the batch: the first call with a
     /// store keeps one layout there and gives the values of the call without one, bit for bit;
@@ -142,7 +143,7 @@ mod tests {
     /// not the training forward's (GEMM); elsewhere the training forward's values.
     #[test]
     fn the_eval_forward_of_a_one_tile_map_is_f4_on_zen5() {
-        use super::super::select::{cpu_kind, CpuKind};
+        use crate::cpu_features::{cpu_kind, CpuKind};
         let g = ConvGeometry::new(&[16, 512, 4, 4], &[512, 512, 3, 3], 1, 1, 1).unwrap();
         let x = test_values(16 * 512 * 16, 3);
         let w: Vec<f32> = test_values(512 * 512 * 9, 5)

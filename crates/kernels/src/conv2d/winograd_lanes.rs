@@ -42,7 +42,7 @@ const LANES: usize = 16;
 /// True where this module's transforms run: AMD Zen 5 server cores, where they were measured
 /// (`select.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep `winograd.rs`'s, unmeasured).
 pub(super) fn runs_here() -> bool {
-    super::select::cpu_kind() == super::select::CpuKind::Zen5Avx512
+    crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
 }
 
 /// Values of one zero-bordered lane block: the `(M*(th-1) + IN) x (M*(tw-1) + IN)` pixels that
