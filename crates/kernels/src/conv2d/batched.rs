@@ -84,7 +84,7 @@ pub fn forward_into(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    then: super::forward::Epilogue<'_>,
+    then: super::epilogue::Epilogue<'_>,
 ) {
     let (k, p, c_out) = (g.patch_len(), g.out_pixels(), g.out_channels);
     let width = g.batch * p;

@@ -37,10 +37,10 @@
 
 use super::direct3x3_wide::{runs_wide, transpose_grads, unit_weight_grad_wide, GroupWeights};
 use super::geometry::ConvGeometry;
+use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
-use super::weight_grad::{image_chunk, partials, sum_partials};
 
 /// Output channels one register block computes.
 const CHANNEL_BLOCK: usize = 4;
@@ -412,7 +412,7 @@ pub fn forward_into(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    then: super::forward::Epilogue<'_>,
+    then: super::epilogue::Epilogue<'_>,
 ) {
     assert!(applies(g), "direct3x3: geometry {g:?} does not apply");
     let plan = Plan::new(g);

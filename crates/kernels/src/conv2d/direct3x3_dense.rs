@@ -33,7 +33,7 @@
 //! swapped (`input_grad_into`). Which layers take it is `select.rs`'s measured choice.
 
 use super::direct3x3::spread_rows;
-use super::forward::Epilogue;
+use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
 use super::scratch::Scratch;

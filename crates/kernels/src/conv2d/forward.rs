@@ -1,5 +1,6 @@
 //! Forward pass: per (image, group) unit, im2col then one GEMM `W_g @ col`.
 
+use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::im2col::im2col;
 use super::input_grad::Conv2dInputGrad;
@@ -39,10 +40,6 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32]) {
     forward_into_then(g, x, w, y, &|_, _| {})
 }
-
-/// An in-place pass over one unit's output (`C_out/groups` channels of `OH*OW`), given the
-/// unit index (image `unit / groups`, group `unit % groups`).
-pub type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
 
 /// [`forward_into`], then `then(unit, y_unit)` on each unit's output as soon as it is written,
 /// while it is still in cache (a folded BatchNorm's shift and ReLU, for example).

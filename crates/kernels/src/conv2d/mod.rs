@@ -26,12 +26,14 @@ mod direct3x3_positions512;
 mod direct3x3_stride2;
 mod direct3x3_wide;
 mod direct3x3_wide_rows;
+mod epilogue;
 mod forward;
 mod geometry;
 mod im2col;
 mod input_grad;
 mod input_grad_phases;
 pub(crate) mod matmul;
+mod partial_sums;
 mod pointwise_nchw;
 mod prefetch;
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub fn strided_forward_into(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    then: super::forward::Epilogue<'_>,
+    then: super::epilogue::Epilogue<'_>,
 ) {
     let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
     assert!(strided_forward_applies(g), "pointwise_nchw: {g:?}");
@@ -100,7 +100,7 @@ pub fn strided_forward_into(
 }
 
 /// `then(b, y_b)` on each image's output (`image_len` values), in parallel over the images.
-fn per_image(y: &mut [f32], image_len: usize, then: super::forward::Epilogue<'_>) {
+fn per_image(y: &mut [f32], image_len: usize, then: super::epilogue::Epilogue<'_>) {
     y.par_chunks_mut(image_len)
         .enumerate()
         .for_each(|(b, y_b)| then(b, y_b));
@@ -254,7 +254,7 @@ pub fn forward_into(
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
-    then: super::forward::Epilogue<'_>,
+    then: super::epilogue::Epilogue<'_>,
 ) {
     let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
     assert!(fits(g), "pointwise_nchw: {g:?}");

@@ -30,7 +30,7 @@
 //!
 //! The weight gradient, on the same planes and vectors, is `stem_direct_weight_grad.rs`.
 
-use super::forward::Epilogue;
+use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::pointwise_nchw::lane_mask;
 use super::scratch::with_columns;

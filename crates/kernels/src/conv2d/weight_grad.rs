@@ -3,6 +3,7 @@
 use super::geometry::ConvGeometry;
 use super::im2col::im2col;
 use super::matmul::{matmul_strided, MatRef};
+use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::schedule::{gemm_threads, parallel_units_pay};
 use super::scratch::with_columns;
 use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
@@ -50,16 +51,11 @@ fn accumulate_group(
     }
 }
 
-/// Partial sums the batch is cut into (fewer when the batch is smaller): a constant, so that
-/// the order of floating-point additions, and therefore the result, does not depend on the
-/// number of threads (docs/determinism.md).
-const PARTIALS: usize = 4;
-
 /// Gradient `(C_out, C_in/groups, KH, KW)` of the loss with respect to the weight, from the
 /// input `x` and the output gradient `dy`, both dense row-major.
 ///
-/// The batch is cut into at most [`PARTIALS`] fixed chunks of consecutive images; every
-/// (chunk, group) pair sums its images in order into its own slice (in parallel over the
+/// The batch is cut into at most `partial_sums::PARTIALS` fixed chunks of consecutive images;
+/// every (chunk, group) pair sums its images in order into its own slice (in parallel over the
 /// pairs when they keep the threads busy, else with multi-threaded gemm), and the chunks are
 /// then added in chunk order. gemm splits its work by output tiles, never along the summed
 /// dimension, so the result is bit-identical for any thread count.
@@ -106,36 +102,6 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     }
     sum_partials(parts, dw_len)
-}
-
-/// The images of partial sum `chunk` of [`partials`]`(batch)`: consecutive, the same for any
-/// thread count.
-pub(super) fn image_chunk(batch: usize, chunk: usize) -> Range<usize> {
-    let per_chunk = batch.div_ceil(partials(batch));
-    (chunk * per_chunk).min(batch)..((chunk + 1) * per_chunk).min(batch)
-}
-
-/// How many partial sums a weight gradient over `batch` images is cut into.
-pub(super) fn partials(batch: usize) -> usize {
-    PARTIALS.min(batch).max(1)
-}
-
-/// Adds the `parts.len() / len` partial sums in `parts` (each `len` values) in order into the
-/// first, and returns it.
-pub(super) fn sum_partials(mut parts: Vec<f32>, len: usize) -> Vec<f32> {
-    let (first, rest) = parts.split_at_mut(len);
-    for part in rest.chunks(len) {
-        first
-            .par_chunks_mut(1 << 14)
-            .zip(part.par_chunks(1 << 14))
-            .for_each(|(d, p)| {
-                for (d, v) in d.iter_mut().zip(p) {
-                    *d += *v;
-                }
-            });
-    }
-    parts.truncate(len);
-    parts
 }
 
 /// The weight-gradient pass as a no-backward candle op: `x.apply_op2_no_bwd(&dy, ..)`.

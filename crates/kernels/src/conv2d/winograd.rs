@@ -52,7 +52,7 @@
 //! On AMD Zen 5 the same plan runs with its transforms on vectors of 16 channels instead
 //! (`winograd_lanes.rs`, chosen in `forward_plan` and `weight_grad_plan`).
 
-use super::forward::Epilogue;
+use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::matmul::{matmul, MatRef};
 use super::scratch::{with_columns, Scratch};

@@ -25,7 +25,7 @@
 //! with 256 channels 1.4-1.9x, 14x14 with 128 2.8x, 28x28 with 64 4x); against the kernels the
 //! layers ran before, see `select.rs`.
 
-use super::forward::Epilogue;
+use super::epilogue::Epilogue;
 use super::matmul::{matmul, matmul_strided, MatRef};
 use super::schedule::SharedOutput;
 use super::scratch::{with_columns, Scratch};
