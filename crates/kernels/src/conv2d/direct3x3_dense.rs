@@ -32,7 +32,7 @@
 //! on the output gradient with the weights flipped in both spatial axes and their channels
 //! swapped (`input_grad_into`). Which layers take it is `select.rs`'s measured choice.
 
-use super::direct3x3::spread_rows;
+use super::direct3x3_rows::spread_rows;
 use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;

@@ -19,8 +19,7 @@
 //! its gradients bit for bit, at twice the multiply-adds per instruction.
 
 #[cfg(target_arch = "x86_64")]
-use super::direct3x3::lane_sum8;
-use super::direct3x3::{Reads, Taps};
+use super::direct3x3_blocks::{lane_sum8, Reads, Taps};
 
 /// f32 lanes of a vector.
 const LANES: usize = 16;
@@ -242,7 +241,7 @@ pub(super) unsafe fn unit_weight_grad<T: Taps>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct3x3::TestRowTaps as RowTaps;
+    use super::super::direct3x3_blocks::TestRowTaps as RowTaps;
     use super::super::test_values_fine as values;
     use super::*;
 
@@ -252,7 +251,7 @@ mod tests {
     fn weight_grad_equals_the_avx2_kernel_bit_for_bit() {
         if !std::arch::is_x86_feature_detected!("avx512f")
             || !has_dq()
-            || !super::super::direct3x3::cpu_supports()
+            || !super::super::direct3x3_blocks::cpu_supports()
         {
             eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
             return;
@@ -270,7 +269,7 @@ mod tests {
             let (mut want, mut got) = (start.clone(), start);
             // SAFETY: the CPU checks above; the slices hold what the kernels read and write.
             unsafe {
-                super::super::direct3x3::unit_weight_grad(
+                super::super::direct3x3_blocks::unit_weight_grad(
                     &padded, &grads, &mut want, c_in, c_out, &reads,
                 );
                 unit_weight_grad((&padded, &grads, &mut got), (c_in, c_out), &reads);
@@ -287,7 +286,7 @@ mod tests {
     #[test]
     fn kernel_equals_the_avx2_kernel_bit_for_bit() {
         if !std::arch::is_x86_feature_detected!("avx512f")
-            || !super::super::direct3x3::cpu_supports()
+            || !super::super::direct3x3_blocks::cpu_supports()
         {
             eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
             return;
@@ -306,7 +305,9 @@ mod tests {
             let mut got = vec![f32::NAN; c_out * positions];
             // SAFETY: the CPU checks above; the slices hold what the kernels read and write.
             unsafe {
-                super::super::direct3x3::unit_kernel(&padded, &w, &mut want, c_in, c_out, &reads);
+                super::super::direct3x3_blocks::unit_kernel(
+                    &padded, &w, &mut want, c_in, c_out, &reads,
+                );
                 unit_kernel(&padded, &w, &mut got, (c_in, c_out), &reads);
             }
             for (k, (a, b)) in want.iter().zip(&got).enumerate() {

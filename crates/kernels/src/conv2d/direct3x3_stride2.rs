@@ -19,7 +19,8 @@
 //! phases are then interleaved back into `dx`. Each value sums output channels in order, then
 //! its taps in row-major order.
 
-use super::direct3x3::{spread_rows, Reads, Taps, POSITION_BLOCK};
+use super::direct3x3_blocks::{Reads, Taps, POSITION_BLOCK};
+use super::direct3x3_rows::spread_rows;
 use super::direct3x3_wide::GroupWeights;
 use super::geometry::ConvGeometry;
 use super::pointwise_nchw::lane_mask;

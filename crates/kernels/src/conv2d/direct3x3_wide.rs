@@ -36,7 +36,7 @@
 //! multiply-adds on the unit's own planes instead (`direct3x3_wide_rows.rs`), without the
 //! padded rows.
 
-use super::direct3x3::{unit_kernel, Reads, Taps};
+use super::direct3x3_blocks::{unit_kernel, Reads, Taps};
 use rayon::prelude::*;
 
 /// Output channels one vector holds.
@@ -491,7 +491,7 @@ pub(super) unsafe fn unit_weight_grad_wide<T: Taps>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct3x3::TestRowTaps as RowTaps;
+    use super::super::direct3x3_blocks::TestRowTaps as RowTaps;
     use super::super::test_values_fine as values;
     use super::*;
 
@@ -499,7 +499,7 @@ mod tests {
     /// fills, for 16 to 64 output channels and fills that end on a block and between blocks.
     #[test]
     fn wide_kernel_equals_the_avx2_kernel_bit_for_bit() {
-        if !cpu_supports() || !super::super::direct3x3::cpu_supports() {
+        if !cpu_supports() || !super::super::direct3x3_blocks::cpu_supports() {
             eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
             return;
         }
