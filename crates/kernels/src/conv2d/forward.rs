@@ -13,7 +13,7 @@ use super::select::{
 use super::storage::dense_f32;
 use super::weight_grad::Conv2dWeightGrad;
 use super::weight_packs::WeightPacks;
-use super::winograd::Tile;
+use super::winograd_plan::Tile;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 

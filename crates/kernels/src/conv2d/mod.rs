@@ -51,6 +51,7 @@ mod weight_packs;
 mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod winograd_lanes;
+mod winograd_plan;
 
 pub use crate::cpu_features::{cpu_kind, CpuKind};
 pub use forward::{forward_macs, Conv2d};

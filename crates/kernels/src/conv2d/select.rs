@@ -9,7 +9,7 @@
 //! by side).
 
 use super::geometry::ConvGeometry;
-use super::winograd::Tile;
+use super::winograd_plan::Tile;
 use crate::cpu_features::{avx512_full_width, cpu_kind, CpuKind};
 use std::cell::Cell;
 

@@ -30,7 +30,7 @@ use super::matmul::{matmul, matmul_strided, MatRef};
 use super::schedule::SharedOutput;
 use super::scratch::{with_columns, Scratch};
 use super::weight_packs::{packed, PackKind, WeightPacks};
-use super::winograd::{Coefs, Plan, Winograd};
+use super::winograd_plan::{Coefs, Plan, Winograd};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -38,12 +38,6 @@ use std::arch::x86_64::*;
 
 /// Channels one vector holds.
 const LANES: usize = 16;
-
-/// True where this module's transforms run: AMD Zen 5 server cores, where they were measured
-/// (`select.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep `winograd.rs`'s, unmeasured).
-pub(super) fn runs_here() -> bool {
-    crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
-}
 
 /// Values of one zero-bordered lane block: the `(M*(th-1) + IN) x (M*(tw-1) + IN)` pixels that
 /// the tiles read, 16 channels each.
@@ -132,7 +126,7 @@ where
         with_columns(block_len, |block| {
             let image = &maps[(b0 + i) * channels * pixels..][..channels * pixels];
             assert!(shared.len() >= OUT * OUT * t_blk * channels);
-            // SAFETY: AVX-512 is present (`runs_here`, checked by the caller); the block holds
+            // SAFETY: AVX-512 is present (`lanes_here`, checked by the caller); the block holds
             // every pixel the tiles read (`lane_block_len`); the writes go to rows
             // `i*tiles..(i+1)*tiles` and lanes `c0..c0 + lanes` of each of the `OUT*OUT`
             // matrices (inside the length asserted above), which no other task writes.
@@ -352,7 +346,7 @@ fn transform_weights<const M: usize, const A: usize, W: Winograd<M, A>>(
             }
             assert!(shared.len() >= A * A * c_in * c_out);
             for (ci, taps) in taps.chunks_exact(9 * LANES).enumerate() {
-                // SAFETY: AVX-512 present (`runs_here`, checked by the caller); the writes go
+                // SAFETY: AVX-512 present (`lanes_here`, checked by the caller); the writes go
                 // to lanes `c0..c0 + lanes` of row `ci` of each matrix (inside the length
                 // asserted above), which no other task writes.
                 unsafe {
@@ -410,7 +404,7 @@ fn filter_adjoint<const M: usize, const A: usize, W: Winograd<M, A>>(
             let mut taps = [0.0f32; 9 * LANES];
             for c0 in (0..c_in).step_by(LANES) {
                 let lanes = LANES.min(c_in - c0);
-                // SAFETY: AVX-512 present (`runs_here`, checked by the caller); `du` holds
+                // SAFETY: AVX-512 present (`lanes_here`, checked by the caller); `du` holds
                 // the A*A matrices (asserted above).
                 unsafe {
                     filters_adjoint::<A, W::Gt>(du, (o, c_out, c_in), (c0, lanes), &mut taps)
@@ -490,7 +484,7 @@ pub(super) fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
                     .for_each(|(cb, maps)| {
                         let lanes = maps.len() / pixels;
                         with_columns(pixels * LANES, |block| {
-                            // SAFETY: AVX-512 present (`runs_here`, checked by the caller);
+                            // SAFETY: AVX-512 present (`lanes_here`, checked by the caller);
                             // `m` holds the A*A products of t_blk rows of c_out.
                             unsafe {
                                 tiles_output::<M, A, W::At>(
