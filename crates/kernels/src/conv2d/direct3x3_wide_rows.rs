@@ -49,7 +49,7 @@ const LANES: usize = 16;
 
 /// True when `g`, whose units run the wide kernels with `group_out` output channels per group
 /// (a multiple of 16), runs here instead of through padded rows: on AMD Zen 5, where it was
-/// measured (`select.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the padded rows, unmeasured),
+/// measured (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the padded rows, unmeasured),
 /// 3x3 with padding 1 on square maps, and one of the shapes [`unit_forward`] lists.
 pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
     g.padding == 1

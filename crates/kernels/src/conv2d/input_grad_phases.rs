@@ -1,7 +1,7 @@
 //! The input gradient of dense 3x3 stride-2 layers on small maps as four products over the
-//! whole batch, one per stride phase of the input, on AMD Zen 5 (where it was measured):
-//! ResNet-50's stride-2 layer from 14x14 to 7x7 at 112x112 input, and from 7x7 to 4x4 from
-//! batch 32 ([`applies`]).
+//! whole batch, one per stride phase of the input, on AMD Zen 5 and on CPUs with AVX2 and
+//! without AVX-512 (where it was measured, an AMD EPYC Zen 3): ResNet-50's stride-2 layer from
+//! 14x14 to 7x7 at 112x112 input, and from 7x7 to 4x4 (on Zen 5 from batch 32) ([`applies`]).
 //!
 //! The whole-batch path (`batched.rs`) computes every tap's columns, `W^T @ dY` with
 //! `9 * C_in` rows, then adds each column into its input pixel (col2im, which at stride 2 first
@@ -64,8 +64,20 @@ const PHASES: [Phase; 4] = [
 ];
 
 /// True when `g`'s input gradient runs here: dense 3x3, stride 2, padding 1, output maps of
-/// 17 to 64 pixels (the whole-batch path's, `batched.rs`), and of 16 or fewer from batch 32,
-/// more than one image, on AMD Zen 5. `conv_passes`, CPU time of 2 threads, best of 5, 2
+/// at most 64 pixels (the whole-batch path's, `batched.rs`), more than one image, on AMD Zen 5
+/// (maps of 16 or fewer pixels from batch 32) or where AVX2 runs without AVX-512 (every
+/// batch).
+///
+/// On a 2-core AMD EPYC Zen 3 with the phases' products in gemm, against the whole-batch path,
+/// `conv_passes` wall clock of 2 threads, best of 9, 3 alternating rounds: from 14x14 to 7x7
+/// with 256 channels 9.24-11.68 -> 6.94-7.59 ms at batch 16 and 17.56-24.12 -> 13.55-14.29 at
+/// batch 32, with 512 channels 33.18-38.53 -> 26.63-28.66 at batch 16; from 7x7 to 4x4 with
+/// 512 channels 15.24-18.03 -> 10.90-14.24 at batch 16 and 25.36-27.81 -> 18.52-19.87 at batch
+/// 32. In ResNet-50 train steps (3 alternating `bench-one` rounds at batch 16, 2 at 32) the
+/// 7x7 input-gradient row went 9.0-10.6 -> 7.0-7.3 ms (batch 16) and 21.8-23.7 -> 13.6-15.5
+/// (32), the 4x4 row 13.0-14.3 -> 10.1-10.7 and 25.3-31.4 -> 19.5-21.4.
+///
+/// On AMD Zen 5, `conv_passes`, CPU time of 2 threads, best of 5, 2
 /// rounds, against the whole-batch path, with a gemm per tap: from 14x14 to 7x7 with 256
 /// channels 9.56-9.71 -> 5.81-6.19 ms at batch 16, 15.98-16.16 -> 10.93-11.10 at batch 32;
 /// from 7x7 to 4x4 with 512 channels 7.86-7.90 -> 8.45-8.55 at batch 16. With the phases'
@@ -78,9 +90,11 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.stride == 2
         && g.padding == 1
         && g.batch > 1
-        && (g.out_pixels() > 16 || g.batch >= 32)
         && super::batched::applies(g)
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+        && match crate::cpu_features::cpu_kind() {
+            crate::cpu_features::CpuKind::Zen5Avx512 => g.out_pixels() > 16 || g.batch >= 32,
+            _ => crate::cpu_features::avx2_only(),
+        }
 }
 
 /// Input gradient `(N, C_in, H, W)` of `g` (as [`applies`] takes it) from the output
@@ -130,14 +144,15 @@ fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32], products
     // The output gradient over the batch, `(C_out, N * OH*OW)`, shifted by (row, column) =
     // (1, 0), (0, 0), (0, 1) and (1, 1), block after block (`SHIFTS`): every phase's shifts
     // are consecutive blocks. A shift by `(a, b)` moves each image's flat map by `a * OW + b`
-    // values, zeros past its end and, for `b = 1`, in its last column.
+    // values, zeros past its end and, for `b = 1`, in its last column (on a map of one row or
+    // one column a shift can pass the whole map: all zeros).
     let mut shifted = Scratch::take(4 * len);
     shifted
         .par_chunks_mut(width)
         .enumerate()
         .for_each(|(i, dst)| {
             let ((a, b), co) = (SHIFTS[i / c_out], i % c_out);
-            let off = a * ow + b;
+            let off = (a * ow + b).min(p);
             for (img, d) in dst.chunks_exact_mut(p).enumerate() {
                 let src = &dy[(img * c_out + co) * p..][..p];
                 d[..p - off].copy_from_slice(&src[off..]);
@@ -300,6 +315,10 @@ mod tests {
             (3, 32, 16, 9, 9),
             (2, 16, 8, 7, 7),
             (2, 8, 16, 6, 20),
+            (4, 8, 8, 2, 2),
+            (2, 8, 8, 1, 1),
+            (3, 8, 16, 2, 7),
+            (2, 16, 8, 5, 1),
         ]
         .into_iter()
         .flat_map(|shape| products_here().into_iter().map(move |p| (shape, p)))

@@ -37,7 +37,7 @@ const VECTORS: usize = 3;
 const KC: usize = 128;
 
 /// True when `g`'s input gradient runs here: where [`fits`], on AMD Zen 5 server cores
-/// (`select.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the GEMMs, unmeasured), where
+/// (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the GEMMs, unmeasured), where
 /// `conv_passes` measured it faster than the GEMMs (the whole-batch one with its copies, or one
 /// per image): maps of 16 to 64 pixels, and maps of up to 196 pixels (14x14) with at least 256
 /// input channels (at 14x14 level with 128; 1.2-1.45x slower at 28x28).
