@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Mutex;
 
-/// One convolution and the training-mode BatchNorm after it, as [`bottleneck_train`](crate::bottleneck_train) takes them.
+/// One convolution and the training-mode BatchNorm after it, as [`bottleneck_train`](fn@crate::bottleneck_train) takes them.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvBnStage<'a> {
     /// The convolution weight, (C_out, C_in / groups, kh, kw), no bias.
@@ -37,7 +37,7 @@ pub struct ConvBnStage<'a> {
     pub eps: f64,
 }
 
-/// A block's attention gate, as [`bottleneck_train`](crate::bottleneck_train) takes it.
+/// A block's attention gate, as [`bottleneck_train`](fn@crate::bottleneck_train) takes it.
 #[derive(Clone, Copy, Debug)]
 pub enum BlockGate<'a> {
     /// Squeeze-and-excitation: `sigmoid(mlp(mean_hw(z)))`, one value per (image, channel).
@@ -104,7 +104,7 @@ impl<'a> BottleneckStages<'a> {
 impl Block {
     /// The block `spec` over an input of shape `input`, its shapes checked. The op reads every
     /// parameter where it is (conv weight, BatchNorm weight, bias; stage after stage, then the
-    /// gate's) and hands their gradients to its [`ParamGrads`].
+    /// gate's) and hands their gradients to its [`ParamGrads`](crate::param_grads::ParamGrads).
     pub(crate) fn new(input: &[usize], spec: &BottleneckStages<'_>) -> Result<Self> {
         let BottleneckStages {
             main,

@@ -14,7 +14,7 @@ use crate::conv2d::matmul::{matmul, MatRef};
 use crate::conv2d::schedule::gemm_threads;
 use candle_core::{bail, Result, Tensor};
 
-/// The two layers of a gate's MLP as [`bottleneck_train`](crate::bottleneck_train) takes them:
+/// The two layers of a gate's MLP as [`bottleneck_train`](fn@crate::bottleneck_train) takes them:
 /// `C` channels reduced to `R` and expanded back. A squeeze-excite block's two 1x1
 /// convolutions, or CBAM's shared channel MLP (`ChannelGate.mlp.1` and `.3`).
 #[derive(Clone, Copy, Debug)]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 /// A max-pool's window: `kernel x kernel`, moved by `stride`, over an input padded by
 /// `padding` on each side, its last window kept when it starts inside the input (`ceil_mode`),
-/// as [`max_pool2d`](crate::max_pool2d) takes them.
+/// as [`max_pool2d`](fn@crate::max_pool2d) takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxPoolParams {
     /// Window size, both axes.
@@ -36,7 +36,7 @@ pub struct MaxPoolParams {
 /// BatchNorm's batch statistics for the running averages (which the caller owns).
 /// Differentiable in `x`, `w`, `weight` and `bias`; the values equal those of
 /// [`conv_bn_train`](crate::conv_bn_train) (with its ReLU) then
-/// [`max_pool2d`](crate::max_pool2d) bit for bit, and the gradients up to the sign of zero
+/// [`max_pool2d`](fn@crate::max_pool2d) bit for bit, and the gradients up to the sign of zero
 /// gradients. f32 on the CPU only ([`conv_bn_applies`](crate::conv_bn_applies)).
 pub fn conv_bn_relu_max_pool_train(
     x: &Tensor,

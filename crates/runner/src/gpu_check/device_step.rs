@@ -1,4 +1,4 @@
-//! Conformance of a whole training step ([`crate::step::train_step`]): a small MTANet
+//! Conformance of a whole training step ([`crate::step::train_step()`]): a small MTANet
 //! (ResNet-50 layout at 1/16 width, one block per stage) with the same seeded weights, batch
 //! and dropout seed on the device under test and on the reference device, one SGD step each;
 //! compared: the losses the step read back, the gradient norm, the gradients of a few
