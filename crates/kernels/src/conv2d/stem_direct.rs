@@ -217,9 +217,11 @@ impl Store8 {
     fn of(s: &Span, out_plane: usize) -> Self {
         let lanes_of = |mask: u16| (0..AVX2_LANES).filter(move |l| mask >> l & 1 == 1);
         let (first, second) = (lanes_of(s.first_mask), lanes_of(s.second_mask));
-        let start = match (s.first_mask, s.second_mask.trailing_zeros() as isize) {
-            (0, lane) => s.second + lane,
-            _ => s.first,
+        // The first valid lane's output: the first piece's, or where the second piece starts.
+        let start = if s.first_mask != 0 {
+            s.first
+        } else {
+            s.second + s.second_mask.trailing_zeros() as isize
         };
         let mut order = [0i32; AVX2_LANES];
         let mut valid = 0;

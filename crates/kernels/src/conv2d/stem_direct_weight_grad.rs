@@ -8,6 +8,7 @@
 //! GEMM measured faster (docs/performance.md).
 
 use super::geometry::ConvGeometry;
+use super::partial_sums::sum_partials;
 use super::scratch::with_columns;
 use super::stem_direct::{vector_lanes, Phases, Span, LANES};
 use rayon::prelude::*;
@@ -58,14 +59,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             unsafe { grads.sums(dw_b) };
         });
     });
-    let (first, rest) = parts.split_at_mut(len);
-    for part in rest.chunks_exact(len) {
-        for (d, v) in first.iter_mut().zip(part) {
-            *d += *v;
-        }
-    }
-    parts.truncate(len);
-    parts
+    sum_partials(parts, len)
 }
 
 /// One image's share of the weight gradient.
