@@ -83,6 +83,12 @@ pub fn cpu_kind() -> CpuKind {
     })
 }
 
+/// True on AMD Zen 5 server cores with AVX-512 ([`CpuKind::Zen5Avx512`]), where several
+/// kernels were measured faster than the choices made elsewhere and run only there.
+pub(crate) fn zen5() -> bool {
+    cpu_kind() == CpuKind::Zen5Avx512
+}
+
 /// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5
 /// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
 /// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).

@@ -31,9 +31,7 @@ const BLOCK: usize = LANES * VECTORS;
 /// True when units with `c_out` output channels over `reads` run here: a multiple of 4
 /// channels, at least one block of positions, on AMD Zen 5.
 pub(super) fn applies<T: Taps>(c_out: usize, reads: &Reads<T>) -> bool {
-    c_out.is_multiple_of(4)
-        && reads.positions >= BLOCK
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+    c_out.is_multiple_of(4) && reads.positions >= BLOCK && crate::cpu_features::zen5()
 }
 
 /// `out[co][q] = sum_ci sum_i w[co][ci][weight_tap(i)] * padded[ci][q + offset(i)]` for every
@@ -136,9 +134,7 @@ unsafe fn channels<T: Taps, const C: usize>(
 /// True when the weight gradient of units with `c_in` input channels runs [`unit_weight_grad`]:
 /// an even number of them, on AMD Zen 5 (with AVX-512DQ, which every Zen 5 has).
 pub(super) fn weight_grad_applies(c_in: usize) -> bool {
-    c_in.is_multiple_of(2)
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
-        && has_dq()
+    c_in.is_multiple_of(2) && crate::cpu_features::zen5() && has_dq()
 }
 
 /// True when the CPU has AVX-512DQ (checked once).

@@ -58,7 +58,7 @@ pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
         && g.in_h == g.in_w
         && g.out_h == g.out_w
         && takes(g.stride, g.in_w, group_out)
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+        && crate::cpu_features::zen5()
 }
 
 /// True for the shapes the kernels take: (stride, input width, output channels per unit).
@@ -160,7 +160,7 @@ pub(super) fn fits_input_grad_stride2(g: &ConvGeometry, group_in: usize) -> bool
         && g.kernel_w == 3
         && g.in_h == g.in_w
         && matches!((g.in_w, group_in), (7, 16 | 32))
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+        && crate::cpu_features::zen5()
 }
 
 /// One unit's input gradient of a stride-2 layer: `dx[ci][iy][ix] = sum_co sum_(ky,kx)

@@ -42,9 +42,7 @@ const KC: usize = 128;
 /// per image): maps of 16 to 64 pixels, and maps of up to 196 pixels (14x14) with at least 256
 /// input channels (at 14x14 level with 128; 1.2-1.45x slower at 28x28).
 pub fn applies(g: &ConvGeometry) -> bool {
-    fits(g)
-        && (g.out_pixels() <= 64 || g.in_channels >= 256)
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+    fits(g) && (g.out_pixels() <= 64 || g.in_channels >= 256) && crate::cpu_features::zen5()
 }
 
 /// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
@@ -57,7 +55,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
 pub fn strided_applies(g: &ConvGeometry) -> bool {
     (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0)
         && blocks_take(g)
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+        && crate::cpu_features::zen5()
 }
 
 /// True when `g`'s forward runs [`strided_forward_into`]: where its input gradient runs
@@ -584,7 +582,7 @@ mod tests {
         {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
                 .expect("geometry");
-            if crate::cpu_features::cpu_kind() != crate::cpu_features::CpuKind::Zen5Avx512 {
+            if !crate::cpu_features::zen5() {
                 eprintln!("skipped: {g:?} runs elsewhere on this CPU");
                 return;
             }
@@ -627,7 +625,7 @@ mod tests {
     /// of 1 and 3 threads.
     #[test]
     fn strided_forward_is_the_chain_of_the_read_pixels() {
-        if crate::cpu_features::cpu_kind() != crate::cpu_features::CpuKind::Zen5Avx512 {
+        if !crate::cpu_features::zen5() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }

@@ -10,7 +10,7 @@
 
 use super::geometry::ConvGeometry;
 use super::winograd_plan::Tile;
-use crate::cpu_features::{avx512_full_width, cpu_kind, CpuKind};
+use crate::cpu_features::{avx512_full_width, cpu_kind, zen5, CpuKind};
 use std::cell::Cell;
 
 /// The algorithm the convolution passes use.
@@ -102,7 +102,7 @@ pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
         && g.in_channels == 512
         && g.out_channels == 512;
     match FORCED.with(Cell::get) {
-        Algorithm::Auto if one_tile_per_map && cpu_kind() == CpuKind::Zen5Avx512 => Some(Tile::F4),
+        Algorithm::Auto if one_tile_per_map && zen5() => Some(Tile::F4),
         _ => winograd_tile(g, Pass::Forward),
     }
 }
@@ -126,7 +126,7 @@ pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
         return false;
     }
     match FORCED.with(Cell::get) {
-        Algorithm::Auto => cpu_kind() == CpuKind::Zen5Avx512 || crate::cpu_features::avx2_only(),
+        Algorithm::Auto => zen5() || crate::cpu_features::avx2_only(),
         Algorithm::Direct => true,
         _ => false,
     }
@@ -349,7 +349,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let channels = g.group_in_channels().min(g.group_out_channels());
     let full_width = avx512_full_width();
     let intel = cpu_kind() == CpuKind::IntelAvx512;
-    let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+    let zen5 = zen5();
     let avx2_only = crate::cpu_features::avx2_only();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
@@ -426,7 +426,7 @@ mod tests {
     /// algorithm, the training forward's choice.
     #[test]
     fn the_eval_forward_takes_f4_on_one_tile_maps_on_zen5() {
-        let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+        let zen5 = zen5();
         for batch in [8, 16, 32] {
             for (channels, hw) in [(512, 4), (256, 7), (128, 14), (64, 28)] {
                 let g = dense3x3(batch, channels, hw);
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn winograd_takes_the_measured_layers() {
         let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
-        let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+        let zen5 = zen5();
         let avx2_only = crate::cpu_features::avx2_only();
         let (f2, f4) = (Some(Tile::F2), Some(Tile::F4));
         for batch in [16, 32] {

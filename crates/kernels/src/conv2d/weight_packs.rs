@@ -143,7 +143,6 @@ mod tests {
     /// not the training forward's (GEMM); elsewhere the training forward's values.
     #[test]
     fn the_eval_forward_of_a_one_tile_map_is_f4_on_zen5() {
-        use crate::cpu_features::{cpu_kind, CpuKind};
         let g = ConvGeometry::new(&[16, 512, 4, 4], &[512, 512, 3, 3], 1, 1, 1).unwrap();
         let x = test_values(16 * 512 * 16, 3);
         let w: Vec<f32> = test_values(512 * 512 * 9, 5)
@@ -154,7 +153,7 @@ mod tests {
         let mut eval = vec![f32::NAN; 16 * 512 * 16];
         eval_forward_into_then(&g, &x, (&w, Some(&packs)), &mut eval, &|_, _| {});
         let training = forward(&g, &x, &w);
-        if cpu_kind() == CpuKind::Zen5Avx512 {
+        if crate::cpu_features::zen5() {
             let f4 = with_algorithm(Algorithm::Winograd4, || forward(&g, &x, &w));
             assert_eq!(differing_bits(&eval, &f4), 0);
             assert_ne!(differing_bits(&eval, &training), 0);

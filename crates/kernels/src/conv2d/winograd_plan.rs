@@ -149,8 +149,7 @@ const LANES_BLOCK_TILES: usize = 384;
 /// Zen 5 server cores, where they were measured (`CpuKind`; Intel's AVX-512 CPUs keep
 /// `winograd.rs`'s, unmeasured).
 pub(super) fn lanes_here() -> bool {
-    cfg!(target_arch = "x86_64")
-        && crate::cpu_features::cpu_kind() == crate::cpu_features::CpuKind::Zen5Avx512
+    cfg!(target_arch = "x86_64") && crate::cpu_features::zen5()
 }
 
 /// Sizes of one Winograd convolution ("same" 3x3 on `H x W` maps).
