@@ -388,16 +388,22 @@ pub const INIT_ONLY_KEYS: [&str; 2] = ["model.pretrained", "model.head.dropout"]
 /// Refuses `cfg` (read from `cfg_path`) for the weights in `file` where a key of
 /// [`MODEL_KEYS`] differs from the configuration `file` was trained with (its `config`
 /// metadata): another `model.va_activation`, for one, changes every valence and arousal
-/// without changing any tensor's shape. A checkpoint that records no readable configuration
-/// (written before checkpoints carried it) is checked by its tensors' shapes alone.
+/// without changing any tensor's shape. A checkpoint that records no configuration (written
+/// before checkpoints carried it) is checked by its tensors' shapes alone; one whose recorded
+/// configuration does not read is refused, as the model it describes cannot be compared.
 pub fn check_model_config(cfg: &Config, cfg_path: &Path, file: &Path) -> anyhow::Result<()> {
     let meta = read_metadata(file)?;
-    let Some(trained) = meta
-        .get("config")
-        .and_then(|yaml| serde_yaml::from_str::<Config>(yaml).ok())
-    else {
+    let Some(yaml) = meta.get("config") else {
         return Ok(());
     };
+    let trained: Config = serde_yaml::from_str(yaml).with_context(|| {
+        format!(
+            "{}: the `config` it records does not read, so the model it was trained with \
+             cannot be checked against {}",
+            file.display(),
+            cfg_path.display()
+        )
+    })?;
     let differ: Vec<String> = config_differences(&trained, cfg)?
         .into_iter()
         .filter(|d| d.is_under(&MODEL_KEYS) && !d.is_under(&INIT_ONLY_KEYS))
@@ -516,7 +522,8 @@ mod tests {
 
     /// Weights are refused with a configuration whose model differs from the one they were
     /// trained with (an activation changes no shape), named by key; keys that act only in
-    /// training, and checkpoints without a recorded configuration, pass.
+    /// training, and checkpoints without a recorded configuration, pass; a recorded
+    /// configuration that does not read is refused.
     #[test]
     fn another_model_configuration_is_refused_by_key() {
         let d = tempfile::tempdir().unwrap();
@@ -549,6 +556,17 @@ mod tests {
 
         write_with_meta(&file, None);
         check_model_config(&other, &cfg_path, &file).unwrap();
+
+        // A recorded configuration that does not read (a key this build does not know) is
+        // refused even for the configuration it was written from: it cannot be compared.
+        let unknown = format!("{}\nno_such_key: 1\n", trained.to_yaml());
+        write_with_meta(&file, Some(("config", unknown)));
+        let err = format!(
+            "{:#}",
+            check_model_config(&trained, &cfg_path, &file).unwrap_err()
+        );
+        assert!(err.contains("does not read"), "{err}");
+        assert!(err.contains("w.safetensors"), "{err}");
     }
 
     #[test]
