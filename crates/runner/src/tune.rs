@@ -325,6 +325,7 @@ fn scored_videos(
         }
         let c = &crops[&e.video];
         let file = read_task_file(e.task, &e.path)?;
+        check_header(&found, e.task, &e.path, &file.names)?;
         let dir = found.crops.join(&e.video);
         let has_crop = |i: usize| {
             u32::try_from(i + 1).is_ok_and(|f| {
@@ -340,6 +341,35 @@ fn scored_videos(
         }
     }
     Ok(videos)
+}
+
+/// Refuses an AU or expression file of the split whose header names differ from those of its
+/// task's first file in the root (the names the model's outputs were mapped to,
+/// `root_vocab`): its labels would be scored against other columns' outputs.
+fn check_header(
+    found: &mtanet_affwild2::layout::Discovered,
+    task: Task,
+    path: &std::path::Path,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let Some(first) = found.entries.iter().find(|e| e.task == task) else {
+        return Ok(());
+    };
+    if task == Task::Va || first.path == path {
+        return Ok(());
+    }
+    let expected = read_task_file(task, &first.path)?.names;
+    if expected != names {
+        return Err(mtanet_affwild2::DataError::VocabMismatch {
+            path: path.to_path_buf(),
+            line: 1,
+            found: names.to_vec(),
+            expected,
+            first: first.path.clone(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// No smoothing, then every window of [`WINDOWS_S`] above 0 with each kernel.

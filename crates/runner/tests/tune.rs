@@ -224,4 +224,35 @@ fn tune_chooses_stores_and_predict_applies() {
     let e = predict::run(&o).unwrap_err();
     assert!(format!("{e:#}").contains("--raw"), "{e:#}");
     predict::run_with(&o, None, true).unwrap();
+
+    // An AU file of the split whose header names its columns in another order is refused,
+    // naming the file: its labels would be scored against other AUs' outputs.
+    let au_dir = root.join("annotations/AU_Set/Validation_Set");
+    let mut au_files: Vec<PathBuf> = std::fs::read_dir(&au_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    au_files.sort();
+    let swapped = au_files.last().unwrap();
+    let text = std::fs::read_to_string(swapped).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let mut names: Vec<&str> = header.split(',').collect();
+    names.swap(0, 1);
+    std::fs::write(swapped, format!("{}\n{rest}", names.join(","))).unwrap();
+    let e = tune::run(&TuneOptions {
+        checkpoint: run.run_dir.clone(),
+        config: None,
+        root: root.clone(),
+        split: Split::Validation,
+        batch_size: None,
+        device: None,
+        quiet: true,
+        dry_run: true,
+    })
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("one task must have one vocabulary") && e.contains("AU_Set"),
+        "{e}"
+    );
 }
