@@ -54,7 +54,7 @@ fn runs(tmp: &Path) -> Vec<BTreeMap<String, String>> {
 }
 
 #[test]
-fn a_resumed_row_keeps_its_row_profile_and_paper_values() {
+fn a_resumed_row_keeps_its_row_profile_paper_values_and_overrides() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny(tmp.path(), &[]);
     let paper = serde_yaml::from_str("{valence: 0.2, arousal: 0.3, au: 0.4, expr: 0.5}").unwrap();
@@ -64,6 +64,7 @@ fn a_resumed_row_keeps_its_row_profile_and_paper_values() {
             profile: Some("demo".into()),
             row: Some("resnext50_32x4d_cbam".into()),
             paper: Some(paper),
+            overrides: vec!["data.max_val_frames=40".into()],
             max_steps: Some(2),
             ..quiet()
         },
@@ -89,6 +90,7 @@ fn a_resumed_row_keeps_its_row_profile_and_paper_values() {
         ),
         ("resnext50_32x4d_cbam", "demo", "0.4")
     );
+    assert_eq!(r["overrides"], "data.max_val_frames=40");
     assert!(!r["delta.au"].is_empty());
 }
 
@@ -157,6 +159,38 @@ fn an_override_of_the_rows_backbone_is_not_that_row_and_table_rows_merge() {
     assert_eq!(
         names,
         ["cbam", "se", "cbam with model.backbone=resnet50"],
+        "{h:?}"
+    );
+    // An override of a key the row leaves alone keeps the row's name and paper values and is
+    // recorded beside it; in two.csv its line goes beside the row as the file defines it,
+    // which stays.
+    experiment_table::run(&table(&path, &["se"], &["training.stages.1.steps=2"])).unwrap();
+    let rows = runs(tmp.path());
+    let last = &rows[3];
+    assert_eq!(
+        (last["row"].as_str(), last["overrides"].as_str()),
+        ("se", "training.stages.1.steps=2"),
+        "{last:?}"
+    );
+    assert_ne!(last["paper.au"], "");
+    assert_eq!(rows[1]["overrides"], "");
+    let (h, t) = read_csv(&tmp.path().join("results/two.csv")).unwrap();
+    let at = |c: &str| h.iter().position(|x| x == c).unwrap();
+    let keyed: Vec<(&str, &str)> = t
+        .iter()
+        .map(|r| (r[at("row")].as_str(), r[at("overrides")].as_str()))
+        .collect();
+    assert_eq!(
+        keyed,
+        [
+            ("cbam", ""),
+            ("se", ""),
+            (
+                "cbam with model.backbone=resnet50",
+                "model.backbone=\"resnet50\""
+            ),
+            ("se", "training.stages.1.steps=2"),
+        ],
         "{h:?}"
     );
 }

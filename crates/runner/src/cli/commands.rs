@@ -174,6 +174,7 @@ fn train(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 profile: run.profile,
                 row: run.row,
                 paper: run.paper,
+                overrides: run.overrides,
                 ..Default::default()
             };
             (run.config, ctx)

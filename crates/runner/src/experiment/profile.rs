@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::experiment::differences::config_differences;
 use crate::experiment::{Config, ExperimentFile, Override, PaperValues, TABLE1_YAML};
 
 /// Picks the profile: explicit, else `paper` with `AFFWILD2_ROOT`, else `demo`; the reason is
@@ -129,6 +130,11 @@ pub struct ResolvedRun {
     /// ([`ExperimentFile::row_keys_changed`]): when any, the run is recorded without the row's
     /// name and paper values, as the table commands do.
     pub changed_row_keys: Vec<String>,
+    /// Every key whose value the command-line overrides changed from what the file defines
+    /// for this profile and row, as `key=value` in key order (empty: the run is the file's
+    /// own). Recorded beside the row name (`runs.csv`, the table CSV) so that a run with
+    /// overrides is never taken for the row as the file defines it.
+    pub overrides: Vec<String>,
 }
 
 /// Resolves `file` under `profile` and `row` with `sets` (plus the profile's environment
@@ -145,13 +151,15 @@ pub fn resolve_run(
         None => user.to_vec(),
     };
     let config = file.resolve(profile, row, &with_env(sets))?;
+    let as_defined = file.resolve_unchecked(profile, row, &with_env(&[]))?;
     let changed_row_keys = match row {
-        Some(r) => {
-            let as_defined = file.resolve_unchecked(profile, Some(r), &with_env(&[]))?;
-            file.row_keys_changed(r, &config, &as_defined)
-        }
+        Some(r) => file.row_keys_changed(r, &config, &as_defined),
         None => Vec::new(),
     };
+    let overrides = config_differences(&as_defined, &config)?
+        .into_iter()
+        .map(|d| format!("{}={}", d.key, d.second))
+        .collect();
     let row = row.filter(|_| changed_row_keys.is_empty());
     let paper = row
         .and_then(|r| file.rows.iter().find(|x| x.name == r))
@@ -162,6 +170,7 @@ pub fn resolve_run(
         row: row.map(str::to_string),
         paper,
         changed_row_keys,
+        overrides,
     })
 }
 
@@ -218,11 +227,16 @@ profiles:
         assert_eq!(run.row.as_deref(), Some("se"));
         assert_eq!(run.paper.as_ref().map(|p| p.au), Some(0.427));
         assert_eq!((run.config.seed, run.config.model.width_div), (3, 8));
+        // The row keeps its name, and the overrides are recorded beside it.
+        let mut overrides = run.overrides.clone();
+        overrides.sort();
+        assert_eq!(overrides, ["model.width_div=8", "seed=3"]);
         // The profile resets `pretrained`, which the row sets: the row as the profile
         // defines it, not a change.
         let plain = resolve_run(&f, Some("small"), Some("r50"), &[]).unwrap();
         assert_eq!(plain.row.as_deref(), Some("r50"));
         assert_eq!(plain.config.model.pretrained, None);
+        assert!(plain.overrides.is_empty(), "{:?}", plain.overrides);
         // Under that profile, setting the row's key back to the row's value is a change.
         let hub = resolve_run(
             &f,
@@ -233,6 +247,10 @@ profiles:
         .unwrap();
         assert_eq!(hub.row, None);
         assert_eq!(hub.changed_row_keys, vec!["model.pretrained".to_string()]);
+        assert_eq!(
+            hub.overrides,
+            ["model.pretrained=\"timm/resnet50.tv_in1k\"".to_string()]
+        );
     }
 
     #[test]
@@ -241,6 +259,10 @@ profiles:
         let run = resolve_run(&f, None, None, &sets(&["backbone=senet50"])).unwrap();
         assert_eq!((run.row, run.paper), (None, None));
         assert!(run.changed_row_keys.is_empty());
+        assert_eq!(
+            run.overrides,
+            ["model.backbone=\"senet50_vggface2\"".to_string()]
+        );
     }
 
     /// `mtanet train` without `--profile` takes the tables' choice where the file defines it

@@ -33,6 +33,7 @@ pub fn runs_header() -> Vec<String> {
         "experiment",
         "profile",
         "row",
+        "overrides",
         "backbone",
         "seed",
         "git_commit",
@@ -76,6 +77,8 @@ pub struct RunRow<'a> {
     pub row: Option<&'a str>,
     /// The paper's values for that row.
     pub paper: Option<&'a PaperValues>,
+    /// The keys the command line changed from the experiment file, as `key=value`.
+    pub overrides: &'a [String],
     /// Run id.
     pub run_id: &'a str,
     /// Run directory.
@@ -117,6 +120,7 @@ pub fn append_run_row(r: &RunRow) -> anyhow::Result<()> {
         config.experiment.clone(),
         r.profile.unwrap_or_default().to_string(),
         r.row.unwrap_or_default().to_string(),
+        r.overrides.join(" "),
         config.model.backbone.to_string(),
         config.seed.to_string(),
         git_commit(),
@@ -181,6 +185,7 @@ mod tests {
                 profile: None,
                 row: Some("resnet50"),
                 paper: None,
+                overrides: &[],
                 run_id: "run-1",
                 run_dir: &dir,
                 status,

@@ -42,8 +42,10 @@ fn read_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<NumberedRow>)> {
 }
 
 /// The columns that identify a result, in the order a key lists them: a file is keyed by those
-/// of them it has (`runs.csv`: all four; a table CSV: `profile` and `row`).
-const IDENTITY: &[&str] = &["experiment", "profile", "row", "seed"];
+/// of them it has (`runs.csv`: all five; a table CSV: `profile`, `row` and `overrides`). A file
+/// with a `row` column but no `overrides` (written before it) is keyed as if every row had
+/// none, so results with command-line overrides pair only with results of the same overrides.
+const IDENTITY: &[&str] = &["experiment", "profile", "row", "overrides", "seed"];
 
 /// A row's identity: (column, value) for each identifying column of its file.
 type Key = Vec<(String, String)>;
@@ -74,7 +76,7 @@ fn key_label(key: &Key) -> String {
         .unwrap_or_default();
     let rest: Vec<String> = key
         .iter()
-        .filter(|(c, _)| c != "row" && c != "run_id")
+        .filter(|(c, v)| c != "row" && c != "run_id" && !(c == "overrides" && v.is_empty()))
         .map(|(c, v)| format!("{c} {v}"))
         .collect();
     if rest.is_empty() {
@@ -110,7 +112,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     let mut key_cols: Vec<String> = IDENTITY
         .iter()
-        .filter(|c| has(c))
+        .filter(|c| has(c) || (**c == "overrides" && has("row")))
         .map(|c| c.to_string())
         .collect();
     if !has("row") {
@@ -131,7 +133,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
         let mut key: Key = Vec::new();
         for c in &key_cols {
-            let v = m[c].clone();
+            let v = m.get(c).cloned().unwrap_or_default();
             if c == "row" && v.is_empty() {
                 match m.get("run_id").filter(|id| !id.is_empty()) {
                     Some(id) => key.push(("run_id".into(), id.clone())),
@@ -182,9 +184,9 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
 /// Renders the comparison as text: first the notes (rows skipped because their status is not
 /// `finished`, keys on several lines) and warnings (files of other profiles, rows over other
 /// numbers of seeds), then a markdown table per result. Rows are paired by the identifying
-/// columns their files have (of experiment, profile, row and seed), so runs of other
-/// experiments, profiles or seeds are never set side by side; files identified by other
-/// columns are refused.
+/// columns their files have (of experiment, profile, row, overrides and seed), so runs of
+/// other experiments, profiles, overrides or seeds are never set side by side; files
+/// identified by other columns are refused.
 pub fn compare(paths: &[PathBuf]) -> anyhow::Result<String> {
     if paths.len() < 2 {
         anyhow::bail!("compare needs at least two CSV files");
@@ -405,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn runs_pair_by_experiment_profile_row_and_seed_and_unfinished_runs_are_skipped() {
+    fn runs_pair_by_experiment_profile_row_overrides_and_seed_and_unfinished_runs_are_skipped() {
         let d = tempfile::tempdir().unwrap();
         let a = d.path().join("a.csv");
         let b = d.path().join("b.csv");
@@ -473,6 +475,29 @@ mod tests {
         );
         // The notes come first, before any table.
         assert!(s.find("note: ").unwrap() < s.find("### ").unwrap(), "{s}");
+
+        // A file with the `overrides` column beside one without it: a run without overrides
+        // pairs with the older file's run; one with overrides pairs with neither.
+        let c = d.path().join("c.csv");
+        std::fs::write(
+            &c,
+            "run_id,experiment,profile,row,overrides,seed,status,au.f1
+             c1,table1,demo,resnet50,,0,finished,0.52
+             c2,table1,demo,resnet50,data.max_val_frames=500,0,finished,0.99
+",
+        )
+        .unwrap();
+        let s = compare(&[a.clone(), c]).unwrap();
+        let seed0 = section(&s, "resnet50 (experiment table1, profile demo, seed 0)");
+        assert!(
+            seed0.contains("| au.f1 | 0.5000 | 0.5200 | +0.0200 |"),
+            "{s}"
+        );
+        let quick = section(
+            &s,
+            "resnet50 (experiment table1, profile demo, overrides data.max_val_frames=500, seed 0)",
+        );
+        assert!(quick.contains("| au.f1 | - | 0.9900 | - |"), "{s}");
     }
 
     #[test]
@@ -523,7 +548,8 @@ mod tests {
         let e = compare(&[runs.clone(), b.clone()]).unwrap_err().to_string();
         assert!(
             e.contains(&format!(
-                "{} identifies its rows by (experiment, profile, row, seed), {bn} by (profile, row)",
+                "{} identifies its rows by (experiment, profile, row, overrides, seed), {bn} by \
+                 (profile, row, overrides)",
                 runs.display()
             )),
             "{e}"

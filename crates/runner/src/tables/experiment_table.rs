@@ -154,6 +154,8 @@ struct RowResult {
     name: String,
     label: String,
     paper: Option<PaperValues>,
+    /// The keys the command line changed from the experiment file, as `key=value`.
+    overrides: Vec<String>,
     /// (report, run directory, training img/s) of each seed.
     runs: Vec<(Report, PathBuf, f64)>,
     /// (seed, which evaluation the report comes from) of each run.
@@ -202,11 +204,13 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     // changed is not that row: it runs under another name, without the paper's values.
     let mut configs = Vec::new();
     let mut identities = Vec::new();
+    let mut overrides = Vec::new();
     for r in &rows {
         // The one rule `train --row` follows too (`resolve_run`).
         let run = resolve_run(&file, Some(&profile), Some(&r.name), &opts.overrides)?;
         let base = run.config;
         let changed = run.changed_row_keys;
+        overrides.push(run.overrides);
         identities.push(if changed.is_empty() {
             (r.name.clone(), run.row, run.paper)
         } else {
@@ -229,7 +233,8 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     let mut results = Vec::new();
     // Rows left out of the table (a seed's table figure NaN or infinite), with why.
     let mut refused = Vec::new();
-    'rows: for ((r, base), (display, row_name, paper)) in rows.iter().zip(&configs).zip(identities)
+    'rows: for (((r, base), (display, row_name, paper)), overrides) in
+        rows.iter().zip(&configs).zip(identities).zip(overrides)
     {
         let mut runs = Vec::new();
         let mut selected_from = Vec::new();
@@ -240,6 +245,7 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                 profile: Some(profile.clone()),
                 row: row_name.clone(),
                 paper: paper.clone(),
+                overrides: overrides.clone(),
                 quiet: opts.quiet,
                 ..Default::default()
             };
@@ -290,6 +296,7 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
             name: display.clone(),
             label: r.paper_label.clone().unwrap_or_else(|| display.clone()),
             paper,
+            overrides,
             runs,
             selected_from,
         });
@@ -310,7 +317,7 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
             .results_dir
             .join(format!("{}.csv", configs[0].experiment));
         let (header, rows) = table_csv(&results, &profile, seeds);
-        // Upsert by (row, profile): rows of other rows and other profiles stay.
+        // Upsert by (row, profile, overrides): rows of other rows, profiles and overrides stay.
         upsert_table_rows(&path, &header, &rows)?;
         println!("wrote {}", path.display());
     }
@@ -417,6 +424,16 @@ fn markdown(
             cells.join(" | ")
         ));
     }
+    for r in rows.iter().filter(|r| !r.overrides.is_empty()) {
+        s.push_str(&format!(
+            "\n{}: overrides of the experiment file: {}",
+            r.name,
+            r.overrides.join(" ")
+        ));
+    }
+    if rows.iter().any(|r| !r.overrides.is_empty()) {
+        s.push('\n');
+    }
     if rows.iter().any(|r| r.paper.is_some()) {
         s.push_str("\nPaper rows: ");
         s.push_str(
@@ -467,6 +484,7 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, V
     let mut header = vec![
         "row".to_string(),
         "profile".into(),
+        "overrides".into(),
         "seeds".into(),
         "paper_label".into(),
     ];
@@ -491,6 +509,7 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, V
         let mut f = vec![
             r.name.clone(),
             profile.to_string(),
+            r.overrides.join(" "),
             seeds.to_string(),
             r.label.clone(),
         ];
@@ -523,9 +542,11 @@ fn table_csv(rows: &[RowResult], profile: &str, seeds: usize) -> (Vec<String>, V
     (header, out)
 }
 
-/// Writes `rows` (under `header`) into the table CSV at `path`, keyed by (`row`, `profile`): a
-/// row of the same name and profile is replaced where it stands, any other is appended, and
-/// the rows of other names and profiles stay. Values are placed by column name; a column the
+/// Writes `rows` (under `header`) into the table CSV at `path`, keyed by (`row`, `profile`,
+/// `overrides`): a row of the same name, profile and command-line overrides is replaced where
+/// it stands, any other is appended, and the others stay (a run with `--set` never replaces
+/// the row as the experiment file defines it; rows written before the `overrides` column count
+/// as having none). Values are placed by column name; a column the
 /// file lacks is appended to its header (earlier rows get empty cells). The file is rewritten
 /// atomically under the lock `<file>.csv.lock`, so concurrent tables never lose a row. A file
 /// without a `row` or `profile` column is refused, naming it.
@@ -559,10 +580,15 @@ fn upsert_table_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> an
             }
         }
     }
+    // A file written before the `overrides` column: its rows had none recorded (empty).
+    let overrides_at = file_header.iter().position(|x| x == "overrides");
     for row in rows {
         let fields = fields_by_name(header, row, &file_header);
-        let same =
-            |r: &Vec<String>| r[row_at] == fields[row_at] && r[profile_at] == fields[profile_at];
+        let same = |r: &Vec<String>| {
+            r[row_at] == fields[row_at]
+                && r[profile_at] == fields[profile_at]
+                && overrides_at.is_none_or(|o| r[o] == fields[o])
+        };
         match file_rows.iter().position(same) {
             Some(i) => {
                 let mut j = 0;
@@ -647,6 +673,7 @@ mod tests {
             name: "r".into(),
             label: "r".into(),
             paper: None,
+            overrides: Vec::new(),
             runs: vec![
                 (Report::default(), PathBuf::from("a"), 1.0),
                 (Report::default(), PathBuf::from("b"), 1.0),
@@ -688,7 +715,7 @@ mod tests {
     }
 
     #[test]
-    fn table_rows_merge_by_row_and_profile() {
+    fn table_rows_merge_by_row_profile_and_overrides() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("results/table1.csv");
         let h = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
@@ -730,6 +757,23 @@ mod tests {
         assert_eq!(h2, ["row", "profile", "au.f1", "expr.f1"]);
         assert_eq!(r2[0][3], "0.3");
         assert_eq!((r2[1][3].as_str(), r2[2][3].as_str()), ("", ""));
+        // A run of the row with command-line overrides goes beside the row as the file
+        // defines it (rows written without the column count as having none); its rerun
+        // replaces its own line.
+        let header3 = h(&["row", "profile", "overrides", "au.f1"]);
+        let quick = r(&["resnet50", "paper", "training.stages.0.epochs=1", "0.1"]);
+        upsert_table_rows(&path, &header3, std::slice::from_ref(&quick)).unwrap();
+        upsert_table_rows(&path, &header3, std::slice::from_ref(&quick)).unwrap();
+        let mut expected = vec![
+            t("resnet50", "paper", "0.45"),
+            t("senet", "paper", "0.5"),
+            t("resnet50", "demo", "0.9"),
+            t("resnet50", "paper", "0.1"),
+        ];
+        assert_eq!(rows(&path), expected);
+        upsert_table_rows(&path, &header3, &[r(&["resnet50", "paper", "", "0.46"])]).unwrap();
+        expected[0] = t("resnet50", "paper", "0.46");
+        assert_eq!(rows(&path), expected);
         // A file that cannot be keyed is refused, naming it, and left as it was.
         let other = d.path().join("other.csv");
         std::fs::write(&other, "row,au.f1\nresnet50,0.4\n").unwrap();

@@ -34,6 +34,9 @@ pub struct RunContext {
     pub row: Option<String>,
     /// The paper's values for this row.
     pub paper: Option<PaperValues>,
+    /// The keys the command line changed from the experiment file, as `key=value`
+    /// (`ResolvedRun::overrides`).
+    pub overrides: Vec<String>,
     /// Continue this run directory from its last checkpoint.
     pub resume: Option<PathBuf>,
     /// Stop after this many optimizer steps in this invocation (tests of resume).
@@ -49,6 +52,8 @@ struct RunIdentity {
     profile: Option<String>,
     row: Option<String>,
     paper: Option<PaperValues>,
+    #[serde(default)]
+    overrides: Vec<String>,
 }
 
 /// The result of a finished (or interrupted) run.
@@ -111,6 +116,7 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
             profile: ctx.profile.clone(),
             row: ctx.row.clone(),
             paper: ctx.paper.clone(),
+            overrides: ctx.overrides.clone(),
         };
         write_atomic(
             &identity_path,
@@ -118,7 +124,7 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
         )?;
         ctx
     } else {
-        // A resumed run keeps the row, profile and paper values it started with.
+        // A resumed run keeps the row, profile, paper values and overrides it started with.
         let identity: RunIdentity = match std::fs::read(&identity_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{}: not a run identity", identity_path.display()))?,
@@ -128,6 +134,11 @@ pub fn run(config: &Config, ctx: &RunContext) -> anyhow::Result<RunOutcome> {
             profile: ctx.profile.clone().or(identity.profile),
             row: ctx.row.clone().or(identity.row),
             paper: ctx.paper.clone().or(identity.paper),
+            overrides: if ctx.overrides.is_empty() {
+                identity.overrides
+            } else {
+                ctx.overrides.clone()
+            },
             ..ctx.clone()
         };
         &resumed_ctx

@@ -116,6 +116,7 @@ impl Trainer<'_> {
             profile: self.ctx.profile.as_deref(),
             row: self.ctx.row.as_deref(),
             paper: self.ctx.paper.as_ref(),
+            overrides: &self.ctx.overrides,
             run_id: &self.run_id,
             run_dir: &self.run_dir,
             status,
