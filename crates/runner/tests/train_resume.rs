@@ -328,3 +328,48 @@ fn bf16_run_trains_f32_master_weights() {
         "{report}"
     );
 }
+
+/// A resume on other samples (training crops gone since the checkpoint) is refused, saying
+/// which split changed; the checkpoint stays as it was.
+#[test]
+fn a_resume_on_other_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tmp.path());
+    let part = train::run(
+        &config,
+        &RunContext {
+            max_steps: Some(2),
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!part.finished);
+    let ckpt = part.run_dir.join("checkpoints/last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // The first frame of every training video loses its crop.
+    let root = tmp.path().join("synth");
+    for e in std::fs::read_dir(root.join("annotations/VA_Set/Training_Set")).unwrap() {
+        let path = e.unwrap().path();
+        let video = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let crop = root.join("cropped_aligned").join(&video).join("00001.jpg");
+        if crop.is_file() {
+            std::fs::remove_file(crop).unwrap();
+        }
+    }
+    let e = train::run(
+        &config,
+        &RunContext {
+            resume: Some(part.run_dir.clone()),
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("the data differ") && e.contains("training: ") && !e.contains("validation"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+}

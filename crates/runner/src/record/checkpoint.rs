@@ -51,6 +51,10 @@ pub struct TrainState {
     /// row was written after the checkpoint it resumes from.
     #[serde(default = "EvaluatedThrough::unrecorded")]
     pub evaluated_through: EvaluatedThrough,
+    /// The samples the run trains and evaluates on (`None` in checkpoints written before it
+    /// was recorded); a resume on other samples is refused.
+    #[serde(default)]
+    pub data: Option<crate::record::data_fingerprint::DataFingerprint>,
 }
 
 /// How far a [`TrainState`]'s evaluations go.

@@ -3,6 +3,7 @@
 
 pub mod atomic_io;
 pub mod checkpoint;
+pub mod data_fingerprint;
 pub mod hparams;
 pub mod log_file;
 pub mod metrics_csv;

@@ -1,6 +1,7 @@
 //! The state of a run in progress and its loop: stages, epochs, steps, evaluations and
 //! checkpoints.
 
+use crate::record::data_fingerprint::DataFingerprint;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -73,7 +74,11 @@ impl<'a> Trainer<'a> {
         };
         let s = training_objects::build(config, ctx.quiet, pretrained)?;
         let last_ckpt = run_dir.join("checkpoints").join("last.safetensors");
-        let mut state = TrainState::default();
+        let data = DataFingerprint::of(s.train.samples(), s.val.samples());
+        let mut state = TrainState {
+            data: Some(data.clone()),
+            ..TrainState::default()
+        };
         let mut resumed_optim = None;
         if ctx.resume.is_some() {
             let c = checkpoint::load(&last_ckpt, &s.device).with_context(|| {
@@ -87,7 +92,23 @@ impl<'a> Trainer<'a> {
             }
             restore_vars(&s.vars, &c.model, &last_ckpt)?;
             super::resume_config::check_resume_config(config, &run_dir, &last_ckpt)?;
+            if let Some(why) = c
+                .state
+                .data
+                .as_ref()
+                .and_then(|then| data.differences(then))
+            {
+                anyhow::bail!(
+                    "cannot resume {}: the data differ from those {} was trained on ({why}); \
+                     the epoch order and every later evaluation depend on the samples, so a \
+                     resume must see the same ones: restore the data or start a new run",
+                    run_dir.display(),
+                    last_ckpt.display()
+                );
+            }
             state = c.state;
+            // Checkpoints written before the fingerprint was recorded carry it from now on.
+            state.data.get_or_insert(data);
             resumed_optim = Some(c.optim);
             if state.finished {
                 // Nothing left to do: report what the run already wrote, add no row.
