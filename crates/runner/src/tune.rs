@@ -166,7 +166,7 @@ pub fn run(opts: &TuneOptions) -> anyhow::Result<TuneOutcome> {
         let mut acc = VaAccumulator::new();
         for s in videos.values() {
             for (i, y) in &s.va {
-                acc.push(smooth_at(s, *i, w).va, *y);
+                acc.push(crate::submission::submitted_va(smooth_at(s, *i, w).va), *y);
             }
         }
         acc.ccc()

@@ -101,7 +101,11 @@ pub fn push_batch(
     );
     for i in 0..out.va.len() {
         if vm[i] {
-            acc.va.push(out.va[i], [va_t[i][0], va_t[i][1]]);
+            // Scored as a prediction file holds them (clamped to the annotation range).
+            acc.va.push(
+                crate::submission::submitted_va(out.va[i]),
+                [va_t[i][0], va_t[i][1]],
+            );
         }
         if am[i] {
             let t: Vec<u8> = au_t[i].iter().map(|&x| (x > 0.5) as u8).collect();
@@ -212,6 +216,46 @@ mod tests {
             out(0.0, 0.5, f32::INFINITY).first_non_finite(),
             Some((1, "expression"))
         );
+    }
+
+    /// Valence and arousal outside the annotation range (`va_activation: none`) are scored
+    /// as a prediction file holds them, clamped: the CCC of outputs 1.8 and -1.3 equals that
+    /// of 1.0 and -1.0, not that of the raw outputs.
+    #[test]
+    fn out_of_range_valence_and_arousal_are_scored_as_written() {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let labels = [[0.9f32, -0.2], [-0.8, 0.4], [0.1, 0.6]];
+        let batch = Batch {
+            images: Tensor::zeros((3, 1), DType::F32, &dev).unwrap(),
+            va: Tensor::new(&labels, &dev).unwrap(),
+            va_mask: Tensor::ones(3, DType::F32, &dev).unwrap(),
+            au: Tensor::zeros((3, 1), DType::F32, &dev).unwrap(),
+            au_mask: Tensor::zeros(3, DType::F32, &dev).unwrap(),
+            expr: Tensor::zeros(3, DType::F32, &dev).unwrap(),
+            expr_mask: Tensor::zeros(3, DType::F32, &dev).unwrap(),
+            ids: Vec::new(),
+            dropped: Vec::new(),
+        };
+        let ccc_of = |va: Vec<[f32; 2]>| {
+            let out = HostOutputs {
+                va,
+                au_probs: vec![vec![0.5]; 3],
+                expr_probs: vec![vec![1.0, 0.0]; 3],
+            };
+            let mut acc = Accumulator::new(1, 2);
+            push_batch(&mut acc, &out, &batch).unwrap();
+            acc.va.ccc().unwrap()
+        };
+        let raw = vec![[1.8, -0.1], [-1.3, 0.3], [0.2, 0.5]];
+        let written = vec![[1.0, -0.1], [-1.0, 0.3], [0.2, 0.5]];
+        let mut direct = mtanet_metrics::VaAccumulator::new();
+        for (x, y) in raw.iter().zip(labels) {
+            direct.push(*x, y);
+        }
+        let scored = ccc_of(raw);
+        assert_eq!(scored, ccc_of(written));
+        assert_ne!(scored[0], direct.ccc().unwrap()[0]);
     }
 
     #[test]

@@ -60,8 +60,7 @@ pub fn push_frame_line(out: &mut String, task: Task, d: &FrameLine<'_>) {
     use std::fmt::Write;
     match task {
         Task::Va => {
-            // Clamped to the annotation range (tanh outputs already are).
-            let [v, a] = d.va.map(|x| x.clamp(-1.0, 1.0));
+            let [v, a] = super::submitted_va(d.va);
             let _ = writeln!(out, "{v},{a}");
         }
         Task::Au => {

@@ -24,3 +24,11 @@ pub use abaw2020::{
 };
 pub use crops::video_crops;
 pub use format::SubmissionFormat;
+
+/// Valence and arousal as a prediction file holds them: clamped to the annotation range
+/// `[-1, 1]` (`tanh` outputs already lie there; `model.head.va_activation: none` ones may
+/// not). Training's evaluation and `tune` score these values, so `evaluate` on the written
+/// predictions reproduces their figures.
+pub fn submitted_va(va: [f32; 2]) -> [f32; 2] {
+    va.map(|x| x.clamp(-1.0, 1.0))
+}

@@ -22,7 +22,7 @@ pub const HEADER: &str = "image,valence,arousal,expression,aus";
 /// decision is its own field, `1` for a decision of 1 and `0` otherwise.
 pub fn push_row(out: &mut String, video: &str, frame: usize, d: &FrameLine<'_>) {
     use std::fmt::Write;
-    let [v, a] = d.va.map(|x| x.clamp(-1.0, 1.0));
+    let [v, a] = super::submitted_va(d.va);
     let _ = write!(out, "{},{v},{a},{}", image_location(video, frame), d.expr);
     for &b in d.au {
         out.push_str(if b == 1 { ",1" } else { ",0" });
