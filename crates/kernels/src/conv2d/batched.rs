@@ -19,7 +19,7 @@
 
 use super::geometry::ConvGeometry;
 use super::im2col::{col2im_add, im2col_strided};
-use super::matmul::{matmul_by_columns, matmul_by_rows, MatRef};
+use super::matmul::{matmul_by_columns, matmul_transposed_weight, MatRef};
 use super::scratch::{with_columns, Scratch};
 use rayon::prelude::*;
 
@@ -114,14 +114,7 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     let mut dy_wide = Scratch::take(c_out * width);
     gather_maps(dy, c_out, p, g.batch, &mut dy_wide);
     let mut dcols = Scratch::take(k * width);
-    // Cut by rows where AVX2 runs without AVX-512 (measured there, `matmul_by_rows`); the
-    // same values either way.
-    let product = if crate::cpu_features::avx2_only() {
-        matmul_by_rows
-    } else {
-        matmul_by_columns
-    };
-    product(
+    matmul_transposed_weight(
         &mut dcols,
         MatRef::row_major(w, c_out, k).t(),
         MatRef::row_major(&dy_wide, c_out, width),

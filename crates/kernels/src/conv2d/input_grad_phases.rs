@@ -27,7 +27,7 @@
 //! blocks of the same sum. Either way the values do not depend on the thread count.
 
 use super::geometry::ConvGeometry;
-use super::matmul::{matmul_by_columns_into, MatRef};
+use super::matmul::{matmul_transposed_weight, MatRef};
 use super::schedule::SharedOutput;
 use super::scratch::Scratch;
 use rayon::prelude::*;
@@ -224,9 +224,8 @@ fn phases_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32], products
                         sums,
                     )
                 },
-                Products::Gemm => matmul_by_columns_into(
+                Products::Gemm => matmul_transposed_weight(
                     sums,
-                    false,
                     MatRef::with_strides(a, (c_in, taps * c_out), (1, c_in)),
                     MatRef::row_major(b, taps * c_out, width),
                 ),

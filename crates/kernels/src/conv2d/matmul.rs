@@ -150,17 +150,11 @@ const MIN_PIECE_COLUMNS: usize = 65;
 /// (`gemm_common::cache::kernel_params`), so cutting the columns changes no order of
 /// additions. The tests check it, the small-matrix boundary included.
 pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
-    matmul_by_columns_into(dst, false, lhs, rhs)
-}
-
-/// [`matmul_by_columns`], or `dst += lhs @ rhs` when `accumulate` (each piece adds into its
-/// own columns; the same values whatever the thread count, as there).
-pub fn matmul_by_columns_into(dst: &mut [f32], accumulate: bool, lhs: MatRef<'_>, rhs: MatRef<'_>) {
     let (m, n) = checked_dims(lhs, rhs);
     assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
     let pieces = rayon::current_num_threads().min(n / MIN_PIECE_COLUMNS);
     if pieces < 2 {
-        return matmul(dst, accumulate, lhs, rhs, super::schedule::gemm_threads());
+        return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
     }
     // The pieces write disjoint columns of `dst`.
     let out = SharedOutput::new(dst);
@@ -175,7 +169,7 @@ pub fn matmul_by_columns_into(dst: &mut [f32], accumulate: bool, lhs: MatRef<'_>
             gemm_into(
                 out.start().add(first),
                 (n, 1),
-                accumulate,
+                false,
                 lhs,
                 rhs.columns(first, end - first),
                 Parallelism::None,
@@ -197,7 +191,9 @@ pub fn matmul_by_columns_into(dst: &mut [f32], accumulate: bool, lhs: MatRef<'_>
 /// batch 16; (1024 -> 2048) on 4x4 14.89-15.25 -> 13.82-13.94; (1024 -> 512) on 7x7
 /// 6.57-6.89 -> 5.63-6.03 at batch 16, level at batch 32 (11.68-13.01 against 10.90-14.15);
 /// (512 -> 1024) on 7x7 10.74-13.98 -> 10.26-10.79; the stride-2 (1024 -> 2048) from 7x7 to
-/// 4x4 15.93-16.36 -> 14.38-14.68.
+/// 4x4 15.93-16.36 -> 14.38-14.68; the dense stride-2 input gradient's phase products
+/// (`input_grad_phases.rs`) from 7x7 to 4x4 with 512 channels 10.26-10.80 -> 9.99-10.16 at
+/// batch 16, 19.39-23.32 -> 18.38-18.92 at 32, level from 14x14.
 pub fn matmul_by_rows(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
     let (m, n) = checked_dims(lhs, rhs);
     assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
@@ -225,6 +221,18 @@ pub fn matmul_by_rows(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
             )
         }
     });
+}
+
+/// `dst = lhs @ rhs` on every rayon thread for a product whose `lhs` is a transposed weight
+/// (the input gradients' `W^T @ dY`): cut by rows ([`matmul_by_rows`]) where AVX2 runs without
+/// AVX-512, where that was measured faster, by columns ([`matmul_by_columns`]) elsewhere. The
+/// same values either way.
+pub fn matmul_transposed_weight(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    if crate::cpu_features::avx2_only() {
+        matmul_by_rows(dst, lhs, rhs)
+    } else {
+        matmul_by_columns(dst, lhs, rhs)
+    }
 }
 
 /// `(m, n)` of `lhs @ rhs`, after checking that the inner dimensions agree, the product is
