@@ -31,6 +31,20 @@ fn predict_opts(run_dir: &Path, root: &Path, out: &Path) -> PredictOptions {
     }
 }
 
+/// `mtanet tune` of the run in `run_dir` on the validation split of `root`.
+fn tune_opts(run_dir: &Path, root: &Path, dry_run: bool) -> TuneOptions {
+    TuneOptions {
+        checkpoint: run_dir.to_path_buf(),
+        config: None,
+        root: root.to_path_buf(),
+        split: Split::Validation,
+        batch_size: None,
+        device: None,
+        quiet: true,
+        dry_run,
+    }
+}
+
 /// Every file under `dir` (relative path -> bytes).
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -96,17 +110,7 @@ fn tune_chooses_stores_and_predict_applies() {
     let before = tmp.path().join("before");
     predict::run(&predict_opts(&run.run_dir, &root, &before)).unwrap();
 
-    let outcome = tune::run(&TuneOptions {
-        checkpoint: run.run_dir.clone(),
-        config: None,
-        root: root.clone(),
-        split: Split::Validation,
-        batch_size: None,
-        device: None,
-        quiet: true,
-        dry_run: false,
-    })
-    .unwrap();
+    let outcome = tune::run(&tune_opts(&run.run_dir, &root, false)).unwrap();
     let text = outcome.render();
     println!("{text}");
     for needle in [
@@ -239,17 +243,7 @@ fn tune_chooses_stores_and_predict_applies() {
     let mut names: Vec<&str> = header.split(',').collect();
     names.swap(0, 1);
     std::fs::write(swapped, format!("{}\n{rest}", names.join(","))).unwrap();
-    let e = tune::run(&TuneOptions {
-        checkpoint: run.run_dir.clone(),
-        config: None,
-        root: root.clone(),
-        split: Split::Validation,
-        batch_size: None,
-        device: None,
-        quiet: true,
-        dry_run: true,
-    })
-    .unwrap_err();
+    let e = tune::run(&tune_opts(&run.run_dir, &root, true)).unwrap_err();
     let e = format!("{e:#}");
     assert!(
         e.contains("one task must have one vocabulary") && e.contains("AU_Set"),

@@ -132,14 +132,15 @@ pub fn matmul_strided(
     }
 }
 
-/// The fewest columns a piece of [`matmul_by_columns`] has: more than 64, so that no piece
-/// takes gemm's small-matrix path (both sides at most 64, depth blocks of `k.min(512)`), whose
-/// depth blocks differ from the whole product's once `k` exceeds 512.
-const MIN_PIECE_COLUMNS: usize = 65;
+/// The fewest columns (rows) a piece of [`matmul_by_columns`] ([`matmul_by_rows`]) has: more
+/// than 64, so that no piece takes gemm's small-matrix path (both sides at most 64, depth
+/// blocks of `k.min(512)`), whose depth blocks differ from the whole product's once `k`
+/// exceeds 512.
+const MIN_PIECE: usize = 65;
 
 /// `dst (m x n, row-major) = lhs (m x k) @ rhs (k x n)` on every rayon thread: the columns of
 /// `dst` cut into one contiguous piece per thread, of near-equal widths and each of at least
-/// [`MIN_PIECE_COLUMNS`] (not cut when there are too few), each piece a single-threaded gemm.
+/// [`MIN_PIECE`] (not cut when there are too few), each piece a single-threaded gemm.
 /// With gemm's own threads the calling thread packs each block of `lhs` while the pool waits;
 /// here every thread packs what its piece reads (measured 5-8% faster on the whole-batch
 /// products with a summed dimension of 1024 or more, level on the others).
@@ -150,37 +151,12 @@ const MIN_PIECE_COLUMNS: usize = 65;
 /// (`gemm_common::cache::kernel_params`), so cutting the columns changes no order of
 /// additions. The tests check it, the small-matrix boundary included.
 pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
-    let (m, n) = checked_dims(lhs, rhs);
-    assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
-    let pieces = rayon::current_num_threads().min(n / MIN_PIECE_COLUMNS);
-    if pieces < 2 {
-        return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
-    }
-    // The pieces write disjoint columns of `dst`.
-    let out = SharedOutput::new(dst);
-    (0..pieces).into_par_iter().for_each(|p| {
-        // Piece `p`: columns `n * p / pieces ..`, at least `n / pieces` of them.
-        let (first, end) = (n * p / pieces, n * (p + 1) / pieces);
-        // SAFETY: piece `p` writes rows `0..m`, columns `first..end` of the dense row-major
-        // m x n `dst` (element `(r, c)` at `first + r * n + c`), inside `dst` and disjoint
-        // from every other piece's columns; `out` holds `dst`'s borrow until all pieces end;
-        // the views were checked by `checked_dims`.
-        unsafe {
-            gemm_into(
-                out.start().add(first),
-                (n, 1),
-                false,
-                lhs,
-                rhs.columns(first, end - first),
-                Parallelism::None,
-            )
-        }
-    });
+    by_pieces(dst, lhs, rhs, Cut::Columns)
 }
 
 /// `dst (m x n, row-major) = lhs (m x k) @ rhs (k x n)` on every rayon thread, as
 /// [`matmul_by_columns`] but with the rows of `dst` cut into the pieces (each of at least
-/// [`MIN_PIECE_COLUMNS`] rows), so that each thread packs only the rows of `lhs` its piece
+/// [`MIN_PIECE`] rows), so that each thread packs only the rows of `lhs` its piece
 /// reads. The values equal [`matmul`]'s bit for bit whatever the thread count, for the reason
 /// `matmul_by_columns` gives (cutting rows changes no order of additions either).
 ///
@@ -195,27 +171,50 @@ pub fn matmul_by_columns(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
 /// (`input_grad_phases.rs`) from 7x7 to 4x4 with 512 channels 10.26-10.80 -> 9.99-10.16 at
 /// batch 16, 19.39-23.32 -> 18.38-18.92 at 32, level from 14x14.
 pub fn matmul_by_rows(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    by_pieces(dst, lhs, rhs, Cut::Rows)
+}
+
+/// Which dimension of `dst` [`by_pieces`] cuts between the threads.
+#[derive(Clone, Copy)]
+enum Cut {
+    Rows,
+    Columns,
+}
+
+/// `dst (m x n, row-major) = lhs @ rhs`, the rows or the columns of `dst` cut into one
+/// contiguous piece per rayon thread, each of at least [`MIN_PIECE`] (not cut when there are
+/// too few), each piece a single-threaded gemm.
+fn by_pieces(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>, cut: Cut) {
     let (m, n) = checked_dims(lhs, rhs);
     assert_eq!(dst.len(), m * n, "matmul: destination length for {m}x{n}");
-    let pieces = rayon::current_num_threads().min(m / MIN_PIECE_COLUMNS);
+    let len = match cut {
+        Cut::Rows => m,
+        Cut::Columns => n,
+    };
+    let pieces = rayon::current_num_threads().min(len / MIN_PIECE);
     if pieces < 2 {
         return matmul(dst, false, lhs, rhs, super::schedule::gemm_threads());
     }
-    // The pieces write disjoint rows of `dst`.
+    // The pieces write disjoint rows (or columns) of `dst`.
     let out = SharedOutput::new(dst);
     (0..pieces).into_par_iter().for_each(|p| {
-        // Piece `p`: rows `m * p / pieces ..`, at least `m / pieces` of them.
-        let (first, end) = (m * p / pieces, m * (p + 1) / pieces);
-        // SAFETY: piece `p` writes rows `first..end`, columns `0..n` of the dense row-major
-        // m x n `dst` (element `(r, c)` at `r * n + c`), inside `dst` and disjoint from every
-        // other piece's rows; `out` holds `dst`'s borrow until all pieces end; the views were
-        // checked by `checked_dims`.
+        // Piece `p`: rows (columns) `len * p / pieces ..`, at least `len / pieces` of them.
+        let (first, count) = (len * p / pieces, len * (p + 1) / pieces - len * p / pieces);
+        let (offset, lhs, rhs) = match cut {
+            Cut::Rows => (first * n, lhs.t().columns(first, count).t(), rhs),
+            Cut::Columns => (first, lhs, rhs.columns(first, count)),
+        };
+        // SAFETY: piece `p` writes the elements `(r, c)` of its views' product at
+        // `offset + r * n + c`: rows `first..first + count` (or columns) of the dense
+        // row-major m x n `dst`, inside `dst` and disjoint from every other piece's; `out`
+        // holds `dst`'s borrow until all pieces end; the views were checked by
+        // `checked_dims` and cut inside them.
         unsafe {
             gemm_into(
-                out.start().add(first * n),
+                out.start().add(offset),
                 (n, 1),
                 false,
-                lhs.t().columns(first, end - first).t(),
+                lhs,
                 rhs,
                 Parallelism::None,
             )
