@@ -204,15 +204,14 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     // changed is not that row: it runs under another name, without the paper's values.
     let mut configs = Vec::new();
     let mut identities = Vec::new();
-    let mut overrides = Vec::new();
     for r in &rows {
         // The one rule `train --row` follows too (`resolve_run`).
         let run = resolve_run(&file, Some(&profile), Some(&r.name), &opts.overrides)?;
         let base = run.config;
         let changed = run.changed_row_keys;
-        overrides.push(run.overrides);
+        let overrides = run.overrides;
         identities.push(if changed.is_empty() {
-            (r.name.clone(), run.row, run.paper)
+            (r.name.clone(), run.row, run.paper, overrides)
         } else {
             let set: Vec<String> = changed
                 .iter()
@@ -225,7 +224,12 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
                     format!("{k}={v}")
                 })
                 .collect();
-            (format!("{} with {}", r.name, set.join(" ")), None, None)
+            (
+                format!("{} with {}", r.name, set.join(" ")),
+                None,
+                None,
+                overrides,
+            )
         });
         configs.push(base);
     }
@@ -233,8 +237,8 @@ pub fn run(opts: &TableOptions) -> anyhow::Result<String> {
     let mut results = Vec::new();
     // Rows left out of the table (a seed's table figure NaN or infinite), with why.
     let mut refused = Vec::new();
-    'rows: for (((r, base), (display, row_name, paper)), overrides) in
-        rows.iter().zip(&configs).zip(identities).zip(overrides)
+    'rows: for ((r, base), (display, row_name, paper, overrides)) in
+        rows.iter().zip(&configs).zip(identities)
     {
         let mut runs = Vec::new();
         let mut selected_from = Vec::new();
