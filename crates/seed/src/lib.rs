@@ -30,16 +30,25 @@ pub fn rng(parts: &[u64]) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(parts))
 }
 
+/// The 64-bit FNV-1a offset basis: the state [`fnv1a`] starts from.
+pub const FNV1A_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a: the state `h` advanced over `bytes` (start from [`FNV1A_BASIS`]; feeding
+/// bytes in pieces gives the hash of their concatenation).
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// A 64-bit seed for the stream named by `parts` under `seed` (FNV-1a over the parts, each
 /// followed by a `0xff` separator byte, then SplitMix64 finalisation).
 pub fn stream_seed(seed: u64, parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xff)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
+    let h = parts.iter().fold(FNV1A_BASIS ^ seed, |h, p| {
+        fnv1a(fnv1a(h, p.as_bytes()), &[0xff])
+    });
     splitmix(h)
 }
 

@@ -56,13 +56,8 @@ impl DataFingerprint {
 /// FNV-1a 64 over each sample's video name, frame number and labels (the crop's path is left
 /// out: a dataset reached through another path is the same data).
 fn hash_samples(samples: &[Sample]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = mtanet_seed::FNV1A_BASIS;
+    let mut eat = |bytes: &[u8]| h = mtanet_seed::fnv1a(h, bytes);
     for s in samples {
         eat(s.video.as_bytes());
         eat(&[0xff]);
