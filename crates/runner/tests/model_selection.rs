@@ -181,9 +181,10 @@ fn best_total_is_selected_saved_used_by_the_next_stage_and_resumed_exactly() {
 }
 
 /// A run killed after its stage-end evaluation wrote its `metrics.csv` row (and its best
-/// weights) but before the checkpoint that includes it (simulated by putting back the
-/// checkpoint from before that evaluation) evaluates again when resumed: the same picks,
-/// metrics and report as an uninterrupted run.
+/// weights, still pending) but before the checkpoint that includes it (simulated by putting
+/// back the checkpoint from before that evaluation and the pick's weights as pending)
+/// evaluates again when resumed: the same picks, metrics, report and best weights as an
+/// uninterrupted run, and no pending file left.
 #[test]
 fn a_stage_end_evaluation_lost_with_its_checkpoint_is_evaluated_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -223,6 +224,9 @@ fn a_stage_end_evaluation_lost_with_its_checkpoint_is_evaluated_again() {
     .unwrap();
     assert_eq!(totals(&dir).first().map(|r| r.0.as_str()), Some("4"));
     std::fs::write(&ckpt, &before).unwrap();
+    let best = dir.join("checkpoints/best.safetensors");
+    let pending = dir.join("checkpoints/best.safetensors.pending");
+    std::fs::rename(&best, &pending).unwrap();
     let resumed = train::run(
         &cfg,
         &RunContext {
@@ -245,6 +249,11 @@ fn a_stage_end_evaluation_lost_with_its_checkpoint_is_evaluated_again() {
             "{f} differs between the uninterrupted and the resumed run"
         );
     }
+    assert!(!pending.exists(), "the pending pick was left");
+    assert_eq!(
+        tensors(&best),
+        tensors(&whole.run_dir.join("checkpoints/best.safetensors"))
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! ends with the same weights and metrics as an uninterrupted run on CPU.
 
 pub mod interrupt;
+pub mod pick_files;
 pub mod progress;
 pub mod resume_config;
 mod run_outputs;

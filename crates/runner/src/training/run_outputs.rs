@@ -13,12 +13,14 @@ use crate::experiment::{Criterion, StageConfig};
 use crate::record::checkpoint::{self};
 use crate::record::runs_csv::{append_run_row, RunRow};
 
+use super::pick_files::{pending_file, pick_file};
 use super::selection::PICK_NAMES;
 use super::trainer::Trainer;
 
 impl Trainer<'_> {
     /// Offers an evaluation to model selection; writes the weights of every pick it becomes
-    /// (not under `last`, which keeps no best weights).
+    /// (not under `last`, which keeps no best weights) to its pending file, which the next
+    /// checkpoint renames over the pick's file (`pick_files.rs`).
     pub(super) fn select(&mut self, report: &Report) -> anyhow::Result<()> {
         let criterion = self.config.selection.criterion;
         if criterion == Criterion::Last {
@@ -30,7 +32,7 @@ impl Trainer<'_> {
             .offer(st.stage, st.epoch, st.global_step, report);
         for (i, (&better, name)) in improved.iter().zip(PICK_NAMES).enumerate() {
             if better && (i == 0 || criterion == Criterion::PerTask) {
-                let path = self.best_path(name);
+                let path = pending_file(&self.run_dir, name);
                 checkpoint::save_described(
                     &path,
                     &var_tensors(&self.s.vars),
@@ -43,19 +45,9 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// `checkpoints/best.safetensors` for the total, `best-<task>.safetensors` per task.
-    pub(super) fn best_path(&self, pick: &str) -> PathBuf {
-        let file = if pick == "total" {
-            "best.safetensors".to_string()
-        } else {
-            format!("best-{pick}.safetensors")
-        };
-        self.run_dir.join("checkpoints").join(file)
-    }
-
     /// Loads the best-total weights into the model (a stage with `init: best`).
     pub(super) fn load_best(&mut self) -> anyhow::Result<()> {
-        let path = self.best_path("total");
+        let path = pick_file(&self.run_dir, "total");
         let c = checkpoint::load(&path, &self.s.device).with_context(|| {
             format!(
                 "a stage starts from the best weights, but {} is missing",

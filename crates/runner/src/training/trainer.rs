@@ -107,6 +107,9 @@ impl<'a> Trainer<'a> {
                 );
             }
             state = c.state;
+            for line in super::pick_files::reconcile(&run_dir, &state)? {
+                tracing::info!("{line}");
+            }
             // Checkpoints written before the fingerprint was recorded carry it from now on.
             state.data.get_or_insert(data);
             resumed_optim = Some(c.optim);
@@ -454,6 +457,12 @@ impl<'a> Trainer<'a> {
                     let r = self.eval()?;
                     self.metrics_csv
                         .push(self.state.global_step, "final", self.state.epoch, &r)?;
+                    if self.config.selection.criterion != Criterion::Last {
+                        // A checkpoint with this evaluation's picks, which puts their weights
+                        // in place before the figures below name them.
+                        self.sync_train_seconds();
+                        self.save(&Optimizer::new(first_stage, Vec::new()))?;
+                    }
                     r
                 }
             };
@@ -553,6 +562,8 @@ impl<'a> Trainer<'a> {
             self.train_seconds_before + self.train_start.elapsed().as_secs_f64();
     }
 
+    /// Writes `last.safetensors`, then renames the pending weights of the picks its loop state
+    /// records over their pick files (`pick_files.rs`).
     pub(super) fn save(&self, opt: &Optimizer) -> anyhow::Result<()> {
         let (ost, _) = opt.state();
         checkpoint::save_described(
@@ -561,7 +572,8 @@ impl<'a> Trainer<'a> {
             &ost,
             &self.state,
             &self.description,
-        )
+        )?;
+        super::pick_files::promote(&self.run_dir)
     }
 }
 
