@@ -8,9 +8,10 @@
 //! output gradients likewise, `(C_out, N * OH*OW)`: forward, input gradient and weight
 //! gradient are then each one wide GEMM on all threads (`(256, 2304, 784)` for ResNet-50's
 //! 7x7 3x3 conv at batch 16: 210 GFLOP/s here, against 170 for blocks of 6 images), at the
-//! price of copying the small maps in and out, in parallel. The input gradient of most 1x1
-//! layers runs `pointwise_nchw.rs` instead, without the copies, on AMD Zen 5 (and so does their
-//! forward on 7x7 maps), and that of the dense stride-2 layers with 7x7 outputs (4x4 from
+//! price of copying the small maps in and out, in parallel. The forward of 1x1 layers with
+//! 4x4 outputs on AVX2-only CPUs runs one GEMM per image instead ([`forward_applies`]). The
+//! input gradient of most 1x1 layers runs `pointwise_nchw.rs` instead, without the copies, on
+//! AMD Zen 5 (and so does their forward on 7x7 maps), and that of the dense stride-2 layers with 7x7 outputs (4x4 from
 //! batch 32) `input_grad_phases.rs`, without the columns.
 //!
 //! The weight gradient's summed dimension (`N * OH*OW`) is split by gemm into cache-sized
@@ -29,6 +30,17 @@ const MAX_PIXELS: usize = 64;
 /// True when `g` runs through this module: dense, small output maps, more than one image.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1 && g.out_pixels() <= MAX_PIXELS && g.batch > 1
+}
+
+/// True when `g`'s forward runs through this module: where [`applies`], except 1x1 layers
+/// (stride 1 or 2) with output maps of at most 16 pixels (4x4) on CPUs with AVX2 and without
+/// AVX-512, whose forward runs one GEMM per image without the copies in and out (measured
+/// faster there, docs/performance.md; at 7x7 level with the copies, so those keep them).
+pub fn forward_applies(g: &ConvGeometry) -> bool {
+    let per_image = (g.kernel_h, g.kernel_w) == (1, 1)
+        && g.out_pixels() <= 16
+        && crate::cpu_features::avx2_only();
+    applies(g) && !per_image
 }
 
 /// The column matrix of the whole batch, `(patch_len, N * OH*OW)` row-major: image `b`'s

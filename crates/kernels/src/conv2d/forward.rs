@@ -105,7 +105,7 @@ fn forward_with(
     if super::pointwise_nchw::forward_applies(g) {
         return super::pointwise_nchw::forward_into(g, x, w, y, then);
     }
-    if super::batched::applies(g) {
+    if super::batched::forward_applies(g) {
         return super::batched::forward_into(g, x, w, y, then);
     }
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, par| {
