@@ -191,65 +191,99 @@ pub(super) unsafe fn unit_weight_grad<T: Taps>(
 }
 
 /// Computes `out[co][q] = sum_ci sum_i w[co][ci][weight_tap(i)] * padded[ci][q + offset(i)]`
-/// for every output channel `co < c_out` and position `q < reads.positions`, summing input
-/// channels in order and, within one, the reads in order.
+/// for every output channel `co < c_out` and position `q < filled` (rounded up to a vector of
+/// 8; the positions past it are left as they were), summing input channels in order and,
+/// within one, the reads in order. Blocks of 24 positions, then one of 8 or 16 where the
+/// filled positions end inside a block (7x7 maps fill 56 of 72 positions: a whole last block
+/// would compute 16 positions no one reads).
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `padded` holds `c_in` planes of `reads.plane` values, `w`
 /// `c_out * c_in * 9` values, `out` `c_out * reads.positions` values; `c_out` is a multiple of
-/// [`CHANNEL_BLOCK`].
+/// [`CHANNEL_BLOCK`]; `filled <= reads.positions`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn unit_kernel<T: Taps>(
     padded: &[f32],
     w: &[f32],
     out: &mut [f32],
-    c_in: usize,
-    c_out: usize,
+    (c_in, c_out): (usize, usize),
     reads: &Reads<T>,
+    filled: usize,
 ) {
-    use std::arch::x86_64::*;
     assert!(
         padded.len() >= c_in * reads.plane
             && w.len() >= c_out * c_in * 9
             && out.len() >= c_out * reads.positions
             && c_out.is_multiple_of(CHANNEL_BLOCK)
             && reads.positions.is_multiple_of(POSITION_BLOCK)
+            && filled <= reads.positions
             && reads.in_bounds()
     );
+    let computed = filled.next_multiple_of(8);
+    let whole = computed / POSITION_BLOCK * POSITION_BLOCK;
+    for co in (0..c_out).step_by(CHANNEL_BLOCK) {
+        let at = |q| BlockAt { co, q };
+        for q in (0..whole).step_by(POSITION_BLOCK) {
+            block::<T, 3>((padded, w, &mut *out), c_in, reads, at(q));
+        }
+        match (computed - whole) / 8 {
+            2 => block::<T, 2>((padded, w, &mut *out), c_in, reads, at(whole)),
+            1 => block::<T, 1>((padded, w, &mut *out), c_in, reads, at(whole)),
+            _ => {}
+        }
+    }
+}
+
+/// Where a block of [`unit_kernel`] lies: its first output channel and position.
+#[derive(Clone, Copy)]
+struct BlockAt {
+    co: usize,
+    q: usize,
+}
+
+/// One block of [`unit_kernel`]: 4 output channels by `V` vectors of 8 positions from `at`,
+/// in `4 * V` registers.
+///
+/// # Safety
+/// As [`unit_kernel`], with `at.q + 8 * V <= reads.positions` and `at.co + 4 <= c_out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<T: Taps, const V: usize>(
+    (padded, w, out): (&[f32], &[f32], &mut [f32]),
+    c_in: usize,
+    reads: &Reads<T>,
+    BlockAt { co, q }: BlockAt,
+) {
+    use std::arch::x86_64::*;
     let (xp, wp, op) = (padded.as_ptr(), w.as_ptr(), out.as_mut_ptr());
     let co_stride = c_in * 9;
     let (positions, plane, taps) = (reads.positions, reads.plane, reads.taps);
-    for co in (0..c_out).step_by(CHANNEL_BLOCK) {
-        for q in (0..positions).step_by(POSITION_BLOCK) {
-            let mut acc = [[_mm256_setzero_ps(); 3]; CHANNEL_BLOCK];
-            for ci in 0..c_in {
-                // SAFETY (all pointer reads below): q + 23 + offset < positions + offset <=
-                // plane, inside plane `ci` (`in_bounds`); weight indices stay below
-                // c_out * c_in * 9.
-                let x_base = xp.add(ci * plane + q);
-                let w_base = wp.add(co * co_stride + ci * 9);
-                for i in 0..T::COUNT {
-                    let (s, t) = (x_base.add(taps.offset(i)), taps.weight_tap(i));
-                    let xs = [
-                        _mm256_loadu_ps(s),
-                        _mm256_loadu_ps(s.add(8)),
-                        _mm256_loadu_ps(s.add(16)),
-                    ];
-                    for (j, acc_j) in acc.iter_mut().enumerate() {
-                        let wv = _mm256_broadcast_ss(&*w_base.add(j * co_stride + t));
-                        for (a, xv) in acc_j.iter_mut().zip(xs) {
-                            *a = _mm256_fmadd_ps(wv, xv, *a);
-                        }
-                    }
+    let mut acc = [[_mm256_setzero_ps(); V]; CHANNEL_BLOCK];
+    for ci in 0..c_in {
+        // SAFETY (all pointer reads below): q + 8 * V - 1 + offset < positions + offset <=
+        // plane, inside plane `ci` (`in_bounds`); weight indices stay below c_out * c_in * 9.
+        let x_base = xp.add(ci * plane + q);
+        let w_base = wp.add(co * co_stride + ci * 9);
+        for i in 0..T::COUNT {
+            let (s, t) = (x_base.add(taps.offset(i)), taps.weight_tap(i));
+            let mut xs = [_mm256_setzero_ps(); V];
+            for (v, x) in xs.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(s.add(8 * v));
+            }
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let wv = _mm256_broadcast_ss(&*w_base.add(j * co_stride + t));
+                for (a, xv) in acc_j.iter_mut().zip(xs) {
+                    *a = _mm256_fmadd_ps(wv, xv, *a);
                 }
             }
-            for (j, acc_j) in acc.iter().enumerate() {
-                let dst = op.add((co + j) * positions + q);
-                for (i, a) in acc_j.iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(8 * i), *a);
-                }
-            }
+        }
+    }
+    for (j, acc_j) in acc.iter().enumerate() {
+        // SAFETY: row co + j < c_out holds `positions` values, q + 8 * V <= positions.
+        let dst = op.add((co + j) * positions + q);
+        for (i, a) in acc_j.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(8 * i), *a);
         }
     }
 }
@@ -260,9 +294,9 @@ pub(super) unsafe fn unit_kernel<T: Taps>(
     _: &[f32],
     _: &[f32],
     _: &mut [f32],
-    _: usize,
-    _: usize,
+    _: (usize, usize),
     _: &Reads<T>,
+    _: usize,
 ) {
     unreachable!("direct3x3 runs only on x86-64")
 }

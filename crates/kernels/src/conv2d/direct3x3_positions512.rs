@@ -302,7 +302,12 @@ mod tests {
             // SAFETY: the CPU checks above; the slices hold what the kernels read and write.
             unsafe {
                 super::super::direct3x3_blocks::unit_kernel(
-                    &padded, &w, &mut want, c_in, c_out, &reads,
+                    &padded,
+                    &w,
+                    &mut want,
+                    (c_in, c_out),
+                    &reads,
+                    positions,
                 );
                 unit_kernel(&padded, &w, &mut got, (c_in, c_out), &reads);
             }

@@ -110,8 +110,8 @@ impl<'a> GroupWeights<'a> {
     }
 
     /// [`unit_kernel`] over `group`'s weights, or the wide kernel when it runs here; the
-    /// wide kernel writes only the first `filled` positions of each output row (the AVX2
-    /// kernel all of them).
+    /// wide and the AVX2 kernels write only the first `filled` positions of each output row
+    /// (rounded up to their blocks), the Zen 5 position kernel all of them.
     ///
     /// # Safety
     /// As [`unit_kernel`], with `group`'s weights, and `filled <= reads.positions`.
@@ -147,7 +147,7 @@ impl<'a> GroupWeights<'a> {
             // SAFETY: `applies` checked AVX-512 (Zen 5); the slices as for the AVX2 kernel.
             super::direct3x3_positions512::unit_kernel(padded, w, out, (c_in, c_out), reads)
         } else {
-            unit_kernel(padded, w, out, c_in, c_out, reads)
+            unit_kernel(padded, w, out, (c_in, c_out), reads, filled)
         }
     }
 }
