@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::annotation::{parse_annotation, AnnotationFile};
 use crate::crops::{list_crops, Crops};
 use crate::error::DataError;
+use crate::header_vocab::HeaderVocab;
 use crate::layout::{discover, AnnotationEntry, Layout};
 use crate::stats::{OverlapStats, SplitStats, Stats, TaskAccumulator};
 use crate::task::{Split, Task, Vocab};
@@ -283,33 +284,14 @@ fn check_duplicates(entries: &[AnnotationEntry]) -> Result<(), DataError> {
     Ok(())
 }
 
-/// The vocabulary of each task from its first file; every other file must agree.
+/// The vocabulary of each task from its first file; every other file must agree
+/// ([`HeaderVocab`]).
 fn vocab_of(entries: &[AnnotationEntry], files: &[AnnotationFile]) -> Result<Vocab, DataError> {
-    let mut first: [Option<usize>; 3] = [None; 3];
-    for (i, (e, f)) in entries.iter().zip(files).enumerate() {
-        match first[e.task.index()] {
-            None => first[e.task.index()] = Some(i),
-            Some(j) if files[j].names != f.names => {
-                return Err(DataError::VocabMismatch {
-                    path: e.path.clone(),
-                    line: 1,
-                    found: f.names.clone(),
-                    expected: files[j].names.clone(),
-                    first: entries[j].path.clone(),
-                })
-            }
-            Some(_) => {}
-        }
+    let mut header = HeaderVocab::new();
+    for (e, f) in entries.iter().zip(files) {
+        header.admit(e.task, &e.path, &f.names)?;
     }
-    let names = |t: Task| {
-        first[t.index()]
-            .map(|i| files[i].names.clone())
-            .unwrap_or_default()
-    };
-    Ok(Vocab {
-        au_names: names(Task::Au),
-        expr_names: names(Task::Expr),
-    })
+    Ok(header.vocab())
 }
 
 /// Joins one video's task files frame by frame.

@@ -285,7 +285,7 @@ fn scored_videos(
     let bad: BTreeSet<&PathBuf> = bad.iter().collect();
     let found = discover(&opts.root)?;
     // The names the model's outputs were mapped to, which every file's header must repeat.
-    let vocab = crate::predict::plan::root_vocab(&found)?;
+    let mut header = crate::predict::plan::root_header_vocab(&found)?;
     let mut videos: BTreeMap<String, Scored> = BTreeMap::new();
     for (v, filled) in p.videos.iter().zip(&p.filled) {
         let n_au = m.n_au;
@@ -327,7 +327,9 @@ fn scored_videos(
         }
         let c = &crops[&e.video];
         let file = read_task_file(e.task, &e.path)?;
-        check_header(&found, &vocab, e.task, &e.path, &file.names)?;
+        if e.task != Task::Va {
+            header.admit(e.task, &e.path, &file.names)?;
+        }
         let dir = found.crops.join(&e.video);
         let has_crop = |i: usize| {
             u32::try_from(i + 1).is_ok_and(|f| {
@@ -343,40 +345,6 @@ fn scored_videos(
         }
     }
     Ok(videos)
-}
-
-/// Refuses an AU or expression file of the split whose header names differ from `vocab`, the
-/// names of its task's first file in the root (`root_vocab`, those the model's outputs were
-/// mapped to): its labels would be scored against other columns' outputs.
-fn check_header(
-    found: &mtanet_affwild2::layout::Discovered,
-    vocab: &mtanet_affwild2::Vocab,
-    task: Task,
-    path: &std::path::Path,
-    names: &[String],
-) -> anyhow::Result<()> {
-    let expected = match task {
-        Task::Va => return Ok(()),
-        Task::Au => &vocab.au_names,
-        Task::Expr => &vocab.expr_names,
-    };
-    if expected.as_slice() == names {
-        return Ok(());
-    }
-    let first = found
-        .entries
-        .iter()
-        .find(|e| e.task == task)
-        .map(|e| e.path.clone())
-        .unwrap_or_default();
-    Err(mtanet_affwild2::DataError::VocabMismatch {
-        path: path.to_path_buf(),
-        line: 1,
-        found: names.to_vec(),
-        expected: expected.clone(),
-        first,
-    }
-    .into())
 }
 
 /// No smoothing, then every window of [`WINDOWS_S`] above 0 with each kernel.

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use mtanet_affwild2::annotation::AnnotationFile;
 use mtanet_affwild2::layout::{discover, Discovered, Layout};
-use mtanet_affwild2::{Crops, DataError, Split, Task, Vocab};
+use mtanet_affwild2::{Crops, DataError, HeaderVocab, Split, Task, Vocab};
 use mtanet_metrics::{Accumulator, Report, Scoring};
 
 use crate::submission::{read_prediction, read_task_file, video_crops};
@@ -152,35 +152,15 @@ fn read_annotations(
 }
 
 /// The AU and expression names of the split: those of each task's first file, which every
-/// other file of the task must repeat.
+/// other file of the task must repeat ([`HeaderVocab`]).
 fn split_vocab(by_task: &ByTask) -> Result<Vocab, EvaluateError> {
-    let first_names = |t: Task| {
-        by_task[t.index()]
-            .values()
-            .next()
-            .map(|a| a.file.names.clone())
-            .unwrap_or_default()
-    };
+    let mut header = HeaderVocab::new();
     for t in [Task::Au, Task::Expr] {
-        let expected = first_names(t);
         for a in by_task[t.index()].values() {
-            if a.file.names != expected {
-                let first = by_task[t.index()].values().next().map(|f| f.path.clone());
-                return Err(DataError::VocabMismatch {
-                    path: a.path.clone(),
-                    line: 1,
-                    found: a.file.names.clone(),
-                    expected,
-                    first: first.unwrap_or_default(),
-                }
-                .into());
-            }
+            header.admit(t, &a.path, &a.file.names)?;
         }
     }
-    Ok(Vocab {
-        au_names: first_names(Task::Au),
-        expr_names: first_names(Task::Expr),
-    })
+    Ok(header.vocab())
 }
 
 /// The crops on disk of every annotated video (listed in parallel, once per video).

@@ -8,7 +8,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use mtanet_affwild2::layout::{discover, AnnotationEntry, Discovered, CROPS_DIR};
-use mtanet_affwild2::{Crops, DataError, Split, Task, Vocab, MAX_FRAME};
+use mtanet_affwild2::{Crops, DataError, HeaderVocab, Split, Task, Vocab, MAX_FRAME};
 
 use super::{FrameDecision, PredictError, PredictTarget};
 use crate::submission::{read_task_file, video_crops};
@@ -321,18 +321,19 @@ fn positions(wanted: &[String], have: &[String]) -> Option<Vec<usize>> {
 /// The AU and expression names of a root's annotation headers (the first file of each task,
 /// any split); empty names for a task without files.
 pub fn root_vocab(found: &Discovered) -> Result<Vocab, DataError> {
-    let mut v = Vocab::default();
+    Ok(root_header_vocab(found)?.vocab())
+}
+
+/// [`root_vocab`] as the [`HeaderVocab`] that every other AU and expression file of the root
+/// must repeat (`tune` checks a split's files with it).
+pub fn root_header_vocab(found: &Discovered) -> Result<HeaderVocab, DataError> {
+    let mut header = HeaderVocab::new();
     for t in [Task::Au, Task::Expr] {
         if let Some(e) = found.entries.iter().find(|e| e.task == t) {
-            let names = read_task_file(t, &e.path)?.names;
-            if t == Task::Au {
-                v.au_names = names;
-            } else {
-                v.expr_names = names;
-            }
+            header.admit(t, &e.path, &read_task_file(t, &e.path)?.names)?;
         }
     }
-    Ok(v)
+    Ok(header)
 }
 
 #[cfg(test)]
