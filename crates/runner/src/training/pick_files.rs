@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::selection::{Pick, Selection, PICK_NAMES};
+use super::selection::{Pick, PICK_NAMES};
 use crate::record::checkpoint::{read_metadata, TrainState};
 
 /// `checkpoints/best.safetensors` for the total pick, `best-<task>.safetensors` per task.
@@ -97,19 +97,6 @@ fn recorded_pick(path: &Path, name: &str) -> anyhow::Result<Option<Pick>> {
     let state: TrainState = serde_json::from_str(state)
         .with_context(|| format!("{}: bad `state` metadata", path.display()))?;
     Ok(state.selection.pick(name).cloned())
-}
-
-impl Selection {
-    /// The pick named `name` ([`PICK_NAMES`]), if made.
-    pub fn pick(&self, name: &str) -> Option<&Pick> {
-        match name {
-            "total" => self.total.as_ref(),
-            "va" => self.va.as_ref(),
-            "au" => self.au.as_ref(),
-            "expr" => self.expr.as_ref(),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]

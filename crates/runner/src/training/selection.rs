@@ -98,6 +98,17 @@ impl Selection {
         ]
     }
 
+    /// The pick named `name` ([`PICK_NAMES`]), if made.
+    pub fn pick(&self, name: &str) -> Option<&Pick> {
+        match name {
+            "total" => self.total.as_ref(),
+            "va" => self.va.as_ref(),
+            "au" => self.au.as_ref(),
+            "expr" => self.expr.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The report a run presents under `criterion`, and where it comes from. `last` is the
     /// run's last evaluation.
     pub fn selected(&self, criterion: Criterion, last: &Report) -> (Report, String) {
