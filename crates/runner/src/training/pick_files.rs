@@ -37,18 +37,30 @@ pub fn pending_file(run_dir: &Path, pick: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// True when a pick's weights wait for a checkpoint (a pending file of any pick).
+pub fn any_pending(run_dir: &Path) -> bool {
+    PICK_NAMES
+        .iter()
+        .any(|name| pending_file(run_dir, name).is_file())
+}
+
 /// Renames every pending pick file over its pick file: called right after a checkpoint whose
 /// loop state records those picks.
 pub fn promote(run_dir: &Path) -> anyhow::Result<()> {
     for name in PICK_NAMES {
-        let pending = pending_file(run_dir, name);
-        if pending.is_file() {
-            let to = pick_file(run_dir, name);
-            std::fs::rename(&pending, &to)
-                .with_context(|| format!("renaming {} to {}", pending.display(), to.display()))?;
+        if pending_file(run_dir, name).is_file() {
+            rename_into_place(run_dir, name)?;
         }
     }
     Ok(())
+}
+
+/// Renames the pending file of pick `name` over its pick file; returns the pick file.
+fn rename_into_place(run_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let (pending, to) = (pending_file(run_dir, name), pick_file(run_dir, name));
+    std::fs::rename(&pending, &to)
+        .with_context(|| format!("renaming {} to {}", pending.display(), to.display()))?;
+    Ok(to)
 }
 
 /// On resume from a checkpoint with loop state `state`: each pending pick file whose own
@@ -66,9 +78,7 @@ pub fn reconcile(run_dir: &Path, state: &TrainState) -> anyhow::Result<Vec<Strin
         let recorded = recorded_pick(&pending, name)?;
         let kept = state.selection.pick(name);
         if recorded.is_some() && recorded.as_ref() == kept {
-            let to = pick_file(run_dir, name);
-            std::fs::rename(&pending, &to)
-                .with_context(|| format!("renaming {} to {}", pending.display(), to.display()))?;
+            let to = rename_into_place(run_dir, name)?;
             done.push(format!(
                 "{} holds the checkpoint's {name} pick: now {}",
                 pending.display(),
@@ -133,6 +143,13 @@ mod tests {
         checkpoint::save(path, &model, &HashMap::new(), state).unwrap();
     }
 
+    /// An empty run directory with its `checkpoints` folder.
+    fn run_dir() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("checkpoints")).unwrap();
+        tmp
+    }
+
     fn value(path: &Path) -> f32 {
         let c = load(path, &Device::Cpu).unwrap();
         c.model["w"].to_vec1::<f32>().unwrap()[0]
@@ -140,9 +157,8 @@ mod tests {
 
     #[test]
     fn a_pending_pick_the_checkpoint_records_is_promoted_and_another_removed() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = run_dir();
         let run = tmp.path();
-        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
         let older = state_picking(4, 0.3);
         write(&pick_file(run, "total"), 1.0, &older);
         write(&pick_file(run, "va"), 1.0, &older);
@@ -169,9 +185,8 @@ mod tests {
     #[test]
     fn a_pending_pick_with_the_same_step_but_another_score_is_removed() {
         // A replay at the same step that scored differently is not the checkpoint's pick.
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = run_dir();
         let run = tmp.path();
-        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
         write(&pending_file(run, "total"), 2.0, &state_picking(8, 0.51));
         reconcile(run, &state_picking(8, 0.5)).unwrap();
         assert!(!pending_file(run, "total").exists());
@@ -180,9 +195,8 @@ mod tests {
 
     #[test]
     fn an_unreadable_pending_file_is_an_error_naming_it() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = run_dir();
         let run = tmp.path();
-        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
         let pending = pending_file(run, "expr");
         std::fs::write(&pending, b"not a checkpoint").unwrap();
         let err = reconcile(run, &state_picking(8, 0.5)).unwrap_err();
@@ -195,9 +209,8 @@ mod tests {
 
     #[test]
     fn promote_renames_every_pending_file() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = run_dir();
         let run = tmp.path();
-        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
         let state = state_picking(8, 0.5);
         write(&pick_file(run, "total"), 1.0, &state);
         write(&pending_file(run, "total"), 2.0, &state);

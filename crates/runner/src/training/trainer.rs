@@ -457,7 +457,7 @@ impl<'a> Trainer<'a> {
                     let r = self.eval()?;
                     self.metrics_csv
                         .push(self.state.global_step, "final", self.state.epoch, &r)?;
-                    if self.config.selection.criterion != Criterion::Last {
+                    if super::pick_files::any_pending(&self.run_dir) {
                         // A checkpoint with this evaluation's picks, which puts their weights
                         // in place before the figures below name them.
                         self.sync_train_seconds();
