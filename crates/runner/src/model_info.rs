@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::record::checkpoint::read_metadata;
+use crate::record::checkpoint::{parse_state, read_metadata};
 
 /// The keys a training run writes, in the order `model info` prints them (`tuning` is added
 /// by `mtanet tune` and printed when present).
@@ -48,11 +48,11 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
         }
     }
     if let Some(state) = meta.get("state") {
-        let s: serde_json::Value = serde_json::from_str(state)?;
+        let s = parse_state(&file, state)?;
         writeln!(
             out,
             "state: step {}, stage {}, finished {}",
-            s["global_step"], s["stage"], s["finished"]
+            s.global_step, s.stage, s.finished
         )?;
     }
     let missing: Vec<&str> = KEYS

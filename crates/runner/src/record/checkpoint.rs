@@ -155,8 +155,7 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let state = match meta.metadata().as_ref().and_then(|m| m.get("state")) {
-        Some(s) => serde_json::from_str(s)
-            .with_context(|| format!("{}: bad `state` metadata", path.display()))?,
+        Some(s) => parse_state(path, s)?,
         None => TrainState::default(),
     };
     let all = candle_core::safetensors::load_buffer(&bytes, device)
@@ -207,6 +206,20 @@ fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
         .iter()
         .position(|v| !v.is_finite())
         .map(|i| (i, values[i])))
+}
+
+/// The loop state recorded in the checkpoint at `path` (reads only its header): `None` for a
+/// file without one (plain weights).
+pub fn read_state(path: &Path) -> anyhow::Result<Option<TrainState>> {
+    read_metadata(path)?
+        .get("state")
+        .map(|s| parse_state(path, s))
+        .transpose()
+}
+
+/// The `state` metadata of the checkpoint at `path`, parsed (the error names the file).
+pub fn parse_state(path: &Path, state: &str) -> anyhow::Result<TrainState> {
+    serde_json::from_str(state).with_context(|| format!("{}: bad `state` metadata", path.display()))
 }
 
 /// The metadata of a safetensors file (reads only its header).
@@ -268,6 +281,36 @@ mod tests {
         let again: TrainState =
             serde_json::from_str(&serde_json::to_string(&evaluated).unwrap()).unwrap();
         assert_eq!(again, evaluated);
+    }
+
+    /// `read_state` reads the loop state from the header alone: the saved one for a
+    /// checkpoint, none for plain weights, and an error naming the file for a state that does
+    /// not parse.
+    #[test]
+    fn the_state_read_from_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let model = HashMap::from([("a.weight".to_string(), w.clone())]);
+        let state = TrainState {
+            stage: 2,
+            global_step: 17,
+            ..Default::default()
+        };
+        let ckpt = d.path().join("last.safetensors");
+        save(&ckpt, &model, &HashMap::new(), &state).unwrap();
+        assert_eq!(read_state(&ckpt).unwrap(), Some(state));
+        let plain = d.path().join("weights.safetensors");
+        candle_core::safetensors::save(&HashMap::from([("a.weight", w.clone())]), &plain).unwrap();
+        assert_eq!(read_state(&plain).unwrap(), None);
+        let bad = d.path().join("bad.safetensors");
+        let meta = HashMap::from([("state".to_string(), "{\"stage\": 1".to_string())]);
+        let bytes = safetensors::serialize([("a.weight", &w)], Some(meta)).unwrap();
+        std::fs::write(&bad, bytes).unwrap();
+        let e = format!("{:#}", read_state(&bad).unwrap_err());
+        assert!(
+            e.contains("bad.safetensors") && e.contains("bad `state`"),
+            "{e}"
+        );
     }
 
     #[test]
