@@ -528,6 +528,23 @@ mod tests {
         (e, m)
     }
 
+    /// What a row error says and where: its kind with `line:field`, or for a wrong number of
+    /// fields, found of expected and the line.
+    fn at(e: &DataError) -> String {
+        match e {
+            DataError::OutOfRange { line, field, .. } => format!("out of range at {line}:{field}"),
+            DataError::NonFinite { line, field, .. } => format!("non-finite at {line}:{field}"),
+            DataError::NotANumber { line, field, .. } => format!("not a number at {line}:{field}"),
+            DataError::ColumnCount {
+                line,
+                expected,
+                found,
+                ..
+            } => format!("{found} of {expected} fields at {line}"),
+            other => format!("{other:?}"),
+        }
+    }
+
     #[test]
     fn va_values_and_missing_marker() {
         let f = p(
@@ -570,17 +587,7 @@ mod tests {
             Task::Expr,
             "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise\n7\n",
         );
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 2,
-                    field: 1,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 2:1", "{m}");
         let f = p(
             Task::Expr,
             "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n7\n",
@@ -631,14 +638,7 @@ mod tests {
     #[test]
     fn not_a_number_names_file_line_field() {
         let (e, m) = err(Task::Va, "valence,arousal\n0.1,0.2\n0.3,abc\n");
-        assert!(matches!(
-            e,
-            DataError::NotANumber {
-                line: 3,
-                field: 2,
-                ..
-            }
-        ));
+        assert_eq!(at(&e), "not a number at 3:2");
         assert_eq!(
             m,
             "annotations/VA_Set/Training_Set/12-24.txt:3: field 2 (arousal): \"abc\" is not a number"
@@ -649,101 +649,31 @@ mod tests {
     fn non_finite_rejected() {
         for bad in ["nan", "NaN", "inf", "-inf", "infinity"] {
             let (e, m) = err(Task::Va, &format!("valence,arousal\n{bad},0.2\n"));
-            assert!(
-                matches!(
-                    e,
-                    DataError::NonFinite {
-                        line: 2,
-                        field: 1,
-                        ..
-                    }
-                ),
-                "{m}"
-            );
+            assert_eq!(at(&e), "non-finite at 2:1", "{m}");
             assert!(m.contains("12-24.txt:2: field 1 (valence)"), "{m}");
         }
         let (e, m) = err(Task::Au, "AU1,AU2\n0,NaN\n");
-        assert!(
-            matches!(
-                e,
-                DataError::NonFinite {
-                    line: 2,
-                    field: 2,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "non-finite at 2:2", "{m}");
         assert!(m.contains(":2: field 2 (AU2)"), "{m}");
     }
 
     #[test]
     fn out_of_range_values() {
         let (e, m) = err(Task::Va, "valence,arousal\n1.01,0\n");
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 2,
-                    field: 1,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 2:1", "{m}");
         assert!(
             m.contains("12-24.txt:2: field 1 (valence): \"1.01\""),
             "{m}"
         );
         let (e, m) = err(Task::Va, "valence,arousal\n0,-4\n");
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 2,
-                    field: 2,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 2:2", "{m}");
         let (e, m) = err(Task::Au, "AU1,AU2\n0,1\n1,2\n");
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 3,
-                    field: 2,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 3:2", "{m}");
         assert!(m.contains(":3: field 2 (AU2): \"2\""), "{m}");
         let (e, m) = err(Task::Au, "AU1,AU2\n0.5,1\n");
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 2,
-                    field: 1,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 2:1", "{m}");
         let (e, m) = err(Task::Expr, "Neutral,Anger\n-2\n");
-        assert!(
-            matches!(
-                e,
-                DataError::OutOfRange {
-                    line: 2,
-                    field: 1,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "out of range at 2:1", "{m}");
         assert!(
             m.contains(
                 ":2: field 1 (expression): \"-2\" is out of range (0..=1, or -1 for missing)"
@@ -751,18 +681,7 @@ mod tests {
             "{m}"
         );
         let (e, m) = err(Task::Expr, "Neutral,Anger\n0,1\n");
-        assert!(
-            matches!(
-                e,
-                DataError::ColumnCount {
-                    line: 2,
-                    expected: 1,
-                    found: 2,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "2 of 1 fields at 2", "{m}");
         // 1.0 is an integer value and accepted.
         assert_eq!(p(Task::Au, "AU1\n1.0\n").unwrap().au(0), Some(&[1u8][..]));
     }
@@ -770,43 +689,12 @@ mod tests {
     #[test]
     fn wrong_column_count() {
         let (e, m) = err(Task::Va, "valence,arousal\n0.1,0.2\n0.1\n");
-        assert!(
-            matches!(
-                e,
-                DataError::ColumnCount {
-                    line: 3,
-                    expected: 2,
-                    found: 1,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "1 of 2 fields at 3", "{m}");
         assert!(m.contains("12-24.txt:3: expected 2 fields, found 1"), "{m}");
         let (e, m) = err(Task::Au, "AU1,AU2\n0,1,1\n");
-        assert!(
-            matches!(
-                e,
-                DataError::ColumnCount {
-                    line: 2,
-                    found: 3,
-                    ..
-                }
-            ),
-            "{m}"
-        );
+        assert_eq!(at(&e), "3 of 2 fields at 2", "{m}");
         let (e, _) = err(Task::Expr, "Neutral,Anger\n0\n\n1\n");
-        assert!(
-            matches!(
-                e,
-                DataError::ColumnCount {
-                    line: 3,
-                    found: 0,
-                    ..
-                }
-            ),
-            "interior blank line"
-        );
+        assert_eq!(at(&e), "0 of 1 fields at 3", "interior blank line");
     }
 
     #[test]
