@@ -1,5 +1,5 @@
 //! The run record: run ids and directories, `runs.csv`, `metrics.csv`, TensorBoard events,
-//! checkpoint files, `report.json` and `log.txt`, all written atomically.
+//! checkpoint files, `report.json`, `log.txt` and the result tables' CSV files, all written atomically.
 
 pub mod atomic_io;
 pub mod checkpoint;
@@ -11,4 +11,5 @@ pub mod run_dir;
 pub mod run_scalars;
 pub mod runs_csv;
 pub mod summary_line;
+pub mod table_csv;
 pub mod tensorboard;
