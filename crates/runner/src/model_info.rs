@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::record::checkpoint::{parse_state, read_metadata};
+use crate::record::checkpoint::{parse_entry, read_metadata, TrainState};
 
 /// The keys a training run writes, in the order `model info` prints them (`tuning` is added
 /// by `mtanet tune` and printed when present).
@@ -48,7 +48,7 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
         }
     }
     if let Some(state) = meta.get("state") {
-        let s = parse_state(&file, state)?;
+        let s: TrainState = parse_entry(&file, "state", state)?;
         writeln!(
             out,
             "state: step {}, stage {}, finished {}",

@@ -187,13 +187,7 @@ pub const VOCAB_KEY: &str = "vocab";
 /// The vocabulary recorded in the checkpoint `path` under [`VOCAB_KEY`], if any (reads only
 /// the safetensors header).
 pub fn checkpoint_vocab(path: &Path) -> anyhow::Result<Option<Vocab>> {
-    let meta = crate::record::checkpoint::read_metadata(path)?;
-    meta.get(VOCAB_KEY)
-        .map(|text| {
-            serde_json::from_str(text)
-                .with_context(|| format!("{}: bad `{VOCAB_KEY}` metadata", path.display()))
-        })
-        .transpose()
+    crate::record::checkpoint::read_json_entry(path, VOCAB_KEY)
 }
 
 /// The model's vocabulary from the checkpoint `path` and its head sizes: the recorded one

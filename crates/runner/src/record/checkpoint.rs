@@ -155,7 +155,7 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let state = match meta.metadata().as_ref().and_then(|m| m.get("state")) {
-        Some(s) => parse_state(path, s)?,
+        Some(s) => parse_entry(path, "state", s)?,
         None => TrainState::default(),
     };
     let all = candle_core::safetensors::load_buffer(&bytes, device)
@@ -208,18 +208,25 @@ fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
         .map(|i| (i, values[i])))
 }
 
-/// The loop state recorded in the checkpoint at `path` (reads only its header): `None` for a
-/// file without one (plain weights).
-pub fn read_state(path: &Path) -> anyhow::Result<Option<TrainState>> {
+/// The JSON entry `key` of the metadata of the checkpoint at `path` (reads only its header),
+/// parsed: `None` for a file without one (plain weights, or a checkpoint older than the key).
+pub fn read_json_entry<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
     read_metadata(path)?
-        .get("state")
-        .map(|s| parse_state(path, s))
+        .get(key)
+        .map(|text| parse_entry(path, key, text))
         .transpose()
 }
 
-/// The `state` metadata of the checkpoint at `path`, parsed (the error names the file).
-pub fn parse_state(path: &Path, state: &str) -> anyhow::Result<TrainState> {
-    serde_json::from_str(state).with_context(|| format!("{}: bad `state` metadata", path.display()))
+/// The JSON metadata entry `key` of the checkpoint at `path`, parsed (the error names both).
+pub fn parse_entry<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+    text: &str,
+) -> anyhow::Result<T> {
+    serde_json::from_str(text).with_context(|| format!("{}: bad `{key}` metadata", path.display()))
 }
 
 /// The metadata of a safetensors file (reads only its header).
@@ -283,7 +290,7 @@ mod tests {
         assert_eq!(again, evaluated);
     }
 
-    /// `read_state` reads the loop state from the header alone: the saved one for a
+    /// `read_json_entry` reads the loop state from the header alone: the saved one for a
     /// checkpoint, none for plain weights, and an error naming the file for a state that does
     /// not parse.
     #[test]
@@ -298,15 +305,21 @@ mod tests {
         };
         let ckpt = d.path().join("last.safetensors");
         save(&ckpt, &model, &HashMap::new(), &state).unwrap();
-        assert_eq!(read_state(&ckpt).unwrap(), Some(state));
+        assert_eq!(read_json_entry(&ckpt, "state").unwrap(), Some(state));
         let plain = d.path().join("weights.safetensors");
         candle_core::safetensors::save(&HashMap::from([("a.weight", w.clone())]), &plain).unwrap();
-        assert_eq!(read_state(&plain).unwrap(), None);
+        assert_eq!(
+            read_json_entry::<TrainState>(&plain, "state").unwrap(),
+            None
+        );
         let bad = d.path().join("bad.safetensors");
         let meta = HashMap::from([("state".to_string(), "{\"stage\": 1".to_string())]);
         let bytes = safetensors::serialize([("a.weight", &w)], Some(meta)).unwrap();
         std::fs::write(&bad, bytes).unwrap();
-        let e = format!("{:#}", read_state(&bad).unwrap_err());
+        let e = format!(
+            "{:#}",
+            read_json_entry::<TrainState>(&bad, "state").unwrap_err()
+        );
         assert!(
             e.contains("bad.safetensors") && e.contains("bad `state`"),
             "{e}"

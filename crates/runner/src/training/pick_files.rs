@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::selection::{Pick, PICK_NAMES};
-use crate::record::checkpoint::{read_state, TrainState};
+use crate::record::checkpoint::{read_json_entry, TrainState};
 
 /// `checkpoints/best.safetensors` for the total pick, `best-<task>.safetensors` per task.
 pub fn pick_file(run_dir: &Path, pick: &str) -> PathBuf {
@@ -100,8 +100,8 @@ pub fn reconcile(run_dir: &Path, state: &TrainState) -> anyhow::Result<Vec<Strin
 
 /// The pick of `name` that the checkpoint file at `path` recorded in its loop state.
 fn recorded_pick(path: &Path, name: &str) -> anyhow::Result<Option<Pick>> {
-    let state =
-        read_state(path)?.with_context(|| format!("{}: no `state` metadata", path.display()))?;
+    let state: TrainState = read_json_entry(path, "state")?
+        .with_context(|| format!("{}: no `state` metadata", path.display()))?;
     Ok(state.selection.pick(name).cloned())
 }
 
