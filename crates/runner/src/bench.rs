@@ -18,25 +18,23 @@
 //! `MTANET_KERNEL_PROFILE=1` splits them further by convolution pass and shape
 //! (`mtanet_kernels::profile`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
-use mtanet_backbones::{BackboneKind, MtaNet, MtaNetConfig, Precision, ResNetConfig};
+use candle_core::Device;
+use mtanet_backbones::{BackboneKind, Precision};
 use mtanet_kernels::EvalPacks;
-use mtanet_losses::{AuReduction, LossKind, Targets};
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::{OptimizerKind, StageConfig};
-use crate::step::optim::{params, Optimizer};
-use crate::step::{eval_step, train_step, HostOutputs, Objective, StepGuard, StepOutcome};
-use mtanet_backbones::SeededVarMap;
-
 mod profile;
+mod report;
+mod workload;
 use profile::{print_eval_profile, print_step_profile};
+pub use report::{median, minimum, BenchRow};
+use report::{print_row, print_summary, write_csv, Sgemm};
+pub use workload::{cpu_randn, Workload};
 
 /// Action units of the benchmarked heads (ABAW 2020).
 pub const N_AU: usize = 8;
@@ -96,116 +94,6 @@ pub struct BenchOptions {
     pub python: Option<String>,
     /// CSV written (atomically) at the end and after each point.
     pub out: PathBuf,
-}
-
-/// One row of `results/bench/train.csv`.
-#[derive(Debug, Clone)]
-pub struct BenchRow {
-    /// Backbone name.
-    pub backbone: String,
-    /// Batch size.
-    pub batch: usize,
-    /// Threads.
-    pub threads: usize,
-    /// Ours.
-    pub mtanet: Measurement,
-    /// PyTorch's, when it ran.
-    pub torch: Option<Measurement>,
-    /// Per round, ours over PyTorch's of the two processes run back to back: (train, eval).
-    pub round_ratios: Vec<(f64, f64)>,
-}
-
-/// Median of `values` (the mean of the middle two for an even count); `None` when empty.
-pub fn median(values: &[f64]) -> Option<f64> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
-}
-
-/// Smallest of `values`; `None` when empty.
-pub fn minimum(values: &[f64]) -> Option<f64> {
-    values
-        .iter()
-        .copied()
-        .filter(|x| !x.is_nan())
-        .reduce(f64::min)
-}
-
-const CSV_HEADER: &str = "backbone,batch,threads,mtanet_train_img_s,torch_train_img_s,train_ratio,\
-mtanet_eval_img_s,torch_eval_img_s,eval_ratio,mtanet_peak_rss_mb,torch_peak_rss_mb,\
-fwd_gflop_per_img,mtanet_train_gflops,torch_train_gflops,sgemm_gflops_gemm,sgemm_gflops_torch,\
-rounds,train_ratio_median,train_ratio_min,eval_ratio_median,eval_ratio_min";
-
-impl BenchRow {
-    fn train_ratio(&self) -> Option<f64> {
-        self.torch
-            .as_ref()
-            .map(|t| self.mtanet.train_img_s / t.train_img_s)
-    }
-
-    fn eval_ratio(&self) -> Option<f64> {
-        self.torch
-            .as_ref()
-            .map(|t| self.mtanet.eval_img_s / t.eval_img_s)
-    }
-
-    fn round_train(&self) -> Vec<f64> {
-        self.round_ratios.iter().map(|r| r.0).collect()
-    }
-
-    fn round_eval(&self) -> Vec<f64> {
-        self.round_ratios.iter().map(|r| r.1).collect()
-    }
-
-    /// Achieved training GFLOP/s: forward FLOPs x 3 (backward costs about twice the forward).
-    fn train_gflops(m: &Measurement) -> f64 {
-        3.0 * m.fwd_gflop_per_img * m.train_img_s
-    }
-
-    fn csv_line(&self, sgemm: &Sgemm) -> String {
-        let opt =
-            |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or_default();
-        let t = self.torch.as_ref();
-        [
-            self.backbone.clone(),
-            self.batch.to_string(),
-            self.threads.to_string(),
-            format!("{:.2}", self.mtanet.train_img_s),
-            opt(t.map(|t| t.train_img_s), 2),
-            opt(self.train_ratio(), 3),
-            format!("{:.2}", self.mtanet.eval_img_s),
-            opt(t.map(|t| t.eval_img_s), 2),
-            opt(self.eval_ratio(), 3),
-            format!("{:.0}", self.mtanet.peak_rss_mb),
-            opt(t.map(|t| t.peak_rss_mb), 0),
-            format!("{:.3}", self.mtanet.fwd_gflop_per_img),
-            format!("{:.1}", Self::train_gflops(&self.mtanet)),
-            opt(t.map(Self::train_gflops), 1),
-            format!("{:.1}", sgemm.gemm),
-            opt(sgemm.torch, 1),
-            self.round_ratios.len().to_string(),
-            opt(median(&self.round_train()), 3),
-            opt(minimum(&self.round_train()), 3),
-            opt(median(&self.round_eval()), 3),
-            opt(minimum(&self.round_eval()), 3),
-        ]
-        .join(",")
-    }
-}
-
-/// The machine's sgemm ceiling: the `gemm` crate (what our kernels call) and `torch.mm`.
-#[derive(Debug, Clone, Default)]
-struct Sgemm {
-    gemm: f64,
-    torch: Option<f64>,
 }
 
 /// Measures one (backbone, batch) in this process: the body of `mtanet bench-one`.
@@ -344,34 +232,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
         ]))?;
         sgemm.torch = out.trim().parse().ok();
     }
-    println!(
-        "sgemm 2048^3, {} threads: gemm crate {:.0} GFLOP/s{}",
-        opts.threads,
-        sgemm.gemm,
-        sgemm
-            .torch
-            .map(|t| format!(", torch.mm {t:.0} GFLOP/s"))
-            .unwrap_or_default()
-    );
-    println!(
-        "{:<22} {:>5} | {:>9} {:>9} {:>6} {:>5} {:>5} | {:>9} {:>9} {:>6} {:>5} {:>5} | {:>8} {:>8} | {:>7} {:>7}",
-        "backbone",
-        "batch",
-        "train",
-        "torch",
-        "ratio",
-        "med",
-        "min",
-        "eval",
-        "torch",
-        "ratio",
-        "med",
-        "min",
-        "RSS MB",
-        "torch",
-        "GFLOP/s",
-        "torch"
-    );
+    report::print_header(opts.threads, &sgemm);
     let mut rows: Vec<BenchRow> = Vec::new();
     for kind in &opts.backbones {
         for &batch in &opts.batches {
@@ -461,81 +322,6 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
-fn print_row(r: &BenchRow) {
-    let f = |v: Option<f64>, prec: usize| {
-        v.map(|v| format!("{v:.prec$}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    let t = r.torch.as_ref();
-    let (train, eval) = (r.round_train(), r.round_eval());
-    println!(
-        "{:<22} {:>5} | {:>9.2} {:>9} {:>6} {:>5} {:>5} | {:>9.2} {:>9} {:>6} {:>5} {:>5} | {:>8.0} {:>8} | {:>7.1} {:>7}",
-        r.backbone,
-        r.batch,
-        r.mtanet.train_img_s,
-        f(t.map(|t| t.train_img_s), 2),
-        f(r.train_ratio(), 2),
-        f(median(&train), 2),
-        f(minimum(&train), 2),
-        r.mtanet.eval_img_s,
-        f(t.map(|t| t.eval_img_s), 2),
-        f(r.eval_ratio(), 2),
-        f(median(&eval), 2),
-        f(minimum(&eval), 2),
-        r.mtanet.peak_rss_mb,
-        f(t.map(|t| t.peak_rss_mb), 0),
-        BenchRow::train_gflops(&r.mtanet),
-        f(t.map(BenchRow::train_gflops), 1),
-    );
-    let _ = std::io::stdout().flush();
-}
-
-/// The last lines of the table: over all points, the median and minimum of the best-of ratios
-/// (the `ratio` columns) and the largest peak-memory ratio.
-fn print_summary(rows: &[BenchRow]) {
-    let train: Vec<f64> = rows.iter().filter_map(BenchRow::train_ratio).collect();
-    let eval: Vec<f64> = rows.iter().filter_map(BenchRow::eval_ratio).collect();
-    let rss = rows
-        .iter()
-        .filter_map(|r| {
-            r.torch
-                .as_ref()
-                .map(|t| r.mtanet.peak_rss_mb / t.peak_rss_mb)
-        })
-        .reduce(f64::max);
-    let (Some(train_med), Some(train_min), Some(eval_med), Some(eval_min), Some(rss)) = (
-        median(&train),
-        minimum(&train),
-        median(&eval),
-        minimum(&eval),
-        rss,
-    ) else {
-        return;
-    };
-    println!(
-        "over {} points: train ratio median {train_med:.2}, min {train_min:.2}; eval ratio median \
-         {eval_med:.2}, min {eval_min:.2}; peak RSS ours / torch at most {rss:.2}",
-        train.len()
-    );
-    println!(
-        "med / min per point: the median and minimum of the per-round ratios (each round pairs \
-         the two processes run back to back)"
-    );
-}
-
-fn write_csv(path: &Path, rows: &[BenchRow], sgemm: &Sgemm) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut text = String::from(CSV_HEADER);
-    text.push('\n');
-    for r in rows {
-        text.push_str(&r.csv_line(sgemm));
-        text.push('\n');
-    }
-    crate::record::atomic_io::write_atomic(path, text.as_bytes())
-}
-
 fn torch_available(python: &str) -> bool {
     Command::new(python)
         .args(["-c", "import torch, torchvision, timm"])
@@ -557,119 +343,6 @@ fn run_child(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The benchmarked training workload: the full-size MTANet of a backbone with its heads, SGD
-/// (momentum 0.9, weight decay 5e-3, as the paper's second stage), and one batch of inputs
-/// and labels drawn from a fixed seed on the CPU and uploaded (no device RNG needed).
-/// `mtanet bench` and `gpu-check` time exactly this.
-pub struct Workload {
-    /// The network's configuration.
-    pub config: MtaNetConfig,
-    /// The network.
-    pub model: MtaNet,
-    /// SGD over every variable.
-    pub opt: Optimizer,
-    /// (N, 3, size, size) inputs.
-    pub images: Tensor,
-    /// Every frame labelled for every task.
-    pub targets: Targets,
-}
-
-impl Workload {
-    /// Builds the workload for `kind` at `batch` x `size` x `size` on `dev`.
-    pub fn new(
-        kind: BackboneKind,
-        batch: usize,
-        size: usize,
-        precision: Precision,
-        dev: &Device,
-    ) -> anyhow::Result<Self> {
-        let config = MtaNetConfig::new(ResNetConfig::from_kind(&kind), N_AU, N_EXPR);
-        let vars = SeededVarMap::new(7);
-        let model =
-            MtaNet::new(&config, vars.var_builder(DType::F32, dev))?.with_precision(precision);
-        let stage = StageConfig {
-            name: "bench".into(),
-            optimizer: OptimizerKind::Sgd,
-            lr: 1e-3,
-            weight_decay: 5e-3,
-            ..StageConfig::default()
-        };
-        let all_vars: std::collections::HashMap<_, _> = vars
-            .varmap()
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
-            .clone();
-        let opt = Optimizer::new(&stage, params(&all_vars, true));
-        let images = cpu_randn(11, &[batch, 3, size, size], 1.0)?.to_device(dev)?;
-        let va = cpu_randn(12, &[batch, 2], 0.5)?
-            .clamp(-1f32, 1f32)?
-            .to_device(dev)?;
-        let au = cpu_randn(13, &[batch, N_AU], 1.0)?
-            .ge(0.0)?
-            .to_dtype(DType::F32)?
-            .to_device(dev)?;
-        let classes: Vec<u32> = (0..batch).map(|i| (i % N_EXPR) as u32).collect();
-        let expr = Tensor::new(classes.as_slice(), dev)?;
-        let ones = Tensor::ones(batch, DType::F32, dev)?;
-        let targets = Targets {
-            va,
-            va_mask: ones.clone(),
-            au,
-            au_mask: ones.clone(),
-            expr,
-            expr_mask: ones,
-        };
-        Ok(Self {
-            config,
-            model,
-            opt,
-            images,
-            targets,
-        })
-    }
-
-    /// One training step (summed loss, no finiteness guard: PyTorch's loop has none).
-    pub fn train_step(&mut self) -> anyhow::Result<StepOutcome> {
-        let objective = Objective {
-            kind: LossKind::Sum,
-            uncertainty: None,
-            au_pos_weight: None,
-            au_reduction: AuReduction::Mean,
-        };
-        train_step(
-            &self.model,
-            &self.images,
-            &self.targets,
-            &objective,
-            &mut self.opt,
-            StepGuard::default(),
-        )
-    }
-
-    /// One eval step on the batch, in the evaluation pass whose store of packed weight layouts
-    /// is `packs`.
-    pub fn eval_step(&self, packs: &EvalPacks) -> anyhow::Result<HostOutputs> {
-        Ok(eval_step(&self.model, &self.images, packs)?)
-    }
-}
-
-/// Deterministic test data on the CPU (a fixed-seed normal), moved to each device as needed.
-pub fn cpu_randn(seed: u64, shape: &[usize], std: f64) -> anyhow::Result<Tensor> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    // Box-Muller from uniform draws: no extra dependency, fixed across platforms.
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            let u1: f64 = rng.random_range(1e-12..1.0);
-            let u2: f64 = rng.random_range(0.0..1.0);
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
-}
-
 /// Backbones by name, comma lists from the command line; all five when `names` is empty.
 pub fn parse_backbones(names: &[String]) -> anyhow::Result<Vec<BackboneKind>> {
     if names.is_empty() {
@@ -682,52 +355,4 @@ pub fn parse_backbones(names: &[String]) -> anyhow::Result<Vec<BackboneKind>> {
                 .map_err(|e| anyhow::anyhow!("backbone `{b}`: {e}"))
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_and_minimum_of_round_ratios() {
-        assert_eq!(median(&[1.3, 0.9, 1.1]), Some(1.1));
-        assert_eq!(median(&[1.4, 1.0, 1.2, 0.8]), Some(1.1));
-        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
-        assert_eq!(median(&[]), None);
-        assert_eq!(minimum(&[1.3, 0.9, 1.1]), Some(0.9));
-        assert_eq!(minimum(&[f64::NAN]), None);
-    }
-
-    #[test]
-    fn csv_line_has_a_value_per_header_column() {
-        let m = |train, eval| Measurement {
-            train_img_s: train,
-            eval_img_s: eval,
-            peak_rss_mb: 100.0,
-            fwd_gflop_per_img: 2.0,
-        };
-        let row = BenchRow {
-            backbone: "resnet50".into(),
-            batch: 16,
-            threads: 2,
-            mtanet: m(12.0, 60.0),
-            torch: Some(m(10.0, 50.0)),
-            round_ratios: vec![(1.2, 1.0), (0.8, 1.5), (1.0, 1.1)],
-        };
-        let sgemm = Sgemm {
-            gemm: 300.0,
-            torch: None,
-        };
-        let line = row.csv_line(&sgemm);
-        let header: Vec<&str> = CSV_HEADER.split(',').collect();
-        let values: Vec<&str> = line.split(',').collect();
-        assert_eq!(header.len(), values.len());
-        let get = |name: &str| values[header.iter().position(|h| *h == name).unwrap()];
-        assert_eq!(get("rounds"), "3");
-        assert_eq!(get("train_ratio"), "1.200");
-        assert_eq!(get("train_ratio_median"), "1.000");
-        assert_eq!(get("train_ratio_min"), "0.800");
-        assert_eq!(get("eval_ratio_median"), "1.100");
-        assert_eq!(get("eval_ratio_min"), "1.000");
-    }
 }

@@ -110,16 +110,12 @@ impl Tuning {
         }
     }
 }
+
 /// The tuning stored in the checkpoint file `path`, if any.
 pub fn stored_tuning(path: &Path) -> anyhow::Result<Option<Tuning>> {
-    let meta = read_metadata(path)?;
-    meta.get(TUNING_KEY)
-        .map(|t| {
-            serde_json::from_str(t)
-                .with_context(|| format!("{}: unreadable `{TUNING_KEY}` entry", path.display()))
-        })
-        .transpose()
+    checkpoint::read_json_entry(path, TUNING_KEY)
 }
+
 /// Writes `tuning` into the metadata of the checkpoint file `path` (atomically), keeping
 /// its tensors and other entries.
 pub fn store_tuning(path: &Path, tuning: &Tuning) -> anyhow::Result<()> {
