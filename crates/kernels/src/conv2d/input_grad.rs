@@ -6,8 +6,8 @@ use super::matmul::{matmul, MatRef};
 use super::schedule::for_each_unit;
 use super::scratch::{fill_zero, with_columns};
 use super::select::{direct_3x3, direct_dense, winograd_tile, Pass};
-use super::storage::dense_f32;
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
+use super::storage::pass_operands;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
 /// Gradient `(N, C_in, H, W)` of the loss with respect to the convolution input, from the
 /// output gradient `dy` `(N, C_out, OH, OW)` and the weight `w`, both dense row-major.
@@ -98,15 +98,13 @@ impl CustomOp2 for Conv2dInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
         let (out_dims, w_dims) = (Shape::from(g.output_dims()), Shape::from(g.weight_dims()));
-        if dy_layout.dims() != out_dims.dims() || w_layout.dims() != w_dims.dims() {
-            bail!(
-                "conv2d input grad: expected grad {out_dims:?} and weight {w_dims:?}, got {:?} and {:?}",
-                dy_layout.dims(),
-                w_layout.dims()
-            )
-        }
-        let dy = dense_f32(dy_storage, dy_layout, "output gradient")?;
-        let w = dense_f32(w_storage, w_layout, "weight")?;
+        let [dy, w] = pass_operands(
+            "conv2d input grad",
+            [
+                (dy_storage, dy_layout, out_dims.dims(), "output gradient"),
+                (w_storage, w_layout, w_dims.dims(), "weight"),
+            ],
+        )?;
         let dx = input_grad(g, &dy, &w);
         Ok((CpuStorage::F32(dx), Shape::from(g.input_dims())))
     }

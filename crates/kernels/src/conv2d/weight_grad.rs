@@ -7,8 +7,8 @@ use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::schedule::{gemm_threads, parallel_units_pay};
 use super::scratch::with_columns;
 use super::select::{direct_3x3, direct_dense, stem_direct, winograd_tile, Pass};
-use super::storage::dense_f32;
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
+use super::storage::pass_operands;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -136,15 +136,13 @@ impl CustomOp2 for Conv2dWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
         let (in_dims, out_dims) = (Shape::from(g.input_dims()), Shape::from(g.output_dims()));
-        if x_layout.dims() != in_dims.dims() || dy_layout.dims() != out_dims.dims() {
-            bail!(
-                "conv2d weight grad: expected input {in_dims:?} and grad {out_dims:?}, got {:?} and {:?}",
-                x_layout.dims(),
-                dy_layout.dims()
-            )
-        }
-        let x = dense_f32(x_storage, x_layout, "input")?;
-        let dy = dense_f32(dy_storage, dy_layout, "output gradient")?;
+        let [x, dy] = pass_operands(
+            "conv2d weight grad",
+            [
+                (x_storage, x_layout, in_dims.dims(), "input"),
+                (dy_storage, dy_layout, out_dims.dims(), "output gradient"),
+            ],
+        )?;
         let dw = weight_grad(g, &x, &dy);
         Ok((CpuStorage::F32(dw), Shape::from(g.weight_dims())))
     }
