@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::record::checkpoint::{parse_entry, read_metadata, TrainState};
+use crate::record::checkpoint::{parse_entry, read_metadata, TrainState, STATE_KEY};
 
 /// The keys a training run writes, in the order `model info` prints them (`tuning` is added
 /// by `mtanet tune` and printed when present).
@@ -47,8 +47,8 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
             writeln!(out, "{key}: {v}")?;
         }
     }
-    if let Some(state) = meta.get("state") {
-        let s: TrainState = parse_entry(&file, "state", state)?;
+    if let Some(state) = meta.get(STATE_KEY) {
+        let s: TrainState = parse_entry(&file, STATE_KEY, state)?;
         writeln!(
             out,
             "state: step {}, stage {}, finished {}",

@@ -127,7 +127,7 @@ pub fn save_described(
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = HashMap::new();
-    meta.insert("state".to_string(), serde_json::to_string(state)?);
+    meta.insert(STATE_KEY.to_string(), serde_json::to_string(state)?);
     meta.insert("format".to_string(), "mtanet-checkpoint-1".to_string());
     for (k, v) in &description.entries {
         meta.insert(k.clone(), v.clone());
@@ -154,8 +154,8 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let state = match meta.metadata().as_ref().and_then(|m| m.get("state")) {
-        Some(s) => parse_entry(path, "state", s)?,
+    let state = match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
+        Some(s) => parse_entry(path, STATE_KEY, s)?,
         None => TrainState::default(),
     };
     let all = candle_core::safetensors::load_buffer(&bytes, device)
@@ -207,6 +207,10 @@ fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
         .position(|v| !v.is_finite())
         .map(|i| (i, values[i])))
 }
+
+/// The metadata key of a checkpoint's loop state (JSON [`TrainState`]), written by [`save`] and
+/// [`save_described`] and read by [`load`], the pick files and `model info`.
+pub const STATE_KEY: &str = "state";
 
 /// The JSON entry `key` of the metadata of the checkpoint at `path` (reads only its header),
 /// parsed: `None` for a file without one (plain weights, or a checkpoint older than the key).

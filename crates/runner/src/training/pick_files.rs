@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::selection::{Pick, PICK_NAMES};
-use crate::record::checkpoint::{read_json_entry, TrainState};
+use crate::record::checkpoint::{read_json_entry, TrainState, STATE_KEY};
 
 /// `checkpoints/best.safetensors` for the total pick, `best-<task>.safetensors` per task.
 pub fn pick_file(run_dir: &Path, pick: &str) -> PathBuf {
@@ -100,7 +100,7 @@ pub fn reconcile(run_dir: &Path, state: &TrainState) -> anyhow::Result<Vec<Strin
 
 /// The pick of `name` that the checkpoint file at `path` recorded in its loop state.
 fn recorded_pick(path: &Path, name: &str) -> anyhow::Result<Option<Pick>> {
-    let state: TrainState = read_json_entry(path, "state")?
+    let state: TrainState = read_json_entry(path, STATE_KEY)?
         .with_context(|| format!("{}: no `state` metadata", path.display()))?;
     Ok(state.selection.pick(name).cloned())
 }
