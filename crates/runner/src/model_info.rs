@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::record::checkpoint::{parse_entry, read_metadata, TrainState, STATE_KEY};
+use crate::build::restore::VOCAB_KEY;
+use crate::record::checkpoint::{parse_entry, read_metadata, TrainState, FORMAT_KEY, STATE_KEY};
 
 /// The keys a training run writes, in the order `model info` prints them (`tuning` is added
 /// by `mtanet tune` and printed when present).
@@ -25,9 +26,9 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
     writeln!(
         out,
         "format: {}",
-        meta.get("format").map_or("(none)", String::as_str)
+        meta.get(FORMAT_KEY).map_or("(none)", String::as_str)
     )?;
-    if let Some(v) = meta.get("vocab") {
+    if let Some(v) = meta.get(VOCAB_KEY) {
         let v: serde_json::Value = serde_json::from_str(v)?;
         let names = |k: &str| {
             v[k].as_array()

@@ -123,7 +123,9 @@ pub fn store_tuning(path: &Path, tuning: &Tuning) -> anyhow::Result<()> {
     let c = checkpoint::load(path, &candle_core::Device::Cpu)?;
     let mut entries: Vec<(String, String)> = meta
         .into_iter()
-        .filter(|(k, _)| k != checkpoint::STATE_KEY && k != "format" && k != TUNING_KEY)
+        .filter(|(k, _)| {
+            k != checkpoint::STATE_KEY && k != checkpoint::FORMAT_KEY && k != TUNING_KEY
+        })
         .collect();
     entries.push((TUNING_KEY.to_string(), serde_json::to_string(tuning)?));
     checkpoint::save_described(path, &c.model, &c.optim, &c.state, &Description { entries })

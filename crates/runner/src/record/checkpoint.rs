@@ -128,7 +128,7 @@ pub fn save_described(
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = HashMap::new();
     meta.insert(STATE_KEY.to_string(), serde_json::to_string(state)?);
-    meta.insert("format".to_string(), "mtanet-checkpoint-1".to_string());
+    meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
     for (k, v) in &description.entries {
         meta.insert(k.clone(), v.clone());
     }
@@ -149,11 +149,22 @@ pub struct Checkpoint {
 
 /// Reads a checkpoint written by [`save`] (or a plain weights file: then `optim` is empty and
 /// `state` default), with errors naming the file; a tensor holding NaN or an infinity is an
-/// error naming it and the first such value's index.
+/// error naming it and the first such value's index. A checkpoint of another mtanet format
+/// (its [`FORMAT_KEY`] entry `mtanet-checkpoint-<n>`, not [`FORMAT`]) is refused, naming both
+/// formats; other writers' entries (`pt` from `safetensors.torch`) mark plain weights.
 pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    if let Some(f) = meta.metadata().as_ref().and_then(|m| m.get(FORMAT_KEY)) {
+        if f.starts_with(FORMAT_FAMILY) && f != FORMAT {
+            anyhow::bail!(
+                "{}: checkpoint format `{f}`, and this build reads `{FORMAT}` (and plain \
+                 weights): use the mtanet version that wrote it",
+                path.display()
+            );
+        }
+    }
     let state = match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
         Some(s) => parse_entry(path, STATE_KEY, s)?,
         None => TrainState::default(),
@@ -207,6 +218,16 @@ fn check_finite(t: &Tensor) -> candle_core::Result<Option<(usize, f32)>> {
         .position(|v| !v.is_finite())
         .map(|i| (i, values[i])))
 }
+
+/// The metadata key of a checkpoint's format name ([`FORMAT`] for those [`save`] writes).
+pub const FORMAT_KEY: &str = "format";
+
+/// The format name [`save`] writes and [`load`] reads: [`FORMAT_FAMILY`] and a version.
+pub const FORMAT: &str = "mtanet-checkpoint-1";
+
+/// The prefix of every mtanet checkpoint format name; [`load`] refuses the versions other
+/// than [`FORMAT`].
+pub const FORMAT_FAMILY: &str = "mtanet-checkpoint-";
 
 /// The metadata key of a checkpoint's loop state (JSON [`TrainState`]), written by [`save`] and
 /// [`save_described`] and read by [`load`], the pick files and `model info`.
@@ -378,5 +399,37 @@ mod tests {
         std::fs::write(&p, b"garbage").unwrap();
         let e = load(&p, &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("last.safetensors"), "{e}");
+    }
+
+    /// A checkpoint of another mtanet format version is refused, naming the file and both
+    /// formats; a weights file whose `format` another writer set (`pt`) loads as plain weights.
+    #[test]
+    fn another_checkpoint_format_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let write = |name: &str, format: &str| {
+            let p = d.path().join(name);
+            let meta = HashMap::from([(FORMAT_KEY.to_string(), format.to_string())]);
+            let bytes = safetensors::serialize([("model.a.weight", &w)], Some(meta)).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let newer = write("newer.safetensors", "mtanet-checkpoint-2");
+        let e = format!("{:#}", load(&newer, &Device::Cpu).err().unwrap());
+        assert!(
+            e.contains("newer.safetensors")
+                && e.contains("`mtanet-checkpoint-2`")
+                && e.contains("`mtanet-checkpoint-1`"),
+            "{e}"
+        );
+        let torch = write("torch.safetensors", "pt");
+        let c = load(&torch, &Device::Cpu).unwrap();
+        assert_eq!(
+            c.model["a.weight"].to_vec1::<f32>().unwrap(),
+            vec![1.0, 2.0]
+        );
+        assert_eq!(c.state, TrainState::default());
+        let ours = write("ours.safetensors", "mtanet-checkpoint-1");
+        assert!(load(&ours, &Device::Cpu).is_ok());
     }
 }
