@@ -50,7 +50,7 @@ impl Trainer<'_> {
         let path = pick_file(&self.run_dir, "total");
         let c = checkpoint::load(&path, &self.s.device).with_context(|| {
             format!(
-                "a stage starts from the best weights, but {} is missing",
+                "a stage with `init: best` starts from the best weights in {}",
                 path.display()
             )
         })?;
