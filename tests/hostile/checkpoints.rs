@@ -1,7 +1,7 @@
 //! A checkpoint loads only into the model it was made for, with finite values (rules 2, 3):
-//! another backbone, an extra, missing or reshaped tensor, NaN or an infinity are refused
-//! naming the file and what differs, by `predict` and by `train --resume`, and leave every
-//! earlier result as it was.
+//! another backbone, an extra, missing or reshaped tensor, NaN or an infinity, or a later
+//! checkpoint format are refused naming the file and what differs, by `predict` and by
+//! `train --resume`, and leave every earlier result as it was.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -28,6 +28,24 @@ fn edit_checkpoint(
     let mut c = checkpoint::load(path, &Device::Cpu).unwrap();
     edit(&mut c.model, &mut c.optim);
     checkpoint::save(path, &c.model, &c.optim, &c.state).unwrap();
+}
+
+/// Rewrites the `format` entry of the checkpoint `path`'s metadata to `format`, keeping its
+/// tensors and every other entry.
+fn with_format(path: &Path, format: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut entries = header.metadata().clone().expect("a checkpoint's metadata");
+    entries.insert(checkpoint::FORMAT_KEY.to_string(), format.to_string());
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let out = safetensors::serialize(
+        named.into_iter().map(|(k, t)| (k.as_str(), t)),
+        Some(entries),
+    )
+    .unwrap();
+    std::fs::write(path, out).unwrap();
 }
 
 /// `t` with its flat element `i` set to `v`.
@@ -265,4 +283,26 @@ fn predict_stops_at_a_non_finite_output_naming_its_frame() {
     let o = predict(tmp.path(), &run, &fixture().root, &out, &[]);
     o.refused(&["non-finite model output for", "cropped_aligned", ".jpg"]);
     assert!(!out.join("VA_Set").exists());
+}
+
+#[test]
+fn predict_and_resume_refuse_a_checkpoint_of_a_later_format_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = copy_of_run_a(tmp.path());
+    let ckpt = run.join("checkpoints/last.safetensors");
+    with_format(&ckpt, "mtanet-checkpoint-2");
+    let needles = [
+        ckpt.display().to_string(),
+        "checkpoint format `mtanet-checkpoint-2`".to_string(),
+        "this build reads `mtanet-checkpoint-1`".to_string(),
+    ];
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    predict_refuses(tmp.path(), &run, &needles);
+    let kept = results_of(&run);
+    let before = snapshot(&kept.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    resume(tmp.path(), &run).refused(&needles);
+    unchanged(
+        &before,
+        &kept.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    );
 }
