@@ -33,11 +33,12 @@ fn edit_checkpoint(
 /// Rewrites the `format` entry of the checkpoint `path`'s metadata to `format`, keeping its
 /// tensors and every other entry.
 fn with_format(path: &Path, format: &str) {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut entries = header.metadata().clone().expect("a checkpoint's metadata");
+    let mut entries: HashMap<String, String> = checkpoint::read_metadata(path)
+        .unwrap()
+        .into_iter()
+        .collect();
     entries.insert(checkpoint::FORMAT_KEY.to_string(), format.to_string());
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     let out = safetensors::serialize(

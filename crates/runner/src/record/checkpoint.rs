@@ -156,7 +156,8 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    if let Some(f) = meta.metadata().as_ref().and_then(|m| m.get(FORMAT_KEY)) {
+    let entries = meta.metadata().as_ref();
+    if let Some(f) = entries.and_then(|m| m.get(FORMAT_KEY)) {
         if f.starts_with(FORMAT_FAMILY) && f != FORMAT {
             anyhow::bail!(
                 "{}: checkpoint format `{f}`, and this build reads `{FORMAT}` (and plain \
@@ -165,7 +166,7 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
             );
         }
     }
-    let state = match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
+    let state = match entries.and_then(|m| m.get(STATE_KEY)) {
         Some(s) => parse_entry(path, STATE_KEY, s)?,
         None => TrainState::default(),
     };
