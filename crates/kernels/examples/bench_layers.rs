@@ -382,9 +382,10 @@ fn main() -> Result<()> {
     if !ratios.is_empty() {
         let (fm, fmin, fmax) = spread(&ratios.iter().map(|r| r.0).collect::<Vec<_>>());
         let (bm, bmin, bmax) = spread(&ratios.iter().map(|r| r.1).collect::<Vec<_>>());
+        // Three decimals: a ratio just over 1 (1.004) must not print as 1.00.
         println!(
-            "over {} layers: fwd x median {fm:.2} (min {fmin:.2}, max {fmax:.2}); f+b x median \
-             {bm:.2} (min {bmin:.2}, max {bmax:.2})",
+            "over {} layers: fwd x median {fm:.3} (min {fmin:.3}, max {fmax:.3}); f+b x median \
+             {bm:.3} (min {bmin:.3}, max {bmax:.3})",
             ratios.len()
         );
     }

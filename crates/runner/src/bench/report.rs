@@ -184,7 +184,8 @@ pub(super) fn print_row(r: &BenchRow) {
 }
 
 /// The last lines of the table: over all points, the median and minimum of the best-of ratios
-/// (the `ratio` columns) and the largest peak-memory ratio.
+/// (the `ratio` columns) and the largest peak-memory ratio, to three decimals, so that a ratio
+/// just under a goal's threshold (1.299) does not print as the threshold (1.30).
 pub(super) fn print_summary(rows: &[BenchRow]) {
     let train: Vec<f64> = rows.iter().filter_map(BenchRow::train_ratio).collect();
     let eval: Vec<f64> = rows.iter().filter_map(BenchRow::eval_ratio).collect();
@@ -206,8 +207,8 @@ pub(super) fn print_summary(rows: &[BenchRow]) {
         return;
     };
     println!(
-        "over {} points: train ratio median {train_med:.2}, min {train_min:.2}; eval ratio median \
-         {eval_med:.2}, min {eval_min:.2}; peak RSS ours / torch at most {rss:.2}",
+        "over {} points: train ratio median {train_med:.3}, min {train_min:.3}; eval ratio median \
+         {eval_med:.3}, min {eval_min:.3}; peak RSS ours / torch at most {rss:.3}",
         train.len()
     );
     println!(
