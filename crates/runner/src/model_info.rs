@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::build::restore::VOCAB_KEY;
 use crate::record::checkpoint::{
-    parse_entry, read_metadata, TrainState, FORMAT, FORMAT_FAMILY, FORMAT_KEY, STATE_KEY,
+    is_another_format, parse_entry, read_metadata, TrainState, FORMAT, FORMAT_KEY, STATE_KEY,
 };
 
 /// The keys a training run writes, in the order `model info` prints them (`tuning` is added
@@ -33,20 +33,14 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
         "format: {}",
         meta.get(FORMAT_KEY).map_or("(none)", String::as_str)
     )?;
-    if let Some(other) = meta
-        .get(FORMAT_KEY)
-        .filter(|f| f.starts_with(FORMAT_FAMILY) && f.as_str() != FORMAT)
-    {
+    if let Some(other) = meta.get(FORMAT_KEY).filter(|f| is_another_format(f)) {
         writeln!(
             out,
             "note: this build reads `{FORMAT}`, not `{other}`, and cannot load this checkpoint; \
              its entries follow as stored, uninterpreted"
         )?;
         for (key, value) in meta.iter().filter(|(k, _)| k.as_str() != FORMAT_KEY) {
-            writeln!(out, "{key}:")?;
-            for line in value.lines() {
-                writeln!(out, "  {line}")?;
-            }
+            write_block(&mut out, key, value)?;
         }
         return Ok(out);
     }
@@ -92,12 +86,18 @@ pub fn describe(checkpoint: &Path) -> anyhow::Result<String> {
         )?;
     }
     if let Some(c) = meta.get("config") {
-        writeln!(out, "config:")?;
-        for line in c.lines() {
-            writeln!(out, "  {line}")?;
-        }
+        write_block(&mut out, "config", c)?;
     }
     Ok(out)
+}
+
+/// `key:`, then each line of `value` indented by two spaces.
+fn write_block(out: &mut String, key: &str, value: &str) -> std::fmt::Result {
+    writeln!(out, "{key}:")?;
+    for line in value.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

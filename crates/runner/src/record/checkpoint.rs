@@ -158,7 +158,7 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let entries = meta.metadata().as_ref();
     if let Some(f) = entries.and_then(|m| m.get(FORMAT_KEY)) {
-        if f.starts_with(FORMAT_FAMILY) && f != FORMAT {
+        if is_another_format(f) {
             anyhow::bail!(
                 "{}: checkpoint format `{f}`, and this build reads `{FORMAT}` (and plain \
                  weights): use the mtanet version that wrote it",
@@ -229,6 +229,12 @@ pub const FORMAT: &str = "mtanet-checkpoint-1";
 /// The prefix of every mtanet checkpoint format name; [`load`] refuses the versions other
 /// than [`FORMAT`].
 pub const FORMAT_FAMILY: &str = "mtanet-checkpoint-";
+
+/// True when a [`FORMAT_KEY`] entry names an mtanet checkpoint format other than [`FORMAT`]:
+/// the files [`load`] refuses (other writers' entries, such as `pt`, are plain weights).
+pub fn is_another_format(format: &str) -> bool {
+    format.starts_with(FORMAT_FAMILY) && format != FORMAT
+}
 
 /// The metadata key of a checkpoint's loop state (JSON [`TrainState`]), written by [`save`] and
 /// [`save_described`] and read by [`load`], the pick files and `model info`.
