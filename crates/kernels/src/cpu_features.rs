@@ -39,8 +39,15 @@ pub enum CpuKind {
     /// 0x02); two dense choices differ from Intel's (`measured_choice`). Other Zen 5 parts
     /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
     Zen5Avx512,
-    /// Any other CPU, AMD's Zen 4 (which splits 512-bit operations over 256-bit units) among
-    /// them: the AVX2 kernels and the choices measured on Zen 4.
+    /// AMD Zen 4 (`AuthenticAMD`, family 0x19, the first AMD family with AVX-512) with
+    /// `avx512f`, which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
+    /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too ([`amd_avx512`],
+    /// [`avx512_kernels`]), except the 1x1 register blocks (`pointwise_nchw.rs`) and the
+    /// direct kernel's blocks of positions (`direct3x3_positions512.rs`), no faster there,
+    /// which stay Zen 5's alone.
+    Zen4Avx512,
+    /// Any other CPU, AVX2 without AVX-512 among them: the AVX2 kernels and the choices measured
+    /// with them on Zen 4 (on AMD's Zen 3 a few of its own, [`avx2_only`]).
     Other,
 }
 
@@ -73,6 +80,7 @@ pub fn cpu_kind() -> CpuKind {
             match vendor.as_slice() {
                 b"GenuineIntel" => CpuKind::IntelAvx512,
                 b"AuthenticAMD" if family == 0x1a && model <= 0x1f => CpuKind::Zen5Avx512,
+                b"AuthenticAMD" if family == 0x19 => CpuKind::Zen4Avx512,
                 _ => CpuKind::Other,
             }
         }
@@ -83,8 +91,9 @@ pub fn cpu_kind() -> CpuKind {
     })
 }
 
-/// True on AMD Zen 5 server cores with AVX-512 ([`CpuKind::Zen5Avx512`]), where several
-/// kernels were measured faster than the choices made elsewhere and run only there.
+/// True on AMD Zen 5 server cores with AVX-512 ([`CpuKind::Zen5Avx512`]), where the 1x1
+/// register blocks and the direct kernel's blocks of positions were measured faster than the
+/// choices made elsewhere and run only there.
 pub(crate) fn zen5() -> bool {
     cpu_kind() == CpuKind::Zen5Avx512
 }
@@ -93,5 +102,22 @@ pub(crate) fn zen5() -> bool {
 /// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
 /// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
 pub(crate) fn avx512_full_width() -> bool {
+    matches!(cpu_kind(), CpuKind::IntelAvx512 | CpuKind::Zen5Avx512)
+}
+
+/// True on AMD's AVX-512 cores measured here, Zen 5 and Zen 4 ([`CpuKind::Zen5Avx512`],
+/// [`CpuKind::Zen4Avx512`]): the choices first measured on Zen 5 (Winograd with its transforms
+/// on channel lanes and the tiles `select.rs` lists, the stem's direct kernel, the row kernels
+/// of grouped layers, the dense stride-2 input gradient by phases and weight gradient over the
+/// batch).
+pub(crate) fn amd_avx512() -> bool {
+    matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512)
+}
+
+/// True where the sixteen-lane direct kernels run (the wide kernel of grouped layers, the dense
+/// kernel over the batch and its weight gradient, the stem's on 16 lanes): every measured kind
+/// with AVX-512, Intel's, Zen 5 and Zen 4 (whose split units still ran them faster than the
+/// AVX2 kernels).
+pub(crate) fn avx512_kernels() -> bool {
     cpu_kind() != CpuKind::Other
 }

@@ -93,7 +93,7 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
     // (shape, forward, input gradient, weight gradient) under Algorithm::Auto, as measured on
     // Intel (the weight gradient: on Zen 5 only, at stride 2); on AMD Zen 5 Winograd takes the
     // stride-1 layers.
-    let zen5 = cpu_kind() == CpuKind::Zen5Avx512;
+    let zen5 = matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512);
     for (shape, forward, input_grad, weight_grad) in [
         ([32, 128, 128, 28, 28, 2], true, false, true),
         ([16, 128, 128, 28, 28, 2], true, false, true),

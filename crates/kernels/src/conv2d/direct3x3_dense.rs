@@ -76,7 +76,7 @@ fn dense_3x3(g: &ConvGeometry) -> bool {
 fn fits(kernel_in: usize, kernel_out: usize) -> bool {
     kernel_out.is_multiple_of(CO_BLOCK)
         && kernel_in.is_multiple_of(CI_BLOCK_MIN)
-        && crate::cpu_features::avx512_full_width()
+        && crate::cpu_features::avx512_kernels()
 }
 
 /// One convolution as the kernel computes it: `c_in` input maps of `h x w` per image,
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn forward_and_input_grad_are_the_plain_loop_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel runs only where AVX-512 runs on full-width units");
             return;
         }

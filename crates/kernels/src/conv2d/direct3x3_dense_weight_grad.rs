@@ -52,7 +52,7 @@ pub(super) fn fits(g: &ConvGeometry) -> bool {
         && matches!(g.stride, 1 | 2)
         && g.out_channels.is_multiple_of(CO_BLOCK)
         && g.in_channels.is_multiple_of(2)
-        && crate::cpu_features::avx512_full_width()
+        && crate::cpu_features::avx512_kernels()
 }
 
 /// Gradient `(C_out, C_in, 3, 3)` of the loss with respect to the weight, from the input `x`
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn weight_grad_is_the_plain_loop_bit_for_bit_for_any_thread_count() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel runs only where AVX-512 runs on full-width units");
             return;
         }

@@ -47,7 +47,7 @@ const LANES: usize = 16;
 /// `CpuKind`); elsewhere the AVX2 kernels run as before (on AMD's Zen 4, which splits them
 /// over 256-bit units, unmeasured).
 fn cpu_supports() -> bool {
-    crate::cpu_features::avx512_full_width()
+    crate::cpu_features::avx512_kernels()
 }
 
 /// True when units with `c_out` output channels run the wide kernels (the forward's, which the

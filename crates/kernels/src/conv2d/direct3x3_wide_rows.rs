@@ -58,7 +58,7 @@ pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
         && g.in_h == g.in_w
         && g.out_h == g.out_w
         && takes(g.stride, g.in_w, group_out)
-        && crate::cpu_features::zen5()
+        && crate::cpu_features::amd_avx512()
 }
 
 /// True for the shapes the kernels take: (stride, input width, output channels per unit).
@@ -160,7 +160,7 @@ pub(super) fn fits_input_grad_stride2(g: &ConvGeometry, group_in: usize) -> bool
         && g.kernel_w == 3
         && g.in_h == g.in_w
         && matches!((g.in_w, group_in), (7, 16 | 32))
-        && crate::cpu_features::zen5()
+        && crate::cpu_features::amd_avx512()
 }
 
 /// One unit's input gradient of a stride-2 layer: `dx[ci][iy][ix] = sum_co sum_(ky,kx)
@@ -584,7 +584,7 @@ mod tests {
     /// each shape the kernel takes and input channel counts from 4 to 20.
     #[test]
     fn each_value_is_the_in_order_chain_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }
@@ -617,7 +617,7 @@ mod tests {
     /// bit for bit, through the transposition on rows of the output width.
     #[test]
     fn each_weight_sum_is_the_in_order_chain_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }
@@ -666,7 +666,7 @@ mod tests {
     /// bit for bit (what the four phases compute, whose zero border adds `w * 0`).
     #[test]
     fn each_stride2_input_grad_is_the_in_order_chain_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
             return;
         }

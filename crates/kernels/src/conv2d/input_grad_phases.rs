@@ -92,7 +92,9 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.batch > 1
         && super::batched::applies(g)
         && match crate::cpu_features::cpu_kind() {
-            crate::cpu_features::CpuKind::Zen5Avx512 => g.out_pixels() > 16 || g.batch >= 32,
+            crate::cpu_features::CpuKind::Zen5Avx512 | crate::cpu_features::CpuKind::Zen4Avx512 => {
+                g.out_pixels() > 16 || g.batch >= 32
+            }
             _ => crate::cpu_features::avx2_only(),
         }
 }

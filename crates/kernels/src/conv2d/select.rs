@@ -10,7 +10,7 @@
 
 use super::geometry::ConvGeometry;
 use super::winograd_plan::Tile;
-use crate::cpu_features::{avx512_full_width, cpu_kind, zen5, CpuKind};
+use crate::cpu_features::{amd_avx512, avx512_full_width, avx512_kernels, cpu_kind, CpuKind};
 use std::cell::Cell;
 
 /// The algorithm the convolution passes use.
@@ -102,7 +102,7 @@ pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
         && g.in_channels == 512
         && g.out_channels == 512;
     match FORCED.with(Cell::get) {
-        Algorithm::Auto if one_tile_per_map && zen5() => Some(Tile::F4),
+        Algorithm::Auto if one_tile_per_map && amd_avx512() => Some(Tile::F4),
         _ => winograd_tile(g, Pass::Forward),
     }
 }
@@ -126,7 +126,7 @@ pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
         return false;
     }
     match FORCED.with(Cell::get) {
-        Algorithm::Auto => zen5() || crate::cpu_features::avx2_only(),
+        Algorithm::Auto => amd_avx512() || crate::cpu_features::avx2_only(),
         Algorithm::Direct => true,
         _ => false,
     }
@@ -349,7 +349,8 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let channels = g.group_in_channels().min(g.group_out_channels());
     let full_width = avx512_full_width();
     let intel = cpu_kind() == CpuKind::IntelAvx512;
-    let zen5 = zen5();
+    // Zen 5's choices, which Zen 4 shares.
+    let zen5 = amd_avx512();
     let avx2_only = crate::cpu_features::avx2_only();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
@@ -370,8 +371,8 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         // AVX2 without AVX-512 (Zen 3): the per-image direct kernel for 128 channels from 28x28.
         let avx2_direct = avx2_only && shape && pass != Pass::WeightGrad;
         return match pass {
-            Pass::Forward if full_width && dense => Dense::OverBatch,
-            Pass::InputGrad if full_width && shape => Dense::Direct,
+            Pass::Forward if avx512_kernels() && dense => Dense::OverBatch,
+            Pass::InputGrad if avx512_kernels() && shape => Dense::Direct,
             Pass::Forward | Pass::InputGrad if avx2_direct => Dense::Direct,
             Pass::WeightGrad if zen5 && weight_grad => Dense::OverBatch,
             _ => Dense::Gemm,
@@ -426,7 +427,7 @@ mod tests {
     /// algorithm, the training forward's choice.
     #[test]
     fn the_eval_forward_takes_f4_on_one_tile_maps_on_zen5() {
-        let zen5 = zen5();
+        let zen5 = amd_avx512();
         for batch in [8, 16, 32] {
             for (channels, hw) in [(512, 4), (256, 7), (128, 14), (64, 28)] {
                 let g = dense3x3(batch, channels, hw);
@@ -457,7 +458,7 @@ mod tests {
     #[test]
     fn winograd_takes_the_measured_layers() {
         let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
-        let zen5 = zen5();
+        let zen5 = amd_avx512();
         let avx2_only = crate::cpu_features::avx2_only();
         let (f2, f4) = (Some(Tile::F2), Some(Tile::F4));
         for batch in [16, 32] {

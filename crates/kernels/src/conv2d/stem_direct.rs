@@ -64,7 +64,7 @@ pub fn fits(g: &ConvGeometry) -> bool {
 /// The lanes of this CPU's vectors for the kernel: 16 where AVX-512 runs on full-width units,
 /// 8 where AVX2 runs without AVX-512 (the forward only), else none.
 pub(super) fn vector_lanes() -> Option<usize> {
-    if crate::cpu_features::avx512_full_width() {
+    if crate::cpu_features::avx512_kernels() {
         Some(LANES)
     } else if crate::cpu_features::avx2_only() {
         Some(AVX2_LANES)

@@ -91,7 +91,7 @@ mod tests {
     use super::super::select::{with_algorithm, Algorithm};
     use super::super::{differing_bits, test_values, ConvGeometry};
     use super::*;
-    use crate::cpu_features::avx512_full_width;
+    use crate::cpu_features::avx512_kernels;
 
     /// Winograd F(2x2) and F(4x4) and the dense kernel over the batch: the first call with a
     /// store keeps one layout there and gives the values of the call without one, bit for bit;
@@ -107,7 +107,7 @@ mod tests {
             Algorithm::Winograd4,
             Algorithm::DirectDense,
         ] {
-            if algorithm == Algorithm::DirectDense && !avx512_full_width() {
+            if algorithm == Algorithm::DirectDense && !avx512_kernels() {
                 eprintln!("skipped the dense kernel: it runs only with full-width AVX-512");
                 continue;
             }
@@ -153,7 +153,7 @@ mod tests {
         let mut eval = vec![f32::NAN; 16 * 512 * 16];
         eval_forward_into_then(&g, &x, (&w, Some(&packs)), &mut eval, &|_, _| {});
         let training = forward(&g, &x, &w);
-        if crate::cpu_features::zen5() {
+        if crate::cpu_features::amd_avx512() {
             let f4 = with_algorithm(Algorithm::Winograd4, || forward(&g, &x, &w));
             assert_eq!(differing_bits(&eval, &f4), 0);
             assert_ne!(differing_bits(&eval, &training), 0);

@@ -146,10 +146,10 @@ const BLOCK_TILES: usize = 1024;
 const LANES_BLOCK_TILES: usize = 384;
 
 /// True where the transforms run with the channels in the lanes (`winograd_lanes.rs`): AMD
-/// Zen 5 server cores, where they were measured (`CpuKind`; Intel's AVX-512 CPUs keep
+/// Zen 5 and Zen 4, where they were measured (`CpuKind`; Intel's AVX-512 CPUs keep
 /// `winograd.rs`'s, unmeasured).
 pub(super) fn lanes_here() -> bool {
-    cfg!(target_arch = "x86_64") && crate::cpu_features::zen5()
+    cfg!(target_arch = "x86_64") && crate::cpu_features::amd_avx512()
 }
 
 /// Sizes of one Winograd convolution ("same" 3x3 on `H x W` maps).
