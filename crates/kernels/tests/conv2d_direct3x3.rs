@@ -94,7 +94,7 @@ fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3
 /// would compare the GEMM path with itself): the forward and input gradient everywhere, the
 /// weight gradient on outputs of 100 pixels or more at stride 1, 36 or more at stride 2, and
 /// on every map where the AVX-512 kernel takes it (16 or 32 output channels per group on a
-/// CPU with AVX-512 on full-width units).
+/// CPU with AVX-512: Intel, AMD Zen 5 and Zen 4).
 #[test]
 fn the_shapes_take_the_direct_path() -> Result<()> {
     if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))

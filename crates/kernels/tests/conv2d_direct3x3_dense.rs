@@ -5,7 +5,7 @@
 //! non-square, fewer positions than one register block, blocks that span images), with the
 //! kernel forced (`Algorithm::DirectDense`); which ResNet-50 layers `Algorithm::Auto` gives it;
 //! and bit-identical results under rayon pools of 1, 2 and 3 threads. It runs only where
-//! AVX-512 runs on full-width units (Intel, AMD Zen 5); elsewhere the tests say so and check
+//! AVX-512 runs on Intel, AMD Zen 5 and Zen 4; elsewhere the tests say so and check
 //! that nothing takes it.
 
 use candle_core::Result;
@@ -43,7 +43,7 @@ fn passes(algorithm: Algorithm, shape: &Shape, seed: u64) -> Result<[Vec<f32>; 3
     conv_passes(algorithm, &geometry(shape)?, seed)
 }
 
-/// Whether this CPU runs the kernel at all (AVX-512 on full-width units).
+/// Whether this CPU runs the kernel at all (AVX-512 on Intel, AMD Zen 5 or Zen 4).
 fn runs_here() -> Result<bool> {
     let g = geometry(&SHAPES[0])?;
     Ok(with_algorithm(Algorithm::DirectDense, || {
@@ -70,7 +70,7 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
         );
     }
     if !runs_here()? {
-        eprintln!("no AVX-512 on full-width units: the dense kernel is off");
+        eprintln!("no AVX-512 on Intel, AMD Zen 5 or Zen 4: the dense kernel is off");
         for shape in SHAPES {
             let g = geometry(shape)?;
             let any = with_algorithm(Algorithm::DirectDense, || {
@@ -91,8 +91,8 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
         assert!(!off, "{shape:?}: Algorithm::Gemm must turn it off");
     }
     // (shape, forward, input gradient, weight gradient) under Algorithm::Auto, as measured on
-    // Intel (the weight gradient: on Zen 5 only, at stride 2); on AMD Zen 5 Winograd takes the
-    // stride-1 layers.
+    // Intel (the weight gradient: on Zen 5 and Zen 4 only, at stride 2); on AMD Zen 5 and Zen 4
+    // Winograd takes the stride-1 layers.
     let zen5 = matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512);
     for (shape, forward, input_grad, weight_grad) in [
         ([32, 128, 128, 28, 28, 2], true, false, true),

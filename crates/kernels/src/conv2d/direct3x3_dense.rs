@@ -1,5 +1,5 @@
-//! The direct 3x3 kernel for dense layers on CPUs with AVX-512 on full-width units (Intel, AMD
-//! Zen 5): output positions of the whole batch in one list, 64 output channels in four vectors,
+//! The direct 3x3 kernel for dense layers on CPUs with AVX-512 (Intel, AMD Zen 5 and Zen 4):
+//! output positions of the whole batch in one list, 64 output channels in four vectors,
 //! and the weights of 64 input channels at a time held in the L2 cache.
 //!
 //! The per-image kernels (`direct3x3.rs`, `direct3x3_wide.rs`) read every input channel's
@@ -52,8 +52,8 @@ const CI_BLOCK_MIN: usize = 8;
 const P: usize = 6;
 
 /// True when the kernel can compute `g` on this CPU: dense, 3x3, padding 1, stride 1 or 2, a
-/// multiple of 64 output channels and of 8 input channels, on a CPU with AVX-512 on full-width
-/// units (`select.rs`'s `avx512_full_width`). The stride-1 input gradient needs the same with the
+/// multiple of 64 output channels and of 8 input channels, on an Intel, AMD Zen 5 or Zen 4 CPU with
+/// AVX-512 (`cpu_features::avx512_kernels`). The stride-1 input gradient needs the same with the
 /// channel counts swapped ([`input_grad_fits`]).
 pub(super) fn forward_fits(g: &ConvGeometry) -> bool {
     dense_3x3(g) && fits(g.in_channels, g.out_channels)
@@ -491,7 +491,7 @@ mod tests {
     #[test]
     fn forward_and_input_grad_are_the_plain_loop_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: the kernel runs only where AVX-512 runs on full-width units");
+            eprintln!("skipped: the kernel runs only on Intel, AMD Zen 5 and Zen 4 with AVX-512");
             return;
         }
         // (batch, c_in, c_out, h, w, stride): positions that end mid-block, blocks that span

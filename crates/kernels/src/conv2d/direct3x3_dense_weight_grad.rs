@@ -1,4 +1,4 @@
-//! The weight gradient of dense 3x3 layers on CPUs with AVX-512 on full-width units: the
+//! The weight gradient of dense 3x3 layers on Intel, AMD Zen 5 and Zen 4 CPUs with AVX-512: the
 //! output positions of the whole batch summed in registers, 64 output channels in four vectors
 //! against 6 (input channel, tap) pairs.
 //!
@@ -43,7 +43,8 @@ const CHUNK_VALUES: usize = 1 << 15;
 
 /// True when the kernel can compute the weight gradient of `g` on this CPU: dense, 3x3,
 /// padding 1, stride 1 or 2, a multiple of 64 output channels and an even number of input
-/// channels (so that `C_in x 9` pairs fill blocks of 6), AVX-512 on full-width units.
+/// channels (so that `C_in x 9` pairs fill blocks of 6), an Intel, AMD Zen 5 or Zen 4 CPU with
+/// AVX-512 (`cpu_features::avx512_kernels`).
 pub(super) fn fits(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.kernel_h == 3
@@ -297,7 +298,7 @@ mod tests {
     #[test]
     fn weight_grad_is_the_plain_loop_bit_for_bit_for_any_thread_count() {
         if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: the kernel runs only where AVX-512 runs on full-width units");
+            eprintln!("skipped: the kernel runs only on Intel, AMD Zen 5 and Zen 4 with AVX-512");
             return;
         }
         // (batch, c_in, c_out, h, w, stride): chunks of positions that end mid-image (64

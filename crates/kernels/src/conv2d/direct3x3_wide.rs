@@ -1,5 +1,5 @@
-//! The direct 3x3 kernels with their vectors across output channels, for CPUs with AVX-512 on
-//! full-width units (Intel, AMD Zen 5) and groups of a multiple of 16 output channels: ResNeXt's
+//! The direct 3x3 kernels with their vectors across output channels, for CPUs with AVX-512
+//! (Intel, AMD Zen 5 and Zen 4) and groups of a multiple of 16 output channels: ResNeXt's
 //! grouped layers with 16 and 32 channels per group, which run on 7x7 and 4x4 maps at 112x112
 //! input, and the dense layers `select.rs` gives the direct kernel.
 //!
@@ -42,17 +42,16 @@ use rayon::prelude::*;
 /// Output channels one vector holds.
 const LANES: usize = 16;
 
-/// True on the CPUs the wide kernels were measured on and run on: Intel with AVX-512 and AMD
-/// Zen 5 server cores, whose 512-bit operations run on full-width units (`select.rs`,
-/// `CpuKind`); elsewhere the AVX2 kernels run as before (on AMD's Zen 4, which splits them
-/// over 256-bit units, unmeasured).
+/// True on the CPUs the wide kernels were measured on and run on: Intel with AVX-512, AMD Zen 5
+/// server cores and AMD Zen 4, which splits 512-bit operations over 256-bit units and still ran
+/// them faster than the AVX2 kernels (`select.rs`, `CpuKind`); elsewhere the AVX2 kernels run.
 fn cpu_supports() -> bool {
     crate::cpu_features::avx512_kernels()
 }
 
 /// True when units with `c_out` output channels run the wide kernels (the forward's, which the
 /// input gradient runs through, and [`unit_weight_grad_wide`]): a multiple of 16, on a CPU
-/// with AVX-512 on full-width units.
+/// [`cpu_supports`] names.
 pub(super) fn runs_wide(c_out: usize) -> bool {
     c_out.is_multiple_of(LANES) && cpu_supports()
 }

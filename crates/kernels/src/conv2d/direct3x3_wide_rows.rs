@@ -48,8 +48,9 @@ use super::geometry::ConvGeometry;
 const LANES: usize = 16;
 
 /// True when `g`, whose units run the wide kernels with `group_out` output channels per group
-/// (a multiple of 16), runs here instead of through padded rows: on AMD Zen 5, where it was
-/// measured (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the padded rows, unmeasured),
+/// (a multiple of 16), runs here instead of through padded rows: on AMD Zen 5 and Zen 4, where it
+/// was measured (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the padded rows,
+/// unmeasured),
 /// 3x3 with padding 1 on square maps, and one of the shapes [`unit_forward`] lists.
 pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
     g.padding == 1
@@ -148,8 +149,8 @@ pub(super) unsafe fn unit_forward(
 }
 
 /// True when the input gradient of stride-2 `g`, with `group_in` input channels per group,
-/// runs here ([`unit_input_grad_stride2`]) instead of through the four phases: on AMD Zen 5
-/// (as [`fits`]), from square 7x7 maps with 16 or 32 channels per group. From 14x14 with 16
+/// runs here ([`unit_input_grad_stride2`]) instead of through the four phases: on AMD Zen 5 and
+/// Zen 4 (as [`fits`]), from square 7x7 maps with 16 or 32 channels per group. From 14x14 with 16
 /// the kernel takes half the phases' time in `conv_passes` (1.06-1.12 against 2.02-2.07 ms
 /// CPU, batch 16) but 1.4 ms against 1.1-1.2 in ResNeXt-50's training step (3 alternating
 /// profile rounds, batch 16), so the phases keep it.
@@ -585,7 +586,7 @@ mod tests {
     #[test]
     fn each_value_is_the_in_order_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
+            eprintln!("skipped: the kernels run only on Intel, AMD Zen 5 and Zen 4 with AVX-512");
             return;
         }
         for shape in SHAPES {
@@ -618,7 +619,7 @@ mod tests {
     #[test]
     fn each_weight_sum_is_the_in_order_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
+            eprintln!("skipped: the kernels run only on Intel, AMD Zen 5 and Zen 4 with AVX-512");
             return;
         }
         for (k, shape) in SHAPES.into_iter().enumerate() {
@@ -667,7 +668,7 @@ mod tests {
     #[test]
     fn each_stride2_input_grad_is_the_in_order_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: this CPU lacks AVX-512 on full-width units");
+            eprintln!("skipped: the kernels run only on Intel, AMD Zen 5 and Zen 4 with AVX-512");
             return;
         }
         for (side, c_in, c_out) in [(7, 16, 4), (7, 16, 16), (7, 32, 8), (7, 32, 20)] {

@@ -82,7 +82,8 @@ const PHASES: [Phase; 4] = [
 /// channels 9.56-9.71 -> 5.81-6.19 ms at batch 16, 15.98-16.16 -> 10.93-11.10 at batch 32;
 /// from 7x7 to 4x4 with 512 channels 7.86-7.90 -> 8.45-8.55 at batch 16. With the phases'
 /// products in blocks, wall clock, best of 7, 2-3 rounds, from 7x7 to 4x4: batch 16 3.97-4.04
-/// -> 4.23-4.26 ms (the whole-batch path kept), batch 32 12.88-13.39 -> 7.32-7.56.
+/// -> 4.23-4.26 ms (the whole-batch path kept), batch 32 12.88-13.39 -> 7.32-7.56. AMD Zen 4
+/// takes Zen 5's choice with the products in gemm (the blocks run on full-width units only).
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.kernel_h == 3

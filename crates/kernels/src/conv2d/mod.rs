@@ -7,11 +7,11 @@
 //! parallel on rayon with single-threaded gemm (or in order with multi-threaded gemm when
 //! there are too few units to share out). Dense convolutions on small maps run one GEMM over
 //! the whole batch (`batched.rs`); dense 3x3 stride-1 padding-1 ones Winograd's F(2x2, 3x3) or
-//! F(4x4, 3x3) (`winograd.rs`, on AMD Zen 5 with its transforms on channel lanes,
+//! F(4x4, 3x3) (`winograd.rs`, on AMD Zen 5 and Zen 4 with its transforms on channel lanes,
 //! `winograd_lanes.rs`) or a direct register-blocked kernel (`direct3x3.rs`), and
 //! grouped 3x3 stride-1 and stride-2 ones with 4-32 channels per group that direct kernel
-//! (stride 2 through `direct3x3_stride2.rs`; on CPUs with AVX-512 on full-width units, Intel
-//! and AMD Zen 5, for a multiple of 16 output channels per group, with its vectors across
+//! (stride 2 through `direct3x3_stride2.rs`; on CPUs with AVX-512, Intel, AMD Zen 5 and Zen 4,
+//! for a multiple of 16 output channels per group, with its vectors across
 //! output channels, `direct3x3_wide.rs`), and on such CPUs dense 3x3 layers on small maps a
 //! direct kernel over the whole batch (`direct3x3_dense.rs`), each for the shapes where it was
 //! measured faster (`select.rs`). The stem (7x7 stride 2 on the image) runs a direct kernel

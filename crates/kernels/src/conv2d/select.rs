@@ -3,7 +3,7 @@
 //! else.
 //!
 //! The choice depends on the geometry and, for some shapes, on the kind of CPU ([`cpu_kind`]:
-//! AVX-512 on full-width units, Intel or AMD Zen 5, or not), never on the thread count: on one
+//! Intel with AVX-512, AMD Zen 5 or Zen 4, or another), never on the thread count: on one
 //! machine a pass computes the same values whatever the number of rayon threads. A caller can force
 //! one algorithm on its own thread with [`with_algorithm`] (benchmarks and tests compare them side
 //! by side).
@@ -31,7 +31,8 @@ pub enum Algorithm {
     Direct,
     /// The dense direct 3x3 kernel over the whole batch (`direct3x3_dense.rs`) wherever it
     /// applies (dense 3x3, padding 1, stride 1 or 2 (the input gradient stride 1), a multiple
-    /// of 64 output and 8 input channels, a CPU with AVX-512 on full-width units), else GEMM.
+    /// of 64 output and 8 input channels, an Intel, AMD Zen 5 or Zen 4 CPU with AVX-512),
+    /// else GEMM.
     DirectDense,
 }
 
@@ -85,16 +86,16 @@ pub fn winograd_tile(g: &ConvGeometry, pass: Pass) -> Option<Tile> {
     }
 }
 
-/// The Winograd tile that the forward of `g` runs with in evaluation
-/// (`forward.rs`'s `eval_forward_into_then`, where the weights stay the same over a pass and
-/// their layouts are kept, `weight_packs.rs`), or `None` for the other paths. As
-/// `winograd_tile`'s forward, except on AMD Zen 5 under [`Algorithm::Auto`]: F(4x4) for 4x4
-/// maps with 512 channels from batch 16 (one tile per map). Its filters take 36 values per 9,
-/// which cost more to transform than the rest of the pass, so the training forward, which
-/// transforms them at every call, keeps GEMM (batch 16) and F(2x2) (batch 32) there. Wall clock
-/// of 2 threads, best of 12, two rounds, the forward with its layouts kept against the training
-/// forward's choice: batch 16 1.75 against GEMM's 4.5 ms (F(4x4) transforming its filters at
-/// every call: 6.6-7.6), batch 32 3.3 against F(2x2)'s 4.2-4.4 with its filters kept too.
+/// The Winograd tile that the forward of `g` runs with in evaluation (`forward.rs`'s
+/// `eval_forward_into_then`, where the weights stay the same over a pass and their layouts are
+/// kept, `weight_packs.rs`), or `None` for the other paths. As `winograd_tile`'s forward, except on
+/// AMD Zen 5 and Zen 4 under [`Algorithm::Auto`]: F(4x4) for 4x4 maps with 512 channels from batch
+/// 16 (one tile per map). Its filters take 36 values per 9, which cost more to transform than the
+/// rest of the pass, so the training forward, which transforms them at every call, keeps GEMM
+/// (batch 16) and F(2x2) (batch 32) there. Wall clock of 2 threads, best of 12, two rounds, the
+/// forward with its layouts kept against the training forward's choice: batch 16 1.75 against
+/// GEMM's 4.5 ms (F(4x4) transforming its filters at every call: 6.6-7.6), batch 32 3.3 against
+/// F(2x2)'s 4.2-4.4 with its filters kept too.
 pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
     let one_tile_per_map = winograd_fits(g)
         && g.batch >= 16
@@ -108,13 +109,13 @@ pub fn eval_winograd_tile(g: &ConvGeometry) -> Option<Tile> {
 }
 
 /// True when `pass` of `g` runs the stem's direct kernel (`stem_direct.rs`,
-/// `stem_direct_weight_grad.rs`): the forward and the
-/// weight gradient of stride-2 layers on at most 4 input channels (the 7x7 stem on the image),
-/// which need no input gradient. [`Algorithm::Auto`] takes it on AMD Zen 5, where it was
-/// measured against im2col + GEMM (docs/performance.md), and its forward on 8 lanes where AVX2
-/// runs without AVX-512 (a 2-core AMD EPYC Zen 3, batch 16, 3 alternating rounds against
-/// im2col + GEMM: `conv_passes` 7.00-7.02 -> 6.41-6.44 ms, in ResNet-50 train steps
-/// 6.8-6.9 -> 6.3-6.4 ms);
+/// `stem_direct_weight_grad.rs`): the forward and the weight gradient of stride-2 layers on at most
+/// 4 input channels (the 7x7 stem on the image), which need no input gradient. [`Algorithm::Auto`]
+/// takes it on AMD Zen 5 and Zen 4, where it was measured against im2col + GEMM
+/// (docs/performance.md; on Zen 4 in ResNeXt-50 batch-32 steps forward 11.5-12.7 -> 9.9-10.0 ms,
+/// weight gradient 11.7-13.4 -> 11.0-11.5), and its forward on 8 lanes where AVX2 runs without
+/// AVX-512 (a 2-core AMD EPYC Zen 3, batch 16, 3 alternating rounds against im2col + GEMM:
+/// `conv_passes` 7.00-7.02 -> 6.41-6.44 ms, in ResNet-50 train steps 6.8-6.9 -> 6.3-6.4 ms);
 /// [`Algorithm::Direct`] wherever it fits. The weight gradient runs only on 16 lanes.
 pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
     let fits = match pass {
@@ -145,17 +146,22 @@ pub fn stem_direct(g: &ConvGeometry, pass: Pass) -> bool {
 ///   gradient 2.2-3.1x faster at every size; the weight gradient 2.3x faster on 14x14 outputs,
 ///   1.6x on 7x7 and within 7% of GEMM on 4x4, so it takes the weight gradient only on
 ///   outputs of 36 pixels or more.
-/// - Where AVX-512 runs on full-width units (`avx512_full_width`), groups of 16 or 32 output
-///   channels take the weight gradient with vectors across output channels (`direct3x3_wide.rs`) at
-///   every map size. CPU time of 2 threads, best of 6, batch 16 and 32, against GEMM: 0.63 at 7x7,
-///   0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2 kernel it replaces on larger
-///   maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14. On AMD Zen 5 (CPU time of 2
-///   threads, best of 5, batch 16, two alternating rounds against the AVX2 kernel's choices):
-///   forward 0.67-0.81, input gradient 0.67-0.87, weight gradient 0.50-0.86 on ResNeXt-50's grouped
-///   layers at 7x7 and 4x4 and at stride 2 from 14x14 and 7x7.
+/// - Where the sixteen-lane kernels run (`avx512_kernels`: Intel, AMD Zen 5 and Zen 4), groups of
+///   16 or 32 output channels take the weight gradient with vectors across output channels
+///   (`direct3x3_wide.rs`) at every map size. CPU time of 2 threads, best of 6, batch 16 and 32,
+///   against GEMM: 0.63 at 7x7, 0.65 at 4x4, 0.53 at stride 2 from 7x7 to 4x4; against the AVX2
+///   kernel it replaces on larger maps: 0.62 at stride 2 from 14x14 to 7x7, 0.70-0.75 at 14x14. On
+///   AMD Zen 5 (CPU time of 2 threads, best of 5, batch 16, two alternating rounds against the AVX2
+///   kernel's choices): forward 0.67-0.81, input gradient 0.67-0.87, weight gradient 0.50-0.86 on
+///   ResNeXt-50's grouped layers at 7x7 and 4x4 and at stride 2 from 14x14 and 7x7. On AMD Zen 4
+///   those kernels together, against the AVX2 kernel's choices (`bench-one` profiles of ResNeXt-50
+///   at batch 32, 3-4 rounds each way, the grouped rows of a pass summed): stride 1 forward / input
+///   gradient / weight gradient 31.2-33.0 / 30.6-32.9 / 40.3-42.3 -> 24.3-26.3 / 24.6-26.5 /
+///   26.9-28.5 ms per step, stride 2 9.4-10.2 / 10.2-11.9 / 12.7-14.2 -> 7.4-7.5 / 9.1-9.7 /
+///   7.8-8.3, the eval forwards 30.3-33.3 -> 24.2-26.1 and 9.4-11.3 -> 7.0-7.8.
 ///
 /// Dense layers take it where `measured_choice` says so: stride 1, and stride 2 only where the
-/// AVX-512 kernel runs on full-width units (forced on ResNet-50's stride-2 layers, the AVX2
+/// AVX-512 kernel runs (`avx512_kernels`) (forced on ResNet-50's stride-2 layers, the AVX2
 /// kernel was 1.4-1.6x slower in the forward and 2-4x in the input gradient).
 pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
     if !super::direct3x3::applies(g) {
@@ -181,9 +187,9 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
 }
 
 /// True when `pass` of `g`, if it runs the direct kernel, runs it with vectors across output
-/// channels (`direct3x3_wide.rs`): on a CPU with AVX-512 on full-width units, when the kernel's
-/// output channels per group (the layer's input channels for the input gradient) are a multiple of
-/// 16.
+/// channels (`direct3x3_wide.rs`): on an Intel, AMD Zen 5 or Zen 4 CPU with AVX-512, when the
+/// kernel's output channels per group (the layer's input channels for the input gradient) are a
+/// multiple of 16.
 pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
     let kernel_out = match pass {
         Pass::Forward | Pass::WeightGrad => g.group_out_channels(),
@@ -193,8 +199,8 @@ pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
 }
 
 /// True when `pass` of `g` runs the dense direct 3x3 kernel over the whole batch
-/// (`direct3x3_dense.rs`): where `measured_choice` picks it, on a CPU with AVX-512 on
-/// full-width units; the weight gradient runs `direct3x3_dense_weight_grad.rs`.
+/// (`direct3x3_dense.rs`): where `measured_choice` picks it, on an Intel, AMD Zen 5 or Zen 4
+/// CPU with AVX-512; the weight gradient runs `direct3x3_dense_weight_grad.rs`.
 pub fn direct_dense(g: &ConvGeometry, pass: Pass) -> bool {
     dense_fits(g, pass)
         && match FORCED.with(Cell::get) {
@@ -314,6 +320,16 @@ enum Dense {
 /// with 512 at batch 32 0.86-0.88 (level at batch 16, GEMM kept). GEMM stays at 28x28 with 64
 /// channels (0.97-1.08) and at 4x4 with 512 (1.0 at batch 32, 1.10-1.17 at batch 16).
 ///
+/// On AMD Zen 4 ([`CpuKind::Zen4Avx512`], a 2-core EPYC, model 0x11, whose 512-bit operations
+/// run as two halves on 256-bit units) Zen 5's choices hold, its Winograd on channel lanes
+/// below included. `bench-one` profiles of ResNet-50 at batch 16 (2 threads, 3 steps after 1,
+/// 3-4 rounds each way, the rows of a pass summed over shapes) against the AVX2 kernels and
+/// the choices above (Zen 4's before): dense stride-1 forward / input gradient / weight
+/// gradient 65.6-68.3 / 65.0-67.0 / 73.0-73.2 -> 49.4-53.9 / 46.9-52.2 / 48.0-53.0 ms per
+/// step, stride 2 19.6-20.8 / 21.6-22.7 / 20.9-21.6 -> 18.0-18.4 / 19.3-21.2 / 17.7-20.1, the
+/// eval forwards 55.6-58.6 -> 39.8-47.4 (stride 1) and 20.1-20.6 -> 16.8-19.4 (stride 2); the
+/// whole train step 686-690 -> 606-649 ms.
+///
 /// On a 2-core AMD EPYC Zen 3 (AVX2 only: `cpu_features::avx2_only`), wall clock of 2 threads,
 /// best of 7, 3 alternating rounds, against the choices above (Zen 4's), three differ:
 ///
@@ -422,8 +438,8 @@ mod tests {
         .expect("geometry")
     }
 
-    /// The evaluation forward takes F(4x4) on 4x4 maps with 512 channels from batch 16 on Zen 5
-    /// (where the training forward takes GEMM or F(2x2)); everywhere else, and under a forced
+    /// The evaluation forward takes F(4x4) on 4x4 maps with 512 channels from batch 16 on Zen 5 and
+    /// Zen 4 (where the training forward takes GEMM or F(2x2)); everywhere else, and under a forced
     /// algorithm, the training forward's choice.
     #[test]
     fn the_eval_forward_takes_f4_on_one_tile_maps_on_zen5() {
@@ -449,11 +465,11 @@ mod tests {
         }
     }
 
-    /// On Zen 5 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured fastest
-    /// (at 4x4 with batch 16 the forward and input gradient stay off it); on AVX2 without
-    /// AVX-512 it takes the weight gradients at 14x14 (F(2x2)) and at 28x28 with 64 channels
-    /// below batch 32 (F(4x4)); elsewhere it never takes the 28x28 layer with 64 channels. A
-    /// layer narrower than those measured (the demo profile's 8 channels at 28x28) stays off it
+    /// On Zen 5 and Zen 4 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured
+    /// fastest (at 4x4 with batch 16 the forward and input gradient stay off it); on AVX2 without
+    /// AVX-512 it takes the weight gradients at 14x14 (F(2x2)) and at 28x28 with 64 channels below
+    /// batch 32 (F(4x4)); elsewhere it never takes the 28x28 layer with 64 channels. A layer
+    /// narrower than those measured (the demo profile's 8 channels at 28x28) stays off it
     /// everywhere.
     #[test]
     fn winograd_takes_the_measured_layers() {

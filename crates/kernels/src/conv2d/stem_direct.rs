@@ -1,6 +1,7 @@
 //! The stem's convolution (7x7, stride 2, padding 3, on the 3 channels of the image: every
-//! backbone's first layer) as a direct kernel on the input's stride phases (AMD Zen 5, where it
-//! was measured; the kernel runs wherever AVX-512 runs on full-width units). The forward here,
+//! backbone's first layer) as a direct kernel on the input's stride phases (AMD Zen 5 and Zen 4,
+//! where it was measured; the kernel runs on 16 lanes on Intel, AMD Zen 5 and Zen 4 with
+//! AVX-512). The forward here,
 //! the weight gradient in `stem_direct_weight_grad.rs`; the image needs no input gradient.
 //! Where AVX2 runs without AVX-512 (measured on an
 //! AMD EPYC Zen 3) the forward runs on 8 lanes: blocks of 4 output channels by 3 vectors (12
@@ -51,7 +52,7 @@ const FORWARD_VECTORS: usize = 3;
 
 /// True when the kernel can compute `g`'s forward on this CPU: a dense stride-2 square-kernel
 /// layer on at most 4 input channels, a multiple of 8 output channels, planes at least a
-/// vector wide, AVX-512 on full-width units or AVX2 without AVX-512.
+/// vector wide, AVX-512 on Intel, AMD Zen 5 or Zen 4, or AVX2 without AVX-512.
 pub fn fits(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.stride == 2
@@ -61,7 +62,7 @@ pub fn fits(g: &ConvGeometry) -> bool {
         && vector_lanes().is_some_and(|lanes| Phases::of(g, lanes).width >= lanes)
 }
 
-/// The lanes of this CPU's vectors for the kernel: 16 where AVX-512 runs on full-width units,
+/// The lanes of this CPU's vectors for the kernel: 16 on Intel, AMD Zen 5 and Zen 4 with AVX-512,
 /// 8 where AVX2 runs without AVX-512 (the forward only), else none.
 pub(super) fn vector_lanes() -> Option<usize> {
     if crate::cpu_features::avx512_kernels() {

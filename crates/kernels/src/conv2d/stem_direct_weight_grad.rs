@@ -1,11 +1,11 @@
-//! The weight gradient of the stem's convolution (`stem_direct.rs`) on the same phase planes
-//! and flat position vectors: per image, blocks of output channels by 6 taps over every vector
-//! of positions, the channels' output gradient first packed into whole vectors (masked pieces
-//! where a vector crosses a row, zeros in the dropped columns), each accumulator reduced to its
-//! sum at the end of the image; the images' sums are then added in order, so that the result is
-//! the same for any number of threads. On 16 lanes (AVX-512 on full-width units) only: a block
-//! is 4 output channels by 6 taps (24 accumulators); where AVX2 runs without AVX-512, im2col +
-//! GEMM measured faster (docs/performance.md).
+//! The weight gradient of the stem's convolution (`stem_direct.rs`) on the same phase planes and
+//! flat position vectors: per image, blocks of output channels by 6 taps over every vector of
+//! positions, the channels' output gradient first packed into whole vectors (masked pieces where a
+//! vector crosses a row, zeros in the dropped columns), each accumulator reduced to its sum at the
+//! end of the image; the images' sums are then added in order, so that the result is the same for
+//! any number of threads. On 16 lanes (AVX-512: Intel, AMD Zen 5 and Zen 4) only: a block is 4
+//! output channels by 6 taps (24 accumulators); where AVX2 runs without AVX-512, im2col + GEMM
+//! measured faster (docs/performance.md).
 
 use super::geometry::ConvGeometry;
 use super::partial_sums::sum_partials;
@@ -19,7 +19,7 @@ const GRAD_ROWS: usize = 4;
 const GRAD_TAPS: usize = 6;
 
 /// True when the weight gradient runs here: the forward fits (`stem_direct::fits`) on 16-lane
-/// vectors (AVX-512 on full-width units).
+/// vectors (AVX-512 on Intel, AMD Zen 5 and Zen 4).
 pub(super) fn fits(g: &ConvGeometry) -> bool {
     super::stem_direct::fits(g) && vector_lanes() == Some(LANES)
 }

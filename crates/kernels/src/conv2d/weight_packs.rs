@@ -108,7 +108,7 @@ mod tests {
             Algorithm::DirectDense,
         ] {
             if algorithm == Algorithm::DirectDense && !avx512_kernels() {
-                eprintln!("skipped the dense kernel: it runs only with full-width AVX-512");
+                eprintln!("skipped the dense kernel: it runs only on Intel, AMD Zen 5 and Zen 4");
                 continue;
             }
             with_algorithm(algorithm, || {
