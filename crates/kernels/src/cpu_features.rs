@@ -39,15 +39,15 @@ pub enum CpuKind {
     /// 0x02); two dense choices differ from Intel's (`measured_choice`). Other Zen 5 parts
     /// (some mobile ones split 512-bit operations) count as [`CpuKind::Other`] until measured.
     Zen5Avx512,
-    /// AMD Zen 4 (`AuthenticAMD`, family 0x19, the first AMD family with AVX-512) with
-    /// `avx512f`, which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
-    /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too ([`amd_avx512`],
-    /// [`avx512_kernels`]), except the 1x1 register blocks (`pointwise_nchw.rs`) and the
+    /// AMD Zen 4 (`AuthenticAMD`, family 0x19 with `avx512f`; Zen 3, the same family, has no
+    /// AVX-512), which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
+    /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too (`amd_avx512`,
+    /// `avx512_kernels`), except the 1x1 register blocks (`pointwise_nchw.rs`) and the
     /// direct kernel's blocks of positions (`direct3x3_positions512.rs`), no faster there,
     /// which stay Zen 5's alone.
     Zen4Avx512,
     /// Any other CPU, AVX2 without AVX-512 among them: the AVX2 kernels and the choices measured
-    /// with them on Zen 4 (on AMD's Zen 3 a few of its own, [`avx2_only`]).
+    /// with them on Zen 4 (on AMD's Zen 3 a few of its own, `avx2_only`).
     Other,
 }
 
