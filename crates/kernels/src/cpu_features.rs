@@ -42,7 +42,7 @@ pub enum CpuKind {
     /// AMD Zen 4 (`AuthenticAMD`, family 0x19 with `avx512f`; Zen 3, the same family, has no
     /// AVX-512), which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
     /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too (`amd_avx512`,
-    /// `avx512_kernels`), except the 1x1 register blocks (`pointwise_nchw.rs`) and the
+    /// `avx512_kernels`), except the 1x1 layers' register blocks (`pointwise_nchw.rs`) and the
     /// direct kernel's blocks of positions (`direct3x3_positions512.rs`), no faster there,
     /// which stay Zen 5's alone.
     Zen4Avx512,

@@ -17,8 +17,8 @@
 //! The four shifts of the output gradient are laid one after the other in an order (`SHIFTS`)
 //! in which every phase's are consecutive, and the weight's taps are copied into slots of
 //! `C_out x C_in` in the same order (`PHASES`), so that each phase is one product `A^T B` with
-//! a summed dimension of `taps * C_out`: `pointwise_nchw.rs`'s register blocks where AVX-512
-//! runs on full-width units, else gemm. A last pass writes every row of the input gradient
+//! a summed dimension of `taps * C_out`: `pointwise_nchw.rs`'s register blocks on Intel, AMD
+//! Zen 5 and Zen 4 with AVX-512, else gemm. A last pass writes every row of the input gradient
 //! from its two phases' rows, interleaved; a phase of an odd-sized map has one row or column
 //! more than the map uses, computed and not written.
 //!
@@ -83,7 +83,7 @@ const PHASES: [Phase; 4] = [
 /// from 7x7 to 4x4 with 512 channels 7.86-7.90 -> 8.45-8.55 at batch 16. With the phases'
 /// products in blocks, wall clock, best of 7, 2-3 rounds, from 7x7 to 4x4: batch 16 3.97-4.04
 /// -> 4.23-4.26 ms (the whole-batch path kept), batch 32 12.88-13.39 -> 7.32-7.56. AMD Zen 4
-/// takes Zen 5's choice with the products in gemm (the blocks run on full-width units only).
+/// takes Zen 5's choice.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.kernel_h == 3
@@ -113,8 +113,8 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// How the phases' products run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Products {
-    /// `pointwise_nchw.rs`'s register blocks (AVX-512 on full-width units, `C_in` a multiple
-    /// of 8).
+    /// `pointwise_nchw.rs`'s register blocks (AVX-512 on Intel, AMD Zen 5 or Zen 4, `C_in` a
+    /// multiple of 8).
     Blocks,
     /// gemm, cut by columns (every CPU).
     Gemm,
@@ -124,9 +124,12 @@ impl Products {
     /// The blocks where they run: `conv_passes`, CPU time of 2 threads on the Zen 5, best of 5,
     /// 3 alternating rounds, from 14x14 to 7x7 with 256 channels: the input gradient at batch
     /// 16 5.87-6.31 ms with gemm, 5.19-5.41 with the blocks; at batch 32 level (11.7-11.8
-    /// against 11.9-12.5, one round each way).
+    /// against 11.9-12.5, one round each way). On AMD Zen 4, in ResNet-50 train steps
+    /// (`bench-one` profiles, 3 alternating rounds, best and median) the input gradient from
+    /// 14x14 to 7x7 went 6.8 / 7.0 -> 5.4 / 5.5 ms at batch 16 and 12.1 / 12.7 -> 11.0 / 11.0 at
+    /// batch 32, from 7x7 to 4x4 at batch 32 16.6 / 17.9 -> 14.9 / 15.4.
     fn fastest(g: &ConvGeometry) -> Self {
-        if crate::cpu_features::avx512_full_width() && g.in_channels.is_multiple_of(8) {
+        if crate::cpu_features::avx512_kernels() && g.in_channels.is_multiple_of(8) {
             Self::Blocks
         } else {
             Self::Gemm
@@ -369,11 +372,11 @@ mod tests {
         }
     }
 
-    /// The products that run on this CPU: gemm's, and the blocks where AVX-512 runs on
-    /// full-width units.
+    /// The products that run on this CPU: gemm's, and the blocks on Intel, AMD Zen 5 and Zen 4
+    /// with AVX-512.
     fn products_here() -> Vec<Products> {
         let mut here = vec![Products::Gemm];
-        if crate::cpu_features::avx512_full_width() {
+        if crate::cpu_features::avx512_kernels() {
             here.push(Products::Blocks);
         }
         here
@@ -384,7 +387,7 @@ mod tests {
     /// each over the output channels in order. Bit for bit, on an even and an odd map.
     #[test]
     fn blocks_sum_each_value_in_one_chain() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the blocks do not run on this CPU");
             return;
         }
