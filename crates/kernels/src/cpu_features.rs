@@ -98,9 +98,10 @@ pub(crate) fn zen5() -> bool {
     cpu_kind() == CpuKind::Zen5Avx512
 }
 
-/// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5
-/// server cores): there `gemm`'s AVX-512 kernel, the wide direct kernel and the dense kernel
-/// over the batch outrun the AVX2 kernels on some shapes (`measured_choice`).
+/// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5 server
+/// cores): the choices measured faster only there (`measured_choice`'s dense kernel over the
+/// batch on Intel's stride-1 layers, the 1x1 layers' register blocks in `pointwise_nchw.rs`,
+/// the stride-2 input gradient's interleave on 16 lanes).
 pub(crate) fn avx512_full_width() -> bool {
     matches!(cpu_kind(), CpuKind::IntelAvx512 | CpuKind::Zen5Avx512)
 }
