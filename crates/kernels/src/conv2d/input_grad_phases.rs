@@ -92,11 +92,10 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.padding == 1
         && g.batch > 1
         && super::batched::applies(g)
-        && match crate::cpu_features::cpu_kind() {
-            crate::cpu_features::CpuKind::Zen5Avx512 | crate::cpu_features::CpuKind::Zen4Avx512 => {
-                g.out_pixels() > 16 || g.batch >= 32
-            }
-            _ => crate::cpu_features::avx2_only(),
+        && if crate::cpu_features::amd_avx512() {
+            g.out_pixels() > 16 || g.batch >= 32
+        } else {
+            crate::cpu_features::avx2_only()
         }
 }
 

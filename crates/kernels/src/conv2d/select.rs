@@ -365,8 +365,8 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let channels = g.group_in_channels().min(g.group_out_channels());
     let full_width = avx512_full_width();
     let intel = cpu_kind() == CpuKind::IntelAvx512;
-    // Zen 5's choices, which Zen 4 shares.
-    let zen5 = amd_avx512();
+    // Zen 5's choices, which Zen 4 shares (`amd_avx512`).
+    let zen5_choices = amd_avx512();
     let avx2_only = crate::cpu_features::avx2_only();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
@@ -390,7 +390,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
             Pass::Forward if avx512_kernels() && dense => Dense::OverBatch,
             Pass::InputGrad if avx512_kernels() && shape => Dense::Direct,
             Pass::Forward | Pass::InputGrad if avx2_direct => Dense::Direct,
-            Pass::WeightGrad if zen5 && weight_grad => Dense::OverBatch,
+            Pass::WeightGrad if zen5_choices && weight_grad => Dense::OverBatch,
             _ => Dense::Gemm,
         };
     }
@@ -400,10 +400,12 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let wide = g.batch >= 32;
     match (pixels, channels, pass) {
         // Zen 5, Winograd with its transforms on channel lanes (`winograd_lanes.rs`).
-        (2500..=3300 | 700..=900, 64, _) | (37..=64, 256, _) if zen5 => Dense::Winograd(Tile::F4),
-        (150..=400, 128, _) if zen5 => Dense::Winograd(Tile::F2),
-        (10..=36, 512, Pass::WeightGrad) if zen5 => Dense::Winograd(Tile::F2),
-        (10..=36, 512, Pass::InputGrad) if zen5 && wide => Dense::Winograd(Tile::F2),
+        (2500..=3300 | 700..=900, 64, _) | (37..=64, 256, _) if zen5_choices => {
+            Dense::Winograd(Tile::F4)
+        }
+        (150..=400, 128, _) if zen5_choices => Dense::Winograd(Tile::F2),
+        (10..=36, 512, Pass::WeightGrad) if zen5_choices => Dense::Winograd(Tile::F2),
+        (10..=36, 512, Pass::InputGrad) if zen5_choices && wide => Dense::Winograd(Tile::F2),
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
@@ -443,12 +445,12 @@ mod tests {
     /// algorithm, the training forward's choice.
     #[test]
     fn the_eval_forward_takes_f4_on_one_tile_maps_on_zen5() {
-        let zen5 = amd_avx512();
+        let zen5_choices = amd_avx512();
         for batch in [8, 16, 32] {
             for (channels, hw) in [(512, 4), (256, 7), (128, 14), (64, 28)] {
                 let g = dense3x3(batch, channels, hw);
                 let training = winograd_tile(&g, Pass::Forward);
-                let want = match zen5 && batch >= 16 && channels == 512 {
+                let want = match zen5_choices && batch >= 16 && channels == 512 {
                     true => Some(Tile::F4),
                     false => training,
                 };
@@ -457,7 +459,7 @@ mod tests {
                 assert_eq!(forced, Some(Tile::F2), "{batch} x {channels} @ {hw}");
             }
         }
-        if zen5 {
+        if zen5_choices {
             assert_ne!(
                 winograd_tile(&dense3x3(16, 512, 4), Pass::Forward),
                 Some(Tile::F4)
@@ -474,7 +476,7 @@ mod tests {
     #[test]
     fn winograd_takes_the_measured_layers() {
         let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
-        let zen5 = amd_avx512();
+        let zen5_choices = amd_avx512();
         let avx2_only = crate::cpu_features::avx2_only();
         let (f2, f4) = (Some(Tile::F2), Some(Tile::F4));
         for batch in [16, 32] {
@@ -487,7 +489,7 @@ mod tests {
                 assert_eq!(tiles(128, 14), [f4, f4, f2], "batch {batch}");
                 continue;
             }
-            if !zen5 {
+            if !zen5_choices {
                 assert_eq!(tiles(64, 28), [None; 3], "batch {batch}");
                 continue;
             }
