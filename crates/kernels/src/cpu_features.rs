@@ -42,9 +42,9 @@ pub enum CpuKind {
     /// AMD Zen 4 (`AuthenticAMD`, family 0x19 with `avx512f`; Zen 3, the same family, has no
     /// AVX-512), which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
     /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too (`amd_avx512`,
-    /// `avx512_kernels`), except the 1x1 layers' register blocks (`pointwise_nchw.rs`) and the
-    /// direct kernel's blocks of positions (`direct3x3_positions512.rs`), no faster there,
-    /// which stay Zen 5's alone.
+    /// `avx512_kernels`), except two: the 1x1 layers' register blocks (`pointwise_nchw.rs`)
+    /// run on fewer shapes there ([`zen4`]), and the direct kernel's blocks of positions
+    /// (`direct3x3_positions512.rs`), no faster there, stay Zen 5's alone.
     Zen4Avx512,
     /// Any other CPU, AVX2 without AVX-512 among them: the AVX2 kernels and the choices measured
     /// with them on Zen 4 (on AMD's Zen 3 a few of its own, `avx2_only`).
@@ -91,17 +91,21 @@ pub fn cpu_kind() -> CpuKind {
     })
 }
 
-/// True on AMD Zen 5 server cores with AVX-512 ([`CpuKind::Zen5Avx512`]), where the 1x1
-/// register blocks and the direct kernel's blocks of positions were measured faster than the
-/// choices made elsewhere and run only there.
+/// True on AMD Zen 5 server cores with AVX-512 ([`CpuKind::Zen5Avx512`]), where the direct
+/// kernel's blocks of positions run, and the 1x1 register blocks on every shape they fit.
 pub(crate) fn zen5() -> bool {
     cpu_kind() == CpuKind::Zen5Avx512
 }
 
+/// True on AMD Zen 4 with AVX-512 ([`CpuKind::Zen4Avx512`]), where the 1x1 register blocks
+/// run on the shapes measured faster there than the GEMMs (`pointwise_nchw.rs`'s `applies`).
+pub(crate) fn zen4() -> bool {
+    cpu_kind() == CpuKind::Zen4Avx512
+}
+
 /// True where 512-bit operations run on full-width units (Intel with AVX-512, AMD Zen 5 server
 /// cores): the choices measured faster only there (`measured_choice`'s dense kernel over the
-/// batch on Intel's stride-1 layers, the 1x1 layers' register blocks in `pointwise_nchw.rs`,
-/// the stride-2 input gradient's interleave on 16 lanes).
+/// batch on Intel's stride-1 layers, the stride-2 input gradient's interleave on 16 lanes).
 pub(crate) fn avx512_full_width() -> bool {
     matches!(cpu_kind(), CpuKind::IntelAvx512 | CpuKind::Zen5Avx512)
 }
@@ -115,10 +119,10 @@ pub(crate) fn amd_avx512() -> bool {
     matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512)
 }
 
-/// True where the sixteen-lane direct kernels run (the wide kernel of grouped layers, the dense
-/// kernel over the batch and its weight gradient, the stem's on 16 lanes): every measured kind
-/// with AVX-512, Intel's, Zen 5 and Zen 4 (whose split units still ran them faster than the
-/// AVX2 kernels).
+/// True where the sixteen-lane kernels run (the wide kernel of grouped layers, the dense kernel
+/// over the batch and its weight gradient, the stem's on 16 lanes, the 1x1 layers' register
+/// blocks, each where its own choice takes it): every measured kind with AVX-512, Intel's, Zen
+/// 5 and Zen 4 (whose split units still ran them faster than the AVX2 kernels).
 pub(crate) fn avx512_kernels() -> bool {
     cpu_kind() != CpuKind::Other
 }

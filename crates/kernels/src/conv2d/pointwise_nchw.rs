@@ -1,6 +1,6 @@
 //! The forward and the input gradient of 1x1 convolutions over the whole batch, read and
-//! written in NCHW (AMD Zen 5, where it was measured; the kernel runs wherever AVX-512 runs on
-//! full-width units): `y[b, co, p] = sum_ci w[co, ci] * x[b, ci, p]` and `dx[b, ci, p] =
+//! written in NCHW (chosen on AMD Zen 5, and on AMD Zen 4 for the shapes measured faster there;
+//! the kernel runs wherever the sixteen-lane kernels do): `y[b, co, p] = sum_ci w[co, ci] * x[b, ci, p]` and `dx[b, ci, p] =
 //! sum_co w[co, ci] * dy[b, co, p]`, which otherwise run as one wide GEMM between copies in and
 //! out of a `(C, N * OH*OW)` matrix (`batched.rs`, 7x7 and 4x4 maps) or as one GEMM per image
 //! (14x14).
@@ -40,9 +40,15 @@ const KC: usize = 128;
 /// (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the GEMMs, unmeasured), where
 /// `conv_passes` measured it faster than the GEMMs (the whole-batch one with its copies, or one
 /// per image): maps of 16 to 64 pixels, and maps of up to 196 pixels (14x14) with at least 256
-/// input channels (at 14x14 level with 128; 1.2-1.45x slower at 28x28).
+/// input channels (at 14x14 level with 128; 1.2-1.45x slower at 28x28). On AMD Zen 4 the same
+/// maps less the 4x4 ones: `conv_passes` there, wall clock of 2 threads, best of 7, 3
+/// alternating rounds (best / median), the GEMMs -> the blocks: (1024 -> 256) at 7x7 2.76 / 2.96
+/// -> 2.20 / 2.31 ms at batch 16, 5.48 / 5.96 -> 4.34 / 4.39 at batch 32; (512 -> 256) at 14x14
+/// 4.74 / 4.82 -> 4.18 / 4.20 at batch 16; but (1024 -> 2048) at 4x4 5.33 / 5.67 -> 7.50 / 8.70.
 pub fn applies(g: &ConvGeometry) -> bool {
-    fits(g) && (g.out_pixels() <= 64 || g.in_channels >= 256) && crate::cpu_features::zen5()
+    fits(g)
+        && (g.out_pixels() <= 64 || g.in_channels >= 256)
+        && (crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16))
 }
 
 /// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
@@ -51,11 +57,20 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// and col2im (`batched.rs` to 7x7 and 4x4, per image to 14x14): (1024 -> 2048) from 7x7 to 4x4
 /// 2.95-2.96 -> 2.85-2.86 ms at batch 16, 7.22-7.29 -> 5.35-5.40 at batch 32; (512 -> 1024)
 /// from 14x14 to 7x7 2.51-2.64 -> 2.13-2.16 and 5.45-5.56 -> 4.35-4.44; (256 -> 512) from 28x28
-/// to 14x14 at batch 16 2.74-2.86 -> 2.41-2.54.
+/// to 14x14 at batch 16 2.74-2.86 -> 2.41-2.54. On AMD Zen 4 the outputs of more than 16
+/// pixels (as [`applies`], best / median of 3): (512 -> 1024) from 14x14 to 7x7 5.50 / 5.54 ->
+/// 4.53 / 4.75 ms at batch 16, 10.86 / 12.28 -> 9.36 / 9.49 at batch 32; (256 -> 512) from 28x28
+/// to 14x14 6.28 / 6.31 -> 5.27 / 5.72 at batch 16; but (1024 -> 2048) from 7x7 to 4x4 5.83 /
+/// 5.91 -> 9.83 / 11.45.
 pub fn strided_applies(g: &ConvGeometry) -> bool {
-    (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0)
-        && blocks_take(g)
-        && crate::cpu_features::zen5()
+    strided_fits(g)
+        && (crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16))
+}
+
+/// True when the kernel can compute `g`'s stride-2 forward and input gradient on this CPU: a
+/// dense 1x1 stride-2 unpadded layer that [`blocks_take`].
+fn strided_fits(g: &ConvGeometry) -> bool {
+    (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0) && blocks_take(g)
 }
 
 /// True when `g`'s forward runs [`strided_forward_into`]: where its input gradient runs
@@ -63,8 +78,11 @@ pub fn strided_applies(g: &ConvGeometry) -> bool {
 /// clock of 2 threads, best of 7, 2 rounds, against the strided im2col, GEMM and copies: (512
 /// -> 1024) from 14x14 to 7x7 2.55-2.78 -> 2.11-2.12 ms at batch 16, 4.54-4.61 -> 4.17-4.19 at
 /// batch 32; (256 -> 512) from 28x28 to 14x14 2.28 -> 2.18-2.22 and 4.67-4.69 -> 4.54-4.56.
+/// On AMD Zen 5 only: on Zen 4 (as [`applies`], best / median of 3) they were level, (512 ->
+/// 1024) from 14x14 to 7x7 4.63 / 4.68 -> 4.59 / 4.73 ms at batch 16, (256 -> 512) from 28x28
+/// to 14x14 10.79 / 11.00 -> 10.91 / 11.40 at batch 32.
 pub fn strided_forward_applies(g: &ConvGeometry) -> bool {
-    strided_applies(g) && g.out_pixels() > 16
+    strided_applies(g) && g.out_pixels() > 16 && crate::cpu_features::zen5()
 }
 
 /// Forward of a 1x1 stride-2 layer (as [`strided_forward_applies`] takes it): the pixels the
@@ -78,7 +96,7 @@ pub fn strided_forward_into(
     then: super::epilogue::Epilogue<'_>,
 ) {
     let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
-    assert!(strided_forward_applies(g), "pointwise_nchw: {g:?}");
+    assert!(strided_fits(g), "pointwise_nchw: {g:?}");
     assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
     assert_eq!(
         x.len(),
@@ -110,7 +128,7 @@ fn per_image(y: &mut [f32], image_len: usize, then: super::epilogue::Epilogue<'_
 pub fn strided_input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
     let (ow, h, w_in) = (g.out_w, g.in_h, g.in_w);
-    assert!(strided_applies(g), "pointwise_nchw: {g:?}");
+    assert!(strided_fits(g), "pointwise_nchw: {g:?}");
     assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
     assert_eq!(
         dy.len(),
@@ -142,22 +160,22 @@ pub fn strided_input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut
         });
 }
 
-/// True when the kernel can compute `g`'s input gradient on this CPU: a dense 1x1 stride-1
-/// unpadded layer on maps of 16 to 196 pixels, channel counts multiples of 8, more than one
-/// image, AVX-512 on full-width units.
+/// True when the kernel can compute `g`'s forward and input gradient on this CPU: a dense 1x1
+/// stride-1 unpadded layer that [`blocks_take`].
 fn fits(g: &ConvGeometry) -> bool {
     g.is_pointwise() && blocks_take(g)
 }
 
 /// What the blocks need of any layer they run: dense, more than one image, output maps of 16
-/// to 196 pixels, channel counts multiples of 8, AVX-512 on full-width units.
+/// to 196 pixels, channel counts multiples of 8, a CPU where the sixteen-lane kernels run
+/// (`cpu_features.rs`'s `avx512_kernels`: Intel with AVX-512, AMD Zen 5 and Zen 4).
 fn blocks_take(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.batch > 1
         && (LANES..=196).contains(&g.out_pixels())
         && g.in_channels.is_multiple_of(ROWS)
         && g.out_channels.is_multiple_of(ROWS)
-        && crate::cpu_features::avx512_full_width()
+        && crate::cpu_features::avx512_kernels()
 }
 
 /// Where the 16 columns of one vector lie in an NCHW operand, as offsets from its channel's
@@ -239,9 +257,12 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// 1.86-1.89 -> 1.71-1.77, (256 -> 512) 1.92-1.95 -> 1.74-1.77, (512 -> 128) 0.98-0.99 ->
 /// 0.88-0.90; batch 32, (1024 -> 256) at 7x7 2.09-2.11 -> 1.88-1.99, (256 -> 1024) 1.91-2.11 ->
 /// 1.81-1.82. At 4x4 the blocks were slower at batch 16 ((2048 -> 512) 1.19-1.21 -> 1.24-1.26)
-/// and within 3% at batch 32: those keep the GEMM.
+/// and within 3% at batch 32: those keep the GEMM. On AMD Zen 4 the 7x7 maps only (as
+/// [`applies`], best / median of 3): (1024 -> 256) 2.60 / 2.62 -> 2.18 / 2.22 ms at batch 16,
+/// 5.56 / 5.57 -> 4.59 / 4.59 at batch 32; at 14x14 level, (512 -> 256) 4.34 / 4.36 -> 4.34 /
+/// 4.50 at batch 16.
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    applies(g) && g.out_pixels() > 16
+    applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64)
 }
 
 /// Forward of `g` (as [`forward_applies`] takes it): `y[b, co, q] = sum_ci w[co, ci] *
@@ -523,7 +544,7 @@ mod tests {
     /// image; the same bits under pools of 1 and 3 threads.
     #[test]
     fn forward_is_the_plain_chain_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -573,7 +594,7 @@ mod tests {
     /// same bits under pools of 1 and 3 threads.
     #[test]
     fn strided_input_gradient_is_the_chain_at_the_read_pixels() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -582,11 +603,7 @@ mod tests {
         {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
                 .expect("geometry");
-            if !crate::cpu_features::zen5() {
-                eprintln!("skipped: {g:?} runs elsewhere on this CPU");
-                return;
-            }
-            assert!(strided_applies(&g), "{g:?}");
+            assert!(strided_fits(&g), "{g:?}");
             let (o, p) = (g.out_w, g.out_pixels());
             let w = values(c_out * c_in, 6);
             let dy = values(batch * c_out * p, 7);
@@ -625,14 +642,14 @@ mod tests {
     /// of 1 and 3 threads.
     #[test]
     fn strided_forward_is_the_chain_of_the_read_pixels() {
-        if !crate::cpu_features::zen5() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
         for (batch, c_in, c_out, side) in [(3, 16, 8, 9), (2, 136, 8, 14), (2, 8, 24, 10)] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
                 .expect("geometry");
-            assert!(strided_forward_applies(&g), "{g:?}");
+            assert!(strided_fits(&g), "{g:?}");
             let (o, p) = (g.out_w, g.out_pixels());
             let w = values(c_out * c_in, 8);
             let x = values(batch * c_in * side * side, 9);
@@ -671,7 +688,7 @@ mod tests {
     /// under pools of 1 and 3 threads.
     #[test]
     fn input_gradient_is_the_plain_chain_bit_for_bit() {
-        if !crate::cpu_features::avx512_full_width() {
+        if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
@@ -703,6 +720,50 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+    /// Which ResNet layers take the blocks on the two AMD kinds they were measured on (batch
+    /// 16, 112x112 input): on Zen 5 every fitting map; on Zen 4 the input gradients of 7x7
+    /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7 maps only.
+    #[test]
+    fn the_blocks_run_where_they_were_measured_faster() {
+        let zen5 = crate::cpu_features::zen5();
+        if !(zen5 || crate::cpu_features::zen4()) {
+            eprintln!("skipped: the blocks are chosen only on AMD Zen 5 and Zen 4");
+            return;
+        }
+        let layer = |c_in, c_out, side, stride| {
+            ConvGeometry::new(&[16, c_in, side, side], &[c_out, c_in, 1, 1], stride, 0, 1)
+                .expect("geometry")
+        };
+        // (layer, its input gradient in the blocks, its forward in the blocks) on Zen 4.
+        let cases = [
+            (layer(1024, 256, 7, 1), true, true),
+            (layer(512, 256, 14, 1), true, false),
+            (layer(2048, 512, 4, 1), false, false),
+            (layer(256, 512, 28, 2), true, false),
+            (layer(512, 1024, 14, 2), true, false),
+            (layer(1024, 2048, 7, 2), false, false),
+        ];
+        for (g, dx, fwd) in cases {
+            let strided = g.stride == 2;
+            let takes_dx = if strided {
+                strided_applies(&g)
+            } else {
+                applies(&g)
+            };
+            let takes_fwd = if strided {
+                strided_forward_applies(&g)
+            } else {
+                forward_applies(&g)
+            };
+            // Zen 5 takes every fitting input gradient, and every forward but the 4x4 ones.
+            let (want_dx, want_fwd) = if zen5 {
+                (true, g.out_pixels() > 16)
+            } else {
+                (dx, fwd)
+            };
+            assert_eq!((takes_dx, takes_fwd), (want_dx, want_fwd), "{g:?}");
         }
     }
 }
