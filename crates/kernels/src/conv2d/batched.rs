@@ -11,8 +11,9 @@
 //! price of copying the small maps in and out, in parallel. The forward of 1x1 layers with
 //! 4x4 outputs on AVX2-only CPUs runs one GEMM per image instead ([`forward_applies`]). The
 //! input gradient of most 1x1 layers runs `pointwise_nchw.rs` instead, without the copies, on
-//! AMD Zen 5 (and so does their forward on 7x7 maps), and that of the dense stride-2 layers with 7x7 outputs (4x4 from
-//! batch 32) `input_grad_phases.rs`, without the columns.
+//! AMD Zen 5 (on Zen 4 those on 7x7 maps; both run their forward on 7x7 maps there too), and
+//! that of the dense stride-2 layers with 7x7 outputs (4x4 from batch 32)
+//! `input_grad_phases.rs`, without the columns.
 //!
 //! The weight gradient's summed dimension (`N * OH*OW`) is split by gemm into cache-sized
 //! blocks, never by thread: the sum runs in the same order for any thread count
