@@ -43,7 +43,7 @@ pub enum CpuKind {
     /// AVX-512), which splits 512-bit operations over 256-bit units. Measured on a 2-core EPYC
     /// (model 0x11): Zen 5's choices beat the AVX2 kernels there too (`amd_avx512`,
     /// `avx512_kernels`), except two: the 1x1 layers' register blocks (`pointwise_nchw.rs`)
-    /// run on fewer shapes there ([`zen4`]), and the direct kernel's blocks of positions
+    /// run on fewer shapes there (`zen4`), and the direct kernel's blocks of positions
     /// (`direct3x3_positions512.rs`), no faster there, stay Zen 5's alone.
     Zen4Avx512,
     /// Any other CPU, AVX2 without AVX-512 among them: the AVX2 kernels and the choices measured
