@@ -1,9 +1,9 @@
 //! The forward and the input gradient of 1x1 convolutions over the whole batch, read and
 //! written in NCHW (chosen on AMD Zen 5, and on AMD Zen 4 for the shapes measured faster there;
-//! the kernel runs wherever the sixteen-lane kernels do): `y[b, co, p] = sum_ci w[co, ci] * x[b, ci, p]` and `dx[b, ci, p] =
-//! sum_co w[co, ci] * dy[b, co, p]`, which otherwise run as one wide GEMM between copies in and
-//! out of a `(C, N * OH*OW)` matrix (`batched.rs`, 7x7 and 4x4 maps) or as one GEMM per image
-//! (14x14).
+//! the kernel runs wherever the sixteen-lane kernels do): `y[b, co, p] = sum_ci w[co, ci] *
+//! x[b, ci, p]` and `dx[b, ci, p] = sum_co w[co, ci] * dy[b, co, p]`, which otherwise run as one
+//! wide GEMM between copies in and out of a `(C, N * OH*OW)` matrix (`batched.rs`, 7x7 and 4x4
+//! maps) or as one GEMM per image (14x14).
 //!
 //! The batch's columns `(b, p)` run image after image, in blocks of 3 vectors of 16. Per block
 //! and pass of 128 summed channels, the block's input columns are first packed into rows of 48
@@ -44,7 +44,9 @@ const KC: usize = 128;
 /// maps less the 4x4 ones: `conv_passes` there, wall clock of 2 threads, best of 7, 3
 /// alternating rounds (best / median), the GEMMs -> the blocks: (1024 -> 256) at 7x7 2.76 / 2.96
 /// -> 2.20 / 2.31 ms at batch 16, 5.48 / 5.96 -> 4.34 / 4.39 at batch 32; (512 -> 256) at 14x14
-/// 4.74 / 4.82 -> 4.18 / 4.20 at batch 16; but (1024 -> 2048) at 4x4 5.33 / 5.67 -> 7.50 / 8.70.
+/// 4.74 / 4.82 -> 4.18 / 4.20 at batch 16; but (1024 -> 2048) at 4x4 5.33 / 5.67 -> 7.50 / 8.70
+/// at batch 16, and at batch 32 mixed ((2048 -> 512) 8.29 / 8.59 -> 5.92 / 6.02, (1024 -> 2048)
+/// 12.91 / 12.92 -> 13.96 / 14.57).
 pub fn applies(g: &ConvGeometry) -> bool {
     fits(g)
         && (g.out_pixels() <= 64 || g.in_channels >= 256)
@@ -722,6 +724,7 @@ mod tests {
             }
         }
     }
+
     /// Which ResNet layers take the blocks on the two AMD kinds they were measured on (batch
     /// 16, 112x112 input): on Zen 5 every fitting map; on Zen 4 the input gradients of 7x7
     /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7 maps only.
