@@ -93,7 +93,7 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
     // (shape, forward, input gradient, weight gradient) under Algorithm::Auto, as measured on
     // Intel (the weight gradient: on Zen 5 and Zen 4 only, at stride 2); on AMD Zen 5 and Zen 4
     // Winograd takes the stride-1 layers.
-    let zen5 = matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512);
+    let zen5_choices = matches!(cpu_kind(), CpuKind::Zen5Avx512 | CpuKind::Zen4Avx512);
     for (shape, forward, input_grad, weight_grad) in [
         ([32, 128, 128, 28, 28, 2], true, false, true),
         ([16, 128, 128, 28, 28, 2], true, false, true),
@@ -115,8 +115,8 @@ fn the_shapes_take_the_dense_kernel() -> Result<()> {
         let auto = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad].map(|p| direct_dense(&g, p));
         let want = match shape {
             // Winograd takes Zen 5's stride-1 layers (`select.rs`).
-            [_, _, _, _, _, 1] if zen5 => [false; 3],
-            _ => [forward, input_grad, weight_grad && zen5],
+            [_, _, _, _, _, 1] if zen5_choices => [false; 3],
+            _ => [forward, input_grad, weight_grad && zen5_choices],
         };
         assert_eq!(
             auto,

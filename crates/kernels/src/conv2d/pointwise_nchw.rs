@@ -48,9 +48,13 @@ const KC: usize = 128;
 /// at batch 16, and at batch 32 mixed ((2048 -> 512) 8.29 / 8.59 -> 5.92 / 6.02, (1024 -> 2048)
 /// 12.91 / 12.92 -> 13.96 / 14.57).
 pub fn applies(g: &ConvGeometry) -> bool {
-    fits(g)
-        && (g.out_pixels() <= 64 || g.in_channels >= 256)
-        && (crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16))
+    fits(g) && (g.out_pixels() <= 64 || g.in_channels >= 256) && chosen_here(g)
+}
+
+/// The CPU side of [`applies`] and [`strided_applies`]: every map the blocks take on AMD Zen 5,
+/// the outputs of more than 16 pixels (not 4x4) on AMD Zen 4.
+fn chosen_here(g: &ConvGeometry) -> bool {
+    crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16)
 }
 
 /// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
@@ -65,8 +69,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// to 14x14 6.28 / 6.31 -> 5.27 / 5.72 at batch 16; but (1024 -> 2048) from 7x7 to 4x4 5.83 /
 /// 5.91 -> 9.83 / 11.45.
 pub fn strided_applies(g: &ConvGeometry) -> bool {
-    strided_fits(g)
-        && (crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16))
+    strided_fits(g) && chosen_here(g)
 }
 
 /// True when the kernel can compute `g`'s stride-2 forward and input gradient on this CPU: a
