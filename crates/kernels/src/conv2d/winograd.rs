@@ -336,7 +336,8 @@ fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if lanes_here() {
-        return super::winograd_lanes::forward_plan::<M, A, W>(p, x, (w, packs), y, then);
+        let filters = super::winograd_lanes::Filters::forward(w, p.c_in);
+        return super::winograd_lanes::forward_plan::<M, A, W>(p, x, (filters, packs), y, then);
     }
     let (c_in, c_out, tiles, pixels) = (p.c_in, p.c_out, p.tiles(), p.pixels());
     let u = packed(packs, PackKind::Winograd { a: A }, || {
@@ -461,6 +462,18 @@ pub fn forward_into(
 /// contents: every value is written, as the forward writes its output).
 pub fn input_grad_into(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (c_in, c_out) = (g.in_channels, g.out_channels);
+    let none: Epilogue<'_> = &|_, _| {};
+    let swapped = |m| Plan::new(m, g.batch, c_out, c_in, g.in_h, g.in_w);
+    #[cfg(target_arch = "x86_64")]
+    if lanes_here() {
+        // The lane transforms read the flipped filters in place.
+        use super::winograd_lanes::{forward_plan, Filters};
+        let filters = (Filters::swapped_and_flipped(w, c_in), None);
+        return match tile {
+            Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, filters, dx, none),
+            Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, filters, dx, none),
+        };
+    }
     let mut flipped = Scratch::take(c_out * c_in * 9);
     flipped
         .par_chunks_mut(c_out * 9)
@@ -473,8 +486,6 @@ pub fn input_grad_into(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: 
                 }
             }
         });
-    let none: Epilogue<'_> = &|_, _| {};
-    let swapped = |m| Plan::new(m, g.batch, c_out, c_in, g.in_h, g.in_w);
     match tile {
         Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, (&flipped, None), dx, none),
         Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, (&flipped, None), dx, none),
