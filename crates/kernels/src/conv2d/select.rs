@@ -328,7 +328,11 @@ enum Dense {
 /// gradient 65.6-68.3 / 65.0-67.0 / 73.0-73.2 -> 49.4-53.9 / 46.9-52.2 / 48.0-53.0 ms per
 /// step, stride 2 19.6-20.8 / 21.6-22.7 / 20.9-21.6 -> 18.0-18.4 / 19.3-21.2 / 17.7-20.1, the
 /// eval forwards 55.6-58.6 -> 39.8-47.4 (stride 1) and 20.1-20.6 -> 16.8-19.4 (stride 2); the
-/// whole train step 686-690 -> 606-649 ms.
+/// whole train step 686-690 -> 606-649 ms. Once the lane filter transform filled contiguous
+/// runs (`winograd_lanes.rs`), Zen 4 took F(2x2) for the input gradient of 4x4 maps with 512
+/// channels at batch 16 as well: `conv_passes` (wall clock of 2 threads, best of 9, 3 rounds)
+/// 5.48-6.35 against GEMM's 6.71-7.27 ms; in ResNet-50 batch-16 steps (3 alternating profile
+/// rounds, against the choice before and the transform before) 14.4-15.5 -> 12.1-13.7 ms.
 ///
 /// On a 2-core AMD EPYC Zen 3 (AVX2 only: `cpu_features::avx2_only`), wall clock of 2 threads,
 /// best of 7, 3 alternating rounds, against the choices above (Zen 4's), three differ:
@@ -367,6 +371,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     let intel = cpu_kind() == CpuKind::IntelAvx512;
     // Zen 5's choices, which Zen 4 shares (`amd_avx512`).
     let zen5_choices = amd_avx512();
+    let zen4 = crate::cpu_features::zen4();
     let avx2_only = crate::cpu_features::avx2_only();
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
@@ -405,7 +410,9 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         }
         (150..=400, 128, _) if zen5_choices => Dense::Winograd(Tile::F2),
         (10..=36, 512, Pass::WeightGrad) if zen5_choices => Dense::Winograd(Tile::F2),
-        (10..=36, 512, Pass::InputGrad) if zen5_choices && wide => Dense::Winograd(Tile::F2),
+        (10..=36, 512, Pass::InputGrad) if zen5_choices && (wide || zen4) => {
+            Dense::Winograd(Tile::F2)
+        }
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
@@ -468,11 +475,11 @@ mod tests {
     }
 
     /// On Zen 5 and Zen 4 Winograd takes ResNet-50's stride-1 3x3 layers with the tiles measured
-    /// fastest (at 4x4 with batch 16 the forward and input gradient stay off it); on AVX2 without
-    /// AVX-512 it takes the weight gradients at 14x14 (F(2x2)) and at 28x28 with 64 channels below
-    /// batch 32 (F(4x4)); elsewhere it never takes the 28x28 layer with 64 channels. A layer
-    /// narrower than those measured (the demo profile's 8 channels at 28x28) stays off it
-    /// everywhere.
+    /// fastest (at 4x4 with batch 16 the forward stays off it, and on Zen 5 the input gradient
+    /// too); on AVX2 without AVX-512 it takes the weight gradients at 14x14 (F(2x2)) and at 28x28
+    /// with 64 channels below batch 32 (F(4x4)); elsewhere it never takes the 28x28 layer with 64
+    /// channels. A layer narrower than those measured (the demo profile's 8 channels at 28x28)
+    /// stays off it everywhere.
     #[test]
     fn winograd_takes_the_measured_layers() {
         let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
@@ -498,7 +505,8 @@ mod tests {
             assert_eq!(tiles(128, 14), [f2; 3], "batch {batch}");
             assert_eq!(tiles(256, 7), [f4; 3], "batch {batch}");
             let wide = batch >= 32;
-            let at_4x4 = [wide.then_some(Tile::F2), wide.then_some(Tile::F2), f2];
+            let dx_at_4x4 = (wide || crate::cpu_features::zen4()).then_some(Tile::F2);
+            let at_4x4 = [wide.then_some(Tile::F2), dx_at_4x4, f2];
             assert_eq!(tiles(512, 4), at_4x4, "batch {batch}");
         }
     }
