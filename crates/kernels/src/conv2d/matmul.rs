@@ -224,15 +224,31 @@ fn by_pieces(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>, cut: Cut) {
 
 /// `dst = lhs @ rhs` on every rayon thread for a product whose `lhs` is a transposed weight
 /// (the input gradients' `W^T @ dY`): cut by rows ([`matmul_by_rows`]) where AVX2 runs without
-/// AVX-512, where that was measured faster, by columns ([`matmul_by_columns`]) elsewhere. The
-/// same values either way.
+/// AVX-512, where that was measured faster; on AMD Zen 4 one gemm on gemm's own threads from
+/// [`GEMM_THREADS_COLUMNS`] columns on; by columns ([`matmul_by_columns`]) elsewhere. The same
+/// values every way: gemm's threads split the rows and columns of `dst`, never the summed
+/// dimension, whose blocks depend on its length alone (`gemm_common::cache::kernel_params`).
 pub fn matmul_transposed_weight(dst: &mut [f32], lhs: MatRef<'_>, rhs: MatRef<'_>) {
     if crate::cpu_features::avx2_only() {
         matmul_by_rows(dst, lhs, rhs)
+    } else if crate::cpu_features::zen4() && rhs.cols >= GEMM_THREADS_COLUMNS {
+        matmul(dst, false, lhs, rhs, super::schedule::gemm_threads())
     } else {
         matmul_by_columns(dst, lhs, rhs)
     }
 }
+
+/// Columns from which [`matmul_transposed_weight`] runs one gemm on gemm's threads on AMD Zen 4,
+/// where the cut by columns has each thread pack the whole transposed weight. Measured there
+/// with `conv_passes` (wall clock of 2 threads, best of 7, 3 alternating rounds, best / median,
+/// the whole-batch input gradients of `batched.rs`), cut by columns -> by rows -> gemm's
+/// threads: ResNeXt-50's and ResNet-50's 1x1 layers on 4x4 maps at batch 32 (512 columns)
+/// (2048 -> 1024) 14.51 / 15.35 -> 12.68 / 13.79 -> 11.92 / 11.93 ms, (1024 -> 2048) 12.81 /
+/// 13.12 -> 12.13 / 12.61 -> 12.26 / 12.38, (2048 -> 512) 8.37 / 8.58 -> 7.03 / 7.11 -> 6.09 /
+/// 6.49, (512 -> 2048) 6.52 / 6.62 -> 6.04 / 6.14 -> 6.07 / 6.34, stride 2 from 7x7 (1024 ->
+/// 2048) 14.48 / 14.94 -> 13.02 / 13.18 -> 12.86 / 13.07; at batch 16 (256 columns) the cut by
+/// columns stays fastest ((2048 -> 1024) 5.32 / 5.40 -> 7.28 / 7.42 -> 6.42 / 6.48).
+const GEMM_THREADS_COLUMNS: usize = 512;
 
 /// `(m, n)` of `lhs @ rhs`, after checking that the inner dimensions agree, the product is
 /// not empty and both views lie inside their slices.
@@ -365,6 +381,45 @@ mod tests {
                 assert_eq!(
                     differ, 0,
                     "by rows: {n}x{k}x{m} transposed {transposed}, {threads} threads"
+                );
+            }
+        }
+    }
+
+    /// One gemm on gemm's own threads, and the transposed-weight product whichever way this CPU
+    /// runs it, equal the single-threaded gemm bit for bit under pools of 1-3 threads, on either
+    /// side of [`GEMM_THREADS_COLUMNS`].
+    #[test]
+    fn gemm_threads_and_the_transposed_weight_product_equal_one_thread_bit_for_bit() {
+        for (m, k, n) in [
+            (96, 1100, 520),
+            (200, 700, 600),
+            (64, 300, 256),
+            (40, 2100, 512),
+        ] {
+            // `lhs` a transposed (k x m) weight, as the input gradients' `W^T`.
+            let w = super::super::test_values(k * m, 3);
+            let b = super::super::test_values(k * n, 4);
+            let lhs = MatRef::row_major(&w, k, m).t();
+            let rhs = MatRef::row_major(&b, k, n);
+            let mut want = vec![0.0f32; m * n];
+            matmul(&mut want, false, lhs, rhs, Parallelism::None);
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                let threaded = || super::super::schedule::gemm_threads();
+                pool.install(|| matmul(&mut got, false, lhs, rhs, threaded()));
+                let differ = super::super::differing_bits(&got, &want);
+                assert_eq!(differ, 0, "gemm's threads: {m}x{k}x{n}, {threads} threads");
+                let mut got = vec![f32::NAN; m * n];
+                pool.install(|| matmul_transposed_weight(&mut got, lhs, rhs));
+                let differ = super::super::differing_bits(&got, &want);
+                assert_eq!(
+                    differ, 0,
+                    "transposed weight: {m}x{k}x{n}, {threads} threads"
                 );
             }
         }
