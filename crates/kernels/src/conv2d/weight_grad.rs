@@ -28,10 +28,10 @@ enum SumLayout {
 /// than output channels (whose input is its own column matrix), column-major elsewhere (the
 /// column matrix of a larger kernel has more rows than the output channels of ResNet's layers).
 /// Measured on AMD Zen 4 with `conv_passes` (wall clock of 2 threads, best of 7, 3 alternating
-/// rounds, best / median), column-major -> row-major: (64 -> 256) at 28x28 6.14 / 5.97 -> 4.67 /
-/// 4.58 ms at batch 32 and 3.05 / 2.91 -> 2.34 / 2.30 at batch 16, (64 -> 128) 2.89 / 2.86 ->
-/// 2.51 / 2.48, (128 -> 256) 10.08 / 9.68 -> 8.95 / 8.94, (256 -> 512) at 14x14 9.34 / 9.30 ->
-/// 8.73 / 8.73 at batch 32 and 5.20 / 5.11 -> 4.54 / 4.46 at batch 16.
+/// rounds, best / median), column-major -> row-major: (64 -> 256) at 28x28 5.97 / 6.14 -> 4.58 /
+/// 4.67 ms at batch 32 and 2.91 / 3.05 -> 2.30 / 2.34 at batch 16, (64 -> 128) 2.86 / 2.89 ->
+/// 2.48 / 2.51, (128 -> 256) 9.68 / 10.08 -> 8.94 / 8.95, (256 -> 512) at 14x14 9.30 / 9.34 ->
+/// 8.73 / 8.73 at batch 32 and 5.11 / 5.20 -> 4.46 / 4.54 at batch 16.
 fn sum_layout(g: &ConvGeometry) -> SumLayout {
     if g.is_pointwise() && g.patch_len() < g.group_out_channels() {
         SumLayout::RowMajor
