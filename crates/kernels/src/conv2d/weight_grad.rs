@@ -25,15 +25,18 @@ enum SumLayout {
 }
 
 /// The layout whose repacked operand is the smaller: row-major for 1x1 layers with fewer input
-/// than output channels (whose input is its own column matrix), column-major elsewhere (the
-/// column matrix of a larger kernel has more rows than the output channels of ResNet's layers).
-/// Measured on AMD Zen 4 with `conv_passes` (wall clock of 2 threads, best of 7, 3 alternating
-/// rounds, best / median), column-major -> row-major: (64 -> 256) at 28x28 5.97 / 6.14 -> 4.58 /
-/// 4.67 ms at batch 32 and 2.91 / 3.05 -> 2.30 / 2.34 at batch 16, (64 -> 128) 2.86 / 2.89 ->
-/// 2.48 / 2.51, (128 -> 256) 9.68 / 10.08 -> 8.94 / 8.95, (256 -> 512) at 14x14 9.30 / 9.34 ->
-/// 8.73 / 8.73 at batch 32 and 5.11 / 5.20 -> 4.46 / 4.54 at batch 16.
+/// than output channels (whose column matrix has a row per input channel), column-major
+/// elsewhere (the column matrix of a larger kernel has more rows than the output channels of
+/// ResNet's layers). Measured on AMD Zen 4 with `conv_passes` (wall clock of 2 threads, best of
+/// 7, 3 alternating rounds, best / median), column-major -> row-major: (64 -> 256) at 28x28
+/// 5.97 / 6.14 -> 4.58 / 4.67 ms at batch 32 and 2.91 / 3.05 -> 2.30 / 2.34 at batch 16, (64 ->
+/// 128) 2.86 / 2.89 -> 2.48 / 2.51, (128 -> 256) 9.68 / 10.08 -> 8.94 / 8.95, (256 -> 512) at
+/// 14x14 9.30 / 9.34 -> 8.73 / 8.73 at batch 32 and 5.11 / 5.20 -> 4.46 / 4.54 at batch 16; at
+/// stride 2, (256 -> 512) from 28x28 10.89 / 12.31 -> 9.84 / 10.28 at batch 32 and 5.63 / 5.72
+/// -> 5.29 / 5.30 at batch 16, (64 -> 256) from 56x56 7.55 / 7.60 -> 5.49 / 6.37.
 fn sum_layout(g: &ConvGeometry) -> SumLayout {
-    if g.is_pointwise() && g.patch_len() < g.group_out_channels() {
+    let one_by_one = (g.kernel_h, g.kernel_w) == (1, 1);
+    if one_by_one && g.patch_len() < g.group_out_channels() {
         SumLayout::RowMajor
     } else {
         SumLayout::ColumnMajor
@@ -190,28 +193,30 @@ mod tests {
 
     /// The running sum gives the same gradient, bit for bit, in either layout: 1x1 layers with
     /// fewer input than output channels (which take the row-major one; at 28x28 gemm sums each
-    /// image's 784 pixels in two blocks), one with more, a grouped one, and a 3x3 layer.
+    /// image's 784 pixels in two blocks), at stride 1 and 2, one with more, a grouped one, and
+    /// a 3x3 layer.
     #[test]
     fn both_sum_layouts_give_the_same_bits() {
-        // (batch, in channels, out channels, size, kernel, groups)
-        for (n, ci, co, hw, kernel, groups) in [
-            (3, 16, 48, 9, 1, 1),
-            (2, 16, 40, 28, 1, 1),
-            (2, 24, 40, 14, 1, 1),
-            (4, 40, 24, 7, 1, 1),
-            (2, 16, 32, 6, 1, 2),
-            (2, 8, 24, 5, 3, 1),
+        // (batch, in channels, out channels, size, kernel, stride, groups)
+        for (n, ci, co, hw, kernel, stride, groups) in [
+            (3, 16, 48, 9, 1, 1, 1),
+            (2, 16, 40, 28, 1, 1, 1),
+            (2, 24, 40, 14, 1, 1, 1),
+            (2, 24, 40, 15, 1, 2, 1),
+            (4, 40, 24, 7, 1, 1, 1),
+            (2, 16, 32, 6, 1, 1, 2),
+            (2, 8, 24, 5, 3, 1, 1),
         ] {
             let g = ConvGeometry::new(
                 &[n, ci, hw, hw],
                 &[co, ci / groups, kernel, kernel],
-                1,
+                stride,
                 kernel / 2,
                 groups,
             )
             .expect("geometry");
             let x = super::super::test_values(n * ci * hw * hw, 5);
-            let dy = super::super::test_values(n * co * hw * hw, 6);
+            let dy = super::super::test_values(n * co * g.out_pixels(), 6);
             let len = g.weight_group_len();
             for group in 0..groups {
                 let [mut col, mut row] = [vec![f32::NAN; len], vec![f32::NAN; len]];
@@ -224,7 +229,7 @@ mod tests {
                 let differ = super::super::differing_bits(&row, &col);
                 assert_eq!(
                     differ, 0,
-                    "{n}x{ci}->{co} @{hw} k{kernel} g{groups}, group {group}"
+                    "{n}x{ci}->{co} @{hw} k{kernel} s{stride} g{groups}, group {group}"
                 );
             }
         }
