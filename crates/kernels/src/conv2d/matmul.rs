@@ -358,31 +358,15 @@ mod tests {
             };
             let mut want = vec![0.0f32; m * n];
             matmul(&mut want, false, lhs, rhs, Parallelism::None);
-            for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut got = vec![f32::NAN; m * n];
-                pool.install(|| matmul_by_columns(&mut got, lhs, rhs));
-                let differ = super::super::differing_bits(&got, &want);
-                assert_eq!(
-                    differ, 0,
-                    "{m}x{k}x{n} transposed {transposed}, {threads} threads"
-                );
-                // The transposed problem cut by rows: `rhs^T @ lhs^T`, the left operand a
-                // transposed view (the input gradient's), rows of at most 64 columns among
-                // them.
-                let mut want_t = vec![0.0f32; n * m];
-                matmul(&mut want_t, false, rhs.t(), lhs.t(), Parallelism::None);
-                let mut got_t = vec![f32::NAN; n * m];
-                pool.install(|| matmul_by_rows(&mut got_t, rhs.t(), lhs.t()));
-                let differ = super::super::differing_bits(&got_t, &want_t);
-                assert_eq!(
-                    differ, 0,
-                    "by rows: {n}x{k}x{m} transposed {transposed}, {threads} threads"
-                );
-            }
+            let shape = format!("{m}x{k}x{n} transposed {transposed}");
+            same_bits_in_pools(&want, &shape, |got| matmul_by_columns(got, lhs, rhs));
+            // The transposed problem cut by rows: `rhs^T @ lhs^T`, the left operand a
+            // transposed view (the input gradient's), rows of at most 64 columns among them.
+            let mut want_t = vec![0.0f32; n * m];
+            matmul(&mut want_t, false, rhs.t(), lhs.t(), Parallelism::None);
+            same_bits_in_pools(&want_t, &format!("by rows: {shape}"), |got| {
+                matmul_by_rows(got, rhs.t(), lhs.t())
+            });
         }
     }
 
@@ -404,24 +388,29 @@ mod tests {
             let rhs = MatRef::row_major(&b, k, n);
             let mut want = vec![0.0f32; m * n];
             matmul(&mut want, false, lhs, rhs, Parallelism::None);
-            for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut got = vec![f32::NAN; m * n];
-                let threaded = || super::super::schedule::gemm_threads();
-                pool.install(|| matmul(&mut got, false, lhs, rhs, threaded()));
-                let differ = super::super::differing_bits(&got, &want);
-                assert_eq!(differ, 0, "gemm's threads: {m}x{k}x{n}, {threads} threads");
-                let mut got = vec![f32::NAN; m * n];
-                pool.install(|| matmul_transposed_weight(&mut got, lhs, rhs));
-                let differ = super::super::differing_bits(&got, &want);
-                assert_eq!(
-                    differ, 0,
-                    "transposed weight: {m}x{k}x{n}, {threads} threads"
-                );
-            }
+            let shape = format!("{m}x{k}x{n}");
+            same_bits_in_pools(&want, &format!("gemm's threads: {shape}"), |got| {
+                let threaded = super::super::schedule::gemm_threads();
+                matmul(got, false, lhs, rhs, threaded)
+            });
+            same_bits_in_pools(&want, &format!("transposed weight: {shape}"), |got| {
+                matmul_transposed_weight(got, lhs, rhs)
+            });
+        }
+    }
+
+    /// Runs `product` into a buffer of NaN under rayon pools of 1, 2 and 3 threads, and checks
+    /// each result against `want` bit for bit.
+    fn same_bits_in_pools(want: &[f32], what: &str, product: impl Fn(&mut [f32]) + Sync) {
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut got = vec![f32::NAN; want.len()];
+            pool.install(|| product(&mut got));
+            let differ = super::super::differing_bits(&got, want);
+            assert_eq!(differ, 0, "{what}, {threads} threads");
         }
     }
 
