@@ -57,7 +57,9 @@ use super::geometry::ConvGeometry;
 use super::matmul::{matmul, MatRef};
 use super::scratch::{with_columns, Scratch};
 use super::weight_packs::{packed, PackKind, WeightPacks};
-use super::winograd_plan::{lanes_here, Coefs, Plan, Tile, Winograd, Winograd2, Winograd4};
+use super::winograd_plan::{
+    lanes_here, Coefs, Filters, Plan, Tile, Winograd, Winograd2, Winograd4,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -229,23 +231,23 @@ fn transform_maps<const M: usize, const IN: usize, const OUT: usize, C: Coefs<IN
     out
 }
 
-/// The filter transform `U = G g G^T` of every (output, input) channel pair of the
-/// `(c_out, c_in, 3, 3)` weight `w`: `(c_out, A*A, c_in)` values, in parallel over output
-/// channels.
+/// The filter transform `U = G g G^T` of every (output, input) channel pair of `filters`
+/// (`c_out x c_in` filters): `(c_out, A*A, c_in)` values, in parallel over output channels.
 fn transform_weights<const M: usize, const A: usize, W: Winograd<M, A>>(
-    w: &[f32],
+    filters: Filters<'_>,
     c_out: usize,
     c_in: usize,
 ) -> Scratch {
+    assert_eq!(filters.len(), c_out * c_in * 9);
     let mut u = Scratch::take(c_out * A * A * c_in);
     u.par_chunks_mut(A * A * c_in)
-        .zip(w.par_chunks(c_in * 9))
-        .for_each(|(u_o, w_o)| {
+        .enumerate()
+        .for_each(|(o, u_o)| {
             with_columns(9 * c_in + 3 * A * c_in, |work| {
                 let (taps, rows) = work.split_at_mut(9 * c_in);
-                for (c, filter) in w_o.chunks_exact(9).enumerate() {
-                    for (t, v) in filter.iter().enumerate() {
-                        taps[t * c_in + c] = *v;
+                for c in 0..c_in {
+                    for t in 0..9 {
+                        taps[t * c_in + c] = filters.tap(o, c, t);
                     }
                 }
                 // rows[(i*3 + kx)] = sum_ky G[i][ky] g[ky][kx].
@@ -326,22 +328,23 @@ fn output_map<const M: usize, const A: usize, C: Coefs<A, M>>(
 }
 
 /// The forward pass on a plan: `y` (`batch x c_out` maps) from `x` (`batch x c_in` maps) and
-/// `w` (`(c_out, c_in, 3, 3)`), `then(image, y_image)` on each image once its output is written.
+/// `filters` (`c_out x c_in`), `then(image, y_image)` on each image once its output is written;
+/// `packs` holds the filters' transform where given, which only the forward's own filters may
+/// use.
 fn forward_plan<const M: usize, const A: usize, W: Winograd<M, A>>(
     p: &Plan,
     x: &[f32],
-    (w, packs): (&[f32], Option<&WeightPacks>),
+    (filters, packs): (Filters<'_>, Option<&WeightPacks>),
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if lanes_here() {
-        let filters = super::winograd_lanes::Filters::forward(w, p.c_in);
         return super::winograd_lanes::forward_plan::<M, A, W>(p, x, (filters, packs), y, then);
     }
     let (c_in, c_out, tiles, pixels) = (p.c_in, p.c_out, p.tiles(), p.pixels());
     let u = packed(packs, PackKind::Winograd { a: A }, || {
-        transform_weights::<M, A, W>(w, c_out, c_in)
+        transform_weights::<M, A, W>(filters, c_out, c_in)
     });
     let image_len = c_out * pixels;
     let band = c_out.div_ceil(8).max(1);
@@ -451,44 +454,25 @@ pub fn forward_into(
     y: &mut [f32],
     then: Epilogue<'_>,
 ) {
+    let filters = (Filters::forward(w.0, g.in_channels), w.1);
     match tile {
-        Tile::F2 => forward_plan::<2, 4, Winograd2>(&plan(g, 2), x, w, y, then),
-        Tile::F4 => forward_plan::<4, 6, Winograd4>(&plan(g, 4), x, w, y, then),
+        Tile::F2 => forward_plan::<2, 4, Winograd2>(&plan(g, 2), x, filters, y, then),
+        Tile::F4 => forward_plan::<4, 6, Winograd4>(&plan(g, 4), x, filters, y, then),
     }
 }
 
 /// Input gradient of `g` (dense 3x3, stride 1, padding 1): the "same" convolution of `dy`
-/// with `w` flipped in both spatial axes, input and output channels swapped, into `dx` (any
-/// contents: every value is written, as the forward writes its output).
+/// with `w` flipped in both spatial axes, input and output channels swapped (read from `w` in
+/// place, [`Filters::swapped_and_flipped`]), into `dx` (any contents: every value is written,
+/// as the forward writes its output).
 pub fn input_grad_into(tile: Tile, g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (c_in, c_out) = (g.in_channels, g.out_channels);
     let none: Epilogue<'_> = &|_, _| {};
     let swapped = |m| Plan::new(m, g.batch, c_out, c_in, g.in_h, g.in_w);
-    #[cfg(target_arch = "x86_64")]
-    if lanes_here() {
-        // The lane transforms read the flipped filters in place.
-        use super::winograd_lanes::{forward_plan, Filters};
-        let filters = (Filters::swapped_and_flipped(w, c_in), None);
-        return match tile {
-            Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, filters, dx, none),
-            Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, filters, dx, none),
-        };
-    }
-    let mut flipped = Scratch::take(c_out * c_in * 9);
-    flipped
-        .par_chunks_mut(c_out * 9)
-        .enumerate()
-        .for_each(|(c, w_c)| {
-            for (o, filter) in w_c.chunks_exact_mut(9).enumerate() {
-                let src = &w[(o * c_in + c) * 9..][..9];
-                for (t, v) in filter.iter_mut().enumerate() {
-                    *v = src[8 - t];
-                }
-            }
-        });
+    let filters = (Filters::swapped_and_flipped(w, c_in), None);
     match tile {
-        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, (&flipped, None), dx, none),
-        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, (&flipped, None), dx, none),
+        Tile::F2 => forward_plan::<2, 4, Winograd2>(&swapped(2), dy, filters, dx, none),
+        Tile::F4 => forward_plan::<4, 6, Winograd4>(&swapped(4), dy, filters, dx, none),
     }
 }
 

@@ -12,8 +12,7 @@
 //! unrolled, so their coefficients are constants: `unrolled!`), and its entries go to their rows
 //! of the GEMM operands. The output transform reads the products the same way and writes the
 //! image's maps back channel by channel; the filter transform and its adjoint (weight
-//! gradient) run on 16 output or input channels at a time. The input gradient's filters (the
-//! weight flipped, its channels swapped) are read from the weight in place ([`Filters`]).
+//! gradient) run on 16 output or input channels at a time.
 //!
 //! The transforms sum in the order of `winograd.rs` (over `j`, zero coefficients skipped), with
 //! fused multiply-adds for the coefficients other than 1 and -1, and the GEMMs read their
@@ -31,7 +30,7 @@ use super::matmul::{matmul, matmul_strided, MatRef};
 use super::schedule::SharedOutput;
 use super::scratch::{with_columns, Scratch};
 use super::weight_packs::{packed, PackKind, WeightPacks};
-use super::winograd_plan::{Coefs, Plan, Winograd};
+use super::winograd_plan::{Coefs, Filters, Plan, Winograd};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -320,48 +319,6 @@ fn lane_mask(lanes: usize) -> __mmask16 {
     }
 }
 
-/// The 3x3 filters a transform reads: filter `(o, i)` (output channel `o`, input channel `i` of
-/// the convolution run) starts at `w[o * o_stride + i * i_stride]`, its 9 taps in order, or in
-/// reverse order when `flipped`. A `(C_out, C_in, 3, 3)` weight as it is ([`Filters::forward`]),
-/// or read as the input gradient's convolution reads it ([`Filters::swapped_and_flipped`]):
-/// without a flipped copy of the weight.
-#[derive(Clone, Copy)]
-pub(super) struct Filters<'a> {
-    w: &'a [f32],
-    o_stride: usize,
-    i_stride: usize,
-    flipped: bool,
-}
-
-impl<'a> Filters<'a> {
-    /// The `(c_out, c_in, 3, 3)` weight `w`, read as it is.
-    pub(super) fn forward(w: &'a [f32], c_in: usize) -> Self {
-        Self {
-            w,
-            o_stride: c_in * 9,
-            i_stride: 9,
-            flipped: false,
-        }
-    }
-
-    /// The filters of the input gradient's convolution of a `(c_out, c_in, 3, 3)` weight `w`:
-    /// filter `(o, i)` is `w`'s filter `(i, o)` flipped in both spatial axes.
-    pub(super) fn swapped_and_flipped(w: &'a [f32], c_in: usize) -> Self {
-        Self {
-            w,
-            o_stride: 9,
-            i_stride: c_in * 9,
-            flipped: true,
-        }
-    }
-
-    /// Tap `t` (row-major over the 3x3 window) of filter `(o, i)`.
-    fn tap(&self, o: usize, i: usize, t: usize) -> f32 {
-        let t = if self.flipped { 8 - t } else { t };
-        self.w[o * self.o_stride + i * self.i_stride + t]
-    }
-}
-
 /// Input channels one task of [`transform_weights`] transforms: the rows it writes, `A*A`
 /// runs of this many rows of `c_out` values, stay in a core's L2 cache until they are whole.
 const FILTER_ROWS: usize = 8;
@@ -379,7 +336,7 @@ fn transform_weights<const M: usize, const A: usize, W: Winograd<M, A>>(
     c_out: usize,
     c_in: usize,
 ) -> Scratch {
-    assert_eq!(filters.w.len(), c_out * c_in * 9);
+    assert_eq!(filters.len(), c_out * c_in * 9);
     let mut u = Scratch::take(A * A * c_in * c_out);
     let shared = SharedOutput::new(&mut u);
     let shared = &shared;

@@ -152,6 +152,53 @@ pub(super) fn lanes_here() -> bool {
     cfg!(target_arch = "x86_64") && crate::cpu_features::amd_avx512()
 }
 
+/// The 3x3 filters a transform reads: filter `(o, i)` (output channel `o`, input channel `i` of
+/// the convolution run) starts at `w[o * o_stride + i * i_stride]`, its 9 taps in order, or in
+/// reverse order when `flipped`. A `(C_out, C_in, 3, 3)` weight as it is ([`Filters::forward`]),
+/// or read as the input gradient's convolution reads it ([`Filters::swapped_and_flipped`]):
+/// without a flipped copy of the weight.
+#[derive(Clone, Copy)]
+pub(super) struct Filters<'a> {
+    w: &'a [f32],
+    o_stride: usize,
+    i_stride: usize,
+    flipped: bool,
+}
+
+impl<'a> Filters<'a> {
+    /// The `(c_out, c_in, 3, 3)` weight `w`, read as it is.
+    pub(super) fn forward(w: &'a [f32], c_in: usize) -> Self {
+        Self {
+            w,
+            o_stride: c_in * 9,
+            i_stride: 9,
+            flipped: false,
+        }
+    }
+
+    /// The filters of the input gradient's convolution of a `(c_out, c_in, 3, 3)` weight `w`:
+    /// filter `(o, i)` is `w`'s filter `(i, o)` flipped in both spatial axes.
+    pub(super) fn swapped_and_flipped(w: &'a [f32], c_in: usize) -> Self {
+        Self {
+            w,
+            o_stride: 9,
+            i_stride: c_in * 9,
+            flipped: true,
+        }
+    }
+
+    /// Values of the weight read (`c_out * c_in * 9` for a whole weight).
+    pub(super) fn len(&self) -> usize {
+        self.w.len()
+    }
+
+    /// Tap `t` (row-major over the 3x3 window) of filter `(o, i)`.
+    pub(super) fn tap(&self, o: usize, i: usize, t: usize) -> f32 {
+        let t = if self.flipped { 8 - t } else { t };
+        self.w[o * self.o_stride + i * self.i_stride + t]
+    }
+}
+
 /// Sizes of one Winograd convolution ("same" 3x3 on `H x W` maps).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Plan {
