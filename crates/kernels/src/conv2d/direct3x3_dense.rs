@@ -12,6 +12,11 @@
 //!   every output position of a group of images is an offset into that copy: positions run
 //!   across rows and images, none computed to be thrown away (the per-image kernels round each
 //!   map up to whole blocks on rows of `W + 1`).
+//! - The positions are sorted by which taps of their window read inside the map (all 9; 6 on
+//!   an edge of the map, 4 in a corner), and a register block holds positions of one such
+//!   class, which skips the taps that would read the zero border: on a 4x4 output with 512
+//!   channels 100 of every 144 taps are read (31% fewer multiply-adds), and 91% of them at
+//!   stride 2 from 14x14 to 7x7.
 //! - The weights are packed per block of 64 output channels, `(C_in, 9, 64)`, so that the 64
 //!   input channels one pass reads (144 KiB, 8 channels where `C_in` is not a multiple of 64)
 //!   lie together in the L2 cache, read in order; each pass runs over every position of the
@@ -24,9 +29,11 @@
 //!   last they are written to the NCHW output.
 //!
 //! Each output value is one chain of fused multiply-adds from zero: input channels in order,
-//! the 9 taps in row-major order within each. A sum stored between passes is the f32 the
-//! register held, so the values do not depend on the blocking, the grouping of images or the
-//! number of threads.
+//! the taps that read inside the map in row-major order within each. A product with the zero
+//! border adds a zero, which leaves any sum but a zero one as it was, so these are the values of
+//! the chain over all 9 taps (the plain loop the tests compare with) except for the sign of an
+//! exact zero, and an infinite or NaN weight on a skipped tap no longer makes the output NaN. A sum stored between passes is the f32 the register held, so the values
+//! do not depend on the blocking, the grouping of images or the number of threads.
 //!
 //! The forward runs it at stride 1 and 2. The stride-1 input gradient is the same computation
 //! on the output gradient with the weights flipped in both spatial axes and their channels
@@ -308,23 +315,13 @@ unsafe fn convolve_images(
 ) {
     let (plane, opix) = (d.plane(), d.out_pixels());
     let positions = images * opix;
-    let blocks = positions.div_ceil(P);
-    // Each position's top-left read in `x` and its value's index in `y` (channel 0); the last
-    // block's spare slots repeat the last position and are not written back.
-    let (mut reads, mut writes) = (
-        Vec::with_capacity(blocks * P),
-        Vec::with_capacity(blocks * P),
-    );
-    for q in 0..blocks * P {
-        let (image, pixel) = (q.min(positions - 1) / opix, q.min(positions - 1) % opix);
-        reads.push(d.read(image, pixel));
-        writes.push(image * d.c_out * opix + pixel);
-    }
-    let taps: [usize; 9] = std::array::from_fn(|t| d.tap(t));
-    let last_read = reads[blocks * P - 1] + (d.c_in - 1) * plane + taps[8];
-    let last_write = writes[blocks * P - 1] + (d.c_out - 1) * opix;
+    let plan = BlockPlan::new(d, images);
+    let last_read = plan.reads.iter().max().copied().unwrap_or(0) + (d.c_in - 1) * plane;
+    let last_read = last_read + d.tap(8);
+    let last_write = plan.writes.iter().max().copied().unwrap_or(0) + (d.c_out - 1) * opix;
     assert!(
         x.len() == images * d.c_in * plane
+            && positions > 0
             && last_read < x.len()
             && y_len == images * d.c_out * opix
             && last_write < y_len
@@ -340,6 +337,7 @@ unsafe fn convolve_images(
     } else {
         CI_BLOCK_MIN
     };
+    let blocks = plan.blocks.len();
     let mut sums = Scratch::take(blocks * P * CO_BLOCK);
     for co in co.step_by(CO_BLOCK) {
         let block_weights = &packed[co * d.c_in * 9..][..d.c_in * 9 * CO_BLOCK];
@@ -347,23 +345,103 @@ unsafe fn convolve_images(
             let pass = ChannelPass {
                 x: x.as_ptr().add(ci * plane),
                 plane,
-                taps: &taps,
                 w: block_weights.as_ptr().add(ci * 9 * CO_BLOCK),
                 channels: per_pass,
                 first: ci == 0,
             };
             let last = ci + per_pass == d.c_in;
-            for b in 0..blocks {
+            for (b, block) in plan.blocks.iter().enumerate() {
                 let sums = sums.as_mut_ptr().add(b * P * CO_BLOCK);
-                let acc = pass.block(&reads[b * P..][..P], sums);
+                let slots = block.first..block.first + P;
+                let taps = &plan.taps[block.taps];
+                let acc = pass.block(&plan.reads[slots.clone()], taps, sums);
                 if last {
-                    let valid = (positions - b * P).min(P);
-                    write_back(&acc, (y, &writes[b * P..][..valid], co, opix));
+                    let writes = &plan.writes[block.first..][..block.valid];
+                    write_back(&acc, (y, writes, co, opix));
                 } else {
                     store(&acc, sums);
                 }
             }
         }
+    }
+}
+
+/// The register blocks of one task's positions: the positions sorted by which taps of the 3x3
+/// window read inside the input map (all 9 inside it; on the maps' edges 6, in the corners 4,
+/// on maps of one row or column fewer), so that the 6 positions of a block read the same taps
+/// and skip the others, whose reads are the zero border. Each class's last block fills its spare
+/// slots with the class's last position, computed and not written back.
+struct BlockPlan {
+    /// Per slot, the position's top-left read in the task's bordered input.
+    reads: Vec<usize>,
+    /// Per slot, the position's value's index in the task's output (channel 0).
+    writes: Vec<usize>,
+    /// The taps each class reads: `(t, offset)` pairs, `t` row-major in the window.
+    taps: Vec<Vec<(usize, usize)>>,
+    blocks: Vec<SlotBlock>,
+}
+
+/// [`P`] consecutive slots of a [`BlockPlan`].
+struct SlotBlock {
+    /// The block's first slot.
+    first: usize,
+    /// Slots holding positions of their own, written back.
+    valid: usize,
+    /// The class of its positions: an index into [`BlockPlan::taps`].
+    taps: usize,
+}
+
+impl BlockPlan {
+    fn new(d: &Dims, images: usize) -> Self {
+        let opix = d.out_pixels();
+        // Which rows (columns) of the window read inside the map, as 3 bits.
+        let inside = |out: usize, len: usize| -> usize {
+            (0..3)
+                .filter(|&k| (1..=len).contains(&(d.stride * out + k)))
+                .map(|k| 1 << k)
+                .sum()
+        };
+        let class = |pixel: usize| {
+            let rows = inside(pixel / d.ow, d.h);
+            let cols = inside(pixel % d.ow, d.w);
+            (0..9)
+                .filter(|t| rows & (1 << (t / 3)) != 0 && cols & (1 << (t % 3)) != 0)
+                .fold(0usize, |mask, t| mask | 1 << t)
+        };
+        let mut order: Vec<(usize, usize)> = (0..images * opix)
+            .map(|q| (usize::MAX - class(q % opix), q))
+            .collect();
+        // The full windows first, then the fewer taps; within a class the positions in order.
+        order.sort_unstable();
+        let mut plan = Self {
+            reads: Vec::new(),
+            writes: Vec::new(),
+            taps: Vec::new(),
+            blocks: Vec::new(),
+        };
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let mask = usize::MAX - run[0].0;
+            plan.taps.push(
+                (0..9)
+                    .filter(|t| mask & (1 << t) != 0)
+                    .map(|t| (t, d.tap(t)))
+                    .collect(),
+            );
+            for chunk in run.chunks(P) {
+                plan.blocks.push(SlotBlock {
+                    first: plan.reads.len(),
+                    valid: chunk.len(),
+                    taps: plan.taps.len() - 1,
+                });
+                for k in 0..P {
+                    let q = chunk[k.min(chunk.len() - 1)].1;
+                    let (image, pixel) = (q / opix, q % opix);
+                    plan.reads.push(d.read(image, pixel));
+                    plan.writes.push(image * d.c_out * opix + pixel);
+                }
+            }
+        }
+        plan
     }
 }
 
@@ -387,13 +465,11 @@ use std::arch::x86_64::{
 
 /// One pass of `channels` input channels over register blocks of positions.
 #[cfg(target_arch = "x86_64")]
-struct ChannelPass<'a> {
+struct ChannelPass {
     /// The first input channel's bordered map of the task's first image.
     x: *const f32,
     /// Values between consecutive input channels' maps.
     plane: usize,
-    /// Offset of each tap's read from a position's top-left read.
-    taps: &'a [usize; 9],
     /// The first input channel's packed weights of this block of output channels.
     w: *const f32,
     channels: usize,
@@ -402,15 +478,21 @@ struct ChannelPass<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl ChannelPass<'_> {
-    /// The 6 x 4 vectors of sums of positions `reads` after this pass.
+impl ChannelPass {
+    /// The 6 x 4 vectors of sums of positions `reads` after this pass, over the taps `taps`
+    /// (`(t, offset)`: the weight's tap `t` read `offset` past a position's top-left read).
     ///
     /// # Safety
-    /// AVX-512F; every read `reads[k] + c * plane + taps[t]` (`c < channels`) lies in the input,
-    /// and `sums` holds 6 x 64 values.
+    /// AVX-512F; every read `reads[k] + c * plane + offset` (`c < channels`) lies in the input,
+    /// every `t < 9`, and `sums` holds 6 x 64 values.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn block(&self, reads: &[usize], sums: *const f32) -> [[__m512; 4]; P] {
+    unsafe fn block(
+        &self,
+        reads: &[usize],
+        taps: &[(usize, usize)],
+        sums: *const f32,
+    ) -> [[__m512; 4]; P] {
         let mut acc = [[_mm512_setzero_ps(); 4]; P];
         if !self.first {
             for (k, acc_k) in acc.iter_mut().enumerate() {
@@ -427,7 +509,7 @@ impl ChannelPass<'_> {
         for c in 0..self.channels {
             let w_c = self.w.add(c * 9 * CO_BLOCK);
             let channel = c * self.plane;
-            for (t, &tap) in self.taps.iter().enumerate() {
+            for &(t, tap) in taps {
                 let read = channel + tap;
                 let mut wv = [_mm512_setzero_ps(); 4];
                 for (v, wv) in wv.iter_mut().enumerate() {

@@ -90,11 +90,13 @@ fn forward_with(
     if stem_direct(g, Pass::Forward) {
         return super::stem_direct::forward_into(g, x, w, y, then);
     }
-    if direct_dense(g, Pass::Forward) {
-        return super::direct3x3_dense::forward_into(g, x, (w, packs), y, then);
-    }
+    // The evaluation's Winograd choice first: on Zen 4 it differs from the training forward's
+    // dense kernel on 4x4 maps with 512 channels (`select.rs`).
     if let Some(tile) = tile {
         return super::winograd::forward_into(tile, g, x, (w, packs), y, then);
+    }
+    if direct_dense(g, Pass::Forward) {
+        return super::direct3x3_dense::forward_into(g, x, (w, packs), y, then);
     }
     if direct_3x3(g, Pass::Forward) {
         return super::direct3x3::forward_into(g, x, w, y, then);

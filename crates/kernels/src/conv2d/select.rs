@@ -333,6 +333,18 @@ enum Dense {
 /// channels at batch 16 as well: `conv_passes` (wall clock of 2 threads, best of 9, 3 rounds)
 /// 5.48-6.35 against GEMM's 6.71-7.27 ms; in ResNet-50 batch-16 steps (3 alternating profile
 /// rounds, against the choice before and the transform before) 14.4-15.5 -> 12.1-13.7 ms.
+/// Once the dense kernel over the batch skipped the taps that read the zero border
+/// (`direct3x3_dense.rs`), Zen 4 took it for the forward of 4x4 maps with 512 channels at
+/// batch 16, at stride 2 (from 7x7) and stride 1: `conv_passes` (wall clock of 2 threads, best
+/// of 9, 3 rounds) at stride 2 6.30-7.01 against GEMM's 6.71-7.34 ms; in ResNet-50 batch-16
+/// steps (3 alternating profile rounds, against the choices and the kernel before) the
+/// stride-2 forward 7.5-8.2 -> 6.0-6.2 ms (its eval forward 7.5-8.1 -> 4.7-5.3), the two
+/// stride-1 forwards 13.3-15.2 -> 11.9-12.2. The kernel itself, `conv_passes` (best of 7, 2
+/// alternating rounds, before -> after): stride 2 from 7x7 with 512 channels 7.58-8.43 ->
+/// 6.18-6.42 ms at batch 16 and 13.09-14.73 -> 10.54-12.52 at batch 32, from 14x14 with 256
+/// 5.05-5.27 -> 4.64-5.04 at batch 16; at stride 1 on 4x4 maps level with F(2x2) (forward
+/// 5.99-7.46 against 5.76-7.53, input gradient 5.64-8.05 against 4.91-7.26), which keeps the
+/// input gradient there and the batch-32 forward.
 ///
 /// On a 2-core AMD EPYC Zen 3 (AVX2 only: `cpu_features::avx2_only`), wall clock of 2 threads,
 /// best of 7, 3 alternating rounds, against the choices above (Zen 4's), three differ:
@@ -376,10 +388,11 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
     if g.groups == 1 && g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.padding == 1 {
         let shape = g.batch >= 16 && (150..=400).contains(&pixels) && channels == 128;
         // The outputs measured at 112x112 input: 14x14, 7x7, and 4x4 (512 channels, whose
-        // weights outweigh the input below batch 32).
+        // weights outweigh the input below batch 32; on Zen 4 from batch 16, where its corner
+        // and edge positions skip their border taps).
         let dense = match pixels {
             150..=400 | 37..=64 => g.batch >= 16,
-            10..=36 => g.batch >= 32,
+            10..=36 => g.batch >= 32 || (zen4 && g.batch >= 16),
             _ => false,
         };
         // The weight gradient, measured on Zen 5 only: outputs of 14x14 (128 channels) and 7x7
@@ -416,6 +429,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         (37..=64, 256, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (150..=400, 128, Pass::Forward | Pass::InputGrad) if full_width => Dense::OverBatch,
         (10..=36, 512, Pass::InputGrad) if intel && !wide => Dense::OverBatch,
+        (10..=36, 512, Pass::Forward) if zen4 && !wide => Dense::OverBatch,
         // AVX2 without AVX-512 (Zen 3): Winograd for two weight gradients GEMM kept elsewhere.
         (700..=900, 64, Pass::WeightGrad) if avx2_only && !wide => Dense::Winograd(Tile::F4),
         (150..=400, 128.., Pass::WeightGrad) if avx2_only => Dense::Winograd(Tile::F2),
@@ -471,6 +485,26 @@ mod tests {
                 winograd_tile(&dense3x3(16, 512, 4), Pass::Forward),
                 Some(Tile::F4)
             );
+        }
+    }
+
+    /// On Zen 4 the dense kernel over the batch takes the forward of 4x4 maps with 512 channels
+    /// at batch 16, from 4x4 (stride 1) and from 7x7 (stride 2); at batch 32 it takes the stride-2
+    /// one on every CPU with the AVX-512 kernels and leaves the stride-1 one to F(2x2) on Zen 5
+    /// and Zen 4.
+    #[test]
+    fn the_dense_kernel_takes_the_measured_4x4_forwards() {
+        let zen4 = crate::cpu_features::zen4();
+        let (stride1, stride2) = (
+            |b| dense3x3(b, 512, 4),
+            |b| ConvGeometry::new(&[b, 512, 7, 7], &[512, 512, 3, 3], 2, 1, 1).expect("geometry"),
+        );
+        assert_eq!(direct_dense(&stride1(16), Pass::Forward), zen4);
+        assert_eq!(direct_dense(&stride2(16), Pass::Forward), zen4);
+        assert_eq!(direct_dense(&stride2(32), Pass::Forward), avx512_kernels());
+        assert!(!direct_dense(&stride1(8), Pass::Forward));
+        if amd_avx512() {
+            assert!(!direct_dense(&stride1(32), Pass::Forward));
         }
     }
 

@@ -140,7 +140,8 @@ mod tests {
 
     /// The evaluation forward of a 4x4 map with 512 channels at batch 16: on AMD Zen 5 the
     /// values of the forward forced to F(4x4), its transformed filters kept (one layout), and
-    /// not the training forward's (GEMM); elsewhere the training forward's values.
+    /// not the training forward's (GEMM, or the dense kernel on Zen 4); elsewhere the training
+    /// forward's values.
     #[test]
     fn the_eval_forward_of_a_one_tile_map_is_f4_on_zen5() {
         let g = ConvGeometry::new(&[16, 512, 4, 4], &[512, 512, 3, 3], 1, 1, 1).unwrap();
