@@ -219,6 +219,7 @@ pub fn forward_into(
     let weights = GroupWeights::new(w, c_in, c_out);
     let units = g.units();
     let in_place = weights.wide() && super::direct3x3_wide_rows::fits(g, c_out);
+    let narrow_in_place = !weights.wide() && super::direct3x3_narrow_rows::fits(g, c_out);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
         if unit + 1 < units {
@@ -234,6 +235,20 @@ pub fn forward_into(
                     (c_in, c_out),
                     (g.in_h, g.in_w),
                     g.stride,
+                )
+            };
+            then(unit, y_unit);
+            return;
+        }
+        if narrow_in_place {
+            let w_group = weights.group(g.group_of(unit));
+            // SAFETY: `fits` checked Zen 4 (AVX-512), the map and the channel counts; the
+            // unit's slices are checked inside.
+            unsafe {
+                super::direct3x3_narrow_rows::unit_forward(
+                    (x_unit, w_group, y_unit),
+                    (c_in, c_out),
+                    g.in_w,
                 )
             };
             then(unit, y_unit);

@@ -1,0 +1,265 @@
+//! The direct 3x3 kernel for narrow groups (4 and 8 output channels per group: ResNeXt-50's
+//! grouped layers on 28x28 and 14x14 maps at 112x112 input) reading a unit's input planes in
+//! place and writing its output planes in place, with 16 positions of one output row per
+//! vector, on AMD Zen 4.
+//!
+//! The padded-rows path (`direct3x3.rs`) copies each unit's input into zero-bordered planes,
+//! computes rows of `W + 1` positions and copies the output rows back out: `perf` on
+//! `conv_passes` (the 28x28 layer with 4 channels per group, batch 16) put the kernel at 30% of
+//! the three passes' samples and the copies and zero fills at 21%. Here a register block is
+//! `R` whole output rows of `V` vectors of 16 positions (`V = ceil(W / 16)`: 2 on 28x28 maps,
+//! whose second vector holds 12 positions, 1 on 14x14, which holds 14) for 4 output channels:
+//! 24 accumulators. Per input channel and tap, each row's vectors are one masked load from the
+//! input plane (the lanes that would read left or right of the map load zeros), the 4 weights
+//! are broadcast, and 24 fused multiply-adds follow; a kernel row above the map's first row or
+//! below its last is left out (`TOP`, `BOTTOM`). The lanes past the map's width compute
+//! values that are not stored.
+//!
+//! Each output value is the same chain of fused multiply-adds as the padded kernels compute
+//! (input channels in order, taps in row-major order within one), less the products with the
+//! rows of the zero border, and with a zero in place of the border columns: adding `w * 0` to a
+//! sum that starts at `+0` leaves it as it was, so for finite weights the values equal theirs
+//! bit for bit (with an infinite or NaN weight the padded kernels make the border positions NaN,
+//! where these leave the top and bottom rows finite). The stride-1 input gradient is the forward
+//! of the transposed layer (`direct3x3.rs`) and runs here too.
+//!
+//! Measured on a 2-core AMD EPYC Zen 4 against the padded rows, `conv_passes` (wall clock of 2
+//! threads, best of 7, 2 alternating rounds), forward / input gradient in ms: 28x28 with 4
+//! channels per group 1.43-1.47 / 1.39-1.49 -> 0.94-1.09 / 0.85-1.05 at batch 16, 3.25-3.36 /
+//! 3.16-3.32 -> 2.03-2.59 / 1.97-2.38 at 32; 14x14 with 8 per group 1.04-1.14 / 1.05-1.07 ->
+//! 0.71-0.78 / 0.74-0.80 at batch 16, 2.04-2.85 / 2.05-2.56 -> 1.59-1.77 / 1.49-1.69 at 32. In
+//! ResNeXt-50 batch-32 steps (`bench-one` profiles, 3 alternating rounds, ms per step): the
+//! 28x28 forward 8.0-8.4 -> 5.3-5.9, input gradient 7.7-7.9 -> 5.3-5.6, eval forward 7.8-8.4 ->
+//! 5.4-5.5; at 14x14 6.1-7.1 -> 4.3-5.1, 5.9-6.3 -> 4.3-4.7 and 6.2-6.8 -> 4.6.
+
+use super::geometry::ConvGeometry;
+
+/// Positions one vector holds.
+const LANES: usize = 16;
+/// Output channels of a register block.
+const CHANNELS: usize = 4;
+
+/// True when `g`, whose units have `group_out` output channels, runs here instead of through
+/// padded rows: stride 1, 3x3 with padding 1 on square 14x14 or 28x28 maps, 4 or 8 output
+/// channels per group, on AMD Zen 4, where it was measured (`select.rs`; Zen 5 runs
+/// `direct3x3_positions512.rs` on these groups, Intel the padded rows).
+pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
+    g.stride == 1
+        && g.padding == 1
+        && (g.kernel_h, g.kernel_w) == (3, 3)
+        && g.in_h == g.in_w
+        && matches!(g.in_w, 14 | 28)
+        && matches!(group_out, 4 | 8)
+        && crate::cpu_features::zen4()
+}
+
+/// One unit's output: `out[co][y][x] = sum_ci sum_(ky,kx) w[co][ci][ky*3+kx] *
+/// x[ci][y+ky-1][x+kx-1]` over the taps inside the `w x w` map, for the `c_in` input planes of
+/// `x` and the `c_out` output planes of `out`, with `weights` as the layer holds a group's,
+/// `(c_out, c_in, 9)`. Maps of 14 or 28, 4 or 8 output channels ([`fits`]).
+///
+/// # Safety
+/// The CPU supports AVX-512F; the shape is one [`fits`] takes.
+pub(super) unsafe fn unit_forward(
+    (x, weights, out): (&[f32], &[f32], &mut [f32]),
+    (c_in, c_out): (usize, usize),
+    w: usize,
+) {
+    assert!(x.len() == c_in * w * w && out.len() == c_out * w * w);
+    assert!(weights.len() == c_out * c_in * 9 && c_out.is_multiple_of(CHANNELS));
+    for co in (0..c_out).step_by(CHANNELS) {
+        let unit = Unit {
+            x: x.as_ptr(),
+            w: weights.as_ptr().add(co * c_in * 9),
+            out: out.as_mut_ptr().add(co * w * w),
+            summed: c_in,
+        };
+        // Blocks of whole output rows, top to bottom, of 24 accumulators (the last of 8 or 12).
+        // The generic arguments: map width, rows, vectors per row, and whether the block's
+        // first / last row reads above / below the map.
+        match w {
+            14 => {
+                unit.block::<14, 6, 1, true, false>(0);
+                unit.block::<14, 6, 1, false, false>(6);
+                unit.block::<14, 2, 1, false, true>(12);
+            }
+            28 => {
+                unit.block::<28, 3, 2, true, false>(0);
+                for y0 in (3..27).step_by(3) {
+                    unit.block::<28, 3, 2, false, false>(y0);
+                }
+                unit.block::<28, 1, 2, false, true>(27);
+            }
+            _ => panic!("direct3x3_narrow_rows: rows of {w}"),
+        }
+    }
+}
+
+/// One unit's operands for a block of 4 output channels: the input planes (`summed` of them),
+/// the block's weights (4 rows of `summed * 9`), its 4 output planes.
+struct Unit {
+    x: *const f32,
+    w: *const f32,
+    out: *mut f32,
+    summed: usize,
+}
+
+impl Unit {
+    /// Output rows `y0..y0 + R` of a `W x W` map, 4 output channels: `4 x R x V` accumulators
+    /// over the input channels and taps. `TOP` when the block's first row is the map's (its
+    /// kernel row 0 reads above the input), `BOTTOM` when its last row is (kernel row 2 reads
+    /// below).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; the unit's planes are `W x W`, `V == ceil(W / 16)`,
+    /// `y0 + R <= W`, `TOP` exactly when `y0 == 0`, `BOTTOM` exactly when `y0 + R == W`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    // Indexed loops over the accumulators: with iterators the compiler kept them on the stack.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn block<
+        const W: usize,
+        const R: usize,
+        const V: usize,
+        const TOP: bool,
+        const BOTTOM: bool,
+    >(
+        &self,
+        y0: usize,
+    ) {
+        use std::arch::x86_64::*;
+        debug_assert!(V == W.div_ceil(LANES) && y0 + R <= W && TOP == (y0 == 0));
+        debug_assert!(BOTTOM == (y0 + R == W));
+        let plane = W * W;
+        // Per vector and kernel column, the lanes whose read `16 v + lane + kx - 1` lies in the
+        // row; per vector, the lanes inside the map, which are stored.
+        let lanes_in = |first: isize| -> __mmask16 {
+            (0..LANES as isize)
+                .filter(|l| (0..W as isize).contains(&(first + l)))
+                .fold(0, |m, l| m | 1 << l)
+        };
+        let mut reads = [[0 as __mmask16; 3]; V];
+        let mut stores = [0 as __mmask16; V];
+        for v in 0..V {
+            for kx in 0..3 {
+                reads[v][kx] = lanes_in((v * LANES + kx) as isize - 1);
+            }
+            stores[v] = lanes_in((v * LANES) as isize);
+        }
+        let mut acc = [[[_mm512_setzero_ps(); V]; R]; CHANNELS];
+        for ci in 0..self.summed {
+            // SAFETY (all reads): input row y0 + r + ky - 1 lies in the map unless it is the
+            // border above the first row (TOP, r = 0, ky = 0) or below the last (BOTTOM, r =
+            // R - 1, ky = 2), which are left out; the lanes a mask leaves out read nothing (the
+            // address is formed with wrapping arithmetic); weight (o * summed + ci) * 9 + tap
+            // < 4 * summed * 9.
+            let xc = self.x.add(ci * plane);
+            let wc = self.w.add(ci * 9);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let mut wv = [_mm512_setzero_ps(); CHANNELS];
+                    for (o, wv) in wv.iter_mut().enumerate() {
+                        *wv = _mm512_set1_ps(*wc.add(o * self.summed * 9 + ky * 3 + kx));
+                    }
+                    for r in 0..R {
+                        let above = TOP && r == 0 && ky == 0;
+                        let below = BOTTOM && r == R - 1 && ky == 2;
+                        if !(above || below) {
+                            let row = xc.add((y0 + r + ky - 1) * W);
+                            for v in 0..V {
+                                let at = row.wrapping_add(v * LANES + kx).wrapping_sub(1);
+                                let xv = _mm512_maskz_loadu_ps(reads[v][kx], at);
+                                for o in 0..CHANNELS {
+                                    acc[o][r][v] = _mm512_fmadd_ps(wv[o], xv, acc[o][r][v]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (o, acc_o) in acc.iter().enumerate() {
+            for (r, acc_r) in acc_o.iter().enumerate() {
+                // SAFETY: output row y0 + r < W of plane o < 4; the mask stores the lanes
+                // inside the row.
+                let row = self.out.add(o * plane + (y0 + r) * W);
+                for v in 0..V {
+                    _mm512_mask_storeu_ps(row.wrapping_add(v * LANES), stores[v], acc_r[v]);
+                }
+            }
+        }
+    }
+
+    /// Never called: [`fits`] is false off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn block<
+        const W: usize,
+        const R: usize,
+        const V: usize,
+        const TOP: bool,
+        const BOTTOM: bool,
+    >(
+        &self,
+        _: usize,
+    ) {
+        unreachable!("direct3x3_narrow_rows runs only on x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{differing_bits, test_values};
+    use super::*;
+
+    /// One unit's output as the plain loop computes it: per value one `mul_add` chain from zero
+    /// over the input channels in order and the 9 taps in row-major order within each, a zero
+    /// where a tap reads outside the map.
+    fn plain(x: &[f32], wt: &[f32], (c_in, c_out): (usize, usize), w: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; c_out * w * w];
+        for co in 0..c_out {
+            for y in 0..w {
+                for xo in 0..w {
+                    let mut s = 0.0f32;
+                    for ci in 0..c_in {
+                        for t in 0..9 {
+                            let (iy, ix) = ((y + t / 3) as isize - 1, (xo + t % 3) as isize - 1);
+                            let inside =
+                                (0..w as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                            let v = if inside {
+                                x[(ci * w + iy as usize) * w + ix as usize]
+                            } else {
+                                0.0
+                            };
+                            s = wt[(co * c_in + ci) * 9 + t].mul_add(v, s);
+                        }
+                    }
+                    out[(co * w + y) * w + xo] = s;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every value of a unit is the plain loop's chain bit for bit, on both map sizes, with 4
+    /// and 8 output channels and 4 to 12 input channels; every output value is written.
+    #[test]
+    fn a_unit_is_the_plain_chain_bit_for_bit() {
+        if !crate::cpu_features::zen4() {
+            eprintln!("skipped: the kernel runs on AMD Zen 4 only");
+            return;
+        }
+        for (c_in, c_out, w) in [(4, 4, 28), (8, 8, 14), (4, 8, 14), (8, 4, 28), (12, 4, 14)] {
+            let x = test_values(c_in * w * w, 3);
+            let wt = test_values(c_out * c_in * 9, 7);
+            let mut out = vec![f32::NAN; c_out * w * w];
+            // SAFETY: Zen 4 (checked above: AVX-512F), and the shapes `fits` takes.
+            unsafe { unit_forward((&x, &wt, &mut out), (c_in, c_out), w) };
+            let want = plain(&x, &wt, (c_in, c_out), w);
+            assert_eq!(
+                differing_bits(&out, &want),
+                0,
+                "{c_in} -> {c_out} at {w}x{w}"
+            );
+        }
+    }
+}
