@@ -17,7 +17,9 @@
 //! Blocks of 4 output channels x 24 positions stay in 12 AVX registers while the loop runs over
 //! input channels and taps (1 of every `W + 1` positions lands on the zero column and is
 //! dropped). On AMD Zen 5 the groups too narrow for the wide kernel (4 and 8 output channels)
-//! run the same blocks with 16 positions per vector (`direct3x3_positions512.rs`), bit for bit.
+//! run the same blocks with 16 positions per vector (`direct3x3_positions512.rs`), bit for bit;
+//! on AMD Zen 4 those on 14x14 and 28x28 maps run on the unit's own planes, without the copies
+//! (`direct3x3_narrow_rows.rs`).
 //!
 //! The input gradient of a stride-1 convolution is the same convolution of the output gradient
 //! with each group's weights transposed (input and output channels swapped) and the taps
@@ -311,6 +313,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let chunks = partials(g.batch);
     let mut parts = vec![0.0f32; chunks * dw_len];
     let wide = runs_wide(c_out);
+    let narrow_in_place = !wide && super::direct3x3_narrow_rows::fits(g, c_out);
     for_each_unit(&mut parts, group_len, |task, dw_g, _| {
         let (chunk, group) = (task / g.groups, task % g.groups);
         let images = image_chunk(g.batch, chunk);
@@ -324,6 +327,18 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             );
         }
         dw_g.fill(0.0);
+        if narrow_in_place {
+            for image in images.clone() {
+                let unit = image * g.groups + group;
+                let operands = (g.input_unit(x, unit), g.output_unit(dy, unit), &mut *dw_g);
+                // SAFETY: `fits` checked Zen 4 (AVX-512), the map and the output channels;
+                // `applies` makes `c_in` a multiple of 4; the slices are checked inside.
+                unsafe {
+                    super::direct3x3_narrow_rows::unit_weight_grad(operands, (c_in, c_out), g.in_w)
+                };
+            }
+            return;
+        }
         with_columns(c_in * plane + c_out * positions, |buf| {
             let (padded, grads) = buf.split_at_mut(c_in * plane);
             for image in images.clone() {

@@ -23,6 +23,14 @@
 //! where these leave the top and bottom rows finite). The stride-1 input gradient is the forward
 //! of the transposed layer (`direct3x3.rs`) and runs here too.
 //!
+//! The weight gradient ([`unit_weight_grad`]) reads the input and output-gradient planes in
+//! place too: per 4 output channels, 2 input channels and kernel row, 24 accumulators (the 3
+//! taps of the row) over the output rows whose kernel row reads inside the map, each lane
+//! summing one column of a row's vector, then the 16 lanes summed. That is another order of
+//! additions than the padded kernel's (8 lanes over the padded rows), so the values round
+//! differently; no lane reads outside the map, so a non-finite pixel reaches only the weights
+//! whose products use it.
+//!
 //! Measured on a 2-core AMD EPYC Zen 4 against the padded rows, `conv_passes` (wall clock of 2
 //! threads, best of 7, 2 alternating rounds), forward / input gradient in ms: 28x28 with 4
 //! channels per group 1.43-1.47 / 1.39-1.49 -> 0.94-1.09 / 0.85-1.05 at batch 16, 3.25-3.36 /
@@ -30,7 +38,10 @@
 //! 0.71-0.78 / 0.74-0.80 at batch 16, 2.04-2.85 / 2.05-2.56 -> 1.59-1.77 / 1.49-1.69 at 32. In
 //! ResNeXt-50 batch-32 steps (`bench-one` profiles, 3 alternating rounds, ms per step): the
 //! 28x28 forward 8.0-8.4 -> 5.3-5.9, input gradient 7.7-7.9 -> 5.3-5.6, eval forward 7.8-8.4 ->
-//! 5.4-5.5; at 14x14 6.1-7.1 -> 4.3-5.1, 5.9-6.3 -> 4.3-4.7 and 6.2-6.8 -> 4.6.
+//! 5.4-5.5; at 14x14 6.1-7.1 -> 4.3-5.1, 5.9-6.3 -> 4.3-4.7 and 6.2-6.8 -> 4.6. The weight
+//! gradient, `conv_passes` (3 rounds): 28x28 1.15-1.39 -> 0.81-1.11 ms at batch 16, 2.94-2.96
+//! -> 2.11-2.28 at 32; 14x14 1.19-1.21 -> 0.84-1.03 at 16; in the batch-32 steps 8.8-9.1 ->
+//! 6.2-7.0 (28x28) and 7.7-8.3 -> 6.6-7.4 (14x14).
 
 use super::geometry::ConvGeometry;
 
@@ -209,6 +220,143 @@ impl Unit {
     }
 }
 
+/// Adds one unit's weight gradient to `dw` (`(c_out, c_in, 9)`, as the layer holds a group's):
+/// `dw[co][ci][ky*3+kx] += sum_(y,x) dy[co][y][x] * x[ci][y+ky-1][x+kx-1]` over the positions
+/// whose read lies inside the `w x w` map, for the `c_in` input planes of `x` and the `c_out`
+/// output-gradient planes of `dy` ([`fits`]'s shapes; `c_in` even). Per weight, 16 lane sums
+/// over the rows in order (lane `l` of a row's vector `v` holding column `16 v + l`), then their
+/// sum (`_mm512_reduce_add_ps`), added to `dw`.
+///
+/// # Safety
+/// The CPU supports AVX-512F; the shape is one [`fits`] takes, `c_in` is even.
+pub(super) unsafe fn unit_weight_grad(
+    (x, dy, dw): (&[f32], &[f32], &mut [f32]),
+    (c_in, c_out): (usize, usize),
+    w: usize,
+) {
+    assert!(x.len() == c_in * w * w && dy.len() == c_out * w * w);
+    assert!(dw.len() == c_out * c_in * 9 && c_in.is_multiple_of(2));
+    assert!(c_out.is_multiple_of(CHANNELS));
+    for co in (0..c_out).step_by(CHANNELS) {
+        let unit = GradUnit {
+            x: x.as_ptr(),
+            dy: dy.as_ptr().add(co * w * w),
+            dw: dw.as_mut_ptr().add(co * c_in * 9),
+            c_in,
+        };
+        for ci in (0..c_in).step_by(2) {
+            for ky in 0..3 {
+                match w {
+                    14 => unit.sums::<14, 1>(ci, ky),
+                    28 => unit.sums::<28, 2>(ci, ky),
+                    _ => panic!("direct3x3_narrow_rows: rows of {w}"),
+                }
+            }
+        }
+    }
+}
+
+/// One unit's operands for the weight gradient of a block of 4 output channels: the input
+/// planes, the block's 4 output-gradient planes, its 4 rows of `c_in * 9` weights.
+struct GradUnit {
+    x: *const f32,
+    dy: *const f32,
+    dw: *mut f32,
+    c_in: usize,
+}
+
+impl GradUnit {
+    /// The sums of kernel row `ky` (3 taps) for input channels `ci` and `ci + 1` and the 4
+    /// output channels: 24 accumulators over the rows of a `W x W` map, `V` vectors each.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; the planes are `W x W`, `V == ceil(W / 16)`, `ci + 1 < c_in`,
+    /// `ky < 3`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn sums<const W: usize, const V: usize>(&self, ci: usize, ky: usize) {
+        use std::arch::x86_64::*;
+        debug_assert!(V == W.div_ceil(LANES) && ci + 1 < self.c_in && ky < 3);
+        let plane = W * W;
+        let lanes_in = |first: isize| -> __mmask16 {
+            (0..LANES as isize)
+                .filter(|l| (0..W as isize).contains(&(first + l)))
+                .fold(0, |m, l| m | 1 << l)
+        };
+        // The lanes of real output columns whose read lies in the row: the others load zeros,
+        // as the output gradient's lanes past the row do.
+        let mut reads = [[0 as __mmask16; 3]; V];
+        let mut columns = [0 as __mmask16; V];
+        for v in 0..V {
+            columns[v] = lanes_in((v * LANES) as isize);
+            for kx in 0..3 {
+                reads[v][kx] = lanes_in((v * LANES + kx) as isize - 1) & columns[v];
+            }
+        }
+        // Output rows whose kernel row `ky` reads inside the map.
+        let rows = usize::from(ky == 0)..W - usize::from(ky == 2);
+        let mut acc = [[[_mm512_setzero_ps(); 3]; 2]; CHANNELS];
+        for y in rows {
+            for v in 0..V {
+                // SAFETY: row y < W of the 4 output-gradient planes; input row y + ky - 1
+                // inside the map (`rows`) of planes ci and ci + 1; masked-out lanes read
+                // nothing (wrapping address arithmetic).
+                let mut d = [_mm512_setzero_ps(); CHANNELS];
+                for (o, d) in d.iter_mut().enumerate() {
+                    let at = self.dy.add(o * plane + y * W + v * LANES);
+                    *d = _mm512_maskz_loadu_ps(columns[v], at);
+                }
+                for i in 0..2 {
+                    let row = self.x.add((ci + i) * plane + (y + ky - 1) * W);
+                    for kx in 0..3 {
+                        let at = row.wrapping_add(v * LANES + kx).wrapping_sub(1);
+                        let xv = _mm512_maskz_loadu_ps(reads[v][kx], at);
+                        for o in 0..CHANNELS {
+                            acc[o][i][kx] = _mm512_fmadd_ps(d[o], xv, acc[o][i][kx]);
+                        }
+                    }
+                }
+            }
+        }
+        self.add(&acc, ci, ky);
+    }
+
+    /// Adds each accumulator's sum to its weight. Kept out of [`GradUnit::sums`], as in
+    /// `stem_direct_weight_grad.rs`: the reduction's narrower operations, inlined, confined the
+    /// accumulators to the first 16 registers.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; as in [`GradUnit::sums`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn add(
+        &self,
+        acc: &[[[std::arch::x86_64::__m512; 3]; 2]; CHANNELS],
+        ci: usize,
+        ky: usize,
+    ) {
+        use std::arch::x86_64::*;
+        for o in 0..CHANNELS {
+            for i in 0..2 {
+                for kx in 0..3 {
+                    // SAFETY: weight (o, ci + i, ky * 3 + kx) of the block's 4 rows.
+                    let at = self.dw.add((o * self.c_in + ci + i) * 9 + ky * 3 + kx);
+                    *at += _mm512_reduce_add_ps(acc[o][i][kx]);
+                }
+            }
+        }
+    }
+
+    /// Never called: [`fits`] is false off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn sums<const W: usize, const V: usize>(&self, _: usize, _: usize) {
+        unreachable!("direct3x3_narrow_rows runs only on x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{differing_bits, test_values};
@@ -264,5 +412,53 @@ mod tests {
                 "{c_in} -> {c_out} at {w}x{w}"
             );
         }
+    }
+
+    /// A unit's weight gradient, added to what `dw` held, is within a few f32 roundings of the
+    /// f64 sum of its products (the taps that read outside the map contributing nothing), on
+    /// both map sizes with 4 and 8 output channels.
+    #[test]
+    fn a_unit_weight_gradient_is_the_f64_sum() {
+        if !crate::cpu_features::zen4() {
+            eprintln!("skipped: the kernel runs on AMD Zen 4 only");
+            return;
+        }
+        for (c_in, c_out, w) in [(4, 4, 28), (8, 8, 14), (4, 8, 14), (8, 4, 28)] {
+            let x = test_values(c_in * w * w, 13);
+            let dy = test_values(c_out * w * w, 17);
+            let before = test_values(c_out * c_in * 9, 19);
+            let mut dw = before.clone();
+            // SAFETY: Zen 4 (checked above: AVX-512F), the shapes `fits` takes, `c_in` even.
+            unsafe { unit_weight_grad((&x, &dy, &mut dw), (c_in, c_out), w) };
+            for co in 0..c_out {
+                for ci in 0..c_in {
+                    for t in 0..9 {
+                        let want = f64_sum(&x, &dy, (ci, co, t), w);
+                        let k = (co * c_in + ci) * 9 + t;
+                        let got = f64::from(dw[k]) - f64::from(before[k]);
+                        // |x|, |dy| <= 1: every partial sum is at most w * w in size.
+                        let tolerance = (w * w) as f64 * f64::from(f32::EPSILON) * 4.0;
+                        let at = format!("{c_in} -> {c_out} at {w}x{w}, weight ({co}, {ci}, {t})");
+                        assert!((got - want).abs() <= tolerance, "{at}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sum_(y,x) dy[co][y][x] * x[ci][y+ky-1][x+kx-1]` in f64 over the reads inside the map.
+    fn f64_sum(x: &[f32], dy: &[f32], (ci, co, t): (usize, usize, usize), w: usize) -> f64 {
+        let (ky, kx) = (t / 3, t % 3);
+        let mut sum = 0.0f64;
+        for y in 0..w {
+            for xo in 0..w {
+                let (iy, ix) = ((y + ky) as isize - 1, (xo + kx) as isize - 1);
+                if (0..w as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                    let v = x[(ci * w + iy as usize) * w + ix as usize];
+                    sum += f64::from(v) * f64::from(dy[(co * w + y) * w + xo]);
+                }
+            }
+        }
+        sum
     }
 }
