@@ -106,6 +106,25 @@ pub(super) unsafe fn unit_forward(
     }
 }
 
+/// For each vector `v` of a row of `W` positions, the lanes whose read `16 v + lane + kx - 1`
+/// lies in the row, per kernel column `kx`, and the lanes inside the row (`16 v + lane < W`).
+fn row_lanes<const W: usize, const V: usize>() -> ([[u16; 3]; V], [u16; V]) {
+    let lanes_in = |first: isize| -> u16 {
+        (0..LANES as isize)
+            .filter(|l| (0..W as isize).contains(&(first + l)))
+            .fold(0, |m, l| m | 1 << l)
+    };
+    let mut reads = [[0; 3]; V];
+    let mut inside = [0; V];
+    for v in 0..V {
+        for (kx, read) in reads[v].iter_mut().enumerate() {
+            *read = lanes_in((v * LANES + kx) as isize - 1);
+        }
+        inside[v] = lanes_in((v * LANES) as isize);
+    }
+    (reads, inside)
+}
+
 /// One unit's operands for a block of 4 output channels: the input planes (`summed` of them),
 /// the block's weights (4 rows of `summed * 9`), its 4 output planes.
 struct Unit {
@@ -142,21 +161,8 @@ impl Unit {
         debug_assert!(V == W.div_ceil(LANES) && y0 + R <= W && TOP == (y0 == 0));
         debug_assert!(BOTTOM == (y0 + R == W));
         let plane = W * W;
-        // Per vector and kernel column, the lanes whose read `16 v + lane + kx - 1` lies in the
-        // row; per vector, the lanes inside the map, which are stored.
-        let lanes_in = |first: isize| -> __mmask16 {
-            (0..LANES as isize)
-                .filter(|l| (0..W as isize).contains(&(first + l)))
-                .fold(0, |m, l| m | 1 << l)
-        };
-        let mut reads = [[0 as __mmask16; 3]; V];
-        let mut stores = [0 as __mmask16; V];
-        for v in 0..V {
-            for kx in 0..3 {
-                reads[v][kx] = lanes_in((v * LANES + kx) as isize - 1);
-            }
-            stores[v] = lanes_in((v * LANES) as isize);
-        }
+        // The lanes each read loads; the lanes inside the map, which are stored.
+        let (reads, stores) = row_lanes::<W, V>();
         let mut acc = [[[_mm512_setzero_ps(); V]; R]; CHANNELS];
         for ci in 0..self.summed {
             // SAFETY (all reads): input row y0 + r + ky - 1 lies in the map unless it is the
@@ -279,19 +285,12 @@ impl GradUnit {
         use std::arch::x86_64::*;
         debug_assert!(V == W.div_ceil(LANES) && ci + 1 < self.c_in && ky < 3);
         let plane = W * W;
-        let lanes_in = |first: isize| -> __mmask16 {
-            (0..LANES as isize)
-                .filter(|l| (0..W as isize).contains(&(first + l)))
-                .fold(0, |m, l| m | 1 << l)
-        };
         // The lanes of real output columns whose read lies in the row: the others load zeros,
         // as the output gradient's lanes past the row do.
-        let mut reads = [[0 as __mmask16; 3]; V];
-        let mut columns = [0 as __mmask16; V];
+        let (mut reads, columns) = row_lanes::<W, V>();
         for v in 0..V {
-            columns[v] = lanes_in((v * LANES) as isize);
-            for kx in 0..3 {
-                reads[v][kx] = lanes_in((v * LANES + kx) as isize - 1) & columns[v];
+            for read in &mut reads[v] {
+                *read &= columns[v];
             }
         }
         // Output rows whose kernel row `ky` reads inside the map.
