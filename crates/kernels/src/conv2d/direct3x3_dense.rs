@@ -567,7 +567,7 @@ unsafe fn write_back(
 #[cfg(test)]
 mod tests {
     use super::super::reference::forward_chain;
-    use super::super::{differing_bits, test_values as values};
+    use super::super::{differing_bits, test_values_fine as values};
     use super::*;
 
     #[test]
