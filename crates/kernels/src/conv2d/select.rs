@@ -392,7 +392,7 @@ fn measured_choice(g: &ConvGeometry, pass: Pass) -> Dense {
         // and edge positions skip their border taps).
         let dense = match pixels {
             150..=400 | 37..=64 => g.batch >= 16,
-            10..=36 => g.batch >= 32 || (zen4 && g.batch >= 16),
+            10..=36 => g.batch >= 32 || (zen4 && g.batch >= 16 && channels == 512),
             _ => false,
         };
         // The weight gradient, measured on Zen 5 only: outputs of 14x14 (128 channels) and 7x7
@@ -503,6 +503,11 @@ mod tests {
         assert_eq!(direct_dense(&stride2(16), Pass::Forward), zen4);
         assert_eq!(direct_dense(&stride2(32), Pass::Forward), avx512_kernels());
         assert!(!direct_dense(&stride1(8), Pass::Forward));
+        // Narrower layers keep GEMM at batch 16 on every CPU: Zen 4's choice was measured on 512
+        // channels.
+        let narrow =
+            ConvGeometry::new(&[16, 64, 7, 7], &[64, 64, 3, 3], 2, 1, 1).expect("geometry");
+        assert!(!direct_dense(&narrow, Pass::Forward));
         if amd_avx512() {
             assert!(!direct_dense(&stride1(32), Pass::Forward));
         }
