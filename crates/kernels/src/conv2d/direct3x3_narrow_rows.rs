@@ -52,7 +52,7 @@ const CHANNELS: usize = 4;
 
 /// True when `g`, whose units have `group_out` output channels, runs here instead of through
 /// padded rows: stride 1, 3x3 with padding 1 on square 14x14 or 28x28 maps, 4 or 8 output
-/// channels per group, on AMD Zen 4, where it was measured (`select.rs`; Zen 5 runs
+/// channels per group, on AMD Zen 4, where it was measured (above; Zen 5 runs
 /// `direct3x3_positions512.rs` on these groups, Intel the padded rows).
 pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
     g.stride == 1
