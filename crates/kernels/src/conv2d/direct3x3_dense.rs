@@ -32,8 +32,9 @@
 //! the taps that read inside the map in row-major order within each. A product with the zero
 //! border adds a zero, which leaves any sum but a zero one as it was, so these are the values of
 //! the chain over all 9 taps (the plain loop the tests compare with) except for the sign of an
-//! exact zero, and an infinite or NaN weight on a skipped tap no longer makes the output NaN. A sum stored between passes is the f32 the register held, so the values
-//! do not depend on the blocking, the grouping of images or the number of threads.
+//! exact zero, and an infinite or NaN weight on a skipped tap no longer makes the output NaN. A
+//! sum stored between passes is the f32 the register held, so the values do not depend on the
+//! blocking, the grouping of images or the number of threads.
 //!
 //! The forward runs it at stride 1 and 2. The stride-1 input gradient is the same computation
 //! on the output gradient with the weights flipped in both spatial axes and their channels
@@ -46,6 +47,7 @@ use super::schedule::SharedOutput;
 use super::scratch::Scratch;
 use super::weight_packs::{packed, PackKind, WeightPacks};
 use rayon::prelude::*;
+use std::cmp::Reverse;
 
 /// Output channels per vector.
 const LANES: usize = 16;
@@ -408,8 +410,8 @@ impl BlockPlan {
                 .filter(|t| rows & (1 << (t / 3)) != 0 && cols & (1 << (t % 3)) != 0)
                 .fold(0usize, |mask, t| mask | 1 << t)
         };
-        let mut order: Vec<(usize, usize)> = (0..images * opix)
-            .map(|q| (usize::MAX - class(q % opix), q))
+        let mut order: Vec<(Reverse<usize>, usize)> = (0..images * opix)
+            .map(|q| (Reverse(class(q % opix)), q))
             .collect();
         // The full windows first, then the fewer taps; within a class the positions in order.
         order.sort_unstable();
@@ -420,7 +422,7 @@ impl BlockPlan {
             blocks: Vec::new(),
         };
         for run in order.chunk_by(|a, b| a.0 == b.0) {
-            let mask = usize::MAX - run[0].0;
+            let Reverse(mask) = run[0].0;
             plan.taps.push(
                 (0..9)
                     .filter(|t| mask & (1 << t) != 0)

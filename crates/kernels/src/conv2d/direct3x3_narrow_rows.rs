@@ -44,6 +44,7 @@
 //! 6.2-7.0 (28x28) and 7.7-8.3 -> 6.6-7.4 (14x14).
 
 use super::geometry::ConvGeometry;
+use super::pointwise_nchw::lane_mask;
 
 /// Positions one vector holds.
 const LANES: usize = 16;
@@ -109,10 +110,11 @@ pub(super) unsafe fn unit_forward(
 /// For each vector `v` of a row of `W` positions, the lanes whose read `16 v + lane + kx - 1`
 /// lies in the row, per kernel column `kx`, and the lanes inside the row (`16 v + lane < W`).
 fn row_lanes<const W: usize, const V: usize>() -> ([[u16; 3]; V], [u16; V]) {
+    // The lanes `l` with `0 <= first + l < W`: one run of lanes.
     let lanes_in = |first: isize| -> u16 {
-        (0..LANES as isize)
-            .filter(|l| (0..W as isize).contains(&(first + l)))
-            .fold(0, |m, l| m | 1 << l)
+        let from = (-first).clamp(0, LANES as isize) as usize;
+        let to = (W as isize - first).clamp(0, LANES as isize) as usize;
+        lane_mask(from, to.saturating_sub(from))
     };
     let mut reads = [[0; 3]; V];
     let mut inside = [0; V];
