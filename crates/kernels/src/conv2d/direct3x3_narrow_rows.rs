@@ -360,40 +360,14 @@ impl GradUnit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct3x3_dense::Dims;
+    use super::super::reference::forward_chain;
     use super::super::{differing_bits, test_values, test_values_fine};
     use super::*;
 
-    /// One unit's output as the plain loop computes it: per value one `mul_add` chain from zero
-    /// over the input channels in order and the 9 taps in row-major order within each, a zero
-    /// where a tap reads outside the map.
-    fn plain(x: &[f32], wt: &[f32], (c_in, c_out): (usize, usize), w: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; c_out * w * w];
-        for co in 0..c_out {
-            for y in 0..w {
-                for xo in 0..w {
-                    let mut s = 0.0f32;
-                    for ci in 0..c_in {
-                        for t in 0..9 {
-                            let (iy, ix) = ((y + t / 3) as isize - 1, (xo + t % 3) as isize - 1);
-                            let inside =
-                                (0..w as isize).contains(&iy) && (0..w as isize).contains(&ix);
-                            let v = if inside {
-                                x[(ci * w + iy as usize) * w + ix as usize]
-                            } else {
-                                0.0
-                            };
-                            s = wt[(co * c_in + ci) * 9 + t].mul_add(v, s);
-                        }
-                    }
-                    out[(co * w + y) * w + xo] = s;
-                }
-            }
-        }
-        out
-    }
-
-    /// Every value of a unit is the plain loop's chain bit for bit, on both map sizes, with 4
-    /// and 8 output channels and 4 to 12 input channels; every output value is written.
+    /// Every value of a unit is the plain loop's chain (`reference.rs`) bit for bit, on both map
+    /// sizes, with 4 and 8 output channels and 4 to 12 input channels; every output value is
+    /// written.
     #[test]
     fn a_unit_is_the_plain_chain_bit_for_bit() {
         if !crate::cpu_features::zen4() {
@@ -406,7 +380,9 @@ mod tests {
             let mut out = vec![f32::NAN; c_out * w * w];
             // SAFETY: Zen 4 (checked above: AVX-512F), and the shapes `fits` takes.
             unsafe { unit_forward((&x, &wt, &mut out), (c_in, c_out), w) };
-            let want = plain(&x, &wt, (c_in, c_out), w);
+            let g = ConvGeometry::new(&[1, c_in, w, w], &[c_out, c_in, 3, 3], 1, 1, 1);
+            let d = Dims::of(&g.expect("a unit's geometry"));
+            let want = forward_chain(&d, &x, |o, i, t| wt[(o * c_in + i) * 9 + t]);
             assert_eq!(
                 differing_bits(&out, &want),
                 0,
