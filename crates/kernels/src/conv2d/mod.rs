@@ -44,6 +44,7 @@ mod reference;
 pub(crate) mod schedule;
 mod scratch;
 mod select;
+mod stem_column_planes;
 mod stem_direct;
 mod stem_direct_weight_grad;
 pub(crate) mod storage;

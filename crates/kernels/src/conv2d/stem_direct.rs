@@ -1,40 +1,46 @@
 //! The stem's convolution (7x7, stride 2, padding 3, on the 3 channels of the image: every
 //! backbone's first layer) as a direct kernel on the input's stride phases (AMD Zen 5 and Zen 4,
 //! where it was measured; the kernel runs on 16 lanes on Intel, AMD Zen 5 and Zen 4 with
-//! AVX-512). The forward here,
-//! the weight gradient in `stem_direct_weight_grad.rs`; the image needs no input gradient.
-//! Where AVX2 runs without AVX-512 (measured on an
-//! AMD EPYC Zen 3) the forward runs on 8 lanes: blocks of 4 output channels by 3 vectors (12
-//! accumulators), each block's weights one run of `(tap, 4)` values, the same chains. Its
-//! vectors that cross a row are not written in masked pieces (slow stores there) but permuted
-//! into consecutive outputs and written whole, later vectors overwriting the lanes past them
-//! (`Store8`).
+//! AVX-512, and on 8 lanes where AVX2 runs without AVX-512). The forward here, the weight
+//! gradient in `stem_direct_weight_grad.rs`; the image needs no input gradient.
 //!
 //! im2col + GEMM writes a column matrix of `C_in * K * K = 147` rows by the map's 3136
-//! positions for every image (1.8 MB) and reads it back in the product. Here each input channel
-//! is first split into its four phases, even and odd rows by even and odd columns, with the
-//! zero padding written in: planes of `PH x PW` values, `PH = OH + (K-1)/2`,
-//! `PW = OW + (K-1)/2` (59 x 59 for the stem), 170 KB per image for 3 channels. Input row
-//! `2 * oh + kh - padding` is row `oh + kh / 2` of the phases `kh % 2`, and likewise for
-//! columns. Numbering the output positions along rows of the planes' width,
-//! `o = oh * PW + ow` (the last `(K-1)/2` columns of a row are computed and dropped, 5% more
-//! work for the stem), tap `(ci, kh, kw)` reads its plane at `o + (kh / 2) * PW + kw / 2` for
-//! every `o`: the layer becomes a product over flat positions whose vectors of 16 are loaded in
-//! place.
+//! positions for every image (1.8 MB) and reads it back in the product. Here the image is
+//! first split into planes of its stride phases, with the zero padding written in, such that
+//! every tap reads its plane at a fixed offset from the output position: the layer becomes a
+//! product over flat positions whose vectors are loaded in place.
 //!
-//! Forward: a register block is 8 output channels by 3 vectors of positions (24 accumulators);
-//! per tap, 3 loads of the plane and 8 weight broadcasts (the weight turned to
-//! `(tap, C_out)` once per call, 37 KB). The vectors are written to the NCHW output through
-//! masked stores, a vector across a row boundary as two pieces, the dropped columns not at all.
+//! On 16 lanes the planes are the column planes of `stem_column_planes.rs` (one per input
+//! channel, row phase and kernel column, numbered like the output). A register block is 16
+//! output channels by one vector of 16 positions (16 accumulators; per tap one load of the
+//! plane and 16 weight broadcasts), or 8 channels by 3 vectors for the last 8 of a count that
+//! is not a multiple of 16 (24 accumulators; 3 loads, 8 broadcasts), the weight turned to
+//! `(tap, C_out)` once per call (37 KB). The vectors are stored whole into the NCHW output,
+//! the map's last vector through a mask. The blocks run band by band, every output channel of
+//! 48 position vectors before the next 48, so that a band's plane rows and outputs stay in L2
+//! together.
+//!
+//! On 8 lanes (measured on an AMD EPYC Zen 3, whose L2 the column planes would not fit) each
+//! input channel is split into its four phases alone ([`Phases`]), even and odd rows by even
+//! and odd columns: planes of `PH x PW` values, `PH = OH + (K-1)/2`, `PW = OW + (K-1)/2`
+//! (59 x 59 for the stem), 170 KB per image for 3 channels. Input row `2 * oh + kh - padding`
+//! is row `oh + kh / 2` of the phases `kh % 2`, and likewise for columns. Numbering the output
+//! positions along rows of the planes' width, `o = oh * PW + ow` (the last `(K-1)/2` columns of
+//! a row are computed and dropped, 5% more work for the stem), tap `(ci, kh, kw)` reads its
+//! plane at `o + (kh / 2) * PW + kw / 2`. A register block is 4 output channels by 3 vectors
+//! (12 accumulators), each block's weights one run of `(tap, 4)` values. Its vectors that
+//! cross a row are not written in masked pieces (slow stores there) but permuted into
+//! consecutive outputs and written whole, later vectors overwriting the lanes past them
+//! (`Store8`).
+//!
 //! Each value is one chain of fused multiply-adds over `(ci, kh, kw)` in order from zero, the
 //! padding's zeros included: the plain loop's chain, bit for bit (the tests check that).
-//!
-//! The weight gradient, on the same planes and vectors, is `stem_direct_weight_grad.rs`.
 
 use super::epilogue::Epilogue;
 use super::geometry::ConvGeometry;
 use super::pointwise_nchw::lane_mask;
 use super::scratch::with_columns;
+use super::stem_column_planes::ColumnPlanes;
 use rayon::prelude::*;
 
 /// f32 lanes of a vector (AVX-512).
@@ -43,11 +49,20 @@ pub(super) const LANES: usize = 16;
 const AVX2_LANES: usize = 8;
 /// Output channels of an AVX2 forward register block (with 3 vectors: 12 accumulators).
 const AVX2_FORWARD_ROWS: usize = 4;
-/// Input channels at most: the planes of one image stay in L2 (3 channels: 170 KB).
+/// Input channels at most: the planes of one image stay in L2 (3 channels: 170 KB of phase
+/// planes, 560 KB of column planes).
 const MAX_IN_CHANNELS: usize = 4;
-/// Output channels of a forward register block.
+/// Output channels of a 16-lane forward register block of 3 vectors (24 accumulators), for
+/// the last 8 of a count that is not a multiple of 16.
 const FORWARD_ROWS: usize = 8;
-/// Position vectors of a forward register block.
+/// Output channels of a 16-lane forward register block of one vector (16 accumulators; the
+/// planes read once per 16 channels).
+const WIDE_ROWS: usize = 16;
+/// Position vectors per band of the 16-lane forward: every output channel of a band of
+/// positions is computed before the next band, so that the band's plane rows and outputs
+/// share L2 (the whole image's planes and outputs, 560 + 800 KB for the stem, do not).
+const BAND_VECTORS: usize = 48;
+/// Position vectors of a forward register block of 8 channels.
 const FORWARD_VECTORS: usize = 3;
 
 /// True when the kernel can compute `g`'s forward on this CPU: a dense stride-2 square-kernel
@@ -105,10 +120,9 @@ impl Phases {
         }
     }
 
-    /// Planes of one image: four per input channel, then one of zeros (the weight gradient's
-    /// padding taps read it).
+    /// Planes of one image: four per input channel.
     pub(super) fn planes(&self, g: &ConvGeometry) -> usize {
-        4 * g.in_channels + 1
+        4 * g.in_channels
     }
 
     /// Where tap `t` (`(ci, kh, kw)` in row-major order) of a position reads, from the
@@ -190,11 +204,6 @@ impl Span {
             second_mask: lane_mask(next.min(lanes), second_lanes),
         }
     }
-
-    /// True when all 16 lanes lie in one output row (no second piece).
-    pub(super) fn whole(&self) -> bool {
-        self.first_mask == u16::MAX
-    }
 }
 
 /// How the 8-lane forward writes one vector of positions to an output channel: its valid
@@ -243,47 +252,78 @@ impl Store8 {
 /// on each image's output as soon as it is written.
 pub fn forward_into(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epilogue<'_>) {
     assert!(fits(g), "stem_direct: {g:?}");
-    let lanes = vector_lanes().expect("fits: a vector width");
-    let ph = Phases::of(g, lanes);
-    let taps = ph.tap_offsets(g);
-    let c_out = g.out_channels;
-    assert_eq!(w.len(), c_out * taps.len(), "stem_direct: weight size");
+    assert_eq!(
+        w.len(),
+        g.out_channels * g.patch_len(),
+        "stem_direct: weight size"
+    );
     assert_eq!(y.len(), g.units() * g.out_unit_len(), "stem_direct: output");
-    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive. On 8
-    // lanes as `(C_out / 4, tap, 4)`: a block's weights are one run, read in order.
+    if vector_lanes() == Some(LANES) {
+        forward_wide(g, x, w, y, then);
+    } else {
+        forward_avx2(g, x, w, y, then);
+    }
+}
+
+/// [`forward_into`] on 16 lanes, over each image's column planes (`stem_column_planes.rs`).
+fn forward_wide(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epilogue<'_>) {
+    let cp = ColumnPlanes::of(g);
+    let taps = cp.tap_offsets(g);
+    let c_out = g.out_channels;
+    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive.
     let mut wt = vec![0.0f32; w.len()];
     for (co, row) in w.chunks_exact(taps.len()).enumerate() {
         for (t, &v) in row.iter().enumerate() {
-            let at = if lanes == LANES {
-                t * c_out + co
-            } else {
-                let (block, r) = (co / AVX2_FORWARD_ROWS, co % AVX2_FORWARD_ROWS);
-                (block * taps.len() + t) * AVX2_FORWARD_ROWS + r
-            };
-            wt[at] = v;
+            wt[t * c_out + co] = v;
         }
     }
-    let spans = ph.spans(g);
-    let stores: Vec<Store8> = if lanes == AVX2_LANES {
-        spans
-            .iter()
-            .map(|s| Store8::of(s, g.out_pixels()))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let last = cp.last_lanes(g);
+    let planes_len = cp.planes(g) * cp.plane_len;
+    y.par_chunks_mut(g.out_unit_len())
+        .enumerate()
+        .for_each(|(b, y_b)| {
+            with_columns(planes_len, |planes| {
+                // SAFETY: `fits` checked AVX-512F (16 lanes); the taps' offsets plus every
+                // vector's positions lie inside the planes (`plane_len` covers the last
+                // vector's reach), the vectors inside each output channel of `y_b` but the
+                // last, whose `last` lanes do, and `wt` holds every tap's `c_out` weights.
+                unsafe {
+                    cp.split(g, g.input_unit(x, b), planes);
+                    forward_image(planes, &taps, &wt, (cp.vectors, last), g, y_b);
+                }
+            });
+            then(b, y_b);
+        });
+}
+
+/// [`forward_into`] on 8 lanes (AVX2 without AVX-512), over each image's phase planes.
+fn forward_avx2(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epilogue<'_>) {
+    let ph = Phases::of(g, AVX2_LANES);
+    let taps = ph.tap_offsets(g);
+    // The weight as `(C_out / 4, tap, 4)`: a block's weights are one run, read in order.
+    let mut wt = vec![0.0f32; w.len()];
+    for (co, row) in w.chunks_exact(taps.len()).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            let (block, r) = (co / AVX2_FORWARD_ROWS, co % AVX2_FORWARD_ROWS);
+            wt[(block * taps.len() + t) * AVX2_FORWARD_ROWS + r] = v;
+        }
+    }
+    let stores: Vec<Store8> = ph
+        .spans(g)
+        .iter()
+        .map(|s| Store8::of(s, g.out_pixels()))
+        .collect();
     let planes_len = ph.planes(g) * ph.plane_len;
     y.par_chunks_mut(g.out_unit_len())
         .enumerate()
         .for_each(|(b, y_b)| {
             with_columns(planes_len, |planes| {
                 ph.split(g, g.input_unit(x, b), planes);
-                // SAFETY: `fits` checked AVX-512F (16 lanes) or AVX2 (8); the taps' offsets
-                // plus every vector's positions lie inside the planes (`plane_len` covers the
-                // last vector's reach), the spans' lanes and the 8-lane stores inside an
-                // output channel of `y_b`, and `wt` holds every tap's `c_out` weights in the
-                // layout of `lanes`.
-                unsafe { forward_image(lanes, planes, &taps, &wt, (&spans, &stores), g, y_b) };
+                // SAFETY: `fits` checked AVX2 and FMA (8 lanes); the taps' offsets plus every
+                // vector's positions lie inside the planes (`plane_len` covers the last
+                // vector's reach), the 8-lane stores inside an output channel of `y_b`, and
+                // `wt` holds every tap's weights in blocks of 4 channels.
+                unsafe { forward_image_avx2(planes, &taps, &wt, &stores, g, y_b) };
             });
             then(b, y_b);
         });
@@ -348,49 +388,89 @@ unsafe fn forward_block_avx2<const V: usize>(_: &Forward<'_>, _: usize, _: &[Sto
     unreachable!("stem_direct: AVX2 forward without AVX2")
 }
 
-/// Every output channel of one image, block after block: 8 channels by 3 vectors of 16 lanes,
-/// or 4 by 3 of 8 lanes.
+/// Every output channel of one image, band of positions after band, block after block: 16
+/// channels by one vector of 16 lanes while 16 channels remain, else 8 channels by 3 vectors;
+/// the map's last vector written in its `last` lanes.
 ///
 /// # Safety
-/// As in [`forward_into`], `spans` and `wt` laid out for `lanes`, on 8 lanes a store per span.
+/// As in [`forward_wide`].
 unsafe fn forward_image(
-    lanes: usize,
     planes: &[f32],
     taps: &[usize],
     wt: &[f32],
-    (spans, stores): (&[Span], &[Store8]),
+    (vectors, last): (usize, u16),
     g: &ConvGeometry,
     y_b: &mut [f32],
 ) {
     let out_plane = g.out_pixels();
     let y = y_b.as_mut_ptr();
-    let wide = lanes == LANES;
-    let rows = if wide {
-        FORWARD_ROWS
-    } else {
-        AVX2_FORWARD_ROWS
-    };
-    for co in (0..g.out_channels).step_by(rows) {
+    let tail = |q: usize, n: usize| if q + n == vectors { last } else { u16::MAX };
+    for band in (0..vectors).step_by(BAND_VECTORS) {
+        let end = (band + BAND_VECTORS).min(vectors);
+        let mut co = 0;
+        while co < g.out_channels {
+            let block = Forward {
+                planes: planes.as_ptr(),
+                taps,
+                weights: wt.as_ptr().add(co),
+                tap_stride: g.out_channels,
+                out: y.add(co * out_plane),
+                out_plane,
+            };
+            if g.out_channels - co >= WIDE_ROWS {
+                for q in band..end {
+                    forward_block::<WIDE_ROWS, 1>(&block, q, tail(q, 1));
+                }
+                co += WIDE_ROWS;
+                continue;
+            }
+            let mut q = band;
+            while q < end {
+                let n = (end - q).min(FORWARD_VECTORS);
+                match n {
+                    3 => forward_block::<FORWARD_ROWS, 3>(&block, q, tail(q, n)),
+                    2 => forward_block::<FORWARD_ROWS, 2>(&block, q, tail(q, n)),
+                    _ => forward_block::<FORWARD_ROWS, 1>(&block, q, tail(q, n)),
+                }
+                q += n;
+            }
+            co += FORWARD_ROWS;
+        }
+    }
+}
+
+/// Every output channel of one image on 8 lanes, block after block: 4 channels by 3 vectors.
+///
+/// # Safety
+/// As in [`forward_avx2`].
+unsafe fn forward_image_avx2(
+    planes: &[f32],
+    taps: &[usize],
+    wt: &[f32],
+    stores: &[Store8],
+    g: &ConvGeometry,
+    y_b: &mut [f32],
+) {
+    let out_plane = g.out_pixels();
+    let y = y_b.as_mut_ptr();
+    for co in (0..g.out_channels).step_by(AVX2_FORWARD_ROWS) {
         let block = Forward {
             planes: planes.as_ptr(),
             taps,
-            // `(tap, C_out)`, or on 8 lanes each block's `(tap, 4)` in one run.
-            weights: wt.as_ptr().add(if wide { co } else { co * taps.len() }),
-            tap_stride: if wide { g.out_channels } else { rows },
+            // Each block's `(tap, 4)` in one run.
+            weights: wt.as_ptr().add(co * taps.len()),
+            tap_stride: AVX2_FORWARD_ROWS,
             out: y.add(co * out_plane),
             out_plane,
         };
         let mut q = 0;
-        while q < spans.len() {
-            let n = (spans.len() - q).min(FORWARD_VECTORS);
-            let s = &spans[q..q + n];
-            match (wide, n) {
-                (true, 3) => forward_block::<3>(&block, q, s),
-                (true, 2) => forward_block::<2>(&block, q, s),
-                (true, _) => forward_block::<1>(&block, q, s),
-                (false, 3) => forward_block_avx2::<3>(&block, q, &stores[q..q + n]),
-                (false, 2) => forward_block_avx2::<2>(&block, q, &stores[q..q + n]),
-                (false, _) => forward_block_avx2::<1>(&block, q, &stores[q..q + n]),
+        while q < stores.len() {
+            let n = (stores.len() - q).min(FORWARD_VECTORS);
+            let s = &stores[q..q + n];
+            match n {
+                3 => forward_block_avx2::<3>(&block, q, s),
+                2 => forward_block_avx2::<2>(&block, q, s),
+                _ => forward_block_avx2::<1>(&block, q, s),
             }
             q += n;
         }
@@ -408,17 +488,17 @@ struct Forward<'a> {
     out_plane: usize,
 }
 
-/// 8 output channels at the `V` position vectors from vector `q`.
+/// `R` output channels at the `V` position vectors from vector `q`, the last of them written in
+/// its `last` lanes.
 ///
 /// # Safety
-/// AVX-512F; as in [`forward_into`].
+/// AVX-512F; as in [`forward_wide`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
-unsafe fn forward_block<const V: usize>(args: &Forward<'_>, q: usize, spans: &[Span]) {
+unsafe fn forward_block<const R: usize, const V: usize>(args: &Forward<'_>, q: usize, last: u16) {
     use std::arch::x86_64::*;
-    let spans: &[Span; V] = spans.try_into().expect("a span per vector");
-    let mut acc = [[_mm512_setzero_ps(); V]; FORWARD_ROWS];
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     let mut x = [_mm512_setzero_ps(); V];
     let base = args.planes.add(q * LANES);
     for (t, &offset) in args.taps.iter().enumerate() {
@@ -427,31 +507,29 @@ unsafe fn forward_block<const V: usize>(args: &Forward<'_>, q: usize, spans: &[S
             x[v] = _mm512_loadu_ps(p.add(v * LANES));
         }
         let wk = args.weights.add(t * args.tap_stride);
-        for r in 0..FORWARD_ROWS {
+        for r in 0..R {
             let w = _mm512_set1_ps(*wk.add(r));
             for v in 0..V {
                 acc[r][v] = _mm512_fmadd_ps(w, x[v], acc[r][v]);
             }
         }
     }
-    for r in 0..FORWARD_ROWS {
-        let row = args.out.add(r * args.out_plane);
-        for v in 0..V {
-            let s = spans[v];
-            // Plain where the vector lies inside one output row.
-            if s.whole() {
-                _mm512_storeu_ps(row.offset(s.first), acc[r][v]);
-            } else {
-                _mm512_mask_storeu_ps(row.wrapping_offset(s.first), s.first_mask, acc[r][v]);
-                _mm512_mask_storeu_ps(row.wrapping_offset(s.second), s.second_mask, acc[r][v]);
-            }
+    for r in 0..R {
+        let row = args.out.add(r * args.out_plane + q * LANES);
+        for v in 0..V - 1 {
+            _mm512_storeu_ps(row.add(v * LANES), acc[r][v]);
+        }
+        if last == u16::MAX {
+            _mm512_storeu_ps(row.add((V - 1) * LANES), acc[r][V - 1]);
+        } else {
+            _mm512_mask_storeu_ps(row.add((V - 1) * LANES), last, acc[r][V - 1]);
         }
     }
 }
 
 /// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_block<const V: usize>(_: &Forward<'_>, _: usize, _: &[Span]) {
+unsafe fn forward_block<const R: usize, const V: usize>(_: &Forward<'_>, _: usize, _: u16) {
     unreachable!("stem_direct runs only on x86-64")
 }
 

@@ -1,16 +1,17 @@
-//! The weight gradient of the stem's convolution (`stem_direct.rs`) on the same phase planes and
-//! flat position vectors: per image, blocks of output channels by 6 taps over every vector of
-//! positions, the channels' output gradient first packed into whole vectors (masked pieces where a
-//! vector crosses a row, zeros in the dropped columns), each accumulator reduced to its sum at the
-//! end of the image; the images' sums are then added in order, so that the result is the same for
-//! any number of threads. On 16 lanes (AVX-512: Intel, AMD Zen 5 and Zen 4) only: a block is 4
-//! output channels by 6 taps (24 accumulators); where AVX2 runs without AVX-512, im2col + GEMM
-//! measured faster (docs/performance.md).
+//! The weight gradient of the stem's convolution (`stem_direct.rs`) on the same column planes
+//! (`stem_column_planes.rs`): per image, blocks of output channels by 6 taps over every vector
+//! of output positions, the output gradient read where it lies (the map's last vector through a
+//! mask), each accumulator reduced to its sum at the end of the image; the images' sums are
+//! then added in order, so that the result is the same for any number of threads. On 16 lanes
+//! (AVX-512: Intel, AMD Zen 5 and Zen 4) only: a block is 4 output channels by 6 taps (24
+//! accumulators); where AVX2 runs without AVX-512, im2col + GEMM measured faster
+//! (docs/performance.md).
 
 use super::geometry::ConvGeometry;
 use super::partial_sums::sum_partials;
 use super::scratch::with_columns;
-use super::stem_direct::{vector_lanes, Phases, Span, LANES};
+use super::stem_column_planes::ColumnPlanes;
+use super::stem_direct::{vector_lanes, LANES};
 use rayon::prelude::*;
 
 /// Output channels of a weight-gradient register block.
@@ -28,8 +29,8 @@ pub(super) fn fits(g: &ConvGeometry) -> bool {
 /// and the output gradient `dy`: per image in parallel, then the images' sums in order.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(fits(g), "stem_direct_weight_grad: {g:?}");
-    let ph = Phases::of(g, LANES);
-    let mut taps = ph.tap_offsets(g);
+    let cp = ColumnPlanes::of(g);
+    let mut taps = cp.tap_offsets(g);
     let len = g.out_channels * taps.len();
     assert_eq!(
         dy.len(),
@@ -37,25 +38,27 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         "stem_direct: output gradient"
     );
     // Padding taps up to a whole block read the plane of zeros; their sums are dropped.
-    let zeros = (ph.planes(g) - 1) * ph.plane_len;
+    let zeros = (cp.planes(g) - 1) * cp.plane_len;
     let real = taps.len();
     taps.resize(real.next_multiple_of(GRAD_TAPS), zeros);
-    let spans = ph.spans(g);
-    let planes_len = ph.planes(g) * ph.plane_len;
+    let planes_len = cp.planes(g) * cp.plane_len;
     let mut parts = vec![0.0f32; g.batch * len];
     parts.par_chunks_mut(len).enumerate().for_each(|(b, dw_b)| {
         with_columns(planes_len, |planes| {
-            ph.split(g, g.input_unit(x, b), planes);
+            // SAFETY: `fits` checked AVX-512F.
+            unsafe { cp.split(g, g.input_unit(x, b), planes) };
             let grads = GradImage {
                 planes,
                 taps: &taps,
                 real,
                 dy: g.output_unit(dy, b),
-                spans: &spans,
+                vectors: cp.vectors,
+                last: cp.last_lanes(g),
                 out_plane: g.out_pixels(),
             };
-            // SAFETY: `fits` checked AVX-512F; as in `forward_into` for the planes and
-            // the spans, which lie inside each channel of `dy`'s image.
+            // SAFETY: `fits` checked AVX-512F; as in `forward_into` for the planes; the
+            // vectors lie inside each channel of `dy`'s image but the last, whose `last`
+            // lanes do.
             unsafe { grads.sums(dw_b) };
         });
     });
@@ -70,7 +73,10 @@ struct GradImage<'a> {
     /// The real taps, the first `real` of `taps`.
     real: usize,
     dy: &'a [f32],
-    spans: &'a [Span],
+    /// Vectors of 16 output positions per channel.
+    vectors: usize,
+    /// The lanes of the last vector inside the map.
+    last: u16,
     out_plane: usize,
 }
 
@@ -81,13 +87,10 @@ impl GradImage<'_> {
     /// As in [`weight_grad`].
     unsafe fn sums(&self, dw_b: &mut [f32]) {
         let c_out = dw_b.len() / self.real;
-        let n = self.spans.len();
-        let mut packed = vec![0.0f32; GRAD_ROWS * n * LANES];
+        assert!(self.dy.len() >= c_out * self.out_plane);
         for co in (0..c_out).step_by(GRAD_ROWS) {
-            let dy = &self.dy[co * self.out_plane..][..GRAD_ROWS * self.out_plane];
-            pack(dy, self.out_plane, self.spans, &mut packed);
             for t in (0..self.taps.len()).step_by(GRAD_TAPS) {
-                let sums = grad_block(self, &packed, t);
+                let sums = grad_block(self, co, t);
                 for (r, row) in sums.iter().enumerate() {
                     for (k, &s) in row.iter().enumerate() {
                         if t + k < self.real {
@@ -100,62 +103,29 @@ impl GradImage<'_> {
     }
 }
 
-/// Copies the `spans`' vectors of 4 output channels of `dy` (`out_plane` apart) into `packed`,
-/// channel after channel, the lanes outside the map zero.
-///
-/// # Safety
-/// AVX-512F; the spans' lanes lie inside each channel.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pack(dy: &[f32], out_plane: usize, spans: &[Span], packed: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert!(dy.len() >= GRAD_ROWS * out_plane && packed.len() >= GRAD_ROWS * spans.len() * LANES);
-    let dst = packed.as_mut_ptr();
-    for r in 0..GRAD_ROWS {
-        let row = dy.as_ptr().add(r * out_plane);
-        for (q, s) in spans.iter().enumerate() {
-            let v = if s.whole() {
-                _mm512_loadu_ps(row.offset(s.first))
-            } else {
-                let lo = _mm512_maskz_loadu_ps(s.first_mask, row.wrapping_offset(s.first));
-                _mm512_mask_loadu_ps(lo, s.second_mask, row.wrapping_offset(s.second))
-            };
-            _mm512_storeu_ps(dst.add((r * spans.len() + q) * LANES), v);
-        }
-    }
-}
-
-/// Never called: [`fits`] is false off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack(_: &[f32], _: usize, _: &[Span], _: &mut [f32]) {
-    unreachable!("stem_direct runs only on x86-64")
-}
-
-/// The sums of the 4 output channels `packed` holds (a vector per position vector each) by 6
-/// taps from `t`, over every position vector.
+/// The sums of the 4 output channels from `co` by 6 taps from `t`, over every vector of
+/// positions: per vector, 4 loads of the output gradient (the last vector's lanes past the
+/// map read as zeros), 6 of the planes, 24 FMAs.
 ///
 /// # Safety
 /// AVX-512F; as in [`weight_grad`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // index loops keep the accumulators in registers
-unsafe fn grad_block(
-    args: &GradImage<'_>,
-    packed: &[f32],
-    t: usize,
-) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+unsafe fn grad_block(args: &GradImage<'_>, co: usize, t: usize) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
     use std::arch::x86_64::*;
-    let n = args.spans.len();
+    let n = args.vectors;
     let mut acc = [[_mm512_setzero_ps(); GRAD_TAPS]; GRAD_ROWS];
     let mut d = [_mm512_setzero_ps(); GRAD_ROWS];
-    let dy = packed.as_ptr();
+    let dy = args.dy.as_ptr().add(co * args.out_plane);
     let mut inp = [args.planes.as_ptr(); GRAD_TAPS];
     for k in 0..GRAD_TAPS {
         inp[k] = inp[k].add(args.taps[t + k]);
     }
     for q in 0..n {
+        let lanes = if q + 1 < n { u16::MAX } else { args.last };
         for r in 0..GRAD_ROWS {
-            d[r] = _mm512_loadu_ps(dy.add((r * n + q) * LANES));
+            d[r] = _mm512_maskz_loadu_ps(lanes, dy.add(r * args.out_plane + q * LANES));
         }
         for k in 0..GRAD_TAPS {
             let xv = _mm512_loadu_ps(inp[k].add(q * LANES));
@@ -189,7 +159,7 @@ unsafe fn reduce(
 
 /// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn grad_block(_: &GradImage<'_>, _: &[f32], _: usize) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
+unsafe fn grad_block(_: &GradImage<'_>, _: usize, _: usize) -> [[f32; GRAD_TAPS]; GRAD_ROWS] {
     unreachable!("stem_direct runs only on x86-64")
 }
 
