@@ -56,9 +56,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 last: cp.last_lanes(g),
                 out_plane: g.out_pixels(),
             };
-            // SAFETY: `fits` checked AVX-512F; as in `forward_into` for the planes; the
-            // vectors lie inside each channel of `dy`'s image but the last, whose `last`
-            // lanes do.
+            // SAFETY: `fits` checked AVX-512F; as in `stem_direct::forward_wide` for the
+            // planes; the vectors lie inside each channel of `dy`'s image but the last, whose
+            // `last` lanes do.
             unsafe { grads.sums(dw_b) };
         });
     });
