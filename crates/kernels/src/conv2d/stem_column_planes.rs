@@ -182,8 +182,9 @@ mod tests {
     use super::*;
 
     /// Every tap's read of every output position of the planes is the input value that tap
-    /// reads (0 in the padding), and everything past the map's positions is 0: the stem, odd
-    /// and even sizes, kernels of 7, 5, 4 and 3, paddings of either parity.
+    /// reads (0 in the padding), the reads of the last vector's lanes past the map lie inside
+    /// the planes, and the last plane is zeros: the stem, odd and even sizes, kernels of 7, 5,
+    /// 4 and 3, paddings of either parity.
     #[test]
     fn every_tap_reads_its_input_value_and_zeros_past_the_map() {
         if !crate::cpu_features::avx512_kernels() {
