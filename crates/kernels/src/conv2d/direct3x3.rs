@@ -49,6 +49,7 @@ use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use rayon::prelude::*;
 
 /// True when `g` and its input-gradient convolution can both run here: 3x3, stride 1 or 2,
 /// padding 1, with a multiple of 4 channels per group on either side, on a CPU with AVX2 and
@@ -357,23 +358,44 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
         });
     });
-    sum_partials(parts, dw_len)
+    let summed = sum_partials(parts, dw_len);
+    if wide {
+        return from_kernel_layout(summed, (c_in, c_out));
+    }
+    summed
 }
 
-/// One group's weight gradient over `units` (its units of consecutive images) into `dw_g`,
-/// with the AVX-512 kernel ([`runs_wide`]): each image's sums, one per weight,
-/// added in image order.
+/// The groups' weight gradients `(C_out, C_in, 3, 3)` from the layout the wide kernels keep
+/// them in, `(C_in, 9, C_out)` per group: the chunks' partial sums are added in that layout
+/// (the same additions, in the same order, as in the weights' own) and turned once per group.
+fn from_kernel_layout(summed: Vec<f32>, (c_in, c_out): (usize, usize)) -> Vec<f32> {
+    let group_len = c_in * 9 * c_out;
+    let mut dw = vec![0.0f32; summed.len()];
+    dw.par_chunks_mut(group_len)
+        .zip(summed.par_chunks(group_len))
+        .for_each(|(dw_g, dw_t)| {
+            for (co, dw_co) in dw_g.chunks_exact_mut(c_in * 9).enumerate() {
+                for (k, v) in dw_co.iter_mut().enumerate() {
+                    *v = dw_t[k * c_out + co];
+                }
+            }
+        });
+    dw
+}
+
+/// One group's weight gradient over `units` (its units of consecutive images) added into
+/// `dw_t` (zeros on entry), with the AVX-512 kernel ([`runs_wide`]): each image's sums, one per
+/// weight, added in image order, the sums in the kernel's layout `(C_in, 9, C_out)`
+/// ([`from_kernel_layout`] turns them).
 fn weight_grad_wide(
     g: &ConvGeometry,
     plan: &Plan,
     (x, dy): (&[f32], &[f32]),
     units: impl Iterator<Item = usize>,
-    dw_g: &mut [f32],
+    dw_t: &mut [f32],
 ) {
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     let filled = plan.filled(g);
-    // The sums as the kernel keeps them, `(c_in, 9, c_out)`.
-    let mut dw_t = vec![0.0f32; dw_g.len()];
     // On the square maps `direct3x3_wide_rows.rs` takes, the input planes are read as they are
     // and the gradient transposed on rows of the output width; elsewhere both on the padded
     // rows.
@@ -421,9 +443,4 @@ fn weight_grad_wide(
             }
         }
     });
-    for (co, dw_co) in dw_g.chunks_exact_mut(c_in * 9).enumerate() {
-        for (k, v) in dw_co.iter_mut().enumerate() {
-            *v = dw_t[k * c_out + co];
-        }
-    }
 }
