@@ -270,7 +270,7 @@ fn forward_wide(g: &ConvGeometry, x: &[f32], w: &[f32], y: &mut [f32], then: Epi
     let cp = ColumnPlanes::of(g);
     let taps = cp.tap_offsets(g);
     let c_out = g.out_channels;
-    // The weight as `(tap, C_out)`: a block's 8 weights of one tap are consecutive.
+    // The weight as `(tap, C_out)`: a block's weights of one tap are consecutive.
     let mut wt = vec![0.0f32; w.len()];
     for (co, row) in w.chunks_exact(taps.len()).enumerate() {
         for (t, &v) in row.iter().enumerate() {
