@@ -328,6 +328,83 @@ fn scatter_rows(
     Ok(unsafe { crate::row_tasks::written_by(g.planes * h * w, scatter) })
 }
 
+/// [`forward_f32`] that also keeps each output's first maximum, as its index `y * W + x` in its
+/// input plane: [`scatter_cells`] sends the output's gradient there without reading the pool's
+/// input or searching its windows again. The same values as [`forward_f32`] and the same cells
+/// as [`scatter_f32`] finds.
+pub(crate) fn forward_f32_with_cells(
+    src: &[f32],
+    layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let at = Strided4::new(layout)?;
+    let (h, w) = (g.rows.input, g.cols.input);
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    if h * w > u32::MAX as usize {
+        bail!("max_pool2d: a {h}x{w} plane has more cells than a u32 numbers");
+    }
+    let kernel = rows::kernel(layout, g);
+    let mut out = vec![0f32; g.planes * oh * ow];
+    let mut cells = vec![0u32; g.planes * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .zip(cells.par_chunks_mut(oh * ow))
+        .enumerate()
+        .for_each(|(plane, (dst, cells))| {
+            let base = at.plane_base(plane);
+            let rows = dst.chunks_exact_mut(ow).zip(cells.chunks_exact_mut(ow));
+            for (oy, (values, cells)) in rows.enumerate() {
+                match kernel {
+                    Some(kernel) => kernel.row_argmax(&src[base..], g, oy, values, cells),
+                    None => {
+                        for (ox, (v, cell)) in values.iter_mut().zip(cells).enumerate() {
+                            let (y, x, max) = window_argmax(src, &at, base, g, oy, ox);
+                            (*v, *cell) = (max, (y * w + x) as u32);
+                        }
+                    }
+                }
+            }
+        });
+    Ok((out, cells))
+}
+
+/// The pool's input gradient `(N, C, H, W)` from the output gradient and each output's cell
+/// ([`forward_f32_with_cells`]): each output gradient added to its cell in row-major output
+/// order, [`scatter_f32`]'s sums bit for bit. Each plane is cleared by the task that scatters
+/// into it, while it is in cache.
+pub(crate) fn scatter_cells(
+    cells: &[u32],
+    grad: &[f32],
+    grad_layout: &Layout,
+    g: &PoolGeometry,
+) -> Result<Vec<f32>> {
+    let gat = Strided4::new(grad_layout)?;
+    let (h, w) = (g.rows.input, g.cols.input);
+    let (oh, ow) = (g.rows.output, g.cols.output);
+    if cells.len() != g.planes * oh * ow || cells.iter().any(|&c| c as usize >= h * w) {
+        bail!("max_pool2d: the cells are not those of this pool's outputs");
+    }
+    let scatter = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        out.par_chunks_mut(h * w)
+            .zip(cells.par_chunks(oh * ow))
+            .enumerate()
+            .for_each(|(plane, (dst, cells))| {
+                for v in dst.iter_mut() {
+                    v.write(0.0);
+                }
+                // SAFETY: every value of the plane was written just above.
+                let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+                let gbase = gat.plane_base(plane);
+                for (oy, row) in cells.chunks_exact(ow).enumerate() {
+                    for (ox, &cell) in row.iter().enumerate() {
+                        dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+                    }
+                }
+            })
+    };
+    // SAFETY: the planes cover all `g.planes * h * w` slots, and each plane is written whole.
+    Ok(unsafe { crate::row_tasks::written_by(g.planes * h * w, scatter) })
+}
+
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "mtanet-max-pool2d"
@@ -509,6 +586,20 @@ mod tests {
                 let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
                 let want_forward = bits(forward_cpu(&src, &layout, &g)?);
                 let want_backward = bits(scatter_cpu(&src, &layout, &grad, &grad_layout, &g)?);
+                // The kept cells (this CPU's rows kernel; the scalar search on a layout with
+                // its rows and columns swapped, which no rows kernel reads) give the same.
+                let transposed = Layout::contiguous((2, 3, w, h)).transpose(2, 3)?;
+                for layout in [&layout, &transposed] {
+                    let (values, cells) = forward_f32_with_cells(&src, layout, &g)?;
+                    let case = format!("k{kernel} s{stride} p{padding} ceil {ceil_mode}, {h}x{w}");
+                    let scalar = bits(forward_cpu(&src, layout, &g)?);
+                    assert_eq!(bits(values), scalar, "forward with cells, {case}");
+                    assert_eq!(
+                        bits(scatter_cells(&cells, &grad, &grad_layout, &g)?),
+                        bits(scatter_cpu(&src, layout, &grad, &grad_layout, &g)?),
+                        "backward from cells, {case}"
+                    );
+                }
                 for &rows_kernel in &kernels {
                     let case = format!(
                         "{rows_kernel:?}, k{kernel} s{stride} p{padding} ceil {ceil_mode}, {h}x{w}"

@@ -11,7 +11,7 @@ use crate::batch_norm::{lock, recorded_stats};
 use crate::conv2d::storage::dense_f32;
 use crate::conv_bn::{stage_backward, stage_forward, OutputGrad, Saved};
 use crate::fused_operands::{cpu_values, fused_conv_geometry};
-use crate::max_pool2d::{forward_f32, scatter_f32};
+use crate::max_pool2d::{forward_f32_with_cells, scatter_cells};
 use crate::profile::timed;
 use crate::{BatchStats, ConvGeometry, ConvParams, PoolGeometry};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -81,12 +81,12 @@ pub fn conv_bn_relu_max_pool_train(
     Ok((y, stats))
 }
 
-/// What the forward keeps: the stage's state, and its output (the pool's input, whose
-/// windows' first maxima the backward finds again).
+/// What the forward keeps: the stage's state, and each pooled output's first maximum (its
+/// cell in the stage's output plane), where the backward sends the output's gradient.
 #[derive(Debug)]
 struct StemSaved {
     stage: Saved,
-    pooled_from: Vec<f32>,
+    cells: Vec<u32>,
 }
 
 /// The op: (`x`, `w`, `[weight; bias]`) -> the pooled map.
@@ -137,14 +137,11 @@ impl CustomOp3 for StemTrain {
         let affine = dense_f32(affs, affl, "BatchNorm weight and bias")?;
         let (h, stage) = stage_forward(g, &x, &w, &affine, (self.eps, true), (None, None))?;
         let hl = Layout::contiguous(g.output_dims());
-        let y = timed(
+        let (y, cells) = timed(
             || "max-pool fwd".into(),
-            || forward_f32(&h, &hl, &self.pool),
+            || forward_f32_with_cells(&h, &hl, &self.pool),
         )?;
-        *lock(&self.saved)? = Some(StemSaved {
-            stage,
-            pooled_from: h,
-        });
+        *lock(&self.saved)? = Some(StemSaved { stage, cells });
         Ok((CpuStorage::F32(y), Shape::from(&self.output_dims())))
     }
 
@@ -170,12 +167,11 @@ impl CustomOp3 for StemTrain {
         let xv = cpu_values(op, &xs, xl, "input")?;
         let wv = cpu_values(op, &ws, wl, "conv weight")?;
         let gv = cpu_values(op, &gs, gl, "output gradient")?;
-        let hl = Layout::contiguous(g.output_dims());
         let grad_h = timed(
             || "max-pool bwd".into(),
             || {
                 let grad_layout = Layout::contiguous(&self.output_dims());
-                scatter_f32(&s.pooled_from, &hl, &gv, &grad_layout, &self.pool)
+                scatter_cells(&s.cells, &gv, &grad_layout, &self.pool)
             },
         )?;
         stage_backward(
