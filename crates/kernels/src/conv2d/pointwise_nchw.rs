@@ -229,7 +229,8 @@ impl Span {
     }
 }
 
-/// Lanes `from..from + n` set (also the stem kernel's row pieces, `stem_direct.rs`).
+/// Lanes `from..from + n` set (also the stem kernels' row pieces and plane masks,
+/// `stem_direct.rs` and `stem_column_planes.rs`).
 pub(super) fn lane_mask(from: usize, n: usize) -> u16 {
     (((1u32 << n) - 1) << from) as u16
 }

@@ -16,6 +16,7 @@
 //! 7x7 kernel): 42 planes of 59 x 56 values for the stem, 560 KB per image, which stay in L2.
 
 use super::geometry::ConvGeometry;
+use super::pointwise_nchw::lane_mask;
 
 /// f32 lanes of a vector (AVX-512).
 const LANES: usize = 16;
@@ -69,7 +70,7 @@ impl ColumnPlanes {
     /// The lanes of the last vector that lie inside the `OH x OW` map (all 16 when it is
     /// whole).
     pub(super) fn last_lanes(&self, g: &ConvGeometry) -> u16 {
-        lane_mask(g.out_pixels() % LANES)
+        last_vector_lanes(g.out_pixels())
     }
 
     /// Writes the planes of one image `x` (`C_in x H x W`) into `planes`, every value: each
@@ -93,7 +94,7 @@ impl ColumnPlanes {
         let mut phase = vec![0.0f32; 2 * (phase_width + LANES)];
         let (even, odd) = phase.split_at_mut(phase_width + LANES);
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let last = lane_mask(width % LANES);
+        let last = last_vector_lanes(width);
         let dst = planes.as_mut_ptr();
         for ci in 0..g.in_channels {
             let channel = x.as_ptr().add(ci * h * w);
@@ -156,24 +157,21 @@ impl ColumnPlanes {
     }
 }
 
-/// The first `n` of 16 lanes (all 16 for `n == 0`, a whole last vector).
-fn lane_mask(n: usize) -> u16 {
-    match n {
-        0 => u16::MAX,
-        n => ((1u32 << n) - 1) as u16,
+/// The lanes of a vector whose first `n % 16` lanes are the last of a run (all 16 where the run
+/// ends on a whole vector).
+fn last_vector_lanes(n: usize) -> u16 {
+    match n % LANES {
+        0 => lane_mask(0, LANES),
+        n => lane_mask(0, n),
     }
 }
 
 /// The lanes `l` of a vector read from column `start` of a row `w` long whose column
 /// `start + l` lies inside the row.
 fn inside(start: isize, w: usize) -> u16 {
-    let from = (-start).clamp(0, LANES as isize);
-    let to = (w as isize - start).clamp(0, LANES as isize);
-    if to <= from {
-        0
-    } else {
-        (((1u32 << (to - from)) - 1) << from) as u16
-    }
+    let from = (-start).clamp(0, LANES as isize) as usize;
+    let to = (w as isize - start).clamp(0, LANES as isize) as usize;
+    lane_mask(from, to.saturating_sub(from))
 }
 
 #[cfg(test)]

@@ -91,21 +91,21 @@ pub(super) fn vector_lanes() -> Option<usize> {
 
 /// The phase planes of one image and the flat positions computed on them.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Phases {
+struct Phases {
     /// f32 lanes of the vectors the positions are computed in.
-    pub(super) lanes: usize,
+    lanes: usize,
     /// Values per plane row (`PW = OW + (K-1)/2`), the row length of the flat positions.
-    pub(super) width: usize,
+    width: usize,
     /// Rows per plane (`PH = OH + (K-1)/2`).
-    pub(super) rows: usize,
+    rows: usize,
     /// Values per plane: its rows, then zeros for the last vector's reads past them.
-    pub(super) plane_len: usize,
+    plane_len: usize,
     /// Position vectors: `(OH - 1) * PW + OW` positions, rounded up to a vector.
-    pub(super) vectors: usize,
+    vectors: usize,
 }
 
 impl Phases {
-    pub(super) fn of(g: &ConvGeometry, lanes: usize) -> Self {
+    fn of(g: &ConvGeometry, lanes: usize) -> Self {
         let half = (g.kernel_h - 1) / 2;
         let (width, rows) = (g.out_w + half, g.out_h + half);
         let vectors = ((g.out_h - 1) * width + g.out_w).div_ceil(lanes);
@@ -121,13 +121,13 @@ impl Phases {
     }
 
     /// Planes of one image: four per input channel.
-    pub(super) fn planes(&self, g: &ConvGeometry) -> usize {
+    fn planes(&self, g: &ConvGeometry) -> usize {
         4 * g.in_channels
     }
 
     /// Where tap `t` (`(ci, kh, kw)` in row-major order) of a position reads, from the
     /// position's flat index in the image's planes.
-    pub(super) fn tap_offsets(&self, g: &ConvGeometry) -> Vec<usize> {
+    fn tap_offsets(&self, g: &ConvGeometry) -> Vec<usize> {
         let k = g.kernel_h;
         (0..g.in_channels * k * k)
             .map(|t| {
@@ -139,7 +139,7 @@ impl Phases {
     }
 
     /// Writes the phase planes of one image `x` (`C_in x H x W`) into `planes`, every value.
-    pub(super) fn split(&self, g: &ConvGeometry, x: &[f32], planes: &mut [f32]) {
+    fn split(&self, g: &ConvGeometry, x: &[f32], planes: &mut [f32]) {
         let (h, w, pad) = (g.in_h, g.in_w, g.padding);
         planes.fill(0.0);
         for ci in 0..g.in_channels {
@@ -165,7 +165,7 @@ impl Phases {
     }
 
     /// Where each position vector's valid lanes lie in an output channel of `OH x OW` values.
-    pub(super) fn spans(&self, g: &ConvGeometry) -> Vec<Span> {
+    fn spans(&self, g: &ConvGeometry) -> Vec<Span> {
         (0..self.vectors)
             .map(|v| Span::of(v * self.lanes, self.lanes, self.width, (g.out_h, g.out_w)))
             .collect()
@@ -178,11 +178,11 @@ impl Phases {
 /// lanes that are never touched). The dropped columns and positions past the map are in
 /// neither mask.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Span {
-    pub(super) first: isize,
-    pub(super) first_mask: u16,
-    pub(super) second: isize,
-    pub(super) second_mask: u16,
+struct Span {
+    first: isize,
+    first_mask: u16,
+    second: isize,
+    second_mask: u16,
 }
 
 impl Span {
