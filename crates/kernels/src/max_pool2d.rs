@@ -302,10 +302,29 @@ fn scatter_rows(
     let gat = Strided4::new(grad_layout)?;
     let (h, w) = (g.rows.input, g.cols.input);
     let (oh, ow) = (g.rows.output, g.cols.output);
-    // Each plane is cleared by the task that scatters into it, while it is in cache (a zeroed
-    // allocation would clear the whole gradient first, on one thread).
-    let scatter = |out: &mut [std::mem::MaybeUninit<f32>]| {
-        out.par_chunks_mut(h * w)
+    Ok(scattered_planes(g.planes, h * w, |plane, dst| {
+        let src = &src[at.plane_base(plane)..];
+        let gbase = gat.plane_base(plane);
+        let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
+        for oy in 0..oh {
+            kernel.row_argmax(src, g, oy, &mut values, &mut cells);
+            for (ox, &cell) in cells.iter().enumerate() {
+                dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+            }
+        }
+    }))
+}
+
+/// A pool's input gradient of `planes` planes of `plane_len` values: each plane cleared, then
+/// `scatter(plane, dst)` adds into it, in a task of its own while the plane is in cache (a
+/// zeroed allocation would clear the whole gradient first, on one thread).
+fn scattered_planes(
+    planes: usize,
+    plane_len: usize,
+    scatter: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        out.par_chunks_mut(plane_len)
             .enumerate()
             .for_each(|(plane, dst)| {
                 for v in dst.iter_mut() {
@@ -313,19 +332,11 @@ fn scatter_rows(
                 }
                 // SAFETY: every value of the plane was written just above.
                 let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-                let src = &src[at.plane_base(plane)..];
-                let gbase = gat.plane_base(plane);
-                let (mut values, mut cells) = (vec![0f32; ow], vec![0u32; ow]);
-                for oy in 0..oh {
-                    kernel.row_argmax(src, g, oy, &mut values, &mut cells);
-                    for (ox, &cell) in cells.iter().enumerate() {
-                        dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
-                    }
-                }
+                scatter(plane, dst);
             })
     };
-    // SAFETY: the planes cover all `g.planes * h * w` slots, and each plane is written whole.
-    Ok(unsafe { crate::row_tasks::written_by(g.planes * h * w, scatter) })
+    // SAFETY: the planes cover all `planes * plane_len` slots, and each plane is written whole.
+    unsafe { crate::row_tasks::written_by(planes * plane_len, fill) }
 }
 
 /// [`forward_f32`] that also keeps each output's first maximum, as its index `y * W + x` in its
@@ -369,8 +380,7 @@ pub(crate) fn forward_f32_with_cells(
 
 /// The pool's input gradient `(N, C, H, W)` from the output gradient and each output's cell
 /// ([`forward_f32_with_cells`]): each output gradient added to its cell in row-major output
-/// order, [`scatter_f32`]'s sums bit for bit. Each plane is cleared by the task that scatters
-/// into it, while it is in cache.
+/// order, [`scatter_f32`]'s sums bit for bit.
 pub(crate) fn scatter_cells(
     cells: &[u32],
     grad: &[f32],
@@ -383,26 +393,15 @@ pub(crate) fn scatter_cells(
     if cells.len() != g.planes * oh * ow || cells.iter().any(|&c| c as usize >= h * w) {
         bail!("max_pool2d: the cells are not those of this pool's outputs");
     }
-    let scatter = |out: &mut [std::mem::MaybeUninit<f32>]| {
-        out.par_chunks_mut(h * w)
-            .zip(cells.par_chunks(oh * ow))
-            .enumerate()
-            .for_each(|(plane, (dst, cells))| {
-                for v in dst.iter_mut() {
-                    v.write(0.0);
-                }
-                // SAFETY: every value of the plane was written just above.
-                let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-                let gbase = gat.plane_base(plane);
-                for (oy, row) in cells.chunks_exact(ow).enumerate() {
-                    for (ox, &cell) in row.iter().enumerate() {
-                        dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
-                    }
-                }
-            })
-    };
-    // SAFETY: the planes cover all `g.planes * h * w` slots, and each plane is written whole.
-    Ok(unsafe { crate::row_tasks::written_by(g.planes * h * w, scatter) })
+    Ok(scattered_planes(g.planes, h * w, |plane, dst| {
+        let gbase = gat.plane_base(plane);
+        let cells = &cells[plane * oh * ow..][..oh * ow];
+        for (oy, row) in cells.chunks_exact(ow).enumerate() {
+            for (ox, &cell) in row.iter().enumerate() {
+                dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+            }
+        }
+    }))
 }
 
 impl CustomOp1 for MaxPool2d {
