@@ -6,16 +6,17 @@
 //! maps) or as one GEMM per image (14x14).
 //!
 //! The batch's columns `(b, p)` run image after image, in blocks of 3 vectors of 16. Per block
-//! and pass of 128 summed channels, the block's input columns are first packed into rows of 48
+//! and pass of summed channels ([`summed_per_pass`]: 512 on AMD Zen 4, read from its L2 cache;
+//! 128 elsewhere, which stay in L1), the block's input columns are first packed into rows of 48
 //! values (a vector whose columns cross from image `b` into `b + 1` is read as two masked
-//! pieces, one per image; maps of at least 16 pixels make two enough), which then stay in L1
-//! while every 8 output rows in turn run in 24 accumulators: per summed channel, 3 vector
-//! loads, 8 weights broadcast from `w` where they lie (consecutive in a row of `w` for the
-//! input gradient; for the forward one per row, `C_in` apart), 24 FMAs. Between passes a
-//! block's sums wait in a buffer of the same rows; the last pass writes them into the output,
-//! again as masked pieces. Every value is one FMA chain over the summed channels in order,
-//! whatever the passes, blocks and threads (docs/determinism.md). The forward's epilogue (a
-//! folded BatchNorm, the residual join, pooling) then runs per image over its output.
+//! pieces, one per image; maps of at least 16 pixels make two enough), which every 8 output
+//! rows in turn then read, running in 24 accumulators: per summed channel, 3 vector loads, 8
+//! weights broadcast from `w` where they lie (consecutive in a row of `w` for the input
+//! gradient; for the forward one per row, `C_in` apart), 24 FMAs. Between passes a block's sums
+//! wait in a buffer of the same rows; the last pass writes them into the output, again as
+//! masked pieces. Every value is one FMA chain over the summed channels in order, whatever the
+//! passes, blocks and threads (docs/determinism.md). The forward's epilogue (a folded
+//! BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
 //! The same blocks run the forward and the input gradient of 1x1 stride-2 layers (the pixels
 //! the layer reads gathered first; the input gradient's products written to those pixels,
@@ -33,8 +34,29 @@ const LANES: usize = 16;
 const ROWS: usize = 8;
 /// Column vectors of a register block.
 const VECTORS: usize = 3;
-/// Summed channels per pass over a block (its input columns stay in L1).
+/// Summed channels per pass over a block, whose packed input columns (24 KB) then stay in the
+/// L1 cache.
 const KC: usize = 128;
+/// Summed channels per pass on AMD Zen 4, where the packed columns (96 KB) are read from L2.
+const KC_ZEN4: usize = 512;
+
+/// How many summed channels a pass over a block takes: [`KC_ZEN4`] on AMD Zen 4, else [`KC`].
+/// The passes change no value (each one FMA chain over the summed channels in order), only how
+/// often a block's 24 sums are stored and loaded again. On Zen 4 the fewer passes measured
+/// faster: `bench-one` profiles of ResNeXt-50 (2 threads, 3 alternating rounds, ms per step,
+/// passes of 128 -> 512), the 7x7-map 1x1 rows at batch 16 forward 53.5-55.5 -> 51.2-52.5,
+/// input gradient 59.7-62.3 -> 58.2-61.9, evaluation 53.0-59.5 -> 50.8-54.6; at batch 32
+/// forward 105.5-109.2 -> 102.5-106.1, input gradient 112.2-117.1 -> 109.6-113.6, evaluation
+/// 105.3-110.3 -> 101.0-102.3. `conv_passes` (CPU time of 2 threads, best of 9, 2 rounds): the
+/// forward of (512 -> 2048) at 7x7, batch 16, 15.94-16.06 -> 15.39-15.50 ms; the stride-2 1x1
+/// layers and the dense stride-2 3x3 input gradient's phase products level.
+fn summed_per_pass() -> usize {
+    if crate::cpu_features::zen4() {
+        KC_ZEN4
+    } else {
+        KC
+    }
+}
 
 /// True when `g`'s input gradient runs here: where [`fits`], on AMD Zen 5 server cores
 /// (`cpu_features.rs`'s `CpuKind`; Intel's AVX-512 CPUs keep the GEMMs, unmeasured), where
@@ -341,19 +363,21 @@ unsafe fn products_into<const ROWS_APART: bool>(
     let dy_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), co)).collect();
     let dx_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), ci)).collect();
     let shared = SharedOutput::new(dx);
+    let per_pass = summed_per_pass();
     (0..vectors.div_ceil(VECTORS))
         .into_par_iter()
         .for_each(|tile| {
             let v0 = tile * VECTORS;
             let n = (vectors - v0).min(VECTORS);
             let (ins, outs) = (&dy_spans[v0..v0 + n], &dx_spans[v0..v0 + n]);
-            // The pass's `dy` columns, packed (`KC` rows of `WIDTH`), then each block of input
-            // channels' running sums between passes (`ci` rows of `WIDTH`), 64-byte aligned.
-            with_columns(LANES + (KC + ci) * WIDTH, |buf| {
+            // The pass's `dy` columns, packed (`per_pass` rows of `WIDTH`), then each block of
+            // input channels' running sums between passes (`ci` rows of `WIDTH`), 64-byte
+            // aligned.
+            with_columns(LANES + (per_pass + ci) * WIDTH, |buf| {
                 let skip = buf.as_ptr().align_offset(64).min(LANES);
-                let (panel, sums) = buf[skip..].split_at_mut(KC * WIDTH);
-                for k0 in (0..co).step_by(KC) {
-                    let kc = KC.min(co - k0);
+                let (panel, sums) = buf[skip..].split_at_mut(per_pass * WIDTH);
+                for k0 in (0..co).step_by(per_pass) {
+                    let kc = per_pass.min(co - k0);
                     // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `dy` for
                     // every channel below `co` (`Span::of`, p >= 16 or one image).
                     unsafe { pack(dy.as_ptr().add(k0 * p), (ins, p), kc, panel) };
@@ -545,9 +569,9 @@ mod tests {
 
     /// The forward is each value's FMA chain over the input channels, bit for bit (the weights
     /// read where they lie, `C_in` apart per output channel), on the input gradient's shapes
-    /// turned around (8 to 272 input channels, passes of 128 and a short last one; maps of 16
-    /// to 196 pixels, vectors inside an image and across two); the epilogue runs once on every
-    /// image; the same bits under pools of 1 and 3 threads.
+    /// turned around (8 to 520 input channels: one pass and several, the last one short, with
+    /// passes of 128 or 512; maps of 16 to 196 pixels, vectors inside an image and across two);
+    /// the epilogue runs once on every image; the same bits under pools of 1 and 3 threads.
     #[test]
     fn forward_is_the_plain_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
@@ -561,6 +585,7 @@ mod tests {
             (2, 256, 8, 7),
             (7, 136, 8, 5),
             (2, 136, 256, 14),
+            (2, 520, 16, 7),
         ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
                 .expect("geometry");
@@ -690,8 +715,8 @@ mod tests {
     /// The input gradient is each value's FMA chain over the output channels, bit for bit, for
     /// maps of 16, 25, 49, 64 and 196 pixels (vectors inside an image and across two), batches
     /// whose columns end on a vector and between vectors, blocks of 1 to 3 vectors, and 8 to
-    /// 272 output channels (one pass of 128 and several, the last one short); the same bits
-    /// under pools of 1 and 3 threads.
+    /// 520 output channels (one pass and several, the last one short, with passes of 128 or
+    /// 512); the same bits under pools of 1 and 3 threads.
     #[test]
     fn input_gradient_is_the_plain_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
@@ -705,6 +730,7 @@ mod tests {
             (2, 8, 256, 7),
             (7, 8, 136, 5),
             (2, 256, 136, 14),
+            (2, 16, 520, 7),
         ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
                 .expect("geometry");
