@@ -101,40 +101,36 @@ impl ColumnPlanes {
             // Plane rows `(i, a)` in the order of the input rows they read, `2 * i + a - pad`.
             for (i, a) in (0..self.rows).flat_map(|i| [(i, 0), (i, 1)]) {
                 let group = dst.add((ci * 2 + a) * k * len);
-                {
-                    let row = (2 * i + a).checked_sub(pad).filter(|&r| r < h);
-                    if let Some(r) = row {
-                        for (b, out) in [&mut *even, &mut *odd].into_iter().enumerate() {
-                            let src = channel.add(r * w);
-                            for j0 in (0..phase_width).step_by(LANES) {
-                                let start = (2 * j0 + b) as isize - pad as isize;
-                                let lo = _mm512_maskz_loadu_ps(
-                                    inside(start, w),
-                                    src.wrapping_offset(start),
-                                );
-                                let hi = _mm512_maskz_loadu_ps(
-                                    inside(start + LANES as isize, w),
-                                    src.wrapping_offset(start + LANES as isize),
-                                );
-                                let v = _mm512_permutex2var_ps(lo, evens, hi);
-                                _mm512_storeu_ps(out.as_mut_ptr().add(j0), v);
-                            }
+                let row = (2 * i + a).checked_sub(pad).filter(|&r| r < h);
+                if let Some(r) = row {
+                    let src = channel.add(r * w);
+                    for (b, out) in [&mut *even, &mut *odd].into_iter().enumerate() {
+                        for j0 in (0..phase_width).step_by(LANES) {
+                            let start = (2 * j0 + b) as isize - pad as isize;
+                            let lo =
+                                _mm512_maskz_loadu_ps(inside(start, w), src.wrapping_offset(start));
+                            let hi = _mm512_maskz_loadu_ps(
+                                inside(start + LANES as isize, w),
+                                src.wrapping_offset(start + LANES as isize),
+                            );
+                            let v = _mm512_permutex2var_ps(lo, evens, hi);
+                            _mm512_storeu_ps(out.as_mut_ptr().add(j0), v);
                         }
                     }
-                    for kw in 0..k {
-                        let to = group.add(kw * len + i * width);
-                        let from = if kw % 2 == 0 { &even } else { &odd };
-                        let from = from.as_ptr().add(kw / 2);
-                        for j0 in (0..width).step_by(LANES) {
-                            let v = match row {
-                                Some(_) => _mm512_loadu_ps(from.add(j0)),
-                                None => _mm512_setzero_ps(),
-                            };
-                            if j0 + LANES <= width {
-                                _mm512_storeu_ps(to.add(j0), v);
-                            } else {
-                                _mm512_mask_storeu_ps(to.add(j0), last, v);
-                            }
+                }
+                for kw in 0..k {
+                    let to = group.add(kw * len + i * width);
+                    let from = if kw % 2 == 0 { &even } else { &odd };
+                    let from = from.as_ptr().add(kw / 2);
+                    for j0 in (0..width).step_by(LANES) {
+                        let v = match row {
+                            Some(_) => _mm512_loadu_ps(from.add(j0)),
+                            None => _mm512_setzero_ps(),
+                        };
+                        if j0 + LANES <= width {
+                            _mm512_storeu_ps(to.add(j0), v);
+                        } else {
+                            _mm512_mask_storeu_ps(to.add(j0), last, v);
                         }
                     }
                 }
