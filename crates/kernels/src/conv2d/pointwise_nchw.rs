@@ -285,12 +285,22 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// 1.86-1.89 -> 1.71-1.77, (256 -> 512) 1.92-1.95 -> 1.74-1.77, (512 -> 128) 0.98-0.99 ->
 /// 0.88-0.90; batch 32, (1024 -> 256) at 7x7 2.09-2.11 -> 1.88-1.99, (256 -> 1024) 1.91-2.11 ->
 /// 1.81-1.82. At 4x4 the blocks were slower at batch 16 ((2048 -> 512) 1.19-1.21 -> 1.24-1.26)
-/// and within 3% at batch 32: those keep the GEMM. On AMD Zen 4 the 7x7 maps only (as
+/// and within 3% at batch 32: those keep the GEMM. On AMD Zen 4 the 7x7 and 14x14 maps (as
 /// [`applies`], best / median of 3): (1024 -> 256) 2.60 / 2.62 -> 2.18 / 2.22 ms at batch 16,
-/// 5.56 / 5.57 -> 4.59 / 4.59 at batch 32; at 14x14 level, (512 -> 256) 4.34 / 4.36 -> 4.34 /
-/// 4.50 at batch 16.
+/// 5.56 / 5.57 -> 4.59 / 4.59 at batch 32. At 14x14 the blocks measured level with passes of
+/// 128 ((512 -> 256) 4.34 / 4.36 -> 4.34 / 4.50 at batch 16) and 0-5% faster with the passes of
+/// 512 ([`summed_per_pass`]): `conv_passes`, CPU time of 2 threads, best of 7, 3 alternating
+/// rounds, (512 -> 256) 8.69-9.04 -> 8.35-8.69 ms at batch 16 and 17.45-19.40 -> 16.95-18.44 at
+/// 32, (256 -> 512) 8.63-9.29 -> 8.41-9.20 and 17.58-18.64 -> 16.98-18.18, (512 -> 512)
+/// 16.79-17.53 -> 15.88-17.39 at batch 16; wall clock, (512 -> 128) level (2.30-2.70 ->
+/// 2.28-2.75 at batch 16, 4.57-4.77 -> 4.56-4.81 at 32). In ResNeXt-50's `bench-one` profiles
+/// (3 alternating rounds at batch 32, 7 at 16) the 14x14 1x1 rows went from 82.6-85.2 to
+/// 78.1-79.8 ms in evaluation and 79.5-81.7 to 77.7-80.1 in the forward at batch 32, and at
+/// batch 16 from a best of 39.3 (median 40.4) to 38.3 (40.0) and 40.2 (40.6) to 39.0 (40.0). At
+/// 28x28 the blocks were 2-6% slower (`conv_passes`, CPU time, (256 -> 128) 9.12-9.50 ->
+/// 9.34-10.36 at batch 16): those keep the GEMM.
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64)
+    applies(g) && g.out_pixels() > 16
 }
 
 /// Forward of `g` (as [`forward_applies`] takes it): `y[b, co, q] = sum_ci w[co, ci] *
@@ -757,7 +767,8 @@ mod tests {
 
     /// Which ResNet layers take the blocks on the two AMD kinds they were measured on (batch
     /// 16, 112x112 input): on Zen 5 every fitting map; on Zen 4 the input gradients of 7x7
-    /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7 maps only.
+    /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7 and 14x14
+    /// maps (not the stride-2 ones).
     #[test]
     fn the_blocks_run_where_they_were_measured_faster() {
         let zen5 = crate::cpu_features::zen5();
@@ -772,7 +783,7 @@ mod tests {
         // (layer, its input gradient in the blocks, its forward in the blocks) on Zen 4.
         let cases = [
             (layer(1024, 256, 7, 1), true, true),
-            (layer(512, 256, 14, 1), true, false),
+            (layer(512, 256, 14, 1), true, true),
             (layer(2048, 512, 4, 1), false, false),
             (layer(256, 512, 28, 2), true, false),
             (layer(512, 1024, 14, 2), true, false),
