@@ -101,8 +101,8 @@ fn forward_with(
     if direct_3x3(g, Pass::Forward) {
         return super::direct3x3::forward_into(g, x, w, y, then);
     }
-    if super::pointwise_nchw::strided_forward_applies(g) {
-        return super::pointwise_nchw::strided_forward_into(g, x, w, y, then);
+    if super::pointwise_strided::forward_applies(g) {
+        return super::pointwise_strided::forward_into(g, x, w, y, then);
     }
     if super::pointwise_nchw::forward_applies(g) {
         return super::pointwise_nchw::forward_into(g, x, w, y, then);

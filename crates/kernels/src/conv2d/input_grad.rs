@@ -38,8 +38,8 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     if super::pointwise_nchw::applies(g) {
         return super::pointwise_nchw::input_grad_into(g, dy, w, dx);
     }
-    if super::pointwise_nchw::strided_applies(g) {
-        return super::pointwise_nchw::strided_input_grad_into(g, dy, w, dx);
+    if super::pointwise_strided::applies(g) {
+        return super::pointwise_strided::input_grad_into(g, dy, w, dx);
     }
     if super::input_grad_phases::applies(g) {
         return super::input_grad_phases::input_grad_into(g, dy, w, dx);

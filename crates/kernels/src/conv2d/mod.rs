@@ -38,6 +38,7 @@ mod input_grad_phases;
 pub(crate) mod matmul;
 mod partial_sums;
 mod pointwise_nchw;
+mod pointwise_strided;
 mod prefetch;
 #[cfg(test)]
 mod reference;

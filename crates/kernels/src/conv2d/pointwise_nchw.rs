@@ -18,10 +18,9 @@
 //! passes, blocks and threads (docs/determinism.md). The forward's epilogue (a folded
 //! BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
-//! The same blocks run the forward and the input gradient of 1x1 stride-2 layers (the pixels
-//! the layer reads gathered first; the input gradient's products written to those pixels,
-//! zeros elsewhere) and the products of the dense 3x3 stride-2
-//! input gradient's phases (`input_grad_phases.rs`, as one image of `N * OH*OW` columns).
+//! The same blocks run the forward and the input gradient of 1x1 stride-2 layers
+//! (`pointwise_strided.rs`) and the products of the dense 3x3 stride-2 input gradient's phases
+//! (`input_grad_phases.rs`, as one image of `N * OH*OW` columns).
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
@@ -73,118 +72,17 @@ pub fn applies(g: &ConvGeometry) -> bool {
     fits(g) && (g.out_pixels() <= 64 || g.in_channels >= 256) && chosen_here(g)
 }
 
-/// The CPU side of [`applies`] and [`strided_applies`]: every map the blocks take on AMD Zen 5,
-/// the outputs of more than 16 pixels (not 4x4) on AMD Zen 4.
-fn chosen_here(g: &ConvGeometry) -> bool {
+/// The CPU side of [`applies`] and of `pointwise_strided.rs`'s: every map the blocks take on
+/// AMD Zen 5, the outputs of more than 16 pixels (not 4x4) on AMD Zen 4.
+pub(super) fn chosen_here(g: &ConvGeometry) -> bool {
     crate::cpu_features::zen5() || (crate::cpu_features::zen4() && g.out_pixels() > 16)
 }
 
-/// True when `g`'s input gradient runs [`strided_input_grad_into`]: a dense 1x1 stride-2
-/// unpadded layer (ResNet's downsampling projections) with output maps of 16 to 196 pixels,
-/// on AMD Zen 5. `conv_passes`, wall clock of 2 threads, best of 7, 2 rounds, against the GEMMs
-/// and col2im (`batched.rs` to 7x7 and 4x4, per image to 14x14): (1024 -> 2048) from 7x7 to 4x4
-/// 2.95-2.96 -> 2.85-2.86 ms at batch 16, 7.22-7.29 -> 5.35-5.40 at batch 32; (512 -> 1024)
-/// from 14x14 to 7x7 2.51-2.64 -> 2.13-2.16 and 5.45-5.56 -> 4.35-4.44; (256 -> 512) from 28x28
-/// to 14x14 at batch 16 2.74-2.86 -> 2.41-2.54. On AMD Zen 4 the outputs of more than 16
-/// pixels (as [`applies`], best / median of 3): (512 -> 1024) from 14x14 to 7x7 5.50 / 5.54 ->
-/// 4.53 / 4.75 ms at batch 16, 10.86 / 12.28 -> 9.36 / 9.49 at batch 32; (256 -> 512) from 28x28
-/// to 14x14 6.28 / 6.31 -> 5.27 / 5.72 at batch 16; but (1024 -> 2048) from 7x7 to 4x4 5.83 /
-/// 5.91 -> 9.83 / 11.45.
-pub fn strided_applies(g: &ConvGeometry) -> bool {
-    strided_fits(g) && chosen_here(g)
-}
-
-/// True when the kernel can compute `g`'s stride-2 forward and input gradient on this CPU: a
-/// dense 1x1 stride-2 unpadded layer that [`blocks_take`].
-fn strided_fits(g: &ConvGeometry) -> bool {
-    (g.kernel_h, g.kernel_w, g.stride, g.padding) == (1, 1, 2, 0) && blocks_take(g)
-}
-
-/// True when `g`'s forward runs [`strided_forward_into`]: where its input gradient runs
-/// [`strided_input_grad_into`], less the 4x4 outputs (as for stride 1). `conv_passes`, wall
-/// clock of 2 threads, best of 7, 2 rounds, against the strided im2col, GEMM and copies: (512
-/// -> 1024) from 14x14 to 7x7 2.55-2.78 -> 2.11-2.12 ms at batch 16, 4.54-4.61 -> 4.17-4.19 at
-/// batch 32; (256 -> 512) from 28x28 to 14x14 2.28 -> 2.18-2.22 and 4.67-4.69 -> 4.54-4.56.
-/// On AMD Zen 5 only: on Zen 4 (as [`applies`], best / median of 3) they were level, (512 ->
-/// 1024) from 14x14 to 7x7 4.63 / 4.68 -> 4.59 / 4.73 ms at batch 16, (256 -> 512) from 28x28
-/// to 14x14 10.79 / 11.00 -> 10.91 / 11.40 at batch 32.
-pub fn strided_forward_applies(g: &ConvGeometry) -> bool {
-    strided_applies(g) && g.out_pixels() > 16 && crate::cpu_features::zen5()
-}
-
-/// Forward of a 1x1 stride-2 layer (as [`strided_forward_applies`] takes it): the pixels the
-/// layer reads gathered into `(N, C_in, OH*OW)`, the blocks' products written to `y` (each
-/// value one FMA chain over the input channels in order), then `then(b, y_b)` per image.
-pub fn strided_forward_into(
-    g: &ConvGeometry,
-    x: &[f32],
-    w: &[f32],
-    y: &mut [f32],
-    then: super::epilogue::Epilogue<'_>,
-) {
-    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
-    assert!(strided_fits(g), "pointwise_nchw: {g:?}");
-    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
-    assert_eq!(
-        x.len(),
-        batch * g.in_unit_len(),
-        "pointwise_nchw: input size"
-    );
-    assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
-    // Each image's im2col: for a 1x1 layer, its channels' read pixels, `(C_in, OH*OW)`.
-    let mut read = super::scratch::Scratch::take(batch * ci * p);
-    read.par_chunks_mut(ci * p)
-        .enumerate()
-        .for_each(|(b, unit)| super::im2col::im2col(g, g.input_unit(x, b), unit));
-    // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
-    // `p >= 16`.
-    unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
-    per_image(y, co * p, then);
-}
-
 /// `then(b, y_b)` on each image's output (`image_len` values), in parallel over the images.
-fn per_image(y: &mut [f32], image_len: usize, then: super::epilogue::Epilogue<'_>) {
+pub(super) fn per_image(y: &mut [f32], image_len: usize, then: super::epilogue::Epilogue<'_>) {
     y.par_chunks_mut(image_len)
         .enumerate()
         .for_each(|(b, y_b)| then(b, y_b));
-}
-
-/// Input gradient of a 1x1 stride-2 layer (as [`strided_applies`] takes it): the blocks'
-/// product `sum_co w[co, ci] * dy[b, co, q]` at every output pixel `q`, then written to the
-/// input pixel it read (`(2 oy, 2 ox)`), zeros at every other pixel.
-pub fn strided_input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (batch, p, ci, co) = (g.batch, g.out_pixels(), g.in_channels, g.out_channels);
-    let (ow, h, w_in) = (g.out_w, g.in_h, g.in_w);
-    assert!(strided_fits(g), "pointwise_nchw: {g:?}");
-    assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
-    assert_eq!(
-        dy.len(),
-        batch * co * p,
-        "pointwise_nchw: output gradient size"
-    );
-    assert_eq!(
-        dx.len(),
-        batch * ci * h * w_in,
-        "pointwise_nchw: input gradient size"
-    );
-    let mut sums = super::scratch::Scratch::take(batch * ci * p);
-    // SAFETY: `strided_applies` checked AVX-512F, both channel counts multiples of 8 and
-    // `p >= 16`.
-    unsafe { transposed_product_into(w, (co, ci), dy, (batch, p), &mut sums) };
-    let sums = &*sums;
-    dx.par_chunks_mut(h * w_in)
-        .zip(sums.par_chunks(p))
-        .for_each(|(plane, src)| {
-            for (y, row) in plane.chunks_exact_mut(w_in).enumerate() {
-                row.fill(0.0);
-                if y % 2 == 0 {
-                    let src_row = &src[(y / 2) * ow..][..ow];
-                    for (d, &v) in row.iter_mut().step_by(2).zip(src_row) {
-                        *d = v;
-                    }
-                }
-            }
-        });
 }
 
 /// True when the kernel can compute `g`'s forward and input gradient on this CPU: a dense 1x1
@@ -196,7 +94,7 @@ fn fits(g: &ConvGeometry) -> bool {
 /// What the blocks need of any layer they run: dense, more than one image, output maps of 16
 /// to 196 pixels, channel counts multiples of 8, a CPU where the sixteen-lane kernels run
 /// (`cpu_features.rs`'s `avx512_kernels`: Intel with AVX-512, AMD Zen 5 and Zen 4).
-fn blocks_take(g: &ConvGeometry) -> bool {
+pub(super) fn blocks_take(g: &ConvGeometry) -> bool {
     g.groups == 1
         && g.batch > 1
         && (LANES..=196).contains(&g.out_pixels())
@@ -547,12 +445,12 @@ unsafe fn block<const V: usize, const ROWS_APART: bool>(_: &Block, _: &[Span]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::test_values_fine as values;
     use super::*;
 
     /// `sum_k a(m, k) * inp[b, k, p]` as one `mul_add` chain over `k` in order.
-    fn chain(
+    pub(in super::super) fn chain(
         a: impl Fn(usize) -> f32,
         inp: &[f32],
         (b, p, pixels, depth): (usize, usize, usize, usize),
@@ -563,7 +461,10 @@ mod tests {
     }
 
     /// `run()`'s values, checked to be the same bits under rayon pools of 1 and 3 threads.
-    fn same_bits_under_pools(g: &ConvGeometry, run: impl Fn() -> Vec<f32> + Sync) -> Vec<f32> {
+    pub(in super::super) fn same_bits_under_pools(
+        g: &ConvGeometry,
+        run: impl Fn() -> Vec<f32> + Sync,
+    ) -> Vec<f32> {
         let values = run();
         for threads in [1, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -621,99 +522,6 @@ mod tests {
                 for q in 0..p {
                     for co in 0..c_out {
                         let want = chain(|k| w[co * c_in + k], &x, (b, q, p, c_in));
-                        let got = y[(b * c_out + co) * p + q];
-                        assert_eq!(got.to_bits(), want.to_bits(), "{g:?}: ({b}, {co}, {q})");
-                    }
-                }
-            }
-        }
-    }
-
-    /// The stride-2 input gradient is, at every pixel a 1x1 stride-2 layer reads, that pixel's
-    /// FMA chain over the output channels, bit for bit, and zero at every other pixel; on even
-    /// and odd maps (7x7 to 4x4, 8x8 to 4x4, 14x14 to 7x7, 9x9 to 5x5), 8 to 136 channels; the
-    /// same bits under pools of 1 and 3 threads.
-    #[test]
-    fn strided_input_gradient_is_the_chain_at_the_read_pixels() {
-        if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: the kernel does not run on this CPU");
-            return;
-        }
-        for (batch, c_in, c_out, side) in
-            [(3, 16, 8, 7), (2, 8, 136, 8), (2, 24, 16, 14), (5, 8, 8, 9)]
-        {
-            let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
-                .expect("geometry");
-            assert!(strided_fits(&g), "{g:?}");
-            let (o, p) = (g.out_w, g.out_pixels());
-            let w = values(c_out * c_in, 6);
-            let dy = values(batch * c_out * p, 7);
-            let run = || {
-                let mut dx = vec![f32::NAN; batch * c_in * side * side];
-                strided_input_grad_into(&g, &dy, &w, &mut dx);
-                dx
-            };
-            let dx = same_bits_under_pools(&g, run);
-            for b in 0..batch {
-                for ci in 0..c_in {
-                    for y in 0..side {
-                        for x in 0..side {
-                            let got = dx[((b * c_in + ci) * side + y) * side + x];
-                            let want = if y % 2 == 0 && x % 2 == 0 {
-                                let q = (y / 2) * o + x / 2;
-                                chain(|k| w[k * c_in + ci], &dy, (b, q, p, c_out))
-                            } else {
-                                0.0
-                            };
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{g:?}: ({b}, {ci}, {y}, {x})"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The stride-2 forward is, at every output pixel, the FMA chain over the input channels
-    /// of the pixel it reads, bit for bit (7x7 to 4x4 excluded: 9x9 to 5x5, 14x14 to 7x7, 10x10
-    /// to 5x5; 8 to 136 channels); the epilogue runs once per image; the same bits under pools
-    /// of 1 and 3 threads.
-    #[test]
-    fn strided_forward_is_the_chain_of_the_read_pixels() {
-        if !crate::cpu_features::avx512_kernels() {
-            eprintln!("skipped: the kernel does not run on this CPU");
-            return;
-        }
-        for (batch, c_in, c_out, side) in [(3, 16, 8, 9), (2, 136, 8, 14), (2, 8, 24, 10)] {
-            let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
-                .expect("geometry");
-            assert!(strided_fits(&g), "{g:?}");
-            let (o, p) = (g.out_w, g.out_pixels());
-            let w = values(c_out * c_in, 8);
-            let x = values(batch * c_in * side * side, 9);
-            let run = || {
-                let mut y = vec![f32::NAN; batch * c_out * p];
-                let calls: Vec<std::sync::atomic::AtomicUsize> =
-                    (0..batch).map(|_| Default::default()).collect();
-                strided_forward_into(&g, &x, &w, &mut y, &|b, _| {
-                    calls[b].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                });
-                assert!(calls
-                    .iter()
-                    .all(|c| c.load(std::sync::atomic::Ordering::Relaxed) == 1));
-                y
-            };
-            let y = same_bits_under_pools(&g, run);
-            for b in 0..batch {
-                for co in 0..c_out {
-                    for q in 0..p {
-                        let at = (q / o) * 2 * side + (q % o) * 2;
-                        let want = (0..c_in).fold(0.0f32, |acc, k| {
-                            w[co * c_in + k].mul_add(x[(b * c_in + k) * side * side + at], acc)
-                        });
                         let got = y[(b * c_out + co) * p + q];
                         assert_eq!(got.to_bits(), want.to_bits(), "{g:?}: ({b}, {co}, {q})");
                     }
@@ -792,12 +600,12 @@ mod tests {
         for (g, dx, fwd) in cases {
             let strided = g.stride == 2;
             let takes_dx = if strided {
-                strided_applies(&g)
+                super::super::pointwise_strided::applies(&g)
             } else {
                 applies(&g)
             };
             let takes_fwd = if strided {
-                strided_forward_applies(&g)
+                super::super::pointwise_strided::forward_applies(&g)
             } else {
                 forward_applies(&g)
             };
