@@ -35,13 +35,17 @@ fn fits(g: &ConvGeometry) -> bool {
 /// True when `g`'s forward runs [`forward_into`]: where its input gradient runs
 /// [`input_grad_into`], less the 4x4 outputs (as for stride 1). `conv_passes`, wall clock of 2
 /// threads, best of 7, 2 rounds, against the strided im2col, GEMM and copies: (512 -> 1024) from
-/// 14x14 to 7x7 2.55-2.78 -> 2.11-2.12 ms at batch 16, 4.54-4.61 -> 4.17-4.19 at batch 32; (256 ->
-/// 512) from 28x28 to 14x14 2.28 -> 2.18-2.22 and 4.67-4.69 -> 4.54-4.56. On AMD Zen 5 only: on Zen
-/// 4 (best / median of 3) they were level, (512 -> 1024) from 14x14 to 7x7 4.63 / 4.68 -> 4.59 /
-/// 4.73 ms at batch 16, (256 -> 512) from 28x28 to 14x14 10.79 / 11.00 -> 10.91 / 11.40 at batch
-/// 32.
+/// 14x14 to 7x7 2.55-2.78 -> 2.11-2.12 ms at batch 16, 4.54-4.61 -> 4.17-4.19 at batch 32; (256
+/// -> 512) from 28x28 to 14x14 2.28 -> 2.18-2.22 and 4.67-4.69 -> 4.54-4.56. On AMD Zen 4 the
+/// 7x7 outputs alone: with the blocks' passes of 128 both were level there (wall clock, best /
+/// median of 3, (512 -> 1024) from 14x14 to 7x7 4.63 / 4.68 -> 4.59 / 4.73 ms at batch 16,
+/// (256 -> 512) from 28x28 to 14x14 10.79 / 11.00 -> 10.91 / 11.40 at batch 32); with the
+/// passes of 512 (`conv_passes`, CPU time of 2 threads, best of 7, 3 alternating rounds) (512 ->
+/// 1024) from 14x14 to 7x7 9.64-10.95 -> 8.85-8.94 ms at batch 16, 19.55-19.77 -> 17.03-17.36
+/// at batch 32, but (256 -> 512) from 28x28 to 14x14 9.86-10.11 -> 10.10-10.68 at batch 16 and
+/// level at 32 (19.96-21.64 against 19.63-21.21).
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    applies(g) && g.out_pixels() > 16 && crate::cpu_features::zen5()
+    applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64)
 }
 
 /// Forward of a 1x1 stride-2 layer (as [`forward_applies`] takes it): the pixels the layer reads
