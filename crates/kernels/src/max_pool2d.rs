@@ -390,18 +390,31 @@ pub(crate) fn scatter_cells(
     let gat = Strided4::new(grad_layout)?;
     let (h, w) = (g.rows.input, g.cols.input);
     let (oh, ow) = (g.rows.output, g.cols.output);
-    if cells.len() != g.planes * oh * ow || cells.iter().any(|&c| c as usize >= h * w) {
-        bail!("max_pool2d: the cells are not those of this pool's outputs");
+    let refused = || {
+        candle_core::Error::Msg("max_pool2d: the cells are not those of this pool's outputs".into())
+    };
+    if cells.len() != g.planes * oh * ow {
+        return Err(refused());
     }
-    Ok(scattered_planes(g.planes, h * w, |plane, dst| {
+    // A cell outside its plane is flagged as the scatter meets it, rather than in a pass of
+    // its own over every cell first; the gradient is then refused.
+    let outside = std::sync::atomic::AtomicBool::new(false);
+    let dx = scattered_planes(g.planes, h * w, |plane, dst| {
         let gbase = gat.plane_base(plane);
         let cells = &cells[plane * oh * ow..][..oh * ow];
         for (oy, row) in cells.chunks_exact(ow).enumerate() {
             for (ox, &cell) in row.iter().enumerate() {
-                dst[cell as usize] += grad[gat.at(gbase, oy, ox)];
+                match dst.get_mut(cell as usize) {
+                    Some(d) => *d += grad[gat.at(gbase, oy, ox)],
+                    None => outside.store(true, std::sync::atomic::Ordering::Relaxed),
+                }
             }
         }
-    }))
+    });
+    if outside.into_inner() {
+        return Err(refused());
+    }
+    Ok(dx)
 }
 
 impl CustomOp1 for MaxPool2d {
@@ -784,6 +797,31 @@ mod tests {
         assert!(max_pool2d(&x, 3, 2, 1, false).is_err());
         let x = Tensor::zeros((1, 4, 4), DType::F32, &Device::Cpu)?;
         assert!(max_pool2d(&x, 3, 2, 1, false).is_err());
+        Ok(())
+    }
+
+    /// The backward from kept cells refuses cells of another length, and a cell outside its
+    /// input plane, with the same message; the cells of this pool's forward pass.
+    #[test]
+    fn scatter_cells_refuses_cells_not_of_this_pool() -> Result<()> {
+        let op = MaxPool2d {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            ceil_mode: false,
+        };
+        let g = op.geometry(&[1, 2, 6, 6])?;
+        let src: Vec<f32> = (0..72).map(|i| (i * 37 % 71) as f32).collect();
+        let (_, cells) = forward_f32_with_cells(&src, &Layout::contiguous((1, 2, 6, 6)), &g)?;
+        let grad = vec![1.0f32; cells.len()];
+        let grad_layout = Layout::contiguous((1, 2, 3, 3));
+        assert_eq!(scatter_cells(&cells, &grad, &grad_layout, &g)?.len(), 72);
+        let mut outside = cells.clone();
+        outside[13] = 36;
+        for bad in [&cells[1..], &outside[..]] {
+            let err = scatter_cells(bad, &grad, &grad_layout, &g).unwrap_err();
+            assert!(err.to_string().contains("not those of this pool"), "{err}");
+        }
         Ok(())
     }
 }
