@@ -49,6 +49,7 @@ use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use super::weight_packs::WeightPacks;
 use rayon::prelude::*;
 
 /// True when `g` and its input-gradient convolution can both run here: 3x3, stride 1 or 2,
@@ -207,11 +208,12 @@ impl Plan {
 }
 
 /// Output `(N, C_out, OH, OW)` of `g` into `y` (every value overwritten), then `then(unit,
-/// y_unit)` on each unit's output. Requires [`applies`].
+/// y_unit)` on each unit's output; the wide kernel's packed weights from `packs` where given
+/// (`weight_packs.rs`). Requires [`applies`].
 pub fn forward_into(
     g: &ConvGeometry,
     x: &[f32],
-    w: &[f32],
+    (w, packs): (&[f32], Option<&WeightPacks>),
     y: &mut [f32],
     then: super::epilogue::Epilogue<'_>,
 ) {
@@ -219,7 +221,7 @@ pub fn forward_into(
     let plan = Plan::new(g);
     let (plane, positions) = (plan.plane(), plan.positions());
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
-    let weights = GroupWeights::new(w, c_in, c_out);
+    let weights = GroupWeights::kept(w, c_in, c_out, packs);
     let units = g.units();
     let in_place = weights.wide() && super::direct3x3_wide_rows::fits(g, c_out);
     let narrow_in_place = !weights.wide() && super::direct3x3_narrow_rows::fits(g, c_out);
@@ -299,7 +301,7 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         out_channels: g.in_channels,
         ..*g
     };
-    forward_into(&back, dy, &flipped, dx, &|_, _| {});
+    forward_into(&back, dy, (&flipped, None), dx, &|_, _| {});
 }
 
 /// Weight gradient `(C_out, C_in/groups, 3, 3)` of `g` from the input `x` and the output

@@ -37,7 +37,10 @@
 //! padded rows.
 
 use super::direct3x3_blocks::{unit_kernel, Reads, Taps};
+use super::scratch::Scratch;
+use super::weight_packs::{packed, PackKind, WeightPacks};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Output channels one vector holds.
 const LANES: usize = 16;
@@ -59,37 +62,69 @@ pub(super) fn runs_wide(c_out: usize) -> bool {
 /// Each group's weights for the unit kernel that runs here: as given (`(c_out, c_in, 9)` per
 /// group) for [`unit_kernel`], or repacked to `(c_in, 9, c_out)` for the wide kernel.
 pub(super) struct GroupWeights<'a> {
-    values: std::borrow::Cow<'a, [f32]>,
+    values: Values<'a>,
     group_len: usize,
     wide: bool,
+}
+
+/// Where [`GroupWeights`]' values lie: the layer's own, or its packed layout (made for this
+/// call, or kept in the layer's [`WeightPacks`]).
+enum Values<'a> {
+    Given(&'a [f32]),
+    Packed(Arc<Scratch>),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::Given(w) => w,
+            Values::Packed(packed) => packed,
+        }
+    }
 }
 
 impl<'a> GroupWeights<'a> {
     /// The weights `w` of `w.len() / (c_out * c_in * 9)` groups of `c_out` output and `c_in`
     /// input channels each, row-major `(c_out, c_in, 3, 3)` within a group.
     pub(super) fn new(w: &'a [f32], c_in: usize, c_out: usize) -> Self {
+        Self::kept(w, c_in, c_out, None)
+    }
+
+    /// As [`Self::new`], the wide kernel's layout taken from `packs` where it holds one, else
+    /// made and kept there for the next call (`weight_packs.rs`): the same values either way.
+    pub(super) fn kept(
+        w: &'a [f32],
+        c_in: usize,
+        c_out: usize,
+        packs: Option<&WeightPacks>,
+    ) -> Self {
         let group_len = c_out * c_in * 9;
         assert!(group_len > 0 && w.len().is_multiple_of(group_len));
         let wide = runs_wide(c_out);
         let values = if wide {
-            // In parallel over the groups (ResNeXt-50's layer of 32 groups of 32 output channels
-            // turns 295 K values), each group's packed values written in order.
-            let mut packed = vec![0.0f32; w.len()];
-            packed
-                .par_chunks_exact_mut(group_len)
-                .zip(w.par_chunks_exact(group_len))
-                .for_each(|(dst, src)| {
-                    for (k, row) in dst.chunks_exact_mut(c_out).enumerate() {
-                        // Row `k = ci * 9 + t` holds tap `t` of input channel `ci` for every
-                        // output channel, `c_in * 9` apart in `src`.
-                        for (d, &v) in row.iter_mut().zip(src[k..].iter().step_by(c_in * 9)) {
-                            *d = v;
+            Values::Packed(packed(packs, PackKind::Wide, || {
+                // In parallel over the groups (ResNeXt-50's layer of 32 groups of 32 output
+                // channels turns 295 K values), each group's packed values written in order;
+                // the rows cover every value.
+                let mut packed = Scratch::take(w.len());
+                packed
+                    .par_chunks_exact_mut(group_len)
+                    .zip(w.par_chunks_exact(group_len))
+                    .for_each(|(dst, src)| {
+                        for (k, row) in dst.chunks_exact_mut(c_out).enumerate() {
+                            // Row `k = ci * 9 + t` holds tap `t` of input channel `ci` for
+                            // every output channel, `c_in * 9` apart in `src`.
+                            for (d, &v) in row.iter_mut().zip(src[k..].iter().step_by(c_in * 9)) {
+                                *d = v;
+                            }
                         }
-                    }
-                });
-            packed.into()
+                    });
+                packed
+            }))
         } else {
-            w.into()
+            Values::Given(w)
         };
         Self {
             values,
@@ -520,7 +555,7 @@ mod tests {
             let mut want = vec![f32::NAN; c_out * positions];
             let mut got = vec![f32::NAN; c_out * positions];
             let avx2 = GroupWeights {
-                values: w.as_slice().into(),
+                values: Values::Given(w.as_slice()),
                 group_len: w.len(),
                 wide: false,
             };

@@ -99,7 +99,7 @@ fn forward_with(
         return super::direct3x3_dense::forward_into(g, x, (w, packs), y, then);
     }
     if direct_3x3(g, Pass::Forward) {
-        return super::direct3x3::forward_into(g, x, w, y, then);
+        return super::direct3x3::forward_into(g, x, (w, packs), y, then);
     }
     if super::pointwise_strided::forward_applies(g) {
         return super::pointwise_strided::forward_into(g, x, w, y, then);

@@ -2,8 +2,9 @@
 //! to the next.
 //!
 //! On every call Winograd's forward transforms each filter (`U = G g G^T`: 16 or 36 values per
-//! 9, `winograd.rs`, `winograd_lanes.rs`) and the dense 3x3 kernel turns the weights into
-//! blocks of 64 output channels (`direct3x3_dense.rs`). In ResNet-50's eval forward at 112x112
+//! 9, `winograd.rs`, `winograd_lanes.rs`), the dense 3x3 kernel turns the weights into
+//! blocks of 64 output channels (`direct3x3_dense.rs`) and the wide direct kernel turns each
+//! group to `(c_in, 9, c_out)` (`direct3x3_wide.rs`; ResNeXt's grouped layers on AVX-512). In ResNet-50's eval forward at 112x112
 //! input that is about 6% of the time (AMD Zen 5, batch 16 and 32), most of it the 7x7 and 4x4
 //! layers, whose weights outweigh their maps. Where the weights stay the same from one call to
 //! the next (an evaluation pass over many batches), the caller hands the forward a
@@ -28,6 +29,8 @@ pub(super) enum PackKind {
     WinogradLanes { a: usize },
     /// `direct3x3_dense.rs`'s blocks of 64 output channels.
     Dense,
+    /// `direct3x3_wide.rs`'s groups turned to `(c_in, 9, c_out)`.
+    Wide,
 }
 
 /// The layouts derived so far from one layer's weights (see the module doc). Empty when made;
@@ -93,10 +96,11 @@ mod tests {
     use super::*;
     use crate::cpu_features::avx512_kernels;
 
-    /// Winograd F(2x2) and F(4x4) and the dense kernel over the batch: the first call with a
-    /// store keeps one layout there and gives the values of the call without one, bit for bit;
-    /// the second reads the kept layout (a call on other weights with that store gives the
-    /// first weights' values, so it did not pack again).
+    /// Winograd F(2x2) and F(4x4), the dense kernel over the batch and the wide direct kernel
+    /// (`Direct` on a layer of 64 output channels): the first call with a store keeps one
+    /// layout there and gives the values of the call without one, bit for bit; the second
+    /// reads the kept layout (a call on other weights with that store gives the first
+    /// weights' values, so it did not pack again).
     #[test]
     fn a_kept_layout_gives_the_same_bits_and_is_read_again() {
         let g = ConvGeometry::new(&[2, 16, 6, 6], &[64, 16, 3, 3], 1, 1, 1).unwrap();
@@ -106,9 +110,11 @@ mod tests {
             Algorithm::Winograd2,
             Algorithm::Winograd4,
             Algorithm::DirectDense,
+            Algorithm::Direct,
         ] {
-            if algorithm == Algorithm::DirectDense && !avx512_kernels() {
-                eprintln!("skipped the dense kernel: it runs only on Intel, AMD Zen 5 and Zen 4");
+            let wide = matches!(algorithm, Algorithm::DirectDense | Algorithm::Direct);
+            if wide && !avx512_kernels() {
+                eprintln!("skipped {algorithm:?}: its packed layout is made only on Intel, AMD Zen 5 and Zen 4");
                 continue;
             }
             with_algorithm(algorithm, || {
