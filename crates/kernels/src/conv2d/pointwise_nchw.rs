@@ -18,13 +18,17 @@
 //! passes, blocks and threads (docs/determinism.md). The forward's epilogue (a folded
 //! BatchNorm, the residual join, pooling) then runs per image over its output.
 //!
+//! On 4x4 maps (AMD Zen 4, forward only) the loops turn: each pass packs every tile's columns
+//! first, then each block of 8 output channels runs over all the tiles with its weights in L1
+//! ([`forward_rows_outer_into`]); the same blocks and the same values.
+//!
 //! The same blocks run the forward and the input gradient of 1x1 stride-2 layers
 //! (`pointwise_strided.rs`) and the products of the dense 3x3 stride-2 input gradient's phases
 //! (`input_grad_phases.rs`, as one image of `N * OH*OW` columns).
 
 use super::geometry::ConvGeometry;
 use super::schedule::SharedOutput;
-use super::scratch::with_columns;
+use super::scratch::{with_columns, Scratch};
 use rayon::prelude::*;
 
 /// f32 lanes of a vector.
@@ -197,8 +201,23 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// batch 16 from a best of 39.3 (median 40.4) to 38.3 (40.0) and 40.2 (40.6) to 39.0 (40.0). At
 /// 28x28 the blocks were 2-6% slower (`conv_passes`, CPU time, (256 -> 128) 9.12-9.50 ->
 /// 9.34-10.36 at batch 16): those keep the GEMM.
+///
+/// On AMD Zen 4 the 4x4 maps' forward runs here too, with the loops turned
+/// ([`forward_rows_outer_into`]).
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    applies(g) && g.out_pixels() > 16
+    (applies(g) && g.out_pixels() > 16) || rows_outer(g)
+}
+
+/// True for the forwards [`forward_rows_outer_into`] runs: 4x4 output maps that [`fits`], on
+/// AMD Zen 4. `conv_passes` there (CPU time of 2 threads, best of 7, 3 alternating rounds,
+/// one GEMM over the batch with its copies -> the turned blocks, ms): ResNeXt-50's layers
+/// (2048 -> 1024) 10.84-11.36 -> 10.48-10.90 at batch 16 and 21.24-22.45 -> 20.98-21.83 at
+/// batch 32, (1024 -> 2048) 11.00-12.61 -> 10.49-10.97 and 22.56-23.51 -> 20.71-22.31;
+/// ResNet-50's (512 -> 2048) at batch 32 11.57-12.81 -> 10.38-10.95, (2048 -> 512) at batch
+/// 16 level (5.67-6.05 against 5.63-6.69). The blocks in their usual order had been slower
+/// there than the GEMM: each tile of columns read the whole weight (up to 8 MB).
+fn rows_outer(g: &ConvGeometry) -> bool {
+    g.out_pixels() == LANES && fits(g) && crate::cpu_features::zen4()
 }
 
 /// Forward of `g` (as [`forward_applies`] takes it): `y[b, co, q] = sum_ci w[co, ci] *
@@ -216,8 +235,15 @@ pub fn forward_into(
     assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
     assert_eq!(x.len(), batch * ci * p, "pointwise_nchw: input size");
     assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
-    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`.
-    unsafe { forward_product_into(w, (ci, co), x, (batch, p), y) };
+    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`
+    // (`rows_outer`: `p == 16`).
+    unsafe {
+        if rows_outer(g) {
+            forward_rows_outer_into(w, (ci, co), x, batch, y)
+        } else {
+            forward_product_into(w, (ci, co), x, (batch, p), y)
+        }
+    };
     per_image(y, co * p, then);
 }
 
@@ -314,17 +340,99 @@ unsafe fn products_into<const ROWS_APART: bool>(
                         // block's 8 rows, `w` the block's weights of the pass (rows k0..k0 + kc,
                         // columns m0..m0 + 8), the spans lie inside `dx`, and the tasks write
                         // disjoint columns of `dx`.
-                        unsafe {
-                            match n {
-                                3 => block::<3, ROWS_APART>(&args, outs),
-                                2 => block::<2, ROWS_APART>(&args, outs),
-                                _ => block::<1, ROWS_APART>(&args, outs),
-                            }
-                        }
+                        unsafe { run_block::<ROWS_APART>(&args, outs) }
                     }
                 }
             });
         });
+}
+
+/// [`forward_product_into`] with the loops turned, for maps of 16 pixels (`p == 16`, so every
+/// vector is one image's whole map): per pass of summed channels, the columns of every tile
+/// are packed first (`batch * 16 * kc` values: 512 KB at batch 16 with passes of 512, in L2),
+/// then each block of 8 output channels runs over all the tiles, in parallel over the blocks,
+/// so that its weights of the pass (8 rows of `kc`, 16 KB) are read from L1 for every tile,
+/// where the usual order reads the whole weight once per tile. The same blocks, passes and
+/// sums: each value is the same FMA chain over the input channels in order.
+///
+/// # Safety
+/// AVX-512F; `C_out` a multiple of 8.
+unsafe fn forward_rows_outer_into(
+    w: &[f32],
+    (ci, co): (usize, usize),
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) {
+    let p = LANES;
+    assert!(co.is_multiple_of(ROWS));
+    assert!(w.len() == co * ci && x.len() == batch * ci * p && y.len() == batch * co * p);
+    let vectors = batch;
+    let tiles = vectors.div_ceil(VECTORS);
+    let x_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), ci)).collect();
+    let y_spans: Vec<Span> = (0..vectors).map(|v| Span::of(v, (batch, p), co)).collect();
+    let per_pass = summed_per_pass();
+    let panel_len = per_pass * WIDTH;
+    // Every tile's packed columns of a pass; between passes, the running sums of each (block
+    // of 8 output channels, tile), 8 rows of `WIDTH` each. 64-byte aligned.
+    let sums_len = if ci > per_pass { co * tiles * WIDTH } else { 0 };
+    let mut buf = Scratch::take(LANES + tiles * panel_len + sums_len);
+    let skip = buf.as_ptr().align_offset(64).min(LANES);
+    let (panels, sums) = buf[skip..].split_at_mut(tiles * panel_len);
+    let sums = SharedOutput::new(sums);
+    let out = SharedOutput::new(y);
+    for k0 in (0..ci).step_by(per_pass) {
+        let kc = per_pass.min(ci - k0);
+        panels
+            .par_chunks_mut(panel_len)
+            .enumerate()
+            .for_each(|(t, panel)| {
+                let v0 = t * VECTORS;
+                let n = (vectors - v0).min(VECTORS);
+                // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `x` for every
+                // channel below `ci` (`Span::of`, p == 16); the panel holds `per_pass` rows.
+                unsafe { pack(x.as_ptr().add(k0 * p), (&x_spans[v0..v0 + n], p), kc, panel) };
+            });
+        let panels = &*panels;
+        (0..co / ROWS).into_par_iter().for_each(|block| {
+            let m0 = block * ROWS;
+            for t in 0..tiles {
+                let v0 = t * VECTORS;
+                let n = (vectors - v0).min(VECTORS);
+                let args = Block {
+                    panel: panels[t * panel_len..].as_ptr(),
+                    kc,
+                    // SAFETY: row m0 < co, column k0 < ci of `w`.
+                    w: unsafe { w.as_ptr().add(m0 * ci + k0) },
+                    w_row: ci,
+                    // SAFETY: the (block, tile) pair's 8 rows lie inside `sums` when there
+                    // is more than one pass, and are not read or written otherwise.
+                    sums: unsafe { sums.start().add((block * tiles + t) * ROWS * WIDTH) },
+                    resume: k0 > 0,
+                    last: k0 + kc == ci,
+                    p,
+                    // SAFETY: channel m0 < co of `y`.
+                    out: unsafe { out.start().add(m0 * p) },
+                };
+                // SAFETY: AVX-512F (the caller); the panel holds the tile's `kc` rows, `w`
+                // the block's weights of the pass, the spans lie inside `y`, and the tasks
+                // write disjoint rows of `y` and of `sums`.
+                unsafe { run_block::<true>(&args, &y_spans[v0..v0 + n]) }
+            }
+        });
+    }
+}
+
+/// [`block`] for the `outs.len()` (1 to 3) vectors of a tile.
+///
+/// # Safety
+/// As [`block`].
+unsafe fn run_block<const ROWS_APART: bool>(args: &Block, outs: &[Span]) {
+    match outs.len() {
+        3 => block::<3, ROWS_APART>(args, outs),
+        2 => block::<2, ROWS_APART>(args, outs),
+        _ => block::<1, ROWS_APART>(args, outs),
+    }
 }
 
 /// Values of a packed row: the 3 vectors of a block.
@@ -481,8 +589,9 @@ pub(super) mod tests {
     /// The forward is each value's FMA chain over the input channels, bit for bit (the weights
     /// read where they lie, `C_in` apart per output channel), on the input gradient's shapes
     /// turned around (8 to 520 input channels: one pass and several, the last one short, with
-    /// passes of 128 or 512; maps of 16 to 196 pixels, vectors inside an image and across two);
-    /// the epilogue runs once on every image; the same bits under pools of 1 and 3 threads.
+    /// passes of 128 or 512; maps of 16 to 196 pixels, vectors inside an image and across two;
+    /// on AMD Zen 4 the 4x4 maps through the turned loops, tiles of 1 to 3 vectors); the
+    /// epilogue runs once on every image; the same bits under pools of 1 and 3 threads.
     #[test]
     fn forward_is_the_plain_chain_bit_for_bit() {
         if !crate::cpu_features::avx512_kernels() {
@@ -497,6 +606,8 @@ pub(super) mod tests {
             (7, 136, 8, 5),
             (2, 136, 256, 14),
             (2, 520, 16, 7),
+            (5, 520, 24, 4),
+            (7, 136, 8, 4),
         ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 1, 0, 1)
                 .expect("geometry");
@@ -575,8 +686,8 @@ pub(super) mod tests {
 
     /// Which ResNet layers take the blocks on the two AMD kinds they were measured on (batch
     /// 16, 112x112 input): on Zen 5 every fitting map; on Zen 4 the input gradients of 7x7
-    /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7 and 14x14
-    /// maps and of the stride-2 layers to 7x7.
+    /// and 14x14 maps and of stride-2 layers to 14x14 and 7x7, the forwards of 7x7, 14x14 and
+    /// 4x4 maps (the last with the loops turned) and of the stride-2 layers to 7x7.
     #[test]
     fn the_blocks_run_where_they_were_measured_faster() {
         let zen5 = crate::cpu_features::zen5();
@@ -592,7 +703,7 @@ pub(super) mod tests {
         let cases = [
             (layer(1024, 256, 7, 1), true, true),
             (layer(512, 256, 14, 1), true, true),
-            (layer(2048, 512, 4, 1), false, false),
+            (layer(2048, 512, 4, 1), false, true),
             (layer(256, 512, 28, 2), true, false),
             (layer(512, 1024, 14, 2), true, true),
             (layer(1024, 2048, 7, 2), false, false),

@@ -103,11 +103,12 @@ pub type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// The shapes the fused convolution ops are checked on against the separate ops: dense,
 /// strided, grouped (4 and 8 groups), pointwise (stride 1 and 2), a 7x7 stem, a small map (the
-/// whole-batch GEMM path), batch 1, and two pointwise layers that the 1x1 register blocks take
+/// whole-batch GEMM path), batch 1, two pointwise layers that the 1x1 register blocks take
 /// on AMD Zen 5 and Zen 4 (`pointwise_nchw.rs`: 7x7 maps over 3 images, whose vectors cross
-/// from one image into the next, and a 14x14 map with 256 input channels).
+/// from one image into the next, and a 14x14 map with 256 input channels), and a 4x4 one whose
+/// forward they take on Zen 4 with their loops turned (5 images: tiles of 3 and 2 vectors).
 #[allow(dead_code)]
-pub const FUSED_CONV_CASES: [Case; 11] = [
+pub const FUSED_CONV_CASES: [Case; 12] = [
     (2, 8, 16, 9, 3, 1, 1, 1),
     (3, 8, 8, 10, 3, 2, 1, 1),
     (2, 16, 16, 7, 3, 1, 1, 4),
@@ -119,6 +120,7 @@ pub const FUSED_CONV_CASES: [Case; 11] = [
     (1, 6, 10, 5, 3, 1, 1, 1),
     (3, 16, 24, 7, 1, 1, 0, 1),
     (2, 256, 16, 14, 1, 1, 0, 1),
+    (5, 24, 16, 4, 1, 1, 0, 1),
 ];
 
 /// max |a - b| / max |b| over two equally long slices.
