@@ -1,14 +1,15 @@
 //! The forward and the input gradient of dense 1x1 stride-2 layers (ResNet's downsampling
 //! projections) through `pointwise_nchw.rs`'s register blocks, where those were measured faster
-//! (AMD Zen 5, and on AMD Zen 4 the input gradient): the forward gathers the pixels the layer reads
-//! into `(N, C_in, OH*OW)` and multiplies them as a stride-1 layer's input; the input gradient
-//! takes the blocks' products at the output pixels and writes each to the input pixel it came from,
-//! zeros at every other pixel. Every value is one FMA chain over the summed channels in order
-//! (docs/determinism.md).
+//! (AMD Zen 5; on AMD Zen 4 the input gradient and the forwards to 7x7 and 4x4): the forward
+//! gathers the pixels the layer reads into `(N, C_in, OH*OW)` and multiplies them as a stride-1
+//! layer's input; the input gradient takes the blocks' products at the output pixels and writes
+//! each to the input pixel it came from, zeros at every other pixel. Every value is one FMA
+//! chain over the summed channels in order (docs/determinism.md).
 
 use super::geometry::ConvGeometry;
 use super::pointwise_nchw::{
-    blocks_take, chosen_here, forward_product_into, per_image, transposed_product_into,
+    blocks_take, chosen_here, forward_product_into, forward_rows_outer_into, per_image,
+    transposed_product_into,
 };
 use rayon::prelude::*;
 
@@ -43,9 +44,18 @@ fn fits(g: &ConvGeometry) -> bool {
 /// passes of 512 (`conv_passes`, CPU time of 2 threads, best of 7, 3 alternating rounds) (512 ->
 /// 1024) from 14x14 to 7x7 9.64-10.95 -> 8.85-8.94 ms at batch 16, 19.55-19.77 -> 17.03-17.36
 /// at batch 32, but (256 -> 512) from 28x28 to 14x14 9.86-10.11 -> 10.10-10.68 at batch 16 and
-/// level at 32 (19.96-21.64 against 19.63-21.21).
+/// level at 32 (19.96-21.64 against 19.63-21.21). And on AMD Zen 4 the 4x4 outputs, through the
+/// blocks with their loops turned (`pointwise_nchw.rs`'s `forward_rows_outer_into`), as the
+/// stride-1 4x4 forwards: (1024 -> 2048) from 7x7 to 4x4 11.64-13.18 -> 11.08-11.63 ms at batch
+/// 16, 23.82-24.22 -> 21.41-21.80 at batch 32 (same measure, against the GEMM).
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64)
+    (applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64))
+        || rows_outer_here(g)
+}
+
+/// True for the stride-2 forwards that run through the turned blocks: 4x4 outputs on AMD Zen 4.
+fn rows_outer_here(g: &ConvGeometry) -> bool {
+    fits(g) && g.out_pixels() == 16 && crate::cpu_features::zen4()
 }
 
 /// Forward of a 1x1 stride-2 layer (as [`forward_applies`] takes it): the pixels the layer reads
@@ -74,7 +84,14 @@ pub fn forward_into(
         .for_each(|(b, unit)| super::im2col::im2col(g, g.input_unit(x, b), unit));
     // SAFETY: `applies` checked AVX-512F, both channel counts multiples of 8 and
     // `p >= 16`.
-    unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
+    // (`rows_outer_here`: `p == 16`, AMD Zen 4).
+    unsafe {
+        if rows_outer_here(g) {
+            forward_rows_outer_into(w, (ci, co), &read, batch, y)
+        } else {
+            forward_product_into(w, (ci, co), &read, (batch, p), y)
+        }
+    };
     per_image(y, co * p, then);
 }
 
@@ -171,19 +188,29 @@ mod tests {
     }
 
     /// The stride-2 forward is, at every output pixel, the FMA chain over the input channels of the
-    /// pixel it reads, bit for bit (7x7 to 4x4 excluded: 9x9 to 5x5, 14x14 to 7x7, 10x10 to 5x5; 8
-    /// to 136 channels); the epilogue runs once per image; the same bits under pools of 1 and 3
-    /// threads.
+    /// pixel it reads, bit for bit (9x9 to 5x5, 14x14 to 7x7, 10x10 to 5x5; 7x7 to 4x4 where it
+    /// runs here, AMD Zen 4, with the loops turned, over one pass and two; 8 to 520 channels);
+    /// the epilogue runs once per image; the same bits under pools of 1 and 3 threads.
     #[test]
     fn forward_is_the_chain_of_the_read_pixels() {
         if !crate::cpu_features::avx512_kernels() {
             eprintln!("skipped: the kernel does not run on this CPU");
             return;
         }
-        for (batch, c_in, c_out, side) in [(3, 16, 8, 9), (2, 136, 8, 14), (2, 8, 24, 10)] {
+        let zen4 = crate::cpu_features::zen4();
+        for (batch, c_in, c_out, side) in [
+            (3, 16, 8, 9),
+            (2, 136, 8, 14),
+            (2, 8, 24, 10),
+            (4, 520, 16, 7),
+            (5, 24, 8, 7),
+        ] {
             let g = ConvGeometry::new(&[batch, c_in, side, side], &[c_out, c_in, 1, 1], 2, 0, 1)
                 .expect("geometry");
             assert!(fits(&g), "{g:?}");
+            if g.out_pixels() == 16 && !zen4 {
+                continue;
+            }
             let (o, p) = (g.out_w, g.out_pixels());
             let w = values(c_out * c_in, 8);
             let x = values(batch * c_in * side * side, 9);
