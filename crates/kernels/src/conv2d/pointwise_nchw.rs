@@ -405,9 +405,12 @@ pub(super) unsafe fn forward_rows_outer_into(
                     // SAFETY: row m0 < co, column k0 < ci of `w`.
                     w: unsafe { w.as_ptr().add(m0 * ci + k0) },
                     w_row: ci,
-                    // SAFETY: the (block, tile) pair's 8 rows lie inside `sums` when there
-                    // is more than one pass, and are not read or written otherwise.
-                    sums: unsafe { sums.start().add((block * tiles + t) * ROWS * WIDTH) },
+                    // The (block, tile) pair's 8 rows, inside `sums` when there is more than
+                    // one pass; with one, `block` neither reads nor writes them (no resume,
+                    // the last pass), and the pointer is only computed.
+                    sums: sums
+                        .start()
+                        .wrapping_add((block * tiles + t) * ROWS * WIDTH),
                     resume: k0 > 0,
                     last: k0 + kc == ci,
                     p,
