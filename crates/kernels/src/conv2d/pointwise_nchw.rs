@@ -203,21 +203,22 @@ pub fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) 
 /// 9.34-10.36 at batch 16): those keep the GEMM.
 ///
 /// On AMD Zen 4 the 4x4 maps' forward runs here too, with the loops turned
-/// ([`forward_rows_outer_into`]).
+/// ([`turns_loops`]).
 pub fn forward_applies(g: &ConvGeometry) -> bool {
-    (applies(g) && g.out_pixels() > 16) || rows_outer(g)
+    (applies(g) && g.out_pixels() > 16) || (fits(g) && turns_loops(g.out_pixels()))
 }
 
-/// True for the forwards [`forward_rows_outer_into`] runs: 4x4 output maps that [`fits`], on
-/// AMD Zen 4. `conv_passes` there (CPU time of 2 threads, best of 7, 3 alternating rounds,
-/// one GEMM over the batch with its copies -> the turned blocks, ms): ResNeXt-50's layers
+/// True when [`forward_product_into`] runs over maps of `p` pixels with its loops turned
+/// ([`forward_rows_outer_into`]): 4x4 maps, on AMD Zen 4. `conv_passes` there (CPU time of 2
+/// threads, best of 7, 3 alternating rounds, one GEMM over the batch with its copies -> the
+/// turned blocks, ms): ResNeXt-50's layers
 /// (2048 -> 1024) 10.84-11.36 -> 10.48-10.90 at batch 16 and 21.24-22.45 -> 20.98-21.83 at
 /// batch 32, (1024 -> 2048) 11.00-12.61 -> 10.49-10.97 and 22.56-23.51 -> 20.71-22.31;
 /// ResNet-50's (512 -> 2048) at batch 32 11.57-12.81 -> 10.38-10.95, (2048 -> 512) at batch
 /// 16 level (5.67-6.05 against 5.63-6.69). The blocks in their usual order had been slower
 /// there than the GEMM: each tile of columns read the whole weight (up to 8 MB).
-fn rows_outer(g: &ConvGeometry) -> bool {
-    g.out_pixels() == LANES && fits(g) && crate::cpu_features::zen4()
+pub(super) fn turns_loops(p: usize) -> bool {
+    p == LANES && crate::cpu_features::zen4()
 }
 
 /// Forward of `g` (as [`forward_applies`] takes it): `y[b, co, q] = sum_ci w[co, ci] *
@@ -235,15 +236,8 @@ pub fn forward_into(
     assert_eq!(w.len(), co * ci, "pointwise_nchw: weight size");
     assert_eq!(x.len(), batch * ci * p, "pointwise_nchw: input size");
     assert_eq!(y.len(), batch * co * p, "pointwise_nchw: output size");
-    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`
-    // (`rows_outer`: `p == 16`).
-    unsafe {
-        if rows_outer(g) {
-            forward_rows_outer_into(w, (ci, co), x, batch, y)
-        } else {
-            forward_product_into(w, (ci, co), x, (batch, p), y)
-        }
-    };
+    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`.
+    unsafe { forward_product_into(w, (ci, co), x, (batch, p), y) };
     per_image(y, co * p, then);
 }
 
@@ -268,7 +262,7 @@ pub(super) unsafe fn transposed_product_into(
 
 /// Forward of a 1x1 convolution through the same blocks: `y[b, co, q] = sum_ci w[co, ci] *
 /// x[b, ci, q]`, the weights read where they lie (a block's 8 weights of one input channel
-/// `C_in` apart).
+/// `C_in` apart); with the loops turned where [`turns_loops`] (the same values).
 ///
 /// # Safety
 /// As [`transposed_product_into`], with `C_out` a multiple of 8.
@@ -279,7 +273,11 @@ pub(super) unsafe fn forward_product_into(
     (batch, p): (usize, usize),
     y: &mut [f32],
 ) {
-    products_into::<true>(w, (ci, co), x, (batch, p), y)
+    if turns_loops(p) {
+        forward_rows_outer_into(w, (ci, co), x, batch, y)
+    } else {
+        products_into::<true>(w, (ci, co), x, (batch, p), y)
+    }
 }
 
 /// [`transposed_product_into`] (`ROWS_APART` false: `w` is `(k, m)`) or
@@ -357,7 +355,7 @@ unsafe fn products_into<const ROWS_APART: bool>(
 ///
 /// # Safety
 /// AVX-512F; `C_out` a multiple of 8.
-pub(super) unsafe fn forward_rows_outer_into(
+unsafe fn forward_rows_outer_into(
     w: &[f32],
     (ci, co): (usize, usize),
     x: &[f32],

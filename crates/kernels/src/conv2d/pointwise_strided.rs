@@ -8,8 +8,7 @@
 
 use super::geometry::ConvGeometry;
 use super::pointwise_nchw::{
-    blocks_take, chosen_here, forward_product_into, forward_rows_outer_into, per_image,
-    transposed_product_into,
+    blocks_take, chosen_here, forward_product_into, per_image, transposed_product_into, turns_loops,
 };
 use rayon::prelude::*;
 
@@ -45,17 +44,12 @@ fn fits(g: &ConvGeometry) -> bool {
 /// 1024) from 14x14 to 7x7 9.64-10.95 -> 8.85-8.94 ms at batch 16, 19.55-19.77 -> 17.03-17.36
 /// at batch 32, but (256 -> 512) from 28x28 to 14x14 9.86-10.11 -> 10.10-10.68 at batch 16 and
 /// level at 32 (19.96-21.64 against 19.63-21.21). And on AMD Zen 4 the 4x4 outputs, through the
-/// blocks with their loops turned (`pointwise_nchw.rs`'s `forward_rows_outer_into`), as the
+/// blocks with their loops turned (`pointwise_nchw.rs`'s `turns_loops`), as the
 /// stride-1 4x4 forwards: (1024 -> 2048) from 7x7 to 4x4 11.64-13.18 -> 11.08-11.63 ms at batch
 /// 16, 23.82-24.22 -> 21.41-21.80 at batch 32 (same measure, against the GEMM).
 pub fn forward_applies(g: &ConvGeometry) -> bool {
     (applies(g) && g.out_pixels() > 16 && (crate::cpu_features::zen5() || g.out_pixels() <= 64))
-        || rows_outer_here(g)
-}
-
-/// True for the stride-2 forwards that run through the turned blocks: 4x4 outputs on AMD Zen 4.
-fn rows_outer_here(g: &ConvGeometry) -> bool {
-    fits(g) && g.out_pixels() == 16 && crate::cpu_features::zen4()
+        || (fits(g) && turns_loops(g.out_pixels()))
 }
 
 /// Forward of a 1x1 stride-2 layer (as [`forward_applies`] takes it): the pixels the layer reads
@@ -82,16 +76,8 @@ pub fn forward_into(
     read.par_chunks_mut(ci * p)
         .enumerate()
         .for_each(|(b, unit)| super::im2col::im2col(g, g.input_unit(x, b), unit));
-    // SAFETY: `applies` checked AVX-512F, both channel counts multiples of 8 and
-    // `p >= 16`.
-    // (`rows_outer_here`: `p == 16`, AMD Zen 4).
-    unsafe {
-        if rows_outer_here(g) {
-            forward_rows_outer_into(w, (ci, co), &read, batch, y)
-        } else {
-            forward_product_into(w, (ci, co), &read, (batch, p), y)
-        }
-    };
+    // SAFETY: `fits` checked AVX-512F, both channel counts multiples of 8 and `p >= 16`.
+    unsafe { forward_product_into(w, (ci, co), &read, (batch, p), y) };
     per_image(y, co * p, then);
 }
 

@@ -4,13 +4,13 @@
 //! On every call Winograd's forward transforms each filter (`U = G g G^T`: 16 or 36 values per
 //! 9, `winograd.rs`, `winograd_lanes.rs`), the dense 3x3 kernel turns the weights into
 //! blocks of 64 output channels (`direct3x3_dense.rs`) and the wide direct kernel turns each
-//! group to `(c_in, 9, c_out)` (`direct3x3_wide.rs`; ResNeXt's grouped layers on AVX-512). In ResNet-50's eval forward at 112x112
-//! input that is about 6% of the time (AMD Zen 5, batch 16 and 32), most of it the 7x7 and 4x4
-//! layers, whose weights outweigh their maps. Where the weights stay the same from one call to
-//! the next (an evaluation pass over many batches), the caller hands the forward a
-//! [`WeightPacks`] for the layer: each layout is derived on the first call that needs it and
-//! read on the others. A layout is what the kernel would have derived, so the outputs are the
-//! same bits with or without the store.
+//! group to `(c_in, 9, c_out)` (`direct3x3_wide.rs`; ResNeXt's grouped layers on AVX-512). In
+//! ResNet-50's eval forward at 112x112 input that is about 6% of the time (AMD Zen 5, batch 16
+//! and 32), most of it the 7x7 and 4x4 layers, whose weights outweigh their maps. Where the
+//! weights stay the same from one call to the next (an evaluation pass over many batches), the
+//! caller hands the forward a [`WeightPacks`] for the layer: each layout is derived on the first
+//! call that needs it and read on the others. A layout is what the kernel would have derived, so
+//! the outputs are the same bits with or without the store.
 //!
 //! The store does not look at the weights: its owner guarantees they do not change while it is
 //! kept (`EvalPacks`, which owns one per layer for a pass, compares 64 of their values at every
@@ -112,9 +112,9 @@ mod tests {
             Algorithm::DirectDense,
             Algorithm::Direct,
         ] {
-            let wide = matches!(algorithm, Algorithm::DirectDense | Algorithm::Direct);
-            if wide && !avx512_kernels() {
-                eprintln!("skipped {algorithm:?}: its packed layout is made only on Intel, AMD Zen 5 and Zen 4");
+            let sixteen_lanes = matches!(algorithm, Algorithm::DirectDense | Algorithm::Direct);
+            if sixteen_lanes && !avx512_kernels() {
+                eprintln!("skipped {algorithm:?}: its layout is packed only on AVX-512 CPUs");
                 continue;
             }
             with_algorithm(algorithm, || {
