@@ -299,9 +299,8 @@ unsafe fn products_into<const ROWS_APART: bool>(
     (0..vectors.div_ceil(VECTORS))
         .into_par_iter()
         .for_each(|tile| {
-            let v0 = tile * VECTORS;
-            let n = (vectors - v0).min(VECTORS);
-            let (ins, outs) = (&dy_spans[v0..v0 + n], &dx_spans[v0..v0 + n]);
+            let vs = tile_vectors(tile, vectors);
+            let (ins, outs) = (&dy_spans[vs.clone()], &dx_spans[vs]);
             // The pass's `dy` columns, packed (`per_pass` rows of `WIDTH`), then each block of
             // input channels' running sums between passes (`ci` rows of `WIDTH`), 64-byte
             // aligned.
@@ -385,18 +384,15 @@ unsafe fn forward_rows_outer_into(
             .par_chunks_mut(panel_len)
             .enumerate()
             .for_each(|(t, panel)| {
-                let v0 = t * VECTORS;
-                let n = (vectors - v0).min(VECTORS);
+                let ins = &x_spans[tile_vectors(t, vectors)];
                 // SAFETY: AVX-512F (the caller); the spans' lanes lie inside `x` for every
                 // channel below `ci` (`Span::of`, p == 16); the panel holds `per_pass` rows.
-                unsafe { pack(x.as_ptr().add(k0 * p), (&x_spans[v0..v0 + n], p), kc, panel) };
+                unsafe { pack(x.as_ptr().add(k0 * p), (ins, p), kc, panel) };
             });
         let panels = &*panels;
         (0..co / ROWS).into_par_iter().for_each(|block| {
             let m0 = block * ROWS;
             for t in 0..tiles {
-                let v0 = t * VECTORS;
-                let n = (vectors - v0).min(VECTORS);
                 let args = Block {
                     panel: panels[t * panel_len..].as_ptr(),
                     kc,
@@ -418,10 +414,16 @@ unsafe fn forward_rows_outer_into(
                 // SAFETY: AVX-512F (the caller); the panel holds the tile's `kc` rows, `w`
                 // the block's weights of the pass, the spans lie inside `y`, and the tasks
                 // write disjoint rows of `y` and of `sums`.
-                unsafe { run_block::<true>(&args, &y_spans[v0..v0 + n]) }
+                unsafe { run_block::<true>(&args, &y_spans[tile_vectors(t, vectors)]) }
             }
         });
     }
+}
+
+/// The vectors of tile `tile` when `vectors` are cut into tiles of [`VECTORS`]: all of them
+/// but in the last tile, which may hold fewer.
+fn tile_vectors(tile: usize, vectors: usize) -> std::ops::Range<usize> {
+    tile * VECTORS..((tile + 1) * VECTORS).min(vectors)
 }
 
 /// [`block`] for the `outs.len()` (1 to 3) vectors of a tile.
