@@ -18,6 +18,11 @@
 //! output gradient laid out on rows of width `OW + 1` with a zero row and column after it. The
 //! phases are then interleaved back into `dx`. Each value sums output channels in order, then
 //! its taps in row-major order.
+//!
+//! On AMD Zen 4 the layers from 28x28 with 4 or 8 channels per group run all three passes in
+//! `direct3x3_narrow_rows.rs` instead, on 16-lane rows (the same values but for the weight
+//! gradient's rounding); on AMD Zen 4 and Zen 5 the groups of 16 and 32 channels on square
+//! maps run in `direct3x3_wide_rows.rs`.
 
 use super::direct3x3_blocks::{Reads, Taps, POSITION_BLOCK};
 use super::direct3x3_rows::spread_rows;
@@ -221,6 +226,26 @@ fn phase_grad<const N: usize>(
 pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     assert_eq!(g.stride, 2);
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
+    let units = g.units();
+    if super::direct3x3_narrow_rows::fits_stride2(g, c_out) {
+        // `dy` read and `dx` written in place, with the layer's own weights.
+        for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
+            if unit + 1 < units {
+                prefetch_l2(g.output_unit(dy, unit + 1));
+            }
+            let operands = (
+                g.output_unit(dy, unit),
+                g.weight_group(w, g.group_of(unit)),
+                dx_unit,
+            );
+            // SAFETY: `fits_stride2` checked Zen 4 (AVX-512), the map and the output channels;
+            // `applies` makes `c_in` a multiple of 4; the slices are checked inside.
+            unsafe {
+                super::direct3x3_narrow_rows::unit_input_grad_stride2(operands, (c_in, c_out))
+            };
+        });
+        return;
+    }
     // Each group's weights with input and output channels swapped: the kernel's output
     // channels are `dx`'s.
     let mut swapped = vec![0.0f32; w.len()];
@@ -235,7 +260,6 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
         }
     }
     let swapped = GroupWeights::new(&swapped, c_out, c_in);
-    let units = g.units();
     if swapped.wide() && super::direct3x3_wide_rows::fits_input_grad_stride2(g, c_in) {
         // On the square maps that kernel takes: `dy` and `dx` read and written in place.
         for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
