@@ -829,19 +829,9 @@ mod tests {
             let mut dw = before.clone();
             // SAFETY: Zen 4 (checked above: AVX-512F), the shapes `fits` takes, `c_in` even.
             unsafe { unit_weight_grad((&x, &dy, &mut dw), (c_in, c_out), w) };
-            for co in 0..c_out {
-                for ci in 0..c_in {
-                    for t in 0..9 {
-                        let want = f64_sum(&x, &dy, (ci, co, t), w);
-                        let k = (co * c_in + ci) * 9 + t;
-                        let got = f64::from(dw[k]) - f64::from(before[k]);
-                        // |x|, |dy| <= 1: every partial sum is at most w * w in size.
-                        let tolerance = (w * w) as f64 * f64::from(f32::EPSILON) * 4.0;
-                        let at = format!("{c_in} -> {c_out} at {w}x{w}, weight ({co}, {ci}, {t})");
-                        assert!((got - want).abs() <= tolerance, "{at}: {got} vs {want}");
-                    }
-                }
-            }
+            let want = |ci, co, t| f64_sum(&x, &dy, (ci, co, t), (w, 1));
+            let at = format!("{c_in} -> {c_out} at {w}x{w}");
+            assert_added_f64_sums((&dw, &before), (c_in, c_out), w * w, want, &at);
         }
     }
 
@@ -904,29 +894,38 @@ mod tests {
             // SAFETY: Zen 4 (checked above: AVX-512F), the shapes `fits_stride2` takes, `c_in`
             // even.
             unsafe { unit_weight_grad_stride2((&x, &dy, &mut dw), (c_in, c_out), &mut phases) };
-            for co in 0..c_out {
-                for ci in 0..c_in {
-                    for t in 0..9 {
-                        let want = f64_sum_strided(&x, &dy, (ci, co, t), (28, 2));
-                        let k = (co * c_in + ci) * 9 + t;
-                        let got = f64::from(dw[k]) - f64::from(before[k]);
-                        let tolerance = (14 * 14) as f64 * f64::from(f32::EPSILON) * 4.0;
-                        let at = format!("{c_in} -> {c_out}, weight ({co}, {ci}, {t})");
-                        assert!((got - want).abs() <= tolerance, "{at}: {got} vs {want}");
-                    }
+            let want = |ci, co, t| f64_sum(&x, &dy, (ci, co, t), (28, 2));
+            let at = format!("{c_in} -> {c_out} from 28x28");
+            assert_added_f64_sums((&dw, &before), (c_in, c_out), 14 * 14, want, &at);
+        }
+    }
+
+    /// Panics unless each weight of `dw` less its value in `before` (`(c_out, c_in, 9)`) is
+    /// within a few f32 roundings of `want(ci, co, t)`, a sum of `positions` products of values
+    /// of at most 1 (so every partial sum is at most `positions` in size).
+    fn assert_added_f64_sums(
+        (dw, before): (&[f32], &[f32]),
+        (c_in, c_out): (usize, usize),
+        positions: usize,
+        want: impl Fn(usize, usize, usize) -> f64,
+        at: &str,
+    ) {
+        let tolerance = positions as f64 * f64::from(f32::EPSILON) * 4.0;
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..9 {
+                    let k = (co * c_in + ci) * 9 + t;
+                    let (got, want) = (f64::from(dw[k]) - f64::from(before[k]), want(ci, co, t));
+                    let at = format!("{at}, weight ({co}, {ci}, {t})");
+                    assert!((got - want).abs() <= tolerance, "{at}: {got} vs {want}");
                 }
             }
         }
     }
 
-    /// `sum_(y,x) dy[co][y][x] * x[ci][y+ky-1][x+kx-1]` in f64 over the reads inside the map.
-    fn f64_sum(x: &[f32], dy: &[f32], (ci, co, t): (usize, usize, usize), w: usize) -> f64 {
-        f64_sum_strided(x, dy, (ci, co, t), (w, 1))
-    }
-
     /// `sum_(y,x) dy[co][y][x] * x[ci][s y+ky-1][s x+kx-1]` in f64 over the reads inside the
     /// `w x w` map, for stride `s`.
-    fn f64_sum_strided(
+    fn f64_sum(
         x: &[f32],
         dy: &[f32],
         (ci, co, t): (usize, usize, usize),
