@@ -53,6 +53,9 @@ const SHAPES: &[Shape] = &[
     [2, 8, 8, 5, 1, 2, 2],
     [1, 8, 8, 28, 3, 2, 2],
     [2, 256, 256, 28, 28, 32, 2],
+    // From 28x28 with 4 channels per group (8 above): on AMD Zen 4 the narrow kernel's rows of
+    // 16 lanes (`direct3x3_narrow_rows.rs`).
+    [3, 64, 64, 28, 28, 16, 2],
     [3, 512, 512, 14, 14, 32, 2],
     [2, 1024, 1024, 7, 7, 32, 2],
     // Stride 2 on the unit's own planes (Zen 5): from 7x7 with 16 channels per group, 14x14

@@ -21,8 +21,8 @@
 //!
 //! On AMD Zen 4 the layers from 28x28 with 4 or 8 channels per group run all three passes in
 //! `direct3x3_narrow_rows.rs` instead, on 16-lane rows (the same values but for the weight
-//! gradient's rounding); on AMD Zen 4 and Zen 5 the groups of 16 and 32 channels on square
-//! maps run in `direct3x3_wide_rows.rs`.
+//! gradient's rounding); on AMD Zen 4 and Zen 5 the groups of 16 and 32 channels on the square
+//! maps `direct3x3_wide_rows.rs` lists run there.
 
 use super::direct3x3_blocks::{Reads, Taps, POSITION_BLOCK};
 use super::direct3x3_rows::spread_rows;
