@@ -42,7 +42,7 @@
 //! gradient, `conv_passes` (3 rounds): 28x28 1.15-1.39 -> 0.81-1.11 ms at batch 16, 2.94-2.96
 //! -> 2.11-2.28 at 32; 14x14 1.19-1.21 -> 0.84-1.03 at 16; in the batch-32 steps 8.8-9.1 ->
 //! 6.2-7.0 (28x28) and 7.7-8.3 -> 6.6-7.4 (14x14).
-
+//!
 //! The stride-2 layer from 28x28 to 14x14 with 4 or 8 channels per group (ResNeXt-50's first
 //! stage-2 block, which the padded phases of `direct3x3_stride2.rs` ran on 8-lane blocks) runs
 //! its three passes here too, on rows of 14 positions in one vector: the forward and the weight
