@@ -54,7 +54,7 @@ const SHAPES: &[Shape] = &[
     [1, 8, 8, 28, 3, 2, 2],
     [2, 256, 256, 28, 28, 32, 2],
     // From 28x28 with 4 channels per group (8 above): on AMD Zen 4 the narrow kernel's rows of
-    // 16 lanes (`direct3x3_narrow_rows.rs`).
+    // 16 lanes (`direct3x3_narrow_phases.rs`).
     [3, 64, 64, 28, 28, 16, 2],
     [3, 512, 512, 14, 14, 32, 2],
     [2, 1024, 1024, 7, 7, 32, 2],

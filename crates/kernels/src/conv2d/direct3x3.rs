@@ -18,8 +18,9 @@
 //! input channels and taps (1 of every `W + 1` positions lands on the zero column and is
 //! dropped). On AMD Zen 5 the groups too narrow for the wide kernel (4 and 8 output channels)
 //! run the same blocks with 16 positions per vector (`direct3x3_positions512.rs`), bit for bit;
-//! on AMD Zen 4 those on 14x14 and 28x28 maps run on the unit's own planes, without the copies,
-//! and the stride-2 ones from 28x28 on rows of 16 lanes (`direct3x3_narrow_rows.rs`).
+//! on AMD Zen 4 those on 14x14 and 28x28 maps run on the unit's own planes, without the copies
+//! (`direct3x3_narrow_rows.rs`), and the stride-2 ones from 28x28 on rows of 16 lanes
+//! (`direct3x3_narrow_phases.rs`).
 //!
 //! The input gradient of a stride-1 convolution is the same convolution of the output gradient
 //! with each group's weights transposed (input and output channels swapped) and the taps
@@ -225,7 +226,7 @@ pub fn forward_into(
     let units = g.units();
     let in_place = weights.wide() && super::direct3x3_wide_rows::fits(g, c_out);
     let narrow_in_place = !weights.wide() && super::direct3x3_narrow_rows::fits(g, c_out);
-    let narrow_stride2 = !weights.wide() && super::direct3x3_narrow_rows::fits_stride2(g, c_out);
+    let narrow_stride2 = !weights.wide() && super::direct3x3_narrow_phases::fits_stride2(g, c_out);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
         if unit + 1 < units {
@@ -262,12 +263,12 @@ pub fn forward_into(
         }
         if narrow_stride2 {
             let w_group = weights.group(g.group_of(unit));
-            let phases = c_in * super::direct3x3_narrow_rows::STRIDE2_PHASES;
+            let phases = c_in * super::direct3x3_narrow_phases::STRIDE2_PHASES;
             with_columns(phases, |buf| {
                 // SAFETY: `fits_stride2` checked Zen 4 (AVX-512), the map and the channel
                 // counts; the slices are checked inside.
                 unsafe {
-                    super::direct3x3_narrow_rows::unit_forward_stride2(
+                    super::direct3x3_narrow_phases::unit_forward_stride2(
                         (x_unit, w_group, y_unit),
                         (c_in, c_out),
                         buf,
@@ -335,7 +336,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut parts = vec![0.0f32; chunks * dw_len];
     let wide = runs_wide(c_out);
     let narrow_in_place = !wide && super::direct3x3_narrow_rows::fits(g, c_out);
-    let narrow_stride2 = !wide && super::direct3x3_narrow_rows::fits_stride2(g, c_out);
+    let narrow_stride2 = !wide && super::direct3x3_narrow_phases::fits_stride2(g, c_out);
     for_each_unit(&mut parts, group_len, |task, dw_g, _| {
         let (chunk, group) = (task / g.groups, task % g.groups);
         let images = image_chunk(g.batch, chunk);
@@ -363,7 +364,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         if narrow_stride2 {
             with_columns(
-                c_in * super::direct3x3_narrow_rows::STRIDE2_PHASES,
+                c_in * super::direct3x3_narrow_phases::STRIDE2_PHASES,
                 |phases| {
                     for image in images.clone() {
                         let unit = image * g.groups + group;
@@ -376,7 +377,7 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                         // channels; `applies` makes `c_in` a multiple of 4; the slices are checked
                         // inside.
                         unsafe {
-                            super::direct3x3_narrow_rows::unit_weight_grad_stride2(
+                            super::direct3x3_narrow_phases::unit_weight_grad_stride2(
                                 operands,
                                 (c_in, c_out),
                                 phases,

@@ -20,7 +20,7 @@
 //! its taps in row-major order.
 //!
 //! On AMD Zen 4 the layers from 28x28 with 4 or 8 channels per group run all three passes in
-//! `direct3x3_narrow_rows.rs` instead, on 16-lane rows (the same values but for the weight
+//! `direct3x3_narrow_phases.rs` instead, on 16-lane rows (the same values but for the weight
 //! gradient's rounding); on AMD Zen 4 and Zen 5 the groups of 16 and 32 channels on the square
 //! maps `direct3x3_wide_rows.rs` lists run there.
 
@@ -227,7 +227,7 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
     assert_eq!(g.stride, 2);
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
     let units = g.units();
-    if super::direct3x3_narrow_rows::fits_stride2(g, c_out) {
+    if super::direct3x3_narrow_phases::fits_stride2(g, c_out) {
         // `dy` read and `dx` written in place, with the layer's own weights.
         for_each_unit(dx, g.in_unit_len(), |unit, dx_unit, _| {
             if unit + 1 < units {
@@ -241,7 +241,7 @@ pub(super) fn input_grad_into(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut 
             // SAFETY: `fits_stride2` checked Zen 4 (AVX-512), the map and the output channels;
             // `applies` makes `c_in` a multiple of 4; the slices are checked inside.
             unsafe {
-                super::direct3x3_narrow_rows::unit_input_grad_stride2(operands, (c_in, c_out))
+                super::direct3x3_narrow_phases::unit_input_grad_stride2(operands, (c_in, c_out))
             };
         });
         return;

@@ -23,6 +23,7 @@ mod direct3x3;
 mod direct3x3_blocks;
 mod direct3x3_dense;
 mod direct3x3_dense_weight_grad;
+mod direct3x3_narrow_phases;
 mod direct3x3_narrow_rows;
 mod direct3x3_positions512;
 mod direct3x3_rows;
