@@ -33,7 +33,8 @@ const SHAPES: &[Shape] = &[
     [2, 512, 512, 7, 7, 32, 1],
     [2, 1024, 1024, 4, 4, 32, 1],
     // The same kernel on the unit's own planes (`direct3x3_wide_rows.rs`, on AMD Zen 5): square
-    // maps of 4, 7 and 14 with 1 vector, 4 and 7 with 2.
+    // maps of 4, 7 and 14 with 1 vector, 4 and 7 with 2. (On AMD Zen 4 the 14x14 one's forward
+    // and input gradient run the narrow kernel, `direct3x3_narrow_rows.rs`.)
     [3, 256, 256, 4, 4, 16, 1],
     [1, 1024, 1024, 7, 7, 32, 1],
     [2, 512, 512, 14, 14, 32, 1],

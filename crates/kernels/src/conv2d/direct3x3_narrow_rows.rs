@@ -1,7 +1,7 @@
 //! The direct 3x3 kernel for narrow groups (4 and 8 output channels per group: ResNeXt-50's
-//! grouped layers on 28x28 and 14x14 maps at 112x112 input) reading a unit's input planes in
-//! place and writing its output planes in place, with 16 positions of one output row per
-//! vector, on AMD Zen 4.
+//! grouped layers on 28x28 and 14x14 maps at 112x112 input; and 16 on 14x14 maps, its layer at
+//! 224x224 input) reading a unit's input planes in place and writing its output planes in place,
+//! with 16 positions of one output row per vector, on AMD Zen 4.
 //!
 //! The padded-rows path (`direct3x3.rs`) copies each unit's input into zero-bordered planes,
 //! computes rows of `W + 1` positions and copies the output rows back out: `perf` on
@@ -43,6 +43,14 @@
 //! -> 2.11-2.28 at 32; 14x14 1.19-1.21 -> 0.84-1.03 at 16; in the batch-32 steps 8.8-9.1 ->
 //! 6.2-7.0 (28x28) and 7.7-8.3 -> 6.6-7.4 (14x14).
 //!
+//! Groups of 16 channels on 14x14 maps (which the wide kernel's vectors across output channels
+//! would take, `direct3x3_wide_rows.rs`) run the forward and the stride-1 input gradient here
+//! too: the wide kernel's register block there is one output row of 14 positions by one vector
+//! of 16 channels, a broadcast per multiply-add. `conv_passes` (wall clock of 2 threads, best of
+//! 9, 4 alternating rounds, batch 16, 512 channels in 32 groups), forward / input gradient in ms:
+//! 4.16-4.87 / 4.44-4.96 -> 2.88-3.31 / 3.06-3.39. Their weight gradient stays on the wide
+//! kernel: here it took 4.45-7.14 ms against 4.32-4.52 (4 rounds).
+//!
 //! The stride-2 layer from 28x28 with 4 or 8 channels per group runs these register blocks on its
 //! input's stride phases (`direct3x3_narrow_phases.rs`).
 
@@ -54,24 +62,25 @@ pub(super) const LANES: usize = 16;
 /// Output channels of a register block.
 pub(super) const CHANNELS: usize = 4;
 
-/// True when `g`, whose units have `group_out` output channels, runs here instead of through
-/// padded rows: stride 1, 3x3 with padding 1 on square 14x14 or 28x28 maps, 4 or 8 output
-/// channels per group, on AMD Zen 4, where it was measured (above; Zen 5 runs
-/// `direct3x3_positions512.rs` on these groups, Intel the padded rows).
+/// True when the forward of `g`, whose units have `group_out` output channels, runs here instead
+/// of through padded rows or the wide kernel: stride 1, 3x3 with padding 1 on square 14x14 or
+/// 28x28 maps with 4 or 8 output channels per group, or 14x14 maps with 16, on AMD Zen 4, where
+/// it was measured (above; Zen 5 runs `direct3x3_positions512.rs` on the groups of 4 and 8 and
+/// the wide kernel on those of 16, Intel the padded rows and the wide kernel). The weight
+/// gradient runs here for the groups of 4 and 8.
 pub(super) fn fits(g: &ConvGeometry, group_out: usize) -> bool {
     g.stride == 1
         && g.padding == 1
         && (g.kernel_h, g.kernel_w) == (3, 3)
         && g.in_h == g.in_w
-        && matches!(g.in_w, 14 | 28)
-        && matches!(group_out, 4 | 8)
+        && matches!((g.in_w, group_out), (14 | 28, 4 | 8) | (14, 16))
         && crate::cpu_features::zen4()
 }
 
 /// One unit's output: `out[co][y][x] = sum_ci sum_(ky,kx) w[co][ci][ky*3+kx] *
 /// x[ci][y+ky-1][x+kx-1]` over the taps inside the `w x w` map, for the `c_in` input planes of
 /// `x` and the `c_out` output planes of `out`, with `weights` as the layer holds a group's,
-/// `(c_out, c_in, 9)`. Maps of 14 or 28, 4 or 8 output channels ([`fits`]).
+/// `(c_out, c_in, 9)`. Maps of 14 or 28 with 4 or 8 output channels, 14 with 16 ([`fits`]).
 ///
 /// # Safety
 /// The CPU supports AVX-512F; the shape is one [`fits`] takes.
@@ -369,7 +378,7 @@ pub(super) mod tests {
     use super::*;
 
     /// Every value of a unit is the plain loop's chain (`reference.rs`) bit for bit, on both map
-    /// sizes, with 4 and 8 output channels and 4 to 12 input channels; every output value is
+    /// sizes, with 4, 8 and 16 output channels and 4 to 16 input channels; every output value is
     /// written.
     #[test]
     fn a_unit_is_the_plain_chain_bit_for_bit() {
@@ -377,7 +386,15 @@ pub(super) mod tests {
             eprintln!("skipped: the kernel runs on AMD Zen 4 only");
             return;
         }
-        for (c_in, c_out, w) in [(4, 4, 28), (8, 8, 14), (4, 8, 14), (8, 4, 28), (12, 4, 14)] {
+        let shapes = [
+            (4, 4, 28),
+            (8, 8, 14),
+            (4, 8, 14),
+            (8, 4, 28),
+            (12, 4, 14),
+            (16, 16, 14),
+        ];
+        for (c_in, c_out, w) in shapes {
             let x = test_values_fine(c_in * w * w, 3);
             let wt = test_values_fine(c_out * c_in * 9, 7);
             let mut out = vec![f32::NAN; c_out * w * w];

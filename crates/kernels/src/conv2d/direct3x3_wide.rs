@@ -92,6 +92,18 @@ impl<'a> GroupWeights<'a> {
         Self::kept(w, c_in, c_out, None)
     }
 
+    /// The weights as given, whatever the output channels per group: for a kernel that reads
+    /// them as the layer holds them (`direct3x3_narrow_rows.rs`).
+    pub(super) fn given(w: &'a [f32], c_in: usize, c_out: usize) -> Self {
+        let group_len = c_out * c_in * 9;
+        assert!(group_len > 0 && w.len().is_multiple_of(group_len));
+        Self {
+            values: Values::Given(w),
+            group_len,
+            wide: false,
+        }
+    }
+
     /// As [`Self::new`], the wide kernel's layout taken from `packs` where it holds one, else
     /// made and kept there for the next call (`weight_packs.rs`): the same values either way.
     pub(super) fn kept(

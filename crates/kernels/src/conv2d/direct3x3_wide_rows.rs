@@ -1,7 +1,8 @@
 //! The wide direct 3x3 kernels (vectors across output channels, `direct3x3_wide.rs`) reading a
 //! unit's planes as they are and writing its output planes in place, on AMD Zen 5: ResNeXt-50's
 //! grouped layers with 16 and 32 channels per group, at stride 1 on 4x4 and 7x7 maps (112x112
-//! input) and 14x14 (224x224), and at stride 2 from 7x7 and 14x14 (and 28x28 at 224x224).
+//! input) and 14x14 (224x224), and at stride 2 from 7x7 and 14x14 (and 28x28 at 224x224). On AMD
+//! Zen 4 the 14x14 layer's forward and input gradient run `direct3x3_narrow_rows.rs` instead.
 //!
 //! The padded-rows path copies each unit's input into zero-bordered planes (at stride 2, into
 //! its four phases), computes rows of `W + 1` positions of which one is dropped, and copies

@@ -189,13 +189,16 @@ pub fn direct_3x3(g: &ConvGeometry, pass: Pass) -> bool {
 /// True when `pass` of `g`, if it runs the direct kernel, runs it with vectors across output
 /// channels (`direct3x3_wide.rs`): on an Intel, AMD Zen 5 or Zen 4 CPU with AVX-512, when the
 /// kernel's output channels per group (the layer's input channels for the input gradient) are a
-/// multiple of 16.
+/// multiple of 16, except for the forward and input gradient that the narrow groups' kernel
+/// takes on AMD Zen 4 (`direct3x3_narrow_rows.rs`: 16 channels per group on 14x14 maps).
 pub fn direct_runs_wide(g: &ConvGeometry, pass: Pass) -> bool {
     let kernel_out = match pass {
         Pass::Forward | Pass::WeightGrad => g.group_out_channels(),
         Pass::InputGrad => g.group_in_channels(),
     };
-    super::direct3x3_wide::runs_wide(kernel_out)
+    // At stride 1 the input gradient is the forward of a layer of `g`'s map size.
+    let narrow = pass != Pass::WeightGrad && super::direct3x3_narrow_rows::fits(g, kernel_out);
+    super::direct3x3_wide::runs_wide(kernel_out) && !narrow
 }
 
 /// True when `pass` of `g` runs the dense direct 3x3 kernel over the whole batch
