@@ -92,8 +92,10 @@ impl<'a> GroupWeights<'a> {
         Self::kept(w, c_in, c_out, None)
     }
 
-    /// The weights as given, whatever the output channels per group: for a kernel that reads
-    /// them as the layer holds them (`direct3x3_narrow_rows.rs`).
+    /// The weights as given, whatever the output channels per group: for the kernels that read
+    /// them as the layer holds them (every one but the wide kernel, whose layout
+    /// [`Self::kept`] packs; also the narrow groups' kernel on groups of 16,
+    /// `direct3x3_narrow_rows.rs`).
     pub(super) fn given(w: &'a [f32], c_in: usize, c_out: usize) -> Self {
         let group_len = c_out * c_in * 9;
         assert!(group_len > 0 && w.len().is_multiple_of(group_len));
@@ -112,36 +114,34 @@ impl<'a> GroupWeights<'a> {
         c_out: usize,
         packs: Option<&WeightPacks>,
     ) -> Self {
-        let group_len = c_out * c_in * 9;
-        assert!(group_len > 0 && w.len().is_multiple_of(group_len));
-        let wide = runs_wide(c_out);
-        let values = if wide {
-            Values::Packed(packed(packs, PackKind::Wide, || {
-                // In parallel over the groups (ResNeXt-50's layer of 32 groups of 32 output
-                // channels turns 295 K values), each group's packed values written in order;
-                // the rows cover every value.
-                let mut packed = Scratch::take(w.len());
-                packed
-                    .par_chunks_exact_mut(group_len)
-                    .zip(w.par_chunks_exact(group_len))
-                    .for_each(|(dst, src)| {
-                        for (k, row) in dst.chunks_exact_mut(c_out).enumerate() {
-                            // Row `k = ci * 9 + t` holds tap `t` of input channel `ci` for
-                            // every output channel, `c_in * 9` apart in `src`.
-                            for (d, &v) in row.iter_mut().zip(src[k..].iter().step_by(c_in * 9)) {
-                                *d = v;
-                            }
+        let given = Self::given(w, c_in, c_out);
+        if !runs_wide(c_out) {
+            return given;
+        }
+        let group_len = given.group_len;
+        let values = Values::Packed(packed(packs, PackKind::Wide, || {
+            // In parallel over the groups (ResNeXt-50's layer of 32 groups of 32 output
+            // channels turns 295 K values), each group's packed values written in order;
+            // the rows cover every value.
+            let mut packed = Scratch::take(w.len());
+            packed
+                .par_chunks_exact_mut(group_len)
+                .zip(w.par_chunks_exact(group_len))
+                .for_each(|(dst, src)| {
+                    for (k, row) in dst.chunks_exact_mut(c_out).enumerate() {
+                        // Row `k = ci * 9 + t` holds tap `t` of input channel `ci` for
+                        // every output channel, `c_in * 9` apart in `src`.
+                        for (d, &v) in row.iter_mut().zip(src[k..].iter().step_by(c_in * 9)) {
+                            *d = v;
                         }
-                    });
-                packed
-            }))
-        } else {
-            Values::Given(w)
-        };
+                    }
+                });
+            packed
+        }));
         Self {
             values,
             group_len,
-            wide,
+            wide: true,
         }
     }
 
