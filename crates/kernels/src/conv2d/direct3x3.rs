@@ -50,6 +50,7 @@ use super::partial_sums::{image_chunk, partials, sum_partials};
 use super::prefetch::prefetch_l2;
 use super::schedule::for_each_unit;
 use super::scratch::with_columns;
+use super::select::{direct_runs_wide, Pass};
 use super::weight_packs::WeightPacks;
 use rayon::prelude::*;
 
@@ -222,16 +223,17 @@ pub fn forward_into(
     let plan = Plan::new(g);
     let (plane, positions) = (plan.plane(), plan.positions());
     let (c_in, c_out) = (g.group_in_channels(), g.group_out_channels());
-    // The narrow groups' kernel reads the weights as the layer holds them, also the groups of
-    // 16 channels it takes from the wide kernel.
-    let narrow_in_place = super::direct3x3_narrow_rows::fits(g, c_out);
-    let weights = if narrow_in_place {
-        GroupWeights::given(w, c_in, c_out)
-    } else {
+    // The wide kernel's layout where `select.rs` says it runs (not on the groups of 16 channels
+    // the narrow groups' kernel takes), else the weights as the layer holds them. (The stride-1
+    // input gradient comes here as the forward of the transposed layer: the same rule.)
+    let weights = if direct_runs_wide(g, Pass::Forward) {
         GroupWeights::kept(w, c_in, c_out, packs)
+    } else {
+        GroupWeights::given(w, c_in, c_out)
     };
     let units = g.units();
     let in_place = weights.wide() && super::direct3x3_wide_rows::fits(g, c_out);
+    let narrow_in_place = !weights.wide() && super::direct3x3_narrow_rows::fits(g, c_out);
     let narrow_stride2 = !weights.wide() && super::direct3x3_narrow_phases::fits_stride2(g, c_out);
     for_each_unit(y, g.out_unit_len(), |unit, y_unit, _| {
         let x_unit = g.input_unit(x, unit);
